@@ -1,0 +1,287 @@
+"""Typed connector configuration, one TOML file per connector.
+
+Relative paths in the file are resolved against the file's directory. Unknown fields and
+wrong types are errors naming the field, so a typo never silently falls back to a default.
+The library never reads the environment; ``tds`` applies ``TDS_*`` overrides (see the CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connector.errors import ConfigError, InvalidRequest
+from connector.identity.names import Role, check_id
+
+__all__ = [
+    "Config",
+    "DatabaseConfig",
+    "LimitsConfig",
+    "ParticipantConfig",
+    "PkiConfig",
+    "PolicyConfig",
+    "RegistryConfig",
+    "ServerConfig",
+    "load_config",
+    "render_config",
+]
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """Who this connector is."""
+
+    id: str
+    """Participant id, as in the certificate's SAN URI."""
+    role: str
+    """operator, government, enterprise, individual or auditor."""
+    space: str
+    """Data-space id, the audience of membership tokens."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC server."""
+
+    listen: str
+    """host:port to listen on (mutual TLS only)."""
+    max_workers: int = 16
+    """Threads serving calls."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest message accepted or sent."""
+    grace_seconds: float = 10.0
+    """How long in-flight calls may run on after SIGTERM/SIGINT."""
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Where the operator registry is and how membership is kept fresh."""
+
+    address: str = ""
+    """host:port of the registry (ignored by the operator itself)."""
+    operator_id: str = "operator"
+    """Participant id of the operator; tokens name it as issuer."""
+    token_ttl_seconds: int = 300
+    """Lifetime of membership tokens the operator issues (operator only)."""
+    token_refresh_fraction: float = 0.7
+    """Refresh the own token after this fraction of its lifetime."""
+    revocation_refresh_seconds: float = 30.0
+    """How often to fetch the revocation list."""
+    revocation_max_age_seconds: float = 300.0
+    """Refuse all calls when the revocation list in force is older than this."""
+    call_timeout_seconds: float = 5.0
+    """Deadline of each call to the registry."""
+
+
+@dataclass(frozen=True)
+class PkiConfig:
+    """Key material (PEM files)."""
+
+    ca_cert: Path
+    """The data-space CA certificate."""
+    tls_cert: Path
+    """This connector's TLS certificate."""
+    tls_key: Path
+    """This connector's TLS private key (ECDSA P-256)."""
+    signing_key: Path
+    """This participant's Ed25519 signing key (the operator's also signs tokens)."""
+    operator_public_key: Path
+    """The operator's Ed25519 public key, which verifies tokens and revocation lists."""
+    admin_cert: Path | None = None
+    """Administrator client certificate, used by the CLI to administer this connector."""
+    admin_key: Path | None = None
+    """Administrator client key."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """State storage."""
+
+    url: str = ""
+    """SQLAlchemy URL; empty means a SQLite file tds.db in the data directory."""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Policy engine selection (see connector.policy)."""
+
+    engine: str = "embedded"
+    """embedded (regopy, in-process) or opa (an OPA server)."""
+    opa_url: str = ""
+    """Base URL of the OPA server when engine = "opa"."""
+    timeout_seconds: float = 2.0
+    """Deadline of one policy decision."""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Explicit limits with safe defaults."""
+
+    clock_leeway_seconds: int = 30
+    """Tolerated clock skew when checking token times."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A connector's whole configuration."""
+
+    participant: ParticipantConfig
+    server: ServerConfig
+    pki: PkiConfig
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    data_dir: Path = Path("data")
+    """Where the connector keeps its database and files."""
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether this connector runs the operator registry."""
+        return self.participant.role == Role.OPERATOR.value
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or the default SQLite file in the data directory."""
+        return self.database.url or f"sqlite:///{self.data_dir / 'tds.db'}"
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            Path: "a path string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where, base)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table")
+        return _build(typing.cast(type, tp), value, where, base)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty path string")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], section: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown field {section}.{unknown[0]}; valid fields: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = f"{section}.{name}" if section else name
+        if name in table:
+            kwargs[name] = _coerce(table[name], hints[name], where, base)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required field {where}")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    try:
+        check_id(cfg.participant.id, "participant.id")
+        check_id(cfg.participant.space, "participant.space")
+        check_id(cfg.registry.operator_id, "registry.operator_id")
+        Role.parse(cfg.participant.role)
+    except InvalidRequest as exc:
+        raise ConfigError(str(exc)) from None
+    _check_address(cfg.server.listen, "server.listen")
+    if not cfg.is_operator:
+        if not cfg.registry.address:
+            raise ConfigError("registry.address is required for every connector but the operator")
+        _check_address(cfg.registry.address, "registry.address")
+    elif cfg.participant.id != cfg.registry.operator_id:
+        raise ConfigError(
+            f"participant.id {cfg.participant.id!r} has role operator but registry.operator_id "
+            f"is {cfg.registry.operator_id!r}: make them equal"
+        )
+    checks = [
+        (cfg.server.max_workers >= 1, "server.max_workers must be at least 1"),
+        (cfg.server.max_message_bytes >= 1024, "server.max_message_bytes must be at least 1024"),
+        (cfg.server.grace_seconds >= 0, "server.grace_seconds must not be negative"),
+        (30 <= cfg.registry.token_ttl_seconds <= 86400,
+         "registry.token_ttl_seconds must be between 30 and 86400"),
+        (0.1 <= cfg.registry.token_refresh_fraction <= 0.9,
+         "registry.token_refresh_fraction must be between 0.1 and 0.9"),
+        (cfg.registry.revocation_refresh_seconds > 0,
+         "registry.revocation_refresh_seconds must be positive"),
+        (cfg.registry.revocation_max_age_seconds > cfg.registry.revocation_refresh_seconds,
+         "registry.revocation_max_age_seconds must exceed revocation_refresh_seconds"),
+        (cfg.registry.call_timeout_seconds > 0, "registry.call_timeout_seconds must be positive"),
+        (cfg.policy.engine in ("embedded", "opa"), "policy.engine must be 'embedded' or 'opa'"),
+        (cfg.policy.engine != "opa" or bool(cfg.policy.opa_url),
+         "policy.opa_url is required when policy.engine = 'opa'"),
+        (cfg.policy.timeout_seconds > 0, "policy.timeout_seconds must be positive"),
+        (0 <= cfg.limits.clock_leeway_seconds <= 300,
+         "limits.clock_leeway_seconds must be between 0 and 300"),
+        ((cfg.pki.admin_cert is None) == (cfg.pki.admin_key is None),
+         "pki.admin_cert and pki.admin_key go together: give both or neither"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _check_address(value: str, where: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where} must be host:port, got {value!r}")
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate a connector configuration file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    cfg: Config = _build(Config, raw, "", path.resolve().parent)
+    _validate(cfg)
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(cfg: Config) -> str:
+    """Render a configuration as TOML that ``load_config`` reads back to the same values."""
+    lines = ["# tds connector configuration (see connector/config.py for every field)", ""]
+    lines.append(f"data_dir = {_toml_value(cfg.data_dir)}")
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        lines += ["", f"[{f.name}]"]
+        for sf in dataclasses.fields(section):
+            value = getattr(section, sf.name)
+            if value is not None:
+                lines.append(f"{sf.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
