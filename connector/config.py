@@ -50,6 +50,8 @@ class ServerConfig:
 
     listen: str
     """host:port to listen on (mutual TLS only)."""
+    advertise: str = ""
+    """host:port other members use to reach this connector (default: listen)."""
     max_workers: int = 16
     """Threads serving calls."""
     max_message_bytes: int = 4 * 1024 * 1024
@@ -206,6 +208,8 @@ def _validate(cfg: Config) -> None:
     except InvalidRequest as exc:
         raise ConfigError(str(exc)) from None
     _check_address(cfg.server.listen, "server.listen")
+    if cfg.server.advertise:
+        _check_address(cfg.server.advertise, "server.advertise")
     if not cfg.is_operator:
         if not cfg.registry.address:
             raise ConfigError("registry.address is required for every connector but the operator")

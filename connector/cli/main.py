@@ -1,0 +1,54 @@
+"""The ``tds`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from connector import __version__
+from connector.cli import demo, init, peer, pki, registry, serve
+from connector.cli.output import fail
+from connector.errors import ConnectorError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="tds",
+        description="Connector for city trusted data spaces: mutual TLS and membership "
+        "tokens, contracts under Rego policies, and evidence an auditor verifies offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"tds {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (demo, pki, init, serve, registry, peer):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``tds``; errors are one clear line on stderr, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConnectorError as exc:
+        fail(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        logging.getLogger("connector").debug("internal error", exc_info=True)
+        fail(f"internal error ({exc.__class__.__name__}: {exc}); rerun with --debug for details")
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""``tds registry``: the operator's administration of the directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
+from connector.cli.connect import admin_channel, registry_client
+from connector.cli.output import emit
+from connector.config import load_config
+from connector.errors import ConfigError, InvalidRequest
+from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
+from connector.identity.pki import load_manifest
+from connector.registry.client import PeerInfo
+from connector.rpc.channel import calling
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tds registry``."""
+    reg = sub.add_parser("registry", help="enrol, revoke and list participants (operator)")
+    rs = reg.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+
+    enrol = rs.add_parser("enrol", help="add a participant to the directory (operator admin)")
+    enrol.add_argument("--config", required=True, type=Path, help="the operator's config")
+    enrol.add_argument("--participant", required=True, help="participant id")
+    enrol.add_argument("--address", default="", help="host:port of its connector")
+    enrol.add_argument("--pki", type=Path,
+                       help="take role, certificate and signing key from this 'tds pki init' dir")
+    enrol.add_argument("--role", help="role (default: from --pki)")
+    enrol.add_argument("--tls-cert", type=Path, help="its TLS certificate (PEM)")
+    enrol.add_argument("--signing-public-key", type=Path, help="its Ed25519 public key (PEM)")
+    enrol.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                       help="an attribute for its membership tokens (repeatable)")
+    enrol.add_argument("--replace", action="store_true", help="update an existing entry")
+    enrol.add_argument("--json", action="store_true")
+    enrol.set_defaults(func=run_enrol)
+
+    revoke = rs.add_parser("revoke", help="revoke a participant (operator admin)")
+    revoke.add_argument("--config", required=True, type=Path, help="the operator's config")
+    revoke.add_argument("--participant", required=True)
+    revoke.add_argument("--reason", required=True)
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(func=run_revoke)
+
+    ls = rs.add_parser("list", help="list the directory (any member)")
+    ls.add_argument("--config", required=True, type=Path, help="your connector's config")
+    ls.add_argument("--role", default="")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+
+
+def _enrol_request(args: argparse.Namespace) -> registry_pb2.EnrolRequest:
+    role, cert_path, key_path = args.role, args.tls_cert, args.signing_public_key
+    if args.pki:
+        pki_dir = args.pki.resolve()
+        me = load_manifest(pki_dir).participant(args.participant)
+        role = role or me.role
+        cert_path = cert_path or pki_dir / me.tls_cert
+        key_path = key_path or pki_dir / me.signing_public_key
+    if not (role and cert_path and key_path):
+        raise ConfigError("give --pki, or all of --role, --tls-cert and --signing-public-key")
+    attrs = {}
+    for item in args.attr:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"--attr {item!r}: expected KEY=VALUE")
+        attrs[key] = value
+    return registry_pb2.EnrolRequest(
+        participant_id=args.participant, role=role, address=args.address,
+        tls_certificate_pem=read_file_bytes(cert_path, "--tls-cert").decode(),
+        signing_public_key=raw_public_key(load_ed25519_public_key(key_path, "--signing-public-key")),
+        attributes=attrs, replace=args.replace,
+    )
+
+
+def _describe(p: PeerInfo) -> str:
+    state = "REVOKED" if p.revoked else "active"
+    return f"{p.id:<14} {p.role:<11} {p.address or '-':<22} {state}"
+
+
+def run_enrol(args: argparse.Namespace) -> int:
+    """Enrol with the operator's admin certificate."""
+    cfg = load_config(args.config)
+    request = _enrol_request(args)
+    with admin_channel(cfg) as channel, calling("registry"):
+        resp = registry_pb2_grpc.RegistryServiceStub(channel).Enrol(request, timeout=10)
+    info = PeerInfo.from_message(resp.participant)
+    emit(_peer_json(info), f"Enrolled {_describe(info)}", as_json=args.json)
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """Revoke with the operator's admin certificate."""
+    cfg = load_config(args.config)
+    with admin_channel(cfg) as channel, calling("registry"):
+        resp = registry_pb2_grpc.RegistryServiceStub(channel).Revoke(
+            registry_pb2.RevokeRequest(participant_id=args.participant, reason=args.reason),
+            timeout=10,
+        )
+    emit({"participant": args.participant, "revocation_list_serial": resp.revocation_list_serial},
+         f"Revoked {args.participant}; revocation list serial {resp.revocation_list_serial}",
+         as_json=args.json)
+    return 0
+
+
+def _peer_json(p: PeerInfo) -> dict[str, object]:
+    return {"id": p.id, "role": p.role, "address": p.address, "revoked": p.revoked,
+            "signing_public_key": p.signing_public_key.hex(),
+            "certificate_thumbprint": p.certificate_thumbprint,
+            "enrolled_at": p.enrolled_at, "attributes": p.attributes}
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List the directory as a member."""
+    cfg = load_config(args.config)
+    client = registry_client(cfg)
+    try:
+        peers = client.list_participants(args.role)
+    finally:
+        client.close()
+    emit([_peer_json(p) for p in peers], "\n".join(_describe(p) for p in peers) or "(none)",
+         as_json=args.json)
+    return 0

@@ -1,0 +1,157 @@
+"""``tds demo``: a city data space on loopback, narrated, with every outcome checked.
+
+This first scenario shows the trust foundation: onboarding, membership tokens, calls
+between members over mutual TLS, and refusals of forged, misbound and revoked callers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import peer_pb2, peer_pb2_grpc, registry_pb2, registry_pb2_grpc
+from connector.demo.space import LocalSpace, rpc_code
+from connector.identity.certs import certificate_thumbprint, load_certificate
+from connector.identity.names import Role
+from connector.node import Node
+from connector.rpc.channel import TlsIdentity, open_channel
+
+__all__ = ["DEMO_PARTICIPANTS", "Outcome", "run_demo"]
+
+DEMO_PARTICIPANTS: list[tuple[str, Role]] = [
+    ("city-gov", Role.GOVERNMENT),
+    ("ent-a", Role.ENTERPRISE),
+    ("ent-b", Role.ENTERPRISE),
+    ("alice", Role.INDIVIDUAL),
+    ("hospital", Role.ENTERPRISE),
+    ("auditor", Role.AUDITOR),
+]
+CONNECTORS = ["city-gov", "ent-a", "ent-b", "alice", "hospital"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One checked step of the demo."""
+
+    scenario: str
+    step: str
+    expected: str
+    observed: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether what happened is what was expected."""
+        return self.expected == self.observed
+
+
+def _tls(space: LocalSpace, participant: str) -> TlsIdentity:
+    me = space.manifest.participant(participant)
+    return TlsIdentity.load(space.pki_dir / space.manifest.ca_cert, space.pki_dir / me.tls_cert,
+                            space.pki_dir / me.tls_key)
+
+
+def _ping(space: LocalSpace, caller: str, callee: str, token: Callable[[], str] | None) -> str:
+    """Ping ``callee`` as ``caller`` with the given token source; return OK or the status."""
+    node: Node = space.nodes[callee]
+    channel = open_channel(f"127.0.0.1:{node.port}", _tls(space, caller), space=space.space,
+                           peer=callee, token=token)
+    try:
+        resp = peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=10)
+        return f"OK as {resp.caller_id}"
+    except grpc.RpcError as err:
+        return rpc_code(err)
+    finally:
+        channel.close()
+
+
+def _own_token(space: LocalSpace, participant: str) -> Callable[[], str]:
+    registry = space.nodes[participant].registry
+    assert registry is not None
+    return registry.token
+
+
+def run_demo(root: Path, narrate: Callable[[str], None], *,
+             keep: Callable[[LocalSpace], None] | None = None) -> list[Outcome]:
+    """Run the demo under ``root``; return every outcome (the caller decides the exit code)."""
+    outcomes: list[Outcome] = []
+
+    def check(scenario: str, step: str, expected: str, observed: str) -> None:
+        outcome = Outcome(scenario, step, expected, observed)
+        outcomes.append(outcome)
+        mark = "ok " if outcome.ok else "FAILED"
+        narrate(f"  [{mark}] {step}: {observed}" + ("" if outcome.ok else f" (expected {expected})"))
+
+    started = time.monotonic()
+    narrate(f"Creating a development PKI for space 'city' in {root / 'pki'}")
+    space = LocalSpace.create(root, DEMO_PARTICIPANTS)
+    try:
+        registry = space.start_registry()
+        narrate(f"Operator registry listening on 127.0.0.1:{registry.port}")
+        for pid in CONNECTORS:
+            node = space.start_connector(pid)
+            narrate(f"  {pid:<9} ({node.cfg.participant.role}) enrolled, token obtained, "
+                    f"listening on 127.0.0.1:{node.port}")
+        space.enrol("auditor", "")
+        narrate("  auditor   enrolled (CLI only, no connector)")
+
+        s = "trust"
+        narrate("\nMembers call each other over mutual TLS with membership tokens")
+        check(s, "ent-a pings city-gov", "OK as ent-a",
+              _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")))
+        check(s, "city-gov pings alice", "OK as city-gov",
+              _ping(space, "city-gov", "alice", _own_token(space, "city-gov")))
+
+        narrate("\nEvery forged or misused credential is refused")
+        check(s, "call without a membership token", "UNAUTHENTICATED",
+              _ping(space, "ent-a", "city-gov", None))
+        forger = ed25519.Ed25519PrivateKey.generate()
+        cert = load_certificate(space.pki_dir / space.manifest.participant("ent-a").tls_cert)
+        forged = jwt.encode(
+            {"iss": space.nodes["ent-a"].issuer, "sub": "ent-a", "aud": space.space,
+             "iat": int(time.time()), "exp": int(time.time()) + 300, "jti": uuid.uuid4().hex,
+             "role": "government", "attrs": {}, "cnf": {"x5t#S256": certificate_thumbprint(cert)}},
+            forger, algorithm="EdDSA", headers={"typ": "tds-membership+jwt"},
+        )
+        check(s, "token signed by someone other than the operator", "UNAUTHENTICATED",
+              _ping(space, "ent-a", "city-gov", lambda: forged))
+        check(s, "ent-b presents ent-a's token (bound to another certificate)",
+              "UNAUTHENTICATED", _ping(space, "ent-b", "city-gov", _own_token(space, "ent-a")))
+        channel = open_channel(space.registry_address, _tls(space, "ent-a"), space=space.space,
+                               peer=space.manifest.operator_id, token=_own_token(space, "ent-a"))
+        try:
+            registry_pb2_grpc.RegistryServiceStub(channel).Revoke(
+                registry_pb2.RevokeRequest(participant_id="ent-b", reason="hostile"), timeout=10)
+            observed = "OK"
+        except grpc.RpcError as err:
+            observed = rpc_code(err)
+        finally:
+            channel.close()
+        check(s, "ent-a (not an admin) tries to revoke ent-b", "PERMISSION_DENIED", observed)
+
+        narrate("\nThe operator revokes ent-b; every connector refuses it after refresh")
+        space.revoke("ent-b", "demo: membership ended")
+        space.refresh()
+        stale_token = _own_token(space, "ent-b")
+        check(s, "revoked ent-b pings city-gov", "UNAUTHENTICATED",
+              _ping(space, "ent-b", "city-gov", stale_token))
+        check(s, "ent-a still pings city-gov", "OK as ent-a",
+              _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")))
+        narrate(f"\nAll state, keys and configs are in {root} "
+                f"({time.monotonic() - started:.1f} s)")
+        if keep is not None:
+            keep(space)
+    finally:
+        space.stop()
+    return outcomes
+
+
+def outcomes_json(outcomes: list[Outcome]) -> list[dict[str, object]]:
+    """Outcomes for ``--json``."""
+    return [{**asdict(o), "ok": o.ok} for o in outcomes]

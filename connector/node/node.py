@@ -1,0 +1,260 @@
+"""A running connector or registry, assembled from its configuration."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import registry_pb2
+from connector.clock import Clock, SystemClock
+from connector.config import Config
+from connector.errors import ConfigError, ConnectorError, NotFound
+from connector.identity.certs import (
+    certificate_name,
+    load_certificate,
+    load_ed25519_private_key,
+    load_ed25519_public_key,
+    load_tls_private_key,
+    raw_public_key,
+    read_file_bytes,
+)
+from connector.identity.names import participant_uri
+from connector.node.services import (
+    AdminServicer,
+    NodeStatus,
+    PeerServicer,
+    admin_service,
+    peer_service,
+)
+from connector.registry.client import RegistryClient
+from connector.registry.service import (
+    LocalRevocations,
+    OperatorKeys,
+    RegistryServicer,
+    registry_service,
+)
+from connector.registry.store import SqlDirectoryStore
+from connector.rpc.auth import Authenticator, RevocationSource
+from connector.rpc.channel import TlsIdentity
+from connector.rpc.server import ServerHandle, Service, build_server
+from connector.store.database import Database, open_database
+
+__all__ = ["Node", "TlsMaterial"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """The PEM bytes a node serves and calls with, checked at load."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def identity(self) -> TlsIdentity:
+        """As a client identity."""
+        return TlsIdentity(self.ca_pem, self.cert_pem, self.key_pem)
+
+
+def _load_tls(cfg: Config) -> TlsMaterial:
+    pki = cfg.pki
+    load_certificate(pki.ca_cert, "pki.ca_cert")
+    cert = load_certificate(pki.tls_cert, "pki.tls_cert")
+    load_tls_private_key(pki.tls_key)
+    try:
+        name = certificate_name(cert)
+    except ConnectorError as exc:
+        raise ConfigError(f"pki.tls_cert {pki.tls_cert}: {exc}") from None
+    expected = participant_uri(cfg.participant.space, cfg.participant.id)
+    if (name.space, name.kind, name.participant) != (
+        cfg.participant.space, "participant", cfg.participant.id
+    ):
+        raise ConfigError(f"pki.tls_cert {pki.tls_cert} does not name {expected}")
+    return TlsMaterial(
+        ca_pem=read_file_bytes(pki.ca_cert, "pki.ca_cert"),
+        cert_pem=read_file_bytes(pki.tls_cert, "pki.tls_cert"),
+        key_pem=read_file_bytes(pki.tls_key, "pki.tls_key"),
+    )
+
+
+class Node:
+    """One connector (or the operator registry) serving over mutual TLS."""
+
+    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.db: Database | None = None
+        self.registry: RegistryClient | None = None
+        self._handle: ServerHandle | None = None
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self._enrol_self: Callable[[str], None] | None = None
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` of tokens in this space: the operator's participant URI."""
+        return participant_uri(self.cfg.participant.space, self.cfg.registry.operator_id)
+
+    @property
+    def advertised_address(self) -> str:
+        """host:port members reach this node at (``server.advertise`` or the bound listen)."""
+        if self.cfg.server.advertise:
+            return self.cfg.server.advertise
+        host = self.cfg.server.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port (after ``start``)."""
+        if self._handle is None:
+            raise RuntimeError("node not started")
+        return self._handle.port
+
+    def start(self) -> None:
+        """Load key material, open the database, bind and start serving.
+
+        Raises ``ConfigError`` for bad configuration or key material or a busy port, and
+        ``Unavailable`` when the database cannot be opened.
+        """
+        cfg = self.cfg
+        tls = _load_tls(cfg)
+        operator_key = load_ed25519_public_key(cfg.pki.operator_public_key,
+                                               "pki.operator_public_key")
+        signing_key = load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key")
+        self.db = open_database(cfg.database_url)
+        try:
+            services, revocations = self._services(tls, operator_key, signing_key)
+            authenticator = Authenticator(
+                space=cfg.participant.space, participant=cfg.participant.id,
+                operator_key=operator_key, issuer=self.issuer, revocations=revocations,
+                clock=self.clock, leeway_seconds=cfg.limits.clock_leeway_seconds,
+            )
+            self._handle = build_server(
+                listen=cfg.server.listen, services=services, authenticator=authenticator,
+                ca_pem=tls.ca_pem, cert_pem=tls.cert_pem, key_pem=tls.key_pem,
+                max_workers=cfg.server.max_workers,
+                max_message_bytes=cfg.server.max_message_bytes,
+            )
+            if self._enrol_self is not None:
+                self._enrol_self(self.advertised_address)
+        except BaseException:
+            if self._handle is not None:
+                self._handle.stop(0)
+            self._close_clients()
+            raise
+        if self.registry is not None:
+            self._refresher = threading.Thread(
+                target=self.registry.run_refresher,
+                args=(self._stop, cfg.registry.revocation_refresh_seconds),
+                name="tds-registry-refresh", daemon=True,
+            )
+            self._refresher.start()
+        log.info("serving", extra={"participant": cfg.participant.id,
+                                   "role": cfg.participant.role, "port": self.port})
+
+    def _services(
+        self,
+        tls: TlsMaterial,
+        operator_key: ed25519.Ed25519PublicKey,
+        signing_key: ed25519.Ed25519PrivateKey,
+    ) -> tuple[list[Service], RevocationSource]:
+        cfg, db = self.cfg, self.db
+        assert db is not None
+        services: list[Service] = [peer_service(PeerServicer(cfg.participant.id,
+                                                             cfg.participant.role))]
+        revocations: RevocationSource
+        if cfg.is_operator:
+            if raw_public_key(signing_key.public_key()) != raw_public_key(operator_key):
+                raise ConfigError(
+                    "pki.signing_key of the operator must match pki.operator_public_key"
+                )
+            store = SqlDirectoryStore(db)
+            local = LocalRevocations(store, self.clock)
+            keys = OperatorKeys(
+                space=cfg.participant.space, issuer=self.issuer, signing_key=signing_key,
+                ca_certificate=load_certificate(cfg.pki.ca_cert, "pki.ca_cert"),
+                token_ttl_seconds=cfg.registry.token_ttl_seconds,
+            )
+            servicer = RegistryServicer(store, keys, local, self.clock)
+            self._enrol_self = lambda address: self._enrol_operator(
+                servicer, store, tls, signing_key, address)
+            services.append(registry_service(servicer))
+            revocations = local
+        else:
+            self.registry = RegistryClient(
+                address=cfg.registry.address, space=cfg.participant.space,
+                operator_id=cfg.registry.operator_id, issuer=self.issuer,
+                tls=tls.identity, operator_key=operator_key, clock=self.clock,
+                token_refresh_fraction=cfg.registry.token_refresh_fraction,
+                revocation_max_age_seconds=cfg.registry.revocation_max_age_seconds,
+                call_timeout_seconds=cfg.registry.call_timeout_seconds,
+            )
+            revocations = self.registry
+        services.append(admin_service(AdminServicer(
+            cfg.participant.id, cfg.participant.role, cfg.participant.space, self.status
+        )))
+        return services, revocations
+
+    def _enrol_operator(self, servicer: RegistryServicer, store: SqlDirectoryStore,
+                        tls: TlsMaterial, signing_key: ed25519.Ed25519PrivateKey,
+                        address: str) -> None:
+        """List the operator in its own directory, so members can find its keys."""
+        request = registry_pb2.EnrolRequest(
+            participant_id=self.cfg.participant.id, role=self.cfg.participant.role,
+            address=address, tls_certificate_pem=tls.cert_pem.decode(),
+            signing_public_key=raw_public_key(signing_key.public_key()),
+        )
+        entry = servicer.validate_enrolment(request)
+        try:
+            held = store.get(entry.id)
+        except NotFound:
+            held = None
+        if held is None or held.certificate_thumbprint != entry.certificate_thumbprint \
+                or held.address != entry.address:
+            store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
+
+    def status(self) -> NodeStatus:
+        """Token and revocation state for ``AdminService.GetStatus``."""
+        if self.registry is None:
+            return NodeStatus(token_expires_at=0, revocations=None)
+        return NodeStatus(self.registry.token_expires_at, self.registry.revocations_held)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until a connector holds a token and a revocation list (operator: at once)."""
+        if self.registry is None:
+            return True
+        registry = self.registry
+        deadline = self.clock.now() + timeout
+        while not self._stop.is_set():
+            if registry.revocations_held is not None and registry.token_expires_at:
+                return True
+            if self.clock.now() >= deadline:
+                return False
+            self._stop.wait(0.05)
+        return False
+
+    def _close_clients(self) -> None:
+        if self.registry is not None:
+            self.registry.close()
+        if self.db is not None:
+            self.db.close()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully: in-flight calls finish (up to ``grace``), then close everything."""
+        self._stop.set()
+        if self._handle is not None:
+            self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+        self._close_clients()
+        log.info("stopped", extra={"participant": self.cfg.participant.id})
+
+    def wait(self) -> None:
+        """Block until ``stop`` is called."""
+        self._stop.wait()

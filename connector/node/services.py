@@ -1,0 +1,76 @@
+"""Services every connector serves: ``PeerService`` (members) and ``AdminService`` (admin)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from connector import __version__
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
+from connector.registry.revocation import RevocationList
+from connector.rpc.auth import Access, current_caller
+from connector.rpc.server import Service
+
+__all__ = ["AdminServicer", "NodeStatus", "PeerServicer", "admin_service", "peer_service"]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What ``GetStatus`` reports, gathered at call time."""
+
+    token_expires_at: int
+    revocations: RevocationList | None
+
+
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+    """Answers pings from other members with the identity it verified for them."""
+
+    def __init__(self, participant: str, role: str) -> None:
+        self._participant = participant
+        self._role = role
+
+    def Ping(self, request: peer_pb2.PingRequest, context: Any) -> peer_pb2.PingResponse:
+        """Echo the verified caller."""
+        caller = current_caller()
+        return peer_pb2.PingResponse(
+            responder_id=self._participant, responder_role=self._role,
+            caller_id=caller.participant, caller_role=caller.role,
+        )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
+    """The participant's own administration of its connector."""
+
+    def __init__(self, participant: str, role: str, space: str,
+                 status: Callable[[], NodeStatus]) -> None:
+        self._participant = participant
+        self._role = role
+        self._space = space
+        self._status = status
+
+    def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: Any
+    ) -> admin_pb2.GetStatusResponse:
+        """Identity, token and revocation-list state of this connector."""
+        status = self._status()
+        rl = status.revocations
+        return admin_pb2.GetStatusResponse(
+            participant_id=self._participant, role=self._role, space=self._space,
+            token_expires_at=status.token_expires_at,
+            revocation_list_serial=rl.serial if rl else 0,
+            revocation_list_issued_at=rl.issued_at if rl else 0,
+            version=__version__,
+        )
+
+
+def peer_service(servicer: PeerServicer) -> Service:
+    """``PeerService`` with its access table."""
+    return Service("tds.v1.PeerService", peer_pb2_grpc.add_PeerServiceServicer_to_server,
+                   servicer, {"Ping": Access.MEMBER})
+
+
+def admin_service(servicer: AdminServicer) -> Service:
+    """``AdminService`` with its access table."""
+    return Service("tds.v1.AdminService", admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                   servicer, {"GetStatus": Access.ADMIN})

@@ -1,0 +1,235 @@
+"""``RegistryService``: the operator's directory, membership tokens and revocation list."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from connector.clock import Clock
+from connector.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
+from connector.identity.certs import (
+    certificate_name,
+    certificate_thumbprint,
+    parse_certificate_pem,
+)
+from connector.identity.names import PARTICIPANT_URI_KIND, Role, check_id
+from connector.identity.tokens import issue_membership_token
+from connector.registry.revocation import RevocationList, sign_revocation_list
+from connector.registry.store import DirectoryEntry, DirectoryStore
+from connector.rpc.auth import Access, current_caller, ensure
+from connector.rpc.server import Service
+
+__all__ = ["LocalRevocations", "OperatorKeys", "RegistryServicer", "registry_service"]
+
+log = logging.getLogger(__name__)
+_MAX_ATTRS = 32
+_MAX_ATTR_LEN = 1024
+
+
+@dataclass(frozen=True)
+class OperatorKeys:
+    """What the operator signs tokens and revocation lists with."""
+
+    space: str
+    issuer: str
+    signing_key: ed25519.Ed25519PrivateKey
+    ca_certificate: x509.Certificate
+    token_ttl_seconds: int
+
+
+class LocalRevocations:
+    """The operator's own revocation state, read from its store (it is the source)."""
+
+    def __init__(self, store: DirectoryStore, clock: Clock, cache_seconds: float = 1.0) -> None:
+        self._store = store
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._cached: tuple[float, RevocationList] | None = None
+
+    def current(self) -> RevocationList:
+        """The revocation list as of now (cached briefly; dropped on every change)."""
+        now = self._clock.now()
+        with self._lock:
+            if self._cached and now - self._cached[0] < self._cache_seconds:
+                return self._cached[1]
+        revocations = self._store.revocations(now=int(now))
+        with self._lock:
+            self._cached = (now, revocations)
+        return revocations
+
+    def invalidate(self) -> None:
+        """Forget the cached list (after a revocation or enrolment)."""
+        with self._lock:
+            self._cached = None
+
+
+def participant_message(entry: DirectoryEntry) -> common_pb2.Participant:
+    """The wire form of a directory entry."""
+    return common_pb2.Participant(
+        id=entry.id, role=entry.role, address=entry.address,
+        signing_public_key=entry.signing_public_key,
+        certificate_thumbprint=entry.certificate_thumbprint,
+        attributes=entry.attributes, revoked=entry.revoked, enrolled_at=entry.enrolled_at,
+    )
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
+    """Serves the operator registry; every method raises tds errors, never aborts."""
+
+    def __init__(
+        self, store: DirectoryStore, keys: OperatorKeys, revocations: LocalRevocations,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._revocations = revocations
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock.now())
+
+    def validate_enrolment(self, request: registry_pb2.EnrolRequest) -> DirectoryEntry:
+        """Check an enrolment request completely before anything is stored."""
+        pid = check_id(request.participant_id)
+        role = Role.parse(request.role)
+        if request.address:
+            host, sep, port = request.address.rpartition(":")
+            ensure(bool(sep and host and port.isdigit() and 0 < int(port) < 65536),
+                   f"address must be host:port, got {request.address!r}")
+        ensure(role in (Role.AUDITOR,) or bool(request.address),
+               f"a {role.value} runs a connector: give its address (host:port)")
+        cert = parse_certificate_pem(request.tls_certificate_pem.encode(), "tls_certificate_pem")
+        try:
+            cert.verify_directly_issued_by(self._keys.ca_certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise InvalidRequest("tls_certificate_pem was not issued by this space's CA") from None
+        try:
+            name = certificate_name(cert)
+        except AuthenticationError as exc:
+            raise InvalidRequest(f"tls_certificate_pem: {exc}") from None
+        ensure(name.kind == PARTICIPANT_URI_KIND and name.space == self._keys.space
+               and name.participant == pid,
+               f"tls_certificate_pem must name urn:tds:{self._keys.space}:participant:{pid}")
+        now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
+        ensure(cert.not_valid_before_utc <= now <= cert.not_valid_after_utc,
+               "tls_certificate_pem is expired or not yet valid")
+        ensure(len(request.signing_public_key) == 32,
+               "signing_public_key must be the 32 raw bytes of an Ed25519 public key")
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(request.signing_public_key)
+        except ValueError:
+            raise InvalidRequest("signing_public_key is not a valid Ed25519 key") from None
+        attrs = dict(request.attributes)
+        ensure(len(attrs) <= _MAX_ATTRS, f"at most {_MAX_ATTRS} attributes")
+        ensure(all(len(k) <= 64 and len(v) <= _MAX_ATTR_LEN for k, v in attrs.items()),
+               f"attribute names at most 64 characters, values at most {_MAX_ATTR_LEN}")
+        return DirectoryEntry(
+            id=pid, role=role.value, address=request.address,
+            signing_public_key=bytes(request.signing_public_key),
+            certificate_pem=request.tls_certificate_pem,
+            certificate_thumbprint=certificate_thumbprint(cert),
+            certificate_serial=format(cert.serial_number, "x"), attributes=attrs,
+        )
+
+    def Enrol(self, request: registry_pb2.EnrolRequest, context: Any) -> registry_pb2.EnrolResponse:
+        """Add a participant (admin only)."""
+        entry = self._store.enrol(
+            self.validate_enrolment(request), replace=request.replace, now=self._now()
+        )
+        self._revocations.invalidate()
+        log.info("participant enrolled", extra={"participant": entry.id, "role": entry.role,
+                                                "by": current_caller().participant})
+        return registry_pb2.EnrolResponse(participant=participant_message(entry))
+
+    def Revoke(
+        self, request: registry_pb2.RevokeRequest, context: Any
+    ) -> registry_pb2.RevokeResponse:
+        """Revoke a participant (admin only)."""
+        pid = check_id(request.participant_id)
+        reason = request.reason.strip()
+        ensure(0 < len(reason) <= 1024, "give a reason (1-1024 characters) for the revocation")
+        serial = self._store.revoke(pid, reason, now=self._now())
+        self._revocations.invalidate()
+        log.warning("participant revoked", extra={"participant": pid, "reason": reason})
+        return registry_pb2.RevokeResponse(revocation_list_serial=serial)
+
+    def IssueToken(
+        self, request: registry_pb2.IssueTokenRequest, context: Any
+    ) -> registry_pb2.IssueTokenResponse:
+        """A membership token for the participant named by the client certificate."""
+        caller = current_caller()
+        if caller.kind != PARTICIPANT_URI_KIND:
+            raise PermissionDenied("membership tokens are issued to participant certificates only")
+        try:
+            entry = self._store.get(caller.participant)
+        except NotFound:
+            raise PermissionDenied(
+                f"{caller.participant!r} is not enrolled: ask the operator to enrol it"
+            ) from None
+        if entry.revoked:
+            raise AuthenticationError(f"participant {entry.id!r} has been revoked")
+        if entry.certificate_thumbprint != caller.certificate_thumbprint:
+            raise AuthenticationError(
+                "this certificate is not the one enrolled for the participant: ask the "
+                "operator to enrol the new certificate"
+            )
+        token, exp = issue_membership_token(
+            self._keys.signing_key, issuer=self._keys.issuer, space=self._keys.space,
+            participant=entry.id, role=entry.role,
+            certificate_thumbprint=entry.certificate_thumbprint, attrs=entry.attributes,
+            now=self._clock.now(), ttl_seconds=self._keys.token_ttl_seconds,
+        )
+        return registry_pb2.IssueTokenResponse(token=token, expires_at=exp)
+
+    def Lookup(
+        self, request: registry_pb2.LookupRequest, context: Any
+    ) -> registry_pb2.LookupResponse:
+        """One participant of the directory."""
+        entry = self._store.get(check_id(request.participant_id))
+        return registry_pb2.LookupResponse(participant=participant_message(entry))
+
+    def ListParticipants(
+        self, request: registry_pb2.ListParticipantsRequest, context: Any
+    ) -> registry_pb2.ListParticipantsResponse:
+        """Participants, optionally of one role."""
+        role = Role.parse(request.role).value if request.role else None
+        entries = self._store.list(role)
+        return registry_pb2.ListParticipantsResponse(
+            participants=[participant_message(e) for e in entries]
+        )
+
+    def GetRevocationList(
+        self, request: registry_pb2.GetRevocationListRequest, context: Any
+    ) -> registry_pb2.GetRevocationListResponse:
+        """The revocation list, freshly signed."""
+        signed = sign_revocation_list(
+            self._keys.signing_key, issuer=self._keys.issuer, space=self._keys.space,
+            revocations=self._revocations.current(),
+        )
+        return registry_pb2.GetRevocationListResponse(revocation_list=signed)
+
+
+def registry_service(servicer: RegistryServicer) -> Service:
+    """The registry as a served service with its access table."""
+    return Service(
+        name="tds.v1.RegistryService",
+        add=registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+        servicer=servicer,
+        access={
+            "Enrol": Access.ADMIN,
+            "Revoke": Access.ADMIN,
+            "IssueToken": Access.CERTIFICATE,
+            "GetRevocationList": Access.CERTIFICATE,
+            "Lookup": Access.MEMBER,
+            "ListParticipants": Access.MEMBER,
+        },
+    )

@@ -1,0 +1,1 @@
+"""gRPC plumbing: server assembly, authentication interceptor, client channels, status mapping."""

@@ -1,0 +1,91 @@
+"""Client channels: mutual TLS to a named participant, membership token on every call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from connector.errors import ConfigError, ConnectorError
+from connector.identity.certs import read_file_bytes
+from connector.identity.names import participant_dns_name
+from connector.rpc.status import error_for_status
+
+__all__ = ["TlsIdentity", "calling", "open_channel"]
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """The PEM material a client presents and trusts."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    @classmethod
+    def load(cls, ca: Path, cert: Path, key: Path) -> TlsIdentity:
+        """Read the three PEM files, naming any that is missing."""
+        return cls(
+            ca_pem=read_file_bytes(ca, "CA certificate"),
+            cert_pem=read_file_bytes(cert, "client certificate"),
+            key_pem=read_file_bytes(key, "client key"),
+        )
+
+
+class _BearerToken(grpc.AuthMetadataPlugin):  # type: ignore[misc]
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def __call__(self, context: Any, callback: Any) -> None:
+        try:
+            callback((("authorization", f"Bearer {self._token()}"),), None)
+        except Exception as exc:  # reported to the caller as a failed call
+            callback((), exc)
+
+
+def open_channel(
+    address: str,
+    tls: TlsIdentity,
+    *,
+    space: str,
+    peer: str,
+    token: Callable[[], str] | None = None,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> grpc.Channel:
+    """A channel to participant ``peer`` at ``address``.
+
+    The TLS target name is the participant's DNS name, so the handshake itself proves the
+    server holds ``peer``'s certificate from the space CA, whatever the address says.
+    """
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
+        )
+    except Exception as exc:
+        raise ConfigError(f"TLS material is unusable: {exc}") from None
+    if token is not None:
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.metadata_call_credentials(_BearerToken(token))
+        )
+    options = [
+        ("grpc.ssl_target_name_override", participant_dns_name(space, peer)),
+        ("grpc.default_authority", participant_dns_name(space, peer)),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    return grpc.secure_channel(address, creds, options=options)
+
+
+@contextmanager
+def calling(peer: str) -> Iterator[None]:
+    """Turn a failed gRPC call to ``peer`` into the matching ``ConnectorError``."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise error_for_status(err, peer) from None
+    except ConnectorError:
+        raise
