@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datetime as dt
+
 import grpc
 
-from connector.errors import ConfigError, ConnectorError
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from connector.errors import AuthenticationError, ConfigError, ConnectorError
 from connector.identity.certs import read_file_bytes
 from connector.identity.names import participant_dns_name
 from connector.rpc.status import error_for_status
@@ -25,6 +30,34 @@ class TlsIdentity:
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+
+    def check(self, now: dt.datetime | None = None) -> None:
+        """Refuse, with the reason, material that the peer's TLS handshake would reject.
+
+        A server refuses a bad client certificate during the handshake, and all the client
+        then sees is a closed socket; checking here first turns that into a clear error.
+        """
+        try:
+            cas = x509.load_pem_x509_certificates(self.ca_pem)
+            cert = x509.load_pem_x509_certificate(self.cert_pem)
+        except ValueError as exc:
+            raise ConfigError(f"TLS material is not PEM certificates: {exc}") from None
+        now = now or dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise AuthenticationError(
+                f"the client certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}, not now: get a new one from the operator"
+            )
+        for ca in cas:
+            try:
+                cert.verify_directly_issued_by(ca)
+                return
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        raise AuthenticationError(
+            "the client certificate was not issued by the space CA this connector trusts: "
+            "use the certificate the operator issued for this space"
+        )
 
     @classmethod
     def load(cls, ca: Path, cert: Path, key: Path) -> TlsIdentity:
@@ -61,6 +94,7 @@ def open_channel(
     The TLS target name is the participant's DNS name, so the handshake itself proves the
     server holds ``peer``'s certificate from the space CA, whatever the address says.
     """
+    tls.check()
     try:
         creds = grpc.ssl_channel_credentials(
             root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem

@@ -43,7 +43,7 @@ def status_for(exc: errors.ConnectorError) -> grpc.StatusCode:
 
 
 # What BoringSSL/gRPC say when the peer refused our certificate during the handshake.
-_HANDSHAKE_MARKERS = ("handshake", "CERTIFICATE", "certificate", "SSL_ERROR", "alert")
+_HANDSHAKE_MARKERS = ("handshake", "CERTIFICATE_VERIFY", "SSL_ERROR", "alert")
 
 
 def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
@@ -54,6 +54,15 @@ def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
         return errors.AuthenticationError(
             f"{peer} refused the TLS handshake: use a certificate issued by the space CA that "
             f"is valid now and not revoked ({details})"
+        )
+    if code is grpc.StatusCode.UNAVAILABLE and "Socket closed" in details:
+        return errors.Unavailable(
+            f"{peer} closed the connection during the TLS handshake: it may have refused this "
+            "certificate (revoked, expired or from another CA), or it is not a tds connector"
+        )
+    if code is grpc.StatusCode.UNAVAILABLE and "Peer name" in details:
+        return errors.AuthenticationError(
+            f"the server at that address is not {peer}: its certificate names someone else"
         )
     cls = _ERROR.get(code, errors.ConnectorError)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
