@@ -50,6 +50,12 @@ def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
     """A tds error for a failed call to ``peer``, keeping the server's message."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or ""
+    if code is grpc.StatusCode.UNAVAILABLE and (
+        "Hostname Verification" in details or "Peer name" in details
+    ):
+        return errors.AuthenticationError(
+            f"the server at that address is not {peer}: its certificate names someone else"
+        )
     if code is grpc.StatusCode.UNAVAILABLE and any(m in details for m in _HANDSHAKE_MARKERS):
         return errors.AuthenticationError(
             f"{peer} refused the TLS handshake: use a certificate issued by the space CA that "
@@ -59,10 +65,6 @@ def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
         return errors.Unavailable(
             f"{peer} closed the connection during the TLS handshake: it may have refused this "
             "certificate (revoked, expired or from another CA), or it is not a tds connector"
-        )
-    if code is grpc.StatusCode.UNAVAILABLE and "Peer name" in details:
-        return errors.AuthenticationError(
-            f"the server at that address is not {peer}: its certificate names someone else"
         )
     cls = _ERROR.get(code, errors.ConnectorError)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -1,0 +1,116 @@
+"""Signed revocation lists and how a connector holds them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector.clock import FixedClock
+from connector.errors import AuthenticationError, Unavailable, VerificationError
+from connector.identity.pki import init_space
+from connector.identity.tokens import issue_membership_token
+from connector.registry.client import RegistryClient
+from connector.registry.revocation import (
+    RevocationList,
+    sign_revocation_list,
+    verify_revocation_list,
+)
+from connector.rpc.channel import TlsIdentity
+
+KEY = ed25519.Ed25519PrivateKey.generate()
+ISSUER = "urn:tds:city:participant:operator"
+
+
+def signed(serial: int, issued_at: int, parts: set[str] | None = None) -> str:
+    rl = RevocationList(serial, issued_at, frozenset(parts or set()), frozenset({"ab12"}))
+    return sign_revocation_list(KEY, issuer=ISSUER, space="city", revocations=rl)
+
+
+def test_round_trip_and_checks() -> None:
+    rl = verify_revocation_list(signed(3, 100, {"x"}), KEY.public_key(), issuer=ISSUER,
+                                space="city")
+    assert rl.serial == 3 and rl.participants == {"x"}
+    rl.check("y", 0x1234)
+    with pytest.raises(AuthenticationError, match="'x' has been revoked"):
+        rl.check("x", 0x1234)
+    with pytest.raises(AuthenticationError, match="certificate has been revoked"):
+        rl.check("y", 0xAB12)
+
+
+def test_list_signed_by_another_key_is_refused() -> None:
+    other = ed25519.Ed25519PrivateKey.generate()
+    token = sign_revocation_list(other, issuer=ISSUER, space="city",
+                                 revocations=RevocationList(1, 1, frozenset(), frozenset()))
+    with pytest.raises(VerificationError, match="signature"):
+        verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
+
+
+def test_membership_token_is_not_a_revocation_list() -> None:
+    token, _ = issue_membership_token(KEY, issuer=ISSUER, space="city", participant="a",
+                                      role="enterprise", certificate_thumbprint="t", attrs={},
+                                      now=100, ttl_seconds=300)
+    with pytest.raises(VerificationError, match="type"):
+        verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
+
+
+class _Served:
+    """A registry stub answering GetRevocationList with a fixed signed list."""
+
+    def __init__(self) -> None:
+        self.token = ""
+
+    def GetRevocationList(self, request: object, timeout: float) -> object:  # noqa: N802
+        return type("R", (), {"revocation_list": self.token})()
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsIdentity:
+    out = tmp_path_factory.mktemp("pki")
+    me = init_space(out, "city", []).participant("operator")
+    return TlsIdentity.load(out / "ca.pem", out / me.tls_cert, out / me.tls_key)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(1000)
+
+
+@pytest.fixture
+def served(tls: TlsIdentity, clock: FixedClock) -> Iterator[tuple[RegistryClient, _Served]]:
+    # Channels are lazy and never dialled: the registry's answers come from the stub.
+    c = RegistryClient(address="127.0.0.1:1", space="city", operator_id="operator",
+                       issuer=ISSUER, tls=tls, operator_key=KEY.public_key(), clock=clock,
+                       revocation_max_age_seconds=300)
+    stub = _Served()
+    c._stub = stub  # type: ignore[assignment]
+    yield c, stub
+    c.close()
+
+
+def test_no_list_means_refuse(served: tuple[RegistryClient, _Served]) -> None:
+    c, _ = served
+    with pytest.raises(Unavailable, match="no revocation list"):
+        c.current()
+
+
+def test_stale_list_means_refuse(served: tuple[RegistryClient, _Served],
+                                 clock: FixedClock) -> None:
+    c, stub = served
+    stub.token = signed(1, 1000)
+    c.refresh_revocations()
+    assert c.current().serial == 1
+    clock.advance(301)
+    with pytest.raises(Unavailable, match="unreachable"):
+        c.current()
+
+
+def test_rollback_to_an_older_list_is_refused(served: tuple[RegistryClient, _Served]) -> None:
+    c, stub = served
+    stub.token = signed(5, 1000, {"x"})
+    c.refresh_revocations()
+    stub.token = signed(4, 1001)
+    with pytest.raises(VerificationError, match="older"):
+        c.refresh_revocations()
+    assert c.current().participants == {"x"}
