@@ -154,8 +154,13 @@ class Config:
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            Path: "a path string"}.get(tp, str(tp))
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        Path: "a path string",
+    }.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, where: str, base: Path) -> Any:
@@ -223,23 +228,37 @@ def _validate(cfg: Config) -> None:
         (cfg.server.max_workers >= 1, "server.max_workers must be at least 1"),
         (cfg.server.max_message_bytes >= 1024, "server.max_message_bytes must be at least 1024"),
         (cfg.server.grace_seconds >= 0, "server.grace_seconds must not be negative"),
-        (30 <= cfg.registry.token_ttl_seconds <= 86400,
-         "registry.token_ttl_seconds must be between 30 and 86400"),
-        (0.1 <= cfg.registry.token_refresh_fraction <= 0.9,
-         "registry.token_refresh_fraction must be between 0.1 and 0.9"),
-        (cfg.registry.revocation_refresh_seconds > 0,
-         "registry.revocation_refresh_seconds must be positive"),
-        (cfg.registry.revocation_max_age_seconds > cfg.registry.revocation_refresh_seconds,
-         "registry.revocation_max_age_seconds must exceed revocation_refresh_seconds"),
+        (
+            30 <= cfg.registry.token_ttl_seconds <= 86400,
+            "registry.token_ttl_seconds must be between 30 and 86400",
+        ),
+        (
+            0.1 <= cfg.registry.token_refresh_fraction <= 0.9,
+            "registry.token_refresh_fraction must be between 0.1 and 0.9",
+        ),
+        (
+            cfg.registry.revocation_refresh_seconds > 0,
+            "registry.revocation_refresh_seconds must be positive",
+        ),
+        (
+            cfg.registry.revocation_max_age_seconds > cfg.registry.revocation_refresh_seconds,
+            "registry.revocation_max_age_seconds must exceed revocation_refresh_seconds",
+        ),
         (cfg.registry.call_timeout_seconds > 0, "registry.call_timeout_seconds must be positive"),
         (cfg.policy.engine in ("embedded", "opa"), "policy.engine must be 'embedded' or 'opa'"),
-        (cfg.policy.engine != "opa" or bool(cfg.policy.opa_url),
-         "policy.opa_url is required when policy.engine = 'opa'"),
+        (
+            cfg.policy.engine != "opa" or bool(cfg.policy.opa_url),
+            "policy.opa_url is required when policy.engine = 'opa'",
+        ),
         (cfg.policy.timeout_seconds > 0, "policy.timeout_seconds must be positive"),
-        (0 <= cfg.limits.clock_leeway_seconds <= 300,
-         "limits.clock_leeway_seconds must be between 0 and 300"),
-        ((cfg.pki.admin_cert is None) == (cfg.pki.admin_key is None),
-         "pki.admin_cert and pki.admin_key go together: give both or neither"),
+        (
+            0 <= cfg.limits.clock_leeway_seconds <= 300,
+            "limits.clock_leeway_seconds must be between 0 and 300",
+        ),
+        (
+            (cfg.pki.admin_cert is None) == (cfg.pki.admin_key is None),
+            "pki.admin_cert and pki.admin_key go together: give both or neither",
+        ),
     ]
     for ok, message in checks:
         if not ok:

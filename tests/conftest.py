@@ -21,8 +21,11 @@ def _postgres_admin() -> object:
     from connector.store.database import parsed_safe
 
     try:
-        return psycopg.connect(POSTGRES_URL.replace("postgresql+psycopg", "postgresql"),
-                               autocommit=True, connect_timeout=3)
+        return psycopg.connect(
+            POSTGRES_URL.replace("postgresql+psycopg", "postgresql"),
+            autocommit=True,
+            connect_timeout=3,
+        )
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable at {parsed_safe(POSTGRES_URL)}: {exc}")
 
@@ -57,8 +60,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
     """A registry and connectors a, b (enterprises) and c (government, for revocation)."""
     root = tmp_path_factory.mktemp("space")
-    participants = [("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE), ("c", Role.GOVERNMENT),
-                    ("aud", Role.AUDITOR)]
+    participants = [
+        ("a", Role.ENTERPRISE),
+        ("b", Role.ENTERPRISE),
+        ("c", Role.GOVERNMENT),
+        ("aud", Role.AUDITOR),
+    ]
     with LocalSpace.create(root, participants) as sp:
         sp.start_registry()
         for pid in ("a", "b", "c"):

@@ -27,20 +27,24 @@ def registry_address(cfg: Config) -> str:
 def registry_client(cfg: Config) -> RegistryClient:
     """A registry client acting as the configured participant."""
     return RegistryClient(
-        address=registry_address(cfg), space=cfg.participant.space,
+        address=registry_address(cfg),
+        space=cfg.participant.space,
         operator_id=cfg.registry.operator_id,
         issuer=participant_uri(cfg.participant.space, cfg.registry.operator_id),
         tls=_participant_tls(cfg),
-        operator_key=load_ed25519_public_key(cfg.pki.operator_public_key,
-                                             "pki.operator_public_key"),
-        clock=SystemClock(), call_timeout_seconds=cfg.registry.call_timeout_seconds,
+        operator_key=load_ed25519_public_key(
+            cfg.pki.operator_public_key, "pki.operator_public_key"
+        ),
+        clock=SystemClock(),
+        call_timeout_seconds=cfg.registry.call_timeout_seconds,
     )
 
 
 def member_channel(cfg: Config, registry: RegistryClient, peer: str, address: str) -> grpc.Channel:
     """A channel to another member, carrying this participant's membership token."""
-    return open_channel(address, _participant_tls(cfg), space=cfg.participant.space, peer=peer,
-                        token=registry.token)
+    return open_channel(
+        address, _participant_tls(cfg), space=cfg.participant.space, peer=peer, token=registry.token
+    )
 
 
 def admin_channel(cfg: Config, address: str | None = None) -> grpc.Channel:
@@ -48,5 +52,6 @@ def admin_channel(cfg: Config, address: str | None = None) -> grpc.Channel:
     if cfg.pki.admin_cert is None or cfg.pki.admin_key is None:
         raise ConfigError("pki.admin_cert and pki.admin_key are needed for admin commands")
     tls = TlsIdentity.load(cfg.pki.ca_cert, cfg.pki.admin_cert, cfg.pki.admin_key)
-    return open_channel(address or cfg.server.listen, tls, space=cfg.participant.space,
-                        peer=cfg.participant.id)
+    return open_channel(
+        address or cfg.server.listen, tls, space=cfg.participant.space, peer=cfg.participant.id
+    )

@@ -17,7 +17,8 @@ from connector.logs import setup_logging
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``tds demo``."""
     p = sub.add_parser(
-        "demo", help="run a whole city data space on this machine",
+        "demo",
+        help="run a whole city data space on this machine",
         description="Start the operator registry and connectors for a city government, two "
         "enterprises, an individual and a hospital on loopback (SQLite, development PKI), "
         "run the scenarios, narrate each step, and exit 0 only if every outcome is as "
@@ -25,8 +26,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--dir", type=Path, help="where to keep state (default: ./tds-demo-TIMESTAMP)")
     p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
-    p.add_argument("--keep-running", action="store_true",
-                   help="leave the space up (Ctrl-C to stop) to explore with the CLI")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the space up (Ctrl-C to stop) to explore with the CLI",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,9 +38,11 @@ def _keep(space: LocalSpace) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    say(f"\nThe space is up. Configs: {space.root}/*.toml, e.g.\n"
+    say(
+        f"\nThe space is up. Configs: {space.root}/*.toml, e.g.\n"
         f"  tds ping city-gov --config {space.root}/ent-a.toml\n"
-        f"  tds registry list --config {space.root}/ent-a.toml\nCtrl-C stops it.")
+        f"  tds registry list --config {space.root}/ent-a.toml\nCtrl-C stops it."
+    )
     while not stop.wait(0.5):
         pass
 
@@ -47,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("info", root.resolve() / "tds.log")
     outcomes = run_demo(root.resolve(), say, keep=_keep if args.keep_running else None)
     failed = [o for o in outcomes if not o.ok]
-    emit({"directory": str(root.resolve()), "ok": not failed,
-          "outcomes": outcomes_json(outcomes)},
-         f"\n{len(outcomes) - len(failed)} of {len(outcomes)} outcomes as expected"
-         + (f"; FAILED: {', '.join(o.step for o in failed)}" if failed else "."),
-         as_json=args.json)
+    emit(
+        {"directory": str(root.resolve()), "ok": not failed, "outcomes": outcomes_json(outcomes)},
+        f"\n{len(outcomes) - len(failed)} of {len(outcomes)} outcomes as expected"
+        + (f"; FAILED: {', '.join(o.step for o in failed)}" if failed else "."),
+        as_json=args.json,
+    )
     say(f"Logs: {root.resolve() / 'tds.log'}")
     return 1 if failed else 0

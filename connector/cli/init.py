@@ -24,17 +24,24 @@ from connector.identity.pki import load_manifest
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``tds init``."""
     p = sub.add_parser(
-        "init", help="write a connector config for a participant",
+        "init",
+        help="write a connector config for a participant",
         description="Write a TOML configuration for one participant from a PKI made by "
         "'tds pki init' (the operator's config runs the registry).",
     )
     p.add_argument("--pki", required=True, type=Path, help="directory made by 'tds pki init'")
     p.add_argument("--participant", required=True, help="participant id in that PKI")
     p.add_argument("--listen", required=True, help="host:port this connector listens on")
-    p.add_argument("--registry", default="", help="host:port of the registry (not for the operator)")
+    p.add_argument(
+        "--registry", default="", help="host:port of the registry (not for the operator)"
+    )
     p.add_argument("--out", type=Path, help="config file to write (default: ID.toml)")
-    p.add_argument("--data-dir", type=Path, help="data directory (default: data/ID beside the config)")
-    p.add_argument("--database-url", default="", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    p.add_argument(
+        "--data-dir", type=Path, help="data directory (default: data/ID beside the config)"
+    )
+    p.add_argument(
+        "--database-url", default="", help="SQLAlchemy URL (default: SQLite in the data dir)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
     p.add_argument("--json", action="store_true", help="print the written path and config as JSON")
     p.set_defaults(func=run_init)
@@ -79,8 +86,15 @@ def run_init(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     cfg = load_config(out)
-    emit({"config": str(out.resolve()), "participant": cfg.participant.id,
-          "role": cfg.participant.role, "listen": cfg.server.listen},
-         f"Wrote {out} for {cfg.participant.id} ({cfg.participant.role}); "
-         f"start it with: tds serve --config {out}", as_json=args.json)
+    emit(
+        {
+            "config": str(out.resolve()),
+            "participant": cfg.participant.id,
+            "role": cfg.participant.role,
+            "listen": cfg.server.listen,
+        },
+        f"Wrote {out} for {cfg.participant.id} ({cfg.participant.role}); "
+        f"start it with: tds serve --config {out}",
+        as_json=args.json,
+    )
     return 0

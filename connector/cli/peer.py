@@ -16,7 +16,8 @@ from connector.rpc.channel import calling
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``tds ping`` and ``tds status``."""
     ping = sub.add_parser(
-        "ping", help="look a member up in the registry and call it over mTLS",
+        "ping",
+        help="look a member up in the registry and call it over mTLS",
         description="Resolve PARTICIPANT through the registry, call its PeerService over "
         "mutual TLS with your membership token, and show who it says you are.",
     )
@@ -45,11 +46,19 @@ def run_ping(args: argparse.Namespace) -> int:
             resp = peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=10)
     finally:
         registry.close()
-    data = {"responder_id": resp.responder_id, "responder_role": resp.responder_role,
-            "caller_id": resp.caller_id, "caller_role": resp.caller_role,
-            "address": peer.address}
-    emit(data, f"{resp.responder_id} ({resp.responder_role}) at {peer.address} answered; it "
-               f"verified you as {resp.caller_id} ({resp.caller_role})", as_json=args.json)
+    data = {
+        "responder_id": resp.responder_id,
+        "responder_role": resp.responder_role,
+        "caller_id": resp.caller_id,
+        "caller_role": resp.caller_role,
+        "address": peer.address,
+    }
+    emit(
+        data,
+        f"{resp.responder_id} ({resp.responder_role}) at {peer.address} answered; it "
+        f"verified you as {resp.caller_id} ({resp.caller_role})",
+        as_json=args.json,
+    )
     return 0
 
 
@@ -57,12 +66,18 @@ def run_status(args: argparse.Namespace) -> int:
     """Show the connector's own status."""
     cfg = load_config(args.config)
     with admin_channel(cfg) as channel, calling(cfg.participant.id):
-        s = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(admin_pb2.GetStatusRequest(),
-                                                               timeout=10)
-    data = {"participant_id": s.participant_id, "role": s.role, "space": s.space,
-            "token_expires_at": s.token_expires_at,
-            "revocation_list_serial": s.revocation_list_serial,
-            "revocation_list_issued_at": s.revocation_list_issued_at, "version": s.version}
+        s = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=10
+        )
+    data = {
+        "participant_id": s.participant_id,
+        "role": s.role,
+        "space": s.space,
+        "token_expires_at": s.token_expires_at,
+        "revocation_list_serial": s.revocation_list_serial,
+        "revocation_list_issued_at": s.revocation_list_issued_at,
+        "version": s.version,
+    }
     human = "\n".join(f"{k:<26} {v}" for k, v in data.items())
     emit(data, human, as_json=args.json)
     return 0

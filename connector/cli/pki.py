@@ -24,8 +24,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     init.add_argument("--space", required=True, help="data-space id, e.g. city")
     init.add_argument("--out", required=True, type=Path, help="directory to write into")
-    init.add_argument("--participant", action="append", default=[], metavar="ID:ROLE",
-                      help="a participant to create (repeatable), e.g. gov:government")
+    init.add_argument(
+        "--participant",
+        action="append",
+        default=[],
+        metavar="ID:ROLE",
+        help="a participant to create (repeatable), e.g. gov:government",
+    )
     init.add_argument("--operator-id", default="operator", help="the operator's id")
     init.add_argument("--days", type=int, default=365, help="certificate validity in days")
     init.add_argument("--force", action="store_true", help="replace an existing PKI in --out")
@@ -36,20 +41,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_init(args: argparse.Namespace) -> int:
     """Write the PKI and report what was written."""
     specs = [parse_participant_spec(s) for s in args.participant]
-    manifest = init_space(args.out, args.space, specs, operator_id=args.operator_id,
-                          days=args.days, force=args.force)
+    manifest = init_space(
+        args.out, args.space, specs, operator_id=args.operator_id, days=args.days, force=args.force
+    )
     out = args.out.resolve()
     data = asdict(manifest)
     data["directory"] = str(out)
     for p in data["participants"]:
-        for key in ("tls_cert", "tls_key", "signing_key", "signing_public_key",
-                    "admin_cert", "admin_key"):
+        for key in (
+            "tls_cert",
+            "tls_key",
+            "signing_key",
+            "signing_public_key",
+            "admin_cert",
+            "admin_key",
+        ):
             p[key] = str(out / p[key])
     data["ca_cert"], data["ca_key"] = str(out / manifest.ca_cert), str(out / manifest.ca_key)
-    lines = [f"Wrote a development PKI for space {manifest.space!r} to {out}",
-             f"  CA certificate: {data['ca_cert']}"]
+    lines = [
+        f"Wrote a development PKI for space {manifest.space!r} to {out}",
+        f"  CA certificate: {data['ca_cert']}",
+    ]
     lines += [f"  {p.id:<12} {p.role:<11} {p.uri}" for p in manifest.participants]
-    lines.append("Development only: keep real CA keys offline. Next: tds init --pki "
-                 f"{args.out} --participant ID --listen HOST:PORT ...")
+    lines.append(
+        "Development only: keep real CA keys offline. Next: tds init --pki "
+        f"{args.out} --participant ID --listen HOST:PORT ..."
+    )
     emit(data, "\n".join(lines), as_json=args.json)
     return 0

@@ -25,13 +25,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     enrol.add_argument("--config", required=True, type=Path, help="the operator's config")
     enrol.add_argument("--participant", required=True, help="participant id")
     enrol.add_argument("--address", default="", help="host:port of its connector")
-    enrol.add_argument("--pki", type=Path,
-                       help="take role, certificate and signing key from this 'tds pki init' dir")
+    enrol.add_argument(
+        "--pki",
+        type=Path,
+        help="take role, certificate and signing key from this 'tds pki init' dir",
+    )
     enrol.add_argument("--role", help="role (default: from --pki)")
     enrol.add_argument("--tls-cert", type=Path, help="its TLS certificate (PEM)")
     enrol.add_argument("--signing-public-key", type=Path, help="its Ed25519 public key (PEM)")
-    enrol.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
-                       help="an attribute for its membership tokens (repeatable)")
+    enrol.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an attribute for its membership tokens (repeatable)",
+    )
     enrol.add_argument("--replace", action="store_true", help="update an existing entry")
     enrol.add_argument("--json", action="store_true")
     enrol.set_defaults(func=run_enrol)
@@ -67,10 +75,15 @@ def _enrol_request(args: argparse.Namespace) -> registry_pb2.EnrolRequest:
             raise InvalidRequest(f"--attr {item!r}: expected KEY=VALUE")
         attrs[key] = value
     return registry_pb2.EnrolRequest(
-        participant_id=args.participant, role=role, address=args.address,
+        participant_id=args.participant,
+        role=role,
+        address=args.address,
         tls_certificate_pem=read_file_bytes(cert_path, "--tls-cert").decode(),
-        signing_public_key=raw_public_key(load_ed25519_public_key(key_path, "--signing-public-key")),
-        attributes=attrs, replace=args.replace,
+        signing_public_key=raw_public_key(
+            load_ed25519_public_key(key_path, "--signing-public-key")
+        ),
+        attributes=attrs,
+        replace=args.replace,
     )
 
 
@@ -98,17 +111,25 @@ def run_revoke(args: argparse.Namespace) -> int:
             registry_pb2.RevokeRequest(participant_id=args.participant, reason=args.reason),
             timeout=10,
         )
-    emit({"participant": args.participant, "revocation_list_serial": resp.revocation_list_serial},
-         f"Revoked {args.participant}; revocation list serial {resp.revocation_list_serial}",
-         as_json=args.json)
+    emit(
+        {"participant": args.participant, "revocation_list_serial": resp.revocation_list_serial},
+        f"Revoked {args.participant}; revocation list serial {resp.revocation_list_serial}",
+        as_json=args.json,
+    )
     return 0
 
 
 def _peer_json(p: PeerInfo) -> dict[str, object]:
-    return {"id": p.id, "role": p.role, "address": p.address, "revoked": p.revoked,
-            "signing_public_key": p.signing_public_key.hex(),
-            "certificate_thumbprint": p.certificate_thumbprint,
-            "enrolled_at": p.enrolled_at, "attributes": p.attributes}
+    return {
+        "id": p.id,
+        "role": p.role,
+        "address": p.address,
+        "revoked": p.revoked,
+        "signing_public_key": p.signing_public_key.hex(),
+        "certificate_thumbprint": p.certificate_thumbprint,
+        "enrolled_at": p.enrolled_at,
+        "attributes": p.attributes,
+    }
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -119,6 +140,9 @@ def run_list(args: argparse.Namespace) -> int:
         peers = client.list_participants(args.role)
     finally:
         client.close()
-    emit([_peer_json(p) for p in peers], "\n".join(_describe(p) for p in peers) or "(none)",
-         as_json=args.json)
+    emit(
+        [_peer_json(p) for p in peers],
+        "\n".join(_describe(p) for p in peers) or "(none)",
+        as_json=args.json,
+    )
     return 0

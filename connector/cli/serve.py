@@ -18,7 +18,8 @@ from connector.node import Node
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``tds serve``."""
     p = sub.add_parser(
-        "serve", help="run a connector (or the registry, for role operator)",
+        "serve",
+        help="run a connector (or the registry, for role operator)",
         description="Serve until SIGTERM or SIGINT, then finish in-flight calls and close. "
         "Logs are JSON lines on stderr. Environment: TDS_DATABASE_URL overrides "
         "database.url; TDS_LOG_LEVEL sets the log level (default info).",
@@ -48,8 +49,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"tds: {cfg.participant.id} ({cfg.participant.role}) listening on port {node.port}",
-          flush=True)
+    print(
+        f"tds: {cfg.participant.id} ({cfg.participant.role}) listening on port {node.port}",
+        flush=True,
+    )
     while not stopping.wait(0.5):
         pass
     node.stop()

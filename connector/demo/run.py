@@ -53,15 +53,19 @@ class Outcome:
 
 def _tls(space: LocalSpace, participant: str) -> TlsIdentity:
     me = space.manifest.participant(participant)
-    return TlsIdentity.load(space.pki_dir / space.manifest.ca_cert, space.pki_dir / me.tls_cert,
-                            space.pki_dir / me.tls_key)
+    return TlsIdentity.load(
+        space.pki_dir / space.manifest.ca_cert,
+        space.pki_dir / me.tls_cert,
+        space.pki_dir / me.tls_key,
+    )
 
 
 def _ping(space: LocalSpace, caller: str, callee: str, token: Callable[[], str] | None) -> str:
     """Ping ``callee`` as ``caller`` with the given token source; return OK or the status."""
     node: Node = space.nodes[callee]
-    channel = open_channel(f"127.0.0.1:{node.port}", _tls(space, caller), space=space.space,
-                           peer=callee, token=token)
+    channel = open_channel(
+        f"127.0.0.1:{node.port}", _tls(space, caller), space=space.space, peer=callee, token=token
+    )
     try:
         resp = peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=10)
         return f"OK as {resp.caller_id}"
@@ -77,8 +81,9 @@ def _own_token(space: LocalSpace, participant: str) -> Callable[[], str]:
     return registry.token
 
 
-def run_demo(root: Path, narrate: Callable[[str], None], *,
-             keep: Callable[[LocalSpace], None] | None = None) -> list[Outcome]:
+def run_demo(
+    root: Path, narrate: Callable[[str], None], *, keep: Callable[[LocalSpace], None] | None = None
+) -> list[Outcome]:
     """Run the demo under ``root``; return every outcome (the caller decides the exit code)."""
     outcomes: list[Outcome] = []
 
@@ -86,7 +91,9 @@ def run_demo(root: Path, narrate: Callable[[str], None], *,
         outcome = Outcome(scenario, step, expected, observed)
         outcomes.append(outcome)
         mark = "ok " if outcome.ok else "FAILED"
-        narrate(f"  [{mark}] {step}: {observed}" + ("" if outcome.ok else f" (expected {expected})"))
+        narrate(
+            f"  [{mark}] {step}: {observed}" + ("" if outcome.ok else f" (expected {expected})")
+        )
 
     started = time.monotonic()
     narrate(f"Creating a development PKI for space 'city' in {root / 'pki'}")
@@ -96,38 +103,76 @@ def run_demo(root: Path, narrate: Callable[[str], None], *,
         narrate(f"Operator registry listening on 127.0.0.1:{registry.port}")
         for pid in CONNECTORS:
             node = space.start_connector(pid)
-            narrate(f"  {pid:<9} ({node.cfg.participant.role}) enrolled, token obtained, "
-                    f"listening on 127.0.0.1:{node.port}")
+            narrate(
+                f"  {pid:<9} ({node.cfg.participant.role}) enrolled, token obtained, "
+                f"listening on 127.0.0.1:{node.port}"
+            )
         space.enrol("auditor", "")
         narrate("  auditor   enrolled (CLI only, no connector)")
 
         s = "trust"
         narrate("\nMembers call each other over mutual TLS with membership tokens")
-        check(s, "ent-a pings city-gov", "OK as ent-a",
-              _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")))
-        check(s, "city-gov pings alice", "OK as city-gov",
-              _ping(space, "city-gov", "alice", _own_token(space, "city-gov")))
+        check(
+            s,
+            "ent-a pings city-gov",
+            "OK as ent-a",
+            _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")),
+        )
+        check(
+            s,
+            "city-gov pings alice",
+            "OK as city-gov",
+            _ping(space, "city-gov", "alice", _own_token(space, "city-gov")),
+        )
 
         narrate("\nEvery forged or misused credential is refused")
-        check(s, "call without a membership token", "UNAUTHENTICATED",
-              _ping(space, "ent-a", "city-gov", None))
+        check(
+            s,
+            "call without a membership token",
+            "UNAUTHENTICATED",
+            _ping(space, "ent-a", "city-gov", None),
+        )
         forger = ed25519.Ed25519PrivateKey.generate()
         cert = load_certificate(space.pki_dir / space.manifest.participant("ent-a").tls_cert)
         forged = jwt.encode(
-            {"iss": space.nodes["ent-a"].issuer, "sub": "ent-a", "aud": space.space,
-             "iat": int(time.time()), "exp": int(time.time()) + 300, "jti": uuid.uuid4().hex,
-             "role": "government", "attrs": {}, "cnf": {"x5t#S256": certificate_thumbprint(cert)}},
-            forger, algorithm="EdDSA", headers={"typ": "tds-membership+jwt"},
+            {
+                "iss": space.nodes["ent-a"].issuer,
+                "sub": "ent-a",
+                "aud": space.space,
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 300,
+                "jti": uuid.uuid4().hex,
+                "role": "government",
+                "attrs": {},
+                "cnf": {"x5t#S256": certificate_thumbprint(cert)},
+            },
+            forger,
+            algorithm="EdDSA",
+            headers={"typ": "tds-membership+jwt"},
         )
-        check(s, "token signed by someone other than the operator", "UNAUTHENTICATED",
-              _ping(space, "ent-a", "city-gov", lambda: forged))
-        check(s, "ent-b presents ent-a's token (bound to another certificate)",
-              "UNAUTHENTICATED", _ping(space, "ent-b", "city-gov", _own_token(space, "ent-a")))
-        channel = open_channel(space.registry_address, _tls(space, "ent-a"), space=space.space,
-                               peer=space.manifest.operator_id, token=_own_token(space, "ent-a"))
+        check(
+            s,
+            "token signed by someone other than the operator",
+            "UNAUTHENTICATED",
+            _ping(space, "ent-a", "city-gov", lambda: forged),
+        )
+        check(
+            s,
+            "ent-b presents ent-a's token (bound to another certificate)",
+            "UNAUTHENTICATED",
+            _ping(space, "ent-b", "city-gov", _own_token(space, "ent-a")),
+        )
+        channel = open_channel(
+            space.registry_address,
+            _tls(space, "ent-a"),
+            space=space.space,
+            peer=space.manifest.operator_id,
+            token=_own_token(space, "ent-a"),
+        )
         try:
             registry_pb2_grpc.RegistryServiceStub(channel).Revoke(
-                registry_pb2.RevokeRequest(participant_id="ent-b", reason="hostile"), timeout=10)
+                registry_pb2.RevokeRequest(participant_id="ent-b", reason="hostile"), timeout=10
+            )
             observed = "OK"
         except grpc.RpcError as err:
             observed = rpc_code(err)
@@ -139,12 +184,19 @@ def run_demo(root: Path, narrate: Callable[[str], None], *,
         space.revoke("ent-b", "demo: membership ended")
         space.refresh()
         stale_token = _own_token(space, "ent-b")
-        check(s, "revoked ent-b pings city-gov", "UNAUTHENTICATED",
-              _ping(space, "ent-b", "city-gov", stale_token))
-        check(s, "ent-a still pings city-gov", "OK as ent-a",
-              _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")))
-        narrate(f"\nAll state, keys and configs are in {root} "
-                f"({time.monotonic() - started:.1f} s)")
+        check(
+            s,
+            "revoked ent-b pings city-gov",
+            "UNAUTHENTICATED",
+            _ping(space, "ent-b", "city-gov", stale_token),
+        )
+        check(
+            s,
+            "ent-a still pings city-gov",
+            "OK as ent-a",
+            _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")),
+        )
+        narrate(f"\nAll state, keys and configs are in {root} ({time.monotonic() - started:.1f} s)")
         if keep is not None:
             keep(space)
     finally:

@@ -42,8 +42,9 @@ class LocalSpace:
         return self.root / "pki"
 
     @classmethod
-    def create(cls, root: Path, participants: Sequence[tuple[str, Role]], *,
-               space: str = "city") -> LocalSpace:
+    def create(
+        cls, root: Path, participants: Sequence[tuple[str, Role]], *, space: str = "city"
+    ) -> LocalSpace:
         """Write the PKI and the operator's config (nothing started yet)."""
         root.mkdir(parents=True, exist_ok=True)
         manifest = init_space(root / "pki", space, participants)
@@ -52,8 +53,14 @@ class LocalSpace:
     def write_config(self, participant: str, listen: str, registry: str) -> Config:
         """Write ``ROOT/ID.toml`` as ``tds init`` would and load it back."""
         out = self.root / f"{participant}.toml"
-        args = argparse.Namespace(pki=self.pki_dir, participant=participant, listen=listen,
-                                  registry=registry, data_dir=None, database_url="")
+        args = argparse.Namespace(
+            pki=self.pki_dir,
+            participant=participant,
+            listen=listen,
+            registry=registry,
+            data_dir=None,
+            database_url="",
+        )
         out.write_text(render_config(build_config(args, out)))
         cfg = load_config(out)
         self.configs[participant] = cfg
@@ -76,16 +83,26 @@ class LocalSpace:
         """host:port of the running registry."""
         return f"127.0.0.1:{self.nodes[self.manifest.operator_id].port}"
 
-    def enrol(self, participant: str, address: str, attributes: dict[str, str] | None = None,
-              *, replace: bool = False) -> None:
+    def enrol(
+        self,
+        participant: str,
+        address: str,
+        attributes: dict[str, str] | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
         """Enrol a participant with the operator's administrator certificate."""
         me = self.manifest.participant(participant)
         request = registry_pb2.EnrolRequest(
-            participant_id=participant, role=me.role, address=address,
+            participant_id=participant,
+            role=me.role,
+            address=address,
             tls_certificate_pem=read_file_bytes(self.pki_dir / me.tls_cert, "cert").decode(),
             signing_public_key=raw_public_key(
-                load_ed25519_public_key(self.pki_dir / me.signing_public_key)),
-            attributes=attributes or {}, replace=replace,
+                load_ed25519_public_key(self.pki_dir / me.signing_public_key)
+            ),
+            attributes=attributes or {},
+            replace=replace,
         )
         op_cfg = self.configs[self.manifest.operator_id]
         with admin_channel(op_cfg) as channel, calling("registry"):
@@ -109,7 +126,8 @@ class LocalSpace:
         op_cfg = self.configs[self.manifest.operator_id]
         with admin_channel(op_cfg) as channel, calling("registry"):
             registry_pb2_grpc.RegistryServiceStub(channel).Revoke(
-                registry_pb2.RevokeRequest(participant_id=participant, reason=reason), timeout=10)
+                registry_pb2.RevokeRequest(participant_id=participant, reason=reason), timeout=10
+            )
 
     def refresh(self) -> None:
         """Make every connector fetch the revocation list and its token now."""

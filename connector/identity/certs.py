@@ -13,7 +13,6 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtensionOID
 
 from connector.errors import AuthenticationError, ConfigError, InvalidRequest
 from connector.identity.names import CertificateName, parse_uri
@@ -65,9 +64,7 @@ def _load_private_key(path: Path, what: str) -> object:
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"{what} {path} is not an unencrypted PEM private key ({exc})"
-        ) from None
+        raise ConfigError(f"{what} {path} is not an unencrypted PEM private key ({exc})") from None
 
 
 def load_tls_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -112,11 +109,14 @@ def certificate_thumbprint(cert: x509.Certificate) -> str:
 def certificate_name(cert: x509.Certificate) -> CertificateName:
     """The single tds SAN URI of a certificate, or ``AuthenticationError``."""
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         raise AuthenticationError("certificate has no subject alternative name") from None
-    uris = [u for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
-            if u.startswith("urn:tds:")]
+    uris: list[str] = [
+        u
+        for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith("urn:tds:")
+    ]
     if len(uris) != 1:
         raise AuthenticationError(
             f"certificate must carry exactly one urn:tds: SAN URI, found {len(uris)}"

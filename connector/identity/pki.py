@@ -93,15 +93,19 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def create_ca(space: str, *, now: dt.datetime | None = None, days: int = 3650) -> CertificateAuthority:
+def create_ca(
+    space: str, *, now: dt.datetime | None = None, days: int = 3650
+) -> CertificateAuthority:
     """A self-signed ECDSA P-256 CA for ``space``."""
     check_id(space, "space id")
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"tds space {space}"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"tds {space} data-space CA"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"tds space {space}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"tds {space} data-space CA"),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -113,9 +117,15 @@ def create_ca(space: str, *, now: dt.datetime | None = None, days: int = 3650) -
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -145,9 +155,15 @@ def _leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -161,7 +177,9 @@ def _leaf(
 
 
 def _validity(
-    now: dt.datetime | None, days: int, not_before: dt.datetime | None,
+    now: dt.datetime | None,
+    days: int,
+    not_before: dt.datetime | None,
     not_after: dt.datetime | None,
 ) -> tuple[dt.datetime, dt.datetime]:
     now = now or _now()
@@ -202,11 +220,10 @@ def issue_admin_certificate(
 ) -> x509.Certificate:
     """A client certificate for the administrator of ``participant``'s connector."""
     start, end = _validity(now, days, not_before, not_after)
-    sans: list[x509.GeneralName] = [
-        x509.UniformResourceIdentifier(admin_uri(space, participant))
-    ]
-    return _leaf(ca, public_key, f"{participant} admin", sans,
-                 [ExtendedKeyUsageOID.CLIENT_AUTH], start, end)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(admin_uri(space, participant))]
+    return _leaf(
+        ca, public_key, f"{participant} admin", sans, [ExtendedKeyUsageOID.CLIENT_AUTH], start, end
+    )
 
 
 def parse_participant_spec(spec: str) -> tuple[str, Role]:
@@ -240,14 +257,21 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _write_participant(
-    out: Path, ca: CertificateAuthority, space: str, pid: str, role: Role, now: dt.datetime,
+    out: Path,
+    ca: CertificateAuthority,
+    space: str,
+    pid: str,
+    role: Role,
+    now: dt.datetime,
     days: int,
 ) -> ParticipantMaterial:
     rel = Path(pid)
     tls_key = ec.generate_private_key(ec.SECP256R1())
     admin_key = ec.generate_private_key(ec.SECP256R1())
     signing = ed25519.Ed25519PrivateKey.generate()
-    tls_cert = issue_participant_certificate(ca, space, pid, tls_key.public_key(), now=now, days=days)
+    tls_cert = issue_participant_certificate(
+        ca, space, pid, tls_key.public_key(), now=now, days=days
+    )
     admin_cert = issue_admin_certificate(ca, space, pid, admin_key.public_key(), now=now, days=days)
     files = {
         "tls_cert": (rel / "tls.pem", _cert_pem(tls_cert), False),
@@ -266,7 +290,9 @@ def _write_participant(
     for path, data, secret in files.values():
         _write(out / path, data, secret=secret)
     return ParticipantMaterial(
-        id=pid, role=role.value, uri=participant_uri(space, pid),
+        id=pid,
+        role=role.value,
+        uri=participant_uri(space, pid),
         dns_name=participant_dns_name(space, pid),
         **{name: str(path) for name, (path, _, _) in files.items()},
     )
@@ -301,9 +327,14 @@ def init_space(
     _write(out / "ca.pem", _cert_pem(ca.certificate))
     _write(out / "ca.key", _pem_key(ca.key), secret=True)
     written = [_write_participant(out, ca, space, operator_id, Role.OPERATOR, now, days)]
-    written += [_write_participant(out, ca, space, pid, role, now, days) for pid, role in participants]
+    written += [
+        _write_participant(out, ca, space, pid, role, now, days) for pid, role in participants
+    ]
     manifest = SpaceManifest(
-        space=space, operator_id=operator_id, ca_cert="ca.pem", ca_key="ca.key",
+        space=space,
+        operator_id=operator_id,
+        ca_cert="ca.pem",
+        ca_key="ca.key",
         participants=written,
     )
     _write(out / MANIFEST_NAME, (json.dumps(asdict(manifest), indent=2) + "\n").encode())
@@ -316,7 +347,9 @@ def load_manifest(directory: Path) -> SpaceManifest:
     try:
         raw = json.loads(path.read_text())
         return SpaceManifest(
-            space=raw["space"], operator_id=raw["operator_id"], ca_cert=raw["ca_cert"],
+            space=raw["space"],
+            operator_id=raw["operator_id"],
+            ca_cert=raw["ca_cert"],
             ca_key=raw["ca_key"],
             participants=[ParticipantMaterial(**p) for p in raw["participants"]],
         )

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 ALGORITHM = "EdDSA"
-TOKEN_TYPE = "tds-membership+jwt"
+TOKEN_TYPE = "tds-membership+jwt"  # noqa: S105 (a JWS type, not a secret)
 _REQUIRED = ["iss", "sub", "aud", "exp", "iat", "jti"]
 
 
@@ -141,16 +141,19 @@ def verify_membership_token(
     peer certificate (``connector.rpc.auth`` does).
     """
     claims = verify_operator_jws(
-        token, key, typ=TOKEN_TYPE, issuer=issuer, audience=space,
-        required=_REQUIRED, what="membership token",
+        token,
+        key,
+        typ=TOKEN_TYPE,
+        issuer=issuer,
+        audience=space,
+        required=_REQUIRED,
+        what="membership token",
     )
     exp, iat = claims["exp"], claims["iat"]
     if not isinstance(exp, int) or not isinstance(iat, int):
         raise AuthenticationError("membership token exp and iat must be integers")
     if now > exp + leeway_seconds:
-        raise AuthenticationError(
-            "membership token has expired: fetch a new one from the registry"
-        )
+        raise AuthenticationError("membership token has expired: fetch a new one from the registry")
     if iat > now + leeway_seconds:
         raise AuthenticationError("membership token is issued in the future: check clocks")
     cnf = claims.get("cnf")
@@ -165,6 +168,11 @@ def verify_membership_token(
     ):
         raise AuthenticationError("membership token attrs must map strings to strings")
     return Membership(
-        participant=sub, role=role, space=space, certificate_thumbprint=thumbprint,
-        expires_at=exp, token_id=str(claims["jti"]), attrs=dict(attrs),
+        participant=sub,
+        role=role,
+        space=space,
+        certificate_thumbprint=thumbprint,
+        expires_at=exp,
+        token_id=str(claims["jti"]),
+        attrs=dict(attrs),
     )

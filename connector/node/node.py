@@ -73,7 +73,9 @@ def _load_tls(cfg: Config) -> TlsMaterial:
         raise ConfigError(f"pki.tls_cert {pki.tls_cert}: {exc}") from None
     expected = participant_uri(cfg.participant.space, cfg.participant.id)
     if (name.space, name.kind, name.participant) != (
-        cfg.participant.space, "participant", cfg.participant.id
+        cfg.participant.space,
+        "participant",
+        cfg.participant.id,
     ):
         raise ConfigError(f"pki.tls_cert {pki.tls_cert} does not name {expected}")
     return TlsMaterial(
@@ -124,20 +126,29 @@ class Node:
         """
         cfg = self.cfg
         tls = _load_tls(cfg)
-        operator_key = load_ed25519_public_key(cfg.pki.operator_public_key,
-                                               "pki.operator_public_key")
+        operator_key = load_ed25519_public_key(
+            cfg.pki.operator_public_key, "pki.operator_public_key"
+        )
         signing_key = load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key")
         self.db = open_database(cfg.database_url)
         try:
             services, revocations = self._services(tls, operator_key, signing_key)
             authenticator = Authenticator(
-                space=cfg.participant.space, participant=cfg.participant.id,
-                operator_key=operator_key, issuer=self.issuer, revocations=revocations,
-                clock=self.clock, leeway_seconds=cfg.limits.clock_leeway_seconds,
+                space=cfg.participant.space,
+                participant=cfg.participant.id,
+                operator_key=operator_key,
+                issuer=self.issuer,
+                revocations=revocations,
+                clock=self.clock,
+                leeway_seconds=cfg.limits.clock_leeway_seconds,
             )
             self._handle = build_server(
-                listen=cfg.server.listen, services=services, authenticator=authenticator,
-                ca_pem=tls.ca_pem, cert_pem=tls.cert_pem, key_pem=tls.key_pem,
+                listen=cfg.server.listen,
+                services=services,
+                authenticator=authenticator,
+                ca_pem=tls.ca_pem,
+                cert_pem=tls.cert_pem,
+                key_pem=tls.key_pem,
                 max_workers=cfg.server.max_workers,
                 max_message_bytes=cfg.server.max_message_bytes,
             )
@@ -152,11 +163,18 @@ class Node:
             self._refresher = threading.Thread(
                 target=self.registry.run_refresher,
                 args=(self._stop, cfg.registry.revocation_refresh_seconds),
-                name="tds-registry-refresh", daemon=True,
+                name="tds-registry-refresh",
+                daemon=True,
             )
             self._refresher.start()
-        log.info("serving", extra={"participant": cfg.participant.id,
-                                   "role": cfg.participant.role, "port": self.port})
+        log.info(
+            "serving",
+            extra={
+                "participant": cfg.participant.id,
+                "role": cfg.participant.role,
+                "port": self.port,
+            },
+        )
 
     def _services(
         self,
@@ -166,8 +184,9 @@ class Node:
     ) -> tuple[list[Service], RevocationSource]:
         cfg, db = self.cfg, self.db
         assert db is not None
-        services: list[Service] = [peer_service(PeerServicer(cfg.participant.id,
-                                                             cfg.participant.role))]
+        services: list[Service] = [
+            peer_service(PeerServicer(cfg.participant.id, cfg.participant.role))
+        ]
         revocations: RevocationSource
         if cfg.is_operator:
             if raw_public_key(signing_key.public_key()) != raw_public_key(operator_key):
@@ -177,37 +196,55 @@ class Node:
             store = SqlDirectoryStore(db)
             local = LocalRevocations(store, self.clock)
             keys = OperatorKeys(
-                space=cfg.participant.space, issuer=self.issuer, signing_key=signing_key,
+                space=cfg.participant.space,
+                issuer=self.issuer,
+                signing_key=signing_key,
                 ca_certificate=load_certificate(cfg.pki.ca_cert, "pki.ca_cert"),
                 token_ttl_seconds=cfg.registry.token_ttl_seconds,
             )
             servicer = RegistryServicer(store, keys, local, self.clock)
             self._enrol_self = lambda address: self._enrol_operator(
-                servicer, store, tls, signing_key, address)
+                servicer, store, tls, signing_key, address
+            )
             services.append(registry_service(servicer))
             revocations = local
         else:
             self.registry = RegistryClient(
-                address=cfg.registry.address, space=cfg.participant.space,
-                operator_id=cfg.registry.operator_id, issuer=self.issuer,
-                tls=tls.identity, operator_key=operator_key, clock=self.clock,
+                address=cfg.registry.address,
+                space=cfg.participant.space,
+                operator_id=cfg.registry.operator_id,
+                issuer=self.issuer,
+                tls=tls.identity,
+                operator_key=operator_key,
+                clock=self.clock,
                 token_refresh_fraction=cfg.registry.token_refresh_fraction,
                 revocation_max_age_seconds=cfg.registry.revocation_max_age_seconds,
                 call_timeout_seconds=cfg.registry.call_timeout_seconds,
             )
             revocations = self.registry
-        services.append(admin_service(AdminServicer(
-            cfg.participant.id, cfg.participant.role, cfg.participant.space, self.status
-        )))
+        services.append(
+            admin_service(
+                AdminServicer(
+                    cfg.participant.id, cfg.participant.role, cfg.participant.space, self.status
+                )
+            )
+        )
         return services, revocations
 
-    def _enrol_operator(self, servicer: RegistryServicer, store: SqlDirectoryStore,
-                        tls: TlsMaterial, signing_key: ed25519.Ed25519PrivateKey,
-                        address: str) -> None:
+    def _enrol_operator(
+        self,
+        servicer: RegistryServicer,
+        store: SqlDirectoryStore,
+        tls: TlsMaterial,
+        signing_key: ed25519.Ed25519PrivateKey,
+        address: str,
+    ) -> None:
         """List the operator in its own directory, so members can find its keys."""
         request = registry_pb2.EnrolRequest(
-            participant_id=self.cfg.participant.id, role=self.cfg.participant.role,
-            address=address, tls_certificate_pem=tls.cert_pem.decode(),
+            participant_id=self.cfg.participant.id,
+            role=self.cfg.participant.role,
+            address=address,
+            tls_certificate_pem=tls.cert_pem.decode(),
             signing_public_key=raw_public_key(signing_key.public_key()),
         )
         entry = servicer.validate_enrolment(request)
@@ -215,8 +252,11 @@ class Node:
             held = store.get(entry.id)
         except NotFound:
             held = None
-        if held is None or held.certificate_thumbprint != entry.certificate_thumbprint \
-                or held.address != entry.address:
+        if (
+            held is None
+            or held.certificate_thumbprint != entry.certificate_thumbprint
+            or held.address != entry.address
+        ):
             store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
 
     def status(self) -> NodeStatus:

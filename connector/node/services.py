@@ -23,7 +23,7 @@ class NodeStatus:
     revocations: RevocationList | None
 
 
-class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     """Answers pings from other members with the identity it verified for them."""
 
     def __init__(self, participant: str, role: str) -> None:
@@ -34,16 +34,19 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         """Echo the verified caller."""
         caller = current_caller()
         return peer_pb2.PingResponse(
-            responder_id=self._participant, responder_role=self._role,
-            caller_id=caller.participant, caller_role=caller.role,
+            responder_id=self._participant,
+            responder_role=self._role,
+            caller_id=caller.participant,
+            caller_role=caller.role,
         )
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """The participant's own administration of its connector."""
 
-    def __init__(self, participant: str, role: str, space: str,
-                 status: Callable[[], NodeStatus]) -> None:
+    def __init__(
+        self, participant: str, role: str, space: str, status: Callable[[], NodeStatus]
+    ) -> None:
         self._participant = participant
         self._role = role
         self._space = space
@@ -56,7 +59,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         status = self._status()
         rl = status.revocations
         return admin_pb2.GetStatusResponse(
-            participant_id=self._participant, role=self._role, space=self._space,
+            participant_id=self._participant,
+            role=self._role,
+            space=self._space,
             token_expires_at=status.token_expires_at,
             revocation_list_serial=rl.serial if rl else 0,
             revocation_list_issued_at=rl.issued_at if rl else 0,
@@ -66,11 +71,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
 
 def peer_service(servicer: PeerServicer) -> Service:
     """``PeerService`` with its access table."""
-    return Service("tds.v1.PeerService", peer_pb2_grpc.add_PeerServiceServicer_to_server,
-                   servicer, {"Ping": Access.MEMBER})
+    return Service(
+        "tds.v1.PeerService",
+        peer_pb2_grpc.add_PeerServiceServicer_to_server,
+        servicer,
+        {"Ping": Access.MEMBER},
+    )
 
 
 def admin_service(servicer: AdminServicer) -> Service:
     """``AdminService`` with its access table."""
-    return Service("tds.v1.AdminService", admin_pb2_grpc.add_AdminServiceServicer_to_server,
-                   servicer, {"GetStatus": Access.ADMIN})
+    return Service(
+        "tds.v1.AdminService",
+        admin_pb2_grpc.add_AdminServiceServicer_to_server,
+        servicer,
+        {"GetStatus": Access.ADMIN},
+    )

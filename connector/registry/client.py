@@ -42,10 +42,14 @@ class PeerInfo:
     def from_message(cls, msg: common_pb2.Participant) -> PeerInfo:
         """From the wire form."""
         return cls(
-            id=msg.id, role=msg.role, address=msg.address,
+            id=msg.id,
+            role=msg.role,
+            address=msg.address,
             signing_public_key=bytes(msg.signing_public_key),
-            certificate_thumbprint=msg.certificate_thumbprint, revoked=msg.revoked,
-            enrolled_at=msg.enrolled_at, attributes=dict(msg.attributes),
+            certificate_thumbprint=msg.certificate_thumbprint,
+            revoked=msg.revoked,
+            enrolled_at=msg.enrolled_at,
+            attributes=dict(msg.attributes),
         )
 
 
@@ -188,8 +192,10 @@ class RegistryClient:
 
     def refresh_all(self) -> None:
         """Refresh the revocation list and, when due, the token; log failures."""
-        for what, action in (("revocation list", self.refresh_revocations),
-                             ("membership token", self._refresh_token_if_due)):
+        for what, action in (
+            ("revocation list", self.refresh_revocations),
+            ("membership token", self._refresh_token_if_due),
+        ):
             try:
                 action()
             except ConnectorError as exc:
@@ -201,8 +207,9 @@ class RegistryClient:
         if due:
             self.refresh_token()
 
-    def run_refresher(self, stop: threading.Event, interval: float,
-                      on_cycle: Callable[[], None] | None = None) -> None:
+    def run_refresher(
+        self, stop: threading.Event, interval: float, on_cycle: Callable[[], None] | None = None
+    ) -> None:
         """Refresh until ``stop`` is set; retries sooner while nothing fresh is held."""
         while not stop.is_set():
             self.refresh_all()

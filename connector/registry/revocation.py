@@ -61,7 +61,11 @@ def verify_revocation_list(
     """Verify a revocation list from the registry or raise ``VerificationError``."""
     try:
         claims = verify_operator_jws(
-            token, key, typ=REVOCATION_TYPE, issuer=issuer, audience=space,
+            token,
+            key,
+            typ=REVOCATION_TYPE,
+            issuer=issuer,
+            audience=space,
             required=["iss", "aud", "iat", "serial", "participants", "certificate_serials"],
             what="revocation list",
         )
@@ -76,6 +80,8 @@ def verify_revocation_list(
     if not (isinstance(certs, list) and all(isinstance(c, str) for c in certs)):
         raise VerificationError("revocation list certificate_serials must be a list of hex")
     return RevocationList(
-        serial=serial, issued_at=iat, participants=frozenset(parts),
+        serial=serial,
+        issued_at=iat,
+        participants=frozenset(parts),
         certificate_serials=frozenset(certs),
     )

@@ -75,18 +75,25 @@ class LocalRevocations:
 def participant_message(entry: DirectoryEntry) -> common_pb2.Participant:
     """The wire form of a directory entry."""
     return common_pb2.Participant(
-        id=entry.id, role=entry.role, address=entry.address,
+        id=entry.id,
+        role=entry.role,
+        address=entry.address,
         signing_public_key=entry.signing_public_key,
         certificate_thumbprint=entry.certificate_thumbprint,
-        attributes=entry.attributes, revoked=entry.revoked, enrolled_at=entry.enrolled_at,
+        attributes=entry.attributes,
+        revoked=entry.revoked,
+        enrolled_at=entry.enrolled_at,
     )
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Serves the operator registry; every method raises tds errors, never aborts."""
 
     def __init__(
-        self, store: DirectoryStore, keys: OperatorKeys, revocations: LocalRevocations,
+        self,
+        store: DirectoryStore,
+        keys: OperatorKeys,
+        revocations: LocalRevocations,
         clock: Clock,
     ) -> None:
         self._store = store
@@ -103,10 +110,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         role = Role.parse(request.role)
         if request.address:
             host, sep, port = request.address.rpartition(":")
-            ensure(bool(sep and host and port.isdigit() and 0 < int(port) < 65536),
-                   f"address must be host:port, got {request.address!r}")
-        ensure(role in (Role.AUDITOR,) or bool(request.address),
-               f"a {role.value} runs a connector: give its address (host:port)")
+            ensure(
+                bool(sep and host and port.isdigit() and 0 < int(port) < 65536),
+                f"address must be host:port, got {request.address!r}",
+            )
+        ensure(
+            role in (Role.AUDITOR,) or bool(request.address),
+            f"a {role.value} runs a connector: give its address (host:port)",
+        )
         cert = parse_certificate_pem(request.tls_certificate_pem.encode(), "tls_certificate_pem")
         try:
             cert.verify_directly_issued_by(self._keys.ca_certificate)
@@ -116,28 +127,40 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
             name = certificate_name(cert)
         except AuthenticationError as exc:
             raise InvalidRequest(f"tls_certificate_pem: {exc}") from None
-        ensure(name.kind == PARTICIPANT_URI_KIND and name.space == self._keys.space
-               and name.participant == pid,
-               f"tls_certificate_pem must name urn:tds:{self._keys.space}:participant:{pid}")
+        ensure(
+            name.kind == PARTICIPANT_URI_KIND
+            and name.space == self._keys.space
+            and name.participant == pid,
+            f"tls_certificate_pem must name urn:tds:{self._keys.space}:participant:{pid}",
+        )
         now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
-        ensure(cert.not_valid_before_utc <= now <= cert.not_valid_after_utc,
-               "tls_certificate_pem is expired or not yet valid")
-        ensure(len(request.signing_public_key) == 32,
-               "signing_public_key must be the 32 raw bytes of an Ed25519 public key")
+        ensure(
+            cert.not_valid_before_utc <= now <= cert.not_valid_after_utc,
+            "tls_certificate_pem is expired or not yet valid",
+        )
+        ensure(
+            len(request.signing_public_key) == 32,
+            "signing_public_key must be the 32 raw bytes of an Ed25519 public key",
+        )
         try:
             ed25519.Ed25519PublicKey.from_public_bytes(request.signing_public_key)
         except ValueError:
             raise InvalidRequest("signing_public_key is not a valid Ed25519 key") from None
         attrs = dict(request.attributes)
         ensure(len(attrs) <= _MAX_ATTRS, f"at most {_MAX_ATTRS} attributes")
-        ensure(all(len(k) <= 64 and len(v) <= _MAX_ATTR_LEN for k, v in attrs.items()),
-               f"attribute names at most 64 characters, values at most {_MAX_ATTR_LEN}")
+        ensure(
+            all(len(k) <= 64 and len(v) <= _MAX_ATTR_LEN for k, v in attrs.items()),
+            f"attribute names at most 64 characters, values at most {_MAX_ATTR_LEN}",
+        )
         return DirectoryEntry(
-            id=pid, role=role.value, address=request.address,
+            id=pid,
+            role=role.value,
+            address=request.address,
             signing_public_key=bytes(request.signing_public_key),
             certificate_pem=request.tls_certificate_pem,
             certificate_thumbprint=certificate_thumbprint(cert),
-            certificate_serial=format(cert.serial_number, "x"), attributes=attrs,
+            certificate_serial=format(cert.serial_number, "x"),
+            attributes=attrs,
         )
 
     def Enrol(self, request: registry_pb2.EnrolRequest, context: Any) -> registry_pb2.EnrolResponse:
@@ -146,8 +169,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
             self.validate_enrolment(request), replace=request.replace, now=self._now()
         )
         self._revocations.invalidate()
-        log.info("participant enrolled", extra={"participant": entry.id, "role": entry.role,
-                                                "by": current_caller().participant})
+        log.info(
+            "participant enrolled",
+            extra={"participant": entry.id, "role": entry.role, "by": current_caller().participant},
+        )
         return registry_pb2.EnrolResponse(participant=participant_message(entry))
 
     def Revoke(
@@ -183,10 +208,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
                 "operator to enrol the new certificate"
             )
         token, exp = issue_membership_token(
-            self._keys.signing_key, issuer=self._keys.issuer, space=self._keys.space,
-            participant=entry.id, role=entry.role,
-            certificate_thumbprint=entry.certificate_thumbprint, attrs=entry.attributes,
-            now=self._clock.now(), ttl_seconds=self._keys.token_ttl_seconds,
+            self._keys.signing_key,
+            issuer=self._keys.issuer,
+            space=self._keys.space,
+            participant=entry.id,
+            role=entry.role,
+            certificate_thumbprint=entry.certificate_thumbprint,
+            attrs=entry.attributes,
+            now=self._clock.now(),
+            ttl_seconds=self._keys.token_ttl_seconds,
         )
         return registry_pb2.IssueTokenResponse(token=token, expires_at=exp)
 
@@ -212,7 +242,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
     ) -> registry_pb2.GetRevocationListResponse:
         """The revocation list, freshly signed."""
         signed = sign_revocation_list(
-            self._keys.signing_key, issuer=self._keys.issuer, space=self._keys.space,
+            self._keys.signing_key,
+            issuer=self._keys.issuer,
+            space=self._keys.space,
             revocations=self._revocations.current(),
         )
         return registry_pb2.GetRevocationListResponse(revocation_list=signed)

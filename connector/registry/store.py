@@ -61,11 +61,17 @@ class DirectoryStore(Protocol):
 
 def _entry(row: ParticipantRow) -> DirectoryEntry:
     return DirectoryEntry(
-        id=row.id, role=row.role, address=row.address,
-        signing_public_key=bytes(row.signing_public_key), certificate_pem=row.certificate_pem,
+        id=row.id,
+        role=row.role,
+        address=row.address,
+        signing_public_key=bytes(row.signing_public_key),
+        certificate_pem=row.certificate_pem,
         certificate_thumbprint=row.certificate_thumbprint,
-        certificate_serial=row.certificate_serial, attributes=dict(row.attributes),
-        enrolled_at=row.enrolled_at, revoked=row.revoked, revoked_at=row.revoked_at,
+        certificate_serial=row.certificate_serial,
+        attributes=dict(row.attributes),
+        enrolled_at=row.enrolled_at,
+        revoked=row.revoked,
+        revoked_at=row.revoked_at,
         revoked_reason=row.revoked_reason,
     )
 
@@ -94,19 +100,26 @@ class SqlDirectoryStore:
                     )
                 if row is None:
                     row = ParticipantRow(
-                        id=entry.id, role=entry.role, address=entry.address,
+                        id=entry.id,
+                        role=entry.role,
+                        address=entry.address,
                         signing_public_key=entry.signing_public_key,
                         certificate_pem=entry.certificate_pem,
                         certificate_thumbprint=entry.certificate_thumbprint,
                         certificate_serial=entry.certificate_serial,
-                        attributes=dict(entry.attributes), enrolled_at=now,
+                        attributes=dict(entry.attributes),
+                        enrolled_at=now,
                     )
                 else:
                     if row.certificate_serial != entry.certificate_serial:
-                        s.add(RevokedCertificateRow(
-                            serial=row.certificate_serial, participant_id=row.id,
-                            reason="replaced by a new certificate", revoked_at=now,
-                        ))
+                        s.add(
+                            RevokedCertificateRow(
+                                serial=row.certificate_serial,
+                                participant_id=row.id,
+                                reason="replaced by a new certificate",
+                                revoked_at=now,
+                            )
+                        )
                     row.role, row.address = entry.role, entry.address
                     row.signing_public_key = entry.signing_public_key
                     row.certificate_pem = entry.certificate_pem
@@ -137,7 +150,7 @@ class SqlDirectoryStore:
     def list(self, role: str | None = None) -> list[DirectoryEntry]:
         """Participants ordered by id, optionally of one role."""
         with self._db.session() as s:
-            query = select(ParticipantRow).order_by(ParticipantRow.id)  # type: ignore[arg-type]
+            query = select(ParticipantRow).order_by(ParticipantRow.id)
             if role:
                 query = query.where(ParticipantRow.role == role)
             return [_entry(r) for r in s.exec(query)]
@@ -146,9 +159,7 @@ class SqlDirectoryStore:
         """Revoke a participant and its certificate; return the new list serial."""
         with self._db.session() as s:
             row = s.exec(
-                select(ParticipantRow)
-                .where(ParticipantRow.id == participant_id)
-                .with_for_update()
+                select(ParticipantRow).where(ParticipantRow.id == participant_id).with_for_update()
             ).first()
             if row is None:
                 raise NotFound(f"participant {participant_id!r} is not in the directory")
@@ -157,10 +168,14 @@ class SqlDirectoryStore:
             row.revoked, row.revoked_at, row.revoked_reason = True, now, reason
             s.add(row)
             if not self._cert_revoked(s, row.certificate_serial):
-                s.add(RevokedCertificateRow(
-                    serial=row.certificate_serial, participant_id=row.id, reason=reason,
-                    revoked_at=now,
-                ))
+                s.add(
+                    RevokedCertificateRow(
+                        serial=row.certificate_serial,
+                        participant_id=row.id,
+                        reason=reason,
+                        revoked_at=now,
+                    )
+                )
             s.flush()
             return self._serial(s)
 
@@ -169,7 +184,9 @@ class SqlDirectoryStore:
         # Revocations are never undone, so counting them gives a monotonic serial.
         certs = s.exec(select(func.count()).select_from(RevokedCertificateRow)).one()
         parts = s.exec(
-            select(func.count()).select_from(ParticipantRow).where(
+            select(func.count())
+            .select_from(ParticipantRow)
+            .where(
                 ParticipantRow.revoked == True  # noqa: E712
             )
         ).one()
@@ -183,6 +200,8 @@ class SqlDirectoryStore:
             ).all()
             certs = s.exec(select(RevokedCertificateRow.serial)).all()
             return RevocationList(
-                serial=self._serial(s), issued_at=now, participants=frozenset(parts),
+                serial=self._serial(s),
+                issued_at=now,
+                participants=frozenset(parts),
                 certificate_serials=frozenset(certs),
             )

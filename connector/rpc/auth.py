@@ -52,7 +52,7 @@ class Access(Enum):
     TRANSPORT = "transport"
     """Any TLS client the space CA certified (health checking, reflection)."""
     CERTIFICATE = "certificate"
-    """A non-revoked participant or admin certificate; no token (token issuance, revocation list)."""
+    """A non-revoked participant or admin certificate, no token (token issuance, revocations)."""
     MEMBER = "member"
     """A participant certificate plus a membership token bound to it."""
     ADMIN = "admin"
@@ -128,7 +128,8 @@ class Authenticator:
         """Return the verified caller, or raise; ``None`` for transport-level methods."""
         if access is Access.TRANSPORT:
             return None
-        pems = context.auth_context().get("x509_pem_cert") or []
+        found: bytes | list[bytes] = context.auth_context().get("x509_pem_cert") or []
+        pems = [found] if isinstance(found, bytes) else list(found)
         if not pems:
             raise AuthenticationError(
                 "no client certificate: connect with mutual TLS and a certificate from the space CA"
@@ -159,8 +160,12 @@ class Authenticator:
             )
         membership = self._verify_token(context, name.participant, thumbprint)
         return Caller(
-            name.participant, PARTICIPANT_URI_KIND, cert.serial_number, thumbprint,
-            membership=membership, attrs=dict(membership.attrs),
+            name.participant,
+            PARTICIPANT_URI_KIND,
+            cert.serial_number,
+            thumbprint,
+            membership=membership,
+            attrs=dict(membership.attrs),
         )
 
     def _verify_token(
@@ -178,8 +183,12 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("authorization must be 'Bearer <membership token>'")
         membership = verify_membership_token(
-            token.strip(), self._operator_key, issuer=self._issuer, space=self._space,
-            now=self._clock.now(), leeway_seconds=self._leeway,
+            token.strip(),
+            self._operator_key,
+            issuer=self._issuer,
+            space=self._space,
+            now=self._clock.now(),
+            leeway_seconds=self._leeway,
         )
         if membership.participant != participant:
             raise AuthenticationError(
@@ -200,14 +209,15 @@ def _fail(context: grpc.ServicerContext, exc: BaseException, method: str) -> Non
     if isinstance(exc, ConnectorError):
         code = status_for(exc)
         level = logging.INFO if code is not grpc.StatusCode.INTERNAL else logging.ERROR
-        log.log(level, "call refused", extra={"method": method, "status": code.name,
-                                               "reason": str(exc)})
+        log.log(
+            level, "call refused", extra={"method": method, "status": code.name, "reason": str(exc)}
+        )
         context.abort(code, str(exc))
     log.exception("unexpected error", extra={"method": method})
     context.abort(grpc.StatusCode.INTERNAL, "internal error in the connector; see its log")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates every call and maps tds errors to gRPC status codes.
 
     ``access`` names the access level of every method the server serves; a method missing
@@ -253,8 +263,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 except Exception as exc:
                     _fail(context, exc, method)
 
-            factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                       else grpc.stream_unary_rpc_method_handler)
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
             return factory(unary, handler.request_deserializer, handler.response_serializer)
 
         inner_stream = handler.unary_stream or handler.stream_stream
@@ -276,8 +289,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:
                 _fail(context, exc, method)
 
-        factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-                   else grpc.stream_stream_rpc_method_handler)
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
         return factory(streaming, handler.request_deserializer, handler.response_serializer)
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datetime as dt
-
 import grpc
-
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
@@ -69,7 +67,7 @@ class TlsIdentity:
         )
 
 
-class _BearerToken(grpc.AuthMetadataPlugin):  # type: ignore[misc]
+class _BearerToken(grpc.AuthMetadataPlugin):
     def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 

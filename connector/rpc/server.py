@@ -12,9 +12,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from connector.errors import ConfigError
-from connector.rpc.auth import Access, AuthInterceptor, Authenticator
+from connector.rpc.auth import Access, Authenticator, AuthInterceptor
 
-__all__ = ["Service", "ServerHandle", "build_server"]
+__all__ = ["ServerHandle", "Service", "build_server"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,11 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.name for svc in services]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     try:

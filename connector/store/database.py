@@ -89,7 +89,9 @@ def _engine(url: str) -> Engine:
             try:
                 db_path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ConfigError(f"cannot create the database directory {db_path.parent}: {exc}") from None
+                raise ConfigError(
+                    f"cannot create the database directory {db_path.parent}: {exc}"
+                ) from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -56,24 +56,26 @@ def ca_pem(space: LocalSpace) -> bytes:
     return (space.pki_dir / "ca.pem").read_bytes()
 
 
-def raw_channel(space: LocalSpace, target: str, key: bytes | None, cert: bytes | None,
-                token: str | None = None) -> grpc.Channel:
+def raw_channel(
+    space: LocalSpace, target: str, key: bytes | None, cert: bytes | None, token: str | None = None
+) -> grpc.Channel:
     """A channel that skips every client-side check, to probe the server."""
     creds = grpc.ssl_channel_credentials(ca_pem(space), key, cert)
     if token is not None:
-        creds = grpc.composite_channel_credentials(
-            creds, grpc.access_token_call_credentials(token))
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(
-        f"127.0.0.1:{space.nodes[target].port}", creds,
-        options=[("grpc.ssl_target_name_override", f"{target}.{space.space}.tds")])
+        f"127.0.0.1:{space.nodes[target].port}",
+        creds,
+        options=[("grpc.ssl_target_name_override", f"{target}.{space.space}.tds")],
+    )
 
 
 def ping(space: LocalSpace, caller: str, target: str, token: str | None) -> grpc.RpcError:
-    channel = raw_channel(space, target, pem(space, caller, "tls_key"),
-                          pem(space, caller, "tls_cert"), token)
-    with channel:
-        with pytest.raises(grpc.RpcError) as info:
-            peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=5)
+    channel = raw_channel(
+        space, target, pem(space, caller, "tls_key"), pem(space, caller, "tls_cert"), token
+    )
+    with channel, pytest.raises(grpc.RpcError) as info:
+        peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=5)
     err = info.value
     assert isinstance(err, grpc.RpcError)
     return err
@@ -87,15 +89,24 @@ def operator_key(space: LocalSpace) -> ed25519.Ed25519PrivateKey:
 def claims(space: LocalSpace, participant: str, **overrides: Any) -> dict[str, Any]:
     cert = load_certificate(space.pki_dir / space.manifest.participant(participant).tls_cert)
     now = int(time.time())
-    base = {"iss": space.nodes["a"].issuer, "sub": participant, "aud": space.space,
-            "iat": now, "exp": now + 300, "jti": uuid.uuid4().hex, "role": "enterprise",
-            "attrs": {}, "cnf": {"x5t#S256": certificate_thumbprint(cert)}}
+    base = {
+        "iss": space.nodes["a"].issuer,
+        "sub": participant,
+        "aud": space.space,
+        "iat": now,
+        "exp": now + 300,
+        "jti": uuid.uuid4().hex,
+        "role": "enterprise",
+        "attrs": {},
+        "cnf": {"x5t#S256": certificate_thumbprint(cert)},
+    }
     base.update(overrides)
     return base
 
 
-def sign(space: LocalSpace, body: dict[str, Any], key: Any = None,
-         typ: str = "tds-membership+jwt") -> str:
+def sign(
+    space: LocalSpace, body: dict[str, Any], key: Any = None, typ: str = "tds-membership+jwt"
+) -> str:
     return jwt.encode(body, key or operator_key(space), algorithm="EdDSA", headers={"typ": typ})
 
 
@@ -118,8 +129,9 @@ def assert_refused(err: grpc.RpcError, code: StatusCode, fragment: str) -> None:
 
 
 def test_member_with_certificate_and_token_is_accepted(space: LocalSpace) -> None:
-    channel = raw_channel(space, "b", pem(space, "a", "tls_key"), pem(space, "a", "tls_cert"),
-                          own_token(space, "a"))
+    channel = raw_channel(
+        space, "b", pem(space, "a", "tls_key"), pem(space, "a", "tls_cert"), own_token(space, "a")
+    )
     with channel:
         resp = peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=5)
     assert (resp.responder_id, resp.caller_id, resp.caller_role) == ("b", "a", "enterprise")
@@ -159,33 +171,52 @@ def test_certificate_from_another_ca_is_refused(space: LocalSpace, tmp_path: Pat
     cert = (tmp_path / "other" / me.tls_cert).read_bytes()
     _handshake_refused(space, key, cert)
     with pytest.raises(AuthenticationError, match="not issued by the space CA"):
-        open_channel("127.0.0.1:1", TlsIdentity(ca_pem(space), cert, key), space=space.space,
-                     peer="b")
+        open_channel(
+            "127.0.0.1:1", TlsIdentity(ca_pem(space), cert, key), space=space.space, peer="b"
+        )
 
 
 def test_expired_certificate_is_refused(space: LocalSpace) -> None:
     ca = load_ca(space.pki_dir, space.manifest)
     key = ec.generate_private_key(ec.SECP256R1())
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-    cert = issue_participant_certificate(ca, space.space, "a", key.public_key(),
-                                         not_before=past, not_after=past + dt.timedelta(days=1))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    cert = issue_participant_certificate(
+        ca,
+        space.space,
+        "a",
+        key.public_key(),
+        not_before=past,
+        not_after=past + dt.timedelta(days=1),
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     _handshake_refused(space, key_pem, cert_pem)
     with pytest.raises(AuthenticationError, match="not now"):
-        open_channel("127.0.0.1:1", TlsIdentity(ca_pem(space), cert_pem, key_pem),
-                     space=space.space, peer="b")
+        open_channel(
+            "127.0.0.1:1",
+            TlsIdentity(ca_pem(space), cert_pem, key_pem),
+            space=space.space,
+            peer="b",
+        )
 
 
 def test_server_impersonating_another_participant_is_refused(space: LocalSpace) -> None:
     # Dial b's address but ask for c: b's certificate does not name c.
     tls = TlsIdentity(ca_pem(space), pem(space, "a", "tls_cert"), pem(space, "a", "tls_key"))
-    channel = open_channel(f"127.0.0.1:{space.nodes['b'].port}", tls, space=space.space,
-                           peer="c", token=lambda: own_token(space, "a"))
+    channel = open_channel(
+        f"127.0.0.1:{space.nodes['b'].port}",
+        tls,
+        space=space.space,
+        peer="c",
+        token=lambda: own_token(space, "a"),
+    )
     with channel:
-        err = _mapped(lambda: peer_pb2_grpc.PeerServiceStub(channel).Ping(
-            peer_pb2.PingRequest(), timeout=5), peer="c")
+        err = _mapped(
+            lambda: peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=5),
+            peer="c",
+        )
     assert isinstance(err, AuthenticationError), err
     assert "is not c" in str(err)
 
@@ -225,8 +256,11 @@ def test_alg_none_is_refused(space: LocalSpace) -> None:
 
 
 def test_hs256_with_operator_public_key_as_secret_is_refused(space: LocalSpace) -> None:
-    public = operator_key(space).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = (
+        operator_key(space)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     header = b64(json.dumps({"alg": "HS256", "typ": "tds-membership+jwt"}).encode())
     body = b64(json.dumps(claims(space, "a")).encode())
     mac = hmac.new(public, f"{header}.{body}".encode(), hashlib.sha256).digest()
@@ -236,20 +270,27 @@ def test_hs256_with_operator_public_key_as_secret_is_refused(space: LocalSpace) 
 
 def test_token_bound_to_a_different_certificate_is_refused(space: LocalSpace) -> None:
     token = sign(space, claims(space, "a", cnf={"x5t#S256": b64(b"\0" * 32)}))
-    assert_refused(ping(space, "a", "b", token), StatusCode.UNAUTHENTICATED,
-                   "bound to a different certificate")
+    assert_refused(
+        ping(space, "a", "b", token), StatusCode.UNAUTHENTICATED, "bound to a different certificate"
+    )
 
 
 def test_token_whose_subject_differs_from_the_certificate_is_refused(space: LocalSpace) -> None:
     # c's genuine token, presented over a's certificate.
-    assert_refused(ping(space, "a", "b", own_token(space, "c")), StatusCode.UNAUTHENTICATED,
-                   "is for 'c' but the certificate names 'a'")
+    assert_refused(
+        ping(space, "a", "b", own_token(space, "c")),
+        StatusCode.UNAUTHENTICATED,
+        "is for 'c' but the certificate names 'a'",
+    )
 
 
 def test_revocation_list_is_not_accepted_as_a_token(space: LocalSpace) -> None:
     rl = sign_revocation_list(
-        operator_key(space), issuer=space.nodes["a"].issuer, space=space.space,
-        revocations=RevocationList(1, int(time.time()), frozenset(), frozenset()))
+        operator_key(space),
+        issuer=space.nodes["a"].issuer,
+        space=space.space,
+        revocations=RevocationList(1, int(time.time()), frozenset(), frozenset()),
+    )
     assert_refused(ping(space, "a", "b", rl), StatusCode.UNAUTHENTICATED, "type")
 
 
@@ -265,11 +306,17 @@ def test_tampered_token_is_refused(space: LocalSpace) -> None:
 
 
 def test_admin_only_call_from_a_member_is_refused(space: LocalSpace) -> None:
-    channel = raw_channel(space, space.manifest.operator_id, pem(space, "a", "tls_key"),
-                          pem(space, "a", "tls_cert"), own_token(space, "a"))
+    channel = raw_channel(
+        space,
+        space.manifest.operator_id,
+        pem(space, "a", "tls_key"),
+        pem(space, "a", "tls_cert"),
+        own_token(space, "a"),
+    )
     with channel, pytest.raises(grpc.RpcError) as info:
         registry_pb2_grpc.RegistryServiceStub(channel).Revoke(
-            registry_pb2.RevokeRequest(participant_id="b", reason="x"), timeout=5)
+            registry_pb2.RevokeRequest(participant_id="b", reason="x"), timeout=5
+        )
     err = info.value
     assert isinstance(err, grpc.RpcError)
     assert_refused(err, StatusCode.PERMISSION_DENIED, "administrator certificate")
@@ -288,15 +335,21 @@ def test_own_admin_certificate_is_accepted(space: LocalSpace) -> None:
     channel = raw_channel(space, "b", pem(space, "b", "admin_key"), pem(space, "b", "admin_cert"))
     with channel:
         status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=5)
+            admin_pb2.GetStatusRequest(), timeout=5
+        )
     assert status.participant_id == "b"
     assert status.token_expires_at > time.time()
     assert status.revocation_list_issued_at > 0
 
 
 def test_admin_certificate_cannot_make_member_calls(space: LocalSpace) -> None:
-    channel = raw_channel(space, "b", pem(space, "a", "admin_key"), pem(space, "a", "admin_cert"),
-                          own_token(space, "a"))
+    channel = raw_channel(
+        space,
+        "b",
+        pem(space, "a", "admin_key"),
+        pem(space, "a", "admin_cert"),
+        own_token(space, "a"),
+    )
     with channel, pytest.raises(grpc.RpcError) as info:
         peer_pb2_grpc.PeerServiceStub(channel).Ping(peer_pb2.PingRequest(), timeout=5)
     err = info.value
@@ -310,11 +363,13 @@ def test_revoked_participant_is_refused(space: LocalSpace) -> None:
     space.refresh()
     assert_refused(ping(space, "c", "b", token), StatusCode.UNAUTHENTICATED, "revoked")
     # and the registry no longer issues it tokens
-    channel = raw_channel(space, space.manifest.operator_id, pem(space, "c", "tls_key"),
-                          pem(space, "c", "tls_cert"))
+    channel = raw_channel(
+        space, space.manifest.operator_id, pem(space, "c", "tls_key"), pem(space, "c", "tls_cert")
+    )
     with channel, pytest.raises(grpc.RpcError) as info:
         registry_pb2_grpc.RegistryServiceStub(channel).IssueToken(
-            registry_pb2.IssueTokenRequest(), timeout=5)
+            registry_pb2.IssueTokenRequest(), timeout=5
+        )
     err = info.value
     assert isinstance(err, grpc.RpcError)
     assert_refused(err, StatusCode.UNAUTHENTICATED, "revoked")
@@ -323,9 +378,11 @@ def test_revoked_participant_is_refused(space: LocalSpace) -> None:
 def test_identity_comes_from_credentials_not_request(space: LocalSpace) -> None:
     # PingRequest carries nothing; the registry's Lookup names a participant but the caller
     # is still who the certificate says: a's token cannot fetch b's token.
-    channel = raw_channel(space, space.manifest.operator_id, pem(space, "a", "tls_key"),
-                          pem(space, "a", "tls_cert"))
+    channel = raw_channel(
+        space, space.manifest.operator_id, pem(space, "a", "tls_key"), pem(space, "a", "tls_cert")
+    )
     with channel:
         resp = registry_pb2_grpc.RegistryServiceStub(channel).IssueToken(
-            registry_pb2.IssueTokenRequest(), timeout=5)
+            registry_pb2.IssueTokenRequest(), timeout=5
+        )
     assert jwt.decode(resp.token, options={"verify_signature": False})["sub"] == "a"

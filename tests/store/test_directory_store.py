@@ -26,8 +26,12 @@ def store(db: Database) -> SqlDirectoryStore:
 
 def entry(pid: str, serial: str = "", role: str = "enterprise", **kw: object) -> DirectoryEntry:
     args: dict[str, object] = dict(
-        id=pid, role=role, address=f"{pid}.example:7000", signing_public_key=b"k" * 32,
-        certificate_pem="-----BEGIN CERTIFICATE-----", certificate_thumbprint=f"t-{pid}",
+        id=pid,
+        role=role,
+        address=f"{pid}.example:7000",
+        signing_public_key=b"k" * 32,
+        certificate_pem="-----BEGIN CERTIFICATE-----",
+        certificate_thumbprint=f"t-{pid}",
         certificate_serial=serial or f"5e{len(pid)}{pid.encode().hex()}",
         attributes={"org": pid.upper()},
     )
@@ -45,7 +49,11 @@ def test_enrol_get_and_list(store: SqlDirectoryStore) -> None:
     store.enrol(entry("a", role="government"), replace=False, now=11)
     got = store.get("a")
     assert (got.role, got.attributes, got.enrolled_at, got.revoked) == (
-        "government", {"org": "A"}, 11, False)
+        "government",
+        {"org": "A"},
+        11,
+        False,
+    )
     assert got.signing_public_key == b"k" * 32
     assert [e.id for e in store.list()] == ["a", "b"]
     assert [e.id for e in store.list("enterprise")] == ["b"]

@@ -48,17 +48,29 @@ def test_render_round_trips(tmp_path: Path) -> None:
     assert again == cfg
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace('listen = "127.0.0.1:7001"', 'listen = "nowhere"'), "server.listen"),
-    (lambda t: t.replace('role = "enterprise"', 'role = "mayor"'), "unknown role"),
-    (lambda t: t.replace("[server]", "[server]\nmax_workrs = 4"), "unknown field server.max_workrs"),
-    (lambda t: t.replace("[server]", "[server]\nmax_workers = \"4\""), "server.max_workers must be an integer"),
-    (lambda t: t.replace('address = "127.0.0.1:7000"', ""), "registry.address is required"),
-    (lambda t: t.replace('tls_key = "pki/a/tls.key"', ""), "missing required field pki.tls_key"),
-    (lambda t: t + '\n[policy]\nengine = "opa"\n', "policy.opa_url is required"),
-    (lambda t: t.replace("[participant]", "[participant"), "not valid TOML"),
-    (lambda t: t.replace('id = "a"', 'id = "A B"'), "participant.id"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('listen = "127.0.0.1:7001"', 'listen = "nowhere"'), "server.listen"),
+        (lambda t: t.replace('role = "enterprise"', 'role = "mayor"'), "unknown role"),
+        (
+            lambda t: t.replace("[server]", "[server]\nmax_workrs = 4"),
+            "unknown field server.max_workrs",
+        ),
+        (
+            lambda t: t.replace("[server]", '[server]\nmax_workers = "4"'),
+            "server.max_workers must be an integer",
+        ),
+        (lambda t: t.replace('address = "127.0.0.1:7000"', ""), "registry.address is required"),
+        (
+            lambda t: t.replace('tls_key = "pki/a/tls.key"', ""),
+            "missing required field pki.tls_key",
+        ),
+        (lambda t: t + '\n[policy]\nengine = "opa"\n', "policy.opa_url is required"),
+        (lambda t: t.replace("[participant]", "[participant"), "not valid TOML"),
+        (lambda t: t.replace('id = "a"', 'id = "A B"'), "participant.id"),
+    ],
+)
 def test_bad_configs_name_the_field(tmp_path: Path, edit: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, edit(GOOD)))  # type: ignore[operator]

@@ -33,7 +33,9 @@ def test_every_certificate_verifies_with_openssl(pki: Path) -> None:
         for cert in (p.tls_cert, p.admin_cert):
             result = subprocess.run(
                 ["openssl", "verify", "-CAfile", str(pki / "ca.pem"), str(pki / cert)],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             assert result.returncode == 0, result.stderr
             assert result.stdout.strip().endswith(": OK")
@@ -46,7 +48,8 @@ def test_certificates_carry_their_san_uri_and_usages(pki: Path) -> None:
         tls = load_certificate(pki / p.tls_cert)
         san = tls.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
-            f"urn:tds:city:participant:{p.id}"]
+            f"urn:tds:city:participant:{p.id}"
+        ]
         assert san.get_values_for_type(x509.DNSName) == [f"{p.id}.city.tds"]
         eku = tls.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
         assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -65,11 +68,14 @@ def test_refuses_to_overwrite_without_force(pki: Path) -> None:
         init_space(pki, "city", PARTICIPANTS)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("gov", "expected ID:ROLE"),
-    ("gov:mayor", "unknown role"),
-    ("Gov:government", "invalid participant id"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("gov", "expected ID:ROLE"),
+        ("gov:mayor", "unknown role"),
+        ("Gov:government", "invalid participant id"),
+    ],
+)
 def test_bad_participant_specs(spec: str, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         parse_participant_spec(spec)

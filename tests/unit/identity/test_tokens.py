@@ -14,17 +14,25 @@ NOW = 1_800_000_000.0
 
 
 def issue(**kw: object) -> str:
-    args: dict[str, object] = dict(issuer=ISSUER, space="city", participant="a", role="enterprise",
-                                   certificate_thumbprint="thumb", attrs={"org": "91310000X"},
-                                   now=NOW, ttl_seconds=300)
+    args: dict[str, object] = dict(
+        issuer=ISSUER,
+        space="city",
+        participant="a",
+        role="enterprise",
+        certificate_thumbprint="thumb",
+        attrs={"org": "91310000X"},
+        now=NOW,
+        ttl_seconds=300,
+    )
     args.update(kw)
     token, _ = issue_membership_token(KEY, **args)  # type: ignore[arg-type]
     return token
 
 
 def verify(token: str, now: float = NOW) -> object:
-    return verify_membership_token(token, KEY.public_key(), issuer=ISSUER, space="city", now=now,
-                                   leeway_seconds=30)
+    return verify_membership_token(
+        token, KEY.public_key(), issuer=ISSUER, space="city", now=now, leeway_seconds=30
+    )
 
 
 def test_round_trip_carries_identity_and_binding() -> None:

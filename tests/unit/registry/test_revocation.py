@@ -29,8 +29,9 @@ def signed(serial: int, issued_at: int, parts: set[str] | None = None) -> str:
 
 
 def test_round_trip_and_checks() -> None:
-    rl = verify_revocation_list(signed(3, 100, {"x"}), KEY.public_key(), issuer=ISSUER,
-                                space="city")
+    rl = verify_revocation_list(
+        signed(3, 100, {"x"}), KEY.public_key(), issuer=ISSUER, space="city"
+    )
     assert rl.serial == 3 and rl.participants == {"x"}
     rl.check("y", 0x1234)
     with pytest.raises(AuthenticationError, match="'x' has been revoked"):
@@ -41,16 +42,28 @@ def test_round_trip_and_checks() -> None:
 
 def test_list_signed_by_another_key_is_refused() -> None:
     other = ed25519.Ed25519PrivateKey.generate()
-    token = sign_revocation_list(other, issuer=ISSUER, space="city",
-                                 revocations=RevocationList(1, 1, frozenset(), frozenset()))
+    token = sign_revocation_list(
+        other,
+        issuer=ISSUER,
+        space="city",
+        revocations=RevocationList(1, 1, frozenset(), frozenset()),
+    )
     with pytest.raises(VerificationError, match="signature"):
         verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
 
 
 def test_membership_token_is_not_a_revocation_list() -> None:
-    token, _ = issue_membership_token(KEY, issuer=ISSUER, space="city", participant="a",
-                                      role="enterprise", certificate_thumbprint="t", attrs={},
-                                      now=100, ttl_seconds=300)
+    token, _ = issue_membership_token(
+        KEY,
+        issuer=ISSUER,
+        space="city",
+        participant="a",
+        role="enterprise",
+        certificate_thumbprint="t",
+        attrs={},
+        now=100,
+        ttl_seconds=300,
+    )
     with pytest.raises(VerificationError, match="type"):
         verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
 
@@ -61,7 +74,7 @@ class _Served:
     def __init__(self) -> None:
         self.token = ""
 
-    def GetRevocationList(self, request: object, timeout: float) -> object:  # noqa: N802
+    def GetRevocationList(self, request: object, timeout: float) -> object:
         return type("R", (), {"revocation_list": self.token})()
 
 
@@ -80,9 +93,16 @@ def clock() -> FixedClock:
 @pytest.fixture
 def served(tls: TlsIdentity, clock: FixedClock) -> Iterator[tuple[RegistryClient, _Served]]:
     # Channels are lazy and never dialled: the registry's answers come from the stub.
-    c = RegistryClient(address="127.0.0.1:1", space="city", operator_id="operator",
-                       issuer=ISSUER, tls=tls, operator_key=KEY.public_key(), clock=clock,
-                       revocation_max_age_seconds=300)
+    c = RegistryClient(
+        address="127.0.0.1:1",
+        space="city",
+        operator_id="operator",
+        issuer=ISSUER,
+        tls=tls,
+        operator_key=KEY.public_key(),
+        clock=clock,
+        revocation_max_age_seconds=300,
+    )
     stub = _Served()
     c._stub = stub  # type: ignore[assignment]
     yield c, stub
@@ -95,8 +115,7 @@ def test_no_list_means_refuse(served: tuple[RegistryClient, _Served]) -> None:
         c.current()
 
 
-def test_stale_list_means_refuse(served: tuple[RegistryClient, _Served],
-                                 clock: FixedClock) -> None:
+def test_stale_list_means_refuse(served: tuple[RegistryClient, _Served], clock: FixedClock) -> None:
     c, stub = served
     stub.token = signed(1, 1000)
     c.refresh_revocations()

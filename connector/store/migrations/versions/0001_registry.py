@@ -39,8 +39,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(1024), nullable=False),
         sa.Column("revoked_at", sa.BigInteger(), nullable=False),
     )
-    op.create_index("ix_revoked_certificate_participant_id", "revoked_certificate",
-                    ["participant_id"])
+    op.create_index(
+        "ix_revoked_certificate_participant_id", "revoked_certificate", ["participant_id"]
+    )
 
 
 def downgrade() -> None:
