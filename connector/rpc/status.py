@@ -50,7 +50,7 @@ def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
     """A tds error for a failed call to ``peer``, keeping the server's message."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or ""
-    plugin, sep, reason = details.partition("Getting metadata from plugin failed with error: ")
+    _, sep, reason = details.partition("Getting metadata from plugin failed with error: ")
     if sep:
         # Fetching our own membership token failed; its reason already names the registry.
         return errors.AuthenticationError(f"no membership token for the call to {peer}: {reason}")
