@@ -13,9 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "connector", "demo", "--dir",
-                             str(tmp_path / "demo"), "--json"], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "connector", "demo", "--dir", str(tmp_path / "demo"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True
