@@ -7,7 +7,14 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["ParticipantRow", "RevokedCertificateRow"]
+__all__ = [
+    "LogCheckpointRow",
+    "LogEntryRow",
+    "LogNodeRow",
+    "ParticipantRow",
+    "RevokedCertificateRow",
+    "WitnessStateRow",
+]
 
 
 class ParticipantRow(SQLModel, table=True):
@@ -38,3 +45,50 @@ class RevokedCertificateRow(SQLModel, table=True):
     participant_id: str = Field(max_length=63, index=True)
     reason: str = Field(max_length=1024)
     revoked_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LogEntryRow(SQLModel, table=True):
+    """One entry of the connector's transparency log (canonical JSON bytes)."""
+
+    __tablename__ = "log_entry"
+
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    kind: str = Field(max_length=64, index=True)
+    parties: str = Field(max_length=1024)
+    """Participant ids the entry names, as ``,a,b,`` so that one LIKE finds them."""
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LogNodeRow(SQLModel, table=True):
+    """The hash of a complete subtree of the log's Merkle tree (level 0: leaves)."""
+
+    __tablename__ = "log_node"
+
+    level: int = Field(primary_key=True)
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class LogCheckpointRow(SQLModel, table=True):
+    """A checkpoint the log signed, with the cosignatures witnesses added."""
+
+    __tablename__ = "log_checkpoint"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class WitnessStateRow(SQLModel, table=True):
+    """The latest checkpoint this participant verified and cosigned for another log."""
+
+    __tablename__ = "witness_state"
+
+    origin: str = Field(primary_key=True, max_length=255)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

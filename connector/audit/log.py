@@ -1,0 +1,391 @@
+"""The connector's transparency log: durable appends with group commit, checkpoints, proofs.
+
+Every append is committed (SQLite ``synchronous=FULL`` or PostgreSQL) before ``append``
+returns; if it cannot be written, ``append`` raises ``Unavailable`` and the action it was
+to record must not happen. A single writer thread drains concurrent appends into one
+transaction (group commit); entries of one ``append_many`` call stay contiguous and in
+order. Each completed Merkle subtree is stored once, so roots and proofs need O(log n)
+node reads at any size.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import func, insert, select, text, tuple_
+from sqlalchemy.exc import SQLAlchemyError
+
+from connector.audit import merkle
+from connector.audit.canonical import canonical_json
+from connector.audit.checkpoint import Checkpoint, sign_checkpoint
+from connector.audit.note import NoteSignature, Verifier, parse_note
+from connector.clock import Clock
+from connector.errors import InvalidRequest, NotFound, Unavailable
+from connector.store.database import Database
+from connector.store.models import LogCheckpointRow, LogEntryRow, LogNodeRow
+
+__all__ = ["AuditLog", "LogEntry", "StoredCheckpoint", "TransparencyLog"]
+
+log = logging.getLogger(__name__)
+_WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches on PostgreSQL
+MAX_ENTRY_BYTES = 64 * 1024
+
+
+class AuditLog(Protocol):
+    """What the other capabilities call to record what happened."""
+
+    def record(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> int:
+        """Durably append one entry; return its index. Raises ``Unavailable`` if not written."""
+        ...
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """An entry before it is appended."""
+
+    kind: str
+    parties: tuple[str, ...]
+    body: bytes
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint as stored: its sequence number, contents and signed note."""
+
+    seq: int
+    checkpoint: Checkpoint
+    note: str
+
+
+class _Batch:
+    def __init__(self, entries: list[LogEntry]) -> None:
+        self.entries = entries
+        self.future: Future[list[int]] = Future()
+
+
+class TransparencyLog:
+    """The log of one connector, stored in its database."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        origin: str,
+        actor: str,
+        signing_key: ed25519.Ed25519PrivateKey,
+        clock: Clock,
+        max_batch: int = 1024,
+        gather_seconds: float = 0.0003,
+    ) -> None:
+        self._db = db
+        self.origin = origin
+        self._actor = actor
+        self._key = signing_key
+        self.verifier = Verifier.ed25519(origin, signing_key.public_key())
+        self._clock = clock
+        self._max_batch = max_batch
+        self._gather_seconds = gather_seconds
+        self._queue: queue.Queue[_Batch | None] = queue.Queue()
+        self._state_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._size = 0
+        self._frontier: dict[int, bytes] = {}
+        self._load_frontier()
+        self._writer = threading.Thread(target=self._run, name="tds-log-writer", daemon=True)
+        self._closed = False
+        self._writer.start()
+
+    # -- appending --------------------------------------------------------------------
+
+    def entry(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> LogEntry:
+        """Build an entry of ``kind`` naming ``parties`` with ``data``, stamped now."""
+        if not kind or len(kind) > 64:
+            raise InvalidRequest("log entry kind must be 1-64 characters")
+        now_ms = int(self._clock.now() * 1000)
+        names = tuple(sorted(set(parties) | {self._actor}))
+        body = canonical_json({"kind": kind, "time_ms": now_ms, "actor": self._actor,
+                               "parties": list(names), "data": dict(data)})
+        if len(body) > MAX_ENTRY_BYTES:
+            raise InvalidRequest(f"log entry is larger than {MAX_ENTRY_BYTES} bytes")
+        return LogEntry(kind, names, body, now_ms)
+
+    def record(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> int:
+        """Durably append one entry; return its index."""
+        return self.append_many([self.entry(kind, parties=parties, data=data)])[0]
+
+    def append_many(self, entries: Sequence[LogEntry], timeout: float = 30.0) -> list[int]:
+        """Durably append entries, contiguous and in order; return their indices."""
+        if self._closed:
+            raise Unavailable("the audit log is closed; the action was not recorded")
+        if not entries:
+            return []
+        batch = _Batch(list(entries))
+        self._queue.put(batch)
+        try:
+            return batch.future.result(timeout)
+        except TimeoutError:
+            raise Unavailable("the audit log did not confirm the write in time") from None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batches = [first]
+            count = len(first.entries)
+            stopping = False
+            # Gather what is queued; while more keeps arriving (writers just woken by the
+            # previous commit), wait a fraction of a millisecond so one fsync covers them.
+            waits = 0
+            while count < self._max_batch and not stopping:
+                try:
+                    more = self._queue.get(timeout=self._gather_seconds) if waits < 8 \
+                        else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                waits += 1
+                if more is None:
+                    stopping = True
+                    break
+                batches.append(more)
+                count += len(more.entries)
+            self._write(batches)
+            if stopping:
+                return
+
+    def _write(self, batches: list[_Batch]) -> None:
+        try:
+            with self._db.engine.begin() as conn:
+                if self._db.dialect == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _WRITER_LOCK_KEY})
+                if self._stored_size(conn) != self._size:  # another replica appended: start from the database
+                    self._load_frontier(conn)
+                size, frontier = self._size, dict(self._frontier)
+                rows: list[dict[str, Any]] = []
+                nodes: list[dict[str, Any]] = []
+                results: list[list[int]] = []
+                for batch in batches:
+                    indices = []
+                    for e in batch.entries:
+                        rows.append({"idx": size, "body": e.body, "kind": e.kind,
+                                     "parties": "," + ",".join(e.parties) + ",",
+                                     "created_ms": e.created_ms})
+                        nodes.extend(self._extend(frontier, size, merkle.leaf_hash(e.body)))
+                        indices.append(size)
+                        size += 1
+                    results.append(indices)
+                conn.execute(insert(LogEntryRow), rows)
+                conn.execute(insert(LogNodeRow), nodes)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("audit log write failed", extra={"reason": str(exc)[:300]})
+            error = Unavailable("the audit log could not be written; the action did not happen")
+            for batch in batches:
+                batch.future.set_exception(error)
+            return
+        with self._state_lock:
+            self._size, self._frontier = size, frontier
+        for batch, indices in zip(batches, results, strict=True):
+            batch.future.set_result(indices)
+
+    @staticmethod
+    def _extend(frontier: dict[int, bytes], index: int, leaf: bytes) -> list[dict[str, Any]]:
+        """Add leaf ``index`` to the right edge; return every node it completes."""
+        nodes = [{"level": 0, "idx": index, "hash": leaf}]
+        h, i, level = leaf, index, 0
+        while i & 1:
+            h = merkle.node_hash(frontier.pop(level), h)
+            i >>= 1
+            level += 1
+            nodes.append({"level": level, "idx": i, "hash": h})
+        frontier[level] = h
+        return nodes
+
+    def _load_frontier(self, conn: Any = None) -> None:
+        def load(c: Any) -> None:
+            size = self._stored_size(c)
+            wanted, start = [], 0
+            for level in range(int(size).bit_length() - 1, -1, -1):
+                if size >> level & 1:
+                    wanted.append((level, start >> level))
+                    start += 1 << level
+            hashes = self._fetch_nodes(c, wanted)
+            with self._state_lock:
+                self._size = int(size)
+                self._frontier = {level: hashes[(level, i)] for level, i in wanted}
+
+        if conn is not None:
+            load(conn)
+        else:
+            with self._db.engine.connect() as c:
+                load(c)
+
+    @staticmethod
+    def _stored_size(conn: Any) -> int:
+        # max(idx) uses the primary key; count(*) would scan millions of rows.
+        last = conn.execute(select(func.max(LogEntryRow.idx))).scalar_one()
+        return 0 if last is None else int(last) + 1
+
+    @staticmethod
+    def _fetch_nodes(conn: Any, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        found: dict[tuple[int, int], bytes] = {}
+        for i in range(0, len(coords), 400):
+            chunk = coords[i : i + 400]
+            rows = conn.execute(
+                select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash).where(  # type: ignore[call-overload]
+                    tuple_(LogNodeRow.level, LogNodeRow.idx).in_(chunk)))
+            found.update({(r[0], r[1]): bytes(r[2]) for r in rows})
+        missing = set(coords) - set(found)
+        if missing:
+            raise Unavailable(f"audit log is missing Merkle nodes {sorted(missing)[:3]}")
+        return found
+
+    def close(self) -> None:
+        """Finish pending appends and stop the writer."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+
+    # -- reading ----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Number of durable entries."""
+        with self._state_lock:
+            return self._size
+
+    def root(self) -> tuple[int, bytes]:
+        """The current size and root hash."""
+        with self._state_lock:
+            size, frontier = self._size, dict(self._frontier)
+        r: bytes | None = None
+        for level in sorted(frontier):
+            r = frontier[level] if r is None else merkle.node_hash(frontier[level], r)
+        return size, r if r is not None else merkle.EMPTY_ROOT
+
+    def _with_nodes(self, compute: Any) -> Any:
+        """Run ``compute(nodes)`` twice: once to learn which nodes it needs, then for real."""
+        wanted: list[tuple[int, int]] = []
+
+        def record(level: int, index: int) -> bytes:
+            wanted.append((level, index))
+            return bytes(merkle.HASH_SIZE)
+
+        compute(record)
+        with self._db.engine.connect() as conn:
+            found = self._fetch_nodes(conn, sorted(set(wanted)))
+        return compute(lambda level, index: found[(level, index)])
+
+    def _check_size(self, size: int) -> None:
+        if not 0 < size <= self.size:
+            raise InvalidRequest(f"tree size {size} is not between 1 and {self.size}")
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Proof that entry ``index`` is in the tree of ``size`` entries."""
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise InvalidRequest(f"index {index} is outside a tree of size {size}")
+        proof: list[bytes] = self._with_nodes(
+            lambda nodes: merkle.inclusion_proof_from(nodes, index, size))
+        return proof
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """Proof that the tree of ``size1`` entries is a prefix of the one of ``size2``."""
+        self._check_size(size2)
+        if not 0 < size1 <= size2:
+            raise InvalidRequest(f"first size {size1} must be between 1 and {size2}")
+        if size1 == size2:
+            return []
+        proof: list[bytes] = self._with_nodes(
+            lambda nodes: merkle.consistency_proof_from(nodes, size1, size2))
+        return proof
+
+    def root_at(self, size: int) -> bytes:
+        """The root hash of the tree of the first ``size`` entries."""
+        self._check_size(size)
+        value: bytes = self._with_nodes(lambda nodes: merkle.root_from(nodes, size))
+        return value
+
+    def entries(self, start: int, end: int, party: str | None = None) -> list[tuple[int, bytes]]:
+        """Entries ``start <= idx < end``; with ``party``, only those that name it."""
+        if start < 0 or end < start:
+            raise InvalidRequest(f"invalid entry range [{start}, {end})")
+        query = select(LogEntryRow.idx, LogEntryRow.body).where(  # type: ignore[call-overload]
+            LogEntryRow.idx >= start, LogEntryRow.idx < end).order_by(LogEntryRow.idx)
+        if party is not None:
+            query = query.where(LogEntryRow.parties.contains(f",{party},"))  # type: ignore[attr-defined]
+        with self._db.engine.connect() as conn:
+            return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
+
+    def entry_parties(self, index: int) -> tuple[str, ...]:
+        """The participants entry ``index`` names."""
+        with self._db.engine.connect() as conn:
+            row = conn.execute(select(LogEntryRow.parties).where(  # type: ignore[call-overload]
+                LogEntryRow.idx == index)).first()
+        if row is None:
+            raise NotFound(f"no log entry {index}")
+        return tuple(p for p in str(row[0]).split(",") if p)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def checkpoint(self, *, fresh: bool = False) -> StoredCheckpoint:
+        """The latest checkpoint; signs a new one if ``fresh`` or the log has grown."""
+        with self._checkpoint_lock:
+            latest = self.latest_checkpoint()
+            size, root = self.root()
+            if latest is not None and latest.checkpoint.size == size and not fresh:
+                return latest
+            if latest is not None and latest.checkpoint.size == size:
+                return latest  # nothing new to commit to; the stored one is current
+            cp = Checkpoint(self.origin, size, root)
+            note = sign_checkpoint(cp, self._key)
+            with self._db.session() as s:
+                row = LogCheckpointRow(size=size, root=root, note=note,
+                                       created_ms=int(self._clock.now() * 1000))
+                s.add(row)
+                s.flush()
+                assert row.seq is not None
+                return StoredCheckpoint(row.seq, cp, note)
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The most recent stored checkpoint, if any."""
+        with self._db.session() as s:
+            row = s.exec(select(LogCheckpointRow).order_by(  # type: ignore[call-overload]
+                LogCheckpointRow.seq.desc()).limit(1)).first()  # type: ignore[union-attr]
+        return self._stored(row[0]) if row else None
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every stored checkpoint, oldest first."""
+        with self._db.session() as s:
+            rows = s.exec(select(LogCheckpointRow).order_by(LogCheckpointRow.seq)).all()  # type: ignore[arg-type]
+        return [self._stored(r) for r in rows]
+
+    @staticmethod
+    def _stored(row: LogCheckpointRow) -> StoredCheckpoint:
+        assert row.seq is not None
+        return StoredCheckpoint(row.seq, Checkpoint(_origin_of(row.note), row.size,
+                                                    bytes(row.root)), row.note)
+
+    def add_cosignature(self, seq: int, signature: NoteSignature) -> str:
+        """Attach a verified cosignature to stored checkpoint ``seq``; return the new note."""
+        with self._db.session() as s:
+            row = s.get(LogCheckpointRow, seq, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no checkpoint {seq}")
+            note = parse_note(row.note)
+            others = tuple(x for x in note.signatures if x.name != signature.name)
+            row.note = type(note)(note.text, (*others, signature)).render()
+            s.add(row)
+            return row.note
+
+
+def _origin_of(note: str) -> str:
+    return note.split("\n", 1)[0]
