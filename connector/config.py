@@ -19,6 +19,7 @@ from connector.errors import ConfigError, InvalidRequest
 from connector.identity.names import Role, check_id
 
 __all__ = [
+    "AuditConfig",
     "Config",
     "DatabaseConfig",
     "LimitsConfig",
@@ -121,6 +122,14 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The connector's transparency log."""
+
+    checkpoint_interval_seconds: float = 60.0
+    """How often to sign a new checkpoint when the log has grown."""
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Explicit limits with safe defaults."""
 
@@ -138,6 +147,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
@@ -251,6 +261,10 @@ def _validate(cfg: Config) -> None:
             "policy.opa_url is required when policy.engine = 'opa'",
         ),
         (cfg.policy.timeout_seconds > 0, "policy.timeout_seconds must be positive"),
+        (
+            cfg.audit.checkpoint_interval_seconds >= 1,
+            "audit.checkpoint_interval_seconds must be at least 1",
+        ),
         (
             0 <= cfg.limits.clock_leeway_seconds <= 300,
             "limits.clock_leeway_seconds must be between 0 and 300",

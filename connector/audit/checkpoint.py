@@ -87,7 +87,8 @@ def open_checkpoint(note_text: str | bytes, log_key: Verifier) -> tuple[Checkpoi
     checkpoint = Checkpoint.parse(note.text)
     if checkpoint.origin != log_key.name:
         raise VerificationError(
-            f"checkpoint origin {checkpoint.origin!r} is not the log's {log_key.name!r}")
+            f"checkpoint origin {checkpoint.origin!r} is not the log's {log_key.name!r}"
+        )
     return checkpoint, note
 
 
@@ -95,17 +96,22 @@ def _cosigned_message(body: str, timestamp: int) -> bytes:
     return f"cosignature/v1\ntime {timestamp}\n{body}".encode()
 
 
-def cosign(checkpoint: Checkpoint, name: str, key: ed25519.Ed25519PrivateKey,
-           timestamp: int) -> NoteSignature:
+def cosign(
+    checkpoint: Checkpoint, name: str, key: ed25519.Ed25519PrivateKey, timestamp: int
+) -> NoteSignature:
     """A witness's cosignature line on ``checkpoint``."""
     if not 0 <= timestamp < 2**63:
         raise VerificationError("cosignature time out of range")
-    return signature_line(name, key, _cosigned_message(checkpoint.body(), timestamp),
-                          ALG_COSIGNATURE_V1, struct.pack(">Q", timestamp))
+    return signature_line(
+        name,
+        key,
+        _cosigned_message(checkpoint.body(), timestamp),
+        ALG_COSIGNATURE_V1,
+        struct.pack(">Q", timestamp),
+    )
 
 
-def verify_cosignature(checkpoint: Checkpoint, signature: NoteSignature,
-                       witness: Verifier) -> int:
+def verify_cosignature(checkpoint: Checkpoint, signature: NoteSignature, witness: Verifier) -> int:
     """Verify a cosignature line by ``witness``; return its timestamp."""
     if witness.alg != ALG_COSIGNATURE_V1:
         raise VerificationError("cosignatures need a cosignature/v1 (0x04) verifier key")

@@ -48,12 +48,16 @@ class AuditLog(Protocol):
 
 @dataclass(frozen=True)
 class LogEntry:
-    """An entry before it is appended."""
+    """An entry before it is appended (its index is added when it is written)."""
 
     kind: str
     parties: tuple[str, ...]
-    body: bytes
+    fields: dict[str, Any]
     created_ms: int
+
+    def body(self, index: int) -> bytes:
+        """The canonical JSON leaf for position ``index``."""
+        return canonical_json({"index": index, **self.fields})
 
 
 @dataclass(frozen=True)
@@ -111,11 +115,17 @@ class TransparencyLog:
             raise InvalidRequest("log entry kind must be 1-64 characters")
         now_ms = int(self._clock.now() * 1000)
         names = tuple(sorted(set(parties) | {self._actor}))
-        body = canonical_json({"kind": kind, "time_ms": now_ms, "actor": self._actor,
-                               "parties": list(names), "data": dict(data)})
-        if len(body) > MAX_ENTRY_BYTES:
+        fields = {
+            "kind": kind,
+            "time_ms": now_ms,
+            "actor": self._actor,
+            "parties": list(names),
+            "data": dict(data),
+        }
+        # Checked here, in the caller's thread, so that a bad entry never reaches the writer.
+        if len(canonical_json({"index": 2**53 - 1, **fields})) > MAX_ENTRY_BYTES:
             raise InvalidRequest(f"log entry is larger than {MAX_ENTRY_BYTES} bytes")
-        return LogEntry(kind, names, body, now_ms)
+        return LogEntry(kind, names, fields, now_ms)
 
     def record(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> int:
         """Durably append one entry; return its index."""
@@ -147,8 +157,11 @@ class TransparencyLog:
             waits = 0
             while count < self._max_batch and not stopping:
                 try:
-                    more = self._queue.get(timeout=self._gather_seconds) if waits < 8 \
+                    more = (
+                        self._queue.get(timeout=self._gather_seconds)
+                        if waits < 8
                         else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 waits += 1
@@ -166,7 +179,9 @@ class TransparencyLog:
             with self._db.engine.begin() as conn:
                 if self._db.dialect == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _WRITER_LOCK_KEY})
-                if self._stored_size(conn) != self._size:  # another replica appended: start from the database
+                if (
+                    self._stored_size(conn) != self._size
+                ):  # another replica appended: start from the database
                     self._load_frontier(conn)
                 size, frontier = self._size, dict(self._frontier)
                 rows: list[dict[str, Any]] = []
@@ -175,10 +190,17 @@ class TransparencyLog:
                 for batch in batches:
                     indices = []
                     for e in batch.entries:
-                        rows.append({"idx": size, "body": e.body, "kind": e.kind,
-                                     "parties": "," + ",".join(e.parties) + ",",
-                                     "created_ms": e.created_ms})
-                        nodes.extend(self._extend(frontier, size, merkle.leaf_hash(e.body)))
+                        body = e.body(size)
+                        rows.append(
+                            {
+                                "idx": size,
+                                "body": body,
+                                "kind": e.kind,
+                                "parties": "," + ",".join(e.parties) + ",",
+                                "created_ms": e.created_ms,
+                            }
+                        )
+                        nodes.extend(self._extend(frontier, size, merkle.leaf_hash(body)))
                         indices.append(size)
                         size += 1
                     results.append(indices)
@@ -240,7 +262,9 @@ class TransparencyLog:
             chunk = coords[i : i + 400]
             rows = conn.execute(
                 select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash).where(  # type: ignore[call-overload]
-                    tuple_(LogNodeRow.level, LogNodeRow.idx).in_(chunk)))
+                    tuple_(LogNodeRow.level, LogNodeRow.idx).in_(chunk)
+                )
+            )
             found.update({(r[0], r[1]): bytes(r[2]) for r in rows})
         missing = set(coords) - set(found)
         if missing:
@@ -294,7 +318,8 @@ class TransparencyLog:
         if not 0 <= index < size:
             raise InvalidRequest(f"index {index} is outside a tree of size {size}")
         proof: list[bytes] = self._with_nodes(
-            lambda nodes: merkle.inclusion_proof_from(nodes, index, size))
+            lambda nodes: merkle.inclusion_proof_from(nodes, index, size)
+        )
         return proof
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
@@ -305,7 +330,8 @@ class TransparencyLog:
         if size1 == size2:
             return []
         proof: list[bytes] = self._with_nodes(
-            lambda nodes: merkle.consistency_proof_from(nodes, size1, size2))
+            lambda nodes: merkle.consistency_proof_from(nodes, size1, size2)
+        )
         return proof
 
     def root_at(self, size: int) -> bytes:
@@ -318,8 +344,13 @@ class TransparencyLog:
         """Entries ``start <= idx < end``; with ``party``, only those that name it."""
         if start < 0 or end < start:
             raise InvalidRequest(f"invalid entry range [{start}, {end})")
-        query = select(LogEntryRow.idx, LogEntryRow.body).where(  # type: ignore[call-overload]
-            LogEntryRow.idx >= start, LogEntryRow.idx < end).order_by(LogEntryRow.idx)
+        query = (
+            select(LogEntryRow.idx, LogEntryRow.body)
+            .where(  # type: ignore[call-overload]
+                LogEntryRow.idx >= start, LogEntryRow.idx < end
+            )
+            .order_by(LogEntryRow.idx)
+        )
         if party is not None:
             query = query.where(LogEntryRow.parties.contains(f",{party},"))  # type: ignore[attr-defined]
         with self._db.engine.connect() as conn:
@@ -328,8 +359,11 @@ class TransparencyLog:
     def entry_parties(self, index: int) -> tuple[str, ...]:
         """The participants entry ``index`` names."""
         with self._db.engine.connect() as conn:
-            row = conn.execute(select(LogEntryRow.parties).where(  # type: ignore[call-overload]
-                LogEntryRow.idx == index)).first()
+            row = conn.execute(
+                select(LogEntryRow.parties).where(  # type: ignore[call-overload]
+                    LogEntryRow.idx == index
+                )
+            ).first()
         if row is None:
             raise NotFound(f"no log entry {index}")
         return tuple(p for p in str(row[0]).split(",") if p)
@@ -348,8 +382,9 @@ class TransparencyLog:
             cp = Checkpoint(self.origin, size, root)
             note = sign_checkpoint(cp, self._key)
             with self._db.session() as s:
-                row = LogCheckpointRow(size=size, root=root, note=note,
-                                       created_ms=int(self._clock.now() * 1000))
+                row = LogCheckpointRow(
+                    size=size, root=root, note=note, created_ms=int(self._clock.now() * 1000)
+                )
                 s.add(row)
                 s.flush()
                 assert row.seq is not None
@@ -358,21 +393,29 @@ class TransparencyLog:
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The most recent stored checkpoint, if any."""
         with self._db.session() as s:
-            row = s.exec(select(LogCheckpointRow).order_by(  # type: ignore[call-overload]
-                LogCheckpointRow.seq.desc()).limit(1)).first()  # type: ignore[union-attr]
+            row = s.exec(
+                select(LogCheckpointRow)
+                .order_by(  # type: ignore[call-overload]
+                    LogCheckpointRow.seq.desc()
+                )
+                .limit(1)
+            ).first()  # type: ignore[union-attr]
         return self._stored(row[0]) if row else None
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, oldest first."""
         with self._db.session() as s:
-            rows = s.exec(select(LogCheckpointRow).order_by(LogCheckpointRow.seq)).all()  # type: ignore[arg-type]
+            rows = s.exec(
+                select(LogCheckpointRow).order_by(LogCheckpointRow.seq)  # type: ignore[call-overload,arg-type]
+            ).all()
         return [self._stored(r) for r in rows]
 
     @staticmethod
     def _stored(row: LogCheckpointRow) -> StoredCheckpoint:
         assert row.seq is not None
-        return StoredCheckpoint(row.seq, Checkpoint(_origin_of(row.note), row.size,
-                                                    bytes(row.root)), row.note)
+        return StoredCheckpoint(
+            row.seq, Checkpoint(_origin_of(row.note), row.size, bytes(row.root)), row.note
+        )
 
     def add_cosignature(self, seq: int, signature: NoteSignature) -> str:
         """Attach a verified cosignature to stored checkpoint ``seq``; return the new note."""

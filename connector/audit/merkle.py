@@ -142,7 +142,7 @@ def _check_hash(value: bytes, what: str) -> None:
 def verify_inclusion(
     leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_hash: bytes
 ) -> None:
-    """RFC 9162 §2.1.3.2: raise unless ``proof`` proves ``leaf`` at ``index`` under ``root_hash``."""
+    """RFC 9162 §2.1.3.2: raise unless ``proof`` puts ``leaf`` at ``index`` under the root."""
     _check_hash(leaf, "leaf hash")
     _check_hash(root_hash, "root hash")
     for i, p in enumerate(proof):

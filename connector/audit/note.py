@@ -46,7 +46,9 @@ def _check_name(name: str) -> str:
 
 def key_id(name: str, alg: int, public_key: bytes) -> bytes:
     """``SHA-256(name || 0x0A || alg || public key)[:4]``."""
-    return hashlib.sha256(_check_name(name).encode() + b"\n" + bytes([alg]) + public_key).digest()[:4]
+    return hashlib.sha256(_check_name(name).encode() + b"\n" + bytes([alg]) + public_key).digest()[
+        :4
+    ]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,7 @@ class Verifier:
         return key_id(self.name, self.alg, self.public_key)
 
     @classmethod
-    def ed25519(cls, name: str, key: ed25519.Ed25519PublicKey,
-                alg: int = ALG_ED25519) -> Verifier:
+    def ed25519(cls, name: str, key: ed25519.Ed25519PublicKey, alg: int = ALG_ED25519) -> Verifier:
         """A verifier for an Ed25519 key (``alg`` 0x01 notes or 0x04 cosignatures)."""
         return cls(_check_name(name), alg, raw_public_key(key))
 
@@ -122,8 +123,9 @@ class Note:
 
     def signed_by(self, verifier: Verifier) -> list[NoteSignature]:
         """Signatures whose name and key ID match ``verifier``."""
-        return [s for s in self.signatures
-                if s.name == verifier.name and s.key_id == verifier.key_id]
+        return [
+            s for s in self.signatures if s.name == verifier.name and s.key_id == verifier.key_id
+        ]
 
     def verify(self, verifier: Verifier) -> None:
         """Raise unless an Ed25519 (0x01) signature by ``verifier`` verifies over the text."""
@@ -140,8 +142,13 @@ class Note:
                 raise VerificationError(f"signature by {verifier.name} does not verify") from None
 
 
-def signature_line(name: str, key: ed25519.Ed25519PrivateKey, message: bytes,
-                   alg: int = ALG_ED25519, prefix: bytes = b"") -> NoteSignature:
+def signature_line(
+    name: str,
+    key: ed25519.Ed25519PrivateKey,
+    message: bytes,
+    alg: int = ALG_ED25519,
+    prefix: bytes = b"",
+) -> NoteSignature:
     """Sign ``message``; ``prefix`` goes between key ID and signature (cosignature time)."""
     kid = key_id(name, alg, raw_public_key(key.public_key()))
     return NoteSignature(name, kid, prefix + key.sign(message))
@@ -173,7 +180,7 @@ def parse_note(note: str | bytes) -> Note:
     for line in sig_block[:-1].split("\n"):
         if not line.startswith(_DASH):
             raise VerificationError(f"malformed signature line {line[:40]!r}")
-        name, sep, blob = line[len(_DASH):].partition(" ")
+        name, sep, blob = line[len(_DASH) :].partition(" ")
         if not sep or " " in blob:
             raise VerificationError(f"malformed signature line {line[:40]!r}")
         try:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import registry_pb2
+from connector.audit.checkpoint import log_origin
+from connector.audit.log import TransparencyLog
+from connector.audit.service import AuditServicer, audit_service
 from connector.clock import Clock, SystemClock
 from connector.config import Config
 from connector.errors import ConfigError, ConnectorError, NotFound
@@ -97,6 +100,8 @@ class Node:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._enrol_self: Callable[[str], None] | None = None
+        self._checkpointer: threading.Thread | None = None
+        self.log: TransparencyLog | None = None
 
     @property
     def issuer(self) -> str:
@@ -131,6 +136,13 @@ class Node:
         )
         signing_key = load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key")
         self.db = open_database(cfg.database_url)
+        self.log = TransparencyLog(
+            self.db,
+            origin=log_origin(cfg.participant.space, cfg.participant.id),
+            actor=cfg.participant.id,
+            signing_key=signing_key,
+            clock=self.clock,
+        )
         try:
             services, revocations = self._services(tls, operator_key, signing_key)
             authenticator = Authenticator(
@@ -159,6 +171,10 @@ class Node:
                 self._handle.stop(0)
             self._close_clients()
             raise
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="tds-checkpoints", daemon=True
+        )
+        self._checkpointer.start()
         if self.registry is not None:
             self._refresher = threading.Thread(
                 target=self.registry.run_refresher,
@@ -202,7 +218,7 @@ class Node:
                 ca_certificate=load_certificate(cfg.pki.ca_cert, "pki.ca_cert"),
                 token_ttl_seconds=cfg.registry.token_ttl_seconds,
             )
-            servicer = RegistryServicer(store, keys, local, self.clock)
+            servicer = RegistryServicer(store, keys, local, self.clock, self._log())
             self._enrol_self = lambda address: self._enrol_operator(
                 servicer, store, tls, signing_key, address
             )
@@ -222,6 +238,9 @@ class Node:
                 call_timeout_seconds=cfg.registry.call_timeout_seconds,
             )
             revocations = self.registry
+        services.append(
+            audit_service(AuditServicer(self._log(), cfg.participant.space, self._signing_key_of))
+        )
         services.append(
             admin_service(
                 AdminServicer(
@@ -259,6 +278,28 @@ class Node:
         ):
             store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
 
+    def _log(self) -> TransparencyLog:
+        if self.log is None:
+            raise RuntimeError("node not started")
+        return self.log
+
+    def _signing_key_of(self, participant: str) -> ed25519.Ed25519PublicKey:
+        """A member's signing key from the directory (local for the operator)."""
+        if self.registry is not None:
+            raw = self.registry.lookup(participant).signing_public_key
+        else:
+            assert self.db is not None
+            raw = SqlDirectoryStore(self.db).get(participant).signing_public_key
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+    def _checkpoint_loop(self) -> None:
+        interval = self.cfg.audit.checkpoint_interval_seconds
+        while not self._stop.wait(interval):
+            try:
+                self._log().checkpoint()
+            except ConnectorError as exc:
+                log.warning("checkpoint failed", extra={"reason": str(exc)})
+
     def status(self) -> NodeStatus:
         """Token and revocation state for ``AdminService.GetStatus``."""
         if self.registry is None:
@@ -280,6 +321,8 @@ class Node:
         return False
 
     def _close_clients(self) -> None:
+        if self.log is not None:
+            self.log.close()
         if self.registry is not None:
             self.registry.close()
         if self.db is not None:
@@ -290,8 +333,9 @@ class Node:
         self._stop.set()
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
-        if self._refresher is not None:
-            self._refresher.join(timeout=5)
+        for thread in (self._refresher, self._checkpointer):
+            if thread is not None:
+                thread.join(timeout=5)
         self._close_clients()
         log.info("stopped", extra={"participant": self.cfg.participant.id})
 

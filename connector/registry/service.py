@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from connector.audit.log import AuditLog
 from connector.clock import Clock
 from connector.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
 from connector.identity.certs import (
@@ -95,7 +96,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         keys: OperatorKeys,
         revocations: LocalRevocations,
         clock: Clock,
+        audit: AuditLog,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._keys = keys
         self._revocations = revocations
@@ -164,10 +167,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     def Enrol(self, request: registry_pb2.EnrolRequest, context: Any) -> registry_pb2.EnrolResponse:
-        """Add a participant (admin only)."""
-        entry = self._store.enrol(
-            self.validate_enrolment(request), replace=request.replace, now=self._now()
+        """Add a participant (admin only); logged before it is acknowledged."""
+        candidate = self.validate_enrolment(request)
+        self._audit.record(
+            "registry.enrol",
+            parties=[candidate.id],
+            data={
+                "participant": candidate.id,
+                "role": candidate.role,
+                "address": candidate.address,
+                "certificate_thumbprint": candidate.certificate_thumbprint,
+                "replace": request.replace,
+                "by": current_caller().participant,
+            },
         )
+        entry = self._store.enrol(candidate, replace=request.replace, now=self._now())
         self._revocations.invalidate()
         log.info(
             "participant enrolled",
@@ -182,6 +196,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         pid = check_id(request.participant_id)
         reason = request.reason.strip()
         ensure(0 < len(reason) <= 1024, "give a reason (1-1024 characters) for the revocation")
+        self._store.get(pid)  # NotFound before anything is logged
+        self._audit.record(
+            "registry.revoke",
+            parties=[pid],
+            data={"participant": pid, "reason": reason, "by": current_caller().participant},
+        )
         serial = self._store.revoke(pid, reason, now=self._now())
         self._revocations.invalidate()
         log.warning("participant revoked", extra={"participant": pid, "reason": reason})

@@ -1,0 +1,166 @@
+"""``AuditService``: checkpoints, entries, proofs and witness cosigning of a connector's log.
+
+Auditors see the whole log; any other member sees only entries that name it. Checkpoints
+and consistency proofs reveal nothing but sizes and hashes, so every member may ask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import audit_pb2, audit_pb2_grpc
+from connector.audit.checkpoint import log_origin, open_checkpoint, verify_cosignature
+from connector.audit.log import TransparencyLog
+from connector.audit.note import ALG_COSIGNATURE_V1, Verifier, parse_note, vkey
+from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
+from connector.identity.names import Role
+from connector.rpc.auth import Access, Caller, current_caller
+from connector.rpc.server import Service
+
+__all__ = ["MAX_PAGE", "AuditServicer", "audit_service"]
+
+log = logging.getLogger(__name__)
+MAX_PAGE = 1000
+
+KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
+
+
+def _is_auditor(caller: Caller) -> bool:
+    return caller.role == Role.AUDITOR.value
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """Serves one log."""
+
+    def __init__(self, log: TransparencyLog, space: str, signing_key_of: KeyLookup) -> None:
+        self._log = log
+        self._space = space
+        self._signing_key_of = signing_key_of
+
+    def GetCheckpoint(
+        self, request: audit_pb2.GetCheckpointRequest, context: Any
+    ) -> audit_pb2.GetCheckpointResponse:
+        """The latest checkpoint, newly signed if asked and the log grew."""
+        stored = self._log.checkpoint(fresh=request.fresh)
+        return audit_pb2.GetCheckpointResponse(
+            checkpoint=stored.note, vkey=vkey(self._log.verifier)
+        )
+
+    def ListCheckpoints(
+        self, request: audit_pb2.ListCheckpointsRequest, context: Any
+    ) -> audit_pb2.ListCheckpointsResponse:
+        """Every stored checkpoint, oldest first."""
+        return audit_pb2.ListCheckpointsResponse(
+            checkpoints=[c.note for c in self._log.checkpoints()]
+        )
+
+    def GetEntries(
+        self, request: audit_pb2.GetEntriesRequest, context: Any
+    ) -> audit_pb2.GetEntriesResponse:
+        """Entries in [start, end), at most ``MAX_PAGE`` per call."""
+        if request.start < 0 or request.end <= request.start:
+            raise InvalidRequest("give 0 <= start < end")
+        if request.end - request.start > MAX_PAGE:
+            raise InvalidRequest(f"ask for at most {MAX_PAGE} entries per call")
+        if request.end > self._log.size:
+            raise InvalidRequest(f"end {request.end} is past the log size {self._log.size}")
+        caller = current_caller()
+        party = None if _is_auditor(caller) else caller.participant
+        rows = self._log.entries(request.start, request.end, party)
+        return audit_pb2.GetEntriesResponse(
+            entries=[audit_pb2.LogEntry(index=i, body=b) for i, b in rows]
+        )
+
+    def GetInclusionProof(
+        self, request: audit_pb2.GetInclusionProofRequest, context: Any
+    ) -> audit_pb2.GetInclusionProofResponse:
+        """Inclusion proof of one entry (only for entries the caller may see)."""
+        caller = current_caller()
+        if not 0 <= request.index < self._log.size:
+            raise NotFound(f"no entry {request.index}")
+        if not _is_auditor(caller) and caller.participant not in self._log.entry_parties(
+            request.index
+        ):
+            raise NotFound(f"no entry {request.index}")
+        return audit_pb2.GetInclusionProofResponse(
+            proof=self._log.inclusion_proof(request.index, request.tree_size)
+        )
+
+    def GetConsistencyProof(
+        self, request: audit_pb2.GetConsistencyProofRequest, context: Any
+    ) -> audit_pb2.GetConsistencyProofResponse:
+        """Consistency proof between two tree sizes."""
+        return audit_pb2.GetConsistencyProofResponse(
+            proof=self._log.consistency_proof(request.first_size, request.second_size)
+        )
+
+    def Cosign(
+        self, requests: Iterator[audit_pb2.CosignRequest], context: Any
+    ) -> Iterator[audit_pb2.CosignResponse]:
+        """Offer the newest checkpoint with a consistency proof; store the cosignature."""
+        witness = current_caller().participant
+        first = next(requests, None)
+        if first is None or first.WhichOneof("step") != "last_seen":
+            raise InvalidRequest("start cosigning with the checkpoint you last saw (last_seen)")
+        last_size = 0
+        if first.last_seen:
+            seen, _ = open_checkpoint(first.last_seen, self._log.verifier)
+            if seen.size > self._log.size:
+                raise InvalidRequest(f"last_seen size {seen.size} is past this log's size")
+            last_size = seen.size
+        stored = self._log.checkpoint(fresh=True)
+        proof = (
+            self._log.consistency_proof(last_size, stored.checkpoint.size)
+            if 0 < last_size < stored.checkpoint.size
+            else []
+        )
+        yield audit_pb2.CosignResponse(
+            offer=audit_pb2.Offer(checkpoint=stored.note, consistency_proof=proof)
+        )
+        answer = next(requests, None)
+        if answer is None:
+            return
+        if answer.WhichOneof("step") == "refusal":
+            reason = answer.refusal[:1000]
+            log.warning("witness refused to cosign", extra={"witness": witness, "reason": reason})
+            self._log.record(
+                "audit.cosign_refused",
+                parties=[witness],
+                data={"witness": witness, "size": stored.checkpoint.size, "reason": reason},
+            )
+            return
+        if answer.WhichOneof("step") != "cosignature":
+            raise InvalidRequest("answer the offer with a cosignature or a refusal")
+        witness_key = Verifier.ed25519(
+            log_origin(self._space, witness), self._signing_key_of(witness), ALG_COSIGNATURE_V1
+        )
+        try:
+            line = parse_note("x\n\n" + answer.cosignature.strip() + "\n").signatures[0]
+            verify_cosignature(stored.checkpoint, line, witness_key)
+        except VerificationError as exc:
+            raise PreconditionFailed(f"cosignature refused: {exc}") from None
+        yield audit_pb2.CosignResponse(
+            cosigned_checkpoint=self._log.add_cosignature(stored.seq, line)
+        )
+
+
+def audit_service(servicer: AuditServicer) -> Service:
+    """``AuditService`` with its access table."""
+    methods = [
+        "GetCheckpoint",
+        "ListCheckpoints",
+        "GetEntries",
+        "GetInclusionProof",
+        "GetConsistencyProof",
+        "Cosign",
+    ]
+    return Service(
+        "tds.v1.AuditService",
+        audit_pb2_grpc.add_AuditServiceServicer_to_server,
+        servicer,
+        dict.fromkeys(methods, Access.MEMBER),
+    )
