@@ -49,8 +49,8 @@ class ParticipantConfig:
 class ServerConfig:
     """The gRPC server."""
 
-    listen: str
-    """host:port to listen on (mutual TLS only)."""
+    listen: str = ""
+    """host:port to listen on (mutual TLS only); empty only for an auditor, who runs none."""
     advertise: str = ""
     """host:port other members use to reach this connector (default: listen)."""
     max_workers: int = 16
@@ -142,8 +142,8 @@ class Config:
     """A connector's whole configuration."""
 
     participant: ParticipantConfig
-    server: ServerConfig
     pki: PkiConfig
+    server: ServerConfig = field(default_factory=ServerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -222,7 +222,8 @@ def _validate(cfg: Config) -> None:
         Role.parse(cfg.participant.role)
     except InvalidRequest as exc:
         raise ConfigError(str(exc)) from None
-    _check_address(cfg.server.listen, "server.listen")
+    if cfg.server.listen or cfg.participant.role != Role.AUDITOR.value:
+        _check_address(cfg.server.listen, "server.listen")
     if cfg.server.advertise:
         _check_address(cfg.server.advertise, "server.advertise")
     if not cfg.is_operator:
@@ -280,6 +281,8 @@ def _validate(cfg: Config) -> None:
 
 
 def _check_address(value: str, where: str) -> None:
+    if not value:
+        raise ConfigError(f"{where} is required (host:port)")
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where} must be host:port, got {value!r}")

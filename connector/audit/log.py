@@ -34,6 +34,10 @@ from connector.store.models import LogCheckpointRow, LogEntryRow, LogNodeRow
 __all__ = ["AuditLog", "LogEntry", "StoredCheckpoint", "TransparencyLog"]
 
 log = logging.getLogger(__name__)
+# Core columns type-check cleanly in queries, where SQLModel attributes are plain values.
+_E = LogEntryRow.__table__.c  # type: ignore[attr-defined]
+_N = LogNodeRow.__table__.c  # type: ignore[attr-defined]
+_C = LogCheckpointRow.__table__.c  # type: ignore[attr-defined]
 _WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches on PostgreSQL
 MAX_ENTRY_BYTES = 64 * 1024
 
@@ -252,7 +256,7 @@ class TransparencyLog:
     @staticmethod
     def _stored_size(conn: Any) -> int:
         # max(idx) uses the primary key; count(*) would scan millions of rows.
-        last = conn.execute(select(func.max(LogEntryRow.idx))).scalar_one()
+        last = conn.execute(select(func.max(_E.idx))).scalar_one()
         return 0 if last is None else int(last) + 1
 
     @staticmethod
@@ -261,9 +265,7 @@ class TransparencyLog:
         for i in range(0, len(coords), 400):
             chunk = coords[i : i + 400]
             rows = conn.execute(
-                select(LogNodeRow.level, LogNodeRow.idx, LogNodeRow.hash).where(  # type: ignore[call-overload]
-                    tuple_(LogNodeRow.level, LogNodeRow.idx).in_(chunk)
-                )
+                select(_N.level, _N.idx, _N.hash).where(tuple_(_N.level, _N.idx).in_(chunk))
             )
             found.update({(r[0], r[1]): bytes(r[2]) for r in rows})
         missing = set(coords) - set(found)
@@ -344,26 +346,16 @@ class TransparencyLog:
         """Entries ``start <= idx < end``; with ``party``, only those that name it."""
         if start < 0 or end < start:
             raise InvalidRequest(f"invalid entry range [{start}, {end})")
-        query = (
-            select(LogEntryRow.idx, LogEntryRow.body)
-            .where(  # type: ignore[call-overload]
-                LogEntryRow.idx >= start, LogEntryRow.idx < end
-            )
-            .order_by(LogEntryRow.idx)
-        )
+        query = select(_E.idx, _E.body).where(_E.idx >= start, _E.idx < end).order_by(_E.idx)
         if party is not None:
-            query = query.where(LogEntryRow.parties.contains(f",{party},"))  # type: ignore[attr-defined]
+            query = query.where(_E.parties.contains(f",{party},"))
         with self._db.engine.connect() as conn:
             return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
 
     def entry_parties(self, index: int) -> tuple[str, ...]:
         """The participants entry ``index`` names."""
         with self._db.engine.connect() as conn:
-            row = conn.execute(
-                select(LogEntryRow.parties).where(  # type: ignore[call-overload]
-                    LogEntryRow.idx == index
-                )
-            ).first()
+            row = conn.execute(select(_E.parties).where(_E.idx == index)).first()
         if row is None:
             raise NotFound(f"no log entry {index}")
         return tuple(p for p in str(row[0]).split(",") if p)
@@ -392,29 +384,23 @@ class TransparencyLog:
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The most recent stored checkpoint, if any."""
-        with self._db.session() as s:
-            row = s.exec(
-                select(LogCheckpointRow)
-                .order_by(  # type: ignore[call-overload]
-                    LogCheckpointRow.seq.desc()
-                )
-                .limit(1)
-            ).first()  # type: ignore[union-attr]
-        return self._stored(row[0]) if row else None
+        with self._db.engine.connect() as conn:
+            row = conn.execute(
+                select(_C.seq, _C.size, _C.root, _C.note).order_by(_C.seq.desc()).limit(1)
+            ).first()
+        return self._stored(row) if row else None
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, oldest first."""
-        with self._db.session() as s:
-            rows = s.exec(
-                select(LogCheckpointRow).order_by(LogCheckpointRow.seq)  # type: ignore[call-overload,arg-type]
-            ).all()
-        return [self._stored(r) for r in rows]
+        with self._db.engine.connect() as conn:
+            rows = conn.execute(select(_C.seq, _C.size, _C.root, _C.note).order_by(_C.seq))
+            return [self._stored(r) for r in rows]
 
     @staticmethod
-    def _stored(row: LogCheckpointRow) -> StoredCheckpoint:
-        assert row.seq is not None
+    def _stored(row: Any) -> StoredCheckpoint:
+        seq, size, root, note = row
         return StoredCheckpoint(
-            row.seq, Checkpoint(_origin_of(row.note), row.size, bytes(row.root)), row.note
+            int(seq), Checkpoint(_origin_of(note), int(size), bytes(root)), str(note)
         )
 
     def add_cosignature(self, seq: int, signature: NoteSignature) -> str:

@@ -31,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--pki", required=True, type=Path, help="directory made by 'tds pki init'")
     p.add_argument("--participant", required=True, help="participant id in that PKI")
-    p.add_argument("--listen", required=True, help="host:port this connector listens on")
+    p.add_argument(
+        "--listen", default="", help="host:port this connector listens on (not for an auditor)"
+    )
     p.add_argument(
         "--registry", default="", help="host:port of the registry (not for the operator)"
     )
