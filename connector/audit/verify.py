@@ -183,7 +183,8 @@ def verify(directory: Path, *, known: list[str] | None = None) -> VerifyReport:
                 )
                 report.problems.append(
                     Problem(
-                        f"entries {last_good}..{index} do not match checkpoint {name} (size {size})",
+                        f"entries {last_good}..{index} do not match checkpoint {name} "
+                        f"(size {size})",
                         None if pinned else last_good,
                         name,
                     )
