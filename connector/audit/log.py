@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import func, insert, select, text, tuple_
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector.audit import merkle
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 # Core columns type-check cleanly in queries, where SQLModel attributes are plain values.
 _E = LogEntryRow.__table__.c  # type: ignore[attr-defined]
 _N = LogNodeRow.__table__.c  # type: ignore[attr-defined]
+_LEVEL_SHIFT = 48  # node id = level << 48 | index: one integer primary key, fast IN lookups
+
+
+def _node_id(level: int, index: int) -> int:
+    return level << _LEVEL_SHIFT | index
 _C = LogCheckpointRow.__table__.c  # type: ignore[attr-defined]
 _WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches on PostgreSQL
 MAX_ENTRY_BYTES = 64 * 1024
@@ -91,7 +97,7 @@ class TransparencyLog:
         signing_key: ed25519.Ed25519PrivateKey,
         clock: Clock,
         max_batch: int = 1024,
-        gather_seconds: float = 0.0003,
+        gather_seconds: float = 0.002,
     ) -> None:
         self._db = db
         self.origin = origin
@@ -101,6 +107,7 @@ class TransparencyLog:
         self._clock = clock
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
+        self._expected = 1  # entries in the last batch: how many writers are active
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
         self._state_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
@@ -156,24 +163,24 @@ class TransparencyLog:
             batches = [first]
             count = len(first.entries)
             stopping = False
-            # Gather what is queued; while more keeps arriving (writers just woken by the
-            # previous commit), wait a fraction of a millisecond so one fsync covers them.
-            waits = 0
-            while count < self._max_batch and not stopping:
+            # Group commit: writers woken by the previous commit are re-queueing now. Wait
+            # (briefly, well under one fsync) until as many entries arrived as last time.
+            deadline = time.monotonic() + self._gather_seconds
+            while count < self._max_batch:
+                remaining = deadline - time.monotonic()
                 try:
-                    more = (
-                        self._queue.get(timeout=self._gather_seconds)
-                        if waits < 8
-                        else self._queue.get_nowait()
-                    )
+                    if count >= self._expected or remaining <= 0:
+                        more = self._queue.get_nowait()
+                    else:
+                        more = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
-                waits += 1
                 if more is None:
                     stopping = True
                     break
                 batches.append(more)
                 count += len(more.entries)
+            self._expected = count
             self._write(batches)
             if stopping:
                 return
@@ -224,13 +231,13 @@ class TransparencyLog:
     @staticmethod
     def _extend(frontier: dict[int, bytes], index: int, leaf: bytes) -> list[dict[str, Any]]:
         """Add leaf ``index`` to the right edge; return every node it completes."""
-        nodes = [{"level": 0, "idx": index, "hash": leaf}]
+        nodes = [{"id": _node_id(0, index), "hash": leaf}]
         h, i, level = leaf, index, 0
         while i & 1:
             h = merkle.node_hash(frontier.pop(level), h)
             i >>= 1
             level += 1
-            nodes.append({"level": level, "idx": i, "hash": h})
+            nodes.append({"id": _node_id(level, i), "hash": h})
         frontier[level] = h
         return nodes
 
@@ -264,10 +271,9 @@ class TransparencyLog:
         found: dict[tuple[int, int], bytes] = {}
         for i in range(0, len(coords), 400):
             chunk = coords[i : i + 400]
-            rows = conn.execute(
-                select(_N.level, _N.idx, _N.hash).where(tuple_(_N.level, _N.idx).in_(chunk))
-            )
-            found.update({(r[0], r[1]): bytes(r[2]) for r in rows})
+            ids = {_node_id(level, index): (level, index) for level, index in chunk}
+            rows = conn.execute(select(_N.id, _N.hash).where(_N.id.in_(list(ids))))
+            found.update({ids[int(r[0])]: bytes(r[1]) for r in rows})
         missing = set(coords) - set(found)
         if missing:
             raise Unavailable(f"audit log is missing Merkle nodes {sorted(missing)[:3]}")

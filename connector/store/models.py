@@ -65,8 +65,8 @@ class LogNodeRow(SQLModel, table=True):
 
     __tablename__ = "log_node"
 
-    level: int = Field(primary_key=True)
-    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    """``level << 48 | index``: the subtree of ``2**level`` leaves from ``index << level``."""
     hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 

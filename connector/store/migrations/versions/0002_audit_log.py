@@ -28,8 +28,8 @@ def upgrade() -> None:
     op.create_index("ix_log_entry_kind", "log_entry", ["kind"])
     op.create_table(
         "log_node",
-        sa.Column("level", sa.Integer(), primary_key=True),
-        sa.Column("idx", sa.BigInteger(), primary_key=True, autoincrement=False),
+        # level << 48 | index of the complete subtree (one integer key: fast IN lookups)
+        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("hash", sa.LargeBinary(), nullable=False),
     )
     op.create_table(
