@@ -110,6 +110,7 @@ def fetch_log(
     (out / "checkpoints").mkdir(exist_ok=True)
     frontier: list[bytes] = []
     complete = True
+    count = 0
     with (
         (out / "entries.jsonl").open("wb") as entries,
         (out / "leaf_hashes.txt").open("w") as leaves,
@@ -129,6 +130,7 @@ def fetch_log(
                 h = merkle.leaf_hash(e.body)
                 leaves.write(base64.b64encode(h).decode() + "\n")
                 hashes.append(h)
+                count += 1
             if progress:
                 progress(end, size)
         if complete:

@@ -43,6 +43,8 @@ _LEVEL_SHIFT = 48  # node id = level << 48 | index: one integer primary key, fas
 
 def _node_id(level: int, index: int) -> int:
     return level << _LEVEL_SHIFT | index
+
+
 _C = LogCheckpointRow.__table__.c  # type: ignore[attr-defined]
 _WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches on PostgreSQL
 MAX_ENTRY_BYTES = 64 * 1024

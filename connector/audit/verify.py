@@ -120,6 +120,14 @@ def verify(directory: Path, *, known: list[str] | None = None) -> VerifyReport:
     export = Export(directory)
     manifest = export.manifest
     report = VerifyReport(origin=manifest.get("origin", "?"))
+    if not manifest.get("complete", False):
+        report.problems.append(
+            Problem(
+                f"this export holds only the entries naming {manifest.get('fetched_by')}; only a "
+                "complete export (fetched by an auditor) can be verified"
+            )
+        )
+        return report
     try:
         verifier = _log_verifier(export)
         key_of = _keys(export)

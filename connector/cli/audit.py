@@ -9,21 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from connector._proto.tds.v1 import audit_pb2_grpc
-from connector.audit.checkpoint import log_origin
-from connector.audit.export import fetch_log
-from connector.audit.note import Verifier
+from connector.audit.auditor import fetch_and_witness
 from connector.audit.verify import prove, reconcile, timeline, verify
-from connector.audit.witness import FileWitnessState, Witness
-from connector.cli.connect import member_channel, registry_client
 from connector.cli.output import emit, say
-from connector.clock import SystemClock
 from connector.config import load_config
-from connector.errors import ConnectorError
-from connector.identity.certs import load_ed25519_private_key
-from connector.rpc.channel import calling
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,55 +88,13 @@ def _progress(done: int, total: int) -> None:
 def run_fetch(args: argparse.Namespace) -> int:
     """Witness and export one connector's log."""
     cfg = load_config(args.config)
-    target, _, address = args.connector.partition("@")
-    registry = registry_client(cfg)
-    try:
-        peers = registry.list_participants()
-        directory = {
-            p.id: {"role": p.role, "signing_public_key": p.signing_public_key.hex()} for p in peers
-        }
-        if not address:
-            address = next((p.address for p in peers if p.id == target), "")
-            if not address:
-                raise ConnectorError(f"{target} is not in the directory or runs no connector")
-        with member_channel(cfg, registry, target, address) as channel, calling(target):
-            stub = audit_pb2_grpc.AuditServiceStub(channel)
-            cosigned = None
-            if not args.no_cosign:
-                log_key = Verifier.ed25519(
-                    log_origin(cfg.participant.space, target),
-                    ed25519.Ed25519PublicKey.from_public_bytes(
-                        bytes.fromhex(directory[target]["signing_public_key"])
-                    ),
-                )
-                witness = Witness(
-                    log_origin(cfg.participant.space, cfg.participant.id),
-                    load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key"),
-                    FileWitnessState(cfg.data_dir / "witness"),
-                    SystemClock(),
-                )
-                result = witness.cosign_log(stub, log_key)
-                cosigned = result.checkpoint.size
-                say(
-                    f"Cosigned {target}'s checkpoint at size {result.checkpoint.size} "
-                    f"(consistent with size {result.previous_size} seen before)"
-                )
-            manifest = fetch_log(
-                stub,
-                args.out,
-                participant=target,
-                space=cfg.participant.space,
-                fetched_by=cfg.participant.id,
-                directory=directory,
-                progress=_progress,
-            )
-    finally:
-        registry.close()
-    manifest["cosigned_size"] = cosigned
+    manifest = fetch_and_witness(
+        cfg, args.connector, args.out, cosign=not args.no_cosign, progress=_progress, narrate=say
+    )
     emit(
         manifest,
-        f"Fetched {manifest['size']} entries and {manifest['checkpoints']} "
-        f"checkpoints of {target} into {args.out}"
+        f"Fetched {manifest['entries']} of {manifest['size']} entries and "
+        f"{manifest['checkpoints']} checkpoints of {manifest['participant']} into {args.out}"
         + ("" if manifest["complete"] else " (only entries naming you)"),
         as_json=args.json,
     )

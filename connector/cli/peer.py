@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
-from connector.cli.connect import admin_channel, member_channel, registry_client
 from connector.cli.output import emit
 from connector.config import load_config
 from connector.errors import PreconditionFailed
+from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
 

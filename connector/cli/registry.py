@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
-from connector.cli.connect import admin_channel, registry_client
 from connector.cli.output import emit
 from connector.config import load_config
 from connector.errors import ConfigError, InvalidRequest
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.pki import load_manifest
+from connector.node.clients import admin_channel, registry_client
 from connector.registry.client import PeerInfo
 from connector.rpc.channel import calling
 

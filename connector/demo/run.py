@@ -6,6 +6,7 @@ between members over mutual TLS, and refusals of forged, misbound and revoked ca
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +18,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import peer_pb2, peer_pb2_grpc, registry_pb2, registry_pb2_grpc
+from connector.audit.auditor import fetch_and_witness
+from connector.audit.verify import verify
 from connector.demo.space import LocalSpace, rpc_code
+from connector.errors import ConnectorError
 from connector.identity.certs import certificate_thumbprint, load_certificate
 from connector.identity.names import Role
 from connector.node import Node
@@ -196,12 +200,54 @@ def run_demo(
             "OK as ent-a",
             _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")),
         )
+        _audit(space, root, check, narrate)
         narrate(f"\nAll state, keys and configs are in {root} ({time.monotonic() - started:.1f} s)")
         if keep is not None:
             keep(space)
     finally:
         space.stop()
     return outcomes
+
+
+def _audit(
+    space: LocalSpace,
+    root: Path,
+    check: Callable[[str, str, str, str], None],
+    narrate: Callable[[str], None],
+) -> None:
+    """The auditor witnesses and exports every log, verifies each, and catches a forgery."""
+    s = "audit"
+    narrate("\nThe auditor cosigns, fetches and verifies every connector's log")
+    cfg = space.write_config("auditor", "", space.registry_address)
+    exports = root / "audit"
+    # ent-b was revoked above: its connector can no longer reach the registry.
+    for pid in [space.manifest.operator_id, *(c for c in CONNECTORS if c != "ent-b")]:
+        try:
+            manifest = fetch_and_witness(cfg, pid, exports / pid)
+            report = verify(exports / pid)
+            size = manifest["size"]
+            cosigned = report.ok and report.cosignatures.get("auditor")
+            observed = "OK" if cosigned else "; ".join(p.what for p in report.problems)
+        except ConnectorError as exc:
+            size, observed = "?", str(exc)
+        check(
+            s,
+            f"{pid}'s log ({size} entries) verifies, cosigned by the auditor",
+            "OK",
+            observed or "not cosigned",
+        )
+    forged = exports / "operator-altered"
+    shutil.copytree(exports / space.manifest.operator_id, forged, dirs_exist_ok=True)
+    lines = (forged / "entries.jsonl").read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"role":"enterprise"', b'"role":"government"')
+    (forged / "entries.jsonl").write_bytes(b"".join(lines))
+    report = verify(forged)
+    check(
+        s,
+        "one altered entry in a copy of the operator's export",
+        "detected at index 2",
+        f"detected at index {report.first_bad_index}" if not report.ok else "not detected",
+    )
 
 
 def outcomes_json(outcomes: list[Outcome]) -> list[dict[str, object]]:

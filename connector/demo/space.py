@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
-from connector.cli.connect import admin_channel
 from connector.cli.init import build_config
 from connector.config import Config, load_config, render_config
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.names import Role
 from connector.identity.pki import SpaceManifest, init_space
 from connector.node import Node
+from connector.node.clients import admin_channel
 from connector.rpc.channel import calling
 
 __all__ = ["LocalSpace"]

@@ -1,4 +1,4 @@
-"""How CLI commands reach connectors: as the participant, or as its administrator."""
+"""Clients a participant uses: to the registry, to other members, to its own connector."""
 
 from __future__ import annotations
 
