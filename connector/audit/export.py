@@ -152,6 +152,7 @@ def fetch_log(
         "space": space,
         "vkey": resp.vkey,
         "size": size,
+        "entries": count,
         "complete": complete,
         "fetched_at_ms": int(time.time() * 1000),
         "fetched_by": fetched_by,

@@ -147,3 +147,28 @@ def test_method_missing_from_the_access_table_is_refused(space: LocalSpace) -> N
         assert "not open to any caller" in (err.details() or "")
     finally:
         handle.stop(0)
+
+
+def test_enrolment_is_refused_when_the_log_cannot_be_written(tmp_path: Path) -> None:
+    """The registry logs an enrolment before storing it: no log, no enrolment."""
+    from sqlalchemy import text
+
+    from connector.errors import Unavailable
+    from connector.store.database import open_database
+
+    with LocalSpace.create(tmp_path, [("a", Role.ENTERPRISE)]) as sp:
+        registry = sp.start_registry()
+        assert registry.db is not None
+        with registry.db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE log_node RENAME TO log_node_gone"))
+        with pytest.raises(Unavailable, match="audit log could not be written"):
+            sp.enrol("a", "127.0.0.1:9")
+        check = open_database(registry.cfg.database_url)
+        try:
+            with check.engine.connect() as conn:
+                count = conn.execute(
+                    text("SELECT count(*) FROM participant WHERE id = 'a'")
+                ).scalar_one()
+            assert count == 0
+        finally:
+            check.close()
