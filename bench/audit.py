@@ -28,23 +28,28 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connector._proto.tds.v1 import audit_pb2  # noqa: E402
-from connector.audit.export import fetch_log  # noqa: E402
-from connector.audit.log import TransparencyLog  # noqa: E402
-from connector.audit.note import vkey  # noqa: E402
-from connector.audit.verify import verify  # noqa: E402
-from connector.clock import SystemClock  # noqa: E402
-from connector.store.database import open_database  # noqa: E402
+from connector._proto.tds.v1 import audit_pb2
+from connector.audit.export import fetch_log
+from connector.audit.log import TransparencyLog
+from connector.audit.note import vkey
+from connector.audit.verify import verify
+from connector.clock import SystemClock
+from connector.store.database import open_database
 
 KEY = ed25519.Ed25519PrivateKey.generate()
-DATA = {"agreement": "ag-0001", "product": "traffic-flow", "decision": "allow",
-        "input_sha256": "ab" * 32}
+DATA = {
+    "agreement": "ag-0001",
+    "product": "traffic-flow",
+    "decision": "allow",
+    "input_sha256": "ab" * 32,
+}
 
 
 def new_log(path: Path, **kw: Any) -> TransparencyLog:
     db = open_database(f"sqlite:///{path}")
-    return TransparencyLog(db, origin="tds/bench/a", actor="a", signing_key=KEY,
-                           clock=SystemClock(), **kw)
+    return TransparencyLog(
+        db, origin="tds/bench/a", actor="a", signing_key=KEY, clock=SystemClock(), **kw
+    )
 
 
 def bench_appends(work: Path, seconds: float) -> dict[str, float]:
@@ -75,8 +80,11 @@ def bench_appends(work: Path, seconds: float) -> dict[str, float]:
         t.join()
     group_rate = sum(counts) / (time.perf_counter() - start)
     group.close()
-    return {"single_txn_entries_per_s": round(single_rate), "group_commit_8_writers_entries_per_s":
-            round(group_rate), "ratio": round(group_rate / single_rate, 2)}
+    return {
+        "single_txn_entries_per_s": round(single_rate),
+        "group_commit_8_writers_entries_per_s": round(group_rate),
+        "ratio": round(group_rate / single_rate, 2),
+    }
 
 
 def build(work: Path, entries: int, progress: bool) -> TransparencyLog:
@@ -84,11 +92,16 @@ def build(work: Path, entries: int, progress: bool) -> TransparencyLog:
     batch = 2000
     start = time.perf_counter()
     for base in range(0, entries, batch):
-        lg.append_many([lg.entry("bench", parties=["b"], data={**DATA, "n": base + i})
-                        for i in range(min(batch, entries - base))])
+        lg.append_many(
+            [
+                lg.entry("bench", parties=["b"], data={**DATA, "n": base + i})
+                for i in range(min(batch, entries - base))
+            ]
+        )
         if progress and base % 100_000 == 0:
-            print(f"  built {base:,} entries ({time.perf_counter() - start:.0f} s)",
-                  file=sys.stderr)
+            print(
+                f"  built {base:,} entries ({time.perf_counter() - start:.0f} s)", file=sys.stderr
+            )
         if base % 250_000 == 0:
             lg.checkpoint()
     lg.checkpoint()
@@ -99,7 +112,7 @@ def bench_proofs(lg: TransparencyLog, samples: int = 300) -> dict[str, float]:
     size = lg.size
     rng = random.Random(1)
     proof_ms, read_ms = [], []
-    with lg._db.engine.connect() as conn:  # noqa: SLF001 (bench reads the raw table)
+    with lg._db.engine.connect() as conn:
         for _ in range(samples):
             i = rng.randrange(size)
             t = time.perf_counter()
@@ -111,11 +124,14 @@ def bench_proofs(lg: TransparencyLog, samples: int = 300) -> dict[str, float]:
         lg.inclusion_proof(i, size)
         proof_ms.append((time.perf_counter() - t) * 1000)
     p50 = statistics.median(proof_ms)
-    return {"tree_size": size, "proof_p50_ms": round(p50, 3),
-            "proof_p99_ms": round(sorted(proof_ms)[int(samples * 0.99)], 3),
-            "proof_max_ms": round(max(proof_ms), 3),
-            "pk_read_p50_ms": round(statistics.median(read_ms), 3),
-            "ratio_to_pk_read": round(p50 / statistics.median(read_ms), 1)}
+    return {
+        "tree_size": size,
+        "proof_p50_ms": round(p50, 3),
+        "proof_p99_ms": round(sorted(proof_ms)[int(samples * 0.99)], 3),
+        "proof_max_ms": round(max(proof_ms), 3),
+        "pk_read_p50_ms": round(statistics.median(read_ms), 3),
+        "ratio_to_pk_read": round(p50 / statistics.median(read_ms), 1),
+    }
 
 
 class LocalStub:
@@ -124,25 +140,34 @@ class LocalStub:
     def __init__(self, lg: TransparencyLog) -> None:
         self.lg = lg
 
-    def GetCheckpoint(self, request: Any, timeout: float) -> Any:  # noqa: N802
-        return audit_pb2.GetCheckpointResponse(checkpoint=self.lg.checkpoint().note,
-                                               vkey=vkey(self.lg.verifier))
+    def GetCheckpoint(self, request: Any, timeout: float) -> Any:
+        return audit_pb2.GetCheckpointResponse(
+            checkpoint=self.lg.checkpoint().note, vkey=vkey(self.lg.verifier)
+        )
 
-    def GetEntries(self, request: Any, timeout: float) -> Any:  # noqa: N802
+    def GetEntries(self, request: Any, timeout: float) -> Any:
         rows = self.lg.entries(request.start, request.end)
         return audit_pb2.GetEntriesResponse(
-            entries=[audit_pb2.LogEntry(index=i, body=b) for i, b in rows])
+            entries=[audit_pb2.LogEntry(index=i, body=b) for i, b in rows]
+        )
 
-    def ListCheckpoints(self, request: Any, timeout: float) -> Any:  # noqa: N802
+    def ListCheckpoints(self, request: Any, timeout: float) -> Any:
         return audit_pb2.ListCheckpointsResponse(
-            checkpoints=[c.note for c in self.lg.checkpoints()])
+            checkpoints=[c.note for c in self.lg.checkpoints()]
+        )
 
 
 def bench_verify(lg: TransparencyLog, out: Path) -> dict[str, float]:
     directory = {"a": {"role": "enterprise", "signing_public_key": lg.verifier.public_key.hex()}}
     t = time.perf_counter()
-    fetch_log(LocalStub(lg), out, participant="a", space="bench",  # type: ignore[arg-type]
-              fetched_by="bench", directory=directory)
+    fetch_log(
+        LocalStub(lg),
+        out,
+        participant="a",
+        space="bench",  # type: ignore[arg-type]
+        fetched_by="bench",
+        directory=directory,
+    )
     export_s = time.perf_counter() - t
     t = time.perf_counter()
     with (out / "entries.jsonl").open("rb") as fh:
@@ -154,9 +179,13 @@ def bench_verify(lg: TransparencyLog, out: Path) -> dict[str, float]:
     verify_s = time.perf_counter() - t
     if not report.ok:
         raise SystemExit(f"verify failed: {report.problems[:3]}")
-    return {"entries": report.size, "export_s": round(export_s, 1),
-            "verify_s": round(verify_s, 1), "read_and_hash_only_s": round(hash_s, 1),
-            "ratio_to_read_and_hash": round(verify_s / hash_s, 1)}
+    return {
+        "entries": report.size,
+        "export_s": round(export_s, 1),
+        "verify_s": round(verify_s, 1),
+        "read_and_hash_only_s": round(hash_s, 1),
+        "ratio_to_read_and_hash": round(verify_s / hash_s, 1),
+    }
 
 
 def main() -> int:
