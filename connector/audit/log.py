@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import func, insert, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import func, select
 
 from connector.audit import merkle
 from connector.audit.canonical import canonical_json
@@ -46,6 +45,16 @@ def _node_id(level: int, index: int) -> int:
 
 
 _C = LogCheckpointRow.__table__.c  # type: ignore[attr-defined]
+_QMARK_SQL = (
+    "INSERT INTO log_entry (idx, body, kind, parties, created_ms) VALUES (?, ?, ?, ?, ?)",
+    "INSERT INTO log_node (id, hash) VALUES (?, ?)",
+    "SELECT pg_advisory_xact_lock(?)",
+)
+_FORMAT_SQL = (
+    "INSERT INTO log_entry (idx, body, kind, parties, created_ms) VALUES (%s, %s, %s, %s, %s)",
+    "INSERT INTO log_node (id, hash) VALUES (%s, %s)",
+    "SELECT pg_advisory_xact_lock(%s)",
+)
 _WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches on PostgreSQL
 MAX_ENTRY_BYTES = 64 * 1024
 
@@ -60,16 +69,24 @@ class AuditLog(Protocol):
 
 @dataclass(frozen=True)
 class LogEntry:
-    """An entry before it is appended (its index is added when it is written)."""
+    """An entry before it is appended (its index is added when it is written).
+
+    JCS sorts keys, so ``index`` falls between ``data`` and ``kind``: the entry is kept as
+    the canonical JSON of the keys before and after it, and the writer splices the index in
+    without serialising again.
+    """
 
     kind: str
     parties: tuple[str, ...]
-    fields: dict[str, Any]
+    head: bytes
+    """Canonical JSON of ``{"actor", "data"}``."""
+    tail: bytes
+    """Canonical JSON of ``{"kind", "parties", "time_ms"}``."""
     created_ms: int
 
     def body(self, index: int) -> bytes:
         """The canonical JSON leaf for position ``index``."""
-        return canonical_json({"index": index, **self.fields})
+        return b'%s,"index":%d,%s' % (self.head[:-1], index, self.tail[1:])
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,7 @@ class TransparencyLog:
         self._load_frontier()
         self._writer = threading.Thread(target=self._run, name="tds-log-writer", daemon=True)
         self._closed = False
+        self._raw: Any = None
         self._writer.start()
 
     # -- appending --------------------------------------------------------------------
@@ -128,17 +146,11 @@ class TransparencyLog:
             raise InvalidRequest("log entry kind must be 1-64 characters")
         now_ms = int(self._clock.now() * 1000)
         names = tuple(sorted(set(parties) | {self._actor}))
-        fields = {
-            "kind": kind,
-            "time_ms": now_ms,
-            "actor": self._actor,
-            "parties": list(names),
-            "data": dict(data),
-        }
-        # Checked here, in the caller's thread, so that a bad entry never reaches the writer.
-        if len(canonical_json({"index": 2**53 - 1, **fields})) > MAX_ENTRY_BYTES:
+        head = canonical_json({"actor": self._actor, "data": dict(data)})
+        tail = canonical_json({"kind": kind, "parties": list(names), "time_ms": now_ms})
+        if len(head) + len(tail) + 30 > MAX_ENTRY_BYTES:
             raise InvalidRequest(f"log entry is larger than {MAX_ENTRY_BYTES} bytes")
-        return LogEntry(kind, names, fields, now_ms)
+        return LogEntry(kind, names, head, tail, now_ms)
 
     def record(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> int:
         """Durably append one entry; return its index."""
@@ -182,45 +194,57 @@ class TransparencyLog:
                     break
                 batches.append(more)
                 count += len(more.entries)
-            self._expected = count
+            # Remember concurrency with a slow decay, so one short batch does not shrink the next.
+            self._expected = max(count, self._expected * 7 // 8)
             self._write(batches)
             if stopping:
                 return
 
+    def _sql(self) -> tuple[str, str, str]:
+        """Statements for the writer's own DBAPI connection, in the driver's paramstyle."""
+        return _QMARK_SQL if self._db.engine.dialect.paramstyle == "qmark" else _FORMAT_SQL
+
     def _write(self, batches: list[_Batch]) -> None:
+        # The writer uses a DBAPI connection of its own: at a few entries per commit, the
+        # ORM's per-statement overhead would cost more than the fsync.
+        insert_entry, insert_node, lock = self._sql()
         try:
-            with self._db.engine.begin() as conn:
+            if self._raw is None:
+                self._raw = self._db.engine.raw_connection()
+            raw = self._raw
+            cur = raw.cursor()
+            try:
                 if self._db.dialect == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _WRITER_LOCK_KEY})
-                if (
-                    self._stored_size(conn) != self._size
-                ):  # another replica appended: start from the database
-                    self._load_frontier(conn)
+                    cur.execute(lock, (_WRITER_LOCK_KEY,))
+                cur.execute("SELECT max(idx) FROM log_entry")
+                last = cur.fetchone()[0]
+                if (0 if last is None else int(last) + 1) != self._size:
+                    # Another replica appended: continue from what the database holds.
+                    with self._db.engine.connect() as conn:
+                        self._load_frontier(conn)
                 size, frontier = self._size, dict(self._frontier)
-                rows: list[dict[str, Any]] = []
-                nodes: list[dict[str, Any]] = []
+                rows: list[tuple[Any, ...]] = []
+                nodes: list[tuple[int, bytes]] = []
                 results: list[list[int]] = []
                 for batch in batches:
                     indices = []
                     for e in batch.entries:
                         body = e.body(size)
                         rows.append(
-                            {
-                                "idx": size,
-                                "body": body,
-                                "kind": e.kind,
-                                "parties": "," + ",".join(e.parties) + ",",
-                                "created_ms": e.created_ms,
-                            }
+                            (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
                         )
                         nodes.extend(self._extend(frontier, size, merkle.leaf_hash(body)))
                         indices.append(size)
                         size += 1
                     results.append(indices)
-                conn.execute(insert(LogEntryRow), rows)
-                conn.execute(insert(LogNodeRow), nodes)
-        except (SQLAlchemyError, OSError) as exc:
+                cur.executemany(insert_entry, rows)
+                cur.executemany(insert_node, nodes)
+                raw.commit()
+            finally:
+                cur.close()
+        except Exception as exc:  # any driver error: nothing was committed
             log.error("audit log write failed", extra={"reason": str(exc)[:300]})
+            self._discard_connection()
             error = Unavailable("the audit log could not be written; the action did not happen")
             for batch in batches:
                 batch.future.set_exception(error)
@@ -230,16 +254,25 @@ class TransparencyLog:
         for batch, indices in zip(batches, results, strict=True):
             batch.future.set_result(indices)
 
+    def _discard_connection(self) -> None:
+        if self._raw is not None:
+            try:
+                self._raw.rollback()
+                self._raw.close()
+            except Exception:  # the connection is gone either way
+                log.debug("closing the writer connection failed", exc_info=True)
+            self._raw = None
+
     @staticmethod
-    def _extend(frontier: dict[int, bytes], index: int, leaf: bytes) -> list[dict[str, Any]]:
+    def _extend(frontier: dict[int, bytes], index: int, leaf: bytes) -> list[tuple[int, bytes]]:
         """Add leaf ``index`` to the right edge; return every node it completes."""
-        nodes = [{"id": _node_id(0, index), "hash": leaf}]
+        nodes = [(_node_id(0, index), leaf)]
         h, i, level = leaf, index, 0
         while i & 1:
             h = merkle.node_hash(frontier.pop(level), h)
             i >>= 1
             level += 1
-            nodes.append({"id": _node_id(level, i), "hash": h})
+            nodes.append((_node_id(level, i), h))
         frontier[level] = h
         return nodes
 
@@ -287,6 +320,7 @@ class TransparencyLog:
             self._closed = True
             self._queue.put(None)
             self._writer.join(timeout=30)
+            self._discard_connection()
 
     # -- reading ----------------------------------------------------------------------
 

@@ -129,3 +129,13 @@ def test_bad_requests_are_refused(tlog: TransparencyLog) -> None:
         tlog.record("t", parties=[], data={"big": "x" * 70_000})
     with pytest.raises(InvalidRequest):
         tlog.record("t", parties=[], data={"huge": 2**60})
+
+
+def test_spliced_entries_are_canonical(tlog: TransparencyLog) -> None:
+    from connector.audit.canonical import canonical_json, parse_canonical
+
+    entry = tlog.entry("k", parties=["b"], data={"é": [1, "x"], "zz": {"a": None}})
+    for index in (0, 7, 2**40):
+        body = entry.body(index)
+        value = parse_canonical(body)
+        assert value["index"] == index and canonical_json(value) == body
