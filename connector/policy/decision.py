@@ -1,0 +1,158 @@
+"""The decision document every policy engine returns, and how a result becomes one.
+
+Anything that is not a well-formed decision — an engine error, an undefined result, a
+timeout, a malformed document — becomes a *deny* with a reason. Nothing here ever allows
+on error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.audit.canonical import canonical_json
+
+__all__ = [
+    "ENGINE_ERROR",
+    "ENGINE_TIMEOUT",
+    "ENGINE_UNAVAILABLE",
+    "INVALID_INPUT",
+    "MALFORMED_DECISION",
+    "UNDEFINED",
+    "Decision",
+    "input_digest",
+    "parse_decision",
+]
+
+ENGINE_UNAVAILABLE = "engine_unavailable"
+ENGINE_TIMEOUT = "engine_timeout"
+ENGINE_ERROR = "engine_error"
+UNDEFINED = "undefined"
+MALFORMED_DECISION = "malformed_decision"
+INVALID_INPUT = "invalid_input"
+
+
+def input_digest(document: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of an input document."""
+    try:
+        return hashlib.sha256(canonical_json(document)).hexdigest()
+    except Exception:  # an unserialisable input is still given a stable digest
+        return hashlib.sha256(repr(document).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy decision with its provenance."""
+
+    allow: bool
+    deny: tuple[str, ...]
+    needs_approval: bool = False
+    obligations: dict[str, Any] = field(default_factory=dict)
+    permitted_fields: tuple[str, ...] | None = None
+    masks: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    revision: str = ""
+    """SHA-256 of the policy revision that decided."""
+    input_sha256: str = ""
+    engine: str = ""
+    detail: str = ""
+    """Why an engine failure became a deny (for logs; never shown to the other party)."""
+
+    @classmethod
+    def refuse(
+        cls, reason: str, *, revision: str, input_sha256: str, engine: str, detail: str = ""
+    ) -> Decision:
+        """A deny for ``reason`` (the engine failed or the input was unusable)."""
+        return cls(
+            False,
+            (reason,),
+            revision=revision,
+            input_sha256=input_sha256,
+            engine=engine,
+            detail=detail[:500],
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The decision document plus provenance, for logs and ``--json``."""
+        return {
+            "id": self.id,
+            "allow": self.allow,
+            "deny": list(self.deny),
+            "needs_approval": self.needs_approval,
+            "obligations": self.obligations,
+            "permitted_fields": (
+                list(self.permitted_fields) if self.permitted_fields is not None else None
+            ),
+            "masks": self.masks,
+            "revision": self.revision,
+            "input_sha256": self.input_sha256,
+            "engine": self.engine,
+            **({"detail": self.detail} if self.detail else {}),
+        }
+
+
+def _strings(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(sorted(set(value)))
+    return None
+
+
+def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -> Decision:
+    """Validate an engine's result as a decision document; a deny if it is not one."""
+
+    def malformed(why: str) -> Decision:
+        return Decision.refuse(
+            MALFORMED_DECISION,
+            revision=revision,
+            input_sha256=input_sha256,
+            engine=engine,
+            detail=why,
+        )
+
+    if not isinstance(raw, dict):
+        return malformed("the decision is not an object")
+    allow, deny = raw.get("allow"), _strings(raw.get("deny", []))
+    if not isinstance(allow, bool):
+        return malformed("allow is not a boolean")
+    if deny is None:
+        return malformed("deny is not a list of strings")
+    if allow and deny:
+        return malformed("allow is true but deny reasons are given")
+    if not allow and not deny:
+        deny = ("denied",)
+    needs_approval = raw.get("needs_approval", False)
+    obligations, masks = raw.get("obligations", {}), raw.get("masks", {})
+    permitted = raw.get("permitted_fields")
+    fields = _strings(permitted) if permitted is not None else None
+    if (
+        not isinstance(needs_approval, bool)
+        or not isinstance(obligations, dict)
+        or not isinstance(masks, dict)
+        or (permitted is not None and fields is None)
+    ):
+        return malformed(
+            "needs_approval, obligations, permitted_fields or masks has the wrong type"
+        )
+    unknown = set(raw) - {
+        "allow",
+        "deny",
+        "needs_approval",
+        "obligations",
+        "permitted_fields",
+        "masks",
+    }
+    if unknown:
+        return malformed(f"unknown fields {sorted(unknown)}")
+    return Decision(
+        allow=allow,
+        deny=deny,
+        needs_approval=needs_approval,
+        obligations=dict(obligations),
+        permitted_fields=fields,
+        masks=dict(masks),
+        revision=revision,
+        input_sha256=input_sha256,
+        engine=engine,
+    )

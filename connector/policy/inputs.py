@@ -1,0 +1,67 @@
+"""Building input documents (DESIGN §5) from what the connector itself knows.
+
+``subject`` comes only from the verified caller (certificate + membership token); nothing a
+request carries can reach it. Times are integer nanoseconds from the connector's clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from connector.clock import Clock
+from connector.errors import InvalidRequest
+from connector.rpc.auth import Caller
+
+__all__ = ["ACTIONS", "build_input", "subject_of"]
+
+ACTIONS = ("catalog.read", "contract.request", "transfer.start")
+GRANTS_ATTRIBUTE = "tds_grants"
+"""Membership attribute holding the JSON list of authorised-operation grants."""
+
+
+def subject_of(caller: Caller) -> dict[str, Any]:
+    """The ``subject`` of a verified caller, grants decoded from its membership."""
+    if caller.membership is None:
+        raise InvalidRequest("policy decisions need a member caller")
+    attrs = dict(caller.membership.attrs)
+    grants: list[Any] = []
+    if GRANTS_ATTRIBUTE in attrs:
+        try:
+            grants = json.loads(attrs.pop(GRANTS_ATTRIBUTE))
+        except ValueError:
+            grants = []  # an unreadable grant grants nothing
+        if not isinstance(grants, list):
+            grants = []
+    return {
+        "id": caller.participant,
+        "role": caller.membership.role,
+        "attrs": attrs,
+        "grants": grants,
+    }
+
+
+def build_input(
+    action: str,
+    *,
+    caller: Caller,
+    resource: Mapping[str, Any],
+    clock: Clock,
+    offer: Mapping[str, Any] | None = None,
+    contract: Mapping[str, Any] | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The input document for one decision."""
+    if action not in ACTIONS:
+        raise InvalidRequest(f"unknown policy action {action!r}")
+    ctx = dict(context or {})
+    ctx["now_ns"] = int(clock.now() * 1_000_000_000)
+    return {
+        "action": action,
+        "subject": subject_of(caller),
+        "resource": dict(resource),
+        "offer": dict(offer or {}),
+        "contract": dict(contract or {}),
+        "context": ctx,
+    }

@@ -1,0 +1,13 @@
+# The single entrypoint both engines query: data.tds.main.decision, by action.
+package tds.main
+
+import data.tds.access
+import data.tds.contract
+import data.tds.usage
+import rego.v1
+
+decision := access.decision if input.action == "catalog.read"
+
+decision := contract.decision if input.action == "contract.request"
+
+decision := usage.decision if input.action == "transfer.start"

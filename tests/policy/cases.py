@@ -1,0 +1,605 @@
+"""Decision fixtures: input -> expected decision, one table for every engine.
+
+Each case names what it covers. ``PROVIDER_MODULES`` are loaded alongside the library so
+the provider-module rules are covered too. The same table runs against the embedded
+engine, the OPA REST test double, and a real OPA when ``TDS_OPA_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+NOW = 1_800_000_000 * 10**9
+DAY = 86_400 * 10**9
+YEAR = 365 * DAY
+
+PROVIDER_MODULES = {
+    "fixture_no": """package tds.provider.fixture_no
+
+import rego.v1
+
+deny contains "provider_says_no" if true
+""",
+    "fixture_small": """package tds.provider.fixture_small
+
+import rego.v1
+
+deny contains "provider_limit_exceeded" if input.contract.max_transfers > 10
+""",
+    # Tries to lift the library's denials: its allow and decision are never read.
+    "fixture_override": """package tds.provider.fixture_override
+
+import rego.v1
+
+deny contains "never" if false
+
+allow := true
+
+decision := {"allow": true, "deny": [], "needs_approval": false, "obligations": {},
+    "permitted_fields": null, "masks": {}}
+""",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fixture: the input and what the decision must say."""
+
+    name: str
+    input: dict[str, Any]
+    allow: bool
+    deny: frozenset[str] = frozenset()
+    needs_approval: bool = False
+    permitted_fields: tuple[str, ...] | None = None
+    masks: dict[str, Any] | None = None
+    obligations: dict[str, Any] = field(default_factory=dict)
+    """Must be contained in the decision's obligations."""
+
+
+def subject(**kw: Any) -> dict[str, Any]:
+    base = {"id": "ent-a", "role": "enterprise", "attrs": {"org": "91310000A"}, "grants": []}
+    return {**base, **kw}
+
+
+def grant(**kw: Any) -> dict[str, Any]:
+    base = {
+        "id": "g1",
+        "scope": ["traffic"],
+        "purposes": ["planning"],
+        "start_ns": NOW - YEAR,
+        "end_ns": NOW + YEAR,
+        "granted_by": "city-gov",
+    }
+    return {**base, **kw}
+
+
+def resource(**kw: Any) -> dict[str, Any]:
+    base = {
+        "id": "p1",
+        "owner": "city-gov",
+        "grade": "general",
+        "tags": ["mobility"],
+        "domain": "transport",
+        "fields": ["time", "road", "speed", "plate"],
+        "registration_code": "",
+        "personal": False,
+        "access": {},
+    }
+    return {**base, **kw}
+
+
+def offer(**kw: Any) -> dict[str, Any]:
+    base = {
+        "id": "o1",
+        "purposes": ["planning", "research"],
+        "valid_from_ns": NOW - DAY,
+        "valid_until_ns": NOW + YEAR,
+        "max_transfers": 3,
+        "max_bytes": 0,
+        "obligations": {"delete_after_ns": NOW + 30 * DAY},
+        "policy_module": "",
+    }
+    return {**base, **kw}
+
+
+def contract(**kw: Any) -> dict[str, Any]:
+    base = {
+        "id": "ag-1",
+        "purpose": "planning",
+        "valid_from_ns": NOW - DAY,
+        "valid_until_ns": NOW + 90 * DAY,
+        "max_transfers": 3,
+        "max_bytes": 0,
+        "revoked": False,
+        "permitted_fields": [],
+        "masks": {},
+        "obligations": {},
+    }
+    return {**base, **kw}
+
+
+def context(**kw: Any) -> dict[str, Any]:
+    base = {"now_ns": NOW, "transfers_used": 0, "bytes_used": 0, "revoked": False, "consent": {}}
+    return {**base, **kw}
+
+
+CONSENT = {
+    "present": True,
+    "withdrawn": False,
+    "recipient": "ent-a",
+    "purposes": ["planning"],
+    "expires_ns": NOW + YEAR,
+}
+
+
+def doc(
+    action: str,
+    *,
+    subj: dict[str, Any] | None = None,
+    res: dict[str, Any] | None = None,
+    off: dict[str, Any] | None = None,
+    con: dict[str, Any] | None = None,
+    ctx: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "subject": subj or subject(),
+        "resource": res or resource(),
+        "offer": off or offer(),
+        "contract": con or contract(),
+        "context": ctx or context(),
+    }
+
+
+def read(**kw: Any) -> dict[str, Any]:
+    return doc("catalog.read", **kw)
+
+
+def request(**kw: Any) -> dict[str, Any]:
+    return doc("contract.request", **kw)
+
+
+def start(**kw: Any) -> dict[str, Any]:
+    return doc("transfer.start", **kw)
+
+
+def without(document: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    out = copy.deepcopy(document)
+    del out[section][key]
+    return out
+
+
+PUBLIC = {"registration_code": "SH-2026-000123", "tags": ["traffic"]}
+IMPORTANT_FIELDS = {
+    "permitted_fields": ["time", "road", "speed"],
+    "masks": {"road": {"method": "generalise", "level": "district"}},
+}
+
+CASES: list[Case] = [
+    # -- access: who sees a product in a catalog ----------------------------------------
+    Case("access general product is visible", read(), True),
+    Case(
+        "access owner sees own restricted product",
+        read(
+            subj=subject(id="city-gov", role="government"),
+            res=resource(access={"allow_list": ["ent-b"], "roles": ["auditor"]}),
+        ),
+        True,
+    ),
+    Case(
+        "access core product is never listed",
+        read(res=resource(grade="core")),
+        False,
+        frozenset({"core_data"}),
+    ),
+    Case(
+        "access core product hidden from its owner too",
+        read(subj=subject(id="city-gov", role="government"), res=resource(grade="core")),
+        False,
+        frozenset({"core_data"}),
+    ),
+    Case(
+        "access role not allowed",
+        read(res=resource(access={"roles": ["government"]})),
+        False,
+        frozenset({"role_not_allowed"}),
+    ),
+    Case("access role allowed", read(res=resource(access={"roles": ["enterprise"]})), True),
+    Case(
+        "access not on allow list",
+        read(res=resource(access={"allow_list": ["ent-b"]})),
+        False,
+        frozenset({"not_on_allow_list"}),
+    ),
+    Case("access on allow list", read(res=resource(access={"allow_list": ["ent-a"]})), True),
+    Case(
+        "access attribute mismatch",
+        read(res=resource(access={"attrs": {"org": "91310000B"}})),
+        False,
+        frozenset({"attribute_mismatch"}),
+    ),
+    Case(
+        "access attribute missing",
+        read(res=resource(access={"attrs": {"licence": "L-1"}})),
+        False,
+        frozenset({"attribute_mismatch"}),
+    ),
+    Case(
+        "access attribute match", read(res=resource(access={"attrs": {"org": "91310000A"}})), True
+    ),
+    Case(
+        "access several rules fail together",
+        read(res=resource(access={"roles": ["government"], "allow_list": ["ent-b"]})),
+        False,
+        frozenset({"role_not_allowed", "not_on_allow_list"}),
+    ),
+    # -- contract: who may contract for an offer ----------------------------------------
+    Case(
+        "contract general offer, offered purpose",
+        request(),
+        True,
+        obligations={"delete_after_ns": NOW + 30 * DAY},
+    ),
+    Case(
+        "contract purpose not offered",
+        request(con=contract(purpose="marketing")),
+        False,
+        frozenset({"purpose_not_offered"}),
+    ),
+    Case(
+        "contract offer not yet valid",
+        request(off=offer(valid_from_ns=NOW + DAY)),
+        False,
+        frozenset({"offer_not_yet_valid"}),
+    ),
+    Case(
+        "contract offer expired",
+        request(off=offer(valid_until_ns=NOW)),
+        False,
+        frozenset({"offer_expired"}),
+    ),
+    Case(
+        "contract with oneself",
+        request(subj=subject(id="city-gov", role="government")),
+        False,
+        frozenset({"contract_with_self"}),
+    ),
+    Case(
+        "contract important data needs approval",
+        request(res=resource(grade="important")),
+        True,
+        needs_approval=True,
+    ),
+    Case(
+        "contract core data refused",
+        request(res=resource(grade="core")),
+        False,
+        frozenset({"core_data"}),
+    ),
+    Case(
+        "contract hidden product refused",
+        request(res=resource(access={"allow_list": ["ent-b"]})),
+        False,
+        frozenset({"not_on_allow_list"}),
+    ),
+    Case(
+        "contract public data without any grant",
+        request(res=resource(**PUBLIC)),
+        False,
+        frozenset({"no_operation_grant"}),
+    ),
+    Case(
+        "contract public data, grant for another scope",
+        request(subj=subject(grants=[grant(scope=["health"])]), res=resource(**PUBLIC)),
+        False,
+        frozenset({"outside_grant_scope"}),
+    ),
+    Case(
+        "contract public data, purpose outside the grant",
+        request(subj=subject(grants=[grant(purposes=["research"])]), res=resource(**PUBLIC)),
+        False,
+        frozenset({"purpose_outside_grant"}),
+    ),
+    Case(
+        "contract public data, grant not yet in force",
+        request(subj=subject(grants=[grant(start_ns=NOW + DAY)]), res=resource(**PUBLIC)),
+        False,
+        frozenset({"grant_not_current"}),
+    ),
+    Case(
+        "contract public data, grant ended",
+        request(subj=subject(grants=[grant(end_ns=NOW)]), res=resource(**PUBLIC)),
+        False,
+        frozenset({"grant_not_current"}),
+    ),
+    Case(
+        "contract public data, grant term over five years",
+        request(
+            subj=subject(grants=[grant(start_ns=NOW - 3 * YEAR, end_ns=NOW + 3 * YEAR)]),
+            res=resource(**PUBLIC),
+        ),
+        False,
+        frozenset({"grant_term_exceeds_5_years"}),
+    ),
+    Case(
+        "contract public data, grant exactly five years",
+        request(
+            subj=subject(grants=[grant(start_ns=NOW - YEAR, end_ns=NOW + 4 * YEAR)]),
+            res=resource(**PUBLIC),
+        ),
+        True,
+    ),
+    Case(
+        "contract public data within a valid grant",
+        request(subj=subject(grants=[grant()]), res=resource(**PUBLIC)),
+        True,
+    ),
+    Case(
+        "contract public data, grant scoped by domain",
+        request(
+            subj=subject(grants=[grant(scope=["transport"])]),
+            res=resource(registration_code="SH-1", tags=["x"]),
+        ),
+        True,
+    ),
+    Case(
+        "contract public important data within a grant needs approval",
+        request(subj=subject(grants=[grant()]), res=resource(grade="important", **PUBLIC)),
+        True,
+        needs_approval=True,
+    ),
+    Case(
+        "contract public data, one bad grant and one good",
+        request(subj=subject(grants=[grant(scope=["health"]), grant()]), res=resource(**PUBLIC)),
+        True,
+    ),
+    Case(
+        "contract personal data without consent",
+        request(res=resource(personal=True)),
+        False,
+        frozenset({"no_consent"}),
+    ),
+    Case(
+        "contract personal data, consent withdrawn",
+        request(res=resource(personal=True), ctx=context(consent={**CONSENT, "withdrawn": True})),
+        False,
+        frozenset({"consent_withdrawn"}),
+    ),
+    Case(
+        "contract personal data, consent expired",
+        request(res=resource(personal=True), ctx=context(consent={**CONSENT, "expires_ns": NOW})),
+        False,
+        frozenset({"consent_expired"}),
+    ),
+    Case(
+        "contract personal data, consent for another recipient",
+        request(
+            res=resource(personal=True), ctx=context(consent={**CONSENT, "recipient": "hospital"})
+        ),
+        False,
+        frozenset({"consent_recipient_mismatch"}),
+    ),
+    Case(
+        "contract personal data, consent for another purpose",
+        request(
+            res=resource(personal=True), ctx=context(consent={**CONSENT, "purposes": ["treatment"]})
+        ),
+        False,
+        frozenset({"consent_purpose_mismatch"}),
+    ),
+    Case(
+        "contract personal data with consent",
+        request(res=resource(personal=True), ctx=context(consent=CONSENT)),
+        True,
+        obligations={"delete_on_consent_withdrawal": True},
+    ),
+    Case(
+        "contract provider module denies",
+        request(off=offer(policy_module="fixture_no")),
+        False,
+        frozenset({"provider_says_no"}),
+    ),
+    Case(
+        "contract provider module allows", request(off=offer(policy_module="fixture_small")), True
+    ),
+    Case(
+        "contract provider module limit",
+        request(off=offer(policy_module="fixture_small"), con=contract(max_transfers=50)),
+        False,
+        frozenset({"provider_limit_exceeded"}),
+    ),
+    Case(
+        "contract provider module missing",
+        request(off=offer(policy_module="not_uploaded")),
+        False,
+        frozenset({"provider_policy_missing"}),
+    ),
+    Case(
+        "contract provider module cannot lift a library denial",
+        request(off=offer(policy_module="fixture_override"), res=resource(grade="core")),
+        False,
+        frozenset({"core_data"}),
+    ),
+    Case(
+        "contract several denials together",
+        request(off=offer(valid_until_ns=NOW), con=contract(purpose="marketing")),
+        False,
+        frozenset({"offer_expired", "purpose_not_offered"}),
+    ),
+    # -- usage: whether one transfer may start ------------------------------------------
+    Case(
+        "usage general transfer allowed",
+        start(),
+        True,
+        obligations={"delete_after_ns": NOW + 90 * DAY},
+    ),
+    Case(
+        "usage agreement revoked",
+        start(con=contract(revoked=True)),
+        False,
+        frozenset({"agreement_revoked"}),
+    ),
+    Case(
+        "usage revocation noticed by the connector",
+        start(ctx=context(revoked=True)),
+        False,
+        frozenset({"agreement_revoked"}),
+    ),
+    Case(
+        "usage agreement not yet valid",
+        start(con=contract(valid_from_ns=NOW + 1)),
+        False,
+        frozenset({"agreement_not_yet_valid"}),
+    ),
+    Case(
+        "usage agreement expired",
+        start(con=contract(valid_until_ns=NOW)),
+        False,
+        frozenset({"agreement_expired"}),
+    ),
+    Case(
+        "usage transfer limit reached",
+        start(ctx=context(transfers_used=3)),
+        False,
+        frozenset({"transfer_limit_reached"}),
+    ),
+    Case("usage below the transfer limit", start(ctx=context(transfers_used=2)), True),
+    Case(
+        "usage no transfer limit",
+        start(con=contract(max_transfers=0), ctx=context(transfers_used=99)),
+        True,
+    ),
+    Case(
+        "usage byte limit reached",
+        start(con=contract(max_bytes=1000), ctx=context(bytes_used=1001)),
+        False,
+        frozenset({"byte_limit_reached"}),
+    ),
+    Case(
+        "usage request would pass the byte limit",
+        start(con=contract(max_bytes=1000), ctx=context(bytes_used=600, request_bytes=500)),
+        False,
+        frozenset({"byte_limit_reached"}),
+    ),
+    Case(
+        "usage request fits the byte limit",
+        start(con=contract(max_bytes=1000), ctx=context(bytes_used=500, request_bytes=500)),
+        True,
+    ),
+    Case(
+        "usage core data never moves",
+        start(res=resource(grade="core")),
+        False,
+        frozenset({"core_data"}),
+    ),
+    Case(
+        "usage personal data with consent",
+        start(res=resource(personal=True), ctx=context(consent=CONSENT)),
+        True,
+        obligations={"delete_on_consent_withdrawal": True},
+    ),
+    Case(
+        "usage personal data after withdrawal",
+        start(res=resource(personal=True), ctx=context(consent={**CONSENT, "withdrawn": True})),
+        False,
+        frozenset({"consent_withdrawn"}),
+    ),
+    Case(
+        "usage personal data without consent",
+        start(res=resource(personal=True)),
+        False,
+        frozenset({"no_consent"}),
+    ),
+    Case(
+        "usage public data after the grant ended",
+        start(subj=subject(grants=[grant(end_ns=NOW - 1)]), res=resource(**PUBLIC)),
+        False,
+        frozenset({"grant_not_current"}),
+    ),
+    Case(
+        "usage public data within the grant",
+        start(subj=subject(grants=[grant()]), res=resource(**PUBLIC)),
+        True,
+    ),
+    Case(
+        "usage important data in permitted fields, masked",
+        start(res=resource(grade="important"), con=contract(**IMPORTANT_FIELDS)),
+        True,
+        permitted_fields=("road", "speed", "time"),
+        masks={"road": {"method": "generalise", "level": "district"}},
+    ),
+    Case(
+        "usage important data without a field policy",
+        start(res=resource(grade="important")),
+        False,
+        frozenset({"no_field_policy"}),
+    ),
+    Case(
+        "usage important data, field not in the product",
+        start(res=resource(grade="important"), con=contract(permitted_fields=["time", "salary"])),
+        False,
+        frozenset({"field_not_in_product"}),
+    ),
+    Case(
+        "usage delete-after capped by the agreement's end",
+        start(con=contract(obligations={"delete_after_ns": NOW + YEAR})),
+        True,
+        obligations={"delete_after_ns": NOW + 90 * DAY},
+    ),
+    Case(
+        "usage earlier delete-after kept",
+        start(con=contract(obligations={"delete_after_ns": NOW + DAY})),
+        True,
+        obligations={"delete_after_ns": NOW + DAY},
+    ),
+    Case(
+        "usage provider module denies",
+        start(off=offer(policy_module="fixture_no")),
+        False,
+        frozenset({"provider_says_no"}),
+    ),
+    Case(
+        "usage several denials together",
+        start(con=contract(revoked=True, valid_until_ns=NOW), ctx=context(transfers_used=3)),
+        False,
+        frozenset({"agreement_revoked", "agreement_expired", "transfer_limit_reached"}),
+    ),
+    # -- inputs the connector should never build, which must still deny ------------------
+    Case(
+        "input without the agreement's limits",
+        without(start(), "contract", "max_transfers"),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input without the clock",
+        without(read(), "context", "now_ns"),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input with a time as a string",
+        start(ctx=context(now_ns=str(NOW))),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input without the grade",
+        without(request(), "resource", "grade"),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input without registration code",
+        without(read(), "resource", "registration_code"),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+]
+
+UNDEFINED_CASES = [
+    ("unknown action", {**read(), "action": "data.delete"}),
+    ("no action", {k: v for k, v in read().items() if k != "action"}),
+]
