@@ -150,6 +150,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.path.startswith("/v1/data"):
             self._send(404, {"code": "resource_not_found", "message": "not found"})
             return
+        raw = self._body()  # read it first: keep-alive needs the stream at the next request
         fault = STATE.fault
         mode = fault.get("mode", "none")
         if mode == "slow":
@@ -157,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "error500":
             self._send(500, {"code": "internal_error", "message": "injected failure"})
             return
-        body = json.loads(self._body() or b"{}")
+        body = json.loads(raw or b"{}")
         if mode == "no_result":
             self._send(200, {})
             return

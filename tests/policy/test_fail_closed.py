@@ -1,0 +1,185 @@
+"""No decision means no data: every engine failure is a deny with a reason."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from connector.errors import InvalidRequest, Unavailable
+from connector.policy import EmbeddedEngine, OpaServerEngine, PolicySet
+from connector.policy.decision import (
+    ENGINE_ERROR,
+    ENGINE_TIMEOUT,
+    ENGINE_UNAVAILABLE,
+    INVALID_INPUT,
+    MALFORMED_DECISION,
+    UNDEFINED,
+)
+from connector.policy.library import validate_provider_module
+from tests.policy.cases import CASES, offer, start
+from tests.policy.conftest import fault
+
+GOOD = CASES[0]  # an allowed catalog read
+
+CRASH = """package tds.provider.fixture_crash
+
+import rego.v1
+
+deny contains "never" if 1 / input.context.transfers_used > 1
+"""
+
+
+@pytest.fixture
+def opa(opa_url: str, policy_set: PolicySet) -> Iterator[OpaServerEngine]:
+    engine = OpaServerEngine(opa_url, policy_set, timeout_seconds=0.5)
+    engine.start()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(autouse=True)
+def no_fault(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "opa_url" in request.fixturenames or "opa" in request.fixturenames:
+        try:
+            fault(request.getfixturevalue("opa_url"), "none")
+        except pytest.skip.Exception:
+            pass
+
+
+def still_serves(engine: object) -> None:
+    decision = engine.decide(GOOD.input)  # type: ignore[attr-defined]
+    assert decision.allow, decision.detail
+
+
+def test_opa_down_is_a_deny(policy_set: PolicySet) -> None:
+    engine = OpaServerEngine("http://127.0.0.1:9", policy_set, timeout_seconds=0.5)
+    with pytest.raises(Unavailable, match="not healthy"):
+        engine.start()
+    decision = engine.decide(GOOD.input)
+    assert not decision.allow and decision.deny == (ENGINE_UNAVAILABLE,)
+
+
+def test_opa_slow_past_the_timeout_is_a_deny(opa: OpaServerEngine, opa_url: str) -> None:
+    fault(opa_url, "slow", delay=2)
+    decision = opa.decide(GOOD.input)
+    assert not decision.allow and decision.deny == (ENGINE_TIMEOUT,)
+    fault(opa_url, "none")
+    still_serves(opa)
+
+
+def test_opa_answering_500_is_a_deny(opa: OpaServerEngine, opa_url: str) -> None:
+    fault(opa_url, "error500")
+    decision = opa.decide(GOOD.input)
+    assert not decision.allow and decision.deny == (ENGINE_ERROR,)
+    assert "500" in decision.detail
+    fault(opa_url, "none")
+    still_serves(opa)
+
+
+def test_opa_answering_200_without_result_is_a_deny(opa: OpaServerEngine, opa_url: str) -> None:
+    fault(opa_url, "no_result")
+    decision = opa.decide(GOOD.input)
+    assert not decision.allow and decision.deny == (UNDEFINED,)
+
+
+def test_malformed_decision_is_a_deny(opa: OpaServerEngine, opa_url: str) -> None:
+    fault(opa_url, "garbage")
+    decision = opa.decide(GOOD.input)
+    assert not decision.allow and decision.deny == (MALFORMED_DECISION,)
+
+
+def test_unhealthy_opa_refuses_to_start(opa_url: str, policy_set: PolicySet) -> None:
+    fault(opa_url, "unhealthy")
+    with pytest.raises(Unavailable):
+        OpaServerEngine(opa_url, policy_set, timeout_seconds=0.5).start()
+
+
+@pytest.mark.parametrize("kind", ["embedded", "opa"])
+def test_policy_runtime_error_is_a_deny(
+    kind: str, policy_set: PolicySet, request: pytest.FixtureRequest
+) -> None:
+    crashing = policy_set.with_provider_module("fixture_crash", CRASH)
+    if kind == "embedded":
+        engine: EmbeddedEngine | OpaServerEngine = EmbeddedEngine(crashing)
+    else:
+        engine = OpaServerEngine(request.getfixturevalue("opa_url"), crashing, timeout_seconds=2)
+        engine.start()
+    document = start(off=offer(policy_module="fixture_crash"))  # transfers_used = 0: 1/0
+    decision = engine.decide(document)
+    assert not decision.allow
+    # rego-cpp and the double report a builtin error; a real OPA without strict builtin
+    # errors leaves the rule undefined: both deny.
+    assert decision.deny[0] in (ENGINE_ERROR, UNDEFINED, "provider_policy_missing")
+    still_serves(engine)
+    engine.close()
+
+
+def test_unsupported_builtin_is_refused_at_upload(policy_set: PolicySet) -> None:
+    source = (
+        "package tds.provider.fetcher\n\nimport rego.v1\n\n"
+        'deny contains "x" if http.send({"method": "get", "url": "http://x"}).status_code != 200\n'
+    )
+    with pytest.raises(InvalidRequest, match="http.send"):
+        validate_provider_module("fetcher", source, policy_set)
+
+
+def test_unsupported_builtin_in_an_unvalidated_set_still_denies(policy_set: PolicySet) -> None:
+    rogue = dict(policy_set.modules)
+    rogue["provider/rogue.rego"] = (
+        "package tds.provider.rogue\n\nimport rego.v1\n\n"
+        'deny contains "blocked" if not http.send({"method": "get", "url": "http://x"})\n'
+    )
+    engine = EmbeddedEngine(PolicySet(rogue))
+    decision = engine.decide(start(off=offer(policy_module="rogue")))
+    assert not decision.allow
+
+
+@pytest.mark.parametrize(
+    "module_id, source, message",
+    [
+        ("broken", 'package tds.provider.broken\n\ndeny contains "x" if {\n', "does not compile"),
+        (
+            "sneaky",
+            'package tds.usage\n\nimport rego.v1\n\ndeny contains "x" if false\n',
+            "cannot add to or override",
+        ),
+        (
+            "lifter",
+            "package tds.provider.lifter\n\nimport rego.v1\n\nallow := true\n",
+            "define 'deny contains",
+        ),
+        ("Bad-Id", "package tds.provider.bad\n", "lower-case"),
+        ("two", "package tds.provider.two\npackage tds.provider.three\n", "exactly one package"),
+    ],
+)
+def test_bad_provider_modules_are_refused(
+    policy_set: PolicySet, module_id: str, source: str, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        validate_provider_module(module_id, source, policy_set)
+
+
+def test_unserialisable_input_is_a_deny(policy_set: PolicySet) -> None:
+    decision = EmbeddedEngine(policy_set).decide({**GOOD.input, "context": {"now_ns": object()}})
+    assert decision.deny == (INVALID_INPUT,)
+
+
+def test_embedded_engine_keeps_inputs_apart_across_threads(policy_set: PolicySet) -> None:
+    engine = EmbeddedEngine(policy_set)
+    errors: list[str] = []
+
+    def worker(offset: int) -> None:
+        for case in CASES[offset::2] * 3:
+            d = engine.decide(case.input)
+            if d.allow != case.allow or set(d.deny) != set(case.deny):
+                errors.append(case.name)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
