@@ -1,0 +1,81 @@
+package tds.usage_test
+
+import data.tds.usage
+import rego.v1
+
+now := 1800000000000000000
+
+day := 86400000000000
+
+base := {
+	"action": "transfer.start",
+	"subject": {"id": "ent-a", "role": "enterprise", "attrs": {}, "grants": []},
+	"resource": {
+		"id": "p", "owner": "gov", "grade": "general", "tags": [], "fields": ["a", "b"],
+		"registration_code": "", "personal": false, "access": {},
+	},
+	"offer": {"policy_module": ""},
+	"contract": {
+		"purpose": "planning", "valid_from_ns": now - day, "valid_until_ns": now + day,
+		"max_transfers": 3, "max_bytes": 100, "revoked": false, "permitted_fields": [],
+		"masks": {}, "obligations": {},
+	},
+	"context": {"now_ns": now, "transfers_used": 0, "bytes_used": 0, "revoked": false, "consent": {}},
+}
+
+patch(section, fields) := object.union(base, {section: object.union(base[section], fields)})
+
+test_allow_transfer if {
+	doc := object.union(base, {})
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_deny_revoked if {
+	doc := patch("contract", {"revoked": true})
+	result := usage.decision with input as doc
+	"agreement_revoked" in result.deny
+}
+
+test_deny_expired if {
+	doc := patch("contract", {"valid_until_ns": now})
+	result := usage.decision with input as doc
+	"agreement_expired" in result.deny
+}
+
+test_deny_transfer_limit if {
+	doc := patch("context", {"transfers_used": 3})
+	result := usage.decision with input as doc
+	"transfer_limit_reached" in result.deny
+}
+
+test_deny_byte_limit if {
+	doc := patch("context", {"bytes_used": 101})
+	result := usage.decision with input as doc
+	"byte_limit_reached" in result.deny
+}
+
+test_deny_consent_withdrawn if {
+	doc := object.union(patch("resource", {"personal": true}), {"context": object.union(base.context, {"consent": {"present": true, "withdrawn": true}})})
+	result := usage.decision with input as doc
+	"consent_withdrawn" in result.deny
+}
+
+test_allow_important_fields if {
+	doc := object.union(patch("resource", {"grade": "important"}), {"contract": object.union(base.contract, {"permitted_fields": ["a"]})})
+	d := usage.decision with input as doc
+	d.allow
+	d.permitted_fields == ["a"]
+}
+
+test_deny_important_without_fields if {
+	doc := patch("resource", {"grade": "important"})
+	result := usage.decision with input as doc
+	"no_field_policy" in result.deny
+}
+
+test_deny_core if {
+	doc := patch("resource", {"grade": "core"})
+	result := usage.decision with input as doc
+	"core_data" in result.deny
+}
