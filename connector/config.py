@@ -119,6 +119,16 @@ class PolicyConfig:
     """Base URL of the OPA server when engine = "opa"."""
     timeout_seconds: float = 2.0
     """Deadline of one policy decision."""
+    policy_dir: Path | None = None
+    """Directory holding tds/*.rego (default: the policies/ of this tds checkout)."""
+    opa_client_cert: Path | None = None
+    """Client certificate for an https OPA (with opa_client_key)."""
+    opa_client_key: Path | None = None
+    """Client key for an https OPA."""
+    opa_ca_cert: Path | None = None
+    """CA bundle that verifies an https OPA's certificate."""
+    opa_token_file: Path | None = None
+    """File holding a bearer token for OPA."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +272,10 @@ def _validate(cfg: Config) -> None:
             "policy.opa_url is required when policy.engine = 'opa'",
         ),
         (cfg.policy.timeout_seconds > 0, "policy.timeout_seconds must be positive"),
+        (
+            (cfg.policy.opa_client_cert is None) == (cfg.policy.opa_client_key is None),
+            "policy.opa_client_cert and policy.opa_client_key go together",
+        ),
         (
             cfg.audit.checkpoint_interval_seconds >= 1,
             "audit.checkpoint_interval_seconds must be at least 1",

@@ -33,6 +33,8 @@ from connector.node.services import (
     admin_service,
     peer_service,
 )
+from connector.policy.factory import engine_from_config
+from connector.policy.point import PolicyPoint
 from connector.registry.client import RegistryClient
 from connector.registry.service import (
     LocalRevocations,
@@ -102,6 +104,7 @@ class Node:
         self._enrol_self: Callable[[str], None] | None = None
         self._checkpointer: threading.Thread | None = None
         self.log: TransparencyLog | None = None
+        self.policy: PolicyPoint | None = None
 
     @property
     def issuer(self) -> str:
@@ -144,6 +147,9 @@ class Node:
             clock=self.clock,
         )
         try:
+            # The policy engine starts before the server: an OPA sidecar that is not
+            # healthy stops the connector here, with the reason, instead of denying later.
+            self.policy = PolicyPoint(engine_from_config(cfg.policy), self.log)
             services, revocations = self._services(tls, operator_key, signing_key)
             authenticator = Authenticator(
                 space=cfg.participant.space,
@@ -321,6 +327,8 @@ class Node:
         return False
 
     def _close_clients(self) -> None:
+        if self.policy is not None:
+            self.policy.engine.close()
         if self.log is not None:
             self.log.close()
         if self.registry is not None:

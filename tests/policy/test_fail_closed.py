@@ -182,3 +182,35 @@ def test_embedded_engine_keeps_inputs_apart_across_threads(policy_set: PolicySet
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_decisions_are_logged_with_provenance(policy_set: PolicySet, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from connector.audit.log import TransparencyLog
+    from connector.clock import SystemClock
+    from connector.policy.point import PolicyPoint
+    from connector.store.database import open_database
+
+    assert isinstance(tmp_path, Path)
+    db = open_database(f"sqlite:///{tmp_path / 'p.db'}")
+    log = TransparencyLog(
+        db,
+        origin="tds/city/gov",
+        actor="city-gov",
+        signing_key=ed25519.Ed25519PrivateKey.generate(),
+        clock=SystemClock(),
+    )
+    try:
+        point = PolicyPoint(EmbeddedEngine(policy_set), log)
+        decision = point.decide(CASES[2].input)  # core data: denied
+        body = log.entries(0, 1)[0][1].decode()
+        for value in (decision.id, decision.input_sha256, decision.revision, "core_data"):
+            assert value in body
+        log.close()
+        with pytest.raises(Unavailable):
+            point.decide(CASES[0].input)  # no log, no decision
+    finally:
+        db.close()

@@ -1,0 +1,53 @@
+"""The connector's policy decision point: decide, and record the decision as evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connector.audit.log import AuditLog
+from connector.policy.decision import Decision
+from connector.policy.engine import PolicyEngine
+
+__all__ = ["PolicyPoint"]
+
+
+class PolicyPoint:
+    """Every decision goes through here, so every decision is in the audit log.
+
+    The entry (decision id, action, input hash, outcome, reasons, policy revision) is
+    durable before the decision is returned; if it cannot be written, ``record`` raises
+    ``Unavailable`` and the caller must not act.
+    """
+
+    def __init__(self, engine: PolicyEngine, audit: AuditLog) -> None:
+        self.engine = engine
+        self._audit = audit
+
+    def decide(self, document: Mapping[str, Any]) -> Decision:
+        """Decide for ``document`` and log the decision."""
+        decision = self.engine.decide(document)
+        subject = _section(document, "subject")
+        resource = _section(document, "resource")
+        parties = [p for p in (subject.get("id"), resource.get("owner")) if isinstance(p, str)]
+        self._audit.record(
+            "policy.decision",
+            parties=parties,
+            data={
+                "decision": decision.id,
+                "action": str(document.get("action", "")),
+                "input_sha256": decision.input_sha256,
+                "allow": decision.allow,
+                "deny": list(decision.deny),
+                "needs_approval": decision.needs_approval,
+                "revision": decision.revision,
+                "engine": decision.engine,
+                "product": str(resource.get("id", "")),
+            },
+        )
+        return decision
+
+
+def _section(document: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = document.get(name)
+    return value if isinstance(value, dict) else {}
