@@ -11,11 +11,9 @@ node reads at any size.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,9 +97,17 @@ class StoredCheckpoint:
 
 
 class _Batch:
+    """One caller's entries, and where the writer puts the outcome."""
+
     def __init__(self, entries: list[LogEntry]) -> None:
         self.entries = entries
-        self.future: Future[list[int]] = Future()
+        self.done = threading.Event()
+        self.indices: list[int] = []
+        self.error: Unavailable | None = None
+
+    def finish(self, indices: list[int] | None = None, error: Unavailable | None = None) -> None:
+        self.indices, self.error = indices or [], error
+        self.done.set()
 
 
 class TransparencyLog:
@@ -127,7 +133,9 @@ class TransparencyLog:
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
         self._expected = 1  # entries in the last batch: how many writers are active
-        self._queue: queue.Queue[_Batch | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self._pending: list[_Batch] = []
+        self._stopping = False
         self._state_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self._size = 0
@@ -163,42 +171,41 @@ class TransparencyLog:
         if not entries:
             return []
         batch = _Batch(list(entries))
-        self._queue.put(batch)
-        try:
-            return batch.future.result(timeout)
-        except TimeoutError:
-            raise Unavailable("the audit log did not confirm the write in time") from None
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the audit log is closed; the action was not recorded")
+            self._pending.append(batch)
+            self._cond.notify()
+        if not batch.done.wait(timeout):
+            raise Unavailable("the audit log did not confirm the write in time")
+        if batch.error is not None:
+            raise batch.error
+        return batch.indices
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batches = [first]
-            count = len(first.entries)
-            stopping = False
-            # Group commit: writers woken by the previous commit are re-queueing now. Wait
-            # (briefly, well under one fsync) until as many entries arrived as last time.
-            deadline = time.monotonic() + self._gather_seconds
-            while count < self._max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    if count >= self._expected or remaining <= 0:
-                        more = self._queue.get_nowait()
-                    else:
-                        more = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batches.append(more)
-                count += len(more.entries)
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                # Group commit: writers woken by the previous commit are queueing again.
+                # Wait (briefly, well under one fsync) for as many entries as last time.
+                deadline = time.monotonic() + self._gather_seconds
+                while (sum(len(b.entries) for b in self._pending) < self._expected
+                       and not self._stopping):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batches, count = [], 0
+                while self._pending and count < self._max_batch:
+                    batch = self._pending.pop(0)
+                    batches.append(batch)
+                    count += len(batch.entries)
             # Remember concurrency with a slow decay, so one short batch does not shrink the next.
             self._expected = max(count, self._expected * 7 // 8)
             self._write(batches)
-            if stopping:
-                return
 
     def _sql(self) -> tuple[str, str, str]:
         """Statements for the writer's own DBAPI connection, in the driver's paramstyle."""
@@ -247,12 +254,12 @@ class TransparencyLog:
             self._discard_connection()
             error = Unavailable("the audit log could not be written; the action did not happen")
             for batch in batches:
-                batch.future.set_exception(error)
+                batch.finish(error=error)
             return
         with self._state_lock:
             self._size, self._frontier = size, frontier
         for batch, indices in zip(batches, results, strict=True):
-            batch.future.set_result(indices)
+            batch.finish(indices)
 
     def _discard_connection(self) -> None:
         if self._raw is not None:
@@ -318,7 +325,9 @@ class TransparencyLog:
         """Finish pending appends and stop the writer."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
             self._writer.join(timeout=30)
             self._discard_connection()
 
