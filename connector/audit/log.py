@@ -192,8 +192,10 @@ class TransparencyLog:
                 # Group commit: writers woken by the previous commit are queueing again.
                 # Wait (briefly, well under one fsync) for as many entries as last time.
                 deadline = time.monotonic() + self._gather_seconds
-                while (sum(len(b.entries) for b in self._pending) < self._expected
-                       and not self._stopping):
+                while (
+                    sum(len(b.entries) for b in self._pending) < self._expected
+                    and not self._stopping
+                ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break

@@ -14,6 +14,7 @@ from typing import Any
 
 import regopy
 
+from connector.policy._fast_input import to_input
 from connector.policy.decision import (
     ENGINE_ERROR,
     INVALID_INPUT,
@@ -80,7 +81,7 @@ class EmbeddedEngine:
             prepared = self._prepared()
             if not prepared.bundle.ok():
                 return refuse(ENGINE_ERROR, "the policy set did not compile")
-            prepared.rego.set_input(dict(document))
+            prepared.rego.set_input(to_input(dict(document)))
             output = prepared.rego.query_bundle_entrypoint(prepared.bundle, ENTRYPOINT)
         except regopy.RegoError as exc:
             return refuse(ENGINE_ERROR, str(exc)[:300])
