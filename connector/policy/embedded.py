@@ -7,9 +7,7 @@ Strict builtin errors are on, and every error is a deny.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import regopy
@@ -17,12 +15,9 @@ import regopy
 from connector.policy._fast_input import to_input
 from connector.policy.decision import (
     ENGINE_ERROR,
-    INVALID_INPUT,
     UNDEFINED,
-    Decision,
-    input_digest,
-    parse_decision,
 )
+from connector.policy.engine import EngineBase, Failure
 from connector.policy.library import ENTRYPOINT, PolicySet
 
 __all__ = ["EmbeddedEngine"]
@@ -38,19 +33,14 @@ class _Prepared:
         self.bundle = self.rego.build(None, [ENTRYPOINT])
 
 
-class EmbeddedEngine:
+class EmbeddedEngine(EngineBase):
     """``PolicyEngine`` on regopy, no server."""
 
     name = "embedded"
 
     def __init__(self, policy: PolicySet) -> None:
-        self._policy = policy
+        super().__init__(policy)
         self._local = threading.local()
-
-    @property
-    def revision(self) -> str:
-        """The revision in force."""
-        return self._policy.revision
 
     def update(self, policy: PolicySet) -> None:
         """Switch to a new policy set; each thread recompiles on its next decision."""
@@ -63,40 +53,20 @@ class EmbeddedEngine:
             self._local.prepared = prepared
         return prepared
 
-    def decide(self, document: Mapping[str, Any]) -> Decision:
-        """Evaluate ``data.tds.main.decision`` for ``document``."""
-        digest = input_digest(document)
-        revision = self._policy.revision
-
-        def refuse(reason: str, detail: str = "") -> Decision:
-            return Decision.refuse(
-                reason, revision=revision, input_sha256=digest, engine=self.name, detail=detail
-            )
-
+    def _evaluate(self, document: dict[str, Any]) -> Any:
+        prepared = self._prepared()
+        if not prepared.bundle.ok():
+            return Failure(ENGINE_ERROR, "the policy set did not compile")
         try:
-            json.dumps(document, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return refuse(INVALID_INPUT, str(exc))
-        try:
-            prepared = self._prepared()
-            if not prepared.bundle.ok():
-                return refuse(ENGINE_ERROR, "the policy set did not compile")
-            prepared.rego.set_input(to_input(dict(document)))
+            prepared.rego.set_input(to_input(document))
             output = prepared.rego.query_bundle_entrypoint(prepared.bundle, ENTRYPOINT)
         except regopy.RegoError as exc:
-            return refuse(ENGINE_ERROR, str(exc)[:300])
-        except Exception as exc:  # an engine fault must deny, whatever it is
-            return refuse(ENGINE_ERROR, f"{exc.__class__.__name__}: {exc}"[:300])
+            return Failure(ENGINE_ERROR, str(exc)[:300])
         if not output.ok():
-            return refuse(ENGINE_ERROR, str(output)[:300])
+            return Failure(ENGINE_ERROR, "policy evaluation failed (builtin or runtime error)")
         if not output.results or not output.results[0].expressions:
-            return refuse(UNDEFINED, "the policy gave no decision for this input")
-        return parse_decision(
-            output.results[0].expressions[0],
-            revision=revision,
-            input_sha256=digest,
-            engine=self.name,
-        )
+            return Failure(UNDEFINED, "the policy gave no decision for this input")
+        return output.results[0].expressions[0]
 
     def close(self) -> None:
         """Nothing to release beyond what garbage collection frees."""

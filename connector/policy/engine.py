@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from connector.policy.decision import Decision
+from connector.policy.decision import (
+    ENGINE_ERROR,
+    INVALID_INPUT,
+    Decision,
+    input_digest,
+    parse_decision,
+)
+from connector.policy.library import PolicySet
 
-__all__ = ["PolicyEngine"]
+__all__ = ["EngineBase", "Failure", "PolicyEngine"]
 
 
 class PolicyEngine(Protocol):
@@ -27,3 +36,49 @@ class PolicyEngine(Protocol):
     def close(self) -> None:
         """Release the engine's resources."""
         ...
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an engine produced no result: a deny reason and a detail for the logs."""
+
+    reason: str
+    detail: str = ""
+
+
+class EngineBase:
+    """What every engine does around its evaluation: provenance, input checks, deny on error."""
+
+    name = "base"
+
+    def __init__(self, policy: PolicySet) -> None:
+        self._policy = policy
+
+    @property
+    def revision(self) -> str:
+        """The revision of the policy set in force."""
+        return self._policy.revision
+
+    def _evaluate(self, document: dict[str, Any]) -> Any:
+        """The raw decision document, or a ``Failure``."""
+        raise NotImplementedError  # each engine evaluates its own way
+
+    def decide(self, document: Mapping[str, Any]) -> Decision:
+        """The decision for ``document``; any failure is a deny with its reason."""
+        digest, revision = input_digest(document), self._policy.revision
+        try:
+            json.dumps(document, allow_nan=False)
+            outcome = self._evaluate(dict(document))
+        except (TypeError, ValueError) as exc:
+            outcome = Failure(INVALID_INPUT, str(exc))
+        except Exception as exc:  # an engine fault must deny, whatever it is
+            outcome = Failure(ENGINE_ERROR, f"{exc.__class__.__name__}: {exc}"[:300])
+        if isinstance(outcome, Failure):
+            return Decision.refuse(
+                outcome.reason,
+                revision=revision,
+                input_sha256=digest,
+                engine=self.name,
+                detail=outcome.detail,
+            )
+        return parse_decision(outcome, revision=revision, input_sha256=digest, engine=self.name)

@@ -8,8 +8,6 @@ a deny with a reason.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,18 +19,15 @@ from connector.policy.decision import (
     ENGINE_ERROR,
     ENGINE_TIMEOUT,
     ENGINE_UNAVAILABLE,
-    INVALID_INPUT,
     UNDEFINED,
-    Decision,
-    input_digest,
-    parse_decision,
 )
+from connector.policy.engine import EngineBase, Failure
 from connector.policy.library import PolicySet
 
 __all__ = ["OpaServerEngine"]
 
 
-class OpaServerEngine:
+class OpaServerEngine(EngineBase):
     """``PolicyEngine`` backed by an OPA server."""
 
     name = "opa"
@@ -51,7 +46,7 @@ class OpaServerEngine:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"policy.opa_url {url!r} must be http(s)://host:port")
         https = parts.scheme == "https"
-        self._policy = policy
+        super().__init__(policy)
         self._client = OpaClient(
             host=parts.hostname,
             port=parts.port or (443 if https else 80),
@@ -64,11 +59,6 @@ class OpaServerEngine:
         if https and ca_bundle:
             self._client._session.verify = ca_bundle  # the client takes no CA argument
         self._url = url
-
-    @property
-    def revision(self) -> str:
-        """The revision pushed to the server."""
-        return self._policy.revision
 
     def start(self) -> None:
         """Check the server's health and push every module; ``Unavailable`` if it fails."""
@@ -85,38 +75,21 @@ class OpaServerEngine:
         self._policy = policy
         self.start()
 
-    def decide(self, document: Mapping[str, Any]) -> Decision:
-        """Query ``data.tds.main.decision`` on the server."""
-        digest = input_digest(document)
-        revision = self._policy.revision
-
-        def refuse(reason: str, detail: str = "") -> Decision:
-            return Decision.refuse(
-                reason, revision=revision, input_sha256=digest, engine=self.name, detail=detail
-            )
-
-        try:
-            json.dumps(document, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return refuse(INVALID_INPUT, str(exc))
+    def _evaluate(self, document: dict[str, Any]) -> Any:
         try:
             answer = self._client.query_rule(
-                input_data=dict(document), package_path="tds/main", rule_name="decision"
+                input_data=document, package_path="tds/main", rule_name="decision"
             )
         except requests.Timeout:
-            return refuse(ENGINE_TIMEOUT, f"no answer from {self._url} in time")
+            return Failure(ENGINE_TIMEOUT, f"no answer from {self._url} in time")
         except requests.ConnectionError as exc:
-            return refuse(ENGINE_UNAVAILABLE, str(exc)[:200])
+            return Failure(ENGINE_UNAVAILABLE, str(exc)[:200])
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
-            return refuse(ENGINE_ERROR, f"OPA answered HTTP {status}")
-        except Exception as exc:  # anything else from the client is still a deny
-            return refuse(ENGINE_ERROR, f"{exc.__class__.__name__}: {exc}"[:300])
+            return Failure(ENGINE_ERROR, f"OPA answered HTTP {status}")
         if not isinstance(answer, dict) or "result" not in answer:
-            return refuse(UNDEFINED, "OPA returned no result")
-        return parse_decision(
-            answer["result"], revision=revision, input_sha256=digest, engine=self.name
-        )
+            return Failure(UNDEFINED, "OPA returned no result")
+        return answer["result"]
 
     def close(self) -> None:
         """Close the HTTP session."""
