@@ -13,6 +13,9 @@ from connector._proto.tds.v1 import registry_pb2
 from connector.audit.checkpoint import log_origin
 from connector.audit.log import TransparencyLog
 from connector.audit.service import AuditServicer, audit_service
+from connector.catalog.catalog import Catalog
+from connector.catalog.service import CatalogServicer, catalog_service
+from connector.catalog.store import ProductStore
 from connector.clock import Clock, SystemClock
 from connector.config import Config
 from connector.errors import ConfigError, ConnectorError, NotFound
@@ -34,6 +37,7 @@ from connector.node.services import (
     peer_service,
 )
 from connector.policy.factory import engine_from_config
+from connector.policy.library import load_library
 from connector.policy.point import PolicyPoint
 from connector.registry.client import RegistryClient
 from connector.registry.service import (
@@ -105,6 +109,7 @@ class Node:
         self._checkpointer: threading.Thread | None = None
         self.log: TransparencyLog | None = None
         self.policy: PolicyPoint | None = None
+        self.catalog: Catalog | None = None
 
     @property
     def issuer(self) -> str:
@@ -149,7 +154,18 @@ class Node:
         try:
             # The policy engine starts before the server: an OPA sidecar that is not
             # healthy stops the connector here, with the reason, instead of denying later.
-            self.policy = PolicyPoint(engine_from_config(cfg.policy), self.log)
+            library = load_library(cfg.policy.policy_dir)
+            engine = engine_from_config(cfg.policy, library)
+            self.policy = PolicyPoint(engine, self.log)
+            self.catalog = Catalog(
+                participant=cfg.participant.id,
+                store=ProductStore(self.db),
+                library=library,
+                engine=engine,
+                policy=self.policy,
+                audit=self.log,
+                clock=self.clock,
+            )
             services, revocations = self._services(tls, operator_key, signing_key)
             authenticator = Authenticator(
                 space=cfg.participant.space,
@@ -244,13 +260,18 @@ class Node:
                 call_timeout_seconds=cfg.registry.call_timeout_seconds,
             )
             revocations = self.registry
+        services.append(catalog_service(CatalogServicer(self._catalog())))
         services.append(
             audit_service(AuditServicer(self._log(), cfg.participant.space, self._signing_key_of))
         )
         services.append(
             admin_service(
                 AdminServicer(
-                    cfg.participant.id, cfg.participant.role, cfg.participant.space, self.status
+                    cfg.participant.id,
+                    cfg.participant.role,
+                    cfg.participant.space,
+                    self.status,
+                    self._catalog(),
                 )
             )
         )
@@ -283,6 +304,11 @@ class Node:
             or held.address != entry.address
         ):
             store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
+
+    def _catalog(self) -> Catalog:
+        if self.catalog is None:
+            raise RuntimeError("node not started")
+        return self.catalog
 
     def _log(self) -> TransparencyLog:
         if self.log is None:

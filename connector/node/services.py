@@ -8,6 +8,8 @@ from typing import Any
 
 from connector import __version__
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
+from connector.catalog.catalog import Catalog
+from connector.errors import InvalidRequest
 from connector.registry.revocation import RevocationList
 from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
@@ -45,8 +47,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """The participant's own administration of its connector."""
 
     def __init__(
-        self, participant: str, role: str, space: str, status: Callable[[], NodeStatus]
+        self,
+        participant: str,
+        role: str,
+        space: str,
+        status: Callable[[], NodeStatus],
+        catalog: Catalog,
     ) -> None:
+        self._catalog = catalog
         self._participant = participant
         self._role = role
         self._space = space
@@ -68,6 +76,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             version=__version__,
         )
 
+    def AddProduct(
+        self, request: admin_pb2.AddProductRequest, context: Any
+    ) -> admin_pb2.AddProductResponse:
+        """Publish a product from its description."""
+        fmt = request.format or "auto"
+        if fmt not in ("auto", "toml", "json"):
+            raise InvalidRequest("format must be toml, json or empty")
+        product = self._catalog.publish(request.description, fmt=fmt, replace=request.replace)
+        return admin_pb2.AddProductResponse(product_json=product.to_json())
+
+    def RemoveProduct(
+        self, request: admin_pb2.RemoveProductRequest, context: Any
+    ) -> admin_pb2.RemoveProductResponse:
+        """Withdraw a product."""
+        self._catalog.remove(request.product_id)
+        return admin_pb2.RemoveProductResponse()
+
+    def ListOwnProducts(
+        self, request: admin_pb2.ListOwnProductsRequest, context: Any
+    ) -> admin_pb2.ListOwnProductsResponse:
+        """Every product this connector publishes."""
+        return admin_pb2.ListOwnProductsResponse(
+            products_json=[p.to_json() for p in self._catalog.own_products()]
+        )
+
 
 def peer_service(servicer: PeerServicer) -> Service:
     """``PeerService`` with its access table."""
@@ -79,11 +112,16 @@ def peer_service(servicer: PeerServicer) -> Service:
     )
 
 
+ADMIN_METHODS = ["GetStatus", "AddProduct", "RemoveProduct", "ListOwnProducts"]
+
+
 def admin_service(servicer: AdminServicer) -> Service:
     """``AdminService`` with its access table."""
     return Service(
         "tds.v1.AdminService",
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
         servicer,
-        {"GetStatus": Access.ADMIN},
+        dict.fromkeys(
+            ["GetStatus", "AddProduct", "RemoveProduct", "ListOwnProducts"], Access.ADMIN
+        ),
     )

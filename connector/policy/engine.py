@@ -33,6 +33,10 @@ class PolicyEngine(Protocol):
         """The decision for one input document (DESIGN §5)."""
         ...
 
+    def update(self, policy: PolicySet) -> None:
+        """Put a new policy set in force (for example with a provider's module)."""
+        ...
+
     def close(self) -> None:
         """Release the engine's resources."""
         ...

@@ -12,6 +12,7 @@ __all__ = [
     "LogEntryRow",
     "LogNodeRow",
     "ParticipantRow",
+    "ProductRow",
     "RevokedCertificateRow",
     "WitnessStateRow",
 ]
@@ -91,4 +92,16 @@ class WitnessStateRow(SQLModel, table=True):
     size: int = Field(sa_column=Column(BigInteger, nullable=False))
     root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     note: str = Field(sa_column=Column(Text, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ProductRow(SQLModel, table=True):
+    """A data product this connector publishes (the validated description as JSON)."""
+
+    __tablename__ = "product"
+
+    id: str = Field(primary_key=True, max_length=63)
+    grade: str = Field(max_length=16)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +17,124 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class AddProductRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    """The product description file's text."""
+    format: _builtins.str
+    """"toml", "json" or empty to detect."""
+    replace: _builtins.bool
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        format: _builtins.str = ...,
+        replace: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "format", b"format", "replace", b"replace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddProductRequest: _TypeAlias = AddProductRequest  # noqa: Y015
+
+@_typing.final
+class AddProductResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_JSON_FIELD_NUMBER: _builtins.int
+    product_json: _builtins.str
+    """The stored product as canonical JSON."""
+    def __init__(
+        self,
+        *,
+        product_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_json", b"product_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddProductResponse: _TypeAlias = AddProductResponse  # noqa: Y015
+
+@_typing.final
+class RemoveProductRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveProductRequest: _TypeAlias = RemoveProductRequest  # noqa: Y015
+
+@_typing.final
+class RemoveProductResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveProductResponse: _TypeAlias = RemoveProductResponse  # noqa: Y015
+
+@_typing.final
+class ListOwnProductsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOwnProductsRequest: _TypeAlias = ListOwnProductsRequest  # noqa: Y015
+
+@_typing.final
+class ListOwnProductsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCTS_JSON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def products_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each stored product as canonical JSON."""
+
+    def __init__(
+        self,
+        *,
+        products_json: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["products_json", b"products_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOwnProductsResponse: _TypeAlias = ListOwnProductsResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):

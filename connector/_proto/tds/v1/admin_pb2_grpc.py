@@ -40,6 +40,21 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.AddProduct = channel.unary_unary(
+                '/tds.v1.AdminService/AddProduct',
+                request_serializer=tds_dot_v1_dot_admin__pb2.AddProductRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.AddProductResponse.FromString,
+                _registered_method=True)
+        self.RemoveProduct = channel.unary_unary(
+                '/tds.v1.AdminService/RemoveProduct',
+                request_serializer=tds_dot_v1_dot_admin__pb2.RemoveProductRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.RemoveProductResponse.FromString,
+                _registered_method=True)
+        self.ListOwnProducts = channel.unary_unary(
+                '/tds.v1.AdminService/ListOwnProducts',
+                request_serializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -52,6 +67,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddProduct(self, request, context):
+        """Publish (or with replace, update) a data product from its description (TOML or JSON).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveProduct(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOwnProducts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +93,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'AddProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddProduct,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.AddProductRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.AddProductResponse.SerializeToString,
+            ),
+            'RemoveProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveProduct,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.RemoveProductRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.RemoveProductResponse.SerializeToString,
+            ),
+            'ListOwnProducts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOwnProducts,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +138,87 @@ class AdminService:
             '/tds.v1.AdminService/GetStatus',
             tds_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/AddProduct',
+            tds_dot_v1_dot_admin__pb2.AddProductRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.AddProductResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/RemoveProduct',
+            tds_dot_v1_dot_admin__pb2.RemoveProductRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.RemoveProductResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOwnProducts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/ListOwnProducts',
+            tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.FromString,
             options,
             channel_credentials,
             insecure,

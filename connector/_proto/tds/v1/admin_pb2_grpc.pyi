@@ -34,6 +34,10 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]
+    AddProduct: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddProductRequest, _admin_pb2.AddProductResponse]
+    """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
+    RemoveProduct: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveProductRequest, _admin_pb2.RemoveProductResponse]
+    ListOwnProducts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListOwnProductsRequest, _admin_pb2.ListOwnProductsResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -41,6 +45,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]  # type: ignore[assignment]
+    AddProduct: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddProductRequest, _admin_pb2.AddProductResponse]  # type: ignore[assignment]
+    """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
+    RemoveProduct: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveProductRequest, _admin_pb2.RemoveProductResponse]  # type: ignore[assignment]
+    ListOwnProducts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListOwnProductsRequest, _admin_pb2.ListOwnProductsResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """A participant's own administration of its connector (admin certificate only)."""
@@ -51,5 +59,27 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetStatusResponse, _abc.Awaitable[_admin_pb2.GetStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddProduct(
+        self,
+        request: _admin_pb2.AddProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AddProductResponse, _abc.Awaitable[_admin_pb2.AddProductResponse]]:
+        """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
+
+    @_abc_1.abstractmethod
+    def RemoveProduct(
+        self,
+        request: _admin_pb2.RemoveProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RemoveProductResponse, _abc.Awaitable[_admin_pb2.RemoveProductResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListOwnProducts(
+        self,
+        request: _admin_pb2.ListOwnProductsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListOwnProductsResponse, _abc.Awaitable[_admin_pb2.ListOwnProductsResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

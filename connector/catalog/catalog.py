@@ -1,0 +1,115 @@
+"""A provider's catalog: publishing products, and showing each caller what it may see."""
+
+from __future__ import annotations
+
+import threading
+
+from connector.audit.log import AuditLog
+from connector.catalog.products import Product, parse_description
+from connector.catalog.store import ProductStore
+from connector.clock import Clock
+from connector.errors import InvalidRequest, NotFound
+from connector.policy.engine import PolicyEngine
+from connector.policy.inputs import build_input
+from connector.policy.library import PolicySet
+from connector.policy.point import PolicyPoint
+from connector.rpc.auth import Caller
+
+__all__ = ["Catalog"]
+
+
+class Catalog:
+    """Products of one connector, published by its admin and filtered by the access policy."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        store: ProductStore,
+        library: PolicySet,
+        engine: PolicyEngine,
+        policy: PolicyPoint,
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
+        self._participant = participant
+        self._store = store
+        self._library = library
+        self._engine = engine
+        self._policy = policy
+        self._audit = audit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.refresh_policies()
+
+    def _policy_set(self, products: list[Product]) -> PolicySet:
+        policy = self._library
+        for product in products:
+            for offer in product.offers:
+                if offer.policy_module:
+                    policy = policy.with_provider_module(offer.policy_module, offer.policy_source)
+        return policy
+
+    def refresh_policies(self) -> None:
+        """Load the library plus every stored offer's provider module into the engine."""
+        with self._lock:
+            self._engine.update(self._policy_set(self._store.list()))
+
+    def publish(self, description: str, *, fmt: str = "auto", replace: bool = False) -> Product:
+        """Validate and store a product (and its provider modules); logged first."""
+        product = parse_description(description, owner=self._participant, fmt=fmt)
+        with self._lock:
+            others = [p for p in self._store.list() if p.id != product.id]
+            modules = [o.policy_module for p in others for o in p.offers if o.policy_module]
+            clash = [o.policy_module for o in product.offers if o.policy_module in modules]
+            if clash:
+                raise InvalidRequest(f"policy module {clash[0]!r} is used by another product")
+            policy = self._policy_set([*others, product])  # validates every module
+            self._audit.record(
+                "catalog.product_published",
+                parties=[],
+                data={
+                    "product": product.id,
+                    "grade": product.grade,
+                    "replace": replace,
+                    "offers": [o.id for o in product.offers],
+                    "registration_code": product.registration_code,
+                },
+            )
+            self._store.put(product, replace=replace, now_ms=int(self._clock.now() * 1000))
+            self._engine.update(policy)
+        return product
+
+    def remove(self, product_id: str) -> None:
+        """Withdraw a product from the catalog; logged first."""
+        with self._lock:
+            self._store.get(product_id)
+            self._audit.record("catalog.product_removed", parties=[], data={"product": product_id})
+            self._store.remove(product_id)
+            self._engine.update(self._policy_set(self._store.list()))
+
+    def own_products(self) -> list[Product]:
+        """Every product, for the admin."""
+        return self._store.list()
+
+    def _visible(self, caller: Caller, product: Product) -> bool:
+        document = build_input(
+            "catalog.read", caller=caller, resource=product.resource(), clock=self._clock
+        )
+        return self._policy.decide(document).allow
+
+    def visible_to(self, caller: Caller, tag: str = "") -> list[Product]:
+        """Products the access policy lets ``caller`` see."""
+        return [
+            p for p in self._store.list() if (not tag or tag in p.tags) and self._visible(caller, p)
+        ]
+
+    def get_visible(self, caller: Caller, product_id: str) -> Product:
+        """One product, or ``NotFound`` — also when the caller may not see it."""
+        try:
+            product = self._store.get(product_id)
+        except NotFound:
+            raise NotFound(f"product {product_id!r} not found") from None
+        if not self._visible(caller, product):
+            raise NotFound(f"product {product_id!r} not found")
+        return product

@@ -1,0 +1,318 @@
+"""Data products and their offers, and the description files providers write.
+
+A product description is TOML or JSON (see examples/products/traffic-flow.toml). It is
+validated completely before anything is stored: unknown fields, wrong types, a core-grade
+product, an offer without purposes or with a window that ends before it starts are all
+refused with the field named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from connector.errors import InvalidRequest
+
+__all__ = [
+    "GRADES",
+    "MAX_DESCRIPTION_BYTES",
+    "AccessRules",
+    "Offer",
+    "Product",
+    "Source",
+    "parse_description",
+]
+
+GRADES = ("general", "important", "core")
+MAX_DESCRIPTION_BYTES = 256 * 1024
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_MODULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the product's bytes come from."""
+
+    kind: str
+    """``file`` (any bytes) or ``table`` (CSV or JSON Lines with a field list)."""
+    path: str
+    format: str = ""
+    """For tables: ``csv`` or ``jsonl``."""
+
+
+@dataclass(frozen=True)
+class AccessRules:
+    """Who may see the product in a catalog (see policies/tds/access.rego)."""
+
+    roles: tuple[str, ...] = ()
+    allow_list: tuple[str, ...] = ()
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Terms under which the product may be contracted for."""
+
+    id: str
+    purposes: tuple[str, ...]
+    valid_from_ns: int
+    valid_until_ns: int
+    max_transfers: int = 0
+    """0: no limit."""
+    max_bytes: int = 0
+    """0: no limit."""
+    obligations: dict[str, Any] = field(default_factory=dict)
+    policy_module: str = ""
+    """Id of the provider's own Rego module for this offer (``package tds.provider.<id>``)."""
+    policy_source: str = ""
+    """The module's source, validated on upload."""
+
+
+@dataclass(frozen=True)
+class Product:
+    """A data product as its provider publishes it."""
+
+    id: str
+    title: str
+    owner: str
+    grade: str
+    source: Source
+    offers: tuple[Offer, ...]
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    domain: str = ""
+    fields: tuple[str, ...] = ()
+    registration_code: str = ""
+    personal: bool = False
+    access: AccessRules = field(default_factory=AccessRules)
+
+    def offer(self, offer_id: str) -> Offer:
+        """One offer, or ``KeyError``."""
+        for o in self.offers:
+            if o.id == offer_id:
+                return o
+        raise KeyError(offer_id)
+
+    def resource(self) -> dict[str, Any]:
+        """The ``resource`` of a policy input document."""
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "grade": self.grade,
+            "tags": list(self.tags),
+            "domain": self.domain,
+            "fields": list(self.fields),
+            "registration_code": self.registration_code,
+            "personal": self.personal,
+            "access": {
+                "roles": list(self.access.roles),
+                "allow_list": list(self.access.allow_list),
+                "attrs": dict(self.access.attrs),
+            },
+        }
+
+    def to_json(self) -> str:
+        """The stored form (canonical field order)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Product:
+        """Back from ``to_json`` (already validated when stored)."""
+        return _product(json.loads(text), owner=None)
+
+
+def _str(
+    d: dict[str, Any], key: str, where: str, *, required: bool = True, default: str = ""
+) -> str:
+    if key not in d:
+        if required:
+            raise InvalidRequest(f"{where}.{key} is required")
+        return default
+    value = d[key]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{where}.{key} must be a string")
+    return value
+
+
+def _strs(d: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = d.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{where}.{key} must be a list of strings")
+    return tuple(value)
+
+
+def _int(d: dict[str, Any], key: str, where: str, *, default: int | None = None) -> int:
+    if key not in d:
+        if default is None:
+            raise InvalidRequest(f"{where}.{key} is required")
+        return default
+    value = d[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidRequest(f"{where}.{key} must be a non-negative integer")
+    return value
+
+
+def _known(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field {where}.{unknown[0]}; valid: {', '.join(sorted(allowed))}"
+        )
+
+
+def _offer(d: Any, where: str) -> Offer:
+    if not isinstance(d, dict):
+        raise InvalidRequest(f"{where} must be a table")
+    _known(
+        d,
+        {
+            "id",
+            "purposes",
+            "valid_from_ns",
+            "valid_until_ns",
+            "max_transfers",
+            "max_bytes",
+            "obligations",
+            "policy_module",
+            "policy_source",
+        },
+        where,
+    )
+    oid = _str(d, "id", where)
+    if not _ID.match(oid):
+        raise InvalidRequest(f"{where}.id {oid!r}: use lower-case letters, digits, '.', '_', '-'")
+    purposes = _strs(d, "purposes", where)
+    if not purposes:
+        raise InvalidRequest(f"{where}.purposes must name at least one purpose")
+    start, end = _int(d, "valid_from_ns", where), _int(d, "valid_until_ns", where)
+    if end <= start:
+        raise InvalidRequest(f"{where}.valid_until_ns must be after valid_from_ns")
+    obligations = d.get("obligations", {})
+    if not isinstance(obligations, dict):
+        raise InvalidRequest(f"{where}.obligations must be a table")
+    module = _str(d, "policy_module", where, required=False)
+    source = _str(d, "policy_source", where, required=False)
+    if module and not _MODULE_ID.match(module):
+        raise InvalidRequest(f"{where}.policy_module: lower-case letters, digits and '_'")
+    if bool(module) != bool(source):
+        raise InvalidRequest(f"{where}.policy_module and policy_source go together")
+    return Offer(
+        id=oid,
+        purposes=purposes,
+        valid_from_ns=start,
+        valid_until_ns=end,
+        max_transfers=_int(d, "max_transfers", where, default=0),
+        max_bytes=_int(d, "max_bytes", where, default=0),
+        obligations=obligations,
+        policy_module=module,
+        policy_source=source,
+    )
+
+
+def _product(d: Any, owner: str | None) -> Product:
+    where = "product"
+    if not isinstance(d, dict):
+        raise InvalidRequest("a product description is a table")
+    _known(
+        d,
+        {
+            "id",
+            "title",
+            "description",
+            "owner",
+            "grade",
+            "tags",
+            "domain",
+            "fields",
+            "registration_code",
+            "personal",
+            "access",
+            "source",
+            "offers",
+        },
+        where,
+    )
+    pid = _str(d, "id", where)
+    if not _ID.match(pid):
+        raise InvalidRequest(f"product.id {pid!r}: use lower-case letters, digits, '.', '_', '-'")
+    grade = _str(d, "grade", where)
+    if grade not in GRADES:
+        raise InvalidRequest(f"product.grade must be one of {', '.join(GRADES)}")
+    src = d.get("source")
+    if not isinstance(src, dict):
+        raise InvalidRequest("product.source is required (a table with kind and path)")
+    _known(src, {"kind", "path", "format"}, "product.source")
+    kind, fmt = (
+        _str(src, "kind", "product.source"),
+        _str(src, "format", "product.source", required=False),
+    )
+    if kind not in ("file", "table"):
+        raise InvalidRequest("product.source.kind must be 'file' or 'table'")
+    fields = _strs(d, "fields", where)
+    if kind == "table" and (fmt not in ("csv", "jsonl") or not fields):
+        raise InvalidRequest(
+            "a table source needs format 'csv' or 'jsonl' and the product's fields"
+        )
+    access = d.get("access", {})
+    if not isinstance(access, dict):
+        raise InvalidRequest("product.access must be a table")
+    _known(access, {"roles", "allow_list", "attrs"}, "product.access")
+    attrs = access.get("attrs", {})
+    if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
+        raise InvalidRequest("product.access.attrs must map names to strings")
+    offers_raw = d.get("offers", [])
+    if not isinstance(offers_raw, list) or not offers_raw:
+        raise InvalidRequest("product.offers must list at least one offer")
+    offers = tuple(_offer(o, f"product.offers[{i}]") for i, o in enumerate(offers_raw))
+    ids = [o.id for o in offers]
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest("product.offers ids must be unique")
+    personal = d.get("personal", False)
+    if not isinstance(personal, bool):
+        raise InvalidRequest("product.personal must be true or false")
+    stated_owner = _str(d, "owner", where, required=owner is None, default=owner or "")
+    if owner is not None and stated_owner != owner:
+        raise InvalidRequest(f"product.owner must be this connector's participant {owner!r}")
+    return Product(
+        id=pid,
+        title=_str(d, "title", where),
+        owner=stated_owner,
+        grade=grade,
+        source=Source(kind=kind, path=_str(src, "path", "product.source"), format=fmt),
+        offers=offers,
+        description=_str(d, "description", where, required=False),
+        tags=_strs(d, "tags", where),
+        domain=_str(d, "domain", where, required=False),
+        fields=fields,
+        registration_code=_str(d, "registration_code", where, required=False),
+        personal=personal,
+        access=AccessRules(
+            roles=_strs(access, "roles", "product.access"),
+            allow_list=_strs(access, "allow_list", "product.access"),
+            attrs=dict(attrs),
+        ),
+    )
+
+
+def parse_description(text: str | bytes, *, owner: str, fmt: str = "auto") -> Product:
+    """Parse and validate a product description (TOML or JSON) for ``owner``'s connector."""
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > MAX_DESCRIPTION_BYTES:
+        raise InvalidRequest(f"product description is larger than {MAX_DESCRIPTION_BYTES} bytes")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("product description is not UTF-8") from None
+    if fmt == "auto":
+        fmt = "json" if decoded.lstrip().startswith("{") else "toml"
+    try:
+        data = json.loads(decoded) if fmt == "json" else tomllib.loads(decoded)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidRequest(f"product description is not valid {fmt.upper()}: {exc}") from None
+    product = _product(data, owner=owner)
+    if product.grade == "core":
+        raise InvalidRequest("core data (核心数据) is never published: this product is refused")
+    return product

@@ -1,0 +1,74 @@
+"""``CatalogService``: a provider's catalog as members see it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from connector._proto.tds.v1 import catalog_pb2, catalog_pb2_grpc
+from connector.catalog.catalog import Catalog
+from connector.catalog.products import Product
+from connector.rpc.auth import Access, current_caller
+from connector.rpc.server import Service
+
+__all__ = ["CatalogServicer", "catalog_service", "summary"]
+
+
+def summary(product: Product) -> catalog_pb2.ProductSummary:
+    """What a member may know of a product (never the source or the access rules)."""
+    return catalog_pb2.ProductSummary(
+        id=product.id,
+        title=product.title,
+        description=product.description,
+        owner=product.owner,
+        grade=product.grade,
+        tags=list(product.tags),
+        domain=product.domain,
+        fields=list(product.fields),
+        registration_code=product.registration_code,
+        personal=product.personal,
+        offers=[
+            catalog_pb2.OfferTerms(
+                id=o.id,
+                purposes=list(o.purposes),
+                valid_from_ns=o.valid_from_ns,
+                valid_until_ns=o.valid_until_ns,
+                max_transfers=o.max_transfers,
+                max_bytes=o.max_bytes,
+                obligations_json=json.dumps(o.obligations, sort_keys=True, separators=(",", ":")),
+                has_policy_module=bool(o.policy_module),
+            )
+            for o in product.offers
+        ],
+    )
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    """Lists and shows products, each filtered by the access policy for the caller."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def ListProducts(
+        self, request: catalog_pb2.ListProductsRequest, context: Any
+    ) -> catalog_pb2.ListProductsResponse:
+        """Products the caller may see."""
+        products = self._catalog.visible_to(current_caller(), request.tag)
+        return catalog_pb2.ListProductsResponse(products=[summary(p) for p in products])
+
+    def GetProduct(
+        self, request: catalog_pb2.GetProductRequest, context: Any
+    ) -> catalog_pb2.GetProductResponse:
+        """One product, NOT_FOUND when hidden or absent."""
+        product = self._catalog.get_visible(current_caller(), request.product_id)
+        return catalog_pb2.GetProductResponse(product=summary(product))
+
+
+def catalog_service(servicer: CatalogServicer) -> Service:
+    """``CatalogService`` with its access table."""
+    return Service(
+        "tds.v1.CatalogService",
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+        servicer,
+        {"ListProducts": Access.MEMBER, "GetProduct": Access.MEMBER},
+    )

@@ -1,0 +1,66 @@
+"""The products a connector publishes, in its database."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from connector.catalog.products import Product
+from connector.errors import ConflictError, NotFound
+from connector.store.database import Database
+from connector.store.models import ProductRow
+
+__all__ = ["ProductStore"]
+
+
+class ProductStore:
+    """Products on SQLite or PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def put(self, product: Product, *, replace: bool, now_ms: int) -> Product:
+        """Store a validated product; ``ConflictError`` if it exists and not ``replace``."""
+        try:
+            with self._db.session() as s:
+                row = s.get(ProductRow, product.id, with_for_update=True)
+                if row is not None and not replace:
+                    raise ConflictError(
+                        f"product {product.id!r} exists; pass --replace to update it"
+                    )
+                if row is None:
+                    row = ProductRow(
+                        id=product.id,
+                        grade=product.grade,
+                        body=product.to_json(),
+                        created_ms=now_ms,
+                        updated_ms=now_ms,
+                    )
+                else:
+                    row.grade, row.body, row.updated_ms = product.grade, product.to_json(), now_ms
+                s.add(row)
+        except IntegrityError:
+            raise ConflictError(f"product {product.id!r} exists") from None
+        return product
+
+    def get(self, product_id: str) -> Product:
+        """One product, or ``NotFound``."""
+        with self._db.session() as s:
+            row = s.get(ProductRow, product_id)
+            if row is None:
+                raise NotFound(f"product {product_id!r} not found")
+            return Product.from_json(row.body)
+
+    def list(self) -> list[Product]:
+        """Every product, by id."""
+        with self._db.session() as s:
+            rows = s.exec(select(ProductRow).order_by(ProductRow.id)).all()
+            return [Product.from_json(r.body) for r in rows]
+
+    def remove(self, product_id: str) -> None:
+        """Delete a product, or ``NotFound``."""
+        with self._db.session() as s:
+            row = s.get(ProductRow, product_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"product {product_id!r} not found")
+            s.delete(row)

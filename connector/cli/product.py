@@ -1,0 +1,136 @@
+"""``tds product`` (the provider's admin) and ``tds catalog`` (any member)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
+from connector.cli.output import emit
+from connector.config import load_config
+from connector.errors import ConfigError
+from connector.node.clients import admin_channel, member_channel, registry_client
+from connector.rpc.channel import calling
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tds product`` and ``tds catalog``."""
+    prod = sub.add_parser("product", help="publish and manage your data products (admin)")
+    ps = prod.add_subparsers(dest="product_command", required=True, metavar="COMMAND")
+    add = ps.add_parser(
+        "add",
+        help="publish a product from a description file (TOML or JSON)",
+        description="See examples/products/traffic-flow.toml for every field.",
+    )
+    add.add_argument("file", type=Path)
+    add.add_argument("--config", required=True, type=Path, help="your connector's config")
+    add.add_argument("--replace", action="store_true", help="update an existing product")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=run_add)
+    for name, helptext, func in (
+        ("list", "list your products", run_list),
+        ("show", "show one of your products", run_show),
+        ("remove", "withdraw a product", run_remove),
+    ):
+        p = ps.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("product")
+        p.add_argument("--config", required=True, type=Path)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    cat = sub.add_parser("catalog", help="browse another member's catalog")
+    cs = cat.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
+    ls = cs.add_parser("list", help="products a provider lets you see")
+    ls.add_argument("--provider", required=True)
+    ls.add_argument("--tag", default="")
+    ls.add_argument("--config", required=True, type=Path, help="your connector's config")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_catalog_list)
+
+
+def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
+
+
+def _line(p: dict[str, object]) -> str:
+    offers = p.get("offers") or []
+    return f"{p['id']:<24} {p['grade']:<10} {len(offers)} offer(s)  {p['title']}"  # type: ignore[arg-type]
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Publish a product."""
+    try:
+        text = args.file.read_text()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc}") from None
+    fmt = "json" if args.file.suffix == ".json" else "toml" if args.file.suffix == ".toml" else ""
+    with calling("your connector"):
+        resp = _admin(args).AddProduct(
+            admin_pb2.AddProductRequest(description=text, format=fmt, replace=args.replace),
+            timeout=30,
+        )
+    product = json.loads(resp.product_json)
+    emit(product, f"Published {_line(product)}", as_json=args.json)
+    return 0
+
+
+def _own(args: argparse.Namespace) -> list[dict[str, object]]:
+    with calling("your connector"):
+        resp = _admin(args).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=30)
+    return [json.loads(p) for p in resp.products_json]
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List own products."""
+    products = _own(args)
+    emit(products, "\n".join(_line(p) for p in products) or "(no products)", as_json=args.json)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Show one own product."""
+    for p in _own(args):
+        if p["id"] == args.product:
+            emit(p, json.dumps(p, indent=2, ensure_ascii=False), as_json=args.json)
+            return 0
+    raise ConfigError(f"you publish no product {args.product!r}")
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    """Withdraw a product."""
+    with calling("your connector"):
+        _admin(args).RemoveProduct(
+            admin_pb2.RemoveProductRequest(product_id=args.product), timeout=30
+        )
+    emit({"removed": args.product}, f"Removed {args.product}", as_json=args.json)
+    return 0
+
+
+def run_catalog_list(args: argparse.Namespace) -> int:
+    """List a provider's catalog as this member."""
+    cfg = load_config(args.config)
+    registry = registry_client(cfg)
+    try:
+        peer = registry.lookup(args.provider)
+        with member_channel(cfg, registry, peer.id, peer.address) as channel, calling(peer.id):
+            resp = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
+                catalog_pb2.ListProductsRequest(tag=args.tag), timeout=30
+            )
+    finally:
+        registry.close()
+    from google.protobuf.json_format import MessageToDict
+
+    products = [MessageToDict(p, preserving_proto_field_name=True) for p in resp.products]
+    lines = [
+        f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"
+        + (f"  [{p['registration_code']}]" if p.get("registration_code") else "")
+        for p in products
+    ]
+    emit(
+        products,
+        "\n".join(lines) or f"(nothing in {args.provider}'s catalog for you)",
+        as_json=args.json,
+    )
+    return 0

@@ -1,0 +1,166 @@
+"""Publishing and discovery: the admin publishes, members see what the access policy allows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role
+from tests.integration.test_authentication import own_token, pem, raw_channel
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "products" / "traffic-flow.toml"
+
+RESTRICTED = {
+    "id": "tender-bids",
+    "title": "Tender bids",
+    "grade": "general",
+    "tags": ["finance"],
+    "source": {"kind": "file", "path": "bids.zip"},
+    "access": {"allow_list": ["b"]},
+    "offers": [
+        {
+            "id": "audit",
+            "purposes": ["audit"],
+            "valid_from_ns": 0,
+            "valid_until_ns": 4_000_000_000_000_000_000,
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("catalog")
+    with LocalSpace.create(
+        root,
+        [
+            ("gov", Role.GOVERNMENT),
+            ("a", Role.ENTERPRISE),
+            ("b", Role.ENTERPRISE),
+            ("ind", Role.INDIVIDUAL),
+        ],
+    ) as sp:
+        sp.start_registry()
+        for pid in ("gov", "a", "b", "ind"):
+            sp.start_connector(pid)
+        yield sp
+
+
+def admin(space: LocalSpace, who: str = "gov") -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(
+        raw_channel(space, "gov", pem(space, who, "admin_key"), pem(space, who, "admin_cert"))
+    )
+
+
+def catalog(space: LocalSpace, member: str) -> catalog_pb2_grpc.CatalogServiceStub:
+    return catalog_pb2_grpc.CatalogServiceStub(
+        raw_channel(
+            space,
+            "gov",
+            pem(space, member, "tls_key"),
+            pem(space, member, "tls_cert"),
+            own_token(space, member),
+        )
+    )
+
+
+def publish(space: LocalSpace, description: str, fmt: str = "", replace: bool = False) -> None:
+    admin(space).AddProduct(
+        admin_pb2.AddProductRequest(description=description, format=fmt, replace=replace),
+        timeout=10,
+    )
+
+
+def test_publish_and_discover(world: LocalSpace) -> None:
+    publish(world, EXAMPLE.read_text(), "toml")
+    publish(world, json.dumps(RESTRICTED), "json")
+    own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    assert sorted(json.loads(p)["id"] for p in own.products_json) == ["tender-bids", "traffic-flow"]
+    seen_by_a = catalog(world, "a").ListProducts(catalog_pb2.ListProductsRequest(), timeout=10)
+    assert [p.id for p in seen_by_a.products] == ["traffic-flow"]
+    seen_by_b = catalog(world, "b").ListProducts(catalog_pb2.ListProductsRequest(), timeout=10)
+    assert [p.id for p in seen_by_b.products] == ["tender-bids", "traffic-flow"]
+    # the individual's role is not among the product's roles
+    seen_by_ind = catalog(world, "ind").ListProducts(catalog_pb2.ListProductsRequest(), timeout=10)
+    assert [p.id for p in seen_by_ind.products] == []
+    product = (
+        catalog(world, "a")
+        .GetProduct(catalog_pb2.GetProductRequest(product_id="traffic-flow"), timeout=10)
+        .product
+    )
+    assert product.registration_code == "SH-PD-2026-000123"
+    assert product.offers[0].purposes == ["planning", "research"]
+
+
+def test_hidden_and_missing_products_look_the_same(world: LocalSpace) -> None:
+    publish(world, json.dumps(RESTRICTED), "json", replace=True)
+    details = []
+    for product_id in ("tender-bids", "no-such-product"):
+        with pytest.raises(grpc.RpcError) as info:
+            catalog(world, "a").GetProduct(
+                catalog_pb2.GetProductRequest(product_id=product_id), timeout=10
+            )
+        err = info.value
+        assert isinstance(err, grpc.RpcError)
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        details.append((err.details() or "").replace(product_id, "ID"))
+    assert details[0] == details[1]
+
+
+def test_core_product_is_refused_and_nothing_changes(world: LocalSpace) -> None:
+    before = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    core = {**RESTRICTED, "id": "city-core", "grade": "core"}
+    with pytest.raises(grpc.RpcError) as info:
+        publish(world, json.dumps(core), "json")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "core data" in (info.value.details() or "")  # type: ignore[attr-defined]
+    after = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    assert list(after.products_json) == list(before.products_json)
+
+
+def test_bad_provider_module_is_refused(world: LocalSpace) -> None:
+    bad = json.loads(json.dumps(RESTRICTED))
+    bad["id"] = "with-module"
+    bad["offers"][0]["policy_module"] = "sneaky"
+    bad["offers"][0]["policy_source"] = "package tds.usage\n"
+    with pytest.raises(grpc.RpcError) as info:
+        publish(world, json.dumps(bad), "json")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+def test_provider_modules_join_and_leave_the_policy_set(world: LocalSpace) -> None:
+    node = world.nodes["gov"]
+    assert node.policy is not None
+    before = node.policy.engine.revision
+    mod = json.loads(json.dumps(RESTRICTED))
+    mod.update({"id": "guarded", "access": {}})
+    mod["offers"][0]["policy_module"] = "guard"
+    mod["offers"][0]["policy_source"] = (
+        'package tds.provider.guard\n\nimport rego.v1\n\ndeny contains "weekend" if false\n'
+    )
+    publish(world, json.dumps(mod), "json")
+    assert node.policy.engine.revision != before
+    admin(world).RemoveProduct(admin_pb2.RemoveProductRequest(product_id="guarded"), timeout=10)
+    assert node.policy.engine.revision == before
+
+
+def test_members_cannot_publish(world: LocalSpace) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        admin(world, "a").AddProduct(
+            admin_pb2.AddProductRequest(description=json.dumps(RESTRICTED), format="json"),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+
+def test_publishing_and_catalog_reads_are_logged(world: LocalSpace) -> None:
+    log = world.nodes["gov"].log
+    assert log is not None
+    kinds = [json.loads(body)["kind"] for _, body in log.entries(0, log.size)]
+    assert "catalog.product_published" in kinds and "policy.decision" in kinds
