@@ -1,48 +1,23 @@
 """Transfer receipts: canonical JSON signed by the consumer, countersigned by the provider.
 
-A signed receipt is a JWS in the general JSON serialisation (RFC 7515 §7.2.1) with one
-EdDSA signature per party over the same payload. Each protected header names the signer
-(``kid``: participant id) and its part (``tds_role``); the provider's header also binds the
-consumer's signature (``tds_countersigns``: base64url SHA-256 of it), so the provider's
-signature says "I saw the consumer's signed receipt", not only "I agree with the payload".
+A signed receipt is a two-party JWS document (``connector.audit.jws``): the consumer signs
+the payload, the provider countersigns it and binds the consumer's signature, so the
+provider's signature says "I saw the consumer's signed receipt".
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector.audit.canonical import canonical_json, parse_canonical
+from connector.audit import jws
+from connector.audit.canonical import canonical_json
 from connector.errors import InvalidRequest, VerificationError
 
-__all__ = [
-    "Receipt",
-    "countersign_receipt",
-    "parse_receipt",
-    "sign_receipt",
-    "verify_receipt",
-]
+__all__ = ["Receipt", "countersign_receipt", "parse_receipt", "sign_receipt", "verify_receipt"]
 
-KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str, what: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise VerificationError(f"receipt {what} is not base64url") from None
+KeyLookup = jws.KeyLookup
 
 
 @dataclass(frozen=True)
@@ -69,103 +44,39 @@ class Receipt:
             raise InvalidRequest("receipt size must not be negative nor end before it starts")
         return canonical_json({"tds_receipt": 1, **asdict(self)})
 
-
-def _signature(
-    payload_b64: str, header: dict[str, Any], key: ed25519.Ed25519PrivateKey
-) -> dict[str, str]:
-    protected = _b64(canonical_json(header))
-    sig = key.sign(f"{protected}.{payload_b64}".encode())
-    return {"protected": protected, "signature": _b64(sig)}
+    @property
+    def signers(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(consumer, provider) as (participant, role)."""
+        return (self.consumer, "consumer"), (self.provider, "provider")
 
 
 def sign_receipt(receipt: Receipt, consumer_key: ed25519.Ed25519PrivateKey) -> str:
-    """The consumer's signed receipt (JWS JSON with one signature)."""
-    payload_b64 = _b64(receipt.payload())
-    header = {"alg": "EdDSA", "kid": receipt.consumer, "tds_role": "consumer"}
-    return json.dumps(
-        {"payload": payload_b64, "signatures": [_signature(payload_b64, header, consumer_key)]},
-        separators=(",", ":"),
-    )
+    """The consumer's signed receipt."""
+    return jws.sign(receipt.payload(), consumer_key, signer=receipt.consumer, role="consumer")
+
+
+def parse_receipt(signed: str) -> Receipt:
+    """The receipt's payload without verifying signatures (for display only)."""
+    payload = jws.payload_of(signed, "receipt")
+    if not isinstance(payload, dict) or payload.pop("tds_receipt", None) != 1:
+        raise VerificationError("payload is not a tds receipt")
+    try:
+        return Receipt(**payload)
+    except TypeError as exc:
+        raise VerificationError(f"receipt payload has wrong fields: {exc}") from None
 
 
 def countersign_receipt(
     signed: str, provider_key: ed25519.Ed25519PrivateKey, keys: KeyLookup
 ) -> str:
     """Verify the consumer's signature, then add the provider's countersignature."""
-    receipt, doc = _parse(signed)
-    if len(doc["signatures"]) != 1:
-        raise VerificationError("a receipt to countersign carries exactly the consumer's signature")
-    _verify_one(doc["payload"], doc["signatures"][0], receipt.consumer, "consumer", keys)
-    consumer_sig = doc["signatures"][0]["signature"]
-    header = {
-        "alg": "EdDSA",
-        "kid": receipt.provider,
-        "tds_role": "provider",
-        "tds_countersigns": _b64(hashlib.sha256(consumer_sig.encode()).digest()),
-    }
-    doc["signatures"].append(_signature(doc["payload"], header, provider_key))
-    return json.dumps(doc, separators=(",", ":"))
-
-
-def _parse(signed: str) -> tuple[Receipt, dict[str, Any]]:
-    try:
-        doc = json.loads(signed)
-    except ValueError:
-        raise VerificationError("receipt is not JSON") from None
-    if (
-        not isinstance(doc, dict)
-        or set(doc) != {"payload", "signatures"}
-        or not isinstance(doc["signatures"], list)
-        or not isinstance(doc["payload"], str)
-    ):
-        raise VerificationError("receipt must be a JWS JSON object with payload and signatures")
-    payload = parse_canonical(_unb64(doc["payload"], "payload"), "receipt payload")
-    if not isinstance(payload, dict) or payload.pop("tds_receipt", None) != 1:
-        raise VerificationError("payload is not a tds receipt")
-    try:
-        receipt = Receipt(**payload)
-    except TypeError as exc:
-        raise VerificationError(f"receipt payload has wrong fields: {exc}") from None
-    return receipt, doc
-
-
-def _verify_one(
-    payload_b64: str, sig: Any, signer: str, role: str, keys: KeyLookup
-) -> dict[str, Any]:
-    if not isinstance(sig, dict) or set(sig) != {"protected", "signature"}:
-        raise VerificationError("receipt signature must have protected and signature only")
-    header = parse_canonical(_unb64(sig["protected"], "header"), "receipt header")
-    if not isinstance(header, dict) or header.get("alg") != "EdDSA":
-        raise VerificationError("receipt signatures must use EdDSA")
-    if header.get("kid") != signer or header.get("tds_role") != role:
-        raise VerificationError(f"receipt signature is not the {role}'s ({signer})")
-    try:
-        keys(signer).verify(
-            _unb64(sig["signature"], "signature"), f"{sig['protected']}.{payload_b64}".encode()
-        )
-    except InvalidSignature:
-        raise VerificationError(f"the {role}'s signature on the receipt does not verify") from None
-    return header
+    first, second = parse_receipt(signed).signers
+    return jws.countersign(signed, provider_key, keys, first=first, second=second, what="receipt")
 
 
 def verify_receipt(signed: str, keys: KeyLookup) -> Receipt:
     """Verify both signatures and the countersignature binding; return the receipt."""
-    receipt, doc = _parse(signed)
-    sigs = doc["signatures"]
-    if len(sigs) != 2:
-        raise VerificationError(
-            "a complete receipt carries the consumer's and provider's signatures"
-        )
-    _verify_one(doc["payload"], sigs[0], receipt.consumer, "consumer", keys)
-    header = _verify_one(doc["payload"], sigs[1], receipt.provider, "provider", keys)
-    bound = _b64(hashlib.sha256(sigs[0]["signature"].encode()).digest())
-    if header.get("tds_countersigns") != bound:
-        raise VerificationError(
-            "the provider's signature does not countersign this consumer signature"
-        )
+    receipt = parse_receipt(signed)
+    first, second = receipt.signers
+    jws.verify_countersigned(signed, keys, first=first, second=second, what="receipt")
     return receipt
-
-
-def parse_receipt(signed: str) -> Receipt:
-    """The receipt's payload without verifying signatures (for display only)."""
-    return _parse(signed)[0]
