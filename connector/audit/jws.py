@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from connector.audit.canonical import canonical_json, parse_canonical
 from connector.errors import VerificationError
 
-__all__ = ["KeyLookup", "countersign", "payload_of", "sign", "verify_countersigned"]
+__all__ = [
+    "KeyLookup",
+    "countersign",
+    "payload_bytes",
+    "payload_of",
+    "sign",
+    "verify_countersigned",
+    "verify_signed",
+]
 
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
 
@@ -77,6 +85,11 @@ def payload_of(signed: str, what: str) -> Any:
     """The canonical JSON payload, parsed (nothing verified)."""
     doc = _document(signed, what)
     return parse_canonical(_unb64(doc["payload"], f"{what} payload"), f"{what} payload")
+
+
+def payload_bytes(signed: str, what: str) -> bytes:
+    """The exact payload bytes that were signed."""
+    return _unb64(_document(signed, what)["payload"], f"{what} payload")
 
 
 def _verify_one(

@@ -1,0 +1,134 @@
+"""Contract agreements: canonical JSON, signed by the provider, countersigned by the consumer.
+
+Both signatures verify offline against the directory keys. Nanosecond times exceed I-JSON's
+integer range, so the signed form carries them (and any other integer outside it) as
+decimal strings; ``Agreement`` holds them as integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector.audit import jws
+from connector.audit.canonical import canonical_json
+from connector.errors import VerificationError
+
+__all__ = [
+    "Agreement",
+    "countersign_agreement",
+    "parse_agreement",
+    "sign_agreement",
+    "verify_agreement",
+    "verify_provider_signature",
+]
+
+_MAX = 2**53 - 1
+_NS_FIELDS = ("valid_from_ns", "valid_until_ns")
+
+
+def _to_ijson(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -_MAX <= value <= _MAX:
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _to_ijson(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_ijson(v) for v in value]
+    return value
+
+
+def _from_ijson(value: Any) -> Any:
+    """Integers back from the decimal strings of ``*_ns`` keys."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                int(v)
+                if k.endswith("_ns") and isinstance(v, str) and v.lstrip("-").isdigit()
+                else _from_ijson(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_from_ijson(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The terms both parties signed."""
+
+    id: str
+    provider: str
+    consumer: str
+    product: str
+    offer: str
+    purpose: str
+    valid_from_ns: int
+    valid_until_ns: int
+    max_transfers: int
+    max_bytes: int
+    policy_revision: str
+    provider_pid: str
+    consumer_pid: str
+    issued_ms: int
+    obligations: dict[str, Any] = field(default_factory=dict)
+    permitted_fields: tuple[str, ...] | None = None
+    masks: dict[str, Any] = field(default_factory=dict)
+    registration_code: str = ""
+
+    def payload(self) -> bytes:
+        """The canonical JSON both parties sign."""
+        return canonical_json({"tds_agreement": 1, **_to_ijson(asdict(self))})
+
+
+def sign_agreement(agreement: Agreement, provider_key: ed25519.Ed25519PrivateKey) -> str:
+    """The provider's signed agreement."""
+    return jws.sign(agreement.payload(), provider_key, signer=agreement.provider, role="provider")
+
+
+def parse_agreement(signed: str) -> Agreement:
+    """The agreement's terms, nothing verified (for display and routing only)."""
+    payload = jws.payload_of(signed, "agreement")
+    if not isinstance(payload, dict) or payload.pop("tds_agreement", None) != 1:
+        raise VerificationError("payload is not a tds agreement")
+    values = _from_ijson(payload)
+    if isinstance(values.get("permitted_fields"), list):
+        values["permitted_fields"] = tuple(values["permitted_fields"])
+    try:
+        agreement = Agreement(**values)
+    except TypeError as exc:
+        raise VerificationError(f"agreement has wrong fields: {exc}") from None
+    if agreement.payload() != jws.payload_bytes(signed, "agreement"):
+        raise VerificationError("agreement payload is not in its canonical signed form")
+    return agreement
+
+
+def _parties(agreement: Agreement) -> tuple[tuple[str, str], tuple[str, str]]:
+    return (agreement.provider, "provider"), (agreement.consumer, "consumer")
+
+
+def verify_provider_signature(signed: str, keys: jws.KeyLookup) -> Agreement:
+    """Verify an agreement as the provider sent it (one signature)."""
+    agreement = parse_agreement(signed)
+    jws.verify_signed(signed, keys, first=_parties(agreement)[0], what="agreement")
+    return agreement
+
+
+def countersign_agreement(
+    signed: str, consumer_key: ed25519.Ed25519PrivateKey, keys: jws.KeyLookup
+) -> str:
+    """Verify the provider's signature and add the consumer's countersignature."""
+    first, second = _parties(parse_agreement(signed))
+    return jws.countersign(signed, consumer_key, keys, first=first, second=second, what="agreement")
+
+
+def verify_agreement(signed: str, keys: jws.KeyLookup) -> Agreement:
+    """Verify both signatures offline; return the agreement."""
+    agreement = parse_agreement(signed)
+    first, second = _parties(agreement)
+    jws.verify_countersigned(signed, keys, first=first, second=second, what="agreement")
+    return agreement

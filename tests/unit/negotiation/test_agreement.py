@@ -1,0 +1,113 @@
+"""Agreements: provider signs, consumer countersigns, both verify offline; forgery fails."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector.errors import PreconditionFailed, VerificationError
+from connector.negotiation.agreement import (
+    Agreement,
+    countersign_agreement,
+    parse_agreement,
+    sign_agreement,
+    verify_agreement,
+    verify_provider_signature,
+)
+from connector.negotiation.states import State, check_transition
+
+KEYS = {p: ed25519.Ed25519PrivateKey.generate() for p in ("gov", "ent-a", "mallory")}
+AGREEMENT = Agreement(
+    id="ag-1",
+    provider="gov",
+    consumer="ent-a",
+    product="traffic-flow",
+    offer="planning-2026",
+    purpose="planning",
+    valid_from_ns=1_767_225_600_000_000_000,
+    valid_until_ns=1_798_761_600_000_000_000,
+    max_transfers=12,
+    max_bytes=1 << 30,
+    policy_revision="ab" * 32,
+    provider_pid="p-1",
+    consumer_pid="c-1",
+    issued_ms=1,
+    obligations={"delete_after_ns": 1_798_761_600_000_000_000},
+    permitted_fields=("road", "time"),
+    masks={"road": {"method": "redact"}},
+    registration_code="SH-1",
+)
+
+
+def public(p: str) -> ed25519.Ed25519PublicKey:
+    return KEYS[p].public_key()
+
+
+def test_round_trip_with_nanosecond_times() -> None:
+    signed = sign_agreement(AGREEMENT, KEYS["gov"])
+    assert verify_provider_signature(signed, public) == AGREEMENT
+    both = countersign_agreement(signed, KEYS["ent-a"], public)
+    assert verify_agreement(both, public) == AGREEMENT
+    assert parse_agreement(both).obligations["delete_after_ns"] == 1_798_761_600_000_000_000
+
+
+def test_forged_or_altered_agreements_fail() -> None:
+    signed = sign_agreement(AGREEMENT, KEYS["mallory"])
+    with pytest.raises(VerificationError, match="provider's signature"):
+        verify_provider_signature(signed, public)
+    good = sign_agreement(AGREEMENT, KEYS["gov"])
+    doc = json.loads(good)
+    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
+    payload["max_transfers"] = 1000
+    doc["payload"] = (
+        base64.urlsafe_b64encode(
+            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
+    with pytest.raises(VerificationError):
+        verify_provider_signature(json.dumps(doc), public)
+
+
+def test_countersignature_by_the_wrong_key_fails() -> None:
+    signed = sign_agreement(AGREEMENT, KEYS["gov"])
+    wrong = countersign_agreement(signed, KEYS["mallory"], public)
+    with pytest.raises(VerificationError, match="consumer's signature"):
+        verify_agreement(wrong, public)
+    with pytest.raises(VerificationError, match="provider's and consumer's"):
+        verify_agreement(signed, public)
+
+
+def test_countersigning_checks_the_provider_first() -> None:
+    forged = sign_agreement(replace(AGREEMENT, provider="gov"), KEYS["mallory"])
+    with pytest.raises(VerificationError):
+        countersign_agreement(forged, KEYS["ent-a"], public)
+
+
+@pytest.mark.parametrize(
+    "current, new, ok",
+    [
+        (State.REQUESTED, State.AGREED, True),
+        (State.REQUESTED, State.OFFERED, True),
+        (State.OFFERED, State.REQUESTED, True),
+        (State.OFFERED, State.ACCEPTED, True),
+        (State.AGREED, State.VERIFIED, True),
+        (State.VERIFIED, State.FINALIZED, True),
+        (State.VERIFIED, State.TERMINATED, True),
+        (State.REQUESTED, State.FINALIZED, False),
+        (State.AGREED, State.REQUESTED, False),
+        (State.FINALIZED, State.TERMINATED, False),
+        (State.TERMINATED, State.REQUESTED, False),
+    ],
+)
+def test_transitions(current: State, new: State, ok: bool) -> None:
+    if ok:
+        check_transition(current, new)
+    else:
+        with pytest.raises(PreconditionFailed):
+            check_transition(current, new)
