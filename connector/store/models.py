@@ -8,9 +8,12 @@ from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "InboxRow",
     "LogCheckpointRow",
     "LogEntryRow",
     "LogNodeRow",
+    "NegotiationRow",
+    "OutboxRow",
     "ParticipantRow",
     "ProductRow",
     "RevokedCertificateRow",
@@ -105,3 +108,52 @@ class ProductRow(SQLModel, table=True):
     body: str = Field(sa_column=Column(Text, nullable=False))
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class NegotiationRow(SQLModel, table=True):
+    """One side's record of a contract negotiation."""
+
+    __tablename__ = "negotiation"
+
+    pid: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    counterparty: str = Field(max_length=63, index=True)
+    counterparty_pid: str = Field(default="", max_length=64)
+    product: str = Field(max_length=63)
+    offer: str = Field(max_length=63)
+    purpose: str = Field(max_length=128)
+    state: str = Field(max_length=16, index=True)
+    reasons: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    agreement_id: str | None = Field(default=None, max_length=64, index=True)
+    agreement: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    revocation: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class OutboxRow(SQLModel, table=True):
+    """A message to another connector, sent until delivered (bounded retries)."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=64, unique=True)
+    target: str = Field(max_length=63)
+    method: str = Field(max_length=64)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    negotiation_pid: str = Field(default="", max_length=64)
+    attempts: int = 0
+    next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    status: str = Field(default="pending", max_length=16, index=True)
+    last_error: str = Field(default="", max_length=1024)
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class InboxRow(SQLModel, table=True):
+    """A message id already processed: a repeated delivery changes nothing."""
+
+    __tablename__ = "inbox"
+
+    message_id: str = Field(primary_key=True, max_length=64)
+    sender: str = Field(max_length=63)
+    received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

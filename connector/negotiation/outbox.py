@@ -1,0 +1,145 @@
+"""Delivering queued messages to other connectors: bounded retries with backoff.
+
+The outbox is rows in the connector's database written with the transition that caused
+them, so a restart resumes delivery where it stopped. On PostgreSQL, replicas claim rows
+with ``FOR UPDATE SKIP LOCKED``, so each message goes out once at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlmodel import select
+
+from connector.clock import Clock
+from connector.errors import ConnectorError
+from connector.store.database import Database
+from connector.store.models import OutboxRow
+
+__all__ = ["Outbox", "Pending"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A message due for delivery."""
+
+    id: int
+    message_id: str
+    target: str
+    method: str
+    payload: bytes
+    negotiation_pid: str
+    attempts: int
+
+
+Deliver = Callable[[Pending], None]
+
+
+class Outbox:
+    """Sends due messages until delivered, or gives up after ``max_attempts``."""
+
+    def __init__(
+        self,
+        db: Database,
+        deliver: Deliver,
+        clock: Clock,
+        *,
+        max_attempts: int = 12,
+        base_delay: float = 0.5,
+        max_delay: float = 60.0,
+        on_give_up: Callable[[Pending, str], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._deliver = deliver
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._base = base_delay
+        self._max_delay = max_delay
+        self._on_give_up = on_give_up
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Deliver in the background until ``stop``."""
+        self._thread = threading.Thread(target=self._run, name="tds-outbox", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Something was queued: look now rather than at the next tick."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop delivering (pending messages stay queued for the next start)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.deliver_due()
+            except Exception:  # the loop must survive anything; the rows stay queued
+                log.exception("outbox pass failed")
+                busy = False
+            if not busy:
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+    def deliver_due(self, limit: int = 20) -> bool:
+        """Try every due message once; return whether any was due."""
+        now_ms = int(self._clock.now() * 1000)
+        with self._db.session() as s:
+            query = (
+                select(OutboxRow)
+                .where(OutboxRow.status == "pending", OutboxRow.next_attempt_ms <= now_ms)
+                .order_by(OutboxRow.id)  # type: ignore[arg-type]
+                .limit(limit)
+            )
+            if self._db.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = s.exec(query).all()
+            due = [
+                Pending(
+                    r.id or 0,
+                    r.message_id,
+                    r.target,
+                    r.method,
+                    bytes(r.payload),
+                    r.negotiation_pid,
+                    r.attempts,
+                )
+                for r in rows
+            ]
+            for pending in due:
+                row = s.get(OutboxRow, pending.id)
+                assert row is not None
+                try:
+                    self._deliver(pending)
+                    row.status = "delivered"
+                except ConnectorError as exc:
+                    row.attempts += 1
+                    row.last_error = str(exc)[:1000]
+                    if row.attempts >= self._max_attempts:
+                        row.status = "failed"
+                        log.error(
+                            "outbox gave up",
+                            extra={
+                                "target": row.target,
+                                "method": row.method,
+                                "reason": row.last_error,
+                            },
+                        )
+                        if self._on_give_up:
+                            self._on_give_up(pending, row.last_error)
+                    else:
+                        delay = min(self._base * 2 ** (row.attempts - 1), self._max_delay)
+                        row.next_attempt_ms = now_ms + int(delay * 1000)
+                s.add(row)
+        return bool(due)

@@ -1,0 +1,252 @@
+"""Negotiation records, the outbox and the inbox, changed together in one transaction.
+
+A state transition and the message it sends to the other side commit together (a
+transactional outbox), so a crash can neither lose nor double a transition's message;
+the inbox makes a repeated delivery of a message harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from connector.errors import ConflictError, NotFound
+from connector.negotiation.states import State, check_transition
+from connector.store.database import Database
+from connector.store.models import InboxRow, NegotiationRow, OutboxRow
+
+__all__ = ["Negotiation", "NegotiationStore", "Outgoing"]
+
+
+@dataclass(frozen=True)
+class Negotiation:
+    """One side's view of a negotiation."""
+
+    pid: str
+    role: str
+    counterparty: str
+    counterparty_pid: str
+    product: str
+    offer: str
+    purpose: str
+    state: State
+    reasons: tuple[str, ...] = ()
+    agreement_id: str | None = None
+    agreement: str | None = None
+    revocation: str | None = None
+    created_ms: int = 0
+    updated_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to queue with a transition."""
+
+    target: str
+    method: str
+    payload: bytes
+    message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def _negotiation(row: NegotiationRow) -> Negotiation:
+    return Negotiation(
+        pid=row.pid,
+        role=row.role,
+        counterparty=row.counterparty,
+        counterparty_pid=row.counterparty_pid,
+        product=row.product,
+        offer=row.offer,
+        purpose=row.purpose,
+        state=State(row.state),
+        reasons=tuple(json.loads(row.reasons)),
+        agreement_id=row.agreement_id,
+        agreement=row.agreement,
+        revocation=row.revocation,
+        created_ms=row.created_ms,
+        updated_ms=row.updated_ms,
+    )
+
+
+class NegotiationStore:
+    """Negotiations on SQLite or PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @staticmethod
+    def _queue(s: Session, pid: str, outgoing: Sequence[Outgoing], now_ms: int) -> None:
+        for msg in outgoing:
+            s.add(
+                OutboxRow(
+                    message_id=msg.message_id,
+                    target=msg.target,
+                    method=msg.method,
+                    payload=msg.payload,
+                    negotiation_pid=pid,
+                    next_attempt_ms=now_ms,
+                    created_ms=now_ms,
+                )
+            )
+
+    def create(
+        self,
+        *,
+        role: str,
+        counterparty: str,
+        counterparty_pid: str,
+        product: str,
+        offer: str,
+        purpose: str,
+        state: State,
+        now_ms: int,
+        reasons: Sequence[str] = (),
+        outgoing: Sequence[Outgoing] = (),
+        inbox: tuple[str, str] | None = None,
+    ) -> Negotiation:
+        """A new negotiation; ``ConflictError`` if the counterparty's pid is already known."""
+        row = NegotiationRow(
+            pid=uuid.uuid4().hex,
+            role=role,
+            counterparty=counterparty,
+            counterparty_pid=counterparty_pid or "",
+            product=product,
+            offer=offer,
+            purpose=purpose,
+            state=state.value,
+            reasons=json.dumps(list(reasons)),
+            created_ms=now_ms,
+            updated_ms=now_ms,
+        )
+        if not counterparty_pid:
+            row.counterparty_pid = f"pending:{row.pid}"  # unique until the other side answers
+        try:
+            with self._db.session() as s:
+                s.add(row)
+                s.flush()
+                self._queue(s, row.pid, outgoing, now_ms)
+                self._remember(s, inbox, now_ms)
+        except IntegrityError:
+            raise ConflictError(
+                f"{counterparty} already has a negotiation with process id {counterparty_pid}"
+            ) from None
+        return _negotiation(row)
+
+    def get(self, pid: str) -> Negotiation:
+        """One negotiation, or ``NotFound``."""
+        with self._db.session() as s:
+            row = s.get(NegotiationRow, pid)
+            if row is None:
+                raise NotFound(f"negotiation {pid!r} not found")
+            return _negotiation(row)
+
+    def find(self, role: str, counterparty: str, counterparty_pid: str) -> Negotiation | None:
+        """The negotiation a counterparty's process id names, if any."""
+        with self._db.session() as s:
+            row = s.exec(
+                select(NegotiationRow).where(
+                    NegotiationRow.role == role,
+                    NegotiationRow.counterparty == counterparty,
+                    NegotiationRow.counterparty_pid == counterparty_pid,
+                )
+            ).first()
+            return _negotiation(row) if row else None
+
+    def by_agreement(self, agreement_id: str) -> Negotiation:
+        """The negotiation that produced an agreement, or ``NotFound``."""
+        with self._db.session() as s:
+            row = s.exec(
+                select(NegotiationRow).where(NegotiationRow.agreement_id == agreement_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"agreement {agreement_id!r} not found")
+            return _negotiation(row)
+
+    def list(self, state: State | None = None, role: str | None = None) -> list[Negotiation]:
+        """Negotiations, newest first, optionally of one state and role."""
+        with self._db.session() as s:
+            query = select(NegotiationRow)
+            if state is not None:
+                query = query.where(NegotiationRow.state == state.value)
+            if role is not None:
+                query = query.where(NegotiationRow.role == role)
+            rows = s.exec(query).all()
+            return sorted((_negotiation(r) for r in rows), key=lambda n: -n.created_ms)
+
+    def transition(
+        self,
+        pid: str,
+        *steps: State,
+        now_ms: int,
+        counterparty_pid: str | None = None,
+        agreement: str | None = None,
+        agreement_id: str | None = None,
+        revocation: str | None = None,
+        reasons: Sequence[str] | None = None,
+        outgoing: Sequence[Outgoing] = (),
+        inbox: tuple[str, str] | None = None,
+    ) -> Negotiation:
+        """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
+
+        The row is locked for the transaction, so concurrent replicas cannot both move a
+        negotiation: the second sees the new state and gets ``PreconditionFailed``.
+        """
+        with self._db.session() as s:
+            row = s.get(NegotiationRow, pid, with_for_update=True)
+            if row is None:
+                raise NotFound(f"negotiation {pid!r} not found")
+            current = State(row.state)
+            for step in steps:
+                check_transition(current, step)
+                current = step
+            row.state, row.updated_ms = current.value, now_ms
+            if counterparty_pid is not None:
+                row.counterparty_pid = counterparty_pid
+            if agreement is not None:
+                row.agreement = agreement
+            if agreement_id is not None:
+                row.agreement_id = agreement_id
+            if revocation is not None:
+                row.revocation = revocation
+            if reasons is not None:
+                row.reasons = json.dumps(list(reasons))
+            s.add(row)
+            self._queue(s, pid, outgoing, now_ms)
+            self._remember(s, inbox, now_ms)
+            s.flush()
+            return _negotiation(row)
+
+    def set_revocation(
+        self,
+        pid: str,
+        revocation: str,
+        *,
+        now_ms: int,
+        outgoing: Sequence[Outgoing] = (),
+        inbox: tuple[str, str] | None = None,
+    ) -> Negotiation:
+        """Record an agreement's revocation (the negotiation stays FINALIZED)."""
+        with self._db.session() as s:
+            row = s.get(NegotiationRow, pid, with_for_update=True)
+            if row is None:
+                raise NotFound(f"negotiation {pid!r} not found")
+            row.revocation, row.updated_ms = revocation, now_ms
+            s.add(row)
+            self._queue(s, pid, outgoing, now_ms)
+            self._remember(s, inbox, now_ms)
+            s.flush()
+            return _negotiation(row)
+
+    def processed(self, message_id: str) -> bool:
+        """Whether a received message was already processed."""
+        with self._db.session() as s:
+            return s.get(InboxRow, message_id) is not None
+
+    @staticmethod
+    def _remember(s: Session, inbox: tuple[str, str] | None, now_ms: int) -> None:
+        if inbox is not None:
+            s.add(InboxRow(message_id=inbox[0], sender=inbox[1], received_ms=now_ms))
