@@ -88,6 +88,10 @@ class Catalog:
             self._store.remove(product_id)
             self._engine.update(self._policy_set(self._store.list()))
 
+    def own(self, product_id: str) -> Product:
+        """One of this connector's products, whoever may see it."""
+        return self._store.get(product_id)
+
     def own_products(self) -> list[Product]:
         """Every product, for the admin."""
         return self._store.list()

@@ -92,8 +92,13 @@ class Outbox:
                 self._wake.wait(0.5)
                 self._wake.clear()
 
-    def deliver_due(self, limit: int = 20) -> bool:
-        """Try every due message once; return whether any was due."""
+    def deliver_due(self, limit: int = 20, lease_seconds: float = 30.0) -> bool:
+        """Try every due message once; return whether any was due.
+
+        Messages are claimed in a short transaction (a lease: if this process dies while
+        sending, they become due again), sent with no transaction open, and settled one by
+        one. A message may thus arrive twice; receivers drop repeats by message id.
+        """
         now_ms = int(self._clock.now() * 1000)
         with self._db.session() as s:
             query = (
@@ -117,29 +122,40 @@ class Outbox:
                 )
                 for r in rows
             ]
-            for pending in due:
-                row = s.get(OutboxRow, pending.id)
-                assert row is not None
-                try:
-                    self._deliver(pending)
-                    row.status = "delivered"
-                except ConnectorError as exc:
-                    row.attempts += 1
-                    row.last_error = str(exc)[:1000]
-                    if row.attempts >= self._max_attempts:
-                        row.status = "failed"
-                        log.error(
-                            "outbox gave up",
-                            extra={
-                                "target": row.target,
-                                "method": row.method,
-                                "reason": row.last_error,
-                            },
-                        )
-                        if self._on_give_up:
-                            self._on_give_up(pending, row.last_error)
-                    else:
-                        delay = min(self._base * 2 ** (row.attempts - 1), self._max_delay)
-                        row.next_attempt_ms = now_ms + int(delay * 1000)
+            for row in rows:
+                row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
                 s.add(row)
+        for pending in due:
+            error = ""
+            try:
+                self._deliver(pending)
+            except ConnectorError as exc:
+                error = str(exc)[:1000] or exc.__class__.__name__
+                final = getattr(exc, "permanent", False)
+                self._settle(pending, error, now_ms, give_up=final)
+                continue
+            self._settle(pending, error, now_ms)
         return bool(due)
+
+    def _settle(self, pending: Pending, error: str, now_ms: int, give_up: bool = False) -> None:
+        with self._db.session() as s:
+            row = s.get(OutboxRow, pending.id, with_for_update=True)
+            if row is None:
+                return
+            if not error:
+                row.status = "delivered"
+            else:
+                row.attempts += 1
+                row.last_error = error
+                if give_up or row.attempts >= self._max_attempts:
+                    row.status = "failed"
+                    log.error(
+                        "outbox gave up",
+                        extra={"target": row.target, "method": row.method, "reason": error},
+                    )
+                else:
+                    delay = min(self._base * 2 ** (row.attempts - 1), self._max_delay)
+                    row.next_attempt_ms = now_ms + int(delay * 1000)
+            s.add(row)
+        if error and row.status == "failed" and self._on_give_up:
+            self._on_give_up(pending, error)

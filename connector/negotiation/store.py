@@ -107,10 +107,11 @@ class NegotiationStore:
         reasons: Sequence[str] = (),
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
+        pid: str | None = None,
     ) -> Negotiation:
         """A new negotiation; ``ConflictError`` if the counterparty's pid is already known."""
         row = NegotiationRow(
-            pid=uuid.uuid4().hex,
+            pid=pid or uuid.uuid4().hex,
             role=role,
             counterparty=counterparty,
             counterparty_pid=counterparty_pid or "",

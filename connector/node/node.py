@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import registry_pb2
@@ -18,7 +19,13 @@ from connector.catalog.service import CatalogServicer, catalog_service
 from connector.catalog.store import ProductStore
 from connector.clock import Clock, SystemClock
 from connector.config import Config
-from connector.errors import ConfigError, ConnectorError, NotFound
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from connector.identity.certs import (
     certificate_name,
     load_certificate,
@@ -29,6 +36,10 @@ from connector.identity.certs import (
     read_file_bytes,
 )
 from connector.identity.names import participant_uri
+from connector.negotiation.negotiator import Negotiator
+from connector.negotiation.outbox import Outbox
+from connector.negotiation.service import Delivery, NegotiationServicer, negotiation_service
+from connector.negotiation.store import NegotiationStore
 from connector.node.services import (
     AdminServicer,
     NodeStatus,
@@ -48,7 +59,7 @@ from connector.registry.service import (
 )
 from connector.registry.store import SqlDirectoryStore
 from connector.rpc.auth import Authenticator, RevocationSource
-from connector.rpc.channel import TlsIdentity
+from connector.rpc.channel import TlsIdentity, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
 from connector.store.database import Database, open_database
 
@@ -110,6 +121,10 @@ class Node:
         self.log: TransparencyLog | None = None
         self.policy: PolicyPoint | None = None
         self.catalog: Catalog | None = None
+        self.negotiator: Negotiator | None = None
+        self.delivery: Delivery | None = None
+        self.outbox: Outbox | None = None
+        self._tls: TlsMaterial | None = None
 
     @property
     def issuer(self) -> str:
@@ -139,6 +154,7 @@ class Node:
         """
         cfg = self.cfg
         tls = _load_tls(cfg)
+        self._tls = tls
         operator_key = load_ed25519_public_key(
             cfg.pki.operator_public_key, "pki.operator_public_key"
         )
@@ -165,6 +181,21 @@ class Node:
                 policy=self.policy,
                 audit=self.log,
                 clock=self.clock,
+            )
+            self.negotiator = Negotiator(
+                participant=cfg.participant.id,
+                signing_key=signing_key,
+                store=NegotiationStore(self.db),
+                catalog=self.catalog,
+                policy=self.policy,
+                audit=self.log,
+                clock=self.clock,
+                keys=self._signing_key_of,
+                poke=lambda: self.outbox.poke() if self.outbox else None,
+            )
+            self.delivery = Delivery(self._negotiator, self._member_channel)
+            self.outbox = Outbox(
+                self.db, self.delivery, self.clock, on_give_up=self.delivery.give_up
             )
             services, revocations = self._services(tls, operator_key, signing_key)
             authenticator = Authenticator(
@@ -193,6 +224,8 @@ class Node:
                 self._handle.stop(0)
             self._close_clients()
             raise
+        if self.outbox is not None and self.registry is not None:
+            self.outbox.start()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="tds-checkpoints", daemon=True
         )
@@ -261,6 +294,7 @@ class Node:
             )
             revocations = self.registry
         services.append(catalog_service(CatalogServicer(self._catalog())))
+        services.append(negotiation_service(NegotiationServicer(self._negotiator())))
         services.append(
             audit_service(AuditServicer(self._log(), cfg.participant.space, self._signing_key_of))
         )
@@ -272,6 +306,7 @@ class Node:
                     cfg.participant.space,
                     self.status,
                     self._catalog(),
+                    self._negotiator(),
                 )
             )
         )
@@ -304,6 +339,27 @@ class Node:
             or held.address != entry.address
         ):
             store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
+
+    def _negotiator(self) -> Negotiator:
+        if self.negotiator is None:
+            raise RuntimeError("node not started")
+        return self.negotiator
+
+    def _member_channel(self, target: str) -> grpc.Channel:
+        """A channel to another member, found through the registry, with our token."""
+        if self.registry is None or self._tls is None:
+            raise Unavailable("the operator registry does not negotiate contracts")
+        peer = self.registry.lookup(target)
+        if peer.revoked or not peer.address:
+            raise PermissionDenied(f"{target} is revoked or runs no connector")
+        return open_channel(
+            peer.address,
+            self._tls.identity,
+            space=self.cfg.participant.space,
+            peer=target,
+            token=self.registry.token,
+            max_message_bytes=self.cfg.server.max_message_bytes,
+        )
 
     def _catalog(self) -> Catalog:
         if self.catalog is None:
@@ -353,6 +409,10 @@ class Node:
         return False
 
     def _close_clients(self) -> None:
+        if self.outbox is not None:
+            self.outbox.stop()
+        if self.delivery is not None:
+            self.delivery.close()
         if self.policy is not None:
             self.policy.engine.close()
         if self.log is not None:

@@ -10,6 +10,8 @@ from connector import __version__
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
 from connector.catalog.catalog import Catalog
 from connector.errors import InvalidRequest
+from connector.negotiation.negotiator import Negotiator
+from connector.negotiation.store import Negotiation
 from connector.registry.revocation import RevocationList
 from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
@@ -53,8 +55,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         space: str,
         status: Callable[[], NodeStatus],
         catalog: Catalog,
+        negotiator: Negotiator,
     ) -> None:
         self._catalog = catalog
+        self._negotiator = negotiator
         self._participant = participant
         self._role = role
         self._space = space
@@ -93,6 +97,44 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._catalog.remove(request.product_id)
         return admin_pb2.RemoveProductResponse()
 
+    def StartNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a consumer, ask a provider for a contract."""
+        return negotiation_info(
+            self._negotiator.start(
+                request.provider, request.product_id, request.offer_id, request.purpose
+            )
+        )
+
+    def ListNegotiations(self, request: Any, context: Any) -> admin_pb2.ListNegotiationsResponse:
+        """Negotiations, filtered."""
+        try:
+            found = self._negotiator.list(
+                request.state, request.pending_approval, request.agreements
+            )
+        except ValueError:
+            raise InvalidRequest(f"unknown state {request.state!r}") from None
+        return admin_pb2.ListNegotiationsResponse(negotiations=[negotiation_info(n) for n in found])
+
+    def GetNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """One negotiation."""
+        return negotiation_info(self._negotiator.get(request.pid))
+
+    def ApproveNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a provider, approve a waiting negotiation."""
+        return negotiation_info(self._negotiator.approve(request.pid))
+
+    def RejectNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a provider, reject a waiting negotiation."""
+        return negotiation_info(self._negotiator.reject(request.pid, request.reason))
+
+    def TerminateNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """End a negotiation that is not final."""
+        return negotiation_info(self._negotiator.terminate(request.pid, request.reason))
+
+    def RevokeAgreement(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a provider, revoke a finalized agreement."""
+        return negotiation_info(self._negotiator.revoke(request.agreement_id, request.reason))
+
     def ListOwnProducts(
         self, request: admin_pb2.ListOwnProductsRequest, context: Any
     ) -> admin_pb2.ListOwnProductsResponse:
@@ -112,7 +154,37 @@ def peer_service(servicer: PeerServicer) -> Service:
     )
 
 
-ADMIN_METHODS = ["GetStatus", "AddProduct", "RemoveProduct", "ListOwnProducts"]
+ADMIN_METHODS = [
+    "GetStatus",
+    "AddProduct",
+    "RemoveProduct",
+    "ListOwnProducts",
+    "StartNegotiation",
+    "ListNegotiations",
+    "GetNegotiation",
+    "ApproveNegotiation",
+    "RejectNegotiation",
+    "TerminateNegotiation",
+    "RevokeAgreement",
+]
+
+
+def negotiation_info(n: Negotiation) -> admin_pb2.NegotiationInfo:
+    """The admin's view of a negotiation."""
+    return admin_pb2.NegotiationInfo(
+        pid=n.pid,
+        role=n.role,
+        counterparty=n.counterparty,
+        counterparty_pid="" if n.counterparty_pid.startswith("pending:") else n.counterparty_pid,
+        product_id=n.product,
+        offer_id=n.offer,
+        purpose=n.purpose,
+        state=n.state.value,
+        reasons=list(n.reasons),
+        agreement_id=n.agreement_id or "",
+        agreement=n.agreement or "",
+        revocation=n.revocation or "",
+    )
 
 
 def admin_service(servicer: AdminServicer) -> Service:
@@ -121,7 +193,5 @@ def admin_service(servicer: AdminServicer) -> Service:
         "tds.v1.AdminService",
         admin_pb2_grpc.add_AdminServiceServicer_to_server,
         servicer,
-        dict.fromkeys(
-            ["GetStatus", "AddProduct", "RemoveProduct", "ListOwnProducts"], Access.ADMIN
-        ),
+        dict.fromkeys(ADMIN_METHODS, Access.ADMIN),
     )

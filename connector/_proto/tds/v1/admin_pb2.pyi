@@ -19,6 +19,181 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class StartNegotiationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    product_id: _builtins.str
+    offer_id: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "product_id", b"product_id", "provider", b"provider", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartNegotiationRequest: _TypeAlias = StartNegotiationRequest  # noqa: Y015
+
+@_typing.final
+class NegotiationRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    pid: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        pid: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NegotiationRef: _TypeAlias = NegotiationRef  # noqa: Y015
+
+@_typing.final
+class ListNegotiationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PENDING_APPROVAL_FIELD_NUMBER: _builtins.int
+    AGREEMENTS_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """A state name (REQUESTED, FINALIZED, ...) or empty for all."""
+    pending_approval: _builtins.bool
+    """Only negotiations waiting for this provider's approval."""
+    agreements: _builtins.bool
+    """Only negotiations that produced an agreement."""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        pending_approval: _builtins.bool = ...,
+        agreements: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements", "pending_approval", b"pending_approval", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNegotiationsRequest: _TypeAlias = ListNegotiationsRequest  # noqa: Y015
+
+@_typing.final
+class NegotiationInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_PID_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    REVOCATION_FIELD_NUMBER: _builtins.int
+    pid: _builtins.str
+    role: _builtins.str
+    counterparty: _builtins.str
+    counterparty_pid: _builtins.str
+    product_id: _builtins.str
+    offer_id: _builtins.str
+    purpose: _builtins.str
+    state: _builtins.str
+    agreement_id: _builtins.str
+    agreement: _builtins.str
+    """The agreement (JWS JSON), countersigned once VERIFIED."""
+    revocation: _builtins.str
+    """The provider's signed revocation, if the agreement was revoked."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        pid: _builtins.str = ...,
+        role: _builtins.str = ...,
+        counterparty: _builtins.str = ...,
+        counterparty_pid: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        agreement_id: _builtins.str = ...,
+        agreement: _builtins.str = ...,
+        revocation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_id", b"agreement_id", "counterparty", b"counterparty", "counterparty_pid", b"counterparty_pid", "offer_id", b"offer_id", "pid", b"pid", "product_id", b"product_id", "purpose", b"purpose", "reasons", b"reasons", "revocation", b"revocation", "role", b"role", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NegotiationInfo: _TypeAlias = NegotiationInfo  # noqa: Y015
+
+@_typing.final
+class ListNegotiationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEGOTIATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def negotiations(self) -> _containers.RepeatedCompositeFieldContainer[Global___NegotiationInfo]: ...
+    def __init__(
+        self,
+        *,
+        negotiations: _abc.Iterable[Global___NegotiationInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["negotiations", b"negotiations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNegotiationsResponse: _TypeAlias = ListNegotiationsResponse  # noqa: Y015
+
+@_typing.final
+class RevokeAgreementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agreement_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        agreement_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAgreementRequest: _TypeAlias = RevokeAgreementRequest  # noqa: Y015
+
+@_typing.final
 class AddProductRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -55,6 +55,41 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.FromString,
                 _registered_method=True)
+        self.StartNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/StartNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.StartNegotiationRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.ListNegotiations = channel.unary_unary(
+                '/tds.v1.AdminService/ListNegotiations',
+                request_serializer=tds_dot_v1_dot_admin__pb2.ListNegotiationsRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.ListNegotiationsResponse.FromString,
+                _registered_method=True)
+        self.GetNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/GetNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.ApproveNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/ApproveNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.RejectNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/RejectNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.TerminateNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/TerminateNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.RevokeAgreement = channel.unary_unary(
+                '/tds.v1.AdminService/RevokeAgreement',
+                request_serializer=tds_dot_v1_dot_admin__pb2.RevokeAgreementRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -86,6 +121,52 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartNegotiation(self, request, context):
+        """As a consumer: ask a provider for a contract.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNegotiations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNegotiation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveNegotiation(self, request, context):
+        """As a provider: decide a negotiation waiting for approval (important data).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectNegotiation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TerminateNegotiation(self, request, context):
+        """Either side: end a negotiation that is not final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAgreement(self, request, context):
+        """As a provider: revoke a finalized agreement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +189,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListOwnProducts,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.SerializeToString,
+            ),
+            'StartNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.StartNegotiationRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'ListNegotiations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNegotiations,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.ListNegotiationsRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.ListNegotiationsResponse.SerializeToString,
+            ),
+            'GetNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'ApproveNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'RejectNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'TerminateNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'RevokeAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgreement,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.RevokeAgreementRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +335,195 @@ class AdminService:
             '/tds.v1.AdminService/ListOwnProducts',
             tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/StartNegotiation',
+            tds_dot_v1_dot_admin__pb2.StartNegotiationRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNegotiations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/ListNegotiations',
+            tds_dot_v1_dot_admin__pb2.ListNegotiationsRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.ListNegotiationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/GetNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/ApproveNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/RejectNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/TerminateNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/RevokeAgreement',
+            tds_dot_v1_dot_admin__pb2.RevokeAgreementRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,17 @@ class AdminServiceStub:
     """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
     RemoveProduct: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveProductRequest, _admin_pb2.RemoveProductResponse]
     ListOwnProducts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListOwnProductsRequest, _admin_pb2.ListOwnProductsResponse]
+    StartNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StartNegotiationRequest, _admin_pb2.NegotiationInfo]
+    """As a consumer: ask a provider for a contract."""
+    ListNegotiations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNegotiationsRequest, _admin_pb2.ListNegotiationsResponse]
+    GetNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
+    ApproveNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
+    """As a provider: decide a negotiation waiting for approval (important data)."""
+    RejectNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
+    TerminateNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
+    """Either side: end a negotiation that is not final."""
+    RevokeAgreement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgreementRequest, _admin_pb2.NegotiationInfo]
+    """As a provider: revoke a finalized agreement."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -49,6 +60,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
     RemoveProduct: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveProductRequest, _admin_pb2.RemoveProductResponse]  # type: ignore[assignment]
     ListOwnProducts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListOwnProductsRequest, _admin_pb2.ListOwnProductsResponse]  # type: ignore[assignment]
+    StartNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.StartNegotiationRequest, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    """As a consumer: ask a provider for a contract."""
+    ListNegotiations: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNegotiationsRequest, _admin_pb2.ListNegotiationsResponse]  # type: ignore[assignment]
+    GetNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    ApproveNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    """As a provider: decide a negotiation waiting for approval (important data)."""
+    RejectNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    TerminateNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    """Either side: end a negotiation that is not final."""
+    RevokeAgreement: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgreementRequest, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    """As a provider: revoke a finalized agreement."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """A participant's own administration of its connector (admin certificate only)."""
@@ -81,5 +103,58 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListOwnProductsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListOwnProductsResponse, _abc.Awaitable[_admin_pb2.ListOwnProductsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StartNegotiation(
+        self,
+        request: _admin_pb2.StartNegotiationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
+        """As a consumer: ask a provider for a contract."""
+
+    @_abc_1.abstractmethod
+    def ListNegotiations(
+        self,
+        request: _admin_pb2.ListNegotiationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListNegotiationsResponse, _abc.Awaitable[_admin_pb2.ListNegotiationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNegotiation(
+        self,
+        request: _admin_pb2.NegotiationRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveNegotiation(
+        self,
+        request: _admin_pb2.NegotiationRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
+        """As a provider: decide a negotiation waiting for approval (important data)."""
+
+    @_abc_1.abstractmethod
+    def RejectNegotiation(
+        self,
+        request: _admin_pb2.NegotiationRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def TerminateNegotiation(
+        self,
+        request: _admin_pb2.NegotiationRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
+        """Either side: end a negotiation that is not final."""
+
+    @_abc_1.abstractmethod
+    def RevokeAgreement(
+        self,
+        request: _admin_pb2.RevokeAgreementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
+        """As a provider: revoke a finalized agreement."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,578 @@
+"""Both roles of contract negotiation, over the store, the outbox and the policy point.
+
+Provider: a request is checked against the contract policy; denied → TERMINATED at once
+(the reasons go back in the answer); allowed → the provider signs an agreement (AGREED)
+and sends it, unless the policy says ``needs_approval``, in which case the negotiation
+waits in REQUESTED for the admin. Consumer: a received agreement is verified against
+what was asked for and the provider's directory key, countersigned (VERIFIED) and sent
+back; the provider verifies the countersignature and finalizes both sides.
+
+Every transition is written to the audit log before it is committed and acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import negotiation_pb2
+from connector.audit import jws
+from connector.audit.canonical import canonical_json
+from connector.audit.log import AuditLog
+from connector.catalog.catalog import Catalog
+from connector.clock import Clock
+from connector.errors import InvalidRequest, NotFound, PermissionDenied, PreconditionFailed
+from connector.negotiation.agreement import (
+    Agreement,
+    countersign_agreement,
+    parse_agreement,
+    sign_agreement,
+    verify_agreement,
+    verify_provider_signature,
+)
+from connector.negotiation.states import FINAL, State, check_transition
+from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
+from connector.policy.inputs import build_input
+from connector.policy.point import PolicyPoint
+from connector.rpc.auth import Caller
+
+__all__ = ["CONSUMER", "PROVIDER", "Negotiator"]
+
+log = logging.getLogger(__name__)
+PROVIDER, CONSUMER = "provider", "consumer"
+KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
+
+
+def _ack(n: Negotiation) -> negotiation_pb2.NegotiationAck:
+    return negotiation_pb2.NegotiationAck(pid=n.pid, state=n.state.value, reasons=list(n.reasons))
+
+
+class Negotiator:
+    """One connector's negotiations, as provider and as consumer."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        signing_key: ed25519.Ed25519PrivateKey,
+        store: NegotiationStore,
+        catalog: Catalog,
+        policy: PolicyPoint,
+        audit: AuditLog,
+        clock: Clock,
+        keys: KeyLookup,
+        poke: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._me = participant
+        self._key = signing_key
+        self._store = store
+        self._catalog = catalog
+        self._policy = policy
+        self._audit = audit
+        self._clock = clock
+        self._keys = keys
+        self._poke = poke
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    def _record(
+        self,
+        n: Negotiation | None,
+        state: State,
+        *,
+        role: str,
+        counterparty: str,
+        product: str,
+        pid: str,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        self._audit.record(
+            "negotiation.transition",
+            parties=[counterparty],
+            data={
+                "pid": pid,
+                "role": role,
+                "counterparty": counterparty,
+                "product": product,
+                "from": n.state.value if n else "",
+                "to": state.value,
+                **(extra or {}),
+            },
+        )
+
+    def _transition(
+        self,
+        n: Negotiation,
+        *steps: State,
+        agreement: str | None = None,
+        agreement_id: str | None = None,
+        reasons: list[str] | tuple[str, ...] | None = None,
+        counterparty_pid: str | None = None,
+        inbox: tuple[str, str] | None = None,
+        outgoing: list[Outgoing] | None = None,
+    ) -> Negotiation:
+        # Check first, log second, commit third: the log never shows a transition the
+        # protocol refuses, and nothing is acknowledged that the log does not hold.
+        current = n.state
+        for step in steps:
+            check_transition(current, step)
+            current = step
+        extra: dict[str, object] = {}
+        if agreement_id:
+            extra["agreement_id"] = agreement_id
+        if reasons:
+            extra["reasons"] = list(reasons)
+        self._record(
+            n,
+            steps[-1],
+            role=n.role,
+            counterparty=n.counterparty,
+            product=n.product,
+            pid=n.pid,
+            extra=extra,
+        )
+        result = self._store.transition(
+            n.pid,
+            *steps,
+            now_ms=self._now_ms(),
+            agreement=agreement,
+            agreement_id=agreement_id,
+            reasons=reasons,
+            counterparty_pid=counterparty_pid,
+            inbox=inbox,
+            outgoing=outgoing or (),
+        )
+        if outgoing:
+            self._poke()
+        return result
+
+    # -- consumer ---------------------------------------------------------------------
+
+    def start(self, provider: str, product: str, offer: str, purpose: str) -> Negotiation:
+        """Ask ``provider`` for a contract (sent through the outbox)."""
+        if provider == self._me:
+            raise InvalidRequest("a connector cannot negotiate with itself")
+        if not product or not offer or not purpose:
+            raise InvalidRequest("give the product, the offer and the purpose")
+        request = negotiation_pb2.ContractRequest(
+            message_id=uuid.uuid4().hex, product_id=product, offer_id=offer, purpose=purpose
+        )
+        pid = uuid.uuid4().hex
+        request.consumer_pid = pid
+        self._audit.record(
+            "negotiation.transition",
+            parties=[provider],
+            data={
+                "pid": pid,
+                "role": CONSUMER,
+                "counterparty": provider,
+                "product": product,
+                "from": "",
+                "to": State.REQUESTED.value,
+                "offer": offer,
+                "purpose": purpose,
+            },
+        )
+        n = self._store.create(
+            role=CONSUMER,
+            counterparty=provider,
+            counterparty_pid="",
+            product=product,
+            offer=offer,
+            purpose=purpose,
+            state=State.REQUESTED,
+            now_ms=self._now_ms(),
+            outgoing=[
+                Outgoing(
+                    provider, "RequestContract", request.SerializeToString(), request.message_id
+                )
+            ],
+            pid=pid,
+        )
+        self._poke()
+        return n
+
+    def request_answered(self, consumer_pid: str, ack: negotiation_pb2.NegotiationAck) -> None:
+        """The provider's answer to our request: its process id, or an immediate refusal."""
+        n = self._store.get(consumer_pid)
+        if n.state in FINAL:
+            return
+        if ack.state == State.TERMINATED.value:
+            self._transition(
+                n, State.TERMINATED, counterparty_pid=ack.pid, reasons=list(ack.reasons)
+            )
+        elif not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
+            self._store.transition(n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid)
+
+    def receive_agreement(
+        self, caller: Caller, msg: negotiation_pb2.AgreementMessage
+    ) -> negotiation_pb2.NegotiationAck:
+        """Provider → consumer: verify, countersign, send back (AGREED → VERIFIED)."""
+        n = self._own(msg.consumer_pid, CONSUMER, caller)
+        if self._store.processed(msg.message_id) or n.state in (State.VERIFIED, State.FINALIZED):
+            return _ack(n)
+        agreement = verify_provider_signature(msg.agreement, self._keys)
+        expected = (caller.participant, self._me, n.product, n.offer, n.purpose, n.pid)
+        actual = (
+            agreement.provider,
+            agreement.consumer,
+            agreement.product,
+            agreement.offer,
+            agreement.purpose,
+            agreement.consumer_pid,
+        )
+        if actual != expected:
+            raise InvalidRequest("the agreement's terms are not what was requested")
+        countersigned = countersign_agreement(msg.agreement, self._key, self._keys)
+        reply = negotiation_pb2.AgreementMessage(
+            message_id=uuid.uuid4().hex,
+            provider_pid=msg.provider_pid,
+            consumer_pid=n.pid,
+            agreement=countersigned,
+        )
+        n = self._transition(
+            n,
+            State.AGREED,
+            State.VERIFIED,
+            counterparty_pid=msg.provider_pid,
+            agreement=countersigned,
+            agreement_id=agreement.id,
+            inbox=(msg.message_id, caller.participant),
+            outgoing=[
+                Outgoing(
+                    n.counterparty, "VerifyAgreement", reply.SerializeToString(), reply.message_id
+                )
+            ],
+        )
+        return _ack(n)
+
+    def receive_final(
+        self, caller: Caller, event: negotiation_pb2.NegotiationEvent
+    ) -> negotiation_pb2.NegotiationAck:
+        """Provider → consumer: the negotiation is finalized."""
+        n = self._own(event.consumer_pid, CONSUMER, caller)
+        if self._store.processed(event.message_id) or n.state == State.FINALIZED:
+            return _ack(n)
+        if event.state != State.FINALIZED.value:
+            raise InvalidRequest("only FINALIZED events are sent between connectors")
+        n = self._transition(n, State.FINALIZED, inbox=(event.message_id, caller.participant))
+        return _ack(n)
+
+    # -- provider ---------------------------------------------------------------------
+
+    def receive_request(
+        self, caller: Caller, req: negotiation_pb2.ContractRequest
+    ) -> negotiation_pb2.NegotiationAck:
+        """Consumer → provider: decide by the contract policy."""
+        if not req.consumer_pid or not req.message_id:
+            raise InvalidRequest("a contract request needs consumer_pid and message_id")
+        known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
+        if known is not None:  # a repeated request: same answer, nothing changes
+            return _ack(known)
+        product = self._catalog.get_visible(caller, req.product_id)
+        try:
+            offer = product.offer(req.offer_id)
+        except KeyError:
+            raise NotFound(f"offer {req.offer_id!r} of product {product.id!r} not found") from None
+        document = build_input(
+            "contract.request",
+            caller=caller,
+            resource=product.resource(),
+            clock=self._clock,
+            offer={
+                "id": offer.id,
+                "purposes": list(offer.purposes),
+                "valid_from_ns": offer.valid_from_ns,
+                "valid_until_ns": offer.valid_until_ns,
+                "max_transfers": offer.max_transfers,
+                "max_bytes": offer.max_bytes,
+                "obligations": offer.obligations,
+                "policy_module": offer.policy_module,
+            },
+            contract={"purpose": req.purpose},
+            context={"consent": {}},
+        )
+        decision = self._policy.decide(document)
+        common: dict[str, Any] = {
+            "role": PROVIDER,
+            "counterparty": caller.participant,
+            "counterparty_pid": req.consumer_pid,
+            "product": product.id,
+            "offer": offer.id,
+            "purpose": req.purpose,
+            "now_ms": self._now_ms(),
+            "inbox": (req.message_id, caller.participant),
+        }
+        pid = uuid.uuid4().hex
+        if not decision.allow:
+            self._record(
+                None,
+                State.TERMINATED,
+                role=PROVIDER,
+                counterparty=caller.participant,
+                product=product.id,
+                pid=pid,
+                extra={"reasons": list(decision.deny), "decision": decision.id},
+            )
+            n = self._store.create(state=State.TERMINATED, reasons=decision.deny, pid=pid, **common)
+            return _ack(n)
+        self._record(
+            None,
+            State.REQUESTED,
+            role=PROVIDER,
+            counterparty=caller.participant,
+            product=product.id,
+            pid=pid,
+            extra={"decision": decision.id, "needs_approval": decision.needs_approval},
+        )
+        n = self._store.create(state=State.REQUESTED, pid=pid, **common)
+        if not decision.needs_approval:
+            n = self._agree(n, decision.revision)
+        return _ack(n)
+
+    def _agree(self, n: Negotiation, revision: str) -> Negotiation:
+        product = self._catalog.own(n.product)
+        offer = product.offer(n.offer)
+        agreement = Agreement(
+            id=f"ag-{uuid.uuid4().hex}",
+            provider=self._me,
+            consumer=n.counterparty,
+            product=product.id,
+            offer=offer.id,
+            purpose=n.purpose,
+            valid_from_ns=offer.valid_from_ns,
+            valid_until_ns=offer.valid_until_ns,
+            max_transfers=offer.max_transfers,
+            max_bytes=offer.max_bytes,
+            policy_revision=revision,
+            provider_pid=n.pid,
+            consumer_pid=n.counterparty_pid,
+            issued_ms=self._now_ms(),
+            obligations=dict(offer.obligations),
+            registration_code=product.registration_code,
+        )
+        signed = sign_agreement(agreement, self._key)
+        msg = negotiation_pb2.AgreementMessage(
+            message_id=uuid.uuid4().hex,
+            provider_pid=n.pid,
+            consumer_pid=n.counterparty_pid,
+            agreement=signed,
+        )
+        return self._transition(
+            n,
+            State.AGREED,
+            agreement=signed,
+            agreement_id=agreement.id,
+            outgoing=[
+                Outgoing(n.counterparty, "SendAgreement", msg.SerializeToString(), msg.message_id)
+            ],
+        )
+
+    def approve(self, pid: str) -> Negotiation:
+        """The provider's admin approves a negotiation waiting in REQUESTED."""
+        n = self._own_local(pid, PROVIDER)
+        if n.state != State.REQUESTED:
+            raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
+        return self._agree(n, self._policy.engine.revision)
+
+    def receive_verification(
+        self, caller: Caller, msg: negotiation_pb2.AgreementMessage
+    ) -> negotiation_pb2.NegotiationAck:
+        """Consumer → provider: the countersigned agreement (→ VERIFIED → FINALIZED)."""
+        n = self._own(msg.provider_pid, PROVIDER, caller)
+        if self._store.processed(msg.message_id) or n.state == State.FINALIZED:
+            return _ack(n)
+        if n.agreement is None:
+            raise PreconditionFailed("no agreement was sent for this negotiation")
+        agreement = verify_agreement(msg.agreement, self._keys)
+        if jws.payload_bytes(msg.agreement, "agreement") != jws.payload_bytes(
+            n.agreement, "agreement"
+        ):
+            raise InvalidRequest("the countersigned agreement differs from the one sent")
+        event = negotiation_pb2.NegotiationEvent(
+            message_id=uuid.uuid4().hex,
+            provider_pid=n.pid,
+            consumer_pid=n.counterparty_pid,
+            state=State.FINALIZED.value,
+        )
+        n = self._transition(
+            n,
+            State.VERIFIED,
+            State.FINALIZED,
+            agreement=msg.agreement,
+            agreement_id=agreement.id,
+            inbox=(msg.message_id, caller.participant),
+            outgoing=[
+                Outgoing(n.counterparty, "Finalize", event.SerializeToString(), event.message_id)
+            ],
+        )
+        return _ack(n)
+
+    # -- both -------------------------------------------------------------------------
+
+    def terminate(self, pid: str, reason: str) -> Negotiation:
+        """This side ends a negotiation that is not final, and tells the other side."""
+        n = self._store.get(pid)
+        reason = reason.strip() or "terminated by " + self._me
+        msg = negotiation_pb2.NegotiationTermination(
+            message_id=uuid.uuid4().hex,
+            provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
+            consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
+            reasons=[reason],
+        )
+        return self._transition(
+            n,
+            State.TERMINATED,
+            reasons=[reason],
+            outgoing=[
+                Outgoing(n.counterparty, "Terminate", msg.SerializeToString(), msg.message_id)
+            ],
+        )
+
+    def end_locally(self, pid: str, reason: str) -> Negotiation:
+        """End a negotiation here without telling the other side (it cannot be reached)."""
+        return self._transition(self._store.get(pid), State.TERMINATED, reasons=[reason])
+
+    def reject(self, pid: str, reason: str) -> Negotiation:
+        """The provider's admin rejects a negotiation waiting for approval."""
+        n = self._own_local(pid, PROVIDER)
+        if n.state != State.REQUESTED:
+            raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
+        return self.terminate(pid, reason or "rejected by the provider")
+
+    def receive_termination(
+        self, caller: Caller, msg: negotiation_pb2.NegotiationTermination
+    ) -> negotiation_pb2.NegotiationAck:
+        """The other side ended the negotiation."""
+        n = self._find_for(caller, msg.provider_pid, msg.consumer_pid)
+        if n is None:
+            raise NotFound("no such negotiation")
+        if self._store.processed(msg.message_id) or n.state == State.TERMINATED:
+            return _ack(n)
+        n = self._transition(
+            n,
+            State.TERMINATED,
+            reasons=list(msg.reasons)[:5] or ["terminated"],
+            inbox=(msg.message_id, caller.participant),
+        )
+        return _ack(n)
+
+    def _find_for(self, caller: Caller, provider_pid: str, consumer_pid: str) -> Negotiation | None:
+        for pid in (provider_pid, consumer_pid):
+            try:
+                n = self._store.get(pid)
+            except NotFound:
+                continue
+            if n.counterparty == caller.participant:
+                return n
+        return None
+
+    def revoke(self, agreement_id: str, reason: str) -> Negotiation:
+        """The provider revokes a finalized agreement, signs the revocation, tells the consumer."""
+        n = self._store.by_agreement(agreement_id)
+        if n.role != PROVIDER:
+            raise PermissionDenied("only the provider revokes an agreement")
+        if n.state != State.FINALIZED:
+            raise PreconditionFailed(f"agreement {agreement_id} is not finalized")
+        if n.revocation:
+            raise PreconditionFailed(f"agreement {agreement_id} is already revoked")
+        body = canonical_json(
+            {
+                "tds_revocation": 1,
+                "agreement": agreement_id,
+                "reason": reason or "revoked",
+                "revoked_ms": self._now_ms(),
+            }
+        )
+        signed = jws.sign(body, self._key, signer=self._me, role="provider")
+        msg = negotiation_pb2.AgreementRevocation(
+            message_id=uuid.uuid4().hex, agreement_id=agreement_id, revocation=signed
+        )
+        self._audit.record(
+            "agreement.revoked",
+            parties=[n.counterparty],
+            data={"agreement": agreement_id, "reason": reason},
+        )
+        n = self._store.set_revocation(
+            n.pid,
+            signed,
+            now_ms=self._now_ms(),
+            outgoing=[
+                Outgoing(n.counterparty, "RevokeAgreement", msg.SerializeToString(), msg.message_id)
+            ],
+        )
+        self._poke()
+        return n
+
+    def receive_revocation(
+        self, caller: Caller, msg: negotiation_pb2.AgreementRevocation
+    ) -> negotiation_pb2.NegotiationAck:
+        """The provider revoked an agreement we hold."""
+        n = self._store.by_agreement(msg.agreement_id)
+        if n.counterparty != caller.participant or n.role != CONSUMER:
+            raise NotFound("no such agreement")
+        if self._store.processed(msg.message_id) or n.revocation:
+            return _ack(n)
+        jws.verify_signed(
+            msg.revocation, self._keys, first=(caller.participant, "provider"), what="revocation"
+        )
+        body = jws.payload_of(msg.revocation, "revocation")
+        if not isinstance(body, dict) or body.get("agreement") != msg.agreement_id:
+            raise InvalidRequest("the revocation names another agreement")
+        self._audit.record(
+            "agreement.revoked",
+            parties=[caller.participant],
+            data={"agreement": msg.agreement_id, "reason": str(body.get("reason", ""))},
+        )
+        n = self._store.set_revocation(
+            n.pid, msg.revocation, now_ms=self._now_ms(), inbox=(msg.message_id, caller.participant)
+        )
+        return _ack(n)
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def _own(self, pid: str, role: str, caller: Caller) -> Negotiation:
+        """Our negotiation ``pid`` with ``caller`` in ``role``; NOT_FOUND for anyone else's."""
+        try:
+            n = self._store.get(pid)
+        except NotFound:
+            raise NotFound("no such negotiation") from None
+        if n.role != role or n.counterparty != caller.participant:
+            raise NotFound("no such negotiation")
+        return n
+
+    def _own_local(self, pid: str, role: str) -> Negotiation:
+        n = self._store.get(pid)
+        if n.role != role:
+            raise PreconditionFailed(
+                f"negotiation {pid} is one where this connector is the {n.role}"
+            )
+        return n
+
+    def list(
+        self, state: str = "", pending_approval: bool = False, agreements: bool = False
+    ) -> list[Negotiation]:
+        """Negotiations for the admin."""
+        wanted = State(state) if state else None
+        found = self._store.list(
+            State.REQUESTED if pending_approval else wanted, PROVIDER if pending_approval else None
+        )
+        return [n for n in found if not agreements or n.agreement_id]
+
+    def get(self, pid: str) -> Negotiation:
+        """One negotiation."""
+        return self._store.get(pid)
+
+    def agreement_of(self, n: Negotiation) -> Agreement | None:
+        """The agreement's terms, if one was signed."""
+        return parse_agreement(n.agreement) if n.agreement else None
+
+    def reasons_json(self, n: Negotiation) -> str:
+        """Reasons as JSON (for logs)."""
+        return json.dumps(list(n.reasons))

@@ -1,0 +1,246 @@
+"""Contract negotiation between two connectors: auto-approved, approval-gated, refused,
+terminated, revoked; every agreement verifies offline."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, negotiation_pb2
+from connector._proto.tds.v1 import negotiation_pb2_grpc as npb_grpc
+from connector.demo.space import LocalSpace
+from connector.identity.certs import load_ed25519_public_key
+from connector.identity.names import Role
+from connector.negotiation.agreement import verify_agreement
+from tests.integration.test_authentication import own_token, pem, raw_channel
+
+FAR = 4_000_000_000_000_000_000
+
+
+def product(pid: str, grade: str = "general") -> str:
+    return json.dumps(
+        {
+            "id": pid,
+            "title": pid,
+            "grade": grade,
+            "tags": ["stats"],
+            "source": {"kind": "file", "path": f"{pid}.bin"},
+            "offers": [
+                {
+                    "id": "o1",
+                    "purposes": ["research"],
+                    "valid_from_ns": 0,
+                    "valid_until_ns": FAR,
+                    "max_transfers": 3,
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("negotiation")
+    with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+        sp.start_registry()
+        sp.start_connector("gov")
+        sp.start_connector("a")
+        gov = admin(sp, "gov")
+        for pid, grade in (("open-stats", "general"), ("road-sensors", "important")):
+            gov.AddProduct(
+                admin_pb2.AddProductRequest(description=product(pid, grade), format="json"),
+                timeout=10,
+            )
+        yield sp
+
+
+def admin(space: LocalSpace, who: str) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(
+        raw_channel(space, who, pem(space, who, "admin_key"), pem(space, who, "admin_cert"))
+    )
+
+
+def start(
+    space: LocalSpace, product_id: str, purpose: str = "research", offer: str = "o1"
+) -> admin_pb2.NegotiationInfo:
+    return admin(space, "a").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov", product_id=product_id, offer_id=offer, purpose=purpose
+        ),
+        timeout=10,
+    )
+
+
+def wait(
+    space: LocalSpace, who: str, pid: str, state: str, timeout: float = 15
+) -> admin_pb2.NegotiationInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = admin(space, who).GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        if info.state == state or time.monotonic() > deadline:
+            assert info.state == state, (info.state, list(info.reasons))
+            return info
+        time.sleep(0.1)
+
+
+def keys(space: LocalSpace):  # type: ignore[no-untyped-def]
+    def key_of(participant: str):  # type: ignore[no-untyped-def]
+        me = space.manifest.participant(participant)
+        return load_ed25519_public_key(space.pki_dir / me.signing_public_key)
+
+    return key_of
+
+
+def provider_side(
+    space: LocalSpace, consumer_info: admin_pb2.NegotiationInfo
+) -> admin_pb2.NegotiationInfo:
+    return wait(space, "gov", consumer_info.counterparty_pid, consumer_info.state)
+
+
+def test_auto_approved_negotiation_is_finalized_on_both_sides(space: LocalSpace) -> None:
+    mine = start(space, "open-stats")
+    assert mine.state == "REQUESTED" and mine.role == "consumer"
+    done = wait(space, "a", mine.pid, "FINALIZED")
+    theirs = provider_side(space, done)
+    assert theirs.state == "FINALIZED" and theirs.counterparty_pid == mine.pid
+    agreement = verify_agreement(done.agreement, keys(space))
+    assert verify_agreement(theirs.agreement, keys(space)) == agreement
+    assert (
+        agreement.provider,
+        agreement.consumer,
+        agreement.product,
+        agreement.purpose,
+        agreement.max_transfers,
+    ) == ("gov", "a", "open-stats", "research", 3)
+
+
+def test_important_data_waits_for_approval(space: LocalSpace) -> None:
+    mine = start(space, "road-sensors")
+    wait(space, "a", mine.pid, "REQUESTED")
+    info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    deadline = time.monotonic() + 10
+    while not info.counterparty_pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    pending = (
+        admin(space, "gov")
+        .ListNegotiations(admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10)
+        .negotiations
+    )
+    assert info.counterparty_pid in [p.pid for p in pending]
+    admin(space, "gov").ApproveNegotiation(
+        admin_pb2.NegotiationRef(pid=info.counterparty_pid), timeout=10
+    )
+    wait(space, "a", mine.pid, "FINALIZED")
+    wait(space, "gov", info.counterparty_pid, "FINALIZED")
+    with pytest.raises(grpc.RpcError) as err:  # approving twice is an invalid transition
+        admin(space, "gov").ApproveNegotiation(
+            admin_pb2.NegotiationRef(pid=info.counterparty_pid), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+
+
+def test_rejected_negotiation_is_terminated_on_both_sides(space: LocalSpace) -> None:
+    mine = start(space, "road-sensors")
+    deadline = time.monotonic() + 10
+    info = mine
+    while not info.counterparty_pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    admin(space, "gov").RejectNegotiation(
+        admin_pb2.NegotiationRef(pid=info.counterparty_pid, reason="not this year"), timeout=10
+    )
+    done = wait(space, "a", mine.pid, "TERMINATED")
+    assert list(done.reasons) == ["not this year"]
+
+
+def test_purpose_outside_the_offer_is_refused_with_the_reason(space: LocalSpace) -> None:
+    mine = start(space, "open-stats", purpose="marketing")
+    done = wait(space, "a", mine.pid, "TERMINATED")
+    assert "purpose_not_offered" in list(done.reasons)
+
+
+def test_unknown_product_ends_the_negotiation(space: LocalSpace) -> None:
+    mine = start(space, "no-such-product")
+    done = wait(space, "a", mine.pid, "TERMINATED")
+    assert "not found" in " ".join(done.reasons)
+
+
+def test_consumer_can_terminate_a_waiting_negotiation(space: LocalSpace) -> None:
+    mine = start(space, "road-sensors")
+    info = mine
+    deadline = time.monotonic() + 10
+    while not info.counterparty_pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    admin(space, "a").TerminateNegotiation(
+        admin_pb2.NegotiationRef(pid=mine.pid, reason="changed our mind"), timeout=10
+    )
+    wait(space, "gov", info.counterparty_pid, "TERMINATED")
+
+
+def test_revocation_reaches_the_consumer(space: LocalSpace) -> None:
+    mine = start(space, "open-stats")
+    done = wait(space, "a", mine.pid, "FINALIZED")
+    admin(space, "gov").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(
+            agreement_id=done.agreement_id, reason="licence withdrawn"
+        ),
+        timeout=10,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+        if info.revocation:
+            break
+        time.sleep(0.1)
+    assert info.revocation
+
+
+def test_replays_and_duplicates_change_nothing(space: LocalSpace) -> None:
+    stub = npb_grpc.NegotiationServiceStub(
+        raw_channel(
+            space,
+            "gov",
+            pem(space, "a", "tls_key"),
+            pem(space, "a", "tls_cert"),
+            own_token(space, "a"),
+        )
+    )
+    request = negotiation_pb2.ContractRequest(
+        message_id="m-dup",
+        consumer_pid="c-dup",
+        product_id="road-sensors",
+        offer_id="o1",
+        purpose="research",
+    )
+    first = stub.RequestContract(request, timeout=10)
+    again = stub.RequestContract(request, timeout=10)
+    assert (first.pid, first.state) == (again.pid, again.state) == (first.pid, "REQUESTED")
+    admin(space, "gov").RejectNegotiation(admin_pb2.NegotiationRef(pid=first.pid), timeout=10)
+    # an agreement for the terminated negotiation is refused and changes nothing
+    with pytest.raises(grpc.RpcError) as err:
+        stub.VerifyAgreement(
+            negotiation_pb2.AgreementMessage(
+                message_id="m-replay", provider_pid=first.pid, consumer_pid="c-dup", agreement="{}"
+            ),
+            timeout=10,
+        )
+    assert err.value.code() in (
+        grpc.StatusCode.FAILED_PRECONDITION,  # type: ignore[attr-defined]
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    info = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=first.pid), timeout=10)
+    assert info.state == "TERMINATED"
+
+
+def test_transitions_are_logged_on_both_sides(space: LocalSpace) -> None:
+    for who in ("gov", "a"):
+        log = space.nodes[who].log
+        assert log is not None
+        kinds = [json.loads(b)["kind"] for _, b in log.entries(0, log.size)]
+        assert kinds.count("negotiation.transition") >= 4
