@@ -11,11 +11,13 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import CursorResult, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from connector.errors import ConflictError, NotFound
+from connector.errors import ConflictError, NotFound, PreconditionFailed
 from connector.negotiation.states import State, check_transition
 from connector.store.database import Database
 from connector.store.models import InboxRow, NegotiationRow, OutboxRow
@@ -193,33 +195,56 @@ class NegotiationStore:
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
 
-        The row is locked for the transaction, so concurrent replicas cannot both move a
-        negotiation: the second sees the new state and gets ``PreconditionFailed``.
+        The update is a compare-and-set on the state read (the row is also locked on
+        PostgreSQL), so of two replicas or threads moving one negotiation at once, exactly
+        one succeeds; the other gets ``PreconditionFailed`` and nothing of it is stored.
         """
-        with self._db.session() as s:
-            row = s.get(NegotiationRow, pid, with_for_update=True)
-            if row is None:
-                raise NotFound(f"negotiation {pid!r} not found")
-            current = State(row.state)
-            for step in steps:
-                check_transition(current, step)
-                current = step
-            row.state, row.updated_ms = current.value, now_ms
-            if counterparty_pid is not None:
-                row.counterparty_pid = counterparty_pid
-            if agreement is not None:
-                row.agreement = agreement
-            if agreement_id is not None:
-                row.agreement_id = agreement_id
-            if revocation is not None:
-                row.revocation = revocation
-            if reasons is not None:
-                row.reasons = json.dumps(list(reasons))
-            s.add(row)
-            self._queue(s, pid, outgoing, now_ms)
-            self._remember(s, inbox, now_ms)
-            s.flush()
-            return _negotiation(row)
+        try:
+            with self._db.session() as s:
+                row = s.get(NegotiationRow, pid, with_for_update=True)
+                if row is None:
+                    raise NotFound(f"negotiation {pid!r} not found")
+                current = start = State(row.state)
+                for step in steps:
+                    check_transition(current, step)
+                    current = step
+                values: dict[str, object] = {"state": current.value, "updated_ms": now_ms}
+                for name, value in (
+                    ("counterparty_pid", counterparty_pid),
+                    ("agreement", agreement),
+                    ("agreement_id", agreement_id),
+                    ("revocation", revocation),
+                ):
+                    if value is not None:
+                        values[name] = value
+                if reasons is not None:
+                    values["reasons"] = json.dumps(list(reasons))
+                table = NegotiationRow.__table__  # type: ignore[attr-defined]
+                result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                    update(table)
+                    .where(
+                        table.c.pid == pid,
+                        table.c.state == start.value,
+                        table.c.updated_ms == row.updated_ms,
+                    )
+                    .values(**values)
+                )
+                changed = result.rowcount
+                if changed != 1:
+                    raise PreconditionFailed(
+                        f"negotiation {pid} changed while this request was handled; retry"
+                    )
+                self._queue(s, pid, outgoing, now_ms)
+                self._remember(s, inbox, now_ms)
+                s.flush()
+                s.expire(row)
+                s.refresh(row)
+                return _negotiation(row)
+        except OperationalError:
+            # SQLite refuses to write from a snapshot another writer already changed.
+            raise PreconditionFailed(
+                f"negotiation {pid} changed while this request was handled; retry"
+            ) from None
 
     def set_revocation(
         self,

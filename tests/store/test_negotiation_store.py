@@ -1,0 +1,89 @@
+"""Negotiation store contract: transitions, idempotency and races, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from connector.errors import ConflictError, NotFound, PreconditionFailed
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore, Outgoing
+from connector.store.database import Database, open_database
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[NegotiationStore]:
+    db = open_database(database_url)
+    yield NegotiationStore(db)
+    db.close()
+
+
+def provider(store: NegotiationStore, consumer_pid: str = "c-1") -> object:
+    return store.create(role="provider", counterparty="a", counterparty_pid=consumer_pid,
+                        product="p", offer="o", purpose="research", state=State.REQUESTED,
+                        now_ms=1)
+
+
+def test_create_transition_and_queue(store: NegotiationStore) -> None:
+    n = provider(store)
+    moved = store.transition(n.pid, State.AGREED, now_ms=2, agreement="{}",  # type: ignore[attr-defined]
+                             agreement_id="ag-1",
+                             outgoing=[Outgoing("a", "SendAgreement", b"x")])
+    assert moved.state == State.AGREED and moved.agreement_id == "ag-1"
+    assert store.by_agreement("ag-1").pid == moved.pid
+    assert [x.pid for x in store.list(State.AGREED)] == [moved.pid]
+
+
+def test_repeated_consumer_pid_conflicts(store: NegotiationStore) -> None:
+    provider(store, "dup")
+    with pytest.raises(ConflictError):
+        provider(store, "dup")
+    assert store.find("provider", "a", "dup") is not None
+
+
+def test_invalid_transition_changes_nothing(store: NegotiationStore) -> None:
+    n = provider(store)
+    with pytest.raises(PreconditionFailed):
+        store.transition(n.pid, State.FINALIZED, now_ms=2,  # type: ignore[attr-defined]
+                         outgoing=[Outgoing("a", "Finalize", b"x")])
+    again = store.get(n.pid)  # type: ignore[attr-defined]
+    assert again.state == State.REQUESTED and again.updated_ms == 1
+    with pytest.raises(NotFound):
+        store.get("nope")
+
+
+def test_racing_transitions_admit_exactly_one(store: NegotiationStore) -> None:
+    n = provider(store)
+    barrier = threading.Barrier(4)
+    results: list[str] = []
+
+    def approve() -> None:
+        barrier.wait()
+        try:
+            store.transition(n.pid, State.AGREED, now_ms=3)  # type: ignore[attr-defined]
+            results.append("ok")
+        except PreconditionFailed:
+            results.append("refused")
+
+    threads = [threading.Thread(target=approve) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok", "refused", "refused", "refused"]
+
+
+def test_inbox_remembers_processed_messages(store: NegotiationStore) -> None:
+    n = provider(store)
+    store.transition(n.pid, State.TERMINATED, now_ms=2, inbox=("m-1", "a"))  # type: ignore[attr-defined]
+    assert store.processed("m-1") and not store.processed("m-2")
+
+
+def test_database_fixture_is_fresh(database_url: str) -> None:
+    db: Database = open_database(database_url)
+    try:
+        assert NegotiationStore(db).list() == []
+    finally:
+        db.close()
