@@ -7,7 +7,18 @@ import logging
 import sys
 
 from connector import __version__
-from connector.cli import audit, demo, init, peer, pki, policy, product, registry, serve
+from connector.cli import (
+    audit,
+    demo,
+    init,
+    negotiate,
+    peer,
+    pki,
+    policy,
+    product,
+    registry,
+    serve,
+)
 from connector.cli.output import fail
 from connector.errors import ConnectorError
 
@@ -24,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tds {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, pki, init, serve, registry, peer, product, audit, policy):
+    for module in (demo, pki, init, serve, registry, peer, product, negotiate, audit, policy):
         module.add_parser(sub)
     return parser
 

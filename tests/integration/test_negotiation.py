@@ -244,3 +244,83 @@ def test_transitions_are_logged_on_both_sides(space: LocalSpace) -> None:
         assert log is not None
         kinds = [json.loads(b)["kind"] for _, b in log.entries(0, log.size)]
         assert kinds.count("negotiation.transition") >= 4
+
+
+def test_cli_negotiates_and_verifies_agreements_offline(
+    space: LocalSpace, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    from connector.cli.main import main
+
+    assert isinstance(tmp_path, Path)
+    a_cfg, gov_cfg = str(space.root / "a.toml"), str(space.root / "gov.toml")
+    description = tmp_path / "cli-stats.json"
+    description.write_text(product("cli-stats"))
+    assert main(["product", "add", str(description), "--config", gov_cfg]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "negotiate",
+                "--config",
+                a_cfg,
+                "--provider",
+                "gov",
+                "--product",
+                "cli-stats",
+                "--offer",
+                "o1",
+                "--purpose",
+                "research",
+                "--wait",
+                "20",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["state"] == "FINALIZED"
+    signed = tmp_path / "agreement.json"
+    assert (
+        main(
+            ["agreements", "show", outcome["agreement_id"], "--config", a_cfg, "--out", str(signed)]
+        )
+        == 0
+    )
+    keys_file = tmp_path / "keys.json"
+    assert (
+        main(
+            ["agreements", "verify", str(signed), "--config", a_cfg, "--save-keys", str(keys_file)]
+        )
+        == 0
+    )
+    assert main(["agreements", "verify", str(signed), "--keys", str(keys_file)]) == 0
+    doc = json.loads(signed.read_text())
+    doc["signatures"] = doc["signatures"][:1]
+    signed.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["agreements", "verify", str(signed), "--keys", str(keys_file)]) == 1
+    assert "signatures" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "negotiate",
+                "--config",
+                a_cfg,
+                "--provider",
+                "gov",
+                "--product",
+                "cli-stats",
+                "--offer",
+                "o1",
+                "--purpose",
+                "marketing",
+                "--wait",
+                "20",
+            ]
+        )
+        == 1
+    )
+    assert "purpose_not_offered" in capsys.readouterr().out

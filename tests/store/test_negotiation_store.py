@@ -21,16 +21,28 @@ def store(database_url: str) -> Iterator[NegotiationStore]:
 
 
 def provider(store: NegotiationStore, consumer_pid: str = "c-1") -> object:
-    return store.create(role="provider", counterparty="a", counterparty_pid=consumer_pid,
-                        product="p", offer="o", purpose="research", state=State.REQUESTED,
-                        now_ms=1)
+    return store.create(
+        role="provider",
+        counterparty="a",
+        counterparty_pid=consumer_pid,
+        product="p",
+        offer="o",
+        purpose="research",
+        state=State.REQUESTED,
+        now_ms=1,
+    )
 
 
 def test_create_transition_and_queue(store: NegotiationStore) -> None:
     n = provider(store)
-    moved = store.transition(n.pid, State.AGREED, now_ms=2, agreement="{}",  # type: ignore[attr-defined]
-                             agreement_id="ag-1",
-                             outgoing=[Outgoing("a", "SendAgreement", b"x")])
+    moved = store.transition(
+        n.pid,
+        State.AGREED,
+        now_ms=2,
+        agreement="{}",  # type: ignore[attr-defined]
+        agreement_id="ag-1",
+        outgoing=[Outgoing("a", "SendAgreement", b"x")],
+    )
     assert moved.state == State.AGREED and moved.agreement_id == "ag-1"
     assert store.by_agreement("ag-1").pid == moved.pid
     assert [x.pid for x in store.list(State.AGREED)] == [moved.pid]
@@ -46,8 +58,12 @@ def test_repeated_consumer_pid_conflicts(store: NegotiationStore) -> None:
 def test_invalid_transition_changes_nothing(store: NegotiationStore) -> None:
     n = provider(store)
     with pytest.raises(PreconditionFailed):
-        store.transition(n.pid, State.FINALIZED, now_ms=2,  # type: ignore[attr-defined]
-                         outgoing=[Outgoing("a", "Finalize", b"x")])
+        store.transition(
+            n.pid,
+            State.FINALIZED,
+            now_ms=2,  # type: ignore[attr-defined]
+            outgoing=[Outgoing("a", "Finalize", b"x")],
+        )
     again = store.get(n.pid)  # type: ignore[attr-defined]
     assert again.state == State.REQUESTED and again.updated_ms == 1
     with pytest.raises(NotFound):

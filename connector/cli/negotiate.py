@@ -1,0 +1,274 @@
+"""``tds negotiate``, ``tds negotiations`` and ``tds agreements``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+from connector.cli.output import emit, say
+from connector.config import load_config
+from connector.errors import ConfigError, NotFound
+from connector.negotiation.agreement import parse_agreement, verify_agreement
+from connector.node.clients import admin_channel, registry_client
+from connector.rpc.channel import calling
+
+FINAL = ("FINALIZED", "TERMINATED")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the negotiation commands."""
+    neg = sub.add_parser(
+        "negotiate",
+        help="ask a provider for a contract (as a consumer)",
+        description="Send a contract request for an offer and a purpose; "
+        "with --wait, follow it until it is FINALIZED or TERMINATED.",
+    )
+    neg.add_argument("--config", required=True, type=Path)
+    neg.add_argument("--provider", required=True)
+    neg.add_argument("--product", required=True)
+    neg.add_argument("--offer", required=True)
+    neg.add_argument("--purpose", required=True)
+    neg.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=60.0,
+        default=None,
+        metavar="SECONDS",
+        help="wait for the outcome (default 60 s)",
+    )
+    neg.add_argument("--json", action="store_true")
+    neg.set_defaults(func=run_negotiate)
+
+    ns = sub.add_parser("negotiations", help="list and decide negotiations (admin)")
+    nsub = ns.add_subparsers(dest="negotiations_command", required=True, metavar="COMMAND")
+    ls = nsub.add_parser("list", help="negotiations, newest first")
+    ls.add_argument("--config", required=True, type=Path)
+    ls.add_argument("--pending", action="store_true", help="only those waiting for approval")
+    ls.add_argument("--state", default="")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+    for name, helptext in (
+        ("approve", "approve a negotiation waiting for you"),
+        ("reject", "reject a negotiation waiting for you"),
+        ("terminate", "end a negotiation that is not final"),
+        ("show", "one negotiation"),
+    ):
+        p = nsub.add_parser(name, help=helptext)
+        p.add_argument("pid")
+        p.add_argument("--config", required=True, type=Path)
+        p.add_argument("--reason", default="")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=run_decide, action=name)
+
+    ag = sub.add_parser("agreements", help="signed agreements")
+    asub = ag.add_subparsers(dest="agreements_command", required=True, metavar="COMMAND")
+    al = asub.add_parser("list", help="agreements this connector holds")
+    al.add_argument("--config", required=True, type=Path)
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=run_agreements)
+    sh = asub.add_parser("show", help="one agreement (terms and signed document)")
+    sh.add_argument("agreement_id")
+    sh.add_argument("--config", required=True, type=Path)
+    sh.add_argument("--out", type=Path, help="also write the signed agreement to this file")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=run_show_agreement)
+    vf = asub.add_parser(
+        "verify",
+        help="check both signatures of an agreement file offline",
+        description="Verify the provider's signature and the consumer's "
+        "countersignature against the directory keys (fetched once from the "
+        "registry with --config, or read from --keys FILE as written by "
+        "--save-keys).",
+    )
+    vf.add_argument("file", type=Path)
+    vf.add_argument("--config", type=Path)
+    vf.add_argument("--keys", type=Path, help="directory keys JSON {participant: hex key}")
+    vf.add_argument("--save-keys", type=Path, help="write the fetched directory keys here")
+    vf.add_argument("--json", action="store_true")
+    vf.set_defaults(func=run_verify)
+    rv = asub.add_parser("revoke", help="revoke an agreement you provided")
+    rv.add_argument("agreement_id")
+    rv.add_argument("--config", required=True, type=Path)
+    rv.add_argument("--reason", required=True)
+    rv.add_argument("--json", action="store_true")
+    rv.set_defaults(func=run_revoke)
+
+
+def _admin(config: Path) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(config)))
+
+
+def _info(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
+    return {
+        "pid": n.pid,
+        "role": n.role,
+        "counterparty": n.counterparty,
+        "product": n.product_id,
+        "offer": n.offer_id,
+        "purpose": n.purpose,
+        "state": n.state,
+        "reasons": list(n.reasons),
+        "agreement_id": n.agreement_id,
+        "revoked": bool(n.revocation),
+    }
+
+
+def _line(n: admin_pb2.NegotiationInfo) -> str:
+    reasons = f"  ({', '.join(n.reasons)})" if n.reasons else ""
+    agreement = f"  agreement {n.agreement_id}" if n.agreement_id else ""
+    revoked = "  REVOKED" if n.revocation else ""
+    return (
+        f"{n.pid[:12]}  {n.role:<8} {n.counterparty:<10} {n.product_id}/{n.offer_id} "
+        f"for {n.purpose}: {n.state}{reasons}{agreement}{revoked}"
+    )
+
+
+def run_negotiate(args: argparse.Namespace) -> int:
+    """Start a negotiation, optionally wait for its outcome."""
+    stub = _admin(args.config)
+    with calling("your connector"):
+        info = stub.StartNegotiation(
+            admin_pb2.StartNegotiationRequest(
+                provider=args.provider,
+                product_id=args.product,
+                offer_id=args.offer,
+                purpose=args.purpose,
+            ),
+            timeout=30,
+        )
+        if args.wait is not None:
+            deadline = time.monotonic() + args.wait
+            say(f"Requested {args.product}/{args.offer} from {args.provider}; waiting ...")
+            while info.state not in FINAL and time.monotonic() < deadline:
+                time.sleep(0.3)
+                info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=info.pid), timeout=30)
+    emit(_info(info), _line(info), as_json=args.json)
+    return 1 if info.state == "TERMINATED" else 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List negotiations."""
+    with calling("your connector"):
+        resp = _admin(args.config).ListNegotiations(
+            admin_pb2.ListNegotiationsRequest(state=args.state, pending_approval=args.pending),
+            timeout=30,
+        )
+    emit(
+        [_info(n) for n in resp.negotiations],
+        "\n".join(_line(n) for n in resp.negotiations) or "(none)",
+        as_json=args.json,
+    )
+    return 0
+
+
+def run_decide(args: argparse.Namespace) -> int:
+    """Approve, reject, terminate or show one negotiation."""
+    stub = _admin(args.config)
+    ref = admin_pb2.NegotiationRef(pid=args.pid, reason=args.reason)
+    method = {
+        "approve": stub.ApproveNegotiation,
+        "reject": stub.RejectNegotiation,
+        "terminate": stub.TerminateNegotiation,
+        "show": stub.GetNegotiation,
+    }[args.action]
+    with calling("your connector"):
+        info = method(ref, timeout=30)
+    emit(_info(info), _line(info), as_json=args.json)
+    return 0
+
+
+def _agreements(config: Path) -> list[admin_pb2.NegotiationInfo]:
+    with calling("your connector"):
+        resp = _admin(config).ListNegotiations(
+            admin_pb2.ListNegotiationsRequest(agreements=True), timeout=30
+        )
+    return list(resp.negotiations)
+
+
+def run_agreements(args: argparse.Namespace) -> int:
+    """List agreements."""
+    found = _agreements(args.config)
+    emit(
+        [_info(n) for n in found], "\n".join(_line(n) for n in found) or "(none)", as_json=args.json
+    )
+    return 0
+
+
+def run_show_agreement(args: argparse.Namespace) -> int:
+    """Show one agreement; optionally save the signed document."""
+    for n in _agreements(args.config):
+        if n.agreement_id == args.agreement_id:
+            terms = parse_agreement(n.agreement)
+            if args.out:
+                args.out.write_text(n.agreement)
+            data = {
+                **_info(n),
+                "terms": {k: v for k, v in terms.__dict__.items()},
+                "signed": n.agreement,
+            }
+            emit(
+                data,
+                json.dumps(data["terms"], indent=2, default=list)
+                + (f"\nsigned agreement written to {args.out}" if args.out else ""),
+                as_json=args.json,
+            )
+            return 0
+    raise NotFound(f"no agreement {args.agreement_id!r} on this connector")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Verify an agreement file offline against directory keys."""
+    try:
+        signed = args.file.read_text()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc}") from None
+    if args.keys:
+        keys_hex: dict[str, str] = json.loads(args.keys.read_text())
+    elif args.config:
+        registry = registry_client(load_config(args.config))
+        try:
+            keys_hex = {p.id: p.signing_public_key.hex() for p in registry.list_participants()}
+        finally:
+            registry.close()
+        if args.save_keys:
+            args.save_keys.write_text(json.dumps(keys_hex, indent=2, sort_keys=True))
+    else:
+        raise ConfigError("give --config (fetch the directory keys) or --keys FILE")
+
+    def key_of(participant: str) -> ed25519.Ed25519PublicKey:
+        if participant not in keys_hex:
+            raise NotFound(f"{participant} is not in the directory keys")
+        return ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(keys_hex[participant]))
+
+    agreement = verify_agreement(signed, key_of)
+    emit(
+        {
+            "valid": True,
+            "agreement": agreement.id,
+            "provider": agreement.provider,
+            "consumer": agreement.consumer,
+        },
+        f"OK: agreement {agreement.id} between {agreement.provider} (provider) and "
+        f"{agreement.consumer} (consumer) for {agreement.product}/{agreement.offer}: both "
+        "signatures verify",
+        as_json=args.json,
+    )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """Revoke an agreement."""
+    with calling("your connector"):
+        info = _admin(args.config).RevokeAgreement(
+            admin_pb2.RevokeAgreementRequest(agreement_id=args.agreement_id, reason=args.reason),
+            timeout=30,
+        )
+    emit(_info(info), _line(info), as_json=args.json)
+    return 0
