@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlmodel import select
@@ -53,6 +54,7 @@ class Outbox:
         base_delay: float = 0.5,
         max_delay: float = 60.0,
         on_give_up: Callable[[Pending, str], None] | None = None,
+        workers: int = 8,
     ) -> None:
         self._db = db
         self._deliver = deliver
@@ -61,6 +63,7 @@ class Outbox:
         self._base = base_delay
         self._max_delay = max_delay
         self._on_give_up = on_give_up
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tds-outbox")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,6 +83,7 @@ class Outbox:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -125,17 +129,22 @@ class Outbox:
             for row in rows:
                 row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
                 s.add(row)
-        for pending in due:
-            error = ""
-            try:
-                self._deliver(pending)
-            except ConnectorError as exc:
-                error = str(exc)[:1000] or exc.__class__.__name__
-                final = getattr(exc, "permanent", False)
-                self._settle(pending, error, now_ms, give_up=final)
-                continue
-            self._settle(pending, error, now_ms)
+        # Messages to different negotiations are independent: send them side by side.
+        list(self._pool.map(lambda p: self._send(p, now_ms), due))
         return bool(due)
+
+    def _send(self, pending: Pending, now_ms: int) -> None:
+        try:
+            self._deliver(pending)
+        except ConnectorError as exc:
+            error = str(exc)[:1000] or exc.__class__.__name__
+            self._settle(pending, error, now_ms, give_up=getattr(exc, "permanent", False))
+            return
+        except Exception as exc:  # a bug in delivery must not kill the loop; retry later
+            log.exception("delivery failed unexpectedly")
+            self._settle(pending, f"{exc.__class__.__name__}: {exc}"[:1000], now_ms)
+            return
+        self._settle(pending, "", now_ms)
 
     def _settle(self, pending: Pending, error: str, now_ms: int, give_up: bool = False) -> None:
         with self._db.session() as s:

@@ -125,6 +125,8 @@ class Node:
         self.delivery: Delivery | None = None
         self.outbox: Outbox | None = None
         self._tls: TlsMaterial | None = None
+        self._keys: dict[str, tuple[float, ed25519.Ed25519PublicKey]] = {}
+        self._keys_lock = threading.Lock()
 
     @property
     def issuer(self) -> str:
@@ -372,6 +374,18 @@ class Node:
         return self.log
 
     def _signing_key_of(self, participant: str) -> ed25519.Ed25519PublicKey:
+        """A member's signing key from the directory (cached for a minute)."""
+        now = self.clock.now()
+        with self._keys_lock:
+            cached = self._keys.get(participant)
+            if cached is not None and now - cached[0] < 60:
+                return cached[1]
+        key = self._lookup_signing_key(participant)
+        with self._keys_lock:
+            self._keys[participant] = (now, key)
+        return key
+
+    def _lookup_signing_key(self, participant: str) -> ed25519.Ed25519PublicKey:
         """A member's signing key from the directory (local for the operator)."""
         if self.registry is not None:
             raw = self.registry.lookup(participant).signing_public_key
