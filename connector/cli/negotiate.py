@@ -15,6 +15,8 @@ from connector.cli.output import emit, say
 from connector.config import load_config
 from connector.errors import ConfigError, NotFound
 from connector.negotiation.agreement import parse_agreement, verify_agreement
+from connector.negotiation.dsp import CONTEXT as DSP_CONTEXT
+from connector.negotiation.dsp import agreement_message
 from connector.node.clients import admin_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -65,6 +67,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.add_argument("--config", required=True, type=Path)
         p.add_argument("--reason", default="")
         p.add_argument("--json", action="store_true")
+        p.add_argument(
+            "--dsp",
+            action="store_true",
+            help="print a Dataspace Protocol 2025-1 ContractNegotiation",
+        )
         p.set_defaults(func=run_decide, action=name)
 
     ag = sub.add_parser("agreements", help="signed agreements")
@@ -78,6 +85,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sh.add_argument("--config", required=True, type=Path)
     sh.add_argument("--out", type=Path, help="also write the signed agreement to this file")
     sh.add_argument("--json", action="store_true")
+    sh.add_argument(
+        "--dsp",
+        action="store_true",
+        help="print a Dataspace Protocol 2025-1 ContractAgreementMessage",
+    )
     sh.set_defaults(func=run_show_agreement)
     vf = asub.add_parser(
         "verify",
@@ -180,6 +192,19 @@ def run_decide(args: argparse.Namespace) -> int:
     }[args.action]
     with calling("your connector"):
         info = method(ref, timeout=30)
+    if args.dsp:
+        emit(
+            {
+                "@context": DSP_CONTEXT,
+                "@type": "ContractNegotiation",
+                "providerPid": f"urn:tds:process:{info.pid if info.role == 'provider' else info.counterparty_pid}",
+                "consumerPid": f"urn:tds:process:{info.pid if info.role == 'consumer' else info.counterparty_pid}",
+                "state": info.state,
+            },
+            "",
+            as_json=True,
+        )
+        return 0
     emit(_info(info), _line(info), as_json=args.json)
     return 0
 
@@ -208,6 +233,9 @@ def run_show_agreement(args: argparse.Namespace) -> int:
             terms = parse_agreement(n.agreement)
             if args.out:
                 args.out.write_text(n.agreement)
+            if args.dsp:
+                emit(agreement_message(terms), "", as_json=True)
+                return 0
             data = {
                 **_info(n),
                 "terms": {k: v for k, v in terms.__dict__.items()},

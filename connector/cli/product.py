@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls.add_argument("--tag", default="")
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument(
+        "--dsp", action="store_true", help="print a Dataspace Protocol 2025-1 Catalog (JSON-LD)"
+    )
     ls.set_defaults(func=run_catalog_list)
 
 
@@ -120,6 +123,15 @@ def run_catalog_list(args: argparse.Namespace) -> int:
             )
     finally:
         registry.close()
+    if args.dsp:
+        from connector.negotiation.dsp import catalog_message
+
+        emit(
+            catalog_message(peer.id, list(resp.products), f"grpcs://{peer.address}"),
+            "",
+            as_json=True,
+        )
+        return 0
     from google.protobuf.json_format import MessageToDict
 
     products = [MessageToDict(p, preserving_proto_field_name=True) for p in resp.products]

@@ -324,3 +324,21 @@ def test_cli_negotiates_and_verifies_agreements_offline(
         == 1
     )
     assert "purpose_not_offered" in capsys.readouterr().out
+
+
+def test_dsp_renderings_from_the_cli(space: LocalSpace, capsys: pytest.CaptureFixture[str]) -> None:
+    from connector.cli.main import main
+
+    a_cfg = str(space.root / "a.toml")
+    assert main(["catalog", "list", "--provider", "gov", "--config", a_cfg, "--dsp"]) == 0
+    catalog = json.loads(capsys.readouterr().out)
+    assert catalog["@type"] == "Catalog" and catalog["dataset"]
+    mine = start(space, "open-stats")
+    done = wait(space, "a", mine.pid, "FINALIZED")
+    capsys.readouterr()
+    assert main(["negotiations", "show", mine.pid, "--config", a_cfg, "--dsp"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "FINALIZED"
+    assert main(["agreements", "show", done.agreement_id, "--config", a_cfg, "--dsp"]) == 0
+    message = json.loads(capsys.readouterr().out)
+    assert message["@type"] == "ContractAgreementMessage"
+    assert message["agreement"]["assignee"] == "urn:tds:participant:a"

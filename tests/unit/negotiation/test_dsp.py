@@ -1,0 +1,91 @@
+"""DSP 2025-1 renderings validate against the shared schemas; every example parses."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.catalog.products import parse_description
+from connector.negotiation.dsp import agreement_message, catalog_message, negotiation_message
+from connector.negotiation.states import State
+from connector.negotiation.store import Negotiation
+from tests.unit.negotiation.test_agreement import AGREEMENT
+
+VECTORS = Path(__file__).resolve().parents[4] / "shared" / "vectors" / "dsp-2025-1"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "products" / "traffic-flow.toml"
+pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
+# Known quirk of the published artefacts (see ../shared/vectors/README.md).
+EXAMPLE_SCHEMA_QUIRKS = {"common/example/dataservice-did-service.json"}
+
+
+def registry() -> Any:
+    referencing = pytest.importorskip("referencing")
+    resources = []
+    for path in VECTORS.rglob("*-schema.json"):
+        text = re.sub(r"#definitions/", "#/definitions/", path.read_text())
+        schema = json.loads(text)
+        resources.append((schema["$id"], referencing.Resource.from_contents(schema)))
+    return referencing.Registry().with_resources(resources)
+
+
+def validate(document: dict[str, Any], schema_path: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(
+        re.sub(r"#definitions/", "#/definitions/", (VECTORS / schema_path).read_text())
+    )
+    validator = jsonschema.Draft201909Validator(schema, registry=registry())
+    errors = sorted(validator.iter_errors(document), key=str)
+    assert not errors, [e.message for e in errors[:3]]
+
+
+def test_catalog_validates() -> None:
+    product = parse_description(EXAMPLE.read_text(), owner="city-gov")
+    validate(
+        catalog_message("city-gov", [product], "grpcs://127.0.0.1:7001"),
+        "catalog/catalog-schema.json",
+    )
+
+
+def test_negotiation_validates_for_both_roles() -> None:
+    for role in ("provider", "consumer"):
+        n = Negotiation(
+            pid="p-1",
+            role=role,
+            counterparty="x",
+            counterparty_pid="c-1",
+            product="p",
+            offer="o",
+            purpose="research",
+            state=State.AGREED,
+        )
+        validate(negotiation_message(n), "negotiation/contract-negotiation-schema.json")
+
+
+def test_agreement_validates() -> None:
+    validate(agreement_message(AGREEMENT), "negotiation/contract-agreement-message-schema.json")
+
+
+def examples() -> list[Any]:
+    if not VECTORS.is_dir():
+        return []
+    return [
+        pytest.param(p, id=str(p.relative_to(VECTORS)))
+        for p in sorted(VECTORS.rglob("example/*.json"))
+    ]
+
+
+@pytest.mark.parametrize("path", examples())
+def test_every_example_message_parses_and_validates(path: Path) -> None:
+    document = json.loads(path.read_text())
+    assert isinstance(document, dict)
+    relative = str(path.relative_to(VECTORS))
+    if relative in EXAMPLE_SCHEMA_QUIRKS:
+        return
+    name = path.stem.split("_")[0].removesuffix("-full")
+    schema = path.parent.parent / f"{name}-schema.json"
+    if schema.exists():
+        validate(document, str(schema.relative_to(VECTORS)))
