@@ -15,8 +15,9 @@ from connector.cli.output import emit, say
 from connector.config import load_config
 from connector.errors import ConfigError, NotFound
 from connector.negotiation.agreement import parse_agreement, verify_agreement
-from connector.negotiation.dsp import CONTEXT as DSP_CONTEXT
-from connector.negotiation.dsp import agreement_message
+from connector.negotiation.dsp import agreement_message, negotiation_message
+from connector.negotiation.states import State
+from connector.negotiation.store import Negotiation
 from connector.node.clients import admin_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -193,17 +194,17 @@ def run_decide(args: argparse.Namespace) -> int:
     with calling("your connector"):
         info = method(ref, timeout=30)
     if args.dsp:
-        emit(
-            {
-                "@context": DSP_CONTEXT,
-                "@type": "ContractNegotiation",
-                "providerPid": f"urn:tds:process:{info.pid if info.role == 'provider' else info.counterparty_pid}",
-                "consumerPid": f"urn:tds:process:{info.pid if info.role == 'consumer' else info.counterparty_pid}",
-                "state": info.state,
-            },
-            "",
-            as_json=True,
+        n = Negotiation(
+            pid=info.pid,
+            role=info.role,
+            counterparty=info.counterparty,
+            counterparty_pid=info.counterparty_pid,
+            product=info.product_id,
+            offer=info.offer_id,
+            purpose=info.purpose,
+            state=State(info.state),
         )
+        emit(negotiation_message(n), "", as_json=True)
         return 0
     emit(_info(info), _line(info), as_json=args.json)
     return 0
