@@ -27,12 +27,23 @@ from connector.identity.names import Role
 from connector.node.clients import admin_channel
 from connector.rpc.channel import TlsIdentity, open_channel
 
-PRODUCT = json.dumps({
-    "id": "bench", "title": "bench", "grade": "general", "tags": ["bench"],
-    "source": {"kind": "file", "path": "bench.bin"},
-    "offers": [{"id": "o1", "purposes": ["research"], "valid_from_ns": 0,
-                "valid_until_ns": 4_000_000_000_000_000_000}],
-})
+PRODUCT = json.dumps(
+    {
+        "id": "bench",
+        "title": "bench",
+        "grade": "general",
+        "tags": ["bench"],
+        "source": {"kind": "file", "path": "bench.bin"},
+        "offers": [
+            {
+                "id": "o1",
+                "purposes": ["research"],
+                "valid_from_ns": 0,
+                "valid_until_ns": 4_000_000_000_000_000_000,
+            }
+        ],
+    }
+)
 
 
 def wait_final(stub: admin_pb2_grpc.AdminServiceStub, pid: str, timeout: float = 30) -> str:
@@ -55,17 +66,25 @@ def main() -> int:
         sp.start_connector("gov")
         sp.start_connector("a")
         gov_admin = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["gov"]))
-        gov_admin.AddProduct(admin_pb2.AddProductRequest(description=PRODUCT, format="json"),
-                             timeout=10)
+        gov_admin.AddProduct(
+            admin_pb2.AddProductRequest(description=PRODUCT, format="json"), timeout=10
+        )
         consumer = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["a"]))
         me = sp.manifest.participant("a")
-        tls = TlsIdentity.load(sp.pki_dir / "ca.pem", sp.pki_dir / me.tls_cert,
-                               sp.pki_dir / me.tls_key)
+        tls = TlsIdentity.load(
+            sp.pki_dir / "ca.pem", sp.pki_dir / me.tls_cert, sp.pki_dir / me.tls_key
+        )
         registry = sp.nodes["a"].registry
         assert registry is not None
-        ping = peer_pb2_grpc.PeerServiceStub(open_channel(
-            f"127.0.0.1:{sp.nodes['gov'].port}", tls, space=sp.space, peer="gov",
-            token=registry.token))
+        ping = peer_pb2_grpc.PeerServiceStub(
+            open_channel(
+                f"127.0.0.1:{sp.nodes['gov'].port}",
+                tls,
+                space=sp.space,
+                peer="gov",
+                token=registry.token,
+            )
+        )
         for _ in range(20):
             ping.Ping(peer_pb2.PingRequest(), timeout=5)
         rtt = []
@@ -76,9 +95,12 @@ def main() -> int:
 
         def negotiate() -> float:
             t = time.perf_counter()
-            info = consumer.StartNegotiation(admin_pb2.StartNegotiationRequest(
-                provider="gov", product_id="bench", offer_id="o1", purpose="research"),
-                timeout=10)
+            info = consumer.StartNegotiation(
+                admin_pb2.StartNegotiationRequest(
+                    provider="gov", product_id="bench", offer_id="o1", purpose="research"
+                ),
+                timeout=10,
+            )
             state = wait_final(consumer, info.pid)
             if state != "FINALIZED":
                 raise SystemExit(f"negotiation ended {state}")
@@ -111,11 +133,16 @@ def main() -> int:
         "sequential_ratio_to_bare_call": round(p50 / p50_ping, 1),
         "concurrent_8_per_s": round(len(done) / elapsed, 1),
         "concurrent_p50_ms": round(statistics.median(done) * 1000, 2),
-        "targets_met": {"p50_at_most_15_ms": p50 <= 15,
-                        "at_least_150_per_s": len(done) / elapsed >= 150},
+        "targets_met": {
+            "p50_at_most_15_ms": p50 <= 15,
+            "at_least_150_per_s": len(done) / elapsed >= 150,
+        },
     }
-    print(json.dumps(result, indent=2) if args.json else
-          "\n".join(f"{k}: {v}" for k, v in result.items()))
+    print(
+        json.dumps(result, indent=2)
+        if args.json
+        else "\n".join(f"{k}: {v}" for k, v in result.items())
+    )
     return 0
 
 
