@@ -50,7 +50,9 @@ class LocalSpace:
         manifest = init_space(root / "pki", space, participants)
         return cls(root=root, space=space, manifest=manifest)
 
-    def write_config(self, participant: str, listen: str, registry: str) -> Config:
+    def write_config(
+        self, participant: str, listen: str, registry: str, database_url: str = ""
+    ) -> Config:
         """Write ``ROOT/ID.toml`` as ``tds init`` would and load it back."""
         out = self.root / f"{participant}.toml"
         args = argparse.Namespace(
@@ -59,7 +61,7 @@ class LocalSpace:
             listen=listen,
             registry=registry,
             data_dir=None,
-            database_url="",
+            database_url=database_url,
         )
         out.write_text(render_config(build_config(args, out)))
         cfg = load_config(out)
@@ -108,13 +110,15 @@ class LocalSpace:
         with admin_channel(op_cfg) as channel, calling("registry"):
             registry_pb2_grpc.RegistryServiceStub(channel).Enrol(request, timeout=10)
 
-    def start_connector(self, participant: str, *, wait_ready: float = 10.0) -> Node:
+    def start_connector(
+        self, participant: str, *, wait_ready: float = 10.0, database_url: str = ""
+    ) -> Node:
         """Start a participant's connector, enrol it, and wait for its token and list."""
-        cfg = self.write_config(participant, "127.0.0.1:0", self.registry_address)
+        cfg = self.write_config(participant, "127.0.0.1:0", self.registry_address, database_url)
         node = Node(cfg)
         node.start()
         address = f"127.0.0.1:{node.port}"
-        node.cfg = self.write_config(participant, address, self.registry_address)
+        node.cfg = self.write_config(participant, address, self.registry_address, database_url)
         self.enrol(participant, address)
         self.nodes[participant] = node
         if not node.wait_ready(wait_ready):

@@ -26,7 +26,13 @@ from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
-from connector.errors import InvalidRequest, NotFound, PermissionDenied, PreconditionFailed
+from connector.errors import (
+    ConflictError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+)
 from connector.negotiation.agreement import (
     Agreement,
     countersign_agreement,
@@ -128,15 +134,18 @@ class Negotiator:
             extra["agreement_id"] = agreement_id
         if reasons:
             extra["reasons"] = list(reasons)
-        self._record(
-            n,
-            steps[-1],
-            role=n.role,
-            counterparty=n.counterparty,
-            product=n.product,
-            pid=n.pid,
-            extra=extra,
-        )
+
+        def record() -> None:
+            self._record(
+                n,
+                steps[-1],
+                role=n.role,
+                counterparty=n.counterparty,
+                product=n.product,
+                pid=n.pid,
+                extra=extra,
+            )
+
         result = self._store.transition(
             n.pid,
             *steps,
@@ -147,6 +156,7 @@ class Negotiator:
             counterparty_pid=counterparty_pid,
             inbox=inbox,
             outgoing=outgoing or (),
+            before_commit=record,
         )
         if outgoing:
             self._poke()
@@ -310,28 +320,39 @@ class Negotiator:
             "inbox": (req.message_id, caller.participant),
         }
         pid = uuid.uuid4().hex
-        if not decision.allow:
+        state = State.REQUESTED if decision.allow else State.TERMINATED
+        extra: dict[str, object] = {"decision": decision.id}
+        if decision.allow:
+            extra["needs_approval"] = decision.needs_approval
+        else:
+            extra["reasons"] = list(decision.deny)
+
+        def record() -> None:
             self._record(
                 None,
-                State.TERMINATED,
+                state,
                 role=PROVIDER,
                 counterparty=caller.participant,
                 product=product.id,
                 pid=pid,
-                extra={"reasons": list(decision.deny), "decision": decision.id},
+                extra=extra,
             )
-            n = self._store.create(state=State.TERMINATED, reasons=decision.deny, pid=pid, **common)
+
+        try:
+            n = self._store.create(
+                state=state,
+                reasons=() if decision.allow else decision.deny,
+                pid=pid,
+                before_commit=record,
+                **common,
+            )
+        except ConflictError:  # a replica took the same request first: answer as it did
+            known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
+            if known is None:
+                raise
+            return _ack(known)
+        if not decision.allow:
             return _ack(n)
-        self._record(
-            None,
-            State.REQUESTED,
-            role=PROVIDER,
-            counterparty=caller.participant,
-            product=product.id,
-            pid=pid,
-            extra={"decision": decision.id, "needs_approval": decision.needs_approval},
-        )
-        n = self._store.create(state=State.REQUESTED, pid=pid, **common)
         if not decision.needs_approval:
             n = self._agree(n, decision.revision)
         return _ack(n)

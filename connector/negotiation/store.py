@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,7 @@ class NegotiationStore:
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         pid: str | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> Negotiation:
         """A new negotiation; ``ConflictError`` if the counterparty's pid is already known."""
         row = NegotiationRow(
@@ -127,12 +128,21 @@ class NegotiationStore:
         )
         if not counterparty_pid:
             row.counterparty_pid = f"pending:{row.pid}"  # unique until the other side answers
+        # ``before_commit`` (the audit entry) runs once the row is known to be new. On
+        # PostgreSQL that is after the insert, which blocks and fails for a racing replica;
+        # SQLite (one process) would hold its write lock against the log writer, so there
+        # it runs first.
+        late = self._db.dialect == "postgresql"
+        if before_commit is not None and not late:
+            before_commit()
         try:
             with self._db.session() as s:
                 s.add(row)
                 s.flush()
                 self._queue(s, row.pid, outgoing, now_ms)
                 self._remember(s, inbox, now_ms)
+                if before_commit is not None and late:
+                    before_commit()
         except IntegrityError:
             raise ConflictError(
                 f"{counterparty} already has a negotiation with process id {counterparty_pid}"
@@ -192,6 +202,7 @@ class NegotiationStore:
         reasons: Sequence[str] | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
 
@@ -208,6 +219,10 @@ class NegotiationStore:
                 for step in steps:
                     check_transition(current, step)
                     current = step
+                # The row is locked (PostgreSQL) and the move is valid: record it now, so a
+                # replica that lost the race never writes an entry for it.
+                if before_commit is not None:
+                    before_commit()
                 values: dict[str, object] = {"state": current.value, "updated_ms": now_ms}
                 for name, value in (
                     ("counterparty_pid", counterparty_pid),
