@@ -136,7 +136,8 @@ def test_racing_requests_approvals_and_callbacks(replicas: tuple[LocalSpace, Nod
         ).scalar_one()
         sends = conn.execute(
             text(
-                "SELECT count(*) FROM outbox WHERE negotiation_pid = :p AND method = 'SendAgreement'"
+                "SELECT count(*) FROM outbox"
+                " WHERE negotiation_pid = :p AND method = 'SendAgreement'"
             ),
             {"p": pid},
         ).scalar_one()
