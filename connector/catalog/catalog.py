@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 
 from connector.audit.log import AuditLog
 from connector.catalog.products import Product, parse_description
@@ -87,6 +89,25 @@ class Catalog:
             self._audit.record("catalog.product_removed", parties=[], data={"product": product_id})
             self._store.remove(product_id)
             self._engine.update(self._policy_set(self._store.list()))
+
+    def register(
+        self, product_id: str, public: bool, registrar: Callable[[str, bool], str]
+    ) -> Product:
+        """List a product with the registry; a public product keeps the code it is given."""
+        product = self._store.get(product_id)
+        listed = replace(product, source=replace(product.source, path=""))  # paths stay here
+        code = registrar(listed.to_json(), public)
+        if code and code != product.registration_code:
+            with self._lock:
+                updated = replace(product, registration_code=code)
+                self._audit.record(
+                    "catalog.product_registered",
+                    parties=[],
+                    data={"product": product_id, "registration_code": code},
+                )
+                self._store.put(updated, replace=True, now_ms=int(self._clock.now() * 1000))
+                return updated
+        return product
 
     def own(self, product_id: str) -> Product:
         """One of this connector's products, whoever may see it."""

@@ -40,6 +40,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
+    reg = ps.add_parser(
+        "register",
+        help="list a product in the registry's catalog index",
+        description="List the product with the operator's registry so that "
+        "members can find it with 'tds catalog search'; --public asks for a "
+        "registration code (登记码) for public data, stored with the product.",
+    )
+    reg.add_argument("product")
+    reg.add_argument("--config", required=True, type=Path)
+    reg.add_argument("--public", action="store_true")
+    reg.add_argument("--json", action="store_true")
+    reg.set_defaults(func=run_register)
+
     cat = sub.add_parser("catalog", help="browse another member's catalog")
     cs = cat.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     ls = cs.add_parser("list", help="products a provider lets you see")
@@ -51,6 +64,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--dsp", action="store_true", help="print a Dataspace Protocol 2025-1 Catalog (JSON-LD)"
     )
     ls.set_defaults(func=run_catalog_list)
+    se = cs.add_parser("search", help="search the registry's index across providers")
+    se.add_argument("text", nargs="?", default="")
+    se.add_argument("--tag", default="")
+    se.add_argument("--config", required=True, type=Path, help="your connector's config")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=run_search)
 
 
 def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
@@ -145,4 +164,48 @@ def run_catalog_list(args: argparse.Namespace) -> int:
         "\n".join(lines) or f"(nothing in {args.provider}'s catalog for you)",
         as_json=args.json,
     )
+    return 0
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """List a product with the registry."""
+    with calling("your connector"):
+        resp = _admin(args).RegisterProduct(
+            admin_pb2.RegisterOwnProductRequest(product_id=args.product, public=args.public),
+            timeout=30,
+        )
+    product = json.loads(resp.product_json)
+    code = product.get("registration_code") or "(not public: no code)"
+    emit(
+        product,
+        f"Listed {product['id']} in the registry's index; registration code {code}",
+        as_json=args.json,
+    )
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Search the index as this member."""
+    registry = registry_client(load_config(args.config))
+    try:
+        listings = registry.search_catalog(args.text, args.tag)
+    finally:
+        registry.close()
+    rows = [
+        {
+            "provider": x.provider,
+            "product": x.product_id,
+            "title": x.title,
+            "grade": x.grade,
+            "tags": list(x.tags),
+            "registration_code": x.registration_code,
+        }
+        for x in listings
+    ]
+    lines = [
+        f"{r['provider']:<12} {r['product']:<24} {r['grade']:<10} {r['title']}"
+        + (f"  [{r['registration_code']}]" if r["registration_code"] else "")
+        for r in rows
+    ]
+    emit(rows, "\n".join(lines) or "(nothing found that you may see)", as_json=args.json)
     return 0

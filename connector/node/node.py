@@ -51,6 +51,7 @@ from connector.policy.factory import engine_from_config
 from connector.policy.library import load_library
 from connector.policy.point import PolicyPoint
 from connector.registry.client import RegistryClient
+from connector.registry.index import CatalogIndex
 from connector.registry.service import (
     LocalRevocations,
     OperatorKeys,
@@ -275,7 +276,15 @@ class Node:
                 ca_certificate=load_certificate(cfg.pki.ca_cert, "pki.ca_cert"),
                 token_ttl_seconds=cfg.registry.token_ttl_seconds,
             )
-            servicer = RegistryServicer(store, keys, local, self.clock, self._log())
+            assert self.policy is not None
+            index = CatalogIndex(
+                db,
+                space=cfg.participant.space,
+                policy=self.policy,
+                audit=self._log(),
+                clock=self.clock,
+            )
+            servicer = RegistryServicer(store, keys, local, self.clock, self._log(), index)
             self._enrol_self = lambda address: self._enrol_operator(
                 servicer, store, tls, signing_key, address
             )
@@ -309,6 +318,7 @@ class Node:
                     self.status,
                     self._catalog(),
                     self._negotiator(),
+                    self.registry.register_product if self.registry is not None else None,
                 )
             )
         )

@@ -9,7 +9,7 @@ from typing import Any
 from connector import __version__
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
 from connector.catalog.catalog import Catalog
-from connector.errors import InvalidRequest
+from connector.errors import InvalidRequest, PreconditionFailed
 from connector.negotiation.negotiator import Negotiator
 from connector.negotiation.store import Negotiation
 from connector.registry.revocation import RevocationList
@@ -56,7 +56,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         status: Callable[[], NodeStatus],
         catalog: Catalog,
         negotiator: Negotiator,
+        registrar: Callable[[str, bool], str] | None = None,
     ) -> None:
+        self._registrar = registrar
         self._catalog = catalog
         self._negotiator = negotiator
         self._participant = participant
@@ -96,6 +98,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """Withdraw a product."""
         self._catalog.remove(request.product_id)
         return admin_pb2.RemoveProductResponse()
+
+    def RegisterProduct(self, request: Any, context: Any) -> admin_pb2.AddProductResponse:
+        """List a product with the registry (public data gets a registration code)."""
+        if self._registrar is None:
+            raise PreconditionFailed("this connector has no registry to list products with")
+        product = self._catalog.register(request.product_id, request.public, self._registrar)
+        return admin_pb2.AddProductResponse(product_json=product.to_json())
 
     def StartNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
         """As a consumer, ask a provider for a contract."""
@@ -159,6 +168,7 @@ ADMIN_METHODS = [
     "AddProduct",
     "RemoveProduct",
     "ListOwnProducts",
+    "RegisterProduct",
     "StartNegotiation",
     "ListNegotiations",
     "GetNegotiation",

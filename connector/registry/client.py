@@ -188,6 +188,23 @@ class RegistryClient:
             )
         return [PeerInfo.from_message(p) for p in resp.participants]
 
+    def register_product(self, product_json: str, public: bool) -> str:
+        """List one of our products in the catalog index; return its registration code."""
+        with calling("registry"):
+            resp = self._member_stub.RegisterProduct(
+                registry_pb2.RegisterProductRequest(product_json=product_json, public=public),
+                timeout=self._timeout,
+            )
+        return str(resp.registration_code)
+
+    def search_catalog(self, text: str = "", tag: str = "") -> list[registry_pb2.CatalogListing]:
+        """Listings across providers that we may see."""
+        with calling("registry"):
+            resp = self._member_stub.SearchCatalog(
+                registry_pb2.SearchCatalogRequest(text=text, tag=tag), timeout=self._timeout
+            )
+        return list(resp.listings)
+
     # -- background refresh -----------------------------------------------------------
 
     def refresh_all(self) -> None:

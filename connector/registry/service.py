@@ -15,7 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from connector.audit.log import AuditLog
 from connector.clock import Clock
-from connector.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
+from connector.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+)
 from connector.identity.certs import (
     certificate_name,
     certificate_thumbprint,
@@ -23,6 +29,7 @@ from connector.identity.certs import (
 )
 from connector.identity.names import PARTICIPANT_URI_KIND, Role, check_id
 from connector.identity.tokens import issue_membership_token
+from connector.registry.index import CatalogIndex
 from connector.registry.revocation import RevocationList, sign_revocation_list
 from connector.registry.store import DirectoryEntry, DirectoryStore
 from connector.rpc.auth import Access, current_caller, ensure
@@ -97,7 +104,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         revocations: LocalRevocations,
         clock: Clock,
         audit: AuditLog,
+        index: CatalogIndex | None = None,
     ) -> None:
+        self._index = index
         self._audit = audit
         self._store = store
         self._keys = keys
@@ -257,6 +266,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             participants=[participant_message(e) for e in entries]
         )
 
+    def RegisterProduct(self, request: Any, context: Any) -> Any:
+        """List a product of the caller in the catalog index."""
+        if self._index is None:
+            raise PreconditionFailed("this registry keeps no catalog index")
+        code = self._index.register(current_caller(), request.product_json, request.public)
+        return registry_pb2.RegisterProductResponse(registration_code=code)
+
+    def SearchCatalog(self, request: Any, context: Any) -> Any:
+        """Listings the caller may see."""
+        if self._index is None:
+            raise PreconditionFailed("this registry keeps no catalog index")
+        found = self._index.search(current_caller(), request.text, request.tag)
+        return registry_pb2.SearchCatalogResponse(
+            listings=[
+                registry_pb2.CatalogListing(
+                    provider=provider,
+                    product_id=p.id,
+                    title=p.title,
+                    description=p.description,
+                    grade=p.grade,
+                    tags=list(p.tags),
+                    registration_code=code,
+                    registered_at=when // 1000,
+                )
+                for provider, p, code, when in found
+            ]
+        )
+
     def GetRevocationList(
         self, request: registry_pb2.GetRevocationListRequest, context: Any
     ) -> registry_pb2.GetRevocationListResponse:
@@ -283,5 +320,7 @@ def registry_service(servicer: RegistryServicer) -> Service:
             "GetRevocationList": Access.CERTIFICATE,
             "Lookup": Access.MEMBER,
             "ListParticipants": Access.MEMBER,
+            "RegisterProduct": Access.MEMBER,
+            "SearchCatalog": Access.MEMBER,
         },
     )

@@ -8,6 +8,7 @@ from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "CatalogListingRow",
     "InboxRow",
     "LogCheckpointRow",
     "LogEntryRow",
@@ -157,3 +158,15 @@ class InboxRow(SQLModel, table=True):
     message_id: str = Field(primary_key=True, max_length=64)
     sender: str = Field(max_length=63)
     received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class CatalogListingRow(SQLModel, table=True):
+    """A product listed in the operator's catalog index."""
+
+    __tablename__ = "catalog_listing"
+
+    provider: str = Field(primary_key=True, max_length=63)
+    product_id: str = Field(primary_key=True, max_length=63)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    registration_code: str = Field(default="", max_length=64)
+    registered_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

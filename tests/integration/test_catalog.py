@@ -164,3 +164,29 @@ def test_publishing_and_catalog_reads_are_logged(world: LocalSpace) -> None:
     assert log is not None
     kinds = [json.loads(body)["kind"] for _, body in log.entries(0, log.size)]
     assert "catalog.product_published" in kinds and "policy.decision" in kinds
+
+
+def test_registration_and_search_respect_access_rules(
+    world: LocalSpace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connector.cli.main import main
+
+    gov, a, b = (str(world.root / f"{p}.toml") for p in ("gov", "a", "b"))
+    assert main(["product", "register", "traffic-flow", "--public", "--config", gov, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    code = listed["registration_code"]
+    assert code.startswith("CITY-") and code != "SH-PD-2026-000123"
+    assert main(["product", "register", "tender-bids", "--config", gov]) == 0
+    capsys.readouterr()
+    assert main(["catalog", "search", "--config", a, "--json"]) == 0
+    seen_by_a = {x["product"]: x for x in json.loads(capsys.readouterr().out)}
+    assert set(seen_by_a) == {"traffic-flow"}  # tender-bids allows only b
+    assert seen_by_a["traffic-flow"]["registration_code"] == code
+    assert main(["catalog", "search", "bids", "--config", b, "--json"]) == 0
+    assert [x["product"] for x in json.loads(capsys.readouterr().out)] == ["tender-bids"]
+    assert main(["catalog", "search", "--config", str(world.root / "ind.toml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    # the provider now carries the code it was given
+    own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    codes = {json.loads(p)["id"]: json.loads(p)["registration_code"] for p in own.products_json}
+    assert codes["traffic-flow"] == code

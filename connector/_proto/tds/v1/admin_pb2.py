@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tds/v1/admin.proto\x12\x06tds.v1\"b\n\x17StartNegotiationRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08offer_id\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\"-\n\x0eNegotiationRef\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"V\n\x17ListNegotiationsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x18\n\x10pending_approval\x18\x02 \x01(\x08\x12\x12\n\nagreements\x18\x03 \x01(\x08\"\xf0\x01\n\x0fNegotiationInfo\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x63ounterparty\x18\x03 \x01(\t\x12\x18\n\x10\x63ounterparty_pid\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\x10\n\x08offer_id\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x14\n\x0c\x61greement_id\x18\n \x01(\t\x12\x11\n\tagreement\x18\x0b \x01(\t\x12\x12\n\nrevocation\x18\x0c \x01(\t\"I\n\x18ListNegotiationsResponse\x12-\n\x0cnegotiations\x18\x01 \x03(\x0b\x32\x17.tds.v1.NegotiationInfo\">\n\x16RevokeAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n\x11\x41\x64\x64ProductRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"*\n\x12\x41\x64\x64ProductResponse\x12\x14\n\x0cproduct_json\x18\x01 \x01(\t\"*\n\x14RemoveProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"\x17\n\x15RemoveProductResponse\"\x18\n\x16ListOwnProductsRequest\"0\n\x17ListOwnProductsResponse\x12\x15\n\rproducts_json\x18\x01 \x03(\t\"\x12\n\x10GetStatusRequest\"\xb6\x01\n\x11GetStatusResponse\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05space\x18\x03 \x01(\t\x12\x18\n\x10token_expires_at\x18\x04 \x01(\x03\x12\x1e\n\x16revocation_list_serial\x18\x05 \x01(\x03\x12!\n\x19revocation_list_issued_at\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t2\xc1\x06\n\x0c\x41\x64minService\x12@\n\tGetStatus\x12\x18.tds.v1.GetStatusRequest\x1a\x19.tds.v1.GetStatusResponse\x12\x43\n\nAddProduct\x12\x19.tds.v1.AddProductRequest\x1a\x1a.tds.v1.AddProductResponse\x12L\n\rRemoveProduct\x12\x1c.tds.v1.RemoveProductRequest\x1a\x1d.tds.v1.RemoveProductResponse\x12R\n\x0fListOwnProducts\x12\x1e.tds.v1.ListOwnProductsRequest\x1a\x1f.tds.v1.ListOwnProductsResponse\x12L\n\x10StartNegotiation\x12\x1f.tds.v1.StartNegotiationRequest\x1a\x17.tds.v1.NegotiationInfo\x12U\n\x10ListNegotiations\x12\x1f.tds.v1.ListNegotiationsRequest\x1a .tds.v1.ListNegotiationsResponse\x12\x41\n\x0eGetNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12\x45\n\x12\x41pproveNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12\x44\n\x11RejectNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12G\n\x14TerminateNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12J\n\x0fRevokeAgreement\x12\x1e.tds.v1.RevokeAgreementRequest\x1a\x17.tds.v1.NegotiationInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tds/v1/admin.proto\x12\x06tds.v1\"b\n\x17StartNegotiationRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08offer_id\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\"-\n\x0eNegotiationRef\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"V\n\x17ListNegotiationsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x18\n\x10pending_approval\x18\x02 \x01(\x08\x12\x12\n\nagreements\x18\x03 \x01(\x08\"\xf0\x01\n\x0fNegotiationInfo\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x63ounterparty\x18\x03 \x01(\t\x12\x18\n\x10\x63ounterparty_pid\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\x10\n\x08offer_id\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x14\n\x0c\x61greement_id\x18\n \x01(\t\x12\x11\n\tagreement\x18\x0b \x01(\t\x12\x12\n\nrevocation\x18\x0c \x01(\t\"I\n\x18ListNegotiationsResponse\x12-\n\x0cnegotiations\x18\x01 \x03(\x0b\x32\x17.tds.v1.NegotiationInfo\">\n\x16RevokeAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n\x11\x41\x64\x64ProductRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"*\n\x12\x41\x64\x64ProductResponse\x12\x14\n\x0cproduct_json\x18\x01 \x01(\t\"?\n\x19RegisterOwnProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\"*\n\x14RemoveProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"\x17\n\x15RemoveProductResponse\"\x18\n\x16ListOwnProductsRequest\"0\n\x17ListOwnProductsResponse\x12\x15\n\rproducts_json\x18\x01 \x03(\t\"\x12\n\x10GetStatusRequest\"\xb6\x01\n\x11GetStatusResponse\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05space\x18\x03 \x01(\t\x12\x18\n\x10token_expires_at\x18\x04 \x01(\x03\x12\x1e\n\x16revocation_list_serial\x18\x05 \x01(\x03\x12!\n\x19revocation_list_issued_at\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t2\x93\x07\n\x0c\x41\x64minService\x12@\n\tGetStatus\x12\x18.tds.v1.GetStatusRequest\x1a\x19.tds.v1.GetStatusResponse\x12\x43\n\nAddProduct\x12\x19.tds.v1.AddProductRequest\x1a\x1a.tds.v1.AddProductResponse\x12L\n\rRemoveProduct\x12\x1c.tds.v1.RemoveProductRequest\x1a\x1d.tds.v1.RemoveProductResponse\x12R\n\x0fListOwnProducts\x12\x1e.tds.v1.ListOwnProductsRequest\x1a\x1f.tds.v1.ListOwnProductsResponse\x12P\n\x0fRegisterProduct\x12!.tds.v1.RegisterOwnProductRequest\x1a\x1a.tds.v1.AddProductResponse\x12L\n\x10StartNegotiation\x12\x1f.tds.v1.StartNegotiationRequest\x1a\x17.tds.v1.NegotiationInfo\x12U\n\x10ListNegotiations\x12\x1f.tds.v1.ListNegotiationsRequest\x1a .tds.v1.ListNegotiationsResponse\x12\x41\n\x0eGetNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12\x45\n\x12\x41pproveNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12\x44\n\x11RejectNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12G\n\x14TerminateNegotiation\x12\x16.tds.v1.NegotiationRef\x1a\x17.tds.v1.NegotiationInfo\x12J\n\x0fRevokeAgreement\x12\x1e.tds.v1.RevokeAgreementRequest\x1a\x17.tds.v1.NegotiationInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,18 +47,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDPRODUCTREQUEST']._serialized_end=720
   _globals['_ADDPRODUCTRESPONSE']._serialized_start=722
   _globals['_ADDPRODUCTRESPONSE']._serialized_end=764
-  _globals['_REMOVEPRODUCTREQUEST']._serialized_start=766
-  _globals['_REMOVEPRODUCTREQUEST']._serialized_end=808
-  _globals['_REMOVEPRODUCTRESPONSE']._serialized_start=810
-  _globals['_REMOVEPRODUCTRESPONSE']._serialized_end=833
-  _globals['_LISTOWNPRODUCTSREQUEST']._serialized_start=835
-  _globals['_LISTOWNPRODUCTSREQUEST']._serialized_end=859
-  _globals['_LISTOWNPRODUCTSRESPONSE']._serialized_start=861
-  _globals['_LISTOWNPRODUCTSRESPONSE']._serialized_end=909
-  _globals['_GETSTATUSREQUEST']._serialized_start=911
-  _globals['_GETSTATUSREQUEST']._serialized_end=929
-  _globals['_GETSTATUSRESPONSE']._serialized_start=932
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1114
-  _globals['_ADMINSERVICE']._serialized_start=1117
-  _globals['_ADMINSERVICE']._serialized_end=1950
+  _globals['_REGISTEROWNPRODUCTREQUEST']._serialized_start=766
+  _globals['_REGISTEROWNPRODUCTREQUEST']._serialized_end=829
+  _globals['_REMOVEPRODUCTREQUEST']._serialized_start=831
+  _globals['_REMOVEPRODUCTREQUEST']._serialized_end=873
+  _globals['_REMOVEPRODUCTRESPONSE']._serialized_start=875
+  _globals['_REMOVEPRODUCTRESPONSE']._serialized_end=898
+  _globals['_LISTOWNPRODUCTSREQUEST']._serialized_start=900
+  _globals['_LISTOWNPRODUCTSREQUEST']._serialized_end=924
+  _globals['_LISTOWNPRODUCTSRESPONSE']._serialized_start=926
+  _globals['_LISTOWNPRODUCTSRESPONSE']._serialized_end=974
+  _globals['_GETSTATUSREQUEST']._serialized_start=976
+  _globals['_GETSTATUSREQUEST']._serialized_end=994
+  _globals['_GETSTATUSRESPONSE']._serialized_start=997
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1179
+  _globals['_ADMINSERVICE']._serialized_start=1182
+  _globals['_ADMINSERVICE']._serialized_end=2097
 # @@protoc_insertion_point(module_scope)

@@ -241,6 +241,28 @@ class AddProductResponse(_message.Message):
 Global___AddProductResponse: _TypeAlias = AddProductResponse  # noqa: Y015
 
 @_typing.final
+class RegisterOwnProductRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    public: _builtins.bool
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id", "public", b"public"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterOwnProductRequest: _TypeAlias = RegisterOwnProductRequest  # noqa: Y015
+
+@_typing.final
 class RemoveProductRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -55,6 +55,11 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.FromString,
                 _registered_method=True)
+        self.RegisterProduct = channel.unary_unary(
+                '/tds.v1.AdminService/RegisterProduct',
+                request_serializer=tds_dot_v1_dot_admin__pb2.RegisterOwnProductRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.AddProductResponse.FromString,
+                _registered_method=True)
         self.StartNegotiation = channel.unary_unary(
                 '/tds.v1.AdminService/StartNegotiation',
                 request_serializer=tds_dot_v1_dot_admin__pb2.StartNegotiationRequest.SerializeToString,
@@ -117,6 +122,13 @@ class AdminServiceServicer:
 
     def ListOwnProducts(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterProduct(self, request, context):
+        """List a product in the registry's catalog index (public data gets a registration code).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -189,6 +201,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListOwnProducts,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.SerializeToString,
+            ),
+            'RegisterProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterProduct,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.RegisterOwnProductRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.AddProductResponse.SerializeToString,
             ),
             'StartNegotiation': grpc.unary_unary_rpc_method_handler(
                     servicer.StartNegotiation,
@@ -335,6 +352,33 @@ class AdminService:
             '/tds.v1.AdminService/ListOwnProducts',
             tds_dot_v1_dot_admin__pb2.ListOwnProductsRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.ListOwnProductsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/RegisterProduct',
+            tds_dot_v1_dot_admin__pb2.RegisterOwnProductRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.AddProductResponse.FromString,
             options,
             channel_credentials,
             insecure,

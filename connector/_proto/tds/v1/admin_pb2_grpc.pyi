@@ -38,6 +38,8 @@ class AdminServiceStub:
     """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
     RemoveProduct: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveProductRequest, _admin_pb2.RemoveProductResponse]
     ListOwnProducts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListOwnProductsRequest, _admin_pb2.ListOwnProductsResponse]
+    RegisterProduct: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RegisterOwnProductRequest, _admin_pb2.AddProductResponse]
+    """List a product in the registry's catalog index (public data gets a registration code)."""
     StartNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StartNegotiationRequest, _admin_pb2.NegotiationInfo]
     """As a consumer: ask a provider for a contract."""
     ListNegotiations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNegotiationsRequest, _admin_pb2.ListNegotiationsResponse]
@@ -60,6 +62,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Publish (or with replace, update) a data product from its description (TOML or JSON)."""
     RemoveProduct: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveProductRequest, _admin_pb2.RemoveProductResponse]  # type: ignore[assignment]
     ListOwnProducts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListOwnProductsRequest, _admin_pb2.ListOwnProductsResponse]  # type: ignore[assignment]
+    RegisterProduct: _aio.UnaryUnaryMultiCallable[_admin_pb2.RegisterOwnProductRequest, _admin_pb2.AddProductResponse]  # type: ignore[assignment]
+    """List a product in the registry's catalog index (public data gets a registration code)."""
     StartNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.StartNegotiationRequest, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
     """As a consumer: ask a provider for a contract."""
     ListNegotiations: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNegotiationsRequest, _admin_pb2.ListNegotiationsResponse]  # type: ignore[assignment]
@@ -103,6 +107,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListOwnProductsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListOwnProductsResponse, _abc.Awaitable[_admin_pb2.ListOwnProductsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterProduct(
+        self,
+        request: _admin_pb2.RegisterOwnProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AddProductResponse, _abc.Awaitable[_admin_pb2.AddProductResponse]]:
+        """List a product in the registry's catalog index (public data gets a registration code)."""
 
     @_abc_1.abstractmethod
     def StartNegotiation(

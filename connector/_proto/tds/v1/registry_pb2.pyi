@@ -20,6 +20,135 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RegisterProductRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_JSON_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    product_json: _builtins.str
+    """The product as the provider publishes it (canonical JSON of connector.catalog.Product,
+    without its source).
+    """
+    public: _builtins.bool
+    """Ask for a registration code: the product is public data."""
+    def __init__(
+        self,
+        *,
+        product_json: _builtins.str = ...,
+        public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_json", b"product_json", "public", b"public"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterProductRequest: _TypeAlias = RegisterProductRequest  # noqa: Y015
+
+@_typing.final
+class RegisterProductResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_CODE_FIELD_NUMBER: _builtins.int
+    registration_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        registration_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registration_code", b"registration_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterProductResponse: _TypeAlias = RegisterProductResponse  # noqa: Y015
+
+@_typing.final
+class SearchCatalogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Words to find in title, description or tags (all must match); empty for all."""
+    tag: _builtins.str
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchCatalogRequest: _TypeAlias = SearchCatalogRequest  # noqa: Y015
+
+@_typing.final
+class CatalogListing(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    GRADE_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    REGISTRATION_CODE_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    product_id: _builtins.str
+    title: _builtins.str
+    description: _builtins.str
+    grade: _builtins.str
+    registration_code: _builtins.str
+    registered_at: _builtins.int
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        grade: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        registration_code: _builtins.str = ...,
+        registered_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "grade", b"grade", "product_id", b"product_id", "provider", b"provider", "registered_at", b"registered_at", "registration_code", b"registration_code", "tags", b"tags", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogListing: _TypeAlias = CatalogListing  # noqa: Y015
+
+@_typing.final
+class SearchCatalogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LISTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def listings(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogListing]: ...
+    def __init__(
+        self,
+        *,
+        listings: _abc.Iterable[Global___CatalogListing] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["listings", b"listings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchCatalogResponse: _TypeAlias = SearchCatalogResponse  # noqa: Y015
+
+@_typing.final
 class EnrolRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -65,6 +65,16 @@ class RegistryServiceStub:
                 request_serializer=tds_dot_v1_dot_registry__pb2.GetRevocationListRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.FromString,
                 _registered_method=True)
+        self.RegisterProduct = channel.unary_unary(
+                '/tds.v1.RegistryService/RegisterProduct',
+                request_serializer=tds_dot_v1_dot_registry__pb2.RegisterProductRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.RegisterProductResponse.FromString,
+                _registered_method=True)
+        self.SearchCatalog = channel.unary_unary(
+                '/tds.v1.RegistryService/SearchCatalog',
+                request_serializer=tds_dot_v1_dot_registry__pb2.SearchCatalogRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.SearchCatalogResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -113,6 +123,21 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterProduct(self, request, context):
+        """A provider lists (or re-lists) one of its products in the space's catalog index; a
+        public product gets its registration code (登记码).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchCatalog(self, request, context):
+        """Listings across providers that the searcher may see under each provider's access rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +170,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetRevocationList,
                     request_deserializer=tds_dot_v1_dot_registry__pb2.GetRevocationListRequest.FromString,
                     response_serializer=tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.SerializeToString,
+            ),
+            'RegisterProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterProduct,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.RegisterProductRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.RegisterProductResponse.SerializeToString,
+            ),
+            'SearchCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCatalog,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.SearchCatalogRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.SearchCatalogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +345,60 @@ class RegistryService:
             '/tds.v1.RegistryService/GetRevocationList',
             tds_dot_v1_dot_registry__pb2.GetRevocationListRequest.SerializeToString,
             tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.RegistryService/RegisterProduct',
+            tds_dot_v1_dot_registry__pb2.RegisterProductRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.RegisterProductResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.RegistryService/SearchCatalog',
+            tds_dot_v1_dot_registry__pb2.SearchCatalogRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.SearchCatalogResponse.FromString,
             options,
             channel_credentials,
             insecure,

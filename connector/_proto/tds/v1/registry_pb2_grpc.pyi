@@ -45,6 +45,12 @@ class RegistryServiceStub:
     """List participants (members only)."""
     GetRevocationList: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRevocationListRequest, _registry_pb2.GetRevocationListResponse]
     """The current signed revocation list (any certificate of the space)."""
+    RegisterProduct: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterProductRequest, _registry_pb2.RegisterProductResponse]
+    """A provider lists (or re-lists) one of its products in the space's catalog index; a
+    public product gets its registration code (登记码).
+    """
+    SearchCatalog: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SearchCatalogRequest, _registry_pb2.SearchCatalogResponse]
+    """Listings across providers that the searcher may see under each provider's access rules."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -63,6 +69,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """List participants (members only)."""
     GetRevocationList: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRevocationListRequest, _registry_pb2.GetRevocationListResponse]  # type: ignore[assignment]
     """The current signed revocation list (any certificate of the space)."""
+    RegisterProduct: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterProductRequest, _registry_pb2.RegisterProductResponse]  # type: ignore[assignment]
+    """A provider lists (or re-lists) one of its products in the space's catalog index; a
+    public product gets its registration code (登记码).
+    """
+    SearchCatalog: _aio.UnaryUnaryMultiCallable[_registry_pb2.SearchCatalogRequest, _registry_pb2.SearchCatalogResponse]  # type: ignore[assignment]
+    """Listings across providers that the searcher may see under each provider's access rules."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The operator's registry: directory, membership tokens, revocation."""
@@ -114,5 +126,23 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetRevocationListResponse, _abc.Awaitable[_registry_pb2.GetRevocationListResponse]]:
         """The current signed revocation list (any certificate of the space)."""
+
+    @_abc_1.abstractmethod
+    def RegisterProduct(
+        self,
+        request: _registry_pb2.RegisterProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RegisterProductResponse, _abc.Awaitable[_registry_pb2.RegisterProductResponse]]:
+        """A provider lists (or re-lists) one of its products in the space's catalog index; a
+        public product gets its registration code (登记码).
+        """
+
+    @_abc_1.abstractmethod
+    def SearchCatalog(
+        self,
+        request: _registry_pb2.SearchCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SearchCatalogResponse, _abc.Awaitable[_registry_pb2.SearchCatalogResponse]]:
+        """Listings across providers that the searcher may see under each provider's access rules."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,113 @@
+"""The operator's catalog index: products listed across connectors, registration codes.
+
+A listing is shown to a searcher only if the provider's own access rules, evaluated by the
+same policy library, let that searcher see it — the index never reveals what the provider's
+catalog would hide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from dataclasses import replace
+
+from sqlmodel import select
+
+from connector.audit.log import AuditLog
+from connector.catalog.products import Product
+from connector.clock import Clock
+from connector.errors import InvalidRequest, PermissionDenied
+from connector.policy.inputs import build_input
+from connector.policy.point import PolicyPoint
+from connector.rpc.auth import Caller
+from connector.store.database import Database
+from connector.store.models import CatalogListingRow
+
+__all__ = ["CatalogIndex", "Listing"]
+
+Listing = tuple[str, Product, str, int]
+"""(provider, product, registration code, registered ms)."""
+
+
+class CatalogIndex:
+    """Listings in the operator's database."""
+
+    def __init__(
+        self, db: Database, *, space: str, policy: PolicyPoint, audit: AuditLog, clock: Clock
+    ) -> None:
+        self._db = db
+        self._space = space
+        self._policy = policy
+        self._audit = audit
+        self._clock = clock
+
+    def _code(self, provider: str, product_id: str) -> str:
+        year = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC).year
+        digest = hashlib.sha256(f"{provider}/{product_id}".encode()).hexdigest()[:10].upper()
+        return f"{self._space.upper()}-{year}-{digest}"
+
+    def register(self, caller: Caller, product_json: str, public: bool) -> str:
+        """List (or re-list) a product of the caller; return its registration code."""
+        try:
+            product = Product.from_json(product_json)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest(f"product_json is not a tds product: {exc}") from None
+        if product.owner != caller.participant:
+            raise PermissionDenied("a provider lists only its own products")
+        if product.grade == "core":
+            raise InvalidRequest("core data is never listed")
+        now_ms = int(self._clock.now() * 1000)
+        with self._db.session() as s:
+            row = s.get(CatalogListingRow, (caller.participant, product.id))
+            code = row.registration_code if row is not None else ""
+        if public and not code:
+            code = self._code(caller.participant, product.id)
+        listed = replace(product, registration_code=code or product.registration_code)
+        self._audit.record(
+            "registry.product_registered",
+            parties=[caller.participant],
+            data={
+                "provider": caller.participant,
+                "product": product.id,
+                "public": public,
+                "registration_code": code,
+            },
+        )
+        with self._db.session() as s:
+            row = s.get(CatalogListingRow, (caller.participant, product.id), with_for_update=True)
+            if row is None:
+                row = CatalogListingRow(
+                    provider=caller.participant,
+                    product_id=product.id,
+                    body=listed.to_json(),
+                    registration_code=code,
+                    registered_ms=now_ms,
+                )
+            else:
+                row.body, row.registration_code = listed.to_json(), code
+            s.add(row)
+        return code
+
+    def search(self, caller: Caller, text: str = "", tag: str = "") -> list[Listing]:
+        """Listings matching ``text`` and ``tag`` that the caller may see."""
+        words = [w.lower() for w in re.findall(r"\w+", text)]
+        with self._db.session() as s:
+            rows = s.exec(select(CatalogListingRow)).all()
+            listings = [
+                (r.provider, Product.from_json(r.body), r.registration_code, r.registered_ms)
+                for r in rows
+            ]
+        found = []
+        for provider, product, code, when in sorted(listings, key=lambda x: (x[0], x[1].id)):
+            haystack = " ".join([product.title, product.description, *product.tags]).lower()
+            if tag and tag not in product.tags:
+                continue
+            if any(w not in haystack for w in words):
+                continue
+            document = build_input(
+                "catalog.read", caller=caller, resource=product.resource(), clock=self._clock
+            )
+            if self._policy.decide(document).allow:
+                found.append((provider, product, code, when))
+        return found
