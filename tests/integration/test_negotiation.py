@@ -342,3 +342,32 @@ def test_dsp_renderings_from_the_cli(space: LocalSpace, capsys: pytest.CaptureFi
     message = json.loads(capsys.readouterr().out)
     assert message["@type"] == "ContractAgreementMessage"
     assert message["agreement"]["assignee"] == "urn:tds:participant:a"
+
+
+def test_provider_restart_resumes_and_nothing_is_doubled(space: LocalSpace) -> None:
+    from connector.node import Node
+
+    gov = space.nodes["gov"]
+    gov.stop(grace=0)
+    try:
+        mine = start(space, "open-stats")  # queued: the provider is down
+        time.sleep(1.5)  # a few failed attempts, with backoff
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+        assert info.state == "REQUESTED"
+    finally:
+        restarted = Node(space.configs["gov"])
+        restarted.start()
+        space.nodes["gov"] = restarted
+        assert restarted.wait_ready(10)
+    done = wait(space, "a", mine.pid, "FINALIZED", timeout=30)
+    theirs = wait(space, "gov", done.counterparty_pid, "FINALIZED")
+    assert verify_agreement(theirs.agreement, keys(space)).consumer_pid == mine.pid
+    log = restarted.log
+    assert log is not None
+    bodies = [json.loads(b) for _, b in log.entries(0, log.size)]
+    moves = [
+        e["data"]["to"]
+        for e in bodies
+        if e["kind"] == "negotiation.transition" and e["data"].get("pid") == done.counterparty_pid
+    ]
+    assert moves == ["REQUESTED", "AGREED", "FINALIZED"]
