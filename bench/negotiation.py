@@ -103,7 +103,8 @@ def main() -> int:
             )
             state = wait_final(consumer, info.pid)
             if state != "FINALIZED":
-                raise SystemExit(f"negotiation ended {state}")
+                final = consumer.GetNegotiation(admin_pb2.NegotiationRef(pid=info.pid), timeout=10)
+                raise SystemExit(f"negotiation ended {state}: {list(final.reasons)}")
             return time.perf_counter() - t
 
         for _ in range(5):

@@ -8,6 +8,7 @@ without secrets or internals. The mapping to gRPC status codes lives in one plac
 from __future__ import annotations
 
 __all__ = [
+    "Aborted",
     "AuthenticationError",
     "ConfigError",
     "ConflictError",
@@ -55,6 +56,10 @@ class PreconditionFailed(ConnectorError):
 
 class VerificationError(ConnectorError):
     """A signature, token, list or proof did not verify."""
+
+
+class Aborted(ConnectorError):
+    """A concurrent change got there first; the same request may succeed if retried."""
 
 
 class Unavailable(ConnectorError):

@@ -12,11 +12,13 @@ Every transition is written to the audit log before it is committed and acknowle
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -27,6 +29,7 @@ from connector.audit.log import AuditLog
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
 from connector.errors import (
+    Aborted,
     ConflictError,
     InvalidRequest,
     NotFound,
@@ -51,7 +54,25 @@ __all__ = ["CONSUMER", "PROVIDER", "Negotiator"]
 
 log = logging.getLogger(__name__)
 PROVIDER, CONSUMER = "provider", "consumer"
+F = TypeVar("F", bound=Callable[..., Any])
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
+
+
+def retrying(method: F) -> F:
+    """Run again (up to 3 times) when a concurrent change won the compare-and-set."""
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(3):
+            try:
+                return method(*args, **kwargs)
+            except Aborted:
+                if attempt == 2:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return run  # type: ignore[return-value]
 
 
 def _ack(n: Negotiation) -> negotiation_pb2.NegotiationAck:
@@ -208,6 +229,7 @@ class Negotiator:
         self._poke()
         return n
 
+    @retrying
     def request_answered(self, consumer_pid: str, ack: negotiation_pb2.NegotiationAck) -> None:
         """The provider's answer to our request: its process id, or an immediate refusal."""
         n = self._store.get(consumer_pid)
@@ -220,6 +242,7 @@ class Negotiator:
         elif not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
             self._store.transition(n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid)
 
+    @retrying
     def receive_agreement(
         self, caller: Caller, msg: negotiation_pb2.AgreementMessage
     ) -> negotiation_pb2.NegotiationAck:
@@ -262,6 +285,7 @@ class Negotiator:
         )
         return _ack(n)
 
+    @retrying
     def receive_final(
         self, caller: Caller, event: negotiation_pb2.NegotiationEvent
     ) -> negotiation_pb2.NegotiationAck:
@@ -276,6 +300,7 @@ class Negotiator:
 
     # -- provider ---------------------------------------------------------------------
 
+    @retrying
     def receive_request(
         self, caller: Caller, req: negotiation_pb2.ContractRequest
     ) -> negotiation_pb2.NegotiationAck:
@@ -395,6 +420,7 @@ class Negotiator:
             ],
         )
 
+    @retrying
     def approve(self, pid: str) -> Negotiation:
         """The provider's admin approves a negotiation waiting in REQUESTED."""
         n = self._own_local(pid, PROVIDER)
@@ -402,6 +428,7 @@ class Negotiator:
             raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
         return self._agree(n, self._policy.engine.revision)
 
+    @retrying
     def receive_verification(
         self, caller: Caller, msg: negotiation_pb2.AgreementMessage
     ) -> negotiation_pb2.NegotiationAck:
@@ -437,6 +464,7 @@ class Negotiator:
 
     # -- both -------------------------------------------------------------------------
 
+    @retrying
     def terminate(self, pid: str, reason: str) -> Negotiation:
         """This side ends a negotiation that is not final, and tells the other side."""
         n = self._store.get(pid)
@@ -456,17 +484,21 @@ class Negotiator:
             ],
         )
 
+    @retrying
     def end_locally(self, pid: str, reason: str) -> Negotiation:
         """End a negotiation here without telling the other side (it cannot be reached)."""
         return self._transition(self._store.get(pid), State.TERMINATED, reasons=[reason])
 
+    @retrying
     def reject(self, pid: str, reason: str) -> Negotiation:
         """The provider's admin rejects a negotiation waiting for approval."""
         n = self._own_local(pid, PROVIDER)
         if n.state != State.REQUESTED:
             raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
-        return self.terminate(pid, reason or "rejected by the provider")
+        result: Negotiation = self.terminate(pid, reason or "rejected by the provider")
+        return result
 
+    @retrying
     def receive_termination(
         self, caller: Caller, msg: negotiation_pb2.NegotiationTermination
     ) -> negotiation_pb2.NegotiationAck:
@@ -494,6 +526,7 @@ class Negotiator:
                 return n
         return None
 
+    @retrying
     def revoke(self, agreement_id: str, reason: str) -> Negotiation:
         """The provider revokes a finalized agreement, signs the revocation, tells the consumer."""
         n = self._store.by_agreement(agreement_id)
@@ -531,6 +564,7 @@ class Negotiator:
         self._poke()
         return n
 
+    @retrying
     def receive_revocation(
         self, caller: Caller, msg: negotiation_pb2.AgreementRevocation
     ) -> negotiation_pb2.NegotiationAck:

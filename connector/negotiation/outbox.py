@@ -65,6 +65,7 @@ class Outbox:
         self._on_give_up = on_give_up
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tds-outbox")
         self._wake = threading.Event()
+        self._in_flight: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,6 +88,8 @@ class Outbox:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # Clear before looking, so a poke during the pass is never lost.
+            self._wake.clear()
             try:
                 busy = self.deliver_due()
             except Exception:  # the loop must survive anything; the rows stay queued
@@ -94,7 +97,6 @@ class Outbox:
                 busy = False
             if not busy:
                 self._wake.wait(0.5)
-                self._wake.clear()
 
     def deliver_due(self, limit: int = 20, lease_seconds: float = 30.0) -> bool:
         """Try every due message once; return whether any was due.
@@ -113,7 +115,7 @@ class Outbox:
             )
             if self._db.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            rows = s.exec(query).all()
+            rows = [r for r in s.exec(query).all() if r.id not in self._in_flight]
             due = [
                 Pending(
                     r.id or 0,
@@ -126,14 +128,24 @@ class Outbox:
                 )
                 for r in rows
             ]
-            for row in rows:
-                row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
-                s.add(row)
+            if self._db.dialect == "postgresql":
+                # Replicas share the table: a lease keeps the others off these rows.
+                for row in rows:
+                    row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
+                    s.add(row)
+        # One process per SQLite file: an in-memory claim is enough (and saves a commit).
+        self._in_flight.update(p.id for p in due)
         # Messages to different negotiations are independent: send them side by side.
         list(self._pool.map(lambda p: self._send(p, now_ms), due))
         return bool(due)
 
     def _send(self, pending: Pending, now_ms: int) -> None:
+        try:
+            self._send_once(pending, now_ms)
+        finally:
+            self._in_flight.discard(pending.id)
+
+    def _send_once(self, pending: Pending, now_ms: int) -> None:
         try:
             self._deliver(pending)
         except ConnectorError as exc:

@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from connector.errors import ConflictError, NotFound, PreconditionFailed
+from connector.errors import Aborted, ConflictError, NotFound
 from connector.negotiation.states import State, check_transition
 from connector.store.database import Database
 from connector.store.models import InboxRow, NegotiationRow, OutboxRow
@@ -246,7 +246,7 @@ class NegotiationStore:
                 )
                 changed = result.rowcount
                 if changed != 1:
-                    raise PreconditionFailed(
+                    raise Aborted(
                         f"negotiation {pid} changed while this request was handled; retry"
                     )
                 self._queue(s, pid, outgoing, now_ms)
@@ -257,7 +257,7 @@ class NegotiationStore:
                 return _negotiation(row)
         except OperationalError:
             # SQLite refuses to write from a snapshot another writer already changed.
-            raise PreconditionFailed(
+            raise Aborted(
                 f"negotiation {pid} changed while this request was handled; retry"
             ) from None
 

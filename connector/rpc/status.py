@@ -17,6 +17,7 @@ _STATUS: list[tuple[type[errors.ConnectorError], grpc.StatusCode]] = [
     (errors.PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.VerificationError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Aborted, grpc.StatusCode.ABORTED),
     (errors.ConfigError, grpc.StatusCode.INTERNAL),
 ]
 
@@ -27,7 +28,7 @@ _ERROR: dict[grpc.StatusCode, type[errors.ConnectorError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.ALREADY_EXISTS: errors.ConflictError,
-    grpc.StatusCode.ABORTED: errors.ConflictError,
+    grpc.StatusCode.ABORTED: errors.Aborted,
     grpc.StatusCode.FAILED_PRECONDITION: errors.PreconditionFailed,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,

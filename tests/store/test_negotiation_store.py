@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connector.errors import ConflictError, NotFound, PreconditionFailed
+from connector.errors import Aborted, ConflictError, NotFound, PreconditionFailed
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore, Outgoing
 from connector.store.database import Database, open_database
@@ -80,7 +80,7 @@ def test_racing_transitions_admit_exactly_one(store: NegotiationStore) -> None:
         try:
             store.transition(n.pid, State.AGREED, now_ms=3)  # type: ignore[attr-defined]
             results.append("ok")
-        except PreconditionFailed:
+        except (PreconditionFailed, Aborted):
             results.append("refused")
 
     threads = [threading.Thread(target=approve) for _ in range(4)]
