@@ -101,6 +101,16 @@ def provider_side(
     return wait(space, "gov", consumer_info.counterparty_pid, consumer_info.state)
 
 
+def answered(space: LocalSpace, mine: admin_pb2.NegotiationInfo) -> admin_pb2.NegotiationInfo:
+    """The consumer's record once the provider's answer (its process id) arrived."""
+    info, deadline = mine, time.monotonic() + 10
+    while not info.counterparty_pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    assert info.counterparty_pid, "the provider never answered"
+    return info
+
+
 def test_auto_approved_negotiation_is_finalized_on_both_sides(space: LocalSpace) -> None:
     mine = start(space, "open-stats")
     assert mine.state == "REQUESTED" and mine.role == "consumer"
@@ -121,11 +131,7 @@ def test_auto_approved_negotiation_is_finalized_on_both_sides(space: LocalSpace)
 def test_important_data_waits_for_approval(space: LocalSpace) -> None:
     mine = start(space, "road-sensors")
     wait(space, "a", mine.pid, "REQUESTED")
-    info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
-    deadline = time.monotonic() + 10
-    while not info.counterparty_pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    info = answered(space, mine)
     pending = (
         admin(space, "gov")
         .ListNegotiations(admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10)
@@ -146,11 +152,7 @@ def test_important_data_waits_for_approval(space: LocalSpace) -> None:
 
 def test_rejected_negotiation_is_terminated_on_both_sides(space: LocalSpace) -> None:
     mine = start(space, "road-sensors")
-    deadline = time.monotonic() + 10
-    info = mine
-    while not info.counterparty_pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    info = answered(space, mine)
     admin(space, "gov").RejectNegotiation(
         admin_pb2.NegotiationRef(pid=info.counterparty_pid, reason="not this year"), timeout=10
     )
@@ -172,11 +174,7 @@ def test_unknown_product_ends_the_negotiation(space: LocalSpace) -> None:
 
 def test_consumer_can_terminate_a_waiting_negotiation(space: LocalSpace) -> None:
     mine = start(space, "road-sensors")
-    info = mine
-    deadline = time.monotonic() + 10
-    while not info.counterparty_pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    info = answered(space, mine)
     admin(space, "a").TerminateNegotiation(
         admin_pb2.NegotiationRef(pid=mine.pid, reason="changed our mind"), timeout=10
     )
