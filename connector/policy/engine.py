@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ class Failure:
     detail: str = ""
 
 
-class EngineBase:
+class EngineBase(ABC):
     """What every engine does around its evaluation: provenance, input checks, deny on error."""
 
     name = "base"
@@ -63,9 +64,9 @@ class EngineBase:
         """The revision of the policy set in force."""
         return self._policy.revision
 
+    @abstractmethod
     def _evaluate(self, document: dict[str, Any]) -> Any:
-        """The raw decision document, or a ``Failure``."""
-        raise NotImplementedError  # each engine evaluates its own way
+        """The raw decision document, or a ``Failure`` (each engine evaluates its own way)."""
 
     def decide(self, document: Mapping[str, Any]) -> Decision:
         """The decision for ``document``; any failure is a deny with its reason."""
