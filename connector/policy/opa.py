@@ -41,7 +41,9 @@ class OpaServerEngine(EngineBase):
         client_cert: tuple[str, str] | None = None,
         ca_bundle: str | None = None,
         token: str | None = None,
+        admin_timeout_seconds: float = 30.0,
     ) -> None:
+        self._admin_timeout = admin_timeout_seconds
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"policy.opa_url {url!r} must be http(s)://host:port")
@@ -62,13 +64,21 @@ class OpaServerEngine(EngineBase):
 
     def start(self) -> None:
         """Check the server's health and push every module; ``Unavailable`` if it fails."""
-        if not self._client.check_health():
-            raise Unavailable(f"the OPA server at {self._url} is not healthy")
-        for name, source in self._policy.modules.items():
-            try:
-                self._client.update_policy_from_string(source, _policy_id(name), rego_compat=False)
-            except Exception as exc:
-                raise Unavailable(f"OPA at {self._url} refused policy {name}: {exc}") from None
+        # Compiling uploaded modules takes longer than a decision may: the decision
+        # deadline would turn a busy start into a refusal.
+        decision_timeout, self._client.timeout = self._client.timeout, self._admin_timeout
+        try:
+            if not self._client.check_health():
+                raise Unavailable(f"the OPA server at {self._url} is not healthy")
+            for name, source in self._policy.modules.items():
+                try:
+                    self._client.update_policy_from_string(
+                        source, _policy_id(name), rego_compat=False
+                    )
+                except Exception as exc:
+                    raise Unavailable(f"OPA at {self._url} refused policy {name}: {exc}") from None
+        finally:
+            self._client.timeout = decision_timeout
 
     def update(self, policy: PolicySet) -> None:
         """Push a new policy set (for example with a new provider module)."""
