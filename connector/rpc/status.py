@@ -66,6 +66,13 @@ def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
             f"{peer} refused the TLS handshake: use a certificate issued by the space CA that "
             f"is valid now and not revoked ({details})"
         )
+    if code is grpc.StatusCode.UNAVAILABLE and "Connection refused" in details:
+        where = details.rsplit("ipv4:", 1)[-1].split(":")[:2] if "ipv4:" in details else []
+        at = f" at {':'.join(where)}" if len(where) == 2 else ""
+        return errors.Unavailable(
+            f"{peer}{at} is not reachable (connection refused): "
+            "is it running, and is the address in its config right?"
+        )
     if code is grpc.StatusCode.UNAVAILABLE and "Socket closed" in details:
         return errors.Unavailable(
             f"{peer} closed the connection during the TLS handshake: it may have refused this "
