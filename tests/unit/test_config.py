@@ -79,24 +79,3 @@ def test_bad_configs_name_the_field(tmp_path: Path, edit: object, message: str) 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
-
-
-def test_unreachable_peer_gets_a_clear_message() -> None:
-    import grpc
-
-    from connector.errors import Unavailable
-    from connector.rpc.status import error_for_status
-
-    class Refused(grpc.RpcError):
-        def code(self) -> grpc.StatusCode:
-            return grpc.StatusCode.UNAVAILABLE
-
-        def details(self) -> str:
-            return (
-                "failed to connect to all addresses; last error: UNKNOWN: "
-                "ipv4:127.0.0.1:7001: Failed to connect to remote host: Connection refused"
-            )
-
-    err = error_for_status(Refused(), "city-gov")
-    assert isinstance(err, Unavailable)
-    assert str(err).startswith("city-gov at 127.0.0.1:7001 is not reachable")
