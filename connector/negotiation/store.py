@@ -215,6 +215,10 @@ class NegotiationStore:
                 row = s.get(NegotiationRow, pid, with_for_update=True)
                 if row is None:
                     raise NotFound(f"negotiation {pid!r} not found")
+                if inbox is not None and s.get(InboxRow, inbox[0]) is not None:
+                    # A replica processed this very message while we waited for the row:
+                    # the caller's retry will find it done and answer as it did.
+                    raise Aborted(f"message {inbox[0]} was just processed")
                 current = start = State(row.state)
                 for step in steps:
                     check_transition(current, step)

@@ -142,3 +142,73 @@ def test_racing_requests_approvals_and_callbacks(replicas: tuple[LocalSpace, Nod
             {"p": pid},
         ).scalar_one()
     assert (agreements, sends) == (1, 1)
+
+
+def test_racing_verification_callbacks_finalize_once(
+    replicas: tuple[LocalSpace, Node, Node],
+) -> None:
+    import time
+
+    sp, first, second = replicas
+    consumer = sp.nodes["a"]
+    assert consumer.outbox is not None and consumer.db is not None
+    # The consumer's own admin channel names "a" (channel() names "gov").
+    a_admin = admin_pb2_grpc.AdminServiceStub(
+        grpc.secure_channel(
+            f"127.0.0.1:{consumer.port}",
+            grpc.ssl_channel_credentials(
+                (sp.pki_dir / "ca.pem").read_bytes(),
+                pem(sp, "a", "admin_key"),
+                pem(sp, "a", "admin_cert"),
+            ),
+            options=[("grpc.ssl_target_name_override", "a.city.tds")],
+        )
+    )
+    mine = a_admin.StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov", product_id="shared", offer_id="o1", purpose="research"
+        ),
+        timeout=15,
+    )
+    deadline = time.monotonic() + 15
+    pending: list[Any] = []
+    while not pending and time.monotonic() < deadline:
+        pending = list(
+            admin_stub(sp, first)
+            .ListNegotiations(admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=15)
+            .negotiations
+        )
+        time.sleep(0.05)
+    assert pending
+    consumer.outbox.stop()  # hold the consumer's countersignature in its outbox
+    admin_stub(sp, first).ApproveNegotiation(
+        admin_pb2.NegotiationRef(pid=pending[0].pid), timeout=15
+    )
+    payload = None
+    while payload is None and time.monotonic() < deadline + 15:
+        with consumer.db.engine.connect() as conn:
+            payload = conn.execute(
+                text(
+                    "SELECT payload FROM outbox"
+                    " WHERE method = 'VerifyAgreement' AND status = 'pending'"
+                )
+            ).scalar()
+        time.sleep(0.05)
+    assert payload is not None
+    message = negotiation_pb2.AgreementMessage.FromString(bytes(payload))
+    acks = race(
+        lambda: peer_stub(sp, first).VerifyAgreement(message, timeout=15),
+        lambda: peer_stub(sp, second).VerifyAgreement(message, timeout=15),
+        lambda: peer_stub(sp, second).VerifyAgreement(message, timeout=15),
+    )
+    states = [a.state for a in acks if isinstance(a, negotiation_pb2.NegotiationAck)]
+    assert states == ["FINALIZED"] * 3, acks
+    assert entries(first, pending[0].pid) == ["REQUESTED", "AGREED", "FINALIZED"]
+    assert first.db is not None
+    with first.db.engine.connect() as conn:
+        finals = conn.execute(
+            text("SELECT count(*) FROM outbox WHERE negotiation_pid = :p AND method = 'Finalize'"),
+            {"p": pending[0].pid},
+        ).scalar_one()
+    assert finals == 1
+    assert mine.state == "REQUESTED"
