@@ -6,7 +6,6 @@ import base64
 import json
 import random
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -389,4 +388,3 @@ def test_members_see_only_entries_naming_them(world: dict[str, object]) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.GetEntries(audit_pb2.GetEntriesRequest(start=0, end=5000), timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    _ = time
