@@ -242,7 +242,12 @@ class TransparencyLog:
                         rows.append(
                             (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
                         )
-                        nodes.extend(self._extend(frontier, size, merkle.leaf_hash(body)))
+                        nodes.extend(
+                            (_node_id(level, i), h)
+                            for level, i, h in merkle.extend_frontier(
+                                frontier, size, merkle.leaf_hash(body)
+                            )
+                        )
                         indices.append(size)
                         size += 1
                     results.append(indices)
@@ -271,19 +276,6 @@ class TransparencyLog:
             except Exception:  # the connection is gone either way
                 log.debug("closing the writer connection failed", exc_info=True)
             self._raw = None
-
-    @staticmethod
-    def _extend(frontier: dict[int, bytes], index: int, leaf: bytes) -> list[tuple[int, bytes]]:
-        """Add leaf ``index`` to the right edge; return every node it completes."""
-        nodes = [(_node_id(0, index), leaf)]
-        h, i, level = leaf, index, 0
-        while i & 1:
-            h = merkle.node_hash(frontier.pop(level), h)
-            i >>= 1
-            level += 1
-            nodes.append((_node_id(level, i), h))
-        frontier[level] = h
-        return nodes
 
     def _load_frontier(self, conn: Any = None) -> None:
         def load(c: Any) -> None:
@@ -345,10 +337,7 @@ class TransparencyLog:
         """The current size and root hash."""
         with self._state_lock:
             size, frontier = self._size, dict(self._frontier)
-        r: bytes | None = None
-        for level in sorted(frontier):
-            r = frontier[level] if r is None else merkle.node_hash(frontier[level], r)
-        return size, r if r is not None else merkle.EMPTY_ROOT
+        return size, merkle.frontier_root(frontier)
 
     def _with_nodes(self, compute: Any) -> Any:
         """Run ``compute(nodes)`` twice: once to learn which nodes it needs, then for real."""

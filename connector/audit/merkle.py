@@ -20,6 +20,8 @@ __all__ = [
     "NodeSource",
     "consistency_proof",
     "consistency_proof_from",
+    "extend_frontier",
+    "frontier_root",
     "inclusion_proof",
     "inclusion_proof_from",
     "leaf_hash",
@@ -103,6 +105,31 @@ def consistency_proof_from(nodes: NodeSource, size1: int, size2: int) -> list[by
         proof.append(_range_hash(nodes, start, m))
     proof.reverse()
     return proof
+
+
+Frontier = dict[int, bytes]
+"""The right edge of a growing tree: level -> hash of its last complete subtree there."""
+
+
+def extend_frontier(frontier: Frontier, index: int, leaf: bytes) -> list[tuple[int, int, bytes]]:
+    """Append leaf ``index``; return every subtree it completes as (level, index, hash)."""
+    completed = [(0, index, leaf)]
+    h, i, level = leaf, index, 0
+    while i & 1:
+        h = node_hash(frontier.pop(level), h)
+        i >>= 1
+        level += 1
+        completed.append((level, i, h))
+    frontier[level] = h
+    return completed
+
+
+def frontier_root(frontier: Frontier) -> bytes:
+    """The root of the tree whose right edge is ``frontier``."""
+    r: bytes | None = None
+    for level in sorted(frontier):
+        r = frontier[level] if r is None else node_hash(frontier[level], r)
+    return r if r is not None else EMPTY_ROOT
 
 
 def _list_source(leaf_hashes: Sequence[bytes]) -> NodeSource:

@@ -182,9 +182,9 @@ def verify(directory: Path, *, known: list[str] | None = None) -> VerifyReport:
                 report.receipts += 1
         except VerificationError as exc:
             report.problems.append(Problem(str(exc), index))
-        _extend(frontier, index, leaf)
+        merkle.extend_frontier(frontier, index, leaf)
         for name, cp in by_size.get(size, []):
-            if _root(frontier) != cp.root:
+            if merkle.frontier_root(frontier) != cp.root:
                 # Name the range start only when no entry in it was already pinned down.
                 pinned = any(
                     p.index is not None and last_good <= p.index < size for p in report.problems
@@ -250,22 +250,6 @@ def _check_checkpoint_order(
             )
         if name != "known":
             previous = (name, cp.size)
-
-
-def _extend(frontier: dict[int, bytes], index: int, leaf: bytes) -> None:
-    h, i, level = leaf, index, 0
-    while i & 1:
-        h = merkle.node_hash(frontier.pop(level), h)
-        i >>= 1
-        level += 1
-    frontier[level] = h
-
-
-def _root(frontier: dict[int, bytes]) -> bytes:
-    r: bytes | None = None
-    for level in sorted(frontier):
-        r = frontier[level] if r is None else merkle.node_hash(frontier[level], r)
-    return r if r is not None else merkle.EMPTY_ROOT
 
 
 def prove(directory: Path, index: int) -> dict[str, Any]:
