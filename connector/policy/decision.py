@@ -8,11 +8,10 @@ on error.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-from connector.audit.canonical import canonical_json
 
 __all__ = [
     "ENGINE_ERROR",
@@ -35,11 +34,15 @@ INVALID_INPUT = "invalid_input"
 
 
 def input_digest(document: Any) -> str:
-    """SHA-256 (hex) of the canonical JSON of an input document."""
-    try:
-        return hashlib.sha256(canonical_json(document)).hexdigest()
-    except Exception:  # an unserialisable input is still given a stable digest
-        return hashlib.sha256(repr(document).encode()).hexdigest()
+    """SHA-256 (hex) of the input as sorted-key compact JSON.
+
+    Not RFC 8785: inputs carry nanosecond times beyond I-JSON's integer range, which this
+    form keeps exact. Raises ``TypeError``/``ValueError`` for a document that is not JSON.
+    """
+    text = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

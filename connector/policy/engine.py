@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,12 +70,19 @@ class EngineBase(ABC):
 
     def decide(self, document: Mapping[str, Any]) -> Decision:
         """The decision for ``document``; any failure is a deny with its reason."""
-        digest, revision = input_digest(document), self._policy.revision
+        revision = self._policy.revision
         try:
-            json.dumps(document, allow_nan=False)
-            outcome = self._evaluate(dict(document))
+            digest = input_digest(document)  # also the check that the input is JSON
         except (TypeError, ValueError) as exc:
-            outcome = Failure(INVALID_INPUT, str(exc))
+            return Decision.refuse(
+                INVALID_INPUT,
+                revision=revision,
+                engine=self.name,
+                input_sha256=hashlib.sha256(repr(document).encode()).hexdigest(),
+                detail=str(exc),
+            )
+        try:
+            outcome = self._evaluate(dict(document))
         except Exception as exc:  # an engine fault must deny, whatever it is
             outcome = Failure(ENGINE_ERROR, f"{exc.__class__.__name__}: {exc}"[:300])
         if isinstance(outcome, Failure):

@@ -86,3 +86,14 @@ def test_decisions_follow_the_decision_schema(engine: PolicyEngine) -> None:
             for k in ("allow", "deny", "needs_approval", "obligations", "permitted_fields", "masks")
         }
         jsonschema.validate(core, schema)
+
+
+def test_input_digest_is_over_content_not_key_order(engine: PolicyEngine) -> None:
+    import hashlib
+
+    document = CASES[0].input
+    reordered = dict(reversed(list(document.items())))
+    one, two = engine.decide(document), engine.decide(reordered)
+    assert one.input_sha256 == two.input_sha256
+    expected = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert one.input_sha256 == hashlib.sha256(expected.encode()).hexdigest()
