@@ -16,12 +16,13 @@ from connector.config import load_config
 from connector.errors import ConfigError, NotFound
 from connector.negotiation.agreement import parse_agreement, verify_agreement
 from connector.negotiation.dsp import agreement_message, negotiation_message
+from connector.negotiation.states import FINAL as FINAL_STATES
 from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation
 from connector.node.clients import admin_channel, registry_client
 from connector.rpc.channel import calling
 
-FINAL = ("FINALIZED", "TERMINATED")
+FINAL = tuple(sorted(state.value for state in FINAL_STATES))
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

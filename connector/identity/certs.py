@@ -6,7 +6,6 @@ Every loader names the file it could not use and what is wrong with it.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -125,8 +124,3 @@ def certificate_name(cert: x509.Certificate) -> CertificateName:
         return parse_uri(uris[0])
     except InvalidRequest as exc:
         raise AuthenticationError(str(exc)) from None
-
-
-def is_valid_at(cert: x509.Certificate, when: dt.datetime) -> bool:
-    """Whether ``when`` lies inside the certificate's validity period."""
-    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc

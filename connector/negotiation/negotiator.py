@@ -13,7 +13,6 @@ Every transition is written to the audit log before it is committed and acknowle
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -39,12 +38,11 @@ from connector.errors import (
 from connector.negotiation.agreement import (
     Agreement,
     countersign_agreement,
-    parse_agreement,
     sign_agreement,
     verify_agreement,
     verify_provider_signature,
 )
-from connector.negotiation.states import FINAL, State, check_transition
+from connector.negotiation.states import FINAL, State
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
@@ -144,12 +142,9 @@ class Negotiator:
         inbox: tuple[str, str] | None = None,
         outgoing: list[Outgoing] | None = None,
     ) -> Negotiation:
-        # Check first, log second, commit third: the log never shows a transition the
-        # protocol refuses, and nothing is acknowledged that the log does not hold.
-        current = n.state
-        for step in steps:
-            check_transition(current, step)
-            current = step
+        # The store locks the row and checks the move, then calls ``record`` before it
+        # commits: the log never shows a transition the protocol refuses, and nothing is
+        # acknowledged that the log does not hold.
         extra: dict[str, object] = {}
         if agreement_id:
             extra["agreement_id"] = agreement_id
@@ -623,11 +618,3 @@ class Negotiator:
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""
         return self._store.get(pid)
-
-    def agreement_of(self, n: Negotiation) -> Agreement | None:
-        """The agreement's terms, if one was signed."""
-        return parse_agreement(n.agreement) if n.agreement else None
-
-    def reasons_json(self, n: Negotiation) -> str:
-        """Reasons as JSON (for logs)."""
-        return json.dumps(list(n.reasons))
