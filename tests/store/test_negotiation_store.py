@@ -103,3 +103,35 @@ def test_database_fixture_is_fresh(database_url: str) -> None:
         assert NegotiationStore(db).list() == []
     finally:
         db.close()
+
+
+def test_a_transition_the_log_refuses_is_not_stored(store: NegotiationStore) -> None:
+    from connector.errors import Unavailable
+
+    n = provider(store)
+
+    def log_down() -> None:
+        raise Unavailable("the audit log could not be written")
+
+    with pytest.raises(Unavailable):
+        store.transition(
+            n.pid,
+            State.AGREED,
+            now_ms=2,  # type: ignore[attr-defined]
+            outgoing=[Outgoing("a", "SendAgreement", b"x")],
+            before_commit=log_down,
+        )
+    assert store.get(n.pid).state == State.REQUESTED  # type: ignore[attr-defined]
+    with pytest.raises(Unavailable):
+        store.create(
+            role="provider",
+            counterparty="a",
+            counterparty_pid="c-log",
+            product="p",
+            offer="o",
+            purpose="r",
+            state=State.REQUESTED,
+            now_ms=1,
+            before_commit=log_down,
+        )
+    assert store.find("provider", "a", "c-log") is None
