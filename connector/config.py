@@ -28,6 +28,7 @@ __all__ = [
     "PolicyConfig",
     "RegistryConfig",
     "ServerConfig",
+    "TransferConfig",
     "load_config",
     "render_config",
 ]
@@ -140,6 +141,18 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """The data plane."""
+
+    chunk_bytes: int = 1024 * 1024
+    """Largest chunk a transfer streams (at most server.max_message_bytes less 1 KiB)."""
+    resume_seconds: float = 60.0
+    """How long a receiving transfer retries without progress before it fails."""
+    sweep_interval_seconds: float = 10.0
+    """How often held data is checked against its obligations (delete-after, revocation)."""
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Explicit limits with safe defaults."""
 
@@ -158,6 +171,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
@@ -279,6 +293,16 @@ def _validate(cfg: Config) -> None:
         (
             cfg.audit.checkpoint_interval_seconds >= 1,
             "audit.checkpoint_interval_seconds must be at least 1",
+        ),
+        (
+            4096 <= cfg.transfer.chunk_bytes <= cfg.server.max_message_bytes - 1024,
+            "transfer.chunk_bytes must be at least 4096 and at most "
+            "server.max_message_bytes less 1024",
+        ),
+        (cfg.transfer.resume_seconds >= 1, "transfer.resume_seconds must be at least 1"),
+        (
+            cfg.transfer.sweep_interval_seconds >= 0.1,
+            "transfer.sweep_interval_seconds must be at least 0.1",
         ),
         (
             0 <= cfg.limits.clock_leeway_seconds <= 300,

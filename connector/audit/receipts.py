@@ -7,6 +7,7 @@ provider's signature says "I saw the consumer's signed receipt".
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -15,7 +16,14 @@ from connector.audit import jws
 from connector.audit.canonical import canonical_json
 from connector.errors import InvalidRequest, VerificationError
 
-__all__ = ["Receipt", "countersign_receipt", "parse_receipt", "sign_receipt", "verify_receipt"]
+__all__ = [
+    "Receipt",
+    "countersign_receipt",
+    "parse_receipt",
+    "receipt_id",
+    "sign_receipt",
+    "verify_receipt",
+]
 
 KeyLookup = jws.KeyLookup
 
@@ -80,3 +88,8 @@ def verify_receipt(signed: str, keys: KeyLookup) -> Receipt:
     first, second = receipt.signers
     jws.verify_countersigned(signed, keys, first=first, second=second, what="receipt")
     return receipt
+
+
+def receipt_id(signed: str) -> str:
+    """A receipt's id: SHA-256 of its signed payload, the same for both parties' copies."""
+    return hashlib.sha256(jws.payload_bytes(signed, "receipt")).hexdigest()

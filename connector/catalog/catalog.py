@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from dataclasses import replace as replace_
+from pathlib import Path
 
 from connector.audit.log import AuditLog
 from connector.catalog.products import Product, parse_description
@@ -57,9 +59,18 @@ class Catalog:
         with self._lock:
             self._engine.update(self._policy_set(self._store.list()))
 
-    def publish(self, description: str, *, fmt: str = "auto", replace: bool = False) -> Product:
-        """Validate and store a product (and its provider modules); logged first."""
+    def publish(
+        self, description: str, *, fmt: str = "auto", replace: bool = False, base_dir: str = ""
+    ) -> Product:
+        """Validate and store a product (and its provider modules); logged first.
+
+        A relative ``source.path`` is resolved against ``base_dir`` (the description file's
+        directory) when given; otherwise the transfer resolves it against the data directory.
+        """
         product = parse_description(description, owner=self._participant, fmt=fmt)
+        if base_dir and not Path(product.source.path).is_absolute():
+            resolved = str((Path(base_dir) / product.source.path).resolve())
+            product = replace_(product, source=replace_(product.source, path=resolved))
         with self._lock:
             others = [p for p in self._store.list() if p.id != product.id]
             modules = [o.policy_module for p in others for o in p.offers if o.policy_module]

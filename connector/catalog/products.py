@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from connector.errors import InvalidRequest
+from connector.transfer.masking import normalise_masks
 
 __all__ = [
     "GRADES",
@@ -69,6 +70,11 @@ class Offer:
     """Id of the provider's own Rego module for this offer (``package tds.provider.<id>``)."""
     policy_source: str = ""
     """The module's source, validated on upload."""
+    permitted_fields: tuple[str, ...] | None = None
+    """For tables: the fields delivered under this offer (``None``: all); required for
+    important data."""
+    masks: dict[str, Any] = field(default_factory=dict)
+    """For tables: field -> mask applied before delivery (see connector.transfer.masking)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ def _offer(d: Any, where: str) -> Offer:
             "obligations",
             "policy_module",
             "policy_source",
+            "permitted_fields",
+            "masks",
         },
         where,
     )
@@ -209,6 +217,10 @@ def _offer(d: Any, where: str) -> Offer:
         obligations=obligations,
         policy_module=module,
         policy_source=source,
+        permitted_fields=(
+            _strs(d, "permitted_fields", where) if d.get("permitted_fields") is not None else None
+        ),
+        masks=normalise_masks(d.get("masks"), (), f"{where}.masks"),
     )
 
 
@@ -297,6 +309,30 @@ def _product(d: Any, owner: str | None) -> Product:
     )
 
 
+def _check_field_policy(
+    offer: Offer, fields: tuple[str, ...], grade: str, kind: str, where: str
+) -> None:
+    """Field lists and masks name the product's fields; important tables list theirs."""
+    if (offer.permitted_fields is not None or offer.masks) and kind != "table":
+        raise InvalidRequest(f"{where}: permitted_fields and masks apply to table sources only")
+    if grade == "important" and fields and kind != "table":
+        raise InvalidRequest(
+            "an important file product cannot declare fields: no field policy applies to "
+            "opaque bytes (publish it as a table, or without fields)"
+        )
+    for name in offer.permitted_fields or ():
+        if name not in fields:
+            raise InvalidRequest(f"{where}.permitted_fields: {name!r} is not a product field")
+    for name in offer.masks:
+        if name not in fields:
+            raise InvalidRequest(f"{where}.masks: {name!r} is not a product field")
+    if grade == "important" and fields and not offer.permitted_fields:
+        raise InvalidRequest(
+            f"{where}.permitted_fields is required for important data (重要数据): "
+            "list the fields this offer delivers"
+        )
+
+
 def parse_description(text: str | bytes, *, owner: str, fmt: str = "auto") -> Product:
     """Parse and validate a product description (TOML or JSON) for ``owner``'s connector."""
     raw = text.encode() if isinstance(text, str) else text
@@ -315,4 +351,8 @@ def parse_description(text: str | bytes, *, owner: str, fmt: str = "auto") -> Pr
     product = _product(data, owner=owner)
     if product.grade == "core":
         raise InvalidRequest("core data (核心数据) is never published: this product is refused")
+    for i, offer in enumerate(product.offers):
+        _check_field_policy(
+            offer, product.fields, product.grade, product.source.kind, f"product.offers[{i}]"
+        )
     return product

@@ -90,7 +90,12 @@ def run_add(args: argparse.Namespace) -> int:
     fmt = "json" if args.file.suffix == ".json" else "toml" if args.file.suffix == ".toml" else ""
     with calling("your connector"):
         resp = _admin(args).AddProduct(
-            admin_pb2.AddProductRequest(description=text, format=fmt, replace=args.replace),
+            admin_pb2.AddProductRequest(
+                description=text,
+                format=fmt,
+                replace=args.replace,
+                base_dir=str(args.file.resolve().parent),
+            ),
             timeout=30,
         )
     product = json.loads(resp.product_json)

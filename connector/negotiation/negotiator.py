@@ -396,6 +396,8 @@ class Negotiator:
             consumer_pid=n.counterparty_pid,
             issued_ms=self._now_ms(),
             obligations=dict(offer.obligations),
+            permitted_fields=offer.permitted_fields,
+            masks=dict(offer.masks),
             registration_code=product.registration_code,
         )
         signed = sign_agreement(agreement, self._key)

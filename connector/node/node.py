@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import registry_pb2
@@ -63,6 +64,12 @@ from connector.rpc.auth import Authenticator, RevocationSource
 from connector.rpc.channel import TlsIdentity, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
 from connector.store.database import Database, open_database
+from connector.transfer.admin import TransferAdmin
+from connector.transfer.consumer import TransferConsumer
+from connector.transfer.holdings import HoldingsSweeper
+from connector.transfer.provider import ProviderSettings, TransferProvider
+from connector.transfer.service import TransferServicer, transfer_service
+from connector.transfer.store import TransferStore
 
 __all__ = ["Node", "TlsMaterial"]
 
@@ -125,6 +132,11 @@ class Node:
         self.negotiator: Negotiator | None = None
         self.delivery: Delivery | None = None
         self.outbox: Outbox | None = None
+        self.transfers: TransferProvider | None = None
+        self.receiver: TransferConsumer | None = None
+        self.sweeper: HoldingsSweeper | None = None
+        self.transfer_admin: TransferAdmin | None = None
+        self._sweeper_thread: threading.Thread | None = None
         self._tls: TlsMaterial | None = None
         self._keys: dict[str, tuple[float, ed25519.Ed25519PublicKey]] = {}
         self._keys_lock = threading.Lock()
@@ -196,6 +208,7 @@ class Node:
                 keys=self._signing_key_of,
                 poke=lambda: self.outbox.poke() if self.outbox else None,
             )
+            self._build_transfers(signing_key)
             self.delivery = Delivery(self._negotiator, self._member_channel)
             self.outbox = Outbox(
                 self.db, self.delivery, self.clock, on_give_up=self.delivery.give_up
@@ -233,6 +246,10 @@ class Node:
             target=self._checkpoint_loop, name="tds-checkpoints", daemon=True
         )
         self._checkpointer.start()
+        self._sweeper_thread = threading.Thread(
+            target=self._sweep_loop, name="tds-holdings-sweeper", daemon=True
+        )
+        self._sweeper_thread.start()
         if self.registry is not None:
             self._refresher = threading.Thread(
                 target=self.registry.run_refresher,
@@ -306,6 +323,8 @@ class Node:
             revocations = self.registry
         services.append(catalog_service(CatalogServicer(self._catalog())))
         services.append(negotiation_service(NegotiationServicer(self._negotiator())))
+        assert self.transfers is not None and self.receiver is not None
+        services.append(transfer_service(TransferServicer(self.transfers, self.receiver)))
         services.append(
             audit_service(AuditServicer(self._log(), cfg.participant.space, self._signing_key_of))
         )
@@ -319,10 +338,72 @@ class Node:
                     self._catalog(),
                     self._negotiator(),
                     self.registry.register_product if self.registry is not None else None,
+                    self.transfer_admin,
                 )
             )
         )
         return services, revocations
+
+    def _build_transfers(self, signing_key: ed25519.Ed25519PrivateKey) -> None:
+        cfg, db = self.cfg, self.db
+        assert db is not None and self.policy is not None
+        store = TransferStore(db)
+        negotiations = NegotiationStore(db)
+        secret = signing_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        self.transfers = TransferProvider(
+            participant=cfg.participant.id,
+            settings=ProviderSettings(
+                data_dir=cfg.data_dir,
+                chunk_size=cfg.transfer.chunk_bytes,
+                mask_secret=secret,
+            ),
+            store=store,
+            negotiations=negotiations,
+            catalog=self._catalog(),
+            policy=self.policy,
+            audit=self._log(),
+            clock=self.clock,
+            signing_key=signing_key,
+            keys=self._signing_key_of,
+            revoked=self._is_revoked,
+            channel_to=self._member_channel,
+        )
+        self.receiver = TransferConsumer(
+            participant=cfg.participant.id,
+            store=store,
+            negotiations=negotiations,
+            audit=self._log(),
+            clock=self.clock,
+            signing_key=signing_key,
+            keys=self._signing_key_of,
+            channel_to=self._member_channel,
+            holdings_dir=cfg.data_dir / "holdings",
+            max_chunk_bytes=cfg.server.max_message_bytes - 1024,
+            resume_for_seconds=cfg.transfer.resume_seconds,
+        )
+        self.sweeper = HoldingsSweeper(
+            store=store, negotiations=negotiations, audit=self._log(), clock=self.clock
+        )
+        self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
+
+    def _is_revoked(self, participant: str) -> bool:
+        """Whether the revocation list in force names ``participant`` (no list: revoked)."""
+        if self.registry is None:
+            return False  # the operator moves no data
+        return participant in self.registry.current().participants
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.cfg.transfer.sweep_interval_seconds):
+            if self.sweeper is None:
+                continue
+            try:
+                self.sweeper.sweep()
+            except ConnectorError as exc:
+                log.warning("holdings sweep failed", extra={"reason": str(exc)})
 
     def _enrol_operator(
         self,
@@ -451,7 +532,7 @@ class Node:
         self._stop.set()
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
-        for thread in (self._refresher, self._checkpointer):
+        for thread in (self._refresher, self._checkpointer, self._sweeper_thread):
             if thread is not None:
                 thread.join(timeout=5)
         self._close_clients()

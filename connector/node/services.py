@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from connector.negotiation.store import Negotiation
 from connector.registry.revocation import RevocationList
 from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
+from connector.transfer.admin import TransferAdmin
 
 __all__ = ["AdminServicer", "NodeStatus", "PeerServicer", "admin_service", "peer_service"]
 
@@ -57,8 +58,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         catalog: Catalog,
         negotiator: Negotiator,
         registrar: Callable[[str, bool], str] | None = None,
+        transfers: TransferAdmin | None = None,
     ) -> None:
         self._registrar = registrar
+        self._transfers = transfers
         self._catalog = catalog
         self._negotiator = negotiator
         self._participant = participant
@@ -89,7 +92,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         fmt = request.format or "auto"
         if fmt not in ("auto", "toml", "json"):
             raise InvalidRequest("format must be toml, json or empty")
-        product = self._catalog.publish(request.description, fmt=fmt, replace=request.replace)
+        product = self._catalog.publish(
+            request.description, fmt=fmt, replace=request.replace, base_dir=request.base_dir
+        )
         return admin_pb2.AddProductResponse(product_json=product.to_json())
 
     def RemoveProduct(
@@ -152,6 +157,43 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             products_json=[p.to_json() for p in self._catalog.own_products()]
         )
 
+    # -- transfers ----------------------------------------------------------------------
+
+    def _transfer_admin(self) -> TransferAdmin:
+        if self._transfers is None:
+            raise PreconditionFailed("the operator registry moves no data")
+        return self._transfers
+
+    def Transfer(
+        self, request: admin_pb2.TransferRequest, context: Any
+    ) -> Iterator[admin_pb2.TransferProgress]:
+        """Receive a product under an agreement, with progress."""
+        yield from self._transfer_admin().transfer(request)
+
+    def ListTransfers(
+        self, request: admin_pb2.ListTransfersRequest, context: Any
+    ) -> admin_pb2.ListTransfersResponse:
+        """Transfers and holdings."""
+        return self._transfer_admin().list(request)
+
+    def ReadHolding(
+        self, request: admin_pb2.ReadHoldingRequest, context: Any
+    ) -> Iterator[admin_pb2.HoldingChunk]:
+        """A holding's bytes."""
+        yield from self._transfer_admin().read(request)
+
+    def TerminateTransfer(
+        self, request: admin_pb2.TerminateOwnTransferRequest, context: Any
+    ) -> admin_pb2.TransferInfo:
+        """End a transfer."""
+        return self._transfer_admin().terminate(request)
+
+    def MeteringReport(
+        self, request: admin_pb2.MeteringReportRequest, context: Any
+    ) -> admin_pb2.MeteringReportResponse:
+        """The provider's metering."""
+        return self._transfer_admin().metering()
+
 
 def peer_service(servicer: PeerServicer) -> Service:
     """``PeerService`` with its access table."""
@@ -176,6 +218,11 @@ ADMIN_METHODS = [
     "RejectNegotiation",
     "TerminateNegotiation",
     "RevokeAgreement",
+    "Transfer",
+    "ListTransfers",
+    "ReadHolding",
+    "TerminateTransfer",
+    "MeteringReport",
 ]
 
 

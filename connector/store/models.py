@@ -13,11 +13,13 @@ __all__ = [
     "LogCheckpointRow",
     "LogEntryRow",
     "LogNodeRow",
+    "MeteringRow",
     "NegotiationRow",
     "OutboxRow",
     "ParticipantRow",
     "ProductRow",
     "RevokedCertificateRow",
+    "TransferRow",
     "WitnessStateRow",
 ]
 
@@ -170,3 +172,55 @@ class CatalogListingRow(SQLModel, table=True):
     body: str = Field(sa_column=Column(Text, nullable=False))
     registration_code: str = Field(default="", max_length=64)
     registered_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class TransferRow(SQLModel, table=True):
+    """One side's record of a transfer under an agreement.
+
+    On the provider ``path`` is what is streamed (the source file, or the delivered form of
+    a table fixed at start); on the consumer it is the holding being received or kept.
+    """
+
+    __tablename__ = "transfer"
+
+    id: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    agreement_id: str = Field(max_length=64, index=True)
+    product: str = Field(max_length=63)
+    counterparty: str = Field(max_length=63, index=True)
+    state: str = Field(max_length=16, index=True)
+    push: bool = False
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64)
+    chunk_size: int
+    format: str = Field(default="", max_length=8)
+    fields: str = Field(default="null", sa_column=Column(Text, nullable=False))
+    obligations: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    decision_id: str = Field(default="", max_length=64)
+    path: str = Field(default="", sa_column=Column(Text, nullable=False))
+    source_mtime_ns: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    received: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    provider_log_index: int = Field(default=-1, sa_column=Column(BigInteger, nullable=False))
+    consumer_log_index: int = Field(default=-1, sa_column=Column(BigInteger, nullable=False))
+    receipt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reason: str = Field(default="", max_length=512)
+    started_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ended_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    deleted_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class MeteringRow(SQLModel, table=True):
+    """The provider's count of transfers and bytes under one agreement (limits, reports)."""
+
+    __tablename__ = "metering"
+
+    agreement_id: str = Field(primary_key=True, max_length=64)
+    consumer: str = Field(max_length=63, index=True)
+    product: str = Field(max_length=63)
+    transfers: int = 0
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    completed: int = 0
+    completed_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    max_transfers: int = 0
+    max_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -9,7 +9,13 @@ for_offer := object.union(object.get(input.offer, "obligations", {}), personal)
 
 # At transfer time: what the agreement fixed, plus delete-after capped by the agreement's
 # end, and deletion on consent withdrawal for personal data.
-for_contract := object.union(object.union(object.get(input.contract, "obligations", {}), personal), delete_after)
+# A revoked agreement's data is deleted unless the agreement says otherwise.
+for_contract := object.union(
+	object.union(object.union(revocation_default, object.get(input.contract, "obligations", {})), personal),
+	delete_after,
+)
+
+revocation_default := {"delete_on_revocation": true}
 
 personal := {"delete_on_consent_withdrawal": true} if common.is_personal else := {}
 

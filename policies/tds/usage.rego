@@ -42,8 +42,11 @@ deny contains reason if {
 	some reason in common.grant_denials(contract.purpose)
 }
 
+# Structured important data is delivered only in the fields the agreement permits; an
+# opaque file (no fields) has nothing to project.
 deny contains "no_field_policy" if {
 	common.is_important
+	count(input.resource.fields) > 0
 	count(object.get(contract, "permitted_fields", [])) == 0
 }
 
@@ -58,6 +61,9 @@ deny contains reason if some reason in common.provider_denials
 field_policy := {
 	"permitted_fields": contract.permitted_fields,
 	"masks": object.get(contract, "masks", {}),
-} if common.is_important else := {}
+} if {
+	common.is_important
+	count(input.resource.fields) > 0
+} else := {}
 
 decision := common.decision(deny, object.union({"obligations": obligations.for_contract}, field_policy))

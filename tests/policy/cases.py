@@ -531,6 +531,11 @@ CASES: list[Case] = [
         masks={"road": {"method": "generalise", "level": "district"}},
     ),
     Case(
+        "usage important opaque file (no fields) needs no field policy",
+        start(res=resource(grade="important", fields=[])),
+        True,
+    ),
+    Case(
         "usage important data without a field policy",
         start(res=resource(grade="important")),
         False,
@@ -547,6 +552,18 @@ CASES: list[Case] = [
         start(con=contract(obligations={"delete_after_ns": NOW + YEAR})),
         True,
         obligations={"delete_after_ns": NOW + 90 * DAY},
+    ),
+    Case(
+        "usage revoked agreement's data is deleted by default",
+        start(),
+        True,
+        obligations={"delete_on_revocation": True},
+    ),
+    Case(
+        "usage agreement may keep data after revocation",
+        start(con=contract(obligations={"delete_on_revocation": False})),
+        True,
+        obligations={"delete_on_revocation": False},
     ),
     Case(
         "usage earlier delete-after kept",

@@ -19,6 +19,337 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class TransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    agreement_id: _builtins.str
+    push: _builtins.bool
+    transfer_id: _builtins.str
+    """Resume an unfinished transfer of this connector instead of starting a new one."""
+    def __init__(
+        self,
+        *,
+        agreement_id: _builtins.str = ...,
+        push: _builtins.bool = ...,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "push", b"push", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRequest: _TypeAlias = TransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    """started, receiving, resuming, verified, completed, failed"""
+    transfer_id: _builtins.str
+    size: _builtins.int
+    received: _builtins.int
+    sha256: _builtins.str
+    receipt_id: _builtins.str
+    detail: _builtins.str
+    @_builtins.property
+    def transfer(self) -> Global___TransferInfo:
+        """The final record (completed or failed)."""
+
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        received: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        receipt_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        transfer: Global___TransferInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event", b"event", "receipt_id", b"receipt_id", "received", b"received", "sha256", b"sha256", "size", b"size", "transfer", b"transfer", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferProgress: _TypeAlias = TransferProgress  # noqa: Y015
+
+@_typing.final
+class TransferInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    OBLIGATIONS_JSON_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STARTED_MS_FIELD_NUMBER: _builtins.int
+    ENDED_MS_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    DELETED_MS_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    role: _builtins.str
+    """provider or consumer"""
+    agreement_id: _builtins.str
+    product_id: _builtins.str
+    counterparty: _builtins.str
+    state: _builtins.str
+    """started, completed, failed, terminated, deleted"""
+    size: _builtins.int
+    sha256: _builtins.str
+    received: _builtins.int
+    push: _builtins.bool
+    obligations_json: _builtins.str
+    reason: _builtins.str
+    started_ms: _builtins.int
+    ended_ms: _builtins.int
+    receipt: _builtins.str
+    """The dual-signed receipt (JWS JSON), once completed."""
+    deleted_ms: _builtins.int
+    format: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        agreement_id: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        counterparty: _builtins.str = ...,
+        state: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        received: _builtins.int = ...,
+        push: _builtins.bool = ...,
+        obligations_json: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        started_ms: _builtins.int = ...,
+        ended_ms: _builtins.int = ...,
+        receipt: _builtins.str = ...,
+        deleted_ms: _builtins.int = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "counterparty", b"counterparty", "deleted_ms", b"deleted_ms", "ended_ms", b"ended_ms", "fields", b"fields", "format", b"format", "obligations_json", b"obligations_json", "product_id", b"product_id", "push", b"push", "reason", b"reason", "receipt", b"receipt", "received", b"received", "role", b"role", "sha256", b"sha256", "size", b"size", "started_ms", b"started_ms", "state", b"state", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferInfo: _TypeAlias = TransferInfo  # noqa: Y015
+
+@_typing.final
+class ListTransfersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """provider, consumer or empty for both."""
+    holdings: _builtins.bool
+    """Only the consumer's holdings that are still kept."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        holdings: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransfersRequest: _TypeAlias = ListTransfersRequest  # noqa: Y015
+
+@_typing.final
+class ListTransfersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferInfo]: ...
+    def __init__(
+        self,
+        *,
+        transfers: _abc.Iterable[Global___TransferInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransfersResponse: _TypeAlias = ListTransfersResponse  # noqa: Y015
+
+@_typing.final
+class ReadHoldingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadHoldingRequest: _TypeAlias = ReadHoldingRequest  # noqa: Y015
+
+@_typing.final
+class HoldingChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldingChunk: _TypeAlias = HoldingChunk  # noqa: Y015
+
+@_typing.final
+class TerminateOwnTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminateOwnTransferRequest: _TypeAlias = TerminateOwnTransferRequest  # noqa: Y015
+
+@_typing.final
+class MeteringReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeteringReportRequest: _TypeAlias = MeteringReportRequest  # noqa: Y015
+
+@_typing.final
+class AgreementMetering(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    COMPLETED_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_TRANSFERS_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    agreement_id: _builtins.str
+    consumer: _builtins.str
+    product_id: _builtins.str
+    transfers: _builtins.int
+    """Transfers started (counted against the agreement's limit) and bytes reserved by them."""
+    bytes: _builtins.int
+    completed: _builtins.int
+    """Of those, completed with a dual-signed receipt, and their bytes."""
+    completed_bytes: _builtins.int
+    max_transfers: _builtins.int
+    max_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        agreement_id: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        transfers: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        completed_bytes: _builtins.int = ...,
+        max_transfers: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "consumer", b"consumer", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgreementMetering: _TypeAlias = AgreementMetering  # noqa: Y015
+
+@_typing.final
+class MeteringReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agreements(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgreementMetering]: ...
+    def __init__(
+        self,
+        *,
+        agreements: _abc.Iterable[Global___AgreementMetering] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeteringReportResponse: _TypeAlias = MeteringReportResponse  # noqa: Y015
+
+@_typing.final
 class StartNegotiationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -200,21 +531,25 @@ class AddProductRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    BASE_DIR_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     """The product description file's text."""
     format: _builtins.str
     """"toml", "json" or empty to detect."""
     replace: _builtins.bool
+    base_dir: _builtins.str
+    """The description file's directory: relative source paths are resolved against it."""
     def __init__(
         self,
         *,
         description: _builtins.str = ...,
         format: _builtins.str = ...,
         replace: _builtins.bool = ...,
+        base_dir: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "format", b"format", "replace", b"replace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_dir", b"base_dir", "description", b"description", "format", b"format", "replace", b"replace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -95,6 +95,31 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.RevokeAgreementRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
                 _registered_method=True)
+        self.Transfer = channel.unary_stream(
+                '/tds.v1.AdminService/Transfer',
+                request_serializer=tds_dot_v1_dot_admin__pb2.TransferRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.TransferProgress.FromString,
+                _registered_method=True)
+        self.ListTransfers = channel.unary_unary(
+                '/tds.v1.AdminService/ListTransfers',
+                request_serializer=tds_dot_v1_dot_admin__pb2.ListTransfersRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.ListTransfersResponse.FromString,
+                _registered_method=True)
+        self.ReadHolding = channel.unary_stream(
+                '/tds.v1.AdminService/ReadHolding',
+                request_serializer=tds_dot_v1_dot_admin__pb2.ReadHoldingRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.HoldingChunk.FromString,
+                _registered_method=True)
+        self.TerminateTransfer = channel.unary_unary(
+                '/tds.v1.AdminService/TerminateTransfer',
+                request_serializer=tds_dot_v1_dot_admin__pb2.TerminateOwnTransferRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
+                _registered_method=True)
+        self.MeteringReport = channel.unary_unary(
+                '/tds.v1.AdminService/MeteringReport',
+                request_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.MeteringReportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -179,6 +204,42 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transfer(self, request, context):
+        """As a consumer: receive a product under an agreement into this connector's holdings,
+        with progress events until the receipt is countersigned (or the transfer fails).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransfers(self, request, context):
+        """Received data held under agreements (the consumer's holdings).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadHolding(self, request, context):
+        """The bytes of one completed holding, for export to a file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TerminateTransfer(self, request, context):
+        """Either side: end a transfer that is not complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MeteringReport(self, request, context):
+        """As a provider: transfers and bytes per agreement and per consumer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +302,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeAgreement,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.RevokeAgreementRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'Transfer': grpc.unary_stream_rpc_method_handler(
+                    servicer.Transfer,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.TransferRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.TransferProgress.SerializeToString,
+            ),
+            'ListTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransfers,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.ListTransfersRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.ListTransfersResponse.SerializeToString,
+            ),
+            'ReadHolding': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadHolding,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.ReadHoldingRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.HoldingChunk.SerializeToString,
+            ),
+            'TerminateTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateTransfer,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.TerminateOwnTransferRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.TransferInfo.SerializeToString,
+            ),
+            'MeteringReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeteringReport,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -568,6 +654,141 @@ class AdminService:
             '/tds.v1.AdminService/RevokeAgreement',
             tds_dot_v1_dot_admin__pb2.RevokeAgreementRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tds.v1.AdminService/Transfer',
+            tds_dot_v1_dot_admin__pb2.TransferRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.TransferProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/ListTransfers',
+            tds_dot_v1_dot_admin__pb2.ListTransfersRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.ListTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadHolding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tds.v1.AdminService/ReadHolding',
+            tds_dot_v1_dot_admin__pb2.ReadHoldingRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.HoldingChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/TerminateTransfer',
+            tds_dot_v1_dot_admin__pb2.TerminateOwnTransferRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeteringReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/MeteringReport',
+            tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.MeteringReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

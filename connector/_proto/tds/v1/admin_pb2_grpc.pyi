@@ -51,6 +51,18 @@ class AdminServiceStub:
     """Either side: end a negotiation that is not final."""
     RevokeAgreement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgreementRequest, _admin_pb2.NegotiationInfo]
     """As a provider: revoke a finalized agreement."""
+    Transfer: _grpc.UnaryStreamMultiCallable[_admin_pb2.TransferRequest, _admin_pb2.TransferProgress]
+    """As a consumer: receive a product under an agreement into this connector's holdings,
+    with progress events until the receipt is countersigned (or the transfer fails).
+    """
+    ListTransfers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTransfersRequest, _admin_pb2.ListTransfersResponse]
+    """Received data held under agreements (the consumer's holdings)."""
+    ReadHolding: _grpc.UnaryStreamMultiCallable[_admin_pb2.ReadHoldingRequest, _admin_pb2.HoldingChunk]
+    """The bytes of one completed holding, for export to a file."""
+    TerminateTransfer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TerminateOwnTransferRequest, _admin_pb2.TransferInfo]
+    """Either side: end a transfer that is not complete."""
+    MeteringReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]
+    """As a provider: transfers and bytes per agreement and per consumer."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -75,6 +87,18 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Either side: end a negotiation that is not final."""
     RevokeAgreement: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgreementRequest, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
     """As a provider: revoke a finalized agreement."""
+    Transfer: _aio.UnaryStreamMultiCallable[_admin_pb2.TransferRequest, _admin_pb2.TransferProgress]  # type: ignore[assignment]
+    """As a consumer: receive a product under an agreement into this connector's holdings,
+    with progress events until the receipt is countersigned (or the transfer fails).
+    """
+    ListTransfers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTransfersRequest, _admin_pb2.ListTransfersResponse]  # type: ignore[assignment]
+    """Received data held under agreements (the consumer's holdings)."""
+    ReadHolding: _aio.UnaryStreamMultiCallable[_admin_pb2.ReadHoldingRequest, _admin_pb2.HoldingChunk]  # type: ignore[assignment]
+    """The bytes of one completed holding, for export to a file."""
+    TerminateTransfer: _aio.UnaryUnaryMultiCallable[_admin_pb2.TerminateOwnTransferRequest, _admin_pb2.TransferInfo]  # type: ignore[assignment]
+    """Either side: end a transfer that is not complete."""
+    MeteringReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]  # type: ignore[assignment]
+    """As a provider: transfers and bytes per agreement and per consumer."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """A participant's own administration of its connector (admin certificate only)."""
@@ -168,5 +192,47 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
         """As a provider: revoke a finalized agreement."""
+
+    @_abc_1.abstractmethod
+    def Transfer(
+        self,
+        request: _admin_pb2.TransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.TransferProgress], _abc.AsyncIterator[_admin_pb2.TransferProgress]]:
+        """As a consumer: receive a product under an agreement into this connector's holdings,
+        with progress events until the receipt is countersigned (or the transfer fails).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTransfers(
+        self,
+        request: _admin_pb2.ListTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTransfersResponse, _abc.Awaitable[_admin_pb2.ListTransfersResponse]]:
+        """Received data held under agreements (the consumer's holdings)."""
+
+    @_abc_1.abstractmethod
+    def ReadHolding(
+        self,
+        request: _admin_pb2.ReadHoldingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.HoldingChunk], _abc.AsyncIterator[_admin_pb2.HoldingChunk]]:
+        """The bytes of one completed holding, for export to a file."""
+
+    @_abc_1.abstractmethod
+    def TerminateTransfer(
+        self,
+        request: _admin_pb2.TerminateOwnTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TransferInfo, _abc.Awaitable[_admin_pb2.TransferInfo]]:
+        """Either side: end a transfer that is not complete."""
+
+    @_abc_1.abstractmethod
+    def MeteringReport(
+        self,
+        request: _admin_pb2.MeteringReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MeteringReportResponse, _abc.Awaitable[_admin_pb2.MeteringReportResponse]]:
+        """As a provider: transfers and bytes per agreement and per consumer."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

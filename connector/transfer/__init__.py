@@ -1,0 +1,1 @@
+"""The data plane: transfers under agreements, their sources, masking, metering and holdings."""

@@ -1,0 +1,137 @@
+"""The participant admin's transfer operations (``AdminService`` methods)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+
+from connector._proto.tds.v1 import admin_pb2
+from connector.errors import ConnectorError, InvalidRequest
+from connector.transfer.consumer import Progress, TransferConsumer
+from connector.transfer.provider import TransferProvider
+from connector.transfer.store import CONSUMER, PROVIDER, Transfer, TransferStore
+
+__all__ = ["TransferAdmin", "transfer_info"]
+
+_EXPORT_CHUNK = 1024 * 1024
+
+
+def transfer_info(t: Transfer) -> admin_pb2.TransferInfo:
+    """The admin's view of a transfer."""
+    return admin_pb2.TransferInfo(
+        transfer_id=t.id,
+        role=t.role,
+        agreement_id=t.agreement_id,
+        product_id=t.product,
+        counterparty=t.counterparty,
+        state="deleted" if t.deleted_ms else t.state,
+        size=t.size,
+        sha256=t.sha256,
+        received=t.received,
+        push=t.push,
+        obligations_json=json.dumps(dict(t.obligations), sort_keys=True),
+        reason=t.reason,
+        started_ms=t.started_ms,
+        ended_ms=t.ended_ms,
+        receipt=t.receipt or "",
+        deleted_ms=t.deleted_ms,
+        fields=list(t.fields or ()),
+        format=t.format,
+    )
+
+
+def _progress(p: Progress) -> admin_pb2.TransferProgress:
+    final = p.event in ("completed", "failed")
+    return admin_pb2.TransferProgress(
+        event=p.event,
+        transfer_id=p.transfer.id,
+        size=p.transfer.size,
+        received=p.received,
+        sha256=p.transfer.sha256,
+        receipt_id=p.receipt_id,
+        detail=p.detail,
+        transfer=transfer_info(p.transfer) if final else None,
+    )
+
+
+class TransferAdmin:
+    """Runs receiving jobs for the admin and answers questions about transfers."""
+
+    def __init__(
+        self, store: TransferStore, provider: TransferProvider, consumer: TransferConsumer
+    ) -> None:
+        self._store = store
+        self._provider = provider
+        self._consumer = consumer
+
+    def transfer(self, request: admin_pb2.TransferRequest) -> Iterator[admin_pb2.TransferProgress]:
+        """Receive under an agreement; stream progress. The job outlives a dropped caller."""
+        if not request.agreement_id and not request.transfer_id:
+            raise InvalidRequest("name an agreement_id (or a transfer_id to resume)")
+        events: queue.Queue[Progress | ConnectorError | None] = queue.Queue()
+
+        def job() -> None:
+            try:
+                self._consumer.run(
+                    request.agreement_id,
+                    push=request.push,
+                    transfer_id=request.transfer_id,
+                    progress=events.put,
+                )
+            except ConnectorError as exc:
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        threading.Thread(target=job, name="tds-transfer", daemon=True).start()
+        failure: ConnectorError | None = None
+        while (item := events.get()) is not None:
+            if isinstance(item, ConnectorError):
+                failure = item
+                continue
+            if item.event != "failed":  # the failure itself travels as the call's status
+                yield _progress(item)
+        if failure is not None:
+            raise failure
+
+    def list(self, request: admin_pb2.ListTransfersRequest) -> admin_pb2.ListTransfersResponse:
+        """Transfers of one role, or the holdings."""
+        if request.role not in ("", PROVIDER, CONSUMER):
+            raise InvalidRequest("role must be provider, consumer or empty")
+        found = self._store.list(request.role, holdings=request.holdings)
+        return admin_pb2.ListTransfersResponse(transfers=[transfer_info(t) for t in found])
+
+    def read(self, request: admin_pb2.ReadHoldingRequest) -> Iterator[admin_pb2.HoldingChunk]:
+        """A holding's bytes."""
+        for offset, data in self._consumer.read(request.transfer_id, _EXPORT_CHUNK):
+            yield admin_pb2.HoldingChunk(offset=offset, data=data)
+
+    def terminate(self, request: admin_pb2.TerminateOwnTransferRequest) -> admin_pb2.TransferInfo:
+        """End a transfer of either role."""
+        t = self._store.get(request.transfer_id)
+        if t.role == PROVIDER:
+            t = self._provider.terminate(t.id, request.reason or "terminated by the provider")
+        else:
+            t = self._consumer.terminate(t.id, request.reason)
+        return transfer_info(t)
+
+    def metering(self) -> admin_pb2.MeteringReportResponse:
+        """Counts per agreement (the provider's)."""
+        return admin_pb2.MeteringReportResponse(
+            agreements=[
+                admin_pb2.AgreementMetering(
+                    agreement_id=m.agreement_id,
+                    consumer=m.consumer,
+                    product_id=m.product,
+                    transfers=m.transfers,
+                    bytes=m.bytes,
+                    completed=m.completed,
+                    completed_bytes=m.completed_bytes,
+                    max_transfers=m.max_transfers,
+                    max_bytes=m.max_bytes,
+                )
+                for m in self._store.metering()
+            ]
+        )

@@ -1,0 +1,469 @@
+"""The consumer's side of a transfer: receive, verify, sign the receipt, keep the holding.
+
+The connector (not the CLI) receives: it holds the membership token and the signing key,
+keeps the data under the agreement's obligations, and resumes from the bytes it holds
+after a broken connection or a provider restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import transfer_pb2, transfer_pb2_grpc
+from connector.audit import jws
+from connector.audit.log import AuditLog
+from connector.audit.receipts import Receipt, receipt_id, sign_receipt, verify_receipt
+from connector.clock import Clock
+from connector.errors import (
+    Aborted,
+    ConnectorError,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+    VerificationError,
+)
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore
+from connector.rpc.auth import Caller
+from connector.rpc.channel import calling
+from connector.transfer.receiving import Assembler
+from connector.transfer.store import (
+    ACTIVE,
+    COMPLETED,
+    CONSUMER,
+    FAILED,
+    STARTED,
+    TERMINATED,
+    Transfer,
+    TransferStore,
+)
+
+__all__ = ["Progress", "TransferConsumer"]
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (Unavailable, Aborted)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a running transfer, for the admin's progress display."""
+
+    event: str
+    """started, receiving, resuming, verified, completed, failed"""
+    transfer: Transfer
+    received: int = 0
+    receipt_id: str = ""
+    detail: str = ""
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+def _ignore(_: Progress) -> None:
+    return None
+
+
+class TransferConsumer:
+    """Receives products under this connector's agreements into its holdings."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        store: TransferStore,
+        negotiations: NegotiationStore,
+        audit: AuditLog,
+        clock: Clock,
+        signing_key: ed25519.Ed25519PrivateKey,
+        keys: jws.KeyLookup,
+        channel_to: Callable[[str], grpc.Channel],
+        holdings_dir: Path,
+        max_chunk_bytes: int,
+        resume_for_seconds: float = 60.0,
+    ) -> None:
+        self._me = participant
+        self._store = store
+        self._negotiations = negotiations
+        self._audit = audit
+        self._clock = clock
+        self._key = signing_key
+        self._keys = keys
+        self._channel_to = channel_to
+        self._dir = holdings_dir
+        self._max_chunk = max_chunk_bytes
+        self._resume_for = resume_for_seconds
+        self._receiving: dict[str, Assembler] = {}
+        self._lock = threading.Lock()
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    def _stub(self, provider: str) -> tuple[grpc.Channel, transfer_pb2_grpc.TransferServiceStub]:
+        channel = self._channel_to(provider)
+        return channel, transfer_pb2_grpc.TransferServiceStub(channel)
+
+    # -- start ------------------------------------------------------------------------
+
+    def _provider_of(self, agreement_id: str) -> str:
+        try:
+            n = self._negotiations.by_agreement(agreement_id)
+        except NotFound:
+            raise NotFound(f"this connector holds no agreement {agreement_id!r}") from None
+        if n.role != CONSUMER:
+            raise PreconditionFailed(
+                f"agreement {agreement_id} is one where this connector is the provider"
+            )
+        if n.state != State.FINALIZED:
+            raise PreconditionFailed(f"agreement {agreement_id} is {n.state.value}, not FINALIZED")
+        if n.revocation:
+            raise PreconditionFailed(f"agreement {agreement_id} was revoked by the provider")
+        return n.counterparty
+
+    def _check_manifest(self, m: transfer_pb2.TransferManifest, agreement_id: str) -> None:
+        problems = [
+            (m.agreement_id != agreement_id, "names another agreement"),
+            (m.size < 0, "has a negative size"),
+            (
+                len(m.sha256) != 64 or any(c not in "0123456789abcdef" for c in m.sha256),
+                "has no SHA-256",
+            ),
+            (not 0 < m.chunk_size <= self._max_chunk, f"has a chunk size of {m.chunk_size}"),
+            (not m.transfer_id.startswith("tr-") or len(m.transfer_id) > 64, "has a bad id"),
+        ]
+        for bad, what in problems:
+            if bad:
+                raise VerificationError(f"the provider's manifest {what}")
+
+    def start(self, agreement_id: str, push: bool = False) -> Transfer:
+        """Ask the provider to start a transfer; record and log its manifest."""
+        provider = self._provider_of(agreement_id)
+        channel, stub = self._stub(provider)
+        try:
+            with calling(provider):
+                m = stub.StartTransfer(
+                    transfer_pb2.StartTransferRequest(agreement_id=agreement_id, push=push),
+                    timeout=600,
+                )
+        finally:
+            channel.close()
+        self._check_manifest(m, agreement_id)
+        t = Transfer(
+            id=m.transfer_id,
+            role=CONSUMER,
+            agreement_id=agreement_id,
+            product=m.product_id,
+            counterparty=provider,
+            state=STARTED,
+            size=m.size,
+            sha256=m.sha256,
+            chunk_size=m.chunk_size,
+            push=m.push,
+            format=m.format,
+            fields=tuple(m.fields) if m.format else None,
+            obligations=json.loads(m.obligations_json or "{}"),
+            decision_id=m.decision_id,
+            path=str(self._dir / f"{m.transfer_id}.part"),
+            provider_log_index=m.provider_log_index,
+            started_ms=self._now_ms(),
+        )
+        self._audit.record(
+            "transfer.started",
+            parties=[provider],
+            data={
+                "transfer": t.id,
+                "agreement": agreement_id,
+                "product": t.product,
+                "role": CONSUMER,
+                "size": t.size,
+                "sha256": t.sha256,
+                "push": t.push,
+                "provider_log_index": t.provider_log_index,
+            },
+        )
+        return self._store.create(t)
+
+    # -- receiving --------------------------------------------------------------------
+
+    def run(
+        self,
+        agreement_id: str = "",
+        *,
+        push: bool = False,
+        transfer_id: str = "",
+        progress: ProgressSink = _ignore,
+    ) -> Transfer:
+        """Start (or resume) a transfer and see it through to a dual-signed receipt."""
+        if transfer_id:
+            t = self._store.get(transfer_id)
+            if t.role != CONSUMER:
+                raise PreconditionFailed(f"transfer {transfer_id} is one this connector provides")
+            if t.state == COMPLETED:
+                progress(Progress("completed", t, t.size, receipt_id(t.receipt or "")))
+                return t
+            if t.state != STARTED:
+                raise PreconditionFailed(f"transfer {transfer_id} is {t.state} ({t.reason})")
+        else:
+            t = self.start(agreement_id, push)
+        progress(Progress("started", t))
+        try:
+            if t.consumer_log_index < 0:
+                t = self._receive(t, progress)
+            return self._complete(t, progress)
+        except ConnectorError as exc:
+            current = self._store.get(t.id)
+            progress(Progress("failed", current, current.received, detail=str(exc)))
+            raise
+
+    def _receive(self, t: Transfer, progress: ProgressSink) -> Transfer:
+        asm = Assembler(Path(t.path), size=t.size, chunk_size=t.chunk_size)
+        with self._lock:
+            self._receiving[t.id] = asm
+        try:
+            self._fill(t, asm, progress)
+            try:
+                asm.finish(t.sha256)
+            except VerificationError as exc:
+                self._fail(t, f"integrity: {exc}", tell_provider=True)
+                asm.close()
+                Path(t.path).unlink(missing_ok=True)
+                raise
+        finally:
+            with self._lock:
+                self._receiving.pop(t.id, None)
+            asm.close()
+        final = Path(t.path).with_suffix("")
+        if t.format:
+            final = final.with_suffix(f".{t.format}")
+        os.replace(t.path, final)
+        index = self._audit.record(
+            "transfer.received",
+            parties=[t.counterparty],
+            data={
+                "transfer": t.id,
+                "agreement": t.agreement_id,
+                "size": t.size,
+                "sha256": t.sha256,
+            },
+        )
+        t = self._store.update(
+            t.id,
+            expect=frozenset({STARTED}),
+            path=str(final),
+            received=t.size,
+            consumer_log_index=index,
+        )
+        progress(Progress("verified", t, t.size))
+        return t
+
+    def _fill(self, t: Transfer, asm: Assembler, progress: ProgressSink) -> None:
+        """Receive until complete, resuming after breaks for up to ``resume_for`` seconds."""
+        last_progress = time.monotonic()
+        reported = 0.0
+        while not asm.complete:
+            held = asm.received
+            channel, stub = self._stub(t.counterparty)
+            try:
+                with calling(t.counterparty):
+                    request = transfer_pb2.PullRequest(transfer_id=t.id, offset=held)
+                    if t.push:
+                        stub.RequestPush(request, timeout=3600)
+                    else:
+                        for chunk in stub.Pull(request, timeout=3600):
+                            if chunk.transfer_id != t.id:
+                                raise VerificationError(
+                                    "the provider sent a chunk of another transfer"
+                                )
+                            asm.add(chunk.offset, chunk.data)
+                            now = time.monotonic()
+                            if now - reported >= 0.2:
+                                reported = now
+                                progress(Progress("receiving", t, asm.received))
+            except _RETRYABLE as exc:
+                if asm.received > held:
+                    last_progress = time.monotonic()
+                if time.monotonic() - last_progress > self._resume_for:
+                    self._fail(t, f"no progress for {self._resume_for:.0f} s: {exc}")
+                    raise
+                progress(Progress("resuming", t, asm.received, detail=str(exc)))
+                time.sleep(0.5)
+                continue
+            except VerificationError as exc:
+                self._fail(t, f"integrity: {exc}", tell_provider=True)
+                raise
+            except ConnectorError as exc:  # refused: revoked, terminated, expired ...
+                self._end(t, str(exc), received=asm.received)
+                raise
+            finally:
+                channel.close()
+            if asm.received > held:
+                last_progress = time.monotonic()
+            elif not asm.complete:
+                self._fail(t, "integrity: the provider ended the stream before the last byte")
+                raise VerificationError(
+                    f"the provider ended the stream at {asm.received} of {t.size} bytes"
+                )
+            progress(Progress("receiving", t, asm.received))
+
+    def receive_push(
+        self, caller: Caller, chunks: Iterator[transfer_pb2.Chunk]
+    ) -> transfer_pb2.PushAck:
+        """The provider pushes the bytes of a push transfer we are waiting for."""
+        transfer_id = ""
+        asm: Assembler | None = None
+        for chunk in chunks:
+            if asm is None:
+                transfer_id = chunk.transfer_id
+                with self._lock:
+                    asm = self._receiving.get(transfer_id)
+                try:
+                    t = self._store.get(transfer_id)
+                except NotFound:
+                    t = None
+                if asm is None or t is None or t.counterparty != caller.participant or not t.push:
+                    raise NotFound(f"this connector awaits no push of transfer {transfer_id!r}")
+            elif chunk.transfer_id != transfer_id:
+                raise InvalidRequest("a push carries chunks of one transfer only")
+            asm.add(chunk.offset, chunk.data)
+        return transfer_pb2.PushAck(transfer_id=transfer_id, received=asm.received if asm else 0)
+
+    # -- completion ---------------------------------------------------------------------
+
+    def _complete(self, t: Transfer, progress: ProgressSink) -> Transfer:
+        receipt = Receipt(
+            agreement=t.agreement_id,
+            transfer=t.id,
+            product=t.product,
+            provider=t.counterparty,
+            consumer=self._me,
+            size=t.size,
+            sha256=t.sha256,
+            started_ms=t.started_ms,
+            ended_ms=max(self._now_ms(), t.started_ms),
+            provider_log_index=t.provider_log_index,
+            consumer_log_index=t.consumer_log_index,
+        )
+        signed = sign_receipt(receipt, self._key)
+        deadline = time.monotonic() + self._resume_for
+        while True:
+            channel, stub = self._stub(t.counterparty)
+            try:
+                with calling(t.counterparty):
+                    resp = stub.CompleteTransfer(
+                        transfer_pb2.CompleteTransferRequest(transfer_id=t.id, receipt=signed),
+                        timeout=30,
+                    )
+                break
+            except _RETRYABLE:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+            finally:
+                channel.close()
+        countersigned = resp.receipt
+        got = verify_receipt(countersigned, self._keys)
+        # A retried completion returns the receipt the provider countersigned first, whose
+        # end time may differ from ours; everything else must be what we received.
+        mine = (t.id, t.agreement_id, t.size, t.sha256, self._me, t.counterparty)
+        if (got.transfer, got.agreement, got.size, got.sha256, got.consumer, got.provider) != mine:
+            raise VerificationError("the countersigned receipt does not match this transfer")
+        self._audit.record(
+            "transfer.receipt",
+            parties=[t.counterparty],
+            data={"transfer": t.id, "agreement": t.agreement_id, "receipt": countersigned},
+        )
+        t = self._store.update(
+            t.id,
+            expect=frozenset({STARTED}),
+            state=COMPLETED,
+            receipt=countersigned,
+            ended_ms=got.ended_ms,
+        )
+        progress(Progress("completed", t, t.size, receipt_id(countersigned)))
+        return t
+
+    # -- ending -------------------------------------------------------------------------
+
+    def _end(self, t: Transfer, reason: str, *, received: int) -> None:
+        try:
+            self._store.update(
+                t.id,
+                expect=ACTIVE,
+                state=TERMINATED,
+                reason=reason,
+                received=received,
+                ended_ms=self._now_ms(),
+            )
+        except PreconditionFailed:
+            return
+        self._audit.record(
+            "transfer.stopped",
+            parties=[t.counterparty],
+            data={
+                "transfer": t.id,
+                "agreement": t.agreement_id,
+                "received": received,
+                "reason": reason[:300],
+            },
+        )
+
+    def _fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
+        try:
+            self._store.update(
+                t.id, expect=ACTIVE, state=FAILED, reason=reason, ended_ms=self._now_ms()
+            )
+        except PreconditionFailed:
+            return
+        self._audit.record(
+            "transfer.failed",
+            parties=[t.counterparty],
+            data={"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]},
+        )
+        if tell_provider:
+            self._tell_provider(t, reason)
+
+    def _tell_provider(self, t: Transfer, reason: str) -> None:
+        channel, stub = self._stub(t.counterparty)
+        try:
+            with calling(t.counterparty):
+                stub.TerminateTransfer(
+                    transfer_pb2.TerminateTransferRequest(transfer_id=t.id, reason=reason[:400]),
+                    timeout=15,
+                )
+        except ConnectorError as exc:
+            log.warning("could not tell the provider", extra={"transfer": t.id, "reason": str(exc)})
+        finally:
+            channel.close()
+
+    def terminate(self, transfer_id: str, reason: str) -> Transfer:
+        """Our admin ends a transfer we receive: tell the provider, then end it here."""
+        t = self._store.get(transfer_id)
+        if t.state not in ACTIVE:
+            raise PreconditionFailed(f"transfer {transfer_id} is already {t.state}")
+        self._tell_provider(t, reason or "terminated by the consumer")
+        self._end(t, reason or "terminated by the consumer", received=t.received)
+        return self._store.get(transfer_id)
+
+    def read(self, transfer_id: str, chunk_size: int) -> Iterator[tuple[int, bytes]]:
+        """The bytes of a completed holding (for export)."""
+        t = self._store.get(transfer_id)
+        if t.role != CONSUMER or t.state != COMPLETED:
+            raise PreconditionFailed(f"transfer {transfer_id} is not a completed holding")
+        if t.deleted_ms:
+            raise PreconditionFailed(f"holding {transfer_id} was deleted under its obligations")
+        with Path(t.path).open("rb", buffering=0) as f:
+            offset = 0
+            while block := f.read(chunk_size):
+                yield offset, block
+                offset += len(block)

@@ -1,0 +1,485 @@
+"""The provider's side of a transfer: decide, fix the delivered bytes, stream, countersign."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import transfer_pb2, transfer_pb2_grpc
+from connector.audit import jws
+from connector.audit.log import AuditLog
+from connector.audit.receipts import countersign_receipt, parse_receipt
+from connector.catalog.catalog import Catalog
+from connector.clock import Clock
+from connector.errors import (
+    ConnectorError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+    VerificationError,
+)
+from connector.negotiation.agreement import Agreement, parse_agreement
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore
+from connector.policy.inputs import build_input
+from connector.policy.point import PolicyPoint
+from connector.rpc.auth import Caller
+from connector.rpc.channel import calling
+from connector.transfer.masking import agreement_mask_key
+from connector.transfer.sources import (
+    FileDigests,
+    materialise_table,
+    open_source,
+    read_chunks,
+)
+from connector.transfer.store import (
+    ACTIVE,
+    COMPLETED,
+    FAILED,
+    PROVIDER,
+    STARTED,
+    STARTING,
+    TERMINATED,
+    Transfer,
+    TransferStore,
+)
+
+__all__ = ["STOP_CHECK_SECONDS", "ProviderSettings", "TransferProvider"]
+
+log = logging.getLogger(__name__)
+
+STOP_CHECK_SECONDS = 0.25
+"""How often a running stream re-checks revocation and termination (well under 1 s)."""
+
+ConsentLookup = Callable[[str, str, str], Mapping[str, Any]]
+"""(consumer, product, purpose) -> the ``context.consent`` of a usage decision."""
+
+
+def no_consent(consumer: str, product: str, purpose: str) -> Mapping[str, Any]:
+    """No consent register: personal data is refused (fail closed)."""
+    return {}
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Where the provider keeps delivered forms, and how it chunks."""
+
+    data_dir: Path
+    chunk_size: int
+    mask_secret: bytes
+
+
+class TransferProvider:
+    """Serves transfers of this connector's products under its agreements."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        settings: ProviderSettings,
+        store: TransferStore,
+        negotiations: NegotiationStore,
+        catalog: Catalog,
+        policy: PolicyPoint,
+        audit: AuditLog,
+        clock: Clock,
+        signing_key: ed25519.Ed25519PrivateKey,
+        keys: jws.KeyLookup,
+        revoked: Callable[[str], bool],
+        channel_to: Callable[[str], grpc.Channel] | None = None,
+        consent: ConsentLookup = no_consent,
+    ) -> None:
+        self._me = participant
+        self._settings = settings
+        self._store = store
+        self._negotiations = negotiations
+        self._catalog = catalog
+        self._policy = policy
+        self._audit = audit
+        self._clock = clock
+        self._key = signing_key
+        self._keys = keys
+        self._revoked = revoked
+        self._channel_to = channel_to
+        self._consent = consent
+        self._digests = FileDigests()
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    # -- start ------------------------------------------------------------------------
+
+    def _agreement(self, caller: Caller, agreement_id: str) -> tuple[Agreement, bool]:
+        """The caller's finalized agreement with us and whether it is revoked."""
+        try:
+            n = self._negotiations.by_agreement(agreement_id)
+        except NotFound:
+            raise NotFound(f"no agreement {agreement_id!r} with you") from None
+        if n.role != PROVIDER or n.counterparty != caller.participant or not n.agreement:
+            raise NotFound(f"no agreement {agreement_id!r} with you")
+        if n.state != State.FINALIZED:
+            raise PreconditionFailed(
+                f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
+                "negotiation first"
+            )
+        return parse_agreement(n.agreement), bool(n.revocation)
+
+    def start(self, caller: Caller, agreement_id: str, push: bool) -> transfer_pb2.TransferManifest:
+        """Decide by the usage policy, fix the delivered bytes, count and record the transfer."""
+        if not agreement_id:
+            raise InvalidRequest("agreement_id is required")
+        agreement, revoked = self._agreement(caller, agreement_id)
+        try:
+            product = self._catalog.own(agreement.product)
+            offer = product.offer(agreement.offer)
+        except (NotFound, KeyError):
+            raise PreconditionFailed(
+                f"product {agreement.product!r} or its offer has been withdrawn by the provider"
+            ) from None
+        source = open_source(product.source, self._settings.data_dir)
+        is_file = product.source.kind == "file"
+        file_size = source.stat().st_size if is_file and source.is_file() else 0
+        transfers_used, bytes_used = self._store.usage(agreement.id)
+        contract: dict[str, Any] = {
+            "id": agreement.id,
+            "purpose": agreement.purpose,
+            "valid_from_ns": agreement.valid_from_ns,
+            "valid_until_ns": agreement.valid_until_ns,
+            "max_transfers": agreement.max_transfers,
+            "max_bytes": agreement.max_bytes,
+            "revoked": revoked,
+            "obligations": dict(agreement.obligations),
+            "masks": dict(agreement.masks),
+        }
+        if agreement.permitted_fields is not None:
+            contract["permitted_fields"] = list(agreement.permitted_fields)
+        document = build_input(
+            "transfer.start",
+            caller=caller,
+            resource=product.resource(),
+            clock=self._clock,
+            offer={"id": offer.id, "policy_module": offer.policy_module},
+            contract=contract,
+            context={
+                "transfers_used": transfers_used,
+                "bytes_used": bytes_used,
+                "request_bytes": file_size,
+                "revoked": revoked,
+                "consent": dict(self._consent(caller.participant, product.id, agreement.purpose)),
+            },
+        )
+        decision = self._policy.decide(document)
+        if not decision.allow:
+            raise PermissionDenied(
+                "transfer refused by the usage policy: " + ", ".join(decision.deny)
+            )
+        transfer_id = f"tr-{uuid.uuid4().hex}"
+        staged: Path | None = None
+        if is_file:
+            delivered = self._digests.digest(source)
+        else:
+            staged = (
+                self._settings.data_dir / "transfers" / f"{transfer_id}.{product.source.format}"
+            )
+            delivered = materialise_table(
+                product.source,
+                source,
+                staged,
+                product_fields=product.fields,
+                permitted=decision.permitted_fields,
+                masks=decision.masks,
+                key=agreement_mask_key(self._settings.mask_secret, agreement.id),
+            )
+        t = Transfer(
+            id=transfer_id,
+            role=PROVIDER,
+            agreement_id=agreement.id,
+            product=product.id,
+            counterparty=caller.participant,
+            state=STARTING,
+            size=delivered.size,
+            sha256=delivered.sha256,
+            chunk_size=self._settings.chunk_size,
+            push=push,
+            format=product.source.format if not is_file else "",
+            fields=delivered.fields,
+            obligations=decision.obligations,
+            decision_id=decision.id,
+            path=str(delivered.path),
+            source_mtime_ns=delivered.mtime_ns,
+            started_ms=self._now_ms(),
+        )
+        try:
+            self._store.reserve(
+                t,
+                max_transfers=agreement.max_transfers,
+                max_bytes=agreement.max_bytes,
+                now_ms=t.started_ms,
+            )
+        except PermissionDenied as exc:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            self._audit.record(
+                "transfer.refused",
+                parties=[caller.participant],
+                data={"agreement": agreement.id, "size": t.size, "reason": str(exc)[:300]},
+            )
+            raise
+        try:
+            index = self._audit.record(
+                "transfer.started", parties=[caller.participant], data=self._started(t)
+            )
+        except ConnectorError as exc:
+            self._store.release(t.id, f"not logged: {exc}", self._now_ms())
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            raise
+        t = self._store.update(t.id, state=STARTED, provider_log_index=index)
+        return self._manifest(t)
+
+    @staticmethod
+    def _started(t: Transfer) -> dict[str, Any]:
+        return {
+            "transfer": t.id,
+            "agreement": t.agreement_id,
+            "product": t.product,
+            "role": t.role,
+            "size": t.size,
+            "sha256": t.sha256,
+            "push": t.push,
+            "decision": t.decision_id,
+            "fields": list(t.fields) if t.fields is not None else None,
+        }
+
+    @staticmethod
+    def _manifest(t: Transfer) -> transfer_pb2.TransferManifest:
+        return transfer_pb2.TransferManifest(
+            transfer_id=t.id,
+            agreement_id=t.agreement_id,
+            product_id=t.product,
+            size=t.size,
+            sha256=t.sha256,
+            chunk_size=t.chunk_size,
+            fields=list(t.fields or ()),
+            format=t.format,
+            obligations_json=json.dumps(dict(t.obligations), sort_keys=True),
+            decision_id=t.decision_id,
+            started_ms=t.started_ms,
+            provider_log_index=t.provider_log_index,
+            push=t.push,
+        )
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def _own(self, caller: Caller, transfer_id: str) -> Transfer:
+        try:
+            t = self._store.get(transfer_id)
+        except NotFound:
+            raise NotFound(f"no transfer {transfer_id!r} with you") from None
+        if t.role != PROVIDER or t.counterparty != caller.participant:
+            raise NotFound(f"no transfer {transfer_id!r} with you")
+        return t
+
+    def stop_reason(self, t: Transfer) -> str | None:
+        """Why a running transfer must stop now, or ``None`` (any doubt stops it)."""
+        try:
+            current = self._store.get(t.id)
+            if current.state != STARTED:
+                return f"transfer {current.state}" + (
+                    f": {current.reason}" if current.reason else ""
+                )
+            n = self._negotiations.by_agreement(t.agreement_id)
+            if n.revocation:
+                return "agreement_revoked"
+            if self._revoked(t.counterparty):
+                return "consumer_revoked"
+            agreement = parse_agreement(n.agreement or "")
+            if self._clock.now() * 1e9 >= agreement.valid_until_ns:
+                return "agreement_expired"
+            consent = self._consent(t.counterparty, t.product, agreement.purpose)
+            if consent and (consent.get("withdrawn") or not consent.get("present", True)):
+                return "consent_withdrawn"
+        except ConnectorError as exc:
+            return f"cannot confirm the transfer may go on: {exc}"
+        return None
+
+    def _stop(self, t: Transfer, reason: str, sent: int) -> PermissionDenied:
+        """End a running transfer for ``reason``; log what was sent."""
+        with contextlib.suppress(PreconditionFailed):  # already ended by an admin or the consumer
+            self._store.update(
+                t.id, expect=ACTIVE, state=TERMINATED, reason=reason, ended_ms=self._now_ms()
+            )
+        self._audit.record(
+            "transfer.stopped",
+            parties=[t.counterparty],
+            data={"transfer": t.id, "agreement": t.agreement_id, "sent": sent, "reason": reason},
+        )
+        return PermissionDenied(f"transfer {t.id} stopped: {reason}")
+
+    def chunks(self, t: Transfer, offset: int) -> Iterator[tuple[int, bytes]]:
+        """The delivered bytes from ``offset``, stopping within 1 s of a revocation."""
+        if t.state != STARTED:
+            raise PreconditionFailed(
+                f"transfer {t.id} is {t.state}" + (f" ({t.reason})" if t.reason else "")
+            )
+        if not 0 <= offset <= t.size:
+            raise InvalidRequest(f"offset {offset} is outside the transfer's 0..{t.size} bytes")
+        reason = self.stop_reason(t)
+        if reason:
+            raise self._stop(t, reason, offset)
+        path = Path(t.path)
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or st.st_size != t.size or st.st_mtime_ns != t.source_mtime_ns:
+            self._fail(t, "the source changed or vanished since the transfer started")
+            raise PreconditionFailed(
+                f"transfer {t.id} failed: the product's source changed since it started; "
+                "start a new transfer"
+            )
+        checked = time.monotonic()
+        sent = offset
+        for at, block in read_chunks(path, offset, t.chunk_size):
+            now = time.monotonic()
+            if now - checked >= STOP_CHECK_SECONDS:
+                checked = now
+                reason = self.stop_reason(t)
+                if reason:
+                    raise self._stop(t, reason, sent)
+            yield at, block
+            sent = at + len(block)
+
+    def pull(self, caller: Caller, transfer_id: str, offset: int) -> Iterator[transfer_pb2.Chunk]:
+        """Chunks for the consumer, from ``offset``."""
+        t = self._own(caller, transfer_id)
+        if t.push:
+            raise PreconditionFailed(f"transfer {t.id} is delivered by push; use RequestPush")
+        for at, block in self.chunks(t, offset):
+            yield transfer_pb2.Chunk(transfer_id=t.id, offset=at, data=block)
+
+    def push(self, caller: Caller, transfer_id: str, offset: int) -> transfer_pb2.PushAck:
+        """Push the delivered bytes from ``offset`` into the consumer's connector."""
+        t = self._own(caller, transfer_id)
+        if not t.push:
+            raise PreconditionFailed(f"transfer {t.id} is delivered by pull; use Pull")
+        if self._channel_to is None:
+            raise Unavailable("this connector cannot reach other members")
+        stream = (
+            transfer_pb2.Chunk(transfer_id=t.id, offset=at, data=block)
+            for at, block in self.chunks(t, offset)
+        )
+        channel = self._channel_to(t.counterparty)
+        try:
+            with calling(t.counterparty):
+                ack: transfer_pb2.PushAck = transfer_pb2_grpc.TransferServiceStub(channel).Push(
+                    stream, timeout=3600
+                )
+        finally:
+            channel.close()
+        return ack
+
+    def _fail(self, t: Transfer, reason: str) -> None:
+        try:
+            self._store.update(
+                t.id, expect=ACTIVE, state=FAILED, reason=reason, ended_ms=self._now_ms()
+            )
+        except PreconditionFailed:
+            return
+        self._audit.record(
+            "transfer.failed",
+            parties=[t.counterparty],
+            data={"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]},
+        )
+
+    # -- completion -----------------------------------------------------------------
+
+    def complete(self, caller: Caller, transfer_id: str, signed: str) -> str:
+        """Check the consumer's receipt against our record, countersign, log, complete."""
+        t = self._own(caller, transfer_id)
+        if t.state == COMPLETED and t.receipt:
+            return t.receipt  # a repeated completion (the consumer retried): same answer
+        if t.state != STARTED:
+            raise PreconditionFailed(
+                f"transfer {t.id} is {t.state}" + (f" ({t.reason})" if t.reason else "")
+            )
+        receipt = parse_receipt(signed)
+        expected = {
+            "agreement": t.agreement_id,
+            "transfer": t.id,
+            "product": t.product,
+            "provider": self._me,
+            "consumer": caller.participant,
+            "size": t.size,
+            "sha256": t.sha256,
+            "provider_log_index": t.provider_log_index,
+        }
+        wrong = [k for k, v in expected.items() if getattr(receipt, k) != v]
+        if wrong:
+            self._audit.record(
+                "transfer.receipt_refused",
+                parties=[caller.participant],
+                data={"transfer": t.id, "fields": wrong},
+            )
+            raise VerificationError(
+                f"the receipt's {', '.join(wrong)} do not match the transfer "
+                f"(expected sha256 {t.sha256}, size {t.size})"
+            )
+        try:
+            countersigned = countersign_receipt(signed, self._key, self._keys)
+        except VerificationError:
+            self._audit.record(
+                "transfer.receipt_refused",
+                parties=[caller.participant],
+                data={"transfer": t.id, "fields": ["signature"]},
+            )
+            raise
+        self._audit.record(
+            "transfer.receipt",
+            parties=[caller.participant],
+            data={"transfer": t.id, "agreement": t.agreement_id, "receipt": countersigned},
+        )
+        self._store.update(
+            t.id,
+            expect=frozenset({STARTED}),
+            state=COMPLETED,
+            receipt=countersigned,
+            received=t.size,
+            consumer_log_index=receipt.consumer_log_index,
+            ended_ms=self._now_ms(),
+        )
+        return countersigned
+
+    def terminate(self, transfer_id: str, reason: str, caller: Caller | None = None) -> Transfer:
+        """End a transfer that is not complete (the consumer asked, or our admin)."""
+        t = self._own(caller, transfer_id) if caller is not None else self._store.get(transfer_id)
+        if t.role != PROVIDER:
+            raise PreconditionFailed(f"transfer {transfer_id} is one this connector receives")
+        if t.state not in ACTIVE:
+            raise PreconditionFailed(f"transfer {t.id} is already {t.state}")
+        reason = reason or "terminated"
+        failed = reason.startswith("integrity")
+        self._audit.record(
+            "transfer.failed" if failed else "transfer.terminated",
+            parties=[t.counterparty],
+            data={"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]},
+        )
+        return self._store.update(
+            t.id,
+            expect=ACTIVE,
+            state=FAILED if failed else TERMINATED,
+            reason=reason,
+            ended_ms=self._now_ms(),
+        )
