@@ -1,0 +1,382 @@
+"""The data plane between two connectors: pull and push under agreements, masked tables,
+integrity, limits under concurrency, revocation mid-stream, a provider restart, receipts
+in both logs, and the consumer's obligations on what it holds."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, transfer_pb2, transfer_pb2_grpc
+from connector.audit.receipts import Receipt, receipt_id, sign_receipt, verify_receipt
+from connector.demo.space import LocalSpace
+from connector.errors import ConnectorError, PermissionDenied
+from connector.identity.certs import load_ed25519_private_key
+from connector.identity.names import Role
+from connector.node.node import Node
+from connector.transfer.consumer import Progress
+from tests.support.exchange import admin, agree, entries, offer, publish
+
+SIZE = 3 * 1024 * 1024 + 12345
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("transfer")
+    data = root / "provider-data"
+    data.mkdir()
+    (data / "big.bin").write_bytes(os.urandom(SIZE))
+    (data / "slow.bin").write_bytes(os.urandom(64 * 1024 * 1024))
+    rows = [
+        {
+            "time": f"08:{i:02d}",
+            "road": f"Road-{i % 3}",
+            "speed": str(30 + i),
+            "plate": f"沪A{i:05d}",
+        }
+        for i in range(50)
+    ]
+    with (data / "flows.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["time", "road", "speed", "plate"])
+        writer.writeheader()
+        writer.writerows(rows)
+    parts = [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
+    with LocalSpace.create(root, parts) as sp:
+        sp.start_registry()
+        for who in ("gov", "a", "b"):
+            sp.start_connector(who)
+        for pid, path, extra in (
+            ("big", "big.bin", {"max_transfers": 50}),
+            ("slow", "slow.bin", {}),
+            ("limited", "big.bin", {"max_transfers": 2}),
+        ):
+            publish(
+                sp,
+                "gov",
+                {
+                    "id": pid,
+                    "title": pid,
+                    "grade": "general",
+                    "source": {"kind": "file", "path": path},
+                    "offers": [offer(**extra)],
+                },
+                data,
+            )
+        publish(
+            sp,
+            "gov",
+            {
+                "id": "flows",
+                "title": "Traffic flows",
+                "grade": "important",
+                "fields": ["time", "road", "speed", "plate"],
+                "source": {"kind": "table", "format": "csv", "path": "flows.csv"},
+                "offers": [
+                    offer(
+                        permitted_fields=["time", "road", "speed", "plate"],
+                        masks={
+                            "plate": "hash",
+                            "speed": {"method": "generalise", "step": 10},
+                            "road": {"method": "truncate", "keep": 4},
+                        },
+                    )
+                ],
+            },
+            data,
+        )
+        sp.data = data  # type: ignore[attr-defined]
+        yield sp
+
+
+def consumer(space: LocalSpace, who: str = "a") -> Node:
+    return space.nodes[who]
+
+
+def test_pull_a_file_ends_with_a_dual_signed_receipt_in_both_logs(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "big")
+    events: list[str] = []
+    stream = admin(space, "a").Transfer(
+        admin_pb2.TransferRequest(agreement_id=agreement), timeout=60
+    )
+    for event in stream:
+        events.append(event.event)
+        last = event
+    assert events[0] == "started" and events[-1] == "completed"
+    info = last.transfer
+    assert info.state == "completed" and info.size == SIZE
+    source = (space.data / "big.bin").read_bytes()  # type: ignore[attr-defined]
+    assert info.sha256 == hashlib.sha256(source).hexdigest()
+    held = b"".join(
+        c.data
+        for c in admin(space, "a").ReadHolding(
+            admin_pb2.ReadHoldingRequest(transfer_id=info.transfer_id), timeout=30
+        )
+    )
+    assert held == source
+    receipt = verify_receipt(info.receipt, space.nodes["gov"]._signing_key_of)
+    assert (receipt.size, receipt.sha256, receipt.provider, receipt.consumer) == (
+        SIZE,
+        info.sha256,
+        "gov",
+        "a",
+    )
+    assert last.receipt_id == receipt_id(info.receipt)
+    for who in ("gov", "a"):
+        logged = [
+            e["data"]["receipt"]
+            for e in entries(space, who, "transfer.receipt")
+            if e["data"]["transfer"] == info.transfer_id
+        ]
+        assert len(logged) == 1 and receipt_id(logged[0]) == last.receipt_id
+    metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
+    mine = [m for m in metering.agreements if m.agreement_id == agreement][0]
+    assert (mine.transfers, mine.bytes, mine.completed, mine.completed_bytes) == (1, SIZE, 1, SIZE)
+
+
+def test_push_delivers_into_the_consumers_connector(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "big")
+    t = consumer(space).receiver.run(agreement, push=True)  # type: ignore[union-attr]
+    assert t.state == "completed" and t.push
+    assert Path(t.path).read_bytes() == (space.data / "big.bin").read_bytes()  # type: ignore[attr-defined]
+
+
+def test_an_important_table_is_projected_and_masked_before_it_leaves(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "flows", approve=True)
+    t = consumer(space).receiver.run(agreement)  # type: ignore[union-attr]
+    text = Path(t.path).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["time", "road", "speed", "plate"] and len(rows) == 50
+    assert "沪A" not in text  # no plate leaves in clear
+    assert all(len(r["plate"]) == 64 for r in rows)
+    assert len({r["plate"] for r in rows}) == 50
+    assert {r["speed"] for r in rows} <= {"30", "40", "50", "60", "70"}
+    assert {r["road"] for r in rows} == {"Road"}
+    # A second transfer under the same agreement delivers the same pseudonyms.
+    again = consumer(space).receiver.run(agreement)  # type: ignore[union-attr]
+    assert Path(again.path).read_text() == text
+
+
+def test_concurrent_starts_cannot_exceed_the_transfer_limit(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "b", "limited")
+    receiver = consumer(space, "b").receiver
+    assert receiver is not None
+
+    def start() -> str:
+        try:
+            return receiver.start(agreement).id
+        except PermissionDenied as exc:
+            return f"refused: {exc}"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: start(), range(8)))
+    started = [r for r in results if not r.startswith("refused")]
+    assert len(started) == 2, results
+    assert all("transfer_limit_reached" in r for r in results if r.startswith("refused"))
+    metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
+    counted = [m for m in metering.agreements if m.agreement_id == agreement][0]
+    assert counted.transfers == 2
+    started_logged = [
+        e for e in entries(space, "gov", "transfer.started") if e["data"]["agreement"] == agreement
+    ]
+    assert len(started_logged) == 2
+
+
+def _member_stub(space: LocalSpace, who: str, target: str) -> transfer_pb2_grpc.TransferServiceStub:
+    return transfer_pb2_grpc.TransferServiceStub(space.nodes[who]._member_channel(target))
+
+
+def test_refusals(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "big")
+    gov_as_a = _member_stub(space, "a", "gov")
+    gov_as_b = _member_stub(space, "b", "gov")
+    with pytest.raises(grpc.RpcError) as err:
+        gov_as_a.StartTransfer(
+            transfer_pb2.StartTransferRequest(agreement_id="ag-nope"), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:  # another participant's agreement
+        gov_as_b.StartTransfer(
+            transfer_pb2.StartTransferRequest(agreement_id=agreement), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    m = gov_as_a.StartTransfer(
+        transfer_pb2.StartTransferRequest(agreement_id=agreement), timeout=10
+    )
+    for bad in (-1, m.size + 1):
+        with pytest.raises(grpc.RpcError) as err:
+            list(
+                gov_as_a.Pull(
+                    transfer_pb2.PullRequest(transfer_id=m.transfer_id, offset=bad), timeout=10
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # b cannot pull a's transfer
+        list(gov_as_b.Pull(transfer_pb2.PullRequest(transfer_id=m.transfer_id), timeout=10))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    a_key = load_ed25519_private_key(
+        space.pki_dir / space.manifest.participant("a").signing_key, "k"
+    )
+    b_key = load_ed25519_private_key(
+        space.pki_dir / space.manifest.participant("b").signing_key, "k"
+    )
+    good = Receipt(
+        agreement=agreement,
+        transfer=m.transfer_id,
+        product="big",
+        provider="gov",
+        consumer="a",
+        size=m.size,
+        sha256=m.sha256,
+        started_ms=m.started_ms,
+        ended_ms=m.started_ms + 1,
+        provider_log_index=m.provider_log_index,
+        consumer_log_index=0,
+    )
+    wrong_hash = Receipt(**{**good.__dict__, "sha256": "0" * 64})
+    for signed, code in (
+        (sign_receipt(wrong_hash, a_key), grpc.StatusCode.FAILED_PRECONDITION),
+        (sign_receipt(good, b_key), grpc.StatusCode.FAILED_PRECONDITION),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            gov_as_a.CompleteTransfer(
+                transfer_pb2.CompleteTransferRequest(transfer_id=m.transfer_id, receipt=signed),
+                timeout=10,
+            )
+        assert err.value.code() == code, err.value.details()
+    refused = [
+        e
+        for e in entries(space, "gov", "transfer.receipt_refused")
+        if e["data"]["transfer"] == m.transfer_id
+    ]
+    assert [e["data"]["fields"] for e in refused] == [["sha256"], ["signature"]]
+    # Nothing was completed by the refused receipts; the counts are unchanged.
+    metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
+    counted = [x for x in metering.agreements if x.agreement_id == agreement][0]
+    assert (counted.transfers, counted.completed) == (1, 0)
+
+
+def test_revoking_the_agreement_stops_a_running_pull_within_a_second(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "slow")
+    stub = _member_stub(space, "a", "gov")
+    m = stub.StartTransfer(transfer_pb2.StartTransferRequest(agreement_id=agreement), timeout=10)
+    revoked_at: list[float] = []
+
+    def revoke() -> None:
+        time.sleep(0.5)
+        revoked_at.append(time.monotonic())
+        admin(space, "gov").RevokeAgreement(
+            admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="test"), timeout=10
+        )
+
+    threading.Thread(target=revoke).start()
+    received = 0
+    with pytest.raises(grpc.RpcError) as err:
+        for chunk in stub.Pull(transfer_pb2.PullRequest(transfer_id=m.transfer_id), timeout=60):
+            received += len(chunk.data)
+            time.sleep(0.05)  # a slow consumer: the stream is still running when revoked
+    stopped_after = time.monotonic() - revoked_at[0]
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "agreement_revoked" in (err.value.details() or "")
+    assert stopped_after < 1.0, stopped_after
+    assert 0 < received < m.size
+    stopped = [
+        e
+        for e in entries(space, "gov", "transfer.stopped")
+        if e["data"]["transfer"] == m.transfer_id
+    ]
+    assert len(stopped) == 1 and 0 < stopped[0]["data"]["sent"] < m.size
+    with pytest.raises(grpc.RpcError) as err:  # and no new transfer starts
+        stub.StartTransfer(transfer_pb2.StartTransferRequest(agreement_id=agreement), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "agreement_revoked" in (err.value.details() or "")
+
+
+def test_a_tampered_source_is_detected_and_fails_on_both_sides(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "big")
+    receiver = consumer(space).receiver
+    assert receiver is not None
+    t = receiver.start(agreement)
+    path = space.data / "big.bin"  # type: ignore[attr-defined]
+    st = path.stat()
+    original = path.read_bytes()
+    try:
+        with path.open("r+b") as f:  # same size, same mtime, one byte changed
+            f.seek(1000)
+            f.write(bytes([original[1000] ^ 0xFF]))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with pytest.raises(ConnectorError, match="sha256"):
+            receiver.run(transfer_id=t.id)
+    finally:
+        path.write_bytes(original)
+    assert receiver._store.get(t.id).state == "failed"  # noqa: SLF001
+    time.sleep(0.2)
+    provider_side = space.nodes["gov"].transfers._store.get(t.id)  # type: ignore[union-attr]  # noqa: SLF001
+    assert provider_side.state == "failed" and "integrity" in provider_side.reason
+    for who in ("a", "gov"):
+        assert [e for e in entries(space, who, "transfer.failed") if e["data"]["transfer"] == t.id]
+        assert not [
+            e for e in entries(space, who, "transfer.receipt") if e["data"]["transfer"] == t.id
+        ]
+
+
+def test_the_pull_resumes_across_a_provider_restart(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "slow")
+    receiver = consumer(space).receiver
+    assert receiver is not None
+    restarted = threading.Event()
+    events: list[str] = []
+
+    def on_progress(p: Progress) -> None:
+        events.append(p.event)
+        if p.event == "receiving" and p.received > 0 and not restarted.is_set():
+            restarted.set()
+            threading.Thread(target=restart_provider).start()
+
+    def restart_provider() -> None:
+        node = space.nodes["gov"]
+        node.stop(grace=0)
+        fresh = Node(node.cfg)
+        fresh.start()
+        space.nodes["gov"] = fresh
+
+    t = receiver.run(agreement, progress=on_progress)
+    assert restarted.is_set() and "resuming" in events
+    assert t.state == "completed"
+    assert hashlib.sha256(Path(t.path).read_bytes()).hexdigest() == t.sha256
+    assert [e for e in entries(space, "gov", "transfer.receipt") if e["data"]["transfer"] == t.id]
+
+
+def test_revocation_deletes_the_consumers_copy_and_logs_it(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "b", "big")
+    receiver = consumer(space, "b").receiver
+    sweeper = consumer(space, "b").sweeper
+    assert receiver is not None and sweeper is not None
+    t = receiver.run(agreement)
+    assert t.obligations.get("delete_on_revocation") is True
+    assert sweeper.sweep() == []
+    admin(space, "gov").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="ended"), timeout=10
+    )
+    deadline = time.monotonic() + 10
+    deleted: list[tuple[str, str]] = []
+    while not deleted and time.monotonic() < deadline:
+        time.sleep(0.1)
+        deleted = sweeper.sweep()
+    assert deleted == [(t.id, "agreement_revoked")]
+    assert not Path(t.path).exists()
+    logged = [e for e in entries(space, "b", "holding.deleted") if e["data"]["transfer"] == t.id]
+    assert len(logged) == 1
+    holdings = admin(space, "b").ListTransfers(
+        admin_pb2.ListTransfersRequest(holdings=True), timeout=10
+    )
+    assert t.id not in [h.transfer_id for h in holdings.transfers]
