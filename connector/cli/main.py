@@ -18,6 +18,7 @@ from connector.cli import (
     product,
     registry,
     serve,
+    transfer,
 )
 from connector.cli.output import fail
 from connector.errors import ConnectorError
@@ -35,7 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tds {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, pki, init, serve, registry, peer, product, negotiate, audit, policy):
+    for module in (
+        demo,
+        pki,
+        init,
+        serve,
+        registry,
+        peer,
+        product,
+        negotiate,
+        transfer,
+        audit,
+        policy,
+    ):
         module.add_parser(sub)
     return parser
 

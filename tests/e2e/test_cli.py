@@ -51,7 +51,9 @@ class Served:
             self.proc.wait(5)
             self.proc.stdout.close()
             self.log.seek(0)
-            raise AssertionError(f"serve did not start: {line}{self.log.read()}")
+            logged = self.log.read()
+            self.log.close()
+            raise AssertionError(f"serve did not start: {line}{logged}")
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

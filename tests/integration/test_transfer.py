@@ -139,7 +139,7 @@ def test_pull_a_file_ends_with_a_dual_signed_receipt_in_both_logs(space: LocalSp
         ]
         assert len(logged) == 1 and receipt_id(logged[0]) == last.receipt_id
     metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
-    mine = [m for m in metering.agreements if m.agreement_id == agreement][0]
+    mine = next(m for m in metering.agreements if m.agreement_id == agreement)
     assert (mine.transfers, mine.bytes, mine.completed, mine.completed_bytes) == (1, SIZE, 1, SIZE)
 
 
@@ -183,7 +183,7 @@ def test_concurrent_starts_cannot_exceed_the_transfer_limit(space: LocalSpace) -
     assert len(started) == 2, results
     assert all("transfer_limit_reached" in r for r in results if r.startswith("refused"))
     metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
-    counted = [m for m in metering.agreements if m.agreement_id == agreement][0]
+    counted = next(m for m in metering.agreements if m.agreement_id == agreement)
     assert counted.transfers == 2
     started_logged = [
         e for e in entries(space, "gov", "transfer.started") if e["data"]["agreement"] == agreement
@@ -261,7 +261,7 @@ def test_refusals(space: LocalSpace) -> None:
     assert [e["data"]["fields"] for e in refused] == [["sha256"], ["signature"]]
     # Nothing was completed by the refused receipts; the counts are unchanged.
     metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
-    counted = [x for x in metering.agreements if x.agreement_id == agreement][0]
+    counted = next(x for x in metering.agreements if x.agreement_id == agreement)
     assert (counted.transfers, counted.completed) == (1, 0)
 
 
@@ -318,9 +318,9 @@ def test_a_tampered_source_is_detected_and_fails_on_both_sides(space: LocalSpace
             receiver.run(transfer_id=t.id)
     finally:
         path.write_bytes(original)
-    assert receiver._store.get(t.id).state == "failed"  # noqa: SLF001
+    assert receiver._store.get(t.id).state == "failed"
     time.sleep(0.2)
-    provider_side = space.nodes["gov"].transfers._store.get(t.id)  # type: ignore[union-attr]  # noqa: SLF001
+    provider_side = space.nodes["gov"].transfers._store.get(t.id)  # type: ignore[union-attr]
     assert provider_side.state == "failed" and "integrity" in provider_side.reason
     for who in ("a", "gov"):
         assert [e for e in entries(space, who, "transfer.failed") if e["data"]["transfer"] == t.id]

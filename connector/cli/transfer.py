@@ -1,0 +1,240 @@
+"""``tds transfer`` (receive a product under an agreement), ``tds data`` (holdings) and
+``tds report metering`` (the provider's counts)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+from connector.cli.output import emit, say
+from connector.cli.progress import ByteProgress, human_bytes
+from connector.config import load_config
+from connector.errors import ConfigError, VerificationError
+from connector.node.clients import admin_channel
+from connector.rpc.channel import calling
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tds transfer``, ``tds data`` and ``tds report``."""
+    tr = sub.add_parser(
+        "transfer",
+        help="receive a product under an agreement (progress bar, resumes by itself)",
+        description="Your connector receives the product from the provider under the "
+        "agreement, checks size and SHA-256 against the provider's manifest, signs the "
+        "receipt and gets it countersigned; the verified bytes are then written to --out. "
+        "A broken connection or a provider restart is resumed from the bytes held.",
+    )
+    tr.add_argument("--agreement", default="", help="the agreement id (tds agreements list)")
+    tr.add_argument(
+        "--resume", default="", metavar="TRANSFER", help="resume an unfinished transfer"
+    )
+    tr.add_argument("--out", required=True, type=Path, help="file to write the received data to")
+    tr.add_argument("--push", action="store_true", help="ask the provider to push the data")
+    tr.add_argument("--config", required=True, type=Path, help="your connector's config")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=run_transfer)
+
+    data = sub.add_parser("data", help="data your connector holds and transfers it made")
+    ds = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    ls = ds.add_parser("list", help="holdings: data received under agreements and kept")
+    ls.add_argument("--all", action="store_true", help="every transfer of both roles")
+    ls.add_argument("--config", required=True, type=Path)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_data_list)
+    st = ds.add_parser("stop", help="terminate a transfer that is not complete")
+    st.add_argument("transfer")
+    st.add_argument("--reason", default="")
+    st.add_argument("--config", required=True, type=Path)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=run_data_stop)
+
+    rep = sub.add_parser("report", help="reports from your connector's records")
+    rs = rep.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
+    me = rs.add_parser("metering", help="transfers and bytes per agreement and per consumer")
+    me.add_argument("--config", required=True, type=Path)
+    me.add_argument("--json", action="store_true")
+    me.set_defaults(func=run_metering)
+
+
+def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
+
+
+def _info(t: admin_pb2.TransferInfo) -> dict[str, Any]:
+    return {
+        "transfer": t.transfer_id,
+        "role": t.role,
+        "agreement": t.agreement_id,
+        "product": t.product_id,
+        "counterparty": t.counterparty,
+        "state": t.state,
+        "size": t.size,
+        "sha256": t.sha256,
+        "push": t.push,
+        "format": t.format,
+        "fields": list(t.fields),
+        "obligations": json.loads(t.obligations_json or "{}"),
+        "reason": t.reason,
+        "started_ms": t.started_ms,
+        "ended_ms": t.ended_ms,
+        "deleted_ms": t.deleted_ms,
+        "receipt": t.receipt,
+    }
+
+
+def _export(
+    stub: admin_pb2_grpc.AdminServiceStub, transfer_id: str, out: Path, sha256: str
+) -> None:
+    """Write a holding to ``out`` (via a temporary file) and check its hash again."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    h = hashlib.sha256()
+    try:
+        with tmp.open("wb") as f, calling("your connector"):
+            for chunk in stub.ReadHolding(
+                admin_pb2.ReadHoldingRequest(transfer_id=transfer_id), timeout=3600
+            ):
+                f.write(chunk.data)
+                h.update(chunk.data)
+            f.flush()
+            os.fsync(f.fileno())
+        if h.hexdigest() != sha256:
+            raise VerificationError(f"the exported copy's sha256 {h.hexdigest()} is not {sha256}")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    """Receive under an agreement, then export the verified bytes."""
+    if not args.agreement and not args.resume:
+        raise ConfigError("give --agreement ID (or --resume TRANSFER)")
+    stub = _admin(args)
+    bar: ByteProgress | None = None
+    final: admin_pb2.TransferProgress | None = None
+    request = admin_pb2.TransferRequest(
+        agreement_id=args.agreement, push=args.push, transfer_id=args.resume
+    )
+    try:
+        with calling("your connector"):
+            for event in stub.Transfer(request, timeout=24 * 3600):
+                if bar is None:
+                    bar = ByteProgress(event.transfer_id[:15], event.size)
+                    say(
+                        f"Transfer {event.transfer_id}: {human_bytes(event.size)}, "
+                        f"sha256 {event.sha256[:16]}…",
+                        quiet=args.json,
+                    )
+                if event.event == "resuming":
+                    bar.update(event.received, "resuming after a break")
+                elif event.event in ("receiving", "verified"):
+                    bar.update(event.received)
+                elif event.event == "completed":
+                    bar.update(event.size)
+                    final = event
+    finally:
+        if bar is not None:
+            bar.close()
+    if final is None:
+        raise VerificationError("the connector ended the transfer without a receipt")
+    _export(stub, final.transfer_id, args.out, final.sha256)
+    info = _info(final.transfer)
+    info["receipt_id"] = final.receipt_id
+    info["out"] = str(args.out)
+    emit(
+        info,
+        f"Received {human_bytes(final.size)} into {args.out}\n"
+        f"  sha256   {final.sha256} (verified)\n"
+        f"  receipt  {final.receipt_id} (signed by you, countersigned by "
+        f"{final.transfer.counterparty})",
+        as_json=args.json,
+    )
+    return 0
+
+
+def run_data_list(args: argparse.Namespace) -> int:
+    """Holdings (or every transfer)."""
+    with calling("your connector"):
+        resp = _admin(args).ListTransfers(
+            admin_pb2.ListTransfersRequest(holdings=not args.all), timeout=30
+        )
+    rows = [_info(t) for t in resp.transfers]
+    for r in rows:
+        r.pop("receipt")
+    lines = [
+        f"{r['transfer']:<36} {r['role']:<8} {r['state']:<10} {r['product']:<20} "
+        f"{human_bytes(r['size']):>10}  {r['counterparty']}"
+        + (
+            f"  delete after {r['obligations']['delete_after_ns']}"
+            if "delete_after_ns" in r["obligations"]
+            else ""
+        )
+        for r in rows
+    ]
+    emit(rows, "\n".join(lines) or "(nothing held)", as_json=args.json)
+    return 0
+
+
+def run_data_stop(args: argparse.Namespace) -> int:
+    """Terminate a transfer."""
+    with calling("your connector"):
+        t = _admin(args).TerminateTransfer(
+            admin_pb2.TerminateOwnTransferRequest(transfer_id=args.transfer, reason=args.reason),
+            timeout=30,
+        )
+    emit(_info(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
+    return 0
+
+
+def run_metering(args: argparse.Namespace) -> int:
+    """Per agreement and per consumer."""
+    with calling("your connector"):
+        resp = _admin(args).MeteringReport(admin_pb2.MeteringReportRequest(), timeout=30)
+    agreements = [
+        {
+            "agreement": m.agreement_id,
+            "consumer": m.consumer,
+            "product": m.product_id,
+            "transfers": m.transfers,
+            "bytes": m.bytes,
+            "completed": m.completed,
+            "completed_bytes": m.completed_bytes,
+            "max_transfers": m.max_transfers,
+            "max_bytes": m.max_bytes,
+        }
+        for m in resp.agreements
+    ]
+    consumers: dict[str, dict[str, int]] = {}
+    for a in agreements:
+        c = consumers.setdefault(
+            str(a["consumer"]), {"agreements": 0, "transfers": 0, "bytes": 0, "completed": 0}
+        )
+        c["agreements"] += 1
+        for key in ("transfers", "bytes", "completed"):
+            c[key] += int(a[key])  # type: ignore[call-overload]
+    lines = ["Per agreement:"] + [
+        f"  {a['agreement']:<36} {a['consumer']:<12} {a['product']:<20} "
+        f"{a['transfers']}/{a['max_transfers'] or '∞'} transfers, "
+        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)"  # type: ignore[call-overload]
+        for a in agreements
+    ]
+    lines += ["Per consumer:"] + [
+        f"  {name:<12} {c['agreements']} agreements, {c['transfers']} transfers, "
+        f"{human_bytes(c['bytes'])}, {c['completed']} completed"
+        for name, c in sorted(consumers.items())
+    ]
+    emit(
+        {"agreements": agreements, "consumers": consumers},
+        "\n".join(lines) if agreements else "(no transfers yet)",
+        as_json=args.json,
+    )
+    return 0
