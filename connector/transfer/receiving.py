@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from pathlib import Path
 
-from connector.errors import VerificationError
+from connector.errors import Unavailable, VerificationError
 
 __all__ = ["Assembler"]
 
@@ -38,6 +39,30 @@ class Assembler:
                 f"the partial file holds {held} bytes, more than the manifest's {size}"
             )
         self.received = held
+        # Hashing and writing release the GIL: a writer thread does both while the caller
+        # receives the next chunk. The queue is bounded, so memory stays flat.
+        self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: OSError | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="tds-receive", daemon=True)
+        self._writer.start()
+
+    def _write_loop(self) -> None:
+        while (data := self._pending.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._file.write(data)
+                self._hash.update(data)
+            except OSError as exc:
+                self._error = exc
+
+    def _drain(self) -> None:
+        """Wait until every accepted chunk is on disk (and stop the writer)."""
+        if self._writer.is_alive():
+            self._pending.put(None)
+            self._writer.join()
+        if self._error is not None:
+            raise Unavailable(f"cannot store received data: {self._error.strerror}")
 
     def add(self, offset: int, data: bytes) -> None:
         """Append one chunk; it must start exactly where the last one ended."""
@@ -53,8 +78,7 @@ class Assembler:
                 )
             if self.received + len(data) > self.size:
                 raise VerificationError(f"chunk runs past the manifest's size of {self.size} bytes")
-            self._file.write(data)
-            self._hash.update(data)
+            self._pending.put(data)  # hashed and written by the writer thread, in order
             self.received += len(data)
 
     @property
@@ -65,6 +89,7 @@ class Assembler:
     def finish(self, sha256: str) -> None:
         """Flush to disk and check size and hash against the manifest."""
         with self._lock:
+            self._drain()
             os.fsync(self._file.fileno())
             if self.received != self.size:
                 raise VerificationError(
@@ -79,4 +104,7 @@ class Assembler:
     def close(self) -> None:
         """Close the file (the partial data stays for a resume)."""
         with self._lock:
-            self._file.close()
+            try:
+                self._drain()
+            finally:
+                self._file.close()
