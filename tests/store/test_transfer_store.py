@@ -1,0 +1,82 @@
+"""Transfer records and metering on SQLite and PostgreSQL: limits hold when replicas (each
+with its own connection pool to the same database) start transfers at the same time."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from connector.errors import PermissionDenied, PreconditionFailed
+from connector.store.database import Database, open_database
+from connector.transfer.store import COMPLETED, PROVIDER, STARTED, STARTING, Transfer, TransferStore
+
+
+def transfer(n: int, size: int = 100, agreement: str = "ag-1") -> Transfer:
+    return Transfer(
+        id=f"tr-{n}",
+        role=PROVIDER,
+        agreement_id=agreement,
+        product="p",
+        counterparty="a",
+        state=STARTING,
+        size=size,
+        sha256="0" * 64,
+        chunk_size=1024,
+        started_ms=n,
+    )
+
+
+def _replicas(url: str, n: int) -> list[Database]:
+    first = open_database(url)
+    return [first] + [open_database(url, migrate=False) for _ in range(n - 1)]
+
+
+@pytest.mark.parametrize(("max_transfers", "max_bytes", "allowed"), [(3, 0, 3), (0, 450, 4)])
+def test_concurrent_starts_from_replicas_never_exceed_a_limit(
+    database_url: str, max_transfers: int, max_bytes: int, allowed: int
+) -> None:
+    replicas = _replicas(database_url, 4)
+    stores = [TransferStore(db) for db in replicas]
+    barrier = threading.Barrier(12)
+
+    def start(n: int) -> bool:
+        barrier.wait()
+        try:
+            stores[n % 4].reserve(
+                transfer(n), max_transfers=max_transfers, max_bytes=max_bytes, now_ms=n
+            )
+        except PermissionDenied as exc:
+            assert ("transfer_limit" if max_transfers else "byte_limit") in str(exc)
+            return False
+        return True
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(start, range(12)))
+        assert sum(results) == allowed
+        assert stores[0].usage("ag-1") == (allowed, allowed * 100)
+        assert len(stores[0].list(PROVIDER)) == allowed
+    finally:
+        for db in replicas:
+            db.close()
+
+
+def test_release_and_completion_keep_counts_consistent(database_url: str) -> None:
+    db = open_database(database_url)
+    try:
+        store = TransferStore(db)
+        store.reserve(transfer(1), max_transfers=0, max_bytes=0, now_ms=1)
+        store.reserve(transfer(2), max_transfers=0, max_bytes=0, now_ms=2)
+        store.release("tr-1", "not logged", 3)  # its log entry failed: uncounted
+        assert store.usage("ag-1") == (1, 100)
+        assert store.get("tr-1").state == "failed"
+        store.update("tr-2", expect=frozenset({STARTING}), state=STARTED)
+        store.update("tr-2", expect=frozenset({STARTED}), state=COMPLETED)
+        with pytest.raises(PreconditionFailed):  # completing twice changes nothing
+            store.update("tr-2", expect=frozenset({STARTED}), state=COMPLETED)
+        (m,) = store.metering()
+        assert (m.transfers, m.bytes, m.completed, m.completed_bytes) == (1, 100, 1, 100)
+    finally:
+        db.close()
