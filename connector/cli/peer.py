@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     status = sub.add_parser("status", help="your own connector's state (admin certificate)")
     status.add_argument("--config", required=True, type=Path, help="your connector's config")
+    status.add_argument(
+        "--refresh",
+        action="store_true",
+        help="fetch a new membership token and revocation list first (after a grant)",
+    )
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=run_status)
 
@@ -67,7 +72,7 @@ def run_status(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     with admin_channel(cfg) as channel, calling(cfg.participant.id):
         s = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=10
+            admin_pb2.GetStatusRequest(refresh=args.refresh), timeout=10
         )
     data = {
         "participant_id": s.participant_id,

@@ -27,6 +27,7 @@ from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
+from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
     Aborted,
     ConflictError,
@@ -51,6 +52,11 @@ from connector.rpc.auth import Caller
 __all__ = ["CONSUMER", "PROVIDER", "Negotiator"]
 
 log = logging.getLogger(__name__)
+
+CONTRACT_TERMS = ("operation_grant", "consent")
+"""Obligations of a contract decision that name what the agreement rests on: the
+authorised-operation grant (public data) or the individual's consent (personal data).
+They go into the signed agreement, so disclosure and deletion can be traced to them."""
 PROVIDER, CONSUMER = "provider", "consumer"
 F = TypeVar("F", bound=Callable[..., Any])
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
@@ -92,7 +98,9 @@ class Negotiator:
         clock: Clock,
         keys: KeyLookup,
         poke: Callable[[], None] = lambda: None,
+        consent: ConsentLookup = no_consent,
     ) -> None:
+        self._consent = consent
         self._me = participant
         self._key = signing_key
         self._store = store
@@ -326,7 +334,11 @@ class Negotiator:
                 "policy_module": offer.policy_module,
             },
             contract={"purpose": req.purpose},
-            context={"consent": {}},
+            context={
+                "consent": dict(self._consent(caller.participant, product.id, req.purpose))
+                if product.personal
+                else {}
+            },
         )
         decision = self._policy.decide(document)
         common: dict[str, Any] = {
@@ -342,8 +354,10 @@ class Negotiator:
         pid = uuid.uuid4().hex
         state = State.REQUESTED if decision.allow else State.TERMINATED
         extra: dict[str, object] = {"decision": decision.id}
+        terms = {k: decision.obligations[k] for k in CONTRACT_TERMS if k in decision.obligations}
         if decision.allow:
             extra["needs_approval"] = decision.needs_approval
+            extra.update(terms)
         else:
             extra["reasons"] = list(decision.deny)
 
@@ -362,6 +376,7 @@ class Negotiator:
             n = self._store.create(
                 state=state,
                 reasons=() if decision.allow else decision.deny,
+                terms=terms,
                 pid=pid,
                 before_commit=record,
                 **common,
@@ -395,7 +410,7 @@ class Negotiator:
             provider_pid=n.pid,
             consumer_pid=n.counterparty_pid,
             issued_ms=self._now_ms(),
-            obligations=dict(offer.obligations),
+            obligations={**offer.obligations, **n.terms},
             permitted_fields=offer.permitted_fields,
             masks=dict(offer.masks),
             registration_code=product.registration_code,
@@ -524,8 +539,12 @@ class Negotiator:
         return None
 
     @retrying
-    def revoke(self, agreement_id: str, reason: str) -> Negotiation:
-        """The provider revokes a finalized agreement, signs the revocation, tells the consumer."""
+    def revoke(self, agreement_id: str, reason: str, *, consent: str = "") -> Negotiation:
+        """The provider revokes a finalized agreement, signs the revocation, tells the consumer.
+
+        ``consent``: the revocation is the consequence of the individual withdrawing that
+        consent; the consumer's obligations then delete as for a withdrawal.
+        """
         n = self._store.by_agreement(agreement_id)
         if n.role != PROVIDER:
             raise PermissionDenied("only the provider revokes an agreement")
@@ -539,6 +558,7 @@ class Negotiator:
                 "agreement": agreement_id,
                 "reason": reason or "revoked",
                 "revoked_ms": self._now_ms(),
+                **({"consent_withdrawn": consent} if consent else {}),
             }
         )
         signed = jws.sign(body, self._key, signer=self._me, role="provider")
@@ -548,7 +568,11 @@ class Negotiator:
         self._audit.record(
             "agreement.revoked",
             parties=[n.counterparty],
-            data={"agreement": agreement_id, "reason": reason},
+            data={
+                "agreement": agreement_id,
+                "reason": reason,
+                **({"consent_withdrawn": consent} if consent else {}),
+            },
         )
         n = self._store.set_revocation(
             n.pid,
@@ -580,7 +604,15 @@ class Negotiator:
         self._audit.record(
             "agreement.revoked",
             parties=[caller.participant],
-            data={"agreement": msg.agreement_id, "reason": str(body.get("reason", ""))},
+            data={
+                "agreement": msg.agreement_id,
+                "reason": str(body.get("reason", "")),
+                **(
+                    {"consent_withdrawn": str(body["consent_withdrawn"])}
+                    if "consent_withdrawn" in body
+                    else {}
+                ),
+            },
         )
         n = self._store.set_revocation(
             n.pid, msg.revocation, now_ms=self._now_ms(), inbox=(msg.message_id, caller.participant)

@@ -41,6 +41,8 @@ class Negotiation:
     agreement_id: str | None = None
     agreement: str | None = None
     revocation: str | None = None
+    terms: dict[str, Any] = field(default_factory=dict)
+    """What the contract decision fixed for the agreement (operation grant, consent)."""
     created_ms: int = 0
     updated_ms: int = 0
 
@@ -69,6 +71,7 @@ def _negotiation(row: NegotiationRow) -> Negotiation:
         agreement_id=row.agreement_id,
         agreement=row.agreement,
         revocation=row.revocation,
+        terms=json.loads(row.terms or "{}"),
         created_ms=row.created_ms,
         updated_ms=row.updated_ms,
     )
@@ -107,6 +110,7 @@ class NegotiationStore:
         state: State,
         now_ms: int,
         reasons: Sequence[str] = (),
+        terms: dict[str, Any] | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         pid: str | None = None,
@@ -123,6 +127,7 @@ class NegotiationStore:
             purpose=purpose,
             state=state.value,
             reasons=json.dumps(list(reasons)),
+            terms=json.dumps(terms or {}, sort_keys=True),
             created_ms=now_ms,
             updated_ms=now_ms,
         )

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +21,8 @@ from connector.catalog.service import CatalogServicer, catalog_service
 from connector.catalog.store import ProductStore
 from connector.clock import Clock, SystemClock
 from connector.config import Config
+from connector.consent.admin import ConsentAdmin
+from connector.consent.register import ConsentRegister
 from connector.errors import (
     ConfigError,
     ConnectorError,
@@ -52,6 +55,7 @@ from connector.policy.factory import engine_from_config
 from connector.policy.library import load_library
 from connector.policy.point import PolicyPoint
 from connector.registry.client import RegistryClient
+from connector.registry.grants import GrantStore
 from connector.registry.index import CatalogIndex
 from connector.registry.service import (
     LocalRevocations,
@@ -66,7 +70,8 @@ from connector.rpc.server import ServerHandle, Service, build_server
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
-from connector.transfer.holdings import HoldingsSweeper
+from connector.transfer.disclosure import disclosure_report
+from connector.transfer.holdings import HoldingsSweeper, consent_withdrawn_for
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
 from connector.transfer.store import TransferStore
@@ -136,6 +141,7 @@ class Node:
         self.receiver: TransferConsumer | None = None
         self.sweeper: HoldingsSweeper | None = None
         self.transfer_admin: TransferAdmin | None = None
+        self.consents: ConsentRegister | None = None
         self._sweeper_thread: threading.Thread | None = None
         self._tls: TlsMaterial | None = None
         self._keys: dict[str, tuple[float, ed25519.Ed25519PublicKey]] = {}
@@ -207,6 +213,15 @@ class Node:
                 clock=self.clock,
                 keys=self._signing_key_of,
                 poke=lambda: self.outbox.poke() if self.outbox else None,
+                consent=self._consent_lookup,
+            )
+            self.consents = ConsentRegister(
+                participant=cfg.participant.id,
+                db=self.db,
+                signing_key=signing_key,
+                audit=self.log,
+                clock=self.clock,
+                product_tags=lambda pid: self._catalog().own(pid).tags,
             )
             self._build_transfers(signing_key)
             self.delivery = Delivery(self._negotiator, self._member_channel)
@@ -301,7 +316,9 @@ class Node:
                 audit=self._log(),
                 clock=self.clock,
             )
-            servicer = RegistryServicer(store, keys, local, self.clock, self._log(), index)
+            servicer = RegistryServicer(
+                store, keys, local, self.clock, self._log(), index, GrantStore(db)
+            )
             self._enrol_self = lambda address: self._enrol_operator(
                 servicer, store, tls, signing_key, address
             )
@@ -339,6 +356,13 @@ class Node:
                     self._negotiator(),
                     self.registry.register_product if self.registry is not None else None,
                     self.transfer_admin,
+                    ConsentAdmin(
+                        role=cfg.participant.role,
+                        register=self._consent_register(),
+                        negotiator=self._negotiator(),
+                        negotiations=NegotiationStore(db),
+                    ),
+                    self._disclosure if self.registry is not None else None,
                 )
             )
         )
@@ -371,6 +395,7 @@ class Node:
             keys=self._signing_key_of,
             revoked=self._is_revoked,
             channel_to=self._member_channel,
+            consent=self._consent_lookup,
         )
         self.receiver = TransferConsumer(
             participant=cfg.participant.id,
@@ -386,9 +411,38 @@ class Node:
             resume_for_seconds=cfg.transfer.resume_seconds,
         )
         self.sweeper = HoldingsSweeper(
-            store=store, negotiations=negotiations, audit=self._log(), clock=self.clock
+            store=store,
+            negotiations=negotiations,
+            audit=self._log(),
+            clock=self.clock,
+            consent_withdrawn=lambda t: consent_withdrawn_for(negotiations, t.agreement_id),
         )
         self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
+
+    def _consent_register(self) -> ConsentRegister:
+        if self.consents is None:
+            raise RuntimeError("node not started")
+        return self.consents
+
+    def _consent_lookup(self, recipient: str, product: str, purpose: str) -> dict[str, Any]:
+        """The consent register's answer for a decision about personal data."""
+        return self._consent_register().lookup(recipient, product, purpose)
+
+    def _disclosure(self, year: int) -> dict[str, Any]:
+        assert self.db is not None and self.registry is not None
+        return disclosure_report(
+            provider=self.cfg.participant.id,
+            year=year,
+            log=self._log(),
+            negotiations=NegotiationStore(self.db),
+            transfers=TransferStore(self.db),
+            grants=lambda: self._registry().list_grants(include_revoked=True),
+        )
+
+    def _registry(self) -> RegistryClient:
+        if self.registry is None:
+            raise Unavailable("the operator registry has no registry client")
+        return self.registry
 
     def _is_revoked(self, participant: str) -> bool:
         """Whether the revocation list in force names ``participant`` (no list: revoked)."""
@@ -493,10 +547,14 @@ class Node:
             except ConnectorError as exc:
                 log.warning("checkpoint failed", extra={"reason": str(exc)})
 
-    def status(self) -> NodeStatus:
-        """Token and revocation state for ``AdminService.GetStatus``."""
+    def status(self, refresh: bool = False) -> NodeStatus:
+        """Token and revocation state for ``AdminService.GetStatus``; fetched anew on
+        ``refresh`` (after the operator granted or revoked something)."""
         if self.registry is None:
             return NodeStatus(token_expires_at=0, revocations=None)
+        if refresh:
+            self.registry.refresh_revocations()
+            self.registry.refresh_token()
         return NodeStatus(self.registry.token_expires_at, self.registry.revocations_held)
 
     def wait_ready(self, timeout: float) -> bool:

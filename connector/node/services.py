@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from connector import __version__
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
 from connector.catalog.catalog import Catalog
+from connector.consent.admin import ConsentAdmin
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.negotiation.negotiator import Negotiator
 from connector.negotiation.store import Negotiation
@@ -54,12 +56,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         participant: str,
         role: str,
         space: str,
-        status: Callable[[], NodeStatus],
+        status: Callable[[bool], NodeStatus],
         catalog: Catalog,
         negotiator: Negotiator,
         registrar: Callable[[str, bool], str] | None = None,
         transfers: TransferAdmin | None = None,
+        consents: ConsentAdmin | None = None,
+        disclosure: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
+        self._consents = consents
+        self._disclosure = disclosure
         self._registrar = registrar
         self._transfers = transfers
         self._catalog = catalog
@@ -73,7 +79,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetStatusRequest, context: Any
     ) -> admin_pb2.GetStatusResponse:
         """Identity, token and revocation-list state of this connector."""
-        status = self._status()
+        status = self._status(request.refresh)
         rl = status.revocations
         return admin_pb2.GetStatusResponse(
             participant_id=self._participant,
@@ -194,6 +200,40 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """The provider's metering."""
         return self._transfer_admin().metering()
 
+    def _consent_admin(self) -> ConsentAdmin:
+        if self._consents is None:
+            raise PreconditionFailed("this connector keeps no consent register")
+        return self._consents
+
+    def GrantConsent(
+        self, request: admin_pb2.GrantConsentRequest, context: Any
+    ) -> admin_pb2.ConsentInfo:
+        """As an individual: give consent."""
+        return self._consent_admin().grant(request)
+
+    def WithdrawConsent(
+        self, request: admin_pb2.WithdrawConsentRequest, context: Any
+    ) -> admin_pb2.ConsentInfo:
+        """As an individual: withdraw consent (agreements resting on it are revoked)."""
+        return self._consent_admin().withdraw(request)
+
+    def ListConsents(
+        self, request: admin_pb2.ListConsentsRequest, context: Any
+    ) -> admin_pb2.ListConsentsResponse:
+        """Consents given."""
+        return self._consent_admin().list(request)
+
+    def DisclosureReport(
+        self, request: admin_pb2.DisclosureReportRequest, context: Any
+    ) -> admin_pb2.DisclosureReportResponse:
+        """Public data released to authorised operators in one year."""
+        if self._disclosure is None:
+            raise PreconditionFailed("this connector releases no public data")
+        report = self._disclosure(request.period)
+        return admin_pb2.DisclosureReportResponse(
+            report_json=json.dumps(report, sort_keys=True, ensure_ascii=False)
+        )
+
 
 def peer_service(servicer: PeerServicer) -> Service:
     """``PeerService`` with its access table."""
@@ -223,6 +263,10 @@ ADMIN_METHODS = [
     "ReadHolding",
     "TerminateTransfer",
     "MeteringReport",
+    "GrantConsent",
+    "WithdrawConsent",
+    "ListConsents",
+    "DisclosureReport",
 ]
 
 

@@ -205,6 +205,19 @@ class RegistryClient:
             )
         return list(resp.listings)
 
+    def list_grants(
+        self, participant: str = "", *, include_revoked: bool = False
+    ) -> list[registry_pb2.OperationGrant]:
+        """Authorised-operation grants (public to members)."""
+        with calling("registry"):
+            resp = self._member_stub.ListGrants(
+                registry_pb2.ListGrantsRequest(
+                    participant_id=participant, include_revoked=include_revoked
+                ),
+                timeout=self._timeout,
+            )
+        return list(resp.grants)
+
     # -- background refresh -----------------------------------------------------------
 
     def refresh_all(self) -> None:

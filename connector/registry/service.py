@@ -29,6 +29,14 @@ from connector.identity.certs import (
 )
 from connector.identity.names import PARTICIPANT_URI_KIND, Role, check_id
 from connector.identity.tokens import issue_membership_token
+from connector.registry.grants import (
+    GRANTS_ATTRIBUTE,
+    GrantRecord,
+    GrantStore,
+    grants_attribute,
+    new_grant,
+    sign_grant,
+)
 from connector.registry.index import CatalogIndex
 from connector.registry.revocation import RevocationList, sign_revocation_list
 from connector.registry.store import DirectoryEntry, DirectoryStore
@@ -51,6 +59,11 @@ class OperatorKeys:
     signing_key: ed25519.Ed25519PrivateKey
     ca_certificate: x509.Certificate
     token_ttl_seconds: int
+
+    @property
+    def operator_id(self) -> str:
+        """The operator's participant id (the last part of the issuer URI)."""
+        return self.issuer.rsplit(":", 1)[-1]
 
 
 class LocalRevocations:
@@ -94,6 +107,25 @@ def participant_message(entry: DirectoryEntry) -> common_pb2.Participant:
     )
 
 
+def grant_message(record: GrantRecord) -> registry_pb2.OperationGrant:
+    """The wire form of a grant."""
+    g = record.grant
+    return registry_pb2.OperationGrant(
+        id=g.id,
+        participant_id=g.participant,
+        scope=list(g.scope),
+        purposes=list(g.purposes),
+        start_ns=g.start_ns,
+        end_ns=g.end_ns,
+        body=g.body,
+        issued_ms=g.issued_ms,
+        revoked=record.revoked,
+        revoked_ms=record.revoked_ms,
+        revoked_reason=record.revoked_reason,
+        signed=record.signed,
+    )
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Serves the operator registry; every method raises tds errors, never aborts."""
 
@@ -105,8 +137,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         clock: Clock,
         audit: AuditLog,
         index: CatalogIndex | None = None,
+        grants: GrantStore | None = None,
     ) -> None:
         self._index = index
+        self._grants = grants
         self._audit = audit
         self._store = store
         self._keys = keys
@@ -160,6 +194,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise InvalidRequest("signing_public_key is not a valid Ed25519 key") from None
         attrs = dict(request.attributes)
         ensure(len(attrs) <= _MAX_ATTRS, f"at most {_MAX_ATTRS} attributes")
+        ensure(
+            GRANTS_ATTRIBUTE not in attrs,
+            f"{GRANTS_ATTRIBUTE} is set by the operator's grants: use 'tds registry grant'",
+        )
         ensure(
             all(len(k) <= 64 and len(v) <= _MAX_ATTR_LEN for k, v in attrs.items()),
             f"attribute names at most 64 characters, values at most {_MAX_ATTR_LEN}",
@@ -243,11 +281,98 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             participant=entry.id,
             role=entry.role,
             certificate_thumbprint=entry.certificate_thumbprint,
-            attrs=entry.attributes,
+            attrs=self._token_attributes(entry),
             now=self._clock.now(),
             ttl_seconds=self._keys.token_ttl_seconds,
         )
         return registry_pb2.IssueTokenResponse(token=token, expires_at=exp)
+
+    def _token_attributes(self, entry: DirectoryEntry) -> dict[str, str]:
+        """Directory attributes plus the participant's unrevoked grants."""
+        attrs = dict(entry.attributes)
+        if self._grants is not None:
+            held = self._grants.list(entry.id)
+            if held:
+                attrs[GRANTS_ATTRIBUTE] = grants_attribute(held)
+        return attrs
+
+    def _grant_store(self) -> GrantStore:
+        if self._grants is None:
+            raise PreconditionFailed("this registry keeps no authorised-operation grants")
+        return self._grants
+
+    def GrantOperation(
+        self, request: registry_pb2.GrantOperationRequest, context: Any
+    ) -> registry_pb2.OperationGrant:
+        """Grant a participant the right to operate public data (admin only)."""
+        store = self._grant_store()
+        pid = check_id(request.participant_id)
+        entry = self._store.get(pid)
+        if entry.revoked:
+            raise PreconditionFailed(f"participant {pid!r} is revoked")
+        ensure(
+            entry.role in (Role.ENTERPRISE.value, Role.GOVERNMENT.value),
+            f"public data is operated by enterprises or government bodies, not a {entry.role}",
+        )
+        grant = new_grant(
+            participant=pid,
+            scope=list(request.scope),
+            purposes=list(request.purposes),
+            start_ns=request.start_ns,
+            end_ns=request.end_ns,
+            body=request.body,
+            issued_ms=int(self._clock.now() * 1000),
+        )
+        signed = sign_grant(grant, self._keys.operator_id, self._keys.signing_key)
+        self._audit.record(
+            "registry.grant",
+            parties=[pid],
+            data={
+                "grant": grant.id,
+                "participant": pid,
+                "scope": list(grant.scope),
+                "purposes": list(grant.purposes),
+                "start_ns": str(grant.start_ns),
+                "end_ns": str(grant.end_ns),
+                "body": grant.body,
+                "by": current_caller().participant,
+            },
+        )
+        record = store.add(grant, signed)
+        log.info("operation granted", extra={"participant": pid, "grant": grant.id})
+        return grant_message(record)
+
+    def RevokeGrant(
+        self, request: registry_pb2.RevokeGrantRequest, context: Any
+    ) -> registry_pb2.OperationGrant:
+        """Revoke a grant (admin only); the participant's next token no longer carries it."""
+        store = self._grant_store()
+        reason = request.reason.strip()
+        ensure(0 < len(reason) <= 1024, "give a reason (1-1024 characters) for the revocation")
+        held = store.get(request.grant_id)
+        if held.revoked:
+            raise PreconditionFailed(f"operation grant {request.grant_id!r} is already revoked")
+        self._audit.record(
+            "registry.grant_revoked",
+            parties=[held.grant.participant],
+            data={
+                "grant": held.grant.id,
+                "participant": held.grant.participant,
+                "reason": reason,
+                "by": current_caller().participant,
+            },
+        )
+        record = store.revoke(held.grant.id, reason, now_ms=int(self._clock.now() * 1000))
+        log.warning("operation grant revoked", extra={"grant": held.grant.id, "reason": reason})
+        return grant_message(record)
+
+    def ListGrants(
+        self, request: registry_pb2.ListGrantsRequest, context: Any
+    ) -> registry_pb2.ListGrantsResponse:
+        """Grants are public: authorised operation is disclosed to every member."""
+        pid = check_id(request.participant_id) if request.participant_id else ""
+        records = self._grant_store().list(pid, include_revoked=request.include_revoked)
+        return registry_pb2.ListGrantsResponse(grants=[grant_message(r) for r in records])
 
     def Lookup(
         self, request: registry_pb2.LookupRequest, context: Any
@@ -322,5 +447,8 @@ def registry_service(servicer: RegistryServicer) -> Service:
             "ListParticipants": Access.MEMBER,
             "RegisterProduct": Access.MEMBER,
             "SearchCatalog": Access.MEMBER,
+            "GrantOperation": Access.ADMIN,
+            "RevokeGrant": Access.ADMIN,
+            "ListGrants": Access.MEMBER,
         },
     )

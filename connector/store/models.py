@@ -9,12 +9,14 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "CatalogListingRow",
+    "ConsentRow",
     "InboxRow",
     "LogCheckpointRow",
     "LogEntryRow",
     "LogNodeRow",
     "MeteringRow",
     "NegotiationRow",
+    "OperationGrantRow",
     "OutboxRow",
     "ParticipantRow",
     "ProductRow",
@@ -130,6 +132,8 @@ class NegotiationRow(SQLModel, table=True):
     agreement_id: str | None = Field(default=None, max_length=64, index=True)
     agreement: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     revocation: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    terms: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+    """JSON the contract decision fixed for the agreement (operation grant, consent)."""
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
@@ -224,3 +228,32 @@ class MeteringRow(SQLModel, table=True):
     max_transfers: int = 0
     max_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class OperationGrantRow(SQLModel, table=True):
+    """An authorised-operation grant (公共数据授权运营) the operator signed."""
+
+    __tablename__ = "operation_grant"
+
+    id: str = Field(primary_key=True, max_length=64)
+    participant: str = Field(max_length=63, index=True)
+    signed: str = Field(sa_column=Column(Text, nullable=False))
+    start_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
+    issued_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    revoked_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    revoked_reason: str = Field(default="", max_length=1024)
+
+
+class ConsentRow(SQLModel, table=True):
+    """An individual's separate consent (PIPL art. 23), signed by the individual."""
+
+    __tablename__ = "consent"
+
+    id: str = Field(primary_key=True, max_length=64)
+    recipient: str = Field(max_length=63, index=True)
+    signed: str = Field(sa_column=Column(Text, nullable=False))
+    expires_ns: int = Field(sa_column=Column(BigInteger, nullable=False))
+    granted_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    withdrawn_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    withdrawal: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

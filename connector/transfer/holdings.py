@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from connector.audit import jws
 from connector.audit.log import AuditLog
 from connector.clock import Clock
 from connector.errors import ConnectorError, NotFound
@@ -26,6 +27,26 @@ ConsentWithdrawn = Callable[[Transfer], bool]
 
 def _never(_: Transfer) -> bool:
     return False
+
+
+def consent_withdrawn_for(negotiations: NegotiationStore, agreement_id: str) -> bool:
+    """Whether the provider revoked the agreement because the individual withdrew consent.
+
+    The revocation is signed by the provider (the individual's connector) and names the
+    withdrawn consent; it arrives through the provider's outbox, so it is not lost while
+    this connector is down.
+    """
+    try:
+        n = negotiations.by_agreement(agreement_id)
+    except NotFound:
+        return False
+    if not n.revocation:
+        return False
+    try:
+        body = jws.payload_of(n.revocation, "revocation")
+    except ConnectorError:
+        return False
+    return isinstance(body, dict) and bool(body.get("consent_withdrawn"))
 
 
 class HoldingsSweeper:
@@ -52,14 +73,14 @@ class HoldingsSweeper:
         delete_after = obligations.get("delete_after_ns")
         if isinstance(delete_after, int) and now_ns >= delete_after:
             return "delete_after"
+        if obligations.get("delete_on_consent_withdrawal", False) and self._consent_withdrawn(t):
+            return "consent_withdrawn"
         if obligations.get("delete_on_revocation", False):
             try:
                 if self._negotiations.by_agreement(t.agreement_id).revocation:
                     return "agreement_revoked"
             except NotFound:
                 return "agreement_unknown"
-        if obligations.get("delete_on_consent_withdrawal", False) and self._consent_withdrawn(t):
-            return "consent_withdrawn"
         return None
 
     def sweep(self) -> list[tuple[str, str]]:

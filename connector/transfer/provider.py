@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from connector.audit.log import AuditLog
 from connector.audit.receipts import countersign_receipt, parse_receipt
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
+from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
     ConnectorError,
     InvalidRequest,
@@ -62,14 +63,6 @@ log = logging.getLogger(__name__)
 
 STOP_CHECK_SECONDS = 0.25
 """How often a running stream re-checks revocation and termination (well under 1 s)."""
-
-ConsentLookup = Callable[[str, str, str], Mapping[str, Any]]
-"""(consumer, product, purpose) -> the ``context.consent`` of a usage decision."""
-
-
-def no_consent(consumer: str, product: str, purpose: str) -> Mapping[str, Any]:
-    """No consent register: personal data is refused (fail closed)."""
-    return {}
 
 
 @dataclass(frozen=True)
@@ -308,9 +301,12 @@ class TransferProvider:
             agreement = parse_agreement(n.agreement or "")
             if self._clock.now() * 1e9 >= agreement.valid_until_ns:
                 return "agreement_expired"
-            consent = self._consent(t.counterparty, t.product, agreement.purpose)
-            if consent and (consent.get("withdrawn") or not consent.get("present", True)):
-                return "consent_withdrawn"
+            if self._catalog.own(t.product).personal:
+                consent = self._consent(t.counterparty, t.product, agreement.purpose)
+                if consent.get("withdrawn") or not consent.get("present"):
+                    return "consent_withdrawn"
+                if int(consent.get("expires_ns", 0)) <= self._clock.now() * 1e9:
+                    return "consent_expired"
         except ConnectorError as exc:
             return f"cannot confirm the transfer may go on: {exc}"
         return None

@@ -19,6 +19,204 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GrantConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    EXPIRES_NS_FIELD_NUMBER: _builtins.int
+    recipient: _builtins.str
+    method: _builtins.str
+    """How the recipient may process the data (PIPL art. 23: processing method)."""
+    expires_ns: _builtins.int
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Product ids or tags of this individual's products the consent covers."""
+
+    def __init__(
+        self,
+        *,
+        recipient: _builtins.str = ...,
+        purposes: _abc.Iterable[_builtins.str] | None = ...,
+        method: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        expires_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "expires_ns", b"expires_ns", "method", b"method", "purposes", b"purposes", "recipient", b"recipient"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentRequest: _TypeAlias = GrantConsentRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    consent_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        consent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_id", b"consent_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentRequest: _TypeAlias = WithdrawConsentRequest  # noqa: Y015
+
+@_typing.final
+class ListConsentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    INCLUDE_WITHDRAWN_FIELD_NUMBER: _builtins.int
+    recipient: _builtins.str
+    include_withdrawn: _builtins.bool
+    def __init__(
+        self,
+        *,
+        recipient: _builtins.str = ...,
+        include_withdrawn: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_withdrawn", b"include_withdrawn", "recipient", b"recipient"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsRequest: _TypeAlias = ListConsentsRequest  # noqa: Y015
+
+@_typing.final
+class ConsentInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    EXPIRES_NS_FIELD_NUMBER: _builtins.int
+    GRANTED_MS_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_MS_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    WITHDRAWAL_FIELD_NUMBER: _builtins.int
+    REVOKED_AGREEMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    recipient: _builtins.str
+    method: _builtins.str
+    expires_ns: _builtins.int
+    granted_ms: _builtins.int
+    withdrawn: _builtins.bool
+    withdrawn_ms: _builtins.int
+    signed: _builtins.str
+    """The consent and its withdrawal as the individual signed them (JWS JSON)."""
+    withdrawal: _builtins.str
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def revoked_agreements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agreements revoked because this consent was withdrawn."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        purposes: _abc.Iterable[_builtins.str] | None = ...,
+        method: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        expires_ns: _builtins.int = ...,
+        granted_ms: _builtins.int = ...,
+        withdrawn: _builtins.bool = ...,
+        withdrawn_ms: _builtins.int = ...,
+        signed: _builtins.str = ...,
+        withdrawal: _builtins.str = ...,
+        revoked_agreements: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "expires_ns", b"expires_ns", "granted_ms", b"granted_ms", "id", b"id", "method", b"method", "purposes", b"purposes", "recipient", b"recipient", "revoked_agreements", b"revoked_agreements", "signed", b"signed", "withdrawal", b"withdrawal", "withdrawn", b"withdrawn", "withdrawn_ms", b"withdrawn_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentInfo: _TypeAlias = ConsentInfo  # noqa: Y015
+
+@_typing.final
+class ListConsentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentInfo]: ...
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[Global___ConsentInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
+class DisclosureReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    period: _builtins.int
+    """Calendar year (UTC), for example 2026."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisclosureReportRequest: _TypeAlias = DisclosureReportRequest  # noqa: Y015
+
+@_typing.final
+class DisclosureReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.str
+    """The report as JSON (see docs/city-scenarios.md for its fields)."""
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisclosureReportResponse: _TypeAlias = DisclosureReportResponse  # noqa: Y015
+
+@_typing.final
 class TransferRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -672,12 +870,17 @@ Global___ListOwnProductsResponse: _TypeAlias = ListOwnProductsResponse  # noqa: 
 class GetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    REFRESH_FIELD_NUMBER: _builtins.int
+    refresh: _builtins.bool
+    """Fetch a new membership token and revocation list first (after a grant changed)."""
     def __init__(
         self,
+        *,
+        refresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh", b"refresh"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,26 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.MeteringReportResponse.FromString,
                 _registered_method=True)
+        self.GrantConsent = channel.unary_unary(
+                '/tds.v1.AdminService/GrantConsent',
+                request_serializer=tds_dot_v1_dot_admin__pb2.GrantConsentRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.ConsentInfo.FromString,
+                _registered_method=True)
+        self.WithdrawConsent = channel.unary_unary(
+                '/tds.v1.AdminService/WithdrawConsent',
+                request_serializer=tds_dot_v1_dot_admin__pb2.WithdrawConsentRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.ConsentInfo.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/tds.v1.AdminService/ListConsents',
+                request_serializer=tds_dot_v1_dot_admin__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.DisclosureReport = channel.unary_unary(
+                '/tds.v1.AdminService/DisclosureReport',
+                request_serializer=tds_dot_v1_dot_admin__pb2.DisclosureReportRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.DisclosureReportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -240,6 +260,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantConsent(self, request, context):
+        """As an individual: give separate consent (PIPL art. 23) to a recipient.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawConsent(self, request, context):
+        """As an individual: withdraw a consent; agreements resting on it are revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisclosureReport(self, request, context):
+        """As a government provider: public data released to authorised operators in a year.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +374,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.MeteringReport,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportResponse.SerializeToString,
+            ),
+            'GrantConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantConsent,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.GrantConsentRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.ConsentInfo.SerializeToString,
+            ),
+            'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawConsent,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.WithdrawConsentRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.ConsentInfo.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.ListConsentsRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'DisclosureReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisclosureReport,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.DisclosureReportRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.DisclosureReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -789,6 +856,114 @@ class AdminService:
             '/tds.v1.AdminService/MeteringReport',
             tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.MeteringReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/GrantConsent',
+            tds_dot_v1_dot_admin__pb2.GrantConsentRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.ConsentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/WithdrawConsent',
+            tds_dot_v1_dot_admin__pb2.WithdrawConsentRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.ConsentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/ListConsents',
+            tds_dot_v1_dot_admin__pb2.ListConsentsRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisclosureReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/DisclosureReport',
+            tds_dot_v1_dot_admin__pb2.DisclosureReportRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.DisclosureReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,13 @@ class AdminServiceStub:
     """Either side: end a transfer that is not complete."""
     MeteringReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]
     """As a provider: transfers and bytes per agreement and per consumer."""
+    GrantConsent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantConsentRequest, _admin_pb2.ConsentInfo]
+    """As an individual: give separate consent (PIPL art. 23) to a recipient."""
+    WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WithdrawConsentRequest, _admin_pb2.ConsentInfo]
+    """As an individual: withdraw a consent; agreements resting on it are revoked."""
+    ListConsents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListConsentsRequest, _admin_pb2.ListConsentsResponse]
+    DisclosureReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DisclosureReportRequest, _admin_pb2.DisclosureReportResponse]
+    """As a government provider: public data released to authorised operators in a year."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -99,6 +106,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Either side: end a transfer that is not complete."""
     MeteringReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]  # type: ignore[assignment]
     """As a provider: transfers and bytes per agreement and per consumer."""
+    GrantConsent: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantConsentRequest, _admin_pb2.ConsentInfo]  # type: ignore[assignment]
+    """As an individual: give separate consent (PIPL art. 23) to a recipient."""
+    WithdrawConsent: _aio.UnaryUnaryMultiCallable[_admin_pb2.WithdrawConsentRequest, _admin_pb2.ConsentInfo]  # type: ignore[assignment]
+    """As an individual: withdraw a consent; agreements resting on it are revoked."""
+    ListConsents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListConsentsRequest, _admin_pb2.ListConsentsResponse]  # type: ignore[assignment]
+    DisclosureReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.DisclosureReportRequest, _admin_pb2.DisclosureReportResponse]  # type: ignore[assignment]
+    """As a government provider: public data released to authorised operators in a year."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """A participant's own administration of its connector (admin certificate only)."""
@@ -234,5 +248,36 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.MeteringReportResponse, _abc.Awaitable[_admin_pb2.MeteringReportResponse]]:
         """As a provider: transfers and bytes per agreement and per consumer."""
+
+    @_abc_1.abstractmethod
+    def GrantConsent(
+        self,
+        request: _admin_pb2.GrantConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ConsentInfo, _abc.Awaitable[_admin_pb2.ConsentInfo]]:
+        """As an individual: give separate consent (PIPL art. 23) to a recipient."""
+
+    @_abc_1.abstractmethod
+    def WithdrawConsent(
+        self,
+        request: _admin_pb2.WithdrawConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ConsentInfo, _abc.Awaitable[_admin_pb2.ConsentInfo]]:
+        """As an individual: withdraw a consent; agreements resting on it are revoked."""
+
+    @_abc_1.abstractmethod
+    def ListConsents(
+        self,
+        request: _admin_pb2.ListConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListConsentsResponse, _abc.Awaitable[_admin_pb2.ListConsentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DisclosureReport(
+        self,
+        request: _admin_pb2.DisclosureReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DisclosureReportResponse, _abc.Awaitable[_admin_pb2.DisclosureReportResponse]]:
+        """As a government provider: public data released to authorised operators in a year."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

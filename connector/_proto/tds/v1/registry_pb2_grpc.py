@@ -75,6 +75,21 @@ class RegistryServiceStub:
                 request_serializer=tds_dot_v1_dot_registry__pb2.SearchCatalogRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_registry__pb2.SearchCatalogResponse.FromString,
                 _registered_method=True)
+        self.GrantOperation = channel.unary_unary(
+                '/tds.v1.RegistryService/GrantOperation',
+                request_serializer=tds_dot_v1_dot_registry__pb2.GrantOperationRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.OperationGrant.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/tds.v1.RegistryService/RevokeGrant',
+                request_serializer=tds_dot_v1_dot_registry__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.OperationGrant.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/tds.v1.RegistryService/ListGrants',
+                request_serializer=tds_dot_v1_dot_registry__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -138,6 +153,27 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantOperation(self, request, context):
+        """Grant a participant the right to operate public data (operator admin certificate only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """Revoke an authorised-operation grant (operator admin certificate only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Authorised-operation grants, for public disclosure (members).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +216,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.SearchCatalog,
                     request_deserializer=tds_dot_v1_dot_registry__pb2.SearchCatalogRequest.FromString,
                     response_serializer=tds_dot_v1_dot_registry__pb2.SearchCatalogResponse.SerializeToString,
+            ),
+            'GrantOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantOperation,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.GrantOperationRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.OperationGrant.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.OperationGrant.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.ListGrantsRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.ListGrantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +450,87 @@ class RegistryService:
             '/tds.v1.RegistryService/SearchCatalog',
             tds_dot_v1_dot_registry__pb2.SearchCatalogRequest.SerializeToString,
             tds_dot_v1_dot_registry__pb2.SearchCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.RegistryService/GrantOperation',
+            tds_dot_v1_dot_registry__pb2.GrantOperationRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.OperationGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.RegistryService/RevokeGrant',
+            tds_dot_v1_dot_registry__pb2.RevokeGrantRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.OperationGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.RegistryService/ListGrants',
+            tds_dot_v1_dot_registry__pb2.ListGrantsRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.ListGrantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

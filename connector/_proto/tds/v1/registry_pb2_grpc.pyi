@@ -51,6 +51,12 @@ class RegistryServiceStub:
     """
     SearchCatalog: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SearchCatalogRequest, _registry_pb2.SearchCatalogResponse]
     """Listings across providers that the searcher may see under each provider's access rules."""
+    GrantOperation: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GrantOperationRequest, _registry_pb2.OperationGrant]
+    """Grant a participant the right to operate public data (operator admin certificate only)."""
+    RevokeGrant: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeGrantRequest, _registry_pb2.OperationGrant]
+    """Revoke an authorised-operation grant (operator admin certificate only)."""
+    ListGrants: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListGrantsRequest, _registry_pb2.ListGrantsResponse]
+    """Authorised-operation grants, for public disclosure (members)."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -75,6 +81,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     SearchCatalog: _aio.UnaryUnaryMultiCallable[_registry_pb2.SearchCatalogRequest, _registry_pb2.SearchCatalogResponse]  # type: ignore[assignment]
     """Listings across providers that the searcher may see under each provider's access rules."""
+    GrantOperation: _aio.UnaryUnaryMultiCallable[_registry_pb2.GrantOperationRequest, _registry_pb2.OperationGrant]  # type: ignore[assignment]
+    """Grant a participant the right to operate public data (operator admin certificate only)."""
+    RevokeGrant: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeGrantRequest, _registry_pb2.OperationGrant]  # type: ignore[assignment]
+    """Revoke an authorised-operation grant (operator admin certificate only)."""
+    ListGrants: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListGrantsRequest, _registry_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    """Authorised-operation grants, for public disclosure (members)."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The operator's registry: directory, membership tokens, revocation."""
@@ -144,5 +156,29 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.SearchCatalogResponse, _abc.Awaitable[_registry_pb2.SearchCatalogResponse]]:
         """Listings across providers that the searcher may see under each provider's access rules."""
+
+    @_abc_1.abstractmethod
+    def GrantOperation(
+        self,
+        request: _registry_pb2.GrantOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.OperationGrant, _abc.Awaitable[_registry_pb2.OperationGrant]]:
+        """Grant a participant the right to operate public data (operator admin certificate only)."""
+
+    @_abc_1.abstractmethod
+    def RevokeGrant(
+        self,
+        request: _registry_pb2.RevokeGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.OperationGrant, _abc.Awaitable[_registry_pb2.OperationGrant]]:
+        """Revoke an authorised-operation grant (operator admin certificate only)."""
+
+    @_abc_1.abstractmethod
+    def ListGrants(
+        self,
+        request: _registry_pb2.ListGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListGrantsResponse, _abc.Awaitable[_registry_pb2.ListGrantsResponse]]:
+        """Authorised-operation grants, for public disclosure (members)."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Consent of individuals to the processing of their personal data."""
