@@ -9,6 +9,7 @@ import sys
 from connector import __version__
 from connector.cli import (
     audit,
+    consent,
     demo,
     init,
     negotiate,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         product,
         negotiate,
         transfer,
+        consent,
         audit,
         policy,
     ):

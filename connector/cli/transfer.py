@@ -62,6 +62,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     me.add_argument("--json", action="store_true")
     me.set_defaults(func=run_metering)
 
+    di = rs.add_parser(
+        "disclosure",
+        help="public data released to authorised operators in a year (government)",
+        description=(
+            "Per authorised operator: the public products it received, the grant each "
+            "agreement rests on, purposes, completed transfers and bytes in the year, "
+            "counted from the dual-signed receipts in your log (their indices are listed)."
+        ),
+    )
+    di.add_argument("--config", required=True, type=Path)
+    di.add_argument("--period", required=True, type=int, metavar="YEAR", help="e.g. 2026")
+    di.add_argument("--json", action="store_true")
+    di.set_defaults(func=run_disclosure)
+
 
 def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
@@ -237,4 +251,36 @@ def run_metering(args: argparse.Namespace) -> int:
         "\n".join(lines) if agreements else "(no transfers yet)",
         as_json=args.json,
     )
+    return 0
+
+
+def run_disclosure(args: argparse.Namespace) -> int:
+    """The disclosure report of public data operation."""
+    with calling("your connector"):
+        resp = _admin(args).DisclosureReport(
+            admin_pb2.DisclosureReportRequest(period=args.period), timeout=60
+        )
+    report = json.loads(resp.report_json)
+    lines = [
+        f"Public data released by {report['provider']} in {report['period']}: "
+        f"{report['transfers']} transfers, {human_bytes(report['bytes'])}"
+    ]
+    for op in report["operators"]:
+        grants = ", ".join(
+            f"{g['id']} ({g.get('body', '?')}; scope {','.join(g.get('scope', []))})"
+            for g in op["grants"]
+        )
+        lines.append(
+            f"  {op['operator']}: {op['transfers']} transfers, {human_bytes(op['bytes'])}, "
+            f"purposes {', '.join(op['purposes'])}; grants {grants or 'none recorded'}"
+        )
+        for p in op["products"]:
+            lines.append(
+                f"    {p['product']} [{p['registration_code']}] under {p['agreement']}: "
+                f"{p['transfers']} transfers, {human_bytes(p['bytes'])} "
+                f"(receipts at log indices {p['receipt_log_indices']})"
+            )
+    if not report["operators"]:
+        lines.append("  (no public data released in this period)")
+    emit(report, "\n".join(lines), as_json=args.json)
     return 0

@@ -7,6 +7,7 @@ tokens, SQLite files) with ports chosen by the operating system.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import grpc
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.cli.init import build_config
 from connector.config import Config, load_config, render_config
+from connector.errors import ConnectorError
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.names import Role
 from connector.identity.pki import SpaceManifest, init_space
@@ -133,11 +135,47 @@ class LocalSpace:
                 registry_pb2.RevokeRequest(participant_id=participant, reason=reason), timeout=10
             )
 
+    def grant(
+        self,
+        participant: str,
+        *,
+        scope: list[str],
+        purposes: list[str],
+        start_ns: int,
+        end_ns: int,
+        body: str,
+    ) -> registry_pb2.OperationGrant:
+        """Grant authorised operation of public data as the operator's administrator."""
+        op_cfg = self.configs[self.manifest.operator_id]
+        with admin_channel(op_cfg) as channel, calling("registry"):
+            return registry_pb2_grpc.RegistryServiceStub(channel).GrantOperation(
+                registry_pb2.GrantOperationRequest(
+                    participant_id=participant,
+                    scope=scope,
+                    purposes=purposes,
+                    start_ns=start_ns,
+                    end_ns=end_ns,
+                    body=body,
+                ),
+                timeout=10,
+            )
+
+    def revoke_grant(self, grant_id: str, reason: str) -> registry_pb2.OperationGrant:
+        """Revoke a grant as the operator's administrator."""
+        op_cfg = self.configs[self.manifest.operator_id]
+        with admin_channel(op_cfg) as channel, calling("registry"):
+            return registry_pb2_grpc.RegistryServiceStub(channel).RevokeGrant(
+                registry_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason), timeout=10
+            )
+
     def refresh(self) -> None:
-        """Make every connector fetch the revocation list and its token now."""
+        """Make every connector fetch the revocation list and a new token now (a revoked
+        participant gets no token: it keeps the one it has, which others refuse)."""
         for node in self.nodes.values():
             if node.registry is not None:
                 node.registry.refresh_all()
+                with contextlib.suppress(ConnectorError):
+                    node.registry.refresh_token()
 
     def stop(self) -> None:
         """Stop every node, connectors first."""

@@ -312,7 +312,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise PreconditionFailed(f"participant {pid!r} is revoked")
         ensure(
             entry.role in (Role.ENTERPRISE.value, Role.GOVERNMENT.value),
-            f"public data is operated by enterprises or government bodies, not a {entry.role}",
+            f"public data is operated by enterprises or government bodies, not by {entry.id} "
+            f"(role {entry.role})",
         )
         grant = new_grant(
             participant=pid,

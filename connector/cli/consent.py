@@ -1,0 +1,156 @@
+"""``tds consent``: an individual's separate consents (PIPL art. 23) — give, withdraw, list."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+from connector.cli.output import emit
+from connector.config import load_config
+from connector.errors import InvalidRequest
+from connector.node.clients import admin_channel
+from connector.rpc.channel import calling
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tds consent``."""
+    co = sub.add_parser(
+        "consent",
+        help="give, withdraw and list consents to your personal data (individuals)",
+        description=(
+            "An individual's connector records each consent it gives, signed with the "
+            "individual's key: recipient, purposes, processing method, data categories "
+            "(product ids or tags) and expiry. Withdrawing takes effect for the next "
+            "decision, stops running transfers, and revokes the agreements resting on the "
+            "consent, so the recipient's connector deletes the data."
+        ),
+    )
+    cs = co.add_subparsers(dest="consent_command", required=True, metavar="COMMAND")
+
+    grant = cs.add_parser("grant", help="consent to a recipient processing your data")
+    grant.add_argument("--config", required=True, type=Path, help="your connector's config")
+    grant.add_argument("--recipient", required=True, help="participant id of the recipient")
+    grant.add_argument("--purposes", required=True, help="comma-separated purposes")
+    grant.add_argument("--method", required=True, help="how the recipient may process the data")
+    grant.add_argument(
+        "--categories",
+        required=True,
+        help="comma-separated product ids or tags of your products the consent covers",
+    )
+    grant.add_argument("--expires", required=True, help="expiry date (YYYY-MM-DD or ISO time, UTC)")
+    grant.add_argument("--json", action="store_true")
+    grant.set_defaults(func=run_grant)
+
+    withdraw = cs.add_parser("withdraw", help="withdraw a consent")
+    withdraw.add_argument("consent", help="consent id (from 'tds consent list')")
+    withdraw.add_argument("--config", required=True, type=Path, help="your connector's config")
+    withdraw.add_argument("--reason", default="", help="why (recorded in your log)")
+    withdraw.add_argument("--json", action="store_true")
+    withdraw.set_defaults(func=run_withdraw)
+
+    ls = cs.add_parser("list", help="consents you have given")
+    ls.add_argument("--config", required=True, type=Path, help="your connector's config")
+    ls.add_argument("--recipient", default="")
+    ls.add_argument("--active", action="store_true", help="hide withdrawn consents")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+
+
+def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
+
+
+def _when(text: str) -> int:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"--expires {text!r}: expected a date like 2027-11-22") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp()) * 1_000_000_000
+
+
+def _date(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def consent_json(c: admin_pb2.ConsentInfo) -> dict[str, Any]:
+    """A consent for ``--json``."""
+    return {
+        "id": c.id,
+        "recipient": c.recipient,
+        "purposes": list(c.purposes),
+        "method": c.method,
+        "categories": list(c.categories),
+        "expires": _date(c.expires_ns),
+        "expires_ns": c.expires_ns,
+        "withdrawn": c.withdrawn,
+        "revoked_agreements": list(c.revoked_agreements),
+        "signed": c.signed,
+        "withdrawal": c.withdrawal,
+    }
+
+
+def describe(c: admin_pb2.ConsentInfo) -> str:
+    """One line per consent."""
+    state = "WITHDRAWN" if c.withdrawn else f"in force until {_date(c.expires_ns)}"
+    return (
+        f"{c.id}  to {c.recipient:<12} purposes={','.join(c.purposes)} "
+        f"categories={','.join(c.categories)} method={c.method!r}  {state}"
+    )
+
+
+def _split(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def run_grant(args: argparse.Namespace) -> int:
+    """Give consent."""
+    request = admin_pb2.GrantConsentRequest(
+        recipient=args.recipient,
+        purposes=_split(args.purposes),
+        method=args.method,
+        categories=_split(args.categories),
+        expires_ns=_when(args.expires),
+    )
+    with calling("your connector"):
+        c = _admin(args).GrantConsent(request, timeout=10)
+    emit(consent_json(c), f"Consent given: {describe(c)}", as_json=args.json)
+    return 0
+
+
+def run_withdraw(args: argparse.Namespace) -> int:
+    """Withdraw consent."""
+    with calling("your connector"):
+        c = _admin(args).WithdrawConsent(
+            admin_pb2.WithdrawConsentRequest(consent_id=args.consent, reason=args.reason),
+            timeout=30,
+        )
+    revoked = ", ".join(c.revoked_agreements) or "none"
+    emit(
+        consent_json(c),
+        f"Consent {c.id} withdrawn; agreements revoked (the recipient is told to delete): "
+        f"{revoked}",
+        as_json=args.json,
+    )
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List consents."""
+    with calling("your connector"):
+        resp = _admin(args).ListConsents(
+            admin_pb2.ListConsentsRequest(
+                recipient=args.recipient, include_withdrawn=not args.active
+            ),
+            timeout=10,
+        )
+    emit(
+        [consent_json(c) for c in resp.consents],
+        "\n".join(describe(c) for c in resp.consents) or "(no consents)",
+        as_json=args.json,
+    )
+    return 0
