@@ -1,14 +1,16 @@
 """``tds demo``: a city data space on loopback, narrated, with every outcome checked.
 
-Scenarios so far: the trust foundation (onboarding, membership tokens, calls over mutual
-TLS, refusals of forged, misbound and revoked callers), contracts (publishing, a core
-product refused, auto-approved and approval-gated negotiations, a refused purpose,
-revocation) and audit (every log cosigned, fetched and verified; tampering caught).
+Scenarios: trust (onboarding, membership tokens, mutual TLS, forged and misbound tokens
+refused), public traffic data under authorised operation (grant scope and purpose,
+approval, masking, the disclosure report), personal health data under consent (refusal
+without it, withdrawal stopping transfers and deleting the recipient's copy), an
+enterprise sale (validity window, transfer limit, revocation), core data refused, and the
+auditor (every log cosigned, fetched, verified and reconciled pair by pair; tampering
+caught), ending with the operator revoking a membership.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
@@ -21,26 +23,29 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
     peer_pb2,
     peer_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
 from connector.audit.auditor import fetch_and_witness
-from connector.audit.verify import verify
+from connector.audit.verify import reconcile, verify
+from connector.demo.scenarios import (
+    core_data,
+    enterprise_exchange,
+    personal_health,
+    public_traffic,
+    write_data,
+)
 from connector.demo.space import LocalSpace, rpc_code
+from connector.demo.steps import Steps
 from connector.errors import ConnectorError
 from connector.identity.certs import (
     certificate_thumbprint,
     load_certificate,
-    load_ed25519_public_key,
 )
 from connector.identity.names import Role
-from connector.negotiation.agreement import verify_agreement
 from connector.node import Node
-from connector.node.clients import admin_channel
 from connector.rpc.channel import TlsIdentity, open_channel
 
 __all__ = ["DEMO_PARTICIPANTS", "Outcome", "run_demo"]
@@ -54,6 +59,8 @@ DEMO_PARTICIPANTS: list[tuple[str, Role]] = [
     ("auditor", Role.AUDITOR),
 ]
 CONNECTORS = ["city-gov", "ent-a", "ent-b", "alice", "hospital"]
+PAIRS = {("city-gov", "ent-a"): 1, ("alice", "hospital"): 1, ("ent-a", "ent-b"): 3}
+"""Provider/consumer pairs the scenarios connect, with the receipts each must share."""
 
 
 @dataclass(frozen=True)
@@ -200,176 +207,24 @@ def run_demo(
             channel.close()
         check(s, "ent-a (not an admin) tries to revoke ent-b", "PERMISSION_DENIED", observed)
 
-        narrate("\nThe operator revokes ent-b; every connector refuses it after refresh")
-        space.revoke("ent-b", "demo: membership ended")
-        space.refresh()
-        stale_token = _own_token(space, "ent-b")
-        check(
-            s,
-            "revoked ent-b pings city-gov",
-            "UNAUTHENTICATED",
-            _ping(space, "ent-b", "city-gov", stale_token),
-        )
-        check(
-            s,
-            "ent-a still pings city-gov",
-            "OK as ent-a",
-            _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")),
-        )
-        _contracts(space, check, narrate)
+        data = root / "data"
+        write_data(data)
+        steps = Steps(space)
+        try:
+            public_traffic(steps, data, check, narrate)
+            personal_health(steps, data, check, narrate)
+            enterprise_exchange(steps, data, check, narrate)
+            core_data(steps, data, check, narrate)
+        finally:
+            steps.close()
         _audit(space, root, check, narrate)
+        _membership_revocation(space, check, narrate)
         narrate(f"\nAll state, keys and configs are in {root} ({time.monotonic() - started:.1f} s)")
         if keep is not None:
             keep(space)
     finally:
         space.stop()
     return outcomes
-
-
-FAR_NS = 4_000_000_000_000_000_000
-
-
-def _product(pid: str, title: str, grade: str, purposes: list[str]) -> str:
-    return json.dumps(
-        {
-            "id": pid,
-            "title": title,
-            "grade": grade,
-            "tags": ["mobility"],
-            "source": {"kind": "file", "path": f"{pid}.csv"},
-            "offers": [
-                {
-                    "id": "standard",
-                    "purposes": purposes,
-                    "valid_from_ns": 0,
-                    "valid_until_ns": FAR_NS,
-                    "max_transfers": 3,
-                }
-            ],
-        }
-    )
-
-
-def _admin_stub(space: LocalSpace, participant: str) -> admin_pb2_grpc.AdminServiceStub:
-    return admin_pb2_grpc.AdminServiceStub(admin_channel(space.configs[participant]))
-
-
-def _follow(
-    stub: admin_pb2_grpc.AdminServiceStub, pid: str, until: tuple[str, ...], timeout: float = 20.0
-) -> admin_pb2.NegotiationInfo:
-    deadline = time.monotonic() + timeout
-    info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
-    while info.state not in until and time.monotonic() < deadline:
-        time.sleep(0.05)
-        info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
-    return info
-
-
-def _contracts(
-    space: LocalSpace, check: Callable[[str, str, str, str], None], narrate: Callable[[str], None]
-) -> None:
-    """Publish, negotiate (auto-approved and approval-gated), refuse, revoke."""
-    s = "contracts"
-    narrate("\nThe city publishes data products; the hospital negotiates contracts")
-    gov, hospital = _admin_stub(space, "city-gov"), _admin_stub(space, "hospital")
-    gov.AddProduct(
-        admin_pb2.AddProductRequest(
-            description=_product(
-                "bus-timetable", "Bus timetable and punctuality", "general", ["research"]
-            ),
-            format="json",
-        ),
-        timeout=10,
-    )
-    gov.AddProduct(
-        admin_pb2.AddProductRequest(
-            description=_product("road-sensors", "Road sensor readings", "important", ["research"]),
-            format="json",
-        ),
-        timeout=10,
-    )
-    try:
-        gov.AddProduct(
-            admin_pb2.AddProductRequest(
-                description=_product("city-core", "Core registry", "core", ["research"]),
-                format="json",
-            ),
-            timeout=10,
-        )
-        observed = "published"
-    except grpc.RpcError as err:
-        observed = rpc_code(err)
-    check(s, "city-gov tries to publish a core-grade product", "INVALID_ARGUMENT", observed)
-
-    def negotiate(product: str, purpose: str) -> admin_pb2.NegotiationInfo:
-        info = hospital.StartNegotiation(
-            admin_pb2.StartNegotiationRequest(
-                provider="city-gov", product_id=product, offer_id="standard", purpose=purpose
-            ),
-            timeout=10,
-        )
-        return _follow(hospital, info.pid, ("FINALIZED", "TERMINATED"), timeout=8)
-
-    done = negotiate("bus-timetable", "research")
-    keys = {
-        p.id: load_ed25519_public_key(space.pki_dir / p.signing_public_key)
-        for p in space.manifest.participants
-    }
-    try:
-        verify_agreement(done.agreement, keys.__getitem__)
-        signatures = "both signatures verify"
-    except ConnectorError as exc:
-        signatures = str(exc)
-    check(
-        s,
-        "hospital contracts for bus-timetable (research)",
-        "FINALIZED, both signatures verify",
-        f"{done.state}, {signatures}",
-    )
-    refused = negotiate("bus-timetable", "marketing")
-    check(
-        s,
-        "hospital asks for a purpose the offer does not allow",
-        "TERMINATED: purpose_not_offered",
-        f"{refused.state}: {', '.join(refused.reasons)}",
-    )
-    waiting = hospital.StartNegotiation(
-        admin_pb2.StartNegotiationRequest(
-            provider="city-gov", product_id="road-sensors", offer_id="standard", purpose="research"
-        ),
-        timeout=10,
-    )
-    deadline = time.monotonic() + 10
-    queue: list[admin_pb2.NegotiationInfo] = []
-    while not queue and time.monotonic() < deadline:
-        queue = list(
-            gov.ListNegotiations(
-                admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10
-            ).negotiations
-        )
-        time.sleep(0.05)
-    check(s, "important data waits for city-gov's approval", "1 waiting", f"{len(queue)} waiting")
-    if queue:
-        gov.ApproveNegotiation(admin_pb2.NegotiationRef(pid=queue[0].pid), timeout=10)
-    approved = _follow(hospital, waiting.pid, ("FINALIZED", "TERMINATED"))
-    check(s, "city-gov approves; the contract is finalized", "FINALIZED", approved.state)
-    gov.RevokeAgreement(
-        admin_pb2.RevokeAgreementRequest(
-            agreement_id=done.agreement_id, reason="demo: licence withdrawn"
-        ),
-        timeout=10,
-    )
-    deadline = time.monotonic() + 10
-    held = hospital.GetNegotiation(admin_pb2.NegotiationRef(pid=done.pid), timeout=10)
-    while not held.revocation and time.monotonic() < deadline:
-        time.sleep(0.05)
-        held = hospital.GetNegotiation(admin_pb2.NegotiationRef(pid=done.pid), timeout=10)
-    check(
-        s,
-        "city-gov revokes the bus-timetable agreement; the hospital holds the signed revocation",
-        "revoked",
-        "revoked" if held.revocation else "not revoked",
-    )
 
 
 def _audit(
@@ -383,8 +238,7 @@ def _audit(
     narrate("\nThe auditor cosigns, fetches and verifies every connector's log")
     cfg = space.write_config("auditor", "", space.registry_address)
     exports = root / "audit"
-    # ent-b was revoked above: its connector can no longer reach the registry.
-    for pid in [space.manifest.operator_id, *(c for c in CONNECTORS if c != "ent-b")]:
+    for pid in [space.manifest.operator_id, *CONNECTORS]:
         try:
             manifest = fetch_and_witness(cfg, pid, exports / pid)
             report = verify(exports / pid)
@@ -399,6 +253,19 @@ def _audit(
             "OK",
             observed or "not cosigned",
         )
+    narrate("\nThe auditor reconciles every provider/consumer pair, receipt by receipt")
+    for provider, consumer in PAIRS:
+        try:
+            result = reconcile(exports / provider, exports / consumer)
+            observed = (
+                f"{result['matched']} receipts match"
+                if result["ok"]
+                else f"mismatch: {result['only_in_a']} {result['only_in_b']} {result['differ']}"
+            )
+        except ConnectorError as exc:
+            observed = str(exc)
+        expected = f"{PAIRS[(provider, consumer)]} receipts match"
+        check(s, f"{provider} and {consumer} hold the same receipts", expected, observed)
     forged = exports / "operator-altered"
     shutil.copytree(exports / space.manifest.operator_id, forged, dirs_exist_ok=True)
     lines = (forged / "entries.jsonl").read_bytes().splitlines(keepends=True)
@@ -410,6 +277,29 @@ def _audit(
         "one altered entry in a copy of the operator's export",
         "detected at index 2",
         f"detected at index {report.first_bad_index}" if not report.ok else "not detected",
+    )
+
+
+def _membership_revocation(
+    space: LocalSpace, check: Callable[[str, str, str, str], None], narrate: Callable[[str], None]
+) -> None:
+    """The operator ends a membership; every connector refuses the member after refresh."""
+    s = "trust"
+    narrate("\nThe operator revokes ent-b; every connector refuses it after refresh")
+    space.revoke("ent-b", "demo: membership ended")
+    space.refresh()
+    stale_token = _own_token(space, "ent-b")
+    check(
+        s,
+        "revoked ent-b pings city-gov",
+        "UNAUTHENTICATED",
+        _ping(space, "ent-b", "city-gov", stale_token),
+    )
+    check(
+        s,
+        "ent-a still pings city-gov",
+        "OK as ent-a",
+        _ping(space, "ent-a", "city-gov", _own_token(space, "ent-a")),
     )
 
 

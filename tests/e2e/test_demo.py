@@ -26,5 +26,30 @@ def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
     assert all(o["ok"] for o in report["outcomes"])
     steps = {o["step"]: o["observed"] for o in report["outcomes"]}
     assert steps["revoked ent-b pings city-gov"] == "UNAUTHENTICATED"
+    scenarios = {o["scenario"] for o in report["outcomes"]}
+    assert scenarios == {
+        "trust",
+        "public traffic data",
+        "personal health data",
+        "enterprise exchange",
+        "core data",
+        "audit",
+    }
+    # The scenario outcomes the issue names, each observed (not just expected).
+    assert steps["ent-b (no grant) asks for traffic-flow"] == "TERMINATED: no_operation_grant"
+    assert (
+        steps["ent-a asks for it for advertising, outside its grant"]
+        == "TERMINATED: purpose_outside_grant"
+    )
+    assert steps["the hospital asks for them without consent"] == "TERMINATED: no_consent"
+    assert (
+        steps["the hospital's copy is deleted and the deletion is in its log"]
+        == "deleted: consent_withdrawn"
+    )
+    assert steps["the fourth pull is refused"] == "PERMISSION_DENIED: transfer_limit_reached"
+    assert steps["city-gov tries to publish a core-grade product"] == "INVALID_ARGUMENT"
+    assert steps["ent-a and ent-b hold the same receipts"] == "3 receipts match"
+    assert any(s.endswith(": 1 transfer") for s in steps.values())
     assert (tmp_path / "demo" / "tds.log").stat().st_size > 0
+    assert (tmp_path / "demo" / "audit" / "hospital" / "entries.jsonl").exists()
     assert "Traceback" not in result.stderr

@@ -1,0 +1,374 @@
+"""The city's exchanges, as ``tds demo`` runs them: public traffic data under authorised
+operation, personal health data under consent, an enterprise sale, and core data."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from connector._proto.tds.v1 import admin_pb2
+from connector.demo.steps import FAR_NS, Check, Steps
+from connector.negotiation.agreement import parse_agreement, verify_agreement
+
+__all__ = ["core_data", "enterprise_exchange", "personal_health", "public_traffic", "write_data"]
+
+DAY_NS = 86_400 * 10**9
+YEAR_NS = 365 * DAY_NS
+
+
+def write_data(directory: Path, seed: int = 7) -> None:
+    """The participants' source data: traffic flows, health records, a logistics index."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rnd = random.Random(seed)
+    with (directory / "traffic-flow.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["time", "sensor", "road", "speed_kmh", "plate"])
+        for i in range(2000):
+            w.writerow(
+                [
+                    f"2026-11-21T{7 + i // 240:02d}:{(i // 4) % 60:02d}:00",
+                    f"S-{i % 40:03d}",
+                    rnd.choice(["Century Ave", "Nanjing Rd", "Yan'an Elevated", "Inner Ring"]),
+                    rnd.randint(8, 95),
+                    f"沪{rnd.choice('ABCDE')}{rnd.randint(10000, 99999)}",
+                ]
+            )
+    with (directory / "health-records.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["date", "kind", "result", "note"])
+        for i in range(24):
+            w.writerow(
+                [
+                    f"2026-{1 + i // 2:02d}-{1 + (i % 2) * 14:02d}",
+                    "blood-pressure",
+                    f"{rnd.randint(110, 140)}/{rnd.randint(70, 90)}",
+                    "routine check",
+                ]
+            )
+    rows = (
+        json.dumps({"week": w, "port": p, "teu": rnd.randint(1000, 9000)}, sort_keys=True)
+        for w in range(1, 53)
+        for p in ("Yangshan", "Waigaoqiao")
+    )
+    (directory / "logistics-index.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def _named(detail: str, reason: str) -> str:
+    """``reason`` if the refusal names it, else the whole refusal (to show what went wrong)."""
+    return reason if reason in detail else detail
+
+
+def _reasons(info: admin_pb2.NegotiationInfo) -> str:
+    return f"{info.state}: {', '.join(sorted(info.reasons))}" if info.reasons else info.state
+
+
+def public_traffic(
+    steps: Steps, data: Path, check: Check, narrate: Callable[[str], None]
+) -> dict[str, str]:
+    """Important public data only to an authorised operator, within scope, approved, masked."""
+    s, space = "public traffic data", steps.space
+    narrate("\nPublic traffic data (公共数据授权运营)")
+    published = steps.publish(
+        "city-gov",
+        {
+            "id": "traffic-flow",
+            "title": "Road traffic flow, 5-minute sensor readings",
+            "grade": "important",
+            "domain": "transport",
+            "tags": ["traffic", "mobility"],
+            "source": {"kind": "table", "path": "traffic-flow.csv", "format": "csv"},
+            "fields": ["time", "sensor", "road", "speed_kmh", "plate"],
+            "offers": [
+                {
+                    "id": "standard",
+                    "purposes": ["traffic-analytics", "advertising"],
+                    "valid_from_ns": 0,
+                    "valid_until_ns": FAR_NS,
+                    "max_transfers": 10,
+                    "permitted_fields": ["time", "sensor", "road", "speed_kmh", "plate"],
+                    "masks": {
+                        "plate": "hash",
+                        "speed_kmh": {"method": "generalise", "step": 10},
+                    },
+                }
+            ],
+        },
+        str(data),
+    )
+    code = steps.register_public("city-gov", "traffic-flow") if published == "published" else ""
+    check(
+        s,
+        "city-gov publishes important-grade traffic-flow with a registration code",
+        "published, code issued",
+        f"{published}, {'code issued' if code else 'no code'}",
+    )
+    narrate(f"    registration code {code}")
+    now = time.time_ns()
+    grant = space.grant(
+        "ent-a",
+        scope=["traffic"],
+        purposes=["traffic-analytics"],
+        start_ns=now - DAY_NS,
+        end_ns=now + 3 * YEAR_NS,
+        body="City Big Data Bureau",
+    )
+    space.refresh()  # ent-a's next membership token carries the grant
+    narrate(
+        f"    the operator grants ent-a authorised operation {grant.id}: scope traffic, "
+        "purpose traffic-analytics, 3 years, by the City Big Data Bureau"
+    )
+    check(
+        s,
+        "ent-b (no grant) asks for traffic-flow",
+        "TERMINATED: no_operation_grant",
+        _reasons(steps.request("ent-b", "city-gov", "traffic-flow", "traffic-analytics")),
+    )
+    check(
+        s,
+        "ent-a asks for it for advertising, outside its grant",
+        "TERMINATED: purpose_outside_grant",
+        _reasons(steps.request("ent-a", "city-gov", "traffic-flow", "advertising")),
+    )
+    asked = steps.request("ent-a", "city-gov", "traffic-flow", "traffic-analytics")
+    waiting = steps.waiting_for("city-gov", "ent-a")
+    check(
+        s,
+        "ent-a asks within its grant; the request waits for city-gov's approval",
+        "REQUESTED, 1 waiting",
+        f"{asked.state}, {len(waiting)} waiting",
+    )
+    for pid in waiting:
+        steps.admin("city-gov").ApproveNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+    done = steps.follow("ent-a", asked.pid, ("FINALIZED", "TERMINATED"))
+    basis = parse_agreement(done.agreement).obligations.get("operation_grant", "")
+    check(
+        s,
+        "city-gov approves; the agreement names ent-a's grant",
+        f"FINALIZED under {grant.id}",
+        f"{done.state} under {basis or 'no grant'}",
+    )
+    pulled = steps.pull("ent-a", done.agreement_id)
+    held = steps.holding("ent-a", pulled.transfer_id) if pulled.state == "completed" else b""
+    rows = list(csv.DictReader(held.decode("utf-8").splitlines()))
+    masked = bool(rows) and all(
+        len(r["plate"]) == 64 and int(r["speed_kmh"]) % 10 == 0 for r in rows
+    )
+    check(
+        s,
+        "ent-a pulls the table: plates pseudonymised, speeds generalised, hash verified",
+        "completed, masked, sha256 verified",
+        f"{pulled.state}, {'masked' if masked else 'NOT masked'}, "
+        + (
+            "sha256 verified"
+            if held and hashlib.sha256(held).hexdigest() == pulled.sha256
+            else "sha256 mismatch"
+        ),
+    )
+    narrate(f"    {len(rows)} rows, {pulled.size} bytes, receipt {pulled.receipt_id[:16]}…")
+    year = dt.datetime.now(dt.UTC).year
+    report = json.loads(
+        steps.admin("city-gov")
+        .DisclosureReport(admin_pb2.DisclosureReportRequest(period=year), timeout=30)
+        .report_json
+    )
+    listed = [
+        f"{op['operator']} {p['product']} under {p['grant']}: {p['transfers']} transfer"
+        for op in report["operators"]
+        for p in op["products"]
+    ]
+    check(
+        s,
+        f"city-gov's disclosure report for {year} lists the operation",
+        f"ent-a traffic-flow under {grant.id}: 1 transfer",
+        "; ".join(listed) or "empty",
+    )
+    return {"grant": grant.id, "agreement": done.agreement_id}
+
+
+def personal_health(steps: Steps, data: Path, check: Check, narrate: Callable[[str], None]) -> None:
+    """Personal data only with alice's consent; withdrawal refuses and deletes."""
+    s = "personal health data"
+    narrate("\nPersonal health data (个人信息单独同意)")
+    published = steps.publish(
+        "alice",
+        {
+            "id": "health-records",
+            "title": "Alice's blood-pressure readings",
+            "grade": "general",
+            "personal": True,
+            "tags": ["health"],
+            "source": {"kind": "table", "path": "health-records.csv", "format": "csv"},
+            "fields": ["date", "kind", "result", "note"],
+            "offers": [
+                {
+                    "id": "standard",
+                    "purposes": ["treatment", "research"],
+                    "valid_from_ns": 0,
+                    "valid_until_ns": FAR_NS,
+                }
+            ],
+        },
+        str(data),
+    )
+    check(s, "alice publishes her health records as personal data", "published", published)
+    check(
+        s,
+        "the hospital asks for them without consent",
+        "TERMINATED: no_consent",
+        _reasons(steps.request("hospital", "alice", "health-records", "treatment")),
+    )
+    consent = steps.admin("alice").GrantConsent(
+        admin_pb2.GrantConsentRequest(
+            recipient="hospital",
+            purposes=["treatment"],
+            method="review by the treating physician; no onward transfer",
+            categories=["health"],
+            expires_ns=time.time_ns() + YEAR_NS,
+        ),
+        timeout=10,
+    )
+    narrate(f"    alice signs consent {consent.id}: hospital, treatment, health records, 1 year")
+    done = steps.request("hospital", "alice", "health-records", "treatment")
+    basis = parse_agreement(done.agreement).obligations.get("consent", "") if done.agreement else ""
+    check(
+        s,
+        "with alice's consent the hospital's contract is finalized",
+        f"FINALIZED under {consent.id}",
+        f"{done.state} under {basis or 'no consent'}",
+    )
+    pulled = steps.pull("hospital", done.agreement_id)
+    check(s, "the hospital pulls the records", "completed", pulled.state)
+    withdrawn = steps.admin("alice").WithdrawConsent(
+        admin_pb2.WithdrawConsentRequest(consent_id=consent.id, reason="I changed my mind"),
+        timeout=30,
+    )
+    check(
+        s,
+        "alice withdraws; the agreement resting on it is revoked",
+        "withdrawn, 1 agreement revoked",
+        f"{'withdrawn' if withdrawn.withdrawn else 'in force'}, "
+        f"{len(withdrawn.revoked_agreements)} agreement revoked",
+    )
+    again = steps.pull("hospital", done.agreement_id)
+    check(
+        s,
+        "the hospital's next pull is refused",
+        "PERMISSION_DENIED",
+        again.state,
+    )
+    narrate(f"    {again.detail}")
+    reason = steps.sweep_until_deleted("hospital", pulled.transfer_id)
+    check(
+        s,
+        "the hospital's copy is deleted and the deletion is in its log",
+        "deleted: consent_withdrawn",
+        f"deleted: {reason}" if reason != "kept" else "kept",
+    )
+
+
+def enterprise_exchange(
+    steps: Steps, data: Path, check: Check, narrate: Callable[[str], None]
+) -> None:
+    """A sale between enterprises: a validity window, three transfers, then revocation."""
+    s = "enterprise exchange"
+    narrate("\nEnterprise exchange (企业数据交易)")
+    now = time.time_ns()
+    steps.publish(
+        "ent-a",
+        {
+            "id": "logistics-index",
+            "title": "Weekly container throughput by port",
+            "grade": "general",
+            "tags": ["logistics"],
+            "source": {"kind": "file", "path": "logistics-index.jsonl"},
+            "offers": [
+                {
+                    "id": "standard",
+                    "purposes": ["logistics-planning"],
+                    "valid_from_ns": now - DAY_NS,
+                    "valid_until_ns": now + 30 * DAY_NS,
+                    "max_transfers": 3,
+                }
+            ],
+        },
+        str(data),
+    )
+    done = steps.request("ent-b", "ent-a", "logistics-index", "logistics-planning")
+    keys = steps.space.nodes["ent-a"]._signing_key_of
+    try:
+        agreement = verify_agreement(done.agreement, keys)
+        terms = f"{agreement.max_transfers} transfers, 30 days"
+    except Exception as exc:
+        terms = f"not verified: {exc}"
+    check(
+        s,
+        "ent-b buys logistics-index from ent-a: both signatures verify",
+        "FINALIZED, 3 transfers, 30 days",
+        f"{done.state}, {terms}",
+    )
+    states = [steps.pull("ent-b", done.agreement_id) for _ in range(3)]
+    check(
+        s,
+        "ent-b pulls three times",
+        "completed, completed, completed",
+        ", ".join(p.state for p in states),
+    )
+    fourth = steps.pull("ent-b", done.agreement_id)
+    check(
+        s,
+        "the fourth pull is refused",
+        "PERMISSION_DENIED: transfer_limit_reached",
+        f"{fourth.state}: {_named(fourth.detail, 'transfer_limit_reached')}",
+    )
+    steps.admin("ent-a").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(
+            agreement_id=done.agreement_id, reason="contract ended early by ent-a"
+        ),
+        timeout=10,
+    )
+    held = steps.follow("ent-b", done.pid, ("FINALIZED",))
+    deadline = time.monotonic() + 10
+    while not held.revocation and time.monotonic() < deadline:
+        time.sleep(0.05)
+        held = steps.follow("ent-b", done.pid, ("FINALIZED",))
+    reasons = {steps.sweep_until_deleted("ent-b", p.transfer_id) for p in states}
+    check(
+        s,
+        "ent-a revokes the agreement; ent-b holds the signed revocation and deletes its copies",
+        "revoked, deleted: agreement_revoked",
+        f"{'revoked' if held.revocation else 'not revoked'}, deleted: {', '.join(sorted(reasons))}",
+    )
+
+
+def core_data(steps: Steps, data: Path, check: Check, narrate: Callable[[str], None]) -> None:
+    """Core data never leaves: publishing it is refused."""
+    narrate("\nCore data (核心数据)")
+    check(
+        "core data",
+        "city-gov tries to publish a core-grade product",
+        "INVALID_ARGUMENT",
+        steps.publish(
+            "city-gov",
+            {
+                "id": "city-core-registry",
+                "title": "Core population registry",
+                "grade": "core",
+                "source": {"kind": "file", "path": "traffic-flow.csv"},
+                "offers": [
+                    {
+                        "id": "standard",
+                        "purposes": ["research"],
+                        "valid_from_ns": 0,
+                        "valid_until_ns": FAR_NS,
+                    }
+                ],
+            },
+            str(data),
+        ),
+    )

@@ -1,0 +1,184 @@
+"""What the demo's scenarios do with a running space, as a participant's admin would.
+
+Every helper goes through the participant's own ``AdminService`` over mutual TLS with its
+administrator certificate — the same calls ``tds negotiate``, ``tds transfer`` and
+``tds consent`` make — and reports what happened as a short string an outcome can compare.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+from connector.demo.space import LocalSpace, rpc_code
+from connector.node.clients import admin_channel
+
+__all__ = ["Check", "Steps"]
+
+Check = Callable[[str, str, str, str], None]
+"""(scenario, step, expected, observed) -> records and narrates one outcome."""
+
+FAR_NS = 4_000_000_000_000_000_000
+
+
+@dataclass
+class Pulled:
+    """How a transfer ended, for outcomes."""
+
+    state: str
+    transfer_id: str = ""
+    size: int = 0
+    sha256: str = ""
+    receipt_id: str = ""
+    detail: str = ""
+
+
+class Steps:
+    """Admin operations of the demo's participants."""
+
+    def __init__(self, space: LocalSpace) -> None:
+        self.space = space
+        self._stubs: dict[str, admin_pb2_grpc.AdminServiceStub] = {}
+        self._channels: list[grpc.Channel] = []
+
+    def admin(self, participant: str) -> admin_pb2_grpc.AdminServiceStub:
+        """The participant's own admin stub (one channel each, reused)."""
+        if participant not in self._stubs:
+            channel = admin_channel(self.space.configs[participant])
+            self._channels.append(channel)
+            self._stubs[participant] = admin_pb2_grpc.AdminServiceStub(channel)
+        return self._stubs[participant]
+
+    def close(self) -> None:
+        """Close every admin channel."""
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+    def publish(self, provider: str, description: dict[str, Any], base_dir: str = "") -> str:
+        """Publish a product; "published" or the refusal's status."""
+        try:
+            self.admin(provider).AddProduct(
+                admin_pb2.AddProductRequest(
+                    description=json.dumps(description), format="json", base_dir=base_dir
+                ),
+                timeout=10,
+            )
+            return "published"
+        except grpc.RpcError as err:
+            return rpc_code(err)
+
+    def register_public(self, provider: str, product: str) -> str:
+        """List a product publicly with the registry; its registration code."""
+        resp = self.admin(provider).RegisterProduct(
+            admin_pb2.RegisterOwnProductRequest(product_id=product, public=True), timeout=10
+        )
+        return str(json.loads(resp.product_json).get("registration_code", ""))
+
+    def follow(
+        self, participant: str, pid: str, until: tuple[str, ...], timeout: float = 20.0
+    ) -> admin_pb2.NegotiationInfo:
+        """Poll a negotiation until it reaches one of ``until`` (or time runs out)."""
+        stub = self.admin(participant)
+        deadline = time.monotonic() + timeout
+        info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        while info.state not in until and time.monotonic() < deadline:
+            time.sleep(0.05)
+            info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        return info
+
+    def request(
+        self, consumer: str, provider: str, product: str, purpose: str, offer: str = "standard"
+    ) -> admin_pb2.NegotiationInfo:
+        """Ask for a contract; the consumer's negotiation once it settles or waits."""
+        info = self.admin(consumer).StartNegotiation(
+            admin_pb2.StartNegotiationRequest(
+                provider=provider, product_id=product, offer_id=offer, purpose=purpose
+            ),
+            timeout=10,
+        )
+        return self.follow(consumer, info.pid, ("FINALIZED", "TERMINATED"), timeout=8)
+
+    def waiting_for(self, provider: str, consumer: str, timeout: float = 10.0) -> list[str]:
+        """Provider-side pids of the consumer's negotiations waiting for approval."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = self.admin(provider).ListNegotiations(
+                admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10
+            )
+            found = [n.pid for n in pending.negotiations if n.counterparty == consumer]
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
+    def pull(self, consumer: str, agreement_id: str) -> Pulled:
+        """Receive under an agreement into the consumer's holdings, as ``tds transfer``."""
+        try:
+            last = None
+            for event in self.admin(consumer).Transfer(
+                admin_pb2.TransferRequest(agreement_id=agreement_id), timeout=120
+            ):
+                last = event
+        except grpc.RpcError as err:
+            return Pulled(state=rpc_code(err), detail=err.details() or "")
+        if last is None:
+            return Pulled(state="no events")
+        t = last.transfer
+        return Pulled(
+            state=t.state or last.event,
+            transfer_id=t.transfer_id,
+            size=t.size,
+            sha256=t.sha256,
+            receipt_id=last.receipt_id,
+            detail=t.reason or last.detail,
+        )
+
+    def holding(self, consumer: str, transfer_id: str) -> bytes:
+        """The bytes of a kept holding."""
+        return b"".join(
+            c.data
+            for c in self.admin(consumer).ReadHolding(
+                admin_pb2.ReadHoldingRequest(transfer_id=transfer_id), timeout=30
+            )
+        )
+
+    def holdings(self, consumer: str) -> list[str]:
+        """Transfer ids of the consumer's kept holdings."""
+        resp = self.admin(consumer).ListTransfers(
+            admin_pb2.ListTransfersRequest(holdings=True), timeout=10
+        )
+        return [t.transfer_id for t in resp.transfers]
+
+    def log_entries(self, participant: str, kind: str) -> list[dict[str, Any]]:
+        """Entries of one kind in a participant's audit log."""
+        log = self.space.nodes[participant].log
+        assert log is not None
+        found = (json.loads(body) for _, body in log.entries(0, log.size))
+        return [e for e in found if e.get("kind") == kind]
+
+    def sweep_until_deleted(self, consumer: str, transfer_id: str, timeout: float = 10.0) -> str:
+        """Run the consumer's holdings sweeper (as its background thread does) until the
+        holding is deleted; the logged reason, or "kept"."""
+        node = self.space.nodes[consumer]
+        assert node.sweeper is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for tid, reason in node.sweeper.sweep():
+                if tid == transfer_id:
+                    return reason
+            logged = [
+                e
+                for e in self.log_entries(consumer, "holding.deleted")
+                if e["data"]["transfer"] == transfer_id
+            ]
+            if logged:
+                return str(logged[0]["data"]["reason"])
+            time.sleep(0.1)
+        return "kept"
