@@ -74,6 +74,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             action="store_true",
             help="print a Dataspace Protocol 2025-1 ContractNegotiation",
         )
+        if name == "show":
+            p.add_argument(
+                "--wait",
+                type=float,
+                nargs="?",
+                const=60.0,
+                metavar="SECONDS",
+                help="follow it until it is FINALIZED or TERMINATED (default 60 s)",
+            )
         p.set_defaults(func=run_decide, action=name)
 
     ag = sub.add_parser("agreements", help="signed agreements")
@@ -194,6 +203,12 @@ def run_decide(args: argparse.Namespace) -> int:
     }[args.action]
     with calling("your connector"):
         info = method(ref, timeout=30)
+        wait = getattr(args, "wait", None)
+        if wait is not None:
+            deadline = time.monotonic() + wait
+            while info.state not in FINAL and time.monotonic() < deadline:
+                time.sleep(0.3)
+                info = stub.GetNegotiation(ref, timeout=30)
     if args.dsp:
         n = Negotiation(
             pid=info.pid,

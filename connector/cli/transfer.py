@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import os
@@ -187,11 +188,7 @@ def run_data_list(args: argparse.Namespace) -> int:
     lines = [
         f"{r['transfer']:<36} {r['role']:<8} {r['state']:<10} {r['product']:<20} "
         f"{human_bytes(r['size']):>10}  {r['counterparty']}"
-        + (
-            f"  delete after {r['obligations']['delete_after_ns']}"
-            if "delete_after_ns" in r["obligations"]
-            else ""
-        )
+        + _delete_after(r["obligations"])
         for r in rows
     ]
     emit(rows, "\n".join(lines) or "(nothing held)", as_json=args.json)
@@ -207,6 +204,15 @@ def run_data_stop(args: argparse.Namespace) -> int:
         )
     emit(_info(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
     return 0
+
+
+def _delete_after(obligations: dict[str, Any]) -> str:
+    """When a holding must go, as a UTC time (nothing for no or a far-future limit)."""
+    ns = obligations.get("delete_after_ns")
+    if not isinstance(ns, int) or ns >= 253402300800 * 10**9:  # beyond year 9999
+        return ""
+    when = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+    return f"  delete after {when:%Y-%m-%d %H:%M} UTC"
 
 
 def run_metering(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from connector.errors import (
     ConnectorError,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     PreconditionFailed,
     Unavailable,
     VerificationError,
@@ -128,7 +129,12 @@ class TransferConsumer:
         if n.state != State.FINALIZED:
             raise PreconditionFailed(f"agreement {agreement_id} is {n.state.value}, not FINALIZED")
         if n.revocation:
-            raise PreconditionFailed(f"agreement {agreement_id} was revoked by the provider")
+            body = jws.payload_of(n.revocation, "revocation")
+            why = str(body.get("reason", "")) if isinstance(body, dict) else ""
+            raise PermissionDenied(
+                f"agreement {agreement_id} was revoked by the provider"
+                + (f": {why}" if why else "")
+            )
         return n.counterparty
 
     def _check_manifest(self, m: transfer_pb2.TransferManifest, agreement_id: str) -> None:
