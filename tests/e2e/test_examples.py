@@ -28,3 +28,48 @@ def test_two_connectors_example_runs(tmp_path: Path) -> None:
     assert "it verified you as city-gov (government)" in result.stdout
     assert "refused, as expected" in result.stdout
     assert "participant 'ent-a' has been revoked by the operator" in result.stderr
+
+
+SCENARIOS = {
+    "public-traffic": [
+        "no_operation_grant",
+        "purpose_outside_grant",
+        "REQUESTED",
+        "(verified)",
+        "ent-a: 1 transfers",
+    ],
+    "personal-health": [
+        "no_consent",
+        "withdrawn by the individual",
+        "reason: consent_withdrawn",
+    ],
+    "enterprise-exchange": [
+        "both signatures verify",
+        "transfer_limit_reached",
+        "REVOKED",
+        "consumer deleted",
+    ],
+    "core-data": ["core data (核心数据) is never published", "(no products)"],
+    "audit": ["cosigned by auditor", "1 receipts match", "first bad index"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario_example_runs_as_its_readme_says(name: str, tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples" / name / "run.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "finished: every step as described" in result.stdout
+    for expected in SCENARIOS[name]:
+        assert expected in result.stdout, (expected, result.stdout)
+    assert "UNEXPECTED" not in result.stdout
+    assert "Traceback" not in result.stderr
+    readme = (ROOT / "examples" / name / "README.md").read_text()
+    assert "run.sh" in readme
