@@ -187,8 +187,7 @@ def run_data_list(args: argparse.Namespace) -> int:
         r.pop("receipt")
     lines = [
         f"{r['transfer']:<36} {r['role']:<8} {r['state']:<10} {r['product']:<20} "
-        f"{human_bytes(r['size']):>10}  {r['counterparty']}"
-        + _delete_after(r["obligations"])
+        f"{human_bytes(r['size']):>10}  {r['counterparty']}" + _delete_after(r["obligations"])
         for r in rows
     ]
     emit(rows, "\n".join(lines) or "(nothing held)", as_json=args.json)
