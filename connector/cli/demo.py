@@ -41,7 +41,11 @@ def _keep(space: LocalSpace) -> None:
     say(
         f"\nThe space is up. Configs: {space.root}/*.toml, e.g.\n"
         f"  tds ping city-gov --config {space.root}/ent-a.toml\n"
-        f"  tds registry list --config {space.root}/ent-a.toml\nCtrl-C stops it."
+        f"  tds registry list --config {space.root}/ent-a.toml\n"
+        f"  tds agreements list --config {space.root}/ent-b.toml\n"
+        f"  tds consent list --config {space.root}/alice.toml\n"
+        f"  tds report disclosure --config {space.root}/city-gov.toml --period "
+        f"{time.gmtime().tm_year}\nCtrl-C stops it."
     )
     while not stop.wait(0.5):
         pass
