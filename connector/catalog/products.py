@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from connector.errors import InvalidRequest
+from connector.identity.names import LABEL
 from connector.transfer.masking import normalise_masks
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 
 GRADES = ("general", "important", "core")
 MAX_DESCRIPTION_BYTES = 256 * 1024
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_ID = LABEL  # product and offer ids follow the label rule
 _MODULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 

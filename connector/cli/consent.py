@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
-from connector.cli.output import emit
+from connector.cli.output import emit, parse_date_ns, utc_text
 from connector.config import load_config
-from connector.errors import InvalidRequest
 from connector.node.clients import admin_channel
 from connector.rpc.channel import calling
 
@@ -63,20 +61,6 @@ def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
 
 
-def _when(text: str) -> int:
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"--expires {text!r}: expected a date like 2027-11-22") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp()) * 1_000_000_000
-
-
-def _date(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def consent_json(c: admin_pb2.ConsentInfo) -> dict[str, Any]:
     """A consent for ``--json``."""
     return {
@@ -85,7 +69,7 @@ def consent_json(c: admin_pb2.ConsentInfo) -> dict[str, Any]:
         "purposes": list(c.purposes),
         "method": c.method,
         "categories": list(c.categories),
-        "expires": _date(c.expires_ns),
+        "expires": utc_text(c.expires_ns, "%Y-%m-%d %H:%M UTC"),
         "expires_ns": c.expires_ns,
         "withdrawn": c.withdrawn,
         "revoked_agreements": list(c.revoked_agreements),
@@ -96,7 +80,11 @@ def consent_json(c: admin_pb2.ConsentInfo) -> dict[str, Any]:
 
 def describe(c: admin_pb2.ConsentInfo) -> str:
     """One line per consent."""
-    state = "WITHDRAWN" if c.withdrawn else f"in force until {_date(c.expires_ns)}"
+    state = (
+        "WITHDRAWN"
+        if c.withdrawn
+        else f"in force until {utc_text(c.expires_ns, '%Y-%m-%d %H:%M UTC')}"
+    )
     return (
         f"{c.id}  to {c.recipient:<12} purposes={','.join(c.purposes)} "
         f"categories={','.join(c.categories)} method={c.method!r}  {state}"
@@ -114,7 +102,7 @@ def run_grant(args: argparse.Namespace) -> int:
         purposes=_split(args.purposes),
         method=args.method,
         categories=_split(args.categories),
-        expires_ns=_when(args.expires),
+        expires_ns=parse_date_ns(args.expires, "--expires"),
     )
     with calling("your connector"):
         c = _admin(args).GrantConsent(request, timeout=10)

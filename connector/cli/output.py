@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from typing import Any
 
-__all__ = ["emit", "fail", "say"]
+from connector.errors import InvalidRequest
+
+__all__ = ["emit", "fail", "parse_date_ns", "say", "utc_text"]
 
 
 def emit(data: Any, human: str, *, as_json: bool) -> None:
@@ -26,3 +29,19 @@ def say(text: str, *, quiet: bool = False) -> None:
 def fail(message: str) -> None:
     """Print an error the way every tds command does."""
     print(f"tds: error: {message}", file=sys.stderr)
+
+
+def parse_date_ns(text: str, flag: str) -> int:
+    """A date or ISO time given on the command line (UTC unless it says), in Unix ns."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"{flag} {text!r}: expected a date like 2027-11-22") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp()) * 1_000_000_000
+
+
+def utc_text(ns: int, fmt: str = "%Y-%m-%d") -> str:
+    """Unix nanoseconds as UTC text."""
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime(fmt)

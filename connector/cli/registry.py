@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import time
 from pathlib import Path
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
-from connector.cli.output import emit
+from connector.cli.output import emit, parse_date_ns, utc_text
 from connector.config import load_config
 from connector.errors import ConfigError, InvalidRequest
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
@@ -197,20 +196,6 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _date_ns(text: str, what: str) -> int:
-    try:
-        day = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"{what} {text!r}: expected a date like 2026-11-22") from None
-    if day.tzinfo is None:
-        day = day.replace(tzinfo=dt.UTC)
-    return int(day.timestamp()) * 1_000_000_000
-
-
-def _date(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d")
-
-
 def grant_json(g: registry_pb2.OperationGrant) -> dict[str, object]:
     """A grant for ``--json`` output."""
     return {
@@ -218,8 +203,8 @@ def grant_json(g: registry_pb2.OperationGrant) -> dict[str, object]:
         "participant": g.participant_id,
         "scope": list(g.scope),
         "purposes": list(g.purposes),
-        "start": _date(g.start_ns),
-        "end": _date(g.end_ns),
+        "start": utc_text(g.start_ns),
+        "end": utc_text(g.end_ns),
         "start_ns": g.start_ns,
         "end_ns": g.end_ns,
         "body": g.body,
@@ -234,7 +219,7 @@ def describe_grant(g: registry_pb2.OperationGrant) -> str:
     state = f"REVOKED ({g.revoked_reason})" if g.revoked else "active"
     return (
         f"{g.id}  {g.participant_id:<12} scope={','.join(g.scope)} "
-        f"purposes={','.join(g.purposes)} {_date(g.start_ns)}..{_date(g.end_ns)} "
+        f"purposes={','.join(g.purposes)} {utc_text(g.start_ns)}..{utc_text(g.end_ns)} "
         f"by {g.body!r}  {state}"
     )
 
@@ -242,13 +227,13 @@ def describe_grant(g: registry_pb2.OperationGrant) -> str:
 def run_grant(args: argparse.Namespace) -> int:
     """Grant authorised operation with the operator's admin certificate."""
     cfg = load_config(args.config)
-    start = _date_ns(args.start, "--start") if args.start else time.time_ns()
+    start = parse_date_ns(args.start, "--start") if args.start else time.time_ns()
     request = registry_pb2.GrantOperationRequest(
         participant_id=args.participant,
         scope=[v for v in args.scope.split(",") if v.strip()],
         purposes=[v for v in args.purposes.split(",") if v.strip()],
         start_ns=start,
-        end_ns=_date_ns(args.end, "--end"),
+        end_ns=parse_date_ns(args.end, "--end"),
         body=args.body,
     )
     with admin_channel(cfg) as channel, calling("registry"):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
-from connector.cli.output import emit, say
+from connector.cli.output import emit, say, utc_text
 from connector.cli.progress import ByteProgress, human_bytes
 from connector.config import load_config
 from connector.errors import ConfigError, VerificationError
@@ -210,8 +209,7 @@ def _delete_after(obligations: dict[str, Any]) -> str:
     ns = obligations.get("delete_after_ns")
     if not isinstance(ns, int) or ns >= 253402300800 * 10**9:  # beyond year 9999
         return ""
-    when = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-    return f"  delete after {when:%Y-%m-%d %H:%M} UTC"
+    return f"  delete after {utc_text(ns, '%Y-%m-%d %H:%M')} UTC"
 
 
 def run_metering(args: argparse.Namespace) -> int:

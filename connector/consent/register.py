@@ -12,7 +12,6 @@ Grants and withdrawals are written to the audit log before they take effect.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.clock import Clock
 from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
-from connector.identity.names import check_id
+from connector.identity.names import check_id, check_labels
 from connector.store.database import Database
 from connector.store.models import ConsentRow
 
@@ -41,9 +40,6 @@ __all__ = [
 
 ConsentLookup = Callable[[str, str, str], Mapping[str, Any]]
 """(recipient, product id, purpose) -> the ``context.consent`` of a decision."""
-
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_MAX_ITEMS = 32
 
 
 def no_consent(recipient: str, product: str, purpose: str) -> Mapping[str, Any]:
@@ -102,20 +98,6 @@ class ConsentRecord:
             "purposes": list(c.purposes),
             "method": c.method,
         }
-
-
-def _labels(values: list[str], what: str) -> tuple[str, ...]:
-    cleaned = tuple(sorted({v.strip() for v in values if v.strip()}))
-    if not cleaned:
-        raise InvalidRequest(f"give at least one {what}")
-    if len(cleaned) > _MAX_ITEMS:
-        raise InvalidRequest(f"at most {_MAX_ITEMS} {what} entries")
-    for value in cleaned:
-        if not _LABEL.match(value):
-            raise InvalidRequest(
-                f"{what} {value!r}: use lower-case letters, digits, '.', '_' or '-' (max 63)"
-            )
-    return cleaned
 
 
 def _parse(signed: str) -> Consent:
@@ -195,9 +177,9 @@ class ConsentRegister:
             id=f"cs-{uuid.uuid4().hex[:16]}",
             subject=self._me,
             recipient=recipient,
-            purposes=_labels(purposes, "purpose"),
+            purposes=check_labels(purposes, "purpose"),
             method=method,
-            categories=_labels(categories, "data category"),
+            categories=check_labels(categories, "data category"),
             expires_ns=expires_ns,
             granted_ms=self._now_ms(),
         )

@@ -15,6 +15,7 @@ __all__ = [
     "Role",
     "admin_uri",
     "check_id",
+    "check_labels",
     "parse_uri",
     "participant_dns_name",
     "participant_uri",
@@ -43,6 +44,25 @@ class Role(StrEnum):
         except ValueError:
             valid = ", ".join(r.value for r in cls)
             raise InvalidRequest(f"unknown role {value!r}: use one of {valid}") from None
+
+
+LABEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+"""Purposes, scopes, tags and data categories: lower-case, digits, '.', '_', '-'."""
+
+
+def check_labels(values: list[str], what: str, *, limit: int = 32) -> tuple[str, ...]:
+    """Sorted, de-duplicated labels; ``InvalidRequest`` for none, too many or a bad one."""
+    cleaned = tuple(sorted({v.strip() for v in values if v.strip()}))
+    if not cleaned:
+        raise InvalidRequest(f"give at least one {what}")
+    if len(cleaned) > limit:
+        raise InvalidRequest(f"at most {limit} {what} entries")
+    for value in cleaned:
+        if not LABEL.match(value):
+            raise InvalidRequest(
+                f"{what} {value!r}: use lower-case letters, digits, '.', '_' or '-' (max 63)"
+            )
+    return cleaned
 
 
 def check_id(value: str, what: str = "participant id") -> str:

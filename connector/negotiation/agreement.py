@@ -20,6 +20,7 @@ __all__ = [
     "Agreement",
     "countersign_agreement",
     "parse_agreement",
+    "revocation_terms",
     "sign_agreement",
     "verify_agreement",
     "verify_provider_signature",
@@ -105,6 +106,16 @@ def parse_agreement(signed: str) -> Agreement:
     if agreement.payload() != jws.payload_bytes(signed, "agreement"):
         raise VerificationError("agreement payload is not in its canonical signed form")
     return agreement
+
+
+def revocation_terms(signed: str) -> dict[str, Any]:
+    """What a signed revocation says (reason, and ``consent_withdrawn`` when it follows
+    a consent withdrawal); nothing verified — it was verified when it was received."""
+    try:
+        body = jws.payload_of(signed, "revocation")
+    except VerificationError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _parties(agreement: Agreement) -> tuple[tuple[str, str], tuple[str, str]]:

@@ -71,7 +71,7 @@ from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
 from connector.transfer.disclosure import disclosure_report
-from connector.transfer.holdings import HoldingsSweeper, consent_withdrawn_for
+from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
 from connector.transfer.store import TransferStore
@@ -415,7 +415,6 @@ class Node:
             negotiations=negotiations,
             audit=self._log(),
             clock=self.clock,
-            consent_withdrawn=lambda t: consent_withdrawn_for(negotiations, t.agreement_id),
         )
         self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
 

@@ -11,7 +11,6 @@ A revoked grant leaves the next token the participant fetches.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from sqlmodel import col, select
 from connector.audit import jws
 from connector.audit.canonical import canonical_json
 from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
+from connector.identity.names import check_labels
 from connector.policy.inputs import GRANTS_ATTRIBUTE
 from connector.store.database import Database
 from connector.store.models import OperationGrantRow
@@ -40,8 +40,6 @@ __all__ = [
 
 # Five calendar years including two leap days: the same bound policies/tds/common.rego uses.
 FIVE_YEARS_NS = ((5 * 365) + 2) * 86_400 * 10**9
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_MAX_ITEMS = 32
 
 
 @dataclass(frozen=True)
@@ -91,20 +89,6 @@ class GrantRecord:
         return self.revoked_ms > 0
 
 
-def _labels(values: list[str], what: str) -> tuple[str, ...]:
-    cleaned = tuple(sorted({v.strip() for v in values if v.strip()}))
-    if not cleaned:
-        raise InvalidRequest(f"give at least one {what}")
-    if len(cleaned) > _MAX_ITEMS:
-        raise InvalidRequest(f"at most {_MAX_ITEMS} {what} entries")
-    for value in cleaned:
-        if not _LABEL.match(value):
-            raise InvalidRequest(
-                f"{what} {value!r}: use lower-case letters, digits, '.', '_' or '-' (max 63)"
-            )
-    return cleaned
-
-
 def new_grant(
     *,
     participant: str,
@@ -126,8 +110,8 @@ def new_grant(
     return Grant(
         id=f"gr-{uuid.uuid4().hex[:16]}",
         participant=participant,
-        scope=_labels(scope, "scope"),
-        purposes=_labels(purposes, "purpose"),
+        scope=check_labels(scope, "scope"),
+        purposes=check_labels(purposes, "purpose"),
         start_ns=start_ns,
         end_ns=end_ns,
         body=body,

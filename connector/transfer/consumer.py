@@ -34,6 +34,7 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
+from connector.negotiation.agreement import revocation_terms
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
@@ -129,8 +130,7 @@ class TransferConsumer:
         if n.state != State.FINALIZED:
             raise PreconditionFailed(f"agreement {agreement_id} is {n.state.value}, not FINALIZED")
         if n.revocation:
-            body = jws.payload_of(n.revocation, "revocation")
-            why = str(body.get("reason", "")) if isinstance(body, dict) else ""
+            why = str(revocation_terms(n.revocation).get("reason", ""))
             raise PermissionDenied(
                 f"agreement {agreement_id} was revoked by the provider"
                 + (f": {why}" if why else "")

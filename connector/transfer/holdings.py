@@ -8,45 +8,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
-from connector.audit import jws
 from connector.audit.log import AuditLog
 from connector.clock import Clock
 from connector.errors import ConnectorError, NotFound
+from connector.negotiation.agreement import revocation_terms
 from connector.negotiation.store import NegotiationStore
 from connector.transfer.store import Transfer, TransferStore
 
 __all__ = ["HoldingsSweeper"]
 
 log = logging.getLogger(__name__)
-
-ConsentWithdrawn = Callable[[Transfer], bool]
-
-
-def _never(_: Transfer) -> bool:
-    return False
-
-
-def consent_withdrawn_for(negotiations: NegotiationStore, agreement_id: str) -> bool:
-    """Whether the provider revoked the agreement because the individual withdrew consent.
-
-    The revocation is signed by the provider (the individual's connector) and names the
-    withdrawn consent; it arrives through the provider's outbox, so it is not lost while
-    this connector is down.
-    """
-    try:
-        n = negotiations.by_agreement(agreement_id)
-    except NotFound:
-        return False
-    if not n.revocation:
-        return False
-    try:
-        body = jws.payload_of(n.revocation, "revocation")
-    except ConnectorError:
-        return False
-    return isinstance(body, dict) and bool(body.get("consent_withdrawn"))
 
 
 class HoldingsSweeper:
@@ -59,13 +32,11 @@ class HoldingsSweeper:
         negotiations: NegotiationStore,
         audit: AuditLog,
         clock: Clock,
-        consent_withdrawn: ConsentWithdrawn = _never,
     ) -> None:
         self._store = store
         self._negotiations = negotiations
         self._audit = audit
         self._clock = clock
-        self._consent_withdrawn = consent_withdrawn
         self._lock = threading.Lock()
 
     def _why(self, t: Transfer, now_ns: int) -> str | None:
@@ -73,14 +44,18 @@ class HoldingsSweeper:
         delete_after = obligations.get("delete_after_ns")
         if isinstance(delete_after, int) and now_ns >= delete_after:
             return "delete_after"
-        if obligations.get("delete_on_consent_withdrawal", False) and self._consent_withdrawn(t):
-            return "consent_withdrawn"
-        if obligations.get("delete_on_revocation", False):
-            try:
-                if self._negotiations.by_agreement(t.agreement_id).revocation:
-                    return "agreement_revoked"
-            except NotFound:
-                return "agreement_unknown"
+        try:
+            revocation = self._negotiations.by_agreement(t.agreement_id).revocation
+        except NotFound:
+            return "agreement_unknown" if obligations.get("delete_on_revocation") else None
+        if revocation:
+            # The provider revoked because the individual withdrew consent: the revocation
+            # names the consent (it reached us through the provider's outbox).
+            withdrawn = bool(revocation_terms(revocation).get("consent_withdrawn"))
+            if withdrawn and obligations.get("delete_on_consent_withdrawal", False):
+                return "consent_withdrawn"
+            if obligations.get("delete_on_revocation", False):
+                return "agreement_revoked"
         return None
 
     def sweep(self) -> list[tuple[str, str]]:
