@@ -16,6 +16,7 @@ from typing import Any
 
 from connector.errors import InvalidRequest
 from connector.identity.names import LABEL
+from connector.policy.shape import GRADES
 from connector.transfer.masking import normalise_masks
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "parse_description",
 ]
 
-GRADES = ("general", "important", "core")
 MAX_DESCRIPTION_BYTES = 256 * 1024
 _ID = LABEL  # product and offer ids follow the label rule
 _MODULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

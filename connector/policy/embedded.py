@@ -12,7 +12,7 @@ from typing import Any
 
 import regopy
 
-from connector.policy._fast_input import to_input
+from connector.policy._rego_c import QueryError, query_entrypoint, to_input
 from connector.policy.decision import (
     ENGINE_ERROR,
     UNDEFINED,
@@ -59,14 +59,14 @@ class EmbeddedEngine(EngineBase):
             return Failure(ENGINE_ERROR, "the policy set did not compile")
         try:
             prepared.rego.set_input(to_input(document))
-            output = prepared.rego.query_bundle_entrypoint(prepared.bundle, ENTRYPOINT)
-        except regopy.RegoError as exc:
+            ok, results = query_entrypoint(prepared.rego, prepared.bundle, ENTRYPOINT)
+        except (regopy.RegoError, QueryError) as exc:
             return Failure(ENGINE_ERROR, str(exc)[:300])
-        if not output.ok():
+        if not ok:
             return Failure(ENGINE_ERROR, "policy evaluation failed (builtin or runtime error)")
-        if not output.results or not output.results[0].expressions:
+        if not results or not results[0]:
             return Failure(UNDEFINED, "the policy gave no decision for this input")
-        return output.results[0].expressions[0]
+        return results[0][0]
 
     def close(self) -> None:
         """Nothing to release beyond what garbage collection frees."""

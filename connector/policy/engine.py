@@ -16,6 +16,7 @@ from connector.policy.decision import (
     parse_decision,
 )
 from connector.policy.library import PolicySet
+from connector.policy.shape import input_problems
 
 __all__ = ["EngineBase", "Failure", "PolicyEngine"]
 
@@ -80,6 +81,15 @@ class EngineBase(ABC):
                 engine=self.name,
                 input_sha256=hashlib.sha256(repr(document).encode()).hexdigest(),
                 detail=str(exc),
+            )
+        problems = input_problems(document)
+        if problems:
+            return Decision.refuse(
+                INVALID_INPUT,
+                revision=revision,
+                engine=self.name,
+                input_sha256=digest,
+                detail="missing or mistyped in the policy input: " + ", ".join(problems),
             )
         try:
             outcome = self._evaluate(dict(document))

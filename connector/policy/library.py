@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import regopy
@@ -86,7 +87,7 @@ class PolicySet:
 
     modules: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property  # asked for on every decision; the modules never change
     def revision(self) -> str:
         """SHA-256 (hex) over every module's name and source, in name order."""
         h = hashlib.sha256()

@@ -7,8 +7,6 @@ import rego.v1
 
 rules := object.get(input.resource, "access", {})
 
-deny contains reason if some reason in common.input_denials
-
 deny contains "core_data" if common.is_core
 
 deny contains "role_not_allowed" if {

@@ -69,9 +69,3 @@ test_allow_attribute if {
 	result := access.decision with input as doc
 	result.allow
 }
-
-test_deny_invalid_input if {
-	doc := object.remove(base, ["context"])
-	result := access.decision with input as doc
-	result.deny == {"invalid_input"}
-}

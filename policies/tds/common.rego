@@ -1,5 +1,9 @@
 # Shared helpers of the tds city policy library (Rego v1, no http.send, no net.cidr_*,
 # times as integer nanoseconds supplied by the connector in input.context.now_ns).
+#
+# The connector checks the input's shape before any engine sees it (every field these
+# rules read is present with its type, connector/policy/shape.py), so rules read fields
+# directly; a document that fails that check is denied `invalid_input` without evaluation.
 package tds.common
 
 import rego.v1
@@ -89,30 +93,21 @@ consent_denials(purpose) := {"no_consent"} if {
 } else := set()
 
 # Denials a provider's own module adds for this offer (it can only add, never lift).
-provider_denials contains reason if {
-	module := input.offer.policy_module
-	module != ""
-	some reason in data.tds.provider[module].deny
-}
-
-provider_denials contains "provider_policy_missing" if {
-	module := input.offer.policy_module
-	module != ""
-	not provider_module_present(module)
-}
+provider_denials := set() if {
+	object.get(input.offer, "policy_module", "") == ""
+} else := {"provider_policy_missing"} if {
+	not provider_module_present(input.offer.policy_module)
+} else := {reason | some reason in data.tds.provider[input.offer.policy_module].deny}
 
 provider_module_present(module) if {
 	_ = data.tds.provider[module].deny
 }
 
-# With an invalid input, other reasons may be artefacts of the missing field: say only
-# what to fix.
-effective(deny) := input_denials if count(input_denials) > 0 else := deny
-
+# The decision document every action returns: its denials and what it adds.
 decision(deny, extra) := object.union(
 	{
-		"allow": count(effective(deny)) == 0,
-		"deny": effective(deny),
+		"allow": count(deny) == 0,
+		"deny": deny,
 		"needs_approval": false,
 		"obligations": {},
 		"permitted_fields": null,
@@ -120,90 +115,3 @@ decision(deny, extra) := object.union(
 	},
 	extra,
 )
-
-# Input checks: a field a rule needs but the input lacks (or has with the wrong type)
-# must never silently allow. `not is_T(x)` holds when x is missing or not a T.
-
-invalid_input contains "action" if not is_string(input.action)
-
-invalid_input contains "subject.id" if not is_string(input.subject.id)
-
-invalid_input contains "subject.role" if not is_string(input.subject.role)
-
-invalid_input contains "resource.id" if not is_string(input.resource.id)
-
-invalid_input contains "resource.owner" if not is_string(input.resource.owner)
-
-invalid_input contains "resource.registration_code" if not is_string(input.resource.registration_code)
-
-invalid_input contains "resource.tags" if not is_array(input.resource.tags)
-
-invalid_input contains "resource.fields" if not is_array(input.resource.fields)
-
-invalid_input contains "resource.personal" if not is_boolean(input.resource.personal)
-
-invalid_input contains "context.now_ns" if not is_number(input.context.now_ns)
-
-invalid_input contains "resource.grade" if not input.resource.grade in {"general", "important", "core"}
-
-invalid_input contains "offer.purposes" if {
-	input.action == "contract.request"
-	not is_array(input.offer.purposes)
-}
-
-invalid_input contains "offer.valid_from_ns" if {
-	input.action == "contract.request"
-	not is_number(input.offer.valid_from_ns)
-}
-
-invalid_input contains "offer.valid_until_ns" if {
-	input.action == "contract.request"
-	not is_number(input.offer.valid_until_ns)
-}
-
-invalid_input contains "contract.purpose" if {
-	input.action == "contract.request"
-	not is_string(input.contract.purpose)
-}
-
-invalid_input contains "contract.purpose" if {
-	input.action == "transfer.start"
-	not is_string(input.contract.purpose)
-}
-
-invalid_input contains "contract.valid_from_ns" if {
-	input.action == "transfer.start"
-	not is_number(input.contract.valid_from_ns)
-}
-
-invalid_input contains "contract.valid_until_ns" if {
-	input.action == "transfer.start"
-	not is_number(input.contract.valid_until_ns)
-}
-
-invalid_input contains "contract.max_transfers" if {
-	input.action == "transfer.start"
-	not is_number(input.contract.max_transfers)
-}
-
-invalid_input contains "contract.max_bytes" if {
-	input.action == "transfer.start"
-	not is_number(input.contract.max_bytes)
-}
-
-invalid_input contains "contract.revoked" if {
-	input.action == "transfer.start"
-	not is_boolean(input.contract.revoked)
-}
-
-invalid_input contains "context.transfers_used" if {
-	input.action == "transfer.start"
-	not is_number(input.context.transfers_used)
-}
-
-invalid_input contains "context.bytes_used" if {
-	input.action == "transfer.start"
-	not is_number(input.context.bytes_used)
-}
-
-input_denials := {"invalid_input"} if count(invalid_input) > 0 else := set()

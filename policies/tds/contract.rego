@@ -10,8 +10,6 @@ import rego.v1
 
 purpose := input.contract.purpose
 
-deny contains reason if some reason in common.input_denials
-
 deny contains reason if some reason in access.deny
 
 deny contains "purpose_not_offered" if not purpose in input.offer.purposes

@@ -29,16 +29,13 @@ consent_basis := {"consent": common.consent.id} if {
 # At transfer time: what the agreement fixed, plus delete-after capped by the agreement's
 # end, and deletion on consent withdrawal for personal data.
 # A revoked agreement's data is deleted unless the agreement says otherwise.
-for_contract := object.union(
-	object.union(object.union(revocation_default, object.get(input.contract, "obligations", {})), personal),
-	delete_after,
-)
+for_contract := object.union(object.union(revocation_default, fixed), object.union(personal, delete_after)) if {
+	contract := input.contract
+	fixed := object.get(contract, "obligations", {})
+	until := contract.valid_until_ns
+	delete_after := {"delete_after_ns": min({object.get(fixed, "delete_after_ns", until), until})}
+}
 
 revocation_default := {"delete_on_revocation": true}
 
 personal := {"delete_on_consent_withdrawal": true} if common.is_personal else := {}
-
-delete_after := {"delete_after_ns": min({
-	object.get(object.get(input.contract, "obligations", {}), "delete_after_ns", input.contract.valid_until_ns),
-	input.contract.valid_until_ns,
-})}

@@ -609,6 +609,30 @@ CASES: list[Case] = [
         frozenset({"invalid_input"}),
     ),
     Case(
+        "input without an action",
+        {k: v for k, v in read().items() if k != "action"},
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input with a flag given as a number",
+        start(con=contract(revoked=0)),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input with a count given as a boolean",
+        start(ctx=context(transfers_used=False)),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "input with an unknown grade",
+        request(res=resource(grade="secret")),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
         "input without registration code",
         without(read(), "resource", "registration_code"),
         False,
@@ -618,5 +642,4 @@ CASES: list[Case] = [
 
 UNDEFINED_CASES = [
     ("unknown action", {**read(), "action": "data.delete"}),
-    ("no action", {k: v for k, v in read().items() if k != "action"}),
 ]

@@ -23,10 +23,10 @@ def library_reasons() -> set[str]:
         if path.name.endswith("_test.rego"):
             continue
         for line in path.read_text().splitlines():
-            if line.lstrip().startswith("invalid_input contains"):
-                continue
             found |= set(re.findall(r'contains "(\w+)"', line))
             found |= set(re.findall(r'\{"(\w+)"\}', line))
+            found |= set(re.findall(r'^\s*\["(\w+)", ', line))  # a reason beside its condition
+            found |= set(re.findall(r'\{"(\w+)" \|', line))  # a comprehension of one reason
     return found
 
 

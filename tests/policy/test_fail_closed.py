@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -214,3 +215,36 @@ def test_decisions_are_logged_with_provenance(policy_set: PolicySet, tmp_path: o
             point.decide(CASES[0].input)  # no log, no decision
     finally:
         db.close()
+
+
+def test_invalid_input_names_the_fields_and_is_never_evaluated(policy_set: PolicySet) -> None:
+    class Counting(EmbeddedEngine):
+        evaluated = 0
+
+        def _evaluate(self, document: dict[str, Any]) -> Any:
+            Counting.evaluated += 1
+            return super()._evaluate(document)
+
+    engine = Counting(policy_set)
+    broken = start()
+    del broken["contract"]["max_transfers"]
+    broken["context"]["now_ns"] = True  # a boolean is not a time
+    broken["subject"] = "ent-a"  # a section that is not an object
+    decision = engine.decide(broken)
+    assert (decision.allow, decision.deny) == (False, (INVALID_INPUT,))
+    for field in ("contract.max_transfers", "context.now_ns", "subject.id", "subject.role"):
+        assert field in decision.detail
+    assert Counting.evaluated == 0
+    assert engine.decide(start()).allow and Counting.evaluated == 1
+
+
+def test_a_decision_larger_than_the_output_buffer_is_read_whole(
+    policy_set: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.policy import _rego_c
+
+    expected = EmbeddedEngine(policy_set).decide(start())
+    monkeypatch.setattr(_rego_c, "_BUFFER_BYTES", 16)
+    monkeypatch.setattr(_rego_c, "_buffers", threading.local())
+    decision = EmbeddedEngine(policy_set).decide(start())
+    assert decision.allow and decision.obligations == expected.obligations
