@@ -23,8 +23,8 @@ $tds agreements verify agreement.json --config ent-b.toml
 
 step "3. ent-b pulls three times"
 for i in 1 2 3; do
-  $tds transfer --config ent-b.toml --agreement "$agreement" --out "logistics-$i.jsonl" \
-    | head -1
+  out=$($tds transfer --config ent-b.toml --agreement "$agreement" --out "logistics-$i.jsonl")
+  echo "${out%%$'\n'*}"
 done
 
 step "4. The fourth pull is refused"

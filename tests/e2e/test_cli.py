@@ -229,3 +229,20 @@ def test_sigterm_stops_gracefully(world: dict[str, object]) -> None:
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert any(line["msg"] == "stopped" for line in lines)
     assert server.proc.poll() == 0
+
+
+def test_closed_output_pipe_is_quiet_like_sigpipe(tmp_path: Path) -> None:
+    """``tds ... | head -1`` must not print an internal error when head goes away."""
+    proc = subprocess.Popen(
+        [*TDS, "policy", "test"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    with proc.stderr:
+        stderr = proc.stderr.read()
+    assert proc.wait(60) == 141, stderr
+    assert stderr == ""
