@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -11,6 +13,107 @@ from pathlib import Path
 from connector.errors import Unavailable, VerificationError
 
 __all__ = ["Assembler"]
+
+_ALIGN = 4096  # O_DIRECT wants file offsets, lengths and buffers on block boundaries
+_STAGING_BYTES = 4 * 1024 * 1024
+
+
+class _Appender:
+    """Writes a file's bytes from a known length onwards, bypassing the page cache.
+
+    Received data is written once and not read again by this process, so copying it into
+    the page cache only costs CPU (the copy, and the kernel's writeback later) and evicts
+    what other processes have cached. Data goes through an aligned staging buffer and is
+    written with ``O_DIRECT`` in whole blocks; the last partial block is written normally.
+    Where the filesystem refuses ``O_DIRECT`` (tmpfs, some network filesystems) every
+    write is a normal one.
+    """
+
+    def __init__(self, fd: int, path: Path, held: int) -> None:
+        self._fd = fd  # a normal descriptor: the tail, and everything without O_DIRECT
+        self._direct: int | None = None
+        self._staging: mmap.mmap | None = None
+        self._at = held  # file offset of the staging buffer's first byte
+        self._fill = 0
+        if not hasattr(os, "O_DIRECT"):
+            return
+        try:
+            direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return
+        self._direct = direct
+        self._staging = mmap.mmap(-1, _STAGING_BYTES)  # page-aligned
+        # Start on a block boundary: take the held tail back into the buffer.
+        tail = held % _ALIGN
+        self._at = held - tail
+        if tail:
+            self._staging[:tail] = os.pread(fd, tail, self._at)
+            self._fill = tail
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._staging is not None:
+            take = min(len(view), _STAGING_BYTES - self._fill)
+            self._staging[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == _STAGING_BYTES:
+                self._flush_blocks()  # may fall back to normal writes for good
+        if view:
+            self._write_normal(view)
+
+    def flush(self) -> None:
+        """Everything appended is written (whole blocks direct, the tail normally)."""
+        if self._staging is None:
+            return
+        self._flush_blocks()
+        if self._fill:
+            os.pwrite(self._fd, self._staging[: self._fill], self._at)
+            # Keep the tail staged: a later append rewrites its block directly.
+
+    def close(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
+
+    def _flush_blocks(self) -> None:
+        assert self._staging is not None and self._direct is not None
+        blocks = self._fill - self._fill % _ALIGN
+        if not blocks:
+            return
+        # Views are released on the way out, even when pwrite raises: an exported view
+        # would keep the staging buffer from being closed.
+        with memoryview(self._staging) as whole, whole[:blocks] as part:
+            try:
+                written = os.pwrite(self._direct, part, self._at)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                written = -1  # alignment this filesystem will not take: write normally
+        if written < 0:
+            data = self._staging[: self._fill]
+            self._fill = 0
+            self.close()
+            self._write_normal(data)
+            return
+        if written != blocks:
+            raise OSError(errno.EIO, f"short write: {written} of {blocks} bytes")
+        rest = self._staging[blocks : self._fill]
+        self._staging[: len(rest)] = rest
+        self._at += blocks
+        self._fill = len(rest)
+
+    def _write_normal(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, self._at)
+            self._at += written
+            view = view[written:]
 
 
 class Assembler:
@@ -27,33 +130,43 @@ class Assembler:
         self._lock = threading.Lock()
         self._hash = hashlib.sha256()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("ab+", buffering=0)
-        self._file.seek(0)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         held = 0
-        while block := self._file.read(1024 * 1024):
-            self._hash.update(block)
-            held += len(block)
-        if held > size:
-            self._file.close()
-            raise VerificationError(
-                f"the partial file holds {held} bytes, more than the manifest's {size}"
-            )
+        try:
+            while block := os.read(self._fd, 1024 * 1024):
+                self._hash.update(block)
+                held += len(block)
+            if held > size:
+                raise VerificationError(
+                    f"the partial file holds {held} bytes, more than the manifest's {size}"
+                )
+            self._appender = _Appender(self._fd, path, held)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.received = held
         # Hashing and writing release the GIL: a writer thread does both while the caller
         # receives the next chunk. The queue is bounded, so memory stays flat.
         self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._writer = threading.Thread(target=self._write_loop, name="tds-receive", daemon=True)
         self._writer.start()
 
     def _write_loop(self) -> None:
+        # Whatever goes wrong, keep taking chunks until told to stop: a dead writer would
+        # leave add() blocked on the full queue. The error is raised by _drain.
         while (data := self._pending.get()) is not None:
             if self._error is not None:
                 continue
             try:
-                self._file.write(data)
+                self._appender.append(data)
                 self._hash.update(data)
-            except OSError as exc:
+            except Exception as exc:
+                self._error = exc
+        if self._error is None:
+            try:
+                self._appender.flush()
+            except Exception as exc:
                 self._error = exc
 
     def _drain(self) -> None:
@@ -61,8 +174,10 @@ class Assembler:
         if self._writer.is_alive():
             self._pending.put(None)
             self._writer.join()
-        if self._error is not None:
+        if isinstance(self._error, OSError):
             raise Unavailable(f"cannot store received data: {self._error.strerror}")
+        if self._error is not None:
+            raise Unavailable(f"cannot store received data: {self._error!r}")
 
     def add(self, offset: int, data: bytes) -> None:
         """Append one chunk; it must start exactly where the last one ended."""
@@ -90,7 +205,7 @@ class Assembler:
         """Flush to disk and check size and hash against the manifest."""
         with self._lock:
             self._drain()
-            os.fsync(self._file.fileno())
+            os.fsync(self._fd)
             if self.received != self.size:
                 raise VerificationError(
                     f"received {self.received} bytes, the manifest says {self.size}"
@@ -104,7 +219,11 @@ class Assembler:
     def close(self) -> None:
         """Close the file (the partial data stays for a resume)."""
         with self._lock:
+            if self._fd < 0:
+                return
             try:
                 self._drain()
             finally:
-                self._file.close()
+                self._appender.close()
+                os.close(self._fd)
+                self._fd = -1

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import random
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from connector.errors import InvalidRequest, VerificationError
+from connector.errors import InvalidRequest, Unavailable, VerificationError
 from connector.transfer.masking import Masker, agreement_mask_key, normalise_masks
 from connector.transfer.receiving import Assembler
 
@@ -40,6 +45,68 @@ def test_a_resumed_partial_file_is_hashed_whole(tmp_path: Path) -> None:
     again.add(3, b"def")
     again.finish(hashlib.sha256(b"abcdef").hexdigest())
     again.close()
+
+
+def _refuse_direct_io(monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """Act as a filesystem that refuses O_DIRECT (EINVAL) at open or at the first write."""
+    real_open, real_pwrite, real_close = os.open, os.pwrite, os.close
+    direct_fds: set[int] = set()
+
+    def fake_open(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECT and when == "open":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fd = real_open(path, flags, *args)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def fake_pwrite(fd: int, data: Any, offset: int) -> int:
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    def fake_close(fd: int) -> None:
+        direct_fds.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    monkeypatch.setattr(os, "close", fake_close)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this platform")
+@pytest.mark.parametrize("direct_io", ["taken", "refused at open", "refused at write"])
+def test_large_delivery_resumed_at_an_odd_offset_lands_byte_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: str
+) -> None:
+    """Chunks of every size cross the staging buffer; a resume starts mid-block.
+
+    Received data bypasses the page cache (O_DIRECT) where the filesystem allows it and
+    is written normally where it does not; the bytes on disk are the same either way.
+    """
+    if direct_io != "taken":
+        _refuse_direct_io(monkeypatch, direct_io.split()[-1])
+    rng = random.Random(7)
+    data = rng.randbytes(11 * 1024 * 1024 + 12345)
+    sizes = [1, 4095, 4097, 1 << 20, 3, 8192, 999_999]
+    path = tmp_path / "big.part"
+    first = Assembler(path, size=len(data), chunk_size=1 << 20)
+    at = 0
+    while at < 5 * 1024 * 1024 + 777:
+        n = rng.choice(sizes)
+        first.add(at, data[at : at + n])
+        at += n
+    first.close()
+    assert path.read_bytes() == data[:at]
+    again = Assembler(path, size=len(data), chunk_size=1 << 20)
+    assert again.received == at
+    while at < len(data):
+        n = min(rng.choice(sizes), len(data) - at)
+        again.add(at, data[at : at + n])
+        at += n
+    again.finish(hashlib.sha256(data).hexdigest())
+    again.close()
+    assert path.read_bytes() == data
 
 
 def test_a_wrong_hash_or_short_delivery_is_refused(tmp_path: Path) -> None:
@@ -88,3 +155,31 @@ def test_masking_methods() -> None:
     assert a.apply("speed", "47") == "40" and a.apply("speed", 47) == 40
     assert a.apply("speed", "fast") is None  # cannot be generalised: withheld
     assert a.apply("other", "kept") == "kept"
+
+
+def test_a_full_disk_fails_the_delivery_without_blocking_the_receiver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(fd: int, data: Any, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    asm = Assembler(tmp_path / "full.part", size=64 * 8192, chunk_size=8192)
+    outcome: list[BaseException] = []
+
+    def receive() -> None:  # far more chunks than the writer's queue holds
+        try:
+            for i in range(64):
+                asm.add(i * 8192, bytes(8192))
+            asm.finish(hashlib.sha256(bytes(64 * 8192)).hexdigest())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    receiver.join(30)
+    assert not receiver.is_alive(), "the receiver blocked behind a failed writer"
+    assert len(outcome) == 1 and isinstance(outcome[0], Unavailable)
+    assert "No space left on device" in str(outcome[0])
+    with pytest.raises(Unavailable):  # the failure sticks: nothing can finish it later
+        asm.close()
