@@ -13,6 +13,7 @@ from types import FrameType
 from connector.config import Config, load_config
 from connector.logs import setup_logging
 from connector.node import Node
+from connector.node.memory import bound_malloc_arenas
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,7 @@ def apply_environment(cfg: Config) -> Config:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Start the node, wait for a signal, stop gracefully."""
+    bound_malloc_arenas()  # before the node starts its threads
     setup_logging(os.environ.get("TDS_LOG_LEVEL", "info"))
     cfg = apply_environment(load_config(args.config))
     node = Node(cfg)

@@ -40,6 +40,7 @@ from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
 from connector.transfer.receiving import Assembler
+from connector.transfer.wire import PULL_METHOD, parse_chunk
 from connector.transfer.store import (
     ACTIVE,
     COMPLETED,
@@ -286,7 +287,13 @@ class TransferConsumer:
                     if t.push:
                         stub.RequestPush(request, timeout=3600)
                     else:
-                        for chunk in stub.Pull(request, timeout=3600):
+                        pull = channel.unary_stream(  # chunks as raw bytes: see wire.py
+                            PULL_METHOD,
+                            request_serializer=transfer_pb2.PullRequest.SerializeToString,
+                            response_deserializer=None,
+                        )
+                        for message in pull(request, timeout=3600):
+                            chunk = parse_chunk(message)
                             if chunk.transfer_id != t.id:
                                 raise VerificationError(
                                     "the provider sent a chunk of another transfer"

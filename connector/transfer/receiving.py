@@ -52,7 +52,7 @@ class _Appender:
             self._staging[:tail] = os.pread(fd, tail, self._at)
             self._fill = tail
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view and self._staging is not None:
             take = min(len(view), _STAGING_BYTES - self._fill)
@@ -147,7 +147,7 @@ class Assembler:
         self.received = held
         # Hashing and writing release the GIL: a writer thread does both while the caller
         # receives the next chunk. The queue is bounded, so memory stays flat.
-        self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._pending: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=4)
         self._error: Exception | None = None
         self._writer = threading.Thread(target=self._write_loop, name="tds-receive", daemon=True)
         self._writer.start()
@@ -179,7 +179,7 @@ class Assembler:
         if self._error is not None:
             raise Unavailable(f"cannot store received data: {self._error!r}")
 
-    def add(self, offset: int, data: bytes) -> None:
+    def add(self, offset: int, data: bytes | memoryview) -> None:
         """Append one chunk; it must start exactly where the last one ended."""
         with self._lock:
             if offset != self.received:
