@@ -40,7 +40,6 @@ from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
 from connector.transfer.receiving import Assembler
-from connector.transfer.wire import PULL_METHOD, parse_chunk
 from connector.transfer.store import (
     ACTIVE,
     COMPLETED,
@@ -51,6 +50,7 @@ from connector.transfer.store import (
     Transfer,
     TransferStore,
 )
+from connector.transfer.wire import PULL_METHOD, parse_chunk
 
 __all__ = ["Progress", "TransferConsumer"]
 
