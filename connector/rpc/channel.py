@@ -18,7 +18,7 @@ from connector.identity.certs import read_file_bytes
 from connector.identity.names import participant_dns_name
 from connector.rpc.status import error_for_status
 
-__all__ = ["TlsIdentity", "calling", "open_channel"]
+__all__ = ["RECEIVE_WINDOW_OPTIONS", "TlsIdentity", "calling", "open_channel"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,21 @@ def open_channel(
         ("grpc.default_authority", participant_dns_name(space, peer)),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        *RECEIVE_WINDOW_OPTIONS,
     ]
     return grpc.secure_channel(address, creds, options=options)
+
+
+# A fixed HTTP/2 receive window per stream instead of one grown by bandwidth probing.
+# When a transfer arrives faster than the disk takes it, gRPC buffers up to the window;
+# grown by probing it let a consumer's connector reach 250-400 MB resident during a 1 GiB
+# pull. 8 MiB keeps that bounded and still fills a link of 1 GB/s at 8 ms round trip,
+# which covers a metropolitan network.
+RECEIVE_WINDOW_BYTES = 8 * 1024 * 1024
+RECEIVE_WINDOW_OPTIONS = (
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
+)
 
 
 @contextmanager

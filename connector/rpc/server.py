@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from connector.errors import ConfigError
 from connector.rpc.auth import Access, Authenticator, AuthInterceptor
+from connector.rpc.channel import RECEIVE_WINDOW_OPTIONS
 
 __all__ = ["ServerHandle", "Service", "build_server"]
 
@@ -67,6 +68,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            *RECEIVE_WINDOW_OPTIONS,  # pushed transfers arrive here
         ],
     )
     for svc in services:
