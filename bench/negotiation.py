@@ -47,12 +47,9 @@ PRODUCT = json.dumps(
 
 
 def wait_final(stub: admin_pb2_grpc.AdminServiceStub, pid: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
-        if info.state in ("FINALIZED", "TERMINATED") or time.monotonic() > deadline:
-            return str(info.state)
-        time.sleep(0.002)
+    # The consumer's connector holds the call until the negotiation is final.
+    ref = admin_pb2.NegotiationRef(pid=pid, wait_ms=int(timeout * 1000))
+    return str(stub.GetNegotiation(ref, timeout=timeout + 10).state)
 
 
 def main() -> int:

@@ -153,6 +153,22 @@ def _line(n: admin_pb2.NegotiationInfo) -> str:
     )
 
 
+def _wait_final(
+    stub: admin_pb2_grpc.AdminServiceStub,
+    ref: admin_pb2.NegotiationRef,
+    info: admin_pb2.NegotiationInfo,
+    seconds: float,
+) -> admin_pb2.NegotiationInfo:
+    """Follow a negotiation until it is final: the connector holds each call until then."""
+    deadline = time.monotonic() + seconds
+    while info.state not in FINAL and (left := deadline - time.monotonic()) > 0:
+        wait_ms = max(1, int(min(left, 30.0) * 1000))
+        info = stub.GetNegotiation(
+            admin_pb2.NegotiationRef(pid=ref.pid, wait_ms=wait_ms), timeout=wait_ms / 1000 + 30
+        )
+    return info
+
+
 def run_negotiate(args: argparse.Namespace) -> int:
     """Start a negotiation, optionally wait for its outcome."""
     stub = _admin(args.config)
@@ -167,11 +183,8 @@ def run_negotiate(args: argparse.Namespace) -> int:
             timeout=30,
         )
         if args.wait is not None:
-            deadline = time.monotonic() + args.wait
             say(f"Requested {args.product}/{args.offer} from {args.provider}; waiting ...")
-            while info.state not in FINAL and time.monotonic() < deadline:
-                time.sleep(0.3)
-                info = stub.GetNegotiation(admin_pb2.NegotiationRef(pid=info.pid), timeout=30)
+            info = _wait_final(stub, admin_pb2.NegotiationRef(pid=info.pid), info, args.wait)
     emit(_info(info), _line(info), as_json=args.json)
     return 1 if info.state == "TERMINATED" else 0
 
@@ -205,10 +218,7 @@ def run_decide(args: argparse.Namespace) -> int:
         info = method(ref, timeout=30)
         wait = getattr(args, "wait", None)
         if wait is not None:
-            deadline = time.monotonic() + wait
-            while info.state not in FINAL and time.monotonic() < deadline:
-                time.sleep(0.3)
-                info = stub.GetNegotiation(ref, timeout=30)
+            info = _wait_final(stub, ref, info, wait)
     if args.dsp:
         n = Negotiation(
             pid=info.pid,

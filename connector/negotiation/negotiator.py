@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -110,6 +111,8 @@ class Negotiator:
         self._clock = clock
         self._keys = keys
         self._poke = poke
+        self._changed = threading.Condition()  # notified after every transition
+        self._generation = 0
 
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
@@ -184,6 +187,9 @@ class Negotiator:
         )
         if outgoing:
             self._poke()
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
         return result
 
     # -- consumer ---------------------------------------------------------------------
@@ -652,3 +658,21 @@ class Negotiator:
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""
         return self._store.get(pid)
+
+    def wait_final(self, pid: str, seconds: float) -> Negotiation:
+        """The negotiation once FINALIZED or TERMINATED, or as it is after ``seconds``.
+
+        Woken by every transition this process makes; it also looks again every 100 ms,
+        since a replica sharing the database may make the one that matters.
+        """
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            seen = self._generation
+        n = self._store.get(pid)
+        while n.state not in FINAL and (left := deadline - time.monotonic()) > 0:
+            with self._changed:
+                if self._generation == seen:
+                    self._changed.wait(min(left, 0.1))
+                seen = self._generation
+            n = self._store.get(pid)
+        return n

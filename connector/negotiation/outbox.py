@@ -63,9 +63,11 @@ class Outbox:
         self._base = base_delay
         self._max_delay = max_delay
         self._on_give_up = on_give_up
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tds-outbox")
         self._wake = threading.Event()
-        self._in_flight: set[int] = set()
+        self._in_flight: set[int] = set()  # ids being sent by this process
+        self._in_flight_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -91,31 +93,43 @@ class Outbox:
             # Clear before looking, so a poke during the pass is never lost.
             self._wake.clear()
             try:
-                busy = self.deliver_due()
+                busy = self.deliver_due(wait=False)
             except Exception:  # the loop must survive anything; the rows stay queued
                 log.exception("outbox pass failed")
                 busy = False
             if not busy:
                 self._wake.wait(0.5)
 
-    def deliver_due(self, limit: int = 20, lease_seconds: float = 30.0) -> bool:
-        """Try every due message once; return whether any was due.
+    def deliver_due(
+        self, limit: int = 20, lease_seconds: float = 30.0, *, wait: bool = True
+    ) -> bool:
+        """Start sending every due message not already on its way; return whether any was.
 
         Messages are claimed in a short transaction (a lease: if this process dies while
         sending, they become due again), sent with no transaction open, and settled one by
         one. A message may thus arrive twice; receivers drop repeats by message id.
+        Without ``wait`` it returns as soon as the sends are handed to the workers: a slow
+        peer then holds up only its own messages, and a message queued meanwhile goes out
+        at once instead of after the whole batch.
         """
+        with self._in_flight_lock:
+            busy = list(self._in_flight)
+        room = min(limit, self._workers - len(busy))
+        if room <= 0:
+            return False  # a finishing send pokes the loop
         now_ms = int(self._clock.now() * 1000)
         with self._db.session() as s:
             query = (
                 select(OutboxRow)
                 .where(OutboxRow.status == "pending", OutboxRow.next_attempt_ms <= now_ms)
                 .order_by(OutboxRow.id)  # type: ignore[arg-type]
-                .limit(limit)
+                .limit(room)
             )
+            if busy:
+                query = query.where(OutboxRow.id.not_in(busy))  # type: ignore[union-attr]
             if self._db.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            rows = [r for r in s.exec(query).all() if r.id not in self._in_flight]
+            rows = s.exec(query).all()
             due = [
                 Pending(
                     r.id or 0,
@@ -134,16 +148,22 @@ class Outbox:
                     row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
                     s.add(row)
         # One process per SQLite file: an in-memory claim is enough (and saves a commit).
-        self._in_flight.update(p.id for p in due)
+        with self._in_flight_lock:
+            self._in_flight.update(p.id for p in due)
         # Messages to different negotiations are independent: send them side by side.
-        list(self._pool.map(lambda p: self._send(p, now_ms), due))
+        sends = [self._pool.submit(self._send, p, now_ms) for p in due]
+        if wait:
+            for send in sends:
+                send.result()
         return bool(due)
 
     def _send(self, pending: Pending, now_ms: int) -> None:
         try:
             self._send_once(pending, now_ms)
         finally:
-            self._in_flight.discard(pending.id)
+            with self._in_flight_lock:
+                self._in_flight.discard(pending.id)
+            self._wake.set()  # room for the next due message
 
     def _send_once(self, pending: Pending, now_ms: int) -> None:
         try:

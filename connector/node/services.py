@@ -21,6 +21,9 @@ from connector.transfer.admin import TransferAdmin
 
 __all__ = ["AdminServicer", "NodeStatus", "PeerServicer", "admin_service", "peer_service"]
 
+# A waiting GetNegotiation holds one of the server's worker threads: keep the hold short.
+MAX_WAIT_MS = 30_000
+
 
 @dataclass(frozen=True)
 class NodeStatus:
@@ -136,7 +139,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListNegotiationsResponse(negotiations=[negotiation_info(n) for n in found])
 
     def GetNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
-        """One negotiation."""
+        """One negotiation; with ``wait_ms``, once it is final (or when the wait ends)."""
+        if request.wait_ms:
+            seconds = min(request.wait_ms, MAX_WAIT_MS) / 1000
+            return negotiation_info(self._negotiator.wait_final(request.pid, seconds))
         return negotiation_info(self._negotiator.get(request.pid))
 
     def ApproveNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:

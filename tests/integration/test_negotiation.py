@@ -369,3 +369,30 @@ def test_provider_restart_resumes_and_nothing_is_doubled(space: LocalSpace) -> N
         if e["kind"] == "negotiation.transition" and e["data"].get("pid") == done.counterparty_pid
     ]
     assert moves == ["REQUESTED", "AGREED", "FINALIZED"]
+
+
+def test_get_negotiation_can_wait_for_the_outcome(space: LocalSpace) -> None:
+    mine = start(space, "open-stats")
+    held = admin(space, "a").GetNegotiation(
+        admin_pb2.NegotiationRef(pid=mine.pid, wait_ms=15_000), timeout=30
+    )
+    assert held.state == "FINALIZED", (held.state, list(held.reasons))
+
+
+def test_a_wait_that_ends_first_answers_with_the_current_state(space: LocalSpace) -> None:
+    mine = start(space, "road-sensors")  # important: waits for the provider's approval
+    answered(space, mine)
+    began = time.monotonic()
+    held = admin(space, "a").GetNegotiation(
+        admin_pb2.NegotiationRef(pid=mine.pid, wait_ms=400), timeout=30
+    )
+    assert held.state == "REQUESTED"
+    assert 0.35 <= time.monotonic() - began < 10
+    theirs = provider_side(space, held)
+    admin(space, "gov").RejectNegotiation(
+        admin_pb2.NegotiationRef(pid=theirs.pid, reason="test over"), timeout=10
+    )
+    ended = admin(space, "a").GetNegotiation(
+        admin_pb2.NegotiationRef(pid=mine.pid, wait_ms=15_000), timeout=30
+    )
+    assert ended.state == "TERMINATED"

@@ -581,17 +581,23 @@ class NegotiationRef(_message.Message):
 
     PID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
     pid: _builtins.str
     reason: _builtins.str
+    wait_ms: _builtins.int
+    """GetNegotiation only: hold the call until the negotiation is FINALIZED or TERMINATED,
+    for at most this long (capped at 30 s); the answer is its state either way.
+    """
     def __init__(
         self,
         *,
         pid: _builtins.str = ...,
         reason: _builtins.str = ...,
+        wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
