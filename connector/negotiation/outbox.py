@@ -93,24 +93,22 @@ class Outbox:
             # Clear before looking, so a poke during the pass is never lost.
             self._wake.clear()
             try:
-                busy = self.deliver_due(wait=False)
+                busy = self.deliver_due()
             except Exception:  # the loop must survive anything; the rows stay queued
                 log.exception("outbox pass failed")
                 busy = False
             if not busy:
                 self._wake.wait(0.5)
 
-    def deliver_due(
-        self, limit: int = 20, lease_seconds: float = 30.0, *, wait: bool = True
-    ) -> bool:
+    def deliver_due(self, limit: int = 20, lease_seconds: float = 30.0) -> bool:
         """Start sending every due message not already on its way; return whether any was.
 
         Messages are claimed in a short transaction (a lease: if this process dies while
         sending, they become due again), sent with no transaction open, and settled one by
         one. A message may thus arrive twice; receivers drop repeats by message id.
-        Without ``wait`` it returns as soon as the sends are handed to the workers: a slow
-        peer then holds up only its own messages, and a message queued meanwhile goes out
-        at once instead of after the whole batch.
+        It returns as soon as the sends are handed to the workers: a slow peer then holds
+        up only its own messages, and a message queued meanwhile goes out at once instead
+        of after the whole batch.
         """
         with self._in_flight_lock:
             busy = list(self._in_flight)
@@ -151,10 +149,8 @@ class Outbox:
         with self._in_flight_lock:
             self._in_flight.update(p.id for p in due)
         # Messages to different negotiations are independent: send them side by side.
-        sends = [self._pool.submit(self._send, p, now_ms) for p in due]
-        if wait:
-            for send in sends:
-                send.result()
+        for p in due:
+            self._pool.submit(self._send, p, now_ms)
         return bool(due)
 
     def _send(self, pending: Pending, now_ms: int) -> None:

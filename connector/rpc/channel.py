@@ -21,6 +21,18 @@ from connector.rpc.status import error_for_status
 __all__ = ["RECEIVE_WINDOW_OPTIONS", "TlsIdentity", "calling", "open_channel"]
 
 
+# A fixed HTTP/2 receive window per stream instead of one grown by bandwidth probing.
+# When a transfer arrives faster than the disk takes it, gRPC buffers up to the window;
+# grown by probing it let a consumer's connector reach 250-400 MB resident during a 1 GiB
+# pull. 8 MiB keeps that bounded and still fills a link of 1 GB/s at 8 ms round trip,
+# which covers a metropolitan network.
+RECEIVE_WINDOW_BYTES = 8 * 1024 * 1024
+RECEIVE_WINDOW_OPTIONS = (
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
+)
+
+
 @dataclass(frozen=True)
 class TlsIdentity:
     """The PEM material a client presents and trusts."""
@@ -111,18 +123,6 @@ def open_channel(
         *RECEIVE_WINDOW_OPTIONS,
     ]
     return grpc.secure_channel(address, creds, options=options)
-
-
-# A fixed HTTP/2 receive window per stream instead of one grown by bandwidth probing.
-# When a transfer arrives faster than the disk takes it, gRPC buffers up to the window;
-# grown by probing it let a consumer's connector reach 250-400 MB resident during a 1 GiB
-# pull. 8 MiB keeps that bounded and still fills a link of 1 GB/s at 8 ms round trip,
-# which covers a metropolitan network.
-RECEIVE_WINDOW_BYTES = 8 * 1024 * 1024
-RECEIVE_WINDOW_OPTIONS = (
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
-)
 
 
 @contextmanager
