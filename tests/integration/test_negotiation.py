@@ -396,3 +396,11 @@ def test_a_wait_that_ends_first_answers_with_the_current_state(space: LocalSpace
         admin_pb2.NegotiationRef(pid=mine.pid, wait_ms=15_000), timeout=30
     )
     assert ended.state == "TERMINATED"
+
+
+def test_waiting_on_an_unknown_negotiation_is_not_found(space: LocalSpace) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        admin(space, "a").GetNegotiation(
+            admin_pb2.NegotiationRef(pid="no-such-process", wait_ms=5_000), timeout=30
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
