@@ -5,8 +5,15 @@ input conversion walks the value with abstract-base-class checks and one ctypes 
 scalar, and its ``Output`` serialises the result to JSON four times (size and text,
 twice). Here the input is built with exact type dispatch through cffi, whose calls cost
 about half what ctypes' do, and the result is serialised once into a reused buffer.
-The same rego C functions are called either way; anything these helpers do not handle
-falls back to regopy, so behaviour is unchanged.
+
+Strings are handed over escaped. rego-cpp holds a string as the text between the quotes
+of its JSON form (that is what its own JSON reader stores) and writes results by pasting
+that text between quotes, while its C input functions store what they are given as is.
+A string with a quote, a backslash or a control character given raw would come back as
+broken JSON, or as JSON with different structure: a purpose a consumer chose, echoed in a
+provider module's denial, could turn that denial into an allow. Escaped, every string
+reads and compares as rego-cpp's own JSON input does, and results parse to the text that
+went in.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 
 import regopy
 
-__all__ = ["QueryError", "query_entrypoint", "to_input"]
+__all__ = ["QueryError", "UnrepresentableInput", "query_entrypoint", "to_input"]
 
 _CDEF = """
 void* regoNewInput(void);
@@ -59,6 +66,10 @@ class _Unsupported(Exception):
     pass
 
 
+class UnrepresentableInput(ValueError):
+    """The document holds something rego-cpp cannot hold faithfully (the message says what)."""
+
+
 class QueryError(Exception):
     """The interpreter refused the query (its error message says why)."""
 
@@ -67,19 +78,19 @@ def _add(p: Any, value: Any) -> int:
     """Push ``value`` onto the input under construction; non-zero on a C error."""
     t = type(value)
     if t is str:
-        return int(_string(p, value.encode()))
+        return int(_string(p, _text(value)))
     if t is dict:
         for k, v in value.items():
             if type(k) is not str:
-                raise _Unsupported
-            if _string(p, k.encode()) or _add(p, v) or _item(p):
+                raise _Unsupported("an object key that is not a string")
+            if _string(p, _text(k)) or _add(p, v) or _item(p):
                 return 1
         return int(_object(p, len(value)))
     if t is bool:
         return int(_boolean(p, value))
     if t is int:
         if not -_INT64 <= value < _INT64:
-            raise _Unsupported
+            raise _Unsupported("an integer outside 64 bits")
         return int(_int(p, value))
     if t is list:
         for v in value:
@@ -90,21 +101,101 @@ def _add(p: Any, value: Any) -> int:
         return int(_C.regoInputNull(p))
     if t is float:
         return int(_C.regoInputFloat(p, value))
-    raise _Unsupported
+    raise _Unsupported(f"a value of type {t.__name__}")
+
+
+def _text(value: str) -> bytes:
+    """``value`` as rego-cpp holds a string: its JSON form without the quotes, UTF-8."""
+    if '"' in value or "\\" in value or not value.isprintable():
+        value = json.dumps(value, ensure_ascii=False)[1:-1]
+    try:
+        return value.encode()
+    except UnicodeEncodeError:  # a lone surrogate: not text JSON can carry
+        raise _Unsupported("a string that is not valid Unicode") from None
+
+
+def _escaped(value: Any) -> Any:
+    """A copy of ``value`` with every string as ``_text`` gives it (for regopy's converter)."""
+    if isinstance(value, str):
+        return _text(value).decode()
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return value
+
+
+# rego-cpp finds an object's member by comparing keys one by one, in the order they were
+# added, and each comparison formats both keys as text: looking up the last of eight keys
+# costs about eight times the first. So a document's sections, and each section's fields,
+# go in the order the library reads them on its hottest paths (a transfer's usage check,
+# then catalog reads); members not named here follow in their own order. Order carries no
+# meaning in a JSON object, so decisions are the same either way.
+LOOKUP_ORDER: dict[str, tuple[str, ...]] = {
+    "": ("action", "contract", "context", "resource", "offer", "subject"),
+    "contract": (
+        "revoked",
+        "valid_from_ns",
+        "valid_until_ns",
+        "max_transfers",
+        "max_bytes",
+        "permitted_fields",
+        "masks",
+        "obligations",
+        "purpose",
+    ),
+    "context": ("now_ns", "transfers_used", "bytes_used", "revoked", "request_bytes", "consent"),
+    "resource": ("grade", "fields", "registration_code", "personal", "owner", "access", "tags"),
+    "offer": ("policy_module", "purposes", "valid_from_ns", "valid_until_ns", "obligations"),
+    "subject": ("id", "role", "attrs", "grants"),
+}
+
+
+def _add_ordered(p: Any, value: dict[Any, Any], first: tuple[str, ...], nested: bool) -> int:
+    """Push the object ``value`` with the members named in ``first`` ahead of the rest."""
+    for k in first:
+        if k in value:
+            v = value[k]
+            if _string(p, _text(k)):
+                return 1
+            if nested and type(v) is dict and k in LOOKUP_ORDER:
+                failed = _add_ordered(p, v, LOOKUP_ORDER[k], False)
+            else:
+                failed = _add(p, v)
+            if failed or _item(p):
+                return 1
+    for k, v in value.items():
+        if k in first:
+            continue
+        if type(k) is not str:
+            raise _Unsupported("an object key that is not a string")
+        if _string(p, _text(k)) or _add(p, v) or _item(p):
+            return 1
+    return int(_object(p, len(value)))
 
 
 def to_input(value: Any) -> regopy.Input | Any:
-    """A prepared ``regopy.Input`` for ``value`` (or ``value`` itself to let regopy convert)."""
+    """A prepared ``regopy.Input`` for ``value`` (without cffi, an escaped copy for regopy).
+
+    Raises ``UnrepresentableInput`` for what rego-cpp cannot hold faithfully.
+    """
     if _C is None:
-        return value
+        try:
+            return _escaped(value)
+        except _Unsupported as exc:
+            raise UnrepresentableInput(str(exc)) from None
     p = _C.regoNewInput()
     try:
-        ok = _add(p, value) == 0
-    except (_Unsupported, RecursionError):
-        ok = False
-    if not ok:
+        if type(value) is dict:
+            failed = _add_ordered(p, value, LOOKUP_ORDER[""], True)
+        else:
+            failed = _add(p, value)
+    except (_Unsupported, RecursionError) as exc:
         _C.regoFreeInput(p)
-        return value
+        raise UnrepresentableInput(str(exc) or "a document nested too deeply") from None
+    if failed:
+        _C.regoFreeInput(p)
+        raise UnrepresentableInput("the policy engine refused the document")
     prepared = regopy.Input.__new__(regopy.Input)
     prepared._impl = int(_ffi.cast("uintptr_t", p))  # regopy frees it (Input.__del__)
     return prepared
@@ -138,7 +229,7 @@ def query_entrypoint(
         _C.regoFreeOutput(out)
     if text == "undefined":
         return True, []
-    results = json.loads(text)
+    results = json.loads(text, strict=False)  # rego-cpp leaves control characters raw
     if not isinstance(results, list):
         results = [results]
     return True, [r.get("expressions", []) for r in results if isinstance(r, dict)]

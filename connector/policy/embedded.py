@@ -12,11 +12,13 @@ from typing import Any
 
 import regopy
 
-from connector.policy._rego_c import QueryError, query_entrypoint, to_input
-from connector.policy.decision import (
-    ENGINE_ERROR,
-    UNDEFINED,
+from connector.policy._rego_c import (
+    QueryError,
+    UnrepresentableInput,
+    query_entrypoint,
+    to_input,
 )
+from connector.policy.decision import ENGINE_ERROR, INVALID_INPUT, UNDEFINED
 from connector.policy.engine import EngineBase, Failure
 from connector.policy.library import ENTRYPOINT, PolicySet
 
@@ -58,7 +60,11 @@ class EmbeddedEngine(EngineBase):
         if not prepared.bundle.ok():
             return Failure(ENGINE_ERROR, "the policy set did not compile")
         try:
-            prepared.rego.set_input(to_input(document))
+            document_input = to_input(document)
+        except UnrepresentableInput as exc:
+            return Failure(INVALID_INPUT, f"the embedded engine cannot hold the input: {exc}")
+        try:
+            prepared.rego.set_input(document_input)
             ok, results = query_entrypoint(prepared.rego, prepared.bundle, ENTRYPOINT)
         except (regopy.RegoError, QueryError) as exc:
             return Failure(ENGINE_ERROR, str(exc)[:300])

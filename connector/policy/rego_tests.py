@@ -26,6 +26,7 @@ from pathlib import Path
 import regopy
 
 from connector.errors import ConfigError
+from connector.policy._rego_c import UnrepresentableInput, to_input
 from connector.policy.library import package_of, test_rules
 
 __all__ = ["RegoTestResult", "run_rego_tests"]
@@ -129,9 +130,9 @@ def _run(rego: regopy.Interpreter, package: str, plan: _Plan) -> tuple[bool, str
             made = rego.query(f"data.{package}.{plan.input_rule}")
             if not made.ok() or not made.results or not made.results[0].expressions:
                 return False, "the test's input is undefined"
-            rego.set_input(made.results[0].expressions[0])
+            rego.set_input(to_input(made.results[0].expressions[0]))
         output = rego.query(f"data.{package}.{plan.test_rule}")
-    except regopy.RegoError as exc:
+    except (regopy.RegoError, UnrepresentableInput) as exc:
         return False, str(exc)[:300]
     if not output.ok():
         return False, "evaluation error"

@@ -10,15 +10,21 @@ import rego.v1
 
 five_years_ns := ((5 * 365) + 2) * 86400000000000
 
-now := input.context.now_ns
+context := input.context
 
-is_core if input.resource.grade == "core"
+now := context.now_ns
 
-is_important if input.resource.grade == "important"
+resource := input.resource
 
-is_public if input.resource.registration_code != ""
+grade := resource.grade
 
-is_personal if input.resource.personal == true
+is_core if grade == "core"
+
+is_important if grade == "important"
+
+is_public if resource.registration_code != ""
+
+is_personal if resource.personal == true
 
 # Authorised-operation grants (公共数据授权运营) carried in the subject's membership.
 grants := object.get(input.subject, "grants", [])
@@ -78,7 +84,7 @@ any_grant_current(purpose) if {
 }
 
 # Separate consent (PIPL art. 23) of the individual for this recipient and purpose.
-consent := object.get(input.context, "consent", {})
+consent := object.get(context, "consent", {})
 
 consent_denials(purpose) := {"no_consent"} if {
 	not consent.present

@@ -3,14 +3,22 @@
 # still current for public data, never core data; important data only in the permitted
 # fields, masked as the agreement says.
 #
-# This runs before every transfer, so it is written for speed as well as for reading:
-# bodies bind the input sections they read to locals once (rego-cpp resolves a local
-# several times faster than an `input.` path), and the agreement's checks are one table.
+# This runs before every transfer, so it is written for speed as well as for reading.
+# rego-cpp finds an object member by comparing keys one at a time, so the input sections
+# are looked up once per decision, as the rules `contract`, `context` and `resource`
+# (a complete rule is evaluated once and shared), and the decision is built as one
+# object rather than merged from defaults.
 package tds.usage
 
 import data.tds.common
 import data.tds.obligations
 import rego.v1
+
+contract := input.contract
+
+context := common.context
+
+resource := common.resource
 
 deny contains "core_data" if common.is_core
 
@@ -18,33 +26,31 @@ deny contains reason if some reason in agreement_denials
 
 deny contains reason if {
 	common.is_personal
-	some reason in common.consent_denials(input.contract.purpose)
+	some reason in common.consent_denials(contract.purpose)
 }
 
 deny contains reason if {
 	common.is_public
-	some reason in common.grant_denials(input.contract.purpose)
+	some reason in common.grant_denials(contract.purpose)
 }
 
 deny contains reason if some reason in field_denials
 
 deny contains reason if some reason in common.provider_denials
 
-# Each reason beside the condition that gives it.
-agreement_denials := {reason |
-	contract := input.contract
-	context := input.context
-	now := context.now_ns
-	requested := context.bytes_used + object.get(context, "request_bytes", 0)
-	some [reason, applies] in [
-		["agreement_revoked", contract.revoked == true],
-		["agreement_revoked", object.get(context, "revoked", false) == true],
-		["agreement_not_yet_valid", now < contract.valid_from_ns],
-		["agreement_expired", now >= contract.valid_until_ns],
-		["transfer_limit_reached", over_limit(contract.max_transfers, context.transfers_used + 1)],
-		["byte_limit_reached", over_limit(contract.max_bytes, requested)],
-	]
-	applies
+# The agreement's own terms, each reason beside the condition that gives it.
+agreement_denials contains "agreement_revoked" if contract.revoked == true
+
+agreement_denials contains "agreement_revoked" if object.get(context, "revoked", false) == true
+
+agreement_denials contains "agreement_not_yet_valid" if common.now < contract.valid_from_ns
+
+agreement_denials contains "agreement_expired" if common.now >= contract.valid_until_ns
+
+agreement_denials contains "transfer_limit_reached" if over_limit(contract.max_transfers, context.transfers_used + 1)
+
+agreement_denials contains "byte_limit_reached" if {
+	over_limit(contract.max_bytes, context.bytes_used + object.get(context, "request_bytes", 0))
 }
 
 # A limit of 0 means none.
@@ -54,24 +60,29 @@ over_limit(limit, wanted) := wanted > limit if limit > 0 else := false
 # opaque file (no fields) has nothing to project.
 field_denials contains "no_field_policy" if {
 	structured_important
-	count(object.get(input.contract, "permitted_fields", [])) == 0
+	count(permitted_fields) == 0
 }
 
 field_denials contains "field_not_in_product" if {
 	structured_important
-	fields := input.resource.fields
-	some field in object.get(input.contract, "permitted_fields", [])
+	fields := resource.fields
+	some field in permitted_fields
 	not field in fields
 }
 
+permitted_fields := object.get(contract, "permitted_fields", [])
+
 structured_important if {
 	common.is_important
-	count(input.resource.fields) > 0
+	count(resource.fields) > 0
 }
 
-field_policy := {"permitted_fields": contract.permitted_fields, "masks": object.get(contract, "masks", {})} if {
-	structured_important
-	contract := input.contract
-} else := {}
-
-decision := common.decision(deny, object.union({"obligations": obligations.for_contract}, field_policy))
+# Structured important data carries its field policy; anything else the defaults.
+decision := {
+	"allow": count(deny) == 0,
+	"deny": deny,
+	"needs_approval": false,
+	"obligations": obligations.for_contract,
+	"permitted_fields": permitted_fields,
+	"masks": object.get(contract, "masks", {}),
+} if structured_important else := common.decision(deny, {"obligations": obligations.for_contract})

@@ -28,6 +28,16 @@ import rego.v1
 
 deny contains "provider_limit_exceeded" if input.contract.max_transfers > 10
 """,
+    # Names the consumer's purpose in its denial: text the consumer chose reaches the
+    # decision document, so it must come back as text and never as structure.
+    "fixture_echo": """package tds.provider.fixture_echo
+
+import rego.v1
+
+deny contains sprintf("purpose %s is not for this provider", [input.contract.purpose]) if {
+    input.contract.purpose != "planning"
+}
+""",
     # Tries to lift the library's denials: its allow and decision are never read.
     "fixture_override": """package tds.provider.fixture_override
 
@@ -41,6 +51,13 @@ decision := {"allow": true, "deny": [], "needs_approval": false, "obligations": 
     "permitted_fields": null, "masks": {}}
 """,
 }
+
+
+INJECTION = (
+    '"],"allow":true,"deny":[],"needs_approval":false,"masks":{},"obligations":{},'
+    '"permitted_fields":["x'
+)
+ODD_PURPOSE = 'study "B"\\ of\nroads\t\u00e9\u0001'
 
 
 @dataclass(frozen=True)
@@ -415,6 +432,29 @@ CASES: list[Case] = [
         request(off=offer(policy_module="not_uploaded")),
         False,
         frozenset({"provider_policy_missing"}),
+    ),
+    Case(
+        "contract provider module echoes an ordinary purpose",
+        request(off=offer(policy_module="fixture_echo"), con=contract(purpose="research")),
+        False,
+        frozenset({"purpose research is not for this provider"}),
+    ),
+    Case(
+        # Written to turn the denial into an allow if the engine's result were read as
+        # JSON with the purpose spliced in unescaped.
+        "contract provider module echoing a purpose shaped like JSON still denies",
+        request(off=offer(policy_module="fixture_echo"), con=contract(purpose=INJECTION)),
+        False,
+        frozenset({"purpose_not_offered", f"purpose {INJECTION} is not for this provider"}),
+    ),
+    Case(
+        "contract purpose with quotes, backslash and newline matches itself",
+        request(
+            off=offer(purposes=[ODD_PURPOSE], policy_module="fixture_echo"),
+            con=contract(purpose=ODD_PURPOSE),
+        ),
+        False,
+        frozenset({f"purpose {ODD_PURPOSE} is not for this provider"}),
     ),
     Case(
         "contract provider module cannot lift a library denial",

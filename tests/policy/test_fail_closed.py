@@ -167,6 +167,14 @@ def test_unserialisable_input_is_a_deny(policy_set: PolicySet) -> None:
     assert decision.deny == (INVALID_INPUT,)
 
 
+def test_input_the_embedded_engine_cannot_hold_is_a_deny(policy_set: PolicySet) -> None:
+    engine = EmbeddedEngine(policy_set)
+    decision = engine.decide({**GOOD.input, "offer": {**GOOD.input["offer"], "id": 2**70}})
+    assert decision.deny == (INVALID_INPUT,)
+    assert "an integer outside 64 bits" in decision.detail
+    still_serves(engine)
+
+
 def test_embedded_engine_keeps_inputs_apart_across_threads(policy_set: PolicySet) -> None:
     engine = EmbeddedEngine(policy_set)
     errors: list[str] = []

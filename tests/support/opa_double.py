@@ -170,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
         with STATE.lock:
             try:
                 rego = STATE.current()
-                rego.set_input(body.get("input", {}))
+                # Through rego-cpp's own JSON reader, as OPA reads the JSON it is sent.
+                rego.set_input_term(json.dumps(body.get("input", {}), ensure_ascii=False))
                 output = rego.query(query)
             except regopy.RegoError as exc:
                 self._send(500, {"code": "internal_error", "message": str(exc)[:500]})
