@@ -1,31 +1,41 @@
 """Benchmark contract negotiation end to end on loopback.
 
-    python bench/negotiation.py [--count 200] [--json]
+    python bench/negotiation.py [--count 200] [--in-process] [--json]
 
 Request -> FINALIZED with mutual TLS, a policy decision, two signatures and audit appends
 on both sides (auto-approved offer): sequential latency and throughput with 8 concurrent
-consumers' requests, each beside the round trip of a bare authenticated gRPC call (Ping)
-measured in the same run.
+consumers' requests, each beside the round trip of a bare authenticated gRPC call
+(GetStatus on the consumer's connector) measured in the same run.
+
+The registry and both connectors run as ``tds serve`` processes, as a city deploys them;
+``--in-process`` runs them as threads of this process instead (one interpreter lock for
+all three, which is how the demo runs but not how a connector is deployed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
-from connector.rpc.channel import TlsIdentity, open_channel
 
 PRODUCT = json.dumps(
     {
@@ -52,42 +62,94 @@ def wait_final(stub: admin_pb2_grpc.AdminServiceStub, pid: str, timeout: float =
     return str(stub.GetNegotiation(ref, timeout=timeout + 10).state)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(sp: LocalSpace, participant: str) -> Iterator[None]:
+    """``tds serve`` for a participant whose config ``sp`` wrote; stopped on exit."""
+    log = (sp.root / f"{participant}.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "serve", "--config", f"{participant}.toml"],
+        cwd=sp.root,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening" not in line:
+            raise SystemExit(f"{participant} did not start; see {log.name}")
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+
+
+def wait_ready(stub: admin_pb2_grpc.AdminServiceStub, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:  # not ready yet: refuses calls
+                raise
+        else:
+            if status.token_expires_at and status.revocation_list_issued_at:
+                return
+        time.sleep(0.1)
+    raise SystemExit("a connector did not obtain its token and revocation list")
+
+
+@contextlib.contextmanager
+def space(root: Path, in_process: bool) -> Iterator[LocalSpace]:
+    """The registry and the connectors ``gov`` (provider) and ``a`` (consumer), running."""
+    with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+        if in_process:
+            sp.start_registry()
+            sp.start_connector("gov")
+            sp.start_connector("a")
+            yield sp
+            return
+        op = sp.manifest.operator_id
+        registry = f"127.0.0.1:{free_port()}"
+        sp.write_config(op, registry, "")
+        with contextlib.ExitStack() as running:
+            running.enter_context(served(sp, op))
+            for participant in ("gov", "a"):
+                address = f"127.0.0.1:{free_port()}"
+                sp.write_config(participant, address, registry)
+                sp.enrol(participant, address)
+                running.enter_context(served(sp, participant))
+                with admin_channel(sp.configs[participant]) as channel:
+                    wait_ready(admin_pb2_grpc.AdminServiceStub(channel))
+            yield sp
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--in-process", action="store_true", help="run the parties as threads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tds-bench-negotiation-"))
-    with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
-        sp.start_registry()
-        sp.start_connector("gov")
-        sp.start_connector("a")
+    with space(root, args.in_process) as sp:
         gov_admin = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["gov"]))
         gov_admin.AddProduct(
             admin_pb2.AddProductRequest(description=PRODUCT, format="json"), timeout=10
         )
         consumer = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["a"]))
-        me = sp.manifest.participant("a")
-        tls = TlsIdentity.load(
-            sp.pki_dir / "ca.pem", sp.pki_dir / me.tls_cert, sp.pki_dir / me.tls_key
-        )
-        registry = sp.nodes["a"].registry
-        assert registry is not None
-        ping = peer_pb2_grpc.PeerServiceStub(
-            open_channel(
-                f"127.0.0.1:{sp.nodes['gov'].port}",
-                tls,
-                space=sp.space,
-                peer="gov",
-                token=registry.token,
-            )
-        )
         for _ in range(20):
-            ping.Ping(peer_pb2.PingRequest(), timeout=5)
+            consumer.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
         rtt = []
         for _ in range(200):
             t = time.perf_counter()
-            ping.Ping(peer_pb2.PingRequest(), timeout=5)
+            consumer.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
             rtt.append(time.perf_counter() - t)
 
         def negotiate() -> float:
@@ -126,6 +188,7 @@ def main() -> int:
     p50_ping = statistics.median(rtt) * 1000
     p50 = statistics.median(sequential) * 1000
     result = {
+        "parties": "threads of one process" if args.in_process else "processes",
         "bare_call_p50_ms": round(p50_ping, 3),
         "sequential_p50_ms": round(p50, 2),
         "sequential_ratio_to_bare_call": round(p50 / p50_ping, 1),

@@ -10,6 +10,7 @@ node reads at any size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -221,41 +222,48 @@ class TransparencyLog:
             if self._raw is None:
                 self._raw = self._db.engine.raw_connection()
             raw = self._raw
-            cur = raw.cursor()
-            try:
-                if self._db.dialect == "postgresql":
-                    cur.execute(lock, (_WRITER_LOCK_KEY,))
-                cur.execute("SELECT max(idx) FROM log_entry")
-                last = cur.fetchone()[0]
-                if (0 if last is None else int(last) + 1) != self._size:
-                    # Another replica appended: continue from what the database holds.
-                    with self._db.engine.connect() as conn:
-                        self._load_frontier(conn)
-                size, frontier = self._size, dict(self._frontier)
-                rows: list[tuple[Any, ...]] = []
-                nodes: list[tuple[int, bytes]] = []
-                results: list[list[int]] = []
-                for batch in batches:
-                    indices = []
-                    for e in batch.entries:
-                        body = e.body(size)
-                        rows.append(
-                            (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
-                        )
-                        nodes.extend(
-                            (_node_id(level, i), h)
-                            for level, i, h in merkle.extend_frontier(
-                                frontier, size, merkle.leaf_hash(body)
+            # In this process's turn: SQLite answers a second writer with "busy" and a
+            # sleep of up to tens of milliseconds; the turn wakes it the moment it is free.
+            with self._db.write_turn():
+                cur = raw.cursor()
+                try:
+                    if self._db.dialect == "postgresql":
+                        cur.execute(lock, (_WRITER_LOCK_KEY,))
+                    cur.execute("SELECT max(idx) FROM log_entry")
+                    last = cur.fetchone()[0]
+                    if (0 if last is None else int(last) + 1) != self._size:
+                        # Another replica appended: continue from what the database holds.
+                        with self._db.engine.connect() as conn:
+                            self._load_frontier(conn)
+                    size, frontier = self._size, dict(self._frontier)
+                    rows: list[tuple[Any, ...]] = []
+                    nodes: list[tuple[int, bytes]] = []
+                    results: list[list[int]] = []
+                    for batch in batches:
+                        indices = []
+                        for e in batch.entries:
+                            body = e.body(size)
+                            rows.append(
+                                (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
                             )
-                        )
-                        indices.append(size)
-                        size += 1
-                    results.append(indices)
-                cur.executemany(insert_entry, rows)
-                cur.executemany(insert_node, nodes)
-                raw.commit()
-            finally:
-                cur.close()
+                            nodes.extend(
+                                (_node_id(level, i), h)
+                                for level, i, h in merkle.extend_frontier(
+                                    frontier, size, merkle.leaf_hash(body)
+                                )
+                            )
+                            indices.append(size)
+                            size += 1
+                        results.append(indices)
+                    cur.executemany(insert_entry, rows)
+                    cur.executemany(insert_node, nodes)
+                    raw.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):  # leave no transaction behind
+                        raw.rollback()
+                    raise
+                finally:
+                    cur.close()
         except Exception as exc:  # any driver error: nothing was committed
             log.error("audit log write failed", extra={"reason": str(exc)[:300]})
             self._discard_connection()

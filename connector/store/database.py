@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,18 @@ _MIGRATION_LOCK_KEY = 0x7464735F6D6967  # "tds_mig"
 class Database:
     """An engine plus session factory for one connector's state."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_lock: _SqliteWriteLock | None = None) -> None:
         self.engine = engine
+        self._write_lock = write_lock
+
+    def write_turn(self) -> AbstractContextManager[None]:
+        """Hold this process's turn to write, for a transaction on a raw DBAPI connection.
+
+        Sessions take the turn by themselves at their first write; a raw connection does
+        not pass through the ORM, so its user holds the turn around the transaction.
+        Nothing to hold on PostgreSQL, whose writers wait on row locks instead.
+        """
+        return self._write_lock.hold() if self._write_lock is not None else nullcontext()
 
     @property
     def dialect(self) -> str:
@@ -114,8 +124,18 @@ class _SqliteWriteLock:
         if conn.info.pop(self._KEY, False):
             self._lock.release()
 
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """The turn, for a writer outside the ORM (the audit log's own connection)."""
+        if not self._lock.acquire(timeout=self._timeout):
+            raise OperationalError("write turn", None, Exception("database is locked"))
+        try:
+            yield
+        finally:
+            self._lock.release()
 
-def _engine(url: str) -> Engine:
+
+def _engine(url: str) -> tuple[Engine, _SqliteWriteLock | None]:
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -132,18 +152,19 @@ def _engine(url: str) -> Engine:
                 ) from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        _SqliteWriteLock(timeout=30).attach(engine)
-        return engine
+        write_lock = _SqliteWriteLock(timeout=30)
+        write_lock.attach(engine)
+        return engine, write_lock
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10), None
     raise ConfigError(f"database.url uses {backend!r}; tds supports sqlite and postgresql")
 
 
 def open_database(url: str, *, migrate: bool = True) -> Database:
     """Open the database at ``url`` and bring its schema up to date."""
-    db = Database(_engine(url))
+    db = Database(*_engine(url))
     try:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
