@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import socket
 import statistics
@@ -69,7 +70,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(sp: LocalSpace, participant: str) -> Iterator[None]:
+def served(sp: LocalSpace, participant: str) -> Iterator[int]:
     """``tds serve`` for a participant whose config ``sp`` wrote; stopped on exit."""
     log = (sp.root / f"{participant}.log").open("w")
     proc = subprocess.Popen(
@@ -84,7 +85,7 @@ def served(sp: LocalSpace, participant: str) -> Iterator[None]:
         line = proc.stdout.readline()
         if "listening" not in line:
             raise SystemExit(f"{participant} did not start; see {log.name}")
-        yield
+        yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -106,9 +107,18 @@ def wait_ready(stub: admin_pb2_grpc.AdminServiceStub, timeout: float = 30) -> No
     raise SystemExit("a connector did not obtain its token and revocation list")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def space(root: Path, in_process: bool) -> Iterator[LocalSpace]:
-    """The registry and the connectors ``gov`` (provider) and ``a`` (consumer), running."""
+def space(root: Path, in_process: bool, pids: dict[str, int]) -> Iterator[LocalSpace]:
+    """The registry and the connectors ``gov`` (provider) and ``a`` (consumer), running.
+
+    ``pids`` receives the process id of each connector run as a process.
+    """
     with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
         if in_process:
             sp.start_registry()
@@ -125,7 +135,7 @@ def space(root: Path, in_process: bool) -> Iterator[LocalSpace]:
                 address = f"127.0.0.1:{free_port()}"
                 sp.write_config(participant, address, registry)
                 sp.enrol(participant, address)
-                running.enter_context(served(sp, participant))
+                pids[participant] = running.enter_context(served(sp, participant))
                 with admin_channel(sp.configs[participant]) as channel:
                     wait_ready(admin_pb2_grpc.AdminServiceStub(channel))
             yield sp
@@ -138,7 +148,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tds-bench-negotiation-"))
-    with space(root, args.in_process) as sp:
+    pids: dict[str, int] = {}
+    with space(root, args.in_process, pids) as sp:
         gov_admin = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["gov"]))
         gov_admin.AddProduct(
             admin_pb2.AddProductRequest(description=PRODUCT, format="json"), timeout=10
@@ -168,7 +179,13 @@ def main() -> int:
 
         for _ in range(5):
             negotiate()
+        cpu_before = {p: cpu_seconds(pid) for p, pid in pids.items()}
         sequential = [negotiate() for _ in range(args.count // 4)]
+        # CPU each connector spent per negotiation: steadier than latency on a noisy host.
+        cpu_ms = {
+            p: round((cpu_seconds(pid) - cpu_before[p]) * 1000 / len(sequential), 2)
+            for p, pid in pids.items()
+        }
         done: list[float] = []
         lock = threading.Lock()
 
@@ -192,6 +209,10 @@ def main() -> int:
         "bare_call_p50_ms": round(p50_ping, 3),
         "sequential_p50_ms": round(p50, 2),
         "sequential_ratio_to_bare_call": round(p50 / p50_ping, 1),
+        "sequential_cpu_ms_per_negotiation": {
+            "provider": cpu_ms.get("gov"),
+            "consumer": cpu_ms.get("a"),
+        },
         "concurrent_8_per_s": round(len(done) / elapsed, 1),
         "concurrent_p50_ms": round(statistics.median(done) * 1000, 2),
         "targets_met": {

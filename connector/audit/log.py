@@ -30,7 +30,7 @@ from connector.errors import InvalidRequest, NotFound, Unavailable
 from connector.store.database import Database
 from connector.store.models import LogCheckpointRow, LogEntryRow, LogNodeRow
 
-__all__ = ["AuditLog", "LogEntry", "StoredCheckpoint", "TransparencyLog"]
+__all__ = ["AuditLog", "LogEntry", "Record", "StoredCheckpoint", "TransparencyLog"]
 
 log = logging.getLogger(__name__)
 # Core columns type-check cleanly in queries, where SQLModel attributes are plain values.
@@ -58,11 +58,19 @@ _WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches o
 MAX_ENTRY_BYTES = 64 * 1024
 
 
+Record = tuple[str, Sequence[str], Mapping[str, Any]]
+"""An entry to record: its kind, the parties it names, and its data."""
+
+
 class AuditLog(Protocol):
     """What the other capabilities call to record what happened."""
 
     def record(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> int:
         """Durably append one entry; return its index. Raises ``Unavailable`` if not written."""
+        ...
+
+    def record_many(self, records: Sequence[Record]) -> list[int]:
+        """Durably append ``(kind, parties, data)`` entries, contiguous, in one write."""
         ...
 
 
@@ -164,6 +172,10 @@ class TransparencyLog:
     def record(self, kind: str, *, parties: Sequence[str], data: Mapping[str, Any]) -> int:
         """Durably append one entry; return its index."""
         return self.append_many([self.entry(kind, parties=parties, data=data)])[0]
+
+    def record_many(self, records: Sequence[Record]) -> list[int]:
+        """Durably append entries, contiguous and in order, in one write; their indices."""
+        return self.append_many([self.entry(k, parties=p, data=d) for k, p, d in records])
 
     def append_many(self, entries: Sequence[LogEntry], timeout: float = 30.0) -> list[int]:
         """Durably append entries, contiguous and in order; return their indices."""

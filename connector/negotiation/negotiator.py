@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from connector._proto.tds.v1 import negotiation_pb2
 from connector.audit import jws
 from connector.audit.canonical import canonical_json
-from connector.audit.log import AuditLog
+from connector.audit.log import AuditLog, Record
 from connector.catalog.catalog import Catalog
+from connector.catalog.products import Offer, Product
 from connector.clock import Clock
 from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
@@ -44,7 +45,7 @@ from connector.negotiation.agreement import (
     verify_agreement,
     verify_provider_signature,
 )
-from connector.negotiation.states import FINAL, State
+from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
@@ -80,6 +81,31 @@ def retrying(method: F) -> F:
     return run  # type: ignore[return-value]
 
 
+def _moved(
+    start: State | None,
+    state: State,
+    role: str,
+    counterparty: str,
+    product: str,
+    pid: str,
+    extra: dict[str, object] | None = None,
+) -> Record:
+    """The audit entry of one transition."""
+    return (
+        "negotiation.transition",
+        [counterparty],
+        {
+            "pid": pid,
+            "role": role,
+            "counterparty": counterparty,
+            "product": product,
+            "from": start.value if start else "",
+            "to": state.value,
+            **(extra or {}),
+        },
+    )
+
+
 def _ack(n: Negotiation) -> negotiation_pb2.NegotiationAck:
     return negotiation_pb2.NegotiationAck(pid=n.pid, state=n.state.value, reasons=list(n.reasons))
 
@@ -98,7 +124,6 @@ class Negotiator:
         audit: AuditLog,
         clock: Clock,
         keys: KeyLookup,
-        poke: Callable[[], None] = lambda: None,
         consent: ConsentLookup = no_consent,
     ) -> None:
         self._consent = consent
@@ -110,7 +135,6 @@ class Negotiator:
         self._audit = audit
         self._clock = clock
         self._keys = keys
-        self._poke = poke
         self._changed = threading.Condition()  # notified after every transition
         self._generation = 0
 
@@ -128,18 +152,8 @@ class Negotiator:
         pid: str,
         extra: dict[str, object] | None = None,
     ) -> None:
-        self._audit.record(
-            "negotiation.transition",
-            parties=[counterparty],
-            data={
-                "pid": pid,
-                "role": role,
-                "counterparty": counterparty,
-                "product": product,
-                "from": n.state.value if n else "",
-                "to": state.value,
-                **(extra or {}),
-            },
+        self._audit.record_many(
+            [_moved(n.state if n else None, state, role, counterparty, product, pid, extra)]
         )
 
     def _transition(
@@ -185,12 +199,14 @@ class Negotiator:
             outgoing=outgoing or (),
             before_commit=record,
         )
-        if outgoing:
-            self._poke()
+        self._changed_now()
+        return result
+
+    def _changed_now(self) -> None:
+        """Wake ``wait_final`` callers: a negotiation of this process changed."""
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
-        return result
 
     # -- consumer ---------------------------------------------------------------------
 
@@ -235,7 +251,6 @@ class Negotiator:
             ],
             pid=pid,
         )
-        self._poke()
         return n
 
     @retrying
@@ -366,17 +381,37 @@ class Negotiator:
             extra.update(terms)
         else:
             extra["reasons"] = list(decision.deny)
+        records = [_moved(None, state, PROVIDER, caller.participant, product.id, pid, extra)]
+        agreed: dict[str, Any] = {}
+        if decision.allow and not decision.needs_approval:
+            # Agreed at once: REQUESTED and AGREED are stored, and logged, in one transaction.
+            agreement_id, signed, message = self._agreement(
+                pid=pid,
+                consumer=caller.participant,
+                consumer_pid=req.consumer_pid,
+                product=product,
+                offer=offer,
+                purpose=req.purpose,
+                terms=terms,
+                revision=decision.revision,
+            )
+            check_transition(State.REQUESTED, State.AGREED)
+            state = State.AGREED
+            agreed = {"agreement": signed, "agreement_id": agreement_id, "outgoing": [message]}
+            records.append(
+                _moved(
+                    State.REQUESTED,
+                    State.AGREED,
+                    PROVIDER,
+                    caller.participant,
+                    product.id,
+                    pid,
+                    {"agreement_id": agreement_id},
+                )
+            )
 
         def record() -> None:
-            self._record(
-                None,
-                state,
-                role=PROVIDER,
-                counterparty=caller.participant,
-                product=product.id,
-                pid=pid,
-                extra=extra,
-            )
+            self._audit.record_many(records)
 
         try:
             n = self._store.create(
@@ -385,6 +420,7 @@ class Negotiator:
                 terms=terms,
                 pid=pid,
                 before_commit=record,
+                **agreed,
                 **common,
             )
         except ConflictError:  # a replica took the same request first: answer as it did
@@ -392,31 +428,38 @@ class Negotiator:
             if known is None:
                 raise
             return _ack(known)
-        if not decision.allow:
-            return _ack(n)
-        if not decision.needs_approval:
-            n = self._agree(n, decision.revision)
+        self._changed_now()
         return _ack(n)
 
-    def _agree(self, n: Negotiation, revision: str) -> Negotiation:
-        product = self._catalog.own(n.product)
-        offer = product.offer(n.offer)
+    def _agreement(
+        self,
+        *,
+        pid: str,
+        consumer: str,
+        consumer_pid: str,
+        product: Product,
+        offer: Offer,
+        purpose: str,
+        terms: dict[str, Any],
+        revision: str,
+    ) -> tuple[str, str, Outgoing]:
+        """The signed agreement for an offer, and the message that carries it (id, JWS, message)."""
         agreement = Agreement(
             id=f"ag-{uuid.uuid4().hex}",
             provider=self._me,
-            consumer=n.counterparty,
+            consumer=consumer,
             product=product.id,
             offer=offer.id,
-            purpose=n.purpose,
+            purpose=purpose,
             valid_from_ns=offer.valid_from_ns,
             valid_until_ns=offer.valid_until_ns,
             max_transfers=offer.max_transfers,
             max_bytes=offer.max_bytes,
             policy_revision=revision,
-            provider_pid=n.pid,
-            consumer_pid=n.counterparty_pid,
+            provider_pid=pid,
+            consumer_pid=consumer_pid,
             issued_ms=self._now_ms(),
-            obligations={**offer.obligations, **n.terms},
+            obligations={**offer.obligations, **terms},
             permitted_fields=offer.permitted_fields,
             masks=dict(offer.masks),
             registration_code=product.registration_code,
@@ -424,18 +467,27 @@ class Negotiator:
         signed = sign_agreement(agreement, self._key)
         msg = negotiation_pb2.AgreementMessage(
             message_id=uuid.uuid4().hex,
-            provider_pid=n.pid,
-            consumer_pid=n.counterparty_pid,
+            provider_pid=pid,
+            consumer_pid=consumer_pid,
             agreement=signed,
         )
+        outgoing = Outgoing(consumer, "SendAgreement", msg.SerializeToString(), msg.message_id)
+        return agreement.id, signed, outgoing
+
+    def _agree(self, n: Negotiation, revision: str) -> Negotiation:
+        product = self._catalog.own(n.product)
+        agreement_id, signed, message = self._agreement(
+            pid=n.pid,
+            consumer=n.counterparty,
+            consumer_pid=n.counterparty_pid,
+            product=product,
+            offer=product.offer(n.offer),
+            purpose=n.purpose,
+            terms=n.terms,
+            revision=revision,
+        )
         return self._transition(
-            n,
-            State.AGREED,
-            agreement=signed,
-            agreement_id=agreement.id,
-            outgoing=[
-                Outgoing(n.counterparty, "SendAgreement", msg.SerializeToString(), msg.message_id)
-            ],
+            n, State.AGREED, agreement=signed, agreement_id=agreement_id, outgoing=[message]
         )
 
     @retrying
@@ -588,7 +640,6 @@ class Negotiator:
                 Outgoing(n.counterparty, "RevokeAgreement", msg.SerializeToString(), msg.message_id)
             ],
         )
-        self._poke()
         return n
 
     @retrying

@@ -38,6 +38,19 @@ class Pending:
     attempts: int
 
 
+def pending_of(row: OutboxRow) -> Pending:
+    """The message a stored outbox row holds."""
+    return Pending(
+        row.id or 0,
+        row.message_id,
+        row.target,
+        row.method,
+        bytes(row.payload),
+        row.negotiation_pid,
+        row.attempts,
+    )
+
+
 Deliver = Callable[[Pending], None]
 
 
@@ -75,10 +88,6 @@ class Outbox:
         """Deliver in the background until ``stop``."""
         self._thread = threading.Thread(target=self._run, name="tds-outbox", daemon=True)
         self._thread.start()
-
-    def poke(self) -> None:
-        """Something was queued: look now rather than at the next tick."""
-        self._wake.set()
 
     def stop(self) -> None:
         """Stop delivering (pending messages stay queued for the next start)."""
@@ -128,30 +137,33 @@ class Outbox:
             if self._db.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = s.exec(query).all()
-            due = [
-                Pending(
-                    r.id or 0,
-                    r.message_id,
-                    r.target,
-                    r.method,
-                    bytes(r.payload),
-                    r.negotiation_pid,
-                    r.attempts,
-                )
-                for r in rows
-            ]
+            due = [pending_of(r) for r in rows]
             if self._db.dialect == "postgresql":
                 # Replicas share the table: a lease keeps the others off these rows.
                 for row in rows:
                     row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
                     s.add(row)
         # One process per SQLite file: an in-memory claim is enough (and saves a commit).
+        return self._start(due, now_ms)
+
+    def dispatch(self, messages: list[Pending]) -> None:
+        """Send messages just committed (stored leased to this process) without a pass."""
+        self._start(messages, int(self._clock.now() * 1000))
+
+    def _start(self, messages: list[Pending], now_ms: int) -> bool:
+        """Hand to the workers each message not already on its way; whether any was."""
         with self._in_flight_lock:
-            self._in_flight.update(p.id for p in due)
+            fresh = [p for p in messages if p.id not in self._in_flight]
+            self._in_flight.update(p.id for p in fresh)
         # Messages to different negotiations are independent: send them side by side.
-        for p in due:
-            self._pool.submit(self._send, p, now_ms)
-        return bool(due)
+        for i, p in enumerate(fresh):
+            try:
+                self._pool.submit(self._send, p, now_ms)
+            except RuntimeError:  # stopping: what is left stays queued for the next start
+                with self._in_flight_lock:
+                    self._in_flight.difference_update(q.id for q in fresh[i:])
+                return i > 0
+        return bool(fresh)
 
     def _send(self, pending: Pending, now_ms: int) -> None:
         try:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
 from connector.errors import Aborted, ConflictError, NotFound
+from connector.negotiation.outbox import Pending, pending_of
 from connector.negotiation.states import State, check_transition
 from connector.store.database import Database
 from connector.store.models import InboxRow, NegotiationRow, OutboxRow
@@ -77,26 +78,49 @@ def _negotiation(row: NegotiationRow) -> Negotiation:
     )
 
 
+HandOver = Callable[[list[Pending]], None]
+
+
 class NegotiationStore:
-    """Negotiations on SQLite or PostgreSQL."""
+    """Negotiations on SQLite or PostgreSQL.
 
-    def __init__(self, db: Database) -> None:
+    With ``hand_over``, messages a transition queues are given to it as soon as the
+    transition commits, to be sent at once; they are stored leased for ``lease_ms`` (as
+    the outbox leases what it claims), so no outbox, of this process or a replica, takes
+    them meanwhile, and they become due again if this process dies before they are sent.
+    Without it, they are due at once and the outbox finds them on its next pass.
+    """
+
+    def __init__(
+        self, db: Database, *, hand_over: HandOver | None = None, lease_ms: int = 30_000
+    ) -> None:
         self._db = db
+        self._hand_over = hand_over
+        self._lease_ms = lease_ms
 
-    @staticmethod
-    def _queue(s: Session, pid: str, outgoing: Sequence[Outgoing], now_ms: int) -> None:
-        for msg in outgoing:
-            s.add(
-                OutboxRow(
-                    message_id=msg.message_id,
-                    target=msg.target,
-                    method=msg.method,
-                    payload=msg.payload,
-                    negotiation_pid=pid,
-                    next_attempt_ms=now_ms,
-                    created_ms=now_ms,
-                )
+    def _queue(
+        self, s: Session, pid: str, outgoing: Sequence[Outgoing], now_ms: int
+    ) -> list[OutboxRow]:
+        due_ms = now_ms + self._lease_ms if self._hand_over is not None else now_ms
+        rows = [
+            OutboxRow(
+                message_id=msg.message_id,
+                target=msg.target,
+                method=msg.method,
+                payload=msg.payload,
+                negotiation_pid=pid,
+                next_attempt_ms=due_ms,
+                created_ms=now_ms,
             )
+            for msg in outgoing
+        ]
+        s.add_all(rows)
+        return rows
+
+    def _handed_over(self, rows: list[OutboxRow]) -> None:
+        """Give committed messages to ``hand_over`` (after the commit: never before)."""
+        if self._hand_over is not None and rows:
+            self._hand_over([pending_of(r) for r in rows])
 
     def create(
         self,
@@ -111,12 +135,17 @@ class NegotiationStore:
         now_ms: int,
         reasons: Sequence[str] = (),
         terms: dict[str, Any] | None = None,
+        agreement: str | None = None,
+        agreement_id: str | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         pid: str | None = None,
         before_commit: Callable[[], None] | None = None,
     ) -> Negotiation:
-        """A new negotiation; ``ConflictError`` if the counterparty's pid is already known."""
+        """A new negotiation; ``ConflictError`` if the counterparty's pid is already known.
+
+        A provider that agrees at once creates it already AGREED, with its agreement.
+        """
         row = NegotiationRow(
             pid=pid or uuid.uuid4().hex,
             role=role,
@@ -128,6 +157,8 @@ class NegotiationStore:
             state=state.value,
             reasons=json.dumps(list(reasons)),
             terms=json.dumps(terms or {}, sort_keys=True),
+            agreement=agreement,
+            agreement_id=agreement_id,
             created_ms=now_ms,
             updated_ms=now_ms,
         )
@@ -144,7 +175,7 @@ class NegotiationStore:
             with self._db.session() as s:
                 s.add(row)
                 s.flush()
-                self._queue(s, row.pid, outgoing, now_ms)
+                queued = self._queue(s, row.pid, outgoing, now_ms)
                 self._remember(s, inbox, now_ms)
                 if before_commit is not None and late:
                     before_commit()
@@ -152,6 +183,7 @@ class NegotiationStore:
             raise ConflictError(
                 f"{counterparty} already has a negotiation with process id {counterparty_pid}"
             ) from None
+        self._handed_over(queued)
         return _negotiation(row)
 
     def get(self, pid: str) -> Negotiation:
@@ -258,17 +290,19 @@ class NegotiationStore:
                     raise Aborted(
                         f"negotiation {pid} changed while this request was handled; retry"
                     )
-                self._queue(s, pid, outgoing, now_ms)
+                queued = self._queue(s, pid, outgoing, now_ms)
                 self._remember(s, inbox, now_ms)
                 s.flush()
                 s.expire(row)
                 s.refresh(row)
-                return _negotiation(row)
+                moved = _negotiation(row)
         except OperationalError:
             # SQLite refuses to write from a snapshot another writer already changed.
             raise Aborted(
                 f"negotiation {pid} changed while this request was handled; retry"
             ) from None
+        self._handed_over(queued)
+        return moved
 
     def set_revocation(
         self,
@@ -286,10 +320,12 @@ class NegotiationStore:
                 raise NotFound(f"negotiation {pid!r} not found")
             row.revocation, row.updated_ms = revocation, now_ms
             s.add(row)
-            self._queue(s, pid, outgoing, now_ms)
+            queued = self._queue(s, pid, outgoing, now_ms)
             self._remember(s, inbox, now_ms)
             s.flush()
-            return _negotiation(row)
+            revoked = _negotiation(row)
+        self._handed_over(queued)
+        return revoked
 
     def processed(self, message_id: str) -> bool:
         """Whether a received message was already processed."""

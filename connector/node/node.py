@@ -41,7 +41,7 @@ from connector.identity.certs import (
 )
 from connector.identity.names import participant_uri
 from connector.negotiation.negotiator import Negotiator
-from connector.negotiation.outbox import Outbox
+from connector.negotiation.outbox import Outbox, Pending
 from connector.negotiation.service import Delivery, NegotiationServicer, negotiation_service
 from connector.negotiation.store import NegotiationStore
 from connector.node.services import (
@@ -206,13 +206,13 @@ class Node:
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
                 signing_key=signing_key,
-                store=NegotiationStore(self.db),
+                # Messages a transition queues go out the moment it commits.
+                store=NegotiationStore(self.db, hand_over=self._dispatch),
                 catalog=self.catalog,
                 policy=self.policy,
                 audit=self.log,
                 clock=self.clock,
                 keys=self._signing_key_of,
-                poke=lambda: self.outbox.poke() if self.outbox else None,
                 consent=self._consent_lookup,
             )
             self.consents = ConsentRegister(
@@ -485,6 +485,11 @@ class Node:
             or held.address != entry.address
         ):
             store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
+
+    def _dispatch(self, messages: list[Pending]) -> None:
+        """Send messages a transition just committed (the outbox retries what fails)."""
+        if self.outbox is not None:
+            self.outbox.dispatch(messages)
 
     def _negotiator(self) -> Negotiator:
         if self.negotiator is None:

@@ -1,0 +1,167 @@
+"""The outbox: messages a transition commits go out at once, exactly once per process, and
+what was never sent (a process that died) becomes due again; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from connector.clock import FixedClock
+from connector.errors import PreconditionFailed, Unavailable
+from connector.negotiation.outbox import Outbox, Pending
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore, Outgoing
+from connector.store.database import Database, open_database
+
+NOW_MS = 1_800_000_000_000
+LEASE_MS = 30_000
+
+
+class Receiver:
+    """Delivery that records what it was given, and can be told to fail or to wait."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.fail = False
+        self.release = threading.Event()
+        self.release.set()
+        self.lock = threading.Lock()
+
+    def __call__(self, pending: Pending) -> None:
+        self.release.wait(10)
+        if self.fail:
+            raise Unavailable("peer down")
+        with self.lock:
+            self.sent.append(pending.message_id)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = open_database(database_url)
+    yield database
+    database.close()
+
+
+def status(db: Database, message_id: str) -> tuple[str, int]:
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, next_attempt_ms FROM outbox WHERE message_id = :m"),
+            {"m": message_id},
+        ).one()
+    return str(row[0]), int(row[1])
+
+
+def settled(outbox: Outbox, db: Database, message_id: str, want: str) -> None:
+    for _ in range(200):
+        if status(db, message_id)[0] == want:
+            return
+        threading.Event().wait(0.02)
+    raise AssertionError(f"{message_id} never became {want}: {status(db, message_id)}")
+
+
+def request(store: NegotiationStore, message_id: str) -> None:
+    store.create(
+        role="consumer",
+        counterparty="gov",
+        counterparty_pid="",
+        product="p",
+        offer="o",
+        purpose="research",
+        state=State.REQUESTED,
+        now_ms=NOW_MS,
+        outgoing=[Outgoing("gov", "RequestContract", b"payload", message_id)],
+    )
+
+
+def test_a_committed_message_is_handed_over_once_and_sent_once(db: Database) -> None:
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock)
+    seen_in_db: list[tuple[str, int]] = []
+
+    def hand_over(messages: list[Pending]) -> None:
+        # Called after the commit: the row is there for any other connection to see.
+        seen_in_db.extend(status(db, m.message_id) for m in messages)
+        outbox.dispatch(messages)
+        outbox.dispatch(messages)  # a repeat while in flight sends nothing more
+
+    store = NegotiationStore(db, hand_over=hand_over, lease_ms=LEASE_MS)
+    receiver.release.clear()
+    request(store, "m-1")
+    assert seen_in_db == [("pending", NOW_MS + LEASE_MS)]
+    assert not outbox.deliver_due()  # leased to this process: no pass takes it
+    receiver.release.set()
+    settled(outbox, db, "m-1", "delivered")
+    assert receiver.sent == ["m-1"]
+    clock.advance(LEASE_MS / 1000 + 1)
+    assert not outbox.deliver_due()  # delivered is delivered
+    outbox.stop()
+    assert receiver.sent == ["m-1"]
+
+
+def test_a_message_never_sent_becomes_due_when_its_lease_ends(db: Database) -> None:
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock)
+    store = NegotiationStore(db, hand_over=lambda messages: None, lease_ms=LEASE_MS)
+    request(store, "m-2")  # committed, then the process "died" before sending
+    assert not outbox.deliver_due()
+    clock.advance(LEASE_MS / 1000)
+    assert outbox.deliver_due()
+    settled(outbox, db, "m-2", "delivered")
+    outbox.stop()
+    assert receiver.sent == ["m-2"]
+
+
+def test_a_failed_send_is_retried_with_backoff(db: Database) -> None:
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock, base_delay=0.5)
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    receiver.fail = True
+    request(store, "m-3")
+    for _ in range(200):
+        if status(db, "m-3")[1] == NOW_MS + 500:
+            break
+        threading.Event().wait(0.02)
+    assert status(db, "m-3") == ("pending", NOW_MS + 500)  # next try in 0.5 s, not the lease
+    receiver.fail = False
+    clock.advance(0.5)
+    assert outbox.deliver_due()
+    settled(outbox, db, "m-3", "delivered")
+    outbox.stop()
+
+
+def test_a_refused_transition_hands_over_nothing(db: Database) -> None:
+    handed: list[Pending] = []
+    store = NegotiationStore(db, hand_over=handed.extend, lease_ms=LEASE_MS)
+    n = store.create(
+        role="provider",
+        counterparty="a",
+        counterparty_pid="c-1",
+        product="p",
+        offer="o",
+        purpose="research",
+        state=State.REQUESTED,
+        now_ms=NOW_MS,
+    )
+    with pytest.raises(PreconditionFailed):
+        store.transition(
+            n.pid,
+            State.FINALIZED,
+            now_ms=NOW_MS,
+            outgoing=[Outgoing("a", "Finalize", b"x", "m-4")],
+        )
+    assert handed == []
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM outbox")).scalar() == 0
+
+
+def test_dispatch_after_stop_leaves_the_message_queued(db: Database) -> None:
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock)
+    outbox.stop()
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    request(store, "m-5")  # the transition still succeeds
+    assert status(db, "m-5") == ("pending", NOW_MS + LEASE_MS)
+    assert receiver.sent == []
