@@ -7,6 +7,7 @@ applies them before anything else touches the database.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -97,31 +98,60 @@ class _SqliteWriteLock:
     SQLITE_BUSY, and the busy handler sleeps 1, 2, 5, 10 ... ms before retrying. Under a few
     concurrent negotiations those sleeps were most of each step's time. Python's sqlite3
     begins a transaction at the first INSERT/UPDATE/DELETE, so taking this lock just before
-    that statement and releasing it at commit or rollback orders the same writers the same
-    way, but wakes the next one the moment the lock is free. Readers never take it (WAL).
+    that statement, and releasing it once the commit or rollback is done, orders the same
+    writers the same way but wakes the next one the moment SQLite's lock is free. The
+    release is hooked on the driver's connection itself: SQLAlchemy's commit event comes
+    before the commit, and a writer woken then would meet the lock still held. Readers
+    never take the turn (WAL).
     """
 
     _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
-    _KEY = "tds_sqlite_write_lock"
 
     def __init__(self, timeout: float) -> None:
         self._lock = threading.Lock()
         self._timeout = timeout
 
+    def connection_class(self) -> type[sqlite3.Connection]:
+        """The driver connection class that gives the turn back after commit or rollback."""
+        turn = self
+
+        class TurnTakingConnection(sqlite3.Connection):
+            holds_turn = False
+
+            def commit(self) -> None:
+                try:
+                    super().commit()
+                finally:
+                    turn._end(self)
+
+            def rollback(self) -> None:
+                try:
+                    super().rollback()
+                finally:
+                    turn._end(self)
+
+            def close(self) -> None:  # closing mid-transaction rolls back
+                try:
+                    super().close()
+                finally:
+                    turn._end(self)
+
+        return TurnTakingConnection
+
     def attach(self, engine: Engine) -> None:
         event.listen(engine, "before_cursor_execute", self._before_execute)
-        for name in ("commit", "rollback"):  # a connection closed mid-transaction rolls back
-            event.listen(engine, name, self._end)
 
-    def _before_execute(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if conn.info.get(self._KEY) or not statement.lstrip()[:7].upper().startswith(self._WRITES):
+    def _before_execute(self, _conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        dbapi = cursor.connection
+        if dbapi.holds_turn or not statement.lstrip()[:7].upper().startswith(self._WRITES):
             return
         if not self._lock.acquire(timeout=self._timeout):
             raise OperationalError(statement, None, Exception("database is locked"))
-        conn.info[self._KEY] = True
+        dbapi.holds_turn = True
 
-    def _end(self, conn: Any) -> None:
-        if conn.info.pop(self._KEY, False):
+    def _end(self, dbapi: Any) -> None:
+        if dbapi.holds_turn:
+            dbapi.holds_turn = False
             self._lock.release()
 
     @contextmanager
@@ -150,9 +180,16 @@ def _engine(url: str) -> tuple[Engine, _SqliteWriteLock | None]:
                 raise ConfigError(
                     f"cannot create the database directory {db_path.parent}: {exc}"
                 ) from None
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
         write_lock = _SqliteWriteLock(timeout=30)
+        engine = create_engine(
+            url,
+            connect_args={
+                "check_same_thread": False,
+                "timeout": 30,
+                "factory": write_lock.connection_class(),
+            },
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
         write_lock.attach(engine)
         return engine, write_lock
     if backend == "postgresql":

@@ -53,3 +53,46 @@ def test_concurrent_writers_all_land_and_a_failed_writer_lets_go(tmp_path: Path)
         workers = {r[0] for r in s.execute(text("SELECT DISTINCT worker FROM t")).all()}
     assert 97 in workers and 98 not in workers and 99 not in workers
     db.close()
+
+
+def test_the_audit_log_writer_waits_its_turn_instead_of_sleeping(tmp_path: Path) -> None:
+    """Appends while a session writes land right after its commit, and busy never shows.
+
+    With SQLite's busy handler (its sleeps grow to 100 ms) the append would still land,
+    late; with SQLite's busy handler off, as here, it would fail outright. Taking the
+    process's write turn, it waits exactly as long as the session holds it.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from connector.audit.log import TransparencyLog
+    from connector.clock import SystemClock
+
+    db = open_database(f"sqlite:///{tmp_path / 'l.db'}")
+    log = TransparencyLog(
+        db,
+        origin="test/log",
+        actor="a",
+        signing_key=ed25519.Ed25519PrivateKey.generate(),
+        clock=SystemClock(),
+    )
+    log.record("warm", parties=[], data={})  # opens the writer's own connection
+    log._raw.driver_connection.execute("PRAGMA busy_timeout=0")  # busy would now fail at once
+    appended: list[int] = []
+    failed: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            appended.append(log.record("during", parties=[], data={}))
+        except BaseException as exc:  # pragma: no cover - reported below
+            failed.append(exc)
+
+    with db.session() as s:
+        s.execute(text("INSERT INTO inbox (message_id, sender, received_ms) VALUES ('m', 'b', 0)"))
+        th = threading.Thread(target=append)
+        th.start()
+        th.join(0.3)
+        assert th.is_alive() and not appended and not failed  # waiting for its turn
+    th.join(10)
+    assert not failed and appended == [1] and log.size == 2
+    log.close()
+    db.close()
