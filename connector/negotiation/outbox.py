@@ -13,12 +13,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlmodel import select
-
 from connector.clock import Clock
 from connector.errors import ConnectorError
 from connector.store.database import Database
-from connector.store.models import OutboxRow
 
 __all__ = ["Outbox", "Pending"]
 
@@ -36,19 +33,6 @@ class Pending:
     payload: bytes
     negotiation_pid: str
     attempts: int
-
-
-def pending_of(row: OutboxRow) -> Pending:
-    """The message a stored outbox row holds."""
-    return Pending(
-        row.id or 0,
-        row.message_id,
-        row.target,
-        row.method,
-        bytes(row.payload),
-        row.negotiation_pid,
-        row.attempts,
-    )
 
 
 Deliver = Callable[[Pending], None]
@@ -125,24 +109,23 @@ class Outbox:
         if room <= 0:
             return False  # a finishing send pokes the loop
         now_ms = int(self._clock.now() * 1000)
-        with self._db.session() as s:
-            query = (
-                select(OutboxRow)
-                .where(OutboxRow.status == "pending", OutboxRow.next_attempt_ms <= now_ms)
-                .order_by(OutboxRow.id)  # type: ignore[arg-type]
-                .limit(room)
+        skip = f" AND id NOT IN ({', '.join('?' * len(busy))})" if busy else ""
+        claim = " FOR UPDATE SKIP LOCKED" if self._db.postgres else ""
+        with self._db.transaction() as tx:
+            rows = tx.all(
+                "SELECT id, message_id, target, method, payload, negotiation_pid, attempts"  # noqa: S608
+                f" FROM outbox WHERE status = 'pending' AND next_attempt_ms <= ?{skip}"
+                f" ORDER BY id LIMIT ?{claim}",
+                (now_ms, *busy, room),
             )
-            if busy:
-                query = query.where(OutboxRow.id.not_in(busy))  # type: ignore[union-attr]
-            if self._db.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = s.exec(query).all()
-            due = [pending_of(r) for r in rows]
-            if self._db.dialect == "postgresql":
+            due = [Pending(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
+            if self._db.postgres and due:
                 # Replicas share the table: a lease keeps the others off these rows.
-                for row in rows:
-                    row.next_attempt_ms = now_ms + int(lease_seconds * 1000)
-                    s.add(row)
+                marks = ", ".join("?" * len(due))
+                tx.execute(
+                    f"UPDATE outbox SET next_attempt_ms = ? WHERE id IN ({marks})",  # noqa: S608
+                    (now_ms + int(lease_seconds * 1000), *(p.id for p in due)),
+                ).close()
         # One process per SQLite file: an in-memory claim is enough (and saves a commit).
         return self._start(due, now_ms)
 
@@ -187,24 +170,37 @@ class Outbox:
         self._settle(pending, "", now_ms)
 
     def _settle(self, pending: Pending, error: str, now_ms: int, give_up: bool = False) -> None:
-        with self._db.session() as s:
-            row = s.get(OutboxRow, pending.id, with_for_update=True)
+        lock = " FOR UPDATE" if self._db.postgres else ""
+        status = "delivered"
+        with self._db.transaction() as tx:
+            row = tx.one(
+                f"SELECT attempts, target, method FROM outbox WHERE id = ?{lock}",  # noqa: S608
+                (pending.id,),
+            )
             if row is None:
                 return
+            attempts, target, method = row
             if not error:
-                row.status = "delivered"
+                tx.execute(
+                    "UPDATE outbox SET status = 'delivered' WHERE id = ?", (pending.id,)
+                ).close()
             else:
-                row.attempts += 1
-                row.last_error = error
-                if give_up or row.attempts >= self._max_attempts:
-                    row.status = "failed"
+                attempts += 1
+                status = "pending"
+                next_ms = now_ms
+                if give_up or attempts >= self._max_attempts:
+                    status = "failed"
                     log.error(
                         "outbox gave up",
-                        extra={"target": row.target, "method": row.method, "reason": error},
+                        extra={"target": target, "method": method, "reason": error},
                     )
                 else:
-                    delay = min(self._base * 2 ** (row.attempts - 1), self._max_delay)
-                    row.next_attempt_ms = now_ms + int(delay * 1000)
-            s.add(row)
-        if error and row.status == "failed" and self._on_give_up:
+                    delay = min(self._base * 2 ** (attempts - 1), self._max_delay)
+                    next_ms = now_ms + int(delay * 1000)
+                tx.execute(
+                    "UPDATE outbox SET attempts = ?, last_error = ?, status = ?,"
+                    " next_attempt_ms = ? WHERE id = ?",
+                    (attempts, error, status, next_ms, pending.id),
+                ).close()
+        if error and status == "failed" and self._on_give_up:
             self._on_give_up(pending, error)

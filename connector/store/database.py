@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,12 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from connector.errors import ConfigError, Unavailable
 
-__all__ = ["Database", "open_database"]
+__all__ = ["Database", "RawTransaction", "open_database"]
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -37,6 +37,32 @@ class Database:
     def __init__(self, engine: Engine, write_lock: _SqliteWriteLock | None = None) -> None:
         self.engine = engine
         self._write_lock = write_lock
+        self._driver: Any = engine.dialect.dbapi
+        self.postgres = engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def transaction(self) -> Iterator[RawTransaction]:
+        """One transaction on a pooled driver connection: commits on success.
+
+        For the hot paths, where SQLAlchemy's cost per statement (0.2 to 0.4 ms, against
+        about 0.02 ms for the driver) was most of each step's work. The same pool,
+        connections and SQLite write turn as sessions; errors come as SQLAlchemy's.
+        """
+        conn = self.engine.raw_connection()
+        try:
+            tx = RawTransaction(conn, self)
+            try:
+                yield tx
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        except self._driver.IntegrityError as exc:
+            raise IntegrityError("transaction", None, exc) from None
+        except self._driver.OperationalError as exc:
+            raise OperationalError("transaction", None, exc) from None
+        finally:
+            conn.close()  # back to the pool
 
     def write_turn(self) -> AbstractContextManager[None]:
         """Hold this process's turn to write, for a transaction on a raw DBAPI connection.
@@ -76,6 +102,41 @@ class Database:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+
+
+class RawTransaction:
+    """Statements of one transaction, written with ``?`` markers for either database."""
+
+    def __init__(self, conn: Any, db: Database) -> None:
+        self._conn = conn
+        self._dbapi = conn.dbapi_connection
+        self._postgres = db.postgres
+        self._turn = db._write_lock
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; the cursor, for results."""
+        if self._turn is not None:
+            self._turn.before(self._dbapi, sql)
+        cur = self._conn.cursor()
+        cur.execute(sql.replace("?", "%s") if self._postgres else sql, tuple(params))
+        return cur
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """The first row, or None."""
+        cur = self.execute(sql, params)
+        try:
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row."""
+        cur = self.execute(sql, params)
+        try:
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -142,7 +203,10 @@ class _SqliteWriteLock:
         event.listen(engine, "before_cursor_execute", self._before_execute)
 
     def _before_execute(self, _conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
-        dbapi = cursor.connection
+        self.before(cursor.connection, statement)
+
+    def before(self, dbapi: Any, statement: str) -> None:
+        """Take the turn for ``dbapi`` if ``statement`` is its transaction's first write."""
         if dbapi.holds_turn or not statement.lstrip()[:7].upper().startswith(self._WRITES):
             return
         if not self._lock.acquire(timeout=self._timeout):
