@@ -22,7 +22,9 @@ __all__ = [
     "ALGORITHM",
     "TOKEN_TYPE",
     "Membership",
+    "check_token_time",
     "issue_membership_token",
+    "membership_of_token",
     "verify_membership_token",
     "verify_operator_jws",
 ]
@@ -140,6 +142,27 @@ def verify_membership_token(
     The caller still has to check the certificate binding and the subject against the
     peer certificate (``connector.rpc.auth`` does).
     """
+    membership, issued_at = membership_of_token(token, key, issuer=issuer, space=space)
+    check_token_time(membership.expires_at, issued_at, now, leeway_seconds)
+    return membership
+
+
+def check_token_time(expires_at: int, issued_at: int, now: float, leeway_seconds: int) -> None:
+    """Refuse a membership token that has expired or is issued in the future."""
+    if now > expires_at + leeway_seconds:
+        raise AuthenticationError("membership token has expired: fetch a new one from the registry")
+    if issued_at > now + leeway_seconds:
+        raise AuthenticationError("membership token is issued in the future: check clocks")
+
+
+def membership_of_token(
+    token: str, key: ed25519.Ed25519PublicKey, *, issuer: str, space: str
+) -> tuple[Membership, int]:
+    """The membership a token's signature and claims vouch for, and its issue time.
+
+    Everything but the time: the same token always gives the same answer here, so a
+    verifier may remember it and check only ``check_token_time`` on each use.
+    """
     claims = verify_operator_jws(
         token,
         key,
@@ -152,10 +175,6 @@ def verify_membership_token(
     exp, iat = claims["exp"], claims["iat"]
     if not isinstance(exp, int) or not isinstance(iat, int):
         raise AuthenticationError("membership token exp and iat must be integers")
-    if now > exp + leeway_seconds:
-        raise AuthenticationError("membership token has expired: fetch a new one from the registry")
-    if iat > now + leeway_seconds:
-        raise AuthenticationError("membership token is issued in the future: check clocks")
     cnf = claims.get("cnf")
     thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
     role, sub, attrs = claims.get("role"), claims["sub"], claims.get("attrs", {})
@@ -167,7 +186,7 @@ def verify_membership_token(
         isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
     ):
         raise AuthenticationError("membership token attrs must map strings to strings")
-    return Membership(
+    membership = Membership(
         participant=sub,
         role=role,
         space=space,
@@ -176,3 +195,4 @@ def verify_membership_token(
         token_id=str(claims["jti"]),
         attrs=dict(attrs),
     )
+    return membership, iat

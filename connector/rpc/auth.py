@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector.clock import Clock
@@ -29,8 +31,8 @@ from connector.errors import (
     PermissionDenied,
 )
 from connector.identity.certs import certificate_name, certificate_thumbprint, parse_certificate_pem
-from connector.identity.names import ADMIN_URI_KIND, PARTICIPANT_URI_KIND
-from connector.identity.tokens import Membership, verify_membership_token
+from connector.identity.names import ADMIN_URI_KIND, PARTICIPANT_URI_KIND, CertificateName
+from connector.identity.tokens import Membership, check_token_time, membership_of_token
 from connector.registry.revocation import RevocationList
 from connector.rpc.status import status_for
 
@@ -102,6 +104,17 @@ def current_caller() -> Caller:
     return caller
 
 
+@functools.lru_cache(maxsize=256)
+def _peer_certificate(pem: bytes) -> tuple[x509.Certificate, CertificateName, str]:
+    """A client certificate parsed, with its name and thumbprint (parsed once per PEM).
+
+    The TLS handshake has verified it against the space CA; validity and revocation are
+    checked on every call.
+    """
+    cert = parse_certificate_pem(pem, "client certificate")
+    return cert, certificate_name(cert), certificate_thumbprint(cert)
+
+
 class Authenticator:
     """Checks the certificate and token of one call against this connector's trust anchors."""
 
@@ -123,6 +136,11 @@ class Authenticator:
         self._revocations = revocations
         self._clock = clock
         self._leeway = leeway_seconds
+        # A member calls many times with one token: its signature and claims are checked
+        # once (exceptions are not remembered), its times and binding on every call.
+        self._membership = functools.lru_cache(maxsize=1024)(
+            functools.partial(membership_of_token, key=operator_key, issuer=issuer, space=space)
+        )
 
     def authenticate(self, access: Access, context: grpc.ServicerContext) -> Caller | None:
         """Return the verified caller, or raise; ``None`` for transport-level methods."""
@@ -134,8 +152,7 @@ class Authenticator:
             raise AuthenticationError(
                 "no client certificate: connect with mutual TLS and a certificate from the space CA"
             )
-        cert = parse_certificate_pem(pems[0], "client certificate")
-        name = certificate_name(cert)
+        cert, name, thumbprint = _peer_certificate(pems[0])
         if name.space != self._space:
             raise AuthenticationError(
                 f"client certificate is for space {name.space!r}, not {self._space!r}"
@@ -144,7 +161,6 @@ class Authenticator:
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             raise AuthenticationError("client certificate is expired or not yet valid")
         self._revocations.current().check(name.participant, cert.serial_number)
-        thumbprint = certificate_thumbprint(cert)
         if access is Access.ADMIN:
             if name.kind != ADMIN_URI_KIND or name.participant != self._participant:
                 raise PermissionDenied(
@@ -182,14 +198,8 @@ class Authenticator:
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("authorization must be 'Bearer <membership token>'")
-        membership = verify_membership_token(
-            token.strip(),
-            self._operator_key,
-            issuer=self._issuer,
-            space=self._space,
-            now=self._clock.now(),
-            leeway_seconds=self._leeway,
-        )
+        membership, issued_at = self._membership(token.strip())
+        check_token_time(membership.expires_at, issued_at, self._clock.now(), self._leeway)
         if membership.participant != participant:
             raise AuthenticationError(
                 f"membership token is for {membership.participant!r} but the certificate "
