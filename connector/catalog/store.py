@@ -44,12 +44,12 @@ class ProductStore:
         return product
 
     def get(self, product_id: str) -> Product:
-        """One product, or ``NotFound``."""
-        with self._db.session() as s:
-            row = s.get(ProductRow, product_id)
-            if row is None:
-                raise NotFound(f"product {product_id!r} not found")
-            return Product.from_json(row.body)
+        """One product, or ``NotFound`` (read on every catalog, contract and transfer step)."""
+        with self._db.transaction() as tx:
+            row = tx.one("SELECT body FROM product WHERE id = ?", (product_id,))
+        if row is None:
+            raise NotFound(f"product {product_id!r} not found")
+        return Product.from_json(row[0])
 
     def list(self) -> list[Product]:
         """Every product, by id."""
