@@ -141,21 +141,6 @@ class Negotiator:
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 
-    def _record(
-        self,
-        n: Negotiation | None,
-        state: State,
-        *,
-        role: str,
-        counterparty: str,
-        product: str,
-        pid: str,
-        extra: dict[str, object] | None = None,
-    ) -> None:
-        self._audit.record_many(
-            [_moved(n.state if n else None, state, role, counterparty, product, pid, extra)]
-        )
-
     def _transition(
         self,
         n: Negotiation,
@@ -177,14 +162,8 @@ class Negotiator:
             extra["reasons"] = list(reasons)
 
         def record() -> None:
-            self._record(
-                n,
-                steps[-1],
-                role=n.role,
-                counterparty=n.counterparty,
-                product=n.product,
-                pid=n.pid,
-                extra=extra,
+            self._audit.record_many(
+                [_moved(n.state, steps[-1], n.role, n.counterparty, n.product, n.pid, extra)]
             )
 
         result = self._store.transition(
