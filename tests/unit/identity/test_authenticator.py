@@ -20,7 +20,7 @@ from connector.rpc.auth import Access, Authenticator
 
 OPERATOR = ed25519.Ed25519PrivateKey.generate()
 ISSUER = "urn:tds:city:participant:operator"
-NOW = dt.datetime.now(dt.UTC).timestamp()
+NOW = 1_800_000_000.0
 
 
 class Revocations:
@@ -45,9 +45,10 @@ class Context:
 
 
 def certificate(participant: str) -> tuple[bytes, str, int]:
-    ca = create_ca("city")
+    issued = dt.datetime.fromtimestamp(NOW, dt.UTC)  # valid by the test's clock, not the wall's
+    ca = create_ca("city", now=issued)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = issue_participant_certificate(ca, "city", participant, key.public_key())
+    cert = issue_participant_certificate(ca, "city", participant, key.public_key(), now=issued)
     pem = cert.public_bytes(serialization.Encoding.PEM)
     return pem, certificate_thumbprint(cert), cert.serial_number
 
