@@ -104,14 +104,28 @@ def _add(p: Any, value: Any) -> int:
     raise _Unsupported(f"a value of type {t.__name__}")
 
 
+# Keys and most values (field names, purposes, grades, ids) recur from one decision to the
+# next: their converted form is kept, bounded, rather than worked out again.
+_TEXT_CACHE: dict[str, bytes] = {}
+_TEXT_CACHE_ENTRIES = 4096
+_TEXT_CACHE_LONGEST = 128
+
+
 def _text(value: str) -> bytes:
     """``value`` as rego-cpp holds a string: its JSON form without the quotes, UTF-8."""
-    if '"' in value or "\\" in value or not value.isprintable():
-        value = json.dumps(value, ensure_ascii=False)[1:-1]
+    held = _TEXT_CACHE.get(value)
+    if held is not None:
+        return held
+    text = value
+    if '"' in text or "\\" in text or not text.isprintable():
+        text = json.dumps(text, ensure_ascii=False)[1:-1]
     try:
-        return value.encode()
+        converted = text.encode()
     except UnicodeEncodeError:  # a lone surrogate: not text JSON can carry
         raise _Unsupported("a string that is not valid Unicode") from None
+    if len(value) <= _TEXT_CACHE_LONGEST and len(_TEXT_CACHE) < _TEXT_CACHE_ENTRIES:
+        _TEXT_CACHE[value] = converted
+    return converted
 
 
 def _escaped(value: Any) -> Any:

@@ -78,3 +78,20 @@ def test_member_order_never_changes_a_decision(policy_set: PolicySet, case: Any)
     for provenance in ("id", "input_sha256"):
         as_given.pop(provenance), reordered.pop(provenance)
     assert reordered == as_given
+
+
+def test_remembered_strings_are_bounded_and_converted_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connector.policy import _rego_c
+
+    monkeypatch.setattr(_rego_c, "_TEXT_CACHE", {})
+    odd = 'a "quoted"\\ value\n'
+    first, again = _rego_c._text(odd), _rego_c._text(odd)  # the second from memory
+    assert first == again == b'a \\"quoted\\"\\\\ value\\n'
+    for i in range(_rego_c._TEXT_CACHE_ENTRIES + 100):
+        _rego_c._text(f"value-{i}")
+    assert len(_rego_c._TEXT_CACHE) <= _rego_c._TEXT_CACHE_ENTRIES
+    long = "x" * (_rego_c._TEXT_CACHE_LONGEST + 1)
+    _rego_c._text(long)
+    assert long not in _rego_c._TEXT_CACHE
