@@ -79,15 +79,37 @@ class TlsIdentity:
         )
 
 
-class _BearerToken(grpc.AuthMetadataPlugin):
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]  # generic only in the stubs
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]  # generic only in the stubs
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]  # generic only in the stubs
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]  # generic only in the stubs
+):
+    """Adds the membership token to every call, in the calling thread.
+
+    gRPC's call-credentials plugin would do the same from a thread it starts for each
+    call, which cost a quarter of a millisecond of CPU per call. The channel is always
+    TLS (``open_channel``), so the token never travels in the clear either way.
+    """
+
     def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 
-    def __call__(self, context: Any, callback: Any) -> None:
-        try:
-            callback((("authorization", f"Bearer {self._token()}"),), None)
-        except Exception as exc:  # reported to the caller as a failed call
-            callback((), exc)
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token()}")]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
 
 
 def open_channel(
@@ -111,10 +133,6 @@ def open_channel(
         )
     except Exception as exc:
         raise ConfigError(f"TLS material is unusable: {exc}") from None
-    if token is not None:
-        creds = grpc.composite_channel_credentials(
-            creds, grpc.metadata_call_credentials(_BearerToken(token))
-        )
     options = [
         ("grpc.ssl_target_name_override", participant_dns_name(space, peer)),
         ("grpc.default_authority", participant_dns_name(space, peer)),
@@ -122,7 +140,8 @@ def open_channel(
         ("grpc.max_send_message_length", max_message_bytes),
         *RECEIVE_WINDOW_OPTIONS,
     ]
-    return grpc.secure_channel(address, creds, options=options)
+    channel = grpc.secure_channel(address, creds, options=options)
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token is not None else channel
 
 
 @contextmanager

@@ -386,3 +386,26 @@ def test_identity_comes_from_credentials_not_request(space: LocalSpace) -> None:
             registry_pb2.IssueTokenRequest(), timeout=5
         )
     assert jwt.decode(resp.token, options={"verify_signature": False})["sub"] == "a"
+
+
+def test_the_client_sends_the_token_it_holds_at_each_call(space: LocalSpace) -> None:
+    me = space.manifest.participant("a")
+    tls = TlsIdentity.load(
+        space.pki_dir / "ca.pem", space.pki_dir / me.tls_cert, space.pki_dir / me.tls_key
+    )
+    asked: list[int] = []
+
+    def token() -> str:  # a connector's token is refreshed while its channels live on
+        asked.append(1)
+        if len(asked) > 2:
+            raise AuthenticationError("no membership token held")
+        return own_token(space, "a")
+
+    address = f"127.0.0.1:{space.nodes['b'].port}"
+    with open_channel(address, tls, space=space.space, peer="b", token=token) as channel:
+        stub = peer_pb2_grpc.PeerServiceStub(channel)
+        for _ in range(2):
+            assert stub.Ping(peer_pb2.PingRequest(), timeout=5).caller_id == "a"
+        with pytest.raises(AuthenticationError, match="no membership token"):
+            stub.Ping(peer_pb2.PingRequest(), timeout=5)
+    assert len(asked) == 3
