@@ -1,0 +1,78 @@
+"""Database.transaction: the driver-level path commits, rolls back and reports errors as
+sessions do, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from connector.store.database import Database, open_database
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = open_database(database_url)
+    yield database
+    database.close()
+
+
+def inbox(db: Database) -> list[tuple[object, ...]]:
+    with db.transaction() as tx:
+        return tx.all("SELECT message_id, sender FROM inbox ORDER BY message_id")
+
+
+def test_commits_on_success_and_rolls_back_on_error(db: Database) -> None:
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m1", "a", 1)
+        ).close()
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m2", "a", 2)
+        ).close()
+        raise RuntimeError("the caller changed its mind")
+    assert inbox(db) == [("m1", "a")]
+
+
+def test_a_constraint_violation_is_sqlalchemys_and_changes_nothing(db: Database) -> None:
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m1", "a", 1)
+        ).close()
+    with pytest.raises(IntegrityError), db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m3", "b", 3)
+        ).close()
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m1", "b", 4)
+        ).close()
+    assert inbox(db) == [("m1", "a")]
+
+
+def test_failed_writers_give_their_turn_back(db: Database) -> None:
+    """After a failed and a rolled-back write, other writers still get through at once."""
+    with pytest.raises(IntegrityError), db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("x", "a", 1)
+        ).close()
+        tx.execute(
+            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("x", "a", 1)
+        ).close()
+    done = threading.Event()
+
+    def other_writer() -> None:
+        with db.session() as s:
+            s.execute(
+                text("INSERT INTO inbox (message_id, sender, received_ms) VALUES ('y', 'b', 2)")
+            )
+        done.set()
+
+    th = threading.Thread(target=other_writer)
+    th.start()
+    assert done.wait(5), "the next writer waited for a turn nobody held"
+    th.join()
+    assert inbox(db) == [("y", "b")]
