@@ -144,6 +144,7 @@ class TransparencyLog:
         self._expected = 1  # entries in the last batch: how many writers are active
         self._cond = threading.Condition()
         self._pending: list[_Batch] = []
+        self._pending_entries = 0
         self._stopping = False
         self._state_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
@@ -188,7 +189,12 @@ class TransparencyLog:
             if self._stopping:
                 raise Unavailable("the audit log is closed; the action was not recorded")
             self._pending.append(batch)
-            self._cond.notify()
+            self._pending_entries += len(batch.entries)
+            # Wake the writer only when it has something to do: the first entry, or as
+            # many as it gathers for. Waking it for every entry of a busy burst made it
+            # and the appenders trade the interpreter lock back and forth for nothing.
+            if len(self._pending) == 1 or self._pending_entries >= self._expected:
+                self._cond.notify()
         if not batch.done.wait(timeout):
             raise Unavailable("the audit log did not confirm the write in time")
         if batch.error is not None:
@@ -205,10 +211,7 @@ class TransparencyLog:
                 # Group commit: writers woken by the previous commit are queueing again.
                 # Wait (briefly, well under one fsync) for as many entries as last time.
                 deadline = time.monotonic() + self._gather_seconds
-                while (
-                    sum(len(b.entries) for b in self._pending) < self._expected
-                    and not self._stopping
-                ):
+                while self._pending_entries < self._expected and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -218,6 +221,7 @@ class TransparencyLog:
                     batch = self._pending.pop(0)
                     batches.append(batch)
                     count += len(batch.entries)
+                self._pending_entries -= count
             # Remember concurrency with a slow decay, so one short batch does not shrink the next.
             self._expected = max(count, self._expected * 7 // 8)
             self._write(batches)
