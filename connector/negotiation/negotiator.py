@@ -135,8 +135,9 @@ class Negotiator:
         self._audit = audit
         self._clock = clock
         self._keys = keys
-        self._changed = threading.Condition()  # notified after every transition
-        self._generation = 0
+        # wait_final callers, by negotiation: woken when theirs becomes final, and only then.
+        self._watch_lock = threading.Lock()
+        self._watchers: dict[str, set[threading.Event]] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
@@ -178,14 +179,16 @@ class Negotiator:
             outgoing=outgoing or (),
             before_commit=record,
         )
-        self._changed_now()
+        self._changed_now(result)
         return result
 
-    def _changed_now(self) -> None:
-        """Wake ``wait_final`` callers: a negotiation of this process changed."""
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+    def _changed_now(self, n: Negotiation) -> None:
+        """Wake the ``wait_final`` callers of ``n`` if it is now final."""
+        if n.state not in FINAL:
+            return
+        with self._watch_lock:
+            for event in self._watchers.get(n.pid, ()):
+                event.set()
 
     # -- consumer ---------------------------------------------------------------------
 
@@ -407,7 +410,7 @@ class Negotiator:
             if known is None:
                 raise
             return _ack(known)
-        self._changed_now()
+        self._changed_now(n)
         return _ack(n)
 
     def _agreement(
@@ -692,17 +695,23 @@ class Negotiator:
     def wait_final(self, pid: str, seconds: float) -> Negotiation:
         """The negotiation once FINALIZED or TERMINATED, or as it is after ``seconds``.
 
-        Woken by every transition this process makes; it also looks again every 100 ms,
-        since a replica sharing the database may make the one that matters.
+        Woken when this process makes it final; it also looks again every 100 ms, since a
+        replica sharing the database may make the transition that matters.
         """
         deadline = time.monotonic() + seconds
-        with self._changed:
-            seen = self._generation
-        n = self._store.get(pid)
-        while n.state not in FINAL and (left := deadline - time.monotonic()) > 0:
-            with self._changed:
-                if self._generation == seen:
-                    self._changed.wait(min(left, 0.1))
-                seen = self._generation
+        final = threading.Event()
+        with self._watch_lock:  # before the first read: a change after it is not missed
+            self._watchers.setdefault(pid, set()).add(final)
+        try:
             n = self._store.get(pid)
-        return n
+            while n.state not in FINAL and (left := deadline - time.monotonic()) > 0:
+                final.wait(min(left, 0.1))
+                final.clear()
+                n = self._store.get(pid)
+            return n
+        finally:
+            with self._watch_lock:
+                watching = self._watchers[pid]
+                watching.discard(final)
+                if not watching:
+                    del self._watchers[pid]
