@@ -8,7 +8,7 @@ from dataclasses import replace
 from dataclasses import replace as replace_
 from pathlib import Path
 
-from connector.audit.log import AuditLog
+from connector.audit.log import AuditLog, Record
 from connector.catalog.products import Product, parse_description
 from connector.catalog.store import ProductStore
 from connector.clock import Clock
@@ -128,11 +128,11 @@ class Catalog:
         """Every product, for the admin."""
         return self._store.list()
 
-    def _visible(self, caller: Caller, product: Product) -> bool:
+    def _visible(self, caller: Caller, product: Product, defer: list[Record] | None = None) -> bool:
         document = build_input(
             "catalog.read", caller=caller, resource=product.resource(), clock=self._clock
         )
-        return self._policy.decide(document).allow
+        return self._policy.decide(document, defer=defer).allow
 
     def visible_to(self, caller: Caller, tag: str = "") -> list[Product]:
         """Products the access policy lets ``caller`` see."""
@@ -140,12 +140,17 @@ class Catalog:
             p for p in self._store.list() if (not tag or tag in p.tags) and self._visible(caller, p)
         ]
 
-    def get_visible(self, caller: Caller, product_id: str) -> Product:
-        """One product, or ``NotFound`` — also when the caller may not see it."""
+    def get_visible(
+        self, caller: Caller, product_id: str, *, defer: list[Record] | None = None
+    ) -> Product:
+        """One product, or ``NotFound`` — also when the caller may not see it.
+
+        ``defer`` collects the access decision's log entry (``PolicyPoint.decide``).
+        """
         try:
             product = self._store.get(product_id)
         except NotFound:
             raise NotFound(f"product {product_id!r} not found") from None
-        if not self._visible(caller, product):
+        if not self._visible(caller, product, defer):
             raise NotFound(f"product {product_id!r} not found")
         return product

@@ -316,7 +316,19 @@ class Negotiator:
         known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
         if known is not None:  # a repeated request: same answer, nothing changes
             return _ack(known)
-        product = self._catalog.get_visible(caller, req.product_id)
+        # The access and contract decisions are logged with the transitions they lead to,
+        # in one write; whatever ends the request first, they are logged before it answers.
+        decided: list[Record] = []
+        try:
+            return self._answer_request(caller, req, decided)
+        finally:
+            if decided:
+                self._audit.record_many(decided)
+
+    def _answer_request(
+        self, caller: Caller, req: negotiation_pb2.ContractRequest, decided: list[Record]
+    ) -> negotiation_pb2.NegotiationAck:
+        product = self._catalog.get_visible(caller, req.product_id, defer=decided)
         try:
             offer = product.offer(req.offer_id)
         except KeyError:
@@ -343,7 +355,7 @@ class Negotiator:
                 else {}
             },
         )
-        decision = self._policy.decide(document)
+        decision = self._policy.decide(document, defer=decided)
         common: dict[str, Any] = {
             "role": PROVIDER,
             "counterparty": caller.participant,
@@ -393,7 +405,8 @@ class Negotiator:
             )
 
         def record() -> None:
-            self._audit.record_many(records)
+            self._audit.record_many([*decided, *records])
+            decided.clear()
 
         try:
             n = self._store.create(

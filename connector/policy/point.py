@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connector.audit.log import AuditLog
+from connector.audit.log import AuditLog, Record
 from connector.policy.decision import Decision
 from connector.policy.engine import PolicyEngine
 
@@ -24,16 +24,20 @@ class PolicyPoint:
         self.engine = engine
         self._audit = audit
 
-    def decide(self, document: Mapping[str, Any]) -> Decision:
-        """Decide for ``document`` and log the decision."""
+    def decide(self, document: Mapping[str, Any], *, defer: list[Record] | None = None) -> Decision:
+        """Decide for ``document`` and log the decision.
+
+        With ``defer``, the entry is added to it instead, for the caller to append with
+        what the decision leads to, in one write, before it answers anyone.
+        """
         decision = self.engine.decide(document)
         subject = _section(document, "subject")
         resource = _section(document, "resource")
         parties = [p for p in (subject.get("id"), resource.get("owner")) if isinstance(p, str)]
-        self._audit.record(
+        entry: Record = (
             "policy.decision",
-            parties=parties,
-            data={
+            parties,
+            {
                 "decision": decision.id,
                 "action": str(document.get("action", "")),
                 "input_sha256": decision.input_sha256,
@@ -45,6 +49,10 @@ class PolicyPoint:
                 "product": str(resource.get("id", "")),
             },
         )
+        if defer is not None:
+            defer.append(entry)
+        else:
+            self._audit.record_many([entry])
         return decision
 
 

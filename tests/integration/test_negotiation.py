@@ -404,3 +404,53 @@ def test_waiting_on_an_unknown_negotiation_is_not_found(space: LocalSpace) -> No
             admin_pb2.NegotiationRef(pid="no-such-process", wait_ms=5_000), timeout=30
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def provider_entries_since(space: LocalSpace, size: int) -> list[dict[str, object]]:
+    log = space.nodes["gov"].log
+    assert log is not None
+    return [json.loads(b) for _, b in log.entries(size, log.size)]
+
+
+def test_every_decision_of_a_request_is_logged_with_what_it_led_to(space: LocalSpace) -> None:
+    """Agreed at once: both decisions and both transitions, in one contiguous write."""
+    log = space.nodes["gov"].log
+    assert log is not None
+    before = log.size
+    mine = start(space, "open-stats")
+    wait(space, "a", mine.pid, "FINALIZED")
+    entries = provider_entries_since(space, before)
+    first = [
+        (e["kind"], e["data"].get("action") or e["data"].get("to"))  # type: ignore[union-attr]
+        for e in entries[:4]
+    ]
+    assert first == [
+        ("policy.decision", "catalog.read"),
+        ("policy.decision", "contract.request"),
+        ("negotiation.transition", "REQUESTED"),
+        ("negotiation.transition", "AGREED"),
+    ]
+    assert [e["index"] for e in entries[:4]] == list(range(before, before + 4))
+
+
+@pytest.mark.parametrize(
+    ("product_id", "offer", "outcome"),
+    [("open-stats", "no-such-offer", "not found"), ("open-stats", "o1", "purpose_not_offered")],
+)
+def test_a_request_refused_is_still_logged_with_its_decisions(
+    space: LocalSpace, product_id: str, offer: str, outcome: str
+) -> None:
+    log = space.nodes["gov"].log
+    assert log is not None
+    before = log.size
+    mine = start(space, product_id, purpose="marketing", offer=offer)
+    done = wait(space, "a", mine.pid, "TERMINATED")
+    assert outcome in " ".join(done.reasons)
+    actions = [
+        e["data"]["action"]  # type: ignore[index]
+        for e in provider_entries_since(space, before)
+        if e["kind"] == "policy.decision"
+    ]
+    # The access decision is logged even when the request ends before a contract decision.
+    expected = ["catalog.read"] if offer != "o1" else ["catalog.read", "contract.request"]
+    assert actions == expected
