@@ -10,7 +10,6 @@ node reads at any size.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -44,16 +43,6 @@ def _node_id(level: int, index: int) -> int:
 
 
 _C = LogCheckpointRow.__table__.c  # type: ignore[attr-defined]
-_QMARK_SQL = (
-    "INSERT INTO log_entry (idx, body, kind, parties, created_ms) VALUES (?, ?, ?, ?, ?)",
-    "INSERT INTO log_node (id, hash) VALUES (?, ?)",
-    "SELECT pg_advisory_xact_lock(?)",
-)
-_FORMAT_SQL = (
-    "INSERT INTO log_entry (idx, body, kind, parties, created_ms) VALUES (%s, %s, %s, %s, %s)",
-    "INSERT INTO log_node (id, hash) VALUES (%s, %s)",
-    "SELECT pg_advisory_xact_lock(%s)",
-)
 _WRITER_LOCK_KEY = 0x7464735F6C6F67  # "tds_log": serialises replicas' batches on PostgreSQL
 MAX_ENTRY_BYTES = 64 * 1024
 
@@ -153,7 +142,6 @@ class TransparencyLog:
         self._load_frontier()
         self._writer = threading.Thread(target=self._run, name="tds-log-writer", daemon=True)
         self._closed = False
-        self._raw: Any = None
         self._writer.start()
 
     # -- appending --------------------------------------------------------------------
@@ -226,63 +214,47 @@ class TransparencyLog:
             self._expected = max(count, self._expected * 7 // 8)
             self._write(batches)
 
-    def _sql(self) -> tuple[str, str, str]:
-        """Statements for the writer's own DBAPI connection, in the driver's paramstyle."""
-        return _QMARK_SQL if self._db.engine.dialect.paramstyle == "qmark" else _FORMAT_SQL
-
     def _write(self, batches: list[_Batch]) -> None:
-        # The writer uses a DBAPI connection of its own: at a few entries per commit, the
-        # ORM's per-statement overhead would cost more than the fsync.
-        insert_entry, insert_node, lock = self._sql()
+        # Straight to the driver (``Database.transaction``): at a few entries per commit,
+        # the ORM's per-statement overhead would cost more than the fsync. The transaction
+        # takes this process's SQLite write turn at its first insert, like every writer.
         try:
-            if self._raw is None:
-                self._raw = self._db.engine.raw_connection()
-            raw = self._raw
-            # In this process's turn: SQLite answers a second writer with "busy" and a
-            # sleep of up to tens of milliseconds; the turn wakes it the moment it is free.
-            with self._db.write_turn():
-                cur = raw.cursor()
-                try:
-                    if self._db.dialect == "postgresql":
-                        cur.execute(lock, (_WRITER_LOCK_KEY,))
-                    cur.execute("SELECT max(idx) FROM log_entry")
-                    last = cur.fetchone()[0]
-                    if (0 if last is None else int(last) + 1) != self._size:
-                        # Another replica appended: continue from what the database holds.
-                        with self._db.engine.connect() as conn:
-                            self._load_frontier(conn)
-                    size, frontier = self._size, dict(self._frontier)
-                    rows: list[tuple[Any, ...]] = []
-                    nodes: list[tuple[int, bytes]] = []
-                    results: list[list[int]] = []
-                    for batch in batches:
-                        indices = []
-                        for e in batch.entries:
-                            body = e.body(size)
-                            rows.append(
-                                (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
+            with self._db.transaction() as tx:
+                if self._db.postgres:
+                    tx.one("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK_KEY,))
+                last = tx.one("SELECT max(idx) FROM log_entry")
+                if (0 if last is None or last[0] is None else int(last[0]) + 1) != self._size:
+                    # Another replica appended: continue from what the database holds.
+                    with self._db.engine.connect() as conn:
+                        self._load_frontier(conn)
+                size, frontier = self._size, dict(self._frontier)
+                rows: list[tuple[Any, ...]] = []
+                nodes: list[tuple[int, bytes]] = []
+                results: list[list[int]] = []
+                for batch in batches:
+                    indices = []
+                    for e in batch.entries:
+                        body = e.body(size)
+                        rows.append(
+                            (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
+                        )
+                        nodes.extend(
+                            (_node_id(level, i), h)
+                            for level, i, h in merkle.extend_frontier(
+                                frontier, size, merkle.leaf_hash(body)
                             )
-                            nodes.extend(
-                                (_node_id(level, i), h)
-                                for level, i, h in merkle.extend_frontier(
-                                    frontier, size, merkle.leaf_hash(body)
-                                )
-                            )
-                            indices.append(size)
-                            size += 1
-                        results.append(indices)
-                    cur.executemany(insert_entry, rows)
-                    cur.executemany(insert_node, nodes)
-                    raw.commit()
-                except BaseException:
-                    with contextlib.suppress(Exception):  # leave no transaction behind
-                        raw.rollback()
-                    raise
-                finally:
-                    cur.close()
+                        )
+                        indices.append(size)
+                        size += 1
+                    results.append(indices)
+                tx.many(
+                    "INSERT INTO log_entry (idx, body, kind, parties, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                tx.many("INSERT INTO log_node (id, hash) VALUES (?, ?)", nodes)
         except Exception as exc:  # any driver error: nothing was committed
             log.error("audit log write failed", extra={"reason": str(exc)[:300]})
-            self._discard_connection()
             error = Unavailable("the audit log could not be written; the action did not happen")
             for batch in batches:
                 batch.finish(error=error)
@@ -291,15 +263,6 @@ class TransparencyLog:
             self._size, self._frontier = size, frontier
         for batch, indices in zip(batches, results, strict=True):
             batch.finish(indices)
-
-    def _discard_connection(self) -> None:
-        if self._raw is not None:
-            try:
-                self._raw.rollback()
-                self._raw.close()
-            except Exception:  # the connection is gone either way
-                log.debug("closing the writer connection failed", exc_info=True)
-            self._raw = None
 
     def _load_frontier(self, conn: Any = None) -> None:
         def load(c: Any) -> None:
@@ -347,7 +310,6 @@ class TransparencyLog:
                 self._stopping = True
                 self._cond.notify_all()
             self._writer.join(timeout=30)
-            self._discard_connection()
 
     # -- reading ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +64,6 @@ class Database:
         finally:
             conn.close()  # back to the pool
 
-    def write_turn(self) -> AbstractContextManager[None]:
-        """Hold this process's turn to write, for a transaction on a raw DBAPI connection.
-
-        Sessions take the turn by themselves at their first write; a raw connection does
-        not pass through the ORM, so its user holds the turn around the transaction.
-        Nothing to hold on PostgreSQL, whose writers wait on row locks instead.
-        """
-        return self._write_lock.hold() if self._write_lock is not None else nullcontext()
-
     @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
@@ -120,6 +111,18 @@ class RawTransaction:
         cur = self._conn.cursor()
         cur.execute(sql.replace("?", "%s") if self._postgres else sql, tuple(params))
         return cur
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each of ``rows``."""
+        if not rows:
+            return
+        if self._turn is not None:
+            self._turn.before(self._dbapi, sql)
+        cur = self._conn.cursor()
+        try:
+            cur.executemany(sql.replace("?", "%s") if self._postgres else sql, rows)
+        finally:
+            cur.close()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         """The first row, or None."""
@@ -216,16 +219,6 @@ class _SqliteWriteLock:
     def _end(self, dbapi: Any) -> None:
         if dbapi.holds_turn:
             dbapi.holds_turn = False
-            self._lock.release()
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        """The turn, for a writer outside the ORM (the audit log's own connection)."""
-        if not self._lock.acquire(timeout=self._timeout):
-            raise OperationalError("write turn", None, Exception("database is locked"))
-        try:
-            yield
-        finally:
             self._lock.release()
 
 

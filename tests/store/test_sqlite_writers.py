@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from connector.store.database import open_database
 
@@ -68,6 +68,9 @@ def test_the_audit_log_writer_waits_its_turn_instead_of_sleeping(tmp_path: Path)
     from connector.clock import SystemClock
 
     db = open_database(f"sqlite:///{tmp_path / 'l.db'}")
+    # SQLite's busy handler off on every connection: a writer meeting "busy" fails at once.
+    event.listen(db.engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=0"))
+    db.engine.dispose()
     log = TransparencyLog(
         db,
         origin="test/log",
@@ -75,8 +78,7 @@ def test_the_audit_log_writer_waits_its_turn_instead_of_sleeping(tmp_path: Path)
         signing_key=ed25519.Ed25519PrivateKey.generate(),
         clock=SystemClock(),
     )
-    log.record("warm", parties=[], data={})  # opens the writer's own connection
-    log._raw.driver_connection.execute("PRAGMA busy_timeout=0")  # busy would now fail at once
+    log.record("warm", parties=[], data={})
     appended: list[int] = []
     failed: list[BaseException] = []
 
