@@ -165,27 +165,20 @@ LOOKUP_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 
-def _add_ordered(p: Any, value: dict[Any, Any], first: tuple[str, ...], nested: bool) -> int:
-    """Push the object ``value`` with the members named in ``first`` ahead of the rest."""
-    for k in first:
-        if k in value:
-            v = value[k]
-            if _string(p, _text(k)):
-                return 1
-            if nested and type(v) is dict and k in LOOKUP_ORDER:
-                failed = _add_ordered(p, v, LOOKUP_ORDER[k], False)
-            else:
-                failed = _add(p, v)
-            if failed or _item(p):
-                return 1
-    for k, v in value.items():
-        if k in first:
-            continue
-        if type(k) is not str:
-            raise _Unsupported("an object key that is not a string")
-        if _string(p, _text(k)) or _add(p, v) or _item(p):
-            return 1
-    return int(_object(p, len(value)))
+def _ordered(value: dict[Any, Any], first: tuple[str, ...]) -> dict[Any, Any]:
+    """``value`` with the members named in ``first`` ahead of the rest."""
+    ordered = {k: value[k] for k in first if k in value}
+    ordered.update(value)  # the rest follow; the members already placed keep their place
+    return ordered
+
+
+def _laid_out(document: dict[Any, Any]) -> dict[Any, Any]:
+    """``document`` in ``LOOKUP_ORDER``: its sections, and each section's fields."""
+    laid = _ordered(document, LOOKUP_ORDER[""])
+    for section, first in LOOKUP_ORDER.items():
+        if section and type(laid.get(section)) is dict:
+            laid[section] = _ordered(laid[section], first)
+    return laid
 
 
 def to_input(value: Any) -> regopy.Input | Any:
@@ -200,10 +193,7 @@ def to_input(value: Any) -> regopy.Input | Any:
             raise UnrepresentableInput(str(exc)) from None
     p = _C.regoNewInput()
     try:
-        if type(value) is dict:
-            failed = _add_ordered(p, value, LOOKUP_ORDER[""], True)
-        else:
-            failed = _add(p, value)
+        failed = _add(p, _laid_out(value) if type(value) is dict else value)
     except (_Unsupported, RecursionError) as exc:
         _C.regoFreeInput(p)
         raise UnrepresentableInput(str(exc) or "a document nested too deeply") from None
