@@ -233,7 +233,8 @@ def query_entrypoint(
         _C.regoFreeOutput(out)
     if text == "undefined":
         return True, []
-    results = json.loads(text, strict=False)  # rego-cpp leaves control characters raw
+    # strict=False: a policy's raw (backquoted) strings can hold control characters as is.
+    results = json.loads(text, strict=False)
     if not isinstance(results, list):
         results = [results]
     return True, [r.get("expressions", []) for r in results if isinstance(r, dict)]
