@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from connector.store.database import Database, open_database
+from connector.store.database import Database, RawTransaction, open_database
 
 
 @pytest.fixture
@@ -20,6 +20,13 @@ def db(database_url: str) -> Iterator[Database]:
     database.close()
 
 
+def remember(tx: RawTransaction, message_id: str, sender: str, at: int) -> None:
+    tx.execute(
+        "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)",
+        (message_id, sender, at),
+    ).close()
+
+
 def inbox(db: Database) -> list[tuple[object, ...]]:
     with db.transaction() as tx:
         return tx.all("SELECT message_id, sender FROM inbox ORDER BY message_id")
@@ -27,41 +34,27 @@ def inbox(db: Database) -> list[tuple[object, ...]]:
 
 def test_commits_on_success_and_rolls_back_on_error(db: Database) -> None:
     with db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m1", "a", 1)
-        ).close()
+        remember(tx, "m1", "a", 1)
     with pytest.raises(RuntimeError), db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m2", "a", 2)
-        ).close()
+        remember(tx, "m2", "a", 2)
         raise RuntimeError("the caller changed its mind")
     assert inbox(db) == [("m1", "a")]
 
 
 def test_a_constraint_violation_is_sqlalchemys_and_changes_nothing(db: Database) -> None:
     with db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m1", "a", 1)
-        ).close()
+        remember(tx, "m1", "a", 1)
     with pytest.raises(IntegrityError), db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m3", "b", 3)
-        ).close()
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("m1", "b", 4)
-        ).close()
+        remember(tx, "m3", "b", 3)
+        remember(tx, "m1", "b", 4)
     assert inbox(db) == [("m1", "a")]
 
 
 def test_failed_writers_give_their_turn_back(db: Database) -> None:
     """After a failed and a rolled-back write, other writers still get through at once."""
     with pytest.raises(IntegrityError), db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("x", "a", 1)
-        ).close()
-        tx.execute(
-            "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, ?, ?)", ("x", "a", 1)
-        ).close()
+        remember(tx, "x", "a", 1)
+        remember(tx, "x", "a", 1)
     done = threading.Event()
 
     def other_writer() -> None:
