@@ -12,6 +12,11 @@ sides — timed from the admin's Transfer call to the completed event.
 Baseline, in the same run and alternating with tds: plain insecure grpcio streaming of the
 same bytes with the same chunk size between two processes (bench/_plain_stream.py).
 
+Floors, in the same rounds: the same grpcio streaming over the connectors' mutual TLS, and
+over mutual TLS with the receiver hashing SHA-256 on a second thread. They are what the
+transport and the integrity check alone cost, with nothing of tds; a ratio tds cannot
+exceed on this machine is read off them.
+
 Peak resident memory (VmHWM) of every process is reported; the target is < 200 MB each.
 """
 
@@ -149,24 +154,21 @@ class Space:
             p.wait(30)
 
 
-def plain(data: Path, chunk: int, work: Path) -> tuple[float, int, dict[str, float]]:
+def plain(
+    data: Path, chunk: int, work: Path, *, pki: Path | None = None, sha256: bool = False
+) -> tuple[float, int, dict[str, float]]:
+    """One pull by bench/_plain_stream.py: insecure, or over mutual TLS with ``pki``."""
     port_file = work / "plain.port"
     port_file.unlink(missing_ok=True)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "_plain_stream.py"),
-            "serve",
-            str(data),
-            str(chunk),
-            str(port_file),
-        ]
-    )
+    tls = ["--tls", str(pki)] if pki else []
+    script = [sys.executable, str(HERE / "_plain_stream.py")]
+    server = subprocess.Popen([*script, "serve", str(data), str(chunk), str(port_file), *tls])
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
+        hashing = ["--sha256"] if sha256 else []
         out = subprocess.run(
-            [sys.executable, str(HERE / "_plain_stream.py"), "pull", port_file.read_text()],
+            [*script, "pull", port_file.read_text(), *tls, *hashing],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = json.loads(out.stdout)
@@ -194,19 +196,38 @@ def main() -> int:
         cold, _ = space.pull()  # the provider hashes the file once for the manifest
         report["tds_first_pull_seconds_with_source_hashing"] = round(cold, 3)
         tds_mbs, plain_mbs, plain_peaks = [], [], {}
+        mtls_mbs: list[float] = []
+        floor_mbs: list[float] = []
+        pki = work / "pki"
         for _ in range(args.rounds):
             seconds, n, plain_peaks = plain(data, args.chunk, work)
             assert n == size
             plain_mbs.append(size / seconds / 1e6)
+            seconds, n, _ = plain(data, args.chunk, work, pki=pki)
+            mtls_mbs.append(size / seconds / 1e6)
+            seconds, n, _ = plain(data, args.chunk, work, pki=pki, sha256=True)
+            floor_mbs.append(size / seconds / 1e6)
             seconds, n = space.pull()
             assert n == size
             tds_mbs.append(size / seconds / 1e6)
+        median = {
+            "plain_grpc": statistics.median(plain_mbs),
+            "grpc_mtls": statistics.median(mtls_mbs),
+            "grpc_mtls_sha256": statistics.median(floor_mbs),
+            "tds": statistics.median(tds_mbs),
+        }
         report["plain_grpc_mb_s"] = [round(x, 1) for x in plain_mbs]
+        report["grpc_mtls_mb_s"] = [round(x, 1) for x in mtls_mbs]
+        report["grpc_mtls_sha256_mb_s"] = [round(x, 1) for x in floor_mbs]
         report["tds_mb_s"] = [round(x, 1) for x in tds_mbs]
-        report["plain_grpc_mb_s_median"] = round(statistics.median(plain_mbs), 1)
-        report["tds_mb_s_median"] = round(statistics.median(tds_mbs), 1)
-        report["ratio_tds_to_plain"] = round(
-            statistics.median(tds_mbs) / statistics.median(plain_mbs), 3
+        for name, value in median.items():
+            report[f"{name}_mb_s_median"] = round(value, 1)
+        base = median["plain_grpc"]
+        report["ratio_tds_to_plain"] = round(median["tds"] / base, 3)
+        report["ratio_grpc_mtls_to_plain"] = round(median["grpc_mtls"] / base, 3)
+        report["ratio_grpc_mtls_sha256_to_plain"] = round(median["grpc_mtls_sha256"] / base, 3)
+        report["ratio_tds_to_grpc_mtls_sha256"] = round(
+            median["tds"] / median["grpc_mtls_sha256"], 3
         )
         report["peak_rss_mb"] = {
             **{f"tds_{k}": round(v, 1) for k, v in space.peaks().items()},
