@@ -69,3 +69,74 @@ def test_failed_writers_give_their_turn_back(db: Database) -> None:
     assert done.wait(5), "the next writer waited for a turn nobody held"
     th.join()
     assert inbox(db) == [("y", "b")]
+
+
+def backend_pid(db: Database) -> int:
+    with db.transaction() as tx:
+        row = tx.one("SELECT pg_backend_pid()")
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_refused_statement_or_a_callers_error_keeps_the_connection(db: Database) -> None:
+    """Only a driver failure retires a connection: refusals are routine on the hot paths."""
+    with db.transaction() as tx:
+        first = tx._conn
+    with pytest.raises(IntegrityError), db.transaction() as tx:
+        remember(tx, "x", "a", 1)
+        remember(tx, "x", "a", 1)
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        raise RuntimeError("refused by the caller")
+    with db.transaction() as tx:
+        assert tx._conn is first
+        assert tx.all("SELECT message_id FROM inbox") == []
+
+
+@pytest.mark.postgres
+def test_a_connection_the_server_dropped_fails_one_transaction_then_is_replaced(
+    postgres_url: str,
+) -> None:
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    db = open_database(postgres_url)
+    try:
+        pid = backend_pid(db)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(OperationalError), db.transaction() as tx:
+            remember(tx, "lost", "a", 1)
+        with db.transaction() as tx:
+            remember(tx, "m1", "a", 2)
+        assert inbox(db) == [("m1", "a")]
+        assert backend_pid(db) != pid
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+def test_an_idle_connection_is_checked_before_use(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a server restart, a connection idle past the check costs no transaction."""
+    import psycopg
+
+    db = open_database(postgres_url)
+    try:
+        pid = backend_pid(db)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        monkeypatch.setattr(db._connections, "_ping_idle", 0.0)
+        with db.transaction() as tx:
+            remember(tx, "m1", "a", 1)
+        assert inbox(db) == [("m1", "a")]
+    finally:
+        db.close()
+
+
+def test_an_in_memory_database_is_refused() -> None:
+    from connector.errors import ConfigError
+
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ConfigError, match="in-memory"):
+            open_database(url)
