@@ -26,7 +26,7 @@ from connector.audit.checkpoint import Checkpoint, sign_checkpoint
 from connector.audit.note import NoteSignature, Verifier, parse_note
 from connector.clock import Clock
 from connector.errors import InvalidRequest, NotFound, Unavailable
-from connector.store.database import Database
+from connector.store.database import Database, RawTransaction
 from connector.store.models import LogCheckpointRow, LogEntryRow, LogNodeRow
 
 __all__ = ["AuditLog", "LogEntry", "Record", "StoredCheckpoint", "TransparencyLog"]
@@ -60,6 +60,10 @@ class AuditLog(Protocol):
 
     def record_many(self, records: Sequence[Record]) -> list[int]:
         """Durably append ``(kind, parties, data)`` entries, contiguous, in one write."""
+        ...
+
+    def record_in(self, tx: RawTransaction, records: Sequence[Record]) -> list[int]:
+        """Append entries within ``tx``: they are durable when, and only if, it commits."""
         ...
 
 
@@ -136,6 +140,11 @@ class TransparencyLog:
         self._pending_entries = 0
         self._stopping = False
         self._state_lock = threading.Lock()
+        # Held from an append's first statement until its transaction ends, so appends
+        # (the writer's batches, and entries written in a caller's transaction) follow
+        # one another and each starts from the size the last one committed.
+        self._sequence = threading.Lock()
+        self._sequence_holder: RawTransaction | None = None
         self._checkpoint_lock = threading.Lock()
         self._size = 0
         self._frontier: dict[int, bytes] = {}
@@ -215,54 +224,96 @@ class TransparencyLog:
             self._write(batches)
 
     def _write(self, batches: list[_Batch]) -> None:
-        # Straight to the driver (``Database.transaction``): at a few entries per commit,
-        # the ORM's per-statement overhead would cost more than the fsync. The transaction
-        # takes this process's SQLite write turn at its first insert, like every writer.
         try:
             with self._db.transaction() as tx:
-                if self._db.postgres:
-                    tx.one("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK_KEY,))
-                last = tx.one("SELECT max(idx) FROM log_entry")
-                if (0 if last is None or last[0] is None else int(last[0]) + 1) != self._size:
-                    # Another replica appended: continue from what the database holds.
-                    with self._db.engine.connect() as conn:
-                        self._load_frontier(conn)
-                size, frontier = self._size, dict(self._frontier)
-                rows: list[tuple[Any, ...]] = []
-                nodes: list[tuple[int, bytes]] = []
-                results: list[list[int]] = []
-                for batch in batches:
-                    indices = []
-                    for e in batch.entries:
-                        body = e.body(size)
-                        rows.append(
-                            (size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms)
-                        )
-                        nodes.extend(
-                            (_node_id(level, i), h)
-                            for level, i, h in merkle.extend_frontier(
-                                frontier, size, merkle.leaf_hash(body)
-                            )
-                        )
-                        indices.append(size)
-                        size += 1
-                    results.append(indices)
-                tx.many(
-                    "INSERT INTO log_entry (idx, body, kind, parties, created_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-                tx.many("INSERT INTO log_node (id, hash) VALUES (?, ?)", nodes)
+                results = self._append(tx, [batch.entries for batch in batches])
         except Exception as exc:  # any driver error: nothing was committed
             log.error("audit log write failed", extra={"reason": str(exc)[:300]})
             error = Unavailable("the audit log could not be written; the action did not happen")
             for batch in batches:
                 batch.finish(error=error)
             return
-        with self._state_lock:
-            self._size, self._frontier = size, frontier
         for batch, indices in zip(batches, results, strict=True):
             batch.finish(indices)
+
+    def append_in(self, tx: RawTransaction, entries: Sequence[LogEntry]) -> list[int]:
+        """Append entries within ``tx``, contiguous and in order: they commit with it or not at all.
+
+        For a state change and its entries in one commit (one fsync, not two). The log's
+        sequence stays taken until ``tx`` ends, so keep the rest of ``tx`` short; one
+        append per transaction.
+        """
+        if self._closed:
+            raise Unavailable("the audit log is closed; the action was not recorded")
+        return self._append(tx, [list(entries)])[0] if entries else []
+
+    def record_in(self, tx: RawTransaction, records: Sequence[Record]) -> list[int]:
+        """``append_in`` for ``(kind, parties, data)`` records."""
+        return self.append_in(tx, [self.entry(k, parties=p, data=d) for k, p, d in records])
+
+    def _append(self, tx: RawTransaction, groups: list[list[LogEntry]]) -> list[list[int]]:
+        """Insert ``groups`` of entries at the end of the log, within ``tx``; their indices.
+
+        Statements go straight to the driver (``Database.transaction``): at a few entries
+        per commit, the ORM's per-statement overhead would cost more than the fsync. The
+        log's size and frontier in memory change only once ``tx`` has committed.
+        """
+        # Every writer of this database takes the SQLite write turn (and on PostgreSQL the
+        # log's advisory lock) before the sequence: taken in one order, they cannot deadlock.
+        tx.claim_write()
+        if self._db.postgres:
+            tx.one("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK_KEY,))
+        if self._sequence_holder is tx:
+            raise RuntimeError("one audit log append per transaction")
+        if not self._sequence.acquire(timeout=30):
+            raise Unavailable("the audit log is busy; the action was not recorded")
+        self._sequence_holder = tx
+        try:
+            last = tx.one("SELECT max(idx) FROM log_entry")
+            if (0 if last is None or last[0] is None else int(last[0]) + 1) != self._size:
+                # Another replica appended: continue from what the database holds.
+                with self._db.engine.connect() as conn:
+                    self._load_frontier(conn)
+            size, frontier = self._size, dict(self._frontier)
+            rows: list[tuple[Any, ...]] = []
+            nodes: list[tuple[int, bytes]] = []
+            results: list[list[int]] = []
+            for group in groups:
+                indices = []
+                for e in group:
+                    body = e.body(size)
+                    rows.append((size, body, e.kind, "," + ",".join(e.parties) + ",", e.created_ms))
+                    nodes.extend(
+                        (_node_id(level, i), h)
+                        for level, i, h in merkle.extend_frontier(
+                            frontier, size, merkle.leaf_hash(body)
+                        )
+                    )
+                    indices.append(size)
+                    size += 1
+                results.append(indices)
+            tx.many(
+                "INSERT INTO log_entry (idx, body, kind, parties, created_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            tx.many("INSERT INTO log_node (id, hash) VALUES (?, ?)", nodes)
+        except BaseException:
+            self._sequence_holder = None
+            self._sequence.release()
+            raise
+
+        def ended(committed: bool) -> None:
+            try:
+                if committed:
+                    with self._state_lock:
+                        self._size, self._frontier = size, frontier
+            finally:
+                self._sequence_holder = None
+                self._sequence.release()
+
+        tx.on_end(ended)
+        return results
 
     def _load_frontier(self, conn: Any = None) -> None:
         def load(c: Any) -> None:

@@ -50,6 +50,7 @@ from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
+from connector.store.database import RawTransaction
 
 __all__ = ["CONSUMER", "PROVIDER", "Negotiator"]
 
@@ -162,9 +163,9 @@ class Negotiator:
         if reasons:
             extra["reasons"] = list(reasons)
 
-        def record() -> None:
-            self._audit.record_many(
-                [_moved(n.state, steps[-1], n.role, n.counterparty, n.product, n.pid, extra)]
+        def record(tx: RawTransaction) -> None:
+            self._audit.record_in(
+                tx, [_moved(n.state, steps[-1], n.role, n.counterparty, n.product, n.pid, extra)]
             )
 
         result = self._store.transition(
@@ -203,20 +204,12 @@ class Negotiator:
         )
         pid = uuid.uuid4().hex
         request.consumer_pid = pid
-        self._audit.record(
-            "negotiation.transition",
-            parties=[provider],
-            data={
-                "pid": pid,
-                "role": CONSUMER,
-                "counterparty": provider,
-                "product": product,
-                "from": "",
-                "to": State.REQUESTED.value,
-                "offer": offer,
-                "purpose": purpose,
-            },
-        )
+        extra: dict[str, object] = {"offer": offer, "purpose": purpose}
+        moved = _moved(None, State.REQUESTED, CONSUMER, provider, product, pid, extra)
+
+        def record(tx: RawTransaction) -> None:
+            self._audit.record_in(tx, [moved])
+
         n = self._store.create(
             role=CONSUMER,
             counterparty=provider,
@@ -232,6 +225,7 @@ class Negotiator:
                 )
             ],
             pid=pid,
+            before_commit=record,
         )
         return n
 
@@ -404,9 +398,8 @@ class Negotiator:
                 )
             )
 
-        def record() -> None:
-            self._audit.record_many([*decided, *records])
-            decided.clear()
+        def record(tx: RawTransaction) -> None:
+            self._audit.record_in(tx, [*decided, *records])
 
         try:
             n = self._store.create(
@@ -423,6 +416,7 @@ class Negotiator:
             if known is None:
                 raise
             return _ack(known)
+        decided.clear()  # committed with the negotiation
         self._changed_now(n)
         return _ack(n)
 

@@ -151,7 +151,7 @@ class NegotiationStore:
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         pid: str | None = None,
-        before_commit: Callable[[], None] | None = None,
+        before_commit: Callable[[RawTransaction], None] | None = None,
     ) -> Negotiation:
         """A new negotiation; ``ConflictError`` if the counterparty's pid is already known.
 
@@ -175,13 +175,6 @@ class NegotiationStore:
             now_ms,
             now_ms,
         )
-        # ``before_commit`` (the audit entry) runs once the row is known to be new. On
-        # PostgreSQL that is after the insert, which blocks and fails for a racing replica;
-        # SQLite (one process) would hold its write turn against the log writer, so there
-        # it runs first.
-        late = self._db.postgres
-        if before_commit is not None and not late:
-            before_commit()
         try:
             with self._db.transaction() as tx:
                 tx.execute(
@@ -190,8 +183,10 @@ class NegotiationStore:
                 ).close()
                 queued = self._queue(tx, pid, outgoing, now_ms)
                 self._remember(tx, inbox, now_ms)
-                if before_commit is not None and late:
-                    before_commit()
+                # The audit entries, in this transaction, once the row is known to be new
+                # (on PostgreSQL the insert blocks, and then fails, for a racing replica).
+                if before_commit is not None:
+                    before_commit(tx)
         except IntegrityError:
             raise ConflictError(
                 f"{counterparty} already has a negotiation with process id {counterparty_pid}"
@@ -250,7 +245,7 @@ class NegotiationStore:
         reasons: Sequence[str] | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
-        before_commit: Callable[[], None] | None = None,
+        before_commit: Callable[[RawTransaction], None] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
 
@@ -273,10 +268,10 @@ class NegotiationStore:
                 for step in steps:
                     check_transition(current, step)
                     current = step
-                # The row is locked (PostgreSQL) and the move is valid: record it now, so a
-                # replica that lost the race never writes an entry for it.
+                # The row is locked (PostgreSQL) and the move is valid: record it now, in
+                # this transaction, so a replica that lost the race never writes an entry.
                 if before_commit is not None:
-                    before_commit()
+                    before_commit(tx)
                 values: dict[str, Any] = {"state": current.value, "updated_ms": now_ms}
                 for name, value in (
                     ("counterparty_pid", counterparty_pid),

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,14 +57,17 @@ class Database:
         """
         conn = self._connections.take()
         reuse = True  # unless the driver failed: then the connection may be broken
+        tx = RawTransaction(conn, self)
         try:
-            tx = RawTransaction(conn, self)
             try:
                 yield tx
                 conn.commit()
+                tx.committed = True
             except BaseException:
                 conn.rollback()
                 raise
+            finally:
+                tx.ended()
         except self._driver.IntegrityError as exc:
             raise IntegrityError("transaction", None, exc) from None
         except self._driver.OperationalError as exc:
@@ -184,6 +187,29 @@ class RawTransaction:
         self._conn = conn  # the driver's connection
         self._postgres = db.postgres
         self._turn = db._write_lock
+        self._on_end: list[Callable[[bool], None]] = []
+        self.committed = False
+
+    def claim_write(self) -> None:
+        """Take this process's SQLite write turn now, before the first write needs it.
+
+        For a writer that must hold the turn before a lock of its own (the audit log's
+        sequence): every writer takes the turn first, so none waits in the other order.
+        """
+        if self._turn is not None:
+            self._turn.before(self._conn, "INSERT")
+
+    def on_end(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(committed)`` once the transaction has committed or rolled back."""
+        self._on_end.append(callback)
+
+    def ended(self) -> None:
+        callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            try:
+                callback(self.committed)
+            except Exception:  # a hook must not hide the transaction's own outcome
+                log.exception("a transaction end hook failed")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; the cursor, for results."""

@@ -110,7 +110,7 @@ def test_a_transition_the_log_refuses_is_not_stored(store: NegotiationStore) -> 
 
     n = provider(store)
 
-    def log_down() -> None:
+    def log_down(tx: object) -> None:
         raise Unavailable("the audit log could not be written")
 
     with pytest.raises(Unavailable):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ from connector.audit.checkpoint import open_checkpoint
 from connector.audit.log import TransparencyLog
 from connector.clock import FixedClock
 from connector.errors import InvalidRequest, Unavailable
-from connector.store.database import Database, open_database
+from connector.store.database import Database, RawTransaction, open_database
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 
@@ -97,6 +98,98 @@ def test_concurrent_appends_keep_each_request_contiguous(tlog: TransparencyLog) 
     assert tlog.size == 6 * 20 * 3
     hashes = [merkle.leaf_hash(b) for _, b in tlog.entries(0, tlog.size)]
     assert tlog.root() == (tlog.size, merkle.root(hashes))
+
+
+def whole_tree_holds(tlog: TransparencyLog) -> None:
+    hashes = [merkle.leaf_hash(b) for _, b in tlog.entries(0, tlog.size)]
+    assert tlog.root() == (tlog.size, merkle.root(hashes))
+
+
+def remember(tx: RawTransaction, message_id: str) -> None:
+    tx.execute(
+        "INSERT INTO inbox (message_id, sender, received_ms) VALUES (?, 'a', 1)", (message_id,)
+    ).close()
+
+
+def test_entries_appended_in_a_transaction_commit_with_it(
+    db: Database, tlog: TransparencyLog
+) -> None:
+    tlog.record("t", parties=[], data={"n": 0})
+    with db.transaction() as tx:
+        remember(tx, "m1")
+        assert tlog.record_in(tx, [("t", ["b"], {"n": 1}), ("t", [], {"n": 2})]) == [1, 2]
+        assert tlog.size == 1  # not before the commit
+    assert tlog.size == 3
+    assert [json.loads(body)["data"]["n"] for _, body in tlog.entries(0, 3)] == [0, 1, 2]
+    whole_tree_holds(tlog)
+
+
+def test_entries_appended_in_a_rolled_back_transaction_vanish_with_it(
+    db: Database, tlog: TransparencyLog
+) -> None:
+    tlog.record("t", parties=[], data={"n": 0})
+    root = tlog.root()
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        remember(tx, "m1")
+        tlog.record_in(tx, [("t", [], {"n": "gone"})])
+        raise RuntimeError("the state change was refused")
+    assert tlog.root() == root and len(tlog.entries(0, 5)) == 1
+    with db.transaction() as tx:
+        assert tx.all("SELECT message_id FROM inbox") == []
+    assert tlog.record("t", parties=[], data={"n": 1}) == 1  # the sequence was given back
+    whole_tree_holds(tlog)
+
+
+def test_one_append_per_transaction(db: Database, tlog: TransparencyLog) -> None:
+    with pytest.raises(RuntimeError, match="one audit log append"), db.transaction() as tx:
+        tlog.record_in(tx, [("t", [], {})])
+        tlog.record_in(tx, [("t", [], {})])
+    assert tlog.size == 0
+    assert tlog.record("t", parties=[], data={}) == 0
+
+
+def test_appends_in_transactions_and_through_the_writer_interleave_safely(
+    db: Database, tlog: TransparencyLog
+) -> None:
+    """State writers that log in their own transaction, beside the group-commit writer.
+
+    A transaction that already holds the SQLite write turn appends to the log while the
+    writer thread waits for the turn: taken in one order, nothing deadlocks, and every
+    index is used once.
+    """
+    errors: list[BaseException] = []
+
+    def in_transactions(w: int) -> None:
+        try:
+            for n in range(15):
+                with db.transaction() as tx:
+                    remember(tx, f"{w}-{n}")  # takes the write turn first
+                    first = tlog.record_in(
+                        tx, [("s", [], {"w": w, "n": n, "k": k}) for k in (0, 1)]
+                    )
+                    assert first[1] == first[0] + 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    def through_writer(w: int) -> None:
+        try:
+            for n in range(15):
+                tlog.record("t", parties=[], data={"w": w, "n": n})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=in_transactions, args=(w,)) for w in range(4)]
+    threads += [threading.Thread(target=through_writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "appends deadlocked"
+    assert errors == []
+    assert tlog.size == 4 * 15 * 2 + 4 * 15
+    indices = [json.loads(body)["index"] for _, body in tlog.entries(0, tlog.size)]
+    assert indices == list(range(tlog.size))
+    whole_tree_holds(tlog)
 
 
 def test_unwritable_log_fails_the_append_and_keeps_state(
