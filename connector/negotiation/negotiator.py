@@ -2,10 +2,12 @@
 
 Provider: a request is checked against the contract policy; denied → TERMINATED at once
 (the reasons go back in the answer); allowed → the provider signs an agreement (AGREED)
-and sends it, unless the policy says ``needs_approval``, in which case the negotiation
-waits in REQUESTED for the admin. Consumer: a received agreement is verified against
-what was asked for and the provider's directory key, countersigned (VERIFIED) and sent
-back; the provider verifies the countersignature and finalizes both sides.
+and returns it in the answer, unless the policy says ``needs_approval``, in which case
+the negotiation waits in REQUESTED for the admin, whose approval sends the agreement in a
+SendAgreement call back. Consumer: a received agreement is verified against what was
+asked for and the provider's directory key, countersigned (VERIFIED) and sent back; the
+provider verifies the countersignature, finalizes, and answers FINALIZED, which
+finalizes the consumer's side.
 
 Every transition is written to the audit log before it is committed and acknowledged.
 """
@@ -37,6 +39,7 @@ from connector.errors import (
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    VerificationError,
 )
 from connector.negotiation.agreement import (
     Agreement,
@@ -108,7 +111,10 @@ def _moved(
 
 
 def _ack(n: Negotiation) -> negotiation_pb2.NegotiationAck:
-    return negotiation_pb2.NegotiationAck(pid=n.pid, state=n.state.value, reasons=list(n.reasons))
+    ack = negotiation_pb2.NegotiationAck(pid=n.pid, state=n.state.value, reasons=list(n.reasons))
+    if n.role == PROVIDER and n.state == State.AGREED and n.agreement:
+        ack.agreement = n.agreement  # the consumer need not wait for SendAgreement
+    return ack
 
 
 class Negotiator:
@@ -230,17 +236,42 @@ class Negotiator:
         return n
 
     @retrying
-    def request_answered(self, consumer_pid: str, ack: negotiation_pb2.NegotiationAck) -> None:
-        """The provider's answer to our request: its process id, or an immediate refusal."""
+    def request_answered(
+        self, consumer_pid: str, provider: str, ack: negotiation_pb2.NegotiationAck
+    ) -> None:
+        """The provider's answer to our request: its process id and, when it agreed at
+        once, the agreement (verified and countersigned here); or an immediate refusal.
+
+        ``provider`` is the connector the request went to over mutual TLS: the answer is
+        as authentic as a call from it.
+        """
         n = self._store.get(consumer_pid)
-        if n.state in FINAL:
+        if n.state in FINAL or n.counterparty != provider:
             return
         if ack.state == State.TERMINATED.value:
             self._transition(
                 n, State.TERMINATED, counterparty_pid=ack.pid, reasons=list(ack.reasons)
             )
+        elif ack.agreement and n.state == State.REQUESTED:
+            try:
+                self._countersign(n, provider, ack.agreement, ack.pid, inbox=None)
+            except (InvalidRequest, VerificationError) as exc:
+                # Refused for good: end it, and tell the provider (by its process id).
+                self._store.transition(n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid)
+                self.terminate(n.pid, f"the provider's agreement is refused: {exc}")
         elif not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
             self._store.transition(n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid)
+
+    @retrying
+    def verification_answered(
+        self, consumer_pid: str, provider: str, ack: negotiation_pb2.NegotiationAck
+    ) -> None:
+        """The provider's answer to our countersignature: FINALIZED ends it here too."""
+        if ack.state != State.FINALIZED.value:
+            return
+        n = self._store.get(consumer_pid)
+        if n.state == State.VERIFIED and n.counterparty == provider and n.role == CONSUMER:
+            self._transition(n, State.FINALIZED)
 
     @retrying
     def receive_agreement(
@@ -250,8 +281,27 @@ class Negotiator:
         n = self._own(msg.consumer_pid, CONSUMER, caller)
         if self._store.processed(msg.message_id) or n.state in (State.VERIFIED, State.FINALIZED):
             return _ack(n)
-        agreement = verify_provider_signature(msg.agreement, self._keys)
-        expected = (caller.participant, self._me, n.product, n.offer, n.purpose, n.pid)
+        n = self._countersign(
+            n,
+            caller.participant,
+            msg.agreement,
+            msg.provider_pid,
+            inbox=(msg.message_id, caller.participant),
+        )
+        return _ack(n)
+
+    def _countersign(
+        self,
+        n: Negotiation,
+        provider: str,
+        signed: str,
+        provider_pid: str,
+        inbox: tuple[str, str] | None,
+    ) -> Negotiation:
+        """Check the provider's agreement against what we asked for, countersign it, send
+        it back (AGREED → VERIFIED)."""
+        agreement = verify_provider_signature(signed, self._keys)
+        expected = (provider, self._me, n.product, n.offer, n.purpose, n.pid)
         actual = (
             agreement.provider,
             agreement.consumer,
@@ -260,30 +310,29 @@ class Negotiator:
             agreement.purpose,
             agreement.consumer_pid,
         )
-        if actual != expected:
+        if actual != expected or agreement.provider_pid != provider_pid:
             raise InvalidRequest("the agreement's terms are not what was requested")
-        countersigned = countersign_agreement(msg.agreement, self._key, self._keys)
+        countersigned = countersign_agreement(signed, self._key, self._keys)
         reply = negotiation_pb2.AgreementMessage(
             message_id=uuid.uuid4().hex,
-            provider_pid=msg.provider_pid,
+            provider_pid=provider_pid,
             consumer_pid=n.pid,
             agreement=countersigned,
         )
-        n = self._transition(
+        return self._transition(
             n,
             State.AGREED,
             State.VERIFIED,
-            counterparty_pid=msg.provider_pid,
+            counterparty_pid=provider_pid,
             agreement=countersigned,
             agreement_id=agreement.id,
-            inbox=(msg.message_id, caller.participant),
+            inbox=inbox,
             outgoing=[
                 Outgoing(
                     n.counterparty, "VerifyAgreement", reply.SerializeToString(), reply.message_id
                 )
             ],
         )
-        return _ack(n)
 
     @retrying
     def receive_final(
@@ -373,7 +422,7 @@ class Negotiator:
         agreed: dict[str, Any] = {}
         if decision.allow and not decision.needs_approval:
             # Agreed at once: REQUESTED and AGREED are stored, and logged, in one transaction.
-            agreement_id, signed, message = self._agreement(
+            agreement_id, signed, _ = self._agreement(
                 pid=pid,
                 consumer=caller.participant,
                 consumer_pid=req.consumer_pid,
@@ -385,7 +434,10 @@ class Negotiator:
             )
             check_transition(State.REQUESTED, State.AGREED)
             state = State.AGREED
-            agreed = {"agreement": signed, "agreement_id": agreement_id, "outgoing": [message]}
+            # The agreement goes back in the answer to this request (see ``_ack``), not in
+            # a SendAgreement call: the consumer's outbox repeats the request until it has
+            # taken the answer, and a repeated request gets the same agreement.
+            agreed = {"agreement": signed, "agreement_id": agreement_id}
             records.append(
                 _moved(
                     State.REQUESTED,
@@ -502,12 +554,8 @@ class Negotiator:
             n.agreement, "agreement"
         ):
             raise InvalidRequest("the countersigned agreement differs from the one sent")
-        event = negotiation_pb2.NegotiationEvent(
-            message_id=uuid.uuid4().hex,
-            provider_pid=n.pid,
-            consumer_pid=n.counterparty_pid,
-            state=State.FINALIZED.value,
-        )
+        # FINALIZED reaches the consumer as the answer to this call, which its outbox
+        # repeats until it has taken one: no Finalize call back is needed.
         n = self._transition(
             n,
             State.VERIFIED,
@@ -515,9 +563,6 @@ class Negotiator:
             agreement=msg.agreement,
             agreement_id=agreement.id,
             inbox=(msg.message_id, caller.participant),
-            outgoing=[
-                Outgoing(n.counterparty, "Finalize", event.SerializeToString(), event.message_id)
-            ],
         )
         return _ack(n)
 

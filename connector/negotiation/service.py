@@ -116,8 +116,12 @@ class Delivery:
             if channel is not None:
                 channel.close()
             raise
+        # Answers that move the negotiation here: the provider's process id or its
+        # agreement, and FINALIZED for our countersignature.
         if pending.method == "RequestContract":
-            self._negotiator().request_answered(pending.negotiation_pid, ack)
+            self._negotiator().request_answered(pending.negotiation_pid, pending.target, ack)
+        elif pending.method == "VerifyAgreement":
+            self._negotiator().verification_answered(pending.negotiation_pid, pending.target, ack)
 
     def give_up(self, pending: Pending, reason: str) -> None:
         """A message could not be delivered: end the negotiation it belongs to, here."""

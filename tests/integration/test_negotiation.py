@@ -9,13 +9,19 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, negotiation_pb2
 from connector._proto.tds.v1 import negotiation_pb2_grpc as npb_grpc
 from connector.demo.space import LocalSpace
 from connector.identity.certs import load_ed25519_public_key
 from connector.identity.names import Role
-from connector.negotiation.agreement import verify_agreement
+from connector.negotiation.agreement import (
+    Agreement,
+    sign_agreement,
+    verify_agreement,
+    verify_provider_signature,
+)
 from tests.integration.test_authentication import own_token, pem, raw_channel
 
 FAR = 4_000_000_000_000_000_000
@@ -454,3 +460,73 @@ def test_a_request_refused_is_still_logged_with_its_decisions(
     # The access decision is logged even when the request ends before a contract decision.
     expected = ["catalog.read"] if offer != "o1" else ["catalog.read", "contract.request"]
     assert actions == expected
+
+
+def test_an_auto_approved_agreement_comes_back_in_the_answer(space: LocalSpace) -> None:
+    """Two calls, not four: the agreement rides on the answer to the request, FINALIZED on
+    the answer to the countersignature; a repeated request gets the same agreement."""
+    stub = npb_grpc.NegotiationServiceStub(
+        raw_channel(
+            space,
+            "gov",
+            pem(space, "a", "tls_key"),
+            pem(space, "a", "tls_cert"),
+            own_token(space, "a"),
+        )
+    )
+    request = negotiation_pb2.ContractRequest(
+        message_id="m-ack", consumer_pid="c-ack", product_id="open-stats", offer_id="o1",
+        purpose="research",
+    )  # fmt: skip
+    first = stub.RequestContract(request, timeout=10)
+    again = stub.RequestContract(request, timeout=10)
+    assert first.state == "AGREED" and first.agreement
+    assert (again.pid, again.agreement) == (first.pid, first.agreement)
+    agreement = verify_provider_signature(first.agreement, keys(space))
+    assert (agreement.consumer_pid, agreement.provider_pid) == ("c-ack", first.pid)
+    node = space.nodes["gov"]
+    assert node.db is not None
+    with node.db.transaction() as tx:
+        queued = tx.all("SELECT method FROM outbox WHERE negotiation_pid = ?", (first.pid,))
+    assert queued == []  # no SendAgreement, and (below) no Finalize, call back
+
+    # A real consumer's negotiation ends FINALIZED on both sides without either call back.
+    mine = start(space, "open-stats")
+    done = wait(space, "a", mine.pid, "FINALIZED")
+    with node.db.transaction() as tx:
+        methods = tx.all(
+            "SELECT method FROM outbox WHERE negotiation_pid = ?", (done.counterparty_pid,)
+        )
+    assert methods == []
+
+
+def test_a_forged_agreement_in_an_answer_ends_the_negotiation(space: LocalSpace) -> None:
+    """What the consumer takes from an answer is checked as a SendAgreement call would be."""
+    consumer = space.nodes["a"].negotiator
+    assert consumer is not None
+    mine = start(space, "road-sensors")  # waits for approval: no agreement yet
+    info = answered(space, mine)
+    genuine = Agreement(
+        id="ag-forged", provider="gov", consumer="a", product="road-sensors", offer="o1",
+        purpose="research", valid_from_ns=0, valid_until_ns=FAR, max_transfers=0,
+        max_bytes=0, policy_revision="x", provider_pid=info.counterparty_pid,
+        consumer_pid=mine.pid, issued_ms=1, obligations={}, permitted_fields=None, masks={},
+        registration_code="",
+    )  # fmt: skip
+    mallory = ed25519.Ed25519PrivateKey.generate()
+
+    def answer(signed: str) -> negotiation_pb2.NegotiationAck:
+        return negotiation_pb2.NegotiationAck(
+            pid=info.counterparty_pid, state="AGREED", agreement=signed
+        )
+
+    # From a connector that is not the provider: ignored.
+    consumer.request_answered(mine.pid, "b", answer(sign_agreement(genuine, mallory)))
+    assert consumer.get(mine.pid).state.value == "REQUESTED"
+    # Signed by a key that is not the provider's: refused, the negotiation ends here and
+    # the provider is told.
+    consumer.request_answered(mine.pid, "gov", answer(sign_agreement(genuine, mallory)))
+    ended = wait(space, "a", mine.pid, "TERMINATED")
+    assert "the provider's agreement is refused" in ended.reasons[0]
+    assert not ended.agreement
+    wait(space, "gov", info.counterparty_pid, "TERMINATED")

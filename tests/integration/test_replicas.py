@@ -15,6 +15,7 @@ from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, negotiation_pb2
 from connector._proto.tds.v1 import negotiation_pb2_grpc as npb_grpc
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
+from connector.negotiation.outbox import Pending
 from connector.node import Node
 from tests.integration.test_authentication import own_token, pem
 from tests.integration.test_negotiation import product
@@ -210,5 +211,21 @@ def test_racing_verification_callbacks_finalize_once(
             text("SELECT count(*) FROM outbox WHERE negotiation_pid = :p AND method = 'Finalize'"),
             {"p": pending[0].pid},
         ).scalar_one()
-    assert finals == 1
+    assert finals == 0  # FINALIZED goes back as the answer to VerifyAgreement
     assert mine.state == "REQUESTED"
+    # The consumer's own delivery of its countersignature (held above) is answered
+    # FINALIZED, the message having been processed, and that finalizes its side, once.
+    with consumer.db.engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT id, message_id, target, method, payload, negotiation_pid, attempts"
+                " FROM outbox WHERE method = 'VerifyAgreement' AND status = 'pending'"
+            )
+        ).one()
+    assert consumer.delivery is not None
+    held = Pending(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6])
+    consumer.delivery(held)
+    consumer.delivery(held)  # a repeat changes nothing
+    final = a_admin.GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=15)
+    assert final.state == "FINALIZED"
+    assert entries(consumer, mine.pid) == ["REQUESTED", "VERIFIED", "FINALIZED"]

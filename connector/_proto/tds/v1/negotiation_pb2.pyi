@@ -168,9 +168,15 @@ class NegotiationAck(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
     pid: _builtins.str
     """The receiver's process id for this negotiation."""
     state: _builtins.str
+    agreement: _builtins.str
+    """A provider's answer to a ContractRequest it agreed to at once: the agreement it
+    signed (JWS JSON), so the consumer verifies and countersigns without waiting for a
+    SendAgreement call back. Empty otherwise.
+    """
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Why a request was terminated at once (policy denial reasons)."""
@@ -181,10 +187,11 @@ class NegotiationAck(_message.Message):
         pid: _builtins.str = ...,
         state: _builtins.str = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        agreement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reasons", b"reasons", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "pid", b"pid", "reasons", b"reasons", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
