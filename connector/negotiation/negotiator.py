@@ -159,6 +159,7 @@ class Negotiator:
         counterparty_pid: str | None = None,
         inbox: tuple[str, str] | None = None,
         outgoing: list[Outgoing] | None = None,
+        delivered: int | None = None,
     ) -> Negotiation:
         # The store locks the row and checks the move, then calls ``record`` before it
         # commits: the log never shows a transition the protocol refuses, and nothing is
@@ -184,6 +185,7 @@ class Negotiator:
             counterparty_pid=counterparty_pid,
             inbox=inbox,
             outgoing=outgoing or (),
+            delivered=delivered,
             before_commit=record,
         )
         self._changed_now(result)
@@ -237,41 +239,64 @@ class Negotiator:
 
     @retrying
     def request_answered(
-        self, consumer_pid: str, provider: str, ack: negotiation_pb2.NegotiationAck
-    ) -> None:
+        self,
+        consumer_pid: str,
+        provider: str,
+        ack: negotiation_pb2.NegotiationAck,
+        delivered: int | None = None,
+    ) -> bool:
         """The provider's answer to our request: its process id and, when it agreed at
         once, the agreement (verified and countersigned here); or an immediate refusal.
 
         ``provider`` is the connector the request went to over mutual TLS: the answer is
-        as authentic as a call from it.
+        as authentic as a call from it. ``delivered``: the request's outbox row, marked
+        delivered in the transaction that takes the answer; whether it was.
         """
         n = self._store.get(consumer_pid)
         if n.state in FINAL or n.counterparty != provider:
-            return
+            return False
         if ack.state == State.TERMINATED.value:
             self._transition(
-                n, State.TERMINATED, counterparty_pid=ack.pid, reasons=list(ack.reasons)
+                n,
+                State.TERMINATED,
+                counterparty_pid=ack.pid,
+                reasons=list(ack.reasons),
+                delivered=delivered,
             )
-        elif ack.agreement and n.state == State.REQUESTED:
+            return True
+        if ack.agreement and n.state == State.REQUESTED:
             try:
-                self._countersign(n, provider, ack.agreement, ack.pid, inbox=None)
+                self._countersign(n, provider, ack.agreement, ack.pid, delivered=delivered)
             except (InvalidRequest, VerificationError) as exc:
                 # Refused for good: end it, and tell the provider (by its process id).
                 self._store.transition(n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid)
                 self.terminate(n.pid, f"the provider's agreement is refused: {exc}")
-        elif not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
-            self._store.transition(n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid)
+                return False
+            return True
+        if not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
+            self._store.transition(
+                n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid, delivered=delivered
+            )
+            return True
+        return False
 
     @retrying
     def verification_answered(
-        self, consumer_pid: str, provider: str, ack: negotiation_pb2.NegotiationAck
-    ) -> None:
-        """The provider's answer to our countersignature: FINALIZED ends it here too."""
+        self,
+        consumer_pid: str,
+        provider: str,
+        ack: negotiation_pb2.NegotiationAck,
+        delivered: int | None = None,
+    ) -> bool:
+        """The provider's answer to our countersignature: FINALIZED ends it here too
+        (``delivered`` as for ``request_answered``)."""
         if ack.state != State.FINALIZED.value:
-            return
+            return False
         n = self._store.get(consumer_pid)
-        if n.state == State.VERIFIED and n.counterparty == provider and n.role == CONSUMER:
-            self._transition(n, State.FINALIZED)
+        if n.state != State.VERIFIED or n.counterparty != provider or n.role != CONSUMER:
+            return False
+        self._transition(n, State.FINALIZED, delivered=delivered)
+        return True
 
     @retrying
     def receive_agreement(
@@ -296,7 +321,9 @@ class Negotiator:
         provider: str,
         signed: str,
         provider_pid: str,
-        inbox: tuple[str, str] | None,
+        *,
+        inbox: tuple[str, str] | None = None,
+        delivered: int | None = None,
     ) -> Negotiation:
         """Check the provider's agreement against what we asked for, countersign it, send
         it back (AGREED → VERIFIED)."""
@@ -327,6 +354,7 @@ class Negotiator:
             agreement=countersigned,
             agreement_id=agreement.id,
             inbox=inbox,
+            delivered=delivered,
             outgoing=[
                 Outgoing(
                     n.counterparty, "VerifyAgreement", reply.SerializeToString(), reply.message_id

@@ -35,7 +35,9 @@ class Pending:
     attempts: int
 
 
-Deliver = Callable[[Pending], None]
+Deliver = Callable[[Pending], bool | None]
+"""Sends one message; ``True`` when it also marked the row delivered (with what the
+answer changed), so there is nothing left to settle."""
 
 
 class Outbox:
@@ -158,7 +160,8 @@ class Outbox:
 
     def _send_once(self, pending: Pending, now_ms: int) -> None:
         try:
-            self._deliver(pending)
+            if self._deliver(pending):
+                return  # settled in the transaction that took the answer
         except ConnectorError as exc:
             error = str(exc)[:1000] or exc.__class__.__name__
             self._settle(pending, error, now_ms, give_up=getattr(exc, "permanent", False))

@@ -102,8 +102,11 @@ class Delivery:
                 self._channels[target] = self._channel_to(target)
             return negotiation_pb2_grpc.NegotiationServiceStub(self._channels[target])
 
-    def __call__(self, pending: Pending) -> None:
-        """Deliver one message; ``PermanentRefusal`` when the receiver refuses it for good."""
+    def __call__(self, pending: Pending) -> bool:
+        """Deliver one message; ``PermanentRefusal`` when the receiver refuses it for good.
+
+        ``True`` when taking the answer also marked the message delivered.
+        """
         message = MESSAGES[pending.method].FromString(pending.payload)
         try:
             with calling(pending.target):
@@ -119,9 +122,14 @@ class Delivery:
         # Answers that move the negotiation here: the provider's process id or its
         # agreement, and FINALIZED for our countersignature.
         if pending.method == "RequestContract":
-            self._negotiator().request_answered(pending.negotiation_pid, pending.target, ack)
-        elif pending.method == "VerifyAgreement":
-            self._negotiator().verification_answered(pending.negotiation_pid, pending.target, ack)
+            return self._negotiator().request_answered(
+                pending.negotiation_pid, pending.target, ack, delivered=pending.id
+            )
+        if pending.method == "VerifyAgreement":
+            return self._negotiator().verification_answered(
+                pending.negotiation_pid, pending.target, ack, delivered=pending.id
+            )
+        return False
 
     def give_up(self, pending: Pending, reason: str) -> None:
         """A message could not be delivered: end the negotiation it belongs to, here."""

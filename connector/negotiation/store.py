@@ -245,9 +245,13 @@ class NegotiationStore:
         reasons: Sequence[str] | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
+        delivered: int | None = None,
         before_commit: Callable[[RawTransaction], None] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
+
+        ``delivered``: an outbox row whose answer this transition takes, marked delivered
+        in the same transaction (the outbox then has nothing to settle).
 
         The update is a compare-and-set on the state read (the row is also locked on
         PostgreSQL), so of two replicas or threads moving one negotiation at once, exactly
@@ -296,6 +300,10 @@ class NegotiationStore:
                     )
                 queued = self._queue(tx, pid, outgoing, now_ms)
                 self._remember(tx, inbox, now_ms)
+                if delivered is not None:
+                    tx.execute(
+                        "UPDATE outbox SET status = 'delivered' WHERE id = ?", (delivered,)
+                    ).close()
         except OperationalError:
             # SQLite refuses to write from a snapshot another writer already changed.
             raise Aborted(

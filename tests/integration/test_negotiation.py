@@ -498,6 +498,13 @@ def test_an_auto_approved_agreement_comes_back_in_the_answer(space: LocalSpace) 
             "SELECT method FROM outbox WHERE negotiation_pid = ?", (done.counterparty_pid,)
         )
     assert methods == []
+    consumer = space.nodes["a"]
+    assert consumer.db is not None
+    with consumer.db.transaction() as tx:
+        sent = tx.all(
+            "SELECT method, status FROM outbox WHERE negotiation_pid = ? ORDER BY id", (mine.pid,)
+        )
+    assert sent == [("RequestContract", "delivered"), ("VerifyAgreement", "delivered")]
 
 
 def test_a_forged_agreement_in_an_answer_ends_the_negotiation(space: LocalSpace) -> None:

@@ -132,6 +132,33 @@ def test_a_failed_send_is_retried_with_backoff(db: Database) -> None:
     outbox.stop()
 
 
+def test_an_answer_taken_with_its_transition_leaves_nothing_to_settle(db: Database) -> None:
+    """The transition that takes an answer marks the message delivered itself (one commit,
+    not two); the outbox then writes nothing more for it."""
+    clock = FixedClock(NOW_MS / 1000)
+    done = threading.Event()
+    store_box: list[NegotiationStore] = []
+
+    def deliver(pending: Pending) -> bool:
+        store_box[0].transition(
+            pending.negotiation_pid, now_ms=NOW_MS + 1, counterparty_pid="p-1",
+            delivered=pending.id,
+        )  # fmt: skip
+        done.set()
+        return True
+
+    outbox = Outbox(db, deliver, clock)
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    store_box.append(store)
+    settles: list[Pending] = []
+    outbox._settle = lambda pending, *args, **kwargs: settles.append(pending)  # type: ignore[method-assign]
+    request(store, "m-5")
+    assert done.wait(10)
+    outbox.stop()
+    assert status(db, "m-5")[0] == "delivered" and settles == []
+    assert store.list()[0].counterparty_pid == "p-1"
+
+
 def test_a_refused_transition_hands_over_nothing(db: Database) -> None:
     handed: list[Pending] = []
     store = NegotiationStore(db, hand_over=handed.extend, lease_ms=LEASE_MS)
