@@ -205,8 +205,9 @@ def test_revocation_reaches_the_consumer(space: LocalSpace) -> None:
     assert info.revocation
 
 
-def test_replays_and_duplicates_change_nothing(space: LocalSpace) -> None:
-    stub = npb_grpc.NegotiationServiceStub(
+def consumer_calls_provider(space: LocalSpace) -> npb_grpc.NegotiationServiceStub:
+    """``gov``'s NegotiationService as the connector ``a`` calls it (its TLS and token)."""
+    return npb_grpc.NegotiationServiceStub(
         raw_channel(
             space,
             "gov",
@@ -215,6 +216,10 @@ def test_replays_and_duplicates_change_nothing(space: LocalSpace) -> None:
             own_token(space, "a"),
         )
     )
+
+
+def test_replays_and_duplicates_change_nothing(space: LocalSpace) -> None:
+    stub = consumer_calls_provider(space)
     request = negotiation_pb2.ContractRequest(
         message_id="m-dup",
         consumer_pid="c-dup",
@@ -465,15 +470,7 @@ def test_a_request_refused_is_still_logged_with_its_decisions(
 def test_an_auto_approved_agreement_comes_back_in_the_answer(space: LocalSpace) -> None:
     """Two calls, not four: the agreement rides on the answer to the request, FINALIZED on
     the answer to the countersignature; a repeated request gets the same agreement."""
-    stub = npb_grpc.NegotiationServiceStub(
-        raw_channel(
-            space,
-            "gov",
-            pem(space, "a", "tls_key"),
-            pem(space, "a", "tls_cert"),
-            own_token(space, "a"),
-        )
-    )
+    stub = consumer_calls_provider(space)
     request = negotiation_pb2.ContractRequest(
         message_id="m-ack", consumer_pid="c-ack", product_id="open-stats", offer_id="o1",
         purpose="research",

@@ -92,18 +92,25 @@ def test_a_refused_statement_or_a_callers_error_keeps_the_connection(db: Databas
         assert tx.all("SELECT message_id FROM inbox") == []
 
 
+def server_drops_the_connection(db: Database, url: str) -> int:
+    """Terminate, from the server's side, the connection ``db`` will use next; its pid."""
+    import psycopg
+
+    pid = backend_pid(db)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    return pid
+
+
 @pytest.mark.postgres
 def test_a_connection_the_server_dropped_fails_one_transaction_then_is_replaced(
     postgres_url: str,
 ) -> None:
-    import psycopg
     from sqlalchemy.exc import OperationalError
 
     db = open_database(postgres_url)
     try:
-        pid = backend_pid(db)
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        pid = server_drops_the_connection(db, postgres_url)
         with pytest.raises(OperationalError), db.transaction() as tx:
             remember(tx, "lost", "a", 1)
         with db.transaction() as tx:
@@ -119,13 +126,10 @@ def test_an_idle_connection_is_checked_before_use(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a server restart, a connection idle past the check costs no transaction."""
-    import psycopg
 
     db = open_database(postgres_url)
     try:
-        pid = backend_pid(db)
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        server_drops_the_connection(db, postgres_url)
         monkeypatch.setattr(db._connections, "_ping_idle", 0.0)
         with db.transaction() as tx:
             remember(tx, "m1", "a", 1)
