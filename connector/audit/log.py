@@ -258,13 +258,13 @@ class TransparencyLog:
         per commit, the ORM's per-statement overhead would cost more than the fsync. The
         log's size and frontier in memory change only once ``tx`` has committed.
         """
+        if self._sequence_holder is tx:
+            raise RuntimeError("one audit log append per transaction")
         # Every writer of this database takes the SQLite write turn (and on PostgreSQL the
         # log's advisory lock) before the sequence: taken in one order, they cannot deadlock.
         tx.claim_write()
         if self._db.postgres:
             tx.one("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK_KEY,))
-        if self._sequence_holder is tx:
-            raise RuntimeError("one audit log append per transaction")
         if not self._sequence.acquire(timeout=30):
             raise Unavailable("the audit log is busy; the action was not recorded")
         self._sequence_holder = tx

@@ -9,7 +9,8 @@ asked for and the provider's directory key, countersigned (VERIFIED) and sent ba
 provider verifies the countersignature, finalizes, and answers FINALIZED, which
 finalizes the consumer's side.
 
-Every transition is written to the audit log before it is committed and acknowledged.
+Every transition is written to the audit log in the transaction that stores it, before
+it is acknowledged.
 """
 
 from __future__ import annotations
@@ -161,9 +162,9 @@ class Negotiator:
         outgoing: list[Outgoing] | None = None,
         delivered: int | None = None,
     ) -> Negotiation:
-        # The store locks the row and checks the move, then calls ``record`` before it
-        # commits: the log never shows a transition the protocol refuses, and nothing is
-        # acknowledged that the log does not hold.
+        # The store locks the row, checks the move and makes it, then calls ``record`` in
+        # the same transaction: the log never shows a transition the protocol refuses, and
+        # nothing is acknowledged that the log does not hold.
         extra: dict[str, object] = {}
         if agreement_id:
             extra["agreement_id"] = agreement_id

@@ -272,10 +272,6 @@ class NegotiationStore:
                 for step in steps:
                     check_transition(current, step)
                     current = step
-                # The row is locked (PostgreSQL) and the move is valid: record it now, in
-                # this transaction, so a replica that lost the race never writes an entry.
-                if before_commit is not None:
-                    before_commit(tx)
                 values: dict[str, Any] = {"state": current.value, "updated_ms": now_ms}
                 for name, value in (
                     ("counterparty_pid", counterparty_pid),
@@ -304,6 +300,10 @@ class NegotiationStore:
                     tx.execute(
                         "UPDATE outbox SET status = 'delivered' WHERE id = ?", (delivered,)
                     ).close()
+                # Last, once the compare-and-set has won: the audit entries commit with the
+                # move or not at all, and the log's sequence is held only for the commit.
+                if before_commit is not None:
+                    before_commit(tx)
         except OperationalError:
             # SQLite refuses to write from a snapshot another writer already changed.
             raise Aborted(
