@@ -13,6 +13,7 @@ from connector.demo.run import outcomes_json, run_demo
 from connector.demo.space import LocalSpace
 from connector.logs import setup_logging
 from connector.node.memory import bound_malloc_arenas
+from connector.node.scheduling import batch_scheduling
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 1 if any outcome differs from what was expected."""
     root: Path = args.dir or Path(f"tds-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     bound_malloc_arenas()  # the whole space runs in this process
+    batch_scheduling()
     setup_logging("info", root.resolve() / "tds.log")
     outcomes = run_demo(root.resolve(), say, keep=_keep if args.keep_running else None)
     failed = [o for o in outcomes if not o.ok]

@@ -172,6 +172,11 @@ def _wait_final(
 def run_negotiate(args: argparse.Namespace) -> int:
     """Start a negotiation, optionally wait for its outcome."""
     stub = _admin(args.config)
+    deadline = time.monotonic() + (args.wait or 0)
+    # With --wait, the connector holds the answer until the outcome (up to 30 s a call).
+    wait_ms = int(min(args.wait, 30.0) * 1000) if args.wait else 0
+    if args.wait is not None:
+        say(f"Requesting {args.product}/{args.offer} from {args.provider}; waiting ...")
     with calling("your connector"):
         info = stub.StartNegotiation(
             admin_pb2.StartNegotiationRequest(
@@ -179,12 +184,13 @@ def run_negotiate(args: argparse.Namespace) -> int:
                 product_id=args.product,
                 offer_id=args.offer,
                 purpose=args.purpose,
+                wait_ms=wait_ms,
             ),
-            timeout=30,
+            timeout=30 + wait_ms / 1000,
         )
         if args.wait is not None:
-            say(f"Requested {args.product}/{args.offer} from {args.provider}; waiting ...")
-            info = _wait_final(stub, admin_pb2.NegotiationRef(pid=info.pid), info, args.wait)
+            left = deadline - time.monotonic()
+            info = _wait_final(stub, admin_pb2.NegotiationRef(pid=info.pid), info, left)
     emit(_info(info), _line(info), as_json=args.json)
     return 1 if info.state == "TERMINATED" else 0
 

@@ -14,6 +14,7 @@ from connector.config import Config, load_config
 from connector.logs import setup_logging
 from connector.node import Node
 from connector.node.memory import bound_malloc_arenas
+from connector.node.scheduling import batch_scheduling
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="run a connector (or the registry, for role operator)",
         description="Serve until SIGTERM or SIGINT, then finish in-flight calls and close. "
         "Logs are JSON lines on stderr. Environment: TDS_DATABASE_URL overrides "
-        "database.url; TDS_LOG_LEVEL sets the log level (default info).",
+        "database.url; TDS_LOG_LEVEL sets the log level (default info); TDS_SCHED_BATCH=0 "
+        "keeps the threads out of Linux's batch scheduling class.",
     )
     p.add_argument("--config", required=True, type=Path, help="the connector's TOML config")
     p.set_defaults(func=run_serve)
@@ -40,6 +42,7 @@ def apply_environment(cfg: Config) -> Config:
 def run_serve(args: argparse.Namespace) -> int:
     """Start the node, wait for a signal, stop gracefully."""
     bound_malloc_arenas()  # before the node starts its threads
+    batch_scheduling()  # likewise: its threads inherit the class
     setup_logging(os.environ.get("TDS_LOG_LEVEL", "info"))
     cfg = apply_environment(load_config(args.config))
     node = Node(cfg)

@@ -7,9 +7,10 @@ with ``FOR UPDATE SKIP LOCKED``, so each message goes out once at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class Outbox:
         max_delay: float = 60.0,
         on_give_up: Callable[[Pending, str], None] | None = None,
         workers: int = 8,
+        poll_seconds: float = 0.5,
     ) -> None:
         self._db = db
         self._deliver = deliver
@@ -63,10 +65,13 @@ class Outbox:
         self._max_delay = max_delay
         self._on_give_up = on_give_up
         self._workers = workers
+        self._poll = poll_seconds  # how often an idle loop looks for due messages
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tds-outbox")
         self._wake = threading.Event()
         self._in_flight: set[int] = set()  # ids being sent by this process
         self._in_flight_lock = threading.Lock()
+        self._starved = False  # a pass found every worker busy: wake it when one is free
+        self._here = threading.local()  # ``inline`` is in force on this thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,7 +98,7 @@ class Outbox:
                 log.exception("outbox pass failed")
                 busy = False
             if not busy:
-                self._wake.wait(0.5)
+                self._wake.wait(self._poll)
 
     def deliver_due(self, limit: int = 20, lease_seconds: float = 30.0) -> bool:
         """Start sending every due message not already on its way; return whether any was.
@@ -107,9 +112,10 @@ class Outbox:
         """
         with self._in_flight_lock:
             busy = list(self._in_flight)
-        room = min(limit, self._workers - len(busy))
-        if room <= 0:
-            return False  # a finishing send pokes the loop
+            room = min(limit, self._workers - len(busy))
+            if room <= 0:
+                self._starved = True  # the next send to finish pokes the loop
+                return False
         now_ms = int(self._clock.now() * 1000)
         skip = f" AND id NOT IN ({', '.join('?' * len(busy))})" if busy else ""
         claim = " FOR UPDATE SKIP LOCKED" if self._db.postgres else ""
@@ -135,11 +141,31 @@ class Outbox:
         """Send messages just committed (stored leased to this process) without a pass."""
         self._start(messages, int(self._clock.now() * 1000))
 
+    @contextlib.contextmanager
+    def inline(self) -> Iterator[None]:
+        """Within this block, messages dispatched from this thread are sent on it.
+
+        For a caller that waits for the outcome anyway (and for the workers themselves,
+        for the message that taking an answer queues): handing each message to another
+        thread, and waking the caller when it is done, cost more than the send. A message
+        that fails is settled as any other, and retried by the outbox's passes.
+        """
+        was = getattr(self._here, "inline", False)
+        self._here.inline = True
+        try:
+            yield
+        finally:
+            self._here.inline = was
+
     def _start(self, messages: list[Pending], now_ms: int) -> bool:
-        """Hand to the workers each message not already on its way; whether any was."""
+        """Send, or hand to the workers, each message not already on its way; whether any was."""
         with self._in_flight_lock:
             fresh = [p for p in messages if p.id not in self._in_flight]
             self._in_flight.update(p.id for p in fresh)
+        if getattr(self._here, "inline", False) and not self._stop.is_set():
+            for p in fresh:
+                self._send(p, now_ms)
+            return bool(fresh)
         # Messages to different negotiations are independent: send them side by side.
         for i, p in enumerate(fresh):
             try:
@@ -152,11 +178,14 @@ class Outbox:
 
     def _send(self, pending: Pending, now_ms: int) -> None:
         try:
-            self._send_once(pending, now_ms)
+            with self.inline():  # what taking the answer queues goes out on this thread
+                self._send_once(pending, now_ms)
         finally:
             with self._in_flight_lock:
                 self._in_flight.discard(pending.id)
-            self._wake.set()  # room for the next due message
+                starved, self._starved = self._starved, False
+            if starved:
+                self._wake.set()  # room for the due messages a pass had to leave
 
     def _send_once(self, pending: Pending, now_ms: int) -> None:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,6 +365,7 @@ class Node:
                         negotiations=NegotiationStore(db),
                     ),
                     self._disclosure if self.registry is not None else None,
+                    self._send_inline,
                 )
             )
         )
@@ -490,6 +493,10 @@ class Node:
         """Send messages a transition just committed (the outbox retries what fails)."""
         if self.outbox is not None:
             self.outbox.dispatch(messages)
+
+    def _send_inline(self) -> AbstractContextManager[None]:
+        """Messages dispatched in this block go out on the calling thread (``Outbox.inline``)."""
+        return self.outbox.inline() if self.outbox is not None else contextlib.nullcontext()
 
     def _negotiator(self) -> Negotiator:
         if self.negotiator is None:

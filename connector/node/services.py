@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +69,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         transfers: TransferAdmin | None = None,
         consents: ConsentAdmin | None = None,
         disclosure: Callable[[int], dict[str, Any]] | None = None,
+        send_inline: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
+        self._send_inline = send_inline
         self._consents = consents
         self._disclosure = disclosure
         self._registrar = registrar
@@ -121,12 +126,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.AddProductResponse(product_json=product.to_json())
 
     def StartNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
-        """As a consumer, ask a provider for a contract."""
-        return negotiation_info(
-            self._negotiator.start(
-                request.provider, request.product_id, request.offer_id, request.purpose
-            )
-        )
+        """As a consumer, ask a provider for a contract; with ``wait_ms``, its outcome."""
+        terms = (request.provider, request.product_id, request.offer_id, request.purpose)
+        if not request.wait_ms:
+            return negotiation_info(self._negotiator.start(*terms))
+        deadline = time.monotonic() + min(request.wait_ms, MAX_WAIT_MS) / 1000
+        # This thread waits anyway: it carries the request, and the countersignature the
+        # answer leads to, itself. An agreement that needs approval arrives later, by a
+        # call from the provider, and the wait below sees it.
+        with self._send_inline():
+            n = self._negotiator.start(*terms)
+        left = max(0.0, deadline - time.monotonic())
+        return negotiation_info(self._negotiator.wait_final(n.pid, left))
 
     def ListNegotiations(self, request: Any, context: Any) -> admin_pb2.ListNegotiationsResponse:
         """Negotiations, filtered."""

@@ -409,6 +409,62 @@ def test_a_wait_that_ends_first_answers_with_the_current_state(space: LocalSpace
     assert ended.state == "TERMINATED"
 
 
+def start_waiting(
+    space: LocalSpace, product_id: str, wait_ms: int, purpose: str = "research"
+) -> admin_pb2.NegotiationInfo:
+    return admin(space, "a").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov", product_id=product_id, offer_id="o1", purpose=purpose,
+            wait_ms=wait_ms,
+        ),
+        timeout=30,
+    )  # fmt: skip
+
+
+def outbox_rows(space: LocalSpace, who: str, pid: str) -> list[tuple[str, str]]:
+    db = space.nodes[who].db
+    assert db is not None
+    with db.transaction() as tx:
+        rows = tx.all(
+            "SELECT method, status FROM outbox WHERE negotiation_pid = ? ORDER BY id", (pid,)
+        )
+    return [(str(m), str(s)) for m, s in rows]
+
+
+def test_start_can_wait_for_the_outcome(space: LocalSpace) -> None:
+    """One call: the answer is FINALIZED, both messages were delivered before it."""
+    done = start_waiting(space, "open-stats", 15_000)
+    assert done.state == "FINALIZED", (done.state, list(done.reasons))
+    verify_agreement(done.agreement, keys(space))
+    assert provider_side(space, done).state == "FINALIZED"
+    assert outbox_rows(space, "a", done.pid) == [
+        ("RequestContract", "delivered"),
+        ("VerifyAgreement", "delivered"),
+    ]
+
+
+def test_start_waiting_answers_a_refusal_with_its_reason(space: LocalSpace) -> None:
+    done = start_waiting(space, "open-stats", 15_000, purpose="marketing")
+    assert done.state == "TERMINATED" and "purpose_not_offered" in list(done.reasons)
+    gone = start_waiting(space, "no-such-product", 15_000)
+    assert gone.state == "TERMINATED" and "not found" in " ".join(gone.reasons)
+
+
+def test_start_waiting_for_an_approval_answers_when_the_wait_ends(space: LocalSpace) -> None:
+    began = time.monotonic()
+    held = start_waiting(space, "road-sensors", 400)  # important: waits for approval
+    assert held.state == "REQUESTED" and held.counterparty_pid
+    assert 0.35 <= time.monotonic() - began < 10
+    admin(space, "gov").ApproveNegotiation(
+        admin_pb2.NegotiationRef(pid=held.counterparty_pid), timeout=10
+    )
+    # The agreement comes by the provider's call back, and goes on through the workers.
+    ended = admin(space, "a").GetNegotiation(
+        admin_pb2.NegotiationRef(pid=held.pid, wait_ms=15_000), timeout=30
+    )
+    assert ended.state == "FINALIZED"
+
+
 def test_waiting_on_an_unknown_negotiation_is_not_found(space: LocalSpace) -> None:
     with pytest.raises(grpc.RpcError) as err:
         admin(space, "a").GetNegotiation(

@@ -193,3 +193,87 @@ def test_dispatch_after_stop_leaves_the_message_queued(db: Database) -> None:
     request(store, "m-5")  # the transition still succeeds
     assert status(db, "m-5") == ("pending", NOW_MS + LEASE_MS)
     assert receiver.sent == []
+
+
+def test_inline_sends_on_the_calling_thread_and_chains_on_it(db: Database) -> None:
+    """Inside ``inline`` a committed message goes out before the transition returns, on
+    the caller's thread; the message taking its answer queues goes out on that thread too
+    (also on a worker's, outside ``inline``)."""
+    clock = FixedClock(NOW_MS / 1000)
+    threads: dict[str, str] = {}
+    store_box: list[NegotiationStore] = []
+
+    def deliver(pending: Pending) -> bool:
+        threads[pending.message_id] = threading.current_thread().name
+        if pending.method == "RequestContract":  # the answer moves it and queues a reply
+            store_box[0].transition(
+                pending.negotiation_pid, State.TERMINATED, now_ms=NOW_MS + 1,
+                delivered=pending.id,
+                outgoing=[Outgoing("gov", "Terminate", b"x", pending.message_id + "-reply")],
+            )  # fmt: skip
+            return True
+        return False
+
+    outbox = Outbox(db, deliver, clock)
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    store_box.append(store)
+    with outbox.inline():
+        request(store, "m-6")
+    me = threading.current_thread().name
+    assert threads == {"m-6": me, "m-6-reply": me}  # both sent before request() returned
+    assert status(db, "m-6")[0] == "delivered" and status(db, "m-6-reply")[0] == "delivered"
+
+    request(store, "m-7")  # outside inline: a worker sends it, and then its reply
+    for _ in range(200):
+        if "m-7-reply" in threads:
+            break
+        threading.Event().wait(0.02)
+    settled(outbox, db, "m-7-reply", "delivered")
+    outbox.stop()
+    assert threads["m-7"].startswith("tds-outbox") and threads["m-7-reply"] == threads["m-7"]
+
+
+def test_a_failed_inline_send_is_left_to_the_outbox(db: Database) -> None:
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock, base_delay=0.5)
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    receiver.fail = True
+    with outbox.inline():
+        request(store, "m-8")  # the transition stands; the send failed
+    assert status(db, "m-8") == ("pending", NOW_MS + 500)  # settled for a retry at once
+    receiver.fail = False
+    clock.advance(0.5)
+    assert outbox.deliver_due()
+    settled(outbox, db, "m-8", "delivered")
+    outbox.stop()
+    assert receiver.sent == ["m-8"]
+
+
+def test_a_pass_that_found_every_worker_busy_is_woken_when_one_is_free(db: Database) -> None:
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    # An idle loop looks again only after a minute: only a poke delivers m-10 in time.
+    outbox = Outbox(db, receiver, clock, workers=1, poll_seconds=60)
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    receiver.release.clear()
+    request(store, "m-9")  # holds the only worker
+    for _ in range(200):
+        if outbox._in_flight:
+            break
+        threading.Event().wait(0.01)
+    outbox.start()
+    # A message for the next pass, due at once; the loop finds no free worker.
+    NegotiationStore(db, hand_over=None).create(
+        role="consumer", counterparty="gov", counterparty_pid="", product="p", offer="o",
+        purpose="research", state=State.REQUESTED, now_ms=NOW_MS,
+        outgoing=[Outgoing("gov", "RequestContract", b"payload", "m-10")],
+    )  # fmt: skip
+    outbox._wake.set()
+    for _ in range(200):
+        if outbox._starved:
+            break
+        threading.Event().wait(0.01)
+    assert outbox._starved
+    receiver.release.set()
+    settled(outbox, db, "m-10", "delivered")  # woken by the send that finished
+    outbox.stop()
+    assert receiver.sent == ["m-9", "m-10"]

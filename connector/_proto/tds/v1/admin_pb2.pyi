@@ -555,10 +555,17 @@ class StartNegotiationRequest(_message.Message):
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
     OFFER_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     product_id: _builtins.str
     offer_id: _builtins.str
     purpose: _builtins.str
+    wait_ms: _builtins.int
+    """Hold the answer until the negotiation is FINALIZED or TERMINATED, for at most this
+    long (capped at 30 s); the answer is its state either way. The connector then sends
+    the negotiation's messages on the caller's own thread rather than through its outbox
+    workers (what fails is still retried by the outbox). 0: answer once it is requested.
+    """
     def __init__(
         self,
         *,
@@ -566,10 +573,11 @@ class StartNegotiationRequest(_message.Message):
         product_id: _builtins.str = ...,
         offer_id: _builtins.str = ...,
         purpose: _builtins.str = ...,
+        wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "product_id", b"product_id", "provider", b"provider", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "product_id", b"product_id", "provider", b"provider", "purpose", b"purpose", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
