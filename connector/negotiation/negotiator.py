@@ -400,10 +400,12 @@ class Negotiator:
     def _answer_request(
         self, caller: Caller, req: negotiation_pb2.ContractRequest, decided: list[Record]
     ) -> negotiation_pb2.NegotiationAck:
-        product = self._catalog.get_visible(caller, req.product_id, defer=decided)
+        product = self._catalog.own(req.product_id)  # NOT_FOUND when there is none
         try:
             offer = product.offer(req.offer_id)
         except KeyError:
+            # A hidden product's offers are as unknown as the product: ask the access policy.
+            self._catalog.get_visible(caller, product.id, defer=decided)
             raise NotFound(f"offer {req.offer_id!r} of product {product.id!r} not found") from None
         document = build_input(
             "contract.request",
@@ -427,7 +429,14 @@ class Negotiator:
                 else {}
             },
         )
+        # The contract decision says whether the access policy lets the caller see the
+        # product at all (one evaluation, not two); a library whose contract decision
+        # does not say is asked separately. Hidden looks exactly like missing.
         decision = self._policy.decide(document, defer=decided)
+        if decision.visible is None:
+            self._catalog.get_visible(caller, product.id, defer=decided)
+        elif not decision.visible:
+            raise NotFound(f"product {product.id!r} not found")
         common: dict[str, Any] = {
             "role": PROVIDER,
             "counterparty": caller.participant,

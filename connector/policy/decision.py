@@ -62,6 +62,9 @@ class Decision:
     engine: str = ""
     detail: str = ""
     """Why an engine failure became a deny (for logs; never shown to the other party)."""
+    visible: bool | None = None
+    """For a contract request: whether the access policy lets the subject see the resource
+    (None when the policy does not say; a refusal never says)."""
 
     @classmethod
     def refuse(
@@ -93,6 +96,7 @@ class Decision:
             "input_sha256": self.input_sha256,
             "engine": self.engine,
             **({"detail": self.detail} if self.detail else {}),
+            **({"visible": self.visible} if self.visible is not None else {}),
         }
 
 
@@ -129,15 +133,19 @@ def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -
     obligations, masks = raw.get("obligations", {}), raw.get("masks", {})
     permitted = raw.get("permitted_fields")
     fields = _strings(permitted) if permitted is not None else None
+    visible = raw.get("visible")
     if (
         not isinstance(needs_approval, bool)
         or not isinstance(obligations, dict)
         or not isinstance(masks, dict)
         or (permitted is not None and fields is None)
+        or (visible is not None and not isinstance(visible, bool))
     ):
         return malformed(
-            "needs_approval, obligations, permitted_fields or masks has the wrong type"
+            "needs_approval, obligations, permitted_fields, masks or visible has the wrong type"
         )
+    if allow and visible is False:
+        return malformed("allow is true for a resource the subject may not see")
     unknown = set(raw) - {
         "allow",
         "deny",
@@ -145,6 +153,7 @@ def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -
         "obligations",
         "permitted_fields",
         "masks",
+        "visible",
     }
     if unknown:
         return malformed(f"unknown fields {sorted(unknown)}")
@@ -158,4 +167,5 @@ def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -
         revision=revision,
         input_sha256=input_sha256,
         engine=engine,
+        visible=visible,
     )

@@ -47,6 +47,7 @@ class PolicyPoint:
                 "revision": decision.revision,
                 "engine": decision.engine,
                 "product": str(resource.get("id", "")),
+                **({"visible": decision.visible} if decision.visible is not None else {}),
             },
         )
         if defer is not None:

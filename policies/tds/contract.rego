@@ -37,7 +37,12 @@ default needs_approval := false
 
 needs_approval if common.is_important
 
+# Whether the access policy lets the subject see the product at all: when it does not,
+# the connector answers as if the product did not exist (one decision, not two).
+visible := count(access.deny) == 0
+
 decision := common.decision(deny, {
 	"needs_approval": needs_approval,
 	"obligations": obligations.for_offer,
+	"visible": visible,
 })

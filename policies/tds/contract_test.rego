@@ -90,3 +90,23 @@ test_allow_personal_with_consent if {
 	result := contract.decision with input as doc
 	result.allow
 }
+
+test_visible_when_the_access_policy_lets_the_subject_see_it if {
+	d := contract.decision with input as base
+	d.visible == true
+}
+
+test_hidden_when_the_access_policy_does_not if {
+	doc := patch("resource", {"access": {"allow_list": ["ent-b"]}})
+	d := contract.decision with input as doc
+	d.visible == false
+	not d.allow
+	"not_on_allow_list" in d.deny
+}
+
+test_visible_although_refused_for_another_reason if {
+	doc := patch("contract", {"purpose": "marketing"})
+	d := contract.decision with input as doc
+	d.visible == true
+	not d.allow
+}

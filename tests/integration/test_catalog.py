@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    negotiation_pb2,
+    negotiation_pb2_grpc,
+)
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from tests.integration.test_authentication import own_token, pem, raw_channel
@@ -111,6 +121,74 @@ def test_hidden_and_missing_products_look_the_same(world: LocalSpace) -> None:
         assert err.code() == grpc.StatusCode.NOT_FOUND
         details.append((err.details() or "").replace(product_id, "ID"))
     assert details[0] == details[1]
+
+
+def contract_request(space: LocalSpace, member: str, product_id: str, offer: str) -> str:
+    """A member's contract request straight to gov's NegotiationService: the NOT_FOUND
+    details with the product id blanked out (what the member learns)."""
+    stub = negotiation_pb2_grpc.NegotiationServiceStub(
+        raw_channel(
+            space,
+            "gov",
+            pem(space, member, "tls_key"),
+            pem(space, member, "tls_cert"),
+            own_token(space, member),
+        )
+    )
+    request = negotiation_pb2.ContractRequest(
+        message_id=uuid.uuid4().hex, consumer_pid=uuid.uuid4().hex, product_id=product_id,
+        offer_id=offer, purpose="audit",
+    )  # fmt: skip
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RequestContract(request, timeout=10)
+    err = info.value
+    assert isinstance(err, grpc.RpcError)
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+    return (err.details() or "").replace(product_id, "ID")
+
+
+def test_a_contract_request_for_a_hidden_product_is_answered_as_for_a_missing_one(
+    world: LocalSpace,
+) -> None:
+    publish(world, json.dumps(RESTRICTED), "json", replace=True)
+    node = world.nodes["gov"]
+    assert node.log is not None
+    before = node.log.size
+    missing = contract_request(world, "a", "no-such-product", "audit")
+    assert contract_request(world, "a", "tender-bids", "audit") == missing
+    assert contract_request(world, "a", "tender-bids", "no-such-offer") == missing
+    decisions = [
+        json.loads(body)["data"]
+        for _, body in node.log.entries(before, node.log.size)
+        if json.loads(body)["kind"] == "policy.decision"
+    ]
+    # One decision each: the contract decision says the product is hidden; for an
+    # unknown offer, the access decision says which of the two is not found.
+    assert [(d["action"], d["allow"], d.get("visible")) for d in decisions] == [
+        ("contract.request", False, False),
+        ("catalog.read", False, None),
+    ]
+
+
+def test_a_policy_that_does_not_say_visible_is_asked_separately(
+    world: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A city library whose contract decision has no ``visible`` (an older or custom
+    one): the access policy is asked too, so a hidden product is still not found."""
+    publish(world, json.dumps(RESTRICTED), "json", replace=True)
+    point = world.nodes["gov"].policy
+    assert point is not None
+    engine = point.engine
+
+    class Silent:
+        revision = engine.revision
+
+        def decide(self, document: Any) -> Any:
+            return dataclasses.replace(engine.decide(document), visible=None)
+
+    monkeypatch.setattr(point, "engine", Silent())
+    missing = contract_request(world, "a", "no-such-product", "audit")
+    assert contract_request(world, "a", "tender-bids", "audit") == missing
 
 
 def test_core_product_is_refused_and_nothing_changes(world: LocalSpace) -> None:

@@ -480,7 +480,8 @@ def provider_entries_since(space: LocalSpace, size: int) -> list[dict[str, objec
 
 
 def test_every_decision_of_a_request_is_logged_with_what_it_led_to(space: LocalSpace) -> None:
-    """Agreed at once: both decisions and both transitions, in one contiguous write."""
+    """Agreed at once: the contract decision (which also says the product is visible to
+    the caller) and both transitions, in one contiguous write."""
     log = space.nodes["gov"].log
     assert log is not None
     before = log.size
@@ -489,15 +490,15 @@ def test_every_decision_of_a_request_is_logged_with_what_it_led_to(space: LocalS
     entries = provider_entries_since(space, before)
     first = [
         (e["kind"], e["data"].get("action") or e["data"].get("to"))  # type: ignore[union-attr]
-        for e in entries[:4]
+        for e in entries[:3]
     ]
     assert first == [
-        ("policy.decision", "catalog.read"),
         ("policy.decision", "contract.request"),
         ("negotiation.transition", "REQUESTED"),
         ("negotiation.transition", "AGREED"),
     ]
-    assert [e["index"] for e in entries[:4]] == list(range(before, before + 4))
+    assert entries[0]["data"]["visible"] is True  # type: ignore[index]
+    assert [e["index"] for e in entries[:3]] == list(range(before, before + 3))
 
 
 @pytest.mark.parametrize(
@@ -518,8 +519,9 @@ def test_a_request_refused_is_still_logged_with_its_decisions(
         for e in provider_entries_since(space, before)
         if e["kind"] == "policy.decision"
     ]
-    # The access decision is logged even when the request ends before a contract decision.
-    expected = ["catalog.read"] if offer != "o1" else ["catalog.read", "contract.request"]
+    # An unknown offer ends the request before a contract decision: the access decision
+    # (whether to say the product or the offer is not found) is logged all the same.
+    expected = ["catalog.read"] if offer != "o1" else ["contract.request"]
     assert actions == expected
 
 

@@ -81,11 +81,34 @@ def test_decisions_follow_the_decision_schema(engine: PolicyEngine) -> None:
     schema = json.loads((SCHEMA / "decision.schema.json").read_text())
     for case in CASES[:10]:
         document = engine.decide(case.input).as_json()
-        core = {
-            k: document[k]
-            for k in ("allow", "deny", "needs_approval", "obligations", "permitted_fields", "masks")
-        }
+        fields = ("allow", "deny", "needs_approval", "obligations", "permitted_fields", "masks")
+        core = {k: document[k] for k in (*fields, "visible") if k in document}
         jsonschema.validate(core, schema)
+
+
+CONTRACT_CASES = [c for c in CASES if c.input.get("action") == "contract.request"]
+
+
+@pytest.mark.parametrize("case", CONTRACT_CASES, ids=[c.name for c in CONTRACT_CASES])
+def test_a_contract_decision_says_what_the_access_decision_would(
+    engine: PolicyEngine, case: Case
+) -> None:
+    """The connector takes the contract decision's ``visible`` instead of a second
+    evaluation: for every contract fixture it must be the access policy's own answer for
+    the same subject and resource, on every engine."""
+    contract = engine.decide(case.input)
+    if "invalid_input" in case.deny:
+        assert contract.visible is None  # a refusal says nothing about visibility
+        return
+    access = engine.decide({**case.input, "action": "catalog.read"})
+    assert contract.visible is access.allow, (contract.deny, access.deny)
+    if not contract.visible:
+        assert not contract.allow
+
+
+def test_some_contract_fixtures_are_hidden_from_their_subject(engine: PolicyEngine) -> None:
+    hidden = [c.name for c in CONTRACT_CASES if engine.decide(c.input).visible is False]
+    assert hidden, "no contract fixture covers a product the subject may not see"
 
 
 def test_input_digest_is_over_content_not_key_order(engine: PolicyEngine) -> None:

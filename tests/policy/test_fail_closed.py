@@ -18,6 +18,7 @@ from connector.policy.decision import (
     INVALID_INPUT,
     MALFORMED_DECISION,
     UNDEFINED,
+    parse_decision,
 )
 from connector.policy.library import validate_provider_module
 from tests.policy.cases import CASES, offer, start
@@ -89,6 +90,19 @@ def test_malformed_decision_is_a_deny(opa: OpaServerEngine, opa_url: str) -> Non
     fault(opa_url, "garbage")
     decision = opa.decide(GOOD.input)
     assert not decision.allow and decision.deny == (MALFORMED_DECISION,)
+
+
+@pytest.mark.parametrize(("visible", "allow"), [("yes", False), (1, False), (False, True)], ids=str)
+def test_a_decision_with_a_bad_visible_is_a_deny(visible: object, allow: bool) -> None:
+    """``visible`` must be a boolean, and a resource the subject may not see is never
+    allowed: either way the document is malformed, and malformed is a deny."""
+    raw = {
+        "allow": allow, "deny": [] if allow else ["x"], "needs_approval": False,
+        "obligations": {}, "permitted_fields": None, "masks": {}, "visible": visible,
+    }  # fmt: skip
+    decision = parse_decision(raw, revision="r", input_sha256="0" * 64, engine="test")
+    assert not decision.allow and decision.deny == (MALFORMED_DECISION,)
+    assert decision.visible is None
 
 
 def test_unhealthy_opa_refuses_to_start(opa_url: str, policy_set: PolicySet) -> None:
