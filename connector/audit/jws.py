@@ -28,6 +28,7 @@ __all__ = [
     "payload_bytes",
     "payload_of",
     "sign",
+    "verify_countersignature",
     "verify_countersigned",
     "verify_signed",
 ]
@@ -157,3 +158,26 @@ def verify_countersigned(
         raise VerificationError(
             f"the {second[1]}'s signature does not countersign this {first[1]} signature"
         )
+
+
+def verify_countersignature(
+    signed: str, original: str, keys: KeyLookup, *, second: tuple[str, str], what: str
+) -> None:
+    """Verify a document the first party gets back countersigned, against the ``original``
+    it signed and sent: the same payload and first signature, to the byte, and a valid
+    second signature that binds it.
+
+    For the first party only: its own signature was made here, so checking it is equal
+    to what was sent proves as much as verifying it again (offline checks use
+    ``verify_countersigned``).
+    """
+    doc, sent = _document(signed, what), _document(original, what)
+    sigs = doc["signatures"]
+    if len(sigs) != 2:
+        raise VerificationError(f"a complete {what} carries two signatures")
+    if doc["payload"] != sent["payload"] or sigs[0] != sent["signatures"][0]:
+        raise VerificationError(f"the countersigned {what} differs from the one sent")
+    header = _verify_one(doc["payload"], sigs[1], *second, keys, what)
+    bound = _b64(hashlib.sha256(sigs[0]["signature"].encode()).digest())
+    if header.get("tds_countersigns") != bound:
+        raise VerificationError(f"the {second[1]}'s signature does not countersign this {what}")

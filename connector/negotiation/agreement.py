@@ -19,11 +19,13 @@ from connector.errors import VerificationError
 __all__ = [
     "Agreement",
     "countersign_agreement",
+    "countersigned_agreement",
     "parse_agreement",
     "revocation_terms",
     "sign_agreement",
     "verify_agreement",
     "verify_provider_signature",
+    "verify_returned_agreement",
 ]
 
 _MAX = 2**53 - 1
@@ -133,8 +135,27 @@ def countersign_agreement(
     signed: str, consumer_key: ed25519.Ed25519PrivateKey, keys: jws.KeyLookup
 ) -> str:
     """Verify the provider's signature and add the consumer's countersignature."""
-    first, second = _parties(parse_agreement(signed))
-    return jws.countersign(signed, consumer_key, keys, first=first, second=second, what="agreement")
+    return countersigned_agreement(signed, consumer_key, keys)[1]
+
+
+def countersigned_agreement(
+    signed: str, consumer_key: ed25519.Ed25519PrivateKey, keys: jws.KeyLookup
+) -> tuple[Agreement, str]:
+    """``countersign_agreement``, with the agreement's terms (parsed and verified once)."""
+    agreement = parse_agreement(signed)
+    first, second = _parties(agreement)
+    countersigned = jws.countersign(
+        signed, consumer_key, keys, first=first, second=second, what="agreement"
+    )
+    return agreement, countersigned
+
+
+def verify_returned_agreement(signed: str, sent: str, consumer: str, keys: jws.KeyLookup) -> None:
+    """The provider's check of the agreement it ``sent`` to ``consumer``, back with the
+    consumer's countersignature: the same payload and provider signature, to the byte, and
+    the consumer's valid signature binding it (nothing to parse: the terms are the ones
+    sent)."""
+    jws.verify_countersignature(signed, sent, keys, second=(consumer, "consumer"), what="agreement")
 
 
 def verify_agreement(signed: str, keys: jws.KeyLookup) -> Agreement:

@@ -44,10 +44,9 @@ from connector.errors import (
 )
 from connector.negotiation.agreement import (
     Agreement,
-    countersign_agreement,
+    countersigned_agreement,
     sign_agreement,
-    verify_agreement,
-    verify_provider_signature,
+    verify_returned_agreement,
 )
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
@@ -328,7 +327,9 @@ class Negotiator:
     ) -> Negotiation:
         """Check the provider's agreement against what we asked for, countersign it, send
         it back (AGREED → VERIFIED)."""
-        agreement = verify_provider_signature(signed, self._keys)
+        # Verified and countersigned in one pass; what it signs is checked before it is
+        # stored or sent.
+        agreement, countersigned = countersigned_agreement(signed, self._key, self._keys)
         expected = (provider, self._me, n.product, n.offer, n.purpose, n.pid)
         actual = (
             agreement.provider,
@@ -340,7 +341,6 @@ class Negotiator:
         )
         if actual != expected or agreement.provider_pid != provider_pid:
             raise InvalidRequest("the agreement's terms are not what was requested")
-        countersigned = countersign_agreement(signed, self._key, self._keys)
         reply = negotiation_pb2.AgreementMessage(
             message_id=uuid.uuid4().hex,
             provider_pid=provider_pid,
@@ -587,11 +587,8 @@ class Negotiator:
             return _ack(n)
         if n.agreement is None:
             raise PreconditionFailed("no agreement was sent for this negotiation")
-        agreement = verify_agreement(msg.agreement, self._keys)
-        if jws.payload_bytes(msg.agreement, "agreement") != jws.payload_bytes(
-            n.agreement, "agreement"
-        ):
-            raise InvalidRequest("the countersigned agreement differs from the one sent")
+        # The terms and our signature must be the ones sent; the consumer's must verify.
+        verify_returned_agreement(msg.agreement, n.agreement, n.counterparty, self._keys)
         # FINALIZED reaches the consumer as the answer to this call, which its outbox
         # repeats until it has taken one: no Finalize call back is needed.
         n = self._transition(
@@ -599,7 +596,6 @@ class Negotiator:
             State.VERIFIED,
             State.FINALIZED,
             agreement=msg.agreement,
-            agreement_id=agreement.id,
             inbox=(msg.message_id, caller.participant),
         )
         return _ack(n)

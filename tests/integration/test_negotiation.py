@@ -3,6 +3,7 @@ terminated, revoked; every agreement verifies offline."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -13,11 +14,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, negotiation_pb2
 from connector._proto.tds.v1 import negotiation_pb2_grpc as npb_grpc
+from connector.audit.canonical import canonical_json
 from connector.demo.space import LocalSpace
 from connector.identity.certs import load_ed25519_public_key
 from connector.identity.names import Role
 from connector.negotiation.agreement import (
     Agreement,
+    countersign_agreement,
     sign_agreement,
     verify_agreement,
     verify_provider_signature,
@@ -592,3 +595,51 @@ def test_a_forged_agreement_in_an_answer_ends_the_negotiation(space: LocalSpace)
     assert "the provider's agreement is refused" in ended.reasons[0]
     assert not ended.agreement
     wait(space, "gov", info.counterparty_pid, "TERMINATED")
+
+
+def test_a_bad_countersignature_is_refused_and_changes_nothing(space: LocalSpace) -> None:
+    """The provider takes back only the agreement it sent, countersigned by the consumer's
+    own key: a countersignature by another key, or other terms, is refused, and the
+    negotiation stays AGREED with nothing logged or remembered."""
+    stub = consumer_calls_provider(space)
+    request = negotiation_pb2.ContractRequest(
+        message_id="m-cs", consumer_pid="c-cs", product_id="open-stats", offer_id="o1",
+        purpose="research",
+    )  # fmt: skip
+    ack = stub.RequestContract(request, timeout=10)
+    assert ack.state == "AGREED"
+    mallory = ed25519.Ed25519PrivateKey.generate()
+    genuine_keys = keys(space)
+
+    def with_mallory(participant: str) -> ed25519.Ed25519PublicKey:
+        return mallory.public_key() if participant == "a" else genuine_keys(participant)
+
+    by_mallory = countersign_agreement(ack.agreement, mallory, with_mallory)
+    # The same signatures over other terms (a thousand transfers instead of three).
+    altered = json.loads(by_mallory)
+    terms = json.loads(base64.urlsafe_b64decode(altered["payload"] + "=="))
+    terms["max_transfers"] = 1000
+    altered["payload"] = base64.urlsafe_b64encode(canonical_json(terms)).rstrip(b"=").decode()
+    other = json.dumps(altered)
+    node = space.nodes["gov"]
+    assert node.log is not None
+    before = node.log.size
+    for i, forged in enumerate((by_mallory, other, "{}")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.VerifyAgreement(
+                negotiation_pb2.AgreementMessage(
+                    message_id=f"m-cs-{i}", provider_pid=ack.pid, consumer_pid="c-cs",
+                    agreement=forged,
+                ),
+                timeout=10,
+            )  # fmt: skip
+        assert err.value.code() in (  # type: ignore[attr-defined]
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert "agreement" in (err.value.details() or "")  # type: ignore[attr-defined]
+    theirs = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=ack.pid), timeout=10)
+    assert theirs.state == "AGREED" and theirs.agreement == ack.agreement
+    assert node.log.size == before
+    assert node.negotiator is not None
+    assert not any(node.negotiator._store.processed(f"m-cs-{i}") for i in range(3))

@@ -9,14 +9,17 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from connector.audit import jws
 from connector.errors import PreconditionFailed, VerificationError
 from connector.negotiation.agreement import (
     Agreement,
     countersign_agreement,
+    countersigned_agreement,
     parse_agreement,
     sign_agreement,
     verify_agreement,
     verify_provider_signature,
+    verify_returned_agreement,
 )
 from connector.negotiation.states import State, check_transition
 
@@ -87,6 +90,56 @@ def test_countersigning_checks_the_provider_first() -> None:
     forged = sign_agreement(replace(AGREEMENT, provider="gov"), KEYS["mallory"])
     with pytest.raises(VerificationError):
         countersign_agreement(forged, KEYS["ent-a"], public)
+
+
+def test_countersigned_agreement_gives_the_terms_it_verified() -> None:
+    signed = sign_agreement(AGREEMENT, KEYS["gov"])
+    agreement, both = countersigned_agreement(signed, KEYS["ent-a"], public)
+    assert agreement == AGREEMENT and verify_agreement(both, public) == AGREEMENT
+
+
+def _altered(signed: str, **terms: object) -> str:
+    """``signed`` with its payload's terms changed and the signatures kept."""
+    doc = json.loads(signed)
+    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
+    payload.update(terms)
+    doc["payload"] = (
+        base64.urlsafe_b64encode(
+            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def test_the_provider_takes_back_only_its_own_agreement_countersigned() -> None:
+    sent = sign_agreement(AGREEMENT, KEYS["gov"])
+    both = countersign_agreement(sent, KEYS["ent-a"], public)
+    verify_returned_agreement(both, sent, "ent-a", public)  # the genuine one passes
+
+    by_mallory = countersign_agreement(sent, KEYS["mallory"], public)
+    with pytest.raises(VerificationError, match="consumer's signature"):
+        verify_returned_agreement(by_mallory, sent, "ent-a", public)
+    with pytest.raises(VerificationError, match="consumer's"):  # countersigned as another
+        verify_returned_agreement(both, sent, "mallory", public)
+    # Other terms under the same signatures, or another agreement of the provider's.
+    with pytest.raises(VerificationError, match="differs from the one sent"):
+        verify_returned_agreement(_altered(both, max_transfers=1000), sent, "ent-a", public)
+    other = sign_agreement(replace(AGREEMENT, id="ag-2"), KEYS["gov"])
+    other_both = countersign_agreement(other, KEYS["ent-a"], public)
+    with pytest.raises(VerificationError, match="differs from the one sent"):
+        verify_returned_agreement(other_both, sent, "ent-a", public)
+    with pytest.raises(VerificationError, match="two signatures"):
+        verify_returned_agreement(sent, sent, "ent-a", public)
+    # A valid consumer signature over these terms that binds another provider signature.
+    doc = json.loads(both)
+    header = {"alg": "EdDSA", "kid": "ent-a", "tds_role": "consumer", "tds_countersigns": "x"}
+    doc["signatures"][1] = jws._signature(doc["payload"], header, KEYS["ent-a"])
+    with pytest.raises(VerificationError, match="does not countersign"):
+        verify_returned_agreement(json.dumps(doc), sent, "ent-a", public)
+    with pytest.raises(VerificationError, match="not JSON"):
+        verify_returned_agreement("{", sent, "ent-a", public)
 
 
 @pytest.mark.parametrize(
