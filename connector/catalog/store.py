@@ -12,12 +12,18 @@ from connector.store.models import ProductRow
 
 __all__ = ["ProductStore"]
 
+_PARSED_KEPT = 256
+
 
 class ProductStore:
     """Products on SQLite or PostgreSQL."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Parsed products by their stored text: every contract and transfer step reads its
+        # product, and parsing it again was a few percent of a negotiation. Keyed by the
+        # text, so a product changed by a replica is parsed afresh. Products are frozen.
+        self._parsed: dict[str, Product] = {}
 
     def put(self, product: Product, *, replace: bool, now_ms: int) -> Product:
         """Store a validated product; ``ConflictError`` if it exists and not ``replace``."""
@@ -49,7 +55,14 @@ class ProductStore:
             row = tx.one("SELECT body FROM product WHERE id = ?", (product_id,))
         if row is None:
             raise NotFound(f"product {product_id!r} not found")
-        return Product.from_json(row[0])
+        body = str(row[0])
+        product = self._parsed.get(body)
+        if product is None:
+            product = Product.from_json(body)
+            if len(self._parsed) >= _PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[body] = product
+        return product
 
     def list(self) -> list[Product]:
         """Every product, by id."""

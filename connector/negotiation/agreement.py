@@ -7,7 +7,7 @@ decimal strings; ``Agreement`` holds them as integers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -85,7 +85,13 @@ class Agreement:
 
     def payload(self) -> bytes:
         """The canonical JSON both parties sign."""
-        return canonical_json({"tds_agreement": 1, **_to_ijson(asdict(self))})
+        # Field by field rather than ``asdict``, whose deep copy was most of the cost; the
+        # terms are copied by ``_to_ijson`` all the same.
+        terms = {f.name: getattr(self, f.name) for f in _FIELDS}
+        return canonical_json({"tds_agreement": 1, **_to_ijson(terms)})
+
+
+_FIELDS = fields(Agreement)
 
 
 def sign_agreement(agreement: Agreement, provider_key: ed25519.Ed25519PrivateKey) -> str:

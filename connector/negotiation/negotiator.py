@@ -151,7 +151,7 @@ class Negotiator:
 
     def _transition(
         self,
-        n: Negotiation,
+        n: Negotiation | str,
         *steps: State,
         agreement: str | None = None,
         agreement_id: str | None = None,
@@ -160,7 +160,9 @@ class Negotiator:
         inbox: tuple[str, str] | None = None,
         outgoing: list[Outgoing] | None = None,
         delivered: int | None = None,
+        expect: Callable[[Negotiation], bool] | None = None,
     ) -> Negotiation:
+        """Move ``n`` (or the negotiation of that pid: ``expect`` checks it as read)."""
         # The store locks the row, checks the move and makes it, then calls ``record`` in
         # the same transaction: the log never shows a transition the protocol refuses, and
         # nothing is acknowledged that the log does not hold.
@@ -170,13 +172,14 @@ class Negotiator:
         if reasons:
             extra["reasons"] = list(reasons)
 
-        def record(tx: RawTransaction) -> None:
-            self._audit.record_in(
-                tx, [_moved(n.state, steps[-1], n.role, n.counterparty, n.product, n.pid, extra)]
+        def record(tx: RawTransaction, was: Negotiation) -> None:
+            moved = _moved(
+                was.state, steps[-1], was.role, was.counterparty, was.product, was.pid, extra
             )
+            self._audit.record_in(tx, [moved])
 
         result = self._store.transition(
-            n.pid,
+            n if isinstance(n, str) else n.pid,
             *steps,
             now_ms=self._now_ms(),
             agreement=agreement,
@@ -186,6 +189,7 @@ class Negotiator:
             inbox=inbox,
             outgoing=outgoing or (),
             delivered=delivered,
+            expect=expect,
             before_commit=record,
         )
         self._changed_now(result)
@@ -292,10 +296,17 @@ class Negotiator:
         (``delivered`` as for ``request_answered``)."""
         if ack.state != State.FINALIZED.value:
             return False
-        n = self._store.get(consumer_pid)
-        if n.state != State.VERIFIED or n.counterparty != provider or n.role != CONSUMER:
+        try:  # checked as read in the transition's own transaction: one read, not two
+            self._transition(
+                consumer_pid,
+                State.FINALIZED,
+                delivered=delivered,
+                expect=lambda n: (
+                    n.state == State.VERIFIED and n.counterparty == provider and n.role == CONSUMER
+                ),
+            )
+        except (NotFound, PreconditionFailed):
             return False
-        self._transition(n, State.FINALIZED, delivered=delivered)
         return True
 
     @retrying
@@ -303,8 +314,8 @@ class Negotiator:
         self, caller: Caller, msg: negotiation_pb2.AgreementMessage
     ) -> negotiation_pb2.NegotiationAck:
         """Provider → consumer: verify, countersign, send back (AGREED → VERIFIED)."""
-        n = self._own(msg.consumer_pid, CONSUMER, caller)
-        if self._store.processed(msg.message_id) or n.state in (State.VERIFIED, State.FINALIZED):
+        n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id)
+        if seen or n.state in (State.VERIFIED, State.FINALIZED):
             return _ack(n)
         n = self._countersign(
             n,
@@ -368,8 +379,8 @@ class Negotiator:
         self, caller: Caller, event: negotiation_pb2.NegotiationEvent
     ) -> negotiation_pb2.NegotiationAck:
         """Provider → consumer: the negotiation is finalized."""
-        n = self._own(event.consumer_pid, CONSUMER, caller)
-        if self._store.processed(event.message_id) or n.state == State.FINALIZED:
+        n, seen = self._own(event.consumer_pid, CONSUMER, caller, event.message_id)
+        if seen or n.state == State.FINALIZED:
             return _ack(n)
         if event.state != State.FINALIZED.value:
             raise InvalidRequest("only FINALIZED events are sent between connectors")
@@ -460,7 +471,7 @@ class Negotiator:
         agreed: dict[str, Any] = {}
         if decision.allow and not decision.needs_approval:
             # Agreed at once: REQUESTED and AGREED are stored, and logged, in one transaction.
-            agreement_id, signed, _ = self._agreement(
+            agreement_id, signed = self._agreement(
                 pid=pid,
                 consumer=caller.participant,
                 consumer_pid=req.consumer_pid,
@@ -521,8 +532,8 @@ class Negotiator:
         purpose: str,
         terms: dict[str, Any],
         revision: str,
-    ) -> tuple[str, str, Outgoing]:
-        """The signed agreement for an offer, and the message that carries it (id, JWS, message)."""
+    ) -> tuple[str, str]:
+        """The signed agreement for an offer: its id and the JWS."""
         agreement = Agreement(
             id=f"ag-{uuid.uuid4().hex}",
             provider=self._me,
@@ -543,19 +554,11 @@ class Negotiator:
             masks=dict(offer.masks),
             registration_code=product.registration_code,
         )
-        signed = sign_agreement(agreement, self._key)
-        msg = negotiation_pb2.AgreementMessage(
-            message_id=uuid.uuid4().hex,
-            provider_pid=pid,
-            consumer_pid=consumer_pid,
-            agreement=signed,
-        )
-        outgoing = Outgoing(consumer, "SendAgreement", msg.SerializeToString(), msg.message_id)
-        return agreement.id, signed, outgoing
+        return agreement.id, sign_agreement(agreement, self._key)
 
     def _agree(self, n: Negotiation, revision: str) -> Negotiation:
         product = self._catalog.own(n.product)
-        agreement_id, signed, message = self._agreement(
+        agreement_id, signed = self._agreement(
             pid=n.pid,
             consumer=n.counterparty,
             consumer_pid=n.counterparty_pid,
@@ -565,6 +568,14 @@ class Negotiator:
             terms=n.terms,
             revision=revision,
         )
+        # After an approval the agreement goes to the consumer in a call of its own.
+        msg = negotiation_pb2.AgreementMessage(
+            message_id=uuid.uuid4().hex,
+            provider_pid=n.pid,
+            consumer_pid=n.counterparty_pid,
+            agreement=signed,
+        )
+        message = Outgoing(n.counterparty, "SendAgreement", msg.SerializeToString(), msg.message_id)
         return self._transition(
             n, State.AGREED, agreement=signed, agreement_id=agreement_id, outgoing=[message]
         )
@@ -582,8 +593,8 @@ class Negotiator:
         self, caller: Caller, msg: negotiation_pb2.AgreementMessage
     ) -> negotiation_pb2.NegotiationAck:
         """Consumer → provider: the countersigned agreement (→ VERIFIED → FINALIZED)."""
-        n = self._own(msg.provider_pid, PROVIDER, caller)
-        if self._store.processed(msg.message_id) or n.state == State.FINALIZED:
+        n, seen = self._own(msg.provider_pid, PROVIDER, caller, msg.message_id)
+        if seen or n.state == State.FINALIZED:
             return _ack(n)
         if n.agreement is None:
             raise PreconditionFailed("no agreement was sent for this negotiation")
@@ -596,6 +607,7 @@ class Negotiator:
             State.VERIFIED,
             State.FINALIZED,
             agreement=msg.agreement,
+            agreement_id=n.agreement_id,  # the one sent, as verified above
             inbox=(msg.message_id, caller.participant),
         )
         return _ack(n)
@@ -746,15 +758,18 @@ class Negotiator:
 
     # -- lookups ----------------------------------------------------------------------
 
-    def _own(self, pid: str, role: str, caller: Caller) -> Negotiation:
-        """Our negotiation ``pid`` with ``caller`` in ``role``; NOT_FOUND for anyone else's."""
+    def _own(
+        self, pid: str, role: str, caller: Caller, message_id: str
+    ) -> tuple[Negotiation, bool]:
+        """Our negotiation ``pid`` with ``caller`` in ``role`` (NOT_FOUND for anyone
+        else's), and whether the message ``message_id`` was already processed."""
         try:
-            n = self._store.get(pid)
+            n, seen = self._store.get_noting(pid, message_id)
         except NotFound:
             raise NotFound("no such negotiation") from None
         if n.role != role or n.counterparty != caller.participant:
             raise NotFound("no such negotiation")
-        return n
+        return n, seen
 
     def _own_local(self, pid: str, role: str) -> Negotiation:
         n = self._store.get(pid)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from connector.errors import Aborted, ConflictError, NotFound
+from connector.errors import Aborted, ConflictError, NotFound, PreconditionFailed
 from connector.negotiation.outbox import Pending
 from connector.negotiation.states import State, check_transition
 from connector.store.database import Database, RawTransaction
@@ -202,6 +202,16 @@ class NegotiationStore:
             raise NotFound(f"negotiation {pid!r} not found")
         return _negotiation(row)
 
+    def get_noting(self, pid: str, message_id: str) -> tuple[Negotiation, bool]:
+        """One negotiation (or ``NotFound``), and whether ``message_id`` was already
+        processed: what a receiver asks first, in one read."""
+        with self._db.transaction() as tx:
+            row = tx.one(f"{_SELECT} WHERE pid = ?", (pid,))
+            seen = row is not None and self._seen(tx, message_id)
+        if row is None:
+            raise NotFound(f"negotiation {pid!r} not found")
+        return _negotiation(row), seen
+
     def find(self, role: str, counterparty: str, counterparty_pid: str) -> Negotiation | None:
         """The negotiation a counterparty's process id names, if any."""
         with self._db.transaction() as tx:
@@ -246,12 +256,15 @@ class NegotiationStore:
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
-        before_commit: Callable[[RawTransaction], None] | None = None,
+        expect: Callable[[Negotiation], bool] | None = None,
+        before_commit: Callable[[RawTransaction, Negotiation], None] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
 
         ``delivered``: an outbox row whose answer this transition takes, marked delivered
-        in the same transaction (the outbox then has nothing to settle).
+        in the same transaction (the outbox then has nothing to settle). ``expect``: a
+        check of the negotiation as read here; ``PreconditionFailed`` when it fails.
+        ``before_commit`` is called last, with the negotiation as it was before the move.
 
         The update is a compare-and-set on the state read (the row is also locked on
         PostgreSQL), so of two replicas or threads moving one negotiation at once, exactly
@@ -268,6 +281,8 @@ class NegotiationStore:
                     # the caller's retry will find it done and answer as it did.
                     raise Aborted(f"message {inbox[0]} was just processed")
                 n = _negotiation(row)
+                if expect is not None and not expect(n):
+                    raise PreconditionFailed(f"negotiation {pid} is not the one this is for")
                 current = n.state
                 for step in steps:
                     check_transition(current, step)
@@ -303,7 +318,7 @@ class NegotiationStore:
                 # Last, once the compare-and-set has won: the audit entries commit with the
                 # move or not at all, and the log's sequence is held only for the commit.
                 if before_commit is not None:
-                    before_commit(tx)
+                    before_commit(tx, n)
         except OperationalError:
             # SQLite refuses to write from a snapshot another writer already changed.
             raise Aborted(

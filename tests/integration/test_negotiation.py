@@ -436,10 +436,20 @@ def outbox_rows(space: LocalSpace, who: str, pid: str) -> list[tuple[str, str]]:
 
 def test_start_can_wait_for_the_outcome(space: LocalSpace) -> None:
     """One call: the answer is FINALIZED, both messages were delivered before it."""
+    log = space.nodes["gov"].log
+    assert log is not None
+    before = log.size
     done = start_waiting(space, "open-stats", 15_000)
     assert done.state == "FINALIZED", (done.state, list(done.reasons))
     verify_agreement(done.agreement, keys(space))
     assert provider_side(space, done).state == "FINALIZED"
+    # Each side's log names the agreement with the move that finalizes it.
+    finals = [
+        e["data"]
+        for e in provider_entries_since(space, before)
+        if e["kind"] == "negotiation.transition" and e["data"]["to"] == "FINALIZED"  # type: ignore[index]
+    ]
+    assert [f["agreement_id"] for f in finals] == [done.agreement_id]  # type: ignore[index]
     assert outbox_rows(space, "a", done.pid) == [
         ("RequestContract", "delivered"),
         ("VerifyAgreement", "delivered"),

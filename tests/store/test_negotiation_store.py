@@ -110,7 +110,7 @@ def test_a_transition_the_log_refuses_is_not_stored(store: NegotiationStore) -> 
 
     n = provider(store)
 
-    def log_down(tx: object) -> None:
+    def log_down(tx: object, before: object = None) -> None:
         raise Unavailable("the audit log could not be written")
 
     with pytest.raises(Unavailable):
@@ -135,3 +135,39 @@ def test_a_transition_the_log_refuses_is_not_stored(store: NegotiationStore) -> 
             before_commit=log_down,
         )
     assert store.find("provider", "a", "c-log") is None
+
+
+def test_a_transition_whose_expectation_fails_changes_nothing(store: NegotiationStore) -> None:
+    n = provider(store)
+    recorded: list[object] = []
+    with pytest.raises(PreconditionFailed):
+        store.transition(
+            n.pid,  # type: ignore[attr-defined]
+            State.AGREED,
+            now_ms=2,
+            outgoing=[Outgoing("a", "SendAgreement", b"x")],
+            expect=lambda m: m.counterparty == "someone-else",
+            before_commit=lambda tx, was: recorded.append(was),
+        )
+    assert store.get(n.pid).state == State.REQUESTED and recorded == []  # type: ignore[attr-defined]
+    moved = store.transition(
+        n.pid,  # type: ignore[attr-defined]
+        State.AGREED,
+        now_ms=2,
+        expect=lambda m: m.counterparty == "a",
+        before_commit=lambda tx, was: recorded.append(was),
+    )
+    assert moved.state == State.AGREED
+    assert [w.state for w in recorded] == [State.REQUESTED]  # type: ignore[attr-defined]
+
+
+def test_one_read_gives_the_negotiation_and_whether_a_message_was_seen(
+    store: NegotiationStore,
+) -> None:
+    n = provider(store)
+    assert store.get_noting(n.pid, "m-1") == (n, False)  # type: ignore[attr-defined]
+    store.transition(n.pid, State.AGREED, now_ms=2, inbox=("m-1", "a"))  # type: ignore[attr-defined]
+    moved, seen = store.get_noting(n.pid, "m-1")  # type: ignore[attr-defined]
+    assert moved.state == State.AGREED and seen
+    with pytest.raises(NotFound):
+        store.get_noting("no-such-pid", "m-1")
