@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,6 +64,13 @@ class AuditLog(Protocol):
 
     def record_in(self, tx: RawTransaction, records: Sequence[Record]) -> list[int]:
         """Append entries within ``tx``: they are durable when, and only if, it commits."""
+        ...
+
+    def prepare(self, records: Sequence[Record]) -> Callable[[RawTransaction], list[int]]:
+        """``record_in`` in two steps: the entries are built now, and the function returned
+        appends them within a transaction. Build them before the transaction writes
+        anything: on SQLite a writer holds the database's one write lock until it commits.
+        """
         ...
 
 
@@ -249,7 +256,13 @@ class TransparencyLog:
 
     def record_in(self, tx: RawTransaction, records: Sequence[Record]) -> list[int]:
         """``append_in`` for ``(kind, parties, data)`` records."""
-        return self.append_in(tx, [self.entry(k, parties=p, data=d) for k, p, d in records])
+        return self.prepare(records)(tx)
+
+    def prepare(self, records: Sequence[Record]) -> Callable[[RawTransaction], list[int]]:
+        """The entries for ``records``, built now; the function appends them within a
+        transaction (``append_in``)."""
+        entries = [self.entry(k, parties=p, data=d) for k, p, d in records]
+        return lambda tx: self.append_in(tx, entries)
 
     def _append(self, tx: RawTransaction, groups: list[list[LogEntry]]) -> list[list[int]]:
         """Insert ``groups`` of entries at the end of the log, within ``tx``; their indices.

@@ -172,11 +172,11 @@ class Negotiator:
         if reasons:
             extra["reasons"] = list(reasons)
 
-        def record(tx: RawTransaction, was: Negotiation) -> None:
+        def record(was: Negotiation) -> Callable[[RawTransaction], Any]:
             moved = _moved(
                 was.state, steps[-1], was.role, was.counterparty, was.product, was.pid, extra
             )
-            self._audit.record_in(tx, [moved])
+            return self._audit.prepare([moved])
 
         result = self._store.transition(
             n if isinstance(n, str) else n.pid,
@@ -218,10 +218,6 @@ class Negotiator:
         request.consumer_pid = pid
         extra: dict[str, object] = {"offer": offer, "purpose": purpose}
         moved = _moved(None, State.REQUESTED, CONSUMER, provider, product, pid, extra)
-
-        def record(tx: RawTransaction) -> None:
-            self._audit.record_in(tx, [moved])
-
         n = self._store.create(
             role=CONSUMER,
             counterparty=provider,
@@ -237,7 +233,7 @@ class Negotiator:
                 )
             ],
             pid=pid,
-            before_commit=record,
+            before_commit=self._audit.prepare([moved]),  # built before the write lock
         )
         return n
 
@@ -499,16 +495,13 @@ class Negotiator:
                 )
             )
 
-        def record(tx: RawTransaction) -> None:
-            self._audit.record_in(tx, [*decided, *records])
-
         try:
             n = self._store.create(
                 state=state,
                 reasons=() if decision.allow else decision.deny,
                 terms=terms,
                 pid=pid,
-                before_commit=record,
+                before_commit=self._audit.prepare([*decided, *records]),
                 **agreed,
                 **common,
             )

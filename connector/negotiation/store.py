@@ -151,7 +151,7 @@ class NegotiationStore:
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         pid: str | None = None,
-        before_commit: Callable[[RawTransaction], None] | None = None,
+        before_commit: Callable[[RawTransaction], Any] | None = None,
     ) -> Negotiation:
         """A new negotiation; ``ConflictError`` if the counterparty's pid is already known.
 
@@ -257,14 +257,16 @@ class NegotiationStore:
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
         expect: Callable[[Negotiation], bool] | None = None,
-        before_commit: Callable[[RawTransaction, Negotiation], None] | None = None,
+        before_commit: Callable[[Negotiation], Callable[[RawTransaction], Any]] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
 
         ``delivered``: an outbox row whose answer this transition takes, marked delivered
         in the same transaction (the outbox then has nothing to settle). ``expect``: a
         check of the negotiation as read here; ``PreconditionFailed`` when it fails.
-        ``before_commit`` is called last, with the negotiation as it was before the move.
+        ``before_commit`` is called with the negotiation as read, before anything is
+        written (on SQLite the write lock is taken at the first write and held until the
+        commit: prepare there), and what it returns is called last, within the transaction.
 
         The update is a compare-and-set on the state read (the row is also locked on
         PostgreSQL), so of two replicas or threads moving one negotiation at once, exactly
@@ -287,6 +289,7 @@ class NegotiationStore:
                 for step in steps:
                     check_transition(current, step)
                     current = step
+                last = before_commit(n) if before_commit is not None else None
                 values: dict[str, Any] = {"state": current.value, "updated_ms": now_ms}
                 for name, value in (
                     ("counterparty_pid", counterparty_pid),
@@ -317,8 +320,8 @@ class NegotiationStore:
                     ).close()
                 # Last, once the compare-and-set has won: the audit entries commit with the
                 # move or not at all, and the log's sequence is held only for the commit.
-                if before_commit is not None:
-                    before_commit(tx, n)
+                if last is not None:
+                    last(tx)
         except OperationalError:
             # SQLite refuses to write from a snapshot another writer already changed.
             raise Aborted(

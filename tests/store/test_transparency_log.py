@@ -140,6 +140,22 @@ def test_entries_appended_in_a_rolled_back_transaction_vanish_with_it(
     whole_tree_holds(tlog)
 
 
+def test_entries_prepared_before_a_transaction_are_appended_in_it(
+    db: Database, tlog: TransparencyLog
+) -> None:
+    """``prepare`` builds the entries at once and appends them when its function is
+    called within a transaction; a refused entry is refused before anything is written."""
+    append = tlog.prepare([("t", ["b"], {"n": 1})])
+    assert tlog.size == 0
+    with db.transaction() as tx:
+        remember(tx, "m1")
+        assert append(tx) == [0]
+    assert json.loads(tlog.entries(0, 1)[0][1])["data"] == {"n": 1}
+    with pytest.raises(InvalidRequest):
+        tlog.prepare([("", [], {})])  # no kind: refused at once, no transaction involved
+    whole_tree_holds(tlog)
+
+
 def test_one_append_per_transaction(db: Database, tlog: TransparencyLog) -> None:
     with pytest.raises(RuntimeError, match="one audit log append"), db.transaction() as tx:
         tlog.record_in(tx, [("t", [], {})])
