@@ -95,12 +95,18 @@ class Delivery:
         self._channel_to = channel_to
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, negotiation_pb2_grpc.NegotiationServiceStub] = {}
 
     def _stub(self, target: str) -> negotiation_pb2_grpc.NegotiationServiceStub:
         with self._lock:
-            if target not in self._channels:
-                self._channels[target] = self._channel_to(target)
-            return negotiation_pb2_grpc.NegotiationServiceStub(self._channels[target])
+            stub = self._stubs.get(target)
+            if stub is None:  # one per channel: making a stub makes a callable per method
+                if target not in self._channels:
+                    self._channels[target] = self._channel_to(target)
+                stub = self._stubs[target] = negotiation_pb2_grpc.NegotiationServiceStub(
+                    self._channels[target]
+                )
+            return stub
 
     def __call__(self, pending: Pending) -> bool:
         """Deliver one message; ``PermanentRefusal`` when the receiver refuses it for good.
@@ -116,6 +122,7 @@ class Delivery:
         except ConnectorError:
             with self._lock:  # reconnect next time (address or certificate may have changed)
                 channel = self._channels.pop(pending.target, None)
+                self._stubs.pop(pending.target, None)
             if channel is not None:
                 channel.close()
             raise
@@ -149,3 +156,4 @@ class Delivery:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+            self._stubs.clear()
