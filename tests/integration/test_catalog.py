@@ -68,16 +68,19 @@ def admin(space: LocalSpace, who: str = "gov") -> admin_pb2_grpc.AdminServiceStu
     )
 
 
-def catalog(space: LocalSpace, member: str) -> catalog_pb2_grpc.CatalogServiceStub:
-    return catalog_pb2_grpc.CatalogServiceStub(
-        raw_channel(
-            space,
-            "gov",
-            pem(space, member, "tls_key"),
-            pem(space, member, "tls_cert"),
-            own_token(space, member),
-        )
+def as_member(space: LocalSpace, member: str) -> grpc.Channel:
+    """A channel to gov as ``member``'s connector calls it (its TLS and token)."""
+    return raw_channel(
+        space,
+        "gov",
+        pem(space, member, "tls_key"),
+        pem(space, member, "tls_cert"),
+        own_token(space, member),
     )
+
+
+def catalog(space: LocalSpace, member: str) -> catalog_pb2_grpc.CatalogServiceStub:
+    return catalog_pb2_grpc.CatalogServiceStub(as_member(space, member))
 
 
 def publish(space: LocalSpace, description: str, fmt: str = "", replace: bool = False) -> None:
@@ -126,15 +129,7 @@ def test_hidden_and_missing_products_look_the_same(world: LocalSpace) -> None:
 def contract_request(space: LocalSpace, member: str, product_id: str, offer: str) -> str:
     """A member's contract request straight to gov's NegotiationService: the NOT_FOUND
     details with the product id blanked out (what the member learns)."""
-    stub = negotiation_pb2_grpc.NegotiationServiceStub(
-        raw_channel(
-            space,
-            "gov",
-            pem(space, member, "tls_key"),
-            pem(space, member, "tls_cert"),
-            own_token(space, member),
-        )
-    )
+    stub = negotiation_pb2_grpc.NegotiationServiceStub(as_member(space, member))
     request = negotiation_pb2.ContractRequest(
         message_id=uuid.uuid4().hex, consumer_pid=uuid.uuid4().hex, product_id=product_id,
         offer_id=offer, purpose="audit",

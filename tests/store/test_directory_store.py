@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from connector.errors import ConflictError, NotFound, PreconditionFailed
 from connector.registry.store import DirectoryEntry, SqlDirectoryStore
 from connector.store.database import Database, open_database
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url)
-    yield database
-    database.close()
 
 
 @pytest.fixture

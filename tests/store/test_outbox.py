@@ -4,7 +4,6 @@ what was never sent (a process that died) becomes due again; on SQLite and Postg
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -14,7 +13,7 @@ from connector.errors import PreconditionFailed, Unavailable
 from connector.negotiation.outbox import Outbox, Pending
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore, Outgoing
-from connector.store.database import Database, open_database
+from connector.store.database import Database
 
 NOW_MS = 1_800_000_000_000
 LEASE_MS = 30_000
@@ -36,13 +35,6 @@ class Receiver:
             raise Unavailable("peer down")
         with self.lock:
             self.sent.append(pending.message_id)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url)
-    yield database
-    database.close()
 
 
 def status(db: Database, message_id: str) -> tuple[str, int]:

@@ -4,7 +4,6 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,9 @@ import pytest
 from connector.catalog.products import parse_description
 from connector.catalog.store import ProductStore
 from connector.errors import NotFound
-from connector.store.database import Database, open_database
+from connector.store.database import Database
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "products" / "traffic-flow.toml"
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url)
-    yield database
-    database.close()
 
 
 def test_a_read_gives_the_product_last_stored(db: Database) -> None:

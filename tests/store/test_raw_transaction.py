@@ -4,20 +4,12 @@ sessions do, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from connector.store.database import Database, RawTransaction, open_database
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url)
-    yield database
-    database.close()
 
 
 def remember(tx: RawTransaction, message_id: str, sender: str, at: int) -> None:

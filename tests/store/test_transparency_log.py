@@ -15,16 +15,9 @@ from connector.audit.checkpoint import open_checkpoint
 from connector.audit.log import TransparencyLog
 from connector.clock import FixedClock
 from connector.errors import InvalidRequest, Unavailable
-from connector.store.database import Database, RawTransaction, open_database
+from connector.store.database import Database, RawTransaction
 
 KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url)
-    yield database
-    database.close()
 
 
 def new_log(db: Database) -> TransparencyLog:
