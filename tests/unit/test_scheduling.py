@@ -65,7 +65,15 @@ def run_child(**env: str) -> dict[str, int]:
     return result
 
 
+def batch_allowed() -> bool:
+    """Whether this sandbox lets a process change its scheduling class at all."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
 def test_every_thread_moves_to_batch_and_new_threads_inherit_it() -> None:
+    if not batch_allowed():
+        pytest.skip("this sandbox refuses sched_setscheduler (the connector then runs as is)")
     got = run_child()
     assert got["main"] == got["early"] == got["later"] == os.SCHED_BATCH
     assert got["idle"] == os.SCHED_IDLE  # another class is left as the operator set it
