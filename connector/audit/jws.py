@@ -152,7 +152,20 @@ def verify_countersigned(
             f"a complete {what} carries the {first[1]}'s and {second[1]}'s signatures"
         )
     _verify_one(doc["payload"], sigs[0], *first, keys, what)
-    header = _verify_one(doc["payload"], sigs[1], *second, keys, what)
+    _verify_second(doc["payload"], sigs, keys, first=first, second=second, what=what)
+
+
+def _verify_second(
+    payload_b64: str,
+    sigs: list[Any],
+    keys: KeyLookup,
+    *,
+    first: tuple[str, str],
+    second: tuple[str, str],
+    what: str,
+) -> None:
+    """Verify the second signature and that it binds the first."""
+    header = _verify_one(payload_b64, sigs[1], *second, keys, what)
     bound = _b64(hashlib.sha256(sigs[0]["signature"].encode()).digest())
     if header.get("tds_countersigns") != bound:
         raise VerificationError(
@@ -161,7 +174,13 @@ def verify_countersigned(
 
 
 def verify_countersignature(
-    signed: str, original: str, keys: KeyLookup, *, second: tuple[str, str], what: str
+    signed: str,
+    original: str,
+    keys: KeyLookup,
+    *,
+    first: tuple[str, str],
+    second: tuple[str, str],
+    what: str,
 ) -> None:
     """Verify a document the first party gets back countersigned, against the ``original``
     it signed and sent: the same payload and first signature, to the byte, and a valid
@@ -177,7 +196,4 @@ def verify_countersignature(
         raise VerificationError(f"a complete {what} carries two signatures")
     if doc["payload"] != sent["payload"] or sigs[0] != sent["signatures"][0]:
         raise VerificationError(f"the countersigned {what} differs from the one sent")
-    header = _verify_one(doc["payload"], sigs[1], *second, keys, what)
-    bound = _b64(hashlib.sha256(sigs[0]["signature"].encode()).digest())
-    if header.get("tds_countersigns") != bound:
-        raise VerificationError(f"the {second[1]}'s signature does not countersign this {what}")
+    _verify_second(doc["payload"], sigs, keys, first=first, second=second, what=what)

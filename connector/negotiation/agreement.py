@@ -156,12 +156,21 @@ def countersigned_agreement(
     return agreement, countersigned
 
 
-def verify_returned_agreement(signed: str, sent: str, consumer: str, keys: jws.KeyLookup) -> None:
+def verify_returned_agreement(
+    signed: str, sent: str, keys: jws.KeyLookup, *, provider: str, consumer: str
+) -> None:
     """The provider's check of the agreement it ``sent`` to ``consumer``, back with the
     consumer's countersignature: the same payload and provider signature, to the byte, and
     the consumer's valid signature binding it (nothing to parse: the terms are the ones
     sent)."""
-    jws.verify_countersignature(signed, sent, keys, second=(consumer, "consumer"), what="agreement")
+    jws.verify_countersignature(
+        signed,
+        sent,
+        keys,
+        first=(provider, "provider"),
+        second=(consumer, "consumer"),
+        what="agreement",
+    )
 
 
 def verify_agreement(signed: str, keys: jws.KeyLookup) -> Agreement:

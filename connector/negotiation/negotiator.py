@@ -190,7 +190,7 @@ class Negotiator:
             outgoing=outgoing or (),
             delivered=delivered,
             expect=expect,
-            before_commit=record,
+            prepare=record,
         )
         self._changed_now(result)
         return result
@@ -592,7 +592,9 @@ class Negotiator:
         if n.agreement is None:
             raise PreconditionFailed("no agreement was sent for this negotiation")
         # The terms and our signature must be the ones sent; the consumer's must verify.
-        verify_returned_agreement(msg.agreement, n.agreement, n.counterparty, self._keys)
+        verify_returned_agreement(
+            msg.agreement, n.agreement, self._keys, provider=self._me, consumer=n.counterparty
+        )
         # FINALIZED reaches the consumer as the answer to this call, which its outbox
         # repeats until it has taken one: no Finalize call back is needed.
         n = self._transition(

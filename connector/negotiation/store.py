@@ -257,14 +257,14 @@ class NegotiationStore:
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
         expect: Callable[[Negotiation], bool] | None = None,
-        before_commit: Callable[[Negotiation], Callable[[RawTransaction], Any]] | None = None,
+        prepare: Callable[[Negotiation], Callable[[RawTransaction], Any]] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
 
         ``delivered``: an outbox row whose answer this transition takes, marked delivered
         in the same transaction (the outbox then has nothing to settle). ``expect``: a
         check of the negotiation as read here; ``PreconditionFailed`` when it fails.
-        ``before_commit`` is called with the negotiation as read, before anything is
+        ``prepare`` is called with the negotiation as read, before anything is
         written (on SQLite the write lock is taken at the first write and held until the
         commit: prepare there), and what it returns is called last, within the transaction.
 
@@ -289,7 +289,7 @@ class NegotiationStore:
                 for step in steps:
                     check_transition(current, step)
                     current = step
-                last = before_commit(n) if before_commit is not None else None
+                last = prepare(n) if prepare is not None else None
                 values: dict[str, Any] = {"state": current.value, "updated_ms": now_ms}
                 for name, value in (
                     ("counterparty_pid", counterparty_pid),

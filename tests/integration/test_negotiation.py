@@ -463,6 +463,22 @@ def test_start_waiting_answers_a_refusal_with_its_reason(space: LocalSpace) -> N
     assert gone.state == "TERMINATED" and "not found" in " ".join(gone.reasons)
 
 
+def test_start_waiting_on_a_provider_that_is_not_in_the_directory_ends_it(
+    space: LocalSpace,
+) -> None:
+    """The request sent on the caller's thread is refused for good (no such member): the
+    negotiation ends with the reason, which the waiting answer carries."""
+    done = admin(space, "a").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="nobody", product_id="open-stats", offer_id="o1", purpose="research",
+            wait_ms=15_000,
+        ),
+        timeout=30,
+    )  # fmt: skip
+    assert done.state == "TERMINATED", (done.state, list(done.reasons))
+    assert "nobody" in " ".join(done.reasons)
+
+
 def test_start_waiting_for_an_approval_answers_when_the_wait_ends(space: LocalSpace) -> None:
     began = time.monotonic()
     held = start_waiting(space, "road-sensors", 400)  # important: waits for approval
@@ -538,14 +554,19 @@ def test_a_request_refused_is_still_logged_with_its_decisions(
     assert actions == expected
 
 
+def open_stats_request(message_id: str, consumer_pid: str) -> negotiation_pb2.ContractRequest:
+    """A request for the auto-approved offer, as the consumer's connector sends it."""
+    return negotiation_pb2.ContractRequest(
+        message_id=message_id, consumer_pid=consumer_pid, product_id="open-stats",
+        offer_id="o1", purpose="research",
+    )  # fmt: skip
+
+
 def test_an_auto_approved_agreement_comes_back_in_the_answer(space: LocalSpace) -> None:
     """Two calls, not four: the agreement rides on the answer to the request, FINALIZED on
     the answer to the countersignature; a repeated request gets the same agreement."""
     stub = consumer_calls_provider(space)
-    request = negotiation_pb2.ContractRequest(
-        message_id="m-ack", consumer_pid="c-ack", product_id="open-stats", offer_id="o1",
-        purpose="research",
-    )  # fmt: skip
+    request = open_stats_request("m-ack", "c-ack")
     first = stub.RequestContract(request, timeout=10)
     again = stub.RequestContract(request, timeout=10)
     assert first.state == "AGREED" and first.agreement
@@ -612,10 +633,7 @@ def test_a_bad_countersignature_is_refused_and_changes_nothing(space: LocalSpace
     own key: a countersignature by another key, or other terms, is refused, and the
     negotiation stays AGREED with nothing logged or remembered."""
     stub = consumer_calls_provider(space)
-    request = negotiation_pb2.ContractRequest(
-        message_id="m-cs", consumer_pid="c-cs", product_id="open-stats", offer_id="o1",
-        purpose="research",
-    )  # fmt: skip
+    request = open_stats_request("m-cs", "c-cs")
     ack = stub.RequestContract(request, timeout=10)
     assert ack.state == "AGREED"
     mallory = ed25519.Ed25519PrivateKey.generate()

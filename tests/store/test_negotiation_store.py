@@ -119,7 +119,7 @@ def test_a_transition_the_log_refuses_is_not_stored(store: NegotiationStore) -> 
             State.AGREED,
             now_ms=2,  # type: ignore[attr-defined]
             outgoing=[Outgoing("a", "SendAgreement", b"x")],
-            before_commit=lambda was: log_down,
+            prepare=lambda was: log_down,
         )
     assert store.get(n.pid).state == State.REQUESTED  # type: ignore[attr-defined]
     with pytest.raises(Unavailable):
@@ -147,7 +147,7 @@ def test_a_transition_whose_expectation_fails_changes_nothing(store: Negotiation
             now_ms=2,
             outgoing=[Outgoing("a", "SendAgreement", b"x")],
             expect=lambda m: m.counterparty == "someone-else",
-            before_commit=lambda was: lambda tx: recorded.append(was),
+            prepare=lambda was: lambda tx: recorded.append(was),
         )
     assert store.get(n.pid).state == State.REQUESTED and recorded == []  # type: ignore[attr-defined]
     moved = store.transition(
@@ -155,7 +155,7 @@ def test_a_transition_whose_expectation_fails_changes_nothing(store: Negotiation
         State.AGREED,
         now_ms=2,
         expect=lambda m: m.counterparty == "a",
-        before_commit=lambda was: lambda tx: recorded.append(was),
+        prepare=lambda was: lambda tx: recorded.append(was),
     )
     assert moved.state == State.AGREED
     assert [w.state for w in recorded] == [State.REQUESTED]  # type: ignore[attr-defined]

@@ -116,30 +116,33 @@ def _altered(signed: str, **terms: object) -> str:
 def test_the_provider_takes_back_only_its_own_agreement_countersigned() -> None:
     sent = sign_agreement(AGREEMENT, KEYS["gov"])
     both = countersign_agreement(sent, KEYS["ent-a"], public)
-    verify_returned_agreement(both, sent, "ent-a", public)  # the genuine one passes
+    # The genuine one passes.
+    verify_returned_agreement(both, sent, public, provider="gov", consumer="ent-a")
 
     by_mallory = countersign_agreement(sent, KEYS["mallory"], public)
     with pytest.raises(VerificationError, match="consumer's signature"):
-        verify_returned_agreement(by_mallory, sent, "ent-a", public)
+        verify_returned_agreement(by_mallory, sent, public, provider="gov", consumer="ent-a")
     with pytest.raises(VerificationError, match="consumer's"):  # countersigned as another
-        verify_returned_agreement(both, sent, "mallory", public)
+        verify_returned_agreement(both, sent, public, provider="gov", consumer="mallory")
     # Other terms under the same signatures, or another agreement of the provider's.
     with pytest.raises(VerificationError, match="differs from the one sent"):
-        verify_returned_agreement(_altered(both, max_transfers=1000), sent, "ent-a", public)
+        verify_returned_agreement(
+            _altered(both, max_transfers=1000), sent, public, provider="gov", consumer="ent-a"
+        )
     other = sign_agreement(replace(AGREEMENT, id="ag-2"), KEYS["gov"])
     other_both = countersign_agreement(other, KEYS["ent-a"], public)
     with pytest.raises(VerificationError, match="differs from the one sent"):
-        verify_returned_agreement(other_both, sent, "ent-a", public)
+        verify_returned_agreement(other_both, sent, public, provider="gov", consumer="ent-a")
     with pytest.raises(VerificationError, match="two signatures"):
-        verify_returned_agreement(sent, sent, "ent-a", public)
+        verify_returned_agreement(sent, sent, public, provider="gov", consumer="ent-a")
     # A valid consumer signature over these terms that binds another provider signature.
     doc = json.loads(both)
     header = {"alg": "EdDSA", "kid": "ent-a", "tds_role": "consumer", "tds_countersigns": "x"}
     doc["signatures"][1] = jws._signature(doc["payload"], header, KEYS["ent-a"])
     with pytest.raises(VerificationError, match="does not countersign"):
-        verify_returned_agreement(json.dumps(doc), sent, "ent-a", public)
+        verify_returned_agreement(json.dumps(doc), sent, public, provider="gov", consumer="ent-a")
     with pytest.raises(VerificationError, match="not JSON"):
-        verify_returned_agreement("{", sent, "ent-a", public)
+        verify_returned_agreement("{", sent, public, provider="gov", consumer="ent-a")
 
 
 @pytest.mark.parametrize(
