@@ -35,6 +35,7 @@ from connector.clock import Clock
 from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
     Aborted,
+    AuthenticationError,
     ConflictError,
     InvalidRequest,
     NotFound,
@@ -50,7 +51,7 @@ from connector.negotiation.agreement import (
 )
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
-from connector.policy.inputs import build_input
+from connector.policy.inputs import build_input, subject_of
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.store.database import RawTransaction
@@ -66,6 +67,13 @@ They go into the signed agreement, so disclosure and deletion can be traced to t
 PROVIDER, CONSUMER = "provider", "consumer"
 F = TypeVar("F", bound=Callable[..., Any])
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
+RevokedCheck = Callable[[str, int], None]
+"""``(participant, certificate_serial)``: raise ``AuthenticationError`` if either is
+revoked by the operator, ``Unavailable`` when no current revocation list is at hand."""
+
+
+def _nothing_revoked(_participant: str, _serial: int) -> None:
+    """For a negotiator without a registry (tests of the negotiation alone)."""
 
 
 def retrying(method: F) -> F:
@@ -132,8 +140,10 @@ class Negotiator:
         clock: Clock,
         keys: KeyLookup,
         consent: ConsentLookup = no_consent,
+        revoked: RevokedCheck = _nothing_revoked,
     ) -> None:
         self._consent = consent
+        self._revoked = revoked
         self._me = participant
         self._key = signing_key
         self._store = store
@@ -161,8 +171,14 @@ class Negotiator:
         outgoing: list[Outgoing] | None = None,
         delivered: int | None = None,
         expect: Callable[[Negotiation], bool] | None = None,
+        terms: dict[str, Any] | None = None,
+        decided: list[Record] | None = None,
     ) -> Negotiation:
-        """Move ``n`` (or the negotiation of that pid: ``expect`` checks it as read)."""
+        """Move ``n`` (or the negotiation of that pid: ``expect`` checks it as read).
+
+        ``decided``: decisions that led to the move, logged before it in its transaction
+        (and emptied once committed).
+        """
         # The store locks the row, checks the move and makes it, then calls ``record`` in
         # the same transaction: the log never shows a transition the protocol refuses, and
         # nothing is acknowledged that the log does not hold.
@@ -176,7 +192,7 @@ class Negotiator:
             moved = _moved(
                 was.state, steps[-1], was.role, was.counterparty, was.product, was.pid, extra
             )
-            return self._audit.prepare([moved])
+            return self._audit.prepare([*(decided or ()), moved])
 
         result = self._store.transition(
             n if isinstance(n, str) else n.pid,
@@ -190,8 +206,11 @@ class Negotiator:
             outgoing=outgoing or (),
             delivered=delivered,
             expect=expect,
+            terms=terms,
             prepare=record,
         )
+        if decided:
+            decided.clear()  # committed with the move
         self._changed_now(result)
         return result
 
@@ -414,28 +433,8 @@ class Negotiator:
             # A hidden product's offers are as unknown as the product: ask the access policy.
             self._catalog.get_visible(caller, product.id, defer=decided)
             raise NotFound(f"offer {req.offer_id!r} of product {product.id!r} not found") from None
-        document = build_input(
-            "contract.request",
-            caller=caller,
-            resource=product.resource(),
-            clock=self._clock,
-            offer={
-                "id": offer.id,
-                "purposes": list(offer.purposes),
-                "valid_from_ns": offer.valid_from_ns,
-                "valid_until_ns": offer.valid_until_ns,
-                "max_transfers": offer.max_transfers,
-                "max_bytes": offer.max_bytes,
-                "obligations": offer.obligations,
-                "policy_module": offer.policy_module,
-            },
-            contract={"purpose": req.purpose},
-            context={
-                "consent": dict(self._consent(caller.participant, product.id, req.purpose))
-                if product.personal
-                else {}
-            },
-        )
+        subject = subject_of(caller)
+        document = self._contract_input(subject, product, offer, req.purpose)
         # The contract decision says whether the access policy lets the caller see the
         # product at all (one evaluation, not two); a library whose contract decision
         # does not say is asked separately. Hidden looks exactly like missing.
@@ -458,9 +457,16 @@ class Negotiator:
         state = State.REQUESTED if decision.allow else State.TERMINATED
         extra: dict[str, object] = {"decision": decision.id}
         terms = {k: decision.obligations[k] for k in CONTRACT_TERMS if k in decision.obligations}
+        requester: dict[str, Any] | None = None
         if decision.allow:
             extra["needs_approval"] = decision.needs_approval
             extra.update(terms)
+            if decision.needs_approval:
+                # The approval decides again, maybe days later, with this subject.
+                requester = {
+                    "subject": subject,
+                    "certificate_serial": caller.certificate_serial,
+                }
         else:
             extra["reasons"] = list(decision.deny)
         records = [_moved(None, state, PROVIDER, caller.participant, product.id, pid, extra)]
@@ -500,6 +506,7 @@ class Negotiator:
                 state=state,
                 reasons=() if decision.allow else decision.deny,
                 terms=terms,
+                requester=requester,
                 pid=pid,
                 before_commit=self._audit.prepare([*decided, *records]),
                 **agreed,
@@ -513,6 +520,34 @@ class Negotiator:
         decided.clear()  # committed with the negotiation
         self._changed_now(n)
         return _ack(n)
+
+    def _contract_input(
+        self, subject: dict[str, Any], product: Product, offer: Offer, purpose: str
+    ) -> dict[str, Any]:
+        """The input document of a contract decision: the product, offer and consent as
+        they are now, the subject as verified."""
+        return build_input(
+            "contract.request",
+            subject=subject,
+            resource=product.resource(),
+            clock=self._clock,
+            offer={
+                "id": offer.id,
+                "purposes": list(offer.purposes),
+                "valid_from_ns": offer.valid_from_ns,
+                "valid_until_ns": offer.valid_until_ns,
+                "max_transfers": offer.max_transfers,
+                "max_bytes": offer.max_bytes,
+                "obligations": offer.obligations,
+                "policy_module": offer.policy_module,
+            },
+            contract={"purpose": purpose},
+            context={
+                "consent": dict(self._consent(subject["id"], product.id, purpose))
+                if product.personal
+                else {}
+            },
+        )
 
     def _agreement(
         self,
@@ -549,16 +584,23 @@ class Negotiator:
         )
         return agreement.id, sign_agreement(agreement, self._key)
 
-    def _agree(self, n: Negotiation, revision: str) -> Negotiation:
-        product = self._catalog.own(n.product)
+    def _agree(
+        self,
+        n: Negotiation,
+        product: Product,
+        offer: Offer,
+        terms: dict[str, Any],
+        revision: str,
+        decided: list[Record],
+    ) -> Negotiation:
         agreement_id, signed = self._agreement(
             pid=n.pid,
             consumer=n.counterparty,
             consumer_pid=n.counterparty_pid,
             product=product,
-            offer=product.offer(n.offer),
+            offer=offer,
             purpose=n.purpose,
-            terms=n.terms,
+            terms=terms,
             revision=revision,
         )
         # After an approval the agreement goes to the consumer in a call of its own.
@@ -570,16 +612,64 @@ class Negotiator:
         )
         message = Outgoing(n.counterparty, "SendAgreement", msg.SerializeToString(), msg.message_id)
         return self._transition(
-            n, State.AGREED, agreement=signed, agreement_id=agreement_id, outgoing=[message]
+            n,
+            State.AGREED,
+            agreement=signed,
+            agreement_id=agreement_id,
+            terms=terms,
+            outgoing=[message],
+            decided=decided,
         )
 
     @retrying
     def approve(self, pid: str) -> Negotiation:
-        """The provider's admin approves a negotiation waiting in REQUESTED."""
+        """The provider's admin approves a negotiation waiting in REQUESTED.
+
+        The approval is a contract decision taken again, now: the requester must not
+        have been revoked since, the product and offer must still be published, and the
+        contract policy must still allow the request (an offer expired, a grant or
+        consent withdrawn while it waited refuses it). A refused approval changes nothing
+        (its decision is logged): the admin rejects the negotiation to tell the consumer.
+        """
         n = self._own_local(pid, PROVIDER)
         if n.state != State.REQUESTED:
             raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
-        return self._agree(n, self._policy.engine.revision)
+        if not n.requester:
+            raise PreconditionFailed(
+                f"negotiation {pid} does not hold its requester's verified identity "
+                "(it was requested before tds kept it for approval); reject it and ask "
+                f"{n.counterparty} to request again"
+            )
+        try:
+            self._revoked(n.counterparty, int(n.requester["certificate_serial"]))
+        except AuthenticationError as exc:
+            raise PreconditionFailed(f"cannot approve negotiation {pid}: {exc}") from None
+        try:
+            product = self._catalog.own(n.product)
+            offer = product.offer(n.offer)
+        except (NotFound, KeyError):
+            raise PreconditionFailed(
+                f"cannot approve negotiation {pid}: offer {n.offer!r} of product "
+                f"{n.product!r} is no longer published; reject it"
+            ) from None
+        decided: list[Record] = []
+        try:
+            document = self._contract_input(n.requester["subject"], product, offer, n.purpose)
+            decision = self._policy.decide(document, defer=decided)
+            if not decision.allow or decision.visible is False:
+                reasons = ", ".join(decision.deny) or "not visible to the requester"
+                raise PreconditionFailed(
+                    f"cannot approve negotiation {pid}: the contract policy now denies it "
+                    f"({reasons}); reject it to tell {n.counterparty}"
+                )
+            terms = {
+                k: decision.obligations[k] for k in CONTRACT_TERMS if k in decision.obligations
+            }
+            # Logged with the transition, in its transaction.
+            return self._agree(n, product, offer, terms, decision.revision, decided)
+        finally:
+            if decided:  # the transition did not take them: log them on their own
+                self._audit.record_many(decided)
 
     @retrying
     def receive_verification(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from connector.errors import Aborted, ConflictError, NotFound, PreconditionFailed
 from connector.negotiation.outbox import Pending
-from connector.negotiation.states import State, check_transition
+from connector.negotiation.states import FINAL, State, check_transition
 from connector.store.database import Database, RawTransaction
 
 __all__ = ["Negotiation", "NegotiationStore", "Outgoing"]
@@ -42,6 +42,9 @@ class Negotiation:
     revocation: str | None = None
     terms: dict[str, Any] = field(default_factory=dict)
     """What the contract decision fixed for the agreement (operation grant, consent)."""
+    requester: dict[str, Any] | None = None
+    """Provider side, while waiting for approval: the requesting subject and its
+    certificate serial as verified at request time (the approval decides again with it)."""
     created_ms: int = 0
     updated_ms: int = 0
 
@@ -58,7 +61,7 @@ class Outgoing:
 
 _COLUMNS = (
     "pid, role, counterparty, counterparty_pid, product, offer, purpose, state, reasons, "
-    "agreement_id, agreement, revocation, terms, created_ms, updated_ms"
+    "agreement_id, agreement, revocation, terms, requester, created_ms, updated_ms"
 )
 # Only these constant column names are ever formatted into SQL; values are parameters.
 _SELECT = f"SELECT {_COLUMNS} FROM negotiation"  # noqa: S608
@@ -66,7 +69,8 @@ _SELECT = f"SELECT {_COLUMNS} FROM negotiation"  # noqa: S608
 
 def _negotiation(row: tuple[Any, ...]) -> Negotiation:
     (pid, role, counterparty, counterparty_pid, product, offer, purpose, state, reasons,
-     agreement_id, agreement, revocation, terms, created_ms, updated_ms) = row  # fmt: skip
+     agreement_id, agreement, revocation, terms, requester, created_ms,
+     updated_ms) = row  # fmt: skip
     return Negotiation(
         pid=pid,
         role=role,
@@ -81,6 +85,7 @@ def _negotiation(row: tuple[Any, ...]) -> Negotiation:
         agreement=agreement,
         revocation=revocation,
         terms=json.loads(terms or "{}"),
+        requester=json.loads(requester) if requester else None,
         created_ms=int(created_ms),
         updated_ms=int(updated_ms),
     )
@@ -146,6 +151,7 @@ class NegotiationStore:
         now_ms: int,
         reasons: Sequence[str] = (),
         terms: dict[str, Any] | None = None,
+        requester: dict[str, Any] | None = None,
         agreement: str | None = None,
         agreement_id: str | None = None,
         outgoing: Sequence[Outgoing] = (),
@@ -172,13 +178,14 @@ class NegotiationStore:
             agreement,
             None,
             json.dumps(terms or {}, sort_keys=True),
+            json.dumps(requester, sort_keys=True) if requester is not None else None,
             now_ms,
             now_ms,
         )
         try:
             with self._db.transaction() as tx:
                 tx.execute(
-                    f"INSERT INTO negotiation ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
+                    f"INSERT INTO negotiation ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
                     row,
                 ).close()
                 queued = self._queue(tx, pid, outgoing, now_ms)
@@ -253,6 +260,7 @@ class NegotiationStore:
         agreement_id: str | None = None,
         revocation: str | None = None,
         reasons: Sequence[str] | None = None,
+        terms: dict[str, Any] | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
@@ -301,6 +309,10 @@ class NegotiationStore:
                         values[name] = value
                 if reasons is not None:
                     values["reasons"] = json.dumps(list(reasons))
+                if terms is not None:
+                    values["terms"] = json.dumps(terms, sort_keys=True)
+                if n.requester is not None and (current in FINAL or current == State.AGREED):
+                    values["requester"] = None  # kept only while waiting for approval
                 cur = tx.execute(
                     f"UPDATE negotiation SET {', '.join(f'{k} = ?' for k in values)}"  # noqa: S608
                     " WHERE pid = ? AND state = ? AND updated_ms = ?",
@@ -329,9 +341,15 @@ class NegotiationStore:
             ) from None
         self._handed_over(queued)
         moved: dict[str, Any] = {"state": current, "updated_ms": now_ms}
-        moved.update({k: v for k, v in values.items() if k not in ("state", "reasons")})
+        moved.update(
+            {k: v for k, v in values.items() if k not in ("state", "reasons", "terms", "requester")}
+        )
         if reasons is not None:
             moved["reasons"] = tuple(reasons)
+        if terms is not None:
+            moved["terms"] = dict(terms)
+        if "requester" in values:
+            moved["requester"] = None
         return dataclasses.replace(n, **moved)
 
     def set_revocation(

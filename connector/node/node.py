@@ -148,6 +148,7 @@ class Node:
         self._tls: TlsMaterial | None = None
         self._keys: dict[str, tuple[float, ed25519.Ed25519PublicKey]] = {}
         self._keys_lock = threading.Lock()
+        self._revocations: RevocationSource | None = None
 
     @property
     def issuer(self) -> str:
@@ -216,6 +217,7 @@ class Node:
                 clock=self.clock,
                 keys=self._signing_key_of,
                 consent=self._consent_lookup,
+                revoked=self._check_revoked,
             )
             self.consents = ConsentRegister(
                 participant=cfg.participant.id,
@@ -231,6 +233,7 @@ class Node:
                 self.db, self.delivery, self.clock, on_give_up=self.delivery.give_up
             )
             services, revocations = self._services(tls, operator_key, signing_key)
+            self._revocations = revocations
             authenticator = Authenticator(
                 space=cfg.participant.space,
                 participant=cfg.participant.id,
@@ -425,6 +428,13 @@ class Node:
         if self.consents is None:
             raise RuntimeError("node not started")
         return self.consents
+
+    def _check_revoked(self, participant: str, certificate_serial: int) -> None:
+        """``AuthenticationError`` if the operator revoked either; ``Unavailable`` when no
+        fresh revocation list is held (the caller then fails closed)."""
+        if self._revocations is None:
+            raise Unavailable("the connector has no revocation list yet")
+        self._revocations.current().check(participant, certificate_serial)
 
     def _consent_lookup(self, recipient: str, product: str, purpose: str) -> dict[str, Any]:
         """The consent register's answer for a decision about personal data."""

@@ -45,21 +45,28 @@ def subject_of(caller: Caller) -> dict[str, Any]:
 def build_input(
     action: str,
     *,
-    caller: Caller,
+    caller: Caller | None = None,
+    subject: Mapping[str, Any] | None = None,
     resource: Mapping[str, Any],
     clock: Clock,
     offer: Mapping[str, Any] | None = None,
     contract: Mapping[str, Any] | None = None,
     context: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The input document for one decision."""
+    """The input document for one decision.
+
+    The subject is that of ``caller``, or ``subject`` as ``subject_of`` gave it earlier for
+    a verified caller (a decision taken again later, when the caller is not calling).
+    """
     if action not in ACTIONS:
         raise InvalidRequest(f"unknown policy action {action!r}")
+    if (caller is None) == (subject is None):
+        raise TypeError("build_input takes a caller or a subject, not both or neither")
     ctx = dict(context or {})
     ctx["now_ns"] = int(clock.now() * 1_000_000_000)
     return {
         "action": action,
-        "subject": subject_of(caller),
+        "subject": subject_of(caller) if caller is not None else dict(subject or {}),
         "resource": dict(resource),
         "offer": dict(offer or {}),
         "contract": dict(contract or {}),

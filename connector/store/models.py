@@ -134,6 +134,9 @@ class NegotiationRow(SQLModel, table=True):
     revocation: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     terms: str = Field(default="{}", sa_column=Column(Text, nullable=False, server_default="{}"))
     """JSON the contract decision fixed for the agreement (operation grant, consent)."""
+    requester: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """JSON of the requesting subject and certificate serial, as verified at request time:
+    kept while a provider's negotiation waits for approval, to decide again on approval."""
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 

@@ -171,3 +171,27 @@ def test_one_read_gives_the_negotiation_and_whether_a_message_was_seen(
     assert moved.state == State.AGREED and seen
     with pytest.raises(NotFound):
         store.get_noting("no-such-pid", "m-1")
+
+
+def test_the_requester_is_kept_while_waiting_and_the_terms_of_the_agreement_set(
+    store: NegotiationStore,
+) -> None:
+    requester = {"subject": {"id": "a", "role": "enterprise"}, "certificate_serial": 7}
+    n = store.create(
+        role="provider",
+        counterparty="a",
+        counterparty_pid="c-w",
+        product="p",
+        offer="o",
+        purpose="research",
+        state=State.REQUESTED,
+        now_ms=1,
+        requester=requester,
+    )
+    assert n.requester == requester and store.get(n.pid).requester == requester
+    moved = store.transition(
+        n.pid, State.AGREED, now_ms=2, agreement="{}", agreement_id="ag-w", terms={"consent": "c1"}
+    )
+    # Agreed: the approval's decision is taken, the requester is no longer kept.
+    assert moved.requester is None and moved.terms == {"consent": "c1"}
+    assert store.get(n.pid) == moved
