@@ -1,7 +1,8 @@
 """The connector's transparency log: durable appends with group commit, checkpoints, proofs.
 
-Every append is committed (SQLite ``synchronous=FULL`` or PostgreSQL) before ``append``
-returns; if it cannot be written, ``append`` raises ``Unavailable`` and the action it was
+Every append is committed and durable (on SQLite, a sync of the WAL after the commit,
+shared with concurrent commits: ``connector.store.database``; or PostgreSQL) before
+``append`` returns; if it cannot be written, ``append`` raises ``Unavailable`` and the action it was
 to record must not happen. A single writer thread drains concurrent appends into one
 transaction (group commit); entries of one ``append_many`` call stay contiguous and in
 order. Each completed Merkle subtree is stored once, so roots and proofs need O(log n)
