@@ -1,6 +1,6 @@
 """Benchmark contract negotiation end to end on loopback.
 
-    python bench/negotiation.py [--count 400] [--in-process] [--json]
+    python bench/negotiation.py [--count 400] [--in-process] [--fsync-delay-us N] [--json]
 
 Request -> FINALIZED with mutual TLS, a policy decision, two signatures and audit appends
 on both sides (auto-approved offer): sequential latency and throughput with 8 concurrent
@@ -10,6 +10,11 @@ consumers' requests, each beside the round trip of a bare authenticated gRPC cal
 The registry and both connectors run as ``tds serve`` processes, as a city deploys them;
 ``--in-process`` runs them as threads of this process instead (one interpreter lock for
 all three, which is how the demo runs but not how a connector is deployed).
+
+The figures depend on the disk: every step of a negotiation is durable before it is
+acknowledged. The run reports the fdatasync latency of the disk it ran on, and
+``--fsync-delay-us N`` makes the connectors' syncs N µs slower (``_slow_fsync.c``,
+preloaded; needs a C compiler), to see how they do on a slower disk.
 """
 
 from __future__ import annotations
@@ -66,6 +71,45 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def fdatasync_p50_ms(directory: Path, rounds: int = 200) -> float:
+    """The median time to sync one 4 KiB write, on the disk holding ``directory``."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        took = []
+        for _ in range(rounds):
+            os.write(fd, b"x" * 4096)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            took.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(took) * 1000
+
+
+def slow_fsync_env(root: Path, delay_us: int) -> dict[str, str]:
+    """The environment preloading ``_slow_fsync.c`` (built here) with ``delay_us``."""
+    if delay_us <= 0:
+        return {}
+    library = root / "slow_fsync.so"
+    source = Path(__file__).with_name("_slow_fsync.c")
+    cc = os.environ.get("CC", "cc")
+    try:
+        subprocess.run(
+            [cc, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"--fsync-delay-us needs a C compiler ({cc}): {exc}") from None
+    return {"LD_PRELOAD": str(library), "TDS_BENCH_FSYNC_DELAY_US": str(delay_us)}
+
+
+SERVE_ENV: dict[str, str] = {}
+"""Added to the environment of every ``tds serve`` the benchmark starts."""
+
+
 @contextlib.contextmanager
 def served(sp: LocalSpace, participant: str) -> Iterator[int]:
     """``tds serve`` for a participant whose config ``sp`` wrote; stopped on exit."""
@@ -76,6 +120,7 @@ def served(sp: LocalSpace, participant: str) -> Iterator[int]:
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
+        env={**os.environ, **SERVE_ENV},
     )
     try:
         assert proc.stdout is not None
@@ -147,9 +192,20 @@ def main() -> int:
         help="negotiations in the concurrent phase (a quarter of it sequentially)",
     )
     parser.add_argument("--in-process", action="store_true", help="run the parties as threads")
+    parser.add_argument(
+        "--fsync-delay-us",
+        type=int,
+        default=0,
+        metavar="N",
+        help="make the connectors' disk syncs N microseconds slower (processes only)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.fsync_delay_us and args.in_process:
+        parser.error("--fsync-delay-us applies to connectors run as processes")
     root = Path(tempfile.mkdtemp(prefix="tds-bench-negotiation-"))
+    disk_ms = fdatasync_p50_ms(root)
+    SERVE_ENV.update(slow_fsync_env(root, args.fsync_delay_us))
     pids: dict[str, int] = {}
     with space(root, args.in_process, pids) as sp:
         gov_admin = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["gov"]))
@@ -224,6 +280,8 @@ def main() -> int:
     p50 = statistics.median(sequential) * 1000
     result = {
         "parties": "threads of one process" if args.in_process else "processes",
+        "disk_fdatasync_p50_ms": round(disk_ms, 3),
+        "added_fsync_delay_us": args.fsync_delay_us,
         "bare_call_p50_ms": round(p50_ping, 3),
         "sequential_p50_ms": round(p50, 2),
         "sequential_ratio_to_bare_call": round(p50 / p50_ping, 1),
