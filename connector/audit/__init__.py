@@ -1,5 +1,22 @@
-"""Evidence: the transparency log, checkpoints, witnessing, receipts and the auditor's tools."""
+"""Evidence: the transparency log, checkpoints, witnessing, receipts and the auditor's tools.
 
-from connector.audit.log import AuditLog, TransparencyLog
+The log is imported on first use: the auditor's offline tools and the CLI use the other
+modules of this package without the database stack the log needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from connector.audit.log import AuditLog, TransparencyLog
 
 __all__ = ["AuditLog", "TransparencyLog"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from connector.audit import log
+
+        return getattr(log, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

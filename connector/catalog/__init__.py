@@ -1,6 +1,24 @@
-"""Data products and catalogs: publishing, and discovery filtered by the access policy."""
+"""Data products and catalogs: publishing, and discovery filtered by the access policy.
 
-from connector.catalog.catalog import Catalog
+``Catalog`` is imported on first use: product descriptions (``products``) are read by
+the CLI and the Dataspace Protocol rendering without the database stack.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from connector.catalog.products import Offer, Product, parse_description
 
+if TYPE_CHECKING:
+    from connector.catalog.catalog import Catalog
+
 __all__ = ["Catalog", "Offer", "Product", "parse_description"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Catalog":
+        from connector.catalog.catalog import Catalog
+
+        return Catalog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

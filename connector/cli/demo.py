@@ -7,13 +7,15 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connector.cli.output import emit, say
-from connector.demo.run import outcomes_json, run_demo
-from connector.demo.space import LocalSpace
 from connector.logs import setup_logging
 from connector.node.memory import bound_malloc_arenas
 from connector.node.scheduling import batch_scheduling
+
+if TYPE_CHECKING:
+    from connector.demo.space import LocalSpace
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     bound_malloc_arenas()  # the whole space runs in this process
     batch_scheduling()
     setup_logging("info", root.resolve() / "tds.log")
+    # The whole connector stack, imported only when the demo runs (not for --help).
+    from connector.demo.run import outcomes_json, run_demo
+
     outcomes = run_demo(root.resolve(), say, keep=_keep if args.keep_running else None)
     failed = [o for o in outcomes if not o.ok]
     emit(

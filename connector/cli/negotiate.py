@@ -18,7 +18,6 @@ from connector.negotiation.agreement import parse_agreement, verify_agreement
 from connector.negotiation.dsp import agreement_message, negotiation_message
 from connector.negotiation.states import FINAL as FINAL_STATES
 from connector.negotiation.states import State
-from connector.negotiation.store import Negotiation
 from connector.node.clients import admin_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -226,6 +225,8 @@ def run_decide(args: argparse.Namespace) -> int:
         if wait is not None:
             info = _wait_final(stub, ref, info, wait)
     if args.dsp:
+        from connector.negotiation.store import Negotiation  # the database stack: only here
+
         n = Negotiation(
             pid=info.pid,
             role=info.role,

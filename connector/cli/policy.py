@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connector.cli.output import emit
 from connector.errors import ConfigError, InvalidRequest
-from connector.policy import EmbeddedEngine, OpaServerEngine, load_library
-from connector.policy.library import default_policy_dir, package_of, validate_provider_module
+from connector.policy.library import (
+    default_policy_dir,
+    load_library,
+    package_of,
+    validate_provider_module,
+)
 from connector.policy.rego_tests import run_rego_tests
+
+if TYPE_CHECKING:
+    from connector.policy.engine import PolicyEngine
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -100,11 +108,15 @@ def run_eval(args: argparse.Namespace) -> int:
     for path in args.provider_module:
         source = _read(path, "provider module")
         policy = policy.with_provider_module(_module_id(path, source), source)
-    engine: EmbeddedEngine | OpaServerEngine
+    engine: PolicyEngine
     if args.opa_url:
+        from connector.policy.opa import OpaServerEngine  # the OPA client: only for --opa-url
+
         engine = OpaServerEngine(args.opa_url, policy)
         engine.start()
     else:
+        from connector.policy.embedded import EmbeddedEngine
+
         engine = EmbeddedEngine(policy)
     decision = engine.decide(document)
     engine.close()

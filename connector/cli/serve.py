@@ -12,7 +12,6 @@ from types import FrameType
 
 from connector.config import Config, load_config
 from connector.logs import setup_logging
-from connector.node import Node
 from connector.node.memory import bound_malloc_arenas
 from connector.node.scheduling import batch_scheduling
 
@@ -45,6 +44,8 @@ def run_serve(args: argparse.Namespace) -> int:
     batch_scheduling()  # likewise: its threads inherit the class
     setup_logging(os.environ.get("TDS_LOG_LEVEL", "info"))
     cfg = apply_environment(load_config(args.config))
+    from connector.node import Node  # the server stack, imported only to serve
+
     node = Node(cfg)
     node.start()
     stopping = threading.Event()

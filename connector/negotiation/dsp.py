@@ -9,11 +9,13 @@ window and transfer count; agreements become ``ContractAgreementMessage``s.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connector.catalog.products import Offer, Product
 from connector.negotiation.agreement import Agreement
-from connector.negotiation.store import Negotiation
+
+if TYPE_CHECKING:  # the CLI renders without the database stack
+    from connector.negotiation.store import Negotiation
 
 __all__ = ["CONTEXT", "agreement_message", "catalog_message", "negotiation_message"]
 

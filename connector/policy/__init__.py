@@ -5,11 +5,28 @@
 ``Decision`` and turn every failure into a deny with a reason.
 """
 
-from connector.policy.decision import Decision
-from connector.policy.embedded import EmbeddedEngine
-from connector.policy.engine import PolicyEngine
-from connector.policy.library import PolicySet, load_library
-from connector.policy.opa import OpaServerEngine
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from connector.policy.decision import Decision
+    from connector.policy.embedded import EmbeddedEngine
+    from connector.policy.engine import PolicyEngine
+    from connector.policy.library import PolicySet, load_library
+    from connector.policy.opa import OpaServerEngine
+
+# Imported on first use: the engines bring regopy and the OPA client, which the CLI's
+# client commands and the product descriptions (``shape``) do not need.
+_WHERE = {
+    "Decision": "decision",
+    "EmbeddedEngine": "embedded",
+    "OpaServerEngine": "opa",
+    "PolicyEngine": "engine",
+    "PolicySet": "library",
+    "load_library": "library",
+}
 
 __all__ = [
     "Decision",
@@ -19,3 +36,9 @@ __all__ = [
     "PolicySet",
     "load_library",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
