@@ -32,8 +32,11 @@ def test_two_connectors_example_runs(tmp_path: Path) -> None:
 
 SCENARIOS = {
     "public-traffic": [
+        "Road traffic flow, 5-minute aggregates  [CITY-",
         "no_operation_grant",
         "purpose_outside_grant",
+        "TERMINATED  (asked too early)",
+        "is TERMINATED, not waiting",
         "REQUESTED",
         "(verified)",
         "ent-a: 1 transfers",
