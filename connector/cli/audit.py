@@ -11,7 +11,7 @@ from typing import Any
 
 from connector.audit.auditor import fetch_and_witness
 from connector.audit.verify import prove, reconcile, timeline, verify
-from connector.cli.output import emit, say
+from connector.cli.output import JSON_HELP, emit, say
 from connector.config import load_config
 
 
@@ -37,11 +37,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     fetch.add_argument("--out", required=True, type=Path, help="export directory")
     fetch.add_argument("--no-cosign", action="store_true", help="fetch without witnessing")
-    fetch.add_argument("--json", action="store_true")
+    fetch.add_argument("--json", action="store_true", help=JSON_HELP)
     fetch.set_defaults(func=run_fetch)
 
     ver = a.add_parser("verify", help="check an export offline; names the first bad index")
-    ver.add_argument("dir", type=Path)
+    ver.add_argument("dir", type=Path, help="an export directory (tds audit fetch --out)")
     ver.add_argument(
         "--known",
         type=Path,
@@ -49,27 +49,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=[],
         help="a checkpoint note seen elsewhere that must be consistent (repeatable)",
     )
-    ver.add_argument("--json", action="store_true")
+    ver.add_argument("--json", action="store_true", help=JSON_HELP)
     ver.set_defaults(func=run_verify)
 
     pr = a.add_parser("prove", help="inclusion proof of one entry against the latest checkpoint")
-    pr.add_argument("dir", type=Path)
-    pr.add_argument("--index", required=True, type=int)
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("dir", type=Path, help="an export directory (tds audit fetch --out)")
+    pr.add_argument("--index", required=True, type=int, help="the entry's index in the log")
+    pr.add_argument("--json", action="store_true", help=JSON_HELP)
     pr.set_defaults(func=run_prove)
 
     rec = a.add_parser("reconcile", help="receipts naming both parties match in both logs")
-    rec.add_argument("dir_a", type=Path)
-    rec.add_argument("dir_b", type=Path)
-    rec.add_argument("--json", action="store_true")
+    rec.add_argument("dir_a", type=Path, help="one party's export directory")
+    rec.add_argument("dir_b", type=Path, help="the other party's export directory")
+    rec.add_argument("--json", action="store_true", help=JSON_HELP)
     rec.set_defaults(func=run_reconcile)
 
     show = a.add_parser("show", help="a readable timeline of an export")
-    show.add_argument("dir", type=Path)
+    show.add_argument("dir", type=Path, help="an export directory (tds audit fetch --out)")
     show.add_argument("--participant", help="only entries naming this participant")
     show.add_argument("--product", help="only entries about this product")
     show.add_argument("--type", dest="kind", help="only entries whose type starts with this")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help=JSON_HELP)
     show.set_defaults(func=run_show)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
-from connector.cli.output import emit, parse_date_ns, utc_text
+from connector.cli.output import JSON_HELP, emit, parse_date_ns, utc_text
 from connector.config import load_config
 from connector.node.clients import admin_channel
 from connector.rpc.channel import calling
@@ -39,21 +39,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="comma-separated product ids or tags of your products the consent covers",
     )
     grant.add_argument("--expires", required=True, help="expiry date (YYYY-MM-DD or ISO time, UTC)")
-    grant.add_argument("--json", action="store_true")
+    grant.add_argument("--json", action="store_true", help=JSON_HELP)
     grant.set_defaults(func=run_grant)
 
     withdraw = cs.add_parser("withdraw", help="withdraw a consent")
     withdraw.add_argument("consent", help="consent id (from 'tds consent list')")
     withdraw.add_argument("--config", required=True, type=Path, help="your connector's config")
     withdraw.add_argument("--reason", default="", help="why (recorded in your log)")
-    withdraw.add_argument("--json", action="store_true")
+    withdraw.add_argument("--json", action="store_true", help=JSON_HELP)
     withdraw.set_defaults(func=run_withdraw)
 
     ls = cs.add_parser("list", help="consents you have given")
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
-    ls.add_argument("--recipient", default="")
+    ls.add_argument("--recipient", default="", help="only consents given to this participant")
     ls.add_argument("--active", action="store_true", help="hide withdrawn consents")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_list)
 
 

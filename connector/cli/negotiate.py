@@ -11,7 +11,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
-from connector.cli.output import emit, say
+from connector.cli.output import JSON_HELP, emit, say
 from connector.config import load_config
 from connector.errors import ConfigError, NotFound
 from connector.negotiation.agreement import parse_agreement, verify_agreement
@@ -32,11 +32,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Send a contract request for an offer and a purpose; "
         "with --wait, follow it until it is FINALIZED or TERMINATED.",
     )
-    neg.add_argument("--config", required=True, type=Path)
-    neg.add_argument("--provider", required=True)
-    neg.add_argument("--product", required=True)
-    neg.add_argument("--offer", required=True)
-    neg.add_argument("--purpose", required=True)
+    neg.add_argument("--config", required=True, type=Path, help="your connector's config")
+    neg.add_argument("--provider", required=True, help="the provider's participant id")
+    neg.add_argument("--product", required=True, help="the product id (tds catalog list)")
+    neg.add_argument("--offer", required=True, help="the id of one of the product's offers")
+    neg.add_argument("--purpose", required=True, help="your purpose; the offer must allow it")
     neg.add_argument(
         "--wait",
         nargs="?",
@@ -46,16 +46,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="SECONDS",
         help="wait for the outcome (default 60 s)",
     )
-    neg.add_argument("--json", action="store_true")
+    neg.add_argument("--json", action="store_true", help=JSON_HELP)
     neg.set_defaults(func=run_negotiate)
 
     ns = sub.add_parser("negotiations", help="list and decide negotiations (admin)")
     nsub = ns.add_subparsers(dest="negotiations_command", required=True, metavar="COMMAND")
     ls = nsub.add_parser("list", help="negotiations, newest first")
-    ls.add_argument("--config", required=True, type=Path)
+    ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--pending", action="store_true", help="only those waiting for approval")
-    ls.add_argument("--state", default="")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument(
+        "--state",
+        default="",
+        type=str.upper,
+        help="only those in this state (REQUESTED, AGREED, FINALIZED, TERMINATED, ...)",
+    )
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_list)
     for name, helptext in (
         ("approve", "approve a negotiation waiting for you"),
@@ -64,10 +69,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ("show", "one negotiation"),
     ):
         p = nsub.add_parser(name, help=helptext)
-        p.add_argument("pid")
-        p.add_argument("--config", required=True, type=Path)
-        p.add_argument("--reason", default="")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("pid", help="the negotiation's id on your connector (tds negotiations list)")
+        p.add_argument("--config", required=True, type=Path, help="your connector's config")
+        if name != "show":
+            p.add_argument("--reason", default="", help="why; recorded, and sent to the other side")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
         p.add_argument(
             "--dsp",
             action="store_true",
@@ -87,14 +93,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ag = sub.add_parser("agreements", help="signed agreements")
     asub = ag.add_subparsers(dest="agreements_command", required=True, metavar="COMMAND")
     al = asub.add_parser("list", help="agreements this connector holds")
-    al.add_argument("--config", required=True, type=Path)
-    al.add_argument("--json", action="store_true")
+    al.add_argument("--config", required=True, type=Path, help="your connector's config")
+    al.add_argument("--json", action="store_true", help=JSON_HELP)
     al.set_defaults(func=run_agreements)
     sh = asub.add_parser("show", help="one agreement (terms and signed document)")
-    sh.add_argument("agreement_id")
-    sh.add_argument("--config", required=True, type=Path)
+    sh.add_argument("agreement_id", help="the agreement's id (ag-…, tds agreements list)")
+    sh.add_argument("--config", required=True, type=Path, help="your connector's config")
     sh.add_argument("--out", type=Path, help="also write the signed agreement to this file")
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--json", action="store_true", help=JSON_HELP)
     sh.add_argument(
         "--dsp",
         action="store_true",
@@ -109,17 +115,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "registry with --config, or read from --keys FILE as written by "
         "--save-keys).",
     )
-    vf.add_argument("file", type=Path)
-    vf.add_argument("--config", type=Path)
+    vf.add_argument("file", type=Path, help="a signed agreement (tds agreements show --out)")
+    vf.add_argument(
+        "--config", type=Path, help="your connector's config, to fetch the directory keys"
+    )
     vf.add_argument("--keys", type=Path, help="directory keys JSON {participant: hex key}")
     vf.add_argument("--save-keys", type=Path, help="write the fetched directory keys here")
-    vf.add_argument("--json", action="store_true")
+    vf.add_argument("--json", action="store_true", help=JSON_HELP)
     vf.set_defaults(func=run_verify)
     rv = asub.add_parser("revoke", help="revoke an agreement you provided")
-    rv.add_argument("agreement_id")
-    rv.add_argument("--config", required=True, type=Path)
-    rv.add_argument("--reason", required=True)
-    rv.add_argument("--json", action="store_true")
+    rv.add_argument("agreement_id", help="the agreement's id (ag-…, tds agreements list)")
+    rv.add_argument("--config", required=True, type=Path, help="your connector's config")
+    rv.add_argument(
+        "--reason", required=True, help="why; signed into the revocation the consumer gets"
+    )
+    rv.add_argument("--json", action="store_true", help=JSON_HELP)
     rv.set_defaults(func=run_revoke)
 
 
@@ -212,7 +222,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_decide(args: argparse.Namespace) -> int:
     """Approve, reject, terminate or show one negotiation."""
     stub = _admin(args.config)
-    ref = admin_pb2.NegotiationRef(pid=args.pid, reason=args.reason)
+    ref = admin_pb2.NegotiationRef(pid=args.pid, reason=getattr(args, "reason", ""))
     method = {
         "approve": stub.ApproveNegotiation,
         "reject": stub.RejectNegotiation,

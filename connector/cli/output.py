@@ -9,7 +9,10 @@ from typing import Any
 
 from connector.errors import InvalidRequest
 
-__all__ = ["emit", "fail", "parse_date_ns", "say", "utc_text"]
+__all__ = ["JSON_HELP", "emit", "fail", "parse_date_ns", "say", "utc_text"]
+
+# Every command's --json flag means the same thing; one wording for all of them.
+JSON_HELP = "print the result as JSON (for scripts)"
 
 
 def emit(data: Any, human: str, *, as_json: bool) -> None:

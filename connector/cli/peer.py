@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
-from connector.cli.output import emit
+from connector.cli.output import JSON_HELP, emit
 from connector.config import load_config
 from connector.errors import PreconditionFailed
 from connector.node.clients import admin_channel, member_channel, registry_client
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     ping.add_argument("participant", help="the member to call")
     ping.add_argument("--config", required=True, type=Path, help="your connector's config")
-    ping.add_argument("--json", action="store_true")
+    ping.add_argument("--json", action="store_true", help=JSON_HELP)
     ping.set_defaults(func=run_ping)
 
     status = sub.add_parser("status", help="your own connector's state (admin certificate)")
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="fetch a new membership token and revocation list first (after a grant)",
     )
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
     status.set_defaults(func=run_status)
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connector.cli.output import emit
+from connector.cli.output import JSON_HELP, emit
 from connector.errors import ConfigError, InvalidRequest
 from connector.policy.library import (
     default_policy_dir,
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     test = ps.add_parser("test", help="run the test_* rules of *_test.rego files")
     test.add_argument("dir", nargs="?", type=Path, help="policy directory (default: the library)")
-    test.add_argument("--json", action="store_true")
+    test.add_argument("--json", action="store_true", help=JSON_HELP)
     test.set_defaults(func=run_test)
 
     ev = ps.add_parser(
@@ -47,13 +47,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="a provider module to include (repeatable)",
     )
     ev.add_argument("--opa-url", help="evaluate on this OPA server instead of in-process")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help=JSON_HELP)
     ev.set_defaults(func=run_eval)
 
     check = ps.add_parser("check", help="validate a provider's Rego module for an offer")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the provider's Rego module (.rego)")
     check.add_argument("--policy-dir", type=Path, help="policy directory (default: the library)")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help=JSON_HELP)
     check.set_defaults(func=run_check)
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
-from connector.cli.output import emit
+from connector.cli.output import JSON_HELP, emit
 from connector.config import load_config
 from connector.errors import ConfigError
 from connector.node.clients import admin_channel, member_channel, registry_client
@@ -23,10 +23,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="publish a product from a description file (TOML or JSON)",
         description="See examples/products/traffic-flow.toml for every field.",
     )
-    add.add_argument("file", type=Path)
+    add.add_argument("file", type=Path, help="the product description (.toml or .json)")
     add.add_argument("--config", required=True, type=Path, help="your connector's config")
     add.add_argument("--replace", action="store_true", help="update an existing product")
-    add.add_argument("--json", action="store_true")
+    add.add_argument("--json", action="store_true", help=JSON_HELP)
     add.set_defaults(func=run_add)
     for name, helptext, func in (
         ("list", "list your products", run_list),
@@ -35,9 +35,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ):
         p = ps.add_parser(name, help=helptext)
         if name != "list":
-            p.add_argument("product")
-        p.add_argument("--config", required=True, type=Path)
-        p.add_argument("--json", action="store_true")
+            p.add_argument("product", help="the product id")
+        p.add_argument("--config", required=True, type=Path, help="your connector's config")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
         p.set_defaults(func=func)
 
     reg = ps.add_parser(
@@ -47,28 +47,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "members can find it with 'tds catalog search'; --public asks for a "
         "registration code (登记码) for public data, stored with the product.",
     )
-    reg.add_argument("product")
-    reg.add_argument("--config", required=True, type=Path)
-    reg.add_argument("--public", action="store_true")
-    reg.add_argument("--json", action="store_true")
+    reg.add_argument("product", help="the product id")
+    reg.add_argument("--config", required=True, type=Path, help="your connector's config")
+    reg.add_argument(
+        "--public", action="store_true", help="public data: ask for a registration code"
+    )
+    reg.add_argument("--json", action="store_true", help=JSON_HELP)
     reg.set_defaults(func=run_register)
 
     cat = sub.add_parser("catalog", help="browse another member's catalog")
     cs = cat.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     ls = cs.add_parser("list", help="products a provider lets you see")
-    ls.add_argument("--provider", required=True)
-    ls.add_argument("--tag", default="")
+    ls.add_argument("--provider", required=True, help="the provider's participant id")
+    ls.add_argument("--tag", default="", help="only products with this tag")
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.add_argument(
         "--dsp", action="store_true", help="print a Dataspace Protocol 2025-1 Catalog (JSON-LD)"
     )
     ls.set_defaults(func=run_catalog_list)
     se = cs.add_parser("search", help="search the registry's index across providers")
-    se.add_argument("text", nargs="?", default="")
-    se.add_argument("--tag", default="")
+    se.add_argument(
+        "text", nargs="?", default="", help="words to find in titles, descriptions and tags"
+    )
+    se.add_argument("--tag", default="", help="only products with this tag")
     se.add_argument("--config", required=True, type=Path, help="your connector's config")
-    se.add_argument("--json", action="store_true")
+    se.add_argument("--json", action="store_true", help=JSON_HELP)
     se.set_defaults(func=run_search)
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
-from connector.cli.output import emit, parse_date_ns, utc_text
+from connector.cli.output import JSON_HELP, emit, parse_date_ns, utc_text
 from connector.config import load_config
 from connector.errors import ConfigError, InvalidRequest
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="an attribute for its membership tokens (repeatable)",
     )
     enrol.add_argument("--replace", action="store_true", help="update an existing entry")
-    enrol.add_argument("--json", action="store_true")
+    enrol.add_argument("--json", action="store_true", help=JSON_HELP)
     enrol.set_defaults(func=run_enrol)
 
     revoke = rs.add_parser(
@@ -52,8 +52,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--participant", help="revoke this participant's membership")
     which.add_argument("--grant", help="revoke this authorised-operation grant only")
-    revoke.add_argument("--reason", required=True)
-    revoke.add_argument("--json", action="store_true")
+    revoke.add_argument(
+        "--reason", required=True, help="why; the registry records it with the revocation"
+    )
+    revoke.add_argument("--json", action="store_true", help=JSON_HELP)
     revoke.set_defaults(func=run_revoke)
 
     grant = rs.add_parser(
@@ -68,7 +70,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     grant.add_argument("--config", required=True, type=Path, help="the operator's config")
-    grant.add_argument("--participant", required=True)
+    grant.add_argument(
+        "--participant", required=True, help="the operator to authorise (participant id)"
+    )
     grant.add_argument(
         "--scope", required=True, help="comma-separated product tags or domains it covers"
     )
@@ -76,20 +80,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     grant.add_argument("--start", default="", help="start date (YYYY-MM-DD, UTC; default now)")
     grant.add_argument("--end", required=True, help="end date (YYYY-MM-DD, UTC; <= 5 years)")
     grant.add_argument("--body", required=True, help="the granting body")
-    grant.add_argument("--json", action="store_true")
+    grant.add_argument("--json", action="store_true", help=JSON_HELP)
     grant.set_defaults(func=run_grant)
 
     grants = rs.add_parser("grants", help="list authorised-operation grants (any member)")
     grants.add_argument("--config", required=True, type=Path, help="your connector's config")
     grants.add_argument("--participant", default="", help="only this participant's grants")
     grants.add_argument("--all", action="store_true", help="include revoked grants")
-    grants.add_argument("--json", action="store_true")
+    grants.add_argument("--json", action="store_true", help=JSON_HELP)
     grants.set_defaults(func=run_grants)
 
     ls = rs.add_parser("list", help="list the directory (any member)")
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
-    ls.add_argument("--role", default="")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--role", default="", help="only participants with this role")
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_list)
 
 

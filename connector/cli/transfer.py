@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
-from connector.cli.output import emit, say, utc_text
+from connector.cli.output import JSON_HELP, emit, say, utc_text
 from connector.cli.progress import ByteProgress, human_bytes
 from connector.config import load_config
 from connector.errors import ConfigError, VerificationError
@@ -38,28 +38,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     tr.add_argument("--out", required=True, type=Path, help="file to write the received data to")
     tr.add_argument("--push", action="store_true", help="ask the provider to push the data")
     tr.add_argument("--config", required=True, type=Path, help="your connector's config")
-    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--json", action="store_true", help=JSON_HELP)
     tr.set_defaults(func=run_transfer)
 
     data = sub.add_parser("data", help="data your connector holds and transfers it made")
     ds = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     ls = ds.add_parser("list", help="holdings: data received under agreements and kept")
     ls.add_argument("--all", action="store_true", help="every transfer of both roles")
-    ls.add_argument("--config", required=True, type=Path)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--config", required=True, type=Path, help="your connector's config")
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_data_list)
     st = ds.add_parser("stop", help="terminate a transfer that is not complete")
-    st.add_argument("transfer")
-    st.add_argument("--reason", default="")
-    st.add_argument("--config", required=True, type=Path)
-    st.add_argument("--json", action="store_true")
+    st.add_argument("transfer", help="the transfer's id (tds data list --all)")
+    st.add_argument("--reason", default="", help="why; recorded, and sent to the other side")
+    st.add_argument("--config", required=True, type=Path, help="your connector's config")
+    st.add_argument("--json", action="store_true", help=JSON_HELP)
     st.set_defaults(func=run_data_stop)
 
     rep = sub.add_parser("report", help="reports from your connector's records")
     rs = rep.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
     me = rs.add_parser("metering", help="transfers and bytes per agreement and per consumer")
-    me.add_argument("--config", required=True, type=Path)
-    me.add_argument("--json", action="store_true")
+    me.add_argument("--config", required=True, type=Path, help="your connector's config")
+    me.add_argument("--json", action="store_true", help=JSON_HELP)
     me.set_defaults(func=run_metering)
 
     di = rs.add_parser(
@@ -71,9 +71,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "counted from the dual-signed receipts in your log (their indices are listed)."
         ),
     )
-    di.add_argument("--config", required=True, type=Path)
+    di.add_argument("--config", required=True, type=Path, help="your connector's config")
     di.add_argument("--period", required=True, type=int, metavar="YEAR", help="e.g. 2026")
-    di.add_argument("--json", action="store_true")
+    di.add_argument("--json", action="store_true", help=JSON_HELP)
     di.set_defaults(func=run_disclosure)
 
 
