@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import grpc
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.cli.init import build_config
-from connector.config import Config, load_config, render_config
+from connector.config import Config, PolicyConfig, load_config, render_config
 from connector.errors import ConnectorError
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.names import Role
@@ -53,9 +54,14 @@ class LocalSpace:
         return cls(root=root, space=space, manifest=manifest)
 
     def write_config(
-        self, participant: str, listen: str, registry: str, database_url: str = ""
+        self,
+        participant: str,
+        listen: str,
+        registry: str,
+        database_url: str = "",
+        policy: PolicyConfig | None = None,
     ) -> Config:
-        """Write ``ROOT/ID.toml`` as ``tds init`` would and load it back."""
+        """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy`` if given), load it."""
         out = self.root / f"{participant}.toml"
         args = argparse.Namespace(
             pki=self.pki_dir,
@@ -65,7 +71,10 @@ class LocalSpace:
             data_dir=None,
             database_url=database_url,
         )
-        out.write_text(render_config(build_config(args, out)))
+        cfg = build_config(args, out)
+        if policy is not None:
+            cfg = dataclasses.replace(cfg, policy=policy)
+        out.write_text(render_config(cfg))
         cfg = load_config(out)
         self.configs[participant] = cfg
         return cfg
@@ -113,14 +122,20 @@ class LocalSpace:
             registry_pb2_grpc.RegistryServiceStub(channel).Enrol(request, timeout=10)
 
     def start_connector(
-        self, participant: str, *, wait_ready: float = 10.0, database_url: str = ""
+        self,
+        participant: str,
+        *,
+        wait_ready: float = 10.0,
+        database_url: str = "",
+        policy: PolicyConfig | None = None,
     ) -> Node:
         """Start a participant's connector, enrol it, and wait for its token and list."""
-        cfg = self.write_config(participant, "127.0.0.1:0", self.registry_address, database_url)
+        where = (self.registry_address, database_url, policy)
+        cfg = self.write_config(participant, "127.0.0.1:0", *where)
         node = Node(cfg)
         node.start()
         address = f"127.0.0.1:{node.port}"
-        node.cfg = self.write_config(participant, address, self.registry_address, database_url)
+        node.cfg = self.write_config(participant, address, *where)
         self.enrol(participant, address)
         self.nodes[participant] = node
         if not node.wait_ready(wait_ready):

@@ -41,6 +41,7 @@ from connector.errors import (
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    Unavailable,
     VerificationError,
 )
 from connector.negotiation.agreement import (
@@ -51,6 +52,7 @@ from connector.negotiation.agreement import (
 )
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
+from connector.policy.decision import ENGINE_DOWN
 from connector.policy.inputs import build_input, subject_of
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
@@ -656,6 +658,14 @@ class Negotiator:
         try:
             document = self._contract_input(n.requester["subject"], product, offer, n.purpose)
             decision = self._policy.decide(document, defer=decided)
+            if ENGINE_DOWN.intersection(decision.deny):
+                # The engine was not reached: the request may well be fine. It keeps
+                # waiting; the admin approves again once the engine answers.
+                raise Unavailable(
+                    f"cannot approve negotiation {pid} now: the policy engine did not "
+                    f"answer ({', '.join(decision.deny)}); it still waits, approve it again "
+                    "once the engine is back"
+                )
             if not decision.allow or decision.visible is False:
                 reasons = ", ".join(decision.deny) or "not visible to the requester"
                 raise PreconditionFailed(

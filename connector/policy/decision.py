@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "ENGINE_ERROR",
     "ENGINE_TIMEOUT",
+    "ENGINE_DOWN",
     "ENGINE_UNAVAILABLE",
     "INVALID_INPUT",
     "MALFORMED_DECISION",
@@ -31,6 +32,10 @@ ENGINE_ERROR = "engine_error"
 UNDEFINED = "undefined"
 MALFORMED_DECISION = "malformed_decision"
 INVALID_INPUT = "invalid_input"
+
+# Reasons that say the engine could not be asked, not what the policy says: a caller that
+# can wait (an approval) answers UNAVAILABLE and changes nothing, rather than deny for good.
+ENGINE_DOWN = frozenset({ENGINE_UNAVAILABLE, ENGINE_TIMEOUT})
 
 
 def input_digest(document: Any) -> str:

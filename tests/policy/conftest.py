@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from connector.policy import EmbeddedEngine, OpaServerEngine, PolicySet, load_library
 from connector.policy.engine import PolicyEngine
 from tests.policy.cases import PROVIDER_MODULES
+from tests.support import opa_double
 
-ROOT = Path(__file__).resolve().parents[2]
 REAL_OPA = os.environ.get("TDS_OPA_URL")
 
 
@@ -24,21 +21,8 @@ def opa_url() -> Iterator[str]:
     if REAL_OPA:
         yield REAL_OPA
         return
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.opa_double", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("listening on"), line
-    try:
-        yield f"http://127.0.0.1:{line.split()[-1]}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+    with opa_double.running() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +50,4 @@ def fault(url: str, mode: str, delay: float = 0) -> None:
     """Make the OPA double misbehave (skips against a real OPA)."""
     if REAL_OPA:
         pytest.skip("fault injection needs the OPA REST double, not a real OPA")
-    import requests
-
-    requests.post(f"{url}/_double/fault", json={"mode": mode, "delay": delay}, timeout=5)
+    opa_double.set_fault(url, mode, delay)

@@ -15,10 +15,15 @@ Run: ``python -m tests.support.opa_double [--port 0]``; it prints ``listening on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import regopy
@@ -182,6 +187,33 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {})
         else:
             self._send(200, {"result": output.results[0].expressions[0]})
+
+
+@contextlib.contextmanager
+def running() -> Iterator[str]:
+    """A fresh double in its own process, as an OPA sidecar runs; its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.opa_double", "--port", "0"],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("listening on"), line
+    try:
+        yield f"http://127.0.0.1:{line.split()[-1]}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def set_fault(url: str, mode: str, delay: float = 0) -> None:
+    """Make the double at ``url`` misbehave (``mode`` as in the module docstring)."""
+    import requests
+
+    requests.post(f"{url}/_double/fault", json={"mode": mode, "delay": delay}, timeout=5)
 
 
 def main() -> None:
