@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from dataclasses import replace as replace_
+from dataclasses import replace as replace_  # publish() has a parameter named replace
 from pathlib import Path
 
 from connector.audit.log import AuditLog, Record
-from connector.catalog.products import Product, parse_description
+from connector.catalog.products import Offer, Product, parse_description
 from connector.catalog.store import ProductStore
 from connector.clock import Clock
 from connector.errors import InvalidRequest, NotFound
@@ -123,6 +123,14 @@ class Catalog:
     def own(self, product_id: str) -> Product:
         """One of this connector's products, whoever may see it."""
         return self._store.get(product_id)
+
+    def published(self, product_id: str, offer_id: str) -> tuple[Product, Offer] | None:
+        """A product and one of its offers, or ``None`` when either is no longer published."""
+        try:
+            product = self._store.get(product_id)
+            return product, product.offer(offer_id)
+        except (NotFound, KeyError):
+            return None
 
     def own_products(self) -> list[Product]:
         """Every product, for the admin."""

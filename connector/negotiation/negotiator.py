@@ -646,14 +646,13 @@ class Negotiator:
             self._revoked(n.counterparty, int(n.requester["certificate_serial"]))
         except AuthenticationError as exc:
             raise PreconditionFailed(f"cannot approve negotiation {pid}: {exc}") from None
-        try:
-            product = self._catalog.own(n.product)
-            offer = product.offer(n.offer)
-        except (NotFound, KeyError):
+        published = self._catalog.published(n.product, n.offer)
+        if published is None:
             raise PreconditionFailed(
                 f"cannot approve negotiation {pid}: offer {n.offer!r} of product "
                 f"{n.product!r} is no longer published; reject it"
-            ) from None
+            )
+        product, offer = published
         decided: list[Record] = []
         try:
             document = self._contract_input(n.requester["subject"], product, offer, n.purpose)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ENGINE_DOWN",
     "ENGINE_ERROR",
     "ENGINE_TIMEOUT",
-    "ENGINE_DOWN",
     "ENGINE_UNAVAILABLE",
     "INVALID_INPUT",
     "MALFORMED_DECISION",

@@ -134,13 +134,12 @@ class TransferProvider:
         if not agreement_id:
             raise InvalidRequest("agreement_id is required")
         agreement, revoked = self._agreement(caller, agreement_id)
-        try:
-            product = self._catalog.own(agreement.product)
-            offer = product.offer(agreement.offer)
-        except (NotFound, KeyError):
+        published = self._catalog.published(agreement.product, agreement.offer)
+        if published is None:
             raise PreconditionFailed(
                 f"product {agreement.product!r} or its offer has been withdrawn by the provider"
-            ) from None
+            )
+        product, offer = published
         source = open_source(product.source, self._settings.data_dir)
         is_file = product.source.kind == "file"
         file_size = source.stat().st_size if is_file and source.is_file() else 0

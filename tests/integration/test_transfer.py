@@ -265,6 +265,32 @@ def test_refusals(space: LocalSpace) -> None:
     assert (counted.transfers, counted.completed) == (1, 0)
 
 
+def test_a_product_withdrawn_after_the_agreement_is_not_delivered(space: LocalSpace) -> None:
+    product = {
+        "id": "withdrawn",
+        "title": "withdrawn",
+        "grade": "general",
+        "source": {"kind": "file", "path": "big.bin"},
+        "offers": [offer()],
+    }
+    publish(space, "gov", product, space.data)  # type: ignore[attr-defined]
+    agreement = agree(space, "gov", "a", "withdrawn")
+    admin(space, "gov").RemoveProduct(
+        admin_pb2.RemoveProductRequest(product_id="withdrawn"), timeout=10
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        _member_stub(space, "a", "gov").StartTransfer(
+            transfer_pb2.StartTransferRequest(agreement_id=agreement), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "withdrawn by the provider" in (err.value.details() or "")
+    # Nothing was started, so nothing is counted against the agreement.
+    metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
+    assert all(x.transfers == 0 for x in metering.agreements if x.agreement_id == agreement), (
+        metering
+    )
+
+
 def test_revoking_the_agreement_stops_a_running_pull_within_a_second(space: LocalSpace) -> None:
     agreement = agree(space, "gov", "a", "slow")
     stub = _member_stub(space, "a", "gov")
