@@ -6,7 +6,9 @@ modules of this package without the database stack the log needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from connector import lazy
 
 if TYPE_CHECKING:
     from connector.audit.log import AuditLog, TransparencyLog
@@ -14,9 +16,4 @@ if TYPE_CHECKING:
 __all__ = ["AuditLog", "TransparencyLog"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from connector.audit import log
-
-        return getattr(log, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, {"AuditLog": "log", "TransparencyLog": "log"})

@@ -6,8 +6,9 @@ the CLI and the Dataspace Protocol rendering without the database stack.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from connector import lazy
 from connector.catalog.products import Offer, Product, parse_description
 
 if TYPE_CHECKING:
@@ -16,9 +17,4 @@ if TYPE_CHECKING:
 __all__ = ["Catalog", "Offer", "Product", "parse_description"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Catalog":
-        from connector.catalog.catalog import Catalog
-
-        return Catalog
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, {"Catalog": "catalog"})

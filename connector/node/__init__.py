@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from connector import lazy
 
 if TYPE_CHECKING:
     from connector.node.node import Node
@@ -14,9 +16,4 @@ if TYPE_CHECKING:
 __all__ = ["Node"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Node":
-        from connector.node.node import Node
-
-        return Node
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, {"Node": "node"})
