@@ -52,7 +52,6 @@ from connector.negotiation.agreement import (
 )
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
-from connector.policy.decision import ENGINE_DOWN
 from connector.policy.inputs import build_input, subject_of
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
@@ -656,15 +655,13 @@ class Negotiator:
         decided: list[Record] = []
         try:
             document = self._contract_input(n.requester["subject"], product, offer, n.purpose)
-            decision = self._policy.decide(document, defer=decided)
-            if ENGINE_DOWN.intersection(decision.deny):
-                # The engine was not reached: the request may well be fine. It keeps
-                # waiting; the admin approves again once the engine answers.
+            try:
+                decision = self._policy.decide(document, defer=decided)
+            except Unavailable as exc:  # the engine did not answer: the request may be fine
                 raise Unavailable(
-                    f"cannot approve negotiation {pid} now: the policy engine did not "
-                    f"answer ({', '.join(decision.deny)}); it still waits, approve it again "
-                    "once the engine is back"
-                )
+                    f"cannot approve negotiation {pid} now: {exc}; it still waits, "
+                    "approve it again then"
+                ) from None
             if not decision.allow or decision.visible is False:
                 reasons = ", ".join(decision.deny) or "not visible to the requester"
                 raise PreconditionFailed(

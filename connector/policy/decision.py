@@ -33,8 +33,8 @@ UNDEFINED = "undefined"
 MALFORMED_DECISION = "malformed_decision"
 INVALID_INPUT = "invalid_input"
 
-# Reasons that say the engine could not be asked, not what the policy says: a caller that
-# can wait (an approval) answers UNAVAILABLE and changes nothing, rather than deny for good.
+# Reasons that say the engine could not be asked, not what the policy says: the decision
+# point logs the deny and raises Unavailable (see connector.policy.point).
 ENGINE_DOWN = frozenset({ENGINE_UNAVAILABLE, ENGINE_TIMEOUT})
 
 

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.audit.log import AuditLog, Record
-from connector.policy.decision import Decision
+from connector.errors import Unavailable
+from connector.policy.decision import ENGINE_DOWN, Decision
 from connector.policy.engine import PolicyEngine
 
 __all__ = ["PolicyPoint"]
@@ -18,6 +19,11 @@ class PolicyPoint:
     The entry (decision id, action, input hash, outcome, reasons, policy revision) is
     durable before the decision is returned; if it cannot be written, ``record`` raises
     ``Unavailable`` and the caller must not act.
+
+    An engine that could not be asked (down, or past the deadline) decided nothing: the
+    deny is logged like any other, and then ``decide`` raises ``Unavailable``, so that
+    every caller answers "try again" rather than a refusal for good (a missing product,
+    a terminated negotiation, a refused transfer).
     """
 
     def __init__(self, engine: PolicyEngine, audit: AuditLog) -> None:
@@ -54,6 +60,12 @@ class PolicyPoint:
             defer.append(entry)
         else:
             self._audit.record_many([entry])
+        down = ENGINE_DOWN.intersection(decision.deny)
+        if down:
+            raise Unavailable(
+                f"the policy engine did not answer ({', '.join(sorted(down))}): nothing was "
+                "decided or changed; try again once it is back"
+            )
         return decision
 
 

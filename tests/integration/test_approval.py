@@ -12,12 +12,10 @@ import grpc
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2
-from connector.config import PolicyConfig
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.negotiation.agreement import verify_agreement
 from tests.integration.test_negotiation import admin, keys, product, wait
-from tests.support import opa_double
 
 
 @pytest.fixture(scope="module")
@@ -133,41 +131,3 @@ def test_a_requester_revoked_while_waiting_refuses_the_approval(space: LocalSpac
     space.revoke("c", "test: left the space")
     space.refresh()
     assert "revoked" in refused_approval(space, pid)
-
-
-@pytest.fixture(scope="module")
-def opa_space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSpace, str]]:
-    """gov decides through an OPA server (the REST double, in its own process)."""
-    root = tmp_path_factory.mktemp("approval-opa")
-    participants = [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]
-    with opa_double.running() as url, LocalSpace.create(root, participants) as sp:
-        sp.start_registry()
-        policy = PolicyConfig(engine="opa", opa_url=url, timeout_seconds=0.5)
-        sp.start_connector("gov", policy=policy)
-        sp.start_connector("a")
-        yield sp, url
-
-
-def test_an_approval_while_the_policy_engine_is_down_waits_for_it(
-    opa_space: tuple[LocalSpace, str],
-) -> None:
-    space, opa_url = opa_space
-    publish(space, product("sensors-opa", "important"))
-    pid = waiting(space, "a", "sensors-opa")
-    log = space.nodes["gov"].log
-    assert log is not None
-    before = log.size
-    opa_double.set_fault(opa_url, "slow", delay=2)  # past gov's 0.5 s deadline
-    try:
-        message = refused_approval(space, pid, grpc.StatusCode.UNAVAILABLE)
-    finally:
-        opa_double.set_fault(opa_url, "none")
-    # Not a deny for good: the admin is told to try again, not to reject.
-    assert "engine_timeout" in message and "approve it again" in message
-    [entry] = provider_entries_since(space, before)
-    assert entry["kind"] == "policy.decision"
-    assert entry["data"]["deny"] == ["engine_timeout"]  # type: ignore[index]
-    # The engine is back: the same negotiation is approved and finalised.
-    admin(space, "gov").ApproveNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
-    done = wait(space, "gov", pid, "FINALIZED")
-    assert verify_agreement(done.agreement, keys(space)).product == "sensors-opa"

@@ -239,6 +239,43 @@ def test_decisions_are_logged_with_provenance(policy_set: PolicySet, tmp_path: o
         db.close()
 
 
+def test_an_engine_that_does_not_answer_is_logged_then_unavailable(
+    policy_set: PolicySet, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from connector.audit.log import TransparencyLog
+    from connector.clock import SystemClock
+    from connector.policy.point import PolicyPoint
+    from connector.store.database import open_database
+
+    assert isinstance(tmp_path, Path)
+    db = open_database(f"sqlite:///{tmp_path / 'p.db'}")
+    log = TransparencyLog(
+        db,
+        origin="tds/city/gov",
+        actor="city-gov",
+        signing_key=ed25519.Ed25519PrivateKey.generate(),
+        clock=SystemClock(),
+    )
+    try:
+        engine = OpaServerEngine("http://127.0.0.1:9", policy_set, timeout_seconds=0.5)
+        point = PolicyPoint(engine, log)
+        with pytest.raises(Unavailable, match=r"engine_unavailable.*try again"):
+            point.decide(GOOD.input)
+        # The deny is evidence all the same; deferred, it is left to the caller to log.
+        assert ENGINE_UNAVAILABLE in log.entries(0, 1)[0][1].decode()
+        deferred: list[Any] = []
+        with pytest.raises(Unavailable):
+            point.decide(GOOD.input, defer=deferred)
+        assert [kind for kind, _, _ in deferred] == ["policy.decision"] and log.size == 1
+        log.close()
+    finally:
+        db.close()
+
+
 def test_invalid_input_names_the_fields_and_is_never_evaluated(policy_set: PolicySet) -> None:
     class Counting(EmbeddedEngine):
         evaluated = 0
