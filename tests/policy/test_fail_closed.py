@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from connector.audit.log import TransparencyLog
+from connector.clock import SystemClock
 from connector.errors import InvalidRequest, Unavailable
 from connector.policy import EmbeddedEngine, OpaServerEngine, PolicySet
 from connector.policy.decision import (
@@ -21,6 +25,8 @@ from connector.policy.decision import (
     parse_decision,
 )
 from connector.policy.library import validate_provider_module
+from connector.policy.point import PolicyPoint
+from connector.store.database import open_database
 from tests.policy.cases import CASES, offer, start
 from tests.policy.conftest import fault
 
@@ -207,73 +213,47 @@ def test_embedded_engine_keeps_inputs_apart_across_threads(policy_set: PolicySet
     assert not errors
 
 
-def test_decisions_are_logged_with_provenance(policy_set: PolicySet, tmp_path: object) -> None:
-    from pathlib import Path
-
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    from connector.audit.log import TransparencyLog
-    from connector.clock import SystemClock
-    from connector.policy.point import PolicyPoint
-    from connector.store.database import open_database
-
-    assert isinstance(tmp_path, Path)
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[TransparencyLog]:
+    """A decision point's log, on its own SQLite database."""
     db = open_database(f"sqlite:///{tmp_path / 'p.db'}")
-    log = TransparencyLog(
-        db,
-        origin="tds/city/gov",
-        actor="city-gov",
-        signing_key=ed25519.Ed25519PrivateKey.generate(),
-        clock=SystemClock(),
-    )
     try:
-        point = PolicyPoint(EmbeddedEngine(policy_set), log)
-        decision = point.decide(CASES[2].input)  # core data: denied
-        body = log.entries(0, 1)[0][1].decode()
-        for value in (decision.id, decision.input_sha256, decision.revision, "core_data"):
-            assert value in body
-        log.close()
-        with pytest.raises(Unavailable):
-            point.decide(CASES[0].input)  # no log, no decision
+        yield TransparencyLog(
+            db,
+            origin="tds/city/gov",
+            actor="city-gov",
+            signing_key=ed25519.Ed25519PrivateKey.generate(),
+            clock=SystemClock(),
+        )
     finally:
         db.close()
+
+
+def test_decisions_are_logged_with_provenance(policy_set: PolicySet, log: TransparencyLog) -> None:
+    point = PolicyPoint(EmbeddedEngine(policy_set), log)
+    decision = point.decide(CASES[2].input)  # core data: denied
+    body = log.entries(0, 1)[0][1].decode()
+    for value in (decision.id, decision.input_sha256, decision.revision, "core_data"):
+        assert value in body
+    log.close()
+    with pytest.raises(Unavailable):
+        point.decide(CASES[0].input)  # no log, no decision
 
 
 def test_an_engine_that_does_not_answer_is_logged_then_unavailable(
-    policy_set: PolicySet, tmp_path: object
+    policy_set: PolicySet, log: TransparencyLog
 ) -> None:
-    from pathlib import Path
-
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    from connector.audit.log import TransparencyLog
-    from connector.clock import SystemClock
-    from connector.policy.point import PolicyPoint
-    from connector.store.database import open_database
-
-    assert isinstance(tmp_path, Path)
-    db = open_database(f"sqlite:///{tmp_path / 'p.db'}")
-    log = TransparencyLog(
-        db,
-        origin="tds/city/gov",
-        actor="city-gov",
-        signing_key=ed25519.Ed25519PrivateKey.generate(),
-        clock=SystemClock(),
-    )
-    try:
-        engine = OpaServerEngine("http://127.0.0.1:9", policy_set, timeout_seconds=0.5)
-        point = PolicyPoint(engine, log)
-        with pytest.raises(Unavailable, match=r"engine_unavailable.*try again"):
-            point.decide(GOOD.input)
-        # The deny is evidence all the same; deferred, it is left to the caller to log.
-        assert ENGINE_UNAVAILABLE in log.entries(0, 1)[0][1].decode()
-        deferred: list[Any] = []
-        with pytest.raises(Unavailable):
-            point.decide(GOOD.input, defer=deferred)
-        assert [kind for kind, _, _ in deferred] == ["policy.decision"] and log.size == 1
-        log.close()
-    finally:
-        db.close()
+    engine = OpaServerEngine("http://127.0.0.1:9", policy_set, timeout_seconds=0.5)
+    point = PolicyPoint(engine, log)
+    with pytest.raises(Unavailable, match=r"engine_unavailable.*try again"):
+        point.decide(GOOD.input)
+    # The deny is evidence all the same; deferred, it is left to the caller to log.
+    assert ENGINE_UNAVAILABLE in log.entries(0, 1)[0][1].decode()
+    deferred: list[Any] = []
+    with pytest.raises(Unavailable):
+        point.decide(GOOD.input, defer=deferred)
+    assert [kind for kind, _, _ in deferred] == ["policy.decision"] and log.size == 1
+    log.close()
 
 
 def test_invalid_input_names_the_fields_and_is_never_evaluated(policy_set: PolicySet) -> None:
