@@ -68,8 +68,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             raise InvalidRequest("give 0 <= start < end")
         if request.end - request.start > MAX_PAGE:
             raise InvalidRequest(f"ask for at most {MAX_PAGE} entries per call")
-        if request.end > self._log.size:
-            raise InvalidRequest(f"end {request.end} is past the log size {self._log.size}")
+        size = self._log.size
+        if request.end > size:
+            raise InvalidRequest(f"end {request.end} is past the log size {size}")
         caller = current_caller()
         party = None if _is_auditor(caller) else caller.participant
         rows = self._log.entries(request.start, request.end, party)
