@@ -496,13 +496,14 @@ class TransparencyLog:
                 "SELECT seq, size, root, note FROM log_checkpoint ORDER BY seq DESC LIMIT 1"
             )
             latest = self._stored(row) if row is not None else None
-            if latest is not None and latest.checkpoint.size >= size:
-                if latest.checkpoint.size > size:
-                    # Entries were lost from under a signed checkpoint: sign nothing more.
-                    raise Unavailable(
-                        f"the audit log holds {size} entries but checkpoint {latest.seq} "
-                        f"commits to {latest.checkpoint.size}; restore the database"
-                    )
+            signed = tx.one("SELECT max(size) FROM log_checkpoint")
+            if signed is not None and signed[0] is not None and int(signed[0]) > size:
+                # Entries were lost from under a signed checkpoint: sign nothing more.
+                raise Unavailable(
+                    f"the audit log holds {size} entries but a checkpoint commits to "
+                    f"{int(signed[0])}; restore the database"
+                )
+            if latest is not None and latest.checkpoint.size == size:
                 return latest
             cp = Checkpoint(self.origin, size, root)
             note = sign_checkpoint(cp, self._key)

@@ -296,3 +296,17 @@ def test_two_replicas_never_sign_a_shrinking_checkpoint(postgres_url: str) -> No
             lg.close()
         for d in dbs:
             d.close()
+
+
+def test_no_checkpoint_is_signed_below_one_already_signed(
+    db: Database, tlog: TransparencyLog
+) -> None:
+    """A database restored from before the last checkpoint: sign nothing smaller."""
+    for i in range(5):
+        tlog.record("t", parties=[], data={"i": i})
+    signed = tlog.checkpoint()
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM log_entry WHERE idx = 4"))
+    with pytest.raises(Unavailable, match="a checkpoint commits to 5"):
+        tlog.checkpoint()
+    assert [c.seq for c in tlog.checkpoints()] == [signed.seq]
