@@ -35,36 +35,44 @@ def fetch_and_witness(
     """Cosign ``connector``'s newest checkpoint (if ``cosign``), then export its log to ``out``.
 
     ``connector`` is a participant id, optionally ``ID@HOST:PORT`` to skip the address
-    lookup. Witness state lives in ``<data_dir>/witness``.
+    lookup. Witness state lives in ``<data_dir>/witness``. A revoked participant's log is
+    fetched without cosigning (its connector takes no more signatures), and must extend
+    the checkpoint last cosigned for it.
     """
     target, _, address = connector.partition("@")
     registry = registry_client(cfg)
     try:
         peers = registry.list_participants()
-        directory = {
-            p.id: {"role": p.role, "signing_public_key": p.signing_public_key.hex()} for p in peers
+        directory: dict[str, dict[str, Any]] = {
+            p.id: {
+                "role": p.role,
+                "signing_public_key": p.signing_public_key.hex(),
+                **({"revoked": True} if p.revoked else {}),
+            }
+            for p in peers
         }
         if target not in directory:
             raise NotFound(f"{target} is not in the directory")
+        revoked = bool(directory[target].get("revoked"))
         address = address or next(p.address for p in peers if p.id == target)
         if not address:
             raise NotFound(f"{target} runs no connector")
+        log_key = Verifier.ed25519(
+            log_origin(cfg.participant.space, target),
+            ed25519.Ed25519PublicKey.from_public_bytes(
+                bytes.fromhex(directory[target]["signing_public_key"])
+            ),
+        )
+        witness = Witness(
+            log_origin(cfg.participant.space, cfg.participant.id),
+            load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key"),
+            FileWitnessState(cfg.data_dir / "witness"),
+            SystemClock(),
+        )
         with member_channel(cfg, registry, target, address) as channel, calling(target):
             stub = audit_pb2_grpc.AuditServiceStub(channel)
             cosigned = 0
-            if cosign:
-                log_key = Verifier.ed25519(
-                    log_origin(cfg.participant.space, target),
-                    ed25519.Ed25519PublicKey.from_public_bytes(
-                        bytes.fromhex(directory[target]["signing_public_key"])
-                    ),
-                )
-                witness = Witness(
-                    log_origin(cfg.participant.space, cfg.participant.id),
-                    load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key"),
-                    FileWitnessState(cfg.data_dir / "witness"),
-                    SystemClock(),
-                )
+            if cosign and not revoked:
                 result = witness.cosign_log(stub, log_key)
                 cosigned = result.checkpoint.size
                 if narrate:
@@ -72,6 +80,7 @@ def fetch_and_witness(
                         f"Cosigned {target}'s checkpoint at size {cosigned} (consistent "
                         f"with size {result.previous_size} seen before)"
                     )
+            seen = witness.last_seen(log_key)
             manifest = fetch_log(
                 stub,
                 out,
@@ -80,7 +89,14 @@ def fetch_and_witness(
                 fetched_by=cfg.participant.id,
                 directory=directory,
                 progress=progress,
+                extends=seen.checkpoint if seen else None,
             )
+            if revoked and narrate:
+                since = f" (size {seen.checkpoint.size})" if seen else ""
+                narrate(
+                    f"{target} has been revoked: its log was not cosigned"
+                    + (f"; it extends the checkpoint you last cosigned{since}" if seen else "")
+                )
     finally:
         registry.close()
     manifest["cosigned_size"] = cosigned

@@ -1,9 +1,12 @@
 """Checkpoints (c2sp.org/tlog-checkpoint) and witness cosignatures (c2sp.org/tlog-cosignature).
 
-A checkpoint body is ``<origin>\\n<size>\\n<base64 root>\\n``; the log signs it as a note
-under the key name equal to its origin ``tds/<space>/<participant>``. A witness adds a
-``cosignature/v1`` line: Ed25519 over ``cosignature/v1\\ntime <t>\\n`` + the body, the
-signature bytes prefixed by the big-endian 64-bit time.
+A checkpoint body is ``<origin>\\n<size>\\n<base64 root>\\n``, then any non-empty
+extension lines the log adds (tds logs add none; other logs may); the log signs it as a
+note under the key name equal to its origin ``tds/<space>/<participant>``. A witness adds
+a ``cosignature/v1`` line: Ed25519 over ``cosignature/v1\\ntime <t>\\n`` + the body,
+extension lines included, the signature bytes prefixed by the big-endian 64-bit time.
+Parsing is canonical, so the body rendered again is the received text, byte for byte:
+what is verified and cosigned is exactly what the log signed.
 """
 
 from __future__ import annotations
@@ -45,34 +48,47 @@ def log_origin(space: str, participant: str) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A tree size and root hash, as a log commits to them."""
+    """A tree size and root hash, as a log commits to them, with its extension lines."""
 
     origin: str
     size: int
     root: bytes
+    extensions: tuple[str, ...] = ()
+    """Lines after the root hash, verbatim without their newlines (C2SP allows them)."""
 
     def body(self) -> str:
         """The note text."""
-        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
+        lines = [self.origin, str(self.size), base64.b64encode(self.root).decode()]
+        return "".join(f"{line}\n" for line in (*lines, *self.extensions))
 
     @classmethod
     def parse(cls, text: str) -> Checkpoint:
-        """Parse a checkpoint body (extension lines are refused: tds writes none)."""
+        """Parse a checkpoint body: origin, size and root lines, then extension lines."""
         lines = text.split("\n")
-        if len(lines) != 4 or lines[3] != "":
-            raise VerificationError("checkpoint must be exactly origin, size and root lines")
+        if len(lines) < 4 or lines[-1] != "":
+            raise VerificationError(
+                "checkpoint must be origin, size and root lines (then any extension lines), "
+                "each ending in a newline"
+            )
         origin, size, root = lines[:3]
+        extensions = tuple(lines[3:-1])
         if not origin:
             raise VerificationError("checkpoint origin is empty")
-        if not size.isdigit() or (len(size) > 1 and size[0] == "0"):
+        if not (size.isascii() and size.isdigit()) or (len(size) > 1 and size[0] == "0"):
             raise VerificationError(f"checkpoint size {size!r} is not a decimal number")
         try:
             raw = base64.b64decode(root, validate=True)
         except binascii.Error:
             raise VerificationError("checkpoint root is not base64") from None
-        if len(raw) != HASH_SIZE:
-            raise VerificationError("checkpoint root is not a SHA-256 hash")
-        return cls(origin, int(size), raw)
+        if len(raw) != HASH_SIZE or base64.b64encode(raw).decode() != root:
+            raise VerificationError("checkpoint root is not a SHA-256 hash in standard base64")
+        if any(not line for line in extensions):
+            raise VerificationError("checkpoint extension lines must not be empty")
+        checkpoint = cls(origin, int(size), raw, extensions)
+        # Cosignatures and signatures cover the text as received: never a re-rendering.
+        if checkpoint.body() != text:
+            raise VerificationError("checkpoint is not in canonical form")
+        return checkpoint
 
 
 def sign_checkpoint(checkpoint: Checkpoint, key: ed25519.Ed25519PrivateKey) -> str:

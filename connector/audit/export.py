@@ -9,8 +9,8 @@ An export directory holds everything needed to check a log offline:
   later change to one entry is pinned to its index;
 * ``checkpoints/NNNNNN.note`` — every checkpoint as its exact signed-note text, with the
   cosignatures witnesses added;
-* ``directory.json`` — role and signing key of every participant, to check cosignatures
-  and receipts.
+* ``directory.json`` — role and signing key of every participant (and ``"revoked": true``
+  for those the operator revoked), to check cosignatures and receipts.
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ class Export:
         return sorted((self.root / "checkpoints").glob("*.note"))
 
     @property
-    def directory(self) -> dict[str, dict[str, str]]:
-        """Participant id -> {role, signing_public_key (hex)}."""
+    def directory(self) -> dict[str, dict[str, Any]]:
+        """Participant id -> {role, signing_public_key (hex), revoked (when true)}."""
         path = self.root / "directory.json"
         try:
-            data: dict[str, dict[str, str]] = json.loads(path.read_text())
+            data: dict[str, dict[str, Any]] = json.loads(path.read_text())
         except (FileNotFoundError, ValueError) as exc:
             raise VerificationError(f"{path} is missing or not JSON: {exc}") from None
         return data
@@ -92,11 +92,13 @@ def fetch_log(
     participant: str,
     space: str,
     fetched_by: str,
-    directory: dict[str, dict[str, str]],
+    directory: dict[str, dict[str, Any]],
     progress: Callable[[int, int], None] | None = None,
     timeout: float = 30.0,
+    extends: Checkpoint | None = None,
 ) -> dict[str, Any]:
-    """Fetch a whole log into ``out``; check the entries against the newest checkpoint."""
+    """Fetch a whole log into ``out``; check the entries against the newest checkpoint and,
+    for a complete export, that they extend ``extends`` (a checkpoint seen before)."""
     resp = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(fresh=True), timeout=timeout)
     verifier = parse_vkey(resp.vkey)
     if verifier.name != log_origin(space, participant):
@@ -138,6 +140,15 @@ def fetch_log(
     if complete and merkle.root(frontier) != latest.root:
         raise VerificationError(
             f"{participant} served entries that do not match its own checkpoint"
+        )
+    if (
+        complete
+        and extends is not None
+        and (extends.size > size or merkle.root(frontier[: extends.size]) != extends.root)
+    ):
+        raise VerificationError(
+            f"{participant}'s log does not extend the checkpoint of size {extends.size} "
+            "you cosigned before (a rollback or a fork): keep both as evidence"
         )
     notes = stub.ListCheckpoints(audit_pb2.ListCheckpointsRequest(), timeout=timeout)
     # Checkpoints signed after the entries were read commit to entries not in this export.

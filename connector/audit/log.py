@@ -153,7 +153,6 @@ class TransparencyLog:
         # one another and each starts from the size the last one committed.
         self._sequence = threading.Lock()
         self._sequence_holder: RawTransaction | None = None
-        self._checkpoint_lock = threading.Lock()
         self._size = 0
         self._frontier: dict[int, bytes] = {}
         self._load_frontier()
@@ -272,22 +271,9 @@ class TransparencyLog:
         per commit, the ORM's per-statement overhead would cost more than the fsync. The
         log's size and frontier in memory change only once ``tx`` has committed.
         """
-        if self._sequence_holder is tx:
-            raise RuntimeError("one audit log append per transaction")
-        # Every writer of this database takes the SQLite write turn (and on PostgreSQL the
-        # log's advisory lock) before the sequence: taken in one order, they cannot deadlock.
-        tx.claim_write()
-        if self._db.postgres:
-            tx.one("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK_KEY,))
-        if not self._sequence.acquire(timeout=30):
-            raise Unavailable("the audit log is busy; the action was not recorded")
-        self._sequence_holder = tx
+        self._take_sequence(tx)
         try:
-            last = tx.one("SELECT max(idx) FROM log_entry")
-            if (0 if last is None or last[0] is None else int(last[0]) + 1) != self._size:
-                # Another replica appended: continue from what the database holds.
-                with self._db.engine.connect() as conn:
-                    self._load_frontier(conn)
+            self._catch_up(tx)
             size, frontier = self._size, dict(self._frontier)
             rows: list[tuple[Any, ...]] = []
             nodes: list[tuple[int, bytes]] = []
@@ -313,8 +299,7 @@ class TransparencyLog:
             )
             tx.many("INSERT INTO log_node (id, hash) VALUES (?, ?)", nodes)
         except BaseException:
-            self._sequence_holder = None
-            self._sequence.release()
+            self._release_sequence()
             raise
 
         def ended(committed: bool) -> None:
@@ -323,11 +308,38 @@ class TransparencyLog:
                     with self._state_lock:
                         self._size, self._frontier = size, frontier
             finally:
-                self._sequence_holder = None
-                self._sequence.release()
+                self._release_sequence()
 
         tx.on_end(ended)
         return results
+
+    def _take_sequence(self, tx: RawTransaction) -> None:
+        """Take the log for ``tx`` until it ends: this replica's appends and checkpoints,
+        and on PostgreSQL every replica's, follow one another."""
+        if self._sequence_holder is tx:
+            raise RuntimeError("one audit log append per transaction")
+        # Every writer of this database takes the SQLite write turn (and on PostgreSQL the
+        # log's advisory lock) before the sequence: taken in one order, they cannot deadlock.
+        tx.claim_write()
+        if self._db.postgres:
+            tx.one("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK_KEY,))
+        if not self._sequence.acquire(timeout=30):
+            raise Unavailable("the audit log is busy; the action was not recorded")
+        self._sequence_holder = tx
+
+    def _release_sequence(self) -> None:
+        self._sequence_holder = None
+        self._sequence.release()
+
+    def _catch_up(self, tx: RawTransaction) -> None:
+        """With the sequence taken: make the size and frontier in memory the committed ones.
+
+        Another replica of this connector may have appended since this one last did.
+        """
+        last = tx.one("SELECT max(idx) FROM log_entry")
+        if (0 if last is None or last[0] is None else int(last[0]) + 1) != self._size:
+            with self._db.engine.connect() as conn:
+                self._load_frontier(conn)
 
     def _load_frontier(self, conn: Any = None) -> None:
         def load(c: Any) -> None:
@@ -380,15 +392,23 @@ class TransparencyLog:
 
     @property
     def size(self) -> int:
-        """Number of durable entries."""
-        with self._state_lock:
-            return self._size
+        """Number of committed entries, as the database holds them.
+
+        Read from the database, not this replica's memory: another replica of the
+        connector may have appended (and signed a checkpoint over) entries since this one
+        last did, and what this replica serves must cover them.
+        """
+        with self._db.engine.connect() as conn:
+            return self._stored_size(conn)
 
     def root(self) -> tuple[int, bytes]:
-        """The current size and root hash."""
+        """The committed size and its root hash."""
+        size = self.size
         with self._state_lock:
-            size, frontier = self._size, dict(self._frontier)
-        return size, merkle.frontier_root(frontier)
+            if self._size == size:
+                return size, merkle.frontier_root(self._frontier)
+        # Another replica appended since this one did (or one of ours just committed).
+        return size, self.root_at(size) if size else merkle.frontier_root({})
 
     def _with_nodes(self, compute: Any) -> Any:
         """Run ``compute(nodes)`` twice: once to learn which nodes it needs, then for real."""
@@ -404,8 +424,9 @@ class TransparencyLog:
         return compute(lambda level, index: found[(level, index)])
 
     def _check_size(self, size: int) -> None:
-        if not 0 < size <= self.size:
-            raise InvalidRequest(f"tree size {size} is not between 1 and {self.size}")
+        committed = self.size
+        if not 0 < size <= committed:
+            raise InvalidRequest(f"tree size {size} is not between 1 and {committed}")
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """Proof that entry ``index`` is in the tree of ``size`` entries."""
@@ -456,24 +477,44 @@ class TransparencyLog:
     # -- checkpoints ------------------------------------------------------------------
 
     def checkpoint(self, *, fresh: bool = False) -> StoredCheckpoint:
-        """The latest checkpoint; signs a new one if ``fresh`` or the log has grown."""
-        with self._checkpoint_lock:
-            latest = self.latest_checkpoint()
-            size, root = self.root()
-            if latest is not None and latest.checkpoint.size == size and not fresh:
-                return latest
+        """The latest checkpoint; signs a new one if the log has grown.
+
+        Signed only over the tree as committed in the database, with the log taken as
+        for an append: every replica of the connector signs in turn, each over at least
+        the entries the one before signed, so signed sizes never go back. An unchanged
+        log keeps its stored checkpoint, ``fresh`` or not.
+        """
+        latest = self.latest_checkpoint()
+        if latest is not None and latest.checkpoint.size == self.size:
+            return latest  # unchanged: no need to take the log from the appenders
+        with self._db.transaction() as tx:
+            self._take_sequence(tx)
+            tx.on_end(lambda _committed: self._release_sequence())
+            self._catch_up(tx)
+            size, root = self._size, merkle.frontier_root(self._frontier)
+            row = tx.one(
+                "SELECT seq, size, root, note FROM log_checkpoint ORDER BY seq DESC LIMIT 1"
+            )
+            latest = self._stored(row) if row is not None else None
+            signed = tx.one("SELECT max(size) FROM log_checkpoint")
+            if signed is not None and signed[0] is not None and int(signed[0]) > size:
+                # Entries were lost from under a signed checkpoint: sign nothing more.
+                raise Unavailable(
+                    f"the audit log holds {size} entries but a checkpoint commits to "
+                    f"{int(signed[0])}; restore the database"
+                )
             if latest is not None and latest.checkpoint.size == size:
-                return latest  # nothing new to commit to; the stored one is current
+                return latest
             cp = Checkpoint(self.origin, size, root)
             note = sign_checkpoint(cp, self._key)
-            with self._db.session() as s:
-                row = LogCheckpointRow(
-                    size=size, root=root, note=note, created_ms=int(self._clock.now() * 1000)
-                )
-                s.add(row)
-                s.flush()
-                assert row.seq is not None
-                return StoredCheckpoint(row.seq, cp, note)
+            tx.execute(
+                "INSERT INTO log_checkpoint (size, root, note, created_ms) VALUES (?, ?, ?, ?)",
+                (size, root, note, int(self._clock.now() * 1000)),
+            ).close()
+            # Only checkpoint() inserts, and only with the log taken: the newest is ours.
+            seq = tx.one("SELECT max(seq) FROM log_checkpoint")
+            assert seq is not None
+            return StoredCheckpoint(int(seq[0]), cp, note)
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The most recent stored checkpoint, if any."""

@@ -1,7 +1,10 @@
 """``AuditService``: checkpoints, entries, proofs and witness cosigning of a connector's log.
 
 Auditors see the whole log; any other member sees only entries that name it. Checkpoints
-and consistency proofs reveal nothing but sizes and hashes, so every member may ask.
+and consistency proofs reveal nothing but sizes and hashes, so every member may ask. Once
+this connector's participant is revoked, only auditors and the operator may read (the
+authenticator refuses everyone else, ``Access.EVIDENCE``), and the operator too reads the
+whole log: the evidence is what the revocation will be judged by.
 """
 
 from __future__ import annotations
@@ -31,17 +34,25 @@ MAX_PAGE = 1000
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
 
 
-def _is_auditor(caller: Caller) -> bool:
-    return caller.role == Role.AUDITOR.value
-
-
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    """Serves one log."""
+    """Serves one log; ``revoked`` says whether the operator revoked its participant."""
 
-    def __init__(self, log: TransparencyLog, space: str, signing_key_of: KeyLookup) -> None:
+    def __init__(
+        self,
+        log: TransparencyLog,
+        space: str,
+        signing_key_of: KeyLookup,
+        revoked: Callable[[], bool],
+    ) -> None:
         self._log = log
         self._space = space
         self._signing_key_of = signing_key_of
+        self._revoked = revoked
+
+    def _reads_everything(self, caller: Caller) -> bool:
+        if caller.role == Role.AUDITOR.value:
+            return True
+        return caller.role == Role.OPERATOR.value and self._revoked()
 
     def GetCheckpoint(
         self, request: audit_pb2.GetCheckpointRequest, context: Any
@@ -68,10 +79,11 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             raise InvalidRequest("give 0 <= start < end")
         if request.end - request.start > MAX_PAGE:
             raise InvalidRequest(f"ask for at most {MAX_PAGE} entries per call")
-        if request.end > self._log.size:
-            raise InvalidRequest(f"end {request.end} is past the log size {self._log.size}")
+        size = self._log.size
+        if request.end > size:
+            raise InvalidRequest(f"end {request.end} is past the log size {size}")
         caller = current_caller()
-        party = None if _is_auditor(caller) else caller.participant
+        party = None if self._reads_everything(caller) else caller.participant
         rows = self._log.entries(request.start, request.end, party)
         return audit_pb2.GetEntriesResponse(
             entries=[audit_pb2.LogEntry(index=i, body=b) for i, b in rows]
@@ -84,7 +96,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         caller = current_caller()
         if not 0 <= request.index < self._log.size:
             raise NotFound(f"no entry {request.index}")
-        if not _is_auditor(caller) and caller.participant not in self._log.entry_parties(
+        if not self._reads_everything(caller) and caller.participant not in self._log.entry_parties(
             request.index
         ):
             raise NotFound(f"no entry {request.index}")
@@ -152,17 +164,17 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 def audit_service(servicer: AuditServicer) -> Service:
     """``AuditService`` with its access table."""
-    methods = [
+    reads = [
         "GetCheckpoint",
         "ListCheckpoints",
         "GetEntries",
         "GetInclusionProof",
         "GetConsistencyProof",
-        "Cosign",
     ]
     return Service(
         "tds.v1.AuditService",
         audit_pb2_grpc.add_AuditServiceServicer_to_server,
         servicer,
-        dict.fromkeys(methods, Access.MEMBER),
+        # Cosign stores a witness's signature: a revoked connector takes none.
+        {**dict.fromkeys(reads, Access.EVIDENCE), "Cosign": Access.MEMBER},
     )

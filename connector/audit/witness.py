@@ -111,6 +111,10 @@ class Witness:
         self._state = state
         self._clock = clock
 
+    def last_seen(self, log_key: Verifier) -> Seen | None:
+        """The checkpoint of this log last cosigned, if any."""
+        return self._state.get(log_key.name)
+
     def check(self, log_key: Verifier, offer: audit_pb2.Offer) -> tuple[Checkpoint, Seen | None]:
         """Verify an offered checkpoint against what was seen; raise ``VerificationError``."""
         checkpoint, _ = open_checkpoint(offer.checkpoint, log_key)

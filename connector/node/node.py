@@ -348,7 +348,14 @@ class Node:
         assert self.transfers is not None and self.receiver is not None
         services.append(transfer_service(TransferServicer(self.transfers, self.receiver)))
         services.append(
-            audit_service(AuditServicer(self._log(), cfg.participant.space, self._signing_key_of))
+            audit_service(
+                AuditServicer(
+                    self._log(),
+                    cfg.participant.space,
+                    self._signing_key_of,
+                    revoked=lambda: self._is_revoked(cfg.participant.id),
+                )
+            )
         )
         services.append(
             admin_service(

@@ -443,7 +443,9 @@ def registry_service(servicer: RegistryServicer) -> Service:
             "Enrol": Access.ADMIN,
             "Revoke": Access.ADMIN,
             "IssueToken": Access.CERTIFICATE,
-            "GetRevocationList": Access.CERTIFICATE,
+            # Signed by the operator and public to every member: a revoked connector
+            # still needs a fresh one to authenticate the auditors who read its log.
+            "GetRevocationList": Access.TRANSPORT,
             "Lookup": Access.MEMBER,
             "ListParticipants": Access.MEMBER,
             "RegisterProduct": Access.MEMBER,

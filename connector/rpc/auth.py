@@ -3,9 +3,10 @@
 A call is accepted only with a client certificate from the space CA (checked by TLS and
 again here) and, for member methods, a membership token whose signature (EdDSA pinned),
 type, issuer, audience, expiry and ``cnf`` binding to that very certificate verify, for a
-participant that is not revoked. Admin methods take the administrator certificate of this
-connector's own participant. What handlers see is ``current_caller()``; no request field
-can change it.
+participant that is not revoked. Once this connector's own participant is revoked, member
+calls are refused but for reading its audit log, by auditors and the operator. Admin
+methods take the administrator certificate of this connector's own participant. What
+handlers see is ``current_caller()``; no request field can change it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from connector.errors import (
     PermissionDenied,
 )
 from connector.identity.certs import certificate_name, certificate_thumbprint, parse_certificate_pem
-from connector.identity.names import ADMIN_URI_KIND, PARTICIPANT_URI_KIND, CertificateName
+from connector.identity.names import ADMIN_URI_KIND, PARTICIPANT_URI_KIND, CertificateName, Role
 from connector.identity.tokens import Membership, check_token_time, membership_of_token
 from connector.registry.revocation import RevocationList
 from connector.rpc.status import status_for
@@ -59,6 +60,13 @@ class Access(Enum):
     """A participant certificate plus a membership token bound to it."""
     ADMIN = "admin"
     """The administrator certificate of this connector's own participant."""
+    EVIDENCE = "evidence"
+    """As ``MEMBER``; still answered once this connector's own participant is revoked, and
+    then only to auditors and the operator (reading its audit log)."""
+
+
+# Who may still read a revoked participant's audit log: the evidence outlives the membership.
+_EXAMINERS = frozenset({Role.AUDITOR.value, Role.OPERATOR.value})
 
 
 # Standard services every server registers; they reveal nothing about data.
@@ -160,7 +168,8 @@ class Authenticator:
         now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             raise AuthenticationError("client certificate is expired or not yet valid")
-        self._revocations.current().check(name.participant, cert.serial_number)
+        revocations = self._revocations.current()
+        revocations.check(name.participant, cert.serial_number)
         if access is Access.ADMIN:
             if name.kind != ADMIN_URI_KIND or name.participant != self._participant:
                 raise PermissionDenied(
@@ -175,6 +184,13 @@ class Authenticator:
                 "participant certificate and a membership token"
             )
         membership = self._verify_token(context, name.participant, thumbprint)
+        if self._participant in revocations.participants and not (
+            access is Access.EVIDENCE and membership.role in _EXAMINERS
+        ):
+            raise PermissionDenied(
+                f"participant {self._participant!r} has been revoked by the operator: its "
+                "connector answers only auditors and the operator reading its audit log"
+            )
         return Caller(
             name.participant,
             PARTICIPANT_URI_KIND,

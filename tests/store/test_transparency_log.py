@@ -15,7 +15,7 @@ from connector.audit.checkpoint import open_checkpoint
 from connector.audit.log import TransparencyLog
 from connector.clock import FixedClock
 from connector.errors import InvalidRequest, Unavailable
-from connector.store.database import Database, RawTransaction
+from connector.store.database import Database, RawTransaction, open_database
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 
@@ -241,3 +241,72 @@ def test_spliced_entries_are_canonical(tlog: TransparencyLog) -> None:
         body = entry.body(index)
         value = parse_canonical(body)
         assert value["index"] == index and canonical_json(value) == body
+
+
+@pytest.mark.postgres
+def test_two_replicas_never_sign_a_shrinking_checkpoint(postgres_url: str) -> None:
+    """Issue 18, finding 2: each replica signed checkpoints over its own tree in memory.
+
+    Two replicas of one connector (two logs on one PostgreSQL database: replicas share
+    PostgreSQL, never SQLite) append and sign
+    concurrently; then one appends while the other, which has not appended since, signs.
+    Every checkpoint must commit to the tree as committed, never fewer entries than the
+    one signed before it, and either replica must prove each checkpoint it may serve.
+    """
+    dbs = [open_database(postgres_url), open_database(postgres_url)]
+    logs = [new_log(d) for d in dbs]
+    errors: list[BaseException] = []
+
+    def work(lg: TransparencyLog, w: int) -> None:
+        try:
+            for n in range(12):
+                lg.record("t", parties=[], data={"w": w, "n": n})
+                lg.checkpoint()
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(logs[w % 2], w)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        logs[0].record("t", parties=[], data={"last": True})
+        logs[0].checkpoint()
+        logs[1].checkpoint()  # the replica that did not append signs next
+        size = logs[0].size
+        assert size == logs[1].size == 4 * 12 + 1
+        hashes = [merkle.leaf_hash(b) for _, b in logs[1].entries(0, size)]
+        stored = logs[1].checkpoints()
+        sizes = [c.checkpoint.size for c in stored]
+        assert sizes == sorted(sizes) and sizes[-1] == size, sizes
+        for c in stored:
+            cp, _ = open_checkpoint(c.note, logs[0].verifier)
+            assert cp.root == merkle.root(hashes[: cp.size])
+            for lg in logs:  # either replica serves proofs for any stored checkpoint
+                merkle.verify_consistency(
+                    cp.size, size, lg.consistency_proof(cp.size, size), cp.root, merkle.root(hashes)
+                )
+                proof = lg.inclusion_proof(cp.size - 1, cp.size)
+                merkle.verify_inclusion(hashes[cp.size - 1], cp.size - 1, cp.size, proof, cp.root)
+        assert logs[0].root() == logs[1].root() == (size, merkle.root(hashes))
+    finally:
+        for lg in logs:
+            lg.close()
+        for d in dbs:
+            d.close()
+
+
+def test_no_checkpoint_is_signed_below_one_already_signed(
+    db: Database, tlog: TransparencyLog
+) -> None:
+    """A database restored from before the last checkpoint: sign nothing smaller."""
+    for i in range(5):
+        tlog.record("t", parties=[], data={"i": i})
+    signed = tlog.checkpoint()
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM log_entry WHERE idx = 4"))
+    with pytest.raises(Unavailable, match="a checkpoint commits to 5"):
+        tlog.checkpoint()
+    assert [c.seq for c in tlog.checkpoints()] == [signed.seq]

@@ -70,7 +70,7 @@ def test_note_by_another_key_or_name_is_refused() -> None:
         "a\n7\n\n",
         "a\n07\nAAAA\n",
         "a\n7\nAAAA\n",
-        "a\n7\n" + base64.b64encode(bytes(32)).decode() + "\next\n",
+        "a\n7\n" + base64.b64encode(bytes(32)).decode() + "\n\n",  # empty extension line
     ],
 )
 def test_malformed_checkpoints_are_refused(body: str) -> None:
