@@ -78,6 +78,9 @@ class Caller:
     membership: Membership | None = None
     """Present for member calls."""
     attrs: dict[str, str] = field(default_factory=dict)
+    revoked_grants: frozenset[str] = frozenset()
+    """Ids of the caller's authorised-operation grants on the revocation list in force
+    when the call was authenticated (its token may still carry them)."""
 
     @property
     def role(self) -> str:
@@ -160,7 +163,8 @@ class Authenticator:
         now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             raise AuthenticationError("client certificate is expired or not yet valid")
-        self._revocations.current().check(name.participant, cert.serial_number)
+        revocations = self._revocations.current()
+        revocations.check(name.participant, cert.serial_number)
         if access is Access.ADMIN:
             if name.kind != ADMIN_URI_KIND or name.participant != self._participant:
                 raise PermissionDenied(
@@ -182,6 +186,7 @@ class Authenticator:
             thumbprint,
             membership=membership,
             attrs=dict(membership.attrs),
+            revoked_grants=revocations.revoked_grants(name.participant),
         )
 
     def _verify_token(
