@@ -515,10 +515,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     "fetch the list with GetRevocationList meanwhile"
                 )
             self._watchers += 1
+        caller = current_caller()
         try:
             active = lambda: context.is_active() and not self._stopping.is_set()  # noqa: E731
             for revocations in self._revocations.watch(active, heartbeat=WATCH_HEARTBEAT_SECONDS):
                 yield self._signed(revocations)
+                try:
+                    revocations.check(caller.participant, caller.certificate_serial)
+                except AuthenticationError:
+                    return  # revoked: it has the list that says so; its slot is freed
         finally:
             with self._watchers_lock:
                 self._watchers -= 1

@@ -290,3 +290,47 @@ def test_forged_or_older_pushed_revocation_list_is_refused(
         client.close()
         server.stop(0)
     assert not watcher.is_alive()
+
+
+def test_revocation_streams_are_capped_and_their_workers_given_back(space: LocalSpace) -> None:
+    node = space.nodes["gov"]
+    assert node._tls is not None
+    op = space.manifest.operator_id
+    cap = space.configs[op].registry.max_watchers
+    channel = open_channel(space.registry_address, node._tls.identity, space=space.space, peer=op)
+    stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    request = registry_pb2.WatchRevocationsRequest()
+
+    def watch() -> tuple[grpc.Future, grpc.RpcError | None]:  # type: ignore[type-arg]
+        call = stub.WatchRevocations(request, timeout=10)
+        try:
+            assert next(call).revocation_list  # the list in force comes at once
+        except grpc.RpcError as exc:
+            return call, exc
+        return call, None
+
+    # The connectors of the space hold some of the slots; take the rest, then one more.
+    held: list[grpc.Future] = []  # type: ignore[type-arg]
+    try:
+        for _ in range(cap + 1):
+            call, refused = watch()
+            held.append(call)
+            if refused is not None:
+                break
+        assert refused is not None and len(held) <= cap + 1, "no cap on revocation streams"
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert "GetRevocationList" in (refused.details() or "")
+    finally:
+        for call in held:
+            call.cancel()
+    # A cancelled stream gives its worker back within a poll of the registry.
+    deadline = time.monotonic() + 3
+    while True:
+        call, refused = watch()
+        call.cancel()
+        if refused is None:
+            break
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() < deadline, "cancelled streams still hold their slots"
+        time.sleep(0.2)
+    channel.close()
