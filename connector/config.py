@@ -75,11 +75,16 @@ class RegistryConfig:
     token_refresh_fraction: float = 0.7
     """Refresh the own token after this fraction of its lifetime."""
     revocation_refresh_seconds: float = 30.0
-    """How often to fetch the revocation list."""
+    """How often to fetch the revocation list: the fallback while the registry's revocation
+    stream (``WatchRevocations``), which pushes each new list at once, is down."""
     revocation_max_age_seconds: float = 300.0
     """Refuse all calls when the revocation list in force is older than this."""
     call_timeout_seconds: float = 5.0
     """Deadline of each call to the registry."""
+    max_watchers: int = 8
+    """Operator only: members holding the revocation stream open at once. Each stream
+    takes one server worker, so this stays below ``server.max_workers``; members past it
+    are refused and keep to the periodic refresh."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,12 @@ def _validate(cfg: Config) -> None:
             "registry.revocation_max_age_seconds must exceed revocation_refresh_seconds",
         ),
         (cfg.registry.call_timeout_seconds > 0, "registry.call_timeout_seconds must be positive"),
+        (
+            cfg.registry.max_watchers >= 0
+            and (not cfg.is_operator or cfg.registry.max_watchers < cfg.server.max_workers),
+            "registry.max_watchers must be at least 0 and, on the operator, below "
+            "server.max_workers (each revocation stream holds a worker)",
+        ),
         (cfg.policy.engine in ("embedded", "opa"), "policy.engine must be 'embedded' or 'opa'"),
         (
             cfg.policy.engine != "opa" or bool(cfg.policy.opa_url),

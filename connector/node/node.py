@@ -76,7 +76,7 @@ from connector.transfer.disclosure import disclosure_report
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
-from connector.transfer.store import TransferStore
+from connector.transfer.store import Transfer, TransferStore
 
 __all__ = ["Node", "TlsMaterial"]
 
@@ -131,6 +131,7 @@ class Node:
         self._handle: ServerHandle | None = None
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._enrol_self: Callable[[str], None] | None = None
         self._checkpointer: threading.Thread | None = None
         self.log: TransparencyLog | None = None
@@ -278,6 +279,15 @@ class Node:
                 daemon=True,
             )
             self._refresher.start()
+            # Revocations are pushed the moment the operator makes them; the refresher
+            # above is the fallback while this stream is down.
+            self._watcher = threading.Thread(
+                target=self.registry.watch_revocations,
+                args=(self._stop, cfg.registry.revocation_refresh_seconds),
+                name="tds-revocation-watch",
+                daemon=True,
+            )
+            self._watcher.start()
         log.info(
             "serving",
             extra={
@@ -305,7 +315,8 @@ class Node:
                     "pki.signing_key of the operator must match pki.operator_public_key"
                 )
             store = SqlDirectoryStore(db)
-            local = LocalRevocations(store, self.clock)
+            grants = GrantStore(db)
+            local = LocalRevocations(store, self.clock, grants=grants)
             keys = OperatorKeys(
                 space=cfg.participant.space,
                 issuer=self.issuer,
@@ -322,7 +333,15 @@ class Node:
                 clock=self.clock,
             )
             servicer = RegistryServicer(
-                store, keys, local, self.clock, self._log(), index, GrantStore(db)
+                store,
+                keys,
+                local,
+                self.clock,
+                self._log(),
+                index,
+                grants,
+                stopping=self._stop,
+                max_watchers=cfg.registry.max_watchers,
             )
             self._enrol_self = lambda address: self._enrol_operator(
                 servicer, store, tls, signing_key, address
@@ -406,7 +425,7 @@ class Node:
             clock=self.clock,
             signing_key=signing_key,
             keys=self._signing_key_of,
-            revoked=self._is_revoked,
+            revoked=self._revocation_stop,
             channel_to=self._member_channel,
             consent=self._consent_lookup,
         )
@@ -463,11 +482,24 @@ class Node:
             raise Unavailable("the operator registry has no registry client")
         return self.registry
 
-    def _is_revoked(self, participant: str) -> bool:
-        """Whether the revocation list in force names ``participant`` (no list: revoked)."""
+    def _revocation_stop(self, t: Transfer) -> str | None:
+        """Why the revocation list in force stops a running transfer we provide, or None:
+        its consumer is revoked, or (for public data, 公共数据授权运营) a grant of the
+        consumer was revoked since it started. Which grant the decision relied on is not
+        kept, so any grant of the consumer stops it: fail closed, and a new transfer is
+        decided afresh. ``Unavailable`` when no fresh list is held."""
         if self.registry is None:
-            return False  # the operator moves no data
-        return participant in self.registry.current().participants
+            return None  # the operator moves no data
+        held = self.registry.current()
+        if t.counterparty in held.participants:
+            return "consumer_revoked"
+        # The operator's clock stamps the revocation, ours the start: allow for skew.
+        since_ms = t.started_ms - self.cfg.limits.clock_leeway_seconds * 1000
+        if held.grant_revoked_since(t.counterparty, since_ms) and (
+            self._catalog().own(t.product).registration_code
+        ):
+            return "operation_grant_revoked"
+        return None
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.cfg.transfer.sweep_interval_seconds):
@@ -616,9 +648,11 @@ class Node:
     def stop(self, grace: float | None = None) -> None:
         """Stop gracefully: in-flight calls finish (up to ``grace``), then close everything."""
         self._stop.set()
+        if self.registry is not None:
+            self.registry.stop_watching()
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
-        for thread in (self._refresher, self._checkpointer, self._sweeper_thread):
+        for thread in (self._refresher, self._watcher, self._checkpointer, self._sweeper_thread):
             if thread is not None:
                 thread.join(timeout=5)
         self._close_clients()

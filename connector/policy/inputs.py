@@ -56,7 +56,9 @@ def build_input(
     """The input document for one decision.
 
     The subject is that of ``caller``, or ``subject`` as ``subject_of`` gave it earlier for
-    a verified caller (a decision taken again later, when the caller is not calling).
+    a verified caller (a decision taken again later, when the caller is not calling). With
+    a caller, ``context.revoked_grants`` lists its grants the operator's revocation list
+    revokes, which its token may still carry.
     """
     if action not in ACTIONS:
         raise InvalidRequest(f"unknown policy action {action!r}")
@@ -64,6 +66,8 @@ def build_input(
         raise TypeError("build_input takes a caller or a subject, not both or neither")
     ctx = dict(context or {})
     ctx["now_ns"] = int(clock.now() * 1_000_000_000)
+    if caller is not None:
+        ctx["revoked_grants"] = sorted(caller.revoked_grants)
     return {
         "action": action,
         "subject": subject_of(caller) if caller is not None else dict(subject or {}),

@@ -73,6 +73,7 @@ _OWN: dict[str, _Checks] = {
         ("contract", "revoked", _boolean),
         ("context", "transfers_used", _number),
         ("context", "bytes_used", _number),
+        ("context", "revoked_grants", _array),
     ),
 }
 _BY_ACTION = {action: _COMMON + own for action, own in _OWN.items()}

@@ -1,8 +1,11 @@
 """A connector's view of the registry: its own token, lookups, and the revocation list.
 
 The client keeps a membership token and a verified revocation list, refreshing both before
-they run out. When no fresh list is held, ``current()`` raises ``Unavailable`` and the
-connector refuses calls: an unreachable registry never means "nobody is revoked".
+they run out. The registry also pushes each new list over a stream the client holds open
+(``watch_revocations``), so a revocation takes effect within a second or two; the periodic
+refresh stays as the fallback while the stream is down. When no fresh list is held,
+``current()`` raises ``Unavailable`` and the connector refuses calls: an unreachable
+registry never means "nobody is revoked".
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
@@ -81,6 +86,7 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._token: tuple[str, float, int] | None = None  # token, fetched at, expires at
         self._revocations: RevocationList | None = None
+        self._watching: Any = None  # the open WatchRevocations call, to cancel on stop
         self._channel = open_channel(address, tls, space=space, peer=operator_id)
         self._member_channel = open_channel(
             address, tls, space=space, peer=operator_id, token=self.token
@@ -135,8 +141,13 @@ class RegistryClient:
             resp = self._stub.GetRevocationList(
                 registry_pb2.GetRevocationListRequest(), timeout=self._timeout
             )
+        return self.apply_revocations(resp.revocation_list)
+
+    def apply_revocations(self, signed: str) -> RevocationList:
+        """Verify a signed list and hold it from now on; ``VerificationError`` (and the
+        held list kept) for one not signed by the operator or older than the held one."""
         fresh = verify_revocation_list(
-            resp.revocation_list, self._operator_key, issuer=self._issuer, space=self._space
+            signed, self._operator_key, issuer=self._issuer, space=self._space
         )
         with self._lock:
             held = self._revocations
@@ -249,7 +260,45 @@ class RegistryClient:
                 ok = self._revocations is not None and self._token is not None
             stop.wait(interval if ok else min(interval, 1.0))
 
+    def watch_revocations(self, stop: threading.Event, max_backoff: float) -> None:
+        """Hold the registry's revocation stream open until ``stop``: apply each pushed list
+        at once, skip (and log) one that does not verify, reconnect after a break with a
+        backoff doubling up to ``max_backoff`` seconds."""
+        backoff = 0.5
+        while not stop.is_set():
+            call = self._stub.WatchRevocations(registry_pb2.WatchRevocationsRequest())
+            with self._lock:
+                self._watching = call
+            if stop.is_set():  # stop_watching ran before the call was stored
+                self.stop_watching()
+            try:
+                for resp in call:
+                    try:
+                        self.apply_revocations(resp.revocation_list)
+                        backoff = 0.5
+                    except VerificationError as exc:
+                        log.warning("pushed revocation list refused", extra={"reason": str(exc)})
+            except grpc.RpcError as err:
+                if not stop.is_set():
+                    log.info(
+                        "revocation stream broke; the periodic refresh covers until it is back",
+                        extra={"reason": f"{err.code().name}: {err.details()}"},
+                    )
+            finally:
+                with self._lock:
+                    self._watching = None
+            stop.wait(backoff)
+            backoff = min(backoff * 2, max_backoff)
+
+    def stop_watching(self) -> None:
+        """End the revocation stream now (``watch_revocations`` returns once ``stop`` is set)."""
+        with self._lock:
+            call = self._watching
+        if call is not None:
+            call.cancel()
+
     def close(self) -> None:
         """Close both channels."""
+        self.stop_watching()
         self._channel.close()
         self._member_channel.close()

@@ -5,7 +5,9 @@ covers, the purposes it allows, its term (at most five years) and the body that 
 it. The operator signs each grant (JWS, Ed25519, canonical JSON), keeps it in its
 database, and carries every unrevoked grant in the participant's membership tokens
 (attribute ``tds_grants``), where the policy library reads them as ``subject.grants``.
-A revoked grant leaves the next token the participant fetches.
+A revoked grant leaves the next token the participant fetches and, at once, enters the
+signed revocation list (``connector.registry.revocation``): providers learn of it from
+there, not from tokens the holder refreshes when it likes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from connector.audit.canonical import canonical_json
 from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
 from connector.identity.names import check_labels
 from connector.policy.inputs import GRANTS_ATTRIBUTE
+from connector.registry.revocation import RevokedGrant
 from connector.store.database import Database
 from connector.store.models import OperationGrantRow
 
@@ -200,6 +203,18 @@ class GrantStore:
             s.add(row)
             s.flush()
             return _record(row)
+
+    def revoked(self) -> frozenset[RevokedGrant]:
+        """Every revoked grant, for the revocation list (revocations are never undone)."""
+        with self._db.session() as s:
+            rows = s.exec(
+                select(
+                    OperationGrantRow.id,
+                    OperationGrantRow.participant,
+                    OperationGrantRow.revoked_ms,
+                ).where(OperationGrantRow.revoked_ms > 0)
+            ).all()
+            return frozenset(RevokedGrant(gid, pid, ms) for gid, pid, ms in rows)
 
     def list(self, participant: str = "", *, include_revoked: bool = False) -> list[GrantRecord]:
         """Grants, oldest first, optionally of one participant."""

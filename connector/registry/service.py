@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ from connector.errors import (
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    Unavailable,
 )
 from connector.identity.certs import (
     certificate_name,
@@ -43,9 +47,19 @@ from connector.registry.store import DirectoryEntry, DirectoryStore
 from connector.rpc.auth import Access, current_caller, ensure
 from connector.rpc.server import Service
 
-__all__ = ["LocalRevocations", "OperatorKeys", "RegistryServicer", "registry_service"]
+__all__ = [
+    "WATCH_HEARTBEAT_SECONDS",
+    "LocalRevocations",
+    "OperatorKeys",
+    "RegistryServicer",
+    "registry_service",
+]
 
 log = logging.getLogger(__name__)
+
+WATCH_HEARTBEAT_SECONDS = 10.0
+"""How often a revocation stream re-sends the list when nothing changed: keeps a member's
+list young and shows it the stream is alive."""
 _MAX_ATTRS = 32
 _MAX_ATTR_LEN = 1024
 
@@ -67,13 +81,26 @@ class OperatorKeys:
 
 
 class LocalRevocations:
-    """The operator's own revocation state, read from its store (it is the source)."""
+    """The operator's own revocation state, read from its store (it is the source).
 
-    def __init__(self, store: DirectoryStore, clock: Clock, cache_seconds: float = 1.0) -> None:
+    Revoked participants and certificates come from the directory, revoked grants from
+    the grant store; the serial counts all three (none is ever undone, so it only grows).
+    """
+
+    def __init__(
+        self,
+        store: DirectoryStore,
+        clock: Clock,
+        cache_seconds: float = 1.0,
+        grants: GrantStore | None = None,
+    ) -> None:
         self._store = store
+        self._grants = grants
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._version = 0
         self._cached: tuple[float, RevocationList] | None = None
 
     def current(self) -> RevocationList:
@@ -83,14 +110,44 @@ class LocalRevocations:
             if self._cached and now - self._cached[0] < self._cache_seconds:
                 return self._cached[1]
         revocations = self._store.revocations(now=int(now))
+        if self._grants is not None:
+            revoked = self._grants.revoked()
+            revocations = dataclasses.replace(
+                revocations, serial=revocations.serial + len(revoked), grants=revoked
+            )
         with self._lock:
             self._cached = (now, revocations)
         return revocations
 
     def invalidate(self) -> None:
-        """Forget the cached list (after a revocation or enrolment)."""
-        with self._lock:
+        """Forget the cached list (after a revocation or enrolment) and wake the watchers."""
+        with self._changed:
             self._cached = None
+            self._version += 1
+            self._changed.notify_all()
+
+    def watch(
+        self, active: Callable[[], bool], *, heartbeat: float, poll: float = 1.0
+    ) -> Iterator[RevocationList]:
+        """The list now, then each new one while ``active()``: at once for a change made
+        through this process, within ``poll`` plus the cache for one another replica made
+        in the shared database; the same list again after ``heartbeat`` seconds of quiet."""
+        sent: RevocationList | None = None
+        sent_at = 0.0
+        while active():
+            with self._lock:
+                seen = self._version
+            current = self.current()
+            if (
+                sent is None
+                or current.serial != sent.serial
+                or time.monotonic() - sent_at >= heartbeat
+            ):
+                sent, sent_at = current, time.monotonic()
+                yield current
+            with self._changed:
+                if self._version == seen:
+                    self._changed.wait(poll)
 
 
 def participant_message(entry: DirectoryEntry) -> common_pb2.Participant:
@@ -138,7 +195,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         audit: AuditLog,
         index: CatalogIndex | None = None,
         grants: GrantStore | None = None,
+        *,
+        stopping: threading.Event | None = None,
+        max_watchers: int = 8,
     ) -> None:
+        self._stopping = stopping or threading.Event()
+        self._max_watchers = max_watchers
+        self._watchers = 0
+        self._watchers_lock = threading.Lock()
         self._index = index
         self._grants = grants
         self._audit = audit
@@ -249,10 +313,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             parties=[pid],
             data={"participant": pid, "reason": reason, "by": current_caller().participant},
         )
-        serial = self._store.revoke(pid, reason, now=self._now())
-        self._revocations.invalidate()
+        self._store.revoke(pid, reason, now=self._now())
+        self._revocations.invalidate()  # pushed to every watching member at once
         log.warning("participant revoked", extra={"participant": pid, "reason": reason})
-        return registry_pb2.RevokeResponse(revocation_list_serial=serial)
+        return registry_pb2.RevokeResponse(
+            revocation_list_serial=self._revocations.current().serial
+        )
 
     def IssueToken(
         self, request: registry_pb2.IssueTokenRequest, context: Any
@@ -346,7 +412,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def RevokeGrant(
         self, request: registry_pb2.RevokeGrantRequest, context: Any
     ) -> registry_pb2.OperationGrant:
-        """Revoke a grant (admin only); the participant's next token no longer carries it."""
+        """Revoke a grant (admin only): it enters the revocation list, pushed to every
+        watching member at once, and leaves the participant's next token."""
         store = self._grant_store()
         reason = request.reason.strip()
         ensure(0 < len(reason) <= 1024, "give a reason (1-1024 characters) for the revocation")
@@ -364,6 +431,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             },
         )
         record = store.revoke(held.grant.id, reason, now_ms=int(self._clock.now() * 1000))
+        self._revocations.invalidate()
         log.warning("operation grant revoked", extra={"grant": held.grant.id, "reason": reason})
         return grant_message(record)
 
@@ -424,13 +492,41 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetRevocationListRequest, context: Any
     ) -> registry_pb2.GetRevocationListResponse:
         """The revocation list, freshly signed."""
+        return self._signed(self._revocations.current())
+
+    def _signed(self, revocations: RevocationList) -> registry_pb2.GetRevocationListResponse:
         signed = sign_revocation_list(
             self._keys.signing_key,
             issuer=self._keys.issuer,
             space=self._keys.space,
-            revocations=self._revocations.current(),
+            revocations=revocations,
         )
         return registry_pb2.GetRevocationListResponse(revocation_list=signed)
+
+    def WatchRevocations(
+        self, request: registry_pb2.WatchRevocationsRequest, context: Any
+    ) -> Iterator[registry_pb2.GetRevocationListResponse]:
+        """The signed list now and each new one as it is made, until the caller or the
+        registry stops; at most ``max_watchers`` at once (each holds a server worker)."""
+        with self._watchers_lock:
+            if self._watchers >= self._max_watchers:
+                raise Unavailable(
+                    f"the registry serves at most {self._max_watchers} revocation streams; "
+                    "fetch the list with GetRevocationList meanwhile"
+                )
+            self._watchers += 1
+        caller = current_caller()
+        try:
+            active = lambda: context.is_active() and not self._stopping.is_set()  # noqa: E731
+            for revocations in self._revocations.watch(active, heartbeat=WATCH_HEARTBEAT_SECONDS):
+                yield self._signed(revocations)
+                try:
+                    revocations.check(caller.participant, caller.certificate_serial)
+                except AuthenticationError:
+                    return  # revoked: it has the list that says so; its slot is freed
+        finally:
+            with self._watchers_lock:
+                self._watchers -= 1
 
 
 def registry_service(servicer: RegistryServicer) -> Service:
@@ -446,6 +542,8 @@ def registry_service(servicer: RegistryServicer) -> Service:
             # Signed by the operator and public to every member: a revoked connector
             # still needs a fresh one to authenticate the auditors who read its log.
             "GetRevocationList": Access.TRANSPORT,
+            # Pushes hold a worker each: only certificates not revoked may keep one.
+            "WatchRevocations": Access.CERTIFICATE,
             "Lookup": Access.MEMBER,
             "ListParticipants": Access.MEMBER,
             "RegisterProduct": Access.MEMBER,

@@ -86,6 +86,9 @@ class Caller:
     membership: Membership | None = None
     """Present for member calls."""
     attrs: dict[str, str] = field(default_factory=dict)
+    revoked_grants: frozenset[str] = frozenset()
+    """Ids of the caller's authorised-operation grants on the revocation list in force
+    when the call was authenticated (its token may still carry them)."""
 
     @property
     def role(self) -> str:
@@ -198,6 +201,7 @@ class Authenticator:
             thumbprint,
             membership=membership,
             attrs=dict(membership.attrs),
+            revoked_grants=revocations.revoked_grants(name.participant),
         )
 
     def _verify_token(

@@ -90,7 +90,7 @@ class TransferProvider:
         clock: Clock,
         signing_key: ed25519.Ed25519PrivateKey,
         keys: jws.KeyLookup,
-        revoked: Callable[[str], bool],
+        revoked: Callable[[Transfer], str | None],
         channel_to: Callable[[str], grpc.Channel] | None = None,
         consent: ConsentLookup = no_consent,
     ) -> None:
@@ -295,8 +295,10 @@ class TransferProvider:
             n = self._negotiations.by_agreement(t.agreement_id)
             if n.revocation:
                 return "agreement_revoked"
-            if self._revoked(t.counterparty):
-                return "consumer_revoked"
+            # The operator's revocation list, pushed to us: the consumer, or a grant of it.
+            revoked = self._revoked(t)
+            if revoked:
+                return revoked
             agreement = parse_agreement(n.agreement or "")
             if self._clock.now() * 1e9 >= agreement.valid_until_ns:
                 return "agreement_expired"

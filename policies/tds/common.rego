@@ -43,6 +43,12 @@ grant_current(grant) if {
 
 grant_term_ok(grant) if grant.end_ns - grant.start_ns <= five_years_ns
 
+# Grants the operator has revoked, from its signed revocation list as the connector holds
+# it: a token issued before the revocation still carries them until it is refreshed.
+revoked_grants := object.get(context, "revoked_grants", [])
+
+grant_revoked(grant) if grant.id in revoked_grants
+
 grant_valid_for(purpose, grant) if {
 	covers_scope(grant)
 	purpose in grant.purposes
@@ -51,12 +57,18 @@ grant_valid_for(purpose, grant) if {
 }
 
 # Why no grant lets this subject operate this public resource for purpose, in the order a
-# person would check: none at all, wrong scope, wrong purpose, not current, term too long.
+# person would check: none at all, revoked, wrong scope, wrong purpose, not current, term
+# too long.
 grant_denials(purpose) := set() if {
 	some grant in grants
+	not grant_revoked(grant)
 	grant_valid_for(purpose, grant)
 } else := {"no_operation_grant"} if {
 	count(grants) == 0
+} else := {"operation_grant_revoked"} if {
+	# Only a revoked grant would have allowed it.
+	some grant in grants
+	grant_valid_for(purpose, grant)
 } else := {"outside_grant_scope"} if {
 	not any_grant_covers
 } else := {"purpose_outside_grant"} if {

@@ -79,3 +79,30 @@ test_deny_core if {
 	result := usage.decision with input as doc
 	"core_data" in result.deny
 }
+
+grant := {"id": "g1", "scope": ["traffic"], "purposes": ["planning"], "start_ns": now - day, "end_ns": now + day}
+
+public_with(grants, revoked_grants) := object.union(base, {
+	"subject": object.union(base.subject, {"grants": grants}),
+	"resource": object.union(base.resource, {"registration_code": "R-1", "tags": ["traffic"]}),
+	"context": object.union(base.context, {"revoked_grants": revoked_grants}),
+})
+
+test_allow_public_within_grant if {
+	doc := public_with([grant], [])
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_deny_public_grant_revoked if {
+	doc := public_with([grant], ["g1"])
+	result := usage.decision with input as doc
+	result.deny == {"operation_grant_revoked"}
+}
+
+test_allow_public_other_grant_revoked if {
+	other := object.union(grant, {"id": "g2"})
+	doc := public_with([grant, other], ["g2"])
+	result := usage.decision with input as doc
+	result.allow
+}

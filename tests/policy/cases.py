@@ -138,7 +138,14 @@ def contract(**kw: Any) -> dict[str, Any]:
 
 
 def context(**kw: Any) -> dict[str, Any]:
-    base = {"now_ns": NOW, "transfers_used": 0, "bytes_used": 0, "revoked": False, "consent": {}}
+    base = {
+        "now_ns": NOW,
+        "transfers_used": 0,
+        "bytes_used": 0,
+        "revoked": False,
+        "revoked_grants": [],
+        "consent": {},
+    }
     return {**base, **kw}
 
 
@@ -561,6 +568,25 @@ CASES: list[Case] = [
     Case(
         "usage public data within the grant",
         start(subj=subject(grants=[grant()]), res=resource(**PUBLIC)),
+        True,
+    ),
+    Case(
+        "usage public data under a grant the operator revoked (token still carries it)",
+        start(
+            subj=subject(grants=[grant()]),
+            res=resource(**PUBLIC),
+            ctx=context(revoked_grants=["g1"]),
+        ),
+        False,
+        frozenset({"operation_grant_revoked"}),
+    ),
+    Case(
+        "usage public data, another grant revoked, this one in force",
+        start(
+            subj=subject(grants=[grant(id="g2", scope=["health"]), grant()]),
+            res=resource(**PUBLIC),
+            ctx=context(revoked_grants=["g2"]),
+        ),
         True,
     ),
     Case(

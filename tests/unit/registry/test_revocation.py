@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -13,7 +14,9 @@ from connector.identity.pki import init_space
 from connector.identity.tokens import issue_membership_token
 from connector.registry.client import RegistryClient
 from connector.registry.revocation import (
+    REVOCATION_TYPE,
     RevocationList,
+    RevokedGrant,
     sign_revocation_list,
     verify_revocation_list,
 )
@@ -38,6 +41,44 @@ def test_round_trip_and_checks() -> None:
         rl.check("x", 0x1234)
     with pytest.raises(AuthenticationError, match="certificate has been revoked"):
         rl.check("y", 0xAB12)
+
+
+def test_revoked_grants_round_trip() -> None:
+    rl = RevocationList(
+        7, 100, frozenset(), frozenset(), frozenset({RevokedGrant("gr-1", "opa", 5_000)})
+    )
+    token = sign_revocation_list(KEY, issuer=ISSUER, space="city", revocations=rl)
+    back = verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
+    assert back == rl
+    assert back.revoked_grants("opa") == {"gr-1"} and back.revoked_grants("x") == frozenset()
+    assert back.grant_revoked_since("opa", 5_000) and not back.grant_revoked_since("opa", 5_001)
+
+
+@pytest.mark.parametrize(
+    "grants",
+    [
+        None,  # a list that says nothing of grants is not taken to mean "none revoked"
+        "gr-1",
+        [{"id": "gr-1", "participant": "opa"}],
+        [{"id": "gr-1", "participant": "opa", "revoked_ms": "5"}],
+        [{"id": "gr-1", "participant": "opa", "revoked_ms": True}],
+        [{"id": "gr-1", "participant": "opa", "revoked_ms": 5, "extra": 1}],
+    ],
+)
+def test_list_with_malformed_grants_is_refused(grants: object) -> None:
+    claims: dict[str, object] = {
+        "iss": ISSUER,
+        "aud": "city",
+        "iat": 1,
+        "serial": 1,
+        "participants": [],
+        "certificate_serials": [],
+    }
+    if grants is not None:
+        claims["grants"] = grants
+    token = jwt.encode(claims, KEY, algorithm="EdDSA", headers={"typ": REVOCATION_TYPE})
+    with pytest.raises(VerificationError):
+        verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
 
 
 def test_list_signed_by_another_key_is_refused() -> None:

@@ -65,6 +65,11 @@ class RegistryServiceStub:
                 request_serializer=tds_dot_v1_dot_registry__pb2.GetRevocationListRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/tds.v1.RegistryService/WatchRevocations',
+                request_serializer=tds_dot_v1_dot_registry__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.FromString,
+                _registered_method=True)
         self.RegisterProduct = channel.unary_unary(
                 '/tds.v1.RegistryService/RegisterProduct',
                 request_serializer=tds_dot_v1_dot_registry__pb2.RegisterProductRequest.SerializeToString,
@@ -138,6 +143,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """The signed revocation list now, then each new one the moment the operator revokes a
+        participant, certificate or grant, and the list re-signed as a heartbeat meanwhile
+        (any certificate of the space). Members keep one open; a member verifies every list
+        (operator signature, serial and issue time never going back) before applying it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterProduct(self, request, context):
         """A provider lists (or re-lists) one of its products in the space's catalog index; a
         public product gets its registration code (登记码).
@@ -205,6 +220,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'GetRevocationList': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRevocationList,
                     request_deserializer=tds_dot_v1_dot_registry__pb2.GetRevocationListRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.SerializeToString,
             ),
             'RegisterProduct': grpc.unary_unary_rpc_method_handler(
@@ -395,6 +415,33 @@ class RegistryService:
             target,
             '/tds.v1.RegistryService/GetRevocationList',
             tds_dot_v1_dot_registry__pb2.GetRevocationListRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tds.v1.RegistryService/WatchRevocations',
+            tds_dot_v1_dot_registry__pb2.WatchRevocationsRequest.SerializeToString,
             tds_dot_v1_dot_registry__pb2.GetRevocationListResponse.FromString,
             options,
             channel_credentials,

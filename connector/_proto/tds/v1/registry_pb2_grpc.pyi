@@ -45,6 +45,12 @@ class RegistryServiceStub:
     """List participants (members only)."""
     GetRevocationList: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRevocationListRequest, _registry_pb2.GetRevocationListResponse]
     """The current signed revocation list (any certificate of the space)."""
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchRevocationsRequest, _registry_pb2.GetRevocationListResponse]
+    """The signed revocation list now, then each new one the moment the operator revokes a
+    participant, certificate or grant, and the list re-signed as a heartbeat meanwhile
+    (any certificate of the space). Members keep one open; a member verifies every list
+    (operator signature, serial and issue time never going back) before applying it.
+    """
     RegisterProduct: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterProductRequest, _registry_pb2.RegisterProductResponse]
     """A provider lists (or re-lists) one of its products in the space's catalog index; a
     public product gets its registration code (登记码).
@@ -75,6 +81,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """List participants (members only)."""
     GetRevocationList: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRevocationListRequest, _registry_pb2.GetRevocationListResponse]  # type: ignore[assignment]
     """The current signed revocation list (any certificate of the space)."""
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchRevocationsRequest, _registry_pb2.GetRevocationListResponse]  # type: ignore[assignment]
+    """The signed revocation list now, then each new one the moment the operator revokes a
+    participant, certificate or grant, and the list re-signed as a heartbeat meanwhile
+    (any certificate of the space). Members keep one open; a member verifies every list
+    (operator signature, serial and issue time never going back) before applying it.
+    """
     RegisterProduct: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterProductRequest, _registry_pb2.RegisterProductResponse]  # type: ignore[assignment]
     """A provider lists (or re-lists) one of its products in the space's catalog index; a
     public product gets its registration code (登记码).
@@ -138,6 +150,18 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetRevocationListResponse, _abc.Awaitable[_registry_pb2.GetRevocationListResponse]]:
         """The current signed revocation list (any certificate of the space)."""
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _registry_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.GetRevocationListResponse], _abc.AsyncIterator[_registry_pb2.GetRevocationListResponse]]:
+        """The signed revocation list now, then each new one the moment the operator revokes a
+        participant, certificate or grant, and the list re-signed as a heartbeat meanwhile
+        (any certificate of the space). Members keep one open; a member verifies every list
+        (operator signature, serial and issue time never going back) before applying it.
+        """
 
     @_abc_1.abstractmethod
     def RegisterProduct(
