@@ -482,6 +482,12 @@ class Node:
             raise Unavailable("the operator registry has no registry client")
         return self.registry
 
+    def _is_revoked(self, participant: str) -> bool:
+        """Whether the revocation list in force names ``participant`` (no list: revoked)."""
+        if self.registry is None:
+            return False  # the operator moves no data
+        return participant in self.registry.current().participants
+
     def _revocation_stop(self, t: Transfer) -> str | None:
         """Why the revocation list in force stops a running transfer we provide, or None:
         its consumer is revoked, or (for public data, 公共数据授权运营) a grant of the
