@@ -80,6 +80,15 @@ class RegistryConfig:
     """Refuse all calls when the revocation list in force is older than this."""
     call_timeout_seconds: float = 5.0
     """Deadline of each call to the registry."""
+    directory_refresh_seconds: float = 30.0
+    """How often to fetch the operator-signed directory that peers are looked up in (a
+    member keeps the last one it verified in its database, shared by its replicas)."""
+    directory_max_age_seconds: float = 3600.0
+    """While the registry does not answer, keep looking peers up in the cached directory
+    until the operator signed it this long ago; then refuse calls to other members with
+    UNAVAILABLE. Calls also need a membership token (at least (1 - token_refresh_fraction)
+    of the token lifetime is left when the registry goes away) and, on the callee, a
+    revocation list younger than revocation_max_age_seconds."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,14 @@ def _validate(cfg: Config) -> None:
             "registry.revocation_max_age_seconds must exceed revocation_refresh_seconds",
         ),
         (cfg.registry.call_timeout_seconds > 0, "registry.call_timeout_seconds must be positive"),
+        (
+            cfg.registry.directory_refresh_seconds > 0,
+            "registry.directory_refresh_seconds must be positive",
+        ),
+        (
+            cfg.registry.directory_max_age_seconds > cfg.registry.directory_refresh_seconds,
+            "registry.directory_max_age_seconds must exceed directory_refresh_seconds",
+        ),
         (cfg.policy.engine in ("embedded", "opa"), "policy.engine must be 'embedded' or 'opa'"),
         (
             cfg.policy.engine != "opa" or bool(cfg.policy.opa_url),
