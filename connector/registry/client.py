@@ -12,7 +12,6 @@ is older than its configured maximum.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -332,10 +331,20 @@ class RegistryClient:
         """
         directory = self.directory()
         peer = directory.participants.get(participant_id)
+        unreachable = ""
         if peer is None and self._clock.now() - directory.issued_at >= 1.0:
             # Perhaps enrolled since: look once more in a fresh directory.
-            with contextlib.suppress(Unavailable):
+            try:
                 peer = self.refresh_directory().participants.get(participant_id)
+            except Unavailable as exc:
+                unreachable = str(exc)
+        if peer is None and unreachable:
+            # Not "no such participant": it may have enrolled since the cache was signed.
+            age = int(self._clock.now() - directory.issued_at)
+            raise Unavailable(
+                f"participant {participant_id!r} is not in the cached directory ({age} s old) "
+                f"and the registry is unreachable to look again ({unreachable})"
+            )
         if peer is None:
             raise NotFound(f"participant {participant_id!r} is not in the directory")
         with self._lock:
