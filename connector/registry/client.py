@@ -270,6 +270,10 @@ class RegistryClient:
         While the registry does not answer, the cached one serves until the operator
         signed it more than ``directory_max_age_seconds`` ago; then ``Unavailable``.
         """
+        return self._directory_in_force()[0]
+
+    def _directory_in_force(self) -> tuple[Directory, bool]:
+        """``directory()``, and whether this call fetched it."""
         now = self._clock.now()
         refused: VerificationError | None = None
         try:
@@ -277,7 +281,7 @@ class RegistryClient:
         except VerificationError as exc:
             held, refused = None, exc
         if held is not None and now - held.issued_at < self._directory_refresh:
-            return held
+            return held, False
         with self._lock:
             # After a failed attempt, lookups use the cache for a few seconds instead of
             # each waiting for an unreachable registry again.
@@ -285,7 +289,7 @@ class RegistryClient:
             reason = self._registry_error
         if not backing_off:
             try:
-                return self.refresh_directory()
+                return self.refresh_directory(), True
             except Unavailable as exc:
                 reason = str(exc)
         if refused is not None:
@@ -302,7 +306,7 @@ class RegistryClient:
                 f"(max {int(self._directory_max_age)}): calls to other members wait until "
                 f"it answers ({reason})"
             )
-        return held
+        return held, False
 
     @property
     def directory_held(self) -> Directory | None:
@@ -329,10 +333,10 @@ class RegistryClient:
         A participant the held revocation list names is returned revoked whatever the
         directory says: a cached directory never brings a revoked member back.
         """
-        directory = self.directory()
+        directory, fetched = self._directory_in_force()
         peer = directory.participants.get(participant_id)
         unreachable = ""
-        if peer is None and self._clock.now() - directory.issued_at >= 1.0:
+        if peer is None and not fetched:
             # Perhaps enrolled since: look once more in a fresh directory.
             try:
                 peer = self.refresh_directory().participants.get(participant_id)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector._proto.tds.v1 import admin_pb2
+from connector._proto.tds.v1 import admin_pb2, registry_pb2, registry_pb2_grpc
 from connector.config import RegistryConfig
 from connector.demo.space import LocalSpace
 from connector.errors import VerificationError
 from connector.identity.certs import load_ed25519_public_key
 from connector.identity.names import Role
+from connector.node.clients import member_channel
 from connector.registry.cache import DirectoryCache
 from connector.registry.client import RegistryClient
 from connector.registry.directory import directory_entries, sign_directory_head
@@ -101,9 +101,32 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
         b = sp.nodes["b"].registry
         assert b is not None
         b.refresh_revocations()
-        op = sp.manifest.operator_id
-        sp.nodes.pop(op).stop(grace=0)
         yield sp
+
+
+@pytest.fixture(scope="module")
+def down(space: LocalSpace) -> LocalSpace:
+    """The space with its registry stopped (for good: the tests after need it so)."""
+    space.nodes.pop(space.manifest.operator_id).stop(grace=0)
+    return space
+
+
+def test_an_unchanged_directory_is_refreshed_with_a_signed_head_alone(space: LocalSpace) -> None:
+    registry = space.nodes["c"].registry
+    assert registry is not None
+    held = registry.refresh_directory()
+    cfg = space.configs["c"]
+    with member_channel(cfg, registry, cfg.registry.operator_id, space.registry_address) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        again = stub.GetDirectory(
+            registry_pb2.GetDirectoryRequest(held_digest=held.digest), timeout=10
+        )
+        full = stub.GetDirectory(registry_pb2.GetDirectoryRequest(), timeout=10)
+    assert again.entries == "" and again.head
+    assert full.entries == held.signed.entries
+    fresh = registry.refresh_directory()  # through the head-only answer
+    assert fresh.digest == held.digest and fresh.issued_at >= held.issued_at
+    assert set(fresh.participants) == {"operator", "gov", "gov2", "a", "b", "c"}
 
 
 def _transfer(space: LocalSpace, who: str) -> admin_pb2.TransferProgress:
@@ -126,17 +149,18 @@ def _refused(space: LocalSpace, who: str) -> grpc.RpcError:
 
 
 def test_a_transfer_under_a_finalized_agreement_completes_while_the_registry_is_down(
-    space: LocalSpace,
+    down: LocalSpace,
 ) -> None:
-    done = _transfer(space, "c")
+    done = _transfer(down, "c")
     assert done.event == "completed"
     assert done.transfer.state == "completed" and done.size == SIZE
     assert done.receipt_id
 
 
 def test_past_the_maximum_staleness_a_transfer_is_refused_unavailable_saying_how_old(
-    space: LocalSpace,
+    down: LocalSpace,
 ) -> None:
+    space = down
     space.clock.offset = 90  # type: ignore[attr-defined]
     try:
         err = _refused(space, "a")
@@ -149,8 +173,9 @@ def test_past_the_maximum_staleness_a_transfer_is_refused_unavailable_saying_how
 
 
 def test_the_cached_revocation_list_still_applies_to_a_cached_directory(
-    space: LocalSpace,
+    down: LocalSpace,
 ) -> None:
+    space = down
     b = space.nodes["b"].registry
     assert b is not None
     held = b.directory_held
@@ -171,7 +196,8 @@ def _forged_head(space: LocalSpace, entries: str) -> str:
     )
 
 
-def test_a_tampered_cached_directory_is_refused(space: LocalSpace, tmp_path: Path) -> None:
+def test_a_tampered_cached_directory_is_refused(down: LocalSpace) -> None:
+    space = down
     node = space.nodes["c"]
     assert node.db is not None and node.registry is not None
     held = node.registry.directory_held
