@@ -183,9 +183,13 @@ class RegistryClient:
         return verify_directory(signed, self._operator_key, issuer=self._issuer, space=self._space)
 
     def _keep(self, found: Directory) -> Directory:
-        """Hold ``found`` unless a newer one is held already; the one held after."""
+        """Hold ``found`` unless a newer one is held already; the one held after.
+
+        Of two signed in the same second the one just verified wins: ``iat`` counts whole
+        seconds, and an enrolment can fall between them.
+        """
         with self._lock:
-            if self._directory is None or found.issued_at > self._directory.issued_at:
+            if self._directory is None or found.issued_at >= self._directory.issued_at:
                 self._directory = found
             return self._directory
 
