@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -244,7 +245,7 @@ class RegistryClient:
                 )
         except Unavailable as exc:
             with self._lock:
-                self._directory_failed_at = self._clock.now()
+                self._directory_failed_at = time.monotonic()
                 self._registry_error = str(exc)
             raise
         entries = resp.entries
@@ -289,7 +290,8 @@ class RegistryClient:
         with self._lock:
             # After a failed attempt, lookups use the cache for a few seconds instead of
             # each waiting for an unreachable registry again.
-            backing_off = now - self._directory_failed_at < min(self._directory_refresh, 5.0)
+            since = time.monotonic() - self._directory_failed_at
+            backing_off = since < min(self._directory_refresh, 5.0)
             reason = self._registry_error
         if not backing_off:
             try:

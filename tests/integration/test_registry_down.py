@@ -76,7 +76,11 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
                 directory_refresh_seconds=600, directory_max_age_seconds=1200
             ),
         )
-        sp.start_connector("c")
+        c_clock = SkewedClock()
+        # c: a revocation list that outlives its token, so the token runs out first.
+        sp.start_connector(
+            "c", registry_settings=RegistryConfig(revocation_max_age_seconds=900), clock=c_clock
+        )
         for provider in ("gov", "gov2"):
             publish(
                 sp,
@@ -96,6 +100,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
             "c": agree(sp, "gov", "c", "f"),
         }
         sp.clock = clock  # type: ignore[attr-defined]
+        sp.c_clock = c_clock  # type: ignore[attr-defined]
         # gov2 is revoked; b learns it from the revocation list, not from its directory.
         sp.revoke("gov2", "licence withdrawn")
         b = sp.nodes["b"].registry
@@ -183,6 +188,23 @@ def test_the_cached_revocation_list_still_applies_to_a_cached_directory(
     err = _refused(space, "b")
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "gov2 is revoked" in (err.details() or "")
+
+
+def test_once_its_token_expires_a_member_says_the_registry_cannot_issue_another(
+    down: LocalSpace,
+) -> None:
+    registry = down.nodes["c"].registry
+    assert registry is not None
+    # Past the token's expiry, within the directory's maximum age (3600 s).
+    down.c_clock.offset = registry.token_expires_at - time.time() + 5  # type: ignore[attr-defined]
+    try:
+        err = _refused(down, "c")
+    finally:
+        down.c_clock.offset = 0  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    details = err.details() or ""
+    assert "the membership token expired" in details, details
+    assert "registry is unreachable to issue a new one" in details, details
 
 
 def _forged_head(space: LocalSpace, entries: str) -> str:
