@@ -85,6 +85,15 @@ class RegistryConfig:
     """Operator only: members holding the revocation stream open at once. Each stream
     takes one server worker, so this stays below ``server.max_workers``; members past it
     are refused and keep to the periodic refresh."""
+    directory_refresh_seconds: float = 30.0
+    """How often to fetch the operator-signed directory that peers are looked up in (a
+    member keeps the last one it verified in its database, shared by its replicas)."""
+    directory_max_age_seconds: float = 3600.0
+    """While the registry does not answer, keep looking peers up in the cached directory
+    until the operator signed it this long ago; then refuse calls to other members with
+    UNAVAILABLE. Calls also need a membership token (at least (1 - token_refresh_fraction)
+    of the token lifetime is left when the registry goes away) and, on the callee, a
+    revocation list younger than revocation_max_age_seconds."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +299,14 @@ def _validate(cfg: Config) -> None:
             and (not cfg.is_operator or cfg.registry.max_watchers < cfg.server.max_workers),
             "registry.max_watchers must be at least 0 and, on the operator, below "
             "server.max_workers (each revocation stream holds a worker)",
+        ),
+        (
+            cfg.registry.directory_refresh_seconds > 0,
+            "registry.directory_refresh_seconds must be positive",
+        ),
+        (
+            cfg.registry.directory_max_age_seconds > cfg.registry.directory_refresh_seconds,
+            "registry.directory_max_age_seconds must exceed directory_refresh_seconds",
         ),
         (cfg.policy.engine in ("embedded", "opa"), "policy.engine must be 'embedded' or 'opa'"),
         (

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say
 from connector.config import load_config
-from connector.errors import ConfigError, NotFound
+from connector.errors import ConfigError, InvalidRequest, NotFound, Unavailable
 from connector.negotiation.agreement import parse_agreement, verify_agreement
 from connector.negotiation.dsp import agreement_message, negotiation_message
 from connector.negotiation.states import FINAL as FINAL_STATES
@@ -22,6 +25,10 @@ from connector.node.clients import admin_channel, registry_client
 from connector.rpc.channel import calling
 
 FINAL = tuple(sorted(state.value for state in FINAL_STATES))
+DEFAULT_TIMEOUT = 60.0
+# Each call's deadline exceeds the wait asked of the connector by this much: it answers
+# when its wait ends, so the deadline trips only when the connector itself does not.
+_SLACK = 5.0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,11 +48,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--wait",
         nargs="?",
         type=float,
-        const=60.0,
+        const=0.0,
         default=None,
         metavar="SECONDS",
-        help="wait for the outcome (default 60 s)",
+        help="wait for the outcome, FINALIZED or TERMINATED (SECONDS sets --timeout)",
     )
+    _add_timeout(neg)
     neg.add_argument("--json", action="store_true", help=JSON_HELP)
     neg.set_defaults(func=run_negotiate)
 
@@ -84,10 +92,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                 "--wait",
                 type=float,
                 nargs="?",
-                const=60.0,
+                const=0.0,
                 metavar="SECONDS",
-                help="follow it until it is FINALIZED or TERMINATED (default 60 s)",
+                help="follow it until it is FINALIZED or TERMINATED (SECONDS sets --timeout)",
             )
+            _add_timeout(p)
         p.set_defaults(func=run_decide, action=name)
 
     ag = sub.add_parser("agreements", help="signed agreements")
@@ -162,31 +171,102 @@ def _line(n: admin_pb2.NegotiationInfo) -> str:
     )
 
 
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long, saying why, when your connector has not answered or "
+        f"(with --wait) the negotiation is not final (default {DEFAULT_TIMEOUT:.0f} s)",
+    )
+
+
+def _limit(args: argparse.Namespace) -> float:
+    """Seconds the command may take: ``--timeout``, else ``--wait SECONDS``, else the default."""
+    seconds = args.timeout if args.timeout is not None else (args.wait or DEFAULT_TIMEOUT)
+    if not 0 < seconds <= 86400:
+        raise InvalidRequest(f"--timeout must be between 0 and 86400 seconds, not {seconds:g}")
+    return float(seconds)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
 def _wait_final(
     stub: admin_pb2_grpc.AdminServiceStub,
     ref: admin_pb2.NegotiationRef,
     info: admin_pb2.NegotiationInfo,
-    seconds: float,
+    deadline: float,
 ) -> admin_pb2.NegotiationInfo:
     """Follow a negotiation until it is final: the connector holds each call until then."""
-    deadline = time.monotonic() + seconds
-    while info.state not in FINAL and (left := deadline - time.monotonic()) > 0:
+    while info.state not in FINAL and (left := _left(deadline)) > 0:
         wait_ms = max(1, int(min(left, 30.0) * 1000))
         info = stub.GetNegotiation(
-            admin_pb2.NegotiationRef(pid=ref.pid, wait_ms=wait_ms), timeout=wait_ms / 1000 + 30
+            admin_pb2.NegotiationRef(pid=ref.pid, wait_ms=wait_ms),
+            timeout=wait_ms / 1000 + _SLACK,
         )
     return info
 
 
+def _registry_hint(stub: admin_pb2_grpc.AdminServiceStub) -> str:
+    """What the connector knows of its registry, when that explains a wait that ran out."""
+    try:
+        s = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=_SLACK)
+    except grpc.RpcError:
+        return ""
+    if not s.registry_error:
+        return ""
+    cached = (
+        f"; its cached directory is {max(0, int(time.time()) - s.directory_issued_at)} s old "
+        f"(max {s.directory_max_age_seconds})"
+        if s.directory_issued_at
+        else "; it holds no cached directory"
+    )
+    return f". Your connector cannot reach the registry ({s.registry_error}){cached}"
+
+
+def _gave_up(
+    stub: admin_pb2_grpc.AdminServiceStub,
+    info: admin_pb2.NegotiationInfo,
+    seconds: float,
+    config: Path,
+) -> Unavailable:
+    """The error for a negotiation that was not final when the wait ran out."""
+    return Unavailable(
+        f"gave up after {seconds:g} s: negotiation {info.pid} with {info.counterparty} is "
+        f"still {info.state}; your connector goes on with it (follow it with 'tds "
+        f"negotiations show {info.pid} --config {config} --wait')" + _registry_hint(stub)
+    )
+
+
+@contextmanager
+def _answering(seconds: float) -> Iterator[None]:
+    """Calls to the own connector, with a deadline that says what ran out."""
+    try:
+        with calling("your connector"):
+            yield
+    except Unavailable as exc:
+        if "did not answer in time" not in str(exc):
+            raise
+        raise Unavailable(
+            f"gave up after {seconds:g} s: your connector did not answer in time (it may be "
+            "waiting for the registry or the other side); see 'tds status'"
+        ) from None
+
+
 def run_negotiate(args: argparse.Namespace) -> int:
-    """Start a negotiation, optionally wait for its outcome."""
+    """Start a negotiation, optionally wait for its outcome, within ``--timeout``."""
+    seconds = _limit(args)
+    deadline = time.monotonic() + seconds
     stub = _admin(args.config)
-    deadline = time.monotonic() + (args.wait or 0)
+    wait = args.wait is not None
     # With --wait, the connector holds the answer until the outcome (up to 30 s a call).
-    wait_ms = int(min(args.wait, 30.0) * 1000) if args.wait else 0
-    if args.wait is not None:
+    wait_ms = int(min(seconds, 30.0) * 1000) if wait else 0
+    if wait:
         say(f"Requesting {args.product}/{args.offer} from {args.provider}; waiting ...")
-    with calling("your connector"):
+    with _answering(seconds):
         info = stub.StartNegotiation(
             admin_pb2.StartNegotiationRequest(
                 provider=args.provider,
@@ -195,11 +275,12 @@ def run_negotiate(args: argparse.Namespace) -> int:
                 purpose=args.purpose,
                 wait_ms=wait_ms,
             ),
-            timeout=30 + wait_ms / 1000,
+            timeout=(wait_ms / 1000 + _SLACK) if wait else seconds,
         )
-        if args.wait is not None:
-            left = deadline - time.monotonic()
-            info = _wait_final(stub, admin_pb2.NegotiationRef(pid=info.pid), info, left)
+        if wait:
+            info = _wait_final(stub, admin_pb2.NegotiationRef(pid=info.pid), info, deadline)
+            if info.state not in FINAL:
+                raise _gave_up(stub, info, seconds, args.config)
     emit(_info(info), _line(info), as_json=args.json)
     return 1 if info.state == "TERMINATED" else 0
 
@@ -229,11 +310,15 @@ def run_decide(args: argparse.Namespace) -> int:
         "terminate": stub.TerminateNegotiation,
         "show": stub.GetNegotiation,
     }[args.action]
-    with calling("your connector"):
-        info = method(ref, timeout=30)
-        wait = getattr(args, "wait", None)
+    wait = getattr(args, "wait", None)
+    seconds = _limit(args) if hasattr(args, "timeout") else 30.0
+    deadline = time.monotonic() + seconds
+    with _answering(seconds):
+        info = method(ref, timeout=seconds)
         if wait is not None:
-            info = _wait_final(stub, ref, info, wait)
+            info = _wait_final(stub, ref, info, deadline)
+            if info.state not in FINAL:
+                raise _gave_up(stub, info, seconds, args.config)
     if args.dsp:
         from connector.negotiation.store import Negotiation  # the database stack: only here
 

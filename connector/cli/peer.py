@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -81,6 +82,14 @@ def run_status(args: argparse.Namespace) -> int:
         "token_expires_at": s.token_expires_at,
         "revocation_list_serial": s.revocation_list_serial,
         "revocation_list_issued_at": s.revocation_list_issued_at,
+        # The signed directory peers are looked up in, and how long it may serve while
+        # the registry does not answer (calls to other members stop after that).
+        "directory_issued_at": s.directory_issued_at,
+        "directory_age_seconds": (
+            max(0, int(time.time()) - s.directory_issued_at) if s.directory_issued_at else None
+        ),
+        "directory_max_age_seconds": s.directory_max_age_seconds,
+        "registry_error": s.registry_error,
         "version": s.version,
     }
     human = "\n".join(f"{k:<26} {v}" for k, v in data.items())

@@ -17,7 +17,8 @@ import grpc
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.cli.init import build_config
-from connector.config import Config, PolicyConfig, load_config, render_config
+from connector.clock import Clock
+from connector.config import Config, PolicyConfig, RegistryConfig, load_config, render_config
 from connector.errors import ConnectorError
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.names import Role
@@ -60,8 +61,10 @@ class LocalSpace:
         registry: str,
         database_url: str = "",
         policy: PolicyConfig | None = None,
+        registry_settings: RegistryConfig | None = None,
     ) -> Config:
-        """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy`` if given), load it."""
+        """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy`` and the registry
+        settings if given; the registry's address stays ``registry``), load it."""
         out = self.root / f"{participant}.toml"
         args = argparse.Namespace(
             pki=self.pki_dir,
@@ -74,6 +77,13 @@ class LocalSpace:
         cfg = build_config(args, out)
         if policy is not None:
             cfg = dataclasses.replace(cfg, policy=policy)
+        if registry_settings is not None:
+            cfg = dataclasses.replace(
+                cfg,
+                registry=dataclasses.replace(
+                    registry_settings, address=registry, operator_id=cfg.registry.operator_id
+                ),
+            )
         out.write_text(render_config(cfg))
         cfg = load_config(out)
         self.configs[participant] = cfg
@@ -128,11 +138,13 @@ class LocalSpace:
         wait_ready: float = 10.0,
         database_url: str = "",
         policy: PolicyConfig | None = None,
+        registry_settings: RegistryConfig | None = None,
+        clock: Clock | None = None,
     ) -> Node:
         """Start a participant's connector, enrol it, and wait for its token and list."""
-        where = (self.registry_address, database_url, policy)
+        where = (self.registry_address, database_url, policy, registry_settings)
         cfg = self.write_config(participant, "127.0.0.1:0", *where)
-        node = Node(cfg)
+        node = Node(cfg, clock=clock)
         node.start()
         address = f"127.0.0.1:{node.port}"
         node.cfg = self.write_config(participant, address, *where)

@@ -56,6 +56,7 @@ from connector.node.services import (
 from connector.policy.factory import engine_from_config
 from connector.policy.library import load_library
 from connector.policy.point import PolicyPoint
+from connector.registry.cache import DirectoryCache
 from connector.registry.client import RegistryClient
 from connector.registry.grants import GrantStore
 from connector.registry.index import CatalogIndex
@@ -360,6 +361,9 @@ class Node:
                 token_refresh_fraction=cfg.registry.token_refresh_fraction,
                 revocation_max_age_seconds=cfg.registry.revocation_max_age_seconds,
                 call_timeout_seconds=cfg.registry.call_timeout_seconds,
+                directory_cache=DirectoryCache(db, cfg.participant.space),
+                directory_refresh_seconds=cfg.registry.directory_refresh_seconds,
+                directory_max_age_seconds=cfg.registry.directory_max_age_seconds,
             )
             revocations = self.registry
         services.append(catalog_service(CatalogServicer(self._catalog())))
@@ -618,10 +622,19 @@ class Node:
         ``refresh`` (after the operator granted or revoked something)."""
         if self.registry is None:
             return NodeStatus(token_expires_at=0, revocations=None)
+        registry = self.registry
         if refresh:
-            self.registry.refresh_revocations()
-            self.registry.refresh_token()
-        return NodeStatus(self.registry.token_expires_at, self.registry.revocations_held)
+            registry.refresh_revocations()
+            registry.refresh_token()
+            registry.refresh_directory()
+        directory = registry.directory_held
+        return NodeStatus(
+            registry.token_expires_at,
+            registry.revocations_held,
+            directory_issued_at=directory.issued_at if directory else 0,
+            directory_max_age_seconds=int(registry.directory_max_age),
+            registry_error=registry.registry_error,
+        )
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until a connector holds a token and a revocation list (operator: at once)."""

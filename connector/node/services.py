@@ -34,6 +34,9 @@ class NodeStatus:
 
     token_expires_at: int
     revocations: RevocationList | None
+    directory_issued_at: int = 0
+    directory_max_age_seconds: int = 0
+    registry_error: str = ""
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
@@ -96,6 +99,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             token_expires_at=status.token_expires_at,
             revocation_list_serial=rl.serial if rl else 0,
             revocation_list_issued_at=rl.issued_at if rl else 0,
+            directory_issued_at=status.directory_issued_at,
+            directory_max_age_seconds=status.directory_max_age_seconds,
+            registry_error=status.registry_error,
             version=__version__,
         )
 

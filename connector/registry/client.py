@@ -6,56 +6,45 @@ they run out. The registry also pushes each new list over a stream the client ho
 refresh stays as the fallback while the stream is down. When no fresh list is held,
 ``current()`` raises ``Unavailable`` and the connector refuses calls: an unreachable
 registry never means "nobody is revoked".
+
+Peers are looked up in the operator-signed directory (``connector.registry.directory``),
+refreshed in the background and kept in the connector's database, so calls under
+agreements already made go on while the registry does not answer, until the directory
+is older than its configured maximum.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.clock import Clock
-from connector.errors import ConnectorError, Unavailable, VerificationError
+from connector.errors import ConnectorError, NotFound, Unavailable, VerificationError
+from connector.registry.directory import (
+    Directory,
+    PeerInfo,
+    SignedDirectory,
+    entries_digest,
+    verify_directory,
+    verify_directory_head,
+)
 from connector.registry.revocation import RevocationList, verify_revocation_list
 from connector.rpc.channel import TlsIdentity, calling, open_channel
+
+if TYPE_CHECKING:  # the database stack stays out of the CLI's imports
+    from connector.registry.cache import DirectoryCache
 
 __all__ = ["PeerInfo", "RegistryClient"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """A participant as the registry's directory describes it."""
-
-    id: str
-    role: str
-    address: str
-    signing_public_key: bytes
-    certificate_thumbprint: str
-    revoked: bool
-    enrolled_at: int
-    attributes: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_message(cls, msg: common_pb2.Participant) -> PeerInfo:
-        """From the wire form."""
-        return cls(
-            id=msg.id,
-            role=msg.role,
-            address=msg.address,
-            signing_public_key=bytes(msg.signing_public_key),
-            certificate_thumbprint=msg.certificate_thumbprint,
-            revoked=msg.revoked,
-            enrolled_at=msg.enrolled_at,
-            attributes=dict(msg.attributes),
-        )
 
 
 class RegistryClient:
@@ -74,6 +63,9 @@ class RegistryClient:
         token_refresh_fraction: float = 0.7,
         revocation_max_age_seconds: float = 300.0,
         call_timeout_seconds: float = 5.0,
+        directory_cache: DirectoryCache | None = None,
+        directory_refresh_seconds: float = 30.0,
+        directory_max_age_seconds: float = 3600.0,
     ) -> None:
         self._space = space
         self._operator_id = operator_id
@@ -87,6 +79,13 @@ class RegistryClient:
         self._token: tuple[str, float, int] | None = None  # token, fetched at, expires at
         self._revocations: RevocationList | None = None
         self._watching: Any = None  # the open WatchRevocations call, to cancel on stop
+        self._cache = directory_cache
+        self._directory_refresh = directory_refresh_seconds
+        self._directory_max_age = directory_max_age_seconds
+        self._directory: Directory | None = None  # the newest verified, as of the last read
+        self._directory_failed_at = float("-inf")
+        self._stored_seen = ""  # the last stored head verified here
+        self._registry_error = ""
         self._channel = open_channel(address, tls, space=space, peer=operator_id)
         self._member_channel = open_channel(
             address, tls, space=space, peer=operator_id, token=self.token
@@ -118,10 +117,18 @@ class RegistryClient:
         if due:
             try:
                 self.refresh_token()
-            except ConnectorError:
-                # A still-valid token keeps working while the registry is briefly away.
-                if held is None or self._clock.now() >= held[2]:
-                    raise
+            except ConnectorError as exc:
+                # A still-valid token keeps working while the registry is away; after
+                # its expiry no cache can stand in: the registry alone issues tokens.
+                now = self._clock.now()
+                if held is None or now >= held[2]:
+                    if held is None or not isinstance(exc, Unavailable):
+                        raise
+                    raise Unavailable(
+                        f"the membership token expired {int(now - held[2])} s ago and the "
+                        f"registry is unreachable to issue a new one: calls to other members "
+                        f"fail until it answers ({exc})"
+                    ) from None
                 log.warning("token refresh failed; using the current token until it expires")
         with self._lock:
             assert self._token is not None
@@ -183,13 +190,188 @@ class RegistryClient:
 
     # -- directory --------------------------------------------------------------------
 
-    def lookup(self, participant_id: str) -> PeerInfo:
-        """One participant from the directory."""
-        with calling("registry"):
-            resp = self._member_stub.Lookup(
-                registry_pb2.LookupRequest(participant_id=participant_id), timeout=self._timeout
+    def _verify(self, signed: SignedDirectory) -> Directory:
+        return verify_directory(signed, self._operator_key, issuer=self._issuer, space=self._space)
+
+    def _keep(self, found: Directory) -> Directory:
+        """Hold ``found`` unless a newer one is held already; the one held after.
+
+        Of two signed in the same second the one just verified wins: ``iat`` counts whole
+        seconds, and an enrolment can fall between them.
+        """
+        with self._lock:
+            if self._directory is None or found.issued_at >= self._directory.issued_at:
+                self._directory = found
+            return self._directory
+
+    def _held_directory(self) -> Directory | None:
+        """The newest directory verified here or stored by a replica.
+
+        ``VerificationError`` when the stored copy does not verify: it is never used, and
+        the next directory fetched replaces it.
+        """
+        with self._lock:
+            held, seen = self._directory, self._stored_seen
+        if self._cache is None:
+            return held
+        head = self._cache.head()
+        if head is None or head == seen or (held is not None and head == held.signed.head):
+            return held
+        stored = self._cache.load()
+        if stored is None:
+            return held
+        try:
+            found = self._verify(stored)
+        except VerificationError as exc:
+            raise VerificationError(
+                f"the directory cached in this connector's database does not verify ({exc}); "
+                "refusing to use it: it is replaced when the registry answers again"
+            ) from None
+        with self._lock:
+            self._stored_seen = stored.head
+        return self._keep(found)
+
+    def _stored_is_newer(self, stored: SignedDirectory, fresh: Directory) -> bool:
+        """Whether the cached pair is the operator's and newer than ``fresh`` (a replica
+        stored it): then it stays."""
+        try:
+            head = verify_directory_head(
+                stored.head, self._operator_key, issuer=self._issuer, space=self._space
             )
-        return PeerInfo.from_message(resp.participant)
+        except VerificationError:
+            return False
+        return head.issued_at > fresh.issued_at and entries_digest(stored.entries) == head.digest
+
+    def refresh_directory(self) -> Directory:
+        """Fetch, verify and keep the signed directory (only a new head when the entries
+        held are current); refuse one older than the one held."""
+        with self._lock:
+            held = self._directory
+        try:
+            with calling("registry"):
+                resp = self._member_stub.GetDirectory(
+                    registry_pb2.GetDirectoryRequest(held_digest=held.digest if held else ""),
+                    timeout=self._timeout,
+                )
+        except Unavailable as exc:
+            with self._lock:
+                self._directory_failed_at = time.monotonic()
+                self._registry_error = str(exc)
+            raise
+        entries = resp.entries
+        if not entries:  # ours are current: the head alone came
+            if held is None:
+                raise VerificationError("the registry sent a directory head without its entries")
+            entries = held.signed.entries
+        fresh = self._verify(SignedDirectory(resp.head, entries))
+        if held is not None and fresh.issued_at < held.issued_at:
+            raise VerificationError(
+                f"the registry served a directory issued at {fresh.issued_at}, older than the "
+                f"one held ({held.issued_at}); keeping the held one"
+            )
+        with self._lock:
+            self._registry_error = ""
+        if self._cache is not None:
+            self._cache.save(
+                fresh,
+                lambda stored: self._stored_is_newer(stored, fresh),
+                int(self._clock.now() * 1000),
+            )
+        return self._keep(fresh)
+
+    def directory(self) -> Directory:
+        """The directory peers are looked up in, fetched again when due.
+
+        While the registry does not answer, the cached one serves until the operator
+        signed it more than ``directory_max_age_seconds`` ago; then ``Unavailable``.
+        """
+        return self._directory_in_force()[0]
+
+    def _directory_in_force(self) -> tuple[Directory, bool]:
+        """``directory()``, and whether this call fetched it."""
+        now = self._clock.now()
+        refused: VerificationError | None = None
+        try:
+            held = self._held_directory()
+        except VerificationError as exc:
+            held, refused = None, exc
+        if held is not None and now - held.issued_at < self._directory_refresh:
+            return held, False
+        with self._lock:
+            # After a failed attempt, lookups use the cache for a few seconds instead of
+            # each waiting for an unreachable registry again.
+            since = time.monotonic() - self._directory_failed_at
+            backing_off = since < min(self._directory_refresh, 5.0)
+            reason = self._registry_error
+        if not backing_off:
+            try:
+                return self.refresh_directory(), True
+            except Unavailable as exc:
+                reason = str(exc)
+        if refused is not None:
+            raise refused
+        if held is None:
+            raise Unavailable(
+                f"the registry is unreachable and this connector has no cached directory yet; "
+                f"calls to other members wait until it answers ({reason})"
+            )
+        age = now - held.issued_at
+        if age > self._directory_max_age:
+            raise Unavailable(
+                f"the registry is unreachable and the cached directory is {int(age)} s old "
+                f"(max {int(self._directory_max_age)}): calls to other members wait until "
+                f"it answers ({reason})"
+            )
+        return held, False
+
+    @property
+    def directory_held(self) -> Directory | None:
+        """The newest directory held, fresh or not (for status reports)."""
+        try:
+            return self._held_directory()
+        except VerificationError:
+            return None
+
+    @property
+    def directory_max_age(self) -> float:
+        """How old the cached directory may grow while the registry does not answer."""
+        return self._directory_max_age
+
+    @property
+    def registry_error(self) -> str:
+        """Why the last attempt to reach the registry failed; empty after a success."""
+        with self._lock:
+            return self._registry_error
+
+    def lookup(self, participant_id: str) -> PeerInfo:
+        """One participant from the directory in force (see ``directory``).
+
+        A participant the held revocation list names is returned revoked whatever the
+        directory says: a cached directory never brings a revoked member back.
+        """
+        directory, fetched = self._directory_in_force()
+        peer = directory.participants.get(participant_id)
+        unreachable = ""
+        if peer is None and not fetched:
+            # Perhaps enrolled since: look once more in a fresh directory.
+            try:
+                peer = self.refresh_directory().participants.get(participant_id)
+            except Unavailable as exc:
+                unreachable = str(exc)
+        if peer is None and unreachable:
+            # Not "no such participant": it may have enrolled since the cache was signed.
+            age = int(self._clock.now() - directory.issued_at)
+            raise Unavailable(
+                f"participant {participant_id!r} is not in the cached directory ({age} s old) "
+                f"and the registry is unreachable to look again ({unreachable})"
+            )
+        if peer is None:
+            raise NotFound(f"participant {participant_id!r} is not in the directory")
+        with self._lock:
+            revocations = self._revocations
+        if revocations is not None and participant_id in revocations.participants:
+            peer = dataclasses.replace(peer, revoked=True)
+        return peer
 
     def list_participants(self, role: str = "") -> list[PeerInfo]:
         """Participants of the directory, optionally of one role."""
@@ -232,15 +414,29 @@ class RegistryClient:
     # -- background refresh -----------------------------------------------------------
 
     def refresh_all(self) -> None:
-        """Refresh the revocation list and, when due, the token; log failures."""
+        """Refresh the revocation list and, when due, the token and the directory; log
+        failures (and keep the last for status reports)."""
+        failed = ""
         for what, action in (
             ("revocation list", self.refresh_revocations),
             ("membership token", self._refresh_token_if_due),
+            ("directory", self._refresh_directory_if_due),
         ):
             try:
                 action()
             except ConnectorError as exc:
+                failed = failed or str(exc)
                 log.warning("refresh failed", extra={"what": what, "reason": str(exc)})
+        with self._lock:
+            self._registry_error = failed
+
+    def _refresh_directory_if_due(self) -> None:
+        try:
+            held = self._held_directory()
+        except VerificationError:
+            held = None  # a copy that does not verify is replaced at once
+        if held is None or self._clock.now() - held.issued_at >= self._directory_refresh:
+            self.refresh_directory()
 
     def _refresh_token_if_due(self) -> None:
         with self._lock:
@@ -257,7 +453,7 @@ class RegistryClient:
             if on_cycle:
                 on_cycle()
             with self._lock:
-                ok = self._revocations is not None and self._token is not None
+                ok = None not in (self._revocations, self._token, self._directory)
             stop.wait(interval if ok else min(interval, 1.0))
 
     def watch_revocations(self, stop: threading.Event, max_backoff: float) -> None:

@@ -33,6 +33,12 @@ from connector.identity.certs import (
 )
 from connector.identity.names import PARTICIPANT_URI_KIND, Role, check_id
 from connector.identity.tokens import issue_membership_token
+from connector.registry.directory import (
+    PeerInfo,
+    directory_entries,
+    entries_digest,
+    sign_directory_head,
+)
 from connector.registry.grants import (
     GRANTS_ATTRIBUTE,
     GrantRecord,
@@ -460,6 +466,24 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             participants=[participant_message(e) for e in entries]
         )
 
+    def GetDirectory(
+        self, request: registry_pb2.GetDirectoryRequest, context: Any
+    ) -> registry_pb2.GetDirectoryResponse:
+        """Every participant, under a freshly signed head; the head alone when the caller
+        already holds these entries (``held_digest``)."""
+        entries = directory_entries(
+            [PeerInfo.from_message(participant_message(e)) for e in self._store.list(None)]
+        )
+        head = sign_directory_head(
+            self._keys.signing_key,
+            issuer=self._keys.issuer,
+            space=self._keys.space,
+            entries=entries,
+            issued_at=self._now(),
+        )
+        unchanged = request.held_digest == entries_digest(entries)
+        return registry_pb2.GetDirectoryResponse(head=head, entries="" if unchanged else entries)
+
     def RegisterProduct(self, request: Any, context: Any) -> Any:
         """List a product of the caller in the catalog index."""
         if self._index is None:
@@ -551,5 +575,6 @@ def registry_service(servicer: RegistryServicer) -> Service:
             "GrantOperation": Access.ADMIN,
             "RevokeGrant": Access.ADMIN,
             "ListGrants": Access.MEMBER,
+            "GetDirectory": Access.MEMBER,
         },
     )

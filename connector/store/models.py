@@ -260,3 +260,17 @@ class ConsentRow(SQLModel, table=True):
     granted_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     withdrawn_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     withdrawal: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class DirectoryCacheRow(SQLModel, table=True):
+    """The operator-signed directory a member last verified (its replicas share it).
+
+    Text as received; every reader verifies it with the operator's key before use.
+    """
+
+    __tablename__ = "directory_cache"
+
+    space: str = Field(primary_key=True, max_length=63)
+    head: str = Field(sa_column=Column(Text, nullable=False))
+    entries: str = Field(sa_column=Column(Text, nullable=False))
+    stored_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

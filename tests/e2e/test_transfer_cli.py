@@ -72,11 +72,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
                 server.stop()
 
 
-def _wait_ready(root: Path, config: str) -> None:
+def _wait_ready(root: Path, config: str, field: str = "revocation_list_issued_at") -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         out = tds("status", "--config", config, "--json", cwd=root, check=False)
-        if out.returncode == 0 and json.loads(out.stdout).get("revocation_list_issued_at"):
+        if out.returncode == 0 and json.loads(out.stdout).get(field):
             return
         time.sleep(0.2)
     raise AssertionError(f"{config} never became ready")

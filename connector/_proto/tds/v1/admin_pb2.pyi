@@ -911,6 +911,9 @@ class GetStatusResponse(_message.Message):
     REVOCATION_LIST_SERIAL_FIELD_NUMBER: _builtins.int
     REVOCATION_LIST_ISSUED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DIRECTORY_ISSUED_AT_FIELD_NUMBER: _builtins.int
+    DIRECTORY_MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    REGISTRY_ERROR_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     role: _builtins.str
     space: _builtins.str
@@ -920,6 +923,12 @@ class GetStatusResponse(_message.Message):
     """Serial and issue time (unix seconds) of the revocation list in force; 0 when none yet."""
     revocation_list_issued_at: _builtins.int
     version: _builtins.str
+    directory_issued_at: _builtins.int
+    """Issue time (unix seconds) of the operator-signed directory held in cache; 0 when none."""
+    directory_max_age_seconds: _builtins.int
+    """How old the cached directory may grow while the registry does not answer."""
+    registry_error: _builtins.str
+    """Why the last attempt to reach the registry failed; empty after a success."""
     def __init__(
         self,
         *,
@@ -930,10 +939,13 @@ class GetStatusResponse(_message.Message):
         revocation_list_serial: _builtins.int = ...,
         revocation_list_issued_at: _builtins.int = ...,
         version: _builtins.str = ...,
+        directory_issued_at: _builtins.int = ...,
+        directory_max_age_seconds: _builtins.int = ...,
+        registry_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "revocation_list_issued_at", b"revocation_list_issued_at", "revocation_list_serial", b"revocation_list_serial", "role", b"role", "space", b"space", "token_expires_at", b"token_expires_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_issued_at", b"directory_issued_at", "directory_max_age_seconds", b"directory_max_age_seconds", "participant_id", b"participant_id", "registry_error", b"registry_error", "revocation_list_issued_at", b"revocation_list_issued_at", "revocation_list_serial", b"revocation_list_serial", "role", b"role", "space", b"space", "token_expires_at", b"token_expires_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -598,3 +598,51 @@ class GetRevocationListResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRevocationListResponse: _TypeAlias = GetRevocationListResponse  # noqa: Y015
+
+@_typing.final
+class GetDirectoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_DIGEST_FIELD_NUMBER: _builtins.int
+    held_digest: _builtins.str
+    """Hex SHA-256 of the directory entries the caller holds; when they are still current,
+    the answer carries a freshly signed head only.
+    """
+    def __init__(
+        self,
+        *,
+        held_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_digest", b"held_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDirectoryRequest: _TypeAlias = GetDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class GetDirectoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    """Compact JWS (EdDSA, typ tds-directory+jwt) signed by the operator: iss, aud, iat,
+    the hex SHA-256 of the entries (digest) and their number (count).
+    """
+    entries: _builtins.str
+    """Every participant as canonical JSON (RFC 8785); empty when held_digest is current."""
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        entries: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDirectoryResponse: _TypeAlias = GetDirectoryResponse  # noqa: Y015

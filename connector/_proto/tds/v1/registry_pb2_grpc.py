@@ -95,6 +95,11 @@ class RegistryServiceStub:
                 request_serializer=tds_dot_v1_dot_registry__pb2.ListGrantsRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_registry__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
+        self.GetDirectory = channel.unary_unary(
+                '/tds.v1.RegistryService/GetDirectory',
+                request_serializer=tds_dot_v1_dot_registry__pb2.GetDirectoryRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_registry__pb2.GetDirectoryResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -189,6 +194,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDirectory(self, request, context):
+        """The whole directory as the operator signs it, for members to cache and keep using
+        while the registry does not answer (members only; see connector.registry.directory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +264,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListGrants,
                     request_deserializer=tds_dot_v1_dot_registry__pb2.ListGrantsRequest.FromString,
                     response_serializer=tds_dot_v1_dot_registry__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'GetDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDirectory,
+                    request_deserializer=tds_dot_v1_dot_registry__pb2.GetDirectoryRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_registry__pb2.GetDirectoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -578,6 +596,33 @@ class RegistryService:
             '/tds.v1.RegistryService/ListGrants',
             tds_dot_v1_dot_registry__pb2.ListGrantsRequest.SerializeToString,
             tds_dot_v1_dot_registry__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.RegistryService/GetDirectory',
+            tds_dot_v1_dot_registry__pb2.GetDirectoryRequest.SerializeToString,
+            tds_dot_v1_dot_registry__pb2.GetDirectoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,10 @@ class RegistryServiceStub:
     """Revoke an authorised-operation grant (operator admin certificate only)."""
     ListGrants: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListGrantsRequest, _registry_pb2.ListGrantsResponse]
     """Authorised-operation grants, for public disclosure (members)."""
+    GetDirectory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDirectoryRequest, _registry_pb2.GetDirectoryResponse]
+    """The whole directory as the operator signs it, for members to cache and keep using
+    while the registry does not answer (members only; see connector.registry.directory).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -99,6 +103,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Revoke an authorised-operation grant (operator admin certificate only)."""
     ListGrants: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListGrantsRequest, _registry_pb2.ListGrantsResponse]  # type: ignore[assignment]
     """Authorised-operation grants, for public disclosure (members)."""
+    GetDirectory: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDirectoryRequest, _registry_pb2.GetDirectoryResponse]  # type: ignore[assignment]
+    """The whole directory as the operator signs it, for members to cache and keep using
+    while the registry does not answer (members only; see connector.registry.directory).
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The operator's registry: directory, membership tokens, revocation."""
@@ -204,5 +212,15 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListGrantsResponse, _abc.Awaitable[_registry_pb2.ListGrantsResponse]]:
         """Authorised-operation grants, for public disclosure (members)."""
+
+    @_abc_1.abstractmethod
+    def GetDirectory(
+        self,
+        request: _registry_pb2.GetDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetDirectoryResponse, _abc.Awaitable[_registry_pb2.GetDirectoryResponse]]:
+        """The whole directory as the operator signs it, for members to cache and keep using
+        while the registry does not answer (members only; see connector.registry.directory).
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
