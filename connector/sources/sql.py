@@ -59,7 +59,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -488,7 +488,11 @@ class SqlPool:
     def _refused(self, exc: BaseException) -> Exception:
         """The error a database error during a query means for the caller."""
         name = self.connection.name
-        code = str(getattr(exc, "sqlstate", "") or (exc.args[0] if exc.args else ""))
+        # PostgreSQL: the SQLSTATE; MariaDB: the error number (its first argument).
+        if self._dialect == "postgres":
+            code = str(getattr(exc, "sqlstate", "") or "")
+        else:
+            code = str(exc.args[0]) if exc.args else ""
         _log.warning("source connection %r refused a query: %s", name, exc)
         if code in ("57014", "1969", "3024"):
             return Unavailable(
@@ -517,6 +521,9 @@ class SqlPool:
         busy past ``pool_timeout_seconds``, or the timeout cancels the query, and
         ``PreconditionFailed`` when the database refuses the query.
         """
+        errors = self._errors()
+        # The pool connects without wrapping the driver's errors.
+        connect_errors: tuple[type[BaseException], ...] = (DBAPIError, *errors)
         try:
             raw = self._engine.raw_connection()
         except PoolTimeout:
@@ -524,17 +531,17 @@ class SqlPool:
                 f"all {self.connection.pool_size} connections of source connection "
                 f"{self.connection.name!r} are busy; try again later"
             ) from None
-        except DBAPIError as exc:
+        except connect_errors as exc:
             raise self._unreachable(exc) from None
         driver: Any = raw.driver_connection
-        errors = self._errors()
+        cursors: list[Any] = []
         clean = False
         try:
             try:
                 columns, batches, finish = (
-                    self._postgres(driver, text)
+                    self._postgres(driver, text, cursors)
                     if self._dialect == "postgres"
-                    else self._mariadb(driver, text)
+                    else self._mariadb(driver, text, cursors)
                 )
             except errors as exc:
                 raise self._refused(exc) from None
@@ -556,8 +563,11 @@ class SqlPool:
                 raw.close()
             else:
                 # Whatever state the session is in (a half-read result, an aborted
-                # transaction), it does not go back to the pool.
+                # transaction), it does not go back to the pool; its cursor goes with it.
                 raw.invalidate()
+                for cursor in cursors:
+                    with suppress(Exception):
+                        cursor.close()
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         if self._dialect == "postgres":
@@ -568,7 +578,9 @@ class SqlPool:
 
         return (pymysql.err.MySQLError,)
 
-    def _postgres(self, pg: Any, text: str) -> tuple[tuple[str, ...], Iterator[list[Any]], Any]:
+    def _postgres(
+        self, pg: Any, text: str, cursors: list[Any]
+    ) -> tuple[tuple[str, ...], Iterator[list[Any]], Any]:
         timeout_ms = max(1, round(self.connection.statement_timeout_seconds * 1000))
         # SET TRANSACTION must open the transaction: end whatever the pool's ping began.
         pg.rollback()
@@ -576,6 +588,7 @@ class SqlPool:
             setup.execute("SET TRANSACTION READ ONLY")
             setup.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
         cursor = pg.cursor(name=f"tds_{uuid.uuid4().hex}")
+        cursors.append(cursor)
         cursor.execute(text)
         # A named cursor only learns its columns at the first fetch.
         first = cursor.fetchmany(self.connection.fetch_rows)
@@ -594,7 +607,9 @@ class SqlPool:
 
         return columns, batches(), finish
 
-    def _mariadb(self, my: Any, text: str) -> tuple[tuple[str, ...], Iterator[list[Any]], Any]:
+    def _mariadb(
+        self, my: Any, text: str, cursors: list[Any]
+    ) -> tuple[tuple[str, ...], Iterator[list[Any]], Any]:
         import pymysql.cursors
 
         my.rollback()
@@ -605,6 +620,7 @@ class SqlPool:
             )
             setup.execute("START TRANSACTION READ ONLY")
         cursor = my.cursor(pymysql.cursors.SSCursor)
+        cursors.append(cursor)
         cursor.execute(text)
         columns = tuple(d[0] for d in cursor.description or ())
         size = self.connection.fetch_rows
