@@ -65,7 +65,7 @@ from typing import Any
 
 import sqlglot
 import sqlglot.errors
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -422,10 +422,33 @@ def _plain_rows(batch: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for row in batch:
         if _FAST.issuperset(map(type, row)):
-            out.append(tuple(row))
+            out.append(row if type(row) is tuple else tuple(row))
         else:
             out.append(tuple(_plain(v) for v in row))
     return out
+
+
+def _text_decimals_and_dates(driver: Any, _record: Any) -> None:
+    """Have the driver hand over DECIMAL and DATE values as the database's text.
+
+    That text is exactly what :func:`_plain` would make of the ``Decimal`` or ``date``
+    (``str(Decimal)`` keeps the scale; ISO dates), without building the objects first: a
+    third of the time of reading such rows.
+    """
+    import psycopg
+
+    if isinstance(driver, psycopg.Connection):
+        from psycopg.types.string import TextLoader
+
+        for name in ("numeric", "date"):
+            driver.adapters.register_loader(name, TextLoader)
+    else:
+        from pymysql.constants import FIELD_TYPE
+
+        decoders = dict(driver.decoders)
+        for code in (FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DATE):
+            decoders[code] = str
+        driver.decoders = decoders
 
 
 class _RowsHash:
@@ -473,6 +496,7 @@ class SqlPool:
             pool_pre_ping=True,
             connect_args={"connect_timeout": connection.connect_timeout_seconds},
         )
+        event.listen(self._engine, "connect", _text_decimals_and_dates)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -620,7 +644,7 @@ class SqlPool:
             )
             setup.execute("START TRANSACTION READ ONLY")
         cursor = my.cursor(pymysql.cursors.SSCursor)
-        cursors.append(cursor)
+        cursors.append(_Abandoned(cursor))
         cursor.execute(text)
         columns = tuple(d[0] for d in cursor.description or ())
         size = self.connection.fetch_rows
@@ -634,6 +658,24 @@ class SqlPool:
             my.rollback()
 
         return columns, batches(), finish
+
+
+class _Abandoned:
+    """A PyMySQL unbuffered cursor whose connection is being dropped mid-result.
+
+    PyMySQL would otherwise try to read the rest of the result from the closed socket when
+    the cursor or its result is collected (an error nobody can catch); the server stops
+    sending when the connection closes.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def close(self) -> None:
+        result = getattr(self._cursor, "_result", None)
+        if result is not None:
+            result.unbuffered_active = False
+        self._cursor.connection = None
 
 
 class _SqlSnapshot:

@@ -20,7 +20,7 @@ import pytest
 
 from connector.errors import InvalidRequest, PreconditionFailed, Unavailable
 from connector.sources.delivered import materialise
-from connector.sources.sql import SqlConnection, SqlPool, SqlSources
+from connector.sources.sql import Query, SqlConnection, SqlPool, SqlSource, SqlSources
 from connector.transfer.masking import Masker
 from tests.sources.conftest import Database
 
@@ -201,7 +201,7 @@ def test_database_down_is_unavailable_and_writes_nothing(
         sources.close()
 
 
-def test_fields_checked_again_against_what_the_database_reports(
+def test_mariadb_executable_comment_is_not_run(
     database: Database, table: str, tmp_path: Path
 ) -> None:
     """A MariaDB executable comment is not run: the checked text is, so the columns hold."""
@@ -310,3 +310,37 @@ def test_concurrent_snapshots_share_the_pool(database: Database, table: str) -> 
 def test_unconfigured_connection_refused(database: Database) -> None:
     with pytest.raises(InvalidRequest, match="'other' is not configured"):
         _sources(database).source("other", "SELECT a FROM t", ["a"])
+
+
+def test_columns_the_database_reports_are_checked_again(database: Database, table: str) -> None:
+    """A product whose query no longer outputs its fields is refused, not delivered."""
+    _people(database, table)
+    pool = SqlPool(SqlConnection("main", database.url))
+    try:
+        stale = Query(f"SELECT id, city FROM {table}", ("id", "name"), database.dialect)
+        with (
+            pytest.raises(PreconditionFailed, match=r"now outputs \['id', 'city'\]"),
+            SqlSource(pool, stale).open_snapshot(),
+        ):
+            pass
+    finally:
+        pool.close()
+
+
+def test_snapshot_abandoned_mid_read_releases_its_connection(
+    database: Database, table: str
+) -> None:
+    """A delivery that fails part way (disk full, say) leaves a usable pool behind."""
+    database.run(f"CREATE TABLE {table} (n INT)")
+    database.run(f"INSERT INTO {table} VALUES " + ",".join(f"({i})" for i in range(5000)))
+    sources = _sources(database, pool_size=1, fetch_rows=100)
+    try:
+        source = sources.source("main", f"SELECT n FROM {table}", ["n"])
+        with pytest.raises(OSError, match="disk full"), source.open_snapshot() as snapshot:
+            for i, _ in enumerate(snapshot):
+                if i == 150:
+                    raise OSError("disk full")
+        with source.open_snapshot() as snapshot:
+            assert sum(1 for _ in snapshot) == 5000
+    finally:
+        sources.close()
