@@ -20,6 +20,9 @@ never sent to the registry or to a consumer. The query is checked at publish
   arithmetic): ``pg_read_file``, ``pg_sleep``, ``lo_import``, ``dblink``, ``LOAD_FILE``,
   ``SLEEP``, ``BENCHMARK``, ``nextval``, ``set_config`` and any function not listed are
   refused;
+- no table of the database's own catalogs (``pg_catalog``, ``pg_*`` relations,
+  ``information_schema``; MariaDB's ``mysql``, ``performance_schema``, ``sys``): role
+  names, password hashes and settings are not a data product;
 - every output column named (a column or ``AS``), none twice, and no ``SELECT *``; the
   product's ``fields`` must equal the output columns, in order.
 
@@ -153,6 +156,12 @@ _WHY = {
     exp.Placeholder: "a placeholder",
     exp.PropertyEQ: "a variable assignment",
 }
+
+_SYSTEM_SCHEMAS = {
+    "postgres": frozenset({"pg_catalog", "information_schema", "pg_toast"}),
+    "mysql": frozenset({"mysql", "information_schema", "performance_schema", "sys"}),
+}
+"""Schemas of the database's own catalogs (roles, password hashes, settings, statistics)."""
 
 ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset(
     {
@@ -329,6 +338,14 @@ def _output_columns(root: exp.Expression, dialect: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _is_system(table: exp.Table, dialect: str) -> bool:
+    schemas = _SYSTEM_SCHEMAS.get(dialect, frozenset())
+    if table.db.lower() in schemas or table.catalog.lower() in schemas:
+        return True
+    # PostgreSQL finds pg_catalog first whatever the search path: pg_shadow, pg_roles, …
+    return dialect == "postgres" and not table.db and table.name.lower().startswith("pg_")
+
+
 def validate_query(text: str, dialect: str, fields: Sequence[str] | None = None) -> Query:
     """The checked form of ``text`` in ``dialect`` (``postgres``/``mysql``), or
     ``InvalidRequest`` saying what to change. With ``fields``, they must equal the query's
@@ -357,6 +374,11 @@ def validate_query(text: str, dialect: str, fields: Sequence[str] | None = None)
         if isinstance(node, _FORBIDDEN):
             why = _WHY.get(type(node), f"a {node.key.upper()} statement (the query may only read)")
             raise _refuse(f"contains {why}; remove it")
+        if isinstance(node, exp.Table) and _is_system(node, dialect):
+            raise _refuse(
+                f"reads the database's own catalog ({node.sql(dialect=dialect)[:80]}); "
+                "publish data from the application's tables"
+            )
         if isinstance(node, exp.Func) and type(node) not in ALLOWED_FUNCTIONS:
             name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
             raise _refuse(

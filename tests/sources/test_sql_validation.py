@@ -83,6 +83,10 @@ REFUSED_POSTGRES = [
     ("COPY t TO STDOUT", "must be a SELECT; a COPY"),
     ("COPY (SELECT a FROM t) TO '/tmp/x'", "must be a SELECT; a COPY"),
     ("SELECT a FROM t WHERE b = $1", "contains a"),
+    ("SELECT usename, passwd FROM pg_shadow", "reads the database's own catalog"),
+    ("SELECT rolname FROM PG_CATALOG.pg_authid", "reads the database's own catalog"),
+    ("SELECT a FROM t JOIN pg_roles AS r ON TRUE", "reads the database's own catalog"),
+    ("SELECT table_name FROM information_schema.tables", "reads the database's own catalog"),
 ]
 
 REFUSED_MARIADB = [
@@ -94,6 +98,8 @@ REFUSED_MARIADB = [
     ("SELECT @@version AS x", "session variable"),
     ("SELECT a INTO OUTFILE '/tmp/x' FROM t", "is not valid SQL"),
     ("LOAD DATA INFILE '/etc/passwd' INTO TABLE t", "(must be a SELECT|is not valid SQL)"),
+    ("SELECT user, password FROM mysql.user", "reads the database's own catalog"),
+    ("SELECT a FROM performance_schema.threads", "reads the database's own catalog"),
     ("DO SLEEP(5)", "(must be a SELECT|is not valid SQL)"),
 ]
 
