@@ -1,0 +1,148 @@
+"""The one interface the data plane reads every source through.
+
+A product names a source (DESIGN.md §9); an adapter per kind implements one of these small
+protocols, and everything downstream (projection, masks, the delivered form, receipts,
+later compute) depends on the protocol, never on the kind:
+
+- :class:`RecordSource` — a finite set of records read as a **snapshot**: ``table`` (CSV or
+  JSON Lines on the provider's disk) and ``sql`` (one read-only query against a database
+  named in the provider's configuration, :mod:`connector.sources.sql`). A snapshot
+  iterates rows as tuples in the order of :attr:`Snapshot.fields`, reading them as it
+  goes so memory stays flat for any size, and reports its :meth:`Snapshot.state` once read.
+- :class:`ByteSource` — bytes as they are: ``file``. Its snapshot knows its size and
+  SHA-256 before anything is sent, and is read from any offset, so a pull resumes.
+- :class:`StreamSource` — records without an end (brokers: NATS JetStream, MQTT; not
+  implemented yet): a subscription from a sequence number, each record with its sequence,
+  so a consumer resumes after the last one it acknowledged.
+
+How today's sources map onto this (``connector.transfer.sources``, to be moved here):
+
+- ``file``: a :class:`ByteSource`; ``FileDigests.digest`` is its ``open_snapshot`` (size,
+  mtime and SHA-256 of the file as it is, remembered while its stat holds), ``read_chunks``
+  its ``read``; ``Delivered`` is the snapshot's record in the transfer row.
+- ``table``: a :class:`RecordSource` (:class:`connector.sources.table.TableSource`): fields
+  are the product's fields, a snapshot reads the CSV or JSON Lines file row by row.
+  ``materialise_table`` becomes :func:`connector.sources.delivered.materialise`: any
+  record source's snapshot, projected to the permitted fields and masked, written once
+  per transfer to a staging file whose bytes and hash a resumed pull gets again.
+- ``sql``: a :class:`RecordSource` delivered exactly like a table.
+
+The state string is what a receipt records as the source's state: enough to tell later
+whether two deliveries or answers were computed over the same data. Each adapter documents
+what its state is (a content hash wherever one is affordable, never a clock reading).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Final, Protocol, runtime_checkable
+
+__all__ = [
+    "MISSING",
+    "ByteSnapshot",
+    "ByteSource",
+    "RecordSource",
+    "Row",
+    "Snapshot",
+    "StreamSource",
+]
+
+
+class _Missing:
+    """The type of :data:`MISSING`."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+"""A field a record does not have at all (a JSON Lines object without the key), as
+opposed to ``None``, a field that is present and null. Delivered JSON Lines leave it out."""
+
+Row = Sequence[Any]
+"""One record: its values in the order of the snapshot's fields."""
+
+
+@runtime_checkable
+class Snapshot(Protocol):
+    """One consistent read of a record source."""
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of the values in each row, in order."""
+        ...
+
+    def __iter__(self) -> Iterator[Row]:
+        """The rows, read as they are iterated (memory stays flat); iterate once."""
+        ...
+
+    def state(self) -> str:
+        """What this snapshot read, as ``<kind>:<scheme>:<value>``; final once every row
+        has been iterated (before that it raises ``RuntimeError``)."""
+        ...
+
+
+@runtime_checkable
+class RecordSource(Protocol):
+    """A finite set of records (``table``, ``sql``)."""
+
+    kind: str
+
+    def fields(self) -> tuple[str, ...]:
+        """The records' fields, as declared by the product and checked against the source."""
+        ...
+
+    def open_snapshot(self) -> AbstractContextManager[Snapshot]:
+        """A snapshot; leaving the context releases what it holds (file, connection).
+
+        Raises ``Unavailable`` when the source cannot be reached and ``PreconditionFailed``
+        when it no longer matches the product (missing file, column, changed schema).
+        """
+        ...
+
+
+@runtime_checkable
+class ByteSnapshot(Protocol):
+    """One fixed version of a byte source."""
+
+    size: int
+    sha256: str
+
+    def read(self, offset: int, chunk_size: int) -> Iterator[tuple[int, bytes]]:
+        """``(offset, bytes)`` from ``offset`` in chunks of at most ``chunk_size``; raises
+        ``PreconditionFailed`` when the source no longer has the recorded hash."""
+        ...
+
+
+@runtime_checkable
+class ByteSource(Protocol):
+    """Bytes delivered as they are (``file``)."""
+
+    kind: str
+
+    def open_snapshot(self) -> AbstractContextManager[ByteSnapshot]:
+        """The source as it is now, with its size and SHA-256."""
+        ...
+
+
+@runtime_checkable
+class StreamSource(Protocol):
+    """Records without an end (``stream``: NATS JetStream subjects, MQTT topics)."""
+
+    kind: str
+
+    def fields(self) -> tuple[str, ...]:
+        """The records' fields."""
+        ...
+
+    def subscribe(self, after: int) -> AbstractContextManager[Iterator[tuple[int, Row]]]:
+        """``(sequence, row)`` for every record after sequence ``after``, as they arrive."""
+        ...

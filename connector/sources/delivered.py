@@ -1,0 +1,217 @@
+"""The delivered form of a record source: projected, masked, written once per transfer.
+
+Every record source (``table``, ``sql``) is delivered the same way: its snapshot's rows are
+projected to the fields the decision permits (in the product's order), each value masked as
+the decision says (:class:`connector.transfer.masking.Masker`), and written to a staging
+file as CSV or JSON Lines. The file is written once when the transfer starts, so a resumed
+pull reads exactly the same bytes under the same SHA-256, and row by row, so memory stays
+flat for any size.
+
+The encoding is the one tables have always had (``connector.transfer.sources.
+materialise_table`` writes the same bytes; it is to be switched over to :func:`materialise`):
+
+- CSV: a header row of the delivered fields, then one row per record, ``\\n`` line ends,
+  minimal quoting; ``None`` (and a missing field) is the empty cell; ``True``/``False`` are
+  ``true``/``false``; a list or object is its compact JSON text.
+- JSON Lines: one compact object per record, keys in the delivered order, UTF-8 as is; a
+  missing field (:data:`connector.sources.base.MISSING`) is left out, ``None`` is ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain, islice
+from operator import itemgetter
+from pathlib import Path
+from typing import IO, Any
+
+from connector.errors import InvalidRequest, PreconditionFailed
+from connector.sources.base import MISSING, RecordSource, Row
+from connector.transfer.masking import Masker
+from connector.transfer.sources import Delivered
+
+__all__ = ["FORMATS", "Materialised", "materialise", "write_rows"]
+
+FORMATS = ("csv", "jsonl")
+"""The delivered forms of records."""
+
+_FLUSH = 1024 * 1024
+"""Bytes of encoded rows collected before they are hashed and written."""
+
+_CHUNK = 1000
+"""Rows projected, masked and encoded together."""
+
+_CSV_PLAIN = frozenset({str, int, float, type(None)})
+"""Value types the csv module writes as the delivered form wants them."""
+
+
+@dataclass(frozen=True)
+class Materialised:
+    """A record source's delivered form and the state of the snapshot it was made from."""
+
+    delivered: Delivered
+    state: str
+    """The snapshot's :meth:`~connector.sources.base.Snapshot.state`, for receipts."""
+    rows: int
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is MISSING:
+        return None
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
+
+
+def _projector(
+    columns: Sequence[str], fields: Sequence[str], masker: Masker
+) -> Callable[[list[Row]], list[Sequence[Any]]]:
+    """Rows in ``columns`` order -> the delivered values of ``fields``, masked.
+
+    Works a chunk of rows at a time, a column at a time, so the per-value work left in
+    Python is the masks' own.
+    """
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        raise PreconditionFailed(
+            f"the product's source has no column {missing[0]!r}; the provider must fix it"
+        )
+    index = [list(columns).index(f) for f in fields]
+    pick: Callable[[Row], Sequence[Any]]
+    if len(index) == 1:
+        only = index[0]
+
+        def pick(row: Row) -> Sequence[Any]:
+            return (row[only],)
+    else:
+        pick = itemgetter(*index)
+    masked = [(pos, name) for pos, name in enumerate(fields) if name in masker]
+    if not masked:
+
+        def select(chunk: list[Row]) -> list[Sequence[Any]]:
+            return list(map(pick, chunk))
+
+        return select
+    apply = masker.apply
+
+    def project(chunk: list[Row]) -> list[Sequence[Any]]:
+        by_column = [list(values) for values in zip(*map(pick, chunk), strict=True)]
+        for pos, name in masked:
+            by_column[pos] = [v if v is MISSING else apply(name, v) for v in by_column[pos]]
+        return list(zip(*by_column, strict=True))
+
+    return project
+
+
+def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    it = iter(rows)
+    while chunk := list(islice(it, _CHUNK)):
+        yield chunk
+
+
+def write_rows(
+    rows: Iterable[Row],
+    out: IO[bytes],
+    *,
+    columns: Sequence[str],
+    fields: Sequence[str],
+    fmt: str,
+    masker: Masker,
+) -> tuple[int, str, int]:
+    """Write ``rows`` (values in ``columns`` order) in their delivered form to ``out``.
+
+    Only ``fields`` are written, in that order, each masked by ``masker``. Returns the
+    number of bytes written, their SHA-256 (hex) and the number of rows.
+    """
+    if fmt not in FORMATS:
+        raise InvalidRequest(f"a record source is delivered as {' or '.join(FORMATS)}, not {fmt!r}")
+    project = _projector(columns, fields, masker)
+    h = hashlib.sha256()
+    size = 0
+    count = 0
+
+    def put(data: bytes) -> None:
+        nonlocal size
+        h.update(data)
+        out.write(data)
+        size += len(data)
+
+    buffer = io.StringIO()
+
+    def flush_full() -> None:
+        if buffer.tell() > _FLUSH:
+            put(buffer.getvalue().encode())
+            buffer.seek(0)
+            buffer.truncate()
+
+    if fmt == "csv":
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(fields)
+        for chunk in _chunks(rows):
+            projected = project(chunk)
+            if not _CSV_PLAIN.issuperset(map(type, chain.from_iterable(projected))):
+                projected = [[_csv_cell(v) for v in values] for values in projected]
+            writer.writerows(projected)
+            count += len(chunk)
+            flush_full()
+    else:
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        names = tuple(fields)
+        for chunk in _chunks(rows):
+            records = [
+                dict(zip(names, values, strict=True))
+                if MISSING not in values
+                else {n: v for n, v in zip(names, values, strict=True) if v is not MISSING}
+                for values in project(chunk)
+            ]
+            buffer.write("\n".join(map(dumps, records)))
+            buffer.write("\n")
+            count += len(chunk)
+            flush_full()
+    put(buffer.getvalue().encode())
+    return size, h.hexdigest(), count
+
+
+def materialise(
+    source: RecordSource,
+    out: Path,
+    *,
+    fmt: str,
+    permitted: Sequence[str] | None,
+    masks: Mapping[str, Mapping[str, Any]],
+    key: bytes,
+) -> Materialised:
+    """Write the delivered form of ``source`` to ``out`` (atomically) and describe it.
+
+    ``permitted`` is the decision's field list (``None``: all the source's fields),
+    ``masks`` the decision's masks and ``key`` the agreement's mask key. Nothing is left
+    at ``out`` when the source fails part way.
+    """
+    fields = tuple(f for f in source.fields() if permitted is None or f in permitted)
+    masker = Masker({k: v for k, v in masks.items() if k in fields}, key)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with source.open_snapshot() as snapshot, tmp.open("wb") as f:
+            size, sha256, count = write_rows(
+                snapshot, f, columns=snapshot.fields, fields=fields, fmt=fmt, masker=masker
+            )
+            f.flush()
+            os.fsync(f.fileno())
+            state = snapshot.state()
+        os.replace(tmp, out)
+    except UnicodeDecodeError:
+        raise PreconditionFailed("the product's source is not UTF-8 text") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Materialised(Delivered(out, size, sha256, out.stat().st_mtime_ns, fields), state, count)
