@@ -7,6 +7,7 @@ after a broken connection or a provider restart.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -34,11 +36,13 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
+from connector.identifiers import DECISION_ID, TRANSFER_ID, check_text
 from connector.negotiation.agreement import revocation_terms
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
+from connector.transfer.holdings import holding_path
 from connector.transfer.receiving import Assembler
 from connector.transfer.store import (
     ACTIVE,
@@ -76,6 +80,33 @@ ProgressSink = Callable[[Progress], None]
 
 def _ignore(_: Progress) -> None:
     return None
+
+
+# Obligations the holdings sweeper acts on, and the JSON type each must have.
+_OBLIGATION_TYPES: dict[str, type] = {
+    "delete_after_ns": int,
+    "delete_on_revocation": bool,
+    "delete_on_consent_withdrawal": bool,
+}
+
+
+def _obligations(text: str) -> dict[str, Any]:
+    """The manifest's obligations: a JSON object whose known obligations have their type."""
+    try:
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        raise VerificationError(
+            "the provider's manifest has obligations that are not JSON"
+        ) from None
+    if not isinstance(value, dict):
+        raise VerificationError("the provider's manifest has obligations that are not an object")
+    for key, kind in _OBLIGATION_TYPES.items():
+        # bool is an int in Python, and not one in JSON.
+        if key in value and (type(value[key]) is not kind):
+            raise VerificationError(
+                f"the provider's manifest has obligations whose {key} is not a {kind.__name__}"
+            )
+    return value
 
 
 class TransferConsumer:
@@ -138,20 +169,41 @@ class TransferConsumer:
             )
         return n.counterparty
 
-    def _check_manifest(self, m: transfer_pb2.TransferManifest, agreement_id: str) -> None:
+    def _check_manifest(
+        self, m: transfer_pb2.TransferManifest, agreement_id: str, push: bool
+    ) -> tuple[Path, dict[str, Any]]:
+        """Check every field of the provider's manifest; the partial file it will fill and
+        its obligations.
+
+        The manifest comes from the other connector: nothing in it is used (as a path, a
+        database key, a log entry) before it is checked here, each identifier against
+        its grammar (``connector.identifiers``).
+        """
+        try:
+            part = holding_path(self._dir, m.transfer_id, m.format, partial=True)
+            DECISION_ID.check(m.decision_id, error=VerificationError)
+            for name in m.fields:
+                check_text(name, "field", error=VerificationError)
+        except VerificationError as exc:
+            raise VerificationError(f"the provider's manifest is refused: {exc}") from None
+        obligations = _obligations(m.obligations_json)
         problems = [
             (m.agreement_id != agreement_id, "names another agreement"),
+            (m.push != push, "delivers by push" if m.push else "delivers by pull"),
             (m.size < 0, "has a negative size"),
             (
                 len(m.sha256) != 64 or any(c not in "0123456789abcdef" for c in m.sha256),
                 "has no SHA-256",
             ),
             (not 0 < m.chunk_size <= self._max_chunk, f"has a chunk size of {m.chunk_size}"),
-            (not m.transfer_id.startswith("tr-") or len(m.transfer_id) > 64, "has a bad id"),
+            (not m.format and bool(m.fields), "lists fields for a file"),
+            (len(set(m.fields)) != len(m.fields), "lists a field twice"),
+            (m.provider_log_index < 0, "has no index in the provider's log"),
         ]
         for bad, what in problems:
             if bad:
                 raise VerificationError(f"the provider's manifest {what}")
+        return part, obligations
 
     def start(self, agreement_id: str, push: bool = False) -> Transfer:
         """Ask the provider to start a transfer; record and log its manifest."""
@@ -165,7 +217,7 @@ class TransferConsumer:
                 )
         finally:
             channel.close()
-        self._check_manifest(m, agreement_id)
+        part, obligations = self._check_manifest(m, agreement_id, push)
         t = Transfer(
             id=m.transfer_id,
             role=CONSUMER,
@@ -179,9 +231,9 @@ class TransferConsumer:
             push=m.push,
             format=m.format,
             fields=tuple(m.fields) if m.format else None,
-            obligations=json.loads(m.obligations_json or "{}"),
+            obligations=obligations,
             decision_id=m.decision_id,
-            path=str(self._dir / f"{m.transfer_id}.part"),
+            path=str(part),
             provider_log_index=m.provider_log_index,
             started_ms=self._now_ms(),
         )
@@ -234,26 +286,36 @@ class TransferConsumer:
             raise
 
     def _receive(self, t: Transfer, progress: ProgressSink) -> Transfer:
-        asm = Assembler(Path(t.path), size=t.size, chunk_size=t.chunk_size)
+        # Paths come from the transfer's checked id and format, never from its record.
+        part = holding_path(self._dir, t.id, t.format, partial=True)
+        final = holding_path(self._dir, t.id, t.format)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)  # from configuration only
+            asm = Assembler(part, size=t.size, chunk_size=t.chunk_size)
+        except OSError as exc:
+            raise Unavailable(f"cannot store received data: {exc.strerror}") from None
         with self._lock:
             self._receiving[t.id] = asm
         try:
-            self._fill(t, asm, progress)
             try:
-                asm.finish(t.sha256)
-            except VerificationError as exc:
-                self._fail(t, f"integrity: {exc}", tell_provider=True)
-                asm.close()
-                Path(t.path).unlink(missing_ok=True)
+                self._fill(t, asm, progress)
+                try:
+                    asm.finish(t.sha256)
+                except VerificationError as exc:
+                    self._fail(t, f"integrity: {exc}", tell_provider=True)
+                    raise
+            except ConnectorError:
+                # Ended for good (failed or terminated, and logged): no bytes of it stay.
+                # Still started (the provider may come back): they stay for a resume.
+                if self._store.get(t.id).state != STARTED:
+                    asm.close()
+                    part.unlink(missing_ok=True)
                 raise
         finally:
             with self._lock:
                 self._receiving.pop(t.id, None)
             asm.close()
-        final = Path(t.path).with_suffix("")
-        if t.format:
-            final = final.with_suffix(f".{t.format}")
-        os.replace(t.path, final)
+        os.replace(part, final)
         index = self._audit.record(
             "transfer.received",
             parties=[t.counterparty],
@@ -337,7 +399,7 @@ class TransferConsumer:
         asm: Assembler | None = None
         for chunk in chunks:
             if asm is None:
-                transfer_id = chunk.transfer_id
+                transfer_id = TRANSFER_ID.check(chunk.transfer_id)
                 with self._lock:
                     asm = self._receiving.get(transfer_id)
                 try:
@@ -385,12 +447,18 @@ class TransferConsumer:
             finally:
                 channel.close()
         countersigned = resp.receipt
-        got = verify_receipt(countersigned, self._keys)
-        # A retried completion returns the receipt the provider countersigned first, whose
-        # end time may differ from ours; everything else must be what we received.
-        mine = (t.id, t.agreement_id, t.size, t.sha256, self._me, t.counterparty)
-        if (got.transfer, got.agreement, got.size, got.sha256, got.consumer, got.provider) != mine:
-            raise VerificationError("the countersigned receipt does not match this transfer")
+        try:
+            got = verify_receipt(countersigned, self._keys)
+            # A retried completion returns the receipt the provider countersigned first,
+            # whose end time may differ from ours; everything else must be what we signed.
+            if dataclasses.replace(got, ended_ms=receipt.ended_ms) != receipt:
+                raise VerificationError("the countersigned receipt does not match this transfer")
+        except VerificationError as exc:
+            # Without the provider's countersignature the data cannot be held under the
+            # agreement: the transfer fails and the received copy goes.
+            self._fail(t, f"integrity: the provider's receipt: {exc}", tell_provider=True)
+            holding_path(self._dir, t.id, t.format).unlink(missing_ok=True)
+            raise
         self._audit.record(
             "transfer.receipt",
             parties=[t.counterparty],
@@ -475,7 +543,7 @@ class TransferConsumer:
             raise PreconditionFailed(f"transfer {transfer_id} is not a completed holding")
         if t.deleted_ms:
             raise PreconditionFailed(f"holding {transfer_id} was deleted under its obligations")
-        with Path(t.path).open("rb", buffering=0) as f:
+        with holding_path(self._dir, t.id, t.format).open("rb", buffering=0) as f:
             offset = 0
             while block := f.read(chunk_size):
                 yield offset, block
