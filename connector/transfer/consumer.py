@@ -37,7 +37,7 @@ from connector.errors import (
     VerificationError,
 )
 from connector.identifiers import DECISION_ID, TRANSFER_ID, check_text
-from connector.negotiation.agreement import revocation_terms
+from connector.negotiation.agreement import Agreement, parse_agreement, revocation_terms
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
@@ -82,6 +82,7 @@ def _ignore(_: Progress) -> None:
     return None
 
 
+_NEVER = 2**63 - 1
 # Obligations the holdings sweeper acts on, and the JSON type each must have.
 _OBLIGATION_TYPES: dict[str, type] = {
     "delete_after_ns": int,
@@ -90,8 +91,9 @@ _OBLIGATION_TYPES: dict[str, type] = {
 }
 
 
-def _obligations(text: str) -> dict[str, Any]:
-    """The manifest's obligations: a JSON object whose known obligations have their type."""
+def _obligations(text: str, agreement: Agreement) -> dict[str, Any]:
+    """The manifest's obligations: a JSON object whose known obligations have their type,
+    holding every obligation the agreement fixed, and keeping nothing past its end."""
     try:
         value = json.loads(text or "{}")
     except (ValueError, RecursionError):
@@ -106,6 +108,19 @@ def _obligations(text: str) -> dict[str, Any]:
             raise VerificationError(
                 f"the provider's manifest has obligations whose {key} is not a {kind.__name__}"
             )
+    for key, agreed in agreement.obligations.items():
+        if key != "delete_after_ns" and value.get(key) != agreed:
+            raise VerificationError(
+                f"the provider's manifest drops or changes the agreed obligation {key}"
+            )
+    # Deletion may come sooner than agreed, never later, and never after the agreement ends.
+    latest = min(agreement.valid_until_ns, agreement.obligations.get("delete_after_ns", _NEVER))
+    if "delete_after_ns" in agreement.obligations and "delete_after_ns" not in value:
+        raise VerificationError("the provider's manifest drops the agreed delete_after_ns")
+    if value.get("delete_after_ns", latest) > latest:
+        raise VerificationError(
+            f"the provider's manifest has a delete_after_ns past the agreement's ({latest})"
+        )
     return value
 
 
@@ -150,7 +165,7 @@ class TransferConsumer:
 
     # -- start ------------------------------------------------------------------------
 
-    def _provider_of(self, agreement_id: str) -> str:
+    def _agreement_of(self, agreement_id: str) -> Agreement:
         try:
             n = self._negotiations.by_agreement(agreement_id)
         except NotFound:
@@ -167,17 +182,22 @@ class TransferConsumer:
                 f"agreement {agreement_id} was revoked by the provider"
                 + (f": {why}" if why else "")
             )
-        return n.counterparty
+        # Our own record, verified when it was countersigned: what the manifest must match.
+        agreement = parse_agreement(n.agreement or "")
+        if agreement.provider != n.counterparty or agreement.consumer != self._me:
+            raise PreconditionFailed(f"agreement {agreement_id} is not between us and its provider")
+        return agreement
 
     def _check_manifest(
-        self, m: transfer_pb2.TransferManifest, agreement_id: str, push: bool
+        self, m: transfer_pb2.TransferManifest, agreement: Agreement, push: bool
     ) -> tuple[Path, dict[str, Any]]:
         """Check every field of the provider's manifest; the partial file it will fill and
         its obligations.
 
         The manifest comes from the other connector: nothing in it is used (as a path, a
         database key, a log entry) before it is checked here, each identifier against
-        its grammar (``connector.identifiers``).
+        its grammar (``connector.identifiers``), and each term the agreement fixes against
+        our own copy of the agreement.
         """
         try:
             part = holding_path(self._dir, m.transfer_id, m.format, partial=True)
@@ -186,9 +206,23 @@ class TransferConsumer:
                 check_text(name, "field", error=VerificationError)
         except VerificationError as exc:
             raise VerificationError(f"the provider's manifest is refused: {exc}") from None
-        obligations = _obligations(m.obligations_json)
+        obligations = _obligations(m.obligations_json, agreement)
+        permitted = agreement.permitted_fields
         problems = [
-            (m.agreement_id != agreement_id, "names another agreement"),
+            (m.agreement_id != agreement.id, "names another agreement"),
+            (
+                m.product_id != agreement.product,
+                f"is for product {m.product_id[:80]!r}, but agreement {agreement.id} is for "
+                f"{agreement.product!r}",
+            ),
+            (
+                0 < agreement.max_bytes < m.size,
+                f"has {m.size} bytes, more than the agreement's {agreement.max_bytes}",
+            ),
+            (
+                permitted is not None and not set(m.fields) <= set(permitted),
+                "lists fields the agreement does not permit",
+            ),
             (m.push != push, "delivers by push" if m.push else "delivers by pull"),
             (m.size < 0, "has a negative size"),
             (
@@ -207,7 +241,8 @@ class TransferConsumer:
 
     def start(self, agreement_id: str, push: bool = False) -> Transfer:
         """Ask the provider to start a transfer; record and log its manifest."""
-        provider = self._provider_of(agreement_id)
+        agreement = self._agreement_of(agreement_id)
+        provider = agreement.provider
         channel, stub = self._stub(provider)
         try:
             with calling(provider):
@@ -217,7 +252,7 @@ class TransferConsumer:
                 )
         finally:
             channel.close()
-        part, obligations = self._check_manifest(m, agreement_id, push)
+        part, obligations = self._check_manifest(m, agreement, push)
         t = Transfer(
             id=m.transfer_id,
             role=CONSUMER,
