@@ -23,11 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import transfer_pb2, transfer_pb2_grpc
 from connector.audit import jws
-from connector.audit.log import AuditLog
+from connector.audit.log import AuditLog, Record
 from connector.audit.receipts import Receipt, receipt_id, sign_receipt, verify_receipt
 from connector.clock import Clock
 from connector.errors import (
     Aborted,
+    ConflictError,
     ConnectorError,
     InvalidRequest,
     NotFound,
@@ -272,21 +273,27 @@ class TransferConsumer:
             provider_log_index=m.provider_log_index,
             started_ms=self._now_ms(),
         )
-        self._audit.record(
-            "transfer.started",
-            parties=[provider],
-            data={
-                "transfer": t.id,
-                "agreement": agreement_id,
-                "product": t.product,
-                "role": CONSUMER,
-                "size": t.size,
-                "sha256": t.sha256,
-                "push": t.push,
-                "provider_log_index": t.provider_log_index,
-            },
-        )
-        return self._store.create(t)
+        started = {
+            "transfer": t.id,
+            "agreement": agreement_id,
+            "product": t.product,
+            "role": CONSUMER,
+            "size": t.size,
+            "sha256": t.sha256,
+            "push": t.push,
+            "provider_log_index": t.provider_log_index,
+        }
+        # Logged in the transaction that records it: a manifest that cannot be recorded
+        # (its id is taken) leaves no entry, and no entry is without its record.
+        try:
+            return self._store.create(
+                t, log=self._audit.prepare([("transfer.started", [provider], started)])
+            )
+        except ConflictError:
+            raise VerificationError(
+                f"the provider's manifest reuses transfer id {t.id}, which this connector "
+                "already holds a record of; the transfer was not started"
+            ) from None
 
     # -- receiving --------------------------------------------------------------------
 
@@ -351,22 +358,19 @@ class TransferConsumer:
                 self._receiving.pop(t.id, None)
             asm.close()
         os.replace(part, final)
-        index = self._audit.record(
-            "transfer.received",
-            parties=[t.counterparty],
-            data={
-                "transfer": t.id,
-                "agreement": t.agreement_id,
-                "size": t.size,
-                "sha256": t.sha256,
-            },
-        )
+        received = {
+            "transfer": t.id,
+            "agreement": t.agreement_id,
+            "size": t.size,
+            "sha256": t.sha256,
+        }
         t = self._store.update(
             t.id,
             expect=frozenset({STARTED}),
             path=str(final),
             received=t.size,
-            consumer_log_index=index,
+            log=self._audit.prepare([("transfer.received", [t.counterparty], received)]),
+            log_index="consumer_log_index",
         )
         progress(Progress("verified", t, t.size))
         return t
@@ -494,17 +498,14 @@ class TransferConsumer:
             self._fail(t, f"integrity: the provider's receipt: {exc}", tell_provider=True)
             holding_path(self._dir, t.id, t.format).unlink(missing_ok=True)
             raise
-        self._audit.record(
-            "transfer.receipt",
-            parties=[t.counterparty],
-            data={"transfer": t.id, "agreement": t.agreement_id, "receipt": countersigned},
-        )
+        logged = {"transfer": t.id, "agreement": t.agreement_id, "receipt": countersigned}
         t = self._store.update(
             t.id,
             expect=frozenset({STARTED}),
             state=COMPLETED,
             receipt=countersigned,
             ended_ms=got.ended_ms,
+            log=self._audit.prepare([("transfer.receipt", [t.counterparty], logged)]),
         )
         progress(Progress("completed", t, t.size, receipt_id(countersigned)))
         return t
@@ -512,42 +513,41 @@ class TransferConsumer:
     # -- ending -------------------------------------------------------------------------
 
     def _end(self, t: Transfer, reason: str, *, received: int) -> None:
+        stopped = {
+            "transfer": t.id,
+            "agreement": t.agreement_id,
+            "received": received,
+            "reason": reason[:300],
+        }
+        self._finish(
+            t,
+            ("transfer.stopped", [t.counterparty], stopped),
+            state=TERMINATED,
+            reason=reason,
+            received=received,
+        )
+
+    def _fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
+        failed = {"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]}
+        ended = self._finish(
+            t, ("transfer.failed", [t.counterparty], failed), state=FAILED, reason=reason
+        )
+        if ended and tell_provider:
+            self._tell_provider(t, reason)
+
+    def _finish(self, t: Transfer, record: Record, **values: Any) -> bool:
+        """End an active transfer and log why, in one transaction; False if already ended."""
         try:
             self._store.update(
                 t.id,
                 expect=ACTIVE,
-                state=TERMINATED,
-                reason=reason,
-                received=received,
                 ended_ms=self._now_ms(),
+                log=self._audit.prepare([record]),
+                **values,
             )
         except PreconditionFailed:
-            return
-        self._audit.record(
-            "transfer.stopped",
-            parties=[t.counterparty],
-            data={
-                "transfer": t.id,
-                "agreement": t.agreement_id,
-                "received": received,
-                "reason": reason[:300],
-            },
-        )
-
-    def _fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
-        try:
-            self._store.update(
-                t.id, expect=ACTIVE, state=FAILED, reason=reason, ended_ms=self._now_ms()
-            )
-        except PreconditionFailed:
-            return
-        self._audit.record(
-            "transfer.failed",
-            parties=[t.counterparty],
-            data={"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]},
-        )
-        if tell_provider:
-            self._tell_provider(t, reason)
+            return False
+        return True
 
     def _tell_provider(self, t: Transfer, reason: str) -> None:
         channel, stub = self._stub(t.counterparty)
