@@ -32,6 +32,7 @@ __all__ = [
     "check_format",
     "check_text",
     "contained",
+    "printable",
 ]
 
 
@@ -103,6 +104,12 @@ def check_text(
             f"{what} {_shown(value)} must be 1 to {limit} characters without control characters"
         )
     return value
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` (a peer's error message, say) with control characters replaced and cut to
+    ``limit`` characters, for records and logs where it must not forge a line."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text[:limit])
 
 
 def contained(directory: Path, name: str, *, error: type[ConnectorError] = InvalidRequest) -> Path:

@@ -37,7 +37,7 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
-from connector.identifiers import DECISION_ID, TRANSFER_ID, check_text
+from connector.identifiers import DECISION_ID, TRANSFER_ID, check_text, printable
 from connector.negotiation.agreement import Agreement, parse_agreement, revocation_terms
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
@@ -513,6 +513,7 @@ class TransferConsumer:
     # -- ending -------------------------------------------------------------------------
 
     def _end(self, t: Transfer, reason: str, *, received: int) -> None:
+        reason = printable(reason, 512)  # it often quotes the provider's error message
         stopped = {
             "transfer": t.id,
             "agreement": t.agreement_id,
@@ -528,6 +529,7 @@ class TransferConsumer:
         )
 
     def _fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
+        reason = printable(reason, 512)  # it often quotes the provider's error message
         failed = {"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]}
         ended = self._finish(
             t, ("transfer.failed", [t.counterparty], failed), state=FAILED, reason=reason

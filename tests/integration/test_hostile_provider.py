@@ -28,7 +28,7 @@ from connector.node.node import Node
 from connector.rpc.channel import open_channel
 from connector.transfer.store import TransferStore
 from tests.support.exchange import agree, entries, offer, publish
-from tests.support.hostile import HostileProvider, new_transfer_id
+from tests.support.hostile import HostileProvider, Refusal, new_transfer_id
 
 DATA = b"what the provider says the product is\n" * 300
 CANARY = b"a file outside the holdings directory that no provider may touch\n"
@@ -294,3 +294,21 @@ def test_honest_provider_double_completes(
     a.receive(agreement)
     assert (a.holdings / liar.transfer_id).read_bytes() == DATA
     a.assert_contained()
+
+
+def test_provider_error_message_cannot_forge_lines_in_the_consumer_record(
+    a: Consumer, liar: HostileProvider, agreement: str
+) -> None:
+    def refuse(request: transfer_pb2.PullRequest) -> Iterator[transfer_pb2.Chunk]:
+        raise Refusal(
+            grpc.StatusCode.PERMISSION_DENIED, "revoked\n2026-01-01 INFO all is well\x1b[2K"
+        )
+        yield  # a generator, as Pull's answer is
+
+    liar.chunks = refuse
+    with pytest.raises(ConnectorError, match="revoked"):
+        a.receive(agreement)
+    a.assert_contained()
+    t = a.store.get(liar.transfer_id)
+    assert t.state == "terminated" and "revoked" in t.reason
+    assert "\n" not in t.reason and "\x1b" not in t.reason

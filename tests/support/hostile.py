@@ -29,9 +29,15 @@ from connector.identity.certs import load_ed25519_private_key, load_ed25519_publ
 from connector.negotiation.agreement import Agreement
 from connector.rpc.channel import TlsIdentity, open_channel
 
-__all__ = ["HostileProvider", "Pushed"]
+__all__ = ["HostileProvider", "Refusal", "new_transfer_id"]
 
-Pushed = Callable[["HostileProvider", transfer_pb2.PullRequest], Iterator[transfer_pb2.Chunk]]
+
+class Refusal(Exception):
+    """Raised by a replaced answer: the call ends with ``code`` and ``details``, verbatim."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
 
 
 class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
@@ -110,10 +116,17 @@ class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
     # -- TransferService ----------------------------------------------------------------
 
     def StartTransfer(self, request: Any, context: Any) -> transfer_pb2.TransferManifest:
-        return self.manifest(request)
+        try:
+            return self.manifest(request)
+        except Refusal as r:
+            context.abort(r.code, r.details)
+            raise
 
     def Pull(self, request: Any, context: Any) -> Iterator[transfer_pb2.Chunk]:
-        yield from self.chunks(request)
+        try:
+            yield from self.chunks(request)
+        except Refusal as r:
+            context.abort(r.code, r.details)
 
     def RequestPush(self, request: Any, context: Any) -> transfer_pb2.PushAck:
         """Push ``self.chunks`` into the consumer, with this member's real token."""
