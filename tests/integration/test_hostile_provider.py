@@ -312,3 +312,21 @@ def test_provider_error_message_cannot_forge_lines_in_the_consumer_record(
     t = a.store.get(liar.transfer_id)
     assert t.state == "terminated" and "revoked" in t.reason
     assert "\n" not in t.reason and "\x1b" not in t.reason
+
+
+def test_pushed_chunks_with_a_gap_are_refused(
+    a: Consumer, liar: HostileProvider, agreement: str
+) -> None:
+    honest = liar.chunks
+
+    def lie(request: transfer_pb2.PullRequest) -> Iterator[transfer_pb2.Chunk]:
+        for chunk in honest(request):
+            chunk.offset += 1  # each chunk claims to start one byte later than it does
+            yield chunk
+
+    liar.chunks = lie
+    assert a.node.receiver is not None
+    with pytest.raises(ConnectorError, match="gap"):
+        a.node.receiver.run(agreement, push=True)
+    a.assert_contained()
+    assert a.store.get(liar.transfer_id).state in ("failed", "terminated")
