@@ -7,13 +7,22 @@ import hashlib
 import os
 import random
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.errors import InvalidRequest, Unavailable, VerificationError
-from connector.identifiers import contained
+from connector.identifiers import (
+    AGREEMENT_ID,
+    DECISION_ID,
+    TRANSFER_ID,
+    check_format,
+    contained,
+    printable,
+)
+from connector.policy.decision import Decision
 from connector.transfer.holdings import holding_path
 from connector.transfer.masking import Masker, agreement_mask_key, normalise_masks
 from connector.transfer.receiving import Assembler
@@ -239,3 +248,17 @@ def test_assembler_creates_no_directory_and_follows_no_link(tmp_path: Path) -> N
     (tmp_path / "link.part").symlink_to(target)
     with pytest.raises(OSError, match=r"symbolic links|Too many levels"):
         Assembler(tmp_path / "link.part", size=1, chunk_size=1)
+
+
+def test_grammars_accept_the_ids_this_code_generates() -> None:
+    """The grammars are the generators' forms (provider.py, negotiator.py, decision.py):
+    if a generator changes, this fails before members start refusing each other."""
+    assert TRANSFER_ID.check(f"tr-{uuid.uuid4().hex}")
+    assert AGREEMENT_ID.check(f"ag-{uuid.uuid4().hex}")
+    assert DECISION_ID.check(Decision(allow=True, deny=()).id)
+    for bad in ("", "tr-", f"tr-{uuid.uuid4().hex}\n", f"TR-{uuid.uuid4().hex}", "tr-\x00"):
+        with pytest.raises(InvalidRequest, match="transfer id"):
+            TRANSFER_ID.check(bad)
+    with pytest.raises(VerificationError, match="not one of"):
+        check_format("pdf", error=VerificationError)
+    assert printable("line one\nline two\x1b[2K", limit=12) == "line one\ufffdlin"
