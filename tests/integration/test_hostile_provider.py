@@ -330,3 +330,18 @@ def test_pushed_chunks_with_a_gap_are_refused(
         a.node.receiver.run(agreement, push=True)
     a.assert_contained()
     assert a.store.get(liar.transfer_id).state in ("failed", "terminated")
+
+
+def test_terminating_an_interrupted_transfer_removes_its_partial_file(
+    a: Consumer, liar: HostileProvider, agreement: str
+) -> None:
+    """A receive cut short by a restart leaves ``ID.part``; ending the transfer removes it."""
+    assert a.node.receiver is not None
+    t = a.node.receiver.start(agreement)
+    a.holdings.mkdir(exist_ok=True)
+    partial = a.holdings / f"{t.id}.part"
+    partial.write_bytes(DATA[:100])
+    ended = a.node.receiver.terminate(t.id, "no longer needed")
+    assert ended.state == "terminated"
+    a.assert_contained()
+    assert liar.terminated == [(t.id, "no longer needed")]
