@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--resume", default="", metavar="TRANSFER", help="resume an unfinished transfer"
     )
     tr.add_argument("--out", required=True, type=Path, help="file to write the received data to")
+    tr.add_argument(
+        "--force", action="store_true", help="overwrite --out if it exists (never a directory)"
+    )
     tr.add_argument("--push", action="store_true", help="ask the provider to push the data")
     tr.add_argument("--config", required=True, type=Path, help="your connector's config")
     tr.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -128,10 +131,28 @@ def _export(
         tmp.unlink(missing_ok=True)
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that cannot take the data, before anything is transferred:
+    a transfer counts against the agreement's limits, so finding out afterwards costs one."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory: name a file to write the data to")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise ConfigError(
+            f"--out {out} exists: choose another file, or pass --force to overwrite it"
+        )
+    # The nearest directory that exists is where the file (or its missing parents) go.
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent} is not writable")
+
+
 def run_transfer(args: argparse.Namespace) -> int:
     """Receive under an agreement, then export the verified bytes."""
     if not args.agreement and not args.resume:
         raise ConfigError("give --agreement ID (or --resume TRANSFER)")
+    _check_out(args.out, args.force)
     stub = _admin(args)
     bar: ByteProgress | None = None
     final: admin_pb2.TransferProgress | None = None

@@ -451,6 +451,7 @@ class Node:
             negotiations=negotiations,
             audit=self._log(),
             clock=self.clock,
+            holdings_dir=cfg.data_dir / "holdings",
         )
         self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
 

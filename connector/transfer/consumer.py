@@ -7,6 +7,8 @@ after a broken connection or a provider restart.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -15,17 +17,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import transfer_pb2, transfer_pb2_grpc
 from connector.audit import jws
-from connector.audit.log import AuditLog
+from connector.audit.log import AuditLog, Record
 from connector.audit.receipts import Receipt, receipt_id, sign_receipt, verify_receipt
 from connector.clock import Clock
 from connector.errors import (
     Aborted,
+    ConflictError,
     ConnectorError,
     InvalidRequest,
     NotFound,
@@ -34,11 +38,13 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
-from connector.negotiation.agreement import revocation_terms
+from connector.identifiers import DECISION_ID, TRANSFER_ID, check_text, printable
+from connector.negotiation.agreement import Agreement, parse_agreement, revocation_terms
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
+from connector.transfer.holdings import holding_path
 from connector.transfer.receiving import Assembler
 from connector.transfer.store import (
     ACTIVE,
@@ -76,6 +82,48 @@ ProgressSink = Callable[[Progress], None]
 
 def _ignore(_: Progress) -> None:
     return None
+
+
+_NEVER = 2**63 - 1
+# Obligations the holdings sweeper acts on, and the JSON type each must have.
+_OBLIGATION_TYPES: dict[str, type] = {
+    "delete_after_ns": int,
+    "delete_on_revocation": bool,
+    "delete_on_consent_withdrawal": bool,
+}
+
+
+def _obligations(text: str, agreement: Agreement) -> dict[str, Any]:
+    """The manifest's obligations: a JSON object whose known obligations have their type,
+    holding every obligation the agreement fixed, and keeping nothing past its end."""
+    try:
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        raise VerificationError(
+            "the provider's manifest has obligations that are not JSON"
+        ) from None
+    if not isinstance(value, dict):
+        raise VerificationError("the provider's manifest has obligations that are not an object")
+    for key, kind in _OBLIGATION_TYPES.items():
+        # bool is an int in Python, and not one in JSON.
+        if key in value and (type(value[key]) is not kind):
+            raise VerificationError(
+                f"the provider's manifest has obligations whose {key} is not a {kind.__name__}"
+            )
+    for key, agreed in agreement.obligations.items():
+        if key != "delete_after_ns" and value.get(key) != agreed:
+            raise VerificationError(
+                f"the provider's manifest drops or changes the agreed obligation {key}"
+            )
+    # Deletion may come sooner than agreed, never later, and never after the agreement ends.
+    latest = min(agreement.valid_until_ns, agreement.obligations.get("delete_after_ns", _NEVER))
+    if "delete_after_ns" in agreement.obligations and "delete_after_ns" not in value:
+        raise VerificationError("the provider's manifest drops the agreed delete_after_ns")
+    if value.get("delete_after_ns", latest) > latest:
+        raise VerificationError(
+            f"the provider's manifest has a delete_after_ns past the agreement's ({latest})"
+        )
+    return value
 
 
 class TransferConsumer:
@@ -119,7 +167,7 @@ class TransferConsumer:
 
     # -- start ------------------------------------------------------------------------
 
-    def _provider_of(self, agreement_id: str) -> str:
+    def _agreement_of(self, agreement_id: str) -> Agreement:
         try:
             n = self._negotiations.by_agreement(agreement_id)
         except NotFound:
@@ -136,26 +184,67 @@ class TransferConsumer:
                 f"agreement {agreement_id} was revoked by the provider"
                 + (f": {why}" if why else "")
             )
-        return n.counterparty
+        # Our own record, verified when it was countersigned: what the manifest must match.
+        agreement = parse_agreement(n.agreement or "")
+        if agreement.provider != n.counterparty or agreement.consumer != self._me:
+            raise PreconditionFailed(f"agreement {agreement_id} is not between us and its provider")
+        return agreement
 
-    def _check_manifest(self, m: transfer_pb2.TransferManifest, agreement_id: str) -> None:
+    def _check_manifest(
+        self, m: transfer_pb2.TransferManifest, agreement: Agreement, push: bool
+    ) -> tuple[Path, dict[str, Any]]:
+        """Check every field of the provider's manifest; the partial file it will fill and
+        its obligations.
+
+        The manifest comes from the other connector: nothing in it is used (as a path, a
+        database key, a log entry) before it is checked here, each identifier against
+        its grammar (``connector.identifiers``), and each term the agreement fixes against
+        our own copy of the agreement.
+        """
+        try:
+            part = holding_path(self._dir, m.transfer_id, m.format, partial=True)
+            DECISION_ID.check(m.decision_id, error=VerificationError)
+            for name in m.fields:
+                check_text(name, "field", error=VerificationError)
+        except VerificationError as exc:
+            raise VerificationError(f"the provider's manifest is refused: {exc}") from None
+        obligations = _obligations(m.obligations_json, agreement)
+        permitted = agreement.permitted_fields
         problems = [
-            (m.agreement_id != agreement_id, "names another agreement"),
+            (m.agreement_id != agreement.id, "names another agreement"),
+            (
+                m.product_id != agreement.product,
+                f"is for product {m.product_id[:80]!r}, but agreement {agreement.id} is for "
+                f"{agreement.product!r}",
+            ),
+            (
+                0 < agreement.max_bytes < m.size,
+                f"has {m.size} bytes, more than the agreement's {agreement.max_bytes}",
+            ),
+            (
+                permitted is not None and not set(m.fields) <= set(permitted),
+                "lists fields the agreement does not permit",
+            ),
+            (m.push != push, "delivers by push" if m.push else "delivers by pull"),
             (m.size < 0, "has a negative size"),
             (
                 len(m.sha256) != 64 or any(c not in "0123456789abcdef" for c in m.sha256),
                 "has no SHA-256",
             ),
             (not 0 < m.chunk_size <= self._max_chunk, f"has a chunk size of {m.chunk_size}"),
-            (not m.transfer_id.startswith("tr-") or len(m.transfer_id) > 64, "has a bad id"),
+            (not m.format and bool(m.fields), "lists fields for a file"),
+            (len(set(m.fields)) != len(m.fields), "lists a field twice"),
+            (m.provider_log_index < 0, "has no index in the provider's log"),
         ]
         for bad, what in problems:
             if bad:
                 raise VerificationError(f"the provider's manifest {what}")
+        return part, obligations
 
     def start(self, agreement_id: str, push: bool = False) -> Transfer:
         """Ask the provider to start a transfer; record and log its manifest."""
-        provider = self._provider_of(agreement_id)
+        agreement = self._agreement_of(agreement_id)
+        provider = agreement.provider
         channel, stub = self._stub(provider)
         try:
             with calling(provider):
@@ -165,7 +254,7 @@ class TransferConsumer:
                 )
         finally:
             channel.close()
-        self._check_manifest(m, agreement_id)
+        part, obligations = self._check_manifest(m, agreement, push)
         t = Transfer(
             id=m.transfer_id,
             role=CONSUMER,
@@ -179,27 +268,33 @@ class TransferConsumer:
             push=m.push,
             format=m.format,
             fields=tuple(m.fields) if m.format else None,
-            obligations=json.loads(m.obligations_json or "{}"),
+            obligations=obligations,
             decision_id=m.decision_id,
-            path=str(self._dir / f"{m.transfer_id}.part"),
+            path=str(part),
             provider_log_index=m.provider_log_index,
             started_ms=self._now_ms(),
         )
-        self._audit.record(
-            "transfer.started",
-            parties=[provider],
-            data={
-                "transfer": t.id,
-                "agreement": agreement_id,
-                "product": t.product,
-                "role": CONSUMER,
-                "size": t.size,
-                "sha256": t.sha256,
-                "push": t.push,
-                "provider_log_index": t.provider_log_index,
-            },
-        )
-        return self._store.create(t)
+        started = {
+            "transfer": t.id,
+            "agreement": agreement_id,
+            "product": t.product,
+            "role": CONSUMER,
+            "size": t.size,
+            "sha256": t.sha256,
+            "push": t.push,
+            "provider_log_index": t.provider_log_index,
+        }
+        # Logged in the transaction that records it: a manifest that cannot be recorded
+        # (its id is taken) leaves no entry, and no entry is without its record.
+        try:
+            return self._store.create(
+                t, log=self._audit.prepare([("transfer.started", [provider], started)])
+            )
+        except ConflictError:
+            raise VerificationError(
+                f"the provider's manifest reuses transfer id {t.id}, which this connector "
+                "already holds a record of; the transfer was not started"
+            ) from None
 
     # -- receiving --------------------------------------------------------------------
 
@@ -234,42 +329,49 @@ class TransferConsumer:
             raise
 
     def _receive(self, t: Transfer, progress: ProgressSink) -> Transfer:
-        asm = Assembler(Path(t.path), size=t.size, chunk_size=t.chunk_size)
+        # Paths come from the transfer's checked id and format, never from its record.
+        part = holding_path(self._dir, t.id, t.format, partial=True)
+        final = holding_path(self._dir, t.id, t.format)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)  # from configuration only
+            asm = Assembler(part, size=t.size, chunk_size=t.chunk_size)
+        except OSError as exc:
+            raise Unavailable(f"cannot store received data: {exc.strerror}") from None
         with self._lock:
             self._receiving[t.id] = asm
         try:
-            self._fill(t, asm, progress)
             try:
-                asm.finish(t.sha256)
-            except VerificationError as exc:
-                self._fail(t, f"integrity: {exc}", tell_provider=True)
-                asm.close()
-                Path(t.path).unlink(missing_ok=True)
+                self._fill(t, asm, progress)
+                try:
+                    asm.finish(t.sha256)
+                except VerificationError as exc:
+                    self._fail(t, f"integrity: {exc}", tell_provider=True)
+                    raise
+            except ConnectorError:
+                # Ended for good (failed or terminated, and logged): no bytes of it stay.
+                # Still started (the provider may come back): they stay for a resume.
+                if self._store.get(t.id).state != STARTED:
+                    asm.close()
+                    part.unlink(missing_ok=True)
                 raise
         finally:
             with self._lock:
                 self._receiving.pop(t.id, None)
             asm.close()
-        final = Path(t.path).with_suffix("")
-        if t.format:
-            final = final.with_suffix(f".{t.format}")
-        os.replace(t.path, final)
-        index = self._audit.record(
-            "transfer.received",
-            parties=[t.counterparty],
-            data={
-                "transfer": t.id,
-                "agreement": t.agreement_id,
-                "size": t.size,
-                "sha256": t.sha256,
-            },
-        )
+        os.replace(part, final)
+        received = {
+            "transfer": t.id,
+            "agreement": t.agreement_id,
+            "size": t.size,
+            "sha256": t.sha256,
+        }
         t = self._store.update(
             t.id,
             expect=frozenset({STARTED}),
             path=str(final),
             received=t.size,
-            consumer_log_index=index,
+            log=self._audit.prepare([("transfer.received", [t.counterparty], received)]),
+            log_index="consumer_log_index",
         )
         progress(Progress("verified", t, t.size))
         return t
@@ -337,7 +439,7 @@ class TransferConsumer:
         asm: Assembler | None = None
         for chunk in chunks:
             if asm is None:
-                transfer_id = chunk.transfer_id
+                transfer_id = TRANSFER_ID.check(chunk.transfer_id)
                 with self._lock:
                     asm = self._receiving.get(transfer_id)
                 try:
@@ -385,23 +487,26 @@ class TransferConsumer:
             finally:
                 channel.close()
         countersigned = resp.receipt
-        got = verify_receipt(countersigned, self._keys)
-        # A retried completion returns the receipt the provider countersigned first, whose
-        # end time may differ from ours; everything else must be what we received.
-        mine = (t.id, t.agreement_id, t.size, t.sha256, self._me, t.counterparty)
-        if (got.transfer, got.agreement, got.size, got.sha256, got.consumer, got.provider) != mine:
-            raise VerificationError("the countersigned receipt does not match this transfer")
-        self._audit.record(
-            "transfer.receipt",
-            parties=[t.counterparty],
-            data={"transfer": t.id, "agreement": t.agreement_id, "receipt": countersigned},
-        )
+        try:
+            got = verify_receipt(countersigned, self._keys)
+            # A retried completion returns the receipt the provider countersigned first,
+            # whose end time may differ from ours; everything else must be what we signed.
+            if dataclasses.replace(got, ended_ms=receipt.ended_ms) != receipt:
+                raise VerificationError("the countersigned receipt does not match this transfer")
+        except VerificationError as exc:
+            # Without the provider's countersignature the data cannot be held under the
+            # agreement: the transfer fails and the received copy goes.
+            self._fail(t, f"integrity: the provider's receipt: {exc}", tell_provider=True)
+            holding_path(self._dir, t.id, t.format).unlink(missing_ok=True)
+            raise
+        logged = {"transfer": t.id, "agreement": t.agreement_id, "receipt": countersigned}
         t = self._store.update(
             t.id,
             expect=frozenset({STARTED}),
             state=COMPLETED,
             receipt=countersigned,
             ended_ms=got.ended_ms,
+            log=self._audit.prepare([("transfer.receipt", [t.counterparty], logged)]),
         )
         progress(Progress("completed", t, t.size, receipt_id(countersigned)))
         return t
@@ -409,42 +514,43 @@ class TransferConsumer:
     # -- ending -------------------------------------------------------------------------
 
     def _end(self, t: Transfer, reason: str, *, received: int) -> None:
+        reason = printable(reason, 512)  # it often quotes the provider's error message
+        stopped = {
+            "transfer": t.id,
+            "agreement": t.agreement_id,
+            "received": received,
+            "reason": reason[:300],
+        }
+        self._finish(
+            t,
+            ("transfer.stopped", [t.counterparty], stopped),
+            state=TERMINATED,
+            reason=reason,
+            received=received,
+        )
+
+    def _fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
+        reason = printable(reason, 512)  # it often quotes the provider's error message
+        failed = {"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]}
+        ended = self._finish(
+            t, ("transfer.failed", [t.counterparty], failed), state=FAILED, reason=reason
+        )
+        if ended and tell_provider:
+            self._tell_provider(t, reason)
+
+    def _finish(self, t: Transfer, record: Record, **values: Any) -> bool:
+        """End an active transfer and log why, in one transaction; False if already ended."""
         try:
             self._store.update(
                 t.id,
                 expect=ACTIVE,
-                state=TERMINATED,
-                reason=reason,
-                received=received,
                 ended_ms=self._now_ms(),
+                log=self._audit.prepare([record]),
+                **values,
             )
         except PreconditionFailed:
-            return
-        self._audit.record(
-            "transfer.stopped",
-            parties=[t.counterparty],
-            data={
-                "transfer": t.id,
-                "agreement": t.agreement_id,
-                "received": received,
-                "reason": reason[:300],
-            },
-        )
-
-    def _fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
-        try:
-            self._store.update(
-                t.id, expect=ACTIVE, state=FAILED, reason=reason, ended_ms=self._now_ms()
-            )
-        except PreconditionFailed:
-            return
-        self._audit.record(
-            "transfer.failed",
-            parties=[t.counterparty],
-            data={"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]},
-        )
-        if tell_provider:
-            self._tell_provider(t, reason)
+            return False
+        return True
 
     def _tell_provider(self, t: Transfer, reason: str) -> None:
         channel, stub = self._stub(t.counterparty)
@@ -466,6 +572,10 @@ class TransferConsumer:
             raise PreconditionFailed(f"transfer {transfer_id} is already {t.state}")
         self._tell_provider(t, reason or "terminated by the consumer")
         self._end(t, reason or "terminated by the consumer", received=t.received)
+        # What a receive interrupted by a restart left; a running receive removes its own.
+        # (A record from before ids were checked names no file of ours: nothing to remove.)
+        with contextlib.suppress(VerificationError):
+            holding_path(self._dir, t.id, t.format, partial=True).unlink(missing_ok=True)
         return self._store.get(transfer_id)
 
     def read(self, transfer_id: str, chunk_size: int) -> Iterator[tuple[int, bytes]]:
@@ -475,7 +585,7 @@ class TransferConsumer:
             raise PreconditionFailed(f"transfer {transfer_id} is not a completed holding")
         if t.deleted_ms:
             raise PreconditionFailed(f"holding {transfer_id} was deleted under its obligations")
-        with Path(t.path).open("rb", buffering=0) as f:
+        with holding_path(self._dir, t.id, t.format).open("rb", buffering=0) as f:
             offset = 0
             while block := f.read(chunk_size):
                 yield offset, block

@@ -12,14 +12,31 @@ from pathlib import Path
 
 from connector.audit.log import AuditLog
 from connector.clock import Clock
-from connector.errors import ConnectorError, NotFound
+from connector.errors import ConnectorError, NotFound, VerificationError
+from connector.identifiers import TRANSFER_ID, check_format, contained
 from connector.negotiation.agreement import revocation_terms
 from connector.negotiation.store import NegotiationStore
 from connector.transfer.store import Transfer, TransferStore
 
-__all__ = ["HoldingsSweeper"]
+__all__ = ["HoldingsSweeper", "holding_path"]
 
 log = logging.getLogger(__name__)
+
+
+def holding_path(
+    holdings_dir: Path, transfer_id: str, fmt: str = "", *, partial: bool = False
+) -> Path:
+    """Where the consumer keeps a transfer's bytes: ``ID.part`` while they arrive, then
+    ``ID`` (a file) or ``ID.FORMAT`` (a table), directly inside ``holdings_dir``.
+
+    Derived from the transfer's id and format each time, both checked against their
+    grammar, and never from a path in a record: an id or format a provider chose cannot
+    name a file anywhere else (``VerificationError``).
+    """
+    TRANSFER_ID.check(transfer_id, error=VerificationError)
+    check_format(fmt, error=VerificationError)
+    name = f"{transfer_id}.part" if partial else f"{transfer_id}.{fmt}" if fmt else transfer_id
+    return contained(holdings_dir, name, error=VerificationError)
 
 
 class HoldingsSweeper:
@@ -32,7 +49,9 @@ class HoldingsSweeper:
         negotiations: NegotiationStore,
         audit: AuditLog,
         clock: Clock,
+        holdings_dir: Path,
     ) -> None:
+        self._dir = holdings_dir
         self._store = store
         self._negotiations = negotiations
         self._audit = audit
@@ -68,6 +87,9 @@ class HoldingsSweeper:
                 if reason is None:
                     continue
                 try:
+                    # The file the holding's id names, not the path in its record: a row
+                    # written before ids were checked must not delete a file elsewhere.
+                    path = holding_path(self._dir, t.id, t.format)
                     self._audit.record(
                         "holding.deleted",
                         parties=[t.counterparty],
@@ -80,7 +102,7 @@ class HoldingsSweeper:
                             "reason": reason,
                         },
                     )
-                    Path(t.path).unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
                     self._store.update(
                         t.id, deleted_ms=int(self._clock.now() * 1000), reason=reason
                     )

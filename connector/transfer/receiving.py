@@ -129,8 +129,9 @@ class Assembler:
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._hash = hashlib.sha256()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # No directories are created here, and a symbolic link is not followed: the
+        # caller names a file inside a directory it made (``holdings.holding_path``).
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         held = 0
         try:
             while block := os.read(self._fd, 1024 * 1024):

@@ -8,7 +8,7 @@ PostgreSQL database, whose row lock re-evaluates the condition) can never exceed
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +16,8 @@ from sqlalchemy import CursorResult, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from connector.errors import NotFound, PermissionDenied, PreconditionFailed
-from connector.store.database import Database
+from connector.errors import Aborted, ConflictError, NotFound, PermissionDenied, PreconditionFailed
+from connector.store.database import Database, RawTransaction
 from connector.store.models import MeteringRow, TransferRow
 
 __all__ = ["ACTIVE", "CONSUMER", "PROVIDER", "Metering", "Transfer", "TransferStore"]
@@ -31,6 +31,13 @@ STARTING, STARTED, COMPLETED, FAILED, TERMINATED = (
     "terminated",
 )
 ACTIVE = frozenset({STARTING, STARTED})
+
+LogWrite = Callable[[RawTransaction], list[int]]
+"""Audit entries to append within a store transaction (``AuditLog.prepare``)."""
+
+_NAMES = tuple(c.name for c in TransferRow.__table__.columns)  # type: ignore[attr-defined]
+_SCALARS = frozenset(_NAMES) - {"id", "fields", "obligations"}  # what update() may set
+_SELECT = f"SELECT {', '.join(_NAMES)} FROM transfer WHERE id = ?"  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,11 @@ def _transfer(row: TransferRow) -> Transfer:
         ended_ms=row.ended_ms,
         deleted_ms=row.deleted_ms,
     )
+
+
+def _from_values(values: Mapping[str, Any]) -> Transfer:
+    """A transfer from a raw row's columns (SQLite returns booleans as integers)."""
+    return _transfer(TransferRow(**{**values, "push": bool(values["push"])}))
 
 
 def _row(t: Transfer) -> TransferRow:
@@ -235,10 +247,24 @@ class TransferStore:
 
     # -- both roles -----------------------------------------------------------------
 
-    def create(self, t: Transfer) -> Transfer:
-        """Record a transfer (the consumer's side)."""
-        with self._db.session() as s:
-            s.add(_row(t))
+    def create(self, t: Transfer, *, log: LogWrite | None = None) -> Transfer:
+        """Record a transfer (the consumer's side); ``ConflictError`` if its id is taken.
+
+        ``log`` appends the audit entries saying so in the same transaction, after the
+        insert: the record and its entries commit together or not at all.
+        """
+        row = _row(t)
+        try:
+            with self._db.transaction() as tx:
+                tx.execute(
+                    f"INSERT INTO transfer ({', '.join(_NAMES)})"  # noqa: S608
+                    f" VALUES ({', '.join('?' * len(_NAMES))})",
+                    [getattr(row, name) for name in _NAMES],
+                ).close()
+                if log is not None:
+                    log(tx)
+        except IntegrityError:
+            raise ConflictError(f"transfer {t.id} is already recorded") from None
         return t
 
     def get(self, transfer_id: str) -> Transfer:
@@ -250,40 +276,67 @@ class TransferStore:
             return _transfer(row)
 
     def update(
-        self, transfer_id: str, *, expect: frozenset[str] | None = None, **values: Any
+        self,
+        transfer_id: str,
+        *,
+        expect: frozenset[str] | None = None,
+        log: LogWrite | None = None,
+        log_index: str = "",
+        **values: Any,
     ) -> Transfer:
         """Change a transfer, only if it is in one of the ``expect`` states.
 
+        ``log`` appends the audit entries describing the change in the same transaction,
+        once the change has won (a compare-and-set on the state read, the row also locked
+        on PostgreSQL); ``log_index`` names the column that keeps the first entry's index.
         Completing a provider's transfer also counts it as completed in the metering.
         """
-        with self._db.session() as s:
-            query = select(TransferRow).where(TransferRow.id == transfer_id)
-            if self._db.dialect == "postgresql":
-                query = query.with_for_update()
-            row = s.exec(query).first()
-            if row is None:
+        unknown = set(values) - _SCALARS or ({log_index} - _SCALARS if log_index else set())
+        if unknown:
+            raise TypeError(f"not a column update() sets: {sorted(unknown)}")
+        if "reason" in values:
+            values["reason"] = str(values["reason"])[:512]
+        lock = " FOR UPDATE" if self._db.postgres else ""
+        with self._db.transaction() as tx:
+            found = tx.one(f"{_SELECT}{lock}", (transfer_id,))
+            if found is None:
                 raise NotFound(f"transfer {transfer_id!r} not found")
-            if expect is not None and row.state not in expect:
+            row = dict(zip(_NAMES, found, strict=True))
+            if expect is not None and row["state"] not in expect:
                 raise PreconditionFailed(
-                    f"transfer {transfer_id} is {row.state}"
-                    + (f" ({row.reason})" if row.reason else "")
+                    f"transfer {transfer_id} is {row['state']}"
+                    + (f" ({row['reason']})" if row["reason"] else "")
                 )
-            if values.get("state") == COMPLETED and row.role == PROVIDER and row.state != COMPLETED:
-                s.execute(
-                    update(MeteringRow)
-                    .where(MeteringRow.agreement_id == row.agreement_id)  # type: ignore[arg-type]
-                    .values(
-                        completed=MeteringRow.completed + 1,
-                        completed_bytes=MeteringRow.completed_bytes + row.size,
-                    )
+            if (
+                values.get("state") == COMPLETED
+                and row["role"] == PROVIDER
+                and row["state"] != COMPLETED
+            ):
+                tx.execute(
+                    "UPDATE metering SET completed = completed + 1,"
+                    " completed_bytes = completed_bytes + ? WHERE agreement_id = ?",
+                    (row["size"], row["agreement_id"]),
+                ).close()
+            if values:
+                cur = tx.execute(
+                    f"UPDATE transfer SET {', '.join(f'{k} = ?' for k in values)}"  # noqa: S608
+                    " WHERE id = ? AND state = ?",
+                    (*values.values(), transfer_id, row["state"]),
                 )
-            for key, value in values.items():
-                if key == "reason":
-                    value = str(value)[:512]
-                setattr(row, key, value)
-            s.add(row)
-            s.flush()
-            return _transfer(row)
+                changed = cur.rowcount
+                cur.close()
+                if changed != 1:
+                    raise Aborted(f"transfer {transfer_id} changed while this was handled; retry")
+            row.update(values)
+            if log is not None:
+                indices = log(tx)
+                if log_index and indices:
+                    tx.execute(
+                        f"UPDATE transfer SET {log_index} = ? WHERE id = ?",  # noqa: S608
+                        (indices[0], transfer_id),
+                    ).close()
+                    row[log_index] = indices[0]
+        return _from_values(row)
 
     def list(self, role: str = "", holdings: bool = False) -> list[Transfer]:
         """Transfers, newest first; ``holdings``: the consumer's kept, completed ones."""

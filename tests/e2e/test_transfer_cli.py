@@ -154,3 +154,56 @@ def test_transfer_survives_a_killed_provider(world: dict[str, object]) -> None:
         tds("report", "metering", "--config", "gov.toml", "--json", cwd=root).stdout
     )
     assert metering["consumers"]["a"]["completed"] == 1
+
+
+def _transfers(root: Path, config: str) -> list[str]:
+    listed = tds("data", "list", "--all", "--config", config, "--json", cwd=root).stdout
+    return sorted(t["transfer"] for t in json.loads(listed))
+
+
+def test_transfer_refuses_an_existing_out_before_starting(world: dict[str, object]) -> None:
+    """Issue 18, finding 11: `--out` naming an existing file was overwritten silently, and
+    a directory failed only after the transfer was made and counted. Both are refused
+    before the provider is asked; `--force` overwrites a file (never a directory)."""
+    root = world["root"]
+    assert isinstance(root, Path)
+    products = world["products"]
+    assert isinstance(products, Path)
+    _wait_ready(root, "a.toml")
+    _wait_ready(root, "gov.toml")
+    (products / "small.bin").write_bytes(b"small product\n" * 100)
+    (products / "small.toml").write_text(
+        'id = "small"\ntitle = "A small file"\ngrade = "general"\n'
+        '[source]\nkind = "file"\npath = "small.bin"\n'
+        '[[offers]]\nid = "o1"\npurposes = ["research"]\n'
+        "valid_from_ns = 0\nvalid_until_ns = 4000000000000000000\n"
+    )
+    tds("product", "add", products / "small.toml", "--config", "gov.toml", cwd=root)
+    neg = tds(
+        "negotiate", "--config", "a.toml", "--provider", "gov", "--product", "small",
+        "--offer", "o1", "--purpose", "research", "--wait", "--json",
+        cwd=root,
+    )  # fmt: skip
+    agreement = json.loads(neg.stdout)["agreement_id"]
+    existing = root / "existing.bin"
+    existing.write_bytes(b"keep me")
+    (root / "a-directory").mkdir()
+    before = (_transfers(root, "a.toml"), _transfers(root, "gov.toml"))
+
+    def transfer(out: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return tds(
+            "transfer", "--agreement", agreement, "--out", out, "--config", "a.toml", *extra,
+            cwd=root, check=False,
+        )  # fmt: skip
+
+    refused = transfer("existing.bin")
+    assert refused.returncode != 0 and "exists" in refused.stderr and "--force" in refused.stderr
+    assert existing.read_bytes() == b"keep me"
+    for extra in ((), ("--force",)):
+        refused = transfer("a-directory", *extra)
+        assert refused.returncode != 0 and "is a directory" in refused.stderr
+    assert (_transfers(root, "a.toml"), _transfers(root, "gov.toml")) == before
+
+    forced = transfer("existing.bin", "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    assert existing.read_bytes() == (products / "small.bin").read_bytes()

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector.errors import PermissionDenied, PreconditionFailed
+from connector.audit.log import TransparencyLog
+from connector.clock import FixedClock
+from connector.errors import ConflictError, PermissionDenied, PreconditionFailed
 from connector.store.database import Database, open_database
-from connector.transfer.store import COMPLETED, PROVIDER, STARTED, STARTING, Transfer, TransferStore
+from connector.transfer.store import (
+    COMPLETED,
+    CONSUMER,
+    FAILED,
+    PROVIDER,
+    STARTED,
+    STARTING,
+    Transfer,
+    TransferStore,
+)
 
 
 def transfer(n: int, size: int = 100, agreement: str = "ag-1") -> Transfer:
@@ -79,4 +92,46 @@ def test_release_and_completion_keep_counts_consistent(database_url: str) -> Non
         (m,) = store.metering()
         assert (m.transfers, m.bytes, m.completed, m.completed_bytes) == (1, 100, 1, 100)
     finally:
+        db.close()
+
+
+def test_a_transfer_and_its_log_entries_commit_together_or_not_at_all(database_url: str) -> None:
+    """Issue 18, finding 8: a refused record (a duplicate id, a state already moved on)
+    leaves no entry in the log, and an entry's index is stored with the change it logs."""
+    db = open_database(database_url)
+    log = TransparencyLog(
+        db,
+        origin="tds/city/a",
+        actor="a",
+        signing_key=ed25519.Ed25519PrivateKey.generate(),
+        clock=FixedClock(1_800_000_000),
+    )
+    store = TransferStore(db)
+    try:
+        t = replace(transfer(1), role=CONSUMER, state=STARTED)
+        store.create(t, log=log.prepare([("transfer.started", ["b"], {"transfer": t.id})]))
+        assert log.size == 1
+        with pytest.raises(ConflictError, match="already recorded"):
+            store.create(t, log=log.prepare([("transfer.started", ["b"], {"transfer": t.id})]))
+        assert log.size == 1
+        moved = store.update(
+            t.id,
+            expect=frozenset({STARTED}),
+            received=100,
+            log=log.prepare([("transfer.received", ["b"], {"transfer": t.id})]),
+            log_index="consumer_log_index",
+        )
+        assert (moved.consumer_log_index, moved.received, log.size) == (1, 100, 2)
+        assert store.get(t.id).consumer_log_index == 1
+        store.update(t.id, expect=frozenset({STARTED}), state=COMPLETED)
+        with pytest.raises(PreconditionFailed):
+            store.update(
+                t.id,
+                expect=frozenset({STARTED}),
+                state=FAILED,
+                log=log.prepare([("transfer.failed", ["b"], {"transfer": t.id})]),
+            )
+        assert log.size == 2 and store.get(t.id).state == COMPLETED
+    finally:
+        log.close()
         db.close()

@@ -7,12 +7,23 @@ import hashlib
 import os
 import random
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.errors import InvalidRequest, Unavailable, VerificationError
+from connector.identifiers import (
+    AGREEMENT_ID,
+    DECISION_ID,
+    TRANSFER_ID,
+    check_format,
+    contained,
+    printable,
+)
+from connector.policy.decision import Decision
+from connector.transfer.holdings import holding_path
 from connector.transfer.masking import Masker, agreement_mask_key, normalise_masks
 from connector.transfer.receiving import Assembler
 
@@ -183,3 +194,71 @@ def test_a_full_disk_fails_the_delivery_without_blocking_the_receiver(
     assert "No space left on device" in str(outcome[0])
     with pytest.raises(Unavailable):  # the failure sticks: nothing can finish it later
         asm.close()
+
+
+# -- issue 18, finding 1: a provider's ids and formats cannot name a file elsewhere -------
+
+
+@pytest.mark.parametrize("name", ["../x", "tr-/../../x", "/etc/passwd", "a/b", ".", "..", "", "x/"])
+def test_contained_refuses_names_that_leave_the_directory(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidRequest, match="directly inside"):
+        contained(tmp_path / "holdings", name)
+
+
+def test_contained_refuses_a_symbolic_link_out_of_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "holdings").mkdir()
+    (tmp_path / "holdings" / "tr-link").symlink_to(tmp_path / "outside")
+    with pytest.raises(InvalidRequest, match="directly inside"):
+        contained(tmp_path / "holdings", "tr-link")
+    assert (
+        contained(tmp_path / "holdings", "tr-file") == (tmp_path / "holdings").resolve() / "tr-file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("transfer_id", "fmt"),
+    [
+        ("tr-/../../x", ""),
+        ("tr-" + "0" * 31, ""),
+        ("tr-" + "0" * 32 + "\n", ""),
+        ("tr-" + "0" * 32, "../x"),
+        ("tr-" + "0" * 32, "exe"),
+    ],
+)
+def test_holding_path_refuses_ids_and_formats_outside_their_grammar(
+    tmp_path: Path, transfer_id: str, fmt: str
+) -> None:
+    with pytest.raises(VerificationError, match="is not"):
+        holding_path(tmp_path, transfer_id, fmt)
+
+
+def test_holding_path_names_files_inside_the_holdings(tmp_path: Path) -> None:
+    tid = "tr-" + "ab" * 16
+    assert holding_path(tmp_path, tid, "csv").name == f"{tid}.csv"
+    assert holding_path(tmp_path, tid).name == tid
+    assert holding_path(tmp_path, tid, "jsonl", partial=True).name == f"{tid}.part"
+
+
+def test_assembler_creates_no_directory_and_follows_no_link(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Assembler(tmp_path / "missing" / "x.part", size=1, chunk_size=1)
+    assert not (tmp_path / "missing").exists()
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    (tmp_path / "link.part").symlink_to(target)
+    with pytest.raises(OSError, match=r"symbolic links|Too many levels"):
+        Assembler(tmp_path / "link.part", size=1, chunk_size=1)
+
+
+def test_grammars_accept_the_ids_this_code_generates() -> None:
+    """The grammars are the generators' forms (provider.py, negotiator.py, decision.py):
+    if a generator changes, this fails before members start refusing each other."""
+    assert TRANSFER_ID.check(f"tr-{uuid.uuid4().hex}")
+    assert AGREEMENT_ID.check(f"ag-{uuid.uuid4().hex}")
+    assert DECISION_ID.check(Decision(allow=True, deny=()).id)
+    for bad in ("", "tr-", f"tr-{uuid.uuid4().hex}\n", f"TR-{uuid.uuid4().hex}", "tr-\x00"):
+        with pytest.raises(InvalidRequest, match="transfer id"):
+            TRANSFER_ID.check(bad)
+    with pytest.raises(VerificationError, match="not one of"):
+        check_format("pdf", error=VerificationError)
+    assert printable("line one\nline two\x1b[2K", limit=12) == "line one\ufffdlin"
