@@ -171,14 +171,22 @@ class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
         )
         port = server.add_secure_port("127.0.0.1:0", creds)
         server.start()
-        self.space.enrol(self.who, f"127.0.0.1:{port}", replace=True)
+        self._enrol_at(port)
         try:
             yield self
         finally:
             real = self.space.nodes.get(self.who)
             if real is not None:
-                self.space.enrol(self.who, f"127.0.0.1:{real.port}", replace=True)
+                self._enrol_at(real.port)
             server.stop(0).wait()
+
+    def _enrol_at(self, port: int) -> None:
+        """Enrol ``who`` at ``port`` and have every member look it up there at once (members
+        otherwise keep the signed directory they cached until its next refresh)."""
+        self.space.enrol(self.who, f"127.0.0.1:{port}", replace=True)
+        for node in self.space.nodes.values():
+            if node.registry is not None:
+                node.registry.refresh_directory()
 
 
 def new_transfer_id() -> str:
