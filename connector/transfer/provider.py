@@ -31,9 +31,10 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
-from connector.negotiation.agreement import Agreement, parse_agreement
+from connector.negotiation.agreement import Agreement
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
+from connector.negotiation.stored import StoredAgreements
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
@@ -108,6 +109,9 @@ class TransferProvider:
         self._channel_to = channel_to
         self._consent = consent
         self._digests = FileDigests()
+        self._stored = StoredAgreements(
+            participant=participant, signing_key=signing_key, keys=keys, audit=audit
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
@@ -115,7 +119,7 @@ class TransferProvider:
     # -- start ------------------------------------------------------------------------
 
     def _agreement(self, caller: Caller, agreement_id: str) -> tuple[Agreement, bool]:
-        """The caller's finalized agreement with us and whether it is revoked."""
+        """The caller's finalized agreement with us, verified, and whether it is revoked."""
         try:
             n = self._negotiations.by_agreement(agreement_id)
         except NotFound:
@@ -127,7 +131,12 @@ class TransferProvider:
                 f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
                 "negotiation first"
             )
-        return parse_agreement(n.agreement), bool(n.revocation)
+        return self._stored.verified(n, "transfer.start"), bool(n.revocation)
+
+    def _verified(self, t: Transfer, use: str) -> Agreement:
+        """The stored agreement of ``t``, verified for ``use`` (``VerificationError``,
+        logged, if it does not verify; the transfer is left as it is)."""
+        return self._stored.verified(self._negotiations.by_agreement(t.agreement_id), use)
 
     def start(self, caller: Caller, agreement_id: str, push: bool) -> transfer_pb2.TransferManifest:
         """Decide by the usage policy, fix the delivered bytes, count and record the transfer."""
@@ -297,7 +306,8 @@ class TransferProvider:
                 return "agreement_revoked"
             if self._revoked(t.counterparty):
                 return "consumer_revoked"
-            agreement = parse_agreement(n.agreement or "")
+            # Any doubt stops it: a stored agreement that no longer verifies too.
+            agreement = self._stored.verified(n, "transfer.stream")
             if self._clock.now() * 1e9 >= agreement.valid_until_ns:
                 return "agreement_expired"
             if self._catalog.own(t.product).personal:
@@ -362,6 +372,7 @@ class TransferProvider:
         t = self._own(caller, transfer_id)
         if t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by push; use RequestPush")
+        self._verified(t, "transfer.pull")
         for at, block in self.chunks(t, offset):
             yield transfer_pb2.Chunk(transfer_id=t.id, offset=at, data=block)
 
@@ -370,6 +381,7 @@ class TransferProvider:
         t = self._own(caller, transfer_id)
         if not t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by pull; use Pull")
+        self._verified(t, "transfer.push")
         if self._channel_to is None:
             raise Unavailable("this connector cannot reach other members")
         stream = (
@@ -410,6 +422,7 @@ class TransferProvider:
             raise PreconditionFailed(
                 f"transfer {t.id} is {t.state}" + (f" ({t.reason})" if t.reason else "")
             )
+        self._verified(t, "transfer.complete")
         receipt = parse_receipt(signed)
         expected = {
             "agreement": t.agreement_id,
