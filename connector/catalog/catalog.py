@@ -18,6 +18,7 @@ from connector.policy.inputs import build_input
 from connector.policy.library import PolicySet
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
+from connector.transfer.sources import SourceRoots
 
 __all__ = ["Catalog"]
 
@@ -35,8 +36,10 @@ class Catalog:
         policy: PolicyPoint,
         audit: AuditLog,
         clock: Clock,
+        sources: SourceRoots | None = None,
     ) -> None:
         self._participant = participant
+        self._sources = sources
         self._store = store
         self._library = library
         self._engine = engine
@@ -66,11 +69,15 @@ class Catalog:
 
         A relative ``source.path`` is resolved against ``base_dir`` (the description file's
         directory) when given; otherwise the transfer resolves it against the data directory.
+        With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
+        each read checks it again.
         """
         product = parse_description(description, owner=self._participant, fmt=fmt)
         if base_dir and not Path(product.source.path).is_absolute():
             resolved = str((Path(base_dir) / product.source.path).resolve())
             product = replace_(product, source=replace_(product.source, path=resolved))
+        if self._sources is not None:
+            self._sources.locate(product.source.path)
         with self._lock:
             others = [p for p in self._store.list() if p.id != product.id]
             modules = [o.policy_module for p in others for o in p.offers if o.policy_module]

@@ -76,6 +76,7 @@ from connector.transfer.disclosure import disclosure_report
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
+from connector.transfer.sources import SourceRoots
 from connector.transfer.store import TransferStore
 
 __all__ = ["Node", "TlsMaterial"]
@@ -205,6 +206,7 @@ class Node:
                 policy=self.policy,
                 audit=self.log,
                 clock=self.clock,
+                sources=SourceRoots(cfg.data_dir, cfg.transfer.source_roots),
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -390,6 +392,7 @@ class Node:
                 data_dir=cfg.data_dir,
                 chunk_size=cfg.transfer.chunk_bytes,
                 mask_secret=secret,
+                source_roots=cfg.transfer.source_roots,
             ),
             store=store,
             negotiations=negotiations,

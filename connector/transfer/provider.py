@@ -42,6 +42,7 @@ from connector.rpc.channel import calling
 from connector.transfer.masking import agreement_mask_key
 from connector.transfer.sources import (
     FileDigests,
+    SourceRoots,
     materialise_table,
     open_source,
     read_chunks,
@@ -73,6 +74,13 @@ class ProviderSettings:
     data_dir: Path
     chunk_size: int
     mask_secret: bytes
+    source_roots: tuple[Path, ...] = ()
+    """Directories besides ``data_dir`` that product sources may be read from."""
+
+    @property
+    def roots(self) -> SourceRoots:
+        """Where sources may be read from."""
+        return SourceRoots(self.data_dir, self.source_roots)
 
 
 class TransferProvider:
@@ -149,7 +157,7 @@ class TransferProvider:
                 f"product {agreement.product!r} or its offer has been withdrawn by the provider"
             )
         product, offer = published
-        source = open_source(product.source, self._settings.data_dir)
+        source = open_source(product.source, self._settings.roots)
         is_file = product.source.kind == "file"
         file_size = source.stat().st_size if is_file and source.is_file() else 0
         transfers_used, bytes_used = self._store.usage(agreement.id)
@@ -189,7 +197,7 @@ class TransferProvider:
         transfer_id = f"tr-{uuid.uuid4().hex}"
         staged: Path | None = None
         if is_file:
-            delivered = self._digests.digest(source)
+            delivered = self._digests.digest(source, self._settings.roots)
         else:
             staged = (
                 self._settings.data_dir / "transfers" / f"{transfer_id}.{product.source.format}"
@@ -202,6 +210,7 @@ class TransferProvider:
                 permitted=decision.permitted_fields,
                 masks=decision.masks,
                 key=agreement_mask_key(self._settings.mask_secret, agreement.id),
+                roots=self._settings.roots,
             )
         t = Transfer(
             id=transfer_id,
@@ -357,7 +366,7 @@ class TransferProvider:
             )
         checked = time.monotonic()
         sent = offset
-        for at, block in read_chunks(path, offset, t.chunk_size):
+        for at, block in read_chunks(path, offset, t.chunk_size, self._settings.roots):
             now = time.monotonic()
             if now - checked >= STOP_CHECK_SECONDS:
                 checked = now
