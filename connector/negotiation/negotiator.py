@@ -67,6 +67,10 @@ CONTRACT_TERMS = ("operation_grant", "consent")
 authorised-operation grant (public data) or the individual's consent (personal data).
 They go into the signed agreement, so disclosure and deletion can be traced to them."""
 PROVIDER, CONSUMER = "provider", "consumer"
+STALE_MESSAGE = (
+    "this message_id has already been used; send each contract request with a new "
+    "random message_id and consumer_pid"
+)
 F = TypeVar("F", bound=Callable[..., Any])
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
 RevokedCheck = Callable[[str, int], None]
@@ -419,6 +423,10 @@ class Negotiator:
         known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
         if known is not None:  # a repeated request: same answer, nothing changes
             return _ack(known)
+        if self._store.processed(req.message_id):
+            # Not this caller's repeat (that was found above): someone else's message id,
+            # replayed or reused. Refused without a word about whose, or what it started.
+            raise ConflictError(STALE_MESSAGE)
         # The access and contract decisions are logged with the transitions they lead to,
         # in one write; whatever ends the request first, they are logged before it answers.
         decided: list[Record] = []
