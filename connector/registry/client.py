@@ -7,16 +7,17 @@ connector refuses calls: an unreachable registry never means "nobody is revoked"
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from connector.clock import Clock
-from connector.errors import ConnectorError, Unavailable, VerificationError
+from connector.errors import AuthenticationError, ConnectorError, Unavailable, VerificationError
 from connector.registry.revocation import RevocationList, verify_revocation_list
 from connector.rpc.channel import TlsIdentity, calling, open_channel
 
@@ -81,6 +82,9 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._token: tuple[str, float, int] | None = None  # token, fetched at, expires at
         self._revocations: RevocationList | None = None
+        self._refused = ""
+        """Why the registry last refused this connector itself (revoked by the operator),
+        until a refresh succeeds: what a stale list then means, instead of "unreachable"."""
         self._channel = open_channel(address, tls, space=space, peer=operator_id)
         self._member_channel = open_channel(
             address, tls, space=space, peer=operator_id, token=self.token
@@ -96,9 +100,20 @@ class RegistryClient:
         _, fetched, expires = self._token
         return now >= fetched + (expires - fetched) * self._refresh_fraction
 
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        """``calling("registry")``, remembering a refusal of this connector itself."""
+        try:
+            with calling("registry"):
+                yield
+        except AuthenticationError as exc:
+            self._refused = str(exc)
+            raise
+        self._refused = ""
+
     def refresh_token(self) -> int:
         """Fetch a new membership token now; return its expiry."""
-        with calling("registry"):
+        with self._asking():
             resp = self._stub.IssueToken(registry_pb2.IssueTokenRequest(), timeout=self._timeout)
         with self._lock:
             self._token = (resp.token, self._clock.now(), resp.expires_at)
@@ -131,7 +146,7 @@ class RegistryClient:
 
     def refresh_revocations(self) -> RevocationList:
         """Fetch and verify the revocation list; refuse one older than the one held."""
-        with calling("registry"):
+        with self._asking():
             resp = self._stub.GetRevocationList(
                 registry_pb2.GetRevocationListRequest(), timeout=self._timeout
             )
@@ -157,6 +172,11 @@ class RegistryClient:
         if held is None:
             raise Unavailable("no revocation list from the registry yet; refusing calls")
         age = self._clock.now() - held.issued_at
+        if age > self._max_age and self._refused:
+            raise Unavailable(
+                f"the revocation list is {int(age)} s old: the registry no longer serves this "
+                f"connector ({self._refused}); refusing calls — ask the operator"
+            )
         if age > self._max_age:
             raise Unavailable(
                 f"the revocation list is {int(age)} s old (limit {int(self._max_age)} s): "
