@@ -14,7 +14,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector._proto.tds.v1 import registry_pb2
+from connector._proto.tds.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2
 from connector.audit.checkpoint import log_origin
 from connector.audit.log import TransparencyLog
 from connector.audit.service import AuditServicer, audit_service
@@ -67,7 +67,7 @@ from connector.registry.service import (
 )
 from connector.registry.store import SqlDirectoryStore
 from connector.rpc.auth import Authenticator, RevocationSource
-from connector.rpc.channel import TlsIdentity, open_channel
+from connector.rpc.channel import TlsIdentity, calling, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
@@ -316,12 +316,18 @@ class Node:
                 token_ttl_seconds=cfg.registry.token_ttl_seconds,
             )
             assert self.policy is not None
+
+            def confirm(provider: str, product_id: str) -> catalog_pb2.ProductSummary:
+                # ``servicer`` is bound below, before any call can come in.
+                return self._served_product(store, servicer, tls, provider, product_id)
+
             index = CatalogIndex(
                 db,
                 space=cfg.participant.space,
                 policy=self.policy,
                 audit=self._log(),
                 clock=self.clock,
+                confirm=confirm,
             )
             servicer = RegistryServicer(
                 store, keys, local, self.clock, self._log(), index, GrantStore(db)
@@ -515,6 +521,35 @@ class Node:
         if self.negotiator is None:
             raise RuntimeError("node not started")
         return self.negotiator
+
+    def _served_product(
+        self,
+        store: SqlDirectoryStore,
+        servicer: RegistryServicer,
+        tls: TlsMaterial,
+        provider: str,
+        product_id: str,
+    ) -> catalog_pb2.ProductSummary:
+        """The operator asks ``provider``'s connector for a product it lists in the index."""
+        entry = store.get(provider)
+        if entry.revoked or not entry.address:
+            raise PermissionDenied(f"{provider} is revoked or runs no connector")
+        channel = open_channel(
+            entry.address,
+            tls.identity,
+            space=self.cfg.participant.space,
+            peer=provider,
+            token=servicer.own_token,
+            max_message_bytes=self.cfg.server.max_message_bytes,
+        )
+        with channel, calling(provider):
+            found: catalog_pb2.GetProductResponse = catalog_pb2_grpc.CatalogServiceStub(
+                channel
+            ).GetProduct(
+                catalog_pb2.GetProductRequest(product_id=product_id),
+                timeout=self.cfg.registry.call_timeout_seconds,
+            )
+        return found.product
 
     def _member_channel(self, target: str) -> grpc.Channel:
         """A channel to another member, found through the registry, with our token."""
