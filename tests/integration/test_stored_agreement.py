@@ -40,8 +40,8 @@ from tests.support.exchange import admin, agree, altered, entries, offer, publis
 @pytest.fixture
 def space(tmp_path: Path, database_url: str) -> Iterator[LocalSpace]:
     """gov (on ``database_url``) publishes ``open``, ``secret`` and ``approved``."""
-    data = tmp_path / "data"
-    data.mkdir()
+    data = tmp_path / "space" / "data"  # inside the space: a source root of its connectors
+    data.mkdir(parents=True)
     (data / "open.bin").write_bytes(os.urandom(256 * 1024))
     (data / "secret.bin").write_bytes(os.urandom(1024 * 1024))
     parts = [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]
