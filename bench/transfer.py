@@ -97,6 +97,7 @@ class Space:
         ports = {"operator": _port(), "gov": _port(), "a": _port()}
         for pid, port in ports.items():
             extra = [] if pid == "operator" else ["--registry", f"127.0.0.1:{ports['operator']}"]
+            extra += ["--source-root", str(data.parent)]  # where the benchmark's file is
             _tds(root, "init", "--pki", "pki", "--participant", pid,
                  "--listen", f"127.0.0.1:{port}", "--out", f"{pid}.toml", *extra)  # fmt: skip
             config = root / f"{pid}.toml"

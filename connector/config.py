@@ -164,6 +164,11 @@ class TransferConfig:
     """How long a receiving transfer retries without progress before it fails."""
     sweep_interval_seconds: float = 10.0
     """How often held data is checked against its obligations (delete-after, revocation)."""
+    source_roots: tuple[Path, ...] = ()
+    """Directories besides ``data_dir`` that product sources may be read from (relative
+    paths: from the configuration file's directory). Nothing else is read: a source path
+    that resolves — through ``..`` or symlinks — outside ``data_dir`` and these is
+    refused when the product is published and whenever it is read."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,11 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, where: str, base: Path) -> Any:
     origin = typing.get_origin(tp)
+    if origin is tuple:  # tuple[X, ...]: a TOML array
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be an array")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]", base) for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], where, base)
@@ -370,6 +380,8 @@ def load_config(path: Path) -> Config:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

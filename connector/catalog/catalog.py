@@ -18,6 +18,7 @@ from connector.policy.inputs import build_input
 from connector.policy.library import PolicySet
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
+from connector.transfer.sources import SourceRoots
 
 __all__ = ["Catalog"]
 
@@ -35,8 +36,10 @@ class Catalog:
         policy: PolicyPoint,
         audit: AuditLog,
         clock: Clock,
+        sources: SourceRoots | None = None,
     ) -> None:
         self._participant = participant
+        self._sources = sources
         self._store = store
         self._library = library
         self._engine = engine
@@ -44,6 +47,8 @@ class Catalog:
         self._audit = audit
         self._clock = clock
         self._lock = threading.Lock()
+        self._registering: dict[str, int] = {}
+        """Products being registered with the registry now (how many calls each)."""
         self.refresh_policies()
 
     def _policy_set(self, products: list[Product]) -> PolicySet:
@@ -66,11 +71,15 @@ class Catalog:
 
         A relative ``source.path`` is resolved against ``base_dir`` (the description file's
         directory) when given; otherwise the transfer resolves it against the data directory.
+        With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
+        each read checks it again.
         """
         product = parse_description(description, owner=self._participant, fmt=fmt)
         if base_dir and not Path(product.source.path).is_absolute():
             resolved = str((Path(base_dir) / product.source.path).resolve())
             product = replace_(product, source=replace_(product.source, path=resolved))
+        if self._sources is not None:
+            self._sources.locate(product.source.path)
         with self._lock:
             others = [p for p in self._store.list() if p.id != product.id]
             modules = [o.policy_module for p in others for o in p.offers if o.policy_module]
@@ -107,7 +116,16 @@ class Catalog:
         """List a product with the registry; a public product keeps the code it is given."""
         product = self._store.get(product_id)
         listed = replace(product, source=replace(product.source, path=""))  # paths stay here
-        code = registrar(listed.to_json(), public)
+        with self._lock:
+            self._registering[product_id] = self._registering.get(product_id, 0) + 1
+        try:
+            # The registry asks back for the product (``registering``) before it lists it.
+            code = registrar(listed.to_json(), public)
+        finally:
+            with self._lock:
+                left = self._registering.pop(product_id) - 1
+                if left:
+                    self._registering[product_id] = left
         if code and code != product.registration_code:
             with self._lock:
                 updated = replace(product, registration_code=code)
@@ -119,6 +137,12 @@ class Catalog:
                 self._store.put(updated, replace=True, now_ms=int(self._clock.now() * 1000))
                 return updated
         return product
+
+    def registering(self, product_id: str) -> bool:
+        """Whether this connector is registering ``product_id`` with the registry now: the
+        registry's index lists a product only when its connector confirms it so."""
+        with self._lock:
+            return product_id in self._registering
 
     def own(self, product_id: str) -> Product:
         """One of this connector's products, whoever may see it."""

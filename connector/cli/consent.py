@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls = cs.add_parser("list", help="consents you have given")
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--recipient", default="", help="only consents given to this participant")
-    ls.add_argument("--active", action="store_true", help="hide withdrawn consents")
+    ls.add_argument("--active", action="store_true", help="hide withdrawn and expired consents")
     ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_list)
 
@@ -61,10 +62,18 @@ def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
 
 
-def consent_json(c: admin_pb2.ConsentInfo) -> dict[str, Any]:
-    """A consent for ``--json``."""
+def consent_state(c: admin_pb2.ConsentInfo, now_ns: int) -> str:
+    """``withdrawn``, ``expired`` (at ``now_ns``) or ``in force``."""
+    if c.withdrawn:
+        return "withdrawn"
+    return "expired" if c.expires_ns <= now_ns else "in force"
+
+
+def consent_json(c: admin_pb2.ConsentInfo, now_ns: int) -> dict[str, Any]:
+    """A consent for ``--json``, with its state at ``now_ns``."""
     return {
         "id": c.id,
+        "state": consent_state(c, now_ns),
         "recipient": c.recipient,
         "purposes": list(c.purposes),
         "method": c.method,
@@ -78,13 +87,15 @@ def consent_json(c: admin_pb2.ConsentInfo) -> dict[str, Any]:
     }
 
 
-def describe(c: admin_pb2.ConsentInfo) -> str:
-    """One line per consent."""
-    state = (
-        "WITHDRAWN"
-        if c.withdrawn
-        else f"in force until {utc_text(c.expires_ns, '%Y-%m-%d %H:%M UTC')}"
-    )
+def describe(c: admin_pb2.ConsentInfo, now_ns: int) -> str:
+    """One line per consent, with its state at ``now_ns``."""
+    expires = utc_text(c.expires_ns, "%Y-%m-%d %H:%M UTC")
+    state = {
+        "withdrawn": "WITHDRAWN",
+        # An expired consent releases nothing: the decision refuses it (consent_expired).
+        "expired": f"EXPIRED on {expires}",
+        "in force": f"in force until {expires}",
+    }[consent_state(c, now_ns)]
     return (
         f"{c.id}  to {c.recipient:<12} purposes={','.join(c.purposes)} "
         f"categories={','.join(c.categories)} method={c.method!r}  {state}"
@@ -106,7 +117,8 @@ def run_grant(args: argparse.Namespace) -> int:
     )
     with calling("your connector"):
         c = _admin(args).GrantConsent(request, timeout=10)
-    emit(consent_json(c), f"Consent given: {describe(c)}", as_json=args.json)
+    now_ns = time.time_ns()
+    emit(consent_json(c, now_ns), f"Consent given: {describe(c, now_ns)}", as_json=args.json)
     return 0
 
 
@@ -119,7 +131,7 @@ def run_withdraw(args: argparse.Namespace) -> int:
         )
     revoked = ", ".join(c.revoked_agreements) or "none"
     emit(
-        consent_json(c),
+        consent_json(c, time.time_ns()),
         f"Consent {c.id} withdrawn; agreements revoked (the recipient is told to delete): "
         f"{revoked}",
         as_json=args.json,
@@ -136,9 +148,11 @@ def run_list(args: argparse.Namespace) -> int:
             ),
             timeout=10,
         )
+    now_ns = time.time_ns()
+    shown = [c for c in resp.consents if not args.active or c.expires_ns > now_ns]
     emit(
-        [consent_json(c) for c in resp.consents],
-        "\n".join(describe(c) for c in resp.consents) or "(no consents)",
+        [consent_json(c, now_ns) for c in shown],
+        "\n".join(describe(c, now_ns) for c in shown) or "(no consents)",
         as_json=args.json,
     )
     return 0

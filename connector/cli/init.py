@@ -14,6 +14,7 @@ from connector.config import (
     PkiConfig,
     RegistryConfig,
     ServerConfig,
+    TransferConfig,
     load_config,
     render_config,
 )
@@ -43,6 +44,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--database-url", default="", help="SQLAlchemy URL (default: SQLite in the data dir)"
+    )
+    p.add_argument(
+        "--source-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory besides the data directory that product sources may be read from "
+        "(repeatable; transfer.source_roots)",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
     p.add_argument("--json", action="store_true", help="print the written path and config as JSON")
@@ -75,6 +85,7 @@ def build_config(args: argparse.Namespace, out: Path) -> Config:
             admin_key=_rel(pki_dir / me.admin_key, base),
         ),
         database=DatabaseConfig(url=args.database_url),
+        transfer=TransferConfig(source_roots=tuple(_rel(r, base) for r in args.source_root)),
         data_dir=_rel(Path(data_dir), base),
     )
 

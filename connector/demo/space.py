@@ -73,6 +73,8 @@ class LocalSpace:
             registry=registry,
             data_dir=None,
             database_url=database_url,
+            # Everything of a local space lives under its root: its sources may too.
+            source_root=[self.root],
         )
         cfg = build_config(args, out)
         if policy is not None:

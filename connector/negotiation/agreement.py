@@ -26,6 +26,7 @@ __all__ = [
     "verify_agreement",
     "verify_provider_signature",
     "verify_returned_agreement",
+    "verify_stored_agreement",
 ]
 
 _MAX = 2**53 - 1
@@ -178,4 +179,48 @@ def verify_agreement(signed: str, keys: jws.KeyLookup) -> Agreement:
     agreement = parse_agreement(signed)
     first, second = _parties(agreement)
     jws.verify_countersigned(signed, keys, first=first, second=second, what="agreement")
+    return agreement
+
+
+def verify_stored_agreement(
+    signed: str,
+    keys: jws.KeyLookup,
+    *,
+    agreement_id: str,
+    provider: str,
+    consumer: str,
+    countersigned: bool = True,
+) -> Agreement:
+    """An agreement as this connector stored it, verified again before it is used.
+
+    A row is only as trustworthy as the database: one edited to name another product,
+    limit or party must not be acted on. Its signatures must verify (the provider's, and
+    the consumer's countersignature once ``countersigned``), and it must be the agreement
+    ``agreement_id`` between ``provider`` and ``consumer`` (a validly signed agreement
+    copied from another row is refused too). ``VerificationError`` names the agreement
+    and why, never the parties another row's agreement names (the message goes to the
+    caller).
+    """
+    parties = (provider, "provider"), (consumer, "consumer")
+    try:
+        agreement = parse_agreement(signed)
+        # The parties are checked before any key is looked up: the keys are the expected
+        # parties', never ones the stored text names.
+        if (agreement.id, agreement.provider, agreement.consumer) != (
+            agreement_id,
+            provider,
+            consumer,
+        ):
+            raise VerificationError("it is not this agreement between these parties")
+        if countersigned:
+            jws.verify_countersigned(
+                signed, keys, first=parties[0], second=parties[1], what="agreement"
+            )
+        else:
+            jws.verify_signed(signed, keys, first=parties[0], what="agreement")
+    except VerificationError as exc:
+        raise VerificationError(
+            f"the stored agreement {agreement_id} does not verify ({exc}); nothing is done "
+            "under it, and the refusal is logged for the provider's administrator"
+        ) from None
     return agreement

@@ -52,6 +52,7 @@ from connector.negotiation.agreement import (
 )
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
+from connector.negotiation.stored import StoredAgreements
 from connector.policy.inputs import build_input, subject_of
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
@@ -66,6 +67,10 @@ CONTRACT_TERMS = ("operation_grant", "consent")
 authorised-operation grant (public data) or the individual's consent (personal data).
 They go into the signed agreement, so disclosure and deletion can be traced to them."""
 PROVIDER, CONSUMER = "provider", "consumer"
+STALE_MESSAGE = (
+    "this message_id has already been used; send each contract request with a new "
+    "random message_id and consumer_pid"
+)
 F = TypeVar("F", bound=Callable[..., Any])
 KeyLookup = Callable[[str], ed25519.Ed25519PublicKey]
 RevokedCheck = Callable[[str, int], None]
@@ -153,6 +158,9 @@ class Negotiator:
         self._audit = audit
         self._clock = clock
         self._keys = keys
+        self._stored = StoredAgreements(
+            participant=participant, signing_key=signing_key, keys=keys, audit=audit
+        )
         # wait_final callers, by negotiation: woken when theirs becomes final, and only then.
         self._watch_lock = threading.Lock()
         self._watchers: dict[str, set[threading.Event]] = {}
@@ -415,6 +423,10 @@ class Negotiator:
         known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
         if known is not None:  # a repeated request: same answer, nothing changes
             return _ack(known)
+        if self._store.processed(req.message_id):
+            # Not this caller's repeat (that was found above): someone else's message id,
+            # replayed or reused. Refused without a word about whose, or what it started.
+            raise ConflictError(STALE_MESSAGE)
         # The access and contract decisions are logged with the transitions they lead to,
         # in one write; whatever ends the request first, they are logged before it answers.
         decided: list[Record] = []
@@ -687,7 +699,10 @@ class Negotiator:
             return _ack(n)
         if n.agreement is None:
             raise PreconditionFailed("no agreement was sent for this negotiation")
-        # The terms and our signature must be the ones sent; the consumer's must verify.
+        # What we stored as sent must be what we signed (the row may have been edited);
+        # then the terms and our signature must be the ones sent, and the consumer's
+        # must verify.
+        self._stored.verified(n, "agreement.finalize")
         verify_returned_agreement(
             msg.agreement, n.agreement, self._keys, provider=self._me, consumer=n.counterparty
         )
@@ -781,6 +796,9 @@ class Negotiator:
             raise PreconditionFailed(f"agreement {agreement_id} is not finalized")
         if n.revocation:
             raise PreconditionFailed(f"agreement {agreement_id} is already revoked")
+        # The revocation is signed and sent to the consumer the row names: only for an
+        # agreement that verifies as the one with that consumer.
+        self._stored.verified(n, "agreement.revoke")
         body = canonical_json(
             {
                 "tds_revocation": 1,

@@ -195,8 +195,11 @@ class NegotiationStore:
                 if before_commit is not None:
                     before_commit(tx)
         except IntegrityError:
+            # A racing duplicate of the counterparty's process id, or a message id already
+            # in the inbox — maybe another member's: say neither whose nor which.
             raise ConflictError(
-                f"{counterparty} already has a negotiation with process id {counterparty_pid}"
+                "this request repeats a process id or message id already used; send it "
+                "with a new random message_id and consumer_pid"
             ) from None
         self._handed_over(queued)
         return _negotiation(row)

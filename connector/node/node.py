@@ -14,7 +14,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector._proto.tds.v1 import registry_pb2
+from connector._proto.tds.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2
 from connector.audit.checkpoint import log_origin
 from connector.audit.log import TransparencyLog
 from connector.audit.service import AuditServicer, audit_service
@@ -68,7 +68,7 @@ from connector.registry.service import (
 )
 from connector.registry.store import SqlDirectoryStore
 from connector.rpc.auth import Authenticator, RevocationSource
-from connector.rpc.channel import TlsIdentity, open_channel
+from connector.rpc.channel import TlsIdentity, calling, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
@@ -77,6 +77,7 @@ from connector.transfer.disclosure import disclosure_report
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
+from connector.transfer.sources import SourceRoots
 from connector.transfer.store import Transfer, TransferStore
 
 __all__ = ["Node", "TlsMaterial"]
@@ -207,6 +208,7 @@ class Node:
                 policy=self.policy,
                 audit=self.log,
                 clock=self.clock,
+                sources=SourceRoots(cfg.data_dir, cfg.transfer.source_roots),
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -326,12 +328,18 @@ class Node:
                 token_ttl_seconds=cfg.registry.token_ttl_seconds,
             )
             assert self.policy is not None
+
+            def confirm(provider: str, product_id: str) -> catalog_pb2.ProductSummary:
+                # ``servicer`` is bound below, before any call can come in.
+                return self._served_product(store, servicer, tls, provider, product_id)
+
             index = CatalogIndex(
                 db,
                 space=cfg.participant.space,
                 policy=self.policy,
                 audit=self._log(),
                 clock=self.clock,
+                confirm=confirm,
             )
             servicer = RegistryServicer(
                 store,
@@ -420,6 +428,7 @@ class Node:
                 data_dir=cfg.data_dir,
                 chunk_size=cfg.transfer.chunk_bytes,
                 mask_secret=secret,
+                source_roots=cfg.transfer.source_roots,
             ),
             store=store,
             negotiations=negotiations,
@@ -562,6 +571,35 @@ class Node:
         if self.negotiator is None:
             raise RuntimeError("node not started")
         return self.negotiator
+
+    def _served_product(
+        self,
+        store: SqlDirectoryStore,
+        servicer: RegistryServicer,
+        tls: TlsMaterial,
+        provider: str,
+        product_id: str,
+    ) -> catalog_pb2.ProductSummary:
+        """The operator asks ``provider``'s connector for a product it lists in the index."""
+        entry = store.get(provider)
+        if entry.revoked or not entry.address:
+            raise PermissionDenied(f"{provider} is revoked or runs no connector")
+        channel = open_channel(
+            entry.address,
+            tls.identity,
+            space=self.cfg.participant.space,
+            peer=provider,
+            token=servicer.own_token,
+            max_message_bytes=self.cfg.server.max_message_bytes,
+        )
+        with channel, calling(provider):
+            found: catalog_pb2.GetProductResponse = catalog_pb2_grpc.CatalogServiceStub(
+                channel
+            ).GetProduct(
+                catalog_pb2.GetProductRequest(product_id=product_id),
+                timeout=self.cfg.registry.call_timeout_seconds,
+            )
+        return found.product
 
     def _member_channel(self, target: str) -> grpc.Channel:
         """A channel to another member, found through the registry, with our token."""

@@ -15,11 +15,12 @@ is older than its configured maximum.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -27,7 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.clock import Clock
-from connector.errors import ConnectorError, NotFound, Unavailable, VerificationError
+from connector.errors import (
+    AuthenticationError,
+    ConnectorError,
+    NotFound,
+    Unavailable,
+    VerificationError,
+)
 from connector.registry.directory import (
     Directory,
     PeerInfo,
@@ -86,6 +93,9 @@ class RegistryClient:
         self._directory_failed_at = float("-inf")
         self._stored_seen = ""  # the last stored head verified here
         self._registry_error = ""
+        self._refused = ""
+        """Why the registry last refused this connector itself (revoked by the operator),
+        until a refresh succeeds: what a stale list then means, instead of "unreachable"."""
         self._channel = open_channel(address, tls, space=space, peer=operator_id)
         self._member_channel = open_channel(
             address, tls, space=space, peer=operator_id, token=self.token
@@ -101,9 +111,20 @@ class RegistryClient:
         _, fetched, expires = self._token
         return now >= fetched + (expires - fetched) * self._refresh_fraction
 
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        """``calling("registry")``, remembering a refusal of this connector itself."""
+        try:
+            with calling("registry"):
+                yield
+        except AuthenticationError as exc:
+            self._refused = str(exc)
+            raise
+        self._refused = ""
+
     def refresh_token(self) -> int:
         """Fetch a new membership token now; return its expiry."""
-        with calling("registry"):
+        with self._asking():
             resp = self._stub.IssueToken(registry_pb2.IssueTokenRequest(), timeout=self._timeout)
         with self._lock:
             self._token = (resp.token, self._clock.now(), resp.expires_at)
@@ -144,7 +165,7 @@ class RegistryClient:
 
     def refresh_revocations(self) -> RevocationList:
         """Fetch and verify the revocation list; refuse one older than the one held."""
-        with calling("registry"):
+        with self._asking():
             resp = self._stub.GetRevocationList(
                 registry_pb2.GetRevocationListRequest(), timeout=self._timeout
             )
@@ -175,6 +196,11 @@ class RegistryClient:
         if held is None:
             raise Unavailable("no revocation list from the registry yet; refusing calls")
         age = self._clock.now() - held.issued_at
+        if age > self._max_age and self._refused:
+            raise Unavailable(
+                f"the revocation list is {int(age)} s old: the registry no longer serves this "
+                f"connector ({self._refused}); refusing calls — ask the operator"
+            )
         if age > self._max_age:
             raise Unavailable(
                 f"the revocation list is {int(age)} s old (limit {int(self._max_age)} s): "

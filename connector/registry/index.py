@@ -1,5 +1,10 @@
 """The operator's catalog index: products listed across connectors, registration codes.
 
+A listing is accepted only from its provider (the caller's verified identity), and only
+as the provider's connector serves it: the registry asks that connector's catalog for the
+product (``Confirm``) and refuses a listing it does not publish, or publishes otherwise —
+so no member can list a look-alike of a product it does not publish.
+
 A listing is shown to a searcher only if the provider's own access rules, evaluated by the
 same policy library, let that searcher see it — the index never reveals what the provider's
 catalog would hide.
@@ -10,21 +15,28 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import replace
 
 from sqlmodel import select
 
+from connector._proto.tds.v1 import catalog_pb2
 from connector.audit.log import AuditLog
 from connector.catalog.products import Product
+from connector.catalog.service import summary
 from connector.clock import Clock
-from connector.errors import InvalidRequest, PermissionDenied
+from connector.errors import ConnectorError, InvalidRequest, PermissionDenied, PreconditionFailed
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.store.database import Database
 from connector.store.models import CatalogListingRow
 
-__all__ = ["CatalogIndex", "Listing"]
+__all__ = ["CatalogIndex", "Confirm", "Listing"]
+
+Confirm = Callable[[str, str], catalog_pb2.ProductSummary]
+"""``(provider, product_id)``: the product as the provider's connector serves it to the
+operator (``CatalogService.GetProduct``); a ``ConnectorError`` when it does not."""
 
 Listing = tuple[str, Product, str, int]
 """(provider, product, registration code, registered ms)."""
@@ -34,9 +46,17 @@ class CatalogIndex:
     """Listings in the operator's database."""
 
     def __init__(
-        self, db: Database, *, space: str, policy: PolicyPoint, audit: AuditLog, clock: Clock
+        self,
+        db: Database,
+        *,
+        space: str,
+        policy: PolicyPoint,
+        audit: AuditLog,
+        clock: Clock,
+        confirm: Confirm | None = None,
     ) -> None:
         self._db = db
+        self._confirm = confirm
         self._space = space
         self._policy = policy
         self._audit = audit
@@ -57,6 +77,8 @@ class CatalogIndex:
             raise PermissionDenied("a provider lists only its own products")
         if product.grade == "core":
             raise InvalidRequest("core data is never listed")
+        if self._confirm is not None:
+            self._confirmed(caller.participant, product)
         now_ms = int(self._clock.now() * 1000)
         with self._db.session() as s:
             row = s.get(CatalogListingRow, (caller.participant, product.id))
@@ -88,6 +110,26 @@ class CatalogIndex:
                 row.body, row.registration_code = listed.to_json(), code
             s.add(row)
         return code
+
+    def _confirmed(self, provider: str, product: Product) -> None:
+        """``PreconditionFailed`` unless ``provider``'s connector serves ``product`` as
+        listed (the registration code aside: the registry assigns it)."""
+        assert self._confirm is not None
+        try:
+            served = self._confirm(provider, product.id)
+        except ConnectorError as exc:
+            raise PreconditionFailed(
+                f"{provider}'s connector does not confirm product {product.id!r} ({exc}): only "
+                "a product your connector publishes, visible to the operator, is listed; "
+                "publish it first (tds product add), then register it"
+            ) from None
+        listed = summary(product)
+        listed.registration_code = served.registration_code = ""
+        if listed != served:
+            raise PreconditionFailed(
+                f"product {product.id!r} differs from the one {provider}'s connector publishes; "
+                "register it from your connector (tds product register)"
+            )
 
     def search(self, caller: Caller, text: str = "", tag: str = "") -> list[Listing]:
         """Listings matching ``text`` and ``tag`` that the caller may see."""

@@ -359,6 +359,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return registry_pb2.IssueTokenResponse(token=token, expires_at=exp)
 
+    def own_token(self) -> str:
+        """A membership token for the operator itself (its own directory entry), to call
+        members' connectors: the catalog index confirms listings with the provider."""
+        entry = self._store.get(self._keys.operator_id)
+        token, _ = issue_membership_token(
+            self._keys.signing_key,
+            issuer=self._keys.issuer,
+            space=self._keys.space,
+            participant=entry.id,
+            role=entry.role,
+            certificate_thumbprint=entry.certificate_thumbprint,
+            attrs=dict(entry.attributes),
+            now=self._clock.now(),
+            ttl_seconds=min(self._keys.token_ttl_seconds, 60),
+        )
+        return token
+
     def _token_attributes(self, entry: DirectoryEntry) -> dict[str, str]:
         """Directory attributes plus the participant's unrevoked grants."""
         attrs = dict(entry.attributes)

@@ -55,6 +55,13 @@ def error_for_status(err: grpc.RpcError, peer: str) -> errors.ConnectorError:
     if sep:
         # Fetching our own membership token failed; its reason already names the registry.
         return errors.AuthenticationError(f"no membership token for the call to {peer}: {reason}")
+    if code is grpc.StatusCode.UNAVAILABLE and details.startswith("Stream removed"):
+        # The call was under way when the connection broke (the peer was killed, or the
+        # network failed): the handshake had long succeeded, so no certificate is to blame.
+        return errors.Unavailable(
+            f"the connection to {peer} broke during the call ({details}): {peer} stopped or "
+            "the network failed; try again once it is running"
+        )
     if code is grpc.StatusCode.UNAVAILABLE and (
         "Hostname Verification" in details or "Peer name" in details
     ):

@@ -31,9 +31,10 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
-from connector.negotiation.agreement import Agreement, parse_agreement
+from connector.negotiation.agreement import Agreement
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
+from connector.negotiation.stored import StoredAgreements
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
@@ -41,6 +42,7 @@ from connector.rpc.channel import calling
 from connector.transfer.masking import agreement_mask_key
 from connector.transfer.sources import (
     FileDigests,
+    SourceRoots,
     materialise_table,
     open_source,
     read_chunks,
@@ -72,6 +74,13 @@ class ProviderSettings:
     data_dir: Path
     chunk_size: int
     mask_secret: bytes
+    source_roots: tuple[Path, ...] = ()
+    """Directories besides ``data_dir`` that product sources may be read from."""
+
+    @property
+    def roots(self) -> SourceRoots:
+        """Where sources may be read from."""
+        return SourceRoots(self.data_dir, self.source_roots)
 
 
 class TransferProvider:
@@ -108,6 +117,9 @@ class TransferProvider:
         self._channel_to = channel_to
         self._consent = consent
         self._digests = FileDigests()
+        self._stored = StoredAgreements(
+            participant=participant, signing_key=signing_key, keys=keys, audit=audit
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
@@ -115,7 +127,7 @@ class TransferProvider:
     # -- start ------------------------------------------------------------------------
 
     def _agreement(self, caller: Caller, agreement_id: str) -> tuple[Agreement, bool]:
-        """The caller's finalized agreement with us and whether it is revoked."""
+        """The caller's finalized agreement with us, verified, and whether it is revoked."""
         try:
             n = self._negotiations.by_agreement(agreement_id)
         except NotFound:
@@ -127,7 +139,12 @@ class TransferProvider:
                 f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
                 "negotiation first"
             )
-        return parse_agreement(n.agreement), bool(n.revocation)
+        return self._stored.verified(n, "transfer.start"), bool(n.revocation)
+
+    def _verified(self, t: Transfer, use: str) -> Agreement:
+        """The stored agreement of ``t``, verified for ``use`` (``VerificationError``,
+        logged, if it does not verify; the transfer is left as it is)."""
+        return self._stored.verified(self._negotiations.by_agreement(t.agreement_id), use)
 
     def start(self, caller: Caller, agreement_id: str, push: bool) -> transfer_pb2.TransferManifest:
         """Decide by the usage policy, fix the delivered bytes, count and record the transfer."""
@@ -140,7 +157,7 @@ class TransferProvider:
                 f"product {agreement.product!r} or its offer has been withdrawn by the provider"
             )
         product, offer = published
-        source = open_source(product.source, self._settings.data_dir)
+        source = open_source(product.source, self._settings.roots)
         is_file = product.source.kind == "file"
         file_size = source.stat().st_size if is_file and source.is_file() else 0
         transfers_used, bytes_used = self._store.usage(agreement.id)
@@ -180,7 +197,7 @@ class TransferProvider:
         transfer_id = f"tr-{uuid.uuid4().hex}"
         staged: Path | None = None
         if is_file:
-            delivered = self._digests.digest(source)
+            delivered = self._digests.digest(source, self._settings.roots)
         else:
             staged = (
                 self._settings.data_dir / "transfers" / f"{transfer_id}.{product.source.format}"
@@ -193,6 +210,7 @@ class TransferProvider:
                 permitted=decision.permitted_fields,
                 masks=decision.masks,
                 key=agreement_mask_key(self._settings.mask_secret, agreement.id),
+                roots=self._settings.roots,
             )
         t = Transfer(
             id=transfer_id,
@@ -299,7 +317,8 @@ class TransferProvider:
             revoked = self._revoked(t)
             if revoked:
                 return revoked
-            agreement = parse_agreement(n.agreement or "")
+            # Any doubt stops it: a stored agreement that no longer verifies too.
+            agreement = self._stored.verified(n, "transfer.stream")
             if self._clock.now() * 1e9 >= agreement.valid_until_ns:
                 return "agreement_expired"
             if self._catalog.own(t.product).personal:
@@ -349,7 +368,7 @@ class TransferProvider:
             )
         checked = time.monotonic()
         sent = offset
-        for at, block in read_chunks(path, offset, t.chunk_size):
+        for at, block in read_chunks(path, offset, t.chunk_size, self._settings.roots):
             now = time.monotonic()
             if now - checked >= STOP_CHECK_SECONDS:
                 checked = now
@@ -364,6 +383,7 @@ class TransferProvider:
         t = self._own(caller, transfer_id)
         if t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by push; use RequestPush")
+        self._verified(t, "transfer.pull")
         for at, block in self.chunks(t, offset):
             yield transfer_pb2.Chunk(transfer_id=t.id, offset=at, data=block)
 
@@ -372,6 +392,7 @@ class TransferProvider:
         t = self._own(caller, transfer_id)
         if not t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by pull; use Pull")
+        self._verified(t, "transfer.push")
         if self._channel_to is None:
             raise Unavailable("this connector cannot reach other members")
         stream = (
@@ -412,6 +433,7 @@ class TransferProvider:
             raise PreconditionFailed(
                 f"transfer {t.id} is {t.state}" + (f" ({t.reason})" if t.reason else "")
             )
+        self._verified(t, "transfer.complete")
         receipt = parse_receipt(signed)
         expected = {
             "agreement": t.agreement_id,

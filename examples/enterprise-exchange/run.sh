@@ -11,8 +11,8 @@ step "1. ent-a publishes logistics-index: valid for 30 days from yesterday, 3 tr
 now_ns=$(python3 -c 'import time; print(time.time_ns())')
 day=86400000000000
 sed -e "s/@FROM@/$((now_ns - day))/" -e "s/@UNTIL@/$((now_ns + 30 * day))/" \
+  -e "s|path = \"data/|path = \"$here/data/|" \
   "$here/logistics-index.toml" >logistics-index.toml
-cp -r "$here/data" .
 $tds product add --config ent-a.toml logistics-index.toml
 
 step "2. ent-b buys it; both signatures verify offline"

@@ -70,8 +70,10 @@ space_up() {
       continue
     fi
     addr=127.0.0.1:$(port)
+    # Product sources are read only from the data directory and the example's own
+    # directory (transfer.source_roots).
     $tds init --pki pki --participant "$id" --listen "$addr" --registry "$REG" \
-      --out "$id.toml" --force >/dev/null
+      --source-root "$here" --out "$id.toml" --force >/dev/null
     $tds registry enrol --config operator.toml --participant "$id" --address "$addr" \
       --pki pki >/dev/null
     $tds serve --config "$id.toml" 2>"$id.log" & pids+=($!)

@@ -33,6 +33,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     ports = {"operator": free_port(), "gov": free_port(), "a": free_port()}
     for pid, port in ports.items():
         extra = [] if pid == "operator" else ["--registry", f"127.0.0.1:{ports['operator']}"]
+        extra += ["--source-root", "products"]  # where the product below lives
         tds(
             "init", "--pki", "pki", "--participant", pid, "--listen", f"127.0.0.1:{port}",
             "--out", f"{pid}.toml", *extra,

@@ -21,6 +21,7 @@ from connector._proto.tds.v1 import (
     negotiation_pb2_grpc,
 )
 from connector.demo.space import LocalSpace
+from connector.errors import ConnectorError, PermissionDenied, PreconditionFailed
 from connector.identity.names import Role
 from tests.integration.test_authentication import own_token, pem, raw_channel
 
@@ -263,3 +264,30 @@ def test_registration_and_search_respect_access_rules(
     own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
     codes = {json.loads(p)["id"]: json.loads(p)["registration_code"] for p in own.products_json}
     assert codes["traffic-flow"] == code
+
+
+def test_a_member_cannot_list_a_product_its_connector_does_not_publish(
+    world: LocalSpace,
+) -> None:
+    """Issue 18 finding 11: b listed look-alikes of gov's products in the index."""
+    # Hidden from everyone but a: the operator confirms it all the same while gov registers it.
+    publish(world, json.dumps({**RESTRICTED, "id": "road-works", "access": {"allow_list": ["a"]}}))
+    own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    original = next(json.loads(p) for p in own.products_json if json.loads(p)["id"] == "road-works")
+    b = world.nodes["b"].registry
+    assert b is not None
+    look_alikes = {
+        "under gov's name": {**original},
+        "as b's own": {**original, "owner": "b", "access": {}},
+        "renamed, as b's own": {**original, "owner": "b", "id": "road-works-official"},
+    }
+    for name, listing in look_alikes.items():
+        with pytest.raises(ConnectorError) as err:
+            b.register_product(json.dumps(listing), True)
+        assert isinstance(err.value, PermissionDenied | PreconditionFailed), (name, err.value)
+    # gov's own registration, from its connector, is confirmed; b is listed nowhere.
+    gov_registry, catalog = world.nodes["gov"].registry, world.nodes["gov"].catalog
+    assert gov_registry is not None and catalog is not None
+    catalog.register("road-works", True, gov_registry.register_product)
+    listed = world.nodes["a"].registry.search_catalog()  # type: ignore[union-attr]
+    assert [x.provider for x in listed if x.product_id.startswith("road-works")] == ["gov"]

@@ -267,7 +267,9 @@ def test_cli_negotiates_and_verifies_agreements_offline(
 
     assert isinstance(tmp_path, Path)
     a_cfg, gov_cfg = str(space.root / "a.toml"), str(space.root / "gov.toml")
-    description = tmp_path / "cli-stats.json"
+    # Inside the space, whose root is gov's transfer.source_roots: the product's source
+    # resolves against the description's directory.
+    description = space.root / "cli-stats.json"
     description.write_text(product("cli-stats"))
     assert main(["product", "add", str(description), "--config", gov_cfg]) == 0
     capsys.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -76,3 +77,19 @@ def entries(space: LocalSpace, who: str, kind: str = "") -> list[dict[str, Any]]
     assert log is not None
     found = [json.loads(body) for _, body in log.entries(0, log.size)]
     return [e for e in found if not kind or e["kind"] == kind]
+
+
+def altered(signed: str, **terms: object) -> str:
+    """A signed document (an agreement) with its payload's terms changed and its
+    signatures kept, as someone who can write the database would leave it."""
+    doc = json.loads(signed)
+    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
+    payload.update(terms)
+    doc["payload"] = (
+        base64.urlsafe_b64encode(
+            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
+    return json.dumps(doc, separators=(",", ":"))

@@ -79,3 +79,15 @@ def test_bad_configs_name_the_field(tmp_path: Path, edit: object, message: str) 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_source_roots_are_paths_from_the_config_directory_and_round_trip(tmp_path: Path) -> None:
+    text = GOOD + '[transfer]\nsource_roots = ["shared", "/srv/open-data"]\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.transfer.source_roots == (tmp_path / "shared", Path("/srv/open-data"))
+    again = load_config(write(tmp_path, render_config(cfg)))
+    assert again == cfg
+    with pytest.raises(ConfigError, match=r"transfer.source_roots must be an array"):
+        load_config(write(tmp_path, GOOD + '[transfer]\nsource_roots = "shared"\n'))
+    with pytest.raises(ConfigError, match=r"transfer.source_roots\[0\] must be a non-empty"):
+        load_config(write(tmp_path, GOOD + "[transfer]\nsource_roots = [1]\n"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import replace
 
@@ -20,8 +19,10 @@ from connector.negotiation.agreement import (
     verify_agreement,
     verify_provider_signature,
     verify_returned_agreement,
+    verify_stored_agreement,
 )
 from connector.negotiation.states import State, check_transition
+from tests.support.exchange import altered
 
 KEYS = {p: ed25519.Ed25519PrivateKey.generate() for p in ("gov", "ent-a", "mallory")}
 AGREEMENT = Agreement(
@@ -63,18 +64,8 @@ def test_forged_or_altered_agreements_fail() -> None:
     with pytest.raises(VerificationError, match="provider's signature"):
         verify_provider_signature(signed, public)
     good = sign_agreement(AGREEMENT, KEYS["gov"])
-    doc = json.loads(good)
-    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
-    payload["max_transfers"] = 1000
-    doc["payload"] = (
-        base64.urlsafe_b64encode(
-            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        )
-        .rstrip(b"=")
-        .decode()
-    )
     with pytest.raises(VerificationError):
-        verify_provider_signature(json.dumps(doc), public)
+        verify_provider_signature(altered(good, max_transfers=1000), public)
 
 
 def test_countersignature_by_the_wrong_key_fails() -> None:
@@ -98,21 +89,6 @@ def test_countersigned_agreement_gives_the_terms_it_verified() -> None:
     assert agreement == AGREEMENT and verify_agreement(both, public) == AGREEMENT
 
 
-def _altered(signed: str, **terms: object) -> str:
-    """``signed`` with its payload's terms changed and the signatures kept."""
-    doc = json.loads(signed)
-    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
-    payload.update(terms)
-    doc["payload"] = (
-        base64.urlsafe_b64encode(
-            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        )
-        .rstrip(b"=")
-        .decode()
-    )
-    return json.dumps(doc, separators=(",", ":"))
-
-
 def test_the_provider_takes_back_only_its_own_agreement_countersigned() -> None:
     sent = sign_agreement(AGREEMENT, KEYS["gov"])
     both = countersign_agreement(sent, KEYS["ent-a"], public)
@@ -127,7 +103,7 @@ def test_the_provider_takes_back_only_its_own_agreement_countersigned() -> None:
     # Other terms under the same signatures, or another agreement of the provider's.
     with pytest.raises(VerificationError, match="differs from the one sent"):
         verify_returned_agreement(
-            _altered(both, max_transfers=1000), sent, public, provider="gov", consumer="ent-a"
+            altered(both, max_transfers=1000), sent, public, provider="gov", consumer="ent-a"
         )
     other = sign_agreement(replace(AGREEMENT, id="ag-2"), KEYS["gov"])
     other_both = countersign_agreement(other, KEYS["ent-a"], public)
@@ -143,6 +119,38 @@ def test_the_provider_takes_back_only_its_own_agreement_countersigned() -> None:
         verify_returned_agreement(json.dumps(doc), sent, public, provider="gov", consumer="ent-a")
     with pytest.raises(VerificationError, match="not JSON"):
         verify_returned_agreement("{", sent, public, provider="gov", consumer="ent-a")
+
+
+def test_a_stored_agreement_is_used_only_if_it_verifies_as_the_one_asked_for() -> None:
+    """Issue 18 finding 3: the provider acted on whatever its database held."""
+    both = countersign_agreement(sign_agreement(AGREEMENT, KEYS["gov"]), KEYS["ent-a"], public)
+    mine = {"agreement_id": "ag-1", "provider": "gov", "consumer": "ent-a"}
+    assert verify_stored_agreement(both, public, **mine) == AGREEMENT
+    other = countersign_agreement(
+        sign_agreement(replace(AGREEMENT, id="ag-2", consumer="mallory"), KEYS["gov"]),
+        KEYS["mallory"],
+        public,
+    )
+    for stored in (
+        altered(both, product="other-product"),  # the terms edited under the signatures
+        altered(both, max_transfers=0),
+        other,  # another consumer's valid agreement copied into the row
+        sign_agreement(AGREEMENT, KEYS["gov"]),  # never countersigned
+        countersign_agreement(sign_agreement(AGREEMENT, KEYS["gov"]), KEYS["mallory"], public),
+        "{}",
+    ):
+        with pytest.raises(VerificationError, match="the stored agreement ag-1 does not verify"):
+            verify_stored_agreement(stored, public, **mine)
+    with pytest.raises(VerificationError) as err:  # the row names another consumer
+        verify_stored_agreement(other, public, **{**mine, "agreement_id": "ag-2"})
+    assert "mallory" not in str(err.value)  # nothing of it goes back to the caller
+    # Before the countersignature (AGREED), the provider's own signature alone.
+    single = sign_agreement(AGREEMENT, KEYS["gov"])
+    assert verify_stored_agreement(single, public, **mine, countersigned=False) == AGREEMENT
+    with pytest.raises(VerificationError, match="does not verify"):
+        verify_stored_agreement(
+            altered(single, purpose="marketing"), public, **mine, countersigned=False
+        )
 
 
 @pytest.mark.parametrize(

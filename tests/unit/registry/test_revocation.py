@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -109,13 +110,28 @@ def test_membership_token_is_not_a_revocation_list() -> None:
         verify_revocation_list(token, KEY.public_key(), issuer=ISSUER, space="city")
 
 
+class _Refused(grpc.RpcError):
+    def __init__(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAUTHENTICATED
+
+    def details(self) -> str:
+        return self._details
+
+
 class _Served:
     """A registry stub answering GetRevocationList with a fixed signed list."""
 
     def __init__(self) -> None:
         self.token = ""
+        self.refused = ""
+        """When set: the registry refuses this connector with UNAUTHENTICATED and this."""
 
     def GetRevocationList(self, request: object, timeout: float) -> object:
+        if self.refused:
+            raise _Refused(self.refused)
         return type("R", (), {"revocation_list": self.token})()
 
 
@@ -174,3 +190,26 @@ def test_rollback_to_an_older_list_is_refused(served: tuple[RegistryClient, _Ser
     with pytest.raises(VerificationError, match="older"):
         c.refresh_revocations()
     assert c.current().participants == {"x"}
+
+
+def test_a_revoked_connector_is_told_it_was_revoked_not_that_the_registry_is_away(
+    served: tuple[RegistryClient, _Served], clock: FixedClock
+) -> None:
+    """Issue 18 finding 11: a revoked member's own admin read "the registry is
+    unreachable" once its list went stale, though the registry had answered: revoked."""
+    c, stub = served
+    stub.token = signed(1, 1000)
+    c.refresh_revocations()
+    stub.refused = "participant 'a' has been revoked by the operator"
+    with pytest.raises(AuthenticationError, match="revoked by the operator"):
+        c.refresh_revocations()
+    clock.advance(301)
+    with pytest.raises(Unavailable) as err:
+        c.current()
+    assert "revoked by the operator" in str(err.value)
+    assert "unreachable" not in str(err.value)
+    # Enrolled again: the registry serves it, and a stale list is stale, no more.
+    stub.refused = ""
+    stub.token = signed(2, 1301)
+    c.refresh_revocations()
+    assert c.current().serial == 2
