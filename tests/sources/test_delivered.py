@@ -13,7 +13,7 @@ from connector.errors import PreconditionFailed
 from connector.sources.base import MISSING, RecordSource
 from connector.sources.delivered import materialise
 from connector.sources.table import TableSource
-from connector.transfer.sources import materialise_table
+from connector.transfer.sources import SourceRoots, materialise_table
 
 KEY = bytes(32)
 FIELDS = ("id", "name", "district", "age", "notes")
@@ -65,6 +65,7 @@ def test_table_source_delivers_the_bytes_materialise_table_does(
         permitted=permitted,
         masks=masks,
         key=KEY,
+        roots=SourceRoots(tmp_path),
     )
     source: RecordSource = TableSource(data, fmt, FIELDS)
     new = materialise(source, tmp_path / "new", fmt=fmt, permitted=permitted, masks=masks, key=KEY)
