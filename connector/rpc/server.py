@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from connector.errors import ConfigError
 from connector.rpc.auth import Access, Authenticator, AuthInterceptor
 from connector.rpc.channel import RECEIVE_WINDOW_OPTIONS
+from connector.rpc.requests import RequestCheckInterceptor
 
 __all__ = ["ServerHandle", "Service", "build_server"]
 
@@ -62,7 +63,9 @@ def build_server(
     }
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tds-rpc"),
-        interceptors=[AuthInterceptor(authenticator, access)],
+        # Authentication first (outermost), then the request checks: a caller learns that
+        # its request is malformed only once it is known.
+        interceptors=[AuthInterceptor(authenticator, access), RequestCheckInterceptor()],
         options=[
             # Without this, a second server could silently share the port.
             ("grpc.so_reuseport", 0),
