@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
-from connector.errors import ConfigError, Unavailable
+from connector.errors import ConfigError, InvalidRequest, Unavailable
 
-__all__ = ["Database", "RawTransaction", "open_database"]
+__all__ = ["Database", "RawTransaction", "open_database", "refuse_nul_parameters"]
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -222,6 +222,7 @@ class RawTransaction:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; the cursor, for results."""
+        refuse_nul_parameters(params)
         if self._turn is not None:
             self._turn.before(self._conn, sql)
         cur = self._conn.cursor()
@@ -232,6 +233,8 @@ class RawTransaction:
         """Run one statement for each of ``rows``."""
         if not rows:
             return
+        for row in rows:
+            refuse_nul_parameters(row)
         if self._turn is not None:
             self._turn.before(self._conn, sql)
         cur = self._conn.cursor()
@@ -256,6 +259,33 @@ class RawTransaction:
             return [tuple(r) for r in cur.fetchall()]
         finally:
             cur.close()
+
+
+def refuse_nul_parameters(params: Any) -> None:
+    """Refuse (``InvalidRequest``) text with a NUL character before any database sees it.
+
+    PostgreSQL cannot store NUL in text and its driver raises an error that would surface
+    as an internal one; SQLite stores it and a later reader chokes on it. No tds value
+    holds one, so every store refuses it alike, whichever caller (gRPC, CLI, library)
+    passed it: ``params`` is a sequence, a mapping, or a list of either.
+    """
+    values: Any = params.values() if isinstance(params, dict) else params
+    for value in values:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidRequest(
+                    "a value contains a NUL character (0x00), which cannot be stored: "
+                    "remove it and retry"
+                )
+        elif isinstance(value, (dict, list, tuple)):
+            refuse_nul_parameters(value)
+
+
+def _refuse_nul_statement(
+    _conn: Any, _cursor: Any, _statement: str, parameters: Any, *_args: Any
+) -> None:
+    if parameters:
+        refuse_nul_parameters(parameters)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -491,12 +521,15 @@ def _engine(url: str) -> tuple[Engine, _SqliteWriteLock | None]:
             },
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "before_cursor_execute", _refuse_nul_statement)
         write_lock.attach(engine)
         return engine, write_lock
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10), None
+        engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        event.listen(engine, "before_cursor_execute", _refuse_nul_statement)
+        return engine, None
     raise ConfigError(f"database.url uses {backend!r}; tds supports sqlite and postgresql")
 
 

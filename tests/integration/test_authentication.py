@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from connector._proto.tds.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    catalog_pb2,
     peer_pb2,
     peer_pb2_grpc,
     registry_pb2,
@@ -409,3 +410,78 @@ def test_the_client_sends_the_token_it_holds_at_each_call(space: LocalSpace) -> 
         with pytest.raises(AuthenticationError, match="no membership token"):
             stub.Ping(peer_pb2.PingRequest(), timeout=5)
     assert len(asked) == 3
+
+
+# -- malformed requests (issue 18, finding 7) -------------------------------------------
+
+
+def raw_call(
+    channel: grpc.Channel, method: str, body: bytes, timeout: float = 5
+) -> grpc.RpcError | None:
+    """Send ``body`` as the request of ``method`` exactly as given (no serializer)."""
+    try:
+        channel.unary_unary(method)(body, timeout=timeout)
+    except grpc.RpcError as err:
+        return err
+    return None
+
+
+def member_channel(space: LocalSpace, caller: str, target: str, token: bool = True) -> grpc.Channel:
+    key, cert = pem(space, caller, "tls_key"), pem(space, caller, "tls_cert")
+    return raw_channel(space, target, key, cert, own_token(space, caller) if token else None)
+
+
+def test_nul_in_a_string_field_is_invalid_argument_naming_the_field(space: LocalSpace) -> None:
+    # On PostgreSQL this reached the driver and came back INTERNAL with a traceback logged;
+    # now every store is spared it: the field is refused at the server boundary.
+    body = catalog_pb2.GetProductRequest(product_id="p\x00").SerializeToString()
+    with member_channel(space, "a", "b") as channel:
+        err = raw_call(channel, "/tds.v1.CatalogService/GetProduct", body)
+    assert err is not None
+    assert_refused(err, StatusCode.INVALID_ARGUMENT, "product_id contains a NUL character")
+
+
+def test_nul_in_a_map_value_of_an_admin_call_is_invalid_argument(space: LocalSpace) -> None:
+    op = space.manifest.operator_id
+    request = registry_pb2.EnrolRequest(
+        participant_id="zz", role="enterprise", address="127.0.0.1:1", attributes={"k": "v\x00"}
+    )
+    channel = raw_channel(space, op, pem(space, op, "admin_key"), pem(space, op, "admin_cert"))
+    with channel:
+        err = raw_call(channel, "/tds.v1.RegistryService/Enrol", request.SerializeToString())
+    assert err is not None
+    assert_refused(err, StatusCode.INVALID_ARGUMENT, "attributes['k'] contains a NUL")
+
+
+def test_malformed_protobuf_is_invalid_argument_not_internal(space: LocalSpace) -> None:
+    garbage = b"\xff\xff\xff\xff"  # field 0 / truncated varint: no protobuf parser accepts it
+    with member_channel(space, "a", "b") as channel:
+        for method in ("/tds.v1.PeerService/Ping", "/tds.v1.CatalogService/GetProduct"):
+            err = raw_call(channel, method, garbage)
+            assert err is not None
+            assert_refused(err, StatusCode.INVALID_ARGUMENT, "is not a valid tds.v1.")
+
+
+def test_malformed_protobuf_without_a_token_is_unauthenticated_first(space: LocalSpace) -> None:
+    with member_channel(space, "a", "b", token=False) as channel:
+        err = raw_call(channel, "/tds.v1.CatalogService/GetProduct", b"\xff\xff\xff\xff")
+    assert err is not None
+    assert_refused(err, StatusCode.UNAUTHENTICATED, "no membership token")
+
+
+@pytest.mark.postgres
+def test_nul_reaching_a_postgresql_store_is_invalid_request(postgres_url: str) -> None:
+    # Callers other than gRPC (the CLI, the library) are covered by the store itself.
+    from sqlalchemy import text
+
+    from connector.errors import InvalidRequest
+    from connector.store.database import open_database
+
+    db = open_database(postgres_url)
+    try:
+        with pytest.raises(InvalidRequest, match="NUL"), db.transaction() as tx:
+            tx.execute("SELECT ?::text", ("a\x00b",))
+        with pytest.raises(InvalidRequest, match="NUL"), db.session() as session:
+            session.execute(text("SELECT :v"), {"v": "a\x00b"})
+    finally:
+        db.close()

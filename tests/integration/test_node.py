@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -172,3 +173,36 @@ def test_enrolment_is_refused_when_the_log_cannot_be_written(tmp_path: Path) -> 
             assert count == 0
         finally:
             check.close()
+
+
+def test_reflection_v1_is_served_not_only_v1alpha(space: LocalSpace) -> None:
+    # A v1-only client (grpcurl, current tooling) got UNIMPLEMENTED. The v1 messages are the
+    # v1alpha ones on the wire, so the v1alpha classes build a genuine v1 call here.
+    channel = raw_channel(space, "a", pem(space, "b", "tls_key"), pem(space, "b", "tls_cert"))
+    with channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, described = call(
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="grpc.reflection.v1.ServerReflection"
+                    ),
+                ]
+            ),
+            timeout=5,
+        )
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"tds.v1.PeerService", "grpc.reflection.v1.ServerReflection"} <= names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+    files = described.file_descriptor_response.file_descriptor_proto
+    assert files, described.error_response.error_message
+    proto = descriptor_pb2.FileDescriptorProto.FromString(files[0])
+    assert proto.package == "grpc.reflection.v1"
+    assert [m.input_type for m in proto.service[0].method] == [
+        ".grpc.reflection.v1.ServerReflectionRequest"
+    ]
