@@ -33,6 +33,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ports = {pid: free_port() for pid in ("operator", "gov", "a", "b")}
     for pid, port in ports.items():
         extra = [] if pid == "operator" else ["--registry", f"127.0.0.1:{ports['operator']}"]
+        if pid == "gov":  # its product's file lies beside the configs
+            extra += ["--source-root", str(root)]
         tds(
             "init", "--pki", "pki", "--participant", pid, "--listen", f"127.0.0.1:{port}",
             "--out", f"{pid}.toml", *extra,
