@@ -32,7 +32,7 @@ __all__ = [
     "Group",
     "Statistic",
     "compute_groups",
-    "count_cells",
+    "isolating_cells",
     "statistics",
 ]
 
@@ -206,27 +206,41 @@ def _plain(v: Any) -> Value | None:
     return int(f) if f.is_integer() and abs(f) < 2**53 else f
 
 
-def count_cells(
+def isolating_cells(
     dimensions: Sequence[str],
+    dimension: str,
     filters: Sequence[Filter],
     executor: Executor,
     *,
-    below: int,
+    k: int,
 ) -> int:
-    """How many non-empty cells (groups by ``dimensions`` among rows matching ``filters``)
-    have fewer than ``below`` rows; used to refuse filters that isolate a few rows."""
+    """How many cells could be isolated by differencing on ``dimension``.
+
+    Among rows matching ``filters``, each group by ``dimensions`` splits into cells by the
+    values of ``dimension``. A cell of ``n`` rows, ``0 < n < k``, whose group has at least
+    ``k`` rows besides it can be recovered as the difference of two answers that are both
+    shown (the group with the cell and without it); those cells are counted.
+    """
     params: dict[str, Value] = {}
-    inner = exp.select(
-        *(exp.column(d) for d in dimensions), exp.alias_(exp.Count(this=exp.Star()), _N)
+    split = list(dict.fromkeys((*dimensions, dimension)))
+    cells = exp.select(
+        *(exp.column(d) for d in split), exp.alias_(exp.Count(this=exp.Star()), _N)
     ).from_(executor.source())
-    inner = _where(inner, filters, executor, params)
-    if dimensions:
-        inner = inner.group_by(*(exp.column(d) for d in dimensions), copy=False)
+    cells = _where(cells, filters, executor, params)
+    cells = cells.group_by(*(exp.column(d) for d in split), copy=False)
+    total = exp.Window(
+        this=exp.Sum(this=exp.column(_N)),
+        partition_by=[exp.column(d) for d in dimensions],
+    )
+    sized = exp.select(exp.column(_N), exp.alias_(total, "tds_total")).from_(
+        cells.subquery("tds_cells")
+    )
+    n, rest = exp.column(_N), exp.Sub(this=exp.column("tds_total"), expression=exp.column(_N))
     select = (
         exp.select(exp.Count(this=exp.Star()))
-        .from_(inner.subquery("tds_cells"))
-        .where(exp.GT(this=exp.column(_N), expression=exp.Literal.number(0)))
-        .where(exp.LT(this=exp.column(_N), expression=exp.Literal.number(below)))
+        .from_(sized.subquery("tds_sized"))
+        .where(exp.LT(this=n, expression=exp.Literal.number(k)))
+        .where(exp.GTE(this=rest, expression=exp.Literal.number(k)))
     )
     rows = executor.fetch(select, params)
     return int(rows[0][0])

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from connector.compute.database import DatabaseSource
 from connector.compute.embedded import DuckDBTable, EmbeddedLimits
-from connector.compute.engine import Executor, Group, compute_groups, count_cells
+from connector.compute.engine import Executor, Group, compute_groups, isolating_cells
 from connector.compute.query import Filter, parse_query
 from connector.compute.rules import parse_rules
 from connector.errors import InvalidRequest, Unavailable
@@ -186,12 +186,17 @@ def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
         DuckDBTable(tmp_path / "a.parquet", "parquet")
 
 
-def test_count_cells_counts_small_non_empty_cells(table: DuckDBTable) -> None:
-    assert count_cells(["district"], [], table, below=5) == 1  # harbour: 3 rows
-    assert (
-        count_cells(["district", "age_band"], [Filter("year", "=", (2026,))], table, below=5) == 2
-    )  # (east, 65+) has 1 row, (harbour, 18-64) has 3
-    assert count_cells([], [Filter("district", "=", ("nowhere",))], table, below=5) == 0
+def test_isolating_cells_counts_small_cells_in_large_groups(table: DuckDBTable) -> None:
+    year = [Filter("year", "=", (2026,))]
+    # east in 2026: 0-17 (12), 18-64 (12), 65+ (1): the lone 65+ can be differenced out
+    east = [*year, Filter("district", "=", ("east",))]
+    assert isolating_cells([], "age_band", east, table, k=5) == 1
+    # by district and age band, every year-cell is alone in its group or large
+    assert isolating_cells(["district", "age_band"], "year", [], table, k=5) == 0
+    # harbour (3 rows) is small but so is its whole group: nothing to subtract from
+    harbour = [Filter("district", "=", ("harbour",))]
+    assert isolating_cells([], "age_band", harbour, table, k=5) == 0
+    assert isolating_cells([], "district", year, table, k=5) == 1  # harbour against all
 
 
 # -- the source database itself ------------------------------------------------------------
@@ -208,6 +213,9 @@ def _database_contract(executor: Executor, raw: DatabaseSource, table: str) -> N
             RULES,
         )
         assert [g.n for g in compute_groups(q, RULES, executor)] == [3]
+    east = [Filter("year", "=", (2026,)), Filter("district", "=", ("east",))]
+    assert isolating_cells([], "age_band", east, executor, k=5) == 1
+    assert isolating_cells(["district", "age_band"], "year", [], executor, k=5) == 0
     # The transaction is read only: even text injected into the executor cannot write.
     with pytest.raises(Unavailable, match="could not answer"):
         raw.execute(f"INSERT INTO {table} (patient_id) VALUES ('x')")  # noqa: S608
