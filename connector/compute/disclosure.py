@@ -1,0 +1,241 @@
+"""Disclosure control: what of the exact group figures may leave the provider.
+
+Without differential privacy (``rules.privacy is None``):
+
+- a group with fewer than ``k`` contributing rows is suppressed; the answer says how many
+  groups were, not which;
+- before the query runs, ``check_isolation`` refuses a filter on a dimension whose values
+  split off fewer than ``k`` rows: for every filter, the rows matching all *other*
+  filters are grouped by the query's dimensions and split by the filtered dimension's
+  values; a cell of 1 to ``k - 1`` rows whose group has at least ``k`` rows besides it
+  could be read as the difference of two shown answers (``district = 'east'`` and
+  ``district = 'east' AND age_band != '65+'``), so the query is refused. Answers that
+  differ in one filter then differ by 0 or at least ``k`` rows, never by one person.
+
+With differential privacy (``rules.privacy``): every released figure is noisy, from
+OpenDP's measurements; the query's ε is split evenly between the figures it releases
+(basic composition), and δ goes to releasing the group keys:
+
+- group counts and the set of groups shown come from ``make_laplace_threshold`` (noisy
+  counts, groups below the threshold dropped): the threshold is at least ``k`` and high
+  enough that a group of one row shows with probability at most δ; suppression is decided
+  on the *noisy* count, so whether a group shows is itself private;
+- sums of clamped measures and counts of non-NULL values come from ``make_laplace`` with
+  the sensitivity of one row (``max(|lower|, |upper|)`` for sums, 1 for counts);
+  ``avg`` is the noisy sum over the noisy count, clamped to the bounds (post-processing);
+- the number of suppressed groups is itself released with Laplace noise (it depends on
+  the exact number of non-empty groups).
+
+The unit of privacy is one row of the source: a person with several rows (admissions) is
+protected as several rows, so ``k`` and ε protect them less. Residual risks without DP:
+an answer grouped by more dimensions can be subtracted from a coarser one to recover a
+suppressed group, and many overlapping queries can be combined (linear reconstruction);
+only differential privacy with a finite budget bounds those — offer it for personal data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import opendp.prelude as dp
+
+from connector.audit.canonical import canonical_json
+from connector.compute.engine import Executor, Group, Statistic, isolating_cells, statistics
+from connector.compute.query import Aggregate, Query, Value
+from connector.compute.rules import ComputeRules, Measure
+from connector.errors import PermissionDenied
+
+__all__ = ["Disclosed", "check_isolation", "disclose"]
+
+# OpenDP puts its measurements behind the "contrib" feature flag until their proofs are
+# vetted; the two used here (make_laplace, make_laplace_threshold) have proof documents
+# and are the library's standard Laplace mechanisms, and using them is what keeps noise
+# generation out of this code base (no home-made sampler).
+dp.enable_features("contrib")
+
+
+@dataclass(frozen=True)
+class Disclosed:
+    """What leaves: the answer's rows and what producing them cost."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Value | None, ...], ...]
+    suppressed: int
+    """Groups not shown (noisy under differential privacy)."""
+    epsilon: float
+    """ε spent by this answer (0 without differential privacy)."""
+    delta: float
+
+
+def check_isolation(query: Query, rules: ComputeRules, executor: Executor) -> None:
+    """Refuse a filter that singles out fewer than ``k`` rows (no-DP offers only).
+
+    Runs one counting query per filter on the source. ``PermissionDenied`` names the
+    filter; nothing else is revealed (not which cell, not its size).
+    """
+    if rules.privacy is not None:
+        return  # noise bounds differencing; an exact-count refusal would itself leak
+    for i, f in enumerate(query.filters):
+        others = query.filters[:i] + query.filters[i + 1 :]
+        if isolating_cells(query.dimensions, f.dimension, others, executor, k=rules.k):
+            raise PermissionDenied(
+                f"query refused: the filter on {f.dimension} separates fewer than"
+                f" {rules.k} rows from the rest (it could single out individuals); widen it"
+                " or drop it"
+            )
+
+
+def disclose(query: Query, rules: ComputeRules, groups: Sequence[Group]) -> Disclosed:
+    """Apply suppression (and noise, if the offer asks) to the exact ``groups``."""
+    if rules.privacy is None:
+        return _exact(query, rules, groups)
+    return _private(query, rules, groups)
+
+
+def _measure(rules: ComputeRules, name: str) -> Measure:
+    m = rules.measure(name)
+    assert m is not None  # the Query was checked against the rules
+    return m
+
+
+def _cell(a: Aggregate, n: int, values: dict[str, Any], rules: ComputeRules) -> Value | None:
+    if a.measure is None:
+        return n
+    if a.fn == "avg":
+        total, count = values[f"sum({a.measure})"], values[f"count({a.measure})"]
+        if total is None or not count or count <= 0:
+            return None
+        m = _measure(rules, a.measure)
+        avg: float = min(max(total / count, m.lower), m.upper)  # noise can leave the bounds
+        return avg
+    v = values[Statistic(a.fn, a.measure, a.q).key]
+    if a.fn == "count":
+        return None if v is None else int(v)
+    return v  # type: ignore[no-any-return]
+
+
+def _exact(query: Query, rules: ComputeRules, groups: Sequence[Group]) -> Disclosed:
+    shown = [g for g in groups if g.n >= rules.k]
+    rows = tuple(
+        g.key + tuple(_cell(a, g.n, g.values, rules) for a in query.aggregates) for g in shown
+    )
+    return Disclosed(
+        columns=query.columns,
+        rows=rows,
+        suppressed=len(groups) - len(shown),
+        epsilon=0.0,
+        delta=0.0,
+    )
+
+
+# -- differential privacy (OpenDP) ----------------------------------------------------------
+
+_KEYS = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int))
+_KEYS_METRIC = dp.l01inf_distance(dp.absolute_distance(T=int))
+_ONE_ROW = (1, 1, 1)  # one row changes one group's count by one
+
+
+def _privacy_map(m: Any, d_in: Any) -> Any:
+    """The measurement's privacy loss for input distance ``d_in`` (OpenDP's map)."""
+    return m.map(d_in)
+
+
+@lru_cache(maxsize=64)
+def _threshold(epsilon: float, delta: float, k: int) -> Any:
+    """A noisy-count-and-threshold measurement spending at most (ε, δ) for one row."""
+    scale = 1.0 / epsilon
+    lo, hi = k, k
+    while True:  # grow until δ holds, then bisect down to the smallest threshold
+        m = dp.m.make_laplace_threshold(_KEYS, _KEYS_METRIC, scale=scale, threshold=hi)
+        eps, d = _privacy_map(m, _ONE_ROW)
+        if eps > epsilon * (1 + 1e-9):
+            scale *= 1 + 1e-6  # float rounding in the privacy map: a hair more noise
+            continue
+        if d <= delta:
+            break
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        m = dp.m.make_laplace_threshold(_KEYS, _KEYS_METRIC, scale=scale, threshold=mid)
+        if _privacy_map(m, _ONE_ROW)[1] <= delta:
+            hi = mid
+        else:
+            lo = mid + 1
+    m = dp.m.make_laplace_threshold(_KEYS, _KEYS_METRIC, scale=scale, threshold=hi)
+    eps, d = _privacy_map(m, _ONE_ROW)
+    assert eps <= epsilon * (1 + 1e-9) and d <= delta
+    return m
+
+
+@lru_cache(maxsize=256)
+def _laplace(epsilon: float, sensitivity: float, integer: bool, n: int) -> Any:
+    """Laplace noise on a vector of ``n`` figures, one row moving one figure by at most
+    ``sensitivity``; spends at most ε."""
+    t = int if integer else float
+    atom = dp.atom_domain(T=t) if integer else dp.atom_domain(T=float, nan=False)
+    domain = dp.vector_domain(atom, size=n)
+    scale = sensitivity / epsilon
+    while True:
+        m = dp.m.make_laplace(domain, dp.l1_distance(T=t), scale=scale)
+        d_in = int(sensitivity) if integer else float(sensitivity)
+        if _privacy_map(m, d_in) <= epsilon * (1 + 1e-9):
+            return m
+        scale *= 1 + 1e-6
+
+
+def _private(query: Query, rules: ComputeRules, groups: Sequence[Group]) -> Disclosed:
+    privacy = rules.privacy
+    assert privacy is not None
+    stats = statistics(query.aggregates)
+    releases = 2 + len(stats)  # counts-and-keys, the suppressed count, one per statistic
+    share = privacy.epsilon_per_query / releases
+    by_key = {canonical_json(list(g.key)).decode(): g for g in groups}
+    noisy_counts: dict[str, int] = _threshold(share, privacy.delta, rules.k)(
+        {key: g.n for key, g in by_key.items()}
+    )
+    # Sort like the exact groups, so the same release prints the same way.
+    released = [key for key in by_key if key in noisy_counts]
+    suppressed_exact = len(by_key) - len(released)
+    noisy_suppressed = _laplace(share, 1.0, True, 1)([suppressed_exact])[0]
+    values: dict[str, list[float]] = {}
+    for s in stats:
+        exact = [by_key[key].values[s.key] or 0.0 for key in released]
+        if not released:
+            values[s.key] = []
+        elif s.fn == "count":
+            values[s.key] = [
+                float(v) for v in _laplace(share, 1.0, True, len(released))([int(v) for v in exact])
+            ]
+        else:
+            sens = _measure(rules, s.measure).sensitivity
+            values[s.key] = list(_laplace(share, sens, False, len(released))(exact))
+    rows = []
+    for i, key in enumerate(released):
+        cells = {k: v[i] for k, v in values.items()}
+        n = max(0, int(noisy_counts[key]))
+        row = by_key[key].key + tuple(_post(a, n, cells, rules) for a in query.aggregates)
+        rows.append(row)
+    return Disclosed(
+        columns=query.columns,
+        rows=tuple(rows),
+        suppressed=max(0, int(noisy_suppressed)),
+        epsilon=privacy.epsilon_per_query,
+        delta=privacy.delta,
+    )
+
+
+def _post(a: Aggregate, n: int, cells: dict[str, float], rules: ComputeRules) -> Value | None:
+    """Post-processing of the noisy figures (free under differential privacy)."""
+    if a.measure is not None and a.fn == "count":
+        return max(0, round(cells[f"count({a.measure})"]))
+    if a.measure is not None and a.fn == "sum":
+        m = _measure(rules, a.measure)
+        # A sum of non-negative clamped values is non-negative; round to a cent.
+        total = cells[f"sum({a.measure})"]
+        return round(max(total, 0.0) if m.lower >= 0 else total, 2)
+    value = _cell(a, n, cells, rules)
+    return round(value, 2) if isinstance(value, float) and math.isfinite(value) else value

@@ -1,0 +1,246 @@
+"""Running a validated ``Query`` where the data lives.
+
+The engine never runs the consumer's text. It builds its own SELECT from the canonical
+``Query`` with sqlglot's builder, for the executor's dialect:
+
+- every measure is clamped to the offer's bounds before it is aggregated
+  (``LEAST(GREATEST(x, lower), upper)``, NULL kept NULL), so one row moves a sum by at most
+  ``max(|lower|, |upper|)`` — the sensitivity the noise is calibrated to;
+- ``COUNT(*)`` of each group is always computed, for suppression;
+- filter values are bound parameters, never spliced into the text;
+- at most ``max_groups + 1`` groups are fetched, and more than ``max_groups`` is refused.
+
+Executors (``Executor``) say how the FROM item ``product`` is reached and run the text:
+``connector.compute.embedded.DuckDBTable`` over CSV / JSON Lines files, and
+``connector.compute.database.DatabaseSource`` on PostgreSQL or MariaDB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlglot import exp
+
+from connector.compute.query import Aggregate, Filter, Query, Value, filter_expression
+from connector.compute.rules import ComputeRules, Measure
+from connector.errors import InvalidRequest
+
+__all__ = [
+    "Executor",
+    "Group",
+    "Statistic",
+    "compute_groups",
+    "isolating_cells",
+    "statistics",
+]
+
+_N = "tds_n"
+
+
+class Executor(Protocol):
+    """Where ``product`` is and how a SELECT over it is run, read-only."""
+
+    dialect: str
+    """The sqlglot dialect of the generated SQL."""
+    quantiles: bool
+    """Whether the source can compute continuous quantiles of a group."""
+
+    def source(self) -> exp.Expression:
+        """The FROM item named ``product`` (a table, or the source query as a subquery)."""
+        ...
+
+    def placeholder(self, name: str) -> exp.Expression:
+        """How a bound parameter called ``name`` is written in this executor's SQL."""
+        ...
+
+    def fetch(self, select: exp.Select, params: dict[str, Value]) -> list[tuple[Any, ...]]:
+        """Run ``select`` read-only with a time limit; every row as a tuple."""
+        ...
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One exact statistic per group the source computes: ``count``, ``sum``, ``min``,
+    ``max`` or ``quantile`` of a measure."""
+
+    fn: str
+    measure: str
+    q: float | None = None
+
+    @property
+    def key(self) -> str:
+        """``sum(cost)``, ``quantile(cost,0.5)``."""
+        return (
+            f"{self.fn}({self.measure})"
+            if self.q is None
+            else (f"quantile({self.measure},{self.q!r})")
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group's exact figures, before disclosure control. Never leaves the provider."""
+
+    key: tuple[Value | None, ...]
+    n: int
+    """Contributing rows (``COUNT(*)``)."""
+    values: dict[str, float | None]
+    """``Statistic.key`` -> exact value (``None`` when the group has no non-NULL value)."""
+
+
+def statistics(aggregates: Sequence[Aggregate]) -> tuple[Statistic, ...]:
+    """What the source must compute for ``aggregates``: ``avg`` is sum over count, so that
+    the noisy answer can be the ratio of two noisy releases."""
+    out: dict[Statistic, None] = {}
+    for a in aggregates:
+        if a.measure is None:
+            continue
+        if a.fn == "avg":
+            out[Statistic("sum", a.measure)] = None
+            out[Statistic("count", a.measure)] = None
+        else:
+            out[Statistic(a.fn, a.measure, a.q)] = None
+    return tuple(out)
+
+
+def _clamped(m: Measure) -> exp.Expression:
+    col = exp.column(m.name)
+    clamp = exp.Least(
+        this=exp.Greatest(this=col, expressions=[exp.Literal.number(repr(m.lower))]),
+        expressions=[exp.Literal.number(repr(m.upper))],
+    )
+    # GREATEST/LEAST ignore NULL in PostgreSQL and propagate it in MariaDB: say NULL stays
+    # NULL (an unknown value is not a value at a bound), the same on every source.
+    return exp.If(this=exp.Is(this=col.copy(), expression=exp.Null()), true=exp.Null(), false=clamp)
+
+
+def _statistic(s: Statistic, rules: ComputeRules, executor: Executor) -> exp.Expression:
+    m = rules.measure(s.measure)
+    assert m is not None  # the Query was checked against the rules
+    if s.fn == "count":
+        return exp.Count(this=exp.column(m.name))
+    arg = _clamped(m)
+    if s.fn == "sum":
+        return exp.Sum(this=arg)
+    if s.fn == "min":
+        return exp.Min(this=arg)
+    if s.fn == "max":
+        return exp.Max(this=arg)
+    assert s.fn == "quantile" and s.q is not None
+    if not executor.quantiles:
+        raise InvalidRequest(
+            f"quantile({s.measure}) cannot be computed by this source; ask without quantiles"
+        )
+    return exp.WithinGroup(
+        this=exp.PercentileCont(this=exp.Literal.number(repr(s.q))),
+        expression=exp.Order(expressions=[exp.Ordered(this=arg)]),
+    )
+
+
+def _where(
+    select: exp.Select, filters: Sequence[Filter], executor: Executor, params: dict[str, Value]
+) -> exp.Select:
+    for f in filters:
+        holders = []
+        for v in f.values:
+            name = f"p{len(params)}"
+            params[name] = v
+            holders.append(executor.placeholder(name))
+        select = select.where(filter_expression(f, holders), copy=False)
+    return select
+
+
+def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> list[Group]:
+    """The exact per-group figures of ``query`` (already checked against ``rules``).
+
+    Groups are sorted by key, so the same data gives the same list. More than
+    ``rules.max_groups`` groups is an ``InvalidRequest`` (narrow the question).
+    """
+    stats = statistics(query.aggregates)
+    params: dict[str, Value] = {}
+    columns: list[exp.Expr] = [
+        exp.alias_(exp.column(d), f"tds_d{i}") for i, d in enumerate(query.dimensions)
+    ]
+    columns.append(exp.alias_(exp.Count(this=exp.Star()), _N))
+    columns += [
+        exp.alias_(_statistic(s, rules, executor), f"tds_s{i}") for i, s in enumerate(stats)
+    ]
+    select = exp.select(*columns).from_(executor.source())
+    select = _where(select, query.filters, executor, params)
+    if query.dimensions:
+        select = select.group_by(*(exp.column(d) for d in query.dimensions), copy=False)
+    select = select.limit(rules.max_groups + 1, copy=False)
+    rows = executor.fetch(select, params)
+    if len(rows) > rules.max_groups:
+        raise InvalidRequest(
+            f"the answer would have more than {rules.max_groups} groups; group by fewer"
+            " dimensions or filter"
+        )
+    nd = len(query.dimensions)
+    groups = []
+    for row in rows:
+        n = int(row[nd])
+        if n == 0:  # no GROUP BY over an empty population still gives one row
+            continue
+        values = {
+            s.key: None if v is None else float(v)
+            for s, v in zip(stats, row[nd + 1 :], strict=True)
+        }
+        groups.append(Group(key=tuple(_plain(v) for v in row[:nd]), n=n, values=values))
+    groups.sort(key=lambda g: [(v is None, str(type(v)), v if v is not None else 0) for v in g.key])
+    return groups
+
+
+def _plain(v: Any) -> Value | None:
+    """A group key as JSON can carry it (database types become str, int or float)."""
+    if v is None or (isinstance(v, (str, int, float)) and not isinstance(v, bool)):
+        return v
+    if isinstance(v, bool):
+        return int(v)
+    try:
+        f = float(v)  # Decimal
+    except (TypeError, ValueError):
+        return str(v)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def isolating_cells(
+    dimensions: Sequence[str],
+    dimension: str,
+    filters: Sequence[Filter],
+    executor: Executor,
+    *,
+    k: int,
+) -> int:
+    """How many cells could be isolated by differencing on ``dimension``.
+
+    Among rows matching ``filters``, each group by ``dimensions`` splits into cells by the
+    values of ``dimension``. A cell of ``n`` rows, ``0 < n < k``, whose group has at least
+    ``k`` rows besides it can be recovered as the difference of two answers that are both
+    shown (the group with the cell and without it); those cells are counted.
+    """
+    params: dict[str, Value] = {}
+    split = list(dict.fromkeys((*dimensions, dimension)))
+    cells = exp.select(
+        *(exp.column(d) for d in split), exp.alias_(exp.Count(this=exp.Star()), _N)
+    ).from_(executor.source())
+    cells = _where(cells, filters, executor, params)
+    cells = cells.group_by(*(exp.column(d) for d in split), copy=False)
+    total = exp.Window(
+        this=exp.Sum(this=exp.column(_N)),
+        partition_by=[exp.column(d) for d in dimensions],
+    )
+    sized = exp.select(exp.column(_N), exp.alias_(total, "tds_total")).from_(
+        cells.subquery("tds_cells")
+    )
+    n, rest = exp.column(_N), exp.Sub(this=exp.column("tds_total"), expression=exp.column(_N))
+    select = (
+        exp.select(exp.Count(this=exp.Star()))
+        .from_(sized.subquery("tds_sized"))
+        .where(exp.LT(this=n, expression=exp.Literal.number(k)))
+        .where(exp.GTE(this=rest, expression=exp.Literal.number(k)))
+    )
+    rows = executor.fetch(select, params)
+    return int(rows[0][0])
