@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -38,6 +41,20 @@ def apply_environment(cfg: Config) -> Config:
     return cfg
 
 
+# Beyond the grace, closing clients and flushing logs may take this long before the
+# process is ended regardless.
+STOP_MARGIN_SECONDS = 3.0
+
+
+def _exit_now(message: str, code: int) -> None:
+    """End the process at once: no thread that is stuck (a handler, a log writer) can hold it."""
+    # A full or closed stderr must not keep the process alive either.
+    with contextlib.suppress(OSError):
+        os.set_blocking(2, False)
+        os.write(2, f"tds: {message}\n".encode())
+    os._exit(code)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Start the node, wait for a signal, stop gracefully."""
     bound_malloc_arenas()  # before the node starts its threads
@@ -49,9 +66,20 @@ def run_serve(args: argparse.Namespace) -> int:
     node = Node(cfg)
     node.start()
     stopping = threading.Event()
+    limit = cfg.server.grace_seconds + STOP_MARGIN_SECONDS
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():  # a second signal: the operator wants it gone now
+            _exit_now("stopped at once on a second signal", 1)
         stopping.set()
+        # Stopping is bounded whatever blocks: in-flight calls get the grace, closing and
+        # flushing the margin, then the process ends (committed state is durable; what a
+        # stuck call had not committed rolls back).
+        watchdog = threading.Timer(
+            limit, _exit_now, (f"did not stop within {limit:g} s; ended without waiting", 1)
+        )
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -62,4 +90,9 @@ def run_serve(args: argparse.Namespace) -> int:
     while not stopping.wait(0.5):
         pass
     node.stop()
-    return 0
+    for handler in logging.getLogger("connector").handlers:
+        handler.flush()  # bounded: see connector.logs
+    sys.stdout.flush()
+    # Not a normal interpreter exit: it would join every worker thread of the server,
+    # and a call that ignored its cancellation would hold the process past the grace.
+    os._exit(0)

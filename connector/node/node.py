@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -120,6 +121,10 @@ def _load_tls(cfg: Config) -> TlsMaterial:
         cert_pem=read_file_bytes(pki.tls_cert, "pki.tls_cert"),
         key_pem=read_file_bytes(pki.tls_key, "pki.tls_key"),
     )
+
+
+# How long ``stop`` waits, in all, for the background threads to notice the stop event.
+_THREADS_STOP_SECONDS = 2.0
 
 
 class Node:
@@ -710,9 +715,13 @@ class Node:
             self.registry.stop_watching()
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
+        # One budget for the background threads together (each waited 5 s in turn before):
+        # they are daemons watching the stop event, and one still inside a call must not
+        # make stopping take longer than the grace plus this.
+        deadline = time.monotonic() + _THREADS_STOP_SECONDS
         for thread in (self._refresher, self._watcher, self._checkpointer, self._sweeper_thread):
             if thread is not None:
-                thread.join(timeout=5)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_clients()
         log.info("stopped", extra={"participant": self.cfg.participant.id})
 
