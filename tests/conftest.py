@@ -30,9 +30,7 @@ def _postgres_admin() -> object:
         pytest.skip(f"PostgreSQL not reachable at {parsed_safe(POSTGRES_URL)}: {exc}")
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def _fresh_postgres() -> Iterator[str]:
     import psycopg
 
     admin = _postgres_admin()
@@ -45,6 +43,18 @@ def postgres_url() -> Iterator[str]:
             yield f"{base}/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    yield from _fresh_postgres()
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test module, dropped afterwards."""
+    yield from _fresh_postgres()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
