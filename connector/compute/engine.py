@@ -107,9 +107,14 @@ def statistics(aggregates: Sequence[Aggregate]) -> tuple[Statistic, ...]:
 
 def _clamped(m: Measure) -> exp.Expression:
     col = exp.column(m.name)
+    # ignore_nulls: plain GREATEST/LEAST in every dialect (x is not NULL in that branch);
+    # without it sqlglot wraps each in its own NULL test for DuckDB, which costs time.
     clamp = exp.Least(
-        this=exp.Greatest(this=col, expressions=[exp.Literal.number(repr(m.lower))]),
+        this=exp.Greatest(
+            this=col, expressions=[exp.Literal.number(repr(m.lower))], ignore_nulls=True
+        ),
         expressions=[exp.Literal.number(repr(m.upper))],
+        ignore_nulls=True,
     )
     # GREATEST/LEAST ignore NULL in PostgreSQL and propagate it in MariaDB: say NULL stays
     # NULL (an unknown value is not a value at a bound), the same on every source.
