@@ -92,8 +92,11 @@ def main() -> None:
             config={"memory_limit": f"{LIMITS.memory_mb}MB", "threads": LIMITS.threads},
         )
         plain.execute(f"CREATE TABLE product AS SELECT * FROM read_csv('{path}', header = true)")
-        results: dict[str, Any] = {"rows": args.rows, "rounds": args.rounds,
-                                   "load_s": round(load_s, 3)}
+        results: dict[str, Any] = {
+            "rows": args.rows,
+            "rounds": args.rounds,
+            "load_s": round(load_s, 3),
+        }
         for name, spec in (("dp", RULES | {"privacy": PRIVACY}), ("k_only", RULES)):
             rules = parse_rules(spec)
             tds: list[float] = []

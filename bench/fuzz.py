@@ -1,10 +1,10 @@
 """Fuzz every RPC of a running connector for longer than the test suite does.
 
 The same structure-aware requests as tests/fuzz (tests/support/fuzzing.py), sent as a
-member, as the connector's admin and with no token, against a registry and connector on
-loopback (SQLite, or PostgreSQL with --database-url). Counts answers per method and code;
-any INTERNAL/UNKNOWN, traceback, error log line, state change on refusal or lost health is
-a failure (exit 1), printed with the request that caused it.
+member, as the server's admin and with no token, against a registry (SQLite) and a
+connector on loopback (SQLite, or PostgreSQL with --database-url). Counts answers per
+method and code; any INTERNAL/UNKNOWN, traceback, error log line, state change on refusal
+or lost health is a failure (exit 1), printed with the request that caused it.
 
     python -m bench.fuzz --examples 5000 [--database-url postgresql://…] [--json]
 """
@@ -38,8 +38,9 @@ def main() -> int:
     counts: Counter[tuple[str, str]] = Counter()
     failures: list[str] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp, fuzz_target(Path(tmp), args.database_url) as t:
-        rpcs = t.rpcs
+    with tempfile.TemporaryDirectory() as tmp, fuzz_target(Path(tmp), args.database_url) as ts:
+        served = [(t, rpc) for t in ts.values() for rpc in t.rpcs]
+        rpcs = [rpc for _, rpc in served]
 
         @st.composite
         def calls(draw: st.DrawFn) -> tuple[str, int, bytes]:
@@ -56,7 +57,7 @@ def main() -> int:
         @given(call=calls())
         def run(call: tuple[str, int, bytes]) -> None:
             who, index, body = call
-            rpc = rpcs[index]
+            t, rpc = served[index]
             before = state_of(t.node)
             code, details = t.call(who, rpc, body)
             counts[(rpc.path, code.name)] += 1
@@ -74,9 +75,11 @@ def main() -> int:
                 failures.append(f"{rpc.path} as {who} with {body[:60]!r}: {problem}")
 
         run()
-        stop_started = time.monotonic()
-        t.node.stop(grace=2.0)
-        stop_seconds = time.monotonic() - stop_started
+        stop_seconds = 0.0
+        for t in ts.values():
+            stop_started = time.monotonic()
+            t.node.stop(grace=2.0)
+            stop_seconds = max(stop_seconds, time.monotonic() - stop_started)
     if stop_seconds > 5.0:
         failures.append(f"stop took {stop_seconds:.1f} s (grace 2 s + 3 s margin)")
     report = {

@@ -146,7 +146,8 @@ class _Collector(logging.Handler):
 
 @dataclass
 class Target:
-    """A running connector and three ways to call it."""
+    """A running server (a connector or the registry), the methods it serves, and three
+    ways to call it."""
 
     space: LocalSpace
     node: Node
@@ -185,8 +186,9 @@ def state_of(node: Node) -> dict[str, Any]:
 
 
 @contextmanager
-def fuzz_target(root: Path, database_url: str = "") -> Iterator[Target]:
-    """A registry and connector ``a`` (on ``database_url``, default SQLite); ``b`` calls it."""
+def fuzz_target(root: Path, database_url: str = "") -> Iterator[dict[str, Target]]:
+    """A registry and connector ``a`` (both on ``database_url``, default SQLite), as
+    ``registry`` and ``connector`` targets; member ``b`` calls them."""
     from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
     from connector.identity.names import Role
 
@@ -208,22 +210,40 @@ def fuzz_target(root: Path, database_url: str = "") -> Iterator[Target]:
                 .IssueToken(registry_pb2.IssueTokenRequest(), timeout=10)
                 .token
             )
-        port = node.port
-        channels = {
-            "member": probe_channel(
-                pki, sp.space, port, "a", pki / b.tls_key, pki / b.tls_cert, token
+        registry = sp.nodes[op]
+        o = sp.manifest.participant(op)
+
+        def channels_to(server: Node, name: str, admin: Any) -> dict[str, grpc.Channel]:
+            def dial(key: Path, cert: Path, bearer: str | None) -> grpc.Channel:
+                return probe_channel(pki, sp.space, server.port, name, key, cert, bearer)
+
+            return {
+                "member": dial(pki / b.tls_key, pki / b.tls_cert, token),
+                "admin": dial(pki / admin.admin_key, pki / admin.admin_cert, None),
+                "anonymous": dial(pki / b.tls_key, pki / b.tls_cert, None),
+            }
+
+        registry_rpc = "/tds.v1.RegistryService/"
+        targets = {
+            "connector": Target(
+                sp,
+                node,
+                channels_to(node, "a", a),
+                findings,
+                [r for r in tds_rpcs() if not r.path.startswith(registry_rpc)],
             ),
-            "admin": probe_channel(
-                pki, sp.space, port, "a", pki / a.admin_key, pki / a.admin_cert, None
-            ),
-            "anonymous": probe_channel(
-                pki, sp.space, port, "a", pki / b.tls_key, pki / b.tls_cert, None
+            "registry": Target(
+                sp,
+                registry,
+                channels_to(registry, op, o),
+                findings,
+                [r for r in tds_rpcs() if r.path.startswith(registry_rpc)],
             ),
         }
-        rpcs = [r for r in tds_rpcs() if not r.path.startswith("/tds.v1.RegistryService/")]
         try:
-            yield Target(sp, node, channels, findings, rpcs)
+            yield targets
         finally:
-            for channel in channels.values():
-                channel.close()
+            for t in targets.values():
+                for channel in t.channels.values():
+                    channel.close()
             logger.removeHandler(collector)
