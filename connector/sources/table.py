@@ -1,7 +1,8 @@
 """``table`` sources: a CSV or JSON Lines file on the provider's disk, read as records.
 
-The reading rules are those of ``connector.transfer.sources`` (which keeps its own copy
-until the transfer provider is switched over to :mod:`connector.sources.delivered`): CSV
+The reading rules are those of ``connector.transfer.sources`` (which shares
+:func:`jsonl_records`, until the transfer provider is switched over to
+:mod:`connector.sources.delivered`): CSV
 with a header row, every product field a column of it; JSON Lines with one object per
 line, blank lines skipped, a missing key delivered as absent.
 
@@ -21,7 +22,24 @@ from typing import IO, Any
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.sources.base import MISSING, Row, Snapshot
 
-__all__ = ["TableSource"]
+__all__ = ["TableSource", "jsonl_records"]
+
+
+def jsonl_records(lines: Iterator[str] | IO[str]) -> Iterator[dict[str, Any]]:
+    """The objects of JSON Lines text, blank lines skipped; a line that is not a JSON object
+    is the provider's fault (``PreconditionFailed`` naming the line)."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise PreconditionFailed(
+                f"the product's source line {number} is not JSON; the provider must fix it"
+            ) from None
+        if not isinstance(record, dict):
+            raise PreconditionFailed(f"the product's source line {number} is not an object")
+        yield record
 
 
 class _HashingReader:
@@ -70,17 +88,7 @@ class _TableSnapshot:
                 yield padded
         else:
             names = self.fields
-            for number, line in enumerate(self._reader, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise PreconditionFailed(
-                        f"the product's source line {number} is not JSON; the provider must fix it"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise PreconditionFailed(f"the product's source line {number} is not an object")
+            for record in jsonl_records(iter(self._reader)):
                 yield tuple(record.get(n, MISSING) for n in names)
         self._done = True
 

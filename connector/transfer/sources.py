@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from connector.catalog.products import Source
 from connector.errors import InvalidRequest, PreconditionFailed
+from connector.sources.table import jsonl_records
 from connector.transfer.masking import Masker
 
 __all__ = [
@@ -180,18 +181,7 @@ def _csv_rows(path: Path, roots: SourceRoots) -> Iterator[dict[str, Any]]:
 
 def _jsonl_rows(path: Path, roots: SourceRoots) -> Iterator[dict[str, Any]]:
     with _text(path, roots) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise PreconditionFailed(
-                    f"the product's source line {number} is not JSON; the provider must fix it"
-                ) from None
-            if not isinstance(row, dict):
-                raise PreconditionFailed(f"the product's source line {number} is not an object")
-            yield row
+        yield from jsonl_records(f)
 
 
 def _header(path: Path, roots: SourceRoots) -> list[str]:
