@@ -300,3 +300,23 @@ def test_the_registry_listing_has_no_connection_or_query(
     listed = json.loads(body)["source"]
     assert listed == {"kind": "sql", "format": "csv", "path": "", "connection": "", "query": ""}
     assert orders not in body and CONNECTION[database.dialect] not in body
+
+
+def test_general_data_is_masked_as_its_offer_says(
+    space: LocalSpace, database: Database, orders: str
+) -> None:
+    """An offer's masks hold whatever the grade: before, only important data's were applied
+    and a general product's masked fields left in clear."""
+    pid = f"general-{orders[-12:]}"
+    description = _product(pid, CONNECTION[database.dialect], _query(orders))
+    description["grade"] = "general"
+    description["offers"] = [offer(masks={"customer_name": "hash", "customer_phone": "redact"})]
+    publish(space, "gov", description, space.root)
+    agreement = agree(space, "gov", "a", pid)
+    receiver = space.nodes["a"].receiver
+    assert receiver is not None
+    text = Path(receiver.run(agreement).path).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == FIELDS  # no field list: every field, masked as the offer says
+    assert "Li Wei" not in text and "138000000" not in text
+    assert all(len(r["customer_name"]) == 64 and r["customer_phone"] == "" for r in rows)
