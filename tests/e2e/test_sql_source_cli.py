@@ -223,5 +223,8 @@ def test_a_database_that_is_down_is_unavailable_and_counts_nothing(world: Path) 
     )
     mine = [a for a in metering["agreements"] if a["agreement"] == agreement]
     assert all(a["transfers"] == 0 and a["bytes"] == 0 for a in mine), mine
-    # The password is in the provider's configuration and nowhere in its logs.
-    assert "hunter2" not in (world / "gov.log").read_text()
+    # The password is in the provider's configuration and nowhere in its logs, which name
+    # the connection with the password hidden.
+    logged = (world / "gov.log").read_text()
+    assert "hunter2" not in logged
+    assert "postgresql://reader:***@127.0.0.1:1/test" in logged
