@@ -23,6 +23,7 @@ __all__ = [
     "AuditConfig",
     "Config",
     "DatabaseConfig",
+    "DspConfig",
     "LimitsConfig",
     "ParticipantConfig",
     "PkiConfig",
@@ -181,6 +182,21 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class DspConfig:
+    """The Dataspace Protocol 2025-1 HTTPS binding, beside gRPC (off unless ``listen``)."""
+
+    listen: str = ""
+    """host:port of the DSP HTTPS server (TLS with the connector's certificate; mutual TLS
+    when the peer presents a space certificate); empty: not served."""
+    base_url: str = ""
+    """https URL others reach the binding at (default: https://<listen host>:<bound port>)."""
+    max_body_bytes: int = 256 * 1024
+    """Largest request body accepted; a larger one is refused with 413 before it is read."""
+    page_size: int = 50
+    """Datasets per catalog page (further pages through ``Link: rel="next"``)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A connector's whole configuration."""
 
@@ -193,6 +209,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dsp: DspConfig = field(default_factory=DspConfig)
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
     sources: dict[str, SourceConnection] = field(default_factory=dict)
@@ -279,6 +296,10 @@ def _validate(cfg: Config) -> None:
         _check_address(cfg.server.listen, "server.listen")
     if cfg.server.advertise:
         _check_address(cfg.server.advertise, "server.advertise")
+    if cfg.dsp.listen:
+        _check_address(cfg.dsp.listen, "dsp.listen")
+    if cfg.dsp.base_url and not cfg.dsp.base_url.startswith("https://"):
+        raise ConfigError(f"dsp.base_url must be an https:// URL, got {cfg.dsp.base_url!r}")
     if not cfg.is_operator:
         if not cfg.registry.address:
             raise ConfigError("registry.address is required for every connector but the operator")
@@ -347,6 +368,8 @@ def _validate(cfg: Config) -> None:
             cfg.transfer.sweep_interval_seconds >= 0.1,
             "transfer.sweep_interval_seconds must be at least 0.1",
         ),
+        (cfg.dsp.max_body_bytes >= 1024, "dsp.max_body_bytes must be at least 1024"),
+        (1 <= cfg.dsp.page_size <= 1000, "dsp.page_size must be between 1 and 1000"),
         (
             0 <= cfg.limits.clock_leeway_seconds <= 300,
             "limits.clock_leeway_seconds must be between 0 and 300",

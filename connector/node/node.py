@@ -26,6 +26,7 @@ from connector.clock import Clock, SystemClock
 from connector.config import Config
 from connector.consent.admin import ConsentAdmin
 from connector.consent.register import ConsentRegister
+from connector.dsp import DspBinding, tls_context
 from connector.errors import (
     ConfigError,
     ConnectorError,
@@ -137,6 +138,8 @@ class Node:
         self.db: Database | None = None
         self.registry: RegistryClient | None = None
         self._handle: ServerHandle | None = None
+        self.dsp: DspBinding | None = None
+        """The Dataspace Protocol HTTPS binding, when ``[dsp] listen`` is configured."""
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -266,9 +269,23 @@ class Node:
                 max_workers=cfg.server.max_workers,
                 max_message_bytes=cfg.server.max_message_bytes,
             )
+            if cfg.dsp.listen and not cfg.is_operator:
+                self.dsp = DspBinding(
+                    settings=cfg.dsp,
+                    participant=cfg.participant.id,
+                    space=cfg.participant.space,
+                    catalog=self.catalog,
+                    negotiator=self.negotiator,
+                    authenticator=authenticator,
+                    tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, tls.ca_pem),
+                    workers=cfg.server.max_workers,
+                )
+                self.dsp.start()
             if self._enrol_self is not None:
                 self._enrol_self(self.advertised_address)
         except BaseException:
+            if self.dsp is not None:
+                self.dsp.stop()
             if self._handle is not None:
                 self._handle.stop(0)
             self._close_clients()
@@ -721,6 +738,8 @@ class Node:
         self._stop.set()
         if self.registry is not None:
             self.registry.stop_watching()
+        if self.dsp is not None:
+            self.dsp.stop()
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
         # One budget for the background threads together (each waited 5 s in turn before):

@@ -1,0 +1,400 @@
+"""The DSP 2025-1 HTTPS binding against connectors started as users run them: a client
+written from the specification's text, every answer validated against the shared schemas.
+Each test is named after the specification section it checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
+from connector.config import DspConfig
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role, participant_uri
+from tests.integration.dsp_client import Answer, DspClient
+from tests.integration.test_authentication import own_token, pem, raw_channel
+from tests.support.exchange import FAR, admin, entries, publish
+from tests.unit.negotiation.test_dsp import VECTORS, validate
+
+pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
+
+OPEN = ("bus-stops", "parking", "traffic")
+RESTRICTED = "tenders"
+BODY_LIMIT = 4096
+
+
+def product(pid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "title": pid,
+        "grade": "general",
+        "tags": ["mobility"],
+        "source": {"kind": "file", "path": "data.bin"},
+        "offers": [
+            {"id": "o1", "purposes": ["research"], "valid_from_ns": 0, "valid_until_ns": FAR}
+        ],
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("dsp")
+    (root / "data.bin").write_bytes(b"x" * 100)
+    with LocalSpace.create(
+        root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
+    ) as sp:
+        sp.start_registry()
+        sp.start_connector(
+            "gov",
+            dsp=DspConfig(listen="127.0.0.1:0", max_body_bytes=BODY_LIMIT, page_size=2),
+        )
+        for member in ("a", "b"):
+            sp.start_connector(member)
+        for pid in OPEN:
+            publish(sp, "gov", product(pid), root)
+        publish(sp, "gov", product(RESTRICTED, access={"allow_list": ["b"]}), root)
+        yield sp
+
+
+def client(space: LocalSpace, member: str = "a", **kw: Any) -> DspClient:
+    return DspClient(space, member, "gov", **kw)
+
+
+def conforms(answer: Answer, schema: str) -> dict[str, Any]:
+    validate(answer.body, schema)
+    return dict(answer.body)
+
+
+def refused(answer: Answer, status: int, kind: str, fragment: str) -> None:
+    assert answer.status == status, (answer.status, answer.body)
+    schema = {
+        "CatalogError": "catalog/catalog-error-schema.json",
+        "ContractNegotiationError": "negotiation/contract-negotiation-error-schema.json",
+    }[kind]
+    body = conforms(answer, schema)
+    assert body["@type"] == kind
+    assert fragment in " ".join(body["reason"]), body["reason"]
+
+
+def catalog_request() -> dict[str, Any]:
+    return json.loads((VECTORS / "catalog/example/catalog-request-message.json").read_text())
+
+
+def contract_request(consumer_pid: str, *, purpose: str = "research", pid: str = "traffic") -> dict:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": consumer_pid,
+        "offer": {
+            "@type": "Offer",
+            "@id": f"urn:tds:offer:{pid}/o1",
+            "target": f"urn:tds:dataset:{pid}",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": purpose}
+                    ],
+                }
+            ],
+        },
+        "callbackAddress": "https://a.example/callback",
+    }
+
+
+def termination(provider_pid: str, consumer_pid: str) -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractNegotiationTerminationMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "code": "consumer-cancelled",
+        "reason": ["no longer needed"],
+    }
+
+
+def provider_negotiations(space: LocalSpace) -> list[Any]:
+    return list(
+        admin(space, "gov")
+        .ListNegotiations(admin_pb2.ListNegotiationsRequest(), timeout=10)
+        .negotiations
+    )
+
+
+# -- common binding ---------------------------------------------------------------------
+
+
+def test_common_4_3_well_known_version_needs_no_identity(space: LocalSpace) -> None:
+    answer = client(space, certificate=False, token=None).call("GET", "/.well-known/dspace-version")
+    assert answer.status == 200
+    body = conforms(answer, "common/protocol-version-schema.json")
+    (version,) = body["protocolVersions"]
+    assert (version["version"], version["binding"], version["path"]) == ("2025-1", "HTTPS", "/")
+    assert version["auth"]["protocol"] == "tds-mtls-membership"
+
+
+# -- catalog ----------------------------------------------------------------------------
+
+
+def test_catalog_6_3_1_request_is_filtered_as_list_products(space: LocalSpace) -> None:
+    for member in ("a", "b"):
+        seen: list[str] = []
+        url = "/catalog/request"
+        while url:
+            answer = client(space, member).call("POST", url, catalog_request())
+            assert answer.status == 200, answer.body
+            body = conforms(answer, "catalog/catalog-schema.json")
+            assert body["participantId"] == participant_uri("city", "gov")
+            seen += [d["@id"].removeprefix("urn:tds:dataset:") for d in body.get("dataset", [])]
+            url = answer.links().get("next", "")
+        grpc_view = catalog_pb2_grpc.CatalogServiceStub(
+            raw_channel(
+                space,
+                "gov",
+                pem(space, member, "tls_key"),
+                pem(space, member, "tls_cert"),
+                own_token(space, member),
+            )
+        ).ListProducts(catalog_pb2.ListProductsRequest(), timeout=10)
+        assert seen == sorted(p.id for p in grpc_view.products)
+        assert (RESTRICTED in seen) == (member == "b")
+
+
+def test_catalog_pagination_links_next_and_previous(space: LocalSpace) -> None:
+    first = client(space).call("POST", "/catalog/request", catalog_request())
+    assert [d["@id"] for d in first.body["dataset"]] == [
+        "urn:tds:dataset:bus-stops",
+        "urn:tds:dataset:parking",
+    ]
+    assert set(first.links()) == {"next"}
+    second = client(space).call("POST", first.links()["next"], catalog_request())
+    assert [d["@id"] for d in second.body["dataset"]] == ["urn:tds:dataset:traffic"]
+    assert set(second.links()) == {"previous"}
+    back = client(space).call("POST", second.links()["previous"], catalog_request())
+    assert back.body["dataset"] == first.body["dataset"]
+    forged = client(space).call(
+        "POST", "/catalog/request?continuationToken=not-a-token", catalog_request()
+    )
+    refused(forged, 400, "CatalogError", "continuationToken")
+
+
+def test_catalog_6_3_2_dataset_hidden_looks_missing(space: LocalSpace) -> None:
+    shown = client(space, "b").call("GET", f"/catalog/datasets/urn:tds:dataset:{RESTRICTED}")
+    assert shown.status == 200
+    assert conforms(shown, "catalog/dataset-schema.json")["@id"] == f"urn:tds:dataset:{RESTRICTED}"
+    hidden = client(space, "a").call("GET", f"/catalog/datasets/urn:tds:dataset:{RESTRICTED}")
+    missing = client(space, "a").call("GET", "/catalog/datasets/urn:tds:dataset:nothing")
+    refused(hidden, 404, "CatalogError", "not found")
+    refused(missing, 404, "CatalogError", "not found")
+    assert hidden.body["reason"][0].replace(RESTRICTED, "X") == missing.body["reason"][0].replace(
+        "nothing", "X"
+    )
+
+
+def test_catalog_unsupported_filter_is_400(space: LocalSpace) -> None:
+    message = {**catalog_request(), "filter": [{"title": "x"}]}
+    refused(client(space).call("POST", "/catalog/request", message), 400, "CatalogError", "filter")
+
+
+# -- contract negotiation, provider side ------------------------------------------------
+
+
+def test_negotiation_8_2_2_request_runs_on_the_grpc_state_machine(space: LocalSpace) -> None:
+    before = {n.pid for n in provider_negotiations(space)}
+    answer = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-1"))
+    assert answer.status == 201, answer.body
+    body = conforms(answer, "negotiation/contract-negotiation-schema.json")
+    assert body["consumerPid"] == "urn:uuid:c-1"
+    assert body["state"] == "AGREED"  # the embedded policy agrees at once
+    pid = body["providerPid"].removeprefix("urn:tds:process:")
+    # The same record the gRPC admin API lists, with its agreement and audit entries.
+    (new,) = [n for n in provider_negotiations(space) if n.pid not in before]
+    assert (new.pid, new.state, new.counterparty) == (pid, "AGREED", "a")
+    assert new.agreement_id
+    moves = [e for e in entries(space, "gov", "negotiation.transition") if e["data"]["pid"] == pid]
+    assert [m["data"]["to"] for m in moves] == ["REQUESTED", "AGREED"]
+    # A repeated message is the same answer, and nothing changes.
+    again = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-1"))
+    assert (again.status, again.body) == (201, body)
+    assert len(provider_negotiations(space)) == len(before) + 1
+    # 8.2.1: the provider's view of it.
+    shown = client(space).call("GET", f"/negotiations/{body['providerPid']}")
+    assert conforms(shown, "negotiation/contract-negotiation-schema.json") == body
+
+
+def test_negotiation_8_2_6_termination_and_another_participants_process(
+    space: LocalSpace,
+) -> None:
+    started = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-2"))
+    provider_pid = started.body["providerPid"]
+    # b names a's process: as missing as one that does not exist, and nothing changes.
+    stranger = client(space, "b").call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        termination(provider_pid, "urn:uuid:c-2"),
+    )
+    refused(stranger, 404, "ContractNegotiationError", "no such negotiation")
+    refused(
+        client(space, "b").call("GET", f"/negotiations/{provider_pid}"),
+        404,
+        "ContractNegotiationError",
+        "no such negotiation",
+    )
+    assert client(space).call("GET", f"/negotiations/{provider_pid}").body["state"] == "AGREED"
+    ended = client(space).call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        termination(provider_pid, "urn:uuid:c-2"),
+    )
+    assert ended.status == 200, ended.body
+    assert client(space).call("GET", f"/negotiations/{provider_pid}").body["state"] == "TERMINATED"
+    pid = provider_pid.removeprefix("urn:tds:process:")
+    moves = [e for e in entries(space, "gov", "negotiation.transition") if e["data"]["pid"] == pid]
+    assert moves[-1]["data"]["to"] == "TERMINATED"
+    assert moves[-1]["data"]["reasons"] == ["no longer needed"]
+    # Repeated: same answer, no second transition.
+    again = client(space).call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        termination(provider_pid, "urn:uuid:c-2"),
+    )
+    assert again.status == 200
+    after = [e for e in entries(space, "gov", "negotiation.transition") if e["data"]["pid"] == pid]
+    assert len(after) == len(moves)
+
+
+# -- bad input: the DSP error, the right status, nothing changed ------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b"[]", 400, "JSON object"),
+        (json.dumps({"@type": "ContractRequestMessage"}).encode(), 400, "no @context"),
+        (
+            json.dumps(
+                {"@context": ["https://evil.example/context.jsonld"], "@type": "X"}
+            ).encode(),
+            400,
+            "not one this connector resolves",
+        ),
+        (
+            json.dumps(
+                {**contract_request("urn:uuid:c-x"), "@type": "ContractOfferMessage"}
+            ).encode(),
+            400,
+            "this endpoint takes ContractRequestMessage",
+        ),
+        (
+            json.dumps(
+                {k: v for k, v in contract_request("urn:uuid:c-x").items() if k != "consumerPid"}
+            ).encode(),
+            400,
+            "fails its DSP 2025-1 schema",
+        ),
+        (
+            json.dumps(
+                {**contract_request("urn:uuid:c-x"), "callbackAddress": "http://a.example/cb"}
+            ).encode(),
+            400,
+            "https",
+        ),
+        (
+            json.dumps({**contract_request("urn:uuid:c-x"), "providerPid": "urn:x"}).encode(),
+            400,
+            "fails 'oneOf'",
+        ),
+        (json.dumps(contract_request("urn:uuid:c-x", purpose="")).encode(), 400, "purpose"),
+        (json.dumps(contract_request("urn:uuid:c-x", pid="nothing")).encode(), 404, "not found"),
+        (b"{" + b" " * BODY_LIMIT + b"}", 413, "larger than this connector accepts"),
+    ],
+    ids=[
+        "not-json",
+        "not-object",
+        "no-context",
+        "remote-context",
+        "unknown-type",
+        "schema",
+        "callback-not-https",
+        "initial-with-provider-pid",
+        "no-purpose",
+        "unknown-dataset",
+        "too-large",
+    ],
+)
+def test_negotiation_bad_request_changes_nothing(
+    space: LocalSpace, body: bytes, status: int, fragment: str
+) -> None:
+    before = len(provider_negotiations(space))
+    logged = len(entries(space, "gov"))
+    answer = client(space).call("POST", "/negotiations/request", raw=body)
+    refused(answer, status, "ContractNegotiationError", fragment)
+    assert len(provider_negotiations(space)) == before
+    kinds = [e["kind"] for e in entries(space, "gov")[logged:]]
+    assert "negotiation.transition" not in kinds
+
+
+def test_negotiation_wrong_process_id_is_404(space: LocalSpace) -> None:
+    for pid in ("urn:tds:process:nope", "urn:uuid:c-1"):
+        refused(
+            client(space).call("GET", f"/negotiations/{pid}"),
+            404,
+            "ContractNegotiationError",
+            "no such negotiation",
+        )
+
+
+@pytest.mark.parametrize(
+    ("kw", "fragment"),
+    [
+        ({"certificate": False}, "no client certificate"),
+        ({"token": None}, "no membership token"),
+        ({"token": "Basic abc"}, "Bearer"),
+    ],
+    ids=["no-certificate", "no-token", "not-bearer"],
+)
+def test_identity_missing_is_401(space: LocalSpace, kw: dict[str, Any], fragment: str) -> None:
+    before = len(provider_negotiations(space))
+    for method, path, body, kind in (
+        ("POST", "/catalog/request", catalog_request(), "CatalogError"),
+        (
+            "POST",
+            "/negotiations/request",
+            contract_request("urn:uuid:c-9"),
+            "ContractNegotiationError",
+        ),
+    ):
+        refused(client(space, **kw).call(method, path, body), 401, kind, fragment)
+    assert len(provider_negotiations(space)) == before
+
+
+def test_identity_token_bound_to_another_certificate_is_401(space: LocalSpace) -> None:
+    # a's certificate with b's token: the token's cnf binds it to b's certificate.
+    stolen = f"Bearer {own_token(space, 'b')}"
+    answer = client(space, "a", token=stolen).call("POST", "/catalog/request", catalog_request())
+    refused(answer, 401, "CatalogError", "membership token is for 'b'")
+
+
+def test_out_of_state_order_termination_of_a_terminated_negotiation(space: LocalSpace) -> None:
+    refused_at_once = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request("urn:uuid:c-3", purpose="marketing")
+    )
+    # The contract policy refuses a purpose the offer does not name: TERMINATED at once.
+    assert refused_at_once.status == 201, refused_at_once.body
+    assert refused_at_once.body["state"] == "TERMINATED"
+    pid = refused_at_once.body["providerPid"]
+    again = client(space, "b").call(
+        "POST", f"/negotiations/{pid}/termination", termination(pid, "urn:uuid:c-3")
+    )
+    assert again.status == 200
+    assert client(space, "b").call("GET", f"/negotiations/{pid}").body["state"] == "TERMINATED"
+
+
+def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
+    for path in ("/negotiations/x/request", "/negotiations/x/events", "/transfers/request"):
+        assert client(space).call("POST", path, {}).status == 404
