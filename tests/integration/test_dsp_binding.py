@@ -1,6 +1,8 @@
 """The DSP 2025-1 HTTPS binding against connectors started as users run them: a client
 written from the specification's text, every answer validated against the shared schemas.
-Each test is named after the specification section it checks."""
+Each test is named after the specification section it checks (the anchors of the HTTPS
+bindings in eclipse-dataspace-protocol-base/DataspaceProtocol: ``catalog-request-post``,
+``negotiations-request-post``, ``exposure-of-dataspace-protocol-versions``…)."""
 
 from __future__ import annotations
 
@@ -125,10 +127,10 @@ def provider_negotiations(space: LocalSpace) -> list[Any]:
     )
 
 
-# -- common binding ---------------------------------------------------------------------
+# -- common: exposure of versions -------------------------------------------------------
 
 
-def test_common_4_3_well_known_version_needs_no_identity(space: LocalSpace) -> None:
+def test_exposure_of_versions_https_binding_needs_no_identity(space: LocalSpace) -> None:
     answer = client(space, certificate=False, token=None).call("GET", "/.well-known/dspace-version")
     assert answer.status == 200
     body = conforms(answer, "common/protocol-version-schema.json")
@@ -140,7 +142,7 @@ def test_common_4_3_well_known_version_needs_no_identity(space: LocalSpace) -> N
 # -- catalog ----------------------------------------------------------------------------
 
 
-def test_catalog_6_3_1_request_is_filtered_as_list_products(space: LocalSpace) -> None:
+def test_catalog_request_post_is_filtered_as_list_products(space: LocalSpace) -> None:
     for member in ("a", "b"):
         seen: list[str] = []
         url = "/catalog/request"
@@ -182,7 +184,7 @@ def test_catalog_pagination_links_next_and_previous(space: LocalSpace) -> None:
     refused(forged, 400, "CatalogError", "continuationToken")
 
 
-def test_catalog_6_3_2_dataset_hidden_looks_missing(space: LocalSpace) -> None:
+def test_catalog_datasets_get_hidden_looks_missing(space: LocalSpace) -> None:
     shown = client(space, "b").call("GET", f"/catalog/datasets/urn:tds:dataset:{RESTRICTED}")
     assert shown.status == 200
     assert conforms(shown, "catalog/dataset-schema.json")["@id"] == f"urn:tds:dataset:{RESTRICTED}"
@@ -195,7 +197,7 @@ def test_catalog_6_3_2_dataset_hidden_looks_missing(space: LocalSpace) -> None:
     )
 
 
-def test_catalog_unsupported_filter_is_400(space: LocalSpace) -> None:
+def test_catalog_request_post_unsupported_filter_is_400(space: LocalSpace) -> None:
     message = {**catalog_request(), "filter": [{"title": "x"}]}
     refused(client(space).call("POST", "/catalog/request", message), 400, "CatalogError", "filter")
 
@@ -203,7 +205,7 @@ def test_catalog_unsupported_filter_is_400(space: LocalSpace) -> None:
 # -- contract negotiation, provider side ------------------------------------------------
 
 
-def test_negotiation_8_2_2_request_runs_on_the_grpc_state_machine(space: LocalSpace) -> None:
+def test_negotiations_request_post_runs_on_the_grpc_state_machine(space: LocalSpace) -> None:
     before = {n.pid for n in provider_negotiations(space)}
     answer = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-1"))
     assert answer.status == 201, answer.body
@@ -226,7 +228,7 @@ def test_negotiation_8_2_2_request_runs_on_the_grpc_state_machine(space: LocalSp
     assert conforms(shown, "negotiation/contract-negotiation-schema.json") == body
 
 
-def test_negotiation_8_2_6_termination_and_another_participants_process(
+def test_negotiations_providerpid_termination_post_and_another_participants_process(
     space: LocalSpace,
 ) -> None:
     started = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-2"))
@@ -327,7 +329,7 @@ def test_negotiation_8_2_6_termination_and_another_participants_process(
         "too-large",
     ],
 )
-def test_negotiation_bad_request_changes_nothing(
+def test_contract_negotiation_error_bad_request_changes_nothing(
     space: LocalSpace, body: bytes, status: int, fragment: str
 ) -> None:
     before = len(provider_negotiations(space))
@@ -339,7 +341,7 @@ def test_negotiation_bad_request_changes_nothing(
     assert "negotiation.transition" not in kinds
 
 
-def test_negotiation_wrong_process_id_is_404(space: LocalSpace) -> None:
+def test_object_not_found_wrong_process_id_is_404(space: LocalSpace) -> None:
     for pid in ("urn:tds:process:nope", "urn:uuid:c-1"):
         refused(
             client(space).call("GET", f"/negotiations/{pid}"),
@@ -358,7 +360,9 @@ def test_negotiation_wrong_process_id_is_404(space: LocalSpace) -> None:
     ],
     ids=["no-certificate", "no-token", "not-bearer"],
 )
-def test_identity_missing_is_401(space: LocalSpace, kw: dict[str, Any], fragment: str) -> None:
+def test_authorization_missing_identity_is_401(
+    space: LocalSpace, kw: dict[str, Any], fragment: str
+) -> None:
     before = len(provider_negotiations(space))
     for method, path, body, kind in (
         ("POST", "/catalog/request", catalog_request(), "CatalogError"),
@@ -373,14 +377,14 @@ def test_identity_missing_is_401(space: LocalSpace, kw: dict[str, Any], fragment
     assert len(provider_negotiations(space)) == before
 
 
-def test_identity_token_bound_to_another_certificate_is_401(space: LocalSpace) -> None:
+def test_authorization_token_bound_to_another_certificate_is_401(space: LocalSpace) -> None:
     # a's certificate with b's token: the token's cnf binds it to b's certificate.
     stolen = f"Bearer {own_token(space, 'b')}"
     answer = client(space, "a", token=stolen).call("POST", "/catalog/request", catalog_request())
     refused(answer, 401, "CatalogError", "membership token is for 'b'")
 
 
-def test_out_of_state_order_termination_of_a_terminated_negotiation(space: LocalSpace) -> None:
+def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) -> None:
     refused_at_once = client(space, "b").call(
         "POST", "/negotiations/request", contract_request("urn:uuid:c-3", purpose="marketing")
     )
