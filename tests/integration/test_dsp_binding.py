@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
 from connector.config import DspConfig
 from connector.demo.space import LocalSpace
-from connector.identity.names import Role, participant_uri
-from tests.integration.dsp_client import Answer, DspClient
-from tests.integration.test_authentication import own_token, pem, raw_channel
+from connector.identity.names import Role, participant_dns_name, participant_uri
+from connector.identity.pki import init_space
+from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
+from tests.support.dsp_client import Answer, DspClient
 from tests.support.exchange import FAR, admin, entries, publish
 from tests.unit.negotiation.test_dsp import VECTORS, validate
 
@@ -62,8 +65,29 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
         yield sp
 
 
-def client(space: LocalSpace, member: str = "a", **kw: Any) -> DspClient:
-    return DspClient(space, member, "gov", **kw)
+def client(
+    space: LocalSpace,
+    member: str = "a",
+    *,
+    certificate: str = "tls",
+    token: str | None = "",
+) -> DspClient:
+    """gov's binding as ``member`` calls it: its ``certificate`` ("tls", "admin" or "" for
+    none) and its own token (``token=""``), another value, or none (``None``)."""
+    binding = space.nodes["gov"].dsp
+    assert binding is not None
+
+    def authorization() -> str | None:
+        return f"Bearer {own_token(space, member)}" if token == "" else token
+
+    return DspClient(
+        base=binding.base_url,
+        server_name=participant_dns_name("city", "gov"),
+        ca_pem=ca_pem(space),
+        cert_pem=pem(space, member, f"{certificate}_cert") if certificate else None,
+        key_pem=pem(space, member, f"{certificate}_key") if certificate else None,
+        authorization=authorization,
+    )
 
 
 def conforms(answer: Answer, schema: str) -> dict[str, Any]:
@@ -131,7 +155,7 @@ def provider_negotiations(space: LocalSpace) -> list[Any]:
 
 
 def test_exposure_of_versions_https_binding_needs_no_identity(space: LocalSpace) -> None:
-    answer = client(space, certificate=False, token=None).call("GET", "/.well-known/dspace-version")
+    answer = client(space, certificate="", token=None).call("GET", "/.well-known/dspace-version")
     assert answer.status == 200
     body = conforms(answer, "common/protocol-version-schema.json")
     (version,) = body["protocolVersions"]
@@ -354,7 +378,7 @@ def test_object_not_found_wrong_process_id_is_404(space: LocalSpace) -> None:
 @pytest.mark.parametrize(
     ("kw", "fragment"),
     [
-        ({"certificate": False}, "no client certificate"),
+        ({"certificate": ""}, "no client certificate"),
         ({"token": None}, "no membership token"),
         ({"token": "Basic abc"}, "Bearer"),
     ],
@@ -402,3 +426,28 @@ def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) 
 def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
     for path in ("/negotiations/x/request", "/negotiations/x/events", "/transfers/request"):
         assert client(space).call("POST", path, {}).status == 404
+
+
+def test_authorization_admin_certificate_is_refused(space: LocalSpace) -> None:
+    # gov's own administrator certificate makes no member calls, over DSP as over gRPC.
+    answer = client(space, "gov", certificate="admin", token=f"Bearer {own_token(space, 'gov')}")
+    refused(
+        answer.call("POST", "/catalog/request", catalog_request()),
+        403,
+        "CatalogError",
+        "administrator certificates cannot make member calls",
+    )
+
+
+def test_mutual_tls_certificate_of_another_ca_fails_the_handshake(
+    space: LocalSpace, tmp_path: Path
+) -> None:
+    # The same participant name and space, issued by a CA that is not the space's.
+    forged = init_space(tmp_path / "other", "city", [("a", Role.ENTERPRISE)]).participant("a")
+    stranger = client(space)
+    stranger.cert_pem = (tmp_path / "other" / forged.tls_cert).read_bytes()
+    stranger.key_pem = (tmp_path / "other" / forged.tls_key).read_bytes()
+    before = len(provider_negotiations(space))
+    with pytest.raises(aiohttp.ClientError):
+        stranger.call("POST", "/negotiations/request", contract_request("urn:uuid:c-forged"))
+    assert len(provider_negotiations(space)) == before

@@ -1,19 +1,22 @@
 """A Dataspace Protocol 2025-1 client written from the specification's HTTPS bindings, to
-drive a connector's DSP binding as a connector of another make would (aiohttp client)."""
+drive a connector's DSP binding as a connector of another make would (aiohttp client).
+
+What it presents is what docs/dsp.md asks of a foreign connector: a TLS client certificate
+issued by the space CA and ``Authorization: Bearer <membership token>`` from the registry.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import ssl
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from connector.demo.space import LocalSpace
-from connector.identity.names import participant_dns_name
-from tests.integration.test_authentication import ca_pem, own_token, pem
 
 
 @dataclass
@@ -35,29 +38,27 @@ class Answer:
 
 @dataclass
 class DspClient:
-    """Calls ``target``'s DSP binding as ``member`` (its certificate and token, unless told
-    otherwise)."""
+    """Calls one DSP binding at ``base`` (an https URL)."""
 
-    space: LocalSpace
-    member: str
-    target: str
-    certificate: bool = True
-    token: str | None = ""
+    base: str
+    server_name: str
+    """The DNS name the server's certificate carries (the connector's, in the space)."""
+    ca_pem: bytes
+    cert_pem: bytes | None = None
+    """The client certificate (None: present none)."""
+    key_pem: bytes | None = None
+    authorization: Callable[[], str | None] = lambda: None
+    """The ``Authorization`` value to send (None: send none)."""
 
-    def _ssl(self, tmp: Any) -> ssl.SSLContext:
-        context = ssl.create_default_context(cadata=ca_pem(self.space).decode())
-        if self.certificate:
-            cert, key = tmp / "cert.pem", tmp / "key.pem"
-            cert.write_bytes(pem(self.space, self.member, "tls_cert"))
-            key.write_bytes(pem(self.space, self.member, "tls_key"))
-            context.load_cert_chain(str(cert), str(key))
+    def _ssl(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        if self.cert_pem is not None and self.key_pem is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+                cert.write_bytes(self.cert_pem)
+                key.write_bytes(self.key_pem)
+                context.load_cert_chain(str(cert), str(key))
         return context
-
-    @property
-    def base(self) -> str:
-        binding = self.space.nodes[self.target].dsp
-        assert binding is not None
-        return binding.base_url
 
     def call(
         self,
@@ -66,34 +67,27 @@ class DspClient:
         body: Any = None,
         *,
         raw: bytes | None = None,
-        headers: dict[str, str] | None = None,
     ) -> Answer:
         """One request (``path`` relative to the binding's base, or a whole URL)."""
-        import tempfile
-        from pathlib import Path
-
         url = path if path.startswith("https://") else self.base + path
-        sent = dict(headers or {})
-        if self.token == "":
-            sent["Authorization"] = f"Bearer {own_token(self.space, self.member)}"
-        elif self.token is not None:
-            sent["Authorization"] = self.token
+        headers: dict[str, str] = {}
+        authorization = self.authorization()
+        if authorization is not None:
+            headers["Authorization"] = authorization
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         if data is not None:
-            sent.setdefault("Content-Type", "application/json")
+            headers["Content-Type"] = "application/json"
 
         async def run() -> Answer:
-            with tempfile.TemporaryDirectory() as tmp:
-                context = self._ssl(Path(tmp))
             async with (
                 aiohttp.ClientSession() as session,
                 session.request(
                     method,
                     url,
                     data=data,
-                    headers=sent,
-                    ssl=context,
-                    server_hostname=participant_dns_name(self.space.space, self.target),
+                    headers=headers,
+                    ssl=self._ssl(),
+                    server_hostname=self.server_name,
                 ) as response,
             ):
                 text = await response.text()
