@@ -1,0 +1,216 @@
+"""What every stream source shares: limits, message decoding, skips, lag and its errors.
+
+A ``stream`` product names a broker connection from the provider's configuration and a
+subject (NATS JetStream, :mod:`connector.sources.nats`) or topic (MQTT,
+:mod:`connector.sources.mqtt`). Both adapters implement
+:class:`connector.sources.base.StreamSource`; this module holds what they share.
+
+How the Subscribe RPC is meant to use them (the wiring is the next step)
+-----------------------------------------------------------------------
+
+Provider, for ``Subscribe(agreement, from_sequence)``::
+
+    with source.subscribe(after=from_sequence) as sub:      # Unavailable / InvalidRequest /
+        while True:                                        # SequenceGone: refuse, say why
+            record = sub.poll(0.25)                        # None: nothing new in 0.25 s
+            decide("stream.continue")                      # every return, record or not
+            if record is None:
+                continue
+            delivered = project_and_mask(record.row)       # the offer's fields and masks
+            chain.append(record.sequence, delivered)       # connector.sources.windows
+            send(record.sequence, record.previous, delivered)
+            window = windows.add(record.sequence, len(chain.encoded), chain.head)
+            if window: send the window for the consumer to sign; countersign, log both
+
+- **Sequence numbers** are the source's: JetStream's stream sequence (so they survive a
+  provider or broker restart), or for MQTT a number the source assigns on arrival. They
+  increase strictly but need not be contiguous (other subjects of the same JetStream
+  stream, skipped messages), so each record also carries ``previous``, the sequence the
+  subscription delivered before it; the consumer's
+  :class:`~connector.sources.windows.StreamChecker` refuses any record whose ``previous``
+  is not the last sequence it holds: a gap, a repeat and a reordering all look like that.
+- **Acknowledgement** is the consumer's signed window receipt, kept in tds's own store
+  (shared by a provider's replicas), not a broker-side consumer's ack floor: one source of
+  truth. A consumer resumes with ``from_sequence`` = the last sequence it holds (at least
+  its last countersigned window); the NATS source then creates a fresh ephemeral consumer
+  starting right after it, which is exactly "nothing lost or doubled" because the stream's
+  sequence numbers are the broker's own.
+- **Windows** close every N records or T seconds
+  (:class:`~connector.sources.windows.WindowAccumulator`); provider and consumer compute
+  the same :class:`~connector.sources.windows.Window` independently from the same chain,
+  so a receipt the consumer signs is one the provider can check field for field.
+- **Suspension**: :class:`SubscriptionLagging` (the reader fell too far behind) and
+  :class:`SequenceGone` (what comes next is no longer held: MQTT replay buffer overflow,
+  JetStream limits) end the subscription with a reason for the SUSPENDED state; the
+  consumer resumes later from its last acknowledged sequence, or learns exactly how much
+  was lost. A broker that goes away mid-stream is *not* an error: the subscription
+  reconnects and continues after the last sequence it delivered (:attr:`connected` says
+  whether it is reachable now, for a live status line).
+- **Bad messages** (not JSON, not a JSON object, larger than ``max_message_bytes``) are
+  never delivered and never stop the stream: each is counted by reason
+  (``Subscription.skipped``) and reported through the ``on_skip`` callback with its
+  sequence, for the provider's log.
+
+Memory is bounded per subscription: NATS fetches from the broker only as many messages as
+its queue has room for (``buffer_messages``), MQTT subscriptions read one shared ring of
+``replay_messages``; neither grows when a reader stops reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Any
+
+from connector.errors import ConfigError, PreconditionFailed, Unavailable
+from connector.sources.base import MISSING, Row, StreamRecord
+
+__all__ = [
+    "I_JSON_MAX_INT",
+    "DeliveryCursor",
+    "SequenceGone",
+    "SkipCallback",
+    "SkipReason",
+    "SubscriptionLagging",
+    "check_limits",
+    "decode_message",
+]
+
+I_JSON_MAX_INT = 2**53 - 1
+"""Largest integer a record may carry (I-JSON, RFC 7493): what canonical JSON can sign."""
+
+
+class SkipReason(StrEnum):
+    """Why a broker message was not delivered."""
+
+    NOT_JSON = "not_json"
+    """Not UTF-8 JSON (or JSON outside I-JSON: NaN, Infinity, integers past 2**53 - 1)."""
+    NOT_OBJECT = "not_object"
+    """JSON, but not an object (an array, a number, a string)."""
+    OVERSIZED = "oversized"
+    """Larger than the connection's ``max_message_bytes``."""
+
+
+SkipCallback = Callable[[int, SkipReason], None]
+"""Called with the sequence and reason of each skipped message, in the reader's thread."""
+
+
+class SubscriptionLagging(Unavailable):
+    """The reader fell further behind the source than the configured lag allows."""
+
+    def __init__(self, lag: int, limit: int, last: int) -> None:
+        super().__init__(
+            f"the subscriber is {lag} messages behind the stream (limit {limit}); the "
+            f"subscription is suspended: resume after sequence {last} when it can keep up"
+        )
+        self.lag = lag
+        self.last = last
+
+
+class SequenceGone(PreconditionFailed):
+    """Records after the requested sequence are no longer held by the source."""
+
+    def __init__(self, after: int, oldest: int, where: str, *, at_least: bool = False) -> None:
+        self.after = after
+        self.oldest = oldest
+        self.lost = max(0, oldest - 1 - after)
+        """Sequences between ``after`` and the oldest one held (messages lost)."""
+        many = f"at most {self.lost}" if at_least else str(self.lost)
+        super().__init__(
+            f"sequences {after + 1} to {oldest - 1} are no longer held by {where} "
+            f"({many} messages lost); the oldest held is {oldest}: subscribe after "
+            f"{oldest - 1} to continue from there"
+        )
+
+
+def check_limits(
+    where: str, *, max_message_bytes: int, buffer_messages: int, max_lag_messages: int
+) -> None:
+    """``ConfigError`` unless the shared limits are positive and consistent."""
+    for field, value in (
+        ("max_message_bytes", max_message_bytes),
+        ("buffer_messages", buffer_messages),
+        ("max_lag_messages", max_lag_messages),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}.{field} must be a positive integer")
+    if max_lag_messages < buffer_messages:
+        raise ConfigError(
+            f"{where}.max_lag_messages ({max_lag_messages}) must be at least "
+            f"buffer_messages ({buffer_messages}): a full buffer is not yet a lag"
+        )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not I-JSON")
+
+
+def _i_json_int(text: str) -> int:
+    value = int(text)
+    if not -I_JSON_MAX_INT <= value <= I_JSON_MAX_INT:
+        raise ValueError("integer outside I-JSON")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number outside I-JSON")
+    return value
+
+
+def decode_message(
+    payload: bytes, fields: Sequence[str], max_message_bytes: int
+) -> Row | SkipReason:
+    """One broker message as a row of ``fields``, or why it cannot be delivered.
+
+    The message must be a UTF-8 JSON object of at most ``max_message_bytes`` bytes whose
+    numbers fit I-JSON (so every delivered record has a canonical form to hash and sign).
+    Keys outside ``fields`` are dropped; a field the object lacks is :data:`MISSING`.
+    """
+    if len(payload) > max_message_bytes:
+        return SkipReason.OVERSIZED
+    try:
+        value = json.loads(
+            payload,
+            parse_constant=_refuse_constant,
+            parse_int=_i_json_int,
+            parse_float=_finite_float,
+        )
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return SkipReason.NOT_JSON
+    if not isinstance(value, dict):
+        return SkipReason.NOT_OBJECT
+    return tuple(value.get(name, MISSING) for name in fields)
+
+
+class DeliveryCursor:
+    """A subscription's reader side: the last sequence delivered, and the skips counted.
+
+    Both adapters hand every message they read, in source order, to :meth:`deliver` or
+    :meth:`skip`; ``previous`` of each record is then exactly what the consumer must hold.
+    """
+
+    def __init__(self, after: int, on_skip: SkipCallback | None) -> None:
+        self.last = after
+        """The last sequence delivered or skipped (``after`` before any)."""
+        self.skipped: dict[str, int] = {}
+        self._on_skip = on_skip
+        self._previous = after
+
+    def deliver(self, sequence: int, row: Row, size: int) -> StreamRecord:
+        """The record to hand to the reader; ``sequence`` must be past every earlier one."""
+        if sequence <= self.last:
+            raise RuntimeError(f"sequence {sequence} is not after {self.last}")
+        record = StreamRecord(sequence, self._previous, row, size)
+        self.last = self._previous = sequence
+        return record
+
+    def skip(self, sequence: int, reason: SkipReason) -> None:
+        """Count a message that is not delivered (and tell ``on_skip``)."""
+        self.last = sequence
+        self.skipped[reason.value] = self.skipped.get(reason.value, 0) + 1
+        if self._on_skip is not None:
+            self._on_skip(sequence, reason)
