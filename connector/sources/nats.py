@@ -1,0 +1,461 @@
+"""``stream`` sources on NATS JetStream: one subject of a stream, read by sequence.
+
+A product names a connection and a subject::
+
+    source = {kind = "stream", connection = "weather", subject = "rain.gauges"}
+
+The connection is the provider's configuration (``[sources.weather] url = "nats://…"``,
+:class:`NatsConnection`); its credentials stay there, never in a product, a message or a
+log. The subject must be held by a JetStream stream the provider created (its retention is
+what a consumer can resume within).
+
+Sequence numbers are the **stream's own** (``msg.metadata.sequence.stream``): they survive
+provider and broker restarts, so a subscription after ``N`` is a fresh ephemeral pull
+consumer with ``deliver_policy = by_start_sequence``, ``opt_start_seq = N + 1`` and no
+broker-side acks (the consumer's acknowledgement is tds's signed window receipt; see
+:mod:`connector.sources.stream`). Nothing is lost or doubled across a resume because the
+broker numbers the messages, not tds.
+
+How a subscription runs: a thread with its own asyncio loop (nats-py is asyncio; the gRPC
+server and the caller are threads) connects, checks ``after`` against what the stream
+holds (past the newest: ``InvalidRequest``; older than the oldest held: ``SequenceGone``),
+and fetches only as many messages as its queue of ``buffer_messages`` has room for, so a
+reader that stops reading stops the fetching and memory stays flat (the broker keeps the
+rest). If the connection drops mid-stream, the thread reconnects every
+``reconnect_wait_seconds`` and continues with a new consumer right after the last sequence
+it queued, dropping anything at or before it; if the stream lost messages meanwhile (its
+limits), the reader gets ``SequenceGone`` instead of a silent gap. The reconnection is
+tds's own (nats-py's reconnect is off) so that it also re-creates the consumer, which a
+restarted broker no longer has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    InvalidRequest,
+    PreconditionFailed,
+    Unavailable,
+)
+from connector.sources.base import Row, StreamRecord, Subscription
+from connector.sources.stream import (
+    DeliveryCursor,
+    SequenceGone,
+    SkipCallback,
+    SkipReason,
+    SubscriptionLagging,
+    check_limits,
+    decode_message,
+)
+
+__all__ = ["NatsConnection", "NatsStreamSource"]
+
+_log = logging.getLogger(__name__)
+
+_FETCH_WAIT = 0.5
+"""Seconds one fetch waits on the broker for messages (the loop's heartbeat)."""
+
+_FETCH_MAX = 256
+"""Most messages asked for in one fetch."""
+
+
+@dataclass(frozen=True, repr=False)
+class NatsConnection:
+    """A NATS server with JetStream the provider publishes from (``[sources.NAME]``).
+
+    Lives only in the provider's configuration: products name it, never contain it.
+    """
+
+    name: str
+    """The name products use (``source.connection``)."""
+    url: str
+    """``nats://host:port`` (``tls://`` for TLS); no credentials in it: use the fields."""
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    credentials_file: str | None = None
+    """A NATS ``.creds`` file (JWT and NKey seed) for decentralised auth."""
+    connect_timeout_seconds: float = 5.0
+    """How long to wait for the server before ``Unavailable`` at subscribe."""
+    reconnect_wait_seconds: float = 1.0
+    """Pause between reconnection attempts after the server went away mid-stream."""
+    max_message_bytes: int = 1024 * 1024
+    """Larger messages are skipped and counted, never delivered."""
+    buffer_messages: int = 1000
+    """Messages fetched ahead of the reader per subscription: the memory bound."""
+    max_lag_messages: int = 100_000
+    """How far behind the newest message a reader may fall before the subscription is
+    suspended (``SubscriptionLagging``)."""
+
+    def __post_init__(self) -> None:
+        where = f"sources.{self.name}"
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ConfigError(f"{where}.url must be nats://host:port or tls://host:port")
+        if parts.username or parts.password:
+            raise ConfigError(
+                f"{where}.url carries credentials; put them in {where}.user and "
+                f"{where}.password (or token, credentials_file) instead"
+            )
+        if self.password is not None and self.user is None:
+            raise ConfigError(f"{where}.password needs {where}.user")
+        given = [self.user is not None, self.token is not None, bool(self.credentials_file)]
+        if sum(given) > 1:
+            raise ConfigError(f"{where}: give one of user/password, token or credentials_file")
+        for field, value in (
+            ("connect_timeout_seconds", self.connect_timeout_seconds),
+            ("reconnect_wait_seconds", self.reconnect_wait_seconds),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{where}.{field} must be positive")
+        check_limits(
+            where,
+            max_message_bytes=self.max_message_bytes,
+            buffer_messages=self.buffer_messages,
+            max_lag_messages=self.max_lag_messages,
+        )
+
+    def __repr__(self) -> str:
+        auth = (
+            "user"
+            if self.user
+            else "token"
+            if self.token
+            else "creds"
+            if self.credentials_file
+            else "none"
+        )
+        return f"NatsConnection(name={self.name!r}, url={self.url!r}, auth={auth})"
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.user is not None:
+            options["user"] = self.user
+            options["password"] = self.password or ""
+        if self.token is not None:
+            options["token"] = self.token
+        if self.credentials_file:
+            options["user_credentials"] = self.credentials_file
+        return options
+
+
+_Item = tuple[int, Row | SkipReason, int]
+"""What the fetching thread queues: ``(sequence, row or skip reason, size)``."""
+
+
+@dataclass
+class _Consumer:
+    """One connection and the ephemeral pull consumer made on it."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    stream: str
+    name: str
+    pull: JetStreamContext.PullSubscription
+
+    async def release(self) -> None:
+        """Delete the consumer now (not after its inactivity threshold) and disconnect."""
+        if self.nc.is_connected:
+            with suppress(Exception):
+                await asyncio.wait_for(self.js.delete_consumer(self.stream, self.name), 2.0)
+        with suppress(Exception):
+            await self.nc.close()
+
+
+class _NatsSubscription:
+    """A subscription's reader side (the caller's thread) and its fetching thread."""
+
+    def __init__(self, source: NatsStreamSource, after: int, on_skip: SkipCallback | None) -> None:
+        self._source = source
+        self._connection = source.connection
+        self._queue: queue.Queue[_Item] = queue.Queue(self._connection.buffer_messages)
+        self._cursor = DeliveryCursor(after, on_skip)
+        self._pending = 0
+        """Messages the broker holds past the last one queued (updated by the fetcher)."""
+        self._connected = False
+        self._closing = False
+        self._failed: ConnectorError | None = None
+        self._ended: ConnectorError | None = None
+        """Why the fetching thread stopped (read once the queue is drained)."""
+        self._run_future: concurrent.futures.Future[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"tds-nats-{self._connection.name}", daemon=True
+        )
+
+    # --- reader side ----------------------------------------------------------------
+
+    def poll(self, timeout: float) -> StreamRecord | None:
+        """The next record, or ``None`` after ``timeout`` seconds without one."""
+        if self._failed is not None:
+            raise self._failed
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                if self._ended is not None:
+                    self._failed = self._ended
+                    raise self._ended from None
+                return None
+            sequence, row, size = item
+            if isinstance(row, SkipReason):
+                self._cursor.skip(sequence, row)
+                continue
+            lag = self.lag
+            if lag > self._connection.max_lag_messages:
+                self._failed = SubscriptionLagging(
+                    lag, self._connection.max_lag_messages, self._cursor.last
+                )
+                raise self._failed
+            return self._cursor.deliver(sequence, row, size)
+
+    def __iter__(self) -> Iterator[StreamRecord]:
+        while True:
+            record = self.poll(3600.0)
+            if record is not None:
+                yield record
+
+    @property
+    def skipped(self) -> Mapping[str, int]:
+        return dict(self._cursor.skipped)
+
+    @property
+    def lag(self) -> int:
+        return self._pending + self._queue.qsize()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # --- fetching thread ------------------------------------------------------------
+
+    def start(self, after: int) -> None:
+        """Connect and check ``after``; raise what the caller must be told."""
+        self._thread.start()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._run_future = asyncio.run_coroutine_threadsafe(self._run(after, ready), self._loop)
+        try:
+            ready.result(timeout=self._connection.connect_timeout_seconds * 3 + 5)
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise self._unreachable("no answer") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop fetching, delete the broker-side consumer, disconnect, join the thread."""
+        self._closing = True
+        if self._run_future is not None:
+            # The fetch loop sees the flag within one fetch wait and cleans up itself.
+            with suppress(BaseException):
+                self._run_future.result(timeout=_FETCH_WAIT * 4 + 5)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
+
+    def _unreachable(self, why: object) -> Unavailable:
+        _log.warning("stream connection %r: %s", self._connection.name, why)
+        return Unavailable(
+            f"the NATS server of source connection {self._connection.name!r} is unreachable; "
+            "the provider must check that it is up (try again later)"
+        )
+
+    async def _connect(self) -> NatsClient:
+        connection = self._connection
+
+        async def quiet(exc: Exception) -> None:
+            # nats-py logs a traceback per error by default; one line, no secrets.
+            _log.debug("stream connection %r: %s", connection.name, exc.__class__.__name__)
+
+        try:
+            return await asyncio.wait_for(
+                nats.connect(
+                    connection.url,
+                    name=f"tds-{connection.name}",
+                    connect_timeout=max(1, round(connection.connect_timeout_seconds)),
+                    allow_reconnect=False,
+                    error_cb=quiet,
+                    **connection._options(),
+                ),
+                timeout=connection.connect_timeout_seconds + 1,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            raise self._unreachable(exc.__class__.__name__) from None
+
+    async def _open(self, next_sequence: int) -> _Consumer:
+        """Connect, find the stream, check what it holds, and start a consumer there."""
+        source = self._source
+        nc = await self._connect()
+        try:
+            js = nc.jetstream()
+            try:
+                stream = await js.find_stream_name_by_subject(source.subject)
+                info = await js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                raise PreconditionFailed(
+                    f"no JetStream stream of source connection {self._connection.name!r} "
+                    f"holds subject {source.subject!r}; the provider must create one"
+                ) from None
+            oldest = info.state.first_seq
+            newest = info.state.last_seq
+            after = next_sequence - 1
+            if after > newest:
+                raise InvalidRequest(
+                    f"sequence {after} is in the future: the stream's newest is {newest}"
+                )
+            if after < oldest - 1:
+                raise SequenceGone(after, oldest, f"the JetStream stream {stream!r}", at_least=True)
+            name = f"tds-{uuid.uuid4().hex}"
+            config = ConsumerConfig(
+                name=name,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=next_sequence,
+                ack_policy=AckPolicy.NONE,
+                filter_subject=source.subject,
+                inactive_threshold=60.0,
+                mem_storage=True,
+            )
+            await js.add_consumer(stream, config=config)
+            pull = await js.pull_subscribe_bind(
+                consumer=name,
+                stream=stream,
+                pending_msgs_limit=self._connection.buffer_messages,
+            )
+        except BaseException:
+            with suppress(Exception):
+                await nc.close()
+            raise
+        return _Consumer(nc, js, stream, name, pull)
+
+    async def _run(self, after: int, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            consumer = await self._open(after + 1)
+        except BaseException as exc:
+            ready.set_exception(exc if isinstance(exc, ConnectorError) else self._unreachable(exc))
+            return
+        self._connected = True
+        ready.set_result(None)
+        last = after
+        try:
+            while not self._closing:
+                try:
+                    last = await self._fetch(consumer, last)
+                    continue
+                except (nats.errors.Error, OSError, TimeoutError) as exc:
+                    if isinstance(exc, nats.errors.TimeoutError) and consumer.nc.is_connected:
+                        continue  # a quiet stream
+                    _log.warning(
+                        "stream connection %r lost (%s); reconnecting",
+                        self._connection.name,
+                        exc.__class__.__name__,
+                    )
+                self._connected = False
+                with suppress(Exception):
+                    await consumer.nc.close()
+                while not self._closing:
+                    await asyncio.sleep(self._connection.reconnect_wait_seconds)
+                    try:
+                        consumer = await self._open(last + 1)
+                    except Unavailable:
+                        continue
+                    except ConnectorError as exc:  # lost messages meanwhile, stream deleted
+                        self._ended = exc
+                        return
+                    self._connected = True
+                    _log.info(
+                        "stream connection %r back; continuing after sequence %d",
+                        self._connection.name,
+                        last,
+                    )
+                    break
+        finally:
+            await consumer.release()
+
+    async def _fetch(self, consumer: _Consumer, last: int) -> int:
+        """Queue the next messages the queue has room for; return the last sequence queued."""
+        room = self._queue.maxsize - self._queue.qsize()
+        if room <= 0:
+            # The reader is behind: fetch nothing, but keep the lag it is told current.
+            info = await consumer.pull.consumer_info()
+            self._pending = info.num_pending or 0
+            await asyncio.sleep(_FETCH_WAIT)
+            return last
+        connection = self._connection
+        fields = self._source.fields()
+        for msg in await consumer.pull.fetch(min(room, _FETCH_MAX), timeout=_FETCH_WAIT):
+            meta = msg.metadata
+            sequence = meta.sequence.stream
+            if sequence <= last:
+                continue  # delivered before a reconnection
+            row = decode_message(msg.data, fields, connection.max_message_bytes)
+            self._queue.put_nowait((sequence, row, len(msg.data)))
+            self._pending = meta.num_pending
+            last = sequence
+        return last
+
+
+class NatsStreamSource:
+    """One JetStream subject of a named connection, as a stream source."""
+
+    kind = "stream"
+
+    def __init__(
+        self,
+        connection: NatsConnection,
+        subject: str,
+        fields: Sequence[str],
+        *,
+        on_skip: SkipCallback | None = None,
+    ) -> None:
+        if not subject or any(c.isspace() for c in subject) or subject.startswith("$"):
+            raise InvalidRequest(
+                f"source.subject {subject!r} is not a NATS subject (tokens separated by dots, "
+                "no spaces, not a system subject)"
+            )
+        if not fields or len(set(fields)) != len(fields):
+            raise InvalidRequest("a stream product needs its fields, each named once")
+        self.connection = connection
+        self.subject = subject
+        self._fields = tuple(fields)
+        self._on_skip = on_skip
+
+    def fields(self) -> tuple[str, ...]:
+        """The records' fields (keys of each message's JSON object)."""
+        return self._fields
+
+    @contextmanager
+    def subscribe(self, after: int) -> Iterator[Subscription]:
+        """Every record after stream sequence ``after`` (0: from the oldest held)."""
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InvalidRequest("from_sequence must be a non-negative integer")
+        subscription = _NatsSubscription(self, after, self._on_skip)
+        subscription.start(after)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
