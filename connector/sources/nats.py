@@ -105,8 +105,8 @@ class NatsConnection:
     buffer_messages: int = 1000
     """Messages fetched ahead of the reader per subscription: the memory bound."""
     max_lag_messages: int = 100_000
-    """How far behind the newest message a reader may fall before the subscription is
-    suspended (``SubscriptionLagging``)."""
+    """How much further behind the newest message than it has been since it subscribed a
+    reader may fall before the subscription is suspended (``SubscriptionLagging``)."""
 
     def __post_init__(self) -> None:
         where = f"sources.{self.name}"
@@ -135,6 +135,11 @@ class NatsConnection:
             buffer_messages=self.buffer_messages,
             max_lag_messages=self.max_lag_messages,
         )
+        if self.max_lag_messages < self.buffer_messages:
+            raise ConfigError(
+                f"{where}.max_lag_messages ({self.max_lag_messages}) must be at least "
+                f"buffer_messages ({self.buffer_messages}): a full buffer is not yet a lag"
+            )
 
     def __repr__(self) -> str:
         auth = (
@@ -173,6 +178,8 @@ class _Consumer:
     stream: str
     name: str
     pull: JetStreamContext.PullSubscription
+    lag: int
+    """Messages the stream held past the start when the consumer was made (at most)."""
 
     async def release(self) -> None:
         """Delete the consumer now (not after its inactivity threshold) and disconnect."""
@@ -223,12 +230,11 @@ class _NatsSubscription:
             if isinstance(row, SkipReason):
                 self._cursor.skip(sequence, row)
                 continue
-            lag = self.lag
-            if lag > self._connection.max_lag_messages:
-                self._failed = SubscriptionLagging(
-                    lag, self._connection.max_lag_messages, self._cursor.last
-                )
-                raise self._failed
+            try:
+                self._cursor.check_lag(self.lag, self._connection.max_lag_messages)
+            except SubscriptionLagging as exc:
+                self._failed = exc
+                raise
             return self._cursor.deliver(sequence, row, size)
 
     def __iter__(self) -> Iterator[StreamRecord]:
@@ -323,6 +329,8 @@ class _NatsSubscription:
                 ) from None
             oldest = info.state.first_seq
             newest = info.state.last_seq
+            if next_sequence == 1:
+                next_sequence = max(1, oldest)  # a new subscription: from the oldest held
             after = next_sequence - 1
             if after > newest:
                 raise InvalidRequest(
@@ -350,7 +358,7 @@ class _NatsSubscription:
             with suppress(Exception):
                 await nc.close()
             raise
-        return _Consumer(nc, js, stream, name, pull)
+        return _Consumer(nc, js, stream, name, pull, max(0, newest - after))
 
     async def _run(self, after: int, ready: concurrent.futures.Future[None]) -> None:
         try:
@@ -359,6 +367,7 @@ class _NatsSubscription:
             ready.set_exception(exc if isinstance(exc, ConnectorError) else self._unreachable(exc))
             return
         self._connected = True
+        self._cursor.best_lag = self._pending = consumer.lag
         ready.set_result(None)
         last = after
         try:

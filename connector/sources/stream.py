@@ -102,8 +102,9 @@ class SubscriptionLagging(Unavailable):
 
     def __init__(self, lag: int, limit: int, last: int) -> None:
         super().__init__(
-            f"the subscriber is {lag} messages behind the stream (limit {limit}); the "
-            f"subscription is suspended: resume after sequence {last} when it can keep up"
+            f"the subscriber is {lag} messages behind the stream and fell more than {limit} "
+            "further behind while subscribed (max_lag_messages); the subscription is "
+            f"suspended: resume after sequence {last} when it can keep up"
         )
         self.lag = lag
         self.last = last
@@ -125,22 +126,11 @@ class SequenceGone(PreconditionFailed):
         )
 
 
-def check_limits(
-    where: str, *, max_message_bytes: int, buffer_messages: int, max_lag_messages: int
-) -> None:
-    """``ConfigError`` unless the shared limits are positive and consistent."""
-    for field, value in (
-        ("max_message_bytes", max_message_bytes),
-        ("buffer_messages", buffer_messages),
-        ("max_lag_messages", max_lag_messages),
-    ):
+def check_limits(where: str, **limits: int) -> None:
+    """``ConfigError`` unless every limit (``max_message_bytes=…``) is a positive integer."""
+    for field, value in limits.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{where}.{field} must be a positive integer")
-    if max_lag_messages < buffer_messages:
-        raise ConfigError(
-            f"{where}.max_lag_messages ({max_lag_messages}) must be at least "
-            f"buffer_messages ({buffer_messages}): a full buffer is not yet a lag"
-        )
 
 
 def _refuse_constant(name: str) -> Any:
@@ -162,7 +152,7 @@ def _finite_float(text: str) -> float:
 
 
 def decode_message(
-    payload: bytes, fields: Sequence[str], max_message_bytes: int
+    payload: bytes | bytearray, fields: Sequence[str], max_message_bytes: int
 ) -> Row | SkipReason:
     """One broker message as a row of ``fields``, or why it cannot be delivered.
 
@@ -193,12 +183,26 @@ class DeliveryCursor:
     :meth:`skip`; ``previous`` of each record is then exactly what the consumer must hold.
     """
 
-    def __init__(self, after: int, on_skip: SkipCallback | None) -> None:
+    def __init__(self, after: int, on_skip: SkipCallback | None, lag: int = 0) -> None:
         self.last = after
         """The last sequence delivered or skipped (``after`` before any)."""
         self.skipped: dict[str, int] = {}
         self._on_skip = on_skip
         self._previous = after
+        self.best_lag = lag
+        """The smallest lag seen (from the lag when the subscription began)."""
+
+    def check_lag(self, lag: int, limit: int) -> None:
+        """``SubscriptionLagging`` when the reader is ``limit`` messages further behind than
+        it has been since it subscribed.
+
+        Counting from its best position, not from zero, lets a consumer that resumes with a
+        backlog catch up (its lag shrinks), while one that reads slower than the feed
+        arrives is suspended once it has lost ``limit`` messages of ground.
+        """
+        self.best_lag = min(self.best_lag, lag)
+        if lag > self.best_lag + limit:
+            raise SubscriptionLagging(lag, limit, self.last)
 
     def deliver(self, sequence: int, row: Row, size: int) -> StreamRecord:
         """The record to hand to the reader; ``sequence`` must be past every earlier one."""

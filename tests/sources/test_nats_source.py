@@ -243,3 +243,16 @@ def test_credentials_never_appear_in_repr_or_url() -> None:
         NatsConnection(name="w", url="nats://h:1", buffer_messages=10, max_lag_messages=5)
     with pytest.raises(InvalidRequest, match="not a NATS subject"):
         NatsStreamSource(connection, "a b", FIELDS)
+
+
+def test_a_backlog_larger_than_the_lag_limit_is_caught_up_not_suspended(
+    jetstream: JetStream,
+) -> None:
+    subject = jetstream.stream(max_msgs=300)
+    jetstream.publish_json(subject, *_readings(0, 400))  # the stream keeps 101..400
+    source = _source(jetstream.url, subject, buffer_messages=20, max_lag_messages=50)
+    with source.subscribe(0) as sub:  # a new subscription: from the oldest held
+        records = _take(sub, 300)
+        assert sub.lag == 0
+    assert [r.sequence for r in records] == list(range(101, 401))
+    assert records[0].previous == 0
