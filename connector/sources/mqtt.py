@@ -67,6 +67,8 @@ from connector.sources.stream import (
     SubscriptionLagging,
     check_limits,
     decode_message,
+    redacted_url,
+    url_credentials,
 )
 
 __all__ = ["MqttConnection", "MqttStreamSource"]
@@ -86,10 +88,9 @@ class MqttConnection:
     name: str
     """The name products use (``source.connection``)."""
     url: str
-    """``mqtt://host:port`` (``mqtts://`` for TLS with the system's CAs); no credentials
-    in it: use ``username`` and ``password``."""
-    username: str | None = None
-    password: str | None = None
+    """``mqtt://host:port`` (``mqtts://`` for TLS with the system's CAs), with its
+    credentials if the broker needs them, as for database sources:
+    ``mqtt://user:password@host:port``; never shown (reprs and logs redact it)."""
     client_id: str | None = None
     """The MQTT client id prefix; each source adds its own suffix (default ``tds-NAME``)."""
     qos: int = 2
@@ -119,13 +120,6 @@ class MqttConnection:
         parts = urlsplit(self.url)
         if parts.scheme not in _SCHEMES or not parts.hostname:
             raise ConfigError(f"{where}.url must be mqtt://host:port or mqtts://host:port")
-        if parts.username or parts.password:
-            raise ConfigError(
-                f"{where}.url carries credentials; put them in {where}.username and "
-                f"{where}.password instead"
-            )
-        if self.password is not None and self.username is None:
-            raise ConfigError(f"{where}.password needs {where}.username")
         if self.qos not in (0, 1, 2):
             raise ConfigError(f"{where}.qos must be 0, 1 or 2")
         if not self.connect_timeout_seconds > 0:
@@ -148,8 +142,7 @@ class MqttConnection:
             )
 
     def __repr__(self) -> str:
-        auth = "username" if self.username else "none"
-        return f"MqttConnection(name={self.name!r}, url={self.url!r}, auth={auth})"
+        return f"MqttConnection(name={self.name!r}, url={redacted_url(self.url)!r})"
 
 
 def check_topic(topic: str) -> str:
@@ -350,8 +343,9 @@ class MqttStreamSource:
                 client_id=f"{connection.client_id or 'tds-' + connection.name}-{self.epoch[:12]}",
                 protocol=MQTTProtocolVersion.MQTTv5,
             )
-            if connection.username is not None:
-                client.username_pw_set(connection.username, connection.password)
+            _server, (user, password) = url_credentials(connection.url)
+            if user is not None:
+                client.username_pw_set(user, password)
             if parts.scheme == "mqtts":
                 client.tls_set()
             client.connect_timeout = connection.connect_timeout_seconds

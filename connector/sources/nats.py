@@ -67,6 +67,8 @@ from connector.sources.stream import (
     SubscriptionLagging,
     check_limits,
     decode_message,
+    redacted_url,
+    url_credentials,
 )
 
 __all__ = ["NatsConnection", "NatsStreamSource"]
@@ -90,12 +92,11 @@ class NatsConnection:
     name: str
     """The name products use (``source.connection``)."""
     url: str
-    """``nats://host:port`` (``tls://`` for TLS); no credentials in it: use the fields."""
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
+    """``nats://host:port`` (``tls://`` for TLS), with its credentials if the server needs
+    them, as for database sources: ``nats://user:password@host:port`` or
+    ``nats://token@host:port``; never shown (reprs and logs redact it)."""
     credentials_file: str | None = None
-    """A NATS ``.creds`` file (JWT and NKey seed) for decentralised auth."""
+    """Instead: a NATS ``.creds`` file (JWT and NKey seed) for decentralised auth."""
     connect_timeout_seconds: float = 5.0
     """How long to wait for the server before ``Unavailable`` at subscribe."""
     reconnect_wait_seconds: float = 1.0
@@ -113,16 +114,10 @@ class NatsConnection:
         parts = urlsplit(self.url)
         if parts.scheme not in ("nats", "tls") or not parts.hostname:
             raise ConfigError(f"{where}.url must be nats://host:port or tls://host:port")
-        if parts.username or parts.password:
+        if parts.username is not None and self.credentials_file:
             raise ConfigError(
-                f"{where}.url carries credentials; put them in {where}.user and "
-                f"{where}.password (or token, credentials_file) instead"
+                f"{where}: give credentials in the url or a credentials_file, not both"
             )
-        if self.password is not None and self.user is None:
-            raise ConfigError(f"{where}.password needs {where}.user")
-        given = [self.user is not None, self.token is not None, bool(self.credentials_file)]
-        if sum(given) > 1:
-            raise ConfigError(f"{where}: give one of user/password, token or credentials_file")
         for field, value in (
             ("connect_timeout_seconds", self.connect_timeout_seconds),
             ("reconnect_wait_seconds", self.reconnect_wait_seconds),
@@ -142,24 +137,16 @@ class NatsConnection:
             )
 
     def __repr__(self) -> str:
-        auth = (
-            "user"
-            if self.user
-            else "token"
-            if self.token
-            else "creds"
-            if self.credentials_file
-            else "none"
-        )
-        return f"NatsConnection(name={self.name!r}, url={self.url!r}, auth={auth})"
+        return f"NatsConnection(name={self.name!r}, url={redacted_url(self.url)!r})"
 
-    def _options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.user is not None:
-            options["user"] = self.user
-            options["password"] = self.password or ""
-        if self.token is not None:
-            options["token"] = self.token
+    def _connect_options(self) -> dict[str, Any]:
+        """The server (without credentials) and the credentials, as nats.connect takes them."""
+        server, (user, password) = url_credentials(self.url)
+        options: dict[str, Any] = {"servers": [server]}
+        if user is not None and password is not None:
+            options["user"], options["password"] = user, password
+        elif user is not None:
+            options["token"] = user
         if self.credentials_file:
             options["user_credentials"] = self.credentials_file
         return options
@@ -298,20 +285,30 @@ class _NatsSubscription:
             # nats-py logs a traceback per error by default; one line, no secrets.
             _log.debug("stream connection %r: %s", connection.name, exc.__class__.__name__)
 
+        nc = NatsClient()
         try:
-            return await asyncio.wait_for(
-                nats.connect(
-                    connection.url,
+            await asyncio.wait_for(
+                nc.connect(
                     name=f"tds-{connection.name}",
                     connect_timeout=max(1, round(connection.connect_timeout_seconds)),
                     allow_reconnect=False,
                     error_cb=quiet,
-                    **connection._options(),
+                    **connection._connect_options(),
                 ),
                 timeout=connection.connect_timeout_seconds + 1,
             )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
+            # A refused login leaves the socket open inside the client: close it.
+            with suppress(Exception):
+                await nc.close()
+            if "authorization" in str(exc).lower():
+                _log.warning("stream connection %r: credentials refused", connection.name)
+                raise Unavailable(
+                    f"the NATS server of source connection {connection.name!r} refused its "
+                    f"credentials; the provider must check sources.{connection.name}"
+                ) from None
             raise self._unreachable(exc.__class__.__name__) from None
+        return nc
 
     async def _open(self, next_sequence: int) -> _Consumer:
         """Connect, find the stream, check what it holds, and start a consumer there."""

@@ -63,6 +63,7 @@ import math
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from connector.errors import ConfigError, PreconditionFailed, Unavailable
 from connector.sources.base import MISSING, Row, StreamRecord
@@ -76,6 +77,8 @@ __all__ = [
     "SubscriptionLagging",
     "check_limits",
     "decode_message",
+    "redacted_url",
+    "url_credentials",
 ]
 
 I_JSON_MAX_INT = 2**53 - 1
@@ -131,6 +134,26 @@ def check_limits(where: str, **limits: int) -> None:
     for field, value in limits.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{where}.{field} must be a positive integer")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its credentials (``scheme://***@host:port``), for reprs and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def url_credentials(url: str) -> tuple[str, tuple[str | None, str | None]]:
+    """``url`` without its userinfo, and the (percent-decoded) user and password in it."""
+    parts = urlsplit(url)
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl(), (user, password)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -278,6 +278,14 @@ def own_nats(tmp_path: Path) -> Iterator[OwnServer]:
 
 
 @pytest.fixture
+def own_nats_with_password(tmp_path: Path) -> Iterator[OwnServer]:
+    """A NATS server with JetStream that wants user ``tds``, password ``s3cret``."""
+    port = free_port()
+    argv = ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)]
+    yield from _own_server([*argv, "--user", "tds", "--pass", "s3cret"], port, "nats")
+
+
+@pytest.fixture
 def mqtt_url() -> str:
     """The machine's Mosquitto (skips with the reason when it is not up)."""
     if why := _reachable(MQTT_URL):

@@ -132,7 +132,7 @@ def test_unknown_subject_is_a_precondition(jetstream: JetStream) -> None:
 
 
 def test_broker_unreachable_at_subscribe_is_unavailable(caplog: pytest.LogCaptureFixture) -> None:
-    source = _source(f"nats://127.0.0.1:{free_port()}", "tds.test.x", password=None)
+    source = _source(f"nats://127.0.0.1:{free_port()}", "tds.test.x")
     started = time.monotonic()
     with pytest.raises(Unavailable, match="'weather' is unreachable"), source.subscribe(0):
         pass
@@ -232,17 +232,37 @@ def test_a_reader_that_stops_reading_does_not_grow_memory_and_is_told_its_lag(
             sub.poll(0)
 
 
-def test_credentials_never_appear_in_repr_or_url() -> None:
-    connection = NatsConnection(name="w", url="nats://127.0.0.1:4222", user="u", password="s3cret")
+def test_configuration_is_checked_and_credentials_never_shown() -> None:
+    connection = NatsConnection(name="w", url="nats://u:s3cret@127.0.0.1:4222")
     assert "s3cret" not in repr(connection) and "s3cret" not in str(connection)
-    with pytest.raises(ConfigError, match=r"sources\.w\.url carries credentials"):
-        NatsConnection(name="w", url="nats://u:s3cret@127.0.0.1:4222")
+    assert "nats://***@127.0.0.1:4222" in repr(connection)
+    options = connection._connect_options()
+    assert options == {"servers": ["nats://127.0.0.1:4222"], "user": "u", "password": "s3cret"}
+    token = NatsConnection(name="w", url="nats://t%40k@h:4222")._connect_options()
+    assert token == {"servers": ["nats://h:4222"], "token": "t@k"}
+    with pytest.raises(ConfigError, match="not both"):
+        NatsConnection(name="w", url="nats://u:p@h:1", credentials_file="/x.creds")
     with pytest.raises(ConfigError, match="nats://host:port"):
         NatsConnection(name="w", url="http://127.0.0.1:4222")
     with pytest.raises(ConfigError, match="max_lag_messages"):
         NatsConnection(name="w", url="nats://h:1", buffer_messages=10, max_lag_messages=5)
+    with pytest.raises(ConfigError, match="positive integer"):
+        NatsConnection(name="w", url="nats://h:1", max_message_bytes=0)
     with pytest.raises(InvalidRequest, match="not a NATS subject"):
         NatsStreamSource(connection, "a b", FIELDS)
+
+
+def test_password_protected_server(
+    own_nats_with_password: OwnServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = own_nats_with_password
+    wrong = _source(f"nats://tds:wrong@127.0.0.1:{server.port}", "tds.test.x")
+    with pytest.raises(Unavailable, match="refused its credentials"), wrong.subscribe(0):
+        pass
+    right = _source(f"nats://tds:s3cret@127.0.0.1:{server.port}", "tds.test.x")
+    with pytest.raises(PreconditionFailed, match="no JetStream stream"), right.subscribe(0):
+        pass  # connected and authenticated: the subject just has no stream
+    assert "s3cret" not in caplog.text and "wrong" not in caplog.text
 
 
 def test_a_backlog_larger_than_the_lag_limit_is_caught_up_not_suspended(
