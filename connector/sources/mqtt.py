@@ -31,6 +31,13 @@ connection drops mid-stream the broker queues what arrives meanwhile and deliver
 exactly once, when paho's network thread reconnects; the numbering continues without a
 gap. (What a publisher sent while the broker itself was down is gone at the publisher.)
 
+What tds cannot see: an MQTT broker bounds the queue it keeps for each client and drops
+what overflows it without telling anyone (Mosquitto: ``max_queued_messages``, 1000 by
+default). A provider whose publishers burst faster than its client takes messages must
+raise that limit on the broker; drops there happen before a sequence is assigned, so no
+sequence check downstream can notice them. (bench/stream_source.py reports how many
+messages a plain client and the source each received.)
+
 Why paho-mqtt and not aiomqtt: paho is the maintained Eclipse reference client and runs
 its own network thread with callbacks, which is exactly a replay buffer filled in the
 background and read by synchronous subscriptions; aiomqtt is an asyncio layer over paho
@@ -58,7 +65,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connector.errors import ConfigError, InvalidRequest, Unavailable
-from connector.sources.base import Row, StreamRecord, Subscription
+from connector.sources.base import StreamRecord, Subscription
 from connector.sources.stream import (
     DeliveryCursor,
     SequenceGone,
@@ -165,8 +172,11 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-_Entry = tuple[Row | SkipReason, int]
-"""A buffered message: its row (or why it is skipped) and its payload size."""
+_Entry = tuple[bytes | SkipReason, int]
+"""A buffered message: its payload (or why it is skipped already) and its size. Payloads are
+decoded by the readers, so the network thread does as little as possible per message: a
+client slower than the publishers makes the broker drop messages for it (MQTT brokers
+bound each client's queue), before any sequence is assigned."""
 
 
 class _ReplayBuffer:
@@ -215,6 +225,7 @@ class _MqttSubscription:
         deadline = time.monotonic() + timeout
         buffer = self._buffer
         limit = self._source.connection.max_lag_messages
+        limit_bytes = self._source.connection.max_message_bytes
         while True:
             with buffer.changed:
                 while buffer.newest <= self._cursor.last:
@@ -232,7 +243,12 @@ class _MqttSubscription:
                     self._failed = exc
                     raise
                 sequence = last + 1
-                row, size = buffer.get(sequence)
+                payload, size = buffer.get(sequence)
+            row = (
+                payload
+                if isinstance(payload, SkipReason)
+                else decode_message(payload, self._source._fields, limit_bytes)
+            )
             if isinstance(row, SkipReason):
                 self._cursor.skip(sequence, row)
                 continue
@@ -435,7 +451,8 @@ class MqttStreamSource:
             )
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        payload = message.payload
-        row = decode_message(payload, self._fields, self.connection.max_message_bytes)
-        # An oversized payload is not kept, only counted.
-        self._buffer.append((row, len(payload) if isinstance(row, tuple) else 0))
+        payload = bytes(message.payload)
+        if len(payload) > self.connection.max_message_bytes:
+            self._buffer.append((SkipReason.OVERSIZED, 0))  # counted, not kept
+        else:
+            self._buffer.append((payload, len(payload)))

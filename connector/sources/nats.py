@@ -16,26 +16,27 @@ broker-side acks (the consumer's acknowledgement is tds's signed window receipt;
 :mod:`connector.sources.stream`). Nothing is lost or doubled across a resume because the
 broker numbers the messages, not tds.
 
-How a subscription runs: a thread with its own asyncio loop (nats-py is asyncio; the gRPC
-server and the caller are threads) connects, checks ``after`` against what the stream
-holds (past the newest: ``InvalidRequest``; older than the oldest held: ``SequenceGone``),
-and fetches only as many messages as its queue of ``buffer_messages`` has room for, so a
-reader that stops reading stops the fetching and memory stays flat (the broker keeps the
-rest). If the connection drops mid-stream, the thread reconnects every
-``reconnect_wait_seconds`` and continues with a new consumer right after the last sequence
-it queued, dropping anything at or before it; if the stream lost messages meanwhile (its
-limits), the reader gets ``SequenceGone`` instead of a silent gap. The reconnection is
-tds's own (nats-py's reconnect is off) so that it also re-creates the consumer, which a
-restarted broker no longer has.
+How a subscription runs: it owns an asyncio event loop (nats-py is asyncio; the gRPC
+server and the caller are threads) that runs only inside the reader's calls, with no
+thread of its own: handing messages between threads costs half the throughput (the GIL),
+and without one a reader that stops reading stops the fetching by construction, so memory
+stays flat (at most ``buffer_messages`` fetched ahead) and the broker keeps the rest.
+Subscribing connects and checks ``after`` against what the stream holds (past the newest:
+``InvalidRequest``; older than the oldest held: ``SequenceGone``). Each :meth:`poll` with
+nothing fetched left asks the broker for the next batch. If the connection is gone
+(the broker restarted, or dropped a reader that was away past its ping limit), the
+poll reconnects, at most every ``reconnect_wait_seconds``, with a new consumer right after
+the last sequence fetched, dropping anything at or before it; if the stream lost messages
+meanwhile (its limits), the reader gets ``SequenceGone`` instead of a silent gap. The
+reconnection is tds's own (nats-py's is off) so that it also re-creates the consumer,
+which a restarted broker no longer has. A subscription is read from one thread at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import logging
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,10 +77,10 @@ __all__ = ["NatsConnection", "NatsStreamSource"]
 _log = logging.getLogger(__name__)
 
 _FETCH_WAIT = 0.5
-"""Seconds one fetch waits on the broker for messages (the loop's heartbeat)."""
+"""Longest one fetch waits on the broker for messages."""
 
-_FETCH_MAX = 256
-"""Most messages asked for in one fetch."""
+_FETCH_MIN = 0.01
+"""Shortest wait given to a fetch (a poll with no time left still asks once)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -103,8 +104,8 @@ class NatsConnection:
     """Pause between reconnection attempts after the server went away mid-stream."""
     max_message_bytes: int = 1024 * 1024
     """Larger messages are skipped and counted, never delivered."""
-    buffer_messages: int = 1000
-    """Messages fetched ahead of the reader per subscription: the memory bound."""
+    buffer_messages: int = 256
+    """Most messages fetched at once, ahead of the reader: the memory bound."""
     max_lag_messages: int = 100_000
     """How much further behind the newest message than it has been since it subscribed a
     reader may fall before the subscription is suspended (``SubscriptionLagging``)."""
@@ -177,51 +178,60 @@ class _Consumer:
             await self.nc.close()
 
 
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 class _NatsSubscription:
-    """A subscription's reader side (the caller's thread) and its fetching thread."""
+    """A subscription: an event loop of its own, driven by the reader's :meth:`poll`."""
 
     def __init__(self, source: NatsStreamSource, after: int, on_skip: SkipCallback | None) -> None:
         self._source = source
         self._connection = source.connection
-        self._queue: queue.Queue[_Item] = queue.Queue(self._connection.buffer_messages)
         self._cursor = DeliveryCursor(after, on_skip)
+        self._local: collections.deque[_Item] = collections.deque()
+        """The last fetch, not yet read: at most ``buffer_messages``."""
+        self._last = after
+        """The last sequence fetched (what a new consumer starts after)."""
         self._pending = 0
-        """Messages the broker holds past the last one queued (updated by the fetcher)."""
-        self._connected = False
-        self._closing = False
+        """Messages the broker holds past the last one fetched."""
+        self._consumer: _Consumer | None = None
+        self._retry_at = 0.0
         self._failed: ConnectorError | None = None
-        self._ended: ConnectorError | None = None
-        """Why the fetching thread stopped (read once the queue is drained)."""
-        self._run_future: concurrent.futures.Future[None] | None = None
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"tds-nats-{self._connection.name}", daemon=True
-        )
 
     # --- reader side ----------------------------------------------------------------
 
     def poll(self, timeout: float) -> StreamRecord | None:
-        """The next record, or ``None`` after ``timeout`` seconds without one."""
+        """The next record, or ``None`` after ``timeout`` seconds without one (longer, up
+        to ``connect_timeout_seconds``, while a reconnection attempt is under way)."""
         if self._failed is not None:
             raise self._failed
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                if self._ended is not None:
-                    self._failed = self._ended
-                    raise self._ended from None
-                return None
-            sequence, row, size = item
+            if not self._local:
+                try:
+                    self._fill(deadline)
+                except ConnectorError as exc:
+                    self._failed = exc
+                    raise
+                if not self._local:
+                    return None
+            sequence, row, size = self._local[0]
+            if not isinstance(row, SkipReason):
+                try:  # the lag counts the record at hand: it is not delivered yet
+                    self._cursor.check_lag(self.lag, self._connection.max_lag_messages)
+                except SubscriptionLagging as exc:
+                    self._failed = exc
+                    raise
+            self._local.popleft()
             if isinstance(row, SkipReason):
                 self._cursor.skip(sequence, row)
                 continue
-            try:
-                self._cursor.check_lag(self.lag, self._connection.max_lag_messages)
-            except SubscriptionLagging as exc:
-                self._failed = exc
-                raise
             return self._cursor.deliver(sequence, row, size)
 
     def __iter__(self) -> Iterator[StreamRecord]:
@@ -236,40 +246,88 @@ class _NatsSubscription:
 
     @property
     def lag(self) -> int:
-        return self._pending + self._queue.qsize()
+        return self._pending + len(self._local)
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._consumer is not None and self._consumer.nc.is_connected
 
-    # --- fetching thread ------------------------------------------------------------
+    # --- the broker -----------------------------------------------------------------
 
     def start(self, after: int) -> None:
         """Connect and check ``after``; raise what the caller must be told."""
-        self._thread.start()
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._run_future = asyncio.run_coroutine_threadsafe(self._run(after, ready), self._loop)
         try:
-            ready.result(timeout=self._connection.connect_timeout_seconds * 3 + 5)
-        except concurrent.futures.TimeoutError:
-            self.close()
-            raise self._unreachable("no answer") from None
+            self._consumer = self._loop.run_until_complete(self._open(after + 1))
         except BaseException:
             self.close()
             raise
+        self._cursor.best_lag = self._pending = self._consumer.lag
 
     def close(self) -> None:
-        """Stop fetching, delete the broker-side consumer, disconnect, join the thread."""
-        self._closing = True
-        if self._run_future is not None:
-            # The fetch loop sees the flag within one fetch wait and cleans up itself.
-            with suppress(BaseException):
-                self._run_future.result(timeout=_FETCH_WAIT * 4 + 5)
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-        if not self._thread.is_alive() and not self._loop.is_closed():
-            self._loop.close()
+        """Delete the broker-side consumer and disconnect."""
+        if self._loop.is_closed():
+            return
+        if self._consumer is not None:
+            self._loop.run_until_complete(self._consumer.release())
+            self._consumer = None
+        # Let the client's cancelled reader and flusher tasks finish before the loop ends.
+        self._loop.run_until_complete(_cancel_the_rest())
+        self._loop.close()
+
+    def _fill(self, deadline: float) -> None:
+        """Fetch the next batch into :attr:`_local`, reconnecting if the connection is gone.
+
+        Fetching happens only here, when the reader asks: a reader that stops reading
+        stops the fetching, and the broker keeps what waits.
+        """
+        while not self._local:
+            consumer = self._consumer
+            if consumer is None or not consumer.nc.is_connected:
+                if consumer is not None:
+                    _log.warning("stream connection %r lost; reconnecting", self._connection.name)
+                    self._loop.run_until_complete(consumer.release())
+                    self._consumer = None
+                if not self._reconnect(deadline):
+                    return
+                continue
+            wait = min(_FETCH_WAIT, deadline - time.monotonic())
+            try:
+                self._loop.run_until_complete(self._fetch(consumer, max(wait, _FETCH_MIN)))
+            except nats.errors.TimeoutError:
+                if not consumer.nc.is_connected:
+                    continue
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                _log.warning(
+                    "stream connection %r: fetch failed (%s); reconnecting",
+                    self._connection.name,
+                    exc.__class__.__name__,
+                )
+                self._loop.run_until_complete(consumer.release())
+                self._consumer = None
+                continue
+            if time.monotonic() >= deadline:
+                return
+
+    def _reconnect(self, deadline: float) -> bool:
+        """One attempt once ``reconnect_wait_seconds`` have passed since the last; whether
+        the subscription is connected again."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            time.sleep(max(0.0, min(self._retry_at, deadline) - now))
+            if time.monotonic() < self._retry_at:
+                return False
+        self._retry_at = time.monotonic() + self._connection.reconnect_wait_seconds
+        try:
+            self._consumer = self._loop.run_until_complete(self._open(self._last + 1))
+        except Unavailable:
+            return False
+        # Anything else (messages lost meanwhile, the stream deleted) ends the subscription.
+        _log.info(
+            "stream connection %r back; continuing after sequence %d",
+            self._connection.name,
+            self._last,
+        )
+        return True
 
     def _unreachable(self, why: object) -> Unavailable:
         _log.warning("stream connection %r: %s", self._connection.name, why)
@@ -357,72 +415,21 @@ class _NatsSubscription:
             raise
         return _Consumer(nc, js, stream, name, pull, max(0, newest - after))
 
-    async def _run(self, after: int, ready: concurrent.futures.Future[None]) -> None:
-        try:
-            consumer = await self._open(after + 1)
-        except BaseException as exc:
-            ready.set_exception(exc if isinstance(exc, ConnectorError) else self._unreachable(exc))
-            return
-        self._connected = True
-        self._cursor.best_lag = self._pending = consumer.lag
-        ready.set_result(None)
-        last = after
-        try:
-            while not self._closing:
-                try:
-                    last = await self._fetch(consumer, last)
-                    continue
-                except (nats.errors.Error, OSError, TimeoutError) as exc:
-                    if isinstance(exc, nats.errors.TimeoutError) and consumer.nc.is_connected:
-                        continue  # a quiet stream
-                    _log.warning(
-                        "stream connection %r lost (%s); reconnecting",
-                        self._connection.name,
-                        exc.__class__.__name__,
-                    )
-                self._connected = False
-                with suppress(Exception):
-                    await consumer.nc.close()
-                while not self._closing:
-                    await asyncio.sleep(self._connection.reconnect_wait_seconds)
-                    try:
-                        consumer = await self._open(last + 1)
-                    except Unavailable:
-                        continue
-                    except ConnectorError as exc:  # lost messages meanwhile, stream deleted
-                        self._ended = exc
-                        return
-                    self._connected = True
-                    _log.info(
-                        "stream connection %r back; continuing after sequence %d",
-                        self._connection.name,
-                        last,
-                    )
-                    break
-        finally:
-            await consumer.release()
-
-    async def _fetch(self, consumer: _Consumer, last: int) -> int:
-        """Queue the next messages the queue has room for; return the last sequence queued."""
-        room = self._queue.maxsize - self._queue.qsize()
-        if room <= 0:
-            # The reader is behind: fetch nothing, but keep the lag it is told current.
-            info = await consumer.pull.consumer_info()
-            self._pending = info.num_pending or 0
-            await asyncio.sleep(_FETCH_WAIT)
-            return last
-        connection = self._connection
+    async def _fetch(self, consumer: _Consumer, wait: float) -> None:
+        """Fetch at most ``buffer_messages`` into :attr:`_local`, waiting up to ``wait``."""
         fields = self._source.fields()
-        for msg in await consumer.pull.fetch(min(room, _FETCH_MAX), timeout=_FETCH_WAIT):
+        limit = self._connection.max_message_bytes
+        last = self._last
+        batch = await consumer.pull.fetch(self._connection.buffer_messages, timeout=wait)
+        for msg in batch:
             meta = msg.metadata
             sequence = meta.sequence.stream
             if sequence <= last:
-                continue  # delivered before a reconnection
-            row = decode_message(msg.data, fields, connection.max_message_bytes)
-            self._queue.put_nowait((sequence, row, len(msg.data)))
+                continue  # fetched before a reconnection
+            self._local.append((sequence, decode_message(msg.data, fields, limit), len(msg.data)))
             self._pending = meta.num_pending
             last = sequence
-        return last
+        self._last = last
 
 
 class NatsStreamSource:
@@ -460,7 +467,7 @@ class NatsStreamSource:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidRequest("from_sequence must be a non-negative integer")
         subscription = _NatsSubscription(self, after, self._on_skip)
-        subscription.start(after)
+        subscription.start(after)  # closes what it opened if it raises
         try:
             yield subscription
         finally:
