@@ -8,19 +8,32 @@ subject (NATS JetStream, :mod:`connector.sources.nats`) or topic (MQTT,
 How the Subscribe RPC is meant to use them (the wiring is the next step)
 -----------------------------------------------------------------------
 
-Provider, for ``Subscribe(agreement, from_sequence)``::
+Provider, for ``Subscribe(agreement, from_sequence)``, with ``(last sequence, chain head,
+next window index)`` of the agreement's last countersigned window from its store::
 
+    windows = WindowAccumulator(HashChain(head, last), every_messages=N, every_seconds=T,
+                                next_index=index)           # connector.sources.windows
     with source.subscribe(after=from_sequence) as sub:      # Unavailable / InvalidRequest /
         while True:                                        # SequenceGone: refuse, say why
             record = sub.poll(0.25)                        # None: nothing new in 0.25 s
             decide("stream.continue")                      # every return, record or not
-            if record is None:
-                continue
-            delivered = project_and_mask(record.row)       # the offer's fields and masks
-            chain.append(record.sequence, delivered)       # connector.sources.windows
-            send(record.sequence, record.previous, delivered)
-            window = windows.add(record.sequence, len(chain.encoded), chain.head)
-            if window: send the window for the consumer to sign; countersign, log both
+            window = windows.tick() if record is None else None
+            if record is not None:
+                delivered = project_and_mask(record.row)   # the offer's fields and masks
+                send(record.sequence, record.previous, delivered)
+                window = windows.add(record.sequence, delivered)
+            if window:                                     # the consumer signs it, the
+                send(window.content())                     # provider checks, countersigns
+                                                           # and both log it
+        # on suspension or termination: windows.flush() closes the last partial window
+
+Consumer: ``StreamChecker(after=from_sequence, head=…, next_index=…)``; ``accept`` each
+record (a gap, repeat or reordering raises ``VerificationError``: an integrity failure
+that ends the subscription), ``confirm`` each proposed window before signing it.
+
+A subscription before the agreement's last countersigned window (``from_sequence`` lower
+than what the consumer already acknowledged) is the RPC layer's to refuse or allow: the
+source serves any sequence it still holds.
 
 - **Sequence numbers** are the source's: JetStream's stream sequence (so they survive a
   provider or broker restart), or for MQTT a number the source assigns on arrival. They
@@ -31,9 +44,12 @@ Provider, for ``Subscribe(agreement, from_sequence)``::
   is not the last sequence it holds: a gap, a repeat and a reordering all look like that.
 - **Acknowledgement** is the consumer's signed window receipt, kept in tds's own store
   (shared by a provider's replicas), not a broker-side consumer's ack floor: one source of
-  truth. A consumer resumes with ``from_sequence`` = the last sequence it holds (at least
-  its last countersigned window); the NATS source then creates a fresh ephemeral consumer
-  starting right after it, which is exactly "nothing lost or doubled" because the stream's
+  truth. A consumer resumes with ``from_sequence`` = the ``last_sequence`` of its last
+  countersigned window, so both sides restart the chain from that window's ``head`` (the
+  provider knows no head in the middle of a window); records it received after that
+  window come again, so its holdings should commit a window's records when the window is
+  confirmed, not before. The NATS source then creates a fresh ephemeral consumer starting
+  right after it, which is exactly "nothing lost or doubled" because the stream's
   sequence numbers are the broker's own.
 - **Windows** close every N records or T seconds
   (:class:`~connector.sources.windows.WindowAccumulator`); provider and consumer compute
@@ -51,9 +67,9 @@ Provider, for ``Subscribe(agreement, from_sequence)``::
   (``Subscription.skipped``) and reported through the ``on_skip`` callback with its
   sequence, for the provider's log.
 
-Memory is bounded per subscription: NATS fetches from the broker only as many messages as
-its queue has room for (``buffer_messages``), MQTT subscriptions read one shared ring of
-``replay_messages``; neither grows when a reader stops reading.
+Memory is bounded per subscription: NATS fetches only when the reader polls, at most
+``buffer_messages`` at a time; MQTT subscriptions read one shared replay buffer of
+``replay_messages`` (and ``replay_bytes``); neither grows when a reader stops reading.
 """
 
 from __future__ import annotations
