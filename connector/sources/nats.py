@@ -200,6 +200,9 @@ class _NatsSubscription:
         self._pending = 0
         """Messages the broker holds past the last one fetched."""
         self._consumer: _Consumer | None = None
+        self._gone: SequenceGone | None = None
+        """Messages after :attr:`_last` were removed from the stream: raised once the
+        reader has what came before."""
         self._retry_at = 0.0
         self._failed: ConnectorError | None = None
         self._loop = asyncio.new_event_loop()
@@ -281,6 +284,8 @@ class _NatsSubscription:
         stops the fetching, and the broker keeps what waits.
         """
         while not self._local:
+            if self._gone is not None:
+                raise self._gone
             consumer = self._consumer
             if consumer is None or not consumer.nc.is_connected:
                 if consumer is not None:
@@ -387,6 +392,7 @@ class _NatsSubscription:
             if next_sequence == 1:
                 next_sequence = max(1, oldest)  # a new subscription: from the oldest held
             after = next_sequence - 1
+            self._last = after
             if after > newest:
                 raise InvalidRequest(
                     f"sequence {after} is in the future: the stream's newest is {newest}"
@@ -416,16 +422,32 @@ class _NatsSubscription:
         return _Consumer(nc, js, stream, name, pull, max(0, newest - after))
 
     async def _fetch(self, consumer: _Consumer, wait: float) -> None:
-        """Fetch at most ``buffer_messages`` into :attr:`_local`, waiting up to ``wait``."""
+        """Fetch at most ``buffer_messages`` into :attr:`_local`, waiting up to ``wait``.
+
+        A consumer skips what the stream no longer holds without a word, so the first jump
+        in the sequence of a batch is checked against the stream's oldest sequence: if the
+        stream's limits removed messages after the last one fetched, what came before the
+        jump is delivered and then ``SequenceGone`` ends the subscription (a jump over other
+        subjects of the stream is normal).
+        """
         fields = self._source.fields()
         limit = self._connection.max_message_bytes
         last = self._last
+        checked = False
         batch = await consumer.pull.fetch(self._connection.buffer_messages, timeout=wait)
         for msg in batch:
             meta = msg.metadata
             sequence = meta.sequence.stream
             if sequence <= last:
                 continue  # fetched before a reconnection
+            if sequence > last + 1 and not checked:
+                checked = True
+                oldest = (await consumer.js.stream_info(consumer.stream)).state.first_seq
+                if oldest > last + 1:
+                    self._gone = SequenceGone(
+                        last, oldest, f"the JetStream stream {consumer.stream!r}", at_least=True
+                    )
+                    break
             self._local.append((sequence, decode_message(msg.data, fields, limit), len(msg.data)))
             self._pending = meta.num_pending
             last = sequence

@@ -277,3 +277,20 @@ def test_a_backlog_larger_than_the_lag_limit_is_caught_up_not_suspended(
         assert sub.lag == 0
     assert [r.sequence for r in records] == list(range(101, 401))
     assert records[0].previous == 0
+
+
+def test_messages_the_stream_drops_under_a_slow_reader_are_reported_not_skipped(
+    jetstream: JetStream,
+) -> None:
+    subject = jetstream.stream(max_msgs=10)
+    jetstream.publish_json(subject, *_readings(0, 8))
+    source = _source(jetstream.url, subject, buffer_messages=5)
+    with source.subscribe(0) as sub:
+        first = _take(sub, 3)  # one fetch brought 1..5
+        jetstream.publish_json(subject, *_readings(8, 30))  # the stream keeps 29..38
+        rest = _take(sub, 2)  # 4 and 5 were fetched before: delivered
+        with pytest.raises(SequenceGone) as gone:
+            sub.poll(1)
+    assert [r.sequence for r in first + rest] == [1, 2, 3, 4, 5]
+    assert gone.value.oldest == 29 and gone.value.lost == 23
+    assert "sequences 6 to 28 are no longer held" in str(gone.value)
