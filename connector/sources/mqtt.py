@@ -51,7 +51,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -71,10 +71,12 @@ from connector.sources.stream import (
     SequenceGone,
     SkipCallback,
     SkipReason,
-    SubscriptionLagging,
+    SubscriptionBase,
+    check_after,
     check_limits,
     decode_message,
     redacted_url,
+    stream_fields,
     url_credentials,
 )
 
@@ -209,14 +211,13 @@ class _ReplayBuffer:
         return self._entries[sequence - self.oldest]
 
 
-class _MqttSubscription:
+class _MqttSubscription(SubscriptionBase):
     """A cursor into the source's replay buffer."""
 
     def __init__(self, source: MqttStreamSource, after: int, on_skip: SkipCallback | None):
         self._source = source
         self._buffer = source._buffer
-        self._cursor = DeliveryCursor(after, on_skip, lag=source._buffer.newest - after)
-        self._failed: Exception | None = None
+        super().__init__(DeliveryCursor(after, on_skip, lag=source._buffer.newest - after))
 
     def poll(self, timeout: float) -> StreamRecord | None:
         """The next record, or ``None`` after ``timeout`` seconds without one."""
@@ -237,11 +238,7 @@ class _MqttSubscription:
                 if last < buffer.oldest - 1:
                     self._failed = SequenceGone(last, buffer.oldest, self._source.buffer_name)
                     raise self._failed
-                try:
-                    self._cursor.check_lag(buffer.newest - last, limit)
-                except SubscriptionLagging as exc:
-                    self._failed = exc
-                    raise
+                self._check_lag(buffer.newest - last, limit)
                 sequence = last + 1
                 payload, size = buffer.get(sequence)
             row = (
@@ -253,16 +250,6 @@ class _MqttSubscription:
                 self._cursor.skip(sequence, row)
                 continue
             return self._cursor.deliver(sequence, row, size)
-
-    def __iter__(self) -> Iterator[StreamRecord]:
-        while True:
-            record = self.poll(3600.0)
-            if record is not None:
-                yield record
-
-    @property
-    def skipped(self) -> Mapping[str, int]:
-        return dict(self._cursor.skipped)
 
     @property
     def lag(self) -> int:
@@ -286,11 +273,9 @@ class MqttStreamSource:
         *,
         on_skip: SkipCallback | None = None,
     ) -> None:
-        if not fields or len(set(fields)) != len(fields):
-            raise InvalidRequest("a stream product needs its fields, each named once")
         self.connection = connection
         self.topic = check_topic(topic)
-        self._fields = tuple(fields)
+        self._fields = stream_fields(fields)
         self._on_skip = on_skip
         self.epoch = uuid.uuid4().hex
         """Changes with every start of the source: sequences of another epoch mean nothing."""
@@ -319,8 +304,7 @@ class MqttStreamSource:
     def subscribe(self, after: int) -> Iterator[Subscription]:
         """Every record after sequence ``after`` (0: from the oldest held) while the
         replay buffer still holds it."""
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise InvalidRequest("from_sequence must be a non-negative integer")
+        check_after(after)
         self._start()
         self._wait_connected()
         buffer = self._buffer

@@ -39,7 +39,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +65,12 @@ from connector.sources.stream import (
     SequenceGone,
     SkipCallback,
     SkipReason,
-    SubscriptionLagging,
+    SubscriptionBase,
+    check_after,
     check_limits,
     decode_message,
     redacted_url,
+    stream_fields,
     url_credentials,
 )
 
@@ -186,13 +188,13 @@ async def _cancel_the_rest() -> None:
     await asyncio.gather(*others, return_exceptions=True)
 
 
-class _NatsSubscription:
+class _NatsSubscription(SubscriptionBase):
     """A subscription: an event loop of its own, driven by the reader's :meth:`poll`."""
 
     def __init__(self, source: NatsStreamSource, after: int, on_skip: SkipCallback | None) -> None:
         self._source = source
         self._connection = source.connection
-        self._cursor = DeliveryCursor(after, on_skip)
+        super().__init__(DeliveryCursor(after, on_skip))
         self._local: collections.deque[_Item] = collections.deque()
         """The last fetch, not yet read: at most ``buffer_messages``."""
         self._last = after
@@ -204,7 +206,6 @@ class _NatsSubscription:
         """Messages after :attr:`_last` were removed from the stream: raised once the
         reader has what came before."""
         self._retry_at = 0.0
-        self._failed: ConnectorError | None = None
         self._loop = asyncio.new_event_loop()
 
     # --- reader side ----------------------------------------------------------------
@@ -226,26 +227,13 @@ class _NatsSubscription:
                     return None
             sequence, row, size = self._local[0]
             if not isinstance(row, SkipReason):
-                try:  # the lag counts the record at hand: it is not delivered yet
-                    self._cursor.check_lag(self.lag, self._connection.max_lag_messages)
-                except SubscriptionLagging as exc:
-                    self._failed = exc
-                    raise
+                # The lag counts the record at hand: it is not delivered yet.
+                self._check_lag(self.lag, self._connection.max_lag_messages)
             self._local.popleft()
             if isinstance(row, SkipReason):
                 self._cursor.skip(sequence, row)
                 continue
             return self._cursor.deliver(sequence, row, size)
-
-    def __iter__(self) -> Iterator[StreamRecord]:
-        while True:
-            record = self.poll(3600.0)
-            if record is not None:
-                yield record
-
-    @property
-    def skipped(self) -> Mapping[str, int]:
-        return dict(self._cursor.skipped)
 
     @property
     def lag(self) -> int:
@@ -472,11 +460,9 @@ class NatsStreamSource:
                 f"source.subject {subject!r} is not a NATS subject (tokens separated by dots, "
                 "no spaces, not a system subject)"
             )
-        if not fields or len(set(fields)) != len(fields):
-            raise InvalidRequest("a stream product needs its fields, each named once")
         self.connection = connection
         self.subject = subject
-        self._fields = tuple(fields)
+        self._fields = stream_fields(fields)
         self._on_skip = on_skip
 
     def fields(self) -> tuple[str, ...]:
@@ -486,8 +472,7 @@ class NatsStreamSource:
     @contextmanager
     def subscribe(self, after: int) -> Iterator[Subscription]:
         """Every record after stream sequence ``after`` (0: from the oldest held)."""
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise InvalidRequest("from_sequence must be a non-negative integer")
+        check_after(after)
         subscription = _NatsSubscription(self, after, self._on_skip)
         subscription.start(after)  # closes what it opened if it raises
         try:

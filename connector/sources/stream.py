@@ -76,12 +76,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from connector.errors import ConfigError, PreconditionFailed, Unavailable
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    InvalidRequest,
+    PreconditionFailed,
+    Unavailable,
+)
 from connector.sources.base import MISSING, Row, StreamRecord
 
 __all__ = [
@@ -90,10 +96,13 @@ __all__ = [
     "SequenceGone",
     "SkipCallback",
     "SkipReason",
+    "SubscriptionBase",
     "SubscriptionLagging",
+    "check_after",
     "check_limits",
     "decode_message",
     "redacted_url",
+    "stream_fields",
     "url_credentials",
 ]
 
@@ -257,3 +266,46 @@ class DeliveryCursor:
         self.skipped[reason.value] = self.skipped.get(reason.value, 0) + 1
         if self._on_skip is not None:
             self._on_skip(sequence, reason)
+
+
+class SubscriptionBase:
+    """What both adapters' subscriptions share: the cursor, the failure that ended them,
+    iteration and the skip counts. Subclasses implement ``poll``, ``lag``, ``connected``."""
+
+    def __init__(self, cursor: DeliveryCursor) -> None:
+        self._cursor = cursor
+        self._failed: ConnectorError | None = None
+
+    def poll(self, timeout: float) -> StreamRecord | None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[StreamRecord]:
+        while True:
+            record = self.poll(3600.0)
+            if record is not None:
+                yield record
+
+    @property
+    def skipped(self) -> Mapping[str, int]:
+        return dict(self._cursor.skipped)
+
+    def _check_lag(self, lag: int, limit: int) -> None:
+        """:meth:`DeliveryCursor.check_lag`, remembered: a suspended subscription stays so."""
+        try:
+            self._cursor.check_lag(lag, limit)
+        except SubscriptionLagging as exc:
+            self._failed = exc
+            raise
+
+
+def check_after(after: object) -> None:
+    """``InvalidRequest`` unless ``after`` is a sequence number (0 or more)."""
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidRequest("from_sequence must be a non-negative integer")
+
+
+def stream_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """A stream product's fields, or ``InvalidRequest`` unless each is named once."""
+    if not fields or len(set(fields)) != len(fields):
+        raise InvalidRequest("a stream product needs its fields, each named once")
+    return tuple(fields)

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from connector.sources.base import StreamRecord, Subscription
+from connector.sources.windows import StreamChecker
 from tests.conftest import POSTGRES_URL
 
 T = TypeVar("T")
@@ -303,3 +305,26 @@ def own_mosquitto(tmp_path: Path) -> Iterator[OwnServer]:
         f"persistence_location {tmp_path}/\n"
     )
     yield from _own_server(["mosquitto", "-c", str(config)], port, "mqtt")
+
+
+# --- reading subscriptions ----------------------------------------------------------------
+
+
+def take(sub: Subscription, n: int, timeout: float = 20) -> list[StreamRecord]:
+    """The next ``n`` records of ``sub`` (fails the test if they do not come in time)."""
+    records: list[StreamRecord] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < n:
+        assert time.monotonic() < deadline, f"only {len(records)} of {n} records arrived"
+        record = sub.poll(0.25)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def check_records(
+    checker: StreamChecker, fields: tuple[str, ...], records: list[StreamRecord]
+) -> None:
+    """Hand ``records`` to the consumer's checker as delivered objects of ``fields``."""
+    for r in records:
+        checker.accept(r.sequence, r.previous, dict(zip(fields, r.row, strict=True)))

@@ -16,11 +16,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connector.errors import ConfigError, InvalidRequest, PreconditionFailed, Unavailable
-from connector.sources.base import StreamRecord, StreamSource, Subscription
+from connector.sources.base import StreamSource, Subscription
 from connector.sources.mqtt import MqttConnection, MqttStreamSource
 from connector.sources.stream import SequenceGone, SkipReason, SubscriptionLagging
 from connector.sources.windows import StreamChecker, genesis_head
-from tests.sources.conftest import OwnServer, free_port
+from tests.sources.conftest import OwnServer, check_records, free_port, take
 
 FIELDS = ("station", "pm25")
 
@@ -81,22 +81,6 @@ def sources() -> Iterator[list[MqttStreamSource]]:
         source.close()
 
 
-def _take(sub: Subscription, n: int, timeout: float = 20) -> list[StreamRecord]:
-    records: list[StreamRecord] = []
-    deadline = time.monotonic() + timeout
-    while len(records) < n:
-        assert time.monotonic() < deadline, f"only {len(records)} of {n} records arrived"
-        record = sub.poll(0.25)
-        if record is not None:
-            records.append(record)
-    return records
-
-
-def _check(checker: StreamChecker, records: list[StreamRecord]) -> None:
-    for r in records:
-        checker.accept(r.sequence, r.previous, dict(zip(FIELDS, r.row, strict=True)))
-
-
 def test_resume_from_the_replay_buffer_loses_and_doubles_nothing(
     mqtt_url: str, publisher: Publisher, topic: str, sources: list[MqttStreamSource]
 ) -> None:
@@ -107,16 +91,16 @@ def test_resume_from_the_replay_buffer_loses_and_doubles_nothing(
     with source.subscribe(0) as sub:
         assert isinstance(sub, Subscription) and sub.connected
         publisher.readings(topic, 0, 10)
-        first = _take(sub, 6)
-    _check(checker, first)
+        first = take(sub, 6)
+    check_records(checker, FIELDS, first)
     assert [r.sequence for r in first] == [1, 2, 3, 4, 5, 6]
     # The consumer is away; the source keeps receiving into its buffer.
     publisher.readings(topic, 10, 5)
     with source.subscribe(checker.last_sequence) as sub:
-        rest = _take(sub, 9)
+        rest = take(sub, 9)
         assert sub.poll(0.3) is None
         assert sub.lag == 0
-    _check(checker, rest)
+    check_records(checker, FIELDS, rest)
     assert [r.row[1] for r in first + rest] == list(range(15))
     assert [r.sequence for r in rest] == list(range(7, 16))
 
@@ -149,9 +133,9 @@ def test_future_and_evicted_sequences_are_refused_saying_how_much_was_lost(
     ):
         pass
     with source.subscribe(45) as sub:
-        assert [r.sequence for r in _take(sub, 5)] == [46, 47, 48, 49, 50]
+        assert [r.sequence for r in take(sub, 5)] == [46, 47, 48, 49, 50]
     with source.subscribe(0) as sub:  # a new subscription starts at the oldest held
-        assert _take(sub, 1)[0].sequence == 31
+        assert take(sub, 1)[0].sequence == 31
 
 
 def test_a_slow_reader_is_told_its_lag_before_anything_is_evicted(
@@ -170,9 +154,9 @@ def test_a_slow_reader_is_told_its_lag_before_anything_is_evicted(
     assert isinstance(lagging.value, Unavailable) and lagging.value.last == 0
     # Resumed with its backlog of 15 it catches up: it is not further behind than it began.
     with source.subscribe(0) as sub:
-        assert [r.sequence for r in _take(sub, 10)] == list(range(1, 11))
+        assert [r.sequence for r in take(sub, 10)] == list(range(1, 11))
         publisher.readings(topic, 15, 3)
-        assert [r.sequence for r in _take(sub, 8)] == list(range(11, 19))
+        assert [r.sequence for r in take(sub, 8)] == list(range(11, 19))
 
 
 def test_bad_messages_are_skipped_counted_and_reported(
@@ -192,7 +176,7 @@ def test_bad_messages_are_skipped_counted_and_reported(
             b'{"station": "' + b"x" * 600 + b'"}',
             b'{"station": "b", "pm25": 2}',
         )
-        good = _take(sub, 2)
+        good = take(sub, 2)
         assert sub.skipped == {"not_json": 1, "not_object": 1, "oversized": 1}
     assert [(r.sequence, r.previous, tuple(r.row)) for r in good] == [
         (1, 0, ("a", 1)),
@@ -226,7 +210,7 @@ def test_broker_restart_mid_stream_reconnects_and_numbers_on(
             p = Publisher(own_mosquitto.url)
             p.readings(topic, 0, 5)
             p.close()
-            _check(checker, _take(sub, 5))
+            check_records(checker, FIELDS, take(sub, 5))
             own_mosquitto.stop()
             deadline = time.monotonic() + 10
             while sub.connected:
@@ -240,10 +224,10 @@ def test_broker_restart_mid_stream_reconnects_and_numbers_on(
             p = Publisher(own_mosquitto.url)
             p.readings(topic, 5, 5)
             p.close()
-            after = _take(sub, 5)
+            after = take(sub, 5)
     finally:
         source.close()
-    _check(checker, after)
+    check_records(checker, FIELDS, after)
     assert [(r.sequence, r.row[1]) for r in after] == [(i + 1, i) for i in range(5, 10)]
     assert "lost" in caplog.text and "Traceback" not in caplog.text
 

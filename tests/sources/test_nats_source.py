@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from connector.errors import ConfigError, InvalidRequest, PreconditionFailed, Unavailable
-from connector.sources.base import MISSING, StreamRecord, StreamSource, Subscription
+from connector.sources.base import MISSING, StreamSource, Subscription
 from connector.sources.nats import NatsConnection, NatsStreamSource
 from connector.sources.stream import SequenceGone, SkipReason, SubscriptionLagging
 from connector.sources.windows import StreamChecker, genesis_head
-from tests.sources.conftest import JetStream, OwnServer, free_port
+from tests.sources.conftest import JetStream, OwnServer, check_records, free_port, take
 
 FIELDS = ("station", "mm")
 
@@ -27,22 +27,6 @@ def _source(url: str, subject: str, **options: Any) -> NatsStreamSource:
 
 def _readings(start: int, n: int) -> list[dict[str, Any]]:
     return [{"station": f"s{i % 4}", "mm": i, "extra": "dropped"} for i in range(start, start + n)]
-
-
-def _take(sub: Subscription, n: int, timeout: float = 20) -> list[StreamRecord]:
-    records: list[StreamRecord] = []
-    deadline = time.monotonic() + timeout
-    while len(records) < n:
-        assert time.monotonic() < deadline, f"only {len(records)} of {n} records arrived"
-        record = sub.poll(0.25)
-        if record is not None:
-            records.append(record)
-    return records
-
-
-def _check(checker: StreamChecker, records: list[StreamRecord]) -> None:
-    for r in records:
-        checker.accept(r.sequence, r.previous, dict(zip(FIELDS, r.row, strict=True)))
 
 
 def test_is_a_stream_source(jetstream: JetStream) -> None:
@@ -61,16 +45,16 @@ def test_resume_after_the_last_acknowledged_sequence_loses_and_doubles_nothing(
     source = _source(jetstream.url, subject)
     checker = StreamChecker(after=0, head=genesis_head("agr"))
     with source.subscribe(0) as sub:
-        first = _take(sub, 20)
-    _check(checker, first)
+        first = take(sub, 20)
+    check_records(checker, FIELDS, first)
     assert [r.sequence for r in first] == published[:20]
     assert first[0].row == ("s0", 0)  # fields in order, the extra key dropped
     # The consumer resumes after the last sequence it holds; more is published meanwhile.
     with source.subscribe(checker.last_sequence) as sub:
         published += jetstream.publish_json(subject, *_readings(50, 10))
-        rest = _take(sub, 40)
+        rest = take(sub, 40)
         assert sub.poll(0.5) is None  # nothing more than what was published
-    _check(checker, rest)
+    check_records(checker, FIELDS, rest)
     assert [r.sequence for r in first + rest] == published
     assert [r.row[1] for r in first + rest] == list(range(60))
 
@@ -84,9 +68,9 @@ def test_sequences_of_one_subject_in_a_shared_stream_are_sparse_but_linked(
         mine += jetstream.publish_json(subject, {"station": "a", "mm": i})
         jetstream.publish_json(subject + "x", {"station": "other", "mm": -1})
     with _source(jetstream.url, subject).subscribe(0) as sub:
-        records = _take(sub, 5)
+        records = take(sub, 5)
     assert [r.sequence for r in records] == mine == [1, 3, 5, 7, 9]
-    _check(StreamChecker(after=0, head=genesis_head("agr")), records)
+    check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, records)
 
 
 def test_from_sequence_in_the_future_is_refused(jetstream: JetStream) -> None:
@@ -119,7 +103,7 @@ def test_from_sequence_before_what_the_stream_holds_says_how_much_is_lost(
     assert "sequences 6 to 20 are no longer held" in str(refused.value)
     assert "subscribe after 20" in str(refused.value)
     with source.subscribe(20) as sub:
-        assert [r.sequence for r in _take(sub, 10)] == list(range(21, 31))
+        assert [r.sequence for r in take(sub, 10)] == list(range(21, 31))
 
 
 def test_unknown_subject_is_a_precondition(jetstream: JetStream) -> None:
@@ -159,7 +143,7 @@ def test_bad_messages_are_skipped_counted_and_reported(jetstream: JetStream) -> 
         on_skip=lambda s, r: reported.append((s, r)),
     )
     with source.subscribe(0) as sub:
-        good = _take(sub, 2)
+        good = take(sub, 2)
         assert sub.skipped == {"not_json": 2, "not_object": 1, "oversized": 1}
     assert [r.row for r in good] == [("a", 1), ("b", MISSING)]
     assert (good[1].sequence, good[1].previous) == (seqs[5], seqs[0])
@@ -184,7 +168,7 @@ def test_broker_restart_mid_stream_resumes_without_gap_or_repeat(
     source = _source(own_nats.url, subject, reconnect_wait_seconds=0.2)
     checker = StreamChecker(after=0, head=genesis_head("agr"))
     with source.subscribe(0) as sub:
-        _check(checker, _take(sub, 5))
+        check_records(checker, FIELDS, take(sub, 5))
         own_nats.stop()
         deadline = time.monotonic() + 10
         while sub.connected:
@@ -196,9 +180,9 @@ def test_broker_restart_mid_stream_resumes_without_gap_or_repeat(
             publisher.publish_json(subject, *_readings(5, 5))
         finally:
             publisher.close(keep_streams=True)
-        after = _take(sub, 5)
+        after = take(sub, 5)
         assert sub.connected
-    _check(checker, after)
+    check_records(checker, FIELDS, after)
     assert [r.sequence for r in after] == [6, 7, 8, 9, 10]
     assert [r.row[1] for r in after] == [5, 6, 7, 8, 9]
     assert "continuing after sequence 5" in caplog.text
@@ -213,7 +197,7 @@ def test_a_reader_that_stops_reading_does_not_grow_memory_and_is_told_its_lag(
     source = _source(jetstream.url, subject, buffer_messages=50, max_lag_messages=500)
     with source.subscribe(0) as sub:
         jetstream.publish(subject, payload)
-        assert _take(sub, 1)[0].sequence == 1
+        assert take(sub, 1)[0].sequence == 1
         tracemalloc.start()
         try:
             baseline = tracemalloc.get_traced_memory()[0]
@@ -273,7 +257,7 @@ def test_a_backlog_larger_than_the_lag_limit_is_caught_up_not_suspended(
     jetstream.publish_json(subject, *_readings(0, 400))  # the stream keeps 101..400
     source = _source(jetstream.url, subject, buffer_messages=20, max_lag_messages=50)
     with source.subscribe(0) as sub:  # a new subscription: from the oldest held
-        records = _take(sub, 300)
+        records = take(sub, 300)
         assert sub.lag == 0
     assert [r.sequence for r in records] == list(range(101, 401))
     assert records[0].previous == 0
@@ -286,9 +270,9 @@ def test_messages_the_stream_drops_under_a_slow_reader_are_reported_not_skipped(
     jetstream.publish_json(subject, *_readings(0, 8))
     source = _source(jetstream.url, subject, buffer_messages=5)
     with source.subscribe(0) as sub:
-        first = _take(sub, 3)  # one fetch brought 1..5
+        first = take(sub, 3)  # one fetch brought 1..5
         jetstream.publish_json(subject, *_readings(8, 30))  # the stream keeps 29..38
-        rest = _take(sub, 2)  # 4 and 5 were fetched before: delivered
+        rest = take(sub, 2)  # 4 and 5 were fetched before: delivered
         with pytest.raises(SequenceGone) as gone:
             sub.poll(1)
     assert [r.sequence for r in first + rest] == [1, 2, 3, 4, 5]
