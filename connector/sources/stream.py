@@ -98,6 +98,7 @@ __all__ = [
     "SkipReason",
     "SubscriptionBase",
     "SubscriptionLagging",
+    "as_object",
     "check_after",
     "check_limits",
     "decode_message",
@@ -296,6 +297,12 @@ class SubscriptionBase:
         except SubscriptionLagging as exc:
             self._failed = exc
             raise
+
+
+def as_object(fields: Sequence[str], row: Row) -> dict[str, Any]:
+    """A row as the JSON object it is delivered as: a :data:`MISSING` field left out (the
+    form :class:`~connector.sources.windows.HashChain` links)."""
+    return {name: value for name, value in zip(fields, row, strict=True) if value is not MISSING}
 
 
 def check_after(after: object) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from connector.sources.base import StreamRecord, Subscription
+from connector.sources.stream import as_object
 from connector.sources.windows import StreamChecker
 from tests.conftest import POSTGRES_URL
 
@@ -327,4 +328,4 @@ def check_records(
 ) -> None:
     """Hand ``records`` to the consumer's checker as delivered objects of ``fields``."""
     for r in records:
-        checker.accept(r.sequence, r.previous, dict(zip(fields, r.row, strict=True)))
+        checker.accept(r.sequence, r.previous, as_object(fields, r.row))

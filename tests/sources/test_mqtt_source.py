@@ -271,3 +271,20 @@ def test_configuration_is_checked_and_credentials_stay_out_of_sight() -> None:
         with pytest.raises(InvalidRequest, match="not an MQTT topic filter"):
             MqttStreamSource(connection, bad, FIELDS)
     MqttStreamSource(connection, "city/+/pm25/#", FIELDS)
+
+
+def test_two_consumers_of_one_feed_each_get_all_of_it_at_their_own_pace(
+    mqtt_url: str, publisher: Publisher, topic: str, sources: list[MqttStreamSource]
+) -> None:
+    source = _source(mqtt_url, topic)
+    sources.append(source)
+    with source.subscribe(0) as fast, source.subscribe(0) as slow:
+        publisher.readings(topic, 0, 20)
+        got_fast = take(fast, 20)
+        got_slow = take(slow, 5)
+        publisher.readings(topic, 20, 5)
+        got_fast += take(fast, 5)
+        got_slow += take(slow, 20)
+    for got in (got_fast, got_slow):
+        check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, got)
+        assert [r.row[1] for r in got] == list(range(25))

@@ -278,3 +278,20 @@ def test_messages_the_stream_drops_under_a_slow_reader_are_reported_not_skipped(
     assert [r.sequence for r in first + rest] == [1, 2, 3, 4, 5]
     assert gone.value.oldest == 29 and gone.value.lost == 23
     assert "sequences 6 to 28 are no longer held" in str(gone.value)
+
+
+def test_two_consumers_of_one_feed_each_get_all_of_it_at_their_own_pace(
+    jetstream: JetStream,
+) -> None:
+    subject = jetstream.stream()
+    source = _source(jetstream.url, subject)
+    with source.subscribe(0) as fast, source.subscribe(0) as slow:
+        jetstream.publish_json(subject, *_readings(0, 20))
+        got_fast = take(fast, 20)
+        got_slow = take(slow, 5)
+        jetstream.publish_json(subject, *_readings(20, 5))
+        got_fast += take(fast, 5)
+        got_slow += take(slow, 20)
+    for got in (got_fast, got_slow):
+        check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, got)
+        assert [r.row[1] for r in got] == list(range(25))

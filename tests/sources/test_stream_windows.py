@@ -245,6 +245,14 @@ def test_good_message_is_a_row_of_the_fields() -> None:
     assert row[0] is MISSING
 
 
+def test_a_missing_field_is_left_out_of_the_delivered_object() -> None:
+    from connector.sources.base import MISSING
+    from connector.sources.stream import as_object
+
+    assert as_object(FIELDS, ("a", MISSING)) == {"station": "a"}
+    assert as_object(FIELDS, (None, 1)) == {"station": None, "mm": 1}
+
+
 def test_cursor_links_records_over_skips() -> None:
     seen: list[tuple[int, SkipReason]] = []
     cursor = DeliveryCursor(after=4, on_skip=lambda s, r: seen.append((s, r)))
