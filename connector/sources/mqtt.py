@@ -327,7 +327,11 @@ class MqttStreamSource:
         if client is not None:
             with self._state:
                 self._connected = self._subscribed = False
-            client.disconnect()
+            # A clean stop ends the session too: nothing is queued on the broker for a
+            # client id that will not come back (each process uses its own).
+            ending = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            ending.SessionExpiryInterval = 0
+            client.disconnect(properties=ending)
             client.loop_stop()
 
     # --- the client -------------------------------------------------------------------
