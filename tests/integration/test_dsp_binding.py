@@ -6,7 +6,9 @@ bindings in eclipse-dataspace-protocol-base/DataspaceProtocol: ``catalog-request
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not f
 
 OPEN = ("bus-stops", "parking", "traffic")
 RESTRICTED = "tenders"
+IMPORTANT = "water-mains"  # grade important: the contract policy asks for approval
 BODY_LIMIT = 4096
 
 
@@ -50,18 +53,27 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
     root = tmp_path_factory.mktemp("dsp")
     (root / "data.bin").write_bytes(b"x" * 100)
     with LocalSpace.create(
-        root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
+        root,
+        [
+            ("gov", Role.GOVERNMENT),
+            ("a", Role.ENTERPRISE),
+            ("b", Role.ENTERPRISE),
+            ("r", Role.ENTERPRISE),
+        ],
     ) as sp:
         sp.start_registry()
         sp.start_connector(
             "gov",
             dsp=DspConfig(listen="127.0.0.1:0", max_body_bytes=BODY_LIMIT, page_size=2),
         )
-        for member in ("a", "b"):
+        for member in ("a", "b", "r"):
             sp.start_connector(member)
         for pid in OPEN:
             publish(sp, "gov", product(pid), root)
         publish(sp, "gov", product(RESTRICTED, access={"allow_list": ["b"]}), root)
+        publish(
+            sp, "gov", product(IMPORTANT, grade="important", access={"allow_list": ["b"]}), root
+        )
         yield sp
 
 
@@ -451,3 +463,54 @@ def test_mutual_tls_certificate_of_another_ca_fails_the_handshake(
     with pytest.raises(aiohttp.ClientError):
         stranger.call("POST", "/negotiations/request", contract_request("urn:uuid:c-forged"))
     assert len(provider_negotiations(space)) == before
+
+
+def test_negotiations_request_post_concurrent_repeats_make_one_negotiation(
+    space: LocalSpace,
+) -> None:
+    before = len(provider_negotiations(space))
+    message = contract_request("urn:uuid:c-concurrent")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client(space).call("POST", "/negotiations/request", message), range(6)
+            )
+        )
+    assert {a.status for a in answers} == {201}, [a.body for a in answers]
+    assert len({a.body["providerPid"] for a in answers}) == 1
+    assert len(provider_negotiations(space)) == before + 1
+
+
+def test_negotiations_request_post_waits_for_the_providers_approval(space: LocalSpace) -> None:
+    answer = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request("urn:uuid:c-4", pid=IMPORTANT)
+    )
+    assert answer.status == 201, answer.body
+    assert answer.body["state"] == "REQUESTED"
+    pid = answer.body["providerPid"].removeprefix("urn:tds:process:")
+    waiting = admin(space, "gov").ListNegotiations(
+        admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10
+    )
+    assert pid in [n.pid for n in waiting.negotiations]
+    admin(space, "gov").RejectNegotiation(
+        admin_pb2.NegotiationRef(pid=pid, reason="not now"), timeout=10
+    )
+    shown = client(space, "b").call("GET", f"/negotiations/{answer.body['providerPid']}")
+    assert shown.body["state"] == "TERMINATED"
+
+
+def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None:
+    # Last: r is revoked for good. Its token is still unexpired; the list refuses it.
+    token = f"Bearer {own_token(space, 'r')}"
+    assert (
+        client(space, "r", token=token).call("POST", "/catalog/request", catalog_request()).status
+        == 200
+    )
+    space.revoke("r", "test: revoked")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        answer = client(space, "r", token=token).call("POST", "/catalog/request", catalog_request())
+        if answer.status != 200:
+            break
+        time.sleep(0.2)
+    refused(answer, 401, "CatalogError", "revoked")
