@@ -79,7 +79,7 @@ def request_message() -> dict[str, Any]:
                 }
             ],
         },
-        "callbackAddress": "https://a.example/callback",
+        "callbackAddress": "https://127.0.0.1:8443/callback",  # a's registered host
     }
 
 

@@ -10,12 +10,15 @@ Built: ``POST /negotiations/request``, ``GET /negotiations/{pid}``,
 ``POST /negotiations/{pid}/termination``. Not built yet (no route, so 404): counter-offers
 (``/negotiations/{pid}/request``, ``/events`` ACCEPTED), ``/agreement/verification`` (a
 DSP verification message carries no countersignature, which a tds agreement needs) and the
-consumer's callbacks.
+consumer's callbacks. The ``callbackAddress`` is checked (https, on the caller's
+registered host) though nothing is sent to it yet.
 """
 
 from __future__ import annotations
 
 import hashlib
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +33,7 @@ from connector.negotiation.negotiator import PROVIDER
 from connector.negotiation.store import Negotiation
 from connector.rpc.auth import Caller
 
-__all__ = ["local_pid", "negotiation_routes"]
+__all__ = ["check_callback", "local_pid", "negotiation_routes"]
 
 _PROCESS_PREFIX = "urn:tds:process:"
 _OFFER_PREFIX = "urn:tds:offer:"
@@ -79,9 +82,20 @@ def _product_and_offer(offer: dict[str, Any]) -> tuple[str, str]:
     return product, name
 
 
-def _check_callback(address: str) -> None:
-    if not address.startswith("https://"):
+def check_callback(address: str, caller: str, registered_host: Callable[[str], str]) -> None:
+    """A callback address is https on the host the operator registered for the caller:
+    the connector never sends a request to a URL a peer merely names."""
+    url = urllib.parse.urlsplit(address)
+    if url.scheme != "https" or not url.hostname:
         raise InvalidRequest("callbackAddress must be an https:// URL")
+    if url.username or url.password:
+        raise InvalidRequest("callbackAddress must not carry credentials")
+    registered = registered_host(caller)
+    if url.hostname.lower() != registered.lower():
+        raise InvalidRequest(
+            f"callbackAddress must be on the host the operator registered for {caller} "
+            f"({registered}), not {url.hostname}"
+        )
 
 
 def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
@@ -108,7 +122,12 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         consumer_pid = str(message.get("consumerPid", ""))
         note_pids(request, consumer_pid=consumer_pid)
         # The schema has refused an initial request naming a providerPid (one of the two).
-        _check_callback(str(message.get("callbackAddress", "")))
+        await exchange.run(
+            check_callback,
+            str(message.get("callbackAddress", "")),
+            caller.participant,
+            exchange.registered_host,
+        )
         product, offer = _product_and_offer(message["offer"])
         req = negotiation_pb2.ContractRequest(
             message_id=message_id(caller, message),

@@ -72,6 +72,9 @@ class Exchange:
     settings: DspConfig
     pool: concurrent.futures.ThreadPoolExecutor
     base_url: Callable[[], str]
+    registered_host: Callable[[str], str]
+    """The host of a participant's address in the operator's directory (callbacks may go
+    nowhere else)."""
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run connector code (blocking: database, policy, log) off the event loop."""
@@ -199,6 +202,7 @@ class DspBinding:
         negotiator: Negotiator,
         authenticator: Authenticator,
         tls: ssl.SSLContext,
+        registered_host: Callable[[str], str],
         workers: int = 8,
     ) -> None:
         self._settings = settings
@@ -213,6 +217,7 @@ class DspBinding:
             settings=settings,
             pool=self._pool,
             base_url=lambda: self.base_url,
+            registered_host=registered_host,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None

@@ -278,6 +278,7 @@ class Node:
                     negotiator=self.negotiator,
                     authenticator=authenticator,
                     tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, tls.ca_pem),
+                    registered_host=self._registered_host,
                     workers=cfg.server.max_workers,
                 )
                 self.dsp.start()
@@ -630,6 +631,15 @@ class Node:
                 timeout=self.cfg.registry.call_timeout_seconds,
             )
         return found.product
+
+    def _registered_host(self, participant: str) -> str:
+        """The host of ``participant``'s address in the directory (DSP callbacks' only host)."""
+        if self.registry is None:
+            raise Unavailable("the operator registry does not negotiate contracts")
+        peer = self.registry.lookup(participant)
+        if peer.revoked or not peer.address:
+            raise PermissionDenied(f"{participant} is revoked or runs no connector")
+        return peer.address.rpartition(":")[0].strip("[]")
 
     def _member_channel(self, target: str) -> grpc.Channel:
         """A channel to another member, found through the registry, with our token."""

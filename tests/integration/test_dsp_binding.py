@@ -140,7 +140,8 @@ def contract_request(consumer_pid: str, *, purpose: str = "research", pid: str =
                 }
             ],
         },
-        "callbackAddress": "https://a.example/callback",
+        # Every member of a LocalSpace is registered on 127.0.0.1.
+        "callbackAddress": "https://127.0.0.1:8443/callback",
     }
 
 
@@ -337,10 +338,27 @@ def test_negotiations_providerpid_termination_post_and_another_participants_proc
         ),
         (
             json.dumps(
-                {**contract_request("urn:uuid:c-x"), "callbackAddress": "http://a.example/cb"}
+                {**contract_request("urn:uuid:c-x"), "callbackAddress": "http://127.0.0.1/cb"}
             ).encode(),
             400,
             "https",
+        ),
+        (
+            json.dumps(
+                {**contract_request("urn:uuid:c-x"), "callbackAddress": "https://10.0.0.7/cb"}
+            ).encode(),
+            400,
+            "on the host the operator registered for a (127.0.0.1)",
+        ),
+        (
+            json.dumps(
+                {
+                    **contract_request("urn:uuid:c-x"),
+                    "callbackAddress": "https://u:p@127.0.0.1/cb",
+                }
+            ).encode(),
+            400,
+            "credentials",
         ),
         (
             json.dumps({**contract_request("urn:uuid:c-x"), "providerPid": "urn:x"}).encode(),
@@ -359,6 +377,8 @@ def test_negotiations_providerpid_termination_post_and_another_participants_proc
         "unknown-type",
         "schema",
         "callback-not-https",
+        "callback-not-registered-host",
+        "callback-with-credentials",
         "initial-with-provider-pid",
         "no-purpose",
         "unknown-dataset",
