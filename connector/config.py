@@ -298,6 +298,11 @@ def _validate(cfg: Config) -> None:
         _check_address(cfg.server.advertise, "server.advertise")
     if cfg.dsp.listen:
         _check_address(cfg.dsp.listen, "dsp.listen")
+        if cfg.is_operator:
+            raise ConfigError(
+                "dsp.listen is set on the operator, whose registry has no catalog or "
+                "negotiations to serve over DSP: leave it empty"
+            )
     if cfg.dsp.base_url and not cfg.dsp.base_url.startswith("https://"):
         raise ConfigError(f"dsp.base_url must be an https:// URL, got {cfg.dsp.base_url!r}")
     if not cfg.is_operator:

@@ -43,7 +43,8 @@ def test_good_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
 
 
 def test_render_round_trips(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, GOOD))
+    cfg = load_config(write(tmp_path, GOOD + '\n[dsp]\nlisten = "0.0.0.0:8443"\n'))
+    assert cfg.dsp.listen == "0.0.0.0:8443"
     again = load_config(write(tmp_path, render_config(cfg)))
     assert again == cfg
 
@@ -69,6 +70,26 @@ def test_render_round_trips(tmp_path: Path) -> None:
         (lambda t: t + '\n[policy]\nengine = "opa"\n', "policy.opa_url is required"),
         (lambda t: t.replace("[participant]", "[participant"), "not valid TOML"),
         (lambda t: t.replace('id = "a"', 'id = "A B"'), "participant.id"),
+        (lambda t: t + '\n[dsp]\nlisten = "8443"\n', "dsp.listen must be host:port"),
+        (
+            lambda t: t + '\n[dsp]\nlisten = ":8443"\nbase_url = "http://a"\n',
+            "dsp.listen must be host:port",
+        ),
+        (
+            lambda t: t + '\n[dsp]\nlisten = "0.0.0.0:8443"\nbase_url = "http://a:8443"\n',
+            "dsp.base_url must be an https:// URL",
+        ),
+        (lambda t: t + "\n[dsp]\nmax_body_bytes = 10\n", "dsp.max_body_bytes"),
+        (lambda t: t + "\n[dsp]\npage_size = 0\n", "dsp.page_size"),
+        (
+            lambda t: (
+                t.replace('role = "enterprise"', 'role = "operator"').replace(
+                    'id = "a"', 'id = "operator"'
+                )
+                + '\n[dsp]\nlisten = "0.0.0.0:8443"\n'
+            ),
+            "dsp.listen is set on the operator",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, edit: object, message: str) -> None:
