@@ -286,6 +286,8 @@ class DspBinding:
         if failure:
             self._thread.join()
             loop.close()
+            self._pool.shutdown(wait=False)
+            self._loop = self._thread = None
             raise ConfigError(f"dsp.listen {self._settings.listen}: {failure[0]}") from None
         log.info("DSP binding serving", extra={"url": self.base_url})
 

@@ -269,7 +269,7 @@ class Node:
                 max_workers=cfg.server.max_workers,
                 max_message_bytes=cfg.server.max_message_bytes,
             )
-            if cfg.dsp.listen and not cfg.is_operator:
+            if cfg.dsp.listen:  # refused on the operator by the configuration
                 self.dsp = DspBinding(
                     settings=cfg.dsp,
                     participant=cfg.participant.id,

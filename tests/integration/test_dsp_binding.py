@@ -19,6 +19,8 @@ import pytest
 from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
 from connector.config import DspConfig
 from connector.demo.space import LocalSpace
+from connector.dsp import DspBinding, tls_context
+from connector.errors import ConfigError
 from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
 from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
@@ -517,6 +519,26 @@ def test_negotiations_request_post_waits_for_the_providers_approval(space: Local
     )
     shown = client(space, "b").call("GET", f"/negotiations/{answer.body['providerPid']}")
     assert shown.body["state"] == "TERMINATED"
+
+
+def test_binding_on_a_busy_port_is_a_config_error(space: LocalSpace) -> None:
+    gov = space.nodes["gov"]
+    assert gov.dsp is not None and gov.catalog is not None and gov.negotiator is not None
+    cfg = space.configs["gov"]
+    second = DspBinding(
+        settings=DspConfig(listen=f"127.0.0.1:{gov.dsp.port}"),
+        participant="gov",
+        space="city",
+        catalog=gov.catalog,
+        negotiator=gov.negotiator,
+        authenticator=gov.dsp.exchange.authenticator,
+        tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, ca_pem(space)),
+        registered_host=lambda _: "127.0.0.1",
+    )
+    with pytest.raises(ConfigError, match=f"dsp.listen 127.0.0.1:{gov.dsp.port}"):
+        second.start()
+    # The serving binding is untouched.
+    assert client(space).call("POST", "/catalog/request", catalog_request()).status == 200
 
 
 def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None:
