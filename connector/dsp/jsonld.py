@@ -20,6 +20,7 @@ import referencing
 from pyld import jsonld
 
 from connector.errors import InvalidRequest
+from connector.negotiation.dsp import CONTEXT
 
 __all__ = [
     "CONTEXT",
@@ -30,8 +31,7 @@ __all__ = [
     "schema_for",
 ]
 
-CONTEXT_URL = "https://w3id.org/dspace/2025/1/context.jsonld"
-CONTEXT = [CONTEXT_URL]
+CONTEXT_URL = CONTEXT[0]  # the renderings' context (connector.negotiation.dsp)
 DSPACE = "https://w3id.org/dspace/2025/1/"
 _ODRL_PROFILE_URL = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
 _RESOURCES = resources.files("connector.dsp") / "resources"

@@ -130,8 +130,9 @@ def negotiation_message(n: Negotiation) -> dict[str, Any]:
     }
 
 
-def agreement_message(agreement: Agreement) -> dict[str, Any]:
-    """A DSP ``ContractAgreementMessage`` carrying the agreement's terms."""
+def agreement_message(agreement: Agreement, *, space: str = "") -> dict[str, Any]:
+    """A DSP ``ContractAgreementMessage`` carrying the agreement's terms (``space``: the
+    parties named by their certificates' SAN URIs)."""
     return {
         "@context": CONTEXT,
         "@type": "ContractAgreementMessage",
@@ -142,8 +143,8 @@ def agreement_message(agreement: Agreement) -> dict[str, Any]:
             "@type": "Agreement",
             "target": _urn("dataset", agreement.product),
             "timestamp": _time(agreement.issued_ms * 1_000_000),
-            "assigner": _urn("participant", agreement.provider),
-            "assignee": _urn("participant", agreement.consumer),
+            "assigner": _participant(agreement.provider, space),
+            "assignee": _participant(agreement.consumer, space),
             "permission": [
                 {
                     "action": "use",
