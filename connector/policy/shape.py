@@ -35,6 +35,10 @@ def _array(value: Any) -> bool:
     return type(value) is list
 
 
+def _object(value: Any) -> bool:
+    return type(value) is dict
+
+
 def _grade(value: Any) -> bool:
     return type(value) is str and value in GRADES
 
@@ -74,6 +78,21 @@ _OWN: dict[str, _Checks] = {
         ("context", "transfers_used", _number),
         ("context", "bytes_used", _number),
         ("context", "revoked_grants", _array),
+    ),
+    "compute.run": (
+        ("contract", "purpose", _string),
+        ("contract", "valid_from_ns", _number),
+        ("contract", "valid_until_ns", _number),
+        ("contract", "revoked", _boolean),
+        ("contract", "delivery", _array),
+        ("context", "epsilon_spent", _number),
+        ("context", "epsilon_left", _number),
+        ("context", "computations_used", _number),
+        ("context", "revoked_grants", _array),
+        ("query", "dimensions", _array),
+        ("query", "measures", _object),
+        ("query", "filters", _array),
+        ("query", "epsilon", _number),
     ),
 }
 _BY_ACTION = {action: _COMMON + own for action, own in _OWN.items()}
