@@ -35,10 +35,6 @@ def _array(value: Any) -> bool:
     return type(value) is list
 
 
-def _object(value: Any) -> bool:
-    return type(value) is dict
-
-
 def _grade(value: Any) -> bool:
     return type(value) is str and value in GRADES
 
@@ -90,8 +86,9 @@ _OWN: dict[str, _Checks] = {
         ("context", "computations_used", _number),
         ("context", "revoked_grants", _array),
         ("query", "dimensions", _array),
-        ("query", "measures", _object),
-        ("query", "filters", _array),
+        ("query", "filtered", _array),
+        ("query", "measures", _array),
+        ("query", "aggregates", _array),
         ("query", "epsilon", _number),
     ),
 }

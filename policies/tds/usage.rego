@@ -109,11 +109,36 @@ compute_denials contains "dimension_not_declared" if {
 	not object.get(rules, ["dimensions", name], false)
 }
 
+compute_denials contains "measure_not_declared" if {
+	is_compute
+	some name in query.measures
+	not object.get(rules, ["measures", name], false)
+}
+
 compute_denials contains "aggregate_not_declared" if {
 	is_compute
-	some measure, aggregates in query.measures
-	some aggregate in aggregates
-	not aggregate in object.get(rules, ["measures", measure, "aggregates"], [])
+	some label in query.aggregates
+	not label in declared_aggregates
+}
+
+# count(*) is always allowed: it is what k counts.
+count_label := "count"
+
+# The aggregates the rules allow, named as the connector labels them in input.query:
+# count, avg(cost), quantile(cost,0.5).
+declared_aggregates contains count_label
+
+declared_aggregates contains label if {
+	some name, measure in object.get(rules, "measures", {})
+	some fn in measure.aggregates
+	fn != "quantile"
+	label := sprintf("%s(%s)", [fn, name])
+}
+
+declared_aggregates contains label if {
+	some name, measure in object.get(rules, "measures", {})
+	some q in object.get(measure, "quantiles", [])
+	label := sprintf("quantile(%s,%v)", [name, q])
 }
 
 # The privacy budget (ε) is a limit like the transfer count: a query that would spend more

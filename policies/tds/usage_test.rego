@@ -122,7 +122,7 @@ compute_base := object.union(base, {
 	"action": "compute.run",
 	"contract": compute_contract,
 	"context": object.union(base.context, {"epsilon_spent": 0, "epsilon_left": 1.0, "computations_used": 0}),
-	"query": {"dimensions": ["a"], "measures": {"b": ["avg"]}, "filters": ["a"], "epsilon": 0.5},
+	"query": {"dimensions": ["a"], "filtered": ["a"], "measures": ["b"], "aggregates": ["count", "avg(b)"], "epsilon": 0.5},
 })
 
 test_allow_compute if {
@@ -162,7 +162,7 @@ test_deny_compute_undeclared_dimension if {
 }
 
 test_deny_compute_undeclared_aggregate if {
-	doc := object.union(compute_base, {"query": object.union(compute_base.query, {"measures": {"b": ["max"]}})})
+	doc := object.union(compute_base, {"query": object.union(compute_base.query, {"aggregates": ["max(b)"]})})
 	result := usage.decision with input as doc
 	"aggregate_not_declared" in result.deny
 }
@@ -195,4 +195,11 @@ test_allow_compute_on_important_data_without_fields if {
 	doc := object.union(compute_base, {"resource": object.union(base.resource, {"grade": "important"})})
 	result := usage.decision with input as doc
 	result.allow
+}
+
+test_deny_compute_undeclared_measure if {
+	doc := object.union(compute_base, {"query": object.union(compute_base.query, {"measures": ["cost"], "aggregates": ["sum(cost)"]})})
+	result := usage.decision with input as doc
+	"measure_not_declared" in result.deny
+	"aggregate_not_declared" in result.deny
 }

@@ -216,7 +216,13 @@ def run(
     **kw: Any,
 ) -> dict[str, Any]:
     """A ``compute.run`` document: a compute-only agreement, half of ε spent."""
-    shape = {"dimensions": ["road"], "measures": {"speed": ["avg"]}, "filters": [], "epsilon": 0.5}
+    shape = {
+        "dimensions": ["road"],
+        "filtered": [],
+        "measures": ["speed"],
+        "aggregates": ["count", "avg(speed)"],
+        "epsilon": 0.5,
+    }
     context_ = ctx or context(epsilon_spent=0.5, epsilon_left=0.5, computations_used=1)
     return {
         **doc("compute.run", con=con or compute_contract(), ctx=context_, **kw),
@@ -570,15 +576,28 @@ CASES: list[Case] = [
     ),
     Case(
         "compute an undeclared aggregate",
-        run(query={"measures": {"speed": ["max"]}}),
+        run(query={"aggregates": ["max(speed)"]}),
         False,
         frozenset({"aggregate_not_declared"}),
+    ),
+    Case(
+        "compute an undeclared measure",
+        run(query={"measures": ["plate"], "aggregates": ["count"]}),
+        False,
+        frozenset({"measure_not_declared"}),
     ),
     Case(
         "compute under an agreement without rules",
         run(con=contract(delivery=["compute"])),
         False,
-        frozenset({"compute_rules_missing", "dimension_not_declared", "aggregate_not_declared"}),
+        frozenset(
+            {
+                "compute_rules_missing",
+                "dimension_not_declared",
+                "measure_not_declared",
+                "aggregate_not_declared",
+            }
+        ),
     ),
     Case(
         "compute on a revoked agreement",
