@@ -72,7 +72,7 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Metering:
-    """Transfers and bytes counted under one agreement."""
+    """Transfers and bytes, computations and ε counted under one agreement."""
 
     agreement_id: str
     consumer: str
@@ -83,6 +83,10 @@ class Metering:
     completed_bytes: int
     max_transfers: int
     max_bytes: int
+    computations: int = 0
+    """Answers given under the agreement (compute-to-data)."""
+    epsilon_spent_micro: int = 0
+    epsilon_budget_micro: int = 0
 
 
 def _transfer(row: TransferRow) -> Transfer:
@@ -241,6 +245,9 @@ class TransferStore:
                     completed_bytes=r.completed_bytes,
                     max_transfers=r.max_transfers,
                     max_bytes=r.max_bytes,
+                    computations=r.computations,
+                    epsilon_spent_micro=r.epsilon_spent_micro,
+                    epsilon_budget_micro=r.epsilon_budget_micro,
                 )
                 for r in sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
             ]
