@@ -196,7 +196,7 @@ class ComputeProvider:
             self._refuse(caller, agreement, reason)
             raise PermissionDenied(reason)
         assert rules is not None and query is not None  # the policy refuses otherwise
-        executor, source_state = self._sources.open(product.source)
+        executor, source_state = self._sources.open(product.source, product.fields)
         c = Computation(
             id=f"cp-{uuid.uuid4().hex}",
             role=PROVIDER,
