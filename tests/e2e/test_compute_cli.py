@@ -112,6 +112,8 @@ def test_compute_as_a_user_runs_it(world: Path) -> None:
     tds(
         "product", "add", root / "products" / "admissions.toml", "--config", "health.toml", cwd=root
     )
+    listed = tds("catalog", "list", "--provider", "health", "--config", "lab.toml", cwd=root)
+    assert "offer o1: compute only, k=10, by age_band, district" in listed.stdout, listed.stdout
     neg = tds(
         "negotiate", "--config", "lab.toml", "--provider", "health", "--product",
         "admissions", "--offer", "o1", "--purpose", "research", "--json",
