@@ -419,7 +419,7 @@ def health_commission(
             "delivery": ["compute"],
             "compute": {
                 **ADMISSION_RULES,
-                "privacy": {"epsilon_per_query": 1.0, "epsilon_budget": 2.0, "delta": 1e-7},
+                "privacy": {"epsilon_per_query": 3.0, "epsilon_budget": 6.0, "delta": 1e-6},
             },
         },
     ]
@@ -485,14 +485,22 @@ def health_commission(
     )
     narrate(f"    {without.detail}")
     private = _approved(steps, "institute", "health-commission", "admissions", "private")
-    spent = [steps.ask("institute", private, PER_DISTRICT) for _ in range(2)]
+    # Under differential privacy a group shows only when its noisy count clears a threshold
+    # above k (about 32 here): the districts' 60 admissions do, their age bands' 15 do not.
+    by_district = "SELECT district, count(*), avg(cost) FROM product GROUP BY district"
+    spent = [steps.ask("institute", private, by_district) for _ in range(2)]
     check(
         s,
-        "with differential privacy (ε 1 a question, budget 2): two noisy answers",
-        "answered ε left 1, answered ε left 0",
-        ", ".join(f"{a.state} ε left {a.receipt.get('epsilon_left', '?'):g}" for a in spent),
+        "with differential privacy (ε 3 a question, budget 6): two noisy answers by district",
+        "4 districts, ε left 3; 4 districts, ε left 0",
+        "; ".join(
+            f"{len(a.answer['rows'])} districts, ε left {a.receipt['epsilon_left']:g}"
+            if a.state == "answered"
+            else f"{a.state}: {a.detail}"
+            for a in spent
+        ),
     )
-    third = steps.ask("institute", private, PER_DISTRICT)
+    third = steps.ask("institute", private, by_district)
     check(
         s,
         "the question after the budget is spent",

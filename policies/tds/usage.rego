@@ -171,6 +171,7 @@ permitted_fields := object.get(contract, "permitted_fields", [])
 
 structured_important if {
 	is_transfer
+	"copy" in delivery
 	common.is_important
 	count(resource.fields) > 0
 }
