@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -21,6 +21,7 @@ from connector.audit.log import AuditLog
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
 from connector.compute.answer import answer_query
+from connector.compute.engine import Executor
 from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
@@ -54,6 +55,9 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Access, Caller, current_caller
 from connector.rpc.server import Service
 from connector.transfer.provider import TransferProvider
+
+if TYPE_CHECKING:
+    from connector.compute.client import ComputeConsumer
 
 __all__ = [
     "MAX_QUESTION_BYTES",
@@ -233,7 +237,7 @@ class ComputeProvider:
         agreement: Agreement,
         rules: ComputeRules,
         question: str | dict[str, Any],
-        executor: Any,
+        executor: Executor,
         source_state: str,
         c: Computation,
         after: EpsilonUse,
@@ -317,7 +321,7 @@ class ComputeProvider:
 class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
     """The provider's endpoints, and ``Ask`` for this connector's own administrator."""
 
-    def __init__(self, provider: ComputeProvider, consumer: Any) -> None:
+    def __init__(self, provider: ComputeProvider, consumer: ComputeConsumer) -> None:
         self._provider = provider
         self._consumer = consumer
 
@@ -336,10 +340,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
 
     def Ask(self, request: compute_pb2.ComputeRequest, context: Any) -> compute_pb2.ComputeResponse:
         """Admin → its own connector, as consumer."""
-        result: compute_pb2.ComputeResponse = self._consumer.ask(
-            request.agreement_id, request.question
-        )
-        return result
+        return self._consumer.ask(request.agreement_id, request.question)
 
 
 def compute_service(servicer: ComputeServicer) -> Service:

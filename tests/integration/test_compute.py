@@ -287,3 +287,27 @@ def test_a_missing_source_spends_nothing(space: LocalSpace) -> None:
     finally:
         moved.rename(path)
     assert spent(space, agreement) == (0, 0)
+
+
+def test_a_revoked_agreement_answers_nothing(space: LocalSpace) -> None:
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    question = "SELECT count(*) FROM product"
+    # Straight to the provider, as a consumer connector that ignored the revocation would.
+    channel = space.nodes["lab"]._member_channel("health")
+    stub = compute_pb2_grpc.ComputeServiceStub(channel)
+    try:
+        stub.Compute(compute_pb2.ComputeRequest(agreement_id=agreement, question=question))
+        admin(space, "health").RevokeAgreement(
+            admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="study ended"),
+            timeout=10,
+        )
+        before = spent(space, agreement)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Compute(
+                compute_pb2.ComputeRequest(agreement_id=agreement, question=question), timeout=30
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "agreement_revoked" in (caught.value.details() or "")
+        assert spent(space, agreement) == before
+    finally:
+        channel.close()
