@@ -32,7 +32,14 @@ from connector.compute.receipt import (
 )
 from connector.compute.rules import parse_rules
 from connector.compute.service import question_of
-from connector.compute.store import ANSWERED, CONFIRMED, CONSUMER, Computation, ComputationStore
+from connector.compute.store import (
+    ANSWERED,
+    CONFIRMED,
+    CONSUMER,
+    Computation,
+    ComputationStore,
+    micro,
+)
 from connector.errors import ConnectorError, InvalidRequest, VerificationError
 from connector.negotiation.agreement import Agreement
 from connector.rpc.channel import calling
@@ -110,7 +117,7 @@ class ComputeConsumer:
                 started_ms=now_ms,
                 query_sha256=receipt.query_sha256,
                 answer_sha256=receipt.answer_sha256,
-                epsilon_micro=round(receipt.epsilon_spent * 1_000_000),
+                epsilon_micro=micro(receipt.epsilon_spent),
                 receipt=countersigned,
                 ended_ms=now_ms,
             )

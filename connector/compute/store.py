@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import CursorResult, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from connector.errors import NotFound, PermissionDenied, PreconditionFailed
 from connector.store.database import Database
 from connector.store.models import ComputationRow, MeteringRow
+from connector.transfer.store import ensure_metering
 
 __all__ = [
     "ANSWERED",
@@ -128,26 +128,19 @@ class ComputationStore:
                 return EpsilonUse(0, 0, 0)
             return EpsilonUse(row.computations, row.epsilon_spent_micro, row.epsilon_budget_micro)
 
-    def _ensure_metering(self, c: Computation, budget_micro: int, now_ms: int) -> None:
-        try:
-            with self._db.session() as s:
-                if s.get(MeteringRow, c.agreement_id) is None:
-                    s.add(
-                        MeteringRow(
-                            agreement_id=c.agreement_id,
-                            consumer=c.counterparty,
-                            product=c.product,
-                            epsilon_budget_micro=budget_micro,
-                            updated_ms=now_ms,
-                        )
-                    )
-        except IntegrityError:
-            pass  # a concurrent question or transfer created it
-
     def reserve(self, c: Computation, *, budget_micro: int, now_ms: int) -> EpsilonUse:
         """Spend ``c.epsilon_micro`` and record ``c``, or refuse with
         ``privacy_budget_exhausted`` (ε spent and left in the message); what is used after."""
-        self._ensure_metering(c, budget_micro, now_ms)
+        ensure_metering(
+            self._db,
+            MeteringRow(
+                agreement_id=c.agreement_id,
+                consumer=c.counterparty,
+                product=c.product,
+                epsilon_budget_micro=budget_micro,
+                updated_ms=now_ms,
+            ),
+        )
         m = MeteringRow.__table__.c  # type: ignore[attr-defined]
         spend = (
             update(MeteringRow.__table__)  # type: ignore[attr-defined]
