@@ -139,23 +139,24 @@ class ComputeConsumer:
     def _confirm(self, provider: str, computation_id: str, countersigned: str) -> None:
         """Send the countersignature; the answer is ours either way (a failure here leaves
         the provider's copy unconfirmed, which reconciliation shows)."""
-        channel = self._channel_to(provider)
         try:
-            with calling(provider):
-                compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
-                    compute_pb2.ConfirmComputationRequest(
-                        computation_id=computation_id, receipt=countersigned
-                    ),
-                    timeout=30,
-                )
+            channel = self._channel_to(provider)
+            try:
+                with calling(provider):
+                    compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
+                        compute_pb2.ConfirmComputationRequest(
+                            computation_id=computation_id, receipt=countersigned
+                        ),
+                        timeout=30,
+                    )
+            finally:
+                channel.close()
         except ConnectorError as exc:
             log.warning(
                 "computation receipt not confirmed to the provider",
                 extra={"computation": computation_id, "reason": str(exc)},
             )
             return
-        finally:
-            channel.close()
         self._store.update(computation_id, expect=ANSWERED, state=CONFIRMED)
 
     def _check(
