@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from dataclasses import replace as replace_  # publish() has a parameter named replace
 from pathlib import Path
@@ -12,7 +12,7 @@ from connector.audit.log import AuditLog, Record
 from connector.catalog.products import Offer, Product, parse_description
 from connector.catalog.store import ProductStore
 from connector.clock import Clock
-from connector.errors import InvalidRequest, NotFound
+from connector.errors import ConflictError, InvalidRequest, NotFound
 from connector.policy.engine import PolicyEngine
 from connector.policy.inputs import build_input
 from connector.policy.library import PolicySet
@@ -49,20 +49,29 @@ class Catalog:
         self._lock = threading.Lock()
         self._registering: dict[str, int] = {}
         """Products being registered with the registry now (how many calls each)."""
+        self._in_force = library
+        """The policy set in the engine: the library plus every published provider module."""
+        self._module_owner: dict[str, str] = {}
+        """Provider module id → the product whose offer carries it."""
         self.refresh_policies()
 
-    def _policy_set(self, products: list[Product]) -> PolicySet:
-        policy = self._library
-        for product in products:
-            for offer in product.offers:
-                if offer.policy_module:
-                    policy = policy.with_provider_module(offer.policy_module, offer.policy_source)
-        return policy
-
     def refresh_policies(self) -> None:
-        """Load the library plus every stored offer's provider module into the engine."""
+        """Load the library plus every stored offer's provider module into the engine.
+
+        At start only (and when a replica's publications must be taken in): publishing
+        and removing change the set in force incrementally.
+        """
         with self._lock:
-            self._engine.update(self._policy_set(self._store.list()))
+            owners: dict[str, str] = {}
+            added: dict[str, str] = {}
+            for product in self._store.list():
+                for offer in product.offers:
+                    if offer.policy_module:
+                        owners[offer.policy_module] = product.id
+                        added[offer.policy_module] = offer.policy_source
+            self._in_force = self._library.with_changed_modules(self._library, added)
+            self._module_owner = owners
+            self._engine.update(self._in_force)
 
     def publish(
         self, description: str, *, fmt: str = "auto", replace: bool = False, base_dir: str = ""
@@ -74,41 +83,136 @@ class Catalog:
         With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
         each read checks it again.
         """
-        product = parse_description(description, owner=self._participant, fmt=fmt)
-        if base_dir and not Path(product.source.path).is_absolute():
-            resolved = str((Path(base_dir) / product.source.path).resolve())
-            product = replace_(product, source=replace_(product.source, path=resolved))
-        if self._sources is not None:
-            self._sources.locate(product.source.path)
+        return self.publish_many([description], fmt=fmt, replace=replace, base_dir=base_dir)[0]
+
+    def publish_many(
+        self,
+        descriptions: Sequence[str],
+        *,
+        fmt: str = "auto",
+        replace: bool = False,
+        base_dir: str = "",
+        names: Sequence[str] = (),
+    ) -> list[Product]:
+        """Validate every description, then store them all in one transaction, or none.
+
+        ``names`` (for example the files they came from) name a refused description in
+        the error; without them it is named by its position. Publishing costs the same
+        whatever the catalog holds: the policy set in force changes only when a product
+        brings, changes or drops a provider module, and then by those modules alone.
+        """
+        if not descriptions:
+            raise InvalidRequest("no product description given")
+        products = [
+            self._parsed(text, fmt, base_dir, _named(names, i, len(descriptions)))
+            for i, text in enumerate(descriptions)
+        ]
+        ids = [p.id for p in products]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise InvalidRequest(f"product {repeated[0]!r} appears twice in the batch")
         with self._lock:
-            others = [p for p in self._store.list() if p.id != product.id]
-            modules = [o.policy_module for p in others for o in p.offers if o.policy_module]
-            clash = [o.policy_module for o in product.offers if o.policy_module in modules]
-            if clash:
-                raise InvalidRequest(f"policy module {clash[0]!r} is used by another product")
-            policy = self._policy_set([*others, product])  # validates every module
-            self._audit.record(
-                "catalog.product_published",
-                parties=[],
-                data={
-                    "product": product.id,
-                    "grade": product.grade,
-                    "replace": replace,
-                    "offers": [o.id for o in product.offers],
-                    "registration_code": product.registration_code,
-                },
+            before = self._store.find(ids)
+            if not replace and before:
+                first = next(i for i in ids if i in before)
+                raise ConflictError(f"product {first!r} exists; pass --replace to update it")
+            in_force = self._changed_policy(products, before, names)
+            self._audit.record_many(
+                [
+                    (
+                        "catalog.product_published",
+                        [],
+                        {
+                            "product": p.id,
+                            "grade": p.grade,
+                            "replace": replace,
+                            "offers": [o.id for o in p.offers],
+                            "registration_code": p.registration_code,
+                        },
+                    )
+                    for p in products
+                ]
             )
-            self._store.put(product, replace=replace, now_ms=int(self._clock.now() * 1000))
-            self._engine.update(policy)
+            self._store.put_many(products, replace=replace, now_ms=int(self._clock.now() * 1000))
+            if in_force is not None:
+                self._in_force = in_force
+                self._engine.update(in_force)
+                for product in before.values():
+                    for module in _modules(product):
+                        self._module_owner.pop(module, None)
+                for product in products:
+                    for module in _modules(product):
+                        self._module_owner[module] = product.id
+        return products
+
+    def _parsed(self, text: str, fmt: str, base_dir: str, name: str) -> Product:
+        """One description as a product, or ``InvalidRequest`` naming it and saying why."""
+        try:
+            product = parse_description(text, owner=self._participant, fmt=fmt)
+            if base_dir and not Path(product.source.path).is_absolute():
+                resolved = str((Path(base_dir) / product.source.path).resolve())
+                product = replace_(product, source=replace_(product.source, path=resolved))
+            if self._sources is not None:
+                self._sources.locate(product.source.path)
+        except InvalidRequest as exc:
+            if not name:
+                raise
+            raise InvalidRequest(f"{name}: {exc}; nothing was published") from None
         return product
+
+    def _changed_policy(
+        self, products: list[Product], before: dict[str, Product], names: Sequence[str]
+    ) -> PolicySet | None:
+        """The policy set with ``products``' modules in place of those they replace, or
+        ``None`` when no provider module changes (the common case: nothing to compile)."""
+        added: dict[str, str] = {}
+        removed: set[str] = set()
+        for i, product in enumerate(products):
+            old = before.get(product.id)
+            old_sources = {o.policy_module: o.policy_source for o in old.offers} if old else {}
+            for offer in product.offers:
+                module = offer.policy_module
+                if not module:
+                    continue
+                owner = self._module_owner.get(module, product.id)
+                if owner != product.id or module in added:
+                    raise InvalidRequest(
+                        f"{_named(names, i, len(products)) or 'product ' + repr(product.id)}: "
+                        f"policy module {module!r} is used by another product"
+                    )
+                if old_sources.get(module) != offer.policy_source:
+                    added[module] = offer.policy_source
+                else:
+                    added.setdefault(module, offer.policy_source)
+            removed.update(m for m in old_sources if m and m not in _modules(product))
+        changed = {
+            m: src
+            for m, src in added.items()
+            if self._in_force.modules.get(f"provider/{m}.rego") != src
+        }
+        if not changed and not removed:
+            return None
+        try:
+            return self._in_force.with_changed_modules(self._library, changed, removed)
+        except InvalidRequest as exc:
+            owner = next(
+                (i for i, p in enumerate(products) if set(changed) & set(_modules(p))), 0
+            )
+            name = _named(names, owner, len(products))
+            raise InvalidRequest(f"{name + ': ' if name else ''}{exc}") from None
 
     def remove(self, product_id: str) -> None:
         """Withdraw a product from the catalog; logged first."""
         with self._lock:
-            self._store.get(product_id)
+            product = self._store.get(product_id)
             self._audit.record("catalog.product_removed", parties=[], data={"product": product_id})
             self._store.remove(product_id)
-            self._engine.update(self._policy_set(self._store.list()))
+            dropped = _modules(product)
+            if dropped:
+                self._in_force = self._in_force.with_changed_modules(self._library, {}, dropped)
+                self._engine.update(self._in_force)
+                for module in dropped:
+                    self._module_owner.pop(module, None)
 
     def register(
         self, product_id: str, public: bool, registrar: Callable[[str, bool], str]
@@ -186,3 +290,15 @@ class Catalog:
         if not self._visible(caller, product, defer):
             raise NotFound(f"product {product_id!r} not found")
         return product
+
+
+def _modules(product: Product) -> list[str]:
+    """The provider modules ``product``'s offers carry."""
+    return [o.policy_module for o in product.offers if o.policy_module]
+
+
+def _named(names: Sequence[str], index: int, count: int) -> str:
+    """How an error names description ``index`` of a batch ('' for a batch of one)."""
+    if index < len(names) and names[index]:
+        return names[index]
+    return f"description {index + 1} of {count}" if count > 1 else ""

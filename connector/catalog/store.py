@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -27,27 +29,45 @@ class ProductStore:
 
     def put(self, product: Product, *, replace: bool, now_ms: int) -> Product:
         """Store a validated product; ``ConflictError`` if it exists and not ``replace``."""
+        self.put_many([product], replace=replace, now_ms=now_ms)
+        return product
+
+    def put_many(self, products: Sequence[Product], *, replace: bool, now_ms: int) -> None:
+        """Store validated products in one transaction: all of them, or none (a
+        ``ConflictError`` naming the first that exists when not ``replace``)."""
         try:
             with self._db.session() as s:
-                row = s.get(ProductRow, product.id, with_for_update=True)
-                if row is not None and not replace:
-                    raise ConflictError(
-                        f"product {product.id!r} exists; pass --replace to update it"
-                    )
-                if row is None:
-                    row = ProductRow(
-                        id=product.id,
-                        grade=product.grade,
-                        body=product.to_json(),
-                        created_ms=now_ms,
-                        updated_ms=now_ms,
-                    )
-                else:
-                    row.grade, row.body, row.updated_ms = product.grade, product.to_json(), now_ms
-                s.add(row)
+                for product in products:
+                    row = s.get(ProductRow, product.id, with_for_update=True)
+                    if row is not None and not replace:
+                        raise ConflictError(
+                            f"product {product.id!r} exists; pass --replace to update it"
+                        )
+                    if row is None:
+                        row = ProductRow(
+                            id=product.id,
+                            grade=product.grade,
+                            body=product.to_json(),
+                            created_ms=now_ms,
+                            updated_ms=now_ms,
+                        )
+                    else:
+                        row.grade, row.body = product.grade, product.to_json()
+                        row.updated_ms = now_ms
+                    s.add(row)
         except IntegrityError:
-            raise ConflictError(f"product {product.id!r} exists") from None
-        return product
+            ids = ", ".join(repr(p.id) for p in products)
+            raise ConflictError(f"product {ids} exists (published meanwhile)") from None
+
+    def find(self, product_ids: Sequence[str]) -> dict[str, Product]:
+        """The stored products among ``product_ids``, by id (absent ones left out)."""
+        found: dict[str, Product] = {}
+        for product_id in product_ids:
+            try:
+                found[product_id] = self.get(product_id)
+            except NotFound:
+                pass
+        return found
 
     def get(self, product_id: str) -> Product:
         """One product, or ``NotFound`` (read on every catalog, contract and transfer step)."""
