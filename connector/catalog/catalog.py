@@ -8,7 +8,10 @@ from dataclasses import replace
 from dataclasses import replace as replace_  # publish() has a parameter named replace
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from connector.audit.log import AuditLog, Record
+from connector.catalog.paging import Filters, PageLimits, PageTokens, Row, page_size, read_page
 from connector.catalog.products import Offer, Product, parse_description
 from connector.catalog.store import ProductStore
 from connector.clock import Clock
@@ -37,8 +40,14 @@ class Catalog:
         audit: AuditLog,
         clock: Clock,
         sources: SourceRoots | None = None,
+        page_tokens: PageTokens | None = None,
+        page_limits: PageLimits | None = None,
     ) -> None:
+        """``page_tokens``: the key of the catalog's page tokens (replicas need the same;
+        without it a fresh random key: tokens then hold for this process only)."""
         self._participant = participant
+        self._page_tokens = page_tokens or PageTokens(AESGCM.generate_key(256), "catalog")
+        self._page_limits = page_limits or PageLimits()
         self._sources = sources
         self._store = store
         self._library = library
@@ -270,11 +279,34 @@ class Catalog:
         )
         return self._policy.decide(document, defer=defer).allow
 
-    def visible_to(self, caller: Caller, tag: str = "") -> list[Product]:
-        """Products the access policy lets ``caller`` see."""
-        return [
-            p for p in self._store.list() if (not tag or tag in p.tags) and self._visible(caller, p)
-        ]
+    def page(
+        self, caller: Caller, filters: Filters, *, size: int | None = None, token: str = ""
+    ) -> tuple[list[Product], str]:
+        """One page of the products ``caller`` may see that match ``filters``, by id, and
+        the token of the next page ("" after the last). One access decision for the page.
+
+        ``InvalidRequest`` for a size outside the configured limits or a token not issued
+        to this caller for these filters.
+        """
+        count = page_size(size, self._page_limits)
+        patterns = filters.body_patterns()
+
+        def reader(after: Sequence[str], limit: int) -> list[Row[Product]]:
+            rows = self._store.rows_after(after[0] if after else "", limit, patterns)
+            products = [(Product.from_json(body), len(body)) for _, body in rows]
+            return [Row((p.id,), p, n, p) for p, n in products]
+
+        return read_page(
+            reader,
+            caller=caller,
+            filters=filters,
+            size=count,
+            token=token,
+            tokens=self._page_tokens,
+            limits=self._page_limits,
+            policy=self._policy,
+            clock=self._clock,
+        )
 
     def get_visible(
         self, caller: Caller, product_id: str, *, defer: list[Record] | None = None

@@ -75,7 +75,30 @@ class ProductStore:
             row = tx.one("SELECT body FROM product WHERE id = ?", (product_id,))
         if row is None:
             raise NotFound(f"product {product_id!r} not found")
-        body = str(row[0])
+        return self.parsed(str(row[0]))
+
+    def list(self) -> list[Product]:
+        """Every product, by id."""
+        with self._db.session() as s:
+            rows = s.exec(select(ProductRow).order_by(ProductRow.id)).all()
+            return [Product.from_json(r.body) for r in rows]
+
+    def rows_after(
+        self, after: str, limit: int, patterns: Sequence[str] = ()
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` (id, stored JSON) after id ``after``, by id, whose stored JSON
+        matches every ``LIKE`` pattern (escape ``\\``, any case): a page's candidates."""
+        like = "ILIKE" if self._db.postgres else "LIKE"  # SQLite's LIKE ignores ASCII case
+        where = "".join(f" AND body {like} ? ESCAPE '\\'" for _ in patterns)
+        with self._db.transaction() as tx:
+            rows = tx.all(
+                f"SELECT id, body FROM product WHERE id > ?{where} ORDER BY id LIMIT ?",
+                (after, *patterns, limit),
+            )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def parsed(self, body: str) -> Product:
+        """A stored product's JSON as a product (parsed once while it stays the same)."""
         product = self._parsed.get(body)
         if product is None:
             product = Product.from_json(body)
@@ -83,12 +106,6 @@ class ProductStore:
                 self._parsed.clear()
             self._parsed[body] = product
         return product
-
-    def list(self) -> list[Product]:
-        """Every product, by id."""
-        with self._db.session() as s:
-            rows = s.exec(select(ProductRow).order_by(ProductRow.id)).all()
-            return [Product.from_json(r.body) for r in rows]
 
     def remove(self, product_id: str) -> None:
         """Delete a product, or ``NotFound``."""
