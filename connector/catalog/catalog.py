@@ -201,14 +201,17 @@ class Catalog:
         }
         if not changed and not removed:
             return None
-        try:
-            return self._in_force.with_changed_modules(self._library, changed, removed)
-        except InvalidRequest as exc:
-            owner = next(
-                (i for i, p in enumerate(products) if set(changed) & set(_modules(p))), 0
-            )
-            name = _named(names, owner, len(products))
-            raise InvalidRequest(f"{name + ': ' if name else ''}{exc}") from None
+        in_force = self._in_force.with_changed_modules(self._library, {}, removed)
+        for i, product in enumerate(products):
+            own = {m: changed[m] for m in _modules(product) if m in changed}
+            if not own:
+                continue
+            try:
+                in_force = in_force.with_changed_modules(self._library, own)
+            except InvalidRequest as exc:
+                name = _named(names, i, len(products))
+                raise InvalidRequest(f"{name}: {exc}" if name else str(exc)) from None
+        return in_force
 
     def remove(self, product_id: str) -> None:
         """Withdraw a product from the catalog; logged first."""

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from connector.catalog.products import Product
 from connector.clock import Clock
+from connector.config import CatalogConfig
 from connector.errors import InvalidRequest
 from connector.policy.inputs import build_page_input
 from connector.policy.point import PolicyPoint
@@ -48,6 +49,7 @@ __all__ = [
     "PageTokens",
     "Row",
     "decide_page",
+    "page_limits",
     "page_size",
     "read_page",
 ]
@@ -75,6 +77,11 @@ class PageLimits:
             raise ValueError("catalog page sizes: need 1 <= page_size <= max_page_size")
         if self.max_page_bytes < 1024:
             raise ValueError("catalog.max_page_bytes must be at least 1024")
+
+
+def page_limits(cfg: CatalogConfig) -> PageLimits:
+    """The limits ``[catalog]`` sets."""
+    return PageLimits(cfg.page_size, cfg.max_page_size, cfg.max_page_bytes)
 
 
 def page_size(requested: int | None, limits: PageLimits) -> int:
@@ -197,8 +204,7 @@ class PageTokens:
         """The position a token holds; ``InvalidRequest`` for any token this connector did
         not issue to ``caller`` for ``filters`` (nothing said about why: nothing revealed)."""
         refused = InvalidRequest(
-            "page_token is not one this catalog gave you for these filters; "
-            "start again without it"
+            "page_token is not one this catalog gave you for these filters; start again without it"
         )
         if len(token) > _MAX_TOKEN_CHARS:
             raise refused

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 from collections.abc import Sequence
 
 from sqlalchemy.exc import IntegrityError
@@ -63,10 +65,8 @@ class ProductStore:
         """The stored products among ``product_ids``, by id (absent ones left out)."""
         found: dict[str, Product] = {}
         for product_id in product_ids:
-            try:
+            with contextlib.suppress(NotFound):
                 found[product_id] = self.get(product_id)
-            except NotFound:
-                pass
         return found
 
     def get(self, product_id: str) -> Product:
@@ -85,14 +85,14 @@ class ProductStore:
 
     def rows_after(
         self, after: str, limit: int, patterns: Sequence[str] = ()
-    ) -> list[tuple[str, str]]:
+    ) -> builtins.list[tuple[str, str]]:
         """Up to ``limit`` (id, stored JSON) after id ``after``, by id, whose stored JSON
         matches every ``LIKE`` pattern (escape ``\\``, any case): a page's candidates."""
         like = "ILIKE" if self._db.postgres else "LIKE"  # SQLite's LIKE ignores ASCII case
         where = "".join(f" AND body {like} ? ESCAPE '\\'" for _ in patterns)
         with self._db.transaction() as tx:
             rows = tx.all(
-                f"SELECT id, body FROM product WHERE id > ?{where} ORDER BY id LIMIT ?",
+                f"SELECT id, body FROM product WHERE id > ?{where} ORDER BY id LIMIT ?",  # noqa: S608
                 (after, *patterns, limit),
             )
         return [(str(r[0]), str(r[1])) for r in rows]

@@ -6,8 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    registry_pb2,
+)
 from connector.cli.output import JSON_HELP, emit
+from connector.cli.pages import follow_pages
 from connector.config import load_config
 from connector.errors import ConfigError
 from connector.node.clients import admin_channel, member_channel, registry_client
@@ -59,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cs = cat.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     ls = cs.add_parser("list", help="products a provider lets you see")
     ls.add_argument("--provider", required=True, help="the provider's participant id")
-    ls.add_argument("--tag", default="", help="only products with this tag")
+    _filter_arguments(ls)
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.add_argument(
@@ -70,10 +77,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     se.add_argument(
         "text", nargs="?", default="", help="words to find in titles, descriptions and tags"
     )
-    se.add_argument("--tag", default="", help="only products with this tag")
+    _filter_arguments(se)
     se.add_argument("--config", required=True, type=Path, help="your connector's config")
     se.add_argument("--json", action="store_true", help=JSON_HELP)
     se.set_defaults(func=run_search)
+
+
+def _filter_arguments(p: argparse.ArgumentParser) -> None:
+    if not any(a.dest == "text" for a in p._actions):
+        p.add_argument("--text", default="", help="words to find in titles, descriptions, tags")
+    p.add_argument("--tag", default="", help="only products with this tag")
+    p.add_argument("--domain", default="", help="only products of this domain")
+    p.add_argument("--grade", default="", help="only products of this grade (general, important)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N products (default: all; pages are followed as needed)",
+    )
 
 
 def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
@@ -146,23 +168,37 @@ def run_catalog_list(args: argparse.Namespace) -> int:
     try:
         peer = registry.lookup(args.provider)
         with member_channel(cfg, registry, peer.id, peer.address) as channel, calling(peer.id):
-            resp = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
-                catalog_pb2.ListProductsRequest(tag=args.tag), timeout=30
-            )
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+            def fetch(token: str, size: int | None) -> tuple[list[catalog_pb2.ProductSummary], str]:
+                resp = stub.ListProducts(
+                    catalog_pb2.ListProductsRequest(
+                        tag=args.tag,
+                        domain=args.domain,
+                        grade=args.grade,
+                        text=args.text,
+                        page_token=token,
+                        page_size=size,
+                    ),
+                    timeout=30,
+                )
+                return list(resp.products), resp.next_page_token
+
+            summaries = follow_pages(fetch, limit=args.limit, label=f"{peer.id}'s catalog")
     finally:
         registry.close()
     if args.dsp:
         from connector.negotiation.dsp import catalog_message
 
         emit(
-            catalog_message(peer.id, list(resp.products), f"grpcs://{peer.address}"),
+            catalog_message(peer.id, summaries, f"grpcs://{peer.address}"),
             "",
             as_json=True,
         )
         return 0
     from google.protobuf.json_format import MessageToDict
 
-    products = [MessageToDict(p, preserving_proto_field_name=True) for p in resp.products]
+    products = [MessageToDict(p, preserving_proto_field_name=True) for p in summaries]
     lines = [
         f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"
         + (f"  [{p['registration_code']}]" if p.get("registration_code") else "")
@@ -197,7 +233,21 @@ def run_search(args: argparse.Namespace) -> int:
     """Search the index as this member."""
     registry = registry_client(load_config(args.config))
     try:
-        listings = registry.search_catalog(args.text, args.tag)
+
+        def fetch(token: str, size: int | None) -> tuple[list[registry_pb2.CatalogListing], str]:
+            resp = registry.search_catalog_page(
+                registry_pb2.SearchCatalogRequest(
+                    text=args.text,
+                    tag=args.tag,
+                    domain=args.domain,
+                    grade=args.grade,
+                    page_token=token,
+                    page_size=size,
+                )
+            )
+            return list(resp.listings), resp.next_page_token
+
+        listings = follow_pages(fetch, limit=args.limit, label="the registry's index")
     finally:
         registry.close()
     rows = [
