@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from dataclasses import replace as replace_  # publish() has a parameter named replace
 from pathlib import Path
 
@@ -23,7 +23,21 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.transfer.sources import SourceRoots
 
-__all__ = ["Catalog"]
+__all__ = ["MAX_BATCH", "Catalog", "Description"]
+
+MAX_BATCH = 1000
+"""The most product descriptions one publish takes."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """A product description as submitted: its text, format, directory, and a name for
+    errors (for example its file)."""
+
+    text: str
+    fmt: str = "auto"
+    base_dir: str = ""
+    name: str = ""
 
 
 class Catalog:
@@ -92,30 +106,24 @@ class Catalog:
         With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
         each read checks it again.
         """
-        return self.publish_many([description], fmt=fmt, replace=replace, base_dir=base_dir)[0]
+        return self.publish_many([Description(description, fmt, base_dir)], replace=replace)[0]
 
     def publish_many(
-        self,
-        descriptions: Sequence[str],
-        *,
-        fmt: str = "auto",
-        replace: bool = False,
-        base_dir: str = "",
-        names: Sequence[str] = (),
+        self, descriptions: Sequence[Description], *, replace: bool = False
     ) -> list[Product]:
         """Validate every description, then store them all in one transaction, or none.
 
-        ``names`` (for example the files they came from) name a refused description in
-        the error; without them it is named by its position. Publishing costs the same
-        whatever the catalog holds: the policy set in force changes only when a product
-        brings, changes or drops a provider module, and then by those modules alone.
+        A refused description is named in the error (by its ``name``, or its position).
+        Publishing costs the same whatever the catalog holds: the policy set in force
+        changes only when a product brings, changes or drops a provider module, and then
+        by those modules alone.
         """
         if not descriptions:
             raise InvalidRequest("no product description given")
-        products = [
-            self._parsed(text, fmt, base_dir, _named(names, i, len(descriptions)))
-            for i, text in enumerate(descriptions)
-        ]
+        if len(descriptions) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} product descriptions at once")
+        names = [d.name or _named(i, len(descriptions)) for i, d in enumerate(descriptions)]
+        products = [self._parsed(d, names[i]) for i, d in enumerate(descriptions)]
         ids = [p.id for p in products]
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
@@ -154,23 +162,25 @@ class Catalog:
                         self._module_owner[module] = product.id
         return products
 
-    def _parsed(self, text: str, fmt: str, base_dir: str, name: str) -> Product:
+    def _parsed(self, description: Description, name: str) -> Product:
         """One description as a product, or ``InvalidRequest`` naming it and saying why."""
         try:
-            product = parse_description(text, owner=self._participant, fmt=fmt)
-            if base_dir and not Path(product.source.path).is_absolute():
-                resolved = str((Path(base_dir) / product.source.path).resolve())
+            product = parse_description(
+                description.text, owner=self._participant, fmt=description.fmt
+            )
+            if description.base_dir and not Path(product.source.path).is_absolute():
+                resolved = str((Path(description.base_dir) / product.source.path).resolve())
                 product = replace_(product, source=replace_(product.source, path=resolved))
             if self._sources is not None:
                 self._sources.locate(product.source.path)
         except InvalidRequest as exc:
             if not name:
                 raise
-            raise InvalidRequest(f"{name}: {exc}; nothing was published") from None
+            raise InvalidRequest(f"{name}: {exc} (nothing was published)") from None
         return product
 
     def _changed_policy(
-        self, products: list[Product], before: dict[str, Product], names: Sequence[str]
+        self, products: list[Product], before: dict[str, Product], names: list[str]
     ) -> PolicySet | None:
         """The policy set with ``products``' modules in place of those they replace, or
         ``None`` when no provider module changes (the common case: nothing to compile)."""
@@ -186,7 +196,7 @@ class Catalog:
                 owner = self._module_owner.get(module, product.id)
                 if owner != product.id or module in added:
                     raise InvalidRequest(
-                        f"{_named(names, i, len(products)) or 'product ' + repr(product.id)}: "
+                        f"{names[i] or 'product ' + repr(product.id)}: "
                         f"policy module {module!r} is used by another product"
                     )
                 if old_sources.get(module) != offer.policy_source:
@@ -209,8 +219,10 @@ class Catalog:
             try:
                 in_force = in_force.with_changed_modules(self._library, own)
             except InvalidRequest as exc:
-                name = _named(names, i, len(products))
-                raise InvalidRequest(f"{name}: {exc}" if name else str(exc)) from None
+                name = names[i]
+                raise InvalidRequest(
+                    f"{name}: {exc} (nothing was published)" if name else str(exc)
+                ) from None
         return in_force
 
     def remove(self, product_id: str) -> None:
@@ -332,8 +344,6 @@ def _modules(product: Product) -> list[str]:
     return [o.policy_module for o in product.offers if o.policy_module]
 
 
-def _named(names: Sequence[str], index: int, count: int) -> str:
+def _named(index: int, count: int) -> str:
     """How an error names description ``index`` of a batch ('' for a batch of one)."""
-    if index < len(names) and names[index]:
-        return names[index]
     return f"description {index + 1} of {count}" if count > 1 else ""

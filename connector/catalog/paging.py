@@ -275,9 +275,9 @@ def read_page(
     end). The access policy decides the page's candidates at once."""
     bound = f"{caller.participant}\0{caller.role}"
     after = tokens.open(token, bound, filters) if token else []
-    rows = reader(after, size)
-    taken = _within_bytes([r.size for r in rows], limits.max_page_bytes)
-    more = len(rows) == size or taken < len(rows)
+    rows = reader(after, size + 1)  # one more than the page: whether another follows
+    taken = _within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
+    more = taken < len(rows)
     rows = rows[:taken]
     matching = [r for r in rows if filters.matches(r.product)]
     visible = decide_page(policy, caller, clock, [(r.key, r.product) for r in matching])

@@ -27,10 +27,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ps = prod.add_subparsers(dest="product_command", required=True, metavar="COMMAND")
     add = ps.add_parser(
         "add",
-        help="publish a product from a description file (TOML or JSON)",
-        description="See examples/products/traffic-flow.toml for every field.",
+        help="publish products from description files (TOML or JSON)",
+        description="See examples/products/traffic-flow.toml for every field. Several "
+        "files are published together: all of them, or none (the error names the refused "
+        "file and why).",
     )
-    add.add_argument("file", type=Path, help="the product description (.toml or .json)")
+    add.add_argument(
+        "file", type=Path, nargs="+", help="product descriptions (.toml or .json), up to 1000"
+    )
     add.add_argument("--config", required=True, type=Path, help="your connector's config")
     add.add_argument("--replace", action="store_true", help="update an existing product")
     add.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -107,25 +111,51 @@ def _line(p: dict[str, object]) -> str:
     return f"{p['id']:<24} {p['grade']:<10} {len(offers)} offer(s)  {p['title']}"  # type: ignore[arg-type]
 
 
-def run_add(args: argparse.Namespace) -> int:
-    """Publish a product."""
+def _description(path: Path) -> admin_pb2.ProductDescription:
     try:
-        text = args.file.read_text()
+        text = path.read_text()
     except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {args.file}: {exc}") from None
-    fmt = "json" if args.file.suffix == ".json" else "toml" if args.file.suffix == ".toml" else ""
-    with calling("your connector"):
-        resp = _admin(args).AddProduct(
-            admin_pb2.AddProductRequest(
-                description=text,
-                format=fmt,
-                replace=args.replace,
-                base_dir=str(args.file.resolve().parent),
-            ),
-            timeout=30,
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    fmt = "json" if path.suffix == ".json" else "toml" if path.suffix == ".toml" else ""
+    return admin_pb2.ProductDescription(
+        description=text, format=fmt, base_dir=str(path.resolve().parent), name=str(path)
+    )
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Publish one product, or many at once (all or none)."""
+    cfg = load_config(args.config)
+    given = [_description(path) for path in args.file]
+    if len(given) == 1:
+        one = given[0]
+        request = admin_pb2.AddProductRequest(
+            description=one.description,
+            format=one.format,
+            replace=args.replace,
+            base_dir=one.base_dir,
         )
-    product = json.loads(resp.product_json)
-    emit(product, f"Published {_line(product)}", as_json=args.json)
+    else:
+        request = admin_pb2.AddProductRequest(batch=given, replace=args.replace)
+    if request.ByteSize() > cfg.server.max_message_bytes - 1024:
+        raise ConfigError(
+            f"these {len(given)} descriptions are larger together than one call may carry "
+            f"(server.max_message_bytes, {cfg.server.max_message_bytes} bytes): publish them "
+            "in smaller batches"
+        )
+    with calling("your connector"):
+        resp = admin_pb2_grpc.AdminServiceStub(admin_channel(cfg)).AddProduct(
+            request, timeout=30 + len(given) // 10
+        )
+    if len(given) == 1:
+        product = json.loads(resp.product_json)
+        emit(product, f"Published {_line(product)}", as_json=args.json)
+        return 0
+    products = [json.loads(p) for p in resp.products_json]
+    emit(
+        products,
+        "\n".join(f"Published {_line(p)}" for p in products),
+        as_json=args.json,
+    )
     return 0
 
 

@@ -1,0 +1,299 @@
+"""Paged catalogs (issue 21): pages, filters, tokens bound to their caller, one access
+decision per page, answers far below the message limit, and batch publishing all or none."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, catalog_pb2, registry_pb2
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role
+from tests.integration.test_catalog import admin, catalog
+
+OFFER = {"id": "o", "purposes": ["research"], "valid_from_ns": 0, "valid_until_ns": 4 * 10**18}
+
+
+def product(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"item-{i:03d}",
+        "title": f"Item {i} {'parking' if i % 3 == 0 else 'traffic'}",
+        "grade": "important" if i % 4 == 0 else "general",
+        "tags": [f"t{i % 2}"],
+        "domain": "transport" if i % 5 else "energy",
+        "source": {"kind": "file", "path": "x.csv"},
+        "offers": [OFFER],
+        # every seventh only b may see
+        **({"access": {"allow_list": ["b"]}} if i % 7 == 0 else {}),
+        **extra,
+    }
+
+
+COUNT = 40
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("pages")
+    (root / "x.csv").write_text("a\n1\n")
+    with LocalSpace.create(
+        root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
+    ) as sp:
+        sp.start_registry()
+        for pid in ("gov", "a", "b"):
+            sp.start_connector(pid)
+        batch = [
+            admin_pb2.ProductDescription(description=json.dumps(product(i)), format="json")
+            for i in range(COUNT)
+        ]
+        admin(sp).AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=30)
+        yield sp
+
+
+def pages(stub: Any, **request: Any) -> Iterator[catalog_pb2.ListProductsResponse]:
+    token = ""
+    while True:
+        resp = stub.ListProducts(
+            catalog_pb2.ListProductsRequest(page_token=token, **request), timeout=10
+        )
+        yield resp
+        token = resp.next_page_token
+        if not token:
+            return
+
+
+def decisions(space: LocalSpace, since: int) -> list[dict[str, Any]]:
+    log = space.nodes["gov"].log
+    assert log is not None
+    entries = [json.loads(body) for _, body in log.entries(since, log.size)]
+    return [e["data"] for e in entries if e["kind"] == "policy.decision"]
+
+
+def log_size(space: LocalSpace) -> int:
+    log = space.nodes["gov"].log
+    assert log is not None
+    return int(log.size)
+
+
+def code(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_pages_cover_the_visible_catalog_once_in_order(world: LocalSpace) -> None:
+    expected_a = [f"item-{i:03d}" for i in range(COUNT) if i % 7]
+    for size in (1, 7, 40, 1000):
+        seen = [p.id for page in pages(catalog(world, "a"), page_size=size) for p in page.products]
+        assert seen == expected_a, size
+    seen_b = [p.id for page in pages(catalog(world, "b"), page_size=9) for p in page.products]
+    assert seen_b == [f"item-{i:03d}" for i in range(COUNT)]
+
+
+def test_one_decision_per_page_listing_the_visible_ids(world: LocalSpace) -> None:
+    before = log_size(world)
+    got = list(pages(catalog(world, "a"), page_size=10))
+    logged = decisions(world, before)
+    assert len(got) == len(logged) == 4  # 40 products, 10 a page: one entry per page
+    for page, entry in zip(got, logged, strict=True):
+        assert entry["action"] == "catalog.list" and entry["allow"] is True
+        assert len(entry["products"]) == 10
+        assert entry["visible_ids"] == [p.id for p in page.products]
+        assert set(entry["products"]) > set(entry["visible_ids"])  # the hidden were decided
+    hashes = {e["input_sha256"] for e in logged}
+    assert len(hashes) == 4
+
+
+def test_a_single_product_keeps_its_own_decision(world: LocalSpace) -> None:
+    before = log_size(world)
+    catalog(world, "a").GetProduct(catalog_pb2.GetProductRequest(product_id="item-001"), timeout=10)
+    (entry,) = decisions(world, before)
+    assert entry["action"] == "catalog.read" and entry["product"] == "item-001"
+
+
+def test_filters_combine(world: LocalSpace) -> None:
+    def ids(**filters: Any) -> list[str]:
+        return [p.id for page in pages(catalog(world, "b"), **filters) for p in page.products]
+
+    everything = [product(i) for i in range(COUNT)]
+    assert ids(tag="t1") == [p["id"] for p in everything if "t1" in p["tags"]]
+    assert ids(domain="energy", grade="important") == [
+        p["id"] for p in everything if p["domain"] == "energy" and p["grade"] == "important"
+    ]
+    assert ids(text="PARKING item") == [p["id"] for p in everything if "parking" in p["title"]]
+    assert ids(text="nowhere") == []
+
+
+def test_a_page_token_of_another_caller_or_edited_is_refused(world: LocalSpace) -> None:
+    first = catalog(world, "a").ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=5), timeout=10
+    )
+    token = first.next_page_token
+    assert token
+    before = log_size(world)
+    for member, request in (
+        ("b", catalog_pb2.ListProductsRequest(page_size=5, page_token=token)),
+        ("a", catalog_pb2.ListProductsRequest(page_size=5, page_token=token, tag="t1")),
+        ("a", catalog_pb2.ListProductsRequest(page_size=5, page_token=token[:-1] + "A")),
+        ("a", catalog_pb2.ListProductsRequest(page_size=5, page_token="bm90LWEtdG9rZW4")),
+    ):
+        stub = catalog(world, member)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListProducts(request, timeout=10)
+        err: Any = info.value
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "item-" not in (err.details() or "")  # nothing revealed
+    assert decisions(world, before) == []  # refused before anything was decided
+    # the token still works for its own caller and filters
+    again = catalog(world, "a").ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=5, page_token=token), timeout=10
+    )
+    assert again.products[0].id == "item-005"  # after item-000..004
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        catalog_pb2.ListProductsRequest(page_size=0),
+        catalog_pb2.ListProductsRequest(page_size=-1),
+        catalog_pb2.ListProductsRequest(page_size=1001),
+        catalog_pb2.ListProductsRequest(text="x" * (1 << 20)),
+        catalog_pb2.ListProductsRequest(tag="t" * (1 << 20)),
+        catalog_pb2.ListProductsRequest(grade="secret"),
+    ],
+    ids=["size-0", "size-negative", "size-above-max", "text-1MB", "tag-1MB", "grade"],
+)
+def test_bad_pages_are_invalid_argument(
+    world: LocalSpace, request_: catalog_pb2.ListProductsRequest
+) -> None:
+    assert code(lambda: catalog(world, "a").ListProducts(request_, timeout=10)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
+def test_answers_stay_far_below_the_message_limit(world: LocalSpace) -> None:
+    """Products of ~200 KB: a page stops at max_page_bytes (1 MiB) whatever page_size."""
+    big = "x" * 200_000
+    batch = [
+        admin_pb2.ProductDescription(
+            description=json.dumps(
+                product(i, id=f"large-{i:02d}", title=f"Large {i}", description=big)
+            ),
+            format="json",
+        )
+        for i in range(1, 13)
+    ]
+    for half in (batch[:6], batch[6:]):  # one call carries at most 4 MiB
+        admin(world).AddProduct(admin_pb2.AddProductRequest(batch=half), timeout=30)
+    seen = []
+    for page in pages(catalog(world, "b"), page_size=1000, text="large"):
+        assert page.ByteSize() < 1_100_000
+        seen += [p.id for p in page.products]
+    assert seen == [f"large-{i:02d}" for i in range(1, 13)]
+
+
+def test_a_batch_with_one_invalid_description_publishes_nothing(world: LocalSpace) -> None:
+    good = [
+        admin_pb2.ProductDescription(
+            description=json.dumps(product(100 + i)), format="json", name=f"good-{i}.json"
+        )
+        for i in range(3)
+    ]
+    invalid = {**product(200), "grade": "core"}
+    bad = admin_pb2.ProductDescription(
+        description=json.dumps(invalid), format="json", name="bad.json"
+    )
+    own_before = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    before = log_size(world)
+    with pytest.raises(grpc.RpcError) as info:
+        admin(world).AddProduct(
+            admin_pb2.AddProductRequest(batch=[*good[:2], bad, good[2]]), timeout=30
+        )
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("bad.json: ") and "core" in err.details()
+    assert "nothing was published" in err.details()
+    own_after = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    assert list(own_after.products_json) == list(own_before.products_json)
+    assert log_size(world) == before  # not even a publication logged
+
+
+@pytest.mark.parametrize(
+    ("second", "why"),
+    [
+        (product(1), "appears twice"),  # the same id twice in the batch
+        ({**product(301), "source": {"kind": "file", "path": "/etc/passwd"}}, "description 2"),
+        ("not json at all", "description 2 of 2"),
+    ],
+    ids=["duplicate", "outside-roots", "unparsable"],
+)
+def test_batch_refusals_name_the_description(world: LocalSpace, second: Any, why: str) -> None:
+    batch = [
+        admin_pb2.ProductDescription(description=json.dumps(product(300)), format="json"),
+        admin_pb2.ProductDescription(
+            description=second if isinstance(second, str) else json.dumps(second), format="json"
+        ),
+    ]
+    if why == "appears twice":
+        batch[0] = admin_pb2.ProductDescription(description=json.dumps(product(1)), format="json")
+    with pytest.raises(grpc.RpcError) as info:
+        admin(world).AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=30)
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert why in err.details()
+    own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    assert "item-300" not in {json.loads(p)["id"] for p in own.products_json}
+
+
+def test_a_batch_with_an_existing_product_publishes_nothing(world: LocalSpace) -> None:
+    batch = [
+        admin_pb2.ProductDescription(description=json.dumps(product(400)), format="json"),
+        admin_pb2.ProductDescription(description=json.dumps(product(3)), format="json"),
+    ]
+    with pytest.raises(grpc.RpcError) as info:
+        admin(world).AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=30)
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "item-003" in err.details()
+    own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    assert "item-400" not in {json.loads(p)["id"] for p in own.products_json}
+
+
+def test_registry_search_pages_with_one_decision_each(world: LocalSpace) -> None:
+    gov_registry, gov_catalog = world.nodes["gov"].registry, world.nodes["gov"].catalog
+    assert gov_registry is not None and gov_catalog is not None
+    for i in range(14):
+        gov_catalog.register(f"item-{i:03d}", False, gov_registry.register_product)
+    a = world.nodes["a"].registry
+    b = world.nodes["b"].registry
+    assert a is not None and b is not None
+    seen, token, answers = [], "", 0
+    while True:
+        resp = a.search_catalog_page(
+            registry_pb2.SearchCatalogRequest(page_size=4, page_token=token)
+        )
+        answers += 1
+        seen += [x.product_id for x in resp.listings]
+        token = resp.next_page_token
+        if not token:
+            break
+    assert seen == [f"item-{i:03d}" for i in range(14) if i % 7]
+    assert answers == 4
+    first = a.search_catalog_page(registry_pb2.SearchCatalogRequest(page_size=4))
+    from connector.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):  # a's token, presented by b
+        b.search_catalog_page(
+            registry_pb2.SearchCatalogRequest(page_size=4, page_token=first.next_page_token)
+        )
+    for bad in (
+        registry_pb2.SearchCatalogRequest(page_size=0),
+        registry_pb2.SearchCatalogRequest(page_size=1001),
+        registry_pb2.SearchCatalogRequest(text="x" * (1 << 20)),
+    ):
+        with pytest.raises(InvalidRequest):
+            a.search_catalog_page(bad)
