@@ -85,7 +85,7 @@ test_allow_list_shows_visible_ids_only if {
 	doc := page_of([open, core, roles, attrs])
 	result := access.list_decision with input as doc
 	result.allow
-	result.visible_ids == {"p", "t"}
+	sort(result.visible_ids) == ["p", "t"]
 }
 
 test_deny_list_hides_everything_denied if {
@@ -93,4 +93,13 @@ test_deny_list_hides_everything_denied if {
 	doc := page_of([listed])
 	result := access.list_decision with input as doc
 	count(result.visible_ids) == 0
+}
+
+test_deny_list_core_even_to_its_owner if {
+	owner := object.union(base, {"subject": {"id": "gov", "role": "government", "attrs": {}, "grants": []}})
+	core := object.union(base.resource, {"id": "c", "grade": "core"})
+	ruled := object.union(base.resource, {"id": "r", "access": {"roles": ["auditor"]}})
+	doc := object.union(page_of([core, ruled]), {"subject": owner.subject})
+	result := access.list_decision with input as doc
+	result.visible_ids == ["r"]
 }
