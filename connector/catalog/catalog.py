@@ -294,6 +294,11 @@ class Catalog:
         )
         return self._policy.decide(document, defer=defer).allow
 
+    @property
+    def max_page_size(self) -> int:
+        """The largest page a caller may ask for."""
+        return self._page_limits.max_size
+
     def page(
         self, caller: Caller, filters: Filters, *, size: int | None = None, token: str = ""
     ) -> tuple[list[Product], str]:

@@ -65,7 +65,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             token=request.page_token,
         )
         return catalog_pb2.ListProductsResponse(
-            products=[summary(p) for p in products], next_page_token=following
+            products=[summary(p) for p in products],
+            next_page_token=following,
+            max_page_size=self._catalog.max_page_size,
         )
 
     def GetProduct(

@@ -12,8 +12,9 @@ __all__ = ["follow_pages"]
 T = TypeVar("T")
 _SMALL = 100
 
-Fetch = Callable[[str, int | None], tuple[Sequence[T], str]]
-"""``(page_token, page_size)``: one page and the next page's token ("" after the last)."""
+Fetch = Callable[[str, int | None], tuple[Sequence[T], str, int]]
+"""``(page_token, page_size)``: one page, the next page's token ("" after the last), and
+the largest page size the server accepts."""
 
 
 def follow_pages(fetch: Fetch[T], *, limit: int = 0, label: str = "received") -> list[T]:
@@ -24,13 +25,11 @@ def follow_pages(fetch: Fetch[T], *, limit: int = 0, label: str = "received") ->
     """
     items: list[T] = []
     progress = CountProgress(label)
-    token, pages = "", 0
+    token, pages, largest = "", 0, 0
     try:
         while True:
             left = limit - len(items) if limit else 0
-            # The provider's default size unless fewer are wanted (its maximum is unknown
-            # here, and no provider allows less than its own default).
-            page, token = fetch(token, left if 0 < left < _SMALL else None)
+            page, token, largest = fetch(token, _next_size(left, largest))
             pages += 1
             items.extend(page)
             progress.update(len(items), pages)
@@ -39,3 +38,15 @@ def follow_pages(fetch: Fetch[T], *, limit: int = 0, label: str = "received") ->
     finally:
         progress.close()
     return items[:limit] if limit else items
+
+
+def _next_size(left: int, largest: int) -> int | None:
+    """The page size to ask for, ``left`` items still wanted (0: all) from a server whose
+    largest page is ``largest`` (0: not known before the first answer).
+
+    The first page at the server's default (no server allows less), or fewer when fewer
+    are wanted; then as large as the server allows, so a long list takes few calls.
+    """
+    if largest:
+        return min(left, largest) if left else largest
+    return left if 0 < left < _SMALL else None

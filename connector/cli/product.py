@@ -87,6 +87,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     se.set_defaults(func=run_search)
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return value
+
+
 def _filter_arguments(p: argparse.ArgumentParser) -> None:
     if not any(a.dest == "text" for a in p._actions):
         p.add_argument("--text", default="", help="words to find in titles, descriptions, tags")
@@ -95,7 +105,7 @@ def _filter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grade", default="", help="only products of this grade (general, important)")
     p.add_argument(
         "--limit",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="stop after N products (default: all; pages are followed as needed)",
@@ -200,7 +210,9 @@ def run_catalog_list(args: argparse.Namespace) -> int:
         with member_channel(cfg, registry, peer.id, peer.address) as channel, calling(peer.id):
             stub = catalog_pb2_grpc.CatalogServiceStub(channel)
 
-            def fetch(token: str, size: int | None) -> tuple[list[catalog_pb2.ProductSummary], str]:
+            def fetch(
+                token: str, size: int | None
+            ) -> tuple[list[catalog_pb2.ProductSummary], str, int]:
                 resp = stub.ListProducts(
                     catalog_pb2.ListProductsRequest(
                         tag=args.tag,
@@ -212,7 +224,7 @@ def run_catalog_list(args: argparse.Namespace) -> int:
                     ),
                     timeout=30,
                 )
-                return list(resp.products), resp.next_page_token
+                return list(resp.products), resp.next_page_token, resp.max_page_size
 
             summaries = follow_pages(fetch, limit=args.limit, label=f"{peer.id}'s catalog")
     finally:
@@ -264,7 +276,9 @@ def run_search(args: argparse.Namespace) -> int:
     registry = registry_client(load_config(args.config))
     try:
 
-        def fetch(token: str, size: int | None) -> tuple[list[registry_pb2.CatalogListing], str]:
+        def fetch(
+            token: str, size: int | None
+        ) -> tuple[list[registry_pb2.CatalogListing], str, int]:
             resp = registry.search_catalog_page(
                 registry_pb2.SearchCatalogRequest(
                     text=args.text,
@@ -275,7 +289,7 @@ def run_search(args: argparse.Namespace) -> int:
                     page_size=size,
                 )
             )
-            return list(resp.listings), resp.next_page_token
+            return list(resp.listings), resp.next_page_token, resp.max_page_size
 
         listings = follow_pages(fetch, limit=args.limit, label="the registry's index")
     finally:

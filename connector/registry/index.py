@@ -141,6 +141,11 @@ class CatalogIndex:
                 "register it from your connector (tds product register)"
             )
 
+    @property
+    def max_page_size(self) -> int:
+        """The largest page a caller may ask for."""
+        return self._page_limits.max_size
+
     def search(
         self, caller: Caller, filters: Filters, *, size: int | None = None, token: str = ""
     ) -> tuple[list[Listing], str]:

@@ -524,6 +524,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return registry_pb2.SearchCatalogResponse(
             next_page_token=following,
+            max_page_size=self._index.max_page_size,
             listings=[
                 registry_pb2.CatalogListing(
                     provider=provider,

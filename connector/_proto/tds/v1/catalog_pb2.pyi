@@ -168,10 +168,13 @@ class ListProductsResponse(_message.Message):
 
     PRODUCTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """The token of the next page; empty after the last. Opaque, and valid only for the
     caller it was given to, with the same filters.
     """
+    max_page_size: _builtins.int
+    """The largest page_size this provider accepts (to read a whole catalog in few calls)."""
     @_builtins.property
     def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProductSummary]: ...
     def __init__(
@@ -179,10 +182,11 @@ class ListProductsResponse(_message.Message):
         *,
         products: _abc.Iterable[Global___ProductSummary] | None = ...,
         next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "products", b"products"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "next_page_token", b"next_page_token", "products", b"products"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -315,8 +315,11 @@ class SearchCatalogResponse(_message.Message):
 
     LISTINGS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """The token of the next page; empty after the last (opaque, bound to the caller)."""
+    max_page_size: _builtins.int
+    """The largest page_size this registry accepts."""
     @_builtins.property
     def listings(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogListing]: ...
     def __init__(
@@ -324,10 +327,11 @@ class SearchCatalogResponse(_message.Message):
         *,
         listings: _abc.Iterable[Global___CatalogListing] | None = ...,
         next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["listings", b"listings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["listings", b"listings", "max_page_size", b"max_page_size", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
