@@ -297,3 +297,52 @@ def test_registry_search_pages_with_one_decision_each(world: LocalSpace) -> None
     ):
         with pytest.raises(InvalidRequest):
             a.search_catalog_page(bad)
+
+
+def test_cli_adds_many_files_all_or_nothing(
+    world: LocalSpace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connector.cli.main import main
+
+    gov = str(world.root / "gov.toml")
+    files = []
+    for i in (500, 501):
+        path = world.root / f"item-{i}.json"
+        path.write_text(json.dumps({**product(i), "source": {"kind": "file", "path": "x.csv"}}))
+        files.append(str(path))
+    bad = world.root / "broken.toml"
+    bad.write_text('id = "item-502"\ntitle = "no offers, no source"\n')
+    assert main(["product", "add", *files, str(bad), "--config", gov]) == 1
+    err = capsys.readouterr().err
+    assert "broken.toml" in err and "nothing was published" in err and "Traceback" not in err
+    own = admin(world).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=10)
+    assert not {"item-500", "item-501"} & {json.loads(p)["id"] for p in own.products_json}
+    assert main(["product", "add", *files, "--config", gov, "--json"]) == 0
+    assert [p["id"] for p in json.loads(capsys.readouterr().out)] == ["item-500", "item-501"]
+
+
+def test_cli_follows_pages_with_limit(
+    world: LocalSpace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connector.cli.main import main
+
+    a = str(world.root / "a.toml")
+    expected = [p.id for page in pages(catalog(world, "a"), page_size=3) for p in page.products]
+    assert len(expected) > 3
+    assert main(["catalog", "list", "--provider", "gov", "--config", a, "--json"]) == 0
+    assert [p["id"] for p in json.loads(capsys.readouterr().out)] == expected
+    argv = ["catalog", "list", "--provider", "gov", "--config", a, "--json", "--limit", "3"]
+    assert main(argv) == 0
+    assert [p["id"] for p in json.loads(capsys.readouterr().out)] == expected[:3]
+    argv = ["catalog", "list", "--provider", "gov", "--config", a, "--text", "parking", "--json"]
+    assert main(argv) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown and all("parking" in p["title"].lower() for p in shown)
+    gov_registry, gov_catalog = world.nodes["gov"].registry, world.nodes["gov"].catalog
+    assert gov_registry is not None and gov_catalog is not None
+    for i in (1, 2, 3):
+        gov_catalog.register(f"item-{i:03d}", False, gov_registry.register_product)
+    assert main(["catalog", "search", "--config", a, "--json", "--limit", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    with pytest.raises(SystemExit):
+        main(["catalog", "list", "--provider", "gov", "--config", a, "--limit", "-1"])
