@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from connector._proto.tds.v1 import (
     admin_pb2,
@@ -85,6 +86,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     se.add_argument("--config", required=True, type=Path, help="your connector's config")
     se.add_argument("--json", action="store_true", help=JSON_HELP)
     se.set_defaults(func=run_search)
+
+
+def _product_dict(summary: catalog_pb2.ProductSummary) -> Any:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(summary, preserving_proto_field_name=True)
+
+
+def _same(item: Any) -> Any:
+    return item
 
 
 def _count(text: str) -> int:
@@ -226,21 +237,19 @@ def run_catalog_list(args: argparse.Namespace) -> int:
                 )
                 return list(resp.products), resp.next_page_token, resp.max_page_size
 
-            summaries = follow_pages(fetch, limit=args.limit, label=f"{peer.id}'s catalog")
+            convert = _product_dict if not args.dsp else _same
+            products = follow_pages(fetch, convert, limit=args.limit, label=f"{peer.id}'s catalog")
     finally:
         registry.close()
     if args.dsp:
         from connector.negotiation.dsp import catalog_message
 
         emit(
-            catalog_message(peer.id, summaries, f"grpcs://{peer.address}"),
+            catalog_message(peer.id, products, f"grpcs://{peer.address}"),
             "",
             as_json=True,
         )
         return 0
-    from google.protobuf.json_format import MessageToDict
-
-    products = [MessageToDict(p, preserving_proto_field_name=True) for p in summaries]
     lines = [
         f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"
         + (f"  [{p['registration_code']}]" if p.get("registration_code") else "")
@@ -291,7 +300,7 @@ def run_search(args: argparse.Namespace) -> int:
             )
             return list(resp.listings), resp.next_page_token, resp.max_page_size
 
-        listings = follow_pages(fetch, limit=args.limit, label="the registry's index")
+        listings = follow_pages(fetch, _same, limit=args.limit, label="the registry's index")
     finally:
         registry.close()
     rows = [
