@@ -74,8 +74,6 @@ class Catalog:
         """Products being registered with the registry now (how many calls each)."""
         self._in_force = library
         """The policy set in the engine: the library plus every published provider module."""
-        self._module_owner: dict[str, str] = {}
-        """Provider module id → the product whose offer carries it."""
         self.refresh_policies()
 
     def refresh_policies(self) -> None:
@@ -85,15 +83,12 @@ class Catalog:
         and removing change the set in force incrementally.
         """
         with self._lock:
-            owners: dict[str, str] = {}
             added: dict[str, str] = {}
             for product in self._store.list():
                 for offer in product.offers:
                     if offer.policy_module:
-                        owners[offer.policy_module] = product.id
                         added[offer.policy_module] = offer.policy_source
             self._in_force = self._library.with_changed_modules(self._library, added)
-            self._module_owner = owners
             self._engine.update(self._in_force)
 
     def publish(
@@ -154,12 +149,6 @@ class Catalog:
             if in_force is not None:
                 self._in_force = in_force
                 self._engine.update(in_force)
-                for product in before.values():
-                    for module in _modules(product):
-                        self._module_owner.pop(module, None)
-                for product in products:
-                    for module in _modules(product):
-                        self._module_owner[module] = product.id
         return products
 
     def _parsed(self, description: Description, name: str) -> Product:
@@ -193,8 +182,9 @@ class Catalog:
                 module = offer.policy_module
                 if not module:
                     continue
-                owner = self._module_owner.get(module, product.id)
-                if owner != product.id or module in added:
+                # The database, not this process's map: a replica may have published it.
+                users = set(self._store.products_using_module(module)) - {product.id}
+                if users or module in added:
                     raise InvalidRequest(
                         f"{names[i] or 'product ' + repr(product.id)}: "
                         f"policy module {module!r} is used by another product"
@@ -235,8 +225,6 @@ class Catalog:
             if dropped:
                 self._in_force = self._in_force.with_changed_modules(self._library, {}, dropped)
                 self._engine.update(self._in_force)
-                for module in dropped:
-                    self._module_owner.pop(module, None)
 
     def register(
         self, product_id: str, public: bool, registrar: Callable[[str, bool], str]

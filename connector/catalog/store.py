@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 from collections.abc import Sequence
 
 from sqlalchemy.exc import IntegrityError
@@ -96,6 +97,18 @@ class ProductStore:
                 (after, *patterns, limit),
             )
         return [(str(r[0]), str(r[1])) for r in rows]
+
+    def products_using_module(self, module_id: str) -> builtins.list[str]:
+        """Ids of the stored products an offer of which carries provider module
+        ``module_id`` (the database narrows by the module's JSON text, parsing decides)."""
+        pattern = '%"policy_module":' + json.dumps(module_id).replace("_", "\\_") + "%"
+        with self._db.transaction() as tx:
+            rows = tx.all("SELECT id, body FROM product WHERE body LIKE ? ESCAPE '\\'", (pattern,))
+        return [
+            str(i)
+            for i, body in rows
+            if any(o.policy_module == module_id for o in self.parsed(str(body)).offers)
+        ]
 
     def parsed(self, body: str) -> Product:
         """A stored product's JSON as a product (parsed once while it stays the same)."""

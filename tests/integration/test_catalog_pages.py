@@ -11,8 +11,12 @@ import grpc
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2, catalog_pb2, registry_pb2
+from connector.catalog.catalog import Catalog, Description
+from connector.catalog.store import ProductStore
 from connector.demo.space import LocalSpace
+from connector.errors import InvalidRequest
 from connector.identity.names import Role
+from connector.policy import EmbeddedEngine, PolicySet, load_library
 from tests.integration.test_catalog import admin, catalog
 
 OFFER = {"id": "o", "purposes": ["research"], "valid_from_ns": 0, "valid_until_ns": 4 * 10**18}
@@ -284,8 +288,6 @@ def test_registry_search_pages_with_one_decision_each(world: LocalSpace) -> None
     assert seen == [f"item-{i:03d}" for i in range(14) if i % 7]
     assert answers == 4
     first = a.search_catalog_page(registry_pb2.SearchCatalogRequest(page_size=4))
-    from connector.errors import InvalidRequest
-
     with pytest.raises(InvalidRequest):  # a's token, presented by b
         b.search_catalog_page(
             registry_pb2.SearchCatalogRequest(page_size=4, page_token=first.next_page_token)
@@ -346,3 +348,82 @@ def test_cli_follows_pages_with_limit(
     assert len(json.loads(capsys.readouterr().out)) == 2
     with pytest.raises(SystemExit):
         main(["catalog", "list", "--provider", "gov", "--config", a, "--limit", "-1"])
+
+
+MODULE = """package tds.provider.{name}
+
+import rego.v1
+
+deny contains "weekend" if input.context.now_ns < 0
+"""
+
+
+def with_module(i: int, module: str, source: str = "") -> str:
+    offer = {
+        **OFFER,
+        "policy_module": module,
+        "policy_source": source or MODULE.format(name=module),
+    }
+    return json.dumps(product(i, offers=[offer]))
+
+
+class CountingEngine(EmbeddedEngine):
+    """The embedded engine, counting how often its policy set is replaced."""
+
+    updates = 0
+
+    def update(self, policy: PolicySet) -> None:
+        self.updates += 1
+        super().update(policy)
+
+
+def twin(world: LocalSpace, engine: EmbeddedEngine) -> Catalog:
+    """A second catalog on gov's database: what a replica of gov holds."""
+    node = world.nodes["gov"]
+    assert node.db is not None and node.policy is not None and node.log is not None
+    return Catalog(
+        participant="gov",
+        store=ProductStore(node.db),
+        library=load_library(),
+        engine=engine,
+        policy=node.policy,
+        audit=node.log,
+        clock=node.clock,
+    )
+
+
+def test_publishing_changes_the_policy_set_only_for_provider_modules(world: LocalSpace) -> None:
+    engine = CountingEngine(load_library())
+    catalog_ = twin(world, engine)
+    start = engine.updates
+    catalog_.publish_many([Description(json.dumps(product(i)), "json") for i in (600, 601)])
+    catalog_.publish(json.dumps(product(602)), fmt="json")
+    assert engine.updates == start  # no module: nothing recompiled
+    catalog_.publish(with_module(603, "night_rule"), fmt="json")
+    assert engine.updates == start + 1
+    assert "provider/night_rule.rego" in engine._policy.modules
+    catalog_.publish(with_module(603, "night_rule"), fmt="json", replace=True)
+    assert engine.updates == start + 1  # the same module again: nothing to change
+    catalog_.remove("item-603")
+    assert engine.updates == start + 2
+    assert "provider/night_rule.rego" not in engine._policy.modules
+
+
+def test_a_module_a_replica_published_is_not_taken_again(world: LocalSpace) -> None:
+    replica = twin(world, EmbeddedEngine(load_library()))  # knows nothing published later
+    gov_catalog = world.nodes["gov"].catalog
+    assert gov_catalog is not None
+    gov_catalog.publish(with_module(700, "shared_rule"), fmt="json")
+    with pytest.raises(InvalidRequest, match="'shared_rule' is used by another product"):
+        replica.publish(with_module(701, "shared_rule"), fmt="json")
+    batch = [
+        Description(with_module(702, "twin_rule"), "json", name="one.json"),
+        Description(with_module(703, "twin_rule"), "json", name="two.json"),
+    ]
+    with pytest.raises(InvalidRequest, match=r"two\.json: policy module 'twin_rule' is used"):
+        replica.publish_many(batch)
+    broken = Description(with_module(704, "bad_rule", "package tds.provider.bad_rule\n"), "json")
+    with pytest.raises(InvalidRequest, match=r"description 2 of 2: .*deny contains"):
+        replica.publish_many([Description(json.dumps(product(705)), "json"), broken])
+    own = {p.id for p in gov_catalog.own_products()}
+    assert not own & {"item-701", "item-702", "item-703", "item-704", "item-705"}
