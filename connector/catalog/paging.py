@@ -210,6 +210,10 @@ class PageTokens:
             raise refused
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            # Only the one spelling issue() gives: base64 ignores a last character's
+            # spare bits, so an edited token could otherwise read as the original.
+            if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+                raise ValueError("not a token's spelling")
             plain = self._aead.decrypt(
                 raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], self._bound(caller, filters)
             )

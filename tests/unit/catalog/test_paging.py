@@ -73,9 +73,11 @@ def test_edited_forged_and_foreign_tokens_are_refused() -> None:
     f = Filters()
     token = t.issue("a", f, ["p1"])
     flipped = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+    last = token[:-1] + ("A" if token[-1] != "A" else "B")  # maybe only spare bits
     forged = base64.urlsafe_b64encode(json.dumps(["zzz"]).encode()).decode()
     for bad in (
         flipped,
+        last,
         token[:-2],
         token + "AA",
         forged,
