@@ -43,16 +43,15 @@ owns(resource) if input.subject.id == resource.owner
 
 decision := common.decision(deny, {})
 
-# The ids among input.resources the subject may see: at once those of the subject's own
-# or without access rules (most of a catalog), the others by their denials. Array
-# comprehensions: about half what a partial set costs per resource in rego-cpp.
+# The ids among input.resources the subject may see: at once those without access rules
+# (most of a catalog; core data never), the others by their denials. Array comprehensions
+# and an inline comparison: in rego-cpp, a partial set or a helper rule per resource cost
+# about twice as much.
 visible_ids := array.concat(
-	[r.id | r := input.resources[_]; r.grade != "core"; unrestricted(r)],
-	[r.id | r := input.resources[_]; not unrestricted(r); count(denials(r)) == 0],
+	[r.id | r := input.resources[_]; r.grade != "core"; r.access == no_rules],
+	[r.id | r := input.resources[_]; r.access != no_rules; count(denials(r)) == 0],
 )
 
-unrestricted(resource) if owns(resource)
-
-unrestricted(resource) if resource.access == {"roles": [], "allow_list": [], "attrs": {}}
+no_rules := {"roles": [], "allow_list": [], "attrs": {}}
 
 list_decision := common.decision(set(), {"visible_ids": visible_ids})
