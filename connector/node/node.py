@@ -20,6 +20,7 @@ from connector.audit.checkpoint import log_origin
 from connector.audit.log import TransparencyLog
 from connector.audit.service import AuditServicer, audit_service
 from connector.catalog.catalog import Catalog
+from connector.catalog.paging import PageTokens, page_limits
 from connector.catalog.service import CatalogServicer, catalog_service
 from connector.catalog.store import ProductStore
 from connector.clock import Clock, SystemClock
@@ -224,6 +225,8 @@ class Node:
                 clock=self.clock,
                 sources=SourceRoots(cfg.data_dir, cfg.transfer.source_roots),
                 sql=self.sql_sources,
+                page_tokens=PageTokens.from_signing_key(signing_key, "catalog"),
+                page_limits=page_limits(cfg.catalog),
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -358,6 +361,8 @@ class Node:
                 audit=self._log(),
                 clock=self.clock,
                 confirm=confirm,
+                page_tokens=PageTokens.from_signing_key(signing_key, "registry-index"),
+                page_limits=page_limits(cfg.catalog),
             )
             servicer = RegistryServicer(
                 store,
