@@ -144,16 +144,21 @@ def _statistic(s: Statistic, rules: ComputeRules, executor: Executor) -> exp.Exp
     )
 
 
+def _condition(f: Filter, executor: Executor, params: dict[str, Value]) -> exp.Expression:
+    """``f`` as a condition, its values bound as new parameters in ``params``."""
+    holders = []
+    for v in f.values:
+        name = f"p{len(params)}"
+        params[name] = v
+        holders.append(executor.placeholder(name))
+    return filter_expression(f, holders)
+
+
 def _where(
     select: exp.Select, filters: Sequence[Filter], executor: Executor, params: dict[str, Value]
 ) -> exp.Select:
     for f in filters:
-        holders = []
-        for v in f.values:
-            name = f"p{len(params)}"
-            params[name] = v
-            holders.append(executor.placeholder(name))
-        select = select.where(filter_expression(f, holders), copy=False)
+        select = select.where(_condition(f, executor, params), copy=False)
     return select
 
 
@@ -213,39 +218,66 @@ def _plain(v: Any) -> Value | None:
 
 def isolating_cells(
     dimensions: Sequence[str],
-    dimension: str,
     filters: Sequence[Filter],
     executor: Executor,
     *,
     k: int,
-) -> int:
-    """How many cells could be isolated by differencing on ``dimension``.
+) -> tuple[int, ...]:
+    """For each filter, how many cells could be isolated by differencing on it.
 
-    Among rows matching ``filters``, each group by ``dimensions`` splits into cells by the
-    values of ``dimension``. A cell of ``n`` rows, ``0 < n < k``, whose group has at least
-    ``k`` rows besides it can be recovered as the difference of two answers that are both
-    shown (the group with the cell and without it); those cells are counted.
+    For filter ``i``: among rows matching every *other* filter, each group by
+    ``dimensions`` splits into cells by the values of filter ``i``'s dimension. A cell of
+    ``n`` rows, ``0 < n < k``, whose group has at least ``k`` rows besides it can be
+    recovered as the difference of two answers that are both shown (the group with the
+    cell and without it); those cells are counted.
+
+    One statement, one scan of the source: the rows are counted once per combination of
+    the query's dimensions and every filtered dimension (``tds_cells``). A filter only
+    reads its own dimension, so all rows of such a combination match or fail each filter
+    alike, and the rows matching the other filters, split by filter ``i``'s dimension,
+    are sums of those counts. Each filter's cells are then sized against their group
+    (a window sum) from ``tds_cells`` alone.
     """
+    if not filters:
+        return ()
     params: dict[str, Value] = {}
-    split = list(dict.fromkeys((*dimensions, dimension)))
+    # A lone filter's check reads no condition (there are no others), so binds nothing.
+    conditions = [_condition(f, executor, params) for f in filters] if len(filters) > 1 else []
+    keys = list(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
     cells = exp.select(
-        *(exp.column(d) for d in split), exp.alias_(exp.Count(this=exp.Star()), _N)
+        *(exp.column(d) for d in keys), exp.alias_(exp.Count(this=exp.Star()), _N)
     ).from_(executor.source())
-    cells = _where(cells, filters, executor, params)
-    cells = cells.group_by(*(exp.column(d) for d in split), copy=False)
-    total = exp.Window(
-        this=exp.Sum(this=exp.column(_N)),
-        partition_by=[exp.column(d) for d in dimensions],
-    )
-    sized = exp.select(exp.column(_N), exp.alias_(total, "tds_total")).from_(
-        cells.subquery("tds_cells")
-    )
-    n, rest = exp.column(_N), exp.Sub(this=exp.column("tds_total"), expression=exp.column(_N))
-    select = (
-        exp.select(exp.Count(this=exp.Star()))
-        .from_(sized.subquery("tds_sized"))
-        .where(exp.LT(this=n, expression=exp.Literal.number(k)))
-        .where(exp.GTE(this=rest, expression=exp.Literal.number(k)))
-    )
-    rows = executor.fetch(select, params)
-    return int(rows[0][0])
+    cells = cells.group_by(*(exp.column(d) for d in keys), copy=False)
+    n, k_ = exp.column(_N), exp.Literal.number(k)
+    counts = []
+    for i, f in enumerate(filters):
+        split = list(dict.fromkeys((*dimensions, f.dimension)))
+        part = exp.select(
+            *(exp.column(d) for d in split), exp.alias_(exp.Sum(this=n.copy()), _N)
+        ).from_("tds_cells")
+        for j, cond in enumerate(conditions):
+            if j != i:
+                part = part.where(cond.copy(), copy=False)
+        part = part.group_by(*(exp.column(d) for d in split), copy=False)
+        total = exp.Window(
+            this=exp.Sum(this=n.copy()), partition_by=[exp.column(d) for d in dimensions]
+        )
+        sized = exp.select(n.copy(), exp.alias_(total, "tds_total")).from_(
+            part.subquery("tds_split")
+        )
+        rest = exp.Sub(this=exp.column("tds_total"), expression=n.copy())
+        count = (
+            exp.select(exp.Count(this=exp.Star()))
+            .from_(sized.subquery("tds_sized"))
+            .where(exp.LT(this=n.copy(), expression=k_.copy()))
+            .where(exp.GTE(this=rest, expression=k_.copy()), copy=False)
+        )
+        counts.append(exp.alias_(count.subquery(), f"tds_i{i}"))
+    # Counted once, read by every filter's check and by its window sum: DuckDB and
+    # PostgreSQL are told to keep the counts rather than scan the source again for each
+    # reference (DuckDB would otherwise inline the CTE into both sides of the join it
+    # plans for the window). MariaDB has no such clause.
+    keep = executor.dialect != "mysql"
+    select = exp.select(*counts).with_("tds_cells", as_=cells, materialized=keep or None)
+    [row] = executor.fetch(select, params)
+    return tuple(int(c) for c in row)

@@ -187,16 +187,20 @@ def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_isolating_cells_counts_small_cells_in_large_groups(table: DuckDBTable) -> None:
-    year = [Filter("year", "=", (2026,))]
-    # east in 2026: 0-17 (12), 18-64 (12), 65+ (1): the lone 65+ can be differenced out
-    east = [*year, Filter("district", "=", ("east",))]
-    assert isolating_cells([], "age_band", east, table, k=5) == 1
+    year = Filter("year", "=", (2026,))
+    not_old = Filter("age_band", "!=", ("65+",))
+    # east in 2026: 0-17 (12), 18-64 (12), 65+ (1): the lone 65+ can be differenced out;
+    # harbour's 3 rows split off from the other districts by the filter on district;
+    # the filter on year splits off nothing small
+    east = Filter("district", "=", ("east",))
+    assert isolating_cells([], [year, east, not_old], table, k=5) == (0, 1, 1)
     # by district and age band, every year-cell is alone in its group or large
-    assert isolating_cells(["district", "age_band"], "year", [], table, k=5) == 0
+    assert isolating_cells(["district", "age_band"], [year], table, k=5) == (0,)
     # harbour (3 rows) is small but so is its whole group: nothing to subtract from
-    harbour = [Filter("district", "=", ("harbour",))]
-    assert isolating_cells([], "age_band", harbour, table, k=5) == 0
-    assert isolating_cells([], "district", year, table, k=5) == 1  # harbour against all
+    harbour = Filter("district", "=", ("harbour",))
+    assert isolating_cells([], [harbour, not_old], table, k=5)[1] == 0
+    assert isolating_cells([], [year, east], table, k=5)[1] == 1  # harbour against all
+    assert isolating_cells(["district"], [], table, k=5) == ()
 
 
 # -- the source database itself ------------------------------------------------------------
@@ -213,9 +217,10 @@ def _database_contract(executor: Executor, raw: DatabaseSource, table: str) -> N
             RULES,
         )
         assert [g.n for g in compute_groups(q, RULES, executor)] == [3]
-    east = [Filter("year", "=", (2026,)), Filter("district", "=", ("east",))]
-    assert isolating_cells([], "age_band", east, executor, k=5) == 1
-    assert isolating_cells(["district", "age_band"], "year", [], executor, k=5) == 0
+    year, east = Filter("year", "=", (2026,)), Filter("district", "=", ("east",))
+    not_old = Filter("age_band", "not in", ("65+",))
+    assert isolating_cells([], [year, east, not_old], executor, k=5) == (0, 1, 1)
+    assert isolating_cells(["district", "age_band"], [year], executor, k=5) == (0,)
     # The transaction is read only: even text injected into the executor cannot write.
     with pytest.raises(Unavailable, match="could not answer"):
         raw.execute(f"INSERT INTO {table} (patient_id) VALUES ('x')")  # noqa: S608
