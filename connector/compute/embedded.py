@@ -1,14 +1,20 @@
 """DuckDB over a file table (CSV or JSON Lines), locked down before any query runs.
 
-The file is read once into an in-memory table by the connector itself; then external
-access is disabled (no file, no network: ``read_csv``, ``COPY ... TO``, ``ATTACH``,
-``INSTALL`` all fail), extension autoloading and autoinstalling are off, and the
-configuration is locked so no statement can turn any of it back on. Memory and threads are
-bounded; a query running longer than its time limit is interrupted.
+The file is read once into an in-memory table by the connector itself. Text columns with
+few distinct values (districts, age bands: what questions group and filter by) are then
+stored as DuckDB ENUMs, a dictionary of their values: grouping and comparing small
+integers instead of strings makes the scans the answers and the differencing check need
+several times faster, and values, NULLs, comparisons with text and the keys returned are
+the same. Then external access is disabled (no file, no network: ``read_csv``,
+``COPY ... TO``, ``ATTACH``, ``INSTALL`` all fail), extension autoloading and
+autoinstalling are off, and the configuration is locked so no statement can turn any of it
+back on. Memory and threads are bounded; a query running longer than its time limit is
+interrupted.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +28,15 @@ from connector.errors import InvalidRequest, Unavailable
 
 __all__ = ["DuckDBTable", "EmbeddedLimits"]
 
+log = logging.getLogger(__name__)
+
 _LOADERS = {
     "csv": "CREATE TABLE product AS SELECT * FROM read_csv($path, header = true)",
     "jsonl": "CREATE TABLE product AS SELECT * FROM read_json($path, format = 'newline_delimited')",
 }
+
+DICTIONARY_MAX_VALUES = 4096
+"""A text column with at most about this many distinct values is stored as an ENUM."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +75,50 @@ class DuckDBTable:
         )
         try:
             self._con.execute(_LOADERS[fmt], {"path": str(path)})
+            self._encode_categories(self._con)
         except duckdb.Error as exc:
             self._con.close()
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
         self._lockdown(self._con)
+
+    @staticmethod
+    def _encode_categories(con: duckdb.DuckDBPyConnection) -> None:
+        """Store text columns of few distinct values as ENUMs (see the module's docstring)."""
+        columns = con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_name = 'product' ORDER BY ordinal_position"
+        ).fetchall()
+        text = [name for name, type_ in columns if type_ == "VARCHAR"]
+        if not text:
+            return
+
+        def col(name: str) -> exp.Column:
+            return exp.column(exp.to_identifier(name, quoted=True))
+
+        counts = exp.select(*(exp.ApproxDistinct(this=col(c)) for c in text)).from_("product")
+        row = con.execute(counts.sql(dialect="duckdb")).fetchone()
+        assert row is not None
+        small = {c for c, n in zip(text, row, strict=True) if 0 < n <= DICTIONARY_MAX_VALUES}
+        if not small:
+            return
+        columns_out: list[exp.Expression] = []
+        for i, (name, _type) in enumerate(columns):
+            if name not in small:
+                columns_out.append(col(name))
+                continue
+            values = (
+                exp.select(col(name))
+                .distinct()
+                .from_("product")
+                .where(exp.Not(this=exp.Is(this=col(name), expression=exp.Null())))
+                .order_by(col(name))
+            )
+            # sqlglot has no CREATE TYPE; the column is quoted by it, the type named here.
+            con.execute(f"CREATE TYPE tds_enum_{i} AS ENUM ({values.sql(dialect='duckdb')})")
+            cast = exp.Cast(this=col(name), to=exp.DataType.build(f"tds_enum_{i}", udt=True))
+            columns_out.append(exp.alias_(cast, exp.to_identifier(name, quoted=True)))
+        table = exp.select(*columns_out).from_("product")
+        con.execute(f"CREATE OR REPLACE TABLE product AS {table.sql(dialect='duckdb')}")
 
     @staticmethod
     def _lockdown(con: duckdb.DuckDBPyConnection) -> None:
@@ -97,6 +148,13 @@ class DuckDBTable:
             except duckdb.InterruptException:
                 raise Unavailable(
                     f"the computation ran longer than {self._limits.timeout_s:g} s"
+                ) from None
+            except duckdb.Error as exc:
+                # The engine's message can quote the table's values (an ENUM's type names
+                # them): it goes to the provider's log, never into the answer.
+                log.warning("compute query failed on the embedded engine: %s", exc)
+                raise Unavailable(
+                    "the embedded engine could not answer the computation (see the provider's log)"
                 ) from None
             finally:
                 timer.cancel()

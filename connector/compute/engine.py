@@ -105,15 +105,20 @@ def statistics(aggregates: Sequence[Aggregate]) -> tuple[Statistic, ...]:
     return tuple(out)
 
 
+def _bound(x: float) -> exp.Literal:
+    """A clamping bound as a literal: integral bounds as integers, so that clamping an
+    integer column stays integer arithmetic (a decimal literal would turn every value of
+    it into a DECIMAL first)."""
+    return exp.Literal.number(str(int(x)) if x.is_integer() and abs(x) < 2**53 else repr(x))
+
+
 def _clamped(m: Measure) -> exp.Expression:
     col = exp.column(m.name)
     # ignore_nulls: plain GREATEST/LEAST in every dialect (x is not NULL in that branch);
     # without it sqlglot wraps each in its own NULL test for DuckDB, which costs time.
     clamp = exp.Least(
-        this=exp.Greatest(
-            this=col, expressions=[exp.Literal.number(repr(m.lower))], ignore_nulls=True
-        ),
-        expressions=[exp.Literal.number(repr(m.upper))],
+        this=exp.Greatest(this=col, expressions=[_bound(m.lower)], ignore_nulls=True),
+        expressions=[_bound(m.upper)],
         ignore_nulls=True,
     )
     # GREATEST/LEAST ignore NULL in PostgreSQL and propagate it in MariaDB: say NULL stays

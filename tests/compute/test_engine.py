@@ -179,6 +179,35 @@ def test_duckdb_interrupts_a_query_past_its_time_limit(tmp_path: Path) -> None:
     assert t.execute("SELECT count(*) FROM product") == [(len(admissions()),)]
 
 
+def test_few_valued_text_columns_are_stored_as_enums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """District and age band (a handful of values) become ENUMs, patient ids (hundreds)
+    stay text; answers are the figures computed in Python from the rows."""
+    monkeypatch.setattr("connector.compute.embedded.DICTIONARY_MAX_VALUES", 50)
+    t = DuckDBTable(write_csv(tmp_path / "a.csv"), "csv")
+    types = dict((r[0], r[1]) for r in t.execute("DESCRIBE product"))
+    assert types["district"].startswith("ENUM(") and types["age_band"].startswith("ENUM(")
+    assert types["patient_id"] == "VARCHAR" and types["cost"] != "VARCHAR"
+    _check(compute_groups(parse_query(ASK, RULES), RULES, t))
+    q = parse_query(
+        "SELECT count(*) FROM product WHERE district IN ('north', 'nowhere') AND age_band != '65+'",
+        RULES,
+    )
+    expected = sum(1 for r in admissions() if r[1] == "north" and r[2] != "65+")
+    assert [g.n for g in compute_groups(q, RULES, t)] == [expected]
+
+
+def test_engine_errors_do_not_quote_the_data(table: DuckDBTable) -> None:
+    """A provider's rules that do not fit the table (district declared an integer) make
+    the engine fail; its message, which names values of the column, is not passed on."""
+    rules = parse_rules(hospital(dimensions={"district": {"type": "integer"}}))
+    q = parse_query("SELECT count(*) FROM product WHERE district = 3", rules)
+    with pytest.raises(Unavailable) as err:
+        compute_groups(q, rules, table)
+    assert "north" not in str(err.value) and "provider's log" in str(err.value)
+
+
 def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match="could not be read"):
         DuckDBTable(tmp_path / "missing.csv", "csv")
