@@ -101,7 +101,7 @@ class DuckDBTable:
         small = {c for c, n in zip(text, row, strict=True) if 0 < n <= DICTIONARY_MAX_VALUES}
         if not small:
             return
-        columns_out: list[exp.Expression] = []
+        columns_out: list[exp.Expr] = []
         for i, (name, _type) in enumerate(columns):
             if name not in small:
                 columns_out.append(col(name))

@@ -105,7 +105,7 @@ def statistics(aggregates: Sequence[Aggregate]) -> tuple[Statistic, ...]:
     return tuple(out)
 
 
-def _bound(x: float) -> exp.Literal:
+def _bound(x: float) -> exp.Expression:
     """A clamping bound as a literal: integral bounds as integers, so that clamping an
     integer column stays integer arithmetic (a decimal literal would turn every value of
     it into a DECIMAL first)."""
