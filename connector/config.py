@@ -17,6 +17,7 @@ from typing import Any
 
 from connector.errors import ConfigError, InvalidRequest
 from connector.identity.names import Role, check_id
+from connector.sources.connections import SourceConnection, parse_connections, render_connection
 
 __all__ = [
     "AuditConfig",
@@ -194,6 +195,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
+    sources: dict[str, SourceConnection] = field(default_factory=dict)
+    """``[sources.NAME]``: the databases (and later brokers) products read from, by the name
+    a product's ``source.connection`` gives (see connector.sources.connections). Their
+    credentials live here only: never in a product, the registry or a log."""
 
     @property
     def is_operator(self) -> bool:
@@ -374,7 +379,10 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    # [sources.NAME] tables are built by kind (their URL's scheme), not by one dataclass.
+    sources = parse_connections(raw.pop("sources", {}))
     cfg: Config = _build(Config, raw, "", path.resolve().parent)
+    cfg = dataclasses.replace(cfg, sources=sources)
     _validate(cfg)
     return cfg
 
@@ -402,4 +410,7 @@ def render_config(cfg: Config) -> str:
             value = getattr(section, sf.name)
             if value is not None:
                 lines.append(f"{sf.name} = {_toml_value(value)}")
+    for name, connection in cfg.sources.items():
+        lines += ["", f"[sources.{name}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in render_connection(connection).items()]
     return "\n".join(lines) + "\n"

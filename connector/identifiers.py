@@ -81,7 +81,8 @@ LABEL_ID = IdGrammar(
 """Products, offers and purposes (``connector.identity.names.LABEL``)."""
 
 DELIVERED_FORMATS = frozenset({"", "csv", "jsonl"})
-"""What a transfer delivers: a file as it is (``""``) or a table (``transfer.sources``)."""
+"""What a transfer delivers: a file as it is (``""``) or the records of a table or sql
+source (``connector.sources.delivered``)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

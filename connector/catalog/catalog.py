@@ -18,7 +18,8 @@ from connector.policy.inputs import build_input
 from connector.policy.library import PolicySet
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
-from connector.transfer.sources import SourceRoots
+from connector.sources.file import SourceRoots
+from connector.sources.sql import SqlSources
 
 __all__ = ["Catalog"]
 
@@ -37,9 +38,11 @@ class Catalog:
         audit: AuditLog,
         clock: Clock,
         sources: SourceRoots | None = None,
+        sql: SqlSources | None = None,
     ) -> None:
         self._participant = participant
         self._sources = sources
+        self._sql = sql if sql is not None else SqlSources({})
         self._store = store
         self._library = library
         self._engine = engine
@@ -72,14 +75,19 @@ class Catalog:
         A relative ``source.path`` is resolved against ``base_dir`` (the description file's
         directory) when given; otherwise the transfer resolves it against the data directory.
         With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
-        each read checks it again.
+        each read checks it again. An ``sql`` source's connection must be configured and its
+        query pass :func:`connector.sources.sql.validate_query` with the product's fields as
+        its output columns (checked again at every transfer).
         """
         product = parse_description(description, owner=self._participant, fmt=fmt)
-        if base_dir and not Path(product.source.path).is_absolute():
-            resolved = str((Path(base_dir) / product.source.path).resolve())
-            product = replace_(product, source=replace_(product.source, path=resolved))
-        if self._sources is not None:
-            self._sources.locate(product.source.path)
+        if product.source.kind == "sql":
+            self._sql.check(product.source.connection, product.source.query, product.fields)
+        else:
+            if base_dir and not Path(product.source.path).is_absolute():
+                resolved = str((Path(base_dir) / product.source.path).resolve())
+                product = replace_(product, source=replace_(product.source, path=resolved))
+            if self._sources is not None:
+                self._sources.locate(product.source.path)
         with self._lock:
             others = [p for p in self._store.list() if p.id != product.id]
             modules = [o.policy_module for p in others for o in p.offers if o.policy_module]
@@ -115,7 +123,8 @@ class Catalog:
     ) -> Product:
         """List a product with the registry; a public product keeps the code it is given."""
         product = self._store.get(product_id)
-        listed = replace(product, source=replace(product.source, path=""))  # paths stay here
+        # Paths, connection names and queries stay here: the listing has kind and format.
+        listed = replace(product, source=replace(product.source, path="", connection="", query=""))
         with self._lock:
             self._registering[product_id] = self._registering.get(product_id, 0) + 1
         try:

@@ -22,6 +22,8 @@ from connector.transfer.masking import normalise_masks
 __all__ = [
     "GRADES",
     "MAX_DESCRIPTION_BYTES",
+    "RECORD_KINDS",
+    "SOURCE_KINDS",
     "AccessRules",
     "Offer",
     "Product",
@@ -34,15 +36,34 @@ _ID = LABEL  # product and offer ids follow the label rule
 _MODULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
+SOURCE_KINDS = ("file", "table", "sql")
+"""Where a product's data lives (DESIGN.md §9)."""
+
+RECORD_KINDS = ("table", "sql")
+"""Sources read as records: delivered projected to the permitted fields and masked."""
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where the product's bytes come from."""
+    """Where the product's data comes from.
+
+    ``file`` and ``table`` name a ``path`` on the provider's disk; ``sql`` names a
+    ``connection`` of the provider's configuration (``[sources.NAME]``, where its URL and
+    credentials stay) and the ``query`` run on it (see connector.sources.sql). The registry
+    and consumers never see any of these: a listing carries the kind and format only.
+    """
 
     kind: str
-    """``file`` (any bytes) or ``table`` (CSV or JSON Lines with a field list)."""
-    path: str
+    """``file`` (any bytes), ``table`` (CSV or JSON Lines with a field list) or ``sql``
+    (one read-only SELECT)."""
+    path: str = ""
+    """For files and tables: where the bytes are."""
     format: str = ""
-    """For tables: ``csv`` or ``jsonl``."""
+    """For tables and sql: the delivered form, ``csv`` or ``jsonl``."""
+    connection: str = ""
+    """For sql: the name of a ``[sources.NAME]`` connection of the provider."""
+    query: str = ""
+    """For sql: the SELECT whose output columns are the product's fields."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,43 @@ def _offer(d: Any, where: str) -> Offer:
     )
 
 
+def _source(src: Any, fields: tuple[str, ...]) -> Source:
+    """``product.source``. A stored or listed product has blank fields where the provider
+    keeps things to itself (the registry gets no path, connection or query), so only
+    ``parse_description`` requires them filled."""
+    where = "product.source"
+    if not isinstance(src, dict):
+        raise InvalidRequest(
+            "product.source is required: a table with kind and path (file, table) or kind, "
+            "connection and query (sql)"
+        )
+    _known(src, {"kind", "path", "format", "connection", "query"}, where)
+    kind = _str(src, "kind", where)
+    if kind not in SOURCE_KINDS:
+        raise InvalidRequest(f"product.source.kind must be one of {', '.join(SOURCE_KINDS)}")
+    fmt = _str(src, "format", where, required=False)
+    if kind in RECORD_KINDS and (fmt not in ("csv", "jsonl") or not fields):
+        raise InvalidRequest(
+            f"a {kind} source needs format 'csv' or 'jsonl' and the product's fields"
+        )
+    if kind == "sql":
+        if _str(src, "path", where, required=False):
+            raise InvalidRequest(
+                "product.source.path does not apply to an sql source: it reads "
+                "source.query on source.connection"
+            )
+        return Source(
+            kind=kind,
+            format=fmt,
+            connection=_str(src, "connection", where),
+            query=_str(src, "query", where),
+        )
+    for key in ("connection", "query"):
+        if _str(src, key, where, required=False):
+            raise InvalidRequest(f"product.source.{key} applies to sql sources only")
+    return Source(kind=kind, path=_str(src, "path", where), format=fmt)
+
+
 def _product(d: Any, owner: str | None) -> Product:
     where = "product"
     if not isinstance(d, dict):
@@ -254,21 +312,8 @@ def _product(d: Any, owner: str | None) -> Product:
     grade = _str(d, "grade", where)
     if grade not in GRADES:
         raise InvalidRequest(f"product.grade must be one of {', '.join(GRADES)}")
-    src = d.get("source")
-    if not isinstance(src, dict):
-        raise InvalidRequest("product.source is required (a table with kind and path)")
-    _known(src, {"kind", "path", "format"}, "product.source")
-    kind, fmt = (
-        _str(src, "kind", "product.source"),
-        _str(src, "format", "product.source", required=False),
-    )
-    if kind not in ("file", "table"):
-        raise InvalidRequest("product.source.kind must be 'file' or 'table'")
     fields = _strs(d, "fields", where)
-    if kind == "table" and (fmt not in ("csv", "jsonl") or not fields):
-        raise InvalidRequest(
-            "a table source needs format 'csv' or 'jsonl' and the product's fields"
-        )
+    source = _source(d.get("source"), fields)
     access = d.get("access", {})
     if not isinstance(access, dict):
         raise InvalidRequest("product.access must be a table")
@@ -294,7 +339,7 @@ def _product(d: Any, owner: str | None) -> Product:
         title=_str(d, "title", where),
         owner=stated_owner,
         grade=grade,
-        source=Source(kind=kind, path=_str(src, "path", "product.source"), format=fmt),
+        source=source,
         offers=offers,
         description=_str(d, "description", where, required=False),
         tags=_strs(d, "tags", where),
@@ -314,9 +359,12 @@ def _check_field_policy(
     offer: Offer, fields: tuple[str, ...], grade: str, kind: str, where: str
 ) -> None:
     """Field lists and masks name the product's fields; important tables list theirs."""
-    if (offer.permitted_fields is not None or offer.masks) and kind != "table":
-        raise InvalidRequest(f"{where}: permitted_fields and masks apply to table sources only")
-    if grade == "important" and fields and kind != "table":
+    if (offer.permitted_fields is not None or offer.masks) and kind not in RECORD_KINDS:
+        raise InvalidRequest(
+            f"{where}: permitted_fields and masks apply to record sources "
+            f"({', '.join(RECORD_KINDS)}) only"
+        )
+    if grade == "important" and fields and kind not in RECORD_KINDS:
         raise InvalidRequest(
             "an important file product cannot declare fields: no field policy applies to "
             "opaque bytes (publish it as a table, or without fields)"
@@ -350,6 +398,11 @@ def parse_description(text: str | bytes, *, owner: str, fmt: str = "auto") -> Pr
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise InvalidRequest(f"product description is not valid {fmt.upper()}: {exc}") from None
     product = _product(data, owner=owner)
+    if product.source.kind == "sql" and not (product.source.connection and product.source.query):
+        raise InvalidRequest(
+            "an sql source needs source.connection (a [sources.NAME] of the provider's "
+            "configuration) and source.query (one SELECT)"
+        )
     if product.grade == "core":
         raise InvalidRequest("core data (核心数据) is never published: this product is refused")
     for i, offer in enumerate(product.offers):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from connector.identity.pki import SpaceManifest, init_space
 from connector.node import Node
 from connector.node.clients import admin_channel
 from connector.rpc.channel import calling
+from connector.sources.connections import SourceConnection
 
 __all__ = ["LocalSpace"]
 
@@ -62,9 +63,11 @@ class LocalSpace:
         database_url: str = "",
         policy: PolicyConfig | None = None,
         registry_settings: RegistryConfig | None = None,
+        sources: Mapping[str, SourceConnection] | None = None,
     ) -> Config:
-        """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy`` and the registry
-        settings if given; the registry's address stays ``registry``), load it."""
+        """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy``, the registry
+        settings and ``[sources]`` if given; the registry's address stays ``registry``),
+        load it."""
         out = self.root / f"{participant}.toml"
         args = argparse.Namespace(
             pki=self.pki_dir,
@@ -86,6 +89,8 @@ class LocalSpace:
                     registry_settings, address=registry, operator_id=cfg.registry.operator_id
                 ),
             )
+        if sources is not None:
+            cfg = dataclasses.replace(cfg, sources=dict(sources))
         out.write_text(render_config(cfg))
         cfg = load_config(out)
         self.configs[participant] = cfg
@@ -142,9 +147,10 @@ class LocalSpace:
         policy: PolicyConfig | None = None,
         registry_settings: RegistryConfig | None = None,
         clock: Clock | None = None,
+        sources: Mapping[str, SourceConnection] | None = None,
     ) -> Node:
         """Start a participant's connector, enrol it, and wait for its token and list."""
-        where = (self.registry_address, database_url, policy, registry_settings)
+        where = (self.registry_address, database_url, policy, registry_settings, sources)
         cfg = self.write_config(participant, "127.0.0.1:0", *where)
         node = Node(cfg, clock=clock)
         node.start()

@@ -71,6 +71,8 @@ from connector.registry.store import SqlDirectoryStore
 from connector.rpc.auth import Authenticator, RevocationSource
 from connector.rpc.channel import TlsIdentity, calling, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
+from connector.sources.file import SourceRoots
+from connector.sources.sql import SqlSources
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
@@ -78,7 +80,6 @@ from connector.transfer.disclosure import disclosure_report
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
-from connector.transfer.sources import SourceRoots
 from connector.transfer.store import Transfer, TransferStore
 
 __all__ = ["Node", "TlsMaterial"]
@@ -157,6 +158,8 @@ class Node:
         self._keys: dict[str, tuple[float, ed25519.Ed25519PublicKey]] = {}
         self._keys_lock = threading.Lock()
         self._revocations: RevocationSource | None = None
+        self.sql_sources = SqlSources(cfg.sources)
+        """The databases products read from (pools open on first use, close on stop)."""
 
     @property
     def issuer(self) -> str:
@@ -214,6 +217,7 @@ class Node:
                 audit=self.log,
                 clock=self.clock,
                 sources=SourceRoots(cfg.data_dir, cfg.transfer.source_roots),
+                sql=self.sql_sources,
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -446,6 +450,7 @@ class Node:
             revoked=self._revocation_stop,
             channel_to=self._member_channel,
             consent=self._consent_lookup,
+            sql=self.sql_sources,
         )
         self.receiver = TransferConsumer(
             participant=cfg.participant.id,
@@ -723,6 +728,7 @@ class Node:
             if thread is not None:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_clients()
+        self.sql_sources.close()
         log.info("stopped", extra={"participant": self.cfg.participant.id})
 
     def wait(self) -> None:

@@ -15,17 +15,17 @@ later compute) depends on the protocol, never on the kind:
   implemented yet): a subscription from a sequence number, each record with its sequence,
   so a consumer resumes after the last one it acknowledged.
 
-How today's sources map onto this (``connector.transfer.sources``, to be moved here):
+How the sources map onto this:
 
-- ``file``: a :class:`ByteSource`; ``FileDigests.digest`` is its ``open_snapshot`` (size,
-  mtime and SHA-256 of the file as it is, remembered while its stat holds), ``read_chunks``
-  its ``read``; ``Delivered`` is the snapshot's record in the transfer row.
-- ``table``: a :class:`RecordSource` (:class:`connector.sources.table.TableSource`): fields
-  are the product's fields, a snapshot reads the CSV or JSON Lines file row by row.
-  ``materialise_table`` becomes :func:`connector.sources.delivered.materialise`: any
-  record source's snapshot, projected to the permitted fields and masked, written once
-  per transfer to a staging file whose bytes and hash a resumed pull gets again.
-- ``sql``: a :class:`RecordSource` delivered exactly like a table.
+- ``file`` (:mod:`connector.sources.file`): bytes as they are; ``FileDigests.digest`` fixes
+  the size, mtime and SHA-256 of the file when a transfer starts, ``read_chunks`` reads it
+  from any offset; ``Delivered`` is what the transfer row records.
+- ``table`` (:class:`connector.sources.table.TableSource`) and ``sql``
+  (:class:`connector.sources.sql.SqlSource`): a :class:`RecordSource`, built for a product
+  by :func:`connector.sources.open.record_source` and delivered by
+  :func:`connector.sources.delivered.materialise`: the snapshot projected to the permitted
+  fields and masked, written once per transfer to a staging file whose bytes and hash a
+  resumed pull gets again.
 
 The state string is what a receipt records as the source's state: enough to tell later
 whether two deliveries or answers were computed over the same data. Each adapter documents

@@ -7,8 +7,7 @@ file as CSV or JSON Lines. The file is written once when the transfer starts, so
 pull reads exactly the same bytes under the same SHA-256, and row by row, so memory stays
 flat for any size.
 
-The encoding is the one tables have always had (``connector.transfer.sources.
-materialise_table`` writes the same bytes; it is to be switched over to :func:`materialise`):
+The encoding is the one tables have always had:
 
 - CSV: a header row of the delivered fields, then one row per record, ``\\n`` line ends,
   minimal quoting; ``None`` (and a missing field) is the empty cell; ``True``/``False`` are
@@ -34,9 +33,8 @@ from typing import IO, Any
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.sources.base import MISSING, RecordSource, Row
 from connector.transfer.masking import Masker
-from connector.transfer.sources import Delivered
 
-__all__ = ["FORMATS", "Materialised", "materialise", "write_rows"]
+__all__ = ["FORMATS", "Delivered", "Materialised", "materialise", "write_rows"]
 
 FORMATS = ("csv", "jsonl")
 """The delivered forms of records."""
@@ -49,6 +47,18 @@ _CHUNK = 1000
 
 _CSV_PLAIN = frozenset({str, int, float, type(None)})
 """Value types the csv module writes as the delivered form wants them."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The bytes a transfer delivers: a file as it is, or a record source's staging file."""
+
+    path: Path
+    size: int
+    sha256: str
+    mtime_ns: int
+    fields: tuple[str, ...] | None = None
+    """For record sources: the delivered fields, in order."""
 
 
 @dataclass(frozen=True)

@@ -70,18 +70,19 @@ import sqlglot
 import sqlglot.errors
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from connector.errors import (
-    ConfigError,
     InvalidRequest,
     PreconditionFailed,
     Unavailable,
 )
 from connector.sources.base import Row, Snapshot
+from connector.sources.sql_connection import SCHEMES as _SCHEMES
+from connector.sources.sql_connection import SqlConnection
 
 __all__ = [
     "ALLOWED_FUNCTIONS",
@@ -100,15 +101,6 @@ _log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 64 * 1024
 """Longest query text accepted (characters)."""
 
-_SCHEMES = {
-    "postgresql": ("postgres", "postgresql+psycopg"),
-    "postgresql+psycopg": ("postgres", "postgresql+psycopg"),
-    "mysql": ("mysql", "mysql+pymysql"),
-    "mysql+pymysql": ("mysql", "mysql+pymysql"),
-    "mariadb": ("mysql", "mysql+pymysql"),
-    "mariadb+pymysql": ("mysql", "mysql+pymysql"),
-}
-"""URL scheme -> (sqlglot dialect, SQLAlchemy driver the connection uses)."""
 
 _ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except)
 
@@ -207,71 +199,6 @@ ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset(
 
 
 # --- configuration ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, repr=False)
-class SqlConnection:
-    """A database the provider publishes from (``[sources.NAME]`` in its configuration).
-
-    Lives only in the provider's configuration: products name it, never contain it.
-    """
-
-    name: str
-    """The name products use (``source.connection``)."""
-    url: str
-    """``postgresql://user:password@host:port/db`` or ``mariadb://…`` (``mysql://`` too);
-    the credentials stay here: never in a product, a message or a log."""
-    pool_size: int = 4
-    """Most connections open to this database at once; more concurrent transfers wait."""
-    pool_timeout_seconds: float = 10.0
-    """How long a transfer waits for a free connection before UNAVAILABLE."""
-    statement_timeout_seconds: float = 30.0
-    """Longest one statement may run; the database cancels it after that (PostgreSQL: each
-    fetch of a batch; MariaDB: the whole read, which streams within the statement)."""
-    connect_timeout_seconds: int = 5
-    """How long to wait for the database to accept a connection."""
-    fetch_rows: int = 5000
-    """Rows read per round trip from the server-side cursor."""
-
-    def __post_init__(self) -> None:
-        where = f"sources.{self.name}"
-        try:
-            scheme = make_url(self.url).drivername
-        except ArgumentError:
-            raise ConfigError(f"{where}.url is not a database URL") from None
-        if scheme not in _SCHEMES:
-            raise ConfigError(
-                f"{where}.url: {scheme!r} is not supported; use postgresql:// or mariadb://"
-            )
-        for field, value in (
-            ("pool_size", self.pool_size),
-            ("fetch_rows", self.fetch_rows),
-            ("connect_timeout_seconds", self.connect_timeout_seconds),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{where}.{field} must be a positive integer")
-        for field, number in (
-            ("pool_timeout_seconds", self.pool_timeout_seconds),
-            ("statement_timeout_seconds", self.statement_timeout_seconds),
-        ):
-            if not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
-                raise ConfigError(f"{where}.{field} must be a positive number of seconds")
-
-    @property
-    def dialect(self) -> str:
-        """The SQL dialect queries are parsed in: ``postgres`` or ``mysql`` (MariaDB)."""
-        return _SCHEMES[make_url(self.url).drivername][0]
-
-    def safe_url(self) -> str:
-        """The URL with its password hidden."""
-        return make_url(self.url).render_as_string(hide_password=True)
-
-    def __repr__(self) -> str:
-        return (
-            f"SqlConnection(name={self.name!r}, url={self.safe_url()!r}, "
-            f"pool_size={self.pool_size}, statement_timeout_seconds="
-            f"{self.statement_timeout_seconds})"
-        )
 
 
 # --- validation ---------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 """``table`` sources: a CSV or JSON Lines file on the provider's disk, read as records.
 
-The reading rules are those of ``connector.transfer.sources`` (which shares
-:func:`jsonl_records`, until the transfer provider is switched over to
-:mod:`connector.sources.delivered`): CSV
-with a header row, every product field a column of it; JSON Lines with one object per
-line, blank lines skipped, a missing key delivered as absent.
+CSV with a header row, every product field a column of it; JSON Lines with one object per
+line, blank lines skipped, a missing key delivered as absent. The file is opened only as
+the provider's :class:`~connector.sources.file.SourceRoots` allow (inside the data
+directory or a configured root, no symlink swapped out of them, a regular file).
 
 State: ``table:sha256:<hex>``, the SHA-256 of the file's bytes as read by the snapshot.
 """
@@ -13,16 +12,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.sources.base import MISSING, Row, Snapshot
+from connector.sources.file import SourceRoots
 
 __all__ = ["TableSource", "jsonl_records"]
+
+_BUFFER = 1024 * 1024
 
 
 def jsonl_records(lines: Iterator[str] | IO[str]) -> Iterator[dict[str, Any]]:
@@ -103,10 +106,11 @@ class TableSource:
 
     kind = "table"
 
-    def __init__(self, path: Path, fmt: str, fields: Sequence[str]) -> None:
+    def __init__(self, path: Path, fmt: str, fields: Sequence[str], roots: SourceRoots) -> None:
         if fmt not in ("csv", "jsonl"):
             raise InvalidRequest(f"a table source is csv or jsonl, not {fmt!r}")
         self._path = path
+        self._roots = roots
         self._fmt = fmt
         self._fields = tuple(fields)
 
@@ -117,17 +121,8 @@ class TableSource:
     @contextmanager
     def open_snapshot(self) -> Iterator[Snapshot]:
         """The file as it is read now."""
-        try:
-            raw = self._path.open("rb")
-        except FileNotFoundError:
-            raise PreconditionFailed(
-                "the product's source file is missing on the provider; ask the provider to "
-                "restore it"
-            ) from None
-        except OSError as exc:
-            raise PreconditionFailed(
-                f"the product's source cannot be read: {exc.strerror}"
-            ) from None
+        # Unbuffered as the roots open it; lines are read, so buffer.
+        raw = io.BufferedReader(cast(io.RawIOBase, self._roots.open(self._path)), _BUFFER)
         with raw:
             try:
                 yield _TableSnapshot(self._path, self._fmt, self._fields, raw)

@@ -39,14 +39,11 @@ from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
+from connector.sources.delivered import Delivered, materialise
+from connector.sources.file import FileDigests, SourceRoots, locate_source, read_chunks
+from connector.sources.open import record_source
+from connector.sources.sql import SqlSources
 from connector.transfer.masking import agreement_mask_key
-from connector.transfer.sources import (
-    FileDigests,
-    SourceRoots,
-    materialise_table,
-    open_source,
-    read_chunks,
-)
 from connector.transfer.store import (
     ACTIVE,
     COMPLETED,
@@ -102,8 +99,10 @@ class TransferProvider:
         revoked: Callable[[Transfer], str | None],
         channel_to: Callable[[str], grpc.Channel] | None = None,
         consent: ConsentLookup = no_consent,
+        sql: SqlSources | None = None,
     ) -> None:
         self._me = participant
+        self._sql = sql if sql is not None else SqlSources({})
         self._settings = settings
         self._store = store
         self._negotiations = negotiations
@@ -157,9 +156,12 @@ class TransferProvider:
                 f"product {agreement.product!r} or its offer has been withdrawn by the provider"
             )
         product, offer = published
-        source = open_source(product.source, self._settings.roots)
         is_file = product.source.kind == "file"
-        file_size = source.stat().st_size if is_file and source.is_file() else 0
+        # Where the data is, checked before the decision (nothing is read yet): a path
+        # outside the roots or a connection no longer configured is the provider's to fix.
+        path = locate_source(product.source, self._settings.roots) if is_file else None
+        records = None if is_file else record_source(product, self._settings.roots, self._sql)
+        file_size = path.stat().st_size if path is not None and path.is_file() else 0
         transfers_used, bytes_used = self._store.usage(agreement.id)
         contract: dict[str, Any] = {
             "id": agreement.id,
@@ -196,22 +198,27 @@ class TransferProvider:
             )
         transfer_id = f"tr-{uuid.uuid4().hex}"
         staged: Path | None = None
-        if is_file:
-            delivered = self._digests.digest(source, self._settings.roots)
+        delivered: Delivered
+        if records is None:
+            assert path is not None
+            delivered = self._digests.digest(path, self._settings.roots)
+            source_state = f"file:sha256:{delivered.sha256}"
         else:
+            # The delivered form is fixed here, once, before anything is counted: a source
+            # that cannot be read (a database down, a changed schema) leaves no transfer,
+            # no metering and no staging file (materialise removes its own on failure).
             staged = (
                 self._settings.data_dir / "transfers" / f"{transfer_id}.{product.source.format}"
             )
-            delivered = materialise_table(
-                product.source,
-                source,
+            made = materialise(
+                records,
                 staged,
-                product_fields=product.fields,
+                fmt=product.source.format,
                 permitted=decision.permitted_fields,
                 masks=decision.masks,
                 key=agreement_mask_key(self._settings.mask_secret, agreement.id),
-                roots=self._settings.roots,
             )
+            delivered, source_state = made.delivered, made.state
         t = Transfer(
             id=transfer_id,
             role=PROVIDER,
@@ -249,7 +256,9 @@ class TransferProvider:
             raise
         try:
             index = self._audit.record(
-                "transfer.started", parties=[caller.participant], data=self._started(t)
+                "transfer.started",
+                parties=[caller.participant],
+                data={**self._started(t), "source_state": source_state},
             )
         except ConnectorError as exc:
             self._store.release(t.id, f"not logged: {exc}", self._now_ms())

@@ -2,6 +2,8 @@
 # a person would (tds pki init, tds init, tds serve, tds registry enrol), on free loopback
 # ports, and stop it again on exit.
 #   space_up WORKDIR ID:ROLE ...    (the operator is always added; an auditor runs no server)
+# An example that defines configure_connector ID has it called after ID.toml is written and
+# before the connector starts (to add, say, the [sources] a provider publishes from).
 # shellcheck shell=bash
 set -euo pipefail
 tds=${TDS:-tds}
@@ -76,6 +78,7 @@ space_up() {
       --source-root "$here" --out "$id.toml" --force >/dev/null
     $tds registry enrol --config operator.toml --participant "$id" --address "$addr" \
       --pki pki >/dev/null
+    if declare -F configure_connector >/dev/null; then configure_connector "$id"; fi
     $tds serve --config "$id.toml" 2>"$id.log" & pids+=($!)
   done
   for p in "$@"; do

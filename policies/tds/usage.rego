@@ -77,7 +77,9 @@ structured_important if {
 	count(resource.fields) > 0
 }
 
-# Structured important data carries its field policy; anything else the defaults.
+# Structured important data carries its field policy. Other data carries the field list
+# and masks its agreement gives, if any: an offer's masks are never dropped because the
+# data is not important (an empty list there means "every field", as for no list).
 decision := {
 	"allow": count(deny) == 0,
 	"deny": deny,
@@ -85,4 +87,9 @@ decision := {
 	"obligations": obligations.for_contract,
 	"permitted_fields": permitted_fields,
 	"masks": object.get(contract, "masks", {}),
-} if structured_important else := common.decision(deny, {"obligations": obligations.for_contract})
+} if structured_important else := common.decision(deny, object.union(
+	{"obligations": obligations.for_contract, "masks": object.get(contract, "masks", {})},
+	listed_fields,
+))
+
+listed_fields := {"permitted_fields": permitted_fields} if count(permitted_fields) > 0 else := {}

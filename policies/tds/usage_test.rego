@@ -68,6 +68,22 @@ test_allow_important_fields if {
 	d.permitted_fields == ["a"]
 }
 
+test_allow_general_keeps_the_agreements_fields_and_masks if {
+	doc := patch("contract", {"permitted_fields": ["a"], "masks": {"a": {"method": "hash"}}})
+	d := usage.decision with input as doc
+	d.allow
+	d.permitted_fields == ["a"]
+	d.masks == {"a": {"method": "hash"}}
+}
+
+test_allow_general_without_a_field_list_delivers_every_field if {
+	doc := patch("contract", {"masks": {"b": {"method": "redact"}}})
+	d := usage.decision with input as doc
+	d.allow
+	d.permitted_fields == null
+	d.masks == {"b": {"method": "redact"}}
+}
+
 test_deny_important_without_fields if {
 	doc := patch("resource", {"grade": "important"})
 	result := usage.decision with input as doc

@@ -76,3 +76,46 @@ def test_scenario_example_runs_as_its_readme_says(name: str, tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
     readme = (ROOT / "examples" / name / "README.md").read_text()
     assert "run.sh" in readme
+
+
+@pytest.mark.postgres
+def test_orders_postgres_example_runs_as_its_readme_says(tmp_path: Path) -> None:
+    from tests.conftest import POSTGRES_URL, _postgres_admin
+
+    with _postgres_admin():  # type: ignore[attr-defined]  # skips when PostgreSQL is down
+        pass
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        TDS_EXAMPLE_POSTGRES_URL=POSTGRES_URL,
+    )
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples" / "orders-postgres" / "run.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    readme = (ROOT / "examples" / "orders-postgres" / "README.md").read_text()
+    for shown in (
+        "created table example_orders with 5 orders",
+        "Published orders                   general    1 offer(s)  Online orders, March 2026",
+        "source.query must be a SELECT; a DELETE statement is not allowed",
+        "Received 615 B into orders.csv",
+        "(signed by you, countersigned by ent-a)",
+        "order_id,ordered_on,customer_name,postcode,city,item,amount",
+    ):
+        assert shown in result.stdout, (shown, result.stdout)
+        assert shown in readme, shown
+    # The README's rows, pseudonyms aside (they are keyed to each run's agreement).
+    for line in readme.splitlines():
+        if line.strip().startswith("100") and "…" in line:
+            first, rest = line.strip().split("…", 1)
+            order, date = first.split(",")[:2]
+            tail = rest.split(",", 1)[1]
+            assert f"{order},{date}," in result.stdout and f",{tail}" in result.stdout, line
+    assert "finished: every step as described" in result.stdout
+    assert "UNEXPECTED" not in result.stdout
+    assert "Traceback" not in result.stderr

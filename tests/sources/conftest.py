@@ -29,7 +29,8 @@ class Database:
         return f"tds_src_{uuid.uuid4().hex[:12]}"
 
 
-def _postgres() -> Iterator[Database]:
+def postgres_database() -> Iterator[Database]:
+    """The PostgreSQL server's test database (skips with the reason when it does not answer)."""
     import psycopg
 
     try:
@@ -45,7 +46,8 @@ def _postgres() -> Iterator[Database]:
         yield Database(POSTGRES_URL, "postgres", run)
 
 
-def _mariadb() -> Iterator[Database]:
+def mariadb_database() -> Iterator[Database]:
+    """The MariaDB server's test database (skips with the reason when it does not answer)."""
     import pymysql
     from sqlalchemy.engine import make_url
 
@@ -75,7 +77,7 @@ def _mariadb() -> Iterator[Database]:
 @pytest.fixture
 def mariadb() -> Iterator[Database]:
     """The MariaDB server (skips with the reason when it does not answer)."""
-    yield from _mariadb()
+    yield from mariadb_database()
 
 
 @pytest.fixture(
@@ -86,7 +88,7 @@ def mariadb() -> Iterator[Database]:
 )
 def database(request: pytest.FixtureRequest) -> Iterator[Database]:
     """Each source contract test runs once against each real database server."""
-    yield from (_postgres() if request.param == "postgres" else _mariadb())
+    yield from (postgres_database() if request.param == "postgres" else mariadb_database())
 
 
 @pytest.fixture

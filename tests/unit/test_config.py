@@ -91,3 +91,67 @@ def test_source_roots_are_paths_from_the_config_directory_and_round_trip(tmp_pat
         load_config(write(tmp_path, GOOD + '[transfer]\nsource_roots = "shared"\n'))
     with pytest.raises(ConfigError, match=r"transfer.source_roots\[0\] must be a non-empty"):
         load_config(write(tmp_path, GOOD + "[transfer]\nsource_roots = [1]\n"))
+
+
+SOURCES = """
+[sources.orders]
+url = "postgresql://reader:s3cret-pw@127.0.0.1:5432/shop"
+pool_size = 2
+statement_timeout_seconds = 5
+[sources.crm]
+url = "mariadb://root:0ther-pw@127.0.0.1:3306/test"
+fetch_rows = 100
+"""
+
+
+def test_sources_become_connections_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + SOURCES))
+    orders, crm = cfg.sources["orders"], cfg.sources["crm"]
+    assert (orders.name, orders.dialect, orders.pool_size) == ("orders", "postgres", 2)
+    assert orders.statement_timeout_seconds == 5
+    assert (crm.dialect, crm.fetch_rows, crm.pool_size) == ("mysql", 100, 4)
+    again = load_config(write(tmp_path, render_config(cfg)))
+    assert again == cfg
+
+
+def test_a_config_without_sources_has_none(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).sources == {}
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ('url = "postgresql://u:pw@h/db"\npool_sise = 2', "unknown field sources.x.pool_sise"),
+        ('url = "postgresql://u:pw@h/db"\npool_size = 0', "sources.x.pool_size must be a positive"),
+        ('url = "postgresql://u:pw@h/db"\npool_size = "4"', "sources.x.pool_size must be a number"),
+        ('url = "postgresql://u:pw@h/db"\nfetch_rows = 1.5', "sources.x.fetch_rows must be a pos"),
+        (
+            'url = "postgresql://u:pw@h/db"\nstatement_timeout_seconds = -1',
+            "sources.x.statement_timeout_seconds must be a positive number",
+        ),
+        ('url = "oracle://u:pw@h/db"', "sources.x.url: scheme 'oracle' is not supported"),
+        ("pool_size = 2", "sources.x.url is required"),
+        ('url = "postgresql://u:pw@h:port/db"', "sources.x.url is not a database URL"),
+        ('url = "postgresql+asyncpg://u:pw@h/db"', "sources.x.url: 'postgresql\\+asyncpg'"),
+    ],
+)
+def test_bad_sources_name_the_field_and_never_the_password(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, GOOD + "\n[sources.x]\n" + table + "\n"))
+    assert "pw" not in str(caught.value)
+
+
+def test_a_bad_source_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="a source name is lower-case"):
+        load_config(write(tmp_path, GOOD + '\n[sources."Bad Name"]\nurl = "postgresql://h/db"\n'))
+    with pytest.raises(ConfigError, match=r"sources\.x must be a table"):
+        load_config(write(tmp_path, GOOD + '\n[sources]\nx = "postgresql://h/db"\n'))
+
+
+def test_the_password_is_hidden_wherever_a_connection_is_shown(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + SOURCES))
+    for shown in (repr(cfg), str(cfg), repr(cfg.sources), cfg.sources["orders"].safe_url()):
+        assert "s3cret-pw" not in shown and "0ther-pw" not in shown
+    assert "reader:***@127.0.0.1" in cfg.sources["orders"].safe_url()

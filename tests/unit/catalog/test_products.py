@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from connector.catalog.products import MAX_DESCRIPTION_BYTES, parse_description
+from connector.catalog.products import MAX_DESCRIPTION_BYTES, Product, Source, parse_description
 from connector.errors import InvalidRequest
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "products" / "traffic-flow.toml"
@@ -79,3 +80,46 @@ def test_bad_offers_are_refused(offer: dict[str, Any], message: str) -> None:
 def test_oversized_description_is_refused() -> None:
     with pytest.raises(InvalidRequest, match="larger than"):
         parse_description("x" * (MAX_DESCRIPTION_BYTES + 1), owner="city-gov")
+
+
+SQL = {"kind": "sql", "connection": "traffic", "query": "SELECT a FROM t", "format": "csv"}
+
+
+def test_an_sql_source_names_a_connection_and_a_query() -> None:
+    product = parse_description(mutate(source=SQL), owner="city-gov")
+    assert (product.source.kind, product.source.connection, product.source.query) == (
+        "sql",
+        "traffic",
+        "SELECT a FROM t",
+    )
+    assert product.source.path == ""
+    # The stored form reads back to the same product.
+    assert Product.from_json(product.to_json()) == product
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ({**SQL, "connection": ""}, "an sql source needs source.connection"),
+        ({k: v for k, v in SQL.items() if k != "query"}, "product.source.query is required"),
+        ({**SQL, "query": ""}, "an sql source needs source.connection"),
+        ({**SQL, "path": "x.csv"}, "source.path does not apply to an sql source"),
+        ({**SQL, "format": "parquet"}, "a sql source needs format"),
+        ({**SQL, "url": "postgresql://u:p@h/db"}, "unknown field product.source.url"),
+        ({"kind": "file", "path": "x", "query": "SELECT 1"}, "query applies to sql sources only"),
+        ({"kind": "table", "path": "x", "format": "csv", "connection": "c"}, "sql sources only"),
+        ({"kind": "kafka", "path": "x"}, "kind must be one of file, table, sql"),
+    ],
+)
+def test_bad_sql_sources_are_refused(source: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_description(mutate(source=source), owner="city-gov")
+
+
+def test_the_listing_form_of_an_sql_product_has_no_connection_or_query() -> None:
+    """What the registry receives (Catalog.register blanks them) still parses there."""
+    product = parse_description(mutate(source=SQL), owner="city-gov")
+    listed = dataclasses.replace(
+        product, source=dataclasses.replace(product.source, connection="", query="")
+    )
+    assert Product.from_json(listed.to_json()).source == Source(kind="sql", format="csv")

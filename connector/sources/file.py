@@ -1,58 +1,34 @@
-"""What a transfer delivers: a file as it is, or a table projected and masked.
+"""``file`` sources, and where every source on the provider's disk may be read from.
 
 Sources are read only from inside the data directory or a configured extra root
-(``SourceRoots``): a path is resolved and checked when the product is published and again
-every time it is opened, and the file opened is checked to be the one inside (a symlink
-can be swapped after it was checked).
+(:class:`SourceRoots`): a path is resolved and checked when the product is published and
+again every time it is opened, and the file opened is checked to be the one inside (a
+symlink can be swapped after it was checked). Tables (:class:`connector.sources.table.
+TableSource`) are opened the same way.
 
-The delivered form is fixed when the transfer starts. A file is streamed from its source,
-and its size, modification time and SHA-256 are recorded so that a changed source is
-refused instead of delivered under the old hash. A table is written once, row by row, to
-a staging file in its delivered form (only the permitted fields, each masked as the
-decision says), so a resumed pull reads exactly the same bytes. Memory stays flat for any
-size in both cases.
+A file is delivered as it is: :class:`FileDigests` fixes its size, modification time and
+SHA-256 when the transfer starts, so a changed source is refused instead of delivered
+under the old hash, and :func:`read_chunks` streams it from any offset, so a pull resumes.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import os
+import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from connector.catalog.products import Source
 from connector.errors import InvalidRequest, PreconditionFailed
-from connector.sources.table import jsonl_records
-from connector.transfer.masking import Masker
+from connector.sources.delivered import Delivered
 
-__all__ = [
-    "Delivered",
-    "FileDigests",
-    "SourceRoots",
-    "materialise_table",
-    "open_source",
-    "read_chunks",
-]
+__all__ = ["FileDigests", "SourceRoots", "locate_source", "read_chunks"]
 
 _READ = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """The bytes a transfer delivers."""
-
-    path: Path
-    size: int
-    sha256: str
-    mtime_ns: int
-    fields: tuple[str, ...] | None = None
-    """For tables: the delivered fields, in order."""
 
 
 def _within(path: Path, roots: Sequence[Path]) -> bool:
@@ -105,6 +81,9 @@ class SourceRoots:
                 f"the product's source cannot be read: {exc.strerror}"
             ) from None
         f = os.fdopen(fd, "rb", buffering=0)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise PreconditionFailed("the product's source is not a regular file")
         # A directory swapped for a symlink between the check and the open is caught here:
         # where the descriptor really points (Linux; elsewhere the checks above stand).
         opened = Path(f"/proc/self/fd/{fd}")
@@ -160,95 +139,13 @@ class FileDigests:
         return Delivered(path, st.st_size, known, st.st_mtime_ns)
 
 
-def open_source(source: Source, roots: SourceRoots) -> Path:
+def locate_source(source: Source, roots: SourceRoots) -> Path:
     """The source's path on this machine, resolved (relative paths are under the data
     directory); ``PreconditionFailed`` when it is outside ``roots``."""
     try:
         return roots.locate(source.path)
     except InvalidRequest as exc:
         raise PreconditionFailed(str(exc)) from None
-
-
-def _text(path: Path, roots: SourceRoots) -> IO[str]:
-    return io.TextIOWrapper(roots.open(path), encoding="utf-8", newline="")
-
-
-def _csv_rows(path: Path, roots: SourceRoots) -> Iterator[dict[str, Any]]:
-    with _text(path, roots) as f:
-        reader = csv.DictReader(f)
-        yield from reader
-
-
-def _jsonl_rows(path: Path, roots: SourceRoots) -> Iterator[dict[str, Any]]:
-    with _text(path, roots) as f:
-        yield from jsonl_records(f)
-
-
-def _header(path: Path, roots: SourceRoots) -> list[str]:
-    with _text(path, roots) as f:
-        return next(csv.reader(f), [])
-
-
-def materialise_table(
-    source: Source,
-    path: Path,
-    out: Path,
-    *,
-    product_fields: Sequence[str],
-    permitted: Sequence[str] | None,
-    masks: Mapping[str, Mapping[str, Any]],
-    key: bytes,
-    roots: SourceRoots,
-) -> Delivered:
-    """Write the delivered form of a table to ``out`` and return its size and hash."""
-    _stat(path)
-    fields = tuple(f for f in product_fields if permitted is None or f in permitted)
-    masker = Masker({k: v for k, v in masks.items() if k in fields}, key)
-    if source.format == "csv":
-        missing = [f for f in fields if f not in _header(path, roots)]
-        if missing:
-            raise PreconditionFailed(
-                f"the product's source has no column {missing[0]!r}; the provider must fix it"
-            )
-    h = hashlib.sha256()
-    size = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    try:
-        with tmp.open("wb") as f:
-
-            def put(data: bytes) -> None:
-                nonlocal size
-                h.update(data)
-                f.write(data)
-                size += len(data)
-
-            if source.format == "csv":
-                buffer = io.StringIO()
-                writer = csv.writer(buffer, lineterminator="\n")
-                writer.writerow(fields)
-                for row in _csv_rows(path, roots):
-                    values = [masker.apply(name, row.get(name)) for name in fields]
-                    writer.writerow(["" if v is None else v for v in values])
-                    if buffer.tell() > _READ:
-                        put(buffer.getvalue().encode())
-                        buffer.seek(0)
-                        buffer.truncate()
-                put(buffer.getvalue().encode())
-            else:
-                for row in _jsonl_rows(path, roots):
-                    kept = {n: masker.apply(n, row[n]) for n in fields if n in row}
-                    put(
-                        json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-                    )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except UnicodeDecodeError:
-        raise PreconditionFailed("the product's source is not UTF-8 text") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return Delivered(out, size, h.hexdigest(), out.stat().st_mtime_ns, fields)
 
 
 def read_chunks(
