@@ -44,7 +44,7 @@ from typing import Any
 import opendp.prelude as dp
 
 from connector.audit.canonical import canonical_json
-from connector.compute.engine import Executor, Group, Statistic, isolating_cells, statistics
+from connector.compute.engine import Executor, Group, Statistic, isolating_groups, statistics
 from connector.compute.query import Aggregate, Query, Value
 from connector.compute.rules import ComputeRules, Measure
 from connector.errors import PermissionDenied
@@ -80,7 +80,7 @@ def check_isolation(query: Query, rules: ComputeRules, executor: Executor) -> No
     """
     if rules.privacy is not None or not query.filters:
         return  # noise bounds differencing; an exact-count refusal would itself leak
-    counts = isolating_cells(query.dimensions, query.filters, executor, k=rules.k)
+    counts = isolating_groups(query.dimensions, query.filters, executor, k=rules.k)
     for f, isolated in zip(query.filters, counts, strict=True):
         if isolated:
             raise PermissionDenied(

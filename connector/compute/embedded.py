@@ -26,7 +26,7 @@ from sqlglot import exp
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
 
-__all__ = ["DuckDBTable", "EmbeddedLimits"]
+__all__ = ["DuckDBTable", "EmbeddedLimits", "encode_categories"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,46 @@ class EmbeddedLimits:
     threads: int = 2
     timeout_s: float = 30.0
     """A query still running after this is interrupted (``Unavailable``)."""
+
+
+def encode_categories(con: duckdb.DuckDBPyConnection) -> None:
+    """Store the text columns of table ``product`` that have few distinct values as ENUMs
+    (see the module's docstring)."""
+    columns = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = 'product' ORDER BY ordinal_position"
+    ).fetchall()
+    text = [name for name, type_ in columns if type_ == "VARCHAR"]
+    if not text:
+        return
+
+    def col(name: str) -> exp.Column:
+        return exp.column(exp.to_identifier(name, quoted=True))
+
+    counts = exp.select(*(exp.ApproxDistinct(this=col(c)) for c in text)).from_("product")
+    row = con.execute(counts.sql(dialect="duckdb")).fetchone()
+    assert row is not None
+    small = {c for c, n in zip(text, row, strict=True) if 0 < n <= DICTIONARY_MAX_VALUES}
+    if not small:
+        return
+    columns_out: list[exp.Expr] = []
+    for i, (name, _type) in enumerate(columns):
+        if name not in small:
+            columns_out.append(col(name))
+            continue
+        values = (
+            exp.select(col(name))
+            .distinct()
+            .from_("product")
+            .where(exp.Not(this=exp.Is(this=col(name), expression=exp.Null())))
+            .order_by(col(name))
+        )
+        # sqlglot has no CREATE TYPE; the column is quoted by it, the type named here.
+        con.execute(f"CREATE TYPE tds_enum_{i} AS ENUM ({values.sql(dialect='duckdb')})")
+        cast = exp.Cast(this=col(name), to=exp.DataType.build(f"tds_enum_{i}", udt=True))
+        columns_out.append(exp.alias_(cast, exp.to_identifier(name, quoted=True)))
+    table = exp.select(*columns_out).from_("product")
+    con.execute(f"CREATE OR REPLACE TABLE product AS {table.sql(dialect='duckdb')}")
 
 
 class DuckDBTable:
@@ -75,50 +115,11 @@ class DuckDBTable:
         )
         try:
             self._con.execute(_LOADERS[fmt], {"path": str(path)})
-            self._encode_categories(self._con)
+            encode_categories(self._con)
         except duckdb.Error as exc:
             self._con.close()
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
         self._lockdown(self._con)
-
-    @staticmethod
-    def _encode_categories(con: duckdb.DuckDBPyConnection) -> None:
-        """Store text columns of few distinct values as ENUMs (see the module's docstring)."""
-        columns = con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns"
-            " WHERE table_name = 'product' ORDER BY ordinal_position"
-        ).fetchall()
-        text = [name for name, type_ in columns if type_ == "VARCHAR"]
-        if not text:
-            return
-
-        def col(name: str) -> exp.Column:
-            return exp.column(exp.to_identifier(name, quoted=True))
-
-        counts = exp.select(*(exp.ApproxDistinct(this=col(c)) for c in text)).from_("product")
-        row = con.execute(counts.sql(dialect="duckdb")).fetchone()
-        assert row is not None
-        small = {c for c, n in zip(text, row, strict=True) if 0 < n <= DICTIONARY_MAX_VALUES}
-        if not small:
-            return
-        columns_out: list[exp.Expr] = []
-        for i, (name, _type) in enumerate(columns):
-            if name not in small:
-                columns_out.append(col(name))
-                continue
-            values = (
-                exp.select(col(name))
-                .distinct()
-                .from_("product")
-                .where(exp.Not(this=exp.Is(this=col(name), expression=exp.Null())))
-                .order_by(col(name))
-            )
-            # sqlglot has no CREATE TYPE; the column is quoted by it, the type named here.
-            con.execute(f"CREATE TYPE tds_enum_{i} AS ENUM ({values.sql(dialect='duckdb')})")
-            cast = exp.Cast(this=col(name), to=exp.DataType.build(f"tds_enum_{i}", udt=True))
-            columns_out.append(exp.alias_(cast, exp.to_identifier(name, quoted=True)))
-        table = exp.select(*columns_out).from_("product")
-        con.execute(f"CREATE OR REPLACE TABLE product AS {table.sql(dialect='duckdb')}")
 
     @staticmethod
     def _lockdown(con: duckdb.DuckDBPyConnection) -> None:

@@ -32,7 +32,7 @@ __all__ = [
     "Group",
     "Statistic",
     "compute_groups",
-    "isolating_cells",
+    "isolating_groups",
     "statistics",
 ]
 
@@ -221,27 +221,28 @@ def _plain(v: Any) -> Value | None:
     return int(f) if f.is_integer() and abs(f) < 2**53 else f
 
 
-def isolating_cells(
+def isolating_groups(
     dimensions: Sequence[str],
     filters: Sequence[Filter],
     executor: Executor,
     *,
     k: int,
 ) -> tuple[int, ...]:
-    """For each filter, how many cells could be isolated by differencing on it.
+    """For each filter, in how many groups a cell could be isolated by differencing on it.
 
     For filter ``i``: among rows matching every *other* filter, each group by
     ``dimensions`` splits into cells by the values of filter ``i``'s dimension. A cell of
     ``n`` rows, ``0 < n < k``, whose group has at least ``k`` rows besides it can be
     recovered as the difference of two answers that are both shown (the group with the
-    cell and without it); those cells are counted.
+    cell and without it). A group holds such a cell exactly when its *smallest* cell is
+    one (a smaller cell leaves more rows besides it), so each group needs only its total
+    and its smallest cell: two plain aggregations, no window.
 
     One statement, one scan of the source: the rows are counted once per combination of
     the query's dimensions and every filtered dimension (``tds_cells``). A filter only
     reads its own dimension, so all rows of such a combination match or fail each filter
     alike, and the rows matching the other filters, split by filter ``i``'s dimension,
-    are sums of those counts. Each filter's cells are then sized against their group
-    (a window sum) from ``tds_cells`` alone.
+    are sums of those counts.
     """
     if not filters:
         return ()
@@ -249,40 +250,46 @@ def isolating_cells(
     # A lone filter's check reads no condition (there are no others), so binds nothing.
     conditions = [_condition(f, executor, params) for f in filters] if len(filters) > 1 else []
     keys = list(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+    n, k_ = exp.column(_N), exp.Literal.number(k)
     cells = exp.select(
         *(exp.column(d) for d in keys), exp.alias_(exp.Count(this=exp.Star()), _N)
     ).from_(executor.source())
     cells = cells.group_by(*(exp.column(d) for d in keys), copy=False)
-    n, k_ = exp.column(_N), exp.Literal.number(k)
     counts = []
     for i, f in enumerate(filters):
         split = list(dict.fromkeys((*dimensions, f.dimension)))
-        part = exp.select(
-            *(exp.column(d) for d in split), exp.alias_(exp.Sum(this=n.copy()), _N)
-        ).from_("tds_cells")
-        for j, cond in enumerate(conditions):
-            if j != i:
-                part = part.where(cond.copy(), copy=False)
-        part = part.group_by(*(exp.column(d) for d in split), copy=False)
-        total = exp.Window(
-            this=exp.Sum(this=n.copy()), partition_by=[exp.column(d) for d in dimensions]
-        )
-        sized = exp.select(n.copy(), exp.alias_(total, "tds_total")).from_(
-            part.subquery("tds_split")
-        )
-        rest = exp.Sub(this=exp.column("tds_total"), expression=n.copy())
+        if len(filters) == 1:
+            part = cells.subquery("tds_split")  # the cells are this filter's split
+        else:
+            regroup = exp.select(
+                *(exp.column(d) for d in split), exp.alias_(exp.Sum(this=n.copy()), _N)
+            ).from_("tds_cells")
+            for j, cond in enumerate(conditions):
+                if j != i:
+                    regroup = regroup.where(cond.copy(), copy=False)
+            regroup = regroup.group_by(*(exp.column(d) for d in split), copy=False)
+            part = regroup.subquery("tds_split")
+        sized = exp.select(
+            exp.alias_(exp.Sum(this=n.copy()), "tds_total"),
+            exp.alias_(exp.Min(this=n.copy()), "tds_min"),
+        ).from_(part)
+        if dimensions:
+            sized = sized.group_by(*(exp.column(d) for d in dimensions), copy=False)
+        smallest = exp.column("tds_min")
+        rest = exp.Sub(this=exp.column("tds_total"), expression=smallest.copy())
         count = (
             exp.select(exp.Count(this=exp.Star()))
-            .from_(sized.subquery("tds_sized"))
-            .where(exp.LT(this=n.copy(), expression=k_.copy()))
+            .from_(sized.subquery("tds_groups"))
+            .where(exp.LT(this=smallest, expression=k_.copy()))
             .where(exp.GTE(this=rest, expression=k_.copy()), copy=False)
         )
         counts.append(exp.alias_(count.subquery(), f"tds_i{i}"))
-    # Counted once, read by every filter's check and by its window sum: DuckDB and
-    # PostgreSQL are told to keep the counts rather than scan the source again for each
-    # reference (DuckDB would otherwise inline the CTE into both sides of the join it
-    # plans for the window). MariaDB has no such clause.
-    keep = executor.dialect != "mysql"
-    select = exp.select(*counts).with_("tds_cells", as_=cells, materialized=keep or None)
+    select = exp.select(*counts)
+    if len(filters) > 1:
+        # Counted once, read by every filter's check: DuckDB and PostgreSQL are told to
+        # keep the counts rather than scan the source again for each reference (MariaDB
+        # has no such clause).
+        keep = executor.dialect != "mysql"
+        select = select.with_("tds_cells", as_=cells, materialized=keep or None)
     [row] = executor.fetch(select, params)
     return tuple(int(c) for c in row)

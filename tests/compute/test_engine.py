@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from connector.compute.database import DatabaseSource
 from connector.compute.embedded import DuckDBTable, EmbeddedLimits
-from connector.compute.engine import Executor, Group, compute_groups, isolating_cells
+from connector.compute.engine import Executor, Group, compute_groups, isolating_groups
 from connector.compute.query import Filter, parse_query
 from connector.compute.rules import parse_rules
 from connector.errors import InvalidRequest, Unavailable
@@ -215,21 +215,21 @@ def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
         DuckDBTable(tmp_path / "a.parquet", "parquet")
 
 
-def test_isolating_cells_counts_small_cells_in_large_groups(table: DuckDBTable) -> None:
+def test_isolating_groups_counts_small_cells_in_large_groups(table: DuckDBTable) -> None:
     year = Filter("year", "=", (2026,))
     not_old = Filter("age_band", "!=", ("65+",))
     # east in 2026: 0-17 (12), 18-64 (12), 65+ (1): the lone 65+ can be differenced out;
     # harbour's 3 rows split off from the other districts by the filter on district;
     # the filter on year splits off nothing small
     east = Filter("district", "=", ("east",))
-    assert isolating_cells([], [year, east, not_old], table, k=5) == (0, 1, 1)
+    assert isolating_groups([], [year, east, not_old], table, k=5) == (0, 1, 1)
     # by district and age band, every year-cell is alone in its group or large
-    assert isolating_cells(["district", "age_band"], [year], table, k=5) == (0,)
+    assert isolating_groups(["district", "age_band"], [year], table, k=5) == (0,)
     # harbour (3 rows) is small but so is its whole group: nothing to subtract from
     harbour = Filter("district", "=", ("harbour",))
-    assert isolating_cells([], [harbour, not_old], table, k=5)[1] == 0
-    assert isolating_cells([], [year, east], table, k=5)[1] == 1  # harbour against all
-    assert isolating_cells(["district"], [], table, k=5) == ()
+    assert isolating_groups([], [harbour, not_old], table, k=5)[1] == 0
+    assert isolating_groups([], [year, east], table, k=5)[1] == 1  # harbour against all
+    assert isolating_groups(["district"], [], table, k=5) == ()
 
 
 # -- the source database itself ------------------------------------------------------------
@@ -248,8 +248,8 @@ def _database_contract(executor: Executor, raw: DatabaseSource, table: str) -> N
         assert [g.n for g in compute_groups(q, RULES, executor)] == [3]
     year, east = Filter("year", "=", (2026,)), Filter("district", "=", ("east",))
     not_old = Filter("age_band", "not in", ("65+",))
-    assert isolating_cells([], [year, east, not_old], executor, k=5) == (0, 1, 1)
-    assert isolating_cells(["district", "age_band"], [year], executor, k=5) == (0,)
+    assert isolating_groups([], [year, east, not_old], executor, k=5) == (0, 1, 1)
+    assert isolating_groups(["district", "age_band"], [year], executor, k=5) == (0,)
     # The transaction is read only: even text injected into the executor cannot write.
     with pytest.raises(Unavailable, match="could not answer"):
         raw.execute(f"INSERT INTO {table} (patient_id) VALUES ('x')")  # noqa: S608
