@@ -14,8 +14,13 @@ interrupted.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +95,62 @@ def encode_categories(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE TABLE product AS {table.sql(dialect='duckdb')}")
 
 
+class _Watchdog:
+    """One thread for every embedded engine: interrupts a query still running at its
+    deadline (starting a timer thread per query cost about 0.3 ms).
+
+    It holds engines weakly, so an engine nobody uses any more is still released.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, ticket)
+        self._armed: dict[int, weakref.ref[DuckDBTable]] = {}
+        self._tickets = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, table: DuckDBTable, seconds: float) -> int:
+        """Interrupt ``table`` in ``seconds`` unless ``disarm`` comes first."""
+        with self._cond:
+            ticket = next(self._tickets)
+            heapq.heappush(self._deadlines, (time.monotonic() + seconds, ticket))
+            self._armed[ticket] = weakref.ref(table)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tds-compute-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+            return ticket
+
+    def disarm(self, ticket: int) -> None:
+        """The query is over: no interrupt for it (its heap entry is dropped when due)."""
+        with self._cond:
+            self._armed.pop(ticket, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._deadlines and self._deadlines[0][1] not in self._armed:
+                    heapq.heappop(self._deadlines)  # disarmed
+                if not self._deadlines:
+                    self._cond.wait()
+                    continue
+                deadline, ticket = self._deadlines[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._deadlines)
+                table = self._armed.pop(ticket)()
+                if table is not None:
+                    with contextlib.suppress(duckdb.Error):  # closed: nothing runs on it
+                        table.interrupt()
+
+
+_WATCHDOG = _Watchdog()
+
+
 class DuckDBTable:
     """A file table loaded into a locked-down in-memory DuckDB, as an ``Executor``."""
 
@@ -142,8 +203,7 @@ class DuckDBTable:
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text on the locked engine (the engine only passes text it generated)."""
         with self._lock:
-            timer = threading.Timer(self._limits.timeout_s, self._con.interrupt)
-            timer.start()
+            ticket = _WATCHDOG.arm(self, self._limits.timeout_s)
             try:
                 return self._con.execute(sql, params or {}).fetchall()
             except duckdb.InterruptException:
@@ -158,7 +218,11 @@ class DuckDBTable:
                     "the embedded engine could not answer the computation (see the provider's log)"
                 ) from None
             finally:
-                timer.cancel()
+                _WATCHDOG.disarm(ticket)
+
+    def interrupt(self) -> None:
+        """Stop the query running now, if any (it fails with ``Unavailable``)."""
+        self._con.interrupt()
 
     def close(self) -> None:
         """Release the engine's memory."""

@@ -208,6 +208,27 @@ def test_engine_errors_do_not_quote_the_data(table: DuckDBTable) -> None:
     assert "north" not in str(err.value) and "provider's log" in str(err.value)
 
 
+def test_time_limits_are_per_engine_and_a_dropped_engine_is_released(tmp_path: Path) -> None:
+    """One watchdog serves every engine: a slow query on one is interrupted at its own
+    limit while another engine answers; an engine dropped without close() is freed."""
+    import gc
+    import weakref
+
+    slow = DuckDBTable(write_csv(tmp_path / "a.csv"), "csv", EmbeddedLimits(timeout_s=0.3))
+    other = DuckDBTable(write_csv(tmp_path / "b.csv"), "csv", EmbeddedLimits(timeout_s=30))
+    with pytest.raises(Unavailable, match=r"longer than 0\.3 s"):
+        slow.execute(
+            "SELECT count(*) FROM range(10000000000) a, range(10) b WHERE a.range = b.range"
+        )
+    assert other.execute("SELECT count(*) FROM product") == [(len(admissions()),)]
+    assert slow.execute("SELECT count(*) FROM product") == [(len(admissions()),)]
+    gone = weakref.ref(other)
+    del other
+    gc.collect()
+    assert gone() is None
+    slow.close()
+
+
 def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match="could not be read"):
         DuckDBTable(tmp_path / "missing.csv", "csv")
