@@ -182,7 +182,7 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
     columns += [
         exp.alias_(_statistic(s, rules, executor), f"tds_s{i}") for i, s in enumerate(stats)
     ]
-    select = exp.select(*columns).from_(executor.source())
+    select = exp.select(*columns).from_(executor.source(), copy=False)
     select = _where(select, query.filters, executor, params)
     if query.dimensions:
         select = select.group_by(*(exp.column(d) for d in query.dimensions), copy=False)
@@ -253,7 +253,7 @@ def isolating_groups(
     n, k_ = exp.column(_N), exp.Literal.number(k)
     cells = exp.select(
         *(exp.column(d) for d in keys), exp.alias_(exp.Count(this=exp.Star()), _N)
-    ).from_(executor.source())
+    ).from_(executor.source(), copy=False)
     cells = cells.group_by(*(exp.column(d) for d in keys), copy=False)
     counts = []
     for i, f in enumerate(filters):
@@ -263,7 +263,7 @@ def isolating_groups(
         else:
             regroup = exp.select(
                 *(exp.column(d) for d in split), exp.alias_(exp.Sum(this=n.copy()), _N)
-            ).from_("tds_cells")
+            ).from_("tds_cells", copy=False)
             for j, cond in enumerate(conditions):
                 if j != i:
                     regroup = regroup.where(cond.copy(), copy=False)
@@ -272,15 +272,15 @@ def isolating_groups(
         sized = exp.select(
             exp.alias_(exp.Sum(this=n.copy()), "tds_total"),
             exp.alias_(exp.Min(this=n.copy()), "tds_min"),
-        ).from_(part)
+        ).from_(part, copy=False)
         if dimensions:
             sized = sized.group_by(*(exp.column(d) for d in dimensions), copy=False)
         smallest = exp.column("tds_min")
         rest = exp.Sub(this=exp.column("tds_total"), expression=smallest.copy())
         count = (
             exp.select(exp.Count(this=exp.Star()))
-            .from_(sized.subquery("tds_groups"))
-            .where(exp.LT(this=smallest, expression=k_.copy()))
+            .from_(sized.subquery("tds_groups", copy=False), copy=False)
+            .where(exp.LT(this=smallest, expression=k_.copy()), copy=False)
             .where(exp.GTE(this=rest, expression=k_.copy()), copy=False)
         )
         counts.append(exp.alias_(count.subquery(), f"tds_i{i}"))
@@ -290,6 +290,6 @@ def isolating_groups(
         # keep the counts rather than scan the source again for each reference (MariaDB
         # has no such clause).
         keep = executor.dialect != "mysql"
-        select = select.with_("tds_cells", as_=cells, materialized=keep or None)
+        select = select.with_("tds_cells", as_=cells, materialized=keep or None, copy=False)
     [row] = executor.fetch(select, params)
     return tuple(int(c) for c in row)
