@@ -306,6 +306,9 @@ class Node:
                 "participant": cfg.participant.id,
                 "role": cfg.participant.role,
                 "port": self.port,
+                # Which databases products may read from, passwords hidden: what an
+                # operator checks first when a transfer says a source is unreachable.
+                "sources": {name: c.safe_url() for name, c in cfg.sources.items()},
             },
         )
 

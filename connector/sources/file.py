@@ -80,10 +80,10 @@ class SourceRoots:
             raise PreconditionFailed(
                 f"the product's source cannot be read: {exc.strerror}"
             ) from None
-        f = os.fdopen(fd, "rb", buffering=0)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            f.close()
+            os.close(fd)
             raise PreconditionFailed("the product's source is not a regular file")
+        f = os.fdopen(fd, "rb", buffering=0)
         # A directory swapped for a symlink between the check and the open is caught here:
         # where the descriptor really points (Linux; elsewhere the checks above stand).
         opened = Path(f"/proc/self/fd/{fd}")
