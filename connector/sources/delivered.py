@@ -107,6 +107,17 @@ def _projector(
         pick = itemgetter(*index)
     masked = [(pos, name) for pos, name in enumerate(fields) if name in masker]
     if not masked:
+        if index == list(range(len(columns))):
+            width = len(columns)
+
+            def whole(chunk: list[Row]) -> list[Sequence[Any]]:
+                # Every column, in order: rows go on as they are, unless one is longer (a
+                # CSV line with cells beyond the header), whose extra cells are dropped.
+                if set(map(len, chunk)) <= {width}:
+                    return chunk
+                return list(map(pick, chunk))
+
+            return whole
 
         def select(chunk: list[Row]) -> list[Sequence[Any]]:
             return list(map(pick, chunk))

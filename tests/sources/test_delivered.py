@@ -167,3 +167,20 @@ def test_missing_is_left_out_of_json_lines_and_empty_in_csv(tmp_path: Path) -> N
     assert (tmp_path / "x.jsonl").read_text() == '{"a":1}\n{"b":null}\n'
     materialise(Two(), tmp_path / "x.csv", fmt="csv", permitted=None, masks={}, key=KEY)
     assert (tmp_path / "x.csv").read_text() == "a,b\n1,\n,\n"
+
+
+def test_cells_beyond_the_header_never_leave(tmp_path: Path) -> None:
+    """Every column permitted, in order, no masks: rows go on as read, except a CSV line
+    with more cells than the header, whose extra cells are dropped (as with any projection)."""
+    data = tmp_path / "data.csv"
+    data.write_text("id,name\n1,a\n2,b,secret\n3\n")
+    made = materialise(
+        TableSource(data, "csv", ("id", "name"), SourceRoots(tmp_path)),
+        tmp_path / "out.csv",
+        fmt="csv",
+        permitted=None,
+        masks={},
+        key=KEY,
+    )
+    assert (tmp_path / "out.csv").read_text() == "id,name\n1,a\n2,b\n3,\n"
+    assert made.rows == 3
