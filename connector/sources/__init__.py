@@ -2,7 +2,9 @@
 
 :mod:`connector.sources.base` declares the interface (record, byte and stream sources);
 adapters implement it: :mod:`~connector.sources.table` (CSV / JSON Lines files) and
-:mod:`~connector.sources.sql` (PostgreSQL and MariaDB queries). Every record source is
+:mod:`~connector.sources.sql` (PostgreSQL and MariaDB queries), and for streams
+:mod:`~connector.sources.nats` (JetStream subjects) and :mod:`~connector.sources.mqtt`
+(MQTT topics), sharing :mod:`~connector.sources.stream`. Every record source is
 delivered through :mod:`~connector.sources.delivered`.
 """
 
@@ -15,7 +17,9 @@ from connector.sources.base import (
     RecordSource,
     Row,
     Snapshot,
+    StreamRecord,
     StreamSource,
+    Subscription,
 )
 
 __all__ = [
@@ -25,5 +29,7 @@ __all__ = [
     "RecordSource",
     "Row",
     "Snapshot",
+    "StreamRecord",
     "StreamSource",
+    "Subscription",
 ]

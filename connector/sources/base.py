@@ -11,9 +11,12 @@ later compute) depends on the protocol, never on the kind:
   goes so memory stays flat for any size, and reports its :meth:`Snapshot.state` once read.
 - :class:`ByteSource` — bytes as they are: ``file``. Its snapshot knows its size and
   SHA-256 before anything is sent, and is read from any offset, so a pull resumes.
-- :class:`StreamSource` — records without an end (brokers: NATS JetStream, MQTT; not
-  implemented yet): a subscription from a sequence number, each record with its sequence,
-  so a consumer resumes after the last one it acknowledged.
+- :class:`StreamSource` — records without an end (brokers: NATS JetStream,
+  :mod:`connector.sources.nats`; MQTT, :mod:`connector.sources.mqtt`): a
+  :class:`Subscription` from a sequence number, each :class:`StreamRecord` with its
+  sequence and the one before it, so a consumer resumes after the last one it
+  acknowledged and can tell a gap, a repeat or a reordering (design and limits:
+  :mod:`connector.sources.stream`; hash chain and windows: :mod:`connector.sources.windows`).
 
 How the sources map onto this:
 
@@ -34,8 +37,9 @@ what its state is (a content hash wherever one is affordable, never a clock read
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 __all__ = [
@@ -45,7 +49,9 @@ __all__ = [
     "RecordSource",
     "Row",
     "Snapshot",
+    "StreamRecord",
     "StreamSource",
+    "Subscription",
 ]
 
 
@@ -133,6 +139,62 @@ class ByteSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """One message of a stream, decoded: what a subscription yields."""
+
+    sequence: int
+    """The provider's sequence number (JetStream: the stream's own; MQTT: assigned on
+    arrival). Strictly increasing within a source, not necessarily contiguous."""
+    previous: int
+    """The sequence delivered just before this one in the same subscription (its ``after``
+    for the first): a consumer that holds ``previous`` as its last sequence has missed
+    nothing; any other value is a gap, a repeat or a reordering."""
+    row: Row
+    """The values in the order of the source's fields (:data:`MISSING` where absent)."""
+    size: int
+    """Bytes of the message as the broker delivered it."""
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """Records of a stream source after a sequence, as they arrive.
+
+    Memory is bounded whatever the reader does: a reader that stops reading makes the
+    subscription fall behind, never grow (see :mod:`connector.sources.stream`).
+    """
+
+    def poll(self, timeout: float) -> StreamRecord | None:
+        """The next record, or ``None`` when none arrived within ``timeout`` seconds (so a
+        caller re-checks its policy between records however quiet the feed).
+
+        Raises ``SubscriptionLagging`` (``Unavailable``) past the configured lag and
+        ``SequenceGone`` (``PreconditionFailed``) when records after the last one delivered
+        are no longer held: the caller suspends with the reason and may resume after the
+        last sequence it acknowledged.
+        """
+        ...
+
+    def __iter__(self) -> Iterator[StreamRecord]:
+        """:meth:`poll` without a timeout, for ever (until an error or the context ends)."""
+        ...
+
+    @property
+    def skipped(self) -> Mapping[str, int]:
+        """Messages skipped so far (not JSON, not an object, oversized), by reason."""
+        ...
+
+    @property
+    def lag(self) -> int:
+        """Messages the source holds beyond the last one this subscription delivered."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker is reachable now (a lost connection is retried)."""
+        ...
+
+
 @runtime_checkable
 class StreamSource(Protocol):
     """Records without an end (``stream``: NATS JetStream subjects, MQTT topics)."""
@@ -143,6 +205,12 @@ class StreamSource(Protocol):
         """The records' fields."""
         ...
 
-    def subscribe(self, after: int) -> AbstractContextManager[Iterator[tuple[int, Row]]]:
-        """``(sequence, row)`` for every record after sequence ``after``, as they arrive."""
+    def subscribe(self, after: int) -> AbstractContextManager[Subscription]:
+        """A subscription to every record after sequence ``after`` (0: from the oldest held).
+
+        Raises ``Unavailable`` when the broker cannot be reached, ``InvalidRequest`` when
+        ``after`` is past the newest sequence and ``SequenceGone`` when records after it
+        are no longer held. Leaving the context ends the subscription and releases what
+        it holds (connection, broker-side consumer).
+        """
         ...
