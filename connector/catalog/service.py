@@ -38,6 +38,12 @@ def summary(product: Product) -> catalog_pb2.ProductSummary:
                 max_bytes=o.max_bytes,
                 obligations_json=json.dumps(o.obligations, sort_keys=True, separators=(",", ":")),
                 has_policy_module=bool(o.policy_module),
+                delivery=list(o.delivery),
+                compute_json=(
+                    json.dumps(o.compute.to_dict(), sort_keys=True, separators=(",", ":"))
+                    if o.compute is not None
+                    else ""
+                ),
             )
             for o in product.offers
         ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
 from connector.cli.output import JSON_HELP, emit
@@ -139,6 +140,19 @@ def run_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compute_note(product: dict[str, Any]) -> str:
+    """Which offers answer questions instead of (or besides) giving copies."""
+    notes = []
+    for o in product.get("offers", []):
+        modes = o.get("delivery") or ["copy"]
+        if "compute" in modes:
+            rules = json.loads(o.get("compute_json") or "{}")
+            dims = ", ".join(sorted(rules.get("dimensions", {})))
+            what = "compute only" if modes == ["compute"] else "copy or compute"
+            notes.append(f"{o['id']}: {what}, k={rules.get('k')}, by {dims or '(no dimension)'}")
+    return "".join(f"\n    offer {n}" for n in notes)
+
+
 def run_catalog_list(args: argparse.Namespace) -> int:
     """List a provider's catalog as this member."""
     cfg = load_config(args.config)
@@ -166,6 +180,7 @@ def run_catalog_list(args: argparse.Namespace) -> int:
     lines = [
         f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"
         + (f"  [{p['registration_code']}]" if p.get("registration_code") else "")
+        + _compute_note(p)
         for p in products
     ]
     emit(

@@ -16,7 +16,7 @@ from connector.rpc.auth import Caller
 
 __all__ = ["ACTIONS", "build_input", "subject_of"]
 
-ACTIONS = ("catalog.read", "contract.request", "transfer.start")
+ACTIONS = ("catalog.read", "contract.request", "transfer.start", "compute.run")
 GRANTS_ATTRIBUTE = "tds_grants"
 """Membership attribute holding the JSON list of authorised-operation grants."""
 
@@ -52,6 +52,7 @@ def build_input(
     offer: Mapping[str, Any] | None = None,
     contract: Mapping[str, Any] | None = None,
     context: Mapping[str, Any] | None = None,
+    query: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document for one decision.
 
@@ -68,7 +69,7 @@ def build_input(
     ctx["now_ns"] = int(clock.now() * 1_000_000_000)
     if caller is not None:
         ctx["revoked_grants"] = sorted(caller.revoked_grants)
-    return {
+    document = {
         "action": action,
         "subject": subject_of(caller) if caller is not None else dict(subject or {}),
         "resource": dict(resource),
@@ -76,3 +77,8 @@ def build_input(
         "contract": dict(contract or {}),
         "context": ctx,
     }
+    if query is not None:
+        # compute.run: the shape of the question (dimensions, measures and their
+        # aggregates, filtered dimensions, ε asked), never its literal values.
+        document["query"] = dict(query)
+    return document

@@ -75,6 +75,22 @@ _OWN: dict[str, _Checks] = {
         ("context", "bytes_used", _number),
         ("context", "revoked_grants", _array),
     ),
+    "compute.run": (
+        ("contract", "purpose", _string),
+        ("contract", "valid_from_ns", _number),
+        ("contract", "valid_until_ns", _number),
+        ("contract", "revoked", _boolean),
+        ("contract", "delivery", _array),
+        ("context", "epsilon_spent", _number),
+        ("context", "epsilon_left", _number),
+        ("context", "computations_used", _number),
+        ("context", "revoked_grants", _array),
+        ("query", "dimensions", _array),
+        ("query", "filtered", _array),
+        ("query", "measures", _array),
+        ("query", "aggregates", _array),
+        ("query", "epsilon", _number),
+    ),
 }
 _BY_ACTION = {action: _COMMON + own for action, own in _OWN.items()}
 

@@ -452,10 +452,32 @@ class SqlPool:
             connect_args={"connect_timeout": connection.connect_timeout_seconds},
         )
         event.listen(self._engine, "connect", _text_decimals_and_dates)
+        self._url = url
+        self._compute: Engine | None = None
+        self._compute_lock = threading.Lock()
+
+    def compute_engine(self) -> Engine:
+        """The engine computations run on (``connector.compute.database``), made on first
+        use: bounded like the delivery pool, and without its text loaders, since aggregates
+        need the database's numbers."""
+        with self._compute_lock:
+            if self._compute is None:
+                self._compute = create_engine(
+                    self._url,
+                    pool_size=self.connection.pool_size,
+                    max_overflow=0,
+                    pool_timeout=self.connection.pool_timeout_seconds,
+                    pool_pre_ping=True,
+                    connect_args={"connect_timeout": self.connection.connect_timeout_seconds},
+                )
+            return self._compute
 
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
+        with self._compute_lock:
+            if self._compute is not None:
+                self._compute.dispose()
 
     def _unreachable(self, exc: BaseException) -> Unavailable:
         _log.warning("source connection %r: %s", self.connection.name, exc)
@@ -705,14 +727,22 @@ class SqlSources:
         """At publish: the connection exists and the query passes :func:`validate_query`."""
         return validate_query(text, self.connection(name).dialect, fields)
 
-    def source(self, name: str, text: str, fields: Sequence[str]) -> SqlSource:
-        """The record source of a published product (its query is checked again)."""
-        query = self.check(name, text, fields)
+    def _pool(self, name: str) -> SqlPool:
         with self._lock:
             pool = self._pools.get(name)
             if pool is None:
                 pool = self._pools[name] = SqlPool(self.connection(name))
-        return SqlSource(pool, query)
+        return pool
+
+    def source(self, name: str, text: str, fields: Sequence[str]) -> SqlSource:
+        """The record source of a published product (its query is checked again)."""
+        query = self.check(name, text, fields)
+        return SqlSource(self._pool(name), query)
+
+    def engine(self, name: str) -> Engine:
+        """The SQLAlchemy engine computations on connection ``name`` run on (see
+        :meth:`SqlPool.compute_engine`); ``InvalidRequest`` when it is not configured."""
+        return self._pool(name).compute_engine()
 
     def close(self) -> None:
         """Close every pool."""

@@ -11,3 +11,5 @@ decision := access.decision if input.action == "catalog.read"
 decision := contract.decision if input.action == "contract.request"
 
 decision := usage.decision if input.action == "transfer.start"
+
+decision := usage.decision if input.action == "compute.run"

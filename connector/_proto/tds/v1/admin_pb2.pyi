@@ -495,6 +495,9 @@ class AgreementMetering(_message.Message):
     COMPLETED_BYTES_FIELD_NUMBER: _builtins.int
     MAX_TRANSFERS_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    COMPUTATIONS_FIELD_NUMBER: _builtins.int
+    EPSILON_SPENT_FIELD_NUMBER: _builtins.int
+    EPSILON_BUDGET_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     consumer: _builtins.str
     product_id: _builtins.str
@@ -506,6 +509,12 @@ class AgreementMetering(_message.Message):
     completed_bytes: _builtins.int
     max_transfers: _builtins.int
     max_bytes: _builtins.int
+    computations: _builtins.int
+    """Compute-to-data: answers given (可用不可见), and ε spent of the agreement's budget
+    (budget 0: no differential privacy).
+    """
+    epsilon_spent: _builtins.float
+    epsilon_budget: _builtins.float
     def __init__(
         self,
         *,
@@ -518,10 +527,13 @@ class AgreementMetering(_message.Message):
         completed_bytes: _builtins.int = ...,
         max_transfers: _builtins.int = ...,
         max_bytes: _builtins.int = ...,
+        computations: _builtins.int = ...,
+        epsilon_spent: _builtins.float = ...,
+        epsilon_budget: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "consumer", b"consumer", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "computations", b"computations", "consumer", b"consumer", "epsilon_budget", b"epsilon_budget", "epsilon_spent", b"epsilon_spent", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,8 @@ class OfferTerms(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     OBLIGATIONS_JSON_FIELD_NUMBER: _builtins.int
     HAS_POLICY_MODULE_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    COMPUTE_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     valid_from_ns: _builtins.int
     valid_until_ns: _builtins.int
@@ -39,8 +41,16 @@ class OfferTerms(_message.Message):
     """Canonical JSON of the offer's obligations."""
     has_policy_module: _builtins.bool
     """The offer carries the provider's own policy module (its rules stay private)."""
+    compute_json: _builtins.str
+    """Canonical JSON of the compute rules (dimensions, measures with aggregates and bounds,
+    k, privacy), when "compute" is offered: what a consumer may ask.
+    """
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def delivery(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How the product may be delivered: "copy", "compute" (answers only, 可用不可见), or both."""
+
     def __init__(
         self,
         *,
@@ -52,10 +62,12 @@ class OfferTerms(_message.Message):
         max_bytes: _builtins.int = ...,
         obligations_json: _builtins.str = ...,
         has_policy_module: _builtins.bool = ...,
+        delivery: _abc.Iterable[_builtins.str] | None = ...,
+        compute_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_policy_module", b"has_policy_module", "id", b"id", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "obligations_json", b"obligations_json", "purposes", b"purposes", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_json", b"compute_json", "delivery", b"delivery", "has_policy_module", b"has_policy_module", "id", b"id", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "obligations_json", b"obligations_json", "purposes", b"purposes", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
