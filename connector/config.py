@@ -21,6 +21,7 @@ from connector.sources.connections import SourceConnection, parse_connections, r
 
 __all__ = [
     "AuditConfig",
+    "CatalogConfig",
     "Config",
     "DatabaseConfig",
     "DspConfig",
@@ -181,6 +182,34 @@ class LimitsConfig:
     """Tolerated clock skew when checking token times."""
 
 
+# -- [catalog]: paging (issue 21) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Pages of the catalog (the provider's, and the registry's index)."""
+
+    page_size: int = 100
+    """Products per page when a caller does not say."""
+    max_page_size: int = 1000
+    """The most products a caller may ask for in one page."""
+    max_page_bytes: int = 1024 * 1024
+    """A page's candidates stop short of this stored size (so answers stay far below
+    server.max_message_bytes, whatever the products' sizes)."""
+
+
+def _validate_catalog(c: CatalogConfig, max_message_bytes: int) -> None:
+    if not 1 <= c.page_size <= c.max_page_size:
+        raise ConfigError("catalog.page_size must be between 1 and catalog.max_page_size")
+    if not 1024 <= c.max_page_bytes <= max_message_bytes // 2:
+        raise ConfigError(
+            "catalog.max_page_bytes must be between 1024 and half server.max_message_bytes"
+        )
+
+
+# ------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class DspConfig:
     """The Dataspace Protocol 2025-1 HTTPS binding, beside gRPC (off unless ``listen``)."""
@@ -207,6 +236,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     dsp: DspConfig = field(default_factory=DspConfig)
@@ -285,6 +315,7 @@ def _build(cls: type, table: dict[str, Any], section: str, base: Path) -> Any:
 
 
 def _validate(cfg: Config) -> None:
+    _validate_catalog(cfg.catalog, cfg.server.max_message_bytes)
     try:
         check_id(cfg.participant.id, "participant.id")
         check_id(cfg.participant.space, "participant.space")

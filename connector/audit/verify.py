@@ -21,11 +21,14 @@ from connector.audit.checkpoint import Checkpoint, open_checkpoint, verify_cosig
 from connector.audit.export import Export
 from connector.audit.note import ALG_COSIGNATURE_V1, Verifier, parse_vkey
 from connector.audit.receipts import Receipt, verify_receipt
+from connector.compute.receipt import ComputationReceipt, verify_computation_receipt
 from connector.errors import NotFound, VerificationError
 
 __all__ = ["Problem", "VerifyReport", "prove", "receipts_of", "reconcile", "timeline", "verify"]
 
 RECEIPT_KIND = "transfer.receipt"
+COMPUTATION_KIND = "compute.receipt"
+"""A computation receipt (compute-to-data), countersigned by the consumer."""
 _FIELDS = {"index", "kind", "time_ms", "actor", "parties", "data"}
 
 
@@ -47,6 +50,8 @@ class VerifyReport:
     checkpoints: int = 0
     cosignatures: dict[str, int] = field(default_factory=dict)
     receipts: int = 0
+    computations: int = 0
+    """Computation receipts verified (answers given or received, 可用不可见)."""
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -69,6 +74,7 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "cosignatures": self.cosignatures,
             "receipts": self.receipts,
+            "computations": self.computations,
             "first_bad_index": self.first_bad_index,
             "problems": [p.__dict__ for p in self.problems],
         }
@@ -180,6 +186,9 @@ def verify(directory: Path, *, known: list[str] | None = None) -> VerifyReport:
             if entry["kind"] == RECEIPT_KIND:
                 verify_receipt(str(entry["data"].get("receipt", "")), key_of)
                 report.receipts += 1
+            elif entry["kind"] == COMPUTATION_KIND:
+                verify_computation_receipt(str(entry["data"].get("receipt", "")), key_of)
+                report.computations += 1
         except VerificationError as exc:
             report.problems.append(Problem(str(exc), index))
         merkle.extend_frontier(frontier, index, leaf)
@@ -282,16 +291,22 @@ def _entries(export: Export) -> Iterator[dict[str, Any]]:
             yield value
 
 
-def receipts_of(directory: Path) -> dict[tuple[str, str], tuple[str, Receipt]]:
-    """(agreement, transfer) -> (signed receipt, payload) for every receipt entry."""
+def receipts_of(
+    directory: Path,
+) -> dict[tuple[str, str], tuple[str, Receipt | ComputationReceipt]]:
+    """(agreement, transfer or computation) -> (signed receipt, payload) for every receipt
+    entry: transfer receipts and computation receipts alike."""
     export = Export(directory)
     key_of = _keys(export)
-    found: dict[tuple[str, str], tuple[str, Receipt]] = {}
+    found: dict[tuple[str, str], tuple[str, Receipt | ComputationReceipt]] = {}
     for entry in _entries(export):
+        signed = str(entry.get("data", {}).get("receipt", ""))
         if entry.get("kind") == RECEIPT_KIND:
-            signed = str(entry["data"].get("receipt", ""))
             receipt = verify_receipt(signed, key_of)
             found[(receipt.agreement, receipt.transfer)] = (signed, receipt)
+        elif entry.get("kind") == COMPUTATION_KIND:
+            computed = verify_computation_receipt(signed, key_of)
+            found[(computed.agreement, computed.computation)] = (signed, computed)
     return found
 
 
@@ -299,17 +314,22 @@ def reconcile(dir_a: Path, dir_b: Path) -> dict[str, Any]:
     """Receipts naming both parties must appear identically in both logs."""
     a, b = Export(dir_a).manifest["participant"], Export(dir_b).manifest["participant"]
 
-    def between(found: dict[tuple[str, str], tuple[str, Receipt]]) -> dict[tuple[str, str], str]:
+    def between(
+        found: dict[tuple[str, str], tuple[str, Receipt | ComputationReceipt]],
+    ) -> dict[tuple[str, str], str]:
         return {k: signed for k, (signed, r) in found.items() if {r.provider, r.consumer} == {a, b}}
 
-    in_a, in_b = between(receipts_of(dir_a)), between(receipts_of(dir_b))
+    found_a = receipts_of(dir_a)
+    in_a, in_b = between(found_a), between(receipts_of(dir_b))
     only_a = sorted(set(in_a) - set(in_b))
     only_b = sorted(set(in_b) - set(in_a))
     differ = sorted(k for k in set(in_a) & set(in_b) if in_a[k] != in_b[k])
+    matched = (set(in_a) & set(in_b)) - set(differ)
     return {
         "a": a,
         "b": b,
-        "matched": len(set(in_a) & set(in_b)) - len(differ),
+        "matched": len(matched),
+        "computations": sum(isinstance(found_a[k][1], ComputationReceipt) for k in matched),
         "only_in_a": [list(k) for k in only_a],
         "only_in_b": [list(k) for k in only_b],
         "differ": [list(k) for k in differ],

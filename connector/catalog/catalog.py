@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from dataclasses import replace as replace_  # publish() has a parameter named replace
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from connector.audit.log import AuditLog, Record
+from connector.catalog.paging import Filters, PageLimits, PageTokens, Row, page_size, read_page
 from connector.catalog.products import Offer, Product, parse_description
 from connector.catalog.store import ProductStore
 from connector.clock import Clock
-from connector.errors import InvalidRequest, NotFound
+from connector.errors import ConflictError, InvalidRequest, NotFound
 from connector.policy.engine import PolicyEngine
 from connector.policy.inputs import build_input
 from connector.policy.library import PolicySet
@@ -21,7 +24,21 @@ from connector.rpc.auth import Caller
 from connector.sources.file import SourceRoots
 from connector.sources.sql import SqlSources
 
-__all__ = ["Catalog"]
+__all__ = ["MAX_BATCH", "Catalog", "Description"]
+
+MAX_BATCH = 1000
+"""The most product descriptions one publish takes."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """A product description as submitted: its text, format, directory, and a name for
+    errors (for example its file)."""
+
+    text: str
+    fmt: str = "auto"
+    base_dir: str = ""
+    name: str = ""
 
 
 class Catalog:
@@ -39,8 +56,14 @@ class Catalog:
         clock: Clock,
         sources: SourceRoots | None = None,
         sql: SqlSources | None = None,
+        page_tokens: PageTokens | None = None,
+        page_limits: PageLimits | None = None,
     ) -> None:
+        """``page_tokens``: the key of the catalog's page tokens (replicas need the same;
+        without it a fresh random key: tokens then hold for this process only)."""
         self._participant = participant
+        self._page_tokens = page_tokens or PageTokens(AESGCM.generate_key(256), "catalog")
+        self._page_limits = page_limits or PageLimits()
         self._sources = sources
         self._sql = sql if sql is not None else SqlSources({})
         self._store = store
@@ -52,20 +75,24 @@ class Catalog:
         self._lock = threading.Lock()
         self._registering: dict[str, int] = {}
         """Products being registered with the registry now (how many calls each)."""
+        self._in_force = library
+        """The policy set in the engine: the library plus every published provider module."""
         self.refresh_policies()
 
-    def _policy_set(self, products: list[Product]) -> PolicySet:
-        policy = self._library
-        for product in products:
-            for offer in product.offers:
-                if offer.policy_module:
-                    policy = policy.with_provider_module(offer.policy_module, offer.policy_source)
-        return policy
-
     def refresh_policies(self) -> None:
-        """Load the library plus every stored offer's provider module into the engine."""
+        """Load the library plus every stored offer's provider module into the engine.
+
+        At start only (and when a replica's publications must be taken in): publishing
+        and removing change the set in force incrementally.
+        """
         with self._lock:
-            self._engine.update(self._policy_set(self._store.list()))
+            added: dict[str, str] = {}
+            for product in self._store.list():
+                for offer in product.offers:
+                    if offer.policy_module:
+                        added[offer.policy_module] = offer.policy_source
+            self._in_force = self._library.with_changed_modules(self._library, added)
+            self._engine.update(self._in_force)
 
     def publish(
         self, description: str, *, fmt: str = "auto", replace: bool = False, base_dir: str = ""
@@ -79,44 +106,133 @@ class Catalog:
         query pass :func:`connector.sources.sql.validate_query` with the product's fields as
         its output columns (checked again at every transfer).
         """
-        product = parse_description(description, owner=self._participant, fmt=fmt)
-        if product.source.kind == "sql":
-            self._sql.check(product.source.connection, product.source.query, product.fields)
-        else:
-            if base_dir and not Path(product.source.path).is_absolute():
-                resolved = str((Path(base_dir) / product.source.path).resolve())
-                product = replace_(product, source=replace_(product.source, path=resolved))
-            if self._sources is not None:
-                self._sources.locate(product.source.path)
+        return self.publish_many([Description(description, fmt, base_dir)], replace=replace)[0]
+
+    def publish_many(
+        self, descriptions: Sequence[Description], *, replace: bool = False
+    ) -> list[Product]:
+        """Validate every description, then store them all in one transaction, or none.
+
+        A refused description is named in the error (by its ``name``, or its position).
+        Publishing costs the same whatever the catalog holds: the policy set in force
+        changes only when a product brings, changes or drops a provider module, and then
+        by those modules alone.
+        """
+        if not descriptions:
+            raise InvalidRequest("no product description given")
+        if len(descriptions) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} product descriptions at once")
+        names = [d.name or _named(i, len(descriptions)) for i, d in enumerate(descriptions)]
+        products = [self._parsed(d, names[i]) for i, d in enumerate(descriptions)]
+        ids = [p.id for p in products]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise InvalidRequest(f"product {repeated[0]!r} appears twice in the batch")
         with self._lock:
-            others = [p for p in self._store.list() if p.id != product.id]
-            modules = [o.policy_module for p in others for o in p.offers if o.policy_module]
-            clash = [o.policy_module for o in product.offers if o.policy_module in modules]
-            if clash:
-                raise InvalidRequest(f"policy module {clash[0]!r} is used by another product")
-            policy = self._policy_set([*others, product])  # validates every module
-            self._audit.record(
-                "catalog.product_published",
-                parties=[],
-                data={
-                    "product": product.id,
-                    "grade": product.grade,
-                    "replace": replace,
-                    "offers": [o.id for o in product.offers],
-                    "registration_code": product.registration_code,
-                },
+            before = self._store.find(ids)
+            if not replace and before:
+                first = next(i for i in ids if i in before)
+                raise ConflictError(f"product {first!r} exists; pass --replace to update it")
+            in_force = self._changed_policy(products, before, names)
+            self._audit.record_many(
+                [
+                    (
+                        "catalog.product_published",
+                        [],
+                        {
+                            "product": p.id,
+                            "grade": p.grade,
+                            "replace": replace,
+                            "offers": [o.id for o in p.offers],
+                            "registration_code": p.registration_code,
+                        },
+                    )
+                    for p in products
+                ]
             )
-            self._store.put(product, replace=replace, now_ms=int(self._clock.now() * 1000))
-            self._engine.update(policy)
+            self._store.put_many(products, replace=replace, now_ms=int(self._clock.now() * 1000))
+            if in_force is not None:
+                self._in_force = in_force
+                self._engine.update(in_force)
+        return products
+
+    def _parsed(self, description: Description, name: str) -> Product:
+        """One description as a product, or ``InvalidRequest`` naming it and saying why."""
+        try:
+            product = parse_description(
+                description.text, owner=self._participant, fmt=description.fmt
+            )
+            if product.source.kind == "sql":
+                self._sql.check(product.source.connection, product.source.query, product.fields)
+            else:
+                if description.base_dir and not Path(product.source.path).is_absolute():
+                    resolved = str((Path(description.base_dir) / product.source.path).resolve())
+                    product = replace_(product, source=replace_(product.source, path=resolved))
+                if self._sources is not None:
+                    self._sources.locate(product.source.path)
+        except InvalidRequest as exc:
+            if not name:
+                raise
+            raise InvalidRequest(f"{name}: {exc} (nothing was published)") from None
         return product
+
+    def _changed_policy(
+        self, products: list[Product], before: dict[str, Product], names: list[str]
+    ) -> PolicySet | None:
+        """The policy set with ``products``' modules in place of those they replace, or
+        ``None`` when no provider module changes (the common case: nothing to compile)."""
+        added: dict[str, str] = {}
+        removed: set[str] = set()
+        for i, product in enumerate(products):
+            old = before.get(product.id)
+            old_sources = {o.policy_module: o.policy_source for o in old.offers} if old else {}
+            for offer in product.offers:
+                module = offer.policy_module
+                if not module:
+                    continue
+                # The database, not this process's map: a replica may have published it.
+                users = set(self._store.products_using_module(module)) - {product.id}
+                if users or module in added:
+                    raise InvalidRequest(
+                        f"{names[i] or 'product ' + repr(product.id)}: "
+                        f"policy module {module!r} is used by another product"
+                    )
+                if old_sources.get(module) != offer.policy_source:
+                    added[module] = offer.policy_source
+                else:
+                    added.setdefault(module, offer.policy_source)
+            removed.update(m for m in old_sources if m and m not in _modules(product))
+        changed = {
+            m: src
+            for m, src in added.items()
+            if self._in_force.modules.get(f"provider/{m}.rego") != src
+        }
+        if not changed and not removed:
+            return None
+        in_force = self._in_force.with_changed_modules(self._library, {}, removed)
+        for i, product in enumerate(products):
+            own = {m: changed[m] for m in _modules(product) if m in changed}
+            if not own:
+                continue
+            try:
+                in_force = in_force.with_changed_modules(self._library, own)
+            except InvalidRequest as exc:
+                name = names[i]
+                raise InvalidRequest(
+                    f"{name}: {exc} (nothing was published)" if name else str(exc)
+                ) from None
+        return in_force
 
     def remove(self, product_id: str) -> None:
         """Withdraw a product from the catalog; logged first."""
         with self._lock:
-            self._store.get(product_id)
+            product = self._store.get(product_id)
             self._audit.record("catalog.product_removed", parties=[], data={"product": product_id})
             self._store.remove(product_id)
-            self._engine.update(self._policy_set(self._store.list()))
+            dropped = _modules(product)
+            if dropped:
+                self._in_force = self._in_force.with_changed_modules(self._library, {}, dropped)
+                self._engine.update(self._in_force)
 
     def register(
         self, product_id: str, public: bool, registrar: Callable[[str, bool], str]
@@ -175,11 +291,39 @@ class Catalog:
         )
         return self._policy.decide(document, defer=defer).allow
 
-    def visible_to(self, caller: Caller, tag: str = "") -> list[Product]:
-        """Products the access policy lets ``caller`` see."""
-        return [
-            p for p in self._store.list() if (not tag or tag in p.tags) and self._visible(caller, p)
-        ]
+    @property
+    def max_page_size(self) -> int:
+        """The largest page a caller may ask for."""
+        return self._page_limits.max_size
+
+    def page(
+        self, caller: Caller, filters: Filters, *, size: int | None = None, token: str = ""
+    ) -> tuple[list[Product], str]:
+        """One page of the products ``caller`` may see that match ``filters``, by id, and
+        the token of the next page ("" after the last). One access decision for the page.
+
+        ``InvalidRequest`` for a size outside the configured limits or a token not issued
+        to this caller for these filters.
+        """
+        count = page_size(size, self._page_limits)
+        patterns = filters.body_patterns()
+
+        def reader(after: Sequence[str], limit: int) -> list[Row[Product]]:
+            rows = self._store.rows_after(after[0] if after else "", limit, patterns)
+            products = [(Product.from_json(body), len(body)) for _, body in rows]
+            return [Row((p.id,), p, n, p) for p, n in products]
+
+        return read_page(
+            reader,
+            caller=caller,
+            filters=filters,
+            size=count,
+            token=token,
+            tokens=self._page_tokens,
+            limits=self._page_limits,
+            policy=self._policy,
+            clock=self._clock,
+        )
 
     def get_visible(
         self, caller: Caller, product_id: str, *, defer: list[Record] | None = None
@@ -195,3 +339,13 @@ class Catalog:
         if not self._visible(caller, product, defer):
             raise NotFound(f"product {product_id!r} not found")
         return product
+
+
+def _modules(product: Product) -> list[str]:
+    """The provider modules ``product``'s offers carry."""
+    return [o.policy_module for o in product.offers if o.policy_module]
+
+
+def _named(index: int, count: int) -> str:
+    """How an error names description ``index`` of a batch ('' for a batch of one)."""
+    return f"description {index + 1} of {count}" if count > 1 else ""

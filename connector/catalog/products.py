@@ -14,12 +14,14 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from connector.compute.rules import ComputeRules, parse_rules
 from connector.errors import InvalidRequest
 from connector.identity.names import LABEL
 from connector.policy.shape import GRADES
 from connector.transfer.masking import normalise_masks
 
 __all__ = [
+    "DELIVERY_MODES",
     "GRADES",
     "MAX_DESCRIPTION_BYTES",
     "RECORD_KINDS",
@@ -34,6 +36,10 @@ __all__ = [
 MAX_DESCRIPTION_BYTES = 256 * 1024
 _ID = LABEL  # product and offer ids follow the label rule
 _MODULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+DELIVERY_MODES = ("copy", "compute")
+"""How an offer's product may leave: ``copy`` (the bytes or records), ``compute`` (only
+answers computed where the data lives, 可用不可见)."""
 
 
 SOURCE_KINDS = ("file", "table", "sql")
@@ -97,6 +103,10 @@ class Offer:
     important data."""
     masks: dict[str, Any] = field(default_factory=dict)
     """For tables: field -> mask applied before delivery (see connector.transfer.masking)."""
+    delivery: tuple[str, ...] = ("copy",)
+    """How the product may be delivered under this offer (``DELIVERY_MODES``)."""
+    compute: ComputeRules | None = None
+    """What a consumer may compute (required when ``compute`` is a delivery mode)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,11 @@ class Product:
 
     def to_json(self) -> str:
         """The stored form (canonical field order)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        stored = asdict(self)
+        for offer, raw in zip(self.offers, stored["offers"], strict=True):
+            # The rules in the shape parse_rules reads (asdict would flatten them into lists).
+            raw["compute"] = offer.compute.to_dict() if offer.compute is not None else None
+        return json.dumps(stored, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Product:
@@ -208,6 +222,8 @@ def _offer(d: Any, where: str) -> Offer:
             "policy_source",
             "permitted_fields",
             "masks",
+            "delivery",
+            "compute",
         },
         where,
     )
@@ -243,7 +259,28 @@ def _offer(d: Any, where: str) -> Offer:
             _strs(d, "permitted_fields", where) if d.get("permitted_fields") is not None else None
         ),
         masks=normalise_masks(d.get("masks"), (), f"{where}.masks"),
+        delivery=_delivery(d, where),
+        compute=(
+            parse_rules(d["compute"], f"{where}.compute") if d.get("compute") is not None else None
+        ),
     )
+
+
+def _delivery(d: dict[str, Any], where: str) -> tuple[str, ...]:
+    modes = _strs(d, "delivery", where) if "delivery" in d else ("copy",)
+    if not modes or any(m not in DELIVERY_MODES for m in modes) or len(set(modes)) != len(modes):
+        raise InvalidRequest(
+            f"{where}.delivery must list one or both of {', '.join(DELIVERY_MODES)}, once each"
+        )
+    has_rules = d.get("compute") is not None
+    if "compute" in modes and not has_rules:
+        raise InvalidRequest(
+            f"{where}.compute is required when delivery includes 'compute': declare the "
+            "dimensions, measures and k a consumer may ask for"
+        )
+    if has_rules and "compute" not in modes:
+        raise InvalidRequest(f"{where}.compute is set but delivery does not include 'compute'")
+    return tuple(m for m in DELIVERY_MODES if m in modes)
 
 
 def _source(src: Any, fields: tuple[str, ...]) -> Source:
@@ -375,6 +412,19 @@ def _check_field_policy(
     for name in offer.masks:
         if name not in fields:
             raise InvalidRequest(f"{where}.masks: {name!r} is not a product field")
+    if offer.compute is not None:
+        if kind not in RECORD_KINDS:
+            raise InvalidRequest(
+                f"{where}.compute applies to table and sql sources, not opaque files"
+            )
+        declared = [d.name for d in offer.compute.dimensions] + [
+            m.name for m in offer.compute.measures
+        ]
+        for name in declared:
+            if name not in fields:
+                raise InvalidRequest(f"{where}.compute: {name!r} is not a product field")
+    if "copy" not in offer.delivery:
+        return  # only answers leave: no field list to check for a copy
     if grade == "important" and fields and not offer.permitted_fields:
         raise InvalidRequest(
             f"{where}.permitted_fields is required for important data (重要数据): "

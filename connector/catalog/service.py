@@ -7,6 +7,7 @@ from typing import Any
 
 from connector._proto.tds.v1 import catalog_pb2, catalog_pb2_grpc
 from connector.catalog.catalog import Catalog
+from connector.catalog.paging import Filters
 from connector.catalog.products import Product
 from connector.identity.names import Role
 from connector.rpc.auth import Access, current_caller
@@ -38,6 +39,12 @@ def summary(product: Product) -> catalog_pb2.ProductSummary:
                 max_bytes=o.max_bytes,
                 obligations_json=json.dumps(o.obligations, sort_keys=True, separators=(",", ":")),
                 has_policy_module=bool(o.policy_module),
+                delivery=list(o.delivery),
+                compute_json=(
+                    json.dumps(o.compute.to_dict(), sort_keys=True, separators=(",", ":"))
+                    if o.compute is not None
+                    else ""
+                ),
             )
             for o in product.offers
         ],
@@ -53,9 +60,21 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: Any
     ) -> catalog_pb2.ListProductsResponse:
-        """Products the caller may see."""
-        products = self._catalog.visible_to(current_caller(), request.tag)
-        return catalog_pb2.ListProductsResponse(products=[summary(p) for p in products])
+        """A page of the products the caller may see (one access decision for the page)."""
+        filters = Filters(
+            tag=request.tag, domain=request.domain, grade=request.grade, text=request.text
+        )
+        products, following = self._catalog.page(
+            current_caller(),
+            filters,
+            size=request.page_size if request.HasField("page_size") else None,
+            token=request.page_token,
+        )
+        return catalog_pb2.ListProductsResponse(
+            products=[summary(p) for p in products],
+            next_page_token=following,
+            max_page_size=self._catalog.max_page_size,
+        )
 
     def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: Any

@@ -109,7 +109,9 @@ def run_verify(args: argparse.Namespace) -> int:
         witnesses = ", ".join(f"{w} ({n})" for w, n in sorted(report.cosignatures.items()))
         human = (
             f"OK: {report.origin}: {report.size} entries, {report.checkpoints} checkpoints "
-            f"verified, {report.receipts} receipts; cosigned by {witnesses or 'nobody'}"
+            f"verified, {report.receipts} receipts"
+            + (f", {report.computations} computation receipts" if report.computations else "")
+            + f"; cosigned by {witnesses or 'nobody'}"
         )
     else:
         first = report.first_bad_index
@@ -141,7 +143,10 @@ def run_prove(args: argparse.Namespace) -> int:
 def run_reconcile(args: argparse.Namespace) -> int:
     """Compare receipts in two exports; exit 1 on any difference."""
     result = reconcile(args.dir_a, args.dir_b)
-    lines = [f"{result['a']} and {result['b']}: {result['matched']} receipts match"]
+    lines = [
+        f"{result['a']} and {result['b']}: {result['matched']} receipts match"
+        + (f" ({result['computations']} of them computations)" if result["computations"] else "")
+    ]
     for key, label in (
         ("only_in_a", f"only in {result['a']}'s log"),
         ("only_in_b", f"only in {result['b']}'s log"),

@@ -10,6 +10,7 @@ import sys
 from connector import __version__
 from connector.cli import (
     audit,
+    compute,
     consent,
     demo,
     init,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         product,
         negotiate,
         transfer,
+        compute,
         consent,
         audit,
         policy,

@@ -15,10 +15,19 @@ __all__ = ["JSON_HELP", "emit", "fail", "parse_date_ns", "say", "utc_text"]
 JSON_HELP = "print the result as JSON (for scripts)"
 
 
+_LONG_LIST = 100
+"""A list longer than this prints one element a line (json's indenting encoder is pure
+Python, its compact one C: a catalog of 10,000 products took 0.75 s to indent)."""
+
+
 def emit(data: Any, human: str, *, as_json: bool) -> None:
     """Print ``data`` as JSON for scripts, or ``human`` for people."""
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        if isinstance(data, list) and len(data) > _LONG_LIST:
+            lines = (json.dumps(item, sort_keys=True, default=str) for item in data)
+            print("[\n  " + ",\n  ".join(lines) + "\n]")
+        else:
+            print(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif human:
         print(human)
 

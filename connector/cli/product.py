@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, catalog_pb2, catalog_pb2_grpc
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    registry_pb2,
+)
 from connector.cli.output import JSON_HELP, emit
+from connector.cli.pages import follow_pages
 from connector.config import load_config
 from connector.errors import ConfigError
 from connector.node.clients import admin_channel, member_channel, registry_client
@@ -20,10 +28,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ps = prod.add_subparsers(dest="product_command", required=True, metavar="COMMAND")
     add = ps.add_parser(
         "add",
-        help="publish a product from a description file (TOML or JSON)",
-        description="See examples/products/traffic-flow.toml for every field.",
+        help="publish products from description files (TOML or JSON)",
+        description="See examples/products/traffic-flow.toml for every field. Several "
+        "files are published together: all of them, or none (the error names the refused "
+        "file and why).",
     )
-    add.add_argument("file", type=Path, help="the product description (.toml or .json)")
+    add.add_argument(
+        "file", type=Path, nargs="+", help="product descriptions (.toml or .json), up to 1000"
+    )
     add.add_argument("--config", required=True, type=Path, help="your connector's config")
     add.add_argument("--replace", action="store_true", help="update an existing product")
     add.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -59,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cs = cat.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     ls = cs.add_parser("list", help="products a provider lets you see")
     ls.add_argument("--provider", required=True, help="the provider's participant id")
-    ls.add_argument("--tag", default="", help="only products with this tag")
+    _filter_arguments(ls)
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.add_argument(
@@ -70,10 +82,45 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     se.add_argument(
         "text", nargs="?", default="", help="words to find in titles, descriptions and tags"
     )
-    se.add_argument("--tag", default="", help="only products with this tag")
+    _filter_arguments(se)
     se.add_argument("--config", required=True, type=Path, help="your connector's config")
     se.add_argument("--json", action="store_true", help=JSON_HELP)
     se.set_defaults(func=run_search)
+
+
+def _product_dict(summary: catalog_pb2.ProductSummary) -> Any:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(summary, preserving_proto_field_name=True)
+
+
+def _same(item: Any) -> Any:
+    return item
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return value
+
+
+def _filter_arguments(p: argparse.ArgumentParser) -> None:
+    if not any(a.dest == "text" for a in p._actions):
+        p.add_argument("--text", default="", help="words to find in titles, descriptions, tags")
+    p.add_argument("--tag", default="", help="only products with this tag")
+    p.add_argument("--domain", default="", help="only products of this domain")
+    p.add_argument("--grade", default="", help="only products of this grade (general, important)")
+    p.add_argument(
+        "--limit",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="stop after N products (default: all; pages are followed as needed)",
+    )
 
 
 def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
@@ -85,25 +132,51 @@ def _line(p: dict[str, object]) -> str:
     return f"{p['id']:<24} {p['grade']:<10} {len(offers)} offer(s)  {p['title']}"  # type: ignore[arg-type]
 
 
-def run_add(args: argparse.Namespace) -> int:
-    """Publish a product."""
+def _description(path: Path) -> admin_pb2.ProductDescription:
     try:
-        text = args.file.read_text()
+        text = path.read_text()
     except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {args.file}: {exc}") from None
-    fmt = "json" if args.file.suffix == ".json" else "toml" if args.file.suffix == ".toml" else ""
-    with calling("your connector"):
-        resp = _admin(args).AddProduct(
-            admin_pb2.AddProductRequest(
-                description=text,
-                format=fmt,
-                replace=args.replace,
-                base_dir=str(args.file.resolve().parent),
-            ),
-            timeout=30,
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    fmt = "json" if path.suffix == ".json" else "toml" if path.suffix == ".toml" else ""
+    return admin_pb2.ProductDescription(
+        description=text, format=fmt, base_dir=str(path.resolve().parent), name=str(path)
+    )
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Publish one product, or many at once (all or none)."""
+    cfg = load_config(args.config)
+    given = [_description(path) for path in args.file]
+    if len(given) == 1:
+        one = given[0]
+        request = admin_pb2.AddProductRequest(
+            description=one.description,
+            format=one.format,
+            replace=args.replace,
+            base_dir=one.base_dir,
         )
-    product = json.loads(resp.product_json)
-    emit(product, f"Published {_line(product)}", as_json=args.json)
+    else:
+        request = admin_pb2.AddProductRequest(batch=given, replace=args.replace)
+    if request.ByteSize() > cfg.server.max_message_bytes - 1024:
+        raise ConfigError(
+            f"these {len(given)} descriptions are larger together than one call may carry "
+            f"(server.max_message_bytes, {cfg.server.max_message_bytes} bytes): publish them "
+            "in smaller batches"
+        )
+    with calling("your connector"):
+        resp = admin_pb2_grpc.AdminServiceStub(admin_channel(cfg)).AddProduct(
+            request, timeout=30 + len(given) // 10
+        )
+    if len(given) == 1:
+        product = json.loads(resp.product_json)
+        emit(product, f"Published {_line(product)}", as_json=args.json)
+        return 0
+    products = [json.loads(p) for p in resp.products_json]
+    emit(
+        products,
+        "\n".join(f"Published {_line(p)}" for p in products),
+        as_json=args.json,
+    )
     return 0
 
 
@@ -139,6 +212,19 @@ def run_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compute_note(product: dict[str, Any]) -> str:
+    """Which offers answer questions instead of (or besides) giving copies."""
+    notes = []
+    for o in product.get("offers", []):
+        modes = o.get("delivery") or ["copy"]
+        if "compute" in modes:
+            rules = json.loads(o.get("compute_json") or "{}")
+            dims = ", ".join(sorted(rules.get("dimensions", {})))
+            what = "compute only" if modes == ["compute"] else "copy or compute"
+            notes.append(f"{o['id']}: {what}, k={rules.get('k')}, by {dims or '(no dimension)'}")
+    return "".join(f"\n    offer {n}" for n in notes)
+
+
 def run_catalog_list(args: argparse.Namespace) -> int:
     """List a provider's catalog as this member."""
     cfg = load_config(args.config)
@@ -146,9 +232,26 @@ def run_catalog_list(args: argparse.Namespace) -> int:
     try:
         peer = registry.lookup(args.provider)
         with member_channel(cfg, registry, peer.id, peer.address) as channel, calling(peer.id):
-            resp = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
-                catalog_pb2.ListProductsRequest(tag=args.tag), timeout=30
-            )
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+            def fetch(
+                token: str, size: int | None
+            ) -> tuple[list[catalog_pb2.ProductSummary], str, int]:
+                resp = stub.ListProducts(
+                    catalog_pb2.ListProductsRequest(
+                        tag=args.tag,
+                        domain=args.domain,
+                        grade=args.grade,
+                        text=args.text,
+                        page_token=token,
+                        page_size=size,
+                    ),
+                    timeout=30,
+                )
+                return list(resp.products), resp.next_page_token, resp.max_page_size
+
+            convert = _product_dict if not args.dsp else _same
+            products = follow_pages(fetch, convert, limit=args.limit, label=f"{peer.id}'s catalog")
     finally:
         registry.close()
     if args.dsp:
@@ -156,21 +259,16 @@ def run_catalog_list(args: argparse.Namespace) -> int:
 
         emit(
             catalog_message(
-                peer.id,
-                list(resp.products),
-                f"grpcs://{peer.address}",
-                space=cfg.participant.space,
+                peer.id, products, f"grpcs://{peer.address}", space=cfg.participant.space
             ),
             "",
             as_json=True,
         )
         return 0
-    from google.protobuf.json_format import MessageToDict
-
-    products = [MessageToDict(p, preserving_proto_field_name=True) for p in resp.products]
     lines = [
         f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"
         + (f"  [{p['registration_code']}]" if p.get("registration_code") else "")
+        + _compute_note(p)
         for p in products
     ]
     emit(
@@ -202,7 +300,23 @@ def run_search(args: argparse.Namespace) -> int:
     """Search the index as this member."""
     registry = registry_client(load_config(args.config))
     try:
-        listings = registry.search_catalog(args.text, args.tag)
+
+        def fetch(
+            token: str, size: int | None
+        ) -> tuple[list[registry_pb2.CatalogListing], str, int]:
+            resp = registry.search_catalog_page(
+                registry_pb2.SearchCatalogRequest(
+                    text=args.text,
+                    tag=args.tag,
+                    domain=args.domain,
+                    grade=args.grade,
+                    page_token=token,
+                    page_size=size,
+                )
+            )
+            return list(resp.listings), resp.next_page_token, resp.max_page_size
+
+        listings = follow_pages(fetch, _same, limit=args.limit, label="the registry's index")
     finally:
         registry.close()
     rows = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["ByteProgress", "human_bytes"]
+__all__ = ["ByteProgress", "CountProgress", "human_bytes"]
 
 
 def human_bytes(n: float) -> str:
@@ -46,6 +46,28 @@ class ByteProgress:
             + (f"  {note}" if note else "")
         )
         print(line.ljust(100), end="", file=sys.stderr, flush=True)
+        self._shown = True
+
+    def close(self) -> None:
+        """End the line."""
+        if self._shown:
+            print(file=sys.stderr, flush=True)
+            self._shown = False
+
+
+class CountProgress:
+    """Items received so far, page by page; silent when stderr is not a terminal."""
+
+    def __init__(self, label: str, *, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._shown = False
+
+    def update(self, items: int, pages: int) -> None:
+        """Redraw with the count so far."""
+        if not self.enabled:
+            return
+        print(f"\r{self.label}: {items} after {pages} page(s)…".ljust(60), end="", file=sys.stderr)
         self._shown = True
 
     def close(self) -> None:

@@ -60,7 +60,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     rep = sub.add_parser("report", help="reports from your connector's records")
     rs = rep.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
-    me = rs.add_parser("metering", help="transfers and bytes per agreement and per consumer")
+    me = rs.add_parser(
+        "metering",
+        help="transfers, bytes, answers and ε per agreement and per consumer",
+    )
     me.add_argument("--config", required=True, type=Path, help="your connector's config")
     me.add_argument("--json", action="store_true", help=JSON_HELP)
     me.set_defaults(func=run_metering)
@@ -233,6 +236,17 @@ def _delete_after(obligations: dict[str, Any]) -> str:
     return f"  delete after {utc_text(ns, '%Y-%m-%d %H:%M')} UTC"
 
 
+def _computations(a: dict[str, Any]) -> str:
+    """Answers given and ε spent of the budget (compute-to-data), when there were any."""
+    if not a["computations"]:
+        return ""
+    text = f", {a['computations']} answers"
+    if a["epsilon_budget"]:
+        left = max(0.0, a["epsilon_budget"] - a["epsilon_spent"])
+        text += f", ε {a['epsilon_spent']:g} of {a['epsilon_budget']:g} spent ({left:g} left)"
+    return text
+
+
 def run_metering(args: argparse.Namespace) -> int:
     """Per agreement and per consumer."""
     with calling("your connector"):
@@ -248,6 +262,9 @@ def run_metering(args: argparse.Namespace) -> int:
             "completed_bytes": m.completed_bytes,
             "max_transfers": m.max_transfers,
             "max_bytes": m.max_bytes,
+            "computations": m.computations,
+            "epsilon_spent": m.epsilon_spent,
+            "epsilon_budget": m.epsilon_budget,
         }
         for m in resp.agreements
     ]
@@ -262,7 +279,7 @@ def run_metering(args: argparse.Namespace) -> int:
     lines = ["Per agreement:"] + [
         f"  {a['agreement']:<36} {a['consumer']:<12} {a['product']:<20} "
         f"{a['transfers']}/{a['max_transfers'] or '∞'} transfers, "
-        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)"  # type: ignore[call-overload]
+        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)" + _computations(a)  # type: ignore[call-overload]
         for a in agreements
     ]
     lines += ["Per consumer:"] + [

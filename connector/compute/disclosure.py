@@ -44,7 +44,7 @@ from typing import Any
 import opendp.prelude as dp
 
 from connector.audit.canonical import canonical_json
-from connector.compute.engine import Executor, Group, Statistic, isolating_cells, statistics
+from connector.compute.engine import Executor, Group, Statistic, isolating_groups, statistics
 from connector.compute.query import Aggregate, Query, Value
 from connector.compute.rules import ComputeRules, Measure
 from connector.errors import PermissionDenied
@@ -74,14 +74,15 @@ class Disclosed:
 def check_isolation(query: Query, rules: ComputeRules, executor: Executor) -> None:
     """Refuse a filter that singles out fewer than ``k`` rows (no-DP offers only).
 
-    Runs one counting query per filter on the source. ``PermissionDenied`` names the
-    filter; nothing else is revealed (not which cell, not its size).
+    One counting statement on the source for all the filters (one scan).
+    ``PermissionDenied`` names the first such filter; nothing else is revealed (not which
+    cell, not its size).
     """
-    if rules.privacy is not None:
+    if rules.privacy is not None or not query.filters:
         return  # noise bounds differencing; an exact-count refusal would itself leak
-    for i, f in enumerate(query.filters):
-        others = query.filters[:i] + query.filters[i + 1 :]
-        if isolating_cells(query.dimensions, f.dimension, others, executor, k=rules.k):
+    counts = isolating_groups(query.dimensions, query.filters, executor, k=rules.k)
+    for f, isolated in zip(query.filters, counts, strict=True):
+        if isolated:
             raise PermissionDenied(
                 f"query refused: the filter on {f.dimension} separates fewer than"
                 f" {rules.k} rows from the rest (it could single out individuals); widen it"

@@ -1,15 +1,26 @@
 """DuckDB over a file table (CSV or JSON Lines), locked down before any query runs.
 
-The file is read once into an in-memory table by the connector itself; then external
-access is disabled (no file, no network: ``read_csv``, ``COPY ... TO``, ``ATTACH``,
-``INSTALL`` all fail), extension autoloading and autoinstalling are off, and the
-configuration is locked so no statement can turn any of it back on. Memory and threads are
-bounded; a query running longer than its time limit is interrupted.
+The file is read once into an in-memory table by the connector itself. Text columns with
+few distinct values (districts, age bands: what questions group and filter by) are then
+stored as DuckDB ENUMs, a dictionary of their values: grouping and comparing small
+integers instead of strings makes the scans the answers and the differencing check need
+several times faster, and values, NULLs, comparisons with text and the keys returned are
+the same. Then external access is disabled (no file, no network: ``read_csv``,
+``COPY ... TO``, ``ATTACH``, ``INSTALL`` all fail), extension autoloading and
+autoinstalling are off, and the configuration is locked so no statement can turn any of it
+back on. Memory and threads are bounded; a query running longer than its time limit is
+interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
+import logging
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +31,17 @@ from sqlglot import exp
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
 
-__all__ = ["DuckDBTable", "EmbeddedLimits"]
+__all__ = ["DuckDBTable", "EmbeddedLimits", "encode_categories"]
+
+log = logging.getLogger(__name__)
 
 _LOADERS = {
     "csv": "CREATE TABLE product AS SELECT * FROM read_csv($path, header = true)",
     "jsonl": "CREATE TABLE product AS SELECT * FROM read_json($path, format = 'newline_delimited')",
 }
+
+DICTIONARY_MAX_VALUES = 4096
+"""A text column with at most about this many distinct values is stored as an ENUM."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,102 @@ class EmbeddedLimits:
     threads: int = 2
     timeout_s: float = 30.0
     """A query still running after this is interrupted (``Unavailable``)."""
+
+
+def encode_categories(con: duckdb.DuckDBPyConnection) -> None:
+    """Store the text columns of table ``product`` that have few distinct values as ENUMs
+    (see the module's docstring)."""
+    columns = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = 'product' ORDER BY ordinal_position"
+    ).fetchall()
+    text = [name for name, type_ in columns if type_ == "VARCHAR"]
+    if not text:
+        return
+
+    def col(name: str) -> exp.Column:
+        return exp.column(exp.to_identifier(name, quoted=True))
+
+    counts = exp.select(*(exp.ApproxDistinct(this=col(c)) for c in text)).from_("product")
+    row = con.execute(counts.sql(dialect="duckdb")).fetchone()
+    assert row is not None
+    small = {c for c, n in zip(text, row, strict=True) if 0 < n <= DICTIONARY_MAX_VALUES}
+    if not small:
+        return
+    columns_out: list[exp.Expr] = []
+    for i, (name, _type) in enumerate(columns):
+        if name not in small:
+            columns_out.append(col(name))
+            continue
+        values = (
+            exp.select(col(name))
+            .distinct()
+            .from_("product")
+            .where(exp.Not(this=exp.Is(this=col(name), expression=exp.Null())))
+            .order_by(col(name))
+        )
+        # sqlglot has no CREATE TYPE; the column is quoted by it, the type named here.
+        con.execute(f"CREATE TYPE tds_enum_{i} AS ENUM ({values.sql(dialect='duckdb')})")
+        cast = exp.Cast(this=col(name), to=exp.DataType.build(f"tds_enum_{i}", udt=True))
+        columns_out.append(exp.alias_(cast, exp.to_identifier(name, quoted=True)))
+    table = exp.select(*columns_out).from_("product")
+    con.execute(f"CREATE OR REPLACE TABLE product AS {table.sql(dialect='duckdb')}")
+
+
+class _Watchdog:
+    """One thread for every embedded engine: interrupts a query still running at its
+    deadline (starting a timer thread per query cost about 0.3 ms).
+
+    It holds engines weakly, so an engine nobody uses any more is still released.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, ticket)
+        self._armed: dict[int, weakref.ref[DuckDBTable]] = {}
+        self._tickets = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, table: DuckDBTable, seconds: float) -> int:
+        """Interrupt ``table`` in ``seconds`` unless ``disarm`` comes first."""
+        with self._cond:
+            ticket = next(self._tickets)
+            heapq.heappush(self._deadlines, (time.monotonic() + seconds, ticket))
+            self._armed[ticket] = weakref.ref(table)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tds-compute-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+            return ticket
+
+    def disarm(self, ticket: int) -> None:
+        """The query is over: no interrupt for it (its heap entry is dropped when due)."""
+        with self._cond:
+            self._armed.pop(ticket, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._deadlines and self._deadlines[0][1] not in self._armed:
+                    heapq.heappop(self._deadlines)  # disarmed
+                if not self._deadlines:
+                    self._cond.wait()
+                    continue
+                deadline, ticket = self._deadlines[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._deadlines)
+                table = self._armed.pop(ticket)()
+                if table is not None:
+                    with contextlib.suppress(duckdb.Error):  # closed: nothing runs on it
+                        table.interrupt()
+
+
+_WATCHDOG = _Watchdog()
 
 
 class DuckDBTable:
@@ -64,6 +176,7 @@ class DuckDBTable:
         )
         try:
             self._con.execute(_LOADERS[fmt], {"path": str(path)})
+            encode_categories(self._con)
         except duckdb.Error as exc:
             self._con.close()
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
@@ -90,16 +203,26 @@ class DuckDBTable:
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text on the locked engine (the engine only passes text it generated)."""
         with self._lock:
-            timer = threading.Timer(self._limits.timeout_s, self._con.interrupt)
-            timer.start()
+            ticket = _WATCHDOG.arm(self, self._limits.timeout_s)
             try:
                 return self._con.execute(sql, params or {}).fetchall()
             except duckdb.InterruptException:
                 raise Unavailable(
                     f"the computation ran longer than {self._limits.timeout_s:g} s"
                 ) from None
+            except duckdb.Error as exc:
+                # The engine's message can quote the table's values (an ENUM's type names
+                # them): it goes to the provider's log, never into the answer.
+                log.warning("compute query failed on the embedded engine: %s", exc)
+                raise Unavailable(
+                    "the embedded engine could not answer the computation (see the provider's log)"
+                ) from None
             finally:
-                timer.cancel()
+                _WATCHDOG.disarm(ticket)
+
+    def interrupt(self) -> None:
+        """Stop the query running now, if any (it fails with ``Unavailable``)."""
+        self._con.interrupt()
 
     def close(self) -> None:
         """Release the engine's memory."""

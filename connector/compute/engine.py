@@ -32,7 +32,7 @@ __all__ = [
     "Group",
     "Statistic",
     "compute_groups",
-    "isolating_cells",
+    "isolating_groups",
     "statistics",
 ]
 
@@ -105,15 +105,20 @@ def statistics(aggregates: Sequence[Aggregate]) -> tuple[Statistic, ...]:
     return tuple(out)
 
 
+def _bound(x: float) -> exp.Expression:
+    """A clamping bound as a literal: integral bounds as integers, so that clamping an
+    integer column stays integer arithmetic (a decimal literal would turn every value of
+    it into a DECIMAL first)."""
+    return exp.Literal.number(str(int(x)) if x.is_integer() and abs(x) < 2**53 else repr(x))
+
+
 def _clamped(m: Measure) -> exp.Expression:
     col = exp.column(m.name)
     # ignore_nulls: plain GREATEST/LEAST in every dialect (x is not NULL in that branch);
     # without it sqlglot wraps each in its own NULL test for DuckDB, which costs time.
     clamp = exp.Least(
-        this=exp.Greatest(
-            this=col, expressions=[exp.Literal.number(repr(m.lower))], ignore_nulls=True
-        ),
-        expressions=[exp.Literal.number(repr(m.upper))],
+        this=exp.Greatest(this=col, expressions=[_bound(m.lower)], ignore_nulls=True),
+        expressions=[_bound(m.upper)],
         ignore_nulls=True,
     )
     # GREATEST/LEAST ignore NULL in PostgreSQL and propagate it in MariaDB: say NULL stays
@@ -144,16 +149,21 @@ def _statistic(s: Statistic, rules: ComputeRules, executor: Executor) -> exp.Exp
     )
 
 
+def _condition(f: Filter, executor: Executor, params: dict[str, Value]) -> exp.Expression:
+    """``f`` as a condition, its values bound as new parameters in ``params``."""
+    holders = []
+    for v in f.values:
+        name = f"p{len(params)}"
+        params[name] = v
+        holders.append(executor.placeholder(name))
+    return filter_expression(f, holders)
+
+
 def _where(
     select: exp.Select, filters: Sequence[Filter], executor: Executor, params: dict[str, Value]
 ) -> exp.Select:
     for f in filters:
-        holders = []
-        for v in f.values:
-            name = f"p{len(params)}"
-            params[name] = v
-            holders.append(executor.placeholder(name))
-        select = select.where(filter_expression(f, holders), copy=False)
+        select = select.where(_condition(f, executor, params), copy=False)
     return select
 
 
@@ -172,7 +182,7 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
     columns += [
         exp.alias_(_statistic(s, rules, executor), f"tds_s{i}") for i, s in enumerate(stats)
     ]
-    select = exp.select(*columns).from_(executor.source())
+    select = exp.select(*columns).from_(executor.source(), copy=False)
     select = _where(select, query.filters, executor, params)
     if query.dimensions:
         select = select.group_by(*(exp.column(d) for d in query.dimensions), copy=False)
@@ -211,41 +221,85 @@ def _plain(v: Any) -> Value | None:
     return int(f) if f.is_integer() and abs(f) < 2**53 else f
 
 
-def isolating_cells(
+def isolating_groups(
     dimensions: Sequence[str],
-    dimension: str,
     filters: Sequence[Filter],
     executor: Executor,
     *,
     k: int,
-) -> int:
-    """How many cells could be isolated by differencing on ``dimension``.
+) -> tuple[int, ...]:
+    """For each filter, in how many groups a cell could be isolated by differencing on it.
 
-    Among rows matching ``filters``, each group by ``dimensions`` splits into cells by the
-    values of ``dimension``. A cell of ``n`` rows, ``0 < n < k``, whose group has at least
-    ``k`` rows besides it can be recovered as the difference of two answers that are both
-    shown (the group with the cell and without it); those cells are counted.
+    For filter ``i``: among rows matching every *other* filter, each group by
+    ``dimensions`` splits into cells by the values of filter ``i``'s dimension. A cell of
+    ``n`` rows, ``0 < n < k``, whose group has at least ``k`` rows besides it can be
+    recovered as the difference of two answers that are both shown (the group with the
+    cell and without it). A group holds such a cell exactly when its *smallest* cell is
+    one (a smaller cell leaves more rows besides it), so each group needs only its total
+    and its smallest cell: two plain aggregations, no window.
+
+    One statement, one scan of the source (on MariaDB one per filter, see below): the rows
+    are counted once per combination of the query's dimensions and every filtered
+    dimension (``tds_cells``). A filter only reads its own dimension, so all rows of such
+    a combination match or fail each filter alike, and the rows matching the other
+    filters, split by filter ``i``'s dimension, are sums of those counts.
     """
+    if not filters:
+        return ()
     params: dict[str, Value] = {}
-    split = list(dict.fromkeys((*dimensions, dimension)))
+    # A lone filter's check reads no condition (there are no others), so binds nothing.
+    conditions = [_condition(f, executor, params) for f in filters] if len(filters) > 1 else []
+    keys = list(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+    n, k_ = exp.column(_N), exp.Literal.number(k)
+    # DuckDB and PostgreSQL count the rows once (a materialised CTE) and every filter's
+    # check sums those counts. MariaDB cannot be told to keep a CTE and evaluates it again
+    # for each reference, unpruned; there each filter's check counts the rows matching
+    # the other filters itself (one scan per filter, still one statement). Measured on
+    # 200,000 rows with 2 filters: 246 ms through a shared CTE, 172 ms for one statement
+    # per filter, and this form as fast as the latter.
+    shared = executor.dialect != "mysql"
     cells = exp.select(
-        *(exp.column(d) for d in split), exp.alias_(exp.Count(this=exp.Star()), _N)
-    ).from_(executor.source())
-    cells = _where(cells, filters, executor, params)
-    cells = cells.group_by(*(exp.column(d) for d in split), copy=False)
-    total = exp.Window(
-        this=exp.Sum(this=exp.column(_N)),
-        partition_by=[exp.column(d) for d in dimensions],
-    )
-    sized = exp.select(exp.column(_N), exp.alias_(total, "tds_total")).from_(
-        cells.subquery("tds_cells")
-    )
-    n, rest = exp.column(_N), exp.Sub(this=exp.column("tds_total"), expression=exp.column(_N))
-    select = (
-        exp.select(exp.Count(this=exp.Star()))
-        .from_(sized.subquery("tds_sized"))
-        .where(exp.LT(this=n, expression=exp.Literal.number(k)))
-        .where(exp.GTE(this=rest, expression=exp.Literal.number(k)))
-    )
-    rows = executor.fetch(select, params)
-    return int(rows[0][0])
+        *(exp.column(d) for d in keys), exp.alias_(exp.Count(this=exp.Star()), _N)
+    ).from_(executor.source(), copy=False)
+    cells = cells.group_by(*(exp.column(d) for d in keys), copy=False)
+    counts = []
+    for i, f in enumerate(filters):
+        split = list(dict.fromkeys((*dimensions, f.dimension)))
+        if len(filters) == 1:
+            part = cells.subquery("tds_split")  # the cells are this filter's split
+        else:
+            if shared:
+                regroup = exp.select(
+                    *(exp.column(d) for d in split), exp.alias_(exp.Sum(this=n.copy()), _N)
+                ).from_("tds_cells", copy=False)
+            else:
+                regroup = exp.select(
+                    *(exp.column(d) for d in split), exp.alias_(exp.Count(this=exp.Star()), _N)
+                ).from_(executor.source(), copy=False)
+            for j, cond in enumerate(conditions):
+                if j != i:
+                    regroup = regroup.where(cond.copy(), copy=False)
+            regroup = regroup.group_by(*(exp.column(d) for d in split), copy=False)
+            part = regroup.subquery("tds_split")
+        sized = exp.select(
+            exp.alias_(exp.Sum(this=n.copy()), "tds_total"),
+            exp.alias_(exp.Min(this=n.copy()), "tds_min"),
+        ).from_(part, copy=False)
+        if dimensions:
+            sized = sized.group_by(*(exp.column(d) for d in dimensions), copy=False)
+        smallest = exp.column("tds_min")
+        rest = exp.Sub(this=exp.column("tds_total"), expression=smallest.copy())
+        count = (
+            exp.select(exp.Count(this=exp.Star()))
+            .from_(sized.subquery("tds_groups", copy=False), copy=False)
+            .where(exp.LT(this=smallest, expression=k_.copy()), copy=False)
+            .where(exp.GTE(this=rest, expression=k_.copy()), copy=False)
+        )
+        counts.append(exp.alias_(count.subquery(), f"tds_i{i}"))
+    select = exp.select(*counts)
+    if len(filters) > 1 and shared:
+        # Counted once, read by every filter's check: without MATERIALIZED, DuckDB and
+        # PostgreSQL may scan the source again for each reference.
+        select = select.with_("tds_cells", as_=cells, materialized=True, copy=False)
+    [row] = executor.fetch(select, params)
+    return tuple(int(c) for c in row)

@@ -4,7 +4,9 @@ Scenarios: trust (onboarding, membership tokens, mutual TLS, forged and misbound
 refused), public traffic data under authorised operation (grant scope and purpose,
 approval, masking, the disclosure report), personal health data under consent (refusal
 without it, withdrawal stopping transfers and deleting the recipient's copy), an
-enterprise sale (validity window, transfer limit, revocation), core data refused, and the
+enterprise sale (validity window, transfer limit, revocation), hospital admissions used but
+not seen (compute-to-data under k and ε: a question by patient, a small group, differencing
+and a spent budget refused), core data refused, and the
 auditor (every log cosigned, fetched, verified and reconciled pair by pair; tampering
 caught), ending with the operator revoking a membership.
 """
@@ -33,6 +35,7 @@ from connector.audit.verify import reconcile, verify
 from connector.demo.scenarios import (
     core_data,
     enterprise_exchange,
+    health_commission,
     personal_health,
     public_traffic,
     write_data,
@@ -56,10 +59,17 @@ DEMO_PARTICIPANTS: list[tuple[str, Role]] = [
     ("ent-b", Role.ENTERPRISE),
     ("alice", Role.INDIVIDUAL),
     ("hospital", Role.ENTERPRISE),
+    ("health-commission", Role.GOVERNMENT),
+    ("institute", Role.ENTERPRISE),
     ("auditor", Role.AUDITOR),
 ]
-CONNECTORS = ["city-gov", "ent-a", "ent-b", "alice", "hospital"]
-PAIRS = {("city-gov", "ent-a"): 1, ("alice", "hospital"): 1, ("ent-a", "ent-b"): 3}
+CONNECTORS = ["city-gov", "ent-a", "ent-b", "alice", "hospital", "health-commission", "institute"]
+PAIRS = {
+    ("city-gov", "ent-a"): 1,
+    ("alice", "hospital"): 1,
+    ("ent-a", "ent-b"): 3,
+    ("health-commission", "institute"): 4,
+}
 """Provider/consumer pairs the scenarios connect, with the receipts each must share."""
 
 
@@ -131,11 +141,11 @@ def run_demo(
         for pid in CONNECTORS:
             node = space.start_connector(pid)
             narrate(
-                f"  {pid:<9} ({node.cfg.participant.role}) enrolled, token obtained, "
+                f"  {pid:<17} ({node.cfg.participant.role}) enrolled, token obtained, "
                 f"listening on 127.0.0.1:{node.port}"
             )
         space.enrol("auditor", "")
-        narrate("  auditor   enrolled (CLI only, no connector)")
+        narrate("  auditor           enrolled (CLI only, no connector)")
 
         s = "trust"
         narrate("\nMembers call each other over mutual TLS with membership tokens")
@@ -214,6 +224,7 @@ def run_demo(
             public_traffic(steps, data, check, narrate)
             personal_health(steps, data, check, narrate)
             enterprise_exchange(steps, data, check, narrate)
+            health_commission(steps, data, check, narrate)
             core_data(steps, data, check, narrate)
         finally:
             steps.close()

@@ -1,5 +1,6 @@
 """The city's exchanges, as ``tds demo`` runs them: public traffic data under authorised
-operation, personal health data under consent, an enterprise sale, and core data."""
+operation, personal health data under consent, an enterprise sale, hospital admissions
+used but not seen (compute-to-data), and core data."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from connector._proto.tds.v1 import admin_pb2
 from connector.demo.steps import FAR_NS, Check, Steps
 from connector.negotiation.agreement import parse_agreement, verify_agreement
 
-__all__ = ["core_data", "enterprise_exchange", "personal_health", "public_traffic", "write_data"]
+__all__ = [
+    "core_data",
+    "enterprise_exchange",
+    "health_commission",
+    "personal_health",
+    "public_traffic",
+    "write_data",
+]
 
 DAY_NS = 86_400 * 10**9
 YEAR_NS = 365 * DAY_NS
@@ -57,6 +65,23 @@ def write_data(directory: Path, seed: int = 7) -> None:
         for p in ("Yangshan", "Waigaoqiao")
     )
     (directory / "logistics-index.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_admissions(directory / "admissions.csv", rnd)
+
+
+DISTRICTS = ("Huangpu", "Xuhui", "Jing'an", "Pudong")
+AGE_BANDS = ("0-17", "18-44", "45-64", "65-89")
+
+
+def write_admissions(path: Path, rnd: random.Random) -> None:
+    """Hospital admissions: 15 per district and age band in four districts, 4 in Chongming
+    (a group too small to show) and one patient aged 90+ in Huangpu (one person)."""
+    people = [(d, a) for d in DISTRICTS for a in AGE_BANDS for _ in range(15)]
+    people += [("Chongming", "65-89")] * 4 + [("Huangpu", "90+")]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "district", "age_band", "year", "cost"])
+        for n, (district, band) in enumerate(people):
+            w.writerow([f"P{100000 + n}", district, band, 2026, rnd.randint(800, 40000)])
 
 
 def _named(detail: str, reason: str) -> str:
@@ -344,6 +369,146 @@ def enterprise_exchange(
         "revoked, deleted: agreement_revoked",
         f"{'revoked' if held.revocation else 'not revoked'}, deleted: {', '.join(sorted(reasons))}",
     )
+
+
+ADMISSION_RULES = {
+    "k": 10,
+    "dimensions": {
+        "district": {"type": "text"},
+        "age_band": {"type": "text"},
+        "year": {"type": "integer"},
+    },
+    "measures": {"cost": {"aggregates": ["count", "sum", "avg"], "lower": 0, "upper": 50000}},
+}
+PER_DISTRICT = (
+    "SELECT district, age_band, count(*), avg(cost) FROM product "
+    "WHERE year = 2026 GROUP BY district, age_band"
+)
+
+
+def _approved(steps: Steps, consumer: str, provider: str, product: str, offer: str) -> str:
+    """Ask, have the provider approve (important data), follow to FINALIZED: the agreement."""
+    asked = steps.request(consumer, provider, product, "health-research", offer=offer)
+    for pid in steps.waiting_for(provider, consumer):
+        steps.admin(provider).ApproveNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+    return steps.follow(consumer, asked.pid, ("FINALIZED", "TERMINATED")).agreement_id
+
+
+def health_commission(
+    steps: Steps, data: Path, check: Check, narrate: Callable[[str], None]
+) -> int:
+    """Hospital admissions used where they live (可用不可见): answers under k and ε, never
+    rows; a question by patient, a small group, differencing and a spent budget refused.
+    Returns the computation receipts the commission and the institute share."""
+    s = "health commission"
+    narrate("\nHospital admissions, used but not seen (可用不可见)")
+    offers = [
+        {
+            "id": "aggregate",
+            "purposes": ["health-research"],
+            "valid_from_ns": 0,
+            "valid_until_ns": FAR_NS,
+            "delivery": ["compute"],
+            "compute": ADMISSION_RULES,
+        },
+        {
+            "id": "private",
+            "purposes": ["health-research"],
+            "valid_from_ns": 0,
+            "valid_until_ns": FAR_NS,
+            "delivery": ["compute"],
+            "compute": {
+                **ADMISSION_RULES,
+                "privacy": {"epsilon_per_query": 3.0, "epsilon_budget": 6.0, "delta": 1e-6},
+            },
+        },
+    ]
+    published = steps.publish(
+        "health-commission",
+        {
+            "id": "admissions",
+            "title": "Hospital admissions, 2026",
+            "grade": "important",
+            "domain": "health",
+            "tags": ["health"],
+            "source": {"kind": "table", "path": "admissions.csv", "format": "csv"},
+            "fields": ["patient_id", "district", "age_band", "year", "cost"],
+            "offers": offers,
+        },
+        str(data),
+    )
+    check(
+        s,
+        "the health commission offers admissions as compute-only important data",
+        "published",
+        published,
+    )
+    exact = _approved(steps, "institute", "health-commission", "admissions", "aggregate")
+    copy = steps.pull("institute", exact)
+    check(
+        s,
+        "the institute, approved, asks for a copy",
+        "PERMISSION_DENIED: copy_not_offered",
+        f"{copy.state}: {_named(copy.detail, 'copy_not_offered')}",
+    )
+    grouped = steps.ask("institute", exact, PER_DISTRICT)
+    shown = grouped.answer.get("rows", [])
+    check(
+        s,
+        "counts and mean cost per district and age band (k = 10)",
+        "answered: 16 groups, 2 suppressed",
+        f"{grouped.state}: {len(shown)} groups, {grouped.answer.get('suppressed')} suppressed"
+        if grouped.state == "answered"
+        else f"{grouped.state}: {grouped.detail}",
+    )
+    for row in shown[:3]:
+        narrate(f"    {row[0]:<8} {row[1]:<6} {row[2]:>3} admissions, mean cost {row[3]:.0f}")
+    narrate("    … Chongming (4 admissions) and the one patient aged 90+ are not shown")
+    by_patient = steps.ask(
+        "institute", exact, "SELECT patient_id, count(*) FROM product GROUP BY patient_id"
+    )
+    check(
+        s,
+        "a question grouping by patient id",
+        "INVALID_ARGUMENT: not a declared dimension",
+        f"{by_patient.state}: {_named(by_patient.detail, 'not a declared dimension')}",
+    )
+    whole = steps.ask("institute", exact, "SELECT count(*), sum(cost) FROM product")
+    without = steps.ask(
+        "institute", exact, "SELECT count(*), sum(cost) FROM product WHERE age_band <> '90+'"
+    )
+    check(
+        s,
+        "the total, then the total without the one patient aged 90+ (differencing)",
+        "answered, then PERMISSION_DENIED: fewer than 10 rows",
+        f"{whole.state}, then {without.state}: {_named(without.detail, 'fewer than 10 rows')}",
+    )
+    narrate(f"    {without.detail}")
+    private = _approved(steps, "institute", "health-commission", "admissions", "private")
+    # Under differential privacy a group shows only when its noisy count clears a threshold
+    # above k (about 32 here): the districts' 60 admissions do, their age bands' 15 do not.
+    by_district = "SELECT district, count(*), avg(cost) FROM product GROUP BY district"
+    spent = [steps.ask("institute", private, by_district) for _ in range(2)]
+    check(
+        s,
+        "with differential privacy (ε 3 a question, budget 6): two noisy answers by district",
+        "4 districts, ε left 3; 4 districts, ε left 0",
+        "; ".join(
+            f"{len(a.answer['rows'])} districts, ε left {a.receipt['epsilon_left']:g}"
+            if a.state == "answered"
+            else f"{a.state}: {a.detail}"
+            for a in spent
+        ),
+    )
+    third = steps.ask("institute", private, by_district)
+    check(
+        s,
+        "the question after the budget is spent",
+        "PERMISSION_DENIED: privacy_budget_exhausted",
+        f"{third.state}: {_named(third.detail, 'privacy_budget_exhausted')}",
+    )
+    narrate(f"    {third.detail}")
+    return sum(a.state == "answered" for a in (grouped, whole, *spent))
 
 
 def core_data(steps: Steps, data: Path, check: Check, narrate: Callable[[str], None]) -> None:

@@ -106,14 +106,15 @@ class LocalSpace:
         self.configs[participant] = cfg
         return cfg
 
-    def start_registry(self) -> Node:
-        """Start the operator's registry on a free loopback port."""
+    def start_registry(self, *, database_url: str = "") -> Node:
+        """Start the operator's registry on a free loopback port (on ``database_url``, or
+        SQLite in its data directory)."""
         op = self.manifest.operator_id
-        self.write_config(op, "127.0.0.1:0", "")
+        self.write_config(op, "127.0.0.1:0", "", database_url)
         node = Node(self.configs[op])
         node.start()
         # Rewrite with the bound port, so the config on disk is the one a person would use.
-        cfg = self.write_config(op, f"127.0.0.1:{node.port}", "")
+        cfg = self.write_config(op, f"127.0.0.1:{node.port}", "", database_url)
         node.cfg = cfg
         self.nodes[op] = node
         return node

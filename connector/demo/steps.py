@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, compute_pb2, compute_pb2_grpc
+from connector.audit import jws
 from connector.demo.space import LocalSpace, rpc_code
 from connector.node.clients import admin_channel
 
@@ -36,6 +37,16 @@ class Pulled:
     size: int = 0
     sha256: str = ""
     receipt_id: str = ""
+    detail: str = ""
+
+
+@dataclass
+class Answered:
+    """How a question ended, for outcomes."""
+
+    state: str
+    answer: dict[str, Any]
+    receipt: dict[str, Any]
     detail: str = ""
 
 
@@ -139,6 +150,21 @@ class Steps:
             receipt_id=last.receipt_id,
             detail=t.reason or last.detail,
         )
+
+    def ask(self, consumer: str, agreement_id: str, question: str) -> Answered:
+        """Ask a question under a compute agreement, as ``tds compute``."""
+        channel = admin_channel(self.space.configs[consumer])
+        try:
+            r = compute_pb2_grpc.ComputeServiceStub(channel).Ask(
+                compute_pb2.ComputeRequest(agreement_id=agreement_id, question=question),
+                timeout=60,
+            )
+        except grpc.RpcError as err:
+            return Answered(state=rpc_code(err), answer={}, receipt={}, detail=err.details() or "")
+        finally:
+            channel.close()
+        receipt = json.loads(jws.payload_bytes(r.receipt, "computation receipt"))
+        return Answered(state="answered", answer=json.loads(r.answer), receipt=receipt)
 
     def holding(self, consumer: str, transfer_id: str) -> bytes:
         """The bytes of a kept holding."""

@@ -83,12 +83,20 @@ class Agreement:
     permitted_fields: tuple[str, ...] | None = None
     masks: dict[str, Any] = field(default_factory=dict)
     registration_code: str = ""
+    delivery: tuple[str, ...] = ("copy",)
+    """How the product may be delivered under this agreement (the offer's modes)."""
+    compute: dict[str, Any] | None = None
+    """The offer's compute rules (``ComputeRules.to_dict``): what the consumer may ask."""
 
     def payload(self) -> bytes:
         """The canonical JSON both parties sign."""
         # Field by field rather than ``asdict``, whose deep copy was most of the cost; the
         # terms are copied by ``_to_ijson`` all the same.
         terms = {f.name: getattr(self, f.name) for f in _FIELDS}
+        # The delivery terms are signed only when they differ from a plain copy, so every
+        # agreement signed before they existed keeps its exact payload and verifies.
+        if self.delivery == ("copy",) and self.compute is None:
+            del terms["delivery"], terms["compute"]
         return canonical_json({"tds_agreement": 1, **_to_ijson(terms)})
 
 
@@ -106,8 +114,9 @@ def parse_agreement(signed: str) -> Agreement:
     if not isinstance(payload, dict) or payload.pop("tds_agreement", None) != 1:
         raise VerificationError("payload is not a tds agreement")
     values = _from_ijson(payload)
-    if isinstance(values.get("permitted_fields"), list):
-        values["permitted_fields"] = tuple(values["permitted_fields"])
+    for name in ("permitted_fields", "delivery"):
+        if isinstance(values.get(name), list):
+            values[name] = tuple(values[name])
     try:
         agreement = Agreement(**values)
     except TypeError as exc:

@@ -599,6 +599,8 @@ class Negotiator:
             permitted_fields=offer.permitted_fields,
             masks=dict(offer.masks),
             registration_code=product.registration_code,
+            delivery=offer.delivery,
+            compute=offer.compute.to_dict() if offer.compute is not None else None,
         )
         return agreement.id, sign_agreement(agreement, self._key)
 

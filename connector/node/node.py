@@ -20,9 +20,14 @@ from connector.audit.checkpoint import log_origin
 from connector.audit.log import TransparencyLog
 from connector.audit.service import AuditServicer, audit_service
 from connector.catalog.catalog import Catalog
+from connector.catalog.paging import PageTokens, page_limits
 from connector.catalog.service import CatalogServicer, catalog_service
 from connector.catalog.store import ProductStore
 from connector.clock import Clock, SystemClock
+from connector.compute.client import ComputeConsumer
+from connector.compute.service import ComputeProvider, ComputeServicer, compute_service
+from connector.compute.sources import ComputeSources
+from connector.compute.store import ComputationStore
 from connector.config import Config
 from connector.consent.admin import ConsentAdmin
 from connector.consent.register import ConsentRegister
@@ -155,6 +160,8 @@ class Node:
         self.receiver: TransferConsumer | None = None
         self.sweeper: HoldingsSweeper | None = None
         self.transfer_admin: TransferAdmin | None = None
+        self.computations: ComputeProvider | None = None
+        self.asker: ComputeConsumer | None = None
         self.consents: ConsentRegister | None = None
         self._sweeper_thread: threading.Thread | None = None
         self._tls: TlsMaterial | None = None
@@ -221,6 +228,8 @@ class Node:
                 clock=self.clock,
                 sources=SourceRoots(cfg.data_dir, cfg.transfer.source_roots),
                 sql=self.sql_sources,
+                page_tokens=PageTokens.from_signing_key(signing_key, "catalog"),
+                page_limits=page_limits(cfg.catalog),
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -370,6 +379,8 @@ class Node:
                 audit=self._log(),
                 clock=self.clock,
                 confirm=confirm,
+                page_tokens=PageTokens.from_signing_key(signing_key, "registry-index"),
+                page_limits=page_limits(cfg.catalog),
             )
             servicer = RegistryServicer(
                 store,
@@ -408,6 +419,8 @@ class Node:
         services.append(negotiation_service(NegotiationServicer(self._negotiator())))
         assert self.transfers is not None and self.receiver is not None
         services.append(transfer_service(TransferServicer(self.transfers, self.receiver)))
+        assert self.computations is not None and self.asker is not None
+        services.append(compute_service(ComputeServicer(self.computations, self.asker)))
         services.append(
             audit_service(
                 AuditServicer(
@@ -494,6 +507,32 @@ class Node:
             holdings_dir=cfg.data_dir / "holdings",
         )
         self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
+        computations = ComputationStore(db)
+        self.computations = ComputeProvider(
+            participant=cfg.participant.id,
+            transfers=self.transfers,
+            catalog=self._catalog(),
+            policy=self.policy,
+            store=computations,
+            sources=ComputeSources(
+                SourceRoots(cfg.data_dir, cfg.transfer.source_roots), sql=self.sql_sources
+            ),
+            audit=self._log(),
+            clock=self.clock,
+            signing_key=signing_key,
+            keys=self._signing_key_of,
+            consent=self._consent_lookup,
+        )
+        self.asker = ComputeConsumer(
+            participant=cfg.participant.id,
+            agreement_of=self.receiver.agreement_of,
+            store=computations,
+            audit=self._log(),
+            clock=self.clock,
+            signing_key=signing_key,
+            keys=self._signing_key_of,
+            channel_to=self._member_channel,
+        )
 
     def _consent_register(self) -> ConsentRegister:
         if self.consents is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from connector import __version__
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
-from connector.catalog.catalog import Catalog
+from connector.catalog.catalog import Catalog, Description
 from connector.consent.admin import ConsentAdmin
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.negotiation.negotiator import Negotiator
@@ -108,14 +108,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def AddProduct(
         self, request: admin_pb2.AddProductRequest, context: Any
     ) -> admin_pb2.AddProductResponse:
-        """Publish a product from its description."""
-        fmt = request.format or "auto"
-        if fmt not in ("auto", "toml", "json"):
-            raise InvalidRequest("format must be toml, json or empty")
-        product = self._catalog.publish(
-            request.description, fmt=fmt, replace=request.replace, base_dir=request.base_dir
+        """Publish a product from its description, or a batch of them (all or none)."""
+        if request.batch and request.description:
+            raise InvalidRequest("give description or batch, not both")
+        given = request.batch or [
+            admin_pb2.ProductDescription(
+                description=request.description,
+                format=request.format,
+                base_dir=request.base_dir,
+            )
+        ]
+        descriptions = []
+        for d in given:
+            fmt = d.format or "auto"
+            if fmt not in ("auto", "toml", "json"):
+                raise InvalidRequest("format must be toml, json or empty")
+            descriptions.append(Description(d.description, fmt, d.base_dir, d.name))
+        products = self._catalog.publish_many(descriptions, replace=request.replace)
+        return admin_pb2.AddProductResponse(
+            product_json=products[0].to_json(),
+            products_json=[p.to_json() for p in products] if request.batch else [],
         )
-        return admin_pb2.AddProductResponse(product_json=product.to_json())
 
     def RemoveProduct(
         self, request: admin_pb2.RemoveProductRequest, context: Any

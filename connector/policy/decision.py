@@ -70,6 +70,9 @@ class Decision:
     visible: bool | None = None
     """For a contract request: whether the access policy lets the subject see the resource
     (None when the policy does not say; a refusal never says)."""
+    visible_ids: tuple[str, ...] | None = None
+    """For a page of a catalog (``catalog.list``): the ids of the resources the subject may
+    see, sorted (None for every other action, and for a refusal: nothing is visible)."""
 
     @classmethod
     def refuse(
@@ -102,6 +105,7 @@ class Decision:
             "engine": self.engine,
             **({"detail": self.detail} if self.detail else {}),
             **({"visible": self.visible} if self.visible is not None else {}),
+            **({"visible_ids": list(self.visible_ids)} if self.visible_ids is not None else {}),
         }
 
 
@@ -139,15 +143,19 @@ def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -
     permitted = raw.get("permitted_fields")
     fields = _strings(permitted) if permitted is not None else None
     visible = raw.get("visible")
+    listed = raw.get("visible_ids")
+    visible_ids = _strings(listed) if listed is not None else None
     if (
         not isinstance(needs_approval, bool)
         or not isinstance(obligations, dict)
         or not isinstance(masks, dict)
         or (permitted is not None and fields is None)
         or (visible is not None and not isinstance(visible, bool))
+        or (listed is not None and visible_ids is None)
     ):
         return malformed(
-            "needs_approval, obligations, permitted_fields, masks or visible has the wrong type"
+            "needs_approval, obligations, permitted_fields, masks, visible or visible_ids has "
+            "the wrong type"
         )
     if allow and visible is False:
         return malformed("allow is true for a resource the subject may not see")
@@ -159,6 +167,7 @@ def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -
         "permitted_fields",
         "masks",
         "visible",
+        "visible_ids",
     }
     if unknown:
         return malformed(f"unknown fields {sorted(unknown)}")
@@ -173,4 +182,5 @@ def parse_decision(raw: Any, *, revision: str, input_sha256: str, engine: str) -
         input_sha256=input_sha256,
         engine=engine,
         visible=visible,
+        visible_ids=visible_ids if allow else None,
     )

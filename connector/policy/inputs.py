@@ -7,16 +7,16 @@ request carries can reach it. Times are integer nanoseconds from the connector's
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connector.clock import Clock
 from connector.errors import InvalidRequest
 from connector.rpc.auth import Caller
 
-__all__ = ["ACTIONS", "build_input", "subject_of"]
+__all__ = ["ACTIONS", "build_input", "build_page_input", "subject_of"]
 
-ACTIONS = ("catalog.read", "contract.request", "transfer.start")
+ACTIONS = ("catalog.read", "catalog.list", "contract.request", "transfer.start", "compute.run")
 GRANTS_ATTRIBUTE = "tds_grants"
 """Membership attribute holding the JSON list of authorised-operation grants."""
 
@@ -52,6 +52,7 @@ def build_input(
     offer: Mapping[str, Any] | None = None,
     contract: Mapping[str, Any] | None = None,
     context: Mapping[str, Any] | None = None,
+    query: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document for one decision.
 
@@ -60,7 +61,7 @@ def build_input(
     a caller, ``context.revoked_grants`` lists its grants the operator's revocation list
     revokes, which its token may still carry.
     """
-    if action not in ACTIONS:
+    if action not in ACTIONS or action == "catalog.list":
         raise InvalidRequest(f"unknown policy action {action!r}")
     if (caller is None) == (subject is None):
         raise TypeError("build_input takes a caller or a subject, not both or neither")
@@ -68,11 +69,32 @@ def build_input(
     ctx["now_ns"] = int(clock.now() * 1_000_000_000)
     if caller is not None:
         ctx["revoked_grants"] = sorted(caller.revoked_grants)
-    return {
+    document = {
         "action": action,
         "subject": subject_of(caller) if caller is not None else dict(subject or {}),
         "resource": dict(resource),
         "offer": dict(offer or {}),
         "contract": dict(contract or {}),
         "context": ctx,
+    }
+    if query is not None:
+        # compute.run: the shape of the question (dimensions, measures and their
+        # aggregates, filtered dimensions, ε asked), never its literal values.
+        document["query"] = dict(query)
+    return document
+
+
+def build_page_input(
+    caller: Caller, resources: Sequence[Mapping[str, Any]], *, clock: Clock
+) -> dict[str, Any]:
+    """The input document deciding a page of a catalog at once (``catalog.list``): which
+    of ``resources`` ``caller`` may see."""
+    return {
+        "action": "catalog.list",
+        "subject": subject_of(caller),
+        "resources": [dict(r) for r in resources],
+        "context": {
+            "now_ns": int(clock.now() * 1_000_000_000),
+            "revoked_grants": sorted(caller.revoked_grants),
+        },
     }

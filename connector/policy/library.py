@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -100,6 +100,23 @@ class PolicySet:
         validate_provider_module(module_id, source, self)
         modules = dict(self.modules)
         modules[f"provider/{module_id}.rego"] = source
+        return PolicySet(modules)
+
+    def with_changed_modules(
+        self, library: PolicySet, added: Mapping[str, str], removed: Iterable[str] = ()
+    ) -> PolicySet:
+        """This set with provider modules ``added`` (id → source) and ``removed`` (ids).
+
+        Each added module is validated against ``library`` alone: a provider module lives in
+        its own package and only adds denials, so it compiles the same beside any others;
+        the cost of a change is one module's, not the whole set's.
+        """
+        modules = dict(self.modules)
+        for module_id in removed:
+            modules.pop(f"provider/{module_id}.rego", None)
+        for module_id, source in added.items():
+            validate_provider_module(module_id, source, library)
+            modules[f"provider/{module_id}.rego"] = source
         return PolicySet(modules)
 
 

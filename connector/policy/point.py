@@ -54,6 +54,7 @@ class PolicyPoint:
                 "engine": decision.engine,
                 "product": str(resource.get("id", "")),
                 **({"visible": decision.visible} if decision.visible is not None else {}),
+                **_page(document, decision),
             },
         )
         if defer is not None:
@@ -72,3 +73,16 @@ class PolicyPoint:
 def _section(document: Mapping[str, Any], name: str) -> dict[str, Any]:
     value = document.get(name)
     return value if isinstance(value, dict) else {}
+
+
+def _page(document: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
+    """For a page of a catalog: the ids decided and those the subject may see (the input
+    hash covers the whole page)."""
+    resources = document.get("resources")
+    if document.get("action") != "catalog.list" or not isinstance(resources, list):
+        return {}
+    decided = [r.get("id") for r in resources if isinstance(r, dict)]
+    return {
+        "products": [i for i in decided if isinstance(i, str)],
+        "visible_ids": list(decision.visible_ids or ()),
+    }

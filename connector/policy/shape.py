@@ -75,8 +75,29 @@ _OWN: dict[str, _Checks] = {
         ("context", "bytes_used", _number),
         ("context", "revoked_grants", _array),
     ),
+    "compute.run": (
+        ("contract", "purpose", _string),
+        ("contract", "valid_from_ns", _number),
+        ("contract", "valid_until_ns", _number),
+        ("contract", "revoked", _boolean),
+        ("contract", "delivery", _array),
+        ("context", "epsilon_spent", _number),
+        ("context", "epsilon_left", _number),
+        ("context", "computations_used", _number),
+        ("context", "revoked_grants", _array),
+        ("query", "dimensions", _array),
+        ("query", "filtered", _array),
+        ("query", "measures", _array),
+        ("query", "aggregates", _array),
+        ("query", "epsilon", _number),
+    ),
 }
 _BY_ACTION = {action: _COMMON + own for action, own in _OWN.items()}
+
+# A page of a catalog (catalog.list) carries its products as ``resources``, each with the
+# fields of a ``resource``.
+_SUBJECT_CONTEXT: _Checks = tuple(c for c in _COMMON if c[0] != "resource")
+_RESOURCE: _Checks = tuple(c for c in _COMMON if c[0] == "resource")
 
 
 def input_problems(document: Mapping[str, Any]) -> list[str]:
@@ -88,9 +109,29 @@ def input_problems(document: Mapping[str, Any]) -> list[str]:
     action = document.get("action")
     if type(action) is not str:
         return ["action"]
+    if action == "catalog.list":
+        return _batch_problems(document)
     problems = []
     for section, name, check in _BY_ACTION.get(action, _COMMON):
         part = document.get(section)
         if type(part) is not dict or not check(part.get(name)):
             problems.append(f"{section}.{name}")
+    return problems
+
+
+def _batch_problems(document: Mapping[str, Any]) -> list[str]:
+    """``input_problems`` for a page of resources: the subject, the context, and each
+    resource (named by its position)."""
+    problems = []
+    for section, name, check in _SUBJECT_CONTEXT:
+        part = document.get(section)
+        if type(part) is not dict or not check(part.get(name)):
+            problems.append(f"{section}.{name}")
+    resources = document.get("resources")
+    if type(resources) is not list:
+        return [*problems, "resources"]
+    for i, resource in enumerate(resources):
+        for _, name, check in _RESOURCE:
+            if type(resource) is not dict or not check(resource.get(name)):
+                problems.append(f"resources[{i}].{name}")
     return problems

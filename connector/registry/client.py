@@ -416,13 +416,28 @@ class RegistryClient:
             )
         return str(resp.registration_code)
 
-    def search_catalog(self, text: str = "", tag: str = "") -> list[registry_pb2.CatalogListing]:
-        """Listings across providers that we may see."""
+    def search_catalog_page(
+        self, request: registry_pb2.SearchCatalogRequest
+    ) -> registry_pb2.SearchCatalogResponse:
+        """One page of the listings across providers that we may see."""
         with calling("registry"):
-            resp = self._member_stub.SearchCatalog(
-                registry_pb2.SearchCatalogRequest(text=text, tag=tag), timeout=self._timeout
+            resp: registry_pb2.SearchCatalogResponse = self._member_stub.SearchCatalog(
+                request, timeout=self._timeout
             )
-        return list(resp.listings)
+        return resp
+
+    def search_catalog(self, text: str = "", tag: str = "") -> list[registry_pb2.CatalogListing]:
+        """Every listing across providers that we may see, page after page."""
+        listings: list[registry_pb2.CatalogListing] = []
+        token = ""
+        while True:
+            resp = self.search_catalog_page(
+                registry_pb2.SearchCatalogRequest(text=text, tag=tag, page_token=token)
+            )
+            listings.extend(resp.listings)
+            token = resp.next_page_token
+            if not token:
+                return listings
 
     def list_grants(
         self, participant: str = "", *, include_revoked: bool = False

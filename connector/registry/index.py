@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from sqlmodel import select
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connector._proto.tds.v1 import catalog_pb2
 from connector.audit.log import AuditLog
+from connector.catalog.paging import Filters, PageLimits, PageTokens, Row, page_size, read_page
 from connector.catalog.products import Product
 from connector.catalog.service import summary
 from connector.clock import Clock
 from connector.errors import ConnectorError, InvalidRequest, PermissionDenied, PreconditionFailed
-from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.store.database import Database
@@ -37,6 +36,11 @@ __all__ = ["CatalogIndex", "Confirm", "Listing"]
 Confirm = Callable[[str, str], catalog_pb2.ProductSummary]
 """``(provider, product_id)``: the product as the provider's connector serves it to the
 operator (``CatalogService.GetProduct``); a ``ConnectorError`` when it does not."""
+
+_LISTINGS_AFTER = (
+    "SELECT provider, product_id, body, registration_code, registered_ms FROM catalog_listing "
+    "WHERE (provider, product_id) > (?, ?)"  # a row value: the primary key's order
+)
 
 Listing = tuple[str, Product, str, int]
 """(provider, product, registration code, registered ms)."""
@@ -54,7 +58,13 @@ class CatalogIndex:
         audit: AuditLog,
         clock: Clock,
         confirm: Confirm | None = None,
+        page_tokens: PageTokens | None = None,
+        page_limits: PageLimits | None = None,
     ) -> None:
+        """``page_tokens``: the key of the index's page tokens (without it a fresh random
+        key: tokens then hold for this process only)."""
+        self._page_tokens = page_tokens or PageTokens(AESGCM.generate_key(256), "registry-index")
+        self._page_limits = page_limits or PageLimits()
         self._db = db
         self._confirm = confirm
         self._space = space
@@ -131,25 +141,47 @@ class CatalogIndex:
                 "register it from your connector (tds product register)"
             )
 
-    def search(self, caller: Caller, text: str = "", tag: str = "") -> list[Listing]:
-        """Listings matching ``text`` and ``tag`` that the caller may see."""
-        words = [w.lower() for w in re.findall(r"\w+", text)]
-        with self._db.session() as s:
-            rows = s.exec(select(CatalogListingRow)).all()
-            listings = [
-                (r.provider, Product.from_json(r.body), r.registration_code, r.registered_ms)
-                for r in rows
-            ]
-        found = []
-        for provider, product, code, when in sorted(listings, key=lambda x: (x[0], x[1].id)):
-            haystack = " ".join([product.title, product.description, *product.tags]).lower()
-            if tag and tag not in product.tags:
-                continue
-            if any(w not in haystack for w in words):
-                continue
-            document = build_input(
-                "catalog.read", caller=caller, resource=product.resource(), clock=self._clock
-            )
-            if self._policy.decide(document).allow:
-                found.append((provider, product, code, when))
-        return found
+    @property
+    def max_page_size(self) -> int:
+        """The largest page a caller may ask for."""
+        return self._page_limits.max_size
+
+    def search(
+        self, caller: Caller, filters: Filters, *, size: int | None = None, token: str = ""
+    ) -> tuple[list[Listing], str]:
+        """One page of the listings matching ``filters`` that the caller may see under each
+        provider's access rules, by provider then product id, and the next page's token
+        ("" after the last). One access decision for the page.
+
+        ``InvalidRequest`` for a size outside the configured limits or a token not issued
+        to this caller for these filters.
+        """
+        count = page_size(size, self._page_limits)
+        patterns = filters.body_patterns()
+        like = "ILIKE" if self._db.postgres else "LIKE"  # SQLite's LIKE ignores ASCII case
+        where = "".join(f" AND body {like} ? ESCAPE '\\'" for _ in patterns)
+        # Only placeholders are formatted in: every value is a parameter.
+        sql = f"{_LISTINGS_AFTER}{where} ORDER BY provider, product_id LIMIT ?"
+
+        def reader(after: Sequence[str], limit: int) -> list[Row[Listing]]:
+            provider, product_id = (after[0], after[1]) if len(after) == 2 else ("", "")
+            with self._db.transaction() as tx:
+                rows = tx.all(sql, (provider, product_id, *patterns, limit))
+            found = []
+            for provider_, product_id_, body, code, when in rows:
+                product = Product.from_json(str(body))
+                listing = (str(provider_), product, str(code), int(when))
+                found.append(Row((str(provider_), str(product_id_)), product, len(body), listing))
+            return found
+
+        return read_page(
+            reader,
+            caller=caller,
+            filters=filters,
+            size=count,
+            token=token,
+            tokens=self._page_tokens,
+            limits=self._page_limits,
+            policy=self._policy,
+            clock=self._clock,
+        )

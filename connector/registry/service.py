@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from connector.audit.log import AuditLog
+from connector.catalog.paging import Filters
 from connector.clock import Clock
 from connector.errors import (
     AuthenticationError,
@@ -512,8 +513,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         """Listings the caller may see."""
         if self._index is None:
             raise PreconditionFailed("this registry keeps no catalog index")
-        found = self._index.search(current_caller(), request.text, request.tag)
+        filters = Filters(
+            tag=request.tag, domain=request.domain, grade=request.grade, text=request.text
+        )
+        found, following = self._index.search(
+            current_caller(),
+            filters,
+            size=request.page_size if request.HasField("page_size") else None,
+            token=request.page_token,
+        )
         return registry_pb2.SearchCatalogResponse(
+            next_page_token=following,
+            max_page_size=self._index.max_page_size,
             listings=[
                 registry_pb2.CatalogListing(
                     provider=provider,
@@ -526,7 +537,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     registered_at=when // 1000,
                 )
                 for provider, p, code, when in found
-            ]
+            ],
         )
 
     def GetRevocationList(

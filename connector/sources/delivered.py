@@ -23,6 +23,8 @@ import hashlib
 import io
 import json
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -44,6 +46,9 @@ _FLUSH = 1024 * 1024
 
 _CHUNK = 1000
 """Rows projected, masked and encoded together."""
+
+_SINK_QUEUE = 4
+"""Encoded blocks (of about ``_FLUSH`` bytes) waiting to be hashed and written."""
 
 _CSV_PLAIN = frozenset({str, int, float, type(None)})
 """Value types the csv module writes as the delivered form wants them."""
@@ -107,6 +112,17 @@ def _projector(
         pick = itemgetter(*index)
     masked = [(pos, name) for pos, name in enumerate(fields) if name in masker]
     if not masked:
+        if index == list(range(len(columns))):
+            width = len(columns)
+
+            def whole(chunk: list[Row]) -> list[Sequence[Any]]:
+                # Every column, in order: rows go on as they are, unless one is longer (a
+                # CSV line with cells beyond the header), whose extra cells are dropped.
+                if set(map(len, chunk)) <= {width}:
+                    return chunk
+                return list(map(pick, chunk))
+
+            return whole
 
         def select(chunk: list[Row]) -> list[Sequence[Any]]:
             return list(map(pick, chunk))
@@ -146,16 +162,26 @@ def write_rows(
     if fmt not in FORMATS:
         raise InvalidRequest(f"a record source is delivered as {' or '.join(FORMATS)}, not {fmt!r}")
     project = _projector(columns, fields, masker)
-    h = hashlib.sha256()
-    size = 0
+    sink = _Sink(out)
+    try:
+        count = _encode(rows, sink.put, project=project, fields=fields, fmt=fmt)
+    except BaseException:
+        sink.close(abandon=True)  # the source's error is the one to raise
+        raise
+    size, sha256 = sink.close()
+    return size, sha256, count
+
+
+def _encode(
+    rows: Iterable[Row],
+    put: Callable[[bytes], None],
+    *,
+    project: Callable[[list[Row]], list[Sequence[Any]]],
+    fields: Sequence[str],
+    fmt: str,
+) -> int:
+    """Encode the projected rows, a megabyte at a time to ``put``; the number of rows."""
     count = 0
-
-    def put(data: bytes) -> None:
-        nonlocal size
-        h.update(data)
-        out.write(data)
-        size += len(data)
-
     buffer = io.StringIO()
 
     def flush_full() -> None:
@@ -189,7 +215,51 @@ def write_rows(
             count += len(chunk)
             flush_full()
     put(buffer.getvalue().encode())
-    return size, h.hexdigest(), count
+    return count
+
+
+class _Sink:
+    """SHA-256 and the file write of the encoded rows, on a thread of their own.
+
+    Both release the GIL, so they run beside the encoding of the next rows instead of
+    after it (about 0.35 s of the 2.8 s a million SQL rows took). The bytes hashed are the
+    bytes written, in order; at most ``_SINK_QUEUE`` blocks wait, so memory stays flat. A
+    failed write is raised to the writer at its next block or at ``close``.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=_SINK_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tds-delivered-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._blocks.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hash.update(data)
+                    self._out.write(data)
+                except BaseException as exc:  # raised again on the writer's side
+                    self._error = exc
+
+    def put(self, data: bytes) -> None:
+        """Hash and write ``data`` after every block before it."""
+        if self._error is not None:
+            raise self._error
+        self._size += len(data)
+        self._blocks.put(data)
+
+    def close(self, *, abandon: bool = False) -> tuple[int, str]:
+        """Wait for every block; the bytes written and their SHA-256 (hex). ``abandon``:
+        the writing failed on the writer's side, the sink's own outcome does not matter."""
+        self._blocks.put(None)
+        self._thread.join()
+        if self._error is not None and not abandon:
+            raise self._error
+        return self._size, self._hash.hexdigest()
 
 
 def materialise(

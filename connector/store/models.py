@@ -9,6 +9,7 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "CatalogListingRow",
+    "ComputationRow",
     "ConsentRow",
     "InboxRow",
     "LogCheckpointRow",
@@ -231,6 +232,33 @@ class MeteringRow(SQLModel, table=True):
     max_transfers: int = 0
     max_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    computations: int = 0
+    """Answers given (compute-to-data), reserved ones included."""
+    epsilon_spent_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    """ε spent, in millionths: integers, so the budget's condition is exact in SQL."""
+    epsilon_budget_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    """The agreement's ε budget in millionths (0: no differential privacy)."""
+
+
+class ComputationRow(SQLModel, table=True):
+    """One side's record of a computation (可用不可见) under an agreement: the receipt,
+    signed by the provider and, once confirmed, countersigned by the consumer."""
+
+    __tablename__ = "computation"
+
+    id: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    agreement_id: str = Field(max_length=64, index=True)
+    product: str = Field(max_length=63)
+    counterparty: str = Field(max_length=63, index=True)
+    state: str = Field(max_length=16, index=True)
+    query_sha256: str = Field(default="", max_length=64)
+    answer_sha256: str = Field(default="", max_length=64)
+    epsilon_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    receipt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reason: str = Field(default="", max_length=512)
+    started_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ended_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
 
 
 class OperationGrantRow(SQLModel, table=True):

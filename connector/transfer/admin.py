@@ -131,6 +131,9 @@ class TransferAdmin:
                     completed_bytes=m.completed_bytes,
                     max_transfers=m.max_transfers,
                     max_bytes=m.max_bytes,
+                    computations=m.computations,
+                    epsilon_spent=m.epsilon_spent_micro / 1_000_000,
+                    epsilon_budget=m.epsilon_budget_micro / 1_000_000,
                 )
                 for m in self._store.metering()
             ]

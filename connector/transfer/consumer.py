@@ -167,7 +167,8 @@ class TransferConsumer:
 
     # -- start ------------------------------------------------------------------------
 
-    def _agreement_of(self, agreement_id: str) -> Agreement:
+    def agreement_of(self, agreement_id: str) -> Agreement:
+        """Our finalized, unrevoked agreement as consumer (transfers and computations)."""
         try:
             n = self._negotiations.by_agreement(agreement_id)
         except NotFound:
@@ -243,7 +244,7 @@ class TransferConsumer:
 
     def start(self, agreement_id: str, push: bool = False) -> Transfer:
         """Ask the provider to start a transfer; record and log its manifest."""
-        agreement = self._agreement_of(agreement_id)
+        agreement = self.agreement_of(agreement_id)
         provider = agreement.provider
         channel, stub = self._stub(provider)
         try:

@@ -1,11 +1,13 @@
 """The disclosure report of public data operation (公共数据授权运营 信息披露).
 
 For one calendar year, per authorised operator: which public products it received, under
-which grant, for which purposes, how many completed transfers and bytes. The figures come
-from the provider's own audit log (every dual-signed receipt of the year), the agreements
-(which name the grant they rest on) and the metering; the grants' terms come from the
-operator's public register. Nothing here is taken from the operator's word alone: each
-row lists the log indices of the receipts it counts, so an auditor can check it.
+which grant, for which purposes, how many completed transfers and bytes, and how many
+answers it was given instead of copies (compute-to-data, 可用不可见) with the ε they spent.
+The figures come from the provider's own audit log (every dual-signed receipt of the year,
+transfer and computation receipts alike), the agreements (which name the grant they rest
+on) and the metering; the grants' terms come from the operator's public register. Nothing
+here is taken from the operator's word alone: each row lists the log indices of the
+receipts it counts, so an auditor can check it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from connector._proto.tds.v1 import registry_pb2
 from connector.audit.log import TransparencyLog
 from connector.audit.receipts import parse_receipt
+from connector.compute.receipt import parse_computation_receipt
 from connector.errors import ConnectorError, InvalidRequest, NotFound
 from connector.negotiation.agreement import Agreement, parse_agreement
 from connector.negotiation.store import NegotiationStore
@@ -34,6 +37,8 @@ class _Row:
     agreement: Agreement
     transfers: int = 0
     bytes: int = 0
+    computations: int = 0
+    epsilon: float = 0.0
     receipt_log_indices: list[int] = field(default_factory=list)
 
 
@@ -73,23 +78,34 @@ def disclosure_report(
     for first in range(0, size, _PAGE):
         for index, body in log.entries(first, min(size, first + _PAGE)):
             entry = json.loads(body)
-            if entry.get("kind") != "transfer.receipt":
+            kind = entry.get("kind")
+            if kind == "transfer.receipt":
+                receipt = parse_receipt(entry["data"]["receipt"])
+                agreement_id, at_ms = receipt.agreement, receipt.ended_ms
+            elif kind == "compute.receipt":
+                computed = parse_computation_receipt(entry["data"]["receipt"])
+                agreement_id, at_ms = computed.agreement, computed.computed_ms
+            else:
                 continue
-            receipt = parse_receipt(entry["data"]["receipt"])
-            if receipt.provider != provider or not start_ms <= receipt.ended_ms < end_ms:
+            who = receipt.provider if kind == "transfer.receipt" else computed.provider
+            if who != provider or not start_ms <= at_ms < end_ms:
                 continue
-            row = rows.get(receipt.agreement)
+            row = rows.get(agreement_id)
             if row is None:
                 try:
-                    signed = negotiations.by_agreement(receipt.agreement).agreement or ""
+                    signed = negotiations.by_agreement(agreement_id).agreement or ""
                     agreement = parse_agreement(signed)
                 except (NotFound, ConnectorError):
                     continue
                 if not agreement.registration_code:
                     continue  # not public data
-                row = rows[receipt.agreement] = _Row(agreement)
-            row.transfers += 1
-            row.bytes += receipt.size
+                row = rows[agreement_id] = _Row(agreement)
+            if kind == "transfer.receipt":
+                row.transfers += 1
+                row.bytes += receipt.size
+            else:
+                row.computations += 1
+                row.epsilon += computed.epsilon_spent
             row.receipt_log_indices.append(index)
     try:
         register = {g.id: g for g in grants()}
@@ -103,7 +119,14 @@ def disclosure_report(
         grant_id = str(a.obligations.get("operation_grant", ""))
         op = operators.setdefault(
             a.consumer,
-            {"operator": a.consumer, "grants": {}, "products": [], "transfers": 0, "bytes": 0},
+            {
+                "operator": a.consumer,
+                "grants": {},
+                "products": [],
+                "transfers": 0,
+                "bytes": 0,
+                "computations": 0,
+            },
         )
         if grant_id and grant_id not in op["grants"]:
             held = register.get(grant_id)
@@ -118,9 +141,17 @@ def disclosure_report(
                 "purpose": a.purpose,
                 "transfers": row.transfers,
                 "bytes": row.bytes,
+                "computations": row.computations,
+                "epsilon_spent": row.epsilon,
                 "receipt_log_indices": row.receipt_log_indices,
                 "metered_all_time": (
-                    {"started": m.transfers, "completed": m.completed, "bytes": m.bytes}
+                    {
+                        "started": m.transfers,
+                        "completed": m.completed,
+                        "bytes": m.bytes,
+                        "computations": m.computations,
+                        "epsilon_spent": m.epsilon_spent_micro / 1_000_000,
+                    }
                     if m
                     else {}
                 ),
@@ -128,6 +159,7 @@ def disclosure_report(
         )
         op["transfers"] += row.transfers
         op["bytes"] += row.bytes
+        op["computations"] += row.computations
     listed = []
     for op in operators.values():
         op["grants"] = list(op["grants"].values())
@@ -140,5 +172,6 @@ def disclosure_report(
         "operators": listed,
         "transfers": sum(op["transfers"] for op in listed),
         "bytes": sum(op["bytes"] for op in listed),
+        "computations": sum(op["computations"] for op in listed),
         **({"grant_register_error": register_error} if register_error else {}),
     }

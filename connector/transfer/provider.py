@@ -125,8 +125,11 @@ class TransferProvider:
 
     # -- start ------------------------------------------------------------------------
 
-    def _agreement(self, caller: Caller, agreement_id: str) -> tuple[Agreement, bool]:
-        """The caller's finalized agreement with us, verified, and whether it is revoked."""
+    def agreement_for(
+        self, caller: Caller, agreement_id: str, use: str = "transfer.start"
+    ) -> tuple[Agreement, bool]:
+        """The caller's finalized agreement with us, verified for ``use``, and whether it
+        is revoked (transfers and computations alike)."""
         try:
             n = self._negotiations.by_agreement(agreement_id)
         except NotFound:
@@ -138,7 +141,7 @@ class TransferProvider:
                 f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
                 "negotiation first"
             )
-        return self._stored.verified(n, "transfer.start"), bool(n.revocation)
+        return self._stored.verified(n, use), bool(n.revocation)
 
     def _verified(self, t: Transfer, use: str) -> Agreement:
         """The stored agreement of ``t``, verified for ``use`` (``VerificationError``,
@@ -149,7 +152,7 @@ class TransferProvider:
         """Decide by the usage policy, fix the delivered bytes, count and record the transfer."""
         if not agreement_id:
             raise InvalidRequest("agreement_id is required")
-        agreement, revoked = self._agreement(caller, agreement_id)
+        agreement, revoked = self.agreement_for(caller, agreement_id)
         published = self._catalog.published(agreement.product, agreement.offer)
         if published is None:
             raise PreconditionFailed(
@@ -173,6 +176,7 @@ class TransferProvider:
             "revoked": revoked,
             "obligations": dict(agreement.obligations),
             "masks": dict(agreement.masks),
+            "delivery": list(agreement.delivery),
         }
         if agreement.permitted_fields is not None:
             contract["permitted_fields"] = list(agreement.permitted_fields)

@@ -20,7 +20,15 @@ from connector.errors import Aborted, ConflictError, NotFound, PermissionDenied,
 from connector.store.database import Database, RawTransaction
 from connector.store.models import MeteringRow, TransferRow
 
-__all__ = ["ACTIVE", "CONSUMER", "PROVIDER", "Metering", "Transfer", "TransferStore"]
+__all__ = [
+    "ACTIVE",
+    "CONSUMER",
+    "PROVIDER",
+    "Metering",
+    "Transfer",
+    "TransferStore",
+    "ensure_metering",
+]
 
 PROVIDER, CONSUMER = "provider", "consumer"
 STARTING, STARTED, COMPLETED, FAILED, TERMINATED = (
@@ -72,7 +80,7 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Metering:
-    """Transfers and bytes counted under one agreement."""
+    """Transfers and bytes, computations and ε counted under one agreement."""
 
     agreement_id: str
     consumer: str
@@ -83,6 +91,10 @@ class Metering:
     completed_bytes: int
     max_transfers: int
     max_bytes: int
+    computations: int = 0
+    """Answers given under the agreement (compute-to-data)."""
+    epsilon_spent_micro: int = 0
+    epsilon_budget_micro: int = 0
 
 
 def _transfer(row: TransferRow) -> Transfer:
@@ -149,6 +161,17 @@ def _row(t: Transfer) -> TransferRow:
     )
 
 
+def ensure_metering(db: Database, row: MeteringRow) -> None:
+    """Create an agreement's metering row as ``row`` unless it exists: the row every
+    conditional reservation (transfers, bytes, ε) updates."""
+    try:
+        with db.session() as s:
+            if s.get(MeteringRow, row.agreement_id) is None:
+                s.add(row)
+    except IntegrityError:
+        pass  # a concurrent reservation created it
+
+
 class TransferStore:
     """Transfers of both roles and the provider's metering."""
 
@@ -163,28 +186,19 @@ class TransferStore:
             row = s.get(MeteringRow, agreement_id)
             return (row.transfers, row.bytes) if row else (0, 0)
 
-    def _ensure_metering(
-        self, t: Transfer, max_transfers: int, max_bytes: int, now_ms: int
-    ) -> None:
-        try:
-            with self._db.session() as s:
-                if s.get(MeteringRow, t.agreement_id) is None:
-                    s.add(
-                        MeteringRow(
-                            agreement_id=t.agreement_id,
-                            consumer=t.counterparty,
-                            product=t.product,
-                            max_transfers=max_transfers,
-                            max_bytes=max_bytes,
-                            updated_ms=now_ms,
-                        )
-                    )
-        except IntegrityError:
-            pass  # a concurrent start created it
-
     def reserve(self, t: Transfer, *, max_transfers: int, max_bytes: int, now_ms: int) -> None:
         """Count one transfer of ``t.size`` bytes and record it, or refuse at a limit."""
-        self._ensure_metering(t, max_transfers, max_bytes, now_ms)
+        ensure_metering(
+            self._db,
+            MeteringRow(
+                agreement_id=t.agreement_id,
+                consumer=t.counterparty,
+                product=t.product,
+                max_transfers=max_transfers,
+                max_bytes=max_bytes,
+                updated_ms=now_ms,
+            ),
+        )
         c = MeteringRow.__table__.c  # type: ignore[attr-defined]
         with self._db.session() as s:
             result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
@@ -241,6 +255,9 @@ class TransferStore:
                     completed_bytes=r.completed_bytes,
                     max_transfers=r.max_transfers,
                     max_bytes=r.max_bytes,
+                    computations=r.computations,
+                    epsilon_spent_micro=r.epsilon_spent_micro,
+                    epsilon_budget_micro=r.epsilon_budget_micro,
                 )
                 for r in sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
             ]

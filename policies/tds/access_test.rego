@@ -69,3 +69,37 @@ test_allow_attribute if {
 	result := access.decision with input as doc
 	result.allow
 }
+
+page_of(resources) := {
+	"action": "catalog.list",
+	"subject": base.subject,
+	"resources": resources,
+	"context": base.context,
+}
+
+test_allow_list_shows_visible_ids_only if {
+	open := base.resource
+	core := object.union(base.resource, {"id": "c", "grade": "core"})
+	roles := object.union(base.resource, {"id": "r", "access": {"roles": ["government"]}})
+	attrs := object.union(base.resource, {"id": "t", "access": {"attrs": {"org": "A"}}})
+	doc := page_of([open, core, roles, attrs])
+	result := access.list_decision with input as doc
+	result.allow
+	sort(result.visible_ids) == ["p", "t"]
+}
+
+test_deny_list_hides_everything_denied if {
+	listed := object.union(base.resource, {"access": {"allow_list": ["someone-else"]}})
+	doc := page_of([listed])
+	result := access.list_decision with input as doc
+	count(result.visible_ids) == 0
+}
+
+test_deny_list_core_even_to_its_owner if {
+	owner := object.union(base, {"subject": {"id": "gov", "role": "government", "attrs": {}, "grants": []}})
+	core := object.union(base.resource, {"id": "c", "grade": "core"})
+	ruled := object.union(base.resource, {"id": "r", "access": {"roles": ["auditor"]}})
+	doc := object.union(page_of([core, ruled]), {"subject": owner.subject})
+	result := access.list_decision with input as doc
+	result.visible_ids == ["r"]
+}

@@ -8,6 +8,10 @@ import rego.v1
 
 decision := access.decision if input.action == "catalog.read"
 
+decision := access.list_decision if input.action == "catalog.list"
+
 decision := contract.decision if input.action == "contract.request"
 
 decision := usage.decision if input.action == "transfer.start"
+
+decision := usage.decision if input.action == "compute.run"

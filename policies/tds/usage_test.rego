@@ -122,3 +122,100 @@ test_allow_public_other_grant_revoked if {
 	result := usage.decision with input as doc
 	result.allow
 }
+
+# compute.run (可用不可见): the same contract checks, the delivery, the rules, the budget.
+compute_contract := object.union(base.contract, {
+	"delivery": ["compute"],
+	"compute": {
+		"k": 10,
+		"dimensions": {"a": {"type": "text"}},
+		"measures": {"b": {"aggregates": ["count", "avg"], "lower": 0, "upper": 10}},
+		"privacy": {"epsilon_per_query": 0.5, "epsilon_budget": 1.0, "delta": 0.0000001},
+	},
+})
+
+compute_base := object.union(base, {
+	"action": "compute.run",
+	"contract": compute_contract,
+	"context": object.union(base.context, {"epsilon_spent": 0, "epsilon_left": 1.0, "computations_used": 0}),
+	"query": {"dimensions": ["a"], "filtered": ["a"], "measures": ["b"], "aggregates": ["count", "avg(b)"], "epsilon": 0.5},
+})
+
+test_allow_compute if {
+	doc := object.union(compute_base, {})
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_deny_copy_of_compute_only_offer if {
+	doc := object.union(compute_base, {"action": "transfer.start"})
+	result := usage.decision with input as doc
+	"copy_not_offered" in result.deny
+}
+
+test_deny_compute_on_copy_only_offer if {
+	doc := object.union(compute_base, {"contract": object.union(compute_contract, {"delivery": ["copy"]})})
+	result := usage.decision with input as doc
+	"compute_not_offered" in result.deny
+}
+
+test_deny_compute_budget_exhausted if {
+	doc := object.union(compute_base, {"context": object.union(compute_base.context, {"epsilon_spent": 0.75, "epsilon_left": 0.25})})
+	result := usage.decision with input as doc
+	"privacy_budget_exhausted" in result.deny
+}
+
+test_allow_compute_spending_the_last_of_the_budget if {
+	doc := object.union(compute_base, {"context": object.union(compute_base.context, {"epsilon_spent": 0.5, "epsilon_left": 0.5})})
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_deny_compute_undeclared_dimension if {
+	doc := object.union(compute_base, {"query": object.union(compute_base.query, {"dimensions": ["patient_id"]})})
+	result := usage.decision with input as doc
+	"dimension_not_declared" in result.deny
+}
+
+test_deny_compute_undeclared_aggregate if {
+	doc := object.union(compute_base, {"query": object.union(compute_base.query, {"aggregates": ["max(b)"]})})
+	result := usage.decision with input as doc
+	"aggregate_not_declared" in result.deny
+}
+
+test_deny_compute_revoked if {
+	doc := object.union(compute_base, {"contract": object.union(compute_contract, {"revoked": true})})
+	result := usage.decision with input as doc
+	"agreement_revoked" in result.deny
+}
+
+test_deny_compute_expired if {
+	doc := object.union(compute_base, {"contract": object.union(compute_contract, {"valid_until_ns": now})})
+	result := usage.decision with input as doc
+	"agreement_expired" in result.deny
+}
+
+test_deny_compute_personal_without_consent if {
+	doc := object.union(compute_base, {"resource": object.union(base.resource, {"personal": true})})
+	result := usage.decision with input as doc
+	"no_consent" in result.deny
+}
+
+test_allow_compute_ignores_transfer_count if {
+	doc := object.union(compute_base, {"context": object.union(compute_base.context, {"transfers_used": 3})})
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_allow_compute_on_important_data_without_fields if {
+	doc := object.union(compute_base, {"resource": object.union(base.resource, {"grade": "important"})})
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_deny_compute_undeclared_measure if {
+	doc := object.union(compute_base, {"query": object.union(compute_base.query, {"measures": ["cost"], "aggregates": ["sum(cost)"]})})
+	result := usage.decision with input as doc
+	"measure_not_declared" in result.deny
+	"aggregate_not_declared" in result.deny
+}

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from connector.compute.database import DatabaseSource
 from connector.compute.embedded import DuckDBTable, EmbeddedLimits
-from connector.compute.engine import Executor, Group, compute_groups, isolating_cells
+from connector.compute.engine import Executor, Group, compute_groups, isolating_groups
 from connector.compute.query import Filter, parse_query
 from connector.compute.rules import parse_rules
 from connector.errors import InvalidRequest, Unavailable
@@ -179,6 +179,56 @@ def test_duckdb_interrupts_a_query_past_its_time_limit(tmp_path: Path) -> None:
     assert t.execute("SELECT count(*) FROM product") == [(len(admissions()),)]
 
 
+def test_few_valued_text_columns_are_stored_as_enums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """District and age band (a handful of values) become ENUMs, patient ids (hundreds)
+    stay text; answers are the figures computed in Python from the rows."""
+    monkeypatch.setattr("connector.compute.embedded.DICTIONARY_MAX_VALUES", 50)
+    t = DuckDBTable(write_csv(tmp_path / "a.csv"), "csv")
+    types = dict((r[0], r[1]) for r in t.execute("DESCRIBE product"))
+    assert types["district"].startswith("ENUM(") and types["age_band"].startswith("ENUM(")
+    assert types["patient_id"] == "VARCHAR" and types["cost"] != "VARCHAR"
+    _check(compute_groups(parse_query(ASK, RULES), RULES, t))
+    q = parse_query(
+        "SELECT count(*) FROM product WHERE district IN ('north', 'nowhere') AND age_band != '65+'",
+        RULES,
+    )
+    expected = sum(1 for r in admissions() if r[1] == "north" and r[2] != "65+")
+    assert [g.n for g in compute_groups(q, RULES, t)] == [expected]
+
+
+def test_engine_errors_do_not_quote_the_data(table: DuckDBTable) -> None:
+    """A provider's rules that do not fit the table (district declared an integer) make
+    the engine fail; its message, which names values of the column, is not passed on."""
+    rules = parse_rules(hospital(dimensions={"district": {"type": "integer"}}))
+    q = parse_query("SELECT count(*) FROM product WHERE district = 3", rules)
+    with pytest.raises(Unavailable) as err:
+        compute_groups(q, rules, table)
+    assert "north" not in str(err.value) and "provider's log" in str(err.value)
+
+
+def test_time_limits_are_per_engine_and_a_dropped_engine_is_released(tmp_path: Path) -> None:
+    """One watchdog serves every engine: a slow query on one is interrupted at its own
+    limit while another engine answers; an engine dropped without close() is freed."""
+    import gc
+    import weakref
+
+    slow = DuckDBTable(write_csv(tmp_path / "a.csv"), "csv", EmbeddedLimits(timeout_s=0.3))
+    other = DuckDBTable(write_csv(tmp_path / "b.csv"), "csv", EmbeddedLimits(timeout_s=30))
+    with pytest.raises(Unavailable, match=r"longer than 0\.3 s"):
+        slow.execute(
+            "SELECT count(*) FROM range(10000000000) a, range(10) b WHERE a.range = b.range"
+        )
+    assert other.execute("SELECT count(*) FROM product") == [(len(admissions()),)]
+    assert slow.execute("SELECT count(*) FROM product") == [(len(admissions()),)]
+    gone = weakref.ref(other)
+    del other
+    gc.collect()
+    assert gone() is None
+    slow.close()
+
+
 def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match="could not be read"):
         DuckDBTable(tmp_path / "missing.csv", "csv")
@@ -186,17 +236,21 @@ def test_unreadable_table_is_unavailable(tmp_path: Path) -> None:
         DuckDBTable(tmp_path / "a.parquet", "parquet")
 
 
-def test_isolating_cells_counts_small_cells_in_large_groups(table: DuckDBTable) -> None:
-    year = [Filter("year", "=", (2026,))]
-    # east in 2026: 0-17 (12), 18-64 (12), 65+ (1): the lone 65+ can be differenced out
-    east = [*year, Filter("district", "=", ("east",))]
-    assert isolating_cells([], "age_band", east, table, k=5) == 1
+def test_isolating_groups_counts_small_cells_in_large_groups(table: DuckDBTable) -> None:
+    year = Filter("year", "=", (2026,))
+    not_old = Filter("age_band", "!=", ("65+",))
+    # east in 2026: 0-17 (12), 18-64 (12), 65+ (1): the lone 65+ can be differenced out;
+    # harbour's 3 rows split off from the other districts by the filter on district;
+    # the filter on year splits off nothing small
+    east = Filter("district", "=", ("east",))
+    assert isolating_groups([], [year, east, not_old], table, k=5) == (0, 1, 1)
     # by district and age band, every year-cell is alone in its group or large
-    assert isolating_cells(["district", "age_band"], "year", [], table, k=5) == 0
+    assert isolating_groups(["district", "age_band"], [year], table, k=5) == (0,)
     # harbour (3 rows) is small but so is its whole group: nothing to subtract from
-    harbour = [Filter("district", "=", ("harbour",))]
-    assert isolating_cells([], "age_band", harbour, table, k=5) == 0
-    assert isolating_cells([], "district", year, table, k=5) == 1  # harbour against all
+    harbour = Filter("district", "=", ("harbour",))
+    assert isolating_groups([], [harbour, not_old], table, k=5)[1] == 0
+    assert isolating_groups([], [year, east], table, k=5)[1] == 1  # harbour against all
+    assert isolating_groups(["district"], [], table, k=5) == ()
 
 
 # -- the source database itself ------------------------------------------------------------
@@ -213,9 +267,10 @@ def _database_contract(executor: Executor, raw: DatabaseSource, table: str) -> N
             RULES,
         )
         assert [g.n for g in compute_groups(q, RULES, executor)] == [3]
-    east = [Filter("year", "=", (2026,)), Filter("district", "=", ("east",))]
-    assert isolating_cells([], "age_band", east, executor, k=5) == 1
-    assert isolating_cells(["district", "age_band"], "year", [], executor, k=5) == 0
+    year, east = Filter("year", "=", (2026,)), Filter("district", "=", ("east",))
+    not_old = Filter("age_band", "not in", ("65+",))
+    assert isolating_groups([], [year, east, not_old], executor, k=5) == (0, 1, 1)
+    assert isolating_groups(["district", "age_band"], [year], executor, k=5) == (0,)
     # The transaction is read only: even text injected into the executor cannot write.
     with pytest.raises(Unavailable, match="could not answer"):
         raw.execute(f"INSERT INTO {table} (patient_id) VALUES ('x')")  # noqa: S608

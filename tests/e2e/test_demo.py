@@ -32,6 +32,7 @@ def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
         "public traffic data",
         "personal health data",
         "enterprise exchange",
+        "health commission",
         "core data",
         "audit",
     }
@@ -49,6 +50,22 @@ def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
     assert steps["the fourth pull is refused"] == "PERMISSION_DENIED: transfer_limit_reached"
     assert steps["city-gov tries to publish a core-grade product"] == "INVALID_ARGUMENT"
     assert steps["ent-a and ent-b hold the same receipts"] == "3 receipts match"
+    # Compute-to-data (可用不可见): answers under k and ε, each refusal observed.
+    assert (
+        steps["counts and mean cost per district and age band (k = 10)"]
+        == "answered: 16 groups, 2 suppressed"
+    )
+    assert (
+        steps["a question grouping by patient id"] == "INVALID_ARGUMENT: not a declared dimension"
+    )
+    assert steps["the total, then the total without the one patient aged 90+ (differencing)"] == (
+        "answered, then PERMISSION_DENIED: fewer than 10 rows"
+    )
+    assert (
+        steps["the question after the budget is spent"]
+        == "PERMISSION_DENIED: privacy_budget_exhausted"
+    )
+    assert steps["health-commission and institute hold the same receipts"] == "4 receipts match"
     assert any(s.endswith(": 1 transfer") for s in steps.values())
     assert (tmp_path / "demo" / "tds.log").stat().st_size > 0
     assert (tmp_path / "demo" / "audit" / "hospital" / "entries.jsonl").exists()

@@ -53,6 +53,17 @@ SCENARIOS = {
         "consumer deleted",
     ],
     "core-data": ["core data (核心数据) is never published", "(no products)"],
+    "health-compute": [
+        "offer aggregate: compute only, k=10, by age_band, district, year",
+        "copy_not_offered",
+        "16 groups shown, 2 suppressed (fewer rows than the offer's k)",
+        "patient_id is not a declared dimension (declared: age_band, district, year)",
+        "separates fewer than 10 rows",
+        "ε spent 3 (differential privacy), 3 left of the budget",
+        "privacy_budget_exhausted (ε 6 spent, 0 left, 3 asked)",
+        "2 answers, ε 6 of 6 spent (0 left)",
+        "4 receipts match (4 of them computations)",
+    ],
     "audit": ["cosigned by auditor", "1 receipts match", "first bad index"],
 }
 

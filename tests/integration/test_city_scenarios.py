@@ -240,6 +240,65 @@ def test_public_data_only_to_an_operator_within_scope_and_purpose(space: LocalSp
     assert [e["data"]["grant"] for e in logged] == [g.id]
 
 
+def test_the_disclosure_report_counts_answers_given_from_public_data(space: LocalSpace) -> None:
+    """Compute-to-data from public data is disclosed like a copy: per operator and product,
+    the answers and the ε they spent, each with its receipt's index in the provider's log."""
+    rules = {
+        "k": 5,
+        "dimensions": {"road": {"type": "text"}},
+        "measures": {"speed": {"aggregates": ["count", "avg"], "lower": 0, "upper": 200}},
+        "privacy": {"epsilon_per_query": 1.0, "epsilon_budget": 4.0, "delta": 1e-6},
+    }
+    publish(
+        space,
+        "gov",
+        {
+            "id": "flow-stats",
+            "title": "Traffic flow statistics",
+            "grade": "general",
+            "tags": ["traffic"],
+            "source": {"kind": "table", "path": "flows.csv", "format": "csv"},
+            "fields": ["time", "road", "speed", "plate"],
+            "offers": [offer(purposes=["traffic-analytics"], delivery=["compute"], compute=rules)],
+        },
+        space.data,  # type: ignore[attr-defined]
+    )
+    admin(space, "gov").RegisterProduct(
+        admin_pb2.RegisterOwnProductRequest(product_id="flow-stats", public=True), timeout=10
+    )
+    space.grant(
+        "opa",
+        scope=["traffic"],
+        purposes=["traffic-analytics"],
+        start_ns=NOW_NS - 86_400 * 10**9,
+        end_ns=NOW_NS + YEAR_NS,
+        body="City Data Bureau",
+    )
+    space.refresh()
+    agreement_id = agree(space, "gov", "opa", "flow-stats", purpose="traffic-analytics")
+    asker = space.nodes["opa"].asker
+    assert asker is not None
+    for _ in range(2):
+        asker.ask(agreement_id, "SELECT road, count(*) FROM product GROUP BY road")
+    report = json.loads(
+        admin(space, "gov")
+        .DisclosureReport(
+            admin_pb2.DisclosureReportRequest(period=dt.datetime.now(dt.UTC).year), timeout=10
+        )
+        .report_json
+    )
+    (op,) = [o for o in report["operators"] if o["operator"] == "opa"]
+    (stats,) = [p for p in op["products"] if p["product"] == "flow-stats"]
+    assert (stats["computations"], stats["epsilon_spent"], stats["transfers"]) == (2, 2.0, 0)
+    assert stats["metered_all_time"]["computations"] == 2
+    assert op["computations"] >= 2 and report["computations"] >= 2
+    gov_log = space.nodes["gov"].log
+    assert gov_log is not None
+    for index in stats["receipt_log_indices"]:
+        ((_, body),) = gov_log.entries(index, index + 1)
+        assert json.loads(body)["kind"] == "compute.receipt"
+
+
 # -- personal data under consent --------------------------------------------------------
 
 

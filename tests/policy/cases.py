@@ -195,6 +195,41 @@ def without(document: dict[str, Any], section: str, key: str) -> dict[str, Any]:
     return out
 
 
+COMPUTE_RULES = {
+    "k": 10,
+    "max_groups": 1000,
+    "dimensions": {"road": {"type": "text"}},
+    "measures": {"speed": {"aggregates": ["count", "avg"], "lower": 0, "upper": 200}},
+    "privacy": {"epsilon_per_query": 0.5, "epsilon_budget": 1.0, "delta": 1e-7},
+}
+
+
+def compute_contract(**kw: Any) -> dict[str, Any]:
+    return contract(**{"delivery": ["compute"], "compute": COMPUTE_RULES, **kw})
+
+
+def run(
+    *,
+    con: dict[str, Any] | None = None,
+    ctx: dict[str, Any] | None = None,
+    query: dict[str, Any] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """A ``compute.run`` document: a compute-only agreement, half of ε spent."""
+    shape = {
+        "dimensions": ["road"],
+        "filtered": [],
+        "measures": ["speed"],
+        "aggregates": ["count", "avg(speed)"],
+        "epsilon": 0.5,
+    }
+    context_ = ctx or context(epsilon_spent=0.5, epsilon_left=0.5, computations_used=1)
+    return {
+        **doc("compute.run", con=con or compute_contract(), ctx=context_, **kw),
+        "query": {**shape, **(query or {})},
+    }
+
+
 PUBLIC = {"registration_code": "SH-2026-000123", "tags": ["traffic"]}
 IMPORTANT_FIELDS = {
     "permitted_fields": ["time", "road", "speed"],
@@ -513,6 +548,80 @@ CASES: list[Case] = [
         frozenset({"transfer_limit_reached"}),
     ),
     Case("usage below the transfer limit", start(ctx=context(transfers_used=2)), True),
+    # -- compute.run: answers only (可用不可见) ------------------------------------------------
+    Case("compute within the rules and the budget", run(), True),
+    Case(
+        "compute spending more ε than is left",
+        run(ctx=context(epsilon_spent=0.75, epsilon_left=0.25, computations_used=1)),
+        False,
+        frozenset({"privacy_budget_exhausted"}),
+    ),
+    Case(
+        "compute on a copy-only agreement",
+        run(con=compute_contract(delivery=["copy"])),
+        False,
+        frozenset({"compute_not_offered"}),
+    ),
+    Case(
+        "copy of a compute-only agreement",
+        start(con=compute_contract()),
+        False,
+        frozenset({"copy_not_offered"}),
+    ),
+    Case(
+        "compute grouping by an undeclared dimension",
+        run(query={"dimensions": ["plate"]}),
+        False,
+        frozenset({"dimension_not_declared"}),
+    ),
+    Case(
+        "compute an undeclared aggregate",
+        run(query={"aggregates": ["max(speed)"]}),
+        False,
+        frozenset({"aggregate_not_declared"}),
+    ),
+    Case(
+        "compute an undeclared measure",
+        run(query={"measures": ["plate"], "aggregates": ["count"]}),
+        False,
+        frozenset({"measure_not_declared"}),
+    ),
+    Case(
+        "compute under an agreement without rules",
+        run(con=contract(delivery=["compute"])),
+        False,
+        frozenset(
+            {
+                "compute_rules_missing",
+                "dimension_not_declared",
+                "measure_not_declared",
+                "aggregate_not_declared",
+            }
+        ),
+    ),
+    Case(
+        "compute on a revoked agreement",
+        run(con=compute_contract(revoked=True)),
+        False,
+        frozenset({"agreement_revoked"}),
+    ),
+    Case(
+        "compute on personal data without consent",
+        run(res=resource(personal=True)),
+        False,
+        frozenset({"no_consent"}),
+    ),
+    Case(
+        "compute on important data needs no field list",
+        run(res=resource(grade="important")),
+        True,
+    ),
+    Case(
+        "compute input without the ε left",
+        without(run(), "context", "epsilon_left"),
+        False,
+        frozenset({"invalid_input"}),
+    ),
     Case(
         "usage no transfer limit",
         start(con=contract(max_transfers=0), ctx=context(transfers_used=99)),
@@ -705,6 +814,10 @@ CASES: list[Case] = [
         frozenset({"invalid_input"}),
     ),
 ]
+
+OPT_IN_REASONS = frozenset({"important_data_requires_compute"})
+"""Reasons only an operator's opt-in setting gives (policies/tds/settings.rego): covered by
+tests/policy/test_settings.py with the setting turned on."""
 
 UNDEFINED_CASES = [
     ("unknown action", {**read(), "action": "data.delete"}),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +14,10 @@ import pytest
 
 from connector.errors import PreconditionFailed
 from connector.sources.base import MISSING, RecordSource
-from connector.sources.delivered import materialise
+from connector.sources.delivered import materialise, write_rows
 from connector.sources.file import SourceRoots
 from connector.sources.table import TableSource
+from connector.transfer.masking import Masker
 
 KEY = bytes(32)
 FIELDS = ("id", "name", "district", "age", "notes")
@@ -167,3 +171,81 @@ def test_missing_is_left_out_of_json_lines_and_empty_in_csv(tmp_path: Path) -> N
     assert (tmp_path / "x.jsonl").read_text() == '{"a":1}\n{"b":null}\n'
     materialise(Two(), tmp_path / "x.csv", fmt="csv", permitted=None, masks={}, key=KEY)
     assert (tmp_path / "x.csv").read_text() == "a,b\n1,\n,\n"
+
+
+def test_cells_beyond_the_header_never_leave(tmp_path: Path) -> None:
+    """Every column permitted, in order, no masks: rows go on as read, except a CSV line
+    with more cells than the header, whose extra cells are dropped (as with any projection)."""
+    data = tmp_path / "data.csv"
+    data.write_text("id,name\n1,a\n2,b,secret\n3\n")
+    made = materialise(
+        TableSource(data, "csv", ("id", "name"), SourceRoots(tmp_path)),
+        tmp_path / "out.csv",
+        fmt="csv",
+        permitted=None,
+        masks={},
+        key=KEY,
+    )
+    assert (tmp_path / "out.csv").read_text() == "id,name\n1,a\n2,b\n3,\n"
+    assert made.rows == 3
+
+
+class _FullDisk(io.BytesIO):
+    """A file that takes 1.5 MB, then fails like a full disk."""
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > 1_500_000:
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+
+def _many(n: int) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        yield (i, f"name {i}", "x" * 40)
+
+
+def test_a_failed_write_is_raised_and_no_thread_is_left() -> None:
+    before = threading.active_count()
+    with pytest.raises(OSError, match="No space left"):
+        write_rows(
+            _many(200_000),
+            _FullDisk(),
+            columns=("id", "name", "pad"),
+            fields=("id", "name", "pad"),
+            fmt="csv",
+            masker=Masker({}, KEY),
+        )
+    assert threading.active_count() == before
+
+
+def test_a_failing_source_is_the_error_raised() -> None:
+    def broken() -> Iterator[tuple[Any, ...]]:
+        yield from _many(50_000)
+        raise PreconditionFailed("the source went away")
+
+    before = threading.active_count()
+    with pytest.raises(PreconditionFailed, match="went away"):
+        write_rows(
+            broken(),
+            io.BytesIO(),
+            columns=("id", "name", "pad"),
+            fields=("id", "name", "pad"),
+            fmt="jsonl",
+            masker=Masker({}, KEY),
+        )
+    assert threading.active_count() == before
+
+
+def test_the_hash_is_of_the_bytes_written() -> None:
+    out = io.BytesIO()
+    size, sha256, rows = write_rows(
+        _many(100_000),
+        out,
+        columns=("id", "name", "pad"),
+        fields=("name", "id"),
+        fmt="csv",
+        masker=Masker({"name": {"method": "hash"}}, KEY),
+    )
+    data = out.getvalue()
+    assert rows == 100_000 and size == len(data) > 5 * 1024 * 1024
+    assert sha256 == hashlib.sha256(data).hexdigest()

@@ -90,6 +90,15 @@ def test_render_round_trips(tmp_path: Path) -> None:
             ),
             "dsp.listen is set on the operator",
         ),
+        (
+            lambda t: t + "\n[catalog]\npage_size = 2000\n",
+            "catalog.page_size must be between 1 and catalog.max_page_size",
+        ),
+        (lambda t: t + "\n[catalog]\npage_size = 0\n", "catalog.page_size"),
+        (
+            lambda t: t + "\n[catalog]\nmax_page_bytes = 4194304\n",
+            "catalog.max_page_bytes must be between 1024 and half server.max_message_bytes",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path: Path, edit: object, message: str) -> None:

@@ -82,6 +82,64 @@ def test_oversized_description_is_refused() -> None:
         parse_description("x" * (MAX_DESCRIPTION_BYTES + 1), owner="city-gov")
 
 
+RULES = {
+    "k": 10,
+    "dimensions": {"road": {"type": "text"}},
+    "measures": {"speed": {"aggregates": ["count", "avg"], "lower": 0, "upper": 200}},
+}
+
+
+def compute_offer(**changes: Any) -> str:
+    data = example()
+    offer = {**data["offers"][0], "delivery": ["compute"], "compute": RULES}
+    offer.pop("permitted_fields", None)
+    offer.pop("masks", None)
+    for key, value in changes.items():
+        if value is None:
+            offer.pop(key, None)
+        else:
+            offer[key] = value
+    data["offers"] = [offer]
+    return json.dumps(data)
+
+
+def test_a_compute_only_offer_parses_and_round_trips() -> None:
+    product = parse_description(compute_offer(), owner="city-gov")
+    offer = product.offers[0]
+    assert offer.delivery == ("compute",)
+    assert offer.compute is not None and offer.compute.k == 10
+    # important data: a compute-only offer needs no field list (only answers leave)
+    assert product.grade == "important" and offer.permitted_fields is None
+    assert type(product).from_json(product.to_json()) == product
+
+
+def test_offers_default_to_copy() -> None:
+    product = parse_description(EXAMPLE.read_text(), owner="city-gov")
+    assert all(o.delivery == ("copy",) and o.compute is None for o in product.offers)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (compute_offer(compute=None), r"compute is required when delivery includes 'compute'"),
+        (compute_offer(delivery=["copy"]), "delivery does not include 'compute'"),
+        (compute_offer(delivery=["mail"]), "delivery must list"),
+        (compute_offer(delivery=[]), "delivery must list"),
+        (compute_offer(delivery=["compute", "compute"]), "delivery must list"),
+        (
+            compute_offer(compute={**RULES, "dimensions": {"plate_no": {"type": "text"}}}),
+            "'plate_no' is not a product field",
+        ),
+        (compute_offer(compute={**RULES, "k": 1}), r"compute.k must be"),
+        # copy besides compute: important data needs its field list again
+        (compute_offer(delivery=["copy", "compute"]), "permitted_fields is required"),
+    ],
+)
+def test_bad_delivery_terms_are_refused(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_description(text, owner="city-gov")
+
+
 SQL = {"kind": "sql", "connection": "traffic", "query": "SELECT a FROM t", "format": "csv"}
 
 

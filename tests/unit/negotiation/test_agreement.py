@@ -175,3 +175,20 @@ def test_transitions(current: State, new: State, ok: bool) -> None:
     else:
         with pytest.raises(PreconditionFailed):
             check_transition(current, new)
+
+
+def test_delivery_terms_are_signed_and_plain_copies_keep_their_payload() -> None:
+    # An agreement without delivery terms signs exactly what it signed before they existed.
+    assert b"delivery" not in AGREEMENT.payload() and b"compute" not in AGREEMENT.payload()
+    rules = {"k": 10, "dimensions": {}, "measures": {}, "max_groups": 1000}
+    compute = replace(AGREEMENT, delivery=("compute",), compute=rules)
+    signed = countersign_agreement(
+        sign_agreement(compute, KEYS["gov"]),
+        KEYS["ent-a"],
+        public,
+    )
+    back = verify_agreement(signed, public)
+    assert back.delivery == ("compute",) and back.compute == rules
+    # Widening the terms after signing breaks the provider's signature.
+    with pytest.raises(VerificationError):
+        verify_agreement(altered(signed, delivery=["copy", "compute"]), public)

@@ -495,6 +495,9 @@ class AgreementMetering(_message.Message):
     COMPLETED_BYTES_FIELD_NUMBER: _builtins.int
     MAX_TRANSFERS_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    COMPUTATIONS_FIELD_NUMBER: _builtins.int
+    EPSILON_SPENT_FIELD_NUMBER: _builtins.int
+    EPSILON_BUDGET_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     consumer: _builtins.str
     product_id: _builtins.str
@@ -506,6 +509,12 @@ class AgreementMetering(_message.Message):
     completed_bytes: _builtins.int
     max_transfers: _builtins.int
     max_bytes: _builtins.int
+    computations: _builtins.int
+    """Compute-to-data: answers given (可用不可见), and ε spent of the agreement's budget
+    (budget 0: no differential privacy).
+    """
+    epsilon_spent: _builtins.float
+    epsilon_budget: _builtins.float
     def __init__(
         self,
         *,
@@ -518,10 +527,13 @@ class AgreementMetering(_message.Message):
         completed_bytes: _builtins.int = ...,
         max_transfers: _builtins.int = ...,
         max_bytes: _builtins.int = ...,
+        computations: _builtins.int = ...,
+        epsilon_spent: _builtins.float = ...,
+        epsilon_budget: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "consumer", b"consumer", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "computations", b"computations", "consumer", b"consumer", "epsilon_budget", b"epsilon_budget", "epsilon_spent", b"epsilon_spent", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -744,6 +756,7 @@ class AddProductRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
     BASE_DIR_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     """The product description file's text."""
     format: _builtins.str
@@ -751,6 +764,12 @@ class AddProductRequest(_message.Message):
     replace: _builtins.bool
     base_dir: _builtins.str
     """The description file's directory: relative source paths are resolved against it."""
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProductDescription]:
+        """Many products at once, instead of description: all are published, or none (the error
+        names the refused description and why). At most 1000.
+        """
+
     def __init__(
         self,
         *,
@@ -758,30 +777,67 @@ class AddProductRequest(_message.Message):
         format: _builtins.str = ...,
         replace: _builtins.bool = ...,
         base_dir: _builtins.str = ...,
+        batch: _abc.Iterable[Global___ProductDescription] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_dir", b"base_dir", "description", b"description", "format", b"format", "replace", b"replace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_dir", b"base_dir", "batch", b"batch", "description", b"description", "format", b"format", "replace", b"replace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddProductRequest: _TypeAlias = AddProductRequest  # noqa: Y015
 
 @_typing.final
+class ProductDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    BASE_DIR_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    format: _builtins.str
+    """"toml", "json" or empty to detect."""
+    base_dir: _builtins.str
+    name: _builtins.str
+    """How an error names it (for example its file)."""
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        format: _builtins.str = ...,
+        base_dir: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_dir", b"base_dir", "description", b"description", "format", b"format", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProductDescription: _TypeAlias = ProductDescription  # noqa: Y015
+
+@_typing.final
 class AddProductResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRODUCT_JSON_FIELD_NUMBER: _builtins.int
+    PRODUCTS_JSON_FIELD_NUMBER: _builtins.int
     product_json: _builtins.str
-    """The stored product as canonical JSON."""
+    """The stored product as canonical JSON (the first of a batch)."""
+    @_builtins.property
+    def products_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every product of a batch, in its order."""
+
     def __init__(
         self,
         *,
         product_json: _builtins.str = ...,
+        products_json: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_json", b"product_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_json", b"product_json", "products_json", b"products_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,8 @@ class OfferTerms(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     OBLIGATIONS_JSON_FIELD_NUMBER: _builtins.int
     HAS_POLICY_MODULE_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    COMPUTE_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     valid_from_ns: _builtins.int
     valid_until_ns: _builtins.int
@@ -39,8 +41,16 @@ class OfferTerms(_message.Message):
     """Canonical JSON of the offer's obligations."""
     has_policy_module: _builtins.bool
     """The offer carries the provider's own policy module (its rules stay private)."""
+    compute_json: _builtins.str
+    """Canonical JSON of the compute rules (dimensions, measures with aggregates and bounds,
+    k, privacy), when "compute" is offered: what a consumer may ask.
+    """
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def delivery(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How the product may be delivered: "copy", "compute" (answers only, 可用不可见), or both."""
+
     def __init__(
         self,
         *,
@@ -52,10 +62,12 @@ class OfferTerms(_message.Message):
         max_bytes: _builtins.int = ...,
         obligations_json: _builtins.str = ...,
         has_policy_module: _builtins.bool = ...,
+        delivery: _abc.Iterable[_builtins.str] | None = ...,
+        compute_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_policy_module", b"has_policy_module", "id", b"id", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "obligations_json", b"obligations_json", "purposes", b"purposes", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_json", b"compute_json", "delivery", b"delivery", "has_policy_module", b"has_policy_module", "id", b"id", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "obligations_json", b"obligations_json", "purposes", b"purposes", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -115,21 +127,50 @@ Global___ProductSummary: _TypeAlias = ProductSummary  # noqa: Y015
 
 @_typing.final
 class ListProductsRequest(_message.Message):
+    """A page of the catalog, by product id. A page decides at most page_size products and
+    shows those the caller may see (fewer, or none, when the access rules hide some): follow
+    next_page_token until it is empty. Filters combine (every one given must match).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TAG_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    GRADE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     """Only products with this tag; empty for all."""
+    page_size: _builtins.int
+    """Products per page: 1 to the provider's maximum (catalog.max_page_size); absent for its
+    default (catalog.page_size). 0, a negative size or one above the maximum is refused.
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
+    domain: _builtins.str
+    """Only products of this domain; empty for all."""
+    grade: _builtins.str
+    """Only products of this grade (general, important); empty for all."""
+    text: _builtins.str
+    """Words to find in title, description or tags (all must match, any case); empty for all."""
     def __init__(
         self,
         *,
         tag: _builtins.str = ...,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
+        domain: _builtins.str = ...,
+        grade: _builtins.str = ...,
+        text: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "domain", b"domain", "grade", b"grade", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListProductsRequest: _TypeAlias = ListProductsRequest  # noqa: Y015
 
@@ -138,16 +179,26 @@ class ListProductsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRODUCTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty after the last. Opaque, and valid only for the
+    caller it was given to, with the same filters.
+    """
+    max_page_size: _builtins.int
+    """The largest page_size this provider accepts (to read a whole catalog in few calls)."""
     @_builtins.property
     def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProductSummary]: ...
     def __init__(
         self,
         *,
         products: _abc.Iterable[Global___ProductSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["products", b"products"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "next_page_token", b"next_page_token", "products", b"products"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -226,24 +226,45 @@ Global___RegisterProductResponse: _TypeAlias = RegisterProductResponse  # noqa: 
 
 @_typing.final
 class SearchCatalogRequest(_message.Message):
+    """A page of the index, by provider then product id; paged and filtered as
+    tds.v1.ListProductsRequest (one access decision per page, fewer listings than page_size
+    when the providers' access rules hide some): follow next_page_token until it is empty.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    GRADE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Words to find in title, description or tags (all must match); empty for all."""
     tag: _builtins.str
+    page_size: _builtins.int
+    """Listings per page: 1 to the registry's maximum; absent for its default."""
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
+    domain: _builtins.str
+    grade: _builtins.str
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         tag: _builtins.str = ...,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
+        domain: _builtins.str = ...,
+        grade: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "domain", b"domain", "grade", b"grade", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___SearchCatalogRequest: _TypeAlias = SearchCatalogRequest  # noqa: Y015
 
@@ -293,16 +314,24 @@ class SearchCatalogResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LISTINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty after the last (opaque, bound to the caller)."""
+    max_page_size: _builtins.int
+    """The largest page_size this registry accepts."""
     @_builtins.property
     def listings(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogListing]: ...
     def __init__(
         self,
         *,
         listings: _abc.Iterable[Global___CatalogListing] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["listings", b"listings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["listings", b"listings", "max_page_size", b"max_page_size", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

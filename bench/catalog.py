@@ -1,0 +1,251 @@
+"""Benchmark catalogs at city scale: publishing, paging, the CLI, and the registry's index.
+
+    python bench/catalog.py [--products 10000] [--listings 50000] [--rounds 20] [--json]
+
+In one local space (registry, provider ``gov``, member ``a``, in-process):
+
+- publishing ``--products`` descriptions of about 1 KB one by one through
+  ``Catalog.publish`` (one in a hundred with its own policy module): the rate of the first
+  thousand against the last thousand (target: the last within 1.5x of the first);
+- the first page of ``CatalogService.ListProducts`` as ``a`` (p50 over ``--rounds``;
+  target 50 ms);
+- the whole catalog through ``tds catalog list --json`` as a user runs it (target 2 s);
+- ``SearchCatalog`` across ``--listings`` listings of 10 providers, written straight into
+  the registry's database (p50 of the first page of a one-word text search; target 100 ms).
+
+Pages are the provider's default size (``catalog.page_size``, 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from connector._proto.tds.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2
+from connector.catalog.products import parse_description
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role
+from connector.node.clients import member_channel, registry_client
+from connector.store.models import CatalogListingRow
+
+WORDS = [
+    "traffic",
+    "flow",
+    "parking",
+    "transit",
+    "energy",
+    "water",
+    "air",
+    "quality",
+    "noise",
+    "permits",
+    "housing",
+    "schools",
+    "health",
+    "budget",
+    "tenders",
+    "waste",
+    "bicycles",
+    "weather",
+    "tourism",
+    "buildings",
+    "roads",
+    "lighting",
+]
+
+MODULE = """package tds.provider.{name}
+
+import rego.v1
+
+deny contains "night_only" if input.context.now_ns < 0
+"""
+
+
+def description(i: int, source: str) -> str:
+    """A product of about 1 KB; one in a hundred carries its own policy module."""
+    word = WORDS[i % len(WORDS)]
+    offer: dict[str, Any] = {
+        "id": "standard",
+        "purposes": ["planning", "research"],
+        "valid_from_ns": 1_767_225_600_000_000_000,
+        "valid_until_ns": 1_798_761_600_000_000_000,
+        "max_transfers": 12,
+        "max_bytes": 1 << 30,
+    }
+    if i % 100 == 99:
+        offer["policy_module"] = f"p{i}"
+        offer["policy_source"] = MODULE.format(name=f"p{i}")
+    return json.dumps(
+        {
+            "id": f"product-{i:06d}",
+            "title": f"City {word} dataset {i}",
+            "description": f"Measurements of {word} across the city, district by district, "
+            "aggregated every five minutes from the municipal sensor network; "
+            "quality-checked and published by the department that collects them. " * 2,
+            "grade": "general",
+            "tags": [word, f"batch{i % 10}"],
+            "domain": "city",
+            "fields": ["time", "district", "value", "unit", "sensor", "quality"],
+            "source": {"kind": "file", "path": source},
+            "offers": [offer],
+        }
+    )
+
+
+def publish(sp: LocalSpace, count: int, source: str) -> dict[str, Any]:
+    catalog = sp.nodes["gov"].catalog
+    assert catalog is not None
+    took: list[float] = []
+    for i in range(count):
+        text = description(i, source)
+        t = time.perf_counter()
+        catalog.publish(text, fmt="json")
+        took.append(time.perf_counter() - t)
+    window = min(1000, count // 2)
+    first, last = took[:window], took[-window:]
+    return {
+        "products": count,
+        "total_s": round(sum(took), 2),
+        "window": window,
+        "first_per_s": round(window / sum(first), 1),
+        "last_per_s": round(window / sum(last), 1),
+        "last_over_first_time": round(sum(last) / sum(first), 2),
+        "first_ms_p50": round(statistics.median(first) * 1000, 2),
+        "last_ms_p50": round(statistics.median(last) * 1000, 2),
+    }
+
+
+def first_page(sp: LocalSpace, rounds: int) -> dict[str, Any]:
+    cfg = sp.configs["a"]
+    registry = registry_client(cfg)
+    peer = registry.lookup("gov")
+    paged = "page_size" in catalog_pb2.ListProductsRequest.DESCRIPTOR.fields_by_name
+    took, shown = [], 0
+    try:
+        with member_channel(cfg, registry, peer.id, peer.address) as channel:
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+            for _ in range(rounds + 2):
+                t = time.perf_counter()
+                resp = stub.ListProducts(catalog_pb2.ListProductsRequest(), timeout=120)
+                took.append(time.perf_counter() - t)
+                shown = len(resp.products)
+    finally:
+        registry.close()
+    took = took[2:]  # the first calls open the connection
+    return {
+        "paged": paged,
+        "products_in_page": shown,
+        "p50_ms": round(statistics.median(took) * 1000, 1),
+        "max_ms": round(max(took) * 1000, 1),
+    }
+
+
+def whole_catalog_cli(sp: LocalSpace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "connector", "catalog", "list", "--provider", "gov"]
+    cmd += ["--config", str(sp.root / "a.toml"), "--json"]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=sp.root, timeout=600)
+    took = time.perf_counter() - t
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()[-500:], "seconds": round(took, 2)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "connector", "--help"], capture_output=True, check=True)
+    startup = time.perf_counter() - t
+    return {
+        "products": len(json.loads(done.stdout)),
+        "seconds": round(took, 2),
+        "cli_startup_s": round(startup, 2),
+    }
+
+
+def fill_index(sp: LocalSpace, listings: int) -> None:
+    """``listings`` rows from 10 providers, written as the index stores them."""
+    db = sp.nodes[sp.manifest.operator_id].db
+    providers = ["gov", *(f"provider{n}" for n in range(1, 10))]
+    with db.session() as s:
+        for i in range(listings):
+            provider = providers[i % 10]
+            product = parse_description(
+                description(i // 10, "data.csv"), owner=provider, fmt="json"
+            )
+            listed = replace(product, source=replace(product.source, path=""))
+            s.add(
+                CatalogListingRow(
+                    provider=provider,
+                    product_id=product.id,
+                    body=listed.to_json(),
+                    registration_code="",
+                    registered_ms=1_767_225_600_000,
+                )
+            )
+            if i % 5000 == 4999:
+                s.commit()
+
+
+def search(sp: LocalSpace, rounds: int) -> dict[str, Any]:
+    registry = registry_client(sp.configs["a"])
+    took, found = [], 0
+    try:
+        for i in range(rounds + 2):
+            t = time.perf_counter()
+            request = registry_pb2.SearchCatalogRequest(text=WORDS[i % len(WORDS)])
+            found = len(registry.search_catalog_page(request).listings)
+            took.append(time.perf_counter() - t)
+    finally:
+        registry.close()
+    took = took[2:]
+    return {
+        "listings_in_first_page": found,
+        "p50_ms": round(statistics.median(took) * 1000, 1),
+        "max_ms": round(max(took) * 1000, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--listings", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tds-bench-catalog-") as tmp:
+        root = Path(tmp)
+        data = root / "data.csv"
+        data.write_text("time,district,value\n1,a,2\n")
+        with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+            sp.start_registry()
+            sp.start_connector("gov")
+            sp.start_connector("a")
+            result: dict[str, Any] = {"publish": publish(sp, args.products, str(data))}
+            result["first_page"] = first_page(sp, args.rounds)
+            result["cli_whole_catalog"] = whole_catalog_cli(sp)
+            fill_index(sp, args.listings)
+            result["registry_search"] = search(sp, args.rounds)
+            result["registry_search"]["listings"] = args.listings
+    targets = {
+        "publish_last_within_1.5x": result["publish"]["last_over_first_time"] <= 1.5,
+        "first_page_p50_le_50ms": result["first_page"]["p50_ms"] <= 50,
+        "cli_whole_catalog_le_2s": result["cli_whole_catalog"].get("seconds", 1e9) <= 2,
+        "registry_search_p50_le_100ms": result["registry_search"]["p50_ms"] <= 100,
+    }
+    result["targets_met"] = targets
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for section, figures in result.items():
+            print(f"{section}: {figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

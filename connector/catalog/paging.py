@@ -1,0 +1,300 @@
+"""Pages of a catalog: filters, sizes, page tokens, and one access decision per page.
+
+A catalog is read in pages in a stable order (product id; provider then product id in the
+registry's index). Each page takes at most ``page_size`` candidates matching the filters,
+fewer when their stored size would pass ``max_page_bytes`` (so an answer never approaches
+the message limit), decides them in one policy evaluation, and shows those the caller may
+see: a page can be short, or even empty, and still have a next one. The caller follows
+``next_page_token`` until it is empty.
+
+A page token is opaque and bound to its caller and filters: AES-GCM (``cryptography``) over
+the position, with the caller and the filters as associated data, under a key only the
+connector holds. It reveals nothing (not even the last id the page considered, which the
+caller may not be allowed to see), and a token edited, made up, or taken from another
+caller or another filter is refused with ``InvalidRequest``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from connector.catalog.products import Product
+from connector.clock import Clock
+from connector.config import CatalogConfig
+from connector.errors import InvalidRequest
+from connector.policy.inputs import build_page_input
+from connector.policy.point import PolicyPoint
+from connector.policy.shape import GRADES
+from connector.rpc.auth import Caller
+
+__all__ = [
+    "MAX_FILTER_CHARS",
+    "Filters",
+    "PageLimits",
+    "PageTokens",
+    "Row",
+    "decide_page",
+    "page_limits",
+    "page_size",
+    "read_page",
+]
+
+MAX_FILTER_CHARS = 256
+"""The longest tag, domain or text a filter may hold."""
+_MAX_TOKEN_CHARS = 2048
+_NONCE_BYTES = 12
+
+
+@dataclass(frozen=True)
+class PageLimits:
+    """How large a page may be (``[catalog]`` in the configuration)."""
+
+    default_size: int = 100
+    """Products per page when the caller does not say."""
+    max_size: int = 1000
+    """The most products a caller may ask for in one page."""
+    max_page_bytes: int = 1024 * 1024
+    """Stored size of a page's candidates, summed: a page stops short of it (at least one
+    product is always taken), so answers stay far below the gRPC message limit."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_size <= self.max_size:
+            raise ValueError("catalog page sizes: need 1 <= page_size <= max_page_size")
+        if self.max_page_bytes < 1024:
+            raise ValueError("catalog.max_page_bytes must be at least 1024")
+
+
+def page_limits(cfg: CatalogConfig) -> PageLimits:
+    """The limits ``[catalog]`` sets."""
+    return PageLimits(cfg.page_size, cfg.max_page_size, cfg.max_page_bytes)
+
+
+def page_size(requested: int | None, limits: PageLimits) -> int:
+    """The page size to use: ``limits.default_size`` when not given; ``InvalidRequest`` for
+    0, a negative size or one above the maximum."""
+    if requested is None:
+        return limits.default_size
+    if not 1 <= requested <= limits.max_size:
+        raise InvalidRequest(
+            f"page_size must be between 1 and {limits.max_size} (got {requested}); "
+            "leave it out for the default"
+        )
+    return requested
+
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a caller asks a catalog for: every given filter must match."""
+
+    tag: str = ""
+    domain: str = ""
+    grade: str = ""
+    text: str = ""
+    """Words to find in the title, description or tags (all of them, any case)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tag", "domain", "grade", "text"):
+            value = getattr(self, name)
+            if len(value) > MAX_FILTER_CHARS:
+                raise InvalidRequest(
+                    f"the {name} filter is longer than {MAX_FILTER_CHARS} characters"
+                )
+            if "\0" in value:
+                raise InvalidRequest(f"the {name} filter holds a NUL character")
+        if self.grade and self.grade not in GRADES:
+            raise InvalidRequest(f"grade filter: one of {', '.join(GRADES)} (got {self.grade!r})")
+
+    @property
+    def words(self) -> list[str]:
+        """The text filter's words, lower-case."""
+        return [w.lower() for w in _WORD.findall(self.text)]
+
+    def matches(self, product: Product) -> bool:
+        """Whether ``product`` passes every filter (the exact check after the database's)."""
+        if self.tag and self.tag not in product.tags:
+            return False
+        if self.domain and self.domain != product.domain:
+            return False
+        if self.grade and self.grade != product.grade:
+            return False
+        haystack = " ".join([product.title, product.description, *product.tags]).lower()
+        return all(w in haystack for w in self.words)
+
+    def body_patterns(self) -> list[str]:
+        """``LIKE`` patterns (escape character ``\\``, any case) the stored JSON of every
+        matching product matches: the database narrows the rows, ``matches`` decides.
+
+        A pattern is given only where it cannot leave out a match: the text of a field as
+        ``Product.to_json`` writes it (ASCII JSON), and for words only those whose case
+        the database folds or that have none.
+        """
+        patterns = []
+        if self.tag:
+            patterns.append(_contains(json.dumps(self.tag)))
+        if self.domain:
+            patterns.append(_contains('"domain":' + json.dumps(self.domain)))
+        if self.grade:
+            patterns.append(_contains('"grade":' + json.dumps(self.grade)))
+        for word in self.words:
+            if word.isascii() or word.lower() == word.upper():
+                patterns.append(_contains(json.dumps(word)[1:-1]))
+        return patterns
+
+    def digest(self) -> bytes:
+        """SHA-256 over the filters (what a page token is bound to)."""
+        text = json.dumps([self.tag, self.domain, self.grade, self.text], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).digest()
+
+
+def _contains(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class PageTokens:
+    """Issues and opens page tokens for one catalog (``purpose`` tells catalogs apart)."""
+
+    def __init__(self, key: bytes, purpose: str) -> None:
+        self._aead = AESGCM(key)
+        self._purpose = purpose.encode()
+
+    @classmethod
+    def from_signing_key(cls, signing_key: Ed25519PrivateKey, purpose: str) -> PageTokens:
+        """Tokens under a key derived (HKDF-SHA256) from the participant's signing key:
+        every replica of the participant holds it, so any replica opens any page token."""
+        raw = signing_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"tds catalog page tokens v1 " + purpose.encode(),
+        ).derive(raw)
+        return cls(key, purpose)
+
+    def _bound(self, caller: str, filters: Filters) -> bytes:
+        return b"\0".join([self._purpose, caller.encode(), filters.digest()])
+
+    def issue(self, caller: str, filters: Filters, position: Sequence[str]) -> str:
+        """A token for the page after ``position``, valid only for ``caller`` and ``filters``."""
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(
+            nonce, json.dumps(list(position)).encode(), self._bound(caller, filters)
+        )
+        return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+
+    def open(self, token: str, caller: str, filters: Filters) -> list[str]:
+        """The position a token holds; ``InvalidRequest`` for any token this connector did
+        not issue to ``caller`` for ``filters`` (nothing said about why: nothing revealed)."""
+        refused = InvalidRequest(
+            "page_token is not one this catalog gave you for these filters; start again without it"
+        )
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise refused
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            # Only the one spelling issue() gives: base64 ignores a last character's
+            # spare bits, so an edited token could otherwise read as the original.
+            if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+                raise ValueError("not a token's spelling")
+            plain = self._aead.decrypt(
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], self._bound(caller, filters)
+            )
+            position = json.loads(plain)
+        except (ValueError, binascii.Error, InvalidTag):
+            raise refused from None
+        if not isinstance(position, list) or not all(isinstance(p, str) for p in position):
+            raise refused
+        return position
+
+
+def decide_page(
+    policy: PolicyPoint, caller: Caller, clock: Clock, candidates: Sequence[tuple[str, Product]]
+) -> set[str]:
+    """The keys of the ``(key, product)`` candidates ``caller`` may see, decided in one
+    evaluation: one log entry, whose input hash covers every candidate and which lists the
+    visible keys. The key is the resource's id in the input (unique in the page: the
+    product id in a provider's catalog, ``provider/product`` in the registry's index)."""
+    if not candidates:
+        return set()
+    resources = [{**p.resource(), "id": key} for key, p in candidates]
+    decision = policy.decide(build_page_input(caller, resources, clock=clock))
+    return set(decision.visible_ids or ()) if decision.allow else set()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Row(Generic[T]):
+    """A row a page considers: its position in the catalog's order, its product, its stored
+    size, and what the catalog shows of it."""
+
+    position: tuple[str, ...]
+    product: Product
+    size: int
+    item: T
+
+    @property
+    def key(self) -> str:
+        """The row's id in the page's policy input (its position: unique in the catalog)."""
+        return "/".join(self.position)
+
+
+PageReader = Callable[[Sequence[str], int], list[Row[T]]]
+"""``(after, limit)``: up to ``limit`` rows after position ``after`` (empty: from the
+start), in order, narrowed by the database with ``Filters.body_patterns``."""
+
+
+def read_page(
+    reader: PageReader[T],
+    *,
+    caller: Caller,
+    filters: Filters,
+    size: int,
+    token: str,
+    tokens: PageTokens,
+    limits: PageLimits,
+    policy: PolicyPoint,
+    clock: Clock,
+) -> tuple[list[T], str]:
+    """One page: what ``caller`` may see of it, and the token of the next page ("" at the
+    end). The access policy decides the page's candidates at once."""
+    bound = f"{caller.participant}\0{caller.role}"
+    after = tokens.open(token, bound, filters) if token else []
+    rows = reader(after, size + 1)  # one more than the page: whether another follows
+    taken = _within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
+    more = taken < len(rows)
+    rows = rows[:taken]
+    matching = [r for r in rows if filters.matches(r.product)]
+    visible = decide_page(policy, caller, clock, [(r.key, r.product) for r in matching])
+    shown = [r.item for r in matching if r.key in visible]
+    following = tokens.issue(bound, filters, rows[-1].position) if more and rows else ""
+    return shown, following
+
+
+def _within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many rows of ``sizes`` a page takes: as many as fit in ``max_bytes``, at least one."""
+    total = 0
+    for taken, size in enumerate(sizes):
+        total += size
+        if total > max_bytes and taken:
+            return taken
+    return len(sizes)

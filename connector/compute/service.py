@@ -1,0 +1,357 @@
+"""The provider's side of compute-to-data (可用不可见), and ``ComputeService``.
+
+One question under an agreement: check it against the agreement's rules, let the usage
+policy decide it (``compute.run``), reserve its ε in the agreement's metering row, compute
+where the data lives, apply disclosure control, sign a computation receipt and log it.
+Anything that fails after the reservation gives the ε back. The consumer countersigns the
+receipt (``ConfirmComputation``); both logs then hold the same countersigned receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import compute_pb2, compute_pb2_grpc
+from connector.audit import jws
+from connector.audit.log import AuditLog
+from connector.catalog.catalog import Catalog
+from connector.clock import Clock
+from connector.compute.answer import answer_query
+from connector.compute.engine import Executor
+from connector.compute.query import Query, parse_query
+from connector.compute.receipt import (
+    WHAT,
+    ComputationReceipt,
+    sign_computation,
+)
+from connector.compute.rules import ComputeRules, parse_rules
+from connector.compute.sources import ComputeSources
+from connector.compute.store import (
+    ANSWERED,
+    CONFIRMED,
+    PROVIDER,
+    RESERVED,
+    Computation,
+    ComputationStore,
+    EpsilonUse,
+    micro,
+)
+from connector.consent.register import ConsentLookup, no_consent
+from connector.errors import (
+    ConnectorError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    VerificationError,
+)
+from connector.negotiation.agreement import Agreement
+from connector.policy.inputs import build_input
+from connector.policy.point import PolicyPoint
+from connector.rpc.auth import Access, Caller, current_caller
+from connector.rpc.server import Service
+from connector.transfer.provider import TransferProvider
+
+if TYPE_CHECKING:
+    from connector.compute.client import ComputeConsumer
+
+__all__ = [
+    "MAX_QUESTION_BYTES",
+    "ComputeProvider",
+    "ComputeServicer",
+    "compute_service",
+    "question_of",
+]
+
+MAX_QUESTION_BYTES = 16 * 1024
+"""The longest question (SQL or JSON) accepted: a real aggregate query is a few hundred."""
+
+
+def question_of(text: str) -> str | dict[str, Any]:
+    """A question as sent: the JSON form when it is a JSON object, else SQL text."""
+    if len(text.encode()) > MAX_QUESTION_BYTES:
+        raise InvalidRequest(
+            f"the question is {len(text.encode())} bytes; at most {MAX_QUESTION_BYTES} are accepted"
+        )
+    if not text.strip():
+        raise InvalidRequest("the question is empty: send one SELECT … FROM product or its JSON")
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise InvalidRequest(f"the question is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise InvalidRequest("a JSON question is an object")
+        return value
+    return text
+
+
+class ComputeProvider:
+    """Answers questions about this connector's products under its agreements."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        transfers: TransferProvider,
+        catalog: Catalog,
+        policy: PolicyPoint,
+        store: ComputationStore,
+        sources: ComputeSources,
+        audit: AuditLog,
+        clock: Clock,
+        signing_key: ed25519.Ed25519PrivateKey,
+        keys: jws.KeyLookup,
+        consent: ConsentLookup = no_consent,
+    ) -> None:
+        self._me = participant
+        self._transfers = transfers
+        self._catalog = catalog
+        self._policy = policy
+        self._store = store
+        self._sources = sources
+        self._audit = audit
+        self._clock = clock
+        self._key = signing_key
+        self._keys = keys
+        self._consent = consent
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    def _refuse(self, caller: Caller, agreement: Agreement, reason: str) -> None:
+        self._audit.record(
+            "compute.refused",
+            parties=[caller.participant],
+            data={"agreement": agreement.id, "product": agreement.product, "reason": reason[:300]},
+        )
+
+    def compute(self, caller: Caller, agreement_id: str, text: str) -> compute_pb2.ComputeResponse:
+        """Answer one question; see the module docstring for the steps."""
+        if not agreement_id:
+            raise InvalidRequest("agreement_id is required")
+        question = question_of(text)
+        agreement, revoked = self._transfers.agreement_for(caller, agreement_id, "compute.run")
+        published = self._catalog.published(agreement.product, agreement.offer)
+        if published is None:
+            raise PreconditionFailed(
+                f"product {agreement.product!r} or its offer has been withdrawn by the provider"
+            )
+        product, offer = published
+        # The rules the consumer signed, not the offer as it may read today.
+        rules = parse_rules(agreement.compute) if agreement.compute is not None else None
+        query: Query | None = None
+        if rules is not None and "compute" in agreement.delivery:
+            try:
+                query = parse_query(question, rules)
+            except InvalidRequest as exc:
+                self._refuse(caller, agreement, f"question refused: {exc}")
+                raise
+        epsilon = rules.privacy.epsilon_per_query if rules and rules.privacy else 0.0
+        budget = micro(rules.privacy.epsilon_budget) if rules and rules.privacy else 0
+        used = self._store.usage(agreement.id)
+        left = max(0, budget - used.spent_micro) / 1_000_000
+        document = build_input(
+            "compute.run",
+            caller=caller,
+            resource=product.resource(),
+            clock=self._clock,
+            offer={"id": offer.id, "policy_module": offer.policy_module},
+            contract={
+                "id": agreement.id,
+                "purpose": agreement.purpose,
+                "valid_from_ns": agreement.valid_from_ns,
+                "valid_until_ns": agreement.valid_until_ns,
+                "max_transfers": agreement.max_transfers,
+                "max_bytes": agreement.max_bytes,
+                "revoked": revoked,
+                "obligations": dict(agreement.obligations),
+                "delivery": list(agreement.delivery),
+                "compute": dict(agreement.compute or {}),
+            },
+            context={
+                "revoked": revoked,
+                "epsilon_spent": used.spent,
+                "epsilon_left": left,
+                "computations_used": used.computations,
+                "consent": dict(self._consent(caller.participant, product.id, agreement.purpose)),
+            },
+            query=(
+                query.shape(rules)
+                if query is not None and rules is not None
+                else {
+                    "dimensions": [],
+                    "filtered": [],
+                    "measures": [],
+                    "aggregates": [],
+                    "epsilon": 0.0,
+                }
+            ),
+        )
+        decision = self._policy.decide(document)
+        if not decision.allow:
+            reason = "computation refused by the usage policy: " + ", ".join(decision.deny)
+            if "privacy_budget_exhausted" in decision.deny:
+                reason += f" (ε {used.spent:g} spent, {left:g} left, {epsilon:g} asked)"
+            self._refuse(caller, agreement, reason)
+            raise PermissionDenied(reason)
+        assert rules is not None and query is not None  # the policy refuses otherwise
+        executor, source_state = self._sources.open(product.source, product.fields)
+        c = Computation(
+            id=f"cp-{uuid.uuid4().hex}",
+            role=PROVIDER,
+            agreement_id=agreement.id,
+            product=product.id,
+            counterparty=caller.participant,
+            state=RESERVED,
+            started_ms=self._now_ms(),
+            query_sha256=query.sha256(),
+            epsilon_micro=micro(epsilon),
+        )
+        try:
+            after = self._store.reserve(c, budget_micro=budget, now_ms=c.started_ms)
+        except PermissionDenied as exc:
+            self._refuse(caller, agreement, str(exc))
+            raise
+        try:
+            return self._answer(
+                caller, agreement, rules, question, executor, source_state, c, after
+            )
+        except BaseException as exc:
+            self._store.release(c.id, f"no answer: {exc}", self._now_ms())
+            if isinstance(exc, ConnectorError):
+                self._audit.record(
+                    "compute.failed",
+                    parties=[caller.participant],
+                    data={"computation": c.id, "agreement": agreement.id, "reason": str(exc)[:300]},
+                )
+            raise
+
+    def _answer(
+        self,
+        caller: Caller,
+        agreement: Agreement,
+        rules: ComputeRules,
+        question: str | dict[str, Any],
+        executor: Executor,
+        source_state: str,
+        c: Computation,
+        after: EpsilonUse,
+    ) -> compute_pb2.ComputeResponse:
+        answer = answer_query(question, rules, executor)
+        fields = answer.receipt(source_state)
+        receipt = ComputationReceipt(
+            agreement=agreement.id,
+            computation=c.id,
+            product=agreement.product,
+            provider=self._me,
+            consumer=caller.participant,
+            query=fields["query"],
+            query_sha256=fields["query_sha256"],
+            rules_sha256=fields["rules_sha256"],
+            source_state=source_state,
+            answer_sha256=fields["answer_sha256"],
+            rows=fields["rows"],
+            suppressed=fields["suppressed"],
+            epsilon_spent=fields["epsilon_spent"],
+            epsilon_left=after.left,
+            delta=fields["delta"],
+            computed_ms=self._now_ms(),
+        )
+        signed = sign_computation(receipt, self._key)
+        self._audit.record(
+            "compute.answered",
+            parties=[caller.participant],
+            data={"computation": c.id, "agreement": agreement.id, "receipt": signed},
+        )
+        self._store.update(
+            c.id,
+            expect=RESERVED,
+            state=ANSWERED,
+            receipt=signed,
+            answer_sha256=receipt.answer_sha256,
+            ended_ms=receipt.computed_ms,
+        )
+        return compute_pb2.ComputeResponse(
+            computation_id=c.id, answer=answer.canonical(), receipt=signed
+        )
+
+    def confirm(self, caller: Caller, computation_id: str, countersigned: str) -> None:
+        """Take the consumer's countersignature of a receipt we sent; log it."""
+        try:
+            c = self._store.get(computation_id)
+        except NotFound:
+            raise NotFound(f"no computation {computation_id!r} with you") from None
+        if c.role != PROVIDER or c.counterparty != caller.participant or c.receipt is None:
+            raise NotFound(f"no computation {computation_id!r} with you")
+        if c.state == CONFIRMED:
+            if c.receipt == countersigned:
+                return  # the consumer retried: same answer
+            raise PreconditionFailed(f"computation {c.id} is already confirmed")
+        if c.state != ANSWERED:
+            raise PreconditionFailed(f"computation {c.id} is {c.state}")
+        try:
+            jws.verify_countersignature(
+                countersigned,
+                c.receipt,
+                self._keys,
+                first=(self._me, "provider"),
+                second=(caller.participant, "consumer"),
+                what=WHAT,
+            )
+        except VerificationError:
+            self._audit.record(
+                "compute.receipt_refused",
+                parties=[caller.participant],
+                data={"computation": c.id, "agreement": c.agreement_id},
+            )
+            raise
+        self._audit.record(
+            "compute.receipt",
+            parties=[caller.participant],
+            data={"computation": c.id, "agreement": c.agreement_id, "receipt": countersigned},
+        )
+        self._store.update(c.id, expect=ANSWERED, state=CONFIRMED, receipt=countersigned)
+
+
+class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
+    """The provider's endpoints, and ``Ask`` for this connector's own administrator."""
+
+    def __init__(self, provider: ComputeProvider, consumer: ComputeConsumer) -> None:
+        self._provider = provider
+        self._consumer = consumer
+
+    def Compute(
+        self, request: compute_pb2.ComputeRequest, context: Any
+    ) -> compute_pb2.ComputeResponse:
+        """Consumer → provider."""
+        return self._provider.compute(current_caller(), request.agreement_id, request.question)
+
+    def ConfirmComputation(
+        self, request: compute_pb2.ConfirmComputationRequest, context: Any
+    ) -> compute_pb2.ConfirmComputationResponse:
+        """Consumer → provider."""
+        self._provider.confirm(current_caller(), request.computation_id, request.receipt)
+        return compute_pb2.ConfirmComputationResponse()
+
+    def Ask(self, request: compute_pb2.ComputeRequest, context: Any) -> compute_pb2.ComputeResponse:
+        """Admin → its own connector, as consumer."""
+        return self._consumer.ask(request.agreement_id, request.question)
+
+
+def compute_service(servicer: ComputeServicer) -> Service:
+    """``ComputeService`` with its access table."""
+    return Service(
+        "tds.v1.ComputeService",
+        compute_pb2_grpc.add_ComputeServiceServicer_to_server,
+        servicer,
+        {
+            "Compute": Access.MEMBER,
+            "ConfirmComputation": Access.MEMBER,
+            "Ask": Access.ADMIN,
+        },
+    )

@@ -1,0 +1,313 @@
+"""Compute-to-data (可用不可见) between two connectors: answers with a computation receipt both
+sign and log, every question the rules do not allow refused with its reason and nothing
+spent, the differencing attack refused, copy and compute kept apart by the offer, and the
+privacy budget holding under concurrent questions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, compute_pb2, compute_pb2_grpc
+from connector.compute.receipt import verify_computation_receipt
+from connector.compute.store import CONFIRMED, ComputationStore
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role
+from connector.node.clients import admin_channel
+from tests.support.exchange import admin, agree, entries, offer, publish
+
+FIELDS = ["patient_id", "district", "age_band", "year", "cost"]
+RULES: dict[str, Any] = {
+    "k": 5,
+    "dimensions": {
+        "district": {"type": "text"},
+        "age_band": {"type": "text"},
+        "year": {"type": "integer"},
+    },
+    "measures": {"cost": {"aggregates": ["count", "sum", "avg"], "lower": 0, "upper": 100000}},
+}
+DP_RULES = {**RULES, "privacy": {"epsilon_per_query": 1.0, "epsilon_budget": 3.0, "delta": 1e-6}}
+
+
+def rows() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    bands = ["0-17", "18-64", "65-89"]
+    for district in ("north", "south", "east"):
+        for i in range(30):
+            out.append({"district": district, "age_band": bands[i % 3], "cost": 1000 + 37 * i})
+    out += [{"district": "island", "age_band": "18-64", "cost": 5000}] * 3  # a small group
+    out.append({"district": "north", "age_band": "90+", "cost": 88000})  # one person
+    return [{"patient_id": f"P{n:05d}", "year": 2026, **row} for n, row in enumerate(out)]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("compute")
+    data = root / "provider-data"
+    data.mkdir()
+    with (data / "admissions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows())
+    parts = [("health", Role.GOVERNMENT), ("lab", Role.ENTERPRISE)]
+    with LocalSpace.create(root, parts) as sp:
+        sp.start_registry()
+        for who in ("health", "lab"):
+            sp.start_connector(who)
+        source = {"kind": "table", "format": "csv", "path": "admissions.csv"}
+        for pid, grade, terms in (
+            ("admissions", "important", {"delivery": ["compute"], "compute": RULES}),
+            ("admissions-dp", "important", {"delivery": ["compute"], "compute": DP_RULES}),
+            ("admissions-copy", "general", {}),
+        ):
+            publish(
+                sp,
+                "health",
+                {
+                    "id": pid,
+                    "title": pid,
+                    "grade": grade,
+                    "fields": FIELDS,
+                    "source": source,
+                    "offers": [offer(**terms)],
+                },
+                data,
+            )
+        sp.data = data  # type: ignore[attr-defined]
+        yield sp
+
+
+def ask(space: LocalSpace, agreement: str, question: str) -> compute_pb2.ComputeResponse:
+    stub = compute_pb2_grpc.ComputeServiceStub(admin_channel(space.configs["lab"]))
+    response: compute_pb2.ComputeResponse = stub.Ask(
+        compute_pb2.ComputeRequest(agreement_id=agreement, question=question), timeout=60
+    )
+    return response
+
+
+@pytest.fixture(scope="module")
+def plain(space: LocalSpace) -> str:
+    return agree(space, "health", "lab", "admissions", approve=True)
+
+
+def spent(space: LocalSpace, agreement: str) -> tuple[int, int]:
+    db = space.nodes["health"].db
+    assert db is not None
+    used = ComputationStore(db).usage(agreement)
+    return used.computations, used.spent_micro
+
+
+def test_an_answer_comes_with_a_receipt_both_sign_and_log(space: LocalSpace, plain: str) -> None:
+    r = ask(
+        space,
+        plain,
+        "SELECT district, count(*), avg(cost) FROM product WHERE year = 2026 GROUP BY district",
+    )
+    answer = json.loads(r.answer)
+    assert answer["columns"] == ["district", "count", "avg_cost"]
+    by_district = {row[0]: row for row in answer["rows"]}
+    assert set(by_district) == {"north", "south", "east"}  # island (3 < k) suppressed
+    assert answer["suppressed"] == 1
+    assert by_district["south"][1] == 30
+    receipt = verify_computation_receipt(r.receipt, space.nodes["health"]._signing_key_of)
+    assert (receipt.provider, receipt.consumer, receipt.agreement) == ("health", "lab", plain)
+    assert receipt.suppressed == 1 and receipt.rows == 3 and receipt.epsilon_spent == 0
+    assert receipt.source_state.startswith("sha256:")
+    assert "GROUP BY district" in receipt.query
+    for who in ("health", "lab"):
+        logged = [
+            e["data"]["receipt"]
+            for e in entries(space, who, "compute.receipt")
+            if e["data"]["computation"] == r.computation_id
+        ]
+        assert logged == [r.receipt]
+    db = space.nodes["health"].db
+    assert db is not None
+    assert ComputationStore(db).get(r.computation_id).state == CONFIRMED
+
+
+@pytest.mark.parametrize(
+    ("question", "reason"),
+    [
+        ("DELETE FROM product", "SELECT"),
+        ("UPDATE product SET cost = 0", "SELECT"),
+        ("SELECT district, count(*) FROM product GROUP BY district FOR UPDATE", "lock"),
+        ("SELECT district, count(*) FROM product GROUP BY district; DROP TABLE product", "one"),
+        ("SELECT count(*) FROM read_csv('/etc/passwd')", "table functions"),
+        ("SELECT district, count(*) FROM product WHERE district = pg_read_file('x')", "literal"),
+        ("SELECT * FROM product", "SELECT *"),
+        ("SELECT patient_id FROM product", "not a declared dimension"),
+        ("SELECT cost FROM product", "raw values never leave"),
+        ("SELECT patient_id, count(*) FROM product GROUP BY patient_id", "patient_id"),
+        ("SELECT district, max(cost) FROM product GROUP BY district", "max"),
+        ("SELECT p.district, count(*) FROM product p JOIN product q ON true GROUP BY 1", "joins"),
+        ("SELECT count(*) FROM (SELECT * FROM product) AS t", "subqueries"),
+        ("SELECT district, count(*) OVER () FROM product", "window"),
+        ("SELEC district FROM", "not valid SQL"),
+        ("SELECT district, count(*) FROM product GROUP BY district" + " " * 20000, "bytes"),
+        ('{"dimensions": ["patient_id"], "aggregates": [{"fn": "count"}]}', "patient_id"),
+        ("{not json", "JSON"),
+        ("", "empty"),
+    ],
+)
+def test_questions_the_rules_do_not_allow_are_refused_and_nothing_is_spent(
+    space: LocalSpace, plain: str, question: str, reason: str
+) -> None:
+    before = spent(space, plain)
+    with pytest.raises(grpc.RpcError) as caught:
+        ask(space, plain, question)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert reason.lower() in (caught.value.details() or "").lower()
+    assert "Traceback" not in (caught.value.details() or "")
+    assert spent(space, plain) == before
+
+
+def test_the_provider_refuses_what_a_consumer_connector_would_not_send(
+    space: LocalSpace, plain: str
+) -> None:
+    # Straight to the provider's ComputeService, as a modified consumer connector would call.
+    node = space.nodes["lab"]
+    channel = node._member_channel("health")
+    stub = compute_pb2_grpc.ComputeServiceStub(channel)
+    before = spent(space, plain)
+    try:
+        for question, reason in (
+            ("SELECT count(*) FROM product" + " " * 70_000, "bytes"),
+            ("SELECT count(*) FROM product; SELECT 1", "one statement"),
+            ("[1]", "only SELECT"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Compute(
+                    compute_pb2.ComputeRequest(agreement_id=plain, question=question), timeout=30
+                )
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert reason in (caught.value.details() or "")
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ConfirmComputation(
+                compute_pb2.ConfirmComputationRequest(computation_id="cp-nope", receipt="{}"),
+                timeout=30,
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+    assert spent(space, plain) == before
+
+
+def test_two_questions_differing_by_one_filter_cannot_reveal_one_person(
+    space: LocalSpace, plain: str
+) -> None:
+    # Only one person in the data is aged 90+. The sum over everyone, then the sum over
+    # everyone not aged 90+, would give that person's cost by subtraction.
+    whole = json.loads(ask(space, plain, "SELECT sum(cost) FROM product").answer)
+    assert whole["rows"] and whole["suppressed"] == 0
+    before = spent(space, plain)
+    with pytest.raises(grpc.RpcError) as caught:
+        ask(space, plain, "SELECT sum(cost) FROM product WHERE age_band <> '90+'")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "fewer than 5 rows" in (caught.value.details() or "")
+    assert spent(space, plain) == before  # the refusal spends nothing
+    # Nor does grouping by the band show the 90+ group on its own.
+    grouped = json.loads(
+        ask(space, plain, "SELECT age_band, sum(cost) FROM product GROUP BY age_band").answer
+    )
+    assert "90+" not in {row[0] for row in grouped["rows"]} and grouped["suppressed"] == 1
+
+
+def test_copy_and_compute_stay_apart_as_the_offer_says(space: LocalSpace, plain: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(
+            admin(space, "lab").Transfer(admin_pb2.TransferRequest(agreement_id=plain), timeout=30)
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "copy_not_offered" in (caught.value.details() or "")
+    copy = agree(space, "health", "lab", "admissions-copy")
+    with pytest.raises(grpc.RpcError) as caught:
+        ask(space, copy, "SELECT district, count(*) FROM product GROUP BY district")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "compute_not_offered" in (caught.value.details() or "")
+    assert spent(space, copy) == (0, 0)
+    refused = [
+        e for e in entries(space, "health", "compute.refused") if e["data"]["agreement"] == copy
+    ]
+    assert refused and "compute_not_offered" in refused[-1]["data"]["reason"]
+
+
+def test_the_privacy_budget_holds_and_the_refusal_says_what_is_left(space: LocalSpace) -> None:
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    question = "SELECT district, count(*), avg(cost) FROM product GROUP BY district"
+    for n in range(3):
+        r = ask(space, agreement, question)
+        receipt = verify_computation_receipt(r.receipt, space.nodes["health"]._signing_key_of)
+        assert receipt.epsilon_spent == 1.0 and receipt.epsilon_left == 2.0 - n
+    with pytest.raises(grpc.RpcError) as caught:
+        ask(space, agreement, question)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    details = caught.value.details() or ""
+    assert "privacy_budget_exhausted" in details and "3 spent, 0 left" in details
+    assert spent(space, agreement) == (3, 3_000_000)
+
+
+def test_concurrent_questions_cannot_overspend(space: LocalSpace) -> None:
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    barrier = threading.Barrier(8)
+
+    def one(_: int) -> str:
+        barrier.wait()
+        try:
+            ask(space, agreement, "SELECT count(*) FROM product")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc.details()
+            assert "privacy_budget_exhausted" in (exc.details() or "")
+            return "refused"
+        return "answered"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(one, range(8)))
+    assert outcomes.count("answered") == 3 and outcomes.count("refused") == 5
+    assert spent(space, agreement) == (3, 3_000_000)
+
+
+def test_a_missing_source_spends_nothing(space: LocalSpace) -> None:
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    path = space.data / "admissions.csv"  # type: ignore[attr-defined]
+    moved = path.with_suffix(".away")
+    path.rename(moved)
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            ask(space, agreement, "SELECT count(*) FROM product")
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "missing" in (caught.value.details() or "")
+    finally:
+        moved.rename(path)
+    assert spent(space, agreement) == (0, 0)
+
+
+def test_a_revoked_agreement_answers_nothing(space: LocalSpace) -> None:
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    question = "SELECT count(*) FROM product"
+    # Straight to the provider, as a consumer connector that ignored the revocation would.
+    channel = space.nodes["lab"]._member_channel("health")
+    stub = compute_pb2_grpc.ComputeServiceStub(channel)
+    try:
+        stub.Compute(compute_pb2.ComputeRequest(agreement_id=agreement, question=question))
+        admin(space, "health").RevokeAgreement(
+            admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="study ended"),
+            timeout=10,
+        )
+        before = spent(space, agreement)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Compute(
+                compute_pb2.ComputeRequest(agreement_id=agreement, question=question), timeout=30
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "agreement_revoked" in (caught.value.details() or "")
+        assert spent(space, agreement) == before
+    finally:
+        channel.close()
