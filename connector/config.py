@@ -222,7 +222,8 @@ class DspConfig:
     max_body_bytes: int = 256 * 1024
     """Largest request body accepted; a larger one is refused with 413 before it is read."""
     page_size: int = 50
-    """Datasets per catalog page (further pages through ``Link: rel="next"``)."""
+    """Products a catalog page considers (DSP clients cannot choose; at most
+    ``catalog.max_page_size``); further pages through ``Link: rel="next"``."""
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,10 @@ def _validate(cfg: Config) -> None:
             "transfer.sweep_interval_seconds must be at least 0.1",
         ),
         (cfg.dsp.max_body_bytes >= 1024, "dsp.max_body_bytes must be at least 1024"),
-        (1 <= cfg.dsp.page_size <= 1000, "dsp.page_size must be between 1 and 1000"),
+        (
+            1 <= cfg.dsp.page_size <= cfg.catalog.max_page_size,
+            "dsp.page_size must be between 1 and catalog.max_page_size",
+        ),
         (
             0 <= cfg.limits.clock_leeway_seconds <= 300,
             "limits.clock_leeway_seconds must be between 0 and 300",
