@@ -12,6 +12,7 @@ from connector.cli import (
     audit,
     compute,
     consent,
+    console,
     demo,
     init,
     negotiate,
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         consent,
         audit,
         policy,
+        console,
     ):
         module.add_parser(sub)
     return parser

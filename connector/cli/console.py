@@ -1,0 +1,54 @@
+"""``tds console``: the browser console, served on loopback with a one-time token."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from connector.cli.output import say
+from connector.config import load_config
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tds console``."""
+    p = sub.add_parser(
+        "console",
+        help="open a web console for your connector (loopback, one-time token)",
+        description="Serve a web console on loopback that acts on your connector through "
+        "its admin API with your administrator certificate, as the other commands do. It "
+        "prints a URL with a one-time token; opening it signs the browser in (an HttpOnly, "
+        "SameSite=Strict cookie). The auditor's log page verifies entries in the browser.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="your connector's config")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where to serve (default 127.0.0.1 on a free port); loopback only",
+    )
+    p.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow a non-loopback --listen (anyone reaching it with the token acts as you)",
+    )
+    p.set_defaults(func=run_console)
+
+
+def run_console(args: argparse.Namespace) -> int:
+    """Serve until interrupted."""
+    from connector.console.app import Console, check_listen
+    from connector.console.backend import AdminBackend
+
+    host, port = check_listen(args.listen, insecure=args.insecure_listen)
+    if args.insecure_listen:
+        say(f"warning: --insecure-listen: the console is reachable at {host}:{port} off this host")
+    console = Console(AdminBackend(load_config(args.config)))
+    console.start(host, port)
+    try:
+        say("Console for your connector; open this URL once (the token then stops working):")
+        print(console.url(), flush=True)
+        threading.Event().wait()
+    finally:
+        console.stop()
+    return 0

@@ -1,0 +1,375 @@
+"""The console's web server: aiohttp with Jinja2 templates, on loopback only.
+
+Access works like Jupyter's: ``tds console`` prints a URL with a random token; opening it
+trades the token (once) for an HttpOnly, SameSite=Strict session cookie. Every POST must
+carry the session's CSRF token, every answer a strict Content-Security-Policy (scripts and
+styles only from this server, no inline code), and the Host header must name the loopback
+address the console serves on (so a DNS-rebinding page cannot talk to it).
+
+aiohttp because it is already the DSP binding's HTTP stack; Jinja2 for its autoescaping:
+every value a peer controls (titles, reasons, ids) is rendered as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import ipaddress
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from connector.console.backend import AdminBackend
+from connector.errors import (
+    ConfigError,
+    ConflictError,
+    ConnectorError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+)
+
+__all__ = ["Console", "build_app", "check_listen"]
+
+COOKIE = "tds_console"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_STATUS = {
+    InvalidRequest: 400,
+    PermissionDenied: 403,
+    NotFound: 404,
+    ConflictError: 409,
+    PreconditionFailed: 409,
+    Unavailable: 503,
+}
+_PACKAGE = Path(str(resources.files("connector.console")))
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+NAV = [
+    ("/products", "数据产品 / products"),
+    ("/requests", "待审批 / requests waiting"),
+    ("/negotiations", "合约协商 / negotiations"),
+    ("/agreements", "数字合约 / contracts"),
+    ("/transfers", "数据传输 / transfers"),
+    ("/metering", "计量 / metering"),
+    ("/audit", "审计日志 / audit log"),
+]
+
+
+def check_listen(listen: str, *, insecure: bool) -> tuple[str, int]:
+    """``HOST:PORT`` to serve on; anything but loopback needs ``insecure``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
+    host = host.strip("[]")
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ConfigError(f"--listen {listen!r}: {host!r} is not an IP address") from None
+    if not loopback and not insecure:
+        raise ConfigError(
+            f"--listen {listen}: the console acts with your administrator certificate, so it "
+            "serves on loopback only (127.0.0.1 or ::1); reach it from elsewhere through an SSH "
+            "tunnel, or pass --insecure-listen if you really mean to expose it"
+        )
+    return host, int(port)
+
+
+class Console:
+    """One console: its backend, its login token and its sessions."""
+
+    def __init__(self, backend: AdminBackend, *, insecure_test_hooks: bool = False) -> None:
+        self.backend = backend
+        self.token = secrets.token_urlsafe(32)
+        self._sessions: dict[str, str] = {}  # session id -> its CSRF token
+        self._hooks = insecure_test_hooks
+        self._hosts: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(_PACKAGE / "templates")),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+
+    # -- access
+
+    def login(self, token: str) -> tuple[str, str] | None:
+        """Trade the printed token for a new session (id, CSRF token); the token works once."""
+        if not self.token or not hmac.compare_digest(token.encode(), self.token.encode()):
+            return None
+        self.token = ""
+        session = secrets.token_urlsafe(32)
+        self._sessions[session] = secrets.token_urlsafe(32)
+        return session, self._sessions[session]
+
+    def csrf_of(self, request: web.Request) -> str | None:
+        """The CSRF token of the request's session, or None without a live session."""
+        return self._sessions.get(request.cookies.get(COOKIE, ""))
+
+    def url(self) -> str:
+        """Where to open the console (with the one-time token)."""
+        return f"http://127.0.0.1:{self.port}/?token={self.token}"
+
+    # -- serving
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve in a thread of its own until ``stop``."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            runner = web.AppRunner(build_app(self), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            self._runner = runner
+            server = site._server  # aiohttp exposes the bound port only here
+            assert isinstance(server, asyncio.Server)
+            self.port = server.sockets[0].getsockname()[1]
+            name = f"[{host}]" if ":" in host else host
+            self._hosts = {f"{name}:{self.port}", f"localhost:{self.port}"}
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(serve())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=main, name="tds-console", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread.join()
+            loop.close()
+            raise ConfigError(f"console cannot listen on {host}:{port}: {failure[0]}") from None
+
+    def stop(self) -> None:
+        """Stop serving and close the channel to the connector."""
+        loop, runner = self._loop, self._runner
+        if loop is not None and self._thread is not None:
+            if runner is not None:
+                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(timeout=10)
+            loop.close()
+        self._loop = self._thread = self._runner = None
+        self.backend.close()
+
+
+def _page(
+    console: Console, request: web.Request, template: str, status: int = 200, **values: Any
+) -> web.Response:
+    html = console.templates.get_template(template).render(
+        nav=NAV if console.backend.runs_connector else NAV[-1:],
+        path=request.path,
+        me=console.backend.participant,
+        csrf=console.csrf_of(request) or "",
+        notice=request.query.get("notice", ""),
+        **values,
+    )
+    return web.Response(text=html, content_type="text/html", status=status)
+
+
+def _security_headers(console: Console) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if console._hosts and request.host not in console._hosts:
+            response: web.StreamResponse = web.Response(
+                status=421, text=f"this console answers only at {sorted(console._hosts)[0]}"
+            )
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = exc
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    return middleware
+
+
+def _session_required(console: Console) -> Any:
+    """No session: a clear page (or 401 JSON) and nothing done; POST without CSRF: 403."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/" or request.path.startswith("/static/"):
+            return await handler(request)
+        csrf = console.csrf_of(request)
+        if csrf is None:
+            if request.path.startswith("/api/"):
+                return web.json_response({"error": "no session: open the console URL"}, status=401)
+            return _page(console, request, "login.html", status=401, reason="no_session")
+        if request.method not in ("GET", "HEAD"):
+            form = await request.post()
+            given = str(form.get("csrf", "")) or request.headers.get("X-CSRF-Token", "")
+            if not hmac.compare_digest(given.encode(), csrf.encode()):
+                return _page(console, request, "login.html", status=403, reason="csrf")
+        return await handler(request)
+
+    return middleware
+
+
+def _shown_errors(console: Console) -> Any:
+    """A ConnectorError is a banner on the page, with its message; never a traceback."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ConnectorError as exc:
+            status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 502)
+            if request.path.startswith("/api/"):
+                return web.json_response({"error": str(exc)}, status=status)
+            return _page(console, request, "error.html", status=status, error=str(exc))
+
+    return middleware
+
+
+def build_app(console: Console) -> web.Application:
+    """The console's routes."""
+    backend = console.backend
+    app = web.Application(
+        middlewares=[
+            _security_headers(console),
+            _session_required(console),
+            _shown_errors(console),
+        ],
+        client_max_size=64 * 1024,
+    )
+
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        token = request.query.get("token")
+        if token is None:
+            if console.csrf_of(request) is not None:
+                raise web.HTTPSeeOther(_landing(console))
+            return _page(console, request, "login.html", status=401, reason="no_session")
+        session = console.login(token)
+        if session is None:
+            return _page(console, request, "login.html", status=403, reason="bad_token")
+        response = web.HTTPSeeOther(_landing(console))  # the token leaves the address bar
+        response.set_cookie(COOKIE, session[0], httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def products(request: web.Request) -> web.StreamResponse:
+        return _page(console, request, "products.html", products=await call(backend.products))
+
+    async def requests_(request: web.Request) -> web.StreamResponse:
+        waiting = await call(backend.negotiations, pending=True)
+        return _page(console, request, "requests.html", waiting=waiting)
+
+    async def decide(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        info = await call(
+            backend.decide,
+            str(form.get("pid", "")),
+            str(form.get("action", "")),
+            str(form.get("reason", "")),
+        )
+        notice = f"{info['pid']}: {info['state']}"
+        raise web.HTTPSeeOther(f"/negotiations?notice={_quote(notice)}")
+
+    async def negotiations(request: web.Request) -> web.StreamResponse:
+        return _page(
+            console, request, "negotiations.html", negotiations=await call(backend.negotiations)
+        )
+
+    async def agreements(request: web.Request) -> web.StreamResponse:
+        found = await call(backend.negotiations, agreements=True)
+        return _page(console, request, "agreements.html", agreements=found)
+
+    async def revoke(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        info = await call(
+            backend.revoke, str(form.get("agreement_id", "")), str(form.get("reason", ""))
+        )
+        raise web.HTTPSeeOther(f"/agreements?notice={_quote(info['agreement_id'] + ' revoked')}")
+
+    async def transfers(request: web.Request) -> web.StreamResponse:
+        return _page(console, request, "transfers.html", transfers=await call(backend.transfers))
+
+    async def metering(request: web.Request) -> web.StreamResponse:
+        return _page(console, request, "metering.html", rows=await call(backend.metering))
+
+    async def audit(request: web.Request) -> web.StreamResponse:
+        target = request.query.get("connector", "")
+        if not target and not backend.runs_connector:
+            return _page(console, request, "audit_pick.html")
+        target = target or backend.participant
+        start = _int(request.query.get("start", "-1"), "start")
+        page = await call(backend.log_page, target, start)
+        return _page(console, request, "audit.html", log=page)
+
+    async def evidence(request: web.Request) -> web.StreamResponse:
+        target = request.query.get("connector", "") or backend.participant
+        found = await call(backend.evidence, target, _int(request.query.get("index", ""), "index"))
+        answer = found.as_json()
+        if console._hooks and request.query.get("tamper") == "1":
+            # Test hook (never on from the CLI): change one byte of the entry as a lying
+            # server would, so the browser's check can be seen to refuse it.
+            body = bytearray(found.body)
+            body[len(body) // 2] ^= 0x01
+            answer["body"] = base64.b64encode(bytes(body)).decode()
+        return web.json_response(answer)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/products", products)
+    app.router.add_get("/requests", requests_)
+    app.router.add_post("/requests/decide", decide)
+    app.router.add_get("/negotiations", negotiations)
+    app.router.add_get("/agreements", agreements)
+    app.router.add_post("/agreements/revoke", revoke)
+    app.router.add_get("/transfers", transfers)
+    app.router.add_get("/metering", metering)
+    app.router.add_get("/audit", audit)
+    app.router.add_get("/api/evidence", evidence)
+    app.router.add_static("/static/", str(_PACKAGE / "static"), show_index=False)
+    return app
+
+
+def _landing(console: Console) -> str:
+    """The first page: the provider's products, or the log pages for one without a connector."""
+    return "/products" if console.backend.runs_connector else "/audit"
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number, not {text!r}") from None
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")

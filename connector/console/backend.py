@@ -1,0 +1,295 @@
+"""What the console reads and changes, through the admin API (and, for logs, AuditService).
+
+Every call is a blocking gRPC call on the CLI's own channels (``admin_channel``,
+``member_channel``); the web server runs them in a thread so a slow connector does not
+stall other pages. Errors come out as ``ConnectorError`` (``calling``), which the pages
+show as a banner.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
+from connector.audit.checkpoint import log_origin
+from connector.audit.note import ALG_ED25519, key_id
+from connector.config import Config
+from connector.errors import InvalidRequest, NotFound, PreconditionFailed
+from connector.node.clients import admin_channel, member_channel, registry_client
+from connector.rpc.channel import calling
+
+__all__ = ["AdminBackend", "EntryEvidence"]
+
+_TIMEOUT = 30.0
+PAGE = 50
+"""Log entries shown a page (GetEntries pages server-side; the browser never gets more)."""
+
+
+def negotiation(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
+    """A negotiation as the pages show it."""
+    return {
+        "pid": n.pid,
+        "role": n.role,
+        "counterparty": n.counterparty,
+        "product": n.product_id,
+        "offer": n.offer_id,
+        "purpose": n.purpose,
+        "state": n.state,
+        "reasons": list(n.reasons),
+        "agreement_id": n.agreement_id,
+        "revoked": bool(n.revocation),
+    }
+
+
+@dataclass(frozen=True)
+class EntryEvidence:
+    """What the browser needs to check one entry on its own: all of it as received."""
+
+    index: int
+    body: bytes
+    proof: list[bytes]
+    checkpoint: str
+    origin: str
+    log_public_key: bytes
+    """The log's Ed25519 key from the registry's directory, not from the log itself."""
+
+    def as_json(self) -> dict[str, Any]:
+        """Base64 for bytes: the browser decodes and hashes exactly these."""
+        b64 = base64.b64encode
+        return {
+            "index": self.index,
+            "body": b64(self.body).decode(),
+            "proof": [b64(p).decode() for p in self.proof],
+            "checkpoint": self.checkpoint,
+            "origin": self.origin,
+            "public_key": b64(self.log_public_key).decode(),
+            "key_id": key_id(self.origin, ALG_ED25519, self.log_public_key).hex(),
+        }
+
+
+class AdminBackend:
+    """The console's one way to its connector: the admin certificate, as ``tds`` uses."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def participant(self) -> str:
+        """Whose connector this is."""
+        return self.cfg.participant.id
+
+    @property
+    def runs_connector(self) -> bool:
+        """False for a participant (an auditor, say) that only reads others' logs."""
+        return bool(self.cfg.server.listen)
+
+    def _admin(self) -> admin_pb2_grpc.AdminServiceStub:
+        if not self.runs_connector:
+            raise PreconditionFailed(
+                f"{self.participant} runs no connector (its config has no server.listen): "
+                "only the audit log pages, which read other connectors, work here"
+            )
+        if self._channel is None:
+            self._channel = admin_channel(self.cfg)
+        return admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def close(self) -> None:
+        """Close the channel to the connector."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def status(self) -> dict[str, Any]:
+        """The connector's own status (``tds status``)."""
+        with calling("your connector"):
+            s = self._admin().GetStatus(admin_pb2.GetStatusRequest(), timeout=_TIMEOUT)
+        return {
+            "participant_id": s.participant_id,
+            "role": s.role,
+            "space": s.space,
+            "token_expires_at": s.token_expires_at,
+            "registry_error": s.registry_error,
+            "version": s.version,
+        }
+
+    def products(self) -> list[dict[str, Any]]:
+        """The products this connector publishes, as stored."""
+        with calling("your connector"):
+            resp = self._admin().ListOwnProducts(
+                admin_pb2.ListOwnProductsRequest(), timeout=_TIMEOUT
+            )
+        return [json.loads(p) for p in resp.products_json]
+
+    def negotiations(
+        self, *, pending: bool = False, agreements: bool = False
+    ) -> list[dict[str, Any]]:
+        """Negotiations, newest first; only those waiting for approval, or with agreements."""
+        with calling("your connector"):
+            resp = self._admin().ListNegotiations(
+                admin_pb2.ListNegotiationsRequest(pending_approval=pending, agreements=agreements),
+                timeout=_TIMEOUT,
+            )
+        return [negotiation(n) for n in resp.negotiations]
+
+    def decide(self, pid: str, action: str, reason: str) -> dict[str, Any]:
+        """Approve or reject a negotiation waiting for this provider."""
+        if not pid:
+            raise InvalidRequest("which negotiation? the form carried no id")
+        stub = self._admin()
+        method = {"approve": stub.ApproveNegotiation, "reject": stub.RejectNegotiation}.get(action)
+        if method is None:
+            raise InvalidRequest(f"unknown decision {action!r}: approve or reject")
+        with calling("your connector"):
+            info = method(admin_pb2.NegotiationRef(pid=pid, reason=reason), timeout=_TIMEOUT)
+        return negotiation(info)
+
+    def revoke(self, agreement_id: str, reason: str) -> dict[str, Any]:
+        """Revoke an agreement this connector provided; the reason is signed into it."""
+        if not reason.strip():
+            raise InvalidRequest("give a reason: it is signed into the revocation")
+        with calling("your connector"):
+            info = self._admin().RevokeAgreement(
+                admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason),
+                timeout=_TIMEOUT,
+            )
+        return negotiation(info)
+
+    def transfers(self) -> list[dict[str, Any]]:
+        """Transfers this connector took part in, either side."""
+        with calling("your connector"):
+            resp = self._admin().ListTransfers(admin_pb2.ListTransfersRequest(), timeout=_TIMEOUT)
+        return [
+            {
+                "transfer_id": t.transfer_id,
+                "role": t.role,
+                "agreement_id": t.agreement_id,
+                "product": t.product_id,
+                "counterparty": t.counterparty,
+                "state": t.state,
+                "size": t.size,
+                "received": t.received,
+                "started_ms": t.started_ms,
+                "ended_ms": t.ended_ms,
+                "receipt": bool(t.receipt),
+            }
+            for t in resp.transfers
+        ]
+
+    def metering(self) -> list[dict[str, Any]]:
+        """Use of each agreement this connector provided (``tds metering``)."""
+        with calling("your connector"):
+            resp = self._admin().MeteringReport(admin_pb2.MeteringReportRequest(), timeout=_TIMEOUT)
+        return [
+            {
+                "agreement_id": m.agreement_id,
+                "consumer": m.consumer,
+                "product": m.product_id,
+                "transfers": m.transfers,
+                "max_transfers": m.max_transfers,
+                "completed": m.completed,
+                "completed_bytes": m.completed_bytes,
+                "computations": m.computations,
+                "epsilon_spent": m.epsilon_spent,
+                "epsilon_budget": m.epsilon_budget,
+            }
+            for m in resp.agreements
+        ]
+
+    # -- the auditor's view: another connector's log, read as ``tds audit fetch`` reads it
+
+    def _log(self, target: str) -> tuple[audit_pb2_grpc.AuditServiceStub, grpc.Channel, bytes]:
+        """A stub on ``target``'s AuditService and the log key the directory gives for it."""
+        registry = registry_client(self.cfg)
+        try:
+            peers = {p.id: p for p in registry.list_participants()}
+            peer = peers.get(target)
+            if peer is None:
+                raise NotFound(f"{target} is not in the directory")
+            if not peer.address:
+                raise NotFound(f"{target} runs no connector, so it keeps no log")
+            channel = member_channel(self.cfg, registry, target, peer.address)
+        finally:
+            registry.close()
+        return audit_pb2_grpc.AuditServiceStub(channel), channel, bytes(peer.signing_public_key)
+
+    def log_page(self, target: str, start: int) -> dict[str, Any]:
+        """One page of ``target``'s log from ``start`` (newest page when ``start`` < 0)."""
+        stub, channel, _ = self._log(target)
+        try:
+            with calling(target):
+                note = stub.GetCheckpoint(
+                    audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT
+                )
+                checkpoints = stub.ListCheckpoints(
+                    audit_pb2.ListCheckpointsRequest(), timeout=_TIMEOUT
+                ).checkpoints
+                size = int(note.checkpoint.split("\n")[1])
+                if start < 0:
+                    start = max(0, size - PAGE)
+                start = min(start, max(0, size - 1))
+                rows = (
+                    stub.GetEntries(
+                        audit_pb2.GetEntriesRequest(start=start, end=min(size, start + PAGE)),
+                        timeout=_TIMEOUT,
+                    ).entries
+                    if size
+                    else []
+                )
+        finally:
+            channel.close()
+        entries = []
+        for row in rows:
+            body = json.loads(row.body)
+            entries.append(
+                {
+                    "index": row.index,
+                    "kind": body.get("kind", ""),
+                    "actor": body.get("actor", ""),
+                    "time_ms": body.get("time_ms", 0),
+                    "parties": body.get("parties", []),
+                    "data": json.dumps(body.get("data", {}), ensure_ascii=False, sort_keys=True),
+                }
+            )
+        return {
+            "target": target,
+            "size": size,
+            "start": start,
+            "page": PAGE,
+            "entries": entries,
+            "checkpoints": [c.split("\n")[:2] for c in checkpoints][-20:],
+        }
+
+    def evidence(self, target: str, index: int) -> EntryEvidence:
+        """The newest checkpoint, entry ``index`` and its proof against that checkpoint."""
+        stub, channel, public_key = self._log(target)
+        try:
+            with calling(target):
+                note = stub.GetCheckpoint(
+                    audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT
+                )
+                size = int(note.checkpoint.split("\n")[1])
+                if not 0 <= index < size:
+                    raise NotFound(f"no entry {index}: the log holds {size}")
+                [row] = stub.GetEntries(
+                    audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
+                ).entries
+                proof = stub.GetInclusionProof(
+                    audit_pb2.GetInclusionProofRequest(index=index, tree_size=size),
+                    timeout=_TIMEOUT,
+                ).proof
+        finally:
+            channel.close()
+        return EntryEvidence(
+            index=index,
+            body=row.body,
+            proof=list(proof),
+            checkpoint=note.checkpoint,
+            origin=log_origin(self.cfg.participant.space, target),
+            log_public_key=public_key,
+        )
