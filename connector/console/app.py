@@ -193,6 +193,14 @@ def _page(
     return web.Response(text=html, content_type="text/html", status=status)
 
 
+def _secure(headers: Any) -> None:
+    headers["Content-Security-Policy"] = CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["Cache-Control"] = "no-store"
+    headers["X-Frame-Options"] = "DENY"
+
+
 def _security_headers(console: Console) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -203,13 +211,10 @@ def _security_headers(console: Console) -> Any:
         else:
             try:
                 response = await handler(request)
-            except web.HTTPException as exc:
-                response = exc
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
+            except web.HTTPException as exc:  # redirects and aiohttp's 404s: same headers
+                _secure(exc.headers)
+                raise
+        _secure(response.headers)
         return response
 
     return middleware
@@ -277,7 +282,8 @@ def build_app(console: Console) -> web.Application:
         session = console.login(token)
         if session is None:
             return _page(console, request, "login.html", status=403, reason="bad_token")
-        response = web.HTTPSeeOther(_landing(console))  # the token leaves the address bar
+        # See other: the token leaves the address bar and the history.
+        response = web.Response(status=303, headers={"Location": _landing(console)})
         response.set_cookie(COOKIE, session[0], httponly=True, samesite="Strict", path="/")
         return response
 

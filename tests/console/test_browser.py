@@ -1,0 +1,178 @@
+"""The console in a real browser (Debian chromium driven by Playwright).
+
+A provider signs in with the printed token, approves a waiting request and watches it
+reach FINALIZED, revokes the agreement; an auditor verifies an entry of the provider's log
+in the page, and sees a tampered entry refused. Screenshots go to artifacts/console/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2
+from connector.console.app import Console
+from connector.demo.space import LocalSpace
+from tests.console.conftest import open_console, screenshot
+from tests.integration.test_approval import waiting
+from tests.integration.test_negotiation import admin, product
+
+pytestmark = pytest.mark.usefixtures("browser")
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def signed_in(page: Any, console: Console) -> Any:
+    page.goto(console.url())
+    return page
+
+
+def test_the_token_signs_in_once_and_a_wrong_one_is_refused(
+    page: Any, provider_console: Console
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"http://127.0.0.1:{provider_console.port}/products")
+    expect(page.locator("#refusal")).to_contain_text("No session")
+    page.goto(f"http://127.0.0.1:{provider_console.port}/?token=wrong")
+    expect(page.locator("#refusal")).to_contain_text("wrong or was already used")
+    screenshot(page, "refused-token")
+    signed_in(page, provider_console)
+    assert page.url.endswith("/products")
+    expect(page.locator("#products")).to_contain_text("air-quality")
+    expect(page.locator("#products")).to_contain_text("重要数据 / important")
+    # The cookie is not readable by scripts in the page.
+    assert page.evaluate("document.cookie") == ""
+    screenshot(page, "products")
+    for path, name in (("/transfers", "transfers"), ("/metering", "metering")):
+        page.goto(f"http://127.0.0.1:{provider_console.port}{path}")
+        expect(page.locator(f"#{name}")).to_be_visible()
+        screenshot(page, name)
+
+
+def test_a_form_posted_without_the_csrf_token_is_refused(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        pid = waiting(space, "a", "air-quality")
+        page.goto(f"http://127.0.0.1:{console.port}/requests")
+        row = page.locator(f'tr[data-pid="{pid}"]')
+        row.locator('input[name="csrf"]').evaluate("e => e.remove()")
+        row.get_by_role("button", name="批准 / approve").click()
+        expect(page.locator("#refusal")).to_contain_text("CSRF")
+        info = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        assert info.state == "REQUESTED"  # nothing was done
+        admin(space, "gov").RejectNegotiation(
+            admin_pb2.NegotiationRef(pid=pid, reason="test cleanup"), timeout=10
+        )
+    finally:
+        console.stop()
+
+
+def test_approve_a_waiting_request_then_revoke_the_contract(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        pid = waiting(space, "a", "air-quality")
+        page.goto(f"http://127.0.0.1:{console.port}/requests")
+        row = page.locator(f'tr[data-pid="{pid}"]')
+        expect(row).to_contain_text("research")
+        screenshot(page, "requests")
+        row.locator('input[name="reason"]').fill("用途符合授权 / purpose fits the grant")
+        row.get_by_role("button", name="批准 / approve").click()
+        # The negotiations page refreshes itself until the contract is final.
+        done = page.locator(f'tr[data-pid="{pid}"] td.state')
+        expect(done).to_have_text("FINALIZED", timeout=20_000)
+        screenshot(page, "negotiations")
+        info = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        assert info.state == "FINALIZED" and info.agreement_id
+
+        page.goto(f"http://127.0.0.1:{console.port}/agreements")
+        row = page.locator(f'tr[data-agreement="{info.agreement_id}"]')
+        row.locator('input[name="reason"]').fill("数据主体撤回同意 / consent withdrawn")
+        row.get_by_role("button", name="撤销 / revoke").click()
+        expect(page.locator(f'tr[data-agreement="{info.agreement_id}"]')).to_contain_text("REVOKED")
+        screenshot(page, "agreements")
+        after = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        payload = json.loads(after.revocation)["payload"]
+        signed = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert signed["reason"] == "数据主体撤回同意 / consent withdrawn"  # the typed reason
+    finally:
+        console.stop()
+
+
+def test_peer_controlled_text_is_shown_never_run(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    hostile = (
+        '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
+    )
+    described = json.loads(product("hostile-title"))
+    described["title"] = hostile
+    admin(space, "gov").AddProduct(
+        admin_pb2.AddProductRequest(description=json.dumps(described), format="json"), timeout=10
+    )
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        expect(page.locator("#products")).to_contain_text(hostile)
+        assert page.title() != "pwned"
+        assert page.locator("#products img").count() == 0
+    finally:
+        console.stop()
+
+
+def test_an_entry_verifies_in_the_browser_and_a_tampered_one_fails(
+    page: Any, space: LocalSpace
+) -> None:
+    from playwright.sync_api import expect
+
+    log = space.nodes["gov"].log
+    assert log is not None and log.size >= 3
+    index = log.size // 2  # an entry with a non-trivial proof
+    console = open_console(space, "aud", insecure_test_hooks=True)
+    try:
+        signed_in(page, console)
+        assert page.url.endswith("/audit")  # an auditor runs no connector
+        page.goto(f"http://127.0.0.1:{console.port}/audit?connector=gov&start=0")
+        page.locator(f'button.verify[data-index="{index}"]').click()
+        verdict = page.locator("#verdict")
+        expect(verdict).to_have_attribute("data-state", "verified")
+        expect(verdict).to_contain_text("verified in your browser")
+        screenshot(page, "audit-verified")
+
+        page.goto(f"http://127.0.0.1:{console.port}/audit?connector=gov&start=0&tamper=1")
+        page.locator(f'button.verify[data-index="{index}"]').click()
+        expect(verdict).to_have_attribute("data-state", "failed")
+        expect(verdict).to_contain_text("does not lead to the checkpoint's root")
+        expect(verdict).not_to_contain_text("verified in your browser")
+        screenshot(page, "audit-tampered")
+    finally:
+        console.stop()
+
+
+def test_the_tamper_hook_is_off_unless_asked(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    console = open_console(space, "aud")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/audit?connector=gov&start=0&tamper=1")
+        page.locator('button.verify[data-index="0"]').click()
+        expect(page.locator("#verdict")).to_have_attribute("data-state", "verified")
+    finally:
+        console.stop()
