@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
-from connector.audit.checkpoint import log_origin
-from connector.audit.note import ALG_ED25519, key_id
+from connector.audit.checkpoint import Checkpoint, log_origin
+from connector.audit.note import ALG_ED25519, key_id, parse_note
 from connector.config import Config
 from connector.errors import InvalidRequest, NotFound, PreconditionFailed
 from connector.node.clients import admin_channel, member_channel, registry_client
@@ -43,6 +43,17 @@ def negotiation(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
         "reasons": list(n.reasons),
         "agreement_id": n.agreement_id,
         "revoked": bool(n.revocation),
+    }
+
+
+def _checkpoint(text: str) -> dict[str, Any]:
+    """A stored checkpoint as the log page lists it: size, root and who signed it."""
+    note = parse_note(text)
+    body = Checkpoint.parse(note.text)
+    return {
+        "size": body.size,
+        "root": body.root.hex(),
+        "signers": sorted({s.name for s in note.signatures}),
     }
 
 
@@ -262,7 +273,7 @@ class AdminBackend:
             "start": start,
             "page": PAGE,
             "entries": entries,
-            "checkpoints": [c.split("\n")[:2] for c in checkpoints][-20:],
+            "checkpoints": [_checkpoint(c) for c in checkpoints[-20:]][::-1],
         }
 
     def evidence(self, target: str, index: int) -> EntryEvidence:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2
+from connector.audit.auditor import fetch_and_witness
 from connector.console.app import Console
 from connector.demo.space import LocalSpace
 from tests.console.conftest import open_console, screenshot
@@ -115,6 +117,28 @@ def test_approve_a_waiting_request_then_revoke_the_contract(page: Any, space: Lo
         console.stop()
 
 
+def test_reject_with_a_reason_the_consumer_hears(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        pid = waiting(space, "a", "air-quality")
+        page.goto(f"http://127.0.0.1:{console.port}/requests")
+        row = page.locator(f'tr[data-pid="{pid}"]')
+        reason = "<b>用途不符</b> / purpose does not fit"
+        row.locator('input[name="reason"]').fill(reason)
+        row.get_by_role("button", name="拒绝 / reject").click()
+        state = page.locator(f'tr[data-pid="{pid}"] td.state')
+        expect(state).to_contain_text("TERMINATED")
+        expect(state).to_contain_text(reason)  # a reason is text, never markup
+        assert page.locator(f'tr[data-pid="{pid}"] td.state b').count() == 0
+        consumer = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        assert consumer.state == "TERMINATED" and list(consumer.reasons) == [reason]
+    finally:
+        console.stop()
+
+
 def test_peer_controlled_text_is_shown_never_run(page: Any, space: LocalSpace) -> None:
     from playwright.sync_api import expect
 
@@ -137,18 +161,22 @@ def test_peer_controlled_text_is_shown_never_run(page: Any, space: LocalSpace) -
 
 
 def test_an_entry_verifies_in_the_browser_and_a_tampered_one_fails(
-    page: Any, space: LocalSpace
+    page: Any, space: LocalSpace, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
     log = space.nodes["gov"].log
     assert log is not None and log.size >= 3
     index = log.size // 2  # an entry with a non-trivial proof
+    # The auditor witnesses gov's log first, as 'tds audit fetch' does: its cosignature
+    # then shows beside the log's own signature.
+    fetch_and_witness(space.configs["aud"], "gov", tmp_path / "export")
     console = open_console(space, "aud", insecure_test_hooks=True)
     try:
         signed_in(page, console)
         assert page.url.endswith("/audit")  # an auditor runs no connector
         page.goto(f"http://127.0.0.1:{console.port}/audit?connector=gov&start=0")
+        expect(page.locator("#checkpoints")).to_contain_text("tds/city/aud, tds/city/gov")
         page.locator(f'button.verify[data-index="{index}"]').click()
         verdict = page.locator("#verdict")
         expect(verdict).to_have_attribute("data-state", "verified")
