@@ -21,7 +21,7 @@ from connector.console.app import Console
 from connector.demo.space import LocalSpace
 from tests.console.conftest import open_console, screenshot
 from tests.integration.test_approval import waiting
-from tests.integration.test_negotiation import admin, product
+from tests.integration.test_negotiation import admin, product, wait
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -133,8 +133,10 @@ def test_reject_with_a_reason_the_consumer_hears(page: Any, space: LocalSpace) -
         expect(state).to_contain_text("TERMINATED")
         expect(state).to_contain_text(reason)  # a reason is text, never markup
         assert page.locator(f'tr[data-pid="{pid}"] td.state b').count() == 0
-        consumer = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
-        assert consumer.state == "TERMINATED" and list(consumer.reasons) == [reason]
+        decided = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+        assert decided.state == "TERMINATED" and list(decided.reasons) == [reason]
+        heard = wait(space, "a", decided.counterparty_pid, "TERMINATED")
+        assert list(heard.reasons) == [reason]
     finally:
         console.stop()
 
