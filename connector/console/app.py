@@ -288,11 +288,12 @@ def build_app(console: Console) -> web.Application:
         return response
 
     async def products(request: web.Request) -> web.StreamResponse:
-        return _page(console, request, "products.html", products=await call(backend.products))
+        found = await call(backend.products)
+        return _page(console, request, "products.html", **_paged(request, found))
 
     async def requests_(request: web.Request) -> web.StreamResponse:
         waiting = await call(backend.negotiations, pending=True)
-        return _page(console, request, "requests.html", waiting=waiting)
+        return _page(console, request, "requests.html", **_paged(request, waiting))
 
     async def decide(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -306,13 +307,12 @@ def build_app(console: Console) -> web.Application:
         raise web.HTTPSeeOther(f"/negotiations?notice={_quote(notice)}")
 
     async def negotiations(request: web.Request) -> web.StreamResponse:
-        return _page(
-            console, request, "negotiations.html", negotiations=await call(backend.negotiations)
-        )
+        found = await call(backend.negotiations)
+        return _page(console, request, "negotiations.html", **_paged(request, found))
 
     async def agreements(request: web.Request) -> web.StreamResponse:
         found = await call(backend.negotiations, agreements=True)
-        return _page(console, request, "agreements.html", agreements=found)
+        return _page(console, request, "agreements.html", **_paged(request, found))
 
     async def revoke(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -361,6 +361,16 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/api/evidence", evidence)
     app.router.add_static("/static/", str(_PACKAGE / "static"), show_index=False)
     return app
+
+
+ROWS = 100
+"""Rows a list page renders; the rest are a link away (rendering 10,000 rows took ~1.5 s)."""
+
+
+def _paged(request: web.Request, rows: list[Any]) -> dict[str, Any]:
+    """One page of ``rows`` from ``?start=`` and what the pager needs."""
+    start = max(0, min(_int(request.query.get("start", "0"), "start"), max(0, len(rows) - 1)))
+    return {"rows": rows[start : start + ROWS], "start": start, "total": len(rows), "step": ROWS}
 
 
 def _landing(console: Console) -> str:
