@@ -84,7 +84,8 @@ def signed_in(console: Console) -> Any:
         opener.open(console.url(), timeout=30).read()
     except urllib.error.HTTPError as exc:
         banner = re.search(r'id="error">([^<]*)<', exc.read().decode())
-        raise SystemExit(f"console page failed: {exc.code} {banner.group(1) if banner else ''}")
+        shown = banner.group(1) if banner else ""
+        raise SystemExit(f"console page failed: {exc.code} {shown}") from None
     return opener
 
 
