@@ -63,6 +63,7 @@ NAV = [
     ("/agreements", "数字合约 / contracts"),
     ("/transfers", "数据传输 / transfers"),
     ("/metering", "计量 / metering"),
+    ("/consents", "个人信息同意 / consents"),
     ("/audit", "审计日志 / audit log"),
 ]
 
@@ -327,6 +328,17 @@ def build_app(console: Console) -> web.Application:
     async def metering(request: web.Request) -> web.StreamResponse:
         return _page(console, request, "metering.html", rows=await call(backend.metering))
 
+    async def consents(request: web.Request) -> web.StreamResponse:
+        found = await call(backend.consents)
+        return _page(console, request, "consents.html", **_paged(request, found))
+
+    async def withdraw(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        consent_id = str(form.get("consent_id", ""))
+        revoked = await call(backend.withdraw_consent, consent_id, str(form.get("reason", "")))
+        notice = f"{consent_id} withdrawn; agreements revoked: {', '.join(revoked) or 'none'}"
+        raise web.HTTPSeeOther(f"/consents?notice={_quote(notice)}")
+
     async def audit(request: web.Request) -> web.StreamResponse:
         target = request.query.get("connector", "")
         if not target and not backend.runs_connector:
@@ -357,6 +369,8 @@ def build_app(console: Console) -> web.Application:
     app.router.add_post("/agreements/revoke", revoke)
     app.router.add_get("/transfers", transfers)
     app.router.add_get("/metering", metering)
+    app.router.add_get("/consents", consents)
+    app.router.add_post("/consents/withdraw", withdraw)
     app.router.add_get("/audit", audit)
     app.router.add_get("/api/evidence", evidence)
     app.router.add_static("/static/", str(_PACKAGE / "static"), show_index=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +212,28 @@ class AdminBackend:
             }
             for m in resp.agreements
         ]
+
+    def consents(self) -> list[dict[str, Any]]:
+        """An individual's consents, withdrawn ones included (``tds consent list``)."""
+        from connector.cli.consent import consent_json  # one rendering of a consent
+
+        with calling("your connector"):
+            resp = self._admin().ListConsents(
+                admin_pb2.ListConsentsRequest(include_withdrawn=True), timeout=_TIMEOUT
+            )
+        now_ns = time.time_ns()
+        return [consent_json(c, now_ns) for c in resp.consents]
+
+    def withdraw_consent(self, consent_id: str, reason: str) -> list[str]:
+        """Withdraw a consent; the agreements revoked because of it."""
+        if not consent_id:
+            raise InvalidRequest("which consent? the form carried no id")
+        with calling("your connector"):
+            c = self._admin().WithdrawConsent(
+                admin_pb2.WithdrawConsentRequest(consent_id=consent_id, reason=reason),
+                timeout=_TIMEOUT,
+            )
+        return list(c.revoked_agreements)
 
     # -- the auditor's view: another connector's log, read as ``tds audit fetch`` reads it
 

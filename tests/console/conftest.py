@@ -1,8 +1,8 @@
 """A local space with a provider holding an important product, and consoles on it.
 
 ``gov`` provides, ``a`` asks for its important product (the request waits for approval),
-``aud`` audits. Browser tests drive Debian's chromium with Playwright; they skip, saying
-why, when either is missing (``.ci/run`` installs chromium).
+``alice`` consents, ``aud`` audits. Browser tests drive Debian's chromium with Playwright;
+they skip, saying why, when either is missing (``.ci/run`` installs chromium).
 """
 
 from __future__ import annotations
@@ -39,11 +39,17 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "console"
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
     root = tmp_path_factory.mktemp("console")
-    participants = [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("aud", Role.AUDITOR)]
+    participants = [
+        ("gov", Role.GOVERNMENT),
+        ("a", Role.ENTERPRISE),
+        ("alice", Role.INDIVIDUAL),
+        ("aud", Role.AUDITOR),
+    ]
     with LocalSpace.create(root, participants) as sp:
         sp.start_registry()
         sp.start_connector("gov")
         sp.start_connector("a")
+        sp.start_connector("alice")
         sp.enrol("aud", "")
         sp.write_config("aud", "", sp.registry_address)
         for pid, grade in (("air-quality", "important"), ("bus-stops", "general")):

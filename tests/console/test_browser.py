@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,44 @@ def test_reject_with_a_reason_the_consumer_hears(page: Any, space: LocalSpace) -
         assert decided.state == "TERMINATED" and list(decided.reasons) == [reason]
         heard = wait(space, "a", decided.counterparty_pid, "TERMINATED")
         assert list(heard.reasons) == [reason]
+    finally:
+        console.stop()
+
+
+def test_an_individual_withdraws_a_consent(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    granted = admin(space, "alice").GrantConsent(
+        admin_pb2.GrantConsentRequest(
+            recipient="a",
+            purposes=["research"],
+            method="aggregate statistics only",
+            categories=["health"],
+            expires_ns=time.time_ns() + 86400 * 10**9,
+        ),
+        timeout=10,
+    )
+    console = open_console(space, "alice")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/consents")
+        row = page.locator(f'tr[data-consent="{granted.id}"]')
+        expect(row.locator("td.state")).to_have_text("in force")
+        screenshot(page, "consents")
+        row.locator('input[name="reason"]').fill("不再参与研究 / no longer taking part")
+        row.get_by_role("button", name="撤回 / withdraw").click()
+        expect(page.locator("#notice")).to_contain_text(f"{granted.id} withdrawn")
+        expect(page.locator(f'tr[data-consent="{granted.id}"] td.state')).to_contain_text(
+            "withdrawn"
+        )
+        [after] = [
+            c
+            for c in admin(space, "alice")
+            .ListConsents(admin_pb2.ListConsentsRequest(include_withdrawn=True), timeout=10)
+            .consents
+            if c.id == granted.id
+        ]
+        assert after.withdrawn and after.withdrawal
     finally:
         console.stop()
 
