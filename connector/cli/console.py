@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 from pathlib import Path
 
@@ -45,10 +46,14 @@ def run_console(args: argparse.Namespace) -> int:
         say(f"warning: --insecure-listen: the console is reachable at {host}:{port} off this host")
     console = Console(AdminBackend(load_config(args.config)))
     console.start(host, port)
+    stopped = threading.Event()
+    # SIGTERM (a service manager stopping it) ends it as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
         say("Console for your connector; open this URL once (the token then stops working):")
         print(console.url(), flush=True)
-        threading.Event().wait()
+        stopped.wait()
     finally:
         console.stop()
+    say("console stopped")
     return 0

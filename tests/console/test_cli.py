@@ -38,6 +38,20 @@ def test_the_printed_url_opens_the_console_once(space: LocalSpace) -> None:
     assert "Traceback" not in err
 
 
+def test_sigterm_stops_it_cleanly(space: LocalSpace) -> None:
+    proc = subprocess.Popen(
+        [*TDS, "console", "--config", str(space.root / "gov.toml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "/?token=" in proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "console stopped" in err, err
+
+
 def test_a_non_loopback_address_is_refused_with_why(space: LocalSpace) -> None:
     result = subprocess.run(
         [*TDS, "console", "--config", str(space.root / "gov.toml"), "--listen", "0.0.0.0:0"],
