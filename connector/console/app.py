@@ -66,6 +66,11 @@ NAV = [
     ("/consents", "个人信息同意 / consents"),
     ("/audit", "审计日志 / audit log"),
 ]
+OPERATOR_NAV = [
+    ("/participants", "参与方 / participants"),
+    ("/grants", "授权运营 / grants"),
+    ("/audit", "审计日志 / audit log"),
+]
 
 
 def check_listen(listen: str, *, insecure: bool) -> tuple[str, int]:
@@ -184,7 +189,7 @@ def _page(
     console: Console, request: web.Request, template: str, status: int = 200, **values: Any
 ) -> web.Response:
     html = console.templates.get_template(template).render(
-        nav=NAV if console.backend.runs_connector else NAV[-1:],
+        nav=_nav(console),
         path=request.path,
         me=console.backend.participant,
         csrf=console.csrf_of(request) or "",
@@ -339,6 +344,22 @@ def build_app(console: Console) -> web.Application:
         notice = f"{consent_id} withdrawn; agreements revoked: {', '.join(revoked) or 'none'}"
         raise web.HTTPSeeOther(f"/consents?notice={_quote(notice)}")
 
+    async def participants(request: web.Request) -> web.StreamResponse:
+        found = await call(backend.participants)
+        return _page(console, request, "participants.html", **_paged(request, found))
+
+    async def grants(request: web.Request) -> web.StreamResponse:
+        found = await call(backend.grants)
+        return _page(
+            console, request, "grants.html", operator=backend.is_operator, **_paged(request, found)
+        )
+
+    async def revoke_grant(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        grant_id = str(form.get("grant_id", ""))
+        await call(backend.revoke_grant, grant_id, str(form.get("reason", "")))
+        raise web.HTTPSeeOther(f"/grants?notice={_quote(grant_id + ' revoked')}")
+
     async def audit(request: web.Request) -> web.StreamResponse:
         target = request.query.get("connector", "")
         if not target and not backend.runs_connector:
@@ -371,6 +392,9 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/metering", metering)
     app.router.add_get("/consents", consents)
     app.router.add_post("/consents/withdraw", withdraw)
+    app.router.add_get("/participants", participants)
+    app.router.add_get("/grants", grants)
+    app.router.add_post("/grants/revoke", revoke_grant)
     app.router.add_get("/audit", audit)
     app.router.add_get("/api/evidence", evidence)
     app.router.add_static("/static/", str(_PACKAGE / "static"), show_index=False)
@@ -387,9 +411,16 @@ def _paged(request: web.Request, rows: list[Any]) -> dict[str, Any]:
     return {"rows": rows[start : start + ROWS], "start": start, "total": len(rows), "step": ROWS}
 
 
+def _nav(console: Console) -> list[tuple[str, str]]:
+    """The pages this participant's console has."""
+    if console.backend.is_operator:
+        return OPERATOR_NAV
+    return NAV if console.backend.runs_connector else NAV[-1:]
+
+
 def _landing(console: Console) -> str:
-    """The first page: the provider's products, or the log pages for one without a connector."""
-    return "/products" if console.backend.runs_connector else "/audit"
+    """The first page of this participant's console."""
+    return _nav(console)[0][0]
 
 
 def _int(text: str, name: str) -> int:

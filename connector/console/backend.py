@@ -16,7 +16,14 @@ from typing import Any
 
 import grpc
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
 from connector.config import Config
@@ -98,8 +105,9 @@ class AdminBackend:
 
     @property
     def runs_connector(self) -> bool:
-        """False for a participant (an auditor, say) that only reads others' logs."""
-        return bool(self.cfg.server.listen)
+        """False for a participant that only reads others' logs (an auditor), and for the
+        operator, whose server is the registry."""
+        return bool(self.cfg.server.listen) and not self.is_operator
 
     def _admin(self) -> admin_pb2_grpc.AdminServiceStub:
         if not self.runs_connector:
@@ -234,6 +242,52 @@ class AdminBackend:
                 timeout=_TIMEOUT,
             )
         return list(c.revoked_agreements)
+
+    # -- the operator's view: the registry's directory and grants
+
+    @property
+    def is_operator(self) -> bool:
+        """The operator's console: its own server is the registry."""
+        return self.cfg.participant.role == "operator"
+
+    def participants(self) -> list[dict[str, Any]]:
+        """The registry's directory, as ``tds registry list`` shows it."""
+        client = registry_client(self.cfg)
+        try:
+            peers = client.list_participants()
+        finally:
+            client.close()
+        return [
+            {
+                "id": p.id,
+                "role": p.role,
+                "address": p.address,
+                "revoked": p.revoked,
+                "enrolled_at": p.enrolled_at,
+            }
+            for p in peers
+        ]
+
+    def grants(self) -> list[dict[str, Any]]:
+        """Authorised-operation grants, revoked ones included (``tds registry grants --all``)."""
+        from connector.cli.registry import grant_json  # one rendering of a grant
+
+        client = registry_client(self.cfg)
+        try:
+            found = client.list_grants(include_revoked=True)
+        finally:
+            client.close()
+        return [grant_json(g) for g in found]
+
+    def revoke_grant(self, grant_id: str, reason: str) -> None:
+        """Revoke a grant with the operator's administrator certificate."""
+        if not grant_id or not reason.strip():
+            raise InvalidRequest("give the grant and a reason: the reason is signed into it")
+        with admin_channel(self.cfg) as channel, calling("registry"):
+            registry_pb2_grpc.RegistryServiceStub(channel).RevokeGrant(
+                registry_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason),
+                timeout=_TIMEOUT,
+            )
 
     # -- the auditor's view: another connector's log, read as ``tds audit fetch`` reads it
 

@@ -20,6 +20,7 @@ from connector._proto.tds.v1 import admin_pb2
 from connector.audit.auditor import fetch_and_witness
 from connector.console.app import Console
 from connector.demo.space import LocalSpace
+from connector.node.clients import registry_client
 from tests.console.conftest import open_console, screenshot
 from tests.integration.test_approval import waiting
 from tests.integration.test_negotiation import admin, product, wait
@@ -176,6 +177,42 @@ def test_an_individual_withdraws_a_consent(page: Any, space: LocalSpace) -> None
             if c.id == granted.id
         ]
         assert after.withdrawn and after.withdrawal
+    finally:
+        console.stop()
+
+
+def test_the_operator_sees_participants_and_revokes_a_grant(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    now = time.time_ns()
+    grant = space.grant(
+        "a",
+        scope=["traffic"],
+        purposes=["traffic-analytics"],
+        start_ns=now,
+        end_ns=now + 365 * 86400 * 10**9,
+        body="市数据局 / City Data Bureau",
+    )
+    console = open_console(space, space.manifest.operator_id)
+    try:
+        signed_in(page, console)
+        assert page.url.endswith("/participants")  # the operator's console starts here
+        for who in ("gov", "a", "alice", "aud"):
+            expect(page.locator(f'tr[data-participant="{who}"]')).to_contain_text("active")
+        screenshot(page, "participants")
+        page.goto(f"http://127.0.0.1:{console.port}/grants")
+        row = page.locator(f'tr[data-grant="{grant.id}"]')
+        expect(row).to_contain_text("City Data Bureau")
+        row.locator('input[name="reason"]').fill("授权期内违规 / broke the grant's terms")
+        row.get_by_role("button", name="撤销 / revoke").click()
+        expect(page.locator(f'tr[data-grant="{grant.id}"] td.state')).to_contain_text("REVOKED")
+        screenshot(page, "grants")
+        client = registry_client(space.configs["gov"])
+        try:
+            [after] = [g for g in client.list_grants(include_revoked=True) if g.id == grant.id]
+        finally:
+            client.close()
+        assert after.revoked and after.revoked_reason == "授权期内违规 / broke the grant's terms"
     finally:
         console.stop()
 
