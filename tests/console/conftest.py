@@ -8,7 +8,6 @@ they skip, saying why, when either is missing (``.ci/run`` installs chromium).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,3 @@ def screenshot(page: Any, name: str) -> None:
     """Keep what the page looked like (artifacts/console/, gitignored)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def chromium_present() -> bool:
-    return shutil.which(CHROMIUM) is not None or Path(CHROMIUM).exists()
