@@ -24,6 +24,7 @@ from connector.node.clients import registry_client
 from tests.console.conftest import open_console, screenshot
 from tests.integration.test_approval import waiting
 from tests.integration.test_negotiation import admin, product, wait
+from tests.support.exchange import agree, publish
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -213,6 +214,37 @@ def test_the_operator_sees_participants_and_revokes_a_grant(page: Any, space: Lo
         finally:
             client.close()
         assert after.revoked and after.revoked_reason == "授权期内违规 / broke the grant's terms"
+    finally:
+        console.stop()
+
+
+def test_a_transfer_shows_with_its_receipt_and_metering(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    (space.root / "counts.bin").write_bytes(b"stop,boardings\n" * 4096)
+    described = json.loads(product("counts"))
+    described["source"] = {"kind": "file", "path": "counts.bin"}
+    publish(space, "gov", described, space.root)
+    agreement = agree(space, "gov", "a", "counts")
+    events = [
+        p.event
+        for p in admin(space, "a").Transfer(
+            admin_pb2.TransferRequest(agreement_id=agreement), timeout=60
+        )
+    ]
+    assert events[-1] == "completed", events
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/transfers")
+        row = page.locator("#transfers tr", has_text="counts")
+        expect(row).to_contain_text("completed")
+        expect(row).to_contain_text("双签 / dual-signed")
+        screenshot(page, "transfers")
+        page.goto(f"http://127.0.0.1:{console.port}/metering")
+        row = page.locator("#metering tr", has_text=agreement)
+        expect(row).to_contain_text("1 / 3")  # one transfer of the offer's three
+        screenshot(page, "metering")
     finally:
         console.stop()
 
