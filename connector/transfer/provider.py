@@ -471,11 +471,18 @@ class TransferProvider:
         got = made.delivered
         if (got.size, got.sha256) != (t.size, t.sha256):
             staged.unlink(missing_ok=True)
+            # A query's rows come in a stable order only when it says so.
+            hint = (
+                " (a query without ORDER BY on a unique key may return its rows in another "
+                "order: add one so transfers can resume on any replica)"
+                if records.kind == "sql"
+                else ""
+            )
             raise self._changed(
                 t,
                 "the product's source changed since it started: made again on this replica, "
-                f"its delivered form has SHA-256 "
-                f"{got.sha256} ({got.size} bytes), not the recorded {t.sha256} ({t.size} bytes)",
+                f"its delivered form has SHA-256 {got.sha256} ({got.size} bytes), not the "
+                f"recorded {t.sha256} ({t.size} bytes){hint}",
             )
         # The same bytes: stamped like the form fixed at start, so later pulls here serve
         # them as they are (size and mtime) without making them again.
