@@ -42,7 +42,7 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
 from connector.sources.base import RecordSource
-from connector.sources.delivered import Delivered, Materialised, materialise
+from connector.sources.delivered import FORMATS, Delivered, Materialised, materialise
 from connector.sources.file import FileDigests, SourceRoots, locate_source, read_chunks
 from connector.sources.open import record_source
 from connector.sources.sql import SqlSources
@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 
 STOP_CHECK_SECONDS = 0.25
 """How often a running stream re-checks revocation and termination (well under 1 s)."""
+
+ORPHAN_STAGING_SECONDS = 3600
+"""A staged delivered form with no transfer record this old was left by a start that died
+between writing it and recording the transfer (which takes seconds): it is removed."""
 
 
 @dataclass(frozen=True)
@@ -491,6 +495,32 @@ class TransferProvider:
             "delivered form made again on this replica",
             extra={"transfer": t.id, "sha256": t.sha256, "state": made.state},
         )
+
+    def sweep_staging(self) -> int:
+        """Remove this replica's staged delivered forms of transfers that have ended, on
+        whichever replica they ended (the shared record says), and those of starts that
+        died before recording theirs; the number removed."""
+        removed = 0
+        try:
+            staged = list((self._settings.data_dir / "transfers").iterdir())
+        except FileNotFoundError:
+            return 0
+        for path in staged:
+            transfer_id, _, fmt = path.name.partition(".")
+            if fmt not in FORMATS:
+                continue  # one being written (``.tmp``), or not ours
+            ended = False
+            try:
+                ended = self._store.get(transfer_id).state not in ACTIVE
+            except NotFound:
+                # Written before its transfer is recorded: only an old one is an orphan.
+                with contextlib.suppress(OSError):
+                    age = self._clock.now() - path.stat().st_mtime
+                    ended = age > ORPHAN_STAGING_SECONDS
+            if ended:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def _changed(self, t: Transfer, why: str) -> PreconditionFailed:
         self._fail(t, why)

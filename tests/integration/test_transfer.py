@@ -181,9 +181,35 @@ def test_a_replica_without_the_staged_table_makes_it_again_and_serves_the_same_b
     staged.unlink()  # as on a replica that did not start the transfer
     done = receiver.run(transfer_id=t.id)
     assert done.state == "completed"
-    assert hashlib.sha256(Path(done.path).read_bytes()).hexdigest() == t.sha256
-    assert staged.read_bytes() == first  # kept, for later pulls on this replica
+    assert Path(done.path).read_bytes() == first  # the bytes fixed at start
+    assert hashlib.sha256(first).hexdigest() == t.sha256
     assert [e for e in entries(space, "gov", "transfer.receipt") if e["data"]["transfer"] == t.id]
+
+
+def test_staged_forms_are_swept_once_their_transfer_ended_on_any_replica(
+    space: LocalSpace,
+) -> None:
+    """Each replica removes its staged copies of transfers the shared record says have
+    ended, and copies a start left without a record, once they are old."""
+    agreement = agree(space, "gov", "a", "flows", approve=True)
+    receiver = consumer(space).receiver
+    provider = space.nodes["gov"].transfers
+    assert receiver is not None and provider is not None
+    where = space.nodes["gov"].cfg.data_dir / "transfers"
+    running = receiver.start(agreement)
+    done = receiver.run(agreement)
+    old, fresh = where / "tr-orphan-old.csv", where / "tr-orphan-fresh.csv"
+    for orphan in (old, fresh):
+        orphan.write_bytes(b"time\n")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    provider.sweep_staging()
+    assert (where / f"{running.id}.csv").exists()  # still to be pulled
+    assert not (where / f"{done.id}.csv").exists()
+    assert not old.exists() and fresh.exists()
+    receiver.terminate(running.id, "not needed")
+    provider.sweep_staging()
+    assert not (where / f"{running.id}.csv").exists()
+    fresh.unlink()
 
 
 def test_a_table_changed_before_a_replica_makes_it_again_is_refused(space: LocalSpace) -> None:
