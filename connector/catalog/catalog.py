@@ -270,16 +270,31 @@ class Catalog:
             return product_id in self._registering
 
     def own(self, product_id: str) -> Product:
-        """One of this connector's products, whoever may see it."""
-        return self._store.get(product_id)
+        """One of this connector's products, whoever may see it; its offers' provider
+        modules are the ones in force."""
+        return self._modules_in_force(self._store.get(product_id))
 
     def published(self, product_id: str, offer_id: str) -> tuple[Product, Offer] | None:
-        """A product and one of its offers, or ``None`` when either is no longer published."""
+        """A product and one of its offers, or ``None`` when either is no longer published;
+        the offer's provider module is the one in force."""
         try:
-            product = self._store.get(product_id)
+            product = self._modules_in_force(self._store.get(product_id))
             return product, product.offer(offer_id)
         except (NotFound, KeyError):
             return None
+
+    def _modules_in_force(self, product: Product) -> Product:
+        """``product``, after taking in its offers' provider modules if the engine holds
+        another version or none: a replica sharing the database may have published or
+        replaced them, and a decision must not run under a module the product no longer
+        has (nor be refused for one it has). Comparing costs a lookup per offer; only a
+        difference reloads the set."""
+        if any(
+            o.policy_module and self._in_force.provider_source(o.policy_module) != o.policy_source
+            for o in product.offers
+        ):
+            self.refresh_policies()
+        return product
 
     def own_products(self) -> list[Product]:
         """Every product, for the admin."""

@@ -599,6 +599,11 @@ class Node:
                 self.sweeper.sweep()
             except ConnectorError as exc:
                 log.warning("holdings sweep failed", extra={"reason": str(exc)})
+            if self.transfers is not None:
+                try:
+                    self.transfers.sweep_staging()
+                except (ConnectorError, OSError) as exc:
+                    log.warning("staging sweep failed", extra={"reason": str(exc)})
 
     def _enrol_operator(
         self,

@@ -204,6 +204,9 @@ class TransferRow(SQLModel, table=True):
     format: str = Field(default="", max_length=8)
     fields: str = Field(default="null", sa_column=Column(Text, nullable=False))
     obligations: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    masks: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    """On the provider, for a record source: the decision's masks, with which any replica
+    makes the delivered form again (a JSON object)."""
     decision_id: str = Field(default="", max_length=64)
     path: str = Field(default="", sa_column=Column(Text, nullable=False))
     source_mtime_ns: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
