@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +31,6 @@ from connector.compute.store import ComputationStore
 from connector.config import Config
 from connector.consent.admin import ConsentAdmin
 from connector.consent.register import ConsentRegister
-from connector.dsp import DspBinding, tls_context
 from connector.errors import (
     ConfigError,
     ConnectorError,
@@ -87,6 +86,10 @@ from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
 from connector.transfer.store import Transfer, TransferStore
+
+if TYPE_CHECKING:
+    # aiohttp and pyld load only when [dsp] listen is set (about 50 MB resident).
+    from connector.dsp import DspBinding
 
 __all__ = ["Node", "TlsMaterial"]
 
@@ -279,6 +282,8 @@ class Node:
                 max_message_bytes=cfg.server.max_message_bytes,
             )
             if cfg.dsp.listen:  # refused on the operator by the configuration
+                from connector.dsp import DspBinding, tls_context
+
                 self.dsp = DspBinding(
                     settings=cfg.dsp,
                     participant=cfg.participant.id,
