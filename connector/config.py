@@ -196,7 +196,7 @@ class Config:
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
     sources: dict[str, SourceConnection] = field(default_factory=dict)
-    """``[sources.NAME]``: the databases (and later brokers) products read from, by the name
+    """``[sources.NAME]``: the databases and brokers products read from, by the name
     a product's ``source.connection`` gives (see connector.sources.connections). Their
     credentials live here only: never in a product, the registry or a log."""
 

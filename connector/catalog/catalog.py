@@ -20,6 +20,7 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.sources.file import SourceRoots
 from connector.sources.sql import SqlSources
+from connector.sources.streams import StreamSources
 
 __all__ = ["Catalog"]
 
@@ -39,10 +40,12 @@ class Catalog:
         clock: Clock,
         sources: SourceRoots | None = None,
         sql: SqlSources | None = None,
+        streams: StreamSources | None = None,
     ) -> None:
         self._participant = participant
         self._sources = sources
         self._sql = sql if sql is not None else SqlSources({})
+        self._streams = streams if streams is not None else StreamSources({})
         self._store = store
         self._library = library
         self._engine = engine
@@ -77,11 +80,14 @@ class Catalog:
         With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
         each read checks it again. An ``sql`` source's connection must be configured and its
         query pass :func:`connector.sources.sql.validate_query` with the product's fields as
-        its output columns (checked again at every transfer).
+        its output columns (checked again at every transfer); a ``stream`` source's
+        connection must be a configured broker of the kind its subject or topic names.
         """
         product = parse_description(description, owner=self._participant, fmt=fmt)
         if product.source.kind == "sql":
             self._sql.check(product.source.connection, product.source.query, product.fields)
+        elif product.source.kind == "stream":
+            self._streams.check(product.source, product.fields)
         else:
             if base_dir and not Path(product.source.path).is_absolute():
                 resolved = str((Path(base_dir) / product.source.path).resolve())
@@ -124,7 +130,10 @@ class Catalog:
         """List a product with the registry; a public product keeps the code it is given."""
         product = self._store.get(product_id)
         # Paths, connection names and queries stay here: the listing has kind and format.
-        listed = replace(product, source=replace(product.source, path="", connection="", query=""))
+        listed = replace(
+            product,
+            source=replace(product.source, path="", connection="", query="", subject="", topic=""),
+        )
         with self._lock:
             self._registering[product_id] = self._registering.get(product_id, 0) + 1
         try:

@@ -73,6 +73,7 @@ from connector.rpc.channel import TlsIdentity, calling, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
 from connector.sources.file import SourceRoots
 from connector.sources.sql import SqlSources
+from connector.sources.streams import StreamSources
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
@@ -160,6 +161,8 @@ class Node:
         self._revocations: RevocationSource | None = None
         self.sql_sources = SqlSources(cfg.sources)
         """The databases products read from (pools open on first use, close on stop)."""
+        self.stream_sources = StreamSources(cfg.sources)
+        """The brokers stream products read from (MQTT clients kept until stop)."""
 
     @property
     def issuer(self) -> str:
@@ -218,6 +221,7 @@ class Node:
                 clock=self.clock,
                 sources=SourceRoots(cfg.data_dir, cfg.transfer.source_roots),
                 sql=self.sql_sources,
+                streams=self.stream_sources,
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -732,6 +736,7 @@ class Node:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_clients()
         self.sql_sources.close()
+        self.stream_sources.close()
         log.info("stopped", extra={"participant": self.cfg.participant.id})
 
     def wait(self) -> None:
