@@ -16,7 +16,7 @@ from connector.rpc.auth import Caller
 
 __all__ = ["ACTIONS", "build_input", "subject_of"]
 
-ACTIONS = ("catalog.read", "contract.request", "transfer.start")
+ACTIONS = ("catalog.read", "contract.request", "transfer.start", "stream.continue")
 GRANTS_ATTRIBUTE = "tds_grants"
 """Membership attribute holding the JSON list of authorised-operation grants."""
 

@@ -143,10 +143,17 @@ class _ReplayBuffer:
 class _MqttSubscription(SubscriptionBase):
     """A cursor into the source's replay buffer."""
 
-    def __init__(self, source: MqttStreamSource, after: int, on_skip: SkipCallback | None):
+    def __init__(
+        self,
+        source: MqttStreamSource,
+        after: int,
+        on_skip: SkipCallback | None,
+        previous: int,
+    ) -> None:
         self._source = source
         self._buffer = source._buffer
-        super().__init__(DeliveryCursor(after, on_skip, lag=source._buffer.newest - after))
+        lag = source._buffer.newest - after
+        super().__init__(DeliveryCursor(after, on_skip, lag=lag, previous=previous))
 
     def poll(self, timeout: float) -> StreamRecord | None:
         """The next record, or ``None`` after ``timeout`` seconds without one."""
@@ -243,11 +250,12 @@ class MqttStreamSource:
                     f"sequence {after} is in the future: the newest is {buffer.newest} (MQTT "
                     "sequences restart when the provider restarts)"
                 )
-            if after == 0:
-                after = buffer.oldest - 1
-            elif after < buffer.oldest - 1:
+            # A first subscription reads from the oldest held, and its first record follows
+            # 0 (what the subscriber holds), as JetStream's do.
+            start = buffer.oldest - 1 if after == 0 else after
+            if start < buffer.oldest - 1:
                 raise SequenceGone(after, buffer.oldest, self.buffer_name)
-        yield _MqttSubscription(self, after, self._on_skip)
+        yield _MqttSubscription(self, start, self._on_skip, previous=after)
 
     def close(self) -> None:
         """Disconnect and stop the network thread (the provider is stopping)."""

@@ -11,3 +11,6 @@ decision := access.decision if input.action == "catalog.read"
 decision := contract.decision if input.action == "contract.request"
 
 decision := usage.decision if input.action == "transfer.start"
+
+# A stream: at subscribe and at every re-check while it runs (connector.transfer.streaming).
+decision := usage.decision if input.action == "stream.continue"
