@@ -20,6 +20,7 @@ from connector.cli import (
     product,
     registry,
     serve,
+    subscribe,
     transfer,
 )
 from connector.cli.output import fail
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         product,
         negotiate,
         transfer,
+        subscribe,
         consent,
         audit,
         policy,
