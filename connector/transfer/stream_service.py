@@ -44,7 +44,7 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
         self, request_iterator: Iterator[stream_pb2.SubscribeUp], context: Any
     ) -> Iterator[stream_pb2.SubscribeDown]:
         """Consumer → provider."""
-        yield from self._provider.subscribe(current_caller(), request_iterator)
+        yield from self._provider.subscribe(current_caller(), request_iterator, context.is_active)
 
     def Follow(
         self, request: stream_pb2.FollowRequest, context: Any

@@ -240,9 +240,13 @@ class StreamProvider:
     # -- subscribing --------------------------------------------------------------------
 
     def subscribe(
-        self, caller: Caller, requests: Iterator[stream_pb2.SubscribeUp]
+        self,
+        caller: Caller,
+        requests: Iterator[stream_pb2.SubscribeUp],
+        active: Callable[[], bool] = lambda: True,
     ) -> Iterator[stream_pb2.SubscribeDown]:
-        """The stream for ``caller``: its first message names the agreement."""
+        """The stream for ``caller``: its first message names the agreement. ``active``
+        says whether the call is still on (a quiet stream notices a cancel by it)."""
         first = next(requests, None)
         if first is None or first.WhichOneof("kind") != "start":
             raise InvalidRequest("the first message of Subscribe must be start")
@@ -299,7 +303,7 @@ class StreamProvider:
             raise PreconditionFailed(f"the product's source cannot be read: {exc}") from None
         with source.subscribe(from_sequence) as subscription:
             yield from self._run(
-                run, state.acked_head, state.next_window, decision, subscription, requests
+                run, state.acked_head, state.next_window, decision, subscription, requests, active
             )
 
     def _run(
@@ -310,6 +314,7 @@ class StreamProvider:
         decision: Decision,
         subscription: Subscription,
         requests: Iterator[stream_pb2.SubscribeUp],
+        active: Callable[[], bool],
     ) -> Iterator[stream_pb2.SubscribeDown]:
         agreement, product = run.agreement, run.product
         fields, project = record_projector(
@@ -362,6 +367,12 @@ class StreamProvider:
                 now = time.monotonic()
                 if now - checked >= CHECK_SECONDS:
                     checked = now
+                    if not active():
+                        raise _Ended(
+                            SUSPENDED,
+                            "the call ended (the consumer left or this connector is stopping)",
+                            Unavailable("the subscription's call ended"),
+                        )
                     reason = self._stop_reason(run)
                     if reason:
                         raise _Ended(
