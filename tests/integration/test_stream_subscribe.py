@@ -46,7 +46,7 @@ def js() -> Iterator[JetStream]:
 def space(tmp_path_factory: pytest.TempPathFactory, js: JetStream) -> Iterator[LocalSpace]:
     root = tmp_path_factory.mktemp("stream")
     sources: dict[str, Any] = {
-        "weather": NatsConnection("weather", NATS_URL),
+        "weather": NatsConnection("weather", NATS_URL, max_message_bytes=4096),
         "down": NatsConnection(
             "down", f"nats://127.0.0.1:{free_port()}", connect_timeout_seconds=1
         ),
@@ -393,3 +393,63 @@ def test_an_mqtt_topic_is_followed_as_well(space: LocalSpace, tmp_path: Path) ->
     kept = held(space, "a", agreement)
     assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(6)]
     assert [line["sequence"] for line in kept] == sorted({line["sequence"] for line in kept})
+
+
+def test_non_json_and_oversized_messages_are_skipped_and_the_chain_still_checks(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(3))
+    js.publish(
+        subject, b"not json", b"[1, 2]", b'{"station": "big", "pad": "' + b"x" * 10_000 + b'"}'
+    )
+    js.publish_json(subject, *readings(3, start=3))
+    f = Follower(space, "a", agreement)
+    try:
+        f.wait_kept(9)  # sequences 4, 5, 6 were never delivered
+    finally:
+        f.stop()
+    kept = held(space, "a", agreement)
+    assert [line["sequence"] for line in kept] == [1, 2, 3, 7, 8, 9]
+
+
+def test_the_byte_limit_stops_the_stream_and_nothing_past_it_is_sent(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    subject = js.stream()
+    pid = "rain-limit-" + subject.rsplit("_", 1)[-1]
+    publish(
+        space,
+        "gov",
+        {
+            "id": pid,
+            "title": "Rain gauges",
+            "grade": "general",
+            "fields": FIELDS,
+            "source": {"kind": "stream", "connection": "weather", "subject": subject},
+            "offers": [offer(max_bytes=300)],
+        },
+        tmp_path,
+    )
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(20))
+    f = Follower(space, "a", agreement)
+    f.wait_end(15)
+    assert f.error is not None and f.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    stopped = [
+        e["data"]
+        for e in entries(space, "gov", "stream.stopped")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert stopped[-1]["reason"] == "byte_limit_reached"
+    assert 0 < stopped[-1]["sent_bytes"] <= 300
+    metering = space.nodes["gov"].stream_store
+    assert metering is not None
+    messages, used = metering.usage(agreement)
+    assert used <= 300 and messages == stopped[-1]["sent"]
+    # A new subscription is refused: the stream was terminated at the limit.
+    again = Follower(space, "a", agreement)
+    again.wait_end(10)
+    assert again.error is not None
+    assert again.error.code() == grpc.StatusCode.FAILED_PRECONDITION
