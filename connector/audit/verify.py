@@ -21,11 +21,14 @@ from connector.audit.checkpoint import Checkpoint, open_checkpoint, verify_cosig
 from connector.audit.export import Export
 from connector.audit.note import ALG_COSIGNATURE_V1, Verifier, parse_vkey
 from connector.audit.receipts import Receipt, verify_receipt
+from connector.audit.window_receipts import WindowReceipt, verify_window
 from connector.errors import NotFound, VerificationError
 
 __all__ = ["Problem", "VerifyReport", "prove", "receipts_of", "reconcile", "timeline", "verify"]
 
 RECEIPT_KIND = "transfer.receipt"
+WINDOW_KIND = "stream.window"
+"""A stream's countersigned window receipt (connector.audit.window_receipts)."""
 _FIELDS = {"index", "kind", "time_ms", "actor", "parties", "data"}
 
 
@@ -180,6 +183,9 @@ def verify(directory: Path, *, known: list[str] | None = None) -> VerifyReport:
             if entry["kind"] == RECEIPT_KIND:
                 verify_receipt(str(entry["data"].get("receipt", "")), key_of)
                 report.receipts += 1
+            elif entry["kind"] == WINDOW_KIND:
+                verify_window(str(entry["data"].get("receipt", "")), key_of)
+                report.receipts += 1
         except VerificationError as exc:
             report.problems.append(Problem(str(exc), index))
         merkle.extend_frontier(frontier, index, leaf)
@@ -295,14 +301,33 @@ def receipts_of(directory: Path) -> dict[tuple[str, str], tuple[str, Receipt]]:
     return found
 
 
+def windows_of(directory: Path) -> dict[tuple[str, str], tuple[str, WindowReceipt]]:
+    """(agreement, ``window:N``) -> (signed receipt, payload) for every stream window."""
+    export = Export(directory)
+    key_of = _keys(export)
+    found: dict[tuple[str, str], tuple[str, WindowReceipt]] = {}
+    for entry in _entries(export):
+        if entry.get("kind") == WINDOW_KIND:
+            signed = str(entry["data"].get("receipt", ""))
+            receipt = verify_window(signed, key_of)
+            found[(receipt.agreement, f"window:{receipt.window.index}")] = (signed, receipt)
+    return found
+
+
 def reconcile(dir_a: Path, dir_b: Path) -> dict[str, Any]:
-    """Receipts naming both parties must appear identically in both logs."""
+    """Receipts naming both parties must appear identically in both logs: transfers'
+    receipts by (agreement, transfer), streams' window receipts by (agreement, window:N)."""
     a, b = Export(dir_a).manifest["participant"], Export(dir_b).manifest["participant"]
 
-    def between(found: dict[tuple[str, str], tuple[str, Receipt]]) -> dict[tuple[str, str], str]:
+    def between(
+        found: dict[tuple[str, str], tuple[str, Receipt | WindowReceipt]],
+    ) -> dict[tuple[str, str], str]:
         return {k: signed for k, (signed, r) in found.items() if {r.provider, r.consumer} == {a, b}}
 
-    in_a, in_b = between(receipts_of(dir_a)), between(receipts_of(dir_b))
+    def both(directory: Path) -> dict[tuple[str, str], tuple[str, Receipt | WindowReceipt]]:
+        return {**receipts_of(directory), **windows_of(directory)}
+
+    in_a, in_b = between(both(dir_a)), between(both(dir_b))
     only_a = sorted(set(in_a) - set(in_b))
     only_b = sorted(set(in_b) - set(in_a))
     differ = sorted(k for k in set(in_a) & set(in_b) if in_a[k] != in_b[k])
@@ -310,6 +335,7 @@ def reconcile(dir_a: Path, dir_b: Path) -> dict[str, Any]:
         "a": a,
         "b": b,
         "matched": len(set(in_a) & set(in_b)) - len(differ),
+        "windows": sum(1 for k in set(in_a) & set(in_b) if k[1].startswith("window:")),
         "only_in_a": [list(k) for k in only_a],
         "only_in_b": [list(k) for k in only_b],
         "differ": [list(k) for k in differ],

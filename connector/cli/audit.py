@@ -141,7 +141,10 @@ def run_prove(args: argparse.Namespace) -> int:
 def run_reconcile(args: argparse.Namespace) -> int:
     """Compare receipts in two exports; exit 1 on any difference."""
     result = reconcile(args.dir_a, args.dir_b)
-    lines = [f"{result['a']} and {result['b']}: {result['matched']} receipts match"]
+    lines = [
+        f"{result['a']} and {result['b']}: {result['matched']} receipts match "
+        f"({result['windows']} of them stream windows)"
+    ]
     for key, label in (
         ("only_in_a", f"only in {result['a']}'s log"),
         ("only_in_b", f"only in {result['b']}'s log"),
