@@ -211,10 +211,13 @@ class _NatsSubscription(SubscriptionBase):
             wait = min(_FETCH_WAIT, deadline - time.monotonic())
             try:
                 self._loop.run_until_complete(self._fetch(consumer, max(wait, _FETCH_MIN)))
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # Nothing to fetch in time. nats-py raises its own TimeoutError or, from
+                # a batch fetch that got no message at all, asyncio's (the builtin): both
+                # are an empty fetch while the connection is up, not a failure.
                 if not consumer.nc.is_connected:
                     continue
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
+            except (nats.errors.Error, OSError) as exc:
                 _log.warning(
                     "stream connection %r: fetch failed (%s); reconnecting",
                     self._connection.name,

@@ -453,3 +453,19 @@ def test_the_byte_limit_stops_the_stream_and_nothing_past_it_is_sent(
     again.wait_end(10)
     assert again.error is not None
     assert again.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_feed_published_while_followed_arrives_whole(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    f = Follower(space, "a", agreement)
+    try:
+        for i in range(0, 150, 5):  # 150 readings at about 100 a second
+            js.publish_json(subject, *readings(5, start=i))
+            time.sleep(0.05)
+        f.wait_kept(150, timeout=30)
+    finally:
+        f.stop()
+    assert [line["sequence"] for line in held(space, "a", agreement)] == list(range(1, 151))
