@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "checks every record's sequence (a gap, repeat or reordering ends it as an "
         "integrity failure), signs a receipt for each window the provider proposes and "
         "keeps each countersigned window in its holdings as a JSON Lines segment. Ctrl-C "
-        "suspends the subscription; running the same command again resumes after the last "
-        "countersigned window, with nothing lost or doubled.",
+        "(or SIGTERM) suspends the subscription; running the same command again resumes "
+        "after the last countersigned window, with nothing lost or doubled.",
     )
     p.add_argument("--agreement", required=True, help="the agreement id (tds agreements list)")
     p.add_argument("--config", required=True, type=Path, help="your connector's config")
@@ -82,6 +83,10 @@ def run_subscribe(args: argparse.Namespace) -> int:
     call = stream_pb2_grpc.StreamServiceStub(channel).Follow(
         stream_pb2.FollowRequest(agreement_id=args.agreement)
     )
+    # Ctrl-C, and a service manager's SIGTERM, suspend cleanly. Set here because a shell
+    # starts a background job with SIGINT ignored, and Python keeps it ignored then.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.default_int_handler)
     live = _LiveLine(not args.json)
     last: stream_pb2.FollowEvent | None = None
     suspended = False
