@@ -154,8 +154,14 @@ class Product:
         }
 
     def to_json(self) -> str:
-        """The stored form (canonical field order)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """The stored form (canonical field order). A source's empty ``subject`` and
+        ``topic`` are left out, so products other than streams read the same as before
+        (a registry of an earlier version takes their listings)."""
+        d = asdict(self)
+        for key in ("subject", "topic"):
+            if not d["source"][key]:
+                del d["source"][key]
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Product:
