@@ -79,6 +79,9 @@ _DELETE_ON = ("agreement_revoked", "consent_withdrawn", "consent_expired")
 
 _PENDING = "pending.jsonl"
 
+_STOPPING_WAIT = 10.0
+"""How long a new subscription waits for one of the same agreement that is stopping."""
+
 
 def stream_holding(holdings_dir: Path, agreement_id: str) -> Path:
     """Where the consumer keeps an agreement's stream: ``<holdings>/streams/<agreement>``,
@@ -159,7 +162,8 @@ class StreamConsumer:
         self._keys = keys
         self._channel_to = channel_to
         self._dir = holdings_dir
-        self._running: set[str] = set()
+        self._running: dict[str, tuple[threading.Event, threading.Event]] = {}
+        """Agreement -> (its stop, its end) of each subscription running here."""
         self._lock = threading.Lock()
 
     def _now_ms(self) -> int:
@@ -197,17 +201,29 @@ class StreamConsumer:
         """Subscribe under ``agreement_id`` until ``stop`` is set (SUSPENDED) or the
         provider ends it; the last progress event."""
         agreement = self._agreement(agreement_id)
-        with self._lock:
-            if agreement_id in self._running:
+        done = threading.Event()
+        deadline = time.monotonic() + _STOPPING_WAIT
+        while True:
+            with self._lock:
+                running = self._running.get(agreement_id)
+                if running is None:
+                    self._running[agreement_id] = (stop, done)
+                    break
+            # One that was asked to stop (Ctrl-C, then the same command again) is let
+            # finish suspending first; one still running is not doubled.
+            other_stop, other_done = running
+            if not other_stop.is_set() or not other_done.wait(
+                max(0.0, deadline - time.monotonic())
+            ):
                 raise PreconditionFailed(
                     f"a subscription under agreement {agreement_id} is already running here"
                 )
-            self._running.add(agreement_id)
         try:
             return self._follow(agreement, stop, progress or (lambda _: None))
         finally:
             with self._lock:
-                self._running.discard(agreement_id)
+                del self._running[agreement_id]
+            done.set()
 
     def _follow(
         self, agreement: Agreement, stop: threading.Event, progress: ProgressSink
@@ -417,9 +433,11 @@ class StreamConsumer:
             )
 
     def _stopped(self, run: _Received, reason: str, directory: Path) -> None:
-        """The provider stopped the stream for good; delete the holding if it must go."""
+        """The provider stopped the stream (for good once it had started; a refusal at
+        subscribe may pass); delete the holding if it must go."""
         now = self._now_ms()
-        self._store.set_state(run.agreement.id, CONSUMER, TERMINATED, reason, now)
+        state = TERMINATED if run.checker is not None else SUSPENDED
+        self._store.set_state(run.agreement.id, CONSUMER, state, reason, now)
         self._audit.record(
             "stream.stopped",
             parties=[run.agreement.provider],
