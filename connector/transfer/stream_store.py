@@ -229,12 +229,25 @@ class StreamStore:
         max_bytes: int,
         size: int,
         now_ms: int,
+        messages: int = 1,
     ) -> bool:
-        """Count one message of ``size`` bytes; ``False`` (nothing counted) when it would
-        pass the agreement's byte limit."""
-        try:
+        """Count ``messages`` messages of ``size`` bytes in all; ``False`` (nothing
+        counted) when that would pass the agreement's byte limit."""
+        c = MeteringRow.__table__.c  # type: ignore[attr-defined]
+        for _ in range(2):
             with self._db.session() as s:
-                if s.get(MeteringRow, agreement_id) is None:
+                result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                    update(MeteringRow.__table__)  # type: ignore[attr-defined]
+                    .where(c.agreement_id == agreement_id)
+                    .where((c.max_bytes == 0) | (c.bytes + size <= c.max_bytes))
+                    .values(messages=c.messages + messages, bytes=c.bytes + size, updated_ms=now_ms)
+                )
+                if result.rowcount == 1:
+                    return True
+                if s.get(MeteringRow, agreement_id) is not None:
+                    return False
+            try:  # the agreement's first message: its row, then count again
+                with self._db.session() as s:
                     s.add(
                         MeteringRow(
                             agreement_id=agreement_id,
@@ -245,17 +258,21 @@ class StreamStore:
                             updated_ms=now_ms,
                         )
                     )
-        except IntegrityError:
-            pass  # a concurrent subscription or transfer created it
+            except IntegrityError:
+                pass  # a concurrent subscription or transfer created it
+        return False
+
+    def refund(self, agreement_id: str, messages: int, size: int, now_ms: int) -> None:
+        """Give back what was counted ahead and not sent (see ``meter``'s callers)."""
+        if not messages and not size:
+            return
         c = MeteringRow.__table__.c  # type: ignore[attr-defined]
         with self._db.session() as s:
-            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            s.execute(
                 update(MeteringRow.__table__)  # type: ignore[attr-defined]
                 .where(c.agreement_id == agreement_id)
-                .where((c.max_bytes == 0) | (c.bytes + size <= c.max_bytes))
-                .values(messages=c.messages + 1, bytes=c.bytes + size, updated_ms=now_ms)
+                .values(messages=c.messages - messages, bytes=c.bytes - size, updated_ms=now_ms)
             )
-            return result.rowcount == 1
 
     def usage(self, agreement_id: str) -> tuple[int, int]:
         """(messages, bytes) metered under an agreement (bytes include copies')."""

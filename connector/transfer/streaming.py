@@ -93,6 +93,10 @@ CHECK_SECONDS = 0.25
 _POLL_SECONDS = 0.05
 """Longest wait on the source between checks of the consumer's receipts."""
 
+_BLOCK_MESSAGES = 256
+_BLOCK_BYTES = 256 * 1024
+"""Metering is counted ahead in blocks of this many messages and bytes (see _count)."""
+
 _END = object()
 """Queued by the receipt reader when the consumer closed its side of the call."""
 
@@ -120,6 +124,9 @@ class _Run:
     sent: int = 0
     sent_bytes: int = 0
     last_sequence: int = 0
+    ahead_messages: int = 0
+    """Messages metered ahead and not sent yet."""
+    ahead_bytes: int = 0
 
 
 class StreamProvider:
@@ -397,15 +404,7 @@ class StreamProvider:
                 else:
                     delivered = project(record.row)
                     encoded = canonical_json(delivered)
-                    if not self._store.meter(
-                        agreement.id,
-                        consumer=run.consumer,
-                        product=product.id,
-                        max_transfers=agreement.max_transfers,
-                        max_bytes=agreement.max_bytes,
-                        size=len(encoded),
-                        now_ms=self._now_ms(),
-                    ):
+                    if not self._count(run, len(encoded)):
                         raise _Ended(
                             TERMINATED,
                             "byte_limit_reached",
@@ -436,6 +435,37 @@ class StreamProvider:
         except GeneratorExit:
             self._end(run, SUSPENDED, "the consumer left")
             raise
+
+    def _count(self, run: _Run, size: int) -> bool:
+        """Meter one message of ``size`` bytes; whether the agreement allows it.
+
+        Counted ahead in blocks (``_BLOCK_MESSAGES`` messages, ``_BLOCK_BYTES`` bytes, one
+        atomic UPDATE each) so a database write is not paid per message; what a
+        subscription counted and did not send is given back when it ends. Near the
+        agreement's byte limit a block no longer fits and each message is counted alone,
+        so the limit holds exactly.
+        """
+        if run.ahead_messages >= 1 and run.ahead_bytes >= size:
+            run.ahead_messages -= 1
+            run.ahead_bytes -= size
+            return True
+        agreement = run.agreement
+        for messages, block in ((_BLOCK_MESSAGES, max(_BLOCK_BYTES, size)), (1, size)):
+            if self._store.meter(
+                agreement.id,
+                consumer=run.consumer,
+                product=run.product.id,
+                max_transfers=agreement.max_transfers,
+                max_bytes=agreement.max_bytes,
+                size=block,
+                messages=messages,
+                now_ms=self._now_ms(),
+            ):
+                # The rest of an earlier block that this message did not fit is kept.
+                run.ahead_messages += messages - 1
+                run.ahead_bytes += block - size
+                return True
+        return False
 
     def _poll(self, subscription: Subscription) -> Any:
         return subscription.poll(_POLL_SECONDS)
@@ -521,6 +551,11 @@ class StreamProvider:
 
     def _end(self, run: _Run, state: str, reason: str) -> None:
         """Record and log how the subscription ended and what it sent."""
+        with contextlib.suppress(ConnectorError):
+            self._store.refund(
+                run.agreement.id, run.ahead_messages, run.ahead_bytes, self._now_ms()
+            )
+        run.ahead_messages = run.ahead_bytes = 0
         self._store.set_state(run.agreement.id, PROVIDER, state, reason, self._now_ms())
         with contextlib.suppress(ConnectorError):
             self._audit.record(

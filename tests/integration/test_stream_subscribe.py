@@ -189,6 +189,17 @@ def test_two_consumers_receive_one_live_feed_masked_with_signed_windows(
         covered = [verify_window(w["receipt"], keys).window for w in provider_windows]
         assert covered[0].first_sequence == 1 and covered[-1].last_sequence == 20
         assert sum(w.count for w in covered) == 20
+    # Metering was counted ahead in blocks; once both subscriptions ended, what was not
+    # sent is given back: exactly the 20 messages and their bytes remain counted.
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    for agreement in agreements.values():
+        deadline = time.monotonic() + 5
+        while store.usage(agreement)[0] != 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        messages, used = store.usage(agreement)
+        windows = [w for w, _ in store.windows(agreement, "provider")]
+        assert (messages, used) == (20, sum(w.bytes for w in windows))
     # Pseudonyms are per agreement: the two consumers cannot link their copies.
     a, b = (held(space, who, agreements[who])[0]["record"]["operator"] for who in ("a", "b"))
     assert a != b
