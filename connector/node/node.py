@@ -284,6 +284,8 @@ class Node:
             raise
         if self.outbox is not None and self.registry is not None:
             self.outbox.start()
+        if self.asker is not None:
+            self.asker.resume()  # countersignatures owed since before a restart
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="tds-checkpoints", daemon=True
         )
@@ -744,6 +746,8 @@ class Node:
     def _close_clients(self) -> None:
         if self.outbox is not None:
             self.outbox.stop()
+        if self.asker is not None:
+            self.asker.stop()
         if self.delivery is not None:
             self.delivery.close()
         if self.policy is not None:
