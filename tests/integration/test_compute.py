@@ -323,3 +323,34 @@ def test_a_revoked_agreement_answers_nothing(space: LocalSpace) -> None:
         assert spent(space, agreement) == before
     finally:
         channel.close()
+
+
+def test_a_countersignature_owed_when_the_consumer_stops_is_sent_after_its_restart(
+    space: LocalSpace, plain: str
+) -> None:
+    from connector.compute.store import ANSWERED
+    from connector.node import Node
+
+    lab = space.nodes["lab"]
+    assert lab.asker is not None
+    # As if the consumer died right after answering: its record and log entry are
+    # committed, the confirmation not sent yet.
+    lab.asker.stop()
+    r = ask(space, plain, "SELECT district, count(*) FROM product GROUP BY district")
+    for who in ("lab", "health"):
+        db = space.nodes[who].db
+        assert db is not None
+        assert ComputationStore(db).get(r.computation_id).state == ANSWERED
+    lab.stop(grace=0)
+    restarted = Node(space.configs["lab"])
+    restarted.start()
+    space.nodes["lab"] = restarted
+    assert restarted.wait_ready(10)
+    for who in ("lab", "health"):
+        assert confirmed(space, who, r.computation_id), who
+    logged = [
+        e["data"]["receipt"]
+        for e in entries(space, "health", "compute.receipt")
+        if e["data"]["computation"] == r.computation_id
+    ]
+    assert logged == [r.receipt]
