@@ -177,7 +177,8 @@ class ComputeConsumer:
         keys: jws.KeyLookup,
         channel_to: Callable[[str], grpc.Channel],
     ) -> None:
-        """``agreement_of``: our finalized, unrevoked agreement as consumer, or an error."""
+        """``agreement_of``: our finalized, unrevoked agreement as consumer, or an error;
+        ``channel_to``: a channel to a member, kept by the caller (not closed here)."""
         self._me = participant
         self._agreement_of = agreement_of
         self._store = store
@@ -207,16 +208,13 @@ class ComputeConsumer:
         agreement = self._agreement_of(agreement_id)
         provider = agreement.provider
         channel = self._channel_to(provider)
-        try:
-            with calling(provider):
-                response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
-                    channel
-                ).Compute(
-                    compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
-                    timeout=COMPUTE_TIMEOUT_SECONDS,
-                )
-        finally:
-            channel.close()
+        with calling(provider):
+            response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
+                channel
+            ).Compute(
+                compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
+                timeout=COMPUTE_TIMEOUT_SECONDS,
+            )
         try:
             receipt = self._check(agreement, question, response)
         except VerificationError as exc:
@@ -267,16 +265,13 @@ class ComputeConsumer:
             return  # confirmed already (a repeat), or nothing to confirm
         try:
             channel = self._channel_to(c.counterparty)
-            try:
-                with calling(c.counterparty):
-                    compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
-                        compute_pb2.ConfirmComputationRequest(
-                            computation_id=computation_id, receipt=c.receipt
-                        ),
-                        timeout=30,
-                    )
-            finally:
-                channel.close()
+            with calling(c.counterparty):
+                compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
+                    compute_pb2.ConfirmComputationRequest(
+                        computation_id=computation_id, receipt=c.receipt
+                    ),
+                    timeout=30,
+                )
         except ConnectorError as exc:
             # Synced, so the record is durable even while the provider cannot be reached.
             self._store.update(computation_id, expect=ANSWERED, reason=f"not yet confirmed: {exc}")
