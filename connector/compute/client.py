@@ -97,6 +97,7 @@ class Confirmations:
         self._queued: set[str] = set()
         self._cond = threading.Condition()
         self._stopped = False
+        self._sending = False
         self._thread: threading.Thread | None = None
 
     def owe(self, computation_id: str) -> None:
@@ -122,7 +123,10 @@ class Confirmations:
                 if self._due and self._due[0][0] <= time.monotonic():
                     _, computation_id, attempts = heapq.heappop(self._due)
                     self._queued.discard(computation_id)
+                    self._sending = True
                     return computation_id, attempts
+                self._sending = False
+                self._cond.notify_all()  # for ``settled``
                 self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
             return None
 
@@ -146,6 +150,18 @@ class Confirmations:
                     continue
                 delay = min(self._base * 2 ** (attempts - 1), self._max_delay)
                 self._schedule(computation_id, attempts, delay)
+
+    def settled(self, timeout: float) -> bool:
+        """Wait until nothing is being sent or due now (retries later do not count);
+        whether that happened within ``timeout`` seconds. For tests and benchmarks."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._sending or (self._due and self._due[0][0] <= time.monotonic()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped:
+                    return False
+                self._cond.wait(left)
+            return True
 
     def pending(self) -> int:
         """Confirmations waiting for their turn (not counting one being sent)."""
