@@ -18,6 +18,7 @@ it) or, if the machine went down before any sync, no trace at all, and no answer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -247,6 +248,12 @@ class ComputeProvider:
             )
         except PermissionDenied as exc:
             self._refuse(caller, agreement, str(exc), decided)
+            raise
+        except Exception:
+            # Nothing reserved (the store failed, and the decision's entry with it): the
+            # decision is still logged if the log can be written at all.
+            with contextlib.suppress(ConnectorError):
+                self._audit.record_many(decided)
             raise
         try:
             return self._answer(
