@@ -24,12 +24,14 @@ __all__ = [
     "CatalogConfig",
     "Config",
     "DatabaseConfig",
+    "DspConfig",
     "LimitsConfig",
     "ParticipantConfig",
     "PkiConfig",
     "PolicyConfig",
     "RegistryConfig",
     "ServerConfig",
+    "StreamConfig",
     "TransferConfig",
     "load_config",
     "render_config",
@@ -174,6 +176,21 @@ class TransferConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """Streams this connector provides (connector.transfer.streaming)."""
+
+    window_messages: int = 1000
+    """A window receipt closes after this many records ..."""
+    window_seconds: float = 5.0
+    """... or this long after its first record, whichever comes first."""
+    ack_timeout_seconds: float = 30.0
+    """A proposed window the consumer does not sign within this ends the subscription."""
+    max_unsigned_windows: int = 2
+    """Windows sent ahead of the consumer's receipts before the provider waits for them
+    (so a consumer that stops reading never grows the provider's memory)."""
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Explicit limits with safe defaults."""
 
@@ -210,6 +227,22 @@ def _validate_catalog(c: CatalogConfig, max_message_bytes: int) -> None:
 
 
 @dataclass(frozen=True)
+class DspConfig:
+    """The Dataspace Protocol 2025-1 HTTPS binding, beside gRPC (off unless ``listen``)."""
+
+    listen: str = ""
+    """host:port of the DSP HTTPS server (TLS with the connector's certificate; mutual TLS
+    when the peer presents a space certificate); empty: not served."""
+    base_url: str = ""
+    """https URL others reach the binding at (default: https://<listen host>:<bound port>)."""
+    max_body_bytes: int = 256 * 1024
+    """Largest request body accepted; a larger one is refused with 413 before it is read."""
+    page_size: int = 50
+    """Products a catalog page considers (DSP clients cannot choose; at most
+    ``catalog.max_page_size``); further pages through ``Link: rel="next"``."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A connector's whole configuration."""
 
@@ -222,11 +255,13 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dsp: DspConfig = field(default_factory=DspConfig)
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
     sources: dict[str, SourceConnection] = field(default_factory=dict)
-    """``[sources.NAME]``: the databases (and later brokers) products read from, by the name
+    """``[sources.NAME]``: the databases and brokers products read from, by the name
     a product's ``source.connection`` gives (see connector.sources.connections). Their
     credentials live here only: never in a product, the registry or a log."""
 
@@ -310,6 +345,15 @@ def _validate(cfg: Config) -> None:
         _check_address(cfg.server.listen, "server.listen")
     if cfg.server.advertise:
         _check_address(cfg.server.advertise, "server.advertise")
+    if cfg.dsp.listen:
+        _check_address(cfg.dsp.listen, "dsp.listen")
+        if cfg.is_operator:
+            raise ConfigError(
+                "dsp.listen is set on the operator, whose registry has no catalog or "
+                "negotiations to serve over DSP: leave it empty"
+            )
+    if cfg.dsp.base_url and not cfg.dsp.base_url.startswith("https://"):
+        raise ConfigError(f"dsp.base_url must be an https:// URL, got {cfg.dsp.base_url!r}")
     if not cfg.is_operator:
         if not cfg.registry.address:
             raise ConfigError("registry.address is required for every connector but the operator")
@@ -378,6 +422,15 @@ def _validate(cfg: Config) -> None:
             cfg.transfer.sweep_interval_seconds >= 0.1,
             "transfer.sweep_interval_seconds must be at least 0.1",
         ),
+        (cfg.dsp.max_body_bytes >= 1024, "dsp.max_body_bytes must be at least 1024"),
+        (
+            1 <= cfg.dsp.page_size <= cfg.catalog.max_page_size,
+            "dsp.page_size must be between 1 and catalog.max_page_size",
+        ),
+        (cfg.stream.window_messages >= 1, "stream.window_messages must be at least 1"),
+        (cfg.stream.window_seconds > 0, "stream.window_seconds must be positive"),
+        (cfg.stream.ack_timeout_seconds >= 1, "stream.ack_timeout_seconds must be at least 1"),
+        (cfg.stream.max_unsigned_windows >= 1, "stream.max_unsigned_windows must be at least 1"),
         (
             0 <= cfg.limits.clock_leeway_seconds <= 300,
             "limits.clock_leeway_seconds must be between 0 and 300",

@@ -21,6 +21,7 @@ from connector.cli import (
     product,
     registry,
     serve,
+    subscribe,
     transfer,
 )
 from connector.cli.output import fail
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         negotiate,
         transfer,
         compute,
+        subscribe,
         consent,
         audit,
         policy,

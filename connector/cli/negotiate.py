@@ -363,7 +363,8 @@ def run_show_agreement(args: argparse.Namespace) -> int:
             if args.out:
                 args.out.write_text(n.agreement)
             if args.dsp:
-                emit(agreement_message(terms), "", as_json=True)
+                space = load_config(args.config).participant.space
+                emit(agreement_message(terms, space=space), "", as_json=True)
                 return 0
             data = {
                 **_info(n),

@@ -258,7 +258,9 @@ def run_catalog_list(args: argparse.Namespace) -> int:
         from connector.negotiation.dsp import catalog_message
 
         emit(
-            catalog_message(peer.id, products, f"grpcs://{peer.address}"),
+            catalog_message(
+                peer.id, products, f"grpcs://{peer.address}", space=cfg.participant.space
+            ),
             "",
             as_json=True,
         )

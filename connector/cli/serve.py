@@ -83,8 +83,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    dsp = f"; Dataspace Protocol at {node.dsp.base_url}" if node.dsp is not None else ""
     print(
-        f"tds: {cfg.participant.id} ({cfg.participant.role}) listening on port {node.port}",
+        f"tds: {cfg.participant.id} ({cfg.participant.role}) listening on port {node.port}{dsp}",
         flush=True,
     )
     while not stopping.wait(0.5):

@@ -18,7 +18,15 @@ import grpc
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.cli.init import build_config
 from connector.clock import Clock
-from connector.config import Config, PolicyConfig, RegistryConfig, load_config, render_config
+from connector.config import (
+    Config,
+    DspConfig,
+    PolicyConfig,
+    RegistryConfig,
+    StreamConfig,
+    load_config,
+    render_config,
+)
 from connector.errors import ConnectorError
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.names import Role
@@ -64,6 +72,8 @@ class LocalSpace:
         policy: PolicyConfig | None = None,
         registry_settings: RegistryConfig | None = None,
         sources: Mapping[str, SourceConnection] | None = None,
+        dsp: DspConfig | None = None,
+        stream: StreamConfig | None = None,
     ) -> Config:
         """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy``, the registry
         settings and ``[sources]`` if given; the registry's address stays ``registry``),
@@ -91,6 +101,10 @@ class LocalSpace:
             )
         if sources is not None:
             cfg = dataclasses.replace(cfg, sources=dict(sources))
+        if dsp is not None:
+            cfg = dataclasses.replace(cfg, dsp=dsp)
+        if stream is not None:
+            cfg = dataclasses.replace(cfg, stream=stream)
         out.write_text(render_config(cfg))
         cfg = load_config(out)
         self.configs[participant] = cfg
@@ -149,9 +163,20 @@ class LocalSpace:
         registry_settings: RegistryConfig | None = None,
         clock: Clock | None = None,
         sources: Mapping[str, SourceConnection] | None = None,
+        dsp: DspConfig | None = None,
+        stream: StreamConfig | None = None,
     ) -> Node:
-        """Start a participant's connector, enrol it, and wait for its token and list."""
-        where = (self.registry_address, database_url, policy, registry_settings, sources)
+        """Start a participant's connector, enrol it, and wait for its token and list
+        (with ``dsp``, serving the Dataspace Protocol binding as configured there)."""
+        where = (
+            self.registry_address,
+            database_url,
+            policy,
+            registry_settings,
+            sources,
+            dsp,
+            stream,
+        )
         cfg = self.write_config(participant, "127.0.0.1:0", *where)
         node = Node(cfg, clock=clock)
         node.start()

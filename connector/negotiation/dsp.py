@@ -1,7 +1,7 @@
 """Dataspace Protocol 2025-1 views: catalogs, negotiations and agreements as JSON-LD.
 
-tds speaks gRPC between its own connectors; these renderings are the contract for the
-planned DSP HTTPS binding (DESIGN §9) and for tools that read DSP messages. Offers become
+tds speaks gRPC between its own connectors; these renderings are what the DSP HTTPS
+binding (connector.dsp, DESIGN §10) sends and what ``--dsp`` prints. Offers become
 ODRL ``Offer`` policies whose permission to ``use`` is constrained by purpose, validity
 window and transfer count; agreements become ``ContractAgreementMessage``s.
 """
@@ -12,12 +12,19 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from connector.catalog.products import Offer, Product
+from connector.identity.names import participant_uri
 from connector.negotiation.agreement import Agreement
 
 if TYPE_CHECKING:  # the CLI renders without the database stack
     from connector.negotiation.store import Negotiation
 
-__all__ = ["CONTEXT", "agreement_message", "catalog_message", "negotiation_message"]
+__all__ = [
+    "CONTEXT",
+    "agreement_message",
+    "catalog_message",
+    "dataset_message",
+    "negotiation_message",
+]
 
 CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 
@@ -33,14 +40,16 @@ def _urn(kind: str, value: str) -> str:
 def _constraints(
     purposes: tuple[str, ...] | list[str], start_ns: int, end_ns: int, max_transfers: int
 ) -> list[dict[str, Any]]:
+    # ODRL core left operands, as compact IRIs: the DSP context names no bare "purpose"
+    # term, so a bare name would expand to a relative IRI, not odrl:purpose.
     constraints: list[dict[str, Any]] = [
-        {"leftOperand": "purpose", "operator": "isAnyOf", "rightOperand": list(purposes)},
-        {"leftOperand": "dateTime", "operator": "gteq", "rightOperand": _time(start_ns)},
-        {"leftOperand": "dateTime", "operator": "lt", "rightOperand": _time(end_ns)},
+        {"leftOperand": "odrl:purpose", "operator": "isAnyOf", "rightOperand": list(purposes)},
+        {"leftOperand": "odrl:dateTime", "operator": "gteq", "rightOperand": _time(start_ns)},
+        {"leftOperand": "odrl:dateTime", "operator": "lt", "rightOperand": _time(end_ns)},
     ]
     if max_transfers:
         constraints.append(
-            {"leftOperand": "count", "operator": "lteq", "rightOperand": str(max_transfers)}
+            {"leftOperand": "odrl:count", "operator": "lteq", "rightOperand": str(max_transfers)}
         )
     return constraints
 
@@ -60,35 +69,52 @@ def _offer(product: Product | Any, offer: Offer | Any) -> dict[str, Any]:
     }
 
 
+def _dataset(product: Product | Any, service_id: str) -> dict[str, Any]:
+    return {
+        "@id": _urn("dataset", product.id),
+        "@type": "Dataset",
+        "hasPolicy": [_offer(product, o) for o in product.offers],
+        "distribution": [
+            {"@type": "Distribution", "format": "tds-grpc-PULL", "accessService": service_id}
+        ],
+    }
+
+
+def _participant(provider: str, space: str) -> str:
+    """The participant identifier: the certificate's SAN URI when the space is known."""
+    return participant_uri(space, provider) if space else _urn("participant", provider)
+
+
 def catalog_message(
-    provider: str, products: list[Product] | list[Any], endpoint: str
+    provider: str, products: list[Product] | list[Any], endpoint: str, *, space: str = ""
 ) -> dict[str, Any]:
-    """A DSP ``Catalog`` of the products a caller may see (``Product``s or catalog summaries)."""
+    """A DSP ``Catalog`` of the products a caller may see (``Product``s or catalog summaries).
+
+    ``space``: names the provider by its certificate's SAN URI (``urn:tds:SPACE:participant:ID``).
+    """
     service_id = _urn("service", provider)
     catalog: dict[str, Any] = {
         "@context": CONTEXT,
         "@id": _urn("catalog", provider),
         "@type": "Catalog",
-        "participantId": _urn("participant", provider),
+        "participantId": _participant(provider, space),
         "service": [{"@id": service_id, "@type": "DataService", "endpointURL": endpoint}],
     }
     if products:
-        catalog["dataset"] = [
-            {
-                "@id": _urn("dataset", p.id),
-                "@type": "Dataset",
-                "hasPolicy": [_offer(p, o) for o in p.offers],
-                "distribution": [
-                    {
-                        "@type": "Distribution",
-                        "format": "tds-grpc-PULL",
-                        "accessService": service_id,
-                    }
-                ],
-            }
-            for p in products
-        ]
+        catalog["dataset"] = [_dataset(p, service_id) for p in products]
     return catalog
+
+
+def dataset_message(provider: str, product: Product | Any, endpoint: str) -> dict[str, Any]:
+    """A DSP ``Dataset`` (the answer to a ``DatasetRequestMessage``), its data service inline."""
+    dataset = _dataset(product, _urn("service", provider))
+    for distribution in dataset["distribution"]:
+        distribution["accessService"] = {
+            "@id": distribution["accessService"],
+            "@type": "DataService",
+            "endpointURL": endpoint,
+        }
+    return {"@context": CONTEXT, **dataset}
 
 
 def negotiation_message(n: Negotiation) -> dict[str, Any]:
@@ -104,8 +130,9 @@ def negotiation_message(n: Negotiation) -> dict[str, Any]:
     }
 
 
-def agreement_message(agreement: Agreement) -> dict[str, Any]:
-    """A DSP ``ContractAgreementMessage`` carrying the agreement's terms."""
+def agreement_message(agreement: Agreement, *, space: str = "") -> dict[str, Any]:
+    """A DSP ``ContractAgreementMessage`` carrying the agreement's terms (``space``: the
+    parties named by their certificates' SAN URIs)."""
     return {
         "@context": CONTEXT,
         "@type": "ContractAgreementMessage",
@@ -116,8 +143,8 @@ def agreement_message(agreement: Agreement) -> dict[str, Any]:
             "@type": "Agreement",
             "target": _urn("dataset", agreement.product),
             "timestamp": _time(agreement.issued_ms * 1_000_000),
-            "assigner": _urn("participant", agreement.provider),
-            "assignee": _urn("participant", agreement.consumer),
+            "assigner": _participant(agreement.provider, space),
+            "assignee": _participant(agreement.consumer, space),
             "permission": [
                 {
                     "action": "use",

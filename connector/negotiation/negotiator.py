@@ -424,8 +424,13 @@ class Negotiator:
         if known is not None:  # a repeated request: same answer, nothing changes
             return _ack(known)
         if self._store.processed(req.message_id):
-            # Not this caller's repeat (that was found above): someone else's message id,
-            # replayed or reused. Refused without a word about whose, or what it started.
+            # A copy of this very request sent at the same time may have committed between
+            # the look-up above and this one: then it is the caller's repeat after all.
+            known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
+            if known is not None:
+                return _ack(known)
+            # Not this caller's repeat: someone else's message id, replayed or reused.
+            # Refused without a word about whose, or what it started.
             raise ConflictError(STALE_MESSAGE)
         # The access and contract decisions are logged with the transitions they lead to,
         # in one write; whatever ends the request first, they are logged before it answers.

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -78,6 +78,7 @@ from connector.rpc.channel import TlsIdentity, calling, open_channel
 from connector.rpc.server import ServerHandle, Service, build_server
 from connector.sources.file import SourceRoots
 from connector.sources.sql import SqlSources
+from connector.sources.streams import StreamSources
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
@@ -86,6 +87,14 @@ from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
 from connector.transfer.store import Transfer, TransferStore
+from connector.transfer.stream_service import StreamServicer, stream_service
+from connector.transfer.stream_store import StreamStore
+from connector.transfer.streaming import StreamProvider
+from connector.transfer.subscriber import StreamConsumer
+
+if TYPE_CHECKING:
+    # aiohttp and pyld load only when [dsp] listen is set (about 50 MB resident).
+    from connector.dsp import DspBinding
 
 __all__ = ["Node", "TlsMaterial"]
 
@@ -142,6 +151,8 @@ class Node:
         self.db: Database | None = None
         self.registry: RegistryClient | None = None
         self._handle: ServerHandle | None = None
+        self.dsp: DspBinding | None = None
+        """The Dataspace Protocol HTTPS binding, when ``[dsp] listen`` is configured."""
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -159,6 +170,9 @@ class Node:
         self.transfer_admin: TransferAdmin | None = None
         self.computations: ComputeProvider | None = None
         self.asker: ComputeConsumer | None = None
+        self.stream_store: StreamStore | None = None
+        self.stream_provider: StreamProvider | None = None
+        self.stream_consumer: StreamConsumer | None = None
         self.consents: ConsentRegister | None = None
         self._sweeper_thread: threading.Thread | None = None
         self._tls: TlsMaterial | None = None
@@ -169,6 +183,8 @@ class Node:
         self._revocations: RevocationSource | None = None
         self.sql_sources = SqlSources(cfg.sources)
         """The databases products read from (pools open on first use, close on stop)."""
+        self.stream_sources = StreamSources(cfg.sources)
+        """The brokers stream products read from (MQTT clients kept until stop)."""
 
     @property
     def issuer(self) -> str:
@@ -229,6 +245,7 @@ class Node:
                 sql=self.sql_sources,
                 page_tokens=PageTokens.from_signing_key(signing_key, "catalog"),
                 page_limits=page_limits(cfg.catalog),
+                streams=self.stream_sources,
             )
             self.negotiator = Negotiator(
                 participant=cfg.participant.id,
@@ -277,9 +294,26 @@ class Node:
                 max_workers=cfg.server.max_workers,
                 max_message_bytes=cfg.server.max_message_bytes,
             )
+            if cfg.dsp.listen:  # refused on the operator by the configuration
+                from connector.dsp import DspBinding, tls_context
+
+                self.dsp = DspBinding(
+                    settings=cfg.dsp,
+                    participant=cfg.participant.id,
+                    space=cfg.participant.space,
+                    catalog=self.catalog,
+                    negotiator=self.negotiator,
+                    authenticator=authenticator,
+                    tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, tls.ca_pem),
+                    registered_host=self._registered_host,
+                    workers=cfg.server.max_workers,
+                )
+                self.dsp.start()
             if self._enrol_self is not None:
                 self._enrol_self(self.advertised_address)
         except BaseException:
+            if self.dsp is not None:
+                self.dsp.stop()
             if self._handle is not None:
                 self._handle.stop(0)
             self._close_clients()
@@ -407,6 +441,13 @@ class Node:
         services.append(transfer_service(TransferServicer(self.transfers, self.receiver)))
         assert self.computations is not None and self.asker is not None
         services.append(compute_service(ComputeServicer(self.computations, self.asker)))
+        assert self.stream_provider is not None and self.stream_consumer is not None
+        assert self.stream_store is not None
+        services.append(
+            stream_service(
+                StreamServicer(self.stream_provider, self.stream_consumer, self.stream_store)
+            )
+        )
         services.append(
             audit_service(
                 AuditServicer(
@@ -519,6 +560,35 @@ class Node:
             keys=self._signing_key_of,
             channel_to=self._kept_member_channel,
         )
+        assert self.db is not None
+        self.stream_store = StreamStore(self.db)
+        self.stream_provider = StreamProvider(
+            participant=cfg.participant.id,
+            settings=cfg.stream,
+            mask_secret=secret,
+            store=self.stream_store,
+            negotiations=negotiations,
+            catalog=self._catalog(),
+            policy=self.policy,
+            audit=self._log(),
+            clock=self.clock,
+            signing_key=signing_key,
+            keys=self._signing_key_of,
+            sources=self.stream_sources,
+            revoked=self._stream_revocation,
+            consent=self._consent_lookup,
+        )
+        self.stream_consumer = StreamConsumer(
+            participant=cfg.participant.id,
+            store=self.stream_store,
+            negotiations=negotiations,
+            audit=self._log(),
+            clock=self.clock,
+            signing_key=signing_key,
+            keys=self._signing_key_of,
+            channel_to=self._member_channel,
+            holdings_dir=cfg.data_dir / "holdings",
+        )
 
     def _consent_register(self) -> ConsentRegister:
         if self.consents is None:
@@ -564,15 +634,20 @@ class Node:
         consumer was revoked since it started. Which grant the decision relied on is not
         kept, so any grant of the consumer stops it: fail closed, and a new transfer is
         decided afresh. ``Unavailable`` when no fresh list is held."""
+        return self._stream_revocation(t.counterparty, t.product, t.started_ms)
+
+    def _stream_revocation(self, consumer: str, product: str, started_ms: int) -> str | None:
+        """:meth:`_revocation_stop` for anything ``consumer`` receives of ``product`` since
+        ``started_ms`` (a transfer or a stream)."""
         if self.registry is None:
             return None  # the operator moves no data
         held = self.registry.current()
-        if t.counterparty in held.participants:
+        if consumer in held.participants:
             return "consumer_revoked"
         # The operator's clock stamps the revocation, ours the start: allow for skew.
-        since_ms = t.started_ms - self.cfg.limits.clock_leeway_seconds * 1000
-        if held.grant_revoked_since(t.counterparty, since_ms) and (
-            self._catalog().own(t.product).registration_code
+        since_ms = started_ms - self.cfg.limits.clock_leeway_seconds * 1000
+        if held.grant_revoked_since(consumer, since_ms) and (
+            self._catalog().own(product).registration_code
         ):
             return "operation_grant_revoked"
         return None
@@ -585,6 +660,11 @@ class Node:
                 self.sweeper.sweep()
             except ConnectorError as exc:
                 log.warning("holdings sweep failed", extra={"reason": str(exc)})
+            if self.transfers is not None:
+                try:
+                    self.transfers.sweep_staging()
+                except (ConnectorError, OSError) as exc:
+                    log.warning("staging sweep failed", extra={"reason": str(exc)})
 
     def _enrol_operator(
         self,
@@ -656,6 +736,15 @@ class Node:
                 timeout=self.cfg.registry.call_timeout_seconds,
             )
         return found.product
+
+    def _registered_host(self, participant: str) -> str:
+        """The host of ``participant``'s address in the directory (DSP callbacks' only host)."""
+        if self.registry is None:
+            raise Unavailable("the operator registry does not negotiate contracts")
+        peer = self.registry.lookup(participant)
+        if peer.revoked or not peer.address:
+            raise PermissionDenied(f"{participant} is revoked or runs no connector")
+        return peer.address.rpartition(":")[0].strip("[]")
 
     def _member_channel(self, target: str) -> grpc.Channel:
         """A channel to another member, found through the registry, with our token."""
@@ -792,6 +881,8 @@ class Node:
         self._stop.set()
         if self.registry is not None:
             self.registry.stop_watching()
+        if self.dsp is not None:
+            self.dsp.stop()
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
         # One budget for the background threads together (each waited 5 s in turn before):
@@ -803,6 +894,7 @@ class Node:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_clients()
         self.sql_sources.close()
+        self.stream_sources.close()
         log.info("stopped", extra={"participant": self.cfg.participant.id})
 
     def wait(self) -> None:

@@ -159,6 +159,21 @@ class Authenticator:
             return None
         found: bytes | list[bytes] = context.auth_context().get("x509_pem_cert") or []
         pems = [found] if isinstance(found, bytes) else list(found)
+        authorization = [
+            v if isinstance(v, str) else v.decode("ascii", "replace")
+            for k, v in context.invocation_metadata()
+            if k == "authorization"
+        ]
+        return self.authenticate_presented(access, pems, authorization)
+
+    def authenticate_presented(
+        self, access: Access, pems: list[bytes], authorization: list[str]
+    ) -> Caller | None:
+        """As ``authenticate``, from what the peer presented: its TLS certificate chain
+        (PEM, the handshake having verified it against the space CA) and its
+        ``authorization`` values. Other transports (the DSP HTTPS binding) call this."""
+        if access is Access.TRANSPORT:
+            return None
         if not pems:
             raise AuthenticationError(
                 "no client certificate: connect with mutual TLS and a certificate from the space CA"
@@ -186,7 +201,7 @@ class Authenticator:
                 "administrator certificates cannot make member calls; use the connector's "
                 "participant certificate and a membership token"
             )
-        membership = self._verify_token(context, name.participant, thumbprint)
+        membership = self._verify_token(authorization, name.participant, thumbprint)
         if self._participant in revocations.participants and not (
             access is Access.EVIDENCE and membership.role in _EXAMINERS
         ):
@@ -204,18 +219,14 @@ class Authenticator:
             revoked_grants=revocations.revoked_grants(name.participant),
         )
 
-    def _verify_token(
-        self, context: grpc.ServicerContext, participant: str, thumbprint: str
-    ) -> Membership:
-        values = [v for k, v in context.invocation_metadata() if k == "authorization"]
+    def _verify_token(self, values: list[str], participant: str, thumbprint: str) -> Membership:
         if not values:
             raise AuthenticationError(
                 "no membership token: send 'authorization: Bearer <token>' from the registry"
             )
         if len(values) > 1:
             raise AuthenticationError("more than one authorization header")
-        value = values[0] if isinstance(values[0], str) else values[0].decode("ascii", "replace")
-        scheme, _, token = value.partition(" ")
+        scheme, _, token = values[0].partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("authorization must be 'Bearer <membership token>'")
         membership, issued_at = self._membership(token.strip())

@@ -347,6 +347,8 @@ def test_dsp_renderings_from_the_cli(space: LocalSpace, capsys: pytest.CaptureFi
     assert main(["catalog", "list", "--provider", "gov", "--config", a_cfg, "--dsp"]) == 0
     catalog = json.loads(capsys.readouterr().out)
     assert catalog["@type"] == "Catalog" and catalog["dataset"]
+    # One participant identifier everywhere: the certificate's SAN URI.
+    assert catalog["participantId"] == f"urn:tds:{space.space}:participant:gov"
     mine = start(space, "open-stats")
     done = wait(space, "a", mine.pid, "FINALIZED")
     capsys.readouterr()
@@ -355,7 +357,8 @@ def test_dsp_renderings_from_the_cli(space: LocalSpace, capsys: pytest.CaptureFi
     assert main(["agreements", "show", done.agreement_id, "--config", a_cfg, "--dsp"]) == 0
     message = json.loads(capsys.readouterr().out)
     assert message["@type"] == "ContractAgreementMessage"
-    assert message["agreement"]["assignee"] == "urn:tds:participant:a"
+    assert message["agreement"]["assignee"] == f"urn:tds:{space.space}:participant:a"
+    assert message["agreement"]["assigner"] == f"urn:tds:{space.space}:participant:gov"
 
 
 def test_provider_restart_resumes_and_nothing_is_doubled(space: LocalSpace) -> None:

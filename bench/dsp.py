@@ -1,0 +1,212 @@
+"""Benchmark the DSP binding against gRPC for what the binding serves today.
+
+    python bench/dsp.py [--count 200] [--json]
+
+A contract request answered by the provider (access and contract decisions, a signed
+agreement, REQUESTED -> AGREED durable in the store and the audit log): over DSP
+(``POST /negotiations/request``, JSON-LD expansion and schema validation of the message,
+an aiohttp client keeping its connection) and over gRPC (``RequestContract`` on one mutual
+TLS channel) in the same run; sequential p50, then the rate with 8 concurrent requests.
+The whole DSP negotiation to FINALIZED, as the issue asks, is not measurable yet: the
+binding has no agreement callback or verification endpoint (docs/dsp.md).
+
+Connectors run as threads of this process (LocalSpace), so both paths share one
+interpreter; the ratio, not the absolute figure, is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    negotiation_pb2,
+    negotiation_pb2_grpc,
+)
+from connector.config import DspConfig
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role, participant_dns_name
+from connector.node.clients import admin_channel
+
+PRODUCT = {
+    "id": "bench",
+    "title": "bench",
+    "grade": "general",
+    "source": {"kind": "file", "path": "bench.bin"},
+    "offers": [
+        {"id": "o1", "purposes": ["research"], "valid_from_ns": 0, "valid_until_ns": 4 * 10**18}
+    ],
+}
+CONCURRENCY = 8
+
+
+def request_message() -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": f"urn:uuid:{uuid.uuid4()}",
+        "offer": {
+            "@id": "urn:tds:offer:bench/o1",
+            "@type": "Offer",
+            "target": "urn:tds:dataset:bench",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {
+                            "leftOperand": "odrl:purpose",
+                            "operator": "eq",
+                            "rightOperand": "research",
+                        }
+                    ],
+                }
+            ],
+        },
+        "callbackAddress": "https://127.0.0.1:8443/callback",  # a's registered host
+    }
+
+
+def grpc_request() -> negotiation_pb2.ContractRequest:
+    return negotiation_pb2.ContractRequest(
+        message_id=uuid.uuid4().hex,
+        consumer_pid=uuid.uuid4().hex,
+        product_id="bench",
+        offer_id="o1",
+        purpose="research",
+    )
+
+
+def p50_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 2)
+
+
+def run(count: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "bench.bin").write_bytes(b"x")
+        with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+            sp.start_registry()
+            gov = sp.start_connector("gov", dsp=DspConfig(listen="127.0.0.1:0"))
+            a = sp.start_connector("a")
+            with admin_channel(sp.configs["gov"]) as channel:
+                admin_pb2_grpc.AdminServiceStub(channel).AddProduct(
+                    admin_pb2.AddProductRequest(
+                        description=json.dumps(PRODUCT), format="json", base_dir=str(root)
+                    ),
+                    timeout=10,
+                )
+            pki = sp.pki_dir
+            me = sp.manifest.participant("a")
+            ca = (pki / "ca.pem").read_bytes()
+            cert, key = (pki / me.tls_cert), (pki / me.tls_key)
+            assert a.registry is not None and gov.dsp is not None
+            token = a.registry.token()
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(ca, key.read_bytes(), cert.read_bytes()),
+                grpc.access_token_call_credentials(token),
+            )
+            channel = grpc.secure_channel(
+                f"127.0.0.1:{gov.port}",
+                creds,
+                options=[("grpc.ssl_target_name_override", participant_dns_name("city", "gov"))],
+            )
+            stub = negotiation_pb2_grpc.NegotiationServiceStub(channel)
+
+            def by_grpc() -> float:
+                start = time.perf_counter()
+                ack = stub.RequestContract(grpc_request(), timeout=30)
+                assert ack.state == "AGREED", ack
+                return time.perf_counter() - start
+
+            for _ in range(5):
+                by_grpc()
+            grpc_seq = [by_grpc() for _ in range(count)]
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                start = time.perf_counter()
+                list(pool.map(lambda _: by_grpc(), range(count)))
+                grpc_rate = count / (time.perf_counter() - start)
+            channel.close()
+
+            context = ssl.create_default_context(cadata=ca.decode())
+            context.load_cert_chain(str(cert), str(key))
+            url = f"{gov.dsp.base_url}/negotiations/request"
+            headers = {"Authorization": f"Bearer {token}"}
+
+            async def dsp_figures() -> tuple[list[float], float]:
+                connector = aiohttp.TCPConnector(ssl=context, limit=CONCURRENCY)
+                async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+                    async def one() -> float:
+                        start = time.perf_counter()
+                        async with session.post(
+                            url,
+                            json=request_message(),
+                            server_hostname=participant_dns_name("city", "gov"),
+                        ) as response:
+                            body = await response.json()
+                            assert response.status == 201 and body["state"] == "AGREED", body
+                        return time.perf_counter() - start
+
+                    for _ in range(5):
+                        await one()
+                    sequential = [await one() for _ in range(count)]
+                    start = time.perf_counter()
+                    pending = iter(range(count))
+
+                    async def worker() -> None:
+                        for _ in pending:
+                            await one()
+
+                    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+                    return sequential, count / (time.perf_counter() - start)
+
+            dsp_seq, dsp_rate = asyncio.run(dsp_figures())
+    return {
+        "count": count,
+        "concurrency": CONCURRENCY,
+        "grpc": {"p50_ms": p50_ms(grpc_seq), "rate_per_s": round(grpc_rate, 1)},
+        "dsp": {"p50_ms": p50_ms(dsp_seq), "rate_per_s": round(dsp_rate, 1)},
+        "p50_ratio_dsp_to_grpc": round(statistics.median(dsp_seq) / statistics.median(grpc_seq), 2),
+        "rate_ratio_dsp_to_grpc": round(dsp_rate / grpc_rate, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=200, help="requests per measurement")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args()
+    figures = run(args.count)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(
+        f"contract request -> AGREED, {args.count} each\n"
+        f"  gRPC: p50 {figures['grpc']['p50_ms']} ms, {figures['grpc']['rate_per_s']}/s "
+        f"with {CONCURRENCY} concurrent\n"
+        f"  DSP:  p50 {figures['dsp']['p50_ms']} ms, {figures['dsp']['rate_per_s']}/s "
+        f"with {CONCURRENCY} concurrent\n"
+        f"  DSP/gRPC: p50 x{figures['p50_ratio_dsp_to_grpc']}, "
+        f"rate x{figures['rate_ratio_dsp_to_grpc']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""DSP messages as JSON-LD: local contexts, expansion, compaction and schema validation.
+
+Every incoming message is expanded with the bundled contexts (no document is ever fetched
+from the network: a context the bundle does not hold refuses the message), its expanded
+``@type`` checked, then compacted again with the DSP 2025-1 context and validated against
+the protocol's JSON Schema — all before any handler sees it. Handlers read the compacted
+form, so a sender's choice of prefixes or term spellings cannot change what is read.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from importlib import resources
+from typing import Any, cast
+
+import jsonschema
+import referencing
+from pyld import jsonld
+
+from connector.errors import InvalidRequest
+from connector.negotiation.dsp import CONTEXT
+
+__all__ = [
+    "CONTEXT",
+    "CONTEXT_URL",
+    "DSPACE",
+    "check_outgoing",
+    "read_message",
+    "schema_for",
+]
+
+CONTEXT_URL = CONTEXT[0]  # the renderings' context (connector.negotiation.dsp)
+DSPACE = "https://w3id.org/dspace/2025/1/"
+_ODRL_PROFILE_URL = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
+_RESOURCES = resources.files("connector.dsp") / "resources"
+_CONTEXT_FILES = {CONTEXT_URL: "context/dspace.jsonld", _ODRL_PROFILE_URL: "context/odrl.jsonld"}
+
+# Which schema each message type is validated against (the schemas' own file names).
+_SCHEMAS = {
+    "CatalogRequestMessage": "catalog/catalog-request-message-schema.json",
+    "DatasetRequestMessage": "catalog/dataset-request-message-schema.json",
+    "Catalog": "catalog/catalog-schema.json",
+    "Dataset": "catalog/dataset-schema.json",
+    "CatalogError": "catalog/catalog-error-schema.json",
+    "ContractRequestMessage": "negotiation/contract-request-message-schema.json",
+    "ContractOfferMessage": "negotiation/contract-offer-message-schema.json",
+    "ContractAgreementMessage": "negotiation/contract-agreement-message-schema.json",
+    "ContractAgreementVerificationMessage": (
+        "negotiation/contract-agreement-verification-message-schema.json"
+    ),
+    "ContractNegotiationEventMessage": "negotiation/contract-negotiation-event-message-schema.json",
+    "ContractNegotiationTerminationMessage": (
+        "negotiation/contract-negotiation-termination-message-schema.json"
+    ),
+    "ContractNegotiation": "negotiation/contract-negotiation-schema.json",
+    "ContractNegotiationError": "negotiation/contract-negotiation-error-schema.json",
+    "TransferRequestMessage": "transfer/transfer-request-message-schema.json",
+    "TransferStartMessage": "transfer/transfer-start-message-schema.json",
+    "TransferCompletionMessage": "transfer/transfer-completion-message-schema.json",
+    "TransferSuspensionMessage": "transfer/transfer-suspension-message-schema.json",
+    "TransferTerminationMessage": "transfer/transfer-termination-message-schema.json",
+    "TransferProcess": "transfer/transfer-process-schema.json",
+    "TransferError": "transfer/transfer-error-schema.json",
+    "VersionResponse": "common/protocol-version-schema.json",
+}
+
+
+@functools.cache
+def _context_document(url: str) -> dict[str, Any]:
+    name = _CONTEXT_FILES.get(url.rstrip("#"))
+    if name is None:
+        raise InvalidRequest(
+            f"JSON-LD context {url!r} is not one this connector resolves: use "
+            f"{CONTEXT_URL!r} (the DSP 2025-1 context)"
+        )
+    return cast(dict[str, Any], json.loads((_RESOURCES / name).read_text()))
+
+
+def _load_document(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """pyld document loader: bundled contexts only, never the network."""
+    return {"contextUrl": None, "documentUrl": url, "document": _context_document(url)}
+
+
+@functools.cache
+def _type_iri(name: str) -> str:
+    """The IRI the DSP context gives a type's compact name (``Catalog`` is ``dcat:Catalog``)."""
+    node = jsonld.expand({"@context": CONTEXT, "@type": name}, {"documentLoader": _load_document})
+    return cast(str, node[0]["@type"][0])
+
+
+def _schema_text(name: str) -> dict[str, Any]:
+    # The published schemas write some references '#definitions/…' (no slash): a JSON
+    # Pointer needs '#/definitions/…'.
+    text = re.sub(r"#definitions/", "#/definitions/", (_RESOURCES / name).read_text())
+    return cast(dict[str, Any], json.loads(text))
+
+
+@functools.cache
+def _registry() -> referencing.Registry[Any]:
+    schemas = [
+        _schema_text(f"{folder}/{entry.name}")
+        for folder in ("catalog", "common", "negotiation", "transfer")
+        for entry in (_RESOURCES / folder).iterdir()
+        if entry.name.endswith("-schema.json")
+    ]
+    return referencing.Registry().with_resources(
+        (s["$id"], referencing.Resource.from_contents(s)) for s in schemas
+    )
+
+
+@functools.cache
+def schema_for(message_type: str) -> jsonschema.Draft201909Validator:
+    """The validator of one DSP message type (``Catalog``, ``ContractRequestMessage``…)."""
+    return jsonschema.Draft201909Validator(
+        _schema_text(_SCHEMAS[message_type]), registry=_registry()
+    )
+
+
+def _schema_errors(message_type: str, document: dict[str, Any]) -> list[str]:
+    errors = sorted(schema_for(message_type).iter_errors(document), key=lambda e: e.path)
+    # A message is cut short: some validators echo the whole instance.
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '(message)'}: "
+        + (e.message if len(e.message) <= 160 else f"fails '{e.validator}' ({e.message[-80:]})")
+        for e in errors[:3]
+    ]
+
+
+def check_outgoing(message_type: str, document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` if it validates as ``message_type``; a bug of ours otherwise."""
+    errors = _schema_errors(message_type, document)
+    if errors:
+        raise AssertionError(f"tds built a {message_type} that fails its schema: {errors}")
+    return document
+
+
+def _refusal_in(exc: BaseException) -> InvalidRequest | None:
+    """The loader's refusal, however deep pyld wrapped it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InvalidRequest):
+            return current
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return None
+
+
+def read_message(body: Any, *expected: str) -> dict[str, Any]:
+    """An incoming message, expanded, type-checked, compacted with the DSP context and
+    validated against its schema; ``InvalidRequest`` saying what is wrong otherwise.
+
+    ``expected``: the message types this endpoint takes (compact names).
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest("a DSP message is a JSON object")
+    if "@context" not in body:
+        raise InvalidRequest(f"the message has no @context; give {CONTEXT!r}")
+    options = {"documentLoader": _load_document}
+    try:
+        expanded = jsonld.expand(body, options)
+    except InvalidRequest:
+        raise
+    except jsonld.JsonLdError as exc:
+        refusal = _refusal_in(exc)
+        if refusal is not None:  # our document loader refused a context
+            raise refusal from None
+        raise InvalidRequest(f"the message is not valid JSON-LD: {exc.type}") from None
+    if len(expanded) != 1:
+        raise InvalidRequest("a DSP message is one JSON-LD node")
+    types = expanded[0].get("@type", [])
+    wanted = {_type_iri(name): name for name in expected}
+    found = [wanted[t] for t in types if t in wanted]
+    if len(types) != 1 or not found:
+        raise InvalidRequest(
+            f"this endpoint takes {' or '.join(expected)}; the message's @type is "
+            f"{', '.join(types) or 'missing'}"
+        )
+    message_type = found[0]
+    try:
+        compacted = jsonld.compact(expanded, CONTEXT_URL, options)
+    except jsonld.JsonLdError as exc:
+        raise InvalidRequest(f"the message cannot be compacted: {exc.type}") from None
+    compacted["@context"] = CONTEXT
+    errors = _schema_errors(message_type, compacted)
+    if errors:
+        raise InvalidRequest(f"the {message_type} fails its DSP 2025-1 schema: {'; '.join(errors)}")
+    return cast(dict[str, Any], compacted)

@@ -1,0 +1,574 @@
+"""The DSP 2025-1 HTTPS binding against connectors started as users run them: a client
+written from the specification's text, every answer validated against the shared schemas.
+Each test is named after the specification section it checks (the anchors of the HTTPS
+bindings in eclipse-dataspace-protocol-base/DataspaceProtocol: ``catalog-request-post``,
+``negotiations-request-post``, ``exposure-of-dataspace-protocol-versions``…)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
+from connector.config import DspConfig
+from connector.demo.space import LocalSpace
+from connector.dsp import DspBinding, tls_context
+from connector.errors import ConfigError
+from connector.identity.names import Role, participant_dns_name, participant_uri
+from connector.identity.pki import init_space
+from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
+from tests.support.dsp_client import Answer, DspClient
+from tests.support.exchange import FAR, admin, entries, publish
+from tests.unit.negotiation.test_dsp import VECTORS, validate
+
+pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
+
+OPEN = ("bus-stops", "parking", "traffic")
+RESTRICTED = "tenders"
+IMPORTANT = "water-mains"  # grade important: the contract policy asks for approval
+BODY_LIMIT = 4096
+
+
+def product(pid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "title": pid,
+        "grade": "general",
+        "tags": ["mobility"],
+        "source": {"kind": "file", "path": "data.bin"},
+        "offers": [
+            {"id": "o1", "purposes": ["research"], "valid_from_ns": 0, "valid_until_ns": FAR}
+        ],
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("dsp")
+    (root / "data.bin").write_bytes(b"x" * 100)
+    with LocalSpace.create(
+        root,
+        [
+            ("gov", Role.GOVERNMENT),
+            ("a", Role.ENTERPRISE),
+            ("b", Role.ENTERPRISE),
+            ("r", Role.ENTERPRISE),
+        ],
+    ) as sp:
+        sp.start_registry()
+        sp.start_connector(
+            "gov",
+            dsp=DspConfig(listen="127.0.0.1:0", max_body_bytes=BODY_LIMIT, page_size=2),
+        )
+        for member in ("a", "b", "r"):
+            sp.start_connector(member)
+        for pid in OPEN:
+            publish(sp, "gov", product(pid), root)
+        publish(sp, "gov", product(RESTRICTED, access={"allow_list": ["b"]}), root)
+        publish(
+            sp, "gov", product(IMPORTANT, grade="important", access={"allow_list": ["b"]}), root
+        )
+        yield sp
+
+
+def client(
+    space: LocalSpace,
+    member: str = "a",
+    *,
+    certificate: str = "tls",
+    token: str | None = "",
+) -> DspClient:
+    """gov's binding as ``member`` calls it: its ``certificate`` ("tls", "admin" or "" for
+    none) and its own token (``token=""``), another value, or none (``None``)."""
+    binding = space.nodes["gov"].dsp
+    assert binding is not None
+
+    def authorization() -> str | None:
+        return f"Bearer {own_token(space, member)}" if token == "" else token
+
+    return DspClient(
+        base=binding.base_url,
+        server_name=participant_dns_name("city", "gov"),
+        ca_pem=ca_pem(space),
+        cert_pem=pem(space, member, f"{certificate}_cert") if certificate else None,
+        key_pem=pem(space, member, f"{certificate}_key") if certificate else None,
+        authorization=authorization,
+    )
+
+
+def conforms(answer: Answer, schema: str) -> dict[str, Any]:
+    validate(answer.body, schema)
+    return dict(answer.body)
+
+
+def refused(answer: Answer, status: int, kind: str, fragment: str) -> None:
+    assert answer.status == status, (answer.status, answer.body)
+    schema = {
+        "CatalogError": "catalog/catalog-error-schema.json",
+        "ContractNegotiationError": "negotiation/contract-negotiation-error-schema.json",
+    }[kind]
+    body = conforms(answer, schema)
+    assert body["@type"] == kind
+    assert fragment in " ".join(body["reason"]), body["reason"]
+
+
+def catalog_request() -> dict[str, Any]:
+    return json.loads((VECTORS / "catalog/example/catalog-request-message.json").read_text())
+
+
+def contract_request(consumer_pid: str, *, purpose: str = "research", pid: str = "traffic") -> dict:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": consumer_pid,
+        "offer": {
+            "@type": "Offer",
+            "@id": f"urn:tds:offer:{pid}/o1",
+            "target": f"urn:tds:dataset:{pid}",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": purpose}
+                    ],
+                }
+            ],
+        },
+        # Every member of a LocalSpace is registered on 127.0.0.1.
+        "callbackAddress": "https://127.0.0.1:8443/callback",
+    }
+
+
+def termination(provider_pid: str, consumer_pid: str) -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractNegotiationTerminationMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "code": "consumer-cancelled",
+        "reason": ["no longer needed"],
+    }
+
+
+def provider_negotiations(space: LocalSpace) -> list[Any]:
+    return list(
+        admin(space, "gov")
+        .ListNegotiations(admin_pb2.ListNegotiationsRequest(), timeout=10)
+        .negotiations
+    )
+
+
+# -- common: exposure of versions -------------------------------------------------------
+
+
+def test_exposure_of_versions_https_binding_needs_no_identity(space: LocalSpace) -> None:
+    answer = client(space, certificate="", token=None).call("GET", "/.well-known/dspace-version")
+    assert answer.status == 200
+    body = conforms(answer, "common/protocol-version-schema.json")
+    (version,) = body["protocolVersions"]
+    assert (version["version"], version["binding"], version["path"]) == ("2025-1", "HTTPS", "/")
+    assert version["auth"]["protocol"] == "tds-mtls-membership"
+
+
+# -- catalog ----------------------------------------------------------------------------
+
+
+def test_catalog_request_post_is_filtered_as_list_products(space: LocalSpace) -> None:
+    for member in ("a", "b"):
+        seen: list[str] = []
+        url = "/catalog/request"
+        while url:
+            answer = client(space, member).call("POST", url, catalog_request())
+            assert answer.status == 200, answer.body
+            body = conforms(answer, "catalog/catalog-schema.json")
+            assert body["participantId"] == participant_uri("city", "gov")
+            seen += [d["@id"].removeprefix("urn:tds:dataset:") for d in body.get("dataset", [])]
+            url = answer.links().get("next", "")
+        grpc_view = catalog_pb2_grpc.CatalogServiceStub(
+            raw_channel(
+                space,
+                "gov",
+                pem(space, member, "tls_key"),
+                pem(space, member, "tls_cert"),
+                own_token(space, member),
+            )
+        ).ListProducts(catalog_pb2.ListProductsRequest(), timeout=10)
+        assert seen == sorted(p.id for p in grpc_view.products)
+        assert (RESTRICTED in seen) == (member == "b")
+
+
+def test_catalog_pagination_next_links_bound_to_the_caller(space: LocalSpace) -> None:
+    # page_size 2 over bus-stops, parking | tenders, traffic | water-mains: a sees three,
+    # on pages cut where the catalog's own paging cuts them (one decision per page).
+    pages: list[list[str]] = []
+    answer = client(space).call("POST", "/catalog/request", catalog_request())
+    while True:
+        assert answer.status == 200, answer.body
+        conforms(answer, "catalog/catalog-schema.json")
+        pages.append([d["@id"] for d in answer.body.get("dataset", [])])
+        assert "previous" not in answer.links()  # the catalog's tokens only go forward
+        following = answer.links().get("next")
+        if not following:
+            break
+        answer = client(space).call("POST", following, catalog_request())
+    assert pages[0] == ["urn:tds:dataset:bus-stops", "urn:tds:dataset:parking"]
+    assert [d for page in pages for d in page] == [
+        "urn:tds:dataset:bus-stops",
+        "urn:tds:dataset:parking",
+        "urn:tds:dataset:traffic",
+    ]
+    # A's next link is a's: b cannot follow it, and a made-up token is refused.
+    first = client(space).call("POST", "/catalog/request", catalog_request())
+    refused(
+        client(space, "b").call("POST", first.links()["next"], catalog_request()),
+        400,
+        "CatalogError",
+        "token",
+    )
+    forged = client(space).call(
+        "POST", "/catalog/request?continuationToken=not-a-token", catalog_request()
+    )
+    refused(forged, 400, "CatalogError", "token")
+
+
+def test_catalog_datasets_get_hidden_looks_missing(space: LocalSpace) -> None:
+    shown = client(space, "b").call("GET", f"/catalog/datasets/urn:tds:dataset:{RESTRICTED}")
+    assert shown.status == 200
+    assert conforms(shown, "catalog/dataset-schema.json")["@id"] == f"urn:tds:dataset:{RESTRICTED}"
+    hidden = client(space, "a").call("GET", f"/catalog/datasets/urn:tds:dataset:{RESTRICTED}")
+    missing = client(space, "a").call("GET", "/catalog/datasets/urn:tds:dataset:nothing")
+    refused(hidden, 404, "CatalogError", "not found")
+    refused(missing, 404, "CatalogError", "not found")
+    assert hidden.body["reason"][0].replace(RESTRICTED, "X") == missing.body["reason"][0].replace(
+        "nothing", "X"
+    )
+
+
+def test_catalog_request_post_unsupported_filter_is_400(space: LocalSpace) -> None:
+    message = {**catalog_request(), "filter": [{"title": "x"}]}
+    refused(client(space).call("POST", "/catalog/request", message), 400, "CatalogError", "filter")
+
+
+# -- contract negotiation, provider side ------------------------------------------------
+
+
+def test_negotiations_request_post_runs_on_the_grpc_state_machine(space: LocalSpace) -> None:
+    before = {n.pid for n in provider_negotiations(space)}
+    answer = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-1"))
+    assert answer.status == 201, answer.body
+    body = conforms(answer, "negotiation/contract-negotiation-schema.json")
+    assert body["consumerPid"] == "urn:uuid:c-1"
+    assert body["state"] == "AGREED"  # the embedded policy agrees at once
+    pid = body["providerPid"].removeprefix("urn:tds:process:")
+    # The same record the gRPC admin API lists, with its agreement and audit entries.
+    (new,) = [n for n in provider_negotiations(space) if n.pid not in before]
+    assert (new.pid, new.state, new.counterparty) == (pid, "AGREED", "a")
+    assert new.agreement_id
+    moves = [e for e in entries(space, "gov", "negotiation.transition") if e["data"]["pid"] == pid]
+    assert [m["data"]["to"] for m in moves] == ["REQUESTED", "AGREED"]
+    # A repeated message is the same answer, and nothing changes.
+    again = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-1"))
+    assert (again.status, again.body) == (201, body)
+    assert len(provider_negotiations(space)) == len(before) + 1
+    # 8.2.1: the provider's view of it.
+    shown = client(space).call("GET", f"/negotiations/{body['providerPid']}")
+    assert conforms(shown, "negotiation/contract-negotiation-schema.json") == body
+
+
+def test_negotiations_providerpid_termination_post_and_another_participants_process(
+    space: LocalSpace,
+) -> None:
+    started = client(space).call("POST", "/negotiations/request", contract_request("urn:uuid:c-2"))
+    provider_pid = started.body["providerPid"]
+    # b names a's process: as missing as one that does not exist, and nothing changes.
+    stranger = client(space, "b").call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        termination(provider_pid, "urn:uuid:c-2"),
+    )
+    refused(stranger, 404, "ContractNegotiationError", "no such negotiation")
+    refused(
+        client(space, "b").call("GET", f"/negotiations/{provider_pid}"),
+        404,
+        "ContractNegotiationError",
+        "no such negotiation",
+    )
+    assert client(space).call("GET", f"/negotiations/{provider_pid}").body["state"] == "AGREED"
+    ended = client(space).call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        termination(provider_pid, "urn:uuid:c-2"),
+    )
+    assert ended.status == 200, ended.body
+    assert client(space).call("GET", f"/negotiations/{provider_pid}").body["state"] == "TERMINATED"
+    pid = provider_pid.removeprefix("urn:tds:process:")
+    moves = [e for e in entries(space, "gov", "negotiation.transition") if e["data"]["pid"] == pid]
+    assert moves[-1]["data"]["to"] == "TERMINATED"
+    assert moves[-1]["data"]["reasons"] == ["no longer needed"]
+    # Repeated: same answer, no second transition.
+    again = client(space).call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        termination(provider_pid, "urn:uuid:c-2"),
+    )
+    assert again.status == 200
+    after = [e for e in entries(space, "gov", "negotiation.transition") if e["data"]["pid"] == pid]
+    assert len(after) == len(moves)
+
+
+# -- bad input: the DSP error, the right status, nothing changed ------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b"[]", 400, "JSON object"),
+        (json.dumps({"@type": "ContractRequestMessage"}).encode(), 400, "no @context"),
+        (
+            json.dumps(
+                {"@context": ["https://evil.example/context.jsonld"], "@type": "X"}
+            ).encode(),
+            400,
+            "not one this connector resolves",
+        ),
+        (
+            json.dumps(
+                {**contract_request("urn:uuid:c-x"), "@type": "ContractOfferMessage"}
+            ).encode(),
+            400,
+            "this endpoint takes ContractRequestMessage",
+        ),
+        (
+            json.dumps(
+                {k: v for k, v in contract_request("urn:uuid:c-x").items() if k != "consumerPid"}
+            ).encode(),
+            400,
+            "fails its DSP 2025-1 schema",
+        ),
+        (
+            json.dumps(
+                {**contract_request("urn:uuid:c-x"), "callbackAddress": "http://127.0.0.1/cb"}
+            ).encode(),
+            400,
+            "https",
+        ),
+        (
+            json.dumps(
+                {**contract_request("urn:uuid:c-x"), "callbackAddress": "https://10.0.0.7/cb"}
+            ).encode(),
+            400,
+            "on the host the operator registered for a (127.0.0.1)",
+        ),
+        (
+            json.dumps(
+                {
+                    **contract_request("urn:uuid:c-x"),
+                    "callbackAddress": "https://u:p@127.0.0.1/cb",
+                }
+            ).encode(),
+            400,
+            "credentials",
+        ),
+        (
+            json.dumps({**contract_request("urn:uuid:c-x"), "providerPid": "urn:x"}).encode(),
+            400,
+            "fails 'oneOf'",
+        ),
+        (json.dumps(contract_request("urn:uuid:c-x", purpose="")).encode(), 400, "purpose"),
+        (json.dumps(contract_request("urn:uuid:c-x", pid="nothing")).encode(), 404, "not found"),
+        (b"{" + b" " * BODY_LIMIT + b"}", 413, "larger than this connector accepts"),
+    ],
+    ids=[
+        "not-json",
+        "not-object",
+        "no-context",
+        "remote-context",
+        "unknown-type",
+        "schema",
+        "callback-not-https",
+        "callback-not-registered-host",
+        "callback-with-credentials",
+        "initial-with-provider-pid",
+        "no-purpose",
+        "unknown-dataset",
+        "too-large",
+    ],
+)
+def test_contract_negotiation_error_bad_request_changes_nothing(
+    space: LocalSpace, body: bytes, status: int, fragment: str
+) -> None:
+    before = len(provider_negotiations(space))
+    logged = len(entries(space, "gov"))
+    answer = client(space).call("POST", "/negotiations/request", raw=body)
+    refused(answer, status, "ContractNegotiationError", fragment)
+    assert len(provider_negotiations(space)) == before
+    kinds = [e["kind"] for e in entries(space, "gov")[logged:]]
+    assert "negotiation.transition" not in kinds
+
+
+def test_object_not_found_wrong_process_id_is_404(space: LocalSpace) -> None:
+    for pid in ("urn:tds:process:nope", "urn:uuid:c-1"):
+        refused(
+            client(space).call("GET", f"/negotiations/{pid}"),
+            404,
+            "ContractNegotiationError",
+            "no such negotiation",
+        )
+
+
+@pytest.mark.parametrize(
+    ("kw", "fragment"),
+    [
+        ({"certificate": ""}, "no client certificate"),
+        ({"token": None}, "no membership token"),
+        ({"token": "Basic abc"}, "Bearer"),
+    ],
+    ids=["no-certificate", "no-token", "not-bearer"],
+)
+def test_authorization_missing_identity_is_401(
+    space: LocalSpace, kw: dict[str, Any], fragment: str
+) -> None:
+    before = len(provider_negotiations(space))
+    for method, path, body, kind in (
+        ("POST", "/catalog/request", catalog_request(), "CatalogError"),
+        (
+            "POST",
+            "/negotiations/request",
+            contract_request("urn:uuid:c-9"),
+            "ContractNegotiationError",
+        ),
+    ):
+        refused(client(space, **kw).call(method, path, body), 401, kind, fragment)
+    assert len(provider_negotiations(space)) == before
+
+
+def test_authorization_token_bound_to_another_certificate_is_401(space: LocalSpace) -> None:
+    # a's certificate with b's token: the token's cnf binds it to b's certificate.
+    stolen = f"Bearer {own_token(space, 'b')}"
+    answer = client(space, "a", token=stolen).call("POST", "/catalog/request", catalog_request())
+    refused(answer, 401, "CatalogError", "membership token is for 'b'")
+
+
+def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) -> None:
+    refused_at_once = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request("urn:uuid:c-3", purpose="marketing")
+    )
+    # The contract policy refuses a purpose the offer does not name: TERMINATED at once.
+    assert refused_at_once.status == 201, refused_at_once.body
+    assert refused_at_once.body["state"] == "TERMINATED"
+    pid = refused_at_once.body["providerPid"]
+    again = client(space, "b").call(
+        "POST", f"/negotiations/{pid}/termination", termination(pid, "urn:uuid:c-3")
+    )
+    assert again.status == 200
+    assert client(space, "b").call("GET", f"/negotiations/{pid}").body["state"] == "TERMINATED"
+
+
+def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
+    for path in ("/negotiations/x/request", "/negotiations/x/events", "/transfers/request"):
+        assert client(space).call("POST", path, {}).status == 404
+
+
+def test_authorization_admin_certificate_is_refused(space: LocalSpace) -> None:
+    # gov's own administrator certificate makes no member calls, over DSP as over gRPC.
+    answer = client(space, "gov", certificate="admin", token=f"Bearer {own_token(space, 'gov')}")
+    refused(
+        answer.call("POST", "/catalog/request", catalog_request()),
+        403,
+        "CatalogError",
+        "administrator certificates cannot make member calls",
+    )
+
+
+def test_mutual_tls_certificate_of_another_ca_fails_the_handshake(
+    space: LocalSpace, tmp_path: Path
+) -> None:
+    # The same participant name and space, issued by a CA that is not the space's.
+    forged = init_space(tmp_path / "other", "city", [("a", Role.ENTERPRISE)]).participant("a")
+    stranger = client(space)
+    stranger.cert_pem = (tmp_path / "other" / forged.tls_cert).read_bytes()
+    stranger.key_pem = (tmp_path / "other" / forged.tls_key).read_bytes()
+    before = len(provider_negotiations(space))
+    with pytest.raises(aiohttp.ClientError):
+        stranger.call("POST", "/negotiations/request", contract_request("urn:uuid:c-forged"))
+    assert len(provider_negotiations(space)) == before
+
+
+def test_negotiations_request_post_concurrent_repeats_make_one_negotiation(
+    space: LocalSpace,
+) -> None:
+    before = len(provider_negotiations(space))
+    message = contract_request("urn:uuid:c-concurrent")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client(space).call("POST", "/negotiations/request", message), range(6)
+            )
+        )
+    assert {a.status for a in answers} == {201}, [a.body for a in answers]
+    assert len({a.body["providerPid"] for a in answers}) == 1
+    assert len(provider_negotiations(space)) == before + 1
+
+
+def test_negotiations_request_post_waits_for_the_providers_approval(space: LocalSpace) -> None:
+    answer = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request("urn:uuid:c-4", pid=IMPORTANT)
+    )
+    assert answer.status == 201, answer.body
+    assert answer.body["state"] == "REQUESTED"
+    pid = answer.body["providerPid"].removeprefix("urn:tds:process:")
+    waiting = admin(space, "gov").ListNegotiations(
+        admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10
+    )
+    assert pid in [n.pid for n in waiting.negotiations]
+    admin(space, "gov").RejectNegotiation(
+        admin_pb2.NegotiationRef(pid=pid, reason="not now"), timeout=10
+    )
+    shown = client(space, "b").call("GET", f"/negotiations/{answer.body['providerPid']}")
+    assert shown.body["state"] == "TERMINATED"
+
+
+def test_binding_on_a_busy_port_is_a_config_error(space: LocalSpace) -> None:
+    gov = space.nodes["gov"]
+    assert gov.dsp is not None and gov.catalog is not None and gov.negotiator is not None
+    cfg = space.configs["gov"]
+    second = DspBinding(
+        settings=DspConfig(listen=f"127.0.0.1:{gov.dsp.port}"),
+        participant="gov",
+        space="city",
+        catalog=gov.catalog,
+        negotiator=gov.negotiator,
+        authenticator=gov.dsp.exchange.authenticator,
+        tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, ca_pem(space)),
+        registered_host=lambda _: "127.0.0.1",
+    )
+    with pytest.raises(ConfigError, match=f"dsp.listen 127.0.0.1:{gov.dsp.port}"):
+        second.start()
+    # The serving binding is untouched.
+    assert client(space).call("POST", "/catalog/request", catalog_request()).status == 200
+
+
+def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None:
+    # Last: r is revoked for good. Its token is still unexpired; the list refuses it.
+    token = f"Bearer {own_token(space, 'r')}"
+    assert (
+        client(space, "r", token=token).call("POST", "/catalog/request", catalog_request()).status
+        == 200
+    )
+    space.revoke("r", "test: revoked")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        answer = client(space, "r", token=token).call("POST", "/catalog/request", catalog_request())
+        if answer.status != 200:
+            break
+        time.sleep(0.2)
+    refused(answer, 401, "CatalogError", "revoked")

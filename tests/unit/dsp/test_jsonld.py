@@ -1,0 +1,95 @@
+"""Incoming DSP messages: expanded with the bundled contexts only, type-checked, compacted
+and validated; the specification's example messages are accepted."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import pytest
+
+from connector.dsp.jsonld import CONTEXT, read_message
+from connector.errors import InvalidRequest
+from tests.unit.negotiation.test_dsp import VECTORS
+
+pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
+
+REQUEST = "negotiation/example/contract-request-message.json"
+BUNDLED = resources.files("connector.dsp") / "resources"
+SERVED = (
+    "CatalogRequestMessage",
+    "DatasetRequestMessage",
+    "ContractRequestMessage",
+    "ContractNegotiationTerminationMessage",
+)
+
+
+def examples(types: tuple[str, ...] | None = None) -> list[Any]:
+    if not VECTORS.is_dir():
+        return []
+    found = []
+    for path in sorted(VECTORS.rglob("example/*.json")):
+        body = json.loads(path.read_text())
+        if "@type" in body and (types is None or body["@type"] in types):
+            found.append(pytest.param(body, id=str(path.relative_to(VECTORS))))
+    return found
+
+
+@pytest.mark.parametrize("message", examples(SERVED))
+def test_every_example_request_the_binding_serves_is_accepted(message: dict[str, Any]) -> None:
+    read = read_message(message, message["@type"])
+    assert read["@type"] == message["@type"]
+    assert read["@context"] == CONTEXT
+
+
+@pytest.mark.parametrize("message", examples())
+def test_every_example_message_compacts_to_its_schema(message: dict[str, Any]) -> None:
+    read_message(message, message["@type"])
+
+
+def test_bundled_artefacts_are_the_specifications() -> None:
+    for path in VECTORS.rglob("*"):
+        if path.is_file() and "example" not in path.parts:
+            bundled = BUNDLED / str(path.relative_to(VECTORS))
+            assert bundled.read_text() == path.read_text(), path
+
+
+def test_another_compaction_reads_the_same() -> None:
+    message = json.loads(
+        (VECTORS / "negotiation/example/contract-request-message.json").read_text()
+    )
+    renamed = {
+        "@context": [*CONTEXT, {"d": "https://w3id.org/dspace/2025/1/"}],
+        **{k: v for k, v in message.items() if k not in ("@context", "consumerPid")},
+        "d:consumerPid": {"@id": message["consumerPid"]},
+    }
+    assert read_message(renamed, "ContractRequestMessage") == read_message(
+        message, "ContractRequestMessage"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ([], "JSON object"),
+        ({"@type": "CatalogRequestMessage"}, "no @context"),
+        ({"@context": ["https://example.org/ctx.jsonld"], "@type": "X"}, "resolves"),
+        ({"@context": "https://example.org/ctx.jsonld", "@type": "X"}, "resolves"),
+        ({"@context": CONTEXT, "@type": "ContractOfferMessage"}, "takes CatalogRequestMessage"),
+        ({"@context": CONTEXT, "@type": ["CatalogRequestMessage", "Catalog"]}, "@type is"),
+        ({"@context": CONTEXT, "@type": "CatalogRequestMessage", "@id": 7}, "JSON-LD"),
+    ],
+)
+def test_refused_before_any_handler(body: Any, fragment: str) -> None:
+    with pytest.raises(InvalidRequest, match=fragment):
+        read_message(body, "CatalogRequestMessage")
+
+
+def test_schema_failure_names_the_field() -> None:
+    message = json.loads(
+        (VECTORS / "negotiation/example/contract-request-message.json").read_text()
+    )
+    del message["offer"]
+    with pytest.raises(InvalidRequest, match=r"fails its DSP 2025-1 schema: .*offer"):
+        read_message(message, "ContractRequestMessage")
