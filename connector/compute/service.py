@@ -31,8 +31,6 @@ from connector.audit import jws
 from connector.audit.log import AuditLog, Record
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
-from connector.compute.answer import answer_query
-from connector.compute.engine import Executor
 from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
@@ -70,6 +68,7 @@ from connector.transfer.provider import TransferProvider
 
 if TYPE_CHECKING:
     from connector.compute.client import ComputeConsumer
+    from connector.compute.engine import Executor
 
 __all__ = [
     "MAX_QUESTION_BYTES",
@@ -280,6 +279,9 @@ class ComputeProvider:
         c: Computation,
         after: EpsilonUse,
     ) -> compute_pb2.ComputeResponse:
+        # The engine and OpenDP load with the first question (see connector.compute.sources).
+        from connector.compute.answer import answer_query
+
         answer = answer_query(question, rules, executor)
         fields = answer.receipt(source_state)
         receipt = ComputationReceipt(
