@@ -178,6 +178,8 @@ class Node:
         self._tls: TlsMaterial | None = None
         self._keys: dict[str, tuple[float, ed25519.Ed25519PublicKey]] = {}
         self._keys_lock = threading.Lock()
+        self._channels_lock = threading.Lock()
+        self._kept_channels: dict[str, tuple[tuple[str, bytes], grpc.Channel]] = {}
         self._revocations: RevocationSource | None = None
         self.sql_sources = SqlSources(cfg.sources)
         """The databases products read from (pools open on first use, close on stop)."""
@@ -318,6 +320,8 @@ class Node:
             raise
         if self.outbox is not None and self.registry is not None:
             self.outbox.start()
+        if self.asker is not None:
+            self.asker.resume()  # countersignatures owed since before a restart
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="tds-checkpoints", daemon=True
         )
@@ -554,7 +558,7 @@ class Node:
             clock=self.clock,
             signing_key=signing_key,
             keys=self._signing_key_of,
-            channel_to=self._member_channel,
+            channel_to=self._kept_member_channel,
         )
         assert self.db is not None
         self.stream_store = StreamStore(self.db)
@@ -758,6 +762,28 @@ class Node:
             max_message_bytes=self.cfg.server.max_message_bytes,
         )
 
+    def _kept_member_channel(self, target: str) -> grpc.Channel:
+        """``_member_channel``, kept open between calls (callers do not close it).
+
+        A TLS handshake per question cost about 2.4 ms of a compute answer's path (3.9 ms a
+        call on a fresh channel, 1.4 ms on an open one). The directory is still consulted
+        on every call: a member revoked gets no channel, one at a new address (or our own
+        new certificate) a fresh one; gRPC reconnects an open channel by itself.
+        """
+        if self.registry is None or self._tls is None:
+            raise Unavailable("the operator registry does not negotiate contracts")
+        peer = self.registry.lookup(target)
+        if peer.revoked or not peer.address:
+            raise PermissionDenied(f"{target} is revoked or runs no connector")
+        key = (peer.address, self._tls.identity.cert_pem)
+        with self._channels_lock:
+            kept = self._kept_channels.get(target)
+            if kept is None or kept[0] != key:
+                # A replaced channel is not closed under a call still using it: it goes
+                # with its last reference.
+                kept = self._kept_channels[target] = (key, self._member_channel(target))
+            return kept[1]
+
     def _catalog(self) -> Catalog:
         if self.catalog is None:
             raise RuntimeError("node not started")
@@ -833,6 +859,12 @@ class Node:
     def _close_clients(self) -> None:
         if self.outbox is not None:
             self.outbox.stop()
+        if self.asker is not None:
+            self.asker.stop()
+        with self._channels_lock:
+            for _, channel in self._kept_channels.values():
+                channel.close()
+            self._kept_channels.clear()
         if self.delivery is not None:
             self.delivery.close()
         if self.policy is not None:
