@@ -16,8 +16,10 @@ check, one more statement that scans the whole table). Two tds paths are timed:
   consumer's admin asks its connector (``ComputeService.Ask``), which calls the provider
   (mutual TLS, membership token): stored agreement verified, question checked, the usage
   policy's ``compute.run`` decision (logged), ε reserved in the metering row, the engine
-  and disclosure control, the receipt signed and logged; the consumer checks it,
-  countersigns and logs it, and confirms it to the provider, which logs it too;
+  and disclosure control, the receipt signed and logged (one synced commit); the
+  consumer checks it, countersigns and logs it, and answers; its confirmation to the
+  provider goes after the answer, untimed, and is waited for (``settle``) before DuckDB
+  is timed, so that it does not slow DuckDB's figure down (everything shares one process);
 - ``engine``: the provider's engine alone (``answer_query`` on a locked-down
   ``DuckDBTable``: parse and check, the differencing check, the engine's own clamped SQL,
   disclosure control, the answer's canonical JSON and SHA-256, the receipt's fields).
@@ -31,7 +33,9 @@ DuckDB (same memory and thread limits, fetchall) on two tables:
   columns of few values as ENUMs, ``encode_categories``), so ``ratio_same_table_p50`` is
   the cost of tds's path alone, storage aside.
 
-Reported: p50 of each, the ratios (target <= 1.5) and the absolute overheads.
+Reported: p50 of each, the ratios (target <= 1.5) and the absolute overheads, and the
+``floor`` measured in the same run: a member call over mutual TLS on an open and on a
+fresh channel, and one fdatasync where the provider's database lives.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -120,14 +126,21 @@ class Direct:
         self.same.close()
 
 
-def _timed(tds: Callable[[], int], direct: Direct, rounds: int) -> dict[str, Any]:
-    """``tds`` (returning the groups shown) and both direct queries in turn, each round."""
+def _timed(
+    tds: Callable[[], int],
+    direct: Direct,
+    rounds: int,
+    settle: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """``tds`` (returning the groups shown) and both direct queries in turn, each round;
+    ``settle`` (untimed) lets what ``tds`` left running finish before DuckDB is timed."""
     times: dict[str, list[float]] = {"tds": [], "plain": [], "same": []}
     groups = 0
     for i in range(rounds + WARM_UP):
         t = time.perf_counter()
         groups = tds()
         t_tds = time.perf_counter() - t
+        settle()
         t = time.perf_counter()
         direct.plain.execute(QUERY).fetchall()
         t_plain = time.perf_counter() - t
@@ -170,14 +183,69 @@ def _engine(path: Path, direct: Direct, rounds: int) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class Connectors:
+    """The running pair: one asking call per offer, and what the bench needs besides."""
+
+    calls: dict[str, Callable[[], int]]
+    settle: Callable[[], None]
+    """Waits for the consumer's countersignature to reach the provider: it goes after the
+    answer, and must not be timed as DuckDB's (all of this shares one process)."""
+    floor: Callable[[], dict[str, float]]
+
+
+def _floor(sp: LocalSpace, data_dir: Path, rounds: int = 60) -> dict[str, float]:
+    """What no answer between two connectors can go below, measured here: a member call
+    over mutual TLS with a token (ConfirmComputation of an unknown computation, refused
+    after authentication, nothing written) on an open channel and on a fresh one, and
+    one 4 KiB append plus fdatasync where the provider's database lives."""
+    lab = sp.nodes["lab"]
+    request = compute_pb2.ConfirmComputationRequest(computation_id="cp-none", receipt="{}")
+
+    def call(channel: grpc.Channel) -> None:
+        try:
+            compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(request, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+
+    kept, fresh, sync = [], [], []
+    channel = lab._kept_member_channel("gov")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        call(channel)
+        kept.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        one = lab._member_channel("gov")
+        call(one)
+        one.close()
+        fresh.append(time.perf_counter() - t)
+    probe = data_dir / "fsync-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            os.write(fd, b"x" * 4096)
+            os.fdatasync(fd)
+            sync.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return {
+        "member_call_open_channel_p50_ms": round(_p50_ms(kept), 2),
+        "member_call_fresh_channel_p50_ms": round(_p50_ms(fresh), 2),
+        "fdatasync_4k_p50_ms": round(_p50_ms(sync), 2),
+    }
+
+
 @contextmanager
-def _connectors(path: Path, root: Path) -> Iterator[dict[str, Callable[[], int]]]:
+def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
     """A registry, the provider ``gov`` and the consumer ``lab`` running in this process,
     a compute-only product per offer and an agreement on each; one asking call per offer."""
     with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("lab", Role.ENTERPRISE)]) as sp:
         sp.start_registry()
         data_dir = sp.start_connector("gov").cfg.data_dir
-        sp.start_connector("lab")
+        asker = sp.start_connector("lab").asker
+        assert asker is not None
         # The provider reads sources only under its data directory: a hard link puts the
         # table there without copying it.
         os.link(path, data_dir / "admissions.csv")
@@ -224,7 +292,11 @@ def _connectors(path: Path, root: Path) -> Iterator[dict[str, Callable[[], int]]
                 return len(json.loads(ask(request, timeout=120).answer)["rows"])
 
             calls[name] = once
-        yield calls
+
+        def settle() -> None:
+            assert asker is not None and asker.confirmations.settled(30)
+
+        yield Connectors(calls, settle, lambda: _floor(sp, data_dir))
 
 
 def main() -> None:
@@ -244,10 +316,12 @@ def main() -> None:
         direct = Direct(path)
         try:
             if not args.no_connector:
-                with _connectors(path, Path(tmp) / "space") as calls:
+                with _connectors(path, Path(tmp) / "space") as pair:
                     results["connector"] = {
-                        name: _timed(once, direct, args.rounds) for name, once in calls.items()
+                        name: _timed(once, direct, args.rounds, pair.settle)
+                        for name, once in pair.calls.items()
                     }
+                    results["floor"] = pair.floor()
             results["engine"] = _engine(path, direct, args.rounds)
         finally:
             direct.close()
@@ -255,6 +329,13 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"{args.rows} rows, {args.rounds} rounds (engine load {results['engine']['load_s']} s)")
+    if "floor" in results:
+        f = results["floor"]
+        print(
+            f"floor: member call {f['member_call_open_channel_p50_ms']:.2f} ms on an open"
+            f" channel, {f['member_call_fresh_channel_p50_ms']:.2f} ms on a fresh one;"
+            f" fdatasync {f['fdatasync_4k_p50_ms']:.2f} ms"
+        )
     for path_name in ("connector", "engine"):
         for name in OFFERS:
             if path_name not in results:

@@ -31,6 +31,7 @@ __all__ = [
     "PolicyConfig",
     "RegistryConfig",
     "ServerConfig",
+    "StreamConfig",
     "TransferConfig",
     "load_config",
     "render_config",
@@ -175,6 +176,21 @@ class TransferConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """Streams this connector provides (connector.transfer.streaming)."""
+
+    window_messages: int = 1000
+    """A window receipt closes after this many records ..."""
+    window_seconds: float = 5.0
+    """... or this long after its first record, whichever comes first."""
+    ack_timeout_seconds: float = 30.0
+    """A proposed window the consumer does not sign within this ends the subscription."""
+    max_unsigned_windows: int = 2
+    """Windows sent ahead of the consumer's receipts before the provider waits for them
+    (so a consumer that stops reading never grows the provider's memory)."""
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Explicit limits with safe defaults."""
 
@@ -239,12 +255,13 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     dsp: DspConfig = field(default_factory=DspConfig)
     data_dir: Path = Path("data")
     """Where the connector keeps its database and files."""
     sources: dict[str, SourceConnection] = field(default_factory=dict)
-    """``[sources.NAME]``: the databases (and later brokers) products read from, by the name
+    """``[sources.NAME]``: the databases and brokers products read from, by the name
     a product's ``source.connection`` gives (see connector.sources.connections). Their
     credentials live here only: never in a product, the registry or a log."""
 
@@ -410,6 +427,10 @@ def _validate(cfg: Config) -> None:
             1 <= cfg.dsp.page_size <= cfg.catalog.max_page_size,
             "dsp.page_size must be between 1 and catalog.max_page_size",
         ),
+        (cfg.stream.window_messages >= 1, "stream.window_messages must be at least 1"),
+        (cfg.stream.window_seconds > 0, "stream.window_seconds must be positive"),
+        (cfg.stream.ack_timeout_seconds >= 1, "stream.ack_timeout_seconds must be at least 1"),
+        (cfg.stream.max_unsigned_windows >= 1, "stream.max_unsigned_windows must be at least 1"),
         (
             0 <= cfg.limits.clock_leeway_seconds <= 300,
             "limits.clock_leeway_seconds must be between 0 and 300",

@@ -187,6 +187,10 @@ def parse_note(note: str | bytes) -> Note:
             raw = base64.b64decode(blob, validate=True)
         except binascii.Error:
             raise VerificationError("signature is not base64") from None
+        # Padding bits of the last character are ignored by decoding: a line whose text
+        # differs from the canonical encoding is another note than the one signed.
+        if base64.b64encode(raw).decode() != blob:
+            raise VerificationError("signature is not canonical base64")
         if len(raw) < 5:
             raise VerificationError("signature is too short")
         signatures.append(NoteSignature(_check_name(name), raw[:4], raw[4:]))

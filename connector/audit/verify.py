@@ -21,6 +21,7 @@ from connector.audit.checkpoint import Checkpoint, open_checkpoint, verify_cosig
 from connector.audit.export import Export
 from connector.audit.note import ALG_COSIGNATURE_V1, Verifier, parse_vkey
 from connector.audit.receipts import Receipt, verify_receipt
+from connector.audit.window_receipts import WindowReceipt, verify_window
 from connector.compute.receipt import ComputationReceipt, verify_computation_receipt
 from connector.errors import NotFound, VerificationError
 
@@ -29,6 +30,8 @@ __all__ = ["Problem", "VerifyReport", "prove", "receipts_of", "reconcile", "time
 RECEIPT_KIND = "transfer.receipt"
 COMPUTATION_KIND = "compute.receipt"
 """A computation receipt (compute-to-data), countersigned by the consumer."""
+WINDOW_KIND = "stream.window"
+"""A stream's countersigned window receipt (connector.audit.window_receipts)."""
 _FIELDS = {"index", "kind", "time_ms", "actor", "parties", "data"}
 
 
@@ -189,6 +192,9 @@ def verify(directory: Path, *, known: list[str] | None = None) -> VerifyReport:
             elif entry["kind"] == COMPUTATION_KIND:
                 verify_computation_receipt(str(entry["data"].get("receipt", "")), key_of)
                 report.computations += 1
+            elif entry["kind"] == WINDOW_KIND:
+                verify_window(str(entry["data"].get("receipt", "")), key_of)
+                report.receipts += 1
         except VerificationError as exc:
             report.problems.append(Problem(str(exc), index))
         merkle.extend_frontier(frontier, index, leaf)
@@ -310,17 +316,36 @@ def receipts_of(
     return found
 
 
+def windows_of(directory: Path) -> dict[tuple[str, str], tuple[str, WindowReceipt]]:
+    """(agreement, ``window:N``) -> (signed receipt, payload) for every stream window."""
+    export = Export(directory)
+    key_of = _keys(export)
+    found: dict[tuple[str, str], tuple[str, WindowReceipt]] = {}
+    for entry in _entries(export):
+        if entry.get("kind") == WINDOW_KIND:
+            signed = str(entry["data"].get("receipt", ""))
+            receipt = verify_window(signed, key_of)
+            found[(receipt.agreement, f"window:{receipt.window.index}")] = (signed, receipt)
+    return found
+
+
 def reconcile(dir_a: Path, dir_b: Path) -> dict[str, Any]:
-    """Receipts naming both parties must appear identically in both logs."""
+    """Receipts naming both parties must appear identically in both logs: transfers'
+    receipts by (agreement, transfer), streams' window receipts by (agreement, window:N)."""
     a, b = Export(dir_a).manifest["participant"], Export(dir_b).manifest["participant"]
 
     def between(
-        found: dict[tuple[str, str], tuple[str, Receipt | ComputationReceipt]],
+        found: dict[tuple[str, str], tuple[str, Receipt | ComputationReceipt | WindowReceipt]],
     ) -> dict[tuple[str, str], str]:
         return {k: signed for k, (signed, r) in found.items() if {r.provider, r.consumer} == {a, b}}
 
-    found_a = receipts_of(dir_a)
-    in_a, in_b = between(found_a), between(receipts_of(dir_b))
+    def both(
+        directory: Path,
+    ) -> dict[tuple[str, str], tuple[str, Receipt | ComputationReceipt | WindowReceipt]]:
+        return {**receipts_of(directory), **windows_of(directory)}
+
+    found_a = both(dir_a)
+    in_a, in_b = between(found_a), between(both(dir_b))
     only_a = sorted(set(in_a) - set(in_b))
     only_b = sorted(set(in_b) - set(in_a))
     differ = sorted(k for k in set(in_a) & set(in_b) if in_a[k] != in_b[k])
@@ -330,6 +355,7 @@ def reconcile(dir_a: Path, dir_b: Path) -> dict[str, Any]:
         "b": b,
         "matched": len(matched),
         "computations": sum(isinstance(found_a[k][1], ComputationReceipt) for k in matched),
+        "windows": sum(isinstance(found_a[k][1], WindowReceipt) for k in matched),
         "only_in_a": [list(k) for k in only_a],
         "only_in_b": [list(k) for k in only_b],
         "differ": [list(k) for k in differ],

@@ -23,6 +23,7 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.sources.file import SourceRoots
 from connector.sources.sql import SqlSources
+from connector.sources.streams import StreamSources
 
 __all__ = ["MAX_BATCH", "Catalog", "Description"]
 
@@ -58,6 +59,7 @@ class Catalog:
         sql: SqlSources | None = None,
         page_tokens: PageTokens | None = None,
         page_limits: PageLimits | None = None,
+        streams: StreamSources | None = None,
     ) -> None:
         """``page_tokens``: the key of the catalog's page tokens (replicas need the same;
         without it a fresh random key: tokens then hold for this process only)."""
@@ -66,6 +68,7 @@ class Catalog:
         self._page_limits = page_limits or PageLimits()
         self._sources = sources
         self._sql = sql if sql is not None else SqlSources({})
+        self._streams = streams if streams is not None else StreamSources({})
         self._store = store
         self._library = library
         self._engine = engine
@@ -104,7 +107,8 @@ class Catalog:
         With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
         each read checks it again. An ``sql`` source's connection must be configured and its
         query pass :func:`connector.sources.sql.validate_query` with the product's fields as
-        its output columns (checked again at every transfer).
+        its output columns (checked again at every transfer); a ``stream`` source's
+        connection must be a configured broker of the kind its subject or topic names.
         """
         return self.publish_many([Description(description, fmt, base_dir)], replace=replace)[0]
 
@@ -164,6 +168,8 @@ class Catalog:
             )
             if product.source.kind == "sql":
                 self._sql.check(product.source.connection, product.source.query, product.fields)
+            elif product.source.kind == "stream":
+                self._streams.check(product.source, product.fields)
             else:
                 if description.base_dir and not Path(product.source.path).is_absolute():
                     resolved = str((Path(description.base_dir) / product.source.path).resolve())
@@ -240,7 +246,10 @@ class Catalog:
         """List a product with the registry; a public product keeps the code it is given."""
         product = self._store.get(product_id)
         # Paths, connection names and queries stay here: the listing has kind and format.
-        listed = replace(product, source=replace(product.source, path="", connection="", query=""))
+        listed = replace(
+            product,
+            source=replace(product.source, path="", connection="", query="", subject="", topic=""),
+        )
         with self._lock:
             self._registering[product_id] = self._registering.get(product_id, 0) + 1
         try:
@@ -270,16 +279,31 @@ class Catalog:
             return product_id in self._registering
 
     def own(self, product_id: str) -> Product:
-        """One of this connector's products, whoever may see it."""
-        return self._store.get(product_id)
+        """One of this connector's products, whoever may see it; its offers' provider
+        modules are the ones in force."""
+        return self._modules_in_force(self._store.get(product_id))
 
     def published(self, product_id: str, offer_id: str) -> tuple[Product, Offer] | None:
-        """A product and one of its offers, or ``None`` when either is no longer published."""
+        """A product and one of its offers, or ``None`` when either is no longer published;
+        the offer's provider module is the one in force."""
         try:
-            product = self._store.get(product_id)
+            product = self._modules_in_force(self._store.get(product_id))
             return product, product.offer(offer_id)
         except (NotFound, KeyError):
             return None
+
+    def _modules_in_force(self, product: Product) -> Product:
+        """``product``, after taking in its offers' provider modules if the engine holds
+        another version or none: a replica sharing the database may have published or
+        replaced them, and a decision must not run under a module the product no longer
+        has (nor be refused for one it has). Comparing costs a lookup per offer; only a
+        difference reloads the set."""
+        if any(
+            o.policy_module and self._in_force.provider_source(o.policy_module) != o.policy_source
+            for o in product.offers
+        ):
+            self.refresh_policies()
+        return product
 
     def own_products(self) -> list[Product]:
         """Every product, for the admin."""

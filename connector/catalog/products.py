@@ -22,6 +22,7 @@ from connector.transfer.masking import normalise_masks
 
 __all__ = [
     "DELIVERY_MODES",
+    "FIELD_KINDS",
     "GRADES",
     "MAX_DESCRIPTION_BYTES",
     "RECORD_KINDS",
@@ -42,11 +43,15 @@ DELIVERY_MODES = ("copy", "compute")
 answers computed where the data lives, 可用不可见)."""
 
 
-SOURCE_KINDS = ("file", "table", "sql")
+SOURCE_KINDS = ("file", "table", "sql", "stream")
 """Where a product's data lives (DESIGN.md §9)."""
 
 RECORD_KINDS = ("table", "sql")
 """Sources read as records: delivered projected to the permitted fields and masked."""
+
+FIELD_KINDS = (*RECORD_KINDS, "stream")
+"""Sources whose data has fields: the offer's permitted fields and masks apply (a stream
+per message, exactly as a table)."""
 
 
 @dataclass(frozen=True)
@@ -55,21 +60,27 @@ class Source:
 
     ``file`` and ``table`` name a ``path`` on the provider's disk; ``sql`` names a
     ``connection`` of the provider's configuration (``[sources.NAME]``, where its URL and
-    credentials stay) and the ``query`` run on it (see connector.sources.sql). The registry
-    and consumers never see any of these: a listing carries the kind and format only.
+    credentials stay) and the ``query`` run on it (see connector.sources.sql); ``stream``
+    names a broker ``connection`` and a ``subject`` (NATS JetStream) or ``topic`` (MQTT).
+    The registry and consumers never see any of these: a listing carries the kind and
+    format only.
     """
 
     kind: str
-    """``file`` (any bytes), ``table`` (CSV or JSON Lines with a field list) or ``sql``
-    (one read-only SELECT)."""
+    """``file`` (any bytes), ``table`` (CSV or JSON Lines with a field list), ``sql``
+    (one read-only SELECT) or ``stream`` (JSON messages of a broker, with a field list)."""
     path: str = ""
     """For files and tables: where the bytes are."""
     format: str = ""
     """For tables and sql: the delivered form, ``csv`` or ``jsonl``."""
     connection: str = ""
-    """For sql: the name of a ``[sources.NAME]`` connection of the provider."""
+    """For sql and stream: the name of a ``[sources.NAME]`` connection of the provider."""
     query: str = ""
     """For sql: the SELECT whose output columns are the product's fields."""
+    subject: str = ""
+    """For stream on a NATS connection: the JetStream subject the messages are on."""
+    topic: str = ""
+    """For stream on an MQTT connection: the topic (filter) the messages are on."""
 
 
 @dataclass(frozen=True)
@@ -153,8 +164,13 @@ class Product:
         }
 
     def to_json(self) -> str:
-        """The stored form (canonical field order)."""
+        """The stored form (canonical field order). A source's empty ``subject`` and
+        ``topic`` are left out, so products other than streams read the same as before
+        (a registry of an earlier version takes their listings)."""
         stored = asdict(self)
+        for key in ("subject", "topic"):
+            if not stored["source"][key]:
+                del stored["source"][key]
         for offer, raw in zip(self.offers, stored["offers"], strict=True):
             # The rules in the shape parse_rules reads (asdict would flatten them into lists).
             raw["compute"] = offer.compute.to_dict() if offer.compute is not None else None
@@ -293,7 +309,7 @@ def _source(src: Any, fields: tuple[str, ...]) -> Source:
             "product.source is required: a table with kind and path (file, table) or kind, "
             "connection and query (sql)"
         )
-    _known(src, {"kind", "path", "format", "connection", "query"}, where)
+    _known(src, {"kind", "path", "format", "connection", "query", "subject", "topic"}, where)
     kind = _str(src, "kind", where)
     if kind not in SOURCE_KINDS:
         raise InvalidRequest(f"product.source.kind must be one of {', '.join(SOURCE_KINDS)}")
@@ -302,6 +318,10 @@ def _source(src: Any, fields: tuple[str, ...]) -> Source:
         raise InvalidRequest(
             f"a {kind} source needs format 'csv' or 'jsonl' and the product's fields"
         )
+    if kind != "stream":
+        for key in ("subject", "topic"):
+            if _str(src, key, where, required=False):
+                raise InvalidRequest(f"product.source.{key} applies to stream sources only")
     if kind == "sql":
         if _str(src, "path", where, required=False):
             raise InvalidRequest(
@@ -314,10 +334,40 @@ def _source(src: Any, fields: tuple[str, ...]) -> Source:
             connection=_str(src, "connection", where),
             query=_str(src, "query", where),
         )
+    if kind == "stream":
+        return _stream_source(src, fields, fmt)
     for key in ("connection", "query"):
         if _str(src, key, where, required=False):
-            raise InvalidRequest(f"product.source.{key} applies to sql sources only")
+            raise InvalidRequest(f"product.source.{key} applies to sql and stream sources only")
     return Source(kind=kind, path=_str(src, "path", where), format=fmt)
+
+
+def _stream_source(src: dict[str, Any], fields: tuple[str, ...], fmt: str) -> Source:
+    """A ``stream`` source: a connection and a subject or a topic, messages as JSON Lines."""
+    where = "product.source"
+    for key in ("path", "query"):
+        if _str(src, key, where, required=False):
+            raise InvalidRequest(
+                f"product.source.{key} does not apply to a stream source: it reads "
+                "source.subject (NATS) or source.topic (MQTT) on source.connection"
+            )
+    if fmt not in ("", "jsonl"):
+        raise InvalidRequest("a stream source is delivered as JSON Lines: leave format out")
+    if not fields or len(set(fields)) != len(fields):
+        raise InvalidRequest("a stream source needs the product's fields, each named once")
+    subject = _str(src, "subject", where, required=False)
+    topic = _str(src, "topic", where, required=False)
+    if subject and topic:
+        raise InvalidRequest(
+            "product.source: give a subject (NATS connection) or a topic (MQTT), not both"
+        )
+    return Source(
+        kind="stream",
+        format="jsonl",
+        connection=_str(src, "connection", where, required=False),
+        subject=subject,
+        topic=topic,
+    )
 
 
 def _product(d: Any, owner: str | None) -> Product:
@@ -396,12 +446,12 @@ def _check_field_policy(
     offer: Offer, fields: tuple[str, ...], grade: str, kind: str, where: str
 ) -> None:
     """Field lists and masks name the product's fields; important tables list theirs."""
-    if (offer.permitted_fields is not None or offer.masks) and kind not in RECORD_KINDS:
+    if (offer.permitted_fields is not None or offer.masks) and kind not in FIELD_KINDS:
         raise InvalidRequest(
-            f"{where}: permitted_fields and masks apply to record sources "
-            f"({', '.join(RECORD_KINDS)}) only"
+            f"{where}: permitted_fields and masks apply to sources with fields "
+            f"({', '.join(FIELD_KINDS)}) only"
         )
-    if grade == "important" and fields and kind not in RECORD_KINDS:
+    if grade == "important" and fields and kind not in FIELD_KINDS:
         raise InvalidRequest(
             "an important file product cannot declare fields: no field policy applies to "
             "opaque bytes (publish it as a table, or without fields)"
@@ -452,6 +502,13 @@ def parse_description(text: str | bytes, *, owner: str, fmt: str = "auto") -> Pr
         raise InvalidRequest(
             "an sql source needs source.connection (a [sources.NAME] of the provider's "
             "configuration) and source.query (one SELECT)"
+        )
+    if product.source.kind == "stream" and not (
+        product.source.connection and (product.source.subject or product.source.topic)
+    ):
+        raise InvalidRequest(
+            "a stream source needs source.connection (a [sources.NAME] broker of the "
+            "provider's configuration) and source.subject (NATS) or source.topic (MQTT)"
         )
     if product.grade == "core":
         raise InvalidRequest("core data (核心数据) is never published: this product is refused")

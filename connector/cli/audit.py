@@ -144,8 +144,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     """Compare receipts in two exports; exit 1 on any difference."""
     result = reconcile(args.dir_a, args.dir_b)
     lines = [
-        f"{result['a']} and {result['b']}: {result['matched']} receipts match"
-        + (f" ({result['computations']} of them computations)" if result["computations"] else "")
+        f"{result['a']} and {result['b']}: {result['matched']} receipts match" + _of_them(result)
     ]
     for key, label in (
         ("only_in_a", f"only in {result['a']}'s log"),
@@ -155,6 +154,19 @@ def run_reconcile(args: argparse.Namespace) -> int:
         lines += [f"  - {'/'.join(k)} {label}" for k in result[key]]
     emit(result, "\n".join(lines), as_json=args.json)
     return 0 if result["ok"] else 1
+
+
+def _of_them(result: dict[str, Any]) -> str:
+    """ " (2 of them computations, 15 stream windows)", or "" when all are transfers."""
+    counts = [
+        (result[key], label)
+        for key, label in (("computations", "computations"), ("windows", "stream windows"))
+        if result.get(key)
+    ]
+    if not counts:
+        return ""
+    (n, label), rest = counts[0], counts[1:]
+    return f" ({n} of them {label}" + "".join(f", {m} {other}" for m, other in rest) + ")"
 
 
 def _describe(entry: dict[str, Any]) -> str:

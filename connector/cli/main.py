@@ -22,6 +22,7 @@ from connector.cli import (
     product,
     registry,
     serve,
+    subscribe,
     transfer,
 )
 from connector.cli.output import fail
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         negotiate,
         transfer,
         compute,
+        subscribe,
         consent,
         audit,
         policy,

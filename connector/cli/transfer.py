@@ -13,6 +13,7 @@ from typing import Any
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say, utc_text
 from connector.cli.progress import ByteProgress, human_bytes
+from connector.cli.subscribe import list_streams
 from connector.config import load_config
 from connector.errors import ConfigError, VerificationError
 from connector.node.clients import admin_channel
@@ -213,7 +214,16 @@ def run_data_list(args: argparse.Namespace) -> int:
         f"{human_bytes(r['size']):>10}  {r['counterparty']}" + _delete_after(r["obligations"])
         for r in rows
     ]
-    emit(rows, "\n".join(lines) or "(nothing held)", as_json=args.json)
+    streams = [s for s in list_streams(args.config) if args.all or not s["deleted"]]
+    lines += [
+        f"{s['agreement']:<36} stream   {s['state']:<10} {s['product']:<20} "
+        f"{human_bytes(s['bytes']):>10}  {s['provider']}  {s['messages']} messages to "
+        f"sequence {s['kept_sequence']} in {s['windows']} windows"
+        + ("  (deleted)" if s["deleted"] else "")
+        for s in streams
+    ]
+    # JSON: the transfers' rows, then the streams' (``"kind": "stream"``).
+    emit([*rows, *streams], "\n".join(lines) or "(nothing held)", as_json=args.json)
     return 0
 
 

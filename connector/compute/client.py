@@ -4,14 +4,25 @@ The provider's answer is believed only as far as its signed receipt says, and th
 only after it is checked against what this connector knows: the agreement (its id, parties,
 product and the rules both signed), the question it asked (parsed here too, so the
 canonical query in the receipt is the one asked) and the answer's bytes (their SHA-256).
-Then the consumer countersigns, logs the receipt and sends the countersignature back.
+Then the consumer countersigns and logs the receipt, and answers the asking user; the
+countersignature goes back to the provider after that, off the answer's path.
+
+The record and its log entry are one commit, made before the answer is returned but not
+waited for on the disk (``Database.transaction(durable=False)``): on SQLite it is in the
+WAL, safe from this process dying, and the confirmation's own commit, synced, makes it
+durable a moment later. The provider's copy of the receipt was synced before it answered.
+Every computation still ``answered`` here is a confirmation owed: sent in the background,
+retried with backoff while the provider is unreachable, and again after a restart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,16 +51,131 @@ from connector.compute.store import (
     ComputationStore,
     micro,
 )
-from connector.errors import ConnectorError, InvalidRequest, VerificationError
+from connector.errors import (
+    ConnectorError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    VerificationError,
+)
 from connector.negotiation.agreement import Agreement
 from connector.rpc.channel import calling
 
-__all__ = ["COMPUTE_TIMEOUT_SECONDS", "ComputeConsumer"]
+__all__ = ["COMPUTE_TIMEOUT_SECONDS", "ComputeConsumer", "Confirmations"]
 
 log = logging.getLogger(__name__)
 
 COMPUTE_TIMEOUT_SECONDS = 120.0
 """How long the consumer waits for an answer (the provider's engine stops at its own limit)."""
+
+# The provider answered these for good: sending again changes nothing (until a restart).
+_REFUSED = (NotFound, PermissionDenied, PreconditionFailed, VerificationError)
+
+
+class Confirmations:
+    """Sends countersignatures owed to providers, in the background, until they are taken.
+
+    ``send(computation_id)`` is the whole job: it raises what the provider answered. A
+    refusal for good (``_REFUSED``) is logged and not retried; anything else (the provider
+    unreachable, a timeout) is retried after ``base_delay`` doubling up to ``max_delay``,
+    ``max_attempts`` times in all. What is still owed when the process stops is owed at the
+    next start (the store says so: the computation is still ``answered``).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str], None],
+        *,
+        base_delay: float = 0.5,
+        max_delay: float = 60.0,
+        max_attempts: int = 12,
+    ) -> None:
+        self._send = send
+        self._base, self._max_delay, self._max_attempts = base_delay, max_delay, max_attempts
+        self._due: list[tuple[float, str, int]] = []  # (when, computation, attempts so far)
+        self._queued: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._sending = False
+        self._thread: threading.Thread | None = None
+
+    def owe(self, computation_id: str) -> None:
+        """Send this confirmation as soon as possible (once, however often it is owed)."""
+        self._schedule(computation_id, 0, 0.0)
+
+    def _schedule(self, computation_id: str, attempts: int, delay: float) -> None:
+        with self._cond:
+            if self._stopped or computation_id in self._queued:
+                return
+            self._queued.add(computation_id)
+            heapq.heappush(self._due, (time.monotonic() + delay, computation_id, attempts))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tds-compute-confirm", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _next(self) -> tuple[str, int] | None:
+        with self._cond:
+            while not self._stopped:
+                if self._due and self._due[0][0] <= time.monotonic():
+                    _, computation_id, attempts = heapq.heappop(self._due)
+                    self._queued.discard(computation_id)
+                    self._sending = True
+                    return computation_id, attempts
+                self._sending = False
+                self._cond.notify_all()  # for ``settled``
+                self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+            return None
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
+            computation_id, attempts = job
+            try:
+                self._send(computation_id)
+            except _REFUSED as exc:
+                log.error(
+                    "the provider refused a computation's countersignature",
+                    extra={"computation": computation_id, "reason": str(exc)},
+                )
+            except Exception as exc:  # unreachable, or anything else: try again later
+                attempts += 1
+                if attempts >= self._max_attempts:
+                    log.error(
+                        "computation receipt not confirmed; retried at the next start",
+                        extra={"computation": computation_id, "reason": str(exc)},
+                    )
+                    continue
+                delay = min(self._base * 2 ** (attempts - 1), self._max_delay)
+                self._schedule(computation_id, attempts, delay)
+
+    def settled(self, timeout: float) -> bool:
+        """Wait until nothing is being sent or due now (retries later do not count);
+        whether that happened within ``timeout`` seconds. For tests and benchmarks."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._sending or (self._due and self._due[0][0] <= time.monotonic()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def pending(self) -> int:
+        """Confirmations waiting for their turn (not counting one being sent)."""
+        with self._cond:
+            return len(self._due)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending (what is owed stays owed in the store)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
 
 class ComputeConsumer:
@@ -67,7 +193,8 @@ class ComputeConsumer:
         keys: jws.KeyLookup,
         channel_to: Callable[[str], grpc.Channel],
     ) -> None:
-        """``agreement_of``: our finalized, unrevoked agreement as consumer, or an error."""
+        """``agreement_of``: our finalized, unrevoked agreement as consumer, or an error;
+        ``channel_to``: a channel to a member, kept by the caller (not closed here)."""
         self._me = participant
         self._agreement_of = agreement_of
         self._store = store
@@ -76,6 +203,18 @@ class ComputeConsumer:
         self._key = signing_key
         self._keys = keys
         self._channel_to = channel_to
+        self.confirmations = Confirmations(self.confirm)
+
+    def resume(self) -> int:
+        """Owe again every confirmation not yet taken (at start); how many."""
+        pending = self._store.pending_confirmations()
+        for c in pending:
+            self.confirmations.owe(c.id)
+        return len(pending)
+
+    def stop(self) -> None:
+        """Stop sending confirmations (those owed are sent after the next start)."""
+        self.confirmations.stop()
 
     def ask(self, agreement_id: str, text: str) -> compute_pb2.ComputeResponse:
         """Ask the provider; the answer with the receipt countersigned by us, logged."""
@@ -85,16 +224,13 @@ class ComputeConsumer:
         agreement = self._agreement_of(agreement_id)
         provider = agreement.provider
         channel = self._channel_to(provider)
-        try:
-            with calling(provider):
-                response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
-                    channel
-                ).Compute(
-                    compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
-                    timeout=COMPUTE_TIMEOUT_SECONDS,
-                )
-        finally:
-            channel.close()
+        with calling(provider):
+            response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
+                channel
+            ).Compute(
+                compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
+                timeout=COMPUTE_TIMEOUT_SECONDS,
+            )
         try:
             receipt = self._check(agreement, question, response)
         except VerificationError as exc:
@@ -106,6 +242,11 @@ class ComputeConsumer:
             raise
         countersigned = countersign_computation(response.receipt, self._key, self._keys)
         now_ms = int(self._clock.now() * 1000)
+        logged = {
+            "computation": receipt.computation,
+            "agreement": agreement.id,
+            "receipt": countersigned,
+        }
         self._store.create(
             Computation(
                 id=receipt.computation,
@@ -120,44 +261,38 @@ class ComputeConsumer:
                 epsilon_micro=micro(receipt.epsilon_spent),
                 receipt=countersigned,
                 ended_ms=now_ms,
-            )
+            ),
+            log=self._audit.prepare([("compute.receipt", [provider], logged)]),
+            durable=False,  # the confirmation's synced commit follows (module docstring)
         )
-        self._audit.record(
-            "compute.receipt",
-            parties=[provider],
-            data={
-                "computation": receipt.computation,
-                "agreement": agreement.id,
-                "receipt": countersigned,
-            },
-        )
-        self._confirm(provider, receipt.computation, countersigned)
+        self.confirmations.owe(receipt.computation)
         return compute_pb2.ComputeResponse(
             computation_id=receipt.computation, answer=response.answer, receipt=countersigned
         )
 
-    def _confirm(self, provider: str, computation_id: str, countersigned: str) -> None:
-        """Send the countersignature; the answer is ours either way (a failure here leaves
-        the provider's copy unconfirmed, which reconciliation shows)."""
+    def confirm(self, computation_id: str) -> None:
+        """Send the countersignature of an answered computation to its provider, then
+        mark it confirmed (a synced commit: the record's own commit is durable with it).
+
+        Raises what the provider answered; a failure leaves it owed, and says why.
+        """
+        c = self._store.get(computation_id)
+        if c.state != ANSWERED or c.receipt is None:
+            return  # confirmed already (a repeat), or nothing to confirm
         try:
-            channel = self._channel_to(provider)
-            try:
-                with calling(provider):
-                    compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
-                        compute_pb2.ConfirmComputationRequest(
-                            computation_id=computation_id, receipt=countersigned
-                        ),
-                        timeout=30,
-                    )
-            finally:
-                channel.close()
+            channel = self._channel_to(c.counterparty)
+            with calling(c.counterparty):
+                compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
+                    compute_pb2.ConfirmComputationRequest(
+                        computation_id=computation_id, receipt=c.receipt
+                    ),
+                    timeout=30,
+                )
         except ConnectorError as exc:
-            log.warning(
-                "computation receipt not confirmed to the provider",
-                extra={"computation": computation_id, "reason": str(exc)},
-            )
-            return
-        self._store.update(computation_id, expect=ANSWERED, state=CONFIRMED)
+            # Synced, so the record is durable even while the provider cannot be reached.
+            self._store.update(computation_id, expect=ANSWERED, reason=f"not yet confirmed: {exc}")
+            raise
+        self._store.update(computation_id, expect=ANSWERED, state=CONFIRMED, reason="")
 
     def _check(
         self, agreement: Agreement, question: str | dict[str, Any], r: compute_pb2.ComputeResponse

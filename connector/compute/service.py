@@ -5,23 +5,32 @@ policy decide it (``compute.run``), reserve its ε in the agreement's metering r
 where the data lives, apply disclosure control, sign a computation receipt and log it.
 Anything that fails after the reservation gives the ε back. The consumer countersigns the
 receipt (``ConfirmComputation``); both logs then hold the same countersigned receipt.
+
+Durable writes on the answer's path: two commits and one sync. The decision's log entry,
+the ε reservation and the computation record are one transaction, committed before the
+computation (atomic: concurrent questions, also from replicas, see the spend) but not
+waited for on the disk; the signed receipt's log entry and the state ``answered`` are the
+next, synced before the answer leaves, and that sync covers the first (a commit is durable
+only with every commit before it). A process that dies in between leaves the computation
+``reserved`` with its ε spent (never given back blindly: a replica may still be computing
+it) or, if the machine went down before any sync, no trace at all, and no answer either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import compute_pb2, compute_pb2_grpc
 from connector.audit import jws
-from connector.audit.log import AuditLog
+from connector.audit.log import AuditLog, Record
 from connector.catalog.catalog import Catalog
 from connector.clock import Clock
-from connector.compute.answer import answer_query
-from connector.compute.engine import Executor
 from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
@@ -47,6 +56,7 @@ from connector.errors import (
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    Unavailable,
     VerificationError,
 )
 from connector.negotiation.agreement import Agreement
@@ -58,6 +68,7 @@ from connector.transfer.provider import TransferProvider
 
 if TYPE_CHECKING:
     from connector.compute.client import ComputeConsumer
+    from connector.compute.engine import Executor
 
 __all__ = [
     "MAX_QUESTION_BYTES",
@@ -123,12 +134,16 @@ class ComputeProvider:
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 
-    def _refuse(self, caller: Caller, agreement: Agreement, reason: str) -> None:
-        self._audit.record(
+    def _refuse(
+        self, caller: Caller, agreement: Agreement, reason: str, decided: Sequence[Record] = ()
+    ) -> None:
+        """Log a refusal, after the decision that led to it (in one write)."""
+        refused: Record = (
             "compute.refused",
-            parties=[caller.participant],
-            data={"agreement": agreement.id, "product": agreement.product, "reason": reason[:300]},
+            [caller.participant],
+            {"agreement": agreement.id, "product": agreement.product, "reason": reason[:300]},
         )
+        self._audit.record_many([*decided, refused])
 
     def compute(self, caller: Caller, agreement_id: str, text: str) -> compute_pb2.ComputeResponse:
         """Answer one question; see the module docstring for the steps."""
@@ -192,15 +207,25 @@ class ComputeProvider:
                 }
             ),
         )
-        decision = self._policy.decide(document)
+        # The decision's entry goes with what it leads to: the reservation, or the refusal.
+        decided: list[Record] = []
+        try:
+            decision = self._policy.decide(document, defer=decided)
+        except Unavailable:
+            self._audit.record_many(decided)  # the engine was down: logged, nothing decided
+            raise
         if not decision.allow:
             reason = "computation refused by the usage policy: " + ", ".join(decision.deny)
             if "privacy_budget_exhausted" in decision.deny:
                 reason += f" (ε {used.spent:g} spent, {left:g} left, {epsilon:g} asked)"
-            self._refuse(caller, agreement, reason)
+            self._refuse(caller, agreement, reason, decided)
             raise PermissionDenied(reason)
         assert rules is not None and query is not None  # the policy refuses otherwise
-        executor, source_state = self._sources.open(product.source, product.fields)
+        try:
+            executor, source_state = self._sources.open(product.source, product.fields)
+        except BaseException:
+            self._audit.record_many(decided)  # decided, then nothing spent
+            raise
         c = Computation(
             id=f"cp-{uuid.uuid4().hex}",
             role=PROVIDER,
@@ -213,9 +238,21 @@ class ComputeProvider:
             epsilon_micro=micro(epsilon),
         )
         try:
-            after = self._store.reserve(c, budget_micro=budget, now_ms=c.started_ms)
+            after = self._store.reserve(
+                c,
+                budget_micro=budget,
+                now_ms=c.started_ms,
+                log=self._audit.prepare(decided),  # built before the write lock
+                durable=False,  # the receipt's sync, before the answer leaves, covers it
+            )
         except PermissionDenied as exc:
-            self._refuse(caller, agreement, str(exc))
+            self._refuse(caller, agreement, str(exc), decided)
+            raise
+        except Exception:
+            # Nothing reserved (the store failed, and the decision's entry with it): the
+            # decision is still logged if the log can be written at all.
+            with contextlib.suppress(ConnectorError):
+                self._audit.record_many(decided)
             raise
         try:
             return self._answer(
@@ -242,6 +279,9 @@ class ComputeProvider:
         c: Computation,
         after: EpsilonUse,
     ) -> compute_pb2.ComputeResponse:
+        # The engine and OpenDP load with the first question (see connector.compute.sources).
+        from connector.compute.answer import answer_query
+
         answer = answer_query(question, rules, executor)
         fields = answer.receipt(source_state)
         receipt = ComputationReceipt(
@@ -263,14 +303,15 @@ class ComputeProvider:
             computed_ms=self._now_ms(),
         )
         signed = sign_computation(receipt, self._key)
-        self._audit.record(
+        answered: Record = (
             "compute.answered",
-            parties=[caller.participant],
-            data={"computation": c.id, "agreement": agreement.id, "receipt": signed},
+            [caller.participant],
+            {"computation": c.id, "agreement": agreement.id, "receipt": signed},
         )
-        self._store.update(
+        self._store.update(  # synced: the reservation's commit with it
             c.id,
             expect=RESERVED,
+            log=self._audit.prepare([answered]),
             state=ANSWERED,
             receipt=signed,
             answer_sha256=receipt.answer_sha256,
@@ -310,12 +351,18 @@ class ComputeProvider:
                 data={"computation": c.id, "agreement": c.agreement_id},
             )
             raise
-        self._audit.record(
+        logged: Record = (
             "compute.receipt",
-            parties=[caller.participant],
-            data={"computation": c.id, "agreement": c.agreement_id, "receipt": countersigned},
+            [caller.participant],
+            {"computation": c.id, "agreement": c.agreement_id, "receipt": countersigned},
         )
-        self._store.update(c.id, expect=ANSWERED, state=CONFIRMED, receipt=countersigned)
+        self._store.update(
+            c.id,
+            expect=ANSWERED,
+            log=self._audit.prepare([logged]),
+            state=CONFIRMED,
+            receipt=countersigned,
+        )
 
 
 class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):

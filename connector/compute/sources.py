@@ -19,14 +19,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connector.catalog.products import Source
-from connector.compute.database import DatabaseSource
-from connector.compute.embedded import DuckDBTable, EmbeddedLimits
-from connector.compute.engine import Executor
 from connector.errors import PreconditionFailed
 from connector.sources.file import FileDigests, SourceRoots, locate_source
 from connector.sources.sql import SqlSources
+
+if TYPE_CHECKING:
+    # DuckDB (and SQLAlchemy's dialects) load with the first question, not with every
+    # connector process: about 25 MB resident that a connector never asked anything of
+    # would otherwise carry (every process is to stay under 200 MB).
+    from connector.compute.embedded import DuckDBTable, EmbeddedLimits
+    from connector.compute.engine import Executor
 
 __all__ = ["ComputeSources"]
 
@@ -46,7 +51,7 @@ class ComputeSources:
         file tables kept in memory (least recently used go)."""
         self._roots = roots
         self._sql = sql
-        self._limits = limits or EmbeddedLimits()
+        self._limits = limits
         self._digests = FileDigests()
         self._keep = keep_tables
         self._tables: OrderedDict[tuple[str, str], DuckDBTable] = OrderedDict()
@@ -88,6 +93,8 @@ class ComputeSources:
         if self._sql is None:
             raise PreconditionFailed("this connector has no sql source connections")
         query = self._sql.check(source.connection, source.query, fields)
+        from connector.compute.database import DatabaseSource
+
         executor = DatabaseSource(
             self._sql.engine(source.connection),
             query.text,
@@ -96,8 +103,11 @@ class ComputeSources:
         return executor, f"sql:sha256:{query.sha256}:at_ms:{int(time.time() * 1000)}"
 
     def _load(self, path: Path, fmt: str, mtime_ns: int) -> DuckDBTable:
+        from connector.compute.embedded import DuckDBTable, EmbeddedLimits
+
         with self._roots.open(path) as f:
-            table = DuckDBTable(Path(f"/proc/self/fd/{f.fileno()}"), fmt, self._limits)
+            limits = self._limits or EmbeddedLimits()
+            table = DuckDBTable(Path(f"/proc/self/fd/{f.fileno()}"), fmt, limits)
             if os.fstat(f.fileno()).st_mtime_ns != mtime_ns:
                 table.close()
                 raise PreconditionFailed(

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import update
 from sqlmodel import select
 
 from connector.errors import NotFound, PermissionDenied, PreconditionFailed
 from connector.store.database import Database
 from connector.store.models import ComputationRow, MeteringRow
-from connector.transfer.store import ensure_metering
+from connector.transfer.store import LogWrite, ensure_metering
 
 __all__ = [
     "ANSWERED",
@@ -96,22 +96,35 @@ def _computation(row: ComputationRow) -> Computation:
     )
 
 
-def _row(c: Computation) -> ComputationRow:
-    return ComputationRow(
-        id=c.id,
-        role=c.role,
-        agreement_id=c.agreement_id,
-        product=c.product,
-        counterparty=c.counterparty,
-        state=c.state,
-        query_sha256=c.query_sha256,
-        answer_sha256=c.answer_sha256,
-        epsilon_micro=c.epsilon_micro,
-        receipt=c.receipt,
-        reason=c.reason[:512],
-        started_ms=c.started_ms,
-        ended_ms=c.ended_ms,
-    )
+_COLUMNS = (
+    "id",
+    "role",
+    "agreement_id",
+    "product",
+    "counterparty",
+    "state",
+    "query_sha256",
+    "answer_sha256",
+    "epsilon_micro",
+    "receipt",
+    "reason",
+    "started_ms",
+    "ended_ms",
+)
+_INSERT = (
+    f"INSERT INTO computation ({', '.join(_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
+_UPDATABLE = frozenset({"state", "answer_sha256", "receipt", "reason", "ended_ms"})
+
+
+def _values(c: Computation) -> tuple[object, ...]:
+    """``c`` as the values of ``_INSERT``."""
+    return tuple(getattr(c, name) if name != "reason" else c.reason[:512] for name in _COLUMNS)
+
+
+class _Exhausted(Exception):
+    """The conditional spend matched no row: the budget would be exceeded."""
 
 
 class ComputationStore:
@@ -122,55 +135,79 @@ class ComputationStore:
 
     def usage(self, agreement_id: str) -> EpsilonUse:
         """Computations and ε used so far under an agreement."""
-        with self._db.session() as s:
-            row = s.get(MeteringRow, agreement_id)
-            if row is None:
-                return EpsilonUse(0, 0, 0)
-            return EpsilonUse(row.computations, row.epsilon_spent_micro, row.epsilon_budget_micro)
-
-    def reserve(self, c: Computation, *, budget_micro: int, now_ms: int) -> EpsilonUse:
-        """Spend ``c.epsilon_micro`` and record ``c``, or refuse with
-        ``privacy_budget_exhausted`` (ε spent and left in the message); what is used after."""
-        ensure_metering(
-            self._db,
-            MeteringRow(
-                agreement_id=c.agreement_id,
-                consumer=c.counterparty,
-                product=c.product,
-                epsilon_budget_micro=budget_micro,
-                updated_ms=now_ms,
-            ),
-        )
-        m = MeteringRow.__table__.c  # type: ignore[attr-defined]
-        spend = (
-            update(MeteringRow.__table__)  # type: ignore[attr-defined]
-            .where(m.agreement_id == c.agreement_id)
-            # The budget signed in the agreement (a transfer that created the row first
-            # wrote 0 there: it knows no budget).
-            .values(
-                epsilon_budget_micro=budget_micro,
-                computations=m.computations + 1,
-                epsilon_spent_micro=m.epsilon_spent_micro + c.epsilon_micro,
-                updated_ms=now_ms,
+        # Straight to the driver: asked before every question, and the ORM's session
+        # cost ten times the statement.
+        with self._db.transaction() as tx:
+            row = tx.one(
+                "SELECT computations, epsilon_spent_micro, epsilon_budget_micro"
+                " FROM metering WHERE agreement_id = ?",
+                (agreement_id,),
             )
+        return EpsilonUse(*(int(v) for v in row)) if row is not None else EpsilonUse(0, 0, 0)
+
+    def reserve(
+        self,
+        c: Computation,
+        *,
+        budget_micro: int,
+        now_ms: int,
+        log: LogWrite | None = None,
+        durable: bool = True,
+    ) -> EpsilonUse:
+        """Spend ``c.epsilon_micro`` and record ``c``, or refuse with
+        ``privacy_budget_exhausted`` (ε spent and left in the message); what is used after.
+
+        ``log``: audit entries appended in the same transaction. ``durable=False``: the
+        reservation is not waited for on the disk (``Database.transaction``); the caller's
+        next synced commit (the receipt's, before the answer leaves) makes it durable.
+        """
+        with self._db.transaction() as tx:  # the usual case: made by an earlier question
+            exists = tx.one("SELECT 1 FROM metering WHERE agreement_id = ?", (c.agreement_id,))
+        if exists is None:
+            ensure_metering(
+                self._db,
+                MeteringRow(
+                    agreement_id=c.agreement_id,
+                    consumer=c.counterparty,
+                    product=c.product,
+                    epsilon_budget_micro=budget_micro,
+                    updated_ms=now_ms,
+                ),
+            )
+        # The budget signed in the agreement (a transfer that created the row first wrote
+        # 0 there: it knows no budget).
+        spend = (
+            "UPDATE metering SET epsilon_budget_micro = ?, computations = computations + 1,"
+            " epsilon_spent_micro = epsilon_spent_micro + ?, updated_ms = ?"
+            " WHERE agreement_id = ?"
         )
+        params: tuple[object, ...] = (budget_micro, c.epsilon_micro, now_ms, c.agreement_id)
         if budget_micro:
-            spend = spend.where(m.epsilon_spent_micro + c.epsilon_micro <= budget_micro)
-        with self._db.session() as s:
-            result: CursorResult[object] = s.execute(spend)  # type: ignore[assignment]
-            if result.rowcount != 1:
-                s.rollback()
-                used = self.usage(c.agreement_id)
-                raise PermissionDenied(
-                    f"privacy_budget_exhausted: this question needs ε {c.epsilon_micro / 1e6:g}; "
-                    f"the agreement's budget is {budget_micro / 1e6:g}, {used.spent:g} spent, "
-                    f"{max(0, budget_micro - used.spent_micro) / 1e6:g} left"
+            spend += " AND epsilon_spent_micro + ? <= ?"
+            params += (c.epsilon_micro, budget_micro)
+        try:
+            with self._db.transaction(durable=durable) as tx:
+                cur = tx.execute(spend, params)
+                spent = cur.rowcount
+                cur.close()
+                if spent != 1:
+                    raise _Exhausted
+                tx.execute(_INSERT, _values(c)).close()
+                row = tx.one(
+                    "SELECT computations, epsilon_spent_micro FROM metering WHERE agreement_id = ?",
+                    (c.agreement_id,),
                 )
-            s.add(_row(c))
-            s.flush()
-            row = s.get(MeteringRow, c.agreement_id)
-            assert row is not None
-            return EpsilonUse(row.computations, row.epsilon_spent_micro, budget_micro)
+                assert row is not None
+                if log is not None:
+                    log(tx)
+        except _Exhausted:
+            used = self.usage(c.agreement_id)
+            raise PermissionDenied(
+                f"privacy_budget_exhausted: this question needs ε {c.epsilon_micro / 1e6:g}; "
+                f"the agreement's budget is {budget_micro / 1e6:g}, {used.spent:g} spent, "
+                f"{max(0, budget_micro - used.spent_micro) / 1e6:g} left"
+            ) from None
+        return EpsilonUse(int(row[0]), int(row[1]), budget_micro)
 
     def release(self, computation_id: str, reason: str, now_ms: int) -> None:
         """Give back the ε of a computation that gave no answer."""
@@ -189,10 +226,15 @@ class ComputationStore:
             )
             row.state, row.reason, row.ended_ms = FAILED, reason[:512], now_ms
 
-    def create(self, c: Computation) -> Computation:
-        """Record a computation (the consumer's side)."""
-        with self._db.session() as s:
-            s.add(_row(c))
+    def create(
+        self, c: Computation, *, log: LogWrite | None = None, durable: bool = True
+    ) -> Computation:
+        """Record a computation (the consumer's side), with ``log``'s entries in the same
+        transaction; ``durable`` as for ``reserve``."""
+        with self._db.transaction(durable=durable) as tx:
+            tx.execute(_INSERT, _values(c)).close()
+            if log is not None:
+                log(tx)
         return c
 
     def get(self, computation_id: str) -> Computation:
@@ -203,20 +245,45 @@ class ComputationStore:
                 raise NotFound(f"computation {computation_id!r} not found")
             return _computation(row)
 
-    def update(self, computation_id: str, *, expect: str, **values: object) -> Computation:
-        """Change a computation in state ``expect`` (a compare-and-set on the state)."""
-        with self._db.session() as s:
-            result: CursorResult[object] = s.execute(  # type: ignore[assignment]
-                update(ComputationRow)
-                .where(ComputationRow.id == computation_id)  # type: ignore[arg-type]
-                .where(ComputationRow.state == expect)  # type: ignore[arg-type]
-                .values(**values)
+    def update(
+        self,
+        computation_id: str,
+        *,
+        expect: str,
+        log: LogWrite | None = None,
+        durable: bool = True,
+        **values: object,
+    ) -> None:
+        """Change a computation in state ``expect`` (a compare-and-set on the state), with
+        ``log``'s entries in the same transaction; ``durable`` as for ``reserve``."""
+        unknown = set(values) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not a computation column: {', '.join(sorted(unknown))}")
+        if "reason" in values:
+            values["reason"] = str(values["reason"])[:512]
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._db.transaction(durable=durable) as tx:
+            cur = tx.execute(
+                f"UPDATE computation SET {assignments} WHERE id = ? AND state = ?",  # noqa: S608
+                (*values.values(), computation_id, expect),
             )
-            if result.rowcount != 1:
-                s.rollback()
-                current = self.get(computation_id)
-                raise PreconditionFailed(f"computation {computation_id} is {current.state}")
-        return self.get(computation_id)
+            changed = cur.rowcount
+            cur.close()
+            if changed == 1 and log is not None:
+                log(tx)
+        if changed != 1:
+            current = self.get(computation_id)
+            raise PreconditionFailed(f"computation {computation_id} is {current.state}")
+
+    def pending_confirmations(self) -> list[Computation]:
+        """The consumer's computations answered but not yet confirmed to their provider."""
+        with self._db.session() as s:
+            rows = s.exec(
+                select(ComputationRow)
+                .where(ComputationRow.role == CONSUMER)
+                .where(ComputationRow.state == ANSWERED)
+            ).all()
+            return sorted((_computation(r) for r in rows), key=lambda c: c.started_ms)
 
     def list(self, role: str = "", agreement_id: str = "") -> list[Computation]:
         """Computations, newest first."""

@@ -23,6 +23,7 @@ from connector.config import (
     DspConfig,
     PolicyConfig,
     RegistryConfig,
+    StreamConfig,
     load_config,
     render_config,
 )
@@ -72,6 +73,7 @@ class LocalSpace:
         registry_settings: RegistryConfig | None = None,
         sources: Mapping[str, SourceConnection] | None = None,
         dsp: DspConfig | None = None,
+        stream: StreamConfig | None = None,
     ) -> Config:
         """Write ``ROOT/ID.toml`` as ``tds init`` would (with ``policy``, the registry
         settings and ``[sources]`` if given; the registry's address stays ``registry``),
@@ -101,6 +103,8 @@ class LocalSpace:
             cfg = dataclasses.replace(cfg, sources=dict(sources))
         if dsp is not None:
             cfg = dataclasses.replace(cfg, dsp=dsp)
+        if stream is not None:
+            cfg = dataclasses.replace(cfg, stream=stream)
         out.write_text(render_config(cfg))
         cfg = load_config(out)
         self.configs[participant] = cfg
@@ -160,10 +164,19 @@ class LocalSpace:
         clock: Clock | None = None,
         sources: Mapping[str, SourceConnection] | None = None,
         dsp: DspConfig | None = None,
+        stream: StreamConfig | None = None,
     ) -> Node:
         """Start a participant's connector, enrol it, and wait for its token and list
         (with ``dsp``, serving the Dataspace Protocol binding as configured there)."""
-        where = (self.registry_address, database_url, policy, registry_settings, sources, dsp)
+        where = (
+            self.registry_address,
+            database_url,
+            policy,
+            registry_settings,
+            sources,
+            dsp,
+            stream,
+        )
         cfg = self.write_config(participant, "127.0.0.1:0", *where)
         node = Node(cfg, clock=clock)
         node.start()

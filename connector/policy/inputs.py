@@ -16,7 +16,14 @@ from connector.rpc.auth import Caller
 
 __all__ = ["ACTIONS", "build_input", "build_page_input", "subject_of"]
 
-ACTIONS = ("catalog.read", "catalog.list", "contract.request", "transfer.start", "compute.run")
+ACTIONS = (
+    "catalog.read",
+    "catalog.list",
+    "contract.request",
+    "transfer.start",
+    "compute.run",
+    "stream.continue",
+)
 GRANTS_ATTRIBUTE = "tds_grants"
 """Membership attribute holding the JSON list of authorised-operation grants."""
 

@@ -95,6 +95,10 @@ class PolicySet:
             h.update(name.encode() + b"\0" + self.modules[name].encode() + b"\0")
         return h.hexdigest()
 
+    def provider_source(self, module_id: str) -> str | None:
+        """The source of provider module ``module_id`` in this set, or ``None``."""
+        return self.modules.get(f"provider/{module_id}.rego")
+
     def with_provider_module(self, module_id: str, source: str) -> PolicySet:
         """This set plus a validated provider module (replacing one of the same id)."""
         validate_provider_module(module_id, source, self)

@@ -91,6 +91,16 @@ _OWN: dict[str, _Checks] = {
         ("query", "aggregates", _array),
         ("query", "epsilon", _number),
     ),
+    # A stream, at subscribe and again at least every 0.25 s while it runs.
+    "stream.continue": (
+        ("contract", "purpose", _string),
+        ("contract", "valid_from_ns", _number),
+        ("contract", "valid_until_ns", _number),
+        ("contract", "max_bytes", _number),
+        ("contract", "revoked", _boolean),
+        ("context", "bytes_used", _number),
+        ("context", "revoked_grants", _array),
+    ),
 }
 _BY_ACTION = {action: _COMMON + own for action, own in _OWN.items()}
 

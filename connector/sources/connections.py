@@ -9,7 +9,10 @@ place it is::
     statement_timeout_seconds = 30
 
 ``postgresql://`` and ``mariadb://`` (``mysql://`` too) are databases
-(:class:`~connector.sources.sql.SqlConnection`; its fields are the keys a table may have).
+(:class:`~connector.sources.sql.SqlConnection`; its fields are the keys a table may have);
+``nats://`` (``tls://``) is a NATS server with JetStream
+(:class:`~connector.sources.nats.NatsConnection`) and ``mqtt://`` (``mqtts://``) an MQTT
+broker (:class:`~connector.sources.mqtt.MqttConnection`), read by ``stream`` products.
 :data:`SCHEMES` maps each URL scheme to the function that builds its connection, so a new
 kind of source (a message broker, say) is one more entry here, not a change to the
 configuration loader.
@@ -25,12 +28,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from connector.errors import ConfigError
+from connector.sources.mqtt_connection import MqttConnection
+from connector.sources.nats_connection import NatsConnection
 from connector.sources.sql_connection import SqlConnection
 
 __all__ = ["SCHEMES", "SourceConnection", "parse_connections", "render_connection"]
 
-SourceConnection = SqlConnection
+SourceConnection = SqlConnection | NatsConnection | MqttConnection
 """Any connection a ``[sources.NAME]`` table configures."""
+
+_STRING_FIELDS = frozenset({"url", "credentials_file", "client_id"})
+"""Fields given as strings; every other field is a number."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -46,7 +54,9 @@ def _field_values(cls: type, name: str, table: Mapping[str, Any]) -> dict[str, A
         )
     values = dict(table)
     for key, value in values.items():
-        if key == "url":
+        if key in _STRING_FIELDS:
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}.{key} must be a string")
             continue
         # TOML gives int, float, bool and str; the connection checks ranges, here the type.
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -58,10 +68,22 @@ def _sql(name: str, table: Mapping[str, Any]) -> SqlConnection:
     return SqlConnection(name=name, **_field_values(SqlConnection, name, table))
 
 
+def _nats(name: str, table: Mapping[str, Any]) -> NatsConnection:
+    return NatsConnection(name=name, **_field_values(NatsConnection, name, table))
+
+
+def _mqtt(name: str, table: Mapping[str, Any]) -> MqttConnection:
+    return MqttConnection(name=name, **_field_values(MqttConnection, name, table))
+
+
 SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], SourceConnection]] = {
     "postgresql": _sql,
     "mysql": _sql,
     "mariadb": _sql,
+    "nats": _nats,
+    "tls": _nats,
+    "mqtt": _mqtt,
+    "mqtts": _mqtt,
 }
 """URL scheme (before any ``+driver``) -> the builder of its connection."""
 
@@ -69,8 +91,8 @@ SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], SourceConnection]] = {
 def _scheme(name: str, url: Any) -> str:
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
-            f"sources.{name}.url is required: a URL such as postgresql://user:password@host/db "
-            "or mariadb://user:password@host/db"
+            f"sources.{name}.url is required: a URL such as postgresql://user:password@host/db, "
+            "mariadb://user:password@host/db, nats://host:4222 or mqtt://host:1883"
         )
     return url.split("://", 1)[0].split("+", 1)[0].lower()
 
@@ -112,5 +134,5 @@ def render_connection(connection: SourceConnection) -> dict[str, Any]:
     return {
         f.name: getattr(connection, f.name)
         for f in dataclasses.fields(connection)
-        if f.name != "name"
+        if f.name != "name" and getattr(connection, f.name) is not None  # unset: left out
     }

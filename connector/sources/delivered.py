@@ -36,7 +36,14 @@ from connector.errors import InvalidRequest, PreconditionFailed
 from connector.sources.base import MISSING, RecordSource, Row
 from connector.transfer.masking import Masker
 
-__all__ = ["FORMATS", "Delivered", "Materialised", "materialise", "write_rows"]
+__all__ = [
+    "FORMATS",
+    "Delivered",
+    "Materialised",
+    "materialise",
+    "record_projector",
+    "write_rows",
+]
 
 FORMATS = ("csv", "jsonl")
 """The delivered forms of records."""
@@ -262,6 +269,37 @@ class _Sink:
         return self._size, self._hash.hexdigest()
 
 
+def _delivered(
+    columns: Sequence[str],
+    permitted: Sequence[str] | None,
+    masks: Mapping[str, Mapping[str, Any]],
+    key: bytes,
+) -> tuple[tuple[str, ...], Masker]:
+    """The delivered fields (the source's order) and the masker of a decision."""
+    fields = tuple(f for f in columns if permitted is None or f in permitted)
+    return fields, Masker({k: v for k, v in masks.items() if k in fields}, key)
+
+
+def record_projector(
+    columns: Sequence[str],
+    *,
+    permitted: Sequence[str] | None,
+    masks: Mapping[str, Mapping[str, Any]],
+    key: bytes,
+) -> tuple[tuple[str, ...], Callable[[Row], dict[str, Any]]]:
+    """The delivered fields, and a function from one row (values in ``columns`` order) to
+    the JSON object it is delivered as: projected and masked exactly as
+    :func:`materialise` does a table's rows (a stream, message by message)."""
+    fields, masker = _delivered(columns, permitted, masks, key)
+    project = _projector(columns, fields, masker)
+
+    def one(row: Row) -> dict[str, Any]:
+        values = project([row])[0]
+        return {n: v for n, v in zip(fields, values, strict=True) if v is not MISSING}
+
+    return fields, one
+
+
 def materialise(
     source: RecordSource,
     out: Path,
@@ -277,8 +315,7 @@ def materialise(
     ``masks`` the decision's masks and ``key`` the agreement's mask key. Nothing is left
     at ``out`` when the source fails part way.
     """
-    fields = tuple(f for f in source.fields() if permitted is None or f in permitted)
-    masker = Masker({k: v for k, v in masks.items() if k in fields}, key)
+    fields, masker = _delivered(source.fields(), permitted, masks, key)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     try:

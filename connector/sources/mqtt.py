@@ -53,7 +53,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,8 +63,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from connector.errors import ConfigError, InvalidRequest, Unavailable
+from connector.errors import InvalidRequest, Unavailable
 from connector.sources.base import StreamRecord, Subscription
+from connector.sources.mqtt_connection import _SCHEMES, MqttConnection
 from connector.sources.stream import (
     DeliveryCursor,
     SequenceGone,
@@ -73,85 +73,14 @@ from connector.sources.stream import (
     SkipReason,
     SubscriptionBase,
     check_after,
-    check_limits,
     decode_message,
-    redacted_url,
     stream_fields,
     url_credentials,
 )
 
-__all__ = ["MqttConnection", "MqttStreamSource"]
+__all__ = ["MqttConnection", "MqttStreamSource", "check_topic"]
 
 _log = logging.getLogger(__name__)
-
-_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
-
-
-@dataclass(frozen=True, repr=False)
-class MqttConnection:
-    """An MQTT broker the provider publishes from (``[sources.NAME]``).
-
-    Lives only in the provider's configuration: products name it, never contain it.
-    """
-
-    name: str
-    """The name products use (``source.connection``)."""
-    url: str
-    """``mqtt://host:port`` (``mqtts://`` for TLS with the system's CAs), with its
-    credentials if the broker needs them, as for database sources:
-    ``mqtt://user:password@host:port``; never shown (reprs and logs redact it)."""
-    client_id: str | None = None
-    """The MQTT client id prefix; each source adds its own suffix (default ``tds-NAME``)."""
-    qos: int = 2
-    """QoS of the subscription: 2 (exactly once from the broker) unless the provider
-    accepts duplicates (1) or losses (0) for speed."""
-    connect_timeout_seconds: float = 5.0
-    """How long to wait for the broker before ``Unavailable`` at subscribe."""
-    keepalive_seconds: int = 30
-    reconnect_wait_seconds: int = 1
-    """First pause before reconnecting after the broker went away (doubling up to 30 s)."""
-    session_expiry_seconds: int = 3600
-    """How long the broker keeps the session (and queues messages) while disconnected."""
-    max_message_bytes: int = 1024 * 1024
-    """Larger messages are skipped and counted, never delivered."""
-    replay_messages: int = 10_000
-    """Messages kept for subscriptions to resume within; older ones are evicted."""
-    replay_bytes: int = 64 * 1024 * 1024
-    """Payload bytes kept in the replay buffer at most (the memory bound)."""
-    max_lag_messages: int = 5_000
-    """How much further behind the newest message than it has been since it subscribed a
-    reader may fall before its subscription is suspended (``SubscriptionLagging``); at most
-    ``replay_messages``, so a reader that keeps up at first is told before anything it
-    needs is evicted."""
-
-    def __post_init__(self) -> None:
-        where = f"sources.{self.name}"
-        parts = urlsplit(self.url)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ConfigError(f"{where}.url must be mqtt://host:port or mqtts://host:port")
-        if self.qos not in (0, 1, 2):
-            raise ConfigError(f"{where}.qos must be 0, 1 or 2")
-        if not self.connect_timeout_seconds > 0:
-            raise ConfigError(f"{where}.connect_timeout_seconds must be positive")
-        check_limits(
-            where,
-            keepalive_seconds=self.keepalive_seconds,
-            reconnect_wait_seconds=self.reconnect_wait_seconds,
-            session_expiry_seconds=self.session_expiry_seconds,
-            max_message_bytes=self.max_message_bytes,
-            replay_messages=self.replay_messages,
-            replay_bytes=self.replay_bytes,
-            max_lag_messages=self.max_lag_messages,
-        )
-        if self.max_lag_messages > self.replay_messages:
-            raise ConfigError(
-                f"{where}.max_lag_messages ({self.max_lag_messages}) must be at most "
-                f"replay_messages ({self.replay_messages}): a reader is told it lags before "
-                "what it needs is evicted"
-            )
-
-    def __repr__(self) -> str:
-        return f"MqttConnection(name={self.name!r}, url={redacted_url(self.url)!r})"
 
 
 def check_topic(topic: str) -> str:
@@ -214,10 +143,17 @@ class _ReplayBuffer:
 class _MqttSubscription(SubscriptionBase):
     """A cursor into the source's replay buffer."""
 
-    def __init__(self, source: MqttStreamSource, after: int, on_skip: SkipCallback | None):
+    def __init__(
+        self,
+        source: MqttStreamSource,
+        after: int,
+        on_skip: SkipCallback | None,
+        previous: int,
+    ) -> None:
         self._source = source
         self._buffer = source._buffer
-        super().__init__(DeliveryCursor(after, on_skip, lag=source._buffer.newest - after))
+        lag = source._buffer.newest - after
+        super().__init__(DeliveryCursor(after, on_skip, lag=lag, previous=previous))
 
     def poll(self, timeout: float) -> StreamRecord | None:
         """The next record, or ``None`` after ``timeout`` seconds without one."""
@@ -314,11 +250,12 @@ class MqttStreamSource:
                     f"sequence {after} is in the future: the newest is {buffer.newest} (MQTT "
                     "sequences restart when the provider restarts)"
                 )
-            if after == 0:
-                after = buffer.oldest - 1
-            elif after < buffer.oldest - 1:
+            # A first subscription reads from the oldest held, and its first record follows
+            # 0 (what the subscriber holds), as JetStream's do.
+            start = buffer.oldest - 1 if after == 0 else after
+            if start < buffer.oldest - 1:
                 raise SequenceGone(after, buffer.oldest, self.buffer_name)
-        yield _MqttSubscription(self, after, self._on_skip)
+        yield _MqttSubscription(self, start, self._on_skip, previous=after)
 
     def close(self) -> None:
         """Disconnect and stop the network thread (the provider is stopping)."""

@@ -42,8 +42,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -53,13 +51,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from connector.errors import (
-    ConfigError,
     ConnectorError,
     InvalidRequest,
     PreconditionFailed,
     Unavailable,
 )
 from connector.sources.base import Row, StreamRecord, Subscription
+from connector.sources.nats_connection import NatsConnection
 from connector.sources.stream import (
     DeliveryCursor,
     SequenceGone,
@@ -67,14 +65,11 @@ from connector.sources.stream import (
     SkipReason,
     SubscriptionBase,
     check_after,
-    check_limits,
     decode_message,
-    redacted_url,
     stream_fields,
-    url_credentials,
 )
 
-__all__ = ["NatsConnection", "NatsStreamSource"]
+__all__ = ["NatsConnection", "NatsStreamSource", "check_subject"]
 
 _log = logging.getLogger(__name__)
 
@@ -83,76 +78,6 @@ _FETCH_WAIT = 0.5
 
 _FETCH_MIN = 0.01
 """Shortest wait given to a fetch (a poll with no time left still asks once)."""
-
-
-@dataclass(frozen=True, repr=False)
-class NatsConnection:
-    """A NATS server with JetStream the provider publishes from (``[sources.NAME]``).
-
-    Lives only in the provider's configuration: products name it, never contain it.
-    """
-
-    name: str
-    """The name products use (``source.connection``)."""
-    url: str
-    """``nats://host:port`` (``tls://`` for TLS), with its credentials if the server needs
-    them, as for database sources: ``nats://user:password@host:port`` or
-    ``nats://token@host:port``; never shown (reprs and logs redact it)."""
-    credentials_file: str | None = None
-    """Instead: a NATS ``.creds`` file (JWT and NKey seed) for decentralised auth."""
-    connect_timeout_seconds: float = 5.0
-    """How long to wait for the server before ``Unavailable`` at subscribe."""
-    reconnect_wait_seconds: float = 1.0
-    """Pause between reconnection attempts after the server went away mid-stream."""
-    max_message_bytes: int = 1024 * 1024
-    """Larger messages are skipped and counted, never delivered."""
-    buffer_messages: int = 256
-    """Most messages fetched at once, ahead of the reader: the memory bound."""
-    max_lag_messages: int = 100_000
-    """How much further behind the newest message than it has been since it subscribed a
-    reader may fall before the subscription is suspended (``SubscriptionLagging``)."""
-
-    def __post_init__(self) -> None:
-        where = f"sources.{self.name}"
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ConfigError(f"{where}.url must be nats://host:port or tls://host:port")
-        if parts.username is not None and self.credentials_file:
-            raise ConfigError(
-                f"{where}: give credentials in the url or a credentials_file, not both"
-            )
-        for field, value in (
-            ("connect_timeout_seconds", self.connect_timeout_seconds),
-            ("reconnect_wait_seconds", self.reconnect_wait_seconds),
-        ):
-            if not value > 0:
-                raise ConfigError(f"{where}.{field} must be positive")
-        check_limits(
-            where,
-            max_message_bytes=self.max_message_bytes,
-            buffer_messages=self.buffer_messages,
-            max_lag_messages=self.max_lag_messages,
-        )
-        if self.max_lag_messages < self.buffer_messages:
-            raise ConfigError(
-                f"{where}.max_lag_messages ({self.max_lag_messages}) must be at least "
-                f"buffer_messages ({self.buffer_messages}): a full buffer is not yet a lag"
-            )
-
-    def __repr__(self) -> str:
-        return f"NatsConnection(name={self.name!r}, url={redacted_url(self.url)!r})"
-
-    def _connect_options(self) -> dict[str, Any]:
-        """The server (without credentials) and the credentials, as nats.connect takes them."""
-        server, (user, password) = url_credentials(self.url)
-        options: dict[str, Any] = {"servers": [server]}
-        if user is not None and password is not None:
-            options["user"], options["password"] = user, password
-        elif user is not None:
-            options["token"] = user
-        if self.credentials_file:
-            options["user_credentials"] = self.credentials_file
-        return options
 
 
 _Item = tuple[int, Row | SkipReason, int]
@@ -286,10 +211,13 @@ class _NatsSubscription(SubscriptionBase):
             wait = min(_FETCH_WAIT, deadline - time.monotonic())
             try:
                 self._loop.run_until_complete(self._fetch(consumer, max(wait, _FETCH_MIN)))
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # Nothing to fetch in time. nats-py raises its own TimeoutError or, from
+                # a batch fetch that got no message at all, asyncio's (the builtin): both
+                # are an empty fetch while the connection is up, not a failure.
                 if not consumer.nc.is_connected:
                     continue
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
+            except (nats.errors.Error, OSError) as exc:
                 _log.warning(
                     "stream connection %r: fetch failed (%s); reconnecting",
                     self._connection.name,
@@ -442,6 +370,16 @@ class _NatsSubscription(SubscriptionBase):
         self._last = last
 
 
+def check_subject(subject: str) -> str:
+    """``subject`` if it is a NATS subject tds subscribes to, else ``InvalidRequest``."""
+    if not subject or any(c.isspace() for c in subject) or subject.startswith("$"):
+        raise InvalidRequest(
+            f"source.subject {subject!r} is not a NATS subject (tokens separated by dots, "
+            "no spaces, not a system subject)"
+        )
+    return subject
+
+
 class NatsStreamSource:
     """One JetStream subject of a named connection, as a stream source."""
 
@@ -455,13 +393,8 @@ class NatsStreamSource:
         *,
         on_skip: SkipCallback | None = None,
     ) -> None:
-        if not subject or any(c.isspace() for c in subject) or subject.startswith("$"):
-            raise InvalidRequest(
-                f"source.subject {subject!r} is not a NATS subject (tokens separated by dots, "
-                "no spaces, not a system subject)"
-            )
         self.connection = connection
-        self.subject = subject
+        self.subject = check_subject(subject)
         self._fields = stream_fields(fields)
         self._on_skip = on_skip
 

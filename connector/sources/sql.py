@@ -708,8 +708,11 @@ class SqlSource:
 class SqlSources:
     """The provider's named database connections, each with its own bounded pool."""
 
-    def __init__(self, connections: Mapping[str, SqlConnection]) -> None:
-        self._connections = dict(connections)
+    def __init__(self, connections: Mapping[str, object]) -> None:
+        # The configuration's brokers are StreamSources'.
+        self._connections = {
+            name: c for name, c in connections.items() if isinstance(c, SqlConnection)
+        }
         self._pools: dict[str, SqlPool] = {}
         self._lock = threading.Lock()
 

@@ -232,12 +232,20 @@ class DeliveryCursor:
     :meth:`skip`; ``previous`` of each record is then exactly what the consumer must hold.
     """
 
-    def __init__(self, after: int, on_skip: SkipCallback | None, lag: int = 0) -> None:
+    def __init__(
+        self,
+        after: int,
+        on_skip: SkipCallback | None,
+        lag: int = 0,
+        previous: int | None = None,
+    ) -> None:
         self.last = after
         """The last sequence delivered or skipped (``after`` before any)."""
         self.skipped: dict[str, int] = {}
         self._on_skip = on_skip
-        self._previous = after
+        self._previous = after if previous is None else previous
+        """What the first record follows: ``after``, or 0 for a subscription from the
+        oldest held (the subscriber holds nothing yet)."""
         self.best_lag = lag
         """The smallest lag seen (from the lag when the subscription began)."""
 

@@ -22,6 +22,8 @@ __all__ = [
     "ParticipantRow",
     "ProductRow",
     "RevokedCertificateRow",
+    "StreamSubscriptionRow",
+    "StreamWindowRow",
     "TransferRow",
     "WitnessStateRow",
 ]
@@ -204,6 +206,9 @@ class TransferRow(SQLModel, table=True):
     format: str = Field(default="", max_length=8)
     fields: str = Field(default="null", sa_column=Column(Text, nullable=False))
     obligations: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    masks: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    """On the provider, for a record source: the decision's masks, with which any replica
+    makes the delivered form again (a JSON object)."""
     decision_id: str = Field(default="", max_length=64)
     path: str = Field(default="", sa_column=Column(Text, nullable=False))
     source_mtime_ns: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
@@ -238,6 +243,10 @@ class MeteringRow(SQLModel, table=True):
     """ε spent, in millionths: integers, so the budget's condition is exact in SQL."""
     epsilon_budget_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     """The agreement's ε budget in millionths (0: no differential privacy)."""
+    messages: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    """Stream messages delivered (their bytes are in ``bytes``)."""
 
 
 class ComputationRow(SQLModel, table=True):
@@ -259,6 +268,50 @@ class ComputationRow(SQLModel, table=True):
     reason: str = Field(default="", max_length=512)
     started_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     ended_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class StreamSubscriptionRow(SQLModel, table=True):
+    """One side's state of the stream under an agreement (see connector.transfer.streams).
+
+    ``acked_*`` and ``next_window`` are those of the last countersigned window: where a
+    subscription resumes. On the consumer ``path`` is the holding's directory.
+    """
+
+    __tablename__ = "stream_subscription"
+
+    agreement_id: str = Field(primary_key=True, max_length=64)
+    role: str = Field(primary_key=True, max_length=16)
+    counterparty: str = Field(max_length=63, index=True)
+    product: str = Field(max_length=63)
+    state: str = Field(max_length=16)
+    reason: str = Field(default="", max_length=512)
+    acked_sequence: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    acked_head: str = Field(max_length=64)
+    next_window: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    messages: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    path: str = Field(default="", sa_column=Column(Text, nullable=False))
+    obligations: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    deleted_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class StreamWindowRow(SQLModel, table=True):
+    """A countersigned window receipt, kept by each side."""
+
+    __tablename__ = "stream_window"
+
+    agreement_id: str = Field(primary_key=True, max_length=64)
+    role: str = Field(primary_key=True, max_length=16)
+    window_index: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    first_sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
+    count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    start_head: str = Field(max_length=64)
+    head: str = Field(max_length=64)
+    receipt: str = Field(sa_column=Column(Text, nullable=False))
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class OperationGrantRow(SQLModel, table=True):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
-from connector.sources.delivered import Delivered, materialise
+from connector.sources.base import RecordSource
+from connector.sources.delivered import FORMATS, Delivered, Materialised, materialise
 from connector.sources.file import FileDigests, SourceRoots, locate_source, read_chunks
 from connector.sources.open import record_source
 from connector.sources.sql import SqlSources
@@ -63,6 +66,10 @@ log = logging.getLogger(__name__)
 STOP_CHECK_SECONDS = 0.25
 """How often a running stream re-checks revocation and termination (well under 1 s)."""
 
+ORPHAN_STAGING_SECONDS = 3600
+"""A staged delivered form with no transfer record this old was left by a start that died
+between writing it and recording the transfer (which takes seconds): it is removed."""
+
 
 @dataclass(frozen=True)
 class ProviderSettings:
@@ -78,6 +85,10 @@ class ProviderSettings:
     def roots(self) -> SourceRoots:
         """Where sources may be read from."""
         return SourceRoots(self.data_dir, self.source_roots)
+
+    def staging(self, transfer_id: str, fmt: str) -> Path:
+        """Where this replica keeps the delivered form of a record transfer."""
+        return self.data_dir / "transfers" / f"{transfer_id}.{fmt}"
 
 
 class TransferProvider:
@@ -116,6 +127,9 @@ class TransferProvider:
         self._channel_to = channel_to
         self._consent = consent
         self._digests = FileDigests()
+        # One delivered form made again at a time: two resumed pulls of one transfer must
+        # not write the same staging file together (a rare event, so one lock for all).
+        self._restaging = threading.Lock()
         self._stored = StoredAgreements(
             participant=participant, signing_key=signing_key, keys=keys, audit=audit
         )
@@ -211,16 +225,14 @@ class TransferProvider:
             # The delivered form is fixed here, once, before anything is counted: a source
             # that cannot be read (a database down, a changed schema) leaves no transfer,
             # no metering and no staging file (materialise removes its own on failure).
-            staged = (
-                self._settings.data_dir / "transfers" / f"{transfer_id}.{product.source.format}"
-            )
-            made = materialise(
+            staged = self._settings.staging(transfer_id, product.source.format)
+            made = self._materialise(
                 records,
                 staged,
                 fmt=product.source.format,
                 permitted=decision.permitted_fields,
                 masks=decision.masks,
-                key=agreement_mask_key(self._settings.mask_secret, agreement.id),
+                agreement_id=agreement.id,
             )
             delivered, source_state = made.delivered, made.state
         t = Transfer(
@@ -237,6 +249,9 @@ class TransferProvider:
             format=product.source.format if not is_file else "",
             fields=delivered.fields,
             obligations=decision.obligations,
+            # What any replica needs to make the same delivered form again (fields and
+            # format are recorded already; the mask key derives from the agreement).
+            masks=decision.masks if records is not None else {},
             decision_id=decision.id,
             path=str(delivered.path),
             source_mtime_ns=delivered.mtime_ns,
@@ -271,6 +286,25 @@ class TransferProvider:
             raise
         t = self._store.update(t.id, state=STARTED, provider_log_index=index)
         return self._manifest(t)
+
+    def _materialise(
+        self,
+        records: RecordSource,
+        out: Path,
+        *,
+        fmt: str,
+        permitted: Sequence[str] | None,
+        masks: Mapping[str, Mapping[str, Any]],
+        agreement_id: str,
+    ) -> Materialised:
+        return materialise(
+            records,
+            out,
+            fmt=fmt,
+            permitted=permitted,
+            masks=masks,
+            key=agreement_mask_key(self._settings.mask_secret, agreement_id),
+        )
 
     @staticmethod
     def _started(t: Transfer) -> dict[str, Any]:
@@ -368,17 +402,7 @@ class TransferProvider:
         reason = self.stop_reason(t)
         if reason:
             raise self._stop(t, reason, offset)
-        path = Path(t.path)
-        try:
-            st = path.stat()
-        except OSError:
-            st = None
-        if st is None or st.st_size != t.size or st.st_mtime_ns != t.source_mtime_ns:
-            self._fail(t, "the source changed or vanished since the transfer started")
-            raise PreconditionFailed(
-                f"transfer {t.id} failed: the product's source changed since it started; "
-                "start a new transfer"
-            )
+        path = self._delivered_here(t)
         checked = time.monotonic()
         sent = offset
         for at, block in read_chunks(path, offset, t.chunk_size, self._settings.roots):
@@ -390,6 +414,117 @@ class TransferProvider:
                     raise self._stop(t, reason, sent)
             yield at, block
             sent = at + len(block)
+
+    # -- resuming on any replica -----------------------------------------------------------
+    #
+    # Replicas share the database, not a disk: a pull may resume on a replica that did not
+    # start the transfer. Each replica finds the delivered bytes itself and serves them only
+    # when they are the ones recorded (size and SHA-256); otherwise the transfer fails and
+    # the consumer is told to start a new one. A file is read at its recorded path under
+    # the source roots; a record source's delivered form is made again from the source
+    # with the recorded fields, masks and format.
+
+    def _delivered_here(self, t: Transfer) -> Path:
+        """The path of ``t``'s delivered bytes on this replica, checked against the record."""
+        if not t.format:
+            path = Path(t.path)
+            if self._unchanged(path, t):
+                return path
+            with contextlib.suppress(OSError, ConnectorError):
+                # Another replica's copy of the file, or the same bytes touched: the same
+                # delivery if it has the recorded digest (remembered while it is unchanged).
+                if path.stat().st_size == t.size and (
+                    self._digests.digest(path, self._settings.roots).sha256 == t.sha256
+                ):
+                    return path
+            raise self._changed(t, "the product's file changed or vanished since it started")
+        staged = self._settings.staging(t.id, t.format)
+        if self._unchanged(staged, t):
+            return staged
+        with self._restaging:
+            if not self._unchanged(staged, t):
+                self._restage(t, staged)
+        return staged
+
+    @staticmethod
+    def _unchanged(path: Path, t: Transfer) -> bool:
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return st.st_size == t.size and st.st_mtime_ns == t.source_mtime_ns
+
+    def _restage(self, t: Transfer, staged: Path) -> None:
+        """Make ``t``'s delivered form again on this replica, and keep it only if it is
+        the one recorded. A source that cannot be reached now raises ``Unavailable`` (the
+        consumer retries); one that changed fails the transfer."""
+        try:
+            records = record_source(self._catalog.own(t.product), self._settings.roots, self._sql)
+            made = self._materialise(
+                records,
+                staged,
+                fmt=t.format,
+                permitted=t.fields,
+                masks=t.masks,
+                agreement_id=t.agreement_id,
+            )
+        except (NotFound, PreconditionFailed, InvalidRequest) as exc:
+            raise self._changed(
+                t, f"its delivered form cannot be made again on this replica: {exc}"
+            ) from None
+        got = made.delivered
+        if (got.size, got.sha256) != (t.size, t.sha256):
+            staged.unlink(missing_ok=True)
+            # A query's rows come in a stable order only when it says so.
+            hint = (
+                " (a query without ORDER BY on a unique key may return its rows in another "
+                "order: add one so transfers can resume on any replica)"
+                if records.kind == "sql"
+                else ""
+            )
+            raise self._changed(
+                t,
+                "the product's source changed since it started: made again on this replica, "
+                f"its delivered form has SHA-256 {got.sha256} ({got.size} bytes), not the "
+                f"recorded {t.sha256} ({t.size} bytes){hint}",
+            )
+        # The same bytes: stamped like the form fixed at start, so later pulls here serve
+        # them as they are (size and mtime) without making them again.
+        os.utime(staged, ns=(t.source_mtime_ns, t.source_mtime_ns))
+        log.info(
+            "delivered form made again on this replica",
+            extra={"transfer": t.id, "sha256": t.sha256, "state": made.state},
+        )
+
+    def sweep_staging(self) -> int:
+        """Remove this replica's staged delivered forms of transfers that have ended, on
+        whichever replica they ended (the shared record says), and those of starts that
+        died before recording theirs; the number removed."""
+        removed = 0
+        try:
+            staged = list((self._settings.data_dir / "transfers").iterdir())
+        except FileNotFoundError:
+            return 0
+        for path in staged:
+            transfer_id, _, fmt = path.name.partition(".")
+            if fmt not in FORMATS:
+                continue  # one being written (``.tmp``), or not ours
+            ended = False
+            try:
+                ended = self._store.get(transfer_id).state not in ACTIVE
+            except NotFound:
+                # Written before its transfer is recorded: only an old one is an orphan.
+                with contextlib.suppress(OSError):
+                    age = self._clock.now() - path.stat().st_mtime
+                    ended = age > ORPHAN_STAGING_SECONDS
+            if ended:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _changed(self, t: Transfer, why: str) -> PreconditionFailed:
+        self._fail(t, why)
+        return PreconditionFailed(f"transfer {t.id} failed: {why}; start a new transfer")
 
     def pull(self, caller: Caller, transfer_id: str, offset: int) -> Iterator[transfer_pb2.Chunk]:
         """Chunks for the consumer, from ``offset``."""

@@ -44,7 +44,7 @@ LogWrite = Callable[[RawTransaction], list[int]]
 """Audit entries to append within a store transaction (``AuditLog.prepare``)."""
 
 _NAMES = tuple(c.name for c in TransferRow.__table__.columns)  # type: ignore[attr-defined]
-_SCALARS = frozenset(_NAMES) - {"id", "fields", "obligations"}  # what update() may set
+_SCALARS = frozenset(_NAMES) - {"id", "fields", "obligations", "masks"}  # what update() may set
 _SELECT = f"SELECT {', '.join(_NAMES)} FROM transfer WHERE id = ?"  # noqa: S608
 
 
@@ -65,6 +65,8 @@ class Transfer:
     format: str = ""
     fields: tuple[str, ...] | None = None
     obligations: Mapping[str, Any] = field(default_factory=dict)
+    masks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Provider, record sources: the masks the delivered form was made with."""
     decision_id: str = ""
     path: str = ""
     source_mtime_ns: int = 0
@@ -113,6 +115,7 @@ def _transfer(row: TransferRow) -> Transfer:
         format=row.format,
         fields=tuple(fields) if fields is not None else None,
         obligations=json.loads(row.obligations),
+        masks=json.loads(row.masks),
         decision_id=row.decision_id,
         path=row.path,
         source_mtime_ns=row.source_mtime_ns,
@@ -147,6 +150,7 @@ def _row(t: Transfer) -> TransferRow:
         format=t.format,
         fields=json.dumps(list(t.fields) if t.fields is not None else None),
         obligations=json.dumps(dict(t.obligations), sort_keys=True),
+        masks=json.dumps({k: dict(v) for k, v in t.masks.items()}, sort_keys=True),
         decision_id=t.decision_id,
         path=t.path,
         source_mtime_ns=t.source_mtime_ns,

@@ -15,3 +15,6 @@ decision := contract.decision if input.action == "contract.request"
 decision := usage.decision if input.action == "transfer.start"
 
 decision := usage.decision if input.action == "compute.run"
+
+# A stream: at subscribe and at every re-check while it runs (connector.transfer.streaming).
+decision := usage.decision if input.action == "stream.continue"

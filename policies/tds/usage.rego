@@ -63,13 +63,18 @@ agreement_denials contains "transfer_limit_reached" if {
 }
 
 agreement_denials contains "byte_limit_reached" if {
-	is_transfer
+	moves_bytes
 	over_limit(contract.max_bytes, context.bytes_used + object.get(context, "request_bytes", 0))
 }
 
 is_transfer if input.action == "transfer.start"
 
 is_compute if input.action == "compute.run"
+
+# Copies and streams count bytes against the agreement's byte limit; answers count ε.
+moves_bytes if is_transfer
+
+moves_bytes if input.action == "stream.continue"
 
 # How the agreement lets the product leave (agreements without the term are copies).
 delivery := object.get(contract, "delivery", ["copy"])

@@ -130,3 +130,36 @@ def test_orders_postgres_example_runs_as_its_readme_says(tmp_path: Path) -> None
     assert "finished: every step as described" in result.stdout
     assert "UNEXPECTED" not in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_flood_warning_example_runs_as_its_readme_says(tmp_path: Path) -> None:
+    """Needs NATS with JetStream (skipped with the reason when it does not answer)."""
+    from tests.sources.conftest import NATS_URL, _reachable
+
+    if why := _reachable(NATS_URL):
+        pytest.skip(f"NATS not reachable at {NATS_URL}: {why}")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        TDS_EXAMPLE_NATS_URL=NATS_URL,
+    )
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples" / "flood-warning" / "run.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "finished: every step as described" in result.stdout
+    for expected in (
+        "stopped: agreement_revoked",
+        '"kept_sequence": 300',
+        '"state": "SUSPENDED"',
+        "300 messages to sequence 300 in 15 windows",
+        "(deleted)",
+        "15 receipts match (15 of them stream windows)",
+    ):
+        assert expected in result.stdout, (expected, result.stdout)
+    assert "UNEXPECTED" not in result.stdout and "Traceback" not in result.stderr

@@ -21,10 +21,17 @@ from connector.audit.receipts import (
     sign_receipt,
 )
 from connector.audit.verify import reconcile, verify
+from connector.audit.window_receipts import (
+    WindowReceipt,
+    countersign_window,
+    parse_window,
+    sign_window,
+)
 from connector.cli.main import main
 from connector.demo.space import LocalSpace
 from connector.identity.certs import load_ed25519_private_key
 from connector.identity.names import Role
+from connector.sources.windows import Window, genesis_head
 from tests.integration.test_authentication import own_token, pem, raw_channel
 from tests.unit.audit.independent_note import verify_signed_note
 
@@ -77,6 +84,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
                     data={"i": i, "product": "p1"},
                 )
             la.checkpoint()
+        # Two windows of a stream a provides to b, each countersigned and in both logs.
+        head = genesis_head("ag-2").hex()
+        for index in range(2):
+            window = Window(
+                index, 10 * index + 1, 10 * index + 10, 10, 500, head, f"{index:02x}" * 32
+            )
+            head = window.head
+            signed = countersign_window(
+                sign_window(WindowReceipt("ag-2", "rain", "a", "b", window), signing_key(sp, "b")),
+                signing_key(sp, "a"),
+                keys.__getitem__,
+            )
+            for lg, other in ((la, "b"), (lb, "a")):
+                lg.record(
+                    "stream.window", parties=[other], data={"agreement": "ag-2", "receipt": signed}
+                )
+        la.checkpoint()
         aud = str(root / "aud.toml")
         assert (
             main(
@@ -132,7 +156,7 @@ def test_fetched_exports_verify_with_cosignatures(world: dict[str, object]) -> N
     assert isinstance(root, Path)
     report = verify(root / "exp-a", known=[known_note(world)])
     assert report.ok, report.problems
-    assert report.receipts == 4 and report.cosignatures == {"aud": 1}
+    assert report.receipts == 6 and report.cosignatures == {"aud": 1}
     assert report.checkpoints >= 4
     assert verify(root / "exp-b").ok
 
@@ -152,7 +176,7 @@ def test_reconcile_matches_receipts_in_both_logs(world: dict[str, object], tmp_p
     root = world["root"]
     assert isinstance(root, Path)
     result = reconcile(root / "exp-a", root / "exp-b")
-    assert result["ok"] and result["matched"] == 4
+    assert result["ok"] and result["matched"] == 6 and result["windows"] == 2
     # Drop one receipt from b's export: reconcile lists it.
     b = export(world, "exp-b", tmp_path)
     lines = (b / "entries.jsonl").read_bytes().splitlines(keepends=True)
@@ -388,3 +412,23 @@ def test_members_see_only_entries_naming_them(world: dict[str, object]) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.GetEntries(audit_pb2.GetEntriesRequest(start=0, end=5000), timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+def test_reconcile_pairs_stream_windows(world: dict[str, object], tmp_path: Path) -> None:
+    """A window receipt missing from one log, or altered in it, is listed."""
+    root = world["root"]
+    assert isinstance(root, Path)
+    b = export(world, "exp-b", tmp_path)
+    lines = (b / "entries.jsonl").read_bytes().splitlines(keepends=True)
+
+    def is_window(line: bytes, index: int) -> bool:
+        entry = json.loads(line)
+        return bool(
+            entry["kind"] == "stream.window"
+            and parse_window(entry["data"]["receipt"]).window.index == index
+        )
+
+    (b / "entries.jsonl").write_bytes(b"".join(ln for ln in lines if not is_window(ln, 1)))
+    result = reconcile(root / "exp-a", b)
+    assert not result["ok"] and result["only_in_a"] == [["ag-2", "window:1"]]
+    assert result["windows"] == 1

@@ -444,3 +444,27 @@ def test_a_module_a_replica_published_is_not_taken_again(world: LocalSpace) -> N
         replica.publish_many([Description(json.dumps(product(705)), "json"), broken])
     own = {p.id for p in gov_catalog.own_products()}
     assert not own & {"item-701", "item-702", "item-703", "item-704", "item-705"}
+
+
+def test_a_replica_decides_under_the_modules_another_replica_published(
+    world: LocalSpace,
+) -> None:
+    """Issue 21 (replicas): a product module published or replaced through one replica is
+    in force on another as soon as that one reads the product for a decision; before, it
+    was refused there (``provider_policy_missing``) or, replaced, decided under the old
+    version until a restart."""
+    first_engine, second_engine = CountingEngine(load_library()), CountingEngine(load_library())
+    first, second = twin(world, first_engine), twin(world, second_engine)
+    first.publish(with_module(611, "replica_rule"), fmt="json")
+    assert second_engine.revision != first_engine.revision
+    second.published("item-611", "o")
+    assert second_engine.revision == first_engine.revision
+    stricter = MODULE.format(name="replica_rule").replace("now_ns < 0", "now_ns > 0")
+    first.publish(with_module(611, "replica_rule", stricter), fmt="json", replace=True)
+    assert second_engine.revision != first_engine.revision
+    second.own("item-611")
+    assert second_engine.revision == first_engine.revision
+    taken = second_engine.updates
+    second.own("item-611")  # nothing new: no reload
+    second.published("item-612", "o")  # no such product: nothing to take in
+    assert second_engine.updates == taken

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -97,6 +98,18 @@ def plain(space: LocalSpace) -> str:
     return agree(space, "health", "lab", "admissions", approve=True)
 
 
+def confirmed(space: LocalSpace, who: str, computation: str, within: float = 10.0) -> bool:
+    """Whether ``who`` holds ``computation`` as confirmed, waiting up to ``within`` seconds."""
+    db = space.nodes[who].db
+    assert db is not None
+    deadline = time.monotonic() + within
+    while ComputationStore(db).get(computation).state != CONFIRMED:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def spent(space: LocalSpace, agreement: str) -> tuple[int, int]:
     db = space.nodes["health"].db
     assert db is not None
@@ -121,16 +134,15 @@ def test_an_answer_comes_with_a_receipt_both_sign_and_log(space: LocalSpace, pla
     assert receipt.suppressed == 1 and receipt.rows == 3 and receipt.epsilon_spent == 0
     assert receipt.source_state.startswith("sha256:")
     assert "GROUP BY district" in receipt.query
-    for who in ("health", "lab"):
+    # The countersignature reaches the provider after the answer, off its path.
+    for who in ("lab", "health"):
+        assert confirmed(space, who, r.computation_id)
         logged = [
             e["data"]["receipt"]
             for e in entries(space, who, "compute.receipt")
             if e["data"]["computation"] == r.computation_id
         ]
         assert logged == [r.receipt]
-    db = space.nodes["health"].db
-    assert db is not None
-    assert ComputationStore(db).get(r.computation_id).state == CONFIRMED
 
 
 @pytest.mark.parametrize(
@@ -311,3 +323,34 @@ def test_a_revoked_agreement_answers_nothing(space: LocalSpace) -> None:
         assert spent(space, agreement) == before
     finally:
         channel.close()
+
+
+def test_a_countersignature_owed_when_the_consumer_stops_is_sent_after_its_restart(
+    space: LocalSpace, plain: str
+) -> None:
+    from connector.compute.store import ANSWERED
+    from connector.node import Node
+
+    lab = space.nodes["lab"]
+    assert lab.asker is not None
+    # As if the consumer died right after answering: its record and log entry are
+    # committed, the confirmation not sent yet.
+    lab.asker.stop()
+    r = ask(space, plain, "SELECT district, count(*) FROM product GROUP BY district")
+    for who in ("lab", "health"):
+        db = space.nodes[who].db
+        assert db is not None
+        assert ComputationStore(db).get(r.computation_id).state == ANSWERED
+    lab.stop(grace=0)
+    restarted = Node(space.configs["lab"])
+    restarted.start()
+    space.nodes["lab"] = restarted
+    assert restarted.wait_ready(10)
+    for who in ("lab", "health"):
+        assert confirmed(space, who, r.computation_id), who
+    logged = [
+        e["data"]["receipt"]
+        for e in entries(space, "health", "compute.receipt")
+        if e["data"]["computation"] == r.computation_id
+    ]
+    assert logged == [r.receipt]

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,41 @@ def test_a_resumed_pull_gets_the_bytes_fixed_at_start(
         for e in entries(space, "gov", "transfer.started")
     }
     assert states[m.transfer_id] != states[fresh.transfer_id]
+
+
+def test_a_replica_runs_the_query_again_and_serves_only_the_recorded_bytes(
+    space: LocalSpace, database: Database, orders: str
+) -> None:
+    """Issue 21, item 4: a pull resumed on a replica that holds no staged copy runs the
+    query again; the same rows give the same bytes, changed rows fail the transfer."""
+    pid = f"replica-{orders[-12:]}"
+    _publish(space, pid, CONNECTION[database.dialect], _query(orders))
+    agreement = agree(space, "gov", "a", pid, approve=True)
+    member = _member(space)
+    m = member.StartTransfer(transfer_pb2.StartTransferRequest(agreement_id=agreement), timeout=20)
+    staged = space.nodes["gov"].cfg.data_dir / "transfers" / f"{m.transfer_id}.csv"
+    whole = staged.read_bytes()
+    staged.unlink()  # as on a replica that did not start the transfer
+
+    def pull(offset: int) -> bytes:
+        request = transfer_pb2.PullRequest(transfer_id=m.transfer_id, offset=offset)
+        return b"".join(c.data for c in member.Pull(request, timeout=20))
+
+    assert pull(17) == whole[17:]
+    assert hashlib.sha256(whole).hexdigest() == m.sha256
+    staged.unlink()
+    # Two pulls resumed at once on the replica make it once between them, the same bytes.
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(pull, (0, 5))) == [whole, whole[5:]]
+    staged.unlink()
+    database.run(f"UPDATE {orders} SET city = 'Changed' WHERE id = 2")  # noqa: S608
+    with pytest.raises(grpc.RpcError) as err:
+        pull(17)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "source changed since it started" in (err.value.details() or "")
+    (refused,) = _provider_transfers(space, agreement)
+    assert refused.state == "failed" and m.sha256 in refused.reason
+    assert not staged.exists()
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import pytest
 from connector._proto.tds.v1 import admin_pb2, transfer_pb2, transfer_pb2_grpc
 from connector.audit.receipts import Receipt, receipt_id, sign_receipt, verify_receipt
 from connector.demo.space import LocalSpace
-from connector.errors import ConnectorError, PermissionDenied
+from connector.errors import ConnectorError, PermissionDenied, PreconditionFailed
 from connector.identity.certs import load_ed25519_private_key
 from connector.identity.names import Role
 from connector.node.node import Node
@@ -164,6 +164,91 @@ def test_an_important_table_is_projected_and_masked_before_it_leaves(space: Loca
     # A second transfer under the same agreement delivers the same pseudonyms.
     again = consumer(space).receiver.run(agreement)  # type: ignore[union-attr]
     assert Path(again.path).read_text() == text
+
+
+def test_a_replica_without_the_staged_table_makes_it_again_and_serves_the_same_bytes(
+    space: LocalSpace,
+) -> None:
+    """Replicas share the database, not a disk (issue 21, item 4): a pull resumed where the
+    delivered form was never staged gets it made again, masks and all, under the recorded
+    SHA-256."""
+    agreement = agree(space, "gov", "a", "flows", approve=True)
+    receiver = consumer(space).receiver
+    assert receiver is not None
+    t = receiver.start(agreement)
+    staged = space.nodes["gov"].cfg.data_dir / "transfers" / f"{t.id}.csv"
+    first = staged.read_bytes()
+    staged.unlink()  # as on a replica that did not start the transfer
+    done = receiver.run(transfer_id=t.id)
+    assert done.state == "completed"
+    assert Path(done.path).read_bytes() == first  # the bytes fixed at start
+    assert hashlib.sha256(first).hexdigest() == t.sha256
+    assert [e for e in entries(space, "gov", "transfer.receipt") if e["data"]["transfer"] == t.id]
+
+
+def test_staged_forms_are_swept_once_their_transfer_ended_on_any_replica(
+    space: LocalSpace,
+) -> None:
+    """Each replica removes its staged copies of transfers the shared record says have
+    ended, and copies a start left without a record, once they are old."""
+    agreement = agree(space, "gov", "a", "flows", approve=True)
+    receiver = consumer(space).receiver
+    provider = space.nodes["gov"].transfers
+    assert receiver is not None and provider is not None
+    where = space.nodes["gov"].cfg.data_dir / "transfers"
+    running = receiver.start(agreement)
+    done = receiver.run(agreement)
+    old, fresh = where / "tr-orphan-old.csv", where / "tr-orphan-fresh.csv"
+    for orphan in (old, fresh):
+        orphan.write_bytes(b"time\n")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    provider.sweep_staging()
+    assert (where / f"{running.id}.csv").exists()  # still to be pulled
+    assert not (where / f"{done.id}.csv").exists()
+    assert not old.exists() and fresh.exists()
+    receiver.terminate(running.id, "not needed")
+    provider.sweep_staging()
+    assert not (where / f"{running.id}.csv").exists()
+    fresh.unlink()
+
+
+def test_a_table_changed_before_a_replica_makes_it_again_is_refused(space: LocalSpace) -> None:
+    agreement = agree(space, "gov", "a", "flows", approve=True)
+    receiver = consumer(space).receiver
+    assert receiver is not None
+    t = receiver.start(agreement)
+    staged = space.nodes["gov"].cfg.data_dir / "transfers" / f"{t.id}.csv"
+    staged.unlink()
+    path = space.data / "flows.csv"  # type: ignore[attr-defined]
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original.replace(b"08:07", b"09:07"))  # an unmasked field
+        with pytest.raises(PreconditionFailed, match="source changed since it started"):
+            receiver.run(transfer_id=t.id)
+    finally:
+        path.write_bytes(original)
+    provider_side = space.nodes["gov"].transfers._store.get(t.id)  # type: ignore[union-attr]
+    assert provider_side.state == "failed" and t.sha256 in provider_side.reason
+    assert not staged.exists()  # the other bytes are not kept
+    assert not [
+        e for e in entries(space, "gov", "transfer.receipt") if e["data"]["transfer"] == t.id
+    ]
+
+
+def test_a_replicas_own_copy_of_a_file_is_served_when_its_digest_matches(
+    space: LocalSpace,
+) -> None:
+    """Another replica's copy of a file has its own mtime: the same bytes are served."""
+    agreement = agree(space, "gov", "a", "big")
+    receiver = consumer(space).receiver
+    assert receiver is not None
+    t = receiver.start(agreement)
+    path = space.data / "big.bin"  # type: ignore[attr-defined]
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    done = receiver.run(transfer_id=t.id)
+    assert done.state == "completed"
+    assert hashlib.sha256(Path(done.path).read_bytes()).hexdigest() == t.sha256
 
 
 def test_concurrent_starts_cannot_exceed_the_transfer_limit(space: LocalSpace) -> None:

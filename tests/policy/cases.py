@@ -189,6 +189,15 @@ def start(**kw: Any) -> dict[str, Any]:
     return doc("transfer.start", **kw)
 
 
+def stream(**kw: Any) -> dict[str, Any]:
+    """A running stream's re-check: no transfer count, one more byte wanted."""
+    document = doc("stream.continue", **kw)
+    document["contract"].pop("max_transfers", None)
+    document["context"].pop("transfers_used", None)
+    document["context"].setdefault("request_bytes", 1)
+    return document
+
+
 def without(document: dict[str, Any], section: str, key: str) -> dict[str, Any]:
     out = copy.deepcopy(document)
     del out[section][key]
@@ -798,6 +807,46 @@ CASES: list[Case] = [
     Case(
         "input with a count given as a boolean",
         start(ctx=context(transfers_used=False)),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    # -- streams: decided at subscribe and re-checked while they run ---------------------
+    Case("stream continues under a valid agreement", stream(), True),
+    Case(
+        "stream stops when the agreement is revoked",
+        stream(con=contract(revoked=True)),
+        False,
+        frozenset({"agreement_revoked"}),
+    ),
+    Case(
+        "stream stops past the agreement's end",
+        stream(con=contract(valid_until_ns=NOW - 1)),
+        False,
+        frozenset({"agreement_expired"}),
+    ),
+    Case(
+        "stream stops when its bytes are used",
+        stream(con=contract(max_bytes=500), ctx=context(bytes_used=500)),
+        False,
+        frozenset({"byte_limit_reached"}),
+    ),
+    Case(
+        "stream goes on below its byte limit",
+        stream(con=contract(max_bytes=500), ctx=context(bytes_used=499)),
+        True,
+    ),
+    Case(
+        "stream of personal data stops when consent is withdrawn",
+        stream(
+            res=resource(personal=True),
+            ctx=context(consent={**CONSENT, "withdrawn": True}),
+        ),
+        False,
+        frozenset({"consent_withdrawn"}),
+    ),
+    Case(
+        "stream input without its byte count",
+        without(stream(), "context", "bytes_used"),
         False,
         frozenset({"invalid_input"}),
     ),

@@ -295,3 +295,26 @@ def test_two_consumers_of_one_feed_each_get_all_of_it_at_their_own_pace(
     for got in (got_fast, got_slow):
         check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, got)
         assert [r.row[1] for r in got] == list(range(25))
+
+
+def test_an_idle_subscription_polled_briefly_keeps_its_consumer(
+    jetstream: JetStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch fetch that gets nothing raises asyncio's TimeoutError in nats-py (not its
+    own): an empty fetch, not a lost connection. Before, each one reconnected (a new
+    broker-side consumer, at most one a second), so a quiet stream polled every 50 ms
+    churned consumers and delivered in bursts a second apart."""
+    caplog.set_level(logging.INFO, logger="connector.sources.nats")
+    subject = jetstream.stream(max_age=3600)
+    source = NatsStreamSource(NatsConnection("weather", jetstream.url), subject, ["a"])
+    jetstream.publish_json(subject, *({"a": i} for i in range(5)))
+    with source.subscribe(0) as sub:
+        assert [r.sequence for r in take(sub, 5)] == [1, 2, 3, 4, 5]
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert sub.poll(0.05) is None
+        jetstream.publish_json(subject, {"a": 5})
+        started = time.monotonic()
+        assert [r.sequence for r in take(sub, 1)] == [6]
+        assert time.monotonic() - started < 0.5
+    assert "reconnecting" not in caplog.text

@@ -8,6 +8,8 @@ import pytest
 
 from connector.config import load_config, render_config
 from connector.errors import ConfigError
+from connector.sources.mqtt_connection import MqttConnection
+from connector.sources.nats_connection import NatsConnection
 
 GOOD = """
 data_dir = "data/a"
@@ -142,6 +144,53 @@ def test_sources_become_connections_and_round_trip(tmp_path: Path) -> None:
     assert (crm.dialect, crm.fetch_rows, crm.pool_size) == ("mysql", 100, 4)
     again = load_config(write(tmp_path, render_config(cfg)))
     assert again == cfg
+
+
+BROKERS = """
+[sources.weather]
+url = "nats://tds:n4ts-pw@127.0.0.1:4222"
+buffer_messages = 128
+[sources.sensors]
+url = "mqtt://127.0.0.1:1883"
+client_id = "tds-city"
+replay_messages = 500
+max_lag_messages = 400
+[sources.decentral]
+url = "tls://nats.internal:4222"
+credentials_file = "/etc/tds/nats.creds"
+"""
+
+
+def test_brokers_become_stream_connections_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + BROKERS))
+    weather, sensors = cfg.sources["weather"], cfg.sources["sensors"]
+    assert isinstance(weather, NatsConnection) and weather.buffer_messages == 128
+    assert isinstance(sensors, MqttConnection)
+    assert (sensors.client_id, sensors.replay_messages) == ("tds-city", 500)
+    decentral = cfg.sources["decentral"]
+    assert isinstance(decentral, NatsConnection)
+    assert decentral.credentials_file == "/etc/tds/nats.creds"
+    assert load_config(write(tmp_path, render_config(cfg))) == cfg
+    for shown in (repr(cfg), str(cfg), weather.safe_url()):
+        assert "n4ts-pw" not in shown
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ('url = "nats://h:4222"\nclient_id = "x"', "unknown field sources.x.client_id"),
+        ('url = "nats://h:4222"\ncredentials_file = 3', "sources.x.credentials_file must be a str"),
+        ('url = "mqtt://h"\nqos = 3', "sources.x.qos must be 0, 1 or 2"),
+        ('url = "mqtt://h"\nreplay_messages = 0', "sources.x.replay_messages must be a positive"),
+        ('url = "nats://u:pw@h:4222"\ncredentials_file = "c"', "not both"),
+    ],
+)
+def test_bad_brokers_name_the_field_and_never_the_password(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, GOOD + "\n[sources.x]\n" + table + "\n"))
+    assert "pw" not in str(caught.value)
 
 
 def test_a_config_without_sources_has_none(tmp_path: Path) -> None:

@@ -164,9 +164,10 @@ def test_an_sql_source_names_a_connection_and_a_query() -> None:
         ({**SQL, "path": "x.csv"}, "source.path does not apply to an sql source"),
         ({**SQL, "format": "parquet"}, "a sql source needs format"),
         ({**SQL, "url": "postgresql://u:p@h/db"}, "unknown field product.source.url"),
-        ({"kind": "file", "path": "x", "query": "SELECT 1"}, "query applies to sql sources only"),
-        ({"kind": "table", "path": "x", "format": "csv", "connection": "c"}, "sql sources only"),
-        ({"kind": "kafka", "path": "x"}, "kind must be one of file, table, sql"),
+        ({"kind": "file", "path": "x", "query": "SELECT 1"}, "query applies to sql and stream"),
+        ({"kind": "table", "path": "x", "format": "csv", "connection": "c"}, "sql and stream"),
+        ({"kind": "kafka", "path": "x"}, "kind must be one of file, table, sql, stream"),
+        ({**SQL, "subject": "rain"}, "source.subject applies to stream sources only"),
     ],
 )
 def test_bad_sql_sources_are_refused(source: dict[str, Any], message: str) -> None:
@@ -181,3 +182,67 @@ def test_the_listing_form_of_an_sql_product_has_no_connection_or_query() -> None
         product, source=dataclasses.replace(product.source, connection="", query="")
     )
     assert Product.from_json(listed.to_json()).source == Source(kind="sql", format="csv")
+
+
+STREAM = {"kind": "stream", "connection": "weather", "subject": "rain.gauges"}
+
+
+def mutate_stream(source: dict[str, Any], fields: list[str], **offer: Any) -> str:
+    """The example as a stream product of ``fields`` (its offer without field policy)."""
+    base = {
+        k: v for k, v in example()["offers"][0].items() if k not in ("permitted_fields", "masks")
+    }
+    return mutate(source=source, fields=fields, grade="general", offers=[{**base, **offer}])
+
+
+def test_a_stream_source_names_a_connection_and_a_subject_or_topic() -> None:
+    product = parse_description(
+        mutate_stream(STREAM, ["station", "operator", "mm"]), owner="city-gov"
+    )
+    assert product.source == Source(
+        kind="stream", format="jsonl", connection="weather", subject="rain.gauges"
+    )
+    assert Product.from_json(product.to_json()) == product
+    mqtt = {"kind": "stream", "connection": "sensors", "topic": "city/air/+/pm25"}
+    product = parse_description(mutate_stream(mqtt, ["pm25"]), owner="city-gov")
+    assert (product.source.topic, product.source.subject) == ("city/air/+/pm25", "")
+
+
+def test_stream_offers_take_field_lists_and_masks() -> None:
+    text = mutate_stream(
+        STREAM,
+        ["station", "operator", "mm"],
+        permitted_fields=["station", "mm"],
+        masks={"station": "hash"},
+    )
+    product = parse_description(text, owner="city-gov")
+    assert product.offers[0].permitted_fields == ("station", "mm")
+
+
+@pytest.mark.parametrize(
+    "source, fields, message",
+    [
+        ({**STREAM, "connection": ""}, ["a"], "a stream source needs source.connection"),
+        ({**STREAM, "subject": ""}, ["a"], "a stream source needs source.connection"),
+        ({**STREAM, "topic": "a/b"}, ["a"], "a subject .* or a topic .*, not both"),
+        ({**STREAM, "path": "x"}, ["a"], "source.path does not apply to a stream source"),
+        ({**STREAM, "query": "SELECT 1"}, ["a"], "source.query does not apply to a stream"),
+        ({**STREAM, "format": "csv"}, ["a"], "delivered as JSON Lines"),
+        (STREAM, [], "a stream source needs the product's fields"),
+        (STREAM, ["a", "a"], "each named once"),
+        ({"kind": "table", "path": "x", "format": "csv", "topic": "t"}, ["a"], "stream sources"),
+    ],
+)
+def test_bad_stream_sources_are_refused(
+    source: dict[str, Any], fields: list[str], message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_description(mutate_stream(source, fields), owner="city-gov")
+
+
+def test_the_listing_form_of_a_stream_product_has_no_connection_or_subject() -> None:
+    product = parse_description(mutate_stream(STREAM, ["a"]), owner="city-gov")
+    listed = dataclasses.replace(
+        product, source=dataclasses.replace(product.source, connection="", subject="")
+    )
+    assert Product.from_json(listed.to_json()).source == Source(kind="stream", format="jsonl")

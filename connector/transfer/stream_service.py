@@ -1,0 +1,125 @@
+"""``StreamService``: the provider's Subscribe, and the consumer admin's Follow and list."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
+from connector.rpc.auth import Access, current_caller
+from connector.rpc.server import Service
+from connector.transfer.store import CONSUMER
+from connector.transfer.stream_store import StreamStore
+from connector.transfer.streaming import StreamProvider
+from connector.transfer.subscriber import StreamConsumer, StreamProgress
+
+__all__ = ["StreamServicer", "stream_service"]
+
+
+def _event(p: StreamProgress) -> stream_pb2.FollowEvent:
+    return stream_pb2.FollowEvent(
+        event=p.event,
+        agreement_id=p.agreement_id,
+        messages=p.messages,
+        bytes=p.bytes,
+        last_sequence=p.last_sequence,
+        window=p.window,
+        kept_sequence=p.kept_sequence,
+        detail=p.detail,
+    )
+
+
+class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
+    """Serves both roles: streams this connector provides and streams it receives."""
+
+    def __init__(
+        self, provider: StreamProvider, consumer: StreamConsumer, store: StreamStore
+    ) -> None:
+        self._provider = provider
+        self._consumer = consumer
+        self._store = store
+
+    def Subscribe(
+        self, request_iterator: Iterator[stream_pb2.SubscribeUp], context: Any
+    ) -> Iterator[stream_pb2.SubscribeDown]:
+        """Consumer → provider."""
+        yield from self._provider.subscribe(current_caller(), request_iterator, context.is_active)
+
+    def Follow(
+        self, request: stream_pb2.FollowRequest, context: Any
+    ) -> Iterator[stream_pb2.FollowEvent]:
+        """Admin → own connector. Cancelling the call suspends the subscription."""
+        stop = threading.Event()
+        context.add_callback(stop.set)
+        events: list[StreamProgress] = []
+        lock = threading.Condition()
+
+        def sink(p: StreamProgress) -> None:
+            with lock:
+                events.append(p)
+                lock.notify()
+
+        outcome: dict[str, Any] = {}
+
+        def follow() -> None:
+            try:
+                outcome["last"] = self._consumer.follow(
+                    request.agreement_id, stop=stop, progress=sink
+                )
+            except BaseException as exc:  # handed to the call's thread below
+                outcome["error"] = exc
+            finally:
+                with lock:
+                    outcome["done"] = True
+                    lock.notify()
+
+        worker = threading.Thread(target=follow, daemon=True, name="stream-follow")
+        worker.start()
+        while True:
+            with lock:
+                while not events and "done" not in outcome:
+                    lock.wait()
+                batch, events[:] = list(events), []
+                done = "done" in outcome
+            for p in batch:
+                yield _event(p)
+            if done:
+                break
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield _event(outcome["last"])
+
+    def ListStreams(
+        self, request: stream_pb2.ListStreamsRequest, context: Any
+    ) -> stream_pb2.ListStreamsResponse:
+        """Admin → own connector: the streams it receives."""
+        out = []
+        for s in self._store.all(CONSUMER):
+            out.append(
+                stream_pb2.StreamHolding(
+                    agreement_id=s.agreement_id,
+                    product_id=s.product,
+                    provider=s.counterparty,
+                    state=s.state,
+                    reason=s.reason,
+                    kept_sequence=s.acked_sequence,
+                    windows=s.next_window,
+                    messages=s.messages,
+                    bytes=s.bytes,
+                    path=s.path,
+                    deleted=bool(s.deleted_ms),
+                )
+            )
+        return stream_pb2.ListStreamsResponse(streams=out)
+
+
+def stream_service(servicer: StreamServicer) -> Service:
+    """``StreamService`` with its access table."""
+    return Service(
+        "tds.v1.StreamService",
+        stream_pb2_grpc.add_StreamServiceServicer_to_server,
+        servicer,
+        {"Subscribe": Access.MEMBER, "Follow": Access.ADMIN, "ListStreams": Access.ADMIN},
+    )

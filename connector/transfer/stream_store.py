@@ -1,0 +1,281 @@
+"""Each side's record of the stream under an agreement, its windows, and stream metering.
+
+One :class:`StreamState` row per (agreement, role): STARTED while a subscription runs,
+SUSPENDED between subscriptions, TERMINATED for good; and where the chain resumes (the last
+countersigned window's last sequence, head and the next window's index). Windows are kept
+with their countersigned receipts. Recording a window and moving the resume point happen in
+one transaction, and only from the resume point the window starts at: two subscriptions of
+one agreement (two replicas) cannot both record a window, so the chain never forks.
+
+Metering adds each message to the agreement's ``metering`` row (messages and bytes, the
+same bytes copies count) in one conditional UPDATE, so the agreement's byte limit holds
+across concurrent subscriptions and replicas sharing PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import CursorResult, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from connector.errors import NotFound, PreconditionFailed
+from connector.sources.windows import Window
+from connector.store.database import Database
+from connector.store.models import MeteringRow, StreamSubscriptionRow, StreamWindowRow
+
+__all__ = ["STREAM_STATES", "StreamState", "StreamStore"]
+
+STARTED = "STARTED"
+SUSPENDED = "SUSPENDED"
+TERMINATED = "TERMINATED"
+STREAM_STATES = (STARTED, SUSPENDED, TERMINATED)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """One side's stream under one agreement."""
+
+    agreement_id: str
+    role: str
+    counterparty: str
+    product: str
+    state: str
+    reason: str
+    acked_sequence: int
+    acked_head: str
+    next_window: int
+    messages: int
+    bytes: int
+    path: str = ""
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    updated_ms: int = 0
+    deleted_ms: int = 0
+
+
+def _state(row: StreamSubscriptionRow) -> StreamState:
+    return StreamState(
+        agreement_id=row.agreement_id,
+        role=row.role,
+        counterparty=row.counterparty,
+        product=row.product,
+        state=row.state,
+        reason=row.reason,
+        acked_sequence=row.acked_sequence,
+        acked_head=row.acked_head,
+        next_window=row.next_window,
+        messages=row.messages,
+        bytes=row.bytes,
+        path=row.path,
+        obligations=json.loads(row.obligations),
+        updated_ms=row.updated_ms,
+        deleted_ms=row.deleted_ms,
+    )
+
+
+class StreamStore:
+    """Stream states and windows of both roles, and the provider's stream metering."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get(self, agreement_id: str, role: str) -> StreamState:
+        """The stream of ``agreement_id`` on this side, or ``NotFound``."""
+        with self._db.session() as s:
+            row = s.get(StreamSubscriptionRow, (agreement_id, role))
+            if row is None:
+                raise NotFound(f"no stream under agreement {agreement_id!r}")
+            return _state(row)
+
+    def all(self, role: str | None = None) -> list[StreamState]:
+        """Every stream of this connector (of ``role`` if given)."""
+        with self._db.session() as s:
+            query = select(StreamSubscriptionRow)
+            if role is not None:
+                query = query.where(StreamSubscriptionRow.role == role)
+            return [_state(r) for r in s.exec(query).all()]
+
+    def ensure(
+        self,
+        agreement_id: str,
+        role: str,
+        *,
+        counterparty: str,
+        product: str,
+        genesis: str,
+        now_ms: int,
+        path: str = "",
+        obligations: Mapping[str, Any] | None = None,
+    ) -> StreamState:
+        """The stream's row, created SUSPENDED at the chain's genesis if there is none."""
+        try:
+            with self._db.session() as s:
+                if s.get(StreamSubscriptionRow, (agreement_id, role)) is None:
+                    s.add(
+                        StreamSubscriptionRow(
+                            agreement_id=agreement_id,
+                            role=role,
+                            counterparty=counterparty,
+                            product=product,
+                            state=SUSPENDED,
+                            acked_head=genesis,
+                            path=path,
+                            obligations=json.dumps(dict(obligations or {}), sort_keys=True),
+                            updated_ms=now_ms,
+                        )
+                    )
+        except IntegrityError:
+            pass  # a concurrent subscription created it
+        return self.get(agreement_id, role)
+
+    def set_state(self, agreement_id: str, role: str, state: str, reason: str, now_ms: int) -> None:
+        """Move to ``state``; a TERMINATED stream stays so."""
+        with self._db.session() as s:
+            row = s.get(StreamSubscriptionRow, (agreement_id, role))
+            if row is None or row.state == TERMINATED:
+                return
+            row.state, row.reason, row.updated_ms = state, reason[:512], now_ms
+
+    def mark_deleted(self, agreement_id: str, role: str, now_ms: int) -> None:
+        """Record that the holding was deleted."""
+        with self._db.session() as s:
+            row = s.get(StreamSubscriptionRow, (agreement_id, role))
+            if row is not None:
+                row.deleted_ms = now_ms
+
+    def acknowledge(
+        self, agreement_id: str, role: str, window: Window, receipt: str, now_ms: int
+    ) -> None:
+        """Record a countersigned window and resume after it; ``PreconditionFailed`` if the
+        stream's resume point is no longer the window's start (another subscription moved
+        it)."""
+        c = StreamSubscriptionRow.__table__.c  # type: ignore[attr-defined]
+        with self._db.session() as s:
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(StreamSubscriptionRow.__table__)  # type: ignore[attr-defined]
+                .where(c.agreement_id == agreement_id)
+                .where(c.role == role)
+                .where(c.next_window == window.index)
+                .where(c.acked_head == window.start_head)
+                .values(
+                    acked_sequence=window.last_sequence,
+                    acked_head=window.head,
+                    next_window=window.index + 1,
+                    messages=c.messages + window.count,
+                    bytes=c.bytes + window.bytes,
+                    updated_ms=now_ms,
+                )
+            )
+            if result.rowcount != 1:
+                s.rollback()
+                raise PreconditionFailed(
+                    f"window {window.index} of agreement {agreement_id} does not follow the "
+                    "last acknowledged window (another subscription of the agreement ran)"
+                )
+            s.add(
+                StreamWindowRow(
+                    agreement_id=agreement_id,
+                    role=role,
+                    window_index=window.index,
+                    first_sequence=window.first_sequence,
+                    last_sequence=window.last_sequence,
+                    count=window.count,
+                    bytes=window.bytes,
+                    start_head=window.start_head,
+                    head=window.head,
+                    receipt=receipt,
+                    created_ms=now_ms,
+                )
+            )
+
+    def windows(self, agreement_id: str, role: str) -> list[tuple[Window, str]]:
+        """The countersigned windows of a stream, in order, with their receipts."""
+        with self._db.session() as s:
+            rows = s.exec(
+                select(StreamWindowRow)
+                .where(StreamWindowRow.agreement_id == agreement_id)
+                .where(StreamWindowRow.role == role)
+                .order_by(StreamWindowRow.window_index)  # type: ignore[arg-type]
+            ).all()
+            return [
+                (
+                    Window(
+                        r.window_index,
+                        r.first_sequence,
+                        r.last_sequence,
+                        r.count,
+                        r.bytes,
+                        r.start_head,
+                        r.head,
+                    ),
+                    r.receipt,
+                )
+                for r in rows
+            ]
+
+    # -- provider: metering -------------------------------------------------------------
+
+    def meter(
+        self,
+        agreement_id: str,
+        *,
+        consumer: str,
+        product: str,
+        max_transfers: int,
+        max_bytes: int,
+        size: int,
+        now_ms: int,
+        messages: int = 1,
+    ) -> bool:
+        """Count ``messages`` messages of ``size`` bytes in all; ``False`` (nothing
+        counted) when that would pass the agreement's byte limit."""
+        c = MeteringRow.__table__.c  # type: ignore[attr-defined]
+        for _ in range(2):
+            with self._db.session() as s:
+                result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                    update(MeteringRow.__table__)  # type: ignore[attr-defined]
+                    .where(c.agreement_id == agreement_id)
+                    .where((c.max_bytes == 0) | (c.bytes + size <= c.max_bytes))
+                    .values(messages=c.messages + messages, bytes=c.bytes + size, updated_ms=now_ms)
+                )
+                if result.rowcount == 1:
+                    return True
+                if s.get(MeteringRow, agreement_id) is not None:
+                    return False
+            try:  # the agreement's first message: its row, then count again
+                with self._db.session() as s:
+                    s.add(
+                        MeteringRow(
+                            agreement_id=agreement_id,
+                            consumer=consumer,
+                            product=product,
+                            max_transfers=max_transfers,
+                            max_bytes=max_bytes,
+                            updated_ms=now_ms,
+                        )
+                    )
+            except IntegrityError:
+                pass  # a concurrent subscription or transfer created it
+        return False
+
+    def refund(self, agreement_id: str, messages: int, size: int, now_ms: int) -> None:
+        """Give back what was counted ahead and not sent (see ``meter``'s callers)."""
+        if not messages and not size:
+            return
+        c = MeteringRow.__table__.c  # type: ignore[attr-defined]
+        with self._db.session() as s:
+            s.execute(
+                update(MeteringRow.__table__)  # type: ignore[attr-defined]
+                .where(c.agreement_id == agreement_id)
+                .values(messages=c.messages - messages, bytes=c.bytes - size, updated_ms=now_ms)
+            )
+
+    def usage(self, agreement_id: str) -> tuple[int, int]:
+        """(messages, bytes) metered under an agreement (bytes include copies')."""
+        with self._db.session() as s:
+            row = s.get(MeteringRow, agreement_id)
+            return (row.messages, row.bytes) if row else (0, 0)

@@ -1,0 +1,593 @@
+"""The provider's side of a stream: Subscribe under an agreement, policed continuously.
+
+One subscription (``StreamService.Subscribe``), in order:
+
+1. the agreement is the caller's, FINALIZED and verified (as for copies); the product is
+   still published and is a ``stream``; ``from_sequence`` is exactly where the stream's
+   last countersigned window ended (0 the first time): earlier would deliver again what
+   the consumer already acknowledged, later would skip what it never did;
+2. the usage policy decides ``stream.continue`` (logged); the source is subscribed after
+   ``from_sequence`` (a broker that is down is ``UNAVAILABLE``, what the source no longer
+   holds is ``FAILED_PRECONDITION`` saying how much is lost); ``stream.started`` is logged
+   and the stream is STARTED;
+3. each record is projected and masked as a table's rows are
+   (:func:`connector.sources.delivered.record_projector`), metered (messages and the bytes
+   of its canonical JSON, in one conditional UPDATE that holds the agreement's byte limit),
+   sent with its sequence and the one before it, and linked into the hash chain;
+4. every ``window_messages`` records or ``window_seconds`` the provider proposes the
+   window; the consumer answers with its signed receipt, which must be of exactly that
+   window: the provider checks it, countersigns, stores it (the resume point moves) and
+   logs ``stream.window``, then sends it back. A receipt that differs or does not verify
+   is logged (``stream.window_refused``) and ends the subscription; so does a window not
+   signed within ``ack_timeout_seconds``. At most ``max_unsigned_windows`` windows are
+   sent ahead of the consumer's receipts: a consumer that stops signing stops the flow,
+   and the broker (not this process) keeps what waits;
+5. at least every 0.25 s, record or not, the agreement is checked again: revoked, past its
+   end, the consumer or its grant on the operator's revocation list, consent withdrawn,
+   the byte limit reached, anything the policy denies (``stream.continue``; a re-check that
+   allows is not logged one by one, the one that stops is). A stop is logged
+   (``stream.stopped``: what was sent, the last sequence, why) and the stream TERMINATED.
+
+A subscription that ends any other way (the consumer left, fell behind, the source lost
+records) leaves the stream SUSPENDED with the reason; the consumer resumes from its last
+countersigned window and gets again what it received after it, which it had not kept yet.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import stream_pb2
+from connector.audit import jws
+from connector.audit.canonical import canonical_json
+from connector.audit.log import AuditLog
+from connector.audit.window_receipts import countersign_window, parse_window
+from connector.catalog.catalog import Catalog
+from connector.catalog.products import Product
+from connector.clock import Clock
+from connector.config import StreamConfig
+from connector.consent.register import ConsentLookup, no_consent
+from connector.errors import (
+    ConnectorError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+    VerificationError,
+)
+from connector.negotiation.agreement import Agreement
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore
+from connector.negotiation.stored import StoredAgreements
+from connector.policy.decision import Decision
+from connector.policy.inputs import build_input, subject_of
+from connector.policy.point import PolicyPoint
+from connector.rpc.auth import Caller
+from connector.sources.base import Subscription
+from connector.sources.delivered import record_projector
+from connector.sources.streams import StreamSources
+from connector.sources.windows import HashChain, Window, WindowAccumulator, genesis_head
+from connector.transfer.masking import agreement_mask_key
+from connector.transfer.store import PROVIDER
+from connector.transfer.stream_store import STARTED, SUSPENDED, TERMINATED, StreamStore
+
+__all__ = ["StreamProvider"]
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 0.25
+"""How often a running stream re-checks the agreement and the policy (issue 20: ≤ 0.25 s)."""
+
+_POLL_SECONDS = 0.05
+"""Longest wait on the source between checks of the consumer's receipts."""
+
+_BLOCK_MESSAGES = 256
+_BLOCK_BYTES = 256 * 1024
+"""Metering is counted ahead in blocks of this many messages and bytes (see _count)."""
+
+_END = object()
+"""Queued by the receipt reader when the consumer closed its side of the call."""
+
+
+class _Ended(Exception):
+    """The subscription ends: ``state`` (SUSPENDED or TERMINATED) for ``reason``."""
+
+    def __init__(self, state: str, reason: str, error: ConnectorError) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+        self.error = error
+
+
+@dataclass
+class _Run:
+    """What one subscription has done so far (for the log when it ends)."""
+
+    agreement: Agreement
+    product: Product
+    consumer: str
+    subject: dict[str, Any]
+    revoked_grants: list[str]
+    started_ms: int
+    sent: int = 0
+    sent_bytes: int = 0
+    last_sequence: int = 0
+    ahead_messages: int = 0
+    """Messages metered ahead and not sent yet."""
+    ahead_bytes: int = 0
+
+
+class StreamProvider:
+    """Serves subscriptions to this connector's stream products under its agreements."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        settings: StreamConfig,
+        mask_secret: bytes,
+        store: StreamStore,
+        negotiations: NegotiationStore,
+        catalog: Catalog,
+        policy: PolicyPoint,
+        audit: AuditLog,
+        clock: Clock,
+        signing_key: ed25519.Ed25519PrivateKey,
+        keys: jws.KeyLookup,
+        sources: StreamSources,
+        revoked: Callable[[str, str, int], str | None],
+        consent: ConsentLookup = no_consent,
+    ) -> None:
+        self._me = participant
+        self._settings = settings
+        self._mask_secret = mask_secret
+        self._store = store
+        self._negotiations = negotiations
+        self._catalog = catalog
+        self._policy = policy
+        self._audit = audit
+        self._clock = clock
+        self._key = signing_key
+        self._keys = keys
+        self._sources = sources
+        self._revoked = revoked
+        self._consent = consent
+        self._stored = StoredAgreements(
+            participant=participant, signing_key=signing_key, keys=keys, audit=audit
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def _agreement(self, caller: Caller, agreement_id: str) -> tuple[Agreement, bool]:
+        try:
+            n = self._negotiations.by_agreement(agreement_id)
+        except NotFound:
+            raise NotFound(f"no agreement {agreement_id!r} with you") from None
+        if n.role != PROVIDER or n.counterparty != caller.participant or not n.agreement:
+            raise NotFound(f"no agreement {agreement_id!r} with you")
+        if n.state != State.FINALIZED:
+            raise PreconditionFailed(
+                f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
+                "negotiation first"
+            )
+        return self._stored.verified(n, "stream.subscribe"), bool(n.revocation)
+
+    def _document(self, run: _Run, revoked: bool) -> dict[str, Any]:
+        agreement = run.agreement
+        contract: dict[str, Any] = {
+            "id": agreement.id,
+            "purpose": agreement.purpose,
+            "valid_from_ns": agreement.valid_from_ns,
+            "valid_until_ns": agreement.valid_until_ns,
+            "max_bytes": agreement.max_bytes,
+            "revoked": revoked,
+            "obligations": dict(agreement.obligations),
+            "masks": dict(agreement.masks),
+        }
+        if agreement.permitted_fields is not None:
+            contract["permitted_fields"] = list(agreement.permitted_fields)
+        _, bytes_used = self._store.usage(agreement.id)
+        offer = run.product.offer(agreement.offer)
+        return build_input(
+            "stream.continue",
+            subject=run.subject,
+            resource=run.product.resource(),
+            clock=self._clock,
+            offer={"id": offer.id, "policy_module": offer.policy_module},
+            contract=contract,
+            context={
+                "bytes_used": bytes_used,
+                # At least one more byte must be allowed for the stream to go on.
+                "request_bytes": 1,
+                "revoked": revoked,
+                "revoked_grants": run.revoked_grants,
+                "consent": dict(self._consent(run.consumer, run.product.id, agreement.purpose)),
+            },
+        )
+
+    def _stop_reason(self, run: _Run) -> str | None:
+        """Why the stream must stop now, or ``None`` (any doubt stops it)."""
+        try:
+            if self._store.get(run.agreement.id, PROVIDER).state == TERMINATED:
+                return "terminated by the provider"
+            n = self._negotiations.by_agreement(run.agreement.id)
+            if n.revocation:
+                return "agreement_revoked"
+            revoked = self._revoked(run.consumer, run.product.id, run.started_ms)
+            if revoked:
+                return revoked
+            self._stored.verified(n, "stream.continue")
+            current = self._catalog.published(run.agreement.product, run.agreement.offer)
+            if current is None:
+                return "product_withdrawn"
+            document = self._document(run, revoked=False)
+            if self._policy.engine.decide(document).allow:
+                return None
+            # The decision that stops the stream is logged like any other.
+            decision = self._policy.decide(document)
+            return ", ".join(decision.deny) or "denied"
+        except ConnectorError as exc:
+            return f"cannot confirm the stream may go on: {exc}"
+
+    # -- subscribing --------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        caller: Caller,
+        requests: Iterator[stream_pb2.SubscribeUp],
+        active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[stream_pb2.SubscribeDown]:
+        """The stream for ``caller``: its first message names the agreement. ``active``
+        says whether the call is still on (a quiet stream notices a cancel by it)."""
+        first = next(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidRequest("the first message of Subscribe must be start")
+        agreement_id = first.start.agreement_id
+        from_sequence = first.start.from_sequence
+        if not agreement_id:
+            raise InvalidRequest("start.agreement_id is required")
+        agreement, revoked = self._agreement(caller, agreement_id)
+        published = self._catalog.published(agreement.product, agreement.offer)
+        if published is None:
+            raise PreconditionFailed(
+                f"product {agreement.product!r} or its offer has been withdrawn by the provider"
+            )
+        product, _ = published
+        if product.source.kind != "stream":
+            raise PreconditionFailed(
+                f"product {product.id!r} is not a stream; use StartTransfer for a copy"
+            )
+        state = self._store.ensure(
+            agreement.id,
+            PROVIDER,
+            counterparty=caller.participant,
+            product=product.id,
+            genesis=genesis_head(agreement.id).hex(),
+            now_ms=self._now_ms(),
+        )
+        if state.state == TERMINATED:
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement.id} was terminated ({state.reason})"
+            )
+        if from_sequence != state.acked_sequence:
+            where = "before" if from_sequence < state.acked_sequence else "after"
+            raise InvalidRequest(
+                f"from_sequence {from_sequence} is {where} the end of the last window you "
+                f"acknowledged ({state.acked_sequence}); resume from {state.acked_sequence}"
+            )
+        run = _Run(
+            agreement=agreement,
+            product=product,
+            consumer=caller.participant,
+            subject=subject_of(caller),
+            revoked_grants=sorted(caller.revoked_grants),
+            started_ms=self._now_ms(),
+            last_sequence=from_sequence,
+        )
+        decision = self._policy.decide(self._document(run, revoked))
+        if not decision.allow:
+            raise PermissionDenied(
+                "subscription refused by the usage policy: " + ", ".join(decision.deny)
+            )
+        try:
+            source = self._sources.source(product.source, product.fields)
+        except InvalidRequest as exc:
+            raise PreconditionFailed(f"the product's source cannot be read: {exc}") from None
+        with source.subscribe(from_sequence) as subscription:
+            yield from self._run(
+                run, state.acked_head, state.next_window, decision, subscription, requests, active
+            )
+
+    def _run(
+        self,
+        run: _Run,
+        head: str,
+        next_window: int,
+        decision: Decision,
+        subscription: Subscription,
+        requests: Iterator[stream_pb2.SubscribeUp],
+        active: Callable[[], bool],
+    ) -> Iterator[stream_pb2.SubscribeDown]:
+        agreement, product = run.agreement, run.product
+        fields, project = record_projector(
+            product.fields,
+            permitted=decision.permitted_fields,
+            masks=decision.masks,
+            key=agreement_mask_key(self._mask_secret, agreement.id),
+        )
+        index = self._audit.record(
+            "stream.started",
+            parties=[run.consumer],
+            data={
+                "agreement": agreement.id,
+                "product": product.id,
+                "after_sequence": run.last_sequence,
+                "window": next_window,
+                "decision": decision.id,
+                "fields": list(fields),
+            },
+        )
+        self._store.set_state(agreement.id, PROVIDER, STARTED, "", self._now_ms())
+        inbox: queue.Queue[object] = queue.Queue()
+        reader = threading.Thread(
+            target=_read_receipts, args=(requests, inbox), daemon=True, name="stream-receipts"
+        )
+        reader.start()
+        yield stream_pb2.SubscribeDown(
+            started=stream_pb2.StreamStarted(
+                agreement_id=agreement.id,
+                product_id=product.id,
+                fields=list(fields),
+                after_sequence=run.last_sequence,
+                head=head,
+                next_window=next_window,
+                obligations_json=json.dumps(dict(decision.obligations), sort_keys=True),
+                decision_id=decision.id,
+                provider_log_index=index,
+            )
+        )
+        windows = WindowAccumulator(
+            HashChain(bytes.fromhex(head), run.last_sequence),
+            every_messages=self._settings.window_messages,
+            every_seconds=self._settings.window_seconds,
+            next_index=next_window,
+        )
+        pending: collections.deque[tuple[Window, float]] = collections.deque()
+        checked = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if now - checked >= CHECK_SECONDS:
+                    checked = now
+                    if not active():
+                        raise _Ended(
+                            SUSPENDED,
+                            "the call ended (the consumer left or this connector is stopping)",
+                            Unavailable("the subscription's call ended"),
+                        )
+                    reason = self._stop_reason(run)
+                    if reason:
+                        raise _Ended(
+                            TERMINATED,
+                            reason,
+                            PermissionDenied(
+                                f"stream of agreement {agreement.id} stopped: {reason}"
+                            ),
+                        )
+                yield from self._receipts(run, inbox, pending)
+                if pending and now - pending[0][1] > self._settings.ack_timeout_seconds:
+                    raise self._refuse(run, pending[0][0], "not signed in time")
+                window: Window | None = None
+                if len(pending) >= self._settings.max_unsigned_windows:
+                    # Backpressure: nothing more until the consumer signs.
+                    if inbox.empty():
+                        time.sleep(0.005)
+                    continue
+                record = self._poll(subscription)
+                if record is None:
+                    window = windows.tick()
+                else:
+                    delivered = project(record.row)
+                    encoded = canonical_json(delivered)
+                    if not self._count(run, len(encoded)):
+                        raise _Ended(
+                            TERMINATED,
+                            "byte_limit_reached",
+                            PermissionDenied(
+                                f"stream of agreement {agreement.id} stopped: the agreement's "
+                                f"{agreement.max_bytes} bytes are used"
+                            ),
+                        )
+                    yield stream_pb2.SubscribeDown(
+                        message=stream_pb2.StreamMessage(
+                            sequence=record.sequence, previous=record.previous, record=encoded
+                        )
+                    )
+                    run.sent += 1
+                    run.sent_bytes += len(encoded)
+                    run.last_sequence = record.sequence
+                    window = windows.add(record.sequence, delivered)
+                if window is not None:
+                    pending.append((window, time.monotonic()))
+                    yield stream_pb2.SubscribeDown(window=_proposal(window))
+        except _Ended as ended:
+            self._end(run, ended.state, ended.reason)
+            raise ended.error from None
+        except ConnectorError as exc:
+            # The source suspended it (lagging, records gone) or could not go on.
+            self._end(run, SUSPENDED, str(exc))
+            raise
+        except GeneratorExit:
+            self._end(run, SUSPENDED, "the consumer left")
+            raise
+
+    def _count(self, run: _Run, size: int) -> bool:
+        """Meter one message of ``size`` bytes; whether the agreement allows it.
+
+        Counted ahead in blocks (``_BLOCK_MESSAGES`` messages, ``_BLOCK_BYTES`` bytes, one
+        atomic UPDATE each) so a database write is not paid per message; what a
+        subscription counted and did not send is given back when it ends. Near the
+        agreement's byte limit a block no longer fits and each message is counted alone,
+        so the limit holds exactly.
+        """
+        if run.ahead_messages >= 1 and run.ahead_bytes >= size:
+            run.ahead_messages -= 1
+            run.ahead_bytes -= size
+            return True
+        agreement = run.agreement
+        for messages, block in ((_BLOCK_MESSAGES, max(_BLOCK_BYTES, size)), (1, size)):
+            if self._store.meter(
+                agreement.id,
+                consumer=run.consumer,
+                product=run.product.id,
+                max_transfers=agreement.max_transfers,
+                max_bytes=agreement.max_bytes,
+                size=block,
+                messages=messages,
+                now_ms=self._now_ms(),
+            ):
+                # The rest of an earlier block that this message did not fit is kept.
+                run.ahead_messages += messages - 1
+                run.ahead_bytes += block - size
+                return True
+        return False
+
+    def _poll(self, subscription: Subscription) -> Any:
+        return subscription.poll(_POLL_SECONDS)
+
+    def _receipts(
+        self,
+        run: _Run,
+        inbox: queue.Queue[object],
+        pending: collections.deque[tuple[Window, float]],
+    ) -> Iterator[stream_pb2.SubscribeDown]:
+        """Countersign the receipts the consumer sent since the last look."""
+        while True:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is _END:
+                raise _Ended(
+                    SUSPENDED,
+                    "the consumer ended the subscription",
+                    Unavailable("the subscription ended: the consumer closed it"),
+                )
+            if isinstance(item, ConnectorError):
+                raise _Ended(SUSPENDED, str(item), item)
+            assert isinstance(item, str)
+            if not pending:
+                raise self._refuse(run, None, "a receipt for no proposed window")
+            window = pending[0][0]
+            countersigned = self._countersign(run, window, item)
+            pending.popleft()
+            yield stream_pb2.SubscribeDown(countersigned=countersigned)
+
+    def _countersign(self, run: _Run, window: Window, signed: str) -> str:
+        try:
+            receipt = parse_window(signed)
+        except VerificationError as exc:
+            raise self._refuse(run, window, str(exc)) from None
+        expected = {
+            "agreement": run.agreement.id,
+            "product": run.product.id,
+            "provider": self._me,
+            "consumer": run.consumer,
+            "window": window,
+        }
+        wrong = [k for k, v in expected.items() if getattr(receipt, k) != v]
+        if wrong:
+            raise self._refuse(run, window, f"its {', '.join(wrong)} differ from what was sent")
+        try:
+            countersigned = countersign_window(signed, self._key, self._keys)
+        except VerificationError as exc:
+            raise self._refuse(run, window, str(exc)) from None
+        now = self._now_ms()
+        try:
+            self._store.acknowledge(run.agreement.id, PROVIDER, window, countersigned, now)
+        except PreconditionFailed as exc:
+            raise _Ended(SUSPENDED, str(exc), exc) from None
+        self._audit.record(
+            "stream.window",
+            parties=[run.consumer],
+            data={"agreement": run.agreement.id, **window.content(), "receipt": countersigned},
+        )
+        return countersigned
+
+    def _refuse(self, run: _Run, window: Window | None, why: str) -> _Ended:
+        """Log a window the consumer did not sign as proposed; the subscription ends."""
+        self._audit.record(
+            "stream.window_refused",
+            parties=[run.consumer],
+            data={
+                "agreement": run.agreement.id,
+                "window": window.content() if window is not None else None,
+                "reason": why[:300],
+            },
+        )
+        return _Ended(
+            SUSPENDED,
+            f"window receipt refused: {why}",
+            VerificationError(
+                f"the window receipt was refused ({why}); the subscription is suspended: "
+                "resume from your last countersigned window"
+            ),
+        )
+
+    def _end(self, run: _Run, state: str, reason: str) -> None:
+        """Record and log how the subscription ended and what it sent."""
+        with contextlib.suppress(ConnectorError):
+            self._store.refund(
+                run.agreement.id, run.ahead_messages, run.ahead_bytes, self._now_ms()
+            )
+        run.ahead_messages = run.ahead_bytes = 0
+        self._store.set_state(run.agreement.id, PROVIDER, state, reason, self._now_ms())
+        with contextlib.suppress(ConnectorError):
+            self._audit.record(
+                "stream.stopped" if state == TERMINATED else "stream.suspended",
+                parties=[run.consumer],
+                data={
+                    "agreement": run.agreement.id,
+                    "sent": run.sent,
+                    "sent_bytes": run.sent_bytes,
+                    "last_sequence": run.last_sequence,
+                    "reason": reason[:300],
+                },
+            )
+
+    def stop(self, agreement_id: str, reason: str) -> None:
+        """End a stream for good (the provider's admin): a running subscription stops at
+        its next check."""
+        self._store.set_state(agreement_id, PROVIDER, TERMINATED, reason, self._now_ms())
+
+
+def _proposal(window: Window) -> stream_pb2.WindowProposal:
+    return stream_pb2.WindowProposal(**window.content())
+
+
+def _read_receipts(requests: Iterator[stream_pb2.SubscribeUp], inbox: queue.Queue[object]) -> None:
+    """The consumer's side of the call, read in a thread so the stream never waits on it."""
+    try:
+        for message in requests:
+            if message.WhichOneof("kind") != "receipt":
+                inbox.put(InvalidRequest("after start, Subscribe takes only window receipts"))
+                return
+            inbox.put(message.receipt)
+    except Exception as exc:  # the call was cancelled: the consumer is gone
+        log.debug("subscription receipts ended: %s", exc.__class__.__name__)
+    inbox.put(_END)

@@ -1,0 +1,496 @@
+"""The consumer's side of a stream: subscribe, check every record, sign windows, keep them.
+
+The connector subscribes (it holds the membership token and the signing key) from the last
+sequence it acknowledged, with the chain head and window index of that window
+(:class:`~connector.transfer.stream_store.StreamStore`), so a resume after a break or a
+restart of either side loses and doubles nothing:
+
+- every record goes through :class:`~connector.sources.windows.StreamChecker`: a gap, a
+  repeat or a reordering is an integrity failure that ends the subscription, logged;
+- records are written to the window's pending segment as they arrive; when the provider
+  proposes a window the checker confirms it is exactly what arrived (else the window is
+  refused, logged, and the subscription ends), the consumer signs it, and once the
+  provider's countersignature is back and verified the segment is committed (renamed to
+  ``NNNNNNNN.jsonl``, fsynced) together with the new resume point, and logged. Records
+  after the last committed window are not kept: they come again on the next subscription.
+
+Holdings: ``<holdings>/streams/<agreement>/`` holds the committed segments, one per
+window, each line ``{"sequence": N, "record": {...}}`` (append-only: a segment is never
+rewritten). When the provider stops the stream because the agreement was revoked or the
+consent withdrawn, the holding is deleted and the deletion logged (``stream.deleted``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
+from connector.audit import jws
+from connector.audit.log import AuditLog
+from connector.audit.window_receipts import (
+    WindowReceipt,
+    sign_window,
+    verify_window_countersignature,
+)
+from connector.clock import Clock
+from connector.errors import (
+    ConnectorError,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    VerificationError,
+)
+from connector.identifiers import AGREEMENT_ID, check_text, contained
+from connector.negotiation.agreement import Agreement, parse_agreement
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore
+from connector.rpc.channel import calling
+from connector.sources.windows import StreamChecker, Window, genesis_head
+from connector.transfer.store import CONSUMER
+from connector.transfer.stream_store import (
+    STARTED,
+    SUSPENDED,
+    TERMINATED,
+    StreamState,
+    StreamStore,
+)
+
+__all__ = ["StreamConsumer", "StreamProgress", "stream_holding"]
+
+log = logging.getLogger(__name__)
+
+_DELETE_ON = ("agreement_revoked", "consent_withdrawn", "consent_expired")
+"""Reasons a provider stops a stream for which the consumer deletes what it holds."""
+
+_PENDING = "pending.jsonl"
+
+_STOPPING_WAIT = 10.0
+"""How long a new subscription waits for one of the same agreement that is stopping."""
+
+
+def stream_holding(holdings_dir: Path, agreement_id: str) -> Path:
+    """Where the consumer keeps an agreement's stream: ``<holdings>/streams/<agreement>``,
+    from the checked agreement id, never from a path in a record."""
+    AGREEMENT_ID.check(agreement_id, error=VerificationError)
+    return contained(holdings_dir / "streams", agreement_id, error=VerificationError)
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """One event of a running subscription, for the admin's live line."""
+
+    event: str
+    """started, window, suspended, stopped"""
+    agreement_id: str
+    messages: int
+    """Messages received in this subscription."""
+    bytes: int
+    last_sequence: int
+    window: int = -1
+    """Index of the last countersigned window (-1: none yet in this subscription)."""
+    kept_sequence: int = 0
+    """The last sequence committed to the holding."""
+    detail: str = ""
+
+
+ProgressSink = Callable[[StreamProgress], None]
+
+
+class _Segment:
+    """The records of the open window, written as they arrive, committed with it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._path = directory / _PENDING
+        self._file: IO[bytes] = self._path.open("wb")  # what was pending before is dropped
+
+    def add(self, sequence: int, record: bytes) -> None:
+        self._file.write(b'{"sequence":%d,"record":%s}\n' % (sequence, record))
+
+    def commit(self, index: int) -> Path:
+        """Make the records so far the window ``index``'s segment; start a new one."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        final = self._dir / f"{index:08d}.jsonl"
+        os.replace(self._path, final)
+        self._file = self._path.open("wb")
+        return final
+
+    def close(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class StreamConsumer:
+    """Receives stream products under this connector's agreements into its holdings."""
+
+    def __init__(
+        self,
+        *,
+        participant: str,
+        store: StreamStore,
+        negotiations: NegotiationStore,
+        audit: AuditLog,
+        clock: Clock,
+        signing_key: ed25519.Ed25519PrivateKey,
+        keys: jws.KeyLookup,
+        channel_to: Callable[[str], grpc.Channel],
+        holdings_dir: Path,
+    ) -> None:
+        self._me = participant
+        self._store = store
+        self._negotiations = negotiations
+        self._audit = audit
+        self._clock = clock
+        self._key = signing_key
+        self._keys = keys
+        self._channel_to = channel_to
+        self._dir = holdings_dir
+        self._running: dict[str, tuple[threading.Event, threading.Event]] = {}
+        """Agreement -> (its stop, its end) of each subscription running here."""
+        self._lock = threading.Lock()
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    def _agreement(self, agreement_id: str) -> Agreement:
+        try:
+            n = self._negotiations.by_agreement(agreement_id)
+        except NotFound:
+            raise NotFound(f"this connector holds no agreement {agreement_id!r}") from None
+        if n.role != CONSUMER:
+            raise PreconditionFailed(
+                f"agreement {agreement_id} is one where this connector is the provider"
+            )
+        if n.state != State.FINALIZED:
+            raise PreconditionFailed(f"agreement {agreement_id} is {n.state.value}, not FINALIZED")
+        if n.revocation:
+            raise PermissionDenied(f"agreement {agreement_id} was revoked by the provider")
+        agreement = parse_agreement(n.agreement or "")
+        if agreement.provider != n.counterparty or agreement.consumer != self._me:
+            raise PreconditionFailed(f"agreement {agreement_id} is not between us and its provider")
+        return agreement
+
+    def streams(self) -> list[StreamState]:
+        """Every stream this connector receives (for ``tds data list``)."""
+        return self._store.all(CONSUMER)
+
+    def follow(
+        self,
+        agreement_id: str,
+        *,
+        stop: threading.Event,
+        progress: ProgressSink | None = None,
+    ) -> StreamProgress:
+        """Subscribe under ``agreement_id`` until ``stop`` is set (SUSPENDED) or the
+        provider ends it; the last progress event."""
+        agreement = self._agreement(agreement_id)
+        done = threading.Event()
+        deadline = time.monotonic() + _STOPPING_WAIT
+        while True:
+            with self._lock:
+                running = self._running.get(agreement_id)
+                if running is None:
+                    self._running[agreement_id] = (stop, done)
+                    break
+            # One that was asked to stop (Ctrl-C, then the same command again) is let
+            # finish suspending first; one still running is not doubled.
+            other_stop, other_done = running
+            if not other_stop.is_set() or not other_done.wait(
+                max(0.0, deadline - time.monotonic())
+            ):
+                raise PreconditionFailed(
+                    f"a subscription under agreement {agreement_id} is already running here"
+                )
+        try:
+            return self._follow(agreement, stop, progress or (lambda _: None))
+        finally:
+            with self._lock:
+                del self._running[agreement_id]
+            done.set()
+
+    def _follow(
+        self, agreement: Agreement, stop: threading.Event, progress: ProgressSink
+    ) -> StreamProgress:
+        directory = stream_holding(self._dir, agreement.id)
+        state = self._store.ensure(
+            agreement.id,
+            CONSUMER,
+            counterparty=agreement.provider,
+            product=agreement.product,
+            genesis=genesis_head(agreement.id).hex(),
+            now_ms=self._now_ms(),
+            path=str(directory),
+            obligations=agreement.obligations,
+        )
+        if state.state == TERMINATED:
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement.id} was terminated ({state.reason})"
+            )
+        if state.deleted_ms:
+            raise PreconditionFailed(f"the holding of agreement {agreement.id} was deleted")
+        directory.mkdir(parents=True, exist_ok=True)
+        outgoing: queue.Queue[stream_pb2.SubscribeUp | None] = queue.Queue()
+        outgoing.put(
+            stream_pb2.SubscribeUp(
+                start=stream_pb2.SubscribeStart(
+                    agreement_id=agreement.id, from_sequence=state.acked_sequence
+                )
+            )
+        )
+
+        def requests() -> Iterator[stream_pb2.SubscribeUp]:
+            while True:
+                item = outgoing.get()
+                if item is None:
+                    return
+                yield item
+
+        channel = self._channel_to(agreement.provider)
+        call = stream_pb2_grpc.StreamServiceStub(channel).Subscribe(requests())
+
+        # Setting ``stop`` ends our side of the call; the provider then suspends.
+        def end_on_stop() -> None:
+            stop.wait()
+            outgoing.put(None)
+
+        watcher = threading.Thread(target=end_on_stop, daemon=True, name="stream-stop")
+        watcher.start()
+        run = _Received(agreement=agreement, state=state)
+        segment = _Segment(directory)
+        try:
+            with calling(agreement.provider):
+                for down in call:
+                    event = self._handle(run, down, segment, outgoing)
+                    if event is not None:
+                        progress(event)
+            reason = "the provider ended the subscription"
+            self._store.set_state(agreement.id, CONSUMER, SUSPENDED, reason, self._now_ms())
+        except VerificationError as exc:
+            call.cancel()  # type: ignore[no-untyped-call]
+            self._fail(run, f"integrity: {exc}")
+            raise
+        except PermissionDenied as exc:
+            self._stopped(run, str(exc), directory)
+            raise
+        except ConnectorError as exc:
+            if stop.is_set():
+                reason = "suspended by the consumer"
+                self._store.set_state(agreement.id, CONSUMER, SUSPENDED, reason, self._now_ms())
+                return run.event("suspended", reason)
+            self._store.set_state(agreement.id, CONSUMER, SUSPENDED, str(exc), self._now_ms())
+            raise
+        finally:
+            outgoing.put(None)
+            stop.set()
+            segment.close()
+            channel.close()
+        return run.event("suspended", "the provider ended the subscription")
+
+    def _handle(
+        self,
+        run: _Received,
+        down: stream_pb2.SubscribeDown,
+        segment: _Segment,
+        outgoing: queue.Queue[stream_pb2.SubscribeUp | None],
+    ) -> StreamProgress | None:
+        kind = down.WhichOneof("kind")
+        if kind == "message":
+            if run.checker is None:
+                raise VerificationError("the provider sent a record before starting")
+            try:
+                record = json.loads(down.message.record)
+            except ValueError:
+                raise VerificationError(f"record {down.message.sequence} is not JSON") from None
+            if not isinstance(record, dict) or not set(record) <= set(run.fields):
+                raise VerificationError(
+                    f"record {down.message.sequence} has fields the subscription does not deliver"
+                )
+            run.checker.accept(down.message.sequence, down.message.previous, record)
+            segment.add(down.message.sequence, down.message.record)
+            run.messages += 1
+            run.bytes += len(down.message.record)
+            run.last_sequence = down.message.sequence
+            return None
+        if kind == "window":
+            if run.checker is None:
+                raise VerificationError("the provider proposed a window before starting")
+            w = down.window
+            proposed = Window(
+                w.index, w.first_sequence, w.last_sequence, w.count, w.bytes, w.start_head, w.head
+            )
+            try:
+                own = run.checker.confirm(proposed)
+            except VerificationError as exc:
+                self._audit.record(
+                    "stream.window_refused",
+                    parties=[run.agreement.provider],
+                    data={"agreement": run.agreement.id, "index": w.index, "reason": str(exc)},
+                )
+                raise
+            signed = sign_window(
+                WindowReceipt(
+                    run.agreement.id, run.agreement.product, run.agreement.provider, self._me, own
+                ),
+                self._key,
+            )
+            run.unsigned.append((own, signed))
+            outgoing.put(stream_pb2.SubscribeUp(receipt=signed))
+            return None
+        if kind == "countersigned":
+            if not run.unsigned:
+                raise VerificationError("the provider countersigned a window not proposed")
+            window, original = run.unsigned.popleft()
+            verify_window_countersignature(down.countersigned, original, self._keys)
+            segment.commit(window.index)
+            self._store.acknowledge(
+                run.agreement.id, CONSUMER, window, down.countersigned, self._now_ms()
+            )
+            self._audit.record(
+                "stream.window",
+                parties=[run.agreement.provider],
+                data={
+                    "agreement": run.agreement.id,
+                    **window.content(),
+                    "receipt": down.countersigned,
+                },
+            )
+            run.window = window.index
+            run.kept = window.last_sequence
+            return run.event("window")
+        if kind == "started":
+            return self._started(run, down.started)
+        raise VerificationError("the provider sent a message of no known kind")
+
+    def _started(self, run: _Received, s: stream_pb2.StreamStarted) -> StreamProgress:
+        state = run.state
+        problems = [
+            (s.agreement_id != run.agreement.id, "names another agreement"),
+            (s.product_id != run.agreement.product, "names another product"),
+            (s.after_sequence != state.acked_sequence, "resumes after another sequence"),
+            (s.head != state.acked_head, "resumes from another chain head"),
+            (s.next_window != state.next_window, "resumes at another window"),
+            (len(set(s.fields)) != len(s.fields), "lists a field twice"),
+            (
+                run.agreement.permitted_fields is not None
+                and not set(s.fields) <= set(run.agreement.permitted_fields),
+                "lists fields the agreement does not permit",
+            ),
+        ]
+        for bad, what in problems:
+            if bad:
+                raise VerificationError(f"the provider's start of the stream {what}")
+        for name in s.fields:
+            check_text(name, "field", error=VerificationError)
+        run.fields = tuple(s.fields)
+        run.checker = StreamChecker(
+            state.acked_sequence, bytes.fromhex(state.acked_head), state.next_window
+        )
+        run.last_sequence = run.kept = state.acked_sequence
+        self._store.set_state(run.agreement.id, CONSUMER, STARTED, "", self._now_ms())
+        self._audit.record(
+            "stream.started",
+            parties=[run.agreement.provider],
+            data={
+                "agreement": run.agreement.id,
+                "product": run.agreement.product,
+                "after_sequence": s.after_sequence,
+                "window": s.next_window,
+                "provider_log_index": s.provider_log_index,
+                "fields": list(s.fields),
+            },
+        )
+        return run.event("started")
+
+    def _fail(self, run: _Received, reason: str) -> None:
+        self._store.set_state(run.agreement.id, CONSUMER, SUSPENDED, reason, self._now_ms())
+        with contextlib.suppress(ConnectorError):
+            self._audit.record(
+                "stream.failed",
+                parties=[run.agreement.provider],
+                data={
+                    "agreement": run.agreement.id,
+                    "last_sequence": run.last_sequence,
+                    "kept_sequence": run.kept,
+                    "reason": reason[:300],
+                },
+            )
+
+    def _stopped(self, run: _Received, reason: str, directory: Path) -> None:
+        """The provider stopped the stream (for good once it had started; a refusal at
+        subscribe may pass); delete the holding if it must go."""
+        now = self._now_ms()
+        state = TERMINATED if run.checker is not None else SUSPENDED
+        self._store.set_state(run.agreement.id, CONSUMER, state, reason, now)
+        self._audit.record(
+            "stream.stopped",
+            parties=[run.agreement.provider],
+            data={
+                "agreement": run.agreement.id,
+                "received": run.messages,
+                "kept_sequence": run.kept,
+                "reason": reason[:300],
+            },
+        )
+        if any(why in reason for why in _DELETE_ON):
+            self.delete(run.agreement.id, reason)
+
+    def delete(self, agreement_id: str, reason: str) -> None:
+        """Delete the holding of a stream, logged first."""
+        state = self._store.get(agreement_id, CONSUMER)
+        if state.deleted_ms:
+            return
+        directory = stream_holding(self._dir, agreement_id)
+        self._audit.record(
+            "stream.deleted",
+            parties=[state.counterparty],
+            data={"agreement": agreement_id, "reason": reason[:300]},
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+        self._store.mark_deleted(agreement_id, CONSUMER, self._now_ms())
+
+
+@dataclass
+class _Received:
+    """What one subscription has received so far."""
+
+    agreement: Agreement
+    state: StreamState
+    checker: StreamChecker | None = None
+    fields: tuple[str, ...] = ()
+    messages: int = 0
+    bytes: int = 0
+    last_sequence: int = 0
+    kept: int = 0
+    window: int = -1
+    started: float = field(default_factory=time.monotonic)
+    unsigned: collections.deque[tuple[Window, str]] = field(default_factory=collections.deque)
+    """Windows signed and sent, not yet countersigned back."""
+
+    def event(self, name: str, detail: str = "") -> StreamProgress:
+        return StreamProgress(
+            name,
+            self.agreement.id,
+            self.messages,
+            self.bytes,
+            self.last_sequence,
+            self.window,
+            self.kept,
+            detail,
+        )

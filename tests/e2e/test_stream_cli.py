@@ -1,0 +1,161 @@
+"""Streams as users run them: `tds serve` connectors, the provider's configuration naming
+the machine's NATS server, `tds product add` of a JetStream subject, `tds negotiate`,
+`tds subscribe` stopped with Ctrl-C (SIGINT) and run again (it resumes), `tds data list`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import TDS, Served, free_port, tds
+from tests.sources.conftest import NATS_URL, JetStream, _jetstream
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def js() -> Iterator[JetStream]:
+    yield from _jetstream(NATS_URL)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, js: JetStream) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("stream-cli")
+    tds(
+        "pki", "init", "--space", "city", "--out", "pki",
+        "--participant", "gov:government", "--participant", "a:enterprise",
+        cwd=root,
+    )  # fmt: skip
+    ports = {"operator": free_port(), "gov": free_port(), "a": free_port()}
+    for pid, port in ports.items():
+        extra = [] if pid == "operator" else ["--registry", f"127.0.0.1:{ports['operator']}"]
+        tds(
+            "init", "--pki", "pki", "--participant", pid, "--listen", f"127.0.0.1:{port}",
+            "--out", f"{pid}.toml", *extra,
+            cwd=root,
+        )  # fmt: skip
+    with (root / "gov.toml").open("a") as f:
+        f.write(f'\n[sources.weather]\nurl = "{NATS_URL}"\n')
+    with (root / "gov.toml").open("r+") as f:
+        text = f.read().replace("[stream]\nwindow_messages = 1000", "[stream]\nwindow_messages = 5")
+        f.seek(0)
+        f.write(text)
+        f.truncate()
+    servers = {"operator": Served(root / "operator.toml", root)}
+    try:
+        for pid in ("gov", "a"):
+            tds(
+                "registry", "enrol", "--config", "operator.toml", "--participant", pid,
+                "--address", f"127.0.0.1:{ports[pid]}", "--pki", "pki",
+                cwd=root,
+            )  # fmt: skip
+            servers[pid] = Served(root / f"{pid}.toml", root)
+        for pid in ("gov", "a"):
+            deadline = time.monotonic() + 20
+            while True:
+                out = tds("status", "--config", f"{pid}.toml", "--json", cwd=root, check=False)
+                if out.returncode == 0 and json.loads(out.stdout).get("revocation_list_issued_at"):
+                    break
+                assert time.monotonic() < deadline, f"{pid} never became ready"
+                time.sleep(0.2)
+        yield root
+    finally:
+        for server in servers.values():
+            if server.proc.poll() is None:
+                server.stop()
+
+
+def readings(start: int, n: int) -> list[dict[str, object]]:
+    return [
+        {"station": f"S{i:03d}", "operator": f"Op {i}", "mm": i} for i in range(start, start + n)
+    ]
+
+
+def subscribe_until_kept(root: Path, agreement: str, kept: int) -> dict[str, object]:
+    """Run `tds subscribe --json`, wait until `tds data list` shows ``kept``, press Ctrl-C."""
+    proc = subprocess.Popen(
+        [*TDS, "subscribe", "--agreement", agreement, "--config", "a.toml", "--json"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            listed = json.loads(
+                tds("data", "list", "--config", "a.toml", "--json", cwd=root).stdout
+            )
+            streams = [r for r in listed if r.get("kind") == "stream"]
+            if streams and streams[0]["kept_sequence"] >= kept:
+                break
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, streams
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_subscribe_suspends_on_ctrl_c_and_resumes_where_it_stopped(
+    world: Path, js: JetStream
+) -> None:
+    subject = js.stream()
+    js.publish_json(subject, *readings(0, 10))
+    description = world / "rain.json"
+    description.write_text(
+        json.dumps(
+            {
+                "id": "rain",
+                "title": "Rain gauges",
+                "grade": "general",
+                "fields": ["station", "operator", "mm"],
+                "source": {"kind": "stream", "connection": "weather", "subject": subject},
+                "offers": [
+                    {
+                        "id": "o1",
+                        "purposes": ["flood-warning"],
+                        "valid_from_ns": 0,
+                        "valid_until_ns": 4_000_000_000_000_000_000,
+                        "masks": {"operator": "redact"},
+                    }
+                ],
+            }
+        )
+    )
+    tds("product", "add", description, "--config", "gov.toml", cwd=world)
+    neg = tds(
+        "negotiate", "--config", "a.toml", "--provider", "gov", "--product", "rain",
+        "--offer", "o1", "--purpose", "flood-warning", "--wait", "--json",
+        cwd=world,
+    )  # fmt: skip
+    agreement = json.loads(neg.stdout)["agreement_id"]
+    first = subscribe_until_kept(world, agreement, 10)
+    assert first["state"] == "SUSPENDED"
+    js.publish_json(subject, *readings(10, 5))
+    second = subscribe_until_kept(world, agreement, 15)
+    assert second["kept_sequence"] == 15
+    listed = json.loads(tds("data", "list", "--config", "a.toml", "--json", cwd=world).stdout)
+    (held,) = [r for r in listed if r.get("kind") == "stream"]
+    assert (held["state"], held["kept_sequence"], held["messages"]) == ("SUSPENDED", 15, 15)
+    lines = [
+        json.loads(line)
+        for segment in sorted(Path(held["path"]).glob("0*.jsonl"))
+        for line in segment.read_text().splitlines()
+    ]
+    assert [line["sequence"] for line in lines] == list(range(1, 16))
+    assert all(line["record"]["operator"] != "Op 0" for line in lines)
+    human = tds("data", "list", "--config", "a.toml", cwd=world).stdout
+    assert "stream" in human and "15 messages to sequence 15" in human

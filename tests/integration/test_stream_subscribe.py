@@ -1,0 +1,482 @@
+"""Stream products between connectors, against the machine's NATS JetStream and Mosquitto.
+
+The provider ("gov") publishes rain-gauge readings from a JetStream subject (and an MQTT
+topic) with the station operator's name masked; consumers ("a", "b") follow them through
+their own connector's admin API, as ``tds subscribe`` does. Each record is checked in
+sequence, windows are signed by the consumer and countersigned by the provider, holdings
+are committed per window; a resume loses and doubles nothing; a revocation stops delivery
+within a second; bad input is refused and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from connector._proto.tds.v1 import admin_pb2, stream_pb2, stream_pb2_grpc
+from connector.audit.window_receipts import WindowReceipt, sign_window, verify_window
+from connector.config import StreamConfig
+from connector.demo.space import LocalSpace
+from connector.identity.certs import load_ed25519_private_key
+from connector.identity.names import Role
+from connector.node.clients import admin_channel
+from connector.sources.mqtt_connection import MqttConnection
+from connector.sources.nats_connection import NatsConnection
+from connector.sources.windows import Window
+from connector.transfer.subscriber import stream_holding
+from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable, free_port
+from tests.support.exchange import admin, agree, entries, offer, publish
+
+FIELDS = ["station", "operator", "mm"]
+
+
+@pytest.fixture(scope="module")
+def js() -> Iterator[JetStream]:
+    yield from _jetstream(NATS_URL)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory, js: JetStream) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("stream")
+    sources: dict[str, Any] = {
+        "weather": NatsConnection("weather", NATS_URL, max_message_bytes=4096),
+        "down": NatsConnection(
+            "down", f"nats://127.0.0.1:{free_port()}", connect_timeout_seconds=1
+        ),
+        "sensors": MqttConnection("sensors", MQTT_URL),
+    }
+    settings = StreamConfig(window_messages=5, window_seconds=0.3, ack_timeout_seconds=5)
+    with LocalSpace.create(
+        root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
+    ) as sp:
+        sp.start_registry()
+        sp.start_connector("gov", sources=sources, stream=settings)
+        sp.start_connector("a")
+        sp.start_connector("b")
+        yield sp
+
+
+def stream_product(space: LocalSpace, pid: str, source: dict[str, Any], base: Path) -> None:
+    publish(
+        space,
+        "gov",
+        {
+            "id": pid,
+            "title": "Rain gauges",
+            "grade": "general",
+            "fields": FIELDS,
+            "source": source,
+            "offers": [
+                offer(
+                    permitted_fields=["station", "operator", "mm"],
+                    masks={"operator": "hash"},
+                )
+            ],
+        },
+        base,
+    )
+
+
+class Follower:
+    """A consumer's admin following a stream (``tds subscribe``), in a thread."""
+
+    def __init__(self, space: LocalSpace, who: str, agreement: str) -> None:
+        self.channel = admin_channel(space.configs[who])
+        self.call = stream_pb2_grpc.StreamServiceStub(self.channel).Follow(
+            stream_pb2.FollowRequest(agreement_id=agreement)
+        )
+        self.events: list[stream_pb2.FollowEvent] = []
+        self.error: grpc.RpcError | None = None
+        self.ended_at = 0.0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.call:
+                self.events.append(event)
+        except grpc.RpcError as err:
+            self.error = err
+        self.ended_at = time.monotonic()
+
+    def kept(self) -> int:
+        return max((e.kept_sequence for e in self.events), default=0)
+
+    def wait_kept(self, sequence: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.kept() < sequence:
+            assert self.error is None, self.error
+            assert time.monotonic() < deadline, f"kept {self.kept()} of {sequence}"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.call.cancel()
+        self._thread.join(10)
+        self.channel.close()
+
+    def wait_end(self, timeout: float = 10) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive()
+        self.channel.close()
+
+
+def held(space: LocalSpace, who: str, agreement: str) -> list[dict[str, Any]]:
+    """Every record a consumer keeps for an agreement, in segment order."""
+    directory = stream_holding(space.configs[who].data_dir / "holdings", agreement)
+    lines: list[dict[str, Any]] = []
+    for segment in sorted(directory.glob("0*.jsonl")):
+        lines += [json.loads(line) for line in segment.read_text().splitlines()]
+    return lines
+
+
+def readings(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"station": f"S{i:03d}", "operator": f"Operator {i}", "mm": i / 10, "extra": "x"}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def feed(space: LocalSpace, js: JetStream, tmp_path: Path) -> tuple[str, str]:
+    """A fresh subject published as a new stream product; (product id, subject)."""
+    subject = js.stream()
+    pid = "rain-" + subject.rsplit("_", 1)[-1]
+    stream_product(
+        space, pid, {"kind": "stream", "connection": "weather", "subject": subject}, tmp_path
+    )
+    return pid, subject
+
+
+def test_two_consumers_receive_one_live_feed_masked_with_signed_windows(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    js.publish_json(subject, *readings(12))
+    agreements = {who: agree(space, "gov", who, pid) for who in ("a", "b")}
+    followers = {who: Follower(space, who, agreements[who]) for who in ("a", "b")}
+    try:
+        for f in followers.values():
+            f.wait_kept(12)
+        js.publish_json(subject, *readings(8, start=12))  # live, while they follow
+        for f in followers.values():
+            f.wait_kept(20)
+    finally:
+        for f in followers.values():
+            f.stop()
+    for who, agreement in agreements.items():
+        kept = held(space, who, agreement)
+        assert [line["sequence"] for line in kept] == list(range(1, 21))
+        records = [line["record"] for line in kept]
+        assert [r["station"] for r in records] == [f"S{i:03d}" for i in range(20)]
+        assert all(set(r) == {"station", "operator", "mm"} for r in records)  # "extra" dropped
+        assert not any(r["operator"].startswith("Operator") for r in records)  # masked
+        # Both logs hold every window, countersigned; the receipts verify offline.
+        provider_windows = [
+            e["data"]
+            for e in entries(space, "gov", "stream.window")
+            if e["data"]["agreement"] == agreement
+        ]
+        consumer_windows = [e["data"] for e in entries(space, who, "stream.window")]
+        assert [w["receipt"] for w in provider_windows] == [w["receipt"] for w in consumer_windows]
+        keys = space.nodes["gov"]._signing_key_of
+        covered = [verify_window(w["receipt"], keys).window for w in provider_windows]
+        assert covered[0].first_sequence == 1 and covered[-1].last_sequence == 20
+        assert sum(w.count for w in covered) == 20
+    # Metering was counted ahead in blocks; once both subscriptions ended, what was not
+    # sent is given back: exactly the 20 messages and their bytes remain counted.
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    for agreement in agreements.values():
+        deadline = time.monotonic() + 5
+        while store.usage(agreement)[0] != 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        messages, used = store.usage(agreement)
+        windows = [w for w, _ in store.windows(agreement, "provider")]
+        assert (messages, used) == (20, sum(w.bytes for w in windows))
+    # Pseudonyms are per agreement: the two consumers cannot link their copies.
+    a, b = (held(space, who, agreements[who])[0]["record"]["operator"] for who in ("a", "b"))
+    assert a != b
+
+
+def test_a_resumed_subscription_loses_and_doubles_nothing(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(7))
+    first = Follower(space, "a", agreement)
+    first.wait_kept(7)
+    first.stop()
+    js.publish_json(subject, *readings(9, start=7))  # while nobody follows
+    second = Follower(space, "a", agreement)
+    second.wait_kept(16)
+    second.stop()
+    kept = held(space, "a", agreement)
+    assert [line["sequence"] for line in kept] == list(range(1, 17))
+    assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(16)]
+    states = [e["data"]["reason"] for e in entries(space, "gov", "stream.suspended")]
+    assert any("consumer" in r for r in states)
+
+
+def test_revocation_stops_delivery_within_a_second_and_the_holding_is_deleted(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "b", pid)
+    stop = threading.Event()
+
+    def keep_publishing() -> None:
+        i = 0
+        while not stop.is_set():
+            js.publish_json(subject, *readings(20, start=i))
+            i += 20
+
+    publisher = threading.Thread(target=keep_publishing, daemon=True)
+    publisher.start()
+    follower = Follower(space, "b", agreement)
+    try:
+        follower.wait_kept(10)
+        revoked_at = time.monotonic()
+        admin(space, "gov").RevokeAgreement(
+            admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="emergency over"),
+            timeout=10,
+        )
+        follower.wait_end(5)
+    finally:
+        stop.set()
+        publisher.join(10)
+    assert follower.error is not None
+    assert follower.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "agreement_revoked" in (follower.error.details() or "")
+    assert follower.ended_at - revoked_at < 1.0
+    stopped = [
+        e["data"]
+        for e in entries(space, "gov", "stream.stopped")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert stopped and stopped[-1]["reason"] == "agreement_revoked" and stopped[-1]["sent"] > 0
+    assert entries(space, "b", "stream.deleted")
+    assert not stream_holding(space.configs["b"].data_dir / "holdings", agreement).exists()
+
+
+def member_subscribe(
+    space: LocalSpace, who: str, messages: list[stream_pb2.SubscribeUp], read: int = 50
+) -> list[stream_pb2.SubscribeDown]:
+    """Call the provider's Subscribe directly as member ``who`` (what a hostile or broken
+    consumer connector could send)."""
+    channel = space.nodes[who]._member_channel("gov")
+    pending = list(messages)
+    gate = threading.Event()
+
+    def requests() -> Iterator[stream_pb2.SubscribeUp]:
+        yield pending.pop(0)
+        gate.wait(10)
+        yield from pending
+        gate.wait(10)
+
+    got: list[stream_pb2.SubscribeDown] = []
+    call = stream_pb2_grpc.StreamServiceStub(channel).Subscribe(requests())
+    try:
+        for down in call:
+            got.append(down)
+            if down.WhichOneof("kind") == "window":
+                gate.set()
+            if len(got) >= read:
+                break
+    finally:
+        gate.set()
+        call.cancel()
+        channel.close()
+    return got
+
+
+def start(agreement: str, after: int = 0) -> stream_pb2.SubscribeUp:
+    return stream_pb2.SubscribeUp(
+        start=stream_pb2.SubscribeStart(agreement_id=agreement, from_sequence=after)
+    )
+
+
+def test_a_subscription_under_another_participants_agreement_is_not_found(
+    space: LocalSpace, feed: tuple[str, str]
+) -> None:
+    agreement = agree(space, "gov", "a", feed[0])
+    with pytest.raises(grpc.RpcError) as caught:
+        member_subscribe(space, "b", [start(agreement)])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("after, where", [(5, "after"), (0, "before")])
+def test_a_from_sequence_other_than_the_last_acknowledged_is_refused(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str], after: int, where: str
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    if where == "before":
+        js.publish_json(subject, *readings(5))
+        f = Follower(space, "a", agreement)
+        f.wait_kept(5)
+        f.stop()
+    with pytest.raises(grpc.RpcError) as caught:
+        member_subscribe(space, "a", [start(agreement, after)])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"is {where} the end of the last window you acknowledged" in (
+        caught.value.details() or ""
+    )
+
+
+def test_a_tampered_window_receipt_is_refused_logged_and_ends_the_subscription(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(5))
+    cfg = space.configs["a"]
+    key = load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key")
+    lying = WindowReceipt(agreement, pid, "gov", "a", Window(0, 1, 5, 4, 10, "00" * 32, "11" * 32))
+    with pytest.raises(grpc.RpcError) as caught:
+        member_subscribe(
+            space, "a", [start(agreement), stream_pb2.SubscribeUp(receipt=sign_window(lying, key))]
+        )
+    assert "window receipt was refused" in (caught.value.details() or "")
+    refused = [
+        e["data"]
+        for e in entries(space, "gov", "stream.window_refused")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert refused and "differ" in refused[-1]["reason"]
+
+
+def test_a_broker_that_is_down_at_subscribe_is_unavailable(
+    space: LocalSpace, tmp_path: Path
+) -> None:
+    stream_product(
+        space, "rain-down", {"kind": "stream", "connection": "down", "subject": "rain"}, tmp_path
+    )
+    agreement = agree(space, "gov", "a", "rain-down")
+    f = Follower(space, "a", agreement)
+    f.wait_end(15)
+    assert f.error is not None and f.error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "unreachable" in (f.error.details() or "")
+
+
+def test_an_unconfigured_connection_is_refused_at_publish(
+    space: LocalSpace, tmp_path: Path
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stream_product(
+            space, "rain-x", {"kind": "stream", "connection": "radar", "subject": "r"}, tmp_path
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "[sources.radar]" in (caught.value.details() or "")
+
+
+def test_an_mqtt_topic_is_followed_as_well(space: LocalSpace, tmp_path: Path) -> None:
+    if why := _reachable(MQTT_URL):
+        pytest.skip(f"MQTT broker not reachable at {MQTT_URL}: {why}")
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    topic = f"tds/test/{time.monotonic_ns()}/rain"
+    stream_product(
+        space, "rain-mqtt", {"kind": "stream", "connection": "sensors", "topic": topic}, tmp_path
+    )
+    agreement = agree(space, "gov", "a", "rain-mqtt")
+    f = Follower(space, "a", agreement)
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", 1883)
+    client.loop_start()
+    try:
+        time.sleep(1.0)  # the provider's client subscribes at the first subscription
+        for r in readings(6):
+            client.publish(topic, json.dumps(r), qos=1).wait_for_publish(5)
+        f.wait_kept(6)
+    finally:
+        f.stop()
+        client.loop_stop()
+        client.disconnect()
+    kept = held(space, "a", agreement)
+    assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(6)]
+    assert [line["sequence"] for line in kept] == sorted({line["sequence"] for line in kept})
+
+
+def test_non_json_and_oversized_messages_are_skipped_and_the_chain_still_checks(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(3))
+    js.publish(
+        subject, b"not json", b"[1, 2]", b'{"station": "big", "pad": "' + b"x" * 10_000 + b'"}'
+    )
+    js.publish_json(subject, *readings(3, start=3))
+    f = Follower(space, "a", agreement)
+    try:
+        f.wait_kept(9)  # sequences 4, 5, 6 were never delivered
+    finally:
+        f.stop()
+    kept = held(space, "a", agreement)
+    assert [line["sequence"] for line in kept] == [1, 2, 3, 7, 8, 9]
+
+
+def test_the_byte_limit_stops_the_stream_and_nothing_past_it_is_sent(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    subject = js.stream()
+    pid = "rain-limit-" + subject.rsplit("_", 1)[-1]
+    publish(
+        space,
+        "gov",
+        {
+            "id": pid,
+            "title": "Rain gauges",
+            "grade": "general",
+            "fields": FIELDS,
+            "source": {"kind": "stream", "connection": "weather", "subject": subject},
+            "offers": [offer(max_bytes=300)],
+        },
+        tmp_path,
+    )
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(20))
+    f = Follower(space, "a", agreement)
+    f.wait_end(15)
+    assert f.error is not None and f.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    stopped = [
+        e["data"]
+        for e in entries(space, "gov", "stream.stopped")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert stopped[-1]["reason"] == "byte_limit_reached"
+    assert 0 < stopped[-1]["sent_bytes"] <= 300
+    metering = space.nodes["gov"].stream_store
+    assert metering is not None
+    messages, used = metering.usage(agreement)
+    assert used <= 300 and messages == stopped[-1]["sent"]
+    # A new subscription is refused: the stream was terminated at the limit.
+    again = Follower(space, "a", agreement)
+    again.wait_end(10)
+    assert again.error is not None
+    assert again.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_feed_published_while_followed_arrives_whole(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    f = Follower(space, "a", agreement)
+    try:
+        for i in range(0, 150, 5):  # 150 readings at about 100 a second
+            js.publish_json(subject, *readings(5, start=i))
+            time.sleep(0.05)
+        f.wait_kept(150, timeout=30)
+    finally:
+        f.stop()
+    assert [line["sequence"] for line in held(space, "a", agreement)] == list(range(1, 151))
