@@ -17,7 +17,6 @@ import base64
 import hmac
 import ipaddress
 import secrets
-import threading
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,7 @@ from connector.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from connector.webserver import BackgroundSite
 
 __all__ = ["Console", "build_app", "check_listen"]
 
@@ -103,9 +103,7 @@ class Console:
         self._sessions: dict[str, str] = {}  # session id -> its CSRF token
         self._hooks = insecure_test_hooks
         self._hosts: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._site = BackgroundSite("tds-console")
         self.port = 0
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(_PACKAGE / "templates")),
@@ -136,52 +134,16 @@ class Console:
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Serve in a thread of its own until ``stop``."""
-        started = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-
-        async def serve() -> None:
-            runner = web.AppRunner(build_app(self), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            self._runner = runner
-            server = site._server  # aiohttp exposes the bound port only here
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
-            name = f"[{host}]" if ":" in host else host
-            self._hosts = {f"{name}:{self.port}", f"localhost:{self.port}"}
-
-        def main() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=main, name="tds-console", daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            self._thread.join()
-            loop.close()
-            raise ConfigError(f"console cannot listen on {host}:{port}: {failure[0]}") from None
+        try:
+            self.port = self._site.start(build_app(self), host, port)
+        except Exception as exc:
+            raise ConfigError(f"console cannot listen on {host}:{port}: {exc}") from None
+        name = f"[{host}]" if ":" in host else host
+        self._hosts = {f"{name}:{self.port}", f"localhost:{self.port}"}
 
     def stop(self) -> None:
         """Stop serving and close the channel to the connector."""
-        loop, runner = self._loop, self._runner
-        if loop is not None and self._thread is not None:
-            if runner is not None:
-                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            self._thread.join(timeout=10)
-            loop.close()
-        self._loop = self._thread = self._runner = None
+        self._site.stop()
         self.backend.close()
 
 

@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from connector.dsp.jsonld import check_outgoing, read_message
 from connector.errors import ConfigError, ConnectorError, InvalidRequest
 from connector.negotiation.negotiator import Negotiator
 from connector.rpc.auth import Access, Authenticator, Caller
+from connector.webserver import BackgroundSite
 
 __all__ = ["PROTOCOL_VERSION", "DspBinding", "Exchange"]
 
@@ -219,9 +219,7 @@ class DspBinding:
             base_url=lambda: self.base_url,
             registered_host=registered_host,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._site = BackgroundSite("tds-dsp")
         self._port = 0
 
     @property
@@ -254,52 +252,14 @@ class DspBinding:
     def start(self) -> None:
         """Bind and serve; ``ConfigError`` when the port cannot be bound."""
         host, _, port = self._settings.listen.rpartition(":")
-        started = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-
-        async def serve() -> None:
-            runner = web.AppRunner(self._app(), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, host, int(port), ssl_context=self._tls)
-            await site.start()
-            self._runner = runner
-            server = site._server  # aiohttp exposes the bound port only here
-            assert isinstance(server, asyncio.Server)
-            self._port = server.sockets[0].getsockname()[1]
-
-        def main() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=main, name="tds-dsp", daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            self._thread.join()
-            loop.close()
+        try:
+            self._port = self._site.start(self._app(), host, int(port), ssl_context=self._tls)
+        except Exception as exc:
             self._pool.shutdown(wait=False)
-            self._loop = self._thread = None
-            raise ConfigError(f"dsp.listen {self._settings.listen}: {failure[0]}") from None
+            raise ConfigError(f"dsp.listen {self._settings.listen}: {exc}") from None
         log.info("DSP binding serving", extra={"url": self.base_url})
 
     def stop(self) -> None:
         """Stop serving and wait for requests in flight."""
-        loop, runner = self._loop, self._runner
-        if loop is None or self._thread is None:
-            return
-        if runner is not None:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(timeout=10)
-        loop.close()
+        self._site.stop()
         self._pool.shutdown(wait=True)
-        self._loop = self._thread = self._runner = None

@@ -1,0 +1,86 @@
+"""An aiohttp application served on a thread and event loop of its own.
+
+The connector is a threaded gRPC server; its two HTTP surfaces (the Dataspace Protocol
+binding, ``connector.dsp``, and the browser console, ``connector.console``) run beside it
+on one background event loop each, started and stopped from ordinary threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+
+from aiohttp import web
+
+__all__ = ["BackgroundSite"]
+
+
+class BackgroundSite:
+    """Serves one ``web.Application`` until :meth:`stop`."""
+
+    def __init__(self, name: str) -> None:
+        """``name``: the serving thread's name (``tds-dsp``, ``tds-console``)."""
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    def start(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> int:
+        """Bind ``host:port`` (0: any free port) and serve; the bound port. Whatever
+        binding raised (an address in use, a host that is not this machine's) is raised
+        here, with nothing left running."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+        bound: list[int] = []
+        loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+            await site.start()
+            self._runner = runner
+            server = site._server  # aiohttp exposes the bound port only here
+            assert isinstance(server, asyncio.Server)
+            bound.append(server.sockets[0].getsockname()[1])
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(serve())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=main, name=self._name, daemon=True)
+        thread.start()
+        started.wait()
+        if failure:
+            thread.join()
+            loop.close()
+            raise failure[0]
+        self._loop, self._thread = loop, thread
+        return bound[0]
+
+    def stop(self) -> None:
+        """Stop serving (requests in flight finish first, up to 10 s); idempotent."""
+        loop, thread, runner = self._loop, self._thread, self._runner
+        if loop is None or thread is None:
+            return
+        if runner is not None:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._loop = self._thread = self._runner = None
