@@ -51,7 +51,13 @@ from connector.negotiation.agreement import (
     verify_returned_agreement,
 )
 from connector.negotiation.states import FINAL, State, check_transition
-from connector.negotiation.store import Negotiation, NegotiationStore, Outgoing
+from connector.negotiation.store import (
+    CONSUMER,
+    PROVIDER,
+    Negotiation,
+    NegotiationStore,
+    Outgoing,
+)
 from connector.negotiation.stored import StoredAgreements
 from connector.policy.inputs import build_input, subject_of
 from connector.policy.point import PolicyPoint
@@ -66,7 +72,6 @@ CONTRACT_TERMS = ("operation_grant", "consent")
 """Obligations of a contract decision that name what the agreement rests on: the
 authorised-operation grant (public data) or the individual's consent (personal data).
 They go into the signed agreement, so disclosure and deletion can be traced to them."""
-PROVIDER, CONSUMER = "provider", "consumer"
 STALE_MESSAGE = (
     "this message_id has already been used; send each contract request with a new "
     "random message_id and consumer_pid"

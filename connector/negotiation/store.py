@@ -21,7 +21,10 @@ from connector.negotiation.outbox import Pending
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.store.database import Database, RawTransaction
 
-__all__ = ["Negotiation", "NegotiationStore", "Outgoing"]
+__all__ = ["CONSUMER", "PROVIDER", "Negotiation", "NegotiationStore", "Outgoing"]
+
+PROVIDER, CONSUMER = "provider", "consumer"
+"""A negotiation's ``role``: ours, as the provider or the consumer of its product."""
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector.audit import jws
 from connector.audit.log import AuditLog
-from connector.errors import PreconditionFailed, VerificationError
+from connector.errors import NotFound, PreconditionFailed, VerificationError
 from connector.negotiation.agreement import Agreement, verify_stored_agreement
 from connector.negotiation.states import State
-from connector.negotiation.store import Negotiation
+from connector.negotiation.store import PROVIDER, Negotiation, NegotiationStore
 
 __all__ = ["StoredAgreements"]
 
@@ -70,3 +70,22 @@ class StoredAgreements:
                 data={"agreement": n.agreement_id, "use": use, "reason": str(exc)[:300]},
             )
             raise
+
+    def finalized_with(
+        self, negotiations: NegotiationStore, consumer: str, agreement_id: str, use: str
+    ) -> tuple[Agreement, bool]:
+        """``consumer``'s finalized agreement with us, verified for ``use`` (a transfer, a
+        computation, a stream), and whether it is revoked. ``NotFound`` names no other
+        party: an agreement of someone else's reads as one that does not exist."""
+        try:
+            n = negotiations.by_agreement(agreement_id)
+        except NotFound:
+            raise NotFound(f"no agreement {agreement_id!r} with you") from None
+        if n.role != PROVIDER or n.counterparty != consumer or not n.agreement:
+            raise NotFound(f"no agreement {agreement_id!r} with you")
+        if n.state != State.FINALIZED:
+            raise PreconditionFailed(
+                f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
+                "negotiation first"
+            )
+        return self.verified(n, use), bool(n.revocation)

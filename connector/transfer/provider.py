@@ -34,7 +34,6 @@ from connector.errors import (
     VerificationError,
 )
 from connector.negotiation.agreement import Agreement
-from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.negotiation.stored import StoredAgreements
 from connector.policy.inputs import build_input
@@ -144,18 +143,9 @@ class TransferProvider:
     ) -> tuple[Agreement, bool]:
         """The caller's finalized agreement with us, verified for ``use``, and whether it
         is revoked (transfers and computations alike)."""
-        try:
-            n = self._negotiations.by_agreement(agreement_id)
-        except NotFound:
-            raise NotFound(f"no agreement {agreement_id!r} with you") from None
-        if n.role != PROVIDER or n.counterparty != caller.participant or not n.agreement:
-            raise NotFound(f"no agreement {agreement_id!r} with you")
-        if n.state != State.FINALIZED:
-            raise PreconditionFailed(
-                f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
-                "negotiation first"
-            )
-        return self._stored.verified(n, use), bool(n.revocation)
+        return self._stored.finalized_with(
+            self._negotiations, caller.participant, agreement_id, use
+        )
 
     def _verified(self, t: Transfer, use: str) -> Agreement:
         """The stored agreement of ``t``, verified for ``use`` (``VerificationError``,

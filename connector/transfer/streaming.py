@@ -61,14 +61,12 @@ from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
     ConnectorError,
     InvalidRequest,
-    NotFound,
     PermissionDenied,
     PreconditionFailed,
     Unavailable,
     VerificationError,
 )
 from connector.negotiation.agreement import Agreement
-from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.negotiation.stored import StoredAgreements
 from connector.policy.decision import Decision
@@ -174,18 +172,9 @@ class StreamProvider:
     # -- deciding -----------------------------------------------------------------------
 
     def _agreement(self, caller: Caller, agreement_id: str) -> tuple[Agreement, bool]:
-        try:
-            n = self._negotiations.by_agreement(agreement_id)
-        except NotFound:
-            raise NotFound(f"no agreement {agreement_id!r} with you") from None
-        if n.role != PROVIDER or n.counterparty != caller.participant or not n.agreement:
-            raise NotFound(f"no agreement {agreement_id!r} with you")
-        if n.state != State.FINALIZED:
-            raise PreconditionFailed(
-                f"agreement {agreement_id} is {n.state.value}, not FINALIZED; finish the "
-                "negotiation first"
-            )
-        return self._stored.verified(n, "stream.subscribe"), bool(n.revocation)
+        return self._stored.finalized_with(
+            self._negotiations, caller.participant, agreement_id, "stream.subscribe"
+        )
 
     def _document(self, run: _Run, revoked: bool) -> dict[str, Any]:
         agreement = run.agreement
