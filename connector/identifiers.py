@@ -23,6 +23,7 @@ from connector.identity.names import LABEL
 
 __all__ = [
     "AGREEMENT_ID",
+    "COMPUTATION_ID",
     "DECISION_ID",
     "DELIVERED_FORMATS",
     "LABEL_ID",
@@ -62,6 +63,11 @@ AGREEMENT_ID = IdGrammar(
     "agreement id", re.compile(r"ag-[0-9a-f]{32}"), "'ag-' and 32 lower-case hex digits"
 )
 """An agreement, as the provider's negotiator names it (``ag-`` + ``uuid4().hex``)."""
+
+COMPUTATION_ID = IdGrammar(
+    "computation id", re.compile(r"cp-[0-9a-f]{32}"), "'cp-' and 32 lower-case hex digits"
+)
+"""A computation, as the provider names it (``cp-`` + ``uuid4().hex``)."""
 
 DECISION_ID = IdGrammar("decision id", re.compile(r"[0-9a-f]{32}"), "32 lower-case hex digits")
 """A policy decision (``Decision.id``: ``uuid4().hex``)."""

@@ -59,6 +59,7 @@ from connector.errors import (
     PreconditionFailed,
     VerificationError,
 )
+from connector.identifiers import COMPUTATION_ID
 from connector.negotiation.agreement import Agreement
 from connector.rpc.channel import calling
 
@@ -304,6 +305,9 @@ class ComputeConsumer:
             )
         jws.verify_signed(r.receipt, self._keys, first=(agreement.provider, "provider"), what=WHAT)
         receipt = parse_computation_receipt(r.receipt)
+        # The provider names the computation; the id becomes our record's key and goes
+        # into our log, so it must be one of the grammar before anything else uses it.
+        COMPUTATION_ID.check(r.computation_id, error=VerificationError)
         rules = parse_rules(agreement.compute)
         query = parse_query(question, rules)
         try:

@@ -59,6 +59,7 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
+from connector.identifiers import COMPUTATION_ID
 from connector.negotiation.agreement import Agreement
 from connector.policy.inputs import build_input
 from connector.policy.point import PolicyPoint
@@ -323,6 +324,7 @@ class ComputeProvider:
 
     def confirm(self, caller: Caller, computation_id: str, countersigned: str) -> None:
         """Take the consumer's countersignature of a receipt we sent; log it."""
+        COMPUTATION_ID.check(computation_id)
         try:
             c = self._store.get(computation_id)
         except NotFound:

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -277,7 +278,7 @@ class DeliveryCursor:
             self._on_skip(sequence, reason)
 
 
-class SubscriptionBase:
+class SubscriptionBase(ABC):
     """What both adapters' subscriptions share: the cursor, the failure that ended them,
     iteration and the skip counts. Subclasses implement ``poll``, ``lag``, ``connected``."""
 
@@ -285,8 +286,9 @@ class SubscriptionBase:
         self._cursor = cursor
         self._failed: ConnectorError | None = None
 
+    @abstractmethod
     def poll(self, timeout: float) -> StreamRecord | None:
-        raise NotImplementedError
+        """The next record, or ``None`` when none came within ``timeout`` seconds."""
 
     def __iter__(self) -> Iterator[StreamRecord]:
         while True:

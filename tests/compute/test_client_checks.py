@@ -61,6 +61,9 @@ ANSWER = {
 }
 
 
+CP = "cp-" + "1" * 32
+
+
 def public(p: str) -> ed25519.Ed25519PublicKey:
     return KEYS[p].public_key()
 
@@ -70,7 +73,7 @@ def honest(**changes: Any) -> ComputationReceipt:
     answer = canonical_json(ANSWER)
     receipt = ComputationReceipt(
         agreement="ag-1",
-        computation="cp-1",
+        computation=CP,
         product="admissions",
         provider="health",
         consumer="lab",
@@ -103,10 +106,14 @@ def consumer() -> ComputeConsumer:
 
 
 def response(
-    receipt: ComputationReceipt, answer: bytes | None = None, signer: str = "health"
+    receipt: ComputationReceipt,
+    answer: bytes | None = None,
+    signer: str = "health",
+    computation_id: str = "",
 ) -> compute_pb2.ComputeResponse:
+    computation_id = computation_id or receipt.computation
     return compute_pb2.ComputeResponse(
-        computation_id="cp-1",
+        computation_id=computation_id,
         answer=canonical_json(ANSWER) if answer is None else answer,
         receipt=sign_computation(receipt, KEYS[signer]) if signer == "health" else _forged(receipt),
     )
@@ -131,7 +138,11 @@ def test_an_honest_answer_is_accepted_and_countersigned() -> None:
     [
         (response(honest(), signer="mallory"), "signature"),
         (response(honest(agreement="ag-2")), "another agreement"),
-        (response(honest(computation="cp-2")), "another computation"),
+        (response(honest(computation="cp-" + "2" * 32), computation_id=CP), "another computation"),
+        # A provider naming its computation as a path or a log line: refused before the id
+        # becomes our record's key or reaches our log.
+        (response(honest(computation="../../etc/cp")), "computation id"),
+        (response(honest(computation="cp-1\nforged log line")), "computation id"),
         (response(honest(product="other")), "another product"),
         (response(honest(consumer="mallory")), "another consumer"),
         (response(honest(rules_sha256="0" * 64)), "rules"),

@@ -203,10 +203,18 @@ def test_the_provider_refuses_what_a_consumer_connector_would_not_send(
             assert reason in (caught.value.details() or "")
         with pytest.raises(grpc.RpcError) as caught:
             stub.ConfirmComputation(
-                compute_pb2.ConfirmComputationRequest(computation_id="cp-nope", receipt="{}"),
+                compute_pb2.ConfirmComputationRequest(
+                    computation_id="cp-" + "0" * 32, receipt="{}"
+                ),
                 timeout=30,
             )
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ConfirmComputation(
+                compute_pb2.ConfirmComputationRequest(computation_id="../cp-nope", receipt="{}"),
+                timeout=30,
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         channel.close()
     assert spent(space, plain) == before
