@@ -29,6 +29,7 @@ from connector.identity.names import Role
 from connector.negotiation.agreement import parse_agreement
 from connector.registry.grants import FIVE_YEARS_NS, verify_grant
 from connector.rpc.channel import open_channel
+from tests.integration.test_compute import confirmed
 from tests.support.exchange import admin, agree, entries, offer, publish
 
 NOW_NS = time.time_ns()
@@ -279,7 +280,9 @@ def test_the_disclosure_report_counts_answers_given_from_public_data(space: Loca
     asker = space.nodes["opa"].asker
     assert asker is not None
     for _ in range(2):
-        asker.ask(agreement_id, "SELECT road, count(*) FROM product GROUP BY road")
+        r = asker.ask(agreement_id, "SELECT road, count(*) FROM product GROUP BY road")
+        # The countersignature reaches the provider after the answer (in the background).
+        assert confirmed(space, "gov", r.computation_id)
     report = json.loads(
         admin(space, "gov")
         .DisclosureReport(
