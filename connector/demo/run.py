@@ -6,9 +6,11 @@ approval, masking, the disclosure report), personal health data under consent (r
 without it, withdrawal stopping transfers and deleting the recipient's copy), an
 enterprise sale (validity window, transfer limit, revocation), hospital admissions used but
 not seen (compute-to-data under k and ε: a question by patient, a small group, differencing
-and a spent budget refused), core data refused, and the
-auditor (every log cosigned, fetched, verified and reconciled pair by pair; tampering
-caught), ending with the operator revoking a membership.
+and a spent budget refused), core data refused, flood early warning (live rain-gauge
+readings over NATS JetStream to two bureaus, one agreement revoked mid-stream; skipped,
+saying why, where no NATS server answers), and the auditor (every log cosigned, fetched,
+verified and reconciled pair by pair, window receipts too; tampering caught), ending with
+the operator revoking a membership.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from connector._proto.tds.v1 import (
 )
 from connector.audit.auditor import fetch_and_witness
 from connector.audit.verify import reconcile, verify
+from connector.demo.flood import BUREAU, RECIPIENTS, FloodWarning, bureau_settings, flood_warning
 from connector.demo.scenarios import (
     core_data,
     enterprise_exchange,
@@ -41,7 +44,7 @@ from connector.demo.scenarios import (
     write_data,
 )
 from connector.demo.space import LocalSpace, rpc_code
-from connector.demo.steps import Steps
+from connector.demo.steps import Check, Steps
 from connector.errors import ConnectorError
 from connector.identity.certs import (
     certificate_thumbprint,
@@ -51,7 +54,17 @@ from connector.identity.names import Role
 from connector.node import Node
 from connector.rpc.channel import TlsIdentity, open_channel
 
-__all__ = ["DEMO_PARTICIPANTS", "Outcome", "run_demo"]
+__all__ = [
+    "DEFAULT_NATS_URL",
+    "DEMO_PARTICIPANTS",
+    "Outcome",
+    "outcome_line",
+    "run_demo",
+    "summary",
+]
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+"""Where the flood early warning scenario looks for NATS JetStream unless told."""
 
 DEMO_PARTICIPANTS: list[tuple[str, Role]] = [
     ("city-gov", Role.GOVERNMENT),
@@ -61,9 +74,11 @@ DEMO_PARTICIPANTS: list[tuple[str, Role]] = [
     ("hospital", Role.ENTERPRISE),
     ("health-commission", Role.GOVERNMENT),
     ("institute", Role.ENTERPRISE),
+    (BUREAU, Role.GOVERNMENT),
+    *((who, Role.GOVERNMENT) for who in RECIPIENTS),
     ("auditor", Role.AUDITOR),
 ]
-CONNECTORS = ["city-gov", "ent-a", "ent-b", "alice", "hospital", "health-commission", "institute"]
+CONNECTORS = [pid for pid, role in DEMO_PARTICIPANTS if role != Role.AUDITOR]
 PAIRS = {
     ("city-gov", "ent-a"): 1,
     ("alice", "hospital"): 1,
@@ -81,11 +96,22 @@ class Outcome:
     step: str
     expected: str
     observed: str
+    measured: str = ""
+    """A figure taken on the way, shown beside the outcome (not compared)."""
+    skipped: str = ""
+    """Why the step could not run here: then it is neither as expected nor failed."""
+
+    @property
+    def status(self) -> str:
+        """``ok`` (what happened is what was expected), ``failed`` or ``skipped``."""
+        if self.skipped:
+            return "skipped"
+        return "ok" if self.expected == self.observed else "failed"
 
     @property
     def ok(self) -> bool:
-        """Whether what happened is what was expected."""
-        return self.expected == self.observed
+        """Whether what happened is what was expected (a skipped step is not)."""
+        return self.status == "ok"
 
 
 def _tls(space: LocalSpace, participant: str) -> TlsIdentity:
@@ -119,18 +145,28 @@ def _own_token(space: LocalSpace, participant: str) -> Callable[[], str]:
 
 
 def run_demo(
-    root: Path, narrate: Callable[[str], None], *, keep: Callable[[LocalSpace], None] | None = None
+    root: Path,
+    narrate: Callable[[str], None],
+    *,
+    keep: Callable[[LocalSpace], None] | None = None,
+    nats_url: str = DEFAULT_NATS_URL,
 ) -> list[Outcome]:
-    """Run the demo under ``root``; return every outcome (the caller decides the exit code)."""
+    """Run the demo under ``root`` (the flood early warning scenario on the NATS server at
+    ``nats_url``); return every outcome (the caller decides the exit code)."""
     outcomes: list[Outcome] = []
 
-    def check(scenario: str, step: str, expected: str, observed: str) -> None:
-        outcome = Outcome(scenario, step, expected, observed)
+    def check(
+        scenario: str,
+        step: str,
+        expected: str,
+        observed: str,
+        *,
+        measured: str = "",
+        skipped: str = "",
+    ) -> None:
+        outcome = Outcome(scenario, step, expected, observed, measured, skipped)
         outcomes.append(outcome)
-        mark = "ok " if outcome.ok else "FAILED"
-        narrate(
-            f"  [{mark}] {step}: {observed}" + ("" if outcome.ok else f" (expected {expected})")
-        )
+        narrate(outcome_line(outcome))
 
     started = time.monotonic()
     narrate(f"Creating a development PKI for space 'city' in {root / 'pki'}")
@@ -138,8 +174,9 @@ def run_demo(
     try:
         registry = space.start_registry()
         narrate(f"Operator registry listening on 127.0.0.1:{registry.port}")
+        settings = {BUREAU: bureau_settings(nats_url)}
         for pid in CONNECTORS:
-            node = space.start_connector(pid)
+            node = space.start_connector(pid, **settings.get(pid, {}))
             narrate(
                 f"  {pid:<17} ({node.cfg.participant.role}) enrolled, token obtained, "
                 f"listening on 127.0.0.1:{node.port}"
@@ -226,9 +263,10 @@ def run_demo(
             enterprise_exchange(steps, data, check, narrate)
             health_commission(steps, data, check, narrate)
             core_data(steps, data, check, narrate)
+            flood = flood_warning(steps, nats_url, check, narrate)
         finally:
             steps.close()
-        _audit(space, root, check, narrate)
+        _audit(space, root, check, narrate, flood)
         _membership_revocation(space, check, narrate)
         narrate(f"\nAll state, keys and configs are in {root} ({time.monotonic() - started:.1f} s)")
         if keep is not None:
@@ -238,13 +276,25 @@ def run_demo(
     return outcomes
 
 
+def outcome_line(o: Outcome) -> str:
+    """How an outcome is narrated."""
+    if o.status == "skipped":
+        return f"  [skip] {o.step}: skipped: {o.skipped}"
+    line = f"  [{'ok ' if o.ok else 'FAILED'}] {o.step}: {o.observed}"
+    if o.measured:
+        line += f" ({o.measured})"
+    return line + ("" if o.ok else f" (expected {o.expected})")
+
+
 def _audit(
     space: LocalSpace,
     root: Path,
-    check: Callable[[str, str, str, str], None],
+    check: Check,
     narrate: Callable[[str], None],
+    flood: FloodWarning,
 ) -> None:
-    """The auditor witnesses and exports every log, verifies each, and catches a forgery."""
+    """The auditor witnesses and exports every log, verifies each, reconciles every pair's
+    receipts (the flood scenario's window receipts too), and catches a forgery."""
     s = "audit"
     narrate("\nThe auditor cosigns, fetches and verifies every connector's log")
     cfg = space.write_config("auditor", "", space.registry_address)
@@ -265,18 +315,22 @@ def _audit(
             observed or "not cosigned",
         )
     narrate("\nThe auditor reconciles every provider/consumer pair, receipt by receipt")
-    for provider, consumer in PAIRS:
-        try:
-            result = reconcile(exports / provider, exports / consumer)
-            observed = (
-                f"{result['matched']} receipts match"
-                if result["ok"]
-                else f"mismatch: {result['only_in_a']} {result['only_in_b']} {result['differ']}"
-            )
-        except ConnectorError as exc:
-            observed = str(exc)
-        expected = f"{PAIRS[(provider, consumer)]} receipts match"
-        check(s, f"{provider} and {consumer} hold the same receipts", expected, observed)
+    for (provider, consumer), receipts in PAIRS.items():
+        expected = f"{receipts} receipts match"
+        check(
+            s,
+            f"{provider} and {consumer} hold the same receipts",
+            expected,
+            _reconciled(exports, provider, consumer),
+        )
+    for consumer in RECIPIENTS:
+        step = f"{BUREAU} and {consumer} hold the same window receipts"
+        if flood.skipped:
+            check(s, step, "", "", skipped=f"no stream ran: {flood.skipped}")
+            continue
+        windows = flood.windows.get(consumer, 0)
+        expected = f"{windows} receipts match ({windows} of them stream windows)"
+        check(s, step, expected, _reconciled(exports, BUREAU, consumer))
     forged = exports / "operator-altered"
     shutil.copytree(exports / space.manifest.operator_id, forged, dirs_exist_ok=True)
     lines = (forged / "entries.jsonl").read_bytes().splitlines(keepends=True)
@@ -291,9 +345,21 @@ def _audit(
     )
 
 
-def _membership_revocation(
-    space: LocalSpace, check: Callable[[str, str, str, str], None], narrate: Callable[[str], None]
-) -> None:
+def _reconciled(exports: Path, provider: str, consumer: str) -> str:
+    """What ``tds audit reconcile`` says of two exports, in short."""
+    try:
+        result = reconcile(exports / provider, exports / consumer)
+    except ConnectorError as exc:
+        return str(exc)
+    if not result["ok"]:
+        return f"mismatch: {result['only_in_a']} {result['only_in_b']} {result['differ']}"
+    windows = result["windows"]
+    return f"{result['matched']} receipts match" + (
+        f" ({windows} of them stream windows)" if windows else ""
+    )
+
+
+def _membership_revocation(space: LocalSpace, check: Check, narrate: Callable[[str], None]) -> None:
     """The operator ends a membership; every connector refuses the member after refresh."""
     s = "trust"
     narrate("\nThe operator revokes ent-b; every connector refuses it after refresh")
@@ -314,6 +380,19 @@ def _membership_revocation(
     )
 
 
+def summary(outcomes: list[Outcome]) -> str:
+    """The demo's last line: outcomes as expected of those checked, the failed ones by
+    name, and the skipped ones apart (never counted as expected) with the first reason."""
+    failed = [o.step for o in outcomes if o.status == "failed"]
+    skipped = [o.skipped for o in outcomes if o.status == "skipped"]
+    checked = len(outcomes) - len(skipped)
+    return (
+        f"{checked - len(failed)} of {checked} outcomes as expected"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        + (f"; {len(skipped)} skipped, not checked: {skipped[0]}" if skipped else ".")
+    )
+
+
 def outcomes_json(outcomes: list[Outcome]) -> list[dict[str, object]]:
     """Outcomes for ``--json``."""
-    return [{**asdict(o), "ok": o.ok} for o in outcomes]
+    return [{**asdict(o), "ok": o.ok, "status": o.status} for o in outcomes]

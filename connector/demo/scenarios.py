@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from connector._proto.tds.v1 import admin_pb2
-from connector.demo.steps import FAR_NS, Check, Steps
+from connector.demo.steps import FAR_NS, Check, Steps, named
 from connector.negotiation.agreement import parse_agreement, verify_agreement
 
 __all__ = [
@@ -82,11 +82,6 @@ def write_admissions(path: Path, rnd: random.Random) -> None:
         w.writerow(["patient_id", "district", "age_band", "year", "cost"])
         for n, (district, band) in enumerate(people):
             w.writerow([f"P{100000 + n}", district, band, 2026, rnd.randint(800, 40000)])
-
-
-def _named(detail: str, reason: str) -> str:
-    """``reason`` if the refusal names it, else the whole refusal (to show what went wrong)."""
-    return reason if reason in detail else detail
 
 
 def _reasons(info: admin_pb2.NegotiationInfo) -> str:
@@ -349,7 +344,7 @@ def enterprise_exchange(
         s,
         "the fourth pull is refused",
         "PERMISSION_DENIED: transfer_limit_reached",
-        f"{fourth.state}: {_named(fourth.detail, 'transfer_limit_reached')}",
+        f"{fourth.state}: {named(fourth.detail, 'transfer_limit_reached')}",
     )
     steps.admin("ent-a").RevokeAgreement(
         admin_pb2.RevokeAgreementRequest(
@@ -449,7 +444,7 @@ def health_commission(
         s,
         "the institute, approved, asks for a copy",
         "PERMISSION_DENIED: copy_not_offered",
-        f"{copy.state}: {_named(copy.detail, 'copy_not_offered')}",
+        f"{copy.state}: {named(copy.detail, 'copy_not_offered')}",
     )
     grouped = steps.ask("institute", exact, PER_DISTRICT)
     shown = grouped.answer.get("rows", [])
@@ -471,7 +466,7 @@ def health_commission(
         s,
         "a question grouping by patient id",
         "INVALID_ARGUMENT: not a declared dimension",
-        f"{by_patient.state}: {_named(by_patient.detail, 'not a declared dimension')}",
+        f"{by_patient.state}: {named(by_patient.detail, 'not a declared dimension')}",
     )
     whole = steps.ask("institute", exact, "SELECT count(*), sum(cost) FROM product")
     without = steps.ask(
@@ -481,7 +476,7 @@ def health_commission(
         s,
         "the total, then the total without the one patient aged 90+ (differencing)",
         "answered, then PERMISSION_DENIED: fewer than 10 rows",
-        f"{whole.state}, then {without.state}: {_named(without.detail, 'fewer than 10 rows')}",
+        f"{whole.state}, then {without.state}: {named(without.detail, 'fewer than 10 rows')}",
     )
     narrate(f"    {without.detail}")
     private = _approved(steps, "institute", "health-commission", "admissions", "private")
@@ -505,7 +500,7 @@ def health_commission(
         s,
         "the question after the budget is spent",
         "PERMISSION_DENIED: privacy_budget_exhausted",
-        f"{third.state}: {_named(third.detail, 'privacy_budget_exhausted')}",
+        f"{third.state}: {named(third.detail, 'privacy_budget_exhausted')}",
     )
     narrate(f"    {third.detail}")
     return sum(a.state == "answered" for a in (grouped, whole, *spent))

@@ -8,24 +8,53 @@ administrator certificate — the same calls ``tds negotiate``, ``tds transfer``
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, compute_pb2, compute_pb2_grpc
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    compute_pb2,
+    compute_pb2_grpc,
+    stream_pb2,
+    stream_pb2_grpc,
+)
 from connector.audit import jws
 from connector.demo.space import LocalSpace, rpc_code
 from connector.node.clients import admin_channel
 
-__all__ = ["Check", "Steps"]
+__all__ = ["Check", "Following", "Steps", "named"]
 
-Check = Callable[[str, str, str, str], None]
-"""(scenario, step, expected, observed) -> records and narrates one outcome."""
+
+class Check(Protocol):
+    """Records and narrates one outcome of a scenario's step."""
+
+    def __call__(
+        self,
+        scenario: str,
+        step: str,
+        expected: str,
+        observed: str,
+        *,
+        measured: str = "",
+        skipped: str = "",
+    ) -> None:
+        """``measured``: a figure taken on the way, shown beside the outcome (how long a
+        stop took); ``skipped``: why the step could not run here (a service the demo
+        needs is not reachable): then it is neither as expected nor failed."""
+
 
 FAR_NS = 4_000_000_000_000_000_000
+
+
+def named(detail: str, reason: str) -> str:
+    """``reason`` if the refusal names it, else the whole refusal (to show what went wrong)."""
+    return reason if reason in detail else detail
 
 
 @dataclass
@@ -50,28 +79,86 @@ class Answered:
     detail: str = ""
 
 
+class Following:
+    """A consumer's admin following a stream (``tds subscribe``), read on a thread of its
+    own while the scenario goes on."""
+
+    def __init__(self, space: LocalSpace, consumer: str, agreement_id: str) -> None:
+        self._channel = admin_channel(space.configs[consumer])
+        self._call = stream_pb2_grpc.StreamServiceStub(self._channel).Follow(
+            stream_pb2.FollowRequest(agreement_id=agreement_id)
+        )
+        self.events: list[stream_pb2.FollowEvent] = []
+        self.error: grpc.RpcError | None = None
+        self.ended_at = 0.0
+        """``time.monotonic()`` when the call ended (0 while it runs)."""
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True, name="demo-follow")
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._call:
+                self.events.append(event)
+        except grpc.RpcError as err:
+            self.error = err
+        self.ended_at = time.monotonic()
+
+    def kept(self) -> int:
+        """The last sequence the consumer keeps (its last countersigned window's)."""
+        return max((e.kept_sequence for e in self.events), default=0)
+
+    def wait_kept(self, sequence: int, timeout: float = 20.0) -> bool:
+        """Wait until the consumer keeps ``sequence``; whether it did (not if it ended)."""
+        deadline = time.monotonic() + timeout
+        while self.kept() < sequence:
+            if self.ended_at or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def wait_end(self, timeout: float = 10.0) -> bool:
+        """Wait for the call to end (the provider stopped it); whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def ended(self) -> str:
+        """How the call ended: ``STATUS: details``, ``ended`` or ``running``."""
+        if self.error is not None:
+            return f"{rpc_code(self.error)}: {self.error.details() or ''}"
+        return "ended" if self.ended_at else "running"
+
+    def close(self) -> None:
+        """Cancel the call (the connector suspends the subscription) and close (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call.cancel()  # type: ignore[no-untyped-call]
+        self._thread.join(10)
+        self._channel.close()
+
+
 class Steps:
     """Admin operations of the demo's participants."""
 
     def __init__(self, space: LocalSpace) -> None:
         self.space = space
-        self._stubs: dict[str, admin_pb2_grpc.AdminServiceStub] = {}
-        self._channels: list[grpc.Channel] = []
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def _channel(self, participant: str) -> grpc.Channel:
+        if participant not in self._channels:
+            self._channels[participant] = admin_channel(self.space.configs[participant])
+        return self._channels[participant]
 
     def admin(self, participant: str) -> admin_pb2_grpc.AdminServiceStub:
         """The participant's own admin stub (one channel each, reused)."""
-        if participant not in self._stubs:
-            channel = admin_channel(self.space.configs[participant])
-            self._channels.append(channel)
-            self._stubs[participant] = admin_pb2_grpc.AdminServiceStub(channel)
-        return self._stubs[participant]
+        return admin_pb2_grpc.AdminServiceStub(self._channel(participant))
 
     def close(self) -> None:
         """Close every admin channel."""
-        for channel in self._channels:
+        for channel in self._channels.values():
             channel.close()
         self._channels.clear()
-        self._stubs.clear()
 
     def publish(self, provider: str, description: dict[str, Any], base_dir: str = "") -> str:
         """Publish a product; "published" or the refusal's status."""
@@ -181,6 +268,32 @@ class Steps:
             admin_pb2.ListTransfersRequest(holdings=True), timeout=10
         )
         return [t.transfer_id for t in resp.transfers]
+
+    def subscribe(self, consumer: str, agreement_id: str) -> Following:
+        """Follow a stream under an agreement, as ``tds subscribe``."""
+        return Following(self.space, consumer, agreement_id)
+
+    def stream_holding(self, consumer: str, agreement_id: str) -> stream_pb2.StreamHolding:
+        """A stream the consumer receives, as ``tds data list`` shows it."""
+        streams = (
+            stream_pb2_grpc.StreamServiceStub(self._channel(consumer))
+            .ListStreams(stream_pb2.ListStreamsRequest(), timeout=10)
+            .streams
+        )
+        found = [h for h in streams if h.agreement_id == agreement_id]
+        return found[0] if found else stream_pb2.StreamHolding(agreement_id=agreement_id)
+
+    def stream_records(self, consumer: str, agreement_id: str) -> list[dict[str, Any]]:
+        """What a consumer keeps of a stream: ``{"sequence", "record"}`` lines of its
+        committed segments (one per countersigned window), in order."""
+        holding = self.stream_holding(consumer, agreement_id)
+        if not holding.path or holding.deleted:
+            return []
+        return [
+            json.loads(line)
+            for segment in sorted(Path(holding.path).glob("0*.jsonl"))
+            for line in segment.read_text(encoding="utf-8").splitlines()
+        ]
 
     def log_entries(self, participant: str, kind: str) -> list[dict[str, Any]]:
         """Entries of one kind in a participant's audit log."""
