@@ -1,4 +1,6 @@
-"""``tds demo`` runs the whole space and every outcome is as expected."""
+"""``tds demo`` runs the whole space and every outcome is as expected; the flood early
+warning scenario streams over the machine's NATS JetStream, and without a NATS server it is
+skipped, saying why, while the rest runs."""
 
 from __future__ import annotations
 
@@ -9,21 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.sources.conftest import NATS_URL, _reachable, free_port
+
 pytestmark = pytest.mark.slow
 
 
-def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "connector", "demo", "--dir", str(tmp_path / "demo"), "--json"],
+def demo(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connector", "demo", "--dir", str(directory), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=150,
         check=False,
     )
+
+
+def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
+    if why := _reachable(NATS_URL):
+        pytest.skip(f"NATS not reachable at {NATS_URL}: {why} (the flood scenario needs it)")
+    result = demo(tmp_path / "demo", "--json", "--nats", NATS_URL)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["ok"] is True
-    assert all(o["ok"] for o in report["outcomes"])
+    assert report["ok"] is True and report["skipped"] == 0
+    assert all(o["ok"] and o["status"] == "ok" for o in report["outcomes"])
     steps = {o["step"]: o["observed"] for o in report["outcomes"]}
     assert steps["revoked ent-b pings city-gov"] == "UNAUTHENTICATED"
     scenarios = {o["scenario"] for o in report["outcomes"]}
@@ -34,6 +44,7 @@ def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
         "enterprise exchange",
         "health commission",
         "core data",
+        "flood early warning",
         "audit",
     }
     # The scenario outcomes the issue names, each observed (not just expected).
@@ -67,6 +78,38 @@ def test_demo_exits_zero_with_every_outcome_as_expected(tmp_path: Path) -> None:
     )
     assert steps["health-commission and institute hold the same receipts"] == "4 receipts match"
     assert any(s.endswith(": 1 transfer") for s in steps.values())
+    # Flood early warning (防汛): live readings, masked, one recipient revoked mid-stream.
+    flood = {o["step"]: o for o in report["outcomes"] if o["scenario"] == "flood early warning"}
+    assert len(flood) == 7
+    assert (
+        flood["no keeper's name leaves the bureau; each bureau gets pseudonyms of its own"][
+            "observed"
+        ]
+        == "masked: 12 and 12 pseudonyms, 0 shared"
+    )
+    stop = flood["met-bureau revokes city-mgmt's agreement mid-stream: its delivery stops"]
+    assert stop["observed"] == "PERMISSION_DENIED: agreement_revoked, within 1 s"
+    assert float(stop["measured"].split()[1]) < 1.0, stop["measured"]
+    for who in ("water", "city-mgmt"):
+        paired = steps[f"met-bureau and {who} hold the same window receipts"]
+        assert paired.endswith("of them stream windows)") and not paired.startswith("0 "), paired
     assert (tmp_path / "demo" / "tds.log").stat().st_size > 0
     assert (tmp_path / "demo" / "audit" / "hospital" / "entries.jsonl").exists()
     assert "Traceback" not in result.stderr
+
+
+def test_demo_without_nats_skips_the_flood_scenario_saying_why(tmp_path: Path) -> None:
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    result = demo(tmp_path / "demo", "--nats", nowhere)
+    # Everything else ran and was as expected: the exit code counts failures only.
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = [line for line in result.stdout.splitlines() if "outcomes as expected" in line][-1]
+    checked = last.split(" of ")[0]
+    assert last.startswith(f"{checked} of {checked} outcomes as expected; 3 skipped, not checked")
+    assert f"NATS not reachable at {nowhere}" in last
+    # The narration (stderr) marks each skipped step with its reason.
+    narrated = result.stderr.splitlines()
+    skipped = [line for line in narrated if line.strip().startswith("[skip]")]
+    assert len(skipped) == 3, result.stderr  # the scenario and its two pairs at the audit
+    assert all("NATS not reachable" in line for line in skipped)
+    assert not any("[FAILED]" in line for line in narrated) and "Traceback" not in result.stderr
