@@ -160,6 +160,8 @@ def test_flood_warning_example_runs_as_its_readme_says(tmp_path: Path) -> None:
         "300 messages to sequence 300 in 15 windows",
         "(deleted)",
         "15 receipts match (15 of them stream windows)",
+        "keepers' names at water and city-mgmt: masked: 12 and 12 pseudonyms, 0 shared",
+        "after the bureau's agreement.revoked (within a second;",
     ):
         assert expected in result.stdout, (expected, result.stdout)
     assert "UNEXPECTED" not in result.stdout and "Traceback" not in result.stderr
