@@ -184,6 +184,10 @@ class LocalSpace:
         node.cfg = self.write_config(participant, address, *where)
         self.enrol(participant, address)
         self.nodes[participant] = node
+        if node.registry is not None:
+            # It asked the registry for a token before it was enrolled (its port was not
+            # known yet) and would ask again only a second later: ask now.
+            node.registry.refresh_all()
         if not node.wait_ready(wait_ready):
             raise TimeoutError(f"{participant} did not obtain a token and revocation list")
         return node
