@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connector.cli.output import emit, say
+from connector.demo import DEFAULT_NATS_URL
 from connector.logs import setup_logging
 from connector.node.memory import bound_malloc_arenas
 from connector.node.scheduling import batch_scheduling
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--nats",
         metavar="URL",
-        default="nats://127.0.0.1:4222",
+        default=DEFAULT_NATS_URL,
         help="NATS server with JetStream for the flood early warning scenario "
         "(default: %(default)s)",
     )

@@ -197,15 +197,20 @@ def _stream(
             f"{how.split(':', 1)[0]}: {named(how, 'agreement_revoked')}, {when}",
             measured=f"stopped {took:.2f} s after the revocation" if ended else "",
         )
-        stopped = [
-            e["data"]
-            for e in steps.log_entries(BUREAU, "stream.stopped")
-            if e["data"]["agreement"] == agreements["city-mgmt"]
-        ]
-        if stopped:
+        logged = {
+            kind: [
+                e
+                for e in steps.log_entries(BUREAU, kind)
+                if e["data"]["agreement"] == agreements["city-mgmt"]
+            ]
+            for kind in ("agreement.revoked", "stream.stopped")
+        }
+        if all(logged.values()):
+            revoked, stopped = logged["agreement.revoked"][0], logged["stream.stopped"][-1]
             narrate(
-                f"    the bureau's log: stream.stopped, {stopped[-1]['sent']} readings sent "
-                f"to city-mgmt, up to sequence {stopped[-1]['last_sequence']}"
+                f"    the bureau's log: stream.stopped {stopped['time_ms'] - revoked['time_ms']} "
+                f"ms after agreement.revoked, {stopped['data']['sent']} readings sent to "
+                "city-mgmt in all"
             )
         held = steps.stream_holding("city-mgmt", agreements["city-mgmt"])
         deleted = [

@@ -34,6 +34,7 @@ from connector._proto.tds.v1 import (
 )
 from connector.audit.auditor import fetch_and_witness
 from connector.audit.verify import reconcile, verify
+from connector.demo import DEFAULT_NATS_URL
 from connector.demo.flood import BUREAU, RECIPIENTS, FloodWarning, bureau_settings, flood_warning
 from connector.demo.scenarios import (
     core_data,
@@ -63,8 +64,6 @@ __all__ = [
     "summary",
 ]
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-"""Where the flood early warning scenario looks for NATS JetStream unless told."""
 
 DEMO_PARTICIPANTS: list[tuple[str, Role]] = [
     ("city-gov", Role.GOVERNMENT),
