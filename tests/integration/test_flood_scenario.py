@@ -21,7 +21,14 @@ from connector.demo.run import Outcome, outcome_line, summary
 from connector.demo.space import LocalSpace
 from connector.demo.steps import Steps
 from connector.identity.names import Role
-from tests.sources.conftest import NATS_URL, _reachable, free_port
+from tests.sources.conftest import NATS_URL, OwnServer, _own_server, _reachable, free_port
+
+
+@pytest.fixture
+def nats_without_jetstream() -> Iterator[OwnServer]:
+    """A NATS server of the test's own with JetStream off."""
+    port = free_port()
+    yield from _own_server(["nats-server", "-a", "127.0.0.1", "-p", str(port)], port, "nats")
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +132,17 @@ def test_without_nats_the_scenario_is_skipped_saying_why(space: LocalSpace) -> N
     assert "[skip]" in narration and "--nats URL" in narration
     assert result == FloodWarning(skipped=result.skipped) and nowhere in result.skipped
     assert published(space) == before  # nothing was published on the way
+
+
+def test_a_nats_server_without_jetstream_is_skipped_saying_why(
+    space: LocalSpace, nats_without_jetstream: OwnServer
+) -> None:
+    before = published(space)
+    outcomes, result, _ = run_scenario(space, nats_without_jetstream.url)
+    assert [o.status for o in outcomes] == ["skipped"]
+    assert f"NATS at {nats_without_jetstream.url} cannot hold" in outcomes[0].skipped
+    assert "JetStream" in outcomes[0].skipped and result.skipped
+    assert published(space) == before
 
 
 def test_the_summary_counts_skipped_outcomes_apart_and_never_as_expected() -> None:
