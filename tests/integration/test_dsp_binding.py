@@ -68,7 +68,9 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
             "gov",
             dsp=DspConfig(listen="127.0.0.1:0", max_body_bytes=BODY_LIMIT, page_size=2),
         )
-        for member in ("a", "b", "r"):
+        # a is a tds consumer with a binding of its own: the provider's callbacks go there.
+        sp.start_connector("a", dsp=DspConfig(listen="127.0.0.1:0"))
+        for member in ("b", "r"):
             sp.start_connector(member)
         for pid in OPEN:
             publish(sp, "gov", product(pid), root)
@@ -474,8 +476,14 @@ def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) 
 
 
 def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
-    for path in ("/negotiations/x/request", "/negotiations/x/events", "/transfers/request"):
-        assert client(space).call("POST", path, {}).status == 404
+    for path in (
+        "/negotiations/x/request",
+        "/negotiations/offers",
+        "/negotiations/x/offers",
+        "/transfers/request",
+    ):
+        # /negotiations/offers is the path of GET /negotiations/{pid}: POST is 405 there.
+        assert client(space).call("POST", path, {}).status in (404, 405)
 
 
 def test_authorization_admin_certificate_is_refused(space: LocalSpace) -> None:
