@@ -142,7 +142,14 @@ class DspSender:
         if loop is None:
             return
         if session is not None:
-            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
+
+            async def closed() -> None:
+                await session.close()
+                # aiohttp's advice for TLS: give the transports a moment to close before
+                # the loop stops, or their sockets are left open.
+                await asyncio.sleep(0.25)
+
+            asyncio.run_coroutine_threadsafe(closed(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=10)

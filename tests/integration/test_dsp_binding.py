@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
@@ -23,6 +25,8 @@ from connector.dsp import DspBinding, tls_context
 from connector.errors import ConfigError
 from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
+from connector.negotiation.agreement import verify_agreement
+from connector.negotiation.dsp import SIGNED_AGREEMENT
 from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
 from tests.support.dsp_client import Answer, DspClient
 from tests.support.exchange import FAR, admin, entries, publish
@@ -580,3 +584,191 @@ def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None
             break
         time.sleep(0.2)
     refused(answer, 401, "CatalogError", "revoked")
+
+
+# -- two tds connectors over the binding alone ------------------------------------------
+
+
+def outbox_methods(space: LocalSpace, who: str, pid: str) -> list[str]:
+    node = space.nodes[who]
+    assert node.db is not None
+    with node.db.transaction() as tx:
+        rows = tx.all("SELECT method FROM outbox WHERE negotiation_pid = ? ORDER BY id", (pid,))
+    return [r[0] for r in rows]
+
+
+def dsp_negotiation(space: LocalSpace, product: str = "parking", **kw: Any) -> Any:
+    binding = space.nodes["gov"].dsp
+    assert binding is not None
+    return admin(space, "a").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov",
+            product_id=product,
+            offer_id="o1",
+            purpose="research",
+            wait_ms=20_000,
+            dsp_url=kw.get("dsp_url", binding.base_url),
+        ),
+        timeout=30,
+    )
+
+
+def transitions(space: LocalSpace, who: str, pid: str) -> list[str]:
+    return [
+        m["data"]["to"]
+        for m in entries(space, who, "negotiation.transition")
+        if m["data"]["pid"] == pid
+    ]
+
+
+def test_negotiations_consumerpid_agreement_and_events_post_two_tds_connectors_finalize(
+    space: LocalSpace,
+) -> None:
+    mine = dsp_negotiation(space)
+    assert mine.state == "FINALIZED", mine
+    (theirs,) = [n for n in provider_negotiations(space) if n.agreement_id == mine.agreement_id]
+    assert (theirs.state, theirs.counterparty) == ("FINALIZED", "a")
+    # The same dual-signed agreement on both sides, verifying against the directory keys.
+    provider_copy = space.nodes["gov"].negotiator.get(theirs.pid).agreement  # type: ignore[union-attr]
+    consumer_copy = space.nodes["a"].negotiator.get(mine.pid).agreement  # type: ignore[union-attr]
+    assert provider_copy == consumer_copy and provider_copy
+    verify_agreement(provider_copy, space.nodes["a"]._signing_key_of)
+    # Every message went over DSP, through each side's outbox: none over gRPC.
+    assert outbox_methods(space, "a", mine.pid) == ["dsp:RequestContract", "dsp:VerifyAgreement"]
+    assert outbox_methods(space, "gov", theirs.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
+    # The same audit entries as a negotiation over gRPC.
+    assert transitions(space, "gov", theirs.pid) == ["REQUESTED", "AGREED", "FINALIZED"]
+    assert transitions(space, "a", mine.pid) == ["REQUESTED", "VERIFIED", "FINALIZED"]
+    grpc = admin(space, "a").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov", product_id="parking", offer_id="o1", purpose="research", wait_ms=20_000
+        ),
+        timeout=30,
+    )
+    assert grpc.state == "FINALIZED"
+    assert transitions(space, "a", grpc.pid) == transitions(space, "a", mine.pid)
+
+
+def test_negotiations_providerpid_agreement_verification_post_repeated_changes_nothing(
+    space: LocalSpace,
+) -> None:
+    mine = dsp_negotiation(space)
+    (theirs,) = [n for n in provider_negotiations(space) if n.agreement_id == mine.agreement_id]
+    gov = space.nodes["gov"].negotiator
+    assert gov is not None
+    countersigned = gov.get(theirs.pid).agreement
+    before = len(entries(space, "gov"))
+    verification = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": f"urn:tds:process:{theirs.pid}",
+        "consumerPid": f"urn:tds:process:{mine.pid}",
+        SIGNED_AGREEMENT: countersigned,
+    }
+    path = f"/negotiations/urn:tds:process:{theirs.pid}/agreement/verification"
+    again = client(space, "a").call("POST", path, verification)
+    assert again.status == 200, again.body
+    assert conforms(again, "negotiation/contract-negotiation-schema.json")["state"] == "FINALIZED"
+    assert len(entries(space, "gov")) == before
+    assert outbox_methods(space, "gov", theirs.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
+    # b names a's process: as missing as one that does not exist.
+    refused(
+        client(space, "b").call("POST", path, verification),
+        404,
+        "ContractNegotiationError",
+        "no such negotiation",
+    )
+
+
+def verification_of(provider_pid: str, consumer_pid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        **extra,
+    }
+
+
+def event_of(provider_pid: str, consumer_pid: str, event: str) -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractNegotiationEventMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "eventType": event,
+    }
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message", "status", "fragment"),
+    [
+        (
+            "agreement/verification",
+            lambda p, c: verification_of(p, c),
+            400,
+            "both parties have signed it",
+        ),
+        (
+            "agreement/verification",
+            lambda p, c: verification_of(p, c, **{SIGNED_AGREEMENT: "{}"}),
+            400,
+            "",
+        ),
+        ("events", lambda p, c: event_of(p, c, "ACCEPTED"), 400, "cannot move to ACCEPTED"),
+        ("events", lambda p, c: event_of(p, c, "FINALIZED"), 400, "takes ACCEPTED events"),
+        ("events", lambda p, c: event_of(p, "urn:uuid:someone-else", "ACCEPTED"), 404, "no such"),
+        ("events", lambda p, c: {**event_of(p, c, "ACCEPTED"), "@type": "X"}, 400, "@type"),
+        ("agreement", lambda p, c: event_of(p, c, "ACCEPTED"), 400, "ContractAgreementMessage"),
+    ],
+    ids=[
+        "verification-without-countersignature",
+        "verification-forged-countersignature",
+        "accepted-with-no-offer-out-of-order",
+        "finalized-sent-to-the-provider",
+        "another-consumer-process",
+        "unknown-type",
+        "agreement-callback-on-a-provider-process",
+    ],
+)
+def test_state_transition_errors_provider_side_change_nothing(
+    space: LocalSpace, suffix: str, message: Any, status: int, fragment: str
+) -> None:
+    consumer_pid = f"urn:uuid:bad-{suffix.replace('/', '-')}-{status}-{len(fragment)}"
+    started = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request(consumer_pid)
+    )
+    assert started.body["state"] == "AGREED", started.body
+    provider_pid = started.body["providerPid"]
+    pid = provider_pid.removeprefix("urn:tds:process:")
+    logged = transitions(space, "gov", pid)
+    answer = client(space, "b").call(
+        "POST", f"/negotiations/{provider_pid}/{suffix}", message(provider_pid, consumer_pid)
+    )
+    refused(answer, status, "ContractNegotiationError", fragment)
+    assert answer.body["providerPid"] == provider_pid
+    assert client(space, "b").call("GET", f"/negotiations/{provider_pid}").body["state"] == "AGREED"
+    assert transitions(space, "gov", pid) == logged
+
+
+def test_negotiations_request_post_callback_only_to_the_registered_host(
+    space: LocalSpace,
+) -> None:
+    # a's connector is told to negotiate with a "provider binding" on a host gov is not
+    # registered at (localhost is not 127.0.0.1): it must not connect there at all.
+    listener = socket.socket()
+    listener.bind(("localhost", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    try:
+        ended = dsp_negotiation(space, dsp_url=f"https://localhost:{port}")
+        assert ended.state == "TERMINATED", ended
+        assert "host the operator registered for gov" in " ".join(ended.reasons)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody came
+    finally:
+        listener.close()
+    with pytest.raises(grpc.RpcError) as refused_at_once:
+        dsp_negotiation(space, dsp_url=f"http://127.0.0.1:{port}")
+    assert refused_at_once.value.code() == grpc.StatusCode.INVALID_ARGUMENT
