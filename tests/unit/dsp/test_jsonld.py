@@ -22,6 +22,11 @@ SERVED = (
     "DatasetRequestMessage",
     "ContractRequestMessage",
     "ContractNegotiationTerminationMessage",
+    "ContractNegotiationEventMessage",
+    "ContractAgreementVerificationMessage",
+    "ContractAgreementMessage",
+    # A tds consumer reads the provider's answer to its request as this.
+    "ContractNegotiation",
 )
 
 
