@@ -72,10 +72,11 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
             "gov",
             dsp=DspConfig(listen="127.0.0.1:0", max_body_bytes=BODY_LIMIT, page_size=2),
         )
-        # a is a tds consumer with a binding of its own: the provider's callbacks go there.
-        sp.start_connector("a", dsp=DspConfig(listen="127.0.0.1:0"))
-        for member in ("b", "r"):
-            sp.start_connector(member)
+        # a and b are tds consumers with bindings of their own: the provider's callbacks
+        # go there.
+        for member in ("a", "b"):
+            sp.start_connector(member, dsp=DspConfig(listen="127.0.0.1:0"))
+        sp.start_connector("r")
         for pid in OPEN:
             publish(sp, "gov", product(pid), root)
         publish(sp, "gov", product(RESTRICTED, access={"allow_list": ["b"]}), root)
@@ -597,16 +598,18 @@ def outbox_methods(space: LocalSpace, who: str, pid: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def dsp_negotiation(space: LocalSpace, product: str = "parking", **kw: Any) -> Any:
+def dsp_negotiation(
+    space: LocalSpace, product: str = "parking", *, consumer: str = "a", **kw: Any
+) -> Any:
     binding = space.nodes["gov"].dsp
     assert binding is not None
-    return admin(space, "a").StartNegotiation(
+    return admin(space, consumer).StartNegotiation(
         admin_pb2.StartNegotiationRequest(
             provider="gov",
             product_id=product,
             offer_id="o1",
             purpose="research",
-            wait_ms=20_000,
+            wait_ms=kw.get("wait_ms", 20_000),
             dsp_url=kw.get("dsp_url", binding.base_url),
         ),
         timeout=30,
@@ -772,3 +775,37 @@ def test_negotiations_request_post_callback_only_to_the_registered_host(
     with pytest.raises(grpc.RpcError) as refused_at_once:
         dsp_negotiation(space, dsp_url=f"http://127.0.0.1:{port}")
     assert refused_at_once.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_negotiations_consumerpid_agreement_post_after_the_providers_approval(
+    space: LocalSpace, decision: str
+) -> None:
+    # An offer that waits for the provider's admin: the agreement, or the rejection,
+    # reaches the tds consumer later, at its callback address, through gov's outbox.
+    waiting = dsp_negotiation(space, IMPORTANT, consumer="b", wait_ms=0)
+    provider = admin(space, "gov")
+    deadline = time.monotonic() + 20
+    theirs: list[Any] = []
+    while not theirs and time.monotonic() < deadline:
+        found = provider.ListNegotiations(
+            admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10
+        ).negotiations
+        theirs = [n for n in found if n.counterparty_pid == waiting.pid]
+        time.sleep(0.05)
+    (pending,) = theirs
+    if decision == "approve":
+        provider.ApproveNegotiation(admin_pb2.NegotiationRef(pid=pending.pid), timeout=10)
+    else:
+        provider.RejectNegotiation(
+            admin_pb2.NegotiationRef(pid=pending.pid, reason="not this year"), timeout=10
+        )
+    final = admin(space, "b").GetNegotiation(
+        admin_pb2.NegotiationRef(pid=waiting.pid, wait_ms=20_000), timeout=30
+    )
+    if decision == "approve":
+        assert final.state == "FINALIZED", final
+        assert outbox_methods(space, "gov", pending.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
+    else:
+        assert (final.state, list(final.reasons)) == ("TERMINATED", ["not this year"])
+        assert outbox_methods(space, "gov", pending.pid) == ["dsp:Terminate"]
