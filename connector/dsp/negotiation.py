@@ -23,7 +23,6 @@ verification message. Not built (no route, so 404): counter-offers
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import urllib.parse
 from collections.abc import Callable
@@ -149,46 +148,55 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             raise NotFound("no such negotiation")
         return n
 
-    async def process(
-        request: web.Request, message_type: str
-    ) -> tuple[Caller, dict[str, Any], Negotiation]:
-        """The caller, the message and the negotiation of a message to ``{pid}/…``."""
-        caller = await exchange.caller(request)
+    async def serve(
+        request: web.Request,
+        message_type: str,
+        act: Callable[[Caller, dict[str, Any], Negotiation], object],
+    ) -> web.Response:
+        """A message to ``{pid}/…``: who sent it, what it says, which of our negotiations
+        it is for, then ``act`` on it and answer with the negotiation as it is now — all in
+        one hand-over to the worker threads (each costs a thread switch)."""
         pid = request.match_info["pid"]
         note_pids(request, provider_pid=pid)
-        message = await exchange.message(request, message_type)
-        note_pids(request, str(message["providerPid"]), str(message["consumerPid"]))
-        n = await exchange.run(addressed, caller, pid, message)
-        return caller, message, n
+        presented = exchange.presented(request)
+        raw = await exchange.body(request)
 
-    async def answered(caller: Caller, n: Negotiation) -> web.Response:
-        return exchange.answer("ContractNegotiation", shown(await exchange.run(own, caller, n.pid)))
+        def work() -> dict[str, Any]:
+            caller = exchange.authenticate(presented)
+            message = exchange.read(raw, message_type)
+            note_pids(request, str(message["providerPid"]), str(message["consumerPid"]))
+            n = addressed(caller, pid, message)
+            act(caller, message, n)
+            return shown(own(caller, n.pid))
+
+        return exchange.answer("ContractNegotiation", await exchange.run(work))
 
     async def request_contract(request: web.Request) -> web.Response:
         """``#negotiations-request-post``: REQUESTED, agreed at once when the
         contract policy allows without approval (then AGREED)."""
-        caller = await exchange.caller(request)
-        message = await exchange.message(request, "ContractRequestMessage")
-        consumer_pid = str(message.get("consumerPid", ""))
-        note_pids(request, consumer_pid=consumer_pid)
-        # The schema has refused an initial request naming a providerPid (one of the two).
-        callback = str(message.get("callbackAddress", ""))
-        await exchange.run(check_callback, callback, caller.participant, exchange.registered_host)
-        product, offer = _product_and_offer(message["offer"])
-        req = negotiation_pb2.ContractRequest(
-            message_id=message_id(caller, message),
-            consumer_pid=local_pid(consumer_pid),
-            product_id=product,
-            offer_id=offer,
-            purpose=_purpose(message["offer"]),
-        )
-        ack = await exchange.run(
-            functools.partial(
-                exchange.negotiator.receive_request, caller, req, peer_address=callback
+        presented = exchange.presented(request)
+        raw = await exchange.body(request)
+
+        def work() -> dict[str, Any]:  # in one hand-over to the worker threads
+            caller = exchange.authenticate(presented)
+            message = exchange.read(raw, "ContractRequestMessage")
+            consumer_pid = str(message.get("consumerPid", ""))
+            note_pids(request, consumer_pid=consumer_pid)
+            # The schema has refused an initial request naming a providerPid (one of two).
+            callback = str(message.get("callbackAddress", ""))
+            check_callback(callback, caller.participant, exchange.registered_host)
+            product, offer = _product_and_offer(message["offer"])
+            req = negotiation_pb2.ContractRequest(
+                message_id=message_id(caller, message),
+                consumer_pid=local_pid(consumer_pid),
+                product_id=product,
+                offer_id=offer,
+                purpose=_purpose(message["offer"]),
             )
-        )
-        n = await exchange.run(exchange.negotiator.get, ack.pid)
-        return exchange.answer("ContractNegotiation", shown(n), status=201)
+            ack = exchange.negotiator.receive_request(caller, req, peer_address=callback)
+            return shown(exchange.negotiator.get(ack.pid))
+
+        return exchange.answer("ContractNegotiation", await exchange.run(work), status=201)
 
     async def get_negotiation(request: web.Request) -> web.Response:
         """``#negotiations-get-provider`` and ``#negotiations-get-consumer``."""
@@ -201,76 +209,81 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
     async def verify_agreement(request: web.Request) -> web.Response:
         """``#negotiations-providerpid-agreement-verification-post``: the consumer's
         countersignature, VERIFIED then FINALIZED; FINALIZED is sent back as an event."""
-        caller, message, n = await process(request, "ContractAgreementVerificationMessage")
-        if n.role != PROVIDER:
-            raise NotFound("no such negotiation")
-        verification = negotiation_pb2.AgreementMessage(
-            message_id=message_id(caller, message),
-            provider_pid=n.pid,
-            consumer_pid=n.counterparty_pid,
-            agreement=_signed(message, "the countersigned agreement"),
-        )
-        await exchange.run(exchange.negotiator.receive_verification, caller, verification)
-        return await answered(caller, n)
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            if n.role != PROVIDER:
+                raise NotFound("no such negotiation")
+            verification = negotiation_pb2.AgreementMessage(
+                message_id=message_id(caller, message),
+                provider_pid=n.pid,
+                consumer_pid=n.counterparty_pid,
+                agreement=_signed(message, "the countersigned agreement"),
+            )
+            return exchange.negotiator.receive_verification(caller, verification)
+
+        return await serve(request, "ContractAgreementVerificationMessage", act)
 
     async def receive_agreement(request: web.Request) -> web.Response:
         """``#negotiations-consumerpid-agreement-post``: verified against
         what was asked for, countersigned, and the verification sent back."""
-        caller, message, n = await process(request, "ContractAgreementMessage")
-        if n.role != CONSUMER:
-            raise NotFound("no such negotiation")
-        signed = _signed(message, "the provider's signed agreement")
-        try:
-            agreement_id = parse_agreement(signed).id
-        except (ValueError, KeyError, TypeError):
-            raise InvalidRequest(f"{SIGNED_AGREEMENT} is not a signed tds agreement") from None
-        named = message["agreement"].get("@id")
-        if named not in (agreement_id, f"urn:tds:agreement:{agreement_id}"):
-            raise InvalidRequest("the agreement's @id is not the signed agreement's")
-        agreement = negotiation_pb2.AgreementMessage(
-            message_id=message_id(caller, message),
-            provider_pid=local_pid(str(message["providerPid"])),
-            consumer_pid=n.pid,
-            agreement=signed,
-        )
-        await exchange.run(exchange.negotiator.receive_agreement, caller, agreement)
-        return await answered(caller, n)
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            if n.role != CONSUMER:
+                raise NotFound("no such negotiation")
+            signed = _signed(message, "the provider's signed agreement")
+            try:
+                agreement_id = parse_agreement(signed).id
+            except (ValueError, KeyError, TypeError):
+                raise InvalidRequest(f"{SIGNED_AGREEMENT} is not a signed tds agreement") from None
+            named = message["agreement"].get("@id")
+            if named not in (agreement_id, f"urn:tds:agreement:{agreement_id}"):
+                raise InvalidRequest("the agreement's @id is not the signed agreement's")
+            agreement = negotiation_pb2.AgreementMessage(
+                message_id=message_id(caller, message),
+                provider_pid=local_pid(str(message["providerPid"])),
+                consumer_pid=n.pid,
+                agreement=signed,
+            )
+            return exchange.negotiator.receive_agreement(caller, agreement)
+
+        return await serve(request, "ContractAgreementMessage", act)
 
     async def receive_event(request: web.Request) -> web.Response:
         """``#negotiations-providerpid-events-post`` (ACCEPTED) and
         ``#negotiations-consumerpid-events-post`` (FINALIZED)."""
-        caller, message, n = await process(request, "ContractNegotiationEventMessage")
-        event = str(message["eventType"])
-        expected = State.ACCEPTED if n.role == PROVIDER else State.FINALIZED
-        if event != expected.value:
-            raise InvalidRequest(f"the {n.role} of a negotiation takes {expected.value} events")
-        msg = negotiation_pb2.NegotiationEvent(
-            message_id=message_id(caller, message),
-            provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
-            consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
-            state=event,
-        )
-        take = (
-            exchange.negotiator.receive_accepted
-            if n.role == PROVIDER
-            else exchange.negotiator.receive_final
-        )
-        await exchange.run(take, caller, msg)
-        return await answered(caller, n)
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            event = str(message["eventType"])
+            expected = State.ACCEPTED if n.role == PROVIDER else State.FINALIZED
+            if event != expected.value:
+                raise InvalidRequest(f"the {n.role} of a negotiation takes {expected.value} events")
+            msg = negotiation_pb2.NegotiationEvent(
+                message_id=message_id(caller, message),
+                provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
+                consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
+                state=event,
+            )
+            if n.role == PROVIDER:
+                return exchange.negotiator.receive_accepted(caller, msg)
+            return exchange.negotiator.receive_final(caller, msg)
+
+        return await serve(request, "ContractNegotiationEventMessage", act)
 
     async def terminate(request: web.Request) -> web.Response:
         """``#negotiations-providerpid-termination-post`` and
         ``#negotiations-consumerpid-termination-post``."""
-        caller, message, n = await process(request, "ContractNegotiationTerminationMessage")
-        termination = negotiation_pb2.NegotiationTermination(
-            message_id=message_id(caller, message),
-            provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
-            consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
-            reasons=[str(r)[:500] for r in message.get("reason", [])][:5]
-            or [f"terminated by {caller.participant}"],
-        )
-        await exchange.run(exchange.negotiator.receive_termination, caller, termination)
-        return await answered(caller, n)
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            termination = negotiation_pb2.NegotiationTermination(
+                message_id=message_id(caller, message),
+                provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
+                consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
+                reasons=[str(r)[:500] for r in message.get("reason", [])][:5]
+                or [f"terminated by {caller.participant}"],
+            )
+            return exchange.negotiator.receive_termination(caller, termination)
+
+        return await serve(request, "ContractNegotiationTerminationMessage", act)
 
     return [
         web.post("/negotiations/request", request_contract),
