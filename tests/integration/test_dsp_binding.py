@@ -809,3 +809,38 @@ def test_negotiations_consumerpid_agreement_post_after_the_providers_approval(
     else:
         assert (final.state, list(final.reasons)) == ("TERMINATED", ["not this year"])
         assert outbox_methods(space, "gov", pending.pid) == ["dsp:Terminate"]
+
+
+def test_negotiations_consumerpid_agreement_post_goes_only_to_the_consumers_own_server(
+    space: LocalSpace,
+) -> None:
+    # a names b's binding as its callback: the right host, the wrong participant. gov's
+    # push must not reach it: b's server certificate is not a's (TLS refuses the name).
+    b_binding = space.nodes["b"].dsp
+    assert b_binding is not None
+    message = {**contract_request("urn:uuid:c-elsewhere"), "callbackAddress": b_binding.base_url}
+    started = client(space, "a").call("POST", "/negotiations/request", message)
+    assert started.body["state"] == "AGREED", started.body
+    pid = started.body["providerPid"].removeprefix("urn:tds:process:")
+    gov = space.nodes["gov"]
+    assert gov.db is not None
+    deadline = time.monotonic() + 20
+    row = None
+    while time.monotonic() < deadline:
+        with gov.db.transaction() as tx:
+            row = tx.one(
+                "SELECT method, status, attempts, last_error FROM outbox WHERE negotiation_pid = ?",
+                (pid,),
+            )
+        if row is not None and row[2] >= 1:
+            break
+        time.sleep(0.05)
+    assert row is not None
+    method, status, attempts, error = row
+    assert (method, status) == ("dsp:SendAgreement", "pending"), row
+    assert attempts >= 1 and "certificate" in error.lower(), error
+    # Nothing was taken: the negotiation on gov still waits for its consumer.
+    assert (
+        client(space, "a").call("GET", f"/negotiations/{started.body['providerPid']}").body["state"]
+        == "AGREED"
+    )
