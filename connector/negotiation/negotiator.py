@@ -134,12 +134,12 @@ DSP_METHOD = "dsp:"
 negotiation's ``peer_address``) rather than over gRPC: ``dsp:SendAgreement``."""
 
 
-def _outgoing(n: Negotiation | None, target: str, method: str, message: Any) -> Outgoing:
-    """A message to the other side, by the binding its negotiation runs over."""
-    over_dsp = n is not None and n.peer_address
+def _outgoing(peer_address: str | None, target: str, method: str, message: Any) -> Outgoing:
+    """A message to the other side, by the binding its negotiation runs over (DSP when
+    the negotiation keeps the peer's DSP address, gRPC otherwise)."""
     return Outgoing(
         target,
-        (DSP_METHOD if over_dsp else "") + method,
+        (DSP_METHOD if peer_address else "") + method,
         message.SerializeToString(),
         message.message_id,
     )
@@ -284,14 +284,7 @@ class Negotiator:
             purpose=purpose,
             state=State.REQUESTED,
             now_ms=self._now_ms(),
-            outgoing=[
-                Outgoing(
-                    provider,
-                    (DSP_METHOD if peer_address else "") + "RequestContract",
-                    request.SerializeToString(),
-                    request.message_id,
-                )
-            ],
+            outgoing=[_outgoing(peer_address, provider, "RequestContract", request)],
             pid=pid,
             peer_address=peer_address or None,
             before_commit=self._audit.prepare([moved]),  # built before the write lock
@@ -424,7 +417,7 @@ class Negotiator:
             agreement_id=agreement.id,
             inbox=inbox,
             delivered=delivered,
-            outgoing=[_outgoing(n, n.counterparty, "VerifyAgreement", reply)],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "VerifyAgreement", reply)],
         )
 
     @retrying
@@ -554,12 +547,7 @@ class Negotiator:
                     agreement=signed,
                 )
                 agreed["outgoing"] = [
-                    Outgoing(
-                        caller.participant,
-                        DSP_METHOD + "SendAgreement",
-                        msg.SerializeToString(),
-                        msg.message_id,
-                    )
+                    _outgoing(peer_address, caller.participant, "SendAgreement", msg)
                 ]
             records.append(
                 _moved(
@@ -690,7 +678,7 @@ class Negotiator:
             agreement=signed,
             agreement_id=agreement_id,
             terms=terms,
-            outgoing=[_outgoing(n, n.counterparty, "SendAgreement", msg)],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "SendAgreement", msg)],
             decided=decided,
         )
 
@@ -770,12 +758,15 @@ class Negotiator:
         # Over gRPC, FINALIZED reaches the consumer as the answer to this call, which its
         # outbox repeats until it has taken one: no Finalize call back is needed. A DSP
         # consumer learns it from an event message (#negotiations-consumerpid-events-post).
-        final = negotiation_pb2.NegotiationEvent(
-            message_id=uuid.uuid4().hex,
-            provider_pid=n.pid,
-            consumer_pid=n.counterparty_pid,
-            state=State.FINALIZED.value,
-        )
+        event: list[Outgoing] = []
+        if n.peer_address:
+            final = negotiation_pb2.NegotiationEvent(
+                message_id=uuid.uuid4().hex,
+                provider_pid=n.pid,
+                consumer_pid=n.counterparty_pid,
+                state=State.FINALIZED.value,
+            )
+            event.append(_outgoing(n.peer_address, n.counterparty, "Finalize", final))
         n = self._transition(
             n,
             State.VERIFIED,
@@ -783,7 +774,7 @@ class Negotiator:
             agreement=msg.agreement,
             agreement_id=n.agreement_id,  # the one sent, as verified above
             inbox=(msg.message_id, caller.participant),
-            outgoing=[_outgoing(n, n.counterparty, "Finalize", final)] if n.peer_address else [],
+            outgoing=event,
         )
         return _ack(n)
 
@@ -820,7 +811,7 @@ class Negotiator:
             n,
             State.TERMINATED,
             reasons=[reason],
-            outgoing=[_outgoing(n, n.counterparty, "Terminate", msg)],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "Terminate", msg)],
         )
 
     @retrying
@@ -908,7 +899,7 @@ class Negotiator:
             n.pid,
             signed,
             now_ms=self._now_ms(),
-            outgoing=[_outgoing(n, n.counterparty, "RevokeAgreement", msg)],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "RevokeAgreement", msg)],
         )
         return n
 
