@@ -269,6 +269,9 @@ class DspDelivery:
             return None
         if local_pid(str(shown["consumerPid"])) != n.pid:
             return None
+        state = str(shown["state"])
+        # A ContractNegotiation carries no reason: say where the refusal came from.
+        reasons = ["the provider refused the request at once"] if state == "TERMINATED" else []
         return negotiation_pb2.NegotiationAck(
-            pid=local_pid(str(shown["providerPid"])), state=str(shown["state"])
+            pid=local_pid(str(shown["providerPid"])), state=state, reasons=reasons
         )

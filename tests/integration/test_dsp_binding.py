@@ -571,6 +571,27 @@ def test_binding_on_a_busy_port_is_a_config_error(space: LocalSpace) -> None:
     assert client(space).call("POST", "/catalog/request", catalog_request()).status == 200
 
 
+def test_negotiations_request_post_needs_the_consumers_own_binding(space: LocalSpace) -> None:
+    # r serves no binding: the provider could not call it back, so nothing is sent.
+    binding = space.nodes["gov"].dsp
+    assert binding is not None
+    before = len(provider_negotiations(space))
+    ended = admin(space, "r").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov",
+            product_id="parking",
+            offer_id="o1",
+            purpose="research",
+            wait_ms=20_000,
+            dsp_url=binding.base_url,
+        ),
+        timeout=30,
+    )
+    assert ended.state == "TERMINATED"
+    assert "serves no Dataspace Protocol binding" in " ".join(ended.reasons)
+    assert len(provider_negotiations(space)) == before
+
+
 def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None:
     # Last: r is revoked for good. Its token is still unexpired; the list refuses it.
     token = f"Bearer {own_token(space, 'r')}"
@@ -609,7 +630,7 @@ def dsp_negotiation(
             provider="gov",
             product_id=product,
             offer_id="o1",
-            purpose="research",
+            purpose=kw.get("purpose", "research"),
             wait_ms=kw.get("wait_ms", 20_000),
             dsp_url=kw.get("dsp_url", binding.base_url),
         ),
@@ -873,3 +894,17 @@ def test_negotiations_providerpid_events_post_accepted_after_an_offer(space: Loc
     shown = client(space, "b").call("GET", f"/negotiations/{provider_pid}")
     assert shown.body["state"] == "AGREED"
     assert transitions(space, "gov", pid)[-1] == "AGREED"
+
+
+def test_negotiations_request_post_refused_at_once_ends_the_tds_consumers_side(
+    space: LocalSpace,
+) -> None:
+    # The contract policy refuses a purpose the offer does not name: TERMINATED in the
+    # provider's answer, and so on the consumer, with nothing more sent either way.
+    ended = dsp_negotiation(space, purpose="marketing")
+    assert ended.state == "TERMINATED", ended
+    assert list(ended.reasons) == ["the provider refused the request at once"]
+    assert outbox_methods(space, "a", ended.pid) == ["dsp:RequestContract"]
+    (theirs,) = [n for n in provider_negotiations(space) if n.counterparty_pid.endswith(ended.pid)]
+    assert theirs.state == "TERMINATED"
+    assert outbox_methods(space, "gov", theirs.pid) == []
