@@ -908,3 +908,30 @@ def test_negotiations_request_post_refused_at_once_ends_the_tds_consumers_side(
     (theirs,) = [n for n in provider_negotiations(space) if n.counterparty_pid.endswith(ended.pid)]
     assert theirs.state == "TERMINATED"
     assert outbox_methods(space, "gov", theirs.pid) == []
+
+
+def test_negotiations_providerpid_termination_post_sent_by_a_tds_consumer(
+    space: LocalSpace,
+) -> None:
+    # b's admin ends a negotiation that waits for gov's approval: the termination goes to
+    # gov's binding through b's outbox, and gov's record ends with b's reason.
+    waiting = dsp_negotiation(space, IMPORTANT, consumer="b", wait_ms=0)
+    deadline = time.monotonic() + 20
+    mine = waiting
+    while not mine.counterparty_pid and time.monotonic() < deadline:  # until gov answered
+        time.sleep(0.05)
+        mine = admin(space, "b").GetNegotiation(
+            admin_pb2.NegotiationRef(pid=waiting.pid), timeout=10
+        )
+    assert mine.state == "REQUESTED", mine
+    admin(space, "b").TerminateNegotiation(
+        admin_pb2.NegotiationRef(pid=waiting.pid, reason="found it elsewhere"), timeout=10
+    )
+    theirs = mine.counterparty_pid
+    while time.monotonic() < deadline:
+        shown = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=theirs), timeout=10)
+        if shown.state == "TERMINATED":
+            break
+        time.sleep(0.05)
+    assert (shown.state, list(shown.reasons)) == ("TERMINATED", ["found it elsewhere"])
+    assert outbox_methods(space, "b", waiting.pid) == ["dsp:RequestContract", "dsp:Terminate"]
