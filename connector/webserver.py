@@ -79,7 +79,14 @@ class BackgroundSite:
         if loop is None or thread is None:
             return
         if runner is not None:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+
+            async def cleanup() -> None:
+                await runner.cleanup()
+                # Connections a peer kept open (a DSP peer's sender keeps its own) are closed
+                # by now, but a TLS transport finishes closing on the loop's next turns.
+                await asyncio.sleep(0.1)
+
+            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()

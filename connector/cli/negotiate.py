@@ -45,6 +45,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     neg.add_argument("--offer", required=True, help="the id of one of the product's offers")
     neg.add_argument("--purpose", required=True, help="your purpose; the offer must allow it")
     neg.add_argument(
+        "--dsp",
+        metavar="URL",
+        default="",
+        help="negotiate over the Dataspace Protocol 2025-1 with the provider's DSP binding "
+        "at this https URL (on its registered host) instead of gRPC; your connector must "
+        "serve its own [dsp] binding, where the provider's messages arrive",
+    )
+    neg.add_argument(
         "--wait",
         nargs="?",
         type=float,
@@ -274,6 +282,7 @@ def run_negotiate(args: argparse.Namespace) -> int:
                 offer_id=args.offer,
                 purpose=args.purpose,
                 wait_ms=wait_ms,
+                dsp_url=args.dsp,
             ),
             timeout=(wait_ms / 1000 + _SLACK) if wait else seconds,
         )

@@ -79,8 +79,21 @@ def _context_document(url: str) -> dict[str, Any]:
 
 
 def _load_document(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """pyld document loader: bundled contexts only, never the network."""
-    return {"contextUrl": None, "documentUrl": url, "document": _context_document(url)}
+    """pyld document loader: bundled contexts only, never the network.
+
+    The DSP context is tagged ``static``, so pyld keeps it resolved between messages (its
+    shared cache takes only tagged remote contexts): untagged, every expansion and
+    compaction canonicalised the whole document again to find it in that cache, most of
+    a message's cost. The ODRL profile is left untagged on purpose: the DSP context
+    ``@import``s it into several scoped contexts, and pyld caches an import's merged
+    result by the active context alone, so a shared one hands one scope's terms to
+    another (the agreement's properties vanished in testing); fresh per operation, it is
+    small and cheap.
+    """
+    document = {"contextUrl": None, "documentUrl": url, "document": _context_document(url)}
+    if url == CONTEXT_URL:
+        document["tag"] = "static"
+    return document
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""DSP contract negotiation, provider side of the HTTPS binding (DSP 2025-1 §8).
+"""DSP contract negotiation over the HTTPS binding, both roles (DSP 2025-1, contract
+negotiation HTTPS binding; docstrings name the specification's anchors).
 
 Each message is handed to the same :class:`Negotiator` that serves gRPC's
 ``NegotiationService``: the same store, contract policy, inbox and audit entries. A DSP
@@ -6,12 +7,18 @@ message has no message id of its own, so the inbox id of one is a digest of its 
 and its expanded-then-compacted content: the same message sent again is recognised as a
 repeat and changes nothing.
 
-Built: ``POST /negotiations/request``, ``GET /negotiations/{pid}``,
-``POST /negotiations/{pid}/termination``. Not built yet (no route, so 404): counter-offers
-(``/negotiations/{pid}/request``, ``/events`` ACCEPTED), ``/agreement/verification`` (a
-DSP verification message carries no countersignature, which a tds agreement needs) and the
-consumer's callbacks. The ``callbackAddress`` is checked (https, on the caller's
-registered host) though nothing is sent to it yet.
+Provider side: ``POST /negotiations/request``, ``GET /negotiations/{pid}``,
+``/events`` (ACCEPTED), ``/agreement/verification`` and ``/termination``. Consumer side
+(the ``callbackAddress`` a tds consumer sends is its binding's base URL):
+``/negotiations/{cid}/agreement``, ``/events`` (FINALIZED) and ``/termination``. One path
+serves both roles where the specification gives them the same one: the process id in the
+path says which of this connector's negotiations, and so which role, a message is for.
+What this connector sends back goes through the outbox (connector.dsp.delivery).
+
+The agreement is tds's dual-signed document: it travels as :data:`SIGNED_AGREEMENT`
+beside its ODRL rendering, the provider's signature in the agreement message, both in the
+verification message. Not built (no route, so 404): counter-offers
+(``/negotiations/{pid}/request``, ``/negotiations/offers``, ``/negotiations/{cid}/offers``).
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from connector.audit.canonical import canonical_json
 from connector.dsp.catalog import dataset_product_id
 from connector.dsp.server import Exchange, note_pids
 from connector.errors import InvalidRequest, NotFound
-from connector.negotiation.dsp import negotiation_message
-from connector.negotiation.negotiator import PROVIDER
+from connector.negotiation.agreement import parse_agreement
+from connector.negotiation.dsp import SIGNED_AGREEMENT, negotiation_message
+from connector.negotiation.negotiator import CONSUMER, PROVIDER
+from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation
 from connector.rpc.auth import Caller
 
@@ -40,7 +49,8 @@ _OFFER_PREFIX = "urn:tds:offer:"
 
 
 def local_pid(process_id: str) -> str:
-    """This connector's process id of a DSP ``providerPid`` (``urn:tds:process:PID``)."""
+    """The process id tds keeps for a DSP one: its own ``urn:tds:process:PID`` as ``PID``,
+    a peer's other URNs as they are."""
     return process_id.removeprefix(_PROCESS_PREFIX)
 
 
@@ -98,8 +108,18 @@ def check_callback(address: str, caller: str, registered_host: Callable[[str], s
         )
 
 
+def _signed(message: dict[str, Any], what: str) -> str:
+    signed = message.get(SIGNED_AGREEMENT)
+    if not isinstance(signed, str) or not signed:
+        raise InvalidRequest(
+            f"a tds agreement is final only when both parties have signed it: send {what} "
+            f"as {SIGNED_AGREEMENT!r} (docs/dsp.md, the tds profile)"
+        )
+    return signed
+
+
 def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
-    """The provider-side negotiation endpoints built so far."""
+    """The negotiation endpoints, both roles."""
 
     def shown(n: Negotiation) -> dict[str, Any]:
         return negotiation_message(n)
@@ -114,64 +134,162 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             raise NotFound("no such negotiation")
         return n
 
+    def addressed(caller: Caller, pid: str, message: dict[str, Any]) -> Negotiation:
+        """Our negotiation the path names, with the message naming it and its peer's
+        process id as we know them (a consumer may not know the provider's yet)."""
+        n = own(caller, pid)
+        mine, theirs = (
+            ("providerPid", "consumerPid") if n.role == PROVIDER else ("consumerPid", "providerPid")
+        )
+        if local_pid(str(message[mine])) != n.pid:
+            raise InvalidRequest(f"the message's {mine} is not the process in the path")
+        known = n.counterparty_pid
+        if not known.startswith("pending:") and local_pid(str(message[theirs])) != known:
+            raise NotFound("no such negotiation")
+        return n
+
+    async def serve(
+        request: web.Request,
+        message_type: str,
+        act: Callable[[Caller, dict[str, Any], Negotiation], object],
+    ) -> web.Response:
+        """A message to ``{pid}/…``: who sent it, what it says, which of our negotiations
+        it is for, then ``act`` on it and answer with the negotiation as it is now — all in
+        one hand-over to the worker threads (each costs a thread switch)."""
+        pid = request.match_info["pid"]
+        note_pids(request, provider_pid=pid)
+        presented = exchange.presented(request)
+        raw = await exchange.body(request)
+
+        def work() -> dict[str, Any]:
+            caller = exchange.authenticate(presented)
+            message = exchange.read(raw, message_type)
+            note_pids(request, str(message["providerPid"]), str(message["consumerPid"]))
+            n = addressed(caller, pid, message)
+            act(caller, message, n)
+            return shown(own(caller, n.pid))
+
+        return exchange.answer("ContractNegotiation", await exchange.run(work))
+
     async def request_contract(request: web.Request) -> web.Response:
-        """DSP §8.2.2 contract request endpoint (init): REQUESTED, agreed at once when the
+        """``#negotiations-request-post``: REQUESTED, agreed at once when the
         contract policy allows without approval (then AGREED)."""
-        caller = await exchange.caller(request)
-        message = await exchange.message(request, "ContractRequestMessage")
-        consumer_pid = str(message.get("consumerPid", ""))
-        note_pids(request, consumer_pid=consumer_pid)
-        # The schema has refused an initial request naming a providerPid (one of the two).
-        await exchange.run(
-            check_callback,
-            str(message.get("callbackAddress", "")),
-            caller.participant,
-            exchange.registered_host,
-        )
-        product, offer = _product_and_offer(message["offer"])
-        req = negotiation_pb2.ContractRequest(
-            message_id=message_id(caller, message),
-            consumer_pid=consumer_pid,
-            product_id=product,
-            offer_id=offer,
-            purpose=_purpose(message["offer"]),
-        )
-        ack = await exchange.run(exchange.negotiator.receive_request, caller, req)
-        n = await exchange.run(exchange.negotiator.get, ack.pid)
-        return exchange.answer("ContractNegotiation", shown(n), status=201)
+        presented = exchange.presented(request)
+        raw = await exchange.body(request)
+
+        def work() -> dict[str, Any]:  # in one hand-over to the worker threads
+            caller = exchange.authenticate(presented)
+            message = exchange.read(raw, "ContractRequestMessage")
+            consumer_pid = str(message.get("consumerPid", ""))
+            note_pids(request, consumer_pid=consumer_pid)
+            # The schema has refused an initial request naming a providerPid (one of two).
+            callback = str(message.get("callbackAddress", ""))
+            check_callback(callback, caller.participant, exchange.registered_host)
+            product, offer = _product_and_offer(message["offer"])
+            req = negotiation_pb2.ContractRequest(
+                message_id=message_id(caller, message),
+                consumer_pid=local_pid(consumer_pid),
+                product_id=product,
+                offer_id=offer,
+                purpose=_purpose(message["offer"]),
+            )
+            ack = exchange.negotiator.receive_request(caller, req, peer_address=callback)
+            return shown(exchange.negotiator.get(ack.pid))
+
+        return exchange.answer("ContractNegotiation", await exchange.run(work), status=201)
 
     async def get_negotiation(request: web.Request) -> web.Response:
-        """DSP §8.2.1 contract negotiation endpoint."""
+        """``#negotiations-get-provider`` and ``#negotiations-get-consumer``."""
         caller = await exchange.caller(request)
         pid = request.match_info["pid"]
         note_pids(request, provider_pid=pid)
         n = await exchange.run(own, caller, pid)
         return exchange.answer("ContractNegotiation", shown(n))
 
+    async def verify_agreement(request: web.Request) -> web.Response:
+        """``#negotiations-providerpid-agreement-verification-post``: the consumer's
+        countersignature, VERIFIED then FINALIZED; FINALIZED is sent back as an event."""
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            if n.role != PROVIDER:
+                raise NotFound("no such negotiation")
+            verification = negotiation_pb2.AgreementMessage(
+                message_id=message_id(caller, message),
+                provider_pid=n.pid,
+                consumer_pid=n.counterparty_pid,
+                agreement=_signed(message, "the countersigned agreement"),
+            )
+            return exchange.negotiator.receive_verification(caller, verification)
+
+        return await serve(request, "ContractAgreementVerificationMessage", act)
+
+    async def receive_agreement(request: web.Request) -> web.Response:
+        """``#negotiations-consumerpid-agreement-post``: verified against
+        what was asked for, countersigned, and the verification sent back."""
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            if n.role != CONSUMER:
+                raise NotFound("no such negotiation")
+            signed = _signed(message, "the provider's signed agreement")
+            try:
+                agreement_id = parse_agreement(signed).id
+            except (ValueError, KeyError, TypeError):
+                raise InvalidRequest(f"{SIGNED_AGREEMENT} is not a signed tds agreement") from None
+            named = message["agreement"].get("@id")
+            if named not in (agreement_id, f"urn:tds:agreement:{agreement_id}"):
+                raise InvalidRequest("the agreement's @id is not the signed agreement's")
+            agreement = negotiation_pb2.AgreementMessage(
+                message_id=message_id(caller, message),
+                provider_pid=local_pid(str(message["providerPid"])),
+                consumer_pid=n.pid,
+                agreement=signed,
+            )
+            return exchange.negotiator.receive_agreement(caller, agreement)
+
+        return await serve(request, "ContractAgreementMessage", act)
+
+    async def receive_event(request: web.Request) -> web.Response:
+        """``#negotiations-providerpid-events-post`` (ACCEPTED) and
+        ``#negotiations-consumerpid-events-post`` (FINALIZED)."""
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            event = str(message["eventType"])
+            expected = State.ACCEPTED if n.role == PROVIDER else State.FINALIZED
+            if event != expected.value:
+                raise InvalidRequest(f"the {n.role} of a negotiation takes {expected.value} events")
+            msg = negotiation_pb2.NegotiationEvent(
+                message_id=message_id(caller, message),
+                provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
+                consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
+                state=event,
+            )
+            if n.role == PROVIDER:
+                return exchange.negotiator.receive_accepted(caller, msg)
+            return exchange.negotiator.receive_final(caller, msg)
+
+        return await serve(request, "ContractNegotiationEventMessage", act)
+
     async def terminate(request: web.Request) -> web.Response:
-        """DSP §8.2.6 contract negotiation termination endpoint."""
-        caller = await exchange.caller(request)
-        pid = request.match_info["pid"]
-        note_pids(request, provider_pid=pid)
-        message = await exchange.message(request, "ContractNegotiationTerminationMessage")
-        note_pids(request, provider_pid=pid, consumer_pid=str(message["consumerPid"]))
-        if message["providerPid"] != pid:
-            raise InvalidRequest("the message's providerPid is not the one in the path")
-        n = await exchange.run(own, caller, pid)
-        if n.role != PROVIDER or message["consumerPid"] != n.counterparty_pid:
-            raise NotFound("no such negotiation")
-        termination = negotiation_pb2.NegotiationTermination(
-            message_id=message_id(caller, message),
-            provider_pid=n.pid,
-            consumer_pid=n.counterparty_pid,
-            reasons=[str(r)[:500] for r in message.get("reason", [])][:5]
-            or [f"terminated by {caller.participant}"],
-        )
-        await exchange.run(exchange.negotiator.receive_termination, caller, termination)
-        return web.json_response(shown(await exchange.run(own, caller, pid)))
+        """``#negotiations-providerpid-termination-post`` and
+        ``#negotiations-consumerpid-termination-post``."""
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            termination = negotiation_pb2.NegotiationTermination(
+                message_id=message_id(caller, message),
+                provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
+                consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
+                reasons=[str(r)[:500] for r in message.get("reason", [])][:5]
+                or [f"terminated by {caller.participant}"],
+            )
+            return exchange.negotiator.receive_termination(caller, termination)
+
+        return await serve(request, "ContractNegotiationTerminationMessage", act)
 
     return [
         web.post("/negotiations/request", request_contract),
         web.get("/negotiations/{pid}", get_negotiation),
+        web.post("/negotiations/{pid}/agreement/verification", verify_agreement),
+        web.post("/negotiations/{pid}/agreement", receive_agreement),
+        web.post("/negotiations/{pid}/events", receive_event),
         web.post("/negotiations/{pid}/termination", terminate),
     ]

@@ -81,34 +81,50 @@ class Exchange:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args))
 
-    async def caller(self, request: web.Request) -> Caller:
-        """The verified member behind a request: space certificate plus bound token."""
+    @staticmethod
+    def presented(request: web.Request) -> tuple[list[bytes], list[str]]:
+        """What a request presents to be identified by: its TLS client certificate (PEM)
+        and its ``Authorization`` headers."""
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         pems = [ssl.DER_cert_to_PEM_cert(der).encode()] if der else []
-        authorization = request.headers.getall("Authorization", [])
-        caller = await self.run(
-            self.authenticator.authenticate_presented, Access.MEMBER, pems, authorization
-        )
+        return pems, request.headers.getall("Authorization", [])
+
+    def authenticate(self, presented: tuple[list[bytes], list[str]]) -> Caller:
+        """The verified member behind what a request presents: space certificate plus
+        bound token (blocking: run it off the event loop)."""
+        caller = self.authenticator.authenticate_presented(Access.MEMBER, *presented)
         assert caller is not None  # MEMBER access always names the caller
         return caller
 
-    async def message(self, request: web.Request, *types: str) -> dict[str, Any]:
-        """The request body as a DSP message of one of ``types`` (expanded, validated)."""
+    async def caller(self, request: web.Request) -> Caller:
+        """The verified member behind a request."""
+        return await self.run(self.authenticate, self.presented(request))
+
+    async def body(self, request: web.Request) -> bytes:
+        """The request body, refused with 413 past ``dsp.max_body_bytes`` before it is read."""
         if request.content_length is not None and (
             request.content_length > self.settings.max_body_bytes
         ):
             raise web.HTTPRequestEntityTooLarge(
                 max_size=self.settings.max_body_bytes, actual_size=request.content_length
             )
-        raw = await request.read()  # aiohttp enforces client_max_size while reading
+        return await request.read()  # aiohttp enforces client_max_size while reading
+
+    @staticmethod
+    def read(raw: bytes, *types: str) -> dict[str, Any]:
+        """A body as a DSP message of one of ``types`` (expanded, validated; blocking)."""
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise InvalidRequest(
                 "the body is not JSON: send a DSP message as application/json"
             ) from None
-        return await self.run(read_message, body, *types)
+        return read_message(body, *types)
+
+    async def message(self, request: web.Request, *types: str) -> dict[str, Any]:
+        """The request body as a DSP message of one of ``types`` (expanded, validated)."""
+        return await self.run(self.read, await self.body(request), *types)
 
     def answer(
         self, message_type: str, document: dict[str, Any], status: int = 200

@@ -20,13 +20,24 @@ if TYPE_CHECKING:  # the CLI renders without the database stack
 
 __all__ = [
     "CONTEXT",
+    "SIGNED_AGREEMENT",
     "agreement_message",
     "catalog_message",
+    "contract_request_message",
     "dataset_message",
+    "event_message",
     "negotiation_message",
+    "process_id",
+    "termination_message",
+    "verification_message",
 ]
 
 CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+SIGNED_AGREEMENT = "urn:tds:signedAgreement"
+"""The tds profile's one extension property (an absolute IRI, so JSON-LD processing keeps
+it): the agreement as signed (JWS JSON). In a ``ContractAgreementMessage`` it carries the
+provider's signature; in a ``ContractAgreementVerificationMessage`` the consumer's
+countersignature as well, without which a tds agreement is not final."""
 
 
 def _time(ns: int) -> str:
@@ -80,6 +91,12 @@ def _dataset(product: Product | Any, service_id: str) -> dict[str, Any]:
     }
 
 
+def process_id(pid: str) -> str:
+    """A process id as DSP messages carry it: tds's own as ``urn:tds:process:PID``; a
+    peer's (already a URN) as it sent it."""
+    return _urn("process", pid)
+
+
 def _participant(provider: str, space: str) -> str:
     """The participant identifier: the certificate's SAN URI when the space is known."""
     return participant_uri(space, provider) if space else _urn("participant", provider)
@@ -119,7 +136,7 @@ def dataset_message(provider: str, product: Product | Any, endpoint: str) -> dic
 
 def negotiation_message(n: Negotiation) -> dict[str, Any]:
     """A DSP ``ContractNegotiation`` (the state as seen from this side)."""
-    mine, theirs = _urn("process", n.pid), _urn("process", n.counterparty_pid)
+    mine, theirs = process_id(n.pid), process_id(n.counterparty_pid)
     provider_pid, consumer_pid = (mine, theirs) if n.role == "provider" else (theirs, mine)
     return {
         "@context": CONTEXT,
@@ -130,10 +147,11 @@ def negotiation_message(n: Negotiation) -> dict[str, Any]:
     }
 
 
-def agreement_message(agreement: Agreement, *, space: str = "") -> dict[str, Any]:
+def agreement_message(agreement: Agreement, *, space: str = "", signed: str = "") -> dict[str, Any]:
     """A DSP ``ContractAgreementMessage`` carrying the agreement's terms (``space``: the
-    parties named by their certificates' SAN URIs)."""
-    return {
+    parties named by their certificates' SAN URIs; ``signed``: the JWS, sent to a consumer
+    as :data:`SIGNED_AGREEMENT`)."""
+    message = {
         "@context": CONTEXT,
         "@type": "ContractAgreementMessage",
         "providerPid": _urn("process", agreement.provider_pid),
@@ -158,3 +176,72 @@ def agreement_message(agreement: Agreement, *, space: str = "") -> dict[str, Any
             ],
         },
     }
+    if signed:
+        message[SIGNED_AGREEMENT] = signed
+    return message
+
+
+def _pids(provider_pid: str, consumer_pid: str) -> dict[str, str]:
+    return {"providerPid": process_id(provider_pid), "consumerPid": process_id(consumer_pid)}
+
+
+def contract_request_message(
+    *, consumer_pid: str, product: str, offer: str, purpose: str, callback: str
+) -> dict[str, Any]:
+    """A consumer's initial ``ContractRequestMessage`` for one offer of the provider's
+    catalog, with the one purpose it asks for (``odrl:purpose eq``)."""
+    return {
+        "@context": CONTEXT,
+        "@type": "ContractRequestMessage",
+        "consumerPid": process_id(consumer_pid),
+        "offer": {
+            "@id": _urn("offer", f"{product}/{offer}"),
+            "@type": "Offer",
+            "target": _urn("dataset", product),
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": purpose}
+                    ],
+                }
+            ],
+        },
+        "callbackAddress": callback,
+    }
+
+
+def verification_message(
+    provider_pid: str, consumer_pid: str, countersigned: str
+) -> dict[str, Any]:
+    """A ``ContractAgreementVerificationMessage`` carrying the countersigned agreement."""
+    return {
+        "@context": CONTEXT,
+        "@type": "ContractAgreementVerificationMessage",
+        **_pids(provider_pid, consumer_pid),
+        SIGNED_AGREEMENT: countersigned,
+    }
+
+
+def event_message(provider_pid: str, consumer_pid: str, event: str) -> dict[str, Any]:
+    """A ``ContractNegotiationEventMessage`` (``ACCEPTED`` or ``FINALIZED``)."""
+    return {
+        "@context": CONTEXT,
+        "@type": "ContractNegotiationEventMessage",
+        **_pids(provider_pid, consumer_pid),
+        "eventType": event,
+    }
+
+
+def termination_message(
+    provider_pid: str, consumer_pid: str, reasons: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
+    """A ``ContractNegotiationTerminationMessage`` with the reasons given."""
+    message: dict[str, Any] = {
+        "@context": CONTEXT,
+        "@type": "ContractNegotiationTerminationMessage",
+        **_pids(provider_pid, consumer_pid),
+    }
+    if reasons:
+        message["reason"] = list(reasons)
+    return message

@@ -64,7 +64,7 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.store.database import RawTransaction
 
-__all__ = ["CONSUMER", "PROVIDER", "Negotiator"]
+__all__ = ["CONSUMER", "DSP_METHOD", "PROVIDER", "Negotiator"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,22 @@ def _moved(
             "to": state.value,
             **(extra or {}),
         },
+    )
+
+
+DSP_METHOD = "dsp:"
+"""The prefix of an outbox method sent over the Dataspace Protocol binding (to the
+negotiation's ``peer_address``) rather than over gRPC: ``dsp:SendAgreement``."""
+
+
+def _outgoing(peer_address: str | None, target: str, method: str, message: Any) -> Outgoing:
+    """A message to the other side, by the binding its negotiation runs over (DSP when
+    the negotiation keeps the peer's DSP address, gRPC otherwise)."""
+    return Outgoing(
+        target,
+        (DSP_METHOD if peer_address else "") + method,
+        message.SerializeToString(),
+        message.message_id,
     )
 
 
@@ -238,12 +254,20 @@ class Negotiator:
 
     # -- consumer ---------------------------------------------------------------------
 
-    def start(self, provider: str, product: str, offer: str, purpose: str) -> Negotiation:
-        """Ask ``provider`` for a contract (sent through the outbox)."""
+    def start(
+        self, provider: str, product: str, offer: str, purpose: str, *, peer_address: str = ""
+    ) -> Negotiation:
+        """Ask ``provider`` for a contract (sent through the outbox).
+
+        ``peer_address``: the provider's Dataspace Protocol binding (an https URL): the
+        whole negotiation then runs over DSP instead of gRPC.
+        """
         if provider == self._me:
             raise InvalidRequest("a connector cannot negotiate with itself")
         if not product or not offer or not purpose:
             raise InvalidRequest("give the product, the offer and the purpose")
+        if peer_address and not peer_address.startswith("https://"):
+            raise InvalidRequest("a provider's DSP binding is an https:// URL")
         request = negotiation_pb2.ContractRequest(
             message_id=uuid.uuid4().hex, product_id=product, offer_id=offer, purpose=purpose
         )
@@ -260,12 +284,9 @@ class Negotiator:
             purpose=purpose,
             state=State.REQUESTED,
             now_ms=self._now_ms(),
-            outgoing=[
-                Outgoing(
-                    provider, "RequestContract", request.SerializeToString(), request.message_id
-                )
-            ],
+            outgoing=[_outgoing(peer_address, provider, "RequestContract", request)],
             pid=pid,
+            peer_address=peer_address or None,
             before_commit=self._audit.prepare([moved]),  # built before the write lock
         )
         return n
@@ -396,11 +417,7 @@ class Negotiator:
             agreement_id=agreement.id,
             inbox=inbox,
             delivered=delivered,
-            outgoing=[
-                Outgoing(
-                    n.counterparty, "VerifyAgreement", reply.SerializeToString(), reply.message_id
-                )
-            ],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "VerifyAgreement", reply)],
         )
 
     @retrying
@@ -420,9 +437,13 @@ class Negotiator:
 
     @retrying
     def receive_request(
-        self, caller: Caller, req: negotiation_pb2.ContractRequest
+        self, caller: Caller, req: negotiation_pb2.ContractRequest, *, peer_address: str = ""
     ) -> negotiation_pb2.NegotiationAck:
-        """Consumer → provider: decide by the contract policy."""
+        """Consumer → provider: decide by the contract policy.
+
+        ``peer_address``: the request came over the Dataspace Protocol binding with this
+        (checked) callback address; what the provider sends later goes there over DSP.
+        """
         if not req.consumer_pid or not req.message_id:
             raise InvalidRequest("a contract request needs consumer_pid and message_id")
         known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
@@ -441,13 +462,17 @@ class Negotiator:
         # in one write; whatever ends the request first, they are logged before it answers.
         decided: list[Record] = []
         try:
-            return self._answer_request(caller, req, decided)
+            return self._answer_request(caller, req, decided, peer_address)
         finally:
             if decided:
                 self._audit.record_many(decided)
 
     def _answer_request(
-        self, caller: Caller, req: negotiation_pb2.ContractRequest, decided: list[Record]
+        self,
+        caller: Caller,
+        req: negotiation_pb2.ContractRequest,
+        decided: list[Record],
+        peer_address: str,
     ) -> negotiation_pb2.NegotiationAck:
         product = self._catalog.own(req.product_id)  # NOT_FOUND when there is none
         try:
@@ -475,6 +500,7 @@ class Negotiator:
             "purpose": req.purpose,
             "now_ms": self._now_ms(),
             "inbox": (req.message_id, caller.participant),
+            "peer_address": peer_address or None,
         }
         pid = uuid.uuid4().hex
         state = State.REQUESTED if decision.allow else State.TERMINATED
@@ -512,6 +538,17 @@ class Negotiator:
             # a SendAgreement call: the consumer's outbox repeats the request until it has
             # taken the answer, and a repeated request gets the same agreement.
             agreed = {"agreement": signed, "agreement_id": agreement_id}
+            if peer_address:
+                # A DSP answer carries no agreement: it goes to the consumer's callback.
+                msg = negotiation_pb2.AgreementMessage(
+                    message_id=uuid.uuid4().hex,
+                    provider_pid=pid,
+                    consumer_pid=req.consumer_pid,
+                    agreement=signed,
+                )
+                agreed["outgoing"] = [
+                    _outgoing(peer_address, caller.participant, "SendAgreement", msg)
+                ]
             records.append(
                 _moved(
                     State.REQUESTED,
@@ -635,20 +672,20 @@ class Negotiator:
             consumer_pid=n.counterparty_pid,
             agreement=signed,
         )
-        message = Outgoing(n.counterparty, "SendAgreement", msg.SerializeToString(), msg.message_id)
         return self._transition(
             n,
             State.AGREED,
             agreement=signed,
             agreement_id=agreement_id,
             terms=terms,
-            outgoing=[message],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "SendAgreement", msg)],
             decided=decided,
         )
 
     @retrying
     def approve(self, pid: str) -> Negotiation:
-        """The provider's admin approves a negotiation waiting in REQUESTED.
+        """The provider's admin approves a negotiation waiting in REQUESTED (or ACCEPTED:
+        the consumer accepted the provider's offer).
 
         The approval is a contract decision taken again, now: the requester must not
         have been revoked since, the product and offer must still be published, and the
@@ -657,7 +694,7 @@ class Negotiator:
         (its decision is logged): the admin rejects the negotiation to tell the consumer.
         """
         n = self._own_local(pid, PROVIDER)
-        if n.state != State.REQUESTED:
+        if n.state not in (State.REQUESTED, State.ACCEPTED):
             raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
         if not n.requester:
             raise PreconditionFailed(
@@ -718,8 +755,18 @@ class Negotiator:
         verify_returned_agreement(
             msg.agreement, n.agreement, self._keys, provider=self._me, consumer=n.counterparty
         )
-        # FINALIZED reaches the consumer as the answer to this call, which its outbox
-        # repeats until it has taken one: no Finalize call back is needed.
+        # Over gRPC, FINALIZED reaches the consumer as the answer to this call, which its
+        # outbox repeats until it has taken one: no Finalize call back is needed. A DSP
+        # consumer learns it from an event message (#negotiations-consumerpid-events-post).
+        event: list[Outgoing] = []
+        if n.peer_address:
+            final = negotiation_pb2.NegotiationEvent(
+                message_id=uuid.uuid4().hex,
+                provider_pid=n.pid,
+                consumer_pid=n.counterparty_pid,
+                state=State.FINALIZED.value,
+            )
+            event.append(_outgoing(n.peer_address, n.counterparty, "Finalize", final))
         n = self._transition(
             n,
             State.VERIFIED,
@@ -727,7 +774,24 @@ class Negotiator:
             agreement=msg.agreement,
             agreement_id=n.agreement_id,  # the one sent, as verified above
             inbox=(msg.message_id, caller.participant),
+            outgoing=event,
         )
+        return _ack(n)
+
+    @retrying
+    def receive_accepted(
+        self, caller: Caller, event: negotiation_pb2.NegotiationEvent
+    ) -> negotiation_pb2.NegotiationAck:
+        """Consumer → provider: it accepts the provider's offer (OFFERED → ACCEPTED,
+        #negotiations-providerpid-events-post). The agreement then follows the admin's
+        approval, as for a request that waits. Out of state order (no offer outstanding):
+        ``PreconditionFailed``."""
+        n, seen = self._own(event.provider_pid, PROVIDER, caller, event.message_id)
+        if seen:
+            return _ack(n)
+        if event.state != State.ACCEPTED.value:
+            raise InvalidRequest("a consumer's event to the provider is ACCEPTED")
+        n = self._transition(n, State.ACCEPTED, inbox=(event.message_id, caller.participant))
         return _ack(n)
 
     # -- both -------------------------------------------------------------------------
@@ -747,9 +811,7 @@ class Negotiator:
             n,
             State.TERMINATED,
             reasons=[reason],
-            outgoing=[
-                Outgoing(n.counterparty, "Terminate", msg.SerializeToString(), msg.message_id)
-            ],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "Terminate", msg)],
         )
 
     @retrying
@@ -837,9 +899,7 @@ class Negotiator:
             n.pid,
             signed,
             now_ms=self._now_ms(),
-            outgoing=[
-                Outgoing(n.counterparty, "RevokeAgreement", msg.SerializeToString(), msg.message_id)
-            ],
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "RevokeAgreement", msg)],
         )
         return n
 

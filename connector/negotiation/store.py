@@ -48,6 +48,9 @@ class Negotiation:
     requester: dict[str, Any] | None = None
     """Provider side, while waiting for approval: the requesting subject and its
     certificate serial as verified at request time (the approval decides again with it)."""
+    peer_address: str | None = None
+    """Over the Dataspace Protocol binding: the other side's https address (the provider's
+    binding, or the consumer's ``callbackAddress``); None: the negotiation runs over gRPC."""
     created_ms: int = 0
     updated_ms: int = 0
 
@@ -64,7 +67,7 @@ class Outgoing:
 
 _COLUMNS = (
     "pid, role, counterparty, counterparty_pid, product, offer, purpose, state, reasons, "
-    "agreement_id, agreement, revocation, terms, requester, created_ms, updated_ms"
+    "agreement_id, agreement, revocation, terms, requester, peer_address, created_ms, updated_ms"
 )
 # Only these constant column names are ever formatted into SQL; values are parameters.
 _SELECT = f"SELECT {_COLUMNS} FROM negotiation"  # noqa: S608
@@ -72,7 +75,7 @@ _SELECT = f"SELECT {_COLUMNS} FROM negotiation"  # noqa: S608
 
 def _negotiation(row: tuple[Any, ...]) -> Negotiation:
     (pid, role, counterparty, counterparty_pid, product, offer, purpose, state, reasons,
-     agreement_id, agreement, revocation, terms, requester, created_ms,
+     agreement_id, agreement, revocation, terms, requester, peer_address, created_ms,
      updated_ms) = row  # fmt: skip
     return Negotiation(
         pid=pid,
@@ -89,6 +92,7 @@ def _negotiation(row: tuple[Any, ...]) -> Negotiation:
         revocation=revocation,
         terms=json.loads(terms or "{}"),
         requester=json.loads(requester) if requester else None,
+        peer_address=peer_address,
         created_ms=int(created_ms),
         updated_ms=int(updated_ms),
     )
@@ -160,6 +164,7 @@ class NegotiationStore:
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         pid: str | None = None,
+        peer_address: str | None = None,
         before_commit: Callable[[RawTransaction], Any] | None = None,
     ) -> Negotiation:
         """A new negotiation; ``ConflictError`` if the counterparty's pid is already known.
@@ -182,13 +187,14 @@ class NegotiationStore:
             None,
             json.dumps(terms or {}, sort_keys=True),
             json.dumps(requester, sort_keys=True) if requester is not None else None,
+            peer_address,
             now_ms,
             now_ms,
         )
         try:
             with self._db.transaction() as tx:
                 tx.execute(
-                    f"INSERT INTO negotiation ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
+                    f"INSERT INTO negotiation ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",  # noqa: S608
                     row,
                 ).close()
                 queued = self._queue(tx, pid, outgoing, now_ms)

@@ -48,9 +48,14 @@ from connector.identity.certs import (
     read_file_bytes,
 )
 from connector.identity.names import participant_uri
-from connector.negotiation.negotiator import Negotiator
+from connector.negotiation.negotiator import DSP_METHOD, Negotiator
 from connector.negotiation.outbox import Outbox, Pending
-from connector.negotiation.service import Delivery, NegotiationServicer, negotiation_service
+from connector.negotiation.service import (
+    Delivery,
+    NegotiationServicer,
+    PermanentRefusal,
+    negotiation_service,
+)
 from connector.negotiation.store import NegotiationStore
 from connector.node.services import (
     AdminServicer,
@@ -95,6 +100,7 @@ from connector.transfer.subscriber import StreamConsumer
 if TYPE_CHECKING:
     # aiohttp and pyld load only when [dsp] listen is set (about 50 MB resident).
     from connector.dsp import DspBinding
+    from connector.dsp.delivery import DspDelivery
 
 __all__ = ["Node", "TlsMaterial"]
 
@@ -163,6 +169,8 @@ class Node:
         self.catalog: Catalog | None = None
         self.negotiator: Negotiator | None = None
         self.delivery: Delivery | None = None
+        self.dsp_delivery: DspDelivery | None = None
+        """Sends negotiation messages over the DSP binding (when it is served)."""
         self.outbox: Outbox | None = None
         self.transfers: TransferProvider | None = None
         self.receiver: TransferConsumer | None = None
@@ -271,7 +279,7 @@ class Node:
             self._build_transfers(signing_key)
             self.delivery = Delivery(self._negotiator, self._member_channel)
             self.outbox = Outbox(
-                self.db, self.delivery, self.clock, on_give_up=self.delivery.give_up
+                self.db, self._deliver, self.clock, on_give_up=self.delivery.give_up
             )
             services, revocations = self._services(tls, operator_key, signing_key)
             self._revocations = revocations
@@ -309,6 +317,7 @@ class Node:
                     workers=cfg.server.max_workers,
                 )
                 self.dsp.start()
+                self.dsp_delivery = self._dsp_delivery(tls, self.dsp)
             if self._enrol_self is not None:
                 self._enrol_self(self.advertised_address)
         except BaseException:
@@ -694,6 +703,33 @@ class Node:
         ):
             store.enrol(entry, replace=held is not None, now=int(self.clock.now()))
 
+    def _dsp_delivery(self, tls: TlsMaterial, binding: DspBinding) -> DspDelivery:
+        from connector.dsp.delivery import DspDelivery, DspSender
+
+        registry = self.registry
+        assert registry is not None  # the operator serves no DSP (refused by the config)
+        return DspDelivery(
+            negotiator=self._negotiator,
+            sender=DspSender(
+                identity=tls.identity, space=self.cfg.participant.space, token=registry.token
+            ),
+            callback=lambda: binding.base_url,
+            registered_host=self._registered_host,
+            space=self.cfg.participant.space,
+        )
+
+    def _deliver(self, pending: Pending) -> bool:
+        """One outbox message, over the binding its negotiation runs on."""
+        if pending.method.startswith(DSP_METHOD):
+            if self.dsp_delivery is None:
+                raise PermanentRefusal(
+                    "this connector serves no Dataspace Protocol binding ([dsp] listen): "
+                    "a DSP negotiation's messages cannot be sent or answered"
+                )
+            return self.dsp_delivery(pending)
+        assert self.delivery is not None
+        return self.delivery(pending)
+
     def _dispatch(self, messages: list[Pending]) -> None:
         """Send messages a transition just committed (the outbox retries what fails)."""
         if self.outbox is not None:
@@ -867,6 +903,8 @@ class Node:
             self._kept_channels.clear()
         if self.delivery is not None:
             self.delivery.close()
+        if self.dsp_delivery is not None:
+            self.dsp_delivery.close()
         if self.policy is not None:
             self.policy.engine.close()
         if self.log is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -147,14 +148,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def StartNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
         """As a consumer, ask a provider for a contract; with ``wait_ms``, its outcome."""
         terms = (request.provider, request.product_id, request.offer_id, request.purpose)
+        start = functools.partial(self._negotiator.start, peer_address=request.dsp_url)
         if not request.wait_ms:
-            return negotiation_info(self._negotiator.start(*terms))
+            return negotiation_info(start(*terms))
         deadline = time.monotonic() + min(request.wait_ms, MAX_WAIT_MS) / 1000
         # This thread waits anyway: it carries the request, and the countersignature the
         # answer leads to, itself. An agreement that needs approval arrives later, by a
         # call from the provider, and the wait below sees it.
         with self._send_inline():
-            n = self._negotiator.start(*terms)
+            n = start(*terms)
         left = max(0.0, deadline - time.monotonic())
         return negotiation_info(self._negotiator.wait_final(n.pid, left))
 

@@ -140,6 +140,9 @@ class NegotiationRow(SQLModel, table=True):
     requester: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     """JSON of the requesting subject and certificate serial, as verified at request time:
     kept while a provider's negotiation waits for approval, to decide again on approval."""
+    peer_address: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """A negotiation over the Dataspace Protocol binding: the other side's https address
+    (the provider's binding, or the consumer's callbackAddress); NULL: over gRPC."""
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 

@@ -2,7 +2,9 @@
 configuration; a client written from the DSP specification, holding only what a foreign
 connector holds (a certificate of the space CA and a membership token from the registry),
 reads the catalog and negotiates with the tds provider; `tds negotiations` on the provider
-shows the same negotiation, through to its termination."""
+shows the same negotiation, through to its termination. Then a second tds connector, with
+a `[dsp]` block of its own, negotiates with the provider over the binding alone
+(`tds negotiate --dsp URL`) to FINALIZED."""
 
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tds(
         "pki", "init", "--space", "city", "--out", "pki",
         "--participant", "gov:government", "--participant", "a:enterprise",
+        "--participant", "b:enterprise",
         cwd=root,
     )  # fmt: skip
-    ports = {"operator": free_port(), "gov": free_port(), "a": free_port()}
+    ports = {"operator": free_port(), "gov": free_port(), "a": free_port(), "b": free_port()}
     for pid, port in ports.items():
         extra = [] if pid == "operator" else ["--registry", f"127.0.0.1:{ports['operator']}"]
         tds(
@@ -49,22 +52,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "--out", f"{pid}.toml", "--source-root", ".", *extra,
             cwd=root,
         )  # fmt: skip
-    dsp_port = free_port()
-    config = root / "gov.toml"
-    text = config.read_text()
-    assert '[dsp]\nlisten = ""' in text  # tds init writes the block, off
-    config.write_text(text.replace('[dsp]\nlisten = ""', f'[dsp]\nlisten = "127.0.0.1:{dsp_port}"'))
+    dsp_ports = {"gov": free_port(), "b": free_port()}
+    for pid, dsp_port in dsp_ports.items():
+        config = root / f"{pid}.toml"
+        text = config.read_text()
+        assert '[dsp]\nlisten = ""' in text  # tds init writes the block, off
+        config.write_text(
+            text.replace('[dsp]\nlisten = ""', f'[dsp]\nlisten = "127.0.0.1:{dsp_port}"')
+        )
+    dsp_port = dsp_ports["gov"]
     (root / "air.csv").write_text("station,pm25\nA,12\n")
     (root / "air.toml").write_text(PRODUCT)
     servers = {"operator": Served(root / "operator.toml", root)}
     try:
-        for pid in ("gov", "a"):
+        for pid in ("gov", "a", "b"):
             tds(
                 "registry", "enrol", "--config", "operator.toml", "--participant", pid,
                 "--address", f"127.0.0.1:{ports[pid]}", "--pki", "pki",
                 cwd=root,
             )  # fmt: skip
-        servers["gov"] = Served(config, root)
+        servers["gov"] = Served(root / "gov.toml", root)
+        servers["b"] = Served(root / "b.toml", root)
         # a's connector is not started: the DSP client below is its only voice.
         tds("product", "add", "air.toml", "--config", "gov.toml", cwd=root)
         a_cfg = load_config(root / "a.toml")
@@ -77,7 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             key_pem=a_cfg.pki.tls_key.read_bytes(),
             authorization=lambda: f"Bearer {registry.token()}",
         )
-        yield {"root": root, "client": client, "servers": servers}
+        yield {"root": root, "client": client, "servers": servers, "dsp_port": dsp_port}
         registry.close()
     finally:
         for server in servers.values():
@@ -150,3 +158,29 @@ def test_a_dsp_client_negotiates_with_a_tds_provider(world: dict[str, Any]) -> N
         tds("negotiations", "show", pid, "--config", "gov.toml", "--json", cwd=root).stdout
     )
     assert shown["state"] == "TERMINATED"
+
+
+def test_tds_negotiate_dsp_two_tds_connectors_finalize_over_the_binding_alone(
+    world: dict[str, Any],
+) -> None:
+    root: Path = world["root"]
+    out = tds(
+        "negotiate", "--config", "b.toml", "--provider", "gov", "--product", "air",
+        "--offer", "o1", "--purpose", "research",
+        "--dsp", f"https://127.0.0.1:{world['dsp_port']}", "--wait", "--json",
+        cwd=root,
+    )  # fmt: skip
+    mine = json.loads(out.stdout)
+    assert (mine["state"], mine["role"], mine["counterparty"]) == ("FINALIZED", "consumer", "gov")
+    listed = json.loads(
+        tds("negotiations", "list", "--config", "gov.toml", "--json", cwd=root).stdout
+    )
+    (theirs,) = [n for n in listed if n["agreement_id"] == mine["agreement_id"]]
+    assert (theirs["state"], theirs["counterparty"]) == ("FINALIZED", "b")
+    # The agreement b holds is the dual-signed one, verifying offline against the keys.
+    tds(
+        "agreements", "show", mine["agreement_id"], "--config", "b.toml",
+        "--out", "agreement.json", cwd=root,
+    )  # fmt: skip
+    verified = tds("agreements", "verify", "agreement.json", "--config", "b.toml", cwd=root)
+    assert verified.returncode == 0

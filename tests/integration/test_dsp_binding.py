@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
@@ -23,6 +25,9 @@ from connector.dsp import DspBinding, tls_context
 from connector.errors import ConfigError
 from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
+from connector.negotiation.agreement import verify_agreement
+from connector.negotiation.dsp import SIGNED_AGREEMENT
+from connector.negotiation.states import State
 from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
 from tests.support.dsp_client import Answer, DspClient
 from tests.support.exchange import FAR, admin, entries, publish
@@ -68,8 +73,11 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
             "gov",
             dsp=DspConfig(listen="127.0.0.1:0", max_body_bytes=BODY_LIMIT, page_size=2),
         )
-        for member in ("a", "b", "r"):
-            sp.start_connector(member)
+        # a and b are tds consumers with bindings of their own: the provider's callbacks
+        # go there.
+        for member in ("a", "b"):
+            sp.start_connector(member, dsp=DspConfig(listen="127.0.0.1:0"))
+        sp.start_connector("r")
         for pid in OPEN:
             publish(sp, "gov", product(pid), root)
         publish(sp, "gov", product(RESTRICTED, access={"allow_list": ["b"]}), root)
@@ -474,8 +482,14 @@ def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) 
 
 
 def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
-    for path in ("/negotiations/x/request", "/negotiations/x/events", "/transfers/request"):
-        assert client(space).call("POST", path, {}).status == 404
+    for path in (
+        "/negotiations/x/request",
+        "/negotiations/offers",
+        "/negotiations/x/offers",
+        "/transfers/request",
+    ):
+        # /negotiations/offers is the path of GET /negotiations/{pid}: POST is 405 there.
+        assert client(space).call("POST", path, {}).status in (404, 405)
 
 
 def test_authorization_admin_certificate_is_refused(space: LocalSpace) -> None:
@@ -557,6 +571,27 @@ def test_binding_on_a_busy_port_is_a_config_error(space: LocalSpace) -> None:
     assert client(space).call("POST", "/catalog/request", catalog_request()).status == 200
 
 
+def test_negotiations_request_post_needs_the_consumers_own_binding(space: LocalSpace) -> None:
+    # r serves no binding: the provider could not call it back, so nothing is sent.
+    binding = space.nodes["gov"].dsp
+    assert binding is not None
+    before = len(provider_negotiations(space))
+    ended = admin(space, "r").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov",
+            product_id="parking",
+            offer_id="o1",
+            purpose="research",
+            wait_ms=20_000,
+            dsp_url=binding.base_url,
+        ),
+        timeout=30,
+    )
+    assert ended.state == "TERMINATED"
+    assert "serves no Dataspace Protocol binding" in " ".join(ended.reasons)
+    assert len(provider_negotiations(space)) == before
+
+
 def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None:
     # Last: r is revoked for good. Its token is still unexpired; the list refuses it.
     token = f"Bearer {own_token(space, 'r')}"
@@ -572,3 +607,331 @@ def test_authorization_revoked_participant_is_refused(space: LocalSpace) -> None
             break
         time.sleep(0.2)
     refused(answer, 401, "CatalogError", "revoked")
+
+
+# -- two tds connectors over the binding alone ------------------------------------------
+
+
+def outbox_methods(space: LocalSpace, who: str, pid: str) -> list[str]:
+    node = space.nodes[who]
+    assert node.db is not None
+    with node.db.transaction() as tx:
+        rows = tx.all("SELECT method FROM outbox WHERE negotiation_pid = ? ORDER BY id", (pid,))
+    return [r[0] for r in rows]
+
+
+def dsp_negotiation(
+    space: LocalSpace, product: str = "parking", *, consumer: str = "a", **kw: Any
+) -> Any:
+    binding = space.nodes["gov"].dsp
+    assert binding is not None
+    return admin(space, consumer).StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov",
+            product_id=product,
+            offer_id="o1",
+            purpose=kw.get("purpose", "research"),
+            wait_ms=kw.get("wait_ms", 20_000),
+            dsp_url=kw.get("dsp_url", binding.base_url),
+        ),
+        timeout=30,
+    )
+
+
+def transitions(space: LocalSpace, who: str, pid: str) -> list[str]:
+    return [
+        m["data"]["to"]
+        for m in entries(space, who, "negotiation.transition")
+        if m["data"]["pid"] == pid
+    ]
+
+
+def test_negotiations_consumerpid_agreement_and_events_post_two_tds_connectors_finalize(
+    space: LocalSpace,
+) -> None:
+    mine = dsp_negotiation(space)
+    assert mine.state == "FINALIZED", mine
+    (theirs,) = [n for n in provider_negotiations(space) if n.agreement_id == mine.agreement_id]
+    assert (theirs.state, theirs.counterparty) == ("FINALIZED", "a")
+    # The same dual-signed agreement on both sides, verifying against the directory keys.
+    provider_copy = space.nodes["gov"].negotiator.get(theirs.pid).agreement  # type: ignore[union-attr]
+    consumer_copy = space.nodes["a"].negotiator.get(mine.pid).agreement  # type: ignore[union-attr]
+    assert provider_copy == consumer_copy and provider_copy
+    verify_agreement(provider_copy, space.nodes["a"]._signing_key_of)
+    # Every message went over DSP, through each side's outbox: none over gRPC.
+    assert outbox_methods(space, "a", mine.pid) == ["dsp:RequestContract", "dsp:VerifyAgreement"]
+    assert outbox_methods(space, "gov", theirs.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
+    # The same audit entries as a negotiation over gRPC.
+    assert transitions(space, "gov", theirs.pid) == ["REQUESTED", "AGREED", "FINALIZED"]
+    assert transitions(space, "a", mine.pid) == ["REQUESTED", "VERIFIED", "FINALIZED"]
+    grpc = admin(space, "a").StartNegotiation(
+        admin_pb2.StartNegotiationRequest(
+            provider="gov", product_id="parking", offer_id="o1", purpose="research", wait_ms=20_000
+        ),
+        timeout=30,
+    )
+    assert grpc.state == "FINALIZED"
+    assert transitions(space, "a", grpc.pid) == transitions(space, "a", mine.pid)
+
+
+def test_negotiations_providerpid_agreement_verification_post_repeated_changes_nothing(
+    space: LocalSpace,
+) -> None:
+    mine = dsp_negotiation(space)
+    (theirs,) = [n for n in provider_negotiations(space) if n.agreement_id == mine.agreement_id]
+    gov = space.nodes["gov"].negotiator
+    assert gov is not None
+    countersigned = gov.get(theirs.pid).agreement
+    before = len(entries(space, "gov"))
+    verification = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": f"urn:tds:process:{theirs.pid}",
+        "consumerPid": f"urn:tds:process:{mine.pid}",
+        SIGNED_AGREEMENT: countersigned,
+    }
+    path = f"/negotiations/urn:tds:process:{theirs.pid}/agreement/verification"
+    again = client(space, "a").call("POST", path, verification)
+    assert again.status == 200, again.body
+    assert conforms(again, "negotiation/contract-negotiation-schema.json")["state"] == "FINALIZED"
+    assert len(entries(space, "gov")) == before
+    assert outbox_methods(space, "gov", theirs.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
+    # b names a's process: as missing as one that does not exist.
+    refused(
+        client(space, "b").call("POST", path, verification),
+        404,
+        "ContractNegotiationError",
+        "no such negotiation",
+    )
+
+
+def verification_of(provider_pid: str, consumer_pid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        **extra,
+    }
+
+
+def event_of(provider_pid: str, consumer_pid: str, event: str) -> dict[str, Any]:
+    return {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractNegotiationEventMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "eventType": event,
+    }
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message", "status", "fragment"),
+    [
+        (
+            "agreement/verification",
+            lambda p, c: verification_of(p, c),
+            400,
+            "both parties have signed it",
+        ),
+        (
+            "agreement/verification",
+            lambda p, c: verification_of(p, c, **{SIGNED_AGREEMENT: "{}"}),
+            400,
+            "",
+        ),
+        ("events", lambda p, c: event_of(p, c, "ACCEPTED"), 400, "cannot move to ACCEPTED"),
+        ("events", lambda p, c: event_of(p, c, "FINALIZED"), 400, "takes ACCEPTED events"),
+        ("events", lambda p, c: event_of(p, "urn:uuid:someone-else", "ACCEPTED"), 404, "no such"),
+        ("events", lambda p, c: {**event_of(p, c, "ACCEPTED"), "@type": "X"}, 400, "@type"),
+        ("agreement", lambda p, c: event_of(p, c, "ACCEPTED"), 400, "ContractAgreementMessage"),
+    ],
+    ids=[
+        "verification-without-countersignature",
+        "verification-forged-countersignature",
+        "accepted-with-no-offer-out-of-order",
+        "finalized-sent-to-the-provider",
+        "another-consumer-process",
+        "unknown-type",
+        "agreement-callback-on-a-provider-process",
+    ],
+)
+def test_state_transition_errors_provider_side_change_nothing(
+    space: LocalSpace, suffix: str, message: Any, status: int, fragment: str
+) -> None:
+    consumer_pid = f"urn:uuid:bad-{suffix.replace('/', '-')}-{status}-{len(fragment)}"
+    started = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request(consumer_pid)
+    )
+    assert started.body["state"] == "AGREED", started.body
+    provider_pid = started.body["providerPid"]
+    pid = provider_pid.removeprefix("urn:tds:process:")
+    logged = transitions(space, "gov", pid)
+    answer = client(space, "b").call(
+        "POST", f"/negotiations/{provider_pid}/{suffix}", message(provider_pid, consumer_pid)
+    )
+    refused(answer, status, "ContractNegotiationError", fragment)
+    assert answer.body["providerPid"] == provider_pid
+    assert client(space, "b").call("GET", f"/negotiations/{provider_pid}").body["state"] == "AGREED"
+    assert transitions(space, "gov", pid) == logged
+
+
+def test_negotiations_request_post_callback_only_to_the_registered_host(
+    space: LocalSpace,
+) -> None:
+    # a's connector is told to negotiate with a "provider binding" on a host gov is not
+    # registered at (localhost is not 127.0.0.1): it must not connect there at all.
+    listener = socket.socket()
+    listener.bind(("localhost", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    try:
+        ended = dsp_negotiation(space, dsp_url=f"https://localhost:{port}")
+        assert ended.state == "TERMINATED", ended
+        assert "host the operator registered for gov" in " ".join(ended.reasons)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody came
+    finally:
+        listener.close()
+    with pytest.raises(grpc.RpcError) as refused_at_once:
+        dsp_negotiation(space, dsp_url=f"http://127.0.0.1:{port}")
+    assert refused_at_once.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_negotiations_consumerpid_agreement_post_after_the_providers_approval(
+    space: LocalSpace, decision: str
+) -> None:
+    # An offer that waits for the provider's admin: the agreement, or the rejection,
+    # reaches the tds consumer later, at its callback address, through gov's outbox.
+    waiting = dsp_negotiation(space, IMPORTANT, consumer="b", wait_ms=0)
+    provider = admin(space, "gov")
+    deadline = time.monotonic() + 20
+    theirs: list[Any] = []
+    while not theirs and time.monotonic() < deadline:
+        found = provider.ListNegotiations(
+            admin_pb2.ListNegotiationsRequest(pending_approval=True), timeout=10
+        ).negotiations
+        theirs = [n for n in found if n.counterparty_pid == waiting.pid]
+        time.sleep(0.05)
+    (pending,) = theirs
+    if decision == "approve":
+        provider.ApproveNegotiation(admin_pb2.NegotiationRef(pid=pending.pid), timeout=10)
+    else:
+        provider.RejectNegotiation(
+            admin_pb2.NegotiationRef(pid=pending.pid, reason="not this year"), timeout=10
+        )
+    final = admin(space, "b").GetNegotiation(
+        admin_pb2.NegotiationRef(pid=waiting.pid, wait_ms=20_000), timeout=30
+    )
+    if decision == "approve":
+        assert final.state == "FINALIZED", final
+        assert outbox_methods(space, "gov", pending.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
+    else:
+        assert (final.state, list(final.reasons)) == ("TERMINATED", ["not this year"])
+        assert outbox_methods(space, "gov", pending.pid) == ["dsp:Terminate"]
+
+
+def test_negotiations_consumerpid_agreement_post_goes_only_to_the_consumers_own_server(
+    space: LocalSpace,
+) -> None:
+    # a names b's binding as its callback: the right host, the wrong participant. gov's
+    # push must not reach it: b's server certificate is not a's (TLS refuses the name).
+    b_binding = space.nodes["b"].dsp
+    assert b_binding is not None
+    message = {**contract_request("urn:uuid:c-elsewhere"), "callbackAddress": b_binding.base_url}
+    started = client(space, "a").call("POST", "/negotiations/request", message)
+    assert started.body["state"] == "AGREED", started.body
+    pid = started.body["providerPid"].removeprefix("urn:tds:process:")
+    gov = space.nodes["gov"]
+    assert gov.db is not None
+    deadline = time.monotonic() + 20
+    row = None
+    while time.monotonic() < deadline:
+        with gov.db.transaction() as tx:
+            row = tx.one(
+                "SELECT method, status, attempts, last_error FROM outbox WHERE negotiation_pid = ?",
+                (pid,),
+            )
+        if row is not None and row[2] >= 1:
+            break
+        time.sleep(0.05)
+    assert row is not None
+    method, status, attempts, error = row
+    assert (method, status) == ("dsp:SendAgreement", "pending"), row
+    assert attempts >= 1 and "certificate" in error.lower(), error
+    # Nothing was taken: the negotiation on gov still waits for its consumer.
+    assert (
+        client(space, "a").call("GET", f"/negotiations/{started.body['providerPid']}").body["state"]
+        == "AGREED"
+    )
+
+
+def test_negotiations_providerpid_events_post_accepted_after_an_offer(space: LocalSpace) -> None:
+    # tds providers make no counter-offers yet, so the offer is put in place through the
+    # store (REQUESTED -> OFFERED, a protocol transition); the consumer's ACCEPTED event
+    # then moves it on, once, and the admin's approval agrees as for a waiting request.
+    started = client(space, "b").call(
+        "POST", "/negotiations/request", contract_request("urn:uuid:c-offer", pid=IMPORTANT)
+    )
+    assert started.body["state"] == "REQUESTED", started.body
+    provider_pid = started.body["providerPid"]
+    pid = provider_pid.removeprefix("urn:tds:process:")
+    gov = space.nodes["gov"].negotiator
+    assert gov is not None
+    gov._store.transition(pid, State.OFFERED, now_ms=int(time.time() * 1000))
+    accepted = event_of(provider_pid, "urn:uuid:c-offer", "ACCEPTED")
+    answer = client(space, "b").call("POST", f"/negotiations/{provider_pid}/events", accepted)
+    assert answer.status == 200, answer.body
+    assert conforms(answer, "negotiation/contract-negotiation-schema.json")["state"] == "ACCEPTED"
+    logged = transitions(space, "gov", pid)
+    assert logged[-1] == "ACCEPTED"
+    again = client(space, "b").call("POST", f"/negotiations/{provider_pid}/events", accepted)
+    assert (again.status, again.body["state"]) == (200, "ACCEPTED")
+    assert transitions(space, "gov", pid) == logged
+    admin(space, "gov").ApproveNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
+    shown = client(space, "b").call("GET", f"/negotiations/{provider_pid}")
+    assert shown.body["state"] == "AGREED"
+    assert transitions(space, "gov", pid)[-1] == "AGREED"
+
+
+def test_negotiations_request_post_refused_at_once_ends_the_tds_consumers_side(
+    space: LocalSpace,
+) -> None:
+    # The contract policy refuses a purpose the offer does not name: TERMINATED in the
+    # provider's answer, and so on the consumer, with nothing more sent either way.
+    ended = dsp_negotiation(space, purpose="marketing")
+    assert ended.state == "TERMINATED", ended
+    assert list(ended.reasons) == ["the provider refused the request at once"]
+    assert outbox_methods(space, "a", ended.pid) == ["dsp:RequestContract"]
+    (theirs,) = [n for n in provider_negotiations(space) if n.counterparty_pid.endswith(ended.pid)]
+    assert theirs.state == "TERMINATED"
+    assert outbox_methods(space, "gov", theirs.pid) == []
+
+
+def test_negotiations_providerpid_termination_post_sent_by_a_tds_consumer(
+    space: LocalSpace,
+) -> None:
+    # b's admin ends a negotiation that waits for gov's approval: the termination goes to
+    # gov's binding through b's outbox, and gov's record ends with b's reason.
+    waiting = dsp_negotiation(space, IMPORTANT, consumer="b", wait_ms=0)
+    deadline = time.monotonic() + 20
+    mine = waiting
+    while not mine.counterparty_pid and time.monotonic() < deadline:  # until gov answered
+        time.sleep(0.05)
+        mine = admin(space, "b").GetNegotiation(
+            admin_pb2.NegotiationRef(pid=waiting.pid), timeout=10
+        )
+    assert mine.state == "REQUESTED", mine
+    admin(space, "b").TerminateNegotiation(
+        admin_pb2.NegotiationRef(pid=waiting.pid, reason="found it elsewhere"), timeout=10
+    )
+    theirs = mine.counterparty_pid
+    while time.monotonic() < deadline:
+        shown = admin(space, "gov").GetNegotiation(admin_pb2.NegotiationRef(pid=theirs), timeout=10)
+        if shown.state == "TERMINATED":
+            break
+        time.sleep(0.05)
+    assert (shown.state, list(shown.reasons)) == ("TERMINATED", ["found it elsewhere"])
+    assert outbox_methods(space, "b", waiting.pid) == ["dsp:RequestContract", "dsp:Terminate"]

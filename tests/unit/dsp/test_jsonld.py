@@ -22,6 +22,11 @@ SERVED = (
     "DatasetRequestMessage",
     "ContractRequestMessage",
     "ContractNegotiationTerminationMessage",
+    "ContractNegotiationEventMessage",
+    "ContractAgreementVerificationMessage",
+    "ContractAgreementMessage",
+    # A tds consumer reads the provider's answer to its request as this.
+    "ContractNegotiation",
 )
 
 
@@ -93,3 +98,19 @@ def test_schema_failure_names_the_field() -> None:
     del message["offer"]
     with pytest.raises(InvalidRequest, match=r"fails its DSP 2025-1 schema: .*offer"):
         read_message(message, "ContractRequestMessage")
+
+
+def test_what_is_read_does_not_depend_on_what_was_read_before() -> None:
+    # pyld keeps the DSP context between messages; the scoped contexts that import the
+    # ODRL profile must not leak into one another through that cache.
+    paths = [
+        "negotiation/example/contract-request-message.json",
+        "negotiation/example/contract-agreement-message.json",
+        "negotiation/example/contract-offer-message.json",
+        "catalog/example/catalog.json",
+    ]
+    messages = [json.loads((VECTORS / p).read_text()) for p in paths]
+    first = [read_message(m, m["@type"]) for m in messages]
+    for order in (messages[::-1], messages[1:] + messages[:1]):
+        for m in order:
+            assert read_message(m, m["@type"]) == first[messages.index(m)]

@@ -8,9 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector.catalog.products import parse_description
-from connector.negotiation.dsp import agreement_message, catalog_message, negotiation_message
+from connector.dsp.jsonld import read_message
+from connector.negotiation.agreement import sign_agreement
+from connector.negotiation.dsp import (
+    SIGNED_AGREEMENT,
+    agreement_message,
+    catalog_message,
+    contract_request_message,
+    event_message,
+    negotiation_message,
+    termination_message,
+    verification_message,
+)
 from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation
 from tests.unit.negotiation.test_agreement import AGREEMENT
@@ -67,6 +79,65 @@ def test_negotiation_validates_for_both_roles() -> None:
 
 def test_agreement_validates() -> None:
     validate(agreement_message(AGREEMENT), "negotiation/contract-agreement-message-schema.json")
+
+
+def sent_messages() -> list[Any]:
+    """Every negotiation message a tds connector sends over the binding, as it sends it."""
+    signed = sign_agreement(AGREEMENT, ed25519.Ed25519PrivateKey.generate())
+    return [
+        pytest.param(message, schema, id=message["@type"] + suffix)
+        for message, schema, suffix in (
+            (
+                contract_request_message(
+                    consumer_pid="c0ffee",
+                    product="traffic",
+                    offer="o1",
+                    purpose="research",
+                    callback="https://b.example:8443",
+                ),
+                "contract-request-message-schema.json",
+                "",
+            ),
+            (
+                agreement_message(AGREEMENT, space="city", signed=signed),
+                "contract-agreement-message-schema.json",
+                "",
+            ),
+            (
+                verification_message("p-1", "urn:uuid:c-1", signed),
+                "contract-agreement-verification-message-schema.json",
+                "",
+            ),
+            (
+                event_message("p-1", "urn:uuid:c-1", "FINALIZED"),
+                "contract-negotiation-event-message-schema.json",
+                "",
+            ),
+            (
+                termination_message("p-1", "urn:uuid:c-1", ["rejected by the provider"]),
+                "contract-negotiation-termination-message-schema.json",
+                "",
+            ),
+            (
+                termination_message("p-1", "urn:uuid:c-1", []),
+                "contract-negotiation-termination-message-schema.json",
+                "-no-reason",
+            ),
+        )
+    ]
+
+
+@pytest.mark.parametrize(("message", "schema"), sent_messages())
+def test_contract_negotiation_messages_tds_sends_validate(
+    message: dict[str, Any], schema: str
+) -> None:
+    validate(message, f"negotiation/{schema}")
+    # And a receiver's JSON-LD processing keeps what tds reads, the signed agreement too.
+    read = read_message(message, message["@type"])
+    assert read.get(SIGNED_AGREEMENT) == message.get(SIGNED_AGREEMENT)
+    assert {k: read[k] for k in ("providerPid", "consumerPid") if k in message} == {
+        k: message[k] for k in ("providerPid", "consumerPid") if k in message
+    }
 
 
 def examples() -> list[Any]:

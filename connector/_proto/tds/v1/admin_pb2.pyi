@@ -568,6 +568,7 @@ class StartNegotiationRequest(_message.Message):
     OFFER_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    DSP_URL_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     product_id: _builtins.str
     offer_id: _builtins.str
@@ -578,6 +579,11 @@ class StartNegotiationRequest(_message.Message):
     the negotiation's messages on the caller's own thread rather than through its outbox
     workers (what fails is still retried by the outbox). 0: answer once it is requested.
     """
+    dsp_url: _builtins.str
+    """The provider's Dataspace Protocol binding (https URL, on the provider's registered
+    host): the negotiation runs over DSP instead of gRPC. Needs this connector's own
+    [dsp] binding, which receives the provider's messages. Empty: gRPC.
+    """
     def __init__(
         self,
         *,
@@ -586,10 +592,11 @@ class StartNegotiationRequest(_message.Message):
         offer_id: _builtins.str = ...,
         purpose: _builtins.str = ...,
         wait_ms: _builtins.int = ...,
+        dsp_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "product_id", b"product_id", "provider", b"provider", "purpose", b"purpose", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dsp_url", b"dsp_url", "offer_id", b"offer_id", "product_id", b"product_id", "provider", b"provider", "purpose", b"purpose", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
