@@ -63,6 +63,7 @@ from connector.rpc.channel import calling
 from connector.sources.windows import StreamChecker, Window, genesis_head
 from connector.transfer.store import CONSUMER
 from connector.transfer.stream_store import (
+    NEXT_PERIOD,
     STARTED,
     SUSPENDED,
     TERMINATED,
@@ -112,7 +113,14 @@ ProgressSink = Callable[[StreamProgress], None]
 
 
 class _Segment:
-    """The records of the open window, written as they arrive, committed with it."""
+    """The records of the open window, written as they arrive, committed with it.
+
+    When the provider proposes a window, the records written so far are exactly its
+    records (the proposal follows its last record); they are set aside as the window's
+    ``.proposed`` file, and the records that arrive while its receipt is signed and
+    countersigned go to the next one. A countersignature makes the window's file its
+    segment; one never countersigned is dropped, and delivered again on resume.
+    """
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
@@ -122,19 +130,25 @@ class _Segment:
     def add(self, sequence: int, record: bytes) -> None:
         self._file.write(b'{"sequence":%d,"record":%s}\n' % (sequence, record))
 
-    def commit(self, index: int) -> Path:
-        """Make the records so far the window ``index``'s segment; start a new one."""
+    def propose(self, index: int) -> None:
+        """The records so far are the window ``index``'s; later ones belong to the next."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        final = self._dir / f"{index:08d}.jsonl"
-        os.replace(self._path, final)
+        os.replace(self._path, self._dir / f"{index:08d}.proposed")
         self._file = self._path.open("wb")
+
+    def commit(self, index: int) -> Path:
+        """Make the window ``index``'s records (set aside by ``propose``) its segment."""
+        final = self._dir / f"{index:08d}.jsonl"
+        os.replace(self._dir / f"{index:08d}.proposed", final)
         return final
 
     def close(self) -> None:
         self._file.close()
         self._path.unlink(missing_ok=True)
+        for proposed in self._dir.glob("*.proposed"):
+            proposed.unlink(missing_ok=True)
 
 
 class StreamConsumer:
@@ -350,6 +364,7 @@ class StreamConsumer:
                 ),
                 self._key,
             )
+            segment.propose(own.index)
             run.unsigned.append((own, signed))
             outgoing.put(stream_pb2.SubscribeUp(receipt=signed))
             return None
@@ -434,9 +449,11 @@ class StreamConsumer:
 
     def _stopped(self, run: _Received, reason: str, directory: Path) -> None:
         """The provider stopped the stream (for good once it had started; a refusal at
-        subscribe may pass); delete the holding if it must go."""
+        subscribe may pass, and so does a per-period limit); delete the holding if it must
+        go."""
         now = self._now_ms()
-        state = TERMINATED if run.checker is not None else SUSPENDED
+        ended = run.checker is not None and NEXT_PERIOD not in reason
+        state = TERMINATED if ended else SUSPENDED
         self._store.set_state(run.agreement.id, CONSUMER, state, reason, now)
         self._audit.record(
             "stream.stopped",

@@ -1,0 +1,153 @@
+"""An agreement's message limit and its per-period limits, between connectors, against the
+machine's NATS JetStream.
+
+The provider's clock is the wall clock plus an offset the test moves, so a new period
+starts without waiting for one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from connector.config import StreamConfig
+from connector.demo.space import LocalSpace
+from connector.identity.names import Role
+from connector.sources.nats_connection import NatsConnection
+from connector.transfer.store import PROVIDER
+from connector.transfer.stream_store import SUSPENDED, TERMINATED
+from tests.integration.test_stream_subscribe import FIELDS, Follower, held, readings
+from tests.sources.conftest import NATS_URL, JetStream, _jetstream
+from tests.support.exchange import agree, entries, offer, publish
+
+
+class OffsetClock:
+    """The wall clock, moved on by ``advance``."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture(scope="module")
+def js() -> Iterator[JetStream]:
+    yield from _jetstream(NATS_URL)
+
+
+@pytest.fixture(scope="module")
+def clock() -> OffsetClock:
+    return OffsetClock()
+
+
+@pytest.fixture(scope="module")
+def space(
+    tmp_path_factory: pytest.TempPathFactory, js: JetStream, clock: OffsetClock
+) -> Iterator[LocalSpace]:
+    root = tmp_path_factory.mktemp("stream-limits")
+    sources: dict[str, Any] = {"weather": NatsConnection("weather", NATS_URL)}
+    settings = StreamConfig(window_messages=5, window_seconds=0.3, ack_timeout_seconds=5)
+    with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+        sp.start_registry()
+        sp.start_connector("gov", sources=sources, stream=settings, clock=clock)
+        sp.start_connector("a")
+        yield sp
+
+
+def limited_feed(space: LocalSpace, js: JetStream, base: Path, **terms: Any) -> tuple[str, str]:
+    """A fresh subject published as a stream product whose offer has ``terms``."""
+    subject = js.stream()
+    pid = "rain-" + subject.rsplit("_", 1)[-1]
+    publish(
+        space,
+        "gov",
+        {
+            "id": pid,
+            "title": "Rain gauges",
+            "grade": "general",
+            "fields": FIELDS,
+            "source": {"kind": "stream", "connection": "weather", "subject": subject},
+            "offers": [offer(**terms)],
+        },
+        base,
+    )
+    return pid, subject
+
+
+def ended(space: LocalSpace, kind: str, agreement: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in entries(space, "gov", kind) if e["data"]["agreement"] == agreement]
+
+
+def test_the_message_limit_stops_the_stream_after_exactly_that_many(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    pid, subject = limited_feed(space, js, tmp_path, max_messages=12)
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(30))
+    f = Follower(space, "a", agreement)
+    f.wait_end(15)
+    assert f.error is not None and f.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "message_limit_reached" in (f.error.details() or "")
+    stopped = ended(space, "stream.stopped", agreement)
+    assert stopped[-1]["reason"] == "message_limit_reached"
+    assert stopped[-1]["sent"] == 12 and stopped[-1]["last_sequence"] == 12
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    assert store.usage(agreement)[0] == 12  # what was counted ahead was given back
+    assert store.get(agreement, PROVIDER).state == TERMINATED
+    assert len(held(space, "a", agreement)) <= 12
+    # The stream is over: a new subscription is refused and nothing more is counted.
+    again = Follower(space, "a", agreement)
+    again.wait_end(10)
+    assert again.error is not None
+    assert again.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert store.usage(agreement)[0] == 12
+
+
+def test_a_period_limit_suspends_the_stream_until_the_next_period(
+    space: LocalSpace, js: JetStream, clock: OffsetClock, tmp_path: Path
+) -> None:
+    # Start at the beginning of a minute, so the first period does not end mid-test.
+    clock.advance(60 - clock.now() % 60 + 0.5)
+    pid, subject = limited_feed(
+        space, js, tmp_path, per_period={"period": "minute", "max_messages": 7}
+    )
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(30))
+    f = Follower(space, "a", agreement)
+    f.wait_end(15)
+    assert f.error is not None and f.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "period_message_limit_reached" in (f.error.details() or "")
+    suspended = ended(space, "stream.suspended", agreement)
+    assert suspended[-1]["reason"] == "period_message_limit_reached"
+    assert suspended[-1]["sent"] == 7
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    state = store.get(agreement, PROVIDER)
+    assert (state.state, state.reason) == (SUSPENDED, "period_message_limit_reached")
+    # In the same minute the usage policy refuses a new subscription; nothing changes.
+    refused = Follower(space, "a", agreement)
+    refused.wait_end(10)
+    assert refused.error is not None
+    assert refused.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "period_message_limit_reached" in (refused.error.details() or "")
+    assert store.get(agreement, PROVIDER).state == SUSPENDED
+    assert store.usage(agreement)[0] == 7
+    # The next minute allows 7 more, resumed from the last countersigned window.
+    clock.advance(60)
+    resumed = Follower(space, "a", agreement)
+    resumed.wait_end(15)
+    assert resumed.error is not None
+    assert "period_message_limit_reached" in (resumed.error.details() or "")
+    kept = [line["sequence"] for line in held(space, "a", agreement)]
+    assert kept == list(range(1, len(kept) + 1)) and 7 <= len(kept) <= 14, str(kept)
+    assert store.usage(agreement)[0] == 14
