@@ -13,7 +13,7 @@ from typing import Any
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say, utc_text
 from connector.cli.progress import ByteProgress, human_bytes
-from connector.cli.subscribe import list_streams
+from connector.cli.subscribe import list_streams, stop_stream
 from connector.config import load_config
 from connector.errors import ConfigError, VerificationError
 from connector.node.clients import admin_channel
@@ -52,8 +52,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_data_list)
-    st = ds.add_parser("stop", help="terminate a transfer that is not complete")
-    st.add_argument("transfer", help="the transfer's id (tds data list --all)")
+    st = ds.add_parser(
+        "stop",
+        help="terminate a transfer that is not complete, or a stream (either side)",
+        description="A transfer id (tr-…) terminates that transfer. An agreement id (ag-…) "
+        "ends the stream under it for good: one you receive (the provider is told) or one "
+        "you provide (a running subscription stops within a second). Logged; TERMINATED.",
+    )
+    st.add_argument(
+        "transfer",
+        metavar="ID",
+        help="a transfer id (tds data list --all) or a stream's agreement id (tds data list)",
+    )
     st.add_argument("--reason", default="", help="why; recorded, and sent to the other side")
     st.add_argument("--config", required=True, type=Path, help="your connector's config")
     st.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -228,7 +238,9 @@ def run_data_list(args: argparse.Namespace) -> int:
 
 
 def run_data_stop(args: argparse.Namespace) -> int:
-    """Terminate a transfer."""
+    """Terminate a transfer, or a stream (named by its agreement)."""
+    if args.transfer.startswith("ag-"):
+        return stop_stream(args)
     with calling("your connector"):
         t = _admin(args).TerminateTransfer(
             admin_pb2.TerminateOwnTransferRequest(transfer_id=args.transfer, reason=args.reason),

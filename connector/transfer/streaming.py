@@ -61,6 +61,7 @@ from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
     ConnectorError,
     InvalidRequest,
+    NotFound,
     PermissionDenied,
     PreconditionFailed,
     Unavailable,
@@ -86,6 +87,7 @@ from connector.transfer.stream_store import (
     SUSPENDED,
     TERMINATED,
     StreamLimits,
+    StreamState,
     StreamStore,
 )
 
@@ -232,8 +234,9 @@ class StreamProvider:
     def _stop_reason(self, run: _Run) -> str | None:
         """Why the stream must stop now, or ``None`` (any doubt stops it)."""
         try:
-            if self._store.get(run.agreement.id, PROVIDER).state == TERMINATED:
-                return "terminated by the provider"
+            state = self._store.get(run.agreement.id, PROVIDER)
+            if state.state == TERMINATED:
+                return state.reason or "terminated"
             n = self._negotiations.by_agreement(run.agreement.id)
             if n.revocation:
                 return "agreement_revoked"
@@ -587,10 +590,34 @@ class StreamProvider:
                 },
             )
 
-    def stop(self, agreement_id: str, reason: str) -> None:
-        """End a stream for good (the provider's admin): a running subscription stops at
-        its next check."""
+    def terminate(
+        self, agreement_id: str, reason: str, caller: Caller | None = None
+    ) -> StreamState:
+        """End a stream for good: our admin (``caller`` None), or its consumer. Logged,
+        TERMINATED; a running subscription stops at its next check. ``NotFound`` for no
+        stream here or one that is not the caller's, ``PreconditionFailed`` if it is
+        TERMINATED already (nothing changes)."""
+        state = self._store.get(agreement_id, PROVIDER)
+        if caller is not None and caller.participant != state.counterparty:
+            raise NotFound(f"no stream under agreement {agreement_id!r}")
+        if state.state == TERMINATED:
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement_id} is already TERMINATED ({state.reason})"
+            )
+        by = "provider" if caller is None else "consumer"
+        reason = reason or f"terminated by the {by}"
+        self._audit.record(
+            "stream.terminated",
+            parties=[state.counterparty],
+            data={
+                "agreement": agreement_id,
+                "by": by,
+                "acked_sequence": state.acked_sequence,
+                "reason": reason[:300],
+            },
+        )
         self._store.set_state(agreement_id, PROVIDER, TERMINATED, reason, self._now_ms())
+        return self._store.get(agreement_id, PROVIDER)
 
 
 def _stopped(agreement_id: str, reason: str) -> _Ended:

@@ -482,6 +482,66 @@ class StreamConsumer:
         shutil.rmtree(directory, ignore_errors=True)
         self._store.mark_deleted(agreement_id, CONSUMER, self._now_ms())
 
+    def segments(self, agreement_id: str, from_window: int) -> list[tuple[int, Path]]:
+        """The committed segments of a holding from window ``from_window`` on, in order
+        (``NotFound`` for no stream here, ``PreconditionFailed`` once it was deleted)."""
+        state = self._store.get(agreement_id, CONSUMER)
+        if state.deleted_ms:
+            raise PreconditionFailed(f"the holding of agreement {agreement_id} was deleted")
+        directory = stream_holding(self._dir, agreement_id)
+        return [
+            (index, directory / f"{index:08d}.jsonl")
+            for index in range(from_window, state.next_window)
+        ]
+
+    def terminate(self, agreement_id: str, reason: str) -> tuple[StreamState, bool]:
+        """Our admin ends a stream we receive, for good: logged, TERMINATED, a running
+        subscription stopped, then the provider told; the state and whether the provider
+        confirmed. ``NotFound`` for no stream here, ``PreconditionFailed`` if it is
+        TERMINATED already (nothing changes)."""
+        state = self._store.get(agreement_id, CONSUMER)
+        if state.state == TERMINATED:
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement_id} is already TERMINATED ({state.reason})"
+            )
+        reason = reason or "terminated by the consumer"
+        self._audit.record(
+            "stream.terminated",
+            parties=[state.counterparty],
+            data={
+                "agreement": agreement_id,
+                "by": "consumer",
+                "kept_sequence": state.acked_sequence,
+                "reason": reason[:300],
+            },
+        )
+        self._store.set_state(agreement_id, CONSUMER, TERMINATED, reason, self._now_ms())
+        with self._lock:
+            running = self._running.get(agreement_id)
+        if running is not None:
+            running[0].set()  # its own end leaves the state TERMINATED
+        return self._store.get(agreement_id, CONSUMER), self._tell_provider(state, reason)
+
+    def _tell_provider(self, state: StreamState, reason: str) -> bool:
+        channel = self._channel_to(state.counterparty)
+        try:
+            with calling(state.counterparty):
+                stream_pb2_grpc.StreamServiceStub(channel).TerminateStream(
+                    stream_pb2.TerminateStreamRequest(
+                        agreement_id=state.agreement_id, reason=reason[:400]
+                    ),
+                    timeout=15,
+                )
+            return True
+        except ConnectorError as exc:
+            log.warning(
+                "could not tell the provider the stream ended",
+                extra={"agreement": state.agreement_id, "reason": str(exc)},
+            )
+            return False
+        finally:
+            channel.close()
+
 
 @dataclass
 class _Received:

@@ -1,5 +1,6 @@
-"""An agreement's message limit and its per-period limits, between connectors, against the
-machine's NATS JetStream.
+"""Controlling a running stream, between connectors, against the machine's NATS JetStream:
+an agreement's message limit and its per-period limits, and `tds data stop` from either
+side (through the admin API).
 
 The provider's clock is the wall clock plus an offset the test moves, so a new period
 starts without waiting for one.
@@ -15,12 +16,14 @@ from typing import Any
 import grpc
 import pytest
 
+from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
 from connector.config import StreamConfig
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
+from connector.node.clients import admin_channel
 from connector.sources.nats_connection import NatsConnection
-from connector.transfer.store import PROVIDER
-from connector.transfer.stream_store import SUSPENDED, TERMINATED
+from connector.transfer.store import CONSUMER, PROVIDER
+from connector.transfer.stream_store import STARTED, SUSPENDED, TERMINATED
 from tests.integration.test_stream_subscribe import FIELDS, Follower, held, readings
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
 from tests.support.exchange import agree, entries, offer, publish
@@ -56,10 +59,13 @@ def space(
     root = tmp_path_factory.mktemp("stream-limits")
     sources: dict[str, Any] = {"weather": NatsConnection("weather", NATS_URL)}
     settings = StreamConfig(window_messages=5, window_seconds=0.3, ack_timeout_seconds=5)
-    with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+    with LocalSpace.create(
+        root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
+    ) as sp:
         sp.start_registry()
         sp.start_connector("gov", sources=sources, stream=settings, clock=clock)
         sp.start_connector("a")
+        sp.start_connector("b")
         yield sp
 
 
@@ -151,3 +157,117 @@ def test_a_period_limit_suspends_the_stream_until_the_next_period(
     kept = [line["sequence"] for line in held(space, "a", agreement)]
     assert kept == list(range(1, len(kept) + 1)) and 7 <= len(kept) <= 14, str(kept)
     assert store.usage(agreement)[0] == 14
+
+
+def stop(space: LocalSpace, who: str, agreement: str, reason: str = "") -> Any:
+    channel = admin_channel(space.configs[who])
+    try:
+        return stream_pb2_grpc.StreamServiceStub(channel).StopStream(
+            stream_pb2.StopStreamRequest(agreement_id=agreement, reason=reason), timeout=20
+        )
+    finally:
+        channel.close()
+
+
+def running(space: LocalSpace, js: JetStream, base: Path) -> tuple[str, Follower]:
+    """An agreement of "a" whose stream is running, with a first window kept."""
+    pid, subject = limited_feed(space, js, base)
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(5))
+    f = Follower(space, "a", agreement)
+    f.wait_kept(5)
+    return agreement, f
+
+
+def states(space: LocalSpace, agreement: str) -> tuple[str, str]:
+    gov, a = space.nodes["gov"].stream_store, space.nodes["a"].stream_store
+    assert gov is not None and a is not None
+    return gov.get(agreement, PROVIDER).state, a.get(agreement, CONSUMER).state
+
+
+def test_the_consumer_stops_its_own_stream_for_good(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    agreement, f = running(space, js, tmp_path)
+    r = stop(space, "a", agreement, "the flood is over")
+    assert (r.role, r.state, r.reason, r.counterparty_told) == (
+        "consumer",
+        TERMINATED,
+        "the flood is over",
+        True,
+    )
+    f.wait_end(5)
+    assert states(space, agreement) == (TERMINATED, TERMINATED)
+    for who in ("a", "gov"):
+        (logged,) = ended_by(space, who, agreement)
+        assert (logged["by"], logged["reason"]) == ("consumer", "the flood is over")
+    # It stays stopped: no new subscription, and the holding is kept (it was not revoked).
+    again = Follower(space, "a", agreement)
+    again.wait_end(10)
+    assert again.error is not None
+    assert again.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(held(space, "a", agreement)) == 5
+
+
+def test_the_provider_stops_a_stream_it_serves_within_a_second(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    agreement, f = running(space, js, tmp_path)
+    asked = time.monotonic()
+    r = stop(space, "gov", agreement, "station maintenance")
+    assert (r.role, r.state) == ("provider", TERMINATED)
+    f.wait_end(5)
+    assert f.ended_at - asked < 1.0
+    assert f.error is not None and f.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "station maintenance" in (f.error.details() or "")
+    assert states(space, agreement) == (TERMINATED, TERMINATED)
+    (logged,) = ended_by(space, "gov", agreement)
+    assert (logged["by"], logged["reason"]) == ("provider", "station maintenance")
+    stopped = ended(space, "stream.stopped", agreement)
+    assert stopped[-1]["reason"] == "station maintenance"
+
+
+def test_stopping_an_unknown_or_someone_elses_stream_changes_nothing(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    agreement, f = running(space, js, tmp_path)
+    try:
+        before = {who: len(entries(space, who)) for who in ("gov", "a", "b")}
+        for who, target, code in [
+            ("a", "ag-" + "0" * 32, grpc.StatusCode.NOT_FOUND),  # no such agreement
+            ("b", agreement, grpc.StatusCode.NOT_FOUND),  # a's agreement, from b's admin
+            ("a", "tr-" + "0" * 32, grpc.StatusCode.INVALID_ARGUMENT),  # not an agreement
+            ("a", "ag-../../x", grpc.StatusCode.INVALID_ARGUMENT),
+        ]:
+            with pytest.raises(grpc.RpcError) as caught:
+                stop(space, who, target)
+            assert caught.value.code() == code, (who, target)
+        # Another member telling the provider to end a's stream: as if there were none.
+        channel = space.nodes["b"]._member_channel("gov")
+        with pytest.raises(grpc.RpcError) as caught:
+            stream_pb2_grpc.StreamServiceStub(channel).TerminateStream(
+                stream_pb2.TerminateStreamRequest(agreement_id=agreement, reason="mine now"),
+                timeout=10,
+            )
+        channel.close()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert {who: len(entries(space, who)) for who in ("gov", "a", "b")} == before
+        assert states(space, agreement) == (STARTED, STARTED)
+        f.wait_kept(5)
+        assert f.error is None
+    finally:
+        f.stop()
+    # A stream already terminated is not terminated twice.
+    stop(space, "gov", agreement)
+    with pytest.raises(grpc.RpcError) as caught:
+        stop(space, "gov", agreement)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(ended_by(space, "gov", agreement)) == 1
+
+
+def ended_by(space: LocalSpace, who: str, agreement: str) -> list[dict[str, Any]]:
+    return [
+        e["data"]
+        for e in entries(space, who, "stream.terminated")
+        if e["data"]["agreement"] == agreement
+    ]
