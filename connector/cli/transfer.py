@@ -269,6 +269,13 @@ def _computations(a: dict[str, Any]) -> str:
     return text
 
 
+def _messages(a: dict[str, Any]) -> str:
+    """Stream messages delivered (of the limit), when there were any or a limit is set."""
+    if not a["messages"] and not a["max_messages"]:
+        return ""
+    return f", {a['messages']}/{a['max_messages'] or '∞'} messages streamed"
+
+
 def run_metering(args: argparse.Namespace) -> int:
     """Per agreement and per consumer."""
     with calling("your connector"):
@@ -287,26 +294,32 @@ def run_metering(args: argparse.Namespace) -> int:
             "computations": m.computations,
             "epsilon_spent": m.epsilon_spent,
             "epsilon_budget": m.epsilon_budget,
+            "messages": m.messages,
+            "max_messages": m.max_messages,
         }
         for m in resp.agreements
     ]
     consumers: dict[str, dict[str, int]] = {}
     for a in agreements:
         c = consumers.setdefault(
-            str(a["consumer"]), {"agreements": 0, "transfers": 0, "bytes": 0, "completed": 0}
+            str(a["consumer"]),
+            {"agreements": 0, "transfers": 0, "bytes": 0, "completed": 0, "messages": 0},
         )
         c["agreements"] += 1
-        for key in ("transfers", "bytes", "completed"):
+        for key in ("transfers", "bytes", "completed", "messages"):
             c[key] += int(a[key])  # type: ignore[call-overload]
     lines = ["Per agreement:"] + [
         f"  {a['agreement']:<36} {a['consumer']:<12} {a['product']:<20} "
         f"{a['transfers']}/{a['max_transfers'] or '∞'} transfers, "
-        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)" + _computations(a)  # type: ignore[call-overload]
+        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)"  # type: ignore[call-overload]
+        + _computations(a)
+        + _messages(a)
         for a in agreements
     ]
     lines += ["Per consumer:"] + [
         f"  {name:<12} {c['agreements']} agreements, {c['transfers']} transfers, "
         f"{human_bytes(c['bytes'])}, {c['completed']} completed"
+        + (f", {c['messages']} messages streamed" if c["messages"] else "")
         for name, c in sorted(consumers.items())
     ]
     emit(
@@ -315,6 +328,13 @@ def run_metering(args: argparse.Namespace) -> int:
         as_json=args.json,
     )
     return 0
+
+
+def _streamed(part: dict[str, Any]) -> str:
+    """Messages and bytes streamed, when there were any."""
+    if not part.get("messages"):
+        return ""
+    return f", {part['messages']} messages ({human_bytes(part['stream_bytes'])}) streamed"
 
 
 def run_disclosure(args: argparse.Namespace) -> int:
@@ -326,7 +346,7 @@ def run_disclosure(args: argparse.Namespace) -> int:
     report = json.loads(resp.report_json)
     lines = [
         f"Public data released by {report['provider']} in {report['period']}: "
-        f"{report['transfers']} transfers, {human_bytes(report['bytes'])}"
+        f"{report['transfers']} transfers, {human_bytes(report['bytes'])}" + _streamed(report)
     ]
     for op in report["operators"]:
         grants = ", ".join(
@@ -334,13 +354,14 @@ def run_disclosure(args: argparse.Namespace) -> int:
             for g in op["grants"]
         )
         lines.append(
-            f"  {op['operator']}: {op['transfers']} transfers, {human_bytes(op['bytes'])}, "
-            f"purposes {', '.join(op['purposes'])}; grants {grants or 'none recorded'}"
+            f"  {op['operator']}: {op['transfers']} transfers, {human_bytes(op['bytes'])}"
+            f"{_streamed(op)}, purposes {', '.join(op['purposes'])}; "
+            f"grants {grants or 'none recorded'}"
         )
         for p in op["products"]:
             lines.append(
                 f"    {p['product']} [{p['registration_code']}] under {p['agreement']}: "
-                f"{p['transfers']} transfers, {human_bytes(p['bytes'])} "
+                f"{p['transfers']} transfers, {human_bytes(p['bytes'])}{_streamed(p)} "
                 f"(receipts at log indices {p['receipt_log_indices']})"
             )
     if not report["operators"]:

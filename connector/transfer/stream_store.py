@@ -220,6 +220,13 @@ class StreamStore:
                 return
             row.state, row.reason, row.updated_ms = state, reason[:512], now_ms
 
+    def set_obligations(self, agreement_id: str, role: str, obligations: Mapping[str, Any]) -> None:
+        """Keep the holding under ``obligations`` (the provider's decision, checked)."""
+        with self._db.session() as s:
+            row = s.get(StreamSubscriptionRow, (agreement_id, role))
+            if row is not None:
+                row.obligations = json.dumps(dict(obligations), sort_keys=True)
+
     def mark_deleted(self, agreement_id: str, role: str, now_ms: int) -> None:
         """Record that the holding was deleted."""
         with self._db.session() as s:

@@ -61,6 +61,7 @@ from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.channel import calling
 from connector.sources.windows import StreamChecker, Window, genesis_head
+from connector.transfer.holdings import checked_obligations
 from connector.transfer.store import CONSUMER
 from connector.transfer.stream_store import (
     NEXT_PERIOD,
@@ -413,6 +414,10 @@ class StreamConsumer:
                 raise VerificationError(f"the provider's start of the stream {what}")
         for name in s.fields:
             check_text(name, "field", error=VerificationError)
+        obligations = checked_obligations(
+            s.obligations_json, run.agreement, sender="the provider's start of the stream"
+        )
+        self._store.set_obligations(run.agreement.id, CONSUMER, obligations)
         run.fields = tuple(s.fields)
         run.checker = StreamChecker(
             state.acked_sequence, bytes.fromhex(state.acked_head), state.next_window
@@ -466,10 +471,19 @@ class StreamConsumer:
             },
         )
         if any(why in reason for why in _DELETE_ON):
-            self.delete(run.agreement.id, reason)
+            self._delete(run.agreement.id, reason)  # from the subscription's own thread
 
     def delete(self, agreement_id: str, reason: str) -> None:
-        """Delete the holding of a stream, logged first."""
+        """Delete the holding of a stream, logged first (what it held: windows, messages,
+        bytes, the last kept sequence). A subscription running here is stopped first."""
+        with self._lock:
+            running = self._running.get(agreement_id)
+        if running is not None:
+            running[0].set()
+            running[1].wait(_STOPPING_WAIT)
+        self._delete(agreement_id, reason)
+
+    def _delete(self, agreement_id: str, reason: str) -> None:
         state = self._store.get(agreement_id, CONSUMER)
         if state.deleted_ms:
             return
@@ -477,7 +491,15 @@ class StreamConsumer:
         self._audit.record(
             "stream.deleted",
             parties=[state.counterparty],
-            data={"agreement": agreement_id, "reason": reason[:300]},
+            data={
+                "agreement": agreement_id,
+                "product": state.product,
+                "windows": state.next_window,
+                "messages": state.messages,
+                "bytes": state.bytes,
+                "kept_sequence": state.acked_sequence,
+                "reason": reason[:300],
+            },
         )
         shutil.rmtree(directory, ignore_errors=True)
         self._store.mark_deleted(agreement_id, CONSUMER, self._now_ms())

@@ -8,6 +8,8 @@ starts without waiting for one.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
+from connector._proto.tds.v1 import admin_pb2, stream_pb2, stream_pb2_grpc
 from connector.config import StreamConfig
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
@@ -24,9 +26,10 @@ from connector.node.clients import admin_channel
 from connector.sources.nats_connection import NatsConnection
 from connector.transfer.store import CONSUMER, PROVIDER
 from connector.transfer.stream_store import STARTED, SUSPENDED, TERMINATED
+from connector.transfer.subscriber import stream_holding
 from tests.integration.test_stream_subscribe import FIELDS, Follower, held, readings
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
-from tests.support.exchange import agree, entries, offer, publish
+from tests.support.exchange import admin, agree, entries, offer, publish
 
 
 class OffsetClock:
@@ -50,6 +53,14 @@ def js() -> Iterator[JetStream]:
 @pytest.fixture(scope="module")
 def clock() -> OffsetClock:
     return OffsetClock()
+
+
+@pytest.fixture
+def moved(clock: OffsetClock) -> Iterator[OffsetClock]:
+    """The provider's clock, to move in a test; back to the wall clock afterwards (tokens
+    the registry issues by the wall clock would otherwise look expired to it)."""
+    yield clock
+    clock.offset = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +131,9 @@ def test_the_message_limit_stops_the_stream_after_exactly_that_many(
 
 
 def test_a_period_limit_suspends_the_stream_until_the_next_period(
-    space: LocalSpace, js: JetStream, clock: OffsetClock, tmp_path: Path
+    space: LocalSpace, js: JetStream, moved: OffsetClock, tmp_path: Path
 ) -> None:
+    clock = moved
     # Start at the beginning of a minute, so the first period does not end mid-test.
     clock.advance(60 - clock.now() % 60 + 0.5)
     pid, subject = limited_feed(
@@ -271,3 +283,172 @@ def ended_by(space: LocalSpace, who: str, agreement: str) -> list[dict[str, Any]
         for e in entries(space, who, "stream.terminated")
         if e["data"]["agreement"] == agreement
     ]
+
+
+def sweep_until(space: LocalSpace, who: str, agreement: str, timeout: float = 10) -> str:
+    """Run the consumer's holdings sweep (as its background thread does) until the stream
+    holding of ``agreement`` is deleted; the reason."""
+    sweeper = space.nodes[who].sweeper
+    assert sweeper is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for deleted, reason in sweeper.sweep():
+            if deleted == agreement:
+                return reason
+        time.sleep(0.1)
+    raise AssertionError(f"the holding of {agreement} was not deleted")
+
+
+def test_a_stream_holding_is_deleted_after_its_time_by_the_holdings_sweep(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    delete_after_ns = time.time_ns() + 3 * 10**9
+    pid, subject = limited_feed(
+        space, js, tmp_path, obligations={"delete_after_ns": delete_after_ns}
+    )
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(5))
+    f = Follower(space, "a", agreement)
+    f.wait_kept(5)
+    f.stop()
+    directory = stream_holding(space.configs["a"].data_dir / "holdings", agreement)
+    store = space.nodes["a"].stream_store
+    assert store is not None
+    # The provider's decision carried the obligation; the consumer keeps the holding under it.
+    assert store.get(agreement, CONSUMER).obligations["delete_after_ns"] == delete_after_ns
+    sweeper = space.nodes["a"].sweeper
+    assert sweeper is not None
+    assert agreement not in [held for held, _ in sweeper.sweep()]
+    assert len(held(space, "a", agreement)) == 5
+    assert sweep_until(space, "a", agreement) == "delete_after"
+    assert time.time_ns() >= delete_after_ns
+    assert not directory.exists()
+    (logged,) = [
+        e["data"]
+        for e in entries(space, "a", "stream.deleted")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert (logged["reason"], logged["messages"], logged["kept_sequence"]) == ("delete_after", 5, 5)
+    assert store.get(agreement, CONSUMER).deleted_ms > 0
+    # Deleted once: a second sweep neither deletes nor logs again, a subscription is refused.
+    assert agreement not in [held for held, _ in sweeper.sweep()]
+    again = Follower(space, "a", agreement)
+    again.wait_end(10)
+    assert again.error is not None
+    assert again.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        len(
+            [
+                e
+                for e in entries(space, "a", "stream.deleted")
+                if e["data"]["agreement"] == agreement
+            ]
+        )
+        == 1
+    )
+
+
+def test_a_stream_holding_is_deleted_when_the_agreement_is_revoked_while_not_subscribed(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    agreement, f = running(space, js, tmp_path)
+    f.stop()
+    sweeper = space.nodes["a"].sweeper
+    assert sweeper is not None
+    assert agreement not in [held for held, _ in sweeper.sweep()]
+    admin(space, "gov").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="emergency over"),
+        timeout=10,
+    )
+    assert sweep_until(space, "a", agreement) == "agreement_revoked"
+    assert not stream_holding(space.configs["a"].data_dir / "holdings", agreement).exists()
+    assert [
+        e["data"]["reason"]
+        for e in entries(space, "a", "stream.deleted")
+        if e["data"]["agreement"] == agreement
+    ] == ["agreement_revoked"]
+
+
+def test_metering_and_the_disclosure_report_count_streamed_messages_and_bytes(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    """Live public data is disclosed like copies and answers: per operator and product, the
+    messages and bytes of its countersigned windows, each window's log index listed."""
+    subject = js.stream()
+    pid = "rain-public-" + subject.rsplit("_", 1)[-1]
+    publish(
+        space,
+        "gov",
+        {
+            "id": pid,
+            "title": "Rain gauges",
+            "grade": "general",
+            "tags": ["weather"],
+            "fields": FIELDS,
+            "source": {"kind": "stream", "connection": "weather", "subject": subject},
+            "offers": [offer(max_messages=1000)],
+        },
+        tmp_path,
+    )
+    admin(space, "gov").RegisterProduct(
+        admin_pb2.RegisterOwnProductRequest(product_id=pid, public=True), timeout=10
+    )
+    day = 86_400 * 10**9
+    space.grant(
+        "a",
+        scope=["weather"],
+        purposes=["research"],
+        start_ns=time.time_ns() - day,
+        end_ns=time.time_ns() + 30 * day,
+        body="Meteorological Bureau",
+    )
+    space.refresh()
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(10))
+    f = Follower(space, "a", agreement)
+    f.wait_kept(10)
+    f.stop()
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    windows = [w for w, _ in store.windows(agreement, PROVIDER)]
+    assert sum(w.count for w in windows) == 10
+    deadline = time.monotonic() + 5  # what was counted ahead is given back as it ends
+    while store.usage(agreement)[0] != 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    metering = admin(space, "gov").MeteringReport(admin_pb2.MeteringReportRequest(), timeout=10)
+    (m,) = [m for m in metering.agreements if m.agreement_id == agreement]
+    assert (m.messages, m.max_messages, m.bytes) == (10, 1000, sum(w.bytes for w in windows))
+    assert (m.consumer, m.transfers) == ("a", 0)
+
+    year = dt.datetime.fromtimestamp(space.nodes["gov"].clock.now(), dt.UTC).year
+    report = json.loads(
+        admin(space, "gov")
+        .DisclosureReport(admin_pb2.DisclosureReportRequest(period=year), timeout=10)
+        .report_json
+    )
+    (op,) = [o for o in report["operators"] if o["operator"] == "a"]
+    (row,) = [p for p in op["products"] if p["agreement"] == agreement]
+    assert (row["stream_windows"], row["messages"], row["stream_bytes"]) == (
+        len(windows),
+        10,
+        sum(w.bytes for w in windows),
+    )
+    assert (row["transfers"], row["metered_all_time"]["messages"]) == (0, 10)
+    assert op["messages"] >= 10 and report["messages"] >= 10
+    assert report["stream_bytes"] >= row["stream_bytes"]
+    gov_log = space.nodes["gov"].log
+    assert gov_log is not None
+    kinds = [
+        json.loads(body)["kind"]
+        for index in row["receipt_log_indices"]
+        for _, body in gov_log.entries(index, index + 1)
+    ]
+    assert kinds == ["stream.window"] * len(windows)
+    # Another year discloses none of it.
+    earlier = json.loads(
+        admin(space, "gov")
+        .DisclosureReport(admin_pb2.DisclosureReportRequest(period=year - 1), timeout=10)
+        .report_json
+    )
+    assert earlier["messages"] == 0
