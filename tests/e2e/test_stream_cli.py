@@ -202,6 +202,22 @@ def test_subscribe_copies_segments_to_out_and_data_stop_ends_streams_from_either
     assert [p.name for p in copies] == [p.name for p in holding] and len(copies) == 3
     assert [p.read_bytes() for p in copies] == [p.read_bytes() for p in holding]
     assert not list(out.glob(".*.part"))
+    # The provider's metering counts the streamed messages (the JSON and the human report),
+    # once the provider has given back what it counted ahead for the ended subscription.
+    deadline = time.monotonic() + 10
+    while True:
+        report = json.loads(
+            tds("report", "metering", "--config", "gov.toml", "--json", cwd=world).stdout
+        )
+        (metered,) = [m for m in report["agreements"] if m["agreement"] == agreement]
+        if metered["messages"] == 15 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (metered["messages"], metered["transfers"]) == (15, 0)
+    human = tds("report", "metering", "--config", "gov.toml", cwd=world).stdout
+    per_agreement, per_consumer = human.split("Per consumer:")
+    assert f"{agreement}" in per_agreement and "15/∞ messages streamed" in per_agreement
+    assert "messages streamed" in per_consumer
     # The consumer ends its stream: TERMINATED on both sides, and a rerun is refused.
     stopped = json.loads(
         tds(
