@@ -72,6 +72,11 @@ class StreamLimits:
     def of(cls, agreement: Agreement) -> StreamLimits:
         """The limits the agreement's terms set."""
         per = agreement.per_period or {}
+        if per and per.get("period") not in PERIODS:
+            # Never from this connector's own negotiator, which takes validated offers.
+            raise PreconditionFailed(
+                f"agreement {agreement.id} limits an unknown period {per.get('period')!r}"
+            )
         return cls(
             max_bytes=agreement.max_bytes,
             max_messages=agreement.max_messages,

@@ -545,24 +545,25 @@ class StreamConsumer:
         return self._store.get(agreement_id, CONSUMER), self._tell_provider(state, reason)
 
     def _tell_provider(self, state: StreamState, reason: str) -> bool:
-        channel = self._channel_to(state.counterparty)
         try:
-            with calling(state.counterparty):
-                stream_pb2_grpc.StreamServiceStub(channel).TerminateStream(
-                    stream_pb2.TerminateStreamRequest(
-                        agreement_id=state.agreement_id, reason=reason[:400]
-                    ),
-                    timeout=15,
-                )
-            return True
+            channel = self._channel_to(state.counterparty)
+            try:
+                with calling(state.counterparty):
+                    stream_pb2_grpc.StreamServiceStub(channel).TerminateStream(
+                        stream_pb2.TerminateStreamRequest(
+                            agreement_id=state.agreement_id, reason=reason[:400]
+                        ),
+                        timeout=15,
+                    )
+            finally:
+                channel.close()
         except ConnectorError as exc:
             log.warning(
                 "could not tell the provider the stream ended",
                 extra={"agreement": state.agreement_id, "reason": str(exc)},
             )
             return False
-        finally:
-            channel.close()
+        return True
 
 
 @dataclass
