@@ -70,13 +70,18 @@ def space(
     root = tmp_path_factory.mktemp("stream-limits")
     sources: dict[str, Any] = {"weather": NatsConnection("weather", NATS_URL)}
     settings = StreamConfig(window_messages=5, window_seconds=0.3, ack_timeout_seconds=5)
-    with LocalSpace.create(
-        root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
-    ) as sp:
+    parts = [
+        ("gov", Role.GOVERNMENT),
+        ("a", Role.ENTERPRISE),
+        ("b", Role.ENTERPRISE),
+        ("gone", Role.ENTERPRISE),  # a provider stopped mid-test
+    ]
+    with LocalSpace.create(root, parts) as sp:
         sp.start_registry()
         sp.start_connector("gov", sources=sources, stream=settings, clock=clock)
         sp.start_connector("a")
         sp.start_connector("b")
+        sp.start_connector("gone", sources=sources, stream=settings)
         yield sp
 
 
@@ -237,6 +242,39 @@ def test_the_provider_stops_a_stream_it_serves_within_a_second(
     assert (logged["by"], logged["reason"]) == ("provider", "station maintenance")
     stopped = ended(space, "stream.stopped", agreement)
     assert stopped[-1]["reason"] == "station maintenance"
+
+
+def test_the_consumer_stops_its_stream_when_the_provider_cannot_be_told(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    subject = js.stream()
+    publish(
+        space,
+        "gone",
+        {
+            "id": "rain-gone",
+            "title": "Rain gauges",
+            "grade": "general",
+            "fields": FIELDS,
+            "source": {"kind": "stream", "connection": "weather", "subject": subject},
+            "offers": [offer()],
+        },
+        tmp_path,
+    )
+    agreement = agree(space, "gone", "a", "rain-gone")
+    js.publish_json(subject, *readings(5))
+    f = Follower(space, "a", agreement)
+    f.wait_kept(5)
+    f.stop()
+    space.nodes.pop("gone").stop(grace=0)  # and out of the space (its refresh, its stop)
+    r = stop(space, "a", agreement, "provider gone")
+    # The consumer's own termination stands and is logged; it says the provider was not told.
+    assert (r.role, r.state, r.counterparty_told) == ("consumer", TERMINATED, False)
+    store = space.nodes["a"].stream_store
+    assert store is not None
+    assert store.get(agreement, CONSUMER).state == TERMINATED
+    (logged,) = ended_by(space, "a", agreement)
+    assert logged["reason"] == "provider gone"
 
 
 def test_stopping_an_unknown_or_someone_elses_stream_changes_nothing(
