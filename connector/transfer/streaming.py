@@ -24,9 +24,11 @@ One subscription (``StreamService.Subscribe``), in order:
    and the broker (not this process) keeps what waits;
 5. at least every 0.25 s, record or not, the agreement is checked again: revoked, past its
    end, the consumer or its grant on the operator's revocation list, consent withdrawn,
-   the byte limit reached, anything the policy denies (``stream.continue``; a re-check that
-   allows is not logged one by one, the one that stops is). A stop is logged
-   (``stream.stopped``: what was sent, the last sequence, why) and the stream TERMINATED.
+   a message or byte limit reached, anything the policy denies (``stream.continue``; a
+   re-check that allows is not logged one by one, the one that stops is), the stream
+   terminated by either side (``terminate``). A stop is logged (``stream.stopped``: what
+   was sent, the last sequence, why) and the stream TERMINATED; by a per-period limit
+   alone it is SUSPENDED until the next period.
 
 A subscription that ends any other way (the consumer left, fell behind, the source lost
 records) leaves the stream SUSPENDED with the reason; the consumer resumes from its last
@@ -454,23 +456,29 @@ class StreamProvider:
             run.ahead_bytes -= size
             return None
         agreement = run.agreement
-        for messages, block in ((_BLOCK_MESSAGES, max(_BLOCK_BYTES, size)), (1, size)):
-            if self._store.meter(
-                agreement.id,
-                consumer=run.consumer,
-                product=run.product.id,
-                max_transfers=agreement.max_transfers,
-                limits=run.limits,
-                size=block,
-                messages=messages,
-                now_ms=self._now_ms(),
-            ):
-                # The rest of an earlier block that this message did not fit is kept.
-                run.ahead_messages += messages - 1
-                run.ahead_bytes += block - size
-                return None
-        used = self._store.stream_usage(agreement.id, run.limits, self._now_ms())
-        return used.refusal(run.limits, 1, size) or "a limit of the agreement was reached"
+        # Twice: a refusal no limit explains (another subscription gave back what it had
+        # counted ahead in between) is tried again before it stops the stream.
+        for _ in range(2):
+            for messages, block in ((_BLOCK_MESSAGES, max(_BLOCK_BYTES, size)), (1, size)):
+                if self._store.meter(
+                    agreement.id,
+                    consumer=run.consumer,
+                    product=run.product.id,
+                    max_transfers=agreement.max_transfers,
+                    limits=run.limits,
+                    size=block,
+                    messages=messages,
+                    now_ms=self._now_ms(),
+                ):
+                    # The rest of an earlier block that this message did not fit is kept.
+                    run.ahead_messages += messages - 1
+                    run.ahead_bytes += block - size
+                    return None
+            used = self._store.stream_usage(agreement.id, run.limits, self._now_ms())
+            refused = used.refusal(run.limits, 1, size)
+            if refused:
+                return refused
+        return "a limit of the agreement was reached"
 
     def _turn_period(self, run: _Run) -> None:
         period = run.limits.period_start_ms(self._now_ms())
