@@ -92,6 +92,27 @@ class AccessRules:
     attrs: dict[str, str] = field(default_factory=dict)
 
 
+PERIODS = {"minute": 60, "hour": 3600, "day": 86400}
+"""The periods a stream's per-period limits count in, in seconds. A period starts at a
+multiple of its length since the Unix epoch (a day is a UTC day), so every replica puts a
+message in the same period."""
+
+
+@dataclass(frozen=True)
+class PeriodLimits:
+    """A stream's limits per period: at most ``max_messages`` messages and ``max_bytes``
+    bytes (of the records as delivered) in each ``period`` (0: that one has no limit)."""
+
+    period: str
+    max_messages: int = 0
+    max_bytes: int = 0
+
+    @property
+    def seconds(self) -> int:
+        """The period's length."""
+        return PERIODS[self.period]
+
+
 @dataclass(frozen=True)
 class Offer:
     """Terms under which the product may be contracted for."""
@@ -104,6 +125,10 @@ class Offer:
     """0: no limit."""
     max_bytes: int = 0
     """0: no limit."""
+    max_messages: int = 0
+    """For streams: messages delivered under the agreement in all (0: no limit)."""
+    per_period: PeriodLimits | None = None
+    """For streams: messages and bytes delivered per hour or day (``None``: no limit)."""
     obligations: dict[str, Any] = field(default_factory=dict)
     policy_module: str = ""
     """Id of the provider's own Rego module for this offer (``package tds.provider.<id>``)."""
@@ -174,6 +199,10 @@ class Product:
         for offer, raw in zip(self.offers, stored["offers"], strict=True):
             # The rules in the shape parse_rules reads (asdict would flatten them into lists).
             raw["compute"] = offer.compute.to_dict() if offer.compute is not None else None
+            # Stream limits only where set, so other offers read as they did before.
+            for key in ("max_messages", "per_period"):
+                if not raw[key]:
+                    del raw[key]
         return json.dumps(stored, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -233,6 +262,8 @@ def _offer(d: Any, where: str) -> Offer:
             "valid_until_ns",
             "max_transfers",
             "max_bytes",
+            "max_messages",
+            "per_period",
             "obligations",
             "policy_module",
             "policy_source",
@@ -268,6 +299,8 @@ def _offer(d: Any, where: str) -> Offer:
         valid_until_ns=end,
         max_transfers=_int(d, "max_transfers", where, default=0),
         max_bytes=_int(d, "max_bytes", where, default=0),
+        max_messages=_int(d, "max_messages", where, default=0),
+        per_period=_per_period(d.get("per_period"), f"{where}.per_period"),
         obligations=obligations,
         policy_module=module,
         policy_source=source,
@@ -280,6 +313,25 @@ def _offer(d: Any, where: str) -> Offer:
             parse_rules(d["compute"], f"{where}.compute") if d.get("compute") is not None else None
         ),
     )
+
+
+def _per_period(d: Any, where: str) -> PeriodLimits | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise InvalidRequest(f"{where} must be a table")
+    _known(d, {"period", "max_messages", "max_bytes"}, where)
+    period = _str(d, "period", where)
+    if period not in PERIODS:
+        raise InvalidRequest(f"{where}.period must be one of {', '.join(PERIODS)}")
+    limits = PeriodLimits(
+        period=period,
+        max_messages=_int(d, "max_messages", where, default=0),
+        max_bytes=_int(d, "max_bytes", where, default=0),
+    )
+    if not limits.max_messages and not limits.max_bytes:
+        raise InvalidRequest(f"{where} must set max_messages, max_bytes or both")
+    return limits
 
 
 def _delivery(d: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -415,6 +467,12 @@ def _product(d: Any, owner: str | None) -> Product:
     ids = [o.id for o in offers]
     if len(set(ids)) != len(ids):
         raise InvalidRequest("product.offers ids must be unique")
+    for i, o in enumerate(offers):
+        if source.kind != "stream" and (o.max_messages or o.per_period is not None):
+            raise InvalidRequest(
+                f"product.offers[{i}]: max_messages and per_period limit streams; "
+                f"this product's source is {source.kind!r}"
+            )
     personal = d.get("personal", False)
     if not isinstance(personal, bool):
         raise InvalidRequest("product.personal must be true or false")

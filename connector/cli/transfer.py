@@ -13,7 +13,7 @@ from typing import Any
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say, utc_text
 from connector.cli.progress import ByteProgress, human_bytes
-from connector.cli.subscribe import list_streams
+from connector.cli.subscribe import list_streams, stop_stream
 from connector.config import load_config
 from connector.errors import ConfigError, VerificationError
 from connector.node.clients import admin_channel
@@ -52,8 +52,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls.add_argument("--config", required=True, type=Path, help="your connector's config")
     ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(func=run_data_list)
-    st = ds.add_parser("stop", help="terminate a transfer that is not complete")
-    st.add_argument("transfer", help="the transfer's id (tds data list --all)")
+    st = ds.add_parser(
+        "stop",
+        help="terminate a transfer that is not complete, or a stream (either side)",
+        description="A transfer id (tr-…) terminates that transfer. An agreement id (ag-…) "
+        "ends the stream under it for good: one you receive (the provider is told) or one "
+        "you provide (a running subscription stops within a second). Logged; TERMINATED.",
+    )
+    st.add_argument(
+        "transfer",
+        metavar="ID",
+        help="a transfer id (tds data list --all) or a stream's agreement id (tds data list)",
+    )
     st.add_argument("--reason", default="", help="why; recorded, and sent to the other side")
     st.add_argument("--config", required=True, type=Path, help="your connector's config")
     st.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -228,7 +238,9 @@ def run_data_list(args: argparse.Namespace) -> int:
 
 
 def run_data_stop(args: argparse.Namespace) -> int:
-    """Terminate a transfer."""
+    """Terminate a transfer, or a stream (named by its agreement)."""
+    if args.transfer.startswith("ag-"):
+        return stop_stream(args)
     with calling("your connector"):
         t = _admin(args).TerminateTransfer(
             admin_pb2.TerminateOwnTransferRequest(transfer_id=args.transfer, reason=args.reason),
@@ -257,6 +269,13 @@ def _computations(a: dict[str, Any]) -> str:
     return text
 
 
+def _messages(a: dict[str, Any]) -> str:
+    """Stream messages delivered (of the limit), when there were any or a limit is set."""
+    if not a["messages"] and not a["max_messages"]:
+        return ""
+    return f", {a['messages']}/{a['max_messages'] or '∞'} messages streamed"
+
+
 def run_metering(args: argparse.Namespace) -> int:
     """Per agreement and per consumer."""
     with calling("your connector"):
@@ -275,26 +294,32 @@ def run_metering(args: argparse.Namespace) -> int:
             "computations": m.computations,
             "epsilon_spent": m.epsilon_spent,
             "epsilon_budget": m.epsilon_budget,
+            "messages": m.messages,
+            "max_messages": m.max_messages,
         }
         for m in resp.agreements
     ]
     consumers: dict[str, dict[str, int]] = {}
     for a in agreements:
         c = consumers.setdefault(
-            str(a["consumer"]), {"agreements": 0, "transfers": 0, "bytes": 0, "completed": 0}
+            str(a["consumer"]),
+            {"agreements": 0, "transfers": 0, "bytes": 0, "completed": 0, "messages": 0},
         )
         c["agreements"] += 1
-        for key in ("transfers", "bytes", "completed"):
+        for key in ("transfers", "bytes", "completed", "messages"):
             c[key] += int(a[key])  # type: ignore[call-overload]
     lines = ["Per agreement:"] + [
         f"  {a['agreement']:<36} {a['consumer']:<12} {a['product']:<20} "
         f"{a['transfers']}/{a['max_transfers'] or '∞'} transfers, "
-        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)" + _computations(a)  # type: ignore[call-overload]
+        f"{human_bytes(int(a['bytes']))} ({a['completed']} completed)"  # type: ignore[call-overload]
+        + _computations(a)
+        + _messages(a)
         for a in agreements
     ]
     lines += ["Per consumer:"] + [
         f"  {name:<12} {c['agreements']} agreements, {c['transfers']} transfers, "
         f"{human_bytes(c['bytes'])}, {c['completed']} completed"
+        + (f", {c['messages']} messages streamed" if c["messages"] else "")
         for name, c in sorted(consumers.items())
     ]
     emit(
@@ -303,6 +328,13 @@ def run_metering(args: argparse.Namespace) -> int:
         as_json=args.json,
     )
     return 0
+
+
+def _streamed(part: dict[str, Any]) -> str:
+    """Messages and bytes streamed, when there were any."""
+    if not part.get("messages"):
+        return ""
+    return f", {part['messages']} messages ({human_bytes(part['stream_bytes'])}) streamed"
 
 
 def run_disclosure(args: argparse.Namespace) -> int:
@@ -314,7 +346,7 @@ def run_disclosure(args: argparse.Namespace) -> int:
     report = json.loads(resp.report_json)
     lines = [
         f"Public data released by {report['provider']} in {report['period']}: "
-        f"{report['transfers']} transfers, {human_bytes(report['bytes'])}"
+        f"{report['transfers']} transfers, {human_bytes(report['bytes'])}" + _streamed(report)
     ]
     for op in report["operators"]:
         grants = ", ".join(
@@ -322,13 +354,14 @@ def run_disclosure(args: argparse.Namespace) -> int:
             for g in op["grants"]
         )
         lines.append(
-            f"  {op['operator']}: {op['transfers']} transfers, {human_bytes(op['bytes'])}, "
-            f"purposes {', '.join(op['purposes'])}; grants {grants or 'none recorded'}"
+            f"  {op['operator']}: {op['transfers']} transfers, {human_bytes(op['bytes'])}"
+            f"{_streamed(op)}, purposes {', '.join(op['purposes'])}; "
+            f"grants {grants or 'none recorded'}"
         )
         for p in op["products"]:
             lines.append(
                 f"    {p['product']} [{p['registration_code']}] under {p['agreement']}: "
-                f"{p['transfers']} transfers, {human_bytes(p['bytes'])} "
+                f"{p['transfers']} transfers, {human_bytes(p['bytes'])}{_streamed(p)} "
                 f"(receipts at log indices {p['receipt_log_indices']})"
             )
     if not report["operators"]:

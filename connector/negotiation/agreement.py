@@ -87,6 +87,11 @@ class Agreement:
     """How the product may be delivered under this agreement (the offer's modes)."""
     compute: dict[str, Any] | None = None
     """The offer's compute rules (``ComputeRules.to_dict``): what the consumer may ask."""
+    max_messages: int = 0
+    """For streams: messages delivered under the agreement in all (0: no limit)."""
+    per_period: dict[str, Any] | None = None
+    """For streams: ``{"period", "max_messages", "max_bytes"}`` limits per hour or day
+    (``PeriodLimits`` as a dict; ``None``: none)."""
 
     def payload(self) -> bytes:
         """The canonical JSON both parties sign."""
@@ -97,6 +102,11 @@ class Agreement:
         # agreement signed before they existed keeps its exact payload and verifies.
         if self.delivery == ("copy",) and self.compute is None:
             del terms["delivery"], terms["compute"]
+        # Likewise the stream limits, signed only when the offer sets them.
+        if not self.max_messages:
+            del terms["max_messages"]
+        if self.per_period is None:
+            del terms["per_period"]
         return canonical_json({"tds_agreement": 1, **_to_ijson(terms)})
 
 

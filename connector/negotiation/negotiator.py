@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -643,6 +644,8 @@ class Negotiator:
             registration_code=product.registration_code,
             delivery=offer.delivery,
             compute=offer.compute.to_dict() if offer.compute is not None else None,
+            max_messages=offer.max_messages,
+            per_period=asdict(offer.per_period) if offer.per_period is not None else None,
         )
         return agreement.id, sign_agreement(agreement, self._key)
 

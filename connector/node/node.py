@@ -535,13 +535,6 @@ class Node:
             max_chunk_bytes=cfg.server.max_message_bytes - 1024,
             resume_for_seconds=cfg.transfer.resume_seconds,
         )
-        self.sweeper = HoldingsSweeper(
-            store=store,
-            negotiations=negotiations,
-            audit=self._log(),
-            clock=self.clock,
-            holdings_dir=cfg.data_dir / "holdings",
-        )
         self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
         computations = ComputationStore(db)
         self.computations = ComputeProvider(
@@ -597,6 +590,15 @@ class Node:
             keys=self._signing_key_of,
             channel_to=self._member_channel,
             holdings_dir=cfg.data_dir / "holdings",
+        )
+        self.sweeper = HoldingsSweeper(
+            store=store,
+            negotiations=negotiations,
+            audit=self._log(),
+            clock=self.clock,
+            holdings_dir=cfg.data_dir / "holdings",
+            streams=self.stream_store,
+            delete_stream=self.stream_consumer.delete,
         )
 
     def _consent_register(self) -> ConsentRegister:

@@ -250,6 +250,22 @@ class MeteringRow(SQLModel, table=True):
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
     """Stream messages delivered (their bytes are in ``bytes``)."""
+    max_messages: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    """The agreement's stream message limit (0: none), for reports; metering checks the
+    agreement's own terms."""
+    period_start_ms: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    """Start of the period ``period_messages`` and ``period_bytes`` count in (streams with
+    per-period limits)."""
+    period_messages: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    period_bytes: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class ComputationRow(SQLModel, table=True):

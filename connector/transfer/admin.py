@@ -134,6 +134,8 @@ class TransferAdmin:
                     computations=m.computations,
                     epsilon_spent=m.epsilon_spent_micro / 1_000_000,
                     epsilon_budget=m.epsilon_budget_micro / 1_000_000,
+                    messages=m.messages,
+                    max_messages=m.max_messages,
                 )
                 for m in self._store.metering()
             ]

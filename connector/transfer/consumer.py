@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -44,7 +43,7 @@ from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
 from connector.rpc.channel import calling
-from connector.transfer.holdings import holding_path
+from connector.transfer.holdings import checked_obligations, holding_path
 from connector.transfer.receiving import Assembler
 from connector.transfer.store import (
     ACTIVE,
@@ -82,48 +81,6 @@ ProgressSink = Callable[[Progress], None]
 
 def _ignore(_: Progress) -> None:
     return None
-
-
-_NEVER = 2**63 - 1
-# Obligations the holdings sweeper acts on, and the JSON type each must have.
-_OBLIGATION_TYPES: dict[str, type] = {
-    "delete_after_ns": int,
-    "delete_on_revocation": bool,
-    "delete_on_consent_withdrawal": bool,
-}
-
-
-def _obligations(text: str, agreement: Agreement) -> dict[str, Any]:
-    """The manifest's obligations: a JSON object whose known obligations have their type,
-    holding every obligation the agreement fixed, and keeping nothing past its end."""
-    try:
-        value = json.loads(text or "{}")
-    except (ValueError, RecursionError):
-        raise VerificationError(
-            "the provider's manifest has obligations that are not JSON"
-        ) from None
-    if not isinstance(value, dict):
-        raise VerificationError("the provider's manifest has obligations that are not an object")
-    for key, kind in _OBLIGATION_TYPES.items():
-        # bool is an int in Python, and not one in JSON.
-        if key in value and (type(value[key]) is not kind):
-            raise VerificationError(
-                f"the provider's manifest has obligations whose {key} is not a {kind.__name__}"
-            )
-    for key, agreed in agreement.obligations.items():
-        if key != "delete_after_ns" and value.get(key) != agreed:
-            raise VerificationError(
-                f"the provider's manifest drops or changes the agreed obligation {key}"
-            )
-    # Deletion may come sooner than agreed, never later, and never after the agreement ends.
-    latest = min(agreement.valid_until_ns, agreement.obligations.get("delete_after_ns", _NEVER))
-    if "delete_after_ns" in agreement.obligations and "delete_after_ns" not in value:
-        raise VerificationError("the provider's manifest drops the agreed delete_after_ns")
-    if value.get("delete_after_ns", latest) > latest:
-        raise VerificationError(
-            f"the provider's manifest has a delete_after_ns past the agreement's ({latest})"
-        )
-    return value
 
 
 class TransferConsumer:
@@ -209,7 +166,7 @@ class TransferConsumer:
                 check_text(name, "field", error=VerificationError)
         except VerificationError as exc:
             raise VerificationError(f"the provider's manifest is refused: {exc}") from None
-        obligations = _obligations(m.obligations_json, agreement)
+        obligations = checked_obligations(m.obligations_json, agreement)
         permitted = agreement.permitted_fields
         problems = [
             (m.agreement_id != agreement.id, "names another agreement"),

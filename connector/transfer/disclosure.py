@@ -2,9 +2,11 @@
 
 For one calendar year, per authorised operator: which public products it received, under
 which grant, for which purposes, how many completed transfers and bytes, and how many
-answers it was given instead of copies (compute-to-data, 可用不可见) with the ε they spent.
-The figures come from the provider's own audit log (every dual-signed receipt of the year,
-transfer and computation receipts alike), the agreements (which name the grant they rest
+answers it was given instead of copies (compute-to-data, 可用不可见) with the ε they spent,
+and how many messages and bytes it was streamed (live data, counted per countersigned
+window, in the year the provider logged the window). The figures come from the provider's
+own audit log (every dual-signed receipt of the year: transfer, computation and stream
+window receipts alike), the agreements (which name the grant they rest
 on) and the metering; the grants' terms come from the operator's public register. Nothing
 here is taken from the operator's word alone: each row lists the log indices of the
 receipts it counts, so an auditor can check it.
@@ -21,6 +23,7 @@ from typing import Any
 from connector._proto.tds.v1 import registry_pb2
 from connector.audit.log import TransparencyLog
 from connector.audit.receipts import parse_receipt
+from connector.audit.window_receipts import parse_window
 from connector.compute.receipt import parse_computation_receipt
 from connector.errors import ConnectorError, InvalidRequest, NotFound
 from connector.negotiation.agreement import Agreement, parse_agreement
@@ -39,6 +42,9 @@ class _Row:
     bytes: int = 0
     computations: int = 0
     epsilon: float = 0.0
+    windows: int = 0
+    messages: int = 0
+    stream_bytes: int = 0
     receipt_log_indices: list[int] = field(default_factory=list)
 
 
@@ -81,13 +87,18 @@ def disclosure_report(
             kind = entry.get("kind")
             if kind == "transfer.receipt":
                 receipt = parse_receipt(entry["data"]["receipt"])
-                agreement_id, at_ms = receipt.agreement, receipt.ended_ms
+                agreement_id, at_ms, who = receipt.agreement, receipt.ended_ms, receipt.provider
             elif kind == "compute.receipt":
                 computed = parse_computation_receipt(entry["data"]["receipt"])
                 agreement_id, at_ms = computed.agreement, computed.computed_ms
+                who = computed.provider
+            elif kind == "stream.window":
+                # A window receipt carries no time of its own: the entry's is when the
+                # provider countersigned it.
+                window = parse_window(entry["data"]["receipt"])
+                agreement_id, at_ms, who = window.agreement, entry["time_ms"], window.provider
             else:
                 continue
-            who = receipt.provider if kind == "transfer.receipt" else computed.provider
             if who != provider or not start_ms <= at_ms < end_ms:
                 continue
             row = rows.get(agreement_id)
@@ -103,9 +114,13 @@ def disclosure_report(
             if kind == "transfer.receipt":
                 row.transfers += 1
                 row.bytes += receipt.size
-            else:
+            elif kind == "compute.receipt":
                 row.computations += 1
                 row.epsilon += computed.epsilon_spent
+            else:
+                row.windows += 1
+                row.messages += window.window.count
+                row.stream_bytes += window.window.bytes
             row.receipt_log_indices.append(index)
     try:
         register = {g.id: g for g in grants()}
@@ -126,6 +141,8 @@ def disclosure_report(
                 "transfers": 0,
                 "bytes": 0,
                 "computations": 0,
+                "messages": 0,
+                "stream_bytes": 0,
             },
         )
         if grant_id and grant_id not in op["grants"]:
@@ -143,6 +160,9 @@ def disclosure_report(
                 "bytes": row.bytes,
                 "computations": row.computations,
                 "epsilon_spent": row.epsilon,
+                "stream_windows": row.windows,
+                "messages": row.messages,
+                "stream_bytes": row.stream_bytes,
                 "receipt_log_indices": row.receipt_log_indices,
                 "metered_all_time": (
                     {
@@ -151,6 +171,7 @@ def disclosure_report(
                         "bytes": m.bytes,
                         "computations": m.computations,
                         "epsilon_spent": m.epsilon_spent_micro / 1_000_000,
+                        "messages": m.messages,
                     }
                     if m
                     else {}
@@ -160,6 +181,8 @@ def disclosure_report(
         op["transfers"] += row.transfers
         op["bytes"] += row.bytes
         op["computations"] += row.computations
+        op["messages"] += row.messages
+        op["stream_bytes"] += row.stream_bytes
     listed = []
     for op in operators.values():
         op["grants"] = list(op["grants"].values())
@@ -173,5 +196,7 @@ def disclosure_report(
         "transfers": sum(op["transfers"] for op in listed),
         "bytes": sum(op["bytes"] for op in listed),
         "computations": sum(op["computations"] for op in listed),
+        "messages": sum(op["messages"] for op in listed),
+        "stream_bytes": sum(op["stream_bytes"] for op in listed),
         **({"grant_register_error": register_error} if register_error else {}),
     }

@@ -1,26 +1,70 @@
 """The consumer's obligations on data it holds: delete on time, on revocation, on withdrawal.
 
-Each deletion is logged before the file goes, so the log never lacks a deletion that
-happened; a holding whose file is already gone is still logged and marked deleted.
+The same obligations and the same sweep cover both kinds of holding: a transfer's file and
+a stream's segments (``holdings/streams/<agreement>/``). Each deletion is logged before the
+data goes, so the log never lacks a deletion that happened; a holding whose data is
+already gone is still logged and marked deleted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from connector.audit.log import AuditLog
 from connector.clock import Clock
 from connector.errors import ConnectorError, NotFound, VerificationError
 from connector.identifiers import TRANSFER_ID, check_format, contained
-from connector.negotiation.agreement import revocation_terms
+from connector.negotiation.agreement import Agreement, revocation_terms
 from connector.negotiation.store import NegotiationStore
-from connector.transfer.store import Transfer, TransferStore
+from connector.transfer.store import CONSUMER, TransferStore
+from connector.transfer.stream_store import StreamStore
 
-__all__ = ["HoldingsSweeper", "holding_path"]
+__all__ = ["HoldingsSweeper", "checked_obligations", "holding_path"]
 
 log = logging.getLogger(__name__)
+
+_NEVER = 2**63 - 1
+# Obligations the holdings sweeper acts on, and the JSON type each must have.
+_OBLIGATION_TYPES: dict[str, type] = {
+    "delete_after_ns": int,
+    "delete_on_revocation": bool,
+    "delete_on_consent_withdrawal": bool,
+}
+
+
+def checked_obligations(
+    text: str, agreement: Agreement, *, sender: str = "the provider's manifest"
+) -> dict[str, Any]:
+    """The obligations a provider sent with its data (``sender`` names the message): a JSON
+    object whose known obligations have their type, holding every obligation the agreement
+    fixed, and keeping nothing past its end (``VerificationError`` otherwise)."""
+    try:
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        raise VerificationError(f"{sender} has obligations that are not JSON") from None
+    if not isinstance(value, dict):
+        raise VerificationError(f"{sender} has obligations that are not an object")
+    for key, kind in _OBLIGATION_TYPES.items():
+        # bool is an int in Python, and not one in JSON.
+        if key in value and (type(value[key]) is not kind):
+            raise VerificationError(
+                f"{sender} has obligations whose {key} is not a {kind.__name__}"
+            )
+    for key, agreed in agreement.obligations.items():
+        if key != "delete_after_ns" and value.get(key) != agreed:
+            raise VerificationError(f"{sender} drops or changes the agreed obligation {key}")
+    # Deletion may come sooner than agreed, never later, and never after the agreement ends.
+    latest = min(agreement.valid_until_ns, agreement.obligations.get("delete_after_ns", _NEVER))
+    if "delete_after_ns" in agreement.obligations and "delete_after_ns" not in value:
+        raise VerificationError(f"{sender} drops the agreed delete_after_ns")
+    if value.get("delete_after_ns", latest) > latest:
+        raise VerificationError(f"{sender} has a delete_after_ns past the agreement's ({latest})")
+    return value
 
 
 def holding_path(
@@ -50,21 +94,27 @@ class HoldingsSweeper:
         audit: AuditLog,
         clock: Clock,
         holdings_dir: Path,
+        streams: StreamStore | None = None,
+        delete_stream: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``streams`` and ``delete_stream`` (the consumer's deletion of a stream holding,
+        logged: ``StreamConsumer.delete``) put stream holdings under the same sweep."""
         self._dir = holdings_dir
         self._store = store
+        self._streams = streams
+        self._delete_stream = delete_stream
         self._negotiations = negotiations
         self._audit = audit
         self._clock = clock
         self._lock = threading.Lock()
 
-    def _why(self, t: Transfer, now_ns: int) -> str | None:
-        obligations = t.obligations
+    def _why(self, agreement_id: str, obligations: Mapping[str, Any], now_ns: int) -> str | None:
+        """Why a holding under ``agreement_id`` must go now, or ``None``."""
         delete_after = obligations.get("delete_after_ns")
         if isinstance(delete_after, int) and now_ns >= delete_after:
             return "delete_after"
         try:
-            revocation = self._negotiations.by_agreement(t.agreement_id).revocation
+            revocation = self._negotiations.by_agreement(agreement_id).revocation
         except NotFound:
             return "agreement_unknown" if obligations.get("delete_on_revocation") else None
         if revocation:
@@ -78,12 +128,13 @@ class HoldingsSweeper:
         return None
 
     def sweep(self) -> list[tuple[str, str]]:
-        """Delete every holding that must go now; (transfer, reason) of each deletion."""
+        """Delete every holding that must go now; (transfer, reason) of each deletion, and
+        (agreement, reason) of each stream holding's."""
         deleted: list[tuple[str, str]] = []
         with self._lock:
             now_ns = int(self._clock.now() * 1_000_000_000)
             for t in self._store.list(holdings=True):
-                reason = self._why(t, now_ns)
+                reason = self._why(t.agreement_id, t.obligations, now_ns)
                 if reason is None:
                     continue
                 try:
@@ -110,4 +161,26 @@ class HoldingsSweeper:
                     log.warning("holding not deleted", extra={"transfer": t.id, "reason": str(exc)})
                     continue
                 deleted.append((t.id, reason))
+            deleted += self._sweep_streams(now_ns)
+        return deleted
+
+    def _sweep_streams(self, now_ns: int) -> list[tuple[str, str]]:
+        if self._streams is None or self._delete_stream is None:
+            return []
+        deleted: list[tuple[str, str]] = []
+        for held in self._streams.all(CONSUMER):
+            if held.deleted_ms:
+                continue
+            reason = self._why(held.agreement_id, held.obligations, now_ns)
+            if reason is None:
+                continue
+            try:
+                self._delete_stream(held.agreement_id, reason)
+            except (ConnectorError, OSError) as exc:
+                log.warning(
+                    "stream holding not deleted",
+                    extra={"agreement": held.agreement_id, "reason": str(exc)},
+                )
+                continue
+            deleted.append((held.agreement_id, reason))
         return deleted

@@ -97,6 +97,10 @@ class Metering:
     """Answers given under the agreement (compute-to-data)."""
     epsilon_spent_micro: int = 0
     epsilon_budget_micro: int = 0
+    messages: int = 0
+    """Stream messages delivered (their bytes are in ``bytes``)."""
+    max_messages: int = 0
+    """The agreement's stream message limit (0: none)."""
 
 
 def _transfer(row: TransferRow) -> Transfer:
@@ -262,6 +266,8 @@ class TransferStore:
                     computations=r.computations,
                     epsilon_spent_micro=r.epsilon_spent_micro,
                     epsilon_budget_micro=r.epsilon_budget_micro,
+                    messages=r.messages,
+                    max_messages=r.max_messages,
                 )
                 for r in sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
             ]

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
+from connector.errors import NotFound, PreconditionFailed
+from connector.identifiers import AGREEMENT_ID, check_text
 from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
 from connector.transfer.store import CONSUMER
@@ -15,6 +17,9 @@ from connector.transfer.streaming import StreamProvider
 from connector.transfer.subscriber import StreamConsumer, StreamProgress
 
 __all__ = ["StreamServicer", "stream_service"]
+
+_CHUNK_BYTES = 256 * 1024
+"""A segment is read out in chunks of at most this (gRPC's default limit is 4 MiB)."""
 
 
 def _event(p: StreamProgress) -> stream_pb2.FollowEvent:
@@ -91,6 +96,60 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
             raise outcome["error"]
         yield _event(outcome["last"])
 
+    def StopStream(
+        self, request: stream_pb2.StopStreamRequest, context: Any
+    ) -> stream_pb2.StopStreamResponse:
+        """Admin → own connector: end a stream of either role for good."""
+        agreement_id = AGREEMENT_ID.check(request.agreement_id)
+        reason = _reason(request.reason)
+        told = False
+        try:
+            self._store.get(agreement_id, CONSUMER)
+        except NotFound:
+            state = self._provider.terminate(agreement_id, reason)  # NotFound: neither role
+        else:
+            state, told = self._consumer.terminate(agreement_id, reason)
+        return stream_pb2.StopStreamResponse(
+            agreement_id=state.agreement_id,
+            role=state.role,
+            state=state.state,
+            reason=state.reason,
+            counterparty_told=told,
+        )
+
+    def TerminateStream(
+        self, request: stream_pb2.TerminateStreamRequest, context: Any
+    ) -> stream_pb2.TerminateStreamResponse:
+        """Consumer → provider: the consumer ended the stream."""
+        agreement_id = AGREEMENT_ID.check(request.agreement_id)
+        reason = _reason(request.reason)
+        state = self._provider.terminate(
+            agreement_id, reason or "terminated by the consumer", current_caller()
+        )
+        return stream_pb2.TerminateStreamResponse(
+            agreement_id=state.agreement_id, state=state.state
+        )
+
+    def ReadSegments(
+        self, request: stream_pb2.ReadSegmentsRequest, context: Any
+    ) -> Iterator[stream_pb2.SegmentChunk]:
+        """Admin → own connector: the committed segments of a holding, from a window on."""
+        agreement_id = AGREEMENT_ID.check(request.agreement_id)
+        for window, path in self._consumer.segments(agreement_id, request.from_window):
+            try:
+                f = path.open("rb")
+            except FileNotFoundError:
+                raise PreconditionFailed(
+                    f"window {window} of agreement {agreement_id} is no longer held"
+                ) from None
+            with f:
+                while True:
+                    block = f.read(_CHUNK_BYTES)
+                    last = len(block) < _CHUNK_BYTES
+                    yield stream_pb2.SegmentChunk(window=window, data=block, last=last)
+                    if last:
+                        break
+
     def ListStreams(
         self, request: stream_pb2.ListStreamsRequest, context: Any
     ) -> stream_pb2.ListStreamsResponse:
@@ -115,11 +174,23 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
         return stream_pb2.ListStreamsResponse(streams=out)
 
 
+def _reason(text: str) -> str:
+    """An optional reason: free text that cannot forge lines in a log or a terminal."""
+    return check_text(text, "reason", limit=400) if text else ""
+
+
 def stream_service(servicer: StreamServicer) -> Service:
     """``StreamService`` with its access table."""
     return Service(
         "tds.v1.StreamService",
         stream_pb2_grpc.add_StreamServiceServicer_to_server,
         servicer,
-        {"Subscribe": Access.MEMBER, "Follow": Access.ADMIN, "ListStreams": Access.ADMIN},
+        {
+            "Subscribe": Access.MEMBER,
+            "TerminateStream": Access.MEMBER,
+            "Follow": Access.ADMIN,
+            "ListStreams": Access.ADMIN,
+            "StopStream": Access.ADMIN,
+            "ReadSegments": Access.ADMIN,
+        },
     )

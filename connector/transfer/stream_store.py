@@ -8,8 +8,9 @@ one transaction, and only from the resume point the window starts at: two subscr
 one agreement (two replicas) cannot both record a window, so the chain never forks.
 
 Metering adds each message to the agreement's ``metering`` row (messages and bytes, the
-same bytes copies count) in one conditional UPDATE, so the agreement's byte limit holds
-across concurrent subscriptions and replicas sharing PostgreSQL.
+same bytes copies count, and the messages and bytes of the current period) in one
+conditional UPDATE that never passes any of the agreement's limits (``StreamLimits``), so
+they hold across concurrent subscriptions and replicas sharing PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,21 +20,105 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, case, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
+from connector.catalog.products import PERIODS
 from connector.errors import NotFound, PreconditionFailed
+from connector.negotiation.agreement import Agreement
 from connector.sources.windows import Window
 from connector.store.database import Database
 from connector.store.models import MeteringRow, StreamSubscriptionRow, StreamWindowRow
 
-__all__ = ["STREAM_STATES", "StreamState", "StreamStore"]
+__all__ = [
+    "NEXT_PERIOD",
+    "PERIOD_REASONS",
+    "STREAM_STATES",
+    "StreamLimits",
+    "StreamState",
+    "StreamStore",
+    "StreamUsage",
+]
 
 STARTED = "STARTED"
 SUSPENDED = "SUSPENDED"
 TERMINATED = "TERMINATED"
 STREAM_STATES = (STARTED, SUSPENDED, TERMINATED)
+
+MESSAGE_LIMIT = "message_limit_reached"
+BYTE_LIMIT = "byte_limit_reached"
+PERIOD_MESSAGE_LIMIT = "period_message_limit_reached"
+PERIOD_BYTE_LIMIT = "period_byte_limit_reached"
+PERIOD_REASONS = frozenset({PERIOD_MESSAGE_LIMIT, PERIOD_BYTE_LIMIT})
+"""Limits that lift when the next period starts: a stream stopped by them is SUSPENDED,
+not TERMINATED (the usage policy refuses a new subscription until then)."""
+NEXT_PERIOD = "subscribe again in the next period"
+"""Ends the provider's message when only a per-period limit stopped the stream, so the
+consumer keeps it SUSPENDED too."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """An agreement's limits on what its stream delivers (0: that one has none)."""
+
+    max_bytes: int = 0
+    max_messages: int = 0
+    period_seconds: int = 0
+    period_max_messages: int = 0
+    period_max_bytes: int = 0
+
+    @classmethod
+    def of(cls, agreement: Agreement) -> StreamLimits:
+        """The limits the agreement's terms set."""
+        per = agreement.per_period or {}
+        if per and per.get("period") not in PERIODS:
+            # Never from this connector's own negotiator, which takes validated offers.
+            raise PreconditionFailed(
+                f"agreement {agreement.id} limits an unknown period {per.get('period')!r}"
+            )
+        return cls(
+            max_bytes=agreement.max_bytes,
+            max_messages=agreement.max_messages,
+            period_seconds=PERIODS[per["period"]] if per else 0,
+            period_max_messages=int(per.get("max_messages", 0)),
+            period_max_bytes=int(per.get("max_bytes", 0)),
+        )
+
+    def period_start_ms(self, now_ms: int) -> int:
+        """Start of the period ``now_ms`` is in (0 without per-period limits)."""
+        if not self.period_seconds:
+            return 0
+        return now_ms - now_ms % (self.period_seconds * 1000)
+
+
+@dataclass(frozen=True)
+class StreamUsage:
+    """What metering counts under an agreement: in all, and in the current period."""
+
+    messages: int = 0
+    bytes: int = 0
+    period_messages: int = 0
+    period_bytes: int = 0
+
+    def less(self, messages: int, size: int) -> StreamUsage:
+        """This usage without ``messages`` messages of ``size`` bytes counted ahead."""
+        return StreamUsage(
+            max(0, self.messages - messages),
+            max(0, self.bytes - size),
+            max(0, self.period_messages - messages),
+            max(0, self.period_bytes - size),
+        )
+
+    def refusal(self, limits: StreamLimits, messages: int, size: int) -> str | None:
+        """The limit ``messages`` more messages of ``size`` bytes would pass, if any."""
+        checks = (
+            (limits.max_messages, self.messages + messages, MESSAGE_LIMIT),
+            (limits.max_bytes, self.bytes + size, BYTE_LIMIT),
+            (limits.period_max_messages, self.period_messages + messages, PERIOD_MESSAGE_LIMIT),
+            (limits.period_max_bytes, self.period_bytes + size, PERIOD_BYTE_LIMIT),
+        )
+        return next((reason for limit, wanted, reason in checks if 0 < limit < wanted), None)
 
 
 @dataclass(frozen=True)
@@ -140,6 +225,13 @@ class StreamStore:
                 return
             row.state, row.reason, row.updated_ms = state, reason[:512], now_ms
 
+    def set_obligations(self, agreement_id: str, role: str, obligations: Mapping[str, Any]) -> None:
+        """Keep the holding under ``obligations`` (the provider's decision, checked)."""
+        with self._db.session() as s:
+            row = s.get(StreamSubscriptionRow, (agreement_id, role))
+            if row is not None:
+                row.obligations = json.dumps(dict(obligations), sort_keys=True)
+
     def mark_deleted(self, agreement_id: str, role: str, now_ms: int) -> None:
         """Record that the holding was deleted."""
         with self._db.session() as s:
@@ -226,22 +318,45 @@ class StreamStore:
         consumer: str,
         product: str,
         max_transfers: int,
-        max_bytes: int,
+        limits: StreamLimits,
         size: int,
         now_ms: int,
         messages: int = 1,
     ) -> bool:
         """Count ``messages`` messages of ``size`` bytes in all; ``False`` (nothing
-        counted) when that would pass the agreement's byte limit."""
+        counted) when that would pass one of ``limits``."""
         c = MeteringRow.__table__.c  # type: ignore[attr-defined]
+        statement = update(MeteringRow.__table__).where(  # type: ignore[attr-defined]
+            c.agreement_id == agreement_id
+        )
+        values: dict[str, Any] = {
+            "messages": c.messages + messages,
+            "bytes": c.bytes + size,
+            "updated_ms": now_ms,
+        }
+        if limits.max_bytes:
+            statement = statement.where(c.bytes + size <= limits.max_bytes)
+        if limits.max_messages:
+            statement = statement.where(c.messages + messages <= limits.max_messages)
+            values["max_messages"] = limits.max_messages
+        if limits.period_seconds:
+            # A row whose period is this one or later (a replica whose clock is ahead began
+            # it) counts on; an earlier period's counts start again from zero.
+            period = limits.period_start_ms(now_ms)
+            current = c.period_start_ms >= period
+            in_period = case((current, c.period_messages), else_=0)
+            bytes_in_period = case((current, c.period_bytes), else_=0)
+            if limits.period_max_messages:
+                statement = statement.where(in_period + messages <= limits.period_max_messages)
+            if limits.period_max_bytes:
+                statement = statement.where(bytes_in_period + size <= limits.period_max_bytes)
+            values["period_start_ms"] = case((current, c.period_start_ms), else_=period)
+            values["period_messages"] = in_period + messages
+            values["period_bytes"] = bytes_in_period + size
+        statement = statement.values(**values)
         for _ in range(2):
             with self._db.session() as s:
-                result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
-                    update(MeteringRow.__table__)  # type: ignore[attr-defined]
-                    .where(c.agreement_id == agreement_id)
-                    .where((c.max_bytes == 0) | (c.bytes + size <= c.max_bytes))
-                    .values(messages=c.messages + messages, bytes=c.bytes + size, updated_ms=now_ms)
-                )
+                result: CursorResult[Any] = s.execute(statement)  # type: ignore[assignment]
                 if result.rowcount == 1:
                     return True
                 if s.get(MeteringRow, agreement_id) is not None:
@@ -254,7 +369,8 @@ class StreamStore:
                             consumer=consumer,
                             product=product,
                             max_transfers=max_transfers,
-                            max_bytes=max_bytes,
+                            max_bytes=limits.max_bytes,
+                            max_messages=limits.max_messages,
                             updated_ms=now_ms,
                         )
                     )
@@ -262,16 +378,31 @@ class StreamStore:
                 pass  # a concurrent subscription or transfer created it
         return False
 
-    def refund(self, agreement_id: str, messages: int, size: int, now_ms: int) -> None:
-        """Give back what was counted ahead and not sent (see ``meter``'s callers)."""
+    def refund(
+        self, agreement_id: str, messages: int, size: int, now_ms: int, period_start_ms: int = 0
+    ) -> None:
+        """Give back what was counted ahead and not sent (see ``meter``'s callers); from
+        the period's counts too while the period it was counted in (``period_start_ms``,
+        0 for none) is still the row's."""
         if not messages and not size:
             return
         c = MeteringRow.__table__.c  # type: ignore[attr-defined]
+        values: dict[str, Any] = {
+            "messages": c.messages - messages,
+            "bytes": c.bytes - size,
+            "updated_ms": now_ms,
+        }
+        if period_start_ms:
+            same = c.period_start_ms == period_start_ms
+            values["period_messages"] = case(
+                (same, c.period_messages - messages), else_=c.period_messages
+            )
+            values["period_bytes"] = case((same, c.period_bytes - size), else_=c.period_bytes)
         with self._db.session() as s:
             s.execute(
                 update(MeteringRow.__table__)  # type: ignore[attr-defined]
                 .where(c.agreement_id == agreement_id)
-                .values(messages=c.messages - messages, bytes=c.bytes - size, updated_ms=now_ms)
+                .values(**values)
             )
 
     def usage(self, agreement_id: str) -> tuple[int, int]:
@@ -279,3 +410,19 @@ class StreamStore:
         with self._db.session() as s:
             row = s.get(MeteringRow, agreement_id)
             return (row.messages, row.bytes) if row else (0, 0)
+
+    def stream_usage(self, agreement_id: str, limits: StreamLimits, now_ms: int) -> StreamUsage:
+        """What is metered under an agreement, in all and in the period of ``now_ms``."""
+        with self._db.session() as s:
+            row = s.get(MeteringRow, agreement_id)
+            if row is None:
+                return StreamUsage()
+            current = bool(limits.period_seconds) and row.period_start_ms >= (
+                limits.period_start_ms(now_ms)
+            )
+            return StreamUsage(
+                row.messages,
+                row.bytes,
+                row.period_messages if current else 0,
+                row.period_bytes if current else 0,
+            )

@@ -24,9 +24,11 @@ One subscription (``StreamService.Subscribe``), in order:
    and the broker (not this process) keeps what waits;
 5. at least every 0.25 s, record or not, the agreement is checked again: revoked, past its
    end, the consumer or its grant on the operator's revocation list, consent withdrawn,
-   the byte limit reached, anything the policy denies (``stream.continue``; a re-check that
-   allows is not logged one by one, the one that stops is). A stop is logged
-   (``stream.stopped``: what was sent, the last sequence, why) and the stream TERMINATED.
+   a message or byte limit reached, anything the policy denies (``stream.continue``; a
+   re-check that allows is not logged one by one, the one that stops is), the stream
+   terminated by either side (``terminate``). A stop is logged (``stream.stopped``: what
+   was sent, the last sequence, why) and the stream TERMINATED; by a per-period limit
+   alone it is SUSPENDED until the next period.
 
 A subscription that ends any other way (the consumer left, fell behind, the source lost
 records) leaves the stream SUSPENDED with the reason; the consumer resumes from its last
@@ -43,7 +45,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -61,6 +63,7 @@ from connector.consent.register import ConsentLookup, no_consent
 from connector.errors import (
     ConnectorError,
     InvalidRequest,
+    NotFound,
     PermissionDenied,
     PreconditionFailed,
     Unavailable,
@@ -79,7 +82,16 @@ from connector.sources.streams import StreamSources
 from connector.sources.windows import HashChain, Window, WindowAccumulator, genesis_head
 from connector.transfer.masking import agreement_mask_key
 from connector.transfer.store import PROVIDER
-from connector.transfer.stream_store import STARTED, SUSPENDED, TERMINATED, StreamStore
+from connector.transfer.stream_store import (
+    NEXT_PERIOD,
+    PERIOD_REASONS,
+    STARTED,
+    SUSPENDED,
+    TERMINATED,
+    StreamLimits,
+    StreamState,
+    StreamStore,
+)
 
 __all__ = ["StreamProvider"]
 
@@ -125,6 +137,9 @@ class _Run:
     ahead_messages: int = 0
     """Messages metered ahead and not sent yet."""
     ahead_bytes: int = 0
+    ahead_period: int = 0
+    """Start of the period the messages ahead were counted in (per-period limits)."""
+    limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 class StreamProvider:
@@ -184,13 +199,19 @@ class StreamProvider:
             "valid_from_ns": agreement.valid_from_ns,
             "valid_until_ns": agreement.valid_until_ns,
             "max_bytes": agreement.max_bytes,
+            "max_messages": run.limits.max_messages,
+            "period_max_messages": run.limits.period_max_messages,
+            "period_max_bytes": run.limits.period_max_bytes,
             "revoked": revoked,
             "obligations": dict(agreement.obligations),
             "masks": dict(agreement.masks),
         }
         if agreement.permitted_fields is not None:
             contract["permitted_fields"] = list(agreement.permitted_fields)
-        _, bytes_used = self._store.usage(agreement.id)
+        # What was sent: this subscription's messages counted ahead are not used yet.
+        used = self._store.stream_usage(agreement.id, run.limits, self._now_ms()).less(
+            run.ahead_messages, run.ahead_bytes
+        )
         offer = run.product.offer(agreement.offer)
         return build_input(
             "stream.continue",
@@ -200,7 +221,10 @@ class StreamProvider:
             offer={"id": offer.id, "policy_module": offer.policy_module},
             contract=contract,
             context={
-                "bytes_used": bytes_used,
+                "bytes_used": used.bytes,
+                "messages_used": used.messages,
+                "period_messages_used": used.period_messages,
+                "period_bytes_used": used.period_bytes,
                 # At least one more byte must be allowed for the stream to go on.
                 "request_bytes": 1,
                 "revoked": revoked,
@@ -212,8 +236,9 @@ class StreamProvider:
     def _stop_reason(self, run: _Run) -> str | None:
         """Why the stream must stop now, or ``None`` (any doubt stops it)."""
         try:
-            if self._store.get(run.agreement.id, PROVIDER).state == TERMINATED:
-                return "terminated by the provider"
+            state = self._store.get(run.agreement.id, PROVIDER)
+            if state.state == TERMINATED:
+                return state.reason or "terminated"
             n = self._negotiations.by_agreement(run.agreement.id)
             if n.revocation:
                 return "agreement_revoked"
@@ -287,6 +312,7 @@ class StreamProvider:
             revoked_grants=sorted(caller.revoked_grants),
             started_ms=self._now_ms(),
             last_sequence=from_sequence,
+            limits=StreamLimits.of(agreement),
         )
         decision = self._policy.decide(self._document(run, revoked))
         if not decision.allow:
@@ -371,13 +397,7 @@ class StreamProvider:
                         )
                     reason = self._stop_reason(run)
                     if reason:
-                        raise _Ended(
-                            TERMINATED,
-                            reason,
-                            PermissionDenied(
-                                f"stream of agreement {agreement.id} stopped: {reason}"
-                            ),
-                        )
+                        raise _stopped(agreement.id, reason)
                 yield from self._receipts(run, inbox, pending)
                 if pending and now - pending[0][1] > self._settings.ack_timeout_seconds:
                     raise self._refuse(run, pending[0][0], "not signed in time")
@@ -393,15 +413,9 @@ class StreamProvider:
                 else:
                     delivered = project(record.row)
                     encoded = canonical_json(delivered)
-                    if not self._count(run, len(encoded)):
-                        raise _Ended(
-                            TERMINATED,
-                            "byte_limit_reached",
-                            PermissionDenied(
-                                f"stream of agreement {agreement.id} stopped: the agreement's "
-                                f"{agreement.max_bytes} bytes are used"
-                            ),
-                        )
+                    refused = self._count(run, len(encoded))
+                    if refused:
+                        raise _stopped(agreement.id, refused)
                     yield stream_pb2.SubscribeDown(
                         message=stream_pb2.StreamMessage(
                             sequence=record.sequence, previous=record.previous, record=encoded
@@ -425,36 +439,63 @@ class StreamProvider:
             self._end(run, SUSPENDED, "the consumer left")
             raise
 
-    def _count(self, run: _Run, size: int) -> bool:
-        """Meter one message of ``size`` bytes; whether the agreement allows it.
+    def _count(self, run: _Run, size: int) -> str | None:
+        """Meter one message of ``size`` bytes; ``None``, or the limit it would pass.
 
         Counted ahead in blocks (``_BLOCK_MESSAGES`` messages, ``_BLOCK_BYTES`` bytes, one
         atomic UPDATE each) so a database write is not paid per message; what a
-        subscription counted and did not send is given back when it ends. Near the
-        agreement's byte limit a block no longer fits and each message is counted alone,
-        so the limit holds exactly.
+        subscription counted and did not send is given back when it ends. Near one of the
+        agreement's limits a block no longer fits and each message is counted alone, so
+        the limit holds exactly. A block counted in a period that has ended is given back
+        first, so each message counts in the period it is sent in.
         """
+        if run.limits.period_seconds:
+            self._turn_period(run)
         if run.ahead_messages >= 1 and run.ahead_bytes >= size:
             run.ahead_messages -= 1
             run.ahead_bytes -= size
-            return True
+            return None
         agreement = run.agreement
-        for messages, block in ((_BLOCK_MESSAGES, max(_BLOCK_BYTES, size)), (1, size)):
-            if self._store.meter(
-                agreement.id,
-                consumer=run.consumer,
-                product=run.product.id,
-                max_transfers=agreement.max_transfers,
-                max_bytes=agreement.max_bytes,
-                size=block,
-                messages=messages,
-                now_ms=self._now_ms(),
-            ):
-                # The rest of an earlier block that this message did not fit is kept.
-                run.ahead_messages += messages - 1
-                run.ahead_bytes += block - size
-                return True
-        return False
+        # Twice: a refusal no limit explains (another subscription gave back what it had
+        # counted ahead in between) is tried again before it stops the stream.
+        for _ in range(2):
+            for messages, block in ((_BLOCK_MESSAGES, max(_BLOCK_BYTES, size)), (1, size)):
+                if self._store.meter(
+                    agreement.id,
+                    consumer=run.consumer,
+                    product=run.product.id,
+                    max_transfers=agreement.max_transfers,
+                    limits=run.limits,
+                    size=block,
+                    messages=messages,
+                    now_ms=self._now_ms(),
+                ):
+                    # The rest of an earlier block that this message did not fit is kept.
+                    run.ahead_messages += messages - 1
+                    run.ahead_bytes += block - size
+                    return None
+            used = self._store.stream_usage(agreement.id, run.limits, self._now_ms())
+            refused = used.refusal(run.limits, 1, size)
+            if refused:
+                return refused
+        return "a limit of the agreement was reached"
+
+    def _turn_period(self, run: _Run) -> None:
+        period = run.limits.period_start_ms(self._now_ms())
+        if period != run.ahead_period:
+            self._give_back(run)
+            run.ahead_period = period
+
+    def _give_back(self, run: _Run) -> None:
+        """Refund what this subscription counted ahead and did not send."""
+        self._store.refund(
+            run.agreement.id,
+            run.ahead_messages,
+            run.ahead_bytes,
+            self._now_ms(),
+            period_start_ms=run.ahead_period,
+        )
+        run.ahead_messages = run.ahead_bytes = 0
 
     def _poll(self, subscription: Subscription) -> Any:
         return subscription.poll(_POLL_SECONDS)
@@ -541,9 +582,7 @@ class StreamProvider:
     def _end(self, run: _Run, state: str, reason: str) -> None:
         """Record and log how the subscription ended and what it sent."""
         with contextlib.suppress(ConnectorError):
-            self._store.refund(
-                run.agreement.id, run.ahead_messages, run.ahead_bytes, self._now_ms()
-            )
+            self._give_back(run)
         run.ahead_messages = run.ahead_bytes = 0
         self._store.set_state(run.agreement.id, PROVIDER, state, reason, self._now_ms())
         with contextlib.suppress(ConnectorError):
@@ -559,10 +598,48 @@ class StreamProvider:
                 },
             )
 
-    def stop(self, agreement_id: str, reason: str) -> None:
-        """End a stream for good (the provider's admin): a running subscription stops at
-        its next check."""
+    def terminate(
+        self, agreement_id: str, reason: str, caller: Caller | None = None
+    ) -> StreamState:
+        """End a stream for good: our admin (``caller`` None), or its consumer. Logged,
+        TERMINATED; a running subscription stops at its next check. ``NotFound`` for no
+        stream here or one that is not the caller's, ``PreconditionFailed`` if it is
+        TERMINATED already (nothing changes)."""
+        state = self._store.get(agreement_id, PROVIDER)
+        if caller is not None and caller.participant != state.counterparty:
+            raise NotFound(f"no stream under agreement {agreement_id!r}")
+        if state.state == TERMINATED:
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement_id} is already TERMINATED ({state.reason})"
+            )
+        by = "provider" if caller is None else "consumer"
+        reason = reason or f"terminated by the {by}"
+        self._audit.record(
+            "stream.terminated",
+            parties=[state.counterparty],
+            data={
+                "agreement": agreement_id,
+                "by": by,
+                "acked_sequence": state.acked_sequence,
+                "reason": reason[:300],
+            },
+        )
         self._store.set_state(agreement_id, PROVIDER, TERMINATED, reason, self._now_ms())
+        return self._store.get(agreement_id, PROVIDER)
+
+
+def _stopped(agreement_id: str, reason: str) -> _Ended:
+    """The end of a stream the agreement no longer allows: TERMINATED, or SUSPENDED when
+    only a per-period limit stops it (the next period allows it again)."""
+    period_only = set(reason.split(", ")) <= PERIOD_REASONS
+    return _Ended(
+        SUSPENDED if period_only else TERMINATED,
+        reason,
+        PermissionDenied(
+            f"stream of agreement {agreement_id} stopped: {reason}"
+            + (f"; {NEXT_PERIOD}" if period_only else "")
+        ),
+    )
 
 
 def _proposal(window: Window) -> stream_pb2.WindowProposal:

@@ -61,8 +61,10 @@ from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.channel import calling
 from connector.sources.windows import StreamChecker, Window, genesis_head
+from connector.transfer.holdings import checked_obligations
 from connector.transfer.store import CONSUMER
 from connector.transfer.stream_store import (
+    NEXT_PERIOD,
     STARTED,
     SUSPENDED,
     TERMINATED,
@@ -112,7 +114,14 @@ ProgressSink = Callable[[StreamProgress], None]
 
 
 class _Segment:
-    """The records of the open window, written as they arrive, committed with it."""
+    """The records of the open window, written as they arrive, committed with it.
+
+    When the provider proposes a window, the records written so far are exactly its
+    records (the proposal follows its last record); they are set aside as the window's
+    ``.proposed`` file, and the records that arrive while its receipt is signed and
+    countersigned go to the next one. A countersignature makes the window's file its
+    segment; one never countersigned is dropped, and delivered again on resume.
+    """
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
@@ -122,19 +131,25 @@ class _Segment:
     def add(self, sequence: int, record: bytes) -> None:
         self._file.write(b'{"sequence":%d,"record":%s}\n' % (sequence, record))
 
-    def commit(self, index: int) -> Path:
-        """Make the records so far the window ``index``'s segment; start a new one."""
+    def propose(self, index: int) -> None:
+        """The records so far are the window ``index``'s; later ones belong to the next."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        final = self._dir / f"{index:08d}.jsonl"
-        os.replace(self._path, final)
+        os.replace(self._path, self._dir / f"{index:08d}.proposed")
         self._file = self._path.open("wb")
+
+    def commit(self, index: int) -> Path:
+        """Make the window ``index``'s records (set aside by ``propose``) its segment."""
+        final = self._dir / f"{index:08d}.jsonl"
+        os.replace(self._dir / f"{index:08d}.proposed", final)
         return final
 
     def close(self) -> None:
         self._file.close()
         self._path.unlink(missing_ok=True)
+        for proposed in self._dir.glob("*.proposed"):
+            proposed.unlink(missing_ok=True)
 
 
 class StreamConsumer:
@@ -350,6 +365,7 @@ class StreamConsumer:
                 ),
                 self._key,
             )
+            segment.propose(own.index)
             run.unsigned.append((own, signed))
             outgoing.put(stream_pb2.SubscribeUp(receipt=signed))
             return None
@@ -398,6 +414,10 @@ class StreamConsumer:
                 raise VerificationError(f"the provider's start of the stream {what}")
         for name in s.fields:
             check_text(name, "field", error=VerificationError)
+        obligations = checked_obligations(
+            s.obligations_json, run.agreement, sender="the provider's start of the stream"
+        )
+        self._store.set_obligations(run.agreement.id, CONSUMER, obligations)
         run.fields = tuple(s.fields)
         run.checker = StreamChecker(
             state.acked_sequence, bytes.fromhex(state.acked_head), state.next_window
@@ -434,9 +454,11 @@ class StreamConsumer:
 
     def _stopped(self, run: _Received, reason: str, directory: Path) -> None:
         """The provider stopped the stream (for good once it had started; a refusal at
-        subscribe may pass); delete the holding if it must go."""
+        subscribe may pass, and so does a per-period limit); delete the holding if it must
+        go."""
         now = self._now_ms()
-        state = TERMINATED if run.checker is not None else SUSPENDED
+        ended = run.checker is not None and NEXT_PERIOD not in reason
+        state = TERMINATED if ended else SUSPENDED
         self._store.set_state(run.agreement.id, CONSUMER, state, reason, now)
         self._audit.record(
             "stream.stopped",
@@ -449,10 +471,19 @@ class StreamConsumer:
             },
         )
         if any(why in reason for why in _DELETE_ON):
-            self.delete(run.agreement.id, reason)
+            self._delete(run.agreement.id, reason)  # from the subscription's own thread
 
     def delete(self, agreement_id: str, reason: str) -> None:
-        """Delete the holding of a stream, logged first."""
+        """Delete the holding of a stream, logged first (what it held: windows, messages,
+        bytes, the last kept sequence). A subscription running here is stopped first."""
+        with self._lock:
+            running = self._running.get(agreement_id)
+        if running is not None:
+            running[0].set()
+            running[1].wait(_STOPPING_WAIT)
+        self._delete(agreement_id, reason)
+
+    def _delete(self, agreement_id: str, reason: str) -> None:
         state = self._store.get(agreement_id, CONSUMER)
         if state.deleted_ms:
             return
@@ -460,10 +491,79 @@ class StreamConsumer:
         self._audit.record(
             "stream.deleted",
             parties=[state.counterparty],
-            data={"agreement": agreement_id, "reason": reason[:300]},
+            data={
+                "agreement": agreement_id,
+                "product": state.product,
+                "windows": state.next_window,
+                "messages": state.messages,
+                "bytes": state.bytes,
+                "kept_sequence": state.acked_sequence,
+                "reason": reason[:300],
+            },
         )
         shutil.rmtree(directory, ignore_errors=True)
         self._store.mark_deleted(agreement_id, CONSUMER, self._now_ms())
+
+    def segments(self, agreement_id: str, from_window: int) -> list[tuple[int, Path]]:
+        """The committed segments of a holding from window ``from_window`` on, in order
+        (``NotFound`` for no stream here, ``PreconditionFailed`` once it was deleted)."""
+        state = self._store.get(agreement_id, CONSUMER)
+        if state.deleted_ms:
+            raise PreconditionFailed(f"the holding of agreement {agreement_id} was deleted")
+        directory = stream_holding(self._dir, agreement_id)
+        return [
+            (index, directory / f"{index:08d}.jsonl")
+            for index in range(from_window, state.next_window)
+        ]
+
+    def terminate(self, agreement_id: str, reason: str) -> tuple[StreamState, bool]:
+        """Our admin ends a stream we receive, for good: logged, TERMINATED, a running
+        subscription stopped, then the provider told; the state and whether the provider
+        confirmed. ``NotFound`` for no stream here, ``PreconditionFailed`` if it is
+        TERMINATED already (nothing changes)."""
+        state = self._store.get(agreement_id, CONSUMER)
+        if state.state == TERMINATED:
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement_id} is already TERMINATED ({state.reason})"
+            )
+        reason = reason or "terminated by the consumer"
+        self._audit.record(
+            "stream.terminated",
+            parties=[state.counterparty],
+            data={
+                "agreement": agreement_id,
+                "by": "consumer",
+                "kept_sequence": state.acked_sequence,
+                "reason": reason[:300],
+            },
+        )
+        self._store.set_state(agreement_id, CONSUMER, TERMINATED, reason, self._now_ms())
+        with self._lock:
+            running = self._running.get(agreement_id)
+        if running is not None:
+            running[0].set()  # its own end leaves the state TERMINATED
+        return self._store.get(agreement_id, CONSUMER), self._tell_provider(state, reason)
+
+    def _tell_provider(self, state: StreamState, reason: str) -> bool:
+        try:
+            channel = self._channel_to(state.counterparty)
+            try:
+                with calling(state.counterparty):
+                    stream_pb2_grpc.StreamServiceStub(channel).TerminateStream(
+                        stream_pb2.TerminateStreamRequest(
+                            agreement_id=state.agreement_id, reason=reason[:400]
+                        ),
+                        timeout=15,
+                    )
+            finally:
+                channel.close()
+        except ConnectorError as exc:
+            log.warning(
+                "could not tell the provider the stream ended",
+                extra={"agreement": state.agreement_id, "reason": str(exc)},
+            )
+            return False
+        return True
 
 
 @dataclass

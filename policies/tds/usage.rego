@@ -1,5 +1,5 @@
-# Whether one transfer under an agreement may start now: not revoked, inside its window,
-# under its count and byte limits, consent still in force for personal data, the grant
+# Whether one transfer under an agreement may start now, or a stream go on: not revoked,
+# inside its window, under its count, message and byte limits (in all and per period), consent still in force for personal data, the grant
 # still current for public data, never core data; important data only in the permitted
 # fields, masked as the agreement says.
 #
@@ -67,14 +67,33 @@ agreement_denials contains "byte_limit_reached" if {
 	over_limit(contract.max_bytes, context.bytes_used + object.get(context, "request_bytes", 0))
 }
 
+# A stream's message limit, and its limits per period (the connector gives what the current
+# hour or day has used): one more message must fit for the stream to go on.
+agreement_denials contains "message_limit_reached" if {
+	is_stream
+	over_limit(contract.max_messages, context.messages_used + 1)
+}
+
+agreement_denials contains "period_message_limit_reached" if {
+	is_stream
+	over_limit(contract.period_max_messages, context.period_messages_used + 1)
+}
+
+agreement_denials contains "period_byte_limit_reached" if {
+	is_stream
+	over_limit(contract.period_max_bytes, context.period_bytes_used + object.get(context, "request_bytes", 0))
+}
+
 is_transfer if input.action == "transfer.start"
+
+is_stream if input.action == "stream.continue"
 
 is_compute if input.action == "compute.run"
 
 # Copies and streams count bytes against the agreement's byte limit; answers count ε.
 moves_bytes if is_transfer
 
-moves_bytes if input.action == "stream.continue"
+moves_bytes if is_stream
 
 # How the agreement lets the product leave (agreements without the term are copies).
 delivery := object.get(contract, "delivery", ["copy"])

@@ -55,6 +55,39 @@ test_deny_byte_limit if {
 	"byte_limit_reached" in result.deny
 }
 
+stream_base := object.union(base, {
+	"action": "stream.continue",
+	"contract": object.union(base.contract, {"max_messages": 10, "period_max_messages": 4, "period_max_bytes": 0}),
+	"context": object.union(base.context, {"request_bytes": 1, "messages_used": 0, "period_messages_used": 0, "period_bytes_used": 0}),
+})
+
+test_allow_stream_below_its_limits if {
+	doc := object.union(stream_base, {"context": object.union(stream_base.context, {"messages_used": 9, "period_messages_used": 3})})
+	result := usage.decision with input as doc
+	result.allow
+}
+
+test_deny_stream_message_limit if {
+	doc := object.union(stream_base, {"context": object.union(stream_base.context, {"messages_used": 10})})
+	result := usage.decision with input as doc
+	result.deny == {"message_limit_reached"}
+}
+
+test_deny_stream_period_message_limit if {
+	doc := object.union(stream_base, {"context": object.union(stream_base.context, {"messages_used": 4, "period_messages_used": 4})})
+	result := usage.decision with input as doc
+	result.deny == {"period_message_limit_reached"}
+}
+
+test_deny_stream_period_byte_limit if {
+	doc := object.union(stream_base, {
+		"contract": object.union(stream_base.contract, {"period_max_bytes": 50}),
+		"context": object.union(stream_base.context, {"period_bytes_used": 50}),
+	})
+	result := usage.decision with input as doc
+	result.deny == {"period_byte_limit_reached"}
+}
+
 test_deny_consent_withdrawn if {
 	doc := object.union(patch("resource", {"personal": true}), {"context": object.union(base.context, {"consent": {"present": true, "withdrawn": true}})})
 	result := usage.decision with input as doc

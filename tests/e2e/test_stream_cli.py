@@ -77,10 +77,12 @@ def readings(start: int, n: int) -> list[dict[str, object]]:
     ]
 
 
-def subscribe_until_kept(root: Path, agreement: str, kept: int) -> dict[str, object]:
+def subscribe_until_kept(
+    root: Path, agreement: str, kept: int, *extra: str | Path
+) -> dict[str, object]:
     """Run `tds subscribe --json`, wait until `tds data list` shows ``kept``, press Ctrl-C."""
     proc = subprocess.Popen(
-        [*TDS, "subscribe", "--agreement", agreement, "--config", "a.toml", "--json"],
+        [*TDS, "subscribe", "--agreement", agreement, "--config", "a.toml", "--json", *extra],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -92,7 +94,9 @@ def subscribe_until_kept(root: Path, agreement: str, kept: int) -> dict[str, obj
             listed = json.loads(
                 tds("data", "list", "--config", "a.toml", "--json", cwd=root).stdout
             )
-            streams = [r for r in listed if r.get("kind") == "stream"]
+            streams = [
+                r for r in listed if r.get("kind") == "stream" and r["agreement"] == agreement
+            ]
             if streams and streams[0]["kept_sequence"] >= kept:
                 break
             assert proc.poll() is None, proc.communicate()
@@ -114,11 +118,34 @@ def test_subscribe_suspends_on_ctrl_c_and_resumes_where_it_stopped(
 ) -> None:
     subject = js.stream()
     js.publish_json(subject, *readings(0, 10))
-    description = world / "rain.json"
+    agreement = publish_and_agree(world, subject, "rain")
+    first = subscribe_until_kept(world, agreement, 10)
+    assert first["state"] == "SUSPENDED"
+    js.publish_json(subject, *readings(10, 5))
+    second = subscribe_until_kept(world, agreement, 15)
+    assert second["kept_sequence"] == 15
+    listed = json.loads(tds("data", "list", "--config", "a.toml", "--json", cwd=world).stdout)
+    (held,) = [r for r in listed if r.get("kind") == "stream" and r["agreement"] == agreement]
+    assert (held["state"], held["kept_sequence"], held["messages"]) == ("SUSPENDED", 15, 15)
+    lines = [
+        json.loads(line)
+        for segment in sorted(Path(held["path"]).glob("0*.jsonl"))
+        for line in segment.read_text().splitlines()
+    ]
+    assert [line["sequence"] for line in lines] == list(range(1, 16))
+    assert all(line["record"]["operator"] != "Op 0" for line in lines)
+    human = tds("data", "list", "--config", "a.toml", cwd=world).stdout
+    assert "stream" in human and "15 messages to sequence 15" in human
+
+
+def publish_and_agree(world: Path, subject: str, pid: str) -> str:
+    """Publish ``subject`` as stream product ``pid`` (`tds product add`) and negotiate it
+    for "a" (`tds negotiate`); the agreement id."""
+    description = world / f"{pid}.json"
     description.write_text(
         json.dumps(
             {
-                "id": "rain",
+                "id": pid,
                 "title": "Rain gauges",
                 "grade": "general",
                 "fields": ["station", "operator", "mm"],
@@ -137,25 +164,80 @@ def test_subscribe_suspends_on_ctrl_c_and_resumes_where_it_stopped(
     )
     tds("product", "add", description, "--config", "gov.toml", cwd=world)
     neg = tds(
-        "negotiate", "--config", "a.toml", "--provider", "gov", "--product", "rain",
+        "negotiate", "--config", "a.toml", "--provider", "gov", "--product", pid,
         "--offer", "o1", "--purpose", "flood-warning", "--wait", "--json",
         cwd=world,
     )  # fmt: skip
-    agreement = json.loads(neg.stdout)["agreement_id"]
-    first = subscribe_until_kept(world, agreement, 10)
-    assert first["state"] == "SUSPENDED"
-    js.publish_json(subject, *readings(10, 5))
-    second = subscribe_until_kept(world, agreement, 15)
-    assert second["kept_sequence"] == 15
+    agreement: str = json.loads(neg.stdout)["agreement_id"]
+    return agreement
+
+
+def test_subscribe_copies_segments_to_out_and_data_stop_ends_streams_from_either_side(
+    world: Path, js: JetStream
+) -> None:
+    subject = js.stream()
+    js.publish_json(subject, *readings(0, 10))
+    agreement = publish_and_agree(world, subject, "rain-out")
+    # A --out that is not a directory one can write to is refused before subscribing.
+    blocker = world / "not-a-dir"
+    blocker.write_text("x")
+    for bad in (blocker, blocker / "below"):
+        refused = tds(
+            "subscribe", "--agreement", agreement, "--config", "a.toml", "--out", bad,
+            cwd=world, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 1
+        assert f"--out {bad}: not a directory you can write to" in refused.stderr
     listed = json.loads(tds("data", "list", "--config", "a.toml", "--json", cwd=world).stdout)
-    (held,) = [r for r in listed if r.get("kind") == "stream"]
-    assert (held["state"], held["kept_sequence"], held["messages"]) == ("SUSPENDED", 15, 15)
-    lines = [
-        json.loads(line)
-        for segment in sorted(Path(held["path"]).glob("0*.jsonl"))
-        for line in segment.read_text().splitlines()
-    ]
-    assert [line["sequence"] for line in lines] == list(range(1, 16))
-    assert all(line["record"]["operator"] != "Op 0" for line in lines)
-    human = tds("data", "list", "--config", "a.toml", cwd=world).stdout
-    assert "stream" in human and "15 messages to sequence 15" in human
+    assert not [r for r in listed if r.get("kind") == "stream" and r["agreement"] == agreement]
+    out = world / "exported"
+    first = subscribe_until_kept(world, agreement, 10, "--out", out)
+    assert first["out"] == str(out)
+    js.publish_json(subject, *readings(10, 5))
+    subscribe_until_kept(world, agreement, 15, "--out", out)  # resumes, copies the rest
+    listed = json.loads(tds("data", "list", "--config", "a.toml", "--json", cwd=world).stdout)
+    (held,) = [r for r in listed if r.get("kind") == "stream" and r["agreement"] == agreement]
+    holding = sorted(Path(held["path"]).glob("0*.jsonl"))
+    copies = sorted(out.glob("*.jsonl"))
+    assert [p.name for p in copies] == [p.name for p in holding] and len(copies) == 3
+    assert [p.read_bytes() for p in copies] == [p.read_bytes() for p in holding]
+    assert not list(out.glob(".*.part"))
+    # The provider's metering counts the streamed messages (the JSON and the human report),
+    # once the provider has given back what it counted ahead for the ended subscription.
+    deadline = time.monotonic() + 10
+    while True:
+        report = json.loads(
+            tds("report", "metering", "--config", "gov.toml", "--json", cwd=world).stdout
+        )
+        (metered,) = [m for m in report["agreements"] if m["agreement"] == agreement]
+        if metered["messages"] == 15 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (metered["messages"], metered["transfers"]) == (15, 0)
+    human = tds("report", "metering", "--config", "gov.toml", cwd=world).stdout
+    per_agreement, per_consumer = human.split("Per consumer:")
+    assert f"{agreement}" in per_agreement and "15/∞ messages streamed" in per_agreement
+    assert "messages streamed" in per_consumer
+    # The consumer ends its stream: TERMINATED on both sides, and a rerun is refused.
+    stopped = json.loads(
+        tds(
+            "data", "stop", agreement, "--reason", "season over", "--config", "a.toml",
+            "--json", cwd=world,
+        ).stdout
+    )  # fmt: skip
+    assert (stopped["role"], stopped["state"], stopped["counterparty_told"]) == (
+        "consumer",
+        "TERMINATED",
+        True,
+    )
+    again = tds("data", "stop", agreement, "--config", "gov.toml", cwd=world, check=False)
+    assert again.returncode == 1 and "already TERMINATED" in again.stderr
+    rerun = tds("subscribe", "--agreement", agreement, "--config", "a.toml", cwd=world, check=False)
+    assert rerun.returncode == 1 and "terminated" in rerun.stderr
+    # The provider ends a stream it serves (a second agreement on the same feed).
+    second = publish_and_agree(world, subject, "rain-out-2")
+    subscribe_until_kept(world, second, 15)
+    by_provider = tds("data", "stop", second, "--config", "gov.toml", cwd=world)
+    assert f"Stream of agreement {second} is TERMINATED" in by_provider.stdout
+    unknown = tds("data", "stop", "ag-" + "0" * 32, "--config", "a.toml", cwd=world, check=False)
+    assert unknown.returncode == 1 and "no stream under agreement" in unknown.stderr

@@ -190,11 +190,16 @@ def start(**kw: Any) -> dict[str, Any]:
 
 
 def stream(**kw: Any) -> dict[str, Any]:
-    """A running stream's re-check: no transfer count, one more byte wanted."""
+    """A running stream's re-check: no transfer count, one more byte wanted, the message
+    limits (none unless the case sets them) and what has been used."""
     document = doc("stream.continue", **kw)
     document["contract"].pop("max_transfers", None)
     document["context"].pop("transfers_used", None)
     document["context"].setdefault("request_bytes", 1)
+    for key in ("max_messages", "period_max_messages", "period_max_bytes"):
+        document["contract"].setdefault(key, 0)
+    for key in ("messages_used", "period_messages_used", "period_bytes_used"):
+        document["context"].setdefault(key, 0)
     return document
 
 
@@ -843,6 +848,57 @@ CASES: list[Case] = [
         ),
         False,
         frozenset({"consent_withdrawn"}),
+    ),
+    Case(
+        "stream stops when its messages are used",
+        stream(con=contract(max_messages=100), ctx=context(messages_used=100)),
+        False,
+        frozenset({"message_limit_reached"}),
+    ),
+    Case(
+        "stream goes on below its message limit",
+        stream(con=contract(max_messages=100), ctx=context(messages_used=99)),
+        True,
+    ),
+    Case(
+        "stream stops for the period when the period's messages are used",
+        stream(
+            con=contract(max_messages=100, period_max_messages=10),
+            ctx=context(messages_used=50, period_messages_used=10),
+        ),
+        False,
+        frozenset({"period_message_limit_reached"}),
+    ),
+    Case(
+        "stream goes on in a new period",
+        stream(
+            con=contract(period_max_messages=10, period_max_bytes=500),
+            ctx=context(messages_used=50, bytes_used=5000, period_messages_used=0),
+        ),
+        True,
+    ),
+    Case(
+        "stream stops for the period when the period's bytes are used",
+        stream(con=contract(period_max_bytes=500), ctx=context(period_bytes_used=500)),
+        False,
+        frozenset({"period_byte_limit_reached"}),
+    ),
+    Case(
+        "a transfer is not held to a stream's message limit",
+        start(con=contract(max_messages=1), ctx=context(messages_used=5)),
+        True,
+    ),
+    Case(
+        "stream input without its message count",
+        without(stream(), "context", "messages_used"),
+        False,
+        frozenset({"invalid_input"}),
+    ),
+    Case(
+        "stream input without its period limit",
+        without(stream(), "contract", "period_max_messages"),
+        False,
+        frozenset({"invalid_input"}),
     ),
     Case(
         "stream input without its byte count",

@@ -13,7 +13,13 @@ from connector.errors import NotFound, PreconditionFailed
 from connector.sources.windows import Window
 from connector.store.database import Database, open_database
 from connector.transfer.store import CONSUMER, PROVIDER
-from connector.transfer.stream_store import SUSPENDED, TERMINATED, StreamStore
+from connector.transfer.stream_store import (
+    SUSPENDED,
+    TERMINATED,
+    StreamLimits,
+    StreamStore,
+    StreamUsage,
+)
 
 GENESIS = "00" * 32
 
@@ -36,7 +42,7 @@ def test_concurrent_messages_from_replicas_never_pass_the_byte_limit(database_ur
                 consumer="a",
                 product="p",
                 max_transfers=0,
-                max_bytes=1000,
+                limits=StreamLimits(max_bytes=1000),
                 size=30,
                 now_ms=n,
             )
@@ -52,6 +58,148 @@ def test_concurrent_messages_from_replicas_never_pass_the_byte_limit(database_ur
     finally:
         for db in replicas:
             db.close()
+
+
+def _race(stores: list[StreamStore], limits: StreamLimits, now_ms: int, size: int = 10) -> int:
+    """16 threads over the replicas each meter 5 messages of ``size`` bytes (blocks of 3
+    messages where they fit, else one, as a subscription does) at the same moment; how
+    many messages were counted."""
+    barrier = threading.Barrier(16)
+
+    def meter(n: int) -> int:
+        barrier.wait()
+        counted = 0
+        for _ in range(5):
+            for block in (3, 1):
+                if stores[n % len(stores)].meter(
+                    "ag-1",
+                    consumer="a",
+                    product="p",
+                    max_transfers=0,
+                    limits=limits,
+                    size=block * size,
+                    messages=block,
+                    now_ms=now_ms,
+                ):
+                    counted += block
+                    break
+        return counted
+
+    with ThreadPoolExecutor(16) as pool:
+        return sum(pool.map(meter, range(16)))
+
+
+def test_concurrent_replicas_never_pass_the_message_limit(database_url: str) -> None:
+    replicas = _replicas(database_url, 4)
+    stores = [StreamStore(db) for db in replicas]
+    try:
+        # Up to 16 x 5 blocks of 3 were asked for; the agreement allows 100 messages.
+        assert _race(stores, StreamLimits(max_messages=100), now_ms=1) == 100
+        assert stores[0].usage("ag-1") == (100, 1000)
+        assert not stores[1].meter(
+            "ag-1",
+            consumer="a",
+            product="p",
+            max_transfers=0,
+            limits=StreamLimits(max_messages=100),
+            size=1,
+            now_ms=2,
+        )
+    finally:
+        for db in replicas:
+            db.close()
+
+
+HOUR_MS = 3_600_000
+
+
+def test_concurrent_replicas_never_pass_a_period_limit_and_the_next_period_starts_afresh(
+    database_url: str,
+) -> None:
+    replicas = _replicas(database_url, 4)
+    stores = [StreamStore(db) for db in replicas]
+    limits = StreamLimits(period_seconds=3600, period_max_messages=40, period_max_bytes=10_000)
+    start = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS
+    try:
+        assert _race(stores, limits, now_ms=start + 5) == 40
+        assert stores[0].stream_usage("ag-1", limits, start + 10) == StreamUsage(40, 400, 40, 400)
+        # The next hour counts from zero; the agreement's totals go on.
+        assert _race(stores, limits, now_ms=start + HOUR_MS) == 40
+        assert stores[2].stream_usage("ag-1", limits, start + HOUR_MS) == StreamUsage(
+            80, 800, 40, 400
+        )
+        # A replica whose clock is behind (still the hour before) counts in the later hour
+        # rather than restarting the earlier one: the limit holds.
+        assert not stores[3].meter(
+            "ag-1",
+            consumer="a",
+            product="p",
+            max_transfers=0,
+            limits=limits,
+            size=1,
+            now_ms=start + HOUR_MS - 1,
+        )
+        # The period's bytes are a limit of their own.
+        bytes_only = StreamLimits(period_seconds=3600, period_max_bytes=450)
+        assert stores[0].meter(
+            "ag-1",
+            consumer="a",
+            product="p",
+            max_transfers=0,
+            limits=bytes_only,
+            size=50,
+            now_ms=start + HOUR_MS,
+        )
+        assert not stores[0].meter(
+            "ag-1",
+            consumer="a",
+            product="p",
+            max_transfers=0,
+            limits=bytes_only,
+            size=1,
+            now_ms=start + HOUR_MS,
+        )
+        usage = stores[0].stream_usage("ag-1", bytes_only, start + HOUR_MS)
+        assert usage.refusal(bytes_only, 1, 1) == "period_byte_limit_reached"
+    finally:
+        for db in replicas:
+            db.close()
+
+
+def test_a_refund_comes_off_its_own_period_only(db: Database) -> None:
+    store = StreamStore(db)
+    limits = StreamLimits(period_seconds=3600, period_max_messages=1000)
+    start = 7 * HOUR_MS
+
+    def meter(n: int, now_ms: int) -> None:
+        assert store.meter(
+            "ag-1",
+            consumer="a",
+            product="p",
+            max_transfers=0,
+            limits=limits,
+            size=n,
+            messages=n,
+            now_ms=now_ms,
+        )
+
+    meter(10, start)
+    store.refund("ag-1", 4, 4, start + 1, period_start_ms=start)
+    assert store.stream_usage("ag-1", limits, start) == StreamUsage(6, 6, 6, 6)
+    meter(3, start + HOUR_MS)
+    # A block counted in the earlier hour and given back in the later one leaves the later
+    # hour's count alone.
+    store.refund("ag-1", 2, 2, start + HOUR_MS, period_start_ms=start)
+    assert store.stream_usage("ag-1", limits, start + HOUR_MS) == StreamUsage(7, 7, 3, 3)
+
+
+def test_usage_names_the_limit_a_message_would_pass() -> None:
+    limits = StreamLimits(max_bytes=100, max_messages=10, period_max_messages=5)
+    assert StreamUsage(3, 50, 3, 50).refusal(limits, 1, 10) is None
+    assert StreamUsage(10, 50, 3, 50).refusal(limits, 1, 10) == "message_limit_reached"
+    assert StreamUsage(3, 95, 3, 95).refusal(limits, 1, 10) == "byte_limit_reached"
+    assert StreamUsage(5, 50, 5, 50).refusal(limits, 1, 10) == "period_message_limit_reached"
+    assert StreamUsage(9, 90, 4, 40).less(2, 20) == StreamUsage(7, 70, 2, 20)
 
 
 def window(index: int, first: int, last: int, start: str, head: str) -> Window:

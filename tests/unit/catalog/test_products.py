@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from connector.catalog.products import MAX_DESCRIPTION_BYTES, Product, Source, parse_description
+from connector.catalog.products import (
+    MAX_DESCRIPTION_BYTES,
+    PeriodLimits,
+    Product,
+    Source,
+    parse_description,
+)
 from connector.errors import InvalidRequest
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "products" / "traffic-flow.toml"
@@ -246,3 +252,52 @@ def test_the_listing_form_of_a_stream_product_has_no_connection_or_subject() -> 
         product, source=dataclasses.replace(product.source, connection="", subject="")
     )
     assert Product.from_json(listed.to_json()).source == Source(kind="stream", format="jsonl")
+
+
+def test_stream_offers_take_a_message_limit_and_limits_per_period() -> None:
+    text = mutate_stream(
+        STREAM,
+        ["station", "mm"],
+        max_messages=1000,
+        per_period={"period": "hour", "max_messages": 100, "max_bytes": 20000},
+    )
+    product = parse_description(text, owner="city-gov")
+    offer = product.offers[0]
+    assert offer.max_messages == 1000
+    assert offer.per_period == PeriodLimits("hour", 100, 20000)
+    assert offer.per_period.seconds == 3600
+    assert Product.from_json(product.to_json()) == product
+
+
+def test_an_offer_without_stream_limits_is_stored_as_before() -> None:
+    product = parse_description(mutate_stream(STREAM, ["a"]), owner="city-gov")
+    stored = json.loads(product.to_json())["offers"][0]
+    assert "max_messages" not in stored and "per_period" not in stored
+
+
+@pytest.mark.parametrize(
+    "terms, message",
+    [
+        ({"per_period": {"period": "week", "max_messages": 1}}, "period must be one of"),
+        ({"per_period": {"period": "day"}}, "must set max_messages, max_bytes or both"),
+        ({"per_period": {"period": "day", "max_messages": -1}}, "non-negative"),
+        ({"per_period": {"period": "day", "max_messages": 1, "x": 1}}, "unknown field"),
+        ({"per_period": "day"}, "per_period must be a table"),
+        ({"max_messages": True}, "non-negative integer"),
+    ],
+)
+def test_bad_stream_limits_are_refused(terms: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_description(mutate_stream(STREAM, ["a"], **terms), owner="city-gov")
+
+
+@pytest.mark.parametrize(
+    "terms", [{"max_messages": 5}, {"per_period": {"period": "day", "max_bytes": 5}}]
+)
+def test_stream_limits_on_a_product_that_is_not_a_stream_are_refused(
+    terms: dict[str, Any],
+) -> None:
+    data = example()
+    data["offers"][0].update(terms)
+    with pytest.raises(InvalidRequest, match="limit streams"):
+        parse_description(json.dumps(data), owner="city-gov")

@@ -192,3 +192,18 @@ def test_delivery_terms_are_signed_and_plain_copies_keep_their_payload() -> None
     # Widening the terms after signing breaks the provider's signature.
     with pytest.raises(VerificationError):
         verify_agreement(altered(signed, delivery=["copy", "compute"]), public)
+
+
+def test_stream_limits_are_signed_and_agreements_without_them_keep_their_payload() -> None:
+    assert b"max_messages" not in AGREEMENT.payload()
+    assert b"per_period" not in AGREEMENT.payload()
+    per_period = {"period": "hour", "max_messages": 100, "max_bytes": 0}
+    limited = replace(AGREEMENT, max_messages=1000, per_period=per_period)
+    signed = countersign_agreement(sign_agreement(limited, KEYS["gov"]), KEYS["ent-a"], public)
+    back = verify_agreement(signed, public)
+    assert (back.max_messages, back.per_period) == (1000, per_period)
+    # Raising a limit after signing breaks the provider's signature.
+    with pytest.raises(VerificationError):
+        verify_agreement(altered(signed, max_messages=10**6), public)
+    with pytest.raises(VerificationError):
+        verify_agreement(altered(signed, per_period={**per_period, "max_messages": 10**6}), public)

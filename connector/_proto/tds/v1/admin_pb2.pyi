@@ -498,6 +498,8 @@ class AgreementMetering(_message.Message):
     COMPUTATIONS_FIELD_NUMBER: _builtins.int
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
     EPSILON_BUDGET_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     consumer: _builtins.str
     product_id: _builtins.str
@@ -515,6 +517,11 @@ class AgreementMetering(_message.Message):
     """
     epsilon_spent: _builtins.float
     epsilon_budget: _builtins.float
+    messages: _builtins.int
+    """Streams: messages delivered (their bytes are in `bytes`), and the agreement's message
+    limit (0: none).
+    """
+    max_messages: _builtins.int
     def __init__(
         self,
         *,
@@ -530,10 +537,12 @@ class AgreementMetering(_message.Message):
         computations: _builtins.int = ...,
         epsilon_spent: _builtins.float = ...,
         epsilon_budget: _builtins.float = ...,
+        messages: _builtins.int = ...,
+        max_messages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "computations", b"computations", "consumer", b"consumer", "epsilon_budget", b"epsilon_budget", "epsilon_spent", b"epsilon_spent", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "completed", b"completed", "completed_bytes", b"completed_bytes", "computations", b"computations", "consumer", b"consumer", "epsilon_budget", b"epsilon_budget", "epsilon_spent", b"epsilon_spent", "max_bytes", b"max_bytes", "max_messages", b"max_messages", "max_transfers", b"max_transfers", "messages", b"messages", "product_id", b"product_id", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -53,6 +53,21 @@ class StreamServiceStub:
                 request_serializer=tds_dot_v1_dot_stream__pb2.ListStreamsRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_stream__pb2.ListStreamsResponse.FromString,
                 _registered_method=True)
+        self.StopStream = channel.unary_unary(
+                '/tds.v1.StreamService/StopStream',
+                request_serializer=tds_dot_v1_dot_stream__pb2.StopStreamRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_stream__pb2.StopStreamResponse.FromString,
+                _registered_method=True)
+        self.TerminateStream = channel.unary_unary(
+                '/tds.v1.StreamService/TerminateStream',
+                request_serializer=tds_dot_v1_dot_stream__pb2.TerminateStreamRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_stream__pb2.TerminateStreamResponse.FromString,
+                _registered_method=True)
+        self.ReadSegments = channel.unary_stream(
+                '/tds.v1.StreamService/ReadSegments',
+                request_serializer=tds_dot_v1_dot_stream__pb2.ReadSegmentsRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_stream__pb2.SegmentChunk.FromString,
+                _registered_method=True)
 
 
 class StreamServiceServicer:
@@ -93,6 +108,34 @@ class StreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopStream(self, request, context):
+        """The admin -> its own connector (`tds data stop`): end a stream for good from either
+        side, one this connector receives (the provider is told) or one it provides (a
+        running subscription stops at its next check). Logged `stream.terminated`; the
+        stream is TERMINATED. An agreement with no stream here is NOT_FOUND, one already
+        TERMINATED is FAILED_PRECONDITION; neither changes anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TerminateStream(self, request, context):
+        """Consumer -> provider: the consumer ended the stream (as TerminateTransfer for a
+        copy). Only the agreement's consumer may; anyone else's is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadSegments(self, request, context):
+        """The consumer's admin -> its own connector (`tds subscribe --out`): the committed
+        segments of a stream's holding from window `from_window` on, in order, each in
+        chunks (the holding stays where it is, the evidence copy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +153,21 @@ def add_StreamServiceServicer_to_server(servicer, server):
                     servicer.ListStreams,
                     request_deserializer=tds_dot_v1_dot_stream__pb2.ListStreamsRequest.FromString,
                     response_serializer=tds_dot_v1_dot_stream__pb2.ListStreamsResponse.SerializeToString,
+            ),
+            'StopStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopStream,
+                    request_deserializer=tds_dot_v1_dot_stream__pb2.StopStreamRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_stream__pb2.StopStreamResponse.SerializeToString,
+            ),
+            'TerminateStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateStream,
+                    request_deserializer=tds_dot_v1_dot_stream__pb2.TerminateStreamRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_stream__pb2.TerminateStreamResponse.SerializeToString,
+            ),
+            'ReadSegments': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadSegments,
+                    request_deserializer=tds_dot_v1_dot_stream__pb2.ReadSegmentsRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_stream__pb2.SegmentChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,6 +255,87 @@ class StreamService:
             '/tds.v1.StreamService/ListStreams',
             tds_dot_v1_dot_stream__pb2.ListStreamsRequest.SerializeToString,
             tds_dot_v1_dot_stream__pb2.ListStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.StreamService/StopStream',
+            tds_dot_v1_dot_stream__pb2.StopStreamRequest.SerializeToString,
+            tds_dot_v1_dot_stream__pb2.StopStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.StreamService/TerminateStream',
+            tds_dot_v1_dot_stream__pb2.TerminateStreamRequest.SerializeToString,
+            tds_dot_v1_dot_stream__pb2.TerminateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tds.v1.StreamService/ReadSegments',
+            tds_dot_v1_dot_stream__pb2.ReadSegmentsRequest.SerializeToString,
+            tds_dot_v1_dot_stream__pb2.SegmentChunk.FromString,
             options,
             channel_credentials,
             insecure,

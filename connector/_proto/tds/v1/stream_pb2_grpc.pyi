@@ -55,6 +55,22 @@ class StreamServiceStub:
     """
     ListStreams: _grpc.UnaryUnaryMultiCallable[_stream_pb2.ListStreamsRequest, _stream_pb2.ListStreamsResponse]
     """The consumer's admin -> its own connector: the streams it receives."""
+    StopStream: _grpc.UnaryUnaryMultiCallable[_stream_pb2.StopStreamRequest, _stream_pb2.StopStreamResponse]
+    """The admin -> its own connector (`tds data stop`): end a stream for good from either
+    side, one this connector receives (the provider is told) or one it provides (a
+    running subscription stops at its next check). Logged `stream.terminated`; the
+    stream is TERMINATED. An agreement with no stream here is NOT_FOUND, one already
+    TERMINATED is FAILED_PRECONDITION; neither changes anything.
+    """
+    TerminateStream: _grpc.UnaryUnaryMultiCallable[_stream_pb2.TerminateStreamRequest, _stream_pb2.TerminateStreamResponse]
+    """Consumer -> provider: the consumer ended the stream (as TerminateTransfer for a
+    copy). Only the agreement's consumer may; anyone else's is NOT_FOUND.
+    """
+    ReadSegments: _grpc.UnaryStreamMultiCallable[_stream_pb2.ReadSegmentsRequest, _stream_pb2.SegmentChunk]
+    """The consumer's admin -> its own connector (`tds subscribe --out`): the committed
+    segments of a stream's holding from window `from_window` on, in order, each in
+    chunks (the holding stays where it is, the evidence copy).
+    """
 
 @_typing.type_check_only
 class StreamServiceAsyncStub(StreamServiceStub):
@@ -83,6 +99,22 @@ class StreamServiceAsyncStub(StreamServiceStub):
     """
     ListStreams: _aio.UnaryUnaryMultiCallable[_stream_pb2.ListStreamsRequest, _stream_pb2.ListStreamsResponse]  # type: ignore[assignment]
     """The consumer's admin -> its own connector: the streams it receives."""
+    StopStream: _aio.UnaryUnaryMultiCallable[_stream_pb2.StopStreamRequest, _stream_pb2.StopStreamResponse]  # type: ignore[assignment]
+    """The admin -> its own connector (`tds data stop`): end a stream for good from either
+    side, one this connector receives (the provider is told) or one it provides (a
+    running subscription stops at its next check). Logged `stream.terminated`; the
+    stream is TERMINATED. An agreement with no stream here is NOT_FOUND, one already
+    TERMINATED is FAILED_PRECONDITION; neither changes anything.
+    """
+    TerminateStream: _aio.UnaryUnaryMultiCallable[_stream_pb2.TerminateStreamRequest, _stream_pb2.TerminateStreamResponse]  # type: ignore[assignment]
+    """Consumer -> provider: the consumer ended the stream (as TerminateTransfer for a
+    copy). Only the agreement's consumer may; anyone else's is NOT_FOUND.
+    """
+    ReadSegments: _aio.UnaryStreamMultiCallable[_stream_pb2.ReadSegmentsRequest, _stream_pb2.SegmentChunk]  # type: ignore[assignment]
+    """The consumer's admin -> its own connector (`tds subscribe --out`): the committed
+    segments of a stream's holding from window `from_window` on, in order, each in
+    chunks (the holding stays where it is, the evidence copy).
+    """
 
 class StreamServiceServicer(metaclass=_abc_1.ABCMeta):
     """Live records of a stream product under a finalized agreement (DESIGN.md §9, issue 20):
@@ -126,5 +158,39 @@ class StreamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_stream_pb2.ListStreamsResponse, _abc.Awaitable[_stream_pb2.ListStreamsResponse]]:
         """The consumer's admin -> its own connector: the streams it receives."""
+
+    @_abc_1.abstractmethod
+    def StopStream(
+        self,
+        request: _stream_pb2.StopStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stream_pb2.StopStreamResponse, _abc.Awaitable[_stream_pb2.StopStreamResponse]]:
+        """The admin -> its own connector (`tds data stop`): end a stream for good from either
+        side, one this connector receives (the provider is told) or one it provides (a
+        running subscription stops at its next check). Logged `stream.terminated`; the
+        stream is TERMINATED. An agreement with no stream here is NOT_FOUND, one already
+        TERMINATED is FAILED_PRECONDITION; neither changes anything.
+        """
+
+    @_abc_1.abstractmethod
+    def TerminateStream(
+        self,
+        request: _stream_pb2.TerminateStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stream_pb2.TerminateStreamResponse, _abc.Awaitable[_stream_pb2.TerminateStreamResponse]]:
+        """Consumer -> provider: the consumer ended the stream (as TerminateTransfer for a
+        copy). Only the agreement's consumer may; anyone else's is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadSegments(
+        self,
+        request: _stream_pb2.ReadSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_stream_pb2.SegmentChunk], _abc.AsyncIterator[_stream_pb2.SegmentChunk]]:
+        """The consumer's admin -> its own connector (`tds subscribe --out`): the committed
+        segments of a stream's holding from window `from_window` on, in order, each in
+        chunks (the holding stays where it is, the evidence copy).
+        """
 
 def add_StreamServiceServicer_to_server(servicer: StreamServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
