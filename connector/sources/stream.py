@@ -290,6 +290,31 @@ class SubscriptionBase(ABC):
     def poll(self, timeout: float) -> StreamRecord | None:
         """The next record, or ``None`` when none came within ``timeout`` seconds."""
 
+    @abstractmethod
+    def _at_hand(self) -> bool:
+        """Whether a message is here already: a :meth:`poll` now would not wait for the
+        broker."""
+
+    def poll_batch(self, timeout: float, limit: int) -> list[StreamRecord]:
+        """The next record and those at hand after it, at most ``limit`` (see
+        :meth:`connector.sources.base.Subscription.poll_batch`)."""
+        first = self.poll(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < limit and self._at_hand():
+            try:
+                record = self.poll(0)
+            except ConnectorError as exc:
+                # Kept for the next poll to raise, once this batch is delivered: the
+                # records before the failure are not lost to it.
+                self._failed = self._failed or exc
+                break
+            if record is None:
+                break
+            batch.append(record)
+        return batch
+
     def __iter__(self) -> Iterator[StreamRecord]:
         while True:
             record = self.poll(3600.0)
