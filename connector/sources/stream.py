@@ -201,6 +201,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_int=_i_json_int, parse_float=_finite_float
+)
+"""One decoder for every message (``json.loads`` with hooks builds one per call); the
+payload is UTF-8 (I-JSON), not any encoding ``json.loads`` would guess from bytes."""
+
+
 def decode_message(
     payload: bytes | bytearray, fields: Sequence[str], max_message_bytes: int
 ) -> Row | SkipReason:
@@ -213,12 +220,7 @@ def decode_message(
     if len(payload) > max_message_bytes:
         return SkipReason.OVERSIZED
     try:
-        value = json.loads(
-            payload,
-            parse_constant=_refuse_constant,
-            parse_int=_i_json_int,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return SkipReason.NOT_JSON
     if not isinstance(value, dict):

@@ -239,6 +239,8 @@ def test_a_record_the_provider_altered_changes_the_window() -> None:
     [
         (b"not json", SkipReason.NOT_JSON),
         (b"\xff\xfe{", SkipReason.NOT_JSON),
+        ('{"mm": 1}'.encode("utf-16"), SkipReason.NOT_JSON),  # JSON, but not UTF-8
+        (b'\xef\xbb\xbf{"mm": 1}', SkipReason.NOT_JSON),  # a byte order mark
         (b'{"mm": NaN}', SkipReason.NOT_JSON),
         (b'{"mm": 1e400}', SkipReason.NOT_JSON),
         (b'{"mm": 9007199254740992}', SkipReason.NOT_JSON),
