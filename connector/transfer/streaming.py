@@ -13,7 +13,9 @@ One subscription (``StreamService.Subscribe``), in order:
 3. each record is projected and masked as a table's rows are
    (:func:`connector.sources.delivered.record_projector`), metered (messages and the bytes
    of its canonical JSON, in one conditional UPDATE that holds the agreement's byte limit),
-   sent with its sequence and the one before it, and linked into the hash chain;
+   sent with its sequence and the one before it, and linked into the hash chain; the
+   records at hand go together in one gRPC message (``StreamBatch``) to a consumer that
+   asks for batches, never past the end of the open window;
 4. every ``window_messages`` records or ``window_seconds`` the provider proposes the
    window; the consumer answers with its signed receipt, which must be of exactly that
    window: the provider checks it, countersigns, stores it (the resume point moves) and

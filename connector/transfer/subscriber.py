@@ -5,8 +5,9 @@ sequence it acknowledged, with the chain head and window index of that window
 (:class:`~connector.transfer.stream_store.StreamStore`), so a resume after a break or a
 restart of either side loses and doubles nothing:
 
-- every record goes through :class:`~connector.sources.windows.StreamChecker`: a gap, a
-  repeat or a reordering is an integrity failure that ends the subscription, logged;
+- every record, alone or in a batch, goes through
+  :class:`~connector.sources.windows.StreamChecker` in order: a gap, a repeat or a
+  reordering is an integrity failure that ends the subscription, logged;
 - records are written to the window's pending segment as they arrive; when the provider
   proposes a window the checker confirms it is exactly what arrived (else the window is
   refused, logged, and the subscription ends), the consumer signs it, and once the
