@@ -59,13 +59,14 @@ def _tds(root: Path, *args: str) -> str:
     return out.stdout
 
 
-def _serve(root: Path, name: str) -> subprocess.Popen[str]:
+def _serve(root: Path, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [*TDS, "serve", "--config", f"{name}.toml"],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=(root / f"{name}.log").open("w"),
         text=True,
+        env={**os.environ, **(env or {})},
     )
     assert proc.stdout is not None
     if "listening" not in proc.stdout.readline():

@@ -175,6 +175,15 @@ class Subscription(Protocol):
         """
         ...
 
+    def poll_batch(self, timeout: float, limit: int) -> list[StreamRecord]:
+        """The next record (waiting up to ``timeout`` seconds for it) and, after it, the
+        records already at hand, at most ``limit`` in all; ``[]`` when none came in time.
+
+        Only the first record is waited for, so a batch adds no latency. A failure after
+        the first record ends the batch there and is raised by the next call.
+        """
+        ...
+
     def __iter__(self) -> Iterator[StreamRecord]:
         """:meth:`poll` without a timeout, for ever (until an error or the context ends)."""
         ...

@@ -187,6 +187,9 @@ class _MqttSubscription(SubscriptionBase):
                 continue
             return self._cursor.deliver(sequence, row, size)
 
+    def _at_hand(self) -> bool:
+        return self._buffer.newest > self._cursor.last
+
     @property
     def lag(self) -> int:
         return self._buffer.newest - self._cursor.last

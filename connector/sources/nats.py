@@ -160,6 +160,9 @@ class _NatsSubscription(SubscriptionBase):
                 continue
             return self._cursor.deliver(sequence, row, size)
 
+    def _at_hand(self) -> bool:
+        return bool(self._local)
+
     @property
     def lag(self) -> int:
         return self._pending + len(self._local)

@@ -201,6 +201,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_int=_i_json_int, parse_float=_finite_float
+)
+"""One decoder for every message (``json.loads`` with hooks builds one per call); the
+payload is UTF-8 (I-JSON), not any encoding ``json.loads`` would guess from bytes."""
+
+
 def decode_message(
     payload: bytes | bytearray, fields: Sequence[str], max_message_bytes: int
 ) -> Row | SkipReason:
@@ -213,12 +220,7 @@ def decode_message(
     if len(payload) > max_message_bytes:
         return SkipReason.OVERSIZED
     try:
-        value = json.loads(
-            payload,
-            parse_constant=_refuse_constant,
-            parse_int=_i_json_int,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return SkipReason.NOT_JSON
     if not isinstance(value, dict):
@@ -289,6 +291,31 @@ class SubscriptionBase(ABC):
     @abstractmethod
     def poll(self, timeout: float) -> StreamRecord | None:
         """The next record, or ``None`` when none came within ``timeout`` seconds."""
+
+    @abstractmethod
+    def _at_hand(self) -> bool:
+        """Whether a message is here already: a :meth:`poll` now would not wait for the
+        broker."""
+
+    def poll_batch(self, timeout: float, limit: int) -> list[StreamRecord]:
+        """The next record and those at hand after it, at most ``limit`` (see
+        :meth:`connector.sources.base.Subscription.poll_batch`)."""
+        first = self.poll(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < limit and self._at_hand():
+            try:
+                record = self.poll(0)
+            except ConnectorError as exc:
+                # Kept for the next poll to raise, once this batch is delivered: the
+                # records before the failure are not lost to it.
+                self._failed = self._failed or exc
+                break
+            if record is None:
+                break
+            batch.append(record)
+        return batch
 
     def __iter__(self) -> Iterator[StreamRecord]:
         while True:

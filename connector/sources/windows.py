@@ -72,9 +72,14 @@ class HashChain:
 
         ``sequence`` must be past the last one linked: the chain is in delivery order.
         """
+        return self.link(sequence, canonical_json(dict(record)))
+
+    def link(self, sequence: int, encoded: bytes) -> int:
+        """:meth:`append` for a record already in its canonical JSON form (``encoded``,
+        from :func:`~connector.audit.canonical.canonical_json`: the caller encoded it to
+        send it and need not pay for it twice); return its length."""
         if not self.last_sequence < sequence <= _MAX_SEQUENCE:
             raise ValueError(f"sequence {sequence} does not follow {self.last_sequence}")
-        encoded = canonical_json(dict(record))
         self.head = hashlib.sha256(
             _LINK + self.head + sequence.to_bytes(8, "big") + encoded
         ).digest()
@@ -171,11 +176,20 @@ class WindowAccumulator:
 
     def add(self, sequence: int, record: Mapping[str, Any]) -> Window | None:
         """Link ``record``; the window it completes, if any."""
-        size = self.chain.append(sequence, record)
+        return self.add_encoded(sequence, canonical_json(dict(record)))
+
+    def add_encoded(self, sequence: int, encoded: bytes) -> Window | None:
+        """:meth:`add` for a record already in canonical JSON (see :meth:`HashChain.link`)."""
+        size = self.chain.link(sequence, encoded)
         self._open.add(sequence, size, self._clock())
         if self._open.count >= self._every_messages:
             return self._close()
         return None
+
+    @property
+    def room(self) -> int:
+        """Records the open window takes before it closes by count (at least 1)."""
+        return self._every_messages - self._open.count
 
     def tick(self) -> Window | None:
         """The open window if it is non-empty and ``every_seconds`` old."""

@@ -13,7 +13,9 @@ One subscription (``StreamService.Subscribe``), in order:
 3. each record is projected and masked as a table's rows are
    (:func:`connector.sources.delivered.record_projector`), metered (messages and the bytes
    of its canonical JSON, in one conditional UPDATE that holds the agreement's byte limit),
-   sent with its sequence and the one before it, and linked into the hash chain;
+   sent with its sequence and the one before it, and linked into the hash chain; the
+   records at hand go together in one gRPC message (``StreamBatch``) to a consumer that
+   asks for batches, never past the end of the open window;
 4. every ``window_messages`` records or ``window_seconds`` the provider proposes the
    window; the consumer answers with its signed receipt, which must be of exactly that
    window: the provider checks it, countersigns, stores it (the resume point moves) and
@@ -44,7 +46,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +78,7 @@ from connector.policy.decision import Decision
 from connector.policy.inputs import build_input, subject_of
 from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
-from connector.sources.base import Subscription
+from connector.sources.base import Row, StreamRecord, Subscription
 from connector.sources.delivered import record_projector
 from connector.sources.streams import StreamSources
 from connector.sources.windows import HashChain, Window, WindowAccumulator, genesis_head
@@ -103,8 +105,13 @@ CHECK_SECONDS = 0.25
 _POLL_SECONDS = 0.05
 """Longest wait on the source between checks of the consumer's receipts."""
 
-_BLOCK_MESSAGES = 256
-_BLOCK_BYTES = 256 * 1024
+_FRAME_MESSAGES = 256
+_FRAME_BYTES = 256 * 1024
+"""Most records, and bytes of records, sent in one gRPC message to a consumer that takes
+batches (a record larger than that goes alone)."""
+
+_BLOCK_MESSAGES = 1024
+_BLOCK_BYTES = 1024 * 1024
 """Metering is counted ahead in blocks of this many messages and bytes (see _count)."""
 
 _END = object()
@@ -325,7 +332,14 @@ class StreamProvider:
             raise PreconditionFailed(f"the product's source cannot be read: {exc}") from None
         with source.subscribe(from_sequence) as subscription:
             yield from self._run(
-                run, state.acked_head, state.next_window, decision, subscription, requests, active
+                run,
+                state.acked_head,
+                state.next_window,
+                decision,
+                subscription,
+                requests,
+                active,
+                batches=first.start.batches,
             )
 
     def _run(
@@ -337,6 +351,8 @@ class StreamProvider:
         subscription: Subscription,
         requests: Iterator[stream_pb2.SubscribeUp],
         active: Callable[[], bool],
+        *,
+        batches: bool,
     ) -> Iterator[stream_pb2.SubscribeDown]:
         agreement, product = run.agreement, run.product
         fields, project = record_projector(
@@ -401,30 +417,20 @@ class StreamProvider:
                 yield from self._receipts(run, inbox, pending)
                 if pending and now - pending[0][1] > self._settings.ack_timeout_seconds:
                     raise self._refuse(run, pending[0][0], "not signed in time")
-                window: Window | None = None
                 if len(pending) >= self._settings.max_unsigned_windows:
                     # Backpressure: nothing more until the consumer signs.
                     if inbox.empty():
                         time.sleep(0.005)
                     continue
-                record = self._poll(subscription)
-                if record is None:
-                    window = windows.tick()
-                else:
-                    delivered = project(record.row)
-                    encoded = canonical_json(delivered)
-                    refused = self._count(run, len(encoded))
-                    if refused:
-                        raise _stopped(agreement.id, refused)
-                    yield stream_pb2.SubscribeDown(
-                        message=stream_pb2.StreamMessage(
-                            sequence=record.sequence, previous=record.previous, record=encoded
-                        )
-                    )
-                    run.sent += 1
-                    run.sent_bytes += len(encoded)
-                    run.last_sequence = record.sequence
-                    window = windows.add(record.sequence, delivered)
+                # Never past the open window: its proposal follows its last record, and
+                # the count of windows ahead of the receipts holds.
+                limit = min(_FRAME_MESSAGES if batches else 1, windows.room)
+                records = subscription.poll_batch(_POLL_SECONDS, limit)
+                window: Window | None = None
+                if records:
+                    window = yield from self._deliver(run, records, project, windows, batches)
+                if window is None:
+                    window = windows.tick()  # by time, quiet feed or not
                 if window is not None:
                     pending.append((window, time.monotonic()))
                     yield stream_pb2.SubscribeDown(window=_proposal(window))
@@ -438,6 +444,51 @@ class StreamProvider:
         except GeneratorExit:
             self._end(run, SUSPENDED, "the consumer left")
             raise
+
+    def _deliver(
+        self,
+        run: _Run,
+        records: list[StreamRecord],
+        project: Callable[[Row], dict[str, Any]],
+        windows: WindowAccumulator,
+        batches: bool,
+    ) -> Generator[stream_pb2.SubscribeDown, None, Window | None]:
+        """Project, mask, meter, send and link ``records``; the window the last one closes.
+
+        Sent in frames of at most ``_FRAME_MESSAGES`` records and ``_FRAME_BYTES`` bytes
+        (one record alone to a consumer that did not ask for batches): per record, a gRPC
+        message costs a round of the server's completion queue, which caps a stream at a
+        few thousand records a second whatever else it does.
+        """
+        frame: list[stream_pb2.StreamMessage] = []
+        framed = 0
+        window: Window | None = None
+        try:
+            for record in records:
+                encoded = canonical_json(project(record.row))
+                refused = self._count(run, len(encoded))
+                if refused:
+                    raise _stopped(run.agreement.id, refused)
+                if frame and (framed + len(encoded) > _FRAME_BYTES or not batches):
+                    yield _frame(frame, batches)
+                    frame, framed = [], 0
+                frame.append(
+                    stream_pb2.StreamMessage(
+                        sequence=record.sequence, previous=record.previous, record=encoded
+                    )
+                )
+                framed += len(encoded)
+                run.sent += 1
+                run.sent_bytes += len(encoded)
+                run.last_sequence = record.sequence
+                window = windows.add_encoded(record.sequence, encoded)
+        except (_Ended, ConnectorError):
+            # What was metered and linked is sent, even when the next record stops it.
+            if frame:
+                yield _frame(frame, batches)
+            raise
+        yield _frame(frame, batches)
+        return window
 
     def _count(self, run: _Run, size: int) -> str | None:
         """Meter one message of ``size`` bytes; ``None``, or the limit it would pass.
@@ -496,9 +547,6 @@ class StreamProvider:
             period_start_ms=run.ahead_period,
         )
         run.ahead_messages = run.ahead_bytes = 0
-
-    def _poll(self, subscription: Subscription) -> Any:
-        return subscription.poll(_POLL_SECONDS)
 
     def _receipts(
         self,
@@ -640,6 +688,13 @@ def _stopped(agreement_id: str, reason: str) -> _Ended:
             + (f"; {NEXT_PERIOD}" if period_only else "")
         ),
     )
+
+
+def _frame(messages: list[stream_pb2.StreamMessage], batch: bool) -> stream_pb2.SubscribeDown:
+    if batch:
+        return stream_pb2.SubscribeDown(batch=stream_pb2.StreamBatch(messages=messages))
+    (message,) = messages
+    return stream_pb2.SubscribeDown(message=message)
 
 
 def _proposal(window: Window) -> stream_pb2.WindowProposal:

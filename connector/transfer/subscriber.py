@@ -5,8 +5,9 @@ sequence it acknowledged, with the chain head and window index of that window
 (:class:`~connector.transfer.stream_store.StreamStore`), so a resume after a break or a
 restart of either side loses and doubles nothing:
 
-- every record goes through :class:`~connector.sources.windows.StreamChecker`: a gap, a
-  repeat or a reordering is an integrity failure that ends the subscription, logged;
+- every record, alone or in a batch, goes through
+  :class:`~connector.sources.windows.StreamChecker` in order: a gap, a repeat or a
+  reordering is an integrity failure that ends the subscription, logged;
 - records are written to the window's pending segment as they arrive; when the provider
   proposes a window the checker confirms it is exactly what arrived (else the window is
   refused, logged, and the subscription ends), the consumer signs it, and once the
@@ -265,7 +266,7 @@ class StreamConsumer:
         outgoing.put(
             stream_pb2.SubscribeUp(
                 start=stream_pb2.SubscribeStart(
-                    agreement_id=agreement.id, from_sequence=state.acked_sequence
+                    agreement_id=agreement.id, from_sequence=state.acked_sequence, batches=True
                 )
             )
         )
@@ -326,22 +327,12 @@ class StreamConsumer:
         outgoing: queue.Queue[stream_pb2.SubscribeUp | None],
     ) -> StreamProgress | None:
         kind = down.WhichOneof("kind")
+        if kind == "batch":
+            for message in down.batch.messages:
+                self._record(run, message, segment)
+            return None
         if kind == "message":
-            if run.checker is None:
-                raise VerificationError("the provider sent a record before starting")
-            try:
-                record = json.loads(down.message.record)
-            except ValueError:
-                raise VerificationError(f"record {down.message.sequence} is not JSON") from None
-            if not isinstance(record, dict) or not set(record) <= set(run.fields):
-                raise VerificationError(
-                    f"record {down.message.sequence} has fields the subscription does not deliver"
-                )
-            run.checker.accept(down.message.sequence, down.message.previous, record)
-            segment.add(down.message.sequence, down.message.record)
-            run.messages += 1
-            run.bytes += len(down.message.record)
-            run.last_sequence = down.message.sequence
+            self._record(run, down.message, segment)
             return None
         if kind == "window":
             if run.checker is None:
@@ -394,6 +385,24 @@ class StreamConsumer:
             return self._started(run, down.started)
         raise VerificationError("the provider sent a message of no known kind")
 
+    def _record(self, run: _Received, message: stream_pb2.StreamMessage, segment: _Segment) -> None:
+        """Check one record (alone or in a batch, the same way) and add it to the segment."""
+        if run.checker is None:
+            raise VerificationError("the provider sent a record before starting")
+        try:
+            record = json.loads(message.record)
+        except ValueError:
+            raise VerificationError(f"record {message.sequence} is not JSON") from None
+        if not isinstance(record, dict) or not run.fields.issuperset(record):
+            raise VerificationError(
+                f"record {message.sequence} has fields the subscription does not deliver"
+            )
+        run.checker.accept(message.sequence, message.previous, record)
+        segment.add(message.sequence, message.record)
+        run.messages += 1
+        run.bytes += len(message.record)
+        run.last_sequence = message.sequence
+
     def _started(self, run: _Received, s: stream_pb2.StreamStarted) -> StreamProgress:
         state = run.state
         problems = [
@@ -418,7 +427,7 @@ class StreamConsumer:
             s.obligations_json, run.agreement, sender="the provider's start of the stream"
         )
         self._store.set_obligations(run.agreement.id, CONSUMER, obligations)
-        run.fields = tuple(s.fields)
+        run.fields = frozenset(s.fields)
         run.checker = StreamChecker(
             state.acked_sequence, bytes.fromhex(state.acked_head), state.next_window
         )
@@ -573,7 +582,8 @@ class _Received:
     agreement: Agreement
     state: StreamState
     checker: StreamChecker | None = None
-    fields: tuple[str, ...] = ()
+    fields: frozenset[str] = frozenset()
+    """The delivered fields (a record may lack some, never have others)."""
     messages: int = 0
     bytes: int = 0
     last_sequence: int = 0

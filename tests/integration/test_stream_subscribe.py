@@ -21,18 +21,22 @@ import grpc
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2, stream_pb2, stream_pb2_grpc
+from connector.audit.canonical import canonical_json
 from connector.audit.window_receipts import WindowReceipt, sign_window, verify_window
 from connector.config import StreamConfig
 from connector.demo.space import LocalSpace
 from connector.identity.certs import load_ed25519_private_key
 from connector.identity.names import Role
+from connector.negotiation.agreement import parse_agreement
+from connector.negotiation.store import NegotiationStore
 from connector.node.clients import admin_channel
 from connector.sources.mqtt_connection import MqttConnection
 from connector.sources.nats_connection import NatsConnection
-from connector.sources.windows import Window
+from connector.sources.windows import Window, genesis_head
 from connector.transfer.subscriber import stream_holding
 from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable, free_port
 from tests.support.exchange import admin, agree, entries, offer, publish
+from tests.support.hostile import HostileProvider, HostileStreams
 
 FIELDS = ["station", "operator", "mm"]
 
@@ -480,3 +484,103 @@ def test_a_feed_published_while_followed_arrives_whole(
     finally:
         f.stop()
     assert [line["sequence"] for line in held(space, "a", agreement)] == list(range(1, 151))
+
+
+def _subscribe_raw(
+    space: LocalSpace, agreement: str, *, batches: bool, windows: int
+) -> list[stream_pb2.SubscribeDown]:
+    """What the provider sends a member that subscribes and signs nothing, up to the
+    ``windows``-th window proposal."""
+    channel = space.nodes["a"]._member_channel("gov")
+    leave = threading.Event()
+
+    def requests() -> Iterator[stream_pb2.SubscribeUp]:
+        yield stream_pb2.SubscribeUp(
+            start=stream_pb2.SubscribeStart(agreement_id=agreement, batches=batches)
+        )
+        leave.wait(20)
+
+    got: list[stream_pb2.SubscribeDown] = []
+    call = stream_pb2_grpc.StreamServiceStub(channel).Subscribe(requests())
+    try:
+        for down in call:
+            got.append(down)
+            if sum(d.WhichOneof("kind") == "window" for d in got) == windows:
+                break
+    finally:
+        leave.set()
+        call.cancel()
+        channel.close()
+    return got
+
+
+@pytest.mark.parametrize("batches", [True, False])
+def test_records_come_in_batches_to_a_consumer_that_asks_and_never_across_a_window(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str], batches: bool
+) -> None:
+    pid, subject = feed
+    js.publish_json(subject, *readings(12))
+    downs = _subscribe_raw(space, agree(space, "gov", "a", pid), batches=batches, windows=2)
+    kinds = [d.WhichOneof("kind") for d in downs]
+    assert kinds[0] == "started"
+    assert ("message" in kinds) != batches and ("batch" in kinds) == batches
+    received: list[stream_pb2.StreamMessage] = []
+    for down in downs[1:]:
+        if down.WhichOneof("kind") == "batch":
+            assert 1 <= len(down.batch.messages) <= 5  # window_messages: never across one
+            received += down.batch.messages
+        elif down.WhichOneof("kind") == "message":
+            received.append(down.message)
+        else:  # a proposal follows the frame that holds its window's last record
+            assert down.window.last_sequence == received[-1].sequence
+    assert [(m.sequence, m.previous) for m in received] == [(i, i - 1) for i in range(1, 11)]
+    if batches:  # the records fetched together went together (5: the window's room)
+        assert [len(d.batch.messages) for d in downs if d.WhichOneof("kind") == "batch"] == [5, 5]
+
+
+@pytest.mark.parametrize(
+    "links, fault",
+    [
+        ([(1, 0), (2, 1), (4, 3), (5, 4)], "gap: sequence 4 follows 3"),
+        ([(1, 0), (2, 1), (2, 1), (3, 2)], "sequence 2 was received twice"),
+        ([(1, 0), (3, 1), (2, 1), (4, 3)], "sequence 2 arrived after 3"),
+    ],
+)
+def test_a_batch_with_a_gap_repeat_or_reordering_inside_is_refused_and_nothing_is_kept(
+    space: LocalSpace, feed: tuple[str, str], links: list[tuple[int, int]], fault: str
+) -> None:
+    agreement = agree(space, "gov", "a", feed[0])
+    db = space.nodes["a"].db
+    assert db is not None
+    signed = NegotiationStore(db).by_agreement(agreement).agreement
+    assert signed
+    liar = HostileProvider(space, "gov", parse_agreement(signed), b"")
+    liar.streams = HostileStreams(liar.agreement, FIELDS, genesis_head(agreement).hex())
+    records = [
+        stream_pb2.StreamMessage(
+            sequence=seq, previous=prev, record=canonical_json({"station": f"S{seq}", "mm": 1})
+        )
+        for seq, prev in links
+    ]
+    # A window proposal after the batch, so that an accepted batch would be committed.
+    liar.streams.frames = [
+        stream_pb2.SubscribeDown(batch=stream_pb2.StreamBatch(messages=records)),
+        stream_pb2.SubscribeDown(window=stream_pb2.WindowProposal(index=0, count=len(links))),
+    ]
+    with liar.serving():
+        follower = Follower(space, "a", agreement)
+        follower.wait_end(20)
+    assert follower.error is not None
+    assert fault in (follower.error.details() or "")
+    failed = [
+        e["data"]
+        for e in entries(space, "a", "stream.failed")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert (
+        failed and failed[-1]["reason"].startswith("integrity") and failed[-1]["kept_sequence"] == 0
+    )
+    assert not list(stream_holding(space.configs["a"].data_dir / "holdings", agreement).glob("0*"))
+    assert not entries(space, "a", "stream.window") or all(
+        e["data"]["agreement"] != agreement for e in entries(space, "a", "stream.window")
+    )

@@ -288,3 +288,22 @@ def test_two_consumers_of_one_feed_each_get_all_of_it_at_their_own_pace(
     for got in (got_fast, got_slow):
         check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, got)
         assert [r.row[1] for r in got] == list(range(25))
+
+
+def test_a_batch_is_what_the_buffer_holds_never_more_than_asked(
+    mqtt_url: str, publisher: Publisher, topic: str, sources: list[MqttStreamSource]
+) -> None:
+    source = _source(mqtt_url, topic)
+    sources.append(source)
+    with source.subscribe(0) as sub:
+        publisher.readings(topic, 0, 10)
+        deadline = time.monotonic() + 10
+        while sub.lag < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first = sub.poll_batch(1, 4)
+        second = sub.poll_batch(1, 100)
+        assert sub.poll_batch(0.2, 100) == []
+    assert [len(first), len(second)] == [4, 6]
+    check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, first + second)
+    assert [r.row[1] for r in first + second] == list(range(10))

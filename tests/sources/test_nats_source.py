@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import tracemalloc
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from connector.errors import ConfigError, InvalidRequest, PreconditionFailed, Unavailable
-from connector.sources.base import MISSING, StreamSource, Subscription
+from connector.sources.base import MISSING, StreamRecord, StreamSource, Subscription
 from connector.sources.nats import NatsConnection, NatsStreamSource
 from connector.sources.stream import SequenceGone, SkipReason, SubscriptionLagging
 from connector.sources.windows import StreamChecker, genesis_head
@@ -318,3 +319,47 @@ def test_an_idle_subscription_polled_briefly_keeps_its_consumer(
         assert [r.sequence for r in take(sub, 1)] == [6]
         assert time.monotonic() - started < 0.5
     assert "reconnecting" not in caplog.text
+
+
+def test_a_batch_is_what_is_at_hand_never_more_than_asked_and_waits_only_for_the_first(
+    jetstream: JetStream,
+) -> None:
+    subject = jetstream.stream()
+    published = jetstream.publish_json(subject, *_readings(0, 30))
+    source = _source(jetstream.url, subject, buffer_messages=10)
+    batches: list[list[StreamRecord]] = []
+    with source.subscribe(0) as sub:
+        batches.append(sub.poll_batch(2, 4))  # the first fetch brought 1..10: four
+        batches.append(sub.poll_batch(2, 100))  # the other six, without asking the broker
+        while sum(map(len, batches)) < 30:
+            batches.append(sub.poll_batch(2, 100))
+        begun = time.monotonic()
+        assert sub.poll_batch(0.3, 100) == []  # nothing more: the timeout, then empty
+        waited = time.monotonic() - begun
+    assert [len(b) for b in batches[:2]] == [4, 6]
+    assert all(1 <= len(b) <= 10 for b in batches)  # never past one fetch (buffer_messages)
+    records = [r for b in batches for r in b]
+    assert [r.sequence for r in records] == published
+    check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, records)
+    assert 0.25 <= waited < 3
+
+
+def test_a_failure_inside_a_batch_ends_it_there_and_the_next_poll_raises_it(
+    jetstream: JetStream,
+) -> None:
+    subject = jetstream.stream(max_msgs=10)
+    seqs = jetstream.publish(
+        subject, *(json.dumps(r).encode() for r in _readings(0, 4)), b"not json"
+    )
+    source = _source(jetstream.url, subject, buffer_messages=5)
+    with source.subscribe(0) as sub:
+        first = sub.poll_batch(2, 3)  # one fetch brought 1..5
+        jetstream.publish_json(subject, *_readings(4, 30))  # the stream keeps 26..35
+        # 4 is delivered; 5 is skipped; fetching after it finds 6..25 gone.
+        second = sub.poll_batch(2, 100)
+        with pytest.raises(SequenceGone) as gone:
+            sub.poll_batch(2, 100)
+        with pytest.raises(SequenceGone):
+            sub.poll(0)
+    assert [r.sequence for r in first + second] == seqs[:4]
+    assert gone.value.oldest == 26 and gone.value.lost == 20

@@ -107,6 +107,22 @@ def test_windows_every_n_messages_link_and_match_the_consumer() -> None:
     assert confirmed == windows
 
 
+def test_linking_the_sent_encoding_is_appending_the_record() -> None:
+    """The provider links the canonical bytes it sends (one encoding per record); the
+    consumer appends the object it parsed: the same chain, the same windows."""
+    records = _records(12, start=3, step=2)
+    sent = WindowAccumulator(HashChain(genesis_head("agr")), every_messages=5, every_seconds=9)
+    parsed = WindowAccumulator(HashChain(genesis_head("agr")), every_messages=5, every_seconds=9)
+    rooms = []
+    for seq, rec in records:
+        rooms.append(sent.room)
+        assert sent.add_encoded(seq, rfc8785.dumps(rec)) == parsed.add(seq, rec)
+    assert rooms == [5, 4, 3, 2, 1] * 2 + [5, 4]  # what the open window takes before it closes
+    assert sent.chain.head == parsed.chain.head
+    with pytest.raises(ValueError, match="does not follow"):
+        sent.chain.link(records[-1][0], b"{}")
+
+
 def test_window_closes_after_t_seconds_of_its_first_record() -> None:
     clock = _Clock()
     acc = WindowAccumulator(
@@ -223,6 +239,8 @@ def test_a_record_the_provider_altered_changes_the_window() -> None:
     [
         (b"not json", SkipReason.NOT_JSON),
         (b"\xff\xfe{", SkipReason.NOT_JSON),
+        ('{"mm": 1}'.encode("utf-16"), SkipReason.NOT_JSON),  # JSON, but not UTF-8
+        (b'\xef\xbb\xbf{"mm": 1}', SkipReason.NOT_JSON),  # a byte order mark
         (b'{"mm": NaN}', SkipReason.NOT_JSON),
         (b'{"mm": 1e400}', SkipReason.NOT_JSON),
         (b'{"mm": 9007199254740992}', SkipReason.NOT_JSON),

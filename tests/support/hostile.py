@@ -22,14 +22,14 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from connector._proto.tds.v1 import transfer_pb2, transfer_pb2_grpc
+from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 from connector.audit.receipts import countersign_receipt
 from connector.demo.space import LocalSpace
 from connector.identity.certs import load_ed25519_private_key, load_ed25519_public_key
 from connector.negotiation.agreement import Agreement
 from connector.rpc.channel import TlsIdentity, open_channel
 
-__all__ = ["HostileProvider", "Refusal", "new_transfer_id"]
+__all__ = ["HostileProvider", "HostileStreams", "Refusal", "new_transfer_id"]
 
 
 class Refusal(Exception):
@@ -61,6 +61,8 @@ class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
         self.receipt: Callable[[str], str] = self.countersign
         self.terminated: list[tuple[str, str]] = []
         self.countersigned: list[str] = []
+        self.streams: HostileStreams | None = None
+        """Served too when set: the provider's side of a stream subscription."""
 
     # -- honest answers, which lies start from ------------------------------------------
 
@@ -164,6 +166,8 @@ class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
         pki = self.space.pki_dir
         server = grpc.server(ThreadPoolExecutor(max_workers=4))
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(self, server)
+        if self.streams is not None:
+            stream_pb2_grpc.add_StreamServiceServicer_to_server(self.streams, server)
         creds = grpc.ssl_server_credentials(
             [(self.tls.key_pem, self.tls.cert_pem)],
             root_certificates=(pki / self.space.manifest.ca_cert).read_bytes(),
@@ -187,6 +191,33 @@ class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
         for node in self.space.nodes.values():
             if node.registry is not None:
                 node.registry.refresh_directory()
+
+
+class HostileStreams(stream_pb2_grpc.StreamServiceServicer):
+    """A stream provider that starts a subscription as the honest one would (from the
+    consumer's resume point) and then sends ``frames`` as they are, whatever they say."""
+
+    def __init__(self, agreement: Agreement, fields: list[str], head: str) -> None:
+        self.agreement, self.fields, self.head = agreement, fields, head
+        self.frames: list[stream_pb2.SubscribeDown] = []
+
+    def Subscribe(self, requests: Any, context: Any) -> Iterator[stream_pb2.SubscribeDown]:
+        start = next(requests).start
+        yield stream_pb2.SubscribeDown(
+            started=stream_pb2.StreamStarted(
+                agreement_id=start.agreement_id,
+                product_id=self.agreement.product,
+                fields=self.fields,
+                after_sequence=start.from_sequence,
+                head=self.head,
+                next_window=0,
+                obligations_json="{}",
+                decision_id=uuid.uuid4().hex,
+            )
+        )
+        yield from self.frames
+        for _ in requests:  # hold the call open until the consumer leaves
+            pass
 
 
 def new_transfer_id() -> str:

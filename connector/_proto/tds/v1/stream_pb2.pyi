@@ -348,20 +348,26 @@ class SubscribeStart(_message.Message):
 
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     from_sequence: _builtins.int
     """The last sequence the consumer acknowledged (the last_sequence of its last
     countersigned window), 0 for its first subscription (from the oldest held).
+    """
+    batches: _builtins.bool
+    """The consumer takes records several to a frame (`SubscribeDown.batch`); without it
+    each record comes alone (`SubscribeDown.message`).
     """
     def __init__(
         self,
         *,
         agreement_id: _builtins.str = ...,
         from_sequence: _builtins.int = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "from_sequence", b"from_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "batches", b"batches", "from_sequence", b"from_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,6 +381,7 @@ class SubscribeDown(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     COUNTERSIGNED_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     countersigned: _builtins.str
     """The consumer's receipt of a window, countersigned by the provider."""
     @_builtins.property
@@ -383,6 +390,13 @@ class SubscribeDown(_message.Message):
     def message(self) -> Global___StreamMessage: ...
     @_builtins.property
     def window(self) -> Global___WindowProposal: ...
+    @_builtins.property
+    def batch(self) -> Global___StreamBatch:
+        """Consecutive records in one frame (to a consumer that asked for batches): each is
+        checked on its own, in order, exactly as if it came alone. A batch never spans a
+        window: a window's proposal follows the batch that holds its last record.
+        """
+
     def __init__(
         self,
         *,
@@ -390,12 +404,13 @@ class SubscribeDown(_message.Message):
         message: Global___StreamMessage | None = ...,
         window: Global___WindowProposal | None = ...,
         countersigned: _builtins.str = ...,
+        batch: Global___StreamBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["countersigned", b"countersigned", "kind", b"kind", "message", b"message", "started", b"started", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "countersigned", b"countersigned", "kind", b"kind", "message", b"message", "started", b"started", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["countersigned", b"countersigned", "kind", b"kind", "message", b"message", "started", b"started", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "countersigned", b"countersigned", "kind", b"kind", "message", b"message", "started", b"started", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "message", "window", "countersigned"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "message", "window", "countersigned", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -474,6 +489,26 @@ class StreamMessage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamMessage: _TypeAlias = StreamMessage  # noqa: Y015
+
+@_typing.final
+class StreamBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___StreamMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamBatch: _TypeAlias = StreamBatch  # noqa: Y015
 
 @_typing.final
 class WindowProposal(_message.Message):
