@@ -110,6 +110,8 @@ _FRAME_BYTES = 256 * 1024
 """Most records, and bytes of records, sent in one gRPC message to a consumer that takes
 batches (a record larger than that goes alone)."""
 
+_SETTLE_SECONDS = 0.5
+"""How long a stopped stream waits for the consumer to sign what it was already sent."""
 _BLOCK_MESSAGES = 1024
 _BLOCK_BYTES = 1024 * 1024
 """Metering is counted ahead in blocks of this many messages and bytes (see _count)."""
@@ -121,11 +123,15 @@ _END = object()
 class _Ended(Exception):
     """The subscription ends: ``state`` (SUSPENDED or TERMINATED) for ``reason``."""
 
-    def __init__(self, state: str, reason: str, error: ConnectorError) -> None:
+    def __init__(
+        self, state: str, reason: str, error: ConnectorError, settle: bool = False
+    ) -> None:
         super().__init__(reason)
         self.state = state
         self.reason = reason
         self.error = error
+        self.settle = settle
+        """Whether what was already sent is receipted before the end (the consumer is there)."""
 
 
 @dataclass
@@ -435,6 +441,8 @@ class StreamProvider:
                     pending.append((window, time.monotonic()))
                     yield stream_pb2.SubscribeDown(window=_proposal(window))
         except _Ended as ended:
+            if ended.settle:
+                yield from self._settle(run, windows, inbox, pending)
             self._end(run, ended.state, ended.reason)
             raise ended.error from None
         except ConnectorError as exc:
@@ -547,6 +555,34 @@ class StreamProvider:
             period_start_ms=run.ahead_period,
         )
         run.ahead_messages = run.ahead_bytes = 0
+
+    def _settle(
+        self,
+        run: _Run,
+        windows: WindowAccumulator,
+        inbox: queue.Queue[object],
+        pending: collections.deque[tuple[Window, float]],
+    ) -> Iterator[stream_pb2.SubscribeDown]:
+        """Before a stream the agreement stopped ends, receipt what was already sent.
+
+        The records sent since the last window are proposed as a last window, and the
+        consumer has ``_SETTLE_SECONDS`` to sign what it holds. Without this, records sent
+        in one frame just before a limit or a revocation would stay unreceipted: not kept by
+        the consumer, and sent again (and counted again) at the next subscription. Nothing
+        more is delivered meanwhile; a consumer that does not sign in time ends as before.
+        """
+        last = windows.flush()
+        if last is not None:
+            pending.append((last, time.monotonic()))
+            yield stream_pb2.SubscribeDown(window=_proposal(last))
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        try:
+            while pending and time.monotonic() < deadline:
+                yield from self._receipts(run, inbox, pending)
+                if pending:
+                    time.sleep(0.005)
+        except (_Ended, ConnectorError):
+            pass  # the consumer left or sent a bad receipt: it ends for the first reason
 
     def _receipts(
         self,
@@ -687,6 +723,7 @@ def _stopped(agreement_id: str, reason: str) -> _Ended:
             f"stream of agreement {agreement_id} stopped: {reason}"
             + (f"; {NEXT_PERIOD}" if period_only else "")
         ),
+        settle=True,
     )
 
 
