@@ -12,6 +12,7 @@ from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say, utc_text
+from connector.cli.pages import follow_pages
 from connector.cli.progress import ByteProgress, human_bytes
 from connector.cli.subscribe import list_streams
 from connector.config import load_config
@@ -19,7 +20,7 @@ from connector.errors import ConfigError, VerificationError
 from connector.node.clients import admin_channel
 from connector.rpc.channel import calling
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "transfer_json"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,7 +89,8 @@ def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
 
 
-def _info(t: admin_pb2.TransferInfo) -> dict[str, Any]:
+def transfer_json(t: admin_pb2.TransferInfo) -> dict[str, Any]:
+    """A transfer as `tds data list --json` and the console show it."""
     return {
         "transfer": t.transfer_id,
         "role": t.role,
@@ -186,7 +188,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     if final is None:
         raise VerificationError("the connector ended the transfer without a receipt")
     _export(stub, final.transfer_id, args.out, final.sha256)
-    info = _info(final.transfer)
+    info = transfer_json(final.transfer)
     info["receipt_id"] = final.receipt_id
     info["out"] = str(args.out)
     emit(
@@ -202,11 +204,19 @@ def run_transfer(args: argparse.Namespace) -> int:
 
 def run_data_list(args: argparse.Namespace) -> int:
     """Holdings (or every transfer)."""
-    with calling("your connector"):
-        resp = _admin(args).ListTransfers(
-            admin_pb2.ListTransfersRequest(holdings=not args.all), timeout=30
+    stub = _admin(args)
+
+    def fetch(token: str, size: int | None) -> tuple[list[admin_pb2.TransferInfo], str, int]:
+        resp = stub.ListTransfers(
+            admin_pb2.ListTransfersRequest(
+                holdings=not args.all, page_token=token, page_size=size or 0
+            ),
+            timeout=30,
         )
-    rows = [_info(t) for t in resp.transfers]
+        return list(resp.transfers), resp.next_page_token, resp.max_page_size
+
+    with calling("your connector"):
+        rows = follow_pages(fetch, transfer_json, label="transfers")
     for r in rows:
         r.pop("receipt")
     lines = [
@@ -234,7 +244,7 @@ def run_data_stop(args: argparse.Namespace) -> int:
             admin_pb2.TerminateOwnTransferRequest(transfer_id=args.transfer, reason=args.reason),
             timeout=30,
         )
-    emit(_info(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
+    emit(transfer_json(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
     return 0
 
 

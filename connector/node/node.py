@@ -477,6 +477,10 @@ class Node:
                     ),
                     self._disclosure if self.registry is not None else None,
                     self._send_inline,
+                    pages=(
+                        PageTokens.from_signing_key(signing_key, "admin"),
+                        page_limits(cfg.catalog),
+                    ),
                 )
             )
         )

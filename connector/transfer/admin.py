@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from connector._proto.tds.v1 import admin_pb2
+from connector.catalog.paging import Listed
 from connector.errors import ConnectorError, InvalidRequest
 from connector.transfer.consumer import Progress, TransferConsumer
 from connector.transfer.provider import TransferProvider
@@ -98,10 +100,21 @@ class TransferAdmin:
 
     def list(self, request: admin_pb2.ListTransfersRequest) -> admin_pb2.ListTransfersResponse:
         """Transfers of one role, or the holdings."""
-        if request.role not in ("", PROVIDER, CONSUMER):
-            raise InvalidRequest("role must be provider, consumer or empty")
-        found = self._store.list(request.role, holdings=request.holdings)
+        found = self._store.list(_role(request), holdings=request.holdings)
         return admin_pb2.ListTransfersResponse(transfers=[transfer_info(t) for t in found])
+
+    def page(
+        self, request: admin_pb2.ListTransfersRequest, after: Sequence[str], limit: int
+    ) -> builtins.list[Listed[admin_pb2.TransferInfo]]:
+        """Up to ``limit`` transfers as ``list`` filters them, newest first, after position
+        ``after`` (started_ms and id of the last one shown; empty: from the newest)."""
+        if after and (len(after) != 2 or not after[0].isdigit()):
+            raise InvalidRequest("page position: expected (started_ms, transfer id)")
+        found = self._store.list(
+            _role(request), holdings=request.holdings, before=after, limit=limit
+        )
+        infos = [(t, transfer_info(t)) for t in found]
+        return [Listed((str(t.started_ms), t.id), i.ByteSize(), i) for t, i in infos]
 
     def read(self, request: admin_pb2.ReadHoldingRequest) -> Iterator[admin_pb2.HoldingChunk]:
         """A holding's bytes."""
@@ -138,3 +151,9 @@ class TransferAdmin:
                 for m in self._store.metering()
             ]
         )
+
+
+def _role(request: admin_pb2.ListTransfersRequest) -> str:
+    if request.role not in ("", PROVIDER, CONSUMER):
+        raise InvalidRequest("role must be provider, consumer or empty")
+    return request.role

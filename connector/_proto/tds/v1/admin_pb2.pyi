@@ -366,21 +366,35 @@ class ListTransfersRequest(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     HOLDINGS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """provider, consumer or empty for both."""
     holdings: _builtins.bool
     """Only the consumer's holdings that are still kept."""
+    page_size: _builtins.int
+    """Paging (optional): with page_size (1 to the connector's catalog.max_page_size, 0 for
+    its catalog.page_size) or a page_token, one page and a next_page_token; with neither,
+    the whole list in one answer, as before paging existed (which fails past the 4 MB
+    message limit).
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         holdings: _builtins.bool = ...,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "holdings", b"holdings", "page_size", b"page_size", "page_token", b"page_token", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListTransfersRequest: _TypeAlias = ListTransfersRequest  # noqa: Y015
 
@@ -389,16 +403,24 @@ class ListTransfersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts (to read a long list in few calls)."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferInfo]: ...
     def __init__(
         self,
         *,
         transfers: _abc.Iterable[Global___TransferInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "next_page_token", b"next_page_token", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,24 +652,38 @@ class ListNegotiationsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PENDING_APPROVAL_FIELD_NUMBER: _builtins.int
     AGREEMENTS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """A state name (REQUESTED, FINALIZED, ...) or empty for all."""
     pending_approval: _builtins.bool
     """Only negotiations waiting for this provider's approval."""
     agreements: _builtins.bool
     """Only negotiations that produced an agreement."""
+    page_size: _builtins.int
+    """Paging (optional): with page_size (1 to the connector's catalog.max_page_size, 0 for
+    its catalog.page_size) or a page_token, one page and a next_page_token; with neither,
+    the whole list in one answer, as before paging existed (which fails past the 4 MB
+    message limit).
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         pending_approval: _builtins.bool = ...,
         agreements: _builtins.bool = ...,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements", "pending_approval", b"pending_approval", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "agreements", b"agreements", "page_size", b"page_size", "page_token", b"page_token", "pending_approval", b"pending_approval", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListNegotiationsRequest: _TypeAlias = ListNegotiationsRequest  # noqa: Y015
 
@@ -711,16 +747,24 @@ class ListNegotiationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NEGOTIATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts (to read a long list in few calls)."""
     @_builtins.property
     def negotiations(self) -> _containers.RepeatedCompositeFieldContainer[Global___NegotiationInfo]: ...
     def __init__(
         self,
         *,
         negotiations: _abc.Iterable[Global___NegotiationInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["negotiations", b"negotiations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "negotiations", b"negotiations", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -903,14 +947,29 @@ Global___RemoveProductResponse: _TypeAlias = RemoveProductResponse  # noqa: Y015
 class ListOwnProductsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Paging (optional): with page_size (1 to the connector's catalog.max_page_size, 0 for
+    its catalog.page_size) or a page_token, one page and a next_page_token; with neither,
+    the whole list in one answer, as before paging existed (which fails past the 4 MB
+    message limit).
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListOwnProductsRequest: _TypeAlias = ListOwnProductsRequest  # noqa: Y015
 
@@ -919,6 +978,12 @@ class ListOwnProductsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRODUCTS_JSON_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts (to read a long list in few calls)."""
     @_builtins.property
     def products_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Each stored product as canonical JSON."""
@@ -927,10 +992,12 @@ class ListOwnProductsResponse(_message.Message):
         self,
         *,
         products_json: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["products_json", b"products_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "next_page_token", b"next_page_token", "products_json", b"products_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

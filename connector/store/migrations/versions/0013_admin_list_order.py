@@ -1,0 +1,26 @@
+"""Indexes in the order the admin API pages negotiations and transfers (newest first).
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # A page is "the next N before this (time, id)": with the index, N rows read, not all.
+    op.create_index("ix_negotiation_created", "negotiation", ["created_ms", "pid"])
+    op.create_index("ix_transfer_started", "transfer", ["started_ms", "id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_transfer_started", "transfer")
+    op.drop_index("ix_negotiation_created", "negotiation")
