@@ -232,9 +232,16 @@ def _signed_out(console: Console, request: web.Request) -> web.Response:
         "login.html",
         status=401,
         reason=reason,
-        idle_minutes=round(console.sessions.idle / 60),
-        lifetime_hours=round(console.sessions.lifetime / 3600, 1),
+        idle=_spoken(console.sessions.idle),
+        lifetime=_spoken(console.sessions.lifetime),
     )
+
+
+def _spoken(seconds: float) -> str:
+    """A session lifetime as a person reads it: minutes up to two hours, then hours."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.3g} 分钟 / minutes"
+    return f"{seconds / 3600:.3g} 小时 / hours"
 
 
 def _shown_errors(console: Console) -> Any:
