@@ -65,6 +65,8 @@ NAV = [
     ("/negotiations", "合约协商 / negotiations"),
     ("/agreements", "数字合约 / contracts"),
     ("/transfers", "数据传输 / transfers"),
+    ("/holdings", "持有数据 / holdings"),
+    ("/receipts", "传输回执 / receipts"),
     ("/metering", "计量 / metering"),
     ("/consents", "个人信息同意 / consents"),
     ("/audit", "审计日志 / audit log"),
@@ -74,6 +76,17 @@ OPERATOR_NAV = [
     ("/grants", "授权运营 / grants"),
     ("/audit", "审计日志 / audit log"),
 ]
+
+
+def countdown(left_ms: int) -> str:
+    """Time left to a deadline as a person reads it (``static/console.js`` ticks it on)."""
+    if left_ms <= 0:
+        return "已到期 / due now"
+    minutes = left_ms // 60_000
+    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"还剩 {days} 天 {hours} 小时 / {days} d {hours} h left"
+    return f"还剩 {hours} 小时 {mins} 分 / {hours} h {mins} min left"
 
 
 def check_listen(listen: str, *, insecure: bool) -> tuple[str, int]:
@@ -119,6 +132,7 @@ class Console:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        self.templates.filters["countdown"] = countdown
 
     @property
     def token(self) -> str:
@@ -350,6 +364,14 @@ def build_app(console: Console) -> web.Application:
         found = await paged(request, backend.transfers)
         return _page(console, request, "transfers.html", **found)
 
+    async def holdings(request: web.Request) -> web.StreamResponse:
+        found = await paged(request, backend.holdings)
+        return _page(console, request, "holdings.html", **found)
+
+    async def receipts(request: web.Request) -> web.StreamResponse:
+        found = await paged(request, lambda t: backend.holdings(t, kept=False))
+        return _page(console, request, "receipts.html", **found)
+
     async def metering(request: web.Request) -> web.StreamResponse:
         return _page(console, request, "metering.html", rows=await call(backend.metering))
 
@@ -409,6 +431,8 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/agreements", agreements)
     app.router.add_post("/agreements/revoke", revoke)
     app.router.add_get("/transfers", transfers)
+    app.router.add_get("/holdings", holdings)
+    app.router.add_get("/receipts", receipts)
     app.router.add_get("/metering", metering)
     app.router.add_get("/consents", consents)
     app.router.add_post("/consents/withdraw", withdraw)

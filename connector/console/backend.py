@@ -9,6 +9,7 @@ show as a banner.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from connector._proto.tds.v1 import (
 )
 from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
+from connector.audit.receipts import parse_receipt, receipt_id
 from connector.config import Config
-from connector.errors import InvalidRequest, NotFound, PreconditionFailed
+from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
 from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -53,6 +55,38 @@ def negotiation(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
         "reasons": list(n.reasons),
         "agreement_id": n.agreement_id,
         "revoked": bool(n.revocation),
+    }
+
+
+_FAR_NS = 253402300800 * 10**9
+"""Year 10000: a delete-after this late is no deadline a person waits for."""
+
+
+def holding(t: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """A received transfer (``transfer_json``) with what the holdings page shows: when its
+    obligations make it go (``delete_after_ms``, 0 for never; ``left_ms``) and its receipt
+    (the parties' attestation, as stored; the connector verified both signatures)."""
+    obligations = dict(t["obligations"])
+    ns = obligations.pop("delete_after_ns", 0)
+    deadline_ms = ns // 10**6 if isinstance(ns, int) and 0 < ns < _FAR_NS else 0
+    receipt: dict[str, Any] | None = None
+    if t["receipt"]:
+        try:
+            attested = parse_receipt(t["receipt"])
+            signatures = len(json.loads(t["receipt"])["signatures"])
+            receipt = {
+                "id": receipt_id(t["receipt"]),
+                "signatures": signatures,
+                **dataclasses.asdict(attested),
+            }
+        except (InvalidRequest, VerificationError) as exc:
+            receipt = {"error": str(exc)}
+    return {
+        **t,
+        "delete_after_ms": deadline_ms,
+        "left_ms": deadline_ms - now_ms if deadline_ms else 0,
+        "other_obligations": obligations,
+        "receipt": receipt,
     }
 
 
@@ -205,6 +239,16 @@ class AdminBackend:
         from connector.cli.transfer import transfer_json  # one rendering of a transfer
 
         return [transfer_json(t) for t in resp.transfers], resp.next_page_token
+
+    def holdings(
+        self, page_token: str = "", *, kept: bool = True
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of what this connector received as a consumer, newest first: the holdings
+        it keeps (``kept``), or every transfer it received, deleted ones too (its receipts);
+        each with its obligations' deadline and its receipt, read."""
+        found, following = self.transfers(page_token, role="consumer", holdings=kept)
+        now_ms = int(time.time() * 1000)
+        return [holding(t, now_ms) for t in found], following
 
     def metering(self) -> list[dict[str, Any]]:
         """Use of each agreement this connector provided (``tds metering``)."""

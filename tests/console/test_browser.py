@@ -24,7 +24,7 @@ from connector.node.clients import registry_client
 from tests.console.conftest import open_console, screenshot
 from tests.integration.test_approval import waiting
 from tests.integration.test_negotiation import admin, product, wait
-from tests.support.exchange import agree, publish
+from tests.support.exchange import agree, offer, publish
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -316,5 +316,56 @@ def test_the_tamper_hook_is_off_unless_asked(page: Any, space: LocalSpace) -> No
         page.goto(f"http://127.0.0.1:{console.port}/audit?connector=gov&start=0&tamper=1")
         page.locator('button.verify[data-index="0"]').click()
         expect(page.locator("#verdict")).to_have_attribute("data-state", "verified")
+    finally:
+        console.stop()
+
+
+def test_a_consumer_sees_its_holdings_obligations_and_receipts(
+    page: Any, space: LocalSpace
+) -> None:
+    from playwright.sync_api import expect
+
+    (space.root / "kept-counts.csv").write_text("hour,count\n08,12\n")
+    three_days_ns = time.time_ns() + 3 * 86400 * 10**9
+    obligations = {"delete_after_ns": three_days_ns, "delete_on_revocation": True}
+    publish(
+        space,
+        "gov",
+        {
+            "id": "kept-counts",
+            "title": "计数 / counts",
+            "grade": "general",
+            "source": {"kind": "file", "path": "kept-counts.csv"},
+            "offers": [offer(obligations=obligations)],
+        },
+        space.root,
+    )
+    agreement = agree(space, "gov", "a", "kept-counts")
+    [*progress] = admin(space, "a").Transfer(
+        admin_pb2.TransferRequest(agreement_id=agreement), timeout=30
+    )
+    final = progress[-1]
+    assert final.event == "completed", final
+    console = open_console(space, "a")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/holdings")
+        row = page.locator(f'tr[data-transfer="{final.transfer_id}"]')
+        expect(row).to_contain_text(agreement)
+        # The countdown: just under three days left, ticking in the page.
+        expect(row.locator(".countdown")).to_contain_text("2 d 23 h left")
+        expect(row).to_contain_text("delete_on_revocation")
+        receipt = row.locator(".receipt")
+        expect(receipt).to_have_attribute("data-receipt", final.receipt_id)
+        expect(receipt).to_contain_text("双签 / dual-signed")
+        expect(receipt).to_contain_text("provider gov")
+        screenshot(page, "holdings")
+        page.goto(f"http://127.0.0.1:{console.port}/receipts")
+        row = page.locator(f'tr[data-transfer="{final.transfer_id}"]')
+        expect(row.locator(".receipt")).to_have_attribute("data-receipt", final.receipt_id)
+        screenshot(page, "receipts")
+        # The provider's log entry the receipt names opens on the audit page.
+        row.get_by_role("link", name="gov #").click()
+        expect(page.locator("h1")).to_contain_text("审计日志")
     finally:
         console.stop()
