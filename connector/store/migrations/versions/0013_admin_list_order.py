@@ -18,9 +18,12 @@ depends_on = None
 def upgrade() -> None:
     # A page is "the next N before this (time, id)": with the index, N rows read, not all.
     op.create_index("ix_negotiation_created", "negotiation", ["created_ms", "pid"])
+    # Of one state (those waiting for approval): the page's rows, not every such row sorted.
+    op.create_index("ix_negotiation_state_created", "negotiation", ["state", "created_ms", "pid"])
     op.create_index("ix_transfer_started", "transfer", ["started_ms", "id"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_transfer_started", "transfer")
+    op.drop_index("ix_negotiation_state_created", "negotiation")
     op.drop_index("ix_negotiation_created", "negotiation")
