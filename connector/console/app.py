@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hmac
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -68,6 +69,7 @@ NAV = [
     ("/holdings", "持有数据 / holdings"),
     ("/receipts", "传输回执 / receipts"),
     ("/metering", "计量 / metering"),
+    ("/disclosure", "公共数据披露 / disclosure"),
     ("/consents", "个人信息同意 / consents"),
     ("/audit", "审计日志 / audit log"),
 ]
@@ -375,6 +377,12 @@ def build_app(console: Console) -> web.Application:
     async def metering(request: web.Request) -> web.StreamResponse:
         return _page(console, request, "metering.html", rows=await call(backend.metering))
 
+    async def disclosure(request: web.Request) -> web.StreamResponse:
+        this_year = time.gmtime().tm_year
+        year = _int(request.query.get("year", str(this_year)), "year")
+        report = await call(backend.disclosure, year)
+        return _page(console, request, "disclosure.html", report=report, year=year)
+
     async def consents(request: web.Request) -> web.StreamResponse:
         found = await call(backend.consents)
         return _page(console, request, "consents.html", **_paged(request, found))
@@ -434,6 +442,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/holdings", holdings)
     app.router.add_get("/receipts", receipts)
     app.router.add_get("/metering", metering)
+    app.router.add_get("/disclosure", disclosure)
     app.router.add_get("/consents", consents)
     app.router.add_post("/consents/withdraw", withdraw)
     app.router.add_get("/participants", participants)

@@ -270,6 +270,23 @@ class AdminBackend:
             for m in resp.agreements
         ]
 
+    def disclosure(self, year: int) -> dict[str, Any]:
+        """The disclosure report of public data released in ``year`` (``tds report
+        disclosure``), with each grant's term in milliseconds for the page."""
+        if not 2000 <= year <= 9999:
+            raise InvalidRequest(f"year must be between 2000 and 9999, not {year}")
+        with calling("your connector"):
+            resp = self._admin().DisclosureReport(
+                admin_pb2.DisclosureReportRequest(period=year), timeout=60
+            )
+        report: dict[str, Any] = json.loads(resp.report_json)
+        for op in report["operators"]:
+            for grant in op["grants"]:
+                for edge in ("start", "end"):
+                    ns = int(grant.get(f"{edge}_ns", 0) or 0)
+                    grant[f"{edge}_ms"] = ns // 10**6 if 0 < ns < _FAR_NS else 0
+        return report
+
     def consents(self) -> list[dict[str, Any]]:
         """An individual's consents, withdrawn ones included (``tds consent list``)."""
         from connector.cli.consent import consent_json  # one rendering of a consent

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,12 @@ from connector.audit.auditor import fetch_and_witness
 from connector.console.app import Console
 from connector.demo.space import LocalSpace
 from connector.node.clients import registry_client
-from tests.console.conftest import open_console, screenshot
+from tests.console.conftest import open_console, screenshot, signed_in
 from tests.integration.test_approval import waiting
 from tests.integration.test_negotiation import admin, product, wait
 from tests.support.exchange import agree, offer, publish
 
 pytestmark = pytest.mark.usefixtures("browser")
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def signed_in(page: Any, console: Console) -> Any:
-    page.goto(console.url())
-    return page
 
 
 def test_the_token_signs_in_once_and_a_wrong_one_is_refused(
