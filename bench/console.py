@@ -15,6 +15,9 @@ signed-in session, the p50 and p95 of:
   ``ListOwnProducts``, 100 rows a page);
 - ``/negotiations``, ``/requests`` (waiting for approval) and ``/agreements``, first pages,
   and ``/negotiations`` deep in the list (the 50th page, reached by following "next");
+- ``/negotiations/PID`` of a random negotiation: its transitions read from the log's
+  (kind, time) index in the negotiation's time window (the written negotiations have no
+  transition entries, so this times the lookup among the log's 1,000,000 entries);
 - ``/audit`` newest page and a random page of ``gov``'s log as the auditor (50 entries, paged
   by ``GetEntries`` on the connector);
 - ``/api/evidence`` for a random index (checkpoint, entry, inclusion proof).
@@ -191,6 +194,12 @@ def main() -> None:
                 for _ in range(49):
                     deep = next_link(p, f"{base_p}/negotiations{deep}")
                 results["negotiations_page_50"] = timed(p, f"{base_p}/negotiations{deep}", rounds)
+                results["negotiation_timeline"] = timed(
+                    p,
+                    "",
+                    rounds,
+                    lambda: f"{base_p}/negotiations/{random.randrange(args.negotiations):032x}",
+                )
                 results["audit_newest_page"] = timed(a, f"{base_a}/audit?connector=gov", rounds)
                 results["audit_random_page"] = timed(
                     a,

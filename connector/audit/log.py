@@ -466,6 +466,21 @@ class TransparencyLog:
         with self._db.engine.connect() as conn:
             return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
 
+    def entries_of_kind(
+        self, kind: str, party: str, since_ms: int, until_ms: int, limit: int = 1000
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` entries of ``kind`` naming ``party`` recorded between ``since_ms``
+        and ``until_ms`` (inclusive), in log order: a short time window read by index."""
+        query = (
+            select(_E.idx, _E.body)
+            .where(_E.kind == kind, _E.created_ms >= since_ms, _E.created_ms <= until_ms)
+            .where(_E.parties.contains(f",{party},"))
+            .order_by(_E.idx)
+            .limit(limit)
+        )
+        with self._db.engine.connect() as conn:
+            return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
+
     def entry_parties(self, index: int) -> tuple[str, ...]:
         """The participants entry ``index`` names."""
         with self._db.engine.connect() as conn:

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from connector.console.backend import ROWS, AdminBackend
 from connector.console.sessions import Session, Sessions
+from connector.console.timeline import timeline
 from connector.errors import (
     ConfigError,
     ConflictError,
@@ -351,6 +352,11 @@ def build_app(console: Console) -> web.Application:
         found = await paged(request, backend.negotiations)
         return _page(console, request, "negotiations.html", **found)
 
+    async def negotiation(request: web.Request) -> web.StreamResponse:
+        found = await call(backend.negotiation, request.match_info["pid"])
+        drawn = timeline(found["transitions"])
+        return _page(console, request, "negotiation.html", n=found, timeline=drawn)
+
     async def agreements(request: web.Request) -> web.StreamResponse:
         found = await paged(request, lambda t: backend.negotiations(t, agreements=True))
         return _page(console, request, "agreements.html", **found)
@@ -436,6 +442,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/requests", requests_)
     app.router.add_post("/requests/decide", decide)
     app.router.add_get("/negotiations", negotiations)
+    app.router.add_get("/negotiations/{pid}", negotiation)
     app.router.add_get("/agreements", agreements)
     app.router.add_post("/agreements/revoke", revoke)
     app.router.add_get("/transfers", transfers)

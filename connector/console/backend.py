@@ -201,6 +201,27 @@ class AdminBackend:
             )
         return [negotiation(n) for n in resp.negotiations], resp.next_page_token
 
+    def negotiation(self, pid: str) -> dict[str, Any]:
+        """One negotiation with its transitions from this connector's log, oldest first."""
+        if not pid:
+            raise InvalidRequest("which negotiation? the address names none")
+        with calling("your connector"):
+            info = self._admin().GetNegotiation(
+                admin_pb2.NegotiationRef(pid=pid, with_transitions=True), timeout=_TIMEOUT
+            )
+        return {
+            **negotiation(info),
+            "transitions": [
+                {
+                    "from": t.from_state,
+                    "to": t.to_state,
+                    "time_ms": t.time_ms,
+                    "log_index": t.log_index,
+                }
+                for t in info.transitions
+            ],
+        }
+
     def decide(self, pid: str, action: str, reason: str) -> dict[str, Any]:
         """Approve or reject a negotiation waiting for this provider."""
         if not pid:

@@ -51,6 +51,7 @@ from connector.negotiation.agreement import (
     sign_agreement,
     verify_returned_agreement,
 )
+from connector.negotiation.history import TRANSITION_KIND
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import (
     CONSUMER,
@@ -116,7 +117,7 @@ def _moved(
 ) -> Record:
     """The audit entry of one transition."""
     return (
-        "negotiation.transition",
+        TRANSITION_KIND,
         [counterparty],
         {
             "pid": pid,

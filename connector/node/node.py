@@ -48,6 +48,7 @@ from connector.identity.certs import (
     read_file_bytes,
 )
 from connector.identity.names import participant_uri
+from connector.negotiation.history import transitions
 from connector.negotiation.negotiator import Negotiator
 from connector.negotiation.outbox import Outbox, Pending
 from connector.negotiation.service import Delivery, NegotiationServicer, negotiation_service
@@ -481,6 +482,7 @@ class Node:
                         PageTokens.from_signing_key(signing_key, "admin"),
                         page_limits(cfg.catalog),
                     ),
+                    transitions=lambda n: transitions(self._log(), n),
                 )
             )
         )

@@ -26,6 +26,7 @@ from connector.catalog.paging import (
 )
 from connector.consent.admin import ConsentAdmin
 from connector.errors import InvalidRequest, PreconditionFailed
+from connector.negotiation.history import Transition
 from connector.negotiation.negotiator import Negotiator
 from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation, page_position
@@ -88,6 +89,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         disclosure: Callable[[int], dict[str, Any]] | None = None,
         send_inline: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         pages: tuple[PageTokens, PageLimits] | None = None,
+        transitions: Callable[[Negotiation], list[Transition]] | None = None,
     ) -> None:
         """``pages``: the key of the admin lists' page tokens and the page sizes (without
         it a fresh random key, tokens then hold for this process only, and the defaults)."""
@@ -96,6 +98,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             PageLimits(),
         )
         self._send_inline = send_inline
+        self._transitions = transitions
         self._consents = consents
         self._disclosure = disclosure
         self._registrar = registrar
@@ -228,11 +231,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListNegotiationsResponse(negotiations=[negotiation_info(n) for n in found])
 
     def GetNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
-        """One negotiation; with ``wait_ms``, once it is final (or when the wait ends)."""
+        """One negotiation; with ``wait_ms``, once it is final (or when the wait ends); with
+        ``with_transitions``, its transitions from the log."""
         if request.wait_ms:
             seconds = min(request.wait_ms, MAX_WAIT_MS) / 1000
-            return negotiation_info(self._negotiator.wait_final(request.pid, seconds))
-        return negotiation_info(self._negotiator.get(request.pid))
+            n = self._negotiator.wait_final(request.pid, seconds)
+        else:
+            n = self._negotiator.get(request.pid)
+        info = negotiation_info(n)
+        if request.with_transitions:
+            if self._transitions is None:
+                raise PreconditionFailed("this connector keeps no log of negotiations")
+            info.transitions.extend(
+                admin_pb2.NegotiationTransition(
+                    from_state=t.start, to_state=t.to, time_ms=t.time_ms, log_index=t.log_index
+                )
+                for t in self._transitions(n)
+            )
+        return info
 
     def ApproveNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
         """As a provider, approve a waiting negotiation."""
@@ -396,6 +412,8 @@ def negotiation_info(n: Negotiation) -> admin_pb2.NegotiationInfo:
         agreement_id=n.agreement_id or "",
         agreement=n.agreement or "",
         revocation=n.revocation or "",
+        created_ms=n.created_ms,
+        updated_ms=n.updated_ms,
     )
 
 

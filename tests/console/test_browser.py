@@ -23,7 +23,7 @@ from connector.node.clients import registry_client
 from tests.console.conftest import open_console, screenshot, signed_in
 from tests.integration.test_approval import waiting
 from tests.integration.test_negotiation import admin, product, wait
-from tests.support.exchange import agree, offer, publish
+from tests.support.exchange import agree, entries, offer, publish
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -353,5 +353,49 @@ def test_a_consumer_sees_its_holdings_obligations_and_receipts(
         # The provider's log entry the receipt names opens on the audit page.
         row.get_by_role("link", name="gov #").click()
         expect(page.locator("h1")).to_contain_text("审计日志")
+    finally:
+        console.stop()
+
+
+def test_a_negotiation_s_transitions_are_drawn_as_a_timeline(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    agreement = agree(space, "gov", "a", "bus-stops")
+    [mine] = [
+        n
+        for n in admin(space, "gov")
+        .ListNegotiations(admin_pb2.ListNegotiationsRequest(agreements=True), timeout=10)
+        .negotiations
+        if n.agreement_id == agreement
+    ]
+    logged = [
+        (e["data"]["to"], e["index"])
+        for e in entries(space, "gov", "negotiation.transition")
+        if e["data"]["pid"] == mine.pid
+    ]
+    assert logged[0][0] == "REQUESTED" and logged[-1][0] == "FINALIZED"
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/negotiations")
+        page.locator(f'tr[data-pid="{mine.pid}"] a').click()
+        svg = page.locator("svg#timeline")
+        expect(svg).to_be_visible()
+        steps = svg.locator("g.step")
+        drawn = [
+            (steps.nth(i).get_attribute("data-state"), steps.nth(i).get_attribute("data-log-index"))
+            for i in range(steps.count())
+        ]
+        assert drawn == [(state, str(index)) for state, index in logged]
+        assert svg.locator("circle").count() == len(logged)
+        assert svg.locator("text.gap").count() == len(logged) - 1  # the time between steps
+        screenshot(page, "timeline")
+        # No script drew it: the page's answer already holds the SVG.
+        html = page.request.get(page.url).text()
+        assert 'id="timeline"' in html and html.count("<circle") == len(logged)
+        # A made-up id, markup included, is a banner with the id as text.
+        page.goto(f"http://127.0.0.1:{console.port}/negotiations/%3Cb%3Ex%3C%2Fb%3E")
+        expect(page.locator(".banner.bad")).to_contain_text("<b>x</b>")
+        assert page.locator(".banner.bad b").count() == 0
     finally:
         console.stop()

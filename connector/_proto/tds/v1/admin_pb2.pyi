@@ -624,26 +624,62 @@ class NegotiationRef(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    WITH_TRANSITIONS_FIELD_NUMBER: _builtins.int
     pid: _builtins.str
     reason: _builtins.str
     wait_ms: _builtins.int
     """GetNegotiation only: hold the call until the negotiation is FINALIZED or TERMINATED,
     for at most this long (capped at 30 s); the answer is its state either way.
     """
+    with_transitions: _builtins.bool
+    """GetNegotiation only: answer with its transitions as this connector's log recorded them."""
     def __init__(
         self,
         *,
         pid: _builtins.str = ...,
         reason: _builtins.str = ...,
         wait_ms: _builtins.int = ...,
+        with_transitions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason", "wait_ms", b"wait_ms", "with_transitions", b"with_transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NegotiationRef: _TypeAlias = NegotiationRef  # noqa: Y015
+
+@_typing.final
+class NegotiationTransition(_message.Message):
+    """One state change of a negotiation, from this connector's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    from_state: _builtins.str
+    """Empty for the first (the negotiation's creation)."""
+    to_state: _builtins.str
+    time_ms: _builtins.int
+    log_index: _builtins.int
+    """The log entry that records it."""
+    def __init__(
+        self,
+        *,
+        from_state: _builtins.str = ...,
+        to_state: _builtins.str = ...,
+        time_ms: _builtins.int = ...,
+        log_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_state", b"from_state", "log_index", b"log_index", "time_ms", b"time_ms", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NegotiationTransition: _TypeAlias = NegotiationTransition  # noqa: Y015
 
 @_typing.final
 class ListNegotiationsRequest(_message.Message):
@@ -703,6 +739,9 @@ class NegotiationInfo(_message.Message):
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     AGREEMENT_FIELD_NUMBER: _builtins.int
     REVOCATION_FIELD_NUMBER: _builtins.int
+    CREATED_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_MS_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
     pid: _builtins.str
     role: _builtins.str
     counterparty: _builtins.str
@@ -716,8 +755,14 @@ class NegotiationInfo(_message.Message):
     """The agreement (JWS JSON), countersigned once VERIFIED."""
     revocation: _builtins.str
     """The provider's signed revocation, if the agreement was revoked."""
+    created_ms: _builtins.int
+    updated_ms: _builtins.int
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___NegotiationTransition]:
+        """With NegotiationRef.with_transitions: its transitions, oldest first."""
+
     def __init__(
         self,
         *,
@@ -733,10 +778,13 @@ class NegotiationInfo(_message.Message):
         agreement_id: _builtins.str = ...,
         agreement: _builtins.str = ...,
         revocation: _builtins.str = ...,
+        created_ms: _builtins.int = ...,
+        updated_ms: _builtins.int = ...,
+        transitions: _abc.Iterable[Global___NegotiationTransition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_id", b"agreement_id", "counterparty", b"counterparty", "counterparty_pid", b"counterparty_pid", "offer_id", b"offer_id", "pid", b"pid", "product_id", b"product_id", "purpose", b"purpose", "reasons", b"reasons", "revocation", b"revocation", "role", b"role", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_id", b"agreement_id", "counterparty", b"counterparty", "counterparty_pid", b"counterparty_pid", "created_ms", b"created_ms", "offer_id", b"offer_id", "pid", b"pid", "product_id", b"product_id", "purpose", b"purpose", "reasons", b"reasons", "revocation", b"revocation", "role", b"role", "state", b"state", "transitions", b"transitions", "updated_ms", b"updated_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
