@@ -18,8 +18,8 @@ signed-in session, the p50 and p95 of:
 - ``/negotiations/PID`` of a random negotiation: its transitions read from the log's
   (kind, time) index in the negotiation's time window (the written negotiations have no
   transition entries, so this times the lookup among the log's 1,000,000 entries);
-- ``/disclosure`` (3 rounds): the report reads the provider's whole log, so it is not
-  expected within the target;
+- ``/disclosure`` (3 rounds): the report's receipts of the year, found by the log's
+  (kind, time) index (this log holds none, so this times the lookup);
 - ``/audit`` newest page and a random page of ``gov``'s log as the auditor (50 entries, paged
   by ``GetEntries`` on the connector);
 - ``/api/evidence`` for a random index (checkpoint, entry, inclusion proof).
@@ -202,7 +202,7 @@ def main() -> None:
                     rounds,
                     lambda: f"{base_p}/negotiations/{random.randrange(args.negotiations):032x}",
                 )
-                # Not paged: DisclosureReport reads the provider's whole log (few rounds).
+                # Not paged: a year's report is read whole (few rounds).
                 results["disclosure_page"] = timed(p, f"{base_p}/disclosure", min(rounds, 3))
                 results["audit_newest_page"] = timed(a, f"{base_a}/audit?connector=gov", rounds)
                 results["audit_random_page"] = timed(
