@@ -269,8 +269,16 @@ def _computations(a: dict[str, Any]) -> str:
 
 def run_metering(args: argparse.Namespace) -> int:
     """Per agreement and per consumer."""
+    stub = _admin(args)
+
+    def fetch(token: str, size: int | None) -> tuple[list[admin_pb2.AgreementMetering], str, int]:
+        resp = stub.MeteringReport(
+            admin_pb2.MeteringReportRequest(page_token=token, page_size=size or 0), timeout=30
+        )
+        return list(resp.agreements), resp.next_page_token, resp.max_page_size
+
     with calling("your connector"):
-        resp = _admin(args).MeteringReport(admin_pb2.MeteringReportRequest(), timeout=30)
+        found = follow_pages(fetch, lambda m: m, label="agreements metered")
     agreements = [
         {
             "agreement": m.agreement_id,
@@ -286,7 +294,7 @@ def run_metering(args: argparse.Namespace) -> int:
             "epsilon_spent": m.epsilon_spent,
             "epsilon_budget": m.epsilon_budget,
         }
-        for m in resp.agreements
+        for m in found
     ]
     consumers: dict[str, dict[str, int]] = {}
     for a in agreements:

@@ -381,7 +381,8 @@ def build_app(console: Console) -> web.Application:
         return _page(console, request, "receipts.html", **found)
 
     async def metering(request: web.Request) -> web.StreamResponse:
-        return _page(console, request, "metering.html", rows=await call(backend.metering))
+        found = await paged(request, backend.metering)
+        return _page(console, request, "metering.html", **found)
 
     async def disclosure(request: web.Request) -> web.StreamResponse:
         this_year = time.gmtime().tm_year

@@ -271,11 +271,15 @@ class AdminBackend:
         now_ms = int(time.time() * 1000)
         return [holding(t, now_ms) for t in found], following
 
-    def metering(self) -> list[dict[str, Any]]:
-        """Use of each agreement this connector provided (``tds metering``)."""
+    def metering(self, page_token: str = "") -> tuple[list[dict[str, Any]], str]:
+        """A page of the use of each agreement this connector provided (``tds report
+        metering``), by consumer then agreement, and the next page's token."""
         with calling("your connector"):
-            resp = self._admin().MeteringReport(admin_pb2.MeteringReportRequest(), timeout=_TIMEOUT)
-        return [
+            resp = self._admin().MeteringReport(
+                admin_pb2.MeteringReportRequest(page_size=ROWS, page_token=page_token),
+                timeout=_TIMEOUT,
+            )
+        rows = [
             {
                 "agreement_id": m.agreement_id,
                 "consumer": m.consumer,
@@ -290,6 +294,7 @@ class AdminBackend:
             }
             for m in resp.agreements
         ]
+        return rows, resp.next_page_token
 
     def disclosure(self, year: int) -> dict[str, Any]:
         """The disclosure report of public data released in ``year`` (``tds report

@@ -324,8 +324,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def MeteringReport(
         self, request: admin_pb2.MeteringReportRequest, context: Any
     ) -> admin_pb2.MeteringReportResponse:
-        """The provider's metering."""
-        return self._transfer_admin().metering()
+        """The provider's metering, by consumer then agreement; paged when asked."""
+        admin = self._transfer_admin()
+        paged = self._page(request, "metering", admin.metering_page)
+        if paged is not None:
+            return admin_pb2.MeteringReportResponse(
+                agreements=paged[0], next_page_token=paged[1], max_page_size=self._max_page
+            )
+        return admin.metering()
 
     def _consent_admin(self) -> ConsentAdmin:
         if self._consents is None:

@@ -13,7 +13,7 @@ from connector.catalog.paging import Listed
 from connector.errors import ConnectorError, InvalidRequest
 from connector.transfer.consumer import Progress, TransferConsumer
 from connector.transfer.provider import TransferProvider
-from connector.transfer.store import CONSUMER, PROVIDER, Transfer, TransferStore
+from connector.transfer.store import CONSUMER, PROVIDER, Metering, Transfer, TransferStore
 
 __all__ = ["TransferAdmin", "transfer_info"]
 
@@ -131,26 +131,39 @@ class TransferAdmin:
         return transfer_info(t)
 
     def metering(self) -> admin_pb2.MeteringReportResponse:
-        """Counts per agreement (the provider's)."""
+        """Counts per agreement (the provider's), all of them."""
         return admin_pb2.MeteringReportResponse(
-            agreements=[
-                admin_pb2.AgreementMetering(
-                    agreement_id=m.agreement_id,
-                    consumer=m.consumer,
-                    product_id=m.product,
-                    transfers=m.transfers,
-                    bytes=m.bytes,
-                    completed=m.completed,
-                    completed_bytes=m.completed_bytes,
-                    max_transfers=m.max_transfers,
-                    max_bytes=m.max_bytes,
-                    computations=m.computations,
-                    epsilon_spent=m.epsilon_spent_micro / 1_000_000,
-                    epsilon_budget=m.epsilon_budget_micro / 1_000_000,
-                )
-                for m in self._store.metering()
-            ]
+            agreements=[_agreement_metering(m) for m in self._store.metering()]
         )
+
+    def metering_page(
+        self, after: Sequence[str], limit: int
+    ) -> builtins.list[Listed[admin_pb2.AgreementMetering]]:
+        """Up to ``limit`` agreements' counts after position ``after`` (consumer and
+        agreement id; empty: from the first)."""
+        if after and len(after) != 2:
+            raise InvalidRequest("page position: expected (consumer, agreement id)")
+        found = [
+            (m, _agreement_metering(m)) for m in self._store.metering(after=after, limit=limit)
+        ]
+        return [Listed((m.consumer, m.agreement_id), i.ByteSize(), i) for m, i in found]
+
+
+def _agreement_metering(m: Metering) -> admin_pb2.AgreementMetering:
+    return admin_pb2.AgreementMetering(
+        agreement_id=m.agreement_id,
+        consumer=m.consumer,
+        product_id=m.product,
+        transfers=m.transfers,
+        bytes=m.bytes,
+        completed=m.completed,
+        completed_bytes=m.completed_bytes,
+        max_transfers=m.max_transfers,
+        max_bytes=m.max_bytes,
+        computations=m.computations,
+        epsilon_spent=m.epsilon_spent_micro / 1_000_000,
+        epsilon_budget=m.epsilon_budget_micro / 1_000_000,
+    )
 
 
 def _role(request: admin_pb2.ListTransfersRequest) -> str:

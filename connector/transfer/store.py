@@ -244,10 +244,29 @@ class TransferStore:
             )
             row.state, row.reason, row.ended_ms = FAILED, reason[:512], now_ms
 
-    def metering(self) -> list[Metering]:
-        """Every agreement's counts."""
+    def metering(self, *, after: Sequence[str] = (), limit: int | None = None) -> list[Metering]:
+        """Every agreement's counts, by consumer then agreement; with ``limit``, a page of
+        them: the next ``limit`` after position ``after`` (consumer and agreement id)."""
         with self._db.session() as s:
-            rows = s.exec(select(MeteringRow)).all()
+            query = select(MeteringRow)
+            if after:
+                consumer, agreement = after
+                query = query.where(
+                    or_(
+                        col(MeteringRow.consumer) > consumer,
+                        and_(
+                            col(MeteringRow.consumer) == consumer,
+                            col(MeteringRow.agreement_id) > agreement,
+                        ),
+                    )
+                )
+            if limit is not None:
+                order = (col(MeteringRow.consumer), col(MeteringRow.agreement_id))
+                query = query.order_by(*order).limit(limit)
+            rows = s.exec(query).all()
+            if limit is None:
+                rows = sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
+            # A page keeps the database's order: the next page continues from it.
             return [
                 Metering(
                     agreement_id=r.agreement_id,
@@ -263,7 +282,7 @@ class TransferStore:
                     epsilon_spent_micro=r.epsilon_spent_micro,
                     epsilon_budget_micro=r.epsilon_budget_micro,
                 )
-                for r in sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
+                for r in rows
             ]
 
     # -- both roles -----------------------------------------------------------------

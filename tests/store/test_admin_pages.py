@@ -87,3 +87,27 @@ def test_transfer_pages_walk_newest_first_and_filter(database_url: str) -> None:
         assert walk(holdings=True) == [t.id for t in by_order if t.role == CONSUMER]
     finally:
         db.close()
+
+
+def test_metering_pages_walk_by_consumer_then_agreement(database_url: str) -> None:
+    from dataclasses import replace
+
+    from connector.transfer.store import TransferStore
+    from tests.store.test_transfer_store import transfer
+
+    db = open_database(database_url)
+    try:
+        store = TransferStore(db)
+        for n in range(13):
+            t = replace(transfer(n, agreement=f"ag-{n:02d}"), counterparty=f"c{n % 3}")
+            store.reserve(t, max_transfers=0, max_bytes=0, now_ms=n)
+        whole = [(m.consumer, m.agreement_id) for m in store.metering()]
+        assert whole == sorted(whole) and len(whole) == 13
+        shown: list[tuple[str, str]] = []
+        after: tuple[str, ...] = ()
+        while page := store.metering(after=after, limit=4):
+            shown += [(m.consumer, m.agreement_id) for m in page]
+            after = shown[-1]
+        assert shown == whole
+    finally:
+        db.close()
