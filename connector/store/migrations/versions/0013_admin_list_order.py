@@ -1,5 +1,5 @@
-"""Indexes in the order the admin API pages negotiations and transfers (newest first), and
-for a negotiation's transitions in the log.
+"""Indexes in the order the admin API pages negotiations and transfers (newest first) and
+metering (by consumer, then agreement), and for a negotiation's transitions in the log.
 
 Revision ID: 0013
 Revises: 0012
@@ -22,12 +22,14 @@ def upgrade() -> None:
     # Of one state (those waiting for approval): the page's rows, not every such row sorted.
     op.create_index("ix_negotiation_state_created", "negotiation", ["state", "created_ms", "pid"])
     op.create_index("ix_transfer_started", "transfer", ["started_ms", "id"])
+    op.create_index("ix_metering_consumer_agreement", "metering", ["consumer", "agreement_id"])
     # A negotiation's transitions: the entries of one kind in its time window.
     op.create_index("ix_log_entry_kind_created", "log_entry", ["kind", "created_ms"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_log_entry_kind_created", "log_entry")
+    op.drop_index("ix_metering_consumer_agreement", "metering")
     op.drop_index("ix_transfer_started", "transfer")
     op.drop_index("ix_negotiation_state_created", "negotiation")
     op.drop_index("ix_negotiation_created", "negotiation")
