@@ -1,13 +1,25 @@
 """Benchmark the browser console's pages at scale, through a real console and connector.
 
-    python bench/console.py [--entries 1000000] [--products 10000] [--rounds 40] [--json]
+    python bench/console.py [--entries 1000000] [--products 10000] [--negotiations 100000]
+                            [--rounds 40] [--json]
 
 In one local space (registry, provider ``gov``, auditor ``aud``, in-process): ``gov``'s log
-is grown to ``--entries`` entries (``record_many`` in batches of 10,000) and
-``--products`` products are published (``AddProduct`` batches of 1,000). Then, over
-``--rounds`` requests each, with a signed-in session, the p50 and p95 of:
+is grown to ``--entries`` entries (``record_many`` in batches of 10,000), ``--products``
+products are published (``AddProduct`` batches of 1,000) and ``--negotiations``
+negotiations are written straight into ``gov``'s database (one in five waiting for
+approval, one in two with an agreement: the setup of a long-running provider, not the
+protocol, which other benchmarks time). Then, over ``--rounds`` requests each, with a
+signed-in session, the p50 and p95 of:
 
-- ``/products`` (the provider's whole product list: the admin API does not page it);
+- ``/products``, its first page and the page its "next" link leads to (the admin API pages
+  ``ListOwnProducts``, 100 rows a page);
+- ``/negotiations``, ``/requests`` (waiting for approval) and ``/agreements``, first pages,
+  and ``/negotiations`` deep in the list (the 50th page, reached by following "next");
+- ``/negotiations/PID`` of a random negotiation: its transitions read from the log's
+  (kind, time) index in the negotiation's time window (the written negotiations have no
+  transition entries, so this times the lookup among the log's 1,000,000 entries);
+- ``/disclosure`` (3 rounds): the report's receipts of the year, found by the log's
+  (kind, time) index (this log holds none, so this times the lookup);
 - ``/audit`` newest page and a random page of ``gov``'s log as the auditor (50 entries, paged
   by ``GetEntries`` on the connector);
 - ``/api/evidence`` for a random index (checkpoint, entry, inclusion proof).
@@ -18,6 +30,7 @@ Target: every page under 200 ms at the 95th percentile.
 from __future__ import annotations
 
 import argparse
+import html
 import http.cookiejar
 import json
 import random
@@ -38,6 +51,7 @@ from connector.console.backend import AdminBackend
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
+from connector.store.database import Database
 
 
 def described(i: int) -> str:
@@ -76,6 +90,38 @@ def timed(opener: Any, url: str, rounds: int, vary: Any = None) -> dict[str, flo
     }
 
 
+def write_negotiations(db: Database, count: int) -> None:
+    """``count`` provider-side negotiations, a second apart, in batches of 10,000."""
+    columns = (
+        "pid, role, counterparty, counterparty_pid, product, offer, purpose, state, reasons, "
+        "agreement_id, agreement, revocation, terms, requester, created_ms, updated_ms"
+    )
+    marks = ", ".join("?" * 16)
+    base_ms = int(time.time() * 1000) - count * 1000
+    for first in range(0, count, 10_000):
+        rows = []
+        for i in range(first, min(count, first + 10_000)):
+            waiting, agreed = i % 5 == 0, i % 2 == 1
+            state = "REQUESTED" if waiting else "FINALIZED" if agreed else "TERMINATED"
+            rows.append(
+                (f"{i:032x}", "provider", "aud", f"c{i:031x}", f"product-{i % 1000:06d}", "o1",
+                 "research", state, "[]", f"ag-{i:029x}" if agreed and not waiting else None,
+                 None, None, "{}", None, base_ms + i * 1000, base_ms + i * 1000)
+            )  # fmt: skip
+        with db.transaction() as tx:
+            tx.many(f"INSERT INTO negotiation ({columns}) VALUES ({marks})", rows)
+
+
+def next_link(opener: Any, url: str) -> str:
+    """The query of the "next" link on the page at ``url``."""
+    with opener.open(url, timeout=60) as resp:
+        page = resp.read().decode()
+    found = re.search(r'rel="next" href="([^"]+)"', page)
+    if found is None:
+        raise SystemExit(f"no next page at {url}")
+    return html.unescape(found.group(1))
+
+
 def signed_in(console: Console) -> Any:
     opener = urllib.request.build_opener(
         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
@@ -93,10 +139,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--negotiations", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results: dict[str, Any] = {"entries": args.entries, "products": args.products}
+    results: dict[str, Any] = {
+        "entries": args.entries,
+        "products": args.products,
+        "negotiations": args.negotiations,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         participants = [("gov", Role.GOVERNMENT), ("aud", Role.AUDITOR)]
         with LocalSpace.create(Path(tmp), participants) as sp:
@@ -120,6 +171,12 @@ def main() -> None:
                     ]
                     stub.AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=600)
 
+            db = sp.nodes["gov"].db
+            assert db is not None
+            start = time.perf_counter()
+            write_negotiations(db, args.negotiations)
+            results["write_negotiations_s"] = round(time.perf_counter() - start, 1)
+
             provider = Console(AdminBackend(sp.configs["gov"]))
             auditor = Console(AdminBackend(sp.configs["aud"]))
             provider.start()
@@ -131,6 +188,22 @@ def main() -> None:
                 size = log.size
                 rounds = args.rounds
                 results["products_page"] = timed(p, f"{base_p}/products", rounds)
+                second = next_link(p, f"{base_p}/products")
+                results["products_next_page"] = timed(p, f"{base_p}/products{second}", rounds)
+                for name in ("negotiations", "requests", "agreements"):
+                    results[f"{name}_page"] = timed(p, f"{base_p}/{name}", rounds)
+                deep = ""
+                for _ in range(49):
+                    deep = next_link(p, f"{base_p}/negotiations{deep}")
+                results["negotiations_page_50"] = timed(p, f"{base_p}/negotiations{deep}", rounds)
+                results["negotiation_timeline"] = timed(
+                    p,
+                    "",
+                    rounds,
+                    lambda: f"{base_p}/negotiations/{random.randrange(args.negotiations):032x}",
+                )
+                # Not paged: a year's report is read whole (few rounds).
+                results["disclosure_page"] = timed(p, f"{base_p}/disclosure", min(rounds, 3))
                 results["audit_newest_page"] = timed(a, f"{base_a}/audit?connector=gov", rounds)
                 results["audit_random_page"] = timed(
                     a,

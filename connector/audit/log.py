@@ -466,6 +466,30 @@ class TransparencyLog:
         with self._db.engine.connect() as conn:
             return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
 
+    def entries_of_kind(
+        self,
+        kind: str,
+        party: str | None,
+        since_ms: int,
+        until_ms: int,
+        limit: int = 1000,
+        after: int = -1,
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` entries of ``kind`` (naming ``party``, if given) recorded between
+        ``since_ms`` and ``until_ms`` (inclusive), after index ``after``, in log order: a
+        time window read by the (kind, time) index, not the whole log."""
+        query = (
+            select(_E.idx, _E.body)
+            .where(_E.kind == kind, _E.created_ms >= since_ms, _E.created_ms <= until_ms)
+            .where(_E.idx > after)
+            .order_by(_E.idx)
+            .limit(limit)
+        )
+        if party is not None:
+            query = query.where(_E.parties.contains(f",{party},"))
+        with self._db.engine.connect() as conn:
+            return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
+
     def entry_parties(self, index: int) -> tuple[str, ...]:
         """The participants entry ``index`` names."""
         with self._db.engine.connect() as conn:

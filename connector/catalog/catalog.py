@@ -11,7 +11,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connector.audit.log import AuditLog, Record
-from connector.catalog.paging import Filters, PageLimits, PageTokens, Row, page_size, read_page
+from connector.catalog.paging import (
+    Filters,
+    Listed,
+    PageLimits,
+    PageTokens,
+    Row,
+    page_size,
+    read_page,
+)
 from connector.catalog.products import Offer, Product, parse_description
 from connector.catalog.store import ProductStore
 from connector.clock import Clock
@@ -308,6 +316,12 @@ class Catalog:
     def own_products(self) -> list[Product]:
         """Every product, for the admin."""
         return self._store.list()
+
+    def own_after(self, after: Sequence[str], limit: int) -> list[Listed[Product]]:
+        """Up to ``limit`` of this connector's products after position ``after`` (a
+        product id; empty: from the first), by id, whoever may see them: the admin's pages."""
+        rows = self._store.rows_after(after[0] if after else "", limit)
+        return [Listed((i,), len(body), Product.from_json(body)) for i, body in rows]
 
     def _visible(self, caller: Caller, product: Product, defer: list[Record] | None = None) -> bool:
         document = build_input(

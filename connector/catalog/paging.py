@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -45,6 +45,7 @@ from connector.rpc.auth import Caller
 __all__ = [
     "MAX_FILTER_CHARS",
     "Filters",
+    "Listed",
     "PageLimits",
     "PageTokens",
     "Row",
@@ -52,6 +53,7 @@ __all__ = [
     "page_limits",
     "page_size",
     "read_page",
+    "take_page",
 ]
 
 MAX_FILTER_CHARS = 256
@@ -258,13 +260,60 @@ class Row(Generic[T]):
         return "/".join(self.position)
 
 
-PageReader = Callable[[Sequence[str], int], list[Row[T]]]
+class Placed(Protocol):
+    """What a page needs of a row: where it stands in the order, and its stored size."""
+
+    @property
+    def position(self) -> tuple[str, ...]: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+P = TypeVar("P", bound=Placed)
+
+
+@dataclass(frozen=True)
+class Listed(Generic[T]):
+    """A row of a list no access policy filters (an administrator's own records): its
+    position in the list's order, its stored size, and what the list shows of it."""
+
+    position: tuple[str, ...]
+    size: int
+    item: T
+
+
+PageReader = Callable[[Sequence[str], int], list[P]]
 """``(after, limit)``: up to ``limit`` rows after position ``after`` (empty: from the
-start), in order, narrowed by the database with ``Filters.body_patterns``."""
+start), in order (for a catalog, narrowed by the database with ``Filters.body_patterns``)."""
+
+
+def take_page(
+    reader: PageReader[P],
+    *,
+    bound: str,
+    filters: Filters,
+    size: int,
+    token: str,
+    tokens: PageTokens,
+    limits: PageLimits,
+) -> tuple[list[P], str]:
+    """The rows of one page, unfiltered, and the token of the next page ("" at the end).
+
+    ``bound``: who the tokens are for (with ``filters``, what they are bound to). A page
+    takes ``size`` rows, fewer when their stored size would pass ``limits.max_page_bytes``.
+    """
+    after = tokens.open(token, bound, filters) if token else []
+    rows = reader(after, size + 1)  # one more than the page: whether another follows
+    taken = _within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
+    more = taken < len(rows)
+    rows = rows[:taken]
+    following = tokens.issue(bound, filters, rows[-1].position) if more and rows else ""
+    return rows, following
 
 
 def read_page(
-    reader: PageReader[T],
+    reader: PageReader[Row[T]],
     *,
     caller: Caller,
     filters: Filters,
@@ -278,15 +327,12 @@ def read_page(
     """One page: what ``caller`` may see of it, and the token of the next page ("" at the
     end). The access policy decides the page's candidates at once."""
     bound = f"{caller.participant}\0{caller.role}"
-    after = tokens.open(token, bound, filters) if token else []
-    rows = reader(after, size + 1)  # one more than the page: whether another follows
-    taken = _within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
-    more = taken < len(rows)
-    rows = rows[:taken]
+    rows, following = take_page(
+        reader, bound=bound, filters=filters, size=size, token=token, tokens=tokens, limits=limits
+    )
     matching = [r for r in rows if filters.matches(r.product)]
     visible = decide_page(policy, caller, clock, [(r.key, r.product) for r in matching])
     shown = [r.item for r in matching if r.key in visible]
-    following = tokens.issue(bound, filters, rows[-1].position) if more and rows else ""
     return shown, following
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from connector.cli.output import say
 from connector.config import load_config
+from connector.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +34,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="allow a non-loopback --listen (anyone reaching it with the token acts as you)",
     )
+    p.add_argument(
+        "--idle-minutes",
+        type=float,
+        help="end a session unused for this many minutes (default 30)",
+    )
+    p.add_argument(
+        "--session-hours",
+        type=float,
+        help="end every session this many hours after sign-in (default 12)",
+    )
     p.set_defaults(func=run_console)
 
 
@@ -40,11 +51,18 @@ def run_console(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
     from connector.console.app import Console, check_listen
     from connector.console.backend import AdminBackend
+    from connector.console.sessions import IDLE_SECONDS, LIFETIME_SECONDS, Sessions
 
     host, port = check_listen(args.listen, insecure=args.insecure_listen)
+    idle = IDLE_SECONDS if args.idle_minutes is None else args.idle_minutes * 60
+    lifetime = LIFETIME_SECONDS if args.session_hours is None else args.session_hours * 3600
+    if not 0 < idle <= lifetime:
+        raise ConfigError("--idle-minutes must be above 0 and within --session-hours")
     if args.insecure_listen:
         say(f"warning: --insecure-listen: the console is reachable at {host}:{port} off this host")
-    console = Console(AdminBackend(load_config(args.config)))
+    console = Console(
+        AdminBackend(load_config(args.config)), sessions=Sessions(idle=idle, lifetime=lifetime)
+    )
     console.start(host, port)
     stopped = threading.Event()
     # SIGTERM (a service manager stopping it) ends it as cleanly as Ctrl-C does.

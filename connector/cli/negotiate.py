@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say
+from connector.cli.pages import follow_pages
 from connector.config import load_config
 from connector.errors import ConfigError, InvalidRequest, NotFound, Unavailable
 from connector.negotiation.agreement import parse_agreement, verify_agreement
@@ -296,17 +297,29 @@ def run_negotiate(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """List negotiations."""
-    with calling("your connector"):
-        resp = _admin(args.config).ListNegotiations(
-            admin_pb2.ListNegotiationsRequest(state=args.state, pending_approval=args.pending),
-            timeout=30,
-        )
+    found = _negotiations(
+        args.config,
+        admin_pb2.ListNegotiationsRequest(state=args.state, pending_approval=args.pending),
+    )
     emit(
-        [_info(n) for n in resp.negotiations],
-        "\n".join(_line(n) for n in resp.negotiations) or "(none)",
-        as_json=args.json,
+        [_info(n) for n in found], "\n".join(_line(n) for n in found) or "(none)", as_json=args.json
     )
     return 0
+
+
+def _negotiations(
+    config: Path, request: admin_pb2.ListNegotiationsRequest
+) -> list[admin_pb2.NegotiationInfo]:
+    """Every negotiation ``request`` filters for, page after page."""
+    stub = _admin(config)
+
+    def fetch(token: str, size: int | None) -> tuple[list[admin_pb2.NegotiationInfo], str, int]:
+        request.page_token, request.page_size = token, size or 0
+        resp = stub.ListNegotiations(request, timeout=30)
+        return list(resp.negotiations), resp.next_page_token, resp.max_page_size
+
+    with calling("your connector"):
+        return follow_pages(fetch, lambda n: n, label="negotiations")
 
 
 def run_decide(args: argparse.Namespace) -> int:
@@ -348,11 +361,7 @@ def run_decide(args: argparse.Namespace) -> int:
 
 
 def _agreements(config: Path) -> list[admin_pb2.NegotiationInfo]:
-    with calling("your connector"):
-        resp = _admin(config).ListNegotiations(
-            admin_pb2.ListNegotiationsRequest(agreements=True), timeout=30
-        )
-    return list(resp.negotiations)
+    return _negotiations(config, admin_pb2.ListNegotiationsRequest(agreements=True))
 
 
 def run_agreements(args: argparse.Namespace) -> int:

@@ -181,9 +181,16 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def _own(args: argparse.Namespace) -> list[dict[str, object]]:
+    stub = _admin(args)
+
+    def fetch(token: str, size: int | None) -> tuple[list[str], str, int]:
+        resp = stub.ListOwnProducts(
+            admin_pb2.ListOwnProductsRequest(page_token=token, page_size=size or 0), timeout=30
+        )
+        return list(resp.products_json), resp.next_page_token, resp.max_page_size
+
     with calling("your connector"):
-        resp = _admin(args).ListOwnProducts(admin_pb2.ListOwnProductsRequest(), timeout=30)
-    return [json.loads(p) for p in resp.products_json]
+        return follow_pages(fetch, json.loads, label="your products")
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, say, utc_text
+from connector.cli.pages import follow_pages
 from connector.cli.progress import ByteProgress, human_bytes
 from connector.cli.subscribe import list_streams, stop_stream
 from connector.config import load_config
@@ -19,7 +20,7 @@ from connector.errors import ConfigError, VerificationError
 from connector.node.clients import admin_channel
 from connector.rpc.channel import calling
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "transfer_json"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,7 +99,8 @@ def _admin(args: argparse.Namespace) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(args.config)))
 
 
-def _info(t: admin_pb2.TransferInfo) -> dict[str, Any]:
+def transfer_json(t: admin_pb2.TransferInfo) -> dict[str, Any]:
+    """A transfer as `tds data list --json` and the console show it."""
     return {
         "transfer": t.transfer_id,
         "role": t.role,
@@ -196,7 +198,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     if final is None:
         raise VerificationError("the connector ended the transfer without a receipt")
     _export(stub, final.transfer_id, args.out, final.sha256)
-    info = _info(final.transfer)
+    info = transfer_json(final.transfer)
     info["receipt_id"] = final.receipt_id
     info["out"] = str(args.out)
     emit(
@@ -212,11 +214,19 @@ def run_transfer(args: argparse.Namespace) -> int:
 
 def run_data_list(args: argparse.Namespace) -> int:
     """Holdings (or every transfer)."""
-    with calling("your connector"):
-        resp = _admin(args).ListTransfers(
-            admin_pb2.ListTransfersRequest(holdings=not args.all), timeout=30
+    stub = _admin(args)
+
+    def fetch(token: str, size: int | None) -> tuple[list[admin_pb2.TransferInfo], str, int]:
+        resp = stub.ListTransfers(
+            admin_pb2.ListTransfersRequest(
+                holdings=not args.all, page_token=token, page_size=size or 0
+            ),
+            timeout=30,
         )
-    rows = [_info(t) for t in resp.transfers]
+        return list(resp.transfers), resp.next_page_token, resp.max_page_size
+
+    with calling("your connector"):
+        rows = follow_pages(fetch, transfer_json, label="transfers")
     for r in rows:
         r.pop("receipt")
     lines = [
@@ -246,7 +256,7 @@ def run_data_stop(args: argparse.Namespace) -> int:
             admin_pb2.TerminateOwnTransferRequest(transfer_id=args.transfer, reason=args.reason),
             timeout=30,
         )
-    emit(_info(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
+    emit(transfer_json(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
     return 0
 
 
@@ -278,8 +288,16 @@ def _messages(a: dict[str, Any]) -> str:
 
 def run_metering(args: argparse.Namespace) -> int:
     """Per agreement and per consumer."""
+    stub = _admin(args)
+
+    def fetch(token: str, size: int | None) -> tuple[list[admin_pb2.AgreementMetering], str, int]:
+        resp = stub.MeteringReport(
+            admin_pb2.MeteringReportRequest(page_token=token, page_size=size or 0), timeout=30
+        )
+        return list(resp.agreements), resp.next_page_token, resp.max_page_size
+
     with calling("your connector"):
-        resp = _admin(args).MeteringReport(admin_pb2.MeteringReportRequest(), timeout=30)
+        found = follow_pages(fetch, lambda m: m, label="agreements metered")
     agreements = [
         {
             "agreement": m.agreement_id,
@@ -297,7 +315,7 @@ def run_metering(args: argparse.Namespace) -> int:
             "messages": m.messages,
             "max_messages": m.max_messages,
         }
-        for m in resp.agreements
+        for m in found
     ]
     consumers: dict[str, dict[str, int]] = {}
     for a in agreements:

@@ -16,16 +16,19 @@ import asyncio
 import base64
 import hmac
 import ipaddress
-import secrets
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
 
-from connector.console.backend import AdminBackend
+from connector.console.backend import ROWS, AdminBackend
+from connector.console.sessions import Session, Sessions
+from connector.console.timeline import timeline
 from connector.errors import (
     ConfigError,
     ConflictError,
@@ -54,6 +57,8 @@ _STATUS = {
     Unavailable: 503,
 }
 _PACKAGE = Path(str(resources.files("connector.console")))
+SESSION = web.RequestKey("session", Session)
+"""Where the session middleware leaves the request's live session for the handlers."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 NAV = [
@@ -62,7 +67,10 @@ NAV = [
     ("/negotiations", "合约协商 / negotiations"),
     ("/agreements", "数字合约 / contracts"),
     ("/transfers", "数据传输 / transfers"),
+    ("/holdings", "持有数据 / holdings"),
+    ("/receipts", "传输回执 / receipts"),
     ("/metering", "计量 / metering"),
+    ("/disclosure", "公共数据披露 / disclosure"),
     ("/consents", "个人信息同意 / consents"),
     ("/audit", "审计日志 / audit log"),
 ]
@@ -71,6 +79,17 @@ OPERATOR_NAV = [
     ("/grants", "授权运营 / grants"),
     ("/audit", "审计日志 / audit log"),
 ]
+
+
+def countdown(left_ms: int) -> str:
+    """Time left to a deadline as a person reads it (``static/console.js`` ticks it on)."""
+    if left_ms <= 0:
+        return "已到期 / due now"
+    minutes = left_ms // 60_000
+    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"还剩 {days} 天 {hours} 小时 / {days} d {hours} h left"
+    return f"还剩 {hours} 小时 {mins} 分 / {hours} h {mins} min left"
 
 
 def check_listen(listen: str, *, insecure: bool) -> tuple[str, int]:
@@ -97,10 +116,16 @@ def check_listen(listen: str, *, insecure: bool) -> tuple[str, int]:
 class Console:
     """One console: its backend, its login token and its sessions."""
 
-    def __init__(self, backend: AdminBackend, *, insecure_test_hooks: bool = False) -> None:
+    def __init__(
+        self,
+        backend: AdminBackend,
+        *,
+        insecure_test_hooks: bool = False,
+        sessions: Sessions | None = None,
+    ) -> None:
+        """``sessions``: how long sessions last (``Sessions`` defaults without it)."""
         self.backend = backend
-        self.token = secrets.token_urlsafe(32)
-        self._sessions: dict[str, str] = {}  # session id -> its CSRF token
+        self.sessions = sessions or Sessions()
         self._hooks = insecure_test_hooks
         self._hosts: set[str] = set()
         self._site = BackgroundSite("tds-console")
@@ -110,21 +135,23 @@ class Console:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        self.templates.filters["countdown"] = countdown
+
+    @property
+    def token(self) -> str:
+        """The one-time sign-in token ("" once used)."""
+        return self.sessions.token
 
     # -- access
 
-    def login(self, token: str) -> tuple[str, str] | None:
-        """Trade the printed token for a new session (id, CSRF token); the token works once."""
-        if not self.token or not hmac.compare_digest(token.encode(), self.token.encode()):
-            return None
-        self.token = ""
-        session = secrets.token_urlsafe(32)
-        self._sessions[session] = secrets.token_urlsafe(32)
-        return session, self._sessions[session]
+    def session_of(self, request: web.Request) -> Session | None:
+        """The request's live session (marked used), or None."""
+        return self.sessions.get(request.cookies.get(COOKIE, ""))
 
     def csrf_of(self, request: web.Request) -> str | None:
         """The CSRF token of the request's session, or None without a live session."""
-        return self._sessions.get(request.cookies.get(COOKIE, ""))
+        session = self.sessions.peek(request.cookies.get(COOKIE, ""))
+        return session.csrf if session else None
 
     def url(self) -> str:
         """Where to open the console (with the one-time token)."""
@@ -195,19 +222,43 @@ def _session_required(console: Console) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/" or request.path.startswith("/static/"):
             return await handler(request)
-        csrf = console.csrf_of(request)
-        if csrf is None:
-            if request.path.startswith("/api/"):
-                return web.json_response({"error": "no session: open the console URL"}, status=401)
-            return _page(console, request, "login.html", status=401, reason="no_session")
+        session = console.session_of(request)
+        if session is None:
+            return _signed_out(console, request)
         if request.method not in ("GET", "HEAD"):
             form = await request.post()
             given = str(form.get("csrf", "")) or request.headers.get("X-CSRF-Token", "")
-            if not hmac.compare_digest(given.encode(), csrf.encode()):
+            if not hmac.compare_digest(given.encode(), session.csrf.encode()):
                 return _page(console, request, "login.html", status=403, reason="csrf")
+        request[SESSION] = session
         return await handler(request)
 
     return middleware
+
+
+def _signed_out(console: Console, request: web.Request) -> web.Response:
+    """401 for a request without a live session: why (none, or expired), nothing done."""
+    expired = console.sessions.ended(request.cookies.get(COOKIE, ""))
+    reason = "expired" if expired else "no_session"
+    if request.path.startswith("/api/"):
+        why = "session expired" if expired else "no session"
+        return web.json_response({"error": f"{why}: open the console URL"}, status=401)
+    return _page(
+        console,
+        request,
+        "login.html",
+        status=401,
+        reason=reason,
+        idle=_spoken(console.sessions.idle),
+        lifetime=_spoken(console.sessions.lifetime),
+    )
+
+
+def _spoken(seconds: float) -> str:
+    """A session lifetime as a person reads it: minutes up to two hours, then hours."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.3g} 分钟 / minutes"
+    return f"{seconds / 3600:.3g} 小时 / hours"
 
 
 def _shown_errors(console: Console) -> Any:
@@ -244,24 +295,47 @@ def build_app(console: Console) -> web.Application:
     async def index(request: web.Request) -> web.StreamResponse:
         token = request.query.get("token")
         if token is None:
-            if console.csrf_of(request) is not None:
+            if console.session_of(request) is not None:
                 raise web.HTTPSeeOther(_landing(console))
-            return _page(console, request, "login.html", status=401, reason="no_session")
-        session = console.login(token)
-        if session is None:
+            return _signed_out(console, request)
+        signed_in = console.sessions.login(token)
+        if signed_in is None:
             return _page(console, request, "login.html", status=403, reason="bad_token")
         # See other: the token leaves the address bar and the history.
         response = web.Response(status=303, headers={"Location": _landing(console)})
-        response.set_cookie(COOKIE, session[0], httponly=True, samesite="Strict", path="/")
+        response.set_cookie(
+            COOKIE,
+            signed_in[0],
+            httponly=True,
+            samesite="Strict",
+            path="/",
+            max_age=int(console.sessions.lifetime),
+        )
         return response
 
+    async def paged(request: web.Request, fetch: Callable[[str], Any]) -> dict[str, Any]:
+        """One page of a list the admin API pages, and the pager's links."""
+        session = request[SESSION]
+        page_id = request.query.get("page", "")
+        page = session.page(page_id)
+        rows, following = await call(fetch, page.token)
+        after = session.link(following, page_id, page) if following else ""
+        return {
+            "rows": rows,
+            "pager": {
+                "number": page.number,
+                "previous": _query(page=page.previous) if page.number > 1 else "",
+                "next": _query(page=after) if after else "",
+            },
+        }
+
     async def products(request: web.Request) -> web.StreamResponse:
-        found = await call(backend.products)
-        return _page(console, request, "products.html", **_paged(request, found))
+        found = await paged(request, backend.products)
+        return _page(console, request, "products.html", **found)
 
     async def requests_(request: web.Request) -> web.StreamResponse:
-        waiting = await call(backend.negotiations, pending=True)
-        return _page(console, request, "requests.html", **_paged(request, waiting))
+        waiting = await paged(request, lambda t: backend.negotiations(t, pending=True))
+        return _page(console, request, "requests.html", **waiting)
 
     async def decide(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -275,12 +349,17 @@ def build_app(console: Console) -> web.Application:
         raise web.HTTPSeeOther(f"/negotiations?notice={_quote(notice)}")
 
     async def negotiations(request: web.Request) -> web.StreamResponse:
-        found = await call(backend.negotiations)
-        return _page(console, request, "negotiations.html", **_paged(request, found))
+        found = await paged(request, backend.negotiations)
+        return _page(console, request, "negotiations.html", **found)
+
+    async def negotiation(request: web.Request) -> web.StreamResponse:
+        found = await call(backend.negotiation, request.match_info["pid"])
+        drawn = timeline(found["transitions"])
+        return _page(console, request, "negotiation.html", n=found, timeline=drawn)
 
     async def agreements(request: web.Request) -> web.StreamResponse:
-        found = await call(backend.negotiations, agreements=True)
-        return _page(console, request, "agreements.html", **_paged(request, found))
+        found = await paged(request, lambda t: backend.negotiations(t, agreements=True))
+        return _page(console, request, "agreements.html", **found)
 
     async def revoke(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -290,10 +369,26 @@ def build_app(console: Console) -> web.Application:
         raise web.HTTPSeeOther(f"/agreements?notice={_quote(info['agreement_id'] + ' revoked')}")
 
     async def transfers(request: web.Request) -> web.StreamResponse:
-        return _page(console, request, "transfers.html", transfers=await call(backend.transfers))
+        found = await paged(request, backend.transfers)
+        return _page(console, request, "transfers.html", **found)
+
+    async def holdings(request: web.Request) -> web.StreamResponse:
+        found = await paged(request, backend.holdings)
+        return _page(console, request, "holdings.html", **found)
+
+    async def receipts(request: web.Request) -> web.StreamResponse:
+        found = await paged(request, lambda t: backend.holdings(t, kept=False))
+        return _page(console, request, "receipts.html", **found)
 
     async def metering(request: web.Request) -> web.StreamResponse:
-        return _page(console, request, "metering.html", rows=await call(backend.metering))
+        found = await paged(request, backend.metering)
+        return _page(console, request, "metering.html", **found)
+
+    async def disclosure(request: web.Request) -> web.StreamResponse:
+        this_year = time.gmtime().tm_year
+        year = _int(request.query.get("year", str(this_year)), "year")
+        report = await call(backend.disclosure, year)
+        return _page(console, request, "disclosure.html", report=report, year=year)
 
     async def consents(request: web.Request) -> web.StreamResponse:
         found = await call(backend.consents)
@@ -348,10 +443,14 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/requests", requests_)
     app.router.add_post("/requests/decide", decide)
     app.router.add_get("/negotiations", negotiations)
+    app.router.add_get("/negotiations/{pid}", negotiation)
     app.router.add_get("/agreements", agreements)
     app.router.add_post("/agreements/revoke", revoke)
     app.router.add_get("/transfers", transfers)
+    app.router.add_get("/holdings", holdings)
+    app.router.add_get("/receipts", receipts)
     app.router.add_get("/metering", metering)
+    app.router.add_get("/disclosure", disclosure)
     app.router.add_get("/consents", consents)
     app.router.add_post("/consents/withdraw", withdraw)
     app.router.add_get("/participants", participants)
@@ -363,14 +462,18 @@ def build_app(console: Console) -> web.Application:
     return app
 
 
-ROWS = 100
-"""Rows a list page renders; the rest are a link away (rendering 10,000 rows took ~1.5 s)."""
-
-
 def _paged(request: web.Request, rows: list[Any]) -> dict[str, Any]:
-    """One page of ``rows`` from ``?start=`` and what the pager needs."""
+    """One page of ``rows`` (a list the registry answers whole) from ``?start=``, and the
+    pager's links."""
     start = max(0, min(_int(request.query.get("start", "0"), "start"), max(0, len(rows) - 1)))
-    return {"rows": rows[start : start + ROWS], "start": start, "total": len(rows), "step": ROWS}
+    return {
+        "rows": rows[start : start + ROWS],
+        "pager": {
+            "number": start // ROWS + 1,
+            "previous": _query(start=max(0, start - ROWS)) if start > 0 else "",
+            "next": _query(start=start + ROWS) if start + ROWS < len(rows) else "",
+        },
+    }
 
 
 def _nav(console: Console) -> list[tuple[str, str]]:
@@ -393,6 +496,9 @@ def _int(text: str, name: str) -> int:
 
 
 def _quote(text: str) -> str:
-    from urllib.parse import quote
-
     return quote(text, safe="")
+
+
+def _query(**values: Any) -> str:
+    """A link to this page with other query values ("?" alone for none)."""
+    return "?" + urlencode({k: v for k, v in values.items() if v})

@@ -9,6 +9,7 @@ show as a banner.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from connector._proto.tds.v1 import (
 )
 from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
+from connector.audit.receipts import parse_receipt, receipt_id
 from connector.config import Config
-from connector.errors import InvalidRequest, NotFound, PreconditionFailed
+from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
 from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -36,6 +38,8 @@ __all__ = ["AdminBackend", "EntryEvidence"]
 _TIMEOUT = 30.0
 PAGE = 50
 """Log entries shown a page (GetEntries pages server-side; the browser never gets more)."""
+ROWS = 100
+"""Rows a list page shows: the admin API pages them (rendering 10,000 rows took ~1.5 s)."""
 
 
 def negotiation(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
@@ -51,6 +55,38 @@ def negotiation(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
         "reasons": list(n.reasons),
         "agreement_id": n.agreement_id,
         "revoked": bool(n.revocation),
+    }
+
+
+_FAR_NS = 253402300800 * 10**9
+"""Year 10000: a delete-after this late is no deadline a person waits for."""
+
+
+def holding(t: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """A received transfer (``transfer_json``) with what the holdings page shows: when its
+    obligations make it go (``delete_after_ms``, 0 for never; ``left_ms``) and its receipt
+    (the parties' attestation, as stored; the connector verified both signatures)."""
+    obligations = dict(t["obligations"])
+    ns = obligations.pop("delete_after_ns", 0)
+    deadline_ms = ns // 10**6 if isinstance(ns, int) and 0 < ns < _FAR_NS else 0
+    receipt: dict[str, Any] | None = None
+    if t["receipt"]:
+        try:
+            attested = parse_receipt(t["receipt"])
+            signatures = len(json.loads(t["receipt"])["signatures"])
+            receipt = {
+                "id": receipt_id(t["receipt"]),
+                "signatures": signatures,
+                **dataclasses.asdict(attested),
+            }
+        except (InvalidRequest, VerificationError) as exc:
+            receipt = {"error": str(exc)}
+    return {
+        **t,
+        "delete_after_ms": deadline_ms,
+        "left_ms": deadline_ms - now_ms if deadline_ms else 0,
+        "other_obligations": obligations,
+        "receipt": receipt,
     }
 
 
@@ -138,24 +174,53 @@ class AdminBackend:
             "version": s.version,
         }
 
-    def products(self) -> list[dict[str, Any]]:
-        """The products this connector publishes, as stored."""
+    def products(self, page_token: str = "") -> tuple[list[dict[str, Any]], str]:
+        """A page of the products this connector publishes, by id, and the next page's
+        token ("" after the last)."""
         with calling("your connector"):
             resp = self._admin().ListOwnProducts(
-                admin_pb2.ListOwnProductsRequest(), timeout=_TIMEOUT
-            )
-        return [json.loads(p) for p in resp.products_json]
-
-    def negotiations(
-        self, *, pending: bool = False, agreements: bool = False
-    ) -> list[dict[str, Any]]:
-        """Negotiations, newest first; only those waiting for approval, or with agreements."""
-        with calling("your connector"):
-            resp = self._admin().ListNegotiations(
-                admin_pb2.ListNegotiationsRequest(pending_approval=pending, agreements=agreements),
+                admin_pb2.ListOwnProductsRequest(page_size=ROWS, page_token=page_token),
                 timeout=_TIMEOUT,
             )
-        return [negotiation(n) for n in resp.negotiations]
+        return [json.loads(p) for p in resp.products_json], resp.next_page_token
+
+    def negotiations(
+        self, page_token: str = "", *, pending: bool = False, agreements: bool = False
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of negotiations, newest first (only those waiting for approval, or with
+        agreements), and the next page's token."""
+        with calling("your connector"):
+            resp = self._admin().ListNegotiations(
+                admin_pb2.ListNegotiationsRequest(
+                    pending_approval=pending,
+                    agreements=agreements,
+                    page_size=ROWS,
+                    page_token=page_token,
+                ),
+                timeout=_TIMEOUT,
+            )
+        return [negotiation(n) for n in resp.negotiations], resp.next_page_token
+
+    def negotiation(self, pid: str) -> dict[str, Any]:
+        """One negotiation with its transitions from this connector's log, oldest first."""
+        if not pid:
+            raise InvalidRequest("which negotiation? the address names none")
+        with calling("your connector"):
+            info = self._admin().GetNegotiation(
+                admin_pb2.NegotiationRef(pid=pid, with_transitions=True), timeout=_TIMEOUT
+            )
+        return {
+            **negotiation(info),
+            "transitions": [
+                {
+                    "from": t.from_state,
+                    "to": t.to_state,
+                    "time_ms": t.time_ms,
+                    "log_index": t.log_index,
+                }
+                for t in info.transitions
+            ],
+        }
 
     def decide(self, pid: str, action: str, reason: str) -> dict[str, Any]:
         """Approve or reject a negotiation waiting for this provider."""
@@ -180,32 +245,41 @@ class AdminBackend:
             )
         return negotiation(info)
 
-    def transfers(self) -> list[dict[str, Any]]:
-        """Transfers this connector took part in, either side."""
+    def transfers(
+        self, page_token: str = "", *, role: str = "", holdings: bool = False
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of transfers this connector took part in (of one role, or the consumer's
+        kept holdings), newest first, and the next page's token."""
         with calling("your connector"):
-            resp = self._admin().ListTransfers(admin_pb2.ListTransfersRequest(), timeout=_TIMEOUT)
-        return [
-            {
-                "transfer_id": t.transfer_id,
-                "role": t.role,
-                "agreement_id": t.agreement_id,
-                "product": t.product_id,
-                "counterparty": t.counterparty,
-                "state": t.state,
-                "size": t.size,
-                "received": t.received,
-                "started_ms": t.started_ms,
-                "ended_ms": t.ended_ms,
-                "receipt": bool(t.receipt),
-            }
-            for t in resp.transfers
-        ]
+            resp = self._admin().ListTransfers(
+                admin_pb2.ListTransfersRequest(
+                    role=role, holdings=holdings, page_size=ROWS, page_token=page_token
+                ),
+                timeout=_TIMEOUT,
+            )
+        from connector.cli.transfer import transfer_json  # one rendering of a transfer
 
-    def metering(self) -> list[dict[str, Any]]:
-        """Use of each agreement this connector provided (``tds metering``)."""
+        return [transfer_json(t) for t in resp.transfers], resp.next_page_token
+
+    def holdings(
+        self, page_token: str = "", *, kept: bool = True
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of what this connector received as a consumer, newest first: the holdings
+        it keeps (``kept``), or every transfer it received, deleted ones too (its receipts);
+        each with its obligations' deadline and its receipt, read."""
+        found, following = self.transfers(page_token, role="consumer", holdings=kept)
+        now_ms = int(time.time() * 1000)
+        return [holding(t, now_ms) for t in found], following
+
+    def metering(self, page_token: str = "") -> tuple[list[dict[str, Any]], str]:
+        """A page of the use of each agreement this connector provided (``tds report
+        metering``), by consumer then agreement, and the next page's token."""
         with calling("your connector"):
-            resp = self._admin().MeteringReport(admin_pb2.MeteringReportRequest(), timeout=_TIMEOUT)
-        return [
+            resp = self._admin().MeteringReport(
+                admin_pb2.MeteringReportRequest(page_size=ROWS, page_token=page_token),
+                timeout=_TIMEOUT,
+            )
+        rows = [
             {
                 "agreement_id": m.agreement_id,
                 "consumer": m.consumer,
@@ -220,6 +294,24 @@ class AdminBackend:
             }
             for m in resp.agreements
         ]
+        return rows, resp.next_page_token
+
+    def disclosure(self, year: int) -> dict[str, Any]:
+        """The disclosure report of public data released in ``year`` (``tds report
+        disclosure``), with each grant's term in milliseconds for the page."""
+        if not 2000 <= year <= 9999:
+            raise InvalidRequest(f"year must be between 2000 and 9999, not {year}")
+        with calling("your connector"):
+            resp = self._admin().DisclosureReport(
+                admin_pb2.DisclosureReportRequest(period=year), timeout=60
+            )
+        report: dict[str, Any] = json.loads(resp.report_json)
+        for op in report["operators"]:
+            for grant in op["grants"]:
+                for edge in ("start", "end"):
+                    ns = int(grant.get(f"{edge}_ns", 0) or 0)
+                    grant[f"{edge}_ms"] = ns // 10**6 if 0 < ns < _FAR_NS else 0
+        return report
 
     def consents(self) -> list[dict[str, Any]]:
         """An individual's consents, withdrawn ones included (``tds consent list``)."""

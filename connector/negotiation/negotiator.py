@@ -15,12 +15,13 @@ it is acknowledged.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ from connector.negotiation.agreement import (
     sign_agreement,
     verify_returned_agreement,
 )
+from connector.negotiation.history import TRANSITION_KIND
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.negotiation.store import (
     CONSUMER,
@@ -116,7 +118,7 @@ def _moved(
 ) -> Record:
     """The audit entry of one transition."""
     return (
-        "negotiation.transition",
+        TRANSITION_KIND,
         [counterparty],
         {
             "pid": pid,
@@ -972,6 +974,28 @@ class Negotiator:
             State.REQUESTED if pending_approval else wanted, PROVIDER if pending_approval else None
         )
         return [n for n in found if not agreements or n.agreement_id]
+
+    def page(
+        self,
+        before: Sequence[str],
+        limit: int,
+        state: str = "",
+        pending_approval: bool = False,
+        agreements: bool = False,
+    ) -> builtins.list[Negotiation]:
+        """Up to ``limit`` negotiations for the admin, newest first, after ``before``
+        (``store.page_position`` of the last one shown; empty for the newest), filtered as
+        ``list`` filters."""
+        if before and (len(before) != 2 or not before[0].isdigit()):
+            raise InvalidRequest("page position: expected (created_ms, pid)")
+        wanted = State(state) if state else None
+        return self._store.page_before(
+            before,
+            limit,
+            state=State.REQUESTED if pending_approval else wanted,
+            role=PROVIDER if pending_approval else None,
+            agreements=agreements,
+        )
 
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""

@@ -7,6 +7,7 @@ the inbox makes a repeated delivery of a message harmless.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import uuid
@@ -21,7 +22,14 @@ from connector.negotiation.outbox import Pending
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.store.database import Database, RawTransaction
 
-__all__ = ["CONSUMER", "PROVIDER", "Negotiation", "NegotiationStore", "Outgoing"]
+__all__ = [
+    "CONSUMER",
+    "PROVIDER",
+    "Negotiation",
+    "NegotiationStore",
+    "Outgoing",
+    "page_position",
+]
 
 PROVIDER, CONSUMER = "provider", "consumer"
 """A negotiation's ``role``: ours, as the provider or the consumer of its product."""
@@ -96,6 +104,11 @@ def _negotiation(row: tuple[Any, ...]) -> Negotiation:
         created_ms=int(created_ms),
         updated_ms=int(updated_ms),
     )
+
+
+def page_position(n: Negotiation) -> tuple[str, str]:
+    """Where ``n`` stands in the newest-first order ``page_before`` reads."""
+    return str(n.created_ms), n.pid
 
 
 HandOver = Callable[[list[Pending]], None]
@@ -261,6 +274,36 @@ class NegotiationStore:
         with self._db.transaction() as tx:
             rows = tx.all(sql, params)
         return sorted((_negotiation(r) for r in rows), key=lambda n: -n.created_ms)
+
+    def page_before(
+        self,
+        before: Sequence[str],
+        limit: int,
+        *,
+        state: State | None = None,
+        role: str | None = None,
+        agreements: bool = False,
+    ) -> builtins.list[Negotiation]:
+        """Up to ``limit`` negotiations, newest first, after position ``before`` (its
+        ``created_ms`` and pid, as :func:`page_position` gives; empty: from the newest), of
+        one state and role, or only those with an agreement."""
+        where, params = [], []
+        if before:
+            created, pid = int(before[0]), before[1]
+            where.append("(created_ms < ? OR (created_ms = ? AND pid < ?))")
+            params.extend([created, created, pid])
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if role is not None:
+            where.append("role = ?")
+            params.append(role)
+        if agreements:
+            where.append("agreement_id IS NOT NULL AND agreement_id <> ''")
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        with self._db.transaction() as tx:
+            rows = tx.all(f"{sql} ORDER BY created_ms DESC, pid DESC LIMIT ?", [*params, limit])
+        return [_negotiation(r) for r in rows]
 
     def transition(
         self,

@@ -48,6 +48,7 @@ from connector.identity.certs import (
     read_file_bytes,
 )
 from connector.identity.names import participant_uri
+from connector.negotiation.history import transitions
 from connector.negotiation.negotiator import DSP_METHOD, Negotiator
 from connector.negotiation.outbox import Outbox, Pending
 from connector.negotiation.service import (
@@ -486,6 +487,11 @@ class Node:
                     ),
                     self._disclosure if self.registry is not None else None,
                     self._send_inline,
+                    pages=(
+                        PageTokens.from_signing_key(signing_key, "admin"),
+                        page_limits(cfg.catalog),
+                    ),
+                    transitions=lambda n: transitions(self._log(), n),
                 )
             )
         )

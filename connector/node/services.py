@@ -6,24 +6,39 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connector import __version__
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, peer_pb2, peer_pb2_grpc
 from connector.catalog.catalog import Catalog, Description
+from connector.catalog.paging import (
+    Filters,
+    Listed,
+    PageLimits,
+    PageReader,
+    PageTokens,
+    page_size,
+    take_page,
+)
 from connector.consent.admin import ConsentAdmin
 from connector.errors import InvalidRequest, PreconditionFailed
+from connector.negotiation.history import Transition
 from connector.negotiation.negotiator import Negotiator
-from connector.negotiation.store import Negotiation
+from connector.negotiation.states import State
+from connector.negotiation.store import Negotiation, page_position
 from connector.registry.revocation import RevocationList
 from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
 from connector.transfer.admin import TransferAdmin
 
 __all__ = ["AdminServicer", "NodeStatus", "PeerServicer", "admin_service", "peer_service"]
+
+T = TypeVar("T")
 
 # A waiting GetNegotiation holds one of the server's worker threads: keep the hold short.
 MAX_WAIT_MS = 30_000
@@ -74,8 +89,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         consents: ConsentAdmin | None = None,
         disclosure: Callable[[int], dict[str, Any]] | None = None,
         send_inline: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        pages: tuple[PageTokens, PageLimits] | None = None,
+        transitions: Callable[[Negotiation], list[Transition]] | None = None,
     ) -> None:
+        """``pages``: the key of the admin lists' page tokens and the page sizes (without
+        it a fresh random key, tokens then hold for this process only, and the defaults)."""
+        self._page_tokens, self._page_limits = pages or (
+            PageTokens(AESGCM.generate_key(256), "admin"),
+            PageLimits(),
+        )
         self._send_inline = send_inline
+        self._transitions = transitions
         self._consents = consents
         self._disclosure = disclosure
         self._registrar = registrar
@@ -160,22 +184,73 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         left = max(0.0, deadline - time.monotonic())
         return negotiation_info(self._negotiator.wait_final(n.pid, left))
 
+    @property
+    def _max_page(self) -> int:
+        return self._page_limits.max_size
+
+    def _page(
+        self, request: Any, listing: str, reader: PageReader[Listed[T]]
+    ) -> tuple[list[T], str] | None:
+        """One page of an admin list when ``request`` asks for paging (``page_size`` or
+        ``page_token``), else ``None``: the whole list, as callers before paging expect.
+
+        The tokens are bound to ``listing``, which names the list and its filters: a token
+        from another list or other filters is refused (``InvalidRequest``)."""
+        if not request.HasField("page_size") and not request.page_token:
+            return None
+        # 0 asks for the default size: how a caller says "paged" without knowing the limits.
+        size = page_size(request.page_size or None, self._page_limits)
+        rows, following = take_page(
+            reader,
+            bound=f"admin\0{listing}",
+            filters=Filters(),
+            size=size,
+            token=request.page_token,
+            tokens=self._page_tokens,
+            limits=self._page_limits,
+        )
+        return [r.item for r in rows], following
+
     def ListNegotiations(self, request: Any, context: Any) -> admin_pb2.ListNegotiationsResponse:
-        """Negotiations, filtered."""
+        """Negotiations, filtered, newest first; paged when asked."""
         try:
-            found = self._negotiator.list(
-                request.state, request.pending_approval, request.agreements
-            )
+            _ = State(request.state) if request.state else None
         except ValueError:
             raise InvalidRequest(f"unknown state {request.state!r}") from None
+        filters = (request.state, request.pending_approval, request.agreements)
+
+        def reader(after: Sequence[str], limit: int) -> list[Listed[admin_pb2.NegotiationInfo]]:
+            found = self._negotiator.page(after, limit, *filters)
+            infos = [(page_position(n), negotiation_info(n)) for n in found]
+            return [Listed(at, info.ByteSize(), info) for at, info in infos]
+
+        paged = self._page(request, "negotiations\0" + json.dumps(filters), reader)
+        if paged is not None:
+            return admin_pb2.ListNegotiationsResponse(
+                negotiations=paged[0], next_page_token=paged[1], max_page_size=self._max_page
+            )
+        found = self._negotiator.list(*filters)
         return admin_pb2.ListNegotiationsResponse(negotiations=[negotiation_info(n) for n in found])
 
     def GetNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
-        """One negotiation; with ``wait_ms``, once it is final (or when the wait ends)."""
+        """One negotiation; with ``wait_ms``, once it is final (or when the wait ends); with
+        ``with_transitions``, its transitions from the log."""
         if request.wait_ms:
             seconds = min(request.wait_ms, MAX_WAIT_MS) / 1000
-            return negotiation_info(self._negotiator.wait_final(request.pid, seconds))
-        return negotiation_info(self._negotiator.get(request.pid))
+            n = self._negotiator.wait_final(request.pid, seconds)
+        else:
+            n = self._negotiator.get(request.pid)
+        info = negotiation_info(n)
+        if request.with_transitions:
+            if self._transitions is None:
+                raise PreconditionFailed("this connector keeps no log of negotiations")
+            info.transitions.extend(
+                admin_pb2.NegotiationTransition(
+                    from_state=t.start, to_state=t.to, time_ms=t.time_ms, log_index=t.log_index
+                )
+                for t in self._transitions(n)
+            )
+        return info
 
     def ApproveNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
         """As a provider, approve a waiting negotiation."""
@@ -196,7 +271,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ListOwnProducts(
         self, request: admin_pb2.ListOwnProductsRequest, context: Any
     ) -> admin_pb2.ListOwnProductsResponse:
-        """Every product this connector publishes."""
+        """The products this connector publishes, by id; paged when asked."""
+        paged = self._page(request, "products", self._catalog.own_after)
+        if paged is not None:
+            return admin_pb2.ListOwnProductsResponse(
+                products_json=[p.to_json() for p in paged[0]],
+                next_page_token=paged[1],
+                max_page_size=self._max_page,
+            )
         return admin_pb2.ListOwnProductsResponse(
             products_json=[p.to_json() for p in self._catalog.own_products()]
         )
@@ -217,8 +299,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ListTransfers(
         self, request: admin_pb2.ListTransfersRequest, context: Any
     ) -> admin_pb2.ListTransfersResponse:
-        """Transfers and holdings."""
-        return self._transfer_admin().list(request)
+        """Transfers and holdings, newest first; paged when asked."""
+        admin = self._transfer_admin()
+        filters = json.dumps([request.role, request.holdings])
+        paged = self._page(
+            request, "transfers\0" + filters, lambda after, n: admin.page(request, after, n)
+        )
+        if paged is not None:
+            return admin_pb2.ListTransfersResponse(
+                transfers=paged[0], next_page_token=paged[1], max_page_size=self._max_page
+            )
+        return admin.list(request)
 
     def ReadHolding(
         self, request: admin_pb2.ReadHoldingRequest, context: Any
@@ -235,8 +326,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def MeteringReport(
         self, request: admin_pb2.MeteringReportRequest, context: Any
     ) -> admin_pb2.MeteringReportResponse:
-        """The provider's metering."""
-        return self._transfer_admin().metering()
+        """The provider's metering, by consumer then agreement; paged when asked."""
+        admin = self._transfer_admin()
+        paged = self._page(request, "metering", admin.metering_page)
+        if paged is not None:
+            return admin_pb2.MeteringReportResponse(
+                agreements=paged[0], next_page_token=paged[1], max_page_size=self._max_page
+            )
+        return admin.metering()
 
     def _consent_admin(self) -> ConsentAdmin:
         if self._consents is None:
@@ -323,6 +420,8 @@ def negotiation_info(n: Negotiation) -> admin_pb2.NegotiationInfo:
         agreement_id=n.agreement_id or "",
         agreement=n.agreement or "",
         revocation=n.revocation or "",
+        created_ms=n.created_ms,
+        updated_ms=n.updated_ms,
     )
 
 

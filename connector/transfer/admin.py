@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from connector._proto.tds.v1 import admin_pb2
+from connector.catalog.paging import Listed
 from connector.errors import ConnectorError, InvalidRequest
 from connector.transfer.consumer import Progress, TransferConsumer
 from connector.transfer.provider import TransferProvider
-from connector.transfer.store import CONSUMER, PROVIDER, Transfer, TransferStore
+from connector.transfer.store import CONSUMER, PROVIDER, Metering, Transfer, TransferStore
 
 __all__ = ["TransferAdmin", "transfer_info"]
 
@@ -98,10 +100,21 @@ class TransferAdmin:
 
     def list(self, request: admin_pb2.ListTransfersRequest) -> admin_pb2.ListTransfersResponse:
         """Transfers of one role, or the holdings."""
-        if request.role not in ("", PROVIDER, CONSUMER):
-            raise InvalidRequest("role must be provider, consumer or empty")
-        found = self._store.list(request.role, holdings=request.holdings)
+        found = self._store.list(_role(request), holdings=request.holdings)
         return admin_pb2.ListTransfersResponse(transfers=[transfer_info(t) for t in found])
+
+    def page(
+        self, request: admin_pb2.ListTransfersRequest, after: Sequence[str], limit: int
+    ) -> builtins.list[Listed[admin_pb2.TransferInfo]]:
+        """Up to ``limit`` transfers as ``list`` filters them, newest first, after position
+        ``after`` (started_ms and id of the last one shown; empty: from the newest)."""
+        if after and (len(after) != 2 or not after[0].isdigit()):
+            raise InvalidRequest("page position: expected (started_ms, transfer id)")
+        found = self._store.list(
+            _role(request), holdings=request.holdings, before=after, limit=limit
+        )
+        infos = [(t, transfer_info(t)) for t in found]
+        return [Listed((str(t.started_ms), t.id), i.ByteSize(), i) for t, i in infos]
 
     def read(self, request: admin_pb2.ReadHoldingRequest) -> Iterator[admin_pb2.HoldingChunk]:
         """A holding's bytes."""
@@ -118,25 +131,44 @@ class TransferAdmin:
         return transfer_info(t)
 
     def metering(self) -> admin_pb2.MeteringReportResponse:
-        """Counts per agreement (the provider's)."""
+        """Counts per agreement (the provider's), all of them."""
         return admin_pb2.MeteringReportResponse(
-            agreements=[
-                admin_pb2.AgreementMetering(
-                    agreement_id=m.agreement_id,
-                    consumer=m.consumer,
-                    product_id=m.product,
-                    transfers=m.transfers,
-                    bytes=m.bytes,
-                    completed=m.completed,
-                    completed_bytes=m.completed_bytes,
-                    max_transfers=m.max_transfers,
-                    max_bytes=m.max_bytes,
-                    computations=m.computations,
-                    epsilon_spent=m.epsilon_spent_micro / 1_000_000,
-                    epsilon_budget=m.epsilon_budget_micro / 1_000_000,
-                    messages=m.messages,
-                    max_messages=m.max_messages,
-                )
-                for m in self._store.metering()
-            ]
+            agreements=[_agreement_metering(m) for m in self._store.metering()]
         )
+
+    def metering_page(
+        self, after: Sequence[str], limit: int
+    ) -> builtins.list[Listed[admin_pb2.AgreementMetering]]:
+        """Up to ``limit`` agreements' counts after position ``after`` (consumer and
+        agreement id; empty: from the first)."""
+        if after and len(after) != 2:
+            raise InvalidRequest("page position: expected (consumer, agreement id)")
+        found = [
+            (m, _agreement_metering(m)) for m in self._store.metering(after=after, limit=limit)
+        ]
+        return [Listed((m.consumer, m.agreement_id), i.ByteSize(), i) for m, i in found]
+
+
+def _agreement_metering(m: Metering) -> admin_pb2.AgreementMetering:
+    return admin_pb2.AgreementMetering(
+        agreement_id=m.agreement_id,
+        consumer=m.consumer,
+        product_id=m.product,
+        transfers=m.transfers,
+        bytes=m.bytes,
+        completed=m.completed,
+        completed_bytes=m.completed_bytes,
+        max_transfers=m.max_transfers,
+        max_bytes=m.max_bytes,
+        computations=m.computations,
+        epsilon_spent=m.epsilon_spent_micro / 1_000_000,
+        epsilon_budget=m.epsilon_budget_micro / 1_000_000,
+        messages=m.messages,
+        max_messages=m.max_messages,
+    )
+
+
+def _role(request: admin_pb2.ListTransfersRequest) -> str:
+    if request.role not in ("", PROVIDER, CONSUMER):
+        raise InvalidRequest("role must be provider, consumer or empty")
+    return request.role

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from connector._proto.tds.v1 import registry_pb2
 from connector.audit.log import TransparencyLog
 from connector.audit.receipts import parse_receipt
+from connector.audit.verify import COMPUTATION_KIND, RECEIPT_KIND, WINDOW_KIND
 from connector.audit.window_receipts import parse_window
 from connector.compute.receipt import parse_computation_receipt
 from connector.errors import ConnectorError, InvalidRequest, NotFound
@@ -68,6 +69,29 @@ def _grant_json(g: registry_pb2.OperationGrant) -> dict[str, Any]:
     }
 
 
+_RECEIPT_KINDS = (RECEIPT_KIND, COMPUTATION_KIND, WINDOW_KIND)
+_SLACK_MS = 86_400_000
+"""How far a receipt's log entry may be recorded from the receipt's own time (the entry
+is written when the provider countersigns, seconds after the end the receipt states)."""
+
+
+def _receipt_entries(
+    log: TransparencyLog, start_ms: int, end_ms: int, size: int
+) -> Iterator[tuple[int, bytes]]:
+    """The receipt entries among the log's first ``size`` recorded around ``[start_ms,
+    end_ms)``, in log order, read by the log's (kind, time) index rather than by reading
+    the whole log; each receipt's own time then decides whether it falls in the period."""
+    found: list[tuple[int, bytes]] = []
+    for kind in _RECEIPT_KINDS:
+        after = -1
+        while page := log.entries_of_kind(
+            kind, None, start_ms - _SLACK_MS, end_ms + _SLACK_MS, limit=_PAGE, after=after
+        ):
+            found += page
+            after = page[-1][0]
+    yield from sorted(e for e in found if e[0] < size)
+
+
 def disclosure_report(
     *,
     provider: str,
@@ -81,47 +105,46 @@ def disclosure_report(
     start_ms, end_ms = _period_ms(year)
     rows: dict[str, _Row] = {}
     size = log.size
-    for first in range(0, size, _PAGE):
-        for index, body in log.entries(first, min(size, first + _PAGE)):
-            entry = json.loads(body)
-            kind = entry.get("kind")
-            if kind == "transfer.receipt":
-                receipt = parse_receipt(entry["data"]["receipt"])
-                agreement_id, at_ms, who = receipt.agreement, receipt.ended_ms, receipt.provider
-            elif kind == "compute.receipt":
-                computed = parse_computation_receipt(entry["data"]["receipt"])
-                agreement_id, at_ms = computed.agreement, computed.computed_ms
-                who = computed.provider
-            elif kind == "stream.window":
-                # A window receipt carries no time of its own: the entry's is when the
-                # provider countersigned it.
-                window = parse_window(entry["data"]["receipt"])
-                agreement_id, at_ms, who = window.agreement, entry["time_ms"], window.provider
-            else:
+    for index, body in _receipt_entries(log, start_ms, end_ms, size):
+        entry = json.loads(body)
+        kind = entry.get("kind")
+        if kind == RECEIPT_KIND:
+            receipt = parse_receipt(entry["data"]["receipt"])
+            agreement_id, at_ms, who = receipt.agreement, receipt.ended_ms, receipt.provider
+        elif kind == COMPUTATION_KIND:
+            computed = parse_computation_receipt(entry["data"]["receipt"])
+            agreement_id, at_ms = computed.agreement, computed.computed_ms
+            who = computed.provider
+        elif kind == WINDOW_KIND:
+            # A window receipt carries no time of its own: the entry's is when the
+            # provider countersigned it.
+            window = parse_window(entry["data"]["receipt"])
+            agreement_id, at_ms, who = window.agreement, entry["time_ms"], window.provider
+        else:
+            continue
+        if who != provider or not start_ms <= at_ms < end_ms:
+            continue
+        row = rows.get(agreement_id)
+        if row is None:
+            try:
+                signed = negotiations.by_agreement(agreement_id).agreement or ""
+                agreement = parse_agreement(signed)
+            except (NotFound, ConnectorError):
                 continue
-            if who != provider or not start_ms <= at_ms < end_ms:
-                continue
-            row = rows.get(agreement_id)
-            if row is None:
-                try:
-                    signed = negotiations.by_agreement(agreement_id).agreement or ""
-                    agreement = parse_agreement(signed)
-                except (NotFound, ConnectorError):
-                    continue
-                if not agreement.registration_code:
-                    continue  # not public data
-                row = rows[agreement_id] = _Row(agreement)
-            if kind == "transfer.receipt":
-                row.transfers += 1
-                row.bytes += receipt.size
-            elif kind == "compute.receipt":
-                row.computations += 1
-                row.epsilon += computed.epsilon_spent
-            else:
-                row.windows += 1
-                row.messages += window.window.count
-                row.stream_bytes += window.window.bytes
-            row.receipt_log_indices.append(index)
+            if not agreement.registration_code:
+                continue  # not public data
+            row = rows[agreement_id] = _Row(agreement)
+        if kind == RECEIPT_KIND:
+            row.transfers += 1
+            row.bytes += receipt.size
+        elif kind == COMPUTATION_KIND:
+            row.computations += 1
+            row.epsilon += computed.epsilon_spent
+        else:
+            row.windows += 1
+            row.messages += window.window.count
+            row.stream_bytes += window.window.bytes
+        row.receipt_log_indices.append(index)
     try:
         register = {g.id: g for g in grants()}
         register_error = ""

@@ -8,13 +8,13 @@ PostgreSQL database, whose row lock re-evaluates the condition) can never exceed
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, and_, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from connector.errors import Aborted, ConflictError, NotFound, PermissionDenied, PreconditionFailed
 from connector.store.database import Database, RawTransaction
@@ -248,10 +248,29 @@ class TransferStore:
             )
             row.state, row.reason, row.ended_ms = FAILED, reason[:512], now_ms
 
-    def metering(self) -> list[Metering]:
-        """Every agreement's counts."""
+    def metering(self, *, after: Sequence[str] = (), limit: int | None = None) -> list[Metering]:
+        """Every agreement's counts, by consumer then agreement; with ``limit``, a page of
+        them: the next ``limit`` after position ``after`` (consumer and agreement id)."""
         with self._db.session() as s:
-            rows = s.exec(select(MeteringRow)).all()
+            query = select(MeteringRow)
+            if after:
+                consumer, agreement = after
+                query = query.where(
+                    or_(
+                        col(MeteringRow.consumer) > consumer,
+                        and_(
+                            col(MeteringRow.consumer) == consumer,
+                            col(MeteringRow.agreement_id) > agreement,
+                        ),
+                    )
+                )
+            if limit is not None:
+                order = (col(MeteringRow.consumer), col(MeteringRow.agreement_id))
+                query = query.order_by(*order).limit(limit)
+            rows = s.exec(query).all()
+            if limit is None:
+                rows = sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
+            # A page keeps the database's order: the next page continues from it.
             return [
                 Metering(
                     agreement_id=r.agreement_id,
@@ -269,7 +288,7 @@ class TransferStore:
                     messages=r.messages,
                     max_messages=r.max_messages,
                 )
-                for r in sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
+                for r in rows
             ]
 
     # -- both roles -----------------------------------------------------------------
@@ -365,10 +384,32 @@ class TransferStore:
                     row[log_index] = indices[0]
         return _from_values(row)
 
-    def list(self, role: str = "", holdings: bool = False) -> list[Transfer]:
-        """Transfers, newest first; ``holdings``: the consumer's kept, completed ones."""
+    def list(
+        self,
+        role: str = "",
+        holdings: bool = False,
+        *,
+        before: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[Transfer]:
+        """Transfers, newest first; ``holdings``: the consumer's kept, completed ones.
+
+        A page of them with ``limit``: the next ``limit`` after position ``before`` (the
+        ``started_ms`` and id of the last one shown, as ``page_position`` gives).
+        """
         with self._db.session() as s:
             query = select(TransferRow)
+            if before:
+                started, last = int(before[0]), before[1]
+                query = query.where(
+                    or_(
+                        col(TransferRow.started_ms) < started,
+                        and_(col(TransferRow.started_ms) == started, col(TransferRow.id) < last),
+                    )
+                )
+            if limit is not None:
+                order = (col(TransferRow.started_ms).desc(), col(TransferRow.id).desc())
+                query = query.order_by(*order).limit(limit)
             if role:
                 query = query.where(TransferRow.role == role)
             if holdings:
@@ -378,4 +419,5 @@ class TransferStore:
                     TransferRow.deleted_ms == 0,
                 )
             rows = s.exec(query).all()
-            return sorted((_transfer(r) for r in rows), key=lambda t: -t.started_ms)
+            found = [_transfer(r) for r in rows]
+            return found if limit is not None else sorted(found, key=lambda t: -t.started_ms)

@@ -86,6 +86,21 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) and its page."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def signed_in(page: Any, console: Console) -> Any:
+    """``page`` after opening the console's printed URL (the one-time token)."""
+    page.goto(console.url())
+    return page
+
+
 def screenshot(page: Any, name: str) -> None:
     """Keep what the page looked like (artifacts/console/, gitignored)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

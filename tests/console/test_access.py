@@ -150,3 +150,74 @@ def test_an_unreachable_connector_is_a_banner(space: LocalSpace, tmp_path: Any) 
         assert status == 503 and 'class="banner bad"' in page and "Traceback" not in page
     finally:
         console.stop()
+
+
+class Clock:
+    """A clock the test moves (sessions read time through it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_stale_session_gets_a_clear_page_and_nothing_done(space: LocalSpace) -> None:
+    from connector._proto.tds.v1 import admin_pb2
+    from connector.console.backend import AdminBackend
+    from connector.console.sessions import Sessions
+    from tests.integration.test_approval import waiting
+    from tests.integration.test_negotiation import admin
+
+    pid = waiting(space, "a", "air-quality")
+    gov = admin(space, "gov")
+    clock = Clock()
+    console = Console(
+        AdminBackend(space.configs["gov"]),
+        sessions=Sessions(idle=60, lifetime=150, clock=clock),
+    )
+    console.start()
+    try:
+        session, csrf = login(console)
+        clock.now += 59  # used within the idle time: still live
+        status, _, _ = request(console, "GET", "/products", cookie=session)
+        assert status == 200
+        clock.now += 61  # idle too long
+        approve = {"pid": pid, "action": "approve", "csrf": csrf}
+        status, headers, page = request(
+            console, "POST", "/requests/decide", cookie=session, form=approve
+        )
+        assert status == 401 and "session expired" in page and "location" not in headers
+        assert "1 分钟 / minutes without use" in page
+        assert gov.GetNegotiation(admin_pb2.NegotiationRef(pid=pid)).state == "REQUESTED"
+        for path in ("/requests", "/"):
+            status, _, page = request(console, "GET", path, cookie=session)
+            assert status == 401 and "session expired" in page
+        status, _, body = request(console, "GET", "/api/evidence?index=0", cookie=session)
+        assert status == 401 and "session expired" in body
+    finally:
+        console.stop()
+
+
+def test_a_session_ends_at_its_lifetime_however_busy(space: LocalSpace) -> None:
+    from connector.console.backend import AdminBackend
+    from connector.console.sessions import Sessions
+
+    clock = Clock()
+    console = Console(
+        AdminBackend(space.configs["gov"]),
+        sessions=Sessions(idle=60, lifetime=150, clock=clock),
+    )
+    console.start()
+    try:
+        session, _ = login(console)
+        for _ in range(3):  # used every 50 s: never idle
+            clock.now += 50
+            status, _, _ = request(console, "GET", "/products", cookie=session)
+            assert status == 200
+        clock.now += 1
+        status, _, page = request(console, "GET", "/products", cookie=session)
+        assert status == 401 and "session expired" in page
+        assert "2.5 分钟 / minutes after sign-in" in page
+    finally:
+        console.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,12 @@ from connector.audit.auditor import fetch_and_witness
 from connector.console.app import Console
 from connector.demo.space import LocalSpace
 from connector.node.clients import registry_client
-from tests.console.conftest import open_console, screenshot
+from tests.console.conftest import open_console, screenshot, signed_in
 from tests.integration.test_approval import waiting
 from tests.integration.test_negotiation import admin, product, wait
-from tests.support.exchange import agree, publish
+from tests.support.exchange import agree, entries, offer, publish
 
 pytestmark = pytest.mark.usefixtures("browser")
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def signed_in(page: Any, console: Console) -> Any:
-    page.goto(console.url())
-    return page
 
 
 def test_the_token_signs_in_once_and_a_wrong_one_is_refused(
@@ -316,5 +302,100 @@ def test_the_tamper_hook_is_off_unless_asked(page: Any, space: LocalSpace) -> No
         page.goto(f"http://127.0.0.1:{console.port}/audit?connector=gov&start=0&tamper=1")
         page.locator('button.verify[data-index="0"]').click()
         expect(page.locator("#verdict")).to_have_attribute("data-state", "verified")
+    finally:
+        console.stop()
+
+
+def test_a_consumer_sees_its_holdings_obligations_and_receipts(
+    page: Any, space: LocalSpace
+) -> None:
+    from playwright.sync_api import expect
+
+    (space.root / "kept-counts.csv").write_text("hour,count\n08,12\n")
+    three_days_ns = time.time_ns() + 3 * 86400 * 10**9
+    obligations = {"delete_after_ns": three_days_ns, "delete_on_revocation": True}
+    publish(
+        space,
+        "gov",
+        {
+            "id": "kept-counts",
+            "title": "计数 / counts",
+            "grade": "general",
+            "source": {"kind": "file", "path": "kept-counts.csv"},
+            "offers": [offer(obligations=obligations)],
+        },
+        space.root,
+    )
+    agreement = agree(space, "gov", "a", "kept-counts")
+    [*progress] = admin(space, "a").Transfer(
+        admin_pb2.TransferRequest(agreement_id=agreement), timeout=30
+    )
+    final = progress[-1]
+    assert final.event == "completed", final
+    console = open_console(space, "a")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/holdings")
+        row = page.locator(f'tr[data-transfer="{final.transfer_id}"]')
+        expect(row).to_contain_text(agreement)
+        # The countdown: just under three days left, ticking in the page.
+        expect(row.locator(".countdown")).to_contain_text("2 d 23 h left")
+        expect(row).to_contain_text("delete_on_revocation")
+        receipt = row.locator(".receipt")
+        expect(receipt).to_have_attribute("data-receipt", final.receipt_id)
+        expect(receipt).to_contain_text("双签 / dual-signed")
+        expect(receipt).to_contain_text("provider gov")
+        screenshot(page, "holdings")
+        page.goto(f"http://127.0.0.1:{console.port}/receipts")
+        row = page.locator(f'tr[data-transfer="{final.transfer_id}"]')
+        expect(row.locator(".receipt")).to_have_attribute("data-receipt", final.receipt_id)
+        screenshot(page, "receipts")
+        # The provider's log entry the receipt names opens on the audit page.
+        row.get_by_role("link", name="gov #").click()
+        expect(page.locator("h1")).to_contain_text("审计日志")
+    finally:
+        console.stop()
+
+
+def test_a_negotiation_s_transitions_are_drawn_as_a_timeline(page: Any, space: LocalSpace) -> None:
+    from playwright.sync_api import expect
+
+    agreement = agree(space, "gov", "a", "bus-stops")
+    [mine] = [
+        n
+        for n in admin(space, "gov")
+        .ListNegotiations(admin_pb2.ListNegotiationsRequest(agreements=True), timeout=10)
+        .negotiations
+        if n.agreement_id == agreement
+    ]
+    logged = [
+        (e["data"]["to"], e["index"])
+        for e in entries(space, "gov", "negotiation.transition")
+        if e["data"]["pid"] == mine.pid
+    ]
+    assert logged[0][0] == "REQUESTED" and logged[-1][0] == "FINALIZED"
+    console = open_console(space, "gov")
+    try:
+        signed_in(page, console)
+        page.goto(f"http://127.0.0.1:{console.port}/negotiations")
+        page.locator(f'tr[data-pid="{mine.pid}"] a').click()
+        svg = page.locator("svg#timeline")
+        expect(svg).to_be_visible()
+        steps = svg.locator("g.step")
+        drawn = [
+            (steps.nth(i).get_attribute("data-state"), steps.nth(i).get_attribute("data-log-index"))
+            for i in range(steps.count())
+        ]
+        assert drawn == [(state, str(index)) for state, index in logged]
+        assert svg.locator("circle").count() == len(logged)
+        assert svg.locator("text.gap").count() == len(logged) - 1  # the time between steps
+        screenshot(page, "timeline")
+        # No script drew it: the page's answer already holds the SVG.
+        html = page.request.get(page.url).text()
+        assert 'id="timeline"' in html and html.count("<circle") == len(logged)
+        # A made-up id, markup included, is a banner with the id as text.
+        page.goto(f"http://127.0.0.1:{console.port}/negotiations/%3Cb%3Ex%3C%2Fb%3E")
+        expect(page.locator(".banner.bad")).to_contain_text("<b>x</b>")
+        assert page.locator(".banner.bad b").count() == 0
     finally:
         console.stop()

@@ -63,3 +63,18 @@ def test_a_non_loopback_address_is_refused_with_why(space: LocalSpace) -> None:
     assert result.returncode == 1
     assert "loopback only" in result.stderr and "--insecure-listen" in result.stderr
     assert "Traceback" not in result.stderr and not result.stdout
+
+
+def test_session_lifetimes_must_make_sense(space: LocalSpace) -> None:
+    config = str(space.root / "gov.toml")
+    for flags in (["--idle-minutes", "0"], ["--idle-minutes", "90", "--session-hours", "1"]):
+        result = subprocess.run(
+            [*TDS, "console", "--config", config, *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "--idle-minutes must be above 0 and within --session-hours" in result.stderr
+        assert "Traceback" not in result.stderr and not result.stdout

@@ -2,10 +2,25 @@
 // still moving, and the auditor's verify buttons. No inline scripts (the CSP forbids them).
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
-  for (const cell of document.querySelectorAll("td.time[data-ms]")) {
+  for (const cell of document.querySelectorAll(".time[data-ms]")) {
     const ms = Number(cell.dataset.ms);
     if (ms) cell.textContent = new Date(ms).toISOString().slice(0, 19).replace("T", " ");
   }
+
+  // A holding's delete-after countdown, as app.countdown words it, ticking on.
+  const countdowns = document.querySelectorAll(".countdown[data-deadline-ms]");
+  const tick = () => {
+    for (const cell of countdowns) {
+      const left = Number(cell.dataset.deadlineMs) - Date.now();
+      const minutes = Math.floor(left / 60000);
+      const [d, h, m] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24, minutes % 60];
+      cell.classList.toggle("bad", left <= 0);
+      cell.textContent = left <= 0 ? "已到期 / due now"
+        : d ? `还剩 ${d} 天 ${h} 小时 / ${d} d ${h} h left`
+        : `还剩 ${h} 小时 ${m} 分 / ${h} h ${m} min left`;
+    }
+  };
+  if (countdowns.length) setInterval(tick, 1000);
 
   const live = document.querySelector("[data-refresh]");
   if (live) setTimeout(() => location.reload(), Number(live.dataset.refresh) * 1000);

@@ -366,21 +366,35 @@ class ListTransfersRequest(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     HOLDINGS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """provider, consumer or empty for both."""
     holdings: _builtins.bool
     """Only the consumer's holdings that are still kept."""
+    page_size: _builtins.int
+    """Paging (optional): with page_size (1 to the connector's catalog.max_page_size, 0 for
+    its catalog.page_size) or a page_token, one page and a next_page_token; with neither,
+    the whole list in one answer, as before paging existed (which fails past the 4 MB
+    message limit).
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         holdings: _builtins.bool = ...,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "holdings", b"holdings", "page_size", b"page_size", "page_token", b"page_token", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListTransfersRequest: _TypeAlias = ListTransfersRequest  # noqa: Y015
 
@@ -389,16 +403,24 @@ class ListTransfersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts (to read a long list in few calls)."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferInfo]: ...
     def __init__(
         self,
         *,
         transfers: _abc.Iterable[Global___TransferInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "next_page_token", b"next_page_token", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,14 +493,24 @@ Global___TerminateOwnTransferRequest: _TypeAlias = TerminateOwnTransferRequest  
 class MeteringReportRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Paging (optional), by consumer then agreement: as ListOwnProductsRequest."""
+    page_token: _builtins.str
     def __init__(
         self,
+        *,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___MeteringReportRequest: _TypeAlias = MeteringReportRequest  # noqa: Y015
 
@@ -553,16 +585,24 @@ class MeteringReportResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGREEMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts."""
     @_builtins.property
     def agreements(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgreementMetering]: ...
     def __init__(
         self,
         *,
         agreements: _abc.Iterable[Global___AgreementMetering] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements", "max_page_size", b"max_page_size", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -618,26 +658,62 @@ class NegotiationRef(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    WITH_TRANSITIONS_FIELD_NUMBER: _builtins.int
     pid: _builtins.str
     reason: _builtins.str
     wait_ms: _builtins.int
     """GetNegotiation only: hold the call until the negotiation is FINALIZED or TERMINATED,
     for at most this long (capped at 30 s); the answer is its state either way.
     """
+    with_transitions: _builtins.bool
+    """GetNegotiation only: answer with its transitions as this connector's log recorded them."""
     def __init__(
         self,
         *,
         pid: _builtins.str = ...,
         reason: _builtins.str = ...,
         wait_ms: _builtins.int = ...,
+        with_transitions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "reason", b"reason", "wait_ms", b"wait_ms", "with_transitions", b"with_transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NegotiationRef: _TypeAlias = NegotiationRef  # noqa: Y015
+
+@_typing.final
+class NegotiationTransition(_message.Message):
+    """One state change of a negotiation, from this connector's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    from_state: _builtins.str
+    """Empty for the first (the negotiation's creation)."""
+    to_state: _builtins.str
+    time_ms: _builtins.int
+    log_index: _builtins.int
+    """The log entry that records it."""
+    def __init__(
+        self,
+        *,
+        from_state: _builtins.str = ...,
+        to_state: _builtins.str = ...,
+        time_ms: _builtins.int = ...,
+        log_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_state", b"from_state", "log_index", b"log_index", "time_ms", b"time_ms", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NegotiationTransition: _TypeAlias = NegotiationTransition  # noqa: Y015
 
 @_typing.final
 class ListNegotiationsRequest(_message.Message):
@@ -646,24 +722,38 @@ class ListNegotiationsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PENDING_APPROVAL_FIELD_NUMBER: _builtins.int
     AGREEMENTS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """A state name (REQUESTED, FINALIZED, ...) or empty for all."""
     pending_approval: _builtins.bool
     """Only negotiations waiting for this provider's approval."""
     agreements: _builtins.bool
     """Only negotiations that produced an agreement."""
+    page_size: _builtins.int
+    """Paging (optional): with page_size (1 to the connector's catalog.max_page_size, 0 for
+    its catalog.page_size) or a page_token, one page and a next_page_token; with neither,
+    the whole list in one answer, as before paging existed (which fails past the 4 MB
+    message limit).
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         pending_approval: _builtins.bool = ...,
         agreements: _builtins.bool = ...,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements", "pending_approval", b"pending_approval", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "agreements", b"agreements", "page_size", b"page_size", "page_token", b"page_token", "pending_approval", b"pending_approval", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListNegotiationsRequest: _TypeAlias = ListNegotiationsRequest  # noqa: Y015
 
@@ -683,6 +773,9 @@ class NegotiationInfo(_message.Message):
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     AGREEMENT_FIELD_NUMBER: _builtins.int
     REVOCATION_FIELD_NUMBER: _builtins.int
+    CREATED_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_MS_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
     pid: _builtins.str
     role: _builtins.str
     counterparty: _builtins.str
@@ -696,8 +789,14 @@ class NegotiationInfo(_message.Message):
     """The agreement (JWS JSON), countersigned once VERIFIED."""
     revocation: _builtins.str
     """The provider's signed revocation, if the agreement was revoked."""
+    created_ms: _builtins.int
+    updated_ms: _builtins.int
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___NegotiationTransition]:
+        """With NegotiationRef.with_transitions: its transitions, oldest first."""
+
     def __init__(
         self,
         *,
@@ -713,10 +812,13 @@ class NegotiationInfo(_message.Message):
         agreement_id: _builtins.str = ...,
         agreement: _builtins.str = ...,
         revocation: _builtins.str = ...,
+        created_ms: _builtins.int = ...,
+        updated_ms: _builtins.int = ...,
+        transitions: _abc.Iterable[Global___NegotiationTransition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_id", b"agreement_id", "counterparty", b"counterparty", "counterparty_pid", b"counterparty_pid", "offer_id", b"offer_id", "pid", b"pid", "product_id", b"product_id", "purpose", b"purpose", "reasons", b"reasons", "revocation", b"revocation", "role", b"role", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_id", b"agreement_id", "counterparty", b"counterparty", "counterparty_pid", b"counterparty_pid", "created_ms", b"created_ms", "offer_id", b"offer_id", "pid", b"pid", "product_id", b"product_id", "purpose", b"purpose", "reasons", b"reasons", "revocation", b"revocation", "role", b"role", "state", b"state", "transitions", b"transitions", "updated_ms", b"updated_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -727,16 +829,24 @@ class ListNegotiationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NEGOTIATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts (to read a long list in few calls)."""
     @_builtins.property
     def negotiations(self) -> _containers.RepeatedCompositeFieldContainer[Global___NegotiationInfo]: ...
     def __init__(
         self,
         *,
         negotiations: _abc.Iterable[Global___NegotiationInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["negotiations", b"negotiations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "negotiations", b"negotiations", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -919,14 +1029,29 @@ Global___RemoveProductResponse: _TypeAlias = RemoveProductResponse  # noqa: Y015
 class ListOwnProductsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Paging (optional): with page_size (1 to the connector's catalog.max_page_size, 0 for
+    its catalog.page_size) or a page_token, one page and a next_page_token; with neither,
+    the whole list in one answer, as before paging existed (which fails past the 4 MB
+    message limit).
+    """
+    page_token: _builtins.str
+    """From the previous answer's next_page_token, with the same filters; empty for the first."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int | None = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
+    _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_size) -> _WhichOneofReturnType__page_size | None: ...
 
 Global___ListOwnProductsRequest: _TypeAlias = ListOwnProductsRequest  # noqa: Y015
 
@@ -935,6 +1060,12 @@ class ListOwnProductsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRODUCTS_JSON_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page when paged; empty after the last (opaque)."""
+    max_page_size: _builtins.int
+    """The largest page_size this connector accepts (to read a long list in few calls)."""
     @_builtins.property
     def products_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Each stored product as canonical JSON."""
@@ -943,10 +1074,12 @@ class ListOwnProductsResponse(_message.Message):
         self,
         *,
         products_json: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
+        max_page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["products_json", b"products_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_page_size", b"max_page_size", "next_page_token", b"next_page_token", "products_json", b"products_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
