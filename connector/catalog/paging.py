@@ -52,6 +52,7 @@ __all__ = [
     "page_limits",
     "page_size",
     "read_page",
+    "within_bytes",
 ]
 
 MAX_FILTER_CHARS = 256
@@ -280,7 +281,7 @@ def read_page(
     bound = f"{caller.participant}\0{caller.role}"
     after = tokens.open(token, bound, filters) if token else []
     rows = reader(after, size + 1)  # one more than the page: whether another follows
-    taken = _within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
+    taken = within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
     more = taken < len(rows)
     rows = rows[:taken]
     matching = [r for r in rows if filters.matches(r.product)]
@@ -290,8 +291,12 @@ def read_page(
     return shown, following
 
 
-def _within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
-    """How many rows of ``sizes`` a page takes: as many as fit in ``max_bytes``, at least one."""
+def within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many rows of ``sizes`` a page takes: as many as fit in ``max_bytes``, at least one.
+
+    A reader may use it to stop early: ``read_page`` needs the rows the page takes and the
+    one after them (which tells it another page follows), not the rest of the ``limit``.
+    """
     total = 0
     for taken, size in enumerate(sizes):
         total += size
