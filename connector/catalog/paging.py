@@ -235,7 +235,9 @@ def decide_page(
     product id in a provider's catalog, ``provider/product`` in the registry's index)."""
     if not candidates:
         return set()
-    resources = [{**p.resource(), "id": key} for key, p in candidates]
+    resources = [p.resource() for _, p in candidates]
+    for resource, (key, _) in zip(resources, candidates, strict=True):
+        resource["id"] = key  # in place: a fresh dict, and "id" keeps its place (first)
     decision = policy.decide(build_page_input(caller, resources, clock=clock))
     return set(decision.visible_ids or ()) if decision.allow else set()
 
