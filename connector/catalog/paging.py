@@ -54,6 +54,7 @@ __all__ = [
     "page_size",
     "read_page",
     "take_page",
+    "within_bytes",
 ]
 
 MAX_FILTER_CHARS = 256
@@ -236,7 +237,9 @@ def decide_page(
     product id in a provider's catalog, ``provider/product`` in the registry's index)."""
     if not candidates:
         return set()
-    resources = [{**p.resource(), "id": key} for key, p in candidates]
+    resources = [p.resource() for _, p in candidates]
+    for resource, (key, _) in zip(resources, candidates, strict=True):
+        resource["id"] = key  # in place: a fresh dict, and "id" keeps its place (first)
     decision = policy.decide(build_page_input(caller, resources, clock=clock))
     return set(decision.visible_ids or ()) if decision.allow else set()
 
@@ -305,7 +308,7 @@ def take_page(
     """
     after = tokens.open(token, bound, filters) if token else []
     rows = reader(after, size + 1)  # one more than the page: whether another follows
-    taken = _within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
+    taken = within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
     more = taken < len(rows)
     rows = rows[:taken]
     following = tokens.issue(bound, filters, rows[-1].position) if more and rows else ""
@@ -336,8 +339,12 @@ def read_page(
     return shown, following
 
 
-def _within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
-    """How many rows of ``sizes`` a page takes: as many as fit in ``max_bytes``, at least one."""
+def within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many rows of ``sizes`` a page takes: as many as fit in ``max_bytes``, at least one.
+
+    A reader may use it to stop early: ``read_page`` needs the rows the page takes and the
+    one after them (which tells it another page follows), not the rest of the ``limit``.
+    """
     total = 0
     for taken, size in enumerate(sizes):
         total += size

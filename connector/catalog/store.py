@@ -82,7 +82,7 @@ class ProductStore:
         """Every product, by id."""
         with self._db.session() as s:
             rows = s.exec(select(ProductRow).order_by(ProductRow.id)).all()
-            return [Product.from_json(r.body) for r in rows]
+            return [Product.from_stored(r.body) for r in rows]
 
     def rows_after(
         self, after: str, limit: int, patterns: Sequence[str] = ()
@@ -114,7 +114,7 @@ class ProductStore:
         """A stored product's JSON as a product (parsed once while it stays the same)."""
         product = self._parsed.get(body)
         if product is None:
-            product = Product.from_json(body)
+            product = Product.from_stored(body)
             if len(self._parsed) >= _PARSED_KEPT:
                 self._parsed.clear()
             self._parsed[body] = product

@@ -57,6 +57,7 @@ from connector.transfer.store import (
     Transfer,
     TransferStore,
 )
+from connector.transfer.wire import encode_chunk
 
 __all__ = ["STOP_CHECK_SECONDS", "ProviderSettings", "TransferProvider"]
 
@@ -516,14 +517,15 @@ class TransferProvider:
         self._fail(t, why)
         return PreconditionFailed(f"transfer {t.id} failed: {why}; start a new transfer")
 
-    def pull(self, caller: Caller, transfer_id: str, offset: int) -> Iterator[transfer_pb2.Chunk]:
-        """Chunks for the consumer, from ``offset``."""
+    def pull(self, caller: Caller, transfer_id: str, offset: int) -> Iterator[bytes]:
+        """Chunks for the consumer, from ``offset``, each a ``tds.v1.Chunk`` already
+        encoded (``wire.encode_chunk``: the data copied once, not into a message and out)."""
         t = self._own(caller, transfer_id)
         if t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by push; use RequestPush")
         self._verified(t, "transfer.pull")
         for at, block in self.chunks(t, offset):
-            yield transfer_pb2.Chunk(transfer_id=t.id, offset=at, data=block)
+            yield encode_chunk(t.id, at, block)
 
     def push(self, caller: Caller, transfer_id: str, offset: int) -> transfer_pb2.PushAck:
         """Push the delivered bytes from ``offset`` into the consumer's connector."""

@@ -8,6 +8,7 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from connector.errors import Unavailable, VerificationError
@@ -116,6 +117,45 @@ class _Appender:
             view = view[written:]
 
 
+class _Worker:
+    """A thread applying ``work`` to each item put, in order; bounded, so memory stays
+    flat. After an error (given to ``failed``) it keeps taking items and drops them: a
+    dead worker would leave ``put`` blocked on the full queue."""
+
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[bytes | memoryview], object],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        self._work, self._failed = work, failed
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        broken = False
+        while (data := self._queue.get()) is not None:
+            if broken:
+                continue
+            try:
+                self._work(data)
+            except Exception as exc:
+                broken = True
+                self._failed(exc)
+
+    def put(self, data: bytes | memoryview) -> None:
+        self._queue.put(data)
+
+    def stop(self) -> bool:
+        """Wait for the items put so far; True the first time (the thread was running)."""
+        if not self._thread.is_alive():
+            return False
+        self._queue.put(None)
+        self._thread.join()
+        return True
+
+
 class Assembler:
     """Writes received chunks to a partial file, refusing gaps, overlaps and oversize.
 
@@ -146,35 +186,26 @@ class Assembler:
             os.close(self._fd)
             raise
         self.received = held
-        # Hashing and writing release the GIL: a writer thread does both while the caller
-        # receives the next chunk. The queue is bounded, so memory stays flat.
-        self._pending: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=4)
+        # Hashing and writing each release the GIL, and each has a thread of its own while
+        # the caller receives the next chunk: a write with O_DIRECT waits for the disk, and
+        # in one thread with the hash that wait held the hash back (the writer spent more
+        # time in pwrite than in SHA-256). Both queues are bounded, so memory stays flat.
         self._error: Exception | None = None
-        self._writer = threading.Thread(target=self._write_loop, name="tds-receive", daemon=True)
-        self._writer.start()
+        self._hashing = _Worker("tds-receive-hash", self._hash.update, self._failed)
+        self._writing = _Worker("tds-receive-write", self._appender.append, self._failed)
 
-    def _write_loop(self) -> None:
-        # Whatever goes wrong, keep taking chunks until told to stop: a dead writer would
-        # leave add() blocked on the full queue. The error is raised by _drain.
-        while (data := self._pending.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                self._appender.append(data)
-                self._hash.update(data)
-            except Exception as exc:
-                self._error = exc
+    def _failed(self, exc: Exception) -> None:
         if self._error is None:
+            self._error = exc
+
+    def _drain(self) -> None:
+        """Wait until every accepted chunk is hashed and on disk (and stop the workers)."""
+        self._hashing.stop()
+        if self._writing.stop() and self._error is None:
             try:
                 self._appender.flush()
             except Exception as exc:
                 self._error = exc
-
-    def _drain(self) -> None:
-        """Wait until every accepted chunk is on disk (and stop the writer)."""
-        if self._writer.is_alive():
-            self._pending.put(None)
-            self._writer.join()
         if isinstance(self._error, OSError):
             raise Unavailable(f"cannot store received data: {self._error.strerror}")
         if self._error is not None:
@@ -194,7 +225,8 @@ class Assembler:
                 )
             if self.received + len(data) > self.size:
                 raise VerificationError(f"chunk runs past the manifest's size of {self.size} bytes")
-            self._pending.put(data)  # hashed and written by the writer thread, in order
+            self._writing.put(data)  # written and hashed by the workers, each in order
+            self._hashing.put(data)
             self.received += len(data)
 
     @property

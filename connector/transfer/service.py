@@ -10,6 +10,7 @@ from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
 from connector.transfer.consumer import TransferConsumer
 from connector.transfer.provider import TransferProvider
+from connector.transfer.wire import add_transfer_service
 
 __all__ = ["TransferServicer", "transfer_service"]
 
@@ -27,8 +28,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         """Consumer → provider."""
         return self._provider.start(current_caller(), request.agreement_id, request.push)
 
-    def Pull(self, request: transfer_pb2.PullRequest, context: Any) -> Iterator[transfer_pb2.Chunk]:
-        """Consumer → provider."""
+    def Pull(  # type: ignore[override]  # encoded chunks, sent as they are
+        self, request: transfer_pb2.PullRequest, context: Any
+    ) -> Iterator[bytes]:
+        """Consumer → provider (chunks encoded: ``connector.transfer.wire``)."""
         yield from self._provider.pull(current_caller(), request.transfer_id, request.offset)
 
     def RequestPush(self, request: transfer_pb2.PullRequest, context: Any) -> transfer_pb2.PushAck:
@@ -68,7 +71,7 @@ def transfer_service(servicer: TransferServicer) -> Service:
     )
     return Service(
         "tds.v1.TransferService",
-        transfer_pb2_grpc.add_TransferServiceServicer_to_server,
+        add_transfer_service,  # Pull's chunks go out as the provider encoded them
         servicer,
         dict.fromkeys(methods, Access.MEMBER),
     )

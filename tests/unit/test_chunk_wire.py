@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from connector._proto.tds.v1 import transfer_pb2
 from connector.errors import VerificationError
-from connector.transfer.wire import PULL_METHOD, parse_chunk
+from connector.transfer.wire import PULL_METHOD, encode_chunk, parse_chunk
 
 
 def test_the_pull_method_is_the_services() -> None:
@@ -23,6 +23,23 @@ def test_the_pull_method_is_the_services() -> None:
 def test_every_chunk_reads_as_protobuf_reads_it(transfer_id: str, offset: int, data: bytes) -> None:
     message = transfer_pb2.Chunk(transfer_id=transfer_id, offset=offset, data=data)
     raw = message.SerializeToString()
+    chunk = parse_chunk(raw)
+    assert (chunk.transfer_id, chunk.offset, bytes(chunk.data)) == (transfer_id, offset, data)
+
+
+@given(
+    transfer_id=st.text(max_size=60),
+    offset=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    data=st.one_of(st.binary(max_size=300), st.sampled_from([b"x" * 16_383, b"y" * 16_384])),
+)
+def test_an_encoded_chunk_is_the_chunk_protobuf_and_the_consumer_read(
+    transfer_id: str, offset: int, data: bytes
+) -> None:
+    """The provider's one-copy encoding is a well-formed tds.v1.Chunk, for any client."""
+    raw = encode_chunk(transfer_id, offset, data)
+    assert transfer_pb2.Chunk.FromString(raw) == transfer_pb2.Chunk(
+        transfer_id=transfer_id, offset=offset, data=data
+    )
     chunk = parse_chunk(raw)
     assert (chunk.transfer_id, chunk.offset, bytes(chunk.data)) == (transfer_id, offset, data)
 

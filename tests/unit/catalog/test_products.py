@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from connector.catalog import products
 from connector.catalog.products import (
     MAX_DESCRIPTION_BYTES,
     PeriodLimits,
@@ -267,6 +268,9 @@ def test_stream_offers_take_a_message_limit_and_limits_per_period() -> None:
     assert offer.per_period == PeriodLimits("hour", 100, 20000)
     assert offer.per_period.seconds == 3600
     assert Product.from_json(product.to_json()) == product
+    # The stored form read back without checks keeps the limits (they bound every stream
+    # under the agreement: losing them on the way out of the store would lift them).
+    assert Product.from_stored(product.to_json()) == product
 
 
 def test_an_offer_without_stream_limits_is_stored_as_before() -> None:
@@ -301,3 +305,67 @@ def test_stream_limits_on_a_product_that_is_not_a_stream_are_refused(
     data["offers"][0].update(terms)
     with pytest.raises(InvalidRequest, match="limit streams"):
         parse_description(json.dumps(data), owner="city-gov")
+
+
+def stored_forms() -> list[Product]:
+    """Products of every form a connector stores: plain, a field list, masks, compute
+    rules, a provider module, sql and stream sources, access rules."""
+    plain = parse_description(EXAMPLE.read_text(), owner="city-gov")
+    return [
+        plain,
+        dataclasses.replace(
+            plain,
+            grade="general",
+            offers=tuple(dataclasses.replace(o, masks={}) for o in plain.offers),
+        ),
+        parse_description(compute_offer(), owner="city-gov"),
+        parse_description(
+            mutate_stream(
+                STREAM, ["station", "mm"], permitted_fields=["mm"], masks={"station": "hash"}
+            ),
+            owner="city-gov",
+        ),
+        parse_description(mutate_stream(STREAM, ["station", "mm"]), owner="city-gov"),
+        parse_description(
+            mutate(
+                grade="general",
+                source={
+                    "kind": "sql",
+                    "connection": "db",
+                    "query": "SELECT a FROM t",
+                    "format": "csv",
+                },
+                fields=["a"],
+                offers=[
+                    {"id": "o", "purposes": ["research"], "valid_from_ns": 1, "valid_until_ns": 2}
+                ],
+                access={"roles": ["enterprise"], "allow_list": ["ent-a"], "attrs": {"k": "v"}},
+            ),
+            owner="city-gov",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("product", stored_forms(), ids=lambda p: p.id)
+def test_a_stored_product_reads_back_as_the_checking_parser_reads_it(product: Product) -> None:
+    stored = product.to_json()
+    assert Product.from_stored(stored) == Product.from_json(stored) == product
+    if not any(o.masks or o.compute for o in product.offers):  # built directly, unchecked
+        assert products._stored_product(json.loads(stored)) == product
+
+
+def test_a_stored_form_it_does_not_build_goes_through_the_checks() -> None:
+    """An older form (no delivery), an unknown field or a wrong type: read as from_json
+    reads it, defaults filled in or refused by name, never built half-checked."""
+    product = parse_description(EXAMPLE.read_text(), owner="city-gov")
+    older = json.loads(product.to_json())
+    for offer in older["offers"]:
+        del offer["delivery"]
+    assert Product.from_stored(json.dumps(older)) == product
+    unknown = {**json.loads(product.to_json()), "colour": "red"}
+    with pytest.raises(InvalidRequest, match=r"unknown field product\.colour"):
+        Product.from_stored(json.dumps(unknown))
+    mistyped = json.loads(product.to_json())
+    mistyped["source"] = "file"
+    with pytest.raises(InvalidRequest, match=r"product\.source is required"):
+        Product.from_stored(json.dumps(mistyped))
