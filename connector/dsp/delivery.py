@@ -183,6 +183,8 @@ class DspDelivery:
         address = (n.peer_address or "").rstrip("/")
         try:
             check_callback(address, pending.target, self._registered_host)
+        except Unavailable:
+            raise  # the registry could not be asked: the outbox tries again later
         except ConnectorError as exc:
             raise PermanentRefusal(f"not sent to {address!r}: {exc}") from None
         if method == "RequestContract":

@@ -904,7 +904,18 @@ class Negotiator:
             n.pid,
             signed,
             now_ms=self._now_ms(),
-            outgoing=[_outgoing(n.peer_address, n.counterparty, "RevokeAgreement", msg)],
+            # Over gRPC whatever the negotiation ran over: the Dataspace Protocol has no
+            # message that revokes a FINALIZED agreement, and a tds consumer must learn of it
+            # to delete what it holds (a peer of another make without the gRPC surface is
+            # retried and given up on; this side stops serving either way).
+            outgoing=[
+                Outgoing(
+                    n.counterparty,
+                    "RevokeAgreement",
+                    msg.SerializeToString(),
+                    msg.message_id,
+                )
+            ],
         )
         return n
 

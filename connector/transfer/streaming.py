@@ -441,9 +441,13 @@ class StreamProvider:
                     pending.append((window, time.monotonic()))
                     yield stream_pb2.SubscribeDown(window=_proposal(window))
         except _Ended as ended:
-            if ended.settle:
-                yield from self._settle(run, windows, inbox, pending)
-            self._end(run, ended.state, ended.reason)
+            try:
+                if ended.settle:
+                    yield from self._settle(run, windows, inbox, pending)
+            finally:
+                # Also when the call is closed during the settle (GeneratorExit there is
+                # not caught by this try's own handler below): the end is always recorded.
+                self._end(run, ended.state, ended.reason)
             raise ended.error from None
         except ConnectorError as exc:
             # The source suspended it (lagging, records gone) or could not go on.

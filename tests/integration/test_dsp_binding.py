@@ -22,7 +22,7 @@ from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
 from connector.config import DspConfig
 from connector.demo.space import LocalSpace
 from connector.dsp import DspBinding, tls_context
-from connector.errors import ConfigError
+from connector.errors import ConfigError, Unavailable
 from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
 from connector.negotiation.agreement import verify_agreement
@@ -672,6 +672,51 @@ def test_negotiations_consumerpid_agreement_and_events_post_two_tds_connectors_f
     )
     assert grpc.state == "FINALIZED"
     assert transitions(space, "a", grpc.pid) == transitions(space, "a", mine.pid)
+
+
+def test_revocation_of_an_agreement_negotiated_over_dsp_reaches_the_tds_consumer(
+    space: LocalSpace,
+) -> None:
+    # DSP has no message for revoking a FINALIZED agreement: the revocation goes over gRPC
+    # to a tds consumer, which must learn of it to delete what it holds.
+    mine = dsp_negotiation(space)
+    assert mine.state == "FINALIZED", mine
+    (theirs,) = [n for n in provider_negotiations(space) if n.agreement_id == mine.agreement_id]
+    admin(space, "gov").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(agreement_id=mine.agreement_id, reason="test: revoked"),
+        timeout=10,
+    )
+    deadline = time.monotonic() + 15
+    info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    while not info.revocation and time.monotonic() < deadline:
+        time.sleep(0.1)
+        info = admin(space, "a").GetNegotiation(admin_pb2.NegotiationRef(pid=mine.pid), timeout=10)
+    assert info.revocation
+    assert outbox_methods(space, "gov", theirs.pid)[-1] == "RevokeAgreement"
+
+
+def test_a_registry_outage_while_sending_is_retried_not_the_end_of_the_negotiation(
+    space: LocalSpace,
+) -> None:
+    # The peer's registered host cannot be looked up for a moment (the directory is stale
+    # and the registry unreachable): the outbox tries again, the negotiation goes on.
+    delivery = space.nodes["a"].dsp_delivery
+    assert delivery is not None
+    looked_up = delivery._registered_host
+    failures = [Unavailable("registry unreachable (test)")] * 2
+
+    def flaky(participant: str) -> str:
+        if failures:
+            raise failures.pop()
+        return looked_up(participant)
+
+    delivery._registered_host = flaky
+    try:
+        mine = dsp_negotiation(space)
+    finally:
+        delivery._registered_host = looked_up
+    assert not failures
+    assert mine.state == "FINALIZED", mine
 
 
 def test_negotiations_providerpid_agreement_verification_post_repeated_changes_nothing(
