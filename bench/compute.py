@@ -200,7 +200,7 @@ def _floor(sp: LocalSpace, data_dir: Path, rounds: int = 60) -> dict[str, float]
     after authentication, nothing written) on an open channel and on a fresh one, and
     one 4 KiB append plus fdatasync where the provider's database lives."""
     lab = sp.nodes["lab"]
-    request = compute_pb2.ConfirmComputationRequest(computation_id="cp-none", receipt="{}")
+    request = compute_pb2.ConfirmComputationRequest(computation_id="cp-" + "0" * 32, receipt="{}")
 
     def call(channel: grpc.Channel) -> None:
         try:
