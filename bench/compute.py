@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, compute_pb2, compute_pb2_grpc
 from connector.compute import answer_query, parse_rules
 from connector.compute.embedded import DuckDBTable, EmbeddedLimits, encode_categories
+from connector.compute.store import CONFIRMED, ComputationStore
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
@@ -244,8 +245,7 @@ def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
     with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("lab", Role.ENTERPRISE)]) as sp:
         sp.start_registry()
         data_dir = sp.start_connector("gov").cfg.data_dir
-        asker = sp.start_connector("lab").asker
-        assert asker is not None
+        sp.start_connector("lab")
         # The provider reads sources only under its data directory: a hard link puts the
         # table there without copying it.
         os.link(path, data_dir / "admissions.csv")
@@ -253,6 +253,9 @@ def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
         lab = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["lab"]))
         ask = compute_pb2_grpc.ComputeServiceStub(admin_channel(sp.configs["lab"])).Ask
         calls: dict[str, Callable[[], int]] = {}
+        answered: list[str] = []
+        assert sp.nodes["lab"].db is not None
+        store = ComputationStore(sp.nodes["lab"].db)
         for name, spec in OFFERS.items():
             product = f"admissions-{name.replace('_', '-')}"
             description = {
@@ -289,12 +292,24 @@ def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
             request = compute_pb2.ComputeRequest(agreement_id=info.agreement_id, question=QUERY)
 
             def once(request: Any = request) -> int:
-                return len(json.loads(ask(request, timeout=120).answer)["rows"])
+                response = ask(request, timeout=120)
+                answered.append(response.computation_id)
+                return len(json.loads(response.answer)["rows"])
 
             calls[name] = once
 
         def settle() -> None:
-            assert asker is not None and asker.confirmations.settled(30)
+            # Confirmed on the consumer's side only once the provider took it (the
+            # confirmation is owed when the answer has gone, so poll rather than ask the
+            # sender, which may not have been told yet).
+            deadline = time.monotonic() + 30
+            while answered:
+                if store.get(answered[-1]).state == CONFIRMED:
+                    answered.clear()
+                elif time.monotonic() > deadline:
+                    raise TimeoutError("the consumer's confirmation did not reach the provider")
+                else:
+                    time.sleep(0.001)
 
         yield Connectors(calls, settle, lambda: _floor(sp, data_dir))
 

@@ -216,8 +216,20 @@ class ComputeConsumer:
         """Stop sending confirmations (those owed are sent after the next start)."""
         self.confirmations.stop()
 
-    def ask(self, agreement_id: str, text: str) -> compute_pb2.ComputeResponse:
-        """Ask the provider; the answer with the receipt countersigned by us, logged."""
+    def ask(
+        self,
+        agreement_id: str,
+        text: str,
+        *,
+        after: Callable[[Callable[[], None]], bool] | None = None,
+    ) -> compute_pb2.ComputeResponse:
+        """Ask the provider; the answer with the receipt countersigned by us, logged.
+
+        ``after``: registers a callback to run once the answer has reached the asking user
+        (``grpc.ServicerContext.add_callback``; false if it could not): the confirmation
+        to the provider is owed then, so that sending it does not compete with the answer
+        on its way. Without it, or if registering fails, it is owed at once.
+        """
         if not agreement_id:
             raise InvalidRequest("agreement_id is required")
         question = question_of(text)
@@ -264,7 +276,13 @@ class ComputeConsumer:
             # Synced before the answer is returned: the receipt is reported as in our log.
             log=self._audit.prepare([("compute.receipt", [provider], logged)]),
         )
-        self.confirmations.owe(receipt.computation)
+        computation = receipt.computation
+
+        def owe() -> None:
+            self.confirmations.owe(computation)
+
+        if after is None or not after(owe):
+            owe()
         return compute_pb2.ComputeResponse(
             computation_id=receipt.computation, answer=response.answer, receipt=countersigned
         )

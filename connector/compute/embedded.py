@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,9 +197,14 @@ class DuckDBTable:
         """DuckDB's named parameter ``$name``."""
         return exp.Placeholder(this=name)
 
-    def fetch(self, select: exp.Select, params: dict[str, Value]) -> list[tuple[Any, ...]]:
-        """Run ``select`` with the time limit."""
-        return self.execute(select.sql(dialect=self.dialect), params)
+    @property
+    def plan_key(self) -> Hashable:
+        """Every embedded table is ``product`` in its own engine: one text for all."""
+        return "duckdb"
+
+    def text(self, select: exp.Select, params: Mapping[str, Value]) -> str:
+        """``select`` as DuckDB SQL (its parameters are ``$name``)."""
+        return select.sql(dialect=self.dialect)
 
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text on the locked engine (the engine only passes text it generated)."""

@@ -386,8 +386,11 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         return compute_pb2.ConfirmComputationResponse()
 
     def Ask(self, request: compute_pb2.ComputeRequest, context: Any) -> compute_pb2.ComputeResponse:
-        """Admin → its own connector, as consumer."""
-        return self._consumer.ask(request.agreement_id, request.question)
+        """Admin → its own connector, as consumer; the countersignature goes to the provider
+        once the answer is sent."""
+        return self._consumer.ask(
+            request.agreement_id, request.question, after=context.add_callback
+        )
 
 
 def compute_service(servicer: ComputeServicer) -> Service:

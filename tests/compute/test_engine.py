@@ -108,6 +108,50 @@ def test_more_groups_than_max_groups_is_refused(table: DuckDBTable) -> None:
         compute_groups(q, rules, table)
 
 
+def test_a_shape_reuses_its_statement_with_the_next_values_bound(table: DuckDBTable) -> None:
+    """The engine keeps the text it generated for a question's shape: the next question of
+    that shape gets its own values, and another operator, number of values or clamping
+    bound is another statement."""
+
+    def counts(question: str, rules: Any = RULES) -> dict[tuple[Any, ...], float | None]:
+        q = parse_query(question, rules)
+        return {g.key: g.values["max(cost)"] for g in compute_groups(q, rules, table)}
+
+    def expected(keep: Any, upper: float = 5000.0) -> dict[tuple[Any, ...], float]:
+        out: dict[tuple[Any, ...], float] = {}
+        for _pid, district, _band, year, cost, _days in admissions():
+            if keep(district, year) and cost is not None:
+                v = min(max(cost, 200.0), upper)
+                out[(district,)] = max(out.get((district,), v), v)
+        return out
+
+    ask = "SELECT district, max(cost) FROM product WHERE {} GROUP BY district"
+    for district in ("north", "east", "north"):
+        assert counts(ask.format(f"district = '{district}'")) == expected(
+            lambda d, _y, want=district: d == want
+        )
+    assert counts(ask.format("district != 'north'")) == expected(lambda d, _y: d != "north")
+    assert counts(ask.format("district IN ('east', 'west')")) == expected(
+        lambda d, _y: d in ("east", "west")
+    )
+    assert counts(ask.format("district IN ('east', 'west', 'south')")) == expected(
+        lambda d, _y: d in ("east", "west", "south")
+    )
+    assert counts(ask.format("year < 2026")) == expected(lambda _d, y: y < 2026)
+    lower_cap = parse_rules(
+        hospital(measures={"cost": {"aggregates": ["max"], "lower": 200, "upper": 1000}})
+    )
+    assert counts(ask.format("district = 'north'"), lower_cap) == expected(
+        lambda d, _y: d == "north", upper=1000.0
+    )
+    # The differencing check too: the same shape with other values, another answer.
+    east, north = Filter("district", "=", ("east",)), Filter("district", "=", ("north",))
+    not_old = Filter("age_band", "!=", ("65+",))
+    # (harbour's 3 rows split off by either district filter; east's lone 65+ only in east)
+    assert isolating_groups([], [east, not_old], table, k=5) == (1, 1)
+    assert isolating_groups([], [north, not_old], table, k=5) == (1, 0)
+
+
 @pytest.mark.parametrize(
     "evil",
     [
@@ -294,10 +338,10 @@ def test_postgres_computes_read_only(pg_admissions: Any) -> None:
     costs = [min(max(r[4], 200), 5000) for r in admissions() if r[1] == "north" and r[4]]
     assert g.values["quantile(cost,0.5)"] == pytest.approx(st.median(costs))
     pct = _percent_source(pg_admissions, "admissions")
-    assert (
-        compute_groups(parse_query("SELECT count(*) FROM product", RULES), RULES, pct)[0].n
-        == len(admissions()) - 1
-    )
+    # The same question on two source queries: two statements, two answers.
+    everyone = parse_query("SELECT count(*) FROM product", RULES)
+    assert compute_groups(everyone, RULES, src)[0].n == len(admissions())
+    assert compute_groups(everyone, RULES, pct)[0].n == len(admissions()) - 1
     q2 = parse_query("SELECT count(*) FROM product WHERE district = 'harbour'", RULES)
     assert [g.n for g in compute_groups(q2, RULES, pct)] == [3]
 
