@@ -196,7 +196,7 @@ class Query:
     def _canonical_text(self) -> str:
         # Made once: the receipt, its hash and the consumer's check each need it, and
         # sqlglot takes about 0.3 ms to build and print the tree.
-        return self.expression().sql()
+        return self.expression().sql(copy=False)  # the tree is ours, made for this
 
     def sha256(self) -> str:
         """Hex SHA-256 of ``canonical_text()`` (UTF-8)."""
