@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import sqlglot
@@ -78,6 +78,10 @@ class DatabaseSource:
         """The dialect and the source query: the generated text holds both (the marker of
         bound parameters does not survive ``text``)."""
         return (self.dialect, self._query)
+
+    def counted(self, keys: Sequence[str]) -> str | None:
+        """None: the database's rows change, so every statement counts them itself."""
+        return None
 
     def text(self, select: exp.Select, params: Mapping[str, Value]) -> str:
         """The SQL text sent to the database (pyformat, literal ``%`` doubled)."""

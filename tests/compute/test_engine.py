@@ -297,6 +297,47 @@ def test_isolating_groups_counts_small_cells_in_large_groups(table: DuckDBTable)
     assert isolating_groups(["district"], [], table, k=5) == ()
 
 
+def test_the_differencing_check_reads_counts_kept_per_table_within_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded table keeps its rows counted per combination of the checked columns
+    (it cannot change); the check gives the same answers from them as from the rows, and
+    past the bounds the statement counts the rows itself."""
+    from connector.compute import embedded
+
+    year, east = Filter("year", "=", (2026,)), Filter("district", "=", ("east",))
+    not_old = Filter("age_band", "!=", ("65+",))
+    checks = [
+        (["district", "age_band"], [year]),
+        ([], [year, east, not_old]),
+        (["age_band"], [east]),
+        ([], [Filter("district", "=", ("north",)), not_old]),
+    ]
+    kept = DuckDBTable(write_csv(tmp_path / "kept.csv"), "csv")
+    counting = DuckDBTable(write_csv(tmp_path / "counting.csv"), "csv")
+    try:
+        from_kept = []
+        for dimensions, filters in checks:
+            from_kept.append(isolating_groups(dimensions, filters, kept, k=5))
+            keys = tuple(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+            name = kept.counted(keys)
+            assert name is not None and kept.counted(keys) == name  # made once, kept
+        assert from_kept[1] == (0, 1, 1)
+        monkeypatch.setattr(embedded, "COUNTED_MAX_ROWS", 2)
+        for (dimensions, filters), expected in zip(checks, from_kept, strict=True):
+            assert isolating_groups(dimensions, filters, counting, k=5) == expected
+            keys = tuple(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+            assert counting.counted(keys) is None  # more than 2 combinations: not kept
+        monkeypatch.setattr(embedded, "COUNTED_MAX_TABLES", len(checks))
+        assert kept.counted(("year",)) is None  # no more tables for this one
+        assert isolating_groups([], [year], kept, k=5) == (0,)
+        # The engine stays locked down with its tables of counts.
+        assert kept.execute("SELECT current_setting('enable_external_access')") == [(False,)]
+    finally:
+        kept.close()
+        counting.close()
+
+
 # -- the source database itself ------------------------------------------------------------
 
 
