@@ -79,6 +79,10 @@ class DatabaseSource:
         bound parameters does not survive ``text``)."""
         return (self.dialect, self._query)
 
+    def never_null(self, column: str) -> bool:
+        """False: the database's rows change."""
+        return False
+
     def counted(self, keys: Sequence[str]) -> str | None:
         """None: the database's rows change, so every statement counts them itself."""
         return None

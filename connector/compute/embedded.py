@@ -188,6 +188,21 @@ class DuckDBTable:
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
         self._lockdown(self._con)
         self._counted: dict[tuple[str, ...], str | None] = {}
+        self._never_null = self._columns_without_nulls()
+
+    def _columns_without_nulls(self) -> frozenset[str]:
+        """The columns holding no NULL (one count of each, once: the table cannot change)."""
+        names = [r[0] for r in self.execute("SELECT column_name FROM (DESCRIBE product)")]
+        counts = exp.select(
+            exp.Count(this=exp.Star()),
+            *(exp.Count(this=exp.column(exp.to_identifier(n, quoted=True))) for n in names),
+        ).from_("product")
+        [(rows, *non_null)] = self.execute(counts.sql(dialect=self.dialect))
+        return frozenset(n for n, c in zip(names, non_null, strict=True) if c == rows)
+
+    def never_null(self, column: str) -> bool:
+        """Whether ``column`` holds no NULL."""
+        return column in self._never_null
 
     @staticmethod
     def _lockdown(con: duckdb.DuckDBPyConnection) -> None:
@@ -205,8 +220,9 @@ class DuckDBTable:
 
     @property
     def plan_key(self) -> Hashable:
-        """Every embedded table is ``product`` in its own engine: one text for all."""
-        return "duckdb"
+        """Every embedded table is ``product`` in its own engine: one text for all tables
+        whose columns without NULL are the same."""
+        return ("duckdb", self._never_null)
 
     def text(self, select: exp.Select, params: Mapping[str, Value]) -> str:
         """``select`` as DuckDB SQL (its parameters are ``$name``)."""

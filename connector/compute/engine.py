@@ -76,6 +76,10 @@ class Executor(Protocol):
         """Run text made by ``text`` read-only with a time limit; every row as a tuple."""
         ...
 
+    def never_null(self, column: str) -> bool:
+        """Whether ``column`` is known to hold no NULL (data that cannot change)."""
+        ...
+
     def counted(self, keys: Sequence[str]) -> str | None:
         """A table of the source's rows counted per combination of ``keys`` (columns
         ``keys`` and ``tds_n``) that this executor keeps because its data cannot change,
@@ -135,7 +139,7 @@ def _bound(x: float) -> exp.Expression:
     return exp.Literal.number(str(int(x)) if x.is_integer() and abs(x) < 2**53 else repr(x))
 
 
-def _clamped(m: Measure) -> exp.Expression:
+def _clamped(m: Measure, executor: Executor) -> exp.Expression:
     col = exp.column(m.name)
     # ignore_nulls: plain GREATEST/LEAST in every dialect (x is not NULL in that branch);
     # without it sqlglot wraps each in its own NULL test for DuckDB, which costs time.
@@ -144,8 +148,10 @@ def _clamped(m: Measure) -> exp.Expression:
         expressions=[_bound(m.upper)],
         ignore_nulls=True,
     )
-    # GREATEST/LEAST ignore NULL in PostgreSQL and propagate it in MariaDB: say NULL stays
-    # NULL (an unknown value is not a value at a bound), the same on every source.
+    if executor.never_null(m.name):
+        return clamp  # nothing to keep NULL: the test per row would only cost time
+    # GREATEST/LEAST ignore NULL in PostgreSQL and DuckDB and propagate it in MariaDB: say
+    # NULL stays NULL (an unknown value is not a value at a bound), the same everywhere.
     return exp.If(this=exp.Is(this=col.copy(), expression=exp.Null()), true=exp.Null(), false=clamp)
 
 
@@ -154,7 +160,7 @@ def _statistic(s: Statistic, rules: ComputeRules, executor: Executor) -> exp.Exp
     assert m is not None  # the Query was checked against the rules
     if s.fn == "count":
         return exp.Count(this=exp.column(m.name))
-    arg = _clamped(m)
+    arg = _clamped(m, executor)
     if s.fn == "sum":
         return exp.Sum(this=arg)
     if s.fn == "min":

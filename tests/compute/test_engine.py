@@ -82,6 +82,33 @@ def test_duckdb_computes_clamped_groups(table: DuckDBTable) -> None:
     assert groups == sorted(groups, key=lambda g: g.key)
 
 
+def test_a_measure_without_nulls_is_clamped_alike(tmp_path: Path, table: DuckDBTable) -> None:
+    """A column known to hold no NULL is clamped without a NULL test per row; a table
+    whose column holds NULLs, asked the same question next, still keeps them NULL."""
+    import csv
+
+    path = tmp_path / "complete.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("patient_id", "district", "age_band", "year", "cost", "days"))
+        w.writerows(r for r in admissions() if r[4] is not None and r[5] is not None)
+    complete = DuckDBTable(path, "csv")
+    try:
+        assert complete.never_null("cost") and not table.never_null("cost")
+        expected = _expected()
+        expected[("north", "18-64")]["n"] -= 1  # p-null, whose cost is NULL, is not there
+        groups = compute_groups(parse_query(ASK, RULES), RULES, complete)
+        assert {g.key for g in groups} == set(expected)
+        for g in groups:
+            e = expected[g.key]  # type: ignore[index]
+            assert g.n == e["n"]
+            for k in ("count(cost)", "sum(cost)", "min(cost)", "max(cost)"):
+                assert g.values[k] == pytest.approx(e[k]), (g.key, k)
+        _check(compute_groups(parse_query(ASK, RULES), RULES, table))
+    finally:
+        complete.close()
+
+
 def test_duckdb_reads_json_lines(tmp_path: Path) -> None:
     import json
 
