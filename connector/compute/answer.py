@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from connector.audit.canonical import canonical_json
@@ -45,11 +46,16 @@ class Answer:
 
     def canonical(self) -> bytes:
         """The answer's canonical JSON (RFC 8785): the bytes that are hashed and sent."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> bytes:
+        # Made once: the receipt hashes the bytes that are sent.
         return canonical_json(self.document())
 
     def sha256(self) -> str:
         """Hex SHA-256 of ``canonical()``."""
-        return hashlib.sha256(self.canonical()).hexdigest()
+        return hashlib.sha256(self._canonical).hexdigest()
 
     def receipt(self, source_state: str) -> dict[str, Any]:
         """The computation receipt's content (``ComputationReceipt``), before signatures.
@@ -71,15 +77,18 @@ class Answer:
 
 
 def answer_query(
-    question: str | Mapping[str, Any], rules: ComputeRules, executor: Executor
+    question: str | Mapping[str, Any] | Query, rules: ComputeRules, executor: Executor
 ) -> Answer:
     """Answer ``question`` (SQL or the JSON form) on ``executor`` under ``rules``.
+
+    A ``Query`` is taken as ``parse_query`` made it under these same ``rules`` (the
+    provider parses a question once, for the usage decision and the answer alike).
 
     ``InvalidRequest``: the question is refused (the reason says why); ``PermissionDenied``:
     a filter would isolate fewer than ``k`` rows; ``Unavailable``: the source did not
     answer. Nothing is spent in any of these cases.
     """
-    query = parse_query(question, rules)
+    query = question if isinstance(question, Query) else parse_query(question, rules)
     check_isolation(query, rules, executor)
     groups = compute_groups(query, rules, executor)
     return Answer(query=query, rules=rules, disclosed=disclose(query, rules, groups))

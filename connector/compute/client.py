@@ -7,12 +7,12 @@ canonical query in the receipt is the one asked) and the answer's bytes (their S
 Then the consumer countersigns and logs the receipt, and answers the asking user; the
 countersignature goes back to the provider after that, off the answer's path.
 
-The record and its log entry are one commit, made before the answer is returned but not
-waited for on the disk (``Database.transaction(durable=False)``): on SQLite it is in the
-WAL, safe from this process dying, and the confirmation's own commit, synced, makes it
-durable a moment later. The provider's copy of the receipt was synced before it answered.
-Every computation still ``answered`` here is a confirmation owed: sent in the background,
-retried with backoff while the provider is unreachable, and again after a restart.
+The record and its log entry are one commit, synced before the answer is returned (the
+asking user is told the receipt is in both logs, and a log entry is durable before anyone
+hears of it, as a transfer's receipt is); the provider's copy of the receipt was synced
+before it answered. Every computation still ``answered`` here is a confirmation owed: sent
+in the background, retried with backoff while the provider is unreachable, and again after
+a restart.
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ from connector.compute.query import parse_query
 from connector.compute.receipt import (
     WHAT,
     ComputationReceipt,
-    countersign_computation,
     parse_computation_receipt,
 )
-from connector.compute.rules import parse_rules
+from connector.compute.rules import agreed_rules
 from connector.compute.service import question_of
 from connector.compute.store import (
     ANSWERED,
@@ -217,8 +216,20 @@ class ComputeConsumer:
         """Stop sending confirmations (those owed are sent after the next start)."""
         self.confirmations.stop()
 
-    def ask(self, agreement_id: str, text: str) -> compute_pb2.ComputeResponse:
-        """Ask the provider; the answer with the receipt countersigned by us, logged."""
+    def ask(
+        self,
+        agreement_id: str,
+        text: str,
+        *,
+        after: Callable[[Callable[[], None]], bool] | None = None,
+    ) -> compute_pb2.ComputeResponse:
+        """Ask the provider; the answer with the receipt countersigned by us, logged.
+
+        ``after``: registers a callback to run once the answer has reached the asking user
+        (``grpc.ServicerContext.add_callback``; false if it could not): the confirmation
+        to the provider is owed then, so that sending it does not compete with the answer
+        on its way. Without it, or if registering fails, it is owed at once.
+        """
         if not agreement_id:
             raise InvalidRequest("agreement_id is required")
         question = question_of(text)
@@ -233,7 +244,7 @@ class ComputeConsumer:
                 timeout=COMPUTE_TIMEOUT_SECONDS,
             )
         try:
-            receipt = self._check(agreement, question, response)
+            receipt, countersigned = self._check(agreement, question, response)
         except VerificationError as exc:
             self._audit.record(
                 "compute.receipt_refused",
@@ -241,7 +252,6 @@ class ComputeConsumer:
                 data={"agreement": agreement.id, "reason": str(exc)[:300]},
             )
             raise
-        countersigned = countersign_computation(response.receipt, self._key, self._keys)
         now_ms = int(self._clock.now() * 1000)
         logged = {
             "computation": receipt.computation,
@@ -263,17 +273,23 @@ class ComputeConsumer:
                 receipt=countersigned,
                 ended_ms=now_ms,
             ),
+            # Synced before the answer is returned: the receipt is reported as in our log.
             log=self._audit.prepare([("compute.receipt", [provider], logged)]),
-            durable=False,  # the confirmation's synced commit follows (module docstring)
         )
-        self.confirmations.owe(receipt.computation)
+        computation = receipt.computation
+
+        def owe() -> None:
+            self.confirmations.owe(computation)
+
+        if after is None or not after(owe):
+            owe()
         return compute_pb2.ComputeResponse(
             computation_id=receipt.computation, answer=response.answer, receipt=countersigned
         )
 
     def confirm(self, computation_id: str) -> None:
         """Send the countersignature of an answered computation to its provider, then
-        mark it confirmed (a synced commit: the record's own commit is durable with it).
+        mark it confirmed (a synced commit).
 
         Raises what the provider answered; a failure leaves it owed, and says why.
         """
@@ -290,25 +306,34 @@ class ComputeConsumer:
                     timeout=30,
                 )
         except ConnectorError as exc:
-            # Synced, so the record is durable even while the provider cannot be reached.
+            # Why it is still owed, for the administrator.
             self._store.update(computation_id, expect=ANSWERED, reason=f"not yet confirmed: {exc}")
             raise
         self._store.update(computation_id, expect=ANSWERED, state=CONFIRMED, reason="")
 
     def _check(
         self, agreement: Agreement, question: str | dict[str, Any], r: compute_pb2.ComputeResponse
-    ) -> ComputationReceipt:
-        """The provider's receipt, verified and matched to what we asked and received."""
+    ) -> tuple[ComputationReceipt, str]:
+        """The provider's receipt, verified and matched to what we asked and received, and
+        the receipt countersigned by us (``jws.countersign`` verifies the provider's
+        signature first: one verification, not one here and one to countersign)."""
         if agreement.compute is None:
             raise VerificationError(
                 f"the provider answered under agreement {agreement.id}, which has no compute rules"
             )
-        jws.verify_signed(r.receipt, self._keys, first=(agreement.provider, "provider"), what=WHAT)
+        countersigned = jws.countersign(
+            r.receipt,
+            self._key,
+            self._keys,
+            first=(agreement.provider, "provider"),
+            second=(self._me, "consumer"),
+            what=WHAT,
+        )
         receipt = parse_computation_receipt(r.receipt)
         # The provider names the computation; the id becomes our record's key and goes
         # into our log, so it must be one of the grammar before anything else uses it.
         COMPUTATION_ID.check(r.computation_id, error=VerificationError)
-        rules = parse_rules(agreement.compute)
+        rules = agreed_rules(agreement.compute)
         query = parse_query(question, rules)
         try:
             document = json.loads(r.answer)
@@ -338,4 +363,4 @@ class ComputeConsumer:
         for bad, what in problems:
             if bad:
                 raise VerificationError(f"the provider's computation receipt {what}")
-        return receipt
+        return receipt, countersigned

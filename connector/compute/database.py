@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import sqlglot
@@ -58,6 +59,7 @@ class DatabaseSource:
         self._subquery = exp.Subquery(
             this=parsed[0], alias=exp.TableAlias(this=exp.to_identifier("product"))
         )
+        self._query = query
         # Bound parameters are written as a marker no source query can contain, then turned
         # into the drivers' pyformat (psycopg and PyMySQL both use %(name)s), after every
         # literal % of the text is doubled.
@@ -71,16 +73,26 @@ class DatabaseSource:
         """A marker replaced by ``%(name)s`` once the text is generated."""
         return exp.Var(this=f"{self._marker}{name}_")
 
-    def text(self, select: exp.Select, params: dict[str, Value]) -> str:
+    @property
+    def plan_key(self) -> Hashable:
+        """The dialect and the source query: the generated text holds both (the marker of
+        bound parameters does not survive ``text``)."""
+        return (self.dialect, self._query)
+
+    def never_null(self, column: str) -> bool:
+        """False: the database's rows change."""
+        return False
+
+    def counted(self, keys: Sequence[str]) -> str | None:
+        """None: the database's rows change, so every statement counts them itself."""
+        return None
+
+    def text(self, select: exp.Select, params: Mapping[str, Value]) -> str:
         """The SQL text sent to the database (pyformat, literal ``%`` doubled)."""
         sql = select.sql(dialect=self.dialect).replace("%", "%%")
         for name in params:
             sql = sql.replace(f"{self._marker}{name}_", f"%({name})s")
         return sql
-
-    def fetch(self, select: exp.Select, params: dict[str, Value]) -> list[tuple[Any, ...]]:
-        """Run ``select`` in a read-only transaction with the statement timeout."""
-        return self.execute(self.text(select, params), params)
 
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text (pyformat) read-only with the timeout; the engine passes only text

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ _LOADERS = {
 
 DICTIONARY_MAX_VALUES = 4096
 """A text column with at most about this many distinct values is stored as an ENUM."""
+
+COUNTED_MAX_TABLES = 16
+"""Row counts per combination of columns kept for one table (``DuckDBTable.counted``)."""
+COUNTED_MAX_ROWS = 100_000
+"""Combinations above which such counts are not kept (they would be a table of their own)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,22 @@ class DuckDBTable:
             self._con.close()
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
         self._lockdown(self._con)
+        self._counted: dict[tuple[str, ...], str | None] = {}
+        self._never_null = self._columns_without_nulls()
+
+    def _columns_without_nulls(self) -> frozenset[str]:
+        """The columns holding no NULL (one count of each, once: the table cannot change)."""
+        names = [r[0] for r in self.execute("SELECT column_name FROM (DESCRIBE product)")]
+        counts = exp.select(
+            exp.Count(this=exp.Star()),
+            *(exp.Count(this=exp.column(exp.to_identifier(n, quoted=True))) for n in names),
+        ).from_("product")
+        [(rows, *non_null)] = self.execute(counts.sql(dialect=self.dialect))
+        return frozenset(n for n, c in zip(names, non_null, strict=True) if c == rows)
+
+    def never_null(self, column: str) -> bool:
+        """Whether ``column`` holds no NULL."""
+        return column in self._never_null
 
     @staticmethod
     def _lockdown(con: duckdb.DuckDBPyConnection) -> None:
@@ -196,29 +218,66 @@ class DuckDBTable:
         """DuckDB's named parameter ``$name``."""
         return exp.Placeholder(this=name)
 
-    def fetch(self, select: exp.Select, params: dict[str, Value]) -> list[tuple[Any, ...]]:
-        """Run ``select`` with the time limit."""
-        return self.execute(select.sql(dialect=self.dialect), params)
+    @property
+    def plan_key(self) -> Hashable:
+        """Every embedded table is ``product`` in its own engine: one text for all tables
+        whose columns without NULL are the same."""
+        return ("duckdb", self._never_null)
+
+    def text(self, select: exp.Select, params: Mapping[str, Value]) -> str:
+        """``select`` as DuckDB SQL (its parameters are ``$name``)."""
+        return select.sql(dialect=self.dialect)
+
+    def counted(self, keys: Sequence[str]) -> str | None:
+        """The table of this table's rows counted per combination of ``keys`` (columns
+        ``keys`` and ``tds_n``), made the first time it is asked for: the table cannot
+        change, so neither can the counts, and the differencing check then reads a few
+        hundred counts instead of every row. None (count in the statement) past
+        ``COUNTED_MAX_TABLES`` tables or when the combinations exceed
+        ``COUNTED_MAX_ROWS``."""
+        wanted = tuple(keys)
+        with self._lock:
+            if wanted in self._counted:
+                return self._counted[wanted]
+            if len(self._counted) >= COUNTED_MAX_TABLES:
+                return None
+            name = f"tds_cells_{len(self._counted)}"
+            columns = [exp.column(exp.to_identifier(k, quoted=True)) for k in wanted]
+            count = exp.select(*columns, exp.alias_(exp.Count(this=exp.Star()), "tds_n"))
+            count = count.from_("product").group_by(*(c.copy() for c in columns))
+            try:
+                self._run(f"CREATE TABLE {name} AS {count.sql(dialect=self.dialect)}", {})
+                [(rows,)] = self._run(f"SELECT count(*) FROM {name}", {})  # noqa: S608
+                if rows > COUNTED_MAX_ROWS:
+                    self._run(f"DROP TABLE {name}", {})
+            except Unavailable:
+                rows = COUNTED_MAX_ROWS + 1  # not kept: the statement counts instead
+            self._counted[wanted] = name if rows <= COUNTED_MAX_ROWS else None
+            return self._counted[wanted]
 
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text on the locked engine (the engine only passes text it generated)."""
         with self._lock:
-            ticket = _WATCHDOG.arm(self, self._limits.timeout_s)
-            try:
-                return self._con.execute(sql, params or {}).fetchall()
-            except duckdb.InterruptException:
-                raise Unavailable(
-                    f"the computation ran longer than {self._limits.timeout_s:g} s"
-                ) from None
-            except duckdb.Error as exc:
-                # The engine's message can quote the table's values (an ENUM's type names
-                # them): it goes to the provider's log, never into the answer.
-                log.warning("compute query failed on the embedded engine: %s", exc)
-                raise Unavailable(
-                    "the embedded engine could not answer the computation (see the provider's log)"
-                ) from None
-            finally:
-                _WATCHDOG.disarm(ticket)
+            return self._run(sql, params or {})
+
+    def _run(self, sql: str, params: dict[str, Value]) -> list[tuple[Any, ...]]:
+        """``execute`` under the lock, held by the caller."""
+        ticket = _WATCHDOG.arm(self, self._limits.timeout_s)
+        try:
+            return self._con.execute(sql, params).fetchall()
+        except duckdb.InterruptException:
+            raise Unavailable(
+                f"the computation ran longer than {self._limits.timeout_s:g} s"
+            ) from None
+        except duckdb.Error as exc:
+            # The engine's message can quote the table's values (an ENUM's type names
+            # them): it goes to the provider's log, never into the answer.
+            log.warning("compute query failed on the embedded engine: %s", exc)
+            raise Unavailable(
+                "the embedded engine could not answer the computation (see the provider's log)"
+            ) from None
+        finally:
+            _WATCHDOG.disarm(ticket)
 
     def interrupt(self) -> None:
         """Stop the query running now, if any (it fails with ``Unavailable``)."""

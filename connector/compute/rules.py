@@ -31,10 +31,12 @@ an aggregate it cannot release are refused with the field named.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 from connector.audit.canonical import canonical_json
@@ -47,6 +49,7 @@ __all__ = [
     "Dimension",
     "Measure",
     "Privacy",
+    "agreed_rules",
     "parse_rules",
 ]
 
@@ -170,6 +173,11 @@ class ComputeRules:
 
     def sha256(self) -> str:
         """Hex SHA-256 of the rules' canonical JSON (RFC 8785): the rules in force."""
+        return self._sha256
+
+    @cached_property
+    def _sha256(self) -> str:
+        # Made once per rules object: every receipt names it, on both sides.
         return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
 
 
@@ -334,3 +342,23 @@ def parse_rules(spec: Any, where: str = "compute") -> ComputeRules:
     return ComputeRules(
         dimensions=dims, measures=measures, k=k, max_groups=max_groups, privacy=privacy
     )
+
+
+def agreed_rules(spec: Any) -> ComputeRules:
+    """``parse_rules`` of an agreement's compute table, validated once per process.
+
+    The table is part of a signed agreement and never changes, and both parties check every
+    question under it against it: the validated rules (and their hash, made once) are kept,
+    keyed by the table's JSON text, so an equal table gives the same ``ComputeRules`` and any
+    other table is parsed anew. A table that is not JSON is parsed as it is (and refused).
+    """
+    try:
+        key = json.dumps(spec, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return parse_rules(spec)
+    return _agreed(key)
+
+
+@lru_cache(maxsize=256)
+def _agreed(key: str) -> ComputeRules:
+    return parse_rules(json.loads(key))

@@ -37,7 +37,7 @@ from connector.compute.receipt import (
     ComputationReceipt,
     sign_computation,
 )
-from connector.compute.rules import ComputeRules, parse_rules
+from connector.compute.rules import ComputeRules, agreed_rules
 from connector.compute.sources import ComputeSources
 from connector.compute.store import (
     ANSWERED,
@@ -159,7 +159,7 @@ class ComputeProvider:
             )
         product, offer = published
         # The rules the consumer signed, not the offer as it may read today.
-        rules = parse_rules(agreement.compute) if agreement.compute is not None else None
+        rules = agreed_rules(agreement.compute) if agreement.compute is not None else None
         query: Query | None = None
         if rules is not None and "compute" in agreement.delivery:
             try:
@@ -256,9 +256,7 @@ class ComputeProvider:
                 self._audit.record_many(decided)
             raise
         try:
-            return self._answer(
-                caller, agreement, rules, question, executor, source_state, c, after
-            )
+            return self._answer(caller, agreement, rules, query, executor, source_state, c, after)
         except BaseException as exc:
             self._store.release(c.id, f"no answer: {exc}", self._now_ms())
             if isinstance(exc, ConnectorError):
@@ -274,7 +272,7 @@ class ComputeProvider:
         caller: Caller,
         agreement: Agreement,
         rules: ComputeRules,
-        question: str | dict[str, Any],
+        query: Query,
         executor: Executor,
         source_state: str,
         c: Computation,
@@ -283,7 +281,7 @@ class ComputeProvider:
         # The engine and OpenDP load with the first question (see connector.compute.sources).
         from connector.compute.answer import answer_query
 
-        answer = answer_query(question, rules, executor)
+        answer = answer_query(query, rules, executor)  # the question as parsed above
         fields = answer.receipt(source_state)
         receipt = ComputationReceipt(
             agreement=agreement.id,
@@ -388,8 +386,11 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         return compute_pb2.ConfirmComputationResponse()
 
     def Ask(self, request: compute_pb2.ComputeRequest, context: Any) -> compute_pb2.ComputeResponse:
-        """Admin → its own connector, as consumer."""
-        return self._consumer.ask(request.agreement_id, request.question)
+        """Admin → its own connector, as consumer; the countersignature goes to the provider
+        once the answer is sent."""
+        return self._consumer.ask(
+            request.agreement_id, request.question, after=context.add_callback
+        )
 
 
 def compute_service(servicer: ComputeServicer) -> Service:

@@ -226,12 +226,10 @@ class ComputationStore:
             )
             row.state, row.reason, row.ended_ms = FAILED, reason[:512], now_ms
 
-    def create(
-        self, c: Computation, *, log: LogWrite | None = None, durable: bool = True
-    ) -> Computation:
+    def create(self, c: Computation, *, log: LogWrite | None = None) -> Computation:
         """Record a computation (the consumer's side), with ``log``'s entries in the same
-        transaction; ``durable`` as for ``reserve``."""
-        with self._db.transaction(durable=durable) as tx:
+        transaction, durable before it returns."""
+        with self._db.transaction() as tx:
             tx.execute(_INSERT, _values(c)).close()
             if log is not None:
                 log(tx)

@@ -82,6 +82,33 @@ def test_duckdb_computes_clamped_groups(table: DuckDBTable) -> None:
     assert groups == sorted(groups, key=lambda g: g.key)
 
 
+def test_a_measure_without_nulls_is_clamped_alike(tmp_path: Path, table: DuckDBTable) -> None:
+    """A column known to hold no NULL is clamped without a NULL test per row; a table
+    whose column holds NULLs, asked the same question next, still keeps them NULL."""
+    import csv
+
+    path = tmp_path / "complete.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("patient_id", "district", "age_band", "year", "cost", "days"))
+        w.writerows(r for r in admissions() if r[4] is not None and r[5] is not None)
+    complete = DuckDBTable(path, "csv")
+    try:
+        assert complete.never_null("cost") and not table.never_null("cost")
+        expected = _expected()
+        expected[("north", "18-64")]["n"] -= 1  # p-null, whose cost is NULL, is not there
+        groups = compute_groups(parse_query(ASK, RULES), RULES, complete)
+        assert {g.key for g in groups} == set(expected)
+        for g in groups:
+            e = expected[g.key]  # type: ignore[index]
+            assert g.n == e["n"]
+            for k in ("count(cost)", "sum(cost)", "min(cost)", "max(cost)"):
+                assert g.values[k] == pytest.approx(e[k]), (g.key, k)
+        _check(compute_groups(parse_query(ASK, RULES), RULES, table))
+    finally:
+        complete.close()
+
+
 def test_duckdb_reads_json_lines(tmp_path: Path) -> None:
     import json
 
@@ -106,6 +133,50 @@ def test_more_groups_than_max_groups_is_refused(table: DuckDBTable) -> None:
     q = parse_query("SELECT district, count(*) FROM product GROUP BY district", rules)
     with pytest.raises(InvalidRequest, match="more than 3 groups"):
         compute_groups(q, rules, table)
+
+
+def test_a_shape_reuses_its_statement_with_the_next_values_bound(table: DuckDBTable) -> None:
+    """The engine keeps the text it generated for a question's shape: the next question of
+    that shape gets its own values, and another operator, number of values or clamping
+    bound is another statement."""
+
+    def counts(question: str, rules: Any = RULES) -> dict[tuple[Any, ...], float | None]:
+        q = parse_query(question, rules)
+        return {g.key: g.values["max(cost)"] for g in compute_groups(q, rules, table)}
+
+    def expected(keep: Any, upper: float = 5000.0) -> dict[tuple[Any, ...], float]:
+        out: dict[tuple[Any, ...], float] = {}
+        for _pid, district, _band, year, cost, _days in admissions():
+            if keep(district, year) and cost is not None:
+                v = min(max(cost, 200.0), upper)
+                out[(district,)] = max(out.get((district,), v), v)
+        return out
+
+    ask = "SELECT district, max(cost) FROM product WHERE {} GROUP BY district"
+    for district in ("north", "east", "north"):
+        assert counts(ask.format(f"district = '{district}'")) == expected(
+            lambda d, _y, want=district: d == want
+        )
+    assert counts(ask.format("district != 'north'")) == expected(lambda d, _y: d != "north")
+    assert counts(ask.format("district IN ('east', 'west')")) == expected(
+        lambda d, _y: d in ("east", "west")
+    )
+    assert counts(ask.format("district IN ('east', 'west', 'south')")) == expected(
+        lambda d, _y: d in ("east", "west", "south")
+    )
+    assert counts(ask.format("year < 2026")) == expected(lambda _d, y: y < 2026)
+    lower_cap = parse_rules(
+        hospital(measures={"cost": {"aggregates": ["max"], "lower": 200, "upper": 1000}})
+    )
+    assert counts(ask.format("district = 'north'"), lower_cap) == expected(
+        lambda d, _y: d == "north", upper=1000.0
+    )
+    # The differencing check too: the same shape with other values, another answer.
+    east, north = Filter("district", "=", ("east",)), Filter("district", "=", ("north",))
+    not_old = Filter("age_band", "!=", ("65+",))
+    # (harbour's 3 rows split off by either district filter; east's lone 65+ only in east)
+    assert isolating_groups([], [east, not_old], table, k=5) == (1, 1)
+    assert isolating_groups([], [north, not_old], table, k=5) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -253,6 +324,47 @@ def test_isolating_groups_counts_small_cells_in_large_groups(table: DuckDBTable)
     assert isolating_groups(["district"], [], table, k=5) == ()
 
 
+def test_the_differencing_check_reads_counts_kept_per_table_within_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded table keeps its rows counted per combination of the checked columns
+    (it cannot change); the check gives the same answers from them as from the rows, and
+    past the bounds the statement counts the rows itself."""
+    from connector.compute import embedded
+
+    year, east = Filter("year", "=", (2026,)), Filter("district", "=", ("east",))
+    not_old = Filter("age_band", "!=", ("65+",))
+    checks = [
+        (["district", "age_band"], [year]),
+        ([], [year, east, not_old]),
+        (["age_band"], [east]),
+        ([], [Filter("district", "=", ("north",)), not_old]),
+    ]
+    kept = DuckDBTable(write_csv(tmp_path / "kept.csv"), "csv")
+    counting = DuckDBTable(write_csv(tmp_path / "counting.csv"), "csv")
+    try:
+        from_kept = []
+        for dimensions, filters in checks:
+            from_kept.append(isolating_groups(dimensions, filters, kept, k=5))
+            keys = tuple(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+            name = kept.counted(keys)
+            assert name is not None and kept.counted(keys) == name  # made once, kept
+        assert from_kept[1] == (0, 1, 1)
+        monkeypatch.setattr(embedded, "COUNTED_MAX_ROWS", 2)
+        for (dimensions, filters), expected in zip(checks, from_kept, strict=True):
+            assert isolating_groups(dimensions, filters, counting, k=5) == expected
+            keys = tuple(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+            assert counting.counted(keys) is None  # more than 2 combinations: not kept
+        monkeypatch.setattr(embedded, "COUNTED_MAX_TABLES", len(checks))
+        assert kept.counted(("year",)) is None  # no more tables for this one
+        assert isolating_groups([], [year], kept, k=5) == (0,)
+        # The engine stays locked down with its tables of counts.
+        assert kept.execute("SELECT current_setting('enable_external_access')") == [(False,)]
+    finally:
+        kept.close()
+        counting.close()
+
+
 # -- the source database itself ------------------------------------------------------------
 
 
@@ -294,10 +406,10 @@ def test_postgres_computes_read_only(pg_admissions: Any) -> None:
     costs = [min(max(r[4], 200), 5000) for r in admissions() if r[1] == "north" and r[4]]
     assert g.values["quantile(cost,0.5)"] == pytest.approx(st.median(costs))
     pct = _percent_source(pg_admissions, "admissions")
-    assert (
-        compute_groups(parse_query("SELECT count(*) FROM product", RULES), RULES, pct)[0].n
-        == len(admissions()) - 1
-    )
+    # The same question on two source queries: two statements, two answers.
+    everyone = parse_query("SELECT count(*) FROM product", RULES)
+    assert compute_groups(everyone, RULES, src)[0].n == len(admissions())
+    assert compute_groups(everyone, RULES, pct)[0].n == len(admissions()) - 1
     q2 = parse_query("SELECT count(*) FROM product WHERE district = 'harbour'", RULES)
     assert [g.n for g in compute_groups(q2, RULES, pct)] == [3]
 

@@ -24,8 +24,8 @@ from sqlglot import exp
 
 from connector.compute.database import DatabaseSource
 from connector.compute.embedded import DuckDBTable
-from connector.compute.engine import _N, Executor, _where, isolating_groups
-from connector.compute.query import Filter, Value
+from connector.compute.engine import _N, Executor, _bind, _condition, isolating_groups
+from connector.compute.query import Filter
 from tests.compute.conftest import MARIADB_URL
 
 COLUMNS = ("a", "b", "c", "m")
@@ -45,12 +45,13 @@ def reference_isolating_cells(
     """The per-filter check as it was: cells of ``dimension`` among the rows matching
     ``filters`` (the other filters), grouped by ``dimensions``, of 1 to k - 1 rows in a
     group with at least k rows besides them."""
-    params: dict[str, Value] = {}
+    params, names = _bind(filters)
     split = list(dict.fromkeys((*dimensions, dimension)))
     cells = exp.select(
         *(exp.column(d) for d in split), exp.alias_(exp.Count(this=exp.Star()), _N)
     ).from_(executor.source())
-    cells = _where(cells, filters, executor, params)
+    for f, mine in zip(filters, names, strict=True):
+        cells = cells.where(_condition(f, mine, executor), copy=False)
     cells = cells.group_by(*(exp.column(d) for d in split), copy=False)
     total = exp.Window(
         this=exp.Sum(this=exp.column(_N)), partition_by=[exp.column(d) for d in dimensions]
@@ -65,7 +66,7 @@ def reference_isolating_cells(
         .where(exp.LT(this=n, expression=exp.Literal.number(k)))
         .where(exp.GTE(this=rest, expression=exp.Literal.number(k)))
     )
-    return int(executor.fetch(select, params)[0][0])
+    return int(executor.execute(executor.text(select, params), params)[0][0])
 
 
 def _rows(rng: random.Random, text: Sequence[str | None]) -> list[tuple[Any, ...]]:

@@ -228,3 +228,20 @@ def test_filter_values_round_trip_through_canonical_text(value: str) -> None:
         RULES,
     )
     assert parse_query(q.canonical_text(), RULES) == q
+
+
+def test_a_question_asked_again_is_checked_against_the_rules_it_is_asked_under() -> None:
+    """A checked question is kept for the same text under equal rules (not parsed again);
+    under other rules it is checked against those, and a refusal is never kept."""
+    text = "SELECT district, avg(days) FROM product WHERE year = 2026 GROUP BY district"
+    rules = parse_rules(hospital())
+    first = parse_query(text, rules)
+    assert parse_query(text, parse_rules(hospital())) is first  # equal rules: kept
+    no_days = hospital()
+    del no_days["measures"]["days"]
+    with pytest.raises(InvalidRequest, match="days"):
+        parse_query(text, parse_rules(no_days))
+    with pytest.raises(InvalidRequest, match="days"):
+        parse_query(text, parse_rules(no_days))  # refused again, not kept
+    assert parse_query(text, rules) is first
+    assert parse_query(text + " ", rules) == first  # other text: parsed, the same query

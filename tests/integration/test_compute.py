@@ -5,8 +5,11 @@ privacy budget holding under concurrent questions."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from connector.compute.store import CONFIRMED, ComputationStore
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
-from tests.support.exchange import admin, agree, entries, offer, publish
+from tests.support.exchange import admin, agree, altered, entries, offer, publish
 
 FIELDS = ["patient_id", "district", "age_band", "year", "cost"]
 RULES: dict[str, Any] = {
@@ -316,6 +319,8 @@ def test_a_revoked_agreement_answers_nothing(space: LocalSpace) -> None:
     channel = space.nodes["lab"]._member_channel("health")
     stub = compute_pb2_grpc.ComputeServiceStub(channel)
     try:
+        # Answered: the provider now remembers this agreement's verification; the
+        # revocation must still hold for the very next question.
         stub.Compute(compute_pb2.ComputeRequest(agreement_id=agreement, question=question))
         admin(space, "health").RevokeAgreement(
             admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="study ended"),
@@ -331,6 +336,73 @@ def test_a_revoked_agreement_answers_nothing(space: LocalSpace) -> None:
         assert spent(space, agreement) == before
     finally:
         channel.close()
+
+
+def _health_row(space: LocalSpace, agreement: str, signed: str | None = None) -> str:
+    """The provider's stored agreement text, replaced by ``signed`` if given, behind the
+    connector's back (as someone with access to its database file would)."""
+    db = space.nodes["health"].db
+    assert db is not None and db.engine.url.database is not None
+    with contextlib.closing(sqlite3.connect(db.engine.url.database)) as conn, conn:
+        [(text,)] = conn.execute(
+            "SELECT agreement FROM negotiation WHERE agreement_id = ?", (agreement,)
+        ).fetchall()
+        if signed is not None:
+            conn.execute(
+                "UPDATE negotiation SET agreement = ? WHERE agreement_id = ?", (signed, agreement)
+            )
+    return str(text)
+
+
+def test_an_agreement_edited_after_it_was_verified_is_refused_for_the_next_question(
+    space: LocalSpace,
+) -> None:
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    question = "SELECT count(*) FROM product"
+    ask(space, agreement, question)  # verified, and remembered
+    signed = _health_row(space, agreement)
+    _health_row(space, agreement, altered(signed, product="admissions-copy"))
+    try:
+        before = spent(space, agreement)
+        with pytest.raises(grpc.RpcError) as caught:
+            ask(space, agreement, question)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"the stored agreement {agreement} does not verify" in (caught.value.details() or "")
+        assert spent(space, agreement) == before
+    finally:
+        _health_row(space, agreement, signed)
+    ask(space, agreement, question)  # the text that was signed answers again
+
+
+def test_a_changed_source_is_read_again_and_named_in_the_receipt(
+    space: LocalSpace, plain: str
+) -> None:
+    """The provider keeps a loaded table while the file is the same; a changed file is
+    loaded again, and the receipt names the state the answer was computed on."""
+    path = space.data / "admissions.csv"  # type: ignore[attr-defined]
+    original = path.read_bytes()
+    question = "SELECT count(*) FROM product WHERE year = 2026"
+
+    def count_and_state() -> tuple[int, str]:
+        r = ask(space, plain, question)
+        receipt = verify_computation_receipt(r.receipt, space.nodes["health"]._signing_key_of)
+        return json.loads(r.answer)["rows"][0][0], receipt.source_state
+
+    first = count_and_state()
+    assert first == (len(rows()), f"sha256:{hashlib.sha256(original).hexdigest()}")
+    assert count_and_state() == first  # the same file: the same state
+    extra = [{**row, "patient_id": f"Q{n:05d}"} for n, row in enumerate(rows()[:5])]
+    try:
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=FIELDS).writerows(extra)
+        changed = count_and_state()
+        assert changed == (
+            len(rows()) + 5,
+            f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}",
+        )
+    finally:
+        path.write_bytes(original)
+    assert count_and_state() == first
 
 
 def test_a_countersignature_owed_when_the_consumer_stops_is_sent_after_its_restart(
