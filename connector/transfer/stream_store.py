@@ -162,6 +162,18 @@ def _state(row: StreamSubscriptionRow) -> StreamState:
     )
 
 
+def _window(row: StreamWindowRow) -> Window:
+    return Window(
+        row.window_index,
+        row.first_sequence,
+        row.last_sequence,
+        row.count,
+        row.bytes,
+        row.start_head,
+        row.head,
+    )
+
+
 class StreamStore:
     """Stream states and windows of both roles, and the provider's stream metering."""
 
@@ -293,21 +305,31 @@ class StreamStore:
                 .where(StreamWindowRow.role == role)
                 .order_by(StreamWindowRow.window_index)  # type: ignore[arg-type]
             ).all()
-            return [
-                (
-                    Window(
-                        r.window_index,
-                        r.first_sequence,
-                        r.last_sequence,
-                        r.count,
-                        r.bytes,
-                        r.start_head,
-                        r.head,
-                    ),
-                    r.receipt,
-                )
-                for r in rows
-            ]
+            return [(_window(r), r.receipt) for r in rows]
+
+    def windows_after(
+        self, agreement_id: str, role: str, after_sequence: int, limit: int
+    ) -> list[tuple[Window, str]] | None:
+        """The countersigned windows that follow the one ending at ``after_sequence`` (0:
+        from the first window), in order, at most ``limit``; ``None`` when no window ends
+        there (``after_sequence`` is not where a window ended)."""
+        with self._db.session() as s:
+            rows = s.exec(
+                select(StreamWindowRow)
+                .where(StreamWindowRow.agreement_id == agreement_id)
+                .where(StreamWindowRow.role == role)
+                .where(StreamWindowRow.last_sequence >= after_sequence)
+                .order_by(StreamWindowRow.window_index)  # type: ignore[arg-type]
+                .limit(limit + 1)
+            ).all()
+            if after_sequence == 0:
+                if rows and rows[0].window_index != 0:
+                    return None
+            elif not rows or rows[0].last_sequence != after_sequence:
+                return None
+            else:
+                rows = rows[1:]
+            return [(_window(r), r.receipt) for r in rows[:limit]]
 
     # -- provider: metering -------------------------------------------------------------
 

@@ -311,12 +311,7 @@ class StreamProvider:
             raise PreconditionFailed(
                 f"the stream of agreement {agreement.id} was terminated ({state.reason})"
             )
-        if from_sequence != state.acked_sequence:
-            where = "before" if from_sequence < state.acked_sequence else "after"
-            raise InvalidRequest(
-                f"from_sequence {from_sequence} is {where} the end of the last window you "
-                f"acknowledged ({state.acked_sequence}); resume from {state.acked_sequence}"
-            )
+        resent = self._lost_receipts(agreement.id, from_sequence, state)
         run = _Run(
             agreement=agreement,
             product=product,
@@ -324,7 +319,7 @@ class StreamProvider:
             subject=subject_of(caller),
             revoked_grants=sorted(caller.revoked_grants),
             started_ms=self._now_ms(),
-            last_sequence=from_sequence,
+            last_sequence=state.acked_sequence,
             limits=StreamLimits.of(agreement),
         )
         decision = self._policy.decide(self._document(run, revoked))
@@ -336,7 +331,7 @@ class StreamProvider:
             source = self._sources.source(product.source, product.fields)
         except InvalidRequest as exc:
             raise PreconditionFailed(f"the product's source cannot be read: {exc}") from None
-        with source.subscribe(from_sequence) as subscription:
+        with source.subscribe(state.acked_sequence) as subscription:
             yield from self._run(
                 run,
                 state.acked_head,
@@ -346,7 +341,42 @@ class StreamProvider:
                 requests,
                 active,
                 batches=first.start.batches,
+                resent=resent,
             )
+
+    def _lost_receipts(
+        self, agreement_id: str, from_sequence: int, state: StreamState
+    ) -> list[tuple[Window, str]]:
+        """The windows countersigned after ``from_sequence``, with their receipts: none
+        when the consumer resumes where the provider does.
+
+        The provider records a window before its countersignature reaches the consumer;
+        a call that breaks in between leaves the consumer's resume point up to
+        ``max_unsigned_windows`` windows behind (it never has more signed and not yet
+        countersigned). Those windows' receipts are sent again, as they were, and
+        delivery goes on after them: their records are neither metered nor sent again,
+        so asking from further back gets the consumer nothing it has not had. Any other
+        ``from_sequence`` (not where one of those windows starts, or in the future) is
+        refused.
+        """
+        if from_sequence == state.acked_sequence:
+            return []
+        if from_sequence < state.acked_sequence:
+            windows = self._store.windows_after(
+                agreement_id, PROVIDER, from_sequence, self._settings.max_unsigned_windows
+            )
+            if windows and windows[-1][0].last_sequence == state.acked_sequence:
+                return windows
+        where = "before" if from_sequence < state.acked_sequence else "after"
+        raise InvalidRequest(
+            f"from_sequence {from_sequence} is {where} the end of the last window you "
+            f"acknowledged ({state.acked_sequence}); resume from {state.acked_sequence}"
+            + (
+                f" or from the end of one of the last {self._settings.max_unsigned_windows} windows"
+                if where == "before"
+                else ""
+            )
+        )
 
     def _run(
         self,
@@ -359,6 +389,7 @@ class StreamProvider:
         active: Callable[[], bool],
         *,
         batches: bool,
+        resent: list[tuple[Window, str]],
     ) -> Iterator[stream_pb2.SubscribeDown]:
         agreement, product = run.agreement, run.product
         fields, project = record_projector(
@@ -377,6 +408,8 @@ class StreamProvider:
                 "window": next_window,
                 "decision": decision.id,
                 "fields": list(fields),
+                # Windows whose countersigned receipts are sent again (lost on the way).
+                **({"resent_windows": [w.index for w, _ in resent]} if resent else {}),
             },
         )
         self._store.set_state(agreement.id, PROVIDER, STARTED, "", self._now_ms())
@@ -396,6 +429,7 @@ class StreamProvider:
                 obligations_json=json.dumps(dict(decision.obligations), sort_keys=True),
                 decision_id=decision.id,
                 provider_log_index=index,
+                receipted=[receipt for _, receipt in resent],
             )
         )
         windows = WindowAccumulator(

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
 from connector.audit import jws
+from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.audit.window_receipts import (
     WindowReceipt,
@@ -61,7 +62,13 @@ from connector.negotiation.agreement import Agreement, parse_agreement
 from connector.negotiation.states import State
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.channel import calling
-from connector.sources.windows import StreamChecker, Window, genesis_head
+from connector.sources.windows import (
+    HashChain,
+    StreamChecker,
+    Window,
+    WindowAccumulator,
+    genesis_head,
+)
 from connector.transfer.holdings import checked_obligations
 from connector.transfer.store import CONSUMER
 from connector.transfer.stream_store import (
@@ -121,7 +128,9 @@ class _Segment:
     records (the proposal follows its last record); they are set aside as the window's
     ``.proposed`` file, and the records that arrive while its receipt is signed and
     countersigned go to the next one. A countersignature makes the window's file its
-    segment; one never countersigned is dropped, and delivered again on resume.
+    segment. One not countersigned in the subscription is kept until the next one starts:
+    the provider may have countersigned it and lost the answer, and then resends the
+    receipt; one it did not countersign is dropped, and delivered again.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -143,14 +152,53 @@ class _Segment:
     def commit(self, index: int) -> Path:
         """Make the window ``index``'s records (set aside by ``propose``) its segment."""
         final = self._dir / f"{index:08d}.jsonl"
-        os.replace(self._dir / f"{index:08d}.proposed", final)
+        proposed = self._dir / f"{index:08d}.proposed"
+        if proposed.exists() or not final.exists():  # else committed before a crash
+            os.replace(proposed, final)
         return final
 
-    def close(self) -> None:
+    def held(self, index: int) -> list[tuple[int, bytes]]:
+        """The records set aside for window ``index`` (its ``.proposed`` file, or its
+        segment if it was committed just before a crash left the store behind): what the
+        consumer signed when it signed that window. ``VerificationError`` if there are
+        none or a line is not one this class wrote."""
+        for name in (f"{index:08d}.proposed", f"{index:08d}.jsonl"):
+            try:
+                lines = (self._dir / name).read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            try:
+                return [_held_line(line) for line in lines]
+            except (ValueError, KeyError, TypeError):
+                raise VerificationError(
+                    f"the records set aside for window {index} are damaged"
+                ) from None
+        raise VerificationError(f"no records of window {index} are held here (none was signed)")
+
+    def discard_from(self, index: int) -> None:
+        """Drop what was set aside for window ``index`` and later: never countersigned,
+        their records come again."""
+        for proposed in self._dir.glob("*.proposed"):
+            stem = proposed.name.split(".")[0]
+            if not stem.isdigit() or int(stem) >= index:
+                proposed.unlink(missing_ok=True)
+
+    def close(self, keep_signed: bool) -> None:
+        """End the subscription's segment: records of no window are dropped; windows
+        signed and not countersigned are kept while the stream may resume (the provider
+        may have countersigned them and resend the receipts, see ``StreamStarted``)."""
         self._file.close()
         self._path.unlink(missing_ok=True)
-        for proposed in self._dir.glob("*.proposed"):
-            proposed.unlink(missing_ok=True)
+        if not keep_signed:
+            self.discard_from(0)
+
+
+def _held_line(line: bytes) -> tuple[int, bytes]:
+    entry = json.loads(line)
+    sequence, record = entry["sequence"], entry["record"]
+    if not isinstance(sequence, int) or not isinstance(record, dict):
+        raise TypeError("not a record line")
+    return sequence, canonical_json(record)
 
 
 class StreamConsumer:
@@ -315,9 +363,18 @@ class StreamConsumer:
         finally:
             outgoing.put(None)
             stop.set()
-            segment.close()
+            segment.close(keep_signed=self._resumable(agreement.id))
             channel.close()
         return run.event("suspended", "the provider ended the subscription")
+
+    def _resumable(self, agreement_id: str) -> bool:
+        """Whether a later subscription may resume the stream (not TERMINATED, the
+        holding not deleted); in doubt, no."""
+        try:
+            state = self._store.get(agreement_id, CONSUMER)
+        except ConnectorError:
+            return False
+        return state.state != TERMINATED and not state.deleted_ms
 
     def _handle(
         self,
@@ -350,12 +407,7 @@ class StreamConsumer:
                     data={"agreement": run.agreement.id, "index": w.index, "reason": str(exc)},
                 )
                 raise
-            signed = sign_window(
-                WindowReceipt(
-                    run.agreement.id, run.agreement.product, run.agreement.provider, self._me, own
-                ),
-                self._key,
-            )
+            signed = self._sign(run.agreement, own)
             segment.propose(own.index)
             run.unsigned.append((own, signed))
             outgoing.put(stream_pb2.SubscribeUp(receipt=signed))
@@ -365,25 +417,74 @@ class StreamConsumer:
                 raise VerificationError("the provider countersigned a window not proposed")
             window, original = run.unsigned.popleft()
             verify_window_countersignature(down.countersigned, original, self._keys)
-            segment.commit(window.index)
-            self._store.acknowledge(
-                run.agreement.id, CONSUMER, window, down.countersigned, self._now_ms()
-            )
-            self._audit.record(
-                "stream.window",
-                parties=[run.agreement.provider],
-                data={
-                    "agreement": run.agreement.id,
-                    **window.content(),
-                    "receipt": down.countersigned,
-                },
-            )
-            run.window = window.index
-            run.kept = window.last_sequence
+            self._commit(run, window, down.countersigned, segment)
             return run.event("window")
         if kind == "started":
-            return self._started(run, down.started)
+            return self._started(run, down.started, segment)
         raise VerificationError("the provider sent a message of no known kind")
+
+    def _commit(
+        self, run: _Received, window: Window, countersigned: str, segment: _Segment
+    ) -> None:
+        """Keep a window whose countersigned receipt was checked: its segment, the resume
+        point after it, and the receipt in the log."""
+        segment.commit(window.index)
+        self._store.acknowledge(run.agreement.id, CONSUMER, window, countersigned, self._now_ms())
+        self._audit.record(
+            "stream.window",
+            parties=[run.agreement.provider],
+            data={"agreement": run.agreement.id, **window.content(), "receipt": countersigned},
+        )
+        run.window = window.index
+        run.kept = window.last_sequence
+
+    def _sign(self, agreement: Agreement, window: Window) -> str:
+        return sign_window(
+            WindowReceipt(agreement.id, agreement.product, agreement.provider, self._me, window),
+            self._key,
+        )
+
+    def _catch_up(self, run: _Received, receipts: list[str], segment: _Segment) -> None:
+        """Commit the windows the provider countersigned in an earlier subscription whose
+        receipts never arrived (``StreamStarted.receipted``), in order.
+
+        Each must be this consumer's own signature, to the byte, on the window its set-aside
+        records make from where the last one ended (the chain recomputed over them:
+        sequences, count, bytes, heads), countersigned by the provider. Ed25519 signatures
+        are deterministic, so signing that window again gives the receipt that was sent.
+        All are checked before any is kept: one that does not match keeps nothing.
+        """
+        state = run.state
+        after, head, index = state.acked_sequence, state.acked_head, state.next_window
+        checked: list[tuple[Window, str]] = []
+        for countersigned in receipts:
+            chain = WindowAccumulator(
+                HashChain(bytes.fromhex(head), after),
+                every_messages=2**62,
+                every_seconds=float("inf"),
+                next_index=index,
+            )
+            try:
+                for sequence, encoded in segment.held(index):
+                    chain.add_encoded(sequence, encoded)
+            except ValueError as exc:  # out of order: not records this consumer accepted
+                raise VerificationError(f"the records held for window {index}: {exc}") from None
+            window = chain.flush()
+            if window is None:
+                raise VerificationError(f"no records of window {index} are held here")
+            try:
+                verify_window_countersignature(
+                    countersigned, self._sign(run.agreement, window), self._keys
+                )
+            except VerificationError as exc:
+                raise VerificationError(
+                    f"the receipt of window {index} the provider sent again is not the one "
+                    f"signed here for the records held: {exc}"
+                ) from None
+            checked.append((window, countersigned))
+            after, head, index = window.last_sequence, window.head, window.index + 1
+        for window, countersigned in checked:
+            self._commit(run, window, countersigned, segment)
 
     def _record(self, run: _Received, message: stream_pb2.StreamMessage, segment: _Segment) -> None:
         """Check one record (alone or in a batch, the same way) and add it to the segment."""
@@ -403,11 +504,23 @@ class StreamConsumer:
         run.bytes += len(message.record)
         run.last_sequence = message.sequence
 
-    def _started(self, run: _Received, s: stream_pb2.StreamStarted) -> StreamProgress:
-        state = run.state
-        problems = [
+    def _started(
+        self, run: _Received, s: stream_pb2.StreamStarted, segment: _Segment
+    ) -> StreamProgress:
+        if run.checker is not None:
+            raise VerificationError("the provider started the stream twice")
+        for bad, what in (
             (s.agreement_id != run.agreement.id, "names another agreement"),
             (s.product_id != run.agreement.product, "names another product"),
+        ):
+            if bad:
+                raise VerificationError(f"the provider's start of the stream {what}")
+        first, caught = run.state.next_window, bool(s.receipted)
+        if caught:
+            self._catch_up(run, list(s.receipted), segment)
+            run.state = self._store.get(run.agreement.id, CONSUMER)
+        state = run.state
+        problems = [
             (s.after_sequence != state.acked_sequence, "resumes after another sequence"),
             (s.head != state.acked_head, "resumes from another chain head"),
             (s.next_window != state.next_window, "resumes at another window"),
@@ -423,6 +536,9 @@ class StreamConsumer:
                 raise VerificationError(f"the provider's start of the stream {what}")
         for name in s.fields:
             check_text(name, "field", error=VerificationError)
+        # What was set aside and not countersigned by now never reached the provider's
+        # store: its records come again, and are proposed again.
+        segment.discard_from(state.next_window)
         obligations = checked_obligations(
             s.obligations_json, run.agreement, sender="the provider's start of the stream"
         )
@@ -443,6 +559,8 @@ class StreamConsumer:
                 "window": s.next_window,
                 "provider_log_index": s.provider_log_index,
                 "fields": list(s.fields),
+                # Windows committed from receipts the provider sent again (see _catch_up).
+                **({"resent_windows": list(range(first, state.next_window))} if caught else {}),
             },
         )
         return run.event("started")

@@ -352,7 +352,10 @@ class SubscribeStart(_message.Message):
     agreement_id: _builtins.str
     from_sequence: _builtins.int
     """The last sequence the consumer acknowledged (the last_sequence of its last
-    countersigned window), 0 for its first subscription (from the oldest held).
+    countersigned window), 0 for its first subscription (from the oldest held). It may be
+    the end of an earlier window than the provider's last countersigned one (at most
+    max_unsigned_windows earlier: a countersignature lost on the way): the provider
+    then resends those windows' receipts (StreamStarted.receipted), not their records.
     """
     batches: _builtins.bool
     """The consumer takes records several to a frame (`SubscribeDown.batch`); without it
@@ -429,6 +432,7 @@ class StreamStarted(_message.Message):
     OBLIGATIONS_JSON_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_LOG_INDEX_FIELD_NUMBER: _builtins.int
+    RECEIPTED_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     product_id: _builtins.str
     after_sequence: _builtins.int
@@ -442,6 +446,16 @@ class StreamStarted(_message.Message):
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The delivered fields (after the agreement's field list), in order."""
 
+    @_builtins.property
+    def receipted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The countersigned receipts of windows the provider recorded after the consumer's
+        from_sequence (its countersignature was sent but never reached the consumer), in
+        order, as they were first sent: neither metered nor countersigned again, and their
+        records are not sent again. The consumer commits each only if it is its own signature
+        on the records it set aside for that window, then resumes where they end
+        (after_sequence, head and next_window are the provider's, past them).
+        """
+
     def __init__(
         self,
         *,
@@ -454,10 +468,11 @@ class StreamStarted(_message.Message):
         obligations_json: _builtins.str = ...,
         decision_id: _builtins.str = ...,
         provider_log_index: _builtins.int = ...,
+        receipted: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "agreement_id", b"agreement_id", "decision_id", b"decision_id", "fields", b"fields", "head", b"head", "next_window", b"next_window", "obligations_json", b"obligations_json", "product_id", b"product_id", "provider_log_index", b"provider_log_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "agreement_id", b"agreement_id", "decision_id", b"decision_id", "fields", b"fields", "head", b"head", "next_window", b"next_window", "obligations_json", b"obligations_json", "product_id", b"product_id", "provider_log_index", b"provider_log_index", "receipted", b"receipted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
