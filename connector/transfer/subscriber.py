@@ -336,7 +336,12 @@ class StreamConsumer:
 
         watcher = threading.Thread(target=end_on_stop, daemon=True, name="stream-stop")
         watcher.start()
-        run = _Received(agreement=agreement, state=state)
+        run = _Received(
+            agreement=agreement,
+            state=state,
+            last_sequence=state.acked_sequence,
+            kept=state.acked_sequence,
+        )
         segment = _Segment(directory)
         try:
             with calling(agreement.provider):

@@ -1,9 +1,15 @@
 """A stream survives restarts of either connector: the provider's (JetStream's sequences
 are the broker's own) and the consumer's (it resumes from its last countersigned window,
-kept in its store), each with nothing lost or doubled in the consumer's holding."""
+kept in its store), each with nothing lost or doubled in the consumer's holding; and a
+break between the provider's countersignature and its arrival at the consumer, after
+which the provider sends the lost receipt again (and only a receipt that is the
+consumer's own signature on the records it holds is kept)."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,19 +17,28 @@ from typing import Any
 import grpc
 import pytest
 
+from connector.audit.auditor import fetch_and_witness
+from connector.audit.verify import reconcile, verify
+from connector.audit.window_receipts import verify_window
 from connector.config import StreamConfig
 from connector.demo.space import LocalSpace
+from connector.errors import Unavailable
 from connector.identity.names import Role
+from connector.negotiation.agreement import parse_agreement
+from connector.negotiation.store import NegotiationStore
 from connector.node import Node
 from connector.sources.nats_connection import NatsConnection
+from connector.sources.windows import Window
 from tests.integration.test_stream_subscribe import (
+    FIELDS,
     Follower,
     held,
     readings,
     stream_product,
 )
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
-from tests.support.exchange import agree
+from tests.support.exchange import agree, entries
+from tests.support.hostile import HostileProvider, HostileStreams
 
 SETTINGS = StreamConfig(window_messages=4, window_seconds=0.3, ack_timeout_seconds=5)
 
@@ -35,10 +50,12 @@ def js() -> Iterator[JetStream]:
 
 @pytest.fixture
 def space(tmp_path: Path) -> Iterator[LocalSpace]:
-    with LocalSpace.create(tmp_path, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
+    parts = [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("auditor", Role.AUDITOR)]
+    with LocalSpace.create(tmp_path, parts) as sp:
         sp.start_registry()
         start_provider(sp)
         sp.start_connector("a")
+        sp.enrol("auditor", "")
         yield sp
 
 
@@ -82,3 +99,161 @@ def test_a_restart_of_either_side_resumes_without_loss_or_duplication(
     kept = held(space, "a", agreement)
     assert [line["sequence"] for line in kept] == list(range(1, 22))
     assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(21)]
+
+
+def drop_after_countersigning(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch, index: int
+) -> threading.Event:
+    """Break the call just after the provider countersigned (stored and logged) window
+    ``index``, before the countersigned receipt goes out: what a connection lost at that
+    moment leaves behind. Once."""
+    provider = space.nodes["gov"].stream_provider
+    assert provider is not None
+    countersign = provider._countersign
+    dropped = threading.Event()
+
+    def dropping(run: Any, window: Window, signed: str) -> str:
+        countersigned = countersign(run, window, signed)
+        if window.index == index and not dropped.is_set():
+            dropped.set()
+            raise Unavailable("the connection was lost (injected)")
+        return countersigned
+
+    monkeypatch.setattr(provider, "_countersign", dropping)
+    return dropped
+
+
+def lose_a_countersignature(
+    space: LocalSpace, js: JetStream, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> tuple[str, str]:
+    """A stream whose window 1 (records 5-8) the provider countersigned and the consumer
+    never got back; (agreement, subject)."""
+    subject = js.stream()
+    stream_product(
+        space, "rain", {"kind": "stream", "connection": "weather", "subject": subject}, tmp_path
+    )
+    agreement = agree(space, "gov", "a", "rain")
+    dropped = drop_after_countersigning(space, monkeypatch, index=1)
+    js.publish_json(subject, *readings(8))
+    first = Follower(space, "a", agreement)
+    first.wait_end(20)
+    assert dropped.is_set()
+    assert first.error is not None and first.error.code() == grpc.StatusCode.UNAVAILABLE
+    gov, a = (space.nodes[who].stream_store for who in ("gov", "a"))
+    assert gov is not None and a is not None
+    # The provider's resume point is past window 1, the consumer's before it: the call
+    # broke in between.
+    assert (
+        gov.get(agreement, "provider").acked_sequence,
+        a.get(agreement, "consumer").acked_sequence,
+    ) == (8, 4)
+    assert [line["sequence"] for line in held(space, "a", agreement)] == [1, 2, 3, 4]
+    return agreement, subject
+
+
+def window_receipts(space: LocalSpace, who: str, agreement: str) -> list[str]:
+    return [
+        e["data"]["receipt"]
+        for e in entries(space, who, "stream.window")
+        if e["data"]["agreement"] == agreement
+    ]
+
+
+@pytest.mark.slow
+def test_a_countersignature_lost_on_the_way_is_sent_again_and_nothing_is_lost_or_doubled(
+    space: LocalSpace, js: JetStream, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    agreement, subject = lose_a_countersignature(space, js, monkeypatch, tmp_path)
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    metered = store.usage(agreement)
+    js.publish_json(subject, *readings(6, start=8))
+    second = Follower(space, "a", agreement)
+    second.wait_kept(14)
+    second.stop()
+    kept = held(space, "a", agreement)
+    assert [line["sequence"] for line in kept] == list(range(1, 15))
+    assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(14)]
+    # Window 1's receipt came again, as it was: not countersigned or logged again by the
+    # provider; its records were neither sent nor metered again.
+    resumed = [
+        e["data"]
+        for e in entries(space, "gov", "stream.started")
+        if e["data"]["agreement"] == agreement
+    ][-1]
+    assert resumed["resent_windows"] == [1] and resumed["after_sequence"] == 8
+    assert entries(space, "a", "stream.started")[-1]["data"]["resent_windows"] == [1]
+    provider_receipts = window_receipts(space, "gov", agreement)
+    assert window_receipts(space, "a", agreement) == provider_receipts
+    keys = space.nodes["gov"]._signing_key_of
+    covered = [verify_window(r, keys).window for r in provider_receipts]
+    assert [w.index for w in covered] == list(range(len(covered)))
+    assert (covered[0].first_sequence, covered[-1].last_sequence) == (1, 14)
+    deadline = time.monotonic() + 5
+    while store.usage(agreement)[0] != 14 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.usage(agreement) == (14, metered[1] + sum(w.bytes for w in covered[2:]))
+    # The auditor pairs every window in both logs.
+    cfg = space.write_config("auditor", "", space.registry_address)
+    for who in ("gov", "a"):
+        fetch_and_witness(cfg, who, tmp_path / "audit" / who)
+        assert verify(tmp_path / "audit" / who).ok
+    paired = reconcile(tmp_path / "audit" / "gov", tmp_path / "audit" / "a")
+    assert paired["ok"], paired
+    assert paired["windows"] == paired["matched"] == len(covered)
+
+
+def tampered(countersigned: str) -> str:
+    """The receipt with the provider's signature changed (one signature byte flipped)."""
+    doc = json.loads(countersigned)
+    sig = doc["signatures"][1]["signature"]
+    doc["signatures"][1]["signature"] = ("A" if sig[0] != "A" else "B") + sig[1:]
+    return json.dumps(doc, separators=(",", ":"))
+
+
+@pytest.mark.slow
+def test_a_resent_receipt_that_is_not_the_consumers_own_on_what_it_holds_keeps_nothing(
+    space: LocalSpace, js: JetStream, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    agreement, _ = lose_a_countersignature(space, js, monkeypatch, tmp_path)
+    gov_store = space.nodes["gov"].stream_store
+    assert gov_store is not None
+    (_, r0), (w1, r1) = gov_store.windows(agreement, "provider")
+    db = space.nodes["a"].db
+    assert db is not None
+    signed = NegotiationStore(db).by_agreement(agreement).agreement
+    assert signed
+    consumer_store = space.nodes["a"].stream_store
+    assert consumer_store is not None
+    liar = HostileProvider(space, "gov", parse_agreement(signed), b"")
+    liar.streams = HostileStreams(liar.agreement, FIELDS, w1.head)
+    not_signed_here = "the receipt of window 1 the provider sent again is not the one signed"
+    lies = {
+        "an earlier window's receipt replayed": ([r0], not_signed_here),
+        "the provider's countersignature forged": ([tampered(r1)], not_signed_here),
+        # The consumer signed no window 2: whatever the receipt, it has no records for it.
+        "the right receipt followed by one for records never signed": (
+            [r1, r0],
+            "no records of window 2 are held here",
+        ),
+    }
+    with liar.serving():
+        for lie, (receipts, refusal) in lies.items():
+            liar.streams.receipted = receipts
+            follower = Follower(space, "a", agreement)
+            follower.wait_end(20)
+            assert follower.error is not None, lie
+            assert refusal in (follower.error.details() or ""), lie
+            # Nothing kept, not even the window whose receipt was right.
+            state = consumer_store.get(agreement, "consumer")
+            assert (state.acked_sequence, state.next_window) == (4, 1), lie
+            assert [line["sequence"] for line in held(space, "a", agreement)] == [1, 2, 3, 4]
+            assert window_receipts(space, "a", agreement) == [r0], lie
+            failed = entries(space, "a", "stream.failed")[-1]["data"]
+            assert failed["reason"].startswith("integrity") and failed["kept_sequence"] == 4
+    # What was refused lost nothing: the honest provider's resend is kept.
+    honest = Follower(space, "a", agreement)
+    honest.wait_kept(8)
+    honest.stop()
+    assert [line["sequence"] for line in held(space, "a", agreement)] == list(range(1, 9))
+    assert window_receipts(space, "a", agreement) == [r0, r1]

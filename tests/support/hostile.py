@@ -200,6 +200,8 @@ class HostileStreams(stream_pb2_grpc.StreamServiceServicer):
     def __init__(self, agreement: Agreement, fields: list[str], head: str) -> None:
         self.agreement, self.fields, self.head = agreement, fields, head
         self.frames: list[stream_pb2.SubscribeDown] = []
+        self.receipted: list[str] = []
+        """Countersigned receipts the start claims were lost on the way (sent again)."""
 
     def Subscribe(self, requests: Any, context: Any) -> Iterator[stream_pb2.SubscribeDown]:
         start = next(requests).start
@@ -213,6 +215,7 @@ class HostileStreams(stream_pb2_grpc.StreamServiceServicer):
                 next_window=0,
                 obligations_json="{}",
                 decision_id=uuid.uuid4().hex,
+                receipted=self.receipted,
             )
         )
         yield from self.frames
