@@ -29,6 +29,7 @@ from connector.negotiation.store import NegotiationStore
 from connector.node import Node
 from connector.sources.nats_connection import NatsConnection
 from connector.sources.windows import Window
+from connector.transfer.subscriber import stream_holding
 from tests.integration.test_stream_subscribe import (
     FIELDS,
     Follower,
@@ -201,6 +202,29 @@ def test_a_countersignature_lost_on_the_way_is_sent_again_and_nothing_is_lost_or
     paired = reconcile(tmp_path / "audit" / "gov", tmp_path / "audit" / "a")
     assert paired["ok"], paired
     assert paired["windows"] == paired["matched"] == len(covered)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["consumer restarted", "segment renamed, store not moved"])
+def test_a_lost_countersignature_is_recovered_across_a_consumer_restart(
+    space: LocalSpace,
+    js: JetStream,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    then: str,
+) -> None:
+    agreement, _ = lose_a_countersignature(space, js, monkeypatch, tmp_path)
+    directory = stream_holding(space.configs["a"].data_dir / "holdings", agreement)
+    if then == "segment renamed, store not moved":
+        # A crash between committing window 1's segment and moving the resume point.
+        (directory / "00000001.proposed").rename(directory / "00000001.jsonl")
+    restart(space, "a")
+    follower = Follower(space, "a", agreement)
+    follower.wait_kept(8)
+    follower.stop()
+    assert [line["sequence"] for line in held(space, "a", agreement)] == list(range(1, 9))
+    assert window_receipts(space, "a", agreement) == window_receipts(space, "gov", agreement)
+    assert not list(directory.glob("*.proposed"))
 
 
 def tampered(countersigned: str) -> str:

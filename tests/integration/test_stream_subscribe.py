@@ -316,7 +316,8 @@ def test_a_subscription_under_another_participants_agreement_is_not_found(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("after, where", [(5, "after"), (0, "before")])
+# 3 is inside the only window (1-5): not where a window the provider recorded starts.
+@pytest.mark.parametrize("after, where", [(5, "after"), (3, "before")])
 def test_a_from_sequence_other_than_the_last_acknowledged_is_refused(
     space: LocalSpace, js: JetStream, feed: tuple[str, str], after: int, where: str
 ) -> None:
@@ -333,6 +334,46 @@ def test_a_from_sequence_other_than_the_last_acknowledged_is_refused(
     assert f"is {where} the end of the last window you acknowledged" in (
         caught.value.details() or ""
     )
+
+
+def test_resuming_from_an_earlier_window_gets_its_receipts_again_and_no_record(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    """What a consumer that lost countersignatures is sent again, and all a consumer
+    asking from further back gets: the receipts, never the records or a second count."""
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(15))
+    f = Follower(space, "a", agreement)
+    f.wait_kept(15)
+    f.stop()
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    receipts = [r for _, r in store.windows(agreement, "provider")]
+    assert len(receipts) == 3  # 1-5, 6-10, 11-15
+    for after, resent in ((10, receipts[2:]), (5, receipts[1:])):
+        got = member_subscribe(space, "a", [start(agreement, after)], read=1)
+        (first,) = got
+        started = first.started
+        assert list(started.receipted) == resent
+        assert (started.after_sequence, started.next_window) == (15, 3)
+    # No more windows than a consumer can have signed ahead (max_unsigned_windows, 2).
+    with pytest.raises(grpc.RpcError) as caught:
+        member_subscribe(space, "a", [start(agreement, 0)], read=1)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "or from the end of one of the last 2 windows" in (caught.value.details() or "")
+    # A record published now comes after the resent windows, and is counted once.
+    js.publish_json(subject, *readings(1, start=15))
+    got = member_subscribe(space, "a", [start(agreement, 10)], read=2)
+    assert got[0].started.receipted == receipts[2:]
+    assert got[1].message.sequence == 16 and got[1].message.previous == 15
+    # Once the subscriptions ended and gave back what they counted ahead: the 15
+    # records once each, and the one sent after them.
+    deadline = time.monotonic() + 5
+    while store.usage(agreement)[0] != 16 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.usage(agreement)[0] == 16
+    assert [r for _, r in store.windows(agreement, "provider")] == receipts
 
 
 def test_a_tampered_window_receipt_is_refused_logged_and_ends_the_subscription(

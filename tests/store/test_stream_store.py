@@ -229,6 +229,31 @@ def test_a_window_moves_the_resume_point_once(db: Database) -> None:
     assert store.windows("ag-1", CONSUMER) == []
 
 
+def test_the_windows_after_one_are_found_only_from_where_a_window_ended(db: Database) -> None:
+    store = StreamStore(db)
+    store.ensure("ag-1", PROVIDER, counterparty="a", product="p", genesis=GENESIS, now_ms=1)
+    heads = [GENESIS, "11" * 32, "22" * 32, "33" * 32]
+    for i, (first, last) in enumerate(((1, 5), (6, 9), (12, 20))):  # 10, 11 were skipped
+        store.acknowledge(
+            "ag-1", PROVIDER, window(i, first, last, heads[i], heads[i + 1]), f"r{i}", 2
+        )
+
+    def after(sequence: int, limit: int = 5) -> list[str] | None:
+        found = store.windows_after("ag-1", PROVIDER, sequence, limit)
+        return None if found is None else [r for _, r in found]
+
+    assert after(0) == ["r0", "r1", "r2"]
+    assert after(5) == ["r1", "r2"]
+    assert after(9) == ["r2"]
+    assert after(20) == []
+    assert after(0, limit=2) == ["r0", "r1"]
+    assert after(5, limit=1) == ["r1"]
+    for inside in (3, 7, 10, 11, 15, 21):  # no window ends there
+        assert after(inside) is None
+    assert store.windows_after("ag-1", CONSUMER, 0, 5) == []
+    assert store.windows_after("ag-2", PROVIDER, 5, 5) is None
+
+
 def test_a_terminated_stream_stays_terminated(db: Database) -> None:
     store = StreamStore(db)
     store.ensure("ag-1", PROVIDER, counterparty="a", product="p", genesis=GENESIS, now_ms=1)
