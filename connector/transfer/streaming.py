@@ -4,8 +4,11 @@ One subscription (``StreamService.Subscribe``), in order:
 
 1. the agreement is the caller's, FINALIZED and verified (as for copies); the product is
    still published and is a ``stream``; ``from_sequence`` is exactly where the stream's
-   last countersigned window ended (0 the first time): earlier would deliver again what
-   the consumer already acknowledged, later would skip what it never did;
+   last countersigned window ended (0 the first time), or where one of the
+   ``max_unsigned_windows`` windows before it started: their countersignatures were lost
+   on the way, and their receipts are sent again in ``started`` (not their records, and
+   nothing is metered again; see ``_lost_receipts``). Anywhere else earlier would deliver
+   again what the consumer already acknowledged, later would skip what it never did;
 2. the usage policy decides ``stream.continue`` (logged); the source is subscribed after
    ``from_sequence`` (a broker that is down is ``UNAVAILABLE``, what the source no longer
    holds is ``FAILED_PRECONDITION`` saying how much is lost); ``stream.started`` is logged
@@ -19,7 +22,8 @@ One subscription (``StreamService.Subscribe``), in order:
 4. every ``window_messages`` records or ``window_seconds`` the provider proposes the
    window; the consumer answers with its signed receipt, which must be of exactly that
    window: the provider checks it, countersigns, stores it (the resume point moves) and
-   logs ``stream.window``, then sends it back. A receipt that differs or does not verify
+   logs ``stream.window``, then sends it back (a call that breaks before it arrives is
+   mended at the next subscribe, as in 1). A receipt that differs or does not verify
    is logged (``stream.window_refused``) and ends the subscription; so does a window not
    signed within ``ack_timeout_seconds``. At most ``max_unsigned_windows`` windows are
    sent ahead of the consumer's receipts: a consumer that stops signing stops the flow,

@@ -13,7 +13,11 @@ restart of either side loses and doubles nothing:
   refused, logged, and the subscription ends), the consumer signs it, and once the
   provider's countersignature is back and verified the segment is committed (renamed to
   ``NNNNNNNN.jsonl``, fsynced) together with the new resume point, and logged. Records
-  after the last committed window are not kept: they come again on the next subscription.
+  after the last committed window are not kept: they come again on the next subscription;
+- a window signed and not countersigned back keeps its records until the next
+  subscription starts: the provider may have countersigned it and lost the answer, and
+  then sends the receipt again (``StreamStarted.receipted``), which is kept only if it is
+  this consumer's own signature on the window those records make (``_catch_up``).
 
 Holdings: ``<holdings>/streams/<agreement>/`` holds the committed segments, one per
 window, each line ``{"sequence": N, "record": {...}}`` (append-only: a segment is never
