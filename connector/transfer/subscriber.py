@@ -378,11 +378,13 @@ class StreamConsumer:
 
     def _resumable(self, agreement_id: str) -> bool:
         """Whether a later subscription may resume the stream (not TERMINATED, the
-        holding not deleted); in doubt, no."""
+        holding not deleted). In doubt, yes: what is kept is only what this consumer
+        signed, dropped at the next start or with the holding, while dropping a window
+        the provider countersigned would leave the stream unable to resume."""
         try:
             state = self._store.get(agreement_id, CONSUMER)
         except ConnectorError:
-            return False
+            return True
         return state.state != TERMINATED and not state.deleted_ms
 
     def _handle(
