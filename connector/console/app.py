@@ -39,6 +39,7 @@ from connector.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from connector.identity.names import Role
 from connector.webserver import BackgroundSite
 
 __all__ = ["Console", "build_app", "check_listen"]
@@ -407,9 +408,28 @@ def build_app(console: Console) -> web.Application:
 
     async def grants(request: web.Request) -> web.StreamResponse:
         found = await call(backend.grants)
+        operators: list[dict[str, Any]] = []
+        if backend.is_operator:  # who the form may grant to: enterprises and government bodies
+            operators = [
+                p
+                for p in await call(backend.participants)
+                if p["role"] in (Role.ENTERPRISE.value, Role.GOVERNMENT.value) and not p["revoked"]
+            ]
         return _page(
-            console, request, "grants.html", operator=backend.is_operator, **_paged(request, found)
+            console,
+            request,
+            "grants.html",
+            operator=backend.is_operator,
+            operators=operators,
+            **_paged(request, found),
         )
+
+    async def grant(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        fields = ("participant", "scope", "purposes", "start", "end", "body")
+        granted = await call(backend.grant, *(str(form.get(f, "")).strip() for f in fields))
+        notice = f"{granted['id']} granted to {granted['participant']}"
+        raise web.HTTPSeeOther(f"/grants?notice={_quote(notice)}")
 
     async def revoke_grant(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -455,6 +475,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_post("/consents/withdraw", withdraw)
     app.router.add_get("/participants", participants)
     app.router.add_get("/grants", grants)
+    app.router.add_post("/grants/grant", grant)
     app.router.add_post("/grants/revoke", revoke_grant)
     app.router.add_get("/audit", audit)
     app.router.add_get("/api/evidence", evidence)
