@@ -29,7 +29,13 @@ from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
 from connector.audit.receipts import parse_receipt, receipt_id
 from connector.config import Config
-from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
+from connector.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    VerificationError,
+)
 from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -351,6 +357,12 @@ class AdminBackend:
         """The operator's console: its own server is the registry."""
         return self.cfg.participant.role == "operator"
 
+    def _operator_only(self, what: str) -> None:
+        """Grants are the operator's to make and end: another console is told so before any
+        call (its administrator certificate is for its own connector, not the registry)."""
+        if not self.is_operator:
+            raise PermissionDenied(f"only the operator's console can {what}")
+
     def participants(self) -> list[dict[str, Any]]:
         """The registry's directory, as ``tds registry list`` shows it."""
         client = registry_client(self.cfg)
@@ -389,6 +401,7 @@ class AdminBackend:
         from connector.cli.output import parse_date_ns
         from connector.cli.registry import grant_json
 
+        self._operator_only("grant authorised operation")
         if not participant or not body.strip() or not end:
             raise InvalidRequest("give the participant, the term's end and the granting body")
         request = registry_pb2.GrantOperationRequest(
@@ -407,6 +420,7 @@ class AdminBackend:
 
     def revoke_grant(self, grant_id: str, reason: str) -> None:
         """Revoke a grant with the operator's administrator certificate."""
+        self._operator_only("revoke a grant")
         if not grant_id or not reason.strip():
             raise InvalidRequest("give the grant and a reason: the reason is signed into it")
         with admin_channel(self.cfg) as channel, calling("registry"):
