@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -521,3 +523,20 @@ class AdminBackend:
             origin=log_origin(self.cfg.participant.space, target),
             log_public_key=public_key,
         )
+
+    def reconcile(self, party_a: str, party_b: str) -> dict[str, Any]:
+        """``tds audit fetch`` of both parties' logs (without cosigning: reconciling only
+        reads) into a scratch directory, then ``tds audit reconcile`` of the two exports:
+        the same checks, the same answer. Each fetch verifies the log against its signed
+        checkpoint and against what this auditor last cosigned for it."""
+        from connector.audit.auditor import fetch_and_witness
+        from connector.audit.verify import reconcile
+
+        if not party_a or not party_b:
+            raise InvalidRequest("name both parties whose receipts to reconcile")
+        if party_a == party_b:
+            raise InvalidRequest("reconciling needs two different parties")
+        with tempfile.TemporaryDirectory(prefix="tds-console-reconcile-") as scratch:
+            for who in (party_a, party_b):
+                fetch_and_witness(self.cfg, who, Path(scratch) / who, cosign=False)
+            return reconcile(Path(scratch) / party_a, Path(scratch) / party_b)
