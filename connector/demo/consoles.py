@@ -18,7 +18,7 @@ __all__ = ["CONSOLES", "console_commands", "guide", "setup_commands"]
 CONSOLES: list[tuple[str, str]] = [
     ("city-gov", "数据官 / data officer: 待审批 approve, 数字合约 revoke"),
     ("alice", "个人 / individual: 个人信息同意 withdraw a consent"),
-    ("auditor", "审计 / auditor: 审计日志 verify an entry in your browser"),
+    ("auditor", "审计 / auditor: 审计日志 verify an entry in your browser, 回执对账 reconcile"),
     ("ent-a", "消费方 / consumer: 持有数据 holdings, 传输回执 receipts"),
 ]
 """Whose console, and what its person does there (the operator's comes first, added by
