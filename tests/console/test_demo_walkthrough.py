@@ -31,8 +31,6 @@ from connector.node.clients import registry_client
 from tests.console.conftest import screenshot
 from tests.integration.test_negotiation import FAR, admin
 
-pytestmark = pytest.mark.usefixtures("browser")
-
 YEAR = time.gmtime().tm_year
 TDS = [sys.executable, "-m", "connector"]
 
