@@ -50,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _keep(space: LocalSpace) -> None:
+    from connector.demo.consoles import guide
+
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -61,7 +63,9 @@ def _keep(space: LocalSpace) -> None:
         f"  tds consent list --config {space.root}/alice.toml\n"
         f"  tds data list --config {space.root}/water.toml --all\n"
         f"  tds report disclosure --config {space.root}/city-gov.toml --period "
-        f"{time.gmtime().tm_year}\nCtrl-C stops it."
+        f"{time.gmtime().tm_year}\n"
+        + guide(space.root, space.manifest.operator_id, time.gmtime().tm_year)
+        + "\nCtrl-C stops it."
     )
     while not stop.wait(0.5):
         pass

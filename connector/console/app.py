@@ -39,6 +39,7 @@ from connector.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from connector.identity.names import Role
 from connector.webserver import BackgroundSite
 
 __all__ = ["Console", "build_app", "check_listen"]
@@ -72,8 +73,13 @@ NAV = [
     ("/metering", "计量 / metering"),
     ("/disclosure", "公共数据披露 / disclosure"),
     ("/consents", "个人信息同意 / consents"),
-    ("/audit", "审计日志 / audit log"),
 ]
+AUDIT_NAV = [
+    ("/audit", "审计日志 / audit log"),
+    ("/reconcile", "回执对账 / reconcile receipts"),
+]
+"""Every console reads logs; an auditor's has only these pages (it runs no connector)."""
+NAV += AUDIT_NAV
 OPERATOR_NAV = [
     ("/participants", "参与方 / participants"),
     ("/grants", "授权运营 / grants"),
@@ -407,9 +413,28 @@ def build_app(console: Console) -> web.Application:
 
     async def grants(request: web.Request) -> web.StreamResponse:
         found = await call(backend.grants)
+        operators: list[dict[str, Any]] = []
+        if backend.is_operator:  # who the form may grant to: enterprises and government bodies
+            operators = [
+                p
+                for p in await call(backend.participants)
+                if p["role"] in (Role.ENTERPRISE.value, Role.GOVERNMENT.value) and not p["revoked"]
+            ]
         return _page(
-            console, request, "grants.html", operator=backend.is_operator, **_paged(request, found)
+            console,
+            request,
+            "grants.html",
+            operator=backend.is_operator,
+            operators=operators,
+            **_paged(request, found),
         )
+
+    async def grant(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        fields = ("participant", "scope", "purposes", "start", "end", "body")
+        granted = await call(backend.grant, *(str(form.get(f, "")).strip() for f in fields))
+        notice = f"{granted['id']} granted to {granted['participant']}"
+        raise web.HTTPSeeOther(f"/grants?notice={_quote(notice)}")
 
     async def revoke_grant(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -425,6 +450,11 @@ def build_app(console: Console) -> web.Application:
         start = _int(request.query.get("start", "-1"), "start")
         page = await call(backend.log_page, target, start)
         return _page(console, request, "audit.html", log=page)
+
+    async def reconcile(request: web.Request) -> web.StreamResponse:
+        party_a, party_b = request.query.get("a", ""), request.query.get("b", "")
+        result = await call(backend.reconcile, party_a, party_b) if party_a or party_b else None
+        return _page(console, request, "reconcile.html", a=party_a, b=party_b, result=result)
 
     async def evidence(request: web.Request) -> web.StreamResponse:
         target = request.query.get("connector", "") or backend.participant
@@ -455,8 +485,10 @@ def build_app(console: Console) -> web.Application:
     app.router.add_post("/consents/withdraw", withdraw)
     app.router.add_get("/participants", participants)
     app.router.add_get("/grants", grants)
+    app.router.add_post("/grants/grant", grant)
     app.router.add_post("/grants/revoke", revoke_grant)
     app.router.add_get("/audit", audit)
+    app.router.add_get("/reconcile", reconcile)
     app.router.add_get("/api/evidence", evidence)
     app.router.add_static("/static/", str(_PACKAGE / "static"), show_index=False)
     return app
@@ -480,7 +512,7 @@ def _nav(console: Console) -> list[tuple[str, str]]:
     """The pages this participant's console has."""
     if console.backend.is_operator:
         return OPERATOR_NAV
-    return NAV if console.backend.runs_connector else NAV[-1:]
+    return NAV if console.backend.runs_connector else AUDIT_NAV
 
 
 def _landing(console: Console) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,7 +31,13 @@ from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
 from connector.audit.receipts import parse_receipt, receipt_id
 from connector.config import Config
-from connector.errors import InvalidRequest, NotFound, PreconditionFailed, VerificationError
+from connector.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    VerificationError,
+)
 from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -88,6 +96,15 @@ def holding(t: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "other_obligations": obligations,
         "receipt": receipt,
     }
+
+
+_COMMAS = str.maketrans({"\uff0c": ",", "\u3001": ","})
+"""The full-width comma and the ideographic enumeration comma a Chinese keyboard types."""
+
+
+def _listed(text: str) -> list[str]:
+    """A form's comma-separated values (Chinese commas too)."""
+    return [v.strip() for v in text.translate(_COMMAS).split(",") if v.strip()]
 
 
 def _checkpoint(text: str) -> dict[str, Any]:
@@ -342,6 +359,12 @@ class AdminBackend:
         """The operator's console: its own server is the registry."""
         return self.cfg.participant.role == "operator"
 
+    def _operator_only(self, what: str) -> None:
+        """Grants are the operator's to make and end: another console is told so before any
+        call (its administrator certificate is for its own connector, not the registry)."""
+        if not self.is_operator:
+            raise PermissionDenied(f"only the operator's console can {what}")
+
     def participants(self) -> list[dict[str, Any]]:
         """The registry's directory, as ``tds registry list`` shows it."""
         client = registry_client(self.cfg)
@@ -371,8 +394,35 @@ class AdminBackend:
             client.close()
         return [grant_json(g) for g in found]
 
+    def grant(
+        self, participant: str, scope: str, purposes: str, start: str, end: str, body: str
+    ) -> dict[str, Any]:
+        """Grant authorised operation as ``tds registry grant`` does, from the form's text
+        (comma-separated scope and purposes, dates as YYYY-MM-DD, UTC; no start is now). The
+        registry checks the rest (who may operate, a term of at most five years)."""
+        from connector.cli.output import parse_date_ns
+        from connector.cli.registry import grant_json
+
+        self._operator_only("grant authorised operation")
+        if not participant or not body.strip() or not end:
+            raise InvalidRequest("give the participant, the term's end and the granting body")
+        request = registry_pb2.GrantOperationRequest(
+            participant_id=participant,
+            scope=_listed(scope),
+            purposes=_listed(purposes),
+            start_ns=parse_date_ns(start, "start") if start else time.time_ns(),
+            end_ns=parse_date_ns(end, "end"),
+            body=body.strip(),
+        )
+        with admin_channel(self.cfg) as channel, calling("registry"):
+            granted = registry_pb2_grpc.RegistryServiceStub(channel).GrantOperation(
+                request, timeout=_TIMEOUT
+            )
+        return grant_json(granted)
+
     def revoke_grant(self, grant_id: str, reason: str) -> None:
         """Revoke a grant with the operator's administrator certificate."""
+        self._operator_only("revoke a grant")
         if not grant_id or not reason.strip():
             raise InvalidRequest("give the grant and a reason: the reason is signed into it")
         with admin_channel(self.cfg) as channel, calling("registry"):
@@ -473,3 +523,20 @@ class AdminBackend:
             origin=log_origin(self.cfg.participant.space, target),
             log_public_key=public_key,
         )
+
+    def reconcile(self, party_a: str, party_b: str) -> dict[str, Any]:
+        """``tds audit fetch`` of both parties' logs (without cosigning: reconciling only
+        reads) into a scratch directory, then ``tds audit reconcile`` of the two exports:
+        the same checks, the same answer. Each fetch verifies the log against its signed
+        checkpoint and against what this auditor last cosigned for it."""
+        from connector.audit.auditor import fetch_and_witness
+        from connector.audit.verify import reconcile
+
+        if not party_a or not party_b:
+            raise InvalidRequest("name both parties whose receipts to reconcile")
+        if party_a == party_b:
+            raise InvalidRequest("reconciling needs two different parties")
+        with tempfile.TemporaryDirectory(prefix="tds-console-reconcile-") as scratch:
+            for who in (party_a, party_b):
+                fetch_and_witness(self.cfg, who, Path(scratch) / who, cosign=False)
+            return reconcile(Path(scratch) / party_a, Path(scratch) / party_b)

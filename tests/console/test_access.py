@@ -105,6 +105,56 @@ def test_a_post_without_the_csrf_token_is_refused(console: Console) -> None:
     assert status == 404 and 'class="banner bad"' in page and "Traceback" not in page
 
 
+def test_grant_forms_need_the_csrf_token_and_the_operator(space: LocalSpace) -> None:
+    from connector.node.clients import registry_client
+
+    def grants() -> int:
+        client = registry_client(space.configs["gov"])
+        try:
+            return len(client.list_grants(include_revoked=True))
+        finally:
+            client.close()
+
+    before = grants()
+    form = {
+        "participant": "a",
+        "scope": "traffic",
+        "purposes": "traffic-analytics",
+        "end": "2099-01-01",
+        "body": "City Data Bureau",
+    }
+    operator = open_console(space, space.manifest.operator_id)
+    try:
+        session, csrf = login(operator)
+        for forged in ({}, {"csrf": "forged"}):  # a cross-site post carries no valid token
+            status, _, page = request(
+                operator, "POST", "/grants/grant", cookie=session, form={**form, **forged}
+            )
+            assert status == 403 and "CSRF" in page
+        # With the token but a term past five years: the registry's refusal, as a banner.
+        status, _, page = request(
+            operator, "POST", "/grants/grant", cookie=session, form={**form, "csrf": csrf}
+        )
+        assert status == 400 and "at most 5 years" in page and "Traceback" not in page
+    finally:
+        operator.stop()
+    provider = open_console(space, "gov")
+    try:
+        session, csrf = login(provider)
+        for path in ("/grants/grant", "/grants/revoke"):
+            status, _, page = request(
+                provider,
+                "POST",
+                path,
+                cookie=session,
+                form={**form, "grant_id": "gr-x", "reason": "r", "csrf": csrf},
+            )
+            assert status == 403 and "only the operator" in page
+    finally:
+        provider.stop()
+    assert grants() == before
+
+
 def test_every_answer_carries_a_strict_csp(console: Console) -> None:
     session, _ = login(console)
     for path in ("/products", "/static/console.js", "/nowhere"):

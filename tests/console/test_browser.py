@@ -399,3 +399,85 @@ def test_a_negotiation_s_transitions_are_drawn_as_a_timeline(page: Any, space: L
         assert page.locator(".banner.bad b").count() == 0
     finally:
         console.stop()
+
+
+def test_an_auditor_reconciles_two_parties_receipts(
+    page: Any, space: LocalSpace, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from connector.audit.receipts import Receipt, countersign_receipt, sign_receipt
+    from connector.audit.verify import reconcile
+    from tests.integration.test_audit import signing_key
+
+    (space.root / "reconciled.csv").write_text("hour,count\n08,12\n")
+    publish(
+        space,
+        "gov",
+        {
+            "id": "reconciled",
+            "title": "对账 / reconciled",
+            "grade": "general",
+            "source": {"kind": "file", "path": "reconciled.csv"},
+            "offers": [offer()],
+        },
+        space.root,
+    )
+    agreement = agree(space, "gov", "a", "reconciled")
+    [*progress] = admin(space, "a").Transfer(
+        admin_pb2.TransferRequest(agreement_id=agreement), timeout=30
+    )
+    assert progress[-1].event == "completed", progress[-1]
+    # A receipt both parties signed that only gov's log holds (a lost entry on a's side):
+    # the transfer id is markup, to be shown as text.
+    gov_log = space.nodes["gov"].log
+    assert gov_log is not None
+    forged = Receipt(
+        agreement=agreement,
+        transfer="<b>t-lost</b>",
+        product="reconciled",
+        provider="gov",
+        consumer="a",
+        size=18,
+        sha256="ab" * 32,
+        started_ms=1_800_000_000_000,
+        ended_ms=1_800_000_001_000,
+        provider_log_index=gov_log.size,
+        consumer_log_index=0,
+    )
+    keys = {p: signing_key(space, p).public_key() for p in ("gov", "a")}
+    signed = countersign_receipt(
+        sign_receipt(forged, signing_key(space, "a")), signing_key(space, "gov"), keys.__getitem__
+    )
+    gov_log.record("transfer.receipt", parties=["a"], data={"receipt": signed})
+    # What 'tds audit fetch' then 'tds audit reconcile' say of the same two logs.
+    for who in ("gov", "a"):
+        fetch_and_witness(space.configs["aud"], who, tmp_path / who, cosign=False)
+    expected = reconcile(tmp_path / "gov", tmp_path / "a")
+    assert expected["only_in_a"] == [[agreement, "<b>t-lost</b>"]] and expected["matched"] >= 1
+
+    console = open_console(space, "aud")
+    try:
+        signed_in(page, console)
+        page.get_by_role("link", name="回执对账 / reconcile receipts").click()
+        form = page.locator("#reconcile-form")
+        form.locator('input[name="a"]').fill("gov")
+        form.locator('input[name="b"]').fill("a")
+        form.get_by_role("button", name="对账 / reconcile").click()
+        verdict = page.locator("#reconciled")
+        expect(verdict).to_have_attribute("data-state", "failed", timeout=30_000)
+        expect(verdict).to_contain_text(f"{expected['matched']} 张相符 / match, 1 张不符")
+        lost = page.locator('#mismatches tr[data-problem="only_in_a"]')
+        expect(lost).to_have_count(1)
+        expect(lost).to_contain_text("<b>t-lost</b>")  # text, never markup
+        expect(lost).to_contain_text("only in gov's log")
+        assert lost.locator("b").count() == 0
+        screenshot(page, "reconcile")
+        # The same question from the other side: a's receipts against gov's.
+        page.goto(f"http://127.0.0.1:{console.port}/reconcile?a=a&b=gov")
+        expect(page.locator('#mismatches tr[data-problem="only_in_b"]')).to_have_count(1)
+        # One party named twice is refused, saying why.
+        page.goto(f"http://127.0.0.1:{console.port}/reconcile?a=gov&b=gov")
+        expect(page.locator(".banner.bad")).to_contain_text("two different parties")
+    finally:
+        console.stop()
