@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
@@ -20,6 +21,32 @@ __all__ = ["StreamServicer", "stream_service"]
 
 _CHUNK_BYTES = 256 * 1024
 """A segment is read out in chunks of at most this (gRPC's default limit is 4 MiB)."""
+
+
+_CLOSE_TRIES = 200
+_CLOSE_PAUSE = 0.05
+"""How a cancelled subscription's generator is closed: tried every 50 ms for up to 10 s
+while it is running (it then either notices the cancel itself or stops at a yield)."""
+
+
+def _close_when_done(stream: Generator[Any, None, None]) -> None:
+    """Close a Subscribe generator once its call has ended.
+
+    grpc stops pulling a response iterator whose call was cancelled while a message was
+    being sent, without closing it: the subscription would stay STARTED, its source
+    subscription open and its metered-ahead block unrefunded until the garbage collector
+    came by. Closing it raises GeneratorExit at its yield, where it records its end.
+    """
+
+    def close() -> None:
+        for _ in range(_CLOSE_TRIES):
+            try:
+                stream.close()
+                return
+            except ValueError:  # running in the call's thread right now
+                time.sleep(_CLOSE_PAUSE)
+
+    threading.Thread(target=close, daemon=True, name="stream-close").start()
 
 
 def _event(p: StreamProgress) -> stream_pb2.FollowEvent:
@@ -49,7 +76,15 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
         self, request_iterator: Iterator[stream_pb2.SubscribeUp], context: Any
     ) -> Iterator[stream_pb2.SubscribeDown]:
         """Consumer → provider."""
-        yield from self._provider.subscribe(current_caller(), request_iterator, context.is_active)
+
+        def stream() -> Generator[stream_pb2.SubscribeDown, None, None]:
+            # The caller is read at the first pull, where the auth interceptor shows it.
+            caller = current_caller()
+            yield from self._provider.subscribe(caller, request_iterator, context.is_active)
+
+        subscription = stream()
+        context.add_callback(lambda: _close_when_done(subscription))
+        return subscription
 
     def Follow(
         self, request: stream_pb2.FollowRequest, context: Any

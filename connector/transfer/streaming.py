@@ -422,20 +422,6 @@ class StreamProvider:
             target=_read_receipts, args=(requests, inbox), daemon=True, name="stream-receipts"
         )
         reader.start()
-        yield stream_pb2.SubscribeDown(
-            started=stream_pb2.StreamStarted(
-                agreement_id=agreement.id,
-                product_id=product.id,
-                fields=list(fields),
-                after_sequence=run.last_sequence,
-                head=head,
-                next_window=next_window,
-                obligations_json=json.dumps(dict(decision.obligations), sort_keys=True),
-                decision_id=decision.id,
-                provider_log_index=index,
-                receipted=[receipt for _, receipt in resent],
-            )
-        )
         windows = WindowAccumulator(
             HashChain(bytes.fromhex(head), run.last_sequence),
             every_messages=self._settings.window_messages,
@@ -445,6 +431,22 @@ class StreamProvider:
         pending: collections.deque[tuple[Window, float]] = collections.deque()
         checked = time.monotonic()
         try:
+            # Inside the try: a call cancelled right after the start (grpc then stops
+            # pulling, and the generator is closed at this yield) still records its end.
+            yield stream_pb2.SubscribeDown(
+                started=stream_pb2.StreamStarted(
+                    agreement_id=agreement.id,
+                    product_id=product.id,
+                    fields=list(fields),
+                    after_sequence=run.last_sequence,
+                    head=head,
+                    next_window=next_window,
+                    obligations_json=json.dumps(dict(decision.obligations), sort_keys=True),
+                    decision_id=decision.id,
+                    provider_log_index=index,
+                    receipted=[receipt for _, receipt in resent],
+                )
+            )
             while True:
                 now = time.monotonic()
                 if now - checked >= CHECK_SECONDS:

@@ -629,3 +629,49 @@ def test_a_batch_with_a_gap_repeat_or_reordering_inside_is_refused_and_nothing_i
     assert not entries(space, "a", "stream.window") or all(
         e["data"]["agreement"] != agreement for e in entries(space, "a", "stream.window")
     )
+
+
+def test_a_subscription_cancelled_while_a_record_goes_out_ends_on_the_provider(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    # grpc stops pulling a response iterator whose call was cancelled while a message was
+    # being sent, without closing it: the provider's subscription must still end (logged,
+    # SUSPENDED, its source subscription closed), not wait for the garbage collector.
+    pid, subject = feed
+    store = space.nodes["gov"].stream_store
+    assert store is not None
+    for _ in range(3):
+        agreement = agree(space, "gov", "a", pid)
+        channel = space.nodes["a"]._member_channel("gov")
+        leave = threading.Event()
+
+        def requests(
+            agreement: str = agreement, leave: threading.Event = leave
+        ) -> Iterator[stream_pb2.SubscribeUp]:
+            yield stream_pb2.SubscribeUp(
+                start=stream_pb2.SubscribeStart(agreement_id=agreement, from_sequence=0)
+            )
+            leave.wait(20)
+
+        call = stream_pb2_grpc.StreamServiceStub(channel).Subscribe(requests())
+        try:
+            assert next(call).WhichOneof("kind") == "started"
+            call.cancel()
+            # A record published right after the cancel is sent into the closed call
+            # before the provider's next look at it.
+            js.publish_json(subject, *readings(1))
+        finally:
+            leave.set()
+            channel.close()
+        deadline = time.monotonic() + 5
+        while True:
+            ended = [
+                e
+                for e in entries(space, "gov", "stream.suspended")
+                if e["data"]["agreement"] == agreement
+            ]
+            if ended and store.get(agreement, "provider").state != "STARTED":
+                break
+            assert time.monotonic() < deadline, "the cancelled subscription has not ended"
+            time.sleep(0.05)
+        assert len(ended) == 1, ended
