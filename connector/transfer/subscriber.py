@@ -515,11 +515,11 @@ class StreamConsumer:
         withdrawn first waits up to ``_REVOCATION_WAIT`` for the signed revocation."""
         if self._sweep is None:
             return
-        if any(why in reason for why in _REVOKED):
-            deadline = time.monotonic() + _REVOCATION_WAIT
-            while not self._revocation_held(agreement_id) and time.monotonic() < deadline:
-                time.sleep(0.05)
         try:
+            if any(why in reason for why in _REVOKED):
+                deadline = time.monotonic() + _REVOCATION_WAIT
+                while not self._revocation_held(agreement_id) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             self._sweep(agreement_id)
         except (ConnectorError, OSError) as exc:  # the periodic sweep tries again
             log.warning(
