@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from connector.catalog.paging import Filters
+from connector.catalog.products import Product
 from connector.dsp.server import Exchange
 from connector.errors import InvalidRequest
 from connector.negotiation.dsp import catalog_message, dataset_message
@@ -38,17 +39,20 @@ def catalog_routes(exchange: Exchange) -> list[web.RouteDef]:
 
     async def request_catalog(request: web.Request) -> web.Response:
         """DSP §6.3.1 catalog request endpoint."""
-        caller = await exchange.caller(request)
-        message = await exchange.message(request, "CatalogRequestMessage")
-        if message.get("filter"):
-            # The specification: a filter an implementation does not support is a 400.
-            raise InvalidRequest('this catalog takes no filter; send "filter": [] or none')
+        caller = exchange.caller(request)  # before the body is read
+        raw = await exchange.body(request)
         token = request.query.get("continuationToken", "")
-        chosen, following = await exchange.run(
-            lambda: exchange.catalog.page(
+
+        def work() -> tuple[list[Product], str]:  # in one hand-over to the worker threads
+            message = exchange.read(raw, "CatalogRequestMessage")
+            if message.get("filter"):
+                # The specification: a filter an implementation does not support is a 400.
+                raise InvalidRequest('this catalog takes no filter; send "filter": [] or none')
+            return exchange.catalog.page(
                 caller, Filters(), size=exchange.settings.page_size, token=token
             )
-        )
+
+        chosen, following = await exchange.run(work)
         document: dict[str, Any] = catalog_message(
             exchange.participant, chosen, exchange.base_url(), space=exchange.space
         )
@@ -62,9 +66,10 @@ def catalog_routes(exchange: Exchange) -> list[web.RouteDef]:
 
     async def get_dataset(request: web.Request) -> web.Response:
         """DSP §6.3.2 dataset request endpoint."""
-        caller = await exchange.caller(request)
         product_id = dataset_product_id(request.match_info["id"])
-        product = await exchange.run(exchange.catalog.get_visible, caller, product_id)
+        product = await exchange.run(
+            exchange.catalog.get_visible, exchange.caller(request), product_id
+        )
         document = dataset_message(exchange.participant, product, exchange.base_url())
         return exchange.answer("Dataset", document)
 

@@ -153,16 +153,16 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         message_type: str,
         act: Callable[[Caller, dict[str, Any], Negotiation], object],
     ) -> web.Response:
-        """A message to ``{pid}/…``: who sent it, what it says, which of our negotiations
-        it is for, then ``act`` on it and answer with the negotiation as it is now — all in
-        one hand-over to the worker threads (each costs a thread switch)."""
+        """A message to ``{pid}/…``: who sent it (before its body is read), what it says,
+        which of our negotiations it is for, then ``act`` on it and answer with the
+        negotiation as it is now — in one hand-over to the worker threads (each costs a
+        thread switch)."""
         pid = request.match_info["pid"]
         note_pids(request, provider_pid=pid)
-        presented = exchange.presented(request)
+        caller = exchange.caller(request)
         raw = await exchange.body(request)
 
         def work() -> dict[str, Any]:
-            caller = exchange.authenticate(presented)
             message = exchange.read(raw, message_type)
             note_pids(request, str(message["providerPid"]), str(message["consumerPid"]))
             n = addressed(caller, pid, message)
@@ -174,11 +174,10 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
     async def request_contract(request: web.Request) -> web.Response:
         """``#negotiations-request-post``: REQUESTED, agreed at once when the
         contract policy allows without approval (then AGREED)."""
-        presented = exchange.presented(request)
+        caller = exchange.caller(request)  # before the body is read
         raw = await exchange.body(request)
 
         def work() -> dict[str, Any]:  # in one hand-over to the worker threads
-            caller = exchange.authenticate(presented)
             message = exchange.read(raw, "ContractRequestMessage")
             consumer_pid = str(message.get("consumerPid", ""))
             note_pids(request, consumer_pid=consumer_pid)
@@ -200,10 +199,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
 
     async def get_negotiation(request: web.Request) -> web.Response:
         """``#negotiations-get-provider`` and ``#negotiations-get-consumer``."""
-        caller = await exchange.caller(request)
         pid = request.match_info["pid"]
         note_pids(request, provider_pid=pid)
-        n = await exchange.run(own, caller, pid)
+        n = await exchange.run(own, exchange.caller(request), pid)
         return exchange.answer("ContractNegotiation", shown(n))
 
     async def verify_agreement(request: web.Request) -> web.Response:

@@ -9,7 +9,9 @@ engine, audit log) in a bounded thread pool: the event loop only parses and answ
 Identity is the space's own profile, as on gRPC: mutual TLS with a certificate of the space
 CA plus the membership token in ``Authorization``, bound to that certificate; the
 :class:`~connector.rpc.auth.Authenticator` that checks gRPC calls checks these too. Only the
-protocol version document is served to a peer without a certificate.
+protocol version document is served to a peer without a certificate. A request is
+authenticated before its body is read: TLS lets a client without a certificate connect
+(for the version document), and it must not make the server buffer a body it will refuse.
 """
 
 from __future__ import annotations
@@ -90,16 +92,17 @@ class Exchange:
         pems = [ssl.DER_cert_to_PEM_cert(der).encode()] if der else []
         return pems, request.headers.getall("Authorization", [])
 
-    def authenticate(self, presented: tuple[list[bytes], list[str]]) -> Caller:
-        """The verified member behind what a request presents: space certificate plus
-        bound token (blocking: run it off the event loop)."""
-        caller = self.authenticator.authenticate_presented(Access.MEMBER, *presented)
+    def caller(self, request: web.Request) -> Caller:
+        """The verified member behind a request (space certificate plus bound token), or
+        ``AuthenticationError``: first, before the body is read.
+
+        Checked on the event loop, with no hand-over to the worker threads: it is all in
+        memory (the certificate's parse and the token's signature are remembered per PEM
+        and per token, the revocation list is the one the registry client holds; the
+        binding is never served by the operator, whose list is in its database)."""
+        caller = self.authenticator.authenticate_presented(Access.MEMBER, *self.presented(request))
         assert caller is not None  # MEMBER access always names the caller
         return caller
-
-    async def caller(self, request: web.Request) -> Caller:
-        """The verified member behind a request."""
-        return await self.run(self.authenticate, self.presented(request))
 
     async def body(self, request: web.Request) -> bytes:
         """The request body, refused with 413 past ``dsp.max_body_bytes`` before it is read."""
@@ -121,10 +124,6 @@ class Exchange:
                 "the body is not JSON: send a DSP message as application/json"
             ) from None
         return read_message(body, *types)
-
-    async def message(self, request: web.Request, *types: str) -> dict[str, Any]:
-        """The request body as a DSP message of one of ``types`` (expanded, validated)."""
-        return await self.run(self.read, await self.body(request), *types)
 
     def answer(
         self, message_type: str, document: dict[str, Any], status: int = 200

@@ -90,6 +90,10 @@ def _nothing_revoked(_participant: str, _serial: int) -> None:
     """For a negotiator without a registry (tests of the negotiation alone)."""
 
 
+def _nothing_held(_agreement_id: str) -> None:
+    """For a negotiator that holds no data (tests of the negotiation alone)."""
+
+
 def retrying(method: F) -> F:
     """Run again (up to 3 times) when a concurrent change won the compare-and-set."""
 
@@ -171,9 +175,14 @@ class Negotiator:
         keys: KeyLookup,
         consent: ConsentLookup = no_consent,
         revoked: RevokedCheck = _nothing_revoked,
+        revocation_received: Callable[[str], None] = _nothing_held,
     ) -> None:
+        """``revocation_received(agreement_id)``: called once a provider's signed
+        revocation of an agreement we hold is verified and stored (the holdings it
+        deletes then go at once)."""
         self._consent = consent
         self._revoked = revoked
+        self._revocation_received = revocation_received
         self._me = participant
         self._key = signing_key
         self._store = store
@@ -951,6 +960,7 @@ class Negotiator:
         n = self._store.set_revocation(
             n.pid, msg.revocation, now_ms=self._now_ms(), inbox=(msg.message_id, caller.participant)
         )
+        self._revocation_received(msg.agreement_id)
         return _ack(n)
 
     # -- lookups ----------------------------------------------------------------------

@@ -268,6 +268,7 @@ class Node:
                 keys=self._signing_key_of,
                 consent=self._consent_lookup,
                 revoked=self._check_revoked,
+                revocation_received=self._revocation_received,
             )
             self.consents = ConsentRegister(
                 participant=cfg.participant.id,
@@ -596,6 +597,7 @@ class Node:
             keys=self._signing_key_of,
             channel_to=self._member_channel,
             holdings_dir=cfg.data_dir / "holdings",
+            sweep=self._sweep_agreement,
         )
         self.sweeper = HoldingsSweeper(
             store=store,
@@ -668,6 +670,17 @@ class Node:
         ):
             return "operation_grant_revoked"
         return None
+
+    def _sweep_agreement(self, agreement_id: str) -> None:
+        """The holdings sweep of one agreement, now (a provider stopped its stream)."""
+        if self.sweeper is not None:
+            self.sweeper.sweep(agreement_id)
+
+    def _revocation_received(self, agreement_id: str) -> None:
+        """A provider's signed revocation arrived: what it deletes goes now, not at the
+        next periodic sweep."""
+        if self.sweeper is not None:
+            self.sweeper.sweep_soon(agreement_id)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.cfg.transfer.sweep_interval_seconds):

@@ -127,13 +127,16 @@ class HoldingsSweeper:
                 return "agreement_revoked"
         return None
 
-    def sweep(self) -> list[tuple[str, str]]:
-        """Delete every holding that must go now; (transfer, reason) of each deletion, and
-        (agreement, reason) of each stream holding's."""
+    def sweep(self, agreement_id: str | None = None) -> list[tuple[str, str]]:
+        """Delete every holding that must go now (only those under ``agreement_id`` when
+        given); (transfer, reason) of each deletion, and (agreement, reason) of each stream
+        holding's."""
         deleted: list[tuple[str, str]] = []
         with self._lock:
             now_ns = int(self._clock.now() * 1_000_000_000)
             for t in self._store.list(holdings=True):
+                if agreement_id is not None and t.agreement_id != agreement_id:
+                    continue
                 reason = self._why(t.agreement_id, t.obligations, now_ns)
                 if reason is None:
                     continue
@@ -161,15 +164,31 @@ class HoldingsSweeper:
                     log.warning("holding not deleted", extra={"transfer": t.id, "reason": str(exc)})
                     continue
                 deleted.append((t.id, reason))
-            deleted += self._sweep_streams(now_ns)
+            deleted += self._sweep_streams(now_ns, agreement_id)
         return deleted
 
-    def _sweep_streams(self, now_ns: int) -> list[tuple[str, str]]:
+    def sweep_soon(self, agreement_id: str) -> None:
+        """Sweep the holdings under ``agreement_id`` now, on a thread of its own: for a
+        signed revocation just received, so what it deletes goes at once rather than at
+        the next periodic sweep, without holding up the provider's call (deleting a stream
+        holding first lets its running subscription end)."""
+
+        def run() -> None:
+            try:
+                self.sweep(agreement_id)
+            except ConnectorError as exc:
+                log.warning(
+                    "holdings sweep failed", extra={"agreement": agreement_id, "reason": str(exc)}
+                )
+
+        threading.Thread(target=run, name="tds-holdings-revoked", daemon=True).start()
+
+    def _sweep_streams(self, now_ns: int, agreement_id: str | None) -> list[tuple[str, str]]:
         if self._streams is None or self._delete_stream is None:
             return []
         deleted: list[tuple[str, str]] = []
         for held in self._streams.all(CONSUMER):
-            if held.deleted_ms:
+            if held.deleted_ms or agreement_id not in (None, held.agreement_id):
                 continue
             reason = self._why(held.agreement_id, held.obligations, now_ns)
             if reason is None:

@@ -21,8 +21,13 @@ restart of either side loses and doubles nothing:
 
 Holdings: ``<holdings>/streams/<agreement>/`` holds the committed segments, one per
 window, each line ``{"sequence": N, "record": {...}}`` (append-only: a segment is never
-rewritten). When the provider stops the stream because the agreement was revoked or the
-consent withdrawn, the holding is deleted and the deletion logged (``stream.deleted``).
+rewritten). The holding is kept under the agreement's obligations and deleted (logged
+first, ``stream.deleted``) only by the holdings sweep
+(:class:`~connector.transfer.holdings.HoldingsSweeper`), on what it verified: the
+agreement's time, or the provider's signed revocation. A provider's stop is never grounds
+by its text: when it ends the stream saying the agreement was revoked or the consent
+withdrawn, the consumer waits briefly for the signed revocation, then sweeps the
+agreement's holdings at once.
 """
 
 from __future__ import annotations
@@ -88,8 +93,19 @@ __all__ = ["StreamConsumer", "StreamProgress", "stream_holding"]
 
 log = logging.getLogger(__name__)
 
-_DELETE_ON = ("agreement_revoked", "consent_withdrawn", "consent_expired")
-"""Reasons a provider stops a stream for which the consumer deletes what it holds."""
+_REVOKED = ("agreement_revoked", "consent_withdrawn")
+"""Reasons a provider stops a stream for that only its signed revocation confirms (pushed
+to us: ``Negotiator.receive_revocation``). Free text from the provider: it deletes nothing
+by itself, it only makes the consumer wait for the revocation before sweeping."""
+
+_REVOCATION_WAIT = 3.0
+"""How long the end of a stream stopped for revocation waits for the signed revocation
+(sent the moment the provider revokes, it usually arrives before the stop)."""
+
+_PROVIDER_STOP_WAIT = 2.0
+"""How long a deletion for a revocation lets a running subscription be ended by its
+provider (which stops it within a second) before stopping it here, so the stream ends
+as the provider's stop, logged as such on both sides."""
 
 _PENDING = "pending.jsonl"
 
@@ -220,7 +236,11 @@ class StreamConsumer:
         keys: jws.KeyLookup,
         channel_to: Callable[[str], grpc.Channel],
         holdings_dir: Path,
+        sweep: Callable[[str], object] | None = None,
     ) -> None:
+        """``sweep(agreement_id)``: the holdings sweep of one agreement
+        (``HoldingsSweeper.sweep``), run when the provider stops a stream; without it a
+        holding goes only at the periodic sweep."""
         self._me = participant
         self._store = store
         self._negotiations = negotiations
@@ -230,6 +250,7 @@ class StreamConsumer:
         self._keys = keys
         self._channel_to = channel_to
         self._dir = holdings_dir
+        self._sweep = sweep
         self._running: dict[str, tuple[threading.Event, threading.Event]] = {}
         """Agreement -> (its stop, its end) of each subscription running here."""
         self._lock = threading.Lock()
@@ -286,12 +307,19 @@ class StreamConsumer:
                 raise PreconditionFailed(
                     f"a subscription under agreement {agreement_id} is already running here"
                 )
+        stopped: str | None = None
         try:
             return self._follow(agreement, stop, progress or (lambda _: None))
+        except PermissionDenied as exc:
+            stopped = str(exc)  # the provider stopped (or refused) the stream
+            raise
         finally:
             with self._lock:
                 del self._running[agreement_id]
             done.set()
+            if stopped is not None:
+                # Once the subscription is over: a deletion then has nothing to stop.
+                self._settle(agreement_id, stopped)
 
     def _follow(
         self, agreement: Agreement, stop: threading.Event, progress: ProgressSink
@@ -360,7 +388,7 @@ class StreamConsumer:
             self._fail(run, f"integrity: {exc}")
             raise
         except PermissionDenied as exc:
-            self._stopped(run, str(exc), directory)
+            self._stopped(run, str(exc))
             raise
         except ConnectorError as exc:
             if stop.is_set():
@@ -590,10 +618,10 @@ class StreamConsumer:
                 },
             )
 
-    def _stopped(self, run: _Received, reason: str, directory: Path) -> None:
+    def _stopped(self, run: _Received, reason: str) -> None:
         """The provider stopped the stream (for good once it had started; a refusal at
-        subscribe may pass, and so does a per-period limit); delete the holding if it must
-        go."""
+        subscribe may pass, and so does a per-period limit): recorded and logged. Whether
+        the holding goes is :meth:`_settle`'s to decide, once the subscription is over."""
         now = self._now_ms()
         ended = run.checker is not None and NEXT_PERIOD not in reason
         state = TERMINATED if ended else SUSPENDED
@@ -608,15 +636,42 @@ class StreamConsumer:
                 "reason": reason[:300],
             },
         )
-        if any(why in reason for why in _DELETE_ON):
-            self._delete(run.agreement.id, reason)  # from the subscription's own thread
+
+    def _settle(self, agreement_id: str, reason: str) -> None:
+        """Run the holdings sweep for an agreement whose stream the provider stopped: the
+        holding goes now if the sweep's verified rule says so, never on ``reason`` (the
+        provider's text) alone. A stop that says the agreement was revoked or the consent
+        withdrawn first waits up to ``_REVOCATION_WAIT`` for the signed revocation."""
+        if self._sweep is None:
+            return
+        try:
+            if any(why in reason for why in _REVOKED):
+                deadline = time.monotonic() + _REVOCATION_WAIT
+                while not self._revocation_held(agreement_id) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self._sweep(agreement_id)
+        except (ConnectorError, OSError) as exc:  # the periodic sweep tries again
+            log.warning(
+                "holdings sweep failed", extra={"agreement": agreement_id, "reason": str(exc)}
+            )
+
+    def _revocation_held(self, agreement_id: str) -> bool:
+        """Whether the provider's signed revocation of the agreement reached us."""
+        try:
+            return bool(self._negotiations.by_agreement(agreement_id).revocation)
+        except NotFound:
+            return True  # nothing to wait for: the sweep decides on an unknown agreement
 
     def delete(self, agreement_id: str, reason: str) -> None:
         """Delete the holding of a stream, logged first (what it held: windows, messages,
-        bytes, the last kept sequence). A subscription running here is stopped first."""
+        bytes, the last kept sequence); for the holdings sweep, which decided it must go.
+        A subscription running here is stopped first (after a moment for its provider to
+        stop it, for a revocation)."""
         with self._lock:
             running = self._running.get(agreement_id)
         if running is not None:
+            if reason in _REVOKED:
+                running[1].wait(_PROVIDER_STOP_WAIT)
             running[0].set()
             running[1].wait(_STOPPING_WAIT)
         self._delete(agreement_id, reason)

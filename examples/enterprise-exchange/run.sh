@@ -37,7 +37,7 @@ $tds agreements revoke "$agreement" --config ent-a.toml --reason "contract ended
 until $tds agreements list --config ent-b.toml | grep -q REVOKED; do sleep 0.3; done
 $tds agreements list --config ent-b.toml
 
-step "6. ent-b's connector deletes its copies (its sweeper runs every 10 s)"
+step "6. ent-b's connector deletes its copies as the signed revocation arrives"
 for _ in $(seq 1 60); do
   [ "$($tds data list --config ent-b.toml)" = "(nothing held)" ] && break
   sleep 0.5

@@ -37,7 +37,7 @@ step "7. The hospital's next pull is refused"
 out=$(refused $tds transfer --config hospital.toml --agreement "$agreement" --out again.csv)
 echo "$out"; must_contain "$out" "consent $consent withdrawn"
 
-step "8. The hospital's connector deletes its copy (its sweeper runs every 10 s) and logs it"
+step "8. The hospital's connector deletes its copy as the signed revocation arrives, and logs it"
 for _ in $(seq 1 60); do
   held=$($tds data list --config hospital.toml --json | json_field 0.state 2>/dev/null || echo gone)
   [ "$held" = gone ] && break

@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -464,6 +465,40 @@ def test_authorization_token_bound_to_another_certificate_is_401(space: LocalSpa
     stolen = f"Bearer {own_token(space, 'b')}"
     answer = client(space, "a", token=stolen).call("POST", "/catalog/request", catalog_request())
     refused(answer, 401, "CatalogError", "membership token is for 'b'")
+
+
+@pytest.mark.parametrize(
+    "path", ["/catalog/request", "/negotiations/request", "/negotiations/urn:uuid:c-1/termination"]
+)
+@pytest.mark.parametrize(
+    "kw", [{"certificate": "", "token": None}, {"token": None}], ids=["anonymous", "no-token"]
+)
+def test_authorization_missing_identity_is_401_before_the_body_is_read(
+    space: LocalSpace, path: str, kw: dict[str, Any]
+) -> None:
+    """TLS lets a client without a certificate connect (for the version document): it
+    must not make the server buffer a body it will refuse. The request announces a body
+    of the full size limit and sends none of it: the 401 comes at once. A server that read
+    the body before authenticating would still be waiting for it."""
+    caller = client(space, **kw)
+    url = urllib.parse.urlsplit(caller.base)
+    assert url.hostname and url.port
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {BODY_LIMIT}\r\n\r\n"
+    )
+    answer = b""
+    with (
+        socket.create_connection((url.hostname, url.port), timeout=5) as raw,
+        caller.ssl_context().wrap_socket(raw, server_hostname=caller.server_name) as tls,
+    ):
+        tls.sendall(head.encode())
+        try:
+            while b"\r\n\r\n" not in answer and (chunk := tls.recv(4096)):
+                answer += chunk
+        except TimeoutError:
+            pytest.fail("no answer in 5 s: the server waits for the body before authenticating")
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
 
 
 def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) -> None:

@@ -33,10 +33,11 @@ from connector.node.clients import admin_channel
 from connector.sources.mqtt_connection import MqttConnection
 from connector.sources.nats_connection import NatsConnection
 from connector.sources.windows import Window, genesis_head
+from connector.transfer.store import CONSUMER
 from connector.transfer.subscriber import stream_holding
 from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable, free_port
-from tests.support.exchange import admin, agree, entries, offer, publish
-from tests.support.hostile import HostileProvider, HostileStreams
+from tests.support.exchange import admin, agree, entries, logged_soon, offer, publish
+from tests.support.hostile import HostileProvider, HostileStreams, Refusal
 
 FIELDS = ["station", "operator", "mm"]
 
@@ -266,8 +267,72 @@ def test_revocation_stops_delivery_within_a_second_and_the_holding_is_deleted(
         if e["data"]["agreement"] == agreement
     ]
     assert stopped and stopped[-1]["reason"] == "agreement_revoked" and stopped[-1]["sent"] > 0
-    assert entries(space, "b", "stream.deleted")
+    # Deleted, and logged, by the time the subscription has ended.
+    assert [
+        e["data"]["reason"]
+        for e in entries(space, "b", "stream.deleted")
+        if e["data"]["agreement"] == agreement
+    ] == ["agreement_revoked"]
     assert not stream_holding(space.configs["b"].data_dir / "holdings", agreement).exists()
+
+
+def test_a_stop_that_only_says_the_agreement_was_revoked_deletes_nothing(
+    space: LocalSpace, js: JetStream, feed: tuple[str, str]
+) -> None:
+    """A provider's stop reason is its own free text: a provider that ends the stream
+    saying ``agreement_revoked`` with no signed revocation behind it makes the consumer
+    delete nothing; the real, signed revocation then deletes the holding at once."""
+    pid, subject = feed
+    agreement = agree(space, "gov", "a", pid)
+    js.publish_json(subject, *readings(5))
+    honest = Follower(space, "a", agreement)
+    honest.wait_kept(5)
+    honest.stop()
+    store = space.nodes["a"].stream_store
+    db = space.nodes["a"].db
+    assert store is not None and db is not None
+    state = store.get(agreement, CONSUMER)
+    assert state.obligations.get("delete_on_revocation") is True
+    signed = NegotiationStore(db).by_agreement(agreement).agreement
+    assert signed
+    liar = HostileProvider(space, "gov", parse_agreement(signed), b"")
+    # It resumes as the honest provider would, with the obligations it sent, then stops.
+    liar.streams = HostileStreams(liar.agreement, FIELDS, state.acked_head, state.next_window)
+    liar.streams.obligations_json = json.dumps(state.obligations)
+    liar.streams.refusal = Refusal(grpc.StatusCode.PERMISSION_DENIED, "agreement_revoked")
+    with liar.serving():
+        follower = Follower(space, "a", agreement)
+        follower.wait_end(20)
+    assert follower.error is not None
+    assert follower.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "agreement_revoked" in (follower.error.details() or "")
+    stopped = [
+        e["data"]["reason"]
+        for e in entries(space, "a", "stream.stopped")
+        if e["data"]["agreement"] == agreement
+    ]
+    assert stopped and "agreement_revoked" in stopped[-1]
+
+    assert [
+        e for e in entries(space, "a", "stream.deleted") if e["data"]["agreement"] == agreement
+    ] == []
+    assert [r["sequence"] for r in held(space, "a", agreement)] == [1, 2, 3, 4, 5]
+    assert store.get(agreement, CONSUMER).deleted_ms == 0
+
+    # The provider's signed revocation, pushed to the consumer, deletes it at once: no
+    # subscription is running and no sweep is run here (the periodic one is 10 s apart).
+    admin(space, "gov").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="emergency over"),
+        timeout=10,
+    )
+    (logged,) = logged_soon(space, "a", "stream.deleted", agreement=agreement)
+    assert (logged["data"]["reason"], logged["data"]["kept_sequence"]) == ("agreement_revoked", 5)
+    (revoked,) = logged_soon(space, "a", "agreement.revoked", agreement=agreement)
+    assert logged["time_ms"] - revoked["time_ms"] < 1000
+    sweeper = space.nodes["a"].sweeper
+    assert sweeper is not None
+    assert sweeper.sweep() == []  # waits for the one running; nothing is deleted twice
+    assert not stream_holding(space.configs["a"].data_dir / "holdings", agreement).exists()
 
 
 def member_subscribe(

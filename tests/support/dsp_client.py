@@ -50,7 +50,8 @@ class DspClient:
     authorization: Callable[[], str | None] = lambda: None
     """The ``Authorization`` value to send (None: send none)."""
 
-    def _ssl(self) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS as this client connects: the space CA, and its certificate if any."""
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
         if self.cert_pem is not None and self.key_pem is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +87,7 @@ class DspClient:
                     url,
                     data=data,
                     headers=headers,
-                    ssl=self._ssl(),
+                    ssl=self.ssl_context(),
                     server_hostname=self.server_name,
                 ) as response,
             ):

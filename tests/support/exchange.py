@@ -79,6 +79,23 @@ def entries(space: LocalSpace, who: str, kind: str = "") -> list[dict[str, Any]]
     return [e for e in found if not kind or e["kind"] == kind]
 
 
+def logged_soon(
+    space: LocalSpace, who: str, kind: str, timeout: float = 5.0, **data: object
+) -> list[dict[str, Any]]:
+    """The log entries of ``kind`` whose data has the values ``data`` gives, once there
+    is one (or ``timeout`` passed: then none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            e
+            for e in entries(space, who, kind)
+            if all(e["data"].get(k) == v for k, v in data.items())
+        ]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
 def altered(signed: str, **terms: object) -> str:
     """A signed document (an agreement) with its payload's terms changed and its
     signatures kept, as someone who can write the database would leave it."""

@@ -195,13 +195,19 @@ class HostileProvider(transfer_pb2_grpc.TransferServiceServicer):
 
 class HostileStreams(stream_pb2_grpc.StreamServiceServicer):
     """A stream provider that starts a subscription as the honest one would (from the
-    consumer's resume point) and then sends ``frames`` as they are, whatever they say."""
+    consumer's resume point: its chain ``head`` and ``next_window``) and then sends
+    ``frames`` as they are, whatever they say; then ends the call with ``refusal`` if set."""
 
-    def __init__(self, agreement: Agreement, fields: list[str], head: str) -> None:
+    def __init__(
+        self, agreement: Agreement, fields: list[str], head: str, next_window: int = 0
+    ) -> None:
         self.agreement, self.fields, self.head = agreement, fields, head
+        self.next_window = next_window
+        self.obligations_json = "{}"
         self.frames: list[stream_pb2.SubscribeDown] = []
         self.receipted: list[str] = []
         """Countersigned receipts the start claims were lost on the way (sent again)."""
+        self.refusal: Refusal | None = None
 
     def Subscribe(self, requests: Any, context: Any) -> Iterator[stream_pb2.SubscribeDown]:
         start = next(requests).start
@@ -212,13 +218,15 @@ class HostileStreams(stream_pb2_grpc.StreamServiceServicer):
                 fields=self.fields,
                 after_sequence=start.from_sequence,
                 head=self.head,
-                next_window=0,
-                obligations_json="{}",
+                next_window=self.next_window,
+                obligations_json=self.obligations_json,
                 decision_id=uuid.uuid4().hex,
                 receipted=self.receipted,
             )
         )
         yield from self.frames
+        if self.refusal is not None:
+            context.abort(self.refusal.code, self.refusal.details)
         for _ in requests:  # hold the call open until the consumer leaves
             pass
 
