@@ -45,6 +45,16 @@ def summary(product: Product) -> catalog_pb2.ProductSummary:
                     if o.compute is not None
                     else ""
                 ),
+                max_messages=o.max_messages,
+                per_period=(
+                    catalog_pb2.PeriodLimits(
+                        period=o.per_period.period,
+                        max_messages=o.per_period.max_messages,
+                        max_bytes=o.per_period.max_bytes,
+                    )
+                    if o.per_period is not None
+                    else None
+                ),
             )
             for o in product.offers
         ],

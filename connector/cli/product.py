@@ -219,16 +219,40 @@ def run_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compute_note(product: dict[str, Any]) -> str:
-    """Which offers answer questions instead of (or besides) giving copies."""
+def _compute_note(offer: dict[str, Any]) -> str:
+    """Whether an offer answers questions instead of (or besides) giving copies."""
+    modes = offer.get("delivery") or ["copy"]
+    if "compute" not in modes:
+        return ""
+    rules = json.loads(offer.get("compute_json") or "{}")
+    dims = ", ".join(sorted(rules.get("dimensions", {})))
+    what = "compute only" if modes == ["compute"] else "copy or compute"
+    return f"{what}, k={rules.get('k')}, by {dims or '(no dimension)'}"
+
+
+def _stream_note(offer: dict[str, Any]) -> str:
+    """A stream offer's message limits, in all and per period (int64s come as strings)."""
+    parts = []
+    if offer.get("max_messages"):
+        parts.append(f"{offer['max_messages']} messages in all")
+    period = offer.get("per_period") or {}
+    each = [
+        f"{period[key]} {unit}"
+        for key, unit in (("max_messages", "messages"), ("max_bytes", "bytes"))
+        if period.get(key)
+    ]
+    if each:
+        parts.append(f"{' and '.join(each)} per {period['period']}")
+    return f"at most {', '.join(parts)}" if parts else ""
+
+
+def _offer_notes(product: dict[str, Any]) -> str:
+    """The terms of each offer a listing line alone does not show."""
     notes = []
     for o in product.get("offers", []):
-        modes = o.get("delivery") or ["copy"]
-        if "compute" in modes:
-            rules = json.loads(o.get("compute_json") or "{}")
-            dims = ", ".join(sorted(rules.get("dimensions", {})))
-            what = "compute only" if modes == ["compute"] else "copy or compute"
-            notes.append(f"{o['id']}: {what}, k={rules.get('k')}, by {dims or '(no dimension)'}")
+        said = [n for n in (_compute_note(o), _stream_note(o)) if n]
+        if said:
+            notes.append(f"{o['id']}: {'; '.join(said)}")
     return "".join(f"\n    offer {n}" for n in notes)
 
 
@@ -278,7 +302,7 @@ def run_catalog_list(args: argparse.Namespace) -> int:
     lines = [
         f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"
         + (f"  [{p['registration_code']}]" if p.get("registration_code") else "")
-        + _compute_note(p)
+        + _offer_notes(p)
         for p in products
     ]
     emit(

@@ -3,7 +3,8 @@
 tds speaks gRPC between its own connectors; these renderings are what the DSP HTTPS
 binding (connector.dsp, DESIGN §10) sends and what ``--dsp`` prints. Offers become
 ODRL ``Offer`` policies whose permission to ``use`` is constrained by purpose, validity
-window and transfer count; agreements become ``ContractAgreementMessage``s.
+window, transfer count, byte limit and, for streams, message and per-period limits;
+agreements become ``ContractAgreementMessage``s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ if TYPE_CHECKING:  # the CLI renders without the database stack
     from connector.negotiation.store import Negotiation
 
 __all__ = [
+    "BYTE_COUNT",
     "CONTEXT",
+    "MESSAGE_COUNT",
     "SIGNED_AGREEMENT",
     "agreement_message",
     "catalog_message",
@@ -38,6 +41,11 @@ SIGNED_AGREEMENT = "urn:tds:signedAgreement"
 it): the agreement as signed (JWS JSON). In a ``ContractAgreementMessage`` it carries the
 provider's signature; in a ``ContractAgreementVerificationMessage`` the consumer's
 countersignature as well, without which a tds agreement is not final."""
+BYTE_COUNT = "urn:tds:byteCount"
+"""The tds profile's left operand (``lteq``) for the bytes delivered under an agreement in
+all; suffixed ``PerMinute``, ``PerHour`` or ``PerDay``, a stream's bytes in each period."""
+MESSAGE_COUNT = "urn:tds:messageCount"
+"""Likewise for a stream's messages: in all, or suffixed, in each period."""
 
 
 def _time(ns: int) -> str:
@@ -48,20 +56,57 @@ def _urn(kind: str, value: str) -> str:
     return value if value.startswith("urn:") else f"urn:tds:{kind}:{value}"
 
 
-def _constraints(
-    purposes: tuple[str, ...] | list[str], start_ns: int, end_ns: int, max_transfers: int
-) -> list[dict[str, Any]]:
+def _period(per_period: Any) -> tuple[str, int, int] | None:
+    """A stream's per-period limits as ``(period, max_messages, max_bytes)``, from each
+    shape that carries them: an agreement's dict, an offer's ``PeriodLimits`` or a catalog
+    summary's message (empty when the offer sets none)."""
+    if isinstance(per_period, dict):
+        return (
+            per_period["period"],
+            per_period.get("max_messages", 0),
+            per_period.get("max_bytes", 0),
+        )
+    if per_period is None or not per_period.period:
+        return None
+    return per_period.period, per_period.max_messages, per_period.max_bytes
+
+
+def _at_most(left: str, value: int) -> dict[str, Any]:
+    return {"leftOperand": left, "operator": "lteq", "rightOperand": str(value)}
+
+
+def _constraints(terms: Any, purposes: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    """The ``use`` permission's constraints for an offer's or an agreement's ``terms``."""
     # ODRL core left operands, as compact IRIs: the DSP context names no bare "purpose"
     # term, so a bare name would expand to a relative IRI, not odrl:purpose.
     constraints: list[dict[str, Any]] = [
         {"leftOperand": "odrl:purpose", "operator": "isAnyOf", "rightOperand": list(purposes)},
-        {"leftOperand": "odrl:dateTime", "operator": "gteq", "rightOperand": _time(start_ns)},
-        {"leftOperand": "odrl:dateTime", "operator": "lt", "rightOperand": _time(end_ns)},
+        {
+            "leftOperand": "odrl:dateTime",
+            "operator": "gteq",
+            "rightOperand": _time(terms.valid_from_ns),
+        },
+        {
+            "leftOperand": "odrl:dateTime",
+            "operator": "lt",
+            "rightOperand": _time(terms.valid_until_ns),
+        },
     ]
-    if max_transfers:
-        constraints.append(
-            {"leftOperand": "odrl:count", "operator": "lteq", "rightOperand": str(max_transfers)}
-        )
+    if terms.max_transfers:
+        constraints.append(_at_most("odrl:count", terms.max_transfers))
+    # Volumes have no ODRL core left operand (odrl:count counts the action, not what it
+    # delivers): the tds profile's own, absolute IRIs like SIGNED_AGREEMENT.
+    if terms.max_bytes:
+        constraints.append(_at_most(BYTE_COUNT, terms.max_bytes))
+    if terms.max_messages:
+        constraints.append(_at_most(MESSAGE_COUNT, terms.max_messages))
+    period = _period(terms.per_period)
+    if period is not None:
+        name, messages, size = period
+        if messages:
+            constraints.append(_at_most(f"{MESSAGE_COUNT}Per{name.capitalize()}", messages))
+        if size:
+            constraints.append(_at_most(f"{BYTE_COUNT}Per{name.capitalize()}", size))
     return constraints
 
 
@@ -69,14 +114,7 @@ def _offer(product: Product | Any, offer: Offer | Any) -> dict[str, Any]:
     return {
         "@id": _urn("offer", f"{product.id}/{offer.id}"),
         "@type": "Offer",
-        "permission": [
-            {
-                "action": "use",
-                "constraint": _constraints(
-                    offer.purposes, offer.valid_from_ns, offer.valid_until_ns, offer.max_transfers
-                ),
-            }
-        ],
+        "permission": [{"action": "use", "constraint": _constraints(offer, offer.purposes)}],
     }
 
 
@@ -166,12 +204,7 @@ def agreement_message(agreement: Agreement, *, space: str = "", signed: str = ""
             "permission": [
                 {
                     "action": "use",
-                    "constraint": _constraints(
-                        [agreement.purpose],
-                        agreement.valid_from_ns,
-                        agreement.valid_until_ns,
-                        agreement.max_transfers,
-                    ),
+                    "constraint": _constraints(agreement, [agreement.purpose]),
                 }
             ],
         },

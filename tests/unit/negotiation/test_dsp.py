@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,13 +12,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from connector.catalog.products import parse_description
-from connector.dsp.jsonld import read_message
+from connector.dsp.jsonld import _load_document, read_message
 from connector.negotiation.agreement import sign_agreement
 from connector.negotiation.dsp import (
+    BYTE_COUNT,
+    MESSAGE_COUNT,
     SIGNED_AGREEMENT,
     agreement_message,
     catalog_message,
     contract_request_message,
+    dataset_message,
     event_message,
     negotiation_message,
     termination_message,
@@ -25,6 +29,7 @@ from connector.negotiation.dsp import (
 )
 from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation
+from tests.unit.catalog.test_products import STREAM, mutate_stream
 from tests.unit.negotiation.test_agreement import AGREEMENT
 
 VECTORS = Path(__file__).resolve().parents[4] / "shared" / "vectors" / "dsp-2025-1"
@@ -79,6 +84,72 @@ def test_negotiation_validates_for_both_roles() -> None:
 
 def test_agreement_validates() -> None:
     validate(agreement_message(AGREEMENT), "negotiation/contract-agreement-message-schema.json")
+
+
+LIMITED = {
+    "max_messages": 1000,
+    "per_period": {"period": "hour", "max_messages": 100, "max_bytes": 20000},
+}
+LIMITS = [
+    {"leftOperand": MESSAGE_COUNT, "operator": "lteq", "rightOperand": "1000"},
+    {"leftOperand": f"{MESSAGE_COUNT}PerHour", "operator": "lteq", "rightOperand": "100"},
+    {"leftOperand": f"{BYTE_COUNT}PerHour", "operator": "lteq", "rightOperand": "20000"},
+]
+
+
+GIB = {"leftOperand": BYTE_COUNT, "operator": "lteq", "rightOperand": str(1 << 30)}
+
+
+def constraints(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The constraints of a policy's one ``use`` permission."""
+    return list(policy["permission"][0]["constraint"])
+
+
+def tds_constraints(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in constraints(policy) if c["leftOperand"].startswith("urn:tds:")]
+
+
+def test_a_stream_offers_limits_are_odrl_constraints_of_a_valid_dataset() -> None:
+    product = parse_description(mutate_stream(STREAM, ["station", "mm"], **LIMITED), owner="gov")
+    dataset = dataset_message("gov", product, "https://gov.example:8443")
+    validate(dataset, "catalog/dataset-schema.json")
+    # The example's offer also limits the bytes under the agreement (1 GiB).
+    assert tds_constraints(dataset["hasPolicy"][0]) == [GIB, *LIMITS]
+    validate(catalog_message("gov", [product], "grpcs://gov"), "catalog/catalog-schema.json")
+    # Absolute IRIs: JSON-LD processing with the DSP context keeps them as they are.
+    pyld = pytest.importorskip("pyld")
+    expanded = json.dumps(pyld.jsonld.expand(dataset, {"documentLoader": _load_document}))
+    for limit in LIMITS:
+        assert json.dumps({"@id": limit["leftOperand"]}) in expanded, expanded
+
+
+def test_a_period_limit_on_bytes_alone_renders_no_message_constraint() -> None:
+    terms = {"max_bytes": 0, "per_period": {"period": "day", "max_bytes": 5}}
+    product = parse_description(mutate_stream(STREAM, ["mm"], **terms), owner="gov")
+    policy = dataset_message("gov", product, "x")["hasPolicy"][0]
+    assert tds_constraints(policy) == [
+        {"leftOperand": f"{BYTE_COUNT}PerDay", "operator": "lteq", "rightOperand": "5"}
+    ]
+
+
+def test_an_offer_without_limits_renders_no_limit_constraint() -> None:
+    unlimited = {"max_transfers": 0, "max_bytes": 0}
+    product = parse_description(mutate_stream(STREAM, ["mm"], **unlimited), owner="gov")
+    offer = product.offers[0]
+    assert (offer.max_transfers, offer.max_bytes, offer.max_messages) == (0, 0, 0)
+    policy = dataset_message("gov", product, "x")["hasPolicy"][0]
+    assert [c["leftOperand"] for c in constraints(policy)] == [
+        "odrl:purpose",
+        "odrl:dateTime",
+        "odrl:dateTime",
+    ]
+
+
+def test_an_agreement_carries_its_byte_and_stream_limits() -> None:
+    limited = dataclasses.replace(AGREEMENT, max_transfers=0, **LIMITED)
+    message = agreement_message(limited)
+    validate(message, "negotiation/contract-agreement-message-schema.json")
+    assert tds_constraints(message["agreement"]) == [GIB, *LIMITS]
 
 
 def sent_messages() -> list[Any]:

@@ -32,6 +32,8 @@ class OfferTerms(_message.Message):
     HAS_POLICY_MODULE_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
     COMPUTE_JSON_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    PER_PERIOD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     valid_from_ns: _builtins.int
     valid_until_ns: _builtins.int
@@ -45,11 +47,17 @@ class OfferTerms(_message.Message):
     """Canonical JSON of the compute rules (dimensions, measures with aggregates and bounds,
     k, privacy), when "compute" is offered: what a consumer may ask.
     """
+    max_messages: _builtins.int
+    """For streams: messages delivered under the agreement in all (0: no limit)."""
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def delivery(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """How the product may be delivered: "copy", "compute" (answers only, 可用不可见), or both."""
+
+    @_builtins.property
+    def per_period(self) -> Global___PeriodLimits:
+        """For streams: the limits per period; absent when the offer sets none."""
 
     def __init__(
         self,
@@ -64,14 +72,46 @@ class OfferTerms(_message.Message):
         has_policy_module: _builtins.bool = ...,
         delivery: _abc.Iterable[_builtins.str] | None = ...,
         compute_json: _builtins.str = ...,
+        max_messages: _builtins.int = ...,
+        per_period: Global___PeriodLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["per_period", b"per_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_json", b"compute_json", "delivery", b"delivery", "has_policy_module", b"has_policy_module", "id", b"id", "max_bytes", b"max_bytes", "max_transfers", b"max_transfers", "obligations_json", b"obligations_json", "purposes", b"purposes", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_json", b"compute_json", "delivery", b"delivery", "has_policy_module", b"has_policy_module", "id", b"id", "max_bytes", b"max_bytes", "max_messages", b"max_messages", "max_transfers", b"max_transfers", "obligations_json", b"obligations_json", "per_period", b"per_period", "purposes", b"purposes", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OfferTerms: _TypeAlias = OfferTerms  # noqa: Y015
+
+@_typing.final
+class PeriodLimits(_message.Message):
+    """A stream's limits in each period: at most max_messages messages and max_bytes bytes
+    (of the records as delivered; 0: that one has no limit).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """"minute", "hour" or "day"."""
+    max_messages: _builtins.int
+    max_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        max_messages: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bytes", b"max_bytes", "max_messages", b"max_messages", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeriodLimits: _TypeAlias = PeriodLimits  # noqa: Y015
 
 @_typing.final
 class ProductSummary(_message.Message):
