@@ -18,15 +18,23 @@ from typing import Any
 import grpc
 import pytest
 
-from connector._proto.tds.v1 import admin_pb2, stream_pb2, stream_pb2_grpc
+from connector._proto.tds.v1 import (
+    admin_pb2,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    stream_pb2,
+    stream_pb2_grpc,
+)
 from connector.config import StreamConfig
 from connector.demo.space import LocalSpace
+from connector.dsp.jsonld import check_outgoing
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
 from connector.sources.nats_connection import NatsConnection
 from connector.transfer.store import CONSUMER, PROVIDER
 from connector.transfer.stream_store import STARTED, SUSPENDED, TERMINATED
 from connector.transfer.subscriber import stream_holding
+from tests.integration.test_catalog import as_member
 from tests.integration.test_stream_subscribe import FIELDS, Follower, held, readings
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
 from tests.support.exchange import admin, agree, entries, logged_soon, offer, publish
@@ -107,6 +115,60 @@ def limited_feed(space: LocalSpace, js: JetStream, base: Path, **terms: Any) -> 
 
 def ended(space: LocalSpace, kind: str, agreement: str) -> list[dict[str, Any]]:
     return [e["data"] for e in entries(space, "gov", kind) if e["data"]["agreement"] == agreement]
+
+
+def listed_offers(space: LocalSpace, member: str, product: str) -> list[catalog_pb2.OfferTerms]:
+    """The product's offers in the provider's catalog as ``member`` reads it over gRPC."""
+    token, found = "", []
+    with as_member(space, member) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        while True:
+            request = catalog_pb2.ListProductsRequest(page_token=token)
+            page = stub.ListProducts(request, timeout=10)
+            found += [p for p in page.products if p.id == product]
+            token = page.next_page_token
+            if not token:
+                break
+    assert len(found) == 1, [p.id for p in found]
+    return list(found[0].offers)
+
+
+def test_a_members_listing_shows_a_stream_offers_limits_before_any_agreement(
+    space: LocalSpace, js: JetStream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connector.cli.main import main
+
+    limits = {"period": "hour", "max_messages": 100, "max_bytes": 20000}
+    pid, _ = limited_feed(space, js, tmp_path, max_messages=1000, per_period=limits)
+    plain, _ = limited_feed(space, js, tmp_path)
+    (offer,) = listed_offers(space, "a", pid)
+    assert offer.max_messages == 1000 and offer.HasField("per_period")
+    assert (offer.per_period.period, offer.per_period.max_messages) == ("hour", 100)
+    assert offer.per_period.max_bytes == 20000
+    (unlimited,) = listed_offers(space, "a", plain)
+    assert unlimited.max_messages == 0 and not unlimited.HasField("per_period")
+    # As a person reads it: the line under the product names the offer's limits.
+    argv = ["catalog", "list", "--provider", "gov", "--config", str(space.root / "a.toml")]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(pid + " "))
+    assert lines[at + 1].strip() == (
+        "offer o1: at most 1000 messages in all, 100 messages and 20000 bytes per hour"
+    )
+    after_plain = lines[
+        next(i for i, line in enumerate(lines) if line.startswith(plain + " ")) + 1 :
+    ]
+    assert not after_plain or not after_plain[0].startswith("    offer")
+    # As a Dataspace Protocol catalog: ODRL constraints, and the document validates.
+    assert main([*argv, "--dsp"]) == 0
+    document = check_outgoing("Catalog", json.loads(capsys.readouterr().out))
+    (dataset,) = [d for d in document["dataset"] if d["@id"] == f"urn:tds:dataset:{pid}"]
+    rule = dataset["hasPolicy"][0]["permission"][0]
+    assert [c for c in rule["constraint"] if c["leftOperand"].startswith("urn:tds:")] == [
+        {"leftOperand": "urn:tds:messageCount", "operator": "lteq", "rightOperand": "1000"},
+        {"leftOperand": "urn:tds:messageCountPerHour", "operator": "lteq", "rightOperand": "100"},
+        {"leftOperand": "urn:tds:byteCountPerHour", "operator": "lteq", "rightOperand": "20000"},
+    ]
 
 
 def test_the_message_limit_stops_the_stream_after_exactly_that_many(
