@@ -14,6 +14,7 @@ from connector.identity.certs import load_ed25519_public_key, raw_public_key, re
 from connector.identity.pki import load_manifest
 from connector.node.clients import admin_channel, registry_client
 from connector.registry.client import PeerInfo
+from connector.registry.directory import CertificateExpiry
 from connector.rpc.channel import calling
 
 
@@ -126,9 +127,24 @@ def _enrol_request(args: argparse.Namespace) -> registry_pb2.EnrolRequest:
     )
 
 
+def _certificate_text(p: PeerInfo, now_ms: int) -> str:
+    """When the enrolled certificate expires, flagged when that is within 30 days or past."""
+    expiry = p.certificate_expiry(now_ms)
+    if expiry is CertificateExpiry.UNKNOWN:
+        return "cert expiry unknown"
+    text = f"cert until {utc_text(p.certificate_not_after_ms * 10**6)}"
+    if expiry is CertificateExpiry.EXPIRED:
+        return f"{text} EXPIRED"
+    if expiry is CertificateExpiry.EXPIRING:
+        days = (p.certificate_not_after_ms - now_ms) // 86_400_000
+        return f"{text} EXPIRES IN {days} d"
+    return text
+
+
 def _describe(p: PeerInfo) -> str:
     state = "REVOKED" if p.revoked else "active"
-    return f"{p.id:<14} {p.role:<11} {p.address or '-':<22} {state}"
+    cert = _certificate_text(p, time.time_ns() // 10**6)
+    return f"{p.id:<14} {p.role:<11} {p.address or '-':<22} {state:<7} {cert}"
 
 
 def run_enrol(args: argparse.Namespace) -> int:
@@ -171,6 +187,9 @@ def run_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+_ISO = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def _peer_json(p: PeerInfo) -> dict[str, object]:
     return {
         "id": p.id,
@@ -181,6 +200,11 @@ def _peer_json(p: PeerInfo) -> dict[str, object]:
         "certificate_thumbprint": p.certificate_thumbprint,
         "enrolled_at": p.enrolled_at,
         "attributes": p.attributes,
+        "certificate_not_after": utc_text(p.certificate_not_after_ms * 10**6, _ISO)
+        if p.certificate_not_after_ms
+        else "",
+        "certificate_not_after_ms": p.certificate_not_after_ms,
+        "certificate_expiry": p.certificate_expiry(time.time_ns() // 10**6).value,
     }
 
 

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 from aiohttp import web
 
+from connector.cli.output import utc_text
 from connector.console.backend import ROWS, AdminBackend
 from connector.console.sessions import Session, Sessions
 from connector.console.timeline import timeline
@@ -98,6 +99,22 @@ def countdown(left_ms: int) -> str:
     return f"还剩 {hours} 小时 {mins} 分 / {hours} h {mins} min left"
 
 
+def expires_in(left_ms: int) -> str:
+    """How soon a certificate expires, for the participants page's warning."""
+    if left_ms <= 0:
+        return "已过期 / EXPIRED"
+    days = left_ms // 86_400_000
+    if not days:
+        return "今天到期 / expires today"
+    return f"{days} 天后到期 / expires in {days} d"
+
+
+def utc_time(ms: int) -> str:
+    """Unix milliseconds as UTC text, as ``static/console.js`` writes a ``.time`` cell (the
+    server writes it too, so the date is there without the script)."""
+    return utc_text(ms * 10**6, "%Y-%m-%d %H:%M:%S")
+
+
 def check_listen(listen: str, *, insecure: bool) -> tuple[str, int]:
     """``HOST:PORT`` to serve on; anything but loopback needs ``insecure``."""
     host, sep, port = listen.rpartition(":")
@@ -142,6 +159,8 @@ class Console:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["countdown"] = countdown
+        self.templates.filters["expires_in"] = expires_in
+        self.templates.filters["utc_time"] = utc_time
 
     @property
     def token(self) -> str:

@@ -372,6 +372,7 @@ class AdminBackend:
             peers = client.list_participants()
         finally:
             client.close()
+        now_ms = int(time.time() * 1000)
         return [
             {
                 "id": p.id,
@@ -379,6 +380,9 @@ class AdminBackend:
                 "address": p.address,
                 "revoked": p.revoked,
                 "enrolled_at": p.enrolled_at,
+                "certificate_not_after_ms": p.certificate_not_after_ms,
+                "certificate_expiry": p.certificate_expiry(now_ms).value,
+                "certificate_left_ms": p.certificate_not_after_ms - now_ms,
             }
             for p in peers
         ]

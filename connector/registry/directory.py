@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import jwt
@@ -34,6 +35,8 @@ from connector.identity.tokens import ALGORITHM, verify_operator_jws
 
 __all__ = [
     "DIRECTORY_TYPE",
+    "EXPIRY_WARNING_MS",
+    "CertificateExpiry",
     "Directory",
     "DirectoryHead",
     "PeerInfo",
@@ -51,6 +54,22 @@ DIRECTORY_TYPE = "tds-directory+jwt"
 _WHAT = "directory"
 
 
+EXPIRY_WARNING_MS = 30 * 86_400_000
+"""A certificate this close to its notAfter is flagged: 30 days leaves the operator time to
+issue and enrol a new one before the participant's connections start failing."""
+
+
+class CertificateExpiry(StrEnum):
+    """Where a participant's enrolled certificate stands against its notAfter."""
+
+    VALID = "valid"
+    EXPIRING = "expiring"
+    """Within ``EXPIRY_WARNING_MS`` of its notAfter."""
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+    """No notAfter known (an entry read from the signed directory)."""
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """A participant as the registry's directory describes it."""
@@ -63,6 +82,19 @@ class PeerInfo:
     revoked: bool
     enrolled_at: int
     attributes: dict[str, str] = field(default_factory=dict)
+    certificate_not_after_ms: int = 0
+    """When the enrolled certificate expires, as ``ListParticipants`` answers it; not signed
+    (left out of ``claims``), so 0 for an entry read from the signed directory."""
+
+    def certificate_expiry(self, now_ms: int) -> CertificateExpiry:
+        """The enrolled certificate's standing at ``now_ms`` (Unix milliseconds)."""
+        if not self.certificate_not_after_ms:
+            return CertificateExpiry.UNKNOWN
+        if self.certificate_not_after_ms <= now_ms:
+            return CertificateExpiry.EXPIRED
+        if self.certificate_not_after_ms - now_ms <= EXPIRY_WARNING_MS:
+            return CertificateExpiry.EXPIRING
+        return CertificateExpiry.VALID
 
     @classmethod
     def from_message(cls, msg: common_pb2.Participant) -> PeerInfo:
@@ -76,6 +108,7 @@ class PeerInfo:
             revoked=msg.revoked,
             enrolled_at=msg.enrolled_at,
             attributes=dict(msg.attributes),
+            certificate_not_after_ms=msg.certificate_not_after_ms,
         )
 
     def claims(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -157,6 +158,21 @@ class LocalRevocations:
                     self._changed.wait(poll)
 
 
+@functools.lru_cache(maxsize=4096)
+def certificate_not_after_ms(certificate_pem: str) -> int:
+    """The notAfter of a stored certificate, Unix milliseconds (0 if it cannot be read).
+
+    Read from the PEM stored at enrolment, which enrolment already parsed and checked, so
+    a stored certificate always has one; cached by PEM because ``GetDirectory`` and
+    ``ListParticipants`` answer every participant on every call."""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    except ValueError:
+        log.warning("a stored participant certificate is not a PEM X.509 certificate")
+        return 0
+    return int(cert.not_valid_after_utc.timestamp() * 1000)
+
+
 def participant_message(entry: DirectoryEntry) -> common_pb2.Participant:
     """The wire form of a directory entry."""
     return common_pb2.Participant(
@@ -168,6 +184,7 @@ def participant_message(entry: DirectoryEntry) -> common_pb2.Participant:
         attributes=entry.attributes,
         revoked=entry.revoked,
         enrolled_at=entry.enrolled_at,
+        certificate_not_after_ms=certificate_not_after_ms(entry.certificate_pem),
     )
 
 

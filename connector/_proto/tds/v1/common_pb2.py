@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tds/v1/common.proto\x12\x06tds.v1\"\x86\x02\n\x0bParticipant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\x12\x1e\n\x16\x63\x65rtificate_thumbprint\x18\x05 \x01(\t\x12\x37\n\nattributes\x18\x06 \x03(\x0b\x32#.tds.v1.Participant.AttributesEntry\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x13\n\x0b\x65nrolled_at\x18\x08 \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tds/v1/common.proto\x12\x06tds.v1\"\xa8\x02\n\x0bParticipant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\x12\x1e\n\x16\x63\x65rtificate_thumbprint\x18\x05 \x01(\t\x12\x37\n\nattributes\x18\x06 \x03(\x0b\x32#.tds.v1.Participant.AttributesEntry\x12\x0f\n\x07revoked\x18\x07 \x01(\x08\x12\x13\n\x0b\x65nrolled_at\x18\x08 \x01(\x03\x12 \n\x18\x63\x65rtificate_not_after_ms\x18\t \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTICIPANT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PARTICIPANT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_PARTICIPANT']._serialized_start=32
-  _globals['_PARTICIPANT']._serialized_end=294
-  _globals['_PARTICIPANT_ATTRIBUTESENTRY']._serialized_start=245
-  _globals['_PARTICIPANT_ATTRIBUTESENTRY']._serialized_end=294
+  _globals['_PARTICIPANT']._serialized_end=328
+  _globals['_PARTICIPANT_ATTRIBUTESENTRY']._serialized_start=279
+  _globals['_PARTICIPANT_ATTRIBUTESENTRY']._serialized_end=328
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,7 @@ class Participant(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     ENROLLED_AT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NOT_AFTER_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable identifier, lower-case letters, digits and '-' (a DNS label)."""
     role: _builtins.str
@@ -66,6 +67,10 @@ class Participant(_message.Message):
     """True once the operator has revoked the participant."""
     enrolled_at: _builtins.int
     """Unix seconds."""
+    certificate_not_after_ms: _builtins.int
+    """When the enrolled TLS certificate stops being valid (its notAfter), Unix milliseconds;
+    0 where it is not known (the signed directory does not carry it).
+    """
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form attributes carried in membership tokens (organisation code, ...)."""
@@ -81,10 +86,11 @@ class Participant(_message.Message):
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         revoked: _builtins.bool = ...,
         enrolled_at: _builtins.int = ...,
+        certificate_not_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attributes", b"attributes", "certificate_thumbprint", b"certificate_thumbprint", "enrolled_at", b"enrolled_at", "id", b"id", "revoked", b"revoked", "role", b"role", "signing_public_key", b"signing_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attributes", b"attributes", "certificate_not_after_ms", b"certificate_not_after_ms", "certificate_thumbprint", b"certificate_thumbprint", "enrolled_at", b"enrolled_at", "id", b"id", "revoked", b"revoked", "role", b"role", "signing_public_key", b"signing_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
