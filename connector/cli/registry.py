@@ -8,7 +8,7 @@ from pathlib import Path
 
 from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.cli.output import JSON_HELP, emit, parse_date_ns, utc_text
-from connector.config import load_config
+from connector.config import Config, load_config
 from connector.errors import ConfigError, InvalidRequest
 from connector.identity.certs import load_ed25519_public_key, raw_public_key, read_file_bytes
 from connector.identity.pki import load_manifest
@@ -252,20 +252,53 @@ def describe_grant(g: registry_pb2.OperationGrant) -> str:
     )
 
 
-def run_grant(args: argparse.Namespace) -> int:
-    """Grant authorised operation with the operator's admin certificate."""
-    cfg = load_config(args.config)
-    start = parse_date_ns(args.start, "--start") if args.start else time.time_ns()
+_COMMAS = str.maketrans({"\uff0c": ",", "\u3001": ","})
+"""The full-width comma and the ideographic enumeration comma a Chinese keyboard types."""
+
+
+def listed(text: str) -> list[str]:
+    """Comma-separated values (Chinese commas too), each stripped, empty ones dropped."""
+    return [v.strip() for v in text.translate(_COMMAS).split(",") if v.strip()]
+
+
+def grant_operation(
+    cfg: Config,
+    participant: str,
+    scope: str,
+    purposes: str,
+    *,
+    start: str,
+    end: str,
+    body: str,
+    names: tuple[str, str] = ("--start", "--end"),
+) -> registry_pb2.OperationGrant:
+    """Grant authorised operation with the operator's admin certificate, from text as a
+    person writes it (comma-separated scope and purposes, dates as YYYY-MM-DD in UTC; no
+    start is now); ``names``: what the start and end are called in errors. The registry
+    checks the rest (who may operate, a term of at most five years)."""
     request = registry_pb2.GrantOperationRequest(
-        participant_id=args.participant,
-        scope=[v for v in args.scope.split(",") if v.strip()],
-        purposes=[v for v in args.purposes.split(",") if v.strip()],
-        start_ns=start,
-        end_ns=parse_date_ns(args.end, "--end"),
-        body=args.body,
+        participant_id=participant,
+        scope=listed(scope),
+        purposes=listed(purposes),
+        start_ns=parse_date_ns(start, names[0]) if start else time.time_ns(),
+        end_ns=parse_date_ns(end, names[1]),
+        body=body.strip(),
     )
     with admin_channel(cfg) as channel, calling("registry"):
-        g = registry_pb2_grpc.RegistryServiceStub(channel).GrantOperation(request, timeout=10)
+        return registry_pb2_grpc.RegistryServiceStub(channel).GrantOperation(request, timeout=10)
+
+
+def run_grant(args: argparse.Namespace) -> int:
+    """Grant authorised operation with the operator's admin certificate."""
+    g = grant_operation(
+        load_config(args.config),
+        args.participant,
+        args.scope,
+        args.purposes,
+        start=args.start or "",
+        end=args.end,
+        body=args.body,
+    )
     emit(grant_json(g), f"Granted {describe_grant(g)}", as_json=args.json)
     return 0
 

@@ -98,15 +98,6 @@ def holding(t: dict[str, Any], now_ms: int) -> dict[str, Any]:
     }
 
 
-_COMMAS = str.maketrans({"\uff0c": ",", "\u3001": ","})
-"""The full-width comma and the ideographic enumeration comma a Chinese keyboard types."""
-
-
-def _listed(text: str) -> list[str]:
-    """A form's comma-separated values (Chinese commas too)."""
-    return [v.strip() for v in text.translate(_COMMAS).split(",") if v.strip()]
-
-
 def _checkpoint(text: str) -> dict[str, Any]:
     """A stored checkpoint as the log page lists it: size, root and who signed it."""
     note = parse_note(text)
@@ -404,24 +395,15 @@ class AdminBackend:
         """Grant authorised operation as ``tds registry grant`` does, from the form's text
         (comma-separated scope and purposes, dates as YYYY-MM-DD, UTC; no start is now). The
         registry checks the rest (who may operate, a term of at most five years)."""
-        from connector.cli.output import parse_date_ns
-        from connector.cli.registry import grant_json
+        from connector.cli.registry import grant_json, grant_operation
 
         self._operator_only("grant authorised operation")
         if not participant or not body.strip() or not end:
             raise InvalidRequest("give the participant, the term's end and the granting body")
-        request = registry_pb2.GrantOperationRequest(
-            participant_id=participant,
-            scope=_listed(scope),
-            purposes=_listed(purposes),
-            start_ns=parse_date_ns(start, "start") if start else time.time_ns(),
-            end_ns=parse_date_ns(end, "end"),
-            body=body.strip(),
-        )
-        with admin_channel(self.cfg) as channel, calling("registry"):
-            granted = registry_pb2_grpc.RegistryServiceStub(channel).GrantOperation(
-                request, timeout=_TIMEOUT
-            )
+        granted = grant_operation(
+            self.cfg, participant, scope, purposes, start=start, end=end, body=body,
+            names=("start", "end"),
+        )  # fmt: skip
         return grant_json(granted)
 
     def revoke_grant(self, grant_id: str, reason: str) -> None:
