@@ -322,7 +322,7 @@ class Catalog:
         """Up to ``limit`` of this connector's products after position ``after`` (a
         product id; empty: from the first), by id, whoever may see them: the admin's pages."""
         rows = self._store.rows_after(after[0] if after else "", limit)
-        return [Listed((i,), len(body), Product.from_json(body)) for i, body in rows]
+        return [Listed((i,), len(body), self._store.parsed(body)) for i, body in rows]
 
     def _visible(self, caller: Caller, product: Product, defer: list[Record] | None = None) -> bool:
         document = build_input(

@@ -264,13 +264,11 @@ class TransferStore:
                         ),
                     )
                 )
+            # One order, paged or not: a page continues from where the last one ended.
+            query = query.order_by(col(MeteringRow.consumer), col(MeteringRow.agreement_id))
             if limit is not None:
-                order = (col(MeteringRow.consumer), col(MeteringRow.agreement_id))
-                query = query.order_by(*order).limit(limit)
+                query = query.limit(limit)
             rows = s.exec(query).all()
-            if limit is None:
-                rows = sorted(rows, key=lambda r: (r.consumer, r.agreement_id))
-            # A page keeps the database's order: the next page continues from it.
             return [
                 Metering(
                     agreement_id=r.agreement_id,
@@ -407,9 +405,10 @@ class TransferStore:
                         and_(col(TransferRow.started_ms) == started, col(TransferRow.id) < last),
                     )
                 )
+            # Newest first, paged or not: a page continues from where the last one ended.
+            query = query.order_by(col(TransferRow.started_ms).desc(), col(TransferRow.id).desc())
             if limit is not None:
-                order = (col(TransferRow.started_ms).desc(), col(TransferRow.id).desc())
-                query = query.order_by(*order).limit(limit)
+                query = query.limit(limit)
             if role:
                 query = query.where(TransferRow.role == role)
             if holdings:
@@ -419,5 +418,4 @@ class TransferStore:
                     TransferRow.deleted_ms == 0,
                 )
             rows = s.exec(query).all()
-            found = [_transfer(r) for r in rows]
-            return found if limit is not None else sorted(found, key=lambda t: -t.started_ms)
+            return [_transfer(r) for r in rows]
