@@ -28,6 +28,7 @@ __all__ = [
     "DELIVERED_FORMATS",
     "LABEL_ID",
     "PARTICIPANT_ID",
+    "PROCESS_ID",
     "TRANSFER_ID",
     "IdGrammar",
     "check_format",
@@ -85,6 +86,15 @@ LABEL_ID = IdGrammar(
     "lower-case letters, digits, '.', '_' or '-' (at most 63, starting with a letter or digit)",
 )
 """Products, offers and purposes (``connector.identity.names.LABEL``)."""
+
+PROCESS_ID = IdGrammar(
+    "process id",
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"),
+    "at most 200 letters, digits, '.', '_', ':' or '-' (a URN such as urn:uuid:…)",
+)
+"""A Dataspace Protocol process id a peer names (``consumerPid``, ``providerPid``): it
+becomes a record key and a segment of the URL its messages are posted to, so no '/', '?',
+'#' or '%'."""
 
 DELIVERED_FORMATS = frozenset({"", "csv", "jsonl"})
 """What a transfer delivers: a file as it is (``""``) or the records of a table or sql

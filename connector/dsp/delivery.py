@@ -267,13 +267,12 @@ class DspDelivery:
         """The provider's ``ContractNegotiation`` as the ack gRPC would have given."""
         try:
             shown = read_message(answer, "ContractNegotiation")
-        except ConnectorError:
-            return None
-        if local_pid(str(shown["consumerPid"])) != n.pid:
+            if local_pid(str(shown["consumerPid"])) != n.pid:
+                return None
+            provider_pid = local_pid(str(shown["providerPid"]))
+        except ConnectorError:  # not a negotiation of ours, or a process id refused
             return None
         state = str(shown["state"])
         # A ContractNegotiation carries no reason: say where the refusal came from.
         reasons = ["the provider refused the request at once"] if state == "TERMINATED" else []
-        return negotiation_pb2.NegotiationAck(
-            pid=local_pid(str(shown["providerPid"])), state=state, reasons=reasons
-        )
+        return negotiation_pb2.NegotiationAck(pid=provider_pid, state=state, reasons=reasons)

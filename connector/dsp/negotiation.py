@@ -35,6 +35,7 @@ from connector.audit.canonical import canonical_json
 from connector.dsp.catalog import dataset_product_id
 from connector.dsp.server import Exchange, note_pids
 from connector.errors import InvalidRequest, NotFound
+from connector.identifiers import PROCESS_ID
 from connector.negotiation.agreement import parse_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT, negotiation_message
 from connector.negotiation.negotiator import CONSUMER, PROVIDER
@@ -50,8 +51,9 @@ _OFFER_PREFIX = "urn:tds:offer:"
 
 def local_pid(process_id: str) -> str:
     """The process id tds keeps for a DSP one: its own ``urn:tds:process:PID`` as ``PID``,
-    a peer's other URNs as they are."""
-    return process_id.removeprefix(_PROCESS_PREFIX)
+    a peer's other URNs as they are; ``InvalidRequest`` (a DSP 400) for one that could
+    reach a path or a URL (``identifiers.PROCESS_ID``)."""
+    return PROCESS_ID.check(process_id).removeprefix(_PROCESS_PREFIX)
 
 
 def message_id(caller: Caller, message: dict[str, Any]) -> str:

@@ -1015,3 +1015,18 @@ def test_negotiations_providerpid_termination_post_sent_by_a_tds_consumer(
         time.sleep(0.05)
     assert (shown.state, list(shown.reasons)) == ("TERMINATED", ["found it elsewhere"])
     assert outbox_methods(space, "b", waiting.pid) == ["dsp:RequestContract", "dsp:Terminate"]
+
+
+@pytest.mark.parametrize(
+    "consumer_pid",
+    ["urn:uuid:x/../../catalog/request", "urn:uuid:x?y=1", "urn:uuid:x#frag", "a%2Fb", "x\ny"],
+)
+def test_contract_negotiation_error_a_process_id_that_could_reach_a_url_is_400(
+    space: LocalSpace, consumer_pid: str
+) -> None:
+    # The consumer's pid becomes a record key and a segment of the callback URL the
+    # provider posts to: one that could change that path is refused, nothing recorded.
+    before = len(provider_negotiations(space))
+    answer = client(space).call("POST", "/negotiations/request", contract_request(consumer_pid))
+    refused(answer, 400, "ContractNegotiationError", "process id")
+    assert len(provider_negotiations(space)) == before
