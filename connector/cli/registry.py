@@ -162,11 +162,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     """Revoke with the operator's admin certificate."""
     cfg = load_config(args.config)
     if args.grant:
-        with admin_channel(cfg) as channel, calling("registry"):
-            g = registry_pb2_grpc.RegistryServiceStub(channel).RevokeGrant(
-                registry_pb2.RevokeGrantRequest(grant_id=args.grant, reason=args.reason),
-                timeout=10,
-            )
+        g = revoke_grant(cfg, args.grant, args.reason)
         emit(
             grant_json(g),
             f"Revoked grant {g.id} of {g.participant_id}; its next membership token no "
@@ -286,6 +282,14 @@ def grant_operation(
     )
     with admin_channel(cfg) as channel, calling("registry"):
         return registry_pb2_grpc.RegistryServiceStub(channel).GrantOperation(request, timeout=10)
+
+
+def revoke_grant(cfg: Config, grant_id: str, reason: str) -> registry_pb2.OperationGrant:
+    """Revoke a grant with the operator's admin certificate; the grant as revoked."""
+    with admin_channel(cfg) as channel, calling("registry"):
+        return registry_pb2_grpc.RegistryServiceStub(channel).RevokeGrant(
+            registry_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason), timeout=10
+        )
 
 
 def run_grant(args: argparse.Namespace) -> int:

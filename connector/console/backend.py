@@ -24,8 +24,6 @@ from connector._proto.tds.v1 import (
     admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
-    registry_pb2,
-    registry_pb2_grpc,
 )
 from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
@@ -38,6 +36,7 @@ from connector.errors import (
     PreconditionFailed,
     VerificationError,
 )
+from connector.identifiers import PARTICIPANT_ID
 from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
@@ -408,14 +407,12 @@ class AdminBackend:
 
     def revoke_grant(self, grant_id: str, reason: str) -> None:
         """Revoke a grant with the operator's administrator certificate."""
+        from connector.cli.registry import revoke_grant
+
         self._operator_only("revoke a grant")
         if not grant_id or not reason.strip():
             raise InvalidRequest("give the grant and a reason: the reason is signed into it")
-        with admin_channel(self.cfg) as channel, calling("registry"):
-            registry_pb2_grpc.RegistryServiceStub(channel).RevokeGrant(
-                registry_pb2.RevokeGrantRequest(grant_id=grant_id, reason=reason),
-                timeout=_TIMEOUT,
-            )
+        revoke_grant(self.cfg, grant_id, reason)
 
     # -- the auditor's view: another connector's log, read as ``tds audit fetch`` reads it
 
@@ -522,6 +519,10 @@ class AdminBackend:
             raise InvalidRequest("name both parties whose receipts to reconcile")
         if party_a == party_b:
             raise InvalidRequest("reconciling needs two different parties")
+        for who in (party_a, party_b):
+            # Directory ids only: ``tds audit fetch`` also takes ID@HOST:PORT, and the name
+            # is a folder of the scratch directory.
+            PARTICIPANT_ID.check(who)
         with tempfile.TemporaryDirectory(prefix="tds-console-reconcile-") as scratch:
             for who in (party_a, party_b):
                 fetch_and_witness(self.cfg, who, Path(scratch) / who, cosign=False)

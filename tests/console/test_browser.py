@@ -479,5 +479,10 @@ def test_an_auditor_reconciles_two_parties_receipts(
         # One party named twice is refused, saying why.
         page.goto(f"http://127.0.0.1:{console.port}/reconcile?a=gov&b=gov")
         expect(page.locator(".banner.bad")).to_contain_text("two different parties")
+        # Only directory ids: an address would send the auditor's token anywhere, and the
+        # name is a folder of the scratch directory.
+        for bad in ("gov@127.0.0.1:1", "../gov"):
+            page.goto(f"http://127.0.0.1:{console.port}/reconcile?a={bad}&b=a")
+            expect(page.locator(".banner.bad")).to_contain_text("participant id")
     finally:
         console.stop()
