@@ -155,7 +155,8 @@ def _admin(config: Path) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(config)))
 
 
-def _info(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
+def negotiation_json(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
+    """A negotiation as ``--json`` prints it (and the console's pages show it)."""
     return {
         "pid": n.pid,
         "role": n.role,
@@ -291,7 +292,7 @@ def run_negotiate(args: argparse.Namespace) -> int:
             info = _wait_final(stub, admin_pb2.NegotiationRef(pid=info.pid), info, deadline)
             if info.state not in FINAL:
                 raise _gave_up(stub, info, seconds, args.config)
-    emit(_info(info), _line(info), as_json=args.json)
+    emit(negotiation_json(info), _line(info), as_json=args.json)
     return 1 if info.state == "TERMINATED" else 0
 
 
@@ -302,7 +303,9 @@ def run_list(args: argparse.Namespace) -> int:
         admin_pb2.ListNegotiationsRequest(state=args.state, pending_approval=args.pending),
     )
     emit(
-        [_info(n) for n in found], "\n".join(_line(n) for n in found) or "(none)", as_json=args.json
+        [negotiation_json(n) for n in found],
+        "\n".join(_line(n) for n in found) or "(none)",
+        as_json=args.json,
     )
     return 0
 
@@ -356,7 +359,7 @@ def run_decide(args: argparse.Namespace) -> int:
         )
         emit(negotiation_message(n), "", as_json=True)
         return 0
-    emit(_info(info), _line(info), as_json=args.json)
+    emit(negotiation_json(info), _line(info), as_json=args.json)
     return 0
 
 
@@ -368,7 +371,9 @@ def run_agreements(args: argparse.Namespace) -> int:
     """List agreements."""
     found = _agreements(args.config)
     emit(
-        [_info(n) for n in found], "\n".join(_line(n) for n in found) or "(none)", as_json=args.json
+        [negotiation_json(n) for n in found],
+        "\n".join(_line(n) for n in found) or "(none)",
+        as_json=args.json,
     )
     return 0
 
@@ -385,7 +390,7 @@ def run_show_agreement(args: argparse.Namespace) -> int:
                 emit(agreement_message(terms, space=space), "", as_json=True)
                 return 0
             data = {
-                **_info(n),
+                **negotiation_json(n),
                 "terms": {k: v for k, v in terms.__dict__.items()},
                 "signed": n.agreement,
             }
@@ -446,5 +451,5 @@ def run_revoke(args: argparse.Namespace) -> int:
             admin_pb2.RevokeAgreementRequest(agreement_id=args.agreement_id, reason=args.reason),
             timeout=30,
         )
-    emit(_info(info), _line(info), as_json=args.json)
+    emit(negotiation_json(info), _line(info), as_json=args.json)
     return 0

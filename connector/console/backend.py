@@ -49,20 +49,12 @@ ROWS = 100
 """Rows a list page shows: the admin API pages them (rendering 10,000 rows took ~1.5 s)."""
 
 
-def negotiation(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
-    """A negotiation as the pages show it."""
-    return {
-        "pid": n.pid,
-        "role": n.role,
-        "counterparty": n.counterparty,
-        "product": n.product_id,
-        "offer": n.offer_id,
-        "purpose": n.purpose,
-        "state": n.state,
-        "reasons": list(n.reasons),
-        "agreement_id": n.agreement_id,
-        "revoked": bool(n.revocation),
-    }
+def negotiation_json(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
+    """A negotiation as ``tds negotiate --json`` prints it (one rendering; the CLI module is
+    imported on first use, as the other renderings are)."""
+    from connector.cli.negotiate import negotiation_json as rendered
+
+    return rendered(n)
 
 
 _FAR_NS = 253402300800 * 10**9
@@ -206,7 +198,7 @@ class AdminBackend:
                 ),
                 timeout=_TIMEOUT,
             )
-        return [negotiation(n) for n in resp.negotiations], resp.next_page_token
+        return [negotiation_json(n) for n in resp.negotiations], resp.next_page_token
 
     def negotiation(self, pid: str) -> dict[str, Any]:
         """One negotiation with its transitions from this connector's log, oldest first."""
@@ -217,7 +209,7 @@ class AdminBackend:
                 admin_pb2.NegotiationRef(pid=pid, with_transitions=True), timeout=_TIMEOUT
             )
         return {
-            **negotiation(info),
+            **negotiation_json(info),
             "transitions": [
                 {
                     "from": t.from_state,
@@ -239,7 +231,7 @@ class AdminBackend:
             raise InvalidRequest(f"unknown decision {action!r}: approve or reject")
         with calling("your connector"):
             info = method(admin_pb2.NegotiationRef(pid=pid, reason=reason), timeout=_TIMEOUT)
-        return negotiation(info)
+        return negotiation_json(info)
 
     def revoke(self, agreement_id: str, reason: str) -> dict[str, Any]:
         """Revoke an agreement this connector provided; the reason is signed into it."""
@@ -250,7 +242,7 @@ class AdminBackend:
                 admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason),
                 timeout=_TIMEOUT,
             )
-        return negotiation(info)
+        return negotiation_json(info)
 
     def transfers(
         self, page_token: str = "", *, role: str = "", holdings: bool = False
