@@ -34,7 +34,6 @@ from connector.store.models import MeteringRow, StreamSubscriptionRow, StreamWin
 __all__ = [
     "NEXT_PERIOD",
     "PERIOD_REASONS",
-    "STREAM_STATES",
     "StreamLimits",
     "StreamState",
     "StreamStore",
@@ -44,7 +43,6 @@ __all__ = [
 STARTED = "STARTED"
 SUSPENDED = "SUSPENDED"
 TERMINATED = "TERMINATED"
-STREAM_STATES = (STARTED, SUSPENDED, TERMINATED)
 
 MESSAGE_LIMIT = "message_limit_reached"
 BYTE_LIMIT = "byte_limit_reached"

@@ -276,10 +276,6 @@ class StreamConsumer:
             raise PreconditionFailed(f"agreement {agreement_id} is not between us and its provider")
         return agreement
 
-    def streams(self) -> list[StreamState]:
-        """Every stream this connector receives (for ``tds data list``)."""
-        return self._store.all(CONSUMER)
-
     def follow(
         self,
         agreement_id: str,
@@ -773,7 +769,6 @@ class _Received:
     last_sequence: int = 0
     kept: int = 0
     window: int = -1
-    started: float = field(default_factory=time.monotonic)
     unsigned: collections.deque[tuple[Window, str]] = field(default_factory=collections.deque)
     """Windows signed and sent, not yet countersigned back."""
 
