@@ -107,6 +107,45 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             )
             _add_timeout(p)
         p.set_defaults(func=run_decide, action=name)
+    for name, helptext, description in (
+        (
+            "offer",
+            "answer a request waiting for you with other terms (as the provider)",
+            "Send the consumer a counter-offer: another published offer of the same product "
+            "and a purpose, which your contract policy must allow for the requester. The "
+            "consumer accepts it (you then agree at once over these terms) or counters.",
+        ),
+        (
+            "counter",
+            "answer the provider's offer with other terms (as the consumer)",
+            "Send the provider a counter-request on its offer: one of the product's offers "
+            "and your purpose, decided by its contract policy as a first request is.",
+        ),
+        (
+            "accept",
+            "accept the provider's offer (as the consumer)",
+            "Accept the terms the provider offered (tds negotiations show PID); the provider "
+            "then sends the agreement signed over them. With --wait, follow it until it is "
+            "FINALIZED or TERMINATED.",
+        ),
+    ):
+        p = nsub.add_parser(name, help=helptext, description=description)
+        p.add_argument("pid", help="the negotiation's id on your connector (tds negotiations list)")
+        p.add_argument("--config", required=True, type=Path, help="your connector's config")
+        if name != "accept":
+            p.add_argument("--offer", required=True, help="the id of one of the product's offers")
+            p.add_argument("--purpose", required=True, help="the one purpose proposed")
+        p.add_argument(
+            "--wait",
+            type=float,
+            nargs="?",
+            const=0.0,
+            metavar="SECONDS",
+            help="follow it until it is FINALIZED or TERMINATED (SECONDS sets --timeout)",
+        )
+        _add_timeout(p)
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+        p.set_defaults(func=run_terms, action=name)
 
     ag = sub.add_parser("agreements", help="signed agreements")
     asub = ag.add_subparsers(dest="agreements_command", required=True, metavar="COMMAND")
@@ -361,6 +400,28 @@ def run_decide(args: argparse.Namespace) -> int:
         return 0
     emit(negotiation_json(info), _line(info), as_json=args.json)
     return 0
+
+
+def run_terms(args: argparse.Namespace) -> int:
+    """Offer, counter or accept terms on one negotiation; optionally wait for its outcome."""
+    stub = _admin(args.config)
+    seconds = _limit(args)
+    deadline = time.monotonic() + seconds
+    with _answering(seconds):
+        if args.action == "accept":
+            info = stub.AcceptNegotiation(admin_pb2.NegotiationRef(pid=args.pid), timeout=seconds)
+        else:
+            terms = admin_pb2.NegotiationTerms(
+                pid=args.pid, offer_id=args.offer, purpose=args.purpose
+            )
+            method = stub.OfferNegotiation if args.action == "offer" else stub.CounterNegotiation
+            info = method(terms, timeout=seconds)
+        if args.wait is not None:
+            info = _wait_final(stub, admin_pb2.NegotiationRef(pid=args.pid), info, deadline)
+            if info.state not in FINAL:
+                raise _gave_up(stub, info, seconds, args.config)
+    emit(negotiation_json(info), _line(info), as_json=args.json)
+    return 1 if info.state == "TERMINATED" else 0
 
 
 def _agreements(config: Path) -> list[admin_pb2.NegotiationInfo]:

@@ -37,6 +37,7 @@ from connector.negotiation.dsp import (
     agreement_message,
     contract_request_message,
     event_message,
+    offer_message,
     process_id,
     termination_message,
     verification_message,
@@ -187,19 +188,13 @@ class DspDelivery:
             raise  # the registry could not be asked: the outbox tries again later
         except ConnectorError as exc:
             raise PermanentRefusal(f"not sent to {address!r}: {exc}") from None
-        if method == "RequestContract":
-            request = negotiation_pb2.ContractRequest.FromString(pending.payload)
-            message = contract_request_message(
-                consumer_pid=request.consumer_pid,
-                product=request.product_id,
-                offer=request.offer_id,
-                purpose=request.purpose,
-                callback=self._callback(),
-            )
-            answer = self._send(address + "/negotiations/request", pending.target, message)
+        if method in ("RequestContract", "Accept"):
+            url, message = self._consumer_message(method, pending, address)
+            answer = self._send(url, pending.target, message)
             ack = self._state_of(answer, n)
             if ack is None:
                 raise PermanentRefusal("the provider did not answer with a ContractNegotiation")
+            # A TERMINATED answer ends it here; an agreement comes to the callback.
             return negotiator.request_answered(n.pid, pending.target, ack, delivered=pending.id)
         if method == "VerifyAgreement":
             verified = negotiation_pb2.AgreementMessage.FromString(pending.payload)
@@ -219,12 +214,44 @@ class DspDelivery:
         self._send(*self._provider_message(method, pending, n, address))
         return False
 
+    def _consumer_message(
+        self, method: str, pending: Pending, address: str
+    ) -> tuple[str, dict[str, Any]]:
+        """URL and message of a request (first or counter) or an acceptance."""
+        if method == "Accept":
+            event = negotiation_pb2.NegotiationEvent.FromString(pending.payload)
+            message = event_message(event.provider_pid, event.consumer_pid, event.state)
+            return f"{address}/negotiations/{process_id(event.provider_pid)}/events", message
+        request = negotiation_pb2.ContractRequest.FromString(pending.payload)
+        message = contract_request_message(
+            consumer_pid=request.consumer_pid,
+            product=request.product_id,
+            offer=request.offer_id,
+            purpose=request.purpose,
+            callback=self._callback(),
+            provider_pid=request.provider_pid,
+        )
+        if request.provider_pid:  # a counter-request (#negotiations-providerpid-request-post)
+            return f"{address}/negotiations/{process_id(request.provider_pid)}/request", message
+        return address + "/negotiations/request", message
+
     def _provider_message(
         self, method: str, pending: Pending, n: Negotiation, address: str
     ) -> tuple[str, str, dict[str, Any]]:
-        """URL, peer and message of what needs no answer taken: the agreement, the
-        FINALIZED event, a termination."""
-        if method == "SendAgreement":
+        """URL, peer and message of what needs no answer taken: an offer, the agreement,
+        the FINALIZED event, a termination."""
+        if method == "SendOffer":
+            offered = negotiation_pb2.ContractOffer.FromString(pending.payload)
+            message = offer_message(
+                provider_pid=offered.provider_pid,
+                consumer_pid=offered.consumer_pid,
+                product=offered.product_id,
+                offer=offered.offer_id,
+                purpose=offered.purpose,
+                terms=self._negotiator().published_offer(offered.product_id, offered.offer_id),
+            )
+            path = f"/negotiations/{process_id(offered.consumer_pid)}/offers"
+        elif method == "SendAgreement":
             sent = negotiation_pb2.AgreementMessage.FromString(pending.payload)
             message = agreement_message(
                 parse_agreement(sent.agreement), space=self._space, signed=sent.agreement

@@ -8,17 +8,19 @@ and its expanded-then-compacted content: the same message sent again is recognis
 repeat and changes nothing.
 
 Provider side: ``POST /negotiations/request``, ``GET /negotiations/{pid}``,
-``/events`` (ACCEPTED), ``/agreement/verification`` and ``/termination``. Consumer side
-(the ``callbackAddress`` a tds consumer sends is its binding's base URL):
-``/negotiations/{cid}/agreement``, ``/events`` (FINALIZED) and ``/termination``. One path
+``/request`` (a counter-request), ``/events`` (ACCEPTED), ``/agreement/verification`` and
+``/termination``. Consumer side (the ``callbackAddress`` a tds consumer sends is its
+binding's base URL): ``/negotiations/{cid}/offers`` (a counter-offer),
+``/agreement``, ``/events`` (FINALIZED) and ``/termination``. One path
 serves both roles where the specification gives them the same one: the process id in the
 path says which of this connector's negotiations, and so which role, a message is for.
 What this connector sends back goes through the outbox (connector.dsp.delivery).
 
 The agreement is tds's dual-signed document: it travels as :data:`SIGNED_AGREEMENT`
 beside its ODRL rendering, the provider's signature in the agreement message, both in the
-verification message. Not built (no route, so 404): counter-offers
-(``/negotiations/{pid}/request``, ``/negotiations/offers``, ``/negotiations/{cid}/offers``).
+verification message. Not built: an offer that starts a negotiation
+(``POST /negotiations/offers``, provider-initiated; no route, so 405 beside the GET of
+``/negotiations/{pid}``): a tds negotiation always starts with the consumer's request.
 """
 
 from __future__ import annotations
@@ -143,6 +145,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         mine, theirs = (
             ("providerPid", "consumerPid") if n.role == PROVIDER else ("consumerPid", "providerPid")
         )
+        for key in (mine, theirs):  # optional in some messages' schemas, not on this path
+            if not message.get(key):
+                raise InvalidRequest(f"a message to /negotiations/{{pid}}/… names its {key}")
         if local_pid(str(message[mine])) != n.pid:
             raise InvalidRequest(f"the message's {mine} is not the process in the path")
         known = n.counterparty_pid
@@ -166,7 +171,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
 
         def work() -> dict[str, Any]:
             message = exchange.read(raw, message_type)
-            note_pids(request, str(message["providerPid"]), str(message["consumerPid"]))
+            note_pids(
+                request, str(message.get("providerPid", "")), str(message.get("consumerPid", ""))
+            )
             n = addressed(caller, pid, message)
             act(caller, message, n)
             return shown(own(caller, n.pid))
@@ -198,6 +205,48 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             return shown(exchange.negotiator.get(ack.pid))
 
         return exchange.answer("ContractNegotiation", await exchange.run(work), status=201)
+
+    async def counter_request(request: web.Request) -> web.Response:
+        """``#negotiations-providerpid-request-post``: the consumer's counter-request on
+        our offer (OFFERED → REQUESTED), decided by the contract policy as a first request:
+        refused (TERMINATED), waiting for approval (REQUESTED) or agreed at once (AGREED,
+        the agreement then sent to the callback address)."""
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            if n.role != PROVIDER:
+                raise NotFound("no such negotiation")
+            product, offer = _product_and_offer(message["offer"])
+            req = negotiation_pb2.ContractRequest(
+                message_id=message_id(caller, message),
+                consumer_pid=n.counterparty_pid,
+                provider_pid=n.pid,
+                product_id=product,
+                offer_id=offer,
+                purpose=_purpose(message["offer"]),
+            )
+            return exchange.negotiator.receive_request(caller, req)
+
+        return await serve(request, "ContractRequestMessage", act)
+
+    async def receive_offer(request: web.Request) -> web.Response:
+        """``#negotiations-consumerpid-offers-post``: the provider's counter-offer on our
+        request (REQUESTED → OFFERED); our admin accepts or counters it."""
+
+        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+            if n.role != CONSUMER:
+                raise NotFound("no such negotiation")
+            product, offer = _product_and_offer(message["offer"])
+            offered = negotiation_pb2.ContractOffer(
+                message_id=message_id(caller, message),
+                provider_pid=local_pid(str(message["providerPid"])),
+                consumer_pid=n.pid,
+                product_id=product,
+                offer_id=offer,
+                purpose=_purpose(message["offer"]),
+            )
+            return exchange.negotiator.receive_offer(caller, offered)
+
+        return await serve(request, "ContractOfferMessage", act)
 
     async def get_negotiation(request: web.Request) -> web.Response:
         """``#negotiations-get-provider`` and ``#negotiations-get-consumer``."""
@@ -288,6 +337,8 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
     return [
         web.post("/negotiations/request", request_contract),
         web.get("/negotiations/{pid}", get_negotiation),
+        web.post("/negotiations/{pid}/request", counter_request),
+        web.post("/negotiations/{pid}/offers", receive_offer),
         web.post("/negotiations/{pid}/agreement/verification", verify_agreement),
         web.post("/negotiations/{pid}/agreement", receive_agreement),
         web.post("/negotiations/{pid}/events", receive_event),

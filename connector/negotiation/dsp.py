@@ -30,6 +30,7 @@ __all__ = [
     "dataset_message",
     "event_message",
     "negotiation_message",
+    "offer_message",
     "process_id",
     "termination_message",
     "verification_message",
@@ -218,29 +219,64 @@ def _pids(provider_pid: str, consumer_pid: str) -> dict[str, str]:
     return {"providerPid": process_id(provider_pid), "consumerPid": process_id(consumer_pid)}
 
 
-def contract_request_message(
-    *, consumer_pid: str, product: str, offer: str, purpose: str, callback: str
-) -> dict[str, Any]:
-    """A consumer's initial ``ContractRequestMessage`` for one offer of the provider's
-    catalog, with the one purpose it asks for (``odrl:purpose eq``)."""
+def _proposed(product: str, offer: str, purpose: str, terms: Any = None) -> dict[str, Any]:
+    """An ODRL ``Offer`` naming one offer of the catalog and the one purpose proposed
+    (``odrl:purpose eq``); with ``terms`` (the published ``Offer``), its limits too."""
+    constraints: list[dict[str, Any]] = [
+        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": purpose}
+    ]
+    if terms is not None:
+        constraints += _constraints(terms, [purpose])[1:]  # all but the purposes' list
     return {
+        "@id": _urn("offer", f"{product}/{offer}"),
+        "@type": "Offer",
+        "target": _urn("dataset", product),
+        "permission": [{"action": "use", "constraint": constraints}],
+    }
+
+
+def contract_request_message(
+    *,
+    consumer_pid: str,
+    product: str,
+    offer: str,
+    purpose: str,
+    callback: str = "",
+    provider_pid: str = "",
+) -> dict[str, Any]:
+    """A consumer's ``ContractRequestMessage`` for one offer of the provider's catalog,
+    with the one purpose it asks for (``odrl:purpose eq``): an initial one (with the
+    ``callback`` address) or, with ``provider_pid``, a counter-request on the provider's
+    offer (the specification allows one of the two)."""
+    message: dict[str, Any] = {
         "@context": CONTEXT,
         "@type": "ContractRequestMessage",
         "consumerPid": process_id(consumer_pid),
-        "offer": {
-            "@id": _urn("offer", f"{product}/{offer}"),
-            "@type": "Offer",
-            "target": _urn("dataset", product),
-            "permission": [
-                {
-                    "action": "use",
-                    "constraint": [
-                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": purpose}
-                    ],
-                }
-            ],
-        },
-        "callbackAddress": callback,
+        "offer": _proposed(product, offer, purpose),
+    }
+    if provider_pid:
+        message["providerPid"] = process_id(provider_pid)
+    else:
+        message["callbackAddress"] = callback
+    return message
+
+
+def offer_message(
+    *,
+    provider_pid: str,
+    consumer_pid: str,
+    product: str,
+    offer: str,
+    purpose: str,
+    terms: Any = None,
+) -> dict[str, Any]:
+    """A provider's ``ContractOfferMessage`` on a consumer's request: one published offer
+    of the product (``terms``, when at hand, adds its limits) for one purpose."""
+    return {
+        "@context": CONTEXT,
+        "@type": "ContractOfferMessage",
+        **_pids(provider_pid, consumer_pid),
+        "offer": _proposed(product, offer, purpose, terms),
     }
 
 

@@ -9,6 +9,14 @@ asked for and the provider's directory key, countersigned (VERIFIED) and sent ba
 provider verifies the countersignature, finalizes, and answers FINALIZED, which
 finalizes the consumer's side.
 
+Counter-offers (DSP 2025-1: REQUESTED → OFFERED ⇄ REQUESTED, OFFERED → ACCEPTED → AGREED):
+the provider's admin may answer a waiting request with other terms — another published
+offer of the product and a purpose — which the contract policy must allow for the
+requester; the consumer's admin accepts them (the provider then decides again and agrees
+at once: its admin's offer was the approval) or answers with a counter-request, which the
+contract policy decides like a first request. The terms on the table are the
+negotiation's ``offer`` and ``purpose``; the agreement is signed over the ones accepted.
+
 Every transition is written to the audit log in the transaction that stores it, before
 it is acknowledged.
 """
@@ -46,6 +54,7 @@ from connector.errors import (
     Unavailable,
     VerificationError,
 )
+from connector.identifiers import LABEL_ID, PROCESS_ID
 from connector.negotiation.agreement import (
     Agreement,
     countersigned_agreement,
@@ -215,26 +224,46 @@ class Negotiator:
         expect: Callable[[Negotiation], bool] | None = None,
         terms: dict[str, Any] | None = None,
         decided: list[Record] | None = None,
+        offer: str | None = None,
+        purpose: str | None = None,
+        requester: dict[str, Any] | None = None,
+        details: dict[str, object] | None = None,
+        every_step: bool = False,
     ) -> Negotiation:
         """Move ``n`` (or the negotiation of that pid: ``expect`` checks it as read).
 
         ``decided``: decisions that led to the move, logged before it in its transaction
-        (and emptied once committed).
+        (and emptied once committed). ``offer``, ``purpose``: the terms now on the table.
+        ``details``: more for the audit entries. ``every_step``: one entry per step (as a
+        request agreed at once logs REQUESTED and AGREED), else one for the whole move.
         """
         # The store locks the row, checks the move and makes it, then calls ``record`` in
         # the same transaction: the log never shows a transition the protocol refuses, and
         # nothing is acknowledged that the log does not hold.
-        extra: dict[str, object] = {}
+        extra: dict[str, object] = dict(details or {})
         if agreement_id:
             extra["agreement_id"] = agreement_id
         if reasons:
             extra["reasons"] = list(reasons)
 
         def record(was: Negotiation) -> Callable[[RawTransaction], Any]:
-            moved = _moved(
-                was.state, steps[-1], was.role, was.counterparty, was.product, was.pid, extra
-            )
-            return self._audit.prepare([*(decided or ()), moved])
+            moved = []
+            start = was.state
+            for step in steps if every_step else steps[-1:]:
+                last = step == steps[-1]
+                moved.append(
+                    _moved(
+                        start,
+                        step,
+                        was.role,
+                        was.counterparty,
+                        was.product,
+                        was.pid,
+                        extra if last else details,
+                    )
+                )
+                start = step
+            return self._audit.prepare([*(decided or ()), *moved])
 
         result = self._store.transition(
             n if isinstance(n, str) else n.pid,
@@ -249,6 +278,9 @@ class Negotiator:
             delivered=delivered,
             expect=expect,
             terms=terms,
+            offer=offer,
+            purpose=purpose,
+            requester=requester,
             prepare=record,
         )
         if decided:
@@ -311,8 +343,9 @@ class Negotiator:
         ack: negotiation_pb2.NegotiationAck,
         delivered: int | None = None,
     ) -> bool:
-        """The provider's answer to our request: its process id and, when it agreed at
-        once, the agreement (verified and countersigned here); or an immediate refusal.
+        """The provider's answer to our request (a first one or a counter-request) or to our
+        acceptance of its offer: its process id and, when it agreed at once, the agreement
+        (verified and countersigned here); or an immediate refusal.
 
         ``provider`` is the connector the request went to over mutual TLS: the answer is
         as authentic as a call from it. ``delivered``: the request's outbox row, marked
@@ -330,7 +363,7 @@ class Negotiator:
                 delivered=delivered,
             )
             return True
-        if ack.agreement and n.state == State.REQUESTED:
+        if ack.agreement and n.state in (State.REQUESTED, State.ACCEPTED):
             try:
                 self._countersign(n, provider, ack.agreement, ack.pid, delivered=delivered)
             except (InvalidRequest, VerificationError) as exc:
@@ -458,6 +491,8 @@ class Negotiator:
         """
         if not req.consumer_pid or not req.message_id:
             raise InvalidRequest("a contract request needs consumer_pid and message_id")
+        if req.provider_pid:
+            return self._receive_counter(caller, req)
         known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
         if known is not None:  # a repeated request: same answer, nothing changes
             return _ack(known)
@@ -707,8 +742,25 @@ class Negotiator:
         consent withdrawn while it waited refuses it). A refused approval changes nothing
         (its decision is logged): the admin rejects the negotiation to tell the consumer.
         """
+        n = self._waiting(pid, (State.REQUESTED, State.ACCEPTED), "approve")
+        product, offer = self._still_published(n, n.offer, "approve")
+        decided: list[Record] = []
+        try:
+            decision = self._decide_again(n, product, offer, n.purpose, decided, "approve")
+            terms = {
+                k: decision.obligations[k] for k in CONTRACT_TERMS if k in decision.obligations
+            }
+            # Logged with the transition, in its transaction.
+            return self._agree(n, product, offer, terms, decision.revision, decided)
+        finally:
+            if decided:  # the transition did not take them: log them on their own
+                self._audit.record_many(decided)
+
+    def _waiting(self, pid: str, states: tuple[State, ...], action: str) -> Negotiation:
+        """Our negotiation ``pid`` as provider, waiting in one of ``states`` for the admin,
+        with its requester's identity as verified then and not revoked since."""
         n = self._own_local(pid, PROVIDER)
-        if n.state not in (State.REQUESTED, State.ACCEPTED):
+        if n.state not in states:
             raise PreconditionFailed(f"negotiation {pid} is {n.state.value}, not waiting")
         if not n.requester:
             raise PreconditionFailed(
@@ -719,38 +771,308 @@ class Negotiator:
         try:
             self._revoked(n.counterparty, int(n.requester["certificate_serial"]))
         except AuthenticationError as exc:
-            raise PreconditionFailed(f"cannot approve negotiation {pid}: {exc}") from None
-        published = self._catalog.published(n.product, n.offer)
+            raise PreconditionFailed(f"cannot {action} negotiation {pid}: {exc}") from None
+        return n
+
+    def _still_published(self, n: Negotiation, offer_id: str, action: str) -> tuple[Product, Offer]:
+        published = self._catalog.published(n.product, offer_id)
         if published is None:
             raise PreconditionFailed(
-                f"cannot approve negotiation {pid}: offer {n.offer!r} of product "
-                f"{n.product!r} is no longer published; reject it"
+                f"cannot {action} negotiation {n.pid}: offer {offer_id!r} of product "
+                f"{n.product!r} is "
+                + ("no longer published; reject it" if action == "approve" else "not published")
             )
-        product, offer = published
+        return published
+
+    def _decide_again(
+        self,
+        n: Negotiation,
+        product: Product,
+        offer: Offer,
+        purpose: str,
+        decided: list[Record],
+        action: str,
+    ) -> Any:
+        """The contract decision, now, for the waiting requester and these terms; refused
+        (``PreconditionFailed``, nothing changed) unless it allows them."""
+        assert n.requester is not None
+        document = self._contract_input(n.requester["subject"], product, offer, purpose)
+        try:
+            decision = self._policy.decide(document, defer=decided)
+        except Unavailable as exc:  # the engine did not answer: the request may be fine
+            raise Unavailable(
+                f"cannot {action} negotiation {n.pid} now: {exc}; it still waits, "
+                f"{action} it again then"
+            ) from None
+        if not decision.allow or decision.visible is False:
+            reasons = ", ".join(decision.deny) or "not visible to the requester"
+            raise PreconditionFailed(
+                f"cannot {action} negotiation {n.pid}: the contract policy "
+                + ("now denies it" if action == "approve" else "denies these terms")
+                + f" ({reasons}); reject it to tell {n.counterparty}"
+            )
+        return decision
+
+    # -- counter-offers ---------------------------------------------------------------
+
+    @retrying
+    def offer(self, pid: str, offer_id: str, purpose: str) -> Negotiation:
+        """The provider's admin answers a request waiting for it with other terms
+        (REQUESTED → OFFERED): ``offer_id``, a published offer of the same product, for
+        ``purpose``. Only terms the contract policy allows the requester are offered; the
+        offer is sent to the consumer, who accepts it or counters."""
+        LABEL_ID.check(offer_id)
+        LABEL_ID.check(purpose)
+        n = self._waiting(pid, (State.REQUESTED,), "offer on")
+        if (offer_id, purpose) == (n.offer, n.purpose):
+            raise InvalidRequest(
+                f"offer {offer_id!r} for {purpose!r} is what {n.counterparty} requested: "
+                "approve the negotiation instead"
+            )
+        product, offer = self._still_published(n, offer_id, "offer on")
         decided: list[Record] = []
         try:
-            document = self._contract_input(n.requester["subject"], product, offer, n.purpose)
+            decision = self._decide_again(n, product, offer, purpose, decided, "offer on")
+            msg = negotiation_pb2.ContractOffer(
+                message_id=uuid.uuid4().hex,
+                provider_pid=n.pid,
+                consumer_pid=n.counterparty_pid,
+                product_id=n.product,
+                offer_id=offer.id,
+                purpose=purpose,
+            )
+            return self._transition(
+                n,
+                State.OFFERED,
+                offer=offer.id,
+                purpose=purpose,
+                details={"offer": offer.id, "purpose": purpose, "decision": decision.id},
+                outgoing=[_outgoing(n.peer_address, n.counterparty, "SendOffer", msg)],
+                decided=decided,
+            )
+        finally:
+            if decided:
+                self._audit.record_many(decided)
+
+    @retrying
+    def receive_offer(
+        self, caller: Caller, msg: negotiation_pb2.ContractOffer
+    ) -> negotiation_pb2.NegotiationAck:
+        """Provider → consumer: other terms for our request (REQUESTED → OFFERED), kept as
+        the terms on the table until our admin accepts or counters them."""
+        n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id)
+        if seen:
+            return _ack(n)
+        PROCESS_ID.check(msg.provider_pid)
+        known = n.counterparty_pid
+        if not known.startswith("pending:") and msg.provider_pid != known:
+            raise NotFound("no such negotiation")
+        if msg.product_id and msg.product_id != n.product:
+            raise InvalidRequest(
+                f"an offer in this negotiation is for product {n.product!r}, not {msg.product_id!r}"
+            )
+        LABEL_ID.check(msg.offer_id)
+        LABEL_ID.check(msg.purpose)
+        n = self._transition(
+            n,
+            State.OFFERED,
+            offer=msg.offer_id,
+            purpose=msg.purpose,
+            counterparty_pid=msg.provider_pid,
+            details={"offer": msg.offer_id, "purpose": msg.purpose},
+            inbox=(msg.message_id, caller.participant),
+        )
+        return _ack(n)
+
+    def _offered(self, pid: str, action: str) -> Negotiation:
+        n = self._own_local(pid, CONSUMER)
+        if n.state != State.OFFERED:
+            raise PreconditionFailed(
+                f"cannot {action} on negotiation {pid}: it is {n.state.value}, and only an "
+                "OFFERED negotiation holds an offer from the provider"
+            )
+        return n
+
+    @retrying
+    def accept(self, pid: str) -> Negotiation:
+        """The consumer's admin accepts the provider's offer (OFFERED → ACCEPTED); the
+        provider then sends the agreement over those terms."""
+        n = self._offered(pid, "accept an offer")
+        event = negotiation_pb2.NegotiationEvent(
+            message_id=uuid.uuid4().hex,
+            provider_pid=n.counterparty_pid,
+            consumer_pid=n.pid,
+            state=State.ACCEPTED.value,
+        )
+        return self._transition(
+            n,
+            State.ACCEPTED,
+            details={"offer": n.offer, "purpose": n.purpose},
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "Accept", event)],
+        )
+
+    @retrying
+    def counter(self, pid: str, offer_id: str, purpose: str) -> Negotiation:
+        """The consumer's admin answers the provider's offer with other terms (OFFERED →
+        REQUESTED): a counter-request, decided by the provider's contract policy."""
+        LABEL_ID.check(offer_id)
+        LABEL_ID.check(purpose)
+        n = self._offered(pid, "counter")
+        if (offer_id, purpose) == (n.offer, n.purpose):
+            raise InvalidRequest(
+                f"offer {offer_id!r} for {purpose!r} is what {n.counterparty} offered: "
+                "accept it instead"
+            )
+        request = negotiation_pb2.ContractRequest(
+            message_id=uuid.uuid4().hex,
+            consumer_pid=n.pid,
+            provider_pid=n.counterparty_pid,
+            product_id=n.product,
+            offer_id=offer_id,
+            purpose=purpose,
+        )
+        return self._transition(
+            n,
+            State.REQUESTED,
+            offer=offer_id,
+            purpose=purpose,
+            details={"offer": offer_id, "purpose": purpose},
+            outgoing=[_outgoing(n.peer_address, n.counterparty, "RequestContract", request)],
+        )
+
+    def _receive_counter(
+        self, caller: Caller, req: negotiation_pb2.ContractRequest
+    ) -> negotiation_pb2.NegotiationAck:
+        """Consumer → provider: a counter-request on our offer (OFFERED → REQUESTED),
+        decided by the contract policy as a first request is: refused (→ TERMINATED),
+        waiting for approval, or agreed at once over the terms it names (→ AGREED)."""
+        n, seen = self._own(req.provider_pid, PROVIDER, caller, req.message_id)
+        if seen:
+            return _ack(n)
+        if req.consumer_pid != n.counterparty_pid:
+            raise NotFound("no such negotiation")
+        if req.product_id and req.product_id != n.product:
+            raise InvalidRequest(
+                f"a counter-request in this negotiation is for product {n.product!r}, not "
+                f"{req.product_id!r}"
+            )
+        LABEL_ID.check(req.purpose)
+        check_transition(n.state, State.REQUESTED)  # out of order: refused before deciding
+        decided: list[Record] = []
+        try:
+            product = self._catalog.own(n.product)
             try:
-                decision = self._policy.decide(document, defer=decided)
-            except Unavailable as exc:  # the engine did not answer: the request may be fine
-                raise Unavailable(
-                    f"cannot approve negotiation {pid} now: {exc}; it still waits, "
-                    "approve it again then"
+                offer = product.offer(req.offer_id)
+            except KeyError:
+                raise NotFound(
+                    f"offer {req.offer_id!r} of product {product.id!r} not found"
                 ) from None
-            if not decision.allow or decision.visible is False:
-                reasons = ", ".join(decision.deny) or "not visible to the requester"
-                raise PreconditionFailed(
-                    f"cannot approve negotiation {pid}: the contract policy now denies it "
-                    f"({reasons}); reject it to tell {n.counterparty}"
-                )
+            subject = subject_of(caller)
+            decision = self._policy.decide(
+                self._contract_input(subject, product, offer, req.purpose), defer=decided
+            )
+            visible = decision.visible
+            if visible is None:
+                try:
+                    self._catalog.get_visible(caller, product.id, defer=decided)
+                    visible = True
+                except NotFound:
+                    visible = False
             terms = {
                 k: decision.obligations[k] for k in CONTRACT_TERMS if k in decision.obligations
             }
-            # Logged with the transition, in its transaction.
-            return self._agree(n, product, offer, terms, decision.revision, decided)
+            details: dict[str, object] = {
+                "offer": offer.id,
+                "purpose": req.purpose,
+                "decision": decision.id,
+            }
+            common: dict[str, Any] = {
+                "offer": offer.id,
+                "purpose": req.purpose,
+                "inbox": (req.message_id, caller.participant),
+                "decided": decided,
+                "every_step": True,
+            }
+            if not decision.allow or not visible:
+                reasons = list(decision.deny) or ["not visible to the requester"]
+                n = self._transition(
+                    n,
+                    State.REQUESTED,
+                    State.TERMINATED,
+                    reasons=reasons,
+                    details=details,
+                    **common,
+                )
+            elif decision.needs_approval:
+                n = self._transition(
+                    n,
+                    State.REQUESTED,
+                    terms=terms,
+                    requester={"subject": subject, "certificate_serial": caller.certificate_serial},
+                    details={**details, "needs_approval": True, **terms},
+                    **common,
+                )
+            else:
+                n = self._agree_at_once(
+                    n,
+                    product,
+                    offer,
+                    req.purpose,
+                    terms,
+                    decision.revision,
+                    details,
+                    common,
+                    State.REQUESTED,
+                )
+            return _ack(n)
         finally:
-            if decided:  # the transition did not take them: log them on their own
+            if decided:
                 self._audit.record_many(decided)
+
+    def _agree_at_once(
+        self,
+        n: Negotiation,
+        product: Product,
+        offer: Offer,
+        purpose: str,
+        terms: dict[str, Any],
+        revision: str,
+        details: dict[str, object],
+        common: dict[str, Any],
+        first: State,
+    ) -> Negotiation:
+        """``first`` then AGREED, in one transaction: the agreement signed over ``offer``
+        for ``purpose`` goes back in the answer (gRPC) or to the consumer's callback (DSP)."""
+        agreement_id, signed = self._agreement(
+            pid=n.pid,
+            consumer=n.counterparty,
+            consumer_pid=n.counterparty_pid,
+            product=product,
+            offer=offer,
+            purpose=purpose,
+            terms=terms,
+            revision=revision,
+        )
+        outgoing = []
+        if n.peer_address:  # a DSP answer carries no agreement: it goes to the callback
+            msg = negotiation_pb2.AgreementMessage(
+                message_id=uuid.uuid4().hex,
+                provider_pid=n.pid,
+                consumer_pid=n.counterparty_pid,
+                agreement=signed,
+            )
+            outgoing.append(_outgoing(n.peer_address, n.counterparty, "SendAgreement", msg))
+        return self._transition(
+            n,
+            first,
+            State.AGREED,
+            agreement=signed,
+            agreement_id=agreement_id,
+            terms=terms,
+            outgoing=outgoing,
+            details=details,
+            **common,
+        )
 
     @retrying
     def receive_verification(
@@ -797,16 +1119,64 @@ class Negotiator:
         self, caller: Caller, event: negotiation_pb2.NegotiationEvent
     ) -> negotiation_pb2.NegotiationAck:
         """Consumer → provider: it accepts the provider's offer (OFFERED → ACCEPTED,
-        #negotiations-providerpid-events-post). The agreement then follows the admin's
-        approval, as for a request that waits. Out of state order (no offer outstanding):
-        ``PreconditionFailed``."""
+        #negotiations-providerpid-events-post). Our admin's offer was the approval: the
+        contract policy decides again, now, over the offered terms, and the agreement is
+        signed over them at once (→ AGREED; in the answer over gRPC, to the callback over
+        DSP), or the negotiation ends (→ TERMINATED) if the policy no longer allows them or
+        the offer is no longer published. Out of state order (no offer outstanding):
+        ``PreconditionFailed``, nothing changed."""
         n, seen = self._own(event.provider_pid, PROVIDER, caller, event.message_id)
         if seen:
             return _ack(n)
         if event.state != State.ACCEPTED.value:
             raise InvalidRequest("a consumer's event to the provider is ACCEPTED")
-        n = self._transition(n, State.ACCEPTED, inbox=(event.message_id, caller.participant))
-        return _ack(n)
+        if event.consumer_pid and event.consumer_pid != n.counterparty_pid:
+            raise NotFound("no such negotiation")
+        check_transition(n.state, State.ACCEPTED)  # out of order: refused before deciding
+        decided: list[Record] = []
+        common: dict[str, Any] = {
+            "inbox": (event.message_id, caller.participant),
+            "decided": decided,
+            "every_step": True,
+        }
+        try:
+            published = self._catalog.published(n.product, n.offer)
+            if published is None:
+                reasons = [f"offer {n.offer!r} of product {n.product!r} is no longer published"]
+                n = self._transition(n, State.ACCEPTED, State.TERMINATED, reasons=reasons, **common)
+                return _ack(n)
+            product, offer = published
+            document = self._contract_input(subject_of(caller), product, offer, n.purpose)
+            decision = self._policy.decide(document, defer=decided)
+            details: dict[str, object] = {
+                "offer": n.offer,
+                "purpose": n.purpose,
+                "decision": decision.id,
+            }
+            if not decision.allow or decision.visible is False:
+                reasons = list(decision.deny) or ["not visible to the requester"]
+                n = self._transition(
+                    n, State.ACCEPTED, State.TERMINATED, reasons=reasons, details=details, **common
+                )
+                return _ack(n)
+            terms = {
+                k: decision.obligations[k] for k in CONTRACT_TERMS if k in decision.obligations
+            }
+            n = self._agree_at_once(
+                n,
+                product,
+                offer,
+                n.purpose,
+                terms,
+                decision.revision,
+                details,
+                common,
+                State.ACCEPTED,
+            )
+            return _ack(n)
+        finally:
+            if decided:
+                self._audit.record_many(decided)
 
     # -- both -------------------------------------------------------------------------
 
@@ -1017,6 +1387,11 @@ class Negotiator:
             role=PROVIDER if pending_approval else None,
             agreements=agreements,
         )
+
+    def published_offer(self, product: str, offer: str) -> Offer | None:
+        """One published offer of our product (an offer we send states its limits)."""
+        published = self._catalog.published(product, offer)
+        return published[1] if published is not None else None
 
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""

@@ -28,6 +28,8 @@ __all__ = ["Delivery", "NegotiationServicer", "PermanentRefusal", "negotiation_s
 
 MESSAGES: dict[str, type[Any]] = {
     "RequestContract": negotiation_pb2.ContractRequest,
+    "SendOffer": negotiation_pb2.ContractOffer,
+    "Accept": negotiation_pb2.NegotiationEvent,
     "SendAgreement": negotiation_pb2.AgreementMessage,
     "VerifyAgreement": negotiation_pb2.AgreementMessage,
     "Finalize": negotiation_pb2.NegotiationEvent,
@@ -53,6 +55,14 @@ class NegotiationServicer(negotiation_pb2_grpc.NegotiationServiceServicer):
     def RequestContract(self, request: Any, context: Any) -> Any:
         """Consumer → provider."""
         return self._n.receive_request(current_caller(), request)
+
+    def SendOffer(self, request: Any, context: Any) -> Any:
+        """Provider → consumer: a counter-offer."""
+        return self._n.receive_offer(current_caller(), request)
+
+    def Accept(self, request: Any, context: Any) -> Any:
+        """Consumer → provider: the provider's offer is accepted."""
+        return self._n.receive_accepted(current_caller(), request)
 
     def SendAgreement(self, request: Any, context: Any) -> Any:
         """Provider → consumer."""
@@ -127,8 +137,9 @@ class Delivery:
                 channel.close()
             raise
         # Answers that move the negotiation here: the provider's process id or its
-        # agreement, and FINALIZED for our countersignature.
-        if pending.method == "RequestContract":
+        # agreement (to a request, a counter-request or an acceptance), and FINALIZED for
+        # our countersignature.
+        if pending.method in ("RequestContract", "Accept"):
             return self._negotiator().request_answered(
                 pending.negotiation_pid, pending.target, ack, delivered=pending.id
             )

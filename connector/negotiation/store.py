@@ -316,6 +316,9 @@ class NegotiationStore:
         revocation: str | None = None,
         reasons: Sequence[str] | None = None,
         terms: dict[str, Any] | None = None,
+        offer: str | None = None,
+        purpose: str | None = None,
+        requester: dict[str, Any] | None = None,
         outgoing: Sequence[Outgoing] = (),
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
@@ -323,6 +326,9 @@ class NegotiationStore:
         prepare: Callable[[Negotiation], Callable[[RawTransaction], Any]] | None = None,
     ) -> Negotiation:
         """Move through ``steps`` (each a protocol transition) and queue ``outgoing``, atomically.
+
+        ``offer`` and ``purpose``: the terms on the table now (a counter-offer or a
+        counter-request replaces them); ``requester``: kept again for an approval to come.
 
         ``delivered``: an outbox row whose answer this transition takes, marked delivered
         in the same transaction (the outbox then has nothing to settle). ``expect``: a
@@ -359,6 +365,8 @@ class NegotiationStore:
                     ("agreement", agreement),
                     ("agreement_id", agreement_id),
                     ("revocation", revocation),
+                    ("offer", offer),
+                    ("purpose", purpose),
                 ):
                     if value is not None:
                         values[name] = value
@@ -366,7 +374,9 @@ class NegotiationStore:
                     values["reasons"] = json.dumps(list(reasons))
                 if terms is not None:
                     values["terms"] = json.dumps(terms, sort_keys=True)
-                if n.requester is not None and (current in FINAL or current == State.AGREED):
+                if requester is not None:
+                    values["requester"] = json.dumps(requester, sort_keys=True)
+                elif n.requester is not None and (current in FINAL or current == State.AGREED):
                     values["requester"] = None  # kept only while waiting for approval
                 cur = tx.execute(
                     f"UPDATE negotiation SET {', '.join(f'{k} = ?' for k in values)}"  # noqa: S608
@@ -404,7 +414,7 @@ class NegotiationStore:
         if terms is not None:
             moved["terms"] = dict(terms)
         if "requester" in values:
-            moved["requester"] = None
+            moved["requester"] = requester
         return dataclasses.replace(n, **moved)
 
     def set_revocation(

@@ -260,6 +260,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """As a provider, reject a waiting negotiation."""
         return negotiation_info(self._negotiator.reject(request.pid, request.reason))
 
+    def OfferNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a provider, answer a waiting request with a counter-offer."""
+        n = self._negotiator.offer(request.pid, request.offer_id, request.purpose)
+        return negotiation_info(n)
+
+    def AcceptNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a consumer, accept the provider's offer."""
+        return negotiation_info(self._negotiator.accept(request.pid))
+
+    def CounterNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
+        """As a consumer, answer the provider's offer with a counter-request."""
+        n = self._negotiator.counter(request.pid, request.offer_id, request.purpose)
+        return negotiation_info(n)
+
     def TerminateNegotiation(self, request: Any, context: Any) -> admin_pb2.NegotiationInfo:
         """End a negotiation that is not final."""
         return negotiation_info(self._negotiator.terminate(request.pid, request.reason))
@@ -391,6 +405,9 @@ ADMIN_METHODS = [
     "GetNegotiation",
     "ApproveNegotiation",
     "RejectNegotiation",
+    "OfferNegotiation",
+    "AcceptNegotiation",
+    "CounterNegotiation",
     "TerminateNegotiation",
     "RevokeAgreement",
     "Transfer",

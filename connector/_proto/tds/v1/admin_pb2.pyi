@@ -684,6 +684,33 @@ class NegotiationRef(_message.Message):
 Global___NegotiationRef: _TypeAlias = NegotiationRef  # noqa: Y015
 
 @_typing.final
+class NegotiationTerms(_message.Message):
+    """Terms proposed on a negotiation: one of the product's published offers and a purpose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    pid: _builtins.str
+    offer_id: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        pid: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "pid", b"pid", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NegotiationTerms: _TypeAlias = NegotiationTerms  # noqa: Y015
+
+@_typing.final
 class NegotiationTransition(_message.Message):
     """One state change of a negotiation, from this connector's log."""
 

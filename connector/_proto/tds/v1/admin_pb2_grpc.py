@@ -85,6 +85,21 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
                 _registered_method=True)
+        self.OfferNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/OfferNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationTerms.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.AcceptNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/AcceptNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
+        self.CounterNegotiation = channel.unary_unary(
+                '/tds.v1.AdminService/CounterNegotiation',
+                request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationTerms.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+                _registered_method=True)
         self.TerminateNegotiation = channel.unary_unary(
                 '/tds.v1.AdminService/TerminateNegotiation',
                 request_serializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
@@ -205,6 +220,26 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RejectNegotiation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OfferNegotiation(self, request, context):
+        """As a provider: answer a waiting request with a counter-offer (other terms).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptNegotiation(self, request, context):
+        """As a consumer: accept the provider's offer, or answer it with a counter-request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CounterNegotiation(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -338,6 +373,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'RejectNegotiation': grpc.unary_unary_rpc_method_handler(
                     servicer.RejectNegotiation,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'OfferNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationTerms.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'AcceptNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationRef.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
+            ),
+            'CounterNegotiation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CounterNegotiation,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.NegotiationTerms.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.NegotiationInfo.SerializeToString,
             ),
             'TerminateNegotiation': grpc.unary_unary_rpc_method_handler(
@@ -666,6 +716,87 @@ class AdminService:
             target,
             '/tds.v1.AdminService/RejectNegotiation',
             tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/OfferNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationTerms.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/AcceptNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationRef.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CounterNegotiation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/CounterNegotiation',
+            tds_dot_v1_dot_admin__pb2.NegotiationTerms.SerializeToString,
             tds_dot_v1_dot_admin__pb2.NegotiationInfo.FromString,
             options,
             channel_credentials,

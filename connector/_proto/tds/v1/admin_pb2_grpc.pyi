@@ -47,6 +47,11 @@ class AdminServiceStub:
     ApproveNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
     """As a provider: decide a negotiation waiting for approval (important data)."""
     RejectNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
+    OfferNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationTerms, _admin_pb2.NegotiationInfo]
+    """As a provider: answer a waiting request with a counter-offer (other terms)."""
+    AcceptNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
+    """As a consumer: accept the provider's offer, or answer it with a counter-request."""
+    CounterNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationTerms, _admin_pb2.NegotiationInfo]
     TerminateNegotiation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]
     """Either side: end a negotiation that is not final."""
     RevokeAgreement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgreementRequest, _admin_pb2.NegotiationInfo]
@@ -90,6 +95,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ApproveNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
     """As a provider: decide a negotiation waiting for approval (important data)."""
     RejectNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    OfferNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationTerms, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    """As a provider: answer a waiting request with a counter-offer (other terms)."""
+    AcceptNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
+    """As a consumer: accept the provider's offer, or answer it with a counter-request."""
+    CounterNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationTerms, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
     TerminateNegotiation: _aio.UnaryUnaryMultiCallable[_admin_pb2.NegotiationRef, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
     """Either side: end a negotiation that is not final."""
     RevokeAgreement: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgreementRequest, _admin_pb2.NegotiationInfo]  # type: ignore[assignment]
@@ -188,6 +198,29 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     def RejectNegotiation(
         self,
         request: _admin_pb2.NegotiationRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def OfferNegotiation(
+        self,
+        request: _admin_pb2.NegotiationTerms,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
+        """As a provider: answer a waiting request with a counter-offer (other terms)."""
+
+    @_abc_1.abstractmethod
+    def AcceptNegotiation(
+        self,
+        request: _admin_pb2.NegotiationRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]:
+        """As a consumer: accept the provider's offer, or answer it with a counter-request."""
+
+    @_abc_1.abstractmethod
+    def CounterNegotiation(
+        self,
+        request: _admin_pb2.NegotiationTerms,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.NegotiationInfo, _abc.Awaitable[_admin_pb2.NegotiationInfo]]: ...
 

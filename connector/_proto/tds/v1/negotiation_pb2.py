@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tds/v1/negotiation.proto\x12\x06tds.v1\"r\n\x0f\x43ontractRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x10\n\x08offer_id\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\"e\n\x10\x41greementMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\x11\n\tagreement\x18\x04 \x01(\t\"a\n\x10NegotiationEvent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"i\n\x16NegotiationTermination\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"S\n\x13\x41greementRevocation\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x12\n\nrevocation\x18\x03 \x01(\t\"P\n\x0eNegotiationAck\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x11\n\tagreement\x18\x04 \x01(\t2\xab\x03\n\x12NegotiationService\x12\x42\n\x0fRequestContract\x12\x17.tds.v1.ContractRequest\x1a\x16.tds.v1.NegotiationAck\x12\x41\n\rSendAgreement\x12\x18.tds.v1.AgreementMessage\x1a\x16.tds.v1.NegotiationAck\x12\x43\n\x0fVerifyAgreement\x12\x18.tds.v1.AgreementMessage\x1a\x16.tds.v1.NegotiationAck\x12<\n\x08\x46inalize\x12\x18.tds.v1.NegotiationEvent\x1a\x16.tds.v1.NegotiationAck\x12\x43\n\tTerminate\x12\x1e.tds.v1.NegotiationTermination\x1a\x16.tds.v1.NegotiationAck\x12\x46\n\x0fRevokeAgreement\x12\x1b.tds.v1.AgreementRevocation\x1a\x16.tds.v1.NegotiationAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tds/v1/negotiation.proto\x12\x06tds.v1\"\x88\x01\n\x0f\x43ontractRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x10\n\x08offer_id\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x06 \x01(\t\"\x86\x01\n\rContractOffer\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\x12\n\nproduct_id\x18\x04 \x01(\t\x12\x10\n\x08offer_id\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\"e\n\x10\x41greementMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\x11\n\tagreement\x18\x04 \x01(\t\"a\n\x10NegotiationEvent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"i\n\x16NegotiationTermination\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cprovider_pid\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumer_pid\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"S\n\x13\x41greementRevocation\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x12\n\nrevocation\x18\x03 \x01(\t\"P\n\x0eNegotiationAck\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x11\n\tagreement\x18\x04 \x01(\t2\xa3\x04\n\x12NegotiationService\x12\x42\n\x0fRequestContract\x12\x17.tds.v1.ContractRequest\x1a\x16.tds.v1.NegotiationAck\x12:\n\tSendOffer\x12\x15.tds.v1.ContractOffer\x1a\x16.tds.v1.NegotiationAck\x12:\n\x06\x41\x63\x63\x65pt\x12\x18.tds.v1.NegotiationEvent\x1a\x16.tds.v1.NegotiationAck\x12\x41\n\rSendAgreement\x12\x18.tds.v1.AgreementMessage\x1a\x16.tds.v1.NegotiationAck\x12\x43\n\x0fVerifyAgreement\x12\x18.tds.v1.AgreementMessage\x1a\x16.tds.v1.NegotiationAck\x12<\n\x08\x46inalize\x12\x18.tds.v1.NegotiationEvent\x1a\x16.tds.v1.NegotiationAck\x12\x43\n\tTerminate\x12\x1e.tds.v1.NegotiationTermination\x1a\x16.tds.v1.NegotiationAck\x12\x46\n\x0fRevokeAgreement\x12\x1b.tds.v1.AgreementRevocation\x1a\x16.tds.v1.NegotiationAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tds.v1.negotiation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTRACTREQUEST']._serialized_start=36
-  _globals['_CONTRACTREQUEST']._serialized_end=150
-  _globals['_AGREEMENTMESSAGE']._serialized_start=152
-  _globals['_AGREEMENTMESSAGE']._serialized_end=253
-  _globals['_NEGOTIATIONEVENT']._serialized_start=255
-  _globals['_NEGOTIATIONEVENT']._serialized_end=352
-  _globals['_NEGOTIATIONTERMINATION']._serialized_start=354
-  _globals['_NEGOTIATIONTERMINATION']._serialized_end=459
-  _globals['_AGREEMENTREVOCATION']._serialized_start=461
-  _globals['_AGREEMENTREVOCATION']._serialized_end=544
-  _globals['_NEGOTIATIONACK']._serialized_start=546
-  _globals['_NEGOTIATIONACK']._serialized_end=626
-  _globals['_NEGOTIATIONSERVICE']._serialized_start=629
-  _globals['_NEGOTIATIONSERVICE']._serialized_end=1056
+  _globals['_CONTRACTREQUEST']._serialized_start=37
+  _globals['_CONTRACTREQUEST']._serialized_end=173
+  _globals['_CONTRACTOFFER']._serialized_start=176
+  _globals['_CONTRACTOFFER']._serialized_end=310
+  _globals['_AGREEMENTMESSAGE']._serialized_start=312
+  _globals['_AGREEMENTMESSAGE']._serialized_end=413
+  _globals['_NEGOTIATIONEVENT']._serialized_start=415
+  _globals['_NEGOTIATIONEVENT']._serialized_end=512
+  _globals['_NEGOTIATIONTERMINATION']._serialized_start=514
+  _globals['_NEGOTIATIONTERMINATION']._serialized_end=619
+  _globals['_AGREEMENTREVOCATION']._serialized_start=621
+  _globals['_AGREEMENTREVOCATION']._serialized_end=704
+  _globals['_NEGOTIATIONACK']._serialized_start=706
+  _globals['_NEGOTIATIONACK']._serialized_end=786
+  _globals['_NEGOTIATIONSERVICE']._serialized_start=789
+  _globals['_NEGOTIATIONSERVICE']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

@@ -27,11 +27,14 @@ class ContractRequest(_message.Message):
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
     OFFER_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    PROVIDER_PID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     consumer_pid: _builtins.str
     product_id: _builtins.str
     offer_id: _builtins.str
     purpose: _builtins.str
+    provider_pid: _builtins.str
+    """A counter-request: the provider's process id, whose offer this request answers."""
     def __init__(
         self,
         *,
@@ -40,14 +43,53 @@ class ContractRequest(_message.Message):
         product_id: _builtins.str = ...,
         offer_id: _builtins.str = ...,
         purpose: _builtins.str = ...,
+        provider_pid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_pid", b"consumer_pid", "message_id", b"message_id", "offer_id", b"offer_id", "product_id", b"product_id", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_pid", b"consumer_pid", "message_id", b"message_id", "offer_id", b"offer_id", "product_id", b"product_id", "provider_pid", b"provider_pid", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContractRequest: _TypeAlias = ContractRequest  # noqa: Y015
+
+@_typing.final
+class ContractOffer(_message.Message):
+    """The terms the provider offers: another published offer of the same product and one
+    purpose (the product never changes within a negotiation).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_PID_FIELD_NUMBER: _builtins.int
+    CONSUMER_PID_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    provider_pid: _builtins.str
+    consumer_pid: _builtins.str
+    product_id: _builtins.str
+    offer_id: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        provider_pid: _builtins.str = ...,
+        consumer_pid: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_pid", b"consumer_pid", "message_id", b"message_id", "offer_id", b"offer_id", "product_id", b"product_id", "provider_pid", b"provider_pid", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractOffer: _TypeAlias = ContractOffer  # noqa: Y015
 
 @_typing.final
 class AgreementMessage(_message.Message):

@@ -43,6 +43,16 @@ class NegotiationServiceStub:
                 request_serializer=tds_dot_v1_dot_negotiation__pb2.ContractRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_negotiation__pb2.NegotiationAck.FromString,
                 _registered_method=True)
+        self.SendOffer = channel.unary_unary(
+                '/tds.v1.NegotiationService/SendOffer',
+                request_serializer=tds_dot_v1_dot_negotiation__pb2.ContractOffer.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_negotiation__pb2.NegotiationAck.FromString,
+                _registered_method=True)
+        self.Accept = channel.unary_unary(
+                '/tds.v1.NegotiationService/Accept',
+                request_serializer=tds_dot_v1_dot_negotiation__pb2.NegotiationEvent.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_negotiation__pb2.NegotiationAck.FromString,
+                _registered_method=True)
         self.SendAgreement = channel.unary_unary(
                 '/tds.v1.NegotiationService/SendAgreement',
                 request_serializer=tds_dot_v1_dot_negotiation__pb2.AgreementMessage.SerializeToString,
@@ -78,7 +88,23 @@ class NegotiationServiceServicer:
     """
 
     def RequestContract(self, request, context):
-        """Consumer -> provider: request a contract for an offer and a purpose.
+        """Consumer -> provider: request a contract for an offer and a purpose; with
+        provider_pid, a counter-request answering the provider's offer (OFFERED -> REQUESTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendOffer(self, request, context):
+        """Provider -> consumer: a counter-offer on a waiting request (REQUESTED -> OFFERED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Accept(self, request, context):
+        """Consumer -> provider: the consumer accepts the provider's offer (OFFERED -> ACCEPTED);
+        the answer carries the agreement when the provider agrees at once, as for a request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +151,16 @@ def add_NegotiationServiceServicer_to_server(servicer, server):
             'RequestContract': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestContract,
                     request_deserializer=tds_dot_v1_dot_negotiation__pb2.ContractRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_negotiation__pb2.NegotiationAck.SerializeToString,
+            ),
+            'SendOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendOffer,
+                    request_deserializer=tds_dot_v1_dot_negotiation__pb2.ContractOffer.FromString,
+                    response_serializer=tds_dot_v1_dot_negotiation__pb2.NegotiationAck.SerializeToString,
+            ),
+            'Accept': grpc.unary_unary_rpc_method_handler(
+                    servicer.Accept,
+                    request_deserializer=tds_dot_v1_dot_negotiation__pb2.NegotiationEvent.FromString,
                     response_serializer=tds_dot_v1_dot_negotiation__pb2.NegotiationAck.SerializeToString,
             ),
             'SendAgreement': grpc.unary_unary_rpc_method_handler(
@@ -183,6 +219,60 @@ class NegotiationService:
             target,
             '/tds.v1.NegotiationService/RequestContract',
             tds_dot_v1_dot_negotiation__pb2.ContractRequest.SerializeToString,
+            tds_dot_v1_dot_negotiation__pb2.NegotiationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.NegotiationService/SendOffer',
+            tds_dot_v1_dot_negotiation__pb2.ContractOffer.SerializeToString,
+            tds_dot_v1_dot_negotiation__pb2.NegotiationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Accept(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.NegotiationService/Accept',
+            tds_dot_v1_dot_negotiation__pb2.NegotiationEvent.SerializeToString,
             tds_dot_v1_dot_negotiation__pb2.NegotiationAck.FromString,
             options,
             channel_credentials,

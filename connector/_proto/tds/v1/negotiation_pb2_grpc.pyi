@@ -38,7 +38,15 @@ class NegotiationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NegotiationServiceAsyncStub: ...
     RequestContract: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.ContractRequest, _negotiation_pb2.NegotiationAck]
-    """Consumer -> provider: request a contract for an offer and a purpose."""
+    """Consumer -> provider: request a contract for an offer and a purpose; with
+    provider_pid, a counter-request answering the provider's offer (OFFERED -> REQUESTED).
+    """
+    SendOffer: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.ContractOffer, _negotiation_pb2.NegotiationAck]
+    """Provider -> consumer: a counter-offer on a waiting request (REQUESTED -> OFFERED)."""
+    Accept: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.NegotiationEvent, _negotiation_pb2.NegotiationAck]
+    """Consumer -> provider: the consumer accepts the provider's offer (OFFERED -> ACCEPTED);
+    the answer carries the agreement when the provider agrees at once, as for a request.
+    """
     SendAgreement: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.AgreementMessage, _negotiation_pb2.NegotiationAck]
     """Provider -> consumer: the agreement, signed by the provider."""
     VerifyAgreement: _grpc.UnaryUnaryMultiCallable[_negotiation_pb2.AgreementMessage, _negotiation_pb2.NegotiationAck]
@@ -60,7 +68,15 @@ class NegotiationServiceAsyncStub(NegotiationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RequestContract: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.ContractRequest, _negotiation_pb2.NegotiationAck]  # type: ignore[assignment]
-    """Consumer -> provider: request a contract for an offer and a purpose."""
+    """Consumer -> provider: request a contract for an offer and a purpose; with
+    provider_pid, a counter-request answering the provider's offer (OFFERED -> REQUESTED).
+    """
+    SendOffer: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.ContractOffer, _negotiation_pb2.NegotiationAck]  # type: ignore[assignment]
+    """Provider -> consumer: a counter-offer on a waiting request (REQUESTED -> OFFERED)."""
+    Accept: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.NegotiationEvent, _negotiation_pb2.NegotiationAck]  # type: ignore[assignment]
+    """Consumer -> provider: the consumer accepts the provider's offer (OFFERED -> ACCEPTED);
+    the answer carries the agreement when the provider agrees at once, as for a request.
+    """
     SendAgreement: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.AgreementMessage, _negotiation_pb2.NegotiationAck]  # type: ignore[assignment]
     """Provider -> consumer: the agreement, signed by the provider."""
     VerifyAgreement: _aio.UnaryUnaryMultiCallable[_negotiation_pb2.AgreementMessage, _negotiation_pb2.NegotiationAck]  # type: ignore[assignment]
@@ -85,7 +101,27 @@ class NegotiationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _negotiation_pb2.ContractRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_negotiation_pb2.NegotiationAck, _abc.Awaitable[_negotiation_pb2.NegotiationAck]]:
-        """Consumer -> provider: request a contract for an offer and a purpose."""
+        """Consumer -> provider: request a contract for an offer and a purpose; with
+        provider_pid, a counter-request answering the provider's offer (OFFERED -> REQUESTED).
+        """
+
+    @_abc_1.abstractmethod
+    def SendOffer(
+        self,
+        request: _negotiation_pb2.ContractOffer,
+        context: _ServicerContext,
+    ) -> _typing.Union[_negotiation_pb2.NegotiationAck, _abc.Awaitable[_negotiation_pb2.NegotiationAck]]:
+        """Provider -> consumer: a counter-offer on a waiting request (REQUESTED -> OFFERED)."""
+
+    @_abc_1.abstractmethod
+    def Accept(
+        self,
+        request: _negotiation_pb2.NegotiationEvent,
+        context: _ServicerContext,
+    ) -> _typing.Union[_negotiation_pb2.NegotiationAck, _abc.Awaitable[_negotiation_pb2.NegotiationAck]]:
+        """Consumer -> provider: the consumer accepts the provider's offer (OFFERED -> ACCEPTED);
+        the answer carries the agreement when the provider agrees at once, as for a request.
+        """
 
     @_abc_1.abstractmethod
     def SendAgreement(
