@@ -24,6 +24,7 @@ from connector.negotiation.dsp import (
     dataset_message,
     event_message,
     negotiation_message,
+    offer_message,
     termination_message,
     verification_message,
 )
@@ -37,6 +38,10 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "products" / "traff
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
 # Known quirk of the published artefacts (see ../shared/vectors/README.md).
 EXAMPLE_SCHEMA_QUIRKS = {"common/example/dataservice-did-service.json"}
+# A published offer with a transfer limit, as a counter-offer names it.
+OFFER = dataclasses.replace(
+    parse_description(EXAMPLE.read_text(), owner="city-gov").offers[0], id="o2", max_transfers=2
+)
 
 
 def registry() -> Any:
@@ -170,6 +175,45 @@ def sent_messages() -> list[Any]:
                 "",
             ),
             (
+                contract_request_message(
+                    consumer_pid="c0ffee",
+                    provider_pid="p-1",
+                    product="traffic",
+                    offer="o2",
+                    purpose="planning",
+                ),
+                "contract-request-message-schema.json",
+                "-counter-request",
+            ),
+            (
+                offer_message(
+                    provider_pid="p-1",
+                    consumer_pid="urn:uuid:c-1",
+                    product="traffic",
+                    offer="o2",
+                    purpose="planning",
+                    terms=OFFER,
+                ),
+                "contract-offer-message-schema.json",
+                "",
+            ),
+            (
+                offer_message(
+                    provider_pid="p-1",
+                    consumer_pid="urn:uuid:c-1",
+                    product="traffic",
+                    offer="o2",
+                    purpose="planning",
+                ),
+                "contract-offer-message-schema.json",
+                "-no-longer-published",
+            ),
+            (
+                event_message("p-1", "urn:uuid:c-1", "ACCEPTED"),
+                "contract-negotiation-event-message-schema.json",
+                "-accepted",
+            ),
+            (
                 agreement_message(AGREEMENT, space="city", signed=signed),
                 "contract-agreement-message-schema.json",
                 "",
@@ -196,6 +240,31 @@ def sent_messages() -> list[Any]:
             ),
         )
     ]
+
+
+def test_an_offer_names_one_purpose_and_the_published_offers_limits() -> None:
+    message = offer_message(
+        provider_pid="p-1",
+        consumer_pid="c-1",
+        product="traffic",
+        offer="o2",
+        purpose="planning",
+        terms=OFFER,
+    )
+    (permission,) = message["offer"]["permission"]
+    purposes = [c for c in permission["constraint"] if c["leftOperand"] == "odrl:purpose"]
+    assert purposes == [
+        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "planning"}
+    ]
+    assert {"leftOperand": "odrl:count", "operator": "lteq", "rightOperand": "2"} in permission[
+        "constraint"
+    ]
+    assert message["offer"]["@id"] == "urn:tds:offer:traffic/o2"
+    # A counter-request names the provider's process and no callback (one of the two).
+    counter = contract_request_message(
+        consumer_pid="c", provider_pid="p", product="traffic", offer="o2", purpose="planning"
+    )
+    assert "callbackAddress" not in counter and counter["providerPid"] == "urn:tds:process:p"
 
 
 @pytest.mark.parametrize(("message", "schema"), sent_messages())
