@@ -28,7 +28,6 @@ from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
 from connector.negotiation.agreement import verify_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT
-from connector.negotiation.states import State
 from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
 from tests.support.dsp_client import Answer, DspClient
 from tests.support.exchange import FAR, admin, entries, publish
@@ -944,34 +943,6 @@ def test_negotiations_consumerpid_agreement_post_goes_only_to_the_consumers_own_
         client(space, "a").call("GET", f"/negotiations/{started.body['providerPid']}").body["state"]
         == "AGREED"
     )
-
-
-def test_negotiations_providerpid_events_post_accepted_after_an_offer(space: LocalSpace) -> None:
-    # tds providers make no counter-offers yet, so the offer is put in place through the
-    # store (REQUESTED -> OFFERED, a protocol transition); the consumer's ACCEPTED event
-    # then moves it on, once, and the admin's approval agrees as for a waiting request.
-    started = client(space, "b").call(
-        "POST", "/negotiations/request", contract_request("urn:uuid:c-offer", pid=IMPORTANT)
-    )
-    assert started.body["state"] == "REQUESTED", started.body
-    provider_pid = started.body["providerPid"]
-    pid = provider_pid.removeprefix("urn:tds:process:")
-    gov = space.nodes["gov"].negotiator
-    assert gov is not None
-    gov._store.transition(pid, State.OFFERED, now_ms=int(time.time() * 1000))
-    accepted = event_of(provider_pid, "urn:uuid:c-offer", "ACCEPTED")
-    answer = client(space, "b").call("POST", f"/negotiations/{provider_pid}/events", accepted)
-    assert answer.status == 200, answer.body
-    assert conforms(answer, "negotiation/contract-negotiation-schema.json")["state"] == "ACCEPTED"
-    logged = transitions(space, "gov", pid)
-    assert logged[-1] == "ACCEPTED"
-    again = client(space, "b").call("POST", f"/negotiations/{provider_pid}/events", accepted)
-    assert (again.status, again.body["state"]) == (200, "ACCEPTED")
-    assert transitions(space, "gov", pid) == logged
-    admin(space, "gov").ApproveNegotiation(admin_pb2.NegotiationRef(pid=pid), timeout=10)
-    shown = client(space, "b").call("GET", f"/negotiations/{provider_pid}")
-    assert shown.body["state"] == "AGREED"
-    assert transitions(space, "gov", pid)[-1] == "AGREED"
 
 
 def test_negotiations_request_post_refused_at_once_ends_the_tds_consumers_side(
