@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 # Refusals no retry changes (as gRPC's INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND).
 _PERMANENT_STATUSES = frozenset({400, 403, 404, 413})
 _MAX_ANSWER_BYTES = 256 * 1024
+# A ContractNegotiation carries no reason: what a TERMINATED answer to each message means.
+_REFUSED = {
+    "RequestContract": "the provider refused the request at once",
+    "Accept": "the provider ended the negotiation when its offer was accepted",
+}
 
 
 class DspSender:
@@ -191,7 +196,7 @@ class DspDelivery:
         if method in ("RequestContract", "Accept"):
             url, message = self._consumer_message(method, pending, address)
             answer = self._send(url, pending.target, message)
-            ack = self._state_of(answer, n)
+            ack = self._state_of(answer, n, _REFUSED[method])
             if ack is None:
                 raise PermanentRefusal("the provider did not answer with a ContractNegotiation")
             # A TERMINATED answer ends it here; an agreement comes to the callback.
@@ -290,7 +295,9 @@ class DspDelivery:
         self._sender.close()
 
     @staticmethod
-    def _state_of(answer: Any, n: Negotiation) -> negotiation_pb2.NegotiationAck | None:
+    def _state_of(
+        answer: Any, n: Negotiation, refused: str = ""
+    ) -> negotiation_pb2.NegotiationAck | None:
         """The provider's ``ContractNegotiation`` as the ack gRPC would have given."""
         try:
             shown = read_message(answer, "ContractNegotiation")
@@ -301,5 +308,5 @@ class DspDelivery:
             return None
         state = str(shown["state"])
         # A ContractNegotiation carries no reason: say where the refusal came from.
-        reasons = ["the provider refused the request at once"] if state == "TERMINATED" else []
+        reasons = [refused or _REFUSED["RequestContract"]] if state == "TERMINATED" else []
         return negotiation_pb2.NegotiationAck(pid=provider_pid, state=state, reasons=reasons)
