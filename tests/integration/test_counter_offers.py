@@ -7,6 +7,7 @@ participant's process are refused with nothing changed; either side may end it."
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from connector._proto.tds.v1 import admin_pb2, negotiation_pb2
 from connector._proto.tds.v1 import negotiation_pb2_grpc as npb_grpc
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
-from connector.negotiation.agreement import parse_agreement, verify_agreement
+from connector.negotiation.agreement import (
+    Agreement,
+    parse_agreement,
+    sign_agreement,
+    verify_agreement,
+)
+from connector.negotiation.states import State
 from tests.integration.test_authentication import own_token, pem, raw_channel
 from tests.support.counter_offers import (
     PERMITS,
@@ -30,7 +37,7 @@ from tests.support.counter_offers import (
     terms,
     transitions,
 )
-from tests.support.exchange import admin, entries
+from tests.support.exchange import FAR, admin, entries
 
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -328,3 +335,54 @@ def test_cli_offers_accepts_and_counters(
     final = json.loads(capsys.readouterr().out)
     assert (final["state"], final["offer"], final["purpose"]) == ("FINALIZED", "o2", "research")
     assert reaches(space, "gov", theirs, "FINALIZED").agreement_id == final["agreement_id"]
+
+
+def test_the_consumer_takes_an_agreement_only_over_the_terms_it_accepted(
+    space: LocalSpace,
+) -> None:
+    # A provider that signs the terms first requested after the consumer accepted others
+    # is refused: the agreement must be over the offer accepted, never the original one.
+    mine, theirs = start(space, "a")
+    admin(space, "gov").OfferNegotiation(terms(theirs, "o3", "planning"), timeout=10)
+    reaches(space, "a", mine, "OFFERED", ("o3", "planning"))
+    consumer, provider = space.nodes["a"].negotiator, space.nodes["gov"].negotiator
+    assert consumer is not None and provider is not None
+    # a accepts here without telling gov (so gov cannot answer first with its agreement).
+    consumer._store.transition(mine, State.ACCEPTED, now_ms=int(time.time() * 1000))
+
+    def signed(offer: str, purpose: str) -> str:
+        agreement = Agreement(
+            id=f"ag-{offer}-{purpose}", provider="gov", consumer="a", product=PERMITS,
+            offer=offer, purpose=purpose, valid_from_ns=0, valid_until_ns=FAR,
+            max_transfers=1, max_bytes=0, policy_revision="x", provider_pid=theirs,
+            consumer_pid=mine, issued_ms=1, obligations={}, permitted_fields=None, masks={},
+            registration_code="",
+        )  # fmt: skip
+        return sign_agreement(agreement, provider._key)  # gov's own signing key
+
+    gov_to_a = peer(space, "gov", "a")
+    before = logged(space, "a")
+    for n, (offer, purpose) in enumerate((("o1", "research"), ("o3", "research"))):
+        message = negotiation_pb2.AgreementMessage(
+            message_id=f"original-{n}",
+            provider_pid=theirs,
+            consumer_pid=mine,
+            agreement=signed(offer, purpose),
+        )
+        refused(
+            lambda m=message: gov_to_a.SendAgreement(m, timeout=10),  # type: ignore[misc]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not what was requested",
+        )
+    assert logged(space, "a") == before
+    assert info(space, "a", mine).state == "ACCEPTED"
+    accepted = negotiation_pb2.AgreementMessage(
+        message_id="accepted",
+        provider_pid=theirs,
+        consumer_pid=mine,
+        agreement=signed("o3", "planning"),
+    )
+    assert gov_to_a.SendAgreement(accepted, timeout=10).state == "VERIFIED"
+    admin(space, "gov").TerminateNegotiation(
+        admin_pb2.NegotiationRef(pid=theirs, reason="test over"), timeout=10
+    )
