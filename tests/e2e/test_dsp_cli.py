@@ -9,6 +9,7 @@ a `[dsp]` block of its own, negotiates with the provider over the binding alone
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,151 @@ def test_tds_negotiate_dsp_two_tds_connectors_finalize_over_the_binding_alone(
     )  # fmt: skip
     verified = tds("agreements", "verify", "agreement.json", "--config", "b.toml", cwd=root)
     assert verified.returncode == 0
+
+
+PERMITS = (
+    'id = "permits"\ntitle = "Permits"\ngrade = "important"\n'
+    '[source]\nkind = "file"\npath = "air.csv"\n'
+    '[[offers]]\nid = "o1"\npurposes = ["research"]\n'
+    "valid_from_ns = 0\nvalid_until_ns = 4000000000000000000\n"
+    '[[offers]]\nid = "o2"\npurposes = ["research", "planning"]\nmax_transfers = 2\n'
+    "valid_from_ns = 0\nvalid_until_ns = 4000000000000000000\n"
+)
+
+
+def _until(probe: Any, what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _waiting(root: Path, counterparty: str) -> list[dict[str, Any]]:
+    listed = json.loads(
+        tds("negotiations", "list", "--pending", "--config", "gov.toml", "--json", cwd=root).stdout
+    )
+    return [n for n in listed if n["counterparty"] == counterparty]
+
+
+def test_negotiations_consumerpid_offers_post_counter_offer_with_the_cli_of_connectors_served(
+    world: dict[str, Any],
+) -> None:
+    # Last in this module: it publishes a second product (grade important: requests wait).
+    root: Path = world["root"]
+    (root / "permits.toml").write_text(PERMITS)
+    tds("product", "add", "permits.toml", "--config", "gov.toml", cwd=root)
+    # A tds consumer (b, over gov's binding) and gov's data officer, through the CLI only.
+    started = json.loads(
+        tds(
+            "negotiate", "--config", "b.toml", "--provider", "gov", "--product", "permits",
+            "--offer", "o1", "--purpose", "research",
+            "--dsp", f"https://127.0.0.1:{world['dsp_port']}", "--json",
+            cwd=root,
+        ).stdout
+    )  # fmt: skip
+    (waiting,) = _until(lambda: _waiting(root, "b"), "gov to hold b's request")
+    offered = json.loads(
+        tds(
+            "negotiations", "offer", waiting["pid"], "--offer", "o2", "--purpose", "planning",
+            "--config", "gov.toml", "--json", cwd=root,
+        ).stdout
+    )  # fmt: skip
+    assert (offered["state"], offered["offer"], offered["purpose"]) == ("OFFERED", "o2", "planning")
+
+    def shown_offered() -> dict[str, Any] | None:
+        shown = json.loads(
+            tds(
+                "negotiations", "show", started["pid"], "--config", "b.toml", "--json", cwd=root
+            ).stdout
+        )  # fmt: skip
+        return shown if shown["state"] == "OFFERED" else None
+
+    assert _until(shown_offered, "b to hold gov's offer")["offer"] == "o2"
+    final = json.loads(
+        tds(
+            "negotiations", "accept", started["pid"], "--config", "b.toml", "--wait", "--json",
+            cwd=root,
+        ).stdout
+    )  # fmt: skip
+    assert (final["state"], final["offer"], final["purpose"]) == ("FINALIZED", "o2", "planning")
+    terms = json.loads(
+        tds(
+            "agreements", "show", final["agreement_id"], "--config", "b.toml", "--json",
+            cwd=root,
+        ).stdout
+    )["terms"]  # fmt: skip
+    assert (terms["offer"], terms["purpose"], terms["max_transfers"]) == ("o2", "planning", 2)
+
+    # A client written from the specification (a, no tds connector of its own) takes part
+    # in a negotiation with a counter-offer, a counter-request and a termination.
+    client: DspClient = world["client"]
+    context = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+    consumer_pid = "urn:uuid:5b0c7f52-3a2e-4f0e-9d1b-2c4c6a0e8f11"
+
+    def offer(name: str, purpose: str) -> dict[str, Any]:
+        return {
+            "@id": f"urn:tds:offer:permits/{name}",
+            "@type": "Offer",
+            "target": "urn:tds:dataset:permits",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": purpose}
+                    ],
+                }
+            ],
+        }
+
+    created = client.call(
+        "POST",
+        "/negotiations/request",
+        {
+            "@context": context,
+            "@type": "ContractRequestMessage",
+            "consumerPid": consumer_pid,
+            "offer": offer("o1", "research"),
+            "callbackAddress": "https://127.0.0.1:1/callback",
+        },
+    )
+    assert created.status == 201 and created.body["state"] == "REQUESTED", created.body
+    provider_pid = created.body["providerPid"]
+    pid = provider_pid.removeprefix("urn:tds:process:")
+    tds(
+        "negotiations", "offer", pid, "--offer", "o2", "--purpose", "research",
+        "--config", "gov.toml", cwd=root,
+    )  # fmt: skip
+    countered = client.call(
+        "POST",
+        f"/negotiations/{provider_pid}/request",
+        {
+            "@context": context,
+            "@type": "ContractRequestMessage",
+            "providerPid": provider_pid,
+            "consumerPid": consumer_pid,
+            "offer": offer("o2", "planning"),
+        },
+    )
+    assert countered.status == 200, countered.body
+    validate(countered.body, "negotiation/contract-negotiation-schema.json")
+    assert countered.body["state"] == "REQUESTED"
+    shown = json.loads(
+        tds("negotiations", "show", pid, "--config", "gov.toml", "--json", cwd=root).stdout
+    )
+    assert (shown["state"], shown["offer"], shown["purpose"]) == ("REQUESTED", "o2", "planning")
+    ended = client.call(
+        "POST",
+        f"/negotiations/{provider_pid}/termination",
+        {
+            "@context": context,
+            "@type": "ContractNegotiationTerminationMessage",
+            "providerPid": provider_pid,
+            "consumerPid": consumer_pid,
+            "reason": ["found it elsewhere"],
+        },
+    )
+    assert ended.status == 200, ended.body
+    assert ended.body["state"] == "TERMINATED"
