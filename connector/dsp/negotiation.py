@@ -20,7 +20,9 @@ The agreement is tds's dual-signed document: it travels as :data:`SIGNED_AGREEME
 beside its ODRL rendering, the provider's signature in the agreement message, both in the
 verification message. Not built: an offer that starts a negotiation
 (``POST /negotiations/offers``, provider-initiated; no route, so 405 beside the GET of
-``/negotiations/{pid}``): a tds negotiation always starts with the consumer's request.
+``/negotiations/{pid}``): a tds negotiation always starts with the consumer's request,
+since the contract policy that checks an offer decides for the consumer's subject, which
+the provider learns only from the consumer's own call.
 """
 
 from __future__ import annotations
