@@ -20,7 +20,7 @@ from connector.errors import NotFound, PermissionDenied, PreconditionFailed
 from connector.negotiation.outbox import requeue
 from connector.store.database import Database, RawTransaction
 from connector.store.models import ComputationRow, MeteringRow
-from connector.transfer.store import ensure_metering
+from connector.transfer.store import ensure_metering_in
 
 __all__ = [
     "ANSWERED",
@@ -166,19 +166,13 @@ class ComputationStore:
         reservation is not waited for on the disk (``Database.transaction``); the caller's
         next synced commit (the receipt's, before the answer leaves) makes it durable.
         """
-        with self._db.transaction() as tx:  # the usual case: made by an earlier question
-            exists = tx.one("SELECT 1 FROM metering WHERE agreement_id = ?", (c.agreement_id,))
-        if exists is None:
-            ensure_metering(
-                self._db,
-                MeteringRow(
-                    agreement_id=c.agreement_id,
-                    consumer=c.counterparty,
-                    product=c.product,
-                    epsilon_budget_micro=budget_micro,
-                    updated_ms=now_ms,
-                ),
-            )
+        metering = MeteringRow(
+            agreement_id=c.agreement_id,
+            consumer=c.counterparty,
+            product=c.product,
+            epsilon_budget_micro=budget_micro,
+            updated_ms=now_ms,
+        )
         # The budget signed in the agreement (a transfer that created the row first wrote
         # 0 there: it knows no budget).
         spend = (
@@ -192,6 +186,7 @@ class ComputationStore:
             params += (c.epsilon_micro, budget_micro)
         try:
             with self._db.transaction(durable=durable) as tx:
+                ensure_metering_in(tx, metering)  # made by an earlier question, usually
                 cur = tx.execute(spend, params)
                 spent = cur.rowcount
                 cur.close()
