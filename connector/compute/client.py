@@ -35,7 +35,7 @@ from connector.audit import jws
 from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.clock import Clock
-from connector.compute.query import parse_query
+from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
     ComputationReceipt,
@@ -192,14 +192,26 @@ class ComputeConsumer:
         provider = agreement.provider
         channel = self._channel_to(provider)
         with calling(provider):
-            response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
-                channel
-            ).Compute(
+            pending = compute_pb2_grpc.ComputeServiceStub(channel).Compute.future(
                 compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
                 timeout=COMPUTE_TIMEOUT_SECONDS,
             )
+        # Parsed while the provider computes (the receipt must name this question's
+        # canonical form); a question we cannot parse is parsed again, and refused, by
+        # ``_check`` if the provider answers it at all.
+        query: Query | None = None
         try:
-            receipt, countersigned = self._check(agreement, question, response)
+            if agreement.compute is not None:
+                query = parse_query(question, agreed_rules(agreement.compute))
+        except InvalidRequest:
+            pass
+        except BaseException:
+            pending.cancel()  # type: ignore[no-untyped-call]
+            raise
+        with calling(provider):
+            response: compute_pb2.ComputeResponse = pending.result()
+        try:
+            receipt, countersigned = self._check(agreement, question, response, query)
         except VerificationError as exc:
             self._audit.record(
                 "compute.receipt_refused",
@@ -317,11 +329,16 @@ class ComputeConsumer:
             )
 
     def _check(
-        self, agreement: Agreement, question: str | dict[str, Any], r: compute_pb2.ComputeResponse
+        self,
+        agreement: Agreement,
+        question: str | dict[str, Any],
+        r: compute_pb2.ComputeResponse,
+        query: Query | None = None,
     ) -> tuple[ComputationReceipt, str]:
         """The provider's receipt, verified and matched to what we asked and received, and
         the receipt countersigned by us (``jws.countersign`` verifies the provider's
-        signature first: one verification, not one here and one to countersign)."""
+        signature first: one verification, not one here and one to countersign).
+        ``query``: ``question`` as already parsed under the agreement's rules."""
         if agreement.compute is None:
             raise VerificationError(
                 f"the provider answered under agreement {agreement.id}, which has no compute rules"
@@ -339,7 +356,8 @@ class ComputeConsumer:
         # into our log, so it must be one of the grammar before anything else uses it.
         COMPUTATION_ID.check(r.computation_id, error=VerificationError)
         rules = agreed_rules(agreement.compute)
-        query = parse_query(question, rules)
+        if query is None:
+            query = parse_query(question, rules)
         try:
             document = json.loads(r.answer)
         except ValueError:
