@@ -3,11 +3,13 @@
     python bench/compute.py [--rows 1000000] [--rounds 30] [--json] [--no-connector]
 
 A table of admissions (district, age_band, year, cost, days) with ``--rows`` rows is
-written as CSV. Each round answers ::
+written as CSV. Round ``i`` answers ::
 
     SELECT district, age_band, count(*), avg(cost) FROM product
-    WHERE year = 2026 GROUP BY district, age_band
+    WHERE year = <2020 + i % 7> AND year < <3000 + i> GROUP BY district, age_band
 
+(the second condition is always true; it makes each round's text new, so no cache that
+keeps a parsed question for the same text helps: see ``question``)
 under two offers: with differential privacy (``dp``: OpenDP noise and noisy threshold)
 and with k only (``k_only``: exact counts, groups below k suppressed, and the differencing
 check, one more statement that scans the whole table). Two tds paths are timed:
@@ -43,6 +45,7 @@ fresh channel, and one fdatasync where the provider's database lives.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -70,8 +73,22 @@ from connector.node.clients import admin_channel
 
 QUERY = (
     "SELECT district, age_band, count(*), avg(cost) FROM product"
-    " WHERE year = 2026 GROUP BY district, age_band"
+    " WHERE year = {year} AND year < {bound} GROUP BY district, age_band"
 )
+
+
+_ASKED = itertools.count()
+
+
+def question() -> str:
+    """The next question: a year of the seven in turn, and a bound that is always true
+    but makes every text of the run new, so no parse cache (each side keeps a question
+    asked again with the same text) ever answers: each question is parsed, checked and
+    printed as in a varied workload."""
+    i = next(_ASKED)
+    return QUERY.format(year=2020 + i % 7, bound=3000 + i)
+
+
 RULES: dict[str, Any] = {
     "k": 10,
     "max_groups": 1000,
@@ -130,25 +147,27 @@ class Direct:
 
 
 def _timed(
-    tds: Callable[[], int],
+    tds: Callable[[str], int],
     direct: Direct,
     rounds: int,
     settle: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """``tds`` (returning the groups shown) and both direct queries in turn, each round;
+    """``tds`` (asked a new question, returning the groups shown) and both direct queries
+    of the same text in turn, each round;
     ``settle`` (untimed) lets what ``tds`` left running finish before DuckDB is timed."""
     times: dict[str, list[float]] = {"tds": [], "plain": [], "same": []}
     groups = 0
     for i in range(rounds + WARM_UP):
+        text = question()
         t = time.perf_counter()
-        groups = tds()
+        groups = tds(text)
         t_tds = time.perf_counter() - t
         settle()
         t = time.perf_counter()
-        direct.plain.execute(QUERY).fetchall()
+        direct.plain.execute(text).fetchall()
         t_plain = time.perf_counter() - t
         t = time.perf_counter()
-        direct.same.execute(QUERY).fetchall()
+        direct.same.execute(text).fetchall()
         t_same = time.perf_counter() - t
         if i >= WARM_UP:
             times["tds"].append(t_tds)
@@ -181,8 +200,8 @@ def _engine(path: Path, direct: Direct, rounds: int) -> dict[str, Any]:
         for name, spec in OFFERS.items():
             rules = parse_rules(spec)
 
-            def once(rules: Any = rules) -> int:
-                answer = answer_query(QUERY, rules, table)
+            def once(text: str, rules: Any = rules) -> int:
+                answer = answer_query(text, rules, table)
                 answer.receipt("sha256:bench")
                 return len(answer.disclosed.rows)
 
@@ -196,7 +215,7 @@ def _engine(path: Path, direct: Direct, rounds: int) -> dict[str, Any]:
 class Connectors:
     """The running pair: one asking call per offer, and what the bench needs besides."""
 
-    calls: dict[str, Callable[[], int]]
+    calls: dict[str, Callable[[str], int]]
     settle: Callable[[], None]
     """Waits for the consumer's countersignature to reach the provider: it goes after the
     answer, and must not be timed as DuckDB's (all of this shares one process)."""
@@ -260,7 +279,7 @@ def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
         gov = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["gov"]))
         lab = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["lab"]))
         ask = compute_pb2_grpc.ComputeServiceStub(admin_channel(sp.configs["lab"])).Ask
-        calls: dict[str, Callable[[], int]] = {}
+        calls: dict[str, Callable[[str], int]] = {}
         answered: list[str] = []
         assert sp.nodes["lab"].db is not None
         store = ComputationStore(sp.nodes["lab"].db)
@@ -297,9 +316,9 @@ def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
                 ),
                 timeout=30,
             )
-            request = compute_pb2.ComputeRequest(agreement_id=info.agreement_id, question=QUERY)
 
-            def once(request: Any = request) -> int:
+            def once(text: str, agreement: str = info.agreement_id) -> int:
+                request = compute_pb2.ComputeRequest(agreement_id=agreement, question=text)
                 response = ask(request, timeout=120)
                 answered.append(response.computation_id)
                 return len(json.loads(response.answer)["rows"])

@@ -7,22 +7,23 @@ canonical query in the receipt is the one asked) and the answer's bytes (their S
 Then the consumer countersigns and logs the receipt, and answers the asking user; the
 countersignature goes back to the provider after that, off the answer's path.
 
-The record and its log entry are one commit, synced before the answer is returned (the
-asking user is told the receipt is in both logs, and a log entry is durable before anyone
-hears of it, as a transfer's receipt is); the provider's copy of the receipt was synced
-before it answered. Every computation still ``answered`` here is a confirmation owed: sent
-in the background, retried with backoff while the provider is unreachable, and again after
-a restart.
+The record, its log entry and the confirmation owed to the provider (a row of the outbox,
+``connector.negotiation.outbox``) are one commit, synced before the answer is returned
+(the asking user is told the receipt is in both logs, and a log entry is durable before
+anyone hears of it, as a transfer's receipt is); the provider's copy of the receipt was
+synced before it answered. The confirmation is stored leased to this process and handed
+to its outbox once the answer has gone; the outbox retries it with backoff while the
+provider cannot be reached. Because it is a row written with the computation, it
+survives a restart, and replicas sharing a PostgreSQL database send it once (they claim
+rows with ``SKIP LOCKED``, and a lease keeps the others off one being sent).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import heapq
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from connector.audit import jws
 from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.clock import Clock
-from connector.compute.query import parse_query
+from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
     ComputationReceipt,
@@ -60,122 +61,44 @@ from connector.errors import (
 )
 from connector.identifiers import COMPUTATION_ID
 from connector.negotiation.agreement import Agreement
+from connector.negotiation.outbox import Pending, enqueue, mark_delivered
+from connector.negotiation.service import PermanentRefusal
 from connector.rpc.channel import calling
+from connector.store.database import RawTransaction
 
-__all__ = ["COMPUTE_TIMEOUT_SECONDS", "ComputeConsumer", "Confirmations"]
+__all__ = [
+    "COMPUTE_TIMEOUT_SECONDS",
+    "CONFIRM_METHOD",
+    "ComputeConsumer",
+    "SendConfirmation",
+    "confirmation_id",
+]
 
 log = logging.getLogger(__name__)
 
 COMPUTE_TIMEOUT_SECONDS = 120.0
 """How long the consumer waits for an answer (the provider's engine stops at its own limit)."""
 
+CONFIRM_METHOD = "ConfirmComputation"
+"""The outbox's method for a countersignature owed to a provider."""
+
+CONFIRM_TIMEOUT_SECONDS = 15.0
+"""How long one confirmation call may take: well within the lease (``lease_ms``) that
+keeps other replicas off the row while it is sent."""
+
 # The provider answered these for good: sending again changes nothing (until a restart).
 _REFUSED = (NotFound, PermissionDenied, PreconditionFailed, VerificationError)
 
+SendConfirmation = Callable[[str, compute_pb2.ConfirmComputationRequest], None]
+"""Sends a confirmation to a provider (``ConfirmComputation``); raises what it answered."""
 
-class Confirmations:
-    """Sends countersignatures owed to providers, in the background, until they are taken.
+HandOver = Callable[[list[Pending]], None]
+"""Sends committed outbox rows at once (the node's outbox, ``Outbox.dispatch``)."""
 
-    ``send(computation_id)`` is the whole job: it raises what the provider answered. A
-    refusal for good (``_REFUSED``) is logged and not retried; anything else (the provider
-    unreachable, a timeout) is retried after ``base_delay`` doubling up to ``max_delay``,
-    ``max_attempts`` times in all. What is still owed when the process stops is owed at the
-    next start (the store says so: the computation is still ``answered``).
-    """
 
-    def __init__(
-        self,
-        send: Callable[[str], None],
-        *,
-        base_delay: float = 0.5,
-        max_delay: float = 60.0,
-        max_attempts: int = 12,
-    ) -> None:
-        self._send = send
-        self._base, self._max_delay, self._max_attempts = base_delay, max_delay, max_attempts
-        self._due: list[tuple[float, str, int]] = []  # (when, computation, attempts so far)
-        self._queued: set[str] = set()
-        self._cond = threading.Condition()
-        self._stopped = False
-        self._sending = False
-        self._thread: threading.Thread | None = None
-
-    def owe(self, computation_id: str) -> None:
-        """Send this confirmation as soon as possible (once, however often it is owed)."""
-        self._schedule(computation_id, 0, 0.0)
-
-    def _schedule(self, computation_id: str, attempts: int, delay: float) -> None:
-        with self._cond:
-            if self._stopped or computation_id in self._queued:
-                return
-            self._queued.add(computation_id)
-            heapq.heappush(self._due, (time.monotonic() + delay, computation_id, attempts))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="tds-compute-confirm", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
-
-    def _next(self) -> tuple[str, int] | None:
-        with self._cond:
-            while not self._stopped:
-                if self._due and self._due[0][0] <= time.monotonic():
-                    _, computation_id, attempts = heapq.heappop(self._due)
-                    self._queued.discard(computation_id)
-                    self._sending = True
-                    return computation_id, attempts
-                self._sending = False
-                self._cond.notify_all()  # for ``settled``
-                self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
-            return None
-
-    def _run(self) -> None:
-        while (job := self._next()) is not None:
-            computation_id, attempts = job
-            try:
-                self._send(computation_id)
-            except _REFUSED as exc:
-                log.error(
-                    "the provider refused a computation's countersignature",
-                    extra={"computation": computation_id, "reason": str(exc)},
-                )
-            except Exception as exc:  # unreachable, or anything else: try again later
-                attempts += 1
-                if attempts >= self._max_attempts:
-                    log.error(
-                        "computation receipt not confirmed; retried at the next start",
-                        extra={"computation": computation_id, "reason": str(exc)},
-                    )
-                    continue
-                delay = min(self._base * 2 ** (attempts - 1), self._max_delay)
-                self._schedule(computation_id, attempts, delay)
-
-    def settled(self, timeout: float) -> bool:
-        """Wait until nothing is being sent or due now (retries later do not count);
-        whether that happened within ``timeout`` seconds. For tests and benchmarks."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._sending or (self._due and self._due[0][0] <= time.monotonic()):
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopped:
-                    return False
-                self._cond.wait(left)
-            return True
-
-    def pending(self) -> int:
-        """Confirmations waiting for their turn (not counting one being sent)."""
-        with self._cond:
-            return len(self._due)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop sending (what is owed stays owed in the store)."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+def confirmation_id(computation_id: str) -> str:
+    """The outbox message id of a computation's confirmation: one row per computation."""
+    return f"confirm-{computation_id}"
 
 
 class ComputeConsumer:
@@ -192,9 +115,16 @@ class ComputeConsumer:
         signing_key: ed25519.Ed25519PrivateKey,
         keys: jws.KeyLookup,
         channel_to: Callable[[str], grpc.Channel],
+        hand_over: HandOver | None = None,
+        lease_ms: int = 30_000,
+        send: SendConfirmation | None = None,
     ) -> None:
         """``agreement_of``: our finalized, unrevoked agreement as consumer, or an error;
-        ``channel_to``: a channel to a member, kept by the caller (not closed here)."""
+        ``channel_to``: a channel to a member, kept by the caller (not closed here);
+        ``hand_over``: sends a confirmation's committed row at once (without it, the row is
+        due at once and the outbox's next pass sends it); ``lease_ms``: how long a row
+        handed over is kept from other replicas' outboxes; ``send``: the call to the
+        provider (``ConfirmComputation`` over ``channel_to`` unless given)."""
         self._me = participant
         self._agreement_of = agreement_of
         self._store = store
@@ -203,18 +133,43 @@ class ComputeConsumer:
         self._key = signing_key
         self._keys = keys
         self._channel_to = channel_to
-        self.confirmations = Confirmations(self.confirm)
+        self._hand_over = hand_over
+        self._lease_ms = lease_ms
+        self._send = send if send is not None else self._call_provider
+        self._stopped = False
 
     def resume(self) -> int:
-        """Owe again every confirmation not yet taken (at start); how many."""
-        pending = self._store.pending_confirmations()
-        for c in pending:
-            self.confirmations.owe(c.id)
-        return len(pending)
+        """Queue again every confirmation not yet taken (at start); how many are owed.
+
+        Each computation still ``answered`` gets its row: made if it has none (written
+        before confirmations went through the outbox), due again if the outbox gave up on
+        it (the provider refused it or stayed unreachable: a restart tries again, as an
+        administrator would expect). On SQLite, where one process owns the database, a
+        row leased to this process before it stopped is due at once; on PostgreSQL a
+        lease may be a live replica's and is left to run out.
+        """
+        now_ms = int(self._clock.now() * 1000)
+        owed = self._store.pending_confirmations()
+        self._store.requeue_confirmations(
+            [
+                (confirmation_id(c.id), c.counterparty, self._payload(c.id, c.receipt or ""))
+                for c in owed
+            ],
+            method=CONFIRM_METHOD,
+            now_ms=now_ms,
+        )
+        return len(owed)
 
     def stop(self) -> None:
-        """Stop sending confirmations (those owed are sent after the next start)."""
-        self.confirmations.stop()
+        """Hand no more confirmations to the outbox (those owed are in it, for the next
+        start or another replica)."""
+        self._stopped = True
+
+    @staticmethod
+    def _payload(computation_id: str, receipt: str) -> bytes:
+        return compute_pb2.ConfirmComputationRequest(
+            computation_id=computation_id, receipt=receipt
+        ).SerializeToString()
 
     def ask(
         self,
@@ -237,14 +192,26 @@ class ComputeConsumer:
         provider = agreement.provider
         channel = self._channel_to(provider)
         with calling(provider):
-            response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
-                channel
-            ).Compute(
+            pending = compute_pb2_grpc.ComputeServiceStub(channel).Compute.future(
                 compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
                 timeout=COMPUTE_TIMEOUT_SECONDS,
             )
+        # Parsed while the provider computes (the receipt must name this question's
+        # canonical form); a question we cannot parse is parsed again, and refused, by
+        # ``_check`` if the provider answers it at all.
+        query: Query | None = None
         try:
-            receipt, countersigned = self._check(agreement, question, response)
+            if agreement.compute is not None:
+                query = parse_query(question, agreed_rules(agreement.compute))
+        except InvalidRequest:
+            pass
+        except BaseException:
+            pending.cancel()  # type: ignore[no-untyped-call]
+            raise
+        with calling(provider):
+            response: compute_pb2.ComputeResponse = pending.result()
+        try:
+            receipt, countersigned = self._check(agreement, question, response, query)
         except VerificationError as exc:
             self._audit.record(
                 "compute.receipt_refused",
@@ -253,12 +220,7 @@ class ComputeConsumer:
             )
             raise
         now_ms = int(self._clock.now() * 1000)
-        logged = {
-            "computation": receipt.computation,
-            "agreement": agreement.id,
-            "receipt": countersigned,
-        }
-        self._store.create(
+        queued = self.record_answered(
             Computation(
                 id=receipt.computation,
                 role=CONSUMER,
@@ -272,14 +234,12 @@ class ComputeConsumer:
                 epsilon_micro=micro(receipt.epsilon_spent),
                 receipt=countersigned,
                 ended_ms=now_ms,
-            ),
-            # Synced before the answer is returned: the receipt is reported as in our log.
-            log=self._audit.prepare([("compute.receipt", [provider], logged)]),
+            )
         )
-        computation = receipt.computation
 
         def owe() -> None:
-            self.confirmations.owe(computation)
+            if self._hand_over is not None and not self._stopped:
+                self._hand_over(queued)
 
         if after is None or not after(owe):
             owe()
@@ -287,36 +247,98 @@ class ComputeConsumer:
             computation_id=receipt.computation, answer=response.answer, receipt=countersigned
         )
 
-    def confirm(self, computation_id: str) -> None:
-        """Send the countersignature of an answered computation to its provider, then
-        mark it confirmed (a synced commit).
+    def record_answered(self, c: Computation) -> list[Pending]:
+        """Record an answered computation (its receipt countersigned by us), its
+        ``compute.receipt`` entry and the confirmation owed to its provider, in one
+        commit synced before it returns (the receipt is then reported as in our log);
+        the confirmation's outbox row, for ``hand_over``."""
+        assert c.receipt is not None
+        logged = {"computation": c.id, "agreement": c.agreement_id, "receipt": c.receipt}
+        appended = self._audit.prepare([("compute.receipt", [c.counterparty], logged)])
+        payload = self._payload(c.id, c.receipt)
+        # Leased to this process when it sends the confirmation itself.
+        due_ms = c.ended_ms + self._lease_ms if self._hand_over is not None else c.ended_ms
+        queued: list[Pending] = []
 
-        Raises what the provider answered; a failure leaves it owed, and says why.
-        """
-        c = self._store.get(computation_id)
-        if c.state != ANSWERED or c.receipt is None:
-            return  # confirmed already (a repeat), or nothing to confirm
-        try:
-            channel = self._channel_to(c.counterparty)
-            with calling(c.counterparty):
-                compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
-                    compute_pb2.ConfirmComputationRequest(
-                        computation_id=computation_id, receipt=c.receipt
-                    ),
-                    timeout=30,
+        def write(tx: RawTransaction) -> None:
+            queued.append(
+                enqueue(
+                    tx,
+                    message_id=confirmation_id(c.id),
+                    target=c.counterparty,
+                    method=CONFIRM_METHOD,
+                    payload=payload,
+                    due_ms=due_ms,
+                    now_ms=c.ended_ms,
                 )
+            )
+            appended(tx)
+
+        self._store.create(c, log=write)
+        return queued
+
+    def deliver(self, pending: Pending) -> bool | None:
+        """Send one confirmation from the outbox; ``True`` when the computation is marked
+        confirmed and the row delivered (one synced commit), ``None`` when there was
+        nothing to send (confirmed already: the outbox settles the row).
+
+        A refusal for good (``_REFUSED``) is ``PermanentRefusal``: the outbox stops
+        retrying it; anything else is raised for the outbox to retry. Either way the
+        computation says why it is still owed, for the administrator.
+        """
+        request = compute_pb2.ConfirmComputationRequest.FromString(pending.payload)
+        c = self._store.get(request.computation_id)
+        if c.state != ANSWERED:
+            return None  # confirmed already (a replica, or a repeat)
+        try:
+            self._send(pending.target, request)
         except ConnectorError as exc:
-            # Why it is still owed, for the administrator.
-            self._store.update(computation_id, expect=ANSWERED, reason=f"not yet confirmed: {exc}")
+            with contextlib.suppress(PreconditionFailed):  # a replica confirmed it meanwhile
+                self._store.update(c.id, expect=ANSWERED, reason=f"not yet confirmed: {exc}")
+            if isinstance(exc, _REFUSED):
+                log.error(
+                    "the provider refused a computation's countersignature",
+                    extra={"computation": c.id, "reason": str(exc)},
+                )
+                raise PermanentRefusal(str(exc)) from None
             raise
-        self._store.update(computation_id, expect=ANSWERED, state=CONFIRMED, reason="")
+        try:
+            self._store.update(
+                c.id,
+                expect=ANSWERED,
+                log=lambda tx: mark_delivered(tx, pending.id),
+                state=CONFIRMED,
+                reason="",
+            )
+        except PreconditionFailed:
+            return None  # a replica's send was taken first
+        return True
+
+    def gave_up(self, pending: Pending, reason: str) -> None:
+        """The outbox stopped sending a confirmation: it is owed again at the next start."""
+        log.error(
+            "computation receipt not confirmed; retried at the next start",
+            extra={"target": pending.target, "reason": reason},
+        )
+
+    def _call_provider(self, provider: str, request: compute_pb2.ConfirmComputationRequest) -> None:
+        channel = self._channel_to(provider)
+        with calling(provider):
+            compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(
+                request, timeout=CONFIRM_TIMEOUT_SECONDS
+            )
 
     def _check(
-        self, agreement: Agreement, question: str | dict[str, Any], r: compute_pb2.ComputeResponse
+        self,
+        agreement: Agreement,
+        question: str | dict[str, Any],
+        r: compute_pb2.ComputeResponse,
+        query: Query | None = None,
     ) -> tuple[ComputationReceipt, str]:
         """The provider's receipt, verified and matched to what we asked and received, and
         the receipt countersigned by us (``jws.countersign`` verifies the provider's
-        signature first: one verification, not one here and one to countersign)."""
+        signature first: one verification, not one here and one to countersign).
+        ``query``: ``question`` as already parsed under the agreement's rules."""
         if agreement.compute is None:
             raise VerificationError(
                 f"the provider answered under agreement {agreement.id}, which has no compute rules"
@@ -334,7 +356,8 @@ class ComputeConsumer:
         # into our log, so it must be one of the grammar before anything else uses it.
         COMPUTATION_ID.check(r.computation_id, error=VerificationError)
         rules = agreed_rules(agreement.compute)
-        query = parse_query(question, rules)
+        if query is None:
+            query = parse_query(question, rules)
         try:
             document = json.loads(r.answer)
         except ValueError:

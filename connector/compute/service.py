@@ -6,9 +6,16 @@ where the data lives, apply disclosure control, sign a computation receipt and l
 Anything that fails after the reservation gives the ε back. The consumer countersigns the
 receipt (``ConfirmComputation``); both logs then hold the same countersigned receipt.
 
+The decision and the reservation run on another thread while the engine computes (the
+engine spends most of its time outside Python): the answer is computed before it is known
+whether it may be given, and leaves only once the decision allowed it and its ε is
+reserved; otherwise it is dropped, and the refusal is what the consumer hears. A question
+whose refusal is known beforehand (no rules to answer it under, a revoked agreement, a
+budget already too small for it) does not start the engine.
+
 Durable writes on the answer's path: two commits and one sync. The decision's log entry,
 the ε reservation and the computation record are one transaction, committed before the
-computation (atomic: concurrent questions, also from replicas, see the spend) but not
+answer is signed (atomic: concurrent questions, also from replicas, see the spend) but not
 waited for on the disk; the signed receipt's log entry and the state ``answered`` are the
 next, synced before the answer leaves, and that sync covers the first (a commit is durable
 only with every commit before it). A process that dies in between leaves the computation
@@ -19,9 +26,12 @@ it) or, if the machine went down before any sync, no trace at all, and no answer
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -30,6 +40,7 @@ from connector._proto.tds.v1 import compute_pb2, compute_pb2_grpc
 from connector.audit import jws
 from connector.audit.log import AuditLog, Record
 from connector.catalog.catalog import Catalog
+from connector.catalog.products import Offer, Product
 from connector.clock import Clock
 from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
@@ -68,8 +79,8 @@ from connector.rpc.server import Service
 from connector.transfer.provider import TransferProvider
 
 if TYPE_CHECKING:
+    from connector.compute.answer import Answer
     from connector.compute.client import ComputeConsumer
-    from connector.compute.engine import Executor
 
 __all__ = [
     "MAX_QUESTION_BYTES",
@@ -102,6 +113,33 @@ def question_of(text: str) -> str | dict[str, Any]:
     return text
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """One question as the provider has it before deciding: who asks, under what."""
+
+    caller: Caller
+    agreement: Agreement
+    revoked: bool
+    product: Product
+    offer: Offer
+    rules: ComputeRules | None
+    query: Query | None
+
+    @property
+    def rules_in_force(self) -> ComputeRules:
+        """The rules, for a question that has them (one the policy may allow)."""
+        assert self.rules is not None
+        return self.rules
+
+    def over_budget(self, used: EpsilonUse) -> bool:
+        """Whether the ε this question asks would exceed the budget as used so far (the
+        policy refuses it; the reservation would too)."""
+        privacy = self.rules.privacy if self.rules is not None else None
+        if privacy is None:
+            return False
+        return used.spent_micro + micro(privacy.epsilon_per_query) > micro(privacy.epsilon_budget)
+
+
 class ComputeProvider:
     """Answers questions about this connector's products under its agreements."""
 
@@ -131,6 +169,8 @@ class ComputeProvider:
         self._key = signing_key
         self._keys = keys
         self._consent = consent
+        # The usage decisions and reservations made beside the engine (``compute``).
+        self._beside = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tds-compute-decide")
 
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
@@ -167,16 +207,68 @@ class ComputeProvider:
             except InvalidRequest as exc:
                 self._refuse(caller, agreement, f"question refused: {exc}")
                 raise
+        ask = _Asked(caller, agreement, revoked, product, offer, rules, query)
+        used = self._store.usage(agreement.id)
+        if query is None or revoked or ask.over_budget(used):
+            # The policy refuses these: decide first, and let the engine not start.
+            return self._sequential(ask, used)
+        try:
+            executor, source_state = self._sources.open(product.source, product.fields)
+        except BaseException as exc:
+            return self._sequential(ask, used, opened=exc)
+        # The usage decision and the ε reservation run beside the engine: the answer is
+        # computed before it is known whether it may be given, and given only if it may
+        # (refused or not reserved: it is dropped, and nothing is spent).
+        decided = self._beside.submit(
+            contextvars.copy_context().run, self._decide_and_reserve, ask, used, None
+        )
+        from connector.compute.answer import answer_query  # loads the engine (see sources)
+
+        failure: BaseException | None = None
+        try:
+            answer: Answer | None = answer_query(query, ask.rules_in_force, executor)
+        except BaseException as exc:
+            answer, failure = None, exc
+        c, after = decided.result()  # a refusal is raised here, and logged already
+        return self._answered(ask, c, after, answer, failure, source_state)
+
+    def _sequential(
+        self, ask: _Asked, used: EpsilonUse, opened: BaseException | None = None
+    ) -> compute_pb2.ComputeResponse:
+        """Decide, reserve, then compute: for a question the policy will refuse (the
+        engine does not start) or whose source did not open (``opened``, raised once the
+        decision allows: a refusal goes first, as the policy is asked first)."""
+        c, after = self._decide_and_reserve(ask, used, opened)
+        assert ask.query is not None  # the policy refuses otherwise
+        failure: BaseException | None = None
+        answer: Answer | None = None
+        source_state = ""
+        try:
+            from connector.compute.answer import answer_query
+
+            executor, source_state = self._sources.open(ask.product.source, ask.product.fields)
+            answer = answer_query(ask.query, ask.rules_in_force, executor)
+        except BaseException as exc:
+            failure = exc
+        return self._answered(ask, c, after, answer, failure, source_state)
+
+    def _decide_and_reserve(
+        self, ask: _Asked, used: EpsilonUse, opened: BaseException | None
+    ) -> tuple[Computation, EpsilonUse]:
+        """The usage decision (``compute.run``) and, if it allows, the ε reservation with
+        the computation's record, the decision's entry in the same commit; or the refusal,
+        logged, raised. ``opened``: the source failed to open (raised once allowed, the
+        decision logged, nothing spent)."""
+        caller, agreement, rules, query = ask.caller, ask.agreement, ask.rules, ask.query
         epsilon = rules.privacy.epsilon_per_query if rules and rules.privacy else 0.0
         budget = micro(rules.privacy.epsilon_budget) if rules and rules.privacy else 0
-        used = self._store.usage(agreement.id)
         left = max(0, budget - used.spent_micro) / 1_000_000
         document = build_input(
             "compute.run",
             caller=caller,
-            resource=product.resource(),
+            resource=ask.product.resource(),
             clock=self._clock,
-            offer={"id": offer.id, "policy_module": offer.policy_module},
+            offer={"id": ask.offer.id, "policy_module": ask.offer.policy_module},
             contract={
                 "id": agreement.id,
                 "purpose": agreement.purpose,
@@ -184,17 +276,19 @@ class ComputeProvider:
                 "valid_until_ns": agreement.valid_until_ns,
                 "max_transfers": agreement.max_transfers,
                 "max_bytes": agreement.max_bytes,
-                "revoked": revoked,
+                "revoked": ask.revoked,
                 "obligations": dict(agreement.obligations),
                 "delivery": list(agreement.delivery),
                 "compute": dict(agreement.compute or {}),
             },
             context={
-                "revoked": revoked,
+                "revoked": ask.revoked,
                 "epsilon_spent": used.spent,
                 "epsilon_left": left,
                 "computations_used": used.computations,
-                "consent": dict(self._consent(caller.participant, product.id, agreement.purpose)),
+                "consent": dict(
+                    self._consent(caller.participant, ask.product.id, agreement.purpose)
+                ),
             },
             query=(
                 query.shape(rules)
@@ -222,16 +316,14 @@ class ComputeProvider:
             self._refuse(caller, agreement, reason, decided)
             raise PermissionDenied(reason)
         assert rules is not None and query is not None  # the policy refuses otherwise
-        try:
-            executor, source_state = self._sources.open(product.source, product.fields)
-        except BaseException:
+        if opened is not None:
             self._audit.record_many(decided)  # decided, then nothing spent
-            raise
+            raise opened
         c = Computation(
             id=f"cp-{uuid.uuid4().hex}",
             role=PROVIDER,
             agreement_id=agreement.id,
-            product=product.id,
+            product=ask.product.id,
             counterparty=caller.participant,
             state=RESERVED,
             started_ms=self._now_ms(),
@@ -255,33 +347,42 @@ class ComputeProvider:
             with contextlib.suppress(ConnectorError):
                 self._audit.record_many(decided)
             raise
+        return c, after
+
+    def _answered(
+        self,
+        ask: _Asked,
+        c: Computation,
+        after: EpsilonUse,
+        answer: Answer | None,
+        failure: BaseException | None,
+        source_state: str,
+    ) -> compute_pb2.ComputeResponse:
+        """The receipt for a reserved computation's answer, or, if it failed, its ε given
+        back and the failure logged and raised."""
         try:
-            return self._answer(caller, agreement, rules, query, executor, source_state, c, after)
+            if failure is not None:
+                raise failure
+            assert answer is not None
+            return self._receipt(ask, c, after, answer, source_state)
         except BaseException as exc:
             self._store.release(c.id, f"no answer: {exc}", self._now_ms())
             if isinstance(exc, ConnectorError):
                 self._audit.record(
                     "compute.failed",
-                    parties=[caller.participant],
-                    data={"computation": c.id, "agreement": agreement.id, "reason": str(exc)[:300]},
+                    parties=[ask.caller.participant],
+                    data={
+                        "computation": c.id,
+                        "agreement": ask.agreement.id,
+                        "reason": str(exc)[:300],
+                    },
                 )
             raise
 
-    def _answer(
-        self,
-        caller: Caller,
-        agreement: Agreement,
-        rules: ComputeRules,
-        query: Query,
-        executor: Executor,
-        source_state: str,
-        c: Computation,
-        after: EpsilonUse,
+    def _receipt(
+        self, ask: _Asked, c: Computation, after: EpsilonUse, answer: Answer, source_state: str
     ) -> compute_pb2.ComputeResponse:
-        # The engine and OpenDP load with the first question (see connector.compute.sources).
-        from connector.compute.answer import answer_query
-
-        answer = answer_query(query, rules, executor)  # the question as parsed above
+        caller, agreement = ask.caller, ask.agreement
         fields = answer.receipt(source_state)
         receipt = ComputationReceipt(
             agreement=agreement.id,

@@ -10,15 +10,17 @@ fails (the source is down, the engine refuses) gives its reservation back.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import update
 from sqlmodel import select
 
 from connector.errors import NotFound, PermissionDenied, PreconditionFailed
-from connector.store.database import Database
+from connector.negotiation.outbox import requeue
+from connector.store.database import Database, RawTransaction
 from connector.store.models import ComputationRow, MeteringRow
-from connector.transfer.store import LogWrite, ensure_metering
+from connector.transfer.store import ensure_metering_in
 
 __all__ = [
     "ANSWERED",
@@ -30,6 +32,9 @@ __all__ = [
     "EpsilonUse",
     "micro",
 ]
+
+InTransaction = Callable[[RawTransaction], object]
+"""Writes more in a store method's transaction (audit entries, an outbox row)."""
 
 RESERVED, ANSWERED, CONFIRMED, FAILED = "reserved", "answered", "confirmed", "failed"
 PROVIDER, CONSUMER = "provider", "consumer"
@@ -151,7 +156,7 @@ class ComputationStore:
         *,
         budget_micro: int,
         now_ms: int,
-        log: LogWrite | None = None,
+        log: InTransaction | None = None,
         durable: bool = True,
     ) -> EpsilonUse:
         """Spend ``c.epsilon_micro`` and record ``c``, or refuse with
@@ -161,19 +166,13 @@ class ComputationStore:
         reservation is not waited for on the disk (``Database.transaction``); the caller's
         next synced commit (the receipt's, before the answer leaves) makes it durable.
         """
-        with self._db.transaction() as tx:  # the usual case: made by an earlier question
-            exists = tx.one("SELECT 1 FROM metering WHERE agreement_id = ?", (c.agreement_id,))
-        if exists is None:
-            ensure_metering(
-                self._db,
-                MeteringRow(
-                    agreement_id=c.agreement_id,
-                    consumer=c.counterparty,
-                    product=c.product,
-                    epsilon_budget_micro=budget_micro,
-                    updated_ms=now_ms,
-                ),
-            )
+        metering = MeteringRow(
+            agreement_id=c.agreement_id,
+            consumer=c.counterparty,
+            product=c.product,
+            epsilon_budget_micro=budget_micro,
+            updated_ms=now_ms,
+        )
         # The budget signed in the agreement (a transfer that created the row first wrote
         # 0 there: it knows no budget).
         spend = (
@@ -187,6 +186,7 @@ class ComputationStore:
             params += (c.epsilon_micro, budget_micro)
         try:
             with self._db.transaction(durable=durable) as tx:
+                ensure_metering_in(tx, metering)  # made by an earlier question, usually
                 cur = tx.execute(spend, params)
                 spent = cur.rowcount
                 cur.close()
@@ -226,7 +226,7 @@ class ComputationStore:
             )
             row.state, row.reason, row.ended_ms = FAILED, reason[:512], now_ms
 
-    def create(self, c: Computation, *, log: LogWrite | None = None) -> Computation:
+    def create(self, c: Computation, *, log: InTransaction | None = None) -> Computation:
         """Record a computation (the consumer's side), with ``log``'s entries in the same
         transaction, durable before it returns."""
         with self._db.transaction() as tx:
@@ -248,7 +248,7 @@ class ComputationStore:
         computation_id: str,
         *,
         expect: str,
-        log: LogWrite | None = None,
+        log: InTransaction | None = None,
         durable: bool = True,
         **values: object,
     ) -> None:
@@ -282,6 +282,26 @@ class ComputationStore:
                 .where(ComputationRow.state == ANSWERED)
             ).all()
             return sorted((_computation(r) for r in rows), key=lambda c: c.started_ms)
+
+    def requeue_confirmations(
+        self, owed: Sequence[tuple[str, str, bytes]], *, method: str, now_ms: int
+    ) -> None:
+        """Make each confirmation ``(message id, provider, payload)`` due now in the
+        outbox (``outbox.requeue``; a lease is honoured on PostgreSQL only, where it may
+        be a replica's), in one transaction."""
+        if not owed:
+            return
+        with self._db.transaction() as tx:
+            for message_id, target, payload in owed:
+                requeue(
+                    tx,
+                    message_id=message_id,
+                    target=target,
+                    method=method,
+                    payload=payload,
+                    now_ms=now_ms,
+                    leased_too=not self._db.postgres,
+                )
 
     def list(self, role: str = "", agreement_id: str = "") -> list[Computation]:
         """Computations, newest first."""

@@ -1,8 +1,11 @@
 """Delivering queued messages to other connectors: bounded retries with backoff.
 
 The outbox is rows in the connector's database written with the transition that caused
-them, so a restart resumes delivery where it stopped. On PostgreSQL, replicas claim rows
-with ``FOR UPDATE SKIP LOCKED``, so each message goes out once at a time.
+them (``enqueue``, within that transition's transaction), so a restart resumes delivery
+where it stopped. On PostgreSQL, replicas claim rows with ``FOR UPDATE SKIP LOCKED``, so
+each message goes out once at a time. Negotiations queue their protocol messages here,
+and the consumer of a computation its countersignature (``connector.compute.client``);
+the node's delivery function tells them apart by ``method``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from dataclasses import dataclass
 
 from connector.clock import Clock
 from connector.errors import ConnectorError
-from connector.store.database import Database
+from connector.store.database import Database, RawTransaction
 
-__all__ = ["Outbox", "Pending"]
+__all__ = ["Outbox", "Pending", "enqueue", "mark_delivered", "requeue"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,60 @@ class Pending:
     payload: bytes
     negotiation_pid: str
     attempts: int
+
+
+def enqueue(
+    tx: RawTransaction,
+    *,
+    message_id: str,
+    target: str,
+    method: str,
+    payload: bytes,
+    due_ms: int,
+    now_ms: int,
+    negotiation_pid: str = "",
+) -> Pending:
+    """Queue one message within ``tx`` (the transaction of the change that owes it); it
+    is due at ``due_ms`` (later than now: leased to the caller, who sends it itself)."""
+    row = tx.one(
+        "INSERT INTO outbox (message_id, target, method, payload, negotiation_pid,"
+        " attempts, next_attempt_ms, status, last_error, created_ms)"
+        " VALUES (?, ?, ?, ?, ?, 0, ?, 'pending', '', ?) RETURNING id",
+        (message_id, target, method, payload, negotiation_pid, due_ms, now_ms),
+    )
+    assert row is not None
+    return Pending(int(row[0]), message_id, target, method, payload, negotiation_pid, 0)
+
+
+def requeue(
+    tx: RawTransaction,
+    *,
+    message_id: str,
+    target: str,
+    method: str,
+    payload: bytes,
+    now_ms: int,
+    leased_too: bool,
+) -> None:
+    """Make a message due now: queued if it has no row, or its row pending again (its
+    attempts counted afresh) if the outbox gave up on it or settled it; a pending row is
+    left to its lease unless ``leased_too`` (one process owns the database: the lease is
+    its own, from before it stopped). Idempotent, so replicas may all do it at start."""
+    again = "" if leased_too else " WHERE outbox.status <> 'pending'"
+    tx.execute(
+        "INSERT INTO outbox (message_id, target, method, payload, negotiation_pid,"  # noqa: S608
+        " attempts, next_attempt_ms, status, last_error, created_ms)"
+        " VALUES (?, ?, ?, ?, '', 0, ?, 'pending', '', ?)"
+        " ON CONFLICT (message_id) DO UPDATE SET status = 'pending', attempts = 0,"
+        f" next_attempt_ms = excluded.next_attempt_ms{again}",
+        (message_id, target, method, payload, now_ms, now_ms),
+    ).close()
+
+
+def mark_delivered(tx: RawTransaction, row_id: int) -> None:
+    """Settle a message as delivered within ``tx`` (the transaction that took its answer:
+    the outbox then has nothing to settle)."""
+    tx.execute("UPDATE outbox SET status = 'delivered' WHERE id = ?", (row_id,)).close()
 
 
 Deliver = Callable[[Pending], bool | None]

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from connector.errors import Aborted, ConflictError, NotFound, PreconditionFailed
-from connector.negotiation.outbox import Pending
+from connector.negotiation.outbox import Pending, enqueue, mark_delivered
 from connector.negotiation.states import FINAL, State, check_transition
 from connector.store.database import Database, RawTransaction
 
@@ -141,15 +141,17 @@ class NegotiationStore:
         due_ms = now_ms + self._lease_ms if self._hand_over is not None else now_ms
         queued = []
         for msg in outgoing:
-            row = tx.one(
-                "INSERT INTO outbox (message_id, target, method, payload, negotiation_pid,"
-                " attempts, next_attempt_ms, status, last_error, created_ms)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?, 'pending', '', ?) RETURNING id",
-                (msg.message_id, msg.target, msg.method, msg.payload, pid, due_ms, now_ms),
-            )
-            assert row is not None
             queued.append(
-                Pending(int(row[0]), msg.message_id, msg.target, msg.method, msg.payload, pid, 0)
+                enqueue(
+                    tx,
+                    message_id=msg.message_id,
+                    target=msg.target,
+                    method=msg.method,
+                    payload=msg.payload,
+                    negotiation_pid=pid,
+                    due_ms=due_ms,
+                    now_ms=now_ms,
+                )
             )
         return queued
 
@@ -392,9 +394,7 @@ class NegotiationStore:
                 queued = self._queue(tx, pid, outgoing, now_ms)
                 self._remember(tx, inbox, now_ms)
                 if delivered is not None:
-                    tx.execute(
-                        "UPDATE outbox SET status = 'delivered' WHERE id = ?", (delivered,)
-                    ).close()
+                    mark_delivered(tx, delivered)
                 # Last, once the compare-and-set has won: the audit entries commit with the
                 # move or not at all, and the log's sequence is held only for the commit.
                 if last is not None:

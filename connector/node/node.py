@@ -24,7 +24,7 @@ from connector.catalog.paging import PageTokens, page_limits
 from connector.catalog.service import CatalogServicer, catalog_service
 from connector.catalog.store import ProductStore
 from connector.clock import Clock, SystemClock
-from connector.compute.client import ComputeConsumer
+from connector.compute.client import CONFIRM_METHOD, ComputeConsumer
 from connector.compute.service import ComputeProvider, ComputeServicer, compute_service
 from connector.compute.sources import ComputeSources
 from connector.compute.store import ComputationStore
@@ -280,9 +280,7 @@ class Node:
             )
             self._build_transfers(signing_key)
             self.delivery = Delivery(self._negotiator, self._member_channel)
-            self.outbox = Outbox(
-                self.db, self._deliver, self.clock, on_give_up=self.delivery.give_up
-            )
+            self.outbox = Outbox(self.db, self._deliver, self.clock, on_give_up=self._gave_up)
             services, revocations = self._services(tls, operator_key, signing_key)
             self._revocations = revocations
             authenticator = Authenticator(
@@ -568,6 +566,7 @@ class Node:
             signing_key=signing_key,
             keys=self._signing_key_of,
             channel_to=self._kept_member_channel,
+            hand_over=self._dispatch,  # its confirmations go through the outbox
         )
         assert self.db is not None
         self.stream_store = StreamStore(self.db)
@@ -739,8 +738,12 @@ class Node:
             space=self.cfg.participant.space,
         )
 
-    def _deliver(self, pending: Pending) -> bool:
-        """One outbox message, over the binding its negotiation runs on."""
+    def _deliver(self, pending: Pending) -> bool | None:
+        """One outbox message: a computation's confirmation, or a negotiation's message
+        over the binding the negotiation runs on."""
+        if pending.method == CONFIRM_METHOD:
+            assert self.asker is not None
+            return self.asker.deliver(pending)
         if pending.method.startswith(DSP_METHOD):
             if self.dsp_delivery is None:
                 raise PermanentRefusal(
@@ -750,6 +753,15 @@ class Node:
             return self.dsp_delivery(pending)
         assert self.delivery is not None
         return self.delivery(pending)
+
+    def _gave_up(self, pending: Pending, reason: str) -> None:
+        """The outbox stopped sending a message: tell whoever queued it."""
+        if pending.method == CONFIRM_METHOD:
+            assert self.asker is not None
+            self.asker.gave_up(pending, reason)
+            return
+        assert self.delivery is not None
+        self.delivery.give_up(pending, reason)
 
     def _dispatch(self, messages: list[Pending]) -> None:
         """Send messages a transition just committed (the outbox retries what fails)."""

@@ -28,6 +28,7 @@ __all__ = [
     "Transfer",
     "TransferStore",
     "ensure_metering",
+    "ensure_metering_in",
 ]
 
 PROVIDER, CONSUMER = "provider", "consumer"
@@ -169,15 +170,26 @@ def _row(t: Transfer) -> TransferRow:
     )
 
 
+_METERING_COLUMNS = tuple(c.name for c in MeteringRow.__table__.columns)  # type: ignore[attr-defined]
+_CREATE_METERING = (
+    f"INSERT INTO metering ({', '.join(_METERING_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join('?' * len(_METERING_COLUMNS))})"
+    " ON CONFLICT (agreement_id) DO NOTHING"
+)
+
+
+def ensure_metering_in(tx: RawTransaction, row: MeteringRow) -> None:
+    """Create an agreement's metering row as ``row`` unless it exists, within ``tx``: the
+    row every conditional reservation (transfers, bytes, ε) updates. One statement, which
+    a concurrent creator (another thread, or a replica on PostgreSQL, where the insert
+    waits for the other's to commit) turns into nothing rather than an error."""
+    tx.execute(_CREATE_METERING, tuple(getattr(row, name) for name in _METERING_COLUMNS)).close()
+
+
 def ensure_metering(db: Database, row: MeteringRow) -> None:
-    """Create an agreement's metering row as ``row`` unless it exists: the row every
-    conditional reservation (transfers, bytes, ε) updates."""
-    try:
-        with db.session() as s:
-            if s.get(MeteringRow, row.agreement_id) is None:
-                s.add(row)
-    except IntegrityError:
-        pass  # a concurrent reservation created it
+    """``ensure_metering_in`` in a transaction of its own."""
+    with db.transaction() as tx:
+        ensure_metering_in(tx, row)
 
 
 class TransferStore:
