@@ -102,10 +102,15 @@ if TYPE_CHECKING:
     # aiohttp and pyld load only when [dsp] listen is set (about 50 MB resident).
     from connector.dsp import DspBinding
     from connector.dsp.delivery import DspDelivery
+    from connector.dsp.transfer_delivery import DspTransfers
 
 __all__ = ["Node", "TlsMaterial"]
 
 log = logging.getLogger(__name__)
+
+TRANSFER_METHOD = DSP_METHOD + "Transfer"
+"""Outbox methods of DSP transfer messages (connector.dsp.transfers.TRANSFER_METHOD, not
+imported from there: that would load aiohttp for connectors that serve no binding)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ class Node:
         self.negotiator: Negotiator | None = None
         self.delivery: Delivery | None = None
         self.dsp_delivery: DspDelivery | None = None
+        self.dsp_transfers: DspTransfers | None = None
+        """Transfer processes over the DSP binding (when it is served)."""
         """Sends negotiation messages over the DSP binding (when it is served)."""
         self.outbox: Outbox | None = None
         self.transfers: TransferProvider | None = None
@@ -280,9 +287,7 @@ class Node:
             )
             self._build_transfers(signing_key)
             self.delivery = Delivery(self._negotiator, self._member_channel)
-            self.outbox = Outbox(
-                self.db, self._deliver, self.clock, on_give_up=self.delivery.give_up
-            )
+            self.outbox = Outbox(self.db, self._deliver, self.clock, on_give_up=self._give_up)
             services, revocations = self._services(tls, operator_key, signing_key)
             self._revocations = revocations
             authenticator = Authenticator(
@@ -306,6 +311,18 @@ class Node:
             )
             if cfg.dsp.listen:  # refused on the operator by the configuration
                 from connector.dsp import DspBinding, tls_context
+                from connector.dsp.transfer_delivery import DspTransfers
+
+                assert self.transfers is not None and self.receiver is not None
+                self.dsp_transfers = DspTransfers(
+                    db=self.db,
+                    provider=self.transfers,
+                    receiver=self.receiver,
+                    signing_key=signing_key,
+                    clock=self.clock,
+                    hand_over=self._dispatch,
+                    registered_host=self._registered_host,
+                )
 
                 self.dsp = DspBinding(
                     settings=cfg.dsp,
@@ -317,9 +334,12 @@ class Node:
                     tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, tls.ca_pem),
                     registered_host=self._registered_host,
                     workers=cfg.server.max_workers,
+                    routes=(self.dsp_transfers.routes,),
                 )
                 self.dsp.start()
                 self.dsp_delivery = self._dsp_delivery(tls, self.dsp)
+                binding = self.dsp
+                self.dsp_transfers.connect(self.dsp_delivery.sender, lambda: binding.base_url)
             if self._enrol_self is not None:
                 self._enrol_self(self.advertised_address)
         except BaseException:
@@ -741,6 +761,8 @@ class Node:
 
     def _deliver(self, pending: Pending) -> bool:
         """One outbox message, over the binding its negotiation runs on."""
+        if pending.method.startswith(TRANSFER_METHOD) and self.dsp_transfers is not None:
+            return self.dsp_transfers.deliver(pending)
         if pending.method.startswith(DSP_METHOD):
             if self.dsp_delivery is None:
                 raise PermanentRefusal(
@@ -750,6 +772,13 @@ class Node:
             return self.dsp_delivery(pending)
         assert self.delivery is not None
         return self.delivery(pending)
+
+    def _give_up(self, pending: Pending, reason: str) -> None:
+        """A message the outbox could not deliver: end what it belongs to, here."""
+        if pending.method.startswith(TRANSFER_METHOD) and self.dsp_transfers is not None:
+            self.dsp_transfers.give_up(pending, reason)
+        elif self.delivery is not None:
+            self.delivery.give_up(pending, reason)
 
     def _dispatch(self, messages: list[Pending]) -> None:
         """Send messages a transition just committed (the outbox retries what fails)."""
