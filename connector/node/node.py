@@ -562,7 +562,12 @@ class Node:
             max_chunk_bytes=cfg.server.max_message_bytes - 1024,
             resume_for_seconds=cfg.transfer.resume_seconds,
         )
-        self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
+        self.transfer_admin = TransferAdmin(
+            store,
+            self.transfers,
+            self.receiver,
+            dsp=lambda: self.dsp_transfers.consumer if self.dsp_transfers is not None else None,
+        )
         computations = ComputationStore(db)
         self.computations = ComputeProvider(
             participant=cfg.participant.id,
