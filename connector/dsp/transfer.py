@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pyld import jsonld
 
 from connector.audit.canonical import canonical_json
 from connector.clock import Clock
@@ -184,9 +185,13 @@ def _routes(exchange: Exchange, side: TransferSide) -> list[web.RouteDef]:
             message = exchange.read(raw, "TransferRequestMessage")
             consumer_pid = local_pid(str(message["consumerPid"]))
             note_pids(request, consumer_pid=str(message["consumerPid"]))
-            if message["format"] != FORMAT:
+            # ``format`` is an IRI (``@type: @vocab``): the term DSP connectors send,
+            # ``HttpData-PULL``, is a relative one, which expansion resolves against
+            # pyld's default base; it is taken back here, and nothing else is served.
+            sent = str(message["format"]).removeprefix(jsonld.DEFAULT_BASE_IRI)
+            if sent != FORMAT:
                 raise InvalidRequest(
-                    f"format {message['format']!r} is not served: this connector serves "
+                    f"format {sent!r} is not served: this connector serves "
                     f"{FORMAT!r} (the consumer pulls over HTTPS)"
                 )
             if "dataAddress" in message:
