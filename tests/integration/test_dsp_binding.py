@@ -521,7 +521,6 @@ def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
         "/negotiations/x/request",
         "/negotiations/offers",
         "/negotiations/x/offers",
-        "/transfers/request",
     ):
         # /negotiations/offers is the path of GET /negotiations/{pid}: POST is 405 there.
         assert client(space).call("POST", path, {}).status in (404, 405)
