@@ -199,18 +199,25 @@ class DspTransferConsumer:
             held = asm.received
             try:
                 self._pull(endpoint, token, t, asm, progress)
+            except VerificationError as exc:
+                self._receiver.fail(t, f"integrity: {exc}", tell_provider=True)
+                raise
             except Unavailable as exc:
                 if asm.received > held:
                     last_progress = time.monotonic()
                 if time.monotonic() - last_progress > resume_for:
+                    self._receiver.fail(t, f"no progress for {resume_for:.0f} s: {exc}")
                     raise
                 progress(Progress("resuming", t, asm.received, detail=str(exc)))
                 time.sleep(0.5)
                 continue
+            except ConnectorError as exc:  # refused: suspended, terminated, revoked …
+                self._receiver.end(t, str(exc))
+                raise
             if asm.received == held and not asm.complete:
-                raise VerificationError(
-                    f"the provider ended the body at {asm.received} of {t.size} bytes"
-                )
+                why = f"the provider ended the body at {asm.received} of {t.size} bytes"
+                self._receiver.fail(t, f"integrity: {why}", tell_provider=True)
+                raise VerificationError(why)
 
     def _pull(
         self, endpoint: str, token: str, t: Transfer, asm: Assembler, progress: ProgressSink

@@ -524,6 +524,10 @@ class TransferConsumer:
 
     # -- ending -------------------------------------------------------------------------
 
+    def fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
+        """A transfer received by another path (the DSP binding) failed here."""
+        self._fail(t, reason, tell_provider=tell_provider)
+
     def end(self, t: Transfer, reason: str) -> None:
         """The provider ended a transfer we receive (told over the DSP binding)."""
         self._end(t, reason, received=self._store.get(t.id).received)
