@@ -135,14 +135,14 @@ class DspTransferConsumer:
             if local_pid(str(shown["consumerPid"])) != cid:
                 raise VerificationError("the provider answered about another transfer process")
             provider_pid = local_pid(str(shown["providerPid"]))
-            row = self._side.store.get(cid)
-            if row.peer_pid.startswith("pending:"):  # the start message may have come first
-                self._side.store.move(
-                    cid,
-                    expect=frozenset({REQUESTED}),
-                    now_ms=self._side.now_ms(),
-                    peer_pid=provider_pid,
-                )
+            # The start message may have come first (it names the same provider process):
+            # then this sets what it set already.
+            self._side.store.move(
+                cid,
+                expect=frozenset({REQUESTED, STARTED}),
+                now_ms=self._side.now_ms(),
+                peer_pid=provider_pid,
+            )
             t = self._wait_started(cid)
         except ConnectorError as exc:
             self._ended(cid, f"not started: {exc}")
