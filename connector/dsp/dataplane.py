@@ -19,6 +19,7 @@ completed or terminated (403: the token is spent).
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import re
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ __all__ = ["data_route"]
 
 log = logging.getLogger(__name__)
 
+_CHUNKS_PER_HOP = 4
 _RANGE = re.compile(r"bytes=(\d{1,19})-(\d{0,19})")
 
 
@@ -137,15 +139,19 @@ def data_route(exchange: Exchange, side: object) -> web.RouteDef:
         if partial:
             response.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         await response.prepare(request)
+
+        def batch() -> list[tuple[int, bytes]]:
+            # Several chunks per hand-over to the worker threads: each costs a switch.
+            return list(itertools.islice(chunks, _CHUNKS_PER_HOP))
+
         try:
-            while True:
-                got = await exchange.run(next, chunks, None)
-                if got is None:
+            while got := await exchange.run(batch):
+                for at, block in got:
+                    if at > last:
+                        break
+                    await response.write(block[: last + 1 - at])
+                if got[-1][0] > last:
                     break
-                at, block = got
-                if at > last:
-                    break
-                await response.write(block[: last + 1 - at])
         except ConnectorError as exc:
             # Stopped while streaming (revoked, terminated, expired): the headers are
             # gone, so the connection is closed short of Content-Length, which a client

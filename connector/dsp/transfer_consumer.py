@@ -251,7 +251,7 @@ class DspTransferConsumer:
                 if response.status == 200 and at:
                     raise VerificationError("the provider ignored the Range of a resumed pull")
                 reported = 0.0
-                async for block in response.content.iter_chunked(t.chunk_size or 1 << 20):
+                async for block in response.content.iter_chunked(t.chunk_size):
                     asm.add(at, block)
                     at += len(block)
                     now = time.monotonic()
