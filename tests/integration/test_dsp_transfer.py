@@ -669,3 +669,106 @@ def test_transfers_consumerpid_start_post_refused_ends_the_transfer(space: Local
     transfer_id = provider_pid.removeprefix("urn:tds:process:")
     assert [r[1] for r in provider_transfers(space) if r[0] == transfer_id] == ["terminated"]
     assert pull(space, endpoint, token)[0] == 403
+
+
+def consumer_client(space: LocalSpace, sender: str) -> DspClient:
+    """a's binding (a tds consumer's callback address) as ``sender`` calls it."""
+    binding = space.nodes["a"].dsp
+    assert binding is not None
+    return DspClient(
+        base=binding.base_url,
+        server_name=participant_dns_name("city", "a"),
+        ca_pem=ca_pem(space),
+        cert_pem=pem(space, sender, "tls_cert"),
+        key_pem=pem(space, sender, "tls_key"),
+        authorization=lambda: f"Bearer {own_token(space, sender)}",
+    )
+
+
+def test_transfers_consumerpid_start_post_bad_start_messages_change_nothing(
+    space: LocalSpace,
+) -> None:
+    from connector.dsp.transfers import DspTransfer
+
+    transfers = space.nodes["a"].dsp_transfers
+    assert transfers is not None
+    agreement_id = agreement(space)
+    cid = f"dspc-{'7' * 32}"
+    now = int(time.time() * 1000)
+    # a's process as its request left it: REQUESTED, waiting for gov's start message.
+    transfers.side.store.add(
+        DspTransfer(
+            transfer_id=cid,
+            role="consumer",
+            counterparty="gov",
+            peer_pid=f"pending:{cid}",
+            callback=provider_url(space),
+            request_digest="",
+            state="REQUESTED",
+            token_expires_ms=0,
+            created_ms=now,
+            updated_ms=now,
+            data_address=json.dumps({"agreement": agreement_id}),
+        )
+    )
+    tid = "tr-" + "9" * 32
+    pid, cpid = f"urn:tds:process:{tid}", f"urn:tds:process:{cid}"
+    address = {
+        "@type": "DataAddress",
+        "endpointType": "https://w3id.org/idsa/v4.1/HTTP",
+        "endpoint": f"{provider_url(space)}/transfers/{pid}/data",
+        "endpointProperties": [
+            {"@type": "EndpointProperty", "name": "authorization", "value": "t"},
+        ],
+    }
+    manifest = json.dumps({"transfer_id": tid, "agreement_id": agreement_id})
+    cases = [
+        # A connector of another make sends no manifest: a tds consumer cannot sign over it.
+        (message("TransferStartMessage", pid, cpid, dataAddress=address), 400, MANIFEST),
+        (message("TransferStartMessage", pid, cpid, **{MANIFEST: manifest}), 400, "dataAddress"),
+        (
+            message(
+                "TransferStartMessage",
+                pid,
+                cpid,
+                dataAddress={**address, "endpoint": "https://localhost:1/x"},
+                **{MANIFEST: manifest},
+            ),
+            400,
+            "registered",
+        ),
+        (
+            message(
+                "TransferStartMessage",
+                pid,
+                cpid,
+                dataAddress=address,
+                **{MANIFEST: json.dumps({"transfer_id": "tr-" + "8" * 32})},
+            ),
+            400,
+            "another transfer",
+        ),
+    ]
+    gov = consumer_client(space, "gov")
+    for body, status, fragment in cases:
+        refused(gov.call("POST", f"/transfers/{cpid}/start", body), status, fragment)
+    # Another member cannot start a's process; an unknown process is as missing.
+    refused(
+        consumer_client(space, "b").call(
+            "POST", f"/transfers/{cpid}/start", message("TransferStartMessage", pid, cpid)
+        ),
+        404,
+        "no such transfer process",
+    )
+    other = "urn:tds:process:dspc-" + "6" * 32
+    refused(
+        gov.call("POST", f"/transfers/{other}/start", message("TransferStartMessage", pid, other)),
+        404,
+        "no such transfer process",
+    )
+    row = transfers.side.store.get(cid)
+    assert (row.state, row.peer_pid) == ("REQUESTED", f"pending:{cid}")
+    node = space.nodes["a"]
+    assert node.db is not None
+    with node.db.transaction() as tx:
+        assert tx.one("SELECT id FROM transfer WHERE id = ?", (tid,)) is None
