@@ -12,6 +12,11 @@
    ``POST /negotiations/request`` from an aiohttp client keeping its connection, against
    ``RequestContract`` on one mutual TLS channel.
 
+3. An ``HttpData`` pull of one large file (``--size``, 1 GiB by default) over the DSP
+   binding (``Transfer`` with ``dsp_url``: request, start message, HTTPS GET, completion
+   with the dual-signed receipt), against the gRPC transfer of the same file under the
+   same agreement, alternated ``--pulls`` times; MiB/s and the ratio of the medians.
+
 Connectors run as threads of this process (LocalSpace), so both paths share one
 interpreter; the ratio, not the absolute figure, is the result.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import statistics
 import sys
@@ -102,7 +108,74 @@ def p50_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-def run(count: int) -> dict[str, Any]:
+def write_random(path: Path, size: int) -> None:
+    with path.open("wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 8 << 20))
+            f.write(block)
+            left -= len(block)
+
+
+def pulls(sp: LocalSpace, provider_dsp: str, rounds: int, size: int) -> dict[str, Any]:
+    """Whole transfers of the ``bulk`` product received by ``a``, over gRPC and as an
+    ``HttpData`` pull over DSP, alternated; each holding removed after it is timed."""
+    with admin_channel(sp.configs["a"]) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        agreement = stub.StartNegotiation(
+            admin_pb2.StartNegotiationRequest(
+                provider="gov",
+                product_id="bulk",
+                offer_id="o1",
+                purpose="research",
+                wait_ms=30_000,
+                dsp_url=provider_dsp,
+            ),
+            timeout=40,
+        ).agreement_id
+        digests: set[str] = set()
+
+        def one(dsp_url: str) -> float:
+            start = time.perf_counter()
+            final = list(
+                stub.Transfer(
+                    admin_pb2.TransferRequest(agreement_id=agreement, dsp_url=dsp_url),
+                    timeout=3600,
+                )
+            )[-1]
+            elapsed = time.perf_counter() - start
+            assert final.event == "completed", final
+            digests.add(final.sha256)
+            for held in (sp.configs["a"].data_dir / "holdings").glob(f"{final.transfer_id}*"):
+                held.unlink()  # the bench's own copy: keep the disk from filling
+            return elapsed
+
+        urls = {"grpc": "", "dsp": provider_dsp}
+        times: dict[str, list[float]] = {"grpc": [], "dsp": []}
+        for _ in range(rounds):
+            for name, url in urls.items():
+                times[name].append(one(url))
+    assert len(digests) == 1, digests  # the same delivered bytes both ways
+    mib = size / (1 << 20)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "size_bytes": size,
+        "rounds": rounds,
+        "grpc": {
+            "median_s": round(med["grpc"], 2),
+            "mib_per_s": round(mib / med["grpc"], 1),
+            "all_s": [round(t, 2) for t in times["grpc"]],
+        },
+        "dsp": {
+            "median_s": round(med["dsp"], 2),
+            "mib_per_s": round(mib / med["dsp"], 1),
+            "all_s": [round(t, 2) for t in times["dsp"]],
+        },
+        "throughput_ratio_dsp_to_grpc": round(med["grpc"] / med["dsp"], 2),
+    }
+
+
+def run(count: int, *, what: str = "all", size: int = 1 << 30, rounds: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "bench.bin").write_bytes(b"x")
@@ -118,6 +191,20 @@ def run(count: int) -> dict[str, Any]:
                     timeout=10,
                 )
             assert gov.dsp is not None
+            if what in ("all", "pull"):
+                write_random(root / "bulk.bin", size)
+                bulk = {**PRODUCT, "id": "bulk", "title": "bulk"}
+                bulk["source"] = {"kind": "file", "path": "bulk.bin"}
+                with admin_channel(sp.configs["gov"]) as channel:
+                    admin_pb2_grpc.AdminServiceStub(channel).AddProduct(
+                        admin_pb2.AddProductRequest(
+                            description=json.dumps(bulk), format="json", base_dir=str(root)
+                        ),
+                        timeout=10,
+                    )
+                pulled = pulls(sp, gov.dsp.base_url, rounds, size)
+                if what == "pull":
+                    return {"httpdata_pull": pulled}
             final = finalized(sp, count, gov.dsp.base_url)
             pki = sp.pki_dir
             me = sp.manifest.participant("a")
@@ -185,12 +272,15 @@ def run(count: int) -> dict[str, Any]:
                     return sequential, count / (time.perf_counter() - start)
 
             dsp_seq, dsp_rate = asyncio.run(dsp_figures())
-    return {
+    result = {
         "count": count,
         "concurrency": CONCURRENCY,
         "negotiation_to_finalized": final,
         "request_to_agreed": figures(grpc_seq, grpc_rate, dsp_seq, dsp_rate),
     }
+    if what == "all":
+        result["httpdata_pull"] = pulled
+    return result
 
 
 def figures(
@@ -246,15 +336,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="requests per measurement")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--what",
+        choices=("all", "negotiation", "pull"),
+        default="all",
+        help="which measurements (default: all)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=1 << 30, help="bytes of the pulled file (default 1 GiB)"
+    )
+    parser.add_argument(
+        "--pulls", type=int, default=3, help="alternated gRPC/DSP transfers of it (default 3)"
+    )
     args = parser.parse_args()
-    figures = run(args.count)
+    figures = run(args.count, what=args.what, size=args.size, rounds=args.pulls)
     if args.json:
         print(json.dumps(figures, indent=2))
         return
+    if "httpdata_pull" in figures:
+        part = figures["httpdata_pull"]
+        print(
+            f"HttpData pull of {part['size_bytes']} bytes, {part['rounds']} each, alternated\n"
+            f"  gRPC: median {part['grpc']['median_s']} s, {part['grpc']['mib_per_s']} MiB/s\n"
+            f"  DSP:  median {part['dsp']['median_s']} s, {part['dsp']['mib_per_s']} MiB/s\n"
+            f"  DSP/gRPC throughput x{part['throughput_ratio_dsp_to_grpc']}"
+        )
     for key, title in (
         ("negotiation_to_finalized", "negotiation request -> FINALIZED"),
         ("request_to_agreed", "contract request -> AGREED"),
     ):
+        if key not in figures:
+            continue
         part = figures[key]
         print(
             f"{title}, {args.count} each\n"

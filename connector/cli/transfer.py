@@ -42,6 +42,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--force", action="store_true", help="overwrite --out if it exists (never a directory)"
     )
     tr.add_argument("--push", action="store_true", help="ask the provider to push the data")
+    tr.add_argument(
+        "--dsp",
+        metavar="URL",
+        default="",
+        help="transfer over the Dataspace Protocol 2025-1 from the provider's DSP binding at "
+        "this https URL (on its registered host) instead of gRPC, as an HttpData pull; "
+        "your connector must serve its own [dsp] binding, where the provider's start "
+        "message arrives",
+    )
     tr.add_argument("--config", required=True, type=Path, help="your connector's config")
     tr.add_argument("--json", action="store_true", help=JSON_HELP)
     tr.set_defaults(func=run_transfer)
@@ -173,7 +182,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     bar: ByteProgress | None = None
     final: admin_pb2.TransferProgress | None = None
     request = admin_pb2.TransferRequest(
-        agreement_id=args.agreement, push=args.push, transfer_id=args.resume
+        agreement_id=args.agreement, push=args.push, transfer_id=args.resume, dsp_url=args.dsp
     )
     try:
         with calling("your connector"):

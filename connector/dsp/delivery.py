@@ -49,7 +49,7 @@ from connector.negotiation.states import State
 from connector.negotiation.store import PROVIDER, Negotiation
 from connector.rpc.channel import TlsIdentity
 
-__all__ = ["DspDelivery", "DspSender"]
+__all__ = ["DspDelivery", "DspSender", "send_checked"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,16 @@ class DspSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def space(self) -> str:
+        """The space whose certificates the peers' servers must present."""
+        return self._space
+
+    def tls(self) -> ssl.SSLContext:
+        """Client TLS with this connector's space certificate (for other requests to a
+        peer's binding: the transfer's data address)."""
+        return self._tls()
 
     def _tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata=self._identity.ca_pem.decode())
@@ -160,6 +170,20 @@ class DspSender:
         if thread is not None:
             thread.join(timeout=10)
         loop.close()
+
+
+def send_checked(sender: DspSender, url: str, peer: str, message: dict[str, Any]) -> Any:
+    """POST a DSP message, checked against its schema first; the answer's JSON body, or
+    ``PermanentRefusal`` (a refusal no retry changes) or ``Unavailable`` (retry)."""
+    check_outgoing(str(message["@type"]), message)
+    status, body = sender.post(url, peer, message)
+    if 200 <= status < 300:
+        return body
+    reasons = body.get("reason") if isinstance(body, dict) else None
+    reason = f"{peer} answered {status}: {reasons or 'no DSP error body'}"[:1000]
+    if status in _PERMANENT_STATUSES:
+        raise PermanentRefusal(reason)
+    raise Unavailable(reason)
 
 
 class DspDelivery:
@@ -280,15 +304,12 @@ class DspDelivery:
         return address + path, pending.target, message
 
     def _send(self, url: str, peer: str, message: dict[str, Any]) -> Any:
-        check_outgoing(str(message["@type"]), message)
-        status, body = self._sender.post(url, peer, message)
-        if 200 <= status < 300:
-            return body
-        reasons = body.get("reason") if isinstance(body, dict) else None
-        reason = f"{peer} answered {status}: {reasons or 'no DSP error body'}"[:1000]
-        if status in _PERMANENT_STATUSES:
-            raise PermanentRefusal(reason)
-        raise Unavailable(reason)
+        return send_checked(self._sender, url, peer, message)
+
+    @property
+    def sender(self) -> DspSender:
+        """The connections this delivery posts over (shared with the transfer messages)."""
+        return self._sender
 
     def close(self) -> None:
         """Close the sender's connections."""

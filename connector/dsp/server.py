@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,7 +219,10 @@ class DspBinding:
         tls: ssl.SSLContext,
         registered_host: Callable[[str], str],
         workers: int = 8,
+        routes: Sequence[Callable[[Exchange], list[web.RouteDef]]] = (),
     ) -> None:
+        """``routes``: more endpoint families (the transfer process), given the exchange."""
+        self._routes = tuple(routes)
         self._settings = settings
         self._tls = tls
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tds-dsp")
@@ -262,6 +265,8 @@ class DspBinding:
         app.router.add_get("/.well-known/dspace-version", _version(self.exchange))
         app.router.add_routes(catalog_routes(self.exchange))
         app.router.add_routes(negotiation_routes(self.exchange))
+        for more in self._routes:
+            app.router.add_routes(more(self.exchange))
         return app
 
     def start(self) -> None:

@@ -102,10 +102,15 @@ if TYPE_CHECKING:
     # aiohttp and pyld load only when [dsp] listen is set (about 50 MB resident).
     from connector.dsp import DspBinding
     from connector.dsp.delivery import DspDelivery
+    from connector.dsp.transfer_delivery import DspTransfers
 
 __all__ = ["Node", "TlsMaterial"]
 
 log = logging.getLogger(__name__)
+
+TRANSFER_METHOD = DSP_METHOD + "Transfer"
+"""Outbox methods of DSP transfer messages (connector.dsp.transfers.TRANSFER_METHOD, not
+imported from there: that would load aiohttp for connectors that serve no binding)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ class Node:
         self.negotiator: Negotiator | None = None
         self.delivery: Delivery | None = None
         self.dsp_delivery: DspDelivery | None = None
+        self.dsp_transfers: DspTransfers | None = None
+        """Transfer processes over the DSP binding (when it is served)."""
         """Sends negotiation messages over the DSP binding (when it is served)."""
         self.outbox: Outbox | None = None
         self.transfers: TransferProvider | None = None
@@ -304,6 +311,18 @@ class Node:
             )
             if cfg.dsp.listen:  # refused on the operator by the configuration
                 from connector.dsp import DspBinding, tls_context
+                from connector.dsp.transfer_delivery import DspTransfers
+
+                assert self.transfers is not None and self.receiver is not None
+                self.dsp_transfers = DspTransfers(
+                    db=self.db,
+                    provider=self.transfers,
+                    receiver=self.receiver,
+                    signing_key=signing_key,
+                    clock=self.clock,
+                    hand_over=self._dispatch,
+                    registered_host=self._registered_host,
+                )
 
                 self.dsp = DspBinding(
                     settings=cfg.dsp,
@@ -315,9 +334,12 @@ class Node:
                     tls=tls_context(cfg.pki.tls_cert, cfg.pki.tls_key, tls.ca_pem),
                     registered_host=self._registered_host,
                     workers=cfg.server.max_workers,
+                    routes=(self.dsp_transfers.routes,),
                 )
                 self.dsp.start()
                 self.dsp_delivery = self._dsp_delivery(tls, self.dsp)
+                binding = self.dsp
+                self.dsp_transfers.connect(self.dsp_delivery.sender, lambda: binding.base_url)
             if self._enrol_self is not None:
                 self._enrol_self(self.advertised_address)
         except BaseException:
@@ -540,7 +562,12 @@ class Node:
             max_chunk_bytes=cfg.server.max_message_bytes - 1024,
             resume_for_seconds=cfg.transfer.resume_seconds,
         )
-        self.transfer_admin = TransferAdmin(store, self.transfers, self.receiver)
+        self.transfer_admin = TransferAdmin(
+            store,
+            self.transfers,
+            self.receiver,
+            dsp=lambda: self.dsp_transfers.consumer if self.dsp_transfers is not None else None,
+        )
         computations = ComputationStore(db)
         self.computations = ComputeProvider(
             participant=cfg.participant.id,
@@ -739,11 +766,13 @@ class Node:
         )
 
     def _deliver(self, pending: Pending) -> bool | None:
-        """One outbox message: a computation's confirmation, or a negotiation's message
-        over the binding the negotiation runs on."""
+        """One outbox message: a computation's confirmation, a DSP transfer's message, or a
+        negotiation's message over the binding the negotiation runs on."""
         if pending.method == CONFIRM_METHOD:
             assert self.asker is not None
             return self.asker.deliver(pending)
+        if pending.method.startswith(TRANSFER_METHOD) and self.dsp_transfers is not None:
+            return self.dsp_transfers.deliver(pending)
         if pending.method.startswith(DSP_METHOD):
             if self.dsp_delivery is None:
                 raise PermanentRefusal(
@@ -759,6 +788,9 @@ class Node:
         if pending.method == CONFIRM_METHOD:
             assert self.asker is not None
             self.asker.gave_up(pending, reason)
+            return
+        if pending.method.startswith(TRANSFER_METHOD) and self.dsp_transfers is not None:
+            self.dsp_transfers.give_up(pending, reason)
             return
         assert self.delivery is not None
         self.delivery.give_up(pending, reason)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "CatalogListingRow",
     "ComputationRow",
     "ConsentRow",
+    "DspTransferRow",
     "InboxRow",
     "LogCheckpointRow",
     "LogEntryRow",
@@ -374,3 +375,33 @@ class DirectoryCacheRow(SQLModel, table=True):
     head: str = Field(sa_column=Column(Text, nullable=False))
     entries: str = Field(sa_column=Column(Text, nullable=False))
     stored_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class DspTransferRow(SQLModel, table=True):
+    """A transfer process run over the Dataspace Protocol binding: what DSP adds to the
+    transfer's own record (``transfer``), which it names by ``transfer_id``.
+
+    Provider side: the consumer's process id and callback address, the DSP state
+    (``REQUESTED``, ``STARTED``, ``SUSPENDED``, ``COMPLETED``, ``TERMINATED``) and when the
+    data address's token expires (the token itself is derived, never stored).
+    """
+
+    __tablename__ = "dsp_transfer"
+    __table_args__ = (
+        Index("ux_dsp_transfer_peer", "role", "counterparty", "peer_pid", unique=True),
+    )
+
+    transfer_id: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    counterparty: str = Field(max_length=63)
+    peer_pid: str = Field(max_length=200)
+    callback: str = Field(sa_column=Column(Text, nullable=False))
+    request_digest: str = Field(max_length=64)
+    """SHA-256 of the request as received: the same consumerPid with other content is refused."""
+    state: str = Field(max_length=16)
+    token_expires_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    data_address: str = Field(default="", sa_column=Column(Text, nullable=False))
+    """Consumer side: the provider's ``dataAddress`` (endpoint and token) as JSON, kept so
+    a pull can resume after a restart; empty on the provider (its token is derived)."""
+    created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))

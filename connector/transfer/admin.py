@@ -6,16 +6,17 @@ import builtins
 import json
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from connector._proto.tds.v1 import admin_pb2
 from connector.catalog.paging import Listed
-from connector.errors import ConnectorError, InvalidRequest
-from connector.transfer.consumer import Progress, TransferConsumer
+from connector.errors import ConnectorError, InvalidRequest, PreconditionFailed
+from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.provider import TransferProvider
 from connector.transfer.store import CONSUMER, PROVIDER, Metering, Transfer, TransferStore
 
-__all__ = ["TransferAdmin", "transfer_info"]
+__all__ = ["DspRunner", "TransferAdmin", "transfer_info"]
 
 _EXPORT_CHUNK = 1024 * 1024
 
@@ -58,12 +59,26 @@ def _progress(p: Progress) -> admin_pb2.TransferProgress:
     )
 
 
+class DspRunner(Protocol):
+    """Runs a transfer over the DSP binding (connector.dsp.transfer_consumer)."""
+
+    def run(self, agreement_id: str, provider_url: str, progress: ProgressSink) -> Transfer:
+        """Request, pull and complete; the completed transfer."""
+        ...
+
+
 class TransferAdmin:
     """Runs receiving jobs for the admin and answers questions about transfers."""
 
     def __init__(
-        self, store: TransferStore, provider: TransferProvider, consumer: TransferConsumer
+        self,
+        store: TransferStore,
+        provider: TransferProvider,
+        consumer: TransferConsumer,
+        dsp: Callable[[], DspRunner | None] = lambda: None,
     ) -> None:
+        """``dsp``: this connector as a DSP consumer, when it serves a binding."""
+        self._dsp = dsp
         self._store = store
         self._provider = provider
         self._consumer = consumer
@@ -74,14 +89,30 @@ class TransferAdmin:
             raise InvalidRequest("name an agreement_id (or a transfer_id to resume)")
         events: queue.Queue[Progress | ConnectorError | None] = queue.Queue()
 
+        runner = self._dsp() if request.dsp_url else None
+        if request.dsp_url:
+            if runner is None:
+                raise PreconditionFailed(
+                    "a transfer over the Dataspace Protocol needs this connector's own [dsp] "
+                    "binding (dsp.listen): the provider's start message arrives there"
+                )
+            if request.push or request.transfer_id or not request.agreement_id:
+                raise InvalidRequest(
+                    "over the Dataspace Protocol, name an agreement_id; the data is pulled "
+                    "(HttpData-PULL): no push, and no resume by transfer id"
+                )
+
         def job() -> None:
             try:
-                self._consumer.run(
-                    request.agreement_id,
-                    push=request.push,
-                    transfer_id=request.transfer_id,
-                    progress=events.put,
-                )
+                if runner is not None:
+                    runner.run(request.agreement_id, request.dsp_url, events.put)
+                else:
+                    self._consumer.run(
+                        request.agreement_id,
+                        push=request.push,
+                        transfer_id=request.transfer_id,
+                        progress=events.put,
+                    )
             except ConnectorError as exc:
                 events.put(exc)
             finally:

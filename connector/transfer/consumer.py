@@ -77,6 +77,11 @@ class Progress:
 
 
 ProgressSink = Callable[[Progress], None]
+Fill = Callable[[Transfer, Assembler, ProgressSink], None]
+"""Receives a transfer's bytes into its assembler (gRPC pull or push; the DSP binding's
+``HttpData`` pull), resuming after breaks."""
+Countersign = Callable[[Transfer, str], str]
+"""Sends the consumer's signed receipt; the provider's countersigned one."""
 
 
 def _ignore(_: Progress) -> None:
@@ -113,7 +118,14 @@ class TransferConsumer:
         self._max_chunk = max_chunk_bytes
         self._resume_for = resume_for_seconds
         self._receiving: dict[str, Assembler] = {}
+        self._tellers: dict[str, Callable[[str], None]] = {}
+        """How to tell the provider of a transfer started over the DSP binding."""
         self._lock = threading.Lock()
+
+    @property
+    def resume_for(self) -> float:
+        """How long a transfer may make no progress before it fails."""
+        return self._resume_for
 
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
@@ -212,6 +224,15 @@ class TransferConsumer:
                 )
         finally:
             channel.close()
+        return self.take_manifest(m, agreement, push)
+
+    def take_manifest(
+        self, m: transfer_pb2.TransferManifest, agreement: Agreement, push: bool = False
+    ) -> Transfer:
+        """Check the provider's manifest of a transfer under ``agreement``; record and log
+        it (gRPC's ``StartTransfer`` answer, or the DSP binding's start message)."""
+        provider = agreement.provider
+        agreement_id = agreement.id
         part, obligations = self._check_manifest(m, agreement, push)
         t = Transfer(
             id=m.transfer_id,
@@ -286,7 +307,7 @@ class TransferConsumer:
             progress(Progress("failed", current, current.received, detail=str(exc)))
             raise
 
-    def _receive(self, t: Transfer, progress: ProgressSink) -> Transfer:
+    def _receive(self, t: Transfer, progress: ProgressSink, fill: Fill | None = None) -> Transfer:
         # Paths come from the transfer's checked id and format, never from its record.
         part = holding_path(self._dir, t.id, t.format, partial=True)
         final = holding_path(self._dir, t.id, t.format)
@@ -299,7 +320,7 @@ class TransferConsumer:
             self._receiving[t.id] = asm
         try:
             try:
-                self._fill(t, asm, progress)
+                (fill or self._fill)(t, asm, progress)
                 try:
                     asm.finish(t.sha256)
                 except VerificationError as exc:
@@ -413,7 +434,55 @@ class TransferConsumer:
 
     # -- completion ---------------------------------------------------------------------
 
-    def _complete(self, t: Transfer, progress: ProgressSink) -> Transfer:
+    def receive_and_complete(
+        self,
+        t: Transfer,
+        progress: ProgressSink,
+        *,
+        fill: Fill,
+        countersign: Countersign,
+        tell: Callable[[str], None],
+    ) -> Transfer:
+        """``run`` for a transfer started elsewhere (the DSP binding): receive with
+        ``fill``, verify, sign the receipt and have it countersigned through
+        ``countersign``; ``tell`` the provider if it fails here."""
+        with self._lock:
+            self._tellers[t.id] = tell
+        progress(Progress("started", t))
+        try:
+            if t.consumer_log_index < 0:
+                t = self._receive(t, progress, fill)
+            return self._complete(t, progress, countersign)
+        except ConnectorError as exc:
+            current = self._store.get(t.id)
+            progress(Progress("failed", current, current.received, detail=str(exc)))
+            raise
+        finally:
+            with self._lock:
+                self._tellers.pop(t.id, None)
+
+    def _countersigned(self, t: Transfer, signed: str) -> str:
+        """gRPC's ``CompleteTransfer``, retried while the provider cannot be reached."""
+        deadline = time.monotonic() + self._resume_for
+        while True:
+            channel, stub = self._stub(t.counterparty)
+            try:
+                with calling(t.counterparty):
+                    resp = stub.CompleteTransfer(
+                        transfer_pb2.CompleteTransferRequest(transfer_id=t.id, receipt=signed),
+                        timeout=30,
+                    )
+                return str(resp.receipt)
+            except _RETRYABLE:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+            finally:
+                channel.close()
+
+    def _complete(
+        self, t: Transfer, progress: ProgressSink, countersign: Countersign | None = None
+    ) -> Transfer:
         receipt = Receipt(
             agreement=t.agreement_id,
             transfer=t.id,
@@ -428,23 +497,7 @@ class TransferConsumer:
             consumer_log_index=t.consumer_log_index,
         )
         signed = sign_receipt(receipt, self._key)
-        deadline = time.monotonic() + self._resume_for
-        while True:
-            channel, stub = self._stub(t.counterparty)
-            try:
-                with calling(t.counterparty):
-                    resp = stub.CompleteTransfer(
-                        transfer_pb2.CompleteTransferRequest(transfer_id=t.id, receipt=signed),
-                        timeout=30,
-                    )
-                break
-            except _RETRYABLE:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-            finally:
-                channel.close()
-        countersigned = resp.receipt
+        countersigned = (countersign or self._countersigned)(t, signed)
         try:
             got = verify_receipt(countersigned, self._keys)
             # A retried completion returns the receipt the provider countersigned first,
@@ -470,6 +523,14 @@ class TransferConsumer:
         return t
 
     # -- ending -------------------------------------------------------------------------
+
+    def fail(self, t: Transfer, reason: str, *, tell_provider: bool = False) -> None:
+        """A transfer received by another path (the DSP binding) failed here."""
+        self._fail(t, reason, tell_provider=tell_provider)
+
+    def end(self, t: Transfer, reason: str) -> None:
+        """The provider ended a transfer we receive (told over the DSP binding)."""
+        self._end(t, reason, received=self._store.get(t.id).received)
 
     def _end(self, t: Transfer, reason: str, *, received: int) -> None:
         reason = printable(reason, 512)  # it often quotes the provider's error message
@@ -511,6 +572,16 @@ class TransferConsumer:
         return True
 
     def _tell_provider(self, t: Transfer, reason: str) -> None:
+        with self._lock:
+            tell = self._tellers.get(t.id)
+        if tell is not None:  # started over the DSP binding: told over it
+            try:
+                tell(reason)
+            except ConnectorError as exc:
+                log.warning(
+                    "could not tell the provider", extra={"transfer": t.id, "reason": str(exc)}
+                )
+            return
         channel, stub = self._stub(t.counterparty)
         try:
             with calling(t.counterparty):

@@ -59,7 +59,13 @@ from connector.transfer.store import (
 )
 from connector.transfer.wire import encode_chunk
 
-__all__ = ["STOP_CHECK_SECONDS", "ProviderSettings", "TransferProvider"]
+__all__ = [
+    "STOP_CHECK_SECONDS",
+    "ProviderSettings",
+    "TransferProvider",
+    "manifest_of",
+    "new_transfer_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,31 @@ class ProviderSettings:
     def staging(self, transfer_id: str, fmt: str) -> Path:
         """Where this replica keeps the delivered form of a record transfer."""
         return self.data_dir / "transfers" / f"{transfer_id}.{fmt}"
+
+
+def manifest_of(t: Transfer) -> transfer_pb2.TransferManifest:
+    """What the consumer is told of a transfer it starts (over gRPC, or in the DSP
+    binding's start message), and checks and signs its receipt over."""
+    return transfer_pb2.TransferManifest(
+        transfer_id=t.id,
+        agreement_id=t.agreement_id,
+        product_id=t.product,
+        size=t.size,
+        sha256=t.sha256,
+        chunk_size=t.chunk_size,
+        fields=list(t.fields or ()),
+        format=t.format,
+        obligations_json=json.dumps(dict(t.obligations), sort_keys=True),
+        decision_id=t.decision_id,
+        started_ms=t.started_ms,
+        provider_log_index=t.provider_log_index,
+        push=t.push,
+    )
+
+
+def new_transfer_id() -> str:
+    """A fresh transfer id (``identifiers.TRANSFER_ID``)."""
+    return f"tr-{uuid.uuid4().hex}"
 
 
 class TransferProvider:
@@ -153,8 +184,14 @@ class TransferProvider:
         logged, if it does not verify; the transfer is left as it is)."""
         return self._stored.verified(self._negotiations.by_agreement(t.agreement_id), use)
 
-    def start(self, caller: Caller, agreement_id: str, push: bool) -> transfer_pb2.TransferManifest:
-        """Decide by the usage policy, fix the delivered bytes, count and record the transfer."""
+    def start(
+        self, caller: Caller, agreement_id: str, push: bool, *, transfer_id: str = ""
+    ) -> transfer_pb2.TransferManifest:
+        """Decide by the usage policy, fix the delivered bytes, count and record the transfer.
+
+        ``transfer_id``: the id to record it under (the DSP binding fixes it before the
+        decision, to answer a repeated request with the same process); a fresh one if empty.
+        """
         if not agreement_id:
             raise InvalidRequest("agreement_id is required")
         agreement, revoked = self.agreement_for(caller, agreement_id)
@@ -205,7 +242,7 @@ class TransferProvider:
             raise PermissionDenied(
                 "transfer refused by the usage policy: " + ", ".join(decision.deny)
             )
-        transfer_id = f"tr-{uuid.uuid4().hex}"
+        transfer_id = transfer_id or new_transfer_id()
         staged: Path | None = None
         delivered: Delivered
         if records is None:
@@ -313,21 +350,7 @@ class TransferProvider:
 
     @staticmethod
     def _manifest(t: Transfer) -> transfer_pb2.TransferManifest:
-        return transfer_pb2.TransferManifest(
-            transfer_id=t.id,
-            agreement_id=t.agreement_id,
-            product_id=t.product,
-            size=t.size,
-            sha256=t.sha256,
-            chunk_size=t.chunk_size,
-            fields=list(t.fields or ()),
-            format=t.format,
-            obligations_json=json.dumps(dict(t.obligations), sort_keys=True),
-            decision_id=t.decision_id,
-            started_ms=t.started_ms,
-            provider_log_index=t.provider_log_index,
-            push=t.push,
-        )
+        return manifest_of(t)
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -520,12 +543,22 @@ class TransferProvider:
     def pull(self, caller: Caller, transfer_id: str, offset: int) -> Iterator[bytes]:
         """Chunks for the consumer, from ``offset``, each a ``tds.v1.Chunk`` already
         encoded (``wire.encode_chunk``: the data copied once, not into a message and out)."""
+        t, chunks = self.pulled(caller, transfer_id, offset)
+        for at, block in chunks:
+            yield encode_chunk(t.id, at, block)
+
+    def pulled(
+        self, caller: Caller, transfer_id: str, offset: int
+    ) -> tuple[Transfer, Iterator[tuple[int, bytes]]]:
+        """A pull transfer of the caller's and its delivered bytes from ``offset``, checked
+        as every pull is (gRPC ``Pull`` and the DSP binding's ``HttpData`` endpoint): the
+        stored agreement verified for ``transfer.pull``, then :meth:`chunks` (state,
+        revocation, expiry and consent re-checked while it runs)."""
         t = self._own(caller, transfer_id)
         if t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by push; use RequestPush")
         self._verified(t, "transfer.pull")
-        for at, block in self.chunks(t, offset):
-            yield encode_chunk(t.id, at, block)
+        return t, self.chunks(t, offset)
 
     def push(self, caller: Caller, transfer_id: str, offset: int) -> transfer_pb2.PushAck:
         """Push the delivered bytes from ``offset`` into the consumer's connector."""
@@ -620,6 +653,32 @@ class TransferProvider:
             ended_ms=self._now_ms(),
         )
         return countersigned
+
+    def complete_unsigned(self, caller: Caller, transfer_id: str, note: str) -> Transfer:
+        """The consumer says it has the data but signs no receipt (a connector of another
+        make over the DSP binding): completed, and logged as completed without the
+        consumer's signature, so the log never shows a receipt that was not given."""
+        t = self._own(caller, transfer_id)
+        if t.state == COMPLETED:
+            return t
+        if t.state != STARTED:
+            raise PreconditionFailed(
+                f"transfer {t.id} is {t.state}" + (f" ({t.reason})" if t.reason else "")
+            )
+        self._audit.record(
+            "transfer.completed_unsigned",
+            parties=[caller.participant],
+            data={
+                "transfer": t.id,
+                "agreement": t.agreement_id,
+                "size": t.size,
+                "sha256": t.sha256,
+                "note": note[:300],
+            },
+        )
+        return self._store.update(
+            t.id, expect=frozenset({STARTED}), state=COMPLETED, ended_ms=self._now_ms()
+        )
 
     def terminate(self, transfer_id: str, reason: str, caller: Caller | None = None) -> Transfer:
         """End a transfer that is not complete (the consumer asked, or our admin)."""

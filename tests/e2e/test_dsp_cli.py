@@ -185,6 +185,25 @@ def test_tds_negotiate_dsp_two_tds_connectors_finalize_over_the_binding_alone(
     )  # fmt: skip
     verified = tds("agreements", "verify", "agreement.json", "--config", "b.toml", cwd=root)
     assert verified.returncode == 0
+    # Then b receives the product over the binding alone (an HttpData pull), with a
+    # dual-signed receipt, the bytes those of the provider's file.
+    moved = tds(
+        "transfer", "--config", "b.toml", "--agreement", mine["agreement_id"],
+        "--dsp", f"https://127.0.0.1:{world['dsp_port']}", "--out", "air-dsp.csv", "--json",
+        cwd=root,
+    )  # fmt: skip
+    received = json.loads(moved.stdout)
+    assert received["state"] == "completed" and received["receipt_id"]
+    assert (root / "air-dsp.csv").read_bytes() == (root / "air.csv").read_bytes()
+    provided = json.loads(
+        tds("data", "list", "--all", "--config", "gov.toml", "--json", cwd=root).stdout
+    )
+    (theirs_t,) = [t for t in provided if t["transfer"] == received["transfer"]]
+    assert (theirs_t["role"], theirs_t["state"], theirs_t["counterparty"]) == (
+        "provider",
+        "completed",
+        "b",
+    )
 
 
 PERMITS = (

@@ -518,7 +518,6 @@ def test_state_transition_errors_terminated_stays_terminated(space: LocalSpace) 
 def test_endpoints_not_built_are_404_not_stubs(space: LocalSpace) -> None:
     for path in (
         "/negotiations/offers",  # a provider-initiated offer: tds always starts with a request
-        "/transfers/request",
     ):
         # /negotiations/offers is the path of GET /negotiations/{pid}: POST is 405 there.
         assert client(space).call("POST", path, {}).status in (404, 405)

@@ -27,6 +27,12 @@ SERVED = (
     "ContractAgreementMessage",
     # A tds consumer reads the provider's answer to its request as this.
     "ContractNegotiation",
+    "TransferRequestMessage",
+    "TransferStartMessage",
+    "TransferCompletionMessage",
+    "TransferSuspensionMessage",
+    "TransferTerminationMessage",
+    "TransferProcess",
 )
 
 

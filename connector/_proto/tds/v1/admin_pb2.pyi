@@ -223,20 +223,27 @@ class TransferRequest(_message.Message):
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     PUSH_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    DSP_URL_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     push: _builtins.bool
     transfer_id: _builtins.str
     """Resume an unfinished transfer of this connector instead of starting a new one."""
+    dsp_url: _builtins.str
+    """The provider's Dataspace Protocol binding (https URL, on the provider's registered
+    host): the transfer runs over DSP (an HttpData pull) instead of gRPC. Needs this
+    connector's own [dsp] binding, which receives the provider's start message.
+    """
     def __init__(
         self,
         *,
         agreement_id: _builtins.str = ...,
         push: _builtins.bool = ...,
         transfer_id: _builtins.str = ...,
+        dsp_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "push", b"push", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "dsp_url", b"dsp_url", "push", b"push", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
