@@ -23,7 +23,14 @@ and without one a reader that stops reading stops the fetching by construction, 
 stays flat (at most ``buffer_messages`` fetched ahead) and the broker keeps the rest.
 Subscribing connects and checks ``after`` against what the stream holds (past the newest:
 ``InvalidRequest``; older than the oldest held: ``SequenceGone``). Each :meth:`poll` with
-nothing fetched left asks the broker for the next batch. If the connection is gone
+nothing fetched left asks the broker for the next batch: JetStream's pull request
+(``$JS.API.CONSUMER.MSG.NEXT``, at most ``buffer_messages``, held open by the broker up to
+half a second) answered on an inbox of the subscription's own, whose callback only appends
+(:class:`_Puller`); nats-py's ``PullSubscription.fetch`` makes a task, a timer and a
+``uuid4`` for every message it hands over, which was half of the provider's time. A gap in
+the consumer's own sequence (``metadata.sequence.consumer``, one more per message it
+delivers) means a message was lost between the broker and the reader: the subscription
+reconnects after the last one it read instead of going on without it. If the connection is gone
 (the broker restarted, or dropped a reader that was away past its ping limit), the
 poll reconnects, at most every ``reconnect_wait_seconds``, with a new consumer right after
 the last sequence fetched, dropping anything at or before it; if the stream lost messages
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 import uuid
@@ -47,6 +55,9 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import api
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -79,6 +90,73 @@ _FETCH_WAIT = 0.5
 _FETCH_MIN = 0.01
 """Shortest wait given to a fetch (a poll with no time left still asks once)."""
 
+_REQUEST_GRACE = 1.0
+"""How long past its expiry a pull request the broker never closed (a lost status) is
+still waited for before another is sent."""
+
+_REQUEST_ENDS = frozenset({api.StatusCode.NO_MESSAGES.value, api.StatusCode.REQUEST_TIMEOUT.value})
+"""Statuses that close a pull request normally (nothing more now, or it expired)."""
+
+
+class _Puller:
+    """One pull request at a time on a JetStream consumer, answered on our own inbox.
+
+    The inbox's callback appends each message and counts down the open request; the
+    broker closes a request it could not fill with a status (404 nothing more, 408
+    expired). So at most ``batch`` messages are ever on their way or waiting here: the
+    memory bound. Any other status (409: the consumer was deleted, the server is going
+    away, …) fails the next :meth:`fetch` with a ``nats.errors.Error``, which the
+    subscription answers by reconnecting.
+    """
+
+    def __init__(self, nc: NatsClient, next_subject: str, batch: int) -> None:
+        self._nc = nc
+        self._next = next_subject
+        self._batch = batch
+        self._inbox = nc.new_inbox()
+        self._arrived: list[Msg] = []
+        self._open = 0
+        """Messages the open request may still bring (0: none is open)."""
+        self._open_until = 0.0
+        self._ready = asyncio.Event()
+        self._error: nats.errors.Error | None = None
+        self._sub: NatsSubscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get(api.Header.STATUS) if headers else None
+        if status is None:
+            self._arrived.append(msg)
+            self._open = max(0, self._open - 1)
+        elif status in _REQUEST_ENDS:
+            self._open = 0
+        elif status != api.StatusCode.CONTROL_MESSAGE:
+            self._open = 0
+            why = headers.get(api.Header.DESCRIPTION, "") if headers else ""
+            self._error = nats.errors.Error(f"pull request ended: {status} {why}".strip())
+        self._ready.set()
+
+    async def fetch(self, wait: float) -> list[Msg]:
+        """What arrived, waiting up to ``wait`` for something if nothing has; a request
+        for the next batch is sent when none is open."""
+        if not self._arrived and self._error is None:
+            self._ready.clear()  # before the publish, which may let the callback run
+            now = time.monotonic()
+            if not self._open or now > self._open_until:
+                request = {"batch": self._batch, "expires": int(_FETCH_WAIT * 1e9)}
+                self._open, self._open_until = self._batch, now + _FETCH_WAIT + _REQUEST_GRACE
+                await self._nc.publish(self._next, json.dumps(request).encode(), self._inbox)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        arrived, self._arrived = self._arrived, []
+        return arrived
+
 
 _Item = tuple[int, Row | SkipReason, int]
 """What the fetching thread queues: ``(sequence, row or skip reason, size)``."""
@@ -92,7 +170,7 @@ class _Consumer:
     js: JetStreamContext
     stream: str
     name: str
-    pull: JetStreamContext.PullSubscription
+    puller: _Puller
     lag: int
     """Messages the stream held past the start when the consumer was made (at most)."""
 
@@ -131,6 +209,8 @@ class _NatsSubscription(SubscriptionBase):
         """Messages after :attr:`_last` were removed from the stream: raised once the
         reader has what came before."""
         self._retry_at = 0.0
+        self._delivered = 0
+        """Messages the current broker-side consumer delivered (its own sequence)."""
         self._loop = asyncio.new_event_loop()
 
     # --- reader side ----------------------------------------------------------------
@@ -213,13 +293,9 @@ class _NatsSubscription(SubscriptionBase):
                 continue
             wait = min(_FETCH_WAIT, deadline - time.monotonic())
             try:
+                # Nothing fetched in time is an empty fetch, not a failure: a connection
+                # that is gone is noticed at the top of the loop.
                 self._loop.run_until_complete(self._fetch(consumer, max(wait, _FETCH_MIN)))
-            except TimeoutError:
-                # Nothing to fetch in time. nats-py raises its own TimeoutError or, from
-                # a batch fetch that got no message at all, asyncio's (the builtin): both
-                # are an empty fetch while the connection is up, not a failure.
-                if not consumer.nc.is_connected:
-                    continue
             except (nats.errors.Error, OSError) as exc:
                 _log.warning(
                     "stream connection %r: fetch failed (%s); reconnecting",
@@ -329,16 +405,18 @@ class _NatsSubscription(SubscriptionBase):
                 mem_storage=True,
             )
             await js.add_consumer(stream, config=config)
-            pull = await js.pull_subscribe_bind(
-                consumer=name,
-                stream=stream,
-                pending_msgs_limit=self._connection.buffer_messages,
+            puller = _Puller(
+                nc,
+                f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{name}",
+                self._connection.buffer_messages,
             )
+            await puller.start()
         except BaseException:
             with suppress(Exception):
                 await nc.close()
             raise
-        return _Consumer(nc, js, stream, name, pull, max(0, newest - after))
+        self._delivered = 0
+        return _Consumer(nc, js, stream, name, puller, max(0, newest - after))
 
     async def _fetch(self, consumer: _Consumer, wait: float) -> None:
         """Fetch at most ``buffer_messages`` into :attr:`_local`, waiting up to ``wait``.
@@ -353,9 +431,15 @@ class _NatsSubscription(SubscriptionBase):
         limit = self._connection.max_message_bytes
         last = self._last
         checked = False
-        batch = await consumer.pull.fetch(self._connection.buffer_messages, timeout=wait)
+        batch = await consumer.puller.fetch(wait)
         for msg in batch:
             meta = msg.metadata
+            if meta.sequence.consumer != self._delivered + 1:
+                self._last = last
+                raise nats.errors.Error(
+                    f"message {self._delivered + 1} of the consumer did not arrive"
+                )
+            self._delivered += 1
             sequence = meta.sequence.stream
             if sequence <= last:
                 continue  # fetched before a reconnection

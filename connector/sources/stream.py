@@ -79,6 +79,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
+from itertools import repeat
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -225,7 +226,7 @@ def decode_message(
         return SkipReason.NOT_JSON
     if not isinstance(value, dict):
         return SkipReason.NOT_OBJECT
-    return tuple(value.get(name, MISSING) for name in fields)
+    return tuple(map(value.get, fields, repeat(MISSING)))
 
 
 class DeliveryCursor:

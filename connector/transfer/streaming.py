@@ -512,8 +512,7 @@ class StreamProvider:
         message costs a round of the server's completion queue, which caps a stream at a
         few thousand records a second whatever else it does.
         """
-        frame: list[stream_pb2.StreamMessage] = []
-        framed = 0
+        frame = _Frame(batches)
         window: Window | None = None
         try:
             for record in records:
@@ -521,25 +520,20 @@ class StreamProvider:
                 refused = self._count(run, len(encoded))
                 if refused:
                     raise _stopped(run.agreement.id, refused)
-                if frame and (framed + len(encoded) > _FRAME_BYTES or not batches):
-                    yield _frame(frame, batches)
-                    frame, framed = [], 0
-                frame.append(
-                    stream_pb2.StreamMessage(
-                        sequence=record.sequence, previous=record.previous, record=encoded
-                    )
-                )
-                framed += len(encoded)
+                if frame.count and (frame.size + len(encoded) > _FRAME_BYTES or not batches):
+                    yield frame.down
+                    frame = _Frame(batches)
+                frame.add(record.sequence, record.previous, encoded)
                 run.sent += 1
                 run.sent_bytes += len(encoded)
                 run.last_sequence = record.sequence
                 window = windows.add_encoded(record.sequence, encoded)
         except (_Ended, ConnectorError):
             # What was metered and linked is sent, even when the next record stops it.
-            if frame:
-                yield _frame(frame, batches)
+            if frame.count:
+                yield frame.down
             raise
-        yield _frame(frame, batches)
+        yield frame.down
         return window
 
     def _count(self, run: _Run, size: int) -> str | None:
@@ -771,11 +765,25 @@ def _stopped(agreement_id: str, reason: str) -> _Ended:
     )
 
 
-def _frame(messages: list[stream_pb2.StreamMessage], batch: bool) -> stream_pb2.SubscribeDown:
-    if batch:
-        return stream_pb2.SubscribeDown(batch=stream_pb2.StreamBatch(messages=messages))
-    (message,) = messages
-    return stream_pb2.SubscribeDown(message=message)
+class _Frame:
+    """One gRPC message of records, built in place: a ``StreamBatch``'s records are added to
+    it directly (a batch made from a list of messages copies each one, twice with the
+    ``SubscribeDown`` around it), or the one record of a consumer that takes no batches."""
+
+    def __init__(self, batch: bool) -> None:
+        self.down = stream_pb2.SubscribeDown()
+        self._batch = batch
+        self.count = 0
+        self.size = 0
+
+    def add(self, sequence: int, previous: int, record: bytes) -> None:
+        if self._batch:
+            self.down.batch.messages.add(sequence=sequence, previous=previous, record=record)
+        else:
+            m = self.down.message
+            m.sequence, m.previous, m.record = sequence, previous, record
+        self.count += 1
+        self.size += len(record)
 
 
 def _proposal(window: Window) -> stream_pb2.WindowProposal:

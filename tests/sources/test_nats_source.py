@@ -363,3 +363,35 @@ def test_a_failure_inside_a_batch_ends_it_there_and_the_next_poll_raises_it(
             sub.poll(0)
     assert [r.sequence for r in first + second] == seqs[:4]
     assert gone.value.oldest == 26 and gone.value.lost == 20
+
+
+def test_a_message_lost_between_broker_and_reader_is_fetched_again_not_skipped(
+    jetstream: JetStream, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker numbers what a consumer delivers (its own sequence, one more per
+    message): a message the client drops on the way (nats-py drops what a slow
+    subscription cannot queue) leaves a gap there, and the subscription reconnects after
+    the last message it read instead of delivering past the hole. Without the check, the
+    next message would go out with ``previous`` set to the one before the hole, which
+    the consumer cannot tell from a skip."""
+    from connector.sources import nats as nats_source
+
+    subject = jetstream.stream()
+    published = jetstream.publish_json(subject, *_readings(0, 12))
+    original = nats_source._Puller._on_msg
+    dropped: list[int] = []
+
+    async def lossy(self: Any, msg: Any) -> None:
+        if not dropped and not msg.headers and msg.metadata.sequence.stream == 5:
+            dropped.append(5)  # lost on the way, once
+            return
+        await original(self, msg)
+
+    monkeypatch.setattr(nats_source._Puller, "_on_msg", lossy)
+    source = _source(jetstream.url, subject, reconnect_wait_seconds=0.1)
+    with caplog.at_level(logging.WARNING), source.subscribe(0) as sub:
+        got = take(sub, 12)
+    assert dropped == [5]
+    assert [r.sequence for r in got] == published
+    check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, got)
+    assert "reconnecting" in caplog.text
