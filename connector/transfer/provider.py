@@ -687,10 +687,6 @@ def read_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
     wait, so memory stays flat. When the caller stops early (the consumer cancelled, or
     went away), the thread stops within ``_POLL_SECONDS`` and ``items`` is closed there,
     on the thread that runs it.
-
-    A stop (``TransferProvider._stop``) is decided on that thread: the ``sent`` it logs
-    counts the chunks read so far, up to ``depth`` more than gRPC has taken (as before it
-    counted some the transport had not delivered yet): never fewer than went out.
     """
     ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stopped = threading.Event()
