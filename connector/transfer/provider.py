@@ -6,11 +6,10 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,7 +382,7 @@ class TransferProvider:
         )
         return PermissionDenied(f"transfer {t.id} stopped: {reason}")
 
-    def chunks(self, t: Transfer, offset: int) -> Generator[tuple[int, bytes], None, None]:
+    def chunks(self, t: Transfer, offset: int) -> Iterator[tuple[int, bytes]]:
         """The delivered bytes from ``offset``, stopping within 1 s of a revocation."""
         if t.state != STARTED:
             raise PreconditionFailed(
@@ -520,23 +519,13 @@ class TransferProvider:
 
     def pull(self, caller: Caller, transfer_id: str, offset: int) -> Iterator[bytes]:
         """Chunks for the consumer, from ``offset``, each a ``tds.v1.Chunk`` already
-        encoded (``wire.encode_chunk``: the data copied once, not into a message and out),
-        read ahead (``read_ahead``) while the last one is being sent."""
+        encoded (``wire.encode_chunk``: the data copied once, not into a message and out)."""
         t = self._own(caller, transfer_id)
         if t.push:
             raise PreconditionFailed(f"transfer {t.id} is delivered by push; use RequestPush")
         self._verified(t, "transfer.pull")
-        # The checks before the first byte (state, offset, stop reasons) run here, so a
-        # refusal is this call's answer; the stream itself is read on another thread.
-        first = self.chunks(t, offset)
-        try:
-            head = next(first, None)
-        except BaseException:
-            first.close()
-            raise
-        if head is None:
-            return
-        yield from read_ahead(_encoded(t.id, head, first), READ_AHEAD_CHUNKS)
+        for at, block in self.chunks(t, offset):
+            yield encode_chunk(t.id, at, block)
 
     def push(self, caller: Caller, transfer_id: str, offset: int) -> transfer_pb2.PushAck:
         """Push the delivered bytes from ``offset`` into the consumer's connector."""
@@ -653,86 +642,3 @@ class TransferProvider:
             reason=reason,
             ended_ms=self._now_ms(),
         )
-
-
-READ_AHEAD_CHUNKS = 2
-"""Encoded chunks a pull holds ready beyond the one being sent (each at most the
-configured chunk size): enough that reading never waits for the network, and the other
-way round."""
-
-
-def _encoded(
-    transfer_id: str, head: tuple[int, bytes], rest: Generator[tuple[int, bytes], None, None]
-) -> Iterator[bytes]:
-    """``head`` and then ``rest``, each encoded as a ``tds.v1.Chunk`` (``rest`` closed
-    at the end, whichever way it comes)."""
-    with contextlib.closing(rest):
-        yield encode_chunk(transfer_id, *head)
-        for at, block in rest:
-            yield encode_chunk(transfer_id, at, block)
-
-
-_DONE = object()
-
-
-def read_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
-    """The items of ``items``, produced on a thread of their own up to ``depth`` ahead of
-    the caller, in order; an exception ``items`` raises is raised here, after the items
-    before it.
-
-    gRPC's synchronous server takes the next message only once the last one is sent: a
-    chunk read, checked and encoded in that loop adds its time to every message's. Here
-    the reading (and the stop checks of ``TransferProvider.chunks``, which ask the
-    database) runs while the last chunk is on its way. Bounded: at most ``depth`` items
-    wait, so memory stays flat. When the caller stops early (the consumer cancelled, or
-    went away), the thread stops within ``_POLL_SECONDS`` and ``items`` is closed there,
-    on the thread that runs it.
-    """
-    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stopped = threading.Event()
-
-    def offer(item: Any) -> bool:
-        while not stopped.is_set():
-            try:
-                ready.put(item, timeout=_POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer(item):
-                    return
-        except BaseException as exc:  # raised to the caller, in order
-            offer(_Raised(exc))
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                close = getattr(items, "close", None)
-                if close is not None:
-                    close()
-        offer(_DONE)
-
-    thread = threading.Thread(target=produce, name="tds-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := ready.get()) is not _DONE:
-            if type(item) is _Raised:
-                raise item.exc
-            yield item
-    finally:
-        stopped.set()
-
-
-_POLL_SECONDS = 0.1
-
-
-class _Raised:
-    """An exception of the producing thread, in the queue where its next item would be."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
