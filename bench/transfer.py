@@ -20,6 +20,12 @@ exceed on this machine is read off them.
 Peak resident memory (VmHWM) of every process is reported (the tds processes, and the
 server and client of each grpcio variant, the highest of all rounds); the target is
 < 200 MB each.
+
+CPU seconds per GiB, round by round, of the tds processes during each pull and of the
+floor's server and client (``cpu_s_per_gib``): on a shared machine the wall time follows
+the load of everything else, the CPU a pull costs much less, so a change to either side
+shows there first. The floor's client is counted over its whole life (about 0.4 s of it
+is Python and grpcio starting).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -83,6 +90,17 @@ def _peak_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def _write_file(path: Path, size: int) -> None:
     block = os.urandom(1024 * 1024)
     with path.open("wb") as f:
@@ -133,6 +151,10 @@ class Space:
         self.agreement = json.loads(neg)["agreement_id"]
         self.admin = admin_pb2_grpc.AdminServiceStub(admin_channel(load_config(root / "a.toml")))
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds each tds process has used so far."""
+        return {name: _cpu_s(p.pid) for name, p in self.procs.items()}
+
     def pull(self) -> tuple[float, int]:
         start = time.perf_counter()
         last = None
@@ -160,8 +182,9 @@ class Space:
 
 def plain(
     data: Path, chunk: int, work: Path, *, pki: Path | None = None, sha256: bool = False
-) -> tuple[float, int, dict[str, float]]:
-    """One pull by bench/_plain_stream.py: insecure, or over mutual TLS with ``pki``."""
+) -> tuple[float, int, dict[str, float], dict[str, float]]:
+    """One pull by bench/_plain_stream.py: insecure, or over mutual TLS with ``pki``; its
+    seconds, bytes, peak resident MB and CPU seconds of the server and the client."""
     port_file = work / "plain.port"
     port_file.unlink(missing_ok=True)
     tls = ["--tls", str(pki)] if pki else []
@@ -171,16 +194,23 @@ def plain(
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         hashing = ["--sha256"] if sha256 else []
+        server_cpu, client_cpu = _cpu_s(server.pid), _children_cpu_s()
         out = subprocess.run(
             [*script, "pull", port_file.read_text(), *tls, *hashing],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = json.loads(out.stdout)
         peaks = {"server": _peak_mb(server.pid), "client": result["peak_rss_kib"] / 1024}
+        # The server's CPU from its start of serving to the end of the pull (it waits
+        # idle before and after); the client's whole life (start-up included).
+        cpu = {
+            "server": _cpu_s(server.pid) - server_cpu,
+            "client_with_startup": _children_cpu_s() - client_cpu,
+        }
     finally:
         server.kill()
         server.wait()
-    return result["seconds"], result["bytes"], peaks
+    return result["seconds"], result["bytes"], peaks, cpu
 
 
 def main() -> int:
@@ -203,6 +233,10 @@ def main() -> int:
         mtls_mbs: list[float] = []
         floor_mbs: list[float] = []
         plain_peaks: dict[str, float] = {}  # the highest of every round, by process
+        # CPU seconds per GiB of each process of the floor and of tds, round by round: on
+        # a shared machine the wall time follows the load; the CPU a pull costs much less.
+        cpu_per_gib: dict[str, list[float]] = {}
+        gib = size / (1 << 30)
         pki = work / "pki"
 
         def peaks_of(variant: str, peaks: dict[str, float]) -> None:
@@ -211,19 +245,24 @@ def main() -> int:
                 plain_peaks[key] = max(plain_peaks.get(key, 0.0), mb)
 
         for _ in range(args.rounds):
-            seconds, n, peaks = plain(data, args.chunk, work)
+            seconds, n, peaks, _ = plain(data, args.chunk, work)
             assert n == size
             plain_mbs.append(size / seconds / 1e6)
             peaks_of("plain", peaks)
-            seconds, n, peaks = plain(data, args.chunk, work, pki=pki)
+            seconds, n, peaks, _ = plain(data, args.chunk, work, pki=pki)
             mtls_mbs.append(size / seconds / 1e6)
             peaks_of("grpc_mtls", peaks)
-            seconds, n, peaks = plain(data, args.chunk, work, pki=pki, sha256=True)
+            seconds, n, peaks, used = plain(data, args.chunk, work, pki=pki, sha256=True)
             floor_mbs.append(size / seconds / 1e6)
             peaks_of("grpc_mtls_sha256", peaks)
+            for side, cpu in used.items():
+                cpu_per_gib.setdefault(f"grpc_mtls_sha256_{side}", []).append(cpu / gib)
+            before = space.cpu()
             seconds, n = space.pull()
             assert n == size
             tds_mbs.append(size / seconds / 1e6)
+            for name, cpu in space.cpu().items():
+                cpu_per_gib.setdefault(f"tds_{name}", []).append((cpu - before[name]) / gib)
         median = {
             "plain_grpc": statistics.median(plain_mbs),
             "grpc_mtls": statistics.median(mtls_mbs),
@@ -249,6 +288,7 @@ def main() -> int:
             **{f"tds_{k}": round(v, 1) for k, v in space.peaks().items()},
             **{k: round(v, 1) for k, v in plain_peaks.items()},
         }
+        report["cpu_s_per_gib"] = {k: [round(x, 2) for x in v] for k, v in cpu_per_gib.items()}
         report["ratio_tds_to_grpc_mtls_sha256_by_round"] = [
             round(t / f, 3) for t, f in zip(tds_mbs, floor_mbs, strict=True)
         ]

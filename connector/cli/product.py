@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from connector._proto.tds.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -89,9 +91,60 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _product_dict(summary: catalog_pb2.ProductSummary) -> Any:
-    from google.protobuf.json_format import MessageToDict
+    """``MessageToDict(summary, preserving_proto_field_name=True)``, made faster
+    (``message_dict``): a whole catalog is converted one product at a time."""
+    return message_dict(summary)
 
-    return MessageToDict(summary, preserving_proto_field_name=True)
+
+_AS_TEXT = frozenset(  # 64-bit integers: JSON text, as protobuf's JSON mapping writes them
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+_AS_IS = frozenset(
+    {
+        FieldDescriptor.TYPE_STRING,
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_SFIXED32,
+    }
+)
+
+
+def message_dict(message: Any) -> Any:
+    """What ``MessageToDict(message, preserving_proto_field_name=True)`` gives, built from
+    the fields that are set (``ListFields``) instead of every field of the descriptor:
+    about half the time for a catalog's products. Strings, booleans, integers and nested
+    messages are converted here; a message with any other kind of field (bytes, floats,
+    enums, maps, well-known types) is left to ``MessageToDict`` whole, so the answer is
+    always protobuf's own (tested against it)."""
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        kind = field.type
+        if kind in _AS_IS:
+            out[field.name] = list(value) if field.is_repeated else value
+        elif kind in _AS_TEXT:
+            out[field.name] = [str(v) for v in value] if field.is_repeated else str(value)
+        elif (
+            kind == FieldDescriptor.TYPE_MESSAGE
+            and not field.message_type.GetOptions().map_entry
+            and field.message_type.file.package != "google.protobuf"
+        ):
+            out[field.name] = (
+                [message_dict(v) for v in value] if field.is_repeated else message_dict(value)
+            )
+        else:
+            from google.protobuf.json_format import MessageToDict
+
+            return MessageToDict(message, preserving_proto_field_name=True)
+    return out
 
 
 def _same(item: Any) -> Any:
