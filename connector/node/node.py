@@ -192,8 +192,9 @@ class Node:
         self._revocations: RevocationSource | None = None
         self.sql_sources = SqlSources(cfg.sources)
         """The databases products read from (pools open on first use, close on stop)."""
-        self.stream_sources = StreamSources(cfg.sources)
-        """The brokers stream products read from (MQTT clients kept until stop)."""
+        self.stream_sources = StreamSources(cfg.sources, cfg.data_dir / "stream-journals")
+        """The brokers stream products read from (MQTT clients kept until stop, their
+        replay buffers journaled in the data directory)."""
 
     @property
     def issuer(self) -> str:

@@ -7,7 +7,8 @@ and is a broker of the kind its subject or topic names) and opens its source at 
 
 A NATS source is made per subscription (each has its own ephemeral consumer); an MQTT
 source is one per (connection, topic, fields), kept for the provider's life, because its
-replay buffer is what subscribers resume within (see :mod:`connector.sources.mqtt`).
+replay buffer is what subscribers resume within (see :mod:`connector.sources.mqtt`); the
+node gives it a directory to journal that buffer in, so it outlives the process too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connector.catalog.products import Source
@@ -41,7 +43,7 @@ def _log_skip(sequence: int, reason: SkipReason) -> None:
 class StreamSources:
     """The provider's NATS and MQTT connections, by name."""
 
-    def __init__(self, connections: Mapping[str, object]) -> None:
+    def __init__(self, connections: Mapping[str, object], journal_dir: Path | None = None) -> None:
         self._connections: dict[str, BrokerConnection] = {
             name: c
             for name, c in connections.items()
@@ -49,6 +51,8 @@ class StreamSources:
         }
         self._others = {name for name in connections if name not in self._connections}
         self._mqtt: dict[tuple[str, str, tuple[str, ...]], MqttStreamSource] = {}
+        self._journal_dir = journal_dir
+        """Where MQTT sources keep their replay buffers on disk (None: in memory only)."""
         self._lock = threading.Lock()
 
     def connection(self, name: str) -> BrokerConnection:
@@ -101,7 +105,11 @@ class StreamSources:
                 from connector.sources.mqtt import MqttStreamSource
 
                 found = self._mqtt[key] = MqttStreamSource(
-                    connection, source.topic, fields, on_skip=_log_skip
+                    connection,
+                    source.topic,
+                    fields,
+                    on_skip=_log_skip,
+                    journal_dir=self._journal_dir,
                 )
         return found
 
