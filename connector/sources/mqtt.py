@@ -78,7 +78,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from connector.errors import InvalidRequest, Unavailable
 from connector.sources.base import StreamRecord, Subscription
 from connector.sources.mqtt_connection import _SCHEMES, MqttConnection
-from connector.sources.mqtt_journal import Redeliveries, ReplayJournal, fingerprint, journal_path
+from connector.sources.mqtt_journal import (
+    JournalWriter,
+    Redeliveries,
+    ReplayJournal,
+    fingerprint,
+    journal_path,
+)
 from connector.sources.stream import (
     DeliveryCursor,
     SequenceGone,
@@ -132,9 +138,9 @@ last rows cover every message the broker can send again (:class:`Redeliveries`).
 class _ReplayBuffer:
     """The source's last messages by sequence (oldest evicted first), and who waits.
 
-    With a journal, every message is committed to it before it is held here (and before
-    the broker gets its acknowledgement), and a new buffer starts from what it holds:
-    sequences continue across restarts of the provider.
+    With a journal, a new buffer starts from what it holds, so sequences continue across
+    restarts of the provider; what :meth:`append` numbers goes to the journal through
+    the source's :class:`JournalWriter` (committed before the broker's acknowledgement).
     """
 
     def __init__(
@@ -165,7 +171,8 @@ class _ReplayBuffer:
                     if sequence != self.oldest + len(self._entries) - 1:
                         raise RuntimeError(f"{journal.path} misses sequences before {sequence}")
 
-    def append(self, entry: _Entry, mid: int = 0) -> None:
+    def append(self, entry: _Entry, mid: int = 0) -> int:
+        """Number and hold ``entry``; the oldest sequence still held after it."""
         with self.changed:
             sequence = self.newest + 1
             oldest, entries, size = self.oldest, len(self._entries) + 1, self._bytes + entry[1]
@@ -174,24 +181,17 @@ class _ReplayBuffer:
                 size -= self._entries[evicted][1] if evicted < len(self._entries) else 0
                 evicted += 1
                 entries -= 1
-            if self._journal is not None:
-                # Committed first: what the readers see, and the broker's ack, follow it.
-                self._journal.append((sequence, mid, *entry), oldest + evicted)
             self._entries.append(entry)
             for _ in range(evicted):
                 self._entries.popleft()
             self._bytes, self.newest, self.oldest = size, sequence, oldest + evicted
             self.recent.append((mid, fingerprint(entry[0])))
             self.changed.notify_all()
+            return self.oldest
 
     def get(self, sequence: int) -> _Entry:
         """The entry of a held sequence (call with :attr:`changed` held)."""
         return self._entries[sequence - self.oldest]
-
-    def close(self) -> None:
-        if self._journal is not None:
-            with self.changed:
-                self._journal.close()
 
 
 class _MqttSubscription(SubscriptionBase):
@@ -288,6 +288,9 @@ class MqttStreamSource:
             connection.replay_messages, connection.replay_bytes, self._journal
         )
         self._redeliveries = Redeliveries(())
+        self._writer = (
+            None if self._journal is None else JournalWriter(self._journal, self._journal_failed)
+        )
         self._broken: str | None = None
         """Why the journal could not take a message (the client is stopped: nothing more
         is acknowledged to the broker, which keeps the rest for the next start)."""
@@ -345,9 +348,14 @@ class MqttStreamSource:
                 ending.SessionExpiryInterval = 0
             # With one, the session stays (session_expiry_seconds): the broker queues what
             # is published while the provider is down, for the next start to number.
+            if self._writer is not None:
+                self._writer.flush()  # acknowledged before the session is left
             client.disconnect(properties=ending)
             client.loop_stop()
-        self._buffer.close()
+        if self._writer is not None and self._journal is not None:
+            self._writer.close()  # what came after the flush: journaled, not acknowledged
+            self._journal.close()
+            self._writer = None
 
     # --- the client -------------------------------------------------------------------
 
@@ -433,6 +441,8 @@ class MqttStreamSource:
             self._redeliveries = Redeliveries(
                 list(self._buffer.recent) if flags.session_present else ()
             )
+        if self._writer is not None:
+            self._writer.connected(client.ack)
         with self._state:
             self._connected = True
             self._state.notify_all()
@@ -463,6 +473,8 @@ class MqttStreamSource:
     def _on_disconnect(
         self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
     ) -> None:
+        if self._writer is not None:
+            self._writer.disconnected()
         with self._state:
             was = self._connected
             self._connected = self._subscribed = False
@@ -475,24 +487,34 @@ class MqttStreamSource:
         if self._broken is not None:
             return  # not acknowledged: the broker keeps it for the next start
         payload = bytes(message.payload)
-        if not self._redeliveries.seen(message.mid, payload, message.dup):
-            entry: _Entry = (
-                (SkipReason.OVERSIZED, 0)  # counted, not kept
-                if len(payload) > self.connection.max_message_bytes
-                else (payload, len(payload))
-            )
-            try:
-                self._buffer.append(entry, message.mid)
-            except Exception as exc:  # a full or damaged disk: stop taking messages
-                self._break(client, f"its replay journal failed ({exc.__class__.__name__})")
-                return
-        client.ack(message.mid, message.qos)
+        mid, qos, writer = message.mid, message.qos, self._writer
+        if self._redeliveries.seen(mid, payload, message.dup):
+            if writer is not None:
+                writer.add(mid, qos, None, 0)  # acked once what it copies is committed
+            else:
+                client.ack(mid, qos)
+            return
+        entry: _Entry = (
+            (SkipReason.OVERSIZED, 0)  # counted, not kept
+            if len(payload) > self.connection.max_message_bytes
+            else (payload, len(payload))
+        )
+        oldest = self._buffer.append(entry, mid)
+        if writer is not None:
+            writer.add(mid, qos, (self._buffer.newest, mid, *entry), oldest)
+        else:
+            client.ack(mid, qos)
 
-    def _break(self, client: paho.Client, why: str) -> None:
+    def _journal_failed(self, exc: Exception) -> None:
+        """The journal could not commit: stop taking messages (none more is acknowledged;
+        the broker keeps them for the next start) and fail the subscriptions."""
+        why = f"its replay journal failed ({exc.__class__.__name__}: {exc})"
         _log.error("stream connection %r topic %r: %s", self.connection.name, self.topic, why)
         with self._state:
             self._broken = why
-            self._connected = self._subscribed = False
         with self._buffer.changed:
             self._buffer.changed.notify_all()
-        client.disconnect()
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.disconnect()

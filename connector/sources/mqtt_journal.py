@@ -34,12 +34,20 @@ import hashlib
 import secrets
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from connector.sources.stream import SkipReason
 
-__all__ = ["JournalEntry", "Redeliveries", "ReplayJournal", "fingerprint", "journal_path"]
+__all__ = [
+    "JournalEntry",
+    "JournalWriter",
+    "Redeliveries",
+    "ReplayJournal",
+    "fingerprint",
+    "journal_path",
+]
 
 JournalEntry = tuple[int, int, bytes | SkipReason, int]
 """A journaled message: (sequence, MQTT packet id, payload or why it is skipped, size)."""
@@ -95,19 +103,19 @@ class ReplayJournal:
             for sequence, mid, payload, skip, size in rows
         ]
 
-    def append(self, entry: JournalEntry, evict_before: int) -> None:
-        """Commit one message and drop every one before ``evict_before``, atomically."""
-        sequence, mid, payload, size = entry
-        skip = payload.value if isinstance(payload, SkipReason) else None
-        blob = None if isinstance(payload, SkipReason) else payload
+    def append(self, entries: Sequence[JournalEntry], evict_before: int) -> None:
+        """Commit messages and drop every one before ``evict_before``, atomically."""
+        rows = [
+            (sequence, mid, None, payload.value, size)
+            if isinstance(payload, SkipReason)
+            else (sequence, mid, payload, None, size)
+            for sequence, mid, payload, size in entries
+        ]
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.execute(
-                    "INSERT INTO messages VALUES (?, ?, ?, ?, ?)",
-                    (sequence, mid, blob, skip, size),
-                )
+                db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", rows)
                 db.execute("DELETE FROM messages WHERE sequence < ?", (evict_before,))
                 db.execute("COMMIT")
             except BaseException:
@@ -117,6 +125,108 @@ class ReplayJournal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+Ack = Callable[[int, int], object]
+"""Acknowledges a packet id at a QoS to the broker (paho's ``Client.ack``)."""
+
+
+class JournalWriter:
+    """Commits what the MQTT network thread numbered, in batches, then acknowledges it.
+
+    The network thread only queues (:meth:`add`): one SQLite commit per message would
+    make the client slower than the publishers, and the broker drops what overflows its
+    queue for a slow client. A thread of its own commits everything queued in one
+    transaction and only then acknowledges those messages, so the broker holds every
+    message that is not on disk yet. Readers see a message as soon as it is numbered:
+    should the process die before its commit, the broker sends the unacknowledged
+    messages again, in the same order, and they get the same numbers again.
+
+    An acknowledgement belongs to its connection: after a reconnection the broker sends
+    unacknowledged messages again and those are acknowledged then (an old packet id may
+    name another message by now), so :meth:`connected` and :meth:`disconnected` drop the
+    acknowledgements still queued.
+    """
+
+    def __init__(self, journal: ReplayJournal, on_failure: Callable[[Exception], None]) -> None:
+        self._journal = journal
+        self._on_failure = on_failure
+        self._pending: list[tuple[int, int, int, JournalEntry | None]] = []
+        """(connection, packet id, qos, what to journal or None for an ack only)."""
+        self._evict_before = 0
+        self._changed = threading.Condition()
+        self._writing = False
+        self._closing = False
+        self._acks = threading.Lock()
+        self._ack: Ack | None = None
+        self._connection = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="mqtt-journal")
+        self._thread.start()
+
+    def connected(self, ack: Ack) -> None:
+        """A (new) connection: acknowledgements go to it from now on."""
+        with self._acks:
+            self._connection += 1
+            self._ack = ack
+
+    def disconnected(self) -> None:
+        with self._acks:
+            self._connection += 1
+            self._ack = None
+
+    def add(self, mid: int, qos: int, entry: JournalEntry | None, evict_before: int) -> None:
+        """Journal ``entry`` (if any), then acknowledge ``mid`` (from the network thread,
+        which also calls :meth:`connected`: the connection it reads is its own)."""
+        with self._changed:
+            self._pending.append((self._connection, mid, qos, entry))
+            self._evict_before = max(self._evict_before, evict_before)
+            self._changed.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued is committed (and acknowledged if it still can be)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (self._pending or self._writing) and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
+
+    def close(self) -> None:
+        self.flush()
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending and not self._closing:
+                    self._changed.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+                evict_before = self._evict_before
+                self._writing = True
+            try:
+                entries = [entry for _, _, _, entry in batch if entry is not None]
+                if entries:
+                    self._journal.append(entries, evict_before)
+            except Exception as exc:  # a full or damaged disk: nothing more is acked
+                with self._changed:
+                    self._writing = False
+                    self._pending = []
+                    self._changed.notify_all()
+                self._on_failure(exc)
+                return
+            with self._acks:
+                for connection, mid, qos, _ in batch:
+                    if qos and connection == self._connection and self._ack is not None:
+                        self._ack(mid, qos)
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
 
 
 class Redeliveries:

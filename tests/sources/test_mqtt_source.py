@@ -396,33 +396,52 @@ _DIES_UNACKNOWLEDGED = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
+    import paho.mqtt.client as paho
     from connector.sources.mqtt import MqttConnection, MqttStreamSource
+    paho.Client.ack = lambda self, mid, qos: 0  # journaled, never acknowledged
     url, topic, journal, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    if sys.argv[5] == "uncommitted":
+        from connector.sources.mqtt_journal import ReplayJournal
+        ReplayJournal.append = lambda *a: time.sleep(3600)  # the disk never answers
     source = MqttStreamSource(
         MqttConnection(name="air", url=url), topic, ("station", "pm25"), journal_dir=journal
     )
     with source.subscribe(0) as sub:
-        source._client.ack = lambda mid, qos: 0  # journaled, never acknowledged
         print("subscribed", flush=True)
         while source._buffer.newest < n:
             time.sleep(0.01)
+        if sys.argv[5] == "committed":
+            source._writer.flush()
     os._exit(9)  # dies as a killed process does: no DISCONNECT, no acknowledgement
     """
 )
 
 
+@pytest.mark.parametrize("journaled", ["committed", "uncommitted"])
 def test_what_the_broker_sends_again_after_a_crash_is_numbered_once(
-    mqtt_url: str, publisher: Publisher, topic: str, tmp_path: Path
+    mqtt_url: str, publisher: Publisher, topic: str, tmp_path: Path, journaled: str
 ) -> None:
+    """Killed after journaling 5 messages and before acknowledging them, the source gets
+    them again: numbered once if they were committed, and with the same numbers again if
+    they were not (they were never acknowledged, so the broker still had them)."""
     # A first life of the source creates the session and numbers two messages, cleanly.
     source = _journaled(mqtt_url, topic, tmp_path)
     with source.subscribe(0) as sub:
         publisher.readings(topic, 0, 2)
         take(sub, 2)
     source.close()
-    # A second life journals 5 more and dies before acknowledging any of them.
+    # A second life numbers 5 more and dies before acknowledging any of them.
     dying = subprocess.Popen(
-        [sys.executable, "-c", _DIES_UNACKNOWLEDGED, mqtt_url, topic, str(tmp_path), "7"],
+        [
+            sys.executable,
+            "-c",
+            _DIES_UNACKNOWLEDGED,
+            mqtt_url,
+            topic,
+            str(tmp_path),
+            "7",
+            journaled,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -431,7 +450,7 @@ def test_what_the_broker_sends_again_after_a_crash_is_numbered_once(
     publisher.readings(topic, 2, 5)
     assert dying.wait(20) == 9
     dying.stdout.close()
-    assert _rows(tmp_path, topic) == list(range(1, 8))
+    assert _rows(tmp_path, topic) == list(range(1, 8 if journaled == "committed" else 3))
     publisher.readings(topic, 7, 3)  # while it is down
     # The third life gets the 5 again (unacknowledged, dup) and the 3 new ones.
     checker = StreamChecker(after=0, head=genesis_head("agr"))
