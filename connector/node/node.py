@@ -457,7 +457,12 @@ class Node:
         assert self.stream_store is not None
         services.append(
             stream_service(
-                StreamServicer(self.stream_provider, self.stream_consumer, self.stream_store)
+                StreamServicer(
+                    self.stream_provider,
+                    self.stream_consumer,
+                    self.stream_store,
+                    self._member_channel,
+                )
             )
         )
         services.append(
