@@ -577,6 +577,8 @@ class Node:
         )
         assert self.db is not None
         self.stream_store = StreamStore(self.db)
+        # MQTT sources that numbered messages before this start take up their sessions.
+        self.stream_sources.resume(self._catalog().own_products())
         self.stream_provider = StreamProvider(
             participant=cfg.participant.id,
             settings=cfg.stream,

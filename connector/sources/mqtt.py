@@ -63,7 +63,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -333,6 +333,14 @@ class MqttStreamSource:
             if start < buffer.oldest - 1:
                 raise SequenceGone(after, buffer.oldest, self.buffer_name)
         yield _MqttSubscription(self, start, self._on_skip, previous=after)
+
+    def start(self) -> None:
+        """Connect now, before any subscription (a provider restarting with a journal:
+        the broker's queue for the session drains into the journal at once rather than
+        overflowing while no consumer is back yet). An unreachable broker is logged; the
+        next subscription tries again."""
+        with suppress(Unavailable):
+            self._start()
 
     def close(self) -> None:
         """Disconnect and stop the network thread (the provider is stopping)."""

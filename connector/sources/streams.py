@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connector.catalog.products import Source
+from connector.catalog.products import Product, Source
 from connector.errors import InvalidRequest
 from connector.sources.base import StreamSource
 from connector.sources.mqtt_connection import MqttConnection
@@ -112,6 +112,46 @@ class StreamSources:
                     journal_dir=self._journal_dir,
                 )
         return found
+
+    def resume(self, products: Iterable[Product]) -> threading.Thread | None:
+        """Start, in the background, the MQTT sources of ``products`` that journaled
+        messages before (the provider restarted): their broker sessions hold what was
+        published meanwhile, which is numbered now instead of waiting, and possibly
+        overflowing the broker's queue, until a consumer subscribes again."""
+        if self._journal_dir is None:
+            return None
+        from connector.sources.mqtt_journal import journal_path
+
+        due = []
+        for product in products:
+            source = product.source
+            connection = self._connections.get(source.connection)
+            if (
+                source.kind == "stream"
+                and isinstance(connection, MqttConnection)
+                and source.topic
+                and journal_path(
+                    self._journal_dir, connection.name, source.topic, product.fields
+                ).exists()
+            ):
+                due.append((source, product.fields))
+        if not due:
+            return None
+
+        def start() -> None:
+            for source, fields in due:
+                try:
+                    found = self.source(source, fields)
+                except InvalidRequest as exc:  # the configuration changed since
+                    _log.warning("stream source of topic %r not resumed: %s", source.topic, exc)
+                    continue
+                start_now = getattr(found, "start", None)
+                if start_now is not None:
+                    start_now()
+
+        thread = threading.Thread(target=start, daemon=True, name="mqtt-resume")
+        thread.start()
+        return thread
 
     def close(self) -> None:
         """Stop every MQTT client (the provider is stopping)."""

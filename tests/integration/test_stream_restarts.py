@@ -153,6 +153,14 @@ def test_an_mqtt_stream_resumes_across_a_restart_of_either_side_without_loss_or_
         restart(space, who)
         first.wait_end(15)
         feed.publish(readings(7, start=10))  # while the stream is down (and the provider)
+        if who == "gov":
+            # The restarted provider takes up its MQTT session at once, before anyone
+            # subscribes again: what the broker queued is numbered (and journaled) now.
+            sources = space.nodes["gov"].stream_sources
+            deadline = time.monotonic() + 10
+            while not any(s._buffer.newest >= 17 for s in sources._mqtt.values()):
+                assert time.monotonic() < deadline, "the MQTT source was not resumed"
+                time.sleep(0.05)
         second = Follower(space, "a", agreement)
         second.wait_kept(17)
         feed.publish(readings(3, start=17))  # live again
