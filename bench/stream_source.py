@@ -9,7 +9,8 @@ a broker that is not up is reported as skipped. For each broker, in the same run
   published first, then read from sequence 0; MQTT: a plain paho subscriber and the source
   both subscribed while they are published, QoS 1; the broker drops what a subscriber
   cannot take fast enough, so the counts each received are reported too) by a plain
-  client of the broker and by the tds source (decode, skip rules, sequence linking, and
+  client of the broker and by the tds source (MQTT: journaled on disk as a provider runs
+  it; decode, skip rules, sequence linking, and
   the window hash chain over each delivered record as the provider will compute it).
   Reported: messages/s of each and the ratio source / plain.
 - **memory**: a subscription whose reader stops reading for ``--stall`` seconds while the
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -183,7 +185,10 @@ def bench_mqtt(n: int, size: int, stall: float) -> dict[str, Any]:
         replay_messages=max(1000, n),
         max_lag_messages=max(1000, n),
     )
-    source = MqttStreamSource(connection, topic, FIELDS)
+    # Journaled as a provider's node runs it (the replay buffer on disk, each message
+    # committed before it is acknowledged to the broker).
+    journal = tempfile.TemporaryDirectory(prefix="tds-bench-journal-")
+    source = MqttStreamSource(connection, topic, FIELDS, journal_dir=Path(journal.name))
     publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex)
     publisher.connect(MQTT_HOST, MQTT_PORT)
     publisher.loop_start()
@@ -229,6 +234,7 @@ def bench_mqtt(n: int, size: int, stall: float) -> dict[str, Any]:
         }
     finally:
         source.close()
+        journal.cleanup()
         for client in (plain, publisher):
             client.disconnect()
             client.loop_stop()

@@ -39,9 +39,11 @@ MAX_DESCRIPTION_BYTES = 256 * 1024
 _ID = LABEL  # product and offer ids follow the label rule
 _MODULE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
-DELIVERY_MODES = ("copy", "compute")
+DELIVERY_MODES = ("copy", "compute", "push")
 """How an offer's product may leave: ``copy`` (the bytes or records), ``compute`` (only
-answers computed where the data lives, 可用不可见)."""
+answers computed where the data lives, 可用不可见); ``push``, with ``copy`` and for stream
+products only: the provider delivers the records into the consumer's connector
+(``RequestStreamPush``/``Deliver``) instead of the consumer pulling them (``Subscribe``)."""
 
 
 SOURCE_KINDS = ("file", "table", "sql", "stream")
@@ -371,6 +373,10 @@ def _delivery(d: dict[str, Any], where: str) -> tuple[str, ...]:
         )
     if has_rules and "compute" not in modes:
         raise InvalidRequest(f"{where}.compute is set but delivery does not include 'compute'")
+    if "push" in modes and "copy" not in modes:
+        raise InvalidRequest(
+            f"{where}.delivery: 'push' is how a copy is delivered; list it with 'copy'"
+        )
     return tuple(m for m in DELIVERY_MODES if m in modes)
 
 
@@ -585,6 +591,11 @@ def _check_field_policy(
     offer: Offer, fields: tuple[str, ...], grade: str, kind: str, where: str
 ) -> None:
     """Field lists and masks name the product's fields; important tables list theirs."""
+    if "push" in offer.delivery and kind != "stream":
+        raise InvalidRequest(
+            f"{where}.delivery: 'push' applies to stream products (a copy of a file or "
+            "table is pushed when the consumer asks: tds transfer --push)"
+        )
     if (offer.permitted_fields is not None or offer.masks) and kind not in FIELD_KINDS:
         raise InvalidRequest(
             f"{where}: permitted_fields and masks apply to sources with fields "

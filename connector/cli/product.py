@@ -303,7 +303,8 @@ def _offer_notes(product: dict[str, Any]) -> str:
     """The terms of each offer a listing line alone does not show."""
     notes = []
     for o in product.get("offers", []):
-        said = [n for n in (_compute_note(o), _stream_note(o)) if n]
+        pushed = "delivered by push" if "push" in (o.get("delivery") or []) else ""
+        said = [n for n in (_compute_note(o), _stream_note(o), pushed) if n]
         if said:
             notes.append(f"{o['id']}: {'; '.join(said)}")
     return "".join(f"\n    offer {n}" for n in notes)

@@ -199,8 +199,9 @@ class Node:
         self._revocations: RevocationSource | None = None
         self.sql_sources = SqlSources(cfg.sources)
         """The databases products read from (pools open on first use, close on stop)."""
-        self.stream_sources = StreamSources(cfg.sources)
-        """The brokers stream products read from (MQTT clients kept until stop)."""
+        self.stream_sources = StreamSources(cfg.sources, cfg.data_dir / "stream-journals")
+        """The brokers stream products read from (MQTT clients kept until stop, their
+        replay buffers journaled in the data directory)."""
 
     @property
     def issuer(self) -> str:
@@ -476,7 +477,12 @@ class Node:
         assert self.stream_store is not None
         services.append(
             stream_service(
-                StreamServicer(self.stream_provider, self.stream_consumer, self.stream_store)
+                StreamServicer(
+                    self.stream_provider,
+                    self.stream_consumer,
+                    self.stream_store,
+                    self._member_channel,
+                )
             )
         )
         services.append(
@@ -597,6 +603,8 @@ class Node:
         )
         assert self.db is not None
         self.stream_store = StreamStore(self.db)
+        # MQTT sources that numbered messages before this start take up their sessions.
+        self.stream_sources.resume(self._catalog().own_products())
         self.stream_provider = StreamProvider(
             participant=cfg.participant.id,
             settings=cfg.stream,

@@ -22,14 +22,25 @@ subscribed, so the **provider** is the stream's memory:
   already evicted, ``SequenceGone`` saying how many messages it lost: overflow is
   reported, never hidden;
 - a consumer resumes after the last sequence it acknowledged as long as the buffer still
-  holds what follows. Sequences restart at 1 when the provider's process restarts
-  (:attr:`MqttStreamSource.epoch` changes): the buffer lives in memory.
+  holds what follows.
 
-The client speaks MQTT 5 with a persistent session (clean start on the first connection
-only, ``session_expiry_seconds``) and subscribes at ``qos`` 2 by default, so when the
-connection drops mid-stream the broker queues what arrives meanwhile and delivers it,
-exactly once, when paho's network thread reconnects; the numbering continues without a
-gap. (What a publisher sent while the broker itself was down is gone at the publisher.)
+The provider keeps the buffer on disk too (:mod:`connector.sources.mqtt_journal`, one
+SQLite file per source in its ``data_dir``, under the same limits), so a restart of the
+provider's process continues the numbering where it stopped and still holds what its
+consumers have not acknowledged. (A source made without a journal, as in tests of the
+buffer alone, numbers from 1 in each process: :attr:`MqttStreamSource.epoch`.)
+
+The client speaks MQTT 5 with a persistent session under a client id stored in the
+journal (``session_expiry_seconds``; clean start only the first time a journal is used)
+and subscribes at ``qos`` 1 by default, acknowledging each message only once it is
+journaled. So when the connection drops mid-stream, or the provider is stopped or dies,
+the broker queues what arrives meanwhile and delivers it when the client is back; what it
+delivers a second time because an acknowledgement was lost is recognised and numbered
+once (:class:`~connector.sources.mqtt_journal.Redeliveries`): the numbering continues
+without a gap or a repeat. QoS 2 is accepted but adds nothing here: paho keeps its
+half of the QoS 2 handshake in memory, so a message caught in it when the process dies
+is lost, which QoS 1 with the journal's de-duplication avoids. (What a publisher sent
+while the broker itself was down is gone at the publisher.)
 
 What tds cannot see: an MQTT broker bounds the queue it keeps for each client and drops
 what overflows it without telling anyone (Mosquitto: ``max_queued_messages``, 1000 by
@@ -52,7 +63,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +78,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from connector.errors import InvalidRequest, Unavailable
 from connector.sources.base import StreamRecord, Subscription
 from connector.sources.mqtt_connection import _SCHEMES, MqttConnection
+from connector.sources.mqtt_journal import (
+    JournalWriter,
+    Redeliveries,
+    ReplayJournal,
+    fingerprint,
+    journal_path,
+)
 from connector.sources.stream import (
     DeliveryCursor,
     SequenceGone,
@@ -110,30 +129,65 @@ client slower than the publishers makes the broker drop messages for it (MQTT br
 bound each client's queue), before any sequence is assigned."""
 
 
-class _ReplayBuffer:
-    """The source's last messages by sequence (oldest evicted first), and who waits."""
+RECEIVE_MAXIMUM = 100
+"""How many QoS 1 messages the broker may send the source's client before it acknowledges
+any (MQTT 5 receive maximum): what a crash may leave unacknowledged, so the journal's
+last rows cover every message the broker can send again (:class:`Redeliveries`)."""
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+
+class _ReplayBuffer:
+    """The source's last messages by sequence (oldest evicted first), and who waits.
+
+    With a journal, a new buffer starts from what it holds, so sequences continue across
+    restarts of the provider; what :meth:`append` numbers goes to the journal through
+    the source's :class:`JournalWriter` (committed before the broker's acknowledgement).
+    """
+
+    def __init__(
+        self, max_messages: int, max_bytes: int, journal: ReplayJournal | None = None
+    ) -> None:
         self._entries: collections.deque[_Entry] = collections.deque()
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._bytes = 0
+        self._journal = journal
         self.oldest = 1
         """The oldest sequence held (``newest + 1`` when empty)."""
         self.newest = 0
         self.changed = threading.Condition()
+        self.recent: collections.deque[tuple[int, int | None]] = collections.deque(
+            maxlen=RECEIVE_MAXIMUM
+        )
+        """Packet ids and payload fingerprints of the last messages (:class:`Redeliveries`)."""
+        if journal is not None:
+            held = journal.load()
+            if held:
+                self.oldest, self.newest = held[0][0], held[-1][0]
+                for sequence, mid, payload, size in held:
+                    self._entries.append((payload, size))
+                    self._bytes += size
+                    self.recent.append((mid, fingerprint(payload)))
+                    # Contiguous by construction; a gap would mean a damaged file.
+                    if sequence != self.oldest + len(self._entries) - 1:
+                        raise RuntimeError(f"{journal.path} misses sequences before {sequence}")
 
-    def append(self, entry: _Entry) -> None:
+    def append(self, entry: _Entry, mid: int = 0) -> int:
+        """Number and hold ``entry``; the oldest sequence still held after it."""
         with self.changed:
+            sequence = self.newest + 1
+            oldest, entries, size = self.oldest, len(self._entries) + 1, self._bytes + entry[1]
+            evicted = 0
+            while entries > self._max_messages or (size > self._max_bytes and entries > 1):
+                size -= self._entries[evicted][1] if evicted < len(self._entries) else 0
+                evicted += 1
+                entries -= 1
             self._entries.append(entry)
-            self._bytes += entry[1]
-            self.newest += 1
-            while len(self._entries) > self._max_messages or (
-                self._bytes > self._max_bytes and len(self._entries) > 1
-            ):
-                self._bytes -= self._entries.popleft()[1]
-                self.oldest += 1
+            for _ in range(evicted):
+                self._entries.popleft()
+            self._bytes, self.newest, self.oldest = size, sequence, oldest + evicted
+            self.recent.append((mid, fingerprint(entry[0])))
             self.changed.notify_all()
+            return self.oldest
 
     def get(self, sequence: int) -> _Entry:
         """The entry of a held sequence (call with :attr:`changed` held)."""
@@ -159,6 +213,11 @@ class _MqttSubscription(SubscriptionBase):
         """The next record, or ``None`` after ``timeout`` seconds without one."""
         if self._failed is not None:
             raise self._failed
+        if self._source._broken is not None:
+            raise Unavailable(
+                f"the MQTT source of connection {self._source.connection.name!r} stopped: "
+                f"{self._source._broken}; the provider must check its data directory"
+            )
         deadline = time.monotonic() + timeout
         buffer = self._buffer
         limit = self._source.connection.max_lag_messages
@@ -211,14 +270,30 @@ class MqttStreamSource:
         fields: Sequence[str],
         *,
         on_skip: SkipCallback | None = None,
+        journal_dir: Path | None = None,
     ) -> None:
         self.connection = connection
         self.topic = check_topic(topic)
         self._fields = stream_fields(fields)
         self._on_skip = on_skip
-        self.epoch = uuid.uuid4().hex
-        """Changes with every start of the source: sequences of another epoch mean nothing."""
-        self._buffer = _ReplayBuffer(connection.replay_messages, connection.replay_bytes)
+        self._journal = (
+            None
+            if journal_dir is None
+            else ReplayJournal(journal_path(journal_dir, connection.name, self.topic, fields))
+        )
+        self.epoch = uuid.uuid4().hex if self._journal is None else self._journal.client_suffix
+        """Names the numbering: without a journal it changes with every start of the source
+        (sequences of another epoch mean nothing); with one it is the journal's own."""
+        self._buffer = _ReplayBuffer(
+            connection.replay_messages, connection.replay_bytes, self._journal
+        )
+        self._redeliveries = Redeliveries(())
+        self._writer = (
+            None if self._journal is None else JournalWriter(self._journal, self._journal_failed)
+        )
+        self._broken: str | None = None
+        """Why the journal could not take a message (the client is stopped: nothing more
+        is acknowledged to the broker, which keeps the rest for the next start)."""
         self.buffer_name = (
             f"the replay buffer of source connection {connection.name!r} "
             f"(replay_messages = {connection.replay_messages}; the provider may raise it)"
@@ -250,8 +325,7 @@ class MqttStreamSource:
         with buffer.changed:
             if after > buffer.newest:
                 raise InvalidRequest(
-                    f"sequence {after} is in the future: the newest is {buffer.newest} (MQTT "
-                    "sequences restart when the provider restarts)"
+                    f"sequence {after} is in the future: the newest is {buffer.newest}"
                 )
             # A first subscription reads from the oldest held, and its first record follows
             # 0 (what the subscriber holds), as JetStream's do.
@@ -260,6 +334,14 @@ class MqttStreamSource:
                 raise SequenceGone(after, buffer.oldest, self.buffer_name)
         yield _MqttSubscription(self, start, self._on_skip, previous=after)
 
+    def start(self) -> None:
+        """Connect now, before any subscription (a provider restarting with a journal:
+        the broker's queue for the session drains into the journal at once rather than
+        overflowing while no consumer is back yet). An unreachable broker is logged; the
+        next subscription tries again."""
+        with suppress(Unavailable):
+            self._start()
+
     def close(self) -> None:
         """Disconnect and stop the network thread (the provider is stopping)."""
         with self._lock:
@@ -267,12 +349,21 @@ class MqttStreamSource:
         if client is not None:
             with self._state:
                 self._connected = self._subscribed = False
-            # A clean stop ends the session too: nothing is queued on the broker for a
-            # client id that will not come back (each process uses its own).
             ending = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-            ending.SessionExpiryInterval = 0
+            if self._journal is None:
+                # Without a journal a clean stop ends the session too: nothing is queued
+                # on the broker for a client id that will not come back.
+                ending.SessionExpiryInterval = 0
+            # With one, the session stays (session_expiry_seconds): the broker queues what
+            # is published while the provider is down, for the next start to number.
+            if self._writer is not None:
+                self._writer.flush()  # acknowledged before the session is left
             client.disconnect(properties=ending)
             client.loop_stop()
+        if self._writer is not None and self._journal is not None:
+            self._writer.close()  # what came after the flush: journaled, not acknowledged
+            self._journal.close()
+            self._writer = None
 
     # --- the client -------------------------------------------------------------------
 
@@ -286,6 +377,8 @@ class MqttStreamSource:
                 CallbackAPIVersion.VERSION2,
                 client_id=f"{connection.client_id or 'tds-' + connection.name}-{self.epoch[:12]}",
                 protocol=MQTTProtocolVersion.MQTTv5,
+                # Acknowledged once journaled (_on_message), not when the callback returns.
+                manual_ack=True,
             )
             _server, (user, password) = url_credentials(connection.url)
             if user is not None:
@@ -300,12 +393,16 @@ class MqttStreamSource:
             client.on_message = self._on_message
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = connection.session_expiry_seconds
+            properties.ReceiveMaximum = min(RECEIVE_MAXIMUM, connection.replay_messages)
+            # A journal that numbered messages before resumes its session: what was
+            # published meanwhile is waiting on the broker.
+            resume = self._journal is not None and not self._journal.fresh
             try:
                 client.connect(
                     parts.hostname or "",
                     parts.port or _SCHEMES[parts.scheme],
                     keepalive=connection.keepalive_seconds,
-                    clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
+                    clean_start=False if resume else paho.MQTT_CLEAN_START_FIRST_ONLY,
                     properties=properties,
                 )
             except (OSError, ValueError) as exc:
@@ -347,6 +444,13 @@ class MqttStreamSource:
                 self._refusal = f"the connection ({reason})"
                 self._state.notify_all()
             return
+        with self._buffer.changed:
+            # Only a resumed session has messages the broker may send again.
+            self._redeliveries = Redeliveries(
+                list(self._buffer.recent) if flags.session_present else ()
+            )
+        if self._writer is not None:
+            self._writer.connected(client.ack)
         with self._state:
             self._connected = True
             self._state.notify_all()
@@ -356,6 +460,13 @@ class MqttStreamSource:
         client.subscribe(self.topic, options=options)
         if flags.session_present:
             _log.info("stream connection %r back; session resumed", self.connection.name)
+        elif self._journal is not None and not self._journal.fresh:
+            _log.warning(
+                "stream connection %r: the broker kept no session for topic %r (down longer "
+                "than session_expiry_seconds?): what was published meanwhile is not numbered",
+                self.connection.name,
+                self.topic,
+            )
 
     def _on_subscribe(
         self, _c: paho.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
@@ -370,6 +481,8 @@ class MqttStreamSource:
     def _on_disconnect(
         self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
     ) -> None:
+        if self._writer is not None:
+            self._writer.disconnected()
         with self._state:
             was = self._connected
             self._connected = self._subscribed = False
@@ -378,9 +491,38 @@ class MqttStreamSource:
                 "stream connection %r lost (%s); reconnecting", self.connection.name, reason
             )
 
-    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        if self._broken is not None:
+            return  # not acknowledged: the broker keeps it for the next start
         payload = bytes(message.payload)
-        if len(payload) > self.connection.max_message_bytes:
-            self._buffer.append((SkipReason.OVERSIZED, 0))  # counted, not kept
+        mid, qos, writer = message.mid, message.qos, self._writer
+        if self._redeliveries.seen(mid, payload, message.dup):
+            if writer is not None:
+                writer.add(mid, qos, None, 0)  # acked once what it copies is committed
+            else:
+                client.ack(mid, qos)
+            return
+        entry: _Entry = (
+            (SkipReason.OVERSIZED, 0)  # counted, not kept
+            if len(payload) > self.connection.max_message_bytes
+            else (payload, len(payload))
+        )
+        oldest = self._buffer.append(entry, mid)
+        if writer is not None:
+            writer.add(mid, qos, (self._buffer.newest, mid, *entry), oldest)
         else:
-            self._buffer.append((payload, len(payload)))
+            client.ack(mid, qos)
+
+    def _journal_failed(self, exc: Exception) -> None:
+        """The journal could not commit: stop taking messages (none more is acknowledged;
+        the broker keeps them for the next start) and fail the subscriptions."""
+        why = f"its replay journal failed ({exc.__class__.__name__}: {exc})"
+        _log.error("stream connection %r topic %r: %s", self.connection.name, self.topic, why)
+        with self._state:
+            self._broken = why
+        with self._buffer.changed:
+            self._buffer.changed.notify_all()
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.disconnect()

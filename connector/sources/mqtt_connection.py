@@ -32,9 +32,11 @@ class MqttConnection:
     ``mqtt://user:password@host:port``; never shown (reprs and logs redact it)."""
     client_id: str | None = None
     """The MQTT client id prefix; each source adds its own suffix (default ``tds-NAME``)."""
-    qos: int = 2
-    """QoS of the subscription: 2 (exactly once from the broker) unless the provider
-    accepts duplicates (1) or losses (0) for speed."""
+    qos: int = 1
+    """QoS of the subscription: 1 (at least once from the broker; the source's journal
+    numbers a message the broker sends again only once). 0 trades losses for speed (the
+    broker queues nothing at QoS 0 while the provider is down); 2 is accepted but, as
+    paho keeps QoS 2 state in memory only, not safer across a provider restart than 1."""
     connect_timeout_seconds: float = 5.0
     """How long to wait for the broker before ``Unavailable`` at subscribe."""
     keepalive_seconds: int = 30

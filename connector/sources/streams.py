@@ -7,17 +7,19 @@ and is a broker of the kind its subject or topic names) and opens its source at 
 
 A NATS source is made per subscription (each has its own ephemeral consumer); an MQTT
 source is one per (connection, topic, fields), kept for the provider's life, because its
-replay buffer is what subscribers resume within (see :mod:`connector.sources.mqtt`).
+replay buffer is what subscribers resume within (see :mod:`connector.sources.mqtt`); the
+node gives it a directory to journal that buffer in, so it outlives the process too.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connector.catalog.products import Source
+from connector.catalog.products import Product, Source
 from connector.errors import InvalidRequest
 from connector.sources.base import StreamSource
 from connector.sources.mqtt_connection import MqttConnection
@@ -41,7 +43,7 @@ def _log_skip(sequence: int, reason: SkipReason) -> None:
 class StreamSources:
     """The provider's NATS and MQTT connections, by name."""
 
-    def __init__(self, connections: Mapping[str, object]) -> None:
+    def __init__(self, connections: Mapping[str, object], journal_dir: Path | None = None) -> None:
         self._connections: dict[str, BrokerConnection] = {
             name: c
             for name, c in connections.items()
@@ -49,6 +51,8 @@ class StreamSources:
         }
         self._others = {name for name in connections if name not in self._connections}
         self._mqtt: dict[tuple[str, str, tuple[str, ...]], MqttStreamSource] = {}
+        self._journal_dir = journal_dir
+        """Where MQTT sources keep their replay buffers on disk (None: in memory only)."""
         self._lock = threading.Lock()
 
     def connection(self, name: str) -> BrokerConnection:
@@ -101,9 +105,53 @@ class StreamSources:
                 from connector.sources.mqtt import MqttStreamSource
 
                 found = self._mqtt[key] = MqttStreamSource(
-                    connection, source.topic, fields, on_skip=_log_skip
+                    connection,
+                    source.topic,
+                    fields,
+                    on_skip=_log_skip,
+                    journal_dir=self._journal_dir,
                 )
         return found
+
+    def resume(self, products: Iterable[Product]) -> threading.Thread | None:
+        """Start, in the background, the MQTT sources of ``products`` that journaled
+        messages before (the provider restarted): their broker sessions hold what was
+        published meanwhile, which is numbered now instead of waiting, and possibly
+        overflowing the broker's queue, until a consumer subscribes again."""
+        if self._journal_dir is None:
+            return None
+        from connector.sources.mqtt_journal import journal_path
+
+        due = []
+        for product in products:
+            source = product.source
+            connection = self._connections.get(source.connection)
+            if (
+                source.kind == "stream"
+                and isinstance(connection, MqttConnection)
+                and source.topic
+                and journal_path(
+                    self._journal_dir, connection.name, source.topic, product.fields
+                ).exists()
+            ):
+                due.append((source, product.fields))
+        if not due:
+            return None
+
+        def start() -> None:
+            for source, fields in due:
+                try:
+                    found = self.source(source, fields)
+                except InvalidRequest as exc:  # the configuration changed since
+                    _log.warning("stream source of topic %r not resumed: %s", source.topic, exc)
+                    continue
+                start_now = getattr(found, "start", None)
+                if start_now is not None:
+                    start_now()
+
+        thread = threading.Thread(target=start, daemon=True, name="mqtt-resume")
+        thread.start()
+        return thread
 
     def close(self) -> None:
         """Stop every MQTT client (the provider is stopping)."""

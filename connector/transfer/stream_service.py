@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+import grpc
+
 from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
-from connector.errors import NotFound, PreconditionFailed
+from connector.errors import NotFound, PreconditionFailed, Unavailable
 from connector.identifiers import AGREEMENT_ID, check_text
 from connector.rpc.auth import Access, current_caller
 from connector.rpc.server import Service
 from connector.transfer.store import CONSUMER
+from connector.transfer.stream_push import AGREEMENT_HEADER, push_stream
 from connector.transfer.stream_store import StreamStore
 from connector.transfer.streaming import StreamProvider
 from connector.transfer.subscriber import StreamConsumer, StreamProgress
@@ -66,11 +69,18 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
     """Serves both roles: streams this connector provides and streams it receives."""
 
     def __init__(
-        self, provider: StreamProvider, consumer: StreamConsumer, store: StreamStore
+        self,
+        provider: StreamProvider,
+        consumer: StreamConsumer,
+        store: StreamStore,
+        channel_to: Callable[[str], grpc.Channel] | None = None,
     ) -> None:
+        """``channel_to(participant)``: a channel to another member's connector, for
+        the streams this one pushes (none: it pushes none)."""
         self._provider = provider
         self._consumer = consumer
         self._store = store
+        self._channel_to = channel_to
 
     def Subscribe(
         self, request_iterator: Iterator[stream_pb2.SubscribeUp], context: Any
@@ -85,6 +95,37 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
         subscription = stream()
         context.add_callback(lambda: _close_when_done(subscription))
         return subscription
+
+    def RequestStreamPush(
+        self, request: stream_pb2.RequestStreamPushRequest, context: Any
+    ) -> stream_pb2.RequestStreamPushResponse:
+        """Consumer -> provider: push the stream into the consumer's connector."""
+        agreement_id = AGREEMENT_ID.check(request.agreement_id)
+        if self._channel_to is None:
+            raise Unavailable("this connector cannot reach other members")
+        caller = current_caller()
+        self._provider.check_push(caller, agreement_id)
+        channel = self._channel_to(caller.participant)
+        try:
+            push_stream(self._provider.subscribe, channel, caller, agreement_id, context.is_active)
+        finally:
+            channel.close()
+        return stream_pb2.RequestStreamPushResponse(agreement_id=agreement_id)
+
+    def Deliver(
+        self, request_iterator: Iterator[stream_pb2.SubscribeDown], context: Any
+    ) -> Iterator[stream_pb2.SubscribeUp]:
+        """Provider -> consumer: a push this connector asked for."""
+        named = dict(context.invocation_metadata()).get(AGREEMENT_HEADER, "")
+        agreement_id = AGREEMENT_ID.check(named if isinstance(named, str) else "")
+
+        def stream() -> Generator[stream_pb2.SubscribeUp, None, None]:
+            # The caller is read at the first pull, where the auth interceptor shows it.
+            yield from self._consumer.pushes.deliver(
+                current_caller(), agreement_id, request_iterator
+            )
+
+        return stream()
 
     def Follow(
         self, request: stream_pb2.FollowRequest, context: Any
@@ -223,6 +264,8 @@ def stream_service(servicer: StreamServicer) -> Service:
         {
             "Subscribe": Access.MEMBER,
             "TerminateStream": Access.MEMBER,
+            "RequestStreamPush": Access.MEMBER,
+            "Deliver": Access.MEMBER,
             "Follow": Access.ADMIN,
             "ListStreams": Access.ADMIN,
             "StopStream": Access.ADMIN,

@@ -282,9 +282,13 @@ class StreamProvider:
         caller: Caller,
         requests: Iterator[stream_pb2.SubscribeUp],
         active: Callable[[], bool] = lambda: True,
+        *,
+        push: bool = False,
     ) -> Iterator[stream_pb2.SubscribeDown]:
         """The stream for ``caller``: its first message names the agreement. ``active``
-        says whether the call is still on (a quiet stream notices a cancel by it)."""
+        says whether the call is still on (a quiet stream notices a cancel by it).
+        ``push``: sent into the consumer's connector (connector.transfer.stream_push),
+        which only an agreement whose offer delivers by push allows, and it only that."""
         first = next(requests, None)
         if first is None or first.WhichOneof("kind") != "start":
             raise InvalidRequest("the first message of Subscribe must be start")
@@ -293,6 +297,7 @@ class StreamProvider:
         if not agreement_id:
             raise InvalidRequest("start.agreement_id is required")
         agreement, revoked = self._agreement(caller, agreement_id)
+        _check_delivery(agreement, push)
         published = self._catalog.published(agreement.product, agreement.offer)
         if published is None:
             raise PreconditionFailed(
@@ -347,6 +352,12 @@ class StreamProvider:
                 batches=first.start.batches,
                 resent=resent,
             )
+
+    def check_push(self, caller: Caller, agreement_id: str) -> None:
+        """Before a push is opened to ``caller``'s connector: the agreement is theirs,
+        finalized, and its offer delivers by push (the subscription checks all else)."""
+        agreement, _ = self._agreement(caller, agreement_id)
+        _check_delivery(agreement, push=True)
 
     def _lost_receipts(
         self, agreement_id: str, from_sequence: int, state: StreamState
@@ -801,3 +812,13 @@ def _read_receipts(requests: Iterator[stream_pb2.SubscribeUp], inbox: queue.Queu
     except Exception as exc:  # the call was cancelled: the consumer is gone
         log.debug("subscription receipts ended: %s", exc.__class__.__name__)
     inbox.put(_END)
+
+
+def _check_delivery(agreement: Agreement, push: bool) -> None:
+    """``PreconditionFailed`` unless the stream is asked for the way its offer delivers
+    it: pushed (``delivery`` lists ``push``) or pulled."""
+    if ("push" in agreement.delivery) != push:
+        by, use = ("push", "RequestStreamPush") if not push else ("pull", "Subscribe")
+        raise PreconditionFailed(
+            f"the stream of agreement {agreement.id} is delivered by {by}; use {use}"
+        )

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -80,6 +80,7 @@ from connector.sources.windows import (
 )
 from connector.transfer.holdings import checked_obligations
 from connector.transfer.store import CONSUMER
+from connector.transfer.stream_push import PushedStream, StreamPushes
 from connector.transfer.stream_store import (
     NEXT_PERIOD,
     STARTED,
@@ -259,6 +260,8 @@ class StreamConsumer:
         self._dir = holdings_dir
         self._sweep = sweep
         self._running: dict[str, tuple[threading.Event, threading.Event]] = {}
+        self.pushes = StreamPushes()
+        """Pushes of streams whose offer delivers by push, each awaited by a follow."""
         """Agreement -> (its stop, its end) of each subscription running here."""
         self._lock = threading.Lock()
 
@@ -362,7 +365,12 @@ class StreamConsumer:
                 yield item
 
         channel = self._channel_to(agreement.provider)
-        call = stream_pb2_grpc.StreamServiceStub(channel).Subscribe(requests())
+        call: Any = (
+            # The offer delivers by push: the provider opens the call into this connector.
+            self.pushes.expect(agreement.id, agreement.provider, requests(), channel)
+            if "push" in agreement.delivery
+            else stream_pb2_grpc.StreamServiceStub(channel).Subscribe(requests())
+        )
 
         # Setting ``stop`` ends our side of the call; the provider then suspends.
         def end_on_stop() -> None:
@@ -387,7 +395,7 @@ class StreamConsumer:
             reason = "the provider ended the subscription"
             self._store.set_state(agreement.id, CONSUMER, SUSPENDED, reason, self._now_ms())
         except VerificationError as exc:
-            call.cancel()  # type: ignore[no-untyped-call]
+            call.cancel()
             self._fail(run, f"integrity: {exc}")
             raise
         except PermissionDenied as exc:
@@ -404,6 +412,8 @@ class StreamConsumer:
             outgoing.put(None)
             stop.set()
             segment.close(keep_signed=self._resumable(agreement.id))
+            if isinstance(call, PushedStream):
+                call.close()
             channel.close()
         return run.event("suspended", "the provider ended the subscription")
 

@@ -7,6 +7,7 @@ consumer's own signature on the records it holds is kept)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -27,6 +28,7 @@ from connector.identity.names import Role
 from connector.negotiation.agreement import parse_agreement
 from connector.negotiation.store import NegotiationStore
 from connector.node import Node
+from connector.sources.mqtt_connection import MqttConnection
 from connector.sources.nats_connection import NatsConnection
 from connector.sources.windows import Window
 from connector.transfer.subscriber import stream_holding
@@ -37,7 +39,7 @@ from tests.integration.test_stream_subscribe import (
     readings,
     stream_product,
 )
-from tests.sources.conftest import NATS_URL, JetStream, _jetstream
+from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable
 from tests.support.exchange import agree, entries
 from tests.support.hostile import HostileProvider, HostileStreams
 
@@ -61,7 +63,10 @@ def space(tmp_path: Path) -> Iterator[LocalSpace]:
 
 
 def start_provider(space: LocalSpace) -> None:
-    sources: dict[str, Any] = {"weather": NatsConnection("weather", NATS_URL)}
+    sources: dict[str, Any] = {
+        "weather": NatsConnection("weather", NATS_URL),
+        "sensors": MqttConnection("sensors", MQTT_URL),
+    }
     space.start_connector("gov", sources=sources, stream=SETTINGS)
 
 
@@ -100,6 +105,89 @@ def test_a_restart_of_either_side_resumes_without_loss_or_duplication(
     kept = held(space, "a", agreement)
     assert [line["sequence"] for line in kept] == list(range(1, 22))
     assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(21)]
+
+
+class MqttFeed:
+    """A plain MQTT client publishing readings to one topic at QoS 1."""
+
+    def __init__(self) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.topic = f"tds/test/{time.monotonic_ns()}/rain"
+        self._client = paho.Client(CallbackAPIVersion.VERSION2)
+        self._client.connect("127.0.0.1", 1883)
+        self._client.loop_start()
+
+    def publish(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            self._client.publish(self.topic, json.dumps(r), qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", ["gov", "a"])
+def test_an_mqtt_stream_resumes_across_a_restart_of_either_side_without_loss_or_duplication(
+    space: LocalSpace, tmp_path: Path, who: str
+) -> None:
+    """MQTT numbers nothing itself: the provider's numbering and replay buffer are on disk
+    (the journal), and its broker session queues what is published while it is down."""
+    if why := _reachable(MQTT_URL):
+        pytest.skip(f"MQTT broker not reachable at {MQTT_URL}: {why}")
+    feed = MqttFeed()
+    try:
+        stream_product(
+            space,
+            "rain",
+            {"kind": "stream", "connection": "sensors", "topic": feed.topic},
+            tmp_path,
+        )
+        agreement = agree(space, "gov", "a", "rain")
+        first = Follower(space, "a", agreement)
+        time.sleep(1.0)  # the provider's client subscribes at the first subscription
+        feed.publish(readings(10))
+        first.wait_kept(8)  # two windows countersigned; 9 and 10 are not acknowledged yet
+        restart(space, who)
+        first.wait_end(15)
+        feed.publish(readings(7, start=10))  # while the stream is down (and the provider)
+        if who == "gov":
+            # The restarted provider takes up its MQTT session at once, before anyone
+            # subscribes again: what the broker queued is numbered (and journaled) now.
+            sources = space.nodes["gov"].stream_sources
+            deadline = time.monotonic() + 10
+            while not any(s._buffer.newest >= 17 for s in sources._mqtt.values()):
+                assert time.monotonic() < deadline, "the MQTT source was not resumed"
+                time.sleep(0.05)
+        second = Follower(space, "a", agreement)
+        second.wait_kept(17)
+        feed.publish(readings(3, start=17))  # live again
+        second.wait_kept(20)
+        second.stop()
+    finally:
+        feed.close()
+    kept = held(space, "a", agreement)
+    assert [line["sequence"] for line in kept] == list(range(1, 21))
+    assert [line["record"]["station"] for line in kept] == [f"S{i:03d}" for i in range(20)]
+    # The hash chain runs on across the restart: every window verifies and follows the
+    # one before, and the auditor pairs each of them in both logs.
+    receipts = window_receipts(space, "gov", agreement)
+    assert window_receipts(space, "a", agreement) == receipts
+    keys = space.nodes["gov"]._signing_key_of
+    covered = [verify_window(r, keys).window for r in receipts]
+    assert [w.index for w in covered] == list(range(len(covered)))
+    assert all(w.first_sequence == p.last_sequence + 1 for p, w in itertools.pairwise(covered))
+    assert all(w.start_head == p.head for p, w in itertools.pairwise(covered))
+    assert (covered[0].first_sequence, covered[-1].last_sequence) == (1, 20)
+    cfg = space.write_config("auditor", "", space.registry_address)
+    for side in ("gov", "a"):
+        fetch_and_witness(cfg, side, tmp_path / "audit" / side)
+        assert verify(tmp_path / "audit" / side).ok
+    paired = reconcile(tmp_path / "audit" / "gov", tmp_path / "audit" / "a")
+    assert paired["ok"], paired
+    assert paired["windows"] == paired["matched"] == len(covered)
 
 
 def drop_after_countersigning(

@@ -1,13 +1,23 @@
-"""MQTT stream sources against a real Mosquitto (skipped when it is not up)."""
+"""MQTT stream sources against a real Mosquitto (skipped when it is not up).
+
+With a journal (the replay buffer on disk, as a provider's node keeps it), a source that
+stops or dies and starts again continues its numbering, numbers what was published while
+it was down, and numbers once what the broker sends again; the journal keeps the buffer's
+limits, and overflow after a restart is reported, not hidden."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from connector.errors import ConfigError, InvalidRequest, PreconditionFailed, Unavailable
 from connector.sources.base import StreamSource, Subscription
 from connector.sources.mqtt import MqttConnection, MqttStreamSource
+from connector.sources.mqtt_journal import Redeliveries, fingerprint, journal_path
 from connector.sources.stream import SequenceGone, SkipReason, SubscriptionLagging
 from connector.sources.windows import StreamChecker, genesis_head
 from tests.sources.conftest import OwnServer, check_records, free_port, take
@@ -68,8 +79,9 @@ def topic() -> str:
 
 def _source(url: str, topic: str, **options: Any) -> MqttStreamSource:
     on_skip = options.pop("on_skip", None)
+    journal_dir = options.pop("journal_dir", None)
     connection = MqttConnection(name="air", url=url, connect_timeout_seconds=3, **options)
-    return MqttStreamSource(connection, topic, FIELDS, on_skip=on_skip)
+    return MqttStreamSource(connection, topic, FIELDS, on_skip=on_skip, journal_dir=journal_dir)
 
 
 @pytest.fixture
@@ -307,3 +319,172 @@ def test_a_batch_is_what_the_buffer_holds_never_more_than_asked(
     assert [len(first), len(second)] == [4, 6]
     check_records(StreamChecker(after=0, head=genesis_head("agr")), FIELDS, first + second)
     assert [r.row[1] for r in first + second] == list(range(10))
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _journaled(url: str, topic: str, journal: Path, **options: int) -> MqttStreamSource:
+    return _source(url, topic, journal_dir=journal, **options)
+
+
+def _rows(journal: Path, topic: str) -> list[int]:
+    path = journal_path(journal, "air", topic, FIELDS)
+    with sqlite3.connect(path) as db:
+        return [s for (s,) in db.execute("SELECT sequence FROM messages ORDER BY sequence")]
+
+
+def test_a_restarted_source_continues_its_numbering_with_what_came_while_it_was_down(
+    mqtt_url: str, publisher: Publisher, topic: str, tmp_path: Path
+) -> None:
+    checker = StreamChecker(after=0, head=genesis_head("agr"))
+    source = _journaled(mqtt_url, topic, tmp_path)
+    try:
+        with source.subscribe(0) as sub:
+            publisher.readings(topic, 0, 8)
+            first = take(sub, 5)  # the consumer acknowledged 5 of the 8 the source holds
+    finally:
+        source.close()
+    check_records(checker, FIELDS, first)
+    publisher.readings(topic, 8, 6)  # while the provider is down: the broker queues them
+    again = _journaled(mqtt_url, topic, tmp_path)
+    try:
+        assert again.epoch == source.epoch  # the same client id: the same session
+        with again.subscribe(checker.last_sequence) as sub:
+            rest = take(sub, 9)
+            publisher.readings(topic, 14, 2)  # and live after the restart
+            rest += take(sub, 2)
+            assert sub.poll(0.5) is None  # nothing doubled
+    finally:
+        again.close()
+    check_records(checker, FIELDS, rest)
+    assert [r.sequence for r in first + rest] == list(range(1, 17))
+    assert [r.row[1] for r in first + rest] == list(range(16))
+
+
+def test_the_journal_keeps_the_buffers_limit_and_overflow_after_a_restart_is_reported(
+    mqtt_url: str, publisher: Publisher, topic: str, tmp_path: Path
+) -> None:
+    source = _journaled(mqtt_url, topic, tmp_path, replay_messages=10, max_lag_messages=10)
+    try:
+        with source.subscribe(0) as sub:
+            publisher.readings(topic, 0, 25)
+            deadline = time.monotonic() + 10
+            while sub.lag < 25:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        source.close()
+    assert _rows(tmp_path, topic) == list(range(16, 26))  # bounded on disk too
+    again = _journaled(mqtt_url, topic, tmp_path, replay_messages=10, max_lag_messages=10)
+    try:
+        with (
+            pytest.raises(SequenceGone, match="sequences 6 to 15 are no longer held") as gone,
+            again.subscribe(5),
+        ):
+            pass
+        assert gone.value.lost == 10 and "replay_messages = 10" in str(gone.value)
+        with again.subscribe(0) as sub:  # a first subscription: from the oldest held
+            assert take(sub, 1)[0].sequence == 16
+        with again.subscribe(20) as sub:
+            assert [r.row[1] for r in take(sub, 5)] == [20, 21, 22, 23, 24]
+    finally:
+        again.close()
+
+
+_DIES_UNACKNOWLEDGED = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import paho.mqtt.client as paho
+    from connector.sources.mqtt import MqttConnection, MqttStreamSource
+    paho.Client.ack = lambda self, mid, qos: 0  # journaled, never acknowledged
+    url, topic, journal, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    if sys.argv[5] == "uncommitted":
+        from connector.sources.mqtt_journal import ReplayJournal
+        ReplayJournal.append = lambda *a: time.sleep(3600)  # the disk never answers
+    source = MqttStreamSource(
+        MqttConnection(name="air", url=url), topic, ("station", "pm25"), journal_dir=journal
+    )
+    with source.subscribe(0) as sub:
+        print("subscribed", flush=True)
+        while source._buffer.newest < n:
+            time.sleep(0.01)
+        if sys.argv[5] == "committed":
+            source._writer.flush()
+    os._exit(9)  # dies as a killed process does: no DISCONNECT, no acknowledgement
+    """
+)
+
+
+@pytest.mark.parametrize("journaled", ["committed", "uncommitted"])
+def test_what_the_broker_sends_again_after_a_crash_is_numbered_once(
+    mqtt_url: str, publisher: Publisher, topic: str, tmp_path: Path, journaled: str
+) -> None:
+    """Killed after journaling 5 messages and before acknowledging them, the source gets
+    them again: numbered once if they were committed, and with the same numbers again if
+    they were not (they were never acknowledged, so the broker still had them)."""
+    # A first life of the source creates the session and numbers two messages, cleanly.
+    source = _journaled(mqtt_url, topic, tmp_path)
+    with source.subscribe(0) as sub:
+        publisher.readings(topic, 0, 2)
+        take(sub, 2)
+    source.close()
+    # A second life numbers 5 more and dies before acknowledging any of them.
+    dying = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _DIES_UNACKNOWLEDGED,
+            mqtt_url,
+            topic,
+            str(tmp_path),
+            "7",
+            journaled,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert dying.stdout is not None and dying.stdout.readline().strip() == "subscribed"
+    publisher.readings(topic, 2, 5)
+    assert dying.wait(20) == 9
+    dying.stdout.close()
+    assert _rows(tmp_path, topic) == list(range(1, 8 if journaled == "committed" else 3))
+    publisher.readings(topic, 7, 3)  # while it is down
+    # The third life gets the 5 again (unacknowledged, dup) and the 3 new ones.
+    checker = StreamChecker(after=0, head=genesis_head("agr"))
+    again = _journaled(mqtt_url, topic, tmp_path)
+    try:
+        with again.subscribe(0) as sub:
+            got = take(sub, 10)
+            assert sub.poll(0.8) is None  # the 5 sent again were not numbered twice
+    finally:
+        again.close()
+    check_records(checker, FIELDS, got)
+    assert [(r.sequence, r.row[1]) for r in got] == [(i + 1, i) for i in range(10)]
+
+
+def test_redeliveries_match_a_suffix_of_what_was_journaled_in_order() -> None:
+    a, b, c = (fingerprint(p) for p in (b"a", b"b", b"c"))
+    tail = [(7, a), (8, b), (9, c)]
+    # 8 and 9 were journaled but not acknowledged: sent again, then something new.
+    r = Redeliveries(tail)
+    assert [r.seen(8, b"b", True), r.seen(9, b"c", True), r.seen(10, b"d", True)] == [
+        True,
+        True,
+        False,
+    ]
+    # A message sent again that never arrived (id 10) is new, and so is all after it.
+    r = Redeliveries(tail)
+    assert [r.seen(10, b"x", True), r.seen(9, b"c", True)] == [False, False]
+    # Same id, other payload: not the journaled one.
+    assert Redeliveries(tail).seen(9, b"other", True) is False
+    # Nothing sent again: the first message without dup ends the matching.
+    r = Redeliveries(tail)
+    assert [r.seen(9, b"c", False), r.seen(9, b"c", True)] == [False, False]
+    # Out of order is not a resend of the journal's suffix.
+    r = Redeliveries(tail)
+    assert [r.seen(8, b"b", True), r.seen(7, b"a", True)] == [True, False]
+    # An oversized message is journaled without its payload: its id must do.
+    assert Redeliveries([(3, fingerprint(SkipReason.OVERSIZED))]).seen(3, b"x" * 9, True)

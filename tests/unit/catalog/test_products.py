@@ -215,6 +215,20 @@ def test_a_stream_source_names_a_connection_and_a_subject_or_topic() -> None:
     assert (product.source.topic, product.source.subject) == ("city/air/+/pm25", "")
 
 
+def test_a_stream_offer_may_deliver_by_push_and_only_a_stream_offer_with_copy() -> None:
+    fields = ["station", "operator", "mm"]
+    product = parse_description(
+        mutate_stream(STREAM, fields, delivery=["push", "copy"]), owner="city-gov"
+    )
+    assert product.offers[0].delivery == ("copy", "push")
+    assert Product.from_json(product.to_json()) == product
+    with pytest.raises(InvalidRequest, match="'push' is how a copy is delivered"):
+        parse_description(mutate_stream(STREAM, fields, delivery=["push"]), owner="city-gov")
+    table = {"kind": "table", "path": "x.csv", "format": "csv"}
+    with pytest.raises(InvalidRequest, match="'push' applies to stream products"):
+        parse_description(mutate_stream(table, fields, delivery=["copy", "push"]), owner="city-gov")
+
+
 def test_stream_offers_take_field_lists_and_masks() -> None:
     text = mutate_stream(
         STREAM,

@@ -24,49 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tds/v1/stream.proto\x12\x06tds.v1\"@\n\x13ReadSegmentsRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_window\x18\x02 \x01(\x04\":\n\x0cSegmentChunk\x12\x0e\n\x06window\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"9\n\x11StopStreamRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x12StopStreamResponse\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x19\n\x11\x63ounterparty_told\x18\x05 \x01(\x08\">\n\x16TerminateStreamRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\x17TerminateStreamResponse\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"%\n\rFollowRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"\xa1\x01\n\x0b\x46ollowEvent\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x0e\n\x06window\x18\x06 \x01(\x03\x12\x15\n\rkept_sequence\x18\x07 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\x14\n\x12ListStreamsRequest\"\xd2\x01\n\rStreamHolding\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rkept_sequence\x18\x06 \x01(\x04\x12\x0f\n\x07windows\x18\x07 \x01(\x04\x12\x10\n\x08messages\x18\x08 \x01(\x04\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x0c\n\x04path\x18\n \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x0b \x01(\x08\"=\n\x13ListStreamsResponse\x12&\n\x07streams\x18\x01 \x03(\x0b\x32\x15.tds.v1.StreamHolding\"Q\n\x0bSubscribeUp\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.tds.v1.SubscribeStartH\x00\x12\x11\n\x07receipt\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"N\n\x0eSubscribeStart\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x08\"\xd4\x01\n\rSubscribeDown\x12(\n\x07started\x18\x01 \x01(\x0b\x32\x15.tds.v1.StreamStartedH\x00\x12(\n\x07message\x18\x02 \x01(\x0b\x32\x15.tds.v1.StreamMessageH\x00\x12(\n\x06window\x18\x03 \x01(\x0b\x32\x16.tds.v1.WindowProposalH\x00\x12\x17\n\rcountersigned\x18\x04 \x01(\tH\x00\x12$\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x13.tds.v1.StreamBatchH\x00\x42\x06\n\x04kind\"\xe2\x01\n\rStreamStarted\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x12\x0c\n\x04head\x18\x05 \x01(\t\x12\x13\n\x0bnext_window\x18\x06 \x01(\x04\x12\x18\n\x10obligations_json\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12\x1a\n\x12provider_log_index\x18\t \x01(\x03\x12\x11\n\treceipted\x18\n \x03(\t\"C\n\rStreamMessage\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08previous\x18\x02 \x01(\x04\x12\x0e\n\x06record\x18\x03 \x01(\x0c\"6\n\x0bStreamBatch\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.tds.v1.StreamMessage\"\x8e\x01\n\x0eWindowProposal\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x12\n\nstart_head\x18\x06 \x01(\t\x12\x0c\n\x04head\x18\x07 \x01(\t2\xaa\x03\n\rStreamService\x12;\n\tSubscribe\x12\x13.tds.v1.SubscribeUp\x1a\x15.tds.v1.SubscribeDown(\x01\x30\x01\x12\x36\n\x06\x46ollow\x12\x15.tds.v1.FollowRequest\x1a\x13.tds.v1.FollowEvent0\x01\x12\x46\n\x0bListStreams\x12\x1a.tds.v1.ListStreamsRequest\x1a\x1b.tds.v1.ListStreamsResponse\x12\x43\n\nStopStream\x12\x19.tds.v1.StopStreamRequest\x1a\x1a.tds.v1.StopStreamResponse\x12R\n\x0fTerminateStream\x12\x1e.tds.v1.TerminateStreamRequest\x1a\x1f.tds.v1.TerminateStreamResponse\x12\x43\n\x0cReadSegments\x12\x1b.tds.v1.ReadSegmentsRequest\x1a\x14.tds.v1.SegmentChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tds/v1/stream.proto\x12\x06tds.v1\"0\n\x18RequestStreamPushRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"1\n\x19RequestStreamPushResponse\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"@\n\x13ReadSegmentsRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_window\x18\x02 \x01(\x04\":\n\x0cSegmentChunk\x12\x0e\n\x06window\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"9\n\x11StopStreamRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x12StopStreamResponse\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x19\n\x11\x63ounterparty_told\x18\x05 \x01(\x08\">\n\x16TerminateStreamRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\x17TerminateStreamResponse\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"%\n\rFollowRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"\xa1\x01\n\x0b\x46ollowEvent\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x0e\n\x06window\x18\x06 \x01(\x03\x12\x15\n\rkept_sequence\x18\x07 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\x14\n\x12ListStreamsRequest\"\xd2\x01\n\rStreamHolding\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rkept_sequence\x18\x06 \x01(\x04\x12\x0f\n\x07windows\x18\x07 \x01(\x04\x12\x10\n\x08messages\x18\x08 \x01(\x04\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x0c\n\x04path\x18\n \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x0b \x01(\x08\"=\n\x13ListStreamsResponse\x12&\n\x07streams\x18\x01 \x03(\x0b\x32\x15.tds.v1.StreamHolding\"Q\n\x0bSubscribeUp\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.tds.v1.SubscribeStartH\x00\x12\x11\n\x07receipt\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"N\n\x0eSubscribeStart\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x08\"\xd4\x01\n\rSubscribeDown\x12(\n\x07started\x18\x01 \x01(\x0b\x32\x15.tds.v1.StreamStartedH\x00\x12(\n\x07message\x18\x02 \x01(\x0b\x32\x15.tds.v1.StreamMessageH\x00\x12(\n\x06window\x18\x03 \x01(\x0b\x32\x16.tds.v1.WindowProposalH\x00\x12\x17\n\rcountersigned\x18\x04 \x01(\tH\x00\x12$\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x13.tds.v1.StreamBatchH\x00\x42\x06\n\x04kind\"\xe2\x01\n\rStreamStarted\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x12\x0c\n\x04head\x18\x05 \x01(\t\x12\x13\n\x0bnext_window\x18\x06 \x01(\x04\x12\x18\n\x10obligations_json\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12\x1a\n\x12provider_log_index\x18\t \x01(\x03\x12\x11\n\treceipted\x18\n \x03(\t\"C\n\rStreamMessage\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08previous\x18\x02 \x01(\x04\x12\x0e\n\x06record\x18\x03 \x01(\x0c\"6\n\x0bStreamBatch\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.tds.v1.StreamMessage\"\x8e\x01\n\x0eWindowProposal\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x12\n\nstart_head\x18\x06 \x01(\t\x12\x0c\n\x04head\x18\x07 \x01(\t2\xbf\x04\n\rStreamService\x12;\n\tSubscribe\x12\x13.tds.v1.SubscribeUp\x1a\x15.tds.v1.SubscribeDown(\x01\x30\x01\x12X\n\x11RequestStreamPush\x12 .tds.v1.RequestStreamPushRequest\x1a!.tds.v1.RequestStreamPushResponse\x12\x39\n\x07\x44\x65liver\x12\x15.tds.v1.SubscribeDown\x1a\x13.tds.v1.SubscribeUp(\x01\x30\x01\x12\x36\n\x06\x46ollow\x12\x15.tds.v1.FollowRequest\x1a\x13.tds.v1.FollowEvent0\x01\x12\x46\n\x0bListStreams\x12\x1a.tds.v1.ListStreamsRequest\x1a\x1b.tds.v1.ListStreamsResponse\x12\x43\n\nStopStream\x12\x19.tds.v1.StopStreamRequest\x1a\x1a.tds.v1.StopStreamResponse\x12R\n\x0fTerminateStream\x12\x1e.tds.v1.TerminateStreamRequest\x1a\x1f.tds.v1.TerminateStreamResponse\x12\x43\n\x0cReadSegments\x12\x1b.tds.v1.ReadSegmentsRequest\x1a\x14.tds.v1.SegmentChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tds.v1.stream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READSEGMENTSREQUEST']._serialized_start=31
-  _globals['_READSEGMENTSREQUEST']._serialized_end=95
-  _globals['_SEGMENTCHUNK']._serialized_start=97
-  _globals['_SEGMENTCHUNK']._serialized_end=155
-  _globals['_STOPSTREAMREQUEST']._serialized_start=157
-  _globals['_STOPSTREAMREQUEST']._serialized_end=214
-  _globals['_STOPSTREAMRESPONSE']._serialized_start=216
-  _globals['_STOPSTREAMRESPONSE']._serialized_end=330
-  _globals['_TERMINATESTREAMREQUEST']._serialized_start=332
-  _globals['_TERMINATESTREAMREQUEST']._serialized_end=394
-  _globals['_TERMINATESTREAMRESPONSE']._serialized_start=396
-  _globals['_TERMINATESTREAMRESPONSE']._serialized_end=458
-  _globals['_FOLLOWREQUEST']._serialized_start=460
-  _globals['_FOLLOWREQUEST']._serialized_end=497
-  _globals['_FOLLOWEVENT']._serialized_start=500
-  _globals['_FOLLOWEVENT']._serialized_end=661
-  _globals['_LISTSTREAMSREQUEST']._serialized_start=663
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=683
-  _globals['_STREAMHOLDING']._serialized_start=686
-  _globals['_STREAMHOLDING']._serialized_end=896
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=898
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=959
-  _globals['_SUBSCRIBEUP']._serialized_start=961
-  _globals['_SUBSCRIBEUP']._serialized_end=1042
-  _globals['_SUBSCRIBESTART']._serialized_start=1044
-  _globals['_SUBSCRIBESTART']._serialized_end=1122
-  _globals['_SUBSCRIBEDOWN']._serialized_start=1125
-  _globals['_SUBSCRIBEDOWN']._serialized_end=1337
-  _globals['_STREAMSTARTED']._serialized_start=1340
-  _globals['_STREAMSTARTED']._serialized_end=1566
-  _globals['_STREAMMESSAGE']._serialized_start=1568
-  _globals['_STREAMMESSAGE']._serialized_end=1635
-  _globals['_STREAMBATCH']._serialized_start=1637
-  _globals['_STREAMBATCH']._serialized_end=1691
-  _globals['_WINDOWPROPOSAL']._serialized_start=1694
-  _globals['_WINDOWPROPOSAL']._serialized_end=1836
-  _globals['_STREAMSERVICE']._serialized_start=1839
-  _globals['_STREAMSERVICE']._serialized_end=2265
+  _globals['_REQUESTSTREAMPUSHREQUEST']._serialized_start=31
+  _globals['_REQUESTSTREAMPUSHREQUEST']._serialized_end=79
+  _globals['_REQUESTSTREAMPUSHRESPONSE']._serialized_start=81
+  _globals['_REQUESTSTREAMPUSHRESPONSE']._serialized_end=130
+  _globals['_READSEGMENTSREQUEST']._serialized_start=132
+  _globals['_READSEGMENTSREQUEST']._serialized_end=196
+  _globals['_SEGMENTCHUNK']._serialized_start=198
+  _globals['_SEGMENTCHUNK']._serialized_end=256
+  _globals['_STOPSTREAMREQUEST']._serialized_start=258
+  _globals['_STOPSTREAMREQUEST']._serialized_end=315
+  _globals['_STOPSTREAMRESPONSE']._serialized_start=317
+  _globals['_STOPSTREAMRESPONSE']._serialized_end=431
+  _globals['_TERMINATESTREAMREQUEST']._serialized_start=433
+  _globals['_TERMINATESTREAMREQUEST']._serialized_end=495
+  _globals['_TERMINATESTREAMRESPONSE']._serialized_start=497
+  _globals['_TERMINATESTREAMRESPONSE']._serialized_end=559
+  _globals['_FOLLOWREQUEST']._serialized_start=561
+  _globals['_FOLLOWREQUEST']._serialized_end=598
+  _globals['_FOLLOWEVENT']._serialized_start=601
+  _globals['_FOLLOWEVENT']._serialized_end=762
+  _globals['_LISTSTREAMSREQUEST']._serialized_start=764
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=784
+  _globals['_STREAMHOLDING']._serialized_start=787
+  _globals['_STREAMHOLDING']._serialized_end=997
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=999
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=1060
+  _globals['_SUBSCRIBEUP']._serialized_start=1062
+  _globals['_SUBSCRIBEUP']._serialized_end=1143
+  _globals['_SUBSCRIBESTART']._serialized_start=1145
+  _globals['_SUBSCRIBESTART']._serialized_end=1223
+  _globals['_SUBSCRIBEDOWN']._serialized_start=1226
+  _globals['_SUBSCRIBEDOWN']._serialized_end=1438
+  _globals['_STREAMSTARTED']._serialized_start=1441
+  _globals['_STREAMSTARTED']._serialized_end=1667
+  _globals['_STREAMMESSAGE']._serialized_start=1669
+  _globals['_STREAMMESSAGE']._serialized_end=1736
+  _globals['_STREAMBATCH']._serialized_start=1738
+  _globals['_STREAMBATCH']._serialized_end=1792
+  _globals['_WINDOWPROPOSAL']._serialized_start=1795
+  _globals['_WINDOWPROPOSAL']._serialized_end=1937
+  _globals['_STREAMSERVICE']._serialized_start=1940
+  _globals['_STREAMSERVICE']._serialized_end=2515
 # @@protoc_insertion_point(module_scope)

@@ -43,6 +43,16 @@ class StreamServiceStub:
                 request_serializer=tds_dot_v1_dot_stream__pb2.SubscribeUp.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_stream__pb2.SubscribeDown.FromString,
                 _registered_method=True)
+        self.RequestStreamPush = channel.unary_unary(
+                '/tds.v1.StreamService/RequestStreamPush',
+                request_serializer=tds_dot_v1_dot_stream__pb2.RequestStreamPushRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_stream__pb2.RequestStreamPushResponse.FromString,
+                _registered_method=True)
+        self.Deliver = channel.stream_stream(
+                '/tds.v1.StreamService/Deliver',
+                request_serializer=tds_dot_v1_dot_stream__pb2.SubscribeDown.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_stream__pb2.SubscribeUp.FromString,
+                _registered_method=True)
         self.Follow = channel.unary_stream(
                 '/tds.v1.StreamService/Follow',
                 request_serializer=tds_dot_v1_dot_stream__pb2.FollowRequest.SerializeToString,
@@ -87,6 +97,29 @@ class StreamServiceServicer:
         Bidirectional because a window's receipt is signed by the consumer and countersigned
         by the provider inside the same subscription: a window the consumer does not sign in
         time stops it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestStreamPush(self, request, context):
+        """Consumer -> provider, for an agreement whose offer delivers by push (delivery
+        ["copy", "push"]; Subscribe is then refused, as this is for any other agreement):
+        the provider opens Deliver to the consumer's connector (its registered address,
+        mutual TLS) and sends there what Subscribe would return, with the same checks,
+        windows, metering and stops. This call stays open while the push runs and ends with
+        its status (PERMISSION_DENIED when the usage policy stopped it, as for Subscribe).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deliver(self, request_iterator, context):
+        """Provider -> the consumer's connector: the push the consumer asked for, the agreement
+        named in the call's metadata ("tds-agreement-id"). The provider sends what Subscribe
+        returns; the consumer answers what it sends on Subscribe (start, then its receipts).
+        A push no subscription here waits for (none running, another provider's, an
+        agreement that does not deliver by push) is NOT_FOUND and nothing is kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +176,16 @@ def add_StreamServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=tds_dot_v1_dot_stream__pb2.SubscribeUp.FromString,
                     response_serializer=tds_dot_v1_dot_stream__pb2.SubscribeDown.SerializeToString,
+            ),
+            'RequestStreamPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestStreamPush,
+                    request_deserializer=tds_dot_v1_dot_stream__pb2.RequestStreamPushRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_stream__pb2.RequestStreamPushResponse.SerializeToString,
+            ),
+            'Deliver': grpc.stream_stream_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=tds_dot_v1_dot_stream__pb2.SubscribeDown.FromString,
+                    response_serializer=tds_dot_v1_dot_stream__pb2.SubscribeUp.SerializeToString,
             ),
             'Follow': grpc.unary_stream_rpc_method_handler(
                     servicer.Follow,
@@ -201,6 +244,60 @@ class StreamService:
             '/tds.v1.StreamService/Subscribe',
             tds_dot_v1_dot_stream__pb2.SubscribeUp.SerializeToString,
             tds_dot_v1_dot_stream__pb2.SubscribeDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestStreamPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.StreamService/RequestStreamPush',
+            tds_dot_v1_dot_stream__pb2.RequestStreamPushRequest.SerializeToString,
+            tds_dot_v1_dot_stream__pb2.RequestStreamPushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tds.v1.StreamService/Deliver',
+            tds_dot_v1_dot_stream__pb2.SubscribeDown.SerializeToString,
+            tds_dot_v1_dot_stream__pb2.SubscribeUp.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,21 @@ class StreamServiceStub:
     by the provider inside the same subscription: a window the consumer does not sign in
     time stops it.
     """
+    RequestStreamPush: _grpc.UnaryUnaryMultiCallable[_stream_pb2.RequestStreamPushRequest, _stream_pb2.RequestStreamPushResponse]
+    """Consumer -> provider, for an agreement whose offer delivers by push (delivery
+    ["copy", "push"]; Subscribe is then refused, as this is for any other agreement):
+    the provider opens Deliver to the consumer's connector (its registered address,
+    mutual TLS) and sends there what Subscribe would return, with the same checks,
+    windows, metering and stops. This call stays open while the push runs and ends with
+    its status (PERMISSION_DENIED when the usage policy stopped it, as for Subscribe).
+    """
+    Deliver: _grpc.StreamStreamMultiCallable[_stream_pb2.SubscribeDown, _stream_pb2.SubscribeUp]
+    """Provider -> the consumer's connector: the push the consumer asked for, the agreement
+    named in the call's metadata ("tds-agreement-id"). The provider sends what Subscribe
+    returns; the consumer answers what it sends on Subscribe (start, then its receipts).
+    A push no subscription here waits for (none running, another provider's, an
+    agreement that does not deliver by push) is NOT_FOUND and nothing is kept.
+    """
     Follow: _grpc.UnaryStreamMultiCallable[_stream_pb2.FollowRequest, _stream_pb2.FollowEvent]
     """The consumer's admin -> its own connector: subscribe under an agreement (resuming
     from the last countersigned window) and report progress until the admin cancels the
@@ -91,6 +106,21 @@ class StreamServiceAsyncStub(StreamServiceStub):
     Bidirectional because a window's receipt is signed by the consumer and countersigned
     by the provider inside the same subscription: a window the consumer does not sign in
     time stops it.
+    """
+    RequestStreamPush: _aio.UnaryUnaryMultiCallable[_stream_pb2.RequestStreamPushRequest, _stream_pb2.RequestStreamPushResponse]  # type: ignore[assignment]
+    """Consumer -> provider, for an agreement whose offer delivers by push (delivery
+    ["copy", "push"]; Subscribe is then refused, as this is for any other agreement):
+    the provider opens Deliver to the consumer's connector (its registered address,
+    mutual TLS) and sends there what Subscribe would return, with the same checks,
+    windows, metering and stops. This call stays open while the push runs and ends with
+    its status (PERMISSION_DENIED when the usage policy stopped it, as for Subscribe).
+    """
+    Deliver: _aio.StreamStreamMultiCallable[_stream_pb2.SubscribeDown, _stream_pb2.SubscribeUp]  # type: ignore[assignment]
+    """Provider -> the consumer's connector: the push the consumer asked for, the agreement
+    named in the call's metadata ("tds-agreement-id"). The provider sends what Subscribe
+    returns; the consumer answers what it sends on Subscribe (start, then its receipts).
+    A push no subscription here waits for (none running, another provider's, an
+    agreement that does not deliver by push) is NOT_FOUND and nothing is kept.
     """
     Follow: _aio.UnaryStreamMultiCallable[_stream_pb2.FollowRequest, _stream_pb2.FollowEvent]  # type: ignore[assignment]
     """The consumer's admin -> its own connector: subscribe under an agreement (resuming
@@ -138,6 +168,33 @@ class StreamServiceServicer(metaclass=_abc_1.ABCMeta):
         Bidirectional because a window's receipt is signed by the consumer and countersigned
         by the provider inside the same subscription: a window the consumer does not sign in
         time stops it.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestStreamPush(
+        self,
+        request: _stream_pb2.RequestStreamPushRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stream_pb2.RequestStreamPushResponse, _abc.Awaitable[_stream_pb2.RequestStreamPushResponse]]:
+        """Consumer -> provider, for an agreement whose offer delivers by push (delivery
+        ["copy", "push"]; Subscribe is then refused, as this is for any other agreement):
+        the provider opens Deliver to the consumer's connector (its registered address,
+        mutual TLS) and sends there what Subscribe would return, with the same checks,
+        windows, metering and stops. This call stays open while the push runs and ends with
+        its status (PERMISSION_DENIED when the usage policy stopped it, as for Subscribe).
+        """
+
+    @_abc_1.abstractmethod
+    def Deliver(
+        self,
+        request_iterator: _MaybeAsyncIterator[_stream_pb2.SubscribeDown],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_stream_pb2.SubscribeUp], _abc.AsyncIterator[_stream_pb2.SubscribeUp]]:
+        """Provider -> the consumer's connector: the push the consumer asked for, the agreement
+        named in the call's metadata ("tds-agreement-id"). The provider sends what Subscribe
+        returns; the consumer answers what it sends on Subscribe (start, then its receipts).
+        A push no subscription here waits for (none running, another provider's, an
+        agreement that does not deliver by push) is NOT_FOUND and nothing is kept.
         """
 
     @_abc_1.abstractmethod
