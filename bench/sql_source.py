@@ -28,8 +28,9 @@ run, each ``--repeat`` times in turn (the median kept):
 Reports MB/s of each (delivered bytes over wall time), the ratios to COPY (target: the
 transfer's at least 0.5), where the time goes (reading and the state hash; projecting,
 encoding, hashing and writing the CSV; the masks; what the transfer adds to
-materialising) and this process's peak resident memory, which holds all three connectors
-(target under 200 MB). ``--no-transfer`` leaves the connectors out.
+materialising) and this process's peak resident memory (target: every process under
+200 MB; this one holds the registry and both connectors as well, which ``tds serve`` runs
+as processes of their own). ``--no-transfer`` leaves the connectors out.
 """
 
 from __future__ import annotations
@@ -264,6 +265,12 @@ def main() -> int:
         spent["transfer_beyond_materialise"] = round(transfer_s - tds_s, 2)
     result["seconds_spent"] = spent
     result["peak_rss_mb"] = round(peak_mb, 1)
+    # The target is per process; here one process holds everything a transfer has.
+    result["peak_rss_of"] = (
+        "this process: the registry, both connectors and the materialising runs"
+        if transfer is not None
+        else "this process: the materialising runs"
+    )
     targets["rss_under_200_mb"] = peak_mb < 200
     result["targets_met"] = targets
     if args.json:
