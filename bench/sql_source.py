@@ -52,10 +52,6 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
-from connector.demo.space import LocalSpace
-from connector.identity.names import Role
-from connector.node.clients import admin_channel
 from connector.sources.delivered import materialise
 from connector.sources.sql import SqlConnection, SqlSources
 
@@ -122,6 +118,12 @@ def _read(url: str, query: str) -> float:
 def _transfers(url: str, query: str, root: Path) -> Iterator[Callable[[], tuple[int, float]]]:
     """Connectors in this process, the SQL product published with the masks and agreed;
     a function running one whole transfer: its bytes and wall time."""
+    # Imported here: with --no-transfer, the peak RSS is the materialising process's own.
+    from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+    from connector.demo.space import LocalSpace
+    from connector.identity.names import Role
+    from connector.node.clients import admin_channel
+
     sources = {"orders": SqlConnection("orders", url, statement_timeout_seconds=600)}
     with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("lab", Role.ENTERPRISE)]) as sp:
         sp.start_registry()
