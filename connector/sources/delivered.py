@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.sources.base import MISSING, RecordSource, Row
@@ -95,55 +95,98 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def _projector(
-    columns: Sequence[str], fields: Sequence[str], masker: Masker
-) -> Callable[[list[Row]], list[Sequence[Any]]]:
+class _Projection:
     """Rows in ``columns`` order -> the delivered values of ``fields``, masked.
 
     Works a chunk of rows at a time, a column at a time, so the per-value work left in
-    Python is the masks' own.
+    Python is the masks' own (:meth:`Masker.column`).
     """
-    missing = [f for f in fields if f not in columns]
-    if missing:
-        raise PreconditionFailed(
-            f"the product's source has no column {missing[0]!r}; the provider must fix it"
-        )
-    index = [list(columns).index(f) for f in fields]
-    pick: Callable[[Row], Sequence[Any]]
-    if len(index) == 1:
-        only = index[0]
 
-        def pick(row: Row) -> Sequence[Any]:
-            return (row[only],)
-    else:
-        pick = itemgetter(*index)
-    masked = [(pos, name) for pos, name in enumerate(fields) if name in masker]
-    if not masked:
-        if index == list(range(len(columns))):
-            width = len(columns)
+    def __init__(self, columns: Sequence[str], fields: Sequence[str], masker: Masker) -> None:
+        missing = [f for f in fields if f not in columns]
+        if missing:
+            raise PreconditionFailed(
+                f"the product's source has no column {missing[0]!r}; the provider must fix it"
+            )
+        self._width = len(columns)
+        self._index = [list(columns).index(f) for f in fields]
+        self._pick: Callable[[Row], Sequence[Any]]
+        if len(self._index) == 1:
+            only = self._index[0]
 
-            def whole(chunk: list[Row]) -> list[Sequence[Any]]:
-                # Every column, in order: rows go on as they are, unless one is longer (a
-                # CSV line with cells beyond the header), whose extra cells are dropped.
-                if set(map(len, chunk)) <= {width}:
-                    return chunk
-                return list(map(pick, chunk))
+            def pick(row: Row) -> Sequence[Any]:
+                return (row[only],)
 
-            return whole
+            self._pick = pick
+        else:
+            self._pick = itemgetter(*self._index)
+        self._whole = self._index == list(range(self._width))
+        self._masked = [(pos, name) for pos, name in enumerate(fields) if name in masker]
+        self._masker = masker
 
-        def select(chunk: list[Row]) -> list[Sequence[Any]]:
-            return list(map(pick, chunk))
+    def _mask(self, by_column: list[Sequence[Any]]) -> list[Sequence[Any]]:
+        for pos, name in self._masked:
+            values = by_column[pos]
+            if MISSING in values:
+                apply = self._masker.apply
+                by_column[pos] = [v if v is MISSING else apply(name, v) for v in values]
+            else:
+                by_column[pos] = self._masker.column(name, values)
+        return by_column
 
-        return select
-    apply = masker.apply
+    def columns(self, chunk: list[Row]) -> list[Sequence[Any]] | None:
+        """The chunk's delivered values a column at a time, or ``None`` when its rows are
+        not all as wide as the source's columns (see :meth:`rows`)."""
+        if set(map(len, chunk)) != {self._width}:
+            return None
+        every = list(zip(*chunk, strict=True))
+        return self._mask([every[i] for i in self._index])
 
-    def project(chunk: list[Row]) -> list[Sequence[Any]]:
-        by_column = [list(values) for values in zip(*map(pick, chunk), strict=True)]
-        for pos, name in masked:
-            by_column[pos] = [v if v is MISSING else apply(name, v) for v in by_column[pos]]
-        return list(zip(*by_column, strict=True))
+    def rows(self, chunk: list[Row]) -> list[Sequence[Any]]:
+        """The chunk's delivered rows; a row longer than the source's columns (a CSV line
+        with cells beyond the header) has its extra cells dropped."""
+        if self._masked:
+            by_column: list[Sequence[Any]] = list(zip(*map(self._pick, chunk), strict=True))
+            return list(zip(*self._mask(by_column), strict=True))
+        if self._whole and set(map(len, chunk)) <= {self._width}:
+            return chunk  # every column, in order: the rows go on as they are
+        return list(map(self._pick, chunk))
 
-    return project
+
+_CSV_SPECIAL = (",", '"', "\n", "\r", "\0")
+"""Characters in a cell that make the csv module quote it (or may: NUL)."""
+
+
+def _csv_lines(by_column: list[Sequence[Any]]) -> str | None:
+    """The CSV lines of a chunk given a column at a time, exactly as :mod:`csv` writes
+    them, or ``None`` when the csv module must write them.
+
+    Built with ``str.join`` when no cell needs quoting, the case of most data: every
+    value a string without a comma, quote, line break or NUL, an integer, a float or
+    ``None``, and more than one column (a lone empty cell is quoted). Three times
+    faster than the csv module's writer, which looks at every cell's every character.
+    """
+    if len(by_column) < 2:
+        return None
+    cells: list[Sequence[str]] = []
+    for values in by_column:
+        kinds = set(map(type, values))
+        if kinds == {str}:
+            texts: Sequence[str] = cast(Sequence[str], values)
+        elif kinds <= {int}:
+            texts = list(map(str, values))
+            kinds = set()  # digits and a sign: nothing to check
+        elif kinds <= _CSV_PLAIN:
+            # The csv module writes a float as its repr, which str gives too.
+            texts = ["" if v is None else v if type(v) is str else str(v) for v in values]
+        else:
+            return None
+        if str in kinds:
+            joined = "|".join(texts)
+            if any(c in joined for c in _CSV_SPECIAL):
+                return None
+        cells.append(texts)
+    return "\n".join(map(",".join, zip(*cells, strict=True))) + "\n"
 
 
 def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
@@ -168,10 +211,10 @@ def write_rows(
     """
     if fmt not in FORMATS:
         raise InvalidRequest(f"a record source is delivered as {' or '.join(FORMATS)}, not {fmt!r}")
-    project = _projector(columns, fields, masker)
+    projection = _Projection(columns, fields, masker)
     sink = _Sink(out)
     try:
-        count = _encode(rows, sink.put, project=project, fields=fields, fmt=fmt)
+        count = _encode(rows, sink.put, projection=projection, fields=fields, fmt=fmt)
     except BaseException:
         sink.close(abandon=True)  # the source's error is the one to raise
         raise
@@ -183,7 +226,7 @@ def _encode(
     rows: Iterable[Row],
     put: Callable[[bytes], None],
     *,
-    project: Callable[[list[Row]], list[Sequence[Any]]],
+    projection: _Projection,
     fields: Sequence[str],
     fmt: str,
 ) -> int:
@@ -201,7 +244,16 @@ def _encode(
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(fields)
         for chunk in _chunks(rows):
-            projected = project(chunk)
+            by_column = projection.columns(chunk)
+            lines = None if by_column is None else _csv_lines(by_column)
+            if lines is not None:
+                buffer.write(lines)
+                count += len(chunk)
+                flush_full()
+                continue
+            projected: Sequence[Sequence[Any]] = (
+                projection.rows(chunk) if by_column is None else list(zip(*by_column, strict=True))
+            )
             if not _CSV_PLAIN.issuperset(map(type, chain.from_iterable(projected))):
                 projected = [[_csv_cell(v) for v in values] for values in projected]
             writer.writerows(projected)
@@ -215,7 +267,7 @@ def _encode(
                 dict(zip(names, values, strict=True))
                 if MISSING not in values
                 else {n: v for n, v in zip(names, values, strict=True) if v is not MISSING}
-                for values in project(chunk)
+                for values in projection.rows(chunk)
             ]
             buffer.write("\n".join(map(dumps, records)))
             buffer.write("\n")
@@ -291,7 +343,7 @@ def record_projector(
     the JSON object it is delivered as: projected and masked exactly as
     :func:`materialise` does a table's rows (a stream, message by message)."""
     fields, masker = _delivered(columns, permitted, masks, key)
-    project = _projector(columns, fields, masker)
+    project = _Projection(columns, fields, masker).rows
 
     def one(row: Row) -> dict[str, Any]:
         values = project([row])[0]

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -100,10 +100,49 @@ class Masker:
 
     def __init__(self, masks: Mapping[str, Mapping[str, Any]], key: bytes) -> None:
         self._masks = {name: dict(spec) for name, spec in masks.items()}
-        self._key = key
+        # Keyed once: a copy of a keyed HMAC per value instead of a new one, which spares
+        # OpenSSL 3's key setup (about a third of the time of hashing a short value).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def __contains__(self, field: str) -> bool:
         return field in self._masks
+
+    def _pseudonym(self, text: str) -> str:
+        h = self._keyed.copy()
+        h.update(text.encode())
+        return h.hexdigest()
+
+    def column(self, field: str, values: Iterable[Any]) -> list[Any]:
+        """:meth:`apply` to every value of one column, the same values a call at a time
+        would give, with the per-value work of the common cases (text hashed or truncated)
+        kept to the mask itself: a million values of a hashed column is a large share of a
+        delivery's time."""
+        spec = self._masks.get(field)
+        if spec is None:
+            return list(values)
+        method = spec["method"]
+        if method == "hash":
+            out: list[Any] = []
+            append = out.append
+            seen: dict[str, str] = {}  # a value repeated within the column is hashed once
+            keyed = self._keyed.copy
+            for value in values:
+                if type(value) is str:
+                    found = seen.get(value)
+                    if found is None:
+                        h = keyed()
+                        h.update(value.encode())
+                        found = seen[value] = h.hexdigest()
+                    append(found)
+                else:
+                    append(self.apply(field, value))
+            return out
+        if method == "truncate":
+            keep = spec["keep"]
+            return [
+                value[:keep] if type(value) is str else self.apply(field, value) for value in values
+            ]
+        return [self.apply(field, value) for value in values]
 
     def apply(self, field: str, value: Any) -> Any:
         """The masked value of ``field`` (unchanged when the field has no mask)."""
@@ -115,7 +154,7 @@ class Masker:
             return None
         text = value if isinstance(value, str) else _plain(value)
         if method == "hash":
-            return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+            return self._pseudonym(text)
         if method == "truncate":
             return text[: spec["keep"]]
         number = _number(value)
