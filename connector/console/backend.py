@@ -24,11 +24,13 @@ from connector._proto.tds.v1 import (
     admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    registry_pb2,
 )
 from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
 from connector.audit.receipts import parse_receipt, receipt_id
 from connector.config import Config
+from connector.console.timeline import growth_chart
 from connector.errors import (
     InvalidRequest,
     NotFound,
@@ -40,12 +42,18 @@ from connector.identifiers import PARTICIPANT_ID
 from connector.node.clients import admin_channel, member_channel, registry_client
 from connector.rpc.channel import calling
 
-__all__ = ["AdminBackend", "EntryEvidence"]
+__all__ = ["AdminBackend", "EntryEvidence", "LogSearch"]
 
 _TIMEOUT = 30.0
 PAGE = 50
 """Log entries shown a page (GetEntries pages server-side; the browser never gets more)."""
 ROWS = 100
+ACTIVITY_DAYS = 30
+"""Days the transfers-per-day chart covers."""
+GROWTH_POINTS = 16
+"""Points the log-growth chart samples (one GetEntries of one entry each)."""
+GROWTH_CHECKPOINTS = 200
+"""The newest checkpoints the growth chart marks (the table lists 20)."""
 """Rows a list page shows: the admin API pages them (rendering 10,000 rows took ~1.5 s)."""
 
 
@@ -89,6 +97,13 @@ def holding(t: dict[str, Any], now_ms: int) -> dict[str, Any]:
     }
 
 
+def _rate(t: admin_pb2.TransferInfo, now_ms: int) -> int:
+    """Bytes a second: of a running transfer so far, of an ended one over its run (0 when
+    nothing moved or no time passed)."""
+    took = (t.ended_ms or now_ms) - t.started_ms
+    return t.received * 1000 // took if t.received and took > 0 else 0
+
+
 def _checkpoint(text: str) -> dict[str, Any]:
     """A stored checkpoint as the log page lists it: size, root and who signed it."""
     note = parse_note(text)
@@ -124,6 +139,45 @@ class EntryEvidence:
             "public_key": b64(self.log_public_key).decode(),
             "key_id": key_id(self.origin, ALG_ED25519, self.log_public_key).hex(),
         }
+
+
+@dataclass(frozen=True)
+class LogSearch:
+    """What the log explorer looks for: a kind, a party, a time window, below an index."""
+
+    kind: str = ""
+    party: str = ""
+    since_ms: int = 0
+    until_ms: int = 0
+    before: int = 0
+
+    def request(self, limit: int) -> audit_pb2.FindEntriesRequest:
+        """The FindEntries request for one page."""
+        return audit_pb2.FindEntriesRequest(
+            kind=self.kind,
+            party=self.party,
+            since_ms=self.since_ms,
+            until_ms=self.until_ms,
+            before=self.before,
+            limit=limit,
+        )
+
+
+def _growth(stub: audit_pb2_grpc.AuditServiceStub, size: int) -> list[tuple[int, int]]:
+    """(time, entries so far) at ``GROWTH_POINTS`` entries spread over the log, read with
+    GetEntries one entry at a time (O(log n) each). An entry the caller may not read (a
+    member sees only entries naming it) is left out: the chart then has fewer points."""
+    if size < 2:
+        return []
+    step = max(1, (size - 1) // (GROWTH_POINTS - 1))
+    samples = []
+    for index in sorted({*range(0, size - 1, step), size - 1}):
+        rows = stub.GetEntries(
+            audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
+        ).entries
+        if rows:
+            samples.append((int(json.loads(rows[0].body).get("time_ms", 0)), index + 1))
+    return samples
 
 
 class AdminBackend:
@@ -258,7 +312,11 @@ class AdminBackend:
             )
         from connector.cli.transfer import transfer_json  # one rendering of a transfer
 
-        return [transfer_json(t) for t in resp.transfers], resp.next_page_token
+        now_ms = int(time.time() * 1000)
+        return [
+            {**transfer_json(t), "received": t.received, "rate": _rate(t, now_ms)}
+            for t in resp.transfers
+        ], resp.next_page_token
 
     def holdings(
         self, page_token: str = "", *, kept: bool = True
@@ -323,6 +381,59 @@ class AdminBackend:
         now_ns = time.time_ns()
         return [consent_json(c, now_ns) for c in resp.consents]
 
+    def grant_consent(
+        self, recipient: str, purposes: str, method: str, categories: str, expires: str
+    ) -> dict[str, Any]:
+        """Give a consent as ``tds consent grant`` does, from the form's text; the
+        connector checks the rest (an individual's connector, a known recipient)."""
+        from connector.cli.consent import consent_json, consent_request
+
+        if not (recipient and purposes.strip() and method.strip() and categories.strip()):
+            raise InvalidRequest("give the recipient, purposes, method and categories")
+        if not expires:
+            raise InvalidRequest("give the consent's expiry date (YYYY-MM-DD, UTC)")
+        request = consent_request(recipient, purposes, method, categories, expires, "expires")
+        with calling("your connector"):
+            c = self._admin().GrantConsent(request, timeout=_TIMEOUT)
+        return consent_json(c, time.time_ns())
+
+    def activity(self, days: int = ACTIVITY_DAYS) -> dict[str, Any]:
+        """Transfers per day (oldest first) and the stream subscriptions with their rate
+        (messages and bytes a second over the connector's rate window)."""
+        with calling("your connector"):
+            resp = self._admin().TransferActivity(
+                admin_pb2.TransferActivityRequest(days=days), timeout=_TIMEOUT
+            )
+        seconds = max(1.0, resp.rate_window_ms / 1000)
+        return {
+            "days": [
+                {
+                    "day_ms": d.day_ms,
+                    "started": d.started,
+                    "completed": d.completed,
+                    "completed_bytes": d.completed_bytes,
+                }
+                for d in resp.days
+            ],
+            "streams": [
+                {
+                    "agreement_id": s.agreement_id,
+                    "role": s.role,
+                    "counterparty": s.counterparty,
+                    "product": s.product_id,
+                    "state": s.state,
+                    "windows": s.windows,
+                    "messages": s.messages,
+                    "bytes": s.bytes,
+                    "updated_ms": s.updated_ms,
+                    "messages_per_s": round(s.recent_messages / seconds, 2),
+                    "bytes_per_s": round(s.recent_bytes / seconds, 1),
+                }
+                for s in resp.streams
+            ],
+            "rate_window_s": int(seconds),
+        }
+
     def withdraw_consent(self, consent_id: str, reason: str) -> list[str]:
         """Withdraw a consent; the agreements revoked because of it."""
         if not consent_id:
@@ -368,6 +479,36 @@ class AdminBackend:
             }
             for p in peers
         ]
+
+    def catalog(
+        self, text: str, tag: str, grade: str, page_token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of the registry's catalog index (``SearchCatalog``: every word of
+        ``text`` in the title, description or tags; of a tag; of a grade), and the next
+        page's token."""
+        client = registry_client(self.cfg)
+        try:
+            resp = client.search_catalog_page(
+                registry_pb2.SearchCatalogRequest(
+                    text=text, tag=tag, grade=grade, page_size=ROWS, page_token=page_token
+                )
+            )
+        finally:
+            client.close()
+        rows = [
+            {
+                "provider": c.provider,
+                "product": c.product_id,
+                "title": c.title,
+                "description": c.description,
+                "grade": c.grade,
+                "tags": list(c.tags),
+                "registration_code": c.registration_code,
+                "registered_at": c.registered_at,
+            }
+            for c in resp.listings
+        ]
+        return rows, resp.next_page_token
 
     def grants(self) -> list[dict[str, Any]]:
         """Authorised-operation grants, revoked ones included (``tds registry grants --all``)."""
@@ -423,9 +564,13 @@ class AdminBackend:
             registry.close()
         return audit_pb2_grpc.AuditServiceStub(channel), channel, bytes(peer.signing_public_key)
 
-    def log_page(self, target: str, start: int) -> dict[str, Any]:
-        """One page of ``target``'s log from ``start`` (newest page when ``start`` < 0)."""
+    def log_page(self, target: str, start: int, search: LogSearch | None = None) -> dict[str, Any]:
+        """One page of ``target``'s log: from ``start`` in log order (the newest page when
+        ``start`` < 0), or, with ``search``, the entries it finds newest first (FindEntries:
+        by kind, party and time, a bounded stretch of the log per call). With the log's
+        checkpoints and its growth sampled at ``GROWTH_POINTS`` entries for the chart."""
         stub, channel, _ = self._log(target)
+        searched_from = 0
         try:
             with calling(target):
                 note = stub.GetCheckpoint(
@@ -435,17 +580,27 @@ class AdminBackend:
                     audit_pb2.ListCheckpointsRequest(), timeout=_TIMEOUT
                 ).checkpoints
                 size = int(note.checkpoint.split("\n")[1])
-                if start < 0:
-                    start = max(0, size - PAGE)
-                start = min(start, max(0, size - 1))
-                rows = (
-                    stub.GetEntries(
-                        audit_pb2.GetEntriesRequest(start=start, end=min(size, start + PAGE)),
-                        timeout=_TIMEOUT,
-                    ).entries
-                    if size
-                    else []
-                )
+                if search is not None:
+                    found = stub.FindEntries(search.request(PAGE), timeout=_TIMEOUT)
+                    rows, searched_from = list(found.entries), found.searched_from
+                    start = rows[-1].index if rows else 0
+                else:
+                    if start < 0:
+                        start = max(0, size - PAGE)
+                    start = min(start, max(0, size - 1))
+                    rows = (
+                        list(
+                            stub.GetEntries(
+                                audit_pb2.GetEntriesRequest(
+                                    start=start, end=min(size, start + PAGE)
+                                ),
+                                timeout=_TIMEOUT,
+                            ).entries
+                        )
+                        if size
+                        else []
+                    )
+                samples = _growth(stub, size)
         finally:
             channel.close()
         entries = []
@@ -461,13 +616,17 @@ class AdminBackend:
                     "data": json.dumps(body.get("data", {}), ensure_ascii=False, sort_keys=True),
                 }
             )
+        shown = [_checkpoint(c) for c in checkpoints[-GROWTH_CHECKPOINTS:]][::-1]
         return {
             "target": target,
             "size": size,
             "start": start,
             "page": PAGE,
             "entries": entries,
-            "checkpoints": [_checkpoint(c) for c in checkpoints[-20:]][::-1],
+            "search": search,
+            "searched_from": searched_from,
+            "checkpoints": shown[:20],
+            "growth": growth_chart(samples, shown),
         }
 
     def evidence(self, target: str, index: int) -> EntryEvidence:

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from connector._proto.tds.v1 import admin_pb2
 from connector.catalog.paging import Listed
 from connector.errors import ConnectorError, InvalidRequest
+from connector.transfer.activity import transfer_activity
 from connector.transfer.consumer import Progress, TransferConsumer
 from connector.transfer.provider import TransferProvider
 from connector.transfer.store import CONSUMER, PROVIDER, Metering, Transfer, TransferStore
@@ -129,6 +130,10 @@ class TransferAdmin:
         else:
             t = self._consumer.terminate(t.id, request.reason)
         return transfer_info(t)
+
+    def activity(self, days: int) -> admin_pb2.TransferActivityResponse:
+        """Transfers per day and the streams' recent rate (``transfer_activity``)."""
+        return transfer_activity(self._store.database, days)
 
     def metering(self) -> admin_pb2.MeteringReportResponse:
         """Counts per agreement (the provider's), all of them."""
