@@ -1,7 +1,7 @@
 """Benchmark the browser console's pages at scale, through a real console and connector.
 
     python bench/console.py [--entries 1000000] [--products 10000] [--negotiations 100000]
-                            [--rounds 40] [--json]
+                            [--transfers 100000] [--rounds 40] [--json]
 
 In one local space (registry, provider ``gov``, auditor ``aud``, in-process): ``gov``'s log
 is grown to ``--entries`` entries (``record_many`` in batches of 10,000), ``--products``
@@ -22,7 +22,17 @@ signed-in session, the p50 and p95 of:
   (kind, time) index (this log holds none, so this times the lookup);
 - ``/audit`` newest page and a random page of ``gov``'s log as the auditor (50 entries, paged
   by ``GetEntries`` on the connector);
-- ``/api/evidence`` for a random index (checkpoint, entry, inclusion proof).
+- ``/api/evidence`` for a random index (checkpoint, entry, inclusion proof);
+- the log explorer's searches (``FindEntries``): by a kind one entry in 10,000 has, by a
+  party one in 100 names, by a party none names (the search answers after its time budget
+  with where to go on), by a minute's time window, and the 20th "older" page of the rare
+  kind's search;
+- ``/transfers``: its first page and the transfers-per-day chart over ``--transfers``
+  transfers written straight into ``gov``'s database, spread over the last 60 days
+  (``TransferActivity`` counts them per day in SQL);
+- ``/catalog``, the operator's search of the registry's catalog index over the
+  ``--products`` products, registered (``RegisterProduct``) for the bench: all of them
+  and a search by a word.
 
 Target: every page under 200 ms at the 95th percentile.
 """
@@ -112,6 +122,33 @@ def write_negotiations(db: Database, count: int) -> None:
             tx.many(f"INSERT INTO negotiation ({columns}) VALUES ({marks})", rows)
 
 
+def write_transfers(db: Database, count: int) -> None:
+    """``count`` provider-side completed transfers spread over the last 60 days."""
+    columns = (
+        "id, role, agreement_id, product, counterparty, state, push, size, sha256, chunk_size,"
+        " receipt, started_ms, ended_ms, format, fields, obligations, masks, decision_id, path,"
+        " source_mtime_ns, received, provider_log_index, consumer_log_index, reason, deleted_ms"
+    )
+    now_ms = int(time.time() * 1000)
+    step = 60 * 86_400_000 // max(1, count)
+    for first in range(0, count, 10_000):
+        rows = [
+            (f"tr-{i:029x}", "provider", f"ag-{i % 5000:029x}", f"product-{i % 1000:06d}", "aud",
+             "completed", False, 1000, "ab" * 32, 65536, "{}", now_ms - i * step,
+             now_ms - i * step + 100, "", "null", "{}", "{}", "", "", 0, 1000, -1, -1, "", 0)
+            for i in range(first, min(count, first + 10_000))
+        ]  # fmt: skip
+        with db.transaction() as tx:
+            tx.many(f"INSERT INTO transfer ({columns}) VALUES ({', '.join('?' * 25)})", rows)
+
+
+def older_link(opener: Any, url: str) -> str:
+    """The log explorer's "older" link on the page at ``url`` ("" at the end)."""
+    with opener.open(url, timeout=60) as resp:
+        found = re.search(r'id="older" href="([^"]+)"', resp.read().decode())
+    return html.unescape(found.group(1)) if found else ""
+
+
 def next_link(opener: Any, url: str) -> str:
     """The query of the "next" link on the page at ``url``."""
     with opener.open(url, timeout=60) as resp:
@@ -120,6 +157,13 @@ def next_link(opener: Any, url: str) -> str:
     if found is None:
         raise SystemExit(f"no next page at {url}")
     return html.unescape(found.group(1))
+
+
+def minute_window(log: Any, size: int) -> str:
+    """The search of the minute (UTC) the entry a third into the log was stamped in."""
+    [(_, body)] = log.entries(size // 3, size // 3 + 1)
+    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(json.loads(body)["time_ms"] / 1000))
+    return f"since={minute}&until={minute}"
 
 
 def signed_in(console: Console) -> Any:
@@ -140,6 +184,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--products", type=int, default=10_000)
     parser.add_argument("--negotiations", type=int, default=100_000)
+    parser.add_argument("--transfers", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -147,6 +192,7 @@ def main() -> None:
         "entries": args.entries,
         "products": args.products,
         "negotiations": args.negotiations,
+        "transfers": args.transfers,
     }
     with tempfile.TemporaryDirectory() as tmp:
         participants = [("gov", Role.GOVERNMENT), ("aud", Role.AUDITOR)]
@@ -160,7 +206,16 @@ def main() -> None:
             start = time.perf_counter()
             while log.size < args.entries:
                 n = min(10_000, args.entries - log.size)
-                log.record_many([("bench.entry", ["aud"], {"n": log.size + i}) for i in range(n)])
+                log.record_many(
+                    [
+                        (
+                            "bench.rare" if (log.size + i) % 10_000 == 0 else "bench.entry",
+                            ["aud", f"p{(log.size + i) % 100}"],
+                            {"n": log.size + i},
+                        )
+                        for i in range(n)
+                    ]
+                )
             results["grow_log_s"] = round(time.perf_counter() - start, 1)
             with admin_channel(sp.configs["gov"]) as channel:
                 stub = admin_pb2_grpc.AdminServiceStub(channel)
@@ -170,21 +225,34 @@ def main() -> None:
                         for i in range(first, min(args.products, first + 1000))
                     ]
                     stub.AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=600)
+                start = time.perf_counter()
+                for i in range(args.products):
+                    stub.RegisterProduct(
+                        admin_pb2.RegisterOwnProductRequest(
+                            product_id=f"product-{i:06d}", public=True
+                        ),
+                        timeout=60,
+                    )
+                results["register_products_s"] = round(time.perf_counter() - start, 1)
 
             db = sp.nodes["gov"].db
             assert db is not None
             start = time.perf_counter()
             write_negotiations(db, args.negotiations)
             results["write_negotiations_s"] = round(time.perf_counter() - start, 1)
+            write_transfers(db, args.transfers)
 
             provider = Console(AdminBackend(sp.configs["gov"]))
             auditor = Console(AdminBackend(sp.configs["aud"]))
+            operator = Console(AdminBackend(sp.configs[sp.manifest.operator_id]))
             provider.start()
             auditor.start()
+            operator.start()
             try:
-                p, a = signed_in(provider), signed_in(auditor)
+                p, a, o = signed_in(provider), signed_in(auditor), signed_in(operator)
                 base_p = f"http://127.0.0.1:{provider.port}"
                 base_a = f"http://127.0.0.1:{auditor.port}"
+                base_o = f"http://127.0.0.1:{operator.port}"
                 size = log.size
                 rounds = args.rounds
                 results["products_page"] = timed(p, f"{base_p}/products", rounds)
@@ -217,9 +285,32 @@ def main() -> None:
                     rounds,
                     lambda: f"{base_a}/api/evidence?connector=gov&index={random.randrange(size)}",
                 )
+                searches = {
+                    "audit_search_rare_kind": "kind=bench.rare",
+                    "audit_search_party_1_in_100": "party=p7",
+                    "audit_search_party_none": "party=nobody",
+                    "audit_search_minute": minute_window(log, size),
+                }
+                for name, query in searches.items():
+                    results[name] = timed(a, f"{base_a}/audit?connector=gov&{query}", rounds)
+                # As deep as "older" goes, at most the 20th page (the whole log may be
+                # searched sooner: a page answers after 50 finds or its time budget).
+                deep, depth = f"{base_a}/audit?connector=gov&kind=bench.rare", 1
+                while depth < 20 and (older := older_link(a, deep)):
+                    deep, depth = base_a + older, depth + 1
+                results["audit_search_rare_kind_deepest"] = {
+                    "page": depth,
+                    **timed(a, deep, rounds),
+                }
+                results["transfers_page_with_per_day_chart"] = timed(
+                    p, f"{base_p}/transfers", rounds
+                )
+                results["catalog_page"] = timed(o, f"{base_o}/catalog", rounds)
+                results["catalog_search_word"] = timed(o, f"{base_o}/catalog?q=product+12", rounds)
             finally:
                 provider.stop()
                 auditor.stop()
+                operator.stop()
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -163,29 +163,14 @@ class LogSearch:
         )
 
 
-def _growth(stub: audit_pb2_grpc.AuditServiceStub, size: int) -> list[tuple[int, int]]:
-    """(time, entries so far) at ``GROWTH_POINTS`` entries spread over the log, read with
-    GetEntries one entry at a time (O(log n) each). An entry the caller may not read (a
-    member sees only entries naming it) is left out: the chart then has fewer points."""
-    if size < 2:
-        return []
-    step = max(1, (size - 1) // (GROWTH_POINTS - 1))
-    samples = []
-    for index in sorted({*range(0, size - 1, step), size - 1}):
-        rows = stub.GetEntries(
-            audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
-        ).entries
-        if rows:
-            samples.append((int(json.loads(rows[0].body).get("time_ms", 0)), index + 1))
-    return samples
-
-
 class AdminBackend:
     """The console's one way to its connector: the admin certificate, as ``tds`` uses."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._channel: grpc.Channel | None = None
+        self._stamps: dict[tuple[str, int], int | None] = {}
+        """When log entries were stamped, by (log, index), for the growth charts."""
 
     @property
     def participant(self) -> str:
@@ -600,7 +585,7 @@ class AdminBackend:
                         if size
                         else []
                     )
-                samples = _growth(stub, size)
+                samples = self._growth(stub, target, size)
         finally:
             channel.close()
         entries = []
@@ -628,6 +613,36 @@ class AdminBackend:
             "checkpoints": shown[:20],
             "growth": growth_chart(samples, shown),
         }
+
+    def _growth(
+        self, stub: audit_pb2_grpc.AuditServiceStub, target: str, size: int
+    ) -> list[tuple[int, int]]:
+        """(time, entries so far) at about ``GROWTH_POINTS`` entries spread over the log
+        and at its last. The points are multiples of a power of two, so as the log grows
+        they stay where they were and their times (an entry never changes) come from this
+        console's memory; only new points cost a GetEntries of one entry. An entry the
+        caller may not read (a member sees only entries naming it) is left out."""
+        if size < 2:
+            return []
+        step = 1
+        while size // step > GROWTH_POINTS:
+            step *= 2
+        if len(self._stamps) > 50_000:  # a bound on the memory, not a policy
+            self._stamps.clear()
+        samples = []
+        for index in sorted({*range(0, size, step), size - 1}):
+            key = (target, index)
+            if key not in self._stamps:
+                rows = stub.GetEntries(
+                    audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
+                ).entries
+                self._stamps[key] = (
+                    int(json.loads(rows[0].body).get("time_ms", 0)) if rows else None
+                )
+            stamp = self._stamps[key]
+            if stamp is not None:
+                samples.append((stamp, index + 1))
+        return samples
 
     def evidence(self, target: str, index: int) -> EntryEvidence:
         """The newest checkpoint, entry ``index`` and its proof against that checkpoint."""
