@@ -65,6 +65,38 @@ def negotiation_json(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
     return rendered(n)
 
 
+def agreement_terms(signed: str) -> dict[str, Any]:
+    """What the contracts page shows of a signed agreement: its terms and who signed it in
+    which role, read from the JWS as stored (the connector verified both signatures
+    against the directory's keys before it stored the agreement); ``error`` if it cannot
+    be read."""
+    from connector.negotiation.agreement import parse_agreement
+
+    if not signed:
+        return {"error": "no signed agreement stored"}
+    try:
+        terms = parse_agreement(signed)
+        signers = []
+        for sig in json.loads(signed)["signatures"]:
+            encoded = sig["protected"]
+            header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            who, role = str(header.get("kid", "")), str(header.get("tds_role", ""))
+            signers.append({"who": who, "role": role})
+    except (VerificationError, ValueError, KeyError, TypeError) as exc:
+        return {"error": f"the stored agreement cannot be read: {exc}"}
+    until_ns = terms.valid_until_ns
+    return {
+        "valid_until_ms": until_ns // 10**6 if 0 < until_ns < _FAR_NS else 0,
+        "max_transfers": terms.max_transfers,
+        "max_bytes": terms.max_bytes,
+        "max_messages": terms.max_messages,
+        "delivery": list(terms.delivery),
+        "obligations": json.dumps(terms.obligations, ensure_ascii=False, sort_keys=True),
+        "registration_code": terms.registration_code,
+        "signers": signers,
+    }
+
+
 _FAR_NS = 253402300800 * 10**9
 """Year 10000: a delete-after this late is no deadline a person waits for."""
 
@@ -237,7 +269,11 @@ class AdminBackend:
                 ),
                 timeout=_TIMEOUT,
             )
-        return [negotiation_json(n) for n in resp.negotiations], resp.next_page_token
+        rows = [negotiation_json(n) for n in resp.negotiations]
+        if agreements:
+            for row, n in zip(rows, resp.negotiations, strict=True):
+                row["signed"] = agreement_terms(n.agreement)
+        return rows, resp.next_page_token
 
     def negotiation(self, pid: str) -> dict[str, Any]:
         """One negotiation with its transitions from this connector's log, oldest first."""

@@ -384,3 +384,26 @@ def test_new_pages_show_an_unreachable_connector_or_registry_as_a_banner(
             assert 'class="banner bad"' in page and "Traceback" not in page
     finally:
         console.stop()
+
+
+def test_contracts_show_their_signed_terms_and_both_signatures(space: LocalSpace) -> None:
+    admin(space, "gov").AddProduct(
+        admin_pb2.AddProductRequest(description=product("terms-shown"), format="json"),
+        timeout=10,
+    )
+    agreement = agree(space, "gov", "a", "terms-shown")
+    console = open_console(space, "gov")
+    try:
+        session, _ = login(console)
+        status, _, page = request(console, "GET", "/agreements", cookie=session)
+        assert status == 200
+        row = re.search(rf'<tr data-agreement="{agreement}">(.*?)</tr>', page, re.S)
+        assert row is not None
+        terms = re.search(r'<td class="terms">(.*?)</td>', row.group(1), re.S)
+        signers = re.search(r'<td class="signers">(.*?)</td>', row.group(1), re.S)
+        assert terms is not None and signers is not None
+        assert "at most 3 transfers" in terms.group(1) and "delivery: copy" in terms.group(1)
+        names = re.findall(r"<div>(\w+) <small>\((.*?)\)</small></div>", signers.group(1))
+        assert names == [("gov", "提供方 / provider"), ("a", "使用方 / consumer")]
+    finally:
+        console.stop()
