@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 # Core columns type-check cleanly in queries, where SQLModel attributes are plain values.
 _E = LogEntryRow.__table__.c  # type: ignore[attr-defined]
 _N = LogNodeRow.__table__.c  # type: ignore[attr-defined]
-_FIND_STRETCH = 20_000
+_FIND_STRETCH = 5_000
 """Entries ``find`` searches per query (by the primary key, then filtered)."""
-_FIND_BUDGET_S = 0.08
+_FIND_BUDGET_S = 0.05
 """How long one ``find`` call goes on searching stretches before it answers."""
 _TIME_SLACK = 1_000
 """Entries either side of a time window's index bounds also searched (stamps a little out
