@@ -407,3 +407,21 @@ def test_contracts_show_their_signed_terms_and_both_signatures(space: LocalSpace
         assert names == [("gov", "提供方 / provider"), ("a", "使用方 / consumer")]
     finally:
         console.stop()
+
+
+def test_the_new_pages_need_a_session_and_do_nothing_without_one(space: LocalSpace) -> None:
+    console = open_console(space, "alice")
+    try:
+        for path in ("/catalog?q=x", "/transfers", "/audit?connector=gov&kind=x"):
+            status, _, page = request(console, "GET", path)
+            assert status == 401 and "No session" in page
+        before = admin(space, "alice").ListConsents(admin_pb2.ListConsentsRequest(), timeout=10)
+        form = {"recipient": "a", "purposes": "p", "method": "m", "categories": "c"}
+        status, _, _ = request(
+            console, "POST", "/consents/grant", form={**form, "expires": "2030-01-01"}
+        )
+        assert status == 401
+        after = admin(space, "alice").ListConsents(admin_pb2.ListConsentsRequest(), timeout=10)
+        assert len(after.consents) == len(before.consents)
+    finally:
+        console.stop()
