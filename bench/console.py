@@ -124,6 +124,12 @@ def write_negotiations(db: Database, count: int) -> None:
             tx.many(f"INSERT INTO negotiation ({columns}) VALUES ({marks})", rows)
 
 
+RECEIPT = json.dumps(
+    {"payload": "A" * 1400, "signatures": [{"protected": "B" * 90, "signature": "C" * 86}] * 2}
+)
+"""A stand-in the size of a dual-signed receipt (what a completed transfer's row holds)."""
+
+
 def write_transfers(db: Database, count: int) -> None:
     """``count`` provider-side completed transfers spread over the last 60 days."""
     columns = (
@@ -136,7 +142,7 @@ def write_transfers(db: Database, count: int) -> None:
     for first in range(0, count, 10_000):
         rows = [
             (f"tr-{i:029x}", "provider", f"ag-{i % 5000:029x}", f"product-{i % 1000:06d}", "aud",
-             "completed", False, 1000, "ab" * 32, 65536, "{}", now_ms - i * step,
+             "completed", False, 1000, "ab" * 32, 65536, RECEIPT, now_ms - i * step,
              now_ms - i * step + 100, "", "null", "{}", "{}", "", "", 0, 1000, -1, -1, "", 0)
             for i in range(first, min(count, first + 10_000))
         ]  # fmt: skip

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from connector.errors import (
 )
 from connector.identifiers import PARTICIPANT_ID
 from connector.node.clients import admin_channel, member_channel, registry_client
+from connector.registry.client import RegistryClient
 from connector.rpc.channel import calling
 
 __all__ = ["AdminBackend", "EntryEvidence", "LogSearch"]
@@ -201,6 +203,8 @@ class AdminBackend:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._channel: grpc.Channel | None = None
+        self._registry: RegistryClient | None = None
+        self._registry_lock = threading.Lock()
         self._stamps: dict[tuple[str, int], int | None] = {}
         """When log entries were stamped, by (log, index), for the growth charts."""
 
@@ -226,10 +230,22 @@ class AdminBackend:
         return admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
-        """Close the channel to the connector."""
+        """Close the channels to the connector and the registry."""
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        with self._registry_lock:
+            if self._registry is not None:
+                self._registry.close()
+                self._registry = None
+
+    def _registry_client(self) -> RegistryClient:
+        """One registry client for the console's life (thread-safe; it keeps its token), so
+        a page does not pay a TLS handshake and a token each time."""
+        with self._registry_lock:
+            if self._registry is None:
+                self._registry = registry_client(self.cfg)
+            return self._registry
 
     def status(self) -> dict[str, Any]:
         """The connector's own status (``tds status``)."""
@@ -507,15 +523,11 @@ class AdminBackend:
         """A page of the registry's catalog index (``SearchCatalog``: every word of
         ``text`` in the title, description or tags; of a tag; of a grade), and the next
         page's token."""
-        client = registry_client(self.cfg)
-        try:
-            resp = client.search_catalog_page(
-                registry_pb2.SearchCatalogRequest(
-                    text=text, tag=tag, grade=grade, page_size=ROWS, page_token=page_token
-                )
+        resp = self._registry_client().search_catalog_page(
+            registry_pb2.SearchCatalogRequest(
+                text=text, tag=tag, grade=grade, page_size=ROWS, page_token=page_token
             )
-        finally:
-            client.close()
+        )
         rows = [
             {
                 "provider": c.provider,
@@ -572,17 +584,14 @@ class AdminBackend:
 
     def _log(self, target: str) -> tuple[audit_pb2_grpc.AuditServiceStub, grpc.Channel, bytes]:
         """A stub on ``target``'s AuditService and the log key the directory gives for it."""
-        registry = registry_client(self.cfg)
-        try:
-            peers = {p.id: p for p in registry.list_participants()}
-            peer = peers.get(target)
-            if peer is None:
-                raise NotFound(f"{target} is not in the directory")
-            if not peer.address:
-                raise NotFound(f"{target} runs no connector, so it keeps no log")
-            channel = member_channel(self.cfg, registry, target, peer.address)
-        finally:
-            registry.close()
+        registry = self._registry_client()
+        peers = {p.id: p for p in registry.list_participants()}
+        peer = peers.get(target)
+        if peer is None:
+            raise NotFound(f"{target} is not in the directory")
+        if not peer.address:
+            raise NotFound(f"{target} runs no connector, so it keeps no log")
+        channel = member_channel(self.cfg, registry, target, peer.address)
         return audit_pb2_grpc.AuditServiceStub(channel), channel, bytes(peer.signing_public_key)
 
     def log_page(self, target: str, start: int, search: LogSearch | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from connector._proto.tds.v1 import admin_pb2
 from connector.errors import InvalidRequest
 from connector.store.database import Database
+from connector.transfer.store import COMPLETED
 
 __all__ = ["DAY_MS", "RATE_WINDOW_MS", "transfer_activity"]
 
@@ -27,7 +28,8 @@ def transfer_activity(
     db: Database, days: int, now_ms: int | None = None
 ) -> admin_pb2.TransferActivityResponse:
     """Transfers started per UTC day over the last ``days`` days (today included; days
-    without any are zero) and the stream subscriptions with their recent rate."""
+    without any are zero), of them completed (with a dual-signed receipt: only then is a
+    transfer completed), and the stream subscriptions with their recent rate."""
     if not 1 <= days <= 366:
         raise InvalidRequest(f"days must be 1 to 366, not {days}")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -37,12 +39,14 @@ def transfer_activity(
             int(day): (int(started), int(completed or 0), int(completed_bytes or 0))
             for day, started, completed, completed_bytes in conn.execute(
                 text(
+                    # Only columns of ix_transfer_started_state (migration 0016): the
+                    # index answers alone, no transfer row (and its receipt) is read.
                     "SELECT started_ms / :day AS d, count(*),"
-                    " sum(CASE WHEN receipt IS NOT NULL THEN 1 ELSE 0 END),"
-                    " sum(CASE WHEN receipt IS NOT NULL THEN size ELSE 0 END)"
+                    " sum(CASE WHEN state = :done THEN 1 ELSE 0 END),"
+                    " sum(CASE WHEN state = :done THEN size ELSE 0 END)"
                     " FROM transfer WHERE started_ms >= :since GROUP BY started_ms / :day"
                 ),
-                {"day": DAY_MS, "since": first_day * DAY_MS},
+                {"day": DAY_MS, "since": first_day * DAY_MS, "done": COMPLETED},
             )
         }
         subscriptions = conn.execute(
