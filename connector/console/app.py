@@ -396,8 +396,10 @@ def build_app(console: Console) -> web.Application:
         raise web.HTTPSeeOther(f"/agreements?notice={_quote(info['agreement_id'] + ' revoked')}")
 
     async def transfers(request: web.Request) -> web.StreamResponse:
-        found = await paged(request, backend.transfers)
-        activity = await call(backend.activity)
+        # The page and the chart at once: two calls to the connector, waited for together.
+        found, activity = await asyncio.gather(
+            paged(request, backend.transfers), call(backend.activity)
+        )
         return _page(
             console,
             request,
