@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 # Core columns type-check cleanly in queries, where SQLModel attributes are plain values.
 _E = LogEntryRow.__table__.c  # type: ignore[attr-defined]
 _N = LogNodeRow.__table__.c  # type: ignore[attr-defined]
+_FIND_STRETCH = 5_000
+"""Entries ``find`` searches per query (by the primary key, then filtered)."""
+_FIND_BUDGET_S = 0.05
+"""How long one ``find`` call goes on searching stretches before it answers."""
+_TIME_SLACK = 1_000
+"""Entries either side of a time window's index bounds also searched (stamps a little out
+of order: concurrent appenders stamp, then queue)."""
 _LEVEL_SHIFT = 48  # node id = level << 48 | index: one integer primary key, fast IN lookups
 
 
@@ -489,6 +496,77 @@ class TransparencyLog:
             query = query.where(_E.parties.contains(f",{party},"))
         with self._db.engine.connect() as conn:
             return [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
+
+    def find(
+        self,
+        *,
+        kind: str = "",
+        party: str = "",
+        since_ms: int = 0,
+        until_ms: int = 0,
+        before: int = 0,
+        limit: int = 50,
+        reader: str | None = None,
+    ) -> tuple[list[tuple[int, bytes]], int, int]:
+        """Up to ``limit`` entries below index ``before`` (0: the newest), newest first, of
+        ``kind``, naming ``party`` and recorded in [``since_ms``, ``until_ms``] (each only if
+        given), and only those naming ``reader`` if given (a member who may not read all).
+
+        The log is searched from ``before`` down in stretches of ``_FIND_STRETCH`` entries
+        by the primary key, until ``limit`` are found or ``_FIND_BUDGET_S`` is spent: a rare
+        party or kind costs a bounded time per call at any log size, and the answer says
+        where to go on (``searched_from``). A time window first narrows the index range:
+        ``created_ms`` follows the index (entries are stamped just before they are
+        appended), so a binary search over it finds the stretch, widened by
+        ``_TIME_SLACK`` entries for stamps a little out of order; each entry is still
+        checked against the window itself. Returns (entries, searched_from, size).
+        """
+        size = self.size
+        if before <= 0 or before > size:
+            before = size
+        low = 0
+        with self._db.engine.connect() as conn:
+            if until_ms:
+                before = min(before, self._first_after(conn, size, until_ms + 1) + _TIME_SLACK)
+            if since_ms:
+                low = max(0, self._first_after(conn, size, since_ms) - _TIME_SLACK)
+            found: list[tuple[int, bytes]] = []
+            top = before
+            deadline = time.monotonic() + _FIND_BUDGET_S
+            while top > low and len(found) < limit:
+                bottom = max(low, top - _FIND_STRETCH)
+                query = select(_E.idx, _E.body).where(_E.idx >= bottom, _E.idx < top)
+                if kind:
+                    query = query.where(_E.kind == kind)
+                for who in (party, reader):
+                    if who:
+                        query = query.where(_E.parties.contains(f",{who},"))
+                if since_ms:
+                    query = query.where(_E.created_ms >= since_ms)
+                if until_ms:
+                    query = query.where(_E.created_ms <= until_ms)
+                query = query.order_by(_E.idx.desc()).limit(limit - len(found))
+                rows = [(int(r[0]), bytes(r[1])) for r in conn.execute(query)]
+                found.extend(rows)
+                # A stretch cut short by the limit is searched down to its last find only.
+                top = rows[-1][0] if len(found) >= limit and rows else bottom
+                if time.monotonic() > deadline:
+                    break
+        return found, (top if top > low else 0), size
+
+    @staticmethod
+    def _first_after(conn: Any, size: int, ms: int) -> int:
+        """The first index whose entry was stamped at or after ``ms`` (``size`` if none),
+        by binary search over the primary key: O(log n) point reads."""
+        lo, hi = 0, size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            stamp = conn.execute(select(_E.created_ms).where(_E.idx == mid)).scalar()
+            if stamp is not None and int(stamp) >= ms:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def entry_parties(self, index: int) -> tuple[str, ...]:
         """The participants entry ``index`` names."""

@@ -89,6 +89,35 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             entries=[audit_pb2.LogEntry(index=i, body=b) for i, b in rows]
         )
 
+    def FindEntries(
+        self, request: audit_pb2.FindEntriesRequest, context: Any
+    ) -> audit_pb2.FindEntriesResponse:
+        """Entries newest first by kind, party and time, a bounded stretch per call."""
+        if not 1 <= request.limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be 1 to {MAX_PAGE}, not {request.limit}")
+        if request.before < 0 or request.since_ms < 0 or request.until_ms < 0:
+            raise InvalidRequest("before, since_ms and until_ms cannot be negative")
+        if request.until_ms and request.since_ms > request.until_ms:
+            raise InvalidRequest("since_ms is after until_ms: no time is in that window")
+        if len(request.kind) > 64 or len(request.party) > 63:
+            raise InvalidRequest("kind is at most 64 characters, party at most 63")
+        caller = current_caller()
+        reader = None if self._reads_everything(caller) else caller.participant
+        rows, searched_from, size = self._log.find(
+            kind=request.kind,
+            party=request.party,
+            since_ms=request.since_ms,
+            until_ms=request.until_ms,
+            before=request.before,
+            limit=request.limit,
+            reader=reader,
+        )
+        return audit_pb2.FindEntriesResponse(
+            entries=[audit_pb2.LogEntry(index=i, body=b) for i, b in rows],
+            searched_from=searched_from,
+            size=size,
+        )
+
     def GetInclusionProof(
         self, request: audit_pb2.GetInclusionProofRequest, context: Any
     ) -> audit_pb2.GetInclusionProofResponse:
@@ -170,6 +199,7 @@ def audit_service(servicer: AuditServicer) -> Service:
         "GetEntries",
         "GetInclusionProof",
         "GetConsistencyProof",
+        "FindEntries",
     ]
     return Service(
         "tds.v1.AuditService",

@@ -106,14 +106,25 @@ def _split(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def consent_request(
+    recipient: str, purposes: str, method: str, categories: str, expires: str, name: str
+) -> admin_pb2.GrantConsentRequest:
+    """A consent as a person writes it (comma-separated purposes and categories, the
+    expiry as YYYY-MM-DD or an ISO time, UTC; ``name`` is what the expiry is called in an
+    error): ``tds consent grant`` and the console's form."""
+    return admin_pb2.GrantConsentRequest(
+        recipient=recipient,
+        purposes=_split(purposes),
+        method=method,
+        categories=_split(categories),
+        expires_ns=parse_date_ns(expires, name),
+    )
+
+
 def run_grant(args: argparse.Namespace) -> int:
     """Give consent."""
-    request = admin_pb2.GrantConsentRequest(
-        recipient=args.recipient,
-        purposes=_split(args.purposes),
-        method=args.method,
-        categories=_split(args.categories),
-        expires_ns=parse_date_ns(args.expires, "--expires"),
+    request = consent_request(
+        args.recipient, args.purposes, args.method, args.categories, args.expires, "--expires"
     )
     with calling("your connector"):
         c = _admin(args).GrantConsent(request, timeout=10)

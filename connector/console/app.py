@@ -21,15 +21,15 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from aiohttp import web
 
 from connector.cli.output import utc_text
-from connector.console.backend import ROWS, AdminBackend
+from connector.console.backend import ROWS, AdminBackend, LogSearch
 from connector.console.sessions import Session, Sessions
-from connector.console.timeline import timeline
+from connector.console.timeline import day_chart, timeline
 from connector.errors import (
     ConfigError,
     ConflictError,
@@ -74,6 +74,7 @@ NAV = [
     ("/metering", "计量 / metering"),
     ("/disclosure", "公共数据披露 / disclosure"),
     ("/consents", "个人信息同意 / consents"),
+    ("/catalog", "目录索引 / catalog index"),
 ]
 AUDIT_NAV = [
     ("/audit", "审计日志 / audit log"),
@@ -84,6 +85,7 @@ NAV += AUDIT_NAV
 OPERATOR_NAV = [
     ("/participants", "参与方 / participants"),
     ("/grants", "授权运营 / grants"),
+    ("/catalog", "目录索引 / catalog index"),
     ("/audit", "审计日志 / audit log"),
 ]
 
@@ -394,8 +396,29 @@ def build_app(console: Console) -> web.Application:
         raise web.HTTPSeeOther(f"/agreements?notice={_quote(info['agreement_id'] + ' revoked')}")
 
     async def transfers(request: web.Request) -> web.StreamResponse:
-        found = await paged(request, backend.transfers)
-        return _page(console, request, "transfers.html", **found)
+        # The page and the chart at once: two calls to the connector, waited for together.
+        found, activity = await asyncio.gather(
+            paged(request, backend.transfers), call(backend.activity)
+        )
+        return _page(
+            console,
+            request,
+            "transfers.html",
+            activity=activity,
+            per_day=day_chart(activity["days"]),
+            **found,
+        )
+
+    async def catalog(request: web.Request) -> web.StreamResponse:
+        text, tag = request.query.get("q", "").strip(), request.query.get("tag", "").strip()
+        grade = request.query.get("grade", "")
+        query = {"q": text, "tag": tag, "grade": grade}
+        found = await paged(request, lambda t: backend.catalog(text, tag, grade, t))
+        for key in ("previous", "next"):  # the pager's links keep the search
+            if found["pager"][key]:
+                page_id = parse_qs(found["pager"][key][1:]).get("page", [""])[0]
+                found["pager"][key] = _query(**query, page=page_id)
+        return _page(console, request, "catalog.html", q=query, **found)
 
     async def holdings(request: web.Request) -> web.StreamResponse:
         found = await paged(request, backend.holdings)
@@ -418,6 +441,13 @@ def build_app(console: Console) -> web.Application:
     async def consents(request: web.Request) -> web.StreamResponse:
         found = await call(backend.consents)
         return _page(console, request, "consents.html", **_paged(request, found))
+
+    async def give_consent(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        fields = ("recipient", "purposes", "method", "categories", "expires")
+        given = await call(backend.grant_consent, *(str(form.get(f, "")).strip() for f in fields))
+        notice = f"{given['id']} given to {given['recipient']}"
+        raise web.HTTPSeeOther(f"/consents?notice={_quote(notice)}")
 
     async def withdraw(request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -467,8 +497,9 @@ def build_app(console: Console) -> web.Application:
             return _page(console, request, "audit_pick.html")
         target = target or backend.participant
         start = _int(request.query.get("start", "-1"), "start")
-        page = await call(backend.log_page, target, start)
-        return _page(console, request, "audit.html", log=page)
+        search = _log_search(request.query)
+        page = await call(backend.log_page, target, start, search)
+        return _page(console, request, "audit.html", log=page, q=request.query)
 
     async def reconcile(request: web.Request) -> web.StreamResponse:
         party_a, party_b = request.query.get("a", ""), request.query.get("b", "")
@@ -501,7 +532,9 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/metering", metering)
     app.router.add_get("/disclosure", disclosure)
     app.router.add_get("/consents", consents)
+    app.router.add_post("/consents/grant", give_consent)
     app.router.add_post("/consents/withdraw", withdraw)
+    app.router.add_get("/catalog", catalog)
     app.router.add_get("/participants", participants)
     app.router.add_get("/grants", grants)
     app.router.add_post("/grants/grant", grant)
@@ -537,6 +570,34 @@ def _nav(console: Console) -> list[tuple[str, str]]:
 def _landing(console: Console) -> str:
     """The first page of this participant's console."""
     return _nav(console)[0][0]
+
+
+def _log_search(query: Any) -> LogSearch | None:
+    """The log explorer's search from the page's query (None: plain paging by position).
+    Times are UTC: a date alone is the whole day (from its start, to its end)."""
+    kind, party = query.get("kind", "").strip(), query.get("party", "").strip()
+    since, until = query.get("since", "").strip(), query.get("until", "").strip()
+    before = query.get("before", "")
+    if not (kind or party or since or until or before):
+        return None
+    since_ms = _moment_ms(since, "since") if since else 0
+    until_ms = 0
+    if until:
+        whole = 86_400_000 if len(until) == 10 else 60_000  # a day, or a minute
+        until_ms = _moment_ms(until, "until") + whole - 1
+    if until_ms and since_ms > until_ms:
+        raise InvalidRequest(f"from {since} is after until {until}: no time is in that window")
+    return LogSearch(kind, party, since_ms, until_ms, _int(before or "0", "before"))
+
+
+def _moment_ms(text: str, name: str) -> int:
+    """A date (2026-12-05) or a minute (2026-12-05T14:30) as the form sends it, in UTC."""
+    from connector.cli.output import parse_date_ns
+
+    ms = parse_date_ns(text, name) // 10**6
+    if ms < 0:
+        raise InvalidRequest(f"{name} {text!r}: before 1970")
+    return ms
 
 
 def _int(text: str, name: str) -> int:

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,13 @@ from connector._proto.tds.v1 import (
     admin_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    registry_pb2,
 )
 from connector.audit.checkpoint import Checkpoint, log_origin
 from connector.audit.note import ALG_ED25519, key_id, parse_note
 from connector.audit.receipts import parse_receipt, receipt_id
 from connector.config import Config
+from connector.console.timeline import growth_chart
 from connector.errors import (
     InvalidRequest,
     NotFound,
@@ -38,14 +41,21 @@ from connector.errors import (
 )
 from connector.identifiers import PARTICIPANT_ID
 from connector.node.clients import admin_channel, member_channel, registry_client
+from connector.registry.client import RegistryClient
 from connector.rpc.channel import calling
 
-__all__ = ["AdminBackend", "EntryEvidence"]
+__all__ = ["AdminBackend", "EntryEvidence", "LogSearch"]
 
 _TIMEOUT = 30.0
 PAGE = 50
 """Log entries shown a page (GetEntries pages server-side; the browser never gets more)."""
 ROWS = 100
+ACTIVITY_DAYS = 30
+"""Days the transfers-per-day chart covers."""
+GROWTH_POINTS = 16
+"""Points the log-growth chart samples (one GetEntries of one entry each)."""
+GROWTH_CHECKPOINTS = 200
+"""The newest checkpoints the growth chart marks (the table lists 20)."""
 """Rows a list page shows: the admin API pages them (rendering 10,000 rows took ~1.5 s)."""
 
 
@@ -55,6 +65,38 @@ def negotiation_json(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
     from connector.cli.negotiate import negotiation_json as rendered
 
     return rendered(n)
+
+
+def agreement_terms(signed: str) -> dict[str, Any]:
+    """What the contracts page shows of a signed agreement: its terms and who signed it in
+    which role, read from the JWS as stored (the connector verified both signatures
+    against the directory's keys before it stored the agreement); ``error`` if it cannot
+    be read."""
+    from connector.negotiation.agreement import parse_agreement
+
+    if not signed:
+        return {"error": "no signed agreement stored"}
+    try:
+        terms = parse_agreement(signed)
+        signers = []
+        for sig in json.loads(signed)["signatures"]:
+            encoded = sig["protected"]
+            header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            who, role = str(header.get("kid", "")), str(header.get("tds_role", ""))
+            signers.append({"who": who, "role": role})
+    except (VerificationError, ValueError, KeyError, TypeError) as exc:
+        return {"error": f"the stored agreement cannot be read: {exc}"}
+    until_ns = terms.valid_until_ns
+    return {
+        "valid_until_ms": until_ns // 10**6 if 0 < until_ns < _FAR_NS else 0,
+        "max_transfers": terms.max_transfers,
+        "max_bytes": terms.max_bytes,
+        "max_messages": terms.max_messages,
+        "delivery": list(terms.delivery),
+        "obligations": json.dumps(terms.obligations, ensure_ascii=False, sort_keys=True),
+        "registration_code": terms.registration_code,
+        "signers": signers,
+    }
 
 
 _FAR_NS = 253402300800 * 10**9
@@ -87,6 +129,13 @@ def holding(t: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "other_obligations": obligations,
         "receipt": receipt,
     }
+
+
+def _rate(t: admin_pb2.TransferInfo, now_ms: int) -> int:
+    """Bytes a second: of a running transfer so far, of an ended one over its run (0 when
+    nothing moved or no time passed)."""
+    took = (t.ended_ms or now_ms) - t.started_ms
+    return t.received * 1000 // took if t.received and took > 0 else 0
 
 
 def _checkpoint(text: str) -> dict[str, Any]:
@@ -126,12 +175,38 @@ class EntryEvidence:
         }
 
 
+@dataclass(frozen=True)
+class LogSearch:
+    """What the log explorer looks for: a kind, a party, a time window, below an index."""
+
+    kind: str = ""
+    party: str = ""
+    since_ms: int = 0
+    until_ms: int = 0
+    before: int = 0
+
+    def request(self, limit: int) -> audit_pb2.FindEntriesRequest:
+        """The FindEntries request for one page."""
+        return audit_pb2.FindEntriesRequest(
+            kind=self.kind,
+            party=self.party,
+            since_ms=self.since_ms,
+            until_ms=self.until_ms,
+            before=self.before,
+            limit=limit,
+        )
+
+
 class AdminBackend:
     """The console's one way to its connector: the admin certificate, as ``tds`` uses."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._channel: grpc.Channel | None = None
+        self._registry: RegistryClient | None = None
+        self._registry_lock = threading.Lock()
+        self._stamps: dict[tuple[str, int], int | None] = {}
+        """When log entries were stamped, by (log, index), for the growth charts."""
 
     @property
     def participant(self) -> str:
@@ -155,10 +230,22 @@ class AdminBackend:
         return admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
-        """Close the channel to the connector."""
+        """Close the channels to the connector and the registry."""
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        with self._registry_lock:
+            if self._registry is not None:
+                self._registry.close()
+                self._registry = None
+
+    def _registry_client(self) -> RegistryClient:
+        """One registry client for the console's life (thread-safe; it keeps its token), so
+        a page does not pay a TLS handshake and a token each time."""
+        with self._registry_lock:
+            if self._registry is None:
+                self._registry = registry_client(self.cfg)
+            return self._registry
 
     def status(self) -> dict[str, Any]:
         """The connector's own status (``tds status``)."""
@@ -198,7 +285,11 @@ class AdminBackend:
                 ),
                 timeout=_TIMEOUT,
             )
-        return [negotiation_json(n) for n in resp.negotiations], resp.next_page_token
+        rows = [negotiation_json(n) for n in resp.negotiations]
+        if agreements:
+            for row, n in zip(rows, resp.negotiations, strict=True):
+                row["signed"] = agreement_terms(n.agreement)
+        return rows, resp.next_page_token
 
     def negotiation(self, pid: str) -> dict[str, Any]:
         """One negotiation with its transitions from this connector's log, oldest first."""
@@ -258,7 +349,11 @@ class AdminBackend:
             )
         from connector.cli.transfer import transfer_json  # one rendering of a transfer
 
-        return [transfer_json(t) for t in resp.transfers], resp.next_page_token
+        now_ms = int(time.time() * 1000)
+        return [
+            {**transfer_json(t), "received": t.received, "rate": _rate(t, now_ms)}
+            for t in resp.transfers
+        ], resp.next_page_token
 
     def holdings(
         self, page_token: str = "", *, kept: bool = True
@@ -323,6 +418,59 @@ class AdminBackend:
         now_ns = time.time_ns()
         return [consent_json(c, now_ns) for c in resp.consents]
 
+    def grant_consent(
+        self, recipient: str, purposes: str, method: str, categories: str, expires: str
+    ) -> dict[str, Any]:
+        """Give a consent as ``tds consent grant`` does, from the form's text; the
+        connector checks the rest (an individual's connector, a known recipient)."""
+        from connector.cli.consent import consent_json, consent_request
+
+        if not (recipient and purposes.strip() and method.strip() and categories.strip()):
+            raise InvalidRequest("give the recipient, purposes, method and categories")
+        if not expires:
+            raise InvalidRequest("give the consent's expiry date (YYYY-MM-DD, UTC)")
+        request = consent_request(recipient, purposes, method, categories, expires, "expires")
+        with calling("your connector"):
+            c = self._admin().GrantConsent(request, timeout=_TIMEOUT)
+        return consent_json(c, time.time_ns())
+
+    def activity(self, days: int = ACTIVITY_DAYS) -> dict[str, Any]:
+        """Transfers per day (oldest first) and the stream subscriptions with their rate
+        (messages and bytes a second over the connector's rate window)."""
+        with calling("your connector"):
+            resp = self._admin().TransferActivity(
+                admin_pb2.TransferActivityRequest(days=days), timeout=_TIMEOUT
+            )
+        seconds = max(1.0, resp.rate_window_ms / 1000)
+        return {
+            "days": [
+                {
+                    "day_ms": d.day_ms,
+                    "started": d.started,
+                    "completed": d.completed,
+                    "completed_bytes": d.completed_bytes,
+                }
+                for d in resp.days
+            ],
+            "streams": [
+                {
+                    "agreement_id": s.agreement_id,
+                    "role": s.role,
+                    "counterparty": s.counterparty,
+                    "product": s.product_id,
+                    "state": s.state,
+                    "windows": s.windows,
+                    "messages": s.messages,
+                    "bytes": s.bytes,
+                    "updated_ms": s.updated_ms,
+                    "messages_per_s": round(s.recent_messages / seconds, 2),
+                    "bytes_per_s": round(s.recent_bytes / seconds, 1),
+                }
+                for s in resp.streams
+            ],
+            "rate_window_s": int(seconds),
+        }
+
     def withdraw_consent(self, consent_id: str, reason: str) -> list[str]:
         """Withdraw a consent; the agreements revoked because of it."""
         if not consent_id:
@@ -369,6 +517,32 @@ class AdminBackend:
             for p in peers
         ]
 
+    def catalog(
+        self, text: str, tag: str, grade: str, page_token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of the registry's catalog index (``SearchCatalog``: every word of
+        ``text`` in the title, description or tags; of a tag; of a grade), and the next
+        page's token."""
+        resp = self._registry_client().search_catalog_page(
+            registry_pb2.SearchCatalogRequest(
+                text=text, tag=tag, grade=grade, page_size=ROWS, page_token=page_token
+            )
+        )
+        rows = [
+            {
+                "provider": c.provider,
+                "product": c.product_id,
+                "title": c.title,
+                "description": c.description,
+                "grade": c.grade,
+                "tags": list(c.tags),
+                "registration_code": c.registration_code,
+                "registered_at": c.registered_at,
+            }
+            for c in resp.listings
+        ]
+        return rows, resp.next_page_token
+
     def grants(self) -> list[dict[str, Any]]:
         """Authorised-operation grants, revoked ones included (``tds registry grants --all``)."""
         from connector.cli.registry import grant_json  # one rendering of a grant
@@ -410,22 +584,23 @@ class AdminBackend:
 
     def _log(self, target: str) -> tuple[audit_pb2_grpc.AuditServiceStub, grpc.Channel, bytes]:
         """A stub on ``target``'s AuditService and the log key the directory gives for it."""
-        registry = registry_client(self.cfg)
-        try:
-            peers = {p.id: p for p in registry.list_participants()}
-            peer = peers.get(target)
-            if peer is None:
-                raise NotFound(f"{target} is not in the directory")
-            if not peer.address:
-                raise NotFound(f"{target} runs no connector, so it keeps no log")
-            channel = member_channel(self.cfg, registry, target, peer.address)
-        finally:
-            registry.close()
+        registry = self._registry_client()
+        peers = {p.id: p for p in registry.list_participants()}
+        peer = peers.get(target)
+        if peer is None:
+            raise NotFound(f"{target} is not in the directory")
+        if not peer.address:
+            raise NotFound(f"{target} runs no connector, so it keeps no log")
+        channel = member_channel(self.cfg, registry, target, peer.address)
         return audit_pb2_grpc.AuditServiceStub(channel), channel, bytes(peer.signing_public_key)
 
-    def log_page(self, target: str, start: int) -> dict[str, Any]:
-        """One page of ``target``'s log from ``start`` (newest page when ``start`` < 0)."""
+    def log_page(self, target: str, start: int, search: LogSearch | None = None) -> dict[str, Any]:
+        """One page of ``target``'s log: from ``start`` in log order (the newest page when
+        ``start`` < 0), or, with ``search``, the entries it finds newest first (FindEntries:
+        by kind, party and time, a bounded stretch of the log per call). With the log's
+        checkpoints and its growth sampled at ``GROWTH_POINTS`` entries for the chart."""
         stub, channel, _ = self._log(target)
+        searched_from = 0
         try:
             with calling(target):
                 note = stub.GetCheckpoint(
@@ -435,17 +610,27 @@ class AdminBackend:
                     audit_pb2.ListCheckpointsRequest(), timeout=_TIMEOUT
                 ).checkpoints
                 size = int(note.checkpoint.split("\n")[1])
-                if start < 0:
-                    start = max(0, size - PAGE)
-                start = min(start, max(0, size - 1))
-                rows = (
-                    stub.GetEntries(
-                        audit_pb2.GetEntriesRequest(start=start, end=min(size, start + PAGE)),
-                        timeout=_TIMEOUT,
-                    ).entries
-                    if size
-                    else []
-                )
+                if search is not None:
+                    found = stub.FindEntries(search.request(PAGE), timeout=_TIMEOUT)
+                    rows, searched_from = list(found.entries), found.searched_from
+                    start = rows[-1].index if rows else 0
+                else:
+                    if start < 0:
+                        start = max(0, size - PAGE)
+                    start = min(start, max(0, size - 1))
+                    rows = (
+                        list(
+                            stub.GetEntries(
+                                audit_pb2.GetEntriesRequest(
+                                    start=start, end=min(size, start + PAGE)
+                                ),
+                                timeout=_TIMEOUT,
+                            ).entries
+                        )
+                        if size
+                        else []
+                    )
+                samples = self._growth(stub, target, size)
         finally:
             channel.close()
         entries = []
@@ -461,14 +646,48 @@ class AdminBackend:
                     "data": json.dumps(body.get("data", {}), ensure_ascii=False, sort_keys=True),
                 }
             )
+        shown = [_checkpoint(c) for c in checkpoints[-GROWTH_CHECKPOINTS:]][::-1]
         return {
             "target": target,
             "size": size,
             "start": start,
             "page": PAGE,
             "entries": entries,
-            "checkpoints": [_checkpoint(c) for c in checkpoints[-20:]][::-1],
+            "search": search,
+            "searched_from": searched_from,
+            "checkpoints": shown[:20],
+            "growth": growth_chart(samples, shown),
         }
+
+    def _growth(
+        self, stub: audit_pb2_grpc.AuditServiceStub, target: str, size: int
+    ) -> list[tuple[int, int]]:
+        """(time, entries so far) at about ``GROWTH_POINTS`` entries spread over the log
+        and at its last. The points are multiples of a power of two, so as the log grows
+        they stay where they were and their times (an entry never changes) come from this
+        console's memory; only new points cost a GetEntries of one entry. An entry the
+        caller may not read (a member sees only entries naming it) is left out."""
+        if size < 2:
+            return []
+        step = 1
+        while size // step > GROWTH_POINTS:
+            step *= 2
+        if len(self._stamps) > 50_000:  # a bound on the memory, not a policy
+            self._stamps.clear()
+        samples = []
+        for index in sorted({*range(0, size, step), size - 1}):
+            key = (target, index)
+            if key not in self._stamps:
+                rows = stub.GetEntries(
+                    audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
+                ).entries
+                self._stamps[key] = (
+                    int(json.loads(rows[0].body).get("time_ms", 0)) if rows else None
+                )
+            stamp = self._stamps[key]
+            if stamp is not None:
+                samples.append((stamp, index + 1))
+        return samples
 
     def evidence(self, target: str, index: int) -> EntryEvidence:
         """The newest checkpoint, entry ``index`` and its proof against that checkpoint."""

@@ -337,6 +337,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """End a transfer."""
         return self._transfer_admin().terminate(request)
 
+    def TransferActivity(
+        self, request: admin_pb2.TransferActivityRequest, context: Any
+    ) -> admin_pb2.TransferActivityResponse:
+        """Transfers per day and the streams' recent rate, for the console's charts."""
+        return self._transfer_admin().activity(request.days)
+
     def MeteringReport(
         self, request: admin_pb2.MeteringReportRequest, context: Any
     ) -> admin_pb2.MeteringReportResponse:
@@ -415,6 +421,7 @@ ADMIN_METHODS = [
     "ReadHolding",
     "TerminateTransfer",
     "MeteringReport",
+    "TransferActivity",
     "GrantConsent",
     "WithdrawConsent",
     "ListConsents",

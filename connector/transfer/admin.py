@@ -12,6 +12,7 @@ from typing import Protocol
 from connector._proto.tds.v1 import admin_pb2
 from connector.catalog.paging import Listed
 from connector.errors import ConnectorError, InvalidRequest, PreconditionFailed
+from connector.transfer.activity import transfer_activity
 from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.provider import TransferProvider
 from connector.transfer.store import CONSUMER, PROVIDER, Metering, Transfer, TransferStore
@@ -160,6 +161,10 @@ class TransferAdmin:
         else:
             t = self._consumer.terminate(t.id, request.reason)
         return transfer_info(t)
+
+    def activity(self, days: int) -> admin_pb2.TransferActivityResponse:
+        """Transfers per day and the streams' recent rate (``transfer_activity``)."""
+        return transfer_activity(self._store.database, days)
 
     def metering(self) -> admin_pb2.MeteringReportResponse:
         """Counts per agreement (the provider's), all of them."""

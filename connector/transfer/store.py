@@ -198,6 +198,11 @@ class TransferStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def database(self) -> Database:
+        """Where the transfers are kept (the console's aggregates read it)."""
+        return self._db
+
     # -- provider: counting ---------------------------------------------------------
 
     def usage(self, agreement_id: str) -> tuple[int, int]:

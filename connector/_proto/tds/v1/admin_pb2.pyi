@@ -497,6 +497,135 @@ class TerminateOwnTransferRequest(_message.Message):
 Global___TerminateOwnTransferRequest: _TypeAlias = TerminateOwnTransferRequest  # noqa: Y015
 
 @_typing.final
+class TransferActivityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    """Days back from today (UTC), today included: 1 to 366."""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferActivityRequest: _TypeAlias = TransferActivityRequest  # noqa: Y015
+
+@_typing.final
+class TransferDay(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_MS_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    COMPLETED_BYTES_FIELD_NUMBER: _builtins.int
+    day_ms: _builtins.int
+    """Midnight UTC starting the day, Unix milliseconds."""
+    started: _builtins.int
+    """Transfers started that day (both roles), of them completed, and the completed bytes."""
+    completed: _builtins.int
+    completed_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        day_ms: _builtins.int = ...,
+        started: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        completed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "completed_bytes", b"completed_bytes", "day_ms", b"day_ms", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferDay: _TypeAlias = TransferDay  # noqa: Y015
+
+@_typing.final
+class StreamActivity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    UPDATED_MS_FIELD_NUMBER: _builtins.int
+    RECENT_MESSAGES_FIELD_NUMBER: _builtins.int
+    RECENT_BYTES_FIELD_NUMBER: _builtins.int
+    agreement_id: _builtins.str
+    role: _builtins.str
+    """provider or consumer"""
+    counterparty: _builtins.str
+    product_id: _builtins.str
+    state: _builtins.str
+    windows: _builtins.int
+    """Countersigned windows, messages and bytes so far, and when the subscription last moved."""
+    messages: _builtins.int
+    bytes: _builtins.int
+    updated_ms: _builtins.int
+    recent_messages: _builtins.int
+    """Messages and bytes of the windows countersigned in the last rate_window_ms."""
+    recent_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        agreement_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        counterparty: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        windows: _builtins.int = ...,
+        messages: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        updated_ms: _builtins.int = ...,
+        recent_messages: _builtins.int = ...,
+        recent_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "bytes", b"bytes", "counterparty", b"counterparty", "messages", b"messages", "product_id", b"product_id", "recent_bytes", b"recent_bytes", "recent_messages", b"recent_messages", "role", b"role", "state", b"state", "updated_ms", b"updated_ms", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamActivity: _TypeAlias = StreamActivity  # noqa: Y015
+
+@_typing.final
+class TransferActivityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    RATE_WINDOW_MS_FIELD_NUMBER: _builtins.int
+    rate_window_ms: _builtins.int
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferDay]: ...
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamActivity]: ...
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___TransferDay] | None = ...,
+        streams: _abc.Iterable[Global___StreamActivity] | None = ...,
+        rate_window_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "rate_window_ms", b"rate_window_ms", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferActivityResponse: _TypeAlias = TransferActivityResponse  # noqa: Y015
+
+@_typing.final
 class MeteringReportRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

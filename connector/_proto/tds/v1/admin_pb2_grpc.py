@@ -135,6 +135,11 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.MeteringReportResponse.FromString,
                 _registered_method=True)
+        self.TransferActivity = channel.unary_unary(
+                '/tds.v1.AdminService/TransferActivity',
+                request_serializer=tds_dot_v1_dot_admin__pb2.TransferActivityRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.TransferActivityResponse.FromString,
+                _registered_method=True)
         self.GrantConsent = channel.unary_unary(
                 '/tds.v1.AdminService/GrantConsent',
                 request_serializer=tds_dot_v1_dot_admin__pb2.GrantConsentRequest.SerializeToString,
@@ -295,6 +300,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferActivity(self, request, context):
+        """Transfers per UTC day over the last days, and the stream subscriptions of both roles
+        with their recent rate: what the console draws (aggregated here, not listed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantConsent(self, request, context):
         """As an individual: give separate consent (PIPL art. 23) to a recipient.
         """
@@ -424,6 +437,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.MeteringReport,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportResponse.SerializeToString,
+            ),
+            'TransferActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferActivity,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.TransferActivityRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.TransferActivityResponse.SerializeToString,
             ),
             'GrantConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantConsent,
@@ -987,6 +1005,33 @@ class AdminService:
             '/tds.v1.AdminService/MeteringReport',
             tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.MeteringReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/TransferActivity',
+            tds_dot_v1_dot_admin__pb2.TransferActivityRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.TransferActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

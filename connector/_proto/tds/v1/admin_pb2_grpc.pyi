@@ -68,6 +68,10 @@ class AdminServiceStub:
     """Either side: end a transfer that is not complete."""
     MeteringReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]
     """As a provider: transfers and bytes per agreement and per consumer."""
+    TransferActivity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TransferActivityRequest, _admin_pb2.TransferActivityResponse]
+    """Transfers per UTC day over the last days, and the stream subscriptions of both roles
+    with their recent rate: what the console draws (aggregated here, not listed).
+    """
     GrantConsent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantConsentRequest, _admin_pb2.ConsentInfo]
     """As an individual: give separate consent (PIPL art. 23) to a recipient."""
     WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WithdrawConsentRequest, _admin_pb2.ConsentInfo]
@@ -116,6 +120,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Either side: end a transfer that is not complete."""
     MeteringReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]  # type: ignore[assignment]
     """As a provider: transfers and bytes per agreement and per consumer."""
+    TransferActivity: _aio.UnaryUnaryMultiCallable[_admin_pb2.TransferActivityRequest, _admin_pb2.TransferActivityResponse]  # type: ignore[assignment]
+    """Transfers per UTC day over the last days, and the stream subscriptions of both roles
+    with their recent rate: what the console draws (aggregated here, not listed).
+    """
     GrantConsent: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantConsentRequest, _admin_pb2.ConsentInfo]  # type: ignore[assignment]
     """As an individual: give separate consent (PIPL art. 23) to a recipient."""
     WithdrawConsent: _aio.UnaryUnaryMultiCallable[_admin_pb2.WithdrawConsentRequest, _admin_pb2.ConsentInfo]  # type: ignore[assignment]
@@ -281,6 +289,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.MeteringReportResponse, _abc.Awaitable[_admin_pb2.MeteringReportResponse]]:
         """As a provider: transfers and bytes per agreement and per consumer."""
+
+    @_abc_1.abstractmethod
+    def TransferActivity(
+        self,
+        request: _admin_pb2.TransferActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TransferActivityResponse, _abc.Awaitable[_admin_pb2.TransferActivityResponse]]:
+        """Transfers per UTC day over the last days, and the stream subscriptions of both roles
+        with their recent rate: what the console draws (aggregated here, not listed).
+        """
 
     @_abc_1.abstractmethod
     def GrantConsent(

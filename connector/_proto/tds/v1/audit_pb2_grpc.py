@@ -65,6 +65,11 @@ class AuditServiceStub:
                 request_serializer=tds_dot_v1_dot_audit__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_audit__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.FindEntries = channel.unary_unary(
+                '/tds.v1.AuditService/FindEntries',
+                request_serializer=tds_dot_v1_dot_audit__pb2.FindEntriesRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_audit__pb2.FindEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -113,6 +118,14 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindEntries(self, request, context):
+        """Entries newest first, of a kind, naming a party, in a time window (each optional),
+        searching a bounded stretch of the log per call: a page costs the same at any log size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=tds_dot_v1_dot_audit__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=tds_dot_v1_dot_audit__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'FindEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindEntries,
+                    request_deserializer=tds_dot_v1_dot_audit__pb2.FindEntriesRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_audit__pb2.FindEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +328,33 @@ class AuditService:
             '/tds.v1.AuditService/ListCheckpoints',
             tds_dot_v1_dot_audit__pb2.ListCheckpointsRequest.SerializeToString,
             tds_dot_v1_dot_audit__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AuditService/FindEntries',
+            tds_dot_v1_dot_audit__pb2.FindEntriesRequest.SerializeToString,
+            tds_dot_v1_dot_audit__pb2.FindEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class AuditServiceStub:
     """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListCheckpointsRequest, _audit_pb2.ListCheckpointsResponse]
     """Every stored checkpoint (auditors only), oldest first."""
+    FindEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.FindEntriesRequest, _audit_pb2.FindEntriesResponse]
+    """Entries newest first, of a kind, naming a party, in a time window (each optional),
+    searching a bounded stretch of the log per call: a page costs the same at any log size.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -65,6 +69,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListCheckpointsRequest, _audit_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Every stored checkpoint (auditors only), oldest first."""
+    FindEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.FindEntriesRequest, _audit_pb2.FindEntriesResponse]  # type: ignore[assignment]
+    """Entries newest first, of a kind, naming a party, in a time window (each optional),
+    searching a bounded stretch of the log per call: a page costs the same at any log size.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """A connector's transparency log, for auditors and the parties to its entries."""
@@ -117,5 +125,15 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListCheckpointsResponse, _abc.Awaitable[_audit_pb2.ListCheckpointsResponse]]:
         """Every stored checkpoint (auditors only), oldest first."""
+
+    @_abc_1.abstractmethod
+    def FindEntries(
+        self,
+        request: _audit_pb2.FindEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.FindEntriesResponse, _abc.Awaitable[_audit_pb2.FindEntriesResponse]]:
+        """Entries newest first, of a kind, naming a party, in a time window (each optional),
+        searching a bounded stretch of the log per call: a page costs the same at any log size.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
