@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from connector.dsp.jsonld import CONTEXT, read_message
+from connector.dsp.jsonld import _SCHEMAS, CONTEXT, read_message, schema_for
 from connector.errors import InvalidRequest
-from tests.unit.negotiation.test_dsp import VECTORS
+from tests.unit.negotiation.test_dsp import VECTORS, registry
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
 
@@ -120,3 +120,40 @@ def test_what_is_read_does_not_depend_on_what_was_read_before() -> None:
     for order in (messages[::-1], messages[1:] + messages[:1]):
         for m in order:
             assert read_message(m, m["@type"]) == first[messages.index(m)]
+
+
+def broken(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The message less each of its fields, and with each field a wrong kind of value,
+    one change at a time (at the top and one level down)."""
+    variants: list[dict[str, Any]] = []
+    for key, value in message.items():
+        if key == "@context":
+            continue
+        variants.append({k: v for k, v in message.items() if k != key})
+        for wrong in (7, "x", [], {}, None):
+            if type(wrong) is not type(value):
+                variants.append({**message, key: wrong})
+        if isinstance(value, dict):
+            for inner in value:
+                variants.append({**message, key: {k: v for k, v in value.items() if k != inner}})
+                variants.append({**message, key: {**value, inner: 7}})
+    return variants
+
+
+@pytest.mark.parametrize("message", examples(tuple(_SCHEMAS)))
+def test_the_compiled_validator_agrees_with_jsonschema(message: dict[str, Any]) -> None:
+    # The binding validates with jsonschema-rs (compiled once per schema); the reference
+    # implementation must reach the same verdict on every example and every breakage of it.
+    jsonschema = pytest.importorskip("jsonschema")
+    kind = str(message["@type"])
+    schema = schema_for(kind)
+    reference = jsonschema.Draft201909Validator(
+        json.loads(
+            (BUNDLED / _SCHEMAS[kind]).read_text().replace("#definitions/", "#/definitions/")
+        ),
+        registry=registry(),
+    )
+    variants = [message, *broken(message)]
+    verdicts = [(schema.is_valid(v), reference.is_valid(v)) for v in variants]
+    assert [a for a, _ in verdicts] == [b for _, b in verdicts]
+    assert any(not a for a, _ in verdicts[1:])  # some breakage is refused, by both
