@@ -66,8 +66,7 @@ _SCHEMAS = {
 }
 
 
-@functools.cache
-def _context_document(url: str) -> dict[str, Any]:
+def _bundled(url: str) -> dict[str, Any]:
     name = _CONTEXT_FILES.get(url.rstrip("#"))
     if name is None:
         raise InvalidRequest(
@@ -77,20 +76,52 @@ def _context_document(url: str) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads((_RESOURCES / name).read_text()))
 
 
+@functools.cache
+def _context_text(url: str) -> str:
+    """A bundled context as served to pyld (JSON text: each load parses a fresh copy).
+
+    The DSP context's scoped contexts ``@import`` the ODRL profile; here each import is
+    resolved once, as JSON-LD 1.1 defines it (Context Processing, 5.6: the imported
+    context's entries, replaced by the importing context's own where both have one).
+    pyld would do the same merge on every message, and does it badly: it writes the
+    importing scope's terms into the imported document it holds, so every scope's terms
+    reached every other (a ContractAgreementMessage kept a ``callbackAddress``, which its
+    scope does not define), and it keys a merged result by the active context alone, so
+    the DSP context could not be kept processed between messages (a shared import handed
+    one scope's terms to another). With no import left, the whole DSP context is a static
+    document pyld processes once and keeps. ``tests/unit/dsp/test_jsonld.py`` checks every
+    example reads the same as with pyld's own import, uncached.
+    """
+    document = _bundled(url)
+    if url.rstrip("#") == CONTEXT_URL:
+        profile = _bundled(_ODRL_PROFILE_URL)["@context"]
+        for definition in document["@context"].values():
+            scoped = definition.get("@context") if isinstance(definition, dict) else None
+            if isinstance(scoped, dict) and "@import" in scoped:
+                if scoped["@import"] != _ODRL_PROFILE_URL:
+                    raise AssertionError(f"the bundled DSP context imports {scoped['@import']}")
+                merged = {**profile, **scoped}
+                del merged["@import"]
+                definition["@context"] = merged
+    return json.dumps(document)
+
+
 def _load_document(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """pyld document loader: bundled contexts only, never the network.
 
-    The DSP context is tagged ``static``, so pyld keeps it resolved between messages (its
-    shared cache takes only tagged remote contexts): untagged, every expansion and
-    compaction canonicalised the whole document again to find it in that cache, most of
-    a message's cost. The ODRL profile is left untagged on purpose: the DSP context
-    ``@import``s it into several scoped contexts, and pyld caches an import's merged
-    result by the active context alone, so a shared one hands one scope's terms to
-    another (the agreement's properties vanished in testing); fresh per operation, it is
-    small and cheap.
+    The DSP context (its imports resolved, see ``_context_text``) is tagged ``static``,
+    so pyld resolves and processes it once and keeps it between messages (its shared
+    cache takes only tagged remote contexts); untagged, every expansion and compaction
+    canonicalised and processed the whole document again. The ODRL profile, named
+    directly by a message, is small and loaded per operation. Every load is a fresh
+    copy: pyld writes into the documents it is given.
     """
-    document = {"contextUrl": None, "documentUrl": url, "document": _context_document(url)}
-    if url == CONTEXT_URL:
+    document = {
+        "contextUrl": None,
+        "documentUrl": url,
+        "document": json.loads(_context_text(url)),
+    }
+    if url.rstrip("#") == CONTEXT_URL:
         document["tag"] = "static"
     return document
 

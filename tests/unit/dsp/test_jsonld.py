@@ -8,8 +8,11 @@ from importlib import resources
 from typing import Any
 
 import pytest
+from cachetools import LRUCache
+from pyld import jsonld
+from pyld.context_resolver import ContextResolver
 
-from connector.dsp.jsonld import _SCHEMAS, CONTEXT, read_message, schema_for
+from connector.dsp.jsonld import _SCHEMAS, CONTEXT, CONTEXT_URL, _bundled, read_message, schema_for
 from connector.errors import InvalidRequest
 from tests.unit.negotiation.test_dsp import VECTORS, registry
 
@@ -157,3 +160,44 @@ def test_the_compiled_validator_agrees_with_jsonschema(message: dict[str, Any]) 
     verdicts = [(schema.is_valid(v), reference.is_valid(v)) for v in variants]
     assert [a for a, _ in verdicts] == [b for _, b in verdicts]
     assert any(not a for a, _ in verdicts[1:])  # some breakage is refused, by both
+
+
+def read_uncached(message: dict[str, Any]) -> dict[str, Any]:
+    """What pyld makes of a message from the published contexts as they are (the ODRL
+    profile ``@import``ed by pyld itself), with nothing kept from any other operation."""
+
+    def load(url: str, options: Any = None) -> dict[str, Any]:
+        return {"contextUrl": None, "documentUrl": url, "document": _bundled(url)}
+
+    def options() -> dict[str, Any]:
+        return {"documentLoader": load, "contextResolver": ContextResolver(LRUCache(100), load)}
+
+    compacted = jsonld.compact(jsonld.expand(message, options()), CONTEXT_URL, options())
+    return {**compacted, "@context": CONTEXT}
+
+
+def test_the_processed_context_reads_as_pyld_uncached() -> None:
+    # The DSP context is served with its ODRL imports resolved once and kept processed
+    # between messages: every example, in any order, reads as pyld reads it afresh.
+    messages = [m.values[0] for m in examples(SERVED)]
+    assert len(messages) > 10
+    expected = [read_uncached(m) for m in messages]
+    for order in (range(len(messages)), reversed(range(len(messages)))):
+        for i in order:
+            m = messages[i]
+            assert read_message(m, m["@type"]) == expected[i], m["@type"]
+
+
+def test_a_term_of_another_scope_is_not_read() -> None:
+    # DSP 2025-1 context: callbackAddress is a term of the request's and the offer's
+    # scopes only. In an agreement it is no term at all, and is dropped on expansion —
+    # whatever message was read before (pyld's own @import leaked it into every scope).
+    agreement = json.loads(
+        (VECTORS / "negotiation/example/contract-agreement-message.json").read_text()
+    )
+    request = json.loads(
+        (VECTORS / "negotiation/example/contract-request-message_initial.json").read_text()
+    )
+    agreement["callbackAddress"] = "https://elsewhere.example/callback"
+    assert "callbackAddress" in read_message(request, "ContractRequestMessage")
+    assert "callbackAddress" not in read_message(agreement, "ContractAgreementMessage")
