@@ -10,7 +10,8 @@ certificate of the participant the message is for.
 
 No server-side request goes to a URL a peer merely names: the address must be https on
 the host the operator registered for that participant (checked when a request brings a
-callback address, and again before every send), and redirects are not followed.
+callback address, and again before every send, against a directory look-up at most a
+second old: ``RegisteredHosts``), and redirects are not followed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import aiohttp
 from connector._proto.tds.v1 import negotiation_pb2
 from connector.dsp.jsonld import check_outgoing, read_message
 from connector.dsp.negotiation import check_callback, local_pid
+from connector.dsp.server import RegisteredHosts
 from connector.errors import ConnectorError, Unavailable
 from connector.identity.names import participant_dns_name
 from connector.negotiation.agreement import parse_agreement
@@ -46,7 +48,7 @@ from connector.negotiation.negotiator import DSP_METHOD, Negotiator
 from connector.negotiation.outbox import Pending
 from connector.negotiation.service import PermanentRefusal
 from connector.negotiation.states import State
-from connector.negotiation.store import PROVIDER, Negotiation
+from connector.negotiation.store import PROVIDER
 from connector.rpc.channel import TlsIdentity
 
 __all__ = ["DspDelivery", "DspSender", "send_checked"]
@@ -202,15 +204,30 @@ class DspDelivery:
         self._negotiator = negotiator
         self._sender = sender
         self._callback = callback
-        self._registered_host = registered_host
+        self._registered_host: Callable[[str], str] = RegisteredHosts(registered_host)
         self._space = space
+        self._peers: dict[str, tuple[str, str]] = {}
+        self._peers_lock = threading.Lock()
+
+    def _peer(self, pid: str) -> tuple[str, str]:
+        """The peer address and our role of negotiation ``pid``: fixed when it was created
+        (``NegotiationStore.create``), so read once, not before every message."""
+        with self._peers_lock:
+            known = self._peers.get(pid)
+        if known is None:
+            n = self._negotiator().get(pid)
+            known = ((n.peer_address or "").rstrip("/"), n.role)
+            with self._peers_lock:
+                if len(self._peers) >= 4096:  # the negotiations in flight, bounded
+                    self._peers.pop(next(iter(self._peers)))
+                self._peers[pid] = known
+        return known
 
     def __call__(self, pending: Pending) -> bool:
         """Deliver one message; ``True`` when taking the answer marked it delivered."""
         method = pending.method.removeprefix(DSP_METHOD)
         negotiator = self._negotiator()
-        n = negotiator.get(pending.negotiation_pid)
-        address = (n.peer_address or "").rstrip("/")
+        address, role = self._peer(pending.negotiation_pid)
         try:
             check_callback(address, pending.target, self._registered_host)
         except Unavailable:
@@ -220,11 +237,13 @@ class DspDelivery:
         if method in ("RequestContract", "Accept"):
             url, message = self._consumer_message(method, pending, address)
             answer = self._send(url, pending.target, message)
-            ack = self._state_of(answer, n, _REFUSED[method])
+            ack = self._state_of(answer, pending.negotiation_pid, _REFUSED[method])
             if ack is None:
                 raise PermanentRefusal("the provider did not answer with a ContractNegotiation")
             # A TERMINATED answer ends it here; an agreement comes to the callback.
-            return negotiator.request_answered(n.pid, pending.target, ack, delivered=pending.id)
+            return negotiator.request_answered(
+                pending.negotiation_pid, pending.target, ack, delivered=pending.id
+            )
         if method == "VerifyAgreement":
             verified = negotiation_pb2.AgreementMessage.FromString(pending.payload)
             message = verification_message(
@@ -234,13 +253,13 @@ class DspDelivery:
             answer = self._send(address + path, pending.target, message)
             # The specification leaves this answer's body open; a tds provider answers with
             # the negotiation, FINALIZED, which saves waiting for the event that follows.
-            ack = self._state_of(answer, n)
+            ack = self._state_of(answer, pending.negotiation_pid)
             if ack is not None and ack.state == State.FINALIZED.value:
                 return negotiator.verification_answered(
-                    n.pid, pending.target, ack, delivered=pending.id
+                    pending.negotiation_pid, pending.target, ack, delivered=pending.id
                 )
             return False
-        self._send(*self._provider_message(method, pending, n, address))
+        self._send(*self._provider_message(method, pending, role, address))
         return False
 
     def _consumer_message(
@@ -265,7 +284,7 @@ class DspDelivery:
         return address + "/negotiations/request", message
 
     def _provider_message(
-        self, method: str, pending: Pending, n: Negotiation, address: str
+        self, method: str, pending: Pending, role: str, address: str
     ) -> tuple[str, str, dict[str, Any]]:
         """URL, peer and message of what needs no answer taken: an offer, the agreement,
         the FINALIZED event, a termination."""
@@ -292,7 +311,7 @@ class DspDelivery:
             path = f"/negotiations/{process_id(event.consumer_pid)}/events"
         elif method == "Terminate":
             ended = negotiation_pb2.NegotiationTermination.FromString(pending.payload)
-            theirs = ended.consumer_pid if n.role == PROVIDER else ended.provider_pid
+            theirs = ended.consumer_pid if role == PROVIDER else ended.provider_pid
             if not theirs or theirs.startswith("pending:"):
                 raise PermanentRefusal("the provider's process id is not known: nothing to address")
             message = termination_message(
@@ -317,12 +336,13 @@ class DspDelivery:
 
     @staticmethod
     def _state_of(
-        answer: Any, n: Negotiation, refused: str = ""
+        answer: Any, pid: str, refused: str = ""
     ) -> negotiation_pb2.NegotiationAck | None:
-        """The provider's ``ContractNegotiation`` as the ack gRPC would have given."""
+        """The provider's ``ContractNegotiation`` about our negotiation ``pid``, as the ack
+        gRPC would have given."""
         try:
             shown = read_message(answer, "ContractNegotiation")
-            if local_pid(str(shown["consumerPid"])) != n.pid:
+            if local_pid(str(shown["consumerPid"])) != pid:
                 return None
             provider_pid = local_pid(str(shown["providerPid"]))
         except ConnectorError:  # not a negotiation of ours, or a process id refused

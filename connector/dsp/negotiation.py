@@ -27,6 +27,7 @@ the provider learns only from the consumer's own call.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.parse
 from collections.abc import Callable
@@ -157,10 +158,19 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             raise NotFound("no such negotiation")
         return n
 
+    def after(n: Negotiation, ack: negotiation_pb2.NegotiationAck) -> Negotiation:
+        """``n`` as the negotiator left it: the state its answer gives. Read again only
+        when the peer's process id may have been learned meanwhile (a counter-offer or the
+        agreement is how a consumer hears it); the rest of the row a message does not
+        change, and a read is a transaction."""
+        if ack.pid != n.pid or n.counterparty_pid.startswith("pending:"):
+            return exchange.negotiator.get(n.pid)
+        return dataclasses.replace(n, state=State(ack.state))
+
     async def serve(
         request: web.Request,
         message_type: str,
-        act: Callable[[Caller, dict[str, Any], Negotiation], object],
+        act: Callable[[Caller, dict[str, Any], Negotiation], negotiation_pb2.NegotiationAck],
     ) -> web.Response:
         """A message to ``{pid}/…``: who sent it (before its body is read), what it says,
         which of our negotiations it is for, then ``act`` on it and answer with the
@@ -177,8 +187,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
                 request, str(message.get("providerPid", "")), str(message.get("consumerPid", ""))
             )
             n = addressed(caller, pid, message)
-            act(caller, message, n)
-            return shown(own(caller, n.pid))
+            return shown(after(n, act(caller, message, n)))
 
         return exchange.answer("ContractNegotiation", await exchange.run(work))
 
@@ -204,7 +213,20 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
                 purpose=_purpose(message["offer"]),
             )
             ack = exchange.negotiator.receive_request(caller, req, peer_address=callback)
-            return shown(exchange.negotiator.get(ack.pid))
+            # What the store now holds for this request (a repeat's negotiation is the
+            # one this consumer's process id started), without reading it back.
+            return shown(
+                Negotiation(
+                    pid=ack.pid,
+                    role=PROVIDER,
+                    counterparty=caller.participant,
+                    counterparty_pid=req.consumer_pid,
+                    product=product,
+                    offer=offer,
+                    purpose=req.purpose,
+                    state=State(ack.state),
+                )
+            )
 
         return exchange.answer("ContractNegotiation", await exchange.run(work), status=201)
 
@@ -214,7 +236,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         refused (TERMINATED), waiting for approval (REQUESTED) or agreed at once (AGREED,
         the agreement then sent to the callback address)."""
 
-        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+        def act(
+            caller: Caller, message: dict[str, Any], n: Negotiation
+        ) -> negotiation_pb2.NegotiationAck:
             if n.role != PROVIDER:
                 raise NotFound("no such negotiation")
             product, offer = _product_and_offer(message["offer"])
@@ -234,7 +258,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         """``#negotiations-consumerpid-offers-post``: the provider's counter-offer on our
         request (REQUESTED → OFFERED); our admin accepts or counters it."""
 
-        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+        def act(
+            caller: Caller, message: dict[str, Any], n: Negotiation
+        ) -> negotiation_pb2.NegotiationAck:
             if n.role != CONSUMER:
                 raise NotFound("no such negotiation")
             product, offer = _product_and_offer(message["offer"])
@@ -261,7 +287,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         """``#negotiations-providerpid-agreement-verification-post``: the consumer's
         countersignature, VERIFIED then FINALIZED; FINALIZED is sent back as an event."""
 
-        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+        def act(
+            caller: Caller, message: dict[str, Any], n: Negotiation
+        ) -> negotiation_pb2.NegotiationAck:
             if n.role != PROVIDER:
                 raise NotFound("no such negotiation")
             verification = negotiation_pb2.AgreementMessage(
@@ -278,7 +306,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         """``#negotiations-consumerpid-agreement-post``: verified against
         what was asked for, countersigned, and the verification sent back."""
 
-        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+        def act(
+            caller: Caller, message: dict[str, Any], n: Negotiation
+        ) -> negotiation_pb2.NegotiationAck:
             if n.role != CONSUMER:
                 raise NotFound("no such negotiation")
             signed = _signed(message, "the provider's signed agreement")
@@ -303,7 +333,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         """``#negotiations-providerpid-events-post`` (ACCEPTED) and
         ``#negotiations-consumerpid-events-post`` (FINALIZED)."""
 
-        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+        def act(
+            caller: Caller, message: dict[str, Any], n: Negotiation
+        ) -> negotiation_pb2.NegotiationAck:
             event = str(message["eventType"])
             expected = State.ACCEPTED if n.role == PROVIDER else State.FINALIZED
             if event != expected.value:
@@ -324,7 +356,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         """``#negotiations-providerpid-termination-post`` and
         ``#negotiations-consumerpid-termination-post``."""
 
-        def act(caller: Caller, message: dict[str, Any], n: Negotiation) -> object:
+        def act(
+            caller: Caller, message: dict[str, Any], n: Negotiation
+        ) -> negotiation_pb2.NegotiationAck:
             termination = negotiation_pb2.NegotiationTermination(
                 message_id=message_id(caller, message),
                 provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
