@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from connector.errors import InvalidRequest
 
-__all__ = ["JSON_HELP", "emit", "fail", "parse_date_ns", "say", "utc_text"]
+__all__ = ["JSON_HELP", "emit", "fail", "json_line", "parse_date_ns", "say", "utc_text"]
 
 # Every command's --json flag means the same thing; one wording for all of them.
 JSON_HELP = "print the result as JSON (for scripts)"
@@ -20,11 +21,21 @@ _LONG_LIST = 100
 Python, its compact one C: a catalog of 10,000 products took 0.75 s to indent)."""
 
 
-def emit(data: Any, human: str, *, as_json: bool) -> None:
-    """Print ``data`` as JSON for scripts, or ``human`` for people."""
+def json_line(item: Any) -> str:
+    """An element of a long list as ``emit`` prints it, on its line."""
+    return json.dumps(item, sort_keys=True, default=str)
+
+
+def emit(data: Any, human: str, *, as_json: bool, lines: Sequence[str] | None = None) -> None:
+    """Print ``data`` as JSON for scripts, or ``human`` for people.
+
+    ``lines``: the elements of the list ``data`` as ``json_line`` gives them, when the
+    caller has them already (a long list's are then printed as they are).
+    """
     if as_json:
         if isinstance(data, list) and len(data) > _LONG_LIST:
-            lines = (json.dumps(item, sort_keys=True, default=str) for item in data)
+            if lines is None:
+                lines = [json_line(item) for item in data]
             print("[\n  " + ",\n  ".join(lines) + "\n]")
         else:
             print(json.dumps(data, indent=2, sort_keys=True, default=str))

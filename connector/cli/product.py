@@ -16,7 +16,7 @@ from connector._proto.tds.v1 import (
     catalog_pb2_grpc,
     registry_pb2,
 )
-from connector.cli.output import JSON_HELP, emit
+from connector.cli.output import JSON_HELP, emit, json_line
 from connector.cli.pages import follow_pages
 from connector.config import load_config
 from connector.errors import ConfigError
@@ -94,6 +94,12 @@ def _product_dict(summary: catalog_pb2.ProductSummary) -> Any:
     """``MessageToDict(summary, preserving_proto_field_name=True)``, made faster
     (``message_dict``): a whole catalog is converted one product at a time."""
     return message_dict(summary)
+
+
+def _dict_and_line(summary: catalog_pb2.ProductSummary) -> tuple[Any, str]:
+    """The product as ``_product_dict`` gives it, and as ``--json`` prints it."""
+    product = _product_dict(summary)
+    return product, json_line(product)
 
 
 _AS_TEXT = frozenset(  # 64-bit integers: JSON text, as protobuf's JSON mapping writes them
@@ -335,8 +341,16 @@ def run_catalog_list(args: argparse.Namespace) -> int:
                 )
                 return list(resp.products), resp.next_page_token, resp.max_page_size
 
-            convert = _product_dict if not args.dsp else _same
-            products = follow_pages(fetch, convert, limit=args.limit, label=f"{peer.id}'s catalog")
+            label = f"{peer.id}'s catalog"
+            lines: list[str] | None = None
+            if args.json and not args.dsp:
+                # Each product's JSON line is written beside its dict while the next page
+                # is on its way, not all of them after the last page.
+                both = follow_pages(fetch, _dict_and_line, limit=args.limit, label=label)
+                products, lines = [d for d, _ in both], [line for _, line in both]
+            else:
+                convert = _product_dict if not args.dsp else _same
+                products = follow_pages(fetch, convert, limit=args.limit, label=label)
     finally:
         registry.close()
     if args.dsp:
@@ -351,7 +365,7 @@ def run_catalog_list(args: argparse.Namespace) -> int:
         )
         return 0
     if args.json:  # the lines for people are not made for scripts (10,000 of them: 40 ms)
-        emit(products, "", as_json=True)
+        emit(products, "", as_json=True, lines=lines)
         return 0
     lines = [
         f"{p['id']:<24} {p.get('grade', ''):<10} {p.get('title', '')}"

@@ -7,6 +7,9 @@ kinds of field it leaves to ``MessageToDict``.
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from google.protobuf.json_format import MessageToDict
 
 from connector._proto.tds.v1 import admin_pb2, catalog_pb2, registry_pb2
@@ -71,3 +74,25 @@ def test_kinds_it_does_not_convert_are_left_to_protobuf() -> None:
     _same(metering)
     for name in registry_pb2.DESCRIPTOR.message_types_by_name:
         _same(getattr(registry_pb2, name)())
+
+
+def test_json_lines_written_beside_the_dicts_print_as_emit_prints_the_dicts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from connector.cli.output import emit
+    from connector.cli.product import _dict_and_line
+
+    for count in (1, 100, 101, 250):  # both sides of the long-list form
+        summaries = [
+            catalog_pb2.ProductSummary(id=f"p-{i}", title=FULL.title) for i in range(count)
+        ]
+        summaries[0] = FULL
+        both = [_dict_and_line(s) for s in summaries]
+        products = [d for d, _ in both]
+        emit(products, "", as_json=True)
+        expected = capsys.readouterr().out
+        emit(products, "", as_json=True, lines=[line for _, line in both])
+        assert capsys.readouterr().out == expected
+        assert json.loads(expected) == [
+            MessageToDict(s, preserving_proto_field_name=True) for s in summaries
+        ]
