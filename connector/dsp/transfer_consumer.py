@@ -268,7 +268,8 @@ class DspTransferConsumer:
         deadline = time.monotonic() + self.suspended_wait
         seen = False
         while True:
-            mine = self._side.store.get(row.transfer_id).state
+            current = self._side.store.get(row.transfer_id)
+            mine = current.state
             theirs = self._provider_state(row)
             if mine in (COMPLETED, TERMINATED) or theirs in (COMPLETED, TERMINATED):
                 return False
@@ -279,7 +280,7 @@ class DspTransferConsumer:
                     return False  # refused for another reason
             elif not seen:
                 seen = True
-                who = "this connector" if mine == SUSPENDED else "the provider"
+                who = "this connector" if current.suspended_by == CONSUMER else "the provider"
                 progress(
                     Progress("resuming", t, asm.received, detail=f"suspended by {who}; waiting")
                 )
