@@ -14,7 +14,7 @@ participant, the transfer and an expiry; connector.dsp.transfers). Refused: no
 certificate or no token (401), a token not issued to the caller for this transfer,
 forged or expired (401), a transfer that is not the caller's (404), a process suspended,
 completed or terminated (403: the token is spent, or, suspended, refused until it is
-resumed). A pull in flight stops within about a second of its process leaving STARTED
+resumed). A pull in flight stops within about 0.25 s of its process leaving STARTED
 (suspended, terminated, the agreement revoked): the headers are gone by then, so the
 connection is closed short of ``Content-Length``; the next request gets the 403.
 """
@@ -37,6 +37,7 @@ from connector.errors import AuthenticationError, ConnectorError, NotFound, Perm
 from connector.identifiers import TRANSFER_ID
 from connector.identity.names import PARTICIPANT_URI_KIND
 from connector.rpc.auth import Access, Caller
+from connector.transfer.provider import STOP_CHECK_SECONDS
 from connector.transfer.store import PROVIDER
 
 __all__ = ["data_route"]
@@ -44,7 +45,6 @@ __all__ = ["data_route"]
 log = logging.getLogger(__name__)
 
 _CHUNKS_PER_HOP = 4
-_STATE_CHECK_SECONDS = 1.0
 _RANGE = re.compile(r"bytes=(\d{1,19})-(\d{0,19})")
 
 
@@ -148,10 +148,10 @@ def data_route(exchange: Exchange, side: object) -> web.RouteDef:
         checked = time.monotonic()
 
         def batch() -> list[tuple[int, bytes]]:
-            # The process is re-read about once a second (as the transfer's stop reasons
-            # are, under ``chunks``): a suspension or termination stops a pull in flight.
+            # The process is re-read as often as the transfer's stop reasons are (under
+            # ``chunks``): a suspension or termination stops a pull in flight.
             nonlocal checked
-            if time.monotonic() - checked >= _STATE_CHECK_SECONDS:
+            if time.monotonic() - checked >= STOP_CHECK_SECONDS:
                 checked = time.monotonic()
                 state = shown_state(side, side.store.get(row_id))
                 if state not in PROVIDER_STATE_SERVED:

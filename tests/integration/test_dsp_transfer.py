@@ -1358,3 +1358,25 @@ def test_transfers_consumerpid_start_post_resumption_is_checked_as_the_first_sta
         "this consumer suspended",
     )
     assert transfers.side.store.get(cid).state == "SUSPENDED"
+
+
+def test_transfer_suspension_message_tds_data_suspend_and_resume_from_the_cli(
+    space: LocalSpace, callback: Callback, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connector.cli.main import main
+
+    provider_pid, consumer_pid, endpoint, token = started(space, callback)
+    tid = transfer_id_of(provider_pid)
+    config = str(space.root / "gov.toml")
+    capsys.readouterr()
+    assert main(["data", "suspend", tid, "--reason", "audit", "--config", config, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "suspended"
+    assert callback.message_at(f"/transfers/{consumer_pid}/suspension")["reason"] == ["audit"]
+    assert pull(space, endpoint, token)[0] == 403
+    # Twice: one clear line, nothing changed.
+    assert main(["data", "suspend", tid, "--config", config]) == 1
+    assert "only a STARTED one can be suspended" in capsys.readouterr().err
+    assert main(["data", "resume", tid, "--config", config]) == 0
+    assert f"Transfer {tid} is started" in capsys.readouterr().out
+    callback.message_at(f"/transfers/{consumer_pid}/start", count=2)
+    assert pull(space, endpoint, token, range_="bytes=0-0")[0] == 206
