@@ -140,7 +140,7 @@ class DspTransfers:
             if row.role == PROVIDER
             else (row.peer_pid, row.transfer_id)
         )
-        reason = [str(payload.get("reason") or "")]
+        reason = [str(payload["reason"])] if payload.get("reason") else []
         state = shown_state(self.side, row)
         message: dict[str, object]
         if method == "Start":  # the provider's, with the data address
