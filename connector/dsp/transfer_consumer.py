@@ -288,7 +288,7 @@ class DspTransferConsumer:
                 raise PreconditionFailed(
                     f"the transfer process stayed SUSPENDED for {self.suspended_wait:.0f} s"
                 )
-            time.sleep(0.25)
+            time.sleep(1.0)  # each look asks the provider
 
     def _pull(
         self, endpoint: str, token: str, t: Transfer, asm: Assembler, progress: ProgressSink

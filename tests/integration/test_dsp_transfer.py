@@ -1380,3 +1380,24 @@ def test_transfer_suspension_message_tds_data_suspend_and_resume_from_the_cli(
     assert f"Transfer {tid} is started" in capsys.readouterr().out
     callback.message_at(f"/transfers/{consumer_pid}/start", count=2)
     assert pull(space, endpoint, token, range_="bytes=0-0")[0] == 206
+
+
+def test_transfer_termination_message_a_tds_consumer_gives_up_a_long_suspension(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transfers = space.nodes["a"].dsp_transfers
+    assert transfers is not None and transfers.consumer is not None
+    monkeypatch.setattr(transfers.consumer, "suspended_wait", 1.0)
+    held = Held(space, monkeypatch)
+    try:
+        control(space, "gov", "suspend", held.tid)
+        wait_for(lambda: held.consumer_state() == "SUSPENDED")
+    finally:
+        held.join()
+    assert held.failure and "stayed SUSPENDED" in str(held.failure[0].details())
+    # Both sides TERMINATED: the consumer told the provider (its termination message).
+    assert (held.consumer_state(), gov_state(space, held.tid)) == ("TERMINATED", "TERMINATED")
+    ended = [
+        e for e in entries(space, "gov", "transfer.terminated") if e["data"]["transfer"] == held.tid
+    ]
+    assert ended and "stayed SUSPENDED" in ended[0]["data"]["reason"]
