@@ -218,7 +218,11 @@ def run_transfer(args: argparse.Namespace) -> int:
                         quiet=args.json,
                     )
                 if event.event == "resuming":
-                    bar.update(event.received, "resuming after a break")
+                    # A DSP process suspended by either side says so; a break is a break.
+                    suspended = event.detail.startswith("suspended by")
+                    bar.update(
+                        event.received, event.detail if suspended else "resuming after a break"
+                    )
                 elif event.event in ("receiving", "verified"):
                     bar.update(event.received)
                 elif event.event == "completed":
