@@ -79,6 +79,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     st.add_argument("--json", action="store_true", help=JSON_HELP)
     st.set_defaults(func=run_data_stop)
 
+    for verb, text, more in (
+        (
+            "suspend",
+            "suspend a transfer run over the Dataspace Protocol (either side)",
+            "Its data address is refused (a pull in flight stops within a second) until "
+            "you resume it; the other side is sent a TransferSuspensionMessage. A process "
+            "the other side suspended is resumed by that side only.",
+        ),
+        (
+            "resume",
+            "resume a transfer you suspended",
+            "The other side is sent a TransferStartMessage (a provider's carries the data "
+            "address again); the consumer's pull goes on from the bytes it holds.",
+        ),
+    ):
+        cmd = ds.add_parser(verb, help=text, description=more)
+        cmd.add_argument("transfer", metavar="ID", help="a transfer id (tds data list --all)")
+        if verb == "suspend":
+            cmd.add_argument("--reason", default="", help="why; sent to the other side")
+        cmd.add_argument("--config", required=True, type=Path, help="your connector's config")
+        cmd.add_argument("--json", action="store_true", help=JSON_HELP)
+        cmd.set_defaults(func=run_data_control, verb=verb)
+
     rep = sub.add_parser("report", help="reports from your connector's records")
     rs = rep.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
     me = rs.add_parser(
@@ -195,7 +218,11 @@ def run_transfer(args: argparse.Namespace) -> int:
                         quiet=args.json,
                     )
                 if event.event == "resuming":
-                    bar.update(event.received, "resuming after a break")
+                    # A DSP process suspended by either side says so; a break is a break.
+                    suspended = event.detail.startswith("suspended by")
+                    bar.update(
+                        event.received, event.detail if suspended else "resuming after a break"
+                    )
                 elif event.event in ("receiving", "verified"):
                     bar.update(event.received)
                 elif event.event == "completed":
@@ -265,6 +292,21 @@ def run_data_stop(args: argparse.Namespace) -> int:
             admin_pb2.TerminateOwnTransferRequest(transfer_id=args.transfer, reason=args.reason),
             timeout=30,
         )
+    emit(transfer_json(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
+    return 0
+
+
+def run_data_control(args: argparse.Namespace) -> int:
+    """Suspend or resume a DSP transfer process."""
+    stub = _admin(args)
+    request = admin_pb2.TransferControlRequest(
+        transfer_id=args.transfer, reason=getattr(args, "reason", "")
+    )
+    with calling("your connector"):
+        if args.verb == "suspend":
+            t = stub.SuspendTransfer(request, timeout=30)
+        else:
+            t = stub.ResumeTransfer(request, timeout=30)
     emit(transfer_json(t), f"Transfer {t.transfer_id} is {t.state}", as_json=args.json)
     return 0
 

@@ -13,7 +13,10 @@ the revocation list) and the data address's token as ``Authorization: Bearer <to
 participant, the transfer and an expiry; connector.dsp.transfers). Refused: no
 certificate or no token (401), a token not issued to the caller for this transfer,
 forged or expired (401), a transfer that is not the caller's (404), a process suspended,
-completed or terminated (403: the token is spent).
+completed or terminated (403: the token is spent, or, suspended, refused until it is
+resumed). A pull in flight stops within about 0.25 s of its process leaving STARTED
+(suspended, terminated, the agreement revoked): the headers are gone by then, so the
+connection is closed short of ``Content-Length``; the next request gets the 403.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import base64
 import itertools
 import logging
 import re
+import time
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -33,6 +37,7 @@ from connector.errors import AuthenticationError, ConnectorError, NotFound, Perm
 from connector.identifiers import TRANSFER_ID
 from connector.identity.names import PARTICIPANT_URI_KIND
 from connector.rpc.auth import Access, Caller
+from connector.transfer.provider import STOP_CHECK_SECONDS
 from connector.transfer.store import PROVIDER
 
 __all__ = ["data_route"]
@@ -118,15 +123,15 @@ def data_route(exchange: Exchange, side: object) -> web.RouteDef:
         caller = caller_of(request)
         token = _bearer(request)
 
-        def opened() -> tuple[int, int, int, str, Iterator[tuple[int, bytes]]]:
+        def opened() -> tuple[str, int, int, int, str, Iterator[tuple[int, bytes]]]:
             row = permitted(caller, pid, token)
             t = side.transfers.get(row.transfer_id)
             wanted = _range(request.headers.get("Range"), t.size) if t.size else None
             first, last = wanted if wanted is not None else (0, t.size - 1)
             t, chunks = side.provider.pulled(caller, row.transfer_id, first)
-            return first, last, t.size, t.sha256, chunks
+            return row.transfer_id, first, last, t.size, t.sha256, chunks
 
-        first, last, size, sha256, chunks = await exchange.run(opened)
+        row_id, first, last, size, sha256, chunks = await exchange.run(opened)
         partial = request.headers.get("Range") is not None and size > 0
         response = web.StreamResponse(status=206 if partial else 200)
         response.content_length = max(last - first + 1, 0)
@@ -140,7 +145,17 @@ def data_route(exchange: Exchange, side: object) -> web.RouteDef:
             response.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         await response.prepare(request)
 
+        checked = time.monotonic()
+
         def batch() -> list[tuple[int, bytes]]:
+            # The process is re-read as often as the transfer's stop reasons are (under
+            # ``chunks``): a suspension or termination stops a pull in flight.
+            nonlocal checked
+            if time.monotonic() - checked >= STOP_CHECK_SECONDS:
+                checked = time.monotonic()
+                state = shown_state(side, side.store.get(row_id))
+                if state not in PROVIDER_STATE_SERVED:
+                    raise PermissionDenied(f"the transfer process is {state}: the pull stops")
             # Several chunks per hand-over to the worker threads: each costs a switch.
             return list(itertools.islice(chunks, _CHUNKS_PER_HOP))
 

@@ -114,18 +114,22 @@ class DspSender:
                 self._loop = loop
             return self._loop
 
-    async def _post(
-        self, url: str, server_name: str, document: dict[str, Any], token: str
+    async def _call(
+        self, method: str, url: str, server_name: str, document: dict[str, Any] | None, token: str
     ) -> tuple[int, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._tls()),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
-        async with self._session.post(
+        headers = {"Authorization": f"Bearer {token}"}
+        if document is not None:
+            headers["Content-Type"] = "application/json"
+        async with self._session.request(
+            method,
             url,
-            data=json.dumps(document).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            data=json.dumps(document).encode() if document is not None else None,
+            headers=headers,
             server_hostname=server_name,
             allow_redirects=False,  # a peer cannot send this connector elsewhere
         ) as response:
@@ -140,10 +144,20 @@ class DspSender:
     def post(self, url: str, peer: str, document: dict[str, Any]) -> tuple[int, Any]:
         """The status and JSON body (None if none) of POSTing ``document`` to ``peer``'s
         binding at ``url``; ``Unavailable`` when it cannot be reached."""
+        return self._send("POST", url, peer, document)
+
+    def get(self, url: str, peer: str) -> tuple[int, Any]:
+        """The status and JSON body of a ``GET`` of ``peer``'s binding at ``url`` (a
+        process's state); ``Unavailable`` when it cannot be reached."""
+        return self._send("GET", url, peer, None)
+
+    def _send(
+        self, method: str, url: str, peer: str, document: dict[str, Any] | None
+    ) -> tuple[int, Any]:
         token = self._token()  # the registry client's, refreshed before it expires
         server_name = participant_dns_name(self._space, peer)
         future = asyncio.run_coroutine_threadsafe(
-            self._post(url, server_name, document, token), self._running_loop()
+            self._call(method, url, server_name, document, token), self._running_loop()
         )
         try:
             return future.result(timeout=self._timeout + 5)

@@ -8,6 +8,14 @@ transfer record and its audit entries) — then the ``TransferStartMessage`` wit
 ``GET /transfers/{pid}``, and ``/start`` (resume), ``/completion`` (with the consumer's
 signed receipt, tds profile, or without it), ``/suspension``, ``/termination``.
 
+The state machine is the specification's (transfer process protocol, *State Machine*):
+REQUESTED → STARTED (provider), STARTED → SUSPENDED / COMPLETED / TERMINATED and
+SUSPENDED → STARTED / TERMINATED (either side), REQUESTED → TERMINATED (either side);
+COMPLETED and TERMINATED are final. tds adds one rule the specification leaves to the
+implementation: the side that suspended a process is the one that resumes it (a
+consumer's start message does not undo the provider operator's suspension, nor the
+reverse); the other side's start message is refused, 400, nothing changed.
+
 Consumer side (a tds consumer's callback address is its binding's base URL): the
 provider's ``/transfers/{cid}/start`` (with the data address), ``/completion``,
 ``/suspension`` and ``/termination``. One path serves both roles where the specification
@@ -306,18 +314,20 @@ def _routes(exchange: Exchange, side: TransferSide) -> list[web.RouteDef]:
                 raise PreconditionFailed("the transfer process is COMPLETED: it cannot terminate")
             reasons = [str(r)[:300] for r in message.get("reason", [])][:5]
             reason = "; ".join(reasons) or f"terminated by {caller.participant} over DSP"
-            if row.role == PROVIDER:
-                t = side.transfers.get(row.transfer_id)
-                if t.state in records.ACTIVE:
-                    side.provider.terminate(row.transfer_id, reason, caller)
-            else:
-                consumer_side().terminated(row, reason)
+            # The process first: its data address is refused from here on, and ending the
+            # transfer under it then tells nobody (the peer asked).
             ended = side.store.move(
                 row.transfer_id,
                 expect=frozenset({REQUESTED, STARTED, SUSPENDED}),
                 now_ms=side.now_ms(),
                 state=TERMINATED,
             )
+            if row.role == PROVIDER:
+                t = side.transfers.get(row.transfer_id)
+                if t.state in records.ACTIVE:
+                    side.provider.terminate(row.transfer_id, reason, caller)
+            else:
+                consumer_side().terminated(row, reason)
             return shown(ended)
 
         return await serve(request, "TransferTerminationMessage", act)
@@ -341,6 +351,7 @@ def _routes(exchange: Exchange, side: TransferSide) -> list[web.RouteDef]:
                     expect=frozenset({STARTED}),
                     now_ms=side.now_ms(),
                     state=SUSPENDED,
+                    suspended_by=CONSUMER if row.role == PROVIDER else PROVIDER,
                 )
             )
 
@@ -362,12 +373,19 @@ def _routes(exchange: Exchange, side: TransferSide) -> list[web.RouteDef]:
                 raise PreconditionFailed(
                     f"the transfer process is {shown_state(side, row)}: it cannot start again"
                 )
+            if row.suspended_by == PROVIDER:
+                # The provider's suspension is its operator's decision: the consumer's
+                # start message does not undo it (the provider resumes it).
+                raise PreconditionFailed(
+                    "the provider suspended the transfer process: only the provider resumes it"
+                )
             return shown(
                 side.store.move(
                     row.transfer_id,
                     expect=frozenset({SUSPENDED}),
                     now_ms=side.now_ms(),
                     state=STARTED,
+                    suspended_by="",
                 )
             )
 

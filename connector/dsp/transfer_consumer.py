@@ -41,6 +41,7 @@ from connector.dsp.transfers import (
     REQUESTED,
     SIGNED_RECEIPT,
     STARTED,
+    SUSPENDED,
     TERMINATED,
     DspTransfer,
     completion_message,
@@ -58,6 +59,7 @@ from connector.errors import (
     VerificationError,
 )
 from connector.identity.names import participant_dns_name
+from connector.negotiation.dsp import process_id
 from connector.rpc.auth import Caller
 from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.receiving import Assembler
@@ -74,6 +76,9 @@ _STATUS_ERRORS: dict[int, type[ConnectorError]] = {
 }
 START_WAIT_SECONDS = 60.0
 """How long a request waits for the provider's start message."""
+SUSPENDED_WAIT_SECONDS = 3600.0
+"""How long a running pull waits for a suspended process to be resumed; then the transfer
+ends here (TERMINATED, the provider told) rather than hold a job open without end."""
 
 
 def _refusal(peer: str, status: int, body: Any) -> ConnectorError:
@@ -101,6 +106,8 @@ class DspTransferConsumer:
         self._sender = sender
         self._callback = callback
         self._registered_host = registered_host
+        self.suspended_wait = SUSPENDED_WAIT_SECONDS
+        """How long a pull waits for a suspended process to be resumed before it ends."""
 
     # -- the admin's request ---------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class DspTransferConsumer:
         with contextlib.suppress(PreconditionFailed, NotFound):
             self._side.store.move(
                 cid,
-                expect=frozenset({REQUESTED, STARTED}),
+                expect=frozenset({REQUESTED, STARTED, SUSPENDED}),
                 now_ms=self._side.now_ms(),
                 state=TERMINATED,
             )
@@ -212,12 +219,76 @@ class DspTransferConsumer:
                 time.sleep(0.5)
                 continue
             except ConnectorError as exc:  # refused: suspended, terminated, revoked …
+                try:
+                    again = isinstance(exc, PermissionDenied) and self._suspended(
+                        row, t, asm, progress
+                    )
+                except PreconditionFailed as waited:  # suspended too long: end it, say so
+                    self._receiver.end(t, str(waited))
+                    with contextlib.suppress(ConnectorError):
+                        self._tell(row, str(waited))
+                    self._ended(row.transfer_id, str(waited))
+                    raise
+                if again:
+                    # Started again: the provider's resumption may carry a new address.
+                    address = json.loads(self._side.store.get(row.transfer_id).data_address)
+                    endpoint, token = str(address["endpoint"]), str(address["token"])
+                    check_callback(endpoint, t.counterparty, self._registered_host)
+                    last_progress = time.monotonic()
+                    continue
                 self._receiver.end(t, str(exc))
+                self._ended(row.transfer_id, str(exc))
                 raise
             if asm.received == held and not asm.complete:
                 why = f"the provider ended the body at {asm.received} of {t.size} bytes"
                 self._receiver.fail(t, f"integrity: {why}", tell_provider=True)
                 raise VerificationError(why)
+
+    def _provider_state(self, row: DspTransfer) -> str:
+        """The process's state as the provider shows it (``GET /transfers/{pid}``); ``""``
+        when it cannot be asked now."""
+        current = self._side.store.get(row.transfer_id)
+        url = f"{current.callback}/transfers/{process_id(current.peer_pid)}"
+        try:
+            status, body = self._sender.get(url, current.counterparty)
+            if status != 200:
+                return ""
+            return str(read_message(body, "TransferProcess")["state"])
+        except ConnectorError:
+            return ""
+
+    def _suspended(
+        self, row: DspTransfer, t: Transfer, asm: Assembler, progress: ProgressSink
+    ) -> bool:
+        """The data address was refused: whether because the process is suspended (by
+        either side; the provider is asked, its message may not be here yet). Then wait
+        until it is STARTED again on both sides (``True``: pull again), or ended, or
+        suspended for longer than :attr:`suspended_wait` (``False``: the refusal stands,
+        or ``PreconditionFailed``)."""
+        deadline = time.monotonic() + self.suspended_wait
+        seen = False
+        while True:
+            current = self._side.store.get(row.transfer_id)
+            mine = current.state
+            theirs = self._provider_state(row)
+            if mine in (COMPLETED, TERMINATED) or theirs in (COMPLETED, TERMINATED):
+                return False
+            if SUSPENDED not in (mine, theirs):
+                if seen and mine == STARTED and theirs == STARTED:
+                    return True
+                if not seen:
+                    return False  # refused for another reason
+            elif not seen:
+                seen = True
+                who = "this connector" if current.suspended_by == CONSUMER else "the provider"
+                progress(
+                    Progress("resuming", t, asm.received, detail=f"suspended by {who}; waiting")
+                )
+            if time.monotonic() > deadline:
+                raise PreconditionFailed(
+                    f"the transfer process stayed SUSPENDED for {self.suspended_wait:.0f} s"
+                )
+            time.sleep(1.0)  # each look asks the provider
 
     def _pull(
         self, endpoint: str, token: str, t: Transfer, asm: Assembler, progress: ProgressSink
@@ -311,19 +382,12 @@ class DspTransferConsumer:
         """``#transfers-consumerpid-start-post``: the data address and the manifest."""
         if row.state == STARTED and "endpoint" in json.loads(row.data_address):
             return shown(row)  # a repeat: nothing changed
+        if row.state == SUSPENDED:
+            return self._resumed(caller, message, row, shown)
         if row.state != REQUESTED:
             raise PreconditionFailed(f"the transfer process is {row.state}: it cannot start")
         provider_pid = local_pid(str(message["providerPid"]))
-        address = message.get("dataAddress")
-        if not isinstance(address, dict) or not address.get("endpoint"):
-            raise InvalidRequest("a start message of an HttpData pull carries its dataAddress")
-        endpoint = str(address["endpoint"])
-        check_callback(endpoint, caller.participant, self._registered_host)
-        props = address.get("endpointProperties", [])
-        props = props if isinstance(props, list) else [props]
-        named = {str(p.get("name")): str(p.get("value")) for p in props if isinstance(p, dict)}
-        if not named.get("authorization"):
-            raise InvalidRequest("the dataAddress gives no authorization endpoint property")
+        endpoint, token = self._address(caller, message)
         manifest_json = message.get(MANIFEST)
         if not isinstance(manifest_json, str):
             raise InvalidRequest(
@@ -341,7 +405,7 @@ class DspTransferConsumer:
         if agreement.provider != caller.participant:
             raise NotFound("no such transfer process")
         self._receiver.take_manifest(manifest, agreement)
-        kept = {"agreement": wanted, "endpoint": endpoint, "token": named["authorization"]}
+        kept = {"agreement": wanted, "endpoint": endpoint, "token": token}
         return shown(
             self._side.store.move(
                 row.transfer_id,
@@ -349,6 +413,55 @@ class DspTransferConsumer:
                 now_ms=self._side.now_ms(),
                 state=STARTED,
                 peer_pid=provider_pid,
+                data_address=json.dumps(kept),
+            )
+        )
+
+    def _address(self, caller: Caller, message: dict[str, Any]) -> tuple[str, str]:
+        """The endpoint and token of a start message's data address: https on the host
+        the operator registered for the provider (nowhere else is pulled from)."""
+        address = message.get("dataAddress")
+        if not isinstance(address, dict) or not address.get("endpoint"):
+            raise InvalidRequest("a start message of an HttpData pull carries its dataAddress")
+        endpoint = str(address["endpoint"])
+        check_callback(endpoint, caller.participant, self._registered_host)
+        props = address.get("endpointProperties", [])
+        props = props if isinstance(props, list) else [props]
+        named = {str(p.get("name")): str(p.get("value")) for p in props if isinstance(p, dict)}
+        if not named.get("authorization"):
+            raise InvalidRequest("the dataAddress gives no authorization endpoint property")
+        return endpoint, named["authorization"]
+
+    def _resumed(
+        self,
+        caller: Caller,
+        message: dict[str, Any],
+        row: DspTransfer,
+        shown: Callable[[DspTransfer], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The provider resumes a process it suspended: its start message carries the
+        data address again (a pull's), which the waiting pull takes up."""
+        if row.suspended_by == CONSUMER:
+            raise PreconditionFailed(
+                "this consumer suspended the transfer process: only it resumes it"
+            )
+        endpoint, token = self._address(caller, message)
+        manifest_json = message.get(MANIFEST)
+        if manifest_json is not None:
+            try:
+                named = json.loads(str(manifest_json)).get("transfer_id")
+            except (ValueError, AttributeError):
+                raise InvalidRequest(f"{MANIFEST} is not a transfer manifest") from None
+            if named != row.peer_pid:
+                raise InvalidRequest("the manifest names another transfer than the providerPid")
+        kept = {**json.loads(row.data_address), "endpoint": endpoint, "token": token}
+        return shown(
+            self._side.store.move(
+                row.transfer_id,
+                expect=frozenset({SUSPENDED}),
+                now_ms=self._side.now_ms(),
+                state=STARTED,
+                suspended_by="",
                 data_address=json.dumps(kept),
             )
         )

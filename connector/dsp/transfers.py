@@ -105,11 +105,14 @@ class DspTransfer:
     created_ms: int
     updated_ms: int
     data_address: str = ""
+    suspended_by: str = ""
+    """While ``SUSPENDED``: the role (``provider``/``consumer``) that suspended it, the
+    only one whose start message resumes it."""
 
 
 _COLUMNS = (
     "transfer_id, role, counterparty, peer_pid, callback, request_digest, state,"
-    " token_expires_ms, created_ms, updated_ms, data_address"
+    " token_expires_ms, created_ms, updated_ms, data_address, suspended_by"
 )
 
 
@@ -126,7 +129,7 @@ class DspTransferStore:
             with self._db.transaction() as tx:
                 tx.execute(
                     f"INSERT INTO dsp_transfer ({_COLUMNS})"  # noqa: S608
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row.transfer_id,
                         row.role,
@@ -139,6 +142,7 @@ class DspTransferStore:
                         row.created_ms,
                         row.updated_ms,
                         row.data_address,
+                        row.suspended_by,
                     ),
                 ).close()
         except IntegrityError:
@@ -173,6 +177,29 @@ class DspTransferStore:
             raise NotFound("no such transfer process")
         return DspTransfer(*found)
 
+    def of_transfer(self, transfer_id: str, counterparty: str, role: str) -> DspTransfer:
+        """The process under a tds transfer: the provider's has the transfer's id, the
+        consumer's names it as its peer's (the provider's) process; ``NotFound`` if the
+        transfer was not run over the Dataspace Protocol."""
+        if role == "provider":
+            found = self.get(transfer_id)
+            if found.role != role:
+                raise NotFound("no such transfer process")
+            return found
+        return self.by_peer(role, counterparty, transfer_id)
+
+    def open_under(self, agreement_id: str) -> list[DspTransfer]:
+        """The provider's processes under an agreement that have not ended."""
+        columns = ", ".join(f"d.{c.strip()}" for c in _COLUMNS.split(","))
+        with self._db.transaction() as tx:
+            found = tx.all(
+                f"SELECT {columns} FROM dsp_transfer d JOIN transfer t"  # noqa: S608
+                " ON t.id = d.transfer_id WHERE d.role = 'provider' AND t.agreement_id = ?"
+                " AND d.state IN ('REQUESTED', 'STARTED', 'SUSPENDED')",
+                (agreement_id,),
+            )
+        return [DspTransfer(*r) for r in found]
+
     def move(
         self,
         transfer_id: str,
@@ -186,7 +213,7 @@ class DspTransferStore:
         states, and queue ``queue`` (message id, target, method, payload; the negotiation
         is the agreement's) in the same transaction; ``PreconditionFailed`` naming the
         state it is in otherwise. Queued messages are handed over once committed."""
-        allowed = {"state", "peer_pid", "data_address", "token_expires_ms"}
+        allowed = {"state", "peer_pid", "data_address", "token_expires_ms", "suspended_by"}
         if set(values) - allowed:
             raise TypeError(f"not a column move() sets: {sorted(set(values) - allowed)}")
         lock = " FOR UPDATE" if self._db.postgres else ""

@@ -185,10 +185,14 @@ class Negotiator:
         consent: ConsentLookup = no_consent,
         revoked: RevokedCheck = _nothing_revoked,
         revocation_received: Callable[[str], None] = _nothing_held,
+        agreement_revoked: Callable[[str, str], None] = lambda agreement_id, reason: None,
     ) -> None:
         """``revocation_received(agreement_id)``: called once a provider's signed
         revocation of an agreement we hold is verified and stored (the holdings it
-        deletes then go at once)."""
+        deletes then go at once). ``agreement_revoked(agreement_id, reason)``: called once
+        this connector, the provider, has revoked one (the DSP transfer processes under
+        it end at once)."""
+        self._agreement_revoked = agreement_revoked
         self._consent = consent
         self._revoked = revoked
         self._revocation_received = revocation_received
@@ -1296,6 +1300,7 @@ class Negotiator:
                 )
             ],
         )
+        self._agreement_revoked(agreement_id, reason or "revoked")
         return n
 
     @retrying

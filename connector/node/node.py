@@ -277,6 +277,7 @@ class Node:
                 consent=self._consent_lookup,
                 revoked=self._check_revoked,
                 revocation_received=self._revocation_received,
+                agreement_revoked=self._dsp_hook("agreement_revoked"),
             )
             self.consents = ConsentRegister(
                 participant=cfg.participant.id,
@@ -554,6 +555,7 @@ class Node:
             channel_to=self._member_channel,
             consent=self._consent_lookup,
             sql=self.sql_sources,
+            ended=self._dsp_hook("transfer_ended"),
         )
         self.receiver = TransferConsumer(
             participant=cfg.participant.id,
@@ -573,6 +575,7 @@ class Node:
             self.transfers,
             self.receiver,
             dsp=lambda: self.dsp_transfers.consumer if self.dsp_transfers is not None else None,
+            control=lambda: self.dsp_transfers,
         )
         computations = ComputationStore(db)
         self.computations = ComputeProvider(
@@ -802,6 +805,22 @@ class Node:
             return
         assert self.delivery is not None
         self.delivery.give_up(pending, reason)
+
+    def _dsp_hook(self, name: str) -> Callable[..., None]:
+        """A DSP transfer hook (``DspTransfers.<name>``) when the binding serves, for the
+        negotiator and the transfer provider, built before it: what it does (end a
+        process, queue a message) is logged, not raised, if it fails — the change that
+        called it is made already."""
+
+        def hook(*args: Any) -> None:
+            if self.dsp_transfers is None:
+                return
+            try:
+                getattr(self.dsp_transfers, name)(*args)
+            except ConnectorError as exc:
+                log.warning("DSP transfer hook failed", extra={"hook": name, "reason": str(exc)})
+
+        return hook
 
     def _dispatch(self, messages: list[Pending]) -> None:
         """Send messages a transition just committed (the outbox retries what fails)."""

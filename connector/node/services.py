@@ -337,6 +337,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """End a transfer."""
         return self._transfer_admin().terminate(request)
 
+    def SuspendTransfer(
+        self, request: admin_pb2.TransferControlRequest, context: Any
+    ) -> admin_pb2.TransferInfo:
+        """Suspend a transfer run over the Dataspace Protocol."""
+        return self._transfer_admin().suspend(request)
+
+    def ResumeTransfer(
+        self, request: admin_pb2.TransferControlRequest, context: Any
+    ) -> admin_pb2.TransferInfo:
+        """Resume a transfer this side suspended."""
+        return self._transfer_admin().resume(request)
+
     def TransferActivity(
         self, request: admin_pb2.TransferActivityRequest, context: Any
     ) -> admin_pb2.TransferActivityResponse:
@@ -420,6 +432,8 @@ ADMIN_METHODS = [
     "ListTransfers",
     "ReadHolding",
     "TerminateTransfer",
+    "SuspendTransfer",
+    "ResumeTransfer",
     "MeteringReport",
     "TransferActivity",
     "GrantConsent",

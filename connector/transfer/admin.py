@@ -17,7 +17,7 @@ from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.provider import TransferProvider
 from connector.transfer.store import CONSUMER, PROVIDER, Metering, Transfer, TransferStore
 
-__all__ = ["DspRunner", "TransferAdmin", "transfer_info"]
+__all__ = ["DspControl", "DspRunner", "TransferAdmin", "transfer_info"]
 
 _EXPORT_CHUNK = 1024 * 1024
 
@@ -68,6 +68,19 @@ class DspRunner(Protocol):
         ...
 
 
+class DspControl(Protocol):
+    """Suspends and resumes transfer processes run over the DSP binding
+    (connector.dsp.transfer_delivery)."""
+
+    def suspend(self, transfer_id: str, reason: str) -> object:
+        """Suspend a STARTED process (the peer is told)."""
+        ...
+
+    def resume(self, transfer_id: str) -> object:
+        """Resume a process this side suspended (the peer is told)."""
+        ...
+
+
 class TransferAdmin:
     """Runs receiving jobs for the admin and answers questions about transfers."""
 
@@ -77,9 +90,12 @@ class TransferAdmin:
         provider: TransferProvider,
         consumer: TransferConsumer,
         dsp: Callable[[], DspRunner | None] = lambda: None,
+        control: Callable[[], DspControl | None] = lambda: None,
     ) -> None:
-        """``dsp``: this connector as a DSP consumer, when it serves a binding."""
+        """``dsp``: this connector as a DSP consumer, when it serves a binding;
+        ``control``: its transfer processes over the binding (suspend, resume)."""
         self._dsp = dsp
+        self._control = control
         self._store = store
         self._provider = provider
         self._consumer = consumer
@@ -161,6 +177,31 @@ class TransferAdmin:
         else:
             t = self._consumer.terminate(t.id, request.reason)
         return transfer_info(t)
+
+    def suspend(self, request: admin_pb2.TransferControlRequest) -> admin_pb2.TransferInfo:
+        """Suspend a transfer run over the Dataspace Protocol (either role)."""
+        self._dsp_control().suspend(request.transfer_id, request.reason)
+        return self._shown(request.transfer_id, "suspended")
+
+    def resume(self, request: admin_pb2.TransferControlRequest) -> admin_pb2.TransferInfo:
+        """Resume a transfer this side suspended."""
+        self._dsp_control().resume(request.transfer_id)
+        return self._shown(request.transfer_id, "")
+
+    def _dsp_control(self) -> DspControl:
+        control = self._control()
+        if control is None:
+            raise PreconditionFailed(
+                "only a transfer run over the Dataspace Protocol can be suspended, and this "
+                "connector serves no DSP binding (dsp.listen)"
+            )
+        return control
+
+    def _shown(self, transfer_id: str, state: str) -> admin_pb2.TransferInfo:
+        info = transfer_info(self._store.get(transfer_id))
+        if state:
+            info.state = state  # the transfer stays started under its suspended process
+        return info
 
     def activity(self, days: int) -> admin_pb2.TransferActivityResponse:
         """Transfers per day and the streams' recent rate (``transfer_activity``)."""

@@ -142,7 +142,11 @@ class TransferProvider:
         channel_to: Callable[[str], grpc.Channel] | None = None,
         consent: ConsentLookup = no_consent,
         sql: SqlSources | None = None,
+        ended: Callable[[Transfer, str], None] = lambda t, reason: None,
     ) -> None:
+        """``ended(transfer, reason)``: called once a transfer this connector provides is
+        terminated or failed here (the DSP binding tells the consumer's process)."""
+        self._ended = ended
         self._me = participant
         self._sql = sql if sql is not None else SqlSources({})
         self._settings = settings
@@ -395,8 +399,11 @@ class TransferProvider:
     def _stop(self, t: Transfer, reason: str, sent: int) -> PermissionDenied:
         """End a running transfer for ``reason``; log what was sent."""
         with contextlib.suppress(PreconditionFailed):  # already ended by an admin or the consumer
-            self._store.update(
-                t.id, expect=ACTIVE, state=TERMINATED, reason=reason, ended_ms=self._now_ms()
+            self._ended(
+                self._store.update(
+                    t.id, expect=ACTIVE, state=TERMINATED, reason=reason, ended_ms=self._now_ms()
+                ),
+                reason,
             )
         self._audit.record(
             "transfer.stopped",
@@ -584,11 +591,12 @@ class TransferProvider:
 
     def _fail(self, t: Transfer, reason: str) -> None:
         try:
-            self._store.update(
+            ended = self._store.update(
                 t.id, expect=ACTIVE, state=FAILED, reason=reason, ended_ms=self._now_ms()
             )
         except PreconditionFailed:
             return
+        self._ended(ended, reason)
         self._audit.record(
             "transfer.failed",
             parties=[t.counterparty],
@@ -694,10 +702,12 @@ class TransferProvider:
             parties=[t.counterparty],
             data={"transfer": t.id, "agreement": t.agreement_id, "reason": reason[:300]},
         )
-        return self._store.update(
+        ended = self._store.update(
             t.id,
             expect=ACTIVE,
             state=FAILED if failed else TERMINATED,
             reason=reason,
             ended_ms=self._now_ms(),
         )
+        self._ended(ended, reason)
+        return ended

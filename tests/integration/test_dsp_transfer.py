@@ -14,10 +14,12 @@ import hashlib
 import json
 import os
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp import web
 
@@ -35,6 +37,7 @@ from tests.unit.negotiation.test_dsp import VECTORS, validate
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
 
 SIZE = 3 * 1024 * 1024 + 12345  # more than one chunk, not a multiple of one
+BIG = 48 * 1024 * 1024  # more than the sockets between two processes hold: a pull in flight
 BODY_LIMIT = 4096
 CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 
@@ -68,14 +71,35 @@ class Callback:
             time.sleep(0.05)
         raise AssertionError(f"no start message for {consumer_pid}: {self.received}")
 
+    def message_at(self, path: str, count: int = 1, timeout: float = 10) -> dict[str, Any]:
+        """The ``count``-th message POSTed to ``path`` (once it is there), schema-checked."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [body for at, body in list(self.received) if at == path]
+            if len(found) >= count:
+                body = found[count - 1]
+                validate(body, SCHEMAS[body["@type"]])
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"no message {count} at {path}: {self.received}")
+
     def stop(self) -> None:
         self._site.stop()
+
+
+SCHEMAS = {
+    "TransferStartMessage": "transfer/transfer-start-message-schema.json",
+    "TransferSuspensionMessage": "transfer/transfer-suspension-message-schema.json",
+    "TransferTerminationMessage": "transfer/transfer-termination-message-schema.json",
+    "TransferCompletionMessage": "transfer/transfer-completion-message-schema.json",
+}
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
     root = tmp_path_factory.mktemp("dsp-transfer")
     (root / "data.bin").write_bytes(os.urandom(SIZE))
+    (root / "big.bin").write_bytes(os.urandom(BIG))
     with LocalSpace.create(
         root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE), ("b", Role.ENTERPRISE)]
     ) as sp:
@@ -92,6 +116,26 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
                 "grade": "general",
                 "tags": ["mobility"],
                 "source": {"kind": "file", "path": "data.bin"},
+                "offers": [
+                    {
+                        "id": "o1",
+                        "purposes": ["research"],
+                        "valid_from_ns": 0,
+                        "valid_until_ns": FAR,
+                    }
+                ],
+            },
+            root,
+        )
+        publish(
+            sp,
+            "gov",
+            {
+                "id": "big",
+                "title": "big",
+                "grade": "general",
+                "tags": ["mobility"],
+                "source": {"kind": "file", "path": "big.bin"},
                 "offers": [
                     {
                         "id": "o1",
@@ -134,12 +178,12 @@ def client(
     )
 
 
-def agreement(space: LocalSpace, consumer: str = "a") -> str:
+def agreement(space: LocalSpace, consumer: str = "a", product: str = "flows") -> str:
     """A FINALIZED agreement of ``consumer`` with gov, negotiated over DSP."""
     n = admin(space, consumer).StartNegotiation(
         admin_pb2.StartNegotiationRequest(
             provider="gov",
-            product_id="flows",
+            product_id=product,
             offer_id="o1",
             purpose="research",
             wait_ms=20_000,
@@ -246,12 +290,16 @@ def pull(
 _counter = iter(range(10**6))
 
 
-def started(space: LocalSpace, callback: Callback) -> tuple[str, str, str, str]:
+def started(
+    space: LocalSpace, callback: Callback, agreement_id: str = ""
+) -> tuple[str, str, str, str]:
     """A process started by a's foreign-style client: (providerPid, consumerPid, endpoint,
     token)."""
     consumer_pid = f"urn:uuid:test-{next(_counter)}-{time.time_ns()}"
     answer = client(space).call(
-        "POST", "/transfers/request", request(consumer_pid, agreement(space), callback.url)
+        "POST",
+        "/transfers/request",
+        request(consumer_pid, agreement_id or agreement(space), callback.url),
     )
     assert answer.status == 201, answer.body
     body = conforms(answer)
@@ -772,3 +820,584 @@ def test_transfers_consumerpid_start_post_bad_start_messages_change_nothing(
     assert node.db is not None
     with node.db.transaction() as tx:
         assert tx.one("SELECT id FROM transfer WHERE id = ?", (tid,)) is None
+
+
+# -- provider-initiated termination, suspension both ways ---------------------------------
+
+
+def transfer_id_of(provider_pid: str) -> str:
+    return provider_pid.removeprefix("urn:tds:process:")
+
+
+def wait_for(check: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not reached in time")
+        time.sleep(0.05)
+
+
+def gov_state(space: LocalSpace, transfer_id: str) -> str:
+    return str(dict(dsp_rows(space))[transfer_id])
+
+
+def revoke(space: LocalSpace, agreement_id: str, reason: str = "licence withdrawn") -> None:
+    admin(space, "gov").RevokeAgreement(
+        admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason), timeout=30
+    )
+
+
+def control(space: LocalSpace, who: str, verb: str, transfer_id: str, reason: str = "") -> Any:
+    stub = admin(space, who)
+    call = stub.SuspendTransfer if verb == "suspend" else stub.ResumeTransfer
+    return call(
+        admin_pb2.TransferControlRequest(transfer_id=transfer_id, reason=reason), timeout=30
+    )
+
+
+def in_flight(space: LocalSpace, endpoint: str, token: str, action: Any) -> tuple[int, bool]:
+    """Start a pull, take its first MiB, run ``action``, then read on: the bytes received
+    and whether the body came whole."""
+    import asyncio
+
+    import aiohttp
+
+    c = client(space, "a", token=None)
+
+    async def run() -> tuple[int, bool]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                endpoint,
+                headers={"Authorization": f"Bearer {token}"},
+                ssl=c.ssl_context(),
+                server_hostname=c.server_name,
+            ) as response,
+        ):
+            assert response.status == 200
+            got = len(await response.content.readexactly(1 << 20))
+            await asyncio.get_running_loop().run_in_executor(None, action)
+            await asyncio.sleep(1.5)  # past the data plane's next look at the process
+            try:
+                while block := await response.content.read(1 << 20):
+                    got += len(block)
+            except aiohttp.ClientPayloadError:
+                return got, False
+            return got, True
+
+    return asyncio.run(run())
+
+
+def test_transfer_termination_message_the_provider_revokes_the_agreement(
+    space: LocalSpace, callback: Callback
+) -> None:
+    agreement_id = agreement(space)
+    provider_pid, consumer_pid, endpoint, token = started(space, callback, agreement_id)
+    assert pull(space, endpoint, token, range_="bytes=0-9")[0] == 206
+    revoke(space, agreement_id)
+    # At once: the token is spent, the process TERMINATED, the consumer told (schema-valid).
+    status, body, _ = pull(space, endpoint, token)
+    assert status == 403
+    error_of(status, body, "TERMINATED")
+    end = callback.message_at(f"/transfers/{consumer_pid}/termination")
+    assert (end["providerPid"], end["consumerPid"]) == (provider_pid, consumer_pid)
+    assert end["code"] == "agreement_revoked" and "licence withdrawn" in end["reason"][0]
+    assert conforms(client(space).call("GET", f"/transfers/{provider_pid}"))["state"] == (
+        "TERMINATED"
+    )
+    tid = transfer_id_of(provider_pid)
+    assert [r[1] for r in provider_transfers(space) if r[0] == tid] == ["terminated"]
+    assert [e for e in entries(space, "gov", "transfer.terminated") if e["data"]["transfer"] == tid]
+    # Told once; the consumer's termination of it now changes nothing.
+    time.sleep(0.3)
+    sent = [p for p, _ in callback.received if p == f"/transfers/{consumer_pid}/termination"]
+    assert len(sent) == 1
+    again = client(space).call(
+        "POST",
+        f"/transfers/{provider_pid}/termination",
+        message("TransferTerminationMessage", provider_pid, consumer_pid),
+    )
+    assert conforms(again)["state"] == "TERMINATED"
+
+
+def test_transfers_data_a_pull_in_flight_stops_when_the_agreement_is_revoked(
+    space: LocalSpace, callback: Callback
+) -> None:
+    agreement_id = agreement(space, product="big")
+    _, consumer_pid, endpoint, token = started(space, callback, agreement_id)
+    got, whole = in_flight(space, endpoint, token, lambda: revoke(space, agreement_id))
+    assert not whole and got < BIG
+    callback.message_at(f"/transfers/{consumer_pid}/termination")
+    assert pull(space, endpoint, token, range_=f"bytes={got}-")[0] == 403
+
+
+def test_transfers_data_a_pull_in_flight_stops_when_the_provider_suspends(
+    space: LocalSpace, callback: Callback
+) -> None:
+    provider_pid, _, endpoint, token = started(space, callback, agreement(space, product="big"))
+    tid = transfer_id_of(provider_pid)
+    got, whole = in_flight(space, endpoint, token, lambda: control(space, "gov", "suspend", tid))
+    assert not whole and got < BIG
+    status, body, _ = pull(space, endpoint, token, range_=f"bytes={got}-")
+    assert status == 403
+    error_of(status, body, "SUSPENDED")
+    control(space, "gov", "resume", tid)
+    status, rest, _ = pull(space, endpoint, token, range_=f"bytes={got}-")
+    assert status == 206 and len(rest) == BIG - got
+
+
+def test_transfer_termination_message_the_provider_admin_stops_a_transfer(
+    space: LocalSpace, callback: Callback
+) -> None:
+    provider_pid, consumer_pid, endpoint, token = started(space, callback)
+    tid = transfer_id_of(provider_pid)
+    info = admin(space, "gov").TerminateTransfer(
+        admin_pb2.TerminateOwnTransferRequest(transfer_id=tid, reason="operator stop"), timeout=30
+    )
+    assert info.state == "terminated"
+    end = callback.message_at(f"/transfers/{consumer_pid}/termination")
+    assert "operator stop" in end["reason"][0]
+    assert pull(space, endpoint, token)[0] == 403
+    assert gov_state(space, tid) == "TERMINATED"
+
+
+def test_transfer_suspension_message_the_provider_suspends_and_resumes(
+    space: LocalSpace, callback: Callback
+) -> None:
+    provider_pid, consumer_pid, endpoint, token = started(space, callback)
+    tid = transfer_id_of(provider_pid)
+    assert control(space, "gov", "suspend", tid, "maintenance").state == "suspended"
+    told = callback.message_at(f"/transfers/{consumer_pid}/suspension")
+    assert (told["providerPid"], told["reason"]) == (provider_pid, ["maintenance"])
+    status, body, _ = pull(space, endpoint, token)
+    assert status == 403
+    error_of(status, body, "SUSPENDED")
+    a = client(space)
+    before = len(entries(space, "gov"))
+    # The consumer cannot undo the provider's suspension, nor complete a suspended process
+    # (SUSPENDED → COMPLETED is no transition of the state machine).
+    refused(
+        a.call(
+            "POST",
+            f"/transfers/{provider_pid}/start",
+            message("TransferStartMessage", provider_pid, consumer_pid),
+        ),
+        400,
+        "only the provider resumes it",
+    )
+    refused(
+        a.call(
+            "POST",
+            f"/transfers/{provider_pid}/completion",
+            message("TransferCompletionMessage", provider_pid, consumer_pid),
+        ),
+        400,
+        "cannot complete",
+    )
+    # A suspension message to a suspended process: the same answer, nothing changed.
+    again = a.call(
+        "POST",
+        f"/transfers/{provider_pid}/suspension",
+        message("TransferSuspensionMessage", provider_pid, consumer_pid),
+    )
+    assert conforms(again)["state"] == "SUSPENDED"
+    with pytest.raises(grpc.RpcError) as err:
+        control(space, "gov", "suspend", tid)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (gov_state(space, tid), len(entries(space, "gov"))) == ("SUSPENDED", before)
+    # Resumed: the start message carries the data address again; the pull is served.
+    assert control(space, "gov", "resume", tid).state == "started"
+    start = callback.message_at(f"/transfers/{consumer_pid}/start", count=2)
+    assert data_address(start) == (endpoint, token)
+    status, body, _ = pull(space, endpoint, token)
+    assert status == 200 and len(body) == SIZE
+
+
+def test_transfers_providerpid_start_post_only_the_side_that_suspended_resumes(
+    space: LocalSpace, callback: Callback
+) -> None:
+    provider_pid, consumer_pid, _, _ = started(space, callback)
+    tid = transfer_id_of(provider_pid)
+    a = client(space)
+    a.call(
+        "POST",
+        f"/transfers/{provider_pid}/suspension",
+        message("TransferSuspensionMessage", provider_pid, consumer_pid),
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        control(space, "gov", "resume", tid)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only the side that suspended" in str(err.value.details())
+    assert gov_state(space, tid) == "SUSPENDED"
+    resumed = a.call(
+        "POST",
+        f"/transfers/{provider_pid}/start",
+        message("TransferStartMessage", provider_pid, consumer_pid),
+    )
+    assert conforms(resumed)["state"] == "STARTED"
+    # Nothing was sent for the consumer's own suspension and resumption.
+    time.sleep(0.3)
+    assert not [
+        p
+        for p, _ in callback.received
+        if p.endswith(("/suspension", "/termination")) and consumer_pid in p
+    ]
+
+
+def test_transfer_suspension_message_refused_for_a_transfer_over_grpc(space: LocalSpace) -> None:
+    final = list(
+        admin(space, "a").Transfer(
+            admin_pb2.TransferRequest(agreement_id=agreement(space)), timeout=120
+        )
+    )[-1]
+    with pytest.raises(grpc.RpcError) as err:
+        control(space, "gov", "suspend", final.transfer_id)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not run over the Dataspace Protocol" in str(err.value.details())
+
+
+# -- two tds connectors: the consumer's pull through a suspension, a revocation ----------
+
+
+class Held:
+    """A transfer a (a tds consumer) runs from gov over DSP, held before its first pull
+    until released."""
+
+    def __init__(self, space: LocalSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+        transfers = space.nodes["a"].dsp_transfers
+        assert transfers is not None and transfers.consumer is not None
+        consumer = transfers.consumer
+        self.store = transfers.side.store
+        self.gate, entered = threading.Event(), threading.Event()
+        original = consumer._fill
+
+        def fill(*args: Any) -> None:
+            entered.set()
+            assert self.gate.wait(60)
+            original(*args)
+
+        monkeypatch.setattr(consumer, "_fill", fill)
+        self.agreement_id = agreement(space)
+        self.events: list[Any] = []
+        self.failure: list[grpc.RpcError] = []
+
+        def run() -> None:
+            try:
+                for e in admin(space, "a").Transfer(
+                    admin_pb2.TransferRequest(
+                        agreement_id=self.agreement_id, dsp_url=provider_url(space)
+                    ),
+                    timeout=120,
+                ):
+                    self.events.append(e)
+            except grpc.RpcError as exc:
+                self.failure.append(exc)
+
+        self._thread = threading.Thread(target=run)
+        self._thread.start()
+        assert entered.wait(30)
+        self.tid = str(dsp_rows(space)[-1][0])
+
+    def consumer_state(self) -> str:
+        return self.store.by_peer("consumer", "gov", self.tid).state
+
+    def waiting(self, who: str) -> bool:
+        return any(e.event == "resuming" and f"suspended by {who}" in e.detail for e in self.events)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def join(self) -> None:
+        self.gate.set()
+        self._thread.join(90)
+        assert not self._thread.is_alive()
+
+
+def test_transfers_consumerpid_suspension_post_a_tds_consumer_waits_for_the_resumption(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = Held(space, monkeypatch)
+    try:
+        control(space, "gov", "suspend", held.tid, "maintenance")
+        wait_for(lambda: held.consumer_state() == "SUSPENDED")
+        held.release()
+        wait_for(lambda: held.waiting("the provider"))
+        control(space, "gov", "resume", held.tid)
+    finally:
+        held.join()
+    assert not held.failure and held.events[-1].event == "completed"
+    assert (held.consumer_state(), gov_state(space, held.tid)) == ("COMPLETED", "COMPLETED")
+
+
+def test_transfers_providerpid_suspension_post_a_tds_consumer_suspends_and_resumes(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = Held(space, monkeypatch)
+    try:
+        assert control(space, "a", "suspend", held.tid, "disk full").state == "suspended"
+        wait_for(lambda: gov_state(space, held.tid) == "SUSPENDED")
+        # gov did not suspend it: gov cannot resume it.
+        with pytest.raises(grpc.RpcError) as err:
+            control(space, "gov", "resume", held.tid)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        held.release()
+        wait_for(lambda: held.waiting("this connector"))
+        control(space, "a", "resume", held.tid)
+    finally:
+        held.join()
+    assert not held.failure and held.events[-1].event == "completed"
+    assert (held.consumer_state(), gov_state(space, held.tid)) == ("COMPLETED", "COMPLETED")
+
+
+def test_transfers_consumerpid_termination_post_a_tds_consumer_stops_on_revocation(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = Held(space, monkeypatch)
+    try:
+        revoke(space, held.agreement_id)
+        wait_for(lambda: held.consumer_state() == "TERMINATED")
+    finally:
+        held.join()
+    assert held.failure and held.failure[0].code() == grpc.StatusCode.PERMISSION_DENIED
+    node = space.nodes["a"]
+    assert node.db is not None
+    with node.db.transaction() as tx:
+        assert tx.one("SELECT state FROM transfer WHERE id = ?", (held.tid,)) == ("terminated",)
+    assert gov_state(space, held.tid) == "TERMINATED"
+
+
+# -- peer-controlled values ---------------------------------------------------------------
+
+
+def test_transfers_data_token_of_another_transfer_is_refused(
+    space: LocalSpace, callback: Callback
+) -> None:
+    _, _, _, token = started(space, callback)
+    _, _, other_endpoint, _ = started(space, callback)
+    status, body, _ = pull(space, other_endpoint, token)
+    assert status == 401
+    error_of(status, body, "not the data address token of this transfer")
+
+
+def test_object_not_found_a_message_naming_another_process_changes_nothing(
+    space: LocalSpace, callback: Callback
+) -> None:
+    provider_pid, consumer_pid, _, _ = started(space, callback)
+    other_pid, _, _, _ = started(space, callback)
+    a = client(space)
+    # Our process in the path, another consumerPid in the message: as a missing process.
+    refused(
+        a.call(
+            "POST",
+            f"/transfers/{provider_pid}/suspension",
+            message("TransferSuspensionMessage", provider_pid, "urn:uuid:someone-else"),
+        ),
+        404,
+        "no such transfer process",
+    )
+    # The path and the message's providerPid disagree.
+    refused(
+        a.call(
+            "POST",
+            f"/transfers/{provider_pid}/termination",
+            message("TransferTerminationMessage", other_pid, consumer_pid),
+        ),
+        400,
+        "not the process in the path",
+    )
+    for pid in (provider_pid, other_pid):
+        assert conforms(a.call("GET", f"/transfers/{pid}"))["state"] == "STARTED"
+
+
+def test_transfers_request_post_callback_with_credentials_or_on_another_connector(
+    space: LocalSpace, callback: Callback
+) -> None:
+    agreement_id = agreement(space)
+    with_user = callback.url.replace("https://", "https://gov@")
+    refused(
+        client(space).call(
+            "POST", "/transfers/request", request("urn:uuid:cred", agreement_id, with_user)
+        ),
+        400,
+        "credentials",
+    )
+    # On a's registered host but b's binding (a shared host): gov's messages go there only
+    # to a server presenting a's certificate, so b is never sent a's start message.
+    b_binding = space.nodes["b"].dsp
+    assert b_binding is not None
+    answer = client(space).call(
+        "POST",
+        "/transfers/request",
+        request("urn:uuid:elsewhere", agreement_id, b_binding.base_url),
+    )
+    assert answer.status == 201
+    tid = transfer_id_of(conforms(answer)["providerPid"])
+    node = space.nodes["gov"]
+    assert node.db is not None
+
+    def last_error() -> str:
+        assert node.db is not None
+        with node.db.transaction() as tx:
+            row = tx.one(
+                "SELECT last_error FROM outbox WHERE message_id = ?", (f"dsp-start-{tid}",)
+            )
+        return str(row[0]) if row else ""
+
+    wait_for(lambda: last_error() != "")
+    assert "certificate" in last_error().lower() or "ssl" in last_error().lower(), last_error()
+    b = space.nodes["b"]
+    assert b.db is not None
+    with b.db.transaction() as tx:
+        assert tx.one("SELECT count(*) FROM dsp_transfer WHERE peer_pid = ?", (tid,)) == (0,)
+    admin(space, "gov").TerminateTransfer(
+        admin_pb2.TerminateOwnTransferRequest(transfer_id=tid, reason="test over"), timeout=30
+    )
+
+
+def test_transfers_consumerpid_start_post_resumption_is_checked_as_the_first_start(
+    space: LocalSpace,
+) -> None:
+    from connector.dsp.transfers import DspTransfer
+
+    transfers = space.nodes["a"].dsp_transfers
+    assert transfers is not None
+    agreement_id = agreement(space)
+    cid = f"dspc-{'5' * 32}"
+    tid = "tr-" + "4" * 32
+    pid, cpid = f"urn:tds:process:{tid}", f"urn:tds:process:{cid}"
+    endpoint = f"{provider_url(space)}/transfers/{pid}/data"
+    now = int(time.time() * 1000)
+    # a's process as gov's first start message left it: STARTED, pulling.
+    transfers.side.store.add(
+        DspTransfer(
+            transfer_id=cid,
+            role="consumer",
+            counterparty="gov",
+            peer_pid=tid,
+            callback=provider_url(space),
+            request_digest="",
+            state="STARTED",
+            token_expires_ms=0,
+            created_ms=now,
+            updated_ms=now,
+            data_address=json.dumps(
+                {"agreement": agreement_id, "endpoint": endpoint, "token": "first"}
+            ),
+        )
+    )
+    gov, b = consumer_client(space, "gov"), consumer_client(space, "b")
+    refused(
+        b.call(
+            "POST",
+            f"/transfers/{cpid}/suspension",
+            message("TransferSuspensionMessage", pid, cpid),
+        ),
+        404,
+        "no such transfer process",
+    )
+    suspended = gov.call(
+        "POST", f"/transfers/{cpid}/suspension", message("TransferSuspensionMessage", pid, cpid)
+    )
+    assert conforms(suspended)["state"] == "SUSPENDED"
+
+    def address(value: str, at: str = endpoint) -> dict[str, Any]:
+        return {
+            "@type": "DataAddress",
+            "endpointType": "https://w3id.org/idsa/v4.1/HTTP",
+            "endpoint": at,
+            "endpointProperties": [
+                {"@type": "EndpointProperty", "name": "authorization", "value": value}
+            ],
+        }
+
+    cases = [
+        (message("TransferStartMessage", pid, cpid), "dataAddress"),
+        (
+            message(
+                "TransferStartMessage", pid, cpid, dataAddress=address("x", "https://localhost:1/x")
+            ),
+            "registered",
+        ),
+        (
+            message(
+                "TransferStartMessage",
+                pid,
+                cpid,
+                dataAddress=address("x"),
+                **{MANIFEST: json.dumps({"transfer_id": "tr-" + "3" * 32})},
+            ),
+            "another transfer",
+        ),
+    ]
+    for body, fragment in cases:
+        refused(gov.call("POST", f"/transfers/{cpid}/start", body), 400, fragment)
+    row = transfers.side.store.get(cid)
+    assert row.state == "SUSPENDED" and json.loads(row.data_address)["token"] == "first"
+    resumed = gov.call(
+        "POST",
+        f"/transfers/{cpid}/start",
+        message("TransferStartMessage", pid, cpid, dataAddress=address("second")),
+    )
+    assert conforms(resumed)["state"] == "STARTED"
+    assert json.loads(transfers.side.store.get(cid).data_address)["token"] == "second"
+    # a suspends it itself: gov's start message does not resume it.
+    transfers.side.store.move(
+        cid,
+        expect=frozenset({"STARTED"}),
+        now_ms=now,
+        state="SUSPENDED",
+        suspended_by="consumer",
+    )
+    refused(
+        gov.call(
+            "POST",
+            f"/transfers/{cpid}/start",
+            message("TransferStartMessage", pid, cpid, dataAddress=address("third")),
+        ),
+        400,
+        "this consumer suspended",
+    )
+    assert transfers.side.store.get(cid).state == "SUSPENDED"
+
+
+def test_transfer_suspension_message_tds_data_suspend_and_resume_from_the_cli(
+    space: LocalSpace, callback: Callback, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from connector.cli.main import main
+
+    provider_pid, consumer_pid, endpoint, token = started(space, callback)
+    tid = transfer_id_of(provider_pid)
+    config = str(space.root / "gov.toml")
+    capsys.readouterr()
+    assert main(["data", "suspend", tid, "--reason", "audit", "--config", config, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "suspended"
+    assert callback.message_at(f"/transfers/{consumer_pid}/suspension")["reason"] == ["audit"]
+    assert pull(space, endpoint, token)[0] == 403
+    # Twice: one clear line, nothing changed.
+    assert main(["data", "suspend", tid, "--config", config]) == 1
+    assert "only a STARTED one can be suspended" in capsys.readouterr().err
+    assert main(["data", "resume", tid, "--config", config]) == 0
+    assert f"Transfer {tid} is started" in capsys.readouterr().out
+    callback.message_at(f"/transfers/{consumer_pid}/start", count=2)
+    assert pull(space, endpoint, token, range_="bytes=0-0")[0] == 206
+
+
+def test_transfer_termination_message_a_tds_consumer_gives_up_a_long_suspension(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transfers = space.nodes["a"].dsp_transfers
+    assert transfers is not None and transfers.consumer is not None
+    monkeypatch.setattr(transfers.consumer, "suspended_wait", 1.0)
+    held = Held(space, monkeypatch)
+    try:
+        control(space, "gov", "suspend", held.tid)
+        wait_for(lambda: held.consumer_state() == "SUSPENDED")
+    finally:
+        held.join()
+    assert held.failure and "stayed SUSPENDED" in str(held.failure[0].details())
+    # Both sides TERMINATED: the consumer told the provider (its termination message).
+    assert (held.consumer_state(), gov_state(space, held.tid)) == ("TERMINATED", "TERMINATED")
+    ended = [
+        e for e in entries(space, "gov", "transfer.terminated") if e["data"]["transfer"] == held.tid
+    ]
+    assert ended and "stayed SUSPENDED" in ended[0]["data"]["reason"]

@@ -497,6 +497,29 @@ class TerminateOwnTransferRequest(_message.Message):
 Global___TerminateOwnTransferRequest: _TypeAlias = TerminateOwnTransferRequest  # noqa: Y015
 
 @_typing.final
+class TransferControlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    reason: _builtins.str
+    """Why (a suspension's reason, sent to the peer)."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferControlRequest: _TypeAlias = TransferControlRequest  # noqa: Y015
+
+@_typing.final
 class TransferActivityRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -130,6 +130,16 @@ class AdminServiceStub:
                 request_serializer=tds_dot_v1_dot_admin__pb2.TerminateOwnTransferRequest.SerializeToString,
                 response_deserializer=tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
                 _registered_method=True)
+        self.SuspendTransfer = channel.unary_unary(
+                '/tds.v1.AdminService/SuspendTransfer',
+                request_serializer=tds_dot_v1_dot_admin__pb2.TransferControlRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
+                _registered_method=True)
+        self.ResumeTransfer = channel.unary_unary(
+                '/tds.v1.AdminService/ResumeTransfer',
+                request_serializer=tds_dot_v1_dot_admin__pb2.TransferControlRequest.SerializeToString,
+                response_deserializer=tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
+                _registered_method=True)
         self.MeteringReport = channel.unary_unary(
                 '/tds.v1.AdminService/MeteringReport',
                 request_serializer=tds_dot_v1_dot_admin__pb2.MeteringReportRequest.SerializeToString,
@@ -293,6 +303,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuspendTransfer(self, request, context):
+        """Either side, a transfer run over the Dataspace Protocol: suspend it (its data address
+        is refused until resumed; the peer is told), and resume one this side suspended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeTransfer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def MeteringReport(self, request, context):
         """As a provider: transfers and bytes per agreement and per consumer.
         """
@@ -431,6 +455,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'TerminateTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.TerminateTransfer,
                     request_deserializer=tds_dot_v1_dot_admin__pb2.TerminateOwnTransferRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.TransferInfo.SerializeToString,
+            ),
+            'SuspendTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendTransfer,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.TransferControlRequest.FromString,
+                    response_serializer=tds_dot_v1_dot_admin__pb2.TransferInfo.SerializeToString,
+            ),
+            'ResumeTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTransfer,
+                    request_deserializer=tds_dot_v1_dot_admin__pb2.TransferControlRequest.FromString,
                     response_serializer=tds_dot_v1_dot_admin__pb2.TransferInfo.SerializeToString,
             ),
             'MeteringReport': grpc.unary_unary_rpc_method_handler(
@@ -977,6 +1011,60 @@ class AdminService:
             target,
             '/tds.v1.AdminService/TerminateTransfer',
             tds_dot_v1_dot_admin__pb2.TerminateOwnTransferRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/SuspendTransfer',
+            tds_dot_v1_dot_admin__pb2.TransferControlRequest.SerializeToString,
+            tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tds.v1.AdminService/ResumeTransfer',
+            tds_dot_v1_dot_admin__pb2.TransferControlRequest.SerializeToString,
             tds_dot_v1_dot_admin__pb2.TransferInfo.FromString,
             options,
             channel_credentials,

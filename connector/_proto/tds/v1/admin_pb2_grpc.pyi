@@ -66,6 +66,11 @@ class AdminServiceStub:
     """The bytes of one completed holding, for export to a file."""
     TerminateTransfer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TerminateOwnTransferRequest, _admin_pb2.TransferInfo]
     """Either side: end a transfer that is not complete."""
+    SuspendTransfer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TransferControlRequest, _admin_pb2.TransferInfo]
+    """Either side, a transfer run over the Dataspace Protocol: suspend it (its data address
+    is refused until resumed; the peer is told), and resume one this side suspended.
+    """
+    ResumeTransfer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TransferControlRequest, _admin_pb2.TransferInfo]
     MeteringReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]
     """As a provider: transfers and bytes per agreement and per consumer."""
     TransferActivity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TransferActivityRequest, _admin_pb2.TransferActivityResponse]
@@ -118,6 +123,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The bytes of one completed holding, for export to a file."""
     TerminateTransfer: _aio.UnaryUnaryMultiCallable[_admin_pb2.TerminateOwnTransferRequest, _admin_pb2.TransferInfo]  # type: ignore[assignment]
     """Either side: end a transfer that is not complete."""
+    SuspendTransfer: _aio.UnaryUnaryMultiCallable[_admin_pb2.TransferControlRequest, _admin_pb2.TransferInfo]  # type: ignore[assignment]
+    """Either side, a transfer run over the Dataspace Protocol: suspend it (its data address
+    is refused until resumed; the peer is told), and resume one this side suspended.
+    """
+    ResumeTransfer: _aio.UnaryUnaryMultiCallable[_admin_pb2.TransferControlRequest, _admin_pb2.TransferInfo]  # type: ignore[assignment]
     MeteringReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.MeteringReportRequest, _admin_pb2.MeteringReportResponse]  # type: ignore[assignment]
     """As a provider: transfers and bytes per agreement and per consumer."""
     TransferActivity: _aio.UnaryUnaryMultiCallable[_admin_pb2.TransferActivityRequest, _admin_pb2.TransferActivityResponse]  # type: ignore[assignment]
@@ -281,6 +291,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.TransferInfo, _abc.Awaitable[_admin_pb2.TransferInfo]]:
         """Either side: end a transfer that is not complete."""
+
+    @_abc_1.abstractmethod
+    def SuspendTransfer(
+        self,
+        request: _admin_pb2.TransferControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TransferInfo, _abc.Awaitable[_admin_pb2.TransferInfo]]:
+        """Either side, a transfer run over the Dataspace Protocol: suspend it (its data address
+        is refused until resumed; the peer is told), and resume one this side suspended.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeTransfer(
+        self,
+        request: _admin_pb2.TransferControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TransferInfo, _abc.Awaitable[_admin_pb2.TransferInfo]]: ...
 
     @_abc_1.abstractmethod
     def MeteringReport(
