@@ -1,6 +1,6 @@
 """Who suspended a DSP transfer process: the side that suspended it resumes it.
 
-Revision ID: 0020
+Revision ID: 0018
 Revises: 0017
 Create Date: 2026-12-06
 """
