@@ -37,8 +37,10 @@ DuckDB (same memory and thread limits, fetchall) on two tables:
 
 Reported: p50 of each, the ratios (target <= 1.5: ``ratio_p50``, the p50 of tds over the
 p50 of DuckDB direct; ``ratio_paired_p50``, the median of each round's ratio, is steadier
-on a shared machine) and the absolute overheads, and the
-``floor`` measured in the same run: a member call over mutual TLS on an open and on a
+on a shared machine) and the absolute overheads; the CPU time of the process while each
+ran (``tds_cpu_p50_ms``, ``duckdb_direct_cpu_p50_ms``, ``cpu_overhead_p50_ms``: all
+threads, DuckDB's workers too; steadier than wall time when other work loads the machine);
+and the ``floor`` measured in the same run: a member call over mutual TLS on an open and on a
 fresh channel, and one fdatasync where the provider's database lives.
 """
 
@@ -156,16 +158,17 @@ def _timed(
     of the same text in turn, each round;
     ``settle`` (untimed) lets what ``tds`` left running finish before DuckDB is timed."""
     times: dict[str, list[float]] = {"tds": [], "plain": [], "same": []}
+    cpu: dict[str, list[float]] = {"tds": [], "plain": []}
     groups = 0
     for i in range(rounds + WARM_UP):
         text = question()
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         groups = tds(text)
-        t_tds = time.perf_counter() - t
+        t_tds, c_tds = time.perf_counter() - t, time.process_time() - c
         settle()
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         direct.plain.execute(text).fetchall()
-        t_plain = time.perf_counter() - t
+        t_plain, c_plain = time.perf_counter() - t, time.process_time() - c
         t = time.perf_counter()
         direct.same.execute(text).fetchall()
         t_same = time.perf_counter() - t
@@ -173,6 +176,8 @@ def _timed(
             times["tds"].append(t_tds)
             times["plain"].append(t_plain)
             times["same"].append(t_same)
+            cpu["tds"].append(c_tds)
+            cpu["plain"].append(c_plain)
     tds_ms, plain_ms, same_ms = (_p50_ms(times[k]) for k in ("tds", "plain", "same"))
     return {
         "tds_p50_ms": round(tds_ms, 2),
@@ -188,6 +193,12 @@ def _timed(
             statistics.median(t / d for t, d in zip(times["tds"], times["plain"], strict=True)),
             3,
         ),
+        # CPU time of the whole process (every thread: both connectors, DuckDB's
+        # workers) while each ran: other work on a loaded machine stretches wall time
+        # far more than it does this.
+        "tds_cpu_p50_ms": round(_p50_ms(cpu["tds"]), 2),
+        "duckdb_direct_cpu_p50_ms": round(_p50_ms(cpu["plain"]), 2),
+        "cpu_overhead_p50_ms": round(_p50_ms(cpu["tds"]) - _p50_ms(cpu["plain"]), 2),
         "groups": groups,
     }
 
@@ -389,7 +400,8 @@ def main() -> None:
                 f" 1.5), overhead {r['overhead_p50_ms']:.2f} ms; on tds's table"
                 f" {r['duckdb_same_table_p50_ms']:.2f} ms, ratio"
                 f" {r['ratio_same_table_p50']:.2f}, overhead"
-                f" {r['overhead_same_table_p50_ms']:.2f} ms"
+                f" {r['overhead_same_table_p50_ms']:.2f} ms; CPU {r['tds_cpu_p50_ms']:.2f} ms"
+                f" against {r['duckdb_direct_cpu_p50_ms']:.2f}"
             )
 
 

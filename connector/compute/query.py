@@ -174,19 +174,35 @@ class Query:
         }
 
     def expression(self) -> exp.Select:
-        """The query as a sqlglot tree over table ``product`` (literals inline)."""
-        select = exp.select(
-            *(exp.column(d) for d in self.dimensions),
-            *(
+        """The query as a sqlglot tree over table ``product`` (literals inline).
+
+        Built node by node, not with sqlglot's builder (``select().from_().where()``),
+        which parses the table's name and copies the tree at each step (about half of
+        the canonical text's cost); the tree is the one the builder makes, conjuncts
+        nested as its ``where`` nests them, so the text, which receipts carry and both
+        sides compare, is unchanged.
+        """
+        args: dict[str, Any] = {
+            "expressions": [exp.column(d) for d in self.dimensions]
+            + [
                 aggregate_expression(a, exp.column(a.measure) if a.measure else None)
                 for a in self.aggregates
-            ),
-        ).from_("product")
+            ],
+            "from_": exp.From(this=exp.Table(this=exp.to_identifier("product"))),
+        }
+        condition: exp.Expression | None = None
         for f in self.filters:
-            select = select.where(filter_expression(f, [literal(v) for v in f.values]), copy=False)
+            one = filter_expression(f, [literal(v) for v in f.values])
+            if condition is None:
+                condition = one
+            else:
+                left = exp.Paren(this=condition) if isinstance(condition, exp.And) else condition
+                condition = exp.And(this=left, expression=one)
+        if condition is not None:
+            args["where"] = exp.Where(this=condition)
         if self.dimensions:
-            select = select.group_by(*(exp.column(d) for d in self.dimensions), copy=False)
-        return select
+            args["group"] = exp.Group(expressions=[exp.column(d) for d in self.dimensions])
+        return exp.Select(**args)
 
     def canonical_text(self) -> str:
         """Deterministic SQL text of the query: equal questions give equal text."""

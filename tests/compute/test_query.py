@@ -57,6 +57,44 @@ def test_equivalent_questions_have_one_canonical_form() -> None:
     assert a == b and a.sha256() == b.sha256()
 
 
+def test_canonical_text_is_the_text_sqlglots_builder_prints() -> None:
+    # Receipts carry the canonical text and each side compares it with its own: the
+    # tree built node by node must print exactly as the builder's did (its nested
+    # conjuncts included), or connectors of two versions would refuse each other.
+    from sqlglot import exp
+
+    from connector.compute.query import aggregate_expression, filter_expression, literal
+
+    def builders(q: Any) -> str:
+        select = exp.select(
+            *(exp.column(d) for d in q.dimensions),
+            *(
+                aggregate_expression(a, exp.column(a.measure) if a.measure else None)
+                for a in q.aggregates
+            ),
+        ).from_("product")
+        for f in q.filters:
+            select = select.where(filter_expression(f, [literal(v) for v in f.values]))
+        if q.dimensions:
+            select = select.group_by(*(exp.column(d) for d in q.dimensions))
+        return str(select.sql())
+
+    texts = [
+        ASK,
+        "SELECT count(*) FROM product",
+        "SELECT sum(days), quantile_cont(cost, 0.9) FROM product WHERE district = 'a''b'",
+        "SELECT district, count(*), min(cost) FROM product WHERE age_band NOT IN ('65+')"
+        " AND year < -3 AND district != 'x' AND year IN (2021, 2020) GROUP BY district",
+    ]
+    for text in texts:
+        q = parse_query(text, RULES)
+        assert q.canonical_text() == builders(q), text
+    assert parse_query(texts[-1], RULES).canonical_text() == (
+        "SELECT district, COUNT(*), MIN(cost) FROM product WHERE ((NOT age_band IN ('65+')"
+        " AND district <> 'x') AND year < -3) AND year IN (2020, 2021) GROUP BY district"
+    )
+
+
 def test_quantile_spellings_and_json_round_trip() -> None:
     texts = [
         "SELECT quantile_cont(cost, 0.5) FROM product",
