@@ -261,6 +261,8 @@ def seed_provider(
     agreements = 0
     try:
         for i in range(count):
+            if i % 10_000 == 0:
+                print(f"seeded {i} negotiations, {seed.size} entries", file=sys.stderr)
             if i % 100 == 0:
                 clock.t = start_s + i * step_s
                 fill(round(filler * min(100, count - i)))
@@ -306,8 +308,6 @@ def seed_provider(
             if every and agreements % every == 0 and made["transfers"] < args.transfers:
                 transfer(ag, at_s + 5)
             agreements += 1
-            if i % 10_000 == 0:
-                print(f"seeded {i} negotiations, {seed.size} entries", file=sys.stderr)
         clock.t = time.time() - 60
         fill(max(0, entries - seed.size))
         seed.checkpoint()
