@@ -626,11 +626,14 @@ class TransparencyLog:
             ).first()
         return self._stored(row) if row else None
 
-    def checkpoints(self) -> list[StoredCheckpoint]:
-        """Every stored checkpoint, oldest first."""
+    def checkpoints(self, newest: int = 0) -> list[StoredCheckpoint]:
+        """Stored checkpoints, oldest first: every one, or only the ``newest`` (by the
+        primary key, from its end)."""
+        query = select(_C.seq, _C.size, _C.root, _C.note).order_by(_C.seq.desc())
+        if newest > 0:
+            query = query.limit(newest)
         with self._db.engine.connect() as conn:
-            rows = conn.execute(select(_C.seq, _C.size, _C.root, _C.note).order_by(_C.seq))
-            return [self._stored(r) for r in rows]
+            return [self._stored(r) for r in conn.execute(query)][::-1]
 
     @staticmethod
     def _stored(row: Any) -> StoredCheckpoint:

@@ -638,7 +638,7 @@ class AdminBackend:
                     audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT
                 )
                 checkpoints = stub.ListCheckpoints(
-                    audit_pb2.ListCheckpointsRequest(), timeout=_TIMEOUT
+                    audit_pb2.ListCheckpointsRequest(newest=GROWTH_CHECKPOINTS), timeout=_TIMEOUT
                 ).checkpoints
                 size = int(note.checkpoint.split("\n")[1])
                 if search is not None:

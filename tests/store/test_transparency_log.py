@@ -357,3 +357,14 @@ def test_a_second_log_on_the_same_database_is_caught_up_with(db: Database) -> No
     finally:
         other.close()
         first.close()
+
+
+def test_the_newest_checkpoints_are_listed_oldest_first(tlog: TransparencyLog) -> None:
+    for i in range(5):
+        tlog.record("x", parties=[], data={"i": i})
+        tlog.checkpoint()
+    every = tlog.checkpoints()
+    assert [c.checkpoint.size for c in every] == [1, 2, 3, 4, 5]
+    assert tlog.checkpoints(2) == every[-2:]
+    assert tlog.checkpoints(1) == every[-1:] == [tlog.latest_checkpoint()]
+    assert tlog.checkpoints(0) == tlog.checkpoints(99) == every
