@@ -387,6 +387,7 @@ def main() -> None:
             sp.enrol("aud", "")
             sp.write_config("aud", "", sp.registry_address)
             seeded, seed = seed_provider(sp, args, args.days * 86_400)
+            pids = seeded.pop("pids")  # timelines to open
             seed.close()
             results["seed"] = seeded
             log = sp.nodes["gov"].log
@@ -453,7 +454,6 @@ def main() -> None:
                 pages["provider_negotiations_page_50"] = timed(
                     p, f"{base_p}/negotiations{deep}", rounds
                 )
-                pids = seeded.pop("pids")
                 pages["provider_negotiation_timeline"] = timed(
                     p, "", rounds, lambda: f"{base_p}/negotiations/{random.choice(pids)}"
                 )
