@@ -484,14 +484,22 @@ class TransparencyLog:
     ) -> list[tuple[int, bytes]]:
         """Up to ``limit`` entries of ``kind`` (naming ``party``, if given) recorded between
         ``since_ms`` and ``until_ms`` (inclusive), after index ``after``, in log order: a
-        time window read by the (kind, time) index, not the whole log."""
-        query = (
-            select(_E.idx, _E.body)
-            .where(_E.kind == kind, _E.created_ms >= since_ms, _E.created_ms <= until_ms)
-            .where(_E.idx > after)
-            .order_by(_E.idx)
-            .limit(limit)
-        )
+        time window read by the (kind, time) index, not the whole log; or, ``after`` a known
+        index, the entries since it by the (kind, index) index (migration 0019).
+
+        Which index answers is chosen here, not left to SQLite's planner, which took the
+        (kind, index) one for a narrow time window too (every entry of the kind since the
+        start): the other column is written ``+ 0``, which no index serves."""
+        if after >= 0:
+            stamped = _E.created_ms + 0
+            query = select(_E.idx, _E.body).where(_E.kind == kind, _E.idx > after)
+            query = query.where(stamped >= since_ms, stamped <= until_ms)
+        else:
+            query = select(_E.idx, _E.body).where(
+                _E.kind == kind, _E.created_ms >= since_ms, _E.created_ms <= until_ms
+            )
+            query = query.where(_E.idx + 0 > after)
+        query = query.order_by(_E.idx).limit(limit)
         if party is not None:
             query = query.where(_E.parties.contains(f",{party},"))
         with self._db.engine.connect() as conn:
@@ -626,11 +634,14 @@ class TransparencyLog:
             ).first()
         return self._stored(row) if row else None
 
-    def checkpoints(self) -> list[StoredCheckpoint]:
-        """Every stored checkpoint, oldest first."""
+    def checkpoints(self, newest: int = 0) -> list[StoredCheckpoint]:
+        """Stored checkpoints, oldest first: every one, or only the ``newest`` (by the
+        primary key, from its end)."""
+        query = select(_C.seq, _C.size, _C.root, _C.note).order_by(_C.seq.desc())
+        if newest > 0:
+            query = query.limit(newest)
         with self._db.engine.connect() as conn:
-            rows = conn.execute(select(_C.seq, _C.size, _C.root, _C.note).order_by(_C.seq))
-            return [self._stored(r) for r in rows]
+            return [self._stored(r) for r in conn.execute(query)][::-1]
 
     @staticmethod
     def _stored(row: Any) -> StoredCheckpoint:

@@ -66,9 +66,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def ListCheckpoints(
         self, request: audit_pb2.ListCheckpointsRequest, context: Any
     ) -> audit_pb2.ListCheckpointsResponse:
-        """Every stored checkpoint, oldest first."""
+        """Stored checkpoints, oldest first: every one, or the newest ``newest``."""
         return audit_pb2.ListCheckpointsResponse(
-            checkpoints=[c.note for c in self._log.checkpoints()]
+            checkpoints=[c.note for c in self._log.checkpoints(request.newest)]
         )
 
     def GetEntries(

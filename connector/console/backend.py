@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import tempfile
 import threading
@@ -67,36 +68,66 @@ def negotiation_json(n: admin_pb2.NegotiationInfo) -> dict[str, Any]:
     return rendered(n)
 
 
+@functools.lru_cache(maxsize=2048)
 def agreement_terms(signed: str) -> dict[str, Any]:
     """What the contracts page shows of a signed agreement: its terms and who signed it in
     which role, read from the JWS as stored (the connector verified both signatures
-    against the directory's keys before it stored the agreement); ``error`` if it cannot
-    be read."""
-    from connector.negotiation.agreement import parse_agreement
+    against the directory's keys, and the payload's canonical form, before it stored the
+    agreement); ``error`` if it cannot be read.
 
+    Read straight from the payload's JSON, not through ``parse_agreement``, whose check of
+    the canonical form (serialising the terms again) was most of a contracts page: 0.7 to
+    1.4 ms an agreement, a page of 100. A stored agreement never changes, so the terms are
+    also remembered by the signed text (the caller must not change the answer)."""
     if not signed:
         return {"error": "no signed agreement stored"}
     try:
-        terms = parse_agreement(signed)
+        doc = json.loads(signed)
+        terms = json.loads(_unb64(doc["payload"]))
+        if not isinstance(terms, dict) or terms.get("tds_agreement") != 1:
+            raise ValueError("the payload is not a tds agreement")
         signers = []
-        for sig in json.loads(signed)["signatures"]:
-            encoded = sig["protected"]
-            header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        for sig in doc["signatures"]:
+            header = json.loads(_unb64(sig["protected"]))
             who, role = str(header.get("kid", "")), str(header.get("tds_role", ""))
             signers.append({"who": who, "role": role})
-    except (VerificationError, ValueError, KeyError, TypeError) as exc:
+        until_ns = int(terms.get("valid_until_ns", 0))  # a decimal string past 2^53
+        obligations = terms.get("obligations", {})
+        registration_code = str(terms.get("registration_code", ""))
+        limits = {k: int(terms.get(k, 0)) for k in ("max_transfers", "max_bytes", "max_messages")}
+        delivery = [str(mode) for mode in terms.get("delivery", ["copy"])]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return {"error": f"the stored agreement cannot be read: {exc}"}
-    until_ns = terms.valid_until_ns
     return {
         "valid_until_ms": until_ns // 10**6 if 0 < until_ns < _FAR_NS else 0,
-        "max_transfers": terms.max_transfers,
-        "max_bytes": terms.max_bytes,
-        "max_messages": terms.max_messages,
-        "delivery": list(terms.delivery),
-        "obligations": json.dumps(terms.obligations, ensure_ascii=False, sort_keys=True),
-        "registration_code": terms.registration_code,
+        **limits,
+        "delivery": delivery,
+        "obligations": json.dumps(_ints(obligations), ensure_ascii=False, sort_keys=True),
+        "registration_code": registration_code,
         "signers": signers,
     }
+
+
+def _unb64(text: str) -> bytes:
+    """Base64url without padding, as JWS writes it."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _ints(value: Any) -> Any:
+    """The ``*_ns`` integers the signed payload carries as decimal strings, back as
+    numbers (as ``parse_agreement`` reads them)."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                int(v)
+                if k.endswith("_ns") and isinstance(v, str) and v.lstrip("-").isdigit()
+                else _ints(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
 
 
 _FAR_NS = 253402300800 * 10**9
@@ -607,7 +638,7 @@ class AdminBackend:
                     audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT
                 )
                 checkpoints = stub.ListCheckpoints(
-                    audit_pb2.ListCheckpointsRequest(), timeout=_TIMEOUT
+                    audit_pb2.ListCheckpointsRequest(newest=GROWTH_CHECKPOINTS), timeout=_TIMEOUT
                 ).checkpoints
                 size = int(note.checkpoint.split("\n")[1])
                 if search is not None:

@@ -88,7 +88,7 @@ from connector.sources.streams import StreamSources
 from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
-from connector.transfer.disclosure import disclosure_report
+from connector.transfer.disclosure import DisclosureTally, disclosure_report
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
@@ -166,6 +166,7 @@ class Node:
         self.dsp: DspBinding | None = None
         """The Dataspace Protocol HTTPS binding, when ``[dsp] listen`` is configured."""
         self._stop = threading.Event()
+        self._disclosure_tally = DisclosureTally()
         self._refresher: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._enrol_self: Callable[[str], None] | None = None
@@ -671,6 +672,7 @@ class Node:
             negotiations=NegotiationStore(self.db),
             transfers=TransferStore(self.db),
             grants=lambda: self._registry().list_grants(include_revoked=True),
+            tally=self._disclosure_tally,
         )
 
     def _registry(self) -> RegistryClient:

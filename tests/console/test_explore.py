@@ -425,3 +425,24 @@ def test_the_new_pages_need_a_session_and_do_nothing_without_one(space: LocalSpa
         assert len(after.consents) == len(before.consents)
     finally:
         console.stop()
+
+
+def test_list_checkpoints_answers_the_newest_oldest_first(space: LocalSpace) -> None:
+    """The log page asks for the newest 200 checkpoints only: a log signs one a minute
+    while it grows, so every one soon passes what a gRPC answer holds."""
+    log = space.nodes["gov"].log
+    assert log is not None
+    for i in range(3):
+        log.record("probe.checkpoint", parties=[], data={"i": i})
+        log.checkpoint()
+    stub, channel = auditor_log(space)
+    try:
+        every = list(
+            stub.ListCheckpoints(audit_pb2.ListCheckpointsRequest(), timeout=10).checkpoints
+        )
+        newest = stub.ListCheckpoints(audit_pb2.ListCheckpointsRequest(newest=2), timeout=10)
+        assert len(every) >= 3 and list(newest.checkpoints) == every[-2:]
+        sizes = [int(note.split("\n")[1]) for note in every]
+        assert sizes == sorted(sizes) and sizes[-1] == log.size
+    finally:
+        channel.close()

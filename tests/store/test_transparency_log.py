@@ -310,3 +310,61 @@ def test_no_checkpoint_is_signed_below_one_already_signed(
     with pytest.raises(Unavailable, match="a checkpoint commits to 5"):
         tlog.checkpoint()
     assert [c.seq for c in tlog.checkpoints()] == [signed.seq]
+
+
+def test_bulk_appends_give_the_tree_one_by_one_appends_give(tmp_path: object) -> None:
+    """``record_many`` of thousands at once (how a seeding or a replay appends), across the
+    writer's batch size and a 2^k boundary, stores the same entries, root and proofs as
+    the same entries appended one at a time."""
+    from pathlib import Path
+
+    records = [("bulk", [f"p{i % 7}"], {"i": i}) for i in range(4_100)]
+    logs = []
+    for name in ("bulk", "single"):
+        lg = new_log(open_database(f"sqlite:///{Path(str(tmp_path)) / name}.db"))
+        logs.append(lg)
+    bulk, single = logs
+    try:
+        assert bulk.record_many(records[:4_097]) == list(range(4_097))
+        assert bulk.record_many(records[4_097:]) == list(range(4_097, 4_100))
+        for kind, parties, data in records:
+            single.record(kind, parties=parties, data=data)
+        assert bulk.root() == single.root()
+        assert bulk.entries(0, 4_100) == single.entries(0, 4_100)
+        for size in (1, 1_024, 1_025, 4_096, 4_097, 4_100):
+            assert bulk.root_at(size) == single.root_at(size)
+            assert bulk.inclusion_proof(size - 1, 4_100) == single.inclusion_proof(size - 1, 4_100)
+        assert bulk.checkpoint().checkpoint == single.checkpoint().checkpoint
+    finally:
+        for lg in logs:
+            lg.close()
+
+
+def test_a_second_log_on_the_same_database_is_caught_up_with(db: Database) -> None:
+    """Entries appended through another ``TransparencyLog`` on the database (another
+    replica, or a bulk seeding) are in the tree this one extends and signs."""
+    first = new_log(db)
+    other = new_log(db)
+    try:
+        first.record_many([("a", [], {"i": i}) for i in range(5)])
+        other.record_many([("b", [], {"i": i}) for i in range(300)])
+        assert first.record("a", parties=[], data={"i": 5}) == 305
+        size, root = first.root()
+        hashes = [merkle.leaf_hash(b) for _, b in first.entries(0, size)]
+        assert size == 306 and merkle.root(hashes) == root
+        cp, _ = open_checkpoint(first.checkpoint().note, first.verifier)
+        assert (cp.size, cp.root) == (306, root)
+    finally:
+        other.close()
+        first.close()
+
+
+def test_the_newest_checkpoints_are_listed_oldest_first(tlog: TransparencyLog) -> None:
+    for i in range(5):
+        tlog.record("x", parties=[], data={"i": i})
+        tlog.checkpoint()
+    every = tlog.checkpoints()
+    assert [c.checkpoint.size for c in every] == [1, 2, 3, 4, 5]
+    assert tlog.checkpoints(2) == every[-2:]
+    assert tlog.checkpoints(1) == every[-1:] == [tlog.latest_checkpoint()]
+    assert tlog.checkpoints(0) == tlog.checkpoints(99) == every

@@ -295,12 +295,19 @@ Global___Offer: _TypeAlias = Offer  # noqa: Y015
 class ListCheckpointsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    NEWEST_FIELD_NUMBER: _builtins.int
+    newest: _builtins.int
+    """Only the newest this many (0: every one). A log signs a checkpoint a minute while it
+    grows, so every one is soon more than a gRPC answer holds (4 MiB: ~14,000 notes).
+    """
     def __init__(
         self,
+        *,
+        newest: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["newest", b"newest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,7 +112,7 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCheckpoints(self, request, context):
-        """Every stored checkpoint (auditors only), oldest first.
+        """Stored checkpoints, oldest first: every one, or the newest `newest`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,7 @@ class AuditServiceStub:
     (or a refusal), and the log acknowledges.
     """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListCheckpointsRequest, _audit_pb2.ListCheckpointsResponse]
-    """Every stored checkpoint (auditors only), oldest first."""
+    """Stored checkpoints, oldest first: every one, or the newest `newest`."""
     FindEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.FindEntriesRequest, _audit_pb2.FindEntriesResponse]
     """Entries newest first, of a kind, naming a party, in a time window (each optional),
     searching a bounded stretch of the log per call: a page costs the same at any log size.
@@ -68,7 +68,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     (or a refusal), and the log acknowledges.
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListCheckpointsRequest, _audit_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
-    """Every stored checkpoint (auditors only), oldest first."""
+    """Stored checkpoints, oldest first: every one, or the newest `newest`."""
     FindEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.FindEntriesRequest, _audit_pb2.FindEntriesResponse]  # type: ignore[assignment]
     """Entries newest first, of a kind, naming a party, in a time window (each optional),
     searching a bounded stretch of the log per call: a page costs the same at any log size.
@@ -124,7 +124,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ListCheckpointsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListCheckpointsResponse, _abc.Awaitable[_audit_pb2.ListCheckpointsResponse]]:
-        """Every stored checkpoint (auditors only), oldest first."""
+        """Stored checkpoints, oldest first: every one, or the newest `newest`."""
 
     @_abc_1.abstractmethod
     def FindEntries(
