@@ -371,7 +371,7 @@ def test_timeout_in_a_later_batch_is_raised_and_the_pool_recovers(database: Data
                 seen.extend(int(row[0]) for row in batch)
         assert seen[:200] == list(range(1, 201))
         assert len(seen) < 300
-        with pool.execute("SELECT 1 AS one") as (columns, batches):
+        with pool.execute("SELECT 1 AS one") as (_columns, batches):
             assert [tuple(r) for b in batches for r in b] == [(1,)]
     finally:
         pool.close()
