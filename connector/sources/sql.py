@@ -37,9 +37,9 @@ every query runs in a read-only transaction with a statement timeout set by the 
 most ``pool_size`` connections per named connection, read through a server-side cursor
 (psycopg named cursor; PyMySQL ``SSCursor``) a batch at a time, so memory stays flat for
 any number of rows (on PostgreSQL the next batch is fetched on a thread while the one
-before is delivered, at most two ahead: :class:`_Prefetch`). The database role in the URL should still be granted ``SELECT`` on
-what is published and nothing else: the checks bound what a product may ask, the role
-bounds what the connection can do.
+before is delivered, at most two ahead: :class:`_Prefetch`). The database role in the
+URL should still be granted ``SELECT`` on what is published and nothing else: the checks
+bound what a product may ask, the role bounds what the connection can do.
 
 Values are delivered as JSON types: text, integers, floats and booleans as they are;
 ``NUMERIC``/``DECIMAL`` as their exact decimal text; dates and times in ISO 8601; bytes
