@@ -193,12 +193,30 @@ def _transfers(url: str, query: str, root: Path) -> Iterator[Callable[[], tuple[
 _TDS = [sys.executable, "-m", "connector"]
 
 
-def _cli(*args: str, cwd: Path, timeout: float = 120) -> str:
+_PEAK = """
+import atexit, runpy, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            sys.stderr.write("tds-bench-vmhwm-kb " + line.split()[1] + "\\n")
+atexit.register(peak)
+sys.argv = ["connector", *sys.argv[1:]]
+runpy.run_module("connector", run_name="__main__", alter_sys=True)
+"""
+"""``python -m connector`` that writes its own peak RSS (``VmHWM``) to stderr at exit.
+Not ``getrusage``: a child's ``ru_maxrss`` counts the forking parent's pages too."""
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 120, peaks: list[float] | None = None) -> str:
+    command = [*_TDS, *args] if peaks is None else [sys.executable, "-c", _PEAK, *args]
     done = subprocess.run(
-        [*_TDS, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"tds {' '.join(args)} failed: {done.stderr.strip()}")
+    if peaks is not None:
+        marks = [line.split()[1] for line in done.stderr.splitlines() if "vmhwm-kb" in line]
+        peaks.append(int(marks[-1]) / 1024)
     return done.stdout
 
 
@@ -288,7 +306,10 @@ def _served(url: str, query: str, root: Path) -> dict[str, Any]:
         _, before = _copy(url, query)
         transfer = ["transfer", "--agreement", agreement, "--out", "orders.csv"]
         start = time.perf_counter()
-        out = _cli(*transfer, "--config", "lab.toml", "--json", cwd=root, timeout=3600)
+        cli_peak: list[float] = []
+        out = _cli(
+            *transfer, "--config", "lab.toml", "--json", cwd=root, timeout=3600, peaks=cli_peak
+        )
         seconds = time.perf_counter() - start
         copy_bytes, after = _copy(url, query)
         if json.loads(out).get("state") != "completed":
@@ -299,8 +320,7 @@ def _served(url: str, query: str, root: Path) -> dict[str, Any]:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
             peaks[f"tds serve ({p})"] = round(int(hwm.split()[1]) / 1024, 1)
-        cli_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        peaks["tds CLI (largest)"] = round(cli_peak, 1)
+        peaks["tds transfer (the CLI)"] = round(cli_peak[0], 1)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
