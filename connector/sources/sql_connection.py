@@ -57,7 +57,8 @@ class SqlConnection:
     connect_timeout_seconds: int = 5
     """How long to wait for the database to accept a connection."""
     fetch_rows: int = 5000
-    """Rows read per round trip from the server-side cursor."""
+    """Rows read per round trip from the server-side cursor (on PostgreSQL up to two
+    batches are read ahead of the one being delivered)."""
 
     def __post_init__(self) -> None:
         where = f"sources.{self.name}"

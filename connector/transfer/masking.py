@@ -15,14 +15,12 @@ Product descriptions may write ``"redact"`` or ``"hash"`` as a bare string.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from connector.errors import InvalidRequest
@@ -101,8 +99,11 @@ class Masker:
     def __init__(self, masks: Mapping[str, Mapping[str, Any]], key: bytes) -> None:
         self._masks = {name: dict(spec) for name, spec in masks.items()}
         # Keyed once: a copy of a keyed HMAC per value instead of a new one, which spares
-        # OpenSSL 3's key setup (about a third of the time of hashing a short value).
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        # OpenSSL 3's key setup. cryptography's HMAC (OpenSSL's HMAC_CTX), not the standard
+        # library's: OpenSSL 3 makes its EVP_MAC contexts (what hmac/_hashlib use) cost
+        # about 0.9 µs to copy and as much again to finish, about twice the time per short
+        # value (0.7-0.9 s against 1.4-1.6 s per million, measured).
+        self._keyed = hmac.HMAC(key, hashes.SHA256())
 
     def __contains__(self, field: str) -> bool:
         return field in self._masks
@@ -110,7 +111,7 @@ class Masker:
     def _pseudonym(self, text: str) -> str:
         h = self._keyed.copy()
         h.update(text.encode())
-        return h.hexdigest()
+        return h.finalize().hex()
 
     def column(self, field: str, values: Iterable[Any]) -> list[Any]:
         """:meth:`apply` to every value of one column, the same values a call at a time
@@ -122,21 +123,20 @@ class Masker:
             return list(values)
         method = spec["method"]
         if method == "hash":
-            out: list[Any] = []
-            append = out.append
-            seen: dict[str, str] = {}  # a value repeated within the column is hashed once
+            values = values if isinstance(values, list | tuple) else list(values)
+            if not {str, type(None)}.issuperset(map(type, values)):
+                return [self.apply(field, value) for value in values]
+            # Each distinct value hashed once (a value repeated within the column, a city,
+            # a customer, costs one HMAC); the look-ups are the dictionary's own. Only text
+            # and None: among other values, True and 1 would be one key.
+            pseudonyms: dict[str | None, str | None] = dict.fromkeys(values)
             keyed = self._keyed.copy
-            for value in values:
-                if type(value) is str:
-                    found = seen.get(value)
-                    if found is None:
-                        h = keyed()
-                        h.update(value.encode())
-                        found = seen[value] = h.hexdigest()
-                    append(found)
-                else:
-                    append(self.apply(field, value))
-            return out
+            for value in pseudonyms:
+                if value is not None:
+                    h = keyed()
+                    h.update(value.encode())
+                    pseudonyms[value] = h.finalize().hex()
+            return list(map(pseudonyms.__getitem__, values))
         if method == "truncate":
             keep = spec["keep"]
             return [

@@ -344,3 +344,66 @@ def test_snapshot_abandoned_mid_read_releases_its_connection(
             assert sum(1 for _ in snapshot) == 5000
     finally:
         sources.close()
+
+
+def test_timeout_in_a_later_batch_is_raised_and_the_pool_recovers(database: Database) -> None:
+    """The statement timeout cancelling a batch read ahead of the one being delivered (on
+    PostgreSQL, batches after the first are fetched on a thread while the one before is
+    encoded) reaches the reader as the timeout, after the batches before it."""
+    sleep = "pg_sleep(1)" if database.dialect == "postgres" else "SLEEP(1)"
+    series = (
+        "generate_series(1, 300) AS s(n)"
+        if database.dialect == "postgres"
+        else "(SELECT seq AS n FROM seq_1_to_300) AS s"
+    )
+    # Called directly: pg_sleep and SLEEP are not allowed in a product's query.
+    text = f"SELECT n, CASE WHEN n = 250 THEN {sleep} END AS z FROM {series} ORDER BY n"
+    pool = SqlPool(
+        SqlConnection("main", database.url, statement_timeout_seconds=0.5, fetch_rows=100)
+    )
+    seen: list[int] = []
+    try:
+        with (
+            pytest.raises(Unavailable, match=r"longer than its statement timeout \(0.5 s\)"),
+            pool.execute(text) as (_, batches),
+        ):
+            for batch in batches:
+                seen.extend(int(row[0]) for row in batch)
+        assert seen[:200] == list(range(1, 201))
+        assert len(seen) < 300
+        with pool.execute("SELECT 1 AS one") as (_columns, batches):
+            assert [tuple(r) for b in batches for r in b] == [(1,)]
+    finally:
+        pool.close()
+
+
+def test_values_of_other_types_are_delivered_as_json_values(
+    database: Database, table: str, tmp_path: Path
+) -> None:
+    """Timestamps, floats (also not finite), bytes and text beside them: ISO 8601, the
+    number or its name, hex; in batches where they share a row with types the driver
+    already hands over as JSON values."""
+    pg = database.dialect == "postgres"
+    database.run(
+        f"CREATE TABLE {table} (id INT, at TIMESTAMP NULL, x DOUBLE PRECISION, "
+        f"b {'BYTEA' if pg else 'BLOB'}, t TEXT)"
+    )
+    blob = "'\\xc0ff'::bytea" if pg else "X'C0FF'"
+    nan = "'NaN'::float8" if pg else "NULL"
+    database.run(
+        f"INSERT INTO {table} VALUES (1, '2026-03-01 10:20:30', 0.5, {blob}, 'a'), "
+        f"(2, NULL, {nan}, NULL, NULL)"
+    )
+    sources = _sources(database)
+    try:
+        source = sources.source(
+            "main", f"SELECT id, at, x, b, t FROM {table} ORDER BY id", ["id", "at", "x", "b", "t"]
+        )
+        out = tmp_path / "t.jsonl"
+        materialise(source, out, fmt="jsonl", permitted=None, masks={}, key=KEY)
+        assert [json.loads(line) for line in out.read_text().splitlines()] == [
+            {"id": 1, "at": "2026-03-01T10:20:30", "x": 0.5, "b": "c0ff", "t": "a"},
+            {"id": 2, "at": None, "x": "nan" if pg else None, "b": None, "t": None},
+        ]
+    finally:
+        sources.close()
