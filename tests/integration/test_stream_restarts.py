@@ -27,21 +27,14 @@ from connector.errors import Unavailable
 from connector.identity.names import Role
 from connector.negotiation.agreement import parse_agreement
 from connector.negotiation.store import NegotiationStore
-from connector.node import Node
 from connector.sources.mqtt_connection import MqttConnection
 from connector.sources.nats_connection import NatsConnection
 from connector.sources.windows import Window
 from connector.transfer.subscriber import stream_holding
-from tests.integration.test_stream_subscribe import (
-    FIELDS,
-    Follower,
-    held,
-    readings,
-    stream_product,
-)
 from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable
 from tests.support.exchange import agree, entries
 from tests.support.hostile import HostileProvider, HostileStreams
+from tests.support.streams import FIELDS, Follower, held, readings, restart, stream_product
 
 SETTINGS = StreamConfig(window_messages=4, window_seconds=0.3, ack_timeout_seconds=5)
 
@@ -68,16 +61,6 @@ def start_provider(space: LocalSpace) -> None:
         "sensors": MqttConnection("sensors", MQTT_URL),
     }
     space.start_connector("gov", sources=sources, stream=SETTINGS)
-
-
-def restart(space: LocalSpace, who: str) -> None:
-    """Stop the connector and start it again on the same configuration and port."""
-    node = space.nodes[who]
-    node.stop(grace=1)
-    fresh = Node(node.cfg)
-    fresh.start()
-    space.nodes[who] = fresh
-    assert fresh.wait_ready(10)
 
 
 @pytest.mark.slow
