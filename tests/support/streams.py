@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 
-from connector._proto.tds.v1 import admin_pb2, stream_pb2, stream_pb2_grpc
+from connector._proto.tds.v1 import admin_pb2, stream_pb2
 from connector.demo.space import LocalSpace
+from connector.demo.steps import Following
 from connector.node import Node
-from connector.node.clients import admin_channel
 from connector.transfer.subscriber import stream_holding
 from tests.sources.conftest import JetStream
 from tests.support.exchange import admin, entries, offer, publish
@@ -23,46 +23,38 @@ FIELDS = ["station", "operator", "mm"]
 
 
 class Follower:
-    """A consumer's admin following a stream (``tds subscribe``), in a thread."""
+    """A consumer's admin following a stream (``tds subscribe``), in a thread: the demo's
+    ``Following``, with waits that fail the test."""
 
     def __init__(self, space: LocalSpace, who: str, agreement: str) -> None:
-        self.channel = admin_channel(space.configs[who])
-        self.call = stream_pb2_grpc.StreamServiceStub(self.channel).Follow(
-            stream_pb2.FollowRequest(agreement_id=agreement)
-        )
-        self.events: list[stream_pb2.FollowEvent] = []
-        self.error: grpc.RpcError | None = None
-        self.ended_at = 0.0
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        self._following = Following(space, who, agreement)
 
-    def _read(self) -> None:
-        try:
-            for event in self.call:
-                self.events.append(event)
-        except grpc.RpcError as err:
-            self.error = err
-        self.ended_at = time.monotonic()
+    @property
+    def events(self) -> list[stream_pb2.FollowEvent]:
+        return self._following.events
+
+    @property
+    def error(self) -> grpc.RpcError | None:
+        return self._following.error
+
+    @property
+    def ended_at(self) -> float:
+        return self._following.ended_at
 
     def kept(self) -> int:
-        return max((e.kept_sequence for e in self.events), default=0)
+        return self._following.kept()
 
     def wait_kept(self, sequence: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while self.kept() < sequence:
+        if not self._following.wait_kept(sequence, timeout):
             assert self.error is None, self.error
-            assert time.monotonic() < deadline, f"kept {self.kept()} of {sequence}"
-            time.sleep(0.02)
+            raise AssertionError(f"kept {self.kept()} of {sequence}")
 
     def stop(self) -> None:
-        self.call.cancel()
-        self._thread.join(10)
-        self.channel.close()
+        self._following.close()
 
     def wait_end(self, timeout: float = 10) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive()
-        self.channel.close()
+        assert self._following.wait_end(timeout)
+        self._following.close()
 
 
 def held(space: LocalSpace, who: str, agreement: str) -> list[dict[str, Any]]:
