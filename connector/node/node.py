@@ -867,24 +867,29 @@ class Node:
             )
         return found.product
 
-    def _registered_host(self, participant: str) -> str:
-        """The host of ``participant``'s address in the directory (DSP callbacks' only host)."""
+    def _peer_address(self, participant: str) -> str:
+        """``participant``'s address in the directory, looked up anew on every call:
+        ``PermissionDenied`` when it is revoked or runs no connector."""
         if self.registry is None:
             raise Unavailable("the operator registry does not negotiate contracts")
         peer = self.registry.lookup(participant)
         if peer.revoked or not peer.address:
             raise PermissionDenied(f"{participant} is revoked or runs no connector")
-        return peer.address.rpartition(":")[0].strip("[]")
+        return peer.address
+
+    def _registered_host(self, participant: str) -> str:
+        """The host of ``participant``'s address in the directory (DSP callbacks' only host)."""
+        return self._peer_address(participant).rpartition(":")[0].strip("[]")
 
     def _member_channel(self, target: str) -> grpc.Channel:
         """A channel to another member, found through the registry, with our token."""
+        return self._open_member_channel(target, self._peer_address(target))
+
+    def _open_member_channel(self, target: str, address: str) -> grpc.Channel:
         if self.registry is None or self._tls is None:
             raise Unavailable("the operator registry does not negotiate contracts")
-        peer = self.registry.lookup(target)
-        if peer.revoked or not peer.address:
-            raise PermissionDenied(f"{target} is revoked or runs no connector")
         return open_channel(
-            peer.address,
+            address,
             self._tls.identity,
             space=self.cfg.participant.space,
             peer=target,
@@ -900,18 +905,19 @@ class Node:
         on every call: a member revoked gets no channel, one at a new address (or our own
         new certificate) a fresh one; gRPC reconnects an open channel by itself.
         """
-        if self.registry is None or self._tls is None:
+        address = self._peer_address(target)
+        if self._tls is None:
             raise Unavailable("the operator registry does not negotiate contracts")
-        peer = self.registry.lookup(target)
-        if peer.revoked or not peer.address:
-            raise PermissionDenied(f"{target} is revoked or runs no connector")
-        key = (peer.address, self._tls.identity.cert_pem)
+        key = (address, self._tls.identity.cert_pem)
         with self._channels_lock:
             kept = self._kept_channels.get(target)
             if kept is None or kept[0] != key:
                 # A replaced channel is not closed under a call still using it: it goes
                 # with its last reference.
-                kept = self._kept_channels[target] = (key, self._member_channel(target))
+                kept = self._kept_channels[target] = (
+                    key,
+                    self._open_member_channel(target, address),
+                )
             return kept[1]
 
     def _catalog(self) -> Catalog:

@@ -4,9 +4,9 @@ A call is accepted only with a client certificate from the space CA (checked by 
 again here) and, for member methods, a membership token whose signature (EdDSA pinned),
 type, issuer, audience, expiry and ``cnf`` binding to that very certificate verify, for a
 participant that is not revoked. Once this connector's own participant is revoked, member
-calls are refused but for reading its audit log, by auditors and the operator. Admin
-methods take the administrator certificate of this connector's own participant. What
-handlers see is ``current_caller()``; no request field can change it.
+and certificate-only calls are refused but for reading its audit log, by auditors and the
+operator. Admin methods take the administrator certificate of this connector's own
+participant. What handlers see is ``current_caller()``; no request field can change it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class Access(Enum):
     TRANSPORT = "transport"
     """Any TLS client the space CA certified (health checking, reflection)."""
     CERTIFICATE = "certificate"
-    """A non-revoked participant or admin certificate, no token (token issuance, revocations)."""
+    """A non-revoked participant or admin certificate, no token (token issuance, revocations,
+    the DSP data endpoint); refused, as ``MEMBER``, once this connector's own participant
+    is revoked."""
     MEMBER = "member"
     """A participant certificate plus a membership token bound to it."""
     ADMIN = "admin"
@@ -195,6 +197,7 @@ class Authenticator:
                 )
             return Caller(name.participant, ADMIN_URI_KIND, cert.serial_number, thumbprint)
         if access is Access.CERTIFICATE:
+            self._refuse_once_revoked(revocations)
             return Caller(name.participant, name.kind, cert.serial_number, thumbprint)
         if name.kind != PARTICIPANT_URI_KIND:
             raise PermissionDenied(
@@ -202,13 +205,8 @@ class Authenticator:
                 "participant certificate and a membership token"
             )
         membership = self._verify_token(authorization, name.participant, thumbprint)
-        if self._participant in revocations.participants and not (
-            access is Access.EVIDENCE and membership.role in _EXAMINERS
-        ):
-            raise PermissionDenied(
-                f"participant {self._participant!r} has been revoked by the operator: its "
-                "connector answers only auditors and the operator reading its audit log"
-            )
+        if not (access is Access.EVIDENCE and membership.role in _EXAMINERS):
+            self._refuse_once_revoked(revocations)
         return Caller(
             name.participant,
             PARTICIPANT_URI_KIND,
@@ -218,6 +216,14 @@ class Authenticator:
             attrs=dict(membership.attrs),
             revoked_grants=revocations.revoked_grants(name.participant),
         )
+
+    def _refuse_once_revoked(self, revocations: RevocationList) -> None:
+        """Refuse the call when this connector's own participant is revoked."""
+        if self._participant in revocations.participants:
+            raise PermissionDenied(
+                f"participant {self._participant!r} has been revoked by the operator: its "
+                "connector answers only auditors and the operator reading its audit log"
+            )
 
     def _verify_token(self, values: list[str], participant: str, thumbprint: str) -> Membership:
         if not values:

@@ -6,12 +6,11 @@ import errno
 import hashlib
 import mmap
 import os
-import queue
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from connector.errors import Unavailable, VerificationError
+from connector.transfer.workers import OrderedWorker
 
 __all__ = ["Assembler"]
 
@@ -117,45 +116,6 @@ class _Appender:
             view = view[written:]
 
 
-class _Worker:
-    """A thread applying ``work`` to each item put, in order; bounded, so memory stays
-    flat. After an error (given to ``failed``) it keeps taking items and drops them: a
-    dead worker would leave ``put`` blocked on the full queue."""
-
-    def __init__(
-        self,
-        name: str,
-        work: Callable[[bytes | memoryview], object],
-        failed: Callable[[Exception], None],
-    ) -> None:
-        self._work, self._failed = work, failed
-        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=4)
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        broken = False
-        while (data := self._queue.get()) is not None:
-            if broken:
-                continue
-            try:
-                self._work(data)
-            except Exception as exc:
-                broken = True
-                self._failed(exc)
-
-    def put(self, data: bytes | memoryview) -> None:
-        self._queue.put(data)
-
-    def stop(self) -> bool:
-        """Wait for the items put so far; True the first time (the thread was running)."""
-        if not self._thread.is_alive():
-            return False
-        self._queue.put(None)
-        self._thread.join()
-        return True
-
-
 class Assembler:
     """Writes received chunks to a partial file, refusing gaps, overlaps and oversize.
 
@@ -191,8 +151,12 @@ class Assembler:
         # in one thread with the hash that wait held the hash back (the writer spent more
         # time in pwrite than in SHA-256). Both queues are bounded, so memory stays flat.
         self._error: Exception | None = None
-        self._hashing = _Worker("tds-receive-hash", self._hash.update, self._failed)
-        self._writing = _Worker("tds-receive-write", self._appender.append, self._failed)
+        self._hashing: OrderedWorker[bytes | memoryview] = OrderedWorker(
+            "tds-receive-hash", self._hash.update, self._failed
+        )
+        self._writing: OrderedWorker[bytes | memoryview] = OrderedWorker(
+            "tds-receive-write", self._appender.append, self._failed
+        )
 
     def _failed(self, exc: Exception) -> None:
         if self._error is None:

@@ -3,26 +3,98 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.sources.conftest import NATS_URL, _reachable
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
+AT_ONCE = 2
+"""Example scripts run this many at a time: each runs one command after another (about one
+core at most, much of it waiting), so two side by side take little longer than one."""
+TIMEOUT = 600
+"""Seconds one script may take: a guard against a hang only (two share the machine)."""
 
-def test_two_connectors_example_runs(tmp_path: Path) -> None:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(
-        ["bash", str(ROOT / "examples" / "two-connectors" / "run.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
+
+def _postgres_unreachable() -> str:
+    from tests.conftest import _postgres_admin
+
+    try:
+        with _postgres_admin():  # type: ignore[attr-defined]
+            return ""
+    except pytest.skip.Exception as why:
+        return str(why)
+
+
+class Examples:
+    """Every example script, started when the module's first test asks (``AT_ONCE`` at a
+    time, in the tests' order); each test waits for its own."""
+
+    def __init__(self, root: Path) -> None:
+        self._pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="example")
+        self._runs: dict[str, Future[subprocess.CompletedProcess[str]]] = {}
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        self.unreachable = {"nats": _reachable(NATS_URL), "postgres": _postgres_unreachable()}
+        from tests.conftest import POSTGRES_URL
+
+        for name, needs, extra in [
+            ("two-connectors", "", {}),
+            *((name, "", {}) for name in sorted(SCENARIOS)),
+            ("orders-postgres", "postgres", {"TDS_EXAMPLE_POSTGRES_URL": POSTGRES_URL}),
+            ("flood-warning", "nats", {"TDS_EXAMPLE_NATS_URL": NATS_URL}),
+        ]:
+            if needs and self.unreachable[needs]:
+                continue
+            env = dict(os.environ, PATH=path, **extra)
+            self._runs[name] = self._pool.submit(self._run, name, root / name, env)
+
+    @staticmethod
+    def _run(name: str, workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """Run one script in a session of its own: a script that hangs is killed with the
+        servers it started (a kill of bash alone would leave them running)."""
+        args = ["bash", str(ROOT / "examples" / name / "run.sh"), str(workdir)]
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            err += f"\n(killed after {TIMEOUT} s)"
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+    def result(self, name: str) -> subprocess.CompletedProcess[str]:
+        return self._runs[name].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
+    runs = Examples(tmp_path_factory.mktemp("examples"))
+    try:
+        yield runs
+    finally:
+        runs.close()
+
+
+def test_two_connectors_example_runs(examples: Examples) -> None:
+    result = examples.result("two-connectors")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "it verified you as ent-a (enterprise)" in result.stdout
     assert "it verified you as city-gov (government)" in result.stdout
@@ -69,16 +141,8 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_example_runs_as_its_readme_says(name: str, tmp_path: Path) -> None:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(
-        ["bash", str(ROOT / "examples" / name / "run.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
+def test_scenario_example_runs_as_its_readme_says(name: str, examples: Examples) -> None:
+    result = examples.result(name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "finished: every step as described" in result.stdout
     for expected in SCENARIOS[name]:
@@ -90,24 +154,10 @@ def test_scenario_example_runs_as_its_readme_says(name: str, tmp_path: Path) -> 
 
 
 @pytest.mark.postgres
-def test_orders_postgres_example_runs_as_its_readme_says(tmp_path: Path) -> None:
-    from tests.conftest import POSTGRES_URL, _postgres_admin
-
-    with _postgres_admin():  # type: ignore[attr-defined]  # skips when PostgreSQL is down
-        pass
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        TDS_EXAMPLE_POSTGRES_URL=POSTGRES_URL,
-    )
-    result = subprocess.run(
-        ["bash", str(ROOT / "examples" / "orders-postgres" / "run.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
+def test_orders_postgres_example_runs_as_its_readme_says(examples: Examples) -> None:
+    if why := examples.unreachable["postgres"]:
+        pytest.skip(why)
+    result = examples.result("orders-postgres")
     assert result.returncode == 0, result.stdout + result.stderr
     readme = (ROOT / "examples" / "orders-postgres" / "README.md").read_text()
     for shown in (
@@ -132,25 +182,11 @@ def test_orders_postgres_example_runs_as_its_readme_says(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_flood_warning_example_runs_as_its_readme_says(tmp_path: Path) -> None:
+def test_flood_warning_example_runs_as_its_readme_says(examples: Examples) -> None:
     """Needs NATS with JetStream (skipped with the reason when it does not answer)."""
-    from tests.sources.conftest import NATS_URL, _reachable
-
-    if why := _reachable(NATS_URL):
+    if why := examples.unreachable["nats"]:
         pytest.skip(f"NATS not reachable at {NATS_URL}: {why}")
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        TDS_EXAMPLE_NATS_URL=NATS_URL,
-    )
-    result = subprocess.run(
-        ["bash", str(ROOT / "examples" / "flood-warning" / "run.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
+    result = examples.result("flood-warning")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "finished: every step as described" in result.stdout
     for expected in (

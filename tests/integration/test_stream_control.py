@@ -35,9 +35,9 @@ from connector.transfer.store import CONSUMER, PROVIDER
 from connector.transfer.stream_store import STARTED, SUSPENDED, TERMINATED
 from connector.transfer.subscriber import stream_holding
 from tests.integration.test_catalog import as_member
-from tests.integration.test_stream_subscribe import FIELDS, Follower, held, readings
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
 from tests.support.exchange import admin, agree, entries, logged_soon, offer, publish
+from tests.support.streams import FIELDS, Follower, held, readings
 
 
 class OffsetClock:

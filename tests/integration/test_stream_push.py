@@ -7,7 +7,6 @@ refused and keeps nothing; a pull of a push stream is refused too."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,18 +15,24 @@ from typing import Any
 import grpc
 import pytest
 
-from connector._proto.tds.v1 import admin_pb2, stream_pb2, stream_pb2_grpc
+from connector._proto.tds.v1 import stream_pb2, stream_pb2_grpc
 from connector.audit.window_receipts import verify_window
 from connector.config import StreamConfig
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
-from connector.node import Node
 from connector.sources.nats_connection import NatsConnection
 from connector.transfer.stream_push import AGREEMENT_HEADER
 from connector.transfer.subscriber import stream_holding
-from tests.integration.test_stream_subscribe import FIELDS, Follower, held, readings
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
-from tests.support.exchange import admin, agree, entries, logged_soon, offer, publish
+from tests.support.exchange import agree, entries, logged_soon
+from tests.support.streams import (
+    Follower,
+    held,
+    readings,
+    restart,
+    revoked_while_flowing,
+    stream_product,
+)
 
 SETTINGS = StreamConfig(window_messages=5, window_seconds=0.3, ack_timeout_seconds=5)
 
@@ -56,25 +61,8 @@ def feed(space: LocalSpace, js: JetStream, base: Path, *, push: bool = True) -> 
     """A fresh subject published as a stream product (pushed or pulled); (id, subject)."""
     subject = js.stream()
     pid = ("push-" if push else "pull-") + subject.rsplit("_", 1)[-1]
-    publish(
-        space,
-        "gov",
-        {
-            "id": pid,
-            "title": "Rain gauges",
-            "grade": "general",
-            "fields": FIELDS,
-            "source": {"kind": "stream", "connection": "weather", "subject": subject},
-            "offers": [
-                offer(
-                    permitted_fields=FIELDS,
-                    masks={"operator": "hash"},
-                    delivery=["copy", "push"] if push else ["copy"],
-                )
-            ],
-        },
-        base,
-    )
+    source = {"kind": "stream", "connection": "weather", "subject": subject}
+    stream_product(space, pid, source, base, delivery=["copy", "push"] if push else ["copy"])
     return pid, subject
 
 
@@ -205,52 +193,12 @@ def test_revocation_stops_a_push_within_a_second(
 ) -> None:
     pid, subject = feed(space, js, tmp_path)
     agreement = agree(space, "gov", "b", pid)
-    stop = threading.Event()
-
-    def keep_publishing() -> None:
-        i = 0
-        while not stop.is_set():
-            js.publish_json(subject, *readings(20, start=i))
-            i += 20
-
-    publisher = threading.Thread(target=keep_publishing, daemon=True)
-    publisher.start()
-    follower = Follower(space, "b", agreement)
-    try:
-        follower.wait_kept(10)
-        revoked_at = time.monotonic()
-        admin(space, "gov").RevokeAgreement(
-            admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="emergency over"),
-            timeout=10,
-        )
-        follower.wait_end(5)
-    finally:
-        stop.set()
-        publisher.join(10)
-    assert follower.error is not None
-    assert follower.error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "agreement_revoked" in (follower.error.details() or "")
-    assert follower.ended_at - revoked_at < 1.0
-    stopped = [
-        e["data"]
-        for e in entries(space, "gov", "stream.stopped")
-        if e["data"]["agreement"] == agreement
-    ]
-    assert stopped and stopped[-1]["reason"] == "agreement_revoked" and stopped[-1]["sent"] > 0
+    revoked_while_flowing(space, js, subject, "gov", "b", agreement)
     deadline = time.monotonic() + 5
     holding = stream_holding(space.configs["b"].data_dir / "holdings", agreement)
     while holding.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not holding.exists()
-
-
-def restart(space: LocalSpace, who: str) -> None:
-    node = space.nodes[who]
-    node.stop(grace=1)
-    fresh = Node(node.cfg)
-    fresh.start()
-    space.nodes[who] = fresh
-    assert fresh.wait_ready(10)
 
 
 @pytest.mark.slow

@@ -29,7 +29,6 @@ from connector.identity.certs import load_ed25519_private_key
 from connector.identity.names import Role
 from connector.negotiation.agreement import parse_agreement
 from connector.negotiation.store import NegotiationStore
-from connector.node.clients import admin_channel
 from connector.sources.mqtt_connection import MqttConnection
 from connector.sources.nats_connection import NatsConnection
 from connector.sources.windows import Window, genesis_head
@@ -38,8 +37,14 @@ from connector.transfer.subscriber import stream_holding
 from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable, free_port
 from tests.support.exchange import admin, agree, entries, logged_soon, offer, publish
 from tests.support.hostile import HostileProvider, HostileStreams, Refusal
-
-FIELDS = ["station", "operator", "mm"]
+from tests.support.streams import (
+    FIELDS,
+    Follower,
+    held,
+    readings,
+    revoked_while_flowing,
+    stream_product,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,86 +71,6 @@ def space(tmp_path_factory: pytest.TempPathFactory, js: JetStream) -> Iterator[L
         sp.start_connector("a")
         sp.start_connector("b")
         yield sp
-
-
-def stream_product(space: LocalSpace, pid: str, source: dict[str, Any], base: Path) -> None:
-    publish(
-        space,
-        "gov",
-        {
-            "id": pid,
-            "title": "Rain gauges",
-            "grade": "general",
-            "fields": FIELDS,
-            "source": source,
-            "offers": [
-                offer(
-                    permitted_fields=["station", "operator", "mm"],
-                    masks={"operator": "hash"},
-                )
-            ],
-        },
-        base,
-    )
-
-
-class Follower:
-    """A consumer's admin following a stream (``tds subscribe``), in a thread."""
-
-    def __init__(self, space: LocalSpace, who: str, agreement: str) -> None:
-        self.channel = admin_channel(space.configs[who])
-        self.call = stream_pb2_grpc.StreamServiceStub(self.channel).Follow(
-            stream_pb2.FollowRequest(agreement_id=agreement)
-        )
-        self.events: list[stream_pb2.FollowEvent] = []
-        self.error: grpc.RpcError | None = None
-        self.ended_at = 0.0
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for event in self.call:
-                self.events.append(event)
-        except grpc.RpcError as err:
-            self.error = err
-        self.ended_at = time.monotonic()
-
-    def kept(self) -> int:
-        return max((e.kept_sequence for e in self.events), default=0)
-
-    def wait_kept(self, sequence: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while self.kept() < sequence:
-            assert self.error is None, self.error
-            assert time.monotonic() < deadline, f"kept {self.kept()} of {sequence}"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.call.cancel()
-        self._thread.join(10)
-        self.channel.close()
-
-    def wait_end(self, timeout: float = 10) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive()
-        self.channel.close()
-
-
-def held(space: LocalSpace, who: str, agreement: str) -> list[dict[str, Any]]:
-    """Every record a consumer keeps for an agreement, in segment order."""
-    directory = stream_holding(space.configs[who].data_dir / "holdings", agreement)
-    lines: list[dict[str, Any]] = []
-    for segment in sorted(directory.glob("0*.jsonl")):
-        lines += [json.loads(line) for line in segment.read_text().splitlines()]
-    return lines
-
-
-def readings(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [
-        {"station": f"S{i:03d}", "operator": f"Operator {i}", "mm": i / 10, "extra": "x"}
-        for i in range(start, start + n)
-    ]
 
 
 @pytest.fixture
@@ -235,38 +160,7 @@ def test_revocation_stops_delivery_within_a_second_and_the_holding_is_deleted(
 ) -> None:
     pid, subject = feed
     agreement = agree(space, "gov", "b", pid)
-    stop = threading.Event()
-
-    def keep_publishing() -> None:
-        i = 0
-        while not stop.is_set():
-            js.publish_json(subject, *readings(20, start=i))
-            i += 20
-
-    publisher = threading.Thread(target=keep_publishing, daemon=True)
-    publisher.start()
-    follower = Follower(space, "b", agreement)
-    try:
-        follower.wait_kept(10)
-        revoked_at = time.monotonic()
-        admin(space, "gov").RevokeAgreement(
-            admin_pb2.RevokeAgreementRequest(agreement_id=agreement, reason="emergency over"),
-            timeout=10,
-        )
-        follower.wait_end(5)
-    finally:
-        stop.set()
-        publisher.join(10)
-    assert follower.error is not None
-    assert follower.error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "agreement_revoked" in (follower.error.details() or "")
-    assert follower.ended_at - revoked_at < 1.0
-    stopped = [
-        e["data"]
-        for e in entries(space, "gov", "stream.stopped")
-        if e["data"]["agreement"] == agreement
-    ]
-    assert stopped and stopped[-1]["reason"] == "agreement_revoked" and stopped[-1]["sent"] > 0
+    revoked_while_flowing(space, js, subject, "gov", "b", agreement)
     # Deleted, and logged, by the time the subscription has ended.
     assert [
         e["data"]["reason"]

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connector.clock import FixedClock
-from connector.errors import AuthenticationError
+from connector.errors import AuthenticationError, PermissionDenied
 from connector.identity.certs import certificate_thumbprint
 from connector.identity.pki import create_ca, issue_participant_certificate
 from connector.identity.tokens import issue_membership_token
@@ -122,3 +122,19 @@ def test_a_forged_token_is_refused_every_time(setup: Any) -> None:
     for _ in range(2):  # a refusal is not remembered as anything
         with pytest.raises(AuthenticationError):
             auth.authenticate(Access.MEMBER, Context(pem, forged))
+
+
+def test_a_revoked_connector_answers_no_certificate_call(setup: Any) -> None:
+    """Revocation closes a connector to everything but its audit log (docs/evidence.md):
+    the certificate-only calls too (the DSP data endpoint reads data with no token)."""
+    auth, _, revocations = setup
+    pem, thumb, _ = certificate("a")
+    call = Context(pem, token(thumb))
+    assert auth.authenticate(Access.CERTIFICATE, call).participant == "a"
+    revocations.list = RevocationList(2, int(NOW), frozenset({"b"}), frozenset())
+    with pytest.raises(PermissionDenied, match="'b' has been revoked by the operator"):
+        auth.authenticate(Access.CERTIFICATE, call)
+    with pytest.raises(PermissionDenied, match="'b' has been revoked by the operator"):
+        auth.authenticate_presented(Access.CERTIFICATE, [pem], [])
+    with pytest.raises(PermissionDenied, match="'b' has been revoked by the operator"):
+        auth.authenticate(Access.MEMBER, call)
