@@ -172,6 +172,11 @@ class ComputeProvider:
         # The usage decisions and reservations made beside the engine (``compute``).
         self._beside = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tds-compute-decide")
 
+    def close(self) -> None:
+        """Stop the threads beside the engine once the server has stopped taking calls
+        (the connector's ``stop``): a stopped node leaves no idle decision threads."""
+        self._beside.shutdown(wait=False, cancel_futures=True)
+
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 

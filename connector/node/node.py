@@ -1031,6 +1031,8 @@ class Node:
             if thread is not None:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_clients()
+        if self.computations is not None:
+            self.computations.close()
         self.sql_sources.close()
         self.stream_sources.close()
         log.info("stopped", extra={"participant": self.cfg.participant.id})

@@ -6,6 +6,7 @@ Between two connectors started as a user would (the compute integration tests' s
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -60,3 +61,18 @@ def test_an_answer_computed_while_the_policy_refuses_never_leaves(space: LocalSp
     assert kinds == ["policy.decision", "compute.refused"], kinds
     decision = next(data for kind, data in new if kind == "policy.decision")
     assert decision["allow"] is False and "agreement_expired" in decision["deny"]
+
+
+def test_a_stopped_connector_leaves_no_decision_threads(space: LocalSpace) -> None:
+    # Last in this module: it stops the provider (taken out of the space so its teardown
+    # does not stop it twice). The threads beside the engine existed while it answered.
+    assert any(t.name.startswith("tds-compute-decide") for t in threading.enumerate())
+    node = space.nodes.pop("health")
+    node.stop(grace=1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not any(t.name.startswith("tds-compute-decide") for t in threading.enumerate()):
+            break
+        time.sleep(0.05)
+    left = [t.name for t in threading.enumerate() if t.name.startswith("tds-compute-decide")]
+    assert left == [], f"decision threads still alive after stop: {left}"
