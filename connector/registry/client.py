@@ -53,6 +53,9 @@ __all__ = ["PeerInfo", "RegistryClient"]
 
 log = logging.getLogger(__name__)
 
+# How often a lookup reads the directory head replicas store (seconds; see __init__).
+_STORED_HEAD_CHECK_S = 0.25
+
 
 class RegistryClient:
     """Token, directory and revocation list from the operator registry."""
@@ -92,6 +95,12 @@ class RegistryClient:
         self._directory: Directory | None = None  # the newest verified, as of the last read
         self._directory_failed_at = float("-inf")
         self._stored_seen = ""  # the last stored head verified here
+        # When the cached head was last read from the database (monotonic): a lookup reads it
+        # at most every ``_STORED_HEAD_CHECK_S`` (one read per call cost 0.5-0.65 ms on every
+        # compute and DSP message); a replica's newer copy is seen that much later, which
+        # beside a refresh interval of minutes changes nothing, and revocations do not wait
+        # for it (they come through the revocation list held in memory).
+        self._stored_checked_at = float("-inf")
         self._registry_error = ""
         self._refused = ""
         """Why the registry last refused this connector itself (revoked by the operator),
@@ -230,8 +239,9 @@ class RegistryClient:
                 self._directory = found
             return self._directory
 
-    def _held_directory(self) -> Directory | None:
-        """The newest directory verified here or stored by a replica.
+    def _held_directory(self, recheck: bool = False) -> Directory | None:
+        """The newest directory verified here or stored by a replica (``recheck``: read
+        the stored head now, even if it was read less than ``_STORED_HEAD_CHECK_S`` ago).
 
         ``VerificationError`` when the stored copy does not verify: it is never used, and
         the next directory fetched replaces it.
@@ -240,8 +250,18 @@ class RegistryClient:
             held, seen = self._directory, self._stored_seen
         if self._cache is None:
             return held
+        now = time.monotonic()
+        if (
+            not recheck
+            and held is not None
+            and now - self._stored_checked_at < _STORED_HEAD_CHECK_S
+        ):
+            return held
         head = self._cache.head()
         if head is None or head == seen or (held is not None and head == held.signed.head):
+            # Nothing new stored: the next read can wait. (Only then: a stored copy that
+            # does not verify is read, and refused, on every lookup until replaced.)
+            self._stored_checked_at = now
             return held
         stored = self._cache.load()
         if stored is None:
@@ -255,6 +275,7 @@ class RegistryClient:
             ) from None
         with self._lock:
             self._stored_seen = stored.head
+        self._stored_checked_at = now
         return self._keep(found)
 
     def _stored_is_newer(self, stored: SignedDirectory, fresh: Directory) -> bool:
@@ -379,7 +400,14 @@ class RegistryClient:
         peer = directory.participants.get(participant_id)
         unreachable = ""
         if peer is None and not fetched:
-            # Perhaps enrolled since: look once more in a fresh directory.
+            # Perhaps enrolled since: a replica may have stored a newer directory already.
+            with contextlib.suppress(VerificationError):
+                stored = self._held_directory(recheck=True)
+                if stored is not None:
+                    directory = stored
+                    peer = directory.participants.get(participant_id)
+        if peer is None and not fetched:
+            # Still not there: look once more in a fresh directory.
             try:
                 peer = self.refresh_directory().participants.get(participant_id)
             except Unavailable as exc:

@@ -25,7 +25,7 @@ from connector.identity.certs import load_ed25519_public_key
 from connector.identity.names import Role
 from connector.node.clients import member_channel
 from connector.registry.cache import DirectoryCache
-from connector.registry.client import RegistryClient
+from connector.registry.client import _STORED_HEAD_CHECK_S, RegistryClient
 from connector.registry.directory import directory_entries, sign_directory_head
 from connector.store.models import DirectoryCacheRow
 from tests.support.exchange import admin, agree, offer, publish
@@ -258,6 +258,9 @@ def test_a_tampered_cached_directory_is_refused(down: LocalSpace) -> None:
         assert row is not None
         row.head = _forged_head(space, edited)
         s.add(row)
+    # The connector reads the stored head at most every _STORED_HEAD_CHECK_S; until then it
+    # keeps using the copy it verified itself, never the forged one.
+    time.sleep(_STORED_HEAD_CHECK_S + 0.05)
     err = _refused(space, "c")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = err.details() or ""
