@@ -10,8 +10,8 @@ certificate of the participant the message is for.
 
 No server-side request goes to a URL a peer merely names: the address must be https on
 the host the operator registered for that participant (checked when a request brings a
-callback address, and again before every send, against a directory look-up at most a
-second old: ``RegisteredHosts``), and redirects are not followed.
+callback address, and again before every send, against the directory in force), and
+redirects are not followed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import aiohttp
 from connector._proto.tds.v1 import negotiation_pb2
 from connector.dsp.jsonld import check_outgoing, read_message
 from connector.dsp.negotiation import check_callback, local_pid
-from connector.dsp.server import RegisteredHosts
 from connector.errors import ConnectorError, Unavailable
 from connector.identity.names import participant_dns_name
 from connector.negotiation.agreement import parse_agreement
@@ -218,7 +217,7 @@ class DspDelivery:
         self._negotiator = negotiator
         self._sender = sender
         self._callback = callback
-        self._registered_host: Callable[[str], str] = RegisteredHosts(registered_host)
+        self._registered_host = registered_host
         self._space = space
         self._peers: dict[str, tuple[str, str]] = {}
         self._peers_lock = threading.Lock()

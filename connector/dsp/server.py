@@ -22,8 +22,6 @@ import functools
 import json
 import logging
 import ssl
-import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ from connector.negotiation.negotiator import Negotiator
 from connector.rpc.auth import Access, Authenticator, Caller
 from connector.webserver import BackgroundSite
 
-__all__ = ["PROTOCOL_VERSION", "DspBinding", "Exchange", "RegisteredHosts"]
+__all__ = ["PROTOCOL_VERSION", "DspBinding", "Exchange"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,44 +62,6 @@ def _error_kind(path: str) -> str:
     return "CatalogError"
 
 
-class RegisteredHosts:
-    """The host the operator's directory gives each participant's connector, looked up at
-    most once a ``ttl`` (seconds) per participant.
-
-    Every DSP message checks its callback or peer address against this host
-    (``check_callback``), on receipt and before each send; a look-up is a read of the
-    database the directory is cached in (a replica may have stored a newer one), and a
-    negotiation checked five times in a few milliseconds. A failed look-up (registry
-    unreachable, participant revoked or unknown) is never remembered: it is asked again.
-    """
-
-    def __init__(
-        self,
-        lookup: Callable[[str], str],
-        *,
-        ttl: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._lookup = lookup
-        self._ttl = ttl
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._hosts: dict[str, tuple[str, float]] = {}
-
-    def __call__(self, participant: str) -> str:
-        now = self._clock()
-        with self._lock:
-            held = self._hosts.get(participant)
-        if held is not None and now - held[1] < self._ttl:
-            return held[0]
-        host = self._lookup(participant)  # raises: nothing remembered
-        with self._lock:
-            if len(self._hosts) > 10_000:  # participants of a space, bounded all the same
-                self._hosts.clear()
-            self._hosts[participant] = (host, now)
-        return host
-
-
 @dataclass(frozen=True)
 class Exchange:
     """What route handlers share: the connector's components and the request helpers."""
@@ -116,7 +76,8 @@ class Exchange:
     base_url: Callable[[], str]
     registered_host: Callable[[str], str]
     """The host of a participant's address in the operator's directory (callbacks may go
-    nowhere else), looked up at most once a second (``RegisteredHosts``)."""
+    nowhere else), looked up for every check (the registry client reads the directory
+    its database holds at most every 0.25 s, so a look-up costs no query)."""
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run connector code (blocking: database, policy, log) off the event loop."""
@@ -275,7 +236,7 @@ class DspBinding:
             settings=settings,
             pool=self._pool,
             base_url=lambda: self.base_url,
-            registered_host=RegisteredHosts(registered_host),
+            registered_host=registered_host,
         )
         self._site = BackgroundSite("tds-dsp")
         self._port = 0
