@@ -115,7 +115,7 @@ class Catalog:
         directory) when given; otherwise the transfer resolves it against the data directory.
         With ``sources``, a path that resolves outside them is refused (``InvalidRequest``);
         each read checks it again. An ``sql`` source's connection must be configured and its
-        query pass :func:`connector.sources.sql.validate_query` with the product's fields as
+        query pass :func:`connector.sources.sql_query.validate_query` with the product's fields as
         its output columns (checked again at every transfer); a ``stream`` source's
         connection must be a configured broker of the kind its subject or topic names.
         """

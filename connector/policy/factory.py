@@ -7,7 +7,6 @@ from connector.identity.certs import read_file_bytes
 from connector.policy.embedded import EmbeddedEngine
 from connector.policy.engine import PolicyEngine
 from connector.policy.library import PolicySet, load_library
-from connector.policy.opa import OpaServerEngine
 
 __all__ = ["engine_from_config"]
 
@@ -17,6 +16,10 @@ def engine_from_config(cfg: PolicyConfig, policy: PolicySet | None = None) -> Po
     policy = policy or load_library(cfg.policy_dir)
     if cfg.engine == "embedded":
         return EmbeddedEngine(policy)
+    # Imported only for an OPA server: its client brings aiohttp (about 8 MB resident),
+    # which a connector on the embedded engine does not need.
+    from connector.policy.opa import OpaServerEngine
+
     token = None
     if cfg.opa_token_file is not None:
         token = read_file_bytes(cfg.opa_token_file, "policy.opa_token_file").decode().strip()

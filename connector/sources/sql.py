@@ -8,7 +8,8 @@ A product's source names a **connection** and a **query**::
 The connection is the provider's own configuration (``[sources.orders] url = …``,
 :class:`SqlConnection`); its credentials never appear in a product description and are
 never sent to the registry or to a consumer. The query is checked at publish
-(:func:`validate_query`) with a real SQL parser (sqlglot), in the database's dialect:
+(:mod:`connector.sources.sql_query`) with a real SQL parser (sqlglot), in the database's
+dialect:
 
 - at most :data:`MAX_QUERY_CHARS` characters, exactly one statement, a ``SELECT`` (or a
   ``UNION``/``INTERSECT``/``EXCEPT`` of them);
@@ -65,18 +66,13 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from itertools import chain
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import sqlglot
-import sqlglot.errors
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlglot import exp
-from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from connector.errors import (
     InvalidRequest,
@@ -87,260 +83,12 @@ from connector.sources.base import Row, Snapshot
 from connector.sources.sql_connection import SCHEMES as _SCHEMES
 from connector.sources.sql_connection import SqlConnection
 
-__all__ = [
-    "ALLOWED_FUNCTIONS",
-    "MAX_QUERY_CHARS",
-    "Query",
-    "SqlConnection",
-    "SqlPool",
-    "SqlSource",
-    "SqlSources",
-    "check_fields",
-    "validate_query",
-]
+if TYPE_CHECKING:
+    from connector.sources.sql_query import Query
+
+__all__ = ["SqlConnection", "SqlPool", "SqlSource", "SqlSources"]
 
 _log = logging.getLogger(__name__)
-
-MAX_QUERY_CHARS = 64 * 1024
-"""Longest query text accepted (characters)."""
-
-
-_ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except)
-
-_FORBIDDEN: tuple[type[exp.Expression], ...] = (
-    exp.Insert,
-    exp.Update,
-    exp.Delete,
-    exp.Merge,
-    exp.Create,
-    exp.Drop,
-    exp.Alter,
-    exp.TruncateTable,
-    exp.Copy,
-    exp.LoadData,
-    exp.Set,
-    exp.Use,
-    exp.Pragma,
-    exp.Transaction,
-    exp.Commit,
-    exp.Rollback,
-    exp.Grant,
-    exp.Revoke,
-    exp.Kill,
-    exp.Cache,
-    exp.Uncache,
-    exp.Describe,
-    exp.Show,
-    exp.Analyze,
-    exp.Command,
-    exp.Into,
-    exp.Lock,
-    exp.Parameter,
-    exp.SessionParameter,
-    exp.Placeholder,
-    exp.PropertyEQ,
-)
-"""Anything that writes, locks, changes the session or was not understood, anywhere."""
-
-_WHY = {
-    exp.Into: "INTO (the query may only read)",
-    exp.Lock: "a locking clause (FOR UPDATE / FOR SHARE / LOCK IN SHARE MODE)",
-    exp.Command: "a statement the parser does not understand",
-    exp.Parameter: "a variable or parameter",
-    exp.SessionParameter: "a session variable",
-    exp.Placeholder: "a placeholder",
-    exp.PropertyEQ: "a variable assignment",
-}
-
-_SYSTEM_SCHEMAS = {
-    "postgres": frozenset({"pg_catalog", "information_schema", "pg_toast"}),
-    "mysql": frozenset({"mysql", "information_schema", "performance_schema", "sys"}),
-}
-"""Schemas of the database's own catalogs (roles, password hashes, settings, statistics)."""
-
-ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset(
-    {
-        # aggregates
-        exp.Count,
-        exp.Sum,
-        exp.Avg,
-        exp.Min,
-        exp.Max,
-        # conditionals and conversions
-        exp.Coalesce,
-        exp.Nullif,
-        exp.Case,
-        exp.If,
-        exp.Cast,
-        exp.TryCast,
-        exp.Greatest,
-        exp.Least,
-        # text
-        exp.Lower,
-        exp.Upper,
-        exp.Trim,
-        exp.Substring,
-        exp.Length,
-        exp.Concat,
-        exp.ConcatWs,
-        exp.Left,
-        exp.Right,
-        # numbers
-        exp.Round,
-        exp.Floor,
-        exp.Ceil,
-        exp.Abs,
-        # dates (MariaDB's DATE_FORMAT parses as TimeToStr over TsOrDsToTimestamp)
-        exp.Extract,
-        exp.DateTrunc,
-        exp.TimestampTrunc,
-        exp.TimeToStr,
-        exp.TsOrDsToTimestamp,
-    }
-)
-"""The functions a source query may call; every other function is refused."""
-
-
-# --- configuration ------------------------------------------------------------------------
-
-
-# --- validation ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Query:
-    """A checked query: the text that runs, its output columns and its hash."""
-
-    text: str
-    """The parser's rendering of the checked statement, without comments."""
-    columns: tuple[str, ...]
-    dialect: str
-
-    @property
-    def sha256(self) -> str:
-        """SHA-256 of :attr:`text`, hex."""
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-
-def _refuse(what: str) -> InvalidRequest:
-    return InvalidRequest(f"source.query {what}")
-
-
-def _branches(node: exp.Expression) -> list[exp.Expression]:
-    """The SELECTs whose rows are the query's output (more than one in a UNION)."""
-    while isinstance(node, exp.Subquery | exp.Paren):
-        node = node.this
-    if isinstance(node, exp.Union | exp.Intersect | exp.Except):
-        return _branches(node.this) + _branches(node.expression)
-    return [node]
-
-
-def _output_columns(root: exp.Expression, dialect: str) -> tuple[str, ...]:
-    branches = _branches(root)
-    for branch in branches:
-        if not isinstance(branch, exp.Select):
-            raise _refuse("must be a SELECT (or a UNION of SELECTs)")
-        for projection in branch.expressions:
-            if isinstance(projection, exp.Star) or (
-                isinstance(projection, exp.Column) and projection.is_star
-            ):
-                raise _refuse(
-                    "may not SELECT *: name each output column, so the product's fields "
-                    "can be checked against it"
-                )
-    first = branches[0]
-    if dialect == "postgres":
-        # PostgreSQL folds unquoted names to lower case: the columns it will report.
-        first = normalize_identifiers(first.copy(), dialect=dialect)
-    names: list[str] = []
-    for projection in first.expressions:
-        if isinstance(projection, exp.Alias):
-            names.append(projection.alias)
-        elif isinstance(projection, exp.Column):
-            names.append(projection.name)
-        else:
-            raise _refuse(
-                f"output {projection.sql(dialect=dialect)[:80]!r} has no name; give it one with AS"
-            )
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise _refuse(f"names the output column {twice[0]!r} twice; rename one with AS")
-    return tuple(names)
-
-
-def _is_system(table: exp.Table, dialect: str) -> bool:
-    schemas = _SYSTEM_SCHEMAS.get(dialect, frozenset())
-    if table.db.lower() in schemas or table.catalog.lower() in schemas:
-        return True
-    # PostgreSQL finds pg_catalog first whatever the search path: pg_shadow, pg_roles, …
-    return dialect == "postgres" and not table.db and table.name.lower().startswith("pg_")
-
-
-def validate_query(text: str, dialect: str, fields: Sequence[str] | None = None) -> Query:
-    """The checked form of ``text`` in ``dialect`` (``postgres``/``mysql``), or
-    ``InvalidRequest`` saying what to change. With ``fields``, they must equal the query's
-    output columns (see :func:`check_fields`)."""
-    if not isinstance(text, str) or not text.strip():
-        raise _refuse("is empty; give one SELECT statement")
-    if len(text) > MAX_QUERY_CHARS:
-        raise _refuse(f"is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted")
-    try:
-        parsed = sqlglot.parse(text, read=dialect)
-    except sqlglot.errors.SqlglotError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise _refuse(f"is not valid SQL: {first[:200]}") from None
-    except RecursionError:
-        raise _refuse("nests too deeply; simplify it") from None
-    statements = [s for s in parsed if s is not None]
-    if len(statements) != 1:
-        raise _refuse(
-            f"must be exactly one statement; found {len(statements)} (remove the extra "
-            "ones and any ';' between them)"
-        )
-    root = statements[0]
-    if not isinstance(root, _ROOTS):
-        raise _refuse(f"must be a SELECT; a {root.key.upper()} statement is not allowed")
-    for node in root.walk():
-        if isinstance(node, _FORBIDDEN):
-            why = _WHY.get(type(node), f"a {node.key.upper()} statement (the query may only read)")
-            raise _refuse(f"contains {why}; remove it")
-        if isinstance(node, exp.Table) and _is_system(node, dialect):
-            raise _refuse(
-                f"reads the database's own catalog ({node.sql(dialect=dialect)[:80]}); "
-                "publish data from the application's tables"
-            )
-        if isinstance(node, exp.Func) and type(node) not in ALLOWED_FUNCTIONS:
-            name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
-            raise _refuse(
-                f"calls {name.upper()}(), which is not an allowed function; allowed are "
-                "aggregates (COUNT, SUM, AVG, MIN, MAX) and text, number and date functions "
-                "(see connector.sources.sql.ALLOWED_FUNCTIONS)"
-            )
-    query = Query(
-        root.sql(dialect=dialect, comments=False), _output_columns(root, dialect), dialect
-    )
-    if fields is not None:
-        check_fields(query, fields)
-    return query
-
-
-def check_fields(query: Query, fields: Sequence[str]) -> None:
-    """``InvalidRequest`` naming the difference unless ``fields`` are the query's columns."""
-    fields = tuple(fields)
-    if fields == query.columns:
-        return
-    extra = [f for f in fields if f not in query.columns]
-    absent = [c for c in query.columns if c not in fields]
-    parts = []
-    if absent:
-        parts.append(f"the query outputs {', '.join(map(repr, absent))} not in fields")
-    if extra:
-        parts.append(f"fields name {', '.join(map(repr, extra))} the query does not output")
-    if not parts:
-        parts.append(f"they are in another order; list them as {list(query.columns)}")
-    raise InvalidRequest(
-        "the product's fields must equal the query's output columns: " + "; ".join(parts)
-    )
 
 
 # --- execution ----------------------------------------------------------------------------
@@ -509,8 +257,8 @@ class _Prefetch:
 class SqlPool:
     """A bounded pool of connections to one named database, and the read-only executor.
 
-    :meth:`execute` runs any text it is given: callers pass only :class:`Query` texts
-    checked by :func:`validate_query`; the read-only transaction is what stops a write
+    :meth:`execute` runs any text it is given: callers pass only the texts of checked
+    queries (:mod:`connector.sources.sql_query`); the read-only transaction is what stops a write
     even if a check were wrong.
     """
 
@@ -808,7 +556,12 @@ class SqlSources:
         return found
 
     def check(self, name: str, text: str, fields: Sequence[str]) -> Query:
-        """At publish: the connection exists and the query passes :func:`validate_query`."""
+        """At publish: the connection exists and the query passes
+        :func:`connector.sources.sql_query.validate_query`."""
+        # Imported here, not at the top: sqlglot is about 30 MB resident, which a connector
+        # with no database source should not carry (every process stays under 200 MB).
+        from connector.sources.sql_query import validate_query
+
         return validate_query(text, self.connection(name).dialect, fields)
 
     def _pool(self, name: str) -> SqlPool:

@@ -20,7 +20,8 @@ import pytest
 
 from connector.errors import InvalidRequest, PreconditionFailed, Unavailable
 from connector.sources.delivered import materialise
-from connector.sources.sql import Query, SqlConnection, SqlPool, SqlSource, SqlSources
+from connector.sources.sql import SqlConnection, SqlPool, SqlSource, SqlSources
+from connector.sources.sql_query import Query
 from connector.transfer.masking import Masker
 from tests.sources.conftest import Database
 

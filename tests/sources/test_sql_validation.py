@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from connector.errors import ConfigError, InvalidRequest
-from connector.sources.sql import MAX_QUERY_CHARS, SqlConnection, SqlSources, validate_query
+from connector.sources.sql import SqlConnection, SqlSources
+from connector.sources.sql_query import MAX_QUERY_CHARS, validate_query
 
 BOTH = ["postgres", "mysql"]
 
