@@ -23,7 +23,15 @@ run, each ``--repeat`` times in turn (the median kept):
   staging file with its SHA-256;
 - **materialise unmasked**: the same without masks, to show what the masks cost;
 - **read only**: the snapshot read and its state hashed, nothing projected or written,
-  to show what reading costs.
+  to show what reading costs;
+- **floor**: the least a connector that delivers these rows masked must do in this
+  process, whatever else it skips: fetch every row through the same server-side cursor
+  (psycopg's C loaders, the same batch size) and compute the hashed column's keyed
+  HMAC-SHA256 per distinct value (``Masker.column``, cryptography/OpenSSL). No state
+  hash, no projection, no encoding, no file. Its ratio (the delivered bytes over the
+  floor's time, against ``COPY``'s MB/s) is the best ratio any implementation of the
+  delivery could reach on this machine with these libraries; when it is below 0.5, the
+  issue-19 target cannot be met by work in this process alone.
 
 Reports MB/s of each (delivered bytes over wall time), the ratios to COPY (target: the
 transfer's at least 0.5), where the time goes (reading and the state hash; projecting,
@@ -63,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.sources.delivered import materialise
 from connector.sources.sql import SqlConnection, SqlSources
+from connector.transfer.masking import Masker
 
 MASKS = {"customer": {"method": "hash"}, "email": {"method": "truncate", "keep": 3}}
 FIELDS = ["id", "customer", "email", "city", "amount", "ordered_on"]
@@ -124,6 +133,21 @@ def _read(url: str, query: str) -> float:
         return time.perf_counter() - start
     finally:
         sources.close()
+
+
+def _floor(url: str, query: str) -> tuple[float, float]:
+    """Wall and CPU time of the floor (see the module docstring): the rows fetched, the
+    hashed column's HMACs computed, nothing else."""
+    masker = Masker(MASKS, bytes(range(32)))
+    hashed = FIELDS.index("customer")
+    with psycopg.connect(url) as db:
+        cpu = time.process_time()
+        start = time.perf_counter()
+        with db.cursor(name="tds_floor") as cursor:
+            cursor.execute(query)
+            while batch := cursor.fetchmany(SqlConnection("floor", url).fetch_rows):
+                masker.column("customer", [row[hashed] for row in batch])
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 @contextmanager
@@ -357,7 +381,7 @@ def main() -> int:
     query = f"SELECT id, customer, email, city, amount, ordered_on FROM {table}"
     _create(args.url, table, args.rows)
     runs: dict[str, list[float]] = {
-        k: [] for k in ("copy", "transfer", "tds", "plain", "read", "tds_cpu")
+        k: [] for k in ("copy", "transfer", "tds", "plain", "read", "tds_cpu", "floor", "floor_cpu")
     }
     transfer_bytes = 0
     served: dict[str, Any] | None = None
@@ -383,6 +407,9 @@ def main() -> int:
                 runs["tds_cpu"].append(tds_cpu)
                 runs["plain"].append(plain_s)
                 runs["read"].append(_read(args.url, query))
+                floor_s, floor_cpu = _floor(args.url, query)
+                runs["floor"].append(floor_s)
+                runs["floor_cpu"].append(floor_cpu)
             if args.served:
                 served = _served(args.url, query, Path(tmp) / "served")
     finally:
@@ -443,6 +470,14 @@ def main() -> int:
     if transfer is not None:
         spent["transfer_beyond_materialise"] = round(transfer_s - tds_s, 2)
     result["seconds_spent"] = spent
+    floor_s = statistics.median(runs["floor"])
+    result["floor"] = {
+        "what": "rows fetched and the hashed column's HMACs only, in this process",
+        "seconds": round(floor_s, 2),
+        "cpu_seconds": round(statistics.median(runs["floor_cpu"]), 2),
+        # The delivered bytes at the floor's speed: the best ratio any delivery could reach.
+        "best_possible_ratio": round(tds_bytes / mb / floor_s / copy_rate, 2),
+    }
     result["peak_rss_mb"] = round(peak_mb, 1)
     # The target is per process; here one process holds everything a transfer has.
     result["peak_rss_of"] = (
