@@ -38,6 +38,7 @@ from aiohttp import web
 from pyld import jsonld
 
 from connector.audit.canonical import canonical_json
+from connector.audit.log import AuditLog
 from connector.clock import Clock
 from connector.dsp.negotiation import check_callback, local_pid
 from connector.dsp.server import Exchange, note_pids
@@ -59,6 +60,7 @@ from connector.dsp.transfers import (
 from connector.errors import InvalidRequest, NotFound, PreconditionFailed
 from connector.negotiation.store import NegotiationStore
 from connector.rpc.auth import Caller
+from connector.store.database import RawTransaction
 from connector.transfer import store as records
 from connector.transfer.provider import TransferProvider, new_transfer_id
 from connector.transfer.store import TransferStore
@@ -66,7 +68,7 @@ from connector.transfer.store import TransferStore
 if TYPE_CHECKING:
     from connector.dsp.transfer_consumer import DspTransferConsumer
 
-__all__ = ["TransferSide", "shown_state", "transfer_routes"]
+__all__ = ["TransferSide", "paused_entry", "shown_state", "transfer_routes"]
 
 _AGREEMENT_PREFIX = "urn:tds:agreement:"
 PROVIDER, CONSUMER = records.PROVIDER, records.CONSUMER
@@ -84,6 +86,8 @@ class TransferSide:
     clock: Clock
     token_seconds: int
     """How long a data address's token is valid for (the pull, and its resumes)."""
+    audit: AuditLog
+    """Where a suspension or resumption is logged, in the commit that makes it."""
     consumer: Callable[[], DspTransferConsumer | None] = lambda: None
     """This connector as a DSP consumer (its callbacks), when it acts as one."""
 
@@ -108,6 +112,30 @@ def shown_state(side: TransferSide, row: DspTransfer) -> str:
     if t.state in (records.FAILED, records.TERMINATED):
         return TERMINATED
     return row.state
+
+
+def paused_entry(
+    side: TransferSide, row: DspTransfer, *, suspended: bool, by: str, reason: str = ""
+) -> Callable[[RawTransaction], object]:
+    """The log entry of a process suspended (``transfer.suspended``) or resumed
+    (``transfer.resumed``) by ``by`` (``provider``/``consumer``), to append in the commit
+    that moves it: a suspension stops the data flowing under a contract, which the
+    evidence must show as it shows a termination."""
+    transfer_id = row.transfer_id if row.role == PROVIDER else local_pid(row.peer_pid)
+    try:
+        agreement_id = side.transfers.get(transfer_id).agreement_id
+    except NotFound:
+        agreement_id = ""
+    data: dict[str, Any] = {
+        "transfer": transfer_id,
+        "process": row.transfer_id,
+        "agreement": agreement_id,
+        "by": by,
+    }
+    if reason:
+        data["reason"] = reason[:300]
+    kind = "transfer.suspended" if suspended else "transfer.resumed"
+    return side.audit.prepare([(kind, [row.counterparty], data)])
 
 
 def digest(caller: Caller, message: dict[str, Any]) -> str:
@@ -345,13 +373,22 @@ def _routes(exchange: Exchange, side: TransferSide) -> list[web.RouteDef]:
                     f"the transfer process is {shown_state(side, row)}: only a STARTED "
                     "process can be suspended"
                 )
+            peer = CONSUMER if row.role == PROVIDER else PROVIDER
+            reasons = [str(r)[:300] for r in message.get("reason", [])][:5]
             return shown(
                 side.store.move(
                     row.transfer_id,
                     expect=frozenset({STARTED}),
                     now_ms=side.now_ms(),
                     state=SUSPENDED,
-                    suspended_by=CONSUMER if row.role == PROVIDER else PROVIDER,
+                    suspended_by=peer,
+                    log=paused_entry(
+                        side,
+                        row,
+                        suspended=True,
+                        by=peer,
+                        reason="; ".join(reasons) or f"suspended by {caller.participant}",
+                    ),
                 )
             )
 
@@ -386,6 +423,7 @@ def _routes(exchange: Exchange, side: TransferSide) -> list[web.RouteDef]:
                     now_ms=side.now_ms(),
                     state=STARTED,
                     suspended_by="",
+                    log=paused_entry(side, row, suspended=False, by=CONSUMER),
                 )
             )
 

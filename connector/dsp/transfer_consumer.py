@@ -34,7 +34,7 @@ from connector._proto.tds.v1 import transfer_pb2
 from connector.dsp.delivery import DspSender
 from connector.dsp.jsonld import check_outgoing, read_message
 from connector.dsp.negotiation import check_callback, local_pid
-from connector.dsp.transfer import TransferSide
+from connector.dsp.transfer import TransferSide, paused_entry
 from connector.dsp.transfers import (
     COMPLETED,
     MANIFEST,
@@ -63,7 +63,7 @@ from connector.negotiation.dsp import process_id
 from connector.rpc.auth import Caller
 from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.receiving import Assembler
-from connector.transfer.store import ACTIVE, CONSUMER, Transfer
+from connector.transfer.store import ACTIVE, CONSUMER, PROVIDER, Transfer
 
 __all__ = ["DspTransferConsumer"]
 
@@ -463,6 +463,7 @@ class DspTransferConsumer:
                 state=STARTED,
                 suspended_by="",
                 data_address=json.dumps(kept),
+                log=paused_entry(self._side, row, suspended=False, by=PROVIDER),
             )
         )
 

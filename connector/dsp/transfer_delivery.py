@@ -35,7 +35,7 @@ from connector.clock import Clock
 from connector.dsp.delivery import DspSender, send_checked
 from connector.dsp.negotiation import check_callback
 from connector.dsp.server import Exchange
-from connector.dsp.transfer import TransferSide, shown_state, transfer_routes
+from connector.dsp.transfer import TransferSide, paused_entry, shown_state, transfer_routes
 from connector.dsp.transfer_consumer import DspTransferConsumer
 from connector.dsp.transfers import (
     FINAL,
@@ -97,6 +97,7 @@ class DspTransfers:
             negotiations=NegotiationStore(db),
             clock=clock,
             token_seconds=token_seconds,
+            audit=provider.audit,
             consumer=lambda: self.consumer,
         )
         self._receiver = receiver
@@ -277,6 +278,9 @@ class DspTransfers:
             now_ms=self.side.now_ms(),
             state=SUSPENDED,
             suspended_by=row.role,
+            log=paused_entry(
+                self.side, row, suspended=True, by=row.role, reason=reason or "suspended"
+            ),
             queue=[
                 (
                     f"dsp-suspend-{uuid.uuid4().hex}",
@@ -311,6 +315,7 @@ class DspTransfers:
             now_ms=self.side.now_ms(),
             state=STARTED,
             suspended_by="",
+            log=paused_entry(self.side, row, suspended=False, by=row.role),
             queue=[
                 (
                     f"dsp-resume-{uuid.uuid4().hex}",

@@ -207,12 +207,14 @@ class DspTransferStore:
         expect: frozenset[str],
         now_ms: int,
         queue: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
+        log: Callable[[RawTransaction], object] | None = None,
         **values: Any,
     ) -> DspTransfer:
         """Set ``values`` (``state``, ``peer_pid``…) if the process is in one of ``expect``
         states, and queue ``queue`` (message id, target, method, payload; the negotiation
-        is the agreement's) in the same transaction; ``PreconditionFailed`` naming the
-        state it is in otherwise. Queued messages are handed over once committed."""
+        is the agreement's) and append ``log``'s entries (``AuditLog.prepare``) in the same
+        transaction; ``PreconditionFailed`` naming the state it is in otherwise. Queued
+        messages are handed over once committed."""
         allowed = {"state", "peer_pid", "data_address", "token_expires_ms", "suspended_by"}
         if set(values) - allowed:
             raise TypeError(f"not a column move() sets: {sorted(set(values) - allowed)}")
@@ -236,6 +238,8 @@ class DspTransferStore:
                 " WHERE transfer_id = ?",
                 (*sets.values(), transfer_id),
             ).close()
+            if log is not None:
+                log(tx)
             for message_id, negotiation_pid, method, payload in queue:
                 queued.append(
                     _queue(

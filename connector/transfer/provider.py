@@ -169,6 +169,11 @@ class TransferProvider:
             participant=participant, signing_key=signing_key, keys=keys, audit=audit
         )
 
+    @property
+    def audit(self) -> AuditLog:
+        """The log this connector's transfer entries go to."""
+        return self._audit
+
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 

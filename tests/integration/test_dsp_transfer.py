@@ -961,12 +961,23 @@ def test_transfer_termination_message_the_provider_admin_stops_a_transfer(
     assert gov_state(space, tid) == "TERMINATED"
 
 
+def paused(space: LocalSpace, who: str, tid: str) -> list[tuple[str, str, str]]:
+    """What ``who`` logged of transfer ``tid``'s suspensions and resumptions, in order:
+    ``(kind, by, reason)``."""
+    return [
+        (e["kind"], e["data"]["by"], e["data"].get("reason", ""))
+        for e in entries(space, who)
+        if e["kind"] in ("transfer.suspended", "transfer.resumed") and e["data"]["transfer"] == tid
+    ]
+
+
 def test_transfer_suspension_message_the_provider_suspends_and_resumes(
     space: LocalSpace, callback: Callback
 ) -> None:
     provider_pid, consumer_pid, endpoint, token = started(space, callback)
     tid = transfer_id_of(provider_pid)
     assert control(space, "gov", "suspend", tid, "maintenance").state == "suspended"
+    assert paused(space, "gov", tid) == [("transfer.suspended", "provider", "maintenance")]
     told = callback.message_at(f"/transfers/{consumer_pid}/suspension")
     assert (told["providerPid"], told["reason"]) == (provider_pid, ["maintenance"])
     status, body, _ = pull(space, endpoint, token)
@@ -1007,6 +1018,7 @@ def test_transfer_suspension_message_the_provider_suspends_and_resumes(
     assert (gov_state(space, tid), len(entries(space, "gov"))) == ("SUSPENDED", before)
     # Resumed: the start message carries the data address again; the pull is served.
     assert control(space, "gov", "resume", tid).state == "started"
+    assert paused(space, "gov", tid)[1:] == [("transfer.resumed", "provider", "")]
     start = callback.message_at(f"/transfers/{consumer_pid}/start", count=2)
     assert data_address(start) == (endpoint, token)
     status, body, _ = pull(space, endpoint, token)
@@ -1024,17 +1036,21 @@ def test_transfers_providerpid_start_post_only_the_side_that_suspended_resumes(
         f"/transfers/{provider_pid}/suspension",
         message("TransferSuspensionMessage", provider_pid, consumer_pid),
     )
+    [(kind, by, reason)] = paused(space, "gov", tid)
+    assert (kind, by) == ("transfer.suspended", "consumer") and reason
     with pytest.raises(grpc.RpcError) as err:
         control(space, "gov", "resume", tid)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "only the side that suspended" in str(err.value.details())
     assert gov_state(space, tid) == "SUSPENDED"
+    assert len(paused(space, "gov", tid)) == 1  # the refused resumption logged nothing
     resumed = a.call(
         "POST",
         f"/transfers/{provider_pid}/start",
         message("TransferStartMessage", provider_pid, consumer_pid),
     )
     assert conforms(resumed)["state"] == "STARTED"
+    assert paused(space, "gov", tid)[1:] == [("transfer.resumed", "consumer", "")]
     # Nothing was sent for the consumer's own suspension and resumption.
     time.sleep(0.3)
     assert not [
@@ -1127,6 +1143,12 @@ def test_transfers_consumerpid_suspension_post_a_tds_consumer_waits_for_the_resu
         held.join()
     assert not held.failure and held.events[-1].event == "completed"
     assert (held.consumer_state(), gov_state(space, held.tid)) == ("COMPLETED", "COMPLETED")
+    # Both sides logged the provider's suspension and resumption.
+    logged = [
+        ("transfer.suspended", "provider", "maintenance"),
+        ("transfer.resumed", "provider", ""),
+    ]
+    assert paused(space, "gov", held.tid) == paused(space, "a", held.tid) == logged
 
 
 def test_transfers_providerpid_suspension_post_a_tds_consumer_suspends_and_resumes(
@@ -1147,6 +1169,8 @@ def test_transfers_providerpid_suspension_post_a_tds_consumer_suspends_and_resum
         held.join()
     assert not held.failure and held.events[-1].event == "completed"
     assert (held.consumer_state(), gov_state(space, held.tid)) == ("COMPLETED", "COMPLETED")
+    logged = [("transfer.suspended", "consumer", "disk full"), ("transfer.resumed", "consumer", "")]
+    assert paused(space, "gov", held.tid) == paused(space, "a", held.tid) == logged
 
 
 def test_transfers_consumerpid_termination_post_a_tds_consumer_stops_on_revocation(
