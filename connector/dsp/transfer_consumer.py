@@ -31,6 +31,7 @@ import aiohttp
 from google.protobuf import json_format
 
 from connector._proto.tds.v1 import transfer_pb2
+from connector.audit.receipts import receipt_id
 from connector.dsp.delivery import DspSender
 from connector.dsp.jsonld import check_outgoing, read_message
 from connector.dsp.negotiation import check_callback, local_pid
@@ -64,6 +65,8 @@ from connector.rpc.auth import Caller
 from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.receiving import Assembler
 from connector.transfer.store import ACTIVE, CONSUMER, PROVIDER, Transfer
+from connector.transfer.store import COMPLETED as COMPLETED_TRANSFER
+from connector.transfer.store import STARTED as STARTED_TRANSFER
 
 __all__ = ["DspTransferConsumer"]
 
@@ -155,6 +158,40 @@ class DspTransferConsumer:
             self._ended(cid, f"not started: {exc}")
             raise
         row = self._side.store.get(cid)
+        return self._receiver.receive_and_complete(
+            t,
+            progress,
+            fill=lambda t, asm, progress: self._fill(row, t, asm, progress),
+            countersign=lambda t, signed: self._countersigned(row, t, signed),
+            tell=lambda reason: self._tell(row, reason),
+        )
+
+    def runs(self, transfer_id: str) -> bool:
+        """Whether ``transfer_id`` is a transfer this connector receives over the binding."""
+        try:
+            t = self._side.transfers.get(transfer_id)
+            self._side.store.of_transfer(t.id, t.counterparty, CONSUMER)
+        except NotFound:
+            return False
+        return t.role == CONSUMER
+
+    def resume(self, transfer_id: str, progress: ProgressSink) -> Transfer:
+        """Pull the rest of a transfer whose pull stopped with this connector (a restart),
+        from the bytes held, with the data address the provider gave (valid for as long
+        as its token is), and complete it with a dual-signed receipt."""
+        t = self._side.transfers.get(transfer_id)
+        if t.role != CONSUMER:
+            raise PreconditionFailed(f"transfer {transfer_id} is one this connector provides")
+        row = self._side.store.of_transfer(t.id, t.counterparty, CONSUMER)
+        if t.state == COMPLETED_TRANSFER:
+            progress(Progress("completed", t, t.size, receipt_id(t.receipt or "")))
+            return t
+        if t.state != STARTED_TRANSFER or row.state not in (STARTED, SUSPENDED):
+            raise PreconditionFailed(
+                f"transfer {transfer_id} is {t.state}"
+                + (f" ({t.reason})" if t.reason else "")
+                + f"; its transfer process is {row.state}: only an unfinished one resumes"
+            )
         return self._receiver.receive_and_complete(
             t,
             progress,

@@ -67,6 +67,14 @@ class DspRunner(Protocol):
         """Request, pull and complete; the completed transfer."""
         ...
 
+    def runs(self, transfer_id: str) -> bool:
+        """Whether ``transfer_id`` is a transfer this connector receives over the binding."""
+        ...
+
+    def resume(self, transfer_id: str, progress: ProgressSink) -> Transfer:
+        """Pull the rest of an unfinished transfer and complete it."""
+        ...
+
 
 class DspControl(Protocol):
     """Suspends and resumes transfer processes run over the DSP binding
@@ -106,7 +114,13 @@ class TransferAdmin:
             raise InvalidRequest("name an agreement_id (or a transfer_id to resume)")
         events: queue.Queue[Progress | ConnectorError | None] = queue.Queue()
 
-        runner = self._dsp() if request.dsp_url else None
+        runner = self._dsp() if request.dsp_url or request.transfer_id else None
+        # A transfer run over the Dataspace Protocol resumes over it (by its id alone).
+        dsp_resume = bool(
+            request.transfer_id and runner is not None and runner.runs(request.transfer_id)
+        )
+        if request.transfer_id and not request.dsp_url and not dsp_resume:
+            runner = None
         if request.dsp_url:
             if runner is None:
                 raise PreconditionFailed(
@@ -116,12 +130,14 @@ class TransferAdmin:
             if request.push or request.transfer_id or not request.agreement_id:
                 raise InvalidRequest(
                     "over the Dataspace Protocol, name an agreement_id; the data is pulled "
-                    "(HttpData-PULL): no push, and no resume by transfer id"
+                    "(HttpData-PULL): no push (to resume a transfer, give its id alone)"
                 )
 
         def job() -> None:
             try:
-                if runner is not None:
+                if runner is not None and dsp_resume:
+                    runner.resume(request.transfer_id, events.put)
+                elif runner is not None:
                     runner.run(request.agreement_id, request.dsp_url, events.put)
                 else:
                     self._consumer.run(

@@ -32,6 +32,7 @@ from connector.webserver import BackgroundSite
 from tests.integration.test_authentication import ca_pem, own_token, pem
 from tests.support.dsp_client import Answer, DspClient
 from tests.support.exchange import FAR, admin, entries, publish
+from tests.support.streams import restart
 from tests.unit.negotiation.test_dsp import VECTORS, validate
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
@@ -1425,3 +1426,57 @@ def test_transfer_termination_message_a_tds_consumer_gives_up_a_long_suspension(
         e for e in entries(space, "gov", "transfer.terminated") if e["data"]["transfer"] == held.tid
     ]
     assert ended and "stayed SUSPENDED" in ended[0]["data"]["reason"]
+
+
+class _Killed(BaseException):
+    """The consumer connector's process ending mid-pull: nothing it holds is touched (no
+    handler of the product catches it, as none runs when a process is killed)."""
+
+
+def test_transfers_data_a_tds_consumer_resumes_its_pull_after_a_restart(
+    space: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transfers = space.nodes["a"].dsp_transfers
+    assert transfers is not None and transfers.consumer is not None
+    original = transfers.consumer._fill
+
+    def fill_then_die(row: Any, t: Any, asm: Any, progress: Any) -> None:
+        def dying(p: Any) -> None:
+            progress(p)
+            if p.event == "receiving" and asm.received:
+                raise _Killed
+
+        original(row, t, asm, dying)
+
+    monkeypatch.setattr(transfers.consumer, "_fill", fill_then_die)
+    died: list[type[BaseException]] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_type))
+    first = list(
+        admin(space, "a").Transfer(
+            admin_pb2.TransferRequest(
+                agreement_id=agreement(space, product="big"), dsp_url=provider_url(space)
+            ),
+            timeout=120,
+        )
+    )
+    assert died == [_Killed] and first[-1].event == "receiving"
+    tid, held = first[-1].transfer_id, first[-1].received
+    assert 0 < held < BIG
+    restart(space, "a")
+    resumed = list(
+        admin(space, "a").Transfer(admin_pb2.TransferRequest(transfer_id=tid), timeout=120)
+    )
+    final = resumed[-1]
+    assert final.event == "completed" and final.transfer.state == "completed", final
+    # From the bytes held: the pull went on with a Range, not from the first byte.
+    assert min(e.received for e in resumed if e.event == "receiving") >= held
+    assert (gov_state(space, tid), final.transfer.sha256) == ("COMPLETED", final.sha256)
+    for who in ("gov", "a"):
+        receipts = [
+            e for e in entries(space, who, "transfer.receipt") if e["data"]["transfer"] == tid
+        ]
+        assert len(receipts) == 1
+    # Resuming it again: the completed transfer, nothing pulled or logged again.
+    before = len(entries(space, "a"))
+    again = list(admin(space, "a").Transfer(admin_pb2.TransferRequest(transfer_id=tid), timeout=30))
+    assert again[-1].event == "completed" and len(entries(space, "a")) == before
