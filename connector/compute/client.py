@@ -25,17 +25,17 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from connector import compute  # parse_query: sqlglot loads with the first question
 from connector._proto.tds.v1 import compute_pb2, compute_pb2_grpc
 from connector.audit import jws
 from connector.audit.canonical import canonical_json
 from connector.audit.log import AuditLog
 from connector.clock import Clock
-from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
     ComputationReceipt,
@@ -65,6 +65,9 @@ from connector.negotiation.outbox import Pending, enqueue, mark_delivered
 from connector.negotiation.service import PermanentRefusal
 from connector.rpc.channel import calling
 from connector.store.database import RawTransaction
+
+if TYPE_CHECKING:
+    from connector.compute.query import Query
 
 __all__ = [
     "COMPUTE_TIMEOUT_SECONDS",
@@ -202,7 +205,7 @@ class ComputeConsumer:
         query: Query | None = None
         try:
             if agreement.compute is not None:
-                query = parse_query(question, agreed_rules(agreement.compute))
+                query = compute.parse_query(question, agreed_rules(agreement.compute))
         except InvalidRequest:
             pass
         except BaseException:
@@ -357,7 +360,7 @@ class ComputeConsumer:
         COMPUTATION_ID.check(r.computation_id, error=VerificationError)
         rules = agreed_rules(agreement.compute)
         if query is None:
-            query = parse_query(question, rules)
+            query = compute.parse_query(question, rules)
         try:
             document = json.loads(r.answer)
         except ValueError:

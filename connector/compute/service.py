@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from connector import compute  # parse_query: sqlglot loads with the first question
 from connector._proto.tds.v1 import compute_pb2, compute_pb2_grpc
 from connector.audit import jws
 from connector.audit.log import AuditLog, Record
 from connector.catalog.catalog import Catalog
 from connector.catalog.products import Offer, Product
 from connector.clock import Clock
-from connector.compute.query import Query, parse_query
 from connector.compute.receipt import (
     WHAT,
     ComputationReceipt,
@@ -81,6 +81,7 @@ from connector.transfer.provider import TransferProvider
 if TYPE_CHECKING:
     from connector.compute.answer import Answer
     from connector.compute.client import ComputeConsumer
+    from connector.compute.query import Query
 
 __all__ = [
     "MAX_QUESTION_BYTES",
@@ -208,7 +209,7 @@ class ComputeProvider:
         query: Query | None = None
         if rules is not None and "compute" in agreement.delivery:
             try:
-                query = parse_query(question, rules)
+                query = compute.parse_query(question, rules)
             except InvalidRequest as exc:
                 self._refuse(caller, agreement, f"question refused: {exc}")
                 raise

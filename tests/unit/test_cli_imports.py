@@ -49,3 +49,30 @@ def test_the_lazy_package_names_still_resolve() -> None:
 
     with pytest.raises(AttributeError, match="NoSuchThing"):
         connector.policy.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_the_server_stack_leaves_the_optional_engines_until_they_are_used() -> None:
+    """A connector that publishes no database source, asks no compute question and decides
+    on the embedded engine does not carry sqlglot (about 30 MB resident), the compute
+    engines or the OPA client with aiohttp (13 MB): every process stays under 200 MB."""
+    optional = ["sqlglot", "duckdb", "opendp", "opa_client", "aiohttp", "pyld"]
+    probe = (
+        "import json, sys\n"
+        "from connector.node import Node\n"
+        "from connector.policy.factory import engine_from_config\n"
+        "from connector.sources.sql import SqlSources\n"
+        f"print(json.dumps([m for m in {optional!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout) == []
+    # And the checks load them when asked for.
+    from connector import compute
+    from connector.sources.sql import SqlConnection, SqlSources
+
+    assert compute.parse_query is not None
+    query = SqlSources({"db": SqlConnection("db", "postgresql://u@h/d")}).check(
+        "db", "SELECT id FROM t", ["id"]
+    )
+    assert query.columns == ("id",)
