@@ -36,6 +36,7 @@ from connector.errors import (
     ConnectorError,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     Unavailable,
 )
 from connector.identity.certs import (
@@ -72,6 +73,7 @@ from connector.registry.cache import DirectoryCache
 from connector.registry.client import RegistryClient
 from connector.registry.grants import GrantStore
 from connector.registry.index import CatalogIndex
+from connector.registry.revocation import RevocationList
 from connector.registry.service import (
     LocalRevocations,
     OperatorKeys,
@@ -92,7 +94,7 @@ from connector.transfer.disclosure import DisclosureTally, disclosure_report
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
-from connector.transfer.store import Transfer, TransferStore
+from connector.transfer.store import PROVIDER, Transfer, TransferStore
 from connector.transfer.stream_service import StreamServicer, stream_service
 from connector.transfer.stream_store import StreamStore
 from connector.transfer.streaming import StreamProvider
@@ -468,6 +470,7 @@ class Node:
                 directory_refresh_seconds=cfg.registry.directory_refresh_seconds,
                 directory_max_age_seconds=cfg.registry.directory_max_age_seconds,
             )
+            self.registry.on_revocations(self._end_revoked_transfers)
             revocations = self.registry
         services.append(catalog_service(CatalogServicer(self._catalog())))
         services.append(negotiation_service(NegotiationServicer(self._negotiator())))
@@ -693,6 +696,24 @@ class Node:
         kept, so any grant of the consumer stops it: fail closed, and a new transfer is
         decided afresh. ``Unavailable`` when no fresh list is held."""
         return self._stream_revocation(t.counterparty, t.product, t.started_ms)
+
+    def _end_revoked_transfers(self, fresh: RevocationList, before: RevocationList | None) -> None:
+        """A newer revocation list ends at once every transfer we provide that it stops (a
+        consumer it revokes, or whose grant it revokes for public data): recorded and
+        logged as terminated, and over DSP the consumer is told, as when our admin stops
+        one. Its pulls were refused from the moment the list was held; this ends the
+        records too, rather than at a next pull that may never come. The first list held
+        after a start is compared with nothing: a pull still checks it."""
+        if before is None or self.transfers is None or self.db is None:
+            return
+        newly = (fresh.participants - before.participants) | {
+            g.participant for g in fresh.grants - before.grants
+        }
+        for t in TransferStore(self.db).active_with(PROVIDER, newly):
+            reason = self._revocation_stop(t)
+            if reason:
+                with contextlib.suppress(PreconditionFailed):  # ended meanwhile
+                    self.transfers.terminate(t.id, reason)
 
     def _stream_revocation(self, consumer: str, product: str, started_ms: int) -> str | None:
         """:meth:`_revocation_stop` for anything ``consumer`` receives of ``product`` since

@@ -53,6 +53,9 @@ __all__ = ["PeerInfo", "RegistryClient"]
 
 log = logging.getLogger(__name__)
 
+RevocationListener = Callable[[RevocationList, "RevocationList | None"], None]
+"""Told of each newer revocation list: ``(fresh, before)``."""
+
 # How often a lookup reads the directory head replicas store (seconds; see __init__).
 _STORED_HEAD_CHECK_S = 0.25
 
@@ -88,6 +91,7 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._token: tuple[str, float, int] | None = None  # token, fetched at, expires at
         self._revocations: RevocationList | None = None
+        self._revocation_listeners: list[RevocationListener] = []
         self._watching: Any = None  # the open WatchRevocations call, to cancel on stop
         self._cache = directory_cache
         self._directory_refresh = directory_refresh_seconds
@@ -196,7 +200,24 @@ class RegistryClient:
                     f"held serial {held.serial}; keeping the held list"
                 )
             self._revocations = fresh
+            listeners = (
+                list(self._revocation_listeners)
+                if held is None or (fresh.serial > held.serial)
+                else []
+            )
+        for listener in listeners:
+            try:
+                listener(fresh, held)
+            except ConnectorError as exc:  # the list is held whatever a listener does
+                log.warning("acting on a revocation list failed", extra={"reason": str(exc)})
         return fresh
+
+    def on_revocations(self, listener: RevocationListener) -> None:
+        """Call ``listener(fresh, before)`` on the thread that holds each newer revocation
+        list (pushed by the registry or fetched), ``before`` being the list held until
+        then (``None`` for the first)."""
+        with self._lock:
+            self._revocation_listeners.append(listener)
 
     def current(self) -> RevocationList:
         """The revocation list in force; ``Unavailable`` if none or too old."""

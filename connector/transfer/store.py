@@ -8,7 +8,7 @@ PostgreSQL database, whose row lock re-evaluates the condition) can never exceed
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,6 +335,22 @@ class TransferStore:
             if row is None:
                 raise NotFound(f"transfer {transfer_id!r} not found")
             return _transfer(row)
+
+    def active_with(self, role: str, counterparties: Iterable[str]) -> list[Transfer]:
+        """The transfers of ``role`` not yet ended whose counterparty is one of
+        ``counterparties``."""
+        names = sorted(set(counterparties))
+        if not names:
+            return []
+        with self._db.session() as s:
+            rows = s.exec(
+                select(TransferRow).where(
+                    TransferRow.role == role,
+                    col(TransferRow.state).in_(sorted(ACTIVE)),
+                    col(TransferRow.counterparty).in_(names),
+                )
+            ).all()
+            return [_transfer(r) for r in rows]
 
     def update(
         self,

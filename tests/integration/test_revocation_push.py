@@ -50,7 +50,12 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpace]:
     data = root / "data"
     data.mkdir()
     (data / "big.bin").write_bytes(b"x" * (48 * 1024 * 1024))
-    parts = [("gov", Role.GOVERNMENT), ("opa", Role.ENTERPRISE), ("ent", Role.ENTERPRISE)]
+    parts = [
+        ("gov", Role.GOVERNMENT),
+        ("opa", Role.ENTERPRISE),
+        ("ent", Role.ENTERPRISE),
+        ("idle", Role.ENTERPRISE),
+    ]
     with LocalSpace.create(root, parts) as sp:
         sp.start_registry()
         for who, _ in parts:
@@ -163,8 +168,12 @@ def test_grant_revocation_stops_transfers_before_the_consumer_refreshes_its_toke
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.details()
     assert "operation_grant_revoked" in (err.details() or "")
     assert delay < BOUND and 0 < received < size
+    # The list's arrival ends the transfer's record (its reason logged), and the pull in
+    # flight stops on it, logging the bytes it had sent.
+    ended = [e["data"]["reason"] for e in entries(space, "gov", "transfer.terminated")]
+    assert "operation_grant_revoked" in ended
     stopped = [e["data"]["reason"] for e in entries(space, "gov", "transfer.stopped")]
-    assert "operation_grant_revoked" in stopped
+    assert any("operation_grant_revoked" in reason for reason in stopped)
 
     refused = _refused_within(
         lambda: stub.StartTransfer(
@@ -197,6 +206,29 @@ def test_participant_revocation_is_refused_within_seconds_and_stops_its_transfer
     )
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "revoked" in (refused.details() or "")
+
+
+def test_a_revocation_ends_the_transfers_it_stops_at_once_with_nobody_pulling(
+    space: LocalSpace,
+) -> None:
+    agreement_id = agree(space, "gov", "idle", "plain", purpose="traffic-analytics")
+    stub = _pinned_stub(space, "idle", "gov")
+    m = stub.StartTransfer(transfer_pb2.StartTransferRequest(agreement_id=agreement_id), timeout=10)
+    provider = space.nodes["gov"].transfers
+    assert provider is not None and provider._store.get(m.transfer_id).state == "started"
+    space.revoke("idle", "test: revoked")
+    # No pull comes to find the revocation: the list's arrival ends the record itself.
+    deadline = time.monotonic() + BOUND
+    while (t := provider._store.get(m.transfer_id)).state == "started":
+        assert time.monotonic() < deadline, f"still started {BOUND} s after the revocation"
+        time.sleep(0.05)
+    assert (t.state, t.reason) == ("terminated", "consumer_revoked")
+    ended = [
+        e["data"]["reason"]
+        for e in entries(space, "gov", "transfer.terminated")
+        if e["data"]["transfer"] == m.transfer_id
+    ]
+    assert ended == ["consumer_revoked"]
 
 
 # -- a registry that pushes lies --------------------------------------------------------
