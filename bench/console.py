@@ -1,10 +1,20 @@
 """Benchmark the browser console's pages at scale, through real consoles and connectors.
 
     python bench/console.py [--entries 1000000] [--products 10000] [--negotiations 100000]
-                            [--transfers 20000] [--days 60] [--rounds 40] [--dir DIR] [--json]
+                            [--transfers 20000] [--days 60] [--rounds 40] [--dir DIR]
+                            [--space DIR] [--in-process] [--json]
 
-One local space, in-process: the registry, a provider ``gov`` (government), a consumer
-``ent`` (enterprise) and an auditor ``aud``. Everything is recorded by the product's own
+One local space: the registry, a provider ``gov`` (government), a consumer ``ent``
+(enterprise) and an auditor ``aud``, seeded in this process, then served as a deployment
+runs them: the registry, ``gov`` and ``ent`` each a ``tds serve`` process and each of the
+four consoles a ``tds console`` process, the pages asked over HTTP from this one (so no
+process's background work stalls another's pages through a shared interpreter lock).
+``--in-process`` keeps the old layout, every node and console a thread of this process.
+``--space DIR`` seeds into ``DIR`` and keeps it; given a ``DIR`` seeded before, it
+measures that space again without seeding. Besides p50 and p95, the JSON has each
+process's peak RSS, its CPU time while the pages were asked (its work whatever the
+machine's load, background work included) and every answer over 150 ms with its time.
+Everything is recorded by the product's own
 code (``seed_provider``): ``gov``'s log grown to ``--entries`` entries with the real
 Merkle tree and a signed checkpoint every 100 negotiations; ``--negotiations``
 negotiations through ``NegotiationStore`` with the negotiator's transition entries (one in
@@ -126,6 +136,19 @@ class Processes:
             if found:
                 peaks[name] = round(int(found.group(1)) / 1024, 1)
         return peaks
+
+    def cpu_s(self) -> dict[str, float]:
+        """Each process's CPU time so far (user and system, seconds): its work whatever
+        the machine's load, background work included."""
+        tick = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for name, proc in self.procs.items():
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[name] = (int(fields[11]) + int(fields[12])) / tick
+        return used
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -581,8 +604,17 @@ def as_processes(root: Path, seeded: dict[str, Any], rounds: int) -> dict[str, A
         serve_all(root, procs, [seeded["operator"], "gov", "ent"])
         urls = console_urls(root, procs, ["gov", "ent", "aud", seeded["operator"]])
         print(f"processes: {procs.pids()}", file=sys.stderr, flush=True)
+        before = procs.cpu_s()
         pages = measure(urls, seeded, rounds)
-        return {"pages": pages, "peak_rss_mb": procs.peak_rss_mb(), "pids": procs.pids()}
+        after = procs.cpu_s()
+        return {
+            "pages": pages,
+            "peak_rss_mb": procs.peak_rss_mb(),
+            "cpu_s_while_measuring": {
+                name: round(after[name] - before.get(name, 0.0), 2) for name in after
+            },
+            "pids": procs.pids(),
+        }
     finally:
         procs.stop()
 
