@@ -1,10 +1,20 @@
 """Benchmark the browser console's pages at scale, through real consoles and connectors.
 
     python bench/console.py [--entries 1000000] [--products 10000] [--negotiations 100000]
-                            [--transfers 20000] [--days 60] [--rounds 40] [--dir DIR] [--json]
+                            [--transfers 20000] [--days 60] [--rounds 40] [--dir DIR]
+                            [--space DIR] [--in-process] [--json]
 
-One local space, in-process: the registry, a provider ``gov`` (government), a consumer
-``ent`` (enterprise) and an auditor ``aud``. Everything is recorded by the product's own
+One local space: the registry, a provider ``gov`` (government), a consumer ``ent``
+(enterprise) and an auditor ``aud``, seeded in this process, then served as a deployment
+runs them: the registry, ``gov`` and ``ent`` each a ``tds serve`` process and each of the
+four consoles a ``tds console`` process, the pages asked over HTTP from this one (so no
+process's background work stalls another's pages through a shared interpreter lock).
+``--in-process`` keeps the old layout, every node and console a thread of this process.
+``--space DIR`` seeds into ``DIR`` and keeps it; given a ``DIR`` seeded before, it
+measures that space again without seeding. Besides p50 and p95, the JSON has each
+process's peak RSS, its CPU time while the pages were asked (its work whatever the
+machine's load, background work included) and every answer over 150 ms with its time.
+Everything is recorded by the product's own
 code (``seed_provider``): ``gov``'s log grown to ``--entries`` entries with the real
 Merkle tree and a signed checkpoint every 100 negotiations; ``--negotiations``
 negotiations through ``NegotiationStore`` with the negotiator's transition entries (one in
@@ -33,6 +43,7 @@ is measured, with the load average; ``over_200_ms_p95`` lists the pages over the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import html
 import http.cookiejar
@@ -40,6 +51,8 @@ import json
 import os
 import random
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -73,6 +86,99 @@ from connector.negotiation.store import CONSUMER, PROVIDER, Negotiation, Negotia
 from connector.node.clients import admin_channel
 from connector.store.database import RawTransaction
 from connector.transfer.store import COMPLETED, STARTED, Transfer, TransferStore
+
+TDS = [sys.executable, "-m", "connector"]
+
+
+class Processes:
+    """``tds serve`` and ``tds console`` processes started as a person starts them, each
+    with its own interpreter (so one's background work cannot stall another's pages
+    through a shared GIL), stopped with SIGTERM; each one's peak RSS read before it ends."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.logs: dict[str, IO[str]] = {}
+
+    def start(self, name: str, argv: list[str], ready: str) -> str:
+        """Start ``tds ARGV`` and wait for a stdout line containing ``ready`` (returned)."""
+        log = (self.root / f"{name}.stderr").open("w")
+        self.logs[name] = log
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen(
+            [*TDS, *argv], stdout=subprocess.PIPE, stderr=log, text=True, env=env
+        )
+        self.procs[name] = proc
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(
+                    f"{name} ended: {(self.root / f'{name}.stderr').read_text()[-2000:]}"
+                )
+            if ready in line:
+                return line.strip()
+        raise SystemExit(f"{name} printed no {ready!r} within 120 s")
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each process's peak resident set (``VmHWM``), in MiB."""
+        peaks = {}
+        for name, proc in self.procs.items():
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                continue
+            found = re.search(r"VmHWM:\s+(\d+) kB", status)
+            if found:
+                peaks[name] = round(int(found.group(1)) / 1024, 1)
+        return peaks
+
+    def cpu_s(self) -> dict[str, float]:
+        """Each process's CPU time so far (user and system, seconds): its work whatever
+        the machine's load, background work included."""
+        tick = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for name, proc in self.procs.items():
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[name] = (int(fields[11]) + int(fields[12])) / tick
+        return used
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.logs[name].close()
+        self.procs.clear()
+
+
+def serve_all(root: Path, procs: Processes, ids: list[str]) -> None:
+    """Serve each of ``ids`` (the registry first) with ``tds serve`` on the port its config
+    under ``root`` names (the address it was enrolled with)."""
+    for who in ids:
+        procs.start(f"serve-{who}", ["serve", "--config", str(root / f"{who}.toml")], "listening")
+
+
+def console_urls(root: Path, procs: Processes, ids: list[str]) -> dict[str, str]:
+    """A ``tds console`` per participant in ``ids``: the URL with the token each prints."""
+    return {
+        who: procs.start(
+            f"console-{who}", ["console", "--config", str(root / f"{who}.toml")], "/?token="
+        )
+        for who in ids
+    }
 
 
 def described(i: int) -> str:
@@ -96,14 +202,24 @@ def described(i: int) -> str:
     )
 
 
+SLOW_MS = 150.0
+SLOW: list[dict[str, Any]] = []
+"""Each answer slower than ``SLOW_MS``: when (UTC), the path and how long, to find what a
+process was doing then (a stall, not a slow query, shows as one such answer among fast
+ones of the same page)."""
+
+
 def timed(opener: Any, url: str, rounds: int, vary: Any = None) -> dict[str, float]:
     took = []
     for _ in range(rounds):
         target = url if vary is None else vary()
-        start = time.perf_counter()
+        at, start = time.time(), time.perf_counter()
         with opener.open(target, timeout=60) as resp:
             resp.read()
         took.append((time.perf_counter() - start) * 1000)
+        if took[-1] > SLOW_MS:
+            path = "/" + target.split("/", 3)[-1]
+            SLOW.append({"at": round(at, 3), "path": path[:120], "ms": round(took[-1], 1)})
     return percentiles(took)
 
 
@@ -347,17 +463,160 @@ def minute_window(log: Any, size: int) -> str:
     return f"since={minute}&until={minute}"
 
 
-def signed_in(console: Console) -> Any:
+def signed_in(url: str) -> Any:
+    """An opener signed in to the console at ``url`` (the printed URL with its token)."""
     opener = urllib.request.build_opener(
         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
     )
     try:
-        opener.open(console.url(), timeout=30).read()
+        opener.open(url, timeout=30).read()
     except urllib.error.HTTPError as exc:
         banner = re.search(r'id="error">([^<]*)<', exc.read().decode())
         shown = banner.group(1) if banner else ""
         raise SystemExit(f"console page failed: {exc.code} {shown}") from None
     return opener
+
+
+def seed_space(sp: LocalSpace, args: argparse.Namespace) -> dict[str, Any]:
+    """Start the registry, ``gov`` and ``ent`` in this process, seed them (``seed_provider``,
+    then the products through ``gov``'s admin API) and record what the pages need in
+    ``ROOT/seeded.json``; the nodes are left running."""
+    sp.start_registry()
+    sp.start_connector("gov")
+    sp.start_connector("ent")
+    sp.enrol("aud", "")
+    sp.write_config("aud", "", sp.registry_address)
+    seeded, seed = seed_provider(sp, args, args.days * 86_400)
+    seed.close()
+    log = sp.nodes["gov"].log
+    assert log is not None
+    start = time.perf_counter()
+    with admin_channel(sp.configs["gov"]) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        for first in range(0, args.products, 1000):
+            batch = [
+                admin_pb2.ProductDescription(description=described(i), format="json")
+                for i in range(first, min(args.products, first + 1000))
+            ]
+            stub.AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=600)
+
+        def register(i: int) -> None:
+            stub.RegisterProduct(
+                admin_pb2.RegisterOwnProductRequest(product_id=f"product-{i:06d}", public=True),
+                timeout=120,
+            )
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(register, range(args.products)))
+    seeded["products_s"] = round(time.perf_counter() - start, 1)
+    size = log.size
+    seeded["log_size"] = size
+    seeded["minute"] = minute_window(log, size)
+    seeded["operator"] = sp.manifest.operator_id
+    seeded["scale"] = {
+        k: getattr(args, k) for k in ("entries", "products", "negotiations", "transfers")
+    }
+    (sp.root / "seeded.json").write_text(json.dumps(seeded))
+    print(f"seeded: {seeded}, products {seeded['products_s']} s", file=sys.stderr)
+    return seeded
+
+
+def measure(urls: dict[str, str], seeded: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """Every page's p50 and p95 over ``rounds`` requests, signed in to each console."""
+    p, c, a, o = (signed_in(urls[who]) for who in ("gov", "ent", "aud", seeded["operator"]))
+    base_p, base_c, base_a, base_o = (
+        urls[who].split("/?token=")[0] for who in ("gov", "ent", "aud", seeded["operator"])
+    )
+    size, pids = seeded["log_size"], seeded["pids"]
+    pages: dict[str, Any] = Shown()
+    for name in ("participants", "grants", "catalog"):
+        pages[f"operator_{name}"] = timed(o, f"{base_o}/{name}", rounds)
+    pages["operator_catalog_search_word"] = timed(o, f"{base_o}/catalog?q=product+12", rounds)
+    pages["operator_catalog_next_page"] = timed(
+        o, f"{base_o}/catalog{next_link(o, f'{base_o}/catalog')}", rounds
+    )
+    pages["provider_products"] = timed(p, f"{base_p}/products", rounds)
+    second = next_link(p, f"{base_p}/products")
+    pages["provider_products_next_page"] = timed(p, f"{base_p}/products{second}", rounds)
+    for name in ("negotiations", "requests", "agreements"):
+        pages[f"provider_{name}"] = timed(p, f"{base_p}/{name}", rounds)
+    deep = ""
+    for _ in range(49):
+        deep = next_link(p, f"{base_p}/negotiations{deep}")
+    pages["provider_negotiations_page_50"] = timed(p, f"{base_p}/negotiations{deep}", rounds)
+    pages["provider_negotiation_timeline"] = timed(
+        p, "", rounds, lambda: f"{base_p}/negotiations/{random.choice(pids)}"
+    )
+    pages["provider_transfers_with_per_day_chart"] = timed(p, f"{base_p}/transfers", rounds)
+    # The disclosure report's first view after the connector started, timed apart.
+    pages["provider_disclosure_first"] = timed(p, f"{base_p}/disclosure", 1)
+    for name in ("metering", "consents", "disclosure"):
+        pages[f"provider_{name}"] = timed(p, f"{base_p}/{name}", rounds)
+    for name in ("holdings", "receipts"):
+        pages[f"consumer_{name}"] = timed(c, f"{base_c}/{name}", rounds)
+    pages["consumer_receipts_next_page"] = timed(
+        c, f"{base_c}/receipts{next_link(c, f'{base_c}/receipts')}", rounds
+    )
+    # The auditor's log pages each show the checkpoints and who signed them.
+    pages["auditor_log_newest_page"] = timed(a, f"{base_a}/audit?connector=gov", rounds)
+    pages["auditor_log_random_page"] = timed(
+        a, "", rounds, lambda: f"{base_a}/audit?connector=gov&start={random.randrange(size)}"
+    )
+    pages["auditor_evidence_api_random_entry"] = timed(
+        a, "", rounds, lambda: f"{base_a}/api/evidence?connector=gov&index={random.randrange(size)}"
+    )
+    searches = {
+        "auditor_search_kind_transition": "kind=negotiation.transition",
+        "auditor_search_rare_kind": "kind=bench.rare",
+        "auditor_search_party_1_in_100": "party=p7",
+        "auditor_search_party_none": "party=nobody",
+        "auditor_search_minute": seeded["minute"],
+        "auditor_search_kind_and_party": "kind=transfer.receipt&party=ent",
+    }
+    for name, query in searches.items():
+        pages[name] = timed(a, f"{base_a}/audit?connector=gov&{query}", rounds)
+    # As deep as "older" goes, at most the 20th page.
+    deep, depth = f"{base_a}/audit?connector=gov&kind=bench.rare", 1
+    while depth < 20 and (older := older_link(a, deep)):
+        deep, depth = base_a + older, depth + 1
+    pages["auditor_search_rare_kind_deepest"] = {"page": depth, **timed(a, deep, rounds)}
+    return pages
+
+
+def in_process(sp: LocalSpace, seeded: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The old layout: the consoles as threads of this process, beside the nodes."""
+    who = ("gov", "ent", "aud", seeded["operator"])
+    consoles = {w: Console(AdminBackend(sp.configs[w])) for w in who}
+    for console in consoles.values():
+        console.start()
+    try:
+        return measure({w: c.url() for w, c in consoles.items()}, seeded, rounds)
+    finally:
+        for console in consoles.values():
+            console.stop()
+
+
+def as_processes(root: Path, seeded: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """As deployed: the registry, ``gov`` and ``ent`` each a ``tds serve`` process and each
+    console a ``tds console`` process; the pages asked over HTTP from this one."""
+    procs = Processes(root)
+    try:
+        serve_all(root, procs, [seeded["operator"], "gov", "ent"])
+        urls = console_urls(root, procs, ["gov", "ent", "aud", seeded["operator"]])
+        print(f"processes: {procs.pids()}", file=sys.stderr, flush=True)
+        before = procs.cpu_s()
+        pages = measure(urls, seeded, rounds)
+        after = procs.cpu_s()
+        return {
+            "pages": pages,
+            "peak_rss_mb": procs.peak_rss_mb(),
+            "cpu_s_while_measuring": {
+                name: round(after[name] - before.get(name, 0.0), 2) for name in after
+            },
+            "pids": procs.pids(),
+        }
+    finally:
+        procs.stop()
 
 
 def main() -> None:
@@ -369,6 +628,17 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    parser.add_argument(
+        "--space",
+        type=Path,
+        help="seed into this directory and keep it; if it holds a seeded space already, "
+        "measure that one without seeding again (separate processes only)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="the old layout: nodes and consoles as threads of this one process",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {
@@ -376,135 +646,44 @@ def main() -> None:
         "products": args.products,
         "negotiations": args.negotiations,
         "transfers": args.transfers,
+        "layout": "in-process" if args.in_process else "processes",
         "load_before": os.getloadavg(),
     }
-    with tempfile.TemporaryDirectory(prefix="tds-bench-console-", dir=args.dir) as tmp:
-        participants = [("gov", Role.GOVERNMENT), ("ent", Role.ENTERPRISE), ("aud", Role.AUDITOR)]
-        with LocalSpace.create(Path(tmp), participants) as sp:
-            sp.start_registry()
-            sp.start_connector("gov")
-            sp.start_connector("ent")
-            sp.enrol("aud", "")
-            sp.write_config("aud", "", sp.registry_address)
-            seeded, seed = seed_provider(sp, args, args.days * 86_400)
-            pids = seeded.pop("pids")  # timelines to open
-            seed.close()
-            results["seed"] = seeded
-            log = sp.nodes["gov"].log
-            assert log is not None
-            start = time.perf_counter()
-            with admin_channel(sp.configs["gov"]) as channel:
-                stub = admin_pb2_grpc.AdminServiceStub(channel)
-                for first in range(0, args.products, 1000):
-                    batch = [
-                        admin_pb2.ProductDescription(description=described(i), format="json")
-                        for i in range(first, min(args.products, first + 1000))
-                    ]
-                    stub.AddProduct(admin_pb2.AddProductRequest(batch=batch), timeout=600)
-
-                def register(i: int) -> None:
-                    stub.RegisterProduct(
-                        admin_pb2.RegisterOwnProductRequest(
-                            product_id=f"product-{i:06d}", public=True
-                        ),
-                        timeout=120,
-                    )
-
-                with ThreadPoolExecutor(4) as pool:
-                    list(pool.map(register, range(args.products)))
-            results["products_s"] = round(time.perf_counter() - start, 1)
-            print(f"seeded: {seeded}, products {results['products_s']} s", file=sys.stderr)
-
-            provider = Console(AdminBackend(sp.configs["gov"]))
-            consumer = Console(AdminBackend(sp.configs["ent"]))
-            auditor = Console(AdminBackend(sp.configs["aud"]))
-            operator = Console(AdminBackend(sp.configs[sp.manifest.operator_id]))
-            consoles = (provider, consumer, auditor, operator)
-            for console in consoles:
-                console.start()
-            try:
-                p, c, a, o = (signed_in(console) for console in consoles)
-                base_p = f"http://127.0.0.1:{provider.port}"
-                base_c = f"http://127.0.0.1:{consumer.port}"
-                base_a = f"http://127.0.0.1:{auditor.port}"
-                base_o = f"http://127.0.0.1:{operator.port}"
-                size = log.size
-                results["load_pages"] = os.getloadavg()
-                rounds = args.rounds
-                pages: dict[str, Any] = Shown()
-                results["pages"] = pages
-                for name in ("participants", "grants", "catalog"):
-                    pages[f"operator_{name}"] = timed(o, f"{base_o}/{name}", rounds)
-                pages["operator_catalog_search_word"] = timed(
-                    o, f"{base_o}/catalog?q=product+12", rounds
+    with contextlib.ExitStack() as stack:
+        if args.space is not None:
+            root = args.space.resolve()
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="tds-bench-console-", dir=args.dir)
                 )
-                pages["operator_catalog_next_page"] = timed(
-                    o, f"{base_o}/catalog{next_link(o, f'{base_o}/catalog')}", rounds
-                )
-                pages["provider_products"] = timed(p, f"{base_p}/products", rounds)
-                second = next_link(p, f"{base_p}/products")
-                pages["provider_products_next_page"] = timed(
-                    p, f"{base_p}/products{second}", rounds
-                )
-                for name in ("negotiations", "requests", "agreements"):
-                    pages[f"provider_{name}"] = timed(p, f"{base_p}/{name}", rounds)
-                deep = ""
-                for _ in range(49):
-                    deep = next_link(p, f"{base_p}/negotiations{deep}")
-                pages["provider_negotiations_page_50"] = timed(
-                    p, f"{base_p}/negotiations{deep}", rounds
-                )
-                pages["provider_negotiation_timeline"] = timed(
-                    p, "", rounds, lambda: f"{base_p}/negotiations/{random.choice(pids)}"
-                )
-                pages["provider_transfers_with_per_day_chart"] = timed(
-                    p, f"{base_p}/transfers", rounds
-                )
-                # The disclosure report counts the year's receipts once, then on from there.
-                pages["provider_disclosure_first"] = timed(p, f"{base_p}/disclosure", 1)
-                for name in ("metering", "consents", "disclosure"):
-                    pages[f"provider_{name}"] = timed(p, f"{base_p}/{name}", rounds)
-                for name in ("holdings", "receipts"):
-                    pages[f"consumer_{name}"] = timed(c, f"{base_c}/{name}", rounds)
-                pages["consumer_receipts_next_page"] = timed(
-                    c, f"{base_c}/receipts{next_link(c, f'{base_c}/receipts')}", rounds
-                )
-                # The auditor's log pages each show the checkpoints and who signed them.
-                pages["auditor_log_newest_page"] = timed(a, f"{base_a}/audit?connector=gov", rounds)
-                pages["auditor_log_random_page"] = timed(
-                    a,
-                    "",
-                    rounds,
-                    lambda: f"{base_a}/audit?connector=gov&start={random.randrange(size)}",
-                )
-                pages["auditor_evidence_api_random_entry"] = timed(
-                    a,
-                    "",
-                    rounds,
-                    lambda: f"{base_a}/api/evidence?connector=gov&index={random.randrange(size)}",
-                )
-                searches = {
-                    "auditor_search_kind_transition": "kind=negotiation.transition",
-                    "auditor_search_rare_kind": "kind=bench.rare",
-                    "auditor_search_party_1_in_100": "party=p7",
-                    "auditor_search_party_none": "party=nobody",
-                    "auditor_search_minute": minute_window(log, size),
-                    "auditor_search_kind_and_party": "kind=transfer.receipt&party=ent",
-                }
-                for name, query in searches.items():
-                    pages[name] = timed(a, f"{base_a}/audit?connector=gov&{query}", rounds)
-                # As deep as "older" goes, at most the 20th page.
-                deep, depth = f"{base_a}/audit?connector=gov&kind=bench.rare", 1
-                while depth < 20 and (older := older_link(a, deep)):
-                    deep, depth = base_a + older, depth + 1
-                pages["auditor_search_rare_kind_deepest"] = {
-                    "page": depth,
-                    **timed(a, deep, rounds),
-                }
-                results["load_after"] = os.getloadavg()
-            finally:
-                for console in consoles:
-                    console.stop()
+            )
+        marker = root / "seeded.json"
+        if marker.exists():
+            if args.in_process:
+                raise SystemExit("--in-process seeds a space of its own: give a new --space")
+            seeded = json.loads(marker.read_text())
+            print(f"measuring the space seeded in {root}: {seeded['scale']}", file=sys.stderr)
+            results.update(seeded["scale"])
+        else:
+            participants = [
+                ("gov", Role.GOVERNMENT),
+                ("ent", Role.ENTERPRISE),
+                ("aud", Role.AUDITOR),
+            ]
+            sp = stack.enter_context(LocalSpace.create(root, participants))
+            seeded = seed_space(sp, args)
+            if not args.in_process:
+                sp.stop()  # the processes serve the same databases on the same ports
+        results["seed"] = {k: v for k, v in seeded.items() if k not in ("pids", "scale")}
+        results["load_pages"] = os.getloadavg()
+        if args.in_process:
+            results["pages"] = in_process(sp, seeded, args.rounds)
+        else:
+            results.update(as_processes(root, seeded, args.rounds))
+        results["load_after"] = os.getloadavg()
+    results["slow_answers"] = SLOW
     results["over_200_ms_p95"] = sorted(
         name for name, got in results["pages"].items() if got["p95_ms"] > 200
     )

@@ -236,6 +236,8 @@ class AdminBackend:
         self._channel: grpc.Channel | None = None
         self._registry: RegistryClient | None = None
         self._registry_lock = threading.Lock()
+        self._members: dict[tuple[str, str], grpc.Channel] = {}
+        """Channels to other members' logs, by (participant, address)."""
         self._stamps: dict[tuple[str, int], int | None] = {}
         """When log entries were stamped, by (log, index), for the growth charts."""
 
@@ -269,6 +271,9 @@ class AdminBackend:
             if self._registry is not None:
                 self._registry.close()
                 self._registry = None
+            for channel in self._members.values():
+                channel.close()
+            self._members.clear()
 
     def _registry_client(self) -> RegistryClient:
         """One registry client for the console's life (thread-safe; it keeps its token), so
@@ -528,11 +533,7 @@ class AdminBackend:
 
     def participants(self) -> list[dict[str, Any]]:
         """The registry's directory, as ``tds registry list`` shows it."""
-        client = registry_client(self.cfg)
-        try:
-            peers = client.list_participants()
-        finally:
-            client.close()
+        peers = self._registry_client().list_participants()
         now_ms = int(time.time() * 1000)
         return [
             {
@@ -578,11 +579,7 @@ class AdminBackend:
         """Authorised-operation grants, revoked ones included (``tds registry grants --all``)."""
         from connector.cli.registry import grant_json  # one rendering of a grant
 
-        client = registry_client(self.cfg)
-        try:
-            found = client.list_grants(include_revoked=True)
-        finally:
-            client.close()
+        found = self._registry_client().list_grants(include_revoked=True)
         return [grant_json(g) for g in found]
 
     def grant(
@@ -613,57 +610,62 @@ class AdminBackend:
 
     # -- the auditor's view: another connector's log, read as ``tds audit fetch`` reads it
 
-    def _log(self, target: str) -> tuple[audit_pb2_grpc.AuditServiceStub, grpc.Channel, bytes]:
-        """A stub on ``target``'s AuditService and the log key the directory gives for it."""
+    def _log(self, target: str) -> tuple[audit_pb2_grpc.AuditServiceStub, bytes]:
+        """A stub on ``target``'s AuditService and the log key the signed directory gives
+        for it. The directory is the registry client's verified copy (fetched again when
+        due), and the channel to each log is kept for the console's life: a page used to
+        list every participant and open a new mutual-TLS channel (a handshake, and the
+        membership token checked anew by the peer), which made the log pages' slowest
+        answers."""
         registry = self._registry_client()
-        peers = {p.id: p for p in registry.list_participants()}
-        peer = peers.get(target)
-        if peer is None:
-            raise NotFound(f"{target} is not in the directory")
+        try:
+            peer = registry.lookup(target)
+        except NotFound:
+            raise NotFound(f"{target} is not in the directory") from None
         if not peer.address:
             raise NotFound(f"{target} runs no connector, so it keeps no log")
-        channel = member_channel(self.cfg, registry, target, peer.address)
-        return audit_pb2_grpc.AuditServiceStub(channel), channel, bytes(peer.signing_public_key)
+        with self._registry_lock:
+            channel = self._members.get((target, peer.address))
+            if channel is None:
+                # A moved peer (a new address) gets a new channel; the old one is closed.
+                for key in [k for k in self._members if k[0] == target]:
+                    self._members.pop(key).close()
+                channel = member_channel(self.cfg, registry, target, peer.address)
+                self._members[(target, peer.address)] = channel
+        return audit_pb2_grpc.AuditServiceStub(channel), bytes(peer.signing_public_key)
 
     def log_page(self, target: str, start: int, search: LogSearch | None = None) -> dict[str, Any]:
         """One page of ``target``'s log: from ``start`` in log order (the newest page when
         ``start`` < 0), or, with ``search``, the entries it finds newest first (FindEntries:
         by kind, party and time, a bounded stretch of the log per call). With the log's
         checkpoints and its growth sampled at ``GROWTH_POINTS`` entries for the chart."""
-        stub, channel, _ = self._log(target)
+        stub, _ = self._log(target)
         searched_from = 0
-        try:
-            with calling(target):
-                note = stub.GetCheckpoint(
-                    audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT
-                )
-                checkpoints = stub.ListCheckpoints(
-                    audit_pb2.ListCheckpointsRequest(newest=GROWTH_CHECKPOINTS), timeout=_TIMEOUT
-                ).checkpoints
-                size = int(note.checkpoint.split("\n")[1])
-                if search is not None:
-                    found = stub.FindEntries(search.request(PAGE), timeout=_TIMEOUT)
-                    rows, searched_from = list(found.entries), found.searched_from
-                    start = rows[-1].index if rows else 0
-                else:
-                    if start < 0:
-                        start = max(0, size - PAGE)
-                    start = min(start, max(0, size - 1))
-                    rows = (
-                        list(
-                            stub.GetEntries(
-                                audit_pb2.GetEntriesRequest(
-                                    start=start, end=min(size, start + PAGE)
-                                ),
-                                timeout=_TIMEOUT,
-                            ).entries
-                        )
-                        if size
-                        else []
+        with calling(target):
+            note = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT)
+            checkpoints = stub.ListCheckpoints(
+                audit_pb2.ListCheckpointsRequest(newest=GROWTH_CHECKPOINTS), timeout=_TIMEOUT
+            ).checkpoints
+            size = int(note.checkpoint.split("\n")[1])
+            if search is not None:
+                found = stub.FindEntries(search.request(PAGE), timeout=_TIMEOUT)
+                rows, searched_from = list(found.entries), found.searched_from
+                start = rows[-1].index if rows else 0
+            else:
+                if start < 0:
+                    start = max(0, size - PAGE)
+                start = min(start, max(0, size - 1))
+                rows = (
+                    list(
+                        stub.GetEntries(
+                            audit_pb2.GetEntriesRequest(start=start, end=min(size, start + PAGE)),
+                            timeout=_TIMEOUT,
+                        ).entries
                     )
-                samples = self._growth(stub, target, size)
-        finally:
-            channel.close()
+                    if size
+                    else []
+                )
+            samples = self._growth(stub, target, size)
         entries = []
         for row in rows:
             body = json.loads(row.body)
@@ -722,24 +724,19 @@ class AdminBackend:
 
     def evidence(self, target: str, index: int) -> EntryEvidence:
         """The newest checkpoint, entry ``index`` and its proof against that checkpoint."""
-        stub, channel, public_key = self._log(target)
-        try:
-            with calling(target):
-                note = stub.GetCheckpoint(
-                    audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT
-                )
-                size = int(note.checkpoint.split("\n")[1])
-                if not 0 <= index < size:
-                    raise NotFound(f"no entry {index}: the log holds {size}")
-                [row] = stub.GetEntries(
-                    audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
-                ).entries
-                proof = stub.GetInclusionProof(
-                    audit_pb2.GetInclusionProofRequest(index=index, tree_size=size),
-                    timeout=_TIMEOUT,
-                ).proof
-        finally:
-            channel.close()
+        stub, public_key = self._log(target)
+        with calling(target):
+            note = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(fresh=True), timeout=_TIMEOUT)
+            size = int(note.checkpoint.split("\n")[1])
+            if not 0 <= index < size:
+                raise NotFound(f"no entry {index}: the log holds {size}")
+            [row] = stub.GetEntries(
+                audit_pb2.GetEntriesRequest(start=index, end=index + 1), timeout=_TIMEOUT
+            ).entries
+            proof = stub.GetInclusionProof(
+                audit_pb2.GetInclusionProofRequest(index=index, tree_size=size),
+                timeout=_TIMEOUT,
+            ).proof
         return EntryEvidence(
             index=index,
             body=row.body,

@@ -91,6 +91,7 @@ from connector.store.database import Database, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
 from connector.transfer.disclosure import DisclosureTally, disclosure_report
+from connector.transfer.disclosure_store import DisclosureStore
 from connector.transfer.holdings import HoldingsSweeper
 from connector.transfer.provider import ProviderSettings, TransferProvider
 from connector.transfer.service import TransferServicer, transfer_service
@@ -173,6 +174,7 @@ class Node:
         self._watcher: threading.Thread | None = None
         self._enrol_self: Callable[[str], None] | None = None
         self._checkpointer: threading.Thread | None = None
+        self._disclosure_counter: threading.Thread | None = None
         self.log: TransparencyLog | None = None
         self.policy: PolicyPoint | None = None
         self.catalog: Catalog | None = None
@@ -240,6 +242,7 @@ class Node:
         )
         signing_key = load_ed25519_private_key(cfg.pki.signing_key, "pki.signing_key")
         self.db = open_database(cfg.database_url)
+        self._disclosure_tally.store = DisclosureStore(self.db)
         self.log = TransparencyLog(
             self.db,
             origin=log_origin(cfg.participant.space, cfg.participant.id),
@@ -367,6 +370,13 @@ class Node:
         )
         self._sweeper_thread.start()
         if self.registry is not None:
+            # The disclosure report's counts brought up to the log from the stored ones
+            # (the first time, the year's receipts counted once), off the request path:
+            # the first report after a start then reads stored counts.
+            self._disclosure_counter = threading.Thread(
+                target=self._count_disclosures, name="tds-disclosure-counts", daemon=True
+            )
+            self._disclosure_counter.start()
             self._refresher = threading.Thread(
                 target=self.registry.run_refresher,
                 args=(self._stop, cfg.registry.revocation_refresh_seconds),
@@ -677,6 +687,21 @@ class Node:
             grants=lambda: self._registry().list_grants(include_revoked=True),
             tally=self._disclosure_tally,
         )
+
+    def _count_disclosures(self) -> None:
+        """This year's disclosure counts brought up to the log and stored."""
+        assert self.db is not None
+        try:
+            self._disclosure_tally.count_on(
+                provider=self.cfg.participant.id,
+                year=time.gmtime().tm_year,
+                log=self._log(),
+                negotiations=NegotiationStore(self.db),
+            )
+        except Exception as exc:
+            # Stopping closes the database under a count still running: nothing to report.
+            if not self._stop.is_set():
+                log.warning("disclosure counts not brought up to date", extra={"reason": str(exc)})
 
     def _registry(self) -> RegistryClient:
         if self.registry is None:
@@ -1048,7 +1073,14 @@ class Node:
         # they are daemons watching the stop event, and one still inside a call must not
         # make stopping take longer than the grace plus this.
         deadline = time.monotonic() + _THREADS_STOP_SECONDS
-        for thread in (self._refresher, self._watcher, self._checkpointer, self._sweeper_thread):
+        threads = (
+            self._refresher,
+            self._watcher,
+            self._checkpointer,
+            self._sweeper_thread,
+            self._disclosure_counter,
+        )
+        for thread in threads:
             if thread is not None:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_clients()

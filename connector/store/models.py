@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text
+from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "CatalogListingRow",
     "ComputationRow",
     "ConsentRow",
+    "DisclosureCountRow",
+    "DisclosureReceiptRow",
+    "DisclosureYearRow",
     "DspTransferRow",
     "InboxRow",
     "LogCheckpointRow",
@@ -405,3 +408,50 @@ class DspTransferRow(SQLModel, table=True):
     a pull can resume after a restart; empty on the provider (its token is derived)."""
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class DisclosureYearRow(SQLModel, table=True):
+    """How far a year's disclosure report has counted the log: the receipts among its
+    first ``scanned`` entries are in ``disclosure_count`` and ``disclosure_receipt``, so a
+    connector that starts again counts on from there instead of from the log's start."""
+
+    __tablename__ = "disclosure_year"
+
+    year: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    scanned: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class DisclosureCountRow(SQLModel, table=True):
+    """A year's counts for one agreement a receipt of the provider's log named: its terms
+    as the report shows them and the receipts counted, or ``public`` false for an
+    agreement that is no public data (or not known here), remembered so it is not looked
+    up again."""
+
+    __tablename__ = "disclosure_count"
+
+    year: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    agreement_id: str = Field(sa_column=Column(Text, primary_key=True))
+    public: bool
+    consumer: str = Field(sa_column=Column(Text, nullable=False))
+    product: str = Field(sa_column=Column(Text, nullable=False))
+    registration_code: str = Field(sa_column=Column(Text, nullable=False))
+    purpose: str = Field(sa_column=Column(Text, nullable=False))
+    grant_id: str = Field(sa_column=Column(Text, nullable=False))
+    transfers: int = Field(sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    computations: int = Field(sa_column=Column(BigInteger, nullable=False))
+    epsilon: float = Field(sa_column=Column(Float, nullable=False))
+    windows: int = Field(sa_column=Column(BigInteger, nullable=False))
+    messages: int = Field(sa_column=Column(BigInteger, nullable=False))
+    stream_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class DisclosureReceiptRow(SQLModel, table=True):
+    """A receipt a year's report counted: its log index and the agreement it counts for
+    (the report names every receipt's index, so an auditor can check it)."""
+
+    __tablename__ = "disclosure_receipt"
+
+    year: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    log_index: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    agreement_id: str = Field(sa_column=Column(Text, nullable=False))

@@ -20,7 +20,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connector._proto.tds.v1 import registry_pb2
 from connector.audit.log import TransparencyLog
@@ -33,14 +33,35 @@ from connector.negotiation.agreement import Agreement, parse_agreement
 from connector.negotiation.store import NegotiationStore
 from connector.transfer.store import Metering, TransferStore
 
-__all__ = ["DisclosureTally", "disclosure_report"]
+if TYPE_CHECKING:
+    from connector.transfer.disclosure_store import DisclosureStore
+
+__all__ = ["DisclosureTally", "Row", "Terms", "Year", "disclosure_report"]
 
 _PAGE = 5000
 
 
+@dataclass(frozen=True)
+class Terms:
+    """What the report shows of an agreement (read once from the signed agreement)."""
+
+    consumer: str
+    product: str
+    registration_code: str
+    purpose: str
+    grant: str
+
+    @classmethod
+    def of(cls, a: Agreement) -> Terms:
+        grant = str(a.obligations.get("operation_grant", ""))
+        return cls(a.consumer, a.product, a.registration_code, a.purpose, grant)
+
+
 @dataclass
-class _Row:
-    agreement: Agreement
+class Row:
+    """An agreement's counts in a year, and the log indices of the receipts counted."""
+
+    terms: Terms
     transfers: int = 0
     bytes: int = 0
     computations: int = 0
@@ -96,13 +117,18 @@ def _receipt_entries(
 
 
 @dataclass
-class _Year:
+class Year:
     """A year's report so far: the receipts of the log's first ``scanned`` entries counted
-    into ``rows``, and the agreements found to be no public data (or unknown)."""
+    into ``rows``, and the agreements found to be no public data (or unknown).
+
+    ``stored`` is how far the stored counts (``DisclosureStore``) went when these were
+    loaded or last saved (-1: none stored), ``dirty`` the agreements counted since."""
 
     scanned: int = 0
-    rows: dict[str, _Row] = field(default_factory=dict)
+    rows: dict[str, Row] = field(default_factory=dict)
     not_public: set[str] = field(default_factory=set)
+    stored: int = -1
+    dirty: set[str] = field(default_factory=set)
 
 
 class DisclosureTally:
@@ -110,21 +136,56 @@ class DisclosureTally:
     recorded since the last one: the log's entries and a stored agreement never change, so
     counting on from where the last report stopped gives what counting from the start of
     the year gives. Without it, a report read every receipt of its year (a page of a
-    connector with 20,000 transfers took seconds)."""
+    connector with 20,000 transfers took seconds).
 
-    def __init__(self) -> None:
-        self._years: dict[int, _Year] = {}
+    With a ``DisclosureStore`` the counts are also stored as they advance, and loaded when
+    the stored ones went further than these (a connector started again, or a replica
+    counted on): the first report after a start reads stored counts instead of the year's
+    receipts (6.4 s for 20,000 receipts before)."""
+
+    def __init__(self, store: DisclosureStore | None = None) -> None:
+        self._years: dict[int, Year] = {}
+        self.store = store
         self.lock = threading.Lock()
         """Held while a report counts on (one at a time: they share the counts)."""
 
-    def year(self, year: int) -> _Year:
-        """The counts of ``year`` so far (none yet: from the start of the log)."""
-        return self._years.setdefault(year, _Year())
+    def year(self, year: int) -> Year:
+        """The counts of ``year`` so far (none yet: from the start of the log, or from the
+        stored counts when they went further)."""
+        counted = self._years.setdefault(year, Year())
+        if self.store is not None and self.store.scanned(year) != counted.stored:
+            counted = self._years[year] = self.store.load(year)
+        return counted
 
-    def restart(self, year: int) -> _Year:
+    def restart(self, year: int) -> Year:
         """Forget ``year``'s counts: the next report counts from the start of the log."""
-        self._years[year] = _Year()
+        stored = self._years[year].stored if year in self._years else -1
+        self._years[year] = Year(stored=stored)
         return self._years[year]
+
+    def count_on(
+        self,
+        *,
+        provider: str,
+        year: int,
+        log: TransparencyLog,
+        negotiations: NegotiationStore,
+    ) -> tuple[int, dict[str, Row]]:
+        """Count ``year``'s receipts recorded since the last count (storing the counts, if
+        there is a store); the log size counted to and a copy of the rows."""
+        start_ms, end_ms = _period_ms(year)
+        with self.lock:
+            counted = self.year(year)
+            size = log.size
+            if size < counted.scanned:  # a log restored to an earlier state: count again
+                counted = self.restart(year)
+            before = counted.scanned
+            _count(provider, log, negotiations, counted, start_ms, end_ms, size)
+            if self.store is not None and (counted.scanned != before or counted.stored < 0):
+                self.store.save(year, counted)
+            rows = {k: dataclasses.replace(r, receipt_log_indices=list(r.receipt_log_indices))
+                    for k, r in counted.rows.items()}  # fmt: skip
+        return size, rows
 
 
 def disclosure_report(
@@ -138,16 +199,8 @@ def disclosure_report(
     tally: DisclosureTally | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready document (counted on from ``tally``, if given)."""
-    start_ms, end_ms = _period_ms(year)
     tally = tally or DisclosureTally()
-    with tally.lock:
-        counted = tally.year(year)
-        size = log.size
-        if size < counted.scanned:  # a log restored to an earlier state: count again
-            counted = tally.restart(year)
-        _count(provider, log, negotiations, counted, start_ms, end_ms, size)
-        rows = {k: dataclasses.replace(r, receipt_log_indices=list(r.receipt_log_indices))
-                for k, r in counted.rows.items()}  # fmt: skip
+    size, rows = tally.count_on(provider=provider, year=year, log=log, negotiations=negotiations)
     return _report(provider, year, size, rows, transfers, grants)
 
 
@@ -155,7 +208,7 @@ def _count(
     provider: str,
     log: TransparencyLog,
     negotiations: NegotiationStore,
-    counted: _Year,
+    counted: Year,
     start_ms: int,
     end_ms: int,
     size: int,
@@ -190,13 +243,15 @@ def _count(
                 agreement = parse_agreement(signed)
             except NotFound:
                 counted.not_public.add(agreement_id)
+                counted.dirty.add(agreement_id)
                 continue
             except ConnectorError:
                 continue  # not known now: not remembered either
             if not agreement.registration_code:
                 counted.not_public.add(agreement_id)
+                counted.dirty.add(agreement_id)
                 continue  # not public data
-            row = rows[agreement_id] = _Row(agreement)
+            row = rows[agreement_id] = Row(Terms.of(agreement))
         if kind == RECEIPT_KIND:
             row.transfers += 1
             row.bytes += receipt.size
@@ -208,6 +263,7 @@ def _count(
             row.messages += window.window.count
             row.stream_bytes += window.window.bytes
         row.receipt_log_indices.append(index)
+        counted.dirty.add(agreement_id)
     counted.scanned = size
 
 
@@ -230,7 +286,7 @@ def _report(
     provider: str,
     year: int,
     size: int,
-    rows: dict[str, _Row],
+    rows: dict[str, Row],
     transfers: TransferStore,
     grants: Callable[[], list[registry_pb2.OperationGrant]],
 ) -> dict[str, Any]:
@@ -239,11 +295,11 @@ def _report(
         register_error = ""
     except ConnectorError as exc:
         register, register_error = {}, str(exc)
-    metering = _metering_of(transfers, {row.agreement.consumer for row in rows.values()})
+    metering = _metering_of(transfers, {row.terms.consumer for row in rows.values()})
     operators: dict[str, dict[str, Any]] = {}
     for agreement_id, row in sorted(rows.items()):
-        a = row.agreement
-        grant_id = str(a.obligations.get("operation_grant", ""))
+        a = row.terms
+        grant_id = a.grant
         op = operators.setdefault(
             a.consumer,
             {

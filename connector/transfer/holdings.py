@@ -83,6 +83,27 @@ def holding_path(
     return contained(holdings_dir, name, error=VerificationError)
 
 
+def _decide(
+    obligations: Mapping[str, Any], now_ns: int, *, known: bool, revocation: str | None
+) -> str | None:
+    """Why a holding with ``obligations`` must go now, or ``None``, its agreement being
+    ``known`` here or not and revoked by ``revocation`` (or not)."""
+    delete_after = obligations.get("delete_after_ns")
+    if isinstance(delete_after, int) and now_ns >= delete_after:
+        return "delete_after"
+    if not known:
+        return "agreement_unknown" if obligations.get("delete_on_revocation") else None
+    if revocation:
+        # The provider revoked because the individual withdrew consent: the revocation
+        # names the consent (it reached us through the provider's outbox).
+        withdrawn = bool(revocation_terms(revocation).get("consent_withdrawn"))
+        if withdrawn and obligations.get("delete_on_consent_withdrawal", False):
+            return "consent_withdrawn"
+        if obligations.get("delete_on_revocation", False):
+            return "agreement_revoked"
+    return None
+
+
 class HoldingsSweeper:
     """Deletes held data whose obligations say it must go."""
 
@@ -116,16 +137,8 @@ class HoldingsSweeper:
         try:
             revocation = self._negotiations.by_agreement(agreement_id).revocation
         except NotFound:
-            return "agreement_unknown" if obligations.get("delete_on_revocation") else None
-        if revocation:
-            # The provider revoked because the individual withdrew consent: the revocation
-            # names the consent (it reached us through the provider's outbox).
-            withdrawn = bool(revocation_terms(revocation).get("consent_withdrawn"))
-            if withdrawn and obligations.get("delete_on_consent_withdrawal", False):
-                return "consent_withdrawn"
-            if obligations.get("delete_on_revocation", False):
-                return "agreement_revoked"
-        return None
+            return _decide(obligations, now_ns, known=False, revocation=None)
+        return _decide(obligations, now_ns, known=True, revocation=revocation)
 
     def sweep(self, agreement_id: str | None = None) -> list[tuple[str, str]]:
         """Delete every holding that must go now (only those under ``agreement_id`` when
@@ -134,13 +147,12 @@ class HoldingsSweeper:
         deleted: list[tuple[str, str]] = []
         with self._lock:
             now_ns = int(self._clock.now() * 1_000_000_000)
-            for t in self._store.list(holdings=True):
-                if agreement_id is not None and t.agreement_id != agreement_id:
-                    continue
-                reason = self._why(t.agreement_id, t.obligations, now_ns)
+            for tid, _, text, known, revocation in self._store.kept_holdings(agreement_id):
+                reason = _decide(json.loads(text), now_ns, known=known, revocation=revocation)
                 if reason is None:
                     continue
                 try:
+                    t = self._store.get(tid)
                     # The file the holding's id names, not the path in its record: a row
                     # written before ids were checked must not delete a file elsewhere.
                     path = holding_path(self._dir, t.id, t.format)

@@ -50,9 +50,11 @@ def probes(space: LocalSpace) -> list[tuple[int, dict[str, Any]]]:
 
 
 def auditor_log(space: LocalSpace) -> Any:
-    """A stub on gov's AuditService as the auditor (who reads everything), and its channel."""
-    stub, channel, _ = AdminBackend(space.configs["aud"])._log("gov")
-    return stub, channel
+    """A stub on gov's AuditService as the auditor (who reads everything), and the backend
+    holding its channel (closed with it)."""
+    backend = AdminBackend(space.configs["aud"])
+    stub, _ = backend._log("gov")
+    return stub, backend
 
 
 def find_all(stub: Any, **search: Any) -> tuple[list[int], int]:
@@ -72,7 +74,7 @@ def find_all(stub: Any, **search: Any) -> tuple[list[int], int]:
 
 def test_find_entries_by_kind_party_and_time_newest_first(space: LocalSpace) -> None:
     written = probes(space)
-    stub, channel = auditor_log(space)
+    stub, backend = auditor_log(space)
     try:
         odd_a = [i for i, b in written if b["kind"] == "probe.odd" and "a" in b["parties"]]
         found, _ = find_all(stub, kind="probe.odd", party="a")
@@ -92,7 +94,7 @@ def test_find_entries_by_kind_party_and_time_newest_first(space: LocalSpace) -> 
         assert find_all(stub, kind="probe.none")[0] == []
         assert find_all(stub, party="nobody-here")[0] == []
     finally:
-        channel.close()
+        backend.close()
 
 
 def test_a_rare_match_is_searched_a_stretch_at_a_time_to_the_end(
@@ -103,7 +105,7 @@ def test_a_rare_match_is_searched_a_stretch_at_a_time_to_the_end(
     # it stopped, and the next goes on from there; together they find each match once.
     monkeypatch.setattr(log_module, "_FIND_STRETCH", 3)
     monkeypatch.setattr(log_module, "_FIND_BUDGET_S", 0.0)
-    stub, channel = auditor_log(space)
+    stub, backend = auditor_log(space)
     try:
         expected = [i for i, b in written if b["kind"] == "probe.odd" and "a" in b["parties"]]
         log = space.nodes["gov"].log
@@ -112,12 +114,13 @@ def test_a_rare_match_is_searched_a_stretch_at_a_time_to_the_end(
         assert sorted(found) == sorted(expected) and len(set(found)) == len(found)
         assert calls >= log.size // 3  # one stretch of three a call, down to entry 0
     finally:
-        channel.close()
+        backend.close()
 
 
 def test_a_member_finds_only_entries_naming_it(space: LocalSpace) -> None:
     written = probes(space)
-    stub, channel, _ = AdminBackend(space.configs["a"])._log("gov")
+    backend = AdminBackend(space.configs["a"])
+    stub, _ = backend._log("gov")
     try:
         # a asks for alice's entries: it may see none of them (they do not name a).
         assert find_all(stub, kind="probe.odd", party="alice")[0] == []
@@ -129,7 +132,7 @@ def test_a_member_finds_only_entries_naming_it(space: LocalSpace) -> None:
         for index in mine:
             assert "a" in log.entry_parties(index)
     finally:
-        channel.close()
+        backend.close()
 
 
 @pytest.mark.parametrize(
@@ -145,14 +148,14 @@ def test_a_member_finds_only_entries_naming_it(space: LocalSpace) -> None:
 def test_a_bad_search_is_refused_saying_why(
     space: LocalSpace, search: dict[str, Any], says: str
 ) -> None:
-    stub, channel = auditor_log(space)
+    stub, backend = auditor_log(space)
     try:
         with pytest.raises(grpc.RpcError) as refused:
             stub.FindEntries(audit_pb2.FindEntriesRequest(**search), timeout=10)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert says in (refused.value.details() or "")
     finally:
-        channel.close()
+        backend.close()
 
 
 def test_the_explorer_page_searches_and_pages_on(
@@ -435,7 +438,7 @@ def test_list_checkpoints_answers_the_newest_oldest_first(space: LocalSpace) -> 
     for i in range(3):
         log.record("probe.checkpoint", parties=[], data={"i": i})
         log.checkpoint()
-    stub, channel = auditor_log(space)
+    stub, backend = auditor_log(space)
     try:
         every = list(
             stub.ListCheckpoints(audit_pb2.ListCheckpointsRequest(), timeout=10).checkpoints
@@ -445,4 +448,4 @@ def test_list_checkpoints_answers_the_newest_oldest_first(space: LocalSpace) -> 
         sizes = [int(note.split("\n")[1]) for note in every]
         assert sizes == sorted(sizes) and sizes[-1] == log.size
     finally:
-        channel.close()
+        backend.close()
