@@ -376,6 +376,12 @@ class Negotiator:
                 self.terminate(n.pid, f"the provider's agreement is refused: {exc}")
                 return False
             return True
+        if n.peer_address and ack.state == State.AGREED.value:
+            # Over DSP an answer carries no agreement: the provider pushes it to our
+            # callback, and taking it stores the provider's process id. Storing the id here
+            # too was a commit racing that one for the same row (the loser retrying) on
+            # every negotiation; the outbox marks the request delivered with its next write.
+            return False
         if not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
             self._store.transition(
                 n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid, delivered=delivered
@@ -479,7 +485,16 @@ class Negotiator:
             return _ack(n)
         if event.state != State.FINALIZED.value:
             raise InvalidRequest("only FINALIZED events are sent between connectors")
-        n = self._transition(n, State.FINALIZED, inbox=(event.message_id, caller.participant))
+        try:
+            n = self._transition(n, State.FINALIZED, inbox=(event.message_id, caller.participant))
+        except PreconditionFailed:
+            # Over DSP this event and the answer to our verification race for the move: one
+            # finalized by the answer meanwhile takes the event as a repeat, changing
+            # nothing. Any other state still refuses it.
+            now = self._store.get(n.pid)
+            if now.state != State.FINALIZED:
+                raise
+            return _ack(now)
         return _ack(n)
 
     # -- provider ---------------------------------------------------------------------
