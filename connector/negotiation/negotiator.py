@@ -376,12 +376,6 @@ class Negotiator:
                 self.terminate(n.pid, f"the provider's agreement is refused: {exc}")
                 return False
             return True
-        if n.peer_address and ack.state == State.AGREED.value:
-            # Over DSP an answer carries no agreement: the provider pushes it to our
-            # callback, and taking it stores the provider's process id. Storing the id here
-            # too was a commit racing that one for the same row (the loser retrying) on
-            # every negotiation; the outbox marks the request delivered with its next write.
-            return False
         if not n.counterparty_pid or n.counterparty_pid.startswith("pending:"):
             self._store.transition(
                 n.pid, now_ms=self._now_ms(), counterparty_pid=ack.pid, delivered=delivered
@@ -1416,6 +1410,10 @@ class Negotiator:
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""
         return self._store.get(pid)
+
+    def peer(self, pid: str) -> tuple[str | None, str]:
+        """The peer address (None over gRPC) and our role of negotiation ``pid``."""
+        return self._store.peer(pid)
 
     def wait_final(self, pid: str, seconds: float) -> Negotiation:
         """The negotiation once FINALIZED or TERMINATED, or as it is after ``seconds``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,10 @@ class NegotiationStore:
         self._hand_over = hand_over
         self._lease_ms = lease_ms
         self._settle_in = settle_in
+        # The peer address and role of negotiations created here lately: fixed at
+        # creation, and what the DSP delivery asks before every message (``peer``).
+        self._peers: dict[str, tuple[str | None, str]] = {}
+        self._peers_lock = threading.Lock()
 
     def _queue(
         self, tx: RawTransaction, pid: str, outgoing: Sequence[Outgoing], now_ms: int
@@ -235,8 +240,28 @@ class NegotiationStore:
                 "this request repeats a process id or message id already used; send it "
                 "with a new random message_id and consumer_pid"
             ) from None
+        if peer_address:
+            self._keep_peer(pid, (peer_address, role))
         self._handed_over(queued)
         return _negotiation(row)
+
+    def _keep_peer(self, pid: str, peer: tuple[str | None, str]) -> None:
+        with self._peers_lock:
+            if len(self._peers) >= 4096:  # the negotiations in flight, bounded
+                self._peers.pop(next(iter(self._peers)))
+            self._peers[pid] = peer
+
+    def peer(self, pid: str) -> tuple[str | None, str]:
+        """The peer address and our role of negotiation ``pid`` (or ``NotFound``): both
+        fixed when it was created, so read from the row only if it was not created here
+        lately."""
+        with self._peers_lock:
+            known = self._peers.get(pid)
+        if known is None:
+            n = self.get(pid)
+            known = (n.peer_address, n.role)
+            self._keep_peer(pid, known)
+        return known
 
     def get(self, pid: str) -> Negotiation:
         """One negotiation, or ``NotFound``."""
