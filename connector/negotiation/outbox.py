@@ -162,8 +162,11 @@ class Outbox:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True)
         if self._delivered:
-            with self._db.transaction() as tx:
-                self.settle_in(tx)
+            try:
+                with self._db.transaction() as tx:
+                    self.settle_in(tx)
+            except Exception:  # the marks are lost: those messages go again after their lease
+                log.warning("outbox could not mark its last deliveries", exc_info=True)
 
     def settle_in(self, tx: RawTransaction) -> None:
         """Mark the messages delivered since the last such write, within ``tx`` (a write
