@@ -7,7 +7,8 @@
    side's transitions durable in its store and audit log): started on the consumer with
    ``StartNegotiation`` (waiting for the outcome), over gRPC, then with ``dsp_url`` over the
    DSP binding alone (four HTTPS messages through the outboxes: request, agreement,
-   verification, FINALIZED event). Sequential p50, then the rate with 8 concurrent.
+   verification, FINALIZED event). Sequential p50, then the rate with 8 concurrent; then
+   each binding's CPU time and WAL syncs per negotiation, in blocks of their own.
 2. A contract request answered by the provider alone (REQUESTED -> AGREED): DSP
    ``POST /negotiations/request`` from an aiohttp client keeping its connection, against
    ``RequestContract`` on one mutual TLS channel.
@@ -329,7 +330,42 @@ def finalized(sp: LocalSpace, count: int, provider_dsp: str) -> dict[str, Any]:
                 start = time.perf_counter()
                 list(pool.map(one, [url] * count))
                 rates[name] = count / (time.perf_counter() - start)
-    return figures(sequential["grpc"], rates["grpc"], sequential["dsp"], rates["dsp"])
+        spent = {name: costs(sp, lambda url=url: one(url)) for name, url in urls.items()}
+    result = figures(sequential["grpc"], rates["grpc"], sequential["dsp"], rates["dsp"])
+    for name in urls:
+        result[name].update(spent[name])
+    return result
+
+
+def costs(sp: LocalSpace, one: Any, rounds: int = 30) -> dict[str, Any]:
+    """What one sequential negotiation costs, over ``rounds`` in a block of their own (so
+    no other binding's trailing work falls in it): this process's CPU time (both
+    connectors: steadier than wall time on a shared machine) and each connector's WAL
+    syncs (commits that had to be durable, as each side waited for them)."""
+
+    def syncs() -> dict[str, int]:
+        # The SQLite group commit's count (connector.store.database._WalSync.syncs).
+        found = {}
+        for who in ("a", "gov"):
+            turn = getattr(sp.nodes[who].db, "_write_lock", None)
+            if turn is not None:
+                found[who] = turn.sync.syncs
+        return found
+
+    one()  # the previous block's trailing messages land first
+    time.sleep(0.6)  # and the outbox marks what it delivered (its pass: 0.5 s)
+    before, cpu = syncs(), time.process_time()
+    for _ in range(rounds):
+        one()
+    cpu = time.process_time() - cpu
+    time.sleep(0.6)  # this block's trailing messages and marks are its own
+    after = syncs()
+    return {
+        "cpu_ms_per_negotiation": round(cpu * 1000 / rounds, 1),
+        "wal_syncs_per_negotiation": {
+            who: round((after[who] - before[who]) / rounds, 2) for who in after
+        },
+    }
 
 
 def main() -> None:
@@ -377,6 +413,12 @@ def main() -> None:
             f"  DSP/gRPC: p50 x{part['p50_ratio_dsp_to_grpc']}, "
             f"rate x{part['rate_ratio_dsp_to_grpc']}"
         )
+        for name in ("grpc", "dsp"):
+            if "cpu_ms_per_negotiation" in part[name]:
+                print(
+                    f"  {name}: {part[name]['cpu_ms_per_negotiation']} ms CPU and WAL syncs "
+                    f"{part[name]['wal_syncs_per_negotiation']} per negotiation"
+                )
 
 
 if __name__ == "__main__":

@@ -219,22 +219,13 @@ class DspDelivery:
         self._callback = callback
         self._registered_host = registered_host
         self._space = space
-        self._peers: dict[str, tuple[str, str]] = {}
-        self._peers_lock = threading.Lock()
 
     def _peer(self, pid: str) -> tuple[str, str]:
-        """The peer address and our role of negotiation ``pid``: fixed when it was created
-        (``NegotiationStore.create``), so read once, not before every message."""
-        with self._peers_lock:
-            known = self._peers.get(pid)
-        if known is None:
-            n = self._negotiator().get(pid)
-            known = ((n.peer_address or "").rstrip("/"), n.role)
-            with self._peers_lock:
-                if len(self._peers) >= 4096:  # the negotiations in flight, bounded
-                    self._peers.pop(next(iter(self._peers)))
-                self._peers[pid] = known
-        return known
+        """The peer address and our role of negotiation ``pid``: fixed when it was created,
+        so kept by the store from then (``NegotiationStore.peer``), not read before every
+        message."""
+        address, role = self._negotiator().peer(pid)
+        return (address or "").rstrip("/"), role
 
     def __call__(self, pending: Pending) -> bool:
         """Deliver one message; ``True`` when taking the answer marked it delivered."""
@@ -253,7 +244,15 @@ class DspDelivery:
             ack = self._state_of(answer, pending.negotiation_pid, _REFUSED[method])
             if ack is None:
                 raise PermanentRefusal("the provider did not answer with a ContractNegotiation")
-            # A TERMINATED answer ends it here; an agreement comes to the callback.
+            if ack.state == State.AGREED.value:
+                # A DSP answer carries no agreement: the provider pushes it to our callback,
+                # and taking it stores the provider's process id. Taking this answer too was
+                # a read and a commit racing that one for the row (the loser retrying after
+                # 10 ms) on every negotiation; the outbox marks the request delivered with
+                # its next write.
+                return False
+            # A TERMINATED answer ends it here; one still REQUESTED (waiting for the
+            # provider's approval) gives the provider's process id.
             return negotiator.request_answered(
                 pending.negotiation_pid, pending.target, ack, delivered=pending.id
             )

@@ -158,11 +158,16 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             raise NotFound("no such negotiation")
         return n
 
-    def after(n: Negotiation, ack: negotiation_pb2.NegotiationAck) -> Negotiation:
+    def after(
+        n: Negotiation, ack: negotiation_pb2.NegotiationAck, learned: str = ""
+    ) -> Negotiation:
         """``n`` as the negotiator left it: the state its answer gives. Read again only
         when the peer's process id may have been learned meanwhile (a counter-offer or the
-        agreement is how a consumer hears it); the rest of the row a message does not
-        change, and a read is a transaction."""
+        agreement is how a consumer hears it) and is not ``learned``, the one the move
+        this message made stored; the rest of the row a message does not change, and a
+        read is a transaction."""
+        if ack.pid == n.pid and learned and n.counterparty_pid.startswith("pending:"):
+            return dataclasses.replace(n, state=State(ack.state), counterparty_pid=learned)
         if ack.pid != n.pid or n.counterparty_pid.startswith("pending:"):
             return exchange.negotiator.get(n.pid)
         return dataclasses.replace(n, state=State(ack.state))
@@ -171,11 +176,13 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         request: web.Request,
         message_type: str,
         act: Callable[[Caller, dict[str, Any], Negotiation], negotiation_pb2.NegotiationAck],
+        moves_to: State | None = None,
     ) -> web.Response:
         """A message to ``{pid}/…``: who sent it (before its body is read), what it says,
         which of our negotiations it is for, then ``act`` on it and answer with the
         negotiation as it is now — in one hand-over to the worker threads (each costs a
-        thread switch)."""
+        thread switch). ``moves_to``: the state in which the move this message makes
+        stores the peer's process id it names (the agreement's)."""
         pid = request.match_info["pid"]
         note_pids(request, provider_pid=pid)
         caller = exchange.caller(request)
@@ -187,7 +194,12 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
                 request, str(message.get("providerPid", "")), str(message.get("consumerPid", ""))
             )
             n = addressed(caller, pid, message)
-            return shown(after(n, act(caller, message, n)))
+            ack = act(caller, message, n)
+            learned = ""
+            if moves_to is not None and ack.state == moves_to.value != n.state.value:
+                theirs = "providerPid" if n.role == CONSUMER else "consumerPid"
+                learned = local_pid(str(message[theirs]))
+            return shown(after(n, ack, learned))
 
         return exchange.answer("ContractNegotiation", await exchange.run(work))
 
@@ -327,7 +339,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             )
             return exchange.negotiator.receive_agreement(caller, agreement)
 
-        return await serve(request, "ContractAgreementMessage", act)
+        return await serve(request, "ContractAgreementMessage", act, State.VERIFIED)
 
     async def receive_event(request: web.Request) -> web.Response:
         """``#negotiations-providerpid-events-post`` (ACCEPTED) and

@@ -479,7 +479,16 @@ class Negotiator:
             return _ack(n)
         if event.state != State.FINALIZED.value:
             raise InvalidRequest("only FINALIZED events are sent between connectors")
-        n = self._transition(n, State.FINALIZED, inbox=(event.message_id, caller.participant))
+        try:
+            n = self._transition(n, State.FINALIZED, inbox=(event.message_id, caller.participant))
+        except PreconditionFailed:
+            # Over DSP this event and the answer to our verification race for the move: one
+            # finalized by the answer meanwhile takes the event as a repeat, changing
+            # nothing. Any other state still refuses it.
+            now = self._store.get(n.pid)
+            if now.state != State.FINALIZED:
+                raise
+            return _ack(now)
         return _ack(n)
 
     # -- provider ---------------------------------------------------------------------
@@ -1401,6 +1410,10 @@ class Negotiator:
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""
         return self._store.get(pid)
+
+    def peer(self, pid: str) -> tuple[str | None, str]:
+        """The peer address (None over gRPC) and our role of negotiation ``pid``."""
+        return self._store.peer(pid)
 
     def wait_final(self, pid: str, seconds: float) -> Negotiation:
         """The negotiation once FINALIZED or TERMINATED, or as it is after ``seconds``.

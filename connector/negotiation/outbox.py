@@ -6,6 +6,14 @@ where it stopped. On PostgreSQL, replicas claim rows with ``FOR UPDATE SKIP LOCK
 each message goes out once at a time. Negotiations queue their protocol messages here,
 and the consumer of a computation its countersignature (``connector.compute.client``);
 the node's delivery function tells them apart by ``method``.
+
+A message delivered without an answer that changes anything (the agreement pushed to a
+DSP consumer, the FINALIZED event, a termination) is marked delivered with the next write
+to the database that the negotiations make (``settle_in``, which the store calls in its
+transactions), or by the outbox's next pass: not in a commit of its own. The mark tells no
+one anything, so it need not be durable before anything else; should this process stop
+before it is written, the message is sent again once its lease ends, and receivers drop
+repeats (by message id over gRPC, by their content over DSP).
 """
 
 from __future__ import annotations
@@ -113,7 +121,11 @@ class Outbox:
         on_give_up: Callable[[Pending, str], None] | None = None,
         workers: int = 8,
         poll_seconds: float = 0.5,
+        settle_later: bool = False,
     ) -> None:
+        """``settle_later``: mark messages delivered with the next write that calls
+        ``settle_in`` (or the next pass), not each in a commit of its own (see the
+        module's docstring); for an outbox whose store calls ``settle_in``."""
         self._db = db
         self._deliver = deliver
         self._clock = clock
@@ -128,6 +140,11 @@ class Outbox:
         self._in_flight: set[int] = set()  # ids being sent by this process
         self._in_flight_lock = threading.Lock()
         self._starved = False  # a pass found every worker busy: wake it when one is free
+        self._settle_later = settle_later
+        # Delivered, not yet marked so: queued for the next write (under _in_flight_lock).
+        self._delivered: list[int] = []
+        # Those, and the ones a transaction is marking now: no pass may send them again.
+        self._unsettled: set[int] = set()
         self._here = threading.local()  # ``inline`` is in force on this thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -144,6 +161,35 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True)
+        if self._delivered:
+            try:
+                with self._db.transaction() as tx:
+                    self.settle_in(tx)
+            except Exception:  # the marks are lost: those messages go again after their lease
+                log.warning("outbox could not mark its last deliveries", exc_info=True)
+
+    def settle_in(self, tx: RawTransaction) -> None:
+        """Mark the messages delivered since the last such write, within ``tx`` (a write
+        transaction of the caller's own: the mark then costs no commit of its own). If
+        ``tx`` rolls back, they wait for the next one."""
+        with self._in_flight_lock:
+            ids, self._delivered = self._delivered, []
+        if not ids:
+            return
+        marks = ", ".join("?" * len(ids))
+        tx.execute(
+            f"UPDATE outbox SET status = 'delivered' WHERE id IN ({marks})",  # noqa: S608
+            ids,
+        ).close()
+
+        def ended(committed: bool) -> None:
+            with self._in_flight_lock:
+                if committed:
+                    self._unsettled.difference_update(ids)
+                else:
+                    self._delivered.extend(ids)
+
+        tx.on_end(ended)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -168,15 +214,18 @@ class Outbox:
         of after the whole batch.
         """
         with self._in_flight_lock:
-            busy = list(self._in_flight)
-            room = min(limit, self._workers - len(busy))
+            sending = len(self._in_flight)
+            room = min(limit, self._workers - sending)
             if room <= 0:
                 self._starved = True  # the next send to finish pokes the loop
                 return False
+            # Marked delivered in this pass's transaction, or by one under way.
+            busy = [*self._in_flight, *self._unsettled]
         now_ms = int(self._clock.now() * 1000)
         skip = f" AND id NOT IN ({', '.join('?' * len(busy))})" if busy else ""
         claim = " FOR UPDATE SKIP LOCKED" if self._db.postgres else ""
         with self._db.transaction() as tx:
+            self.settle_in(tx)
             rows = tx.all(
                 "SELECT id, message_id, target, method, payload, negotiation_pid, attempts"  # noqa: S608
                 f" FROM outbox WHERE status = 'pending' AND next_attempt_ms <= ?{skip}"
@@ -238,6 +287,8 @@ class Outbox:
             with self.inline():  # what taking the answer queues goes out on this thread
                 self._send_once(pending, now_ms)
         finally:
+            # (a message left to ``settle_in`` is in ``_unsettled`` by now: no pass
+            # takes it again once it leaves ``_in_flight``)
             with self._in_flight_lock:
                 self._in_flight.discard(pending.id)
                 starved, self._starved = self._starved, False
@@ -259,6 +310,11 @@ class Outbox:
         self._settle(pending, "", now_ms)
 
     def _settle(self, pending: Pending, error: str, now_ms: int, give_up: bool = False) -> None:
+        if not error and self._settle_later:
+            with self._in_flight_lock:
+                self._delivered.append(pending.id)
+                self._unsettled.add(pending.id)
+            return
         lock = " FOR UPDATE" if self._db.postgres else ""
         status = "delivered"
         with self._db.transaction() as tx:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,14 +127,27 @@ class NegotiationStore:
     the outbox leases what it claims), so no outbox, of this process or a replica, takes
     them meanwhile, and they become due again if this process dies before they are sent.
     Without it, they are due at once and the outbox finds them on its next pass.
+
+    With ``settle_in`` (``Outbox.settle_in``), every write here also marks the messages the
+    outbox has delivered since the last one: those marks need no commit of their own.
     """
 
     def __init__(
-        self, db: Database, *, hand_over: HandOver | None = None, lease_ms: int = 30_000
+        self,
+        db: Database,
+        *,
+        hand_over: HandOver | None = None,
+        lease_ms: int = 30_000,
+        settle_in: Callable[[RawTransaction], None] | None = None,
     ) -> None:
         self._db = db
         self._hand_over = hand_over
         self._lease_ms = lease_ms
+        self._settle_in = settle_in
+        # The peer address and role of negotiations created here lately: fixed at
+        # creation, and what the DSP delivery asks before every message (``peer``).
+        self._peers: dict[str, tuple[str | None, str]] = {}
+        self._peers_lock = threading.Lock()
 
     def _queue(
         self, tx: RawTransaction, pid: str, outgoing: Sequence[Outgoing], now_ms: int
@@ -214,6 +228,7 @@ class NegotiationStore:
                 ).close()
                 queued = self._queue(tx, pid, outgoing, now_ms)
                 self._remember(tx, inbox, now_ms)
+                self._settled(tx)
                 # The audit entries, in this transaction, once the row is known to be new
                 # (on PostgreSQL the insert blocks, and then fails, for a racing replica).
                 if before_commit is not None:
@@ -225,8 +240,28 @@ class NegotiationStore:
                 "this request repeats a process id or message id already used; send it "
                 "with a new random message_id and consumer_pid"
             ) from None
+        if peer_address:
+            self._keep_peer(pid, (peer_address, role))
         self._handed_over(queued)
         return _negotiation(row)
+
+    def _keep_peer(self, pid: str, peer: tuple[str | None, str]) -> None:
+        with self._peers_lock:
+            if len(self._peers) >= 4096:  # the negotiations in flight, bounded
+                self._peers.pop(next(iter(self._peers)))
+            self._peers[pid] = peer
+
+    def peer(self, pid: str) -> tuple[str | None, str]:
+        """The peer address and our role of negotiation ``pid`` (or ``NotFound``): both
+        fixed when it was created, so read from the row only if it was not created here
+        lately."""
+        with self._peers_lock:
+            known = self._peers.get(pid)
+        if known is None:
+            n = self.get(pid)
+            known = (n.peer_address, n.role)
+            self._keep_peer(pid, known)
+        return known
 
     def get(self, pid: str) -> Negotiation:
         """One negotiation, or ``NotFound``."""
@@ -395,6 +430,7 @@ class NegotiationStore:
                 self._remember(tx, inbox, now_ms)
                 if delivered is not None:
                     mark_delivered(tx, delivered)
+                self._settled(tx)
                 # Last, once the compare-and-set has won: the audit entries commit with the
                 # move or not at all, and the log's sequence is held only for the commit.
                 if last is not None:
@@ -438,8 +474,14 @@ class NegotiationStore:
             ).close()
             queued = self._queue(tx, pid, outgoing, now_ms)
             self._remember(tx, inbox, now_ms)
+            self._settled(tx)
         self._handed_over(queued)
         return dataclasses.replace(_negotiation(row), revocation=revocation, updated_ms=now_ms)
+
+    def _settled(self, tx: RawTransaction) -> None:
+        """Mark, in this write, what the outbox delivered since the last one."""
+        if self._settle_in is not None:
+            self._settle_in(tx)
 
     def processed(self, message_id: str) -> bool:
         """Whether a received message was already processed."""

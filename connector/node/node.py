@@ -87,7 +87,7 @@ from connector.rpc.server import ServerHandle, Service, build_server
 from connector.sources.file import SourceRoots
 from connector.sources.sql import SqlSources
 from connector.sources.streams import StreamSources
-from connector.store.database import Database, open_database
+from connector.store.database import Database, RawTransaction, open_database
 from connector.transfer.admin import TransferAdmin
 from connector.transfer.consumer import TransferConsumer
 from connector.transfer.disclosure import DisclosureTally, disclosure_report
@@ -274,7 +274,10 @@ class Node:
                 participant=cfg.participant.id,
                 signing_key=signing_key,
                 # Messages a transition queues go out the moment it commits.
-                store=NegotiationStore(self.db, hand_over=self._dispatch),
+                # And each marks what the outbox has delivered since the last one.
+                store=NegotiationStore(
+                    self.db, hand_over=self._dispatch, settle_in=self._settle_delivered
+                ),
                 catalog=self.catalog,
                 policy=self.policy,
                 audit=self.log,
@@ -295,7 +298,13 @@ class Node:
             )
             self._build_transfers(signing_key)
             self.delivery = Delivery(self._negotiator, self._member_channel)
-            self.outbox = Outbox(self.db, self._deliver, self.clock, on_give_up=self._gave_up)
+            self.outbox = Outbox(
+                self.db,
+                self._deliver,
+                self.clock,
+                on_give_up=self._gave_up,
+                settle_later=True,  # with the negotiations' writes (_settle_delivered)
+            )
             services, revocations = self._services(tls, operator_key, signing_key)
             self._revocations = revocations
             authenticator = Authenticator(
@@ -874,6 +883,11 @@ class Node:
         """Send messages a transition just committed (the outbox retries what fails)."""
         if self.outbox is not None:
             self.outbox.dispatch(messages)
+
+    def _settle_delivered(self, tx: RawTransaction) -> None:
+        """Mark what the outbox delivered since the last negotiation write, in this one."""
+        if self.outbox is not None:
+            self.outbox.settle_in(tx)
 
     def _send_inline(self) -> AbstractContextManager[None]:
         """Messages dispatched in this block go out on the calling thread (``Outbox.inline``)."""

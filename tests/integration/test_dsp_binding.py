@@ -7,6 +7,7 @@ bindings in eclipse-dataspace-protocol-base/DataspaceProtocol: ``catalog-request
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import socket
 import time
@@ -19,7 +20,7 @@ import aiohttp
 import grpc
 import pytest
 
-from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc
+from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc, negotiation_pb2
 from connector.config import DspConfig
 from connector.demo.space import LocalSpace
 from connector.dsp import DspBinding, tls_context
@@ -28,6 +29,8 @@ from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
 from connector.negotiation.agreement import verify_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT
+from connector.negotiation.states import State
+from connector.rpc.auth import Caller
 from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
 from tests.support.dsp_client import Answer, DspClient
 from tests.support.exchange import FAR, admin, entries, publish
@@ -703,6 +706,37 @@ def test_negotiations_consumerpid_agreement_and_events_post_two_tds_connectors_f
     )
     assert grpc.state == "FINALIZED"
     assert transitions(space, "a", grpc.pid) == transitions(space, "a", mine.pid)
+
+
+def test_negotiations_consumerpid_events_post_racing_the_verification_answer_changes_nothing(
+    space: LocalSpace,
+) -> None:
+    """The FINALIZED event and the answer to the consumer's verification race for the same
+    move: an event that read the negotiation VERIFIED, and finds it FINALIZED when it
+    writes, is answered FINALIZED and changes nothing (it was refused with a 400, and the
+    provider's outbox gave up on it, logging an error)."""
+    mine = dsp_negotiation(space)
+    assert mine.state == "FINALIZED", mine
+    negotiator = space.nodes["a"].negotiator
+    assert negotiator is not None
+    store = negotiator._store
+    final = store.get(mine.pid)
+    as_read = dataclasses.replace(final, state=State.VERIFIED)  # before the answer's commit
+    store.get_noting = lambda pid, message_id: (as_read, False)  # type: ignore[method-assign]
+    try:
+        ack = negotiator.receive_final(
+            Caller(participant="gov", kind="participant", certificate_serial=0,
+                   certificate_thumbprint=""),
+            negotiation_pb2.NegotiationEvent(
+                message_id="dsp-racing-event", provider_pid=final.counterparty_pid,
+                consumer_pid=mine.pid, state="FINALIZED",
+            ),
+        )  # fmt: skip
+    finally:
+        del store.get_noting
+    assert ack.state == "FINALIZED"
+    assert store.get(mine.pid) == final
+    assert transitions(space, "a", mine.pid) == ["REQUESTED", "VERIFIED", "FINALIZED"]
 
 
 def test_revocation_of_an_agreement_negotiated_over_dsp_reaches_the_tds_consumer(

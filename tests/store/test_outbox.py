@@ -269,3 +269,91 @@ def test_a_pass_that_found_every_worker_busy_is_woken_when_one_is_free(db: Datab
     settled(outbox, db, "m-10", "delivered")  # woken by the send that finished
     outbox.stop()
     assert receiver.sent == ["m-9", "m-10"]
+
+
+def commits(db: Database) -> list[str]:
+    """Record the statements that end a write: the outbox's own settles are UPDATEs of
+    outbox rows in a transaction of their own."""
+    seen: list[str] = []
+    original = db.transaction
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def counted(**kwargs: bool):  # type: ignore[no-untyped-def]
+        with original(**kwargs) as tx:
+            executed = tx.execute
+
+            def execute(sql: str, params: tuple[object, ...] = ()) -> object:
+                seen.append(sql.split()[0].upper() + " " + sql.split()[1])
+                return executed(sql, params)
+
+            tx.execute = execute  # type: ignore[method-assign]
+            yield tx
+            seen.append("COMMIT")
+
+    db.transaction = counted  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_delivery_is_marked_with_the_next_negotiation_write_not_a_commit_of_its_own(
+    db: Database,
+) -> None:
+    """With ``settle_later`` a message sent without an answer to take is marked delivered
+    by the store's next write (or the outbox's next pass, or its stop), never alone; no
+    pass sends it again meanwhile, and a write that rolls back leaves it for the next."""
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock, settle_later=True)
+    store = NegotiationStore(
+        db, hand_over=outbox.dispatch, lease_ms=LEASE_MS, settle_in=outbox.settle_in
+    )
+    with outbox.inline():
+        request(store, "m-9")  # sent before request() returns; not marked yet
+    assert receiver.sent == ["m-9"]
+    assert status(db, "m-9") == ("pending", NOW_MS + LEASE_MS)
+    clock.advance(LEASE_MS / 1000 + 1)  # even past its lease, no pass sends it again
+    seen = commits(db)
+    assert not outbox.deliver_due()
+    assert receiver.sent == ["m-9"]
+    assert status(db, "m-9")[0] == "delivered"  # that pass marked it, in its own read
+    assert seen.count("COMMIT") == 1
+
+    with outbox.inline():
+        request(store, "m-10")
+    assert status(db, "m-10")[0] == "pending"
+    n = store.list()[0]
+    # A write that fails keeps the mark for the next one.
+    with pytest.raises(PreconditionFailed):
+        store.transition(n.pid, State.FINALIZED, now_ms=NOW_MS + 2)
+    assert status(db, "m-10")[0] == "pending"
+    seen.clear()
+    store.transition(n.pid, State.TERMINATED, now_ms=NOW_MS + 3)
+    assert status(db, "m-10")[0] == "delivered"
+    assert seen.count("COMMIT") == 1  # the transition's own commit, and no other
+    assert not outbox.deliver_due()
+    assert receiver.sent == ["m-9", "m-10"]
+
+    with outbox.inline():
+        request(store, "m-11")
+    outbox.stop()  # a stop marks what is left
+    assert status(db, "m-11")[0] == "delivered"
+
+
+def test_a_delivery_not_yet_marked_when_the_process_stops_is_sent_again(db: Database) -> None:
+    """The mark is not durable before anything: a process that dies before writing it
+    sends the message again once its lease ends (receivers drop repeats)."""
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock, settle_later=True)
+    store = NegotiationStore(
+        db, hand_over=outbox.dispatch, lease_ms=LEASE_MS, settle_in=outbox.settle_in
+    )
+    with outbox.inline():
+        request(store, "m-12")
+    assert status(db, "m-12")[0] == "pending"
+    # The process "dies": a new outbox on the same database, after the lease.
+    again = Outbox(db, receiver, clock)
+    clock.advance(LEASE_MS / 1000)
+    assert again.deliver_due()
+    settled(again, db, "m-12", "delivered")
+    again.stop()
+    assert receiver.sent == ["m-12", "m-12"]
