@@ -40,6 +40,7 @@ from connector.catalog.products import parse_description
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.node.clients import member_channel, registry_client
+from connector.node.memory import freeze_startup_objects
 from connector.store.models import CatalogListingRow
 
 WORDS = [
@@ -261,6 +262,9 @@ def main() -> int:
             sp.start_registry()
             sp.start_connector("gov")
             sp.start_connector("a")
+            # As ``tds serve`` does once its connector has started (full collections then
+            # walk only what serving allocates); here the connectors share this process.
+            freeze_startup_objects()
             result: dict[str, Any] = {"publish": publish(sp, args.products, str(data))}
             result["first_page"] = first_page(sp, args.rounds)
             result["cli_whole_catalog"] = whole_catalog_cli(sp, args.cli_runs)

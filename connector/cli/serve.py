@@ -15,7 +15,7 @@ from types import FrameType
 
 from connector.config import Config, load_config
 from connector.logs import setup_logging
-from connector.node.memory import bound_malloc_arenas
+from connector.node.memory import bound_malloc_arenas, freeze_startup_objects
 from connector.node.scheduling import batch_scheduling
 
 
@@ -65,6 +65,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     node = Node(cfg)
     node.start()
+    freeze_startup_objects()  # full collections then walk only what serving allocates
     stopping = threading.Event()
     limit = cfg.server.grace_seconds + STOP_MARGIN_SECONDS
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 
-__all__ = ["bound_malloc_arenas"]
+__all__ = ["bound_malloc_arenas", "freeze_startup_objects"]
 
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
@@ -33,3 +34,21 @@ def bound_malloc_arenas(arenas: int = 2) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def freeze_startup_objects() -> int:
+    """Leave the objects a started connector holds out of Python's full garbage
+    collections (``gc.freeze``); how many were set aside.
+
+    A started connector holds some 150,000-190,000 objects that live as long as the
+    process (modules, functions, types, the server's stack), and every full collection
+    walks them all. A catalog page allocates thousands of short-lived objects, which set
+    off three full collections per 10,000 products listed: about 0.3 s of the provider's
+    CPU (of some 3 s) measured in thread time, against under 0.01 s with those objects set
+    aside. Frozen objects are still freed when nothing refers to them; only a reference
+    cycle among them would outlive its use, and they are the process's own lasting state.
+    Call it once the connector has started.
+    """
+    gc.collect()  # what startup left as garbage goes now, not frozen with the rest
+    gc.freeze()
+    return gc.get_freeze_count()
