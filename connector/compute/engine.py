@@ -23,6 +23,7 @@ printing the same sqlglot tree again (about 1 ms of a question with a filter).
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -364,15 +365,13 @@ def _isolating_from_cells(
     true (false, or NULL, as in a WHERE) leaves the cell out, as the statement does.
     """
     keys = list(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
-    # A lone filter has no other filter to match (``names`` is empty then).
-    conditions = (
-        [_condition(f, mine, executor) for f, mine in zip(filters, names, strict=True)]
-        if names
-        else []
-    )
 
     def build() -> exp.Select:
-        marks = [exp.alias_(cond, f"tds_m{j}") for j, cond in enumerate(conditions)]
+        # A lone filter has no other filter to match (``names`` is empty then).
+        marks = [
+            exp.alias_(_condition(f, mine, executor), f"tds_m{j}")
+            for j, (f, mine) in enumerate(zip(filters, names, strict=True) if names else ())
+        ]
         select = exp.select(*(exp.column(d) for d in keys), exp.column(_N), *marks)
         return select.from_(counted).limit(CELLS_SUMMED_HERE + 1, copy=False)
 
@@ -380,30 +379,50 @@ def _isolating_from_cells(
     rows = _STATEMENTS.run(executor, key, build, params)
     if len(rows) > CELLS_SUMMED_HERE:
         return None
-    nk = len(keys)
+    nk, nf = len(keys), len(names)
+    # How many of its conditions each cell meets: it matches every filter but i when it
+    # meets all of them, or all but i's own.
+    met = [sum(1 for m in row[nk + 1 :] if m is True) for row in rows]
+    group_of = _picker([keys.index(d) for d in dict.fromkeys(dimensions)])
     found = []
     for i, f in enumerate(filters):
-        # Filter i's split: the query's dimensions, then its own; its rows: those matching
-        # every other filter (none to match when it is alone: ``conditions`` is empty).
-        split = list(dict.fromkeys((*dimensions, f.dimension)))
-        at = [keys.index(d) for d in split]
-        others = [nk + 1 + j for j in range(len(conditions)) if j != i]
-        cells: dict[tuple[Any, ...], int] = {}
-        for row in rows:
-            if all(row[m] is True for m in others):
-                cell = tuple(row[a] for a in at)
-                cells[cell] = cells.get(cell, 0) + int(row[nk])
+        # Filter i's split: the query's dimensions, then its own.
+        cell_of = _picker([keys.index(d) for d in dict.fromkeys((*dimensions, f.dimension))])
+        matching = (
+            rows
+            if nf == 0
+            else [
+                row
+                for row, n in zip(rows, met, strict=True)
+                if n == nf or (n == nf - 1 and row[nk + 1 + i] is not True)
+            ]
+        )
+        cells: dict[tuple[Any, ...], list[Any]] = {}  # cell -> [its group, its rows]
+        for row in matching:
+            cell = cells.get(cell_of(row))
+            if cell is None:
+                cells[cell_of(row)] = [group_of(row), int(row[nk])]
+            else:
+                cell[1] += int(row[nk])
         # Per group of the query's dimensions: its total and its smallest cell.
-        width = len(dict.fromkeys(dimensions))
         groups: dict[tuple[Any, ...], tuple[int, int]] = {}
-        for cell, n in cells.items():
-            group = cell[:width]
+        for group, n in cells.values():
             total, smallest = groups.get(group, (0, n))
             groups[group] = (total + n, min(smallest, n))
         found.append(
             sum(1 for total, smallest in groups.values() if smallest < k <= total - smallest)
         )
     return tuple(found)
+
+
+def _picker(at: Sequence[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """The values at positions ``at`` of a row, as a tuple (empty for none)."""
+    if not at:
+        return lambda row: ()
+    if len(at) == 1:
+        only = at[0]
+        return lambda row: (row[only],)
+    return operator.itemgetter(*at)
 
 
 def _isolation(
