@@ -35,9 +35,7 @@ only differential privacy with a finite budget bounds those — offer it for per
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,24 +56,6 @@ __all__ = ["Disclosed", "check_isolation", "disclose"]
 # and are the library's standard Laplace mechanisms, and using them is what keeps noise
 # generation out of this code base (no home-made sampler).
 dp.enable_features("contrib")
-
-
-def _settle_numpy_absent() -> None:
-    """When numpy is not installed, say so once in ``sys.modules``.
-
-    OpenDP converts every input and output through ``importlib.import_module("numpy")``
-    to see whether numpy arrays are in play; without numpy each of those is a failed
-    import that searches every ``sys.path`` entry again (stat calls): 5 a
-    differentially private answer, 0.6-1 ms of CPU together. A ``None`` entry is
-    Python's own record of a module that cannot be imported (``import numpy`` raises
-    ``ModuleNotFoundError`` at once, ``importlib.util.find_spec`` answers ``None``):
-    the same answers as before, without the search. Installed numpy is left alone.
-    """
-    if "numpy" not in sys.modules and importlib.util.find_spec("numpy") is None:
-        sys.modules["numpy"] = None  # type: ignore[assignment]
-
-
-_settle_numpy_absent()
 
 
 @dataclass(frozen=True)

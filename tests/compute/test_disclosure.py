@@ -173,30 +173,3 @@ def test_dp_offers_skip_the_exact_isolation_check(large: DuckDBTable) -> None:
         check_isolation(
             parse_query(Q2, parse_rules(hospital(k=3))), parse_rules(hospital(k=3)), large
         )
-
-
-def test_numpy_absent_is_recorded_once_and_an_installed_one_left_alone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Without numpy, OpenDP's lookups of it must fail as they would (no search of
-    ``sys.path`` each time); with numpy installed, nothing may be recorded against it."""
-    import importlib.machinery
-    import importlib.util
-    import sys
-
-    from connector.compute import disclosure
-
-    monkeypatch.delitem(sys.modules, "numpy", raising=False)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    disclosure._settle_numpy_absent()
-    assert "numpy" in sys.modules and sys.modules["numpy"] is None
-    with pytest.raises(ModuleNotFoundError):
-        import numpy  # noqa: F401
-    # Noise still comes from OpenDP with the record in place.
-    assert disclosure._laplace(1.0, 1.0, True, 3)([1, 2, 3]) != [None] * 3
-
-    monkeypatch.delitem(sys.modules, "numpy")
-    spec = importlib.machinery.ModuleSpec("numpy", None)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
-    disclosure._settle_numpy_absent()
-    assert "numpy" not in sys.modules
