@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from sqlglot import exp
 
+from connector.compute import engine
 from connector.compute.database import DatabaseSource
 from connector.compute.embedded import DuckDBTable
 from connector.compute.engine import _N, Executor, _bind, _condition, isolating_groups
@@ -134,6 +135,35 @@ def test_single_pass_matches_per_filter_check_on_duckdb(tmp_path: Path) -> None:
         finally:
             t.close()
     assert refused > 20  # the cases exercise refusals, not only passes
+
+
+def test_cells_summed_here_count_exactly_what_the_statement_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a table whose cells are counted once, the check sums the cells the engine
+    marked (``CELLS_SUMMED_HERE``); it must count, filter by filter, exactly the groups
+    the whole statement counts (forced by a limit of 0), and fall back to the statement
+    when the cells are more than the limit (a limit of 3), with the same counts."""
+    rng = random.Random(23)
+    compared = refused = 0
+    for i in range(20):
+        t = DuckDBTable(_csv(tmp_path / f"t{i}.csv", _rows(rng, TEXT)), "csv")
+        try:
+            for _ in range(12):
+                dims = rng.sample(("a", "b", "c"), rng.randint(0, 2))
+                filters = [_filter(rng, TEXT) for _ in range(rng.randint(1, 3))]
+                k = rng.randint(2, 6)
+                counts = []
+                for limit in (engine.CELLS_SUMMED_HERE, 0, 3):
+                    monkeypatch.setattr(engine, "CELLS_SUMMED_HERE", limit)
+                    counts.append(isolating_groups(dims, filters, t, k=k))
+                monkeypatch.undo()
+                assert counts[0] == counts[1] == counts[2], (dims, filters, k, counts)
+                compared += 1
+                refused += sum(1 for c in counts[0] if c)
+        finally:
+            t.close()
+    assert compared == 240 and refused > 20
 
 
 def _database_tables(

@@ -5,6 +5,7 @@ privacy budget holding under concurrent questions."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import hashlib
@@ -20,9 +21,11 @@ import grpc
 import pytest
 
 from connector._proto.tds.v1 import admin_pb2, compute_pb2, compute_pb2_grpc
+from connector.audit.canonical import canonical_json
 from connector.compute.receipt import verify_computation_receipt
 from connector.compute.store import CONFIRMED, ComputationStore
 from connector.demo.space import LocalSpace
+from connector.errors import VerificationError
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
 from tests.support.exchange import admin, agree, altered, entries, offer, publish
@@ -434,3 +437,60 @@ def test_a_countersignature_owed_when_the_consumer_stops_is_sent_after_its_resta
         if e["data"]["computation"] == r.computation_id
     ]
     assert logged == [r.receipt]
+
+
+def _lab_row(space: LocalSpace, agreement_id: str, **set_: str) -> str:
+    """The consumer's stored agreement text; columns set to ``set_`` behind the
+    connector's back (as someone with access to its database file would)."""
+    db = space.nodes["lab"].db
+    assert db is not None and db.engine.url.database is not None
+    with contextlib.closing(sqlite3.connect(db.engine.url.database)) as conn, conn:
+        [(text,)] = conn.execute(
+            "SELECT agreement FROM negotiation WHERE agreement_id = ?", (agreement_id,)
+        ).fetchall()
+        for column, value in set_.items():
+            assert column in ("agreement", "revocation")
+            conn.execute(
+                f"UPDATE negotiation SET {column} = ? WHERE agreement_id = ?",  # noqa: S608
+                (value, agreement_id),
+            )
+    return str(text)
+
+
+def test_the_consumer_keeps_its_parsed_agreement_but_never_a_revocation_or_an_edit(
+    space: LocalSpace,
+) -> None:
+    """The consumer parses its stored agreement once per exact text: the row is read for
+    every question, so a revocation recorded after the parse stops the next question,
+    and a stored text changed in any byte is parsed anew, never answered from the copy."""
+    agreement = agree(space, "health", "lab", "admissions-dp", approve=True)
+    receiver = space.nodes["lab"].receiver
+    assert receiver is not None
+    question = "SELECT count(*) FROM product"
+    ask(space, agreement, question)  # parsed, and kept
+    first = receiver.agreement_of(agreement)
+    assert receiver.agreement_of(agreement) is first  # the kept parse of the same text
+    signed = _lab_row(space, agreement)
+    # Another text under the same id is parsed anew: one naming another product, in
+    # canonical form, reads as such; one not in canonical form is refused.
+    doc = json.loads(signed)
+    payload = json.loads(base64.urlsafe_b64decode(doc["payload"] + "=="))
+    encoded = base64.urlsafe_b64encode(canonical_json({**payload, "product": "admissions-copy"}))
+    other = json.dumps({**doc, "payload": encoded.rstrip(b"=").decode()}, separators=(",", ":"))
+    try:
+        _lab_row(space, agreement, agreement=other)
+        assert receiver.agreement_of(agreement).product == "admissions-copy"
+        _lab_row(space, agreement, agreement=altered(signed, product="admissions-copy"))
+        with pytest.raises(VerificationError, match="not in canonical"):
+            receiver.agreement_of(agreement)
+    finally:
+        _lab_row(space, agreement, agreement=signed)
+    assert receiver.agreement_of(agreement).product == "admissions-dp"
+    # Revoked after the parse was kept: refused at once, by the consumer, nothing asked.
+    before = spent(space, agreement)
+    _lab_row(space, agreement, revocation="{}")
+    with pytest.raises(grpc.RpcError) as caught:
+        ask(space, agreement, question)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"agreement {agreement} was revoked by the provider" in (caught.value.details() or "")
+    assert spent(space, agreement) == before
