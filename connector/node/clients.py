@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 
 from connector.clock import SystemClock
@@ -9,8 +11,10 @@ from connector.config import Config
 from connector.errors import ConfigError
 from connector.identity.certs import load_ed25519_public_key
 from connector.identity.names import participant_uri
-from connector.registry.client import RegistryClient
 from connector.rpc.channel import TlsIdentity, open_channel
+
+if TYPE_CHECKING:
+    from connector.registry.client import RegistryClient
 
 __all__ = ["admin_channel", "member_channel", "registry_client"]
 
@@ -26,6 +30,10 @@ def registry_address(cfg: Config) -> str:
 
 def registry_client(cfg: Config) -> RegistryClient:
     """A registry client acting as the configured participant."""
+    # Here, not at the top: the registry client brings PyJWT (its directory is a JWT),
+    # which commands that talk to their own connector only do not need.
+    from connector.registry.client import RegistryClient
+
     return RegistryClient(
         address=registry_address(cfg),
         space=cfg.participant.space,

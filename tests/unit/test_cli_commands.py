@@ -74,3 +74,18 @@ def test_tds_catalog_imports_none_of_the_other_command_modules() -> None:
     loaded = json.loads(out.stdout.splitlines()[-1])
     assert "connector.cli.product" in loaded
     assert not {f"connector.cli.{m}" for m in COMMANDS if m != "product"} & set(loaded)
+
+
+def test_a_command_talking_to_its_own_connector_leaves_the_registry_client_unloaded() -> None:
+    """``tds catalog list`` and the other client commands reach their connector through
+    ``connector.node.clients``; the registry client (and the PyJWT its directory needs,
+    about 0.1 s of the command's start) loads only for a command that asks the registry."""
+    probe = (
+        "import json, sys\n"
+        "import connector.cli.product, connector.config, connector.node.clients\n"
+        "print(json.dumps([m for m in ('jwt', 'connector.registry.client') if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == []
