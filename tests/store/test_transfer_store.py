@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from connector.audit.log import TransparencyLog
 from connector.clock import FixedClock
 from connector.errors import ConflictError, PermissionDenied, PreconditionFailed
+from connector.negotiation.states import State
+from connector.negotiation.store import NegotiationStore
 from connector.store.database import Database, open_database
 from connector.transfer.store import (
     COMPLETED,
@@ -134,4 +136,49 @@ def test_a_transfer_and_its_log_entries_commit_together_or_not_at_all(database_u
         assert log.size == 2 and store.get(t.id).state == COMPLETED
     finally:
         log.close()
+        db.close()
+
+
+def test_kept_holdings_name_each_holding_once_with_its_agreements_state(
+    database_url: str,
+) -> None:
+    """What the holdings sweep decides on: the consumer's completed, not deleted transfers,
+    newest first, each once, with whether its agreement is known here and its revocation
+    (from either of two negotiations of the same agreement)."""
+    db = open_database(database_url)
+    try:
+        store, negotiations = TransferStore(db), NegotiationStore(db)
+
+        def negotiation(agreement: str, role: str) -> str:
+            return negotiations.create(
+                role=role, counterparty="p", counterparty_pid=f"{agreement}-{role}",
+                product="x", offer="o", purpose="r", state=State.FINALIZED, now_ms=1,
+                agreement="signed", agreement_id=agreement,
+            ).pid  # fmt: skip
+
+        negotiation("ag-kept", "consumer")
+        negotiation("ag-revoked", "consumer")
+        revoked_pid = negotiation("ag-revoked", "provider")  # one agreement, both sides here
+        negotiations.set_revocation(revoked_pid, "revoked-jws", now_ms=2)
+
+        def held(n: int, agreement: str, **changes: object) -> None:
+            t = replace(
+                transfer(n, agreement=agreement), role=CONSUMER, state=COMPLETED,
+                obligations={"delete_after_ns": n},
+            )  # fmt: skip
+            store.create(replace(t, **changes))  # type: ignore[arg-type]
+
+        held(1, "ag-kept")
+        held(2, "ag-revoked")
+        held(3, "ag-unknown")
+        held(4, "ag-kept", state=FAILED)  # not a holding
+        held(5, "ag-kept", deleted_ms=9)  # deleted already
+        held(6, "ag-kept", role=PROVIDER)  # the provider's side
+        assert store.kept_holdings() == [
+            ("tr-3", "ag-unknown", '{"delete_after_ns": 3}', False, None),
+            ("tr-2", "ag-revoked", '{"delete_after_ns": 2}', True, "revoked-jws"),
+            ("tr-1", "ag-kept", '{"delete_after_ns": 1}', True, None),
+        ]
+        assert [h[0] for h in store.kept_holdings("ag-revoked")] == ["tr-2"]
+    finally:
         db.close()
