@@ -31,7 +31,7 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def bound_malloc_arenas(arenas: int = 2) -> bool:
+def bound_malloc_arenas(arenas: int = 1) -> bool:
     """Limit glibc malloc to ``arenas`` arenas; True if the limit is in force.
 
     glibc gives threads that contend for malloc arenas of their own (up to eight per
@@ -39,8 +39,11 @@ def bound_malloc_arenas(arenas: int = 2) -> bool:
     threads and ours allocate and free megabyte chunk buffers across many arenas, which
     keep the freed memory: measured on a 1 GiB pull, the consumer grew from 134 to 412 MB
     resident with nothing live to show for it, and stayed under 180 MB with two arenas at
-    the same throughput. Call it before threads start. ``MALLOC_ARENA_MAX`` in the
-    environment, when an operator sets it, wins. Elsewhere than glibc this does nothing.
+    the same throughput. With two, the consumer's connector (grown since to 170 MB idle)
+    peaked at 200-202 MB during a pull; with one, at 187-194, with no more CPU a GiB and
+    no slower pull in the same rounds (bench/transfer.py, load 11). Call it before
+    threads start. ``MALLOC_ARENA_MAX`` in the environment, when an operator sets it,
+    wins. Elsewhere than glibc this does nothing.
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
