@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from connector.cli.output import emit, say
 from connector.demo import DEFAULT_NATS_URL
 from connector.logs import setup_logging
-from connector.node.memory import bound_malloc_arenas
+from connector.node.memory import bound_malloc_arenas, keep_chunk_buffers
 from connector.node.scheduling import batch_scheduling
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 1 if any outcome differs from what was expected."""
     root: Path = args.dir or Path(f"tds-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     bound_malloc_arenas()  # the whole space runs in this process
+    keep_chunk_buffers()
     batch_scheduling()
     setup_logging("info", root.resolve() / "tds.log")
     # The whole connector stack, imported only when the demo runs (not for --help).

@@ -15,7 +15,7 @@ from types import FrameType
 
 from connector.config import Config, load_config
 from connector.logs import setup_logging
-from connector.node.memory import bound_malloc_arenas, freeze_startup_objects
+from connector.node.memory import bound_malloc_arenas, freeze_startup_objects, keep_chunk_buffers
 from connector.node.scheduling import batch_scheduling
 
 
@@ -58,6 +58,7 @@ def _exit_now(message: str, code: int) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Start the node, wait for a signal, stop gracefully."""
     bound_malloc_arenas()  # before the node starts its threads
+    keep_chunk_buffers()  # likewise: a transfer's chunk buffers reused, not faulted in anew
     batch_scheduling()  # likewise: its threads inherit the class
     setup_logging(os.environ.get("TDS_LOG_LEVEL", "info"))
     cfg = apply_environment(load_config(args.config))
