@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from connector.cli.main import COMMANDS, build_parser
+from tests.unit.test_cli_imports import loaded_after
 
 
 @pytest.mark.parametrize("module", sorted(COMMANDS))
@@ -80,12 +81,5 @@ def test_a_command_talking_to_its_own_connector_leaves_the_registry_client_unloa
     """``tds catalog list`` and the other client commands reach their connector through
     ``connector.node.clients``; the registry client (and the PyJWT its directory needs,
     about 0.1 s of the command's start) loads only for a command that asks the registry."""
-    probe = (
-        "import json, sys\n"
-        "import connector.cli.product, connector.config, connector.node.clients\n"
-        "print(json.dumps([m for m in ('jwt', 'connector.registry.client') if m in sys.modules]))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert json.loads(out.stdout.splitlines()[-1]) == []
+    code = "import connector.cli.product, connector.config, connector.node.clients"
+    assert loaded_after(code, ["jwt", "connector.registry.client"]) == []

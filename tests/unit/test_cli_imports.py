@@ -25,17 +25,19 @@ HEAVY = (
 )
 
 
-def test_building_the_parser_imports_nothing_of_the_server_stack() -> None:
-    probe = (
-        "import json, sys\n"
-        "from connector.cli.main import build_parser\n"
-        "build_parser()\n"
-        f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))\n"
-    )
+def loaded_after(code: str, modules: list[str]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter holds after running ``code``."""
+    report = f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))"
+    probe = f"import json, sys\n{code}\n{report}\n"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    assert json.loads(out.stdout) == []
+    return list(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_building_the_parser_imports_nothing_of_the_server_stack() -> None:
+    code = "from connector.cli.main import build_parser\nbuild_parser()"
+    assert loaded_after(code, list(HEAVY)) == []
 
 
 def test_the_lazy_package_names_still_resolve() -> None:
@@ -55,18 +57,13 @@ def test_the_server_stack_leaves_the_optional_engines_until_they_are_used() -> N
     """A connector that publishes no database source, asks no compute question and decides
     on the embedded engine does not carry sqlglot (about 30 MB resident), the compute
     engines or the OPA client with aiohttp (13 MB): every process stays under 200 MB."""
-    optional = ["sqlglot", "duckdb", "opendp", "opa_client", "aiohttp", "pyld"]
-    probe = (
-        "import json, sys\n"
+    code = (
         "from connector.node import Node\n"
         "from connector.policy.factory import engine_from_config\n"
-        "from connector.sources.sql import SqlSources\n"
-        f"print(json.dumps([m for m in {optional!r} if m in sys.modules]))\n"
+        "from connector.sources.sql import SqlSources"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert json.loads(out.stdout) == []
+    optional = ["sqlglot", "duckdb", "opendp", "opa_client", "aiohttp", "pyld"]
+    assert loaded_after(code, optional) == []
     # And the checks load them when asked for.
     from connector import compute
     from connector.sources.sql import SqlConnection, SqlSources
