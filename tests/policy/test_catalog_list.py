@@ -50,7 +50,7 @@ def resources(rng: random.Random, count: int) -> list[dict[str, Any]]:
 
 def test_a_page_decides_as_each_product_alone(engine: PolicyEngine) -> None:
     rng = random.Random(21)
-    page = resources(rng, 60)
+    page = resources(rng, 30)  # 120 single decisions per engine: the OPA double is slow
     for subject in SUBJECTS:
         context = {"now_ns": NOW, "revoked_grants": []}
         batch = engine.decide(
