@@ -31,7 +31,6 @@ import aiohttp
 from google.protobuf import json_format
 
 from connector._proto.tds.v1 import transfer_pb2
-from connector.audit.receipts import receipt_id
 from connector.dsp.delivery import DspSender
 from connector.dsp.jsonld import check_outgoing, read_message
 from connector.dsp.negotiation import check_callback, local_pid
@@ -66,7 +65,6 @@ from connector.transfer.consumer import Progress, ProgressSink, TransferConsumer
 from connector.transfer.receiving import Assembler
 from connector.transfer.store import ACTIVE, CONSUMER, PROVIDER, Transfer
 from connector.transfer.store import COMPLETED as COMPLETED_TRANSFER
-from connector.transfer.store import STARTED as STARTED_TRANSFER
 
 __all__ = ["DspTransferConsumer"]
 
@@ -158,13 +156,7 @@ class DspTransferConsumer:
             self._ended(cid, f"not started: {exc}")
             raise
         row = self._side.store.get(cid)
-        return self._receiver.receive_and_complete(
-            t,
-            progress,
-            fill=lambda t, asm, progress: self._fill(row, t, asm, progress),
-            countersign=lambda t, signed: self._countersigned(row, t, signed),
-            tell=lambda reason: self._tell(row, reason),
-        )
+        return self._receive(row, t, progress)
 
     def runs(self, transfer_id: str) -> bool:
         """Whether ``transfer_id`` is a transfer this connector receives over the binding."""
@@ -179,19 +171,19 @@ class DspTransferConsumer:
         """Pull the rest of a transfer whose pull stopped with this connector (a restart),
         from the bytes held, with the data address the provider gave (valid for as long
         as its token is), and complete it with a dual-signed receipt."""
-        t = self._side.transfers.get(transfer_id)
-        if t.role != CONSUMER:
-            raise PreconditionFailed(f"transfer {transfer_id} is one this connector provides")
-        row = self._side.store.of_transfer(t.id, t.counterparty, CONSUMER)
+        t = self._receiver.to_resume(transfer_id, progress)
         if t.state == COMPLETED_TRANSFER:
-            progress(Progress("completed", t, t.size, receipt_id(t.receipt or "")))
             return t
-        if t.state != STARTED_TRANSFER or row.state not in (STARTED, SUSPENDED):
+        row = self._side.store.of_transfer(t.id, t.counterparty, CONSUMER)
+        if row.state not in (STARTED, SUSPENDED):
             raise PreconditionFailed(
-                f"transfer {transfer_id} is {t.state}"
-                + (f" ({t.reason})" if t.reason else "")
-                + f"; its transfer process is {row.state}: only an unfinished one resumes"
+                f"transfer {transfer_id}'s transfer process is {row.state}: only an "
+                "unfinished one resumes"
             )
+        return self._receive(row, t, progress)
+
+    def _receive(self, row: DspTransfer, t: Transfer, progress: ProgressSink) -> Transfer:
+        """Pull ``t`` over the process ``row`` (from the bytes held) and complete it."""
         return self._receiver.receive_and_complete(
             t,
             progress,

@@ -325,14 +325,9 @@ class TransferConsumer:
     ) -> Transfer:
         """Start (or resume) a transfer and see it through to a dual-signed receipt."""
         if transfer_id:
-            t = self._store.get(transfer_id)
-            if t.role != CONSUMER:
-                raise PreconditionFailed(f"transfer {transfer_id} is one this connector provides")
+            t = self.to_resume(transfer_id, progress)
             if t.state == COMPLETED:
-                progress(Progress("completed", t, t.size, receipt_id(t.receipt or "")))
                 return t
-            if t.state != STARTED:
-                raise PreconditionFailed(f"transfer {transfer_id} is {t.state} ({t.reason})")
         else:
             t = self.start(agreement_id, push)
         progress(Progress("started", t))
@@ -344,6 +339,19 @@ class TransferConsumer:
             current = self._store.get(t.id)
             progress(Progress("failed", current, current.received, detail=str(exc)))
             raise
+
+    def to_resume(self, transfer_id: str, progress: ProgressSink) -> Transfer:
+        """A transfer this connector receives, to resume: started, or completed already
+        (reported to ``progress`` as such, nothing to do); ``PreconditionFailed`` for one
+        it provides or one that ended otherwise."""
+        t = self._store.get(transfer_id)
+        if t.role != CONSUMER:
+            raise PreconditionFailed(f"transfer {transfer_id} is one this connector provides")
+        if t.state == COMPLETED:
+            progress(Progress("completed", t, t.size, receipt_id(t.receipt or "")))
+        elif t.state != STARTED:
+            raise PreconditionFailed(f"transfer {transfer_id} is {t.state} ({t.reason})")
+        return t
 
     def _receive(self, t: Transfer, progress: ProgressSink, fill: Fill | None = None) -> Transfer:
         # Paths come from the transfer's checked id and format, never from its record.
