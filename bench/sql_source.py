@@ -34,7 +34,13 @@ run, each ``--repeat`` times in turn (the median kept):
   delivery could reach on this machine with these libraries in one process
   (``best_possible_ratio_overlapped``: the same with the floor's CPU time as its wall
   time, as if the database's work were wholly hidden behind it); the state hash, the
-  encoding and the file's SHA-256 a delivery needs come on top.
+  encoding and the file's SHA-256 a delivery needs come on top;
+- **database masks** (when the server offers pgcrypto): the other way to place the work,
+  the database computing the masks itself, ``COPY`` of the query with ``customer`` as
+  pgcrypto's ``hmac(…, 'sha256')`` in hex under the same key and ``email`` as
+  ``left(email, 3)``: the same bytes tds delivers (checked by SHA-256), read by this
+  process. It shows what the delivered form costs the database alone, before any
+  connector work (pgcrypto goes in a schema of its own, dropped afterwards).
 
 Reports MB/s of each (delivered bytes over wall time), the ratios to COPY (target: the
 transfer's at least 0.5), where the time goes (reading and the state hash; projecting,
@@ -53,6 +59,7 @@ names.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -156,6 +163,56 @@ def _floor(url: str, query: str) -> tuple[float, float]:
             while batch := cursor.fetchmany(SqlConnection("floor", url).fetch_rows):
                 masker.column("customer", [row[hashed] for row in batch])
         return time.perf_counter() - start, time.process_time() - cpu
+
+
+def _pgcrypto_schema(url: str, table: str) -> tuple[str, bool] | None:
+    """The schema holding pgcrypto and whether this run made it (and drops it), or
+    ``None`` when the server cannot give it."""
+    schema = f"{table}_pgcrypto"
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+            installed = db.execute(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                "ON n.oid = e.extnamespace WHERE e.extname = 'pgcrypto'"
+            ).fetchone()
+            if installed is not None:
+                return str(installed[0]), False
+            found = db.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'pgcrypto'"
+            ).fetchone()
+            if found is None:
+                return None
+            with db.transaction():  # both or neither
+                db.execute(f"CREATE SCHEMA {schema}")
+                db.execute(f"CREATE EXTENSION pgcrypto SCHEMA {schema}")
+    except psycopg.Error as exc:
+        print(f"database masks left out: {exc}".strip(), file=sys.stderr)
+        return None
+    return schema, True
+
+
+def _database_masks(url: str, table: str, schema: str) -> tuple[int, float, str]:
+    """Bytes, wall time and SHA-256 of ``COPY`` of the masked form computed by the
+    database (see the module docstring)."""
+    query = (
+        f"SELECT id, encode({schema}.hmac(convert_to(customer, 'UTF8'), %s::bytea, "
+        "'sha256'), 'hex') AS customer, left(email, 3) AS email, city, amount, ordered_on "
+        f"FROM {table}"
+    )
+    digest = hashlib.sha256()
+    size = 0
+    start = time.perf_counter()
+    with (
+        psycopg.connect(url) as db,
+        db.cursor() as cur,
+        cur.copy(
+            f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", (bytes(range(32)),)
+        ) as copy,
+    ):
+        for block in copy:
+            size += len(block)
+            digest.update(block)
+    return size, time.perf_counter() - start, digest.hexdigest()
 
 
 @contextmanager
@@ -389,8 +446,21 @@ def main() -> int:
     query = f"SELECT id, customer, email, city, amount, ordered_on FROM {table}"
     _create(args.url, table, args.rows)
     runs: dict[str, list[float]] = {
-        k: [] for k in ("copy", "transfer", "tds", "plain", "read", "tds_cpu", "floor", "floor_cpu")
+        k: []
+        for k in (
+            "copy",
+            "transfer",
+            "tds",
+            "plain",
+            "read",
+            "tds_cpu",
+            "floor",
+            "floor_cpu",
+            "database_masks",
+        )
     }
+    pgcrypto = _pgcrypto_schema(args.url, table)
+    database_masks: tuple[int, str] | None = None
     transfer_bytes = 0
     served: dict[str, Any] | None = None
     try:
@@ -418,11 +488,21 @@ def main() -> int:
                 floor_s, floor_cpu = _floor(args.url, query)
                 runs["floor"].append(floor_s)
                 runs["floor_cpu"].append(floor_cpu)
+                if pgcrypto is not None:
+                    masked_bytes, masked_s, masked_sha = _database_masks(
+                        args.url, table, pgcrypto[0]
+                    )
+                    runs["database_masks"].append(masked_s)
+                    database_masks = (masked_bytes, masked_sha)
+            with (Path(tmp) / "orders.csv").open("rb") as delivered:
+                tds_sha256 = hashlib.file_digest(delivered, "sha256").hexdigest()
             if args.served:
                 served = _served(args.url, query, Path(tmp) / "served")
     finally:
         with psycopg.connect(args.url, autocommit=True) as db:
             db.execute(f"DROP TABLE IF EXISTS {table}")
+            if pgcrypto is not None and pgcrypto[1]:
+                db.execute(f"DROP SCHEMA IF EXISTS {pgcrypto[0]} CASCADE")
     if rows != args.rows:
         raise SystemExit(f"delivered {rows} rows, not {args.rows}")
     if transfer is not None and transfer_bytes != tds_bytes:
@@ -491,6 +571,17 @@ def main() -> int:
             tds_bytes / mb / statistics.median(runs["floor_cpu"]) / copy_rate, 2
         ),
     }
+    if database_masks is not None:
+        masked_bytes, masked_sha = database_masks
+        masked_s = statistics.median(runs["database_masks"])
+        result["database_masks"] = {
+            "what": "COPY of the masked form computed by the database (pgcrypto hmac)",
+            "seconds": round(masked_s, 2),
+            "mb_per_s": round(masked_bytes / mb / masked_s, 1),
+            "ratio": round(masked_bytes / mb / masked_s / copy_rate, 2),
+            "seconds_over_copy": round(masked_s / copy_s, 2),
+            "same_bytes_as_tds": masked_bytes == tds_bytes and masked_sha == tds_sha256,
+        }
     result["peak_rss_mb"] = round(peak_mb, 1)
     # The target is per process; here one process holds everything a transfer has.
     result["peak_rss_of"] = (
