@@ -2,9 +2,11 @@
 
 aiohttp serves it because it is a maintained asyncio HTTP stack with TLS through the
 standard ``ssl`` module (so the peer's certificate is at hand for the identity check) and a
-request-size limit of its own, and it is the client the binding's tests and callbacks use
-too. Handlers run the connector's synchronous catalog and negotiator (database, policy
-engine, audit log) in a bounded thread pool: the event loop only parses and answers.
+request-size limit of its own; the binding's tests and the data plane's pulls use its
+client too (the outbox's messages go out with the standard library's, see
+connector.dsp.delivery). Handlers run the connector's synchronous catalog and negotiator
+(database, policy engine, audit log) in a bounded thread pool: the event loop only parses
+and answers.
 
 Identity is the space's own profile, as on gRPC: mutual TLS with a certificate of the space
 CA plus the membership token in ``Authorization``, bound to that certificate; the
