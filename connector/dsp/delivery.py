@@ -85,7 +85,14 @@ class _Connection(http.client.HTTPSConnection):
 # A kept connection the peer closed meanwhile fails on first use like this; the request is
 # sent again once on a new connection (a repeated DSP message changes nothing: the peer's
 # inbox drops it).
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# (A TLS peer that closes without close_notify shows as ssl.SSLEOFError on the next read.)
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 class DspSender:
