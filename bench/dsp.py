@@ -1,6 +1,6 @@
 """Benchmark the DSP binding against gRPC, in the same run.
 
-    python bench/dsp.py [--count 200] [--json]
+    python bench/dsp.py [--count 200] [--json] [--what all|negotiation|pull] [--served]
 
 1. A whole negotiation between two tds connectors, request -> FINALIZED (the provider's
    decisions and signed agreement, the consumer's verification and countersignature, each
@@ -19,7 +19,10 @@
    same agreement, alternated ``--pulls`` times; MiB/s and the ratio of the medians.
 
 Connectors run as threads of this process (LocalSpace), so both paths share one
-interpreter; the ratio, not the absolute figure, is the result.
+interpreter; the ratio, not the absolute figure, is the result. ``--served`` also measures
+1 between connectors deployed as users run them: the registry, ``gov`` and ``a`` each a
+``tds serve`` process with its config (bench/negotiation.py's space of processes), each
+connector's CPU time read from /proc; the JSON then gives both layouts' ratios.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.negotiation import cpu_seconds, fdatasync_p50_ms, space
 from connector._proto.tds.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -176,7 +180,25 @@ def pulls(sp: LocalSpace, provider_dsp: str, rounds: int, size: int) -> dict[str
     }
 
 
-def run(count: int, *, what: str = "all", size: int = 1 << 30, rounds: int = 3) -> dict[str, Any]:
+def run(
+    count: int, *, what: str = "all", size: int = 1 << 30, rounds: int = 3, served: bool = False
+) -> dict[str, Any]:
+    """The figures; with ``served``, measurement 1 also between ``tds serve`` processes
+    (after the in-process measurements, which are as without it)."""
+    result = in_process(count, what=what, size=size, rounds=rounds)
+    if served and what != "pull":
+        result["served"] = {"negotiation_to_finalized": served_finalized(count)}
+        result["p50_ratio_dsp_to_grpc_by_layout"] = {
+            "threads_of_one_process": result["negotiation_to_finalized"]["p50_ratio_dsp_to_grpc"],
+            "tds_serve_processes": result["served"]["negotiation_to_finalized"][
+                "p50_ratio_dsp_to_grpc"
+            ],
+        }
+    return result
+
+
+def in_process(count: int, *, what: str, size: int, rounds: int) -> dict[str, Any]:
+    """The figures with both connectors threads of this process (LocalSpace)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "bench.bin").write_bytes(b"x")
@@ -295,8 +317,11 @@ def figures(
     }
 
 
-def finalized(sp: LocalSpace, count: int, provider_dsp: str) -> dict[str, Any]:
-    """Whole negotiations started on ``a``, over gRPC and over DSP (see the docstring)."""
+def finalized(
+    sp: LocalSpace, count: int, provider_dsp: str, pids: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Whole negotiations started on ``a``, over gRPC and over DSP (see the docstring);
+    ``pids``: the connectors are these processes (``--served``), not threads of this one."""
     with admin_channel(sp.configs["a"]) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
 
@@ -330,42 +355,87 @@ def finalized(sp: LocalSpace, count: int, provider_dsp: str) -> dict[str, Any]:
                 start = time.perf_counter()
                 list(pool.map(one, [url] * count))
                 rates[name] = count / (time.perf_counter() - start)
-        spent = {name: costs(sp, lambda url=url: one(url)) for name, url in urls.items()}
+        spent = {name: costs(sp, lambda url=url: one(url), pids) for name, url in urls.items()}
     result = figures(sequential["grpc"], rates["grpc"], sequential["dsp"], rates["dsp"])
     for name in urls:
         result[name].update(spent[name])
     return result
 
 
-def costs(sp: LocalSpace, one: Any, rounds: int = 30) -> dict[str, Any]:
+def costs(
+    sp: LocalSpace, one: Any, pids: dict[str, int] | None = None, rounds: int = 30
+) -> dict[str, Any]:
     """What one sequential negotiation costs, over ``rounds`` in a block of their own (so
-    no other binding's trailing work falls in it): this process's CPU time (both
-    connectors: steadier than wall time on a shared machine) and each connector's WAL
-    syncs (commits that had to be durable, as each side waited for them)."""
+    no other binding's trailing work falls in it): CPU time (steadier than wall time on a
+    shared machine) and each connector's WAL syncs (commits that had to be durable, as
+    each side waited for them).
+
+    Connectors in this process: its CPU time (both connectors and this client) and the
+    syncs counted by their databases. Connectors as processes (``pids``): each one's CPU
+    time from /proc and their sum (this client not included); their syncs are counted
+    in them, out of reach here."""
 
     def syncs() -> dict[str, int]:
         # The SQLite group commit's count (connector.store.database._WalSync.syncs).
         found = {}
         for who in ("a", "gov"):
-            turn = getattr(sp.nodes[who].db, "_write_lock", None)
+            node = sp.nodes.get(who)
+            turn = getattr(node.db, "_write_lock", None) if node is not None else None
             if turn is not None:
                 found[who] = turn.sync.syncs
         return found
 
+    def cpu() -> dict[str, float]:
+        if pids:
+            return {who: cpu_seconds(pid) for who, pid in pids.items()}
+        return {"process": time.process_time()}
+
     one()  # the previous block's trailing messages land first
     time.sleep(0.6)  # and the outbox marks what it delivered (its pass: 0.5 s)
-    before, cpu = syncs(), time.process_time()
+    before, cpu_before = syncs(), cpu()
     for _ in range(rounds):
         one()
-    cpu = time.process_time() - cpu
+    cpu_after = cpu()
     time.sleep(0.6)  # this block's trailing messages and marks are its own
     after = syncs()
-    return {
-        "cpu_ms_per_negotiation": round(cpu * 1000 / rounds, 1),
-        "wal_syncs_per_negotiation": {
+    spent = {who: (cpu_after[who] - cpu_before[who]) * 1000 / rounds for who in cpu_after}
+    result: dict[str, Any] = {"cpu_ms_per_negotiation": round(sum(spent.values()), 1)}
+    if pids:
+        result["cpu_ms_per_negotiation_by_connector"] = {
+            who: round(ms, 1) for who, ms in spent.items()
+        }
+    if after:
+        result["wal_syncs_per_negotiation"] = {
             who: round((after[who] - before[who]) / rounds, 2) for who in after
-        },
-    }
+        }
+    return result
+
+
+def served_finalized(count: int) -> dict[str, Any]:
+    """Measurement 1 between ``tds serve`` processes (the registry, ``gov``, ``a``), each
+    connector serving the DSP binding as its config says; the negotiations started on
+    a's admin API as in the in-process layout."""
+    pids: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "bench.bin").write_bytes(b"x")
+        with space(root, False, pids, dsp=True) as sp:
+            with admin_channel(sp.configs["gov"]) as channel:
+                admin_pb2_grpc.AdminServiceStub(channel).AddProduct(
+                    admin_pb2.AddProductRequest(
+                        description=json.dumps(PRODUCT), format="json", base_dir=str(root)
+                    ),
+                    timeout=10,
+                )
+            provider_dsp = f"https://{sp.configs['gov'].dsp.listen}"
+            disk = fdatasync_p50_ms(root)
+            result = finalized(sp, count, provider_dsp, pids)
+            disk_after = fdatasync_p50_ms(root)
+    result["parties"] = "tds serve processes (registry, gov, a)"
+    # Every step is durable before it is acknowledged (five syncs a negotiation on its
+    # path): a disk slowed by other work shows here, and in both bindings' p50 alike.
+    result["disk_fdatasync_p50_ms"] = {"before": round(disk, 3), "after": round(disk_after, 3)}
+    return result
 
 
 def main() -> None:
@@ -384,8 +454,13 @@ def main() -> None:
     parser.add_argument(
         "--pulls", type=int, default=3, help="alternated gRPC/DSP transfers of it (default 3)"
     )
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="also measure request -> FINALIZED between tds serve processes (both layouts)",
+    )
     args = parser.parse_args()
-    figures = run(args.count, what=args.what, size=args.size, rounds=args.pulls)
+    figures = run(args.count, what=args.what, size=args.size, rounds=args.pulls, served=args.served)
     if args.json:
         print(json.dumps(figures, indent=2))
         return
@@ -419,6 +494,23 @@ def main() -> None:
                     f"  {name}: {part[name]['cpu_ms_per_negotiation']} ms CPU and WAL syncs "
                     f"{part[name]['wal_syncs_per_negotiation']} per negotiation"
                 )
+    if "served" in figures:
+        part = figures["served"]["negotiation_to_finalized"]
+        print(
+            f"negotiation request -> FINALIZED between {part['parties']}, {args.count} each\n"
+            f"  gRPC: p50 {part['grpc']['p50_ms']} ms, {part['grpc']['rate_per_s']}/s "
+            f"with {CONCURRENCY} concurrent\n"
+            f"  DSP:  p50 {part['dsp']['p50_ms']} ms, {part['dsp']['rate_per_s']}/s "
+            f"with {CONCURRENCY} concurrent\n"
+            f"  DSP/gRPC: p50 x{part['p50_ratio_dsp_to_grpc']}, "
+            f"rate x{part['rate_ratio_dsp_to_grpc']}"
+        )
+        for name in ("grpc", "dsp"):
+            print(
+                f"  {name}: {part[name]['cpu_ms_per_negotiation']} ms CPU per negotiation "
+                f"({part[name]['cpu_ms_per_negotiation_by_connector']})"
+            )
+        print(f"  disk fdatasync p50 ms: {part['disk_fdatasync_p50_ms']}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc
+from connector.config import DspConfig
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
 from connector.node.clients import admin_channel
@@ -156,16 +157,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def space(root: Path, in_process: bool, pids: dict[str, int]) -> Iterator[LocalSpace]:
+def space(
+    root: Path, in_process: bool, pids: dict[str, int], *, dsp: bool = False
+) -> Iterator[LocalSpace]:
     """The registry and the connectors ``gov`` (provider) and ``a`` (consumer), running.
 
-    ``pids`` receives the process id of each connector run as a process.
+    ``pids`` receives the process id of each connector run as a process. ``dsp``: each
+    connector also serves the Dataspace Protocol binding, on a free loopback port (its
+    ``[dsp]`` section; ``sp.configs[ID].dsp.listen``).
     """
     with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("a", Role.ENTERPRISE)]) as sp:
         if in_process:
             sp.start_registry()
-            sp.start_connector("gov")
-            sp.start_connector("a")
+            for participant in ("gov", "a"):
+                sp.start_connector(participant, dsp=DspConfig("127.0.0.1:0") if dsp else None)
             yield sp
             return
         op = sp.manifest.operator_id
@@ -175,7 +180,8 @@ def space(root: Path, in_process: bool, pids: dict[str, int]) -> Iterator[LocalS
             running.enter_context(served(sp, op))
             for participant in ("gov", "a"):
                 address = f"127.0.0.1:{free_port()}"
-                sp.write_config(participant, address, registry)
+                binding = DspConfig(f"127.0.0.1:{free_port()}") if dsp else None
+                sp.write_config(participant, address, registry, dsp=binding)
                 sp.enrol(participant, address)
                 pids[participant] = running.enter_context(served(sp, participant))
                 with admin_channel(sp.configs[participant]) as channel:

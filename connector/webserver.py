@@ -81,10 +81,20 @@ class BackgroundSite:
         if runner is not None:
 
             async def cleanup() -> None:
+                server = runner.server
+                kept = [h.transport for h in (server.connections if server else [])]
                 await runner.cleanup()
                 # Connections a peer kept open (a DSP peer's sender keeps its own) are closed
                 # by now, but a TLS transport finishes closing on the loop's next turns.
                 await asyncio.sleep(0.1)
+                # Except one whose peer holds it idle outside an event loop (a synchronous
+                # client, as tds's DSP sender): TLS's close waits for the peer's
+                # close_notify, which such a peer sends only when it next uses or closes
+                # the connection. Cut those, or the loop would close with them open.
+                for transport in kept:
+                    if transport is not None:
+                        transport.abort()
+                await asyncio.sleep(0)
 
             asyncio.run_coroutine_threadsafe(cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)

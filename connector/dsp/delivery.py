@@ -16,17 +16,17 @@ redirects are not followed.
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import json
 import logging
 import ssl
 import tempfile
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from connector._proto.tds.v1 import negotiation_pb2
 from connector.dsp.jsonld import check_outgoing, read_message
@@ -64,10 +64,50 @@ _REFUSED = {
 }
 
 
+class _Connection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks the peer's certificate against ``server_name`` (the
+    participant's name in the space) while connecting to the address's host."""
+
+    def __init__(
+        self, host: str, port: int | None, *, server_name: str, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(host, port, context=context)
+        self.server_name = server_name
+        self.used = False  # has carried a request (and may since have been closed by the peer)
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP (with TCP_NODELAY), then TLS:
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.sock, server_hostname=self.server_name
+        )
+
+
+# A kept connection the peer closed meanwhile fails on first use like this; the request is
+# sent again once on a new connection (a repeated DSP message changes nothing: the peer's
+# inbox drops it).
+# (A TLS peer that closes without close_notify shows as ssl.SSLEOFError on the next read.)
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
 class DspSender:
     """POSTs DSP messages over mutual TLS, keeping connections open between messages (a
-    TLS handshake per message would cost more than the message), on an event loop thread
-    of its own so the outbox's worker threads can wait for each answer."""
+    TLS handshake per message would cost more than the message).
+
+    Synchronous, on the calling thread (an outbox worker, an admin call waiting for the
+    outcome): the answer is waited for anyway, and handing each message to an event loop
+    thread and the answer back cost two thread switches a message, which on a connector
+    whose threads share one interpreter lock was a visible part of each message's time.
+    The standard library's ``http.client`` is the client: one connection per request in
+    flight, kept in a small pool per peer; redirects are never followed (it has none)."""
+
+    _KEEP = 8
+    """Idle connections kept per peer address (one per outbox worker)."""
 
     def __init__(
         self, *, identity: TlsIdentity, space: str, token: Callable[[], str], timeout: float = 15
@@ -77,9 +117,9 @@ class DspSender:
         self._token = token
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._context: ssl.SSLContext | None = None
+        self._idle: dict[tuple[str, str, int | None], list[_Connection]] = {}
+        self._closed = False
 
     @property
     def space(self) -> str:
@@ -102,43 +142,25 @@ class DspSender:
             context.load_cert_chain(str(cert), str(key))
         return context
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
+    def _connection(self, key: tuple[str, str, int | None]) -> _Connection:
         with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=loop.run_forever, name="tds-dsp-client", daemon=True
-                )
-                self._thread.start()
-                self._loop = loop
-            return self._loop
+            if self._closed:
+                raise Unavailable("the connector is stopping")
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+            if self._context is None:
+                self._context = self._tls()
+            context = self._context
+        return _Connection(key[1], key[2], server_name=key[0], context=context)
 
-    async def _call(
-        self, method: str, url: str, server_name: str, document: dict[str, Any] | None, token: str
-    ) -> tuple[int, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._tls()),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        headers = {"Authorization": f"Bearer {token}"}
-        if document is not None:
-            headers["Content-Type"] = "application/json"
-        async with self._session.request(
-            method,
-            url,
-            data=json.dumps(document).encode() if document is not None else None,
-            headers=headers,
-            server_hostname=server_name,
-            allow_redirects=False,  # a peer cannot send this connector elsewhere
-        ) as response:
-            raw = await response.content.read(_MAX_ANSWER_BYTES + 1)
-            if len(raw) > _MAX_ANSWER_BYTES:
-                return response.status, None
-            try:
-                return response.status, json.loads(raw) if raw else None
-            except ValueError:
-                return response.status, None
+    def _keep(self, key: tuple[str, str, int | None], connection: _Connection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if not self._closed and len(idle) < self._KEEP:
+                idle.append(connection)
+                return
+        connection.close()
 
     def post(self, url: str, peer: str, document: dict[str, Any]) -> tuple[int, Any]:
         """The status and JSON body (None if none) of POSTing ``document`` to ``peer``'s
@@ -153,38 +175,95 @@ class DspSender:
     def _send(
         self, method: str, url: str, peer: str, document: dict[str, Any] | None
     ) -> tuple[int, Any]:
-        token = self._token()  # the registry client's, refreshed before it expires
-        server_name = participant_dns_name(self._space, peer)
-        future = asyncio.run_coroutine_threadsafe(
-            self._call(method, url, server_name, document, token), self._running_loop()
-        )
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise Unavailable(f"{peer}'s DSP binding at {url}: not an https URL")
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
         try:
-            return future.result(timeout=self._timeout + 5)
-        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as exc:
-            future.cancel()
-            reason = str(exc) or type(exc).__name__
-            raise Unavailable(f"{peer}'s DSP binding at {url}: {reason}") from None
+            port = parts.port
+        except ValueError:
+            raise Unavailable(f"{peer}'s DSP binding at {url}: no valid port") from None
+        key = (participant_dns_name(self._space, peer), parts.hostname, port)
+        headers = {"Authorization": f"Bearer {self._token()}"}  # refreshed before it expires
+        body = None
+        if document is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(document).encode()
+        deadline = time.monotonic() + self._timeout
+        while True:
+            connection = self._connection(key)
+            reused = connection.used
+            connection.used = True
+            try:
+                answer = self._exchange(connection, method, target, headers, body, deadline)
+            except _STALE as exc:
+                connection.close()
+                if reused and time.monotonic() < deadline:
+                    continue  # the peer closed it while it was kept: once more, anew
+                reason = str(exc) or type(exc).__name__
+                raise Unavailable(f"{peer}'s DSP binding at {url}: {reason}") from None
+            except (http.client.HTTPException, TimeoutError, ssl.SSLError, OSError) as exc:
+                connection.close()
+                reason = str(exc) or type(exc).__name__
+                raise Unavailable(f"{peer}'s DSP binding at {url}: {reason}") from None
+            except BaseException:
+                connection.close()
+                raise
+            status, raw, reusable = answer
+            if reusable:
+                self._keep(key, connection)
+            else:
+                connection.close()
+            if raw is None:
+                return status, None
+            try:
+                return status, json.loads(raw) if raw else None
+            except ValueError:
+                return status, None
+
+    @staticmethod
+    def _exchange(
+        connection: _Connection,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        deadline: float,
+    ) -> tuple[int, bytes | None, bool]:
+        """One request on ``connection``: the status, the body (None past the size limit)
+        and whether the connection can carry another. Every wait is bounded by what is
+        left of ``deadline``."""
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer in time")
+            return remaining
+
+        connection.timeout = left()
+        if connection.sock is not None:
+            connection.sock.settimeout(connection.timeout)
+        connection.request(method, target, body=body, headers=headers)
+        if connection.sock is not None:
+            connection.sock.settimeout(left())
+        response = connection.getresponse()
+        if connection.sock is not None:
+            connection.sock.settimeout(left())
+        raw = response.read(_MAX_ANSWER_BYTES + 1)  # all of it, if within the limit
+        if len(raw) > _MAX_ANSWER_BYTES or not response.isclosed():
+            return response.status, None, False  # the rest is not read: not reusable
+        return response.status, raw, not response.will_close
 
     def close(self) -> None:
-        """Close the connections and stop the loop; idempotent."""
+        """Close the kept connections; idempotent (later sends are refused)."""
         with self._lock:
-            loop, thread, session = self._loop, self._thread, self._session
-            self._loop = self._thread = self._session = None
-        if loop is None:
-            return
-        if session is not None:
-
-            async def closed() -> None:
-                await session.close()
-                # aiohttp's advice for TLS: give the transports a moment to close before
-                # the loop stops, or their sockets are left open.
-                await asyncio.sleep(0.25)
-
-            asyncio.run_coroutine_threadsafe(closed(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=10)
-        loop.close()
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
 
 
 def send_checked(sender: DspSender, url: str, peer: str, message: dict[str, Any]) -> Any:

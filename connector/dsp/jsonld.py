@@ -166,9 +166,25 @@ class _Resolver(ContextResolver):  # type: ignore[misc]
 _COMPACTED_IRIS: dict[tuple[Any, ...], Any] = {}
 """``_Processor``'s memory: (context id, IRI, flags) -> the compacted IRI."""
 
+_SCOPE_BASES: dict[str, dict[str, Any]] = {}
+"""``_Processor``'s memory: processed context id -> its child for a type-scoped context
+(a clone remembering it as ``previousContext``, with an id of its own)."""
+
 
 class _Processor(jsonld.JsonLdProcessor):  # type: ignore[misc]
-    """pyld's processor, remembering how an IRI with no value compacts in a context.
+    """pyld's processor, remembering how an IRI with no value compacts in a context, and
+    keeping the type-scoped contexts it processes.
+
+    A type-scoped context (each DSP message type has one) does not propagate: pyld
+    processes it on a clone of the active context that remembers the context to return
+    to, and gives that clone a fresh id. Processed contexts are kept by the id of the
+    context they were processed on, so a fresh id each time meant the scoped context was
+    processed again for every message whose node reached it with such a context (an
+    event message or a ``ContractNegotiation``: four clones and ten term definitions
+    each), and the inverse context compaction needs built again for the result. Here
+    the clone of a processed (frozen) context is made once and kept (bounded), so its id
+    is stable and pyld's own cache finds what it processed on it before: the same
+    clone, the same scoped context, the same result (``_process_context`` below).
 
     Compacting an IRI (a type, an ``@id``, a vocabulary value) that no term names walks
     every term of the context twice (the DSP context with its ODRL profile has 92), and a
@@ -204,6 +220,48 @@ class _Processor(jsonld.JsonLdProcessor):  # type: ignore[misc]
                 _COMPACTED_IRIS.clear()
             _COMPACTED_IRIS[key] = known
         return known
+
+    def _process_context(
+        self, active_ctx: Any, local_ctx: Any, options: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        propagate = kwargs.get("propagate", args[1] if len(args) > 1 else True)
+        if (
+            propagate is False
+            and isinstance(active_ctx, frozendict)
+            and "_uuid" in active_ctx
+            and not active_ctx.get("previousContext")
+            and local_ctx  # none: pyld clones the context as it is
+            # Inline contexts only, none saying @propagate (which decides otherwise).
+            and all(_silent_on_propagation(c) for c in _contexts(local_ctx))
+        ):
+            # What pyld would process it on: a clone remembering ``active_ctx`` (given its
+            # previousContext, pyld clones no more and processes on this one), but the
+            # same clone each time, under one id.
+            base = _SCOPE_BASES.get(active_ctx["_uuid"])
+            if base is None:
+                base = self._clone_active_context(active_ctx)
+                base["previousContext"] = active_ctx
+                base["_uuid"] = f"{active_ctx['_uuid']}/scope"
+                if len(_SCOPE_BASES) >= 4096:
+                    _SCOPE_BASES.clear()
+                _SCOPE_BASES[active_ctx["_uuid"]] = base
+            active_ctx = base
+        return super()._process_context(active_ctx, local_ctx, options, *args, **kwargs)
+
+
+def _silent_on_propagation(context: Any) -> bool:
+    """Whether ``context`` is an inline context object that does not say ``@propagate``."""
+    if not isinstance(context, dict | frozendict) or "@propagate" in context:
+        return False
+    inner = context.get("@context", context)
+    return isinstance(inner, dict | frozendict) and "@propagate" not in inner
+
+
+def _contexts(local_ctx: Any) -> list[Any]:
+    """A local context as the list of contexts pyld processes (``_process_context``)."""
+    if isinstance(local_ctx, dict | frozendict) and isinstance(local_ctx.get("@context"), list):
+        return list(local_ctx["@context"])
+    return list(local_ctx) if isinstance(local_ctx, list) else [local_ctx]
 
 
 def _options() -> dict[str, Any]:

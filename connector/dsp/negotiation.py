@@ -27,6 +27,7 @@ the provider learns only from the consumer's own call.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import urllib.parse
@@ -44,6 +45,7 @@ from connector.identifiers import PROCESS_ID
 from connector.negotiation.agreement import parse_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT, negotiation_message
 from connector.negotiation.negotiator import CONSUMER, PROVIDER
+from connector.negotiation.outbox import Pending
 from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation
 from connector.rpc.auth import Caller
@@ -177,31 +179,50 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         message_type: str,
         act: Callable[[Caller, dict[str, Any], Negotiation], negotiation_pb2.NegotiationAck],
         moves_to: State | None = None,
-    ) -> web.Response:
+        *,
+        answer_first: bool = False,
+    ) -> web.StreamResponse:
         """A message to ``{pid}/…``: who sent it (before its body is read), what it says,
         which of our negotiations it is for, then ``act`` on it and answer with the
         negotiation as it is now — in one hand-over to the worker threads (each costs a
         thread switch). ``moves_to``: the state in which the move this message makes
-        stores the peer's process id it names (the agreement's)."""
+        stores the peer's process id it names (the agreement's). ``answer_first``: what
+        the move queues for the peer (committed with it) is sent once the answer is
+        written, not beside it."""
         pid = request.match_info["pid"]
         note_pids(request, provider_pid=pid)
         caller = exchange.caller(request)
         raw = await exchange.body(request)
+        kept: list[Pending] = []
 
         def work() -> dict[str, Any]:
-            message = exchange.read(raw, message_type)
-            note_pids(
-                request, str(message.get("providerPid", "")), str(message.get("consumerPid", ""))
-            )
-            n = addressed(caller, pid, message)
-            ack = act(caller, message, n)
-            learned = ""
-            if moves_to is not None and ack.state == moves_to.value != n.state.value:
-                theirs = "providerPid" if n.role == CONSUMER else "consumerPid"
-                learned = local_pid(str(message[theirs]))
-            return shown(after(n, ack, learned))
+            with exchange.hold() if answer_first else contextlib.nullcontext([]) as held:
+                try:
+                    message = exchange.read(raw, message_type)
+                    note_pids(
+                        request,
+                        str(message.get("providerPid", "")),
+                        str(message.get("consumerPid", "")),
+                    )
+                    n = addressed(caller, pid, message)
+                    ack = act(caller, message, n)
+                    learned = ""
+                    if moves_to is not None and ack.state == moves_to.value != n.state.value:
+                        theirs = "providerPid" if n.role == CONSUMER else "consumerPid"
+                        learned = local_pid(str(message[theirs]))
+                    return shown(after(n, ack, learned))
+                finally:
+                    kept.extend(held)
 
-        return exchange.answer("ContractNegotiation", await exchange.run(work))
+        try:
+            response = exchange.answer("ContractNegotiation", await exchange.run(work))
+            if kept:
+                await response.prepare(request)
+                await response.write_eof()
+            return response
+        finally:
+            if kept:  # committed: they go out whatever became of the answer
+                exchange.release(kept)
 
     async def request_contract(request: web.Request) -> web.Response:
         """``#negotiations-request-post``: REQUESTED, agreed at once when the
@@ -242,7 +263,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
 
         return exchange.answer("ContractNegotiation", await exchange.run(work), status=201)
 
-    async def counter_request(request: web.Request) -> web.Response:
+    async def counter_request(request: web.Request) -> web.StreamResponse:
         """``#negotiations-providerpid-request-post``: the consumer's counter-request on
         our offer (OFFERED → REQUESTED), decided by the contract policy as a first request:
         refused (TERMINATED), waiting for approval (REQUESTED) or agreed at once (AGREED,
@@ -266,7 +287,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
 
         return await serve(request, "ContractRequestMessage", act)
 
-    async def receive_offer(request: web.Request) -> web.Response:
+    async def receive_offer(request: web.Request) -> web.StreamResponse:
         """``#negotiations-consumerpid-offers-post``: the provider's counter-offer on our
         request (REQUESTED → OFFERED); our admin accepts or counters it."""
 
@@ -295,7 +316,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         n = await exchange.run(own, exchange.caller(request), pid)
         return exchange.answer("ContractNegotiation", shown(n))
 
-    async def verify_agreement(request: web.Request) -> web.Response:
+    async def verify_agreement(request: web.Request) -> web.StreamResponse:
         """``#negotiations-providerpid-agreement-verification-post``: the consumer's
         countersignature, VERIFIED then FINALIZED; FINALIZED is sent back as an event."""
 
@@ -312,9 +333,12 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             )
             return exchange.negotiator.receive_verification(caller, verification)
 
-        return await serve(request, "ContractAgreementVerificationMessage", act)
+        # The FINALIZED event this queues goes out once the answer (FINALIZED too, for a
+        # tds consumer) is written: sent beside it, the two raced on the consumer, each
+        # read and taken for the same transition, the answer's on the critical path.
+        return await serve(request, "ContractAgreementVerificationMessage", act, answer_first=True)
 
-    async def receive_agreement(request: web.Request) -> web.Response:
+    async def receive_agreement(request: web.Request) -> web.StreamResponse:
         """``#negotiations-consumerpid-agreement-post``: verified against
         what was asked for, countersigned, and the verification sent back."""
 
@@ -341,7 +365,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
 
         return await serve(request, "ContractAgreementMessage", act, State.VERIFIED)
 
-    async def receive_event(request: web.Request) -> web.Response:
+    async def receive_event(request: web.Request) -> web.StreamResponse:
         """``#negotiations-providerpid-events-post`` (ACCEPTED) and
         ``#negotiations-consumerpid-events-post`` (FINALIZED)."""
 
@@ -364,7 +388,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
 
         return await serve(request, "ContractNegotiationEventMessage", act)
 
-    async def terminate(request: web.Request) -> web.Response:
+    async def terminate(request: web.Request) -> web.StreamResponse:
         """``#negotiations-providerpid-termination-post`` and
         ``#negotiations-consumerpid-termination-post``."""
 

@@ -2,9 +2,11 @@
 
 aiohttp serves it because it is a maintained asyncio HTTP stack with TLS through the
 standard ``ssl`` module (so the peer's certificate is at hand for the identity check) and a
-request-size limit of its own, and it is the client the binding's tests and callbacks use
-too. Handlers run the connector's synchronous catalog and negotiator (database, policy
-engine, audit log) in a bounded thread pool: the event loop only parses and answers.
+request-size limit of its own; the binding's tests and the data plane's pulls use its
+client too (the outbox's messages go out with the standard library's, see
+connector.dsp.delivery). Handlers run the connector's synchronous catalog and negotiator
+(database, policy engine, audit log) in a bounded thread pool: the event loop only parses
+and answers.
 
 Identity is the space's own profile, as on gRPC: mutual TLS with a certificate of the space
 CA plus the membership token in ``Authorization``, bound to that certificate; the
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +39,7 @@ from connector.dsp.errors import error_body, http_status
 from connector.dsp.jsonld import check_outgoing, read_message
 from connector.errors import ConfigError, ConnectorError, InvalidRequest
 from connector.negotiation.negotiator import Negotiator
+from connector.negotiation.outbox import Pending
 from connector.rpc.auth import Access, Authenticator, Caller
 from connector.webserver import BackgroundSite
 
@@ -62,6 +67,10 @@ def _error_kind(path: str) -> str:
     return "CatalogError"
 
 
+_NOTHING_HELD: AbstractContextManager[list[Pending]] = contextlib.nullcontext([])
+"""No outbox to hold messages of (its list stays empty: they were dispatched as usual)."""
+
+
 @dataclass(frozen=True)
 class Exchange:
     """What route handlers share: the connector's components and the request helpers."""
@@ -78,6 +87,11 @@ class Exchange:
     """The host of a participant's address in the operator's directory (callbacks may go
     nowhere else), looked up for every check (the registry client reads the directory
     its database holds at most every 0.25 s, so a look-up costs no query)."""
+    hold: Callable[[], AbstractContextManager[list[Pending]]] = lambda: _NOTHING_HELD
+    """Within it, the outbox messages this thread's transitions queue are kept back
+    (committed, not yet sent) in the list it gives (``Outbox.held``)."""
+    release: Callable[[list[Pending]], None] = lambda messages: None
+    """Sends messages kept back by ``hold`` (``Outbox.dispatch``)."""
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run connector code (blocking: database, policy, log) off the event loop."""
@@ -221,8 +235,12 @@ class DspBinding:
         registered_host: Callable[[str], str],
         workers: int = 8,
         routes: Sequence[Callable[[Exchange], list[web.RouteDef]]] = (),
+        hold: Callable[[], AbstractContextManager[list[Pending]]] = lambda: _NOTHING_HELD,
+        release: Callable[[list[Pending]], None] = lambda messages: None,
     ) -> None:
-        """``routes``: more endpoint families (the transfer process), given the exchange."""
+        """``routes``: more endpoint families (the transfer process), given the exchange;
+        ``hold`` and ``release``: the outbox's (see ``Exchange``; by default nothing is
+        held)."""
         self._routes = tuple(routes)
         self._settings = settings
         self._tls = tls
@@ -237,6 +255,8 @@ class DspBinding:
             pool=self._pool,
             base_url=lambda: self.base_url,
             registered_host=registered_host,
+            hold=hold,
+            release=release,
         )
         self._site = BackgroundSite("tds-dsp")
         self._port = 0

@@ -244,8 +244,28 @@ class Outbox:
         return self._start(due, now_ms)
 
     def dispatch(self, messages: list[Pending]) -> None:
-        """Send messages just committed (stored leased to this process) without a pass."""
+        """Send messages just committed (stored leased to this process) without a pass
+        (within ``held`` on this thread: kept back for the caller instead)."""
+        kept = getattr(self._here, "held", None)
+        if kept is not None:
+            kept.extend(messages)
+            return
         self._start(messages, int(self._clock.now() * 1000))
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[list[Pending]]:
+        """Within this block, messages dispatched from this thread are not sent but added
+        to the list it gives, for the caller to ``dispatch`` when it chooses (the DSP
+        binding: once the answer to the request that queued them is written). They are
+        committed like any other: if they never are dispatched, the outbox's passes send
+        them once their lease has passed."""
+        was = getattr(self._here, "held", None)
+        kept: list[Pending] = []
+        self._here.held = kept
+        try:
+            yield kept
+        finally:
+            self._here.held = was
 
     @contextlib.contextmanager
     def inline(self) -> Iterator[None]:

@@ -352,6 +352,8 @@ class Node:
                     registered_host=self._registered_host,
                     workers=cfg.server.max_workers,
                     routes=(self.dsp_transfers.routes,),
+                    hold=self._hold_messages,
+                    release=self._dispatch,
                 )
                 self.dsp.start()
                 self.dsp_delivery = self._dsp_delivery(tls, self.dsp)
@@ -883,6 +885,10 @@ class Node:
         """Send messages a transition just committed (the outbox retries what fails)."""
         if self.outbox is not None:
             self.outbox.dispatch(messages)
+
+    def _hold_messages(self) -> AbstractContextManager[list[Pending]]:
+        """Messages dispatched in this block are kept back for ``_dispatch`` (``Outbox.held``)."""
+        return self.outbox.held() if self.outbox is not None else contextlib.nullcontext([])
 
     def _settle_delivered(self, tx: RawTransaction) -> None:
         """Mark what the outbox delivered since the last negotiation write, in this one."""

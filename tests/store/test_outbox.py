@@ -225,6 +225,32 @@ def test_inline_sends_on_the_calling_thread_and_chains_on_it(db: Database) -> No
     assert threads["m-7"].startswith("tds-outbox") and threads["m-7-reply"] == threads["m-7"]
 
 
+def test_held_keeps_committed_messages_back_until_dispatched(db: Database) -> None:
+    """Inside ``held`` a committed message is kept in its list, not sent (not even inside
+    ``inline``), until the caller dispatches it; one never dispatched is still committed,
+    and due to the outbox's passes after its lease."""
+    receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
+    outbox = Outbox(db, receiver, clock)
+    store = NegotiationStore(db, hand_over=outbox.dispatch, lease_ms=LEASE_MS)
+    with outbox.inline(), outbox.held() as kept:
+        request(store, "m-h1")
+    assert [p.message_id for p in kept] == ["m-h1"] and receiver.sent == []
+    assert status(db, "m-h1") == ("pending", NOW_MS + LEASE_MS)
+    request(store, "m-h2")  # outside: sent at once, as before
+    with outbox.inline():
+        outbox.dispatch(kept)
+    settled(outbox, db, "m-h1", "delivered")
+    settled(outbox, db, "m-h2", "delivered")
+    with outbox.held():
+        request(store, "m-h3")  # kept back, and then never dispatched
+    assert not outbox.deliver_due()  # leased to this process for LEASE_MS
+    clock.advance(LEASE_MS / 1000)
+    assert outbox.deliver_due()
+    settled(outbox, db, "m-h3", "delivered")
+    outbox.stop()
+    assert sorted(receiver.sent) == ["m-h1", "m-h2", "m-h3"]
+
+
 def test_a_failed_inline_send_is_left_to_the_outbox(db: Database) -> None:
     receiver, clock = Receiver(), FixedClock(NOW_MS / 1000)
     outbox = Outbox(db, receiver, clock, base_delay=0.5)

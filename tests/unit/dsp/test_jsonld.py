@@ -14,6 +14,7 @@ from pyld.context_resolver import ContextResolver
 
 from connector.dsp.jsonld import _SCHEMAS, CONTEXT, CONTEXT_URL, _bundled, read_message, schema_for
 from connector.errors import InvalidRequest
+from connector.negotiation.dsp import event_message
 from tests.unit.negotiation.test_dsp import VECTORS, registry
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"DSP vectors not found at {VECTORS}")
@@ -201,3 +202,40 @@ def test_a_term_of_another_scope_is_not_read() -> None:
     agreement["callbackAddress"] = "https://elsewhere.example/callback"
     assert "callbackAddress" in read_message(request, "ContractRequestMessage")
     assert "callbackAddress" not in read_message(agreement, "ContractAgreementMessage")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        event_message("urn:tds:process:p1", "urn:tds:process:c1", "FINALIZED"),
+        {
+            "@context": CONTEXT,
+            "@type": "ContractNegotiation",
+            "providerPid": "urn:tds:process:p1",
+            "consumerPid": "urn:tds:process:c1",
+            "state": "FINALIZED",
+        },
+    ],
+    ids=["event", "negotiation"],
+)
+def test_a_type_scoped_context_is_processed_once(
+    message: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A type-scoped context does not propagate; pyld processed it on a fresh clone of the
+    # active context for every message, so it never found it processed before. Read again
+    # (other process ids), the message defines no term, and reads as pyld reads it afresh.
+    read_message(message, str(message["@type"]))
+    again = {**message, "providerPid": "urn:tds:process:p2", "consumerPid": "urn:tds:process:c2"}
+    expected = read_uncached(again)
+    defined: list[str] = []
+    create = jsonld.JsonLdProcessor._create_term_definition
+
+    def counted(
+        self: Any, active_ctx: Any, local_ctx: Any, term: str, *args: Any, **kw: Any
+    ) -> Any:
+        defined.append(term)
+        return create(self, active_ctx, local_ctx, term, *args, **kw)
+
+    monkeypatch.setattr(jsonld.JsonLdProcessor, "_create_term_definition", counted)
+    assert read_message(again, str(message["@type"])) == expected
+    assert defined == []
