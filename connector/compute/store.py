@@ -128,6 +128,15 @@ def _values(c: Computation) -> tuple[object, ...]:
     return tuple(getattr(c, name) if name != "reason" else c.reason[:512] for name in _COLUMNS)
 
 
+def _spent(tx: RawTransaction, spend: str, params: tuple[object, ...]) -> int:
+    """Rows the conditional spend updated (1: spent; 0: no row, or not within budget)."""
+    cur = tx.execute(spend, params)
+    try:
+        return int(cur.rowcount)
+    finally:
+        cur.close()
+
+
 class _Exhausted(Exception):
     """The conditional spend matched no row: the budget would be exceeded."""
 
@@ -166,13 +175,6 @@ class ComputationStore:
         reservation is not waited for on the disk (``Database.transaction``); the caller's
         next synced commit (the receipt's, before the answer leaves) makes it durable.
         """
-        metering = MeteringRow(
-            agreement_id=c.agreement_id,
-            consumer=c.counterparty,
-            product=c.product,
-            epsilon_budget_micro=budget_micro,
-            updated_ms=now_ms,
-        )
         # The budget signed in the agreement (a transfer that created the row first wrote
         # 0 there: it knows no budget).
         spend = (
@@ -186,12 +188,19 @@ class ComputationStore:
             params += (c.epsilon_micro, budget_micro)
         try:
             with self._db.transaction(durable=durable) as tx:
-                ensure_metering_in(tx, metering)  # made by an earlier question, usually
-                cur = tx.execute(spend, params)
-                spent = cur.rowcount
-                cur.close()
-                if spent != 1:
-                    raise _Exhausted
+                if _spent(tx, spend, params) != 1:
+                    # No row yet (the agreement's first question or transfer: made here,
+                    # then spent from), or a budget the question would exceed.
+                    metering = MeteringRow(
+                        agreement_id=c.agreement_id,
+                        consumer=c.counterparty,
+                        product=c.product,
+                        epsilon_budget_micro=budget_micro,
+                        updated_ms=now_ms,
+                    )
+                    ensure_metering_in(tx, metering)
+                    if _spent(tx, spend, params) != 1:
+                        raise _Exhausted
                 tx.execute(_INSERT, _values(c)).close()
                 row = tx.one(
                     "SELECT computations, epsilon_spent_micro FROM metering WHERE agreement_id = ?",
