@@ -1,6 +1,7 @@
 """Benchmark one compute-to-data answer against DuckDB running the same query directly.
 
     python bench/compute.py [--rows 1000000] [--rounds 30] [--json] [--no-connector]
+                            [--served]
 
 A table of admissions (district, age_band, year, cost, days) with ``--rows`` rows is
 written as CSV. Round ``i`` answers ::
@@ -12,7 +13,7 @@ written as CSV. Round ``i`` answers ::
 keeps a parsed question for the same text helps: see ``question``)
 under two offers: with differential privacy (``dp``: OpenDP noise and noisy threshold)
 and with k only (``k_only``: exact counts, groups below k suppressed, and the differencing
-check, one more statement that scans the whole table). Two tds paths are timed:
+check, one more statement that scans the whole table). The tds paths timed:
 
 - ``connector`` (the issue's figure): the whole path between two running connectors: the
   consumer's admin asks its connector (``ComputeService.Ask``), which calls the provider
@@ -22,6 +23,13 @@ check, one more statement that scans the whole table). Two tds paths are timed:
   consumer checks it, countersigns and logs it, and answers; its confirmation to the
   provider goes after the answer, untimed, and is waited for (``settle``) before DuckDB
   is timed, so that it does not slow DuckDB's figure down (everything shares one process);
+- ``served`` (with ``--served``): the same between connectors started as users start
+  them: the registry, ``gov`` and ``a`` each a ``tds serve`` process with its config file
+  (``bench/negotiation.py``'s ``space``), the question asked on the consumer's admin API
+  exactly as above; DuckDB direct still runs in this process with the same limits, on
+  the same table. Each connector's CPU time per answer (every thread, confirmations
+  included, from ``/proc`` over the timed rounds: ``cpu_ms_per_answer``) replaces this
+  process's, and the floor is an admin call into the consumer's process;
 - ``engine``: the provider's engine alone (``answer_query`` on a locked-down
   ``DuckDBTable``: parse and check, the differencing check, the engine's own clamped SQL,
   disclosure control, the answer's canonical JSON and SHA-256, the receipt's fields).
@@ -40,8 +48,9 @@ p50 of DuckDB direct; ``ratio_paired_p50``, the median of each round's ratio, is
 on a shared machine) and the absolute overheads; the CPU time of the process while each
 ran (``tds_cpu_p50_ms``, ``duckdb_direct_cpu_p50_ms``, ``cpu_overhead_p50_ms``: all
 threads, DuckDB's workers too; steadier than wall time when other work loads the machine);
-and the ``floor`` measured in the same run: a member call over mutual TLS on an open and on a
-fresh channel, and one fdatasync where the provider's database lives.
+the load average at the start and the end; and the ``floor`` measured in the same run: a
+member call over mutual TLS on an open and on a fresh channel, and one fdatasync where the
+provider's database lives.
 """
 
 from __future__ import annotations
