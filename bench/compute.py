@@ -1,6 +1,7 @@
 """Benchmark one compute-to-data answer against DuckDB running the same query directly.
 
     python bench/compute.py [--rows 1000000] [--rounds 30] [--json] [--no-connector]
+                            [--served]
 
 A table of admissions (district, age_band, year, cost, days) with ``--rows`` rows is
 written as CSV. Round ``i`` answers ::
@@ -12,7 +13,7 @@ written as CSV. Round ``i`` answers ::
 keeps a parsed question for the same text helps: see ``question``)
 under two offers: with differential privacy (``dp``: OpenDP noise and noisy threshold)
 and with k only (``k_only``: exact counts, groups below k suppressed, and the differencing
-check, one more statement that scans the whole table). Two tds paths are timed:
+check, one more statement that scans the whole table). The tds paths timed:
 
 - ``connector`` (the issue's figure): the whole path between two running connectors: the
   consumer's admin asks its connector (``ComputeService.Ask``), which calls the provider
@@ -22,6 +23,14 @@ check, one more statement that scans the whole table). Two tds paths are timed:
   consumer checks it, countersigns and logs it, and answers; its confirmation to the
   provider goes after the answer, untimed, and is waited for (``settle``) before DuckDB
   is timed, so that it does not slow DuckDB's figure down (everything shares one process);
+- ``served`` (with ``--served``): the same between connectors started as users start
+  them: the registry, ``gov`` and ``a`` each a ``tds serve`` process with its config file
+  (``bench/negotiation.py``'s ``space``), the question asked on the consumer's admin API
+  exactly as above; DuckDB direct still runs in this process with the same limits, on
+  the same table. Each connector's CPU time (every thread, from ``/proc``) while the
+  answer was asked for (``cpu_ms_per_answer``, the mean over the timed rounds) and over
+  whole rounds (``cpu_ms_per_round``: with the confirmation and background work) replaces
+  this process's, and the floor is an admin call into the consumer's process;
 - ``engine``: the provider's engine alone (``answer_query`` on a locked-down
   ``DuckDBTable``: parse and check, the differencing check, the engine's own clamped SQL,
   disclosure control, the answer's canonical JSON and SHA-256, the receipt's fields).
@@ -40,8 +49,9 @@ p50 of DuckDB direct; ``ratio_paired_p50``, the median of each round's ratio, is
 on a shared machine) and the absolute overheads; the CPU time of the process while each
 ran (``tds_cpu_p50_ms``, ``duckdb_direct_cpu_p50_ms``, ``cpu_overhead_p50_ms``: all
 threads, DuckDB's workers too; steadier than wall time when other work loads the machine);
-and the ``floor`` measured in the same run: a member call over mutual TLS on an open and on a
-fresh channel, and one fdatasync where the provider's database lives.
+the load average at the start and the end; and the ``floor`` measured in the same run: a
+member call over mutual TLS on an open and on a fresh channel, and one fdatasync where the
+provider's database lives.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ import argparse
 import itertools
 import json
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -65,12 +76,12 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.negotiation import cpu_seconds, fdatasync_p50_ms, space
 from connector._proto.tds.v1 import admin_pb2, admin_pb2_grpc, compute_pb2, compute_pb2_grpc
 from connector.compute import answer_query, parse_rules
 from connector.compute.embedded import DuckDBTable, EmbeddedLimits, encode_categories
-from connector.compute.store import CONFIRMED, ComputationStore
+from connector.compute.store import CONFIRMED
 from connector.demo.space import LocalSpace
-from connector.identity.names import Role
 from connector.node.clients import admin_channel
 
 QUERY = (
@@ -153,18 +164,31 @@ def _timed(
     direct: Direct,
     rounds: int,
     settle: Callable[[], None] = lambda: None,
+    *,
+    cpu_of: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """``tds`` (asked a new question, returning the groups shown) and both direct queries
     of the same text in turn, each round;
-    ``settle`` (untimed) lets what ``tds`` left running finish before DuckDB is timed."""
+    ``settle`` (untimed) lets what ``tds`` left running finish before DuckDB is timed;
+    ``cpu_of`` (the connectors run as processes): CPU seconds used so far by each, read
+    after the warm-up and at the end; without it ``tds`` runs in this process, and its CPU
+    time is this process's."""
     times: dict[str, list[float]] = {"tds": [], "plain": [], "same": []}
     cpu: dict[str, list[float]] = {"tds": [], "plain": []}
     groups = 0
+    cpu0: dict[str, float] = {}
+    in_call: dict[str, float] = {}
     for i in range(rounds + WARM_UP):
+        if i == WARM_UP and cpu_of is not None:
+            cpu0 = cpu_of()
         text = question()
+        before = cpu_of() if cpu_of is not None and i >= WARM_UP else {}
         c, t = time.process_time(), time.perf_counter()
         groups = tds(text)
         t_tds, c_tds = time.perf_counter() - t, time.process_time() - c
+        if before:
+            for p, used in (cpu_of() if cpu_of is not None else {}).items():
+                in_call[p] = in_call.get(p, 0.0) + used - before[p]
         settle()
         c, t = time.process_time(), time.perf_counter()
         direct.plain.execute(text).fetchall()
@@ -179,6 +203,24 @@ def _timed(
             cpu["tds"].append(c_tds)
             cpu["plain"].append(c_plain)
     tds_ms, plain_ms, same_ms = (_p50_ms(times[k]) for k in ("tds", "plain", "same"))
+    if cpu_of is not None:
+        # Every thread of each connector over the timed rounds, confirmations included,
+        # per answer (/proc counts clock ticks: too coarse for one answer).
+        cpu1 = cpu_of()
+        own: dict[str, Any] = {
+            # While the answer was asked for (each answer's clock ticks summed over the
+            # rounds: a tick falls in a call with the probability of its share of the
+            # time, so the mean is right though one answer's figure is not).
+            "cpu_ms_per_answer": {p: round(in_call[p] * 1000 / rounds, 2) for p in in_call},
+            # And over the whole round: with the confirmation, which follows the answer,
+            # and what runs in the background while DuckDB direct is timed.
+            "cpu_ms_per_round": {p: round((cpu1[p] - cpu0[p]) * 1000 / rounds, 2) for p in cpu1},
+        }
+    else:
+        own = {
+            "tds_cpu_p50_ms": round(_p50_ms(cpu["tds"]), 2),
+            "cpu_overhead_p50_ms": round(_p50_ms(cpu["tds"]) - _p50_ms(cpu["plain"]), 2),
+        }
     return {
         "tds_p50_ms": round(tds_ms, 2),
         "duckdb_direct_p50_ms": round(plain_ms, 2),
@@ -196,11 +238,9 @@ def _timed(
         # CPU time of the whole process (every thread: both connectors, DuckDB's
         # workers) while each ran: other work on a loaded machine stretches wall time
         # far more than it does this.
-        "tds_cpu_p50_ms": round(_p50_ms(cpu["tds"]), 2),
         "duckdb_direct_cpu_p50_ms": round(_p50_ms(cpu["plain"]), 2),
-        "cpu_overhead_p50_ms": round(_p50_ms(cpu["tds"]) - _p50_ms(cpu["plain"]), 2),
         "groups": groups,
-    }
+    } | own
 
 
 def _engine(path: Path, direct: Direct, rounds: int) -> dict[str, Any]:
@@ -229,71 +269,75 @@ class Connectors:
     calls: dict[str, Callable[[str], int]]
     settle: Callable[[], None]
     """Waits for the consumer's countersignature to reach the provider: it goes after the
-    answer, and must not be timed as DuckDB's (all of this shares one process)."""
+    answer, and must not be timed as DuckDB's (it takes CPU from the same two cores, and
+    in the in-process layout from the same process)."""
     floor: Callable[[], dict[str, float]]
+    pids: dict[str, int]
+    """Each connector's process id when it runs as ``tds serve`` (empty in-process)."""
 
 
 def _floor(sp: LocalSpace, data_dir: Path, rounds: int = 60) -> dict[str, float]:
     """What no answer between two connectors can go below, measured here: a member call
     over mutual TLS with a token (ConfirmComputation of an unknown computation, refused
-    after authentication, nothing written) on an open channel and on a fresh one, and
+    after authentication, nothing written) on an open channel and on a fresh one (only
+    in-process, where the bench holds the consumer's node; between processes an admin
+    call to the consumer instead: the bench's own round trip into a ``tds serve``), and
     one 4 KiB append plus fdatasync where the provider's database lives."""
-    lab = sp.nodes["lab"]
-    request = compute_pb2.ConfirmComputationRequest(computation_id="cp-" + "0" * 32, receipt="{}")
+    out: dict[str, float] = {}
+    if "a" in sp.nodes:
+        lab = sp.nodes["a"]
+        request = compute_pb2.ConfirmComputationRequest(
+            computation_id="cp-" + "0" * 32, receipt="{}"
+        )
 
-    def call(channel: grpc.Channel) -> None:
-        try:
-            compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(request, timeout=10)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+        def call(channel: grpc.Channel) -> None:
+            try:
+                compute_pb2_grpc.ComputeServiceStub(channel).ConfirmComputation(request, timeout=10)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
 
-    kept, fresh, sync = [], [], []
-    channel = lab._kept_member_channel("gov")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        call(channel)
-        kept.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        one = lab._member_channel("gov")
-        call(one)
-        one.close()
-        fresh.append(time.perf_counter() - t)
-    probe = data_dir / "fsync-probe"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
+        kept, fresh = [], []
+        channel = lab._kept_member_channel("gov")
         for _ in range(rounds):
             t = time.perf_counter()
-            os.write(fd, b"x" * 4096)
-            os.fdatasync(fd)
-            sync.append(time.perf_counter() - t)
-    finally:
-        os.close(fd)
-        probe.unlink()
-    return {
-        "member_call_open_channel_p50_ms": round(_p50_ms(kept), 2),
-        "member_call_fresh_channel_p50_ms": round(_p50_ms(fresh), 2),
-        "fdatasync_4k_p50_ms": round(_p50_ms(sync), 2),
-    }
+            call(channel)
+            kept.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            one = lab._member_channel("gov")
+            call(one)
+            one.close()
+            fresh.append(time.perf_counter() - t)
+        out["member_call_open_channel_p50_ms"] = round(_p50_ms(kept), 2)
+        out["member_call_fresh_channel_p50_ms"] = round(_p50_ms(fresh), 2)
+    else:
+        admin = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["a"]))
+        status = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
+            status.append(time.perf_counter() - t)
+        out["admin_call_p50_ms"] = round(_p50_ms(status), 2)
+    out["fdatasync_4k_p50_ms"] = round(fdatasync_p50_ms(data_dir, rounds), 2)
+    return out
 
 
 @contextmanager
-def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
-    """A registry, the provider ``gov`` and the consumer ``lab`` running in this process,
-    a compute-only product per offer and an agreement on each; one asking call per offer."""
-    with LocalSpace.create(root, [("gov", Role.GOVERNMENT), ("lab", Role.ENTERPRISE)]) as sp:
-        sp.start_registry()
-        data_dir = sp.start_connector("gov").cfg.data_dir
-        sp.start_connector("lab")
+def _connectors(path: Path, root: Path, *, served: bool) -> Iterator[Connectors]:
+    """A registry, the provider ``gov`` and the consumer ``a`` running (threads of this
+    process, or with ``served`` each its own ``tds serve`` process with its config file,
+    as ``bench/negotiation.py`` starts them), a compute-only product per offer and an
+    agreement on each; one asking call per offer."""
+    pids: dict[str, int] = {}
+    with space(root, not served, pids) as sp:
+        data_dir = sp.configs["gov"].data_dir
         # The provider reads sources only under its data directory: a hard link puts the
         # table there without copying it.
         os.link(path, data_dir / "admissions.csv")
         gov = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["gov"]))
-        lab = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["lab"]))
-        ask = compute_pb2_grpc.ComputeServiceStub(admin_channel(sp.configs["lab"])).Ask
+        lab = admin_pb2_grpc.AdminServiceStub(admin_channel(sp.configs["a"]))
+        ask = compute_pb2_grpc.ComputeServiceStub(admin_channel(sp.configs["a"])).Ask
         calls: dict[str, Callable[[str], int]] = {}
         answered: list[str] = []
-        assert sp.nodes["lab"].db is not None
-        store = ComputationStore(sp.nodes["lab"].db)
         for name, spec in OFFERS.items():
             product = f"admissions-{name.replace('_', '-')}"
             description = {
@@ -336,20 +380,51 @@ def _connectors(path: Path, root: Path) -> Iterator[Connectors]:
 
             calls[name] = once
 
+        # The consumer's own record, read as any reader of its database may (read-only,
+        # beside the connector, whichever process it runs in).
+        records = sqlite3.connect(
+            f"file:{sp.configs['a'].data_dir / 'tds.db'}?mode=ro", uri=True, timeout=30
+        )
+
         def settle() -> None:
             # Confirmed on the consumer's side only once the provider took it (the
             # confirmation is owed when the answer has gone, so poll rather than ask the
             # sender, which may not have been told yet).
             deadline = time.monotonic() + 30
             while answered:
-                if store.get(answered[-1]).state == CONFIRMED:
+                row = records.execute(
+                    "SELECT state FROM computation WHERE id = ?", (answered[-1],)
+                ).fetchone()
+                if row is not None and row[0] == CONFIRMED:
                     answered.clear()
                 elif time.monotonic() > deadline:
                     raise TimeoutError("the consumer's confirmation did not reach the provider")
                 else:
                     time.sleep(0.001)
 
-        yield Connectors(calls, settle, lambda: _floor(sp, data_dir))
+        try:
+            yield Connectors(calls, settle, lambda: _floor(sp, data_dir), pids)
+        finally:
+            records.close()
+
+
+def _run_pair(
+    path: Path, root: Path, rounds: int, direct: Direct, *, served: bool
+) -> dict[str, Any]:
+    """Each offer's rounds between the two connectors, and the floor."""
+    out: dict[str, Any] = {
+        "layout": "tds serve processes" if served else "threads of this process",
+    }
+    with _connectors(path, root, served=served) as pair:
+        pids = pair.pids
+
+        def cpu_of() -> dict[str, float]:
+            return {p: cpu_seconds(pid) for p, pid in pids.items()}
+
+        for name, once in pair.calls.items():
+            out[name] = _timed(once, direct, rounds, pair.settle, cpu_of=cpu_of if served else None)
+        out["floor"] = pair.floor()
+    return out
 
 
 def main() -> None:
@@ -359,49 +434,65 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
-        "--no-connector", action="store_true", help="skip the run between two connectors"
+        "--no-connector",
+        action="store_true",
+        help="skip the run between two connectors in this process",
+    )
+    ap.add_argument(
+        "--served",
+        action="store_true",
+        help="also run between connectors started as `tds serve` processes",
     )
     args = ap.parse_args()
-    results: dict[str, Any] = {"rows": args.rows, "rounds": args.rounds}
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "admissions.csv"
         _write(path, args.rows)
         direct = Direct(path)
         try:
             if not args.no_connector:
-                with _connectors(path, Path(tmp) / "space") as pair:
-                    results["connector"] = {
-                        name: _timed(once, direct, args.rounds, pair.settle)
-                        for name, once in pair.calls.items()
-                    }
-                    results["floor"] = pair.floor()
+                pair = _run_pair(path, Path(tmp) / "space", args.rounds, direct, served=False)
+                results["floor"] = pair.pop("floor")
+                results["connector"] = pair
+            if args.served:
+                results["served"] = _run_pair(
+                    path, Path(tmp) / "served", args.rounds, direct, served=True
+                )
             results["engine"] = _engine(path, direct, args.rounds)
         finally:
             direct.close()
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{args.rows} rows, {args.rounds} rounds (engine load {results['engine']['load_s']} s)")
-    if "floor" in results:
-        f = results["floor"]
-        print(
-            f"floor: member call {f['member_call_open_channel_p50_ms']:.2f} ms on an open"
-            f" channel, {f['member_call_fresh_channel_p50_ms']:.2f} ms on a fresh one;"
-            f" fdatasync {f['fdatasync_4k_p50_ms']:.2f} ms"
-        )
-    for path_name in ("connector", "engine"):
+    print(
+        f"{args.rows} rows, {args.rounds} rounds (engine load {results['engine']['load_s']} s;"
+        f" load average {results['load_average_start'][0]} -> {results['load_average_end'][0]})"
+    )
+    for floor in (results.get("floor"), results.get("served", {}).get("floor")):
+        if floor:
+            print("floor: " + ", ".join(f"{k} {v}" for k, v in floor.items()))
+    for path_name in ("connector", "served", "engine"):
         for name in OFFERS:
             if path_name not in results:
                 continue
             r = results[path_name][name]
+            cpu = (
+                f"CPU {r['tds_cpu_p50_ms']:.2f} ms against {r['duckdb_direct_cpu_p50_ms']:.2f}"
+                if "tds_cpu_p50_ms" in r
+                else f"CPU per answer {r['cpu_ms_per_answer']} ms"
+            )
             print(
                 f"{path_name:9s} {name:6s} tds p50 {r['tds_p50_ms']:.2f} ms; DuckDB direct"
-                f" {r['duckdb_direct_p50_ms']:.2f} ms, ratio {r['ratio_p50']:.2f} (target <="
-                f" 1.5), overhead {r['overhead_p50_ms']:.2f} ms; on tds's table"
+                f" {r['duckdb_direct_p50_ms']:.2f} ms, ratio {r['ratio_p50']:.2f} (paired"
+                f" {r['ratio_paired_p50']:.2f}; target <= 1.5), overhead"
+                f" {r['overhead_p50_ms']:.2f} ms; on tds's table"
                 f" {r['duckdb_same_table_p50_ms']:.2f} ms, ratio"
-                f" {r['ratio_same_table_p50']:.2f}, overhead"
-                f" {r['overhead_same_table_p50_ms']:.2f} ms; CPU {r['tds_cpu_p50_ms']:.2f} ms"
-                f" against {r['duckdb_direct_cpu_p50_ms']:.2f}"
+                f" {r['ratio_same_table_p50']:.2f}; {cpu}"
             )
 
 

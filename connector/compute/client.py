@@ -194,25 +194,24 @@ class ComputeConsumer:
         agreement = self._agreement_of(agreement_id)
         provider = agreement.provider
         channel = self._channel_to(provider)
-        with calling(provider):
-            pending = compute_pb2_grpc.ComputeServiceStub(channel).Compute.future(
-                compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
-                timeout=COMPUTE_TIMEOUT_SECONDS,
-            )
-        # Parsed while the provider computes (the receipt must name this question's
-        # canonical form); a question we cannot parse is parsed again, and refused, by
-        # ``_check`` if the provider answers it at all.
+        # Parsed before asking (the receipt must name this question's canonical form); a
+        # question we cannot parse is parsed again, and refused, by ``_check`` if the
+        # provider answers it at all. Not beside the call: a call that returns a future
+        # starts a thread to poll its channel (gRPC) each time, and handing the answer
+        # over from it cost more than the parse it would hide.
         query: Query | None = None
         try:
             if agreement.compute is not None:
                 query = compute.parse_query(question, agreed_rules(agreement.compute))
         except InvalidRequest:
             pass
-        except BaseException:
-            pending.cancel()  # type: ignore[no-untyped-call]
-            raise
         with calling(provider):
-            response: compute_pb2.ComputeResponse = pending.result()
+            response: compute_pb2.ComputeResponse = compute_pb2_grpc.ComputeServiceStub(
+                channel
+            ).Compute(
+                compute_pb2.ComputeRequest(agreement_id=agreement_id, question=text),
+                timeout=COMPUTE_TIMEOUT_SECONDS,
+            )
         try:
             receipt, countersigned = self._check(agreement, question, response, query)
         except VerificationError as exc:

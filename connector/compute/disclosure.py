@@ -13,18 +13,29 @@ Without differential privacy (``rules.privacy is None``):
   differ in one filter then differ by 0 or at least ``k`` rows, never by one person.
 
 With differential privacy (``rules.privacy``): every released figure is noisy, from
-OpenDP's measurements; the query's ε is split evenly between the figures it releases
-(basic composition), and δ goes to releasing the group keys:
+OpenDP's measurements; the query's ε is split between its releases by basic composition
+(``_releases``: ε per query over ``1 + max(1, c) + s`` equal shares, for ``c`` counts of
+measures and ``s`` other statistics), and δ goes to releasing the group keys:
 
 - group counts and the set of groups shown come from ``make_laplace_threshold`` (noisy
-  counts, groups below the threshold dropped): the threshold is at least ``k`` and high
-  enough that a group of one row shows with probability at most δ; suppression is decided
-  on the *noisy* count, so whether a group shows is itself private;
-- sums of clamped measures and counts of non-NULL values come from ``make_laplace`` with
-  the sensitivity of one row (``max(|lower|, |upper|)`` for sums, 1 for counts);
-  ``avg`` is the noisy sum over the noisy count, clamped to the bounds (post-processing);
-- the number of suppressed groups is itself released with Laplace noise (it depends on
-  the exact number of non-empty groups).
+  counts, groups below the threshold dropped; one share): the threshold is at least ``k``
+  and high enough that a group of one row shows with probability at most δ; suppression
+  is decided on the *noisy* count, so whether a group shows is itself private;
+- the number of suppressed groups and the counts of non-NULL values of every measure
+  counted are one vector of integers through one ``make_laplace`` (``max(1, c)`` shares,
+  the vector's L1 sensitivity ``max(1, c)``, so each figure gets the noise a release of
+  its own at one share would: scale ``1 / share``). Given the groups shown (the
+  threshold's output, composed adaptively), one row either belongs to a group not shown
+  — it moves the suppressed count by at most one and no count — or to a shown group,
+  where it moves each of the ``c`` counts by at most one and the suppressed count not at
+  all: so the suppressed count rides with the counts at no ε of its own when a question
+  counts a measure (an ``avg`` does), and takes one share when none does;
+- sums of clamped measures (and min, max, quantiles) come from one ``make_laplace`` each
+  (one share), with the sensitivity of one row (``max(|lower|, |upper|)``) and OpenDP's
+  float noise on a grid of ``2^k`` (``_granularity``: about 2^-40 of the noise's scale,
+  which the privacy map accounts for; the finest grid OpenDP defaults to made each
+  release of float noise cost about 1 ms more for nothing a cent-rounded answer shows);
+  ``avg`` is the noisy sum over the noisy count, clamped to the bounds (post-processing).
 
 The unit of privacy is one row of the source: a person with several rows (admissions) is
 protected as several rows, so ``k`` and ε protect them less. Residual risks without DP:
@@ -153,8 +164,8 @@ def _threshold(epsilon: float, delta: float, k: int) -> Any:
     while True:  # grow until δ holds, then bisect down to the smallest threshold
         m = dp.m.make_laplace_threshold(_KEYS, _KEYS_METRIC, scale=scale, threshold=hi)
         eps, d = _privacy_map(m, _ONE_ROW)
-        if eps > epsilon * (1 + 1e-9):
-            scale *= 1 + 1e-6  # float rounding in the privacy map: a hair more noise
+        if eps > epsilon:
+            scale *= max(eps / epsilon, 1 + 1e-12)  # float rounding in the map: more noise
             continue
         if d <= delta:
             break
@@ -168,58 +179,125 @@ def _threshold(epsilon: float, delta: float, k: int) -> Any:
             lo = mid + 1
     m = dp.m.make_laplace_threshold(_KEYS, _KEYS_METRIC, scale=scale, threshold=hi)
     eps, d = _privacy_map(m, _ONE_ROW)
-    assert eps <= epsilon * (1 + 1e-9) and d <= delta
+    assert eps <= epsilon and d <= delta
     return m
+
+
+def _granularity(scale: float) -> int:
+    """``k`` of OpenDP's float noise (a grid of 2^k): about 2^-40 of ``scale``."""
+    return math.floor(math.log2(scale)) - 40
 
 
 @lru_cache(maxsize=256)
 def _laplace(epsilon: float, sensitivity: float, integer: bool, n: int) -> Any:
-    """Laplace noise on a vector of ``n`` figures, one row moving one figure by at most
-    ``sensitivity``; spends at most ε."""
+    """Laplace noise on a vector of ``n`` figures, one row moving them by at most
+    ``sensitivity`` in L1; spends at most ε (OpenDP's privacy map says so)."""
     t = int if integer else float
     atom = dp.atom_domain(T=t) if integer else dp.atom_domain(T=float, nan=False)
     domain = dp.vector_domain(atom, size=n)
     scale = sensitivity / epsilon
+    d_in = int(sensitivity) if integer else float(sensitivity)
     while True:
-        m = dp.m.make_laplace(domain, dp.l1_distance(T=t), scale=scale)
-        d_in = int(sensitivity) if integer else float(sensitivity)
-        if _privacy_map(m, d_in) <= epsilon * (1 + 1e-9):
+        k = None if integer else _granularity(scale)
+        m = dp.m.make_laplace(domain, dp.l1_distance(T=t), scale=scale, k=k)
+        spent = _privacy_map(m, d_in)
+        if spent <= epsilon:
             return m
-        scale *= 1 + 1e-6
+        # Float rounding, or the grid's, in the map: a hair more noise.
+        scale *= max(spent / epsilon, 1 + 1e-12)
+
+
+@dataclass(frozen=True)
+class _Release:
+    """One noisy release after the threshold: the figures it carries, and its measurement
+    with the L1 distance one row moves them by (``d_in`` of its privacy map)."""
+
+    stats: tuple[Statistic, ...]
+    """The statistics whose per-group figures it carries (counts: after the suppressed
+    count, which the counts' release carries first)."""
+    measurement: Any
+    d_in: int | float
+
+
+def _shares(stats: Sequence[Statistic]) -> tuple[int, int]:
+    """(counts of measures, other statistics) of a question."""
+    counts = sum(s.fn == "count" for s in stats)
+    return counts, len(stats) - counts
+
+
+def _share(epsilon: float, stats: Sequence[Statistic]) -> float:
+    """ε of one share: the threshold, ``max(1, c)`` for the counts and the suppressed
+    count, one per other statistic."""
+    c, s = _shares(stats)
+    return epsilon / (1 + max(1, c) + s)
+
+
+def _releases(
+    epsilon: float, stats: Sequence[Statistic], rules: ComputeRules, shown: int
+) -> tuple[_Release, ...]:
+    """The releases after the threshold for ``shown`` groups; with the threshold's
+    share their privacy maps add up to ``epsilon`` (tested)."""
+    share = _share(epsilon, stats)
+    counts = tuple(s for s in stats if s.fn == "count")
+    width = max(1, len(counts))
+    out = [
+        _Release(
+            counts,
+            _laplace(share * width, float(width), True, 1 + len(counts) * shown),
+            width,
+        )
+    ]
+    if shown:
+        for s in stats:
+            if s.fn != "count":
+                sens = _measure(rules, s.measure).sensitivity
+                out.append(_Release((s,), _laplace(share, sens, False, shown), sens))
+    return tuple(out)
+
+
+def _counted(
+    counts: Sequence[Statistic], groups: Sequence[Group], shown: Sequence[Group]
+) -> list[int]:
+    """The exact vector of the counts' release: the number of groups not shown, then each
+    counted measure's figure group by group (one row moves it by at most
+    ``max(1, len(counts))`` in L1, given the groups shown: tested)."""
+    out = [len(groups) - len(shown)]
+    for s in counts:
+        out.extend(int(g.values[s.key] or 0) for g in shown)
+    return out
 
 
 def _private(query: Query, rules: ComputeRules, groups: Sequence[Group]) -> Disclosed:
     privacy = rules.privacy
     assert privacy is not None
     stats = statistics(query.aggregates)
-    releases = 2 + len(stats)  # counts-and-keys, the suppressed count, one per statistic
-    share = privacy.epsilon_per_query / releases
+    share = _share(privacy.epsilon_per_query, stats)
     by_key = {canonical_json(list(g.key)).decode(): g for g in groups}
     noisy_counts: dict[str, int] = _threshold(share, privacy.delta, rules.k)(
         {key: g.n for key, g in by_key.items()}
     )
     # Sort like the exact groups, so the same release prints the same way.
     released = [key for key in by_key if key in noisy_counts]
-    suppressed_exact = len(by_key) - len(released)
-    noisy_suppressed = _laplace(share, 1.0, True, 1)([suppressed_exact])[0]
-    values: dict[str, list[float]] = {}
-    for s in stats:
-        exact = [by_key[key].values[s.key] or 0.0 for key in released]
-        if not released:
-            values[s.key] = []
-        elif s.fn == "count":
-            values[s.key] = [
-                float(v) for v in _laplace(share, 1.0, True, len(released))([int(v) for v in exact])
-            ]
-        else:
-            sens = _measure(rules, s.measure).sensitivity
-            values[s.key] = list(_laplace(share, sens, False, len(released))(exact))
+    shown = [by_key[key] for key in released]
+    releases = _releases(privacy.epsilon_per_query, stats, rules, len(shown))
+    values: dict[str, list[float]] = {s.key: [] for s in stats}
+    noisy_suppressed = 0
+    for r in releases:
+        if r.stats and r.stats[0].fn != "count":
+            (s,) = r.stats
+            exact_float = [g.values[s.key] or 0.0 for g in shown]
+            values[s.key] = list(r.measurement(exact_float))
+            continue
+        noisy = r.measurement(_counted(r.stats, groups, shown))
+        noisy_suppressed = noisy[0]
+        w = len(shown)
+        for i, s in enumerate(r.stats):
+            values[s.key] = [float(v) for v in noisy[1 + i * w : 1 + (i + 1) * w]]
     rows = []
-    for i, key in enumerate(released):
+    for i, g in enumerate(shown):
         cells = {k: v[i] for k, v in values.items()}
-        n = max(0, int(noisy_counts[key]))
-        row = by_key[key].key + tuple(_post(a, n, cells, rules) for a in query.aggregates)
-        rows.append(row)
+        n = max(0, int(noisy_counts[released[i]]))
+        rows.append(g.key + tuple(_post(a, n, cells, rules) for a in query.aggregates))
     return Disclosed(
         columns=query.columns,
         rows=tuple(rows),

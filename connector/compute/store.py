@@ -120,12 +120,22 @@ _INSERT = (
     f"INSERT INTO computation ({', '.join(_COLUMNS)})"  # noqa: S608
     f" VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
+_SELECT_ONE = f"SELECT {', '.join(_COLUMNS)} FROM computation WHERE id = ?"  # noqa: S608
 _UPDATABLE = frozenset({"state", "answer_sha256", "receipt", "reason", "ended_ms"})
 
 
 def _values(c: Computation) -> tuple[object, ...]:
     """``c`` as the values of ``_INSERT``."""
     return tuple(getattr(c, name) if name != "reason" else c.reason[:512] for name in _COLUMNS)
+
+
+def _spent(tx: RawTransaction, spend: str, params: tuple[object, ...]) -> int:
+    """Rows the conditional spend updated (1: spent; 0: no row, or not within budget)."""
+    cur = tx.execute(spend, params)
+    try:
+        return int(cur.rowcount)
+    finally:
+        cur.close()
 
 
 class _Exhausted(Exception):
@@ -166,13 +176,6 @@ class ComputationStore:
         reservation is not waited for on the disk (``Database.transaction``); the caller's
         next synced commit (the receipt's, before the answer leaves) makes it durable.
         """
-        metering = MeteringRow(
-            agreement_id=c.agreement_id,
-            consumer=c.counterparty,
-            product=c.product,
-            epsilon_budget_micro=budget_micro,
-            updated_ms=now_ms,
-        )
         # The budget signed in the agreement (a transfer that created the row first wrote
         # 0 there: it knows no budget).
         spend = (
@@ -186,12 +189,19 @@ class ComputationStore:
             params += (c.epsilon_micro, budget_micro)
         try:
             with self._db.transaction(durable=durable) as tx:
-                ensure_metering_in(tx, metering)  # made by an earlier question, usually
-                cur = tx.execute(spend, params)
-                spent = cur.rowcount
-                cur.close()
-                if spent != 1:
-                    raise _Exhausted
+                if _spent(tx, spend, params) != 1:
+                    # No row yet (the agreement's first question or transfer: made here,
+                    # then spent from), or a budget the question would exceed.
+                    metering = MeteringRow(
+                        agreement_id=c.agreement_id,
+                        consumer=c.counterparty,
+                        product=c.product,
+                        epsilon_budget_micro=budget_micro,
+                        updated_ms=now_ms,
+                    )
+                    ensure_metering_in(tx, metering)
+                    if _spent(tx, spend, params) != 1:
+                        raise _Exhausted
                 tx.execute(_INSERT, _values(c)).close()
                 row = tx.one(
                     "SELECT computations, epsilon_spent_micro FROM metering WHERE agreement_id = ?",
@@ -236,12 +246,16 @@ class ComputationStore:
         return c
 
     def get(self, computation_id: str) -> Computation:
-        """One computation, or ``NotFound``."""
-        with self._db.session() as s:
-            row = s.get(ComputationRow, computation_id)
-            if row is None:
-                raise NotFound(f"computation {computation_id!r} not found")
-            return _computation(row)
+        """One computation, or ``NotFound``.
+
+        Straight to the driver: read for every confirmation on both sides, where the
+        ORM's session cost several times the statement.
+        """
+        with self._db.transaction() as tx:
+            row = tx.one(_SELECT_ONE, (computation_id,))
+        if row is None:
+            raise NotFound(f"computation {computation_id!r} not found")
+        return Computation(**dict(zip(_COLUMNS, row, strict=True)))
 
     def update(
         self,

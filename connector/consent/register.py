@@ -269,7 +269,15 @@ class ConsentRegister:
         Among the recipient's consents covering the product, one in force for the purpose
         wins; otherwise the most telling refusal (withdrawn, expired, other purpose), so
         the policy's reason says what is wrong. None at all: ``present`` is false.
+
+        Asked before every decision about a product (a transfer, each compute question),
+        most often for a recipient who holds no consent at all: that is one plain read,
+        before the product's tags or any consent is loaded.
         """
+        with self._db.transaction() as tx:
+            held = tx.one("SELECT 1 FROM consent WHERE recipient = ? LIMIT 1", (recipient,))
+        if held is None:
+            return {"present": False}
         try:
             tags = self._product_tags(product)
         except NotFound:

@@ -27,10 +27,11 @@ class DirectoryCache:
         self._space = space
 
     def head(self) -> str | None:
-        """The stored head alone (cheap: compared with the one already verified)."""
-        with self._db.session() as s:
-            row = s.get(DirectoryCacheRow, self._space)
-            return row.head if row is not None else None
+        """The stored head alone (cheap: compared with the one already verified, before
+        a call to a member; the entries are not read, and no ORM session is opened)."""
+        with self._db.transaction() as tx:
+            row = tx.one("SELECT head FROM directory_cache WHERE space = ?", (self._space,))
+        return str(row[0]) if row is not None else None
 
     def load(self) -> SignedDirectory | None:
         """The stored pair, unverified."""

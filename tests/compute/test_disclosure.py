@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import csv
+import random
 import statistics as st
 from collections.abc import Iterator
 
 import pytest
 
-from connector.compute.disclosure import Disclosed, _threshold, check_isolation, disclose
+from connector.compute.disclosure import (
+    _ONE_ROW,
+    Disclosed,
+    _counted,
+    _releases,
+    _share,
+    _threshold,
+    check_isolation,
+    disclose,
+)
 from connector.compute.embedded import DuckDBTable
-from connector.compute.engine import compute_groups
+from connector.compute.engine import Group, Statistic, compute_groups, statistics
 from connector.compute.query import parse_query
 from connector.compute.rules import ComputeRules, parse_rules
 from connector.errors import PermissionDenied
@@ -131,7 +141,99 @@ def test_dp_calibration_spends_what_the_offer_says() -> None:
     share = DP.privacy.epsilon_per_query / 3  # count+keys, suppressed count, sum(cost)
     m = _threshold(share, DP.privacy.delta, DP.k)
     eps, delta = m.map((1, 1, 1))
-    assert eps <= share * (1 + 1e-9) and delta <= DP.privacy.delta
+    assert eps <= share and delta <= DP.privacy.delta
+
+
+TWO_MEASURES = parse_rules(
+    hospital(
+        privacy=dict(PRIVACY),
+        measures={
+            "cost": {"aggregates": ["count", "sum", "avg"], "lower": 0, "upper": 10000},
+            "days": {"aggregates": ["count", "sum", "avg"], "lower": 0, "upper": 60},
+        },
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "shares"),
+    [
+        # threshold; suppressed count alone; sum(cost)
+        ("SELECT district, sum(cost) FROM product GROUP BY district", 3),
+        # threshold; the suppressed count with count(cost); sum(cost)
+        ("SELECT district, count(*), avg(cost) FROM product GROUP BY district", 3),
+        ("SELECT district, count(cost) FROM product GROUP BY district", 2),
+        ("SELECT district, count(*) FROM product GROUP BY district", 2),
+        # threshold; the suppressed count with count(cost) and count(days) (2 shares);
+        # sum(cost); sum(days)
+        ("SELECT district, avg(cost), avg(days) FROM product GROUP BY district", 5),
+    ],
+)
+@pytest.mark.parametrize("shown", [1, 7, 40])
+def test_dp_releases_spend_exactly_the_query_epsilon(text: str, shares: int, shown: int) -> None:
+    """The ε charged is what OpenDP's privacy maps say the releases spend: the threshold
+    and every release after it, at the distance one row moves each, add up to
+    ``epsilon_per_query`` (never more; less only by the maps' float rounding)."""
+    rules = TWO_MEASURES
+    assert rules.privacy is not None
+    epsilon = rules.privacy.epsilon_per_query
+    stats = statistics(parse_query(text, rules).aggregates)
+    share = _share(epsilon, stats)
+    assert share == epsilon / shares
+    eps_threshold, delta = _threshold(share, rules.privacy.delta, rules.k).map(_ONE_ROW)
+    assert delta <= rules.privacy.delta
+    releases = _releases(epsilon, stats, rules, shown)
+    spent = eps_threshold + sum(r.measurement.map(r.d_in) for r in releases)
+    assert epsilon * (1 - 1e-6) <= spent <= epsilon * (1 + 1e-12)
+    # each figure gets the noise of a release of its own at one share: one row moving
+    # one figure alone (a count by 1, a sum by its bound) costs one share
+    for r in releases:
+        alone = 1 if r.stats == () or r.stats[0].fn == "count" else r.d_in
+        assert r.measurement.map(alone) == pytest.approx(share, rel=1e-6)
+    counts = [s for s in stats if s.fn == "count"]
+    assert releases[0].stats == tuple(counts) and releases[0].d_in == max(1, len(counts))
+
+
+def _group(key: str, n: int, cost: int, days: int) -> Group:
+    return Group(key=(key,), n=n, values={"count(cost)": cost, "count(days)": days})
+
+
+def test_dp_one_row_moves_the_counts_vector_by_its_sensitivity_at_most() -> None:
+    """The counts' release claims L1 sensitivity ``max(1, c)``: given the groups shown (the
+    threshold's output), adding one row anywhere — to a shown group, a suppressed one or
+    a new one, with its measures present or NULL — moves the exact vector (the suppressed
+    count, then each counted measure's figures) by at most that."""
+    rng = random.Random(19)
+    for _ in range(300):
+        groups = [
+            _group(f"g{i}", n, rng.randint(0, n), rng.randint(0, n))
+            for i, n in enumerate(rng.randint(1, 30) for _ in range(rng.randint(1, 12)))
+        ]
+        keys = [g.key for g in groups]
+        shown_keys = {k for k in keys if rng.random() < 0.6}
+        for counts in (
+            [],
+            [Statistic("count", "cost")],
+            [Statistic("count", "cost"), Statistic("count", "days")],
+        ):
+            width = max(1, len(counts))
+            before = _counted(counts, groups, [g for g in groups if g.key in shown_keys])
+            target = rng.randint(0, len(groups))  # len(groups): a new group
+            cost, days = rng.random() < 0.7, rng.random() < 0.7
+            if target == len(groups):
+                after_groups = [*groups, _group("new", 1, int(cost), int(days))]
+            else:
+                g = groups[target]
+                after_groups = list(groups)
+                after_groups[target] = _group(
+                    g.key[0],
+                    g.n + 1,
+                    int(g.values["count(cost)"] or 0) + cost,
+                    int(g.values["count(days)"] or 0) + days,
+                )
+            after = _counted(counts, after_groups, [g for g in after_groups if g.key in shown_keys])
+            assert len(after) == len(before)
+            assert sum(abs(a - b) for a, b in zip(after, before, strict=True)) <= width
 
 
 def test_dp_makes_the_differencing_attack_noisy(large: DuckDBTable) -> None:
@@ -159,7 +261,7 @@ def test_dp_hides_single_row_groups_and_keeps_large_ones_useful(large: DuckDBTab
         assert ("east", "65+") not in shown  # one row: below the noisy threshold
         assert len(shown) >= 9  # 400-row groups pass the threshold
         for key, row in shown.items():
-            # four releases share ε = 1: count noise has scale 4, avg is near the truth
+            # three shares of ε = 1: count noise has scale 3, avg is near the truth
             assert abs(row[2] - 400) < 60
             assert 0 <= row[3] <= 10000
             assert abs(row[3] - exact[key][3]) < 1500

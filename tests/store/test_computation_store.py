@@ -24,7 +24,7 @@ from connector.compute.store import (
     ComputationStore,
     micro,
 )
-from connector.errors import PermissionDenied, PreconditionFailed
+from connector.errors import NotFound, PermissionDenied, PreconditionFailed
 from connector.store.database import Database, open_database
 from connector.transfer.store import STARTING, Transfer, TransferStore
 
@@ -195,4 +195,35 @@ def test_a_state_change_and_its_log_entry_commit_together_or_not_at_all(
         assert log.size == before + 1
     finally:
         log.close()
+        db.close()
+
+
+def test_a_computation_reads_back_as_recorded(database_url: str) -> None:
+    """``get`` (a plain read of every column) returns what ``create`` recorded, field by
+    field, on both databases; an unknown id is NotFound."""
+    db = open_database(database_url)
+    try:
+        store = ComputationStore(db)
+        recorded = Computation(
+            id="cp-" + "ab" * 16,
+            role="consumer",
+            agreement_id="ag-7",
+            product="admissions",
+            counterparty="gov",
+            state=ANSWERED,
+            started_ms=1_700_000_000_123,
+            query_sha256="q" * 64,
+            answer_sha256="a" * 64,
+            epsilon_micro=333_333,
+            receipt='{"payload": "x"}',
+            reason="",
+            ended_ms=1_700_000_000_456,
+        )
+        store.create(recorded)
+        assert store.get(recorded.id) == recorded
+        store.create(computation(9))  # the defaults: no receipt, no hashes
+        assert store.get("cp-9") == computation(9)
+        with pytest.raises(NotFound):
+            store.get("cp-missing")
+    finally:
         db.close()

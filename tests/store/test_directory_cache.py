@@ -179,3 +179,14 @@ def test_a_directory_signed_in_the_same_second_replaces_the_one_held(
     client.lookup("gov")
     forge(db, signed(1000, peer("gov"), peer("new")))  # a replica fetched it a moment later
     assert client.lookup("new").address == "new.example:7000"
+
+
+def test_the_head_alone_is_the_stored_pairs_head(cache: DirectoryCache) -> None:
+    """``head`` (read before calls to members, without the entries) is the head of the
+    pair stored now, and None before any is."""
+    assert cache.head() is None
+    first, second = signed(1000, peer("gov")), signed(2000, peer("gov"), peer("lab"))
+    store(cache, first)
+    assert cache.head() == first.head
+    store(cache, second)
+    assert cache.head() == second.head != first.head

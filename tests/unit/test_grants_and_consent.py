@@ -191,3 +191,37 @@ def test_lookup_weighs_the_right_consent(
     assert reg.lookup("hosp", "unknown-product", "treatment") == {"present": False}
     with pytest.raises(PreconditionFailed):
         reg.withdraw(live.consent.id)  # type: ignore[attr-defined]
+
+
+def test_lookup_for_a_recipient_without_consent_reads_no_product(db: Database) -> None:
+    """The common case (no consent held by the recipient) is one read: the product's
+    tags are not loaded; once the recipient holds one, even withdrawn, they are."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    clock = FixedClock(NOW)
+    log = TransparencyLog(db, origin="tds/city/alice", actor="alice", signing_key=key, clock=clock)
+    read: list[str] = []
+
+    def product_tags(pid: str) -> tuple[str, ...]:
+        read.append(pid)
+        return ("health",)
+
+    reg = ConsentRegister(
+        participant="alice",
+        db=db,
+        signing_key=key,
+        audit=log,
+        clock=clock,
+        product_tags=product_tags,
+    )
+    try:
+        assert reg.lookup("hosp", "records", "treatment") == {"present": False}
+        _give(reg, recipient="other")
+        assert reg.lookup("hosp", "records", "treatment") == {"present": False}
+        assert read == []
+        record = _give(reg)
+        reg.withdraw(record.consent.id)  # type: ignore[attr-defined]
+        found = reg.lookup("hosp", "records", "treatment")
+        assert found["present"] is True and found["withdrawn"] is True
+        assert read == ["records"]
+    finally:
+        log.close()
