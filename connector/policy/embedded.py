@@ -13,6 +13,7 @@ from typing import Any
 import regopy
 
 from connector.policy._rego_c import (
+    Prepared,
     QueryError,
     UnrepresentableInput,
     query_entrypoint,
@@ -47,6 +48,11 @@ class EmbeddedEngine(EngineBase):
     def update(self, policy: PolicySet) -> None:
         """Switch to a new policy set; each thread recompiles on its next decision."""
         self._policy = policy
+
+    def prepare(self, key: str, items: list[Any]) -> list[Any]:
+        """``items`` converted for rego-cpp now (``Prepared``), on the calling thread: a
+        decision whose document holds it under ``key`` converts only the rest."""
+        return Prepared(key, items)
 
     def _prepared(self) -> _Prepared:
         prepared: _Prepared | None = getattr(self._local, "prepared", None)

@@ -65,6 +65,12 @@ class EngineBase(ABC):
         """The revision of the policy set in force."""
         return self._policy.revision
 
+    def prepare(self, key: str, items: list[Any]) -> list[Any]:
+        """``items``, to be member ``key`` of a document decided later, in whatever form
+        this engine takes it fastest (the same list's content: the decision and its input
+        hash are those of ``items``). Here, as it is."""
+        return items
+
     @abstractmethod
     def _evaluate(self, document: dict[str, Any]) -> Any:
         """The raw decision document, or a ``Failure`` (each engine evaluates its own way)."""

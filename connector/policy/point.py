@@ -30,6 +30,16 @@ class PolicyPoint:
         self.engine = engine
         self._audit = audit
 
+    def prepare(self, key: str, items: list[Any]) -> list[Any]:
+        """``items`` in the form the engine takes fastest as member ``key`` of a document
+        decided later (the same content; see ``EngineBase.prepare``), or as they are for an
+        engine without that step."""
+        prepare = getattr(self.engine, "prepare", None)
+        if prepare is None:
+            return items
+        prepared: list[Any] = prepare(key, items)
+        return prepared
+
     def decide(self, document: Mapping[str, Any], *, defer: list[Record] | None = None) -> Decision:
         """Decide for ``document`` and log the decision.
 
