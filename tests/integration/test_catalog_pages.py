@@ -493,7 +493,7 @@ def test_a_page_read_ahead_is_decided_as_stored_when_asked(
         return stub.ListProducts(request, timeout=10)
 
     def read_ahead() -> None:
-        (waiting,) = gov._ahead._waiting.values()
+        ((_, waiting),) = gov._ahead._waiting.values()
         waiting.result(timeout=10)
 
     second = page(page("").next_page_token)  # followed with a token: the third read ahead
