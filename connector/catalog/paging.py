@@ -281,6 +281,7 @@ def decide_page(
     candidates: Sequence[tuple[str, Product]],
     *,
     prepared: PreparedPage | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> set[str]:
     """The keys of the ``(key, product)`` candidates ``caller`` may see, decided in one
     evaluation: one log entry, whose input hash covers every candidate and which lists the
@@ -288,14 +289,17 @@ def decide_page(
     product id in a provider's catalog, ``provider/product`` in the registry's index).
 
     ``prepared``: the resources made ahead (``prepare_page``), used only when made from
-    exactly these candidates; otherwise they are made now."""
+    exactly these candidates; otherwise they are made now. ``meanwhile``: started when
+    the engine starts evaluating (``PolicyPoint.decide``)."""
     if not candidates:
+        if meanwhile is not None:
+            meanwhile()
         return set()
     if prepared is not None and prepared.fits(candidates):
         document = build_page_input(caller, prepared.resources, clock=clock, as_given=True)
     else:
         document = build_page_input(caller, page_resources(candidates), clock=clock)
-    decision = policy.decide(document)
+    decision = policy.decide(document, meanwhile=meanwhile)
     return set(decision.visible_ids or ()) if decision.allow else set()
 
 
@@ -397,8 +401,9 @@ def read_page(
     end). The access policy decides the page's candidates at once.
 
     ``prepared``: this page's resources made ahead (``decide_page``). ``on_next``: called
-    with the next page's token and the position it starts after, once both are known and
-    before this page is decided (a catalog reads the next page meanwhile: ``Lookahead``).
+    with the next page's token and the position it starts after when the engine starts
+    deciding this page (a catalog reads the next page meanwhile: ``Lookahead``), so that
+    what it starts runs beside the engine rather than against this request's own work.
     """
     rows, following = take_page(
         reader,
@@ -409,11 +414,13 @@ def read_page(
         tokens=tokens,
         limits=limits,
     )
-    if on_next is not None and following:
-        on_next(following, rows[-1].position)
     matching = [r for r in rows if filters.matches(r.product)]
     candidates = [(r.key, r.product) for r in matching]
-    visible = decide_page(policy, caller, clock, candidates, prepared=prepared)
+    meanwhile = None
+    if on_next is not None and following:
+        last = rows[-1].position
+        meanwhile = lambda: on_next(following, last)  # noqa: E731
+    visible = decide_page(policy, caller, clock, candidates, prepared=prepared, meanwhile=meanwhile)
     shown = [r.item for r in matching if r.key in visible]
     return shown, following
 

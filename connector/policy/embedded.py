@@ -20,7 +20,7 @@ from connector.policy._rego_c import (
     to_input,
 )
 from connector.policy.decision import ENGINE_ERROR, INVALID_INPUT, UNDEFINED
-from connector.policy.engine import EngineBase, Failure
+from connector.policy.engine import EngineBase, Failure, evaluating
 from connector.policy.library import ENTRYPOINT, PolicySet
 
 __all__ = ["EmbeddedEngine"]
@@ -69,6 +69,7 @@ class EmbeddedEngine(EngineBase):
             document_input = to_input(document)
         except UnrepresentableInput as exc:
             return Failure(INVALID_INPUT, f"the embedded engine cannot hold the input: {exc}")
+        evaluating()  # the GIL is released from here to the result
         try:
             prepared.rego.set_input(document_input)
             ok, results = query_entrypoint(prepared.rego, prepared.bundle, ENTRYPOINT)
