@@ -11,7 +11,9 @@ In one local space (registry, provider ``gov``, member ``a``, in-process):
   target 50 ms);
 - the whole catalog through ``tds catalog list --json`` as a user runs it (target 2 s;
   median of ``--cli-runs`` after an untimed one, with the CPU time of the CLI and of the
-  provider's process, which the machine's load does not stretch as it does wall time);
+  provider's process, which the machine's load does not stretch as it does wall time, and
+  the pages decided with resources read ahead; ``--compare-read-ahead`` also times it
+  with the provider's read-ahead off, runs alternated);
 - ``SearchCatalog`` across ``--listings`` listings of 10 providers, written straight into
   the registry's database (p50 of the first page of a one-word text search; target 100 ms).
 
@@ -36,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector._proto.tds.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2
+from connector.catalog import paging
 from connector.catalog.products import parse_description
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
@@ -155,32 +158,61 @@ def first_page(sp: LocalSpace, rounds: int) -> dict[str, Any]:
     }
 
 
-def whole_catalog_cli(sp: LocalSpace, runs: int) -> dict[str, Any]:
+def whole_catalog_cli(sp: LocalSpace, runs: int, compare: bool = False) -> dict[str, Any]:
     """``tds catalog list --json`` of the whole catalog, ``runs`` times after one untimed
     run (which also writes the CLI's bytecode, as installing tds from a wheel does: this
     machine sets PYTHONDONTWRITEBYTECODE, so the bench keeps the cache in its own directory
     with PYTHONPYCACHEPREFIX). Wall time, and CPU time of the CLI and of this process (the
-    provider, registry and member connectors) during each run."""
+    provider, registry and member connectors) during each run, and how many pages were
+    decided with their resources read ahead (``catalog.read_ahead``).
+
+    ``compare``: as many runs again with the provider's read-ahead off, alternated with
+    the others, so both are measured in the same conditions."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(sp.root / "pycache")
     cmd = [sys.executable, "-m", "connector", "catalog", "list", "--provider", "gov"]
     cmd += ["--config", str(sp.root / "a.toml"), "--json"]
-    took, cli_cpu, server_cpu, products = [], [], [], 0
-    for i in range(runs + 1):
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        own, t = time.process_time(), time.perf_counter()
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, cwd=sp.root, timeout=600, env=env
-        )
-        wall, own = time.perf_counter() - t, time.process_time() - own
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            return {"error": done.stderr.strip()[-500:], "seconds": round(wall, 2)}
-        products = len(json.loads(done.stdout))
-        if i:  # the first run is the untimed one
-            took.append(wall)
-            server_cpu.append(own)
-            cli_cpu.append(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+    catalog = sp.nodes["gov"].catalog
+    assert catalog is not None
+    limits = catalog._page_limits
+    read_ahead_pages = [0]
+    fits = paging.PreparedPage.fits
+
+    def counted(self: paging.PreparedPage, candidates: Any) -> bool:
+        used = fits(self, candidates)
+        read_ahead_pages[0] += used
+        return used
+
+    paging.PreparedPage.fits = counted  # type: ignore[method-assign]
+    modes = [True, False] if compare else [True]
+    figures: dict[bool, dict[str, list[float]]] = {
+        m: {"wall": [], "cli": [], "server": [], "ahead": []} for m in modes
+    }
+    products = 0
+    try:
+        for i in range(runs + 1):
+            for mode in modes if i else [True]:  # the first run is the untimed one
+                catalog._page_limits = replace(limits, read_ahead=mode and limits.read_ahead)
+                read_ahead_pages[0] = 0
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                own, t = time.process_time(), time.perf_counter()
+                done = subprocess.run(
+                    cmd, capture_output=True, text=True, cwd=sp.root, timeout=600, env=env
+                )
+                wall, own = time.perf_counter() - t, time.process_time() - own
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if done.returncode != 0:
+                    return {"error": done.stderr.strip()[-500:], "seconds": round(wall, 2)}
+                products = len(json.loads(done.stdout))
+                if i:
+                    cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+                    figures[mode]["wall"].append(wall)
+                    figures[mode]["server"].append(own)
+                    figures[mode]["cli"].append(cpu)
+                    figures[mode]["ahead"].append(read_ahead_pages[0])
+    finally:
+        paging.PreparedPage.fits = fits  # type: ignore[method-assign]
+        catalog._page_limits = limits
     # The CLI starting as this command does (``tds catalog list --help``: its own command
     # module only; ``tds --help`` imports every command's), wall and CPU.
     startup, startup_cpu = [], []
@@ -191,16 +223,29 @@ def whole_catalog_cli(sp: LocalSpace, runs: int) -> dict[str, Any]:
         startup.append(time.perf_counter() - t)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         startup_cpu.append(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
-    return {
+    on = figures[True]
+    result: dict[str, Any] = {
         "products": products,
         "runs": runs,
-        "seconds": round(statistics.median(took), 2),
-        "seconds_all": [round(x, 2) for x in took],
-        "cli_cpu_s": round(statistics.median(cli_cpu), 2),
-        "provider_process_cpu_s": round(statistics.median(server_cpu), 2),
+        "seconds": round(statistics.median(on["wall"]), 2),
+        "seconds_all": [round(x, 2) for x in on["wall"]],
+        "cli_cpu_s": round(statistics.median(on["cli"]), 2),
+        "provider_process_cpu_s": round(statistics.median(on["server"]), 2),
+        "pages_read_ahead": int(statistics.median(on["ahead"])),
         "cli_startup_s": round(statistics.median(startup), 2),
         "cli_startup_cpu_s": round(statistics.median(startup_cpu), 2),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }
+    if compare:
+        off = figures[False]
+        result["read_ahead_off"] = {
+            "seconds": round(statistics.median(off["wall"]), 2),
+            "seconds_all": [round(x, 2) for x in off["wall"]],
+            "cli_cpu_s": round(statistics.median(off["cli"]), 2),
+            "provider_process_cpu_s": round(statistics.median(off["server"]), 2),
+            "pages_read_ahead": int(statistics.median(off["ahead"])),
+        }
+    return result
 
 
 def fill_index(sp: LocalSpace, listings: int) -> None:
@@ -252,6 +297,11 @@ def main() -> int:
     parser.add_argument("--listings", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--cli-runs", type=int, default=3, help="timed runs of the CLI")
+    parser.add_argument(
+        "--compare-read-ahead",
+        action="store_true",
+        help="also time the CLI with the provider's read-ahead off, runs alternated",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tds-bench-catalog-") as tmp:
@@ -267,7 +317,9 @@ def main() -> int:
             freeze_startup_objects()
             result: dict[str, Any] = {"publish": publish(sp, args.products, str(data))}
             result["first_page"] = first_page(sp, args.rounds)
-            result["cli_whole_catalog"] = whole_catalog_cli(sp, args.cli_runs)
+            result["cli_whole_catalog"] = whole_catalog_cli(
+                sp, args.cli_runs, args.compare_read_ahead
+            )
             fill_index(sp, args.listings)
             result["registry_search"] = search(sp, args.rounds)
             result["registry_search"]["listings"] = args.listings

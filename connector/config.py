@@ -212,6 +212,10 @@ class CatalogConfig:
     max_page_bytes: int = 1024 * 1024
     """A page's candidates stop short of this stored size (so answers stay far below
     server.max_message_bytes, whatever the products' sizes)."""
+    read_ahead: bool = True
+    """For a caller following the provider's pages, read the next page and make its
+    policy input while the current one is decided (on a second core; a little more CPU
+    in all). The next page's request still reads and decides it itself."""
 
 
 def _validate_catalog(c: CatalogConfig, max_message_bytes: int) -> None:

@@ -14,10 +14,15 @@ from connector.audit.log import AuditLog, Record
 from connector.catalog.paging import (
     Filters,
     Listed,
+    Lookahead,
     PageLimits,
     PageTokens,
+    PreparedPage,
     Row,
+    page_bound,
+    page_rows,
     page_size,
+    prepare_page,
     read_page,
     within_bytes,
 )
@@ -38,6 +43,15 @@ __all__ = ["MAX_BATCH", "Catalog", "Description"]
 
 MAX_BATCH = 1000
 """The most product descriptions one publish takes."""
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """The next page of a caller following pages, read ahead (``Catalog.page``): the
+    products parsed from each stored text, and the page's resources for the engine."""
+
+    parsed: dict[str, Product]
+    page: PreparedPage
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,7 @@ class Catalog:
         self._audit = audit
         self._clock = clock
         self._lock = threading.Lock()
+        self._ahead: Lookahead[_Ahead] = Lookahead()
         self._registering: dict[str, int] = {}
         """Products being registered with the registry now (how many calls each)."""
         self._in_force = library
@@ -346,18 +361,24 @@ class Catalog:
         """
         count = page_size(size, self._page_limits)
         patterns = filters.body_patterns()
+        bound = page_bound(caller)
+        # A caller following pages (with a token) had this page read ahead while the last
+        # was decided: the page is read again here, and only a stored text identical to
+        # one read ahead takes its parsed product, only resources made from exactly these
+        # products are used (PreparedPage.fits). The decision is this request's own.
+        ahead = self._ahead.take((bound, filters, token, count)) if token else None
 
-        def reader(after: Sequence[str], limit: int) -> list[Row[Product]]:
-            rows = self._store.rows_after(after[0] if after else "", limit, patterns)
-            # Parse only the rows the page takes and the one after (~1 KB products fill
-            # max_page_bytes at about 770 of a thousand: the rest were parsed for nothing).
-            sizes = [len(body) for _, body in rows[: limit - 1]]
-            rows = rows[: within_bytes(sizes, self._page_limits.max_page_bytes) + 1]
-            products = [(Product.from_stored(body), len(body)) for _, body in rows]
-            return [Row((p.id,), p, n, p) for p, n in products]
+        def read_next(following: str, after: tuple[str, ...]) -> None:
+            # A caller following pages (this one asked with a token) will most likely ask
+            # for the next one.
+            if token and self._page_limits.read_ahead:
+                self._ahead.start(
+                    (bound, filters, following, count),
+                    lambda: self._read_ahead(patterns, filters, after, count),
+                )
 
         return read_page(
-            reader,
+            self._reader(patterns, ahead.parsed if ahead else {}),
             caller=caller,
             filters=filters,
             size=count,
@@ -366,7 +387,43 @@ class Catalog:
             limits=self._page_limits,
             policy=self._policy,
             clock=self._clock,
+            prepared=ahead.page if ahead else None,
+            on_next=read_next,
         )
+
+    def _reader(
+        self, patterns: list[str], parsed: dict[str, Product]
+    ) -> Callable[[Sequence[str], int], list[Row[Product]]]:
+        """A page reader: the rows after a position; a stored text found in ``parsed``
+        takes the product parsed from it there, others are parsed and added to it."""
+
+        def reader(after: Sequence[str], limit: int) -> list[Row[Product]]:
+            rows = self._store.rows_after(after[0] if after else "", limit, patterns)
+            # Parse only the rows the page takes and the one after (~1 KB products fill
+            # max_page_bytes at about 770 of a thousand: the rest were parsed for nothing).
+            sizes = [len(body) for _, body in rows[: limit - 1]]
+            rows = rows[: within_bytes(sizes, self._page_limits.max_page_bytes) + 1]
+            taken = []
+            for _, body in rows:
+                product = parsed.get(body)
+                if product is None:
+                    product = parsed[body] = Product.from_stored(body)
+                taken.append(Row((product.id,), product, len(body), product))
+            return taken
+
+        return reader
+
+    def _read_ahead(
+        self, patterns: list[str], filters: Filters, after: tuple[str, ...], count: int
+    ) -> _Ahead:
+        """The page of ``count`` after ``after`` as ``page`` will read it, parsed, and its
+        resources made for the engine (no decision: that is the request's)."""
+        parsed: dict[str, Product] = {}
+        rows, _ = page_rows(
+            self._reader(patterns, parsed)(after, count + 1), count, self._page_limits
+        )
+        matching = [(r.key, r.product) for r in rows if filters.matches(r.product)]
+        return _Ahead(parsed, prepare_page(self._policy, matching))
 
     def get_visible(
         self, caller: Caller, product_id: str, *, defer: list[Record] | None = None

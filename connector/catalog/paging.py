@@ -22,9 +22,13 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -46,12 +50,18 @@ __all__ = [
     "MAX_FILTER_CHARS",
     "Filters",
     "Listed",
+    "Lookahead",
     "PageLimits",
     "PageTokens",
+    "PreparedPage",
     "Row",
     "decide_page",
+    "page_bound",
     "page_limits",
+    "page_resources",
+    "page_rows",
     "page_size",
+    "prepare_page",
     "read_page",
     "take_page",
     "within_bytes",
@@ -74,6 +84,9 @@ class PageLimits:
     max_page_bytes: int = 1024 * 1024
     """Stored size of a page's candidates, summed: a page stops short of it (at least one
     product is always taken), so answers stay far below the gRPC message limit."""
+    read_ahead: bool = True
+    """Whether a catalog reads the next page ahead for a caller following pages
+    (``Lookahead``)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_size <= self.max_size:
@@ -84,7 +97,7 @@ class PageLimits:
 
 def page_limits(cfg: CatalogConfig) -> PageLimits:
     """The limits ``[catalog]`` sets."""
-    return PageLimits(cfg.page_size, cfg.max_page_size, cfg.max_page_bytes)
+    return PageLimits(cfg.page_size, cfg.max_page_size, cfg.max_page_bytes, cfg.read_ahead)
 
 
 def page_size(requested: int | None, limits: PageLimits) -> int:
@@ -228,19 +241,65 @@ class PageTokens:
         return position
 
 
+def page_resources(candidates: Sequence[tuple[str, Product]]) -> list[dict[str, Any]]:
+    """The ``resources`` of a page's input: each candidate's ``resource``, its id the key."""
+    resources = [p.resource() for _, p in candidates]
+    for resource, (key, _) in zip(resources, candidates, strict=True):
+        resource["id"] = key  # in place: a fresh dict, and "id" keeps its place (first)
+    return resources
+
+
+@dataclass(frozen=True)
+class PreparedPage:
+    """A page's resources made ahead, in the form the engine takes fastest
+    (``PolicyPoint.prepare``), for the ``(key, product)`` candidates they were made from."""
+
+    candidates: tuple[tuple[str, Product], ...]
+    resources: list[dict[str, Any]]
+
+    def fits(self, candidates: Sequence[tuple[str, Product]]) -> bool:
+        """Whether these are the candidates the resources were made from: the same keys
+        and the very same product objects (a product is immutable, and its ``resource``
+        a function of it alone), so the resources are exactly what ``page_resources``
+        would make of them now."""
+        return len(candidates) == len(self.candidates) and all(
+            k == k0 and p is p0
+            for (k, p), (k0, p0) in zip(candidates, self.candidates, strict=True)
+        )
+
+
+def prepare_page(policy: PolicyPoint, candidates: Sequence[tuple[str, Product]]) -> PreparedPage:
+    """The resources of a page's candidates, made now for a decision later."""
+    resources = policy.prepare("resources", page_resources(candidates))
+    return PreparedPage(tuple(candidates), resources)
+
+
 def decide_page(
-    policy: PolicyPoint, caller: Caller, clock: Clock, candidates: Sequence[tuple[str, Product]]
+    policy: PolicyPoint,
+    caller: Caller,
+    clock: Clock,
+    candidates: Sequence[tuple[str, Product]],
+    *,
+    prepared: PreparedPage | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> set[str]:
     """The keys of the ``(key, product)`` candidates ``caller`` may see, decided in one
     evaluation: one log entry, whose input hash covers every candidate and which lists the
     visible keys. The key is the resource's id in the input (unique in the page: the
-    product id in a provider's catalog, ``provider/product`` in the registry's index)."""
+    product id in a provider's catalog, ``provider/product`` in the registry's index).
+
+    ``prepared``: the resources made ahead (``prepare_page``), used only when made from
+    exactly these candidates; otherwise they are made now. ``meanwhile``: started when
+    the engine starts evaluating (``PolicyPoint.decide``)."""
     if not candidates:
+        if meanwhile is not None:
+            meanwhile()
         return set()
-    resources = [p.resource() for _, p in candidates]
-    for resource, (key, _) in zip(resources, candidates, strict=True):
-        resource["id"] = key  # in place: a fresh dict, and "id" keeps its place (first)
-    decision = policy.decide(build_page_input(caller, resources, clock=clock))
+    if prepared is not None and prepared.fits(candidates):
+        document = build_page_input(caller, prepared.resources, clock=clock, as_given=True)
+    else:
+        document = build_page_input(caller, page_resources(candidates), clock=clock)
+    decision = policy.decide(document, meanwhile=meanwhile)
     return set(decision.visible_ids or ()) if decision.allow else set()
 
 
@@ -307,12 +366,21 @@ def take_page(
     takes ``size`` rows, fewer when their stored size would pass ``limits.max_page_bytes``.
     """
     after = tokens.open(token, bound, filters) if token else []
-    rows = reader(after, size + 1)  # one more than the page: whether another follows
-    taken = within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
-    more = taken < len(rows)
-    rows = rows[:taken]
+    rows, more = page_rows(reader(after, size + 1), size, limits)
     following = tokens.issue(bound, filters, rows[-1].position) if more and rows else ""
     return rows, following
+
+
+def page_rows(rows: list[P], size: int, limits: PageLimits) -> tuple[list[P], bool]:
+    """Of the ``size + 1`` rows a reader gave for a page of ``size``, those the page takes,
+    and whether another page follows."""
+    taken = within_bytes([r.size for r in rows[:size]], limits.max_page_bytes)
+    return rows[:taken], taken < len(rows)
+
+
+def page_bound(caller: Caller) -> str:
+    """Who a catalog's page tokens are for (with the filters, what they are bound to)."""
+    return f"{caller.participant}\0{caller.role}"
 
 
 def read_page(
@@ -326,15 +394,33 @@ def read_page(
     limits: PageLimits,
     policy: PolicyPoint,
     clock: Clock,
+    prepared: PreparedPage | None = None,
+    on_next: Callable[[str, tuple[str, ...]], None] | None = None,
 ) -> tuple[list[T], str]:
     """One page: what ``caller`` may see of it, and the token of the next page ("" at the
-    end). The access policy decides the page's candidates at once."""
-    bound = f"{caller.participant}\0{caller.role}"
+    end). The access policy decides the page's candidates at once.
+
+    ``prepared``: this page's resources made ahead (``decide_page``). ``on_next``: called
+    with the next page's token and the position it starts after when the engine starts
+    deciding this page (a catalog reads the next page meanwhile: ``Lookahead``), so that
+    what it starts runs beside the engine rather than against this request's own work.
+    """
     rows, following = take_page(
-        reader, bound=bound, filters=filters, size=size, token=token, tokens=tokens, limits=limits
+        reader,
+        bound=page_bound(caller),
+        filters=filters,
+        size=size,
+        token=token,
+        tokens=tokens,
+        limits=limits,
     )
     matching = [r for r in rows if filters.matches(r.product)]
-    visible = decide_page(policy, caller, clock, [(r.key, r.product) for r in matching])
+    candidates = [(r.key, r.product) for r in matching]
+    meanwhile = None
+    if on_next is not None and following:
+        last = rows[-1].position
+        meanwhile = lambda: on_next(following, last)  # noqa: E731
+    visible = decide_page(policy, caller, clock, candidates, prepared=prepared, meanwhile=meanwhile)
     shown = [r.item for r in matching if r.key in visible]
     return shown, following
 
@@ -351,3 +437,72 @@ def within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
         if total > max_bytes and taken:
             return taken
     return len(sizes)
+
+
+A = TypeVar("A")
+
+
+class Lookahead(Generic[A]):
+    """Work on the next page for callers following a catalog's pages, done on a thread of
+    its own while the current page is decided (the engine decides without holding the GIL,
+    so on another core), and taken by the request for that next page.
+
+    Keyed by what names that request (caller, filters, the next page's token, size); at
+    most ``entries`` held (the oldest dropped), each taken once, and none kept past
+    ``max_age`` seconds (a caller that stopped following: a page made ahead for the engine
+    is about 15 MB for a thousand products of ~1 KB). What it holds saves work and never
+    stands in for a read: the request reads the page itself and uses a result only where
+    it is what that read gives (``PreparedPage.fits``).
+    """
+
+    def __init__(self, entries: int = 2, max_age: float = 10.0) -> None:
+        self._entries = entries
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._waiting: OrderedDict[Hashable, tuple[float, Future[A]]] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+        self._sweeping = False
+        self._closed = threading.Event()
+
+    def start(self, key: Hashable, work: Callable[[], A]) -> None:
+        """Run ``work`` for the request ``key`` names."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookahead")
+            self._waiting[key] = (time.monotonic(), self._pool.submit(work))
+            while len(self._waiting) > self._entries:
+                self._waiting.popitem(last=False)[1][1].cancel()
+            if not self._sweeping:
+                self._sweeping = True
+                threading.Thread(target=self._sweep, name="lookahead-sweep", daemon=True).start()
+
+    def take(self, key: Hashable) -> A | None:
+        """The result for ``key`` (waiting for it if it is under way), or ``None``: none
+        started, not started yet (then never: the request does the work), or failed."""
+        with self._lock:
+            _, future = self._waiting.pop(key, (0.0, None))
+        if future is None or future.cancel():
+            return None
+        try:
+            return future.result()
+        except Exception:  # the request does the work itself, and meets any error there
+            return None
+
+    def _sweep(self) -> None:
+        """Drop what was not taken in time, while anything is held."""
+        while not self._closed.wait(self._max_age / 2):
+            with self._lock:
+                oldest = time.monotonic() - self._max_age
+                for key in [k for k, (at, _) in self._waiting.items() if at < oldest]:
+                    self._waiting.pop(key)[1].cancel()
+                if not self._waiting:
+                    self._sweeping = False
+                    return
+
+    def close(self) -> None:
+        """Drop what is held and stop the threads."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._waiting.clear()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import regopy
 
-__all__ = ["QueryError", "UnrepresentableInput", "query_entrypoint", "to_input"]
+__all__ = ["Prepared", "QueryError", "UnrepresentableInput", "query_entrypoint", "to_input"]
 
 _CDEF = """
 void* regoBundleQueryEntrypoint(void*, void*, const char*);
@@ -37,19 +38,21 @@ void regoFreeOutput(void*);
 """
 
 
-def _input_functions(path: str) -> Any:
-    """rego-cpp's input-building functions through ctypes' ``PyDLL``, which calls them
-    holding the GIL.
+def _input_functions(path: str, *, holding_gil: bool = True) -> Any:
+    """rego-cpp's input-building functions through ctypes: through ``PyDLL``, which calls
+    them holding the GIL, or (``holding_gil=False``) ``CDLL``, which releases it around
+    each call.
 
-    A page of a catalog builds its input in some 35,000 calls of a microsecond each. cffi
-    releases the GIL around every call and takes it back after: with any other Python
-    thread of the process running (another request), each call then waits for the GIL,
-    and measured with one busy thread beside it, a 770-product page's input took about
-    four times as long as alone. These calls are too short to be worth releasing it for;
-    the query, which is long, still goes through cffi and releases it. Alone, the two
-    cost the same CPU (43-47 ms against 46-54 ms for that page here).
+    A page of a catalog builds its input in some 35,000 calls of a microsecond each.
+    Releasing the GIL around every call and taking it back after costs little alone, but
+    with any other Python thread of the process running (another request) each call then
+    waits for the GIL: measured with one busy thread beside it, a 770-product page's input
+    took about four times as long as alone. So a decision builds its input holding the
+    GIL (the query, which is long, goes through cffi and releases it). Work done ahead
+    (``Prepared``, on a thread of its own) releases it instead: there, waiting is what
+    should happen, so that the requests being answered are not held up by it.
     """
-    lib = ctypes.PyDLL(path)
+    lib = ctypes.PyDLL(path) if holding_gil else ctypes.CDLL(path)
     p, text, size = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32
     for name, args in (
         ("regoNewInput", ()),
@@ -81,8 +84,8 @@ except (ImportError, AttributeError, OSError):  # pragma: no cover - depends on 
     _C = None
 else:
     _IN = _input_functions(rego_shared.rego._name)
-    _string, _boolean, _int = _IN.regoInputString, _IN.regoInputBoolean, _IN.regoInputInt
-    _item, _object, _array = _IN.regoInputObjectItem, _IN.regoInputObject, _IN.regoInputArray
+    _string, _item, _object = _IN.regoInputString, _IN.regoInputObjectItem, _IN.regoInputObject
+    _AHEAD = _input_functions(rego_shared.rego._name, holding_gil=False)
 
 _INT64 = 2**63
 _BUFFER_BYTES = 64 * 1024
@@ -101,34 +104,41 @@ class QueryError(Exception):
     """The interpreter refused the query (its error message says why)."""
 
 
-def _add(p: Any, value: Any) -> int:
-    """Push ``value`` onto the input under construction; non-zero on a C error."""
-    t = type(value)
-    if t is str:
-        return int(_string(p, _text(value)))
-    if t is dict:
-        for k, v in value.items():
-            if type(k) is not str:
-                raise _Unsupported("an object key that is not a string")
-            if _string(p, _text(k)) or _add(p, v) or _item(p):
-                return 1
-        return int(_object(p, len(value)))
-    if t is bool:
-        return int(_boolean(p, value))
-    if t is int:
-        if not -_INT64 <= value < _INT64:
-            raise _Unsupported("an integer outside 64 bits")
-        return int(_int(p, value))
-    if t is list:
-        for v in value:
-            if _add(p, v):
-                return 1
-        return int(_array(p, len(value)))
-    if value is None:
-        return int(_IN.regoInputNull(p))
-    if t is float:
-        return int(_IN.regoInputFloat(p, value))
-    raise _Unsupported(f"a value of type {t.__name__}")
+def _adder(lib: Any) -> Callable[[Any, Any], int]:
+    """``add(p, value)``, pushing ``value`` onto the input under construction ``p`` through
+    ``lib``'s functions (``_input_functions``); non-zero on a C error."""
+    string, boolean, integer = lib.regoInputString, lib.regoInputBoolean, lib.regoInputInt
+    item, obj, array = lib.regoInputObjectItem, lib.regoInputObject, lib.regoInputArray
+
+    def add(p: Any, value: Any) -> int:
+        t = type(value)
+        if t is str:
+            return int(string(p, _text(value)))
+        if t is dict:
+            for k, v in value.items():
+                if type(k) is not str:
+                    raise _Unsupported("an object key that is not a string")
+                if string(p, _text(k)) or add(p, v) or item(p):
+                    return 1
+            return int(obj(p, len(value)))
+        if t is bool:
+            return int(boolean(p, value))
+        if t is int:
+            if not -_INT64 <= value < _INT64:
+                raise _Unsupported("an integer outside 64 bits")
+            return int(integer(p, value))
+        if t is list or t is Prepared:
+            for v in value:
+                if add(p, v):
+                    return 1
+            return int(array(p, len(value)))
+        if value is None:
+            return int(lib.regoInputNull(p))
+        if t is float:
+            return int(lib.regoInputFloat(p, value))
+        raise _Unsupported(f"a value of type {t.__name__}")
+
+    return add
 
 
 # Keys and most values (field names, purposes, grades, ids) recur from one decision to the
@@ -208,21 +218,97 @@ def _laid_out(document: dict[Any, Any]) -> dict[Any, Any]:
     return laid
 
 
+class Prepared(list[Any]):
+    """A list to be member ``key`` of an input document, converted for rego-cpp when it is
+    made (on whichever thread makes it), so that the decision taking it converts only the
+    rest of its document (``to_input``). A catalog converts the next page's resources
+    while the current page is decided.
+
+    The conversion is of the items as they are when it is made: a ``Prepared`` is never
+    changed afterwards (nothing in it is mutated), and a decision uses the conversion once;
+    a second document holding the same ``Prepared`` converts it again, as any list.
+    """
+
+    def __init__(self, key: str, items: list[Any]) -> None:
+        super().__init__(items)
+        self.key = key
+        self._lock = threading.Lock()
+        self._input: int | None = None
+        if _C is None:
+            return
+        p = _AHEAD.regoNewInput()
+        if not p:
+            return
+        try:  # the member's key, its value, and the member: one item on the input's stack
+            failed = _add_ahead(p, key) or _add_ahead(p, items) or _AHEAD.regoInputObjectItem(p)
+        except (_Unsupported, RecursionError):
+            failed = 1  # to_input converts it again and says why
+        if failed:
+            _IN.regoFreeInput(p)
+        else:
+            self._input = int(p)
+
+    def take(self) -> int | None:
+        """The input under construction holding this member (once; then ``None``)."""
+        with self._lock:
+            taken, self._input = self._input, None
+        return taken
+
+    def __del__(self) -> None:
+        left = self.take()
+        if left is not None:
+            _IN.regoFreeInput(left)
+
+
+if _C is not None:
+    _add = _adder(_IN)
+    _add_ahead = _adder(_AHEAD)
+
+
+def _start(document: dict[Any, Any]) -> tuple[int, str | None]:
+    """An input to convert ``document`` onto: one already holding a ``Prepared`` member of
+    it and that member's key, or a new one and ``None``."""
+    for key, value in document.items():
+        if type(value) is Prepared and value.key == key:
+            taken = value.take()
+            if taken is not None:
+                return taken, key
+    return int(_IN.regoNewInput() or 0), None
+
+
+def _add_document(p: Any, document: dict[Any, Any], held: str) -> int:
+    """The members of ``document`` but ``held`` (already on the input), then the object."""
+    for k, v in document.items():
+        if k == held:
+            continue
+        if type(k) is not str:
+            raise _Unsupported("an object key that is not a string")
+        if _string(p, _text(k)) or _add(p, v) or _item(p):
+            return 1
+    return int(_object(p, len(document)))
+
+
 def to_input(value: Any) -> regopy.Input | Any:
     """A prepared ``regopy.Input`` for ``value`` (without cffi, an escaped copy for regopy).
 
-    Raises ``UnrepresentableInput`` for what rego-cpp cannot hold faithfully.
+    A member of ``value`` that is a ``Prepared`` list (under its own key) is not converted
+    again. Raises ``UnrepresentableInput`` for what rego-cpp cannot hold faithfully.
     """
     if _C is None:
         try:
             return _escaped(value)
         except _Unsupported as exc:
             raise UnrepresentableInput(str(exc)) from None
-    p = _IN.regoNewInput()
+    held = None
+    if type(value) is dict:
+        value = _laid_out(value)
+        p, held = _start(value)
+    else:
+        p = int(_IN.regoNewInput() or 0)
     if not p:
         raise UnrepresentableInput("the policy engine could not start an input")
     try:
-        failed = _add(p, _laid_out(value) if type(value) is dict else value)
+        failed = _add(p, value) if held is None else _add_document(p, value, held)
     except (_Unsupported, RecursionError) as exc:
         _IN.regoFreeInput(p)
         raise UnrepresentableInput(str(exc) or "a document nested too deeply") from None

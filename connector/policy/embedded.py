@@ -13,13 +13,14 @@ from typing import Any
 import regopy
 
 from connector.policy._rego_c import (
+    Prepared,
     QueryError,
     UnrepresentableInput,
     query_entrypoint,
     to_input,
 )
 from connector.policy.decision import ENGINE_ERROR, INVALID_INPUT, UNDEFINED
-from connector.policy.engine import EngineBase, Failure
+from connector.policy.engine import EngineBase, Failure, evaluating
 from connector.policy.library import ENTRYPOINT, PolicySet
 
 __all__ = ["EmbeddedEngine"]
@@ -48,6 +49,11 @@ class EmbeddedEngine(EngineBase):
         """Switch to a new policy set; each thread recompiles on its next decision."""
         self._policy = policy
 
+    def prepare(self, key: str, items: list[Any]) -> list[Any]:
+        """``items`` converted for rego-cpp now (``Prepared``), on the calling thread: a
+        decision whose document holds it under ``key`` converts only the rest."""
+        return Prepared(key, items)
+
     def _prepared(self) -> _Prepared:
         prepared: _Prepared | None = getattr(self._local, "prepared", None)
         if prepared is None or prepared.revision != self._policy.revision:
@@ -63,6 +69,7 @@ class EmbeddedEngine(EngineBase):
             document_input = to_input(document)
         except UnrepresentableInput as exc:
             return Failure(INVALID_INPUT, f"the embedded engine cannot hold the input: {exc}")
+        evaluating()  # the GIL is released from here to the result
         try:
             prepared.rego.set_input(document_input)
             ok, results = query_entrypoint(prepared.rego, prepared.bundle, ENTRYPOINT)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +20,31 @@ from connector.policy.decision import (
 from connector.policy.library import PolicySet
 from connector.policy.shape import input_problems
 
-__all__ = ["EngineBase", "Failure", "PolicyEngine"]
+__all__ = ["EngineBase", "Failure", "PolicyEngine", "evaluating", "meanwhile"]
+
+log = logging.getLogger(__name__)
+
+_meanwhile = threading.local()
+
+
+def meanwhile(work: Callable[[], None] | None) -> None:
+    """Give the next decision on this thread ``work`` to start when its evaluation starts
+    (``evaluating``); ``None`` gives none."""
+    _meanwhile.work = work
+
+
+def evaluating() -> None:
+    """Called by an engine once it holds the document and starts evaluating it: starts the
+    work the decision's caller gave to overlap the evaluation (``meanwhile``), once, on
+    this thread. That work only saves time later: should it fail, the decision does not
+    (nor is it told)."""
+    work = getattr(_meanwhile, "work", None)
+    if work is not None:
+        _meanwhile.work = None
+        try:
+            work()
+        except Exception:  # see above: nothing depends on it
+            log.debug("work beside an evaluation failed to start", exc_info=True)
 
 
 class PolicyEngine(Protocol):
@@ -64,6 +90,12 @@ class EngineBase(ABC):
     def revision(self) -> str:
         """The revision of the policy set in force."""
         return self._policy.revision
+
+    def prepare(self, key: str, items: list[Any]) -> list[Any]:
+        """``items``, to be member ``key`` of a document decided later, in whatever form
+        this engine takes it fastest (the same list's content: the decision and its input
+        hash are those of ``items``). Here, as it is."""
+        return items
 
     @abstractmethod
     def _evaluate(self, document: dict[str, Any]) -> Any:

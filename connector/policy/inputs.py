@@ -92,14 +92,22 @@ def build_input(
 
 
 def build_page_input(
-    caller: Caller, resources: Sequence[Mapping[str, Any]], *, clock: Clock
+    caller: Caller,
+    resources: Sequence[Mapping[str, Any]],
+    *,
+    clock: Clock,
+    as_given: bool = False,
 ) -> dict[str, Any]:
     """The input document deciding a page of a catalog at once (``catalog.list``): which
-    of ``resources`` ``caller`` may see."""
+    of ``resources`` ``caller`` may see.
+
+    ``as_given``: ``resources`` is a list of fresh dicts made for this document (a list the
+    engine prepared ahead, ``PolicyPoint.prepare``), taken as it is rather than copied.
+    """
     return {
         "action": "catalog.list",
         "subject": subject_of(caller),
-        "resources": [dict(r) for r in resources],
+        "resources": resources if as_given else [dict(r) for r in resources],
         "context": {
             "now_ns": int(clock.now() * 1_000_000_000),
             "revoked_grants": sorted(caller.revoked_grants),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from connector.audit.log import AuditLog, Record
 from connector.errors import Unavailable
 from connector.policy.decision import ENGINE_DOWN, Decision
-from connector.policy.engine import PolicyEngine
+from connector.policy.engine import PolicyEngine, evaluating
+from connector.policy.engine import meanwhile as overlapping
 
 __all__ = ["PolicyPoint"]
 
@@ -30,13 +31,37 @@ class PolicyPoint:
         self.engine = engine
         self._audit = audit
 
-    def decide(self, document: Mapping[str, Any], *, defer: list[Record] | None = None) -> Decision:
+    def prepare(self, key: str, items: list[Any]) -> list[Any]:
+        """``items`` in the form the engine takes fastest as member ``key`` of a document
+        decided later (the same content; see ``EngineBase.prepare``), or as they are for an
+        engine without that step."""
+        prepare = getattr(self.engine, "prepare", None)
+        if prepare is None:
+            return items
+        prepared: list[Any] = prepare(key, items)
+        return prepared
+
+    def decide(
+        self,
+        document: Mapping[str, Any],
+        *,
+        defer: list[Record] | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> Decision:
         """Decide for ``document`` and log the decision.
 
         With ``defer``, the entry is added to it instead, for the caller to append with
         what the decision leads to, in one write, before it answers anyone.
+
+        ``meanwhile``: called once, when the engine starts evaluating (the embedded engine
+        then runs without the GIL: work started there runs beside it), or after the
+        decision for an engine that does not say when.
         """
-        decision = self.engine.decide(document)
+        overlapping(meanwhile)
+        try:
+            decision = self.engine.decide(document)
+        finally:
+            evaluating()  # if the engine did not
         subject = _section(document, "subject")
         resource = _section(document, "resource")
         parties = [p for p in (subject.get("id"), resource.get("owner")) if isinstance(p, str)]

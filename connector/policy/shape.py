@@ -144,7 +144,7 @@ def _batch_problems(document: Mapping[str, Any]) -> list[str]:
         if type(part) is not dict or not check(part.get(name)):
             problems.append(f"{section}.{name}")
     resources = document.get("resources")
-    if type(resources) is not list:
+    if not isinstance(resources, list):  # a list the engine prepared ahead is one too
         return [*problems, "resources"]
     for i, resource in enumerate(resources):
         for _, name, check in _RESOURCE:

@@ -17,7 +17,8 @@ from connector.demo.space import LocalSpace
 from connector.errors import InvalidRequest
 from connector.identity.names import Role
 from connector.policy import EmbeddedEngine, PolicySet, load_library
-from tests.integration.test_catalog import admin, catalog
+from connector.policy._rego_c import Prepared
+from tests.integration.test_catalog import admin, catalog, publish
 
 OFFER = {"id": "o", "purposes": ["research"], "valid_from_ns": 0, "valid_until_ns": 4 * 10**18}
 
@@ -468,3 +469,46 @@ def test_a_replica_decides_under_the_modules_another_replica_published(
     second.own("item-611")  # nothing new: no reload
     second.published("item-612", "o")  # no such product: nothing to take in
     assert second_engine.updates == taken
+
+
+def test_a_page_read_ahead_is_decided_as_stored_when_asked(
+    world: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller following pages has the next page read ahead while the current one is
+    decided; a product changed in between is decided as stored when its page is asked for
+    (the read-ahead resources are not used), and an unchanged page uses them."""
+    node = world.nodes["gov"]
+    assert node.catalog is not None and node.policy is not None
+    gov, engine = node.catalog, node.policy.engine
+    gov._ahead.close()  # nothing left from other tests
+    decided: list[type] = []
+    decide = engine.decide
+    monkeypatch.setattr(
+        engine, "decide", lambda d: decided.append(type(d["resources"])) or decide(d)
+    )
+    stub = catalog(world, "a")
+
+    def page(token: str) -> catalog_pb2.ListProductsResponse:
+        request = catalog_pb2.ListProductsRequest(page_size=10, page_token=token)
+        return stub.ListProducts(request, timeout=10)
+
+    def read_ahead() -> None:
+        ((_, waiting),) = gov._ahead._waiting.values()
+        waiting.result(timeout=10)
+
+    second = page(page("").next_page_token)  # followed with a token: the third read ahead
+    read_ahead()
+    publish(world, json.dumps(product(22, access={"allow_list": ["b"]})), "json", replace=True)
+    try:
+        before = log_size(world)
+        third = page(second.next_page_token)
+        (entry,) = decisions(world, before)
+        assert "item-022" in entry["products"] and "item-022" not in entry["visible_ids"]
+        shown = [p.id for p in third.products]
+        assert shown == [f"item-{i:03d}" for i in range(20, 30) if i % 7 and i != 22]
+        assert decided[-1] is list  # made again from what was read when asked
+        read_ahead()
+        page(third.next_page_token)
+        assert decided[-1] is Prepared  # nothing changed: the resources read ahead
+    finally:
+        publish(world, json.dumps(product(22)), "json", replace=True)

@@ -8,6 +8,7 @@ a decision.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -16,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.policy import EmbeddedEngine, PolicySet
-from connector.policy._rego_c import LOOKUP_ORDER, query_entrypoint, to_input
+from connector.policy._rego_c import LOOKUP_ORDER, Prepared, query_entrypoint, to_input
 from tests.policy.cases import CASES
+from tests.policy.test_catalog_list import NOW, SUBJECTS, resources
 
 ECHO = "package probe\n\nimport rego.v1\n\nseen := input\n"
 
@@ -60,6 +62,69 @@ def test_rego_sees_the_document_unchanged(
     rego.set_input(to_input(document))
     ok, results = query_entrypoint(rego, bundle, "probe/seen")
     assert ok and results == [[document]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(document=documents, items=st.lists(values, max_size=5), key=st.text(max_size=6))
+def test_a_member_converted_ahead_reads_as_the_same_document(
+    echo: tuple[regopy.Interpreter, regopy.Bundle],
+    document: dict[str, Any],
+    items: list[Any],
+    key: str,
+) -> None:
+    rego, bundle = echo
+    expected = {**document, key: items}
+    prepared = Prepared(key, [*items])
+    held = {**document, key: prepared}
+    for _ in range(2):  # the conversion made ahead once, then as any list
+        rego.set_input(to_input(held))
+        ok, results = query_entrypoint(rego, bundle, "probe/seen")
+        assert ok and results == [[expected]]
+        assert prepared.take() is None
+
+
+def test_a_member_prepared_under_another_key_is_converted_as_it_stands(
+    echo: tuple[regopy.Interpreter, regopy.Bundle],
+) -> None:
+    rego, bundle = echo
+    prepared = Prepared("resources", [{"id": "x"}])
+    rego.set_input(to_input({"action": "catalog.list", "other": prepared}))
+    ok, results = query_entrypoint(rego, bundle, "probe/seen")
+    assert ok and results == [[{"action": "catalog.list", "other": [{"id": "x"}]}]]
+    assert prepared.take() is not None  # its own conversion was not used (nor lost)
+
+
+def test_a_prepared_page_decides_as_the_page(policy_set: PolicySet) -> None:
+    engine = EmbeddedEngine(policy_set)
+    page = resources(random.Random(7), 60)
+    for subject in SUBJECTS:
+        document = {
+            "action": "catalog.list",
+            "subject": subject,
+            "resources": page,
+            "context": {"now_ns": NOW, "revoked_grants": []},
+        }
+        as_list = engine.decide(document).as_json()
+        prepared = {**document, "resources": engine.prepare("resources", [*page])}
+        assert isinstance(prepared["resources"], Prepared)
+        ahead = engine.decide(prepared).as_json()
+        assert ahead.pop("id") and as_list.pop("id")
+        assert ahead == as_list  # the input hash too: the same document
+        assert 0 < len(as_list["visible_ids"]) < len(page)
+
+
+def test_what_rego_cannot_hold_is_refused_when_prepared_too(policy_set: PolicySet) -> None:
+    engine = EmbeddedEngine(policy_set)
+    resource = {"id": "p", "owner": "gov", "grade": "general", "tags": [], "fields": []}
+    resource |= {"registration_code": "", "personal": False, "size": 2**70}
+    document = {
+        "action": "catalog.list",
+        "subject": {"id": "a", "role": "enterprise", "attrs": {}, "grants": []},
+        "resources": engine.prepare("resources", [resource]),
+        "context": {"now_ns": 1, "revoked_grants": []},
+    }
+    decision = engine.decide(document)
+    assert not decision.allow and decision.deny == ("invalid_input",)
 
 
 def reversed_members(value: Any) -> Any:

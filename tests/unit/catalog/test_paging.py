@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from connector.catalog.paging import Filters, PageLimits, PageTokens, page_size
+from connector.catalog.paging import Filters, Lookahead, PageLimits, PageTokens, page_size
 from connector.catalog.products import parse_description
 from connector.errors import InvalidRequest
 
@@ -132,3 +134,48 @@ def test_database_patterns_never_leave_out_a_match() -> None:
         "SELECT ? LIKE ? ESCAPE '\\'", (body, Filters(text="parking").body_patterns()[0])
     ).fetchone()
     assert hit == 0
+
+
+def test_lookahead_gives_each_result_once_to_its_key() -> None:
+    ahead: Lookahead[int] = Lookahead()
+    ahead.start("next", lambda: 7)
+    assert ahead.take("other") is None
+    assert ahead.take("next") == 7
+    assert ahead.take("next") is None  # taken once
+    ahead.close()
+
+
+def test_lookahead_holds_few_and_not_for_long() -> None:
+    ahead: Lookahead[str] = Lookahead(entries=2, max_age=1.0)
+    started = threading.Event()
+    ahead.start("a", lambda: "a")
+    ahead.start("b", lambda: "b" if started.set() is None else "")
+    ahead.start("c", lambda: "c")  # "a" dropped: at most two held
+    assert started.wait(5)
+    assert ahead.take("a") is None
+    assert ahead.take("b") == "b"
+    time.sleep(1.6)  # past max_age: "c" dropped
+    assert ahead.take("c") is None
+    ahead.close()
+
+
+def test_lookahead_not_started_is_left_to_the_request() -> None:
+    ahead: Lookahead[str] = Lookahead()
+    gate = threading.Event()
+    ahead.start("slow", lambda: "slow" if gate.wait(5) else "")
+    ahead.start("next", lambda: "next")  # queued behind "slow"
+    assert ahead.take("next") is None  # not started: cancelled, never run
+    gate.set()
+    assert ahead.take("slow") == "slow"
+    ahead.close()
+
+
+def test_lookahead_that_failed_leaves_the_work_to_the_request() -> None:
+    ahead: Lookahead[int] = Lookahead()
+
+    def broken() -> int:
+        raise RuntimeError("read failed")
+
+    ahead.start("next", broken)
+    assert ahead.take("next") is None
+    ahead.close()
