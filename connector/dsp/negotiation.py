@@ -42,7 +42,7 @@ from connector.dsp.catalog import dataset_product_id
 from connector.dsp.server import Exchange, note_pids
 from connector.errors import InvalidRequest, NotFound
 from connector.identifiers import PROCESS_ID
-from connector.negotiation.agreement import parse_agreement
+from connector.negotiation.agreement import parsed_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT, negotiation_message
 from connector.negotiation.negotiator import CONSUMER, PROVIDER, Received
 from connector.negotiation.outbox import Pending
@@ -362,10 +362,11 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             if n.role != CONSUMER:
                 raise NotFound("no such negotiation")
             signed = _signed(message, "the provider's signed agreement")
-            try:
-                agreement_id = parse_agreement(signed).id
+            try:  # parsed once: the negotiator verifies these terms, not a second parse
+                parsed = parsed_agreement(signed)
             except (ValueError, KeyError, TypeError):
                 raise InvalidRequest(f"{SIGNED_AGREEMENT} is not a signed tds agreement") from None
+            agreement_id = parsed.agreement.id
             named = message["agreement"].get("@id")
             if named not in (agreement_id, f"urn:tds:agreement:{agreement_id}"):
                 raise InvalidRequest("the agreement's @id is not the signed agreement's")
@@ -375,7 +376,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
                 consumer_pid=n.pid,
                 agreement=signed,
             )
-            return exchange.negotiator.receive_agreement(caller, agreement, read=read)
+            return exchange.negotiator.receive_agreement(
+                caller, agreement, read=read, parsed=parsed
+            )
 
         return await serve(request, "ContractAgreementMessage", act, State.VERIFIED)
 

@@ -58,6 +58,7 @@ from connector.errors import (
 from connector.identifiers import LABEL_ID, PROCESS_ID
 from connector.negotiation.agreement import (
     Agreement,
+    ParsedAgreement,
     countersigned_agreement,
     sign_agreement,
     verify_returned_agreement,
@@ -435,9 +436,17 @@ class Negotiator:
 
     @retrying
     def receive_agreement(
-        self, caller: Caller, msg: negotiation_pb2.AgreementMessage, *, read: Received | None = None
+        self,
+        caller: Caller,
+        msg: negotiation_pb2.AgreementMessage,
+        *,
+        read: Received | None = None,
+        parsed: ParsedAgreement | None = None,
     ) -> negotiation_pb2.NegotiationAck:
-        """Provider → consumer: verify, countersign, send back (AGREED → VERIFIED)."""
+        """Provider → consumer: verify, countersign, send back (AGREED → VERIFIED).
+
+        ``parsed``: the agreement's terms as the binding parsed them for checks of its own
+        (used only if parsed from ``msg.agreement``, which is verified all the same)."""
         n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id, read)
         if seen or n.state in (State.VERIFIED, State.FINALIZED):
             return _ack(n)
@@ -447,6 +456,7 @@ class Negotiator:
             msg.agreement,
             msg.provider_pid,
             inbox=(msg.message_id, caller.participant),
+            parsed=parsed,
         )
         return _ack(n)
 
@@ -459,12 +469,15 @@ class Negotiator:
         *,
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
+        parsed: ParsedAgreement | None = None,
     ) -> Negotiation:
         """Check the provider's agreement against what we asked for, countersign it, send
         it back (AGREED → VERIFIED)."""
         # Verified and countersigned in one pass; what it signs is checked before it is
         # stored or sent.
-        agreement, countersigned = countersigned_agreement(signed, self._key, self._keys)
+        agreement, countersigned = countersigned_agreement(
+            signed, self._key, self._keys, parsed=parsed
+        )
         expected = (provider, self._me, n.product, n.offer, n.purpose, n.pid)
         actual = (
             agreement.provider,

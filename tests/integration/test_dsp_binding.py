@@ -709,6 +709,32 @@ def test_negotiations_consumerpid_agreement_and_events_post_two_tds_connectors_f
     assert transitions(space, "a", grpc.pid) == transitions(space, "a", mine.pid)
 
 
+def test_negotiations_consumerpid_agreement_post_parses_the_agreement_once(
+    space: LocalSpace,
+) -> None:
+    """The consumer's binding parses the signed agreement (to check the @id its message
+    names) and hands the terms to the negotiator with the text they were parsed from,
+    which verifies that text without parsing it again."""
+    negotiator = space.nodes["a"].negotiator
+    assert negotiator is not None
+    handed: list[tuple[str, Any]] = []
+    receive = negotiator.receive_agreement
+
+    def watched(caller: Caller, msg: Any, **kw: Any) -> Any:
+        handed.append((msg.agreement, kw.get("parsed")))
+        return receive(caller, msg, **kw)
+
+    negotiator.receive_agreement = watched  # type: ignore[method-assign]
+    try:
+        mine = dsp_negotiation(space)
+    finally:
+        del negotiator.receive_agreement
+    assert mine.state == "FINALIZED", mine
+    ((signed, parsed),) = handed
+    assert parsed is not None and parsed.signed == signed
+    assert parsed.agreement.id == mine.agreement_id
+
+
 def test_negotiations_consumerpid_events_post_racing_the_verification_answer_changes_nothing(
     space: LocalSpace,
 ) -> None:
