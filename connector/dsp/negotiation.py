@@ -42,9 +42,9 @@ from connector.dsp.catalog import dataset_product_id
 from connector.dsp.server import Exchange, note_pids
 from connector.errors import InvalidRequest, NotFound
 from connector.identifiers import PROCESS_ID
-from connector.negotiation.agreement import parse_agreement
+from connector.negotiation.agreement import parsed_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT, negotiation_message
-from connector.negotiation.negotiator import CONSUMER, PROVIDER
+from connector.negotiation.negotiator import CONSUMER, PROVIDER, Received
 from connector.negotiation.outbox import Pending
 from connector.negotiation.states import State
 from connector.negotiation.store import Negotiation
@@ -143,10 +143,19 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
             raise NotFound("no such negotiation")
         return n
 
-    def addressed(caller: Caller, pid: str, message: dict[str, Any]) -> Negotiation:
+    def addressed(caller: Caller, pid: str, message: dict[str, Any]) -> Received:
         """Our negotiation the path names, with the message naming it and its peer's
-        process id as we know them (a consumer may not know the provider's yet)."""
-        n = own(caller, pid)
+        process id as we know them (a consumer may not know the provider's yet): read
+        with whether the message was already processed, which the negotiator takes as
+        its own first read (one read, not two)."""
+        try:
+            read = exchange.negotiator.received(local_pid(pid), message_id(caller, message))
+        except NotFound:
+            raise NotFound("no such negotiation") from None
+        n = read.negotiation
+        # Another participant's process looks exactly like a missing one (DSP: 404).
+        if n.counterparty != caller.participant:
+            raise NotFound("no such negotiation")
         mine, theirs = (
             ("providerPid", "consumerPid") if n.role == PROVIDER else ("consumerPid", "providerPid")
         )
@@ -158,7 +167,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         known = n.counterparty_pid
         if not known.startswith("pending:") and local_pid(str(message[theirs])) != known:
             raise NotFound("no such negotiation")
-        return n
+        return read
 
     def after(
         n: Negotiation, ack: negotiation_pb2.NegotiationAck, learned: str = ""
@@ -177,7 +186,7 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
     async def serve(
         request: web.Request,
         message_type: str,
-        act: Callable[[Caller, dict[str, Any], Negotiation], negotiation_pb2.NegotiationAck],
+        act: Callable[[Caller, dict[str, Any], Received], negotiation_pb2.NegotiationAck],
         moves_to: State | None = None,
         *,
         answer_first: bool = False,
@@ -204,8 +213,9 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
                         str(message.get("providerPid", "")),
                         str(message.get("consumerPid", "")),
                     )
-                    n = addressed(caller, pid, message)
-                    ack = act(caller, message, n)
+                    read = addressed(caller, pid, message)
+                    n = read.negotiation
+                    ack = act(caller, message, read)
                     learned = ""
                     if moves_to is not None and ack.state == moves_to.value != n.state.value:
                         theirs = "providerPid" if n.role == CONSUMER else "consumerPid"
@@ -270,20 +280,21 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         the agreement then sent to the callback address)."""
 
         def act(
-            caller: Caller, message: dict[str, Any], n: Negotiation
+            caller: Caller, message: dict[str, Any], read: Received
         ) -> negotiation_pb2.NegotiationAck:
+            n = read.negotiation
             if n.role != PROVIDER:
                 raise NotFound("no such negotiation")
             product, offer = _product_and_offer(message["offer"])
             req = negotiation_pb2.ContractRequest(
-                message_id=message_id(caller, message),
+                message_id=read.message_id,
                 consumer_pid=n.counterparty_pid,
                 provider_pid=n.pid,
                 product_id=product,
                 offer_id=offer,
                 purpose=_purpose(message["offer"]),
             )
-            return exchange.negotiator.receive_request(caller, req)
+            return exchange.negotiator.receive_request(caller, req, read=read)
 
         return await serve(request, "ContractRequestMessage", act)
 
@@ -292,20 +303,21 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         request (REQUESTED → OFFERED); our admin accepts or counters it."""
 
         def act(
-            caller: Caller, message: dict[str, Any], n: Negotiation
+            caller: Caller, message: dict[str, Any], read: Received
         ) -> negotiation_pb2.NegotiationAck:
+            n = read.negotiation
             if n.role != CONSUMER:
                 raise NotFound("no such negotiation")
             product, offer = _product_and_offer(message["offer"])
             offered = negotiation_pb2.ContractOffer(
-                message_id=message_id(caller, message),
+                message_id=read.message_id,
                 provider_pid=local_pid(str(message["providerPid"])),
                 consumer_pid=n.pid,
                 product_id=product,
                 offer_id=offer,
                 purpose=_purpose(message["offer"]),
             )
-            return exchange.negotiator.receive_offer(caller, offered)
+            return exchange.negotiator.receive_offer(caller, offered, read=read)
 
         return await serve(request, "ContractOfferMessage", act)
 
@@ -321,17 +333,18 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         countersignature, VERIFIED then FINALIZED; FINALIZED is sent back as an event."""
 
         def act(
-            caller: Caller, message: dict[str, Any], n: Negotiation
+            caller: Caller, message: dict[str, Any], read: Received
         ) -> negotiation_pb2.NegotiationAck:
+            n = read.negotiation
             if n.role != PROVIDER:
                 raise NotFound("no such negotiation")
             verification = negotiation_pb2.AgreementMessage(
-                message_id=message_id(caller, message),
+                message_id=read.message_id,
                 provider_pid=n.pid,
                 consumer_pid=n.counterparty_pid,
                 agreement=_signed(message, "the countersigned agreement"),
             )
-            return exchange.negotiator.receive_verification(caller, verification)
+            return exchange.negotiator.receive_verification(caller, verification, read=read)
 
         # The FINALIZED event this queues goes out once the answer (FINALIZED too, for a
         # tds consumer) is written: sent beside it, the two raced on the consumer, each
@@ -343,25 +356,29 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         what was asked for, countersigned, and the verification sent back."""
 
         def act(
-            caller: Caller, message: dict[str, Any], n: Negotiation
+            caller: Caller, message: dict[str, Any], read: Received
         ) -> negotiation_pb2.NegotiationAck:
+            n = read.negotiation
             if n.role != CONSUMER:
                 raise NotFound("no such negotiation")
             signed = _signed(message, "the provider's signed agreement")
-            try:
-                agreement_id = parse_agreement(signed).id
+            try:  # parsed once: the negotiator verifies these terms, not a second parse
+                parsed = parsed_agreement(signed)
             except (ValueError, KeyError, TypeError):
                 raise InvalidRequest(f"{SIGNED_AGREEMENT} is not a signed tds agreement") from None
+            agreement_id = parsed.agreement.id
             named = message["agreement"].get("@id")
             if named not in (agreement_id, f"urn:tds:agreement:{agreement_id}"):
                 raise InvalidRequest("the agreement's @id is not the signed agreement's")
             agreement = negotiation_pb2.AgreementMessage(
-                message_id=message_id(caller, message),
+                message_id=read.message_id,
                 provider_pid=local_pid(str(message["providerPid"])),
                 consumer_pid=n.pid,
                 agreement=signed,
             )
-            return exchange.negotiator.receive_agreement(caller, agreement)
+            return exchange.negotiator.receive_agreement(
+                caller, agreement, read=read, parsed=parsed
+            )
 
         return await serve(request, "ContractAgreementMessage", act, State.VERIFIED)
 
@@ -370,21 +387,22 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         ``#negotiations-consumerpid-events-post`` (FINALIZED)."""
 
         def act(
-            caller: Caller, message: dict[str, Any], n: Negotiation
+            caller: Caller, message: dict[str, Any], read: Received
         ) -> negotiation_pb2.NegotiationAck:
+            n = read.negotiation
             event = str(message["eventType"])
             expected = State.ACCEPTED if n.role == PROVIDER else State.FINALIZED
             if event != expected.value:
                 raise InvalidRequest(f"the {n.role} of a negotiation takes {expected.value} events")
             msg = negotiation_pb2.NegotiationEvent(
-                message_id=message_id(caller, message),
+                message_id=read.message_id,
                 provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
                 consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
                 state=event,
             )
             if n.role == PROVIDER:
-                return exchange.negotiator.receive_accepted(caller, msg)
-            return exchange.negotiator.receive_final(caller, msg)
+                return exchange.negotiator.receive_accepted(caller, msg, read=read)
+            return exchange.negotiator.receive_final(caller, msg, read=read)
 
         return await serve(request, "ContractNegotiationEventMessage", act)
 
@@ -393,10 +411,11 @@ def negotiation_routes(exchange: Exchange) -> list[web.RouteDef]:
         ``#negotiations-consumerpid-termination-post``."""
 
         def act(
-            caller: Caller, message: dict[str, Any], n: Negotiation
+            caller: Caller, message: dict[str, Any], read: Received
         ) -> negotiation_pb2.NegotiationAck:
+            n = read.negotiation
             termination = negotiation_pb2.NegotiationTermination(
-                message_id=message_id(caller, message),
+                message_id=read.message_id,
                 provider_pid=n.pid if n.role == PROVIDER else n.counterparty_pid,
                 consumer_pid=n.pid if n.role == CONSUMER else n.counterparty_pid,
                 reasons=[str(r)[:500] for r in message.get("reason", [])][:5]

@@ -18,9 +18,11 @@ from connector.errors import VerificationError
 
 __all__ = [
     "Agreement",
+    "ParsedAgreement",
     "countersign_agreement",
     "countersigned_agreement",
     "parse_agreement",
+    "parsed_agreement",
     "revocation_terms",
     "sign_agreement",
     "verify_agreement",
@@ -136,6 +138,25 @@ def parse_agreement(signed: str) -> Agreement:
     return agreement
 
 
+@dataclass(frozen=True)
+class ParsedAgreement:
+    """A signed agreement's terms (``parse_agreement``, nothing verified) with the exact
+    text they were parsed from: handed on with it, so that what verifies the text next
+    need not parse it again, and can tell the terms are that text's (``terms_of``)."""
+
+    signed: str
+    agreement: Agreement
+
+    def terms_of(self, signed: str) -> Agreement | None:
+        """The terms, if parsed from ``signed`` (to the byte)."""
+        return self.agreement if signed == self.signed else None
+
+
+def parsed_agreement(signed: str) -> ParsedAgreement:
+    """``parse_agreement(signed)``, kept with ``signed``."""
+    return ParsedAgreement(signed, parse_agreement(signed))
+
+
 def revocation_terms(signed: str) -> dict[str, Any]:
     """What a signed revocation says (reason, and ``consent_withdrawn`` when it follows
     a consent withdrawal); nothing verified — it was verified when it was received."""
@@ -165,10 +186,19 @@ def countersign_agreement(
 
 
 def countersigned_agreement(
-    signed: str, consumer_key: ed25519.Ed25519PrivateKey, keys: jws.KeyLookup
+    signed: str,
+    consumer_key: ed25519.Ed25519PrivateKey,
+    keys: jws.KeyLookup,
+    *,
+    parsed: ParsedAgreement | None = None,
 ) -> tuple[Agreement, str]:
-    """``countersign_agreement``, with the agreement's terms (parsed and verified once)."""
-    agreement = parse_agreement(signed)
+    """``countersign_agreement``, with the agreement's terms (parsed and verified once).
+
+    ``parsed``: the terms as already parsed, used only if parsed from ``signed`` itself;
+    the provider's signature is verified over ``signed`` all the same."""
+    agreement = parsed.terms_of(signed) if parsed is not None else None
+    if agreement is None:
+        agreement = parse_agreement(signed)
     first, second = _parties(agreement)
     countersigned = jws.countersign(
         signed, consumer_key, keys, first=first, second=second, what="agreement"

@@ -24,6 +24,7 @@ it is acknowledged.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import logging
 import threading
@@ -57,6 +58,7 @@ from connector.errors import (
 from connector.identifiers import LABEL_ID, PROCESS_ID
 from connector.negotiation.agreement import (
     Agreement,
+    ParsedAgreement,
     countersigned_agreement,
     sign_agreement,
     verify_returned_agreement,
@@ -76,7 +78,7 @@ from connector.policy.point import PolicyPoint
 from connector.rpc.auth import Caller
 from connector.store.database import RawTransaction
 
-__all__ = ["CONSUMER", "DSP_METHOD", "PROVIDER", "Negotiator"]
+__all__ = ["CONSUMER", "DSP_METHOD", "PROVIDER", "Negotiator", "Received"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,30 @@ def _outgoing(peer_address: str | None, target: str, method: str, message: Any) 
         message.SerializeToString(),
         message.message_id,
     )
+
+
+@dataclasses.dataclass
+class Received:
+    """What a receiver reads first — negotiation ``pid`` as read and whether the message
+    ``message_id`` was already processed (``Negotiator.received``) — read by a binding
+    that needs the row for checks of its own before the negotiator is called, and handed
+    to it so the row is read once, not twice. The negotiator makes every check of its
+    own on it as on a row it read itself, and takes it once: a retry after a lost
+    compare-and-set reads again (the move itself re-checks the row and the inbox under
+    its transaction, as it does for a row the negotiator read)."""
+
+    pid: str
+    message_id: str
+    negotiation: Negotiation
+    seen: bool
+    taken: bool = False
+
+    def take(self, pid: str, message_id: str) -> tuple[Negotiation, bool] | None:
+        """The row and the inbox as read, once, if read for this ``pid`` and message."""
+        if self.taken or (pid, message_id) != (self.pid, self.message_id):
+            return None
+        self.taken = True
+        return self.negotiation, self.seen
 
 
 def _ack(n: Negotiation) -> negotiation_pb2.NegotiationAck:
@@ -410,10 +436,18 @@ class Negotiator:
 
     @retrying
     def receive_agreement(
-        self, caller: Caller, msg: negotiation_pb2.AgreementMessage
+        self,
+        caller: Caller,
+        msg: negotiation_pb2.AgreementMessage,
+        *,
+        read: Received | None = None,
+        parsed: ParsedAgreement | None = None,
     ) -> negotiation_pb2.NegotiationAck:
-        """Provider → consumer: verify, countersign, send back (AGREED → VERIFIED)."""
-        n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id)
+        """Provider → consumer: verify, countersign, send back (AGREED → VERIFIED).
+
+        ``parsed``: the agreement's terms as the binding parsed them for checks of its own
+        (used only if parsed from ``msg.agreement``, which is verified all the same)."""
+        n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id, read)
         if seen or n.state in (State.VERIFIED, State.FINALIZED):
             return _ack(n)
         n = self._countersign(
@@ -422,6 +456,7 @@ class Negotiator:
             msg.agreement,
             msg.provider_pid,
             inbox=(msg.message_id, caller.participant),
+            parsed=parsed,
         )
         return _ack(n)
 
@@ -434,12 +469,15 @@ class Negotiator:
         *,
         inbox: tuple[str, str] | None = None,
         delivered: int | None = None,
+        parsed: ParsedAgreement | None = None,
     ) -> Negotiation:
         """Check the provider's agreement against what we asked for, countersign it, send
         it back (AGREED → VERIFIED)."""
         # Verified and countersigned in one pass; what it signs is checked before it is
         # stored or sent.
-        agreement, countersigned = countersigned_agreement(signed, self._key, self._keys)
+        agreement, countersigned = countersigned_agreement(
+            signed, self._key, self._keys, parsed=parsed
+        )
         expected = (provider, self._me, n.product, n.offer, n.purpose, n.pid)
         actual = (
             agreement.provider,
@@ -471,10 +509,14 @@ class Negotiator:
 
     @retrying
     def receive_final(
-        self, caller: Caller, event: negotiation_pb2.NegotiationEvent
+        self,
+        caller: Caller,
+        event: negotiation_pb2.NegotiationEvent,
+        *,
+        read: Received | None = None,
     ) -> negotiation_pb2.NegotiationAck:
         """Provider → consumer: the negotiation is finalized."""
-        n, seen = self._own(event.consumer_pid, CONSUMER, caller, event.message_id)
+        n, seen = self._own(event.consumer_pid, CONSUMER, caller, event.message_id, read)
         if seen or n.state == State.FINALIZED:
             return _ack(n)
         if event.state != State.FINALIZED.value:
@@ -495,17 +537,23 @@ class Negotiator:
 
     @retrying
     def receive_request(
-        self, caller: Caller, req: negotiation_pb2.ContractRequest, *, peer_address: str = ""
+        self,
+        caller: Caller,
+        req: negotiation_pb2.ContractRequest,
+        *,
+        peer_address: str = "",
+        read: Received | None = None,
     ) -> negotiation_pb2.NegotiationAck:
         """Consumer → provider: decide by the contract policy.
 
         ``peer_address``: the request came over the Dataspace Protocol binding with this
         (checked) callback address; what the provider sends later goes there over DSP.
+        ``read``: for a counter-request, our negotiation as the binding read it.
         """
         if not req.consumer_pid or not req.message_id:
             raise InvalidRequest("a contract request needs consumer_pid and message_id")
         if req.provider_pid:
-            return self._receive_counter(caller, req)
+            return self._receive_counter(caller, req, read)
         known = self._store.find(PROVIDER, caller.participant, req.consumer_pid)
         if known is not None:  # a repeated request: same answer, nothing changes
             return _ack(known)
@@ -869,11 +917,11 @@ class Negotiator:
 
     @retrying
     def receive_offer(
-        self, caller: Caller, msg: negotiation_pb2.ContractOffer
+        self, caller: Caller, msg: negotiation_pb2.ContractOffer, *, read: Received | None = None
     ) -> negotiation_pb2.NegotiationAck:
         """Provider → consumer: other terms for our request (REQUESTED → OFFERED), kept as
         the terms on the table until our admin accepts or counters them."""
-        n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id)
+        n, seen = self._own(msg.consumer_pid, CONSUMER, caller, msg.message_id, read)
         if seen:
             return _ack(n)
         PROCESS_ID.check(msg.provider_pid)
@@ -954,12 +1002,12 @@ class Negotiator:
         )
 
     def _receive_counter(
-        self, caller: Caller, req: negotiation_pb2.ContractRequest
+        self, caller: Caller, req: negotiation_pb2.ContractRequest, read: Received | None
     ) -> negotiation_pb2.NegotiationAck:
         """Consumer → provider: a counter-request on our offer (OFFERED → REQUESTED),
         decided by the contract policy as a first request is: refused (→ TERMINATED),
         waiting for approval, or agreed at once over the terms it names (→ AGREED)."""
-        n, seen = self._own(req.provider_pid, PROVIDER, caller, req.message_id)
+        n, seen = self._own(req.provider_pid, PROVIDER, caller, req.message_id, read)
         if seen:
             return _ack(n)
         if req.consumer_pid != n.counterparty_pid:
@@ -1089,10 +1137,10 @@ class Negotiator:
 
     @retrying
     def receive_verification(
-        self, caller: Caller, msg: negotiation_pb2.AgreementMessage
+        self, caller: Caller, msg: negotiation_pb2.AgreementMessage, *, read: Received | None = None
     ) -> negotiation_pb2.NegotiationAck:
         """Consumer → provider: the countersigned agreement (→ VERIFIED → FINALIZED)."""
-        n, seen = self._own(msg.provider_pid, PROVIDER, caller, msg.message_id)
+        n, seen = self._own(msg.provider_pid, PROVIDER, caller, msg.message_id, read)
         if seen or n.state == State.FINALIZED:
             return _ack(n)
         if n.agreement is None:
@@ -1129,7 +1177,11 @@ class Negotiator:
 
     @retrying
     def receive_accepted(
-        self, caller: Caller, event: negotiation_pb2.NegotiationEvent
+        self,
+        caller: Caller,
+        event: negotiation_pb2.NegotiationEvent,
+        *,
+        read: Received | None = None,
     ) -> negotiation_pb2.NegotiationAck:
         """Consumer → provider: it accepts the provider's offer (OFFERED → ACCEPTED,
         #negotiations-providerpid-events-post). Our admin's offer was the approval: the
@@ -1138,7 +1190,7 @@ class Negotiator:
         DSP), or the negotiation ends (→ TERMINATED) if the policy no longer allows them or
         the offer is no longer published. Out of state order (no offer outstanding):
         ``PreconditionFailed``, nothing changed."""
-        n, seen = self._own(event.provider_pid, PROVIDER, caller, event.message_id)
+        n, seen = self._own(event.provider_pid, PROVIDER, caller, event.message_id, read)
         if seen:
             return _ack(n)
         if event.state != State.ACCEPTED.value:
@@ -1350,14 +1402,19 @@ class Negotiator:
     # -- lookups ----------------------------------------------------------------------
 
     def _own(
-        self, pid: str, role: str, caller: Caller, message_id: str
+        self, pid: str, role: str, caller: Caller, message_id: str, read: Received | None = None
     ) -> tuple[Negotiation, bool]:
         """Our negotiation ``pid`` with ``caller`` in ``role`` (NOT_FOUND for anyone
-        else's), and whether the message ``message_id`` was already processed."""
-        try:
-            n, seen = self._store.get_noting(pid, message_id)
-        except NotFound:
-            raise NotFound("no such negotiation") from None
+        else's), and whether the message ``message_id`` was already processed: as ``read``
+        by the binding when it read them for this message and they are not yet taken."""
+        taken = read.take(pid, message_id) if read is not None else None
+        if taken is not None:
+            n, seen = taken
+        else:
+            try:
+                n, seen = self._store.get_noting(pid, message_id)
+            except NotFound:
+                raise NotFound("no such negotiation") from None
         if n.role != role or n.counterparty != caller.participant:
             raise NotFound("no such negotiation")
         return n, seen
@@ -1410,6 +1467,12 @@ class Negotiator:
     def get(self, pid: str) -> Negotiation:
         """One negotiation."""
         return self._store.get(pid)
+
+    def received(self, pid: str, message_id: str) -> Received:
+        """Negotiation ``pid`` (or ``NotFound``) and whether ``message_id`` was already
+        processed, in one read, for the ``receive_*`` call of that message to take."""
+        n, seen = self._store.get_noting(pid, message_id)
+        return Received(pid, message_id, n, seen)
 
     def peer(self, pid: str) -> tuple[str | None, str]:
         """The peer address (None over gRPC) and our role of negotiation ``pid``."""

@@ -24,11 +24,12 @@ from connector._proto.tds.v1 import admin_pb2, catalog_pb2, catalog_pb2_grpc, ne
 from connector.config import DspConfig
 from connector.demo.space import LocalSpace
 from connector.dsp import DspBinding, tls_context
-from connector.errors import ConfigError, Unavailable
+from connector.errors import ConfigError, NotFound, Unavailable
 from connector.identity.names import Role, participant_dns_name, participant_uri
 from connector.identity.pki import init_space
 from connector.negotiation.agreement import verify_agreement
 from connector.negotiation.dsp import SIGNED_AGREEMENT
+from connector.negotiation.negotiator import Received
 from connector.negotiation.states import State
 from connector.rpc.auth import Caller
 from tests.integration.test_authentication import ca_pem, own_token, pem, raw_channel
@@ -708,6 +709,32 @@ def test_negotiations_consumerpid_agreement_and_events_post_two_tds_connectors_f
     assert transitions(space, "a", grpc.pid) == transitions(space, "a", mine.pid)
 
 
+def test_negotiations_consumerpid_agreement_post_parses_the_agreement_once(
+    space: LocalSpace,
+) -> None:
+    """The consumer's binding parses the signed agreement (to check the @id its message
+    names) and hands the terms to the negotiator with the text they were parsed from,
+    which verifies that text without parsing it again."""
+    negotiator = space.nodes["a"].negotiator
+    assert negotiator is not None
+    handed: list[tuple[str, Any]] = []
+    receive = negotiator.receive_agreement
+
+    def watched(caller: Caller, msg: Any, **kw: Any) -> Any:
+        handed.append((msg.agreement, kw.get("parsed")))
+        return receive(caller, msg, **kw)
+
+    negotiator.receive_agreement = watched  # type: ignore[method-assign]
+    try:
+        mine = dsp_negotiation(space)
+    finally:
+        del negotiator.receive_agreement
+    assert mine.state == "FINALIZED", mine
+    ((signed, parsed),) = handed
+    assert parsed is not None and parsed.signed == signed
+    assert parsed.agreement.id == mine.agreement_id
+
+
 def test_negotiations_consumerpid_events_post_racing_the_verification_answer_changes_nothing(
     space: LocalSpace,
 ) -> None:
@@ -737,6 +764,45 @@ def test_negotiations_consumerpid_events_post_racing_the_verification_answer_cha
     assert ack.state == "FINALIZED"
     assert store.get(mine.pid) == final
     assert transitions(space, "a", mine.pid) == ["REQUESTED", "VERIFIED", "FINALIZED"]
+
+
+def test_negotiations_consumerpid_events_post_a_read_handed_over_is_rechecked_and_taken_once(
+    space: LocalSpace,
+) -> None:
+    """The row the binding read for a message (``Received``) is the negotiator's first
+    read: stale (VERIFIED, FINALIZED by the verification's answer since), the move refuses
+    it under its own transaction and the event is answered as a repeat, changing nothing;
+    it is taken once, and only for the process and message it was read for."""
+    mine = dsp_negotiation(space)
+    assert mine.state == "FINALIZED", mine
+    negotiator = space.nodes["a"].negotiator
+    assert negotiator is not None
+    store = negotiator._store
+    final = store.get(mine.pid)
+    gov = Caller(
+        participant="gov", kind="participant", certificate_serial=0, certificate_thumbprint=""
+    )
+    event = negotiation_pb2.NegotiationEvent(
+        message_id="dsp-handed-over-event",
+        provider_pid=final.counterparty_pid,
+        consumer_pid=mine.pid,
+        state="FINALIZED",
+    )
+    stale = dataclasses.replace(final, state=State.VERIFIED)
+    read = Received(mine.pid, event.message_id, stale, False)
+    ack = negotiator.receive_final(gov, event, read=read)
+    assert ack.state == "FINALIZED"
+    assert read.taken and read.take(mine.pid, event.message_id) is None
+    assert store.get(mine.pid) == final
+    assert transitions(space, "a", mine.pid) == ["REQUESTED", "VERIFIED", "FINALIZED"]
+    # Read for another message or process: not used (the negotiator reads its own).
+    other = Received(mine.pid, "dsp-another-message", stale, False)
+    assert other.take(mine.pid, event.message_id) is None and not other.taken
+    assert other.take("another-pid", "dsp-another-message") is None and not other.taken
+    # Another participant's process is refused on a handed-over row as on one read.
+    b = dataclasses.replace(gov, participant="b")
+    with pytest.raises(NotFound):
+        negotiator.receive_final(b, event, read=Received(mine.pid, event.message_id, final, False))
 
 
 def test_revocation_of_an_agreement_negotiated_over_dsp_reaches_the_tds_consumer(
@@ -813,6 +879,57 @@ def test_negotiations_providerpid_agreement_verification_post_repeated_changes_n
         "ContractNegotiationError",
         "no such negotiation",
     )
+
+
+def test_negotiations_providerpid_agreement_verification_post_reads_the_negotiation_once(
+    space: LocalSpace,
+) -> None:
+    """The binding's check that the process is the caller's and the negotiator's first
+    read (the row, and whether the message was processed) are one read, not two: over a
+    whole negotiation the provider reads its row once outside the moves' own
+    transactions (for the verification), and a repeat of that message once more."""
+    gov = space.nodes["gov"].negotiator
+    assert gov is not None
+    store = gov._store
+    reads: list[tuple[str, str]] = []
+    get, get_noting = store.get, store.get_noting
+
+    def counted_get(pid: str) -> Any:
+        reads.append(("get", pid))
+        return get(pid)
+
+    def counted_get_noting(pid: str, message_id: str) -> Any:
+        reads.append(("get_noting", pid))
+        return get_noting(pid, message_id)
+
+    store.get = counted_get  # type: ignore[method-assign]
+    store.get_noting = counted_get_noting  # type: ignore[method-assign]
+    try:
+        mine = dsp_negotiation(space)
+        assert mine.state == "FINALIZED", mine
+        (theirs,) = [n for n in provider_negotiations(space) if n.agreement_id == mine.agreement_id]
+        assert [r for r in reads if r[1] == theirs.pid] == [("get_noting", theirs.pid)]
+        path = f"/negotiations/urn:tds:process:{theirs.pid}/agreement/verification"
+        repeat = verification_of(
+            f"urn:tds:process:{theirs.pid}",
+            f"urn:tds:process:{mine.pid}",
+            **{SIGNED_AGREEMENT: gov.get(theirs.pid).agreement},
+        )
+        del reads[:]
+        again = client(space, "a").call("POST", path, repeat)
+        assert again.status == 200, again.body
+        assert again.body["state"] == "FINALIZED"
+        assert reads == [("get_noting", theirs.pid)]
+        # Read once, the caller is still checked on it: b naming a's process is refused.
+        refused(
+            client(space, "b").call("POST", path, repeat),
+            404,
+            "ContractNegotiationError",
+            "no such negotiation",
+        )
+    finally:
+        del store.get, store.get_noting
+    assert outbox_methods(space, "gov", theirs.pid) == ["dsp:SendAgreement", "dsp:Finalize"]
 
 
 def verification_of(provider_pid: str, consumer_pid: str, **extra: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from connector.negotiation.agreement import (
     countersign_agreement,
     countersigned_agreement,
     parse_agreement,
+    parsed_agreement,
     sign_agreement,
     verify_agreement,
     verify_provider_signature,
@@ -87,6 +88,41 @@ def test_countersigned_agreement_gives_the_terms_it_verified() -> None:
     signed = sign_agreement(AGREEMENT, KEYS["gov"])
     agreement, both = countersigned_agreement(signed, KEYS["ent-a"], public)
     assert agreement == AGREEMENT and verify_agreement(both, public) == AGREEMENT
+
+
+def test_countersigned_agreement_takes_terms_parsed_from_the_same_text_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signed = sign_agreement(AGREEMENT, KEYS["gov"])
+    parsed = parsed_agreement(signed)
+    parses: list[str] = []
+    real = parse_agreement
+
+    def counted(text: str) -> Agreement:
+        parses.append(text)
+        return real(text)
+
+    monkeypatch.setattr("connector.negotiation.agreement.parse_agreement", counted)
+    # Parsed from this very text: not parsed again, and the signature still verified.
+    agreement, both = countersigned_agreement(signed, KEYS["ent-a"], public, parsed=parsed)
+    assert parses == [] and agreement == AGREEMENT
+    assert verify_agreement(both, public) == AGREEMENT
+    forged = sign_agreement(AGREEMENT, KEYS["mallory"])
+    with pytest.raises(VerificationError, match="provider's signature"):
+        countersigned_agreement(forged, KEYS["ent-a"], public, parsed=parsed_agreement(forged))
+    # Terms parsed from another text are not taken for this one's: it is parsed itself.
+    del parses[:]
+    other = sign_agreement(replace(AGREEMENT, max_transfers=1000), KEYS["gov"])
+    agreement, _ = countersigned_agreement(other, KEYS["ent-a"], public, parsed=parsed)
+    assert parses == [other] and agreement.max_transfers == 1000
+    # A genuine agreement's terms handed over with a forged text: the forgery is refused.
+    with pytest.raises(VerificationError, match="provider's signature"):
+        countersigned_agreement(
+            sign_agreement(replace(AGREEMENT, max_transfers=1000), KEYS["mallory"]),
+            KEYS["ent-a"],
+            public,
+            parsed=parsed,
+        )
 
 
 def test_the_provider_takes_back_only_its_own_agreement_countersigned() -> None:
