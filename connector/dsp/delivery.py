@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from connector._proto.tds.v1 import negotiation_pb2
-from connector.dsp.jsonld import check_outgoing, read_message, read_plain_negotiation
+from connector.dsp.jsonld import check_outgoing, read_message
 from connector.dsp.negotiation import check_callback, local_pid
 from connector.errors import ConnectorError, Unavailable
 from connector.identity.names import participant_dns_name
@@ -432,9 +432,7 @@ class DspDelivery:
         """The provider's ``ContractNegotiation`` about our negotiation ``pid``, as the ack
         gRPC would have given."""
         try:
-            # As tds writes it (a plain compact form), read without the JSON-LD round trip
-            # that gives it back unchanged; any other form through it.
-            shown = read_plain_negotiation(answer) or read_message(answer, "ContractNegotiation")
+            shown = read_message(answer, "ContractNegotiation")
             if local_pid(str(shown["consumerPid"])) != pid:
                 return None
             provider_pid = local_pid(str(shown["providerPid"]))

@@ -30,7 +30,6 @@ __all__ = [
     "DSPACE",
     "check_outgoing",
     "read_message",
-    "read_plain_negotiation",
     "schema_for",
 ]
 
@@ -342,40 +341,6 @@ def check_outgoing(message_type: str, document: dict[str, Any]) -> dict[str, Any
     if errors:
         raise AssertionError(f"tds built a {message_type} that fails its schema: {errors}")
     return document
-
-
-_PLAIN_NEGOTIATION = frozenset({"@context", "@type", "providerPid", "consumerPid", "state"})
-_NEGOTIATION_STATES = frozenset(
-    {"REQUESTED", "OFFERED", "ACCEPTED", "AGREED", "VERIFIED", "FINALIZED", "TERMINATED"}
-)
-# An absolute IRI of the urn scheme, which the DSP context names no prefix or term for, so
-# compaction gives it back as written (a relative id is resolved against a base, and one
-# such as dspace:x may come back as another prefix's); within identifiers.PROCESS_ID.
-_PLAIN_PID = re.compile(r"urn:[A-Za-z0-9][A-Za-z0-9._:-]{0,195}")
-
-
-def read_plain_negotiation(body: Any) -> dict[str, Any] | None:
-    """A ``ContractNegotiation`` written exactly as ``read_message`` would give it back —
-    its five properties and nothing more, the DSP context as tds sends it, the state's
-    own name, ``urn:`` process ids — and passing its schema, read without the JSON-LD
-    round trip (about 0.3 ms of CPU, on every answer to a message a tds consumer sends);
-    ``None`` for any other body, which ``read_message`` reads. For such a body the round
-    trip is the identity (tests/unit/dsp/test_jsonld.py checks it on generated ones):
-    this reads the same message, not less of it."""
-    if not isinstance(body, dict) or body.keys() != _PLAIN_NEGOTIATION:
-        return None
-    if body["@context"] != CONTEXT or body["@type"] != "ContractNegotiation":
-        return None
-    state = body["state"]
-    if not isinstance(state, str) or state not in _NEGOTIATION_STATES:
-        return None
-    for key in ("providerPid", "consumerPid"):
-        value = body[key]
-        if not isinstance(value, str) or not _PLAIN_PID.fullmatch(value):
-            return None
-    if _schema_errors("ContractNegotiation", body):
-        return None  # read_message says what is wrong with it
-    return dict(body)
 
 
 def _refusal_in(exc: BaseException) -> InvalidRequest | None:

@@ -9,20 +9,10 @@ from typing import Any
 
 import pytest
 from cachetools import LRUCache
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from pyld import jsonld
 from pyld.context_resolver import ContextResolver
 
-from connector.dsp.jsonld import (
-    _SCHEMAS,
-    CONTEXT,
-    CONTEXT_URL,
-    _bundled,
-    read_message,
-    read_plain_negotiation,
-    schema_for,
-)
+from connector.dsp.jsonld import _SCHEMAS, CONTEXT, CONTEXT_URL, _bundled, read_message, schema_for
 from connector.errors import InvalidRequest
 from connector.negotiation.dsp import event_message
 from tests.unit.negotiation.test_dsp import VECTORS, registry
@@ -249,76 +239,3 @@ def test_a_type_scoped_context_is_processed_once(
     monkeypatch.setattr(jsonld.JsonLdProcessor, "_create_term_definition", counted)
     assert read_message(again, str(message["@type"])) == expected
     assert defined == []
-
-
-STATES = ("REQUESTED", "OFFERED", "ACCEPTED", "AGREED", "VERIFIED", "FINALIZED", "TERMINATED")
-# urn: ids with tails that look like the context's prefixes and terms too.
-URN_PIDS = st.builds(
-    lambda head, tail: f"urn:{head}{tail}",
-    st.sampled_from(["tds:process:", "uuid:", "dspace:", "odrl:", "dct:", "x", "A.b-c_d:"]),
-    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,40}", fullmatch=True),
-)
-
-
-def negotiation(provider_pid: str, consumer_pid: str, state: str) -> dict[str, Any]:
-    return {
-        "@context": CONTEXT,
-        "@type": "ContractNegotiation",
-        "providerPid": provider_pid,
-        "consumerPid": consumer_pid,
-        "state": state,
-    }
-
-
-@settings(max_examples=150, deadline=None)
-@given(URN_PIDS, URN_PIDS, st.sampled_from(STATES))
-def test_a_plain_contract_negotiation_reads_as_the_json_ld_round_trip_gives_it(
-    provider_pid: str, consumer_pid: str, state: str
-) -> None:
-    body = negotiation(provider_pid, consumer_pid, state)
-    plain = read_plain_negotiation(body)
-    assert plain is not None
-    assert plain == read_message(body, "ContractNegotiation") == body
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"providerPid": "abc"},  # relative: JSON-LD resolves it against a base
-        {"providerPid": "dspace:abc"},  # a prefix of the context's, not urn:
-        {"consumerPid": "urn:tds:process:a/b"},  # not a process id
-        {"state": "dspace:AGREED"},
-        {"state": ["AGREED"]},
-        {"state": "SIGNED"},
-        {"@type": "dspace:ContractNegotiation"},
-        {"@context": CONTEXT_URL},
-        {"@context": [*CONTEXT, {"x": "urn:x:"}]},
-        {"@id": "urn:x:1"},
-        {"reason": ["r"]},
-    ],
-)
-def test_any_other_contract_negotiation_is_left_to_the_json_ld_reading(
-    change: dict[str, Any],
-) -> None:
-    body = {**negotiation("urn:tds:process:p", "urn:tds:process:c", "AGREED"), **change}
-    assert read_plain_negotiation(body) is None
-    assert read_plain_negotiation([body]) is None
-
-
-@pytest.mark.parametrize("state", ["AGREED", "TERMINATED", "FINALIZED"])
-def test_an_answer_reads_alike_plain_or_through_json_ld(
-    monkeypatch: pytest.MonkeyPatch, state: str
-) -> None:
-    from connector.dsp import delivery
-
-    plain = negotiation("urn:tds:process:p", "urn:tds:process:c", state)
-    through = delivery.DspDelivery._state_of({**plain, "@context": CONTEXT_URL}, "c", "refused")
-    assert through is not None and (through.pid, through.state) == ("p", state)
-
-    def not_read(*_: Any) -> Any:
-        raise AssertionError("a plain answer went through the JSON-LD round trip")
-
-    monkeypatch.setattr(delivery, "read_message", not_read)
-    assert delivery.DspDelivery._state_of(plain, "c", "refused") == through
-    # Another process's answer, read plainly, is not ours either.
-    assert delivery.DspDelivery._state_of(plain, "another", "refused") is None
