@@ -336,7 +336,10 @@ def test_a_batch_is_what_is_at_hand_never_more_than_asked_and_waits_only_for_the
         begun = time.monotonic()
         assert sub.poll_batch(0.3, 100) == []  # nothing more: the timeout, then empty
         waited = time.monotonic() - begun
-    assert [len(b) for b in batches[:2]] == [4, 6]
+    # The first fetch's ten messages reach the buffer one by one: the first poll takes
+    # what is there once one is (at most four), the second the rest of that fetch.
+    first, second = map(len, batches[:2])
+    assert 1 <= first <= 4 and first + second <= 10
     assert all(1 <= len(b) <= 10 for b in batches)  # never past one fetch (buffer_messages)
     records = [r for b in batches for r in b]
     assert [r.sequence for r in records] == published
