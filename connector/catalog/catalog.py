@@ -351,10 +351,20 @@ class Catalog:
         return self._page_limits.max_size
 
     def page(
-        self, caller: Caller, filters: Filters, *, size: int | None = None, token: str = ""
+        self,
+        caller: Caller,
+        filters: Filters,
+        *,
+        size: int | None = None,
+        token: str = "",
+        all_pages: bool = False,
     ) -> tuple[list[Product], str]:
         """One page of the products ``caller`` may see that match ``filters``, by id, and
         the token of the next page ("" after the last). One access decision for the page.
+
+        ``all_pages``: the caller says it will ask for every following page at the largest
+        size (``tds catalog list``), so the next page is read ahead from the first page on,
+        not only once the caller has followed a token.
 
         ``InvalidRequest`` for a size outside the configured limits or a token not issued
         to this caller for these filters.
@@ -368,13 +378,15 @@ class Catalog:
         # products are used (PreparedPage.fits). The decision is this request's own.
         ahead = self._ahead.take((bound, filters, token, count)) if token else None
 
+        # A caller following pages (this one asked with a token) will most likely ask for
+        # the next one at the same size; one that said it reads them all, at the largest.
+        following_size = count if token else self._page_limits.max_size
+
         def read_next(following: str, after: tuple[str, ...]) -> None:
-            # A caller following pages (this one asked with a token) will most likely ask
-            # for the next one.
-            if token and self._page_limits.read_ahead:
+            if (token or all_pages) and self._page_limits.read_ahead:
                 self._ahead.start(
-                    (bound, filters, following, count),
-                    lambda: self._read_ahead(patterns, filters, after, count),
+                    (bound, filters, following, following_size),
+                    lambda: self._read_ahead(patterns, filters, after, following_size),
                 )
 
         return read_page(

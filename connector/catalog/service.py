@@ -79,6 +79,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             filters,
             size=request.page_size if request.HasField("page_size") else None,
             token=request.page_token,
+            all_pages=request.all_pages,
         )
         return catalog_pb2.ListProductsResponse(
             products=[summary(p) for p in products],

@@ -336,6 +336,8 @@ def run_catalog_list(args: argparse.Namespace) -> int:
                         text=args.text,
                         page_token=token,
                         page_size=size,
+                        # Every page wanted: the provider may read the next one ahead.
+                        all_pages=not args.limit,
                     ),
                     timeout=30,
                 )

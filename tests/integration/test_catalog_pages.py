@@ -512,3 +512,47 @@ def test_a_page_read_ahead_is_decided_as_stored_when_asked(
         assert decided[-1] is Prepared  # nothing changed: the resources read ahead
     finally:
         publish(world, json.dumps(product(22)), "json", replace=True)
+
+
+def test_a_caller_asking_for_every_page_has_the_second_read_ahead_at_the_largest_size(
+    world: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``all_pages`` (``tds catalog list``): the page after the first is read ahead at the
+    provider's largest size while the first is decided, and the request for it uses what
+    was read (the same products, decided by that request); a first page asked without the
+    hint reads nothing ahead."""
+    node = world.nodes["gov"]
+    assert node.catalog is not None and node.policy is not None
+    gov, engine = node.catalog, node.policy.engine
+    gov._ahead.close()  # nothing left from other tests
+    decided: list[type] = []
+    decide = engine.decide
+    monkeypatch.setattr(
+        engine, "decide", lambda d: decided.append(type(d["resources"])) or decide(d)
+    )
+    stub = catalog(world, "a")
+    stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=10), timeout=10)
+    assert not gov._ahead._waiting  # no hint, no token: nothing read ahead
+
+    first = stub.ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=10, all_pages=True), timeout=10
+    )
+    ((key, (_, waiting)),) = gov._ahead._waiting.items()
+    waiting.result(timeout=10)
+    assert key[-1] == first.max_page_size == gov.max_page_size
+    second = stub.ListProducts(
+        catalog_pb2.ListProductsRequest(
+            page_size=first.max_page_size, page_token=first.next_page_token, all_pages=True
+        ),
+        timeout=10,
+    )
+    assert decided[-1] is Prepared  # decided with the resources read ahead
+    plain = stub.ListProducts(
+        catalog_pb2.ListProductsRequest(
+            page_size=first.max_page_size, page_token=first.next_page_token
+        ),
+        timeout=10,
+    )
+    assert decided[-1] is list
+    assert [p.id for p in second.products] == [p.id for p in plain.products]
+    assert second.products  # a page of products, the same either way

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tds/v1/catalog.proto\x12\x06tds.v1\"\xa0\x02\n\nOfferTerms\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x15\n\rvalid_from_ns\x18\x03 \x01(\x03\x12\x16\n\x0evalid_until_ns\x18\x04 \x01(\x03\x12\x15\n\rmax_transfers\x18\x05 \x01(\x03\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12\x18\n\x10obligations_json\x18\x07 \x01(\t\x12\x19\n\x11has_policy_module\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x65livery\x18\t \x03(\t\x12\x14\n\x0c\x63ompute_json\x18\n \x01(\t\x12\x14\n\x0cmax_messages\x18\x0b \x01(\x03\x12(\n\nper_period\x18\x0c \x01(\x0b\x32\x14.tds.v1.PeriodLimits\"G\n\x0cPeriodLimits\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x14\n\x0cmax_messages\x18\x02 \x01(\x03\x12\x11\n\tmax_bytes\x18\x03 \x01(\x03\"\xdd\x01\n\x0eProductSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\r\n\x05grade\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x0e\n\x06\x64omain\x18\x07 \x01(\t\x12\x0e\n\x06\x66ields\x18\x08 \x03(\t\x12\x19\n\x11registration_code\x18\t \x01(\t\x12\x10\n\x08personal\x18\n \x01(\x08\x12\"\n\x06offers\x18\x0b \x03(\x0b\x32\x12.tds.v1.OfferTerms\"\x89\x01\n\x13ListProductsRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\x12\r\n\x05grade\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\tB\x0c\n\n_page_size\"p\n\x14ListProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.tds.v1.ProductSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rmax_page_size\x18\x03 \x01(\x05\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"=\n\x12GetProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.tds.v1.ProductSummary2\xa0\x01\n\x0e\x43\x61talogService\x12I\n\x0cListProducts\x12\x1b.tds.v1.ListProductsRequest\x1a\x1c.tds.v1.ListProductsResponse\x12\x43\n\nGetProduct\x12\x19.tds.v1.GetProductRequest\x1a\x1a.tds.v1.GetProductResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tds/v1/catalog.proto\x12\x06tds.v1\"\xa0\x02\n\nOfferTerms\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x15\n\rvalid_from_ns\x18\x03 \x01(\x03\x12\x16\n\x0evalid_until_ns\x18\x04 \x01(\x03\x12\x15\n\rmax_transfers\x18\x05 \x01(\x03\x12\x11\n\tmax_bytes\x18\x06 \x01(\x03\x12\x18\n\x10obligations_json\x18\x07 \x01(\t\x12\x19\n\x11has_policy_module\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x65livery\x18\t \x03(\t\x12\x14\n\x0c\x63ompute_json\x18\n \x01(\t\x12\x14\n\x0cmax_messages\x18\x0b \x01(\x03\x12(\n\nper_period\x18\x0c \x01(\x0b\x32\x14.tds.v1.PeriodLimits\"G\n\x0cPeriodLimits\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x14\n\x0cmax_messages\x18\x02 \x01(\x03\x12\x11\n\tmax_bytes\x18\x03 \x01(\x03\"\xdd\x01\n\x0eProductSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\r\n\x05grade\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x0e\n\x06\x64omain\x18\x07 \x01(\t\x12\x0e\n\x06\x66ields\x18\x08 \x03(\t\x12\x19\n\x11registration_code\x18\t \x01(\t\x12\x10\n\x08personal\x18\n \x01(\x08\x12\"\n\x06offers\x18\x0b \x03(\x0b\x32\x12.tds.v1.OfferTerms\"\x9c\x01\n\x13ListProductsRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\x12\r\n\x05grade\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x11\n\tall_pages\x18\x07 \x01(\x08\x42\x0c\n\n_page_size\"p\n\x14ListProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.tds.v1.ProductSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rmax_page_size\x18\x03 \x01(\x05\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"=\n\x12GetProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.tds.v1.ProductSummary2\xa0\x01\n\x0e\x43\x61talogService\x12I\n\x0cListProducts\x12\x1b.tds.v1.ListProductsRequest\x1a\x1c.tds.v1.ListProductsResponse\x12\x43\n\nGetProduct\x12\x19.tds.v1.GetProductRequest\x1a\x1a.tds.v1.GetProductResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCTSUMMARY']._serialized_start=397
   _globals['_PRODUCTSUMMARY']._serialized_end=618
   _globals['_LISTPRODUCTSREQUEST']._serialized_start=621
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=758
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=760
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=872
-  _globals['_GETPRODUCTREQUEST']._serialized_start=874
-  _globals['_GETPRODUCTREQUEST']._serialized_end=913
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=915
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=976
-  _globals['_CATALOGSERVICE']._serialized_start=979
-  _globals['_CATALOGSERVICE']._serialized_end=1139
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=777
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=779
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=891
+  _globals['_GETPRODUCTREQUEST']._serialized_start=893
+  _globals['_GETPRODUCTREQUEST']._serialized_end=932
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=934
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=995
+  _globals['_CATALOGSERVICE']._serialized_start=998
+  _globals['_CATALOGSERVICE']._serialized_end=1158
 # @@protoc_insertion_point(module_scope)

@@ -180,6 +180,7 @@ class ListProductsRequest(_message.Message):
     DOMAIN_FIELD_NUMBER: _builtins.int
     GRADE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    ALL_PAGES_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     """Only products with this tag; empty for all."""
     page_size: _builtins.int
@@ -194,6 +195,11 @@ class ListProductsRequest(_message.Message):
     """Only products of this grade (general, important); empty for all."""
     text: _builtins.str
     """Words to find in title, description or tags (all must match, any case); empty for all."""
+    all_pages: _builtins.bool
+    """The caller will ask for every following page, each at the provider's max_page_size
+    (as `tds catalog list` does): the provider may read the next page ahead while this one
+    is decided. A hint only: every page is still read and decided when it is asked for.
+    """
     def __init__(
         self,
         *,
@@ -203,10 +209,11 @@ class ListProductsRequest(_message.Message):
         domain: _builtins.str = ...,
         grade: _builtins.str = ...,
         text: _builtins.str = ...,
+        all_pages: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "page_size", b"page_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "domain", b"domain", "grade", b"grade", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_size", b"_page_size", "all_pages", b"all_pages", "domain", b"domain", "grade", b"grade", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__page_size: _TypeAlias = _typing.Literal["page_size"]  # noqa: Y015
     _WhichOneofArgType__page_size: _TypeAlias = _typing.Literal["_page_size", b"_page_size"]  # noqa: Y015
