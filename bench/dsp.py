@@ -479,15 +479,7 @@ def main() -> None:
         if key not in figures:
             continue
         part = figures[key]
-        print(
-            f"{title}, {args.count} each\n"
-            f"  gRPC: p50 {part['grpc']['p50_ms']} ms, {part['grpc']['rate_per_s']}/s "
-            f"with {CONCURRENCY} concurrent\n"
-            f"  DSP:  p50 {part['dsp']['p50_ms']} ms, {part['dsp']['rate_per_s']}/s "
-            f"with {CONCURRENCY} concurrent\n"
-            f"  DSP/gRPC: p50 x{part['p50_ratio_dsp_to_grpc']}, "
-            f"rate x{part['rate_ratio_dsp_to_grpc']}"
-        )
+        _print_pair(f"{title}, {args.count} each", part)
         for name in ("grpc", "dsp"):
             if "cpu_ms_per_negotiation" in part[name]:
                 print(
@@ -496,14 +488,9 @@ def main() -> None:
                 )
     if "served" in figures:
         part = figures["served"]["negotiation_to_finalized"]
-        print(
-            f"negotiation request -> FINALIZED between {part['parties']}, {args.count} each\n"
-            f"  gRPC: p50 {part['grpc']['p50_ms']} ms, {part['grpc']['rate_per_s']}/s "
-            f"with {CONCURRENCY} concurrent\n"
-            f"  DSP:  p50 {part['dsp']['p50_ms']} ms, {part['dsp']['rate_per_s']}/s "
-            f"with {CONCURRENCY} concurrent\n"
-            f"  DSP/gRPC: p50 x{part['p50_ratio_dsp_to_grpc']}, "
-            f"rate x{part['rate_ratio_dsp_to_grpc']}"
+        _print_pair(
+            f"negotiation request -> FINALIZED between {part['parties']}, {args.count} each",
+            part,
         )
         for name in ("grpc", "dsp"):
             print(
@@ -511,6 +498,19 @@ def main() -> None:
                 f"({part[name]['cpu_ms_per_negotiation_by_connector']})"
             )
         print(f"  disk fdatasync p50 ms: {part['disk_fdatasync_p50_ms']}")
+
+
+def _print_pair(title: str, part: dict[str, Any]) -> None:
+    """One measurement's gRPC and DSP figures and their ratios, for people."""
+    print(
+        f"{title}\n"
+        f"  gRPC: p50 {part['grpc']['p50_ms']} ms, {part['grpc']['rate_per_s']}/s "
+        f"with {CONCURRENCY} concurrent\n"
+        f"  DSP:  p50 {part['dsp']['p50_ms']} ms, {part['dsp']['rate_per_s']}/s "
+        f"with {CONCURRENCY} concurrent\n"
+        f"  DSP/gRPC: p50 x{part['p50_ratio_dsp_to_grpc']}, "
+        f"rate x{part['rate_ratio_dsp_to_grpc']}"
+    )
 
 
 if __name__ == "__main__":

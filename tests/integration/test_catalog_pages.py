@@ -471,12 +471,11 @@ def test_a_replica_decides_under_the_modules_another_replica_published(
     assert second_engine.updates == taken
 
 
-def test_a_page_read_ahead_is_decided_as_stored_when_asked(
+def _decisions_watched(
     world: LocalSpace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A caller following pages has the next page read ahead while the current one is
-    decided; a product changed in between is decided as stored when its page is asked for
-    (the read-ahead resources are not used), and an unchanged page uses them."""
+) -> tuple[Catalog, list[type]]:
+    """gov's catalog with nothing read ahead, and the type of each page decision's
+    ``resources`` as the engine gets them (``Prepared``: made ahead; ``list``: made now)."""
     node = world.nodes["gov"]
     assert node.catalog is not None and node.policy is not None
     gov, engine = node.catalog, node.policy.engine
@@ -486,6 +485,16 @@ def test_a_page_read_ahead_is_decided_as_stored_when_asked(
     monkeypatch.setattr(
         engine, "decide", lambda d: decided.append(type(d["resources"])) or decide(d)
     )
+    return gov, decided
+
+
+def test_a_page_read_ahead_is_decided_as_stored_when_asked(
+    world: LocalSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller following pages has the next page read ahead while the current one is
+    decided; a product changed in between is decided as stored when its page is asked for
+    (the read-ahead resources are not used), and an unchanged page uses them."""
+    gov, decided = _decisions_watched(world, monkeypatch)
     stub = catalog(world, "a")
 
     def page(token: str) -> catalog_pb2.ListProductsResponse:
@@ -521,15 +530,7 @@ def test_a_caller_asking_for_every_page_has_the_second_read_ahead_at_the_largest
     provider's largest size while the first is decided, and the request for it uses what
     was read (the same products, decided by that request); a first page asked without the
     hint reads nothing ahead."""
-    node = world.nodes["gov"]
-    assert node.catalog is not None and node.policy is not None
-    gov, engine = node.catalog, node.policy.engine
-    gov._ahead.close()  # nothing left from other tests
-    decided: list[type] = []
-    decide = engine.decide
-    monkeypatch.setattr(
-        engine, "decide", lambda d: decided.append(type(d["resources"])) or decide(d)
-    )
+    gov, decided = _decisions_watched(world, monkeypatch)
     stub = catalog(world, "a")
     stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=10), timeout=10)
     assert not gov._ahead._waiting  # no hint, no token: nothing read ahead
