@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from connector.compute.engine import Cube
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
 
@@ -85,6 +86,10 @@ class DatabaseSource:
 
     def counted(self, keys: Sequence[str]) -> str | None:
         """None: the database's rows change, so every statement counts them itself."""
+        return None
+
+    def cube(self, cube: Cube) -> str | None:
+        """None: the database's rows change; every statement runs on them."""
         return None
 
     def text(self, select: exp.Select, params: Mapping[str, Value]) -> str:

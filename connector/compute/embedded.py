@@ -10,6 +10,13 @@ the same. Then external access is disabled (no file, no network: ``read_csv``,
 autoinstalling are off, and the configuration is locked so no statement can turn any of it
 back on. Memory and threads are bounded; a query running longer than its time limit is
 interrupted.
+
+The file cannot change while its table is kept (its SHA-256 names the source's state), so
+the table also keeps what the engine asks it to count once (``DuckDBTable.counted``) and
+the pre-aggregates of offers' rules (``DuckDBTable.cube``), each made by the connector
+from the engine's own statement, as the table itself is, and named ``tds_...``: no name a
+question can reach (questions read ``product`` only, and no declared column may start with
+``tds_``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
+from connector.compute.engine import Cube
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
 
@@ -48,6 +56,14 @@ COUNTED_MAX_TABLES = 16
 """Row counts per combination of columns kept for one table (``DuckDBTable.counted``)."""
 COUNTED_MAX_ROWS = 100_000
 """Combinations above which such counts are not kept (they would be a table of their own)."""
+CUBE_MAX_TABLES = 8
+"""Cubes kept for one table (``DuckDBTable.cube``): one per distinct set of rules' dimensions
+and measures' bounds asked under."""
+CUBE_MAX_CELLS = 100_000
+"""Cells above which a cube is not kept."""
+CUBE_MAX_SHARE = 0.1
+"""Nor one with more cells than this share of the table's rows: reading it would save
+too little of a scan for the memory it holds."""
 
 
 @dataclass(frozen=True)
@@ -188,16 +204,20 @@ class DuckDBTable:
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
         self._lockdown(self._con)
         self._counted: dict[tuple[str, ...], str | None] = {}
+        self._cubes: dict[Cube, str | None] = {}
+        self._rows = 0
         self._never_null = self._columns_without_nulls()
 
     def _columns_without_nulls(self) -> frozenset[str]:
-        """The columns holding no NULL (one count of each, once: the table cannot change)."""
+        """The columns holding no NULL (one count of each, once: the table cannot change);
+        the table's rows are counted with them."""
         names = [r[0] for r in self.execute("SELECT column_name FROM (DESCRIBE product)")]
         counts = exp.select(
             exp.Count(this=exp.Star()),
             *(exp.Count(this=exp.column(exp.to_identifier(n, quoted=True))) for n in names),
         ).from_("product")
         [(rows, *non_null)] = self.execute(counts.sql(dialect=self.dialect))
+        self._rows = int(rows)
         return frozenset(n for n, c in zip(names, non_null, strict=True) if c == rows)
 
     def never_null(self, column: str) -> bool:
@@ -254,6 +274,32 @@ class DuckDBTable:
                 rows = COUNTED_MAX_ROWS + 1  # not kept: the statement counts instead
             self._counted[wanted] = name if rows <= COUNTED_MAX_ROWS else None
             return self._counted[wanted]
+
+    def cube(self, cube: Cube) -> str | None:
+        """The table of ``cube`` (the result of ``cube.statement(self)``), made the first
+        time it is asked for: the table cannot change, so neither can its cells, and a
+        question then adds up cells instead of reading every row. None (read the rows)
+        past ``CUBE_MAX_TABLES`` cubes, or when it would have more than
+        ``CUBE_MAX_CELLS`` cells or more than ``CUBE_MAX_SHARE`` of the table's rows (it
+        is made with a LIMIT one past that, so too large a cube is never held whole, and
+        dropped); the answer is remembered either way."""
+        with self._lock:
+            if cube in self._cubes:
+                return self._cubes[cube]
+            if len(self._cubes) >= CUBE_MAX_TABLES:
+                return None
+            name = f"tds_cube_{len(self._cubes)}"
+            most = min(CUBE_MAX_CELLS, int(self._rows * CUBE_MAX_SHARE))
+            select = cube.statement(self).limit(most + 1, copy=False)
+            try:
+                self._run(f"CREATE TABLE {name} AS {select.sql(dialect=self.dialect)}", {})
+                [(cells,)] = self._run(f"SELECT count(*) FROM {name}", {})  # noqa: S608
+                if cells > most:
+                    self._run(f"DROP TABLE {name}", {})
+            except Unavailable:
+                cells = most + 1  # not kept (the engine's message is in the log)
+            self._cubes[cube] = name if cells <= most else None
+            return self._cubes[cube]
 
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text on the locked engine (the engine only passes text it generated)."""

@@ -14,6 +14,16 @@ Executors (``Executor``) say how the FROM item ``product`` is reached and run th
 ``connector.compute.embedded.DuckDBTable`` over CSV / JSON Lines files, and
 ``connector.compute.database.DatabaseSource`` on PostgreSQL or MariaDB.
 
+An executor whose data cannot change (a file table: its hash is the source's state in the
+receipt) may keep a ``Cube`` of it: the rows grouped once by every dimension the rules
+declare, with each cell's row count and, per declared measure, the count, sum, least and
+greatest of its clamped values. A question may only group and filter by declared
+dimensions, so its groups are unions of cells, and its counts, sums, minima and maxima
+(and the averages made of them) are sums, minima and maxima of the cells' figures: the
+statement then reads the cells instead of every row, with the same filters, bound the
+same way. Quantiles cannot be added up, so a question asking one scans the rows; so does
+every question on an executor that keeps no cube (a database, or a cube too large).
+
 A statement's text depends on the question's shape (dimensions, filtered dimensions with
 their operators and number of values, statistics), the rules and the executor, never on
 the filter values, which are bound: the text generated for a shape is kept
@@ -37,6 +47,7 @@ from connector.compute.rules import ComputeRules, Measure
 from connector.errors import InvalidRequest
 
 __all__ = [
+    "Cube",
     "Executor",
     "Group",
     "Statistic",
@@ -85,6 +96,12 @@ class Executor(Protocol):
         """A table of the source's rows counted per combination of ``keys`` (columns
         ``keys`` and ``tds_n``) that this executor keeps because its data cannot change,
         or None: the statement counts the rows itself."""
+        ...
+
+    def cube(self, cube: Cube) -> str | None:
+        """A table holding the result of ``cube.statement(self)``, made by this executor
+        from the engine's own statement and kept because its data cannot change, or None
+        (too large, or data that changes): the statement reads the rows themselves."""
         ...
 
 
@@ -179,6 +196,75 @@ def _statistic(s: Statistic, rules: ComputeRules, executor: Executor) -> exp.Exp
     )
 
 
+_CUBE_FIGURES = {"count": "tds_c", "sum": "tds_s", "min": "tds_lo", "max": "tds_hi"}
+"""A measure's figures in a cube, by the statistic each answers: column ``<prefix><i>`` for
+the ``i``-th measure."""
+
+
+@dataclass(frozen=True)
+class Cube:
+    """A pre-aggregate of a source over the dimensions and measures an offer declares.
+
+    One row per combination of the dimensions' values that occurs (a cell; NULL is a value
+    of its own, as in a GROUP BY): its rows (``tds_n``) and, for the ``i``-th measure, its
+    non-NULL values (``tds_c<i>``) and the sum, least and greatest of its values clamped
+    to the measure's bounds (``tds_s<i>``, ``tds_lo<i>``, ``tds_hi<i>``), clamped exactly
+    as a statement over the rows clamps them (``_clamped``). A group of a question is the
+    union of the cells with its key that pass the filters (a filter reads only its
+    dimension, so a cell's rows pass or fail it alike), so its ``COUNT(*)`` is the sum of
+    their ``tds_n``, a measure's count and sum are sums, its minimum the least minimum and
+    its maximum the greatest. Equal for equal bounds: the cube depends on the dimensions
+    and the measures' bounds only, not on the aggregates allowed or on ``k``.
+    """
+
+    dimensions: tuple[str, ...]
+    measures: tuple[Measure, ...]
+    """The measures' names and bounds (aggregates and quantile levels left out)."""
+
+    @classmethod
+    def of(cls, rules: ComputeRules) -> Cube:
+        """The cube of everything ``rules`` let a question group, filter and aggregate."""
+        return cls(
+            tuple(d.name for d in rules.dimensions),
+            tuple(Measure(m.name, (), m.lower, m.upper) for m in rules.measures),
+        )
+
+    def answers(self, query: Query, stats: Sequence[Statistic]) -> bool:
+        """Whether the cells give exactly what a statement over the rows would: every
+        grouped and filtered dimension is one of the cube's, and every statistic is a
+        count, sum, minimum or maximum of one of its measures (a quantile is not)."""
+        dims = set(self.dimensions)
+        names = {m.name for m in self.measures}
+        return (
+            dims.issuperset(query.dimensions)
+            and dims.issuperset(f.dimension for f in query.filters)
+            and all(s.fn in _CUBE_FIGURES and s.measure in names for s in stats)
+        )
+
+    def statement(self, executor: Executor) -> exp.Select:
+        """The SELECT over the executor's rows whose result is the cube."""
+        columns: list[exp.Expr] = [exp.column(d) for d in self.dimensions]
+        columns.append(exp.alias_(exp.Count(this=exp.Star()), _N))
+        for i, m in enumerate(self.measures):
+            columns.append(exp.alias_(exp.Count(this=exp.column(m.name)), f"tds_c{i}"))
+            for fn, prefix in ((exp.Sum, "tds_s"), (exp.Min, "tds_lo"), (exp.Max, "tds_hi")):
+                columns.append(exp.alias_(fn(this=_clamped(m, executor)), f"{prefix}{i}"))
+        select = exp.select(*columns).from_(executor.source(), copy=False)
+        if self.dimensions:
+            select = select.group_by(*(exp.column(d) for d in self.dimensions), copy=False)
+        return select
+
+    def figure(self, s: Statistic) -> exp.Expression:
+        """``s`` of a group, from its cells."""
+        i = next(i for i, m in enumerate(self.measures) if m.name == s.measure)
+        column = exp.column(f"{_CUBE_FIGURES[s.fn]}{i}")
+        if s.fn == "min":
+            return exp.Min(this=column)
+        if s.fn == "max":
+            return exp.Max(this=column)
+        return exp.Sum(this=column)  # counts and sums add up
+
+
 def _bind(filters: Sequence[Filter]) -> tuple[dict[str, Value], list[tuple[str, ...]]]:
     """Every value of ``filters`` as a bound parameter ``p0``, ``p1``, ... in order, and
     the names of each filter's values."""
@@ -239,29 +325,40 @@ _STATEMENTS = _Statements()
 def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> list[Group]:
     """The exact per-group figures of ``query`` (already checked against ``rules``).
 
+    Read from the executor's ``Cube`` of the rules when it keeps one and the cube answers
+    the question (``Cube.answers``), otherwise computed over the rows: the same groups
+    and figures either way (sums of floats up to the order they are added in).
+
     Groups are sorted by key, so the same data gives the same list. More than
     ``rules.max_groups`` groups is an ``InvalidRequest`` (narrow the question).
     """
     stats = statistics(query.aggregates)
     params, names = _bind(query.filters)
+    cube = Cube.of(rules)
+    cells = executor.cube(cube) if cube.answers(query, stats) else None
 
     def build() -> exp.Select:
         columns: list[exp.Expr] = [
             exp.alias_(exp.column(d), f"tds_d{i}") for i, d in enumerate(query.dimensions)
         ]
-        columns.append(exp.alias_(exp.Count(this=exp.Star()), _N))
-        columns += [
-            exp.alias_(_statistic(s, rules, executor), f"tds_s{i}") for i, s in enumerate(stats)
-        ]
-        select = exp.select(*columns).from_(executor.source(), copy=False)
+        if cells is None:
+            columns.append(exp.alias_(exp.Count(this=exp.Star()), _N))
+            columns += [
+                exp.alias_(_statistic(s, rules, executor), f"tds_s{i}") for i, s in enumerate(stats)
+            ]
+            select = exp.select(*columns).from_(executor.source(), copy=False)
+        else:
+            columns.append(exp.alias_(exp.Sum(this=exp.column(_N)), _N))
+            columns += [exp.alias_(cube.figure(s), f"tds_s{i}") for i, s in enumerate(stats)]
+            select = exp.select(*columns).from_(cells)
         for f, mine in zip(query.filters, names, strict=True):
             select = select.where(_condition(f, mine, executor), copy=False)
         if query.dimensions:
             select = select.group_by(*(exp.column(d) for d in query.dimensions), copy=False)
         return select.limit(rules.max_groups + 1, copy=False)
 
-    # The rules give the clamping bounds and max_groups.
-    key = ("groups", query.dimensions, _shape(query.filters), stats, rules)
+    # The rules give the clamping bounds and max_groups (and the cube's columns).
+    key = ("groups", query.dimensions, _shape(query.filters), stats, rules, cells)
     rows = _STATEMENTS.run(executor, key, build, params)
     if len(rows) > rules.max_groups:
         raise InvalidRequest(
@@ -271,14 +368,15 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
     nd = len(query.dimensions)
     groups = []
     for row in rows:
-        n = int(row[nd])
-        if n == 0:  # no GROUP BY over an empty population still gives one row
+        # No GROUP BY over an empty population still gives one row: COUNT(*) 0 over the
+        # rows, a NULL sum over the cells.
+        if not row[nd]:
             continue
         values = {
             s.key: None if v is None else float(v)
             for s, v in zip(stats, row[nd + 1 :], strict=True)
         }
-        groups.append(Group(key=tuple(_plain(v) for v in row[:nd]), n=n, values=values))
+        groups.append(Group(key=tuple(_plain(v) for v in row[:nd]), n=int(row[nd]), values=values))
     groups.sort(key=lambda g: [(v is None, str(type(v)), v if v is not None else 0) for v in g.key])
     return groups
 

@@ -1,0 +1,372 @@
+"""The embedded engine's pre-aggregate (``Cube``): the same groups and figures as a scan of
+the rows, for every question the rules allow that it can answer; the scan for the rest."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.compute import embedded
+from connector.compute.answer import answer_query
+from connector.compute.embedded import DuckDBTable
+from connector.compute.engine import Cube, Group, compute_groups
+from connector.compute.query import OPS, parse_query
+from connector.compute.rules import ComputeRules, parse_rules
+from connector.compute.sources import ComputeSources
+from connector.errors import InvalidRequest, PermissionDenied, Unavailable
+from connector.sources.file import SourceRoots
+
+DISTRICTS = ["north", "south", "east", "west", "harbour"]
+BANDS = ["0-17", "18-64", "65+"]
+YEARS = list(range(2019, 2025))
+GRADES = [0.5, 1.0, 1.5]
+COLUMNS = ("patient_id", "district", "band", "year", "grade", "cost", "days")
+
+SPEC: dict[str, Any] = {
+    "k": 4,
+    "max_groups": 1000,
+    "dimensions": {
+        "district": {"type": "text"},
+        "band": {"type": "text"},
+        "year": {"type": "integer"},
+        "grade": {"type": "number"},
+    },
+    "measures": {
+        # A DOUBLE column, negative values and values outside the bounds on both sides.
+        "cost": {
+            "aggregates": ["count", "sum", "avg", "min", "max", "quantile"],
+            "lower": -50,
+            "upper": 500.5,
+            "quantiles": [0.5, 0.9],
+        },
+        # An integer column: its clamped sums are integers, added up exactly.
+        "days": {"aggregates": ["count", "sum", "avg", "min", "max"], "lower": 0, "upper": 20},
+    },
+}
+RULES = parse_rules(SPEC)
+DP_RULES = parse_rules(
+    SPEC
+    | {
+        "measures": {
+            "cost": {"aggregates": ["count", "sum", "avg"], "lower": -50, "upper": 500.5},
+            "days": {"aggregates": ["count", "sum", "avg"], "lower": 0, "upper": 20},
+        },
+        "privacy": {"epsilon_per_query": 1.0, "epsilon_budget": 100.0, "delta": 1e-6},
+    }
+)
+
+
+def _maybe(rng: random.Random, values: list[Any], nulls: float = 0.05) -> Any:
+    return None if rng.random() < nulls else rng.choice(values)
+
+
+def _write(path: Path, seed: int, rows: int = 8000) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for i in range(rows):
+            # 'harbour' is rare: small groups, and cells below k.
+            district = "harbour" if rng.random() < 0.004 else _maybe(rng, DISTRICTS[:4])
+            cost = None if rng.random() < 0.1 else round(rng.uniform(-400, 1500), 2)
+            days = None if rng.random() < 0.1 else rng.randint(-10, 40)
+            w.writerow(
+                (
+                    f"p-{i}",
+                    "" if district is None else district,
+                    _blank(_maybe(rng, BANDS)),
+                    _blank(_maybe(rng, YEARS)),
+                    _blank(_maybe(rng, GRADES)),
+                    _blank(cost),
+                    _blank(days),
+                )
+            )
+    return path
+
+
+def _blank(v: Any) -> Any:
+    return "" if v is None else v
+
+
+class Recording(DuckDBTable):
+    """A real embedded table that remembers the statements it ran."""
+
+    def __init__(self, *args: Any, cubes: bool = True, **kwargs: Any) -> None:
+        self.ran: list[str] = []
+        self._cubes_allowed = cubes
+        super().__init__(*args, **kwargs)
+
+    def cube(self, cube: Cube) -> str | None:
+        return super().cube(cube) if self._cubes_allowed else None
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        self.ran.append(sql)
+        return super().execute(sql, params)
+
+
+@pytest.fixture(params=[1, 2, 3])
+def tables(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Recording, Recording]]:
+    """The same random file loaded twice: with cubes, and scanning every question."""
+    path = _write(tmp_path / "t.csv", request.param)
+    cubed, scanned = Recording(path, "csv"), Recording(path, "csv", cubes=False)
+    yield cubed, scanned
+    cubed.close()
+    scanned.close()
+
+
+def _question(rng: random.Random, rules: ComputeRules) -> dict[str, Any]:
+    dims = rng.sample(["district", "band", "year", "grade"], rng.randint(0, 3))
+    filters = []
+    for _ in range(rng.randint(0, 3)):
+        dim = rng.choice(["district", "band", "year", "grade"])
+        text = dim in ("district", "band")
+        ops = [o for o in OPS if not text or o in ("=", "!=", "in", "not in")]
+        op = rng.choice(ops)
+        pool: list[Any] = {
+            "district": [*DISTRICTS, "nowhere"],
+            "band": BANDS,
+            "year": [*YEARS, 1990, 2100],
+            "grade": [*GRADES, 0.75],
+        }[dim]
+        if op in ("in", "not in"):
+            filters.append({"dimension": dim, "op": op, "values": rng.sample(pool, 2)})
+        else:
+            filters.append({"dimension": dim, "op": op, "value": rng.choice(pool)})
+    aggregates: list[dict[str, Any]] = [{"fn": "count"}]
+    for m in rules.measures:
+        fns = [a for a in m.aggregates if a != "quantile"]
+        for fn in rng.sample(fns, rng.randint(0, len(fns))):
+            aggregates.append({"fn": fn, "measure": m.name})
+    return {"dimensions": dims, "filters": filters, "aggregates": aggregates}
+
+
+def _same(cubed: list[Group], scanned: list[Group]) -> None:
+    assert [g.key for g in cubed] == [g.key for g in scanned]
+    for c, s in zip(cubed, scanned, strict=True):
+        assert c.n == s.n, c.key
+        assert c.values.keys() == s.values.keys()
+        for key, v in c.values.items():
+            if key == "sum(cost)" and v is not None:
+                # Doubles added up in another order: equal up to the last bits.
+                assert v == pytest.approx(s.values[key], rel=1e-12, abs=1e-9), (c.key, key)
+            else:
+                assert v == s.values[key], (c.key, key)  # counts, integer sums, min, max
+
+
+def _read_cube(t: Recording) -> bool:
+    return "tds_cube_" in t.ran[-1] and "FROM product" not in t.ran[-1]
+
+
+@pytest.mark.parametrize("rules", [RULES, DP_RULES], ids=["k", "dp"])
+def test_the_cube_gives_the_scans_groups(
+    tables: tuple[Recording, Recording], rules: ComputeRules
+) -> None:
+    """Random questions (every operator, NULL keys, empty and small groups, no group at
+    all): the groups and figures disclosure control and the noise are given are the
+    scan's."""
+    cubed, scanned = tables
+    rng = random.Random(7)
+    empty = 0
+    for _ in range(150):
+        query = parse_query(_question(rng, rules), rules)
+        groups = compute_groups(query, rules, cubed)
+        assert _read_cube(cubed), cubed.ran[-1]
+        scan = compute_groups(query, rules, scanned)
+        assert "FROM product" in scanned.ran[-1]
+        _same(groups, scan)
+        empty += not scan
+    assert empty  # some questions matched nothing
+    assert cubed.cube(Cube.of(rules)) is not None
+
+
+def test_none_keys_and_values_outside_the_bounds(tables: tuple[Recording, Recording]) -> None:
+    """The cube keeps NULL as a key of its own and clamps as the scan does."""
+    cubed, scanned = tables
+    q = parse_query(
+        "SELECT district, count(*), min(cost), max(cost), min(days), max(days), sum(days)"
+        " FROM product GROUP BY district",
+        RULES,
+    )
+    groups = compute_groups(q, RULES, cubed)
+    assert _read_cube(cubed)
+    _same(groups, compute_groups(q, RULES, scanned))
+    assert None in {g.key[0] for g in groups}
+    big = next(g for g in groups if g.key == ("north",))
+    assert big.values["min(cost)"] == -50.0 and big.values["max(cost)"] == 500.5
+    assert big.values["min(days)"] == 0.0 and big.values["max(days)"] == 20.0
+
+
+def _disclosed(question: dict[str, Any], t: Recording) -> tuple[Any, ...]:
+    try:
+        d = answer_query(question, RULES, t).disclosed
+    except PermissionDenied as exc:
+        return ("refused", str(exc))
+    return ("answered", d.columns, d.suppressed, d.rows)
+
+
+def test_answers_with_k_are_the_scans(tables: tuple[Recording, Recording]) -> None:
+    """The disclosed answers (suppression with k, the differencing check's refusals) of
+    both are the same."""
+    cubed, scanned = tables
+    rng = random.Random(11)
+    suppressed = refused = 0
+    for _ in range(80):
+        question = _question(rng, RULES)
+        mine, theirs = _disclosed(question, cubed), _disclosed(question, scanned)
+        assert mine[:3] == theirs[:3]
+        if mine[0] == "refused":
+            refused += 1
+            continue
+        suppressed += mine[2]
+        assert len(mine[3]) == len(theirs[3])
+        for a, b in zip(mine[3], theirs[3], strict=True):
+            for x, y in zip(a, b, strict=True):
+                # avg(cost): doubles, as above; everything else exactly.
+                assert x == (pytest.approx(y, rel=1e-12) if isinstance(y, float) else y)
+    assert suppressed and refused
+
+
+def test_dp_answers_come_from_the_cube(tables: tuple[Recording, Recording]) -> None:
+    cubed, _ = tables
+    q = "SELECT band, count(*), avg(cost), sum(days) FROM product WHERE year >= 2020 GROUP BY band"
+    answer = answer_query(q, DP_RULES, cubed)
+    assert _read_cube(cubed)
+    assert answer.disclosed.epsilon == 1.0
+
+
+def test_quantiles_scan_the_rows(tables: tuple[Recording, Recording]) -> None:
+    """A question asking a quantile (with other statistics or alone) reads the rows."""
+    cubed, scanned = tables
+    q = parse_query(
+        "SELECT band, count(*), avg(cost), quantile_cont(cost, 0.5) FROM product"
+        " WHERE year != 2020 GROUP BY band",
+        RULES,
+    )
+    groups = compute_groups(q, RULES, cubed)
+    assert "FROM product" in cubed.ran[-1] and "tds_cube_" not in cubed.ran[-1]
+    assert groups == compute_groups(q, RULES, scanned)
+    assert all(g.values["quantile(cost,0.5)"] is not None for g in groups)
+
+
+def test_a_large_cube_is_not_kept(tmp_path: Path) -> None:
+    """Rules whose dimensions split the table into nearly as many cells as rows get no
+    cube (nothing of it stays in the engine); their questions scan."""
+    path = _write(tmp_path / "t.csv", 5, rows=8000)
+    spec = SPEC | {"dimensions": SPEC["dimensions"] | {"patient_id": {"type": "text"}}}
+    rules = parse_rules(spec)
+    t = Recording(path, "csv")
+    try:
+        q = parse_query(
+            "SELECT district, count(*), sum(days) FROM product GROUP BY district", rules
+        )
+        groups = compute_groups(q, rules, t)
+        assert "FROM product" in t.ran[-1]
+        assert t.cube(Cube.of(rules)) is None
+        [(kept,)] = t.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'tds_cube%'"
+        )
+        assert kept == 0
+        plain = Recording(path, "csv", cubes=False)
+        try:
+            _same(groups, compute_groups(q, rules, plain))
+        finally:
+            plain.close()
+        # The same table keeps the cube of narrower rules.
+        assert t.cube(Cube.of(RULES)) is not None
+    finally:
+        t.close()
+
+
+def test_cubes_per_table_are_bounded(
+    tables: tuple[Recording, Recording], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "CUBE_MAX_TABLES", 1)
+    cubed, _ = tables
+    assert cubed.cube(Cube.of(RULES)) is not None
+    other = parse_rules(SPEC | {"measures": {"days": SPEC["measures"]["days"]}})
+    assert cubed.cube(Cube.of(other)) is None
+    q = parse_query("SELECT band, count(*), sum(days) FROM product GROUP BY band", other)
+    compute_groups(q, other, cubed)
+    assert "FROM product" in cubed.ran[-1]
+
+
+def test_one_cube_per_bounds_not_per_aggregates(tables: tuple[Recording, Recording]) -> None:
+    """The cube depends on the dimensions and the bounds: rules that differ in k or in
+    the aggregates allowed share it, other bounds get their own (clamped to them)."""
+    cubed, scanned = tables
+    same = parse_rules(SPEC | {"k": 9})
+    assert Cube.of(same) == Cube.of(RULES)
+    wider = parse_rules(
+        SPEC
+        | {
+            "measures": SPEC["measures"]
+            | {"cost": {"aggregates": ["max"], "lower": 0, "upper": 900}}
+        }
+    )
+    assert cubed.cube(Cube.of(wider)) not in (None, cubed.cube(Cube.of(RULES)))
+    q = parse_query("SELECT band, max(cost) FROM product GROUP BY band", wider)
+    _same(compute_groups(q, wider, cubed), compute_groups(q, wider, scanned))
+    assert max(g.values["max(cost)"] or 0 for g in compute_groups(q, wider, cubed)) == 900.0
+
+
+def test_too_many_groups_is_refused_alike(tables: tuple[Recording, Recording]) -> None:
+    cubed, scanned = tables
+    narrow = parse_rules(SPEC | {"max_groups": 5})
+    q = parse_query("SELECT district, band, count(*) FROM product GROUP BY district, band", narrow)
+    for t in (cubed, scanned):
+        with pytest.raises(InvalidRequest, match="more than 5 groups"):
+            compute_groups(q, narrow, t)
+    assert _read_cube(cubed)
+
+
+def test_a_question_cannot_name_the_cube(tables: tuple[Recording, Recording]) -> None:
+    """The cube is no source a question can reach: only ``product`` is, and no declared
+    column (so no dimension, measure or filter) may be one of the cube's."""
+    cubed, _ = tables
+    name = cubed.cube(Cube.of(RULES))
+    assert name is not None and name.startswith("tds_")
+    for question in (
+        f"SELECT count(*) FROM {name}",  # noqa: S608
+        f"SELECT district, count(*) FROM {name} GROUP BY district",  # noqa: S608
+        "SELECT tds_n, count(*) FROM product GROUP BY tds_n",
+        "SELECT count(*) FROM product WHERE tds_n = 1",
+        "SELECT sum(tds_s0) FROM product",
+        f"SELECT count(*) FROM product, {name}",  # noqa: S608
+        f"SELECT count(*) FROM (SELECT * FROM {name})",  # noqa: S608
+    ):
+        with pytest.raises(InvalidRequest):
+            parse_query(question, RULES)
+    with pytest.raises(InvalidRequest, match="tds_"):
+        parse_rules(SPEC | {"dimensions": {"tds_n": {"type": "integer"}}})
+
+
+def test_the_cube_is_made_after_the_lockdown(tables: tuple[Recording, Recording]) -> None:
+    """Made on the locked engine: the configuration stays locked, files stay out of reach."""
+    cubed, _ = tables
+    assert cubed.cube(Cube.of(RULES)) is not None
+    for sql in ("SET enable_external_access = true", "SELECT * FROM read_csv('/etc/passwd')"):
+        with pytest.raises(Unavailable):
+            cubed.execute(sql)
+
+
+def test_sources_keep_the_cube_with_the_table(tmp_path: Path) -> None:
+    """Through ``ComputeSources`` (as the provider opens products): the second question
+    on the kept table reads the cube the first one made."""
+    from connector.catalog.products import Source
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _write(root / "t.csv", 9)
+    sources = ComputeSources(SourceRoots(root))
+    source = Source(kind="table", format="csv", path="t.csv")
+    q = parse_query("SELECT band, count(*), avg(cost) FROM product GROUP BY band", RULES)
+    first, _ = sources.open(source, list(COLUMNS))
+    compute_groups(q, RULES, first)
+    second, _ = sources.open(source, list(COLUMNS))
+    assert second is first
+    assert isinstance(second, DuckDBTable) and second.cube(Cube.of(RULES)) is not None
