@@ -196,9 +196,9 @@ def _statistic(s: Statistic, rules: ComputeRules, executor: Executor) -> exp.Exp
     )
 
 
-_CUBE_FIGURES = {"count": "tds_c", "sum": "tds_s", "min": "tds_lo", "max": "tds_hi"}
+_CUBE_FIGURES = {"count": "tds_nn", "sum": "tds_sum", "min": "tds_lo", "max": "tds_hi"}
 """A measure's figures in a cube, by the statistic each answers: column ``<prefix><i>`` for
-the ``i``-th measure."""
+the ``i``-th measure (no name a statement's own aliases use, ``tds_s<i>`` among them)."""
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,8 @@ class Cube:
 
     One row per combination of the dimensions' values that occurs (a cell; NULL is a value
     of its own, as in a GROUP BY): its rows (``tds_n``) and, for the ``i``-th measure, its
-    non-NULL values (``tds_c<i>``) and the sum, least and greatest of its values clamped
-    to the measure's bounds (``tds_s<i>``, ``tds_lo<i>``, ``tds_hi<i>``), clamped exactly
+    non-NULL values (``tds_nn<i>``) and the sum, least and greatest of its values clamped
+    to the measure's bounds (``tds_sum<i>``, ``tds_lo<i>``, ``tds_hi<i>``), clamped exactly
     as a statement over the rows clamps them (``_clamped``). A group of a question is the
     union of the cells with its key that pass the filters (a filter reads only its
     dimension, so a cell's rows pass or fail it alike), so its ``COUNT(*)`` is the sum of
@@ -246,9 +246,11 @@ class Cube:
         columns: list[exp.Expr] = [exp.column(d) for d in self.dimensions]
         columns.append(exp.alias_(exp.Count(this=exp.Star()), _N))
         for i, m in enumerate(self.measures):
-            columns.append(exp.alias_(exp.Count(this=exp.column(m.name)), f"tds_c{i}"))
-            for fn, prefix in ((exp.Sum, "tds_s"), (exp.Min, "tds_lo"), (exp.Max, "tds_hi")):
-                columns.append(exp.alias_(fn(this=_clamped(m, executor)), f"{prefix}{i}"))
+            count = exp.Count(this=exp.column(m.name))
+            columns.append(exp.alias_(count, f"{_CUBE_FIGURES['count']}{i}"))
+            for fn, stat in ((exp.Sum, "sum"), (exp.Min, "min"), (exp.Max, "max")):
+                figure = fn(this=_clamped(m, executor))
+                columns.append(exp.alias_(figure, f"{_CUBE_FIGURES[stat]}{i}"))
         select = exp.select(*columns).from_(executor.source(), copy=False)
         if self.dimensions:
             select = select.group_by(*(exp.column(d) for d in self.dimensions), copy=False)

@@ -335,7 +335,7 @@ def test_a_question_cannot_name_the_cube(tables: tuple[Recording, Recording]) ->
         f"SELECT district, count(*) FROM {name} GROUP BY district",  # noqa: S608
         "SELECT tds_n, count(*) FROM product GROUP BY tds_n",
         "SELECT count(*) FROM product WHERE tds_n = 1",
-        "SELECT sum(tds_s0) FROM product",
+        "SELECT sum(tds_sum0) FROM product",
         f"SELECT count(*) FROM product, {name}",  # noqa: S608
         f"SELECT count(*) FROM (SELECT * FROM {name})",  # noqa: S608
     ):
