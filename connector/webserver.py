@@ -13,6 +13,8 @@ import threading
 
 from aiohttp import web
 
+from connector.aio import cancel_the_rest
+
 __all__ = ["BackgroundSite"]
 
 
@@ -94,7 +96,9 @@ class BackgroundSite:
                 for transport in kept:
                     if transport is not None:
                         transport.abort()
-                await asyncio.sleep(0)
+                # And a TLS connection still in its handshake belongs to no handler yet,
+                # only to the task accepting it: cancelled, that task closes it.
+                await cancel_the_rest()
 
             asyncio.run_coroutine_threadsafe(cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)

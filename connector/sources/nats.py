@@ -61,6 +61,7 @@ from nats.js import api
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from connector.aio import cancel_the_rest
 from connector.errors import (
     ConnectorError,
     InvalidRequest,
@@ -183,14 +184,6 @@ class _Consumer:
             await self.nc.close()
 
 
-async def _cancel_the_rest() -> None:
-    """Cancel every other task of the running loop and wait for them to end."""
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    for task in others:
-        task.cancel()
-    await asyncio.gather(*others, return_exceptions=True)
-
-
 class _NatsSubscription(SubscriptionBase):
     """A subscription: an event loop of its own, driven by the reader's :meth:`poll`."""
 
@@ -270,7 +263,7 @@ class _NatsSubscription(SubscriptionBase):
             self._loop.run_until_complete(self._consumer.release())
             self._consumer = None
         # Let the client's cancelled reader and flusher tasks finish before the loop ends.
-        self._loop.run_until_complete(_cancel_the_rest())
+        self._loop.run_until_complete(cancel_the_rest())
         self._loop.close()
 
     def _fill(self, deadline: float) -> None:
