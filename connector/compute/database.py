@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from connector.compute.engine import Cube
+from connector.compute.engine import Cube, KeptCube
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
 
@@ -88,7 +88,7 @@ class DatabaseSource:
         """None: the database's rows change, so every statement counts them itself."""
         return None
 
-    def cube(self, cube: Cube) -> str | None:
+    def cube(self, cube: Cube) -> KeptCube | None:
         """None: the database's rows change; every statement runs on them."""
         return None
 

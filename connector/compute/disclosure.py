@@ -55,7 +55,14 @@ from typing import Any
 import opendp.prelude as dp
 
 from connector.audit.canonical import canonical_json
-from connector.compute.engine import Executor, Group, Statistic, isolating_groups, statistics
+from connector.compute.engine import (
+    Cube,
+    Executor,
+    Group,
+    Statistic,
+    isolating_groups,
+    statistics,
+)
 from connector.compute.query import Aggregate, Query, Value
 from connector.compute.rules import ComputeRules, Measure
 from connector.errors import PermissionDenied
@@ -91,7 +98,9 @@ def check_isolation(query: Query, rules: ComputeRules, executor: Executor) -> No
     """
     if rules.privacy is not None or not query.filters:
         return  # noise bounds differencing; an exact-count refusal would itself leak
-    counts = isolating_groups(query.dimensions, query.filters, executor, k=rules.k)
+    # The cube of the rules holds the rows' counts by every dimension a filter can name.
+    cube = executor.cube(Cube.of(rules))
+    counts = isolating_groups(query.dimensions, query.filters, executor, k=rules.k, cube=cube)
     for f, isolated in zip(query.filters, counts, strict=True):
         if isolated:
             raise PermissionDenied(

@@ -36,7 +36,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from connector.compute.engine import Cube
+from connector.compute.engine import CELLS_IN_PYTHON, Cube, CubeCells, KeptCube
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
 
@@ -204,7 +204,7 @@ class DuckDBTable:
             raise Unavailable(f"the table {path.name} could not be read: {exc}") from None
         self._lockdown(self._con)
         self._counted: dict[tuple[str, ...], str | None] = {}
-        self._cubes: dict[Cube, str | None] = {}
+        self._cubes: dict[Cube, KeptCube | None] = {}
         self._rows = 0
         self._never_null = self._columns_without_nulls()
 
@@ -275,14 +275,16 @@ class DuckDBTable:
             self._counted[wanted] = name if rows <= COUNTED_MAX_ROWS else None
             return self._counted[wanted]
 
-    def cube(self, cube: Cube) -> str | None:
+    def cube(self, cube: Cube) -> KeptCube | None:
         """The table of ``cube`` (the result of ``cube.statement(self)``), made the first
         time it is asked for: the table cannot change, so neither can its cells, and a
         question then adds up cells instead of reading every row. None (read the rows)
         past ``CUBE_MAX_TABLES`` cubes, or when it would have more than
         ``CUBE_MAX_CELLS`` cells or more than ``CUBE_MAX_SHARE`` of the table's rows (it
         is made with a LIMIT one past that, so too large a cube is never held whole, and
-        dropped); the answer is remembered either way."""
+        dropped); the answer is remembered either way. Up to ``CELLS_IN_PYTHON`` cells
+        are also fetched once into Python (``CubeCells``), where questions are answered
+        without a statement."""
         with self._lock:
             if cube in self._cubes:
                 return self._cubes[cube]
@@ -291,15 +293,22 @@ class DuckDBTable:
             name = f"tds_cube_{len(self._cubes)}"
             most = min(CUBE_MAX_CELLS, int(self._rows * CUBE_MAX_SHARE))
             select = cube.statement(self).limit(most + 1, copy=False)
+            kept: KeptCube | None = None
             try:
                 self._run(f"CREATE TABLE {name} AS {select.sql(dialect=self.dialect)}", {})
                 [(cells,)] = self._run(f"SELECT count(*) FROM {name}", {})  # noqa: S608
                 if cells > most:
                     self._run(f"DROP TABLE {name}", {})
+                elif cells > CELLS_IN_PYTHON:
+                    kept = KeptCube(name)
+                else:
+                    columns = [(r[0], r[1]) for r in self._run(f"DESCRIBE {name}", {})]
+                    rows = self._run(f"SELECT * FROM {name}", {})  # noqa: S608
+                    kept = KeptCube(name, CubeCells.of(cube, columns, rows))
             except Unavailable:
-                cells = most + 1  # not kept (the engine's message is in the log)
-            self._cubes[cube] = name if cells <= most else None
-            return self._cubes[cube]
+                pass  # not kept (the engine's message is in the log)
+            self._cubes[cube] = kept
+            return kept
 
     def execute(self, sql: str, params: dict[str, Value] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL text on the locked engine (the engine only passes text it generated)."""

@@ -33,6 +33,7 @@ printing the same sqlglot tree again (about 1 ms of a question with a filter).
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
 from collections import OrderedDict
@@ -47,9 +48,12 @@ from connector.compute.rules import ComputeRules, Measure
 from connector.errors import InvalidRequest
 
 __all__ = [
+    "CELLS_IN_PYTHON",
     "Cube",
+    "CubeCells",
     "Executor",
     "Group",
+    "KeptCube",
     "Statistic",
     "compute_groups",
     "isolating_groups",
@@ -98,10 +102,11 @@ class Executor(Protocol):
         or None: the statement counts the rows itself."""
         ...
 
-    def cube(self, cube: Cube) -> str | None:
+    def cube(self, cube: Cube) -> KeptCube | None:
         """A table holding the result of ``cube.statement(self)``, made by this executor
-        from the engine's own statement and kept because its data cannot change, or None
-        (too large, or data that changes): the statement reads the rows themselves."""
+        from the engine's own statement and kept because its data cannot change (with its
+        cells held in Python when they are few, ``CubeCells``), or None (too large, or
+        data that changes): the statement reads the rows themselves."""
         ...
 
 
@@ -267,6 +272,243 @@ class Cube:
         return exp.Sum(this=column)  # counts and sums add up
 
 
+CELLS_IN_PYTHON = 4096
+"""Cells up to which a kept cube's cells are also held in Python (``CubeCells``)."""
+
+_INTEGER_TYPES = frozenset(
+    {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "UHUGEINT",
+    }
+)
+_EXACT_AS_DOUBLE = 2**53
+"""Integers up to this magnitude are the same number as a double."""
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _kind(type_: str, values: Sequence[Any]) -> str | None:
+    """How a cube's dimension column of DuckDB type ``type_`` holding ``values`` compares
+    and groups in Python exactly as in DuckDB: ``text`` (VARCHAR or ENUM, fetched as str),
+    ``int`` (an integer type, fetched as int), ``int53`` (the same, every value exact as
+    a double), ``double`` (DOUBLE without NaN or -0.0, which DuckDB orders and groups
+    unlike Python's floats); None for any other type (DATE, DECIMAL, FLOAT, BOOLEAN, ...)."""
+    if type_ == "VARCHAR" or type_.startswith("ENUM("):
+        return "text"
+    if type_ in _INTEGER_TYPES:
+        exact = all(v is None or abs(v) <= _EXACT_AS_DOUBLE for v in values)
+        return "int53" if exact else "int"
+    if type_ == "DOUBLE":
+        odd = any(
+            v is not None and (v != v or (v == 0 and math.copysign(1.0, v) < 0)) for v in values
+        )
+        return None if odd else "double"
+    return None
+
+
+def _matches(kind: str | None, f: Filter) -> bool:
+    """Whether Python's comparison of a column of ``kind`` with ``f``'s values is
+    DuckDB's, with the values bound as the statement binds them."""
+    values = f.values
+    if kind == "text":
+        # Only equality on text (no ordering is allowed on it); a str DuckDB cannot bind
+        # (not UTF-8: a lone surrogate) fails there, so it is left to the statement.
+        return f.op in ("=", "!=", "in", "not in") and all(
+            type(v) is str and _utf8(v) for v in values
+        )
+    if kind in ("int", "int53"):
+        # An int is compared exactly by both; a float against an integer column is
+        # compared as doubles by DuckDB, which is exact only when every value is.
+        return all(type(v) is int or (type(v) is float and kind == "int53") for v in values)
+    if kind == "double":
+        return all(
+            type(v) is float or (type(v) is int and abs(v) <= _EXACT_AS_DOUBLE) for v in values
+        )
+    return False
+
+
+def _utf8(v: str) -> bool:
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _predicate(f: Filter) -> Callable[[Any], bool]:
+    """Whether a cell's value of ``f``'s dimension passes ``f``, as SQL's WHERE decides:
+    NULL passes nothing (``!=`` and ``NOT IN`` included), a value list holds no NULL."""
+    if f.op in ("in", "not in"):
+        values = frozenset(f.values)
+        if f.op == "in":
+            return values.__contains__  # None is never among them
+        return lambda x: x is not None and x not in values
+    v, compare = f.values[0], _COMPARE[f.op]
+    return lambda x: x is not None and compare(x, v)
+
+
+def _too_many(max_groups: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"the answer would have more than {max_groups} groups; group by fewer dimensions or filter"
+    )
+
+
+class CubeCells:
+    """A kept cube's cells held in Python, fetched once when it is made (they cannot
+    change), as one tuple per column.
+
+    A question's groups are then the cells that pass its filters, added up by its
+    dimensions in Python: what the statement over the cells (``compute_groups``) computes,
+    without the statement, whose fixed cost in DuckDB (about 1 ms for any GROUP BY, over a
+    few hundred cells) is most of a question's time there. Only where Python gives
+    provably the same groups (``answers``): each grouped or filtered dimension's column
+    compares and groups in Python as in DuckDB (``_kind``), and each filter's values
+    compare with it as DuckDB compares them bound (``_matches``). Counts and integer sums
+    are exact (Python ints), sums of doubles are added in the cells' order (as the cube
+    and a scan already differ, up to the order of additions), minima and maxima are the
+    cells' least and greatest, and a figure with no non-NULL value is None, as SQL's SUM,
+    MIN and MAX over none are NULL.
+    """
+
+    def __init__(
+        self,
+        n: tuple[int, ...],
+        dimensions: dict[str, tuple[Any, ...]],
+        kinds: dict[str, str | None],
+        figures: dict[tuple[str, str], tuple[Any, ...]],
+    ) -> None:
+        self._n = n
+        self._dimensions = dimensions
+        self._kinds = kinds
+        self._figures = figures
+
+    @classmethod
+    def of(
+        cls,
+        cube: Cube,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> CubeCells | None:
+        """The cells ``rows`` of ``cube``'s table, whose columns are ``columns`` (name,
+        DuckDB type); None when a measure's figures are not plain integers or doubles
+        (a DECIMAL sum, say), which Python would not add up as DuckDB does."""
+        at = {name: i for i, (name, _) in enumerate(columns)}
+        data = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+        figures: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for i, m in enumerate(cube.measures):
+            for fn, prefix in _CUBE_FIGURES.items():
+                j = at[f"{prefix}{i}"]
+                type_, values = columns[j][1], data[j]
+                if type_ not in _INTEGER_TYPES and (
+                    type_ != "DOUBLE" or any(v is not None and v != v for v in values)
+                ):
+                    return None
+                figures[(fn, m.name)] = values
+        dimensions = {d: data[at[d]] for d in cube.dimensions}
+        kinds = {d: _kind(columns[at[d]][1], dimensions[d]) for d in cube.dimensions}
+        return cls(data[at[_N]], dimensions, kinds, figures)
+
+    def __len__(self) -> int:
+        return len(self._n)
+
+    def answers(self, dimensions: Sequence[str], filters: Sequence[Filter]) -> bool:
+        """Whether the groups by ``dimensions`` of the cells passing ``filters`` are, in
+        Python, exactly what DuckDB makes of them."""
+        return all(self._kinds.get(d) is not None for d in dimensions) and all(
+            _matches(self._kinds.get(f.dimension), f) for f in filters
+        )
+
+    def _passing(self, filters: Sequence[Filter]) -> Sequence[int]:
+        at: Sequence[int] = range(len(self._n))
+        for f in filters:
+            column, passes = self._dimensions[f.dimension], _predicate(f)
+            at = [i for i in at if passes(column[i])]
+        return at
+
+    def _split(
+        self, dimensions: Sequence[str], at: Sequence[int]
+    ) -> dict[tuple[Any, ...], list[int]]:
+        """The cells ``at`` by their values of ``dimensions`` (NULL a value of its own, as
+        in a GROUP BY); one group of them all for no dimension, none for no cell."""
+        if not dimensions:
+            return {(): list(at)} if at else {}
+        columns = [self._dimensions[d] for d in dimensions]
+        split: dict[tuple[Any, ...], list[int]] = {}
+        for i in at:
+            key = tuple(c[i] for c in columns)
+            members = split.get(key)
+            if members is None:
+                split[key] = [i]
+            else:
+                members.append(i)
+        return split
+
+    def groups(self, query: Query, stats: Sequence[Statistic], max_groups: int) -> list[Group]:
+        """The groups of ``query`` (``answers`` said yes), unsorted; more than
+        ``max_groups`` is refused as the statement refuses it."""
+        split = self._split(query.dimensions, self._passing(query.filters))
+        if len(split) > max_groups:
+            raise _too_many(max_groups)
+        wanted = [(s.key, s.fn, self._figures[(s.fn, s.measure)]) for s in stats]
+        n = self._n
+        groups = []
+        for key, members in split.items():
+            values: dict[str, float | None] = {}
+            for name, fn, column in wanted:
+                if fn == "count":
+                    values[name] = float(sum(column[i] for i in members))
+                    continue
+                present = [v for v in (column[i] for i in members) if v is not None]
+                figure = (
+                    None
+                    if not present
+                    else (sum if fn == "sum" else min if fn == "min" else max)(present)
+                )
+                values[name] = None if figure is None else float(figure)
+            groups.append(
+                Group(
+                    key=tuple(_plain(v) for v in key),
+                    n=int(sum(n[i] for i in members)),
+                    values=values,
+                )
+            )
+        return groups
+
+    def counted(self, keys: Sequence[str], filters: Sequence[Filter]) -> list[tuple[Any, ...]]:
+        """The cells' rows counted per combination of ``keys``, each with whether it
+        meets each of ``filters`` (a row of ``_isolating_from_cells``' table)."""
+        split = self._split(keys, range(len(self._n)))
+        tests = [(keys.index(f.dimension), _predicate(f)) for f in filters]
+        n = self._n
+        return [
+            (*key, sum(n[i] for i in members), *(passes(key[j]) for j, passes in tests))
+            for key, members in split.items()
+        ]
+
+
+@dataclass(frozen=True)
+class KeptCube:
+    """A cube an executor keeps: the table holding it, and its cells in Python when they
+    are few enough (``CELLS_IN_PYTHON``) and plain enough to hold (``CubeCells.of``)."""
+
+    table: str
+    cells: CubeCells | None = None
+
+
 def _bind(filters: Sequence[Filter]) -> tuple[dict[str, Value], list[tuple[str, ...]]]:
     """Every value of ``filters`` as a bound parameter ``p0``, ``p1``, ... in order, and
     the names of each filter's values."""
@@ -335,9 +577,32 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
     ``rules.max_groups`` groups is an ``InvalidRequest`` (narrow the question).
     """
     stats = statistics(query.aggregates)
-    params, names = _bind(query.filters)
     cube = Cube.of(rules)
-    cells = executor.cube(cube) if cube.answers(query, stats) else None
+    kept = executor.cube(cube) if cube.answers(query, stats) else None
+    if (
+        kept is not None
+        and kept.cells is not None
+        and kept.cells.answers(query.dimensions, query.filters)
+    ):
+        groups = kept.cells.groups(query, stats, rules.max_groups)
+    else:
+        groups = _groups_of_statement(
+            query, stats, rules, executor, None if kept is None else kept.table
+        )
+    groups.sort(key=lambda g: [(v is None, str(type(v)), v if v is not None else 0) for v in g.key])
+    return groups
+
+
+def _groups_of_statement(
+    query: Query,
+    stats: Sequence[Statistic],
+    rules: ComputeRules,
+    executor: Executor,
+    cells: str | None,
+) -> list[Group]:
+    """``compute_groups`` by a statement: over the cube's table ``cells``, or the rows."""
+    cube = Cube.of(rules)
+    params, names = _bind(query.filters)
 
     def build() -> exp.Select:
         columns: list[exp.Expr] = [
@@ -360,13 +625,10 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
         return select.limit(rules.max_groups + 1, copy=False)
 
     # The rules give the clamping bounds and max_groups (and the cube's columns).
-    key = ("groups", query.dimensions, _shape(query.filters), stats, rules, cells)
+    key = ("groups", query.dimensions, _shape(query.filters), tuple(stats), rules, cells)
     rows = _STATEMENTS.run(executor, key, build, params)
     if len(rows) > rules.max_groups:
-        raise InvalidRequest(
-            f"the answer would have more than {rules.max_groups} groups; group by fewer"
-            " dimensions or filter"
-        )
+        raise _too_many(rules.max_groups)
     nd = len(query.dimensions)
     groups = []
     for row in rows:
@@ -379,7 +641,6 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
             for s, v in zip(stats, row[nd + 1 :], strict=True)
         }
         groups.append(Group(key=tuple(_plain(v) for v in row[:nd]), n=int(row[nd]), values=values))
-    groups.sort(key=lambda g: [(v is None, str(type(v)), v if v is not None else 0) for v in g.key])
     return groups
 
 
@@ -402,6 +663,7 @@ def isolating_groups(
     executor: Executor,
     *,
     k: int,
+    cube: KeptCube | None = None,
 ) -> tuple[int, ...]:
     """For each filter, in how many groups a cell could be isolated by differencing on it.
 
@@ -421,9 +683,15 @@ def isolating_groups(
     """
     if not filters:
         return ()
+    keys = tuple(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
+    if cube is not None and cube.cells is not None and cube.cells.answers(keys, filters):
+        # The counts and marks of ``_isolating_from_cells``, made in Python from the cube.
+        rows = cube.cells.counted(keys, filters if len(filters) > 1 else ())
+        return _isolated(
+            rows, keys, dimensions, filters, len(filters) if len(filters) > 1 else 0, k
+        )
     # A lone filter's check reads no condition (there are no others), so binds nothing.
     params, names = _bind(filters) if len(filters) > 1 else ({}, [])
-    keys = tuple(dict.fromkeys((*dimensions, *(f.dimension for f in filters))))
     counted = executor.counted(keys)
     if counted is not None:
         found = _isolating_from_cells(dimensions, filters, names, params, executor, k, counted)
@@ -479,7 +747,20 @@ def _isolating_from_cells(
     rows = _STATEMENTS.run(executor, key, build, params)
     if len(rows) > CELLS_SUMMED_HERE:
         return None
-    nk, nf = len(keys), len(names)
+    return _isolated(rows, keys, dimensions, filters, len(names), k)
+
+
+def _isolated(
+    rows: Sequence[tuple[Any, ...]],
+    keys: Sequence[str],
+    dimensions: Sequence[str],
+    filters: Sequence[Filter],
+    nf: int,
+    k: int,
+) -> tuple[int, ...]:
+    """``isolating_groups`` from counted cells ``rows``: each one's values of ``keys``,
+    its rows, and (``nf`` of them, none for a lone filter) whether it meets each filter."""
+    nk = len(keys)
     # How many of its conditions each cell meets: it matches every filter but i when it
     # meets all of them, or all but i's own.
     met = [sum(1 for m in row[nk + 1 :] if m is True) for row in rows]

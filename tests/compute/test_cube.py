@@ -14,8 +14,8 @@ import pytest
 from connector.compute import embedded
 from connector.compute.answer import answer_query
 from connector.compute.embedded import DuckDBTable
-from connector.compute.engine import Cube, Group, compute_groups
-from connector.compute.query import OPS, parse_query
+from connector.compute.engine import Cube, Group, KeptCube, compute_groups
+from connector.compute.query import OPS, Query, parse_query
 from connector.compute.rules import ComputeRules, parse_rules
 from connector.compute.sources import ComputeSources
 from connector.errors import InvalidRequest, PermissionDenied, Unavailable
@@ -94,15 +94,21 @@ def _blank(v: Any) -> Any:
 
 
 class Recording(DuckDBTable):
-    """A real embedded table that remembers the statements it ran."""
+    """A real embedded table that remembers the statements it ran; ``cubes=False`` keeps
+    no cube (every question scans), ``cells=False`` keeps its cubes' cells out of Python
+    (every question from the cube is a statement over its table)."""
 
-    def __init__(self, *args: Any, cubes: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, cubes: bool = True, cells: bool = True, **kwargs: Any) -> None:
         self.ran: list[str] = []
         self._cubes_allowed = cubes
+        self._cells_allowed = cells
         super().__init__(*args, **kwargs)
 
-    def cube(self, cube: Cube) -> str | None:
-        return super().cube(cube) if self._cubes_allowed else None
+    def cube(self, cube: Cube) -> KeptCube | None:
+        if not self._cubes_allowed:
+            return None
+        kept = super().cube(cube)
+        return kept if kept is None or self._cells_allowed else KeptCube(kept.table)
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         self.ran.append(sql)
@@ -110,13 +116,25 @@ class Recording(DuckDBTable):
 
 
 @pytest.fixture(params=[1, 2, 3])
-def tables(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Recording, Recording]]:
+def table_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return _write(tmp_path / "t.csv", request.param)
+
+
+@pytest.fixture
+def tables(table_file: Path) -> Iterator[tuple[Recording, Recording]]:
     """The same random file loaded twice: with cubes, and scanning every question."""
-    path = _write(tmp_path / "t.csv", request.param)
-    cubed, scanned = Recording(path, "csv"), Recording(path, "csv", cubes=False)
+    cubed, scanned = Recording(table_file, "csv"), Recording(table_file, "csv", cubes=False)
     yield cubed, scanned
     cubed.close()
     scanned.close()
+
+
+@pytest.fixture
+def over_cells(table_file: Path) -> Iterator[Recording]:
+    """The same file with cubes whose cells are read by statements, never in Python."""
+    t = Recording(table_file, "csv", cells=False)
+    yield t
+    t.close()
 
 
 def _question(rng: random.Random, rules: ComputeRules) -> dict[str, Any]:
@@ -134,7 +152,8 @@ def _question(rng: random.Random, rules: ComputeRules) -> dict[str, Any]:
             "grade": [*GRADES, 0.75],
         }[dim]
         if op in ("in", "not in"):
-            filters.append({"dimension": dim, "op": op, "values": rng.sample(pool, 2)})
+            values = rng.sample(pool, rng.randint(1, min(4, len(pool))))
+            filters.append({"dimension": dim, "op": op, "values": values})
         else:
             filters.append({"dimension": dim, "op": op, "value": rng.choice(pool)})
     aggregates: list[dict[str, Any]] = [{"fn": "count"}]
@@ -162,26 +181,38 @@ def _read_cube(t: Recording) -> bool:
     return "tds_cube_" in t.ran[-1] and "FROM product" not in t.ran[-1]
 
 
+def _asked(query: Query, rules: ComputeRules, t: Recording) -> tuple[list[Group], list[str]]:
+    """``query``'s groups on ``t``, and the statements answering it ran."""
+    before = len(t.ran)
+    groups = compute_groups(query, rules, t)
+    return groups, t.ran[before:]
+
+
 @pytest.mark.parametrize("rules", [RULES, DP_RULES], ids=["k", "dp"])
 def test_the_cube_gives_the_scans_groups(
-    tables: tuple[Recording, Recording], rules: ComputeRules
+    tables: tuple[Recording, Recording], over_cells: Recording, rules: ComputeRules
 ) -> None:
-    """Random questions (every operator, NULL keys, empty and small groups, no group at
-    all): the groups and figures disclosure control and the noise are given are the
-    scan's."""
+    """Random questions (every operator, IN lists, NULL keys, empty and small groups, no
+    group at all): the groups and figures disclosure control and the noise are given are
+    the scan's, and those of the statement over the cube's cells; answered in Python from
+    the cells (no statement run)."""
     cubed, scanned = tables
     rng = random.Random(7)
     empty = 0
     for _ in range(150):
         query = parse_query(_question(rng, rules), rules)
-        groups = compute_groups(query, rules, cubed)
-        assert _read_cube(cubed), cubed.ran[-1]
+        groups, ran = _asked(query, rules, cubed)
+        assert ran == []
+        statement, ran = _asked(query, rules, over_cells)
+        assert len(ran) == 1 and "tds_cube_" in ran[0] and "FROM product" not in ran[0]
         scan = compute_groups(query, rules, scanned)
         assert "FROM product" in scanned.ran[-1]
         _same(groups, scan)
+        _same(groups, statement)
         empty += not scan
     assert empty  # some questions matched nothing
-    assert cubed.cube(Cube.of(rules)) is not None
+    kept = cubed.cube(Cube.of(rules))
+    assert kept is not None and kept.cells is not None
 
 
 def test_none_keys_and_values_outside_the_bounds(tables: tuple[Recording, Recording]) -> None:
@@ -192,8 +223,8 @@ def test_none_keys_and_values_outside_the_bounds(tables: tuple[Recording, Record
         " FROM product GROUP BY district",
         RULES,
     )
-    groups = compute_groups(q, RULES, cubed)
-    assert _read_cube(cubed)
+    groups, ran = _asked(q, RULES, cubed)
+    assert ran == []  # from the cells, in Python
     _same(groups, compute_groups(q, RULES, scanned))
     assert None in {g.key[0] for g in groups}
     big = next(g for g in groups if g.key == ("north",))
@@ -234,8 +265,9 @@ def test_answers_with_k_are_the_scans(tables: tuple[Recording, Recording]) -> No
 def test_dp_answers_come_from_the_cube(tables: tuple[Recording, Recording]) -> None:
     cubed, _ = tables
     q = "SELECT band, count(*), avg(cost), sum(days) FROM product WHERE year >= 2020 GROUP BY band"
+    before = len(cubed.ran)
     answer = answer_query(q, DP_RULES, cubed)
-    assert _read_cube(cubed)
+    assert cubed.ran[before:] == []  # from the cells, in Python
     assert answer.disclosed.epsilon == 1.0
 
 
@@ -308,28 +340,38 @@ def test_one_cube_per_bounds_not_per_aggregates(tables: tuple[Recording, Recordi
             | {"cost": {"aggregates": ["max"], "lower": 0, "upper": 900}}
         }
     )
-    assert cubed.cube(Cube.of(wider)) not in (None, cubed.cube(Cube.of(RULES)))
+    mine, theirs = cubed.cube(Cube.of(wider)), cubed.cube(Cube.of(RULES))
+    assert mine is not None and theirs is not None and mine.table != theirs.table
     q = parse_query("SELECT band, max(cost) FROM product GROUP BY band", wider)
     _same(compute_groups(q, wider, cubed), compute_groups(q, wider, scanned))
     assert max(g.values["max(cost)"] or 0 for g in compute_groups(q, wider, cubed)) == 900.0
 
 
-def test_too_many_groups_is_refused_alike(tables: tuple[Recording, Recording]) -> None:
+def test_too_many_groups_is_refused_alike(
+    tables: tuple[Recording, Recording], over_cells: Recording
+) -> None:
+    """In Python, by a statement over the cells and over the rows: the same refusal, and
+    the same answer at exactly ``max_groups`` groups."""
     cubed, scanned = tables
-    narrow = parse_rules(SPEC | {"max_groups": 5})
-    q = parse_query("SELECT district, band, count(*) FROM product GROUP BY district, band", narrow)
-    for t in (cubed, scanned):
-        with pytest.raises(InvalidRequest, match="more than 5 groups"):
+    q = parse_query("SELECT district, band, count(*) FROM product GROUP BY district, band", RULES)
+    most = len(compute_groups(q, RULES, scanned))
+    narrow = parse_rules(SPEC | {"max_groups": most - 1})
+    exact = parse_rules(SPEC | {"max_groups": most})
+    for t in (cubed, over_cells, scanned):
+        with pytest.raises(InvalidRequest, match=f"more than {most - 1} groups"):
             compute_groups(q, narrow, t)
-    assert _read_cube(cubed)
+        assert len(compute_groups(q, exact, t)) == most
+    assert _read_cube(over_cells)
+    assert not any("tds_cube_" in sql for sql in cubed.ran)
 
 
 def test_a_question_cannot_name_the_cube(tables: tuple[Recording, Recording]) -> None:
     """The cube is no source a question can reach: only ``product`` is, and no declared
     column (so no dimension, measure or filter) may be one of the cube's."""
     cubed, _ = tables
-    name = cubed.cube(Cube.of(RULES))
-    assert name is not None and name.startswith("tds_")
+    kept = cubed.cube(Cube.of(RULES))
+    assert kept is not None and kept.table.startswith("tds_")
+    name = kept.table
     for question in (
         f"SELECT count(*) FROM {name}",  # noqa: S608
         f"SELECT district, count(*) FROM {name} GROUP BY district",  # noqa: S608
