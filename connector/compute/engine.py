@@ -589,8 +589,15 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
         groups = _groups_of_statement(
             query, stats, rules, executor, None if kept is None else kept.table
         )
-    groups.sort(key=lambda g: [(v is None, str(type(v)), v if v is not None else 0) for v in g.key])
+    groups.sort(key=lambda g: [_order(v) for v in g.key])
     return groups
+
+
+def _order(v: Value | None) -> tuple[bool, str, bool, Value]:
+    """Where a key's value sorts: by type, NULL and NaN last (a NaN, unequal to every
+    value, would leave the order to the order the groups came in)."""
+    nan = isinstance(v, float) and v != v
+    return (v is None, str(type(v)), nan, 0 if v is None or nan else v)
 
 
 def _groups_of_statement(
