@@ -275,6 +275,9 @@ class Cube:
 CELLS_IN_PYTHON = 4096
 """Cells up to which a kept cube's cells are also held in Python (``CubeCells``)."""
 
+COUNTED_IN_PYTHON = 16
+"""Combinations of dimensions whose counts a ``CubeCells`` keeps for the differencing check."""
+
 _INTEGER_TYPES = frozenset(
     {
         "TINYINT",
@@ -395,6 +398,7 @@ class CubeCells:
         self._dimensions = dimensions
         self._kinds = kinds
         self._figures = figures
+        self._counted: dict[tuple[str, ...], list[tuple[tuple[Any, ...], int]]] = {}
 
     @classmethod
     def of(
@@ -489,15 +493,24 @@ class CubeCells:
         return groups
 
     def counted(self, keys: Sequence[str], filters: Sequence[Filter]) -> list[tuple[Any, ...]]:
-        """The cells' rows counted per combination of ``keys``, each with whether it
-        meets each of ``filters`` (a row of ``_isolating_from_cells``' table)."""
-        split = self._split(keys, range(len(self._n)))
-        tests = [(keys.index(f.dimension), _predicate(f)) for f in filters]
-        n = self._n
-        return [
-            (*key, sum(n[i] for i in members), *(passes(key[j]) for j, passes in tests))
-            for key, members in split.items()
+        """The cells' rows counted per combination of ``keys`` (kept per ``keys``, as
+        ``Executor.counted`` keeps its tables), each with whether it meets each of
+        ``filters``: a row of ``_isolating_from_cells``' table."""
+        wanted = tuple(keys)
+        counts = self._counted.get(wanted)
+        if counts is None:
+            n = self._n
+            split = self._split(wanted, range(len(n)))
+            counts = [(key, sum(n[i] for i in members)) for key, members in split.items()]
+            if len(self._counted) < COUNTED_IN_PYTHON:
+                self._counted[wanted] = counts  # the same list for the same keys, any thread
+        if not filters:
+            return [(*key, count) for key, count in counts]
+        marks = [
+            [passes(key[j]) for key, _ in counts]
+            for j, passes in ((wanted.index(f.dimension), _predicate(f)) for f in filters)
         ]
+        return [(*key, count, *met) for (key, count), *met in zip(counts, *marks, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -787,9 +800,10 @@ def _isolated(
         )
         cells: dict[tuple[Any, ...], list[Any]] = {}  # cell -> [its group, its rows]
         for row in matching:
-            cell = cells.get(cell_of(row))
+            at = cell_of(row)
+            cell = cells.get(at)
             if cell is None:
-                cells[cell_of(row)] = [group_of(row), int(row[nk])]
+                cells[at] = [group_of(row), int(row[nk])]
             else:
                 cell[1] += int(row[nk])
         # Per group of the query's dimensions: its total and its smallest cell.
