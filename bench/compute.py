@@ -38,7 +38,9 @@ check, one more statement that scans the whole table). The tds paths timed:
 The engine answers these questions from its pre-aggregate of the offer's declared
 dimensions (``Cube``, docs/compute.md), made once per loaded table and rules, at the first
 question: ``engine.load_s`` is the table's load, ``engine.cube_build_ms`` the cube's build
-(timed on its own, before the rounds) and ``engine.cube_cells`` its size; between
+(timed on its own, before the rounds), ``engine.cube_cells`` its size and
+``engine.cube_cells_in_python`` whether its cells are also held in Python (questions are
+then answered from them without a statement, ``CubeCells``); between
 connectors both happen in the first warm-up question, whose time each path reports as
 ``first_answer_ms`` (untimed otherwise). DuckDB direct has no such pre-aggregate.
 
