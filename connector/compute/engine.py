@@ -279,7 +279,10 @@ class Cube:
 
 
 CELLS_IN_PYTHON = 4096
-"""Cells up to which a kept cube's cells are also held in Python (``CubeCells``)."""
+"""Cells up to which a kept cube's cells are also held in Python (``CubeCells``). Below
+the measured crossing: a question filtering by one dimension and grouping by two took
+0.22 / 0.36 / 0.69 / 1.53 ms in Python over 336 / 1,344 / 4,032 / 10,080 cells, and
+1.10-1.27 ms by the statement over the cube's table at every size."""
 
 COUNTED_IN_PYTHON = 16
 """Combinations of dimensions whose counts a ``CubeCells`` keeps for the differencing check."""
