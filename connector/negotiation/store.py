@@ -275,8 +275,13 @@ class NegotiationStore:
         """One negotiation (or ``NotFound``), and whether ``message_id`` was already
         processed: what a receiver asks first, in one read."""
         with self._db.transaction() as tx:
+            # The inbox first. The move that takes a message commits its inbox row and the
+            # negotiation's new state together, so a message seen here has its move in the
+            # row read next, also where each statement reads a snapshot of its own
+            # (PostgreSQL's READ COMMITTED, another replica moving in between). The row
+            # first, a repeat could be answered with the state from before its move.
+            seen = self._seen(tx, message_id)
             row = tx.one(f"{_SELECT} WHERE pid = ?", (pid,))
-            seen = row is not None and self._seen(tx, message_id)
         if row is None:
             raise NotFound(f"negotiation {pid!r} not found")
         return _negotiation(row), seen

@@ -195,3 +195,45 @@ def test_the_requester_is_kept_while_waiting_and_the_terms_of_the_agreement_set(
     # Agreed: the approval's decision is taken, the requester is no longer kept.
     assert moved.requester is None and moved.terms == {"consent": "c1"}
     assert store.get(n.pid) == moved
+
+
+def test_a_message_seen_is_read_with_the_state_its_move_made(
+    store: NegotiationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a receiver reads first (``get_noting``) holds together when another replica
+    takes the same message between its two statements: a message already processed comes
+    with the state its move committed, never the state before (which a repeat would
+    answer with: AGREED to a countersignature that FINALIZED it)."""
+    from connector.store.database import RawTransaction
+
+    n = store.transition(provider(store).pid, State.AGREED, now_ms=2)  # type: ignore[attr-defined]
+    original = RawTransaction.one
+    calls: list[str] = []
+
+    def one(self: RawTransaction, sql: str, params: object = ()) -> object:
+        found = original(self, sql, params)  # type: ignore[arg-type]
+        if threading.current_thread() is not reader:
+            return found  # the mover's own reads
+        calls.append(sql)
+        if len(calls) == 1:  # the other replica's move lands between the two reads
+            mover = threading.Thread(
+                target=lambda: store.transition(
+                    n.pid, State.VERIFIED, State.FINALIZED, now_ms=3, inbox=("m-verify", "a")
+                )
+            )
+            mover.start()
+            mover.join(2)  # SQLite may hold it until this read ends: its snapshot holds
+            moving.append(mover)
+        return found
+
+    moving: list[threading.Thread] = []
+    reader = threading.current_thread()
+    monkeypatch.setattr(RawTransaction, "one", one)
+    read, seen = store.get_noting(n.pid, "m-verify")
+    monkeypatch.setattr(RawTransaction, "one", original)
+    for mover in moving:
+        mover.join(10)
+    assert len(calls) == 2
+    if seen:
+        assert read.state == State.FINALIZED
+    assert store.get(n.pid).state == State.FINALIZED
