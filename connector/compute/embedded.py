@@ -305,8 +305,9 @@ class DuckDBTable:
                     columns = [(r[0], r[1]) for r in self._run(f"DESCRIBE {name}", {})]
                     rows = self._run(f"SELECT * FROM {name}", {})  # noqa: S608
                     kept = KeptCube(name, CubeCells.of(cube, columns, rows))
-            except Unavailable:
-                pass  # not kept (the engine's message is in the log)
+            except Unavailable as exc:
+                # Not kept, and not tried again: questions read the rows, as without one.
+                log.warning("the cube of %s is not kept: %s", name, exc)
             self._cubes[cube] = kept
             return kept
 

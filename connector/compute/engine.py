@@ -609,7 +609,7 @@ def compute_groups(query: Query, rules: ComputeRules, executor: Executor) -> lis
         groups = kept.cells.groups(query, stats, rules.max_groups)
     else:
         groups = _groups_of_statement(
-            query, stats, rules, executor, None if kept is None else kept.table
+            query, stats, rules, executor, cube, None if kept is None else kept.table
         )
     groups.sort(key=lambda g: [_order(v) for v in g.key])
     return groups
@@ -627,10 +627,10 @@ def _groups_of_statement(
     stats: Sequence[Statistic],
     rules: ComputeRules,
     executor: Executor,
+    cube: Cube,
     cells: str | None,
 ) -> list[Group]:
-    """``compute_groups`` by a statement: over the cube's table ``cells``, or the rows."""
-    cube = Cube.of(rules)
+    """``compute_groups`` by a statement: over ``cube``'s table ``cells``, or the rows."""
     params, names = _bind(query.filters)
 
     def build() -> exp.Select:

@@ -328,6 +328,31 @@ def test_a_large_cube_is_not_kept(tmp_path: Path) -> None:
         t.close()
 
 
+def test_a_cube_the_engine_fails_to_make_is_not_kept_and_the_rows_answer(
+    tables: tuple[Recording, Recording],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine failing while it makes the cube (its time limit, its memory) costs the
+    cube, said in the provider's log, never the answer: the question reads the rows."""
+    cubed, scanned = tables
+    run = DuckDBTable._run
+
+    def failing(self: DuckDBTable, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if sql.startswith("CREATE TABLE tds_cube_"):
+            raise Unavailable("the computation ran longer than 30 s")
+        return run(self, sql, params)
+
+    monkeypatch.setattr(DuckDBTable, "_run", failing)
+    q = parse_query("SELECT band, count(*), sum(days) FROM product GROUP BY band", RULES)
+    with caplog.at_level("WARNING", logger="connector.compute.embedded"):
+        groups, ran = _asked(q, RULES, cubed)
+    assert "FROM product" in ran[-1]
+    assert any("is not kept" in r.getMessage() for r in caplog.records)
+    assert cubed.cube(Cube.of(RULES)) is None  # remembered: not tried on every question
+    _same(groups, compute_groups(q, RULES, scanned))
+
+
 def test_cubes_per_table_are_bounded(
     tables: tuple[Recording, Recording], monkeypatch: pytest.MonkeyPatch
 ) -> None:
