@@ -164,17 +164,17 @@ def test_write_refused_by_read_only_transaction(database: Database, table: str) 
     try:
         with (
             pytest.raises(PreconditionFailed, match="refused the query"),
-            pool.execute(f"UPDATE {table} SET n = 2") as (_, batches),
+            pool.execute(f"UPDATE {table} SET n = 2") as (_, batches, _scalar),
         ):
             list(batches)
         with (
             pytest.raises(PreconditionFailed, match=r"it tries to write.*read-only transaction"),
-            pool.execute(f"SELECT {function}() AS x") as (_, batches),
+            pool.execute(f"SELECT {function}() AS x") as (_, batches, _scalar),
         ):
             list(batches)
         assert database.run(f"SELECT n FROM {table}") == [(1,)]
         # The pool still serves reads afterwards.
-        with pool.execute(f"SELECT n FROM {table}") as (columns, batches):
+        with pool.execute(f"SELECT n FROM {table}") as (columns, batches, _scalar):
             assert columns == ("n",)
             assert [tuple(r) for b in batches for r in b] == [(1,)]
     finally:
@@ -366,13 +366,13 @@ def test_timeout_in_a_later_batch_is_raised_and_the_pool_recovers(database: Data
     try:
         with (
             pytest.raises(Unavailable, match=r"longer than its statement timeout \(0.5 s\)"),
-            pool.execute(text) as (_, batches),
+            pool.execute(text) as (_, batches, _scalar),
         ):
             for batch in batches:
                 seen.extend(int(row[0]) for row in batch)
         assert seen[:200] == list(range(1, 201))
         assert len(seen) < 300
-        with pool.execute("SELECT 1 AS one") as (_columns, batches):
+        with pool.execute("SELECT 1 AS one") as (_columns, batches, _scalar):
             assert [tuple(r) for b in batches for r in b] == [(1,)]
     finally:
         pool.close()
