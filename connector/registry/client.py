@@ -516,7 +516,13 @@ class RegistryClient:
                 action()
             except ConnectorError as exc:
                 failed = failed or str(exc)
-                log.warning("refresh failed", extra={"what": what, "reason": str(exc)})
+                # The message says it all where extras are not shown (a plain handler).
+                log.warning(
+                    "refresh of the %s failed: %s",
+                    what,
+                    exc,
+                    extra={"what": what, "reason": str(exc)},
+                )
         with self._lock:
             self._registry_error = failed
 
