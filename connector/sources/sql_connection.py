@@ -56,9 +56,11 @@ class SqlConnection:
     fetch of a batch; MariaDB: the whole read, which streams within the statement)."""
     connect_timeout_seconds: int = 5
     """How long to wait for the database to accept a connection."""
-    fetch_rows: int = 5000
+    fetch_rows: int = 2000
     """Rows read per round trip from the server-side cursor (on PostgreSQL up to two
-    batches are read ahead of the one being delivered)."""
+    batches are read ahead of the one being delivered). 2000, not 5000: as fast
+    (materialising a million rows: median 2.52 s against 2.67 s, alternated) and 7 MB less
+    at the peak (15.1 against 21.7 MB), which a provider near its 200 MB needs."""
 
     def __post_init__(self) -> None:
         where = f"sources.{self.name}"
