@@ -6,7 +6,9 @@ applies them before anything else touches the database.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -17,9 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, create_engine
@@ -111,7 +111,18 @@ class Database:
                 raise
 
     def migrate(self) -> None:
-        """Apply every pending migration (idempotent; serialised across replicas)."""
+        """Apply every pending migration (idempotent; serialised across replicas).
+
+        A database already at the newest revision (a connector's every start but its
+        first) is left as it is without importing Alembic: it and what it imports (Mako,
+        Pygments, every dialect's DDL) are about 9.5 MB that a running connector keeps and
+        never uses again, and its providers run near a 200 MB limit.
+        """
+        if self.revision() == head_revision():
+            return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as conn:
@@ -120,12 +131,44 @@ class Database:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+    def revision(self) -> str | None:
+        """The schema revision the database is at (``None``: none yet, or several)."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            found = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        return str(found[0][0]) if len(found) == 1 else None
+
     def close(self) -> None:
         """Release every pooled connection."""
         self._connections.close()
         self.engine.dispose()
         if self._write_lock is not None:
             self._write_lock.sync.close()
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision, read from the migration files' ``revision`` and
+    ``down_revision`` assignments (Alembic's own reading of them is checked to agree by
+    ``tests/store/test_migrations.py``)."""
+    revisions: dict[str, str | None] = {}
+    for path in sorted((_MIGRATIONS / "versions").glob("*.py")):
+        values: dict[str, Any] = {}
+        for node in ast.parse(path.read_text()).body:
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in ("revision", "down_revision")
+            ):
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+        if "revision" in values:
+            revisions[values["revision"]] = values.get("down_revision")
+    heads = set(revisions) - set(revisions.values())
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads, not one: {sorted(heads)}")
+    return heads.pop()
 
 
 # A PostgreSQL connection idle this long is checked before use (SQLAlchemy's pre-ping
