@@ -228,12 +228,21 @@ class StreamStore:
         return self.get(agreement_id, role)
 
     def set_state(self, agreement_id: str, role: str, state: str, reason: str, now_ms: int) -> None:
-        """Move to ``state``; a TERMINATED stream stays so."""
+        """Move to ``state``; a TERMINATED stream stays so.
+
+        One conditional ``UPDATE``, not a read and then a write: a subscription's end
+        (SUSPENDED) racing its consumer's stop (TERMINATED), on two threads or replicas,
+        could otherwise read the row before the stop commits and write over it after.
+        """
+        c = StreamSubscriptionRow.__table__.c  # type: ignore[attr-defined]
         with self._db.session() as s:
-            row = s.get(StreamSubscriptionRow, (agreement_id, role))
-            if row is None or row.state == TERMINATED:
-                return
-            row.state, row.reason, row.updated_ms = state, reason[:512], now_ms
+            s.execute(
+                update(StreamSubscriptionRow.__table__)  # type: ignore[attr-defined]
+                .where(c.agreement_id == agreement_id)
+                .where(c.role == role)
+                .where(c.state != TERMINATED)
+                .values(state=state, reason=reason[:512], updated_ms=now_ms)
+            )
 
     def set_obligations(self, agreement_id: str, role: str, obligations: Mapping[str, Any]) -> None:
         """Keep the holding under ``obligations`` (the provider's decision, checked)."""

@@ -261,3 +261,58 @@ def test_a_terminated_stream_stays_terminated(db: Database) -> None:
     store.set_state("ag-1", PROVIDER, SUSPENDED, "the consumer left", 3)
     state = store.get("ag-1", PROVIDER)
     assert (state.state, state.reason) == (TERMINATED, "agreement_revoked")
+
+
+def test_a_suspension_racing_a_termination_does_not_undo_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The provider's subscription ends (SUSPENDED) while the consumer's stop terminates
+    # the stream, on another thread or replica: the termination commits between the
+    # suspension's look at the row and its write. It must stay TERMINATED.
+    first, other = _replicas(database_url, 2)
+    suspending, terminating = StreamStore(first), StreamStore(other)
+    suspending.ensure("ag-1", PROVIDER, counterparty="a", product="p", genesis=GENESIS, now_ms=1)
+    suspending.set_state("ag-1", PROVIDER, "STARTED", "", 2)
+    looked = threading.Event()
+    raced: list[BaseException] = []
+
+    def terminate() -> None:
+        looked.wait(10)
+        try:
+            terminating.set_state("ag-1", PROVIDER, TERMINATED, "the flood is over", 3)
+        except BaseException as exc:
+            raced.append(exc)
+
+    from sqlalchemy import event
+
+    def let_it_commit() -> None:
+        if not looked.is_set():
+            looked.set()
+            racer.join(5)  # the termination commits now, if the store lets it
+
+    # After the suspension's first look at the row, or before its first write, whichever
+    # it makes first.
+    @event.listens_for(first.engine, "after_cursor_execute")
+    def _after(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            let_it_commit()
+
+    @event.listens_for(first.engine, "before_cursor_execute")
+    def _before(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            let_it_commit()
+
+    racer = threading.Thread(target=terminate)
+    racer.start()
+    try:
+        suspending.set_state("ag-1", PROVIDER, SUSPENDED, "the consumer left", 4)
+        racer.join(10)
+        assert looked.is_set() and not raced
+        state = terminating.get("ag-1", PROVIDER)
+        assert (state.state, state.reason) == (TERMINATED, "the flood is over")
+    finally:
+        event.remove(first.engine, "after_cursor_execute", _after)
+        event.remove(first.engine, "before_cursor_execute", _before)
+        racer.join(10)
+        first.close()
+        other.close()
