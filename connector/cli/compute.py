@@ -84,14 +84,7 @@ def run_compute(args: argparse.Namespace) -> int:
         if answer["rows"]
         else "  (no group large enough to show)"
     ]
-    lines.append(
-        f"{len(answer['rows'])} groups shown, {answer['suppressed']} suppressed "
-        + (
-            "(fewer rows than the offer's k; under differential privacy this count is noisy)"
-            if spent
-            else "(fewer rows than the offer's k)"
-        )
-    )
+    lines.append(_shown(len(answer["rows"]), int(answer["suppressed"]), noisy=bool(spent)))
     if spent:
         lines.append(f"ε spent {spent:g} (differential privacy), {left:g} left of the budget")
     lines.append(
@@ -109,3 +102,16 @@ def run_compute(args: argparse.Namespace) -> int:
         as_json=args.json,
     )
     return 0
+
+
+def _shown(shown: int, suppressed: int, *, noisy: bool) -> str:
+    """``16 groups shown, 2 suppressed (…)``: the reason said only when a group was."""
+    line = f"{shown} group{'' if shown == 1 else 's'} shown, "
+    if noisy:
+        return line + (
+            f"{suppressed} suppressed (fewer rows than the offer's k; under differential "
+            "privacy this count is noisy)"
+        )
+    if suppressed:
+        return line + f"{suppressed} suppressed (fewer rows than the offer's k)"
+    return line + "none suppressed"

@@ -107,6 +107,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     me = rs.add_parser(
         "metering",
         help="transfers, bytes, answers and ε per agreement and per consumer",
+        description=(
+            "Per agreement under which you provide data: transfers (against the offer's "
+            "limit) and bytes, how many completed, computation answers and, under "
+            "differential privacy, the ε spent of the budget, and messages streamed; then "
+            "the totals per consumer."
+        ),
     )
     me.add_argument("--config", required=True, type=Path, help="your connector's config")
     me.add_argument("--json", action="store_true", help=JSON_HELP)

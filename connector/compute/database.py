@@ -38,9 +38,13 @@ class DatabaseSource:
 
     quantiles: bool
 
-    def __init__(self, engine: Engine, query: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, engine: Engine, query: str, *, timeout_s: float = 30.0, connection: str = ""
+    ) -> None:
         """``engine``: the provider's connection (PostgreSQL or MariaDB); ``query``: the
-        product's read-only SELECT; ``timeout_s``: the statement timeout."""
+        product's read-only SELECT; ``timeout_s``: the statement timeout; ``connection``:
+        its name in the provider's configuration, for messages (as a transfer's
+        name it)."""
         backend = engine.dialect.name
         if backend not in _DIALECTS:
             raise InvalidRequest(f"compute runs on PostgreSQL or MariaDB, not {backend}")
@@ -51,6 +55,11 @@ class DatabaseSource:
         self.quantiles = self.dialect == "postgres"
         self._engine = engine
         self._timeout_s = timeout_s
+        self._database = (
+            f"the database of source connection {connection!r}"
+            if connection
+            else "the source database"
+        )
         try:
             parsed = sqlglot.parse(query, read=self.dialect)
         except SqlglotError as exc:
@@ -106,8 +115,8 @@ class DatabaseSource:
         try:
             conn = self._engine.connect()
         except SQLAlchemyError as exc:
-            log.warning("compute: the source database is unreachable: %s", exc)
-            raise Unavailable("the source database is unreachable") from None
+            log.warning("compute: %s is unreachable: %s", self._database, exc)
+            raise self._unreachable() from None
         try:
             with conn:
                 try:
@@ -120,17 +129,24 @@ class DatabaseSource:
                 codes.add(exc.orig.args[0])
             if codes & _TIMEOUT_CODES:
                 raise Unavailable(
-                    f"the source database did not answer within {self._timeout_s:g} s"
+                    f"{self._database} did not answer within {self._timeout_s:g} s (its "
+                    "statement timeout); ask a narrower question or try again later"
                 ) from None
             log.warning("compute query failed on the source database: %s", exc.orig)
             if exc.connection_invalidated:
-                raise Unavailable("the source database is unreachable") from None
+                raise self._unreachable() from None
             raise Unavailable(
-                "the source database could not answer the computation (see the provider's log)"
+                f"{self._database} could not answer the computation (the provider's log says why)"
             ) from None
         except SQLAlchemyError as exc:
             log.warning("compute query failed: %s", exc)
-            raise Unavailable("the source database is unreachable") from None
+            raise self._unreachable() from None
+
+    def _unreachable(self) -> Unavailable:
+        return Unavailable(
+            f"{self._database} is unreachable; the provider must check that it is up "
+            "(try again later)"
+        )
 
     def _read_only(self, conn: Connection, sql: str, params: dict[str, Value]) -> list[Any]:
         ms = max(1, int(self._timeout_s * 1000))

@@ -99,6 +99,7 @@ class ComputeSources:
             self._sql.engine(source.connection),
             query.text,
             timeout_s=self._sql.connection(source.connection).statement_timeout_seconds,
+            connection=source.connection,
         )
         return executor, f"sql:sha256:{query.sha256}:at_ms:{int(time.time() * 1000)}"
 

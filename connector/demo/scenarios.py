@@ -481,7 +481,8 @@ def health_commission(
     narrate(f"    {without.detail}")
     private = _approved(steps, "institute", "health-commission", "admissions", "private")
     # Under differential privacy a group shows only when its noisy count clears a threshold
-    # above k (about 32 here): the districts' 60 admissions do, their age bands' 15 do not.
+    # above k (14 here, for this ε and δ): the districts' 60 admissions do, and a group of
+    # about 15 only sometimes (the threshold is on a noisy count).
     by_district = "SELECT district, count(*), avg(cost) FROM product GROUP BY district"
     spent = [steps.ask("institute", private, by_district) for _ in range(2)]
     check(

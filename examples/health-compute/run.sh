@@ -52,7 +52,7 @@ echo "$out"; must_contain "$out" "patient_id is not a declared dimension"
 step "7. Two questions differing by one filter cannot reveal one person"
 out=$($tds compute --config institute.toml --agreement "$exact" \
   "SELECT count(*), sum(cost) FROM product")
-echo "$out"; must_contain "$out" "1 groups shown, 0 suppressed"
+echo "$out"; must_contain "$out" "1 group shown, none suppressed"
 out=$(refused $tds compute --config institute.toml --agreement "$exact" \
   "SELECT count(*), sum(cost) FROM product WHERE age_band <> '90+'")
 echo "$out"; must_contain "$out" "separates fewer than 10 rows"

@@ -165,7 +165,7 @@ def test_an_answer_comes_with_a_receipt_both_sign_and_log(space: LocalSpace, pla
         ("SELECT cost FROM product", "raw values never leave"),
         ("SELECT patient_id, count(*) FROM product GROUP BY patient_id", "patient_id"),
         ("SELECT district, max(cost) FROM product GROUP BY district", "max"),
-        ("SELECT p.district, count(*) FROM product p JOIN product q ON true GROUP BY 1", "joins"),
+        ("SELECT p.district, count(*) FROM product p JOIN product q ON true GROUP BY 1", "a join"),
         ("SELECT count(*) FROM (SELECT * FROM product) AS t", "subqueries"),
         ("SELECT district, count(*) OVER () FROM product", "window"),
         ("SELEC district FROM", "not valid SQL"),
