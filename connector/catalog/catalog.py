@@ -191,7 +191,7 @@ class Catalog:
                 description.text, owner=self._participant, fmt=description.fmt
             )
             if product.source.kind == "sql":
-                self._sql.check(product.source.connection, product.source.query, product.fields)
+                self._sql.probe(product.source.connection, product.source.query, product.fields)
             elif product.source.kind == "stream":
                 self._streams.check(product.source, product.fields)
             else:

@@ -327,8 +327,10 @@ class SqlPool:
             "the provider must check that it is up (try again later)"
         )
 
-    def _refused(self, exc: BaseException) -> Exception:
-        """The error a database error during a query means for the caller."""
+    def _refused(self, exc: BaseException, *, reveal: bool = False) -> Exception:
+        """The error a database error during a query means for the caller; ``reveal``:
+        the caller is the provider's own administrator, who is told the database's message
+        (a consumer is not: it may name the provider's tables)."""
         name = self.connection.name
         # PostgreSQL: the SQLSTATE; MariaDB: the error number (its first argument).
         if self._dialect == "postgres":
@@ -350,13 +352,22 @@ class SqlPool:
             )
         if code.startswith("08") or code in ("2003", "2006", "2013", "2055"):
             return self._unreachable(exc)
+        said = ""
+        if reveal:
+            # PyMySQL's errors are (number, message); psycopg's text is the message.
+            told = exc.args[1] if self._dialect != "postgres" and len(exc.args) > 1 else exc
+            lines = str(told).strip().splitlines()
+            said = f": {lines[0][:300]}" if lines else ""
         return PreconditionFailed(
             f"the database of source connection {name!r} refused the query "
-            f"({exc.__class__.__name__} {code}); the provider must fix the product's query"
+            f"({exc.__class__.__name__} {code}{said}); the provider must fix the product's "
+            "query"
         )
 
     @contextmanager
-    def execute(self, text: str) -> Iterator[tuple[tuple[str, ...], Iterator[list[Any]], bool]]:
+    def execute(
+        self, text: str, *, reveal: bool = False
+    ) -> Iterator[tuple[tuple[str, ...], Iterator[list[Any]], bool]]:
         """``(columns, batches, scalar)`` of ``text`` run read-only with the statement
         timeout; the rows' values are JSON values (see the module docstring), and
         ``scalar`` says the columns' types give only text, integers, booleans and ``None``.
@@ -388,19 +399,19 @@ class SqlPool:
                     else self._mariadb(driver, text, cursors)
                 )
             except errors as exc:
-                raise self._refused(exc) from None
+                raise self._refused(exc, reveal=reveal) from None
 
             def guarded() -> Iterator[list[Any]]:
                 try:
                     yield from batches
                 except errors as exc:
-                    raise self._refused(exc) from None
+                    raise self._refused(exc, reveal=reveal) from None
 
             yield columns, guarded(), scalar
             try:
                 finish()
             except errors as exc:
-                raise self._refused(exc) from None
+                raise self._refused(exc, reveal=reveal) from None
             clean = True
         finally:
             if clean:
@@ -574,13 +585,50 @@ class SqlSources:
         return found
 
     def check(self, name: str, text: str, fields: Sequence[str]) -> Query:
-        """At publish: the connection exists and the query passes
-        :func:`connector.sources.sql_query.validate_query`."""
+        """The connection exists and the query passes
+        :func:`connector.sources.sql_query.validate_query` (at publish, and again before
+        every use)."""
         # Imported here, not at the top: sqlglot is about 30 MB resident, which a connector
         # with no database source should not carry (every process stays under 200 MB).
         from connector.sources.sql_query import validate_query
 
         return validate_query(text, self.connection(name).dialect, fields)
+
+    def probe(self, name: str, text: str, fields: Sequence[str]) -> Query:
+        """At publish: :meth:`check`, then the database itself asked to run the query for
+        no rows, so a column or table that does not exist (which no parser can know) is
+        refused now, with the database's own words, not at the first transfer.
+
+        ``InvalidRequest`` when the database refuses the query or names other columns.
+        A database that cannot be reached (or is too slow) does not stop the publishing:
+        a product is a catalog entry, not a release of data, and the same checks run
+        before every transfer; the provider's log says it went unchecked.
+        """
+        query = self.check(name, text, fields)
+        pool = self._pool(name)
+        # Ours around the checked text: a derived table, so the query is planned and its
+        # columns known, and LIMIT 0, so nothing is read.
+        probe = f"SELECT * FROM ({query.text}) AS tds_probe LIMIT 0"  # noqa: S608
+        try:
+            with pool.execute(probe, reveal=True) as (columns, batches, _scalar):
+                for _ in batches:
+                    pass
+        except PreconditionFailed as exc:
+            raise InvalidRequest(str(exc)) from None
+        except Unavailable as exc:
+            _log.warning(
+                "source connection %r: the query was not run at publish (%s); it runs at the "
+                "first transfer",
+                name,
+                exc,
+            )
+            return query
+        if columns != query.columns:
+            raise InvalidRequest(
+                f"the database of source connection {name!r} names the query's columns "
+                f"{list(columns)}, not the product's fields {list(query.columns)}"
+            )
+        return query
 
     def _pool(self, name: str) -> SqlPool:
         with self._lock:

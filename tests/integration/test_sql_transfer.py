@@ -272,6 +272,30 @@ def test_a_query_that_is_not_one_plain_select_is_refused_at_publish(
     assert "bad" not in {json.loads(p)["id"] for p in own.products_json}
 
 
+@pytest.mark.parametrize(
+    "query, fields, named",
+    [
+        ("SELECT id, nosuch AS x FROM {t}", ["id", "x"], "nosuch"),
+        ("SELECT id FROM {t}_gone", ["id"], "_gone"),
+    ],
+)
+def test_a_query_the_database_cannot_run_is_refused_at_publish(
+    space: LocalSpace, database: Database, orders: str, query: str, fields: list[str], named: str
+) -> None:
+    # No parser knows the provider's tables: the database is asked, for no rows.
+    before = len(entries(space, "gov", "catalog.product_published"))
+    description = _product("typo", CONNECTION[database.dialect], query.format(t=orders))
+    description["fields"] = fields
+    description["grade"] = "general"
+    description["offers"] = [offer()]
+    with pytest.raises(grpc.RpcError) as err:
+        publish(space, "gov", description, space.root)
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "refused the query" in details and named in details, details  # its own words
+    assert len(entries(space, "gov", "catalog.product_published")) == before
+
+
 def test_an_unconfigured_connection_is_refused_at_publish(space: LocalSpace) -> None:
     before = len(entries(space, "gov", "catalog.product_published"))
     with pytest.raises(grpc.RpcError) as err:
@@ -284,7 +308,8 @@ def test_an_unconfigured_connection_is_refused_at_publish(space: LocalSpace) -> 
 def test_a_source_database_that_is_down_refuses_the_transfer_and_counts_nothing(
     space: LocalSpace,
 ) -> None:
-    # Publishing checks the query, not the server: the product is there, its data is not.
+    # A server that cannot be reached at publish does not stop it (the query is run at the
+    # first transfer): the product is there, its data is not.
     _publish(space, "down-orders", "down", _query("orders"))
     agreement = agree(space, "gov", "a", "down-orders", approve=True)
     staged = _staged(space)
