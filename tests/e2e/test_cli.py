@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +26,6 @@ def tds(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.Complete
     if check and result.returncode != 0:
         raise AssertionError(f"tds {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:

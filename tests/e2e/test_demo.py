@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sources.conftest import NATS_URL, _reachable, free_port
+from tests.sources.conftest import NATS_URL, _reachable
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,9 @@ import pytest
 from connector.config import load_config
 from connector.identity.names import participant_dns_name
 from connector.node.clients import registry_client
-from tests.e2e.test_cli import Served, free_port, tds
+from tests.e2e.test_cli import Served, tds
 from tests.support.dsp_client import DspClient
+from tests.support.ports import free_port
 from tests.unit.negotiation.test_dsp import VECTORS, validate
 
 pytestmark = [

@@ -22,7 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.test_cli import TDS, Served, free_port, tds
+from tests.e2e.test_cli import TDS, Served, tds
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

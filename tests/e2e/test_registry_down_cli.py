@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import Served, free_port, tds
+from tests.e2e.test_cli import Served, tds
 from tests.e2e.test_transfer_cli import _wait_ready
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.e2e.test_cli import TDS, Served, free_port, tds
+from tests.e2e.test_cli import TDS, Served, tds
 from tests.e2e.test_transfer_cli import _wait_ready
 from tests.support.failover import FailoverProxy
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

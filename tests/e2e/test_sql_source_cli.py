@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import POSTGRES_URL
-from tests.e2e.test_cli import Served, free_port, tds
+from tests.e2e.test_cli import Served, tds
 from tests.sources.conftest import MARIADB_URL, Database, mariadb_database, postgres_database
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.postgres]
 

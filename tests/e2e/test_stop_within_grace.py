@@ -17,8 +17,9 @@ from connector._proto.tds.v1 import registry_pb2, registry_pb2_grpc
 from connector.config import render_config
 from connector.demo.space import LocalSpace
 from connector.identity.names import Role
-from tests.e2e.test_cli import TDS, free_port
+from tests.e2e.test_cli import TDS
 from tests.support.malformed import call_raw, probe_channel, tds_rpcs
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import TDS, Served, free_port, tds
+from tests.e2e.test_cli import TDS, Served, tds
 from tests.sources.conftest import NATS_URL, JetStream, _jetstream
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow]
 

@@ -21,7 +21,8 @@ from connector.demo.run import Outcome, outcome_line, summary
 from connector.demo.space import LocalSpace
 from connector.demo.steps import Steps
 from connector.identity.names import Role
-from tests.sources.conftest import NATS_URL, OwnServer, _own_server, _reachable, free_port
+from tests.sources.conftest import NATS_URL, OwnServer, _own_server, _reachable
+from tests.support.ports import free_port
 
 
 @pytest.fixture

@@ -34,9 +34,10 @@ from connector.sources.nats_connection import NatsConnection
 from connector.sources.windows import Window, genesis_head
 from connector.transfer.store import CONSUMER
 from connector.transfer.subscriber import stream_holding
-from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable, free_port
+from tests.sources.conftest import MQTT_URL, NATS_URL, JetStream, _jetstream, _reachable
 from tests.support.exchange import admin, agree, entries, logged_soon, offer, publish
 from tests.support.hostile import HostileProvider, HostileStreams, Refusal
+from tests.support.ports import free_port
 from tests.support.streams import (
     FIELDS,
     Follower,

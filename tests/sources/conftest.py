@@ -25,6 +25,7 @@ from connector.sources.base import StreamRecord, Subscription
 from connector.sources.stream import as_object
 from connector.sources.windows import StreamChecker
 from tests.conftest import POSTGRES_URL
+from tests.support.ports import free_port
 
 T = TypeVar("T")
 
@@ -131,14 +132,6 @@ def _reachable(url: str) -> str | None:
     except OSError as exc:
         return str(exc)
     return None
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (closed: connecting to it is refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class AsyncRunner:

@@ -31,7 +31,8 @@ from connector.sources.mqtt import MqttConnection, MqttStreamSource
 from connector.sources.mqtt_journal import Redeliveries, fingerprint, journal_path
 from connector.sources.stream import SequenceGone, SkipReason, SubscriptionLagging
 from connector.sources.windows import StreamChecker, genesis_head
-from tests.sources.conftest import OwnServer, check_records, free_port, take
+from tests.sources.conftest import OwnServer, check_records, take
+from tests.support.ports import free_port
 
 FIELDS = ("station", "pm25")
 

@@ -15,7 +15,8 @@ from connector.sources.base import MISSING, StreamRecord, StreamSource, Subscrip
 from connector.sources.nats import NatsConnection, NatsStreamSource
 from connector.sources.stream import SequenceGone, SkipReason, SubscriptionLagging
 from connector.sources.windows import StreamChecker, genesis_head
-from tests.sources.conftest import JetStream, OwnServer, check_records, free_port, take
+from tests.sources.conftest import JetStream, OwnServer, check_records, take
+from tests.support.ports import free_port
 
 FIELDS = ("station", "mm")
 
