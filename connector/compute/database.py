@@ -22,6 +22,7 @@ from sqlglot.errors import SqlglotError
 from connector.compute.engine import Cube, KeptCube
 from connector.compute.query import Value
 from connector.errors import InvalidRequest, Unavailable
+from connector.sources.sql_connection import database_of, unreachable
 
 __all__ = ["DatabaseSource"]
 
@@ -55,11 +56,8 @@ class DatabaseSource:
         self.quantiles = self.dialect == "postgres"
         self._engine = engine
         self._timeout_s = timeout_s
-        self._database = (
-            f"the database of source connection {connection!r}"
-            if connection
-            else "the source database"
-        )
+        self._connection = connection
+        self._database = database_of(connection)
         try:
             parsed = sqlglot.parse(query, read=self.dialect)
         except SqlglotError as exc:
@@ -143,10 +141,7 @@ class DatabaseSource:
             raise self._unreachable() from None
 
     def _unreachable(self) -> Unavailable:
-        return Unavailable(
-            f"{self._database} is unreachable; the provider must check that it is up "
-            "(try again later)"
-        )
+        return unreachable(self._connection)
 
     def _read_only(self, conn: Connection, sql: str, params: dict[str, Value]) -> list[Any]:
         ms = max(1, int(self._timeout_s * 1000))

@@ -82,7 +82,7 @@ from connector.errors import (
 )
 from connector.sources.base import Row, Snapshot
 from connector.sources.sql_connection import SCHEMES as _SCHEMES
-from connector.sources.sql_connection import SqlConnection
+from connector.sources.sql_connection import SqlConnection, unreachable
 
 if TYPE_CHECKING:
     from connector.sources.sql_query import Query
@@ -322,10 +322,7 @@ class SqlPool:
 
     def _unreachable(self, exc: BaseException) -> Unavailable:
         _log.warning("source connection %r: %s", self.connection.name, exc)
-        return Unavailable(
-            f"the database of source connection {self.connection.name!r} is unreachable; "
-            "the provider must check that it is up (try again later)"
-        )
+        return unreachable(self.connection.name)
 
     def _refused(self, exc: BaseException, *, reveal: bool = False) -> Exception:
         """The error a database error during a query means for the caller; ``reveal``:

@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, Unavailable
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-__all__ = ["SCHEMES", "SqlConnection"]
+__all__ = ["SCHEMES", "SqlConnection", "database_of", "unreachable"]
 
 SCHEMES = {
     "postgresql": ("postgres", "postgresql+psycopg"),
@@ -108,3 +108,16 @@ class SqlConnection:
             f"pool_size={self.pool_size}, statement_timeout_seconds="
             f"{self.statement_timeout_seconds})"
         )
+
+
+def database_of(name: str) -> str:
+    """How messages name the database of source connection ``name`` (``""``: unnamed)."""
+    return f"the database of source connection {name!r}" if name else "the source database"
+
+
+def unreachable(name: str) -> Unavailable:
+    """What a transfer or a computation is told when that database cannot be reached."""
+    return Unavailable(
+        f"{database_of(name)} is unreachable; the provider must check that it is up "
+        "(try again later)"
+    )

@@ -319,6 +319,8 @@ def test_a_table_changed_since_publish_fails_the_precondition(
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
     assert "refused the query" in (err.value.details() or "")
+    # The database's own words (they name the provider's columns) are not the consumer's.
+    assert "customer_phone" not in (err.value.details() or ""), err.value.details()
     assert _metering(space, agreement) == (0, 0)
     assert _provider_transfers(space, agreement) == []
     assert _staged(space) == staged
