@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from connector import __version__
+from connector import __version__, speedups
 from connector.cli.output import fail
 from connector.errors import ConnectorError
 
@@ -46,7 +46,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Connector for city trusted data spaces: mutual TLS and membership "
         "tokens, contracts under Rego policies, and evidence an auditor verifies offline.",
     )
-    parser.add_argument("--version", action="version", version=f"tds {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"tds {__version__} (delivery: {speedups.status})"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = [_OWNER[command]] if command in _OWNER else list(COMMANDS)

@@ -32,6 +32,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, cast
 
+from connector import speedups
 from connector.errors import InvalidRequest, PreconditionFailed
 from connector.sources.base import MISSING, RecordSource, Row
 from connector.transfer.masking import Masker
@@ -232,24 +233,28 @@ def _encode(
 ) -> int:
     """Encode the projected rows, a megabyte at a time to ``put``; the number of rows."""
     count = 0
-    buffer = io.StringIO()
+    out = bytearray()
+    text = io.StringIO()
 
-    def flush_full() -> None:
-        if buffer.tell() > _FLUSH:
-            put(buffer.getvalue().encode())
-            buffer.seek(0)
-            buffer.truncate()
+    def flush(*, full_only: bool) -> None:
+        if text.tell():
+            out.extend(text.getvalue().encode())
+            text.seek(0)
+            text.truncate()
+        if len(out) > _FLUSH or not full_only:
+            put(bytes(out))
+            out.clear()
 
     if fmt == "csv":
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = csv.writer(text, lineterminator="\n")
         writer.writerow(fields)
         for chunk in _chunks(rows):
             by_column = projection.columns(chunk)
-            lines = None if by_column is None else _csv_lines(by_column)
+            lines = None if by_column is None else _csv_line_bytes(by_column)
             if lines is not None:
-                buffer.write(lines)
+                flush(full_only=True)  # the header, or rows the csv module wrote, first
+                out.extend(lines)
                 count += len(chunk)
-                flush_full()
                 continue
             projected: Sequence[Sequence[Any]] = (
                 projection.rows(chunk) if by_column is None else list(zip(*by_column, strict=True))
@@ -258,7 +263,7 @@ def _encode(
                 projected = [[_csv_cell(v) for v in values] for values in projected]
             writer.writerows(projected)
             count += len(chunk)
-            flush_full()
+            flush(full_only=True)
     else:
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         names = tuple(fields)
@@ -269,12 +274,21 @@ def _encode(
                 else {n: v for n, v in zip(names, values, strict=True) if v is not MISSING}
                 for values in projection.rows(chunk)
             ]
-            buffer.write("\n".join(map(dumps, records)))
-            buffer.write("\n")
+            text.write("\n".join(map(dumps, records)))
+            text.write("\n")
             count += len(chunk)
-            flush_full()
-    put(buffer.getvalue().encode())
+            flush(full_only=True)
+    flush(full_only=False)
     return count
+
+
+def _csv_line_bytes(by_column: list[Sequence[Any]]) -> bytes | None:
+    """:func:`_csv_lines` in UTF-8: from the C speedups where they are built (the same
+    bytes, about a fifth of the time), else from Python."""
+    if speedups.csv_lines is not None:
+        return speedups.csv_lines(by_column)
+    lines = _csv_lines(by_column)
+    return None if lines is None else lines.encode()
 
 
 class _Sink:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from connector import speedups
 from connector.sources.base import MISSING
 from connector.sources.delivered import write_rows
 from connector.transfer.masking import Masker
@@ -88,8 +89,19 @@ def _write(fmt: str, case: str) -> bytes:
     return out.getvalue()
 
 
+@pytest.fixture(params=["c", "python"])
+def speedups_used(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test below runs with the C speedups (where built) and without them."""
+    if request.param == "python":
+        monkeypatch.setattr(speedups, "csv_lines", None)
+        monkeypatch.setattr(speedups, "hmac_sha256_hex", None)
+    elif speedups.csv_lines is None:
+        pytest.skip(f"the C speedups are not built here ({speedups.status})")
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("fmt", "case"), sorted(PINNED))
-def test_delivered_bytes_are_pinned(fmt: str, case: str) -> None:
+def test_delivered_bytes_are_pinned(fmt: str, case: str, speedups_used: str) -> None:
     assert hashlib.sha256(_write(fmt, case)).hexdigest() == PINNED[(fmt, case)]
 
 
@@ -103,7 +115,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def test_csv_is_what_the_csv_module_writes_of_each_masked_value() -> None:
+def test_csv_is_what_the_csv_module_writes_of_each_masked_value(speedups_used: str) -> None:
     """The same bytes as the csv module writing each row of ``Masker.apply``'d values."""
     masker = Masker(MASKS, KEY)
     expected = io.StringIO()
@@ -120,7 +132,7 @@ def test_csv_is_what_the_csv_module_writes_of_each_masked_value() -> None:
 
 
 @pytest.mark.parametrize("method", ["hash", "truncate", "generalise", "redact"])
-def test_a_column_is_masked_as_each_value_would_be(method: str) -> None:
+def test_a_column_is_masked_as_each_value_would_be(method: str, speedups_used: str) -> None:
     spec = {"hash": {}, "truncate": {"keep": 2}, "generalise": {"step": 5}, "redact": {}}[method]
     masker = Masker({"f": {"method": method, **spec}}, KEY)
     values: list[Any] = [

@@ -1,0 +1,35 @@
+"""The optional C speedups of a delivery (``connector/_speedups.c``) and whether they are in use.
+
+The extension is built at install where a C compiler and OpenSSL's headers are present
+(``pyproject.toml``); where they are not, the install goes on without it and every caller
+takes its Python path, which gives the same bytes, more slowly (a masked SQL delivery of a
+million rows: bench/README.md, sql_source.py). ``TDS_NO_SPEEDUPS=1`` turns it off (the
+bench's baseline, or a suspected fault). ``tds --version`` says which is in use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+__all__ = ["csv_lines", "hmac_sha256_hex", "status"]
+
+hmac_sha256_hex: Callable[[bytes, Sequence[object]], list[str | None] | None] | None = None
+"""``_speedups.hmac_sha256_hex`` (see :meth:`connector.transfer.masking.Masker.column`), or
+``None`` when the speedups are not in use."""
+
+csv_lines: Callable[[Sequence[Sequence[object]]], bytes | None] | None = None
+"""``_speedups.csv_lines`` (see ``connector.sources.delivered._csv_lines``), or ``None``."""
+
+status = "Python only, TDS_NO_SPEEDUPS is set"
+"""Which path deliveries take, in a few words (``tds --version``)."""
+
+if os.environ.get("TDS_NO_SPEEDUPS", "").strip() in ("", "0"):
+    try:
+        from connector import _speedups
+    except ImportError as exc:
+        status = f"Python only, connector._speedups is not built: {exc}"
+    else:
+        hmac_sha256_hex = _speedups.hmac_sha256_hex
+        csv_lines = _speedups.csv_lines
+        status = "C speedups: OpenSSL HMAC, CSV lines"

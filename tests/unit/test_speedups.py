@@ -1,0 +1,138 @@
+"""The C speedups (connector/_speedups.c) give exactly their Python twins' output.
+
+Each function is checked against the path it replaces, on values chosen to break it:
+text needing quotes, non-ASCII, lone surrogates, integers at and past 64 bits, floats
+whose text is easy to get wrong, and kinds it must refuse (booleans, subclasses). The
+delivered bytes' pinned digests (tests/sources/test_delivered_bytes.py) run both ways too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from enum import StrEnum
+from itertools import chain
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, hmac
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector import speedups
+from connector.sources.delivered import _csv_lines
+
+try:
+    from connector import _speedups
+except ImportError:  # pragma: no cover - depends on the install
+    _speedups = None  # type: ignore[assignment]
+
+needs_speedups = pytest.mark.skipif(
+    _speedups is None, reason=f"the C speedups are not built here ({speedups.status})"
+)
+
+
+def test_the_speedups_are_built_where_ci_requires_them() -> None:
+    """CI's machine has a compiler and OpenSSL's headers: there a missing build is a fault,
+    not a slower path to skip past (.ci/run sets TDS_REQUIRE_SPEEDUPS)."""
+    if not os.environ.get("TDS_REQUIRE_SPEEDUPS"):
+        pytest.skip("TDS_REQUIRE_SPEEDUPS is not set (only CI requires the C build)")
+    assert _speedups is not None, speedups.status
+    assert speedups.csv_lines is not None and speedups.hmac_sha256_hex is not None
+
+
+def _hmac_hex(key: bytes, text: str) -> str:
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(text.encode())
+    return h.finalize().hex()
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=80), st.lists(st.none() | st.text(max_size=70)))
+def test_hmac_is_the_same_hmac(key: bytes, values: list[str | None]) -> None:
+    assert _speedups is not None
+    expected = [None if v is None else _hmac_hex(key, v) for v in values]
+    assert _speedups.hmac_sha256_hex(key, values) == expected
+    assert _speedups.hmac_sha256_hex(key, tuple(values)) == expected
+
+
+@needs_speedups
+def test_hmac_refuses_what_is_not_text() -> None:
+    assert _speedups is not None
+
+    class Colour(StrEnum):
+        RED = "red"
+
+    for odd in (1, b"a", True, Colour.RED, 1.5):
+        assert _speedups.hmac_sha256_hex(b"k", ["a", odd]) is None
+    with pytest.raises(UnicodeEncodeError):  # as str.encode() does
+        _speedups.hmac_sha256_hex(b"k", ["a", "\ud800"])
+    with pytest.raises(TypeError):
+        _speedups.hmac_sha256_hex("not bytes", ["a"])  # type: ignore[arg-type]
+
+
+CELLS = (
+    st.none()
+    | st.text(max_size=12)
+    | st.sampled_from(["a,b", 'q"', "n\nl", "c\rr", "z\x00", "", " ", "é漢字", "\ud800x"])
+    | st.integers()
+    | st.sampled_from([2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**40, 0, -1])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([0.1, -0.0, 1e16, 1e-7, 1.0, 123456789.125, 5e-324])
+    | st.booleans()
+)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _python(columns: list[list[Any]]) -> bytes | None:
+    lines = _csv_lines(columns)
+    return None if lines is None else lines.encode()
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda w: st.lists(st.lists(CELLS, min_size=w, max_size=w))))
+def test_csv_lines_are_the_same_bytes(rows: list[list[Any]]) -> None:
+    assert _speedups is not None
+    if not rows:
+        return
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    if any(type(v) is str and not _encodable(v) for v in chain.from_iterable(rows)):
+        # Neither gives bytes (each stops at the first cell it cannot take, in its own
+        # order); the caller's csv module path then raises UnicodeEncodeError.
+        for lines in (_python, _speedups.csv_lines):
+            with contextlib.suppress(UnicodeEncodeError):
+                assert lines(columns) is None
+        return
+    expected = _python(columns)
+    assert _speedups.csv_lines(columns) == expected
+    assert _speedups.csv_lines([tuple(c) for c in columns]) == expected
+
+
+@needs_speedups
+def test_csv_lines_refuse_what_python_refuses() -> None:
+    assert _speedups is not None
+
+    class Colour(StrEnum):
+        RED = "red"
+
+    class Big(int):
+        pass
+
+    assert _speedups.csv_lines([["a"]]) is None  # one column: a lone empty cell is quoted
+    for odd in (True, Colour.RED, Big(3), b"x", [1], {"k": 1}):
+        assert _speedups.csv_lines([["a", "b"], [1, odd]]) is None
+        assert _python([["a", "b"], [1, odd]]) is None
+    assert _speedups.csv_lines([["a", "b"], [1, 2]]) == b"a,1\nb,2\n"
+    with pytest.raises(ValueError):
+        _speedups.csv_lines([["a", "b"], [1]])
+    with pytest.raises(TypeError):
+        _speedups.csv_lines([["a"], 5])  # type: ignore[list-item]
