@@ -337,11 +337,297 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------- csv_chunk */
+
+enum { FIELD_PLAIN = 0, FIELD_HASH = 1, FIELD_TRUNCATE = 2, FIELD_REDACT = 3 };
+
+typedef struct {
+    Py_ssize_t index; /* in the source's row */
+    int kind;
+    Py_ssize_t keep; /* FIELD_TRUNCATE: code points kept */
+} Field;
+
+enum { CELL_EMPTY = 0, CELL_TEXT = 1, CELL_INT = 2, CELL_FLOAT = 3 };
+
+typedef struct {
+    int type;
+    int kind;
+    Py_ssize_t keep;
+    const char *text; /* CELL_FLOAT: its repr, PyMem_Malloc'd, freed by csv_chunk */
+    Py_ssize_t size;
+    long long number;
+} Cell;
+
+/* The bytes of the first `keep` code points of UTF-8 text, as str slicing counts them. */
+static Py_ssize_t
+utf8_prefix(const char *text, Py_ssize_t size, Py_ssize_t keep)
+{
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (((unsigned char)text[i] & 0xC0) != 0x80) {
+            if (seen == keep) {
+                return i;
+            }
+            seen++;
+        }
+    }
+    return size;
+}
+
+static char *
+format_int(char *end, long long value)
+{
+    char *p = end;
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
+                                             : (unsigned long long)value;
+    do {
+        *--p = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (value < 0) {
+        *--p = '-';
+    }
+    return p;
+}
+
+/* Writes the chunk's lines into out (sized by the caller to hold them), without the
+   interpreter lock: 1 when a cell needs the csv module's quoting, -1 when OpenSSL failed. */
+static int
+write_cells(const Cell *cells, Py_ssize_t rows, Py_ssize_t width, EVP_MAC_CTX *ctx,
+            char *out, Py_ssize_t *written)
+{
+    char *p = out;
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    size_t digest_size;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        for (Py_ssize_t c = 0; c < width; c++) {
+            const Cell *cell = &cells[r * width + c];
+            if (cell->type == CELL_INT) {
+                char digits[24];
+                char *start = format_int(digits + sizeof digits, cell->number);
+                memcpy(p, start, (size_t)(digits + sizeof digits - start));
+                p += digits + sizeof digits - start;
+            }
+            else if (cell->type == CELL_FLOAT) {
+                memcpy(p, cell->text, (size_t)cell->size);
+                p += cell->size;
+            }
+            else if (cell->type == CELL_TEXT && cell->kind == FIELD_HASH) {
+                if (!EVP_MAC_init(ctx, NULL, 0, NULL)
+                    || !EVP_MAC_update(ctx, (const unsigned char *)cell->text, (size_t)cell->size)
+                    || !EVP_MAC_final(ctx, digest, &digest_size, sizeof digest)
+                    || digest_size != 32) {
+                    return -1;
+                }
+                for (size_t j = 0; j < 32; j++) {
+                    *p++ = HEX_DIGITS[digest[j] >> 4];
+                    *p++ = HEX_DIGITS[digest[j] & 15];
+                }
+            }
+            else if (cell->type == CELL_TEXT) {
+                Py_ssize_t size = cell->kind == FIELD_TRUNCATE
+                    ? utf8_prefix(cell->text, cell->size, cell->keep)
+                    : cell->size;
+                if (needs_quoting(cell->text, size)) {
+                    return 1;
+                }
+                memcpy(p, cell->text, (size_t)size);
+                p += size;
+            }
+            *p++ = c + 1 < width ? ',' : '\n';
+        }
+    }
+    *written = p - out;
+    return 0;
+}
+
+PyDoc_STRVAR(csv_chunk_doc,
+"csv_chunk(rows, width, fields, key, /)\n--\n\n"
+"The UTF-8 CSV lines of a chunk of rows (tuples or lists of exactly width values) projected\n"
+"and masked as the delivery's Python path does (_Projection, Masker.column, _csv_lines):\n"
+"fields is a tuple of (index in the row, kind, keep), kind 0 as is, 1 hash (HMAC-SHA256\n"
+"under key, hex), 2 truncate to keep code points, 3 redact. None when the Python path must\n"
+"write the chunk: fewer than two fields, a row of another width, a value other than an exact\n"
+"str, int, float or None (an int or float only unmasked), an int beyond 64 bits, or a cell\n"
+"the csv module would quote.");
+
+static PyObject *
+csv_chunk(PyObject *module, PyObject *args)
+{
+    PyObject *rows_arg, *fields_arg;
+    Py_ssize_t width;
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "OnOy*:csv_chunk", &rows_arg, &width, &fields_arg, &key)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PyObject *rows = NULL;
+    Field *fields = NULL;
+    Cell *cells = NULL;
+    char *out = NULL;
+    EVP_MAC_CTX *ctx = NULL;
+    Py_ssize_t count = 0, n = 0;
+    int hashes = 0;
+
+    if (!PyTuple_Check(fields_arg)) {
+        PyErr_SetString(PyExc_TypeError, "csv_chunk: fields must be a tuple");
+        goto done;
+    }
+    count = PyTuple_GET_SIZE(fields_arg);
+    if (count < 2) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    fields = PyMem_Calloc((size_t)count, sizeof *fields);
+    if (fields == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t f = 0; f < count; f++) {
+        Field *field = &fields[f];
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields_arg, f), "nin:csv_chunk field",
+                              &field->index, &field->kind, &field->keep)) {
+            goto done;
+        }
+        if (field->index < 0 || field->index >= width || field->kind < FIELD_PLAIN
+            || field->kind > FIELD_REDACT || field->keep < 0) {
+            PyErr_SetString(PyExc_ValueError, "csv_chunk: a field out of range");
+            goto done;
+        }
+        hashes |= field->kind == FIELD_HASH;
+    }
+    rows = PySequence_Fast(rows_arg, "csv_chunk wants a sequence of rows");
+    if (rows == NULL) {
+        goto done;
+    }
+    n = PySequence_Fast_GET_SIZE(rows);
+    if (n > PY_SSIZE_T_MAX / count / (Py_ssize_t)sizeof *cells) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    cells = PyMem_RawCalloc((size_t)(n * count) + 1, sizeof *cells);
+    if (cells == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* With the lock: every value read into a cell (text stays owned by its str, which
+       `rows` keeps alive), and the bytes the lines can take at most. */
+    Py_ssize_t bound = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *row = PySequence_Fast_ITEMS(rows)[r];
+        PyObject **items;
+        if (PyTuple_CheckExact(row) && PyTuple_GET_SIZE(row) == width) {
+            items = &PyTuple_GET_ITEM(row, 0);
+        }
+        else if (PyList_CheckExact(row) && PyList_GET_SIZE(row) == width) {
+            items = PySequence_Fast_ITEMS(row);
+        }
+        else {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        for (Py_ssize_t f = 0; f < count; f++) {
+            Cell *cell = &cells[r * count + f];
+            PyObject *value = items[fields[f].index];
+            cell->kind = fields[f].kind;
+            cell->keep = fields[f].keep;
+            if (cell->kind == FIELD_REDACT || value == Py_None) {
+                cell->type = CELL_EMPTY;
+            }
+            else if (PyUnicode_CheckExact(value)) {
+                cell->type = CELL_TEXT;
+                cell->text = PyUnicode_AsUTF8AndSize(value, &cell->size);
+                if (cell->text == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                        goto done;
+                    }
+                    /* A lone surrogate: the Python path decides (a truncation may cut it
+                       off, else its encoding raises). */
+                    PyErr_Clear();
+                    result = Py_NewRef(Py_None);
+                    goto done;
+                }
+            }
+            else if (PyLong_CheckExact(value) && cell->kind == FIELD_PLAIN) {
+                int overflow;
+                cell->type = CELL_INT;
+                cell->number = PyLong_AsLongLongAndOverflow(value, &overflow);
+                if (cell->number == -1 && PyErr_Occurred()) {
+                    goto done;
+                }
+                if (overflow) {
+                    result = Py_NewRef(Py_None);
+                    goto done;
+                }
+            }
+            else if (PyFloat_CheckExact(value) && cell->kind == FIELD_PLAIN) {
+                /* What float's repr (and str) writes. */
+                char *text = PyOS_double_to_string(
+                    PyFloat_AS_DOUBLE(value), 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+                if (text == NULL) {
+                    goto done;
+                }
+                cell->type = CELL_FLOAT;
+                cell->text = text;
+                cell->size = (Py_ssize_t)strlen(text);
+            }
+            else {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            bound += cell->type == CELL_INT ? 20 : cell->kind == FIELD_HASH ? 64 : cell->size;
+            bound += 1;
+        }
+    }
+    out = PyMem_RawMalloc((size_t)bound + 1);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (hashes) {
+        ctx = EVP_MAC_CTX_new(hmac_algorithm);
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+            OSSL_PARAM_construct_end(),
+        };
+        if (ctx == NULL || !EVP_MAC_init(ctx, key.buf, (size_t)key.len, params)) {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
+            goto done;
+        }
+    }
+    /* Without the lock: the masks and the lines (the other threads of the provider, such
+       as the one fetching the next rows, run meanwhile). */
+    int status;
+    Py_ssize_t written = 0;
+    Py_BEGIN_ALLOW_THREADS
+    status = write_cells(cells, n, count, ctx, out, &written);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed computing an HMAC-SHA256");
+        goto done;
+    }
+    result = status ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize(out, written);
+done:
+    EVP_MAC_CTX_free(ctx);
+    PyMem_RawFree(out);
+    for (Py_ssize_t i = 0; cells != NULL && i < n * count; i++) {
+        if (cells[i].type == CELL_FLOAT) {
+            PyMem_Free((void *)cells[i].text);
+        }
+    }
+    PyMem_RawFree(cells);
+    PyMem_Free(fields);
+    Py_XDECREF(rows);
+    PyBuffer_Release(&key);
+    return result;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyMethodDef speedups_methods[] = {
     {"hmac_sha256_hex", hmac_sha256_hex, METH_VARARGS, hmac_sha256_hex_doc},
     {"csv_lines", csv_lines, METH_O, csv_lines_doc},
+    {"csv_chunk", csv_chunk, METH_VARARGS, csv_chunk_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-__all__ = ["csv_lines", "hmac_sha256_hex", "status"]
+__all__ = ["csv_chunk", "csv_lines", "hmac_sha256_hex", "status"]
 
 hmac_sha256_hex: Callable[[bytes, Sequence[object]], list[str | None] | None] | None = None
 """``_speedups.hmac_sha256_hex`` (see :meth:`connector.transfer.masking.Masker.column`), or
@@ -20,6 +20,15 @@ hmac_sha256_hex: Callable[[bytes, Sequence[object]], list[str | None] | None] | 
 
 csv_lines: Callable[[Sequence[Sequence[object]]], bytes | None] | None = None
 """``_speedups.csv_lines`` (see ``connector.sources.delivered._csv_lines``), or ``None``."""
+
+csv_chunk: (
+    Callable[
+        [Sequence[Sequence[object]], int, tuple[tuple[int, int, int], ...], bytes], bytes | None
+    ]
+    | None
+) = None
+"""``_speedups.csv_chunk`` (see ``connector.sources.delivered._Projection.csv_in_c``), or
+``None``."""
 
 status = "Python only, TDS_NO_SPEEDUPS is set"
 """Which path deliveries take, in a few words (``tds --version``)."""
@@ -32,4 +41,5 @@ if os.environ.get("TDS_NO_SPEEDUPS", "").strip() in ("", "0"):
     else:
         hmac_sha256_hex = _speedups.hmac_sha256_hex
         csv_lines = _speedups.csv_lines
-        status = "C speedups: OpenSSL HMAC, CSV lines"
+        csv_chunk = _speedups.csv_chunk
+        status = "C speedups: OpenSSL HMAC, CSV lines and chunks"

@@ -110,6 +110,27 @@ class Masker:
     def __contains__(self, field: str) -> bool:
         return field in self._masks
 
+    @property
+    def key(self) -> bytes:
+        """The agreement's mask key (for the C speedups' hash mask)."""
+        return self._key
+
+    def plain_form(self, field: str) -> tuple[int, int] | None:
+        """How the C speedups (``_speedups.csv_chunk``) mask ``field``: ``(kind, keep)``,
+        kind 0 unmasked, 1 hash, 2 truncate to ``keep`` characters, 3 redact; ``None`` for a
+        mask only the Python path applies (``generalise``)."""
+        spec = self._masks.get(field)
+        if spec is None:
+            return (0, 0)
+        method = spec["method"]
+        if method == "hash":
+            return (1, 0)
+        if method == "truncate":
+            return (2, int(spec["keep"]))
+        if method == "redact":
+            return (3, 0)
+        return None
+
     def _pseudonym(self, text: str) -> str:
         h = self._keyed.copy()
         h.update(text.encode())

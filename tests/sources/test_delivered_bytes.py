@@ -94,6 +94,7 @@ def speedups_used(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     """Each test below runs with the C speedups (where built) and without them."""
     if request.param == "python":
         monkeypatch.setattr(speedups, "csv_lines", None)
+        monkeypatch.setattr(speedups, "csv_chunk", None)
         monkeypatch.setattr(speedups, "hmac_sha256_hex", None)
     elif speedups.csv_lines is None:
         pytest.skip(f"the C speedups are not built here ({speedups.status})")

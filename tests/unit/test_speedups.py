@@ -9,6 +9,7 @@ delivered bytes' pinned digests (tests/sources/test_delivered_bytes.py) run both
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from enum import StrEnum
 from itertools import chain
@@ -20,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector import speedups
-from connector.sources.delivered import _csv_lines
+from connector.sources.delivered import _csv_lines, write_rows
+from connector.transfer.masking import Masker
 
 try:
     from connector import _speedups
@@ -136,3 +138,89 @@ def test_csv_lines_refuse_what_python_refuses() -> None:
         _speedups.csv_lines([["a", "b"], [1]])
     with pytest.raises(TypeError):
         _speedups.csv_lines([["a"], 5])  # type: ignore[list-item]
+
+
+FIELD_CELLS = CELLS | st.sampled_from(["é漢字é漢字", "ab,cd", "x" * 50, "a\u0301bc"])
+MASK_SPECS: list[dict[str, Any] | None] = [
+    None,
+    {"method": "hash"},
+    {"method": "truncate", "keep": 0},
+    {"method": "truncate", "keep": 2},
+    {"method": "redact"},
+    {"method": "generalise", "step": 10},
+]
+
+
+@st.composite
+def _deliveries(draw: st.DrawFn) -> tuple[list[Any], tuple[str, ...], list[str], dict[str, Any]]:
+    width = draw(st.integers(1, 5))
+    columns = tuple(f"c{i}" for i in range(width))
+    fields = draw(st.lists(st.sampled_from(columns), min_size=1, max_size=width, unique=True))
+    masks: dict[str, Any] = {}
+    for name in fields:
+        spec = draw(st.sampled_from(MASK_SPECS))
+        if spec is not None:
+            masks[name] = spec
+    row = st.lists(FIELD_CELLS, min_size=width, max_size=width)
+    rows = draw(st.lists(row.map(tuple) | row, max_size=30))
+    if draw(st.booleans()) and rows:  # a row of another width: the Python path's to handle
+        rows.append((*rows[0], "beyond"))
+    return rows, columns, fields, masks
+
+
+def _delivered(rows: list[Any], columns: tuple[str, ...], fields: list[str], masks: Any) -> bytes:
+    out = io.BytesIO()
+    write_rows(rows, out, columns=columns, fields=fields, fmt="csv", masker=Masker(masks, KEY))
+    return out.getvalue()
+
+
+KEY = bytes(range(32))
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(_deliveries())
+def test_a_delivery_is_the_same_bytes_with_and_without_the_speedups(
+    delivery: tuple[list[Any], tuple[str, ...], list[str], dict[str, Any]],
+) -> None:
+    rows, columns, fields, masks = delivery
+    fields = [c for c in columns if c in fields]  # the delivered order is the source's
+    with pytest.MonkeyPatch.context() as off:
+        for name in ("csv_chunk", "csv_lines", "hmac_sha256_hex"):
+            off.setattr(speedups, name, None)
+        try:
+            expected: bytes | None = _delivered(rows, columns, fields, masks)
+        except UnicodeEncodeError:
+            expected = None
+    if expected is None:
+        with pytest.raises(UnicodeEncodeError):
+            _delivered(rows, columns, fields, masks)
+        return
+    assert _delivered(rows, columns, fields, masks) == expected
+
+
+@needs_speedups
+def test_csv_chunk_masks_and_refuses_as_the_python_path() -> None:
+    assert _speedups is not None
+    hashed = _hmac_hex(KEY, "ann")
+    rows = [(1, "ann", "ann@example.com", 2.5), [2, None, "b@x,y", -0.0]]
+    layout = ((0, 0, 0), (1, 1, 0), (2, 2, 3), (3, 0, 0))
+    assert _speedups.csv_chunk(rows[:1], 4, layout, KEY) == f"1,{hashed},ann,2.5\n".encode()
+    assert _speedups.csv_chunk(rows[1:], 4, layout, KEY) == b"2,,b@x,-0.0\n"  # cut before ","
+    assert _speedups.csv_chunk(rows[1:], 4, ((2, 2, 1), (3, 0, 0)), KEY) == b"b,-0.0\n"
+    assert _speedups.csv_chunk(rows, 4, ((0, 3, 0), (1, 3, 0)), KEY) == b",\n,\n"  # redacted
+    for refused in (
+        [(1, "a", "b")],  # a row of another width
+        [(1, True, "b", 1.0)],  # a boolean
+        [(2**64, "a", "b", 1.0)],  # an integer beyond 64 bits
+        [(1, 5, "b", 1.0)],  # an integer under the hash mask
+        [(1, "a", 7, 1.0)],  # an integer under truncation
+        [(1, "a", "b", "x\ny")],  # text the csv module quotes
+        [(1, "a", "b,cd", 1.0)],  # ... still there once truncated
+    ):
+        assert _speedups.csv_chunk(refused, 4, layout, KEY) is None, refused
+    assert _speedups.csv_chunk(rows, 4, ((0, 0, 0),), KEY) is None  # one field
+    with pytest.raises(ValueError):
+        _speedups.csv_chunk(rows, 4, ((9, 0, 0), (0, 0, 0)), KEY)
+    with pytest.raises(ValueError):
+        _speedups.csv_chunk(rows, 4, ((0, 7, 0), (1, 0, 0)), KEY)
