@@ -496,11 +496,38 @@ csv_chunk(PyObject *module, PyObject *args)
         }
         hashes |= field->kind == FIELD_HASH;
     }
-    rows = PySequence_Fast(rows_arg, "csv_chunk wants a sequence of rows");
+    /* A new tuple of tuples of our own: every value stays alive and in place while the
+       lock is released, whatever another thread does to the lists it was given. */
+    PyObject *given = PySequence_Fast(rows_arg, "csv_chunk wants a sequence of rows");
+    if (given == NULL) {
+        goto done;
+    }
+    n = PySequence_Fast_GET_SIZE(given);
+    rows = PyTuple_New(n);
+    for (Py_ssize_t r = 0; rows != NULL && r < n; r++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(given, r);
+        PyObject *own;
+        if (PyTuple_CheckExact(row)) {
+            own = Py_NewRef(row);
+        }
+        else if (PyList_CheckExact(row)) {
+            own = PyList_AsTuple(row);
+        }
+        else {
+            Py_DECREF(given);
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (own == NULL) {
+            Py_DECREF(given);
+            goto done;
+        }
+        PyTuple_SET_ITEM(rows, r, own);
+    }
+    Py_DECREF(given);
     if (rows == NULL) {
         goto done;
     }
-    n = PySequence_Fast_GET_SIZE(rows);
     if (n > PY_SSIZE_T_MAX / count / (Py_ssize_t)sizeof *cells) {
         PyErr_NoMemory();
         goto done;
@@ -514,18 +541,12 @@ csv_chunk(PyObject *module, PyObject *args)
        `rows` keeps alive), and the bytes the lines can take at most. */
     Py_ssize_t bound = 0;
     for (Py_ssize_t r = 0; r < n; r++) {
-        PyObject *row = PySequence_Fast_ITEMS(rows)[r];
-        PyObject **items;
-        if (PyTuple_CheckExact(row) && PyTuple_GET_SIZE(row) == width) {
-            items = &PyTuple_GET_ITEM(row, 0);
-        }
-        else if (PyList_CheckExact(row) && PyList_GET_SIZE(row) == width) {
-            items = PySequence_Fast_ITEMS(row);
-        }
-        else {
+        PyObject *row = PyTuple_GET_ITEM(rows, r);
+        if (PyTuple_GET_SIZE(row) != width) {
             result = Py_NewRef(Py_None);
             goto done;
         }
+        PyObject **items = &PyTuple_GET_ITEM(row, 0);
         for (Py_ssize_t f = 0; f < count; f++) {
             Cell *cell = &cells[r * count + f];
             PyObject *value = items[fields[f].index];
