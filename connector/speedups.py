@@ -37,7 +37,14 @@ if os.environ.get("TDS_NO_SPEEDUPS", "").strip() in ("", "0"):
     try:
         from connector import _speedups
     except ImportError as exc:
-        status = f"Python only, connector._speedups is not built: {exc}"
+        if "cannot import name" in str(exc):
+            status = (
+                "Python only: the C speedups were not built at install (they need a C "
+                "compiler and OpenSSL's headers, e.g. Debian's gcc and libssl-dev); the same "
+                "bytes, more slowly"
+            )
+        else:  # built, but it cannot load here (OpenSSL's library gone, say)
+            status = f"Python only: the C speedups cannot be loaded ({exc})"
     else:
         hmac_sha256_hex = _speedups.hmac_sha256_hex
         csv_lines = _speedups.csv_lines
