@@ -16,7 +16,7 @@ they hold across concurrent subscriptions and replicas sharing PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from connector.catalog.products import PERIODS
 from connector.errors import NotFound, PreconditionFailed
 from connector.negotiation.agreement import Agreement
 from connector.sources.windows import Window
-from connector.store.database import Database
+from connector.store.database import Database, RawTransaction
 from connector.store.models import MeteringRow, StreamSubscriptionRow, StreamWindowRow
 
 __all__ = [
@@ -243,6 +243,33 @@ class StreamStore:
                 .where(c.state != TERMINATED)
                 .values(state=state, reason=reason[:512], updated_ms=now_ms)
             )
+
+    def terminate(
+        self,
+        agreement_id: str,
+        role: str,
+        reason: str,
+        now_ms: int,
+        log: Callable[[RawTransaction], list[int]],
+    ) -> bool:
+        """Move to TERMINATED and append ``log``'s entries in the same transaction, only if
+        the stream is not TERMINATED already; whether this call did it.
+
+        Two stops at once (the admin and the consumer, two replicas) each read a stream
+        that was still running: one conditional ``UPDATE`` decides which of them stops it,
+        so the log says ``stream.terminated`` once.
+        """
+        with self._db.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE stream_subscription SET state = ?, reason = ?, updated_ms = ?"
+                " WHERE agreement_id = ? AND role = ? AND state != ?",
+                (TERMINATED, reason[:512], now_ms, agreement_id, role, TERMINATED),
+            )
+            won = bool(cur.rowcount == 1)
+            cur.close()
+            if won:
+                log(tx)
+        return won
 
     def set_obligations(self, agreement_id: str, role: str, obligations: Mapping[str, Any]) -> None:
         """Keep the holding under ``obligations`` (the provider's decision, checked)."""

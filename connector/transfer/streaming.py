@@ -747,17 +747,25 @@ class StreamProvider:
             )
         by = "provider" if caller is None else "consumer"
         reason = reason or f"terminated by the {by}"
-        self._audit.record(
-            "stream.terminated",
-            parties=[state.counterparty],
-            data={
-                "agreement": agreement_id,
-                "by": by,
-                "acked_sequence": state.acked_sequence,
-                "reason": reason[:300],
-            },
+        logged = self._audit.prepare(
+            [
+                (
+                    "stream.terminated",
+                    [state.counterparty],
+                    {
+                        "agreement": agreement_id,
+                        "by": by,
+                        "acked_sequence": state.acked_sequence,
+                        "reason": reason[:300],
+                    },
+                )
+            ]
         )
-        self._store.set_state(agreement_id, PROVIDER, TERMINATED, reason, self._now_ms())
+        if not self._store.terminate(agreement_id, PROVIDER, reason, self._now_ms(), logged):
+            now = self._store.get(agreement_id, PROVIDER)
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement_id} is already TERMINATED ({now.reason})"
+            )
         return self._store.get(agreement_id, PROVIDER)
 
 

@@ -733,17 +733,25 @@ class StreamConsumer:
                 f"the stream of agreement {agreement_id} is already TERMINATED ({state.reason})"
             )
         reason = reason or "terminated by the consumer"
-        self._audit.record(
-            "stream.terminated",
-            parties=[state.counterparty],
-            data={
-                "agreement": agreement_id,
-                "by": "consumer",
-                "kept_sequence": state.acked_sequence,
-                "reason": reason[:300],
-            },
+        logged = self._audit.prepare(
+            [
+                (
+                    "stream.terminated",
+                    [state.counterparty],
+                    {
+                        "agreement": agreement_id,
+                        "by": "consumer",
+                        "kept_sequence": state.acked_sequence,
+                        "reason": reason[:300],
+                    },
+                )
+            ]
         )
-        self._store.set_state(agreement_id, CONSUMER, TERMINATED, reason, self._now_ms())
+        if not self._store.terminate(agreement_id, CONSUMER, reason, self._now_ms(), logged):
+            now = self._store.get(agreement_id, CONSUMER)
+            raise PreconditionFailed(
+                f"the stream of agreement {agreement_id} is already TERMINATED ({now.reason})"
+            )
         with self._lock:
             running = self._running.get(agreement_id)
         if running is not None:

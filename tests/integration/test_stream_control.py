@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,6 +305,36 @@ def test_the_provider_stops_a_stream_it_serves_within_a_second(
     assert (logged["by"], logged["reason"]) == ("provider", "station maintenance")
     stopped = ended(space, "stream.stopped", agreement)
     assert stopped[-1]["reason"] == "station maintenance"
+
+
+@pytest.mark.parametrize("who", ["gov", "a"])
+def test_stops_at_once_stop_the_stream_once_and_log_it_once(
+    space: LocalSpace, js: JetStream, tmp_path: Path, who: str
+) -> None:
+    """Several stops at the same moment (an operator's double click, two replicas) all see
+    a running stream; one stops it, the others are told it is stopped already, and the
+    stopping side's log says ``stream.terminated`` once."""
+    agreement, f = running(space, js, tmp_path)
+    start = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def one(n: int) -> None:
+        start.wait()
+        try:
+            stop(space, who, agreement, f"stop {n}")
+            outcomes.append("stopped")
+        except grpc.RpcError as err:
+            outcomes.append(err.code().name)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["FAILED_PRECONDITION"] * 5 + ["stopped"]
+    f.wait_end(5)
+    assert states(space, agreement) == (TERMINATED, TERMINATED)
+    assert len(ended_by(space, who, agreement)) == 1
 
 
 def test_the_consumer_stops_its_stream_when_the_provider_cannot_be_told(
