@@ -78,6 +78,40 @@ _SYSTEM_SCHEMAS = {
 }
 """Schemas of the database's own catalogs (roles, password hashes, settings, statistics)."""
 
+_CHANGING: tuple[type[exp.Func], ...] = (
+    exp.CurrentDate,
+    exp.CurrentDatetime,
+    exp.CurrentTime,
+    exp.CurrentTimestamp,
+    exp.CurrentTimestampLTZ,
+    exp.Localtime,
+    exp.Localtimestamp,
+    exp.UtcDate,
+    exp.UtcTimestamp,
+    exp.UnixSeconds,
+    exp.Rand,
+    exp.Uuid,
+)
+"""Functions whose value changes from one run to the next (the clock, randomness)."""
+
+_CHANGING_NAMES = frozenset(
+    {
+        "now",
+        "sysdate",
+        "unix_timestamp",
+        "clock_timestamp",
+        "statement_timestamp",
+        "transaction_timestamp",
+        "timeofday",
+        "utc_time",
+        "curtime",
+        "curdate",
+        "random_bytes",
+        "uuid_short",
+    }
+)
+"""The same, as the parser leaves them (by name)."""
+
 ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset(
     {
         # aggregates
@@ -225,6 +259,16 @@ def validate_query(text: str, dialect: str, fields: Sequence[str] | None = None)
             )
         if isinstance(node, exp.Func) and type(node) not in ALLOWED_FUNCTIONS:
             name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+            if isinstance(node, _CHANGING) or name.lower() in _CHANGING_NAMES:
+                # Named by kind, not by the parser's name for it: PostgreSQL's now() is
+                # CURRENT_TIMESTAMP to sqlglot, and a message naming a function the user
+                # never wrote reads as a bug.
+                raise _refuse(
+                    "reads the clock or draws random values (now(), CURRENT_DATE, random(), "
+                    "uuid() and the like): its rows would change from one run to the next, "
+                    "so a transfer's delivered form could not be made again on another "
+                    "replica; filter on fixed values instead"
+                )
             raise _refuse(
                 f"calls {name.upper()}(), which is not an allowed function; allowed are "
                 "aggregates (COUNT, SUM, AVG, MIN, MAX) and text, number and date functions "

@@ -66,6 +66,15 @@ REFUSED_BOTH = [
     ("SELECT 'unterminated FROM t", "is not valid SQL"),
     ("", "is empty"),
     ("  ;  ", "exactly one statement; found 0"),
+    # The clock and randomness, named by kind (PostgreSQL's now() is CURRENT_TIMESTAMP to
+    # the parser: the message must not name a function the user did not write).
+    ("SELECT a FROM t WHERE d < now()", "reads the clock or draws random values"),
+    ("SELECT a FROM t WHERE d < CURRENT_DATE", "reads the clock or draws random values"),
+    ("SELECT a FROM t WHERE d < current_timestamp", "reads the clock or draws random values"),
+    ("SELECT a FROM t WHERE d < localtimestamp", "reads the clock or draws random values"),
+    ("SELECT a FROM t WHERE d < sysdate()", "reads the clock or draws random values"),
+    ("SELECT a FROM t ORDER BY random()", "reads the clock or draws random values"),
+    ("SELECT a FROM t WHERE d < unix_timestamp()", "reads the clock or draws random values"),
 ]
 
 REFUSED_POSTGRES = [
@@ -78,6 +87,8 @@ REFUSED_POSTGRES = [
     ("SELECT set_config('role', 'x', false) AS x", r"calls SET_CONFIG\(\)"),
     ("SELECT a FROM generate_series(1, 10) AS a", r"calls .*GENERATE_SERIES"),
     ("SELECT a FROM t FOR SHARE", "locking clause"),
+    ("SELECT a FROM t WHERE d < clock_timestamp()", "reads the clock or draws random values"),
+    ("SELECT gen_random_uuid() AS x", "reads the clock or draws random values"),
     ("SELECT a INTO b FROM t", "contains INTO"),
     ("WITH d AS (DELETE FROM t RETURNING a) SELECT a FROM d", "contains a DELETE"),
     ("WITH d AS (UPDATE t SET a = 1 RETURNING a) SELECT a FROM d", "contains a UPDATE"),
@@ -95,6 +106,9 @@ REFUSED_MARIADB = [
     ("SELECT SLEEP(10) AS x", r"calls SLEEP\(\)"),
     ("SELECT BENCHMARK(1000000, md5('x')) AS x", r"calls BENCHMARK\(\)"),
     ("SELECT a FROM t LOCK IN SHARE MODE", "locking clause"),
+    ("SELECT a FROM t WHERE d < curdate()", "reads the clock or draws random values"),
+    ("SELECT uuid() AS x", "reads the clock or draws random values"),
+    ("SELECT rand() AS x", "reads the clock or draws random values"),
     ("SELECT @v := a AS x FROM t", "variable"),
     ("SELECT @@version AS x", "session variable"),
     ("SELECT a INTO OUTFILE '/tmp/x' FROM t", "is not valid SQL"),
