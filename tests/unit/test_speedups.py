@@ -224,3 +224,15 @@ def test_csv_chunk_masks_and_refuses_as_the_python_path() -> None:
         _speedups.csv_chunk(rows, 4, ((9, 0, 0), (0, 0, 0)), KEY)
     with pytest.raises(ValueError):
         _speedups.csv_chunk(rows, 4, ((0, 7, 0), (1, 0, 0)), KEY)
+
+
+def test_tds_version_says_which_path_deliveries_take(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.cli.main import build_parser
+
+    for status in (speedups.status, "Python only: the C speedups were not built at install"):
+        monkeypatch.setattr(speedups, "status", status)
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--version"])
+        assert f"(delivery: {status})" in " ".join(capsys.readouterr().out.split())
