@@ -21,6 +21,8 @@
 #include <Python.h>
 
 #include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
@@ -84,6 +86,7 @@ hmac_sha256_hex(PyObject *module, PyObject *args)
         OSSL_PARAM_construct_end(),
     };
     if (ctx == NULL || !EVP_MAC_init(ctx, key.buf, (size_t)key.len, params)) {
+        ERR_clear_error();
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
         goto done;
     }
@@ -108,6 +111,7 @@ hmac_sha256_hex(PyObject *module, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     if (!ok) {
+        ERR_clear_error();
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed computing an HMAC-SHA256");
         goto done;
     }
@@ -176,6 +180,9 @@ buffer_reserve(Buffer *b, Py_ssize_t more)
 static int
 buffer_put(Buffer *b, const char *text, Py_ssize_t size)
 {
+    if (size == 0) {
+        return 0;
+    }
     if (buffer_reserve(b, size) < 0) {
         return -1;
     }
@@ -282,11 +289,13 @@ csv_lines(PyObject *module, PyObject *arg)
     PyObject **columns = NULL;
     Py_ssize_t width = 0;
     Buffer out = {NULL, 0, 0};
-    PyObject *outer = PySequence_Fast(arg, "csv_lines wants a sequence of columns");
+    /* Tuples of our own: code run while cells are made (a garbage collection's __del__,
+       say) cannot shrink or change what is being read. */
+    PyObject *outer = PySequence_Tuple(arg);
     if (outer == NULL) {
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(outer);
+    Py_ssize_t count = PyTuple_GET_SIZE(outer);
     if (count < 2) {
         result = Py_NewRef(Py_None);
         goto done;
@@ -297,23 +306,26 @@ csv_lines(PyObject *module, PyObject *arg)
         goto done;
     }
     Py_ssize_t rows = -1;
-    for (; width < count; width++) {
-        PyObject *column = PySequence_Fast(
-            PySequence_Fast_GET_ITEM(outer, width), "csv_lines wants columns as sequences");
+    while (width < count) {
+        PyObject *column = PySequence_Tuple(PyTuple_GET_ITEM(outer, width));
         if (column == NULL) {
             goto done;
         }
-        columns[width] = column;
-        Py_ssize_t size = PySequence_Fast_GET_SIZE(column);
+        columns[width++] = column;
+        Py_ssize_t size = PyTuple_GET_SIZE(column);
         if (rows >= 0 && size != rows) {
             PyErr_SetString(PyExc_ValueError, "csv_lines: columns of different lengths");
             goto done;
         }
         rows = size;
     }
+    if (rows == 0) {
+        result = Py_NewRef(Py_None);  /* nothing to write: the Python path decides */
+        goto done;
+    }
     for (Py_ssize_t r = 0; r < rows; r++) {
         for (Py_ssize_t c = 0; c < width; c++) {
-            int status = put_cell(&out, PySequence_Fast_ITEMS(columns[c])[r]);
+            int status = put_cell(&out, PyTuple_GET_ITEM(columns[c], r));
             if (status < 0) {
                 goto done;
             }
@@ -485,6 +497,10 @@ csv_chunk(PyObject *module, PyObject *args)
     }
     for (Py_ssize_t f = 0; f < count; f++) {
         Field *field = &fields[f];
+        if (!PyTuple_Check(PyTuple_GET_ITEM(fields_arg, f))) {
+            PyErr_SetString(PyExc_TypeError, "csv_chunk: each field must be a tuple");
+            goto done;
+        }
         if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields_arg, f), "nin:csv_chunk field",
                               &field->index, &field->kind, &field->keep)) {
             goto done;
@@ -498,14 +514,14 @@ csv_chunk(PyObject *module, PyObject *args)
     }
     /* A new tuple of tuples of our own: every value stays alive and in place while the
        lock is released, whatever another thread does to the lists it was given. */
-    PyObject *given = PySequence_Fast(rows_arg, "csv_chunk wants a sequence of rows");
+    PyObject *given = PySequence_Tuple(rows_arg);  /* itself a copy: see csv_lines */
     if (given == NULL) {
         goto done;
     }
-    n = PySequence_Fast_GET_SIZE(given);
-    rows = PyTuple_New(n);
+    n = PyTuple_GET_SIZE(given);
+    rows = n ? PyTuple_New(n) : NULL;
     for (Py_ssize_t r = 0; rows != NULL && r < n; r++) {
-        PyObject *row = PySequence_Fast_GET_ITEM(given, r);
+        PyObject *row = PyTuple_GET_ITEM(given, r);
         PyObject *own;
         if (PyTuple_CheckExact(row)) {
             own = Py_NewRef(row);
@@ -525,6 +541,10 @@ csv_chunk(PyObject *module, PyObject *args)
         PyTuple_SET_ITEM(rows, r, own);
     }
     Py_DECREF(given);
+    if (n == 0) {
+        result = Py_NewRef(Py_None);  /* nothing to write: the Python path decides */
+        goto done;
+    }
     if (rows == NULL) {
         goto done;
     }
@@ -596,8 +616,12 @@ csv_chunk(PyObject *module, PyObject *args)
                 result = Py_NewRef(Py_None);
                 goto done;
             }
-            bound += cell->type == CELL_INT ? 20 : cell->kind == FIELD_HASH ? 64 : cell->size;
-            bound += 1;
+            Py_ssize_t most = cell->type == CELL_INT ? 20 : cell->kind == FIELD_HASH ? 64 : cell->size;
+            if (most > PY_SSIZE_T_MAX - 2 - bound) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            bound += most + 1;
         }
     }
     out = PyMem_RawMalloc((size_t)bound + 1);
@@ -612,6 +636,7 @@ csv_chunk(PyObject *module, PyObject *args)
             OSSL_PARAM_construct_end(),
         };
         if (ctx == NULL || !EVP_MAC_init(ctx, key.buf, (size_t)key.len, params)) {
+            ERR_clear_error();
             PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
             goto done;
         }
@@ -624,6 +649,7 @@ csv_chunk(PyObject *module, PyObject *args)
     status = write_cells(cells, n, count, ctx, out, &written);
     Py_END_ALLOW_THREADS
     if (status < 0) {
+        ERR_clear_error();
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed computing an HMAC-SHA256");
         goto done;
     }
@@ -660,12 +686,66 @@ static struct PyModuleDef speedups_module = {
     speedups_methods,
 };
 
+/* One HMAC-SHA256 on ctx: keyed afresh when key is given, else from the keyed state. */
+static int
+hmac_on(EVP_MAC_CTX *ctx, const char *key, size_t key_size, const char *text,
+        unsigned char *digest)
+{
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    size_t size = 0;
+    return EVP_MAC_init(ctx, (const unsigned char *)key, key_size, key ? params : NULL)
+        && EVP_MAC_update(ctx, (const unsigned char *)text, strlen(text))
+        && EVP_MAC_final(ctx, digest, &size, EVP_MAX_MD_SIZE) && size == 32;
+}
+
+/* Whether this OpenSSL gives RFC 4231's HMAC-SHA256 and starts again from the keyed state
+   when re-initialised without a key, as every HMAC here relies on. OpenSSL 3.0.0-3.0.2
+   did not reset the state (openssl/openssl#17811): each value's pseudonym after the first
+   would silently depend on the values before it. There the import fails, and deliveries
+   take the Python path. */
+static int
+hmac_reuse_works(void)
+{
+    static const unsigned char rfc4231_case_2[32] = {
+        0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95,
+        0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9,
+        0x64, 0xec, 0x38, 0x43,
+    };
+    const char *key = "Jefe", *text = "what do ya want for nothing?", *other = "Hi There";
+    unsigned char fresh[EVP_MAX_MD_SIZE], first[EVP_MAX_MD_SIZE], again[EVP_MAX_MD_SIZE];
+    EVP_MAC_CTX *one = EVP_MAC_CTX_new(hmac_algorithm);
+    EVP_MAC_CTX *two = EVP_MAC_CTX_new(hmac_algorithm);
+    int works = one != NULL && two != NULL
+        && hmac_on(one, key, strlen(key), text, fresh)
+        && memcmp(fresh, rfc4231_case_2, 32) == 0
+        && hmac_on(two, key, strlen(key), other, first)
+        && hmac_on(two, NULL, 0, text, again)
+        && memcmp(again, fresh, 32) == 0
+        && hmac_on(two, NULL, 0, other, again)
+        && memcmp(again, first, 32) == 0;
+    EVP_MAC_CTX_free(one);
+    EVP_MAC_CTX_free(two);
+    ERR_clear_error();
+    return works;
+}
+
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     hmac_algorithm = EVP_MAC_fetch(NULL, "HMAC", NULL);
     if (hmac_algorithm == NULL) {
+        ERR_clear_error();
         PyErr_SetString(PyExc_ImportError, "OpenSSL offers no HMAC");
+        return NULL;
+    }
+    if (!hmac_reuse_works()) {
+        PyErr_Format(PyExc_ImportError,
+                     "OpenSSL %s does not reuse an HMAC key as expected (openssl#17811, "
+                     "fixed in 3.0.3); deliveries take the Python path",
+                     OpenSSL_version(OPENSSL_VERSION_STRING));
         return NULL;
     }
     return PyModule_Create(&speedups_module);

@@ -180,7 +180,7 @@ def _csv_lines(by_column: list[Sequence[Any]]) -> str | None:
     ``None``, and more than one column (a lone empty cell is quoted). Three times
     faster than the csv module's writer, which looks at every cell's every character.
     """
-    if len(by_column) < 2:
+    if len(by_column) < 2 or not by_column[0]:
         return None
     cells: list[Sequence[str]] = []
     for values in by_column:

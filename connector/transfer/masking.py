@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -126,7 +127,9 @@ class Masker:
         if method == "hash":
             return (1, 0)
         if method == "truncate":
-            return (2, int(spec["keep"]))
+            # A keep beyond any text's length keeps it whole, as slicing does; C takes at
+            # most sys.maxsize.
+            return (2, min(int(spec["keep"]), sys.maxsize))
         if method == "redact":
             return (3, 0)
         return None

@@ -9,8 +9,10 @@ delivered bytes' pinned digests (tests/sources/test_delivered_bytes.py) run both
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
+import sys
 from enum import StrEnum
 from itertools import chain
 from typing import Any
@@ -236,3 +238,61 @@ def test_tds_version_says_which_path_deliveries_take(
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--version"])
         assert f"(delivery: {status})" in " ".join(capsys.readouterr().out.split())
+
+
+@needs_speedups
+@pytest.mark.parametrize("threshold", [100, 700])
+def test_a_list_emptied_by_a_collection_mid_call_is_not_read_past_its_end(
+    threshold: int,
+) -> None:
+    """The functions allocate as they go, a garbage collection may run a ``__del__`` that
+    empties the very list being read: they work on copies (this crashed the process)."""
+    assert _speedups is not None
+    rows: list[Any] = [[f"r{i}", "v"] for i in range(2000)]
+    columns: list[Any] = [["a"] * 3] + [range(3) for _ in range(3000)]
+
+    class Trap:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            rows.clear()
+            columns.clear()
+
+    old = gc.get_threshold()
+    try:
+        gc.collect()
+        gc.set_threshold(threshold)
+        Trap()
+        chunk = _speedups.csv_chunk(rows, 2, ((0, 0, 0), (1, 0, 0)), KEY)
+        Trap()
+        lines = _speedups.csv_lines(columns)
+    finally:
+        gc.set_threshold(*old)
+    assert chunk is None or chunk.startswith(b"r0,v\n")
+    assert lines is None or lines.startswith(b"a,0,")
+
+
+@needs_speedups
+def test_no_reference_is_kept_by_a_refusal_and_odd_arguments_are_refused() -> None:
+    assert _speedups is not None
+    column, other = ["x", "y"], ["z"]
+    before = sys.getrefcount(other)
+    for _ in range(100):
+        with pytest.raises(ValueError):
+            _speedups.csv_lines([column, other])
+    assert sys.getrefcount(other) == before
+    with pytest.raises(TypeError):
+        _speedups.csv_chunk([("a", "b")], 2, ([0, 0, 0], (1, 0, 0)), KEY)  # type: ignore[arg-type]
+    assert _speedups.csv_lines([[], []]) is None  # no rows: nothing to decide here
+    assert _speedups.csv_chunk([], 2, ((0, 0, 0), (1, 0, 0)), KEY) is None
+
+
+def test_a_truncation_longer_than_any_text_keeps_it_whole_both_ways() -> None:
+    rows = [("x", "hello", 1)]
+    masks = {"b": {"method": "truncate", "keep": 2**63}}
+    with pytest.MonkeyPatch.context() as off:
+        off.setattr(speedups, "csv_chunk", None)
+        expected = _delivered(rows, ("a", "b", "c"), ["a", "b", "c"], masks)
+    assert expected == b"a,b,c\nx,hello,1\n"
+    assert _delivered(rows, ("a", "b", "c"), ["a", "b", "c"], masks) == expected
