@@ -32,6 +32,44 @@ static EVP_MAC *hmac_algorithm; /* fetched once at import; EVP_MAC objects are s
 
 static const char HEX_DIGITS[] = "0123456789abcdef";
 
+/* A context keyed for HMAC-SHA256, or NULL with a Python error set (holding the lock). */
+static EVP_MAC_CTX *
+keyed_hmac(const void *key, size_t size)
+{
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac_algorithm);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (ctx == NULL || !EVP_MAC_init(ctx, key, size, params)) {
+        EVP_MAC_CTX_free(ctx);
+        ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
+        return NULL;
+    }
+    return ctx;
+}
+
+/* HMAC-SHA256 of text under ctx's key as 64 hex digits at out; 0 when OpenSSL failed.
+   Needs no lock. Initialised without a key, OpenSSL starts again from the keyed state
+   (checked at import: hmac_reuse_works). */
+static int
+hmac_hex(EVP_MAC_CTX *ctx, const char *text, size_t size, char *out)
+{
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    size_t digest_size = 0;
+    if (!EVP_MAC_init(ctx, NULL, 0, NULL)
+        || !EVP_MAC_update(ctx, (const unsigned char *)text, size)
+        || !EVP_MAC_final(ctx, digest, &digest_size, sizeof digest) || digest_size != 32) {
+        return 0;
+    }
+    for (size_t j = 0; j < 32; j++) {
+        out[2 * j] = HEX_DIGITS[digest[j] >> 4];
+        out[2 * j + 1] = HEX_DIGITS[digest[j] & 15];
+    }
+    return 1;
+}
+
 /* ---------------------------------------------------------------------- hmac_sha256_hex */
 
 PyDoc_STRVAR(hmac_sha256_hex_doc,
@@ -80,33 +118,15 @@ hmac_sha256_hex(PyObject *module, PyObject *args)
             goto done;
         }
     }
-    ctx = EVP_MAC_CTX_new(hmac_algorithm);
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    if (ctx == NULL || !EVP_MAC_init(ctx, key.buf, (size_t)key.len, params)) {
-        ERR_clear_error();
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
+    ctx = keyed_hmac(key.buf, (size_t)key.len);
+    if (ctx == NULL) {
         goto done;
     }
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    size_t digest_size;
     for (Py_ssize_t i = 0; i < n && ok; i++) {
-        if (texts[i] == NULL) {
-            continue;
-        }
-        /* No key: OpenSSL starts again from the keyed state set up above. */
-        ok = EVP_MAC_init(ctx, NULL, 0, NULL)
-            && EVP_MAC_update(ctx, (const unsigned char *)texts[i], (size_t)sizes[i])
-            && EVP_MAC_final(ctx, digest, &digest_size, sizeof digest)
-            && digest_size == 32;
-        char *out = hex + i * 64;
-        for (size_t j = 0; ok && j < 32; j++) {
-            out[2 * j] = HEX_DIGITS[digest[j] >> 4];
-            out[2 * j + 1] = HEX_DIGITS[digest[j] & 15];
+        if (texts[i] != NULL) {
+            ok = hmac_hex(ctx, texts[i], (size_t)sizes[i], hex + i * 64);
         }
     }
     Py_END_ALLOW_THREADS
@@ -204,12 +224,11 @@ needs_quoting(const char *text, Py_ssize_t size)
     return 0;
 }
 
-/* An int of 64 bits as str() writes it. */
-static int
-put_int(Buffer *b, long long value)
+/* An int of 64 bits as str() writes it, ending just before end (at most 20 characters);
+   where it starts. */
+static char *
+format_int(char *end, long long value)
 {
-    char digits[24];
-    char *end = digits + sizeof digits;
     char *p = end;
     unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
                                              : (unsigned long long)value;
@@ -220,7 +239,15 @@ put_int(Buffer *b, long long value)
     if (value < 0) {
         *--p = '-';
     }
-    return buffer_put(b, p, end - p);
+    return p;
+}
+
+static int
+put_int(Buffer *b, long long value)
+{
+    char digits[24];
+    char *start = format_int(digits + sizeof digits, value);
+    return buffer_put(b, start, digits + sizeof digits - start);
 }
 
 /* The cell of one value; 1 when the value is not of a kind this takes (the caller then
@@ -386,22 +413,6 @@ utf8_prefix(const char *text, Py_ssize_t size, Py_ssize_t keep)
     return size;
 }
 
-static char *
-format_int(char *end, long long value)
-{
-    char *p = end;
-    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
-                                             : (unsigned long long)value;
-    do {
-        *--p = (char)('0' + magnitude % 10);
-        magnitude /= 10;
-    } while (magnitude);
-    if (value < 0) {
-        *--p = '-';
-    }
-    return p;
-}
-
 /* Writes the chunk's lines into out (sized by the caller to hold them), without the
    interpreter lock: 1 when a cell needs the csv module's quoting, -1 when OpenSSL failed. */
 static int
@@ -409,8 +420,6 @@ write_cells(const Cell *cells, Py_ssize_t rows, Py_ssize_t width, EVP_MAC_CTX *c
             char *out, Py_ssize_t *written)
 {
     char *p = out;
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    size_t digest_size;
     for (Py_ssize_t r = 0; r < rows; r++) {
         for (Py_ssize_t c = 0; c < width; c++) {
             const Cell *cell = &cells[r * width + c];
@@ -425,16 +434,10 @@ write_cells(const Cell *cells, Py_ssize_t rows, Py_ssize_t width, EVP_MAC_CTX *c
                 p += cell->size;
             }
             else if (cell->type == CELL_TEXT && cell->kind == FIELD_HASH) {
-                if (!EVP_MAC_init(ctx, NULL, 0, NULL)
-                    || !EVP_MAC_update(ctx, (const unsigned char *)cell->text, (size_t)cell->size)
-                    || !EVP_MAC_final(ctx, digest, &digest_size, sizeof digest)
-                    || digest_size != 32) {
+                if (!hmac_hex(ctx, cell->text, (size_t)cell->size, p)) {
                     return -1;
                 }
-                for (size_t j = 0; j < 32; j++) {
-                    *p++ = HEX_DIGITS[digest[j] >> 4];
-                    *p++ = HEX_DIGITS[digest[j] & 15];
-                }
+                p += 64;
             }
             else if (cell->type == CELL_TEXT) {
                 Py_ssize_t size = cell->kind == FIELD_TRUNCATE
@@ -630,14 +633,8 @@ csv_chunk(PyObject *module, PyObject *args)
         goto done;
     }
     if (hashes) {
-        ctx = EVP_MAC_CTX_new(hmac_algorithm);
-        OSSL_PARAM params[] = {
-            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
-            OSSL_PARAM_construct_end(),
-        };
-        if (ctx == NULL || !EVP_MAC_init(ctx, key.buf, (size_t)key.len, params)) {
-            ERR_clear_error();
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up HMAC-SHA256");
+        ctx = keyed_hmac(key.buf, (size_t)key.len);
+        if (ctx == NULL) {
             goto done;
         }
     }
@@ -686,21 +683,6 @@ static struct PyModuleDef speedups_module = {
     speedups_methods,
 };
 
-/* One HMAC-SHA256 on ctx: keyed afresh when key is given, else from the keyed state. */
-static int
-hmac_on(EVP_MAC_CTX *ctx, const char *key, size_t key_size, const char *text,
-        unsigned char *digest)
-{
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    size_t size = 0;
-    return EVP_MAC_init(ctx, (const unsigned char *)key, key_size, key ? params : NULL)
-        && EVP_MAC_update(ctx, (const unsigned char *)text, strlen(text))
-        && EVP_MAC_final(ctx, digest, &size, EVP_MAX_MD_SIZE) && size == 32;
-}
-
 /* Whether this OpenSSL gives RFC 4231's HMAC-SHA256 and starts again from the keyed state
    when re-initialised without a key, as every HMAC here relies on. OpenSSL 3.0.0-3.0.2
    did not reset the state (openssl/openssl#17811): each value's pseudonym after the first
@@ -709,26 +691,24 @@ hmac_on(EVP_MAC_CTX *ctx, const char *key, size_t key_size, const char *text,
 static int
 hmac_reuse_works(void)
 {
-    static const unsigned char rfc4231_case_2[32] = {
-        0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95,
-        0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9,
-        0x64, 0xec, 0x38, 0x43,
-    };
+    static const char rfc4231_case_2[] =
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
     const char *key = "Jefe", *text = "what do ya want for nothing?", *other = "Hi There";
-    unsigned char fresh[EVP_MAX_MD_SIZE], first[EVP_MAX_MD_SIZE], again[EVP_MAX_MD_SIZE];
-    EVP_MAC_CTX *one = EVP_MAC_CTX_new(hmac_algorithm);
-    EVP_MAC_CTX *two = EVP_MAC_CTX_new(hmac_algorithm);
+    char fresh[64], first[64], again[64];
+    EVP_MAC_CTX *one = keyed_hmac(key, strlen(key));
+    EVP_MAC_CTX *two = keyed_hmac(key, strlen(key));
     int works = one != NULL && two != NULL
-        && hmac_on(one, key, strlen(key), text, fresh)
-        && memcmp(fresh, rfc4231_case_2, 32) == 0
-        && hmac_on(two, key, strlen(key), other, first)
-        && hmac_on(two, NULL, 0, text, again)
-        && memcmp(again, fresh, 32) == 0
-        && hmac_on(two, NULL, 0, other, again)
-        && memcmp(again, first, 32) == 0;
+        && hmac_hex(one, text, strlen(text), fresh)
+        && memcmp(fresh, rfc4231_case_2, 64) == 0
+        && hmac_hex(two, other, strlen(other), first)
+        && hmac_hex(two, text, strlen(text), again)
+        && memcmp(again, fresh, 64) == 0
+        && hmac_hex(two, other, strlen(other), again)
+        && memcmp(again, first, 64) == 0;
     EVP_MAC_CTX_free(one);
     EVP_MAC_CTX_free(two);
     ERR_clear_error();
+    PyErr_Clear();  /* keyed_hmac's error, if any: the import's own error says why */
     return works;
 }
 
