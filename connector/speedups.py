@@ -1,7 +1,7 @@
 """The optional C speedups of a delivery (``connector/_speedups.c``) and whether they are in use.
 
 The extension is built at install where a C compiler and OpenSSL's headers are present
-(``pyproject.toml``); where they are not, the install goes on without it and every caller
+(``setup.py``); where they are not, the install goes on without it and every caller
 takes its Python path, which gives the same bytes, more slowly (a masked SQL delivery of a
 million rows: bench/README.md, sql_source.py). ``TDS_NO_SPEEDUPS=1`` turns it off (the
 bench's baseline, or a suspected fault). ``tds --version`` says which is in use.
