@@ -8,6 +8,9 @@ on one background event loop each, started and stopped from ordinary threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import logging
 import ssl
 import threading
 
@@ -16,6 +19,15 @@ from aiohttp import web
 from connector.aio import cancel_the_rest
 
 __all__ = ["BackgroundSite"]
+
+log = logging.getLogger(__name__)
+
+_GRACE_SECONDS = 5.0
+"""How long requests in flight may take to finish when a site stops; then they are
+cancelled (aiohttp's ``shutdown_timeout``)."""
+
+_STOP_SECONDS = _GRACE_SECONDS + 5.0
+"""How long stopping waits for the loop's own clean-up before stopping it regardless."""
 
 
 class BackgroundSite:
@@ -45,7 +57,7 @@ class BackgroundSite:
         loop = asyncio.new_event_loop()
 
         async def serve() -> None:
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=_GRACE_SECONDS)
             await runner.setup()
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
@@ -76,32 +88,54 @@ class BackgroundSite:
         return bound[0]
 
     def stop(self) -> None:
-        """Stop serving (requests in flight finish first, up to 10 s); idempotent."""
+        """Stop serving (requests in flight finish first, up to 5 s, then are cancelled);
+        idempotent. Returns within about 10 s whatever a handler does: a stop that raised
+        or hung would leave the rest of the connector running (its gRPC server, its
+        threads), and the process with it."""
         loop, thread, runner = self._loop, self._thread, self._runner
         if loop is None or thread is None:
             return
-        if runner is not None:
-
-            async def cleanup() -> None:
-                server = runner.server
-                kept = [h.transport for h in (server.connections if server else [])]
-                await runner.cleanup()
-                # Connections a peer kept open (a DSP peer's sender keeps its own) are closed
-                # by now, but a TLS transport finishes closing on the loop's next turns.
-                await asyncio.sleep(0.1)
-                # Except one whose peer holds it idle outside an event loop (a synchronous
-                # client, as tds's DSP sender): TLS's close waits for the peer's
-                # close_notify, which such a peer sends only when it next uses or closes
-                # the connection. Cut those, or the loop would close with them open.
-                for transport in kept:
-                    if transport is not None:
-                        transport.abort()
-                # And a TLS connection still in its handshake belongs to no handler yet,
-                # only to the task accepting it: cancelled, that task closes it.
-                await cancel_the_rest()
-
-            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
         self._loop = self._thread = self._runner = None
+        try:
+            if runner is not None:
+                done = asyncio.run_coroutine_threadsafe(_cleanup(runner), loop)
+                try:
+                    done.result(timeout=_STOP_SECONDS)
+                except concurrent.futures.TimeoutError:
+                    done.cancel()
+                    log.warning(
+                        "%s: requests still running %.0f s after the stop; stopped anyway",
+                        self._name,
+                        _STOP_SECONDS,
+                    )
+                    rest = asyncio.run_coroutine_threadsafe(cancel_the_rest(), loop)
+                    with contextlib.suppress(Exception):
+                        rest.result(timeout=2)
+                except Exception:
+                    log.exception("%s: cleaning up failed; stopped anyway", self._name)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=_STOP_SECONDS)
+            if thread.is_alive():  # a handler blocking the loop itself: leave it, a daemon
+                log.warning("%s: the event loop did not stop; left running", self._name)
+            else:
+                loop.close()
+
+
+async def _cleanup(runner: web.AppRunner) -> None:
+    server = runner.server
+    kept = [h.transport for h in (server.connections if server else [])]
+    await runner.cleanup()
+    # Connections a peer kept open (a DSP peer's sender keeps its own) are closed by now,
+    # but a TLS transport finishes closing on the loop's next turns.
+    await asyncio.sleep(0.1)
+    # Except one whose peer holds it idle outside an event loop (a synchronous client, as
+    # tds's DSP sender): TLS's close waits for the peer's close_notify, which such a peer
+    # sends only when it next uses or closes the connection. Cut those, or the loop would
+    # close with them open.
+    for transport in kept:
+        if transport is not None:
+            transport.abort()
+    # And a TLS connection still in its handshake belongs to no handler yet, only to the
+    # task accepting it: cancelled, that task closes it.
+    await cancel_the_rest()

@@ -301,6 +301,7 @@ class DspBinding:
         log.info("DSP binding serving", extra={"url": self.base_url})
 
     def stop(self) -> None:
-        """Stop serving and wait for requests in flight."""
+        """Stop serving and wait for the work of requests in flight (what is still queued
+        is not started: its request was cancelled with the site)."""
         self._site.stop()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)

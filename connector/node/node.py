@@ -1090,7 +1090,10 @@ class Node:
         if self.registry is not None:
             self.registry.stop_watching()
         if self.dsp is not None:
-            self.dsp.stop()
+            try:
+                self.dsp.stop()
+            except Exception:  # the rest must stop all the same, or the process stays up
+                log.exception("stopping the DSP binding failed; stopping the rest")
         if self._handle is not None:
             self._handle.stop(self.cfg.server.grace_seconds if grace is None else grace)
         # One budget for the background threads together (each waited 5 s in turn before):
