@@ -124,19 +124,20 @@ class _Projection:
         self._whole = self._index == list(range(self._width))
         self._masked = [(pos, name) for pos, name in enumerate(fields) if name in masker]
         self._masker = masker
+        self._csv_in_c: Callable[[list[Row]], bytes | None] | None = None
         forms = [masker.plain_form(name) for name in fields]
-        self._in_c: tuple[tuple[int, int, int], ...] | None = None
-        if speedups.csv_chunk is not None and None not in forms:
-            self._in_c = tuple(
+        csv_chunk = speedups.csv_chunk
+        if csv_chunk is not None and None not in forms:
+            layout = tuple(
                 (index, *form) for index, form in zip(self._index, forms, strict=True) if form
             )
+            width, key = self._width, masker.key
+            self._csv_in_c = lambda chunk: csv_chunk(chunk, width, layout, key)
 
     def csv_in_c(self, chunk: list[Row]) -> bytes | None:
         """The chunk's CSV lines made in C, projected and masked in one pass (the same
         bytes as :meth:`columns`, :func:`_csv_lines`), or ``None`` for the Python path."""
-        if self._in_c is None or speedups.csv_chunk is None:
-            return None
-        return speedups.csv_chunk(chunk, self._width, self._in_c, self._masker.key)
+        return None if self._csv_in_c is None else self._csv_in_c(chunk)
 
     def _mask(self, by_column: list[Sequence[Any]]) -> list[Sequence[Any]]:
         for pos, name in self._masked:
@@ -262,14 +263,11 @@ def _encode(
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(fields)
         for chunk in _chunks(rows):
+            by_column = None
             lines = projection.csv_in_c(chunk)
-            if lines is not None:
-                flush(full_only=True)  # the header, or rows the csv module wrote, first
-                out.extend(lines)
-                count += len(chunk)
-                continue
-            by_column = projection.columns(chunk)
-            lines = None if by_column is None else _csv_line_bytes(by_column)
+            if lines is None:
+                by_column = projection.columns(chunk)
+                lines = None if by_column is None else _csv_line_bytes(by_column)
             if lines is not None:
                 flush(full_only=True)  # the header, or rows the csv module wrote, first
                 out.extend(lines)

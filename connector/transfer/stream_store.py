@@ -16,7 +16,7 @@ they hold across concurrent subscriptions and replicas sharing PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,9 @@ from connector.catalog.products import PERIODS
 from connector.errors import NotFound, PreconditionFailed
 from connector.negotiation.agreement import Agreement
 from connector.sources.windows import Window
-from connector.store.database import Database, RawTransaction
+from connector.store.database import Database
 from connector.store.models import MeteringRow, StreamSubscriptionRow, StreamWindowRow
+from connector.transfer.store import LogWrite
 
 __all__ = [
     "NEXT_PERIOD",
@@ -250,7 +251,7 @@ class StreamStore:
         role: str,
         reason: str,
         now_ms: int,
-        log: Callable[[RawTransaction], list[int]],
+        log: LogWrite,
     ) -> bool:
         """Move to TERMINATED and append ``log``'s entries in the same transaction, only if
         the stream is not TERMINATED already; whether this call did it.
