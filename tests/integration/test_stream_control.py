@@ -408,6 +408,35 @@ def test_stopping_an_unknown_or_someone_elses_stream_changes_nothing(
     assert len(ended_by(space, "gov", agreement)) == 1
 
 
+def test_a_consumer_that_forges_its_stop_reason_changes_nothing(
+    space: LocalSpace, js: JetStream, tmp_path: Path
+) -> None:
+    """The reason a consumer's connector sends goes into the provider's log and state: a
+    line break (a forged log line) or an endless text is refused at the boundary, and the
+    stream runs on, unlogged."""
+    agreement, f = running(space, js, tmp_path)
+    try:
+        before = len(entries(space, "gov"))
+        channel = space.nodes["a"]._member_channel("gov")
+        try:
+            for reason in ("done\n[ok ] provider agreed to delete everything", "x" * 5000):
+                with pytest.raises(grpc.RpcError) as caught:
+                    stream_pb2_grpc.StreamServiceStub(channel).TerminateStream(
+                        stream_pb2.TerminateStreamRequest(agreement_id=agreement, reason=reason),
+                        timeout=10,
+                    )
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "reason" in (caught.value.details() or "")
+        finally:
+            channel.close()
+        assert len(entries(space, "gov")) == before
+        assert states(space, agreement) == (STARTED, STARTED)
+        f.wait_kept(5)
+        assert f.error is None
+    finally:
+        f.stop()
+
+
 def ended_by(space: LocalSpace, who: str, agreement: str) -> list[dict[str, Any]]:
     return [
         e["data"]
